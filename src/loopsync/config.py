@@ -1,0 +1,220 @@
+"""A merchant's YAML file -> MerchantConfig. Every mistake is a ConfigError that names the
+file, the key path and the problem (the CLI turns it into exit status 2)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from loopsync.configkit import Secret, Section
+from loopsync.connectors import KINDS, available_kinds, connector_class
+from loopsync.connectors.base import GradingRules, StatusRules, WarehouseSettings
+from loopsync.errors import ConfigError
+
+LOOP_STATES = ("open", "closed", "cancelled", "review", "expired")
+MAX_WINDOW = timedelta(days=120)
+LOOP_GRADES = ("grade_a", "grade_b", "grade_c", "grade_d", "incorrect_item", "missing", "junk")
+LOOP_DISPOSITIONS = ("back_to_stock", "resale_hold", "recycle", "donate", "missing")
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    base_url: str
+    api_key: Secret
+    start_at: datetime
+    lookback: timedelta
+    window: timedelta
+    page_size: int
+    states: tuple[str, ...]
+    asn_enabled: bool
+    asn_window: timedelta
+    requests_per_minute: int
+    timeout: float
+
+
+@dataclass(frozen=True)
+class MerchantConfig:
+    file: str
+    merchant: str
+    state_path: Path
+    every: timedelta
+    loop: LoopSettings
+    warehouse: WarehouseSettings
+
+    def secrets(self) -> list[str]:
+        """Every secret value this config holds (for log redaction)."""
+        out = [self.loop.api_key.value]
+        conn = self.warehouse.connector
+        for value in vars(conn).values() if hasattr(conn, "__dict__") else _fields(conn):
+            if isinstance(value, Secret):
+                out.append(value.value)
+        return out
+
+
+def _fields(obj: Any) -> list[Any]:
+    import dataclasses
+
+    if dataclasses.is_dataclass(obj):
+        return [getattr(obj, f.name) for f in dataclasses.fields(obj)]
+    return []
+
+
+class _StringTimestampLoader(yaml.SafeLoader):
+    """Keeps timestamps as text so a missing timezone is reported, not guessed."""
+
+
+_StringTimestampLoader.yaml_implicit_resolvers = {
+    ch: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for ch, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def load_yaml(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(str(path), "", "file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(path), "", f"cannot read: {exc}") from None
+    try:
+        return yaml.load(text, Loader=_StringTimestampLoader)  # noqa: S506 - SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(str(path), "", f"invalid YAML{where}: {problem}") from None
+
+
+def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> MerchantConfig:
+    path = Path(path)
+    return parse_config(load_yaml(path), file=str(path), env=env, base_dir=path.parent)
+
+
+def parse_config(data: Any, *, file: str, env: Mapping[str, str] | None = None,
+                 base_dir: Path | None = None) -> MerchantConfig:
+    root = Section(data, file=file, env=env)
+    merchant = root.str("merchant", pattern=r"[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?")
+    state_raw = root.str("state_path", f"./state/{merchant}.sqlite")
+    state_path = Path(state_raw)
+    schedule = root.section("schedule")
+    every = schedule.duration("every", "15m", min=timedelta(seconds=10))
+    schedule.done()
+    loop = parse_loop(root.section("loop", required=True))
+    warehouse = parse_warehouse(root.section("warehouse", required=True))
+    root.done()
+    return MerchantConfig(file=file, merchant=merchant, state_path=state_path, every=every,
+                          loop=loop, warehouse=warehouse)
+
+
+def parse_loop(sec: Section) -> LoopSettings:
+    base_url = sec.url("base_url", "https://api.loopreturns.com/api/v1")
+    api_key = sec.secret("api_key")
+    start_at = sec.timestamp("start_at")
+    lookback = sec.duration("lookback", "15m", max=timedelta(days=7))
+    window = sec.duration("window", "120d", min=timedelta(minutes=1), max=MAX_WINDOW)
+    if lookback >= window:
+        raise sec.error("lookback", "must be shorter than loop.window")
+    page_size = sec.int("page_size", 250, min=1, max=750)
+    states = sec.str_list("states", list(LOOP_STATES))
+    for i, s in enumerate(states):
+        if s not in LOOP_STATES:
+            raise sec.error(f"states[{i}]", f"{s!r} is not a Loop state ({', '.join(LOOP_STATES)})")
+    asn = sec.section("asn")
+    asn_enabled = asn.bool("enabled", True)
+    asn_window = asn.duration("window", "1d", min=timedelta(minutes=1), max=MAX_WINDOW)
+    asn.done()
+    rpm = sec.int("requests_per_minute", 280, min=1, max=300)
+    timeout = sec.duration("timeout", "30s", min=timedelta(seconds=1)).total_seconds()
+    sec.done()
+    return LoopSettings(base_url, api_key, start_at, lookback, window, page_size,
+                        tuple(dict.fromkeys(states)), asn_enabled, asn_window, rpm, timeout)
+
+
+def parse_warehouse(sec: Section) -> WarehouseSettings:
+    kind = sec.str("kind")
+    if kind not in KINDS:
+        raise sec.error("kind", f"{kind!r} is not a warehouse kind ({', '.join(KINDS)})")
+    if kind not in available_kinds():
+        raise sec.error("kind", f"the {kind} connector is not available in this build")
+    cls = connector_class(kind)
+    base_url = sec.url("base_url", cls.default_base_url)
+    destinations = sec.str_map("destinations", {})
+    statuses = parse_statuses(sec, cls.default_statuses, cls.default_flag_conditions)
+    grading = parse_grading(sec.section("grading"))
+    order_wait = sec.duration("order_wait", "7d")
+    poll_batch = sec.int("poll_batch", 50, min=1, max=200)
+    timeout = sec.duration("timeout", "30s", min=timedelta(seconds=1)).total_seconds()
+    connector = cls.parse_settings(sec)
+    sec.done()
+    return WarehouseSettings(kind=kind, base_url=base_url, destinations=destinations,
+                             statuses=statuses, grading=grading, order_wait=order_wait,
+                             poll_batch=poll_batch, timeout=timeout, connector=connector)
+
+
+def parse_statuses(sec: Section, defaults: dict[str, list[str]],
+                   default_conditions: list[str]) -> StatusRules:
+    st = sec.section("statuses")
+    lists = {a: st.str_list(a, list(defaults.get(a, []))) for a in
+             ("process", "flag", "ignore", "report")}
+    st.done()
+    rules = StatusRules.build(lists["process"], lists["flag"], lists["ignore"], lists["report"],
+                              sec.str_list("flag_conditions", list(default_conditions)),
+                              sec.bool("require_full_receipt", True))
+    seen: dict[str, str] = {}
+    for action in ("process", "flag", "ignore", "report"):
+        for word in getattr(rules, action):
+            if word in seen:
+                raise st.error(action, f"status {word!r} is also listed under {seen[word]}")
+            seen[word] = action
+    return rules
+
+
+def parse_grading(sec: Section) -> GradingRules:
+    def member(allowed: tuple[str, ...]):  # noqa: ANN202
+        def check(key: str, value: Any) -> str:
+            if value not in allowed:
+                raise sec.error(key, f"{value!r} is not one of {', '.join(allowed)}")
+            return str(value)
+        return check
+
+    conditions = sec.str_map("conditions", {}, value=member(LOOP_GRADES))
+    dispositions = sec.str_map("dispositions", {}, value=member(LOOP_DISPOSITIONS))
+    processor = sec.str("return_processor", None)
+    sec.done()
+    from loopsync.connectors.base import normalize_status
+
+    return GradingRules({normalize_status(k): v for k, v in conditions.items()},
+                        {normalize_status(k): v for k, v in dispositions.items()}, processor)
+
+
+def expand_paths(paths: list[str]) -> list[Path]:
+    """Files as given; a directory stands for its *.yaml / *.yml files, sorted."""
+    out: list[Path] = []
+    for p in paths:
+        path = Path(p)
+        if path.is_dir():
+            out.extend(sorted(x for x in path.iterdir()
+                              if x.suffix in (".yaml", ".yml") and x.is_file()))
+        else:
+            out.append(path)
+    return out
+
+
+def load_all(paths: list[str], env: Mapping[str, str] | None = None) -> list[MerchantConfig]:
+    files = expand_paths(paths)
+    if not files:
+        raise ConfigError(", ".join(paths) or "-c", "", "no configuration files found")
+    configs = [load_config(f, env) for f in files]
+    seen: dict[str, str] = {}
+    for c in configs:
+        if c.merchant in seen:
+            raise ConfigError(c.file, "merchant", f"{c.merchant!r} is also used by {seen[c.merchant]}")
+        seen[c.merchant] = c.file
+    return configs
+
+

@@ -1,0 +1,181 @@
+"""The one small interface between the engine and any warehouse.
+
+The engine never imports a connector module; it asks `connector_class(kind)` and talks to
+the instance through `WarehouseConnector`. A connector:
+
+- `locate(req)`: read-only; finds what the warehouse needs before an RMA can exist (the
+  ShipHero order, the PeopleVox sales order, ...). Raises `NotReady(reason)` to have the
+  engine wait and try again on a later cycle, or `Rejected` to give up on this return.
+- `find_rma(req, located)`: read-only; the RMA for this Loop return if the warehouse
+  already has one. The engine calls it before repeating a create whose outcome is unknown,
+  and, for watch-only connectors (`creates_rmas = False`), instead of creating.
+- `create_rma(req, located)`: the side effect. Raises `Rejected` when the warehouse refuses
+  the record, `OutcomeUnknown` when the answer was lost.
+- `poll(rmas)`: read-only; the current status of many RMAs in few requests.
+  `PollResult.commit()` runs after the engine has stored the statuses (a folder connector
+  archives the files it read there, never before).
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, ClassVar, Protocol
+
+from loopsync.configkit import Section
+from loopsync.http import RetryPolicy
+from loopsync.models import LoopReturn, RmaRef, RmaStatus
+from loopsync.timeutil import Clock
+
+
+class NotReady(Exception):  # noqa: N818 - a signal, not an error
+    """The warehouse is not ready for this return yet (order not there, ...). Try later."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+def normalize_status(word: str | None) -> str:
+    """Statuses compare ignoring case, with '_' and '-' equal to ' '."""
+    if not word:
+        return ""
+    return " ".join(str(word).replace("_", " ").replace("-", " ").lower().split())
+
+
+@dataclass(frozen=True)
+class StatusRules:
+    """The merchant's reading of warehouse status words (all normalised)."""
+
+    process: frozenset[str]
+    flag: frozenset[str]
+    ignore: frozenset[str]
+    report: frozenset[str] = frozenset()        # no Loop call; shown to a person
+    flag_conditions: frozenset[str] = frozenset()  # item conditions that force a flag
+    require_full_receipt: bool = True           # process only when every unit arrived
+
+    @classmethod
+    def build(cls, process: Sequence[str], flag: Sequence[str], ignore: Sequence[str],
+              report: Sequence[str] = (), flag_conditions: Sequence[str] = (),
+              require_full_receipt: bool = True) -> StatusRules:
+        def n(xs: Sequence[str]) -> frozenset[str]:
+            return frozenset(normalize_status(x) for x in xs)
+
+        return cls(n(process), n(flag), n(ignore), n(report), n(flag_conditions),
+                   require_full_receipt)
+
+
+@dataclass(frozen=True)
+class GradingRules:
+    """Warehouse condition/disposition words -> Loop grade and assess values."""
+
+    conditions: dict[str, str] = field(default_factory=dict)    # -> condition_category
+    dispositions: dict[str, str] = field(default_factory=dict)  # -> disposition_outcome
+    processor: str | None = None                                # return_processor email
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.conditions or self.dispositions)
+
+
+@dataclass(frozen=True)
+class WarehouseSettings:
+    kind: str
+    base_url: str
+    destinations: dict[str, str]   # Loop destination id -> warehouse id / site reference
+    statuses: StatusRules
+    grading: GradingRules
+    order_wait: timedelta          # keep retrying NotReady this long, then report
+    poll_batch: int                # RMAs per poll request where the API allows batching
+    timeout: float
+    connector: Any                 # the connector's own parsed settings
+
+
+@dataclass(frozen=True)
+class PushRequest:
+    """Everything a connector gets to create (or find) the RMA for one Loop return."""
+
+    ret: LoopReturn
+    destination: str                       # mapped warehouse id / site for ret.destination_id
+    asn_rows: tuple[dict[str, Any], ...] = ()  # Loop ASN report rows of this return
+
+
+@dataclass
+class PollResult:
+    statuses: dict[str, RmaStatus]                      # by Loop return id
+    errors: dict[str, str] = field(default_factory=dict)  # by Loop return id: why unreadable
+    on_commit: Callable[[], None] | None = None
+
+    def commit(self) -> None:
+        if self.on_commit is not None:
+            self.on_commit()
+
+
+class KeyValue(Protocol):
+    """A connector's own small persistent state (cursors, caches), kept in the store."""
+
+    def get(self, key: str, default: Any = None) -> Any: ...
+
+    def set(self, key: str, value: Any) -> None: ...
+
+
+class MemoryKeyValue:
+    def __init__(self) -> None:
+        self.data: dict[str, Any] = {}
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.data.get(key, default)
+
+    def set(self, key: str, value: Any) -> None:
+        self.data[key] = value
+
+
+@dataclass
+class ConnectorContext:
+    merchant: str
+    clock: Clock
+    stop: threading.Event = field(default_factory=threading.Event)
+    policy: RetryPolicy = field(default_factory=RetryPolicy)
+    kv: KeyValue = field(default_factory=MemoryKeyValue)
+    dry_run: bool = False
+
+
+class WarehouseConnector(ABC):
+    kind: ClassVar[str]
+    default_base_url: ClassVar[str]
+    creates_rmas: ClassVar[bool] = True
+    # Default status words per action; the merchant's `warehouse.statuses` replaces a list.
+    default_statuses: ClassVar[dict[str, list[str]]]
+    default_flag_conditions: ClassVar[list[str]] = ["damaged"]
+
+    def __init__(self, settings: WarehouseSettings, ctx: ConnectorContext) -> None:
+        self.settings = settings
+        self.ctx = ctx
+
+    @classmethod
+    @abstractmethod
+    def parse_settings(cls, section: Section) -> Any:
+        """Read the connector's own keys from `warehouse` (consume them; the core calls
+        `section.done()` afterwards so unknown keys fail)."""
+
+    @abstractmethod
+    def locate(self, req: PushRequest) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def find_rma(self, req: PushRequest, located: dict[str, Any]) -> RmaRef | None: ...
+
+    def create_rma(self, req: PushRequest, located: dict[str, Any]) -> RmaRef:
+        raise NotImplementedError(f"{self.kind} does not create RMAs (creates_rmas=False)")
+
+    @abstractmethod
+    def poll(self, rmas: Sequence[RmaRef]) -> PollResult: ...
+
+    def rma_label(self, ref: RmaRef) -> str:
+        """How the RMA is named in the note on the Loop return."""
+        return f"{self.kind} RMA {ref.rma_id}"
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release sessions and files."""

@@ -1,0 +1,103 @@
+"""Every error loopsync raises on purpose.
+
+    LoopsyncError
+    ├── ConfigError            bad YAML file: names the file, the key path and the problem
+    ├── LockHeld               another process works this merchant (exit status 75)
+    ├── DryRunViolation        a write was attempted in a dry run (a bug, never expected)
+    └── RemoteError            anything a remote system said or failed to say
+        ├── TransientError     worth retrying later: 5xx, timeouts, resets, throttling
+        │   ├── RateLimited    429 or a throttle body; carries retry_after seconds if known
+        │   └── OutcomeUnknown a write was sent but its answer was lost; look up before repeating
+        └── PermanentError     retrying the same request will not help
+            ├── AuthError      401/403 or a failed login
+            ├── NotFound       the remote has no such object
+            ├── ErrorBody      HTTP 200 whose body is an error (Loop, PeopleVox, Xoro do this)
+            │   └── StateConflict  Loop refused an action because of the return's state
+            └── Rejected       the remote refused this record (bad SKU, unknown order, ...)
+"""
+
+from __future__ import annotations
+
+
+class LoopsyncError(Exception):
+    """Root of loopsync's own errors."""
+
+
+class ConfigError(LoopsyncError):
+    """A configuration file is wrong. The message names file, key path and problem."""
+
+    def __init__(self, file: str, key: str, problem: str) -> None:
+        self.file = file
+        self.key = key
+        self.problem = problem
+        where = f"{file}: {key}" if key else file
+        super().__init__(f"{where}: {problem}")
+
+
+class LockHeld(LoopsyncError):
+    """Another loopsync process holds this merchant's lock."""
+
+
+class DryRunViolation(LoopsyncError):
+    """A state-changing remote call was attempted during a dry run."""
+
+
+class RemoteError(LoopsyncError):
+    """A remote system failed or refused. `system` names it (loop, shiphero, ...)."""
+
+    def __init__(self, system: str, message: str, *, status: int | None = None,
+                 code: str | None = None) -> None:
+        self.system = system
+        self.message = message
+        self.status = status
+        self.code = code
+        parts = [system]
+        if status is not None:
+            parts.append(f"HTTP {status}")
+        if code:
+            parts.append(str(code))
+        super().__init__(f"{' '.join(parts)}: {message}")
+
+
+class TransientError(RemoteError):
+    """Worth retrying: server errors, timeouts, connection resets, throttling."""
+
+
+class RateLimited(TransientError):
+    """The remote asked us to slow down; `retry_after` is its hint in seconds, if any."""
+
+    def __init__(self, system: str, message: str, *, retry_after: float | None = None,
+                 status: int | None = 429, code: str | None = None) -> None:
+        self.retry_after = retry_after
+        super().__init__(system, message, status=status, code=code)
+
+
+class OutcomeUnknown(TransientError):
+    """A non-idempotent request may or may not have taken effect."""
+
+
+class PermanentError(RemoteError):
+    """Retrying the same request will not help."""
+
+
+class AuthError(PermanentError):
+    """Credentials were refused (or a session could not be re-established)."""
+
+
+class NotFound(PermanentError):
+    """The remote has no such object."""
+
+
+class ErrorBody(PermanentError):
+    """HTTP 200 (or other 2xx) whose body says the call failed."""
+
+
+class StateConflict(ErrorBody):
+    """Loop refused process/flag/cancel/close because of the return's state.
+
+    Recorded as settled: the return already left the state where the action applies.
+    """
+
+
+class Rejected(PermanentError):
+    """The remote refused this one record; the rest of the batch goes on."""

@@ -1,0 +1,158 @@
+"""Pure decisions: which returns go to the warehouse, what a warehouse status means for
+Loop, and the text of the notes loopsync leaves. No I/O."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from loopsync.connectors.base import GradingRules, StatusRules, normalize_status
+from loopsync.models import LoopReturn, RmaStatus
+
+NOTE_LIMIT = 254  # Loop: content must be less than 255 characters
+
+PROCESS, FLAG, IGNORE, REPORT, WAIT = "process", "flag", "ignore", "report", "wait"
+
+
+@dataclass(frozen=True)
+class PushPlan:
+    destination: str | None  # mapped warehouse id; None with a skip reason
+    skip_reason: str | None = None
+
+    @property
+    def push(self) -> bool:
+        return self.skip_reason is None
+
+
+def plan_push(ret: LoopReturn, destinations: dict[str, str], *,
+              needs_destination: bool = True) -> PushPlan:
+    """Open returns with a mapped destination and at least one SKU go to the warehouse;
+    every other return is recorded with the reason it does not."""
+    if ret.state != "open":
+        return PushPlan(None, f"return is {ret.state}, not open")
+    if not any(li.sku for li in ret.line_items):
+        return PushPlan(None, "return has no line item with a SKU")
+    if not needs_destination:
+        return PushPlan(destinations.get(ret.destination_id or "", ""))
+    if ret.destination_id is None:
+        return PushPlan(None, "return has no destination")
+    mapped = destinations.get(ret.destination_id)
+    if not mapped:
+        return PushPlan(None, f"destination {ret.destination_id} is not mapped in "
+                              "warehouse.destinations")
+    return PushPlan(mapped)
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: str   # process | flag | ignore | report | wait
+    reason: str
+
+    @property
+    def final(self) -> bool:
+        """Does this decision end polling for the return?"""
+        return self.action in (PROCESS, FLAG, REPORT)
+
+
+def decide(status: RmaStatus, rules: StatusRules) -> Decision:
+    """What the merchant's rules make of a warehouse status.
+
+    A status in `process` is processed only when every expected unit arrived in a
+    condition not listed in `flag_conditions`; otherwise it is flagged (Loop's own
+    ShipHero integration behaves this way).
+    """
+    word = normalize_status(status.status)
+    shown = status.status or "(none)"
+    if word in rules.report:
+        return Decision(REPORT, f"warehouse status '{shown}': left for a person")
+    if word in rules.flag:
+        return Decision(FLAG, f"warehouse status '{shown}'")
+    if word in rules.ignore:
+        return Decision(IGNORE, f"warehouse status '{shown}'")
+    if word not in rules.process:
+        return Decision(WAIT, f"warehouse status '{shown}' is in no status list")
+    problems = condition_problems(status, rules)
+    if rules.require_full_receipt:
+        problems += quantity_problems(status)
+    if problems:
+        return Decision(FLAG, f"warehouse status '{shown}': " + "; ".join(problems))
+    return Decision(PROCESS, f"warehouse status '{shown}', all "
+                             f"{status.received_units} units received")
+
+
+def condition_problems(status: RmaStatus, rules: StatusRules) -> list[str]:
+    out = []
+    for item in status.items:
+        cond = normalize_status(item.condition)
+        if cond and cond in rules.flag_conditions:
+            out.append(f"{item.sku} {item.condition}")
+    return out
+
+
+def quantity_problems(status: RmaStatus) -> list[str]:
+    out = []
+    for item in status.items:
+        if item.received < item.expected:
+            out.append(f"{item.sku} short {item.received}/{item.expected}")
+        elif item.received > item.expected:
+            out.append(f"{item.sku} over {item.received}/{item.expected}")
+    if not out and status.received_units != status.expected_units:
+        word = "short" if status.received_units < status.expected_units else "over"
+        out.append(f"{word} {status.received_units}/{status.expected_units} units")
+    return out
+
+
+def flag_note(status: RmaStatus, decision: Decision) -> str:
+    """Why loopsync flagged: status, units expected and received, conditions."""
+    conds = sorted({f"{i.sku}: {i.condition}" for i in status.items if i.condition})
+    text = (f"loopsync flagged: {decision.reason}. Units expected {status.expected_units}, "
+            f"received {status.received_units}.")
+    if conds:
+        text += " Conditions: " + ", ".join(conds) + "."
+    return clip(text)
+
+
+def rma_note(label: str) -> str:
+    return clip(f"loopsync: created {label} in the warehouse.")
+
+
+def clip(text: str, limit: int = NOTE_LIMIT) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def grading_items(ret: LoopReturn, status: RmaStatus, grading: GradingRules
+                  ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Loop grade and assess items for the units the warehouse graded.
+
+    Loop lists one line item per unit; a warehouse reports per SKU. Each SKU's condition
+    goes to as many of that SKU's Loop line items as units were received.
+    """
+    if not grading.enabled:
+        return [], []
+    lines_by_sku: dict[str, list[str]] = defaultdict(list)
+    for li in ret.line_items:
+        if li.sku:
+            lines_by_sku[li.sku].append(li.line_item_id)
+    grades: list[dict[str, Any]] = []
+    assessments: list[dict[str, Any]] = []
+    for item in status.items:
+        ids = lines_by_sku.get(item.sku, [])[: max(item.received, 0)]
+        category = grading.conditions.get(normalize_status(item.condition))
+        outcome = grading.dispositions.get(normalize_status(item.disposition)) or \
+            grading.dispositions.get(normalize_status(item.condition))
+        for lid in ids:
+            base: dict[str, Any] = {"line_item_id": _int_or_str(lid)}
+            if grading.processor:
+                base["return_processor"] = grading.processor
+            if category:
+                grades.append({**base, "condition_category": category,
+                               "description": clip(f"{item.sku}: {item.condition}", 255)})
+            if outcome:
+                assessments.append({**base, "disposition_outcome": outcome})
+    return grades, assessments
+
+
+def _int_or_str(value: str) -> int | str:
+    return int(value) if value.isdigit() else value

@@ -1,0 +1,42 @@
+"""What every emulated warehouse offers the sandbox orchestrator, the demo and the tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from loopsync.sandbox.server import EmulatedApi
+
+# The receiving scenarios every warehouse emulator understands.
+SCENARIOS = ("full", "short", "over", "damaged", "cancelled")
+
+
+class WarehouseEmulator(EmulatedApi):
+    """An emulated warehouse API plus the hooks that play the warehouse's people."""
+
+    kind = "warehouse"
+
+    def on_loop_return(self, loop_return: dict[str, Any], *, with_order: bool = True) -> None:
+        """A return now exists in the emulated Loop. Make the warehouse know its order
+        (unless with_order is False: tests of 'order not found'). Watch-only warehouses
+        (Xoro) also import it as an RMA here, as their own Loop app would."""
+        raise NotImplementedError
+
+    def has_rma(self, return_id: str) -> bool:
+        raise NotImplementedError
+
+    def rma_count(self, return_id: str) -> int:
+        """How many RMAs exist for this Loop return (the exactly-once invariant)."""
+        raise NotImplementedError
+
+    def receive(self, return_id: str, scenario: str) -> bool:
+        """Play the warehouse receiving this return's goods (see SCENARIOS) and finishing
+        it. Returns False when there is no RMA for it yet."""
+        raise NotImplementedError
+
+    def warehouse_config(self, base_url: str) -> dict[str, Any]:
+        """The `warehouse:` section of a merchant config that points at this emulator.
+        Secrets appear as ${VAR} references; `secret_env()` gives their values."""
+        raise NotImplementedError
+
+    def secret_env(self) -> dict[str, str]:
+        return {}

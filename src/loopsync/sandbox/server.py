@@ -1,0 +1,338 @@
+"""A tiny real-HTTP framework for the emulated APIs: one threaded server per API on
+127.0.0.1, a record of every call, and fault injection (status codes, 429 with or without
+Retry-After, slow answers, connection resets before or after the handler ran, garbage
+bodies). Emulators implement `EmulatedApi.handle`; everything else lives here."""
+
+from __future__ import annotations
+
+import json
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+
+class CaseInsensitiveDict(dict):
+    def __init__(self, items: Any = ()) -> None:
+        super().__init__()
+        for k, v in dict(items).items():
+            self[k] = v
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        super().__setitem__(key.lower(), value)
+
+    def __getitem__(self, key: str) -> Any:
+        return super().__getitem__(key.lower())
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return super().get(key.lower(), default)
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and super().__contains__(key.lower())
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    query: dict[str, str]              # last value of each parameter
+    query_lists: dict[str, list[str]]
+    headers: CaseInsensitiveDict
+    body: bytes
+    raw_path: str = ""
+
+    def json(self) -> Any:
+        return json.loads(self.body.decode("utf-8")) if self.body else None
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", errors="replace")
+
+
+@dataclass
+class Response:
+    status: int = 200
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    h = {"Content-Type": "application/json"}
+    h.update(headers or {})
+    return Response(status, json.dumps(obj).encode(), h)
+
+
+def text_response(text: str, status: int = 200, content_type: str = "text/plain",
+                  headers: dict[str, str] | None = None) -> Response:
+    h = {"Content-Type": f"{content_type}; charset=utf-8"}
+    h.update(headers or {})
+    return Response(status, text.encode("utf-8"), h)
+
+
+@dataclass
+class CallRecord:
+    api: str
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: bytes
+    status: int | None
+    at: float
+    fault: str | None = None
+    write: bool = False
+
+    def json(self) -> Any:
+        try:
+            return json.loads(self.body.decode()) if self.body else None
+        except ValueError:
+            return None
+
+
+class Recorder:
+    """Every call each emulated API received, in arrival order (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._calls: list[CallRecord] = []
+        self._lock = threading.Lock()
+
+    def add(self, rec: CallRecord) -> None:
+        with self._lock:
+            self._calls.append(rec)
+
+    def calls(self, api: str | None = None, *, method: str | None = None,
+              path: str | None = None, writes: bool | None = None) -> list[CallRecord]:
+        with self._lock:
+            out = list(self._calls)
+        return [c for c in out
+                if (api is None or c.api == api)
+                and (method is None or c.method == method.upper())
+                and (path is None or path in c.path)
+                and (writes is None or c.write == writes)]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._calls.clear()
+
+
+# -- faults -----------------------------------------------------------------------------
+
+@dataclass
+class Fault:
+    """What to do instead of (or after) the normal answer.
+
+    kind: "status"        answer `status` with `body` (and `headers`) without running the handler
+          "rate_limit"    429; Retry-After: `retry_after` when given, else no header at all
+          "slow"          sleep `delay` real seconds, then answer normally (client timeouts)
+          "reset"         drop the connection before the handler runs (nothing happened)
+          "reset_after"   run the handler, then drop the connection (it happened; answer lost)
+          "malformed"     answer 200 with a body that is not JSON/XML
+          "custom"        answer `response(request)`
+    """
+
+    kind: str
+    status: int = 500
+    body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+    retry_after: float | None = None
+    delay: float = 0.0
+    response: Callable[[Request], Response] | None = None
+
+    @property
+    def label(self) -> str:
+        if self.kind == "status":
+            return f"status:{self.status}"
+        if self.kind == "rate_limit":
+            return "429" + ("+retry-after" if self.retry_after is not None else "")
+        return self.kind
+
+
+@dataclass
+class _Queued:
+    fault: Fault
+    times: int
+    when: Callable[[Request], bool]
+
+
+class FaultInjector:
+    """Scripted faults (next N matching calls) and random faults (soak tests)."""
+
+    def __init__(self) -> None:
+        self._queue: list[_Queued] = []
+        self._lock = threading.Lock()
+        self.random_rate = 0.0
+        self.random_faults: list[Fault] = []
+        self.rng = random.Random(0)
+        self.injected: list[str] = []
+
+    def inject(self, fault: Fault, *, times: int = 1,
+               when: Callable[[Request], bool] | None = None) -> None:
+        with self._lock:
+            self._queue.append(_Queued(fault, times, when or (lambda r: True)))
+
+    def set_random(self, rate: float, faults: list[Fault], seed: int = 0) -> None:
+        with self._lock:
+            self.random_rate = rate
+            self.random_faults = list(faults)
+            self.rng = random.Random(seed)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._queue.clear()
+            self.random_rate = 0.0
+
+    def pick(self, req: Request) -> Fault | None:
+        with self._lock:
+            for q in self._queue:
+                if q.when(req):
+                    q.times -= 1
+                    if q.times <= 0:
+                        self._queue.remove(q)
+                    self.injected.append(q.fault.label)
+                    return q.fault
+            if self.random_rate and self.random_faults and self.rng.random() < self.random_rate:
+                f = self.rng.choice(self.random_faults)
+                self.injected.append(f.label)
+                return f
+        return None
+
+
+class _Drop(Exception):
+    pass
+
+
+class EmulatedApi:
+    """Base for an emulated remote API. Subclasses set `name` and implement `handle`."""
+
+    name = "api"
+
+    def __init__(self) -> None:
+        self.faults = FaultInjector()
+        self.recorder: Recorder | None = None
+        self.lock = threading.RLock()  # emulators keep state; one request mutates at a time
+
+    def handle(self, req: Request) -> Response:
+        raise NotImplementedError
+
+    def is_write(self, req: Request) -> bool:
+        """Does this request change state? (dry-run tests fail on any.)"""
+        return req.method not in ("GET", "HEAD", "OPTIONS")
+
+    def malformed_body(self, req: Request) -> Response:
+        return text_response("<html><body>502 Bad Gateway</body></html>", 200, "text/html")
+
+    def fault_response(self, fault: Fault, req: Request) -> Response:
+        if fault.kind == "rate_limit":
+            headers = {} if fault.retry_after is None else {"Retry-After": f"{fault.retry_after:g}"}
+            return json_response({"message": "Too Many Attempts."}, 429, headers)
+        if fault.kind == "custom" and fault.response is not None:
+            return fault.response(req)
+        body = fault.body
+        if body is None:
+            body = {"message": "An error was encountered during processing."}
+        if isinstance(body, bytes | str):
+            raw = body.encode() if isinstance(body, str) else body
+            return Response(fault.status, raw, {"Content-Type": "text/plain", **fault.headers})
+        return json_response(body, fault.status, fault.headers)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:  # silence stderr
+        pass
+
+    def _serve(self) -> None:
+        api = self.server.api
+        split = urlsplit(self.path)
+        qlists = parse_qs(split.query, keep_blank_values=True)
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        req = Request(self.command, split.path, {k: v[-1] for k, v in qlists.items()}, qlists,
+                      CaseInsensitiveDict(self.headers.items()), body, self.path)
+        fault = api.faults.pick(req)
+        rec = CallRecord(api.name, self.command, split.path, req.query, dict(self.headers.items()),
+                         body, None, time.time(), fault.label if fault else None,
+                         api.is_write(req))
+        if api.recorder is not None:
+            api.recorder.add(rec)
+        try:
+            if fault is not None and fault.kind == "reset":
+                raise _Drop()
+            if fault is not None and fault.kind == "slow":
+                time.sleep(fault.delay)
+                fault = None
+            if fault is not None and fault.kind not in ("reset_after", "malformed"):
+                resp = api.fault_response(fault, req)
+            else:
+                try:
+                    with api.lock:
+                        resp = api.handle(req)
+                except Exception as exc:  # an emulator bug must show, not hang the client
+                    resp = json_response({"message": f"sandbox error: {exc!r}"}, 500)
+                if fault is not None and fault.kind == "reset_after":
+                    raise _Drop()
+                if fault is not None and fault.kind == "malformed":
+                    resp = api.malformed_body(req)
+        except _Drop:
+            rec.status = None
+            self.close_connection = True
+            try:
+                self.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            return
+        rec.status = resp.status
+        self.send_response(resp.status)
+        for k, v in resp.headers.items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(resp.body)))
+        self.end_headers()
+        self.wfile.write(resp.body)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _serve
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, addr: tuple[str, int], api: EmulatedApi) -> None:
+        self.api = api
+        super().__init__(addr, _Handler)
+
+
+class ApiServer:
+    """Serves one EmulatedApi on 127.0.0.1 in a background thread."""
+
+    def __init__(self, api: EmulatedApi, port: int = 0, host: str = "127.0.0.1") -> None:
+        self.api = api
+        self._server = _Server((host, port), api)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> ApiServer:
+        self._thread = threading.Thread(target=self._server.serve_forever,
+                                        kwargs={"poll_interval": 0.1},
+                                        name=f"sandbox-{self.api.name}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)

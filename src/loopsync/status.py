@@ -1,0 +1,80 @@
+"""`loopsync status`: where a merchant's sync stands, read from its state file alone."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from loopsync.config import MerchantConfig
+from loopsync.store import Store
+from loopsync.timeutil import SystemClock
+
+
+def merchant_status(cfg: MerchantConfig) -> dict[str, Any]:
+    path = Path(cfg.state_path)
+    report: dict[str, Any] = {"merchant": cfg.merchant, "state_path": str(path),
+                              "warehouse": cfg.warehouse.kind}
+    if not path.exists():
+        report["note"] = "no state yet: the first run has not happened"
+        return report
+    store = Store(path, SystemClock())
+    try:
+        report["schema_version"] = store.schema_version
+        report["cursors"] = store.cursors()
+        report["stages"] = store.stage_counts()
+        report["actions"] = store.action_counts()
+        report["effects"] = store.effect_counts()
+        runs = store.last_runs(1)
+        if runs:
+            run = runs[0]
+            run["counts"] = json.loads(run["counts"]) if run.get("counts") else {}
+            report["last_run"] = run
+        report["waiting"] = store.waiting(50)
+        report["problems"] = store.problems(20)
+    finally:
+        store.close()
+    return report
+
+
+def render_status(r: dict[str, Any]) -> str:
+    lines = [f"{r['merchant']}  ({r['warehouse']}, state {r['state_path']})"]
+    if "note" in r:
+        return "\n".join(lines + [f"  {r['note']}", ""]) + "\n"
+    run = r.get("last_run")
+    if run:
+        c = run.get("counts", {})
+        lines.append(f"  last run  {run['started_at']} -> {run.get('ended_at') or '(running)'}  "
+                     f"{run['status']}  pulled={c.get('pulled', 0)} pushed={c.get('pushed', 0)} "
+                     f"processed={c.get('processed', 0)} flagged={c.get('flagged', 0)} "
+                     f"errors={run.get('errors', 0)}"
+                     + (f"  error: {run['error']}" if run.get("error") else ""))
+    lines.append("  cursors")
+    for cur in r.get("cursors", []):
+        where = f"done until {cur['done_until'] or '(not yet)'}"
+        if cur.get("window_from"):
+            where += (f"; in window {cur['window_from']} -> {cur['window_to']}"
+                      + (" at a saved page" if cur.get("page_cursor") else ""))
+        lines.append(f"    {cur['stream']}/{cur['state']:<10} {where}")
+    stages = r.get("stages", {})
+    lines.append("  returns by stage  " + (", ".join(f"{k} {v}" for k, v in sorted(stages.items()))
+                                          or "none"))
+    actions = r.get("actions", {})
+    if actions:
+        lines.append("  loop actions      " + ", ".join(f"{k} {v}" for k, v in sorted(actions.items())))
+    failed = {k: v.get("failed", 0) for k, v in r.get("effects", {}).items() if v.get("failed")}
+    if failed:
+        lines.append("  failed effects    " + ", ".join(f"{k} {v}" for k, v in failed.items()))
+    waiting = r.get("waiting", [])
+    if waiting:
+        lines.append(f"  waiting on something ({len(waiting)} shown)")
+        for w in waiting:
+            lines.append(f"    {w['id']:<12} {w['stage']:<9} {w.get('order_name') or '':<8} "
+                         f"{w.get('reason') or ''}")
+    problems = r.get("problems", [])
+    if problems:
+        lines.append(f"  recent problems ({len(problems)} shown)")
+        for p in problems:
+            lines.append(f"    {p['at']}  {p.get('return_id') or '-':<12} {p['stage']:<6} "
+                         f"{p['message']}")
+    return "\n".join(lines) + "\n\n"

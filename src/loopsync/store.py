@@ -1,0 +1,464 @@
+"""The merchant's SQLite state, through sqlite-utils.
+
+Tables (schema version in `meta`):
+  returns    latest Loop snapshot of each return and its pipeline stage
+  asn_rows   Loop ASN report rows, keyed (id, return_line_item_id)
+  rmas       the link between a Loop return and its warehouse RMA, last polled status
+  effects    ledger of every remote side effect: intent before, outcome after
+  cursors    ingest windows per (stream, state): completed-until and the one in progress
+  runs       one row per cycle: start, end, counts, errors
+  problems   records that could not be used (malformed, rejected), for `loopsync status`
+  kv         connectors' own small state
+
+Writes that belong together go in one `atomic()` block, so a kill at any line leaves
+either the old state or the new one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from loopsync.errors import LockHeld
+from loopsync.timeutil import Clock, iso, parse_timestamp
+
+SCHEMA_VERSION = 1
+
+# Pipeline stages of a return (returns.stage).
+NEW = "new"            # ingested; push not yet evaluated
+SKIPPED = "skipped"    # not for the warehouse (state, destination, ...); reason says why
+WAITING = "waiting"    # warehouse not ready (order not found, ...); retried each cycle
+STALE = "stale"        # waited longer than order_wait; needs a person
+REJECTED = "rejected"  # warehouse refused the RMA, or the Loop record is malformed
+PUSHING = "pushing"    # RMA create intended; outcome being established
+OPEN = "open"          # RMA exists; polled until the warehouse finishes
+ACTING = "acting"      # the warehouse finished; the Loop calls it decided are under way
+REPORTED = "reported"  # warehouse outcome needs a person (e.g. cancelled in the warehouse)
+DONE = "done"          # processed, flagged or settled in Loop
+STAGES = (NEW, SKIPPED, WAITING, STALE, REJECTED, PUSHING, OPEN, ACTING, REPORTED, DONE)
+
+# Effect statuses (effects.status).
+PENDING = "pending"    # decided, not yet attempted
+INTENT = "intent"      # attempt started: the outcome is unknown until recorded
+SUCCEEDED = "done"
+SETTLED = "settled"    # the remote was already in the wanted state (or refused for state)
+FAILED = "failed"      # permanent failure; recorded, not retried
+
+
+def _migrate_v1(db: sqlite_utils.Database) -> None:
+    db["returns"].create({
+        "id": str, "state": str, "updated_at": str, "created_at": str, "destination_id": str,
+        "order_name": str, "snapshot": str, "hash": str, "first_seen_at": str,
+        "last_seen_at": str, "stage": str, "reason": str, "stage_at": str, "wait_since": str,
+        "action": str,
+    }, pk="id", not_null={"stage"}, defaults={"stage": NEW})
+    db["returns"].create_index(["stage"])
+    db["asn_rows"].create({
+        "id": str, "return_line_item_id": str, "return_id": str, "tracking_number": str,
+        "updated_at": str, "snapshot": str,
+    }, pk=("id", "return_line_item_id"))
+    db["asn_rows"].create_index(["return_id"])
+    db["rmas"].create({
+        "return_id": str, "rma_id": str, "extra": str, "created_at": str, "status": str,
+        "status_json": str, "fingerprint": str, "polled_at": str, "decision": str,
+        "decision_reason": str,
+    }, pk="return_id")
+    db["effects"].create({
+        "key": str, "return_id": str, "kind": str, "status": str, "attempts": int,
+        "last_error": str, "result": str, "payload": str, "created_at": str, "updated_at": str,
+    }, pk="key")
+    db["effects"].create_index(["return_id"])
+    db["effects"].create_index(["status"])
+    db["cursors"].create({
+        "stream": str, "state": str, "done_until": str, "window_from": str, "window_to": str,
+        "page_cursor": str, "pages": int, "updated_at": str,
+    }, pk=("stream", "state"))
+    db["runs"].create({
+        "id": str, "started_at": str, "ended_at": str, "mode": str, "status": str,
+        "counts": str, "errors": int, "error": str,
+    }, pk="id")
+    db["problems"].create({
+        "id": int, "return_id": str, "stage": str, "message": str, "at": str, "run_id": str,
+    }, pk="id")
+    db["problems"].create_index(["return_id"])
+    db["kv"].create({"namespace": str, "key": str, "value": str}, pk=("namespace", "key"))
+
+
+MIGRATIONS = {1: _migrate_v1}
+
+
+def snapshot_hash(raw: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Cursor:
+    stream: str
+    state: str
+    done_until: datetime | None
+    window_from: datetime | None
+    window_to: datetime | None
+    page_cursor: str | None
+
+
+class Store:
+    def __init__(self, path: str | Path, clock: Clock, *, memory_copy_of: Path | None = None) -> None:
+        self.clock = clock
+        self.path = Path(path)
+        if str(path) == ":memory:":
+            conn = sqlite3.connect(":memory:", check_same_thread=False)
+            if memory_copy_of is not None and memory_copy_of.exists():
+                # Dry runs work on a private copy: identical decisions, nothing persists.
+                src = sqlite3.connect(f"file:{memory_copy_of}?mode=ro", uri=True)
+                src.backup(conn)
+                src.close()
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            _create_private(self.path)
+            old_umask = os.umask(0o077)  # -wal and -shm files: owner only, like the db
+            try:
+                conn = sqlite3.connect(str(self.path), timeout=10, check_same_thread=False)
+            finally:
+                os.umask(old_umask)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA busy_timeout=10000")
+        self.db = sqlite_utils.Database(conn)
+        self.migrate()
+
+    # -- schema -------------------------------------------------------------------------
+    def migrate(self) -> None:
+        with self.db.atomic():
+            if "meta" not in self.db.table_names():
+                self.db["meta"].create({"key": str, "value": str}, pk="key")
+            row = self._meta("schema_version")
+            version = int(row) if row else 0
+            if version > SCHEMA_VERSION:
+                raise RuntimeError(f"state database schema {version} is newer than this "
+                                   f"loopsync ({SCHEMA_VERSION}); upgrade loopsync")
+            for v in range(version + 1, SCHEMA_VERSION + 1):
+                MIGRATIONS[v](self.db)
+                self._set_meta("schema_version", str(v))
+
+    def _meta(self, key: str) -> str | None:
+        rows = list(self.db.query("select value from meta where key = ?", [key]))
+        return rows[0]["value"] if rows else None
+
+    def _set_meta(self, key: str, value: str) -> None:
+        self.db["meta"].upsert({"key": key, "value": value}, pk="key")
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._meta("schema_version") or 0)
+
+    @contextlib.contextmanager
+    def atomic(self) -> Iterator[None]:
+        with self.db.atomic():
+            yield
+
+    def now(self) -> str:
+        return iso(self.clock.now()) or ""
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- returns ------------------------------------------------------------------------
+    def upsert_return(self, rid: str, raw: dict[str, Any], *, state: str, updated_at: datetime,
+                      created_at: datetime | None, destination_id: str | None,
+                      order_name: str | None) -> bool:
+        """Store the latest snapshot. Returns True when it is new or changed.
+
+        An older snapshot (updated_at before the stored one) never overwrites a newer one:
+        overlapping windows re-read returns, possibly from different state passes.
+        """
+        h = snapshot_hash(raw)
+        now = self.now()
+        existing = self.get_return_row(rid)
+        if existing is not None:
+            if existing["hash"] == h:
+                self.db.execute("update returns set last_seen_at = ? where id = ?", [now, rid])
+                return False
+            if existing["updated_at"] and parse_timestamp(existing["updated_at"]) > updated_at:
+                return False
+        row = {"id": rid, "state": state, "updated_at": iso(updated_at),
+               "created_at": iso(created_at), "destination_id": destination_id,
+               "order_name": order_name, "snapshot": json.dumps(raw, default=str), "hash": h,
+               "last_seen_at": now}
+        if existing is None:
+            row.update(first_seen_at=now, stage=NEW, stage_at=now)
+            self.db["returns"].insert(row)
+        else:
+            # A skipped return may have become eligible (state or destination changed).
+            if existing["stage"] == SKIPPED:
+                row.update(stage=NEW, reason=None, stage_at=now)
+            self.db["returns"].update(rid, row)
+        return True
+
+    def get_return_row(self, rid: str) -> dict[str, Any] | None:
+        rows = list(self.db.query("select * from returns where id = ?", [rid]))
+        return rows[0] if rows else None
+
+    def snapshot(self, rid: str) -> dict[str, Any] | None:
+        row = self.get_return_row(rid)
+        return json.loads(row["snapshot"]) if row else None
+
+    def set_stage(self, rid: str, stage: str, reason: str | None = None, *,
+                  action: str | None = None, keep_wait_since: bool = False) -> None:
+        assert stage in STAGES, stage
+        now = self.now()
+        fields: dict[str, Any] = {"stage": stage, "reason": reason, "stage_at": now}
+        if action is not None:
+            fields["action"] = action
+        if stage == WAITING and not keep_wait_since:
+            fields["wait_since"] = now
+        self.db["returns"].update(rid, fields)
+
+    def return_ids_in_stage(self, *stages: str, limit: int | None = None) -> list[str]:
+        marks = ",".join("?" * len(stages))
+        sql = f"select id from returns where stage in ({marks}) order by updated_at, id"
+        if limit:
+            sql += f" limit {int(limit)}"
+        return [r["id"] for r in self.db.query(sql, list(stages))]
+
+    def stage_counts(self) -> dict[str, int]:
+        return {r["stage"]: r["n"] for r in
+                self.db.query("select stage, count(*) as n from returns group by stage")}
+
+    def action_counts(self) -> dict[str, int]:
+        return {r["action"]: r["n"] for r in self.db.query(
+            "select action, count(*) as n from returns where action is not null group by action")}
+
+    def waiting(self, limit: int = 50) -> list[dict[str, Any]]:
+        return list(self.db.query(
+            "select id, stage, reason, stage_at, wait_since, order_name from returns "
+            "where stage in (?, ?, ?, ?, ?, ?) order by stage_at limit ?",
+            [WAITING, STALE, PUSHING, ACTING, REPORTED, REJECTED, limit]))
+
+    # -- ASN --------------------------------------------------------------------------------
+    def upsert_asn_row(self, row: dict[str, Any]) -> None:
+        self.db["asn_rows"].upsert({
+            "id": str(row.get("id")), "return_line_item_id": str(row.get("return_line_item_id")),
+            # UNCONFIRMED: we read the ASN row's `id` as the Loop return id (one row per
+            # returned line item, as PostHog keys them).
+            "return_id": str(row.get("id")), "tracking_number": row.get("tracking_number"),
+            "updated_at": row.get("updated_at"), "snapshot": json.dumps(row, default=str),
+        }, pk=("id", "return_line_item_id"))
+
+    def asn_rows_for(self, rid: str) -> list[dict[str, Any]]:
+        return [json.loads(r["snapshot"]) for r in
+                self.db.query("select snapshot from asn_rows where return_id = ?", [rid])]
+
+    # -- RMAs -------------------------------------------------------------------------------
+    def link_rma(self, rid: str, rma_id: str, extra: dict[str, Any]) -> None:
+        self.db["rmas"].upsert({"return_id": rid, "rma_id": rma_id,
+                                "extra": json.dumps(extra, default=str),
+                                "created_at": self.now()}, pk="return_id")
+
+    def rma(self, rid: str) -> dict[str, Any] | None:
+        rows = list(self.db.query("select * from rmas where return_id = ?", [rid]))
+        if not rows:
+            return None
+        row = rows[0]
+        row["extra"] = json.loads(row["extra"] or "{}")
+        return row
+
+    def open_rmas(self) -> list[dict[str, Any]]:
+        rows = list(self.db.query(
+            "select m.* from rmas m join returns r on r.id = m.return_id where r.stage = ? "
+            "order by m.polled_at is not null, m.polled_at, m.return_id", [OPEN]))
+        for row in rows:
+            row["extra"] = json.loads(row["extra"] or "{}")
+        return rows
+
+    def record_poll(self, rid: str, status_word: str, status_json: str, fingerprint: str,
+                    decision: str, reason: str) -> bool:
+        """Store a polled status; True when it differs from the last one seen."""
+        prev = self.rma(rid)
+        changed = prev is None or prev.get("fingerprint") != fingerprint
+        self.db["rmas"].update(rid, {"status": status_word, "status_json": status_json,
+                                     "fingerprint": fingerprint, "polled_at": self.now(),
+                                     "decision": decision, "decision_reason": reason})
+        return changed
+
+    # -- effects ledger -------------------------------------------------------------------
+    def effect(self, key: str) -> dict[str, Any] | None:
+        rows = list(self.db.query("select * from effects where key = ?", [key]))
+        return rows[0] if rows else None
+
+    def plan_effect(self, key: str, rid: str, kind: str, payload: Any = None) -> None:
+        """Record a decided side effect (status pending); a no-op if it is already known."""
+        now = self.now()
+        self.db.execute(
+            "insert or ignore into effects (key, return_id, kind, status, attempts, payload, "
+            "created_at, updated_at) values (?, ?, ?, ?, 0, ?, ?, ?)",
+            [key, rid, kind, PENDING, json.dumps(payload, default=str), now, now])
+
+    def effect_intent(self, key: str, rid: str, kind: str, payload: Any = None) -> None:
+        """Mark the attempt as started, before the remote call (committed on its own)."""
+        self.plan_effect(key, rid, kind, payload)
+        self.db.execute("update effects set status = ?, attempts = attempts + 1, "
+                        "updated_at = ? where key = ?", [INTENT, self.now(), key])
+
+    def effect_outcome(self, key: str, status: str, *, result: Any = None,
+                       error: str | None = None) -> None:
+        self.db.execute("update effects set status = ?, result = ?, last_error = ?, "
+                        "updated_at = ? where key = ?",
+                        [status, json.dumps(result, default=str) if result is not None else None,
+                         error, self.now(), key])
+
+    def effect_error(self, key: str, error: str) -> None:
+        """A transient failure: the intent stays armed (outcome unknown), error noted."""
+        self.db.execute("update effects set last_error = ?, updated_at = ? where key = ?",
+                        [error, self.now(), key])
+
+    def effects_for(self, rid: str) -> list[dict[str, Any]]:
+        return list(self.db.query("select * from effects where return_id = ? order by created_at",
+                                  [rid]))
+
+    def pending_effects(self, rid: str | None = None) -> list[dict[str, Any]]:
+        """Effects not yet settled (pending or intent), in the order they were planned."""
+        sql, args = "select rowid as seq, * from effects where status in (?, ?)", [PENDING, INTENT]
+        if rid is not None:
+            sql += " and return_id = ?"
+            args.append(rid)
+        rows = list(self.db.query(sql + " order by rowid", args))
+        for row in rows:
+            row["payload"] = json.loads(row["payload"]) if row["payload"] else None
+        return rows
+
+    def effect_counts(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for r in self.db.query("select kind, status, count(*) as n from effects group by 1, 2"):
+            out.setdefault(r["kind"], {})[r["status"]] = r["n"]
+        return out
+
+    # -- cursors ------------------------------------------------------------------------
+    def cursor(self, stream: str, state: str) -> Cursor:
+        rows = list(self.db.query("select * from cursors where stream = ? and state = ?",
+                                  [stream, state]))
+        if not rows:
+            return Cursor(stream, state, None, None, None, None)
+        r = rows[0]
+
+        def ts(v: str | None) -> datetime | None:
+            return parse_timestamp(v) if v else None
+
+        return Cursor(stream, state, ts(r["done_until"]), ts(r["window_from"]),
+                      ts(r["window_to"]), r["page_cursor"])
+
+    def cursors(self) -> list[dict[str, Any]]:
+        return list(self.db.query("select * from cursors order by stream, state"))
+
+    def save_page(self, stream: str, state: str, window_from: datetime, window_to: datetime,
+                  next_cursor: str | None) -> None:
+        """Checkpoint inside a window: the page before `next_cursor` is committed."""
+        cur = self.cursor(stream, state)
+        self.db["cursors"].upsert({
+            "stream": stream, "state": state, "done_until": iso(cur.done_until),
+            "window_from": iso(window_from), "window_to": iso(window_to),
+            "page_cursor": next_cursor, "updated_at": self.now(),
+        }, pk=("stream", "state"))
+        self.db.execute("update cursors set pages = coalesce(pages, 0) + 1 "
+                        "where stream = ? and state = ?", [stream, state])
+
+    def complete_window(self, stream: str, state: str, window_to: datetime) -> None:
+        self.db["cursors"].upsert({
+            "stream": stream, "state": state, "done_until": iso(window_to),
+            "window_from": None, "window_to": None, "page_cursor": None,
+            "updated_at": self.now(),
+        }, pk=("stream", "state"))
+
+    # -- runs and problems ------------------------------------------------------------------
+    def start_run(self, run_id: str, mode: str) -> None:
+        self.db["runs"].insert({"id": run_id, "started_at": self.now(), "mode": mode,
+                                "status": "running", "errors": 0})
+
+    def finish_run(self, run_id: str, status: str, counts: dict[str, Any], errors: int,
+                   error: str | None = None) -> None:
+        self.db["runs"].update(run_id, {"ended_at": self.now(), "status": status,
+                                        "counts": json.dumps(counts), "errors": errors,
+                                        "error": error})
+
+    def last_runs(self, n: int = 1) -> list[dict[str, Any]]:
+        return list(self.db.query("select * from runs order by started_at desc, rowid desc "
+                                  "limit ?", [n]))
+
+    def add_problem(self, rid: str | None, stage: str, message: str, run_id: str | None) -> None:
+        self.db["problems"].insert({"return_id": rid, "stage": stage, "message": message[:1000],
+                                    "at": self.now(), "run_id": run_id})
+
+    def problems(self, limit: int = 20) -> list[dict[str, Any]]:
+        return list(self.db.query("select * from problems order by id desc limit ?", [limit]))
+
+    # -- connectors' key-value state ----------------------------------------------------------
+    def kv(self, namespace: str) -> StoreKeyValue:
+        return StoreKeyValue(self, namespace)
+
+
+class StoreKeyValue:
+    def __init__(self, store: Store, namespace: str) -> None:
+        self.store = store
+        self.namespace = namespace
+
+    def get(self, key: str, default: Any = None) -> Any:
+        rows = list(self.store.db.query("select value from kv where namespace = ? and key = ?",
+                                        [self.namespace, key]))
+        return json.loads(rows[0]["value"]) if rows else default
+
+    def set(self, key: str, value: Any) -> None:
+        self.store.db["kv"].upsert({"namespace": self.namespace, "key": key,
+                                    "value": json.dumps(value, default=str)},
+                                   pk=("namespace", "key"))
+
+
+def _create_private(path: Path) -> None:
+    """Create the database file 0600 before SQLite opens it (secrets never go in it, but
+    customer emails and addresses do)."""
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    os.close(fd)
+    os.chmod(path, 0o600)
+
+
+class MerchantLock:
+    """An exclusive advisory lock on <state>.lock; the kernel drops it if we die, so a
+    SIGKILLed run never wedges the next one."""
+
+    def __init__(self, state_path: Path) -> None:
+        self.path = Path(str(state_path) + ".lock")
+        self._fd: int | None = None
+
+    def acquire(self) -> MerchantLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise LockHeld(f"another loopsync process holds {self.path}") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> MerchantLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
