@@ -378,9 +378,14 @@ class Engine:
                 self._set_stage(rid, st.REJECTED, exc.message)
             self._problem(rid, "push", f"warehouse rejected the RMA: {exc.message}")
             return None
-        except RemoteError as exc:
-            # Unknown or transient: the intent stays; the next attempt looks it up first.
+        except OutcomeUnknown as exc:
+            # The intent stays armed: the next attempt looks the RMA up before creating.
             self.store.effect_error(key, str(exc))
+            raise
+        except RemoteError as exc:
+            with self.store.atomic():  # certainly not sent: nothing to look up next time
+                self.store.effect_not_sent(key, str(exc))
+                self._set_stage(rid, st.NEW, None)
             raise
 
     def _wait(self, rid: str, row: dict[str, Any], reason: str) -> None:
@@ -427,11 +432,14 @@ class Engine:
 
     def _record_status(self, rid: str, status: RmaStatus) -> None:
         decision = rules.decide(status, self.cfg.warehouse.statuses)
+        first_poll = not (self.store.rma(rid) or {}).get("fingerprint")
         changed = self.store.record_poll(rid, status.status, json.dumps(asdict(status)),
                                          json.dumps(status.fingerprint()), decision.action,
                                          decision.reason)
         if decision.action in (rules.IGNORE, rules.WAIT):
-            if changed and decision.action == rules.IGNORE:
+            # A fresh RMA with nothing received is not news; a later ignore status is.
+            quiet = first_poll and status.received_units == 0
+            if changed and decision.action == rules.IGNORE and not quiet:
                 self.counts.ignored += 1
                 self._event("ignored", rid, reason=decision.reason)
             return
@@ -509,8 +517,8 @@ class Engine:
             self._settle(key, rid, kind, st.FAILED, exc.message)
             self._problem(rid, "act", f"{kind} failed: {exc.message}")
             return True
-        except TransientError as exc:
-            self.store.effect_error(key, str(exc))
+        except TransientError as exc:  # certainly not sent (no connection, 429)
+            self.store.effect_not_sent(key, str(exc))
             raise
         self._settle(key, rid, kind, st.SUCCEEDED, None)
         return True

@@ -219,13 +219,17 @@ class HttpClient:
         try:
             resp = self.session.request(method, self.url(path), params=params, json=json_body,
                                         data=data, headers=headers, timeout=self.timeout)
-        except requests.ConnectTimeout as exc:  # never reached the server: safe to repeat
-            raise TransientError(self.system, f"connect timeout: {exc}") from None
-        except (requests.Timeout, requests.ConnectionError) as exc:
-            kind = "timeout" if isinstance(exc, requests.Timeout) else "connection error"
+        except requests.ConnectionError as exc:
+            if _never_sent(exc):  # no connection was made: safe to repeat any request
+                raise TransientError(self.system, f"cannot connect: {_short(exc)}") from None
             if idempotent:
-                raise TransientError(self.system, f"{kind}: {_short(exc)}") from None
-            raise OutcomeUnknown(self.system, f"{kind} after sending: {_short(exc)}") from None
+                raise TransientError(self.system, f"connection error: {_short(exc)}") from None
+            raise OutcomeUnknown(self.system,
+                                 f"connection error after sending: {_short(exc)}") from None
+        except requests.Timeout as exc:  # read timeout: the server may have acted
+            if idempotent:
+                raise TransientError(self.system, f"timeout: {_short(exc)}") from None
+            raise OutcomeUnknown(self.system, f"timeout after sending: {_short(exc)}") from None
         text = resp.text
         try:
             payload = json.loads(text) if text.strip() else None
@@ -253,6 +257,27 @@ class HttpClient:
         if status == 404:
             raise NotFound(self.system, message, status=status)
         raise PermanentError(self.system, message, status=status)
+
+
+def _never_sent(exc: requests.ConnectionError) -> bool:
+    """True when the connection itself failed (refused, DNS, connect timeout), so the
+    server cannot have seen the request."""
+    from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
+
+    if isinstance(exc, requests.ConnectTimeout):
+        return True
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        err = stack.pop()
+        if err is None or id(err) in seen:
+            continue
+        seen.add(id(err))
+        if isinstance(err, NewConnectionError | ConnectTimeoutError | NameResolutionError):
+            return True
+        stack.extend([getattr(err, "reason", None), err.__cause__, err.__context__,
+                      *[a for a in getattr(err, "args", ()) if isinstance(a, BaseException)]])
+    return False
 
 
 def error_text(body: Any) -> str | None:

@@ -317,6 +317,11 @@ class Store:
                         [status, json.dumps(result, default=str) if result is not None else None,
                          error, self.now(), key])
 
+    def effect_not_sent(self, key: str, error: str) -> None:
+        """The call certainly did not reach the remote: back to pending, no lookup needed."""
+        self.db.execute("update effects set status = ?, last_error = ?, updated_at = ? "
+                        "where key = ?", [PENDING, error, self.now(), key])
+
     def effect_error(self, key: str, error: str) -> None:
         """A transient failure: the intent stays armed (outcome unknown), error noted."""
         self.db.execute("update effects set last_error = ?, updated_at = ? where key = ?",
