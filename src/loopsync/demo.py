@@ -1,0 +1,141 @@
+"""`loopsync demo` and `loopsync sandbox`: the whole flow on the built-in sandbox."""
+
+from __future__ import annotations
+
+import signal
+import tempfile
+import threading
+from collections import Counter
+from pathlib import Path
+from typing import Any, TextIO
+
+from loopsync import logs
+from loopsync.engine import CycleResult
+from loopsync.sandbox import Sandbox
+
+# What the sandbox warehouse does with each pushed return, in turn (None: not yet arrived).
+DEMO_SCENARIOS = ["full", "short", "damaged", "full", "over", None]
+SANDBOX_SCENARIOS = ["full", "short", "damaged", "full"]
+
+
+def run_demo(*, warehouse: str = "shiphero", returns: int = 12, out: TextIO) -> int:
+    logs.configure(level="warning")
+    transport = "folder" if warehouse == "generic" else "http"
+    with tempfile.TemporaryDirectory(prefix="loopsync-demo-") as tmp, \
+            Sandbox(warehouse, transport=transport, folder_root=Path(tmp) / "3pl") as sb:
+        seeded = sb.seed(returns, states_weights=[("open", 1)])
+        odd = _add_awkward_returns(sb)
+        cfg = sb.merchant_config(Path(tmp), merchant="demo")
+        say = lambda text="": print(text, file=out)  # noqa: E731
+        say(f"loopsync demo: sandbox Loop at {sb.loop_url}, sandbox {warehouse} at "
+            f"{sb.warehouse_url}")
+        say(f"seeded {len(seeded) + len(odd)} Loop returns "
+            f"({len(odd)} of them awkward on purpose)\n")
+
+        first = sb.run_cycle(cfg)
+        say("cycle 1 (returns reach the warehouse):")
+        _print_events(first, out, {"rma_created", "rma_linked"})
+        _print_waits(cfg, out)
+
+        received = _warehouse_receives(sb, first)
+        say(f"\nthe warehouse receives goods: "
+            + ", ".join(f"{n} {s}" for s, n in Counter(received.values()).items()))
+        second = sb.run_cycle(cfg)
+        third = sb.run_cycle(cfg)  # nothing new: shows the cycle is idempotent
+        say("\ncycle 2 (the warehouse finished some returns):")
+        _print_events(second, out, {"processed", "flagged", "ignored", "reported", "settled"})
+        c1, c2, c3 = first.counts, second.counts, third.counts
+        say("\nsummary:")
+        say(f"  RMAs created {c1.pushed + c1.linked + c2.pushed + c2.linked}; "
+            f"processed {c2.processed}; flagged {c2.flagged}; ignored {c2.ignored}; "
+            f"reported {c2.reported}; errors {c1.errors + c2.errors + c3.errors}")
+        say(f"  cycle 3 changed nothing: pushed {c3.pushed}, processed {c3.processed}, "
+            f"flagged {c3.flagged}")
+        duplicates = [rid for rid in received if sb.warehouse.rma_count(rid) != 1]
+        actions = Counter(a for r in seeded + odd for a in sb.loop.actions_for(str(r["id"])))
+        twice = [str(r["id"]) for r in seeded + odd
+                 if len(sb.loop.actions_for(str(r["id"]))) > 1]
+        say(f"  Loop saw {dict(actions)}; returns with more than one action: {len(twice)}; "
+            f"returns with more than one RMA: {len(duplicates)}")
+        ok = not duplicates and not twice and c3.pushed == c3.processed == c3.flagged == 0
+        say("\nall good." if ok else "\nSOMETHING IS WRONG (see above).")
+        return 0 if ok else 1
+
+
+def _add_awkward_returns(sb: Sandbox) -> list[dict[str, Any]]:
+    """One return for an unmapped destination and one whose order the warehouse lacks."""
+    from loopsync.sandbox.seed import make_return
+
+    unmapped = make_return(rng=sb.rng, return_id=90000001, state="open",
+                           updated_at=sb.clock.now())
+    unmapped["destination_id"] = 99
+    sb.add_return(unmapped)
+    missing = make_return(rng=sb.rng, return_id=90000002, state="open",
+                          updated_at=sb.clock.now())
+    sb.add_return(missing, with_order=False)
+    return [unmapped, missing]
+
+
+def _warehouse_receives(sb: Sandbox, result: CycleResult) -> dict[str, str]:
+    received = {}
+    pushed = [e["return_id"] for e in result.events if e["event"] in ("rma_created", "rma_linked")]
+    for n, rid in enumerate(pushed):
+        scenario = DEMO_SCENARIOS[n % len(DEMO_SCENARIOS)]
+        if scenario and sb.warehouse.receive(rid, scenario):
+            received[rid] = scenario
+    return received
+
+
+def _print_events(result: CycleResult, out: TextIO, kinds: set[str]) -> None:
+    labels = {"rma_created": "RMA created", "rma_linked": "RMA found", "processed": "processed",
+              "flagged": "flagged", "ignored": "ignored", "reported": "left for a person",
+              "settled": "already settled"}
+    for e in result.events:
+        if e["event"] in kinds:
+            detail = e.get("rma") or e.get("reason") or ""
+            print(f"  {e['return_id']:>10}  {labels[e['event']]:<18} {detail}", file=out)
+
+
+def _print_waits(cfg: Any, out: TextIO) -> None:
+    from loopsync.store import Store
+    from loopsync.timeutil import SystemClock
+
+    store = Store(cfg.state_path, SystemClock())
+    try:
+        for row in store.db.query("select id, stage, reason from returns where stage in "
+                                  "('skipped', 'waiting', 'rejected') order by id"):
+            print(f"  {row['id']:>10}  {row['stage']:<18} {row['reason']}", file=out)
+    finally:
+        store.close()
+
+
+def serve_sandbox(*, port: int, warehouse: str, returns: int, out: TextIO) -> int:
+    """Serve the sandbox until SIGINT/SIGTERM; the warehouse receives a return now and then
+    so `loopsync run` shows processing and flagging too."""
+    workdir = Path("sandbox-config")
+    transport = "folder" if warehouse == "generic" else "http"
+    sb = Sandbox(warehouse, loop_port=port, warehouse_port=port + 1, transport=transport,
+                 folder_root=workdir / "3pl")
+    stop = threading.Event()
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, lambda *_: stop.set())
+    with sb:
+        seeded = sb.seed(returns, states_weights=[("open", 1)])
+        path = sb.write_config(workdir, merchant="sandbox", state_path="./state/sandbox.sqlite")
+        print(f"sandbox Loop at {sb.loop_url}, {warehouse} at {sb.warehouse_url}", file=out)
+        print(f"config written to {path}:\n", file=out)
+        print(path.read_text(), file=out)
+        print("set the secrets it references, then run loopsync:\n", file=out)
+        for k, v in sb.env().items():
+            print(f"  export {k}={v}", file=out)
+        print(f"\n  loopsync run --once -c {path}\n  loopsync status -c {path}\n", file=out)
+        print("Ctrl-C stops the sandbox.", file=out, flush=True)
+        waiting = [str(r["id"]) for r in seeded]
+        while not stop.wait(15):
+            # Play the warehouse: finish the next return that has an RMA by now.
+            for n, rid in enumerate(waiting):
+                if sb.warehouse.has_rma(rid):
+                    sb.warehouse.receive(rid, SANDBOX_SCENARIOS[n % len(SANDBOX_SCENARIOS)])
+                    waiting.remove(rid)
+                    break
+    return 0

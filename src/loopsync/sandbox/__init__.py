@@ -1,0 +1,151 @@
+"""The built-in sandbox: an emulated Loop and one emulated warehouse, served over real
+HTTP on 127.0.0.1, seeded with realistic returns, with a record of every call.
+
+    with Sandbox(warehouse="shiphero") as sb:
+        sb.seed(12)
+        cfg = sb.merchant_config(tmp_path)
+        sb.run_cycle(cfg)
+        sb.warehouse.receive(return_id, "short")
+"""
+
+from __future__ import annotations
+
+import importlib
+import random
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from loopsync.sandbox.base import WarehouseEmulator
+from loopsync.sandbox.loop import LoopEmulator
+from loopsync.sandbox.seed import make_returns
+from loopsync.sandbox.server import ApiServer, Recorder
+from loopsync.timeutil import Clock, SystemClock, iso
+
+LOOP_KEY = "sandbox-loop-key-0001"
+
+EMULATORS = {
+    "shiphero": "loopsync.sandbox.shiphero:ShipHeroEmulator",
+    "peoplevox": "loopsync.sandbox.peoplevox:PeopleVoxEmulator",
+    "xoro": "loopsync.sandbox.xoro:XoroEmulator",
+    "generic": "loopsync.sandbox.generic:GenericEmulator",
+}
+
+
+def emulator_class(kind: str) -> type[WarehouseEmulator]:
+    module, name = EMULATORS[kind].split(":")
+    cls: type[WarehouseEmulator] = getattr(importlib.import_module(module), name)
+    return cls
+
+
+class Sandbox:
+    def __init__(self, warehouse: str = "shiphero", *, clock: Clock | None = None,
+                 loop_port: int = 0, warehouse_port: int = 0, rate_limits: bool = True,
+                 seed: int = 7, transport: str = "http", folder_root: Path | None = None) -> None:
+        self.kind = warehouse
+        self.clock = clock or SystemClock()
+        self.rng = random.Random(seed)
+        self.recorder = Recorder()
+        self.transport = transport
+        self.folder_root = folder_root
+        self.loop = LoopEmulator(clock=self.clock, api_keys={LOOP_KEY})
+        self.loop.rate_limit_enabled = rate_limits
+        self.loop.recorder = self.recorder
+        self.warehouse = emulator_class(warehouse)(clock=self.clock)
+        self.warehouse.recorder = self.recorder
+        self._set_warehouse_rate_limits(rate_limits)
+        self.loop_server = ApiServer(self.loop, loop_port)
+        self.warehouse_server = ApiServer(self.warehouse, warehouse_port)
+        self._started = False
+
+    def _set_warehouse_rate_limits(self, enabled: bool) -> None:
+        for attr in ("rate_limit_enabled", "throttle_enabled", "credits_enabled"):
+            if hasattr(self.warehouse, attr):
+                setattr(self.warehouse, attr, enabled)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> Sandbox:
+        if not self._started:
+            self.loop_server.start()
+            self.warehouse_server.start()
+            self._started = True
+        return self
+
+    def stop(self) -> None:
+        if self._started:
+            self.loop_server.stop()
+            self.warehouse_server.stop()
+            self._started = False
+
+    def __enter__(self) -> Sandbox:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def loop_url(self) -> str:
+        return f"{self.loop_server.url}/api/v1"
+
+    @property
+    def warehouse_url(self) -> str:
+        return self.warehouse_server.url
+
+    # -- data ---------------------------------------------------------------------------------
+    def add_return(self, raw: dict[str, Any], *, with_order: bool = True) -> dict[str, Any]:
+        self.loop.add_return(raw)
+        self.warehouse.on_loop_return(raw, with_order=with_order)
+        return raw
+
+    def seed(self, n: int, *, days: float = 3, with_order: bool = True,
+             **kw: Any) -> list[dict[str, Any]]:
+        """n realistic returns updated during the last `days` days (sandbox clock)."""
+        now = self.clock.now()
+        returns = make_returns(n, start=now - timedelta(days=days), end=now, rng=self.rng, **kw)
+        for raw in returns:
+            self.add_return(raw, with_order=with_order)
+        return returns
+
+    # -- configuration ------------------------------------------------------------------------
+    def env(self) -> dict[str, str]:
+        return {"LOOP_API_KEY": LOOP_KEY, **self.warehouse.secret_env()}
+
+    def config_dict(self, *, merchant: str = "sandbox", state_path: str | Path | None = None,
+                    start_days: float = 30, every: str = "1m", **loop_extra: Any) -> dict[str, Any]:
+        start = self.clock.now() - timedelta(days=start_days)
+        if self.kind == "generic" and self.transport == "folder":
+            assert self.folder_root is not None, "folder transport needs folder_root"
+            warehouse = self.warehouse.folder_config(self.folder_root)  # type: ignore[attr-defined]
+        else:
+            warehouse = self.warehouse.warehouse_config(self.warehouse_url)
+        return {
+            "merchant": merchant,
+            "state_path": str(state_path or f"./state/{merchant}.sqlite"),
+            "schedule": {"every": every},
+            "loop": {"base_url": self.loop_url, "api_key": "${LOOP_API_KEY}",
+                     "start_at": iso(start.replace(microsecond=0)), "lookback": "15m",
+                     **loop_extra},
+            "warehouse": warehouse,
+        }
+
+    def write_config(self, directory: Path, **kw: Any) -> Path:
+        directory.mkdir(parents=True, exist_ok=True)
+        data = self.config_dict(**kw)
+        path = directory / f"{data['merchant']}.yaml"
+        path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+        return path
+
+    def merchant_config(self, directory: Path, **kw: Any) -> Any:
+        from loopsync.config import load_config
+
+        kw.setdefault("state_path", directory / f"{kw.get('merchant', 'sandbox')}.sqlite")
+        return load_config(self.write_config(directory, **kw), env=self.env())
+
+    def run_cycle(self, cfg: Any, **kw: Any) -> Any:
+        from loopsync.http import RetryPolicy
+        from loopsync.runner import run_merchant
+
+        kw.setdefault("policy", RetryPolicy(attempts=6, base=0.05, cap=0.5, retry_after_cap=30))
+        return run_merchant(cfg, clock=self.clock, **kw)

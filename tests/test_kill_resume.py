@@ -1,0 +1,141 @@
+"""The real worker in a subprocess, SIGKILLed at chosen points of a cycle, then run again:
+no return is lost, no second RMA is created, no second process/flag/note is fired.
+
+A kill point is a request the sandbox holds open: "before" holds it without acting (the
+worker dies with its intent written and nothing done), "after" acts and then holds the
+answer (the worker dies not knowing it succeeded: the hardest case)."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from loopsync.sandbox import Sandbox
+from loopsync.sandbox.server import Fault, json_response
+from loopsync.store import MerchantLock
+from loopsync.timeutil import SystemClock
+
+pytestmark = pytest.mark.slow
+
+
+def start_worker(cfg_path, env, *args):
+    return subprocess.Popen(
+        [sys.executable, "-m", "loopsync", "--log-format", "json", *args, "-c", str(cfg_path)],
+        env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def run_worker(cfg_path, env):
+    proc = start_worker(cfg_path, env, "run", "--once")
+    out, err = proc.communicate(timeout=60)
+    return proc.returncode, out.decode(), err.decode()
+
+
+class Holds:
+    def __init__(self):
+        self.release = threading.Event()
+
+    def arm(self, api, match, *, after):
+        reached = threading.Event()
+
+        def respond(req):
+            if after:
+                with api.lock:
+                    api.handle(req)
+            reached.set()
+            self.release.wait(30)  # the worker is killed while it waits for this answer
+            return json_response({"message": "too late"}, 500)
+
+        api.faults.inject(Fault("custom", response=respond), when=match)
+        return reached
+
+
+@pytest.fixture
+def world(tmp_path):
+    sb = Sandbox("shiphero", clock=SystemClock(), rate_limits=False).start()
+    holds = Holds()
+    seeded = sb.seed(4, states_weights=[("open", 1)])
+    cfg_path = sb.write_config(tmp_path, merchant="killme",
+                               state_path=str(tmp_path / "killme.sqlite"))
+    yield sb, holds, [str(r["id"]) for r in seeded], cfg_path
+    holds.release.set()
+    sb.stop()
+
+
+def is_list(req):
+    return req.path.endswith("/warehouse/return/list")
+
+
+def is_create(req):
+    return req.path.endswith("/graphql") and b"return_create" in req.body
+
+
+def loop_post(action):
+    return lambda req: req.method == "POST" and req.path.endswith(f"/{action}")
+
+
+KILL_POINTS = [
+    ("during ingest", "loop", is_list, False, False),
+    ("before the RMA is created", "shiphero", is_create, False, False),
+    ("after the RMA is created, answer lost", "shiphero", is_create, True, False),
+    ("after the Loop note, answer lost", "loop", loop_post("note"), True, False),
+    ("after process, answer lost", "loop", loop_post("process"), True, True),
+    ("after flag, answer lost", "loop", loop_post("flag"), True, True),
+]
+
+
+@pytest.mark.parametrize("label, api_name, match, after, finished_first", KILL_POINTS,
+                         ids=[k[0] for k in KILL_POINTS])
+def test_sigkill_then_rerun_repeats_nothing(world, label, api_name, match, after, finished_first):
+    sb, holds, ids, cfg_path = world
+    env = sb.env()
+    if finished_first:
+        code, _, err = run_worker(cfg_path, env)
+        assert code == 0, err
+        for rid, scenario in zip(ids, ["full", "short", "damaged", "full"], strict=True):
+            sb.warehouse.receive(rid, scenario)
+    api = sb.loop if api_name == "loop" else sb.warehouse
+    reached = holds.arm(api, match, after=after)
+    proc = start_worker(cfg_path, env, "run", "--once")
+    assert reached.wait(30), f"the worker never reached the kill point ({label})"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    api.faults.clear()
+    for _ in range(2):
+        code, _, err = run_worker(cfg_path, env)
+        assert code == 0, err
+    if not finished_first:
+        for rid, scenario in zip(ids, ["full", "short", "damaged", "full"], strict=True):
+            sb.warehouse.receive(rid, scenario)
+        code, _, err = run_worker(cfg_path, env)
+        assert code == 0, err
+    for rid in ids:
+        assert sb.warehouse.rma_count(rid) == 1, f"{label}: return {rid} has " \
+            f"{sb.warehouse.rma_count(rid)} RMAs"
+        assert len(sb.loop.actions_for(rid)) == 1, f"{label}: {rid} {sb.loop.actions_for(rid)}"
+        notes = sb.loop.notes_for(rid)
+        assert sum("created" in n for n in notes) == 1, f"{label}: {notes}"
+        assert sum("flagged" in n for n in notes) <= 1, f"{label}: {notes}"
+
+
+def test_sigterm_stops_serve_promptly_with_exit_0(world):
+    sb, _, _, cfg_path = world
+    proc = start_worker(cfg_path, sb.env(), "serve")
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not sb.recorder.calls("shiphero"):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    started = time.monotonic()
+    code = proc.wait(15)
+    assert code == 0, proc.stderr.read().decode()
+    assert time.monotonic() - started < 10
+
+
+def test_lock_held_exits_75(world, tmp_path):
+    sb, _, _, cfg_path = world
+    with MerchantLock(tmp_path / "killme.sqlite"):
+        code, out, _ = run_worker(cfg_path, sb.env())
+    assert code == 75 and "killme" in out
