@@ -122,12 +122,18 @@ def test_state_conflict_body_is_settled(make_sandbox, tmp_path, clock):
     cfg = sb.merchant_config(tmp_path)
     sb.run_cycle(cfg)
     sb.warehouse.receive(rid, "full")
-    sb.loop.set_state(rid, "closed", bump=False)  # processed by hand, our snapshot is stale
+    conflict = {"errors": {"message": "Return is closed and therefore cannot be processed.",
+                           "code": "UNPROCESSABLE_RETURN"}}
+    sb.loop.faults.inject(Fault("status", status=200, body=conflict),
+                          when=lambda req: req.path.endswith("/process"))
     r = sb.run_cycle(cfg)
-    assert r.counts.settled == 1 and r.ok
+    assert r.counts.settled == 1 and r.ok, r.stage_errors
     assert sb.loop.actions_for(rid) == []
     effect = Store(cfg.state_path, clock).effect(f"process:{rid}")
     assert effect["status"] == "settled" and "closed" in effect["last_error"]
+    clock.advance(60)
+    sb.run_cycle(cfg)
+    assert len(sb.recorder.calls("loop", path="/process")) == 1, "a settled call was retried"
 
 
 def test_shiphero_throttling_and_token_refresh(make_sandbox, tmp_path, clock):

@@ -77,8 +77,8 @@ def decide(status: RmaStatus, rules: StatusRules) -> Decision:
         problems += quantity_problems(status)
     if problems:
         return Decision(FLAG, f"warehouse status '{shown}': " + "; ".join(problems))
-    return Decision(PROCESS, f"warehouse status '{shown}', all "
-                             f"{status.received_units} units received")
+    return Decision(PROCESS, f"warehouse status '{shown}', every unit received "
+                             f"({status.received_units})")
 
 
 def condition_problems(status: RmaStatus, rules: StatusRules) -> list[str]:

@@ -20,7 +20,7 @@ import yaml
 
 from loopsync.sandbox.base import WarehouseEmulator
 from loopsync.sandbox.loop import LoopEmulator
-from loopsync.sandbox.seed import make_returns
+from loopsync.sandbox.seed import FIRST_RETURN_ID, make_returns
 from loopsync.sandbox.server import ApiServer, Recorder
 from loopsync.timeutil import Clock, SystemClock, iso
 
@@ -59,6 +59,7 @@ class Sandbox:
         self.loop_server = ApiServer(self.loop, loop_port)
         self.warehouse_server = ApiServer(self.warehouse, warehouse_port)
         self._started = False
+        self._next_id = FIRST_RETURN_ID
 
     def _set_warehouse_rate_limits(self, enabled: bool) -> None:
         for attr in ("rate_limit_enabled", "throttle_enabled", "credits_enabled"):
@@ -103,7 +104,9 @@ class Sandbox:
              **kw: Any) -> list[dict[str, Any]]:
         """n realistic returns updated during the last `days` days (sandbox clock)."""
         now = self.clock.now()
+        kw.setdefault("first_id", self._next_id)
         returns = make_returns(n, start=now - timedelta(days=days), end=now, rng=self.rng, **kw)
+        self._next_id = max(self._next_id, kw["first_id"] + n)
         for raw in returns:
             self.add_return(raw, with_order=with_order)
         return returns

@@ -1,0 +1,708 @@
+"""A generic 3PL (the AMS model): loopsync hands each Loop return to the 3PL as an RMA and
+reads back what the 3PL received, over HTTP or through shared folders.
+
+The RMA number is always the Loop return id (the number in the Loop admin URL
+https://admin.loopreturns.com/returns/99904598). A 3PL implements its side from this text.
+
+Receipts and statuses
+---------------------
+A receipt record says that some units of one SKU of one RMA were received in a condition:
+`available`, `damaged`, `missing`, or another word the merchant maps to one of these in
+`warehouse.condition_map`. An unmapped word holds the return back (reported as a poll
+problem) until it is mapped; nothing is guessed. Per RMA loopsync computes:
+
+- `complete` when every expected unit is accounted for (available + damaged + missing >=
+  expected, per SKU), else `partial`;
+- per SKU: units physically received (available + damaged) and the worst condition
+  (missing > damaged > available).
+
+By default `complete` with every unit available is processed; any damaged or missing unit,
+or a count that differs from the RMA, is flagged with a note; `partial` waits.
+
+Records with the same `receipt_id` for the same RMA are one record: a repeat (a re-sent
+page, a duplicated file) changes nothing, and a later record with that id replaces the
+earlier one (a correction).
+
+HTTP transport
+--------------
+1. loopsync POSTs each RMA to `rma_url`::
+
+       POST {rma_url}
+       Content-Type: application/json
+       {auth_header}: {auth_token}                       (when auth_token is set)
+       X-Loopsync-Signature: sha256=<hex>                 (when signing_secret is set)
+
+       {
+         "rma_number": "99904598",                 string, the Loop return id
+         "loop_return_id": "99904598",             string, same value
+         "created_at": "2026-05-01T12:00:00Z",     ISO-8601 UTC, when the return was created
+         "destination": "WH-EAST",                 string, the mapped warehouse/site ("" if none)
+         "order": {"name": "#1001", "number": "1001", "id": "90001001"},   strings or null
+         "customer": "jane@example.com",           string or null
+         "carrier": "USPS",                        string or null
+         "tracking_number": "9400...",             string or null
+         "lines": [                                one per SKU, at least one
+           {"line": 1, "sku": "TEE-BLK-M", "quantity": 2, "title": "Classic Tee - Black / M"}
+         ]
+       }
+
+   The signature is the lowercase hex HMAC-SHA256 of the exact request body bytes, keyed
+   with the shared signing secret; verify it before parsing and answer 401 when it does
+   not match.
+
+   Answers: `201` (or `200`) with the stored RMA record `{"rma_number": "...", ...}`.
+   **Idempotent by RMA number**: POSTing a number the 3PL already has must not create a
+   second RMA; answer `200` or `409` with the existing record. loopsync repeats a POST only
+   after checking with `GET` (below), but a lost answer can still make it repeat one.
+   `400`/`422` with `{"error": "why"}` refuses the RMA (loopsync records it as rejected and
+   does not retry); `401`/`403` bad credentials; `429` (Retry-After honoured) and `5xx` are
+   retried later.
+
+2. loopsync looks an RMA up before repeating a POST whose answer was lost::
+
+       GET {rma_url}/{rma_number}    ->  200 {"rma_number": "99904598", ...}  |  404
+
+3. loopsync polls receipts::
+
+       GET {receipts_url}?since=2026-06-01T00:00:00Z&page=1&page_size=100
+
+   `since` (ISO-8601 UTC): receipts with `received_at >= since`; `page` is 1-based;
+   `page_size` is a maximum. Order the records by `received_at`, then `receipt_id`, so
+   pages stay stable while new receipts arrive. Answer::
+
+       {
+         "receipts": [
+           {
+             "receipt_id": "R-1001",          string, unique within the RMA, required
+             "rma_number": "99904598",        string, required
+             "sku": "TEE-BLK-M",              string, required
+             "quantity": 1,                   integer >= 0, required
+             "condition": "available",        string, required
+             "received_at": "2026-06-02T14:03:00Z"   ISO-8601 with zone, required
+           }
+         ],
+         "next_page": 2                       integer, or null on the last page
+       }
+
+   loopsync keeps every record it has read and asks again from a few minutes before the
+   newest `received_at` it has seen, so overlapping answers are expected and harmless. A
+   record that breaks this schema stops the poll (nothing is skipped silently) until the
+   3PL fixes it.
+
+Folder transport
+----------------
+loopsync owns `archive/` and `rejected/`; the 3PL writes `inbox/` and reads `outbox/`.
+
+- RMAs: loopsync writes `outbox/<rma_number>.csv` atomically (a hidden temporary file in
+  the same folder, fsync, rename), so a file under its final name is always complete.
+  Rewriting the same RMA after a crash writes the same name: treat a repeated RMA number
+  as the same RMA. The 3PL may leave, delete, or move picked-up files to `archive/`.
+  Columns, in this order, with a header row (UTF-8, comma separated, RFC 4180 quoting),
+  one row per SKU::
+
+      rma_number,line,sku,quantity,title,order_name,order_number,customer,destination,carrier,tracking_number,created_at
+
+- Receipts: the 3PL writes `*.csv` files into `inbox/`, named as it likes, each written
+  under a temporary name (starting with `.` or ending in `.tmp`) and then renamed. A
+  header row is required; column names are case-insensitive and in any order; other
+  columns are ignored; UTF-8 (a BOM is fine)::
+
+      rma_number,sku,quantity,condition[,receipt_id][,received_at]
+
+  `quantity` is an integer >= 0; `received_at` is ISO-8601 (UTC when it has no zone).
+  Give every row a `receipt_id`; a row without one is identified by the bytes of its file
+  and its row number, so only an exact duplicate file is recognised as a repeat.
+- After loopsync has stored what a file said it moves the file to `archive/` (never
+  deletes; a name already there gets a `.1`, `.2`, ... suffix). A file with any bad row is
+  moved whole to `rejected/` with `<name>.reason.txt` beside it, and the other files still
+  apply; fix it and drop it into `inbox/` again.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import hmac
+import io
+import itertools
+import json
+import os
+import shutil
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+from urllib.parse import quote
+
+import structlog
+
+from loopsync.configkit import Secret, Section
+from loopsync.connectors.base import (ConnectorContext, KeyValue, PollResult, PushRequest,
+                                      WarehouseConnector, WarehouseSettings, normalize_status)
+from loopsync.errors import ErrorBody, NotFound, PermanentError, Rejected, TransientError
+from loopsync.http import HttpClient, HttpResult
+from loopsync.models import ItemStatus, RmaRef, RmaStatus
+from loopsync.timeutil import iso, parse_timestamp
+
+log = structlog.get_logger("loopsync.connectors.generic")
+
+SYSTEM = "generic"
+AVAILABLE, DAMAGED, MISSING = "available", "damaged", "missing"
+CATEGORIES = (AVAILABLE, DAMAGED, MISSING)
+_SEVERITY = {AVAILABLE: 0, DAMAGED: 1, MISSING: 2}
+COMPLETE, PARTIAL = "complete", "partial"
+
+SIGNATURE_HEADER = "X-Loopsync-Signature"
+RMA_COLUMNS = ("rma_number", "line", "sku", "quantity", "title", "order_name", "order_number",
+               "customer", "destination", "carrier", "tracking_number", "created_at")
+RECEIPT_REQUIRED = ("rma_number", "sku", "quantity", "condition")
+# Receipts are re-read from this long before the newest one seen: a 3PL may commit a
+# record stamped a little earlier than one it already served.
+SINCE_OVERLAP = timedelta(minutes=5)
+SINCE_KEY = "receipts_since"
+_HTTP_KEYS = ("rma_url", "receipts_url", "auth_header", "auth_token", "signing_secret",
+              "page_size")
+_FOLDER_KEYS = ("outbox", "inbox", "archive", "rejected")
+
+
+@dataclass(frozen=True)
+class GenericSettings:
+    transport: str                      # http | folder
+    condition_map: dict[str, str]       # normalised 3PL word -> available|damaged|missing
+    rma_url: str = ""
+    receipts_url: str = ""
+    auth_header: str = "X-Api-Key"
+    auth_token: Secret | None = None
+    signing_secret: Secret | None = None
+    page_size: int = 100
+    outbox: Path = Path()
+    inbox: Path = Path()
+    archive: Path = Path()
+    rejected: Path = Path()
+
+
+@dataclass(frozen=True)
+class ReceiptLine:
+    key: str                 # identity within the RMA: "id:<receipt_id>" or "file:<sha>:<row>"
+    rma_number: str
+    sku: str
+    quantity: int
+    condition: str           # the 3PL's word, normalised
+    received_at: str | None  # ISO-8601 UTC
+
+    def to_json(self) -> dict[str, Any]:
+        return {"sku": self.sku, "quantity": self.quantity, "condition": self.condition,
+                "received_at": self.received_at}
+
+    @classmethod
+    def from_json(cls, key: str, rma_number: str, raw: Mapping[str, Any]) -> ReceiptLine:
+        return cls(key, rma_number, raw["sku"], int(raw["quantity"]), raw["condition"],
+                   raw.get("received_at"))
+
+
+class Transport(Protocol):
+    def has_rma(self, rma_number: str) -> bool: ...
+
+    def deliver(self, record: dict[str, Any]) -> None: ...
+
+    def read_receipts(self, rmas: Sequence[RmaRef]
+                      ) -> tuple[list[ReceiptLine], Callable[[], None]]:
+        """New receipt lines, and what to do once the engine has stored them."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class GenericConnector(WarehouseConnector):
+    kind: ClassVar[str] = "generic"
+    default_base_url: ClassVar[str] = ""  # unused: the URLs are rma_url and receipts_url
+    default_statuses: ClassVar[dict[str, list[str]]] = {
+        "process": [COMPLETE], "flag": [], "ignore": [PARTIAL]}
+    default_flag_conditions: ClassVar[list[str]] = [DAMAGED, MISSING]
+
+    def __init__(self, settings: WarehouseSettings, ctx: ConnectorContext) -> None:
+        super().__init__(settings, ctx)
+        self.conf: GenericSettings = settings.connector
+        self.transport: Transport = (
+            HttpTransport(self.conf, settings.timeout, ctx) if self.conf.transport == "http"
+            else FolderTransport(self.conf))
+
+    @classmethod
+    def parse_settings(cls, section: Section) -> GenericSettings:
+        transport = section.str("transport", choices=("http", "folder"))
+        other, other_name = (_FOLDER_KEYS, "folder") if transport == "http" else \
+            (_HTTP_KEYS, "http")
+        for key in other:
+            if section.has(key):
+                raise section.error(key, f"applies only to transport: {other_name}")
+        condition_map = _parse_condition_map(section)
+        if transport == "http":
+            return GenericSettings(
+                transport=transport, condition_map=condition_map,
+                rma_url=section.url("rma_url"), receipts_url=section.url("receipts_url"),
+                auth_header=section.str("auth_header", "X-Api-Key", pattern=r"[A-Za-z0-9-]+"),
+                auth_token=section.secret("auth_token", None),
+                signing_secret=section.secret("signing_secret", None),
+                page_size=section.int("page_size", 100, min=1, max=1000))
+        inbox = _existing_folder(section, "inbox")
+        return GenericSettings(
+            transport=transport, condition_map=condition_map,
+            outbox=_existing_folder(section, "outbox"), inbox=inbox,
+            archive=_folder(section, "archive", inbox.parent / "archive"),
+            rejected=_folder(section, "rejected", inbox.parent / "rejected"))
+
+    # -- engine interface -----------------------------------------------------------------
+    def locate(self, req: PushRequest) -> dict[str, Any]:
+        return {}  # the 3PL needs nothing to exist first (no order or product lookup)
+
+    def find_rma(self, req: PushRequest, located: dict[str, Any]) -> RmaRef | None:
+        return self._ref(req) if self.transport.has_rma(req.ret.id) else None
+
+    def create_rma(self, req: PushRequest, located: dict[str, Any]) -> RmaRef:
+        self.transport.deliver(rma_record(req))
+        log.info("generic.rma_delivered", return_id=req.ret.id, transport=self.conf.transport)
+        return self._ref(req)
+
+    def poll(self, rmas: Sequence[RmaRef]) -> PollResult:
+        if not rmas:
+            return PollResult({})
+        new_lines, transport_commit = self.transport.read_receipts(rmas)
+        new_by_rma: dict[str, dict[str, ReceiptLine]] = defaultdict(dict)
+        for line in new_lines:
+            new_by_rma[line.rma_number][line.key] = line  # later records win (corrections)
+        result = PollResult({})
+        for ref in rmas:
+            lines = {**self._stored_lines(ref.rma_id), **new_by_rma.get(ref.rma_id, {})}
+            try:
+                result.statuses[ref.return_id] = receipt_status(ref, lines.values(),
+                                                                self.conf.condition_map)
+            except ValueError as exc:
+                result.errors[ref.return_id] = str(exc)
+
+        def commit() -> None:
+            if self.ctx.dry_run:
+                return  # a dry run leaves the 3PL's files and the cursor where they were
+            self._store_lines(new_by_rma)  # first: the files may go only once this is kept
+            transport_commit()
+
+        result.on_commit = commit
+        return result
+
+    def rma_label(self, ref: RmaRef) -> str:
+        return f"3PL RMA {ref.rma_id}"
+
+    # -- receipt lines kept between polls (connector key-value state) --------------------
+    def _stored_lines(self, rma_number: str) -> dict[str, ReceiptLine]:
+        raw = self.ctx.kv.get(_lines_key(rma_number), {})
+        return {key: ReceiptLine.from_json(key, rma_number, value) for key, value in raw.items()}
+
+    def _store_lines(self, new_by_rma: Mapping[str, Mapping[str, ReceiptLine]]) -> None:
+        for rma_number, lines in new_by_rma.items():
+            stored = self.ctx.kv.get(_lines_key(rma_number), {})
+            stored.update({key: line.to_json() for key, line in lines.items()})
+            self.ctx.kv.set(_lines_key(rma_number), stored)
+
+    def _ref(self, req: PushRequest) -> RmaRef:
+        ret = req.ret
+        return RmaRef(ret.id, ret.id, {"units": ret.units_by_sku(),
+                                       "created_at": iso(ret.created_at or ret.updated_at)})
+
+    def close(self) -> None:
+        self.transport.close()
+
+
+# -- pure: the RMA record and the receipt status -------------------------------------------
+
+def rma_record(req: PushRequest) -> dict[str, Any]:
+    """The RMA as the 3PL sees it (the JSON body; the CSV rows flatten it)."""
+    ret = req.ret
+    titles: dict[str, str] = {}
+    for li in ret.line_items:
+        if li.sku:
+            titles.setdefault(li.sku, li.title)
+    lines = [{"line": n, "sku": sku, "quantity": qty, "title": titles[sku]}
+             for n, (sku, qty) in enumerate(ret.units_by_sku().items(), start=1)]
+    return {
+        "rma_number": ret.id, "loop_return_id": ret.id,
+        "created_at": iso(ret.created_at or ret.updated_at), "destination": req.destination,
+        "order": {"name": ret.order_name, "number": ret.order_number, "id": ret.order_id},
+        "customer": ret.customer, "carrier": ret.carrier,
+        "tracking_number": ret.tracking_number, "lines": lines,
+    }
+
+
+def receipt_status(ref: RmaRef, lines: Iterable[ReceiptLine],
+                   condition_map: Mapping[str, str]) -> RmaStatus:
+    """Raises ValueError for a condition word the merchant has not mapped."""
+    expected: dict[str, int] = {sku: int(n) for sku, n in ref.extra["units"].items()}
+    by_category: dict[str, Counter[str]] = defaultdict(Counter)
+    by_word: dict[str, Counter[str]] = defaultdict(Counter)
+    for line in lines:
+        category = condition_map.get(line.condition)
+        if category is None:
+            raise ValueError(f"3PL condition '{line.condition}' (RMA {line.rma_number}, SKU "
+                             f"{line.sku}) is not in warehouse.condition_map; map it to one "
+                             f"of {', '.join(CATEGORIES)}")
+        by_category[line.sku][category] += line.quantity
+        by_word[line.sku][line.condition] += line.quantity
+    skus = list(expected) + sorted(set(by_category) - set(expected))
+    items = tuple(_item_status(sku, expected.get(sku, 0), by_category[sku], by_word[sku])
+                  for sku in skus)
+    complete = all(sum(by_category[sku].values()) >= n for sku, n in expected.items())
+    return RmaStatus(
+        return_id=ref.return_id, rma_id=ref.rma_id, status=COMPLETE if complete else PARTIAL,
+        expected_units=sum(expected.values()), received_units=sum(i.received for i in items),
+        items=items, detail=_problems(by_category, expected))
+
+
+def _item_status(sku: str, expected: int, categories: Counter[str],
+                 words: Counter[str]) -> ItemStatus:
+    present = [c for c in CATEGORIES if categories[c] > 0]
+    worst = max(present, key=_SEVERITY.__getitem__) if present else None
+    return ItemStatus(sku, expected, categories[AVAILABLE] + categories[DAMAGED],
+                      condition=worst,
+                      note=", ".join(f"{word} {n}" for word, n in sorted(words.items())))
+
+
+def _problems(by_category: Mapping[str, Counter[str]],
+              expected: Mapping[str, int]) -> dict[str, Any]:
+    """Damaged, missing and unexpected units, named for the report."""
+    detail: dict[str, Any] = {}
+    for category in (DAMAGED, MISSING):
+        named = [f"{sku} x{c[category]}" for sku, c in by_category.items() if c[category]]
+        if named:
+            detail[category] = named
+    unexpected = [sku for sku in by_category if sku not in expected]
+    if unexpected:
+        detail["unexpected_skus"] = unexpected
+    return detail
+
+
+def parse_receipt(raw: Mapping[str, Any], *, fallback_key: str | None = None,
+                  require_time: bool = False) -> ReceiptLine:
+    """One receipt record (a JSON object or a CSV row); ValueError says what is wrong."""
+    def text(name: str) -> str:
+        value = raw.get(name)
+        return "" if value is None else str(value).strip()
+
+    for name in RECEIPT_REQUIRED:
+        if not text(name):
+            raise ValueError(f"{name} is missing")
+    quantity = raw["quantity"]
+    if isinstance(quantity, str) and quantity.strip().isdigit():
+        quantity = int(quantity)
+    if isinstance(quantity, bool) or not isinstance(quantity, int) or quantity < 0:
+        raise ValueError(f"quantity {raw['quantity']!r} is not a whole number >= 0")
+    receipt_id = text("receipt_id")
+    if not receipt_id and fallback_key is None:
+        raise ValueError("receipt_id is missing")
+    received_at = None
+    if text("received_at"):
+        try:
+            received_at = iso(parse_timestamp(text("received_at"), assume_utc=True))
+        except ValueError as exc:
+            raise ValueError(f"received_at: {exc}") from None
+    elif require_time:
+        raise ValueError("received_at is missing")
+    return ReceiptLine(key=f"id:{receipt_id}" if receipt_id else str(fallback_key),
+                       rma_number=text("rma_number"), sku=text("sku"), quantity=quantity,
+                       condition=normalize_status(text("condition")), received_at=received_at)
+
+
+# -- HTTP transport ------------------------------------------------------------------------
+
+class HttpTransport:
+    def __init__(self, conf: GenericSettings, timeout: float, ctx: ConnectorContext) -> None:
+        self.conf = conf
+        self.clock = ctx.clock
+        self.kv: KeyValue = ctx.kv
+        headers = {"Accept": "application/json"}
+        if conf.auth_token is not None:
+            headers[conf.auth_header] = conf.auth_token.value
+        self.http = HttpClient(SYSTEM, conf.rma_url, timeout=(min(5.0, timeout), timeout),
+                               policy=ctx.policy, clock=ctx.clock, headers=headers)
+
+    def has_rma(self, rma_number: str) -> bool:
+        try:
+            body = self.http.request("GET", f"{self.conf.rma_url}/{quote(rma_number, safe='')}",
+                                     check=_json_object).data
+        except NotFound:
+            return False
+        if str(body.get("rma_number")) != rma_number:
+            raise ErrorBody(SYSTEM, f"asked for RMA {rma_number}, got {body.get('rma_number')!r}")
+        return True
+
+    def deliver(self, record: dict[str, Any]) -> None:
+        body = json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        headers = {"Content-Type": "application/json"}
+        if self.conf.signing_secret is not None:
+            headers[SIGNATURE_HEADER] = sign(self.conf.signing_secret.value, body)
+        try:
+            self.http.request("POST", self.conf.rma_url, data=body, headers=headers,
+                              idempotent=False)
+        except PermanentError as exc:
+            if exc.status == 409:
+                return  # the 3PL already has this RMA number: the delivery happened
+            if exc.status in (400, 422):
+                raise Rejected(SYSTEM, exc.message, status=exc.status) from None
+            raise
+
+    def read_receipts(self, rmas: Sequence[RmaRef]
+                      ) -> tuple[list[ReceiptLine], Callable[[], None]]:
+        since = self._since(rmas)
+        lines: list[ReceiptLine] = []
+        page: int | None = 1
+        while page is not None:
+            body = self.http.request("GET", self.conf.receipts_url, check=_json_object,
+                                     params={"since": iso(since), "page": page,
+                                             "page_size": self.conf.page_size}).data
+            lines.extend(_page_receipts(body, page))
+            page = _next_page(body, page)
+        log.info("generic.receipts_read", since=iso(since), lines=len(lines))
+
+        def commit() -> None:
+            times = [parse_timestamp(line.received_at) for line in lines if line.received_at]
+            if times:  # never ahead of our clock: the 3PL's may run fast
+                self.kv.set(SINCE_KEY, iso(min(max(times), self.clock.now())))
+
+        return lines, commit
+
+    def _since(self, rmas: Sequence[RmaRef]) -> datetime:
+        cursor = self.kv.get(SINCE_KEY)
+        if cursor:
+            return parse_timestamp(cursor) - SINCE_OVERLAP
+        # First poll ever: nothing can have been received before the oldest RMA existed.
+        return min(parse_timestamp(ref.extra["created_at"]) for ref in rmas) - SINCE_OVERLAP
+
+    def close(self) -> None:
+        self.http.session.close()
+
+
+def sign(secret: str, body: bytes) -> str:
+    return "sha256=" + hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
+
+
+def _json_object(result: HttpResult) -> None:
+    """A 2xx body that is not JSON (a proxy's error page) is worth another try."""
+    if not isinstance(result.data, dict):
+        raise TransientError(SYSTEM, f"answer is not a JSON object: {result.text.strip()[:200]!r}",
+                             status=result.status)
+
+
+def _page_receipts(body: dict[str, Any], page: int) -> list[ReceiptLine]:
+    records = body.get("receipts")
+    if not isinstance(records, list):
+        raise ErrorBody(SYSTEM, f"receipts page {page}: 'receipts' is not a list")
+    out = []
+    for n, record in enumerate(records):
+        try:
+            if not isinstance(record, dict):
+                raise ValueError("not an object")
+            out.append(parse_receipt(record, require_time=True))
+        except ValueError as exc:
+            raise ErrorBody(SYSTEM, f"receipts page {page}, record {n}: {exc}") from None
+    return out
+
+
+def _next_page(body: dict[str, Any], page: int) -> int | None:
+    nxt = body.get("next_page")
+    if nxt is None:
+        return None
+    if isinstance(nxt, bool) or not isinstance(nxt, int) or nxt <= page:
+        raise ErrorBody(SYSTEM, f"receipts page {page}: next_page {nxt!r} does not move on")
+    return nxt
+
+
+# -- folder transport ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _InboxFile:
+    path: Path
+    stamp: tuple[int, int, int]  # inode, size, mtime: unchanged since it was read?
+
+
+class FolderTransport:
+    def __init__(self, conf: GenericSettings) -> None:
+        self.conf = conf
+
+    def has_rma(self, rma_number: str) -> bool:
+        name = _rma_file_name(rma_number)
+        return (self.conf.outbox / name).is_file() or (self.conf.archive / name).is_file()
+
+    def deliver(self, record: dict[str, Any]) -> None:
+        write_atomically(self.conf.outbox / _rma_file_name(record["rma_number"]),
+                         rma_csv(record).encode("utf-8"))
+
+    def read_receipts(self, rmas: Sequence[RmaRef]
+                      ) -> tuple[list[ReceiptLine], Callable[[], None]]:
+        lines: list[ReceiptLine] = []
+        applied: list[_InboxFile] = []
+        rejected: list[tuple[_InboxFile, str]] = []
+        for path in self._inbox_files():
+            stat = path.stat()
+            seen = _InboxFile(path, (stat.st_ino, stat.st_size, stat.st_mtime_ns))
+            try:
+                lines.extend(parse_receipt_file(path.read_bytes()))
+                applied.append(seen)
+            except ValueError as exc:
+                rejected.append((seen, str(exc)))
+        log.info("generic.inbox_read", files=len(applied), rejected=len(rejected),
+                 lines=len(lines))
+
+        def commit() -> None:
+            for seen in applied:
+                self._move_aside(seen, self.conf.archive)
+            for seen, reason in rejected:
+                moved = self._move_aside(seen, self.conf.rejected)
+                if moved is not None:
+                    moved.with_name(moved.name + ".reason.txt").write_text(reason + "\n",
+                                                                            encoding="utf-8")
+                    log.warning("generic.receipt_file_rejected", file=moved.name, reason=reason)
+
+        return lines, commit
+
+    def _inbox_files(self) -> list[Path]:
+        files = [p for p in self.conf.inbox.iterdir()
+                 if p.is_file() and p.suffix.lower() == ".csv" and not p.name.startswith(".")]
+        return sorted(files, key=lambda p: (p.stat().st_mtime_ns, p.name))
+
+    def _move_aside(self, seen: _InboxFile, folder: Path) -> Path | None:
+        """Move a read file out of the inbox, never over another file. None when the file
+        changed or went since it was read: then it is read again next time, or is gone."""
+        try:
+            stat = seen.path.stat()
+        except FileNotFoundError:
+            return None
+        if (stat.st_ino, stat.st_size, stat.st_mtime_ns) != seen.stamp:
+            return None
+        folder.mkdir(parents=True, exist_ok=True)
+        target = _free_name(folder / seen.path.name)
+        shutil.move(seen.path, target)  # a rename; a copy then delete across filesystems
+        return target
+
+    def close(self) -> None:
+        """Nothing held open between calls."""
+
+
+def parse_receipt_file(data: bytes) -> list[ReceiptLine]:
+    """Every row, or ValueError naming each bad row: a file applies whole or not at all."""
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not UTF-8 text: {exc}") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    if not reader.fieldnames:
+        raise ValueError("empty file: a header row is required")
+    reader.fieldnames = [name.strip().lower() for name in reader.fieldnames]
+    missing = [c for c in RECEIPT_REQUIRED if c not in reader.fieldnames]
+    if missing:
+        raise ValueError(f"header lacks column(s) {', '.join(missing)}; required: "
+                         f"{', '.join(RECEIPT_REQUIRED)}")
+    digest = hashlib.sha256(data).hexdigest()[:16]
+    lines, problems = [], []
+    for row in reader:
+        if not any((v or "").strip() for v in row.values() if isinstance(v, str)):
+            continue  # a blank line
+        try:
+            lines.append(parse_receipt(row, fallback_key=f"file:{digest}:{reader.line_num}"))
+        except ValueError as exc:
+            problems.append(f"line {reader.line_num}: {exc}")
+    if problems:
+        raise ValueError("; ".join(problems))
+    return lines
+
+
+def rma_csv(record: dict[str, Any]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(RMA_COLUMNS)
+    order = record["order"]
+    for line in record["lines"]:
+        writer.writerow([record["rma_number"], line["line"], line["sku"], line["quantity"],
+                         line["title"], order["name"] or "", order["number"] or "",
+                         record["customer"] or "", record["destination"],
+                         record["carrier"] or "", record["tracking_number"] or "",
+                         record["created_at"]])
+    return out.getvalue()
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Temp file in the same folder, fsync, rename: a reader sees the whole file under its
+    final name or nothing. TransientError when it certainly did not happen."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise TransientError(SYSTEM, f"cannot write {path}: {exc}") from None
+    _fsync_folder(path.parent)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the rename durable. Best effort: some network filesystems refuse it, and the
+    file is already complete under its name."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _free_name(path: Path) -> Path:
+    """`path`, or `name.1.csv`, `name.2.csv`, ...: the first that does not exist."""
+    candidates = itertools.chain([path], (path.with_name(f"{path.stem}.{n}{path.suffix}")
+                                          for n in itertools.count(1)))
+    return next(p for p in candidates if not p.exists())
+
+
+def _rma_file_name(rma_number: str) -> str:
+    return f"{rma_number}.csv"
+
+
+def _lines_key(rma_number: str) -> str:
+    return f"receipts:{rma_number}"
+
+
+# -- settings helpers ----------------------------------------------------------------------
+
+def _parse_condition_map(section: Section) -> dict[str, str]:
+    def category(key: str, value: Any) -> str:
+        if value not in CATEGORIES:
+            raise section.error(key, f"{value!r} is not one of {', '.join(CATEGORIES)}")
+        return str(value)
+
+    merchant = section.str_map("condition_map", {}, value=category)
+    return {**{c: c for c in CATEGORIES},
+            **{normalize_status(word): cat for word, cat in merchant.items()}}
+
+
+def _folder(section: Section, key: str, default: Path) -> Path:
+    raw = section.str(key, None)
+    if raw is None:
+        return default
+    path = Path(raw).expanduser()
+    # Relative folders are relative to the config file, not to wherever loopsync runs.
+    return path if path.is_absolute() else Path(section.file).parent / path
+
+
+def _existing_folder(section: Section, key: str) -> Path:
+    if not section.has(key):
+        raise section.error(key, "is required for transport: folder")
+    path = _folder(section, key, Path())
+    if not path.is_dir():
+        raise section.error(key, f"folder {path} does not exist")
+    return path
+

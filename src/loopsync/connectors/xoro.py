@@ -1,0 +1,299 @@
+"""Xoro (XoroERP REST): watch-only.
+
+Xoro's own Shopify app imports each Loop return as an RMA and creates a linked ASN, so
+loopsync never creates anything in Xoro. It finds the ASN of each Loop return by date
+window (`asn/getasn?created_at_min&created_at_max&page`), and polls the ASNs of the open
+RMAs the same way. When an ASN is closed the engine's rules process it (every line
+received as expected) or flag it (a line short or over); an ASN received but not closed
+waits, because Xoro keys its own action on the close.
+
+Merchants who let loopsync decide must switch off Xoro's own Loop processing, or each
+return is processed or flagged twice.
+
+Wire facts (wms-apis.md §C): HTTP Basic with the API key and secret; every answer is an
+envelope `{Result, Message, Data, TotalPages}`, and `Result: false` is a failure even
+under HTTP 200; `TotalPages` is unreliable, so paging also stops at the first empty page;
+more than 3 concurrent requests get throttled, so requests go one at a time, rate-limited.
+
+`AsnNumber`, `ItemNumber` and `BaseQtyToReceive` are confirmed names. The ASN status,
+received-quantity, RMA-number and order-number fields are UNCONFIRMED and configurable.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, ClassVar
+
+import requests
+import structlog
+
+from loopsync.configkit import Secret, Section
+from loopsync.connectors.base import (ConnectorContext, PollResult, PushRequest,
+                                      WarehouseConnector, WarehouseSettings)
+from loopsync.errors import ErrorBody, RateLimited, Rejected, TransientError
+from loopsync.http import HttpClient, HttpResult, shared_limiter
+from loopsync.models import ItemStatus, RmaRef, RmaStatus
+from loopsync.timeutil import iso, parse_timestamp
+
+log = structlog.get_logger("loopsync.connectors.xoro")
+
+SYSTEM = "xoro"
+ASN_PATH = "asn/getasn"
+# Confirmed by public client code.
+ASN_HEADER, ASN_DETAIL = "AsnHeaderData", "AsnDetailData"
+ASN_NUMBER, ITEM_NUMBER, QTY_EXPECTED = "AsnNumber", "ItemNumber", "BaseQtyToReceive"
+
+DATE_FORMATS = {"iso": "%Y-%m-%dT%H:%M:%SZ", "us": "%m/%d/%Y %I:%M:%S %p"}
+# Xoro may stamp ASNs in the account's local time, up to 14 hours ahead of UTC; a window
+# ending "now" in UTC would miss the newest ASNs.
+FUTURE_PAD = timedelta(days=1)
+# Stops a server that ignores `page` and never sends TotalPages or an empty page.
+MAX_PAGES = 1000
+# UNCONFIRMED: some Xoro endpoints answer an empty result as Result:false with a message
+# like "No Records Found"; that is an empty page, not a failure.
+_NO_RECORDS = re.compile(r"\bno (record|data|result)s?\b.*\bfound\b", re.IGNORECASE)
+_THROTTLED = re.compile(r"rate limit|too many requests|throttl", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class XoroSettings:
+    api_key: Secret
+    api_secret: Secret
+    match_by: str               # return_id | order_number
+    asn_lookback: timedelta     # search ASNs from this long before the Loop return's creation
+    date_format: str            # iso | us
+    requests_per_second: int
+    asn_status_field: str       # UNCONFIRMED, in AsnHeaderData
+    received_qty_field: str     # UNCONFIRMED, in each AsnDetailData line
+    rma_number_field: str       # UNCONFIRMED, in AsnHeaderData
+    order_number_field: str     # UNCONFIRMED, in AsnHeaderData
+
+
+class XoroConnector(WarehouseConnector):
+    kind: ClassVar[str] = "xoro"
+    default_base_url: ClassVar[str] = "https://res.xorosoft.io/api/xerp"
+    creates_rmas: ClassVar[bool] = False
+    # Xoro keys its own Loop action on the ASN close; "received" means not closed yet.
+    default_statuses: ClassVar[dict[str, list[str]]] = {
+        "process": ["closed"], "flag": [], "ignore": ["open", "received"]}
+
+    def __init__(self, settings: WarehouseSettings, ctx: ConnectorContext) -> None:
+        super().__init__(settings, ctx)
+        self.conf: XoroSettings = settings.connector
+        session = requests.Session()
+        session.auth = (self.conf.api_key.value, self.conf.api_secret.value)
+        self.http = HttpClient(
+            SYSTEM, settings.base_url, session=session,
+            timeout=(min(5.0, settings.timeout), settings.timeout),
+            # One budget per API key in this process: merchants sharing a key share it.
+            limiter=shared_limiter(SYSTEM, self.conf.api_key.value,
+                                   self.conf.requests_per_second, 1.0, ctx.clock),
+            policy=ctx.policy, clock=ctx.clock,
+            headers={"Content-Type": "application/json", "Accept": "application/json"})
+
+    @classmethod
+    def parse_settings(cls, section: Section) -> XoroSettings:
+        return XoroSettings(
+            api_key=section.secret("api_key"),
+            api_secret=section.secret("api_secret"),
+            match_by=section.str("match_by", "return_id", choices=("return_id", "order_number")),
+            asn_lookback=section.duration("asn_lookback", "1d", min=timedelta(0),
+                                          max=timedelta(days=30)),
+            # UNCONFIRMED which one getasn expects; both are seen in public clients.
+            date_format=section.str("date_format", "iso", choices=tuple(DATE_FORMATS)),
+            requests_per_second=section.int("requests_per_second", 2, min=1, max=10),
+            asn_status_field=section.str("asn_status_field", "Status"),
+            received_qty_field=section.str("received_qty_field", "QtyReceived"),
+            rma_number_field=section.str("rma_number_field", "RmaNumber"),
+            order_number_field=section.str("order_number_field", "OrderNumber"),
+        )
+
+    # -- engine interface -----------------------------------------------------------------
+    def locate(self, req: PushRequest) -> dict[str, Any]:
+        return {}
+
+    def find_rma(self, req: PushRequest, located: dict[str, Any]) -> RmaRef | None:
+        """The ASN Xoro's app created for this Loop return, or None while it has not
+        imported the return yet."""
+        ret = req.ret
+        since = (ret.created_at or ret.updated_at) - self.conf.asn_lookback
+        matches = [asn for asn in self._list_asns(since) if self._matches(asn, req)]
+        if not matches:
+            return None
+        if len(matches) > 1:
+            numbers = ", ".join(sorted(_asn_number(a) for a in matches))
+            raise Rejected(SYSTEM, f"several Xoro ASNs match return {ret.id} by "
+                                   f"{self.conf.match_by}: {numbers}; use match_by: return_id")
+        header = _header(matches[0])
+        asn_number = _asn_number(matches[0])
+        rma_number = _text(header.get(self.conf.rma_number_field)) or asn_number
+        log.info("xoro.asn_found", return_id=ret.id, rma=rma_number, asn=asn_number)
+        return RmaRef(ret.id, rma_number, {"asn_number": asn_number, "search_from": iso(since)})
+
+    def poll(self, rmas: Sequence[RmaRef]) -> PollResult:
+        """One date-window listing covers every RMA in the batch."""
+        if not rmas:
+            return PollResult({})
+        since = min(parse_timestamp(ref.extra["search_from"]) for ref in rmas)
+        by_number = {_asn_number(asn): asn for asn in self._list_asns(since)}
+        result = PollResult({})
+        for ref in rmas:
+            asn = by_number.get(ref.extra["asn_number"])
+            if asn is None:
+                result.errors[ref.return_id] = (
+                    f"Xoro ASN {ref.extra['asn_number']} not found among the ASNs created "
+                    f"since {iso(since)}")
+                continue
+            try:
+                result.statuses[ref.return_id] = self._status(ref, asn)
+            except ValueError as exc:
+                result.errors[ref.return_id] = str(exc)
+        return result
+
+    def rma_label(self, ref: RmaRef) -> str:
+        return f"Xoro RMA {ref.rma_id} (ASN {ref.extra.get('asn_number')})"
+
+    def close(self) -> None:
+        self.http.session.close()
+
+    # -- matching and status ------------------------------------------------------------
+    def _matches(self, asn: dict[str, Any], req: PushRequest) -> bool:
+        header = _header(asn)
+        if self.conf.match_by == "return_id":
+            return _text(header.get(self.conf.rma_number_field)) == req.ret.id
+        wanted = {_order_key(req.ret.order_number), _order_key(req.ret.order_name)} - {""}
+        return _order_key(header.get(self.conf.order_number_field)) in wanted
+
+    def _status(self, ref: RmaRef, asn: dict[str, Any]) -> RmaStatus:
+        """Raises ValueError when the ASN lacks a field loopsync needs: guessing a missing
+        received quantity as 0 would flag every return."""
+        asn_number = ref.extra["asn_number"]
+        word = _text(_header(asn).get(self.conf.asn_status_field))
+        if not word:
+            raise ValueError(f"Xoro ASN {asn_number} has no '{self.conf.asn_status_field}' "
+                             "field (set warehouse.asn_status_field)")
+        expected: dict[str, int] = {}
+        received: dict[str, int] = {}
+        for n, line in enumerate(_detail_lines(asn), start=1):
+            sku = _text(line.get(ITEM_NUMBER))
+            if not sku:
+                raise ValueError(f"Xoro ASN {asn_number} line {n} has no {ITEM_NUMBER}")
+            expected[sku] = expected.get(sku, 0) + _quantity(line, QTY_EXPECTED, asn_number, n)
+            received[sku] = received.get(sku, 0) + _quantity(
+                line, self.conf.received_qty_field, asn_number, n)
+        items = tuple(ItemStatus(sku, expected[sku], received[sku]) for sku in expected)
+        return RmaStatus(
+            return_id=ref.return_id, rma_id=ref.rma_id, status=word,
+            expected_units=sum(expected.values()), received_units=sum(received.values()),
+            items=items, detail=_discrepancies(asn_number, items))
+
+    # -- wire -----------------------------------------------------------------------------
+    def _list_asns(self, since: datetime) -> list[dict[str, Any]]:
+        until = self.ctx.clock.now() + FUTURE_PAD
+        fmt = DATE_FORMATS[self.conf.date_format]
+        params = {"created_at_min": since.strftime(fmt), "created_at_max": until.strftime(fmt)}
+        asns = [row for row in self._pages(ASN_PATH, params) if isinstance(row, dict)]
+        log.info("xoro.asn_window", since=iso(since), until=iso(until), asns=len(asns))
+        return asns
+
+    def _pages(self, path: str, params: dict[str, Any]) -> Iterator[Any]:
+        """Every row of every page; stops at TotalPages or the first empty page."""
+        for page in range(1, MAX_PAGES + 1):
+            body = self.http.request("GET", path, params={**params, "page": page},
+                                     check=check_envelope).data
+            rows = _rows(body.get("Data"))
+            if not rows:
+                return
+            yield from rows
+            total = _int_or_none(body.get("TotalPages"))
+            if total is not None and page >= total:
+                return
+        raise ErrorBody(SYSTEM, f"{path}: still more pages after {MAX_PAGES}; "
+                                "the server may be ignoring the page parameter")
+
+
+def check_envelope(result: HttpResult) -> None:
+    """Runs inside the HTTP retry: a non-JSON body (throttling, an auth redirect) is
+    retried; `Result: false` is a failure whatever the HTTP status."""
+    body = result.data
+    if not isinstance(body, dict) or "Result" not in body:
+        raise TransientError(SYSTEM, "answer is not a Xoro envelope: "
+                                     f"{result.text.strip()[:200]!r}", status=result.status)
+    if _is_true(body["Result"]):
+        return
+    message = _text(body.get("Message")) or "Result: false"
+    if _NO_RECORDS.search(message):
+        body["Data"] = []
+        return
+    if _THROTTLED.search(message):
+        raise RateLimited(SYSTEM, message, status=result.status)
+    raise ErrorBody(SYSTEM, message, status=result.status)
+
+
+def _discrepancies(asn_number: str, items: Sequence[ItemStatus]) -> dict[str, Any]:
+    """The short and over lines, named for the report (the engine writes the note)."""
+    detail: dict[str, Any] = {"asn_number": asn_number}
+    short = [f"{i.sku} received {i.received} of {i.expected}" for i in items
+             if i.received < i.expected]
+    over = [f"{i.sku} received {i.received} of {i.expected}" for i in items
+            if i.received > i.expected]
+    if short:
+        detail["short"] = short
+    if over:
+        detail["over"] = over
+    return detail
+
+
+def _header(asn: dict[str, Any]) -> dict[str, Any]:
+    header = asn.get(ASN_HEADER)
+    return header if isinstance(header, dict) else {}
+
+
+def _detail_lines(asn: dict[str, Any]) -> list[dict[str, Any]]:
+    return [line for line in _rows(asn.get(ASN_DETAIL)) if isinstance(line, dict)]
+
+
+def _asn_number(asn: dict[str, Any]) -> str:
+    return _text(_header(asn).get(ASN_NUMBER))
+
+
+def _rows(data: Any) -> list[Any]:
+    """`Data` is a list on most endpoints, a single object on some."""
+    if isinstance(data, list):
+        return data
+    return [data] if isinstance(data, dict) else []
+
+
+def _quantity(line: dict[str, Any], field: str, asn_number: str, n: int) -> int:
+    raw: Any = line.get(field)
+    try:
+        value = float(raw)  # Xoro sends quantities as decimals (1.0)
+    except (TypeError, ValueError):
+        hint = "" if field == QTY_EXPECTED else \
+            " (the field is set by warehouse.received_qty_field)"
+        raise ValueError(f"Xoro ASN {asn_number} line {n}: '{field}' is {raw!r}, not a "
+                         f"quantity{hint}") from None
+    return round(value)
+
+
+def _order_key(value: Any) -> str:
+    """Shopify order numbers compare without '#' and spaces ('#1001' == '1001')."""
+    return _text(value).lstrip("#").strip()
+
+
+def _text(value: Any) -> str:
+    return "" if value is None else str(value).strip()
+
+
+def _is_true(value: Any) -> bool:
+    return value is True or (isinstance(value, str) and value.strip().lower() == "true")
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
