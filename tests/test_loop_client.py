@@ -20,8 +20,8 @@ from structlog.testing import capture_logs
 from loopsync.errors import (DryRunViolation, ErrorBody, OutcomeUnknown, RateLimited,
                              StateConflict, TransientError)
 from loopsync.http import RetryPolicy
-from loopsync.loop_client import (LoopClient, ReturnsPage, classify_action_body,
-                                  extract_cursor, truncate_note)
+from loopsync.loop_client import (LoopClient, PaginationStopped, ReturnsPage,
+                                  classify_action_body, extract_cursor, truncate_note)
 from loopsync.timeutil import FakeClock
 
 BASE = "https://loop.test/api/v1"
@@ -72,6 +72,15 @@ def page_body(ids: list[str], next_url: str | None) -> dict[str, Any]:
 
 def walk(client: LoopClient, **kw: Any) -> list[ReturnsPage]:
     return list(client.iter_returns(START, END, "open", **kw))
+
+
+def walk_until_stopped(client: LoopClient, **kw: Any) -> tuple[list[ReturnsPage], str]:
+    """The pages a guarded walk yielded before it stopped, and the guard's reason."""
+    pages: list[ReturnsPage] = []
+    with pytest.raises(PaginationStopped) as stopped:
+        for page in client.iter_returns(START, END, "open", **kw):
+            pages.append(page)
+    return pages, stopped.value.reason
 
 
 # -- pure helpers ---------------------------------------------------------------------
@@ -152,13 +161,15 @@ def test_a_bare_array_is_one_page(client: LoopClient, mocked: responses.Requests
     assert pages == [ReturnsPage([{"id": "7"}, {"id": "8"}], None, None)]
 
 
-def test_a_repeated_cursor_ends_the_walk_with_a_warning(
+def test_a_repeated_cursor_stops_the_walk_loudly_after_yielding_what_was_read(
         client: LoopClient, mocked: responses.RequestsMock, logs: list[dict[str, Any]]) -> None:
     mocked.get(LIST_URL, json=page_body(["1"], f"{LIST_URL}?cursor=A"))
     mocked.get(LIST_URL, json=page_body(["2"], f"{LIST_URL}?cursor=A"))
-    pages = walk(client)
+    pages, reason = walk_until_stopped(client)
+    assert reason == "repeated_cursor"
     assert len(mocked.calls) == 2
-    assert [p.next_cursor for p in pages] == ["A", None]
+    assert [([r["id"] for r in p.returns], p.next_cursor) for p in pages] == \
+        [(["1"], "A"), (["2"], None)]  # None: nothing to resume from but the window start
     assert [e["reason"] for e in logs if e["event"] == "loop.pagination_guard"] == \
         ["repeated_cursor"]
 
@@ -166,22 +177,22 @@ def test_a_repeated_cursor_ends_the_walk_with_a_warning(
 def test_the_starting_cursor_counts_as_seen(client: LoopClient,
                                             mocked: responses.RequestsMock) -> None:
     mocked.get(LIST_URL, json=page_body(["5"], f"{LIST_URL}?cursor=START"))
-    pages = walk(client, cursor="START")
-    assert len(mocked.calls) == 1
+    pages, reason = walk_until_stopped(client, cursor="START")
+    assert reason == "repeated_cursor" and len(mocked.calls) == 1
     assert query_of(mocked.calls[0])["cursor"] == "START"
     assert pages == [ReturnsPage([{"id": "5", "state": "open"}], None, "START")]
 
 
-def test_a_next_page_url_without_cursor_ends_the_walk(
+def test_a_next_page_url_without_cursor_stops_the_walk(
         client: LoopClient, mocked: responses.RequestsMock, logs: list[dict[str, Any]]) -> None:
     mocked.get(LIST_URL, json=page_body(["1"], f"{LIST_URL}?to=x&filter=updated_at"))
-    pages = walk(client)
+    pages, reason = walk_until_stopped(client)
+    assert reason == "next_page_url_without_cursor"
     assert len(mocked.calls) == 1 and pages[0].next_cursor is None
-    assert [e["reason"] for e in logs if e["event"] == "loop.pagination_guard"] == \
-        ["next_page_url_without_cursor"]
+    assert [e["reason"] for e in logs if e["event"] == "loop.pagination_guard"] == [reason]
 
 
-def test_the_page_cap_stops_an_endless_walk_and_leaves_the_cursor_visible(
+def test_the_page_cap_stops_an_endless_walk_and_keeps_the_resume_cursor(
         clock: FakeClock, api_key: str, mocked: responses.RequestsMock,
         logs: list[dict[str, Any]]) -> None:
     client = LoopClient(BASE, api_key, clock=clock, policy=POLICY, max_pages=3)
@@ -192,10 +203,18 @@ def test_the_page_cap_stops_an_endless_walk_and_leaves_the_cursor_visible(
         return 200, {}, json.dumps(page_body([str(n)], f"{LIST_URL}?cursor=c{n}"))
 
     mocked.add_callback(responses.GET, LIST_URL, callback=endless)
-    pages = walk(client)
-    assert len(mocked.calls) == 3
-    assert pages[-1].next_cursor == "c3"  # the window is unfinished, and it shows
+    pages, reason = walk_until_stopped(client)
+    assert reason == "page_cap" and len(mocked.calls) == 3
+    assert pages[-1].next_cursor == "c3"  # a later walk resumes here
     assert any(e.get("reason") == "page_cap" for e in logs)
+
+
+def test_the_last_page_ends_the_walk_quietly(client: LoopClient, mocked: responses.RequestsMock,
+                                             logs: list[dict[str, Any]]) -> None:
+    mocked.get(LIST_URL, json=page_body(["1"], f"{LIST_URL}?cursor=B"))
+    mocked.get(LIST_URL, json=page_body(["2"], None))
+    assert [p.next_cursor for p in walk(client)] == ["B", None]
+    assert not [e for e in logs if e["event"] == "loop.pagination_guard"]
 
 
 @pytest.mark.parametrize(("label", "start", "end"), [

@@ -21,7 +21,7 @@ from loopsync.connectors.peoplevox import (PVX_NS, SOAP_NS, InvalidSession, Peop
                                            csv_text, equals_clause, fault_error, field_ref,
                                            parse_fault, parse_result, read_answer,
                                            rma_status_from_rows, service_url, since_clause)
-from loopsync.errors import (AuthError, ConfigError, OutcomeUnknown, PermanentError, RateLimited,
+from loopsync.errors import (AuthError, ConfigError, DryRunViolation, OutcomeUnknown, PermanentError, RateLimited,
                              Rejected, TransientError)
 from loopsync.http import HttpResult, RetryPolicy
 from loopsync.logs import configure as configure_logs
@@ -54,11 +54,13 @@ def emu(fake_clock: FakeClock) -> Iterator[ServedEmulator]:
 
 
 def make_connector(emu: ServedEmulator, clock: FakeClock, *, env: dict[str, str] | None = None,
-                   kv: MemoryKeyValue | None = None, **overrides: Any) -> PeopleVoxConnector:
+                   kv: MemoryKeyValue | None = None, dry_run: bool = False,
+                   **overrides: Any) -> PeopleVoxConnector:
     """A connector configured the way the core would from the emulator's config."""
     raw = emu.warehouse_config(emu.url)
     destinations = raw.pop("destinations")
-    raw.pop("kind")
+    for core_key in ("kind", "grading"):
+        raw.pop(core_key)
     raw.update(overrides)
     section = Section(raw, file="test.yaml", path="warehouse", env=env or emu.secret_env())
     base_url = section.url("base_url", PeopleVoxConnector.default_base_url)  # the core's key
@@ -71,7 +73,7 @@ def make_connector(emu: ServedEmulator, clock: FakeClock, *, env: dict[str, str]
                                    PeopleVoxConnector.default_flag_conditions),
         grading=GradingRules(), order_wait=timedelta(days=7), poll_batch=50, timeout=5.0,
         connector=own)
-    ctx = ConnectorContext("test", clock, kv=kv or MemoryKeyValue(),
+    ctx = ConnectorContext("test", clock, kv=kv or MemoryKeyValue(), dry_run=dry_run,
                            policy=RetryPolicy(attempts=4, base=0.01, cap=0.05,
                                               retry_after_cap=60))
     return PeopleVoxConnector(settings, ctx)
@@ -307,7 +309,7 @@ def test_rma_status_from_rows_aggregates_per_sku() -> None:
 def test_return_becomes_an_ra_with_its_items(emu: ServedEmulator,
                                              fake_clock: FakeClock) -> None:
     raw = loop_return(lines=(("SKU-1", "Too small", "tight"), ("SKU-1", "Too small", "tight"),
-                             ("SKU-2", "Damaged", "torn seam")))
+                             ("SKU-2", "Damaged on arrival", "torn seam")))
     emu.on_loop_return(raw)
     con = make_connector(emu, fake_clock)
     req = push_request(raw)
@@ -491,6 +493,15 @@ def test_lost_items_answer_then_find_rma_finds_it(emu: ServedEmulator,
         "sales_order_number": "1001", "expected": {"SKU-1": 1}})
     assert ops(emu, "SaveData") == saves  # looked up, not saved again
     assert emu.rma_count("501") == 1 and len(emu.ra("501")["items"]) == 1
+
+
+def test_no_save_in_a_dry_run(emu: ServedEmulator, fake_clock: FakeClock) -> None:
+    raw = loop_return()
+    emu.on_loop_return(raw)
+    con = make_connector(emu, fake_clock, dry_run=True)
+    with pytest.raises(DryRunViolation):
+        create(con, push_request(raw))
+    assert ops(emu, "SaveData") == 0 and not emu.has_rma("501")
 
 
 def test_unreadable_write_answer_is_outcome_unknown(emu: ServedEmulator,

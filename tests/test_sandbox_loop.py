@@ -16,7 +16,7 @@ import requests
 
 from loopsync.errors import AuthError, ErrorBody, NotFound, PermanentError, RateLimited, StateConflict
 from loopsync.http import RetryPolicy
-from loopsync.loop_client import LoopClient
+from loopsync.loop_client import LoopClient, PaginationStopped
 from loopsync.models import LoopReturn
 from loopsync.sandbox.loop import LoopEmulator
 from loopsync.sandbox.seed import make_return, make_returns
@@ -128,14 +128,21 @@ def test_next_page_url_is_shaped_like_the_docs(loop: Loop) -> None:
 
 
 @pytest.mark.parametrize("quirk", ["repeat_cursor_once", "omit_cursor_once"])
-def test_broken_next_links_end_the_walk_cleanly(loop: Loop, quirk: str) -> None:
+def test_broken_next_links_stop_the_walk_and_a_rerun_reads_everything(loop: Loop,
+                                                                    quirk: str) -> None:
     for n in range(12):
         add(loop, 300 + n)
     setattr(loop.emulator, quirk, True)
-    pages = list(loop.client(page_size=3).iter_returns(NOW - timedelta(days=3), NOW, "open"))
-    assert pages[-1].next_cursor is None
+    client = loop.client(page_size=3)
+    pages: list[Any] = []
+    with pytest.raises(PaginationStopped):
+        for page in client.iter_returns(NOW - timedelta(days=3), NOW, "open"):
+            pages.append(page)
     assert len(pages) == (2 if quirk == "repeat_cursor_once" else 1)
+    assert pages[-1].next_cursor is None  # resume from the window start
     assert len(set(ids_of(pages))) == len(ids_of(pages))  # nothing read twice
+    rerun = client.iter_returns(NOW - timedelta(days=3), NOW, "open")
+    assert sorted(ids_of(rerun)) == [str(300 + n) for n in range(12)]
 
 
 def test_121_days_is_refused_and_120_days_passes(loop: Loop) -> None:

@@ -235,3 +235,12 @@ def test_polling_500_rmas_is_batched_and_never_overdraws_credits(world):
     assert world.emu.credits.min_balance >= 0, world.emu.credits.peak_debt
     assert world.emu.credits.spent > world.emu.credits.capacity  # so pacing was needed
     assert sum(world.clock.slept) > 0
+
+
+def test_complexity_follows_page_sizes_and_is_charged(world):
+    body = post_graphql(world, "{ orders { complexity "
+                               "data(first: 100) { edges { node { id } } } } }").json()
+    assert body["data"]["orders"]["complexity"] == 101     # ShipHero's own example
+    quota = post_graphql(world, "{ user_quota { credits_remaining max_available } }").json()
+    assert quota["data"]["user_quota"] == {"credits_remaining": 1001 - 101 - 1,
+                                           "max_available": 1001}

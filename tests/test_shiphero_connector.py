@@ -106,15 +106,19 @@ def connection(root: str, nodes: list[dict[str, Any]], *, has_next: bool = False
         "edges": [{"node": node, "cursor": f"c{n}"} for n, node in enumerate(nodes)]}}}}
 
 
-def throttle(where: str = "top") -> dict[str, Any]:
-    details = {"time_remaining": "6 seconds", "required_credits": 101, "remaining_credits": 10}
-    error: dict[str, Any] = {"code": 30, "message": "There are not enough credits to perform "
-                             "the requested operation. Try again in 6 seconds"}
+def throttle(where: str = "top", seconds: int = 6, remaining: int = 10) -> dict[str, Any]:
+    """A code-30 answer with its details at the top level, under `extensions`, or only
+    in the message."""
+    details = {"time_remaining": f"{seconds} seconds", "required_credits": 101,
+               "remaining_credits": remaining}
+    message = "There are not enough credits to perform the requested operation."
+    error: dict[str, Any] = {"code": 30, "message": message}
     if where == "top":
         error.update(details)
+    elif where == "extensions":
+        error = {"message": message, "extensions": {"code": 30, **details}}
     else:
-        error["extensions"] = {"code": 30, **details}
-        del error["code"]
+        error["message"] = f"{message} Try again in {seconds} seconds"
     return {"data": {"orders": None}, "errors": [error]}
 
 
@@ -185,13 +189,24 @@ def test_a_static_access_token_is_not_refreshed(clock, rsps):
 
 # -- throttling ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("where", ["top", "extensions"])
+@pytest.mark.parametrize("where", ["top", "extensions", "message"])
 def test_code_30_waits_time_remaining_then_retries(clock, rsps, where):
     token_endpoint(rsps)
     gql = GraphQL(rsps, throttle(where), connection("orders", [order_node()]))
     make_connector(clock).locate(push())
     assert len(gql.requests) == 2
     assert any(6 <= s <= 6.3 for s in clock.slept), clock.slept
+
+
+def test_a_throttle_answer_resets_the_local_credit_balance(clock, rsps):
+    token_endpoint(rsps)
+    GraphQL(rsps, throttle(seconds=1, remaining=0), connection("orders", [order_node()]),
+            connection("orders", [order_node()]))
+    connector = make_connector(clock)
+    connector.locate(push())
+    clock.slept.clear()
+    connector.locate(push())    # ShipHero had 0 left, so this one waits for credits
+    assert len(clock.slept) == 1 and 2.2 <= clock.slept[0] <= 2.6, clock.slept
 
 
 def test_http_429_is_retried(clock, rsps):
@@ -400,3 +415,12 @@ def test_poll_splits_into_batches(clock, rsps):
         [RmaRef(str(n), f"gid{n}") for n in range(45)])
     assert [len(p["variables"]) for p in gql.payloads] == [20, 20, 5]
     assert len(result.statuses) == 45 and not result.errors
+
+
+def test_a_refused_refresh_token_is_an_auth_error_without_graphql_calls(clock, rsps):
+    rsps.add(responses.POST, f"{BASE}/auth/refresh", status=403,
+             json={"error": "invalid_grant", "error_description": "Unknown refresh token."})
+    gql = GraphQL(rsps)
+    with pytest.raises(AuthError, match="refresh token refused"):
+        make_connector(clock).locate(push())
+    assert gql.requests == []

@@ -322,8 +322,11 @@ class Engine:
             self._set_stage(rid, st.SKIPPED, plan.skip_reason)
             return
         req = PushRequest(ret, plan.destination or "", tuple(self.store.asn_rows_for(rid)))
+        ref: RmaRef | None = None
         try:
             located = self.connector.locate(req)
+            if unknown_outcome or not self.connector.creates_rmas:
+                ref = self.connector.find_rma(req, located)
         except NotReady as exc:
             self._wait(rid, row, exc.reason)
             return
@@ -332,9 +335,6 @@ class Engine:
             self._set_stage(rid, st.REJECTED, exc.message)
             self._problem(rid, "push", exc.message)
             return
-        ref: RmaRef | None = None
-        if unknown_outcome or not self.connector.creates_rmas:
-            ref = self.connector.find_rma(req, located)
         if ref is None and not self.connector.creates_rmas:
             self._wait(rid, row, f"no {self.connector.kind} RMA for this return yet")
             return

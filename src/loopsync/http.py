@@ -85,7 +85,8 @@ def shared_limiter(system: str, key: str, limit: int, period: float,
     ident = (system, hashlib.sha256(key.encode()).hexdigest())
     with _shared_lock:
         lim = _shared_limiters.get(ident)
-        if lim is None or lim.limit != limit or lim.period != period:
+        if lim is None or lim.limit != limit or lim.period != period or \
+                (clock is not None and lim.clock is not clock):
             lim = _shared_limiters[ident] = RateLimiter(limit, period, clock)
         return lim
 

@@ -6,8 +6,9 @@ tenacity). Loop's quirks handled here:
 
 - Actions answer HTTP 200 for state conflicts; success is only the body `"true"`/`true`.
 - `nextPageUrl` may drop `from`/`state`/`paginate`, so each page is requested with our
-  own parameters plus only the `cursor` taken from it; repeated or missing cursors and a
-  page cap end the walk instead of looping.
+  own parameters plus only the `cursor` taken from it. A repeated or missing cursor, or
+  the page cap, ends the walk instead of looping, loudly (`PaginationStopped`), so the
+  window is not taken as complete and nothing is silently skipped.
 - A 200 whose body is not JSON (a proxy's HTML page) is transient; for a write it means
   the outcome is unknown.
 
@@ -21,7 +22,7 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import requests
@@ -63,14 +64,25 @@ T = TypeVar("T")
 class ReturnsPage:
     """One page of the Detailed Returns List.
 
-    `cursor` fetched this page (None for the first). `next_cursor` is what the walk
-    fetches next; None means the walk ends after this page. Only when the page cap stops
-    the walk does the last page carry a non-None `next_cursor`: the window is unfinished.
+    `cursor` fetched this page (None for the first). `next_cursor` fetches the page after
+    it: a checkpoint to resume from. None on the last page, and when a pagination guard
+    trips after this page (nothing trustworthy to resume from: re-read the window).
     """
 
     returns: list[dict[str, Any]]
     next_cursor: str | None
     cursor: str | None
+
+
+class PaginationStopped(TransientError):
+    """A walk stopped before Loop's last page: a repeated cursor, a next link without a
+    cursor, or the page cap. Raised after the pages read were yielded, so a caller that
+    checkpoints per page keeps them but must not mark the window complete; the last
+    page's `next_cursor` says where to resume."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        self.reason = reason
+        super().__init__(SYSTEM, message, code=reason)
 
 
 # -- pure helpers ---------------------------------------------------------------------
@@ -190,6 +202,25 @@ def _check_action(result: HttpResult) -> None:
     classify_action_body(result.data, status=result.status)
 
 
+def _follow(next_url: str | None, seen: set[str]) -> tuple[str | None, str | None]:
+    """(cursor to fetch next, guard that trips) for a page's `nextPageUrl`."""
+    if next_url is None:
+        return None, None
+    cursor = extract_cursor(next_url)
+    if cursor is None:
+        return None, "next_page_url_without_cursor"
+    if cursor in seen:  # Loop would serve the same pages again, forever
+        return None, "repeated_cursor"
+    return cursor, None
+
+
+def _stop(reason: str, walk: dict[str, str], **detail: Any) -> NoReturn:
+    log.warning("loop.pagination_guard", reason=reason, **detail, **walk)
+    raise PaginationStopped(reason, f"pagination stopped early ({reason}) for state "
+                                    f"{walk['state']} {walk['window_from']}..{walk['window_to']}; "
+                                    "the window is incomplete")
+
+
 # -- the client -----------------------------------------------------------------------
 
 class LoopClient:
@@ -221,7 +252,8 @@ class LoopClient:
                      filter: str = "updated_at") -> Iterator[ReturnsPage]:  # noqa: A002
         """Walk one window of one state, page by page, both bounds inclusive.
 
-        `cursor` resumes a walk (a `next_cursor` saved from an earlier page).
+        `cursor` resumes a walk (a `next_cursor` saved from an earlier page). Raises
+        PaginationStopped, after yielding what it read, when a guard ends the walk early.
         """
         check_window(start, end)
         if state not in LOOP_STATES:
@@ -239,31 +271,15 @@ class LoopClient:
             result = self.http.request("GET", RETURN_LIST_PATH, params=query,
                                        check=_require_json)
             returns, next_url = parse_returns_body(result.data, status=result.status)
-            next_cursor = self._next_cursor(next_url, seen, walk, page_number)
+            next_cursor, guard = _follow(next_url, seen)
             yield ReturnsPage(returns, next_cursor, current)
+            if guard is not None:
+                _stop(guard, walk, page=page_number, next_page_url=next_url)
             if next_cursor is None:
                 return
             seen.add(next_cursor)
             current = next_cursor
-        log.warning("loop.pagination_guard", reason="page_cap", pages=self.max_pages,
-                    next_cursor=current, **walk)
-
-    @staticmethod
-    def _next_cursor(next_url: str | None, seen: set[str], walk: dict[str, str],
-                     page_number: int) -> str | None:
-        """The cursor to fetch next, or None to end the walk (last page or a guard)."""
-        if next_url is None:
-            return None
-        cursor = extract_cursor(next_url)
-        if cursor is None:
-            log.warning("loop.pagination_guard", reason="next_page_url_without_cursor",
-                        page=page_number, next_page_url=next_url, **walk)
-            return None
-        if cursor in seen:
-            log.warning("loop.pagination_guard", reason="repeated_cursor", page=page_number,
-                        cursor=cursor, **walk)
-            return None
-        return cursor
+        _stop("page_cap", walk, page=self.max_pages, next_cursor=current)
 
     def asn_report(self, start: datetime, end: datetime) -> list[dict[str, Any]]:
         """ASN rows (one per returned line item) for the window; not paginated."""

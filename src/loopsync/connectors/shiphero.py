@@ -241,6 +241,8 @@ class ShipHeroConnector(WarehouseConnector):
         wanted = ret.units_by_sku()
         if not wanted:
             raise Rejected(SYSTEM, f"Loop return {ret.id} has no line item with a SKU")
+        if not (ret.provider_order_id or ret.order_name):
+            raise Rejected(SYSTEM, f"Loop return {ret.id} names no order to look up")
         order = None
         if ret.provider_order_id:
             order = self._best_order(self._orders(partner_order_id=ret.provider_order_id), wanted)
@@ -417,10 +419,11 @@ class ShipHeroConnector(WarehouseConnector):
     def _post(self, payload: dict[str, Any], *, mutation: bool, partial_ok: bool,
               charged: float) -> dict[str, Any]:
         """POST /graphql; on HTTP 401 refresh the token once and send once more (a 401
-        means nothing ran, so even a mutation is safe to repeat)."""
+        means nothing ran, so even a mutation is safe to repeat). A refused refresh
+        token raises from `_bearer` as it is."""
         try:
-            return self._post_once(payload, mutation=mutation, partial_ok=partial_ok,
-                                   charged=charged)
+            return self._post_once(payload, self._bearer(), mutation=mutation,
+                                   partial_ok=partial_ok, charged=charged)
         except AuthError as exc:
             if exc.status != 401:
                 raise
@@ -429,21 +432,22 @@ class ShipHeroConnector(WarehouseConnector):
                                         "loopsync can renew it", status=401) from None
             log.info("shiphero.token_refused", action="refresh and retry once")
             self._access_token = None
+        token = self._bearer()
         try:
-            return self._post_once(payload, mutation=mutation, partial_ok=partial_ok,
+            return self._post_once(payload, token, mutation=mutation, partial_ok=partial_ok,
                                    charged=charged)
         except AuthError as exc:
             raise AuthError(SYSTEM, "access token refused even after a refresh",
                             status=exc.status) from None
 
-    def _post_once(self, payload: dict[str, Any], *, mutation: bool, partial_ok: bool,
-                   charged: float) -> dict[str, Any]:
+    def _post_once(self, payload: dict[str, Any], token: str, *, mutation: bool,
+                   partial_ok: bool, charged: float) -> dict[str, Any]:
         def check(result: HttpResult) -> None:
             self._check_answer(result, mutation=mutation, partial_ok=partial_ok,
                                charged=charged)
 
         result = self.http.request("POST", "/graphql", json_body=payload,
-                                   headers={"Authorization": f"Bearer {self._bearer()}"},
+                                   headers={"Authorization": f"Bearer {token}"},
                                    idempotent=not mutation, check=check)
         body: dict[str, Any] = result.data
         return body

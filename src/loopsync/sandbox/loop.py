@@ -183,9 +183,10 @@ class LoopEmulator(EmulatedApi):
         self.process_delay_seconds = process_delay_seconds  # Loop queues processing
         self.allow_flagged_process = False    # Loop admin: "Allow flagged returns to process"
         self.not_found_as_200 = False
-        # Whether notes and grades change a return's updated_at is UNCONFIRMED; saying yes
-        # means the worker's own writes bring returns back into its next window.
-        self.annotations_bump_updated_at = True
+        # Whether notes and grades change a return's updated_at is UNCONFIRMED. They are
+        # not part of the listed return, so by default they do not; switch on to have the
+        # worker's own writes bring returns back into its next window.
+        self.annotations_bump_updated_at = False
         self.destinations = default_destinations()
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
         self._returns: dict[str, _Stored] = {}

@@ -699,8 +699,14 @@ class PeopleVoxEmulator(WarehouseEmulator):
             "username": self.username,
             "password": f"${{{PASSWORD_ENV}}}",
             "destinations": dict(self.destinations),
+            # The seed's other reasons stay unmapped: they pass none, as Loop's guide says.
             "return_reasons": {"Too small": "SIZE", "Too large": "SIZE",
-                               "Damaged": "DAMAGED", "Not as described": "NOT_AS_DESCRIBED"},
+                               "Damaged on arrival": "DAMAGED",
+                               "Not as described": "NOT_AS_DESCRIBED"},
+            "grading": {"conditions": {"Good": "grade_a", "Worn": "grade_c",
+                                       "Damaged": "grade_d"},
+                        "dispositions": {"reusable": "back_to_stock",
+                                         "not reusable": "recycle"}},
         }
 
     def secret_env(self) -> dict[str, str]:
