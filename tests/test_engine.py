@@ -285,3 +285,31 @@ def test_crash_around_flag_fires_once(tmp_path, crash_at):
     w.cycle()
     assert w.loop.writes.count(("flag", "101")) == 1
     assert sum("flagged" in n for n in w.loop.notes_by["101"]) == 1
+
+
+def test_broken_pagination_keeps_the_window_open_and_other_states_go_on(tmp_path):
+    from loopsync.loop_client import PaginationStopped
+
+    returns = [loop_return(str(i)) for i in range(101, 107)] + \
+        [loop_return("201", state="closed")]
+    w = World(tmp_path, returns, states=("open", "closed"))
+    real_iter = w.loop.iter_returns
+    broken = {"open": 2}  # the open pass breaks off after its first page, twice
+
+    def flaky(start, end, state, cursor=None):
+        for n, page in enumerate(real_iter(start, end, state, cursor=cursor)):
+            yield page
+            if state in broken and broken[state] and n == 0:
+                broken[state] -= 1
+                raise PaginationStopped("repeated_cursor", "cursor repeated")
+
+    w.loop.iter_returns = flaky
+    r1 = w.cycle()
+    assert r1.counts.errors == 1 and "not finished" in w.store().problems()[0]["message"]
+    s = w.store()
+    assert s.cursor("returns", "open").done_until is None, "an unfinished window was completed"
+    assert s.cursor("returns", "closed").done_until is not None
+    assert s.get_return_row("201") is not None
+    r2 = w.cycle()
+    assert r2.counts.errors == 0
+    assert all(w.store().get_return_row(str(i)) for i in range(101, 107))

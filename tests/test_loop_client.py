@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -29,6 +29,7 @@ LIST_URL = f"{BASE}/warehouse/return/list"
 START = datetime(2026, 5, 1, tzinfo=UTC)
 END = datetime(2026, 5, 2, tzinfo=UTC)
 POLICY = RetryPolicy(attempts=4, base=0.2, cap=1.0, retry_after_cap=30)
+Logs = list[MutableMapping[str, Any]]
 
 
 @pytest.fixture
@@ -54,11 +55,15 @@ def mocked() -> Iterator[responses.RequestsMock]:
 
 
 @pytest.fixture
-def logs() -> Iterator[list[dict[str, Any]]]:
+def logs() -> Iterator[Logs]:
     """Every log event of the test, whatever level the suite's logging is set to."""
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
     with capture_logs() as captured:
         yield captured
+
+
+def sent_json(call: Any) -> Any:
+    return json.loads(call.request.body)
 
 
 def query_of(call: Any) -> dict[str, str]:
@@ -132,7 +137,7 @@ def test_classify_action_body_tells_state_conflicts_from_other_errors(
 
 @pytest.mark.parametrize("body", ["true", True])
 def test_classify_action_body_accepts_string_and_boolean_true(body: Any) -> None:
-    assert classify_action_body(body) is None
+    classify_action_body(body)  # raises on anything but success
 
 
 # -- pagination -----------------------------------------------------------------------
@@ -162,7 +167,7 @@ def test_a_bare_array_is_one_page(client: LoopClient, mocked: responses.Requests
 
 
 def test_a_repeated_cursor_stops_the_walk_loudly_after_yielding_what_was_read(
-        client: LoopClient, mocked: responses.RequestsMock, logs: list[dict[str, Any]]) -> None:
+        client: LoopClient, mocked: responses.RequestsMock, logs: Logs) -> None:
     mocked.get(LIST_URL, json=page_body(["1"], f"{LIST_URL}?cursor=A"))
     mocked.get(LIST_URL, json=page_body(["2"], f"{LIST_URL}?cursor=A"))
     pages, reason = walk_until_stopped(client)
@@ -184,7 +189,7 @@ def test_the_starting_cursor_counts_as_seen(client: LoopClient,
 
 
 def test_a_next_page_url_without_cursor_stops_the_walk(
-        client: LoopClient, mocked: responses.RequestsMock, logs: list[dict[str, Any]]) -> None:
+        client: LoopClient, mocked: responses.RequestsMock, logs: Logs) -> None:
     mocked.get(LIST_URL, json=page_body(["1"], f"{LIST_URL}?to=x&filter=updated_at"))
     pages, reason = walk_until_stopped(client)
     assert reason == "next_page_url_without_cursor"
@@ -194,7 +199,7 @@ def test_a_next_page_url_without_cursor_stops_the_walk(
 
 def test_the_page_cap_stops_an_endless_walk_and_keeps_the_resume_cursor(
         clock: FakeClock, api_key: str, mocked: responses.RequestsMock,
-        logs: list[dict[str, Any]]) -> None:
+        logs: Logs) -> None:
     client = LoopClient(BASE, api_key, clock=clock, policy=POLICY, max_pages=3)
     served = iter(range(1, 100))
 
@@ -210,7 +215,7 @@ def test_the_page_cap_stops_an_endless_walk_and_keeps_the_resume_cursor(
 
 
 def test_the_last_page_ends_the_walk_quietly(client: LoopClient, mocked: responses.RequestsMock,
-                                             logs: list[dict[str, Any]]) -> None:
+                                             logs: Logs) -> None:
     mocked.get(LIST_URL, json=page_body(["1"], f"{LIST_URL}?cursor=B"))
     mocked.get(LIST_URL, json=page_body(["2"], None))
     assert [p.next_cursor for p in walk(client)] == ["B", None]
@@ -348,7 +353,7 @@ def test_an_action_whose_answer_is_lost_is_outcome_unknown_and_not_retried(
 
 def test_the_api_key_never_reaches_the_logs(client: LoopClient, api_key: str,
                                             mocked: responses.RequestsMock,
-                                            logs: list[dict[str, Any]]) -> None:
+                                            logs: Logs) -> None:
     mocked.get(f"{BASE}/destinations", status=503, body="unavailable")
     mocked.get(f"{BASE}/destinations", json={"destinations": []})
     mocked.post(f"{BASE}/warehouse/return/5/flag", json="true")
@@ -401,7 +406,7 @@ def test_actions_turn_200_error_bodies_into_typed_errors(
 def test_process_sends_its_details(client: LoopClient, mocked: responses.RequestsMock) -> None:
     mocked.post(f"{BASE}/warehouse/return/11/process", json="true")
     client.process(11, {"warehouse": "EAST", "rma": "R-1"})
-    assert json.loads(mocked.calls[0].request.body) == {"warehouse": "EAST", "rma": "R-1"}
+    assert sent_json(mocked.calls[0]) == {"warehouse": "EAST", "rma": "R-1"}
 
 
 def test_a_non_numeric_return_id_never_reaches_the_url(client: LoopClient,
@@ -415,13 +420,13 @@ def test_add_note_truncates_long_text_instead_of_failing(
         client: LoopClient, mocked: responses.RequestsMock) -> None:
     mocked.post(f"{BASE}/warehouse/return/11/note", json="true")
     client.add_note("11", "Received 3 of 4 units. " * 20)
-    sent = json.loads(mocked.calls[0].request.body)["content"]
+    sent = sent_json(mocked.calls[0])["content"]
     assert len(sent) == 254 and sent.endswith("…") and sent.startswith("Received 3 of 4")
 
 
 def test_grade_and_assess_go_in_batches_of_20(client: LoopClient,
                                               mocked: responses.RequestsMock) -> None:
-    def echo(request: requests.PreparedRequest) -> tuple[int, dict[str, str], str]:
+    def echo(request: Any) -> tuple[int, dict[str, str], str]:
         return 200, {}, json.dumps(json.loads(request.body)["items"])
 
     mocked.add_callback(responses.POST, f"{BASE}/dispositioning/grade", callback=echo)
@@ -431,7 +436,7 @@ def test_grade_and_assess_go_in_batches_of_20(client: LoopClient,
     assert client.grade(items) == items
     assert client.assess(items[:20]) == items[:20]
 
-    sizes = [len(json.loads(c.request.body)["items"]) for c in mocked.calls]
+    sizes = [len(sent_json(c)["items"]) for c in mocked.calls]
     assert sizes == [20, 20, 5, 20]
 
 

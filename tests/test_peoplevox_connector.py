@@ -21,8 +21,8 @@ from loopsync.connectors.peoplevox import (PVX_NS, SOAP_NS, InvalidSession, Peop
                                            csv_text, equals_clause, fault_error, field_ref,
                                            parse_fault, parse_result, read_answer,
                                            rma_status_from_rows, service_url, since_clause)
-from loopsync.errors import (AuthError, ConfigError, DryRunViolation, OutcomeUnknown, PermanentError, RateLimited,
-                             Rejected, TransientError)
+from loopsync.errors import (AuthError, ConfigError, DryRunViolation, OutcomeUnknown,
+                             PermanentError, RateLimited, Rejected, TransientError)
 from loopsync.http import HttpResult, RetryPolicy
 from loopsync.logs import configure as configure_logs
 from loopsync.models import LoopReturn, RmaRef

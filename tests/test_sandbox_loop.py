@@ -14,14 +14,15 @@ from typing import Any
 import pytest
 import requests
 
-from loopsync.errors import AuthError, ErrorBody, NotFound, PermanentError, RateLimited, StateConflict
+from loopsync.errors import (AuthError, ErrorBody, NotFound, PermanentError, RateLimited,
+                             StateConflict)
 from loopsync.http import RetryPolicy
 from loopsync.loop_client import LoopClient, PaginationStopped
 from loopsync.models import LoopReturn
 from loopsync.sandbox.loop import LoopEmulator
 from loopsync.sandbox.seed import make_return, make_returns
 from loopsync.sandbox.server import ApiServer, Fault, Recorder
-from loopsync.timeutil import FakeClock, iso, parse_timestamp
+from loopsync.timeutil import FakeClock, iso, loop_wire, parse_timestamp
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 POLICY = RetryPolicy(attempts=4, base=0.05, cap=0.2, retry_after_cap=30)
@@ -33,6 +34,7 @@ class Loop:
     server: ApiServer
     clock: FakeClock
     key: str
+    recorder: Recorder
 
     @property
     def base_url(self) -> str:
@@ -54,10 +56,10 @@ def loop() -> Iterator[Loop]:
     clock = FakeClock(NOW)
     key = f"loop-key-{uuid.uuid4().hex}"  # the client's limiter is shared per key
     emulator = LoopEmulator(clock=clock, api_keys={key})
-    emulator.recorder = Recorder()
+    emulator.recorder = recorder = Recorder()
     server = ApiServer(emulator).start()
     try:
-        yield Loop(emulator, server, clock, key)
+        yield Loop(emulator, server, clock, key, recorder)
     finally:
         server.stop()
 
@@ -107,7 +109,7 @@ def test_pagination_walks_many_pages_when_next_links_drop_our_params(loop: Loop)
     pages = list(loop.client(page_size=5).iter_returns(NOW - timedelta(days=3), NOW, "open"))
     assert len(pages) == 12
     assert sorted(ids_of(pages)) == sorted(r["id"] for r in seeded)  # each exactly once
-    calls = loop.emulator.recorder.calls(path="/warehouse/return/list")
+    calls = loop.recorder.calls(path="/warehouse/return/list")
     assert all(c.query["state"] == "open" and c.query["paginate"] == "true" and "from" in c.query
                for c in calls)
 
@@ -148,7 +150,8 @@ def test_broken_next_links_stop_the_walk_and_a_rerun_reads_everything(loop: Loop
 def test_121_days_is_refused_and_120_days_passes(loop: Loop) -> None:
     add(loop, 400, created_at=NOW - timedelta(days=100))
     too_long = loop.raw_get("/warehouse/return/list", {
-        "from": iso(NOW - timedelta(days=121)), "to": iso(NOW), "filter": "created_at"})
+        "from": loop_wire(NOW - timedelta(days=121)), "to": loop_wire(NOW),
+        "filter": "created_at"})
     assert too_long.status_code == 422
     assert "to" in too_long.json()["errors"] and too_long.json()["message"]
     client = loop.client()
@@ -252,7 +255,7 @@ def test_the_clients_limiter_keeps_the_busiest_minute_under_loops_limit(loop: Lo
     for _ in range(320):
         client.destinations()
     assert loop.emulator.busiest_window(loop.key) <= 280
-    assert not [c for c in loop.emulator.recorder.calls() if c.status == 429]
+    assert not [c for c in loop.recorder.calls() if c.status == 429]
     assert len(loop.emulator.request_times(loop.key)) == 320
 
 
@@ -408,7 +411,8 @@ def test_grades_and_assessments_are_validated_and_recorded(loop: Loop) -> None:
 
 def test_more_than_30_items_is_422_but_the_client_sends_20_at_a_time(loop: Loop) -> None:
     raw = add(loop, 770, units=1)
-    item = {"line_item_id": int(raw["line_items"][0]["line_item_id"]), "description": "ok"}
+    item: dict[str, Any] = {"line_item_id": int(raw["line_items"][0]["line_item_id"]),
+                            "description": "ok"}
     answer = requests.post(f"{loop.base_url}/dispositioning/grade", timeout=5,
                            json={"items": [item] * 31}, headers={"X-Authorization": loop.key})
     assert answer.status_code == 422
@@ -434,8 +438,8 @@ def test_reads_are_not_writes_and_every_action_is(loop: Loop) -> None:
     client.grade([{"line_item_id": int(raw["line_items"][0]["line_item_id"]),
                    "description": "ok"}])
     client.process("780")
-    writes = [c.path.rsplit("/", 1)[-1] for c in loop.emulator.recorder.calls(writes=True)]
-    reads = [c.path.rsplit("/", 1)[-1] for c in loop.emulator.recorder.calls(writes=False)]
+    writes = [c.path.rsplit("/", 1)[-1] for c in loop.recorder.calls(writes=True)]
+    reads = [c.path.rsplit("/", 1)[-1] for c in loop.recorder.calls(writes=False)]
     assert writes == ["note", "grade", "process"]
     assert reads == ["list", "details", "notes"]
 
@@ -447,7 +451,7 @@ def test_a_dry_run_client_sends_no_writes(loop: Loop) -> None:
         with pytest.raises(Exception, match="dry run"):
             write()
     client.return_details("790")
-    assert loop.emulator.recorder.calls(writes=True) == []
+    assert loop.recorder.calls(writes=True) == []
 
 
 def test_listeners_hear_of_new_returns(loop: Loop) -> None:

@@ -13,7 +13,7 @@ from loopsync.configkit import Section
 from loopsync.connectors.base import (ConnectorContext, GradingRules, NotReady, PushRequest,
                                       StatusRules, WarehouseSettings, normalize_status)
 from loopsync.connectors.shiphero import ShipHeroConnector
-from loopsync.errors import OutcomeUnknown, Rejected
+from loopsync.errors import ErrorBody, OutcomeUnknown, Rejected
 from loopsync.http import RetryPolicy
 from loopsync.models import LoopReturn, RmaRef
 from loopsync.sandbox.seed import make_return
@@ -158,6 +158,7 @@ def post_graphql(world: World, query: str, variables: dict[str, Any] | None = No
 
 
 def return_input(**changes: Any) -> dict[str, Any]:
+    """A valid CreateReturnInput with `changes` applied (None drops a field)."""
     data = {"order_id": "T3JkZXI6MQ==", "warehouse_id": next(iter(WAREHOUSES)),
             "return_reason": "Too small", "label_type": "SELF_RETURN", "label_cost": "0.00",
             "address": {"name": "Pat"}, "dimensions": {"weight": "0"},
@@ -175,7 +176,7 @@ CREATE = "mutation ($data: CreateReturnInput!) { return_create(data: $data) { re
      "Unknown argument 'first' on field 'Query.orders'"),
     (CREATE, {"data": return_input(label_type="PREPAID")}, "ReturnLabelType"),
     (CREATE, {"data": return_input(warehouse_id=None)}, "warehouse_id"),
-])
+], ids=["first-on-root-field", "unknown-label-type", "missing-required-field"])
 def test_the_emulator_refuses_what_the_schema_refuses(world, query, variables, expected):
     body = post_graphql(world, query, variables).json()
     assert "data" not in body or body["data"] is None
@@ -244,3 +245,60 @@ def test_complexity_follows_page_sizes_and_is_charged(world):
     quota = post_graphql(world, "{ user_quota { credits_remaining max_available } }").json()
     assert quota["data"]["user_quota"] == {"credits_remaining": 1001 - 101 - 1,
                                            "max_available": 1001}
+
+
+def test_credit_meter_refuses_or_records_an_overdraft(clock):
+    lenient = CreditMeter(clock, capacity=100, per_second=10, enforce=False)
+    assert lenient.try_spend(80) and lenient.try_spend(50)
+    assert (lenient.min_balance, lenient.peak_debt) == (-30, 30)
+    clock.advance(2)
+    assert lenient.balance() == pytest.approx(-10)
+    strict = CreditMeter(clock, capacity=100, per_second=10)
+    assert strict.try_spend(80) and not strict.try_spend(50)
+    assert (strict.throttled, strict.seconds_until(50)) == (1, 3)
+
+
+def test_find_rma_pages_through_the_returns_of_a_busy_order(world):
+    connector = world.connector()
+    rets = world.loop_returns(30, 9201, provider_order_id="7770001", order_name="#7770")
+    world.push(connector, rets)
+    assert len(world.emu.orders) == 1
+    world.emu.recorder.clear()
+    last = world.request(rets[-1])
+    found = connector.find_rma(last, connector.locate(last))
+    assert found is not None and found.return_id == rets[-1].id
+    pages = [c.json()["variables"]["after"] for c in world.graphql_calls()
+             if "LoopsyncReturns" in c.json()["query"]]
+    assert len(pages) == 2 and pages[0] is None and pages[1]
+
+
+def test_a_generic_graphql_error_is_an_error_body(world):
+    connector = world.connector()
+    (ret,) = world.loop_returns(1)
+    world.emu.faults.inject(world.emu.graphql_error_fault("Internal server error"),
+                            when=lambda req: req.path == "/graphql")
+    with pytest.raises(ErrorBody, match="Internal server error"):
+        connector.locate(world.request(ret))
+
+
+def test_set_status_takes_custom_words_and_partial_counts(world):
+    connector = world.connector()
+    (ret,) = world.loop_returns(1, 9301)
+    (ref,) = world.push(connector, [ret])
+    first_sku = next(iter(ret.units_by_sku()))
+    assert not world.emu.set_status("no-such-return", "Issue")
+    assert world.emu.set_status(ret.id, "Issue", received={first_sku: 1})
+    status = connector.poll([ref]).statuses[ret.id]
+    assert (status.status, status.received_units) == ("Issue", 1)
+
+
+def test_password_grant_issues_tokens(world):
+    url = f"{world.url}/auth/token"
+    wrong = requests.post(url, json={"username": world.emu.username, "password": "nope"},
+                          timeout=5)
+    assert wrong.status_code == 403
+    good = requests.post(url, json={"username": world.emu.username,
+                                    "password": world.emu.password}, timeout=5).json()
+    assert good["expires_in"] == 2419200 and good["refresh_token"]
+    quota = post_graphql(world, "{ user_quota { max_available } }", token=good["access_token"])
+    assert quota.json()["data"]["user_quota"]["max_available"] == 1001

@@ -21,11 +21,15 @@ SANDBOX_SCENARIOS = ["full", "short", "damaged", "full"]
 def run_demo(*, warehouse: str = "shiphero", returns: int = 12, out: TextIO) -> int:
     logs.configure(level="warning")
     transport = "folder" if warehouse == "generic" else "http"
+    # The demo shows the flow, not the APIs' rate limits (PeopleVox allows 15 requests in
+    # 15 s, which would make it take a minute); the tests and benchmarks keep them on.
     with tempfile.TemporaryDirectory(prefix="loopsync-demo-") as tmp, \
-            Sandbox(warehouse, transport=transport, folder_root=Path(tmp) / "3pl") as sb:
+            Sandbox(warehouse, transport=transport, folder_root=Path(tmp) / "3pl",
+                    rate_limits=False) as sb:
         seeded = sb.seed(returns, states_weights=[("open", 1)])
         odd = _add_awkward_returns(sb)
-        cfg = sb.merchant_config(Path(tmp), merchant="demo")
+        extra = {"rate_limit": {"requests": 1000, "per": "1s"}} if warehouse == "peoplevox" else {}
+        cfg = sb.merchant_config(Path(tmp), merchant="demo", warehouse_extra=extra)
         say = lambda text="": print(text, file=out)  # noqa: E731
         say(f"loopsync demo: sandbox Loop at {sb.loop_url}, sandbox {warehouse} at "
             f"{sb.warehouse_url}")

@@ -28,6 +28,7 @@ from loopsync.config import MerchantConfig
 from loopsync.connectors.base import NotReady, PushRequest, WarehouseConnector
 from loopsync.errors import (OutcomeUnknown, PermanentError, Rejected, RemoteError, StateConflict,
                              TransientError)
+from loopsync.loop_client import PaginationStopped
 from loopsync.models import LoopReturn, MalformedReturn, RmaRef, RmaStatus
 from loopsync.store import Store
 from loopsync.timeutil import Clock, iso, parse_timestamp
@@ -36,6 +37,7 @@ from loopsync.windows import Window, ingest_start, plan_windows
 log = structlog.get_logger("loopsync.engine")
 
 RETURNS, ASN = "returns", "asn"
+COMPLETE, STOPPED, INCOMPLETE = "complete", "stopped", "incomplete"  # window outcomes
 # Give up on a stage after this many consecutive transient failures: the remote is down,
 # and hammering it helps nobody. The next cycle tries again.
 OUTAGE_AFTER = 3
@@ -170,43 +172,56 @@ class Engine:
             if cur.window_from is not None and cur.window_to is not None:
                 self.log.info("ingest.resume", state=state, window_from=iso(cur.window_from),
                               window_to=iso(cur.window_to), has_cursor=bool(cur.page_cursor))
-                if not self._ingest_window(state, Window(cur.window_from, cur.window_to),
-                                           cur.page_cursor):
+                outcome = self._ingest_window(state, Window(cur.window_from, cur.window_to),
+                                              cur.page_cursor)
+                if outcome == STOPPED:
                     return
+                if outcome == INCOMPLETE:
+                    continue
                 cur = self.store.cursor(RETURNS, state)
             start = ingest_start(cur.done_until, self.cfg.loop.start_at, self.cfg.loop.lookback)
             self.log.info("ingest.state", state=state, start=iso(start), end=iso(end))
             for window in plan_windows(start, end, self.cfg.loop.window):
-                if not self._ingest_window(state, window, None):
+                outcome = self._ingest_window(state, window, None)
+                if outcome == STOPPED:
                     return
+                if outcome == INCOMPLETE:
+                    break  # the cursor cannot pass this window; other states go on
 
     def _ingest_window(self, state: str, window: Window, cursor: str | None,
-                       *, checkpoint: bool = True) -> bool:
-        """Read one window; False when stopped part-way (the checkpoint is saved)."""
+                       *, retried: bool = False) -> str:
+        """Read one window: COMPLETE, STOPPED (shutdown; checkpoint saved) or INCOMPLETE
+        (pagination broke off; the pages read are kept, the window stays open)."""
+        last = None
         try:
-            pages = iter(self.loop.iter_returns(window.start, window.end, state, cursor=cursor))
-            first = next(pages, None)
+            for page in self.loop.iter_returns(window.start, window.end, state, cursor=cursor):
+                last = page
+                with self.store.atomic():
+                    for raw in page.returns:
+                        self._ingest_return(raw)
+                    self.store.save_page(RETURNS, state, window.start, window.end,
+                                         page.next_cursor)
+                if self.stop.is_set() and page.next_cursor:
+                    return STOPPED
+        except PaginationStopped as exc:
+            if not retried and exc.reason != "page_cap":
+                # A repeated or missing cursor may be a one-off: read the window again.
+                self.log.warning("ingest.window_retry", state=state, reason=exc.reason)
+                return self._ingest_window(state, window, None, retried=True)
+            self.counts.errors += 1
+            self._problem(None, "ingest", f"{state} window {iso(window.start)} -> "
+                                          f"{iso(window.end)} not finished ({exc.reason}); "
+                                          "it is read again next cycle")
+            return INCOMPLETE
         except PermanentError as exc:
-            if cursor is None:
+            if cursor is None or last is not None:
                 raise
             # A saved page cursor the API no longer accepts: re-read the window from its start.
             self.log.warning("ingest.cursor_rejected", state=state, error=str(exc))
-            return self._ingest_window(state, window, None, checkpoint=checkpoint)
-        page = first
-        while page is not None:
-            with self.store.atomic():
-                for raw in page.returns:
-                    self._ingest_return(raw)
-                if checkpoint:
-                    self.store.save_page(RETURNS, state, window.start, window.end,
-                                         page.next_cursor)
-            if self.stop.is_set() and page.next_cursor:
-                return False
-            page = next(pages, None)
-        if checkpoint:
-            with self.store.atomic():
-                self.store.complete_window(RETURNS, state, window.end)
-        return True
+            return self._ingest_window(state, window, None, retried=retried)
+        with self.store.atomic():
+            self.store.complete_window(RETURNS, state, window.end)
+        return COMPLETE
 
     def _ingest_return(self, raw: Any) -> str | None:
         self.counts.pulled += 1

@@ -74,7 +74,7 @@ class ReturnsPage:
     cursor: str | None
 
 
-class PaginationStopped(TransientError):
+class PaginationStopped(TransientError):  # noqa: N818 - named like RateLimited, NotFound
     """A walk stopped before Loop's last page: a repeated cursor, a next link without a
     cursor, or the page cap. Raised after the pages read were yielded, so a caller that
     checkpoints per page keeps them but must not mark the window complete; the last
@@ -160,6 +160,14 @@ def parse_returns_body(body: Any, *, status: int = 200) -> tuple[list[dict[str, 
     raise read_error(body, "returns list", status)
 
 
+def list_under(body: Any, key: str) -> list[dict[str, Any]]:
+    """`body[key]` when the answer is `{key: [...]}`, else the answer is an error."""
+    items = body.get(key) if isinstance(body, dict) else None
+    if not isinstance(items, list):
+        raise read_error(body, key)
+    return items
+
+
 def read_error(body: Any, what: str, status: int = 200) -> ErrorBody:
     """The error for a 2xx read whose body is not what the endpoint returns."""
     message = error_text(body) or f"unexpected {what} body: {_snippet(body)}"
@@ -202,7 +210,7 @@ def _check_action(result: HttpResult) -> None:
     classify_action_body(result.data, status=result.status)
 
 
-def _follow(next_url: str | None, seen: set[str]) -> tuple[str | None, str | None]:
+def _next_cursor(next_url: str | None, seen: set[str]) -> tuple[str | None, str | None]:
     """(cursor to fetch next, guard that trips) for a page's `nextPageUrl`."""
     if next_url is None:
         return None, None
@@ -271,7 +279,7 @@ class LoopClient:
             result = self.http.request("GET", RETURN_LIST_PATH, params=query,
                                        check=_require_json)
             returns, next_url = parse_returns_body(result.data, status=result.status)
-            next_cursor, guard = _follow(next_url, seen)
+            next_cursor, guard = _next_cursor(next_url, seen)
             yield ReturnsPage(returns, next_cursor, current)
             if guard is not None:
                 _stop(guard, walk, page=page_number, next_page_url=next_url)
@@ -305,15 +313,10 @@ class LoopClient:
             raise
         if body is False or body == "false":
             return []
-        if not isinstance(body, dict) or not isinstance(body.get("notes"), list):
-            raise read_error(body, "notes")
-        return body["notes"]
+        return list_under(body, "notes")
 
     def destinations(self) -> list[dict[str, Any]]:
-        body = self._get_json(DESTINATIONS_PATH)
-        if not isinstance(body, dict) or not isinstance(body.get("destinations"), list):
-            raise read_error(body, "destinations")
-        return body["destinations"]
+        return list_under(self._get_json(DESTINATIONS_PATH), "destinations")
 
     def _get_json(self, path: str, params: dict[str, str] | None = None) -> Any:
         return self.http.request("GET", path, params=params, check=_require_json).data

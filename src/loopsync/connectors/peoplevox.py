@@ -41,6 +41,7 @@ from loopsync.timeutil import Clock
 log = structlog.get_logger("loopsync.peoplevox")
 
 SYSTEM = "peoplevox"
+ARRIVAL_SLACK = 0.5  # seconds
 SOAP_NS = "http://schemas.xmlsoap.org/soap/envelope/"
 PVX_NS = "http://www.peoplevox.net/"
 SERVICE_PATH = "resources/integrationservicev4.asmx"
@@ -395,9 +396,11 @@ class SoapHttpClient(HttpClient):
     decides, so a client fault is not retried and a throttle fault waits.
 
     `throttle_wait` is the wait after a throttle answer without Retry-After: one window
-    of the documented limit."""
+    of the limit."""
 
-    throttle_wait: float = 15.0
+    def __init__(self, *args: Any, throttle_wait: float = 15.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.throttle_wait = throttle_wait
 
     def raise_for_status(self, result: HttpResult, *, idempotent: bool) -> None:
         if result.status >= 400:
@@ -510,11 +513,11 @@ class PeopleVoxClient:
 
     def _send(self, operation: str, params: Params, credentials: SessionCredentials | None,
               *, write: bool = False) -> SoapResult:
-        parsed: list[SoapResult] = []
+        parsed: list[SoapResult] = []  # `check` runs inside the retry loop; keep its answer
 
         def check(result: HttpResult) -> None:
             parsed.append(read_answer(result, operation, idempotent=not write,
-                                       throttle_wait=self.settings.rate_period))
+                                      throttle_wait=self.settings.rate_period))
 
         self.http.request("POST", self.http.base_url, data=build_envelope(operation, params,
                                                                          credentials),
@@ -526,7 +529,7 @@ class PeopleVoxClient:
 
 
 def read_answer(result: HttpResult, operation: str, *, idempotent: bool,
-                 throttle_wait: float) -> SoapResult:
+                throttle_wait: float) -> SoapResult:
     """Turn a 2xx answer into a SoapResult or the error it carries."""
     fault = parse_fault(result.text)
     if fault is not None:
@@ -582,9 +585,10 @@ class PeopleVoxConnector(WarehouseConnector):
         http = SoapHttpClient(
             SYSTEM, service_url(settings.base_url, own.region, own.client_id),
             session=_xml_session(), timeout=settings.timeout,
-            limiter=RateLimiter(own.rate_limit, own.rate_period, ctx.clock),
-            policy=ctx.policy, clock=ctx.clock)
-        http.throttle_wait = own.rate_period
+            # The server counts arrivals, we count departures: a little slack on the period
+            # keeps network jitter from pushing the 16th request into the same window.
+            limiter=RateLimiter(own.rate_limit, own.rate_period + ARRIVAL_SLACK, ctx.clock),
+            policy=ctx.policy, clock=ctx.clock, throttle_wait=own.rate_period)
         self.client = PeopleVoxClient(http, own, ctx.clock, dry_run=ctx.dry_run)
         self._save_columns: dict[str, list[str]] = {}
         self._reason_codes: dict[str, str] | None = None
@@ -733,9 +737,9 @@ class PeopleVoxConnector(WarehouseConnector):
         out = []
         for number, (sku, loop_lines) in enumerate(by_sku.items(), start=1):
             comments = dict.fromkeys(li.comment.strip() for li in loop_lines if li.comment.strip())
-            reason = next((code for li in loop_lines
-                           if (code := self.reason_code(li.return_reason, li.parent_return_reason))),
-                          "")
+            codes = (self.reason_code(li.return_reason, li.parent_return_reason)
+                     for li in loop_lines)
+            reason = next((code for code in codes if code), "")
             out.append(ItemLine(number, sku, len(loop_lines), reason, " | ".join(comments)))
         return out
 

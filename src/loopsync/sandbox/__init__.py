@@ -116,13 +116,16 @@ class Sandbox:
         return {"LOOP_API_KEY": LOOP_KEY, **self.warehouse.secret_env()}
 
     def config_dict(self, *, merchant: str = "sandbox", state_path: str | Path | None = None,
-                    start_days: float = 30, every: str = "1m", **loop_extra: Any) -> dict[str, Any]:
+                    start_days: float = 30, every: str = "1m",
+                    warehouse_extra: dict[str, Any] | None = None,
+                    **loop_extra: Any) -> dict[str, Any]:
         start = self.clock.now() - timedelta(days=start_days)
         if self.kind == "generic" and self.transport == "folder":
             assert self.folder_root is not None, "folder transport needs folder_root"
             warehouse = self.warehouse.folder_config(self.folder_root)  # type: ignore[attr-defined]
         else:
             warehouse = self.warehouse.warehouse_config(self.warehouse_url)
+        warehouse.update(warehouse_extra or {})
         return {
             "merchant": merchant,
             "state_path": str(state_path or f"./state/{merchant}.sqlite"),

@@ -379,8 +379,8 @@ class LoopEmulator(EmulatedApi):
 
     def _list_window(self, start_text: str | None, end_text: str | None,
                      errors: dict[str, list[str]]) -> tuple[datetime, datetime] | None:
-        """Both bounds inclusive. Only one bound given (UNCONFIRMED): the other is 24 h
-        away from it, or now for a missing `to`."""
+        """Both bounds inclusive; neither given: the last 24 hours. Only one given is
+        UNCONFIRMED on Loop: here a missing `to` is now, a missing `from` 24 h before `to`."""
         start = _parse_bound(start_text, "from", errors)
         end = _parse_bound(end_text, "to", errors)
         if "from" in errors or "to" in errors:
@@ -635,9 +635,8 @@ class LoopEmulator(EmulatedApi):
         body = _json_body(req)
         items = body.get("items") if isinstance(body, dict) else None
         errors = validate_items(items, fields)
-        if errors:
+        if errors or not isinstance(items, list):
             return _invalid(errors)
-        assert isinstance(items, list)
         owners = [self._line_owner.get(str(item["line_item_id"])) for item in items]
         if None in owners:  # a line item of another shop
             return json_response({"message": "This action is unauthorized."}, 403)
@@ -904,7 +903,8 @@ def validate_items(items: Any, fields: dict[str, tuple[bool, _Check]]) -> dict[s
 
 # -- small helpers --------------------------------------------------------------------
 
-def _scoped_keys(api_keys: Iterable[str] | Mapping[str, Iterable[str]]) -> dict[str, frozenset[str]]:
+def _scoped_keys(api_keys: Iterable[str] | Mapping[str, Iterable[str]],
+                 ) -> dict[str, frozenset[str]]:
     if isinstance(api_keys, Mapping):
         return {key: frozenset(scopes) for key, scopes in api_keys.items()}
     return {key: SCOPES for key in api_keys}

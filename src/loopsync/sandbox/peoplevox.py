@@ -360,8 +360,8 @@ class PeopleVoxEmulator(WarehouseEmulator):
         self.throttled = 0
         self._sessions: dict[str, float] = {}  # session id -> last used (monotonic)
         self._recent: collections.deque[float] = collections.deque()
-        self._path = re.compile(rf"^/{re.escape(client_id)}/resources/integrationservicev4\.asmx/?$",
-                                re.IGNORECASE)
+        self._path = re.compile(
+            rf"^/{re.escape(client_id)}/resources/integrationservicev4\.asmx/?$", re.IGNORECASE)
 
     # -- HTTP -----------------------------------------------------------------------
     def handle(self, req: Request) -> Response:

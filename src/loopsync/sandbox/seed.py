@@ -84,10 +84,6 @@ DEFAULT_STATE_WEIGHTS: tuple[tuple[str, int], ...] = (
     ("open", 80), ("closed", 8), ("cancelled", 4), ("expired", 4), ("review", 4))
 
 FIRST_RETURN_ID = 40_000_001
-# make_returns without first_id draws a block of ids from the rng, so repeated calls on
-# one emulator (Sandbox.seed twice) do not collide, and the ids stay deterministic.
-ID_BLOCK = 1_000_000
-ID_BLOCKS = 50_000
 FIRST_ORDER_NUMBER = 1001
 LINE_ID_FACTOR = 10          # line item ids are return_id * 10 + k (k = 1..4)
 DEFAULT_AT = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
@@ -97,16 +93,14 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 def make_returns(n: int, *, start: datetime, end: datetime, rng: random.Random,
                  destinations: Sequence[str] = ("12", "13"),
                  states_weights: Sequence[tuple[str, int]] = DEFAULT_STATE_WEIGHTS,
-                 first_id: int | None = None) -> list[dict[str, Any]]:
+                 first_id: int = FIRST_RETURN_ID) -> list[dict[str, Any]]:
     """`n` returns created (and updated) between `start` and `end`, with consecutive ids
-    from `first_id` (default: a block drawn from `rng`).
+    from `first_id` (pass the next free id when seeding one emulator twice).
 
     `updated_at` never passes `end`, so a window [start, end] on either filter holds all.
     """
     if end < start:
         raise ValueError("end is before start")
-    if first_id is None:
-        first_id = FIRST_RETURN_ID + rng.randrange(ID_BLOCKS) * ID_BLOCK
     pick_state = _weighted(states_weights)
     start_s, end_s = _epoch(start), _epoch(end)
     out = []
@@ -134,15 +128,18 @@ def _gc_paused() -> Iterator[None]:
 
 
 def make_return(*, rng: random.Random | None = None, return_id: int | str = FIRST_RETURN_ID,
-                created_at: datetime = DEFAULT_AT, updated_at: datetime | None = None,
+                created_at: datetime | None = None, updated_at: datetime | None = None,
                 state: str = "open", destination: str = "12", units: int | None = None,
                 **overrides: Any) -> dict[str, Any]:
-    """One return for tests. `units` fixes the number of line items; `overrides` replace
-    top-level fields after generation (datetimes are written in Loop's ISO form)."""
+    """One return for tests. Either timestamp defaults to the other (both missing:
+    DEFAULT_AT). `units` fixes the number of line items; `overrides` replace top-level
+    fields after generation (datetimes are written in Loop's ISO form)."""
     rid = int(return_id)
     rng = rng or random.Random(rid)
-    ret = _build(rng, rid, _epoch(created_at), _epoch(updated_at or created_at), state,
-                 destination, units)
+    created = created_at or updated_at or DEFAULT_AT
+    updated = updated_at or created
+    ret = _build(rng, rid, _epoch(created), _epoch(updated), state, destination, units)
+    ret["created_at"], ret["updated_at"] = _iso(created), _iso(updated)  # keep sub-seconds
     for key, value in overrides.items():
         ret[key] = _iso(value) if isinstance(value, datetime) else value
     return ret
