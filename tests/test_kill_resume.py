@@ -15,6 +15,7 @@ import time
 import pytest
 
 from loopsync.sandbox import Sandbox
+from loopsync.sandbox.peoplevox import PeopleVoxEmulator
 from loopsync.sandbox.server import Fault, json_response
 from loopsync.store import MerchantLock
 from loopsync.timeutil import SystemClock
@@ -53,15 +54,31 @@ class Holds:
         return reached
 
 
-@pytest.fixture
-def world(tmp_path):
-    sb = Sandbox("shiphero", clock=SystemClock(), rate_limits=False).start()
-    holds = Holds()
+# Client limits loosened where the sandbox's limits are off: the subprocess runs on the
+# real clock, and this test is about crashes, not pacing.
+FAST = {"peoplevox": {"rate_limit": {"requests": 1000, "per": "1s"}},
+        "xoro": {"requests_per_second": 10}}
+
+
+def make_world(tmp_path, kind="shiphero"):
+    sb = Sandbox(kind, clock=SystemClock(), rate_limits=False).start()
     seeded = sb.seed(4, states_weights=[("open", 1)])
-    cfg_path = sb.write_config(tmp_path, merchant="killme",
+    cfg_path = sb.write_config(tmp_path, merchant="killme", warehouse_extra=FAST.get(kind),
                                state_path=str(tmp_path / "killme.sqlite"))
-    yield sb, holds, [str(r["id"]) for r in seeded], cfg_path
-    holds.release.set()
+    return sb, [str(r["id"]) for r in seeded], cfg_path
+
+
+@pytest.fixture
+def holds():
+    h = Holds()
+    yield h
+    h.release.set()
+
+
+@pytest.fixture
+def world(tmp_path, holds):
+    sb, ids, cfg_path = make_world(tmp_path)
+    yield sb, holds, ids, cfg_path
     sb.stop()
 
 
@@ -69,34 +86,56 @@ def is_list(req):
     return req.path.endswith("/warehouse/return/list")
 
 
-def is_create(req):
-    return req.path.endswith("/graphql") and b"return_create" in req.body
-
-
 def loop_post(action):
     return lambda req: req.method == "POST" and req.path.endswith(f"/{action}")
 
 
-KILL_POINTS = [
+# How each warehouse's RMA create looks on the wire (Xoro's own app creates RMAs).
+CREATES = {
+    "shiphero": lambda req: req.path.endswith("/graphql") and b"return_create" in req.body,
+    "peoplevox": lambda req: PeopleVoxEmulator.operation(req) == "SaveData",
+    "generic": lambda req: req.method == "POST" and req.path.endswith("/rmas"),
+}
+
+LOOP_POINTS = [
     ("during ingest", "loop", is_list, False, False),
-    ("before the RMA is created", "shiphero", is_create, False, False),
-    ("after the RMA is created, answer lost", "shiphero", is_create, True, False),
     ("after the Loop note, answer lost", "loop", loop_post("note"), True, False),
     ("after process, answer lost", "loop", loop_post("process"), True, True),
     ("after flag, answer lost", "loop", loop_post("flag"), True, True),
 ]
+CASES = [(kind, *point) for kind in ("shiphero", "peoplevox", "xoro", "generic")
+         for point in LOOP_POINTS if not (kind == "xoro" and "note" in point[0])]
+CASES += [(kind, label, "warehouse", CREATES[kind], after, False)
+          for kind in CREATES
+          for label, after in (("before the RMA is created", False),
+                               ("after the RMA is created, answer lost", True))]
 
 
-@pytest.mark.parametrize("label, api_name, match, after, finished_first", KILL_POINTS,
-                         ids=[k[0] for k in KILL_POINTS])
-def test_sigkill_then_rerun_repeats_nothing(world, label, api_name, match, after, finished_first):
-    sb, holds, ids, cfg_path = world
+@pytest.mark.parametrize("kind, label, api_name, match, after, finished_first", CASES,
+                         ids=[f"{c[0]}: {c[1]}" for c in CASES])
+def test_sigkill_then_rerun_repeats_nothing(tmp_path, holds, kind, label, api_name, match, after,
+                                            finished_first):
+    sb, ids, cfg_path = make_world(tmp_path, kind)
+    try:
+        kill_and_rerun(sb, holds, ids, cfg_path, label, api_name, match, after, finished_first)
+        watch_only = kind == "xoro"  # Xoro makes its own RMAs: loopsync leaves no note
+        for rid in ids:
+            assert sb.warehouse.rma_count(rid) == 1, f"{label}: return {rid} has " \
+                f"{sb.warehouse.rma_count(rid)} RMAs"
+            assert len(sb.loop.actions_for(rid)) == 1, f"{label}: {rid} {sb.loop.actions_for(rid)}"
+            notes = sb.loop.notes_for(rid)
+            assert sum("created" in n for n in notes) == (0 if watch_only else 1), f"{label}: {notes}"
+            assert sum("flagged" in n for n in notes) <= 1, f"{label}: {notes}"
+    finally:
+        sb.stop()
+
+
+def kill_and_rerun(sb, holds, ids, cfg_path, label, api_name, match, after, finished_first):
     env = sb.env()
     if finished_first:
         code, _, err = run_worker(cfg_path, env)
         assert code == 0, err
-        for rid, scenario in zip(ids, ["full", "short", "damaged", "full"], strict=True):
-            sb.warehouse.receive(rid, scenario)
+        receive_all(sb, ids)
     api = sb.loop if api_name == "loop" else sb.warehouse
     reached = holds.arm(api, match, after=after)
     proc = start_worker(cfg_path, env, "run", "--once")
@@ -108,17 +147,14 @@ def test_sigkill_then_rerun_repeats_nothing(world, label, api_name, match, after
         code, _, err = run_worker(cfg_path, env)
         assert code == 0, err
     if not finished_first:
-        for rid, scenario in zip(ids, ["full", "short", "damaged", "full"], strict=True):
-            sb.warehouse.receive(rid, scenario)
+        receive_all(sb, ids)
         code, _, err = run_worker(cfg_path, env)
         assert code == 0, err
-    for rid in ids:
-        assert sb.warehouse.rma_count(rid) == 1, f"{label}: return {rid} has " \
-            f"{sb.warehouse.rma_count(rid)} RMAs"
-        assert len(sb.loop.actions_for(rid)) == 1, f"{label}: {rid} {sb.loop.actions_for(rid)}"
-        notes = sb.loop.notes_for(rid)
-        assert sum("created" in n for n in notes) == 1, f"{label}: {notes}"
-        assert sum("flagged" in n for n in notes) <= 1, f"{label}: {notes}"
+
+
+def receive_all(sb, ids):
+    for rid, scenario in zip(ids, ["full", "short", "damaged", "full"], strict=True):
+        assert sb.warehouse.receive(rid, scenario), f"no RMA for {rid} to receive"
 
 
 def test_sigterm_stops_serve_promptly_with_exit_0(world):

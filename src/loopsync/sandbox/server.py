@@ -306,6 +306,14 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that went away (killed worker, timed-out request) is expected here.
+        import sys
+
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
+
     def __init__(self, addr: tuple[str, int], api: EmulatedApi) -> None:
         self.api = api
         super().__init__(addr, _Handler)
