@@ -48,20 +48,9 @@ class MerchantConfig:
 
     def secrets(self) -> list[str]:
         """Every secret value this config holds (for log redaction)."""
-        out = [self.loop.api_key.value]
         conn = self.warehouse.connector
-        for value in vars(conn).values() if hasattr(conn, "__dict__") else _fields(conn):
-            if isinstance(value, Secret):
-                out.append(value.value)
-        return out
-
-
-def _fields(obj: Any) -> list[Any]:
-    import dataclasses
-
-    if dataclasses.is_dataclass(obj):
-        return [getattr(obj, f.name) for f in dataclasses.fields(obj)]
-    return []
+        held = list(vars(conn).values()) if hasattr(conn, "__dict__") else []
+        return [self.loop.api_key.value] + [v.value for v in held if isinstance(v, Secret)]
 
 
 class _StringTimestampLoader(yaml.SafeLoader):

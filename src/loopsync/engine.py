@@ -45,6 +45,9 @@ OUTAGE_AFTER = 3
 # it works through its queue. Wait this long before concluding the call did not land.
 PROCESS_SETTLE = timedelta(minutes=10)
 POLL_CHUNK = 500
+# The ASN report only feeds tracking numbers of returns still to push, which are recent:
+# the first run reads this far back rather than from loop.start_at, day by day.
+ASN_BACKFILL = timedelta(days=30)
 
 
 class LoopApi(Protocol):
@@ -247,7 +250,7 @@ class Engine:
         """Loop's ASN report in small windows (it does not paginate)."""
         end = self.clock.now()
         cur = self.store.cursor(ASN, "all")
-        first_start = max(self.cfg.loop.start_at, end - timedelta(days=30))
+        first_start = max(self.cfg.loop.start_at, end - ASN_BACKFILL)
         start = ingest_start(cur.done_until, first_start, self.cfg.loop.lookback)
         for window in plan_windows(start, end, self.cfg.loop.asn_window):
             if self.stop.is_set():
@@ -296,6 +299,12 @@ class Engine:
     # -- push -----------------------------------------------------------------------------
     def push(self, only: set[str] | None = None) -> None:
         ids = self.store.return_ids_in_stage(st.NEW, st.WAITING, st.PUSHING)
+        self._each_return("push", ids, self._push_one, only)
+
+    def _each_return(self, stage: str, ids: Iterable[str], work: Callable[[str], None],
+                     only: set[str] | None) -> None:
+        """Run `work` per return: one return's failure is recorded and the batch goes on,
+        but a run of transient failures means the remote is down, so the stage stops."""
         outage = 0
         for rid in ids:
             if self.stop.is_set():
@@ -303,17 +312,17 @@ class Engine:
             if only is not None and rid not in only:
                 continue
             try:
-                self._push_one(rid)
+                work(rid)
                 outage = 0
             except TransientError as exc:
                 self.counts.errors += 1
                 outage += 1
-                self._problem(rid, "push", str(exc))
+                self._problem(rid, stage, str(exc))
                 if outage >= OUTAGE_AFTER:
                     raise
             except PermanentError as exc:
                 self.counts.errors += 1
-                self._problem(rid, "push", str(exc))
+                self._problem(rid, stage, str(exc))
 
     def _push_one(self, rid: str) -> None:
         row = self.store.get_return_row(rid)
@@ -481,22 +490,8 @@ class Engine:
     # -- act ------------------------------------------------------------------------------
     def act(self, only: set[str] | None = None) -> None:
         """Carry out every planned or interrupted effect, return by return, in plan order."""
-        rids = list(dict.fromkeys(e["return_id"] for e in self.store.pending_effects()))
-        outage = 0
-        for rid in rids:
-            if self.stop.is_set():
-                return
-            if only is not None and rid not in only:
-                continue
-            try:
-                self._run_effects(rid)
-                outage = 0
-            except TransientError as exc:
-                self.counts.errors += 1
-                outage += 1
-                self._problem(rid, "act", str(exc))
-                if outage >= OUTAGE_AFTER:
-                    raise
+        rids = dict.fromkeys(e["return_id"] for e in self.store.pending_effects())
+        self._each_return("act", rids, self._run_effects, only)
 
     def _run_effects(self, rid: str) -> None:
         for effect in self.store.pending_effects(rid):

@@ -98,10 +98,9 @@ def _run_locked(cfg: MerchantConfig, *, clock: Clock, stop: threading.Event, dry
             status = "errors"
         if result.stopped:
             status = "stopped"
-    except BaseException as exc:
+    except BaseException as exc:  # recorded in the run row, then re-raised
         status, error = "crashed", f"{type(exc).__name__}: {exc}"
         engine.result.counts.errors += 1
-        result = engine.result
         raise
     finally:
         counts = asdict(engine.result.counts)
