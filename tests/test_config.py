@@ -95,3 +95,15 @@ def test_usage_error_exits_2(capsys):
     assert main(["frobnicate"]) == 2
 
 
+
+
+def test_a_directory_stands_for_its_yaml_files(tmp_path):
+    from loopsync.config import load_all
+
+    write(tmp_path, BASE, "a.yaml")
+    write(tmp_path, BASE.replace("merchant: acme-us", "merchant: acme-eu"), "b.yml")
+    (tmp_path / "notes.txt").write_text("not a config")
+    assert [c.merchant for c in load_all([str(tmp_path)], env=ENV)] == ["acme-us", "acme-eu"]
+    write(tmp_path, BASE, "c.yaml")  # a second file for acme-us
+    with pytest.raises(ConfigError, match="also used by"):
+        load_all([str(tmp_path)], env=ENV)
