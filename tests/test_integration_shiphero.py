@@ -199,3 +199,14 @@ def test_ship_hero_poll_batches_open_rmas(make_sandbox, tmp_path):
     polls = [c for c in sb.recorder.calls("shiphero", path="/graphql")
              if b"return(" in c.body and b"return_create" not in c.body]
     assert r.counts.polled == 60 and 1 <= len(polls) <= 3
+
+
+def test_access_token_is_reused_across_cycles(make_sandbox, tmp_path, clock):
+    sb = make_sandbox()
+    sb.warehouse.expire_tokens()  # nothing cached from other tests is still valid there
+    open_returns(sb, 2)
+    cfg = sb.merchant_config(tmp_path)
+    for _ in range(3):
+        clock.advance(60)
+        assert sb.run_cycle(cfg).ok
+    assert len(sb.recorder.calls("shiphero", path="/auth/refresh")) == 1

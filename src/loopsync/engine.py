@@ -552,8 +552,9 @@ class Engine:
         """After an unknown outcome: 'done' if Loop shows it happened, 'wait' if it cannot
         tell yet, 'repeat' if it certainly did not happen (or repeating is harmless)."""
         if kind == "note":
-            texts = {str(n.get("content", "")) for n in self.loop.notes(rid) if isinstance(n, dict)}
-            return "done" if payload["text"] in texts else "repeat"
+            # Compared with white space folded: Loop may store the text reformatted.
+            texts = {_fold(n.get("content")) for n in self.loop.notes(rid) if isinstance(n, dict)}
+            return "done" if _fold(payload["text"]) in texts else "repeat"
         if kind in ("process", "flag"):
             state = str(self.loop.return_details(rid).get("state", "")).lower()
             if kind == "process" and state == "closed" or kind == "flag" and state == "review":
@@ -606,6 +607,10 @@ def _describe(kind: str, payload: dict[str, Any]) -> str:
     if kind in ("process", "flag"):
         return f"{kind} it ({payload.get('reason')})"
     return f"send {len(payload.get('items', []))} item(s) to Loop {kind}"
+
+
+def _fold(text: Any) -> str:
+    return " ".join(str(text or "").split())
 
 
 def _batches(items: list[Any], size: int) -> list[list[Any]]:

@@ -12,6 +12,8 @@ Facts and UNCONFIRMED points come from wms-apis.md §A. In short:
 
 from __future__ import annotations
 
+import hashlib
+
 import re
 import threading
 from collections.abc import Iterator, Sequence
@@ -432,6 +434,7 @@ class ShipHeroConnector(WarehouseConnector):
                                         "loopsync can renew it", status=401) from None
             log.info("shiphero.token_refused", action="refresh and retry once")
             self._access_token = None
+            _TOKEN_CACHE.pop(self._token_key, None)
         token = self._bearer()
         try:
             return self._post_once(payload, token, mutation=mutation, partial_ok=partial_ok,
@@ -490,6 +493,10 @@ class ShipHeroConnector(WarehouseConnector):
     def _bearer(self) -> str:
         if self.cfg.access_token is not None:
             return self.cfg.access_token.value
+        if self._access_token is None:
+            cached = _TOKEN_CACHE.get(self._token_key)
+            if cached is not None and cached[2] is self.ctx.clock:
+                self._access_token, self._renew_at = cached[0], cached[1]
         if self._access_token is None or self.ctx.clock.monotonic() >= self._renew_at:
             self._refresh_access_token()
         assert self._access_token is not None
@@ -512,7 +519,20 @@ class ShipHeroConnector(WarehouseConnector):
         self._access_token = token
         self._renew_at = self.ctx.clock.monotonic() + max(expires_in - TOKEN_RENEW_MARGIN,
                                                           expires_in / 2)
+        _TOKEN_CACHE[self._token_key] = (token, self._renew_at, self.ctx.clock)
         log.info("shiphero.token_refreshed", expires_in=expires_in)
+
+
+    @property
+    def _token_key(self) -> str:
+        secret = self.cfg.refresh_token.value if self.cfg.refresh_token else ""
+        return hashlib.sha256(f"{self.settings.base_url}|{secret}".encode()).hexdigest()
+
+
+# Access tokens by (base URL, refresh token), in this process's memory only: `serve` builds
+# a connector per cycle and ShipHero's tokens last 28 days, so refreshing each cycle would
+# be waste. Entries carry the clock they were timed on.
+_TOKEN_CACHE: dict[str, tuple[str, float, Any]] = {}
 
 
 # -- pure helpers -------------------------------------------------------------------------
