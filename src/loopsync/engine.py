@@ -29,7 +29,7 @@ from loopsync.connectors.base import NotReady, PushRequest, WarehouseConnector
 from loopsync.errors import (OutcomeUnknown, PermanentError, Rejected, RemoteError, StateConflict,
                              TransientError)
 from loopsync.loop_client import PaginationStopped
-from loopsync.models import LoopReturn, MalformedReturn, RmaRef, RmaStatus
+from loopsync.models import LoopReturn, MalformedReturn, RmaRef, RmaStatus, asn_row_problem
 from loopsync.store import Store
 from loopsync.timeutil import Clock, iso, parse_timestamp
 from loopsync.windows import Window, ingest_start, plan_windows
@@ -125,6 +125,9 @@ class Engine:
         self.stop = stop or threading.Event()
         self.dry_run = dry_run
         self.result = CycleResult(cfg.merchant, run_id, CycleCounts())
+        # Effects whose answer was lost in this run: the request may still be running at the
+        # remote, so looking it up now could miss it and repeat it. A later run does that.
+        self._lost: set[str] = set()
         self.log = log.bind(merchant=cfg.merchant, run_id=run_id)
 
     @property
@@ -200,8 +203,12 @@ class Engine:
             for page in self.loop.iter_returns(window.start, window.end, state, cursor=cursor):
                 last = page
                 with self.store.atomic():
+                    # One query for the page's known returns instead of two per return.
+                    heads = self.store.return_heads([str(raw.get("id")).strip()
+                                                     for raw in page.returns
+                                                     if isinstance(raw, dict)])
                     for raw in page.returns:
-                        self._ingest_return(raw)
+                        self._ingest_return(raw, heads)
                     self.store.save_page(RETURNS, state, window.start, window.end,
                                          page.next_cursor)
                 if self.stop.is_set() and page.next_cursor:
@@ -226,7 +233,8 @@ class Engine:
             self.store.complete_window(RETURNS, state, window.end)
         return COMPLETE
 
-    def _ingest_return(self, raw: Any) -> str | None:
+    def _ingest_return(self, raw: Any, heads: dict[str, Any] | None = None) -> str | None:
+        """`heads`: Store.return_heads of the page (None: look the return up)."""
         self.counts.pulled += 1
         try:
             ret = LoopReturn.from_api(raw)
@@ -235,10 +243,13 @@ class Engine:
             rid = _raw_id(raw)
             self._problem(rid, "ingest", f"malformed Loop return: {exc}")
             return None
-        existed = self.store.get_return_row(ret.id) is not None
+        head = st.LOOKUP if heads is None else heads.get(ret.id)
+        if heads is not None:
+            heads[ret.id] = st.LOOKUP  # the same id again in this page: read it afresh
+        existed = self.store.has_return(ret.id) if head is st.LOOKUP else head is not None
         changed = self.store.upsert_return(
             ret.id, raw, state=ret.state, updated_at=ret.updated_at, created_at=ret.created_at,
-            destination_id=ret.destination_id, order_name=ret.order_name)
+            destination_id=ret.destination_id, order_name=ret.order_name, head=head)
         if changed:
             if existed:
                 self.counts.changed += 1
@@ -258,11 +269,12 @@ class Engine:
             rows = self.loop.asn_report(window.start, window.end)
             with self.store.atomic():
                 for row in rows:
-                    if isinstance(row, dict) and row.get("id") is not None:
+                    problem = asn_row_problem(row)
+                    if problem is None:
                         self.store.upsert_asn_row(row)
                         self.counts.asn_rows += 1
                     else:
-                        self._problem(None, "asn", f"malformed ASN row: {str(row)[:200]}")
+                        self._problem(_raw_id(row), "asn", f"malformed ASN row: {problem}")
                 self.store.complete_window(ASN, "all", window.end)
 
     def import_window(self, start: datetime, end: datetime) -> set[str]:
@@ -343,8 +355,14 @@ class Engine:
         if not plan.push and not unknown_outcome:
             if row["stage"] != st.SKIPPED:
                 self.counts.skipped += 1
+                if ret.state == "open":  # not a closed return: bad data or configuration
+                    self._problem(rid, "push", f"not sent to the warehouse: {plan.skip_reason}")
             self._set_stage(rid, st.SKIPPED, plan.skip_reason)
             return
+        skuless = [li.line_item_id for li in ret.line_items if not li.sku]
+        if skuless and row["stage"] == st.NEW:
+            self._problem(rid, "push", f"line item {', '.join(skuless)} has no SKU: the "
+                                       "warehouse gets the other lines only")
         req = PushRequest(ret, plan.destination or "", tuple(self.store.asn_rows_for(rid)))
         ref: RmaRef | None = None
         try:
@@ -452,6 +470,8 @@ class Engine:
                     self._record_status(rid, status)
                 for rid, error in result.errors.items():
                     self._problem(rid, "poll", error)
+                for message in result.problems:  # about no one RMA (a rejected file, ...)
+                    self._problem(None, "poll", message)
             result.commit()  # only now may a connector archive what it read
 
     def _record_status(self, rid: str, status: RmaStatus) -> None:
@@ -504,6 +524,8 @@ class Engine:
         """Carry out one effect; False when it must wait for a later cycle."""
         key, rid, kind = effect["key"], effect["return_id"], effect["kind"]
         payload = effect["payload"] or {}
+        if key in self._lost:
+            return False
         if effect["status"] == st.INTENT:
             verdict = self._reconcile(kind, rid, payload, effect)
             if verdict == "wait":
@@ -522,6 +544,7 @@ class Engine:
             return True
         except OutcomeUnknown as exc:
             self.store.effect_error(key, str(exc))
+            self._lost.add(key)
             raise
         except PermanentError as exc:
             self._settle(key, rid, kind, st.FAILED, exc.message)

@@ -15,6 +15,63 @@ class MalformedReturn(ValueError):
     """A Loop return object that loopsync cannot use; recorded with this reason."""
 
 
+MAX_ID_DIGITS = 20      # Loop ids are 64-bit integers
+MAX_IDENTIFIER = 255    # SKUs, order and destination ids, tracking numbers, status words
+REPLACEMENT = "\ufffd"  # what bytes that were not UTF-8 became when the answer was decoded
+
+
+def identifier(value: Any, what: str) -> str | None:
+    """A remote's identifier field (SKU, order name, status word, ...) as text; None when
+    absent or blank. ValueError naming `what` for a wrong type, an oversized value, or
+    bytes that were not UTF-8 (free text is not checked: it is only carried along)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise ValueError(f"{what} is a {type(value).__name__}, not text")
+    text = str(value).strip()
+    if len(text) > MAX_IDENTIFIER:
+        raise ValueError(f"{what} is {len(text)} characters long (at most {MAX_IDENTIFIER})")
+    if REPLACEMENT in text:
+        raise ValueError(f"{what} is not valid UTF-8")
+    return text or None
+
+
+def whole_number(value: Any, what: str, *, minimum: int = 0) -> int:
+    """A count from a remote: an int, a whole float (1.0) or such text ("2", "2.0").
+    ValueError naming `what` for anything else, or below `minimum`."""
+    number: Any = value
+    if isinstance(value, str):
+        try:
+            number = float(value.strip()) if value.strip() else None
+        except ValueError:
+            number = None
+    if isinstance(number, float) and number.is_integer():
+        number = int(number)
+    if isinstance(number, bool) or not isinstance(number, int) or number < minimum:
+        raise ValueError(f"{what} {value!r} is not a whole number >= {minimum}")
+    return number
+
+
+def asn_row_problem(row: Any) -> str | None:
+    """Why a Loop ASN report row cannot be used, or None. loopsync keys rows on the
+    numeric `id` (the return id) and takes only `tracking_number` from them."""
+    if not isinstance(row, dict):
+        return f"not an object: {str(row)[:100]!r}"
+    rid = row.get("id")
+    if rid is None:
+        return "id is missing"
+    text = str(rid).strip()
+    if isinstance(rid, bool) or not isinstance(rid, str | int) or not text.isdigit():
+        return f"id {text[:40]!r} is not numeric"
+    if len(text) > MAX_ID_DIGITS:
+        return f"id is {len(text)} characters long (at most {MAX_ID_DIGITS})"
+    try:
+        identifier(row.get("tracking_number"), "tracking_number")
+    except ValueError as exc:
+        return f"return {text}: {exc}"
+    return None
+
+
 @dataclass(frozen=True)
 class ReturnLine:
     """One Loop line item. Loop lists one line item per returned unit."""
@@ -63,6 +120,9 @@ class LoopReturn:
         if rid is None or isinstance(rid, bool) or not str(rid).strip().isdigit():
             raise MalformedReturn(f"return id missing or not numeric: {str(rid)[:40]!r}")
         rid = str(rid).strip()
+        if len(rid) > MAX_ID_DIGITS:
+            raise MalformedReturn(f"return id is {len(rid)} characters long (at most "
+                                  f"{MAX_ID_DIGITS}): {rid[:40]}...")
         state = raw.get("state")
         if not isinstance(state, str) or not state:
             raise MalformedReturn(f"return {rid}: state missing")
@@ -83,13 +143,16 @@ class LoopReturn:
         for i, li in enumerate(items):
             if not isinstance(li, dict):
                 raise MalformedReturn(f"return {rid}: line item {i} is not an object")
-            lid = li.get("line_item_id")
+            try:
+                lid = identifier(li.get("line_item_id"), f"line item {i}: line_item_id")
+                sku = identifier(li.get("sku"), f"line item {i}: sku")
+            except ValueError as exc:
+                raise MalformedReturn(f"return {rid}: {exc}") from None
             if lid is None:
                 raise MalformedReturn(f"return {rid}: line item {i} has no line_item_id")
-            sku = li.get("sku")
             lines.append(ReturnLine(
-                line_item_id=str(lid),
-                sku=str(sku).strip() if isinstance(sku, str | int) and str(sku).strip() else None,
+                line_item_id=lid,
+                sku=sku,
                 title=_s(li.get("title")),
                 return_reason=_s(li.get("return_reason")),
                 parent_return_reason=_s(li.get("parent_return_reason")),
@@ -97,13 +160,15 @@ class LoopReturn:
                 barcode=_s(li.get("barcode")),
                 outcome=_s(li.get("outcome")),
             ))
+        try:
+            ids = {key: identifier(raw.get(key), key) for key in (
+                "order_id", "provider_order_id", "order_name", "order_number", "destination_id",
+                "carrier", "tracking_number")}
+        except ValueError as exc:
+            raise MalformedReturn(f"return {rid}: {exc}") from None
         return cls(
             id=rid, state=state.lower(), updated_at=updated, created_at=created,
-            order_id=_opt(raw.get("order_id")), provider_order_id=_opt(raw.get("provider_order_id")),
-            order_name=_opt(raw.get("order_name")), order_number=_opt(raw.get("order_number")),
-            customer=_opt(raw.get("customer")), destination_id=_opt(raw.get("destination_id")),
-            carrier=_opt(raw.get("carrier")), tracking_number=_opt(raw.get("tracking_number")),
-            line_items=tuple(lines), raw=raw,
+            customer=_opt(raw.get("customer")), line_items=tuple(lines), raw=raw, **ids,
         )
 
 

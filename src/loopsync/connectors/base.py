@@ -108,6 +108,7 @@ class PollResult:
     statuses: dict[str, RmaStatus]                      # by Loop return id
     errors: dict[str, str] = field(default_factory=dict)  # by Loop return id: why unreadable
     on_commit: Callable[[], None] | None = None
+    problems: list[str] = field(default_factory=list)   # unreadable data of no one RMA
 
     def commit(self) -> None:
         if self.on_commit is not None:

@@ -86,8 +86,9 @@ HTTP transport
 
    loopsync keeps every record it has read and asks again from a few minutes before the
    newest `received_at` it has seen, so overlapping answers are expected and harmless. A
-   record that breaks this schema stops the poll (nothing is skipped silently) until the
-   3PL fixes it.
+   record that breaks this schema holds back the RMA it names (`loopsync status` says
+   why; nothing is skipped silently) and is read again until the 3PL corrects it;
+   other RMAs go on.
 
 Folder transport
 ----------------
@@ -144,7 +145,7 @@ from loopsync.connectors.base import (ConnectorContext, KeyValue, PollResult, Pu
                                       WarehouseConnector, WarehouseSettings, normalize_status)
 from loopsync.errors import ErrorBody, NotFound, PermanentError, Rejected, TransientError
 from loopsync.http import HttpClient, HttpResult
-from loopsync.models import ItemStatus, RmaRef, RmaStatus
+from loopsync.models import ItemStatus, RmaRef, RmaStatus, identifier
 from loopsync.timeutil import iso, parse_timestamp
 
 log = structlog.get_logger("loopsync.connectors.generic")
@@ -203,14 +204,18 @@ class ReceiptLine:
                    raw.get("received_at"))
 
 
+Unreadable = tuple[str | None, str]  # (RMA number when known, why a record was not used)
+
+
 class Transport(Protocol):
     def has_rma(self, rma_number: str) -> bool: ...
 
     def deliver(self, record: dict[str, Any]) -> None: ...
 
     def read_receipts(self, rmas: Sequence[RmaRef]
-                      ) -> tuple[list[ReceiptLine], Callable[[], None]]:
-        """New receipt lines, and what to do once the engine has stored them."""
+                      ) -> tuple[list[ReceiptLine], list[Unreadable], Callable[[], None]]:
+        """New receipt lines, what could not be read (RMA number or None, why), and what to
+        do once the engine has stored them."""
         ...
 
     def close(self) -> None: ...
@@ -269,12 +274,22 @@ class GenericConnector(WarehouseConnector):
     def poll(self, rmas: Sequence[RmaRef]) -> PollResult:
         if not rmas:
             return PollResult({})
-        new_lines, transport_commit = self.transport.read_receipts(rmas)
+        new_lines, unreadable, transport_commit = self.transport.read_receipts(rmas)
         new_by_rma: dict[str, dict[str, ReceiptLine]] = defaultdict(dict)
         for line in new_lines:
             new_by_rma[line.rma_number][line.key] = line  # later records win (corrections)
         result = PollResult({})
+        by_number = {ref.rma_id: ref for ref in rmas}
+        for rma_number, why in unreadable:
+            ref = by_number.get(rma_number or "")
+            if ref is None:
+                result.problems.append(why)
+            else:  # held: a record of it cannot be read, so its receipts are incomplete
+                held = result.errors.get(ref.return_id)
+                result.errors[ref.return_id] = f"{held}; {why}" if held else why
         for ref in rmas:
+            if ref.return_id in result.errors:
+                continue
             lines = {**self._stored_lines(ref.rma_id), **new_by_rma.get(ref.rma_id, {})}
             try:
                 result.statuses[ref.return_id] = receipt_status(ref, lines.values(),
@@ -385,8 +400,7 @@ def parse_receipt(raw: Mapping[str, Any], *, fallback_key: str | None = None,
                   require_time: bool = False) -> ReceiptLine:
     """One receipt record (a JSON object or a CSV row); ValueError says what is wrong."""
     def text(name: str) -> str:
-        value = raw.get(name)
-        return "" if value is None else str(value).strip()
+        return identifier(raw.get(name), name) or ""  # ValueError: wrong type, too long, ...
 
     for name in RECEIPT_REQUIRED:
         if not text(name):
@@ -402,7 +416,8 @@ def parse_receipt(raw: Mapping[str, Any], *, fallback_key: str | None = None,
     received_at = None
     if text("received_at"):
         try:
-            received_at = iso(parse_timestamp(text("received_at"), assume_utc=True))
+            # A file may leave the zone out (UTC); the HTTP feed must give it.
+            received_at = iso(parse_timestamp(text("received_at"), assume_utc=not require_time))
         except ValueError as exc:
             raise ValueError(f"received_at: {exc}") from None
     elif require_time:
@@ -451,24 +466,31 @@ class HttpTransport:
             raise
 
     def read_receipts(self, rmas: Sequence[RmaRef]
-                      ) -> tuple[list[ReceiptLine], Callable[[], None]]:
+                      ) -> tuple[list[ReceiptLine], list[Unreadable], Callable[[], None]]:
         since = self._since(rmas)
         lines: list[ReceiptLine] = []
+        bad: list[tuple[str | None, str, datetime | None]] = []
         page: int | None = 1
         while page is not None:
             body = self.http.request("GET", self.conf.receipts_url, check=_json_object,
                                      params={"since": iso(since), "page": page,
                                              "page_size": self.conf.page_size}).data
-            lines.extend(_page_receipts(body, page))
+            good, wrong = _page_receipts(body, page)
+            lines += good
+            bad += wrong
             page = _next_page(body, page)
-        log.info("generic.receipts_read", since=iso(since), lines=len(lines))
+        log.info("generic.receipts_read", since=iso(since), lines=len(lines), bad=len(bad))
 
         def commit() -> None:
             times = [parse_timestamp(line.received_at) for line in lines if line.received_at]
-            if times:  # never ahead of our clock: the 3PL's may run fast
-                self.kv.set(SINCE_KEY, iso(min(max(times), self.clock.now())))
+            held = [at for _, _, at in bad]
+            if None in held:
+                return  # a bad record of unknown time: read everything again next time
+            if times:  # never ahead of our clock (the 3PL's may run fast), nor past a bad
+                # record, so its correction is read
+                self.kv.set(SINCE_KEY, iso(min(max(times), self.clock.now(), *held)))
 
-        return lines, commit
+        return lines, [(rma, why) for rma, why, _ in bad], commit
 
     def _since(self, rmas: Sequence[RmaRef]) -> datetime:
         cursor = self.kv.get(SINCE_KEY)
@@ -492,19 +514,33 @@ def _json_object(result: HttpResult) -> None:
                              status=result.status)
 
 
-def _page_receipts(body: dict[str, Any], page: int) -> list[ReceiptLine]:
+def _page_receipts(body: dict[str, Any], page: int
+                   ) -> tuple[list[ReceiptLine], list[tuple[str | None, str, datetime | None]]]:
+    """The page's records, and the ones that break the schema: (RMA number when readable,
+    why, received_at when readable), so only that RMA waits for the 3PL's correction."""
     records = body.get("receipts")
     if not isinstance(records, list):
         raise ErrorBody(SYSTEM, f"receipts page {page}: 'receipts' is not a list")
-    out = []
+    out, bad = [], []
     for n, record in enumerate(records):
         try:
             if not isinstance(record, dict):
                 raise ValueError("not an object")
             out.append(parse_receipt(record, require_time=True))
         except ValueError as exc:
-            raise ErrorBody(SYSTEM, f"receipts page {page}, record {n}: {exc}") from None
-    return out
+            why = f"receipts page {page}, record {n}: {exc}"
+            fields = record if isinstance(record, dict) else {}
+            bad.append((_lenient(identifier, fields.get("rma_number"), ""), why,
+                        _lenient(parse_timestamp, fields.get("received_at"), assume_utc=True)))
+    return out, bad
+
+
+def _lenient(parse: Callable[..., Any], value: Any, *args: Any, **kw: Any) -> Any:
+    """`parse(str(value), ...)`, or None when there is nothing to read."""
+    try:
+        return parse(str(value), *args, **kw) if isinstance(value, str | int) else None
+    except ValueError:
+        return None
 
 
 def _next_page(body: dict[str, Any], page: int) -> int | None:
@@ -551,6 +587,10 @@ class FolderTransport:
                 rejected.append((seen, str(exc)))
         log.info("generic.inbox_read", files=len(applied), rejected=len(rejected),
                  lines=len(lines))
+        # The whole file waits in rejected/ for the 3PL; `loopsync status` says why.
+        unreadable: list[Unreadable] = [
+            (None, f"receipt file {seen.path.name} rejected: {reason}")
+            for seen, reason in rejected]
 
         def commit() -> None:
             for seen in applied:
@@ -562,7 +602,7 @@ class FolderTransport:
                                                                             encoding="utf-8")
                     log.warning("generic.receipt_file_rejected", file=moved.name, reason=reason)
 
-        return lines, commit
+        return lines, unreadable, commit
 
     def _inbox_files(self) -> list[Path]:
         files = [p for p in self.conf.inbox.iterdir()

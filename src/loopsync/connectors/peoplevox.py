@@ -35,7 +35,8 @@ from loopsync.connectors.base import (ConnectorContext, NotReady, PollResult, Pu
 from loopsync.errors import (AuthError, DryRunViolation, ErrorBody, OutcomeUnknown,
                              PermanentError, RateLimited, Rejected, TransientError)
 from loopsync.http import HttpClient, HttpResult, RateLimiter, parse_retry_after
-from loopsync.models import ItemStatus, LoopReturn, ReturnLine, RmaRef, RmaStatus
+from loopsync.models import (ItemStatus, LoopReturn, ReturnLine, RmaRef, RmaStatus, identifier,
+                             whole_number)
 from loopsync.timeutil import Clock
 
 log = structlog.get_logger("loopsync.peoplevox")
@@ -793,17 +794,24 @@ class PeopleVoxConnector(WarehouseConnector):
         for row in rows:
             grouped[row.get(cols.rma_number, "")].append(row)
         flag_conditions = self.settings.statuses.flag_conditions
-        statuses = {by_number[n].return_id: rma_status_from_rows(by_number[n], grouped[n], cols,
-                                                                  flag_conditions)
-                    for n in sorted(to_read) if grouped.get(n)}
+        statuses, errors = {}, {}
+        for n in sorted(to_read):
+            if grouped.get(n):
+                try:
+                    statuses[by_number[n].return_id] = rma_status_from_rows(
+                        by_number[n], grouped[n], cols, flag_conditions)
+                except ValueError as exc:  # held, with the reason, until the data is fixed
+                    errors[by_number[n].return_id] = f"PeopleVox RA {n}: {exc}"
+        held = {n for n, ref in by_number.items() if ref.return_id in errors}
         new_cursor = max([*seen_dates, *([cursor] if cursor else [])], default=None)
 
         def commit() -> None:
             if new_cursor is not None:
                 self.ctx.kv.set(self.KV_DATE_CURSOR, new_cursor.isoformat())
-            self.ctx.kv.set(self.KV_POLLED, sorted(by_number))
+            # A held RA counts as new to the poll set: read in full until it reads well.
+            self.ctx.kv.set(self.KV_POLLED, sorted(set(by_number) - held))
 
-        return PollResult(statuses=statuses, on_commit=commit)
+        return PollResult(statuses=statuses, errors=errors, on_commit=commit)
 
     def _rows_of(self, numbers: Sequence[str]) -> list[dict[str, str]]:
         data = self.own.returns
@@ -867,13 +875,6 @@ def parse_report_date(text: str, date_format: str) -> datetime | None:
     return None
 
 
-def parse_quantity(text: str) -> int:
-    try:
-        return int(float(text.strip() or 0))
-    except ValueError:
-        return 0
-
-
 def disposition(reusable_words: Iterable[str]) -> str | None:
     """'Is reusable' over a SKU's rows: any 'no' wins, since a unit is not resellable."""
     words = {w.strip().lower() for w in reusable_words if w.strip()}
@@ -900,19 +901,27 @@ def rma_status_from_rows(ref: RmaRef, rows: Sequence[Mapping[str, str]], cols: R
     received: dict[str, int] = defaultdict(int)
     conditions: dict[str, list[str]] = defaultdict(list)
     reusable: dict[str, list[str]] = defaultdict(list)
-    for row in rows:
-        sku = row.get(cols.item_code, "").strip()
+    for n, row in enumerate(rows, start=1):
+        # A row that cannot be read holds the RA back (ValueError): guessing a bad quantity
+        # as 0, or skipping a row without an item code, would flag it as short.
+        sku = identifier(row.get(cols.item_code), f"row {n}: {cols.item_code}")
         if not sku:
-            continue
-        received[sku] += parse_quantity(row.get(cols.quantity, ""))
-        conditions[sku].append(row.get(cols.condition, ""))
+            raise ValueError(f"row {n}: no {cols.item_code}")
+        text = (row.get(cols.quantity) or "").strip()
+        received[sku] += whole_number(text, f"row {n}: quantity") if text else 0
+        conditions[sku].append(identifier(row.get(cols.condition), f"row {n}: {cols.condition}")
+                               or "")
         reusable[sku].append(row.get(cols.reusable, ""))
     skus = list(dict.fromkeys([*expected, *received]))
     items = tuple(ItemStatus(sku=sku, expected=expected.get(sku, 0), received=received.get(sku, 0),
                              condition=pick_condition(conditions[sku], flag_conditions),
                              disposition=disposition(reusable[sku]))
                   for sku in skus)
-    status = next((s.strip() for row in rows if (s := row.get(cols.rma_status, "")).strip()), "")
+    status = next((s for n, row in enumerate(rows, start=1)
+                   if (s := identifier(row.get(cols.rma_status), f"row {n}: {cols.rma_status}"))),
+                  "")
+    if not status:
+        raise ValueError(f"no {cols.rma_status} on any row")
     return RmaStatus(return_id=ref.return_id, rma_id=ref.rma_id, status=status,
                      expected_units=sum(i.expected for i in items),
                      received_units=sum(i.received for i in items), items=items)

@@ -27,9 +27,9 @@ from loopsync.configkit import Secret, Section
 from loopsync.connectors.base import (ConnectorContext, NotReady, PollResult, PushRequest,
                                       WarehouseConnector, WarehouseSettings)
 from loopsync.errors import (AuthError, DryRunViolation, ErrorBody, OutcomeUnknown, RateLimited,
-                             Rejected)
+                             Rejected, TransientError)
 from loopsync.http import HttpClient, HttpResult
-from loopsync.models import ItemStatus, LoopReturn, RmaRef, RmaStatus
+from loopsync.models import ItemStatus, LoopReturn, RmaRef, RmaStatus, identifier, whole_number
 from loopsync.timeutil import Clock
 
 log = structlog.get_logger("loopsync.connectors.shiphero")
@@ -385,7 +385,10 @@ class ShipHeroConnector(WarehouseConnector):
                 result.errors[ref.return_id] = (f"ShipHero return {ref.rma_id} belongs to Loop "
                                                 f"return {node['partner_id']}")
             else:
-                result.statuses[ref.return_id] = _rma_status(ref, node)
+                try:
+                    result.statuses[ref.return_id] = _rma_status(ref, node)
+                except ValueError as exc:  # held, with the reason, until ShipHero's data is fixed
+                    result.errors[ref.return_id] = str(exc)
 
     # -- transport ----------------------------------------------------------------------
     def _paged(self, op: str, query: str, variables: dict[str, Any], root: str
@@ -460,8 +463,10 @@ class ShipHeroConnector(WarehouseConnector):
         """Raise on a GraphQL error answer (HTTP 200 with `errors`)."""
         body = result.data
         if not isinstance(body, dict) or not ({"data", "errors"} & body.keys()):
-            raise ErrorBody(SYSTEM, f"not a GraphQL answer: {result.text[:200]!r}",
-                            status=result.status)
+            # A proxy's page, a cut-off body: a read is worth another try, and a mutation
+            # may have run (it is looked up before it is repeated).
+            raise (OutcomeUnknown if mutation else TransientError)(
+                SYSTEM, f"not a GraphQL answer: {result.text[:200]!r}", status=result.status)
         errors = [e if isinstance(e, dict) else {"message": str(e)}
                   for e in body.get("errors") or []]
         throttle = next((e for e in errors if _error_field(e, "code") == THROTTLE_CODE), None)
@@ -552,21 +557,45 @@ def _reasons_by_sku(ret: LoopReturn, default: str) -> dict[str, str]:
 
 
 def _rma_status(ref: RmaRef, node: dict[str, Any]) -> RmaStatus:
-    """ShipHero's return -> RmaStatus: status word as-is; units per SKU and condition."""
+    """ShipHero's return -> RmaStatus: status word as-is; units per SKU and condition.
+    ValueError saying what is wrong with a return that cannot be read (no status, a line
+    without a SKU, a count that is not a whole number): it is held, not guessed at."""
+    try:
+        return _read_rma_status(ref, node)
+    except ValueError as exc:
+        raise ValueError(f"ShipHero return {node.get('legacy_id') or ref.rma_id}: {exc}") \
+            from None
+
+
+def _read_rma_status(ref: RmaRef, node: dict[str, Any]) -> RmaStatus:
+    status = node.get("status")
+    if status is not None and not isinstance(status, str):
+        raise ValueError(f"status {status!r} is not text")
+    status = identifier(status, "status")
+    if status is None:
+        raise ValueError("has no status")
     units: dict[tuple[str, str | None], list[int]] = {}
-    for line in node.get("line_items") or []:
-        sku = str((line.get("line_item") or {}).get("sku") or "")
-        counts = units.setdefault((sku, line.get("condition") or None), [0, 0])
-        counts[0] += int(line.get("quantity") or 0)
-        counts[1] += int(line.get("quantity_received") or 0)
+    for n, line in enumerate(node.get("line_items") or []):
+        if not isinstance(line, dict):
+            raise ValueError(f"line {n} is not an object")
+        sku = identifier((line.get("line_item") or {}).get("sku"), f"line {n}: sku")
+        if sku is None:
+            raise ValueError(f"line {n} has no SKU")
+        counts = units.setdefault((sku, identifier(line.get("condition"), f"line {n}: condition")),
+                                  [0, 0])
+        for i, key in enumerate(("quantity", "quantity_received")):  # null: none (nullable)
+            if line.get(key) is not None:
+                counts[i] += whole_number(line[key], key)
     items = tuple(ItemStatus(sku=sku, expected=expected, received=received, condition=condition)
                   for (sku, condition), (expected, received) in units.items())
     expected = node.get("total_items_expected")
     received = node.get("total_items_received")
     return RmaStatus(
-        return_id=ref.return_id, rma_id=ref.rma_id, status=str(node.get("status") or ""),
-        expected_units=int(expected if expected is not None else sum(i.expected for i in items)),
-        received_units=int(received if received is not None else sum(i.received for i in items)),
+        return_id=ref.return_id, rma_id=ref.rma_id, status=status,
+        expected_units=sum(i.expected for i in items) if expected is None else
+        whole_number(expected, "total_items_expected"),
+        received_units=sum(i.received for i in items) if received is None else
+        whole_number(received, "total_items_received"),
         items=items, detail={"legacy_id": node.get("legacy_id")})
 
 

@@ -35,7 +35,7 @@ from loopsync.connectors.base import (ConnectorContext, PollResult, PushRequest,
                                       WarehouseConnector, WarehouseSettings)
 from loopsync.errors import ErrorBody, RateLimited, Rejected, TransientError
 from loopsync.http import HttpClient, HttpResult, shared_limiter
-from loopsync.models import ItemStatus, RmaRef, RmaStatus
+from loopsync.models import REPLACEMENT, ItemStatus, RmaRef, RmaStatus
 from loopsync.timeutil import iso, parse_timestamp
 
 log = structlog.get_logger("loopsync.connectors.xoro")
@@ -172,6 +172,9 @@ class XoroConnector(WarehouseConnector):
         received quantity as 0 would flag every return."""
         asn_number = ref.extra["asn_number"]
         word = _text(_header(asn).get(self.conf.asn_status_field))
+        if REPLACEMENT in word:
+            raise ValueError(f"Xoro ASN {asn_number}: '{self.conf.asn_status_field}' is not "
+                             "valid UTF-8")
         if not word:
             raise ValueError(f"Xoro ASN {asn_number} has no '{self.conf.asn_status_field}' "
                              "field (set warehouse.asn_status_field)")
@@ -184,6 +187,8 @@ class XoroConnector(WarehouseConnector):
             expected[sku] = expected.get(sku, 0) + _quantity(line, QTY_EXPECTED, asn_number, n)
             received[sku] = received.get(sku, 0) + _quantity(
                 line, self.conf.received_qty_field, asn_number, n)
+        if not expected:  # Xoro's app makes one line per returned SKU: none is garbage
+            raise ValueError(f"Xoro ASN {asn_number} has no lines")
         items = tuple(ItemStatus(sku, expected[sku], received[sku]) for sku in expected)
         return RmaStatus(
             return_id=ref.return_id, rma_id=ref.rma_id, status=word,
@@ -271,12 +276,14 @@ def _quantity(line: dict[str, Any], field: str, asn_number: str, n: int) -> int:
     raw: Any = line.get(field)
     try:
         value = float(raw)  # Xoro sends quantities as decimals (1.0)
+        if isinstance(raw, bool) or value < 0 or not value.is_integer():  # nan, inf too
+            raise ValueError(raw)
     except (TypeError, ValueError):
         hint = "" if field == QTY_EXPECTED else \
             " (the field is set by warehouse.received_qty_field)"
         raise ValueError(f"Xoro ASN {asn_number} line {n}: '{field}' is {raw!r}, not a "
                          f"quantity{hint}") from None
-    return round(value)
+    return int(value)
 
 
 def _order_key(value: Any) -> str:

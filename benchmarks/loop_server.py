@@ -1,0 +1,94 @@
+"""The sandbox Loop in a process of its own, for benchmarks that must not share a
+process (GIL, heap, RSS) with the worker they measure.
+
+    python -m benchmarks.loop_server --returns N [--seed S] [--days D]
+
+Seeds N returns (`seed.make_returns`, deterministic) updated over the last D days of a
+clock standing at `common.NOW`, serves the emulated Loop on 127.0.0.1 with its rate limit
+off, prints one line `READY <port> <seconds to seed>` and serves until stdin closes (the
+parent exits or closes the pipe) or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gc
+import os
+import random
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from loopsync.sandbox import LOOP_KEY
+from loopsync.sandbox.loop import LoopEmulator
+from loopsync.sandbox.seed import FIRST_RETURN_ID, make_returns
+from loopsync.sandbox.server import ApiServer
+from loopsync.timeutil import FakeClock
+
+
+def serve(n: int, seed: int, days: float) -> None:
+    from benchmarks.common import NOW
+
+    started = time.perf_counter()
+    clock = FakeClock(NOW)
+    loop = LoopEmulator(clock=clock, api_keys={LOOP_KEY})
+    loop.rate_limit_enabled = False
+    now = clock.now()
+    from benchmarks.common import ids_by_creation
+
+    returns = make_returns(n, start=now - dt.timedelta(days=days), end=now,
+                           rng=random.Random(seed), first_id=FIRST_RETURN_ID)
+    if os.environ.get("BENCH_RANDOM_IDS") != "1":
+        returns = ids_by_creation(returns, FIRST_RETURN_ID)
+    for raw in returns:
+        loop.add_return(raw)
+    gc.collect()
+    gc.freeze()  # the seeded returns live for good: keep the collector off them
+    server = ApiServer(loop).start()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+    print(f"READY {server.port} {time.perf_counter() - started:.2f}", flush=True)
+    stop.wait()
+    server.stop()
+
+
+@contextmanager
+def loop_server(n: int, *, seed: int = 7, days: float = 365) -> Iterator[tuple[str, float]]:
+    """Start the server process; yields (Loop base URL, seconds it took to seed)."""
+    import subprocess
+
+    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.loop_server", "--returns",
+                             str(n), "--seed", str(seed), "--days", str(days)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().split()
+        if not line or line[0] != "READY":
+            raise RuntimeError(f"the Loop server did not start: {line!r}")
+        yield f"http://127.0.0.1:{line[1]}/api/v1", float(line[2])
+    finally:
+        if proc.stdin is not None:
+            proc.stdin.close()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--returns", type=int, required=True)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--days", type=float, default=365)
+    args = p.parse_args()
+    serve(args.returns, args.seed, args.days)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""Benchmark 4, memory: peak RSS of a worker pulling 100,000 returns against one pulling
+10,000.
+
+    .venv/bin/python -m benchmarks.memory [--small N] [--large N] [--no-record]
+
+For each size, the sandbox Loop runs in a process of its own (`benchmarks.loop_server`,
+rate limit off), holding N returns updated over the last year in the five states, and a
+fresh worker process pulls them: this module with `--worker`, which builds the Loop
+client, the connector and a new SQLite store exactly as `runner.run_merchant` does, runs
+`Engine.ingest()` (the pull: every state pass, window and page; no push, poll or act)
+and then reads `resource.getrusage(RUSAGE_SELF).ru_maxrss` -- the worker's own peak
+resident set, nothing subtracted. Its client-side limiter runs on a FakeClock (the pull
+is not slowed to 280 requests a minute; benchmark 5 checks the limits).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import (HISTORY_DAYS, NOW, append_row, fmt_s, print_table, quiet_logs,
+                               ratio, verdict)
+from benchmarks.loop_server import loop_server
+
+TARGET = 1.3
+
+
+def worker(loop_url: str, state_dir: str) -> None:
+    """The measured process: one pull, then its peak RSS on stdout as JSON."""
+    import threading
+
+    from benchmarks.ingest import worker_config
+    from loopsync.engine import Engine
+    from loopsync.runner import build_connector, build_loop_client, new_run_id
+    from loopsync.store import Store
+    from loopsync.timeutil import FakeClock
+
+    quiet_logs()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    clock = FakeClock(NOW)
+    cfg = worker_config(loop_url, Path(state_dir) / "memory.sqlite",
+                        start=clock.now() - dt.timedelta(days=HISTORY_DAYS))
+    store = Store(cfg.state_path, clock)
+    loop = build_loop_client(cfg, clock)
+    connector = build_connector(cfg, clock, store, stop=threading.Event())
+    engine = Engine(cfg, store, loop, connector, clock=clock, run_id=new_run_id())
+    started = time.perf_counter()
+    engine.ingest()
+    seconds = time.perf_counter() - started
+    stored = store.db.execute("select count(*) from returns").fetchone()[0]
+    connector.close()
+    store.close()
+    print(json.dumps({"peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                      "rss_before_pull_kib": before, "seconds": seconds, "stored": stored,
+                      "requests": loop.http.requests_sent, "errors": engine.counts.errors}))
+
+
+def one_size(n: int) -> dict[str, Any]:
+    with loop_server(n, days=HISTORY_DAYS) as (url, seed_s), \
+            tempfile.TemporaryDirectory(prefix="loopsync-bench-") as tmp:
+        out = subprocess.run([sys.executable, "-m", "benchmarks.memory", "--worker", url, tmp],
+                             capture_output=True, text=True, check=True)
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["stored"] == n and res["errors"] == 0, res
+    return {"returns": n, "seed_s": seed_s, **res}
+
+
+def run(small: int = 10_000, large: int = 100_000, record: bool = True) -> dict[str, Any]:
+    a, z = one_size(small), one_size(large)
+    r = ratio(z["peak_rss_kib"], a["peak_rss_kib"])
+    ok = r <= TARGET
+    print_table(
+        "Memory: peak RSS of a worker process pulling every return (sandbox Loop in "
+        "another process)",
+        ["returns pulled", "peak RSS", "RSS before the pull", "pull time", "requests"],
+        [[f"{x['returns']:,}", f"{x['peak_rss_kib'] / 1024:.1f} MiB",
+          f"{x['rss_before_pull_kib'] / 1024:.1f} MiB", fmt_s(x["seconds"]), x["requests"]]
+         for x in (a, z)])
+    print(f"peak RSS {large:,} / {small:,} = {r:.2f}x (target <= {TARGET}x: {verdict(ok)})")
+    if record:
+        append_row("memory", [f"{a['peak_rss_kib'] / 1024:.1f} MiB",
+                              f"{z['peak_rss_kib'] / 1024:.1f} MiB", f"{r:.2f}x", verdict(ok)])
+    return {"small": a, "large": z, "ratio": r, "ok": ok}
+
+
+def main() -> None:
+    if len(sys.argv) == 4 and sys.argv[1] == "--worker":
+        worker(sys.argv[2], sys.argv[3])
+        return
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--small", type=int, default=10_000)
+    p.add_argument("--large", type=int, default=100_000)
+    p.add_argument("--no-record", action="store_true", help="do not append to BENCHMARKS.md")
+    args = p.parse_args()
+    run(args.small, args.large, record=not args.no_record)
+
+
+if __name__ == "__main__":
+    main()

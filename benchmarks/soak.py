@@ -1,0 +1,758 @@
+#!/usr/bin/env python
+"""Crash-and-fault soak: the real worker, SIGKILLed at random moments, against a sandbox
+that injects faults into every emulated API while goods keep arriving.
+
+    .venv/bin/python benchmarks/soak.py                       # 300 kills, every connector
+    .venv/bin/python benchmarks/soak.py --kills 30 --max-seconds 50        # the test's run
+    .venv/bin/python benchmarks/soak.py --connectors shiphero,xoro --kills 40 --seed 3
+    .venv/bin/python benchmarks/soak.py --kills 300 --record  # + a row in BENCHMARKS.md
+
+For each connector (shiphero, peoplevox, xoro, generic over HTTP, generic over folders):
+
+1. A `Sandbox` (emulated Loop + warehouse on 127.0.0.1, real clock) is seeded with returns,
+   some of them not eligible on purpose (not open, unmapped destination, order unknown).
+2. Kill phase: the worker runs as a subprocess (`python -m loopsync run --once`, or
+   `serve` about a third of the time) and gets SIGKILL after a random delay, again and
+   again. Meanwhile every emulated API fails at random (`faults.set_random`): 5xx, 429
+   with and without Retry-After, answers slower than the 2 s client timeout, bodies that
+   are not JSON/XML, connections reset before and after the handler ran, 429 bursts, and
+   each warehouse's own failures (ShipHero code-30 throttling; PeopleVox "Invalid
+   Session", expired sessions and throttle faults; Xoro `Result: false` and phantom empty
+   pages; the generic 3PL's re-sent receipts and duplicated receipt files). A thread plays
+   the world: new Loop returns arrive and the warehouse receives goods (random scenario).
+3. Clean phase: faults off, the warehouse finishes every return it has, and the worker
+   runs cycles until nothing is left to do (at most 6).
+4. Invariants, from the sandbox's own call records and the state file: every eligible
+   return has exactly one RMA (ineligible ones none); every return the warehouse finished
+   got exactly one process or flag, the one its scenario calls for (unfinished ones none);
+   no return is lost (every Loop return is in the state store); no cursor passed unread
+   work (no window left open, and every Loop return updated at or before its state's
+   `done_until` was read in that version); no note is repeated; no worker run crashed.
+
+It prints kills survived, faults injected by kind, returns, duplicates and losses, and
+exits 1 on any violation.
+
+Settings the soak changes, and why (all printed): the sandbox's rate limits are off (the
+Xoro emulator answers 429 above 3 concurrent requests, PeopleVox allows 15 requests in 15
+s) and the client limits are loosened (`warehouse.rate_limit` 1000/1 s for PeopleVox,
+`requests_per_second: 10` for Xoro, `credits_max: 20000` and `credits_per_second: 2000`
+for ShipHero's client-side credit mirror), because the soak runs in real time and each run
+is short; the client timeouts are 2 s (`loop.timeout`, `warehouse.timeout`) so slow answers
+time out quickly. Clean-phase cycles run the worker with the engine's PROCESS_SETTLE (the
+10 minutes loopsync gives Loop's process queue before it repeats a process whose answer
+was lost) set to 0: the sandbox Loop processes at once, so the cycle that would come 10
+minutes later is run now.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from loopsync.sandbox import Sandbox
+from loopsync.sandbox.server import Fault, Request, Response, json_response
+from loopsync.store import Store
+from loopsync.timeutil import SystemClock, parse_timestamp
+
+CONNECTORS = ("shiphero", "peoplevox", "xoro", "generic", "generic-folder")
+SCENARIOS = ("full", "full", "short", "over", "damaged", "cancelled")
+EXPECTED_ACTION = {"full": "process", "short": "flag", "over": "flag", "damaged": "flag",
+                   "cancelled": None}
+CLIENT_TIMEOUT = 2.0
+SLOW = CLIENT_TIMEOUT + 0.5     # a "slow" answer comes after the client gave up
+INITIAL_RETURNS = 16
+MAX_CLEAN_CYCLES = 6
+CLEAN_CYCLE_LIMIT = 300         # seconds
+REPO = Path(__file__).resolve().parent.parent
+# The clean-phase worker: `loopsync run --once` with Loop's process-queue grace at 0.
+SETTLED_WORKER = ("import datetime, sys, loopsync.engine as engine; "
+                  "engine.PROCESS_SETTLE = datetime.timedelta(0); "
+                  "from loopsync.cli import main; sys.exit(main(sys.argv[1:]))")
+SETTINGS_NOTE = ("sandbox rate limits off; client limits loosened (PeopleVox rate_limit "
+                 "1000/1s, Xoro requests_per_second 10, ShipHero credits 20000 at 2000/s); "
+                 "client timeouts 2s; clean cycles run with PROCESS_SETTLE=0")
+
+
+# -- faults ---------------------------------------------------------------------------------
+
+@dataclass
+class NamedFault(Fault):
+    """A Fault whose label names it (the sandbox labels every custom fault "custom")."""
+
+    name: str = ""
+
+    @property
+    def label(self) -> str:
+        return self.name or super().label
+
+
+def common_faults() -> list[Fault]:
+    return [Fault("status", status=500), Fault("status", status=503),
+            Fault("status", status=502, body="<html>Bad Gateway</html>"),
+            Fault("rate_limit"), Fault("rate_limit", retry_after=1),
+            Fault("slow", delay=SLOW), Fault("malformed"),
+            Fault("reset"), Fault("reset_after")]
+
+
+def shiphero_faults(sb: Sandbox) -> list[Fault]:
+    wh: Any = sb.warehouse
+    out = []
+    for status in (200, 429):
+        f = wh.throttle_fault(status=status, seconds=1)
+        out.append(NamedFault("custom", response=f.response, name=f"throttle-code-30/{status}"))
+    return out
+
+
+def peoplevox_faults(sb: Sandbox) -> list[Fault]:
+    from loopsync.sandbox import peoplevox as pvx
+
+    wh: Any = sb.warehouse
+
+    def invalid_session(req: Request) -> Response:
+        return pvx._result(wh.operation(req) or "GetData", detail="Invalid Session", ok=False)
+
+    def throttle_fault(req: Request) -> Response:
+        return pvx.soap_fault("Server", "Request limit exceeded: too many requests in 15 "
+                                        "seconds")
+
+    def throttle_body(req: Request) -> Response:
+        return pvx._result(wh.operation(req) or "GetData", ok=False,
+                           detail="Too many requests, throttled")
+
+    return [NamedFault("custom", response=invalid_session, name="invalid-session"),
+            NamedFault("custom", response=throttle_fault, name="throttle-soap-fault"),
+            NamedFault("custom", response=throttle_body, name="throttle-response-id")]
+
+
+def xoro_faults(sb: Sandbox) -> list[Fault]:
+    def result_false(req: Request) -> Response:
+        return json_response({"Result": False, "Message": "Object reference not set to an "
+                              "instance of an object.", "Data": None, "TotalPages": 0})
+
+    def throttled(req: Request) -> Response:
+        return json_response({"Result": False, "Message": "Too many requests",
+                              "Data": None, "TotalPages": 0})
+
+    return [NamedFault("custom", response=result_false, name="result-false"),
+            NamedFault("custom", response=throttled, name="result-false-throttled")]
+
+
+SPECIFIC_FAULTS: dict[str, Callable[[Sandbox], list[Fault]]] = {
+    "shiphero": shiphero_faults, "peoplevox": peoplevox_faults, "xoro": xoro_faults}
+
+
+# -- one connector's soak ---------------------------------------------------------------------
+
+@dataclass
+class Tracked:
+    rid: str
+    state: str
+    mapped: bool
+    with_order: bool
+
+
+@dataclass
+class Report:
+    connector: str
+    kills: int = 0
+    completed_runs: int = 0
+    exit_codes: Counter[int] = field(default_factory=Counter)
+    kill_points: Counter[str] = field(default_factory=Counter)
+    faults: Counter[str] = field(default_factory=Counter)
+    requests: Counter[str] = field(default_factory=Counter)
+    world: Counter[str] = field(default_factory=Counter)
+    returns: int = 0
+    eligible: int = 0
+    finished: int = 0
+    processed: int = 0
+    flagged: int = 0
+    clean_cycles: int = 0
+    duplicate_rmas: int = 0
+    duplicate_actions: int = 0
+    duplicate_notes: int = 0
+    lost: int = 0
+    repeat_deliveries: int = 0
+    violations: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    workdir: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+
+class World(threading.Thread):
+    """Plays Loop's customers and the warehouse's people while the worker runs."""
+
+    def __init__(self, soak: ConnectorSoak, rng: random.Random) -> None:
+        super().__init__(name=f"world-{soak.name}", daemon=True)
+        self.soak = soak
+        self.rng = rng
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        while not self.halt.wait(self.rng.uniform(0.05, 0.35)):
+            try:
+                self.soak.world_event(self.rng)
+            except Exception as exc:  # a driver bug must show, not hang the soak
+                self.soak.report.violations.append(f"soak driver error: {exc!r}")
+                return
+
+
+class ConnectorSoak:
+    def __init__(self, name: str, kills: int, seed: int, workdir: Path, *, fault_rate: float,
+                 mode: str, deadline: float, max_delay: float) -> None:
+        self.name = name
+        self.kind = "generic" if name.startswith("generic") else name
+        self.folder = name == "generic-folder"
+        self.kills_wanted = kills
+        self.rng = random.Random(f"{seed}:{name}")
+        self.seed = seed
+        self.workdir = workdir
+        self.fault_rate = fault_rate
+        self.mode = mode
+        self.deadline = deadline
+        self.max_delay = max_delay
+        self.report = Report(name, workdir=str(workdir))
+        self.tracked: dict[str, Tracked] = {}
+        self.received: dict[str, str] = {}       # return id -> scenario
+        self.lock = threading.Lock()
+        self.sb = Sandbox(self.kind, clock=SystemClock(), rate_limits=False, seed=seed,
+                          transport="folder" if self.folder else "http",
+                          folder_root=workdir / "3pl")
+        self.state_path = workdir / "state.sqlite"
+        self.log_path = workdir / "worker.log"
+        self.cfg_path: Path | None = None
+        self.dup_files = 0
+
+    # -- setup ----------------------------------------------------------------------------
+    def config(self) -> Path:
+        extra: dict[str, Any] = {"timeout": f"{CLIENT_TIMEOUT:g}s"}
+        if self.kind == "peoplevox":
+            extra["rate_limit"] = {"requests": 1000, "per": "1s"}
+        if self.kind == "xoro":
+            extra["requests_per_second"] = 10
+        if self.kind == "shiphero":  # the client's own credit mirror, not the sandbox's
+            extra.update(credits_max=20000, credits_per_second=2000)
+        return self.sb.write_config(self.workdir, merchant=f"soak-{self.name}",
+                                    state_path=str(self.state_path), every="10s", start_days=4,
+                                    warehouse_extra=extra, timeout=f"{CLIENT_TIMEOUT:g}s")
+
+    def add_returns(self, n: int, *, days: float, rng: random.Random,
+                    unmapped: bool | None = None, with_order: bool | None = None) -> None:
+        """n returns (every state; one in ten unmapped or without an order, unless told)."""
+        unmapped = rng.random() < 0.1 if unmapped is None else unmapped
+        with_order = rng.random() >= 0.1 if with_order is None else with_order
+        kw: dict[str, Any] = {"destinations": ("99",)} if unmapped else {}
+        with self.lock:
+            added = self.sb.seed(n, days=days, with_order=with_order, **kw)
+            for raw in added:
+                rid = str(raw["id"])
+                self.tracked[rid] = Tracked(rid, str(raw["state"]), not unmapped, with_order)
+
+    def eligible(self, t: Tracked) -> bool:
+        if t.state != "open":
+            return False
+        if self.kind == "xoro":
+            return t.with_order          # watch-only: Xoro's own app made the RMA
+        if self.kind == "generic":
+            return t.mapped              # a 3PL without a product API knows no orders
+        return t.mapped and t.with_order
+
+    # -- the world ------------------------------------------------------------------------
+    def world_event(self, rng: random.Random) -> None:
+        r = rng.random()
+        wh: Any = self.sb.warehouse
+        if r < 0.25:
+            if len(self.tracked) < INITIAL_RETURNS + 2 * self.kills_wanted:
+                self.add_returns(rng.choice((1, 1, 2)), days=2 / 86400, rng=rng)
+                self.report.world["new Loop returns"] += 1
+        elif r < 0.6:
+            if self.receive_one(rng):
+                self.report.world["warehouse receipts"] += 1
+        elif r < 0.65:
+            api = self.sb.loop if self.folder or rng.random() < 0.3 else wh
+            api.faults.inject(Fault("rate_limit", retry_after=rng.choice((None, 1))),
+                              times=rng.randint(2, 3))
+            self.report.world[f"429 bursts ({api.name})"] += 1
+        elif self.kind == "peoplevox":
+            wh.expire_sessions()
+            self.report.world["PeopleVox sessions expired"] += 1
+        elif self.kind == "xoro":
+            wh.phantom_pages = 0 if wh.phantom_pages else 1
+            self.report.world["Xoro phantom pages toggled"] += 1
+        elif self.folder:
+            if self.duplicate_receipt_file(rng):
+                self.report.world["duplicate receipt files"] += 1
+        elif self.kind == "generic":
+            with wh.lock:
+                if wh.receipts:
+                    wh.receipts.append(dict(rng.choice(wh.receipts)))
+                    self.report.world["re-sent receipt records"] += 1
+        elif self.kind == "shiphero":
+            wh.expire_tokens()
+            self.report.world["ShipHero access tokens expired"] += 1
+
+    def receive_one(self, rng: random.Random) -> bool:
+        with self.lock:
+            waiting = [rid for rid in self.tracked if rid not in self.received]
+        rng.shuffle(waiting)
+        for rid in waiting[:8]:
+            if self.sb.warehouse.has_rma(rid):
+                scenario = rng.choice(SCENARIOS)
+                if self.sb.warehouse.receive(rid, scenario):
+                    with self.lock:
+                        self.received[rid] = scenario
+                    return True
+        return False
+
+    def duplicate_receipt_file(self, rng: random.Random) -> bool:
+        root = self.workdir / "3pl"
+        files = sorted((root / "archive").glob("receipts-*.csv")) + \
+            sorted((root / "inbox").glob("receipts-*.csv"))
+        if not files:
+            return False
+        source = rng.choice(files)
+        self.dup_files += 1
+        try:
+            data = source.read_bytes()
+        except FileNotFoundError:  # archived by the worker meanwhile
+            return False
+        self.sb.warehouse.write_inbox_file(f"dup-{self.dup_files}-{source.name}",  # type: ignore[attr-defined]
+                                           data)
+        return True
+
+    # -- workers --------------------------------------------------------------------------
+    def start_worker(self, *args: str, settled: bool = False) -> subprocess.Popen[bytes]:
+        assert self.cfg_path is not None
+        head = ["-c", SETTLED_WORKER] if settled else ["-m", "loopsync"]
+        log = open(self.log_path, "ab")  # noqa: SIM115 - closed once the child has it
+        try:
+            return subprocess.Popen(
+                [sys.executable, *head, "--log-format", "json", "--log-level", "warning",
+                 *args, "-c", str(self.cfg_path)],
+                env={**os.environ, **self.sb.env()}, stdout=log, stderr=log,
+                stdin=subprocess.DEVNULL, cwd=self.workdir)
+        finally:
+            log.close()
+
+    def kill_phase(self) -> None:
+        faults = common_faults()
+        self.sb.loop.faults.set_random(self.fault_rate, faults, seed=self.rng.randrange(1 << 30))
+        if not self.folder:
+            specific = SPECIFIC_FAULTS.get(self.kind, lambda sb: [])(self.sb)
+            self.sb.warehouse.faults.set_random(self.fault_rate, faults + specific,
+                                                seed=self.rng.randrange(1 << 30))
+        world = World(self, random.Random(self.rng.randrange(1 << 30)))
+        world.start()
+        try:
+            while self.report.kills < self.kills_wanted and time.monotonic() < self.deadline:
+                serve = self.mode == "serve" or (self.mode == "mixed" and
+                                                 self.rng.random() < 0.35)
+                calls_before = len(self.sb.recorder.calls())
+                proc = self.start_worker("serve" if serve else "run",
+                                         *(() if serve else ("--once",)))
+                delay = self.rng.uniform(0.3, self.max_delay)
+                try:
+                    code = proc.wait(delay)
+                except subprocess.TimeoutExpired:
+                    self.report.kill_points[self.last_call(calls_before)] += 1
+                    proc.send_signal(signal.SIGKILL)
+                    proc.wait(30)
+                    self.report.kills += 1
+                else:
+                    self.report.completed_runs += 1
+                    self.report.exit_codes[code] += 1
+        finally:
+            world.halt.set()
+            world.join(10)
+
+    def last_call(self, before: int) -> str:
+        calls = self.sb.recorder.calls()
+        if len(calls) <= before:
+            return "before its first request"
+        last = calls[-1]
+        tail = last.path.rstrip("/").rsplit("/", 1)[-1]
+        if last.api == "loop" and tail.isdigit():
+            tail = "return"
+        if last.api == "peoplevox":
+            tail = str(last.headers.get("SOAPAction", tail)).strip('"').rsplit("/", 1)[-1]
+        if last.api == "shiphero" and last.body:
+            body = last.body.decode("utf-8", "replace")
+            tail = next((op for op in ("return_create", "LoopsyncPoll", "LoopsyncReturns",
+                                       "LoopsyncOrders") if op in body), tail)
+        return f"{last.api} {last.method} {tail}"
+
+    def clean_phase(self) -> None:
+        self.sb.loop.faults.clear()
+        self.sb.warehouse.faults.clear()
+        time.sleep(SLOW + 0.5)  # a slow answer the last killed worker left lands first
+        if hasattr(self.sb.warehouse, "phantom_pages"):
+            self.sb.warehouse.phantom_pages = 0  # type: ignore[attr-defined]
+        finished_world = False
+        for _ in range(MAX_CLEAN_CYCLES):
+            proc = self.start_worker("run", "--once", settled=True)
+            try:
+                code = proc.wait(CLEAN_CYCLE_LIMIT)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(30)
+                self.report.violations.append(f"a clean cycle took over {CLEAN_CYCLE_LIMIT}s "
+                                              f"(see {self.log_path})")
+                return
+            self.report.clean_cycles += 1
+            if code not in (0, 1):
+                self.report.violations.append(f"clean cycle exited {code} (see {self.log_path})")
+            if not finished_world:
+                # The warehouse finishes every return it has, then the worker catches up.
+                for rid in sorted(self.tracked):
+                    if rid not in self.received and self.sb.warehouse.has_rma(rid):
+                        scenario = self.rng.choice(SCENARIOS)
+                        if self.sb.warehouse.receive(rid, scenario):
+                            self.received[rid] = scenario
+                finished_world = True
+                continue
+            if code == 0 and not self.work_left():
+                return
+
+    def work_left(self) -> bool:
+        store = Store(self.state_path, SystemClock())
+        try:
+            pending = list(store.db.query(
+                "select count(*) as n from effects where status in ('pending', 'intent')"))
+            busy = list(store.db.query(
+                "select count(*) as n from returns where stage in ('new', 'pushing', "
+                "'acting')"))
+            open_ids = {r["id"] for r in store.db.query(
+                "select id from returns where stage = 'open'")}
+        finally:
+            store.close()
+        unacted = [rid for rid, s in self.received.items()
+                   if EXPECTED_ACTION[s] and rid in open_ids]
+        return bool(pending[0]["n"] or busy[0]["n"] or unacted)
+
+    # -- invariants -----------------------------------------------------------------------
+    def check(self) -> None:
+        rep, sb = self.report, self.sb
+        wh: Any = sb.warehouse
+        creates = self.kind != "xoro"
+        store = Store(self.state_path, SystemClock())
+        try:
+            rows = {r["id"]: r for r in store.db.query("select * from returns")}
+            links = {r["return_id"] for r in store.db.query("select return_id from rmas")}
+            cursors = {(c["stream"], c["state"]): c for c in store.cursors()}
+            crashed = list(store.db.query("select id, error from runs where status = 'crashed'"))
+        finally:
+            store.close()
+        rep.returns = len(self.tracked)
+        for rid, t in sorted(self.tracked.items()):
+            eligible = self.eligible(t)
+            rep.eligible += eligible
+            # exactly one RMA for an eligible return, none for the others
+            count = wh.rma_count(rid)
+            if creates and count != (1 if eligible else 0):
+                rep.duplicate_rmas += count > 1
+                rep.violations.append(f"return {rid} ({t.state}, mapped={t.mapped}, "
+                                      f"order={t.with_order}) has {count} RMAs")
+            if eligible and rid not in links:
+                rep.violations.append(f"eligible return {rid} was never linked to its RMA")
+            if self.kind == "generic" and wh.deliveries.get(rid, 0) > 1:
+                rep.repeat_deliveries += 1
+            # no return lost
+            if rid not in rows:
+                rep.lost += 1
+                rep.violations.append(f"return {rid} is not in the state store (lost)")
+            # exactly one process or flag for a finished return, the right one
+            actions = [a for a in sb.loop.actions_for(rid) if a in ("process", "flag")]
+            scenario = self.received.get(rid)
+            # Xoro's own app imports returns that are not open too: loopsync leaves those.
+            want = EXPECTED_ACTION[scenario] if scenario and eligible else None
+            rep.finished += want is not None
+            rep.processed += actions.count("process")
+            rep.flagged += actions.count("flag")
+            if len(actions) > 1:
+                rep.duplicate_actions += 1
+            if actions != ([want] if want else []):
+                rep.violations.append(f"return {rid} (warehouse: {scenario or 'nothing'}) got "
+                                      f"Loop actions {actions}, expected {want or 'none'}")
+            # notes not repeated; one RMA note; one flag note per flag
+            notes = sb.loop.notes_for(rid)
+            repeated = [n for n, c in Counter(notes).items() if c > 1]
+            if repeated:
+                rep.duplicate_notes += 1
+                rep.violations.append(f"return {rid}: repeated notes {repeated}")
+            created = sum("loopsync: created" in n for n in notes)
+            if creates and created != (1 if eligible else 0):
+                rep.violations.append(f"return {rid}: {created} RMA notes")
+            flags = sum(n.startswith("loopsync flagged") for n in notes)
+            if flags != actions.count("flag"):
+                rep.violations.append(f"return {rid}: {flags} flag notes for "
+                                      f"{actions.count('flag')} flags")
+        # no cursor passed unread work
+        for (stream, state), cur in cursors.items():
+            if cur["window_from"]:
+                rep.violations.append(f"cursor {stream}/{state} still in window "
+                                      f"{cur['window_from']} -> {cur['window_to']}")
+        for rid in self.tracked:
+            loop_raw = sb.loop.get(rid)
+            cur = cursors.get(("returns", loop_raw["state"]))
+            row = rows.get(rid)
+            if cur is None or row is None or not cur["done_until"]:
+                continue
+            loop_updated = parse_timestamp(loop_raw["updated_at"], assume_utc=True)
+            if loop_updated <= parse_timestamp(cur["done_until"]) and \
+                    parse_timestamp(row["updated_at"]) < loop_updated:
+                rep.violations.append(
+                    f"cursor returns/{loop_raw['state']} done until {cur['done_until']} "
+                    f"passed return {rid} updated {loop_raw['updated_at']} (stored "
+                    f"{row['updated_at']})")
+        for run in crashed:
+            rep.violations.append(f"worker run {run['id']} crashed: {run['error']}")
+        rep.requests.update(c.api for c in sb.recorder.calls())
+        for label in sb.loop.faults.injected:
+            rep.faults[f"loop {label}"] += 1
+        for label in wh.faults.injected:
+            rep.faults[f"{self.kind} {label}"] += 1
+
+    def run(self) -> Report:
+        started = time.monotonic()
+        self.sb.start()
+        try:
+            self.add_returns(INITIAL_RETURNS, days=3, rng=self.rng, unmapped=False,
+                             with_order=True)
+            # Not eligible on purpose (though a watch-only or order-less warehouse may
+            # take them): an unmapped destination, an order the warehouse lacks.
+            self.add_returns(2, days=1, rng=self.rng, unmapped=True, with_order=True)
+            self.add_returns(2, days=1, rng=self.rng, unmapped=False, with_order=False)
+            self.cfg_path = self.config()
+            self.kill_phase()
+            self.clean_phase()
+            self.check()
+        finally:
+            self.sb.stop()
+            self.report.seconds = time.monotonic() - started
+        return self.report
+
+
+# -- the whole run --------------------------------------------------------------------------
+
+def run_soak(connectors: Sequence[str], kills: int, seed: int, max_seconds: float, *,
+             fault_rate: float = 0.1, mode: str = "mixed", max_delay: float = 5.0,
+             parallel: int = 3, workdir: Path | None = None, keep: bool = False
+             ) -> list[Report]:
+    """Soak each connector (`kills` spread over them); returns one Report each."""
+    root = Path(workdir or tempfile.mkdtemp(prefix="loopsync-soak-"))
+    root.mkdir(parents=True, exist_ok=True)
+    # Leave room for the clean phase and the checks inside the cap.
+    deadline = time.monotonic() + max(1.0, max_seconds - 10.0 - 2.0 * len(connectors))
+    base, extra = divmod(kills, len(connectors))
+    soaks = [ConnectorSoak(name, base + (i < extra), seed, root / name, fault_rate=fault_rate,
+                           mode=mode, deadline=deadline, max_delay=max_delay)
+             for i, name in enumerate(connectors)]
+    for s in soaks:
+        s.workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+            reports = list(pool.map(lambda s: s.run(), soaks))
+    finally:
+        if not keep and all(r.ok for s in soaks for r in [s.report]):
+            shutil.rmtree(root, ignore_errors=True)
+    return reports
+
+
+def render(reports: Sequence[Report], *, seconds: float, seed: int) -> str:
+    lines = [f"loopsync soak: seed {seed}, {seconds:.0f}s; {SETTINGS_NOTE}", ""]
+    head = (f"{'connector':<15}{'kills':>6}{'runs':>6}{'returns':>8}{'eligible':>9}"
+            f"{'finished':>9}{'proc':>6}{'flag':>6}{'dup RMA':>8}{'dup act':>8}"
+            f"{'dup note':>9}{'lost':>6}{'viol':>6}")
+    lines.append(head)
+    for r in reports:
+        lines.append(f"{r.connector:<15}{r.kills:>6}{r.completed_runs:>6}{r.returns:>8}"
+                     f"{r.eligible:>9}{r.finished:>9}{r.processed:>6}{r.flagged:>6}"
+                     f"{r.duplicate_rmas:>8}{r.duplicate_actions:>8}{r.duplicate_notes:>9}"
+                     f"{r.lost:>6}{len(r.violations):>6}")
+    total = totals(reports)
+    lines.append(f"{'all':<15}{total['kills']:>6}{total['runs']:>6}{total['returns']:>8}"
+                 f"{total['eligible']:>9}{total['finished']:>9}{total['processed']:>6}"
+                 f"{total['flagged']:>6}{total['duplicate_rmas']:>8}"
+                 f"{total['duplicate_actions']:>8}{total['duplicate_notes']:>9}"
+                 f"{total['lost']:>6}{total['violations']:>6}")
+    faults: Counter[str] = Counter()
+    requests: Counter[str] = Counter()
+    world: Counter[str] = Counter()
+    points: Counter[str] = Counter()
+    for r in reports:
+        faults.update(r.faults)
+        requests.update(r.requests)
+        world.update(r.world)
+        points.update(r.kill_points)
+    lines += ["", "requests the sandbox served: " + ", ".join(
+        f"{api} {n}" for api, n in sorted(requests.items())),
+        f"faults injected: {sum(faults.values())} "
+        f"({100 * sum(faults.values()) / max(1, sum(requests.values())):.1f}% of requests)"]
+    lines += [f"  {n:>5}  {label}" for label, n in sorted(faults.items())]
+    lines += ["", "the world meanwhile:"]
+    lines += [f"  {n:>5}  {label}" for label, n in sorted(world.items())]
+    lines += ["", "last request the sandbox saw before each kill:"]
+    lines += [f"  {n:>5}  {label}" for label, n in points.most_common(12)]
+    runs = Counter[int]()
+    for r in reports:
+        runs.update(r.exit_codes)
+    lines += ["", "worker runs that ended before their kill, by exit status: "
+              + (", ".join(f"{code}: {n}" for code, n in sorted(runs.items())) or "none"),
+              "clean cycles: " + ", ".join(f"{r.connector} {r.clean_cycles}" for r in reports),
+              "repeat RMA deliveries (generic 3PL, idempotent by number): "
+              + ", ".join(f"{r.connector} {r.repeat_deliveries}" for r in reports
+                          if r.connector.startswith("generic"))]
+    bad = [(r.connector, v) for r in reports for v in r.violations]
+    lines.append("")
+    if bad:
+        lines.append(f"VIOLATIONS ({len(bad)}):")
+        lines += [f"  {name}: {v}" for name, v in bad[:60]]
+        lines += [f"  worker logs and state: {r.workdir}" for r in reports if not r.ok]
+    else:
+        lines.append("every invariant held.")
+    return "\n".join(lines) + "\n"
+
+
+def totals(reports: Sequence[Report]) -> dict[str, int]:
+    return {"kills": sum(r.kills for r in reports),
+            "runs": sum(r.completed_runs for r in reports),
+            "returns": sum(r.returns for r in reports),
+            "eligible": sum(r.eligible for r in reports),
+            "finished": sum(r.finished for r in reports),
+            "processed": sum(r.processed for r in reports),
+            "flagged": sum(r.flagged for r in reports),
+            "faults": sum(sum(r.faults.values()) for r in reports),
+            "duplicate_rmas": sum(r.duplicate_rmas for r in reports),
+            "duplicate_actions": sum(r.duplicate_actions for r in reports),
+            "duplicate_notes": sum(r.duplicate_notes for r in reports),
+            "lost": sum(r.lost for r in reports),
+            "violations": sum(len(r.violations) for r in reports)}
+
+
+# -- BENCHMARKS.md ----------------------------------------------------------------------------
+
+SECTION = "## Reliability soak"
+TABLE_HEAD = ("| date | machine | commit | command | connectors | kills | faults | returns | "
+              "eligible | finished | duplicates | losses | violations | seconds |")
+TABLE_RULE = "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+
+
+def record(reports: Sequence[Report], *, seconds: float, command: str,
+           path: Path = REPO / "BENCHMARKS.md") -> None:
+    """Add one row to the soak table in BENCHMARKS.md (the section is created at the end
+    of the file the first time). Re-read just before writing; nothing else changes."""
+    t = totals(reports)
+    row = (f"| {datetime.now(UTC):%Y-%m-%d} | {machine()} | {commit()} | `{command}` | "
+           f"{', '.join(r.connector for r in reports)} | {t['kills']} | {t['faults']} | "
+           f"{t['returns']} | {t['eligible']} | {t['finished']} | "
+           f"{t['duplicate_rmas'] + t['duplicate_actions'] + t['duplicate_notes']} | "
+           f"{t['lost']} | {t['violations']} | {seconds:.0f} |")
+    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
+    lines = text.splitlines()
+    if SECTION in lines:
+        at = lines.index(SECTION) + 1
+        while at < len(lines) and not lines[at].startswith("|"):
+            at += 1
+        while at < len(lines) and lines[at].startswith("|"):
+            at += 1
+        lines.insert(at, row)
+        new = "\n".join(lines) + "\n"
+    else:
+        new = text.rstrip("\n") + "\n\n" + "\n".join([
+            SECTION, "",
+            "`benchmarks/soak.py`: the real worker SIGKILLed at random moments while every "
+            "emulated API injects faults; then faults off, clean cycles, and the invariants "
+            "checked from the sandbox's call records (see the script's docstring). "
+            f"Settings: {SETTINGS_NOTE}. duplicates = extra RMAs + extra process/flag calls "
+            "+ repeated notes.", "", TABLE_HEAD, TABLE_RULE, row]) + "\n"
+    path.write_text(new, encoding="utf-8")
+
+
+def machine() -> str:
+    return f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU, " \
+           f"Python {platform.python_version()}"
+
+
+def commit() -> str:
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=REPO, capture_output=True, text=True,
+                               timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (head or "unknown") + ("+dirty" if dirty else "")
+
+
+# -- command line -----------------------------------------------------------------------------
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="SIGKILL-and-fault soak of the loopsync worker "
+                                            "against the sandbox")
+    p.add_argument("--connectors", default=",".join(CONNECTORS),
+                   help=f"comma-separated, from {', '.join(CONNECTORS)} (default: all)")
+    p.add_argument("--kills", type=int, default=300, help="SIGKILLs in all (default 300)")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--max-seconds", type=float, default=1800,
+                   help="cap on the whole run; the kill phase stops early to fit (default 1800)")
+    p.add_argument("--fault-rate", type=float, default=0.1,
+                   help="share of requests that fail at random (default 0.1)")
+    p.add_argument("--mode", choices=("run", "serve", "mixed"), default="mixed",
+                   help="worker as `run --once`, `serve`, or both (default mixed)")
+    p.add_argument("--max-delay", type=float, default=5.0,
+                   help="longest wait before a kill, seconds (default 5)")
+    p.add_argument("--parallel", type=int, default=3,
+                   help="connectors soaked at once (default 3)")
+    p.add_argument("--workdir", type=Path, help="keep state, configs and worker logs here")
+    p.add_argument("--json", action="store_true", help="print the reports as JSON too")
+    p.add_argument("--record", action="store_true", help="add a row to BENCHMARKS.md")
+    args = p.parse_args(argv)
+    names = [n.strip() for n in args.connectors.split(",") if n.strip()]
+    unknown = [n for n in names if n not in CONNECTORS]
+    if unknown or not names:
+        p.error(f"unknown connector(s) {', '.join(unknown)}; use {', '.join(CONNECTORS)}")
+    from loopsync import logs
+
+    logs.configure(json_output=True, level="error")
+    started = time.monotonic()
+    reports = run_soak(names, args.kills, args.seed, args.max_seconds,
+                       fault_rate=args.fault_rate, mode=args.mode, max_delay=args.max_delay,
+                       parallel=args.parallel, workdir=args.workdir,
+                       keep=args.workdir is not None)
+    seconds = time.monotonic() - started
+    text = render(reports, seconds=seconds, seed=args.seed)
+    sys.stdout.write(text)
+    if args.workdir is not None:
+        (args.workdir / "report.txt").write_text(text, encoding="utf-8")
+    if args.json:
+        json.dump([{**{k: v for k, v in vars(r).items()}, "ok": r.ok} for r in reports],
+                  sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+    if args.record:
+        command = "benchmarks/soak.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        record(reports, seconds=seconds, command=command.strip())
+    return 0 if all(r.ok for r in reports) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,117 @@
+"""The crash-and-fault soak (`benchmarks/soak.py`), short, and deterministic regression
+tests for what the soak found."""
+
+import importlib.util
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from loopsync.sandbox.server import Fault
+
+SOAK_PATH = Path(__file__).resolve().parent.parent / "benchmarks" / "soak.py"
+
+
+def load_soak():
+    spec = importlib.util.spec_from_file_location("loopsync_soak", SOAK_PATH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def is_return_create(req):
+    return req.path == "/graphql" and b"return_create" in req.body
+
+
+# -- regressions found by the soak ------------------------------------------------------------
+
+def test_garbled_answer_to_return_create_does_not_create_a_second_rma(make_sandbox, tmp_path,
+                                                                     clock):
+    """Found by the soak: ShipHero ran return_create, then a proxy's HTML page came back
+    (HTTP 200, not GraphQL). That was a permanent error, which the engine takes as "never
+    sent", so the next cycle created the RMA again. A garbled answer to a mutation is an
+    unknown outcome: the next cycle looks the RMA up (partner_id) and links it."""
+    sb = make_sandbox("shiphero")
+    (raw,) = sb.seed(1, states_weights=[("open", 1)])
+    rid = str(raw["id"])
+    cfg = sb.merchant_config(tmp_path)
+    sb.warehouse.faults.inject(Fault("malformed"), when=is_return_create)
+    sb.run_cycle(cfg)
+    assert sb.warehouse.rma_count(rid) == 1  # it ran; the answer was garbage
+    clock.advance(60)
+    second = sb.run_cycle(cfg)
+    assert second.ok, second.stage_errors
+    assert sb.warehouse.rma_count(rid) == 1, "the RMA was created twice"
+    assert second.counts.linked == 1 and second.counts.pushed == 0
+    assert sum("created" in n for n in sb.loop.notes_for(rid)) == 1
+
+
+def test_note_that_lands_after_the_timeout_is_not_written_twice(make_sandbox, tmp_path, clock):
+    """Found by the soak: Loop wrote a note only after loopsync's read timeout. The act
+    stage of the same run looked the note up at once, did not see it (not written yet),
+    and wrote it again. An effect whose answer was lost is looked up on a later run, when
+    the lost request has had time to land, not seconds later in the same one."""
+    sb = make_sandbox("shiphero")
+    (raw,) = sb.seed(1, states_weights=[("open", 1)])
+    rid = str(raw["id"])
+    cfg = sb.merchant_config(tmp_path, timeout="1s")
+    release = threading.Event()
+    read_notes = threading.Event()
+
+    def lands_late(req):
+        release.wait(10)  # still working when the client gives up (1 s)
+        with sb.loop.lock:
+            return sb.loop.handle(req)
+
+    def notes_read(req):
+        with sb.loop.lock:
+            answer = sb.loop.handle(req)
+        read_notes.set()
+        release.set()  # the lost note lands right after this look-up was answered
+        return answer
+
+    sb.loop.faults.inject(Fault("custom", response=lands_late), when=lambda r: r.method ==
+                          "POST" and r.path.endswith("/note"))
+    sb.loop.faults.inject(Fault("custom", response=notes_read), times=100,
+                          when=lambda r: r.method == "GET" and r.path.endswith("/notes"))
+    sb.run_cycle(cfg)
+    release.set()
+    deadline = time.monotonic() + 10
+    while not sb.loop.notes_for(rid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not read_notes.is_set(), "the lost note was looked up in the run that lost it"
+    clock.advance(600)
+    sb.run_cycle(cfg)
+    assert len(sb.loop.notes_for(rid)) == 1, f"note written twice: {sb.loop.notes_for(rid)}"
+
+
+def test_garbled_answer_to_a_shiphero_read_is_retried(make_sandbox, tmp_path):
+    """The same garbage on a read is transient: retried in the call, not a failed stage."""
+    sb = make_sandbox("shiphero")
+    (raw,) = sb.seed(1, states_weights=[("open", 1)])
+    cfg = sb.merchant_config(tmp_path)
+    sb.warehouse.faults.inject(Fault("malformed"), when=lambda r: b"LoopsyncOrders" in r.body)
+    result = sb.run_cycle(cfg)
+    assert result.ok, result.stage_errors
+    assert sb.warehouse.rma_count(str(raw["id"])) == 1
+
+
+# -- the soak itself ----------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_short_soak_every_connector(tmp_path):
+    """About 30 SIGKILLs across the connectors with faults in every API; every invariant
+    holds (one RMA per eligible return, one process/flag per finished return, nothing lost,
+    no cursor past unread work, no repeated note, no crashed run)."""
+    soak = load_soak()
+    reports = soak.run_soak(soak.CONNECTORS, kills=30, seed=11, max_seconds=48,
+                            max_delay=2.5, parallel=5, workdir=tmp_path, keep=True)
+    text = soak.render(reports, seconds=0, seed=11)
+    assert all(r.ok for r in reports), text
+    assert sum(r.kills for r in reports) >= 20, text
+    assert all(r.kills >= 2 for r in reports), text
+    assert sum(sum(r.faults.values()) for r in reports) >= 30, text
+    assert sum(r.finished for r in reports) >= 10, text
