@@ -1,5 +1,5 @@
-"""Shared pieces of the benchmarks: the sandbox set-up, the worker pieces, timing, the
-printed table and the row appended to BENCHMARKS.md.
+"""Shared pieces of the benchmarks: the in-process sandbox and its seeding, the worker
+pieces, the printed table and the row appended to BENCHMARKS.md.
 
 Everything talks HTTP on 127.0.0.1 only. Each benchmark module is runnable on its own
 (`.venv/bin/python -m benchmarks.<name>`); `python -m benchmarks` runs them all.
@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import gc
 import os
 import platform
 import random
-import re
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,16 +26,15 @@ from loopsync import logs
 from loopsync.config import MerchantConfig, parse_config
 from loopsync.engine import Engine
 from loopsync.runner import build_connector, build_loop_client, new_run_id
-from loopsync.sandbox import LOOP_KEY, Sandbox
+from loopsync.sandbox import Sandbox
 from loopsync.sandbox.seed import FIRST_RETURN_ID, make_returns
 from loopsync.store import Store
-from loopsync.timeutil import Clock, FakeClock, iso
+from loopsync.timeutil import Clock, FakeClock
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
 NOW = "2026-06-01T12:00:00Z"      # the sandbox clock's start in every benchmark
 ALL_STATES = ("open", "closed", "cancelled", "review", "expired")
-# Loop's own mix of states in a merchant's history (the seeder's default weights).
 HISTORY_DAYS = 365                # returns spread over a year: 4 windows of <= 120 days
 
 
@@ -106,20 +102,6 @@ def verdict(ok: bool) -> str:
 
 def fmt_s(seconds: float) -> str:
     return f"{seconds:.2f} s"
-
-
-# -- timing -------------------------------------------------------------------------------
-
-@contextlib.contextmanager
-def timed() -> Iterator[list[float]]:
-    """`with timed() as t: ...` then t[0] is the wall time in seconds."""
-    out: list[float] = []
-    gc.collect()
-    start = time.perf_counter()
-    try:
-        yield out
-    finally:
-        out.append(time.perf_counter() - start)
 
 
 # -- the sandbox ------------------------------------------------------------------------
@@ -209,19 +191,8 @@ class Bench:
     def calls(self, api: str | None = None) -> int:
         return len(self.sb.recorder.calls(api))
 
-    def call_mix(self, api: str | None = None) -> Counter[str]:
-        return Counter(f"{c.api} {c.method} {c.path}" for c in self.sb.recorder.calls(api))
-
     def reset_calls(self) -> None:
         self.sb.recorder.clear()
-
-
-def loop_key() -> str:
-    return LOOP_KEY
-
-
-def iso_now(clock: Clock) -> str:
-    return iso(clock.now()) or ""
 
 
 def close_engine(engine: Engine) -> None:
@@ -232,10 +203,6 @@ def close_engine(engine: Engine) -> None:
 
 def ratio(a: float, b: float) -> float:
     return a / b if b else float("inf")
-
-
-def sanitize(text: str) -> str:
-    return re.sub(r"\s+", " ", text).strip()
 
 
 def ids_by_creation(returns: list[dict[str, Any]], first_id: int) -> list[dict[str, Any]]:

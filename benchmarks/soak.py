@@ -21,7 +21,7 @@ For each connector (shiphero, peoplevox, xoro, generic over HTTP, generic over f
    pages; the generic 3PL's re-sent receipts and duplicated receipt files). A thread plays
    the world: new Loop returns arrive and the warehouse receives goods (random scenario).
 3. Clean phase: faults off, the warehouse finishes every return it has, and the worker
-   runs cycles until nothing is left to do (at most 6).
+   runs cycles until nothing is left to do (at most 8).
 4. Invariants, from the sandbox's own call records and the state file: every eligible
    return has exactly one RMA (ineligible ones none); every return the warehouse finished
    got exactly one process or flag, the one its scenario calls for (unfinished ones none);
@@ -78,7 +78,7 @@ EXPECTED_ACTION = {"full": "process", "short": "flag", "over": "flag", "damaged"
 CLIENT_TIMEOUT = 2.0
 SLOW = CLIENT_TIMEOUT + 0.5     # a "slow" answer comes after the client gave up
 INITIAL_RETURNS = 16
-MAX_CLEAN_CYCLES = 6
+MAX_CLEAN_CYCLES = 8
 CLEAN_CYCLE_LIMIT = 300         # seconds
 REPO = Path(__file__).resolve().parent.parent
 # The clean-phase worker: `loopsync run --once` with Loop's process-queue grace at 0.
@@ -431,6 +431,7 @@ class ConnectorSoak:
                 continue
             if code == 0 and not self.work_left():
                 return
+            time.sleep(1.0)  # a lost note is looked up 2 read timeouts after it was sent
 
     def work_left(self) -> bool:
         store = Store(self.state_path, SystemClock())

@@ -44,29 +44,7 @@ def open_returns(sb: Any, n: int) -> list[str]:
 
 
 def status_text(cfg: Any) -> str:
-    text = render_status(merchant_status(cfg))
-    return text
-
-
-def problems(cfg: Any) -> list[dict[str, Any]]:
-    store = Store(cfg.state_path, _clock())
-    try:
-        return store.problems(200)
-    finally:
-        store.close()
-
-
-def stage(cfg: Any, rid: str) -> dict[str, Any] | None:
-    store = Store(cfg.state_path, _clock())
-    try:
-        return store.get_return_row(rid)
-    finally:
-        store.close()
-
-
-def _clock() -> Any:
-    from loopsync.timeutil import SystemClock
-    return SystemClock()
+    return render_status(merchant_status(cfg))
 
 
 def rewrite(api: Any, when: Callable[[Request], bool], edit: Callable[[Any], Any]) -> None:

@@ -2,6 +2,7 @@
 dry run, and the `sandbox` command itself."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -102,8 +103,7 @@ def test_status_before_any_run(cfg_path, capsys):
 
 
 def test_sandbox_command_serves_and_prints_a_working_config(tmp_path):
-    port = 20000 + os.getpid() % 20000
-    proc = subprocess.Popen([sys.executable, "-m", "loopsync", "sandbox", "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "loopsync", "sandbox", "--port", "0",
                              "--returns", "3"], cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
@@ -113,7 +113,7 @@ def test_sandbox_command_serves_and_prints_a_working_config(tmp_path):
             if "Ctrl-C" in line:
                 break
         text = "".join(lines)
-        assert f"127.0.0.1:{port}" in text
+        assert re.search(r"sandbox Loop at http://127\.0\.0\.1:\d+", text), text
         env = dict(line.strip().removeprefix("export ").split("=", 1)
                    for line in lines if line.strip().startswith("export "))
         cfg = tmp_path / "sandbox-config" / "sandbox.yaml"

@@ -60,6 +60,9 @@ def test_lost_create_answer_is_looked_up_not_repeated(tmp_path):
     w.wh.lose_create_answer = True
     r1 = w.cycle()
     assert r1.counts.errors == 1 and w.wh.created == 1
+    w.cycle()  # too soon: the create may still be running at the warehouse
+    assert w.wh.created == 1 and w.store().get_return_row("101")["stage"] == "pushing"
+    w.clock.advance(2 * w.cfg.warehouse.timeout + 1)
     r2 = w.cycle()
     assert w.wh.created == 1, "a second RMA was created"
     assert r2.counts.linked == 1

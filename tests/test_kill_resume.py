@@ -56,8 +56,12 @@ class Holds:
 
 # Client limits loosened where the sandbox's limits are off: the subprocess runs on the
 # real clock, and this test is about crashes, not pacing.
-FAST = {"peoplevox": {"rate_limit": {"requests": 1000, "per": "1s"}},
-        "xoro": {"requests_per_second": 10}}
+# A 1 s warehouse timeout keeps the wait before looking up a lost create (two timeouts)
+# short.
+FAST = {"shiphero": {"timeout": "1s"}, "generic": {"timeout": "1s"},
+        "peoplevox": {"rate_limit": {"requests": 1000, "per": "1s"}, "timeout": "1s"},
+        "xoro": {"requests_per_second": 10, "timeout": "1s"}}
+LOST_CREATE_SETTLE = 2.2  # seconds: CREATE_SETTLE warehouse timeouts, and a little more
 
 
 def make_world(tmp_path, kind="shiphero"):
@@ -143,6 +147,9 @@ def kill_and_rerun(sb, holds, ids, cfg_path, label, api_name, match, after, fini
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)
     api.faults.clear()
+    if api_name == "warehouse":
+        # A create whose answer was lost is looked up only after two warehouse timeouts.
+        time.sleep(LOST_CREATE_SETTLE)
     for _ in range(2):
         code, _, err = run_worker(cfg_path, env)
         assert code == 0, err

@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sandbox = sub.add_parser("sandbox", help="serve the emulated APIs until stopped")
     sandbox.add_argument("--port", type=int, default=8900,
-                         help="Loop on PORT, the warehouse on PORT+1")
+                         help="Loop on PORT, the warehouse on PORT+1; 0 picks free ports")
     sandbox.add_argument("--warehouse", default="shiphero",
                          choices=["shiphero", "peoplevox", "xoro", "generic"])
     sandbox.add_argument("--returns", type=int, default=25)

@@ -118,7 +118,9 @@ def serve_sandbox(*, port: int, warehouse: str, returns: int, out: TextIO) -> in
     so `loopsync run` shows processing and flagging too."""
     workdir = Path("sandbox-config")
     transport = "folder" if warehouse == "generic" else "http"
-    sb = Sandbox(warehouse, loop_port=port, warehouse_port=port + 1, transport=transport,
+    # Port 0 lets the OS pick two free ports (the printed config names them).
+    sb = Sandbox(warehouse, loop_port=port, warehouse_port=port + 1 if port else 0,
+                 transport=transport,
                  folder_root=workdir / "3pl")
     stop = threading.Event()
     for s in (signal.SIGINT, signal.SIGTERM):

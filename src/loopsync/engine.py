@@ -44,6 +44,13 @@ OUTAGE_AFTER = 3
 # After a process call whose answer was lost, Loop may still show the return open while
 # it works through its queue. Wait this long before concluding the call did not land.
 PROCESS_SETTLE = timedelta(minutes=10)
+# A note whose answer was lost may still be being written by Loop: answered after our read
+# timeout, or in flight when the worker was killed and restarted. Read the notes only this
+# many Loop read timeouts after the attempt, or the look-up misses it and writes it twice.
+NOTE_SETTLE = 2  # Loop read timeouts
+# Likewise a warehouse create whose answer was lost may still be running there (ShipHero
+# has no idempotency key): look it up only this many warehouse read timeouts later.
+CREATE_SETTLE = 2  # warehouse read timeouts
 POLL_CHUNK = 500
 # The ASN report only feeds tracking numbers of returns still to push, which are recent:
 # the first run reads this far back rather than from loop.start_at, day by day.
@@ -125,9 +132,6 @@ class Engine:
         self.stop = stop or threading.Event()
         self.dry_run = dry_run
         self.result = CycleResult(cfg.merchant, run_id, CycleCounts())
-        # Effects whose answer was lost in this run: the request may still be running at the
-        # remote, so looking it up now could miss it and repeat it. A later run does that.
-        self._lost: set[str] = set()
         self.log = log.bind(merchant=cfg.merchant, run_id=run_id)
 
     @property
@@ -352,6 +356,8 @@ class Engine:
         plan = rules.plan_push(ret, self.cfg.warehouse.destinations,
                                needs_destination=self.connector.creates_rmas)
         unknown_outcome = bool(effect and effect["status"] == st.INTENT)
+        if unknown_outcome and self._too_soon(effect, CREATE_SETTLE * self.cfg.warehouse.timeout):
+            return  # the lost create may still land; looking now could miss it
         if not plan.push and not unknown_outcome:
             if row["stage"] != st.SKIPPED:
                 self.counts.skipped += 1
@@ -518,14 +524,14 @@ class Engine:
             if effect["kind"] == "create_rma":
                 continue  # owned by the push stage
             if not self._run_effect(effect):
+                if effect["kind"] == "note":
+                    continue  # a note waits alone: nothing after it depends on it
                 return  # deferred: keep plan order, try again next cycle
 
     def _run_effect(self, effect: dict[str, Any]) -> bool:
         """Carry out one effect; False when it must wait for a later cycle."""
         key, rid, kind = effect["key"], effect["return_id"], effect["kind"]
         payload = effect["payload"] or {}
-        if key in self._lost:
-            return False
         if effect["status"] == st.INTENT:
             verdict = self._reconcile(kind, rid, payload, effect)
             if verdict == "wait":
@@ -544,7 +550,6 @@ class Engine:
             return True
         except OutcomeUnknown as exc:
             self.store.effect_error(key, str(exc))
-            self._lost.add(key)
             raise
         except PermanentError as exc:
             self._settle(key, rid, kind, st.FAILED, exc.message)
@@ -575,6 +580,8 @@ class Engine:
         """After an unknown outcome: 'done' if Loop shows it happened, 'wait' if it cannot
         tell yet, 'repeat' if it certainly did not happen (or repeating is harmless)."""
         if kind == "note":
+            if self._too_soon(effect, NOTE_SETTLE * self.cfg.loop.timeout):
+                return "wait"  # the lost request may still be being written: look later
             # Compared with white space folded: Loop may store the text reformatted.
             texts = {_fold(n.get("content")) for n in self.loop.notes(rid) if isinstance(n, dict)}
             return "done" if _fold(payload["text"]) in texts else "repeat"
@@ -589,6 +596,11 @@ class Engine:
                 return "wait"  # Loop processes asynchronously; give the first call time
             return "repeat"
         return "repeat"  # grade/assess: re-sending the same grades is harmless
+
+    def _too_soon(self, effect: dict[str, Any], seconds: float) -> bool:
+        """Is the effect's last attempt (or its failure) less than `seconds` ago?"""
+        return self.clock.now() - parse_timestamp(effect["updated_at"]) < \
+            timedelta(seconds=seconds)
 
     def _settle(self, key: str, rid: str, kind: str, status: str, message: str | None) -> None:
         reason = message or payload_reason(self.store, key)
