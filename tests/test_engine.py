@@ -203,24 +203,25 @@ def test_loop_outage_does_not_block_polling(tmp_path):
     assert w.loop.writes.count(("process", "101")) == 1
 
 
-def test_stop_mid_window_checkpoints_the_page_and_resumes(tmp_path):
+def test_stop_mid_window_checkpoints_the_page_and_resumes(tmp_path, monkeypatch):
     returns = [loop_return(str(i)) for i in range(101, 111)]
     w = World(tmp_path, returns, states=("open",))
     stop = threading.Event()
-    real_iter = w.loop.iter_returns
+    real_save = Store.save_page
+    saved = []
 
-    def stop_after_two_pages(*a, **k):
-        for n, page in enumerate(real_iter(*a, **k)):
-            if n == 1:
-                stop.set()
-            yield page
+    def stop_after_two_pages(self, *a, **k):  # SIGTERM arrives while page 2 is stored
+        real_save(self, *a, **k)
+        saved.append(a)
+        if len(saved) == 2:
+            stop.set()
 
-    w.loop.iter_returns = stop_after_two_pages
+    monkeypatch.setattr(Store, "save_page", stop_after_two_pages)
     r1 = w.cycle(stop=stop)
     assert r1.stopped and r1.counts.new == 4
     cur = w.store().cursor("returns", "open")
     assert cur.page_cursor == "4" and cur.done_until is None
-    w.loop.iter_returns = real_iter
+    monkeypatch.setattr(Store, "save_page", real_save)
     r2 = w.cycle()
     assert r2.counts.new == 6
     assert w.wh.created == 10
@@ -316,3 +317,37 @@ def test_broken_pagination_keeps_the_window_open_and_other_states_go_on(tmp_path
     r2 = w.cycle()
     assert r2.counts.errors == 0
     assert all(w.store().get_return_row(str(i)) for i in range(101, 107))
+
+
+def test_poll_chunks_unless_the_connector_polls_all_at_once(tmp_path, monkeypatch):
+    from loopsync import engine
+
+    monkeypatch.setattr(engine, "POLL_CHUNK", 2)
+    returns = [loop_return(str(i)) for i in range(101, 106)]
+    w = World(tmp_path, returns)
+    w.cycle()
+    calls = []
+    real_poll = w.wh.poll
+    w.wh.poll = lambda refs: calls.append(len(refs)) or real_poll(refs)
+    w.cycle()
+    assert calls == [2, 2, 1]
+    calls.clear()
+    w.wh.polls_all_at_once = True  # a sweep read once per poll stage (PeopleVox, Xoro)
+    w.cycle()
+    assert calls == [5]
+
+
+def test_poll_stopped_by_the_connector_ends_the_stage_quietly(tmp_path):
+    from loopsync.connectors.base import PollStopped
+
+    w = World(tmp_path, [loop_return("101")])
+    w.cycle()
+    w.wh.finish("101")
+
+    def stopped(refs):
+        raise PollStopped("shutting down")
+
+    w.wh.poll = stopped
+    r = w.cycle()
+    assert r.counts.errors == 0 and not r.stage_errors and r.counts.processed == 0
+    assert w.store().get_return_row("101")["stage"] == "open"

@@ -715,3 +715,27 @@ def test_poll_with_getdata_on_an_export_template(emu: ServedEmulator,
     emu.receive("901", "cancelled")
     assert con.poll([ref]).statuses["901"].status == "Cancelled"
     assert ops(emu, "GetReportData") == 0 and ops(emu, "GetData") > 0
+
+
+def test_poll_gives_way_to_shutdown_and_keeps_nothing(emu: ServedEmulator,
+                                                     fake_clock: FakeClock) -> None:
+    import dataclasses
+
+    from loopsync.connectors.base import PollStopped
+
+    kv = MemoryKeyValue()
+    con = make_connector(emu, fake_clock, kv=kv)
+    con.settings = dataclasses.replace(con.settings, poll_batch=1)
+    refs = [_created(emu, con, "901"), _created(emu, con, "902")]
+    emu.receive("901", "full")
+    real_read = con.client.read_all
+
+    def read_then_sigterm(*a: Any, **k: Any) -> list[dict[str, str]]:
+        rows = real_read(*a, **k)
+        con.ctx.stop.set()  # SIGTERM while the first batch of RAs is read
+        return rows
+
+    con.client.read_all = read_then_sigterm  # type: ignore[method-assign]
+    with pytest.raises(PollStopped):
+        con.poll(refs)
+    assert kv.get(con.KV_POLLED) is None and kv.get(con.KV_DATE_CURSOR) is None

@@ -248,3 +248,17 @@ def test_rate_limit_answer_is_waited_out(xoro, clock):
     xoro.faults.inject(Fault("rate_limit", retry_after=2))
     assert conn.find_rma(request(raw), {}) is not None
     assert any(s >= 2 for s in clock.slept)
+
+
+def test_a_long_listing_gives_way_to_shutdown_in_poll_only(xoro, clock):
+    from loopsync.connectors.base import PollStopped
+
+    conn = connector(xoro, clock)
+    raws = [imported_return(xoro, clock, 52393600 + n) for n in range(30)]  # 2 pages of 25
+    refs = [conn.find_rma(request(raw), {}) for raw in raws[:2]]
+    conn.ctx.stop.set()
+    assert conn.find_rma(request(raws[-1]), {}) is not None  # a push-stage read completes
+    xoro.recorder.clear()
+    with pytest.raises(PollStopped):
+        conn.poll(refs)
+    assert asn_pages(xoro) == ["1"]

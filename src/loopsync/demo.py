@@ -42,7 +42,7 @@ def run_demo(*, warehouse: str = "shiphero", returns: int = 12, out: TextIO) -> 
         _print_waits(cfg, out)
 
         received = _warehouse_receives(sb, first)
-        say(f"\nthe warehouse receives goods: "
+        say("\nthe warehouse receives goods: "
             + ", ".join(f"{n} {s}" for s, n in Counter(received.values()).items()))
         second = sb.run_cycle(cfg)
         third = sb.run_cycle(cfg)  # nothing new: shows the cycle is idempotent

@@ -25,11 +25,12 @@ import structlog
 from loopsync import rules
 from loopsync import store as st
 from loopsync.config import MerchantConfig
-from loopsync.connectors.base import NotReady, PushRequest, WarehouseConnector
+from loopsync.connectors.base import NotReady, PollStopped, PushRequest, WarehouseConnector
 from loopsync.errors import (OutcomeUnknown, PermanentError, Rejected, RemoteError, StateConflict,
                              TransientError)
 from loopsync.loop_client import PaginationStopped
 from loopsync.models import LoopReturn, MalformedReturn, RmaRef, RmaStatus, asn_row_problem
+from loopsync.prefetch import prefetched
 from loopsync.store import Store
 from loopsync.timeutil import Clock, iso, parse_timestamp
 from loopsync.windows import Window, ingest_start, plan_windows
@@ -204,7 +205,8 @@ class Engine:
         (pagination broke off; the pages read are kept, the window stays open)."""
         last = None
         try:
-            for page in self.loop.iter_returns(window.start, window.end, state, cursor=cursor):
+            pages = self.loop.iter_returns(window.start, window.end, state, cursor=cursor)
+            for page in prefetched(pages, name="loop-pages"):
                 last = page
                 with self.store.atomic():
                     # One query for the page's known returns instead of two per return.
@@ -465,11 +467,15 @@ class Engine:
                                 f"return is {snap.get('state')} in Loop", action="settled")
                 continue
             refs.append(RmaRef(row["return_id"], row["rma_id"], row["extra"]))
-        for i in range(0, len(refs), POLL_CHUNK):
+        size = max(1, len(refs)) if self.connector.polls_all_at_once else POLL_CHUNK
+        for i in range(0, len(refs), size):
             if self.stop.is_set():
                 return
-            chunk = refs[i:i + POLL_CHUNK]
-            result = self.connector.poll(chunk)
+            chunk = refs[i:i + size]
+            try:
+                result = self.connector.poll(chunk)
+            except PollStopped:
+                return
             self.counts.polled += len(chunk)
             with self.store.atomic():
                 for rid, status in result.statuses.items():

@@ -26,6 +26,10 @@ def identifier(value: Any, what: str) -> str | None:
     bytes that were not UTF-8 (free text is not checked: it is only carried along)."""
     if value is None:
         return None
+    if type(value) is str:  # the common case first: ingest calls this ~10 times a return
+        text = value.strip()
+        if len(text) <= MAX_IDENTIFIER and REPLACEMENT not in text:
+            return text or None
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise ValueError(f"{what} is a {type(value).__name__}, not text")
     text = str(value).strip()

@@ -106,8 +106,10 @@ def snapshot_hash(raw: dict[str, Any]) -> str:
 
 
 def _snapshot(raw: dict[str, Any]) -> tuple[str, str]:
-    """(stored JSON text, hash): one sorted dump serves both (ingest's hot path)."""
-    text = json.dumps(raw, sort_keys=True, default=str)
+    """(stored JSON text, hash): one dump serves both (ingest's hot path). Keys keep
+    Loop's order, which is stable; sorting them cost a quarter of the dump, and a reordered
+    answer would only be stored again, never missed."""
+    text = json.dumps(raw, separators=(",", ":"), default=str)
     return text, hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

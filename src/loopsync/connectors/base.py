@@ -14,6 +14,9 @@ the instance through `WarehouseConnector`. A connector:
 - `poll(rmas)`: read-only; the current status of many RMAs in few requests.
   `PollResult.commit()` runs after the engine has stored the statuses (a folder connector
   archives the files it read there, never before).
+  The engine hands `poll` at most POLL_CHUNK RMAs a call, or every open RMA at once when
+  the connector sets `polls_all_at_once` (its read is one sweep whatever the batch: a
+  date-window listing, an incremental report), and raises `PollStopped` if told to stop.
 """
 
 from __future__ import annotations
@@ -37,6 +40,11 @@ class NotReady(Exception):  # noqa: N818 - a signal, not an error
     def __init__(self, reason: str) -> None:
         self.reason = reason
         super().__init__(reason)
+
+
+class PollStopped(Exception):  # noqa: N818 - a signal, not an error
+    """The worker is shutting down in the middle of a long poll: what was read so far is
+    dropped (nothing was recorded from it) and read again on the next run."""
 
 
 def normalize_status(word: str | None) -> str:
@@ -148,6 +156,8 @@ class WarehouseConnector(ABC):
     kind: ClassVar[str]
     default_base_url: ClassVar[str]
     creates_rmas: ClassVar[bool] = True
+    # True: every open RMA in one poll call, so the sweep it reads is read once per cycle.
+    polls_all_at_once: ClassVar[bool] = False
     # Default status words per action; the merchant's `warehouse.statuses` replaces a list.
     default_statuses: ClassVar[dict[str, list[str]]]
     default_flag_conditions: ClassVar[list[str]] = ["damaged"]

@@ -30,8 +30,9 @@ import requests
 import structlog
 
 from loopsync.configkit import Secret, Section
-from loopsync.connectors.base import (ConnectorContext, NotReady, PollResult, PushRequest,
-                                      WarehouseConnector, WarehouseSettings, normalize_status)
+from loopsync.connectors.base import (ConnectorContext, NotReady, PollResult, PollStopped,
+                                      PushRequest, WarehouseConnector, WarehouseSettings,
+                                      normalize_status)
 from loopsync.errors import (AuthError, DryRunViolation, ErrorBody, OutcomeUnknown,
                              PermanentError, RateLimited, Rejected, TransientError)
 from loopsync.http import HttpClient, HttpResult, RateLimiter, parse_retry_after
@@ -568,6 +569,8 @@ class ItemLine:
 class PeopleVoxConnector(WarehouseConnector):
     kind = "peoplevox"
     default_base_url = "https://{region}.peoplevox.net"
+    # The incremental poll keeps one set of polled RAs; chunks would overwrite each other's.
+    polls_all_at_once: ClassVar[bool] = True
     default_statuses: ClassVar[dict[str, list[str]]] = {
         "process": ["completed"],
         "flag": ["completed with discrepancies"],
@@ -818,6 +821,8 @@ class PeopleVoxConnector(WarehouseConnector):
         batch = max(1, self.settings.poll_batch)
         rows: list[dict[str, str]] = []
         for start in range(0, len(numbers), batch):
+            if start and self.ctx.stop.is_set():
+                raise PollStopped(f"PeopleVox: stopped after {start} of {len(numbers)} RAs")
             chunk = numbers[start:start + batch]
             rows += self.client.read_all(data.operation, data.name, columns=data.columns.all(),
                                          where=any_of_clause(data.columns.rma_number, chunk))

@@ -31,7 +31,7 @@ import requests
 import structlog
 
 from loopsync.configkit import Secret, Section
-from loopsync.connectors.base import (ConnectorContext, PollResult, PushRequest,
+from loopsync.connectors.base import (ConnectorContext, PollResult, PollStopped, PushRequest,
                                       WarehouseConnector, WarehouseSettings)
 from loopsync.errors import ErrorBody, RateLimited, Rejected, TransientError
 from loopsync.http import HttpClient, HttpResult, shared_limiter
@@ -76,6 +76,7 @@ class XoroConnector(WarehouseConnector):
     kind: ClassVar[str] = "xoro"
     default_base_url: ClassVar[str] = "https://res.xorosoft.io/api/xerp"
     creates_rmas: ClassVar[bool] = False
+    polls_all_at_once: ClassVar[bool] = True  # one ASN listing covers every open RMA
     # Xoro keys its own Loop action on the ASN close; "received" means not closed yet.
     default_statuses: ClassVar[dict[str, list[str]]] = {
         "process": ["closed"], "flag": [], "ignore": ["open", "received"]}
@@ -138,7 +139,7 @@ class XoroConnector(WarehouseConnector):
         if not rmas:
             return PollResult({})
         since = min(parse_timestamp(ref.extra["search_from"]) for ref in rmas)
-        by_number = {_asn_number(asn): asn for asn in self._list_asns(since)}
+        by_number = {_asn_number(asn): asn for asn in self._list_asns(since, in_poll=True)}
         result = PollResult({})
         for ref in rmas:
             asn = by_number.get(ref.extra["asn_number"])
@@ -196,17 +197,22 @@ class XoroConnector(WarehouseConnector):
             items=items, detail=_discrepancies(asn_number, items))
 
     # -- wire -----------------------------------------------------------------------------
-    def _list_asns(self, since: datetime) -> list[dict[str, Any]]:
+    def _list_asns(self, since: datetime, *, in_poll: bool = False) -> list[dict[str, Any]]:
         until = self.ctx.clock.now() + FUTURE_PAD
         fmt = DATE_FORMATS[self.conf.date_format]
         params = {"created_at_min": since.strftime(fmt), "created_at_max": until.strftime(fmt)}
-        asns = [row for row in self._pages(ASN_PATH, params) if isinstance(row, dict)]
+        asns = [row for row in self._pages(ASN_PATH, params, stoppable=in_poll)
+                if isinstance(row, dict)]
         log.info("xoro.asn_window", since=iso(since), until=iso(until), asns=len(asns))
         return asns
 
-    def _pages(self, path: str, params: dict[str, Any]) -> Iterator[Any]:
-        """Every row of every page; stops at TotalPages or the first empty page."""
+    def _pages(self, path: str, params: dict[str, Any], *, stoppable: bool = False
+               ) -> Iterator[Any]:
+        """Every row of every page; stops at TotalPages or the first empty page.
+        `stoppable`: a poll's long listing gives way to shutdown (PollStopped)."""
         for page in range(1, MAX_PAGES + 1):
+            if stoppable and page > 1 and self.ctx.stop.is_set():
+                raise PollStopped(f"{path}: stopped after page {page - 1}")
             body = self.http.request("GET", path, params={**params, "page": page},
                                      check=check_envelope).data
             rows = _rows(body.get("Data"))
