@@ -59,6 +59,12 @@ def request(raw):
     return PushRequest(LoopReturn.from_api(raw), "")
 
 
+def linked(emu, clock, conn, first_id, n):
+    """n returns Xoro has imported, then linked (one listing serves them all)."""
+    raws = [imported_return(emu, clock, first_id + i) for i in range(n)]
+    return [conn.find_rma(request(raw), {}) for raw in raws]
+
+
 def asn_pages(emu):
     return [c.query["page"] for c in emu.recorder.calls("xoro", path="/asn/getasn")]
 
@@ -129,8 +135,7 @@ def test_received_but_not_closed_waits(xoro, clock):
 
 def test_one_listing_polls_many_rmas(xoro, clock):
     conn = connector(xoro, clock)
-    refs = [conn.find_rma(request(imported_return(xoro, clock, 52393600 + n)), {})
-            for n in range(5)]
+    refs = linked(xoro, clock, conn, 52393600, 5)
     xoro.recorder.clear()
     result = conn.poll(refs)
     assert len(result.statuses) == 5 and not result.errors
@@ -175,6 +180,7 @@ def test_non_json_body_is_retried_then_fails(xoro, clock):
     xoro.faults.inject(Fault("malformed"))
     assert conn.find_rma(request(raw), {}) is not None
     assert asn_pages(xoro) == ["1", "1"]
+    clock.advance(61)  # past the listing's reuse
     xoro.faults.inject(Fault("malformed"), times=3)
     with pytest.raises(TransientError, match="not a Xoro envelope"):
         conn.find_rma(request(raw), {})
@@ -183,8 +189,7 @@ def test_non_json_body_is_retried_then_fails(xoro, clock):
 def test_paging_stops_at_total_pages(xoro, clock):
     xoro.page_size = 2
     conn = connector(xoro, clock)
-    refs = [conn.find_rma(request(imported_return(xoro, clock, 52393700 + n)), {})
-            for n in range(4)]
+    refs = linked(xoro, clock, conn, 52393700, 4)
     assert all(refs)
     xoro.recorder.clear()
     assert len(conn.poll(refs).statuses) == 4
@@ -195,8 +200,7 @@ def test_empty_page_before_total_pages_stops_paging(xoro, clock):
     xoro.page_size = 2
     xoro.phantom_pages = 3   # TotalPages says 5; page 3 is already empty
     conn = connector(xoro, clock)
-    refs = [conn.find_rma(request(imported_return(xoro, clock, 52393800 + n)), {})
-            for n in range(3)]
+    refs = linked(xoro, clock, conn, 52393800, 3)
     xoro.recorder.clear()
     assert len(conn.poll(refs).statuses) == 3
     assert asn_pages(xoro) == ["1", "2", "3"]
@@ -224,8 +228,7 @@ def test_requests_go_one_at_a_time(xoro, clock):
     """The emulator throttles more than 3 requests in flight; the connector never gets
     there, even over many pages."""
     conn = connector(xoro, clock)
-    refs = [conn.find_rma(request(imported_return(xoro, clock, 52393900 + n)), {})
-            for n in range(6)]
+    refs = linked(xoro, clock, conn, 52393900, 6)
     xoro.page_size = 1
     xoro.latency = 0.02
     assert len(conn.poll(refs).statuses) == 6
@@ -262,3 +265,26 @@ def test_a_long_listing_gives_way_to_shutdown_in_poll_only(xoro, clock):
     with pytest.raises(PollStopped):
         conn.poll(refs)
     assert asn_pages(xoro) == ["1"]
+
+
+def test_linking_many_returns_by_id_lists_the_asns_once_a_minute(xoro, clock):
+    conn = connector(xoro, clock)
+    raws = [imported_return(xoro, clock, 52393700 + n) for n in range(4)]
+    xoro.recorder.clear()
+    refs = [conn.find_rma(request(raw), {}) for raw in raws]
+    assert all(refs) and [r.rma_id for r in refs] == [str(raw["id"]) for raw in raws]
+    assert asn_pages(xoro) == ["1"]
+    late = imported_return(xoro, clock, 52393710)   # Xoro imports it after the listing
+    assert conn.find_rma(request(late), {}) is None  # waits for a fresh listing
+    clock.advance(61)
+    assert conn.find_rma(request(late), {}) is not None
+    assert asn_pages(xoro) == ["1", "1"]
+
+
+def test_linking_by_order_number_lists_afresh_for_each_return(xoro, clock):
+    conn = connector(xoro, clock, match_by="order_number")
+    raws = [imported_return(xoro, clock, 52393800 + n, order_name=f"#{7000 + n}")
+            for n in range(3)]
+    xoro.recorder.clear()
+    assert all(conn.find_rma(request(raw), {}) for raw in raws)
+    assert asn_pages(xoro) == ["1", "1", "1"]

@@ -50,6 +50,9 @@ DATE_FORMATS = {"iso": "%Y-%m-%dT%H:%M:%SZ", "us": "%m/%d/%Y %I:%M:%S %p"}
 # Xoro may stamp ASNs in the account's local time, up to 14 hours ahead of UTC; a window
 # ending "now" in UTC would miss the newest ASNs.
 FUTURE_PAD = timedelta(days=1)
+# Linking by return id, one ASN listing serves every return linked within this long (a
+# push stage); an ASN Xoro imports meanwhile is found on the next cycle.
+LISTING_REUSE = timedelta(seconds=60)
 # Stops a server that ignores `page` and never sends TotalPages or an empty page.
 MAX_PAGES = 1000
 # UNCONFIRMED: some Xoro endpoints answer an empty result as Result:false with a message
@@ -84,6 +87,7 @@ class XoroConnector(WarehouseConnector):
     def __init__(self, settings: WarehouseSettings, ctx: ConnectorContext) -> None:
         super().__init__(settings, ctx)
         self.conf: XoroSettings = settings.connector
+        self._listing: tuple[datetime, datetime, list[dict[str, Any]]] | None = None
         session = requests.Session()
         session.auth = (self.conf.api_key.value, self.conf.api_secret.value)
         self.http = HttpClient(
@@ -121,7 +125,7 @@ class XoroConnector(WarehouseConnector):
         imported the return yet."""
         ret = req.ret
         since = (ret.created_at or ret.updated_at) - self.conf.asn_lookback
-        matches = [asn for asn in self._list_asns(since) if self._matches(asn, req)]
+        matches = [asn for asn in self._asns_for_linking(since) if self._matches(asn, req)]
         if not matches:
             return None
         if len(matches) > 1:
@@ -195,6 +199,21 @@ class XoroConnector(WarehouseConnector):
             return_id=ref.return_id, rma_id=ref.rma_id, status=word,
             expected_units=sum(expected.values()), received_units=sum(received.values()),
             items=items, detail=_discrepancies(asn_number, items))
+
+    def _asns_for_linking(self, since: datetime) -> list[dict[str, Any]]:
+        """ASNs created since `since`, or more. By return id, a listing from an earlier
+        `since` made moments ago serves too: older ASNs cannot carry this return's id. By
+        order number they could (an earlier return of the same order), so list afresh."""
+        if self.conf.match_by != "return_id":
+            return self._list_asns(since)
+        now = self.ctx.clock.now()
+        if self._listing is not None:
+            listed_since, listed_at, asns = self._listing
+            if listed_since <= since and now - listed_at <= LISTING_REUSE:
+                return asns
+        asns = self._list_asns(since)
+        self._listing = (since, now, asns)
+        return asns
 
     # -- wire -----------------------------------------------------------------------------
     def _list_asns(self, since: datetime, *, in_poll: bool = False) -> list[dict[str, Any]]:
