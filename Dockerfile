@@ -10,7 +10,9 @@ COPY src ./src
 RUN pip install .
 
 USER loopsync
-# Point each merchant's state_path at /state/<merchant>.sqlite and mount a volume here.
+# Run from / so the default state_path, ./state/<merchant>.sqlite, is /state/<merchant>.sqlite:
+# the volume, writable by the loopsync user. An absolute state_path must point there too.
+WORKDIR /
 VOLUME ["/state"]
 # Exec form: loopsync is PID 1 and receives SIGTERM itself; it finishes the current page,
 # checkpoints and exits 0. Give it a stop grace period longer than one request timeout.
