@@ -7,6 +7,7 @@ Everything talks HTTP on 127.0.0.1 only. Each benchmark module is runnable on it
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import datetime as dt
 import os
@@ -17,7 +18,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,16 +27,18 @@ from loopsync import logs
 from loopsync.config import MerchantConfig, parse_config
 from loopsync.engine import Engine
 from loopsync.runner import build_connector, build_loop_client, new_run_id
-from loopsync.sandbox import Sandbox
+from loopsync.sandbox import LOOP_KEY, Sandbox
 from loopsync.sandbox.seed import FIRST_RETURN_ID, make_returns
 from loopsync.store import Store
-from loopsync.timeutil import Clock, FakeClock
+from loopsync.timeutil import Clock, FakeClock, iso
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
 NOW = "2026-06-01T12:00:00Z"      # the sandbox clock's start in every benchmark
 ALL_STATES = ("open", "closed", "cancelled", "review", "expired")
 HISTORY_DAYS = 365                # returns spread over a year: 4 windows of <= 120 days
+# Finished returns (closed, cancelled, expired, review) in Loop's proportions.
+FINISHED_STATES = (("closed", 8), ("cancelled", 4), ("expired", 4), ("review", 4))
 
 
 # -- environment --------------------------------------------------------------------------
@@ -68,6 +71,17 @@ def quiet_logs() -> None:
 
 
 # -- output -------------------------------------------------------------------------------
+
+def cli(doc: str, run: Callable[..., Any], **options: int) -> None:
+    """A benchmark's command line: `--<name> N` for each option (an int, with its default),
+    and `--no-record`; then `run(<options in order>, record=not --no-record)`."""
+    p = argparse.ArgumentParser(description=doc.split("\n")[0])
+    for name, default in options.items():
+        p.add_argument(f"--{name}", type=int, default=default)
+    p.add_argument("--no-record", action="store_true", help="do not append to BENCHMARKS.md")
+    args = p.parse_args()
+    run(*(getattr(args, name) for name in options), record=not args.no_record)
+
 
 def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     cells = [[str(c) for c in headers]] + [[str(c) for c in r] for r in rows]
@@ -181,18 +195,35 @@ class Bench:
         return parse_config(data, file=f"<{name}>", env=self.sb.env())
 
     def engine(self, cfg: MerchantConfig, clock: Clock | None = None) -> Engine:
-        """The worker's pieces exactly as `runner.run_merchant` builds them."""
-        clock = clock or self.clock
-        store = Store(cfg.state_path, clock)
-        loop = build_loop_client(cfg, clock)
-        connector = build_connector(cfg, clock, store, stop=threading.Event())
-        return Engine(cfg, store, loop, connector, clock=clock, run_id=new_run_id())
+        return build_engine(cfg, clock or self.clock)
 
     def calls(self, api: str | None = None) -> int:
         return len(self.sb.recorder.calls(api))
 
     def reset_calls(self) -> None:
         self.sb.recorder.clear()
+
+
+# -- the worker ---------------------------------------------------------------------------
+
+def worker_config(loop_url: str, state_path: Path, *, start: dt.datetime) -> MerchantConfig:
+    """A merchant config on the sandbox Loop with every default (page size 250, five
+    states, 120-day windows). The warehouse section is never contacted by ingest."""
+    return parse_config({
+        "merchant": "bench", "state_path": str(state_path),
+        "loop": {"base_url": loop_url, "api_key": "${LOOP_API_KEY}", "start_at": iso(start)},
+        "warehouse": {"kind": "shiphero", "base_url": "http://127.0.0.1:9",
+                      "refresh_token": "${SHIPHERO_REFRESH_TOKEN}"},
+    }, file="<bench>", env={"LOOP_API_KEY": LOOP_KEY, "SHIPHERO_REFRESH_TOKEN": "unused"})
+
+
+def build_engine(cfg: MerchantConfig, clock: Clock) -> Engine:
+    """The worker's pieces exactly as `runner.run_merchant` builds them: a store, the Loop
+    client, the connector and the engine. Undo with `close_engine`."""
+    store = Store(cfg.state_path, clock)
+    loop = build_loop_client(cfg, clock)
+    connector = build_connector(cfg, clock, store, stop=threading.Event())
+    return Engine(cfg, store, loop, connector, clock=clock, run_id=new_run_id())
 
 
 def close_engine(engine: Engine) -> None:

@@ -23,40 +23,25 @@ requests / 300 minutes, which is reported separately.
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import requests
 
-from benchmarks.common import (ALL_STATES, HISTORY_DAYS, NOW, append_row, fmt_s, print_table,
-                               quiet_logs, verdict)
+from benchmarks.common import (ALL_STATES, HISTORY_DAYS, NOW, append_row, build_engine, cli,
+                               close_engine, fmt_s, print_table, quiet_logs, verdict,
+                               worker_config)
 from benchmarks.loop_server import loop_server
-from loopsync.config import MerchantConfig, parse_config
-from loopsync.engine import Engine
+from loopsync.config import MerchantConfig
 from loopsync.loop_client import RETURN_LIST_PATH, extract_cursor
-from loopsync.runner import build_connector, build_loop_client, new_run_id
 from loopsync.sandbox import LOOP_KEY
-from loopsync.store import Store
-from loopsync.timeutil import FakeClock, iso, loop_wire
+from loopsync.timeutil import FakeClock, loop_wire
 from loopsync.windows import ingest_start, plan_windows
 
 TARGET = 1.5
-
-
-def worker_config(loop_url: str, state_path: Path, *, start: dt.datetime) -> MerchantConfig:
-    """A merchant config on the sandbox Loop with every default (page size 250, five
-    states, 120-day windows). The warehouse section is never contacted by ingest."""
-    return parse_config({
-        "merchant": "bench", "state_path": str(state_path),
-        "loop": {"base_url": loop_url, "api_key": "${LOOP_API_KEY}", "start_at": iso(start)},
-        "warehouse": {"kind": "shiphero", "base_url": "http://127.0.0.1:9",
-                      "refresh_token": "${SHIPHERO_REFRESH_TOKEN}"},
-    }, file="<bench>", env={"LOOP_API_KEY": LOOP_KEY, "SHIPHERO_REFRESH_TOKEN": "unused"})
 
 
 def floor_pull(loop_url: str, cfg: MerchantConfig, end: dt.datetime) -> tuple[int, int]:
@@ -89,22 +74,17 @@ def floor_pull(loop_url: str, cfg: MerchantConfig, end: dt.datetime) -> tuple[in
 
 def loopsync_pull(cfg: MerchantConfig, clock: FakeClock) -> dict[str, Any]:
     """One first pull through Engine.ingest(), built as runner.run_merchant builds it."""
-    store = Store(cfg.state_path, clock)
-    loop = build_loop_client(cfg, clock)
-    connector = build_connector(cfg, clock, store, stop=threading.Event())
-    engine = Engine(cfg, store, loop, connector, clock=clock, run_id=new_run_id())
+    engine = build_engine(cfg, clock)
     slept = sum(clock.slept)
     started = time.perf_counter()
     engine.ingest()
     seconds = time.perf_counter() - started
-    stored = store.db.execute("select count(*) from returns").fetchone()[0]
-    out = {"seconds": seconds, "requests": loop.http.requests_sent, "stored": stored,
+    stored = engine.store.db.execute("select count(*) from returns").fetchone()[0]
+    out = {"seconds": seconds, "requests": engine.loop.http.requests_sent, "stored": stored,
            "pulled": engine.counts.pulled, "new": engine.counts.new,
            "malformed": engine.counts.malformed, "errors": engine.counts.errors,
            "limiter_wait": sum(clock.slept) - slept}
-    connector.close()
-    loop.http.session.close()
-    store.close()
+    close_engine(engine)
     return out
 
 
@@ -166,12 +146,7 @@ def run(n: int = 100_000, rounds: int = 2, record: bool = True) -> dict[str, Any
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--returns", type=int, default=100_000)
-    p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--no-record", action="store_true", help="do not append to BENCHMARKS.md")
-    args = p.parse_args()
-    run(args.returns, args.rounds, record=not args.no_record)
+    cli(__doc__, run, returns=100_000, rounds=2)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import gc
-import os
 import random
 import signal
 import sys
@@ -42,8 +41,7 @@ def serve(n: int, seed: int, days: float) -> None:
 
     returns = make_returns(n, start=now - dt.timedelta(days=days), end=now,
                            rng=random.Random(seed), first_id=FIRST_RETURN_ID)
-    if os.environ.get("BENCH_RANDOM_IDS") != "1":
-        returns = ids_by_creation(returns, FIRST_RETURN_ID)
+    returns = ids_by_creation(returns, FIRST_RETURN_ID)
     for raw in returns:
         loop.add_return(raw)
     gc.collect()

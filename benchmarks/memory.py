@@ -17,7 +17,6 @@ is not slowed to 280 requests a minute; benchmark 5 checks the limits).
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import resource
@@ -28,8 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import (HISTORY_DAYS, NOW, append_row, fmt_s, print_table, quiet_logs,
-                               ratio, verdict)
+from benchmarks.common import (HISTORY_DAYS, NOW, append_row, build_engine, cli, close_engine,
+                               fmt_s, print_table, quiet_logs, ratio, verdict, worker_config)
 from benchmarks.loop_server import loop_server
 
 TARGET = 1.3
@@ -38,12 +37,6 @@ LAUNCHER = "import subprocess, sys; sys.exit(subprocess.call(sys.argv[1:]))"
 
 def worker(loop_url: str, state_dir: str) -> None:
     """The measured process: one pull, then its peak RSS on stdout as JSON."""
-    import threading
-
-    from benchmarks.ingest import worker_config
-    from loopsync.engine import Engine
-    from loopsync.runner import build_connector, build_loop_client, new_run_id
-    from loopsync.store import Store
     from loopsync.timeutil import FakeClock
 
     quiet_logs()
@@ -51,20 +44,17 @@ def worker(loop_url: str, state_dir: str) -> None:
     clock = FakeClock(NOW)
     cfg = worker_config(loop_url, Path(state_dir) / "memory.sqlite",
                         start=clock.now() - dt.timedelta(days=HISTORY_DAYS))
-    store = Store(cfg.state_path, clock)
-    loop = build_loop_client(cfg, clock)
-    connector = build_connector(cfg, clock, store, stop=threading.Event())
-    engine = Engine(cfg, store, loop, connector, clock=clock, run_id=new_run_id())
+    engine = build_engine(cfg, clock)
     started = time.perf_counter()
     engine.ingest()
     seconds = time.perf_counter() - started
-    stored = store.db.execute("select count(*) from returns").fetchone()[0]
-    connector.close()
-    store.close()
+    stored = engine.store.db.execute("select count(*) from returns").fetchone()[0]
+    requests = engine.loop.http.requests_sent
+    close_engine(engine)
     print(json.dumps({"peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                       "vm_hwm_kib": _vm_hwm_kib(), "rss_before_pull_kib": before,
                       "seconds": seconds, "stored": stored,
-                      "requests": loop.http.requests_sent, "errors": engine.counts.errors}))
+                      "requests": requests, "errors": engine.counts.errors}))
 
 
 def _vm_hwm_kib() -> int | None:
@@ -116,12 +106,7 @@ def main() -> None:
     if len(sys.argv) == 4 and sys.argv[1] == "--worker":
         worker(sys.argv[2], sys.argv[3])
         return
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--small", type=int, default=10_000)
-    p.add_argument("--large", type=int, default=100_000)
-    p.add_argument("--no-record", action="store_true", help="do not append to BENCHMARKS.md")
-    args = p.parse_args()
-    run(args.small, args.large, record=not args.no_record)
+    cli(__doc__, run, small=10_000, large=100_000)
 
 
 if __name__ == "__main__":

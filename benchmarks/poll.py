@@ -26,12 +26,11 @@ later poll once more with 500 RMAs, which the engine hands to the connector in o
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections import Counter
 from typing import Any
 
-from benchmarks.common import (Bench, append_row, close_engine, fmt_s, print_table,
+from benchmarks.common import (Bench, append_row, cli, close_engine, fmt_s, print_table,
                                quiet_logs, verdict)
 from loopsync.connectors.base import PushRequest
 from loopsync.engine import POLL_CHUNK
@@ -58,7 +57,9 @@ def build(b: Bench, kind: str, n: int) -> Any:
             store.link_rma(ret.id, ref.rma_id, ref.extra)
             store.set_stage(ret.id, OPEN)
     close_engine(engine)
-    assert len(Store(cfg.state_path, b.clock).open_rmas()) == n
+    store = Store(cfg.state_path, b.clock)
+    assert len(store.open_rmas()) == n
+    store.close()
     return cfg
 
 
@@ -229,11 +230,7 @@ def run(n: int = 5_000, record: bool = True) -> dict[str, Any]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--rmas", type=int, default=5_000)
-    p.add_argument("--no-record", action="store_true", help="do not append to BENCHMARKS.md")
-    args = p.parse_args()
-    run(args.rmas, record=not args.no_record)
+    cli(__doc__, run, rmas=5_000)
 
 
 if __name__ == "__main__":

@@ -21,12 +21,11 @@ waiting take no real time. Checked afterwards from the emulators' own records:
 
 from __future__ import annotations
 
-import argparse
 import time
 from typing import Any
 
-from benchmarks.common import Bench, append_row, fmt_s, print_table, quiet_logs, verdict
-from benchmarks.steady import FINISHED_STATES
+from benchmarks.common import (FINISHED_STATES, Bench, append_row, cli, fmt_s, print_table,
+                               quiet_logs, verdict)
 from loopsync.sandbox import LOOP_KEY
 from loopsync.sandbox.shiphero import CreditMeter
 
@@ -87,12 +86,7 @@ def run(history: int = 50_000, open_returns: int = 1_000, record: bool = True) -
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--history", type=int, default=50_000)
-    p.add_argument("--open", type=int, default=1_000)
-    p.add_argument("--no-record", action="store_true", help="do not append to BENCHMARKS.md")
-    args = p.parse_args()
-    run(args.history, args.open, record=not args.no_record)
+    cli(__doc__, run, history=50_000, open=1_000)
 
 
 if __name__ == "__main__":

@@ -49,7 +49,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import shutil
 import signal
@@ -62,10 +61,15 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # run as `python benchmarks/soak.py`, or loaded by file path
+    sys.path.insert(0, str(REPO))
+
+from benchmarks.common import git_commit, machine  # noqa: E402
 from loopsync.sandbox import Sandbox
 from loopsync.sandbox.server import Fault, Request, Response, json_response
 from loopsync.store import Store
@@ -80,7 +84,6 @@ SLOW = CLIENT_TIMEOUT + 0.5     # a "slow" answer comes after the client gave up
 INITIAL_RETURNS = 16
 MAX_CLEAN_CYCLES = 8
 CLEAN_CYCLE_LIMIT = 300         # seconds
-REPO = Path(__file__).resolve().parent.parent
 # The clean-phase worker: `loopsync run --once` with Loop's process-queue grace at 0.
 SETTLED_WORKER = ("import datetime, sys, loopsync.engine as engine; "
                   "engine.PROCESS_SETTLE = datetime.timedelta(0); "
@@ -224,7 +227,6 @@ class ConnectorSoak:
         self.folder = name == "generic-folder"
         self.kills_wanted = kills
         self.rng = random.Random(f"{seed}:{name}")
-        self.seed = seed
         self.workdir = workdir
         self.fault_rate = fault_rate
         self.mode = mode
@@ -662,7 +664,7 @@ def record(reports: Sequence[Report], *, seconds: float, command: str,
     """Add one row to the soak table in BENCHMARKS.md (the section is created at the end
     of the file the first time). Re-read just before writing; nothing else changes."""
     t = totals(reports)
-    row = (f"| {datetime.now(UTC):%Y-%m-%d} | {machine()} | {commit()} | `{command}` | "
+    row = (f"| {datetime.now(UTC):%Y-%m-%d} | {machine()} | {git_commit()} | `{command}` | "
            f"{', '.join(r.connector for r in reports)} | {t['kills']} | {t['faults']} | "
            f"{t['returns']} | {t['eligible']} | {t['finished']} | "
            f"{t['duplicate_rmas'] + t['duplicate_actions'] + t['duplicate_notes']} | "
@@ -686,23 +688,6 @@ def record(reports: Sequence[Report], *, seconds: float, command: str,
             f"Settings: {SETTINGS_NOTE}. duplicates = extra RMAs + extra process/flag calls "
             "+ repeated notes.", "", TABLE_HEAD, TABLE_RULE, row]) + "\n"
     path.write_text(new, encoding="utf-8")
-
-
-def machine() -> str:
-    return f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU, " \
-           f"Python {platform.python_version()}"
-
-
-def commit() -> str:
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
-                              capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=REPO, capture_output=True, text=True,
-                               timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return (head or "unknown") + ("+dirty" if dirty else "")
 
 
 # -- command line -----------------------------------------------------------------------------

@@ -28,19 +28,17 @@ I/O -- and on the worker thread's CPU time.
 
 from __future__ import annotations
 
-import argparse
 import random
 import time
 from collections import Counter
 from typing import Any
 
-from benchmarks.common import (Bench, append_row, fmt_s, print_table, quiet_logs, ratio,
-                               verdict)
+from benchmarks.common import (FINISHED_STATES, Bench, append_row, cli, fmt_s, print_table,
+                               quiet_logs, ratio, verdict)
 from loopsync.store import Store
 
 IN_FLIGHT = 200
 CHANGED_IN_FLIGHT, CHANGED_FINISHED = 20, 80
-FINISHED_STATES = (("closed", 8), ("cancelled", 4), ("expired", 4), ("review", 4))
 TARGET = 1.5
 ROUNDS = 3
 
@@ -130,12 +128,7 @@ def run(small: int = 1_000, large: int = 100_000, record: bool = True) -> dict[s
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--small", type=int, default=1_000)
-    p.add_argument("--large", type=int, default=100_000)
-    p.add_argument("--no-record", action="store_true", help="do not append to BENCHMARKS.md")
-    args = p.parse_args()
-    run(args.small, args.large, record=not args.no_record)
+    cli(__doc__, run, small=1_000, large=100_000)
 
 
 if __name__ == "__main__":

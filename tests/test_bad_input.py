@@ -78,6 +78,44 @@ def actions(sb: Any, rid: str) -> list[str]:
     return sb.loop.actions_for(rid)
 
 
+def assert_bad_one_held(make_sandbox: Any, tmp_path: Any, clock: Any, kind: str,
+                        serve_bad: Callable[[Any, str], None], reason: str,
+                        created: str = "pushed") -> tuple[Any, Any, str]:
+    """Four open returns get RMAs (`counts.<created>`) and are all received; then the
+    answer about the last one is malformed (`serve_bad(sb, bad)` sets that up). The other
+    three are still processed, the bad one is held and `loopsync status` shows `reason`.
+    Returns (sandbox, config, bad return id)."""
+    sb = make_sandbox(kind)
+    good = open_returns(sb, 3)
+    bad = open_returns(sb, 1)[0]
+    cfg = config(sb, tmp_path)
+    assert getattr(sb.run_cycle(cfg).counts, created) == 4
+    finish(sb, good + [bad])
+    serve_bad(sb, bad)
+    clock.advance(60)
+    result = sb.run_cycle(cfg)
+    assert result.counts.processed == 3, result.stage_errors
+    assert all(actions(sb, rid) == ["process"] for rid in good)
+    assert actions(sb, bad) == []
+    reported(cfg, rf"{bad}\s+poll\s+.*{reason}")
+    return sb, cfg, bad
+
+
+def assert_extras_ignored(make_sandbox: Any, tmp_path: Any, clock: Any, kind: str,
+                          serve_extra: Callable[[Any, str], None]) -> None:
+    """Two received returns, the answer about the first carrying unknown extra fields
+    (`serve_extra(sb, rid)`): both are processed."""
+    sb = make_sandbox(kind)
+    ids = open_returns(sb, 2)
+    cfg = config(sb, tmp_path)
+    sb.run_cycle(cfg)
+    finish(sb, ids)
+    serve_extra(sb, ids[0])
+    clock.advance(60)
+    result = sb.run_cycle(cfg)
+    assert result.ok and result.counts.processed == 2, result.stage_errors
+
+
 # -- Loop: returns list objects -----------------------------------------------------------------
 
 def is_list(req: Request) -> bool:
@@ -337,36 +375,17 @@ SHIPHERO_REJECTED = [
                          ids=[c[0] for c in SHIPHERO_REJECTED])
 def test_shiphero_return_malformed_is_held_and_the_batch_goes_on(make_sandbox, tmp_path, clock,
                                                                  case, edit, reason):
-    sb = make_sandbox("shiphero")
-    good = open_returns(sb, 3)
-    bad = open_returns(sb, 1)[0]
-    cfg = config(sb, tmp_path)
-    assert sb.run_cycle(cfg).counts.pushed == 4
-    finish(sb, good + [bad])
-    shiphero_return_served_as(sb, bad, edit)
-    clock.advance(60)
-    result = sb.run_cycle(cfg)
-    assert result.counts.processed == 3, result.stage_errors
-    assert all(actions(sb, rid) == ["process"] for rid in good)
-    assert actions(sb, bad) == []
-    reported(cfg, rf"{bad}\s+poll\s+.*{reason}")
+    assert_bad_one_held(make_sandbox, tmp_path, clock, "shiphero",
+                        lambda sb, bad: shiphero_return_served_as(sb, bad, edit), reason)
 
 
 def test_shiphero_unknown_extra_fields_are_ignored(make_sandbox, tmp_path, clock):
-    sb = make_sandbox("shiphero")
-    ids = open_returns(sb, 2)
-    cfg = config(sb, tmp_path)
-    sb.run_cycle(cfg)
-    finish(sb, ids)
-
     def extra(node: dict[str, Any]) -> None:
         node["x_new"] = {"a": 1}
         node["line_items"][0]["x_bin"] = "A-12"
 
-    shiphero_return_served_as(sb, ids[0], extra)
-    clock.advance(60)
-    result = sb.run_cycle(cfg)
-    assert result.ok and result.counts.processed == 2, result.stage_errors
+    assert_extras_ignored(make_sandbox, tmp_path, clock, "shiphero",
+                          lambda sb, rid: shiphero_return_served_as(sb, rid, extra))
 
 
 # -- PeopleVox: the returns report --------------------------------------------------------------
@@ -430,31 +449,14 @@ PEOPLEVOX_REJECTED = [
                          ids=[c[0] for c in PEOPLEVOX_REJECTED])
 def test_peoplevox_row_malformed_is_held_and_the_batch_goes_on(make_sandbox, tmp_path, clock,
                                                                case, edit, reason):
-    sb = make_sandbox("peoplevox")
-    good = open_returns(sb, 3)
-    bad = open_returns(sb, 1)[0]
-    cfg = config(sb, tmp_path)
-    assert sb.run_cycle(cfg).counts.pushed == 4
-    finish(sb, good + [bad])
-    pvx_rows_served_as(sb, bad, edit)
-    clock.advance(60)
-    result = sb.run_cycle(cfg)
-    assert result.counts.processed == 3, result.stage_errors
-    assert all(actions(sb, rid) == ["process"] for rid in good)
-    assert actions(sb, bad) == []
-    reported(cfg, rf"{bad}\s+poll\s+.*{reason}")
+    assert_bad_one_held(make_sandbox, tmp_path, clock, "peoplevox",
+                        lambda sb, bad: pvx_rows_served_as(sb, bad, edit), reason)
 
 
 def test_peoplevox_unknown_extra_columns_are_ignored(make_sandbox, tmp_path, clock):
-    sb = make_sandbox("peoplevox")
-    ids = open_returns(sb, 2)
-    cfg = config(sb, tmp_path)
-    sb.run_cycle(cfg)
-    finish(sb, ids)
-    pvx_rows_served_as(sb, ids[0], lambda header, row: None, extra_column="Bin location")
-    clock.advance(60)
-    result = sb.run_cycle(cfg)
-    assert result.ok and result.counts.processed == 2, result.stage_errors
+    assert_extras_ignored(make_sandbox, tmp_path, clock, "peoplevox",
+                          lambda sb, rid: pvx_rows_served_as(sb, rid, lambda header, row: None,
+                                                             extra_column="Bin location"))
 
 
 # -- Xoro: ASNs ---------------------------------------------------------------------------------
@@ -505,32 +507,16 @@ XORO_REJECTED = [
 @pytest.mark.parametrize("case, edit, reason", XORO_REJECTED, ids=[c[0] for c in XORO_REJECTED])
 def test_xoro_asn_malformed_is_held_and_the_batch_goes_on(make_sandbox, tmp_path, clock, case,
                                                           edit, reason):
-    sb = make_sandbox("xoro")
-    good = open_returns(sb, 3)
-    bad = open_returns(sb, 1)[0]
-    cfg = config(sb, tmp_path)
-    assert sb.run_cycle(cfg).counts.linked == 4
-    finish(sb, good + [bad])
-    xoro_asn_served_as(sb, bad, edit)
-    clock.advance(60)
-    result = sb.run_cycle(cfg)
-    assert result.counts.processed == 3, result.stage_errors
-    assert all(actions(sb, rid) == ["process"] for rid in good)
-    assert actions(sb, bad) == []
-    reported(cfg, rf"{bad}\s+poll\s+.*{reason}")
+    assert_bad_one_held(make_sandbox, tmp_path, clock, "xoro",
+                        lambda sb, bad: xoro_asn_served_as(sb, bad, edit), reason,
+                        created="linked")
 
 
 def test_xoro_unknown_extra_fields_are_ignored(make_sandbox, tmp_path, clock):
-    sb = make_sandbox("xoro")
-    ids = open_returns(sb, 2)
-    cfg = config(sb, tmp_path)
-    sb.run_cycle(cfg)
-    finish(sb, ids)
-    xoro_asn_served_as(sb, ids[0], lambda asn: asn.update(X_New={"a": 1}) or
-                       asn["AsnDetailData"][0].update(UnitCost=9.5))
-    clock.advance(60)
-    result = sb.run_cycle(cfg)
-    assert result.ok and result.counts.processed == 2, result.stage_errors
+    assert_extras_ignored(make_sandbox, tmp_path, clock, "xoro",
+                          lambda sb, rid: xoro_asn_served_as(
+                              sb, rid, lambda asn: asn.update(X_New={"a": 1}) or
+                              asn["AsnDetailData"][0].update(UnitCost=9.5)))
 
 
 # -- the generic 3PL over HTTP: the receipt feed -----------------------------------------------
@@ -576,20 +562,14 @@ GENERIC_REJECTED = [
                          ids=[c[0] for c in GENERIC_REJECTED])
 def test_generic_receipt_malformed_holds_its_rma_only(make_sandbox, tmp_path, clock, case,
                                                       fields, reason):
-    sb = make_sandbox("generic")
-    good = open_returns(sb, 3)
-    bad = open_returns(sb, 1)[0]
-    cfg = config(sb, tmp_path)
-    assert sb.run_cycle(cfg).counts.pushed == 4
-    finish(sb, good + [bad])
-    served = {"record": {**receipt(bad, first_sku(sb, bad)), **fields}}
-    feed_also_serves(sb, served)
-    clock.advance(60)
-    result = sb.run_cycle(cfg)
-    assert result.counts.processed == 3, result.stage_errors
-    assert all(actions(sb, rid) == ["process"] for rid in good)
-    assert actions(sb, bad) == []
-    reported(cfg, rf"{bad}\s+poll\s+.*{reason}")
+    served: dict[str, Any] = {}
+
+    def serve_bad(sb: Any, bad: str) -> None:
+        served["record"] = {**receipt(bad, first_sku(sb, bad)), **fields}
+        feed_also_serves(sb, served)
+
+    sb, cfg, bad = assert_bad_one_held(make_sandbox, tmp_path, clock, "generic", serve_bad,
+                                       reason)
     # Once the 3PL corrects the record (same receipt id), the RMA goes on.
     served["record"] = receipt(bad, first_sku(sb, bad), quantity=0)
     clock.advance(60)

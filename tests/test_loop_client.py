@@ -483,3 +483,18 @@ def test_rate_limited_reads_give_up_when_the_hint_is_too_long(
     with pytest.raises(RateLimited):
         client.destinations()
     assert len(mocked.calls) == 1
+
+
+def test_runs_sharing_a_key_share_its_limiter_across_runs():
+    """Each run has a SystemClock of its own (it wakes at that run's shutdown); the budget
+    of an API key must still be one for the whole process, or back-to-back runs and
+    merchants sharing a key could exceed Loop's 300 a minute together."""
+    import threading
+
+    from loopsync.http import shared_limiter
+    from loopsync.timeutil import SystemClock
+
+    key = f"key-{uuid.uuid4()}"
+    first = shared_limiter("loop", key, 280, 60, SystemClock(threading.Event()))
+    assert shared_limiter("loop", key, 280, 60, SystemClock(threading.Event())) is first
+    assert shared_limiter("loop", key, 280, 60, FakeClock()) is not first  # its own time

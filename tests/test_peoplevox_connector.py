@@ -100,6 +100,15 @@ def push_request(raw: dict[str, Any], site: str = "MAIN",
     return PushRequest(LoopReturn.from_api(raw), site, asn_rows)
 
 
+def connected(emu: ServedEmulator, clock: FakeClock,
+              raw: dict[str, Any] | None = None) -> tuple[dict[str, Any], PeopleVoxConnector]:
+    """The return `raw` (default: `loop_return()`) with its order in PeopleVox, and a
+    connector."""
+    raw = loop_return() if raw is None else raw
+    emu.on_loop_return(raw)
+    return raw, make_connector(emu, clock)
+
+
 def create(con: PeopleVoxConnector, req: PushRequest) -> RmaRef:
     return con.create_rma(req, con.locate(req))
 
@@ -308,10 +317,9 @@ def test_rma_status_from_rows_aggregates_per_sku() -> None:
 
 def test_return_becomes_an_ra_with_its_items(emu: ServedEmulator,
                                              fake_clock: FakeClock) -> None:
-    raw = loop_return(lines=(("SKU-1", "Too small", "tight"), ("SKU-1", "Too small", "tight"),
-                             ("SKU-2", "Damaged on arrival", "torn seam")))
-    emu.on_loop_return(raw)
-    con = make_connector(emu, fake_clock)
+    raw, con = connected(emu, fake_clock, loop_return(lines=(
+        ("SKU-1", "Too small", "tight"), ("SKU-1", "Too small", "tight"),
+        ("SKU-2", "Damaged on arrival", "torn seam"))))
     req = push_request(raw)
     located = con.locate(req)
     assert located == {"sales_order_number": "1001", "customer_po_reference": "1001"}
@@ -337,9 +345,7 @@ def test_return_becomes_an_ra_with_its_items(emu: ServedEmulator,
 
 def test_tracking_number_comes_from_asn_rows_when_the_return_has_none(
         emu: ServedEmulator, fake_clock: FakeClock) -> None:
-    raw = loop_return(tracking=None)
-    emu.on_loop_return(raw)
-    con = make_connector(emu, fake_clock)
+    raw, con = connected(emu, fake_clock, loop_return(tracking=None))
     create(con, push_request(raw, asn_rows=({"tracking_number": ""},
                                             {"tracking_number": "TRACK-ASN-1"})))
     assert emu.ra("501")["header"]["ReturnTrackingNumber"] == "TRACK-ASN-1"
@@ -407,17 +413,14 @@ def test_columns_come_from_get_save_template(emu: ServedEmulator,
 def test_template_without_a_required_column_is_a_permanent_error(
         emu: ServedEmulator, fake_clock: FakeClock) -> None:
     emu.save_templates[emu.ra_items_template].remove("Quantity")
-    raw = loop_return()
-    emu.on_loop_return(raw)
-    con = make_connector(emu, fake_clock)
+    raw, con = connected(emu, fake_clock)
     with pytest.raises(PermanentError, match="lacks column.*Quantity"):
         create(con, push_request(raw))
 
 
 def test_csv_hard_cases_round_trip(emu: ServedEmulator, fake_clock: FakeClock) -> None:
-    raw = loop_return(customer=HARD_TEXT, lines=(("SKU-1", "", HARD_TEXT),))
-    emu.on_loop_return(raw)
-    con = make_connector(emu, fake_clock)
+    raw, con = connected(emu, fake_clock,
+                         loop_return(customer=HARD_TEXT, lines=(("SKU-1", "", HARD_TEXT),)))
     create(con, push_request(raw))
     assert emu.ra("501")["header"]["ReturnSenderName"] == HARD_TEXT
     assert emu.ra("501")["items"][0]["ReturnAuthorizationItemComments"] == HARD_TEXT
@@ -451,24 +454,28 @@ def test_rejected_row_does_not_stop_the_next_return(emu: ServedEmulator,
 
 def test_rejected_header_names_the_problem(emu: ServedEmulator,
                                            fake_clock: FakeClock) -> None:
-    raw = loop_return()
-    emu.on_loop_return(raw)
-    con = make_connector(emu, fake_clock)
+    raw, con = connected(emu, fake_clock)
     with pytest.raises(Rejected, match="Site 'NOWHERE' does not exist"):
         create(con, push_request(raw, site="NOWHERE"))
     assert not emu.has_rma("501")
 
 
-def test_lost_header_answer_then_the_rerun_finishes_without_a_second_ra(
-        emu: ServedEmulator, fake_clock: FakeClock) -> None:
-    raw = loop_return()
-    emu.on_loop_return(raw)
-    con = make_connector(emu, fake_clock)
+def lose_save_answer(emu: ServedEmulator, clock: FakeClock, template: str,
+                     ) -> tuple[PeopleVoxConnector, PushRequest, dict[str, str]]:
+    """Create the RA of `loop_return()` with the connection reset after the SaveData to
+    `template` (saved, answer lost): OutcomeUnknown. Returns (connector, request, located)."""
+    raw, con = connected(emu, clock)
     req = push_request(raw)
     located = con.locate(req)
-    emu.faults.inject(Fault("reset_after"), when=is_save_to("Return authorizations"))
+    emu.faults.inject(Fault("reset_after"), when=is_save_to(template))
     with pytest.raises(OutcomeUnknown):
         con.create_rma(req, located)
+    return con, req, located
+
+
+def test_lost_header_answer_then_the_rerun_finishes_without_a_second_ra(
+        emu: ServedEmulator, fake_clock: FakeClock) -> None:
+    con, req, located = lose_save_answer(emu, fake_clock, "Return authorizations")
     assert emu.rma_count("501") == 1 and emu.ra("501")["items"] == []
 
     assert con.find_rma(req, located) is None  # header without items is not finished
@@ -479,14 +486,7 @@ def test_lost_header_answer_then_the_rerun_finishes_without_a_second_ra(
 
 def test_lost_items_answer_then_find_rma_finds_it(emu: ServedEmulator,
                                                   fake_clock: FakeClock) -> None:
-    raw = loop_return()
-    emu.on_loop_return(raw)
-    con = make_connector(emu, fake_clock)
-    req = push_request(raw)
-    located = con.locate(req)
-    emu.faults.inject(Fault("reset_after"), when=is_save_to("Return authorizations items"))
-    with pytest.raises(OutcomeUnknown):
-        con.create_rma(req, located)
+    con, req, located = lose_save_answer(emu, fake_clock, "Return authorizations items")
     saves = ops(emu, "SaveData")
 
     assert con.find_rma(req, located) == RmaRef("501", "501", {
@@ -506,9 +506,7 @@ def test_no_save_in_a_dry_run(emu: ServedEmulator, fake_clock: FakeClock) -> Non
 
 def test_unreadable_write_answer_is_outcome_unknown(emu: ServedEmulator,
                                                     fake_clock: FakeClock) -> None:
-    raw = loop_return()
-    emu.on_loop_return(raw)
-    con = make_connector(emu, fake_clock)
+    raw, con = connected(emu, fake_clock)
     emu.faults.inject(Fault("malformed"), when=is_save_to("Return authorizations"))
     with pytest.raises(OutcomeUnknown, match="unreadable answer"):
         create(con, push_request(raw))
@@ -518,9 +516,7 @@ def test_unreadable_write_answer_is_outcome_unknown(emu: ServedEmulator,
 
 def test_session_expiry_in_the_middle_reauthenticates_and_retries_once(
         emu: ServedEmulator, fake_clock: FakeClock) -> None:
-    raw = loop_return()
-    emu.on_loop_return(raw)
-    con = make_connector(emu, fake_clock)
+    raw, con = connected(emu, fake_clock)
     req = push_request(raw)
     located = con.locate(req)
 
@@ -539,9 +535,7 @@ def test_session_expiry_in_the_middle_reauthenticates_and_retries_once(
 
 def test_idle_session_is_renewed_before_it_expires(emu: ServedEmulator,
                                                    fake_clock: FakeClock) -> None:
-    raw = loop_return()
-    emu.on_loop_return(raw)
-    con = make_connector(emu, fake_clock)
+    raw, con = connected(emu, fake_clock)
     con.locate(push_request(raw))
     fake_clock.advance(timedelta(minutes=26))
     con.locate(push_request(raw))
@@ -560,9 +554,7 @@ def test_password_base64_is_sent_and_secrets_are_not_logged(emu: ServedEmulator,
     from loopsync.sandbox.server import Recorder
 
     emu.recorder = Recorder()
-    raw = loop_return()
-    emu.on_loop_return(raw)
-    con = make_connector(emu, fake_clock)
+    raw, con = connected(emu, fake_clock)
     configure_logs(json_output=True, level="debug")  # capture_logs keeps the level filter
     with capture_logs() as logs:
         create(con, push_request(raw))
@@ -577,9 +569,7 @@ def test_password_base64_is_sent_and_secrets_are_not_logged(emu: ServedEmulator,
 
 def test_client_fault_is_not_retried_and_server_fault_is(emu: ServedEmulator,
                                                          fake_clock: FakeClock) -> None:
-    raw = loop_return()
-    emu.on_loop_return(raw)
-    con = make_connector(emu, fake_clock)
+    raw, con = connected(emu, fake_clock)
     req = push_request(raw)
     con.locate(req)
     client_fault = Fault("custom", response=lambda r: soap_fault("Client", "bad request"))
@@ -595,9 +585,7 @@ def test_client_fault_is_not_retried_and_server_fault_is(emu: ServedEmulator,
 
 def test_client_limiter_keeps_under_15_calls_in_15_seconds(emu: ServedEmulator,
                                                           fake_clock: FakeClock) -> None:
-    raw = loop_return()
-    emu.on_loop_return(raw)
-    con = make_connector(emu, fake_clock)
+    raw, con = connected(emu, fake_clock)
     start = fake_clock.monotonic()
     for _ in range(40):
         con.locate(push_request(raw))

@@ -293,6 +293,18 @@ def test_locate_pages_through_long_orders(clock, rsps):
     assert gql.payloads[1]["variables"] == {"id": ORDER_ID, "lines": 10, "after": "bGluZXM="}
 
 
+def test_order_lines_paging_stops_when_a_next_page_has_no_cursor(clock, rsps):
+    """`hasNextPage: true` without an `endCursor` ends the lines: asking again with no
+    cursor would fetch page 1 over and over."""
+    token_endpoint(rsps)
+    more = {"data": {"order": {"request_id": "r", "complexity": 27, "data": {"line_items": {
+        "pageInfo": {"hasNextPage": True, "endCursor": None},
+        "edges": [{"node": {"sku": "B"}}]}}}}}
+    gql = GraphQL(rsps, connection("orders", [order_node(skus=("A",), more_lines=True)]), more)
+    assert make_connector(clock).locate(push())["skus"] == ["A", "B"]
+    assert len(gql.payloads) == 2
+
+
 # -- find / create ------------------------------------------------------------------------
 
 def test_find_rma_matches_partner_id_across_pages(clock, rsps):

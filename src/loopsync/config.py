@@ -15,9 +15,8 @@ from loopsync.configkit import Secret, Section
 from loopsync.connectors import KINDS, available_kinds, connector_class
 from loopsync.connectors.base import GradingRules, StatusRules, WarehouseSettings
 from loopsync.errors import ConfigError
+from loopsync.loop_client import LOOP_STATES, MAX_WINDOW
 
-LOOP_STATES = ("open", "closed", "cancelled", "review", "expired")
-MAX_WINDOW = timedelta(days=120)
 LOOP_GRADES = ("grade_a", "grade_b", "grade_c", "grade_d", "incorrect_item", "missing", "junk")
 LOOP_DISPOSITIONS = ("back_to_stock", "resale_hold", "recycle", "donate", "missing")
 

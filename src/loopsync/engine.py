@@ -28,7 +28,7 @@ from loopsync.config import MerchantConfig
 from loopsync.connectors.base import NotReady, PollStopped, PushRequest, WarehouseConnector
 from loopsync.errors import (OutcomeUnknown, PermanentError, Rejected, RemoteError, StateConflict,
                              TransientError)
-from loopsync.loop_client import PaginationStopped
+from loopsync.loop_client import DISPOSITION_BATCH, PaginationStopped, batched
 from loopsync.models import LoopReturn, MalformedReturn, RmaRef, RmaStatus, asn_row_problem
 from loopsync.prefetch import prefetched
 from loopsync.store import Store
@@ -209,12 +209,7 @@ class Engine:
             for page in prefetched(pages, name="loop-pages"):
                 last = page
                 with self.store.atomic():
-                    # One query for the page's known returns instead of two per return.
-                    heads = self.store.return_heads([str(raw.get("id")).strip()
-                                                     for raw in page.returns
-                                                     if isinstance(raw, dict)])
-                    for raw in page.returns:
-                        self._ingest_return(raw, heads)
+                    self._ingest_page(page.returns)
                     self.store.save_page(RETURNS, state, window.start, window.end,
                                          page.next_cursor)
                 if self.stop.is_set() and page.next_cursor:
@@ -239,8 +234,15 @@ class Engine:
             self.store.complete_window(RETURNS, state, window.end)
         return COMPLETE
 
-    def _ingest_return(self, raw: Any, heads: dict[str, Any] | None = None) -> str | None:
-        """`heads`: Store.return_heads of the page (None: look the return up)."""
+    def _ingest_page(self, returns: list[Any]) -> list[str]:
+        """Store a page of list objects (in the caller's transaction); their ids."""
+        # One query for the page's known returns instead of one per return.
+        heads = self.store.return_heads([str(raw.get("id")).strip() for raw in returns
+                                         if isinstance(raw, dict)])
+        return [rid for raw in returns if (rid := self._ingest_return(raw, heads))]
+
+    def _ingest_return(self, raw: Any, heads: dict[str, Any]) -> str | None:
+        """`heads`: Store.return_heads of the page."""
         self.counts.pulled += 1
         try:
             ret = LoopReturn.from_api(raw)
@@ -249,18 +251,15 @@ class Engine:
             rid = _raw_id(raw)
             self._problem(rid, "ingest", f"malformed Loop return: {exc}")
             return None
-        head = st.LOOKUP if heads is None else heads.get(ret.id)
-        if heads is not None:
-            heads[ret.id] = st.LOOKUP  # the same id again in this page: read it afresh
-        existed = self.store.has_return(ret.id) if head is st.LOOKUP else head is not None
-        changed = self.store.upsert_return(
+        head = heads.get(ret.id)
+        heads[ret.id] = st.LOOKUP  # the same id again in this page: read it afresh
+        outcome = self.store.upsert_return(
             ret.id, raw, state=ret.state, updated_at=ret.updated_at, created_at=ret.created_at,
             destination_id=ret.destination_id, order_name=ret.order_name, head=head)
-        if changed:
-            if existed:
-                self.counts.changed += 1
-            else:
-                self.counts.new += 1
+        if outcome == st.NEW_RETURN:
+            self.counts.new += 1
+        elif outcome == st.CHANGED_RETURN:
+            self.counts.changed += 1
         return ret.id
 
     def ingest_asn(self) -> None:
@@ -290,10 +289,7 @@ class Engine:
             for window in plan_windows(start, end, self.cfg.loop.window):
                 for page in self.loop.iter_returns(window.start, window.end, state):
                     with self.store.atomic():
-                        for raw in page.returns:
-                            rid = self._ingest_return(raw)
-                            if rid:
-                                ids.add(rid)
+                        ids.update(self._ingest_page(page.returns))
         return ids
 
     def import_return(self, return_id: str) -> set[str]:
@@ -309,7 +305,7 @@ class Engine:
                 for raw in page.returns:
                     if isinstance(raw, dict) and str(raw.get("id")) == str(return_id):
                         with self.store.atomic():
-                            self._ingest_return(raw)
+                            self._ingest_page([raw])
                         return {str(return_id)}
         raise PermanentError("loop", f"return {return_id} not found in the returns list "
                                      f"around its updated_at {iso(updated)}")
@@ -358,7 +354,8 @@ class Engine:
         plan = rules.plan_push(ret, self.cfg.warehouse.destinations,
                                needs_destination=self.connector.creates_rmas)
         unknown_outcome = bool(effect and effect["status"] == st.INTENT)
-        if unknown_outcome and self._too_soon(effect, CREATE_SETTLE * self.cfg.warehouse.timeout):
+        if unknown_outcome and self._too_soon(
+                effect, timedelta(seconds=CREATE_SETTLE * self.cfg.warehouse.timeout)):
             return  # the lost create may still land; looking now could miss it
         if not plan.push and not unknown_outcome:
             if row["stage"] != st.SKIPPED:
@@ -488,10 +485,10 @@ class Engine:
 
     def _record_status(self, rid: str, status: RmaStatus) -> None:
         decision = rules.decide(status, self.cfg.warehouse.statuses)
-        first_poll = not (self.store.rma(rid) or {}).get("fingerprint")
-        changed = self.store.record_poll(rid, status.status, json.dumps(asdict(status)),
-                                         json.dumps(status.fingerprint()), decision.action,
-                                         decision.reason)
+        fingerprint = json.dumps(status.fingerprint())
+        previous = self.store.record_poll(rid, status.status, json.dumps(asdict(status)),
+                                          fingerprint, decision.action, decision.reason)
+        first_poll, changed = previous is None, previous != fingerprint
         if decision.action in (rules.IGNORE, rules.WAIT):
             # A fresh RMA with nothing received is not news; a later ignore status is.
             quiet = first_poll and status.received_units == 0
@@ -507,9 +504,10 @@ class Engine:
             return
         ret = LoopReturn.from_api(self.store.snapshot(rid))
         grades, assessments = rules.grading_items(ret, status, self.cfg.warehouse.grading)
-        for n, batch in enumerate(_batches(grades, 20)):
+        # One effect per request Loop takes, so a retry re-sends only its own batch.
+        for n, batch in enumerate(batched(grades, DISPOSITION_BATCH)):
             self.store.plan_effect(f"grade:{rid}:{n}", rid, "grade", {"items": batch})
-        for n, batch in enumerate(_batches(assessments, 20)):
+        for n, batch in enumerate(batched(assessments, DISPOSITION_BATCH)):
             self.store.plan_effect(f"assess:{rid}:{n}", rid, "assess", {"items": batch})
         if decision.action == rules.PROCESS:
             self.store.plan_effect(f"process:{rid}", rid, "process", {"reason": decision.reason})
@@ -586,7 +584,7 @@ class Engine:
         """After an unknown outcome: 'done' if Loop shows it happened, 'wait' if it cannot
         tell yet, 'repeat' if it certainly did not happen (or repeating is harmless)."""
         if kind == "note":
-            if self._too_soon(effect, NOTE_SETTLE * self.cfg.loop.timeout):
+            if self._too_soon(effect, timedelta(seconds=NOTE_SETTLE * self.cfg.loop.timeout)):
                 return "wait"  # the lost request may still be being written: look later
             # Compared with white space folded: Loop may store the text reformatted.
             texts = {_fold(n.get("content")) for n in self.loop.notes(rid) if isinstance(n, dict)}
@@ -597,16 +595,14 @@ class Engine:
                 return "done"
             if state != "open":
                 return "done"  # the return left 'open' some other way; do not fire again
-            since = parse_timestamp(effect["updated_at"])
-            if kind == "process" and self.clock.now() - since < PROCESS_SETTLE:
+            if kind == "process" and self._too_soon(effect, PROCESS_SETTLE):
                 return "wait"  # Loop processes asynchronously; give the first call time
             return "repeat"
         return "repeat"  # grade/assess: re-sending the same grades is harmless
 
-    def _too_soon(self, effect: dict[str, Any], seconds: float) -> bool:
-        """Is the effect's last attempt (or its failure) less than `seconds` ago?"""
-        return self.clock.now() - parse_timestamp(effect["updated_at"]) < \
-            timedelta(seconds=seconds)
+    def _too_soon(self, effect: dict[str, Any], wait: timedelta) -> bool:
+        """Is the effect's last attempt (or its failure) less than `wait` ago?"""
+        return self.clock.now() - parse_timestamp(effect["updated_at"]) < wait
 
     def _settle(self, key: str, rid: str, kind: str, status: str, message: str | None) -> None:
         reason = message or payload_reason(self.store, key)
@@ -652,10 +648,6 @@ def _describe(kind: str, payload: dict[str, Any]) -> str:
 
 def _fold(text: Any) -> str:
     return " ".join(str(text or "").split())
-
-
-def _batches(items: list[Any], size: int) -> list[list[Any]]:
-    return [items[i:i + size] for i in range(0, len(items), size)]
 
 
 def _raw_id(raw: Any) -> str | None:

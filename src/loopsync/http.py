@@ -55,8 +55,10 @@ class RateLimiter:
         self._sent: collections.deque[float] = collections.deque()
         self._lock = threading.Lock()
 
-    def acquire(self) -> float:
-        """Block until a request may go; returns the seconds waited."""
+    def acquire(self, sleep: Callable[[float], None] | None = None) -> float:
+        """Block until a request may go; returns the seconds waited. `sleep`: the caller's
+        (its run's clock wakes it at shutdown), else the limiter clock's."""
+        sleep = sleep or self.clock.sleep
         waited = 0.0
         while True:
             with self._lock:
@@ -68,7 +70,7 @@ class RateLimiter:
                     return waited
                 delay = self._sent[0] + self.period - now
             delay = max(delay, 0.001)
-            self.clock.sleep(delay)
+            sleep(delay)
             waited += delay
 
 
@@ -79,14 +81,15 @@ _shared_lock = threading.Lock()
 def shared_limiter(system: str, key: str, limit: int, period: float,
                    clock: Clock | None = None) -> RateLimiter:
     """One limiter per (system, credential) in this process, so merchants sharing a key
-    share its budget."""
+    share its budget, across runs too: every run's SystemClock is one timeline. A clock on
+    another timeline (a test's FakeClock) gets a limiter of its own."""
     import hashlib
 
     ident = (system, hashlib.sha256(key.encode()).hexdigest())
     with _shared_lock:
         lim = _shared_limiters.get(ident)
         if lim is None or lim.limit != limit or lim.period != period or \
-                (clock is not None and lim.clock is not clock):
+                (clock is not None and lim.clock.timeline is not clock.timeline):
             lim = _shared_limiters[ident] = RateLimiter(limit, period, clock)
         return lim
 
@@ -215,7 +218,7 @@ class HttpClient:
               data: bytes | str | None, headers: Mapping[str, str] | None,
               idempotent: bool) -> HttpResult:
         if self.limiter is not None:
-            self.limiter.acquire()
+            self.limiter.acquire(self.clock.sleep)
         self.requests_sent += 1
         try:
             resp = self.session.request(method, self.url(path), params=params, json=json_body,

@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, NoReturn, TypeVar
 from urllib.parse import unquote, urlsplit
 
@@ -32,13 +32,14 @@ from loopsync.errors import (DryRunViolation, ErrorBody, OutcomeUnknown, Permane
                              StateConflict, TransientError)
 from loopsync.http import HttpClient, HttpResult, RetryPolicy, error_text, shared_limiter
 from loopsync.timeutil import Clock, loop_wire
+from loopsync.windows import MAX_SPAN
 
 log = structlog.get_logger("loopsync.loop_client")
 
 SYSTEM = "loop"
-LOOP_STATES = ("open", "closed", "cancelled", "expired", "review")
+LOOP_STATES = ("open", "closed", "cancelled", "review", "expired")  # config: default order
 LIST_FILTERS = ("created_at", "updated_at")
-MAX_WINDOW = timedelta(days=120)      # Loop answers 422 beyond this
+MAX_WINDOW = MAX_SPAN                 # 120 days: Loop answers 422 beyond this
 MAX_PAGE_SIZE = 750                   # current docs; older snapshots said 500/700
 NOTE_MAX_CHARS = 254                  # Loop: content "must be less than 255 characters"
 DISPOSITION_BATCH = 20                # the grading guide says 20 (the OpenAPI says 30)

@@ -56,6 +56,10 @@ SUCCEEDED = "done"
 SETTLED = "settled"    # the remote was already in the wanted state (or refused for state)
 FAILED = "failed"      # permanent failure; recorded, not retried
 
+# What upsert_return did with a snapshot.
+NEW_RETURN = "new"
+CHANGED_RETURN = "changed"
+
 LOOKUP: Any = object()  # upsert_return(head=LOOKUP): read the stored row's head itself
 
 
@@ -99,10 +103,6 @@ def _migrate_v1(db: sqlite_utils.Database) -> None:
 
 
 MIGRATIONS = {1: _migrate_v1}
-
-
-def snapshot_hash(raw: dict[str, Any]) -> str:
-    return _snapshot(raw)[1]
 
 
 def _snapshot(raw: dict[str, Any]) -> tuple[str, str]:
@@ -187,8 +187,9 @@ class Store:
     # -- returns ------------------------------------------------------------------------
     def upsert_return(self, rid: str, raw: dict[str, Any], *, state: str, updated_at: datetime,
                       created_at: datetime | None, destination_id: str | None,
-                      order_name: str | None, head: Any = LOOKUP) -> bool:
-        """Store the latest snapshot. Returns True when it is new or changed.
+                      order_name: str | None, head: Any = LOOKUP) -> str | None:
+        """Store the latest snapshot: NEW_RETURN, CHANGED_RETURN, or None (unchanged or
+        older than the stored one).
 
         `head`: what `return_heads` gave for this id (None: not stored), so a page of
         returns needs one look-up query, not one per return.
@@ -202,9 +203,9 @@ class Store:
         if existing is not None:
             if existing["hash"] == h:
                 self.db.execute("update returns set last_seen_at = ? where id = ?", [now, rid])
-                return False
+                return None
             if existing["updated_at"] and parse_timestamp(existing["updated_at"]) > updated_at:
-                return False
+                return None
         row = {"id": rid, "state": state, "updated_at": iso(updated_at),
                "created_at": iso(created_at), "destination_id": destination_id,
                "order_name": order_name, "snapshot": text, "hash": h, "last_seen_at": now}
@@ -213,18 +214,25 @@ class Store:
             # Plain SQL: sqlite-utils' insert() costs more than the rest of ingest per row.
             self.db.execute(f"insert into returns ({', '.join(row)}) "
                             f"values ({', '.join('?' * len(row))})", list(row.values()))
-        else:
-            # A skipped return may have become eligible (state or destination changed).
-            if existing["stage"] == SKIPPED:
-                row.update(stage=NEW, reason=None, stage_at=now)
-            self.db["returns"].update(rid, row)
-        return True
+            return NEW_RETURN
+        # A skipped return may have become eligible (state or destination changed).
+        if existing["stage"] == SKIPPED:
+            row.update(stage=NEW, reason=None, stage_at=now)
+        del row["id"]
+        self._update_return(rid, row)
+        return CHANGED_RETURN
 
     def _return_head(self, rid: str) -> dict[str, Any] | None:
         """What upsert_return compares, without reading the snapshot."""
-        row = self.db.execute("select hash, updated_at, stage from returns where id = ?",
-                              [rid]).fetchone()
-        return None if row is None else {"hash": row[0], "updated_at": row[1], "stage": row[2]}
+        return self.return_heads([rid]).get(rid)
+
+    def _update_return(self, rid: str, fields: dict[str, Any]) -> None:
+        # Plain SQL: sqlite-utils' update() costs ~0.2 ms a call, and ingest and the first
+        # cycle's push stage call this for every return they read.
+        cur = self.db.execute(f"update returns set {', '.join(f'{k} = ?' for k in fields)} "
+                              "where id = ?", [*fields.values(), rid])
+        if cur.rowcount == 0:
+            raise NotFoundError(f"no return {rid} in the store")
 
     def return_heads(self, rids: list[str]) -> dict[str, dict[str, Any]]:
         """`_return_head` of each stored return among `rids`, by id, in few queries."""
@@ -235,9 +243,6 @@ class Store:
                                        f"id in ({', '.join('?' * len(chunk))})", chunk):
                 out[row[0]] = {"hash": row[1], "updated_at": row[2], "stage": row[3]}
         return out
-
-    def has_return(self, rid: str) -> bool:
-        return self.db.execute("select 1 from returns where id = ?", [rid]).fetchone() is not None
 
     def get_return_row(self, rid: str) -> dict[str, Any] | None:
         rows = list(self.db.query("select * from returns where id = ?", [rid]))
@@ -256,12 +261,7 @@ class Store:
             fields["action"] = action
         if stage == WAITING and not keep_wait_since:
             fields["wait_since"] = now
-        # Plain SQL: sqlite-utils' update() costs ~0.2 ms a call, and the first cycle sets
-        # the stage of every return it read.
-        cur = self.db.execute(f"update returns set {', '.join(f'{k} = ?' for k in fields)} "
-                              "where id = ?", [*fields.values(), rid])
-        if cur.rowcount == 0:
-            raise NotFoundError(f"no return {rid} in the store")
+        self._update_return(rid, fields)
 
     def return_ids_in_stage(self, *stages: str, limit: int | None = None) -> list[str]:
         marks = ",".join("?" * len(stages))
@@ -321,17 +321,17 @@ class Store:
         return rows
 
     def record_poll(self, rid: str, status_word: str, status_json: str, fingerprint: str,
-                    decision: str, reason: str) -> bool:
-        """Store a polled status; True when it differs from the last one seen."""
-        prev = self.rma(rid)
-        changed = prev is None or prev.get("fingerprint") != fingerprint
+                    decision: str, reason: str) -> str | None:
+        """Store a polled status; returns the fingerprint it replaces (None: first poll)."""
+        row = self.db.execute("select fingerprint from rmas where return_id = ?",
+                              [rid]).fetchone()
         cur = self.db.execute(  # plain SQL: a poll stage records thousands of these
             "update rmas set status = ?, status_json = ?, fingerprint = ?, polled_at = ?, "
             "decision = ?, decision_reason = ? where return_id = ?",
             [status_word, status_json, fingerprint, self.now(), decision, reason, rid])
         if cur.rowcount == 0:
             raise NotFoundError(f"no RMA for return {rid} in the store")
-        return changed
+        return row[0] if row else None
 
     # -- effects ledger -------------------------------------------------------------------
     def effect(self, key: str) -> dict[str, Any] | None:

@@ -77,9 +77,17 @@ class Clock(Protocol):
 
     def monotonic(self) -> float: ...
 
+    @property
+    def timeline(self) -> object:
+        """Clocks with the same timeline read the same time (and may share a limiter)."""
+        ...
+
 
 class SystemClock:
     """Real time. `sleep` wakes early when `stop` is set, so shutdown is prompt."""
+
+    # Every SystemClock reads the same time: a rate limiter may be shared between them.
+    timeline: object = "system"
 
     def __init__(self, stop: threading.Event | None = None) -> None:
         self.stop = stop
@@ -101,6 +109,10 @@ class SystemClock:
 
 class FakeClock:
     """Test clock: time moves only when told to (or when something sleeps)."""
+
+    @property
+    def timeline(self) -> object:
+        return self  # each fake clock keeps a time of its own
 
     def __init__(self, start: datetime | str = "2026-06-01T00:00:00Z") -> None:
         self._now = parse_timestamp(start) if isinstance(start, str) else start

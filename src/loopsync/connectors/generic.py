@@ -224,6 +224,9 @@ class Transport(Protocol):
 class GenericConnector(WarehouseConnector):
     kind: ClassVar[str] = "generic"
     default_base_url: ClassVar[str] = ""  # unused: the URLs are rma_url and receipts_url
+    # Each poll reads the whole receipt feed (every inbox file, or every page since the
+    # cursor), whatever the batch: one call for all open RMAs, not one per chunk.
+    polls_all_at_once: ClassVar[bool] = True
     default_statuses: ClassVar[dict[str, list[str]]] = {
         "process": [COMPLETE], "flag": [], "ignore": [PARTIAL]}
     default_flag_conditions: ClassVar[list[str]] = [DAMAGED, MISSING]
@@ -573,7 +576,7 @@ class FolderTransport:
                          rma_csv(record).encode("utf-8"))
 
     def read_receipts(self, rmas: Sequence[RmaRef]
-                      ) -> tuple[list[ReceiptLine], Callable[[], None]]:
+                      ) -> tuple[list[ReceiptLine], list[Unreadable], Callable[[], None]]:
         lines: list[ReceiptLine] = []
         applied: list[_InboxFile] = []
         rejected: list[tuple[_InboxFile, str]] = []

@@ -308,6 +308,16 @@ def parse_fault(text: str) -> SoapFault | None:
         body = _soap_body(text)
     except ValueError:
         return None
+    return _fault_in(body)
+
+
+def parse_result(text: str, operation: str) -> SoapResult:
+    """`<Op>Response/<Op>Result` -> SoapResult. ValueError when the answer is not one."""
+    return _result_in(_soap_body(text), operation)
+
+
+def _fault_in(body: ET.Element) -> SoapFault | None:
+    """The Fault in a parsed SOAP Body, or None."""
     fault = body.find(f"{{{SOAP_NS}}}Fault")
     if fault is None:
         return None
@@ -315,9 +325,8 @@ def parse_fault(text: str) -> SoapFault | None:
     return SoapFault(code=code, message=(fault.findtext("faultstring") or "").strip())
 
 
-def parse_result(text: str, operation: str) -> SoapResult:
-    """`<Op>Response/<Op>Result` -> SoapResult. ValueError when the answer is not one."""
-    body = _soap_body(text)
+def _result_in(body: ET.Element, operation: str) -> SoapResult:
+    """`<Op>Response/<Op>Result` in a parsed SOAP Body. ValueError when there is none."""
     result = next((el for el in body.iter() if _local(el.tag) == f"{operation}Result"), None)
     if result is None:
         raise ValueError(f"no {operation}Result in the answer")
@@ -533,11 +542,12 @@ class PeopleVoxClient:
 def read_answer(result: HttpResult, operation: str, *, idempotent: bool,
                 throttle_wait: float) -> SoapResult:
     """Turn a 2xx answer into a SoapResult or the error it carries."""
-    fault = parse_fault(result.text)
-    if fault is not None:
-        raise fault_error(fault, idempotent=idempotent, retry_after=throttle_wait)
     try:
-        answer = parse_result(result.text, operation)
+        body = _soap_body(result.text)  # parsed once, read for a Fault, then the Result
+        fault = _fault_in(body)
+        if fault is not None:  # fault_error's errors are no ValueError: they pass through
+            raise fault_error(fault, idempotent=idempotent, retry_after=throttle_wait)
+        answer = _result_in(body, operation)
     except ValueError as exc:
         message = f"{operation}: unreadable answer ({exc})"
         # A write whose answer is garbage may have happened: look it up before repeating.

@@ -298,7 +298,7 @@ class ShipHeroConnector(WarehouseConnector):
                                         "customer_account_id": self.cfg.customer_account_id})
         variables = {**filters, "first": self.cfg.order_page_size, "lines": LINES_PAGE_SIZE}
         return [self._located(node)
-                for node in self._paged("orders", query, variables, "orders")]
+                for node in self._paged("orders", query, variables, ("orders", "data"))]
 
     def _located(self, order: dict[str, Any]) -> dict[str, Any]:
         """The JSON-safe part of an order that create_rma needs."""
@@ -318,17 +318,9 @@ class ShipHeroConnector(WarehouseConnector):
         }
 
     def _more_skus(self, order_id: str, after: str | None) -> set[str]:
-        skus: set[str] = set()
-        while True:
-            body = self._graphql("order_lines", ORDER_LINES,
-                                 {"id": order_id, "lines": LINES_PAGE_SIZE, "after": after})
-            lines = (((body.get("data") or {}).get("order") or {}).get("data") or {}) \
-                .get("line_items") or {}
-            skus |= {edge["node"]["sku"] for edge in lines.get("edges") or [] if edge.get("node")}
-            page = lines.get("pageInfo") or {}
-            if not page.get("hasNextPage"):
-                return skus
-            after = page.get("endCursor")
+        return {node["sku"] for node in self._paged(
+            "order_lines", ORDER_LINES, {"id": order_id, "lines": LINES_PAGE_SIZE},
+            ("order", "data", "line_items"), after=after)}
 
     @staticmethod
     def _best_order(orders: list[dict[str, Any]], wanted: dict[str, int]
@@ -343,7 +335,7 @@ class ShipHeroConnector(WarehouseConnector):
         query, filters = _returns_query({"order_id": order_id,
                                          "customer_account_id": self.cfg.customer_account_id})
         yield from self._paged("returns", query, {**filters, "first": RETURNS_PAGE_SIZE},
-                               "returns")
+                               ("returns", "data"))
 
     def _return_input(self, req: PushRequest, located: dict[str, Any]) -> dict[str, Any]:
         ret = req.ret
@@ -391,13 +383,15 @@ class ShipHeroConnector(WarehouseConnector):
                     result.errors[ref.return_id] = str(exc)
 
     # -- transport ----------------------------------------------------------------------
-    def _paged(self, op: str, query: str, variables: dict[str, Any], root: str
-               ) -> Iterator[dict[str, Any]]:
-        """Nodes of a relay connection under `<root>.data`, page after page."""
-        after = None
+    def _paged(self, op: str, query: str, variables: dict[str, Any], path: Sequence[str],
+               *, after: str | None = None) -> Iterator[dict[str, Any]]:
+        """Nodes of a relay connection at `path` under the body's `data` (("orders",
+        "data"): `data.orders.data`), page after page from the cursor `after`."""
         while True:
             body = self._graphql(op, query, {**variables, "after": after})
-            connection = (((body.get("data") or {}).get(root) or {}).get("data") or {})
+            connection = body.get("data") or {}
+            for key in path:
+                connection = connection.get(key) or {}
             for edge in connection.get("edges") or []:
                 if edge and edge.get("node"):
                     yield edge["node"]

@@ -35,7 +35,7 @@ from loopsync.connectors.base import (ConnectorContext, PollResult, PollStopped,
                                       WarehouseConnector, WarehouseSettings)
 from loopsync.errors import ErrorBody, RateLimited, Rejected, TransientError
 from loopsync.http import HttpClient, HttpResult, shared_limiter
-from loopsync.models import REPLACEMENT, ItemStatus, RmaRef, RmaStatus
+from loopsync.models import REPLACEMENT, ItemStatus, RmaRef, RmaStatus, whole_number
 from loopsync.timeutil import iso, parse_timestamp
 
 log = structlog.get_logger("loopsync.connectors.xoro")
@@ -300,15 +300,12 @@ def _rows(data: Any) -> list[Any]:
 def _quantity(line: dict[str, Any], field: str, asn_number: str, n: int) -> int:
     raw: Any = line.get(field)
     try:
-        value = float(raw)  # Xoro sends quantities as decimals (1.0)
-        if isinstance(raw, bool) or value < 0 or not value.is_integer():  # nan, inf too
-            raise ValueError(raw)
-    except (TypeError, ValueError):
+        return whole_number(raw, field)  # Xoro sends quantities as decimals (1.0)
+    except ValueError:
         hint = "" if field == QTY_EXPECTED else \
             " (the field is set by warehouse.received_qty_field)"
         raise ValueError(f"Xoro ASN {asn_number} line {n}: '{field}' is {raw!r}, not a "
                          f"quantity{hint}") from None
-    return int(value)
 
 
 def _order_key(value: Any) -> str:
