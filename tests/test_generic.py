@@ -98,12 +98,15 @@ def item(status, sku):
 
 # -- HTTP: delivery -------------------------------------------------------------------------
 
-def test_rma_post_is_signed_over_the_exact_body(threepl, clock):
+def test_rma_post_is_signed_over_timestamp_method_path_and_exact_body(threepl, clock):
     req = request()
     ref = deliver(http_connector(threepl, clock), req)
     assert ref.rma_id == req.ret.id and ref.extra["units"] == req.ret.units_by_sku()
     post = threepl.recorder.calls("generic", method="POST")[0]
-    digest = hmac.new(threepl.signing_secret.encode(), post.body, hashlib.sha256).hexdigest()
+    stamp = post.headers["X-Loopsync-Timestamp"]
+    assert int(stamp) == int(clock.now().timestamp())
+    signed = f"v1\n{stamp}\nPOST\n/rmas\n".encode() + post.body
+    digest = hmac.new(threepl.signing_secret.encode(), signed, hashlib.sha256).hexdigest()
     assert post.headers["X-Loopsync-Signature"] == f"sha256={digest}"
     assert post.headers["X-Api-Key"] == threepl.token
     body = post.json()

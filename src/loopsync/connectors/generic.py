@@ -30,6 +30,7 @@ HTTP transport
        POST {rma_url}
        Content-Type: application/json
        {auth_header}: {auth_token}                       (when auth_token is set)
+       X-Loopsync-Timestamp: 1780315200                   (when signing_secret is set)
        X-Loopsync-Signature: sha256=<hex>                 (when signing_secret is set)
 
        {
@@ -46,9 +47,19 @@ HTTP transport
          ]
        }
 
-   The signature is the lowercase hex HMAC-SHA256 of the exact request body bytes, keyed
-   with the shared signing secret; verify it before parsing and answer 401 when it does
-   not match.
+   The signature is the lowercase hex HMAC-SHA256, keyed with the shared signing secret,
+   of this canonical string (bytes; `\n` is one line feed)::
+
+       "v1\n" + timestamp + "\n" + METHOD + "\n" + path + "\n" + body
+
+   `timestamp` is the X-Loopsync-Timestamp header exactly as sent (Unix seconds, ASCII
+   digits); METHOD is upper case (`POST`); `path` is the request target exactly as on the
+   request line (`/rmas`, with `?query` when rma_url has one); `body` is the exact body
+   bytes. Before parsing, recompute it, compare with `hmac.compare_digest` (constant
+   time), and answer 401 when it does not match or when the timestamp is more than 5
+   minutes from your clock (a replayed request). A rate-limited POST is re-sent with its
+   first timestamp, at most ~2 minutes later. `examples/verify_signature.py` is a
+   verifying receiver.
 
    Answers: `201` (or `200`) with the stored RMA record `{"rma_number": "...", ...}`.
    **Idempotent by RMA number**: POSTing a number the 3PL already has must not create a
@@ -138,6 +149,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol
 from urllib.parse import quote
 
+import requests
 import structlog
 
 from loopsync.configkit import Secret, Section
@@ -157,6 +169,7 @@ _SEVERITY = {AVAILABLE: 0, DAMAGED: 1, MISSING: 2}
 COMPLETE, PARTIAL = "complete", "partial"
 
 SIGNATURE_HEADER = "X-Loopsync-Signature"
+TIMESTAMP_HEADER = "X-Loopsync-Timestamp"
 RMA_COLUMNS = ("rma_number", "line", "sku", "quantity", "title", "order_name", "order_number",
                "customer", "destination", "carrier", "tracking_number", "created_at")
 RECEIPT_REQUIRED = ("rma_number", "sku", "quantity", "condition")
@@ -457,7 +470,12 @@ class HttpTransport:
         body = json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
         headers = {"Content-Type": "application/json"}
         if self.conf.signing_secret is not None:
-            headers[SIGNATURE_HEADER] = sign(self.conf.signing_secret.value, body)
+            # Signed over time, method and path too, so a captured request cannot be
+            # replayed later or against another route.
+            timestamp = str(int(self.clock.now().timestamp()))
+            headers[TIMESTAMP_HEADER] = timestamp
+            headers[SIGNATURE_HEADER] = sign(self.conf.signing_secret.value, timestamp, "POST",
+                                             request_target(self.conf.rma_url), body)
         try:
             self.http.request("POST", self.conf.rma_url, data=body, headers=headers,
                               idempotent=False)
@@ -506,8 +524,23 @@ class HttpTransport:
         self.http.session.close()
 
 
-def sign(secret: str, body: bytes) -> str:
-    return "sha256=" + hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
+def canonical_string(timestamp: str, method: str, path: str, body: bytes) -> bytes:
+    """What the signature covers (documented above for the 3PL): version, timestamp,
+    method, request target, body."""
+    head = f"v1\n{timestamp}\n{method.upper()}\n{path}\n"
+    return head.encode("utf-8") + body
+
+
+def sign(secret: str, timestamp: str, method: str, path: str, body: bytes) -> str:
+    digest = hmac.new(secret.encode("utf-8"), canonical_string(timestamp, method, path, body),
+                      hashlib.sha256).hexdigest()
+    return "sha256=" + digest
+
+
+def request_target(url: str) -> str:
+    """The path (and query) as requests puts it on the request line: the 3PL signs what
+    it receives, so any re-quoting requests does must be in the string we sign."""
+    return requests.Request("POST", url).prepare().path_url
 
 
 def _json_object(result: HttpResult) -> None:

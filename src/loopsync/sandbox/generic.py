@@ -1,8 +1,9 @@
 """The sandbox 3PL for the generic connector (the AMS model), over both transports that
 `loopsync.connectors.generic` documents.
 
-HTTP: `POST /rmas` verifies the HMAC signature (a bad one is refused with 401 and kept in
-`bad_signatures`), stores RMAs idempotently by number (a repeat answers
+HTTP: `POST /rmas` verifies the HMAC signature over timestamp, method, request target and
+body, and refuses a timestamp more than `signature_tolerance` seconds from its clock (a bad
+or stale one is refused with 401 and kept in `bad_signatures`), stores RMAs idempotently by number (a repeat answers
 `duplicate_status` with the existing record), `GET /rmas/{number}` looks one up, and
 `GET /receipts?since&page&page_size` serves the receipt feed, paged.
 
@@ -34,6 +35,8 @@ from loopsync.timeutil import Clock, SystemClock, iso, parse_timestamp
 
 TOKEN_ENV, SIGNING_ENV = "THREEPL_TOKEN", "THREEPL_SIGNING_SECRET"
 SIGNATURE_HEADER = "X-Loopsync-Signature"
+TIMESTAMP_HEADER = "X-Loopsync-Timestamp"
+SIGNATURE_TOLERANCE = 300  # seconds either side of the 3PL's clock
 RECEIPT_COLUMNS = ("receipt_id", "rma_number", "sku", "quantity", "condition", "received_at")
 # Loop destination id -> 3PL warehouse, as written into the sandbox config.
 DESTINATIONS = {"12": "WH-EAST", "13": "WH-WEST"}
@@ -79,12 +82,10 @@ class GenericEmulator(WarehouseEmulator):
 
     def _post_rma(self, req: Request) -> Response:
         if self.signing_secret is not None:
-            expected = "sha256=" + hmac.new(self.signing_secret.encode(), req.body,
-                                            hashlib.sha256).hexdigest()
-            given = str(req.headers.get(SIGNATURE_HEADER) or "")
-            if not hmac.compare_digest(given, expected):
-                self.bad_signatures.append(given)
-                return json_response({"error": "bad signature"}, 401)
+            problem = self._signature_problem(req)
+            if problem:
+                self.bad_signatures.append(str(req.headers.get(SIGNATURE_HEADER) or ""))
+                return json_response({"error": problem}, 401)
         try:
             record = req.json()
         except ValueError:
@@ -98,6 +99,24 @@ class GenericEmulator(WarehouseEmulator):
             return json_response(self.rmas[number], self.duplicate_status)
         self.rmas[number] = {**record, "status": "open"}
         return json_response(self.rmas[number], 201)
+
+    def _signature_problem(self, req: Request) -> str | None:
+        """As a careful 3PL checks it: fresh timestamp, then the HMAC of
+        v1\\n<timestamp>\\n<METHOD>\\n<request target>\\n<body>, in constant time."""
+        assert self.signing_secret is not None
+        stamp = str(req.headers.get(TIMESTAMP_HEADER) or "")
+        if not (stamp.isascii() and stamp.isdigit()) or len(stamp) > 12:
+            return "missing or malformed timestamp"
+        if abs(self.clock.now().timestamp() - int(stamp)) > SIGNATURE_TOLERANCE:
+            return "stale timestamp"
+        target = req.raw_path or req.path
+        message = f"v1\n{stamp}\n{req.method.upper()}\n{target}\n".encode() + req.body
+        expected = "sha256=" + hmac.new(self.signing_secret.encode(), message,
+                                        hashlib.sha256).hexdigest()
+        given = str(req.headers.get(SIGNATURE_HEADER) or "")
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            return "bad signature"
+        return None
 
     def _get_receipts(self, req: Request) -> Response:
         try:
