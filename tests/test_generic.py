@@ -245,13 +245,15 @@ def test_rma_file_is_written_atomically(folder_3pl, clock, monkeypatch):
     real_replace = os.replace
     seen = []
 
-    def replace(src, dst):
-        # The moment before the file gets its final name: complete, hidden, same folder.
-        src = os.fspath(src)
-        assert not final.exists()
+    def replace(src, dst, *, src_dir_fd=None, dst_dir_fd=None):
+        # The moment before the file gets its final name: complete, hidden, same folder
+        # (named relative to the folder's descriptor, so no link on the way is followed).
+        folder = os.readlink(f"/proc/self/fd/{src_dir_fd}") if src_dir_fd is not None else ""
+        src = os.path.join(folder, os.fspath(src))
+        assert not final.exists() and src_dir_fd == dst_dir_fd
         assert os.path.dirname(src) == str(outbox) and os.path.basename(src).startswith(".")
         seen.append(Path(src).read_text(encoding="utf-8"))
-        real_replace(src, dst)
+        real_replace(src, os.path.join(folder, os.fspath(dst)))
 
     monkeypatch.setattr(os, "replace", replace)
     deliver(conn, req)

@@ -17,6 +17,7 @@ either the old state or the new one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -482,12 +483,20 @@ class MerchantLock:
     SIGKILLed run never wedges the next one."""
 
     def __init__(self, state_path: Path) -> None:
-        self.path = Path(str(state_path) + ".lock")
+        # Keyed by the state file's real path: two paths to one file (a link, `..`, a
+        # linked folder) must find the same lock, or two workers would run one merchant.
+        self.path = Path(os.path.realpath(state_path) + ".lock")
         self._fd: int | None = None
 
     def acquire(self) -> MerchantLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
+        try:  # O_NOFOLLOW: truncating below must never reach a file a link points to
+            fd = os.open(self.path, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
+            raise LockHeld(f"{self.path} is a symbolic link; loopsync will not lock through "
+                           "it (remove it)") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -114,6 +114,11 @@ loopsync owns `archive/` and `rejected/`; the 3PL writes `inbox/` and reads `out
 
       rma_number,line,sku,quantity,title,order_name,order_number,customer,destination,carrier,tracking_number,created_at
 
+  A text cell that starts with `=`, `+`, `-`, `@`, a tab or a carriage return gets a
+  leading `'` so a spreadsheet shows it as text instead of running it as a formula
+  (`-TEE` is written `'-TEE`); strip that `'` when reading such a cell. `line` and
+  `quantity` are plain numbers. In receipt files loopsync reads `'-TEE` back as `-TEE`.
+
 - Receipts: the 3PL writes `*.csv` files into `inbox/`, named as it likes, each written
   under a temporary name (starting with `.` or ending in `.tmp`) and then renamed. A
   header row is required; column names are case-insensitive and in any order; other
@@ -128,19 +133,24 @@ loopsync owns `archive/` and `rejected/`; the 3PL writes `inbox/` and reads `out
   deletes; a name already there gets a `.1`, `.2`, ... suffix). A file with any bad row is
   moved whole to `rejected/` with `<name>.reason.txt` beside it, and the other files still
   apply; fix it and drop it into `inbox/` again.
+- Links: loopsync never follows a symbolic link it did not create. An inbox entry that is
+  a link (or a FIFO, a device, anything but a regular file) is not read and not quoted,
+  only named in `loopsync status`; a link at a name loopsync would write (an outbox file,
+  a reason file, an archive name) is never written through: the outbox write is refused
+  and retried, and a reason file or archive name moves on to a free name. Files are only
+  created inside the configured folders: names come from the folder listing or from the
+  RMA number, and an RMA number that is not a plain file name (`..`, `/`) is refused.
 """
 
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import hmac
 import io
-import itertools
 import json
-import os
-import shutil
-import uuid
+import stat
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -152,6 +162,7 @@ from urllib.parse import quote
 import requests
 import structlog
 
+from loopsync import safefiles
 from loopsync.configkit import Secret, Section
 from loopsync.connectors.base import (ConnectorContext, KeyValue, PollResult, PushRequest,
                                       WarehouseConnector, WarehouseSettings, normalize_status)
@@ -592,75 +603,157 @@ def _next_page(body: dict[str, Any], page: int) -> int | None:
 
 @dataclass(frozen=True)
 class _InboxFile:
-    path: Path
-    stamp: tuple[int, int, int]  # inode, size, mtime: unchanged since it was read?
+    name: str
+    stamp: safefiles.Stamp  # inode, size, mtime: unchanged since it was read?
+
+
+# A receipt file bigger than this is refused, not read into memory (a 3PL's daily file is
+# kilobytes; this is thousands of times that).
+MAX_RECEIPT_FILE = 64 << 20
 
 
 class FolderTransport:
+    """Shared folders the 3PL can write too: nothing here follows a symbolic link it did
+    not create or writes outside the configured folders (`loopsync.safefiles`)."""
+
     def __init__(self, conf: GenericSettings) -> None:
         self.conf = conf
 
     def has_rma(self, rma_number: str) -> bool:
         name = _rma_file_name(rma_number)
-        return (self.conf.outbox / name).is_file() or (self.conf.archive / name).is_file()
+        return any(_is_regular(folder, name) for folder in (self.conf.outbox, self.conf.archive))
 
     def deliver(self, record: dict[str, Any]) -> None:
-        write_atomically(self.conf.outbox / _rma_file_name(record["rma_number"]),
-                         rma_csv(record).encode("utf-8"))
+        name = _rma_file_name(record["rma_number"])
+        try:
+            with safefiles.open_folder(self.conf.outbox) as outbox:
+                safefiles.replace_atomically(outbox, name, rma_csv(record).encode("utf-8"))
+        except OSError as exc:  # a link in the way too: reported, retried, never followed
+            raise TransientError(SYSTEM, f"cannot write {self.conf.outbox / name}: "
+                                         f"{exc.strerror or exc}") from None
 
     def read_receipts(self, rmas: Sequence[RmaRef]
                       ) -> tuple[list[ReceiptLine], list[Unreadable], Callable[[], None]]:
         lines: list[ReceiptLine] = []
         applied: list[_InboxFile] = []
         rejected: list[tuple[_InboxFile, str]] = []
-        for path in self._inbox_files():
-            stat = path.stat()
-            seen = _InboxFile(path, (stat.st_ino, stat.st_size, stat.st_mtime_ns))
-            try:
-                lines.extend(parse_receipt_file(path.read_bytes()))
-                applied.append(seen)
-            except ValueError as exc:
-                rejected.append((seen, str(exc)))
+        refused: list[Unreadable] = []
+        try:
+            with safefiles.open_folder(self.conf.inbox) as inbox:
+                for name in self._inbox_files(inbox, refused):
+                    try:
+                        data, stamp = safefiles.read_regular(inbox, name,
+                                                             limit=MAX_RECEIPT_FILE)
+                    except FileNotFoundError:
+                        continue  # taken away by the 3PL meanwhile
+                    except (OSError, ValueError) as exc:
+                        refused.append((None, _refusal(name, exc)))
+                        continue
+                    seen = _InboxFile(name, stamp)
+                    try:
+                        lines.extend(parse_receipt_file(data))
+                        applied.append(seen)
+                    except ValueError as exc:
+                        rejected.append((seen, str(exc)))
+        except OSError as exc:
+            raise TransientError(SYSTEM, f"cannot read inbox {self.conf.inbox}: "
+                                         f"{exc.strerror or exc}") from None
         log.info("generic.inbox_read", files=len(applied), rejected=len(rejected),
-                 lines=len(lines))
+                 refused=len(refused), lines=len(lines))
         # The whole file waits in rejected/ for the 3PL; `loopsync status` says why.
-        unreadable: list[Unreadable] = [
-            (None, f"receipt file {seen.path.name} rejected: {reason}")
+        unreadable: list[Unreadable] = refused + [
+            (None, f"receipt file {seen.name} rejected: {reason}")
             for seen, reason in rejected]
 
         def commit() -> None:
-            for seen in applied:
-                self._move_aside(seen, self.conf.archive)
-            for seen, reason in rejected:
-                moved = self._move_aside(seen, self.conf.rejected)
-                if moved is not None:
-                    moved.with_name(moved.name + ".reason.txt").write_text(reason + "\n",
-                                                                            encoding="utf-8")
-                    log.warning("generic.receipt_file_rejected", file=moved.name, reason=reason)
+            with safefiles.open_folder(self.conf.inbox) as inbox:
+                for seen in applied:
+                    self._move_aside(inbox, seen, self.conf.archive)
+                for seen, reason in rejected:
+                    moved = self._move_aside(inbox, seen, self.conf.rejected,
+                                             reserve=REASON_SUFFIX)
+                    if moved is not None:
+                        _write_reason(self.conf.rejected, moved, reason + "\n")
+                        log.warning("generic.receipt_file_rejected", file=moved, reason=reason)
 
         return lines, unreadable, commit
 
-    def _inbox_files(self) -> list[Path]:
-        files = [p for p in self.conf.inbox.iterdir()
-                 if p.is_file() and p.suffix.lower() == ".csv" and not p.name.startswith(".")]
-        return sorted(files, key=lambda p: (p.stat().st_mtime_ns, p.name))
+    @staticmethod
+    def _inbox_files(inbox: int, refused: list[Unreadable]) -> list[str]:
+        """Receipt files to read, oldest first. A link or anything but a regular file is
+        refused, named, and neither read nor quoted: it could point outside the share."""
+        names = []
+        for name, kind in safefiles.entries(inbox):
+            if name.startswith(".") or not name.lower().endswith(".csv"):
+                continue
+            if kind != "file":
+                what = "a symbolic link" if kind == "link" else "not a regular file"
+                refused.append((None, f"inbox entry {name!r} is {what}: not read (loopsync "
+                                      "reads only regular files)"))
+                continue
+            names.append(name)
 
-    def _move_aside(self, seen: _InboxFile, folder: Path) -> Path | None:
-        """Move a read file out of the inbox, never over another file. None when the file
-        changed or went since it was read: then it is read again next time, or is gone."""
+        def age(name: str) -> tuple[int, str]:
+            st = safefiles.lstat(inbox, name)
+            return (st.st_mtime_ns if st else 0, name)
+
+        return sorted(names, key=age)
+
+    def _move_aside(self, inbox: int, seen: _InboxFile, folder: Path, *,
+                    reserve: str = "") -> str | None:
+        """Move a read file out of the inbox, never over another file and never through a
+        link; the name it got. None when the file changed or went since it was read:
+        then it is read again next time, or is gone."""
+        st = safefiles.lstat(inbox, seen.name)
+        if st is None or not stat.S_ISREG(st.st_mode) or safefiles.Stamp.of(st) != seen.stamp:
+            return None
         try:
-            stat = seen.path.stat()
+            with safefiles.open_folder(folder, create=True) as target:
+                return safefiles.move_no_clobber(inbox, seen.name, target, reserve=reserve)
         except FileNotFoundError:
             return None
-        if (stat.st_ino, stat.st_size, stat.st_mtime_ns) != seen.stamp:
+        except OSError as exc:  # stays in the inbox; applied again harmlessly next time
+            log.warning("generic.move_aside_failed", file=seen.name, folder=str(folder),
+                        error=exc.strerror or str(exc))
             return None
-        folder.mkdir(parents=True, exist_ok=True)
-        target = _free_name(folder / seen.path.name)
-        shutil.move(seen.path, target)  # a rename; a copy then delete across filesystems
-        return target
 
     def close(self) -> None:
         """Nothing held open between calls."""
+
+
+REASON_SUFFIX = ".reason.txt"
+
+
+def _write_reason(folder: Path, moved: str, text: str) -> None:
+    """`<moved>.reason.txt` beside the rejected file, created exclusively: a link or file
+    already at that name is left alone, never written through."""
+    try:
+        with safefiles.open_folder(folder) as fd:
+            safefiles.create_exclusive(fd, moved + REASON_SUFFIX, text.encode("utf-8"))
+    except OSError as exc:
+        log.warning("generic.reason_file_not_written", file=moved + REASON_SUFFIX,
+                    error=exc.strerror or str(exc))
+
+
+def _refusal(name: str, exc: BaseException) -> str:
+    """Why an inbox file was not read, naming the file and never what a link points to."""
+    if isinstance(exc, OSError) and exc.errno == errno.ELOOP:
+        why = "is a symbolic link"
+    elif isinstance(exc, OSError):
+        why = exc.strerror or "cannot be read"
+    else:
+        why = str(exc)
+    return f"inbox entry {name!r} not read: {why}"
+
+
+def _is_regular(folder: Path, name: str) -> bool:
+    """A regular file (not a link to one) under `name` in `folder`."""
+    try:
+        with safefiles.open_folder(folder) as fd:
+            st = safefiles.lstat(fd, name)
+    except FileNotFoundError:
+        return False
+    return st is not None and stat.S_ISREG(st.st_mode)
 
 
 def parse_receipt_file(data: bytes) -> list[ReceiptLine]:
@@ -682,6 +775,8 @@ def parse_receipt_file(data: bytes) -> list[ReceiptLine]:
     for row in reader:
         if not any((v or "").strip() for v in row.values() if isinstance(v, str)):
             continue  # a blank line
+        # A 3PL may echo a cell as loopsync wrote it ('-SKU for -SKU): read it back.
+        row = {k: unneutralise(v) if isinstance(v, str) else v for k, v in row.items()}
         try:
             lines.append(parse_receipt(row, fallback_key=f"file:{digest}:{reader.line_num}"))
         except ValueError as exc:
@@ -691,61 +786,59 @@ def parse_receipt_file(data: bytes) -> list[ReceiptLine]:
     return lines
 
 
+# A spreadsheet runs a cell starting with one of these as a formula (CSV injection): a
+# customer name "=HYPERLINK(...)" must reach the 3PL's Excel as text (OWASP's advice).
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralise(cell: Any) -> Any:
+    """A text cell that a spreadsheet would run as a formula gets a leading `'`; numbers
+    (line, quantity) stay numbers."""
+    if isinstance(cell, str) and cell.startswith(FORMULA_START):
+        return "'" + cell
+    return cell
+
+
+def unneutralise(cell: str) -> str:
+    """The inverse for cells a 3PL echoes back: `'=x` reads as `=x`."""
+    if cell.startswith("'") and cell[1:].startswith(FORMULA_START):
+        return cell[1:]
+    return cell
+
+
 def rma_csv(record: dict[str, Any]) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(RMA_COLUMNS)
     order = record["order"]
     for line in record["lines"]:
-        writer.writerow([record["rma_number"], line["line"], line["sku"], line["quantity"],
-                         line["title"], order["name"] or "", order["number"] or "",
-                         record["customer"] or "", record["destination"],
-                         record["carrier"] or "", record["tracking_number"] or "",
-                         record["created_at"]])
+        row = [record["rma_number"], line["line"], line["sku"], line["quantity"],
+               line["title"], order["name"] or "", order["number"] or "",
+               record["customer"] or "", record["destination"],
+               record["carrier"] or "", record["tracking_number"] or "",
+               record["created_at"]]
+        writer.writerow([neutralise(cell) for cell in row])
     return out.getvalue()
 
 
 def write_atomically(path: Path, data: bytes) -> None:
     """Temp file in the same folder, fsync, rename: a reader sees the whole file under its
-    final name or nothing. TransientError when it certainly did not happen."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    final name or nothing; never through a link. TransientError when it did not happen."""
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise TransientError(SYSTEM, f"cannot write {path}: {exc}") from None
-    _fsync_folder(path.parent)
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make the rename durable. Best effort: some network filesystems refuse it, and the
-    file is already complete under its name."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _free_name(path: Path) -> Path:
-    """`path`, or `name.1.csv`, `name.2.csv`, ...: the first that does not exist."""
-    candidates = itertools.chain([path], (path.with_name(f"{path.stem}.{n}{path.suffix}")
-                                          for n in itertools.count(1)))
-    return next(p for p in candidates if not p.exists())
+        with safefiles.open_folder(path.parent) as folder:
+            safefiles.replace_atomically(folder, path.name, data)
+    except (OSError, ValueError) as exc:
+        raise TransientError(SYSTEM, f"cannot write {path}: "
+                                     f"{getattr(exc, 'strerror', None) or exc}") from None
 
 
 def _rma_file_name(rma_number: str) -> str:
-    return f"{rma_number}.csv"
+    """The RMA's file name; an RMA number that is not a harmless file name (`..`, a
+    slash, a control character) is refused rather than turned into a path."""
+    try:
+        return safefiles.safe_name(f"{rma_number}.csv")
+    except ValueError as exc:
+        raise Rejected(SYSTEM, f"RMA number {rma_number!r} cannot name a file: {exc}") from None
 
 
 def _lines_key(rma_number: str) -> str:
