@@ -12,7 +12,10 @@ return is processed or flagged twice.
 
 Wire facts (wms-apis.md §C): HTTP Basic with the API key and secret; every answer is an
 envelope `{Result, Message, Data, TotalPages}`, and `Result: false` is a failure even
-under HTTP 200; `TotalPages` is unreliable, so paging also stops at the first empty page;
+under HTTP 200, classified in `check_envelope` (inside the HTTP retry): refused
+credentials or scope -> AuthError, a request Xoro cannot read -> ErrorBody, throttling ->
+RateLimited, anything else -> transient, retried with backoff. A listing cut short after
+its retries still decides the ASNs it read; the others wait for the next cycle; `TotalPages` is unreliable, so paging also stops at the first empty page;
 more than 3 concurrent requests get throttled, so requests go one at a time, rate-limited.
 
 `AsnNumber`, `ItemNumber` and `BaseQtyToReceive` are confirmed names. The ASN status,
@@ -33,7 +36,8 @@ import structlog
 from loopsync.configkit import Secret, Section
 from loopsync.connectors.base import (ConnectorContext, PollResult, PollStopped, PushRequest,
                                       WarehouseConnector, WarehouseSettings)
-from loopsync.errors import ErrorBody, RateLimited, Rejected, TransientError
+from loopsync.errors import (AuthError, ErrorBody, RateLimited, Rejected, RemoteError,
+                             TransientError)
 from loopsync.http import HttpClient, HttpResult, shared_limiter
 from loopsync.models import REPLACEMENT, ItemStatus, RmaRef, RmaStatus, whole_number
 from loopsync.timeutil import iso, parse_timestamp
@@ -59,6 +63,23 @@ MAX_PAGES = 1000
 # like "No Records Found"; that is an empty page, not a failure.
 _NO_RECORDS = re.compile(r"\bno (record|data|result)s?\b.*\bfound\b", re.IGNORECASE)
 _THROTTLED = re.compile(r"rate limit|too many requests|throttl", re.IGNORECASE)
+# UNCONFIRMED wordings (Xoro documents none): credentials or module scope refused, and a
+# request Xoro cannot read. Both are permanent; any other `Result: false` on these reads
+# is treated as transient and retried with backoff, since Xoro also answers passing server
+# trouble this way and a read is safe to repeat.
+_REFUSED = re.compile(r"api (key|secret)|unauthori[sz]ed|authenticat|credential|"
+                      r"access denied|does not have access|permission|\bscope\b", re.IGNORECASE)
+_BAD_REQUEST = re.compile(r"\binvalid (filter|date|parameter|page|request)|\bis required\b|"
+                          r"unknown action|not supported", re.IGNORECASE)
+
+
+class XoroRefused(AuthError, ErrorBody):
+    """`Result: false` refusing the credentials or the key's module scope (under HTTP 200
+    it is both a refusal of credentials and an error body)."""
+
+
+class XoroBusy(TransientError):
+    """`Result: false` with a message that does not say the request is wrong: retried."""
 
 
 @dataclass(frozen=True)
@@ -143,12 +164,17 @@ class XoroConnector(WarehouseConnector):
         if not rmas:
             return PollResult({})
         since = min(parse_timestamp(ref.extra["search_from"]) for ref in rmas)
-        by_number = {_asn_number(asn): asn for asn in self._list_asns(since, in_poll=True)}
+        asns, failure = self._read_asns(since, in_poll=True)
+        by_number = {_asn_number(asn): asn for asn in asns}
         result = PollResult({})
         for ref in rmas:
             asn = by_number.get(ref.extra["asn_number"])
             if asn is None:
+                # With the listing cut short the ASN may be on an unread page: it waits
+                # for the next cycle; the ASNs read meanwhile still decide their returns.
                 result.errors[ref.return_id] = (
+                    f"Xoro ASN {ref.extra['asn_number']} not read this cycle: the ASN "
+                    f"listing stopped early ({failure})" if failure is not None else
                     f"Xoro ASN {ref.extra['asn_number']} not found among the ASNs created "
                     f"since {iso(since)}")
                 continue
@@ -216,14 +242,33 @@ class XoroConnector(WarehouseConnector):
         return asns
 
     # -- wire -----------------------------------------------------------------------------
-    def _list_asns(self, since: datetime, *, in_poll: bool = False) -> list[dict[str, Any]]:
+    def _list_asns(self, since: datetime) -> list[dict[str, Any]]:
+        asns, failure = self._read_asns(since)
+        if failure is not None:
+            raise failure
+        return asns
+
+    def _read_asns(self, since: datetime, *, in_poll: bool = False
+                   ) -> tuple[list[dict[str, Any]], RemoteError | None]:
+        """The ASNs created since `since`, and the error that cut the listing short after
+        its retries (None when complete). Nothing read at all: that error is raised."""
         until = self.ctx.clock.now() + FUTURE_PAD
         fmt = DATE_FORMATS[self.conf.date_format]
         params = {"created_at_min": since.strftime(fmt), "created_at_max": until.strftime(fmt)}
-        asns = [row for row in self._pages(ASN_PATH, params, stoppable=in_poll)
-                if isinstance(row, dict)]
+        asns: list[dict[str, Any]] = []
+        failure: RemoteError | None = None
+        try:
+            for row in self._pages(ASN_PATH, params, stoppable=in_poll):
+                if isinstance(row, dict):
+                    asns.append(row)
+        except (TransientError, ErrorBody) as exc:  # credentials refused: the cycle stops
+            if not asns or isinstance(exc, AuthError):
+                raise
+            failure = exc
+            log.warning("xoro.asn_listing_incomplete", since=iso(since), asns=len(asns),
+                        error=str(exc))
         log.info("xoro.asn_window", since=iso(since), until=iso(until), asns=len(asns))
-        return asns
+        return asns, failure
 
     def _pages(self, path: str, params: dict[str, Any], *, stoppable: bool = False
                ) -> Iterator[Any]:
@@ -260,7 +305,11 @@ def check_envelope(result: HttpResult) -> None:
         return
     if _THROTTLED.search(message):
         raise RateLimited(SYSTEM, message, status=result.status)
-    raise ErrorBody(SYSTEM, message, status=result.status)
+    if _REFUSED.search(message):
+        raise XoroRefused(SYSTEM, message, status=result.status, code="Result: false")
+    if _BAD_REQUEST.search(message):
+        raise ErrorBody(SYSTEM, message, status=result.status, code="Result: false")
+    raise XoroBusy(SYSTEM, message, status=result.status, code="Result: false")
 
 
 def _discrepancies(asn_number: str, items: Sequence[ItemStatus]) -> dict[str, Any]:
