@@ -71,10 +71,12 @@ class Client:
             operation: str = "GetData", columns: str = "") -> dict[str, str]:
         wrapper = "getReportRequest" if operation == "GetReportData" else "getRequest"
         cols = f"<Columns>{escape(columns)}</Columns>" if columns else ""
+        # Each operation's own filter element: GetReportData's is FilterClause.
+        where = "FilterClause" if operation == "GetReportData" else "SearchClause"
         return self.result(operation, f"<{wrapper}><TemplateName>{template}</TemplateName>"
                                       f"<PageNo>{page}</PageNo><ItemsPerPage>{per_page}"
-                                      f"</ItemsPerPage>{cols}<SearchClause>{escape(clause)}"
-                                      f"</SearchClause></{wrapper}>")
+                                      f"</ItemsPerPage>{cols}<{where}>{escape(clause)}"
+                                      f"</{where}></{wrapper}>")
 
     def save(self, template: str, csv_data: str) -> dict[str, str]:
         return self.result("SaveData", f"<saveRequest><TemplateName>{template}</TemplateName>"

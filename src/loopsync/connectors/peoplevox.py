@@ -8,6 +8,13 @@ The flow follows Loop's own PeopleVox integration:
 - read a merchant-built, item-level returns report (or an export template) for the RA
   status and per-item quantity, condition and reusability.
 
+A session PeopleVox declares dead ("Invalid Session" and near wordings, in a
+`ResponseId -1` answer, a SOAP Fault under HTTP 500, or a plain error page) is
+re-established and the call repeated once, a write too: a call refused for its session did
+not happen. Reads send the filter element their operation defines (`GetReportData`:
+`FilterClause`; `GetData`: `SearchClause`), and the rows are filtered again here, since
+whether the report filter is honoured is UNCONFIRMED.
+
 Template and column names differ between tenants, so save columns come from
 `GetSaveTemplate` and every name is configurable. Facts and their confidence:
 shared/reference/wms-apis.md §B.
@@ -55,6 +62,7 @@ ORDER_REFERENCES = ("SalesOrderNumber", "CustomerPurchaseOrderReferenceNumber",
                     "Attribute1", "Attribute2", "Attribute3", "Attribute4", "Attribute5")
 LOOP_ORDER_FIELDS = ("order_name", "order_number", "provider_order_id", "order_id")
 READ_OPERATIONS = ("GetReportData", "GetData")
+FILTER_ELEMENT = {"GetReportData": "FilterClause", "GetData": "SearchClause"}
 
 # Columns loopsync fills; the starred ones in Loop's guide must exist in the template.
 RA_REQUIRED = ("ReturnAuthorizationNumber", "SiteReference")
@@ -63,7 +71,11 @@ RA_ITEM_REQUIRED = ("ReturnAuthorizationNumber", "ItemCode", "Quantity")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _THROTTLE_WORDS = re.compile(r"throttl|too many (requests|calls)|rate limit|request limit",
                              re.IGNORECASE)
-_INVALID_SESSION = "invalid session"
+# PeopleVox declares a session dead in an error answer (ResponseId -1) or, through some
+# paths, as a SOAP Fault under HTTP 500; the wording is UNCONFIRMED beyond "Invalid
+# Session", so near variants count too. Either form: log in again and repeat once.
+_DEAD_SESSION = re.compile(r"invalid session|session (has |is )?(expired|invalid|not valid|"
+                           r"unknown|timed? ?out)|(no|unknown) session", re.IGNORECASE)
 _TRUE_WORDS = frozenset({"yes", "y", "true", "1"})
 _FALSE_WORDS = frozenset({"no", "n", "false", "0"})
 
@@ -344,6 +356,8 @@ def fault_error(fault: SoapFault, *, idempotent: bool, retry_after: float | None
                 ) -> Exception:
     """A SOAP Fault as loopsync's error: throttling, the client's mistake, or the server's."""
     text = f"SOAP fault {fault.code}: {fault.message}"
+    if _DEAD_SESSION.search(fault.message):  # not a server error: the session is gone
+        return InvalidSession("SOAP fault", text)
     if _THROTTLE_WORDS.search(fault.message):
         return RateLimited(SYSTEM, text, retry_after=retry_after, status=None, code=fault.code)
     if fault.code.split(":")[-1].lower().startswith("client"):
@@ -416,6 +430,10 @@ class SoapHttpClient(HttpClient):
     def raise_for_status(self, result: HttpResult, *, idempotent: bool) -> None:
         if result.status >= 400:
             fault = parse_fault(result.text)
+            if fault is None and result.status in (401, 403, 500) and \
+                    _DEAD_SESSION.search(result.text[:2000]):
+                # Not SOAP but says the session is gone: retrying with it cannot help.
+                raise InvalidSession(f"HTTP {result.status}", result.text.strip()[:300])
             if fault is not None:
                 hint = parse_retry_after(result.headers.get("Retry-After"), self.clock.now())
                 raise fault_error(fault, idempotent=idempotent,
@@ -459,7 +477,10 @@ class PeopleVoxClient:
                                          "ItemsPerPage": per_page or self.settings.items_per_page}
         if operation == "GetReportData":
             request["Columns"] = ",".join(f"[{c}]" for c in columns)
-        request["SearchClause"] = where
+        # Each operation's own filter element (wms-apis.md): GetReportData's is
+        # FilterClause, GetData's SearchClause. Whether the report filter is honoured is
+        # UNCONFIRMED, so callers filter the rows themselves too.
+        request[FILTER_ELEMENT[operation]] = where
         wrapper = "getReportRequest" if operation == "GetReportData" else "getRequest"
         return self.call(operation, {wrapper: request})
 
@@ -555,7 +576,7 @@ def read_answer(result: HttpResult, operation: str, *, idempotent: bool,
     if answer.response_id == 0:
         return answer
     detail = answer.detail.strip()
-    if _INVALID_SESSION in detail.lower():
+    if _DEAD_SESSION.search(detail):
         raise InvalidSession(operation, detail)
     if _THROTTLE_WORDS.search(detail):
         raise RateLimited(SYSTEM, f"{operation}: {detail}", retry_after=throttle_wait,
@@ -796,7 +817,11 @@ class PeopleVoxConnector(WarehouseConnector):
             swept = self.client.read_all(data.operation, data.name, columns=cols.all(),
                                          where=since_clause(cols.date, cursor - data.overlap))
             seen_dates += self._dates(swept)
-            changed = {row.get(cols.rma_number, "") for row in swept}
+            # Filtered here too: a service that ignores the filter sends the whole report.
+            since = cursor - data.overlap
+            changed = {row.get(cols.rma_number, "") for row in swept
+                       if (d := parse_report_date(row.get(cols.date, ""), data.date_format))
+                       is None or d >= since}
             previous = set(self.ctx.kv.get(self.KV_POLLED) or [])
             to_read = (changed | (by_number.keys() - previous)) & by_number.keys()
         else:
@@ -834,8 +859,13 @@ class PeopleVoxConnector(WarehouseConnector):
             if start and self.ctx.stop.is_set():
                 raise PollStopped(f"PeopleVox: stopped after {start} of {len(numbers)} RAs")
             chunk = numbers[start:start + batch]
-            rows += self.client.read_all(data.operation, data.name, columns=data.columns.all(),
-                                         where=any_of_clause(data.columns.rma_number, chunk))
+            wanted = set(chunk)
+            # Only this chunk's rows: with the filter ignored every chunk reads the whole
+            # report, and keeping all of it would count each receipt once per chunk.
+            rows += [row for row in self.client.read_all(
+                         data.operation, data.name, columns=data.columns.all(),
+                         where=any_of_clause(data.columns.rma_number, chunk))
+                     if row.get(data.columns.rma_number, "") in wanted]
         return rows
 
     def _date_cursor(self) -> datetime | None:

@@ -5,7 +5,11 @@ dispatched on SOAPAction or the body element at a case-insensitive path; Authent
 a base64 password; sessions that expire after `session_ttl` idle seconds on the injected
 clock; in-band `ResponseId -1` errors; GetSaveTemplate; SaveData with real CSV parsing and
 row validation; GetData / GetReportData with CSV Detail, TotalCount, paging and a small
-SearchClause language; throttling (more than 15 calls in 15 s -> SOAP Fault); a SOAP Fault
+filter language (GetData reads `SearchClause`, GetReportData `FilterClause`, each ignoring
+the other's element as a SOAP service ignores an element it does not define; set
+`honour_report_filter = False` to play a tenant that ignores the report filter); sessions
+declared dead as an error answer or, with `session_fault = True`, as a SOAP Fault under
+HTTP 500; throttling (more than 15 calls in 15 s -> SOAP Fault); a SOAP Fault
 for malformed XML. Hooks play the warehouse people: receive, complete, cancel.
 
 It shares no code with the connector on purpose: two readings of the protocol meet here.
@@ -358,6 +362,8 @@ class PeopleVoxEmulator(WarehouseEmulator):
         self.ras: dict[str, _Ra] = {}
         self.operations: list[str] = []   # operations answered (not throttled), in order
         self.throttled = 0
+        self.session_fault = False          # a dead session as a SOAP Fault (HTTP 500)
+        self.honour_report_filter = True    # UNCONFIRMED upstream: may be ignored
         self._sessions: dict[str, float] = {}  # session id -> last used (monotonic)
         self._recent: collections.deque[float] = collections.deque()
         self._path = re.compile(
@@ -384,6 +390,9 @@ class PeopleVoxEmulator(WarehouseEmulator):
                                         f"SOAPAction: {call.operation}.")
         self.operations.append(call.operation)
         if call.operation != "Authenticate" and not self._session_ok(call.credentials):
+            if self.session_fault:
+                return soap_fault("Server", "System.Web.Services.Protocols.SoapException: "
+                                            "Invalid Session")
             return _result(call.operation, detail="Invalid Session", ok=False)
         return handler(call.params)
 
@@ -499,7 +508,12 @@ class PeopleVoxEmulator(WarehouseEmulator):
         columns, rows_of = dataset
         try:
             wanted = self._wanted_columns(str(request.get("Columns", "")), columns)
-            matches = compile_clause(str(request.get("SearchClause", "")), columns)
+            # Each operation reads its own element and ignores the other's.
+            element = "FilterClause" if operation == "GetReportData" else "SearchClause"
+            clause = str(request.get(element, ""))
+            if operation == "GetReportData" and not self.honour_report_filter:
+                clause = ""
+            matches = compile_clause(clause, columns)
             page, per_page = int(request.get("PageNo") or 1), int(request.get("ItemsPerPage") or 0)
         except (ClauseError, ValueError) as exc:
             return _result(operation, detail=str(exc), ok=False)

@@ -1,0 +1,144 @@
+"""Issue 15 §2 for PeopleVox: a session declared dead is re-established whatever form the
+declaration takes, and the returns report is filtered with the element GetReportData
+defines (FilterClause), correct even when the service ignores the filter."""
+
+from __future__ import annotations
+
+import dataclasses
+import xml.etree.ElementTree as ET
+from datetime import timedelta
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from loopsync.connectors.peoplevox import (PVX_NS, InvalidSession, SoapFault, fault_error,
+                                           read_answer)
+from loopsync.errors import RemoteError
+from loopsync.http import HttpResult
+from loopsync.sandbox.peoplevox import soap_fault
+from loopsync.sandbox.server import Fault, Recorder, Request, text_response
+from tests.test_peoplevox_connector import (_created, connected, emu, fake_clock,  # noqa: F401
+                                            is_save_to, make_connector, ops, push_request)
+
+
+def _dies_then(emu, answer):  # noqa: F811
+    """A fault that ends every session, then answers `answer(request)`."""
+    def respond(request: Request):
+        emu.expire_sessions()
+        return answer(request)
+    return Fault("custom", response=respond)
+
+
+def test_invalid_session_as_soap_fault_under_500_logs_in_again(emu, fake_clock):  # noqa: F811
+    raw, con = connected(emu, fake_clock)
+    req = push_request(raw)
+    con.locate(req)
+    emu.session_fault = True
+    emu.expire_sessions()
+    located = con.locate(req)
+    assert located["sales_order_number"]
+    assert ops(emu, "Authenticate") == 2
+
+
+def test_write_refused_by_a_session_fault_is_repeated_once_after_login(emu,  # noqa: F811
+                                                                      fake_clock):  # noqa: F811
+    raw, con = connected(emu, fake_clock)
+    req = push_request(raw)
+    located = con.locate(req)
+    emu.session_fault = True
+    emu.faults.inject(_dies_then(emu, emu.handle),
+                      when=is_save_to("Return authorizations items"))
+    con.create_rma(req, located)
+    assert ops(emu, "Authenticate") == 2
+    assert len(emu.ra("501")["items"]) == 1 and emu.rma_count("501") == 1
+
+
+def test_invalid_session_in_a_plain_500_page_logs_in_again(emu, fake_clock):  # noqa: F811
+    raw, con = connected(emu, fake_clock)
+    req = push_request(raw)
+    con.locate(req)
+    emu.faults.inject(_dies_then(emu, lambda r: text_response(
+        "<html><body>Server Error: Invalid Session</body></html>", 500, "text/html")))
+    assert con.locate(req)["sales_order_number"]
+    assert ops(emu, "Authenticate") == 2
+
+
+@pytest.mark.parametrize("wording", ["Invalid Session", "Session has expired",
+                                     "INVALID SESSION ID", "Session timed out"])
+def test_dead_session_wordings_in_either_form_are_invalid_session(wording):
+    assert isinstance(fault_error(SoapFault("soap:Server", wording), idempotent=True),
+                      InvalidSession)
+    envelope = soap_fault("Server", wording).body.decode()
+    assert isinstance(fault_error(SoapFault("soap:Server", wording), idempotent=False),
+                      InvalidSession)
+    answer = HttpResult(200, {}, _error_answer("GetData", wording), None)
+    with pytest.raises(InvalidSession):
+        read_answer(answer, "GetData", idempotent=True, throttle_wait=1)
+    assert "Fault" in envelope
+
+
+def _error_answer(operation: str, detail: str) -> str:
+    return ('<?xml version="1.0" encoding="utf-8"?><soap:Envelope xmlns:soap='
+            '"http://schemas.xmlsoap.org/soap/envelope/"><soap:Body>'
+            f'<{operation}Response xmlns="{PVX_NS}"><{operation}Result><ResponseId>-1'
+            f'</ResponseId><TotalCount>0</TotalCount><Detail>{detail}</Detail>'
+            f'</{operation}Result></{operation}Response></soap:Body></soap:Envelope>')
+
+
+def _report_filters(recorder):
+    """Child element names of each GetReportData request sent."""
+    out = []
+    for call in recorder.calls(method="POST"):
+        root = ET.fromstring(call.body)
+        for req in root.iter(f"{{{PVX_NS}}}getReportRequest"):
+            out.append({child.tag.split("}")[-1] for child in req})
+    return out
+
+
+def test_report_read_sends_filterclause_not_searchclause(emu, fake_clock):  # noqa: F811
+    emu.recorder = Recorder()
+    con = make_connector(emu, fake_clock)
+    ref = _created(emu, con, "901")
+    emu.receive("901", "full")
+    con.poll([ref])
+    sent = _report_filters(emu.recorder)
+    assert sent and all("FilterClause" in names and "SearchClause" not in names
+                        for names in sent)
+
+
+def test_poll_is_correct_when_the_report_filter_is_ignored(emu, fake_clock):  # noqa: F811
+    emu.honour_report_filter = False
+    con = make_connector(emu, fake_clock)
+    con.settings = dataclasses.replace(con.settings, poll_batch=1)  # one read per RA
+    refs = [_created(emu, con, rid) for rid in ("911", "912", "913")]
+    emu.receive("911", "full")
+    emu.receive("912", "short")
+    result = con.poll(refs)
+    full, short, waiting = (result.statuses[r] for r in ("911", "912", "913"))
+    assert (full.status, full.expected_units, full.received_units) == ("Completed", 3, 3)
+    assert (short.status, short.received_units) == ("Completed with discrepancies", 2)
+    assert waiting.received_units == 0
+    result.commit()
+
+    # The incremental sweep too: only RAs with rows since the cursor count as changed.
+    fake_clock.advance(timedelta(hours=2))
+    emu.receive("913", "full")
+    again = con.poll(refs)
+    assert again.statuses["913"].received_units == 3
+    assert again.statuses["911"].received_units == 3  # read again, never double-counted
+    again.commit()
+    fake_clock.advance(timedelta(hours=1))
+    # Rows older than the cursor's overlap are no news, though the service sent them all.
+    assert set(con.poll(refs).statuses) == {"913"}
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.text(max_size=40), st.sampled_from(["soap:Server", "soap:Client", "x"]),
+       st.booleans())
+def test_any_fault_is_a_remote_error_and_a_dead_session_always_invalid_session(
+        message, code, idempotent):
+    dead = fault_error(SoapFault(code, message + " Invalid Session"), idempotent=idempotent)
+    assert isinstance(dead, InvalidSession)
+    assert isinstance(fault_error(SoapFault(code, message), idempotent=idempotent),
+                      RemoteError)
