@@ -142,3 +142,49 @@ def test_any_fault_is_a_remote_error_and_a_dead_session_always_invalid_session(
     assert isinstance(dead, InvalidSession)
     assert isinstance(fault_error(SoapFault(code, message), idempotent=idempotent),
                       RemoteError)
+
+
+def _answer_error(operation: str, detail: str) -> Fault:
+    return Fault("custom", response=lambda r: text_response(
+        _error_answer(operation, detail), 200, "text/xml; charset=utf-8"))
+
+
+def _reads_ra(number: str):
+    return lambda r: b"GetReportData" in r.body and f'"{number}"'.encode() in r.body
+
+
+def test_transient_error_answer_under_200_is_retried(emu, fake_clock):  # noqa: F811
+    con = make_connector(emu, fake_clock)
+    ref = _created(emu, con, "931")
+    emu.receive("931", "full")
+    before = ops(emu, "GetReportData")
+    emu.faults.inject(_answer_error("GetReportData", "Timeout expired. The timeout period "
+                                                     "elapsed"), times=2)
+    assert con.poll([ref]).statuses["931"].status == "Completed"
+    assert ops(emu, "GetReportData") - before == 1  # the two faults never reached it
+
+
+def test_one_failed_report_read_holds_back_only_its_own_ras(emu, fake_clock):  # noqa: F811
+    con = make_connector(emu, fake_clock)
+    con.settings = dataclasses.replace(con.settings, poll_batch=1)
+    refs = [_created(emu, con, rid) for rid in ("941", "942", "943")]
+    for rid in ("941", "942", "943"):
+        emu.receive(rid, "full")
+    emu.faults.inject(_answer_error("GetReportData", "Object reference not set"),
+                      times=10**6, when=_reads_ra("942"))
+    result = con.poll(refs)
+    assert set(result.statuses) == {"941", "943"}
+    assert "942" in result.errors and "not read this cycle" in result.errors["942"]
+    result.commit()
+    emu.faults.clear()
+    assert con.poll(refs).statuses["942"].status == "Completed"  # read in full next time
+
+
+def test_transient_error_answer_to_a_write_is_an_unknown_outcome():
+    from loopsync.errors import OutcomeUnknown, TransientError
+    answer = HttpResult(200, {}, _error_answer("SaveData", "Deadlock victim; try again"), None)
+    with pytest.raises(OutcomeUnknown):
+        read_answer(answer, "SaveData", idempotent=False, throttle_wait=1)
+    read = HttpResult(200, {}, _error_answer("GetData", "Service temporarily unavailable"), None)
+    with pytest.raises(TransientError):
+        read_answer(read, "GetData", idempotent=True, throttle_wait=1)

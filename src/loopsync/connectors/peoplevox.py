@@ -41,7 +41,8 @@ from loopsync.connectors.base import (ConnectorContext, NotReady, PollResult, Po
                                       PushRequest, WarehouseConnector, WarehouseSettings,
                                       normalize_status)
 from loopsync.errors import (AuthError, DryRunViolation, ErrorBody, OutcomeUnknown,
-                             PermanentError, RateLimited, Rejected, TransientError)
+                             PermanentError, RateLimited, Rejected, RemoteError,
+                             TransientError)
 from loopsync.http import HttpClient, HttpResult, RateLimiter, parse_retry_after
 from loopsync.models import (ItemStatus, LoopReturn, ReturnLine, RmaRef, RmaStatus, identifier,
                              whole_number)
@@ -76,6 +77,10 @@ _THROTTLE_WORDS = re.compile(r"throttl|too many (requests|calls)|rate limit|requ
 # Session", so near variants count too. Either form: log in again and repeat once.
 _DEAD_SESSION = re.compile(r"invalid session|session (has |is )?(expired|invalid|not valid|"
                            r"unknown|timed? ?out)|(no|unknown) session", re.IGNORECASE)
+# UNCONFIRMED wordings of a passing server problem in a `ResponseId -1` answer.
+_PASSING_TROUBLE = re.compile(r"time ?out|timed out|deadlock|temporar|try again|unavailable|"
+                              r"server (is )?busy|internal (server )?error|an error has "
+                              r"occurred|connection (was )?(lost|closed|reset)", re.IGNORECASE)
 _TRUE_WORDS = frozenset({"yes", "y", "true", "1"})
 _FALSE_WORDS = frozenset({"no", "n", "false", "0"})
 
@@ -581,6 +586,11 @@ def read_answer(result: HttpResult, operation: str, *, idempotent: bool,
     if _THROTTLE_WORDS.search(detail):
         raise RateLimited(SYSTEM, f"{operation}: {detail}", retry_after=throttle_wait,
                           status=None)
+    if _PASSING_TROUBLE.search(detail):
+        # The server's own trouble, not the request's: a read is retried with backoff; a
+        # write may have been applied, so it is looked up before it is repeated.
+        raise (TransientError if idempotent else OutcomeUnknown)(
+            SYSTEM, f"{operation}: {detail}", code="ResponseId -1")
     raise PeopleVoxError(operation, detail)
 
 
@@ -826,13 +836,15 @@ class PeopleVoxConnector(WarehouseConnector):
             to_read = (changed | (by_number.keys() - previous)) & by_number.keys()
         else:
             to_read = set(by_number)
-        rows = self._rows_of(sorted(to_read))
+        rows, unread = self._rows_of(sorted(to_read))
         seen_dates += self._dates(rows)
         grouped: dict[str, list[dict[str, str]]] = defaultdict(list)
         for row in rows:
             grouped[row.get(cols.rma_number, "")].append(row)
         flag_conditions = self.settings.statuses.flag_conditions
         statuses, errors = {}, {}
+        for n, why in unread.items():  # held: read in full next cycle (not in KV_POLLED)
+            errors[by_number[n].return_id] = f"PeopleVox RA {n} not read this cycle: {why}"
         for n in sorted(to_read):
             if grouped.get(n):
                 try:
@@ -851,22 +863,38 @@ class PeopleVoxConnector(WarehouseConnector):
 
         return PollResult(statuses=statuses, errors=errors, on_commit=commit)
 
-    def _rows_of(self, numbers: Sequence[str]) -> list[dict[str, str]]:
+    def _rows_of(self, numbers: Sequence[str]
+                 ) -> tuple[list[dict[str, str]], dict[str, str]]:
+        """The report rows of these RAs, and the RAs whose read failed after its retries
+        (with why): one failed request holds back only its own chunk. When nothing could
+        be read at all the error is raised, once, for the whole poll."""
         data = self.own.returns
         batch = max(1, self.settings.poll_batch)
         rows: list[dict[str, str]] = []
+        unread: dict[str, str] = {}
+        failure: RemoteError | None = None
+        read_any = False
         for start in range(0, len(numbers), batch):
             if start and self.ctx.stop.is_set():
                 raise PollStopped(f"PeopleVox: stopped after {start} of {len(numbers)} RAs")
             chunk = numbers[start:start + batch]
             wanted = set(chunk)
+            try:
+                read = self.client.read_all(data.operation, data.name,
+                                            columns=data.columns.all(),
+                                            where=any_of_clause(data.columns.rma_number, chunk))
+            except (TransientError, ErrorBody) as exc:  # credentials refused: stop now
+                failure = exc
+                unread.update(dict.fromkeys(chunk, str(exc)))
+                log.warning("peoplevox.report_chunk_unread", ras=len(chunk), error=str(exc))
+                continue
+            read_any = True
             # Only this chunk's rows: with the filter ignored every chunk reads the whole
             # report, and keeping all of it would count each receipt once per chunk.
-            rows += [row for row in self.client.read_all(
-                         data.operation, data.name, columns=data.columns.all(),
-                         where=any_of_clause(data.columns.rma_number, chunk))
-                     if row.get(data.columns.rma_number, "") in wanted]
-        return rows
+            rows += [row for row in read if row.get(data.columns.rma_number, "") in wanted]
+        if failure is not None and not read_any:
+            raise failure
+        return rows, unread
 
     def _date_cursor(self) -> datetime | None:
         raw = self.ctx.kv.get(self.KV_DATE_CURSOR)
