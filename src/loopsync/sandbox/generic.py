@@ -268,8 +268,16 @@ def _read_rma_file(text: str) -> list[dict[str, Any]]:
     rows = list(csv.DictReader(io.StringIO(text, newline="")))
     if not rows:
         raise ValueError("RMA file without rows")
-    return [{"rma_number": r["rma_number"], "sku": r["sku"], "quantity": int(r["quantity"]),
-             "title": r.get("title", "")} for r in rows]
+    return [{"rma_number": _as_text(r["rma_number"]), "sku": _as_text(r["sku"]),
+             "quantity": int(r["quantity"]), "title": _as_text(r.get("title", ""))}
+            for r in rows]
+
+
+def _as_text(cell: str) -> str:
+    """As the contract tells a 3PL: a `'` before =, +, -, @, tab or CR only keeps a
+    spreadsheet from running the cell; the value is what follows."""
+    return cell[1:] if cell[:1] == "'" and cell[1:2] in ("=", "+", "-", "@", "\t", "\r") \
+        else cell
 
 
 def _scenario_rows(lines: list[tuple[str, int]], scenario: str) -> list[tuple[str, int, str]]:
