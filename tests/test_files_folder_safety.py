@@ -234,3 +234,20 @@ def test_files_loopsync_writes_are_regular_files_inside_the_share(share, clock):
     for folder in (outbox, archive, rejected):
         for p in folder.iterdir():
             assert stat.S_ISREG(os.lstat(p).st_mode), p
+
+
+def test_hard_link_in_inbox_to_an_outside_file_is_not_read(share, clock, victim):
+    inbox, *_ = folders(share)
+    conn, ref = delivered(share, clock)
+    os.link(victim, inbox / "hard.csv")
+    result = statuses(conn, [ref])
+    text = " ".join(result.problems) + " ".join(result.errors.values())
+    assert "hard.csv" in text and "link" in text and SECRET_TEXT not in text
+    assert (inbox / "hard.csv").exists()
+
+
+def test_moves_never_overwrite_even_without_renameat2(share, clock, victim, monkeypatch):
+    from loopsync import safefiles
+
+    monkeypatch.setattr(safefiles, "_renameat2", None)  # the hard-link path
+    test_link_at_archive_name_is_not_written_through(share, clock, victim)

@@ -11,8 +11,11 @@ outside the folder it was given.
 - New files are created with O_CREAT | O_EXCL | O_NOFOLLOW (never through a link, never
   over another file); a final name is taken by rename (which replaces a name, never
   writes through a link) only after lstat shows no link is there.
-- Moves never overwrite: a hard link to the free name (atomic, fails if it exists), then
-  the old name goes; where the filesystem has no hard links, a checked rename.
+- Moves never overwrite: renameat2(RENAME_NOREPLACE) (atomic; Linux), else a hard link
+  to the free name (atomic, fails if it exists) then the old name goes, else (no hard
+  links on the filesystem) a checked rename.
+- An inbox file with other hard links is refused like a symbolic link: its other name may
+  be any file the worker can read.
 
 Errors are the OS's own `OSError`s (ELOOP for a link, EINVAL for a non-regular file);
 callers turn them into the connector's errors.
@@ -20,6 +23,7 @@ callers turn them into the connector's errors.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import itertools
 import os
@@ -34,6 +38,17 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 NAME_MAX = 200  # below the usual 255-byte limit, leaving room for .N and .reason.txt
+_RENAME_NOREPLACE = 1  # linux/fs.h
+
+
+def _load_renameat2() -> object | None:
+    try:
+        return getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    except OSError:  # no C library to ask (not Linux): the hard-link path serves
+        return None
+
+
+_renameat2 = _load_renameat2()
 
 
 def safe_name(name: str) -> str:
@@ -98,14 +113,18 @@ def lstat(folder_fd: int, name: str) -> os.stat_result | None:
         return None
 
 
-def read_regular(folder_fd: int, name: str, *, limit: int) -> tuple[bytes, Stamp]:
-    """The bytes of a regular file and its stamp. ELOOP for a link, EINVAL for anything
-    not a regular file, EFBIG beyond `limit` bytes."""
+def read_regular(folder_fd: int, name: str, *, limit: int,
+                 single_link: bool = False) -> tuple[bytes, Stamp]:
+    """The bytes of a regular file and its stamp. ELOOP for a link (with `single_link`, a
+    file with other hard links too), EINVAL for anything not a regular file, EFBIG beyond
+    `limit` bytes."""
     fd = os.open(safe_name(name), _READ_FLAGS, dir_fd=folder_fd)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise OSError(errno.EINVAL, "not a regular file", name)
+        if single_link and st.st_nlink > 1:
+            raise OSError(errno.ELOOP, "has other hard links", name)
         if st.st_size > limit:
             raise OSError(errno.EFBIG, f"larger than {limit} bytes", name)
         chunks, total = [], 0
@@ -163,6 +182,13 @@ def move_no_clobber(src_fd: int, name: str, dst_fd: int, *, reserve: str = "") -
     for candidate in _candidates(name):
         if reserve and lstat(dst_fd, candidate + reserve) is not None:
             continue
+        moved = _rename_noreplace(src_fd, name, dst_fd, candidate)
+        if moved is False:
+            continue  # taken: the next name
+        if moved:
+            fsync_folder(dst_fd)
+            fsync_folder(src_fd)
+            return candidate
         try:
             # A hard link is an atomic "create if absent", and links the entry itself
             # (follow_symlinks=False), never what a link points to.
@@ -180,6 +206,24 @@ def move_no_clobber(src_fd: int, name: str, dst_fd: int, *, reserve: str = "") -
         fsync_folder(src_fd)
         return candidate
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _rename_noreplace(src_fd: int, name: str, dst_fd: int, target: str) -> bool | None:
+    """renameat2(RENAME_NOREPLACE): True when moved, False when `target` exists, None when
+    this system or filesystem cannot (then the hard-link path is used)."""
+    if _renameat2 is None:
+        return None
+    rc = _renameat2(src_fd, os.fsencode(name), dst_fd, os.fsencode(target),  # type: ignore[operator]
+                    _RENAME_NOREPLACE)
+    if rc == 0:
+        return True
+    err = ctypes.get_errno()
+    if err == errno.EEXIST:
+        return False
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV,
+               errno.EPERM):
+        return None
+    raise OSError(err, os.strerror(err), name)
 
 
 def _move_without_links(src_fd: int, name: str, dst_fd: int, candidate: str,

@@ -642,8 +642,8 @@ class FolderTransport:
             with safefiles.open_folder(self.conf.inbox) as inbox:
                 for name in self._inbox_files(inbox, refused):
                     try:
-                        data, stamp = safefiles.read_regular(inbox, name,
-                                                             limit=MAX_RECEIPT_FILE)
+                        data, stamp = safefiles.read_regular(
+                            inbox, name, limit=MAX_RECEIPT_FILE, single_link=True)
                     except FileNotFoundError:
                         continue  # taken away by the 3PL meanwhile
                     except (OSError, ValueError) as exc:
@@ -738,7 +738,7 @@ def _write_reason(folder: Path, moved: str, text: str) -> None:
 def _refusal(name: str, exc: BaseException) -> str:
     """Why an inbox file was not read, naming the file and never what a link points to."""
     if isinstance(exc, OSError) and exc.errno == errno.ELOOP:
-        why = "is a symbolic link"
+        why = "is a link (symbolic, or a file with other hard links)"
     elif isinstance(exc, OSError):
         why = exc.strerror or "cannot be read"
     else:
