@@ -33,6 +33,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -213,8 +214,8 @@ def _rename_noreplace(src_fd: int, name: str, dst_fd: int, target: str) -> bool 
     this system or filesystem cannot (then the hard-link path is used)."""
     if _renameat2 is None:
         return None
-    rc = _renameat2(src_fd, os.fsencode(name), dst_fd, os.fsencode(target),  # type: ignore[operator]
-                    _RENAME_NOREPLACE)
+    call: Any = _renameat2
+    rc = call(src_fd, os.fsencode(name), dst_fd, os.fsencode(target), _RENAME_NOREPLACE)
     if rc == 0:
         return True
     err = ctypes.get_errno()

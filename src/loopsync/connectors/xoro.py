@@ -15,7 +15,8 @@ envelope `{Result, Message, Data, TotalPages}`, and `Result: false` is a failure
 under HTTP 200, classified in `check_envelope` (inside the HTTP retry): refused
 credentials or scope -> AuthError, a request Xoro cannot read -> ErrorBody, throttling ->
 RateLimited, anything else -> transient, retried with backoff. A listing cut short after
-its retries still decides the ASNs it read; the others wait for the next cycle; `TotalPages` is unreliable, so paging also stops at the first empty page;
+its retries still decides the ASNs it read; the others wait for the next cycle.
+`TotalPages` is unreliable, so paging also stops at the first empty page;
 more than 3 concurrent requests get throttled, so requests go one at a time, rate-limited.
 
 `AsnNumber`, `ItemNumber` and `BaseQtyToReceive` are confirmed names. The ASN status,

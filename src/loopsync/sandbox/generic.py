@@ -2,10 +2,11 @@
 `loopsync.connectors.generic` documents.
 
 HTTP: `POST /rmas` verifies the HMAC signature over timestamp, method, request target and
-body, and refuses a timestamp more than `signature_tolerance` seconds from its clock (a bad
-or stale one is refused with 401 and kept in `bad_signatures`), stores RMAs idempotently by number (a repeat answers
-`duplicate_status` with the existing record), `GET /rmas/{number}` looks one up, and
-`GET /receipts?since&page&page_size` serves the receipt feed, paged.
+body, and refuses a timestamp more than SIGNATURE_TOLERANCE seconds from its clock (a bad
+or stale one is refused with 401 and kept in `bad_signatures`), stores RMAs idempotently
+by number (a repeat answers `duplicate_status` with the existing record),
+`GET /rmas/{number}` looks one up, and `GET /receipts?since&page&page_size` serves the
+receipt feed, paged.
 
 Folder: `folder_config(root)` lays out outbox/inbox/archive/rejected under `root`; the 3PL
 picks RMA files up from the outbox and writes receipt files (well-formed, malformed or
