@@ -251,3 +251,21 @@ def test_moves_never_overwrite_even_without_renameat2(share, clock, victim, monk
 
     monkeypatch.setattr(safefiles, "_renameat2", None)  # the hard-link path
     test_link_at_archive_name_is_not_written_through(share, clock, victim)
+
+
+def test_configured_folder_that_is_a_link_is_a_config_error_naming_the_real_path(share, clock,
+                                                                                 tmp_path):
+    from loopsync.errors import ConfigError
+
+    real = tmp_path / "real-inbox"
+    real.mkdir()
+    link = tmp_path / "inbox-link"
+    link.symlink_to(real, target_is_directory=True)
+    with pytest.raises(ConfigError, match="symbolic link.*real-inbox"):
+        _connector_with(share, clock, inbox=link)
+
+
+def _connector_with(emu, clock, **folders):
+    from tests.test_generic import connector
+
+    return connector({**emu.config, **{k: str(v) for k, v in folders.items()}}, clock)

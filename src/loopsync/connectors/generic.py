@@ -150,6 +150,7 @@ import hashlib
 import hmac
 import io
 import json
+import os
 import stat
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -864,7 +865,12 @@ def _folder(section: Section, key: str, default: Path) -> Path:
         return default
     path = Path(raw).expanduser()
     # Relative folders are relative to the config file, not to wherever loopsync runs.
-    return path if path.is_absolute() else Path(section.file).parent / path
+    path = path if path.is_absolute() else Path(section.file).parent / path
+    if path.is_symlink():  # refused at run time too: say so now, with the fix
+        raise section.error(key, f"folder {path} is a symbolic link; give its real path "
+                                 f"{Path(os.path.realpath(path))} (loopsync never follows a "
+                                 "link in the shared folders)")
+    return path
 
 
 def _existing_folder(section: Section, key: str) -> Path:
