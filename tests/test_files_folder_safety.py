@@ -269,3 +269,33 @@ def _connector_with(emu, clock, **folders):
     from tests.test_generic import connector
 
     return connector({**emu.config, **{k: str(v) for k, v in folders.items()}}, clock)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.text(max_size=40))
+def test_any_name_safe_name_accepts_stays_inside_its_folder(name):
+    from loopsync.safefiles import safe_name
+
+    try:
+        accepted = safe_name(name)
+    except ValueError:
+        return
+    folder = "/srv/share/outbox"
+    assert os.path.dirname(os.path.normpath(os.path.join(folder, accepted))) == folder
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.lists(st.sampled_from(["1001", "'-TEE", "=1+1", "x", "", "-3", "2",
+                                          "available", "'", "\ud800", "ä"]),
+                         min_size=4, max_size=6), max_size=4),
+       st.binary(max_size=20))
+def test_any_receipt_file_gives_lines_or_value_error(rows, noise):
+    text = "rma_number,sku,quantity,condition,receipt_id\n" + "\n".join(
+        ",".join(row) for row in rows)
+    data = text.encode("utf-8", "surrogatepass") + noise
+    try:
+        lines = parse_receipt_file(data)
+    except ValueError:
+        return
+    for line in lines:
+        assert line.quantity >= 0 and line.rma_number and line.sku
