@@ -568,6 +568,10 @@ class Engine:
                 result = self.connector.poll(chunk)
             except PollStopped:
                 return
+            except PaginationStopped as exc:
+                if exc.reason != "stopped":  # a walk cut short by shutdown is not a fault
+                    raise
+                return
             self.counts.polled += len(chunk)
             with self.store.atomic():
                 for rid, status in result.statuses.items():
