@@ -6,9 +6,12 @@ tenacity). Loop's quirks handled here:
 
 - Actions answer HTTP 200 for state conflicts; success is only the body `"true"`/`true`.
 - `nextPageUrl` may drop `from`/`state`/`paginate`, so each page is requested with our
-  own parameters plus only the `cursor` taken from it. A repeated or missing cursor, or
-  the page cap, ends the walk instead of looping, loudly (`PaginationStopped`), so the
-  window is not taken as complete and nothing is silently skipped.
+  own parameters plus only the `cursor` taken from it. The walk goes through
+  `paging.PageWalk`: a repeated or missing cursor, or the page cap, ends it instead of
+  looping, loudly (`PaginationStopped`, after the pages read were yielded); the engine
+  decides what that means for the window.
+- Every list page carries Loop's `Date` header (`ReturnsPage.server_date`): Loop's own
+  clock, so a window is never recorded as read past Loop's "now" when ours runs ahead.
 - A 200 whose body is not JSON (a proxy's HTML page) is transient; for a write it means
   the outcome is unknown.
 
