@@ -336,3 +336,13 @@ def test_peoplevox_date_cursor_is_never_past_now(cursor: datetime | None,
     got = next_date_cursor(cursor, seen, now)
     assert got is None or got <= now
     assert got is None or all(d <= got for d in seen if d <= now)
+
+
+def test_xoro_a_loop_return_stamped_in_the_future_still_finds_its_asn(
+        xoro: Any, clock: FakeClock) -> None:  # noqa: F811
+    raw = imported_return(xoro, clock)
+    raw = {**raw, "created_at": "2099-01-01T00:00:00Z", "updated_at": "2099-01-01T00:00:00Z"}
+    con = xoro_connector(xoro, clock)
+    ref = con.find_rma(PushRequest(LoopReturn.from_api(raw), ""), {})
+    assert ref is not None, "a window starting in 2099 listed nothing"
+    assert parse_timestamp(ref.extra["search_from"]) <= clock.now()
