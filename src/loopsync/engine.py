@@ -33,7 +33,9 @@ from loopsync.models import LoopReturn, MalformedReturn, RmaRef, RmaStatus, asn_
 from loopsync.prefetch import prefetched
 from loopsync.store import Store
 from loopsync.timeutil import Clock, iso, parse_timestamp
-from loopsync.windows import Window, ingest_start, plan_windows
+from loopsync.paging import WalkEnd, WalkResult, record_walk
+from loopsync.windows import (Window, check_cursor, clock_skew, completed_until, ingest_start,
+                              plan_windows)
 
 log = structlog.get_logger("loopsync.engine")
 
@@ -53,6 +55,9 @@ NOTE_SETTLE = 2  # Loop read timeouts
 # has no idempotency key): look it up only this many warehouse read timeouts later.
 CREATE_SETTLE = 2  # warehouse read timeouts
 POLL_CHUNK = 500
+# kv namespace of clock trouble (cursors pulled back from the future, skew against Loop's
+# `Date`), read by `loopsync status`.
+CURSOR_EVENTS = "cursors"
 # The ASN report only feeds tracking numbers of returns still to push, which are recent:
 # the first run reads this far back rather than from loop.start_at, day by day.
 ASN_BACKFILL = timedelta(days=30)
@@ -179,7 +184,7 @@ class Engine:
         for state in self.cfg.loop.states:
             if self.stop.is_set():
                 return
-            cur = self.store.cursor(RETURNS, state)
+            cur = self._checked_cursor(RETURNS, state, end)
             if cur.window_from is not None and cur.window_to is not None:
                 self.log.info("ingest.resume", state=state, window_from=iso(cur.window_from),
                               window_to=iso(cur.window_to), has_cursor=bool(cur.page_cursor))
@@ -199,26 +204,88 @@ class Engine:
                 if outcome == INCOMPLETE:
                     break  # the cursor cannot pass this window; other states go on
 
+    def _checked_cursor(self, stream: str, state: str, now: datetime) -> st.Cursor:
+        """The stored cursor, pulled back first if it lies beyond `now` (written while our
+        clock ran ahead): logged, and kept in kv for `status`."""
+        cur = self.store.cursor(stream, state)
+        if not any(t is not None and t > now for t in (cur.done_until, cur.window_to)):
+            return cur
+        window = (Window(cur.window_from, cur.window_to)
+                  if cur.window_from is not None and cur.window_to is not None else None)
+        check = check_cursor(cur.done_until, window, cur.page_cursor, now=now,
+                             lookback=self.cfg.loop.lookback,
+                             last_seen=self.store.last_updated_at(stream, state))
+        self.log.warning("ingest.cursor_pulled_back", stream=stream, state=state,
+                         was=iso(cur.done_until), now=iso(check.done_until), reason=check.reason)
+        if not self.dry_run:
+            with self.store.atomic():
+                self.store.set_done_until(stream, state, check.done_until)
+                self.store.kv(CURSOR_EVENTS).set(f"pulled_back:{stream}/{state}", {
+                    "at": iso(now), "from": iso(cur.done_until), "to": iso(check.done_until),
+                    "reason": check.reason})
+        return st.Cursor(stream, state, check.done_until, None, None, None)
+
+    def _server_now(self, local: datetime, remote: datetime | None) -> None:
+        """Compare our clock with the remote's `Date`; a disagreement beyond the threshold
+        is logged and kept for `status` (cleared when they agree again)."""
+        if remote is None:
+            return
+        skew = clock_skew(local, remote)
+        kv = self.store.kv(CURSOR_EVENTS)
+        if skew is None:
+            if kv.get("clock_skew") is not None:
+                kv.set("clock_skew", None)
+            return
+        self.log.warning("clock.skew", local=iso(local), loop=iso(remote),
+                         ahead_seconds=round(skew.total_seconds(), 1))
+        kv.set("clock_skew", {"at": iso(local), "loop": iso(remote),
+                              "ahead_seconds": round(skew.total_seconds(), 1)})
+
     def _ingest_window(self, state: str, window: Window, cursor: str | None,
                        *, retried: bool = False) -> str:
         """Read one window: COMPLETE, STOPPED (shutdown; checkpoint saved) or INCOMPLETE
         (pagination broke off; the pages read are kept, the window stays open)."""
         last = None
+        walk = f"loop.returns.{state}"
+        date_key = f"window_date:{RETURNS}/{state}"
+        # Loop's clock when this window's reading began (kept across a resumed walk).
+        first_date = None
+        if cursor is not None:
+            saved = self.store.kv(CURSOR_EVENTS).get(date_key)
+            first_date = parse_timestamp(saved) if saved else None
         try:
             pages = self.loop.iter_returns(window.start, window.end, state, cursor=cursor)
             for page in prefetched(pages, name="loop-pages"):
-                last = page
+                date = getattr(page, "server_date", None)
+                first_page, last = last is None, page
+                if first_page and date is not None:
+                    self._server_now(self.clock.now(), date)
+                    first_date = date if first_date is None else min(first_date, date)
                 with self.store.atomic():
                     self._ingest_page(page.returns)
                     self.store.save_page(RETURNS, state, window.start, window.end,
                                          page.next_cursor)
+                    if first_page and first_date is not None and page.next_cursor:
+                        self.store.kv(CURSOR_EVENTS).set(date_key, iso(first_date))
                 if self.stop.is_set() and page.next_cursor:
                     return STOPPED
         except PaginationStopped as exc:
+            if exc.reason == "stopped":
+                return STOPPED
             if not retried and exc.reason != "page_cap":
                 # A repeated or missing cursor may be a one-off: read the window again.
                 self.log.warning("ingest.window_retry", state=state, reason=exc.reason)
                 return self._ingest_window(state, window, None, retried=True)
+            self._record_walk(walk, exc)
+            if exc.reason == "next_page_url_without_cursor":
+                # Nothing to follow, twice: waiting cannot finish this window, and holding
+                # it open would stop this state's cursor for good. End it, and say so.
+                self._problem(None, "ingest", f"{state} window {iso(window.start)} -> "
+                                              f"{iso(window.end)}: Loop gave a next page "
+                                              "link without a cursor; the window was ended "
+                                              "there")
+                self._complete_window(state, window, first_date)
+                return COMPLETE
             self.counts.errors += 1
             self._problem(None, "ingest", f"{state} window {iso(window.start)} -> "
                                           f"{iso(window.end)} not finished ({exc.reason}); "
@@ -230,9 +297,35 @@ class Engine:
             # A saved page cursor the API no longer accepts: re-read the window from its start.
             self.log.warning("ingest.cursor_rejected", state=state, error=str(exc))
             return self._ingest_window(state, window, None, retried=retried)
-        with self.store.atomic():
-            self.store.complete_window(RETURNS, state, window.end)
+        self._record_walk(walk, None)
+        self._complete_window(state, window, first_date)
         return COMPLETE
+
+    def _complete_window(self, state: str, window: Window, server_date: datetime | None) -> None:
+        """Mark the window done, never past Loop's own clock when our clock runs ahead."""
+        until = completed_until(window.end, server_date)
+        if until < window.end:
+            self.log.warning("ingest.window_end_clamped", state=state, window_end=iso(window.end),
+                             loop_now=iso(server_date), done_until=iso(until))
+        with self.store.atomic():
+            self.store.complete_window(RETURNS, state, until)
+            kv = self.store.kv(CURSOR_EVENTS)
+            if kv.get(f"window_date:{RETURNS}/{state}") is not None:
+                kv.set(f"window_date:{RETURNS}/{state}", None)
+
+    def _record_walk(self, name: str, exc: PaginationStopped | None) -> None:
+        """Keep an unfinished walk (or clear it once it completes) for `status`."""
+        if self.dry_run:
+            return
+        result = exc.walk if exc is not None else None
+        if exc is not None and not isinstance(result, WalkResult):
+            result = WalkResult(name, WalkEnd.REPEATED if "repeat" in exc.reason
+                                else WalkEnd.NO_CURSOR if "cursor" in exc.reason
+                                else WalkEnd.CAPPED, 0)
+        if result is None:
+            result = WalkResult(name, WalkEnd.COMPLETE, 0)
+        record_walk(self.store.kv("loop"), WalkResult(name, result.outcome, result.pages),
+                    self.clock.now())
 
     def _ingest_page(self, returns: list[Any]) -> list[str]:
         """Store a page of list objects (in the caller's transaction); their ids."""
@@ -265,13 +358,15 @@ class Engine:
     def ingest_asn(self) -> None:
         """Loop's ASN report in small windows (it does not paginate)."""
         end = self.clock.now()
-        cur = self.store.cursor(ASN, "all")
+        cur = self._checked_cursor(ASN, "all", end)
         first_start = max(self.cfg.loop.start_at, end - ASN_BACKFILL)
         start = ingest_start(cur.done_until, first_start, self.cfg.loop.lookback)
         for window in plan_windows(start, end, self.cfg.loop.asn_window):
             if self.stop.is_set():
                 return
             rows = self.loop.asn_report(window.start, window.end)
+            date = getattr(self.loop, "last_server_date", None)
+            self._server_now(self.clock.now(), date)
             with self.store.atomic():
                 for row in rows:
                     problem = asn_row_problem(row)
@@ -280,7 +375,7 @@ class Engine:
                         self.counts.asn_rows += 1
                     else:
                         self._problem(_raw_id(row), "asn", f"malformed ASN row: {problem}")
-                self.store.complete_window(ASN, "all", window.end)
+                self.store.complete_window(ASN, "all", completed_until(window.end, date))
 
     def import_window(self, start: datetime, end: datetime) -> set[str]:
         """Manual import of a date range: every state, no live cursor moves."""
@@ -472,6 +567,10 @@ class Engine:
             try:
                 result = self.connector.poll(chunk)
             except PollStopped:
+                return
+            except PaginationStopped as exc:
+                if exc.reason != "stopped":  # a walk cut short by shutdown is not a fault
+                    raise
                 return
             self.counts.polled += len(chunk)
             with self.store.atomic():

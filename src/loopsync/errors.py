@@ -7,7 +7,8 @@
     └── RemoteError            anything a remote system said or failed to say
         ├── TransientError     worth retrying later: 5xx, timeouts, resets, throttling
         │   ├── RateLimited    429 or a throttle body; carries retry_after seconds if known
-        │   └── OutcomeUnknown a write was sent but its answer was lost; look up before repeating
+        │   ├── OutcomeUnknown a write was sent but its answer was lost; look up before repeating
+        │   └── PaginationStopped  a page walk ended before the remote's last page (cap, loop)
         └── PermanentError     retrying the same request will not help
             ├── AuthError      401/403 or a failed login
             ├── NotFound       the remote has no such object
@@ -74,6 +75,18 @@ class RateLimited(TransientError):
 
 class OutcomeUnknown(TransientError):
     """A non-idempotent request may or may not have taken effect."""
+
+
+class PaginationStopped(TransientError):  # noqa: N818 - named like RateLimited, NotFound
+    """A page walk ended before the remote's last page: a repeated token, a next link
+    without a cursor, the page cap (`reason`, a `paging.WalkEnd` value or Loop's older
+    names). Worth another try later; meanwhile what depends on the whole listing waits."""
+
+    def __init__(self, reason: str, message: str, *, system: str = "loop",
+                 walk: object = None) -> None:
+        self.reason = reason
+        self.walk = walk  # the paging.WalkResult, when a PageWalk ended it
+        super().__init__(system, message, code=reason)
 
 
 class PermanentError(RemoteError):

@@ -6,9 +6,12 @@ tenacity). Loop's quirks handled here:
 
 - Actions answer HTTP 200 for state conflicts; success is only the body `"true"`/`true`.
 - `nextPageUrl` may drop `from`/`state`/`paginate`, so each page is requested with our
-  own parameters plus only the `cursor` taken from it. A repeated or missing cursor, or
-  the page cap, ends the walk instead of looping, loudly (`PaginationStopped`), so the
-  window is not taken as complete and nothing is silently skipped.
+  own parameters plus only the `cursor` taken from it. The walk goes through
+  `paging.PageWalk`: a repeated or missing cursor, or the page cap, ends it instead of
+  looping, loudly (`PaginationStopped`, after the pages read were yielded); the engine
+  decides what that means for the window.
+- Every list page carries Loop's `Date` header (`ReturnsPage.server_date`): Loop's own
+  clock, so a window is never recorded as read past Loop's "now" when ours runs ahead.
 - A 200 whose body is not JSON (a proxy's HTML page) is transient; for a write it means
   the outcome is unknown.
 
@@ -18,19 +21,22 @@ I/O and are tested on their own.
 
 from __future__ import annotations
 
+import email.utils
 import re
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, NoReturn, TypeVar
+from datetime import UTC, datetime
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import requests
 import structlog
 
-from loopsync.errors import (DryRunViolation, ErrorBody, OutcomeUnknown, PermanentError,
-                             StateConflict, TransientError)
+from loopsync.errors import (DryRunViolation, ErrorBody, OutcomeUnknown, PaginationStopped,
+                             PermanentError, StateConflict, TransientError)
 from loopsync.http import HttpClient, HttpResult, RetryPolicy, error_text, shared_limiter
+from loopsync.paging import DEFAULT_MAX_PAGES, PageWalk, Step, WalkEnd
 from loopsync.timeutil import Clock, loop_wire
 from loopsync.windows import MAX_SPAN
 
@@ -43,7 +49,7 @@ MAX_WINDOW = MAX_SPAN                 # 120 days: Loop answers 422 beyond this
 MAX_PAGE_SIZE = 750                   # current docs; older snapshots said 500/700
 NOTE_MAX_CHARS = 254                  # Loop: content "must be less than 255 characters"
 DISPOSITION_BATCH = 20                # the grading guide says 20 (the OpenAPI says 30)
-DEFAULT_MAX_PAGES = 10_000
+__all__ = ["PaginationStopped"]  # re-exported: it lives in errors.py
 STATE_CONFLICT_CODES = frozenset({"UNPROCESSABLE_RETURN", "UNPROCESSABLE_FLAGGED_RETURN"})
 # "Return is closed and therefore cannot be processed." / "Return is flagged and cannot be
 # processed." (the cancel variant arrives as {"content": ...} without a code).
@@ -73,17 +79,7 @@ class ReturnsPage:
     returns: list[dict[str, Any]]
     next_cursor: str | None
     cursor: str | None
-
-
-class PaginationStopped(TransientError):  # noqa: N818 - named like RateLimited, NotFound
-    """A walk stopped before Loop's last page: a repeated cursor, a next link without a
-    cursor, or the page cap. Raised after the pages read were yielded, so a caller that
-    checkpoints per page keeps them but must not mark the window complete; the last
-    page's `next_cursor` says where to resume."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        self.reason = reason
-        super().__init__(SYSTEM, message, code=reason)
+    server_date: datetime | None = None  # Loop's `Date` header: its own clock's "now"
 
 
 # -- pure helpers ---------------------------------------------------------------------
@@ -211,23 +207,25 @@ def _check_action(result: HttpResult) -> None:
     classify_action_body(result.data, status=result.status)
 
 
-def _next_cursor(next_url: str | None, seen: set[str]) -> tuple[str | None, str | None]:
-    """(cursor to fetch next, guard that trips) for a page's `nextPageUrl`."""
-    if next_url is None:
-        return None, None
-    cursor = extract_cursor(next_url)
-    if cursor is None:
-        return None, "next_page_url_without_cursor"
-    if cursor in seen:  # Loop would serve the same pages again, forever
-        return None, "repeated_cursor"
-    return cursor, None
+def server_date(headers: Any) -> datetime | None:
+    """The answer's `Date` header as an aware UTC datetime, None if absent or unreadable.
+    It is the remote's clock: a second opinion on our own `now`."""
+    value = headers.get("Date") if headers is not None else None
+    if not isinstance(value, str) or not value.strip():
+        return None
+    try:
+        when = email.utils.parsedate_to_datetime(value.strip())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when is None:
+        return None
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
 
 
-def _stop(reason: str, walk: dict[str, str], **detail: Any) -> NoReturn:
-    log.warning("loop.pagination_guard", reason=reason, **detail, **walk)
-    raise PaginationStopped(reason, f"pagination stopped early ({reason}) for state "
-                                    f"{walk['state']} {walk['window_from']}..{walk['window_to']}; "
-                                    "the window is incomplete")
+# Loop's names for how a walk ended early (kept: logs and stored problems use them).
+_LOOP_REASONS = {WalkEnd.REPEATED: "repeated_cursor",
+                 WalkEnd.NO_CURSOR: "next_page_url_without_cursor",
+                 WalkEnd.CAPPED: "page_cap", WalkEnd.STOPPED: "stopped"}
 
 
 # -- the client -----------------------------------------------------------------------
@@ -240,13 +238,16 @@ class LoopClient:
                  policy: RetryPolicy | None = None, requests_per_minute: int = 280,
                  page_size: int = 250, timeout: float | tuple[float, float] = (5.0, 30.0),
                  session: requests.Session | None = None, dry_run: bool = False,
-                 max_pages: int = DEFAULT_MAX_PAGES) -> None:
+                 max_pages: int = DEFAULT_MAX_PAGES,
+                 stop: threading.Event | None = None) -> None:
         if not 1 <= page_size <= MAX_PAGE_SIZE:
             raise ValueError(f"page_size must be 1..{MAX_PAGE_SIZE}: {page_size}")
         if max_pages < 1:
             raise ValueError(f"max_pages must be >= 1: {max_pages}")
         self.page_size = page_size
         self.max_pages = max_pages
+        self.stop = stop  # checked between pages of a walk (shutdown)
+        self.last_server_date: datetime | None = None  # `Date` of the last ASN report
         self.dry_run = dry_run
         # Shared per key: merchants using one key share Loop's 300/min budget.
         limiter = shared_limiter(SYSTEM, api_key, requests_per_minute, 60, clock)
@@ -271,29 +272,40 @@ class LoopClient:
             raise ValueError(f"unknown list filter {filter!r}; one of {', '.join(LIST_FILTERS)}")
         params = {"from": loop_wire(start), "to": loop_wire(end), "filter": filter,
                   "state": state, "paginate": "true", "pageSize": str(self.page_size)}
-        walk = {"state": state, "filter": filter, "window_from": params["from"],
-                "window_to": params["to"]}
-        seen = {cursor} if cursor else set()
-        current = cursor
-        for page_number in range(1, self.max_pages + 1):
-            query = params if current is None else {**params, "cursor": current}
+        walk_info = {"state": state, "filter": filter, "window_from": params["from"],
+                     "window_to": params["to"]}
+
+        def fetch(token: Any) -> Step[tuple[list[dict[str, Any]], datetime | None]]:
+            query = params if token is None else {**params, "cursor": token}
             result = self.http.request("GET", RETURN_LIST_PATH, params=query,
                                        check=_require_json)
             returns, next_url = parse_returns_body(result.data, status=result.status)
-            next_cursor, guard = _next_cursor(next_url, seen)
-            yield ReturnsPage(returns, next_cursor, current)
-            if guard is not None:
-                _stop(guard, walk, page=page_number, next_page_url=next_url)
-            if next_cursor is None:
-                return
-            seen.add(next_cursor)
-            current = next_cursor
-        _stop("page_cap", walk, page=self.max_pages, next_cursor=current)
+            if next_url is not None and extract_cursor(next_url) is None:
+                log.warning("loop.next_link_without_cursor", next_page_url=next_url, **walk_info)
+            return Step((returns, server_date(result.headers)), more=next_url is not None,
+                        token=extract_cursor(next_url) if next_url else None)
+
+        pages = PageWalk(fetch, name=f"loop.returns.{state}", first=cursor,
+                         max_pages=self.max_pages, stop=self.stop, **walk_info)
+        for page in pages:
+            returns, date = page.items
+            yield ReturnsPage(returns, page.next_token,  # type: ignore[arg-type]
+                              page.token, date)  # type: ignore[arg-type]
+        if pages.result is not None and not pages.result.complete:
+            reason = _LOOP_REASONS[pages.result.outcome]
+            log.warning("loop.pagination_guard", reason=reason, pages=pages.result.pages,
+                        **walk_info)
+            raise PaginationStopped(reason, f"pagination stopped early ({reason}) for state "
+                                            f"{state} {params['from']}..{params['to']}; "
+                                            "the window is incomplete", walk=pages.result)
 
     def asn_report(self, start: datetime, end: datetime) -> list[dict[str, Any]]:
         """ASN rows (one per returned line item) for the window; not paginated."""
         check_window(start, end)  # the 120-day cap is UNCONFIRMED for ASN; stay inside it
-        body = self._get_json(ASN_PATH, {"from": loop_wire(start), "to": loop_wire(end)})
+        result = self.http.request("GET", ASN_PATH, check=_require_json,
+                                   params={"from": loop_wire(start), "to": loop_wire(end)})
+        self.last_server_date = server_date(result.headers)
+        body = result.data
         if not isinstance(body, list):
             raise read_error(body, "ASN report")
         return body

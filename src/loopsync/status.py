@@ -32,6 +32,7 @@ def merchant_status(cfg: MerchantConfig) -> dict[str, Any]:
             report["last_run"] = run
         report["waiting"] = store.waiting(50)
         report["problems"] = store.problems(20)
+        report["clock"] = clock_events(store)
     finally:
         store.close()
     return report
@@ -56,6 +57,7 @@ def render_status(r: dict[str, Any]) -> str:
             where += (f"; in window {cur['window_from']} -> {cur['window_to']}"
                       + (" at a saved page" if cur.get("page_cursor") else ""))
         lines.append(f"    {cur['stream']}/{cur['state']:<10} {where}")
+    lines += clock_lines(r.get("clock", {}))
     stages = r.get("stages", {})
     lines.append("  returns by stage  " + (", ".join(f"{k} {v}" for k, v in sorted(stages.items()))
                                           or "none"))
@@ -78,3 +80,28 @@ def render_status(r: dict[str, Any]) -> str:
             lines.append(f"    {p['at']}  {p.get('return_id') or '-':<12} {p['stage']:<6} "
                          f"{p['message']}")
     return "\n".join(lines) + "\n\n"
+
+
+def clock_events(store: Store) -> dict[str, Any]:
+    """Cursors pulled back from the future, clock skew against Loop, and walks that ended
+    before the remote's last page (kv entries the engine and connectors keep)."""
+    return {"pulled_back": [v | {"cursor": k.split(":", 1)[1]}
+                            for _, k, v in store.kv_with_prefix("pulled_back:")],
+            "skew": [v for ns, k, v in store.kv_with_prefix("clock_skew") if ns == "cursors"],
+            "walks": [v | {"walk": k.split(":", 1)[1]}
+                      for _, k, v in store.kv_with_prefix("walk:") if isinstance(v, dict)]}
+
+
+def clock_lines(events: dict[str, Any]) -> list[str]:
+    lines = []
+    for p in events.get("pulled_back", []):
+        lines.append(f"  cursor {p['cursor']} was in the future; pulled back at {p.get('at')} "
+                     f"from {p.get('from') or '-'} to {p.get('to') or '(start)'}")
+    for k in events.get("skew", []):
+        lines.append(f"  clock skew: ours ran {k.get('ahead_seconds')} s ahead of Loop's "
+                     f"at {k.get('at')} (cursors kept to Loop's clock)")
+    for w in events.get("walks", []):
+        lines.append(f"  unfinished walk {w['walk']}: {w.get('outcome')} after "
+                     f"{w.get('pages')} pages, {w.get('times')} time(s) since {w.get('since')} "
+                     "(what it feeds waits)")
+    return lines

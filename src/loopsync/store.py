@@ -25,7 +25,7 @@ import os
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -427,6 +427,15 @@ class Store:
             "updated_at": self.now(),
         }, pk=("stream", "state"))
 
+    def set_done_until(self, stream: str, state: str, done_until: datetime | None) -> None:
+        """Reset a cursor to `done_until` with no window in progress (a cursor pulled back
+        from the future)."""
+        self.db["cursors"].upsert({
+            "stream": stream, "state": state, "done_until": iso(done_until),
+            "window_from": None, "window_to": None, "page_cursor": None,
+            "updated_at": self.now(),
+        }, pk=("stream", "state"))
+
     # -- runs and problems ------------------------------------------------------------------
     def start_run(self, run_id: str, mode: str) -> None:
         self.db["runs"].insert({"id": run_id, "started_at": self.now(), "mode": mode,
@@ -452,6 +461,30 @@ class Store:
     # -- connectors' key-value state ----------------------------------------------------------
     def kv(self, namespace: str) -> StoreKeyValue:
         return StoreKeyValue(self, namespace)
+
+    def kv_with_prefix(self, prefix: str) -> list[tuple[str, str, Any]]:
+        """(namespace, key, value) of every set kv entry whose key starts with `prefix`,
+        across namespaces (for `status`: connectors write to their own namespace)."""
+        rows = self.db.query("select namespace, key, value from kv where substr(key, 1, ?) = ? "
+                             "order by namespace, key", [len(prefix), prefix])
+        return [(r["namespace"], r["key"], v) for r in rows
+                if (v := json.loads(r["value"])) is not None]
+
+    def last_updated_at(self, stream: str, state: str) -> datetime | None:
+        """The newest `updated_at` stored for a cursor's stream (returns of one state, or
+        ASN rows), or None. Where a cursor found in the future is pulled back to."""
+        if stream == "returns":
+            sql, args = "select max(updated_at) as m from returns where state = ?", [state]
+        else:
+            sql, args = "select max(updated_at) as m from asn_rows", []
+        value = next(iter(self.db.query(sql, args)))["m"]
+        try:
+            # Stored texts compare as strings; a fraction of a second may sort wrongly,
+            # so step back one second (earlier is the safe side).
+            return parse_timestamp(value, assume_utc=True) - timedelta(seconds=1) if value \
+                else None
+        except (ValueError, OverflowError):
+            return None
 
 
 class StoreKeyValue:

@@ -171,6 +171,8 @@ from loopsync.errors import ErrorBody, NotFound, PermanentError, Rejected, Trans
 from loopsync.http import HttpClient, HttpResult
 from loopsync.models import ItemStatus, RmaRef, RmaStatus, identifier
 from loopsync.timeutil import iso, parse_timestamp
+from loopsync.connectors.base import PollStopped  # noqa: I001 - apart: fewer merge conflicts
+from loopsync.paging import PageWalk, Step, WalkEnd, record_walk
 
 log = structlog.get_logger("loopsync.connectors.generic")
 
@@ -190,7 +192,7 @@ RECEIPT_REQUIRED = ("rma_number", "sku", "quantity", "condition")
 SINCE_OVERLAP = timedelta(minutes=5)
 SINCE_KEY = "receipts_since"
 _HTTP_KEYS = ("rma_url", "receipts_url", "auth_header", "auth_token", "signing_secret",
-              "page_size")
+              "page_size", "max_pages")
 _FOLDER_KEYS = ("outbox", "inbox", "archive", "rejected")
 
 
@@ -204,6 +206,7 @@ class GenericSettings:
     auth_token: Secret | None = None
     signing_secret: Secret | None = None
     page_size: int = 100
+    max_pages: int = 10_000             # pages one receipts read may take
     outbox: Path = Path()
     inbox: Path = Path()
     archive: Path = Path()
@@ -279,7 +282,8 @@ class GenericConnector(WarehouseConnector):
                 auth_header=section.str("auth_header", "X-Api-Key", pattern=r"[A-Za-z0-9-]+"),
                 auth_token=section.secret("auth_token", None),
                 signing_secret=section.secret("signing_secret", None),
-                page_size=section.int("page_size", 100, min=1, max=1000))
+                page_size=section.int("page_size", 100, min=1, max=1000),
+                max_pages=section.int("max_pages", 10_000, min=1))
         inbox = _existing_folder(section, "inbox")
         return GenericSettings(
             transport=transport, condition_map=condition_map,
@@ -462,6 +466,7 @@ class HttpTransport:
         self.conf = conf
         self.clock = ctx.clock
         self.kv: KeyValue = ctx.kv
+        self.stop = ctx.stop
         headers = {"Accept": "application/json"}
         if conf.auth_token is not None:
             headers[conf.auth_header] = conf.auth_token.value
@@ -503,32 +508,52 @@ class HttpTransport:
         since = self._since(rmas)
         lines: list[ReceiptLine] = []
         bad: list[tuple[str | None, str, datetime | None]] = []
-        page: int | None = 1
-        while page is not None:
+
+        def fetch(token: Any) -> Step[dict[str, Any]]:
+            page = token or 1
             body = self.http.request("GET", self.conf.receipts_url, check=_json_object,
                                      params={"since": iso(since), "page": page,
                                              "page_size": self.conf.page_size}).data
-            good, wrong = _page_receipts(body, page)
+            nxt = _next_page(body, page)
+            return Step({"body": body, "page": page}, more=nxt is not None, token=nxt,
+                        fingerprint=json.dumps(body.get("receipts"), sort_keys=True,
+                                               default=str))
+
+        # `next_page` used to be followed forever; the walk has a cap, a guard against a
+        # server that serves one page under every number, and gives way to shutdown.
+        walk: PageWalk[dict[str, Any]] = PageWalk(
+            fetch, name="generic.receipts", max_pages=self.conf.max_pages, stop=self.stop)
+        for fetched in walk:
+            good, wrong = _page_receipts(fetched.items["body"], fetched.items["page"])
             lines += good
             bad += wrong
-            page = _next_page(body, page)
+        record_walk(self.kv, walk.result, self.clock.now())
+        if walk.result is not None and walk.result.outcome is WalkEnd.STOPPED:
+            raise PollStopped(f"generic receipts: stopped after page {walk.result.pages}")
+        if walk.result is not None and not walk.result.complete:
+            raise walk.result.error(SYSTEM)  # the cursor stays; status says why
         log.info("generic.receipts_read", since=iso(since), lines=len(lines), bad=len(bad))
 
         def commit() -> None:
-            times = [parse_timestamp(line.received_at) for line in lines if line.received_at]
             held = [at for _, _, at in bad]
             if None in held:
                 return  # a bad record of unknown time: read everything again next time
-            if times:  # never ahead of our clock (the 3PL's may run fast), nor past a bad
-                # record, so its correction is read
-                self.kv.set(SINCE_KEY, iso(min(max(times), self.clock.now(), *held)))
+            now = self.clock.now()
+            # Never ahead of our clock: a record dated in the future (the 3PL's clock runs
+            # fast, or a 2099 typo) is left out, not trusted, so it cannot blind the feed;
+            # nor past a bad record, so its correction is read.
+            times = [at for line in lines if line.received_at
+                     and (at := parse_timestamp(line.received_at)) <= now]
+            if times:
+                self.kv.set(SINCE_KEY, iso(min(max(times), now, *held)))
 
         return lines, [(rma, why) for rma, why, _ in bad], commit
 
     def _since(self, rmas: Sequence[RmaRef]) -> datetime:
         cursor = self.kv.get(SINCE_KEY)
         if cursor:
-            return parse_timestamp(cursor) - SINCE_OVERLAP
+            # A cursor stored while our clock ran ahead is pulled back to now.
+            return min(parse_timestamp(cursor), self.clock.now()) - SINCE_OVERLAP
         # First poll ever: nothing can have been received before the oldest RMA existed.
         return min(parse_timestamp(ref.extra["created_at"]) for ref in rmas) - SINCE_OVERLAP
 

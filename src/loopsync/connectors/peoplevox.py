@@ -24,13 +24,15 @@ from __future__ import annotations
 
 import base64
 import csv
+import hashlib
 import io
 import re
+import threading
 import xml.etree.ElementTree as ET
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, Union
 
 import requests
@@ -47,6 +49,8 @@ from loopsync.http import HttpClient, HttpResult, RateLimiter, parse_retry_after
 from loopsync.models import (ItemStatus, LoopReturn, ReturnLine, RmaRef, RmaStatus, identifier,
                              whole_number)
 from loopsync.timeutil import Clock
+from loopsync.connectors.base import KeyValue  # noqa: I001 - kept apart: fewer merge conflicts
+from loopsync.paging import PageWalk, Step, record_walk
 
 log = structlog.get_logger("loopsync.peoplevox")
 
@@ -139,6 +143,7 @@ class PeopleVoxSettings:
     rate_period: float = 15.0
     items_per_page: int = 200
     session_refresh: timedelta = timedelta(minutes=25)
+    max_pages: int = 1000       # pages one read may take (200,000 rows at the default size)
 
 
 def parse_peoplevox_settings(section: Section) -> PeopleVoxSettings:
@@ -170,6 +175,7 @@ def parse_peoplevox_settings(section: Section) -> PeopleVoxSettings:
         items_per_page=section.int("items_per_page", 200, min=1, max=5000),
         session_refresh=section.duration("session_refresh", timedelta(minutes=25),
                                          min=timedelta(minutes=1)),
+        max_pages=section.int("max_pages", 1000, min=1),
     )
 
 
@@ -463,11 +469,14 @@ class PeopleVoxClient:
     `session_refresh` idle, and once more when PeopleVox says "Invalid Session"."""
 
     def __init__(self, http: HttpClient, settings: PeopleVoxSettings, clock: Clock, *,
-                 dry_run: bool = False) -> None:
+                 dry_run: bool = False, stop: threading.Event | None = None,
+                 kv: KeyValue | None = None) -> None:
         self.http = http
         self.settings = settings
         self.clock = clock
         self.dry_run = dry_run
+        self.stop = stop  # checked between pages of a read
+        self.kv = kv      # where unfinished reads are kept for `status`
         self._session: SessionCredentials | None = None
         self._last_used = 0.0
 
@@ -491,16 +500,33 @@ class PeopleVoxClient:
 
     def read_all(self, operation: str, name: str, *, where: str = "",
                  columns: Sequence[str] = ()) -> list[dict[str, str]]:
-        """Every matching row, paging while PageNo * ItemsPerPage < TotalCount."""
-        rows: list[dict[str, str]] = []
-        page = 1
-        while True:
+        """Every matching row, paging while PageNo * ItemsPerPage < TotalCount.
+
+        Through `paging.PageWalk`: a page identical to the one before (a server ignoring
+        PageNo), the page cap or a stop between pages raises PaginationStopped rather
+        than returning part of the rows as if they were all."""
+        per_page = self.settings.items_per_page
+
+        def fetch(token: Any) -> Step[list[dict[str, str]]]:
+            page = token or 1
             result = self.read_page(operation, name, page=page, where=where, columns=columns)
             page_rows = csv_rows(result.detail)
-            rows.extend(page_rows)
-            if not page_rows or page * self.settings.items_per_page >= result.total_count:
-                return rows
-            page += 1
+            more = bool(page_rows) and page * per_page < result.total_count
+            return Step(page_rows, more=more, token=page + 1,
+                        fingerprint=hashlib.sha256(result.detail.encode("utf-8", "replace"))
+                        .hexdigest())
+
+        walk: PageWalk[list[dict[str, str]]] = PageWalk(
+            fetch, name=f"peoplevox.{operation}.{name}", max_pages=self.settings.max_pages,
+            stop=self.stop)
+        rows: list[dict[str, str]] = []
+        for fetched in walk:
+            rows.extend(fetched.items)
+        if self.kv is not None:
+            record_walk(self.kv, walk.result, self.clock.now())
+        if walk.result is not None and not walk.result.complete:
+            raise walk.result.error(SYSTEM)
+        return rows
 
     def save(self, template: str, columns: Sequence[str], rows: Sequence[Mapping[str, str]]
              ) -> int:
@@ -634,7 +660,8 @@ class PeopleVoxConnector(WarehouseConnector):
             # keeps network jitter from pushing the 16th request into the same window.
             limiter=RateLimiter(own.rate_limit, own.rate_period + ARRIVAL_SLACK, ctx.clock),
             policy=ctx.policy, clock=ctx.clock, throttle_wait=own.rate_period)
-        self.client = PeopleVoxClient(http, own, ctx.clock, dry_run=ctx.dry_run)
+        self.client = PeopleVoxClient(http, own, ctx.clock, dry_run=ctx.dry_run, stop=ctx.stop,
+                                      kv=ctx.kv)
         self._save_columns: dict[str, list[str]] = {}
         self._reason_codes: dict[str, str] | None = None
 
@@ -853,7 +880,7 @@ class PeopleVoxConnector(WarehouseConnector):
                 except ValueError as exc:  # held, with the reason, until the data is fixed
                     errors[by_number[n].return_id] = f"PeopleVox RA {n}: {exc}"
         held = {n for n, ref in by_number.items() if ref.return_id in errors}
-        new_cursor = max([*seen_dates, *([cursor] if cursor else [])], default=None)
+        new_cursor = next_date_cursor(cursor, seen_dates, self._now_naive())
 
         def commit() -> None:
             if new_cursor is not None:
@@ -897,8 +924,22 @@ class PeopleVoxConnector(WarehouseConnector):
         return rows, unread
 
     def _date_cursor(self) -> datetime | None:
+        """The sweep's date cursor, pulled back to our clock if it was stored in the future
+        (before the clamp, one row dated 2099 set it there for good)."""
         raw = self.ctx.kv.get(self.KV_DATE_CURSOR)
-        return datetime.fromisoformat(raw) if raw else None
+        try:
+            stored = datetime.fromisoformat(raw).replace(tzinfo=None) if raw else None
+        except (TypeError, ValueError):
+            return None  # unreadable: sweep everything once, as on a first poll
+        now = self._now_naive()
+        if stored is not None and stored > now:
+            log.warning("peoplevox.date_cursor_pulled_back", was=stored.isoformat(),
+                        now=now.isoformat())
+            return now
+        return stored
+
+    def _now_naive(self) -> datetime:
+        return self.ctx.clock.now().astimezone(UTC).replace(tzinfo=None)
 
     def _dates(self, rows: Iterable[Mapping[str, str]]) -> list[datetime]:
         data = self.own.returns
@@ -931,6 +972,19 @@ def item_row(ra_number: str, line: ItemLine) -> dict[str, str]:
         "ReturnAuthorizationItemComments": line.comment,
         "Quantity": str(line.quantity),
     }
+
+
+def next_date_cursor(cursor: datetime | None, seen: Iterable[datetime],
+                     now: datetime) -> datetime | None:
+    """Where the returns sweep starts next time: the newest report date seen, never past
+    our clock (`now`, naive UTC). A date after `now` is left out, not trusted: one row dated
+    2099 would otherwise blind the sweep for good. Report dates are tenant-local, so a
+    tenant east of UTC has recent rows that look future; leaving them out only re-reads
+    them (the safe side)."""
+    candidates = [d for d in seen if d <= now]
+    if cursor is not None:
+        candidates.append(min(cursor, now))
+    return max(candidates, default=None)
 
 
 def parse_report_date(text: str, date_format: str) -> datetime | None:

@@ -30,6 +30,7 @@ from loopsync.errors import (AuthError, DryRunViolation, ErrorBody, OutcomeUnkno
                              Rejected, TransientError)
 from loopsync.http import HttpClient, HttpResult
 from loopsync.models import ItemStatus, LoopReturn, RmaRef, RmaStatus, identifier, whole_number
+from loopsync.paging import PageWalk, Step, WalkEnd, record_walk
 from loopsync.timeutil import Clock
 
 log = structlog.get_logger("loopsync.connectors.shiphero")
@@ -59,6 +60,8 @@ class ShipHeroSettings:
     credits_max: int
     credits_per_second: float
     order_page_size: int
+    # Pages one connection walk may read; a look-up that needs more is a looping server.
+    max_pages: int = 500
 
 
 # -- GraphQL documents (values always travel as variables) -------------------------------
@@ -235,6 +238,7 @@ class ShipHeroConnector(WarehouseConnector):
             credits_max=section.int("credits_max", 1001, min=1),
             credits_per_second=section.float("credits_per_second", 15.0, min=0.1),
             order_page_size=section.int("order_page_size", 2, min=1, max=100),
+            max_pages=section.int("max_pages", 500, min=1),
         )
 
     # -- engine interface ---------------------------------------------------------------
@@ -386,19 +390,31 @@ class ShipHeroConnector(WarehouseConnector):
     def _paged(self, op: str, query: str, variables: dict[str, Any], path: Sequence[str],
                *, after: str | None = None) -> Iterator[dict[str, Any]]:
         """Nodes of a relay connection at `path` under the body's `data` (("orders",
-        "data"): `data.orders.data`), page after page from the cursor `after`."""
-        while True:
-            body = self._graphql(op, query, {**variables, "after": after})
+        "data"): `data.orders.data`), page after page from the cursor `after`.
+
+        Through `paging.PageWalk`: a repeated `endCursor` or the page cap raises
+        PaginationStopped (a look-up built on half a listing could create a duplicate);
+        `hasNextPage` without an `endCursor` ends the walk there, logged."""
+
+        def fetch(token: Any) -> Step[list[dict[str, Any]]]:
+            body = self._graphql(op, query, {**variables, "after": token})
             connection = body.get("data") or {}
             for key in path:
                 connection = connection.get(key) or {}
-            for edge in connection.get("edges") or []:
-                if edge and edge.get("node"):
-                    yield edge["node"]
+            nodes = [edge["node"] for edge in connection.get("edges") or []
+                     if edge and edge.get("node")]
             page = connection.get("pageInfo") or {}
-            if not page.get("hasNextPage") or not page.get("endCursor"):
-                return
-            after = page["endCursor"]
+            return Step(nodes, more=bool(page.get("hasNextPage")),
+                        token=page.get("endCursor") or None)
+
+        walk = PageWalk(fetch, name=f"shiphero.{op}", first=after, max_pages=self.cfg.max_pages,
+                        stop=self.ctx.stop)
+        for fetched in walk:
+            yield from fetched.items
+        record_walk(self.ctx.kv, walk.result, self.ctx.clock.now())
+        if walk.result is not None and walk.result.outcome in (WalkEnd.CAPPED, WalkEnd.REPEATED,
+                                                               WalkEnd.STOPPED):
+            raise walk.result.error(SYSTEM)
 
     def _graphql(self, op: str, query: str, variables: dict[str, Any], *, units: int = 1,
                  mutation: bool = False, partial_ok: bool = False) -> dict[str, Any]:

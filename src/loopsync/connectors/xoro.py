@@ -25,6 +25,7 @@ received-quantity, RMA-number and order-number fields are UNCONFIRMED and config
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ from loopsync.errors import (AuthError, ErrorBody, RateLimited, Rejected, Remote
 from loopsync.http import HttpClient, HttpResult, shared_limiter
 from loopsync.models import REPLACEMENT, ItemStatus, RmaRef, RmaStatus, whole_number
 from loopsync.timeutil import iso, parse_timestamp
+from loopsync.paging import PageWalk, Step, WalkEnd, record_walk  # noqa: I001
 
 log = structlog.get_logger("loopsync.connectors.xoro")
 
@@ -95,6 +97,7 @@ class XoroSettings:
     received_qty_field: str     # UNCONFIRMED, in each AsnDetailData line
     rma_number_field: str       # UNCONFIRMED, in AsnHeaderData
     order_number_field: str     # UNCONFIRMED, in AsnHeaderData
+    max_pages: int = MAX_PAGES  # pages one listing may take
 
 
 class XoroConnector(WarehouseConnector):
@@ -136,6 +139,7 @@ class XoroConnector(WarehouseConnector):
             received_qty_field=section.str("received_qty_field", "QtyReceived"),
             rma_number_field=section.str("rma_number_field", "RmaNumber"),
             order_number_field=section.str("order_number_field", "OrderNumber"),
+            max_pages=section.int("max_pages", MAX_PAGES, min=1),
         )
 
     # -- engine interface -----------------------------------------------------------------
@@ -146,7 +150,9 @@ class XoroConnector(WarehouseConnector):
         """The ASN Xoro's app created for this Loop return, or None while it has not
         imported the return yet."""
         ret = req.ret
-        since = (ret.created_at or ret.updated_at) - self.conf.asn_lookback
+        # Never from the future: a return stamped 2099 would search an empty window.
+        since = min(ret.created_at or ret.updated_at, self.ctx.clock.now()) \
+            - self.conf.asn_lookback
         matches = [asn for asn in self._asns_for_linking(since) if self._matches(asn, req)]
         if not matches:
             return None
@@ -236,7 +242,8 @@ class XoroConnector(WarehouseConnector):
         now = self.ctx.clock.now()
         if self._listing is not None:
             listed_since, listed_at, asns = self._listing
-            if listed_since <= since and now - listed_at <= LISTING_REUSE:
+            # A clock set back makes the age negative: that listing is not fresh.
+            if listed_since <= since and timedelta(0) <= now - listed_at <= LISTING_REUSE:
                 return asns
         asns = self._list_asns(since)
         self._listing = (since, now, asns)
@@ -254,6 +261,7 @@ class XoroConnector(WarehouseConnector):
         """The ASNs created since `since`, and the error that cut the listing short after
         its retries (None when complete). Nothing read at all: that error is raised."""
         until = self.ctx.clock.now() + FUTURE_PAD
+        since = min(since, until)  # a start past the end would list nothing, every time
         fmt = DATE_FORMATS[self.conf.date_format]
         params = {"created_at_min": since.strftime(fmt), "created_at_max": until.strftime(fmt)}
         asns: list[dict[str, Any]] = []
@@ -274,21 +282,32 @@ class XoroConnector(WarehouseConnector):
     def _pages(self, path: str, params: dict[str, Any], *, stoppable: bool = False
                ) -> Iterator[Any]:
         """Every row of every page; stops at TotalPages or the first empty page.
-        `stoppable`: a poll's long listing gives way to shutdown (PollStopped)."""
-        for page in range(1, MAX_PAGES + 1):
-            if stoppable and page > 1 and self.ctx.stop.is_set():
-                raise PollStopped(f"{path}: stopped after page {page - 1}")
+        `stoppable`: a poll's long listing gives way to shutdown (PollStopped).
+
+        Through `paging.PageWalk`: a page identical to the one before (a server ignoring
+        `page`) or the page cap raises PaginationStopped, so a partial listing is never
+        taken for the whole one."""
+
+        def fetch(token: Any) -> Step[list[Any]]:
+            page = token or 1
             body = self.http.request("GET", path, params={**params, "page": page},
                                      check=check_envelope).data
             rows = _rows(body.get("Data"))
-            if not rows:
-                return
-            yield from rows
             total = _int_or_none(body.get("TotalPages"))
-            if total is not None and page >= total:
-                return
-        raise ErrorBody(SYSTEM, f"{path}: still more pages after {MAX_PAGES}; "
-                                "the server may be ignoring the page parameter")
+            more = bool(rows) and (total is None or page < total)
+            return Step(rows, more=more, token=page + 1,
+                        fingerprint=json.dumps(rows, sort_keys=True, default=str))
+
+        walk: PageWalk[list[Any]] = PageWalk(
+            fetch, name=f"xoro.{path}", max_pages=self.conf.max_pages,
+            stop=self.ctx.stop if stoppable else None)
+        for fetched in walk:
+            yield from fetched.items
+        record_walk(self.ctx.kv, walk.result, self.ctx.clock.now())
+        if walk.result is not None and walk.result.outcome is WalkEnd.STOPPED:
+            raise PollStopped(f"{path}: stopped after page {walk.result.pages}")
+        if walk.result is not None and not walk.result.complete:
+            raise walk.result.error(SYSTEM)
 
 
 def check_envelope(result: HttpResult) -> None:

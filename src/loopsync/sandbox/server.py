@@ -5,6 +5,7 @@ bodies). Emulators implement `EmulatedApi.handle`; everything else lives here.""
 
 from __future__ import annotations
 
+import email.utils
 import json
 import random
 import socket
@@ -12,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -250,6 +252,14 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # silence stderr
         pass
+
+    def date_time_string(self, timestamp: float | None = None) -> str:
+        # The `Date` header reads the emulator's clock, as a real server's reads its own:
+        # loopsync takes it as a second opinion on its own clock.
+        clock = getattr(self.server.api, "clock", None)
+        if timestamp is None and clock is not None:
+            return email.utils.format_datetime(clock.now().astimezone(UTC), usegmt=True)
+        return super().date_time_string(timestamp)
 
     def _serve(self) -> None:
         api = self.server.api
