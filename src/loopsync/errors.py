@@ -27,9 +27,12 @@ class ConfigError(LoopsyncError):
     """A configuration file is wrong. The message names file, key path and problem."""
 
     def __init__(self, file: str, key: str, problem: str) -> None:
+        from loopsync.redaction import redact  # a leaf module; keeps errors.py import-free
+
         self.file = file
         self.key = key
-        self.problem = problem
+        self.problem = redact(problem)
+        problem = self.problem
         where = f"{file}: {key}" if key else file
         super().__init__(f"{where}: {problem}")
 

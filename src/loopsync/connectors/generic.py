@@ -140,6 +140,7 @@ from urllib.parse import quote
 
 import structlog
 
+from loopsync import redaction
 from loopsync.configkit import Secret, Section
 from loopsync.connectors.base import (ConnectorContext, KeyValue, PollResult, PushRequest,
                                       WarehouseConnector, WarehouseSettings, normalize_status)
@@ -587,7 +588,7 @@ class FolderTransport:
                 lines.extend(parse_receipt_file(path.read_bytes()))
                 applied.append(seen)
             except ValueError as exc:
-                rejected.append((seen, str(exc)))
+                rejected.append((seen, redaction.redact(str(exc))))  # goes to a file
         log.info("generic.inbox_read", files=len(applied), rejected=len(rejected),
                  lines=len(lines))
         # The whole file waits in rejected/ for the 3PL; `loopsync status` says why.
