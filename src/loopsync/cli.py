@@ -18,7 +18,7 @@ import structlog
 from loopsync import __version__, logs
 from loopsync.config import MerchantConfig, load_all
 from loopsync.errors import ConfigError, LockHeld
-from loopsync.redaction import redact, redact_obj
+from loopsync.redaction import install_excepthooks, redact, redact_obj
 from loopsync.timeutil import parse_timestamp
 
 EXIT_OK, EXIT_ERRORS, EXIT_CONFIG, EXIT_LOCKED = 0, 1, 2, 75
@@ -94,6 +94,7 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
         return int(exc.code or 0)
     json_output = {"auto": None, "json": True, "console": False}[args.log_format]
     logs.configure(json_output=json_output, level=args.log_level)
+    install_excepthooks()  # a crash's traceback is an exit too
     try:
         return COMMANDS[args.command](args, out)
     except ConfigError as exc:

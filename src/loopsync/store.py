@@ -115,8 +115,7 @@ def _snapshot(raw: dict[str, Any]) -> tuple[str, str]:
     Loop's order, which is stable; sorting them cost a quarter of the dump, and a reordered
     answer would only be stored again, never missed."""
     text = json.dumps(raw, separators=(",", ":"), default=str)
-    redacted = redact(text)
-    if redacted != text:  # rare: re-dump so the masked text is still valid JSON
+    if redact(text) != text:  # rare: re-dump so the masked text is still valid JSON
         text = json.dumps(redact_obj(raw), separators=(",", ":"), default=str)
     return text, hashlib.sha256(text.encode()).hexdigest()[:16]
 
