@@ -204,3 +204,30 @@ def test_an_uncaught_crash_prints_a_redacted_traceback(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "RuntimeError: loop HTTP 500: echo ***" in err and "ValueError: thread ***" in err
     assert "rdx-crash-secret-31" not in err
+
+
+def test_library_log_records_are_redacted_too():
+    import logging
+
+    Secret("RDX_STDLIB", "rdx-stdlib-secret-8")
+    out = io.StringIO()
+    logs.configure(json_output=True, stream=out)
+    try:
+        raise RuntimeError("loop HTTP 401: rdx-stdlib-secret-8")
+    except RuntimeError:
+        logging.getLogger("apscheduler.executors.default").exception(
+            'Job "sync:acme" raised an exception (%s)', "rdx-stdlib-secret-8")
+    text = out.getvalue()
+    assert "raised an exception" in text and "loop HTTP 401: ***" in text
+    assert "rdx-stdlib-secret-8" not in text
+
+
+def test_run_time_tokens_are_masked_and_the_registry_stays_bounded():
+    Secret("LOOP_API_KEY", KEY)
+    before = redaction.registered_count()
+    tokens = [f"rdx-session-{i:04d}-token" for i in range(redaction.MAX_TRANSIENT * 3)]
+    for token in tokens:
+        logs.register_secret(token)
+    assert redaction.registered_count() <= before + redaction.MAX_TRANSIENT
+    assert redaction.redact(f"session {tokens[-1]}") == "session ***"
+    assert redaction.redact(KEY) == "***"  # configured secrets are never dropped

@@ -16,8 +16,9 @@ REDACTED = redaction.REDACTED
 
 
 def register_secret(value: str | None) -> None:
-    """Never print this value: it is masked at every exit from now on (redaction.py)."""
-    redaction.register(value)
+    """Never print this token obtained at run time: masked at every exit (redaction.py)
+    while it is among the latest tokens registered."""
+    redaction.register(value, transient=True)
 
 
 def redact_secrets(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
@@ -34,9 +35,33 @@ def _redacting(renderer: Any) -> Any:
     return render
 
 
+class _RedactingFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return redaction.redact(super().format(record))
+
+
+_stdlib_handler: logging.Handler | None = None
+
+
+def _route_stdlib_logging(stream: TextIO) -> None:
+    """Libraries log through `logging` (APScheduler logs a crashed job's traceback, with
+    the exception's message): give the root logger one redacting handler, so those lines
+    are masked too instead of reaching stderr through logging's last-resort handler."""
+    global _stdlib_handler
+    root = logging.getLogger()
+    if _stdlib_handler is not None:
+        root.removeHandler(_stdlib_handler)
+    handler = logging.StreamHandler(stream)
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(_RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    _stdlib_handler = handler
+
+
 def configure(*, json_output: bool | None = None, level: str = "info",
               stream: TextIO | None = None) -> None:
     stream = stream or sys.stderr
+    _route_stdlib_logging(stream)
     if json_output is None:
         json_output = not stream.isatty()
     renderer: Any = (structlog.processors.JSONRenderer() if json_output

@@ -37,8 +37,11 @@ MIN_LENGTH = 8
 _MIN_FRAGMENT = 8
 
 _lock = threading.Lock()
-_values: set[str] = set()
-_variants: set[str] = set()
+_values: dict[str, frozenset[str]] = {}      # configured secrets -> their variants
+_transient: dict[str, frozenset[str]] = {}   # tokens obtained at run time, oldest first
+# A long-running `serve` obtains a new access token or session every few minutes; only the
+# recent ones can still be valid, and an unbounded list would slow every redaction.
+MAX_TRANSIENT = 64
 _pattern: re.Pattern[str] | None = None
 # The same variants as a tuple for the fast path: substring tests run in C, ~20x faster
 # than the regex alternation over a clean 3 KB snapshot (the common case on ingest).
@@ -68,24 +71,39 @@ def _variants_of(value: str) -> set[str]:
     return {v for v in found if v}
 
 
-def register(value: str | None) -> None:
-    """Mask this value (and its encodings) at every exit from now on."""
-    global _pattern, _needles
+def register(value: str | None, *, transient: bool = False) -> None:
+    """Mask this value (and its encodings) at every exit from now on. `transient`: a token
+    obtained at run time (access token, session id); only the latest MAX_TRANSIENT are
+    kept, a configured secret stays for the life of the process."""
     if not isinstance(value, str) or len(value) < MIN_LENGTH:
         return
     with _lock:
-        if value in _values:
+        if value in _values or (transient and value in _transient):
             return
-        _values.add(value)
-        _variants.update(_variants_of(value))
-        # Longest first, so a value is masked whole, not a shorter variant inside it.
-        ordered = sorted(_variants, key=lambda v: (-len(v), v))
-        _pattern = re.compile("|".join(re.escape(v) for v in ordered))
-        _needles = tuple(ordered)
+        variants = frozenset(_variants_of(value))
+        if transient:
+            _transient[value] = variants
+            while len(_transient) > MAX_TRANSIENT:
+                del _transient[next(iter(_transient))]
+        else:
+            _transient.pop(value, None)
+            _values[value] = variants
+        _rebuild()
+
+
+def _rebuild() -> None:
+    global _pattern, _needles
+    every: set[str] = set()
+    for group in (*_values.values(), *_transient.values()):
+        every |= group
+    # Longest first, so a value is masked whole, not a shorter variant inside it.
+    ordered = sorted(every, key=lambda v: (-len(v), v))
+    _needles = tuple(ordered)
+    _pattern = re.compile("|".join(re.escape(v) for v in ordered)) if ordered else None
 
 
 def registered_count() -> int:
-    return len(_values)
+    return len(_values) + len(_transient)
 
 
 def redact(text: str) -> str:
