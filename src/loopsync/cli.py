@@ -220,7 +220,7 @@ def cmd_sandbox(args: argparse.Namespace, out: TextIO) -> int:
 
 def _print_planned(result: Any, out: TextIO) -> None:
     for line in result.planned:
-        print(f"  dry run: {line}", file=out)
+        print(redact(f"  dry run: {line}"), file=out)
 
 
 COMMANDS = {"run": cmd_run, "serve": cmd_serve, "import": cmd_import, "status": cmd_status,

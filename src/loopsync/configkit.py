@@ -91,8 +91,11 @@ class Section:
         """`text` with every value this file expanded from ${VAR} put back in ${VAR} form
         (longest first; very short values are left, they would mangle the message)."""
         for value in sorted(self._expanded, key=len, reverse=True):
-            if len(value) >= 4 and value in text:
-                text = text.replace(value, self._expanded[value])
+            if len(value) < 4:
+                continue
+            for form in (value, repr(value)[1:-1]):  # messages often quote with !r
+                if form in text:
+                    text = text.replace(form, self._expanded[value])
         return text
 
     def has(self, key: str) -> bool:

@@ -18,6 +18,8 @@
 
 from __future__ import annotations
 
+from loopsync.redaction import redact
+
 
 class LoopsyncError(Exception):
     """Root of loopsync's own errors."""
@@ -27,12 +29,9 @@ class ConfigError(LoopsyncError):
     """A configuration file is wrong. The message names file, key path and problem."""
 
     def __init__(self, file: str, key: str, problem: str) -> None:
-        from loopsync.redaction import redact  # a leaf module; keeps errors.py import-free
-
         self.file = file
         self.key = key
-        self.problem = redact(problem)
-        problem = self.problem
+        self.problem = problem = redact(problem)  # a config error is printed: never a secret
         where = f"{file}: {key}" if key else file
         super().__init__(f"{where}: {problem}")
 

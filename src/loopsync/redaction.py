@@ -28,24 +28,18 @@ import traceback
 from typing import Any
 from urllib.parse import quote, quote_plus
 
-__all__ = ["MIN_LENGTH", "REDACTED", "dumps_redacted", "redact", "redact_obj", "redact_optional",
-           "install_excepthooks", "register", "registered_count"]
+__all__ = ["MAX_TRANSIENT", "MIN_LENGTH", "REDACTED", "Redactor", "dumps_redacted",
+           "install_excepthooks", "redact", "redact_obj", "redact_optional", "register",
+           "registered_count", "variants_of"]
 
 REDACTED = "***"
 MIN_LENGTH = 8
 # A base64 fragment shorter than this would match too much unrelated text.
 _MIN_FRAGMENT = 8
 
-_lock = threading.Lock()
-_values: dict[str, frozenset[str]] = {}      # configured secrets -> their variants
-_transient: dict[str, frozenset[str]] = {}   # tokens obtained at run time, oldest first
 # A long-running `serve` obtains a new access token or session every few minutes; only the
 # recent ones can still be valid, and an unbounded list would slow every redaction.
 MAX_TRANSIENT = 64
-_pattern: re.Pattern[str] | None = None
-# The same variants as a tuple for the fast path: substring tests run in C, ~20x faster
-# than the regex alternation over a clean 3 KB snapshot (the common case on ingest).
-_needles: tuple[str, ...] = ()
 
 
 def _base64_fragments(raw: bytes) -> set[str]:
@@ -64,85 +58,119 @@ def _base64_fragments(raw: bytes) -> set[str]:
     return out
 
 
-def _variants_of(value: str) -> set[str]:
+def variants_of(value: str) -> set[str]:
+    """The forms of `value` that are masked: plain, URL-encoded, JSON-escaped, base64."""
     found = {value, quote(value, safe=""), quote_plus(value, safe=""), quote(value),
              json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1]}
     found |= _base64_fragments(value.encode("utf-8"))
     return {v for v in found if v}
 
 
+class Redactor:
+    """A registry of secret values and the masking built from it. The process has one
+    (`register`, `redact`, ... below); tests may build their own."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._values: dict[str, frozenset[str]] = {}     # configured secrets -> variants
+        self._transient: dict[str, frozenset[str]] = {}  # run-time tokens, oldest first
+        # (pattern, needles), swapped whole so a reader never sees half an update. The
+        # needles serve the fast path: substring tests run in C, ~20x faster than the
+        # regex alternation over a clean 3 KB snapshot (the common case on ingest).
+        self._state: tuple[re.Pattern[str], tuple[str, ...]] | None = None
+
+    def register(self, value: str | None, *, transient: bool = False) -> None:
+        if not isinstance(value, str) or len(value) < MIN_LENGTH:
+            return
+        with self._lock:
+            if value in self._values or (transient and value in self._transient):
+                return
+            variants = frozenset(variants_of(value))
+            if transient:
+                self._transient[value] = variants
+                while len(self._transient) > MAX_TRANSIENT:
+                    del self._transient[next(iter(self._transient))]
+            else:
+                self._transient.pop(value, None)
+                self._values[value] = variants
+            every: set[str] = set()
+            for group in (*self._values.values(), *self._transient.values()):
+                every |= group
+            # Longest first, so a value is masked whole, not a shorter variant inside it.
+            ordered = tuple(sorted(every, key=lambda v: (-len(v), v)))
+            self._state = (re.compile("|".join(re.escape(v) for v in ordered)), ordered)
+
+    def count(self) -> int:
+        return len(self._values) + len(self._transient)
+
+    @property
+    def active(self) -> bool:
+        return self._state is not None
+
+    def contains_secret(self, text: str) -> bool:
+        state = self._state
+        return state is not None and any(needle in text for needle in state[1])
+
+    def redact(self, text: str) -> str:
+        state = self._state
+        if state is None or not isinstance(text, str):
+            return text
+        pattern, needles = state
+        if not any(needle in text for needle in needles):
+            return text
+        return pattern.sub(REDACTED, text)
+
+    def redact_obj(self, value: Any) -> Any:
+        if self._state is None:
+            return value
+        if isinstance(value, str):
+            return self.redact(value)
+        if isinstance(value, dict):
+            return {self.redact_obj(k): self.redact_obj(v) for k, v in value.items()}
+        if type(value) in (list, tuple):
+            return type(value)(self.redact_obj(v) for v in value)
+        return value
+
+    def dumps(self, value: Any) -> str:
+        text = json.dumps(value, default=str)
+        if not self.contains_secret(text):
+            return text
+        return self.redact(json.dumps(self.redact_obj(value), default=str))
+
+
+_default = Redactor()
+
+
 def register(value: str | None, *, transient: bool = False) -> None:
     """Mask this value (and its encodings) at every exit from now on. `transient`: a token
     obtained at run time (access token, session id); only the latest MAX_TRANSIENT are
     kept, a configured secret stays for the life of the process."""
-    if not isinstance(value, str) or len(value) < MIN_LENGTH:
-        return
-    with _lock:
-        if value in _values or (transient and value in _transient):
-            return
-        variants = frozenset(_variants_of(value))
-        if transient:
-            _transient[value] = variants
-            while len(_transient) > MAX_TRANSIENT:
-                del _transient[next(iter(_transient))]
-        else:
-            _transient.pop(value, None)
-            _values[value] = variants
-        _rebuild()
-
-
-def _rebuild() -> None:
-    global _pattern, _needles
-    every: set[str] = set()
-    for group in (*_values.values(), *_transient.values()):
-        every |= group
-    # Longest first, so a value is masked whole, not a shorter variant inside it.
-    ordered = sorted(every, key=lambda v: (-len(v), v))
-    _needles = tuple(ordered)
-    _pattern = re.compile("|".join(re.escape(v) for v in ordered)) if ordered else None
+    _default.register(value, transient=transient)
 
 
 def registered_count() -> int:
-    return len(_values) + len(_transient)
+    return _default.count()
 
 
 def redact(text: str) -> str:
     """`text` with every registered secret (in any known encoding) replaced by ***."""
-    pattern = _pattern
-    if pattern is None or not isinstance(text, str) or not _contains_any(text):
-        return text
-    return pattern.sub(REDACTED, text)
-
-
-def _contains_any(text: str) -> bool:
-    return any(needle in text for needle in _needles)
+    return _default.redact(text)
 
 
 def redact_obj(value: Any) -> Any:
     """Redact every string inside JSON-like data (dict keys too), keeping its shape."""
-    if _pattern is None:
-        return value
-    if isinstance(value, str):
-        return redact(value)
-    if isinstance(value, dict):
-        return {redact_obj(k): redact_obj(v) for k, v in value.items()}
-    if type(value) in (list, tuple):
-        return type(value)(redact_obj(v) for v in value)
-    return value
+    return _default.redact_obj(value)
 
 
 def redact_optional(text: str | None) -> str | None:
-    return None if text is None else redact(text)
+    return None if text is None else _default.redact(text)
 
 
 def dumps_redacted(value: Any) -> str:
     """json.dumps(value, default=str) with secrets masked inside strings, so the text stays
     valid JSON even for a secret holding a quote or a backslash. The common case (nothing
-    to mask) costs one regex scan of the dumped text."""
-    text = json.dumps(value, default=str)
-    if _pattern is None or not _contains_any(text):
-        return text
-    return redact(json.dumps(redact_obj(value), default=str))
+    to mask) costs one substring scan per masked form."""
+    return _default.dumps(value)
 
 
 def install_excepthooks() -> None:
