@@ -93,6 +93,10 @@ def test_every_store_write_of_remote_text_masks_the_secret(tmp_path):
     store.record_poll("1", echo, json.dumps({"s": echo}), "fp", "flag", echo)
     store.upsert_asn_row({"id": "1", "return_line_item_id": "2", "note": echo})
     store.kv("generic").set("last", echo)
+    store.save_page("returns", "open", when, when, f"cursor-{KEY}")
+    assert store.cursor("returns", "open").page_cursor is None  # resume re-reads the window
+    store.save_page("returns", "closed", when, when, "plain-cursor")
+    assert store.cursor("returns", "closed").page_cursor == "plain-cursor"
     store.start_run("run1", "run")
     store.finish_run("run1", "crashed", {}, 1, echo)
     # Stored JSON stays readable JSON.

@@ -28,7 +28,7 @@ import traceback
 from typing import Any
 from urllib.parse import quote, quote_plus
 
-__all__ = ["MAX_TRANSIENT", "MIN_LENGTH", "REDACTED", "Redactor", "dumps_redacted",
+__all__ = ["MAX_TRANSIENT", "MIN_LENGTH", "REDACTED", "Redactor", "contains_secret", "dumps_redacted",
            "install_excepthooks", "redact", "redact_obj", "redact_optional", "register",
            "registered_count", "variants_of"]
 
@@ -160,6 +160,11 @@ def redact(text: str) -> str:
 def redact_obj(value: Any) -> Any:
     """Redact every string inside JSON-like data (dict keys too), keeping its shape."""
     return _default.redact_obj(value)
+
+
+def contains_secret(text: str) -> bool:
+    """True when `text` holds a registered secret in any masked form."""
+    return _default.contains_secret(text)
 
 
 def redact_optional(text: str | None) -> str | None:

@@ -36,7 +36,8 @@ import sqlite_utils
 from sqlite_utils.db import NotFoundError
 
 from loopsync.errors import LockHeld
-from loopsync.redaction import dumps_redacted, redact, redact_obj, redact_optional
+from loopsync.redaction import (contains_secret, dumps_redacted, redact, redact_obj,
+                                redact_optional)
 from loopsync.timeutil import Clock, iso, parse_timestamp
 
 SCHEMA_VERSION = 1
@@ -423,7 +424,10 @@ class Store:
         self.db["cursors"].upsert({
             "stream": stream, "state": state, "done_until": iso(cur.done_until),
             "window_from": iso(window_from), "window_to": iso(window_to),
-            "page_cursor": next_cursor, "updated_at": self.now(),
+            # A cursor echoing a secret is not kept (masked it would be useless): a resume
+            # then reads the window again from its start, which loses nothing.
+            "page_cursor": None if next_cursor and contains_secret(next_cursor) else next_cursor,
+            "updated_at": self.now(),
         }, pk=("stream", "state"))
         self.db.execute("update cursors set pages = coalesce(pages, 0) + 1 "
                         "where stream = ? and state = ?", [stream, state])
