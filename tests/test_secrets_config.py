@@ -1,6 +1,7 @@
 """Configuration hygiene (issue 14 §2, issue 15 §4-§5): secret values checked and never
 printed, secrets from files, strict YAML, units, absurd values, and `check-config -c DIR`."""
 
+import os
 import textwrap
 import time
 
@@ -116,9 +117,15 @@ def test_secret_from_a_file_drops_one_final_newline(tmp_path):
     (b"\n", "empty"),
     (b"\xff\xfe-not-utf8-secret", "not UTF-8"),
     (None, "cannot read secret file"),
+    ("fifo", "not a regular file"),
+    ("dir", "not a regular file"),
 ])
 def test_unsafe_secret_files_are_config_errors(tmp_path, content, problem):
-    if content is not None:
+    if content == "fifo":
+        os.mkfifo(tmp_path / "key")  # would block a read forever
+    elif content == "dir":
+        (tmp_path / "key").mkdir()
+    elif content is not None:
         (tmp_path / "key").write_bytes(content)
     err = load_error(tmp_path, BASE.replace("${LOOP_API_KEY}", "${file:key}"))
     assert err.key == "loop.api_key" and problem in err.problem

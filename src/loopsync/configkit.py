@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import stat
 import unicodedata
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
@@ -193,7 +194,11 @@ class Section:
         if not path.is_absolute():
             path = Path(self.file).parent / path
         try:
-            with open(path, "rb") as fh:  # links are followed: mounted secrets are links
+            # Links are followed (mounted secrets are links); a FIFO or a device is not
+            # read: it could block the start-up forever or never end.
+            if not stat.S_ISREG(os.stat(path).st_mode):
+                raise self.error(key, f"secret file {name} is not a regular file")
+            with open(path, "rb") as fh:
                 data = fh.read(_SECRET_FILE_MAX + 1)
         except (OSError, ValueError) as exc:
             raise self.error(key, f"cannot read secret file {name}: "
