@@ -86,6 +86,8 @@ def test_every_store_write_of_remote_text_masks_the_secret(tmp_path):
     store.set_stage("1", "rejected", echo)
     store.add_problem("1", "push", echo, "run1")
     store.effect_intent("k1", "1", "note", {"text": echo})
+    # The engine sends what the ledger holds: a warehouse echo never reaches Loop in a note.
+    assert store.pending_effects()[0]["payload"]["text"].startswith("401: key *** is not")
     store.effect_error("k1", echo)
     store.effect_not_sent("k1", echo)
     store.effect_outcome("k1", FAILED, result={"answer": echo}, error=echo)
