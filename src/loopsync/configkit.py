@@ -36,6 +36,9 @@ MIN_SECRET_LENGTH = redaction.MIN_LENGTH  # no real Loop/WMS credential is short
 _SECRET_FILE_MAX = 64 * 1024
 # Nothing loopsync schedules or waits for is longer; anything beyond is a typo.
 _DURATION_MAX = timedelta(days=3650)
+# No count or rate loopsync reads is anywhere near; beyond, a value is a typo that would
+# overflow later (float conversions, timedeltas) instead of failing here.
+_NUMBER_MAX = 1_000_000_000
 _DURATION_TEXT = re.compile(r"\s*[0-9]+(?:\.[0-9]+)?\s*(?:ms|s|m|h|d|w)\s*")
 _MISSING = object()
 
@@ -242,9 +245,10 @@ class Section:
         if isinstance(raw, bool) or not isinstance(raw, int):
             raise self.error(key, f"must be an integer, got {_type_name(raw)}")
         if min is not None and raw < min:
-            raise self.error(key, f"must be at least {min}, got {raw}")
-        if max is not None and raw > max:
-            raise self.error(key, f"must be at most {max}, got {raw}")
+            raise self.error(key, f"must be at least {min}, got {_show(raw)}")
+        max = _NUMBER_MAX if max is None else max
+        if raw > max:
+            raise self.error(key, f"must be at most {max}, got {_show(raw)}")
         return raw
 
     def float(self, key: str, default: Any = _MISSING, *, min: float | None = None) -> Any:
@@ -257,8 +261,8 @@ class Section:
             value = float(raw)
         except OverflowError:
             value = math.inf
-        if not math.isfinite(value):
-            raise self.error(key, "must be a finite number")
+        if not math.isfinite(value) or abs(value) > _NUMBER_MAX:
+            raise self.error(key, f"must be a number of at most {_NUMBER_MAX}")
         if min is not None and value < min:
             raise self.error(key, f"must be at least {min}, got {value}")
         return value
