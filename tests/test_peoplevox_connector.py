@@ -225,7 +225,7 @@ def test_search_clause_building() -> None:
 # -- pure: settings ---------------------------------------------------------------------
 
 def _settings(raw: dict[str, Any]) -> Any:
-    section = Section(raw, file="m.yaml", path="warehouse", env={"PVX_PW": "pw"})
+    section = Section(raw, file="m.yaml", path="warehouse", env={"PVX_PW": "pvx-password"})
     own = PeopleVoxConnector.parse_settings(section)
     section.done()
     return own
@@ -274,7 +274,7 @@ def test_settings_errors_name_the_key(raw: dict[str, Any], key: str) -> None:
 
 def test_region_is_optional_with_a_base_url_override() -> None:
     raw = {k: v for k, v in BASE.items() if k != "region"} | {"base_url": "https://wms.x"}
-    section = Section(raw, file="m.yaml", path="warehouse", env={"PVX_PW": "pw"})
+    section = Section(raw, file="m.yaml", path="warehouse", env={"PVX_PW": "pvx-password"})
     section.url("base_url")
     assert PeopleVoxConnector.parse_settings(section).region is None
 
@@ -544,7 +544,7 @@ def test_idle_session_is_renewed_before_it_expires(emu: ServedEmulator,
 
 
 def test_refused_login_is_an_auth_error(emu: ServedEmulator, fake_clock: FakeClock) -> None:
-    con = make_connector(emu, fake_clock, env={"PEOPLEVOX_PASSWORD": "wrong"})
+    con = make_connector(emu, fake_clock, env={"PEOPLEVOX_PASSWORD": "wrong-password"})
     with pytest.raises(AuthError, match="Invalid username or password"):
         con.locate(push_request(loop_return()))
 

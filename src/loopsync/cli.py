@@ -18,6 +18,7 @@ import structlog
 from loopsync import __version__, logs
 from loopsync.config import MerchantConfig, load_all
 from loopsync.errors import ConfigError, LockHeld
+from loopsync.redaction import install_excepthooks, redact, redact_obj
 from loopsync.timeutil import parse_timestamp
 
 EXIT_OK, EXIT_ERRORS, EXIT_CONFIG, EXIT_LOCKED = 0, 1, 2, 75
@@ -93,10 +94,11 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
         return int(exc.code or 0)
     json_output = {"auto": None, "json": True, "console": False}[args.log_format]
     logs.configure(json_output=json_output, level=args.log_level)
+    install_excepthooks()  # a crash's traceback is an exit too
     try:
         return COMMANDS[args.command](args, out)
     except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
+        print(redact(f"config error: {exc}"), file=sys.stderr)
         return EXIT_CONFIG
     except UsageError as exc:
         print(f"loopsync: error: {exc}", file=sys.stderr)
@@ -106,10 +108,20 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
 # -- commands ---------------------------------------------------------------------------------
 
 def cmd_check_config(args: argparse.Namespace, out: TextIO) -> int:
-    for cfg in load_all(args.config):
-        print(f"{cfg.file}: ok (merchant {cfg.merchant}, warehouse {cfg.warehouse.kind}, "
-              f"every {cfg.every}, state {cfg.state_path})", file=out)
-    return EXIT_OK
+    """One line per file, good (stdout) or bad (stderr, naming the key), then exit 2 if
+    any was bad: one broken file never hides the state of the others."""
+    from loopsync.config import ConfigFailure, load_each
+
+    code = EXIT_OK
+    for item in load_each(args.config):
+        if isinstance(item, ConfigFailure):
+            print(redact(f"config error: {item.error}"), file=sys.stderr)
+            code = EXIT_CONFIG
+            continue
+        print(redact(f"{item.file}: ok (merchant {item.merchant}, warehouse "
+                     f"{item.warehouse.kind}, every {item.every}, state {item.state_path})"),
+              file=out)
+    return code
 
 
 def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
@@ -184,12 +196,13 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
     from loopsync.status import merchant_status, render_status
 
     reports = [merchant_status(cfg) for cfg in load_all(args.config)]
+    # Redacted here too: a state file written before redaction existed may hold secrets.
     if args.json:
-        json.dump(reports, out, indent=2, default=str)
+        out.write(redact(json.dumps(redact_obj(reports), indent=2, default=str)))
         out.write("\n")
     else:
         for report in reports:
-            out.write(render_status(report))
+            out.write(redact(render_status(redact_obj(report))))
     return EXIT_OK
 
 
@@ -207,7 +220,7 @@ def cmd_sandbox(args: argparse.Namespace, out: TextIO) -> int:
 
 def _print_planned(result: Any, out: TextIO) -> None:
     for line in result.planned:
-        print(f"  dry run: {line}", file=out)
+        print(redact(f"  dry run: {line}"), file=out)
 
 
 COMMANDS = {"run": cmd_run, "serve": cmd_serve, "import": cmd_import, "status": cmd_status,

@@ -62,25 +62,136 @@ _StringTimestampLoader.yaml_implicit_resolvers = {
 }
 
 
+# Limits no real merchant file comes near; beyond them a file is a mistake or an attack.
+MAX_CONFIG_BYTES = 1024 * 1024
+MAX_YAML_DEPTH = 64
+MAX_YAML_NODES = 100_000  # counted with every alias and merge expanded ("billion laughs")
+
+
+class _StrictLoader(_StringTimestampLoader):
+    """Refuses duplicate keys (the last one would silently win), documents nested deeper
+    than MAX_YAML_DEPTH, and alias graphs that expand beyond MAX_YAML_NODES."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        depth = getattr(self, "_depth", 0)
+        if depth >= MAX_YAML_DEPTH:
+            raise yaml.composer.ComposerError(
+                None, None, f"nested deeper than {MAX_YAML_DEPTH} levels", self.peek_event().start_mark)
+        self._depth = depth + 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth = depth
+
+    def get_single_node(self) -> Any:
+        node = super().get_single_node()
+        if node is not None:
+            _check_expanded_size(node)
+        return node
+
+    def flatten_mapping(self, node: Any) -> None:
+        # Checked here, before merges are flattened into node.value (flattening a parent
+        # mutates an anchored child, and the child may be constructed only afterwards).
+        checked: set[int] = self.__dict__.setdefault("_dup_checked", set())
+        if id(node) not in checked:
+            checked.add(id(node))
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *defaults` overrides by design
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.get(key)
+                    seen.setdefault(key, key_node.start_mark.line)
+                except TypeError:
+                    continue  # an unhashable key: the base class reports it
+                if first is not None:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {_short(key)} (first at line {first + 1})",
+                        key_node.start_mark)
+        super().flatten_mapping(node)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _check_expanded_size(root: Any) -> None:
+    """Count the nodes of the document with aliases expanded, without expanding them
+    (memoised per node, iterative), and refuse a recursive alias."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+    stack: list[tuple[Any, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        nid = id(node)
+        if children_done:
+            open_nodes.discard(nid)
+            total = 1 + sum(sizes[id(c)] for c in _children(node))
+            if total > MAX_YAML_NODES:
+                raise yaml.composer.ComposerError(
+                    None, None, f"expands to more than {MAX_YAML_NODES} values "
+                    "(aliases or merges repeated too often)", node.start_mark)
+            sizes[nid] = total
+            continue
+        if nid in sizes:
+            continue
+        if nid in open_nodes:
+            raise yaml.composer.ComposerError(None, None, "an alias refers to itself",
+                                              node.start_mark)
+        open_nodes.add(nid)
+        stack.append((node, True))
+        for child in _children(node):
+            cid = id(child)
+            if cid in open_nodes:
+                raise yaml.composer.ComposerError(None, None, "an alias refers to itself",
+                                                  child.start_mark)
+            if cid not in sizes:
+                stack.append((child, False))
+
+
+def _children(node: Any) -> list[Any]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
+
+
 def load_yaml(path: Path) -> Any:
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_CONFIG_BYTES + 1)
+        if len(data) > MAX_CONFIG_BYTES:
+            raise ConfigError(str(path), "", f"larger than {MAX_CONFIG_BYTES} bytes")
+        text = data.decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(str(path), "", "file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise ConfigError(str(path), "", f"cannot read: {exc}") from None
     try:
-        return yaml.load(text, Loader=_StringTimestampLoader)  # noqa: S506 - SafeLoader subclass
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(str(path), "", f"invalid YAML{where}: {problem}") from None
+    except Exception as exc:  # noqa: BLE001 - e.g. an int of 5000 digits, a RecursionError
+        raise ConfigError(str(path), "", f"invalid YAML: {type(exc).__name__}: "
+                          f"{str(exc)[:200]}") from None
 
 
 def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> MerchantConfig:
     path = Path(path)
-    return parse_config(load_yaml(path), file=str(path), env=env, base_dir=path.parent)
+    data = load_yaml(path)
+    try:
+        return parse_config(data, file=str(path), env=env, base_dir=path.parent)
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a value no getter foresaw: still exit 2
+        raise ConfigError(str(path), "", f"cannot be read as a configuration: "
+                          f"{type(exc).__name__}") from None
 
 
 def parse_config(data: Any, *, file: str, env: Mapping[str, str] | None = None,
@@ -88,6 +199,8 @@ def parse_config(data: Any, *, file: str, env: Mapping[str, str] | None = None,
     root = Section(data, file=file, env=env)
     merchant = root.str("merchant", pattern=r"[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?")
     state_raw = root.str("state_path", f"./state/{merchant}.sqlite")
+    if "\0" in state_raw:
+        raise root.error("state_path", "contains a NUL character")
     state_path = Path(state_raw)
     schedule = root.section("schedule")
     every = schedule.duration("every", "15m", min=timedelta(seconds=10))
@@ -206,3 +319,43 @@ def load_all(paths: list[str], env: Mapping[str, str] | None = None) -> list[Mer
     return configs
 
 
+
+
+@dataclass(frozen=True)
+class ConfigFailure:
+    """A configuration file (or a -c argument) that could not be loaded, and why."""
+
+    file: str
+    error: ConfigError
+
+
+def load_each(paths: list[str], env: Mapping[str, str] | None = None
+              ) -> list[MerchantConfig | ConfigFailure]:
+    """Every file `paths` stands for (directories give their *.yaml/*.yml files), each
+    loaded on its own: one bad file never hides the others. Results keep the order of the
+    arguments and, within a directory, of `expand_paths`; a file whose merchant name an
+    earlier file already uses is a failure, and so is an argument that names no file."""
+    out: list[MerchantConfig | ConfigFailure] = []
+    seen: dict[str, str] = {}
+    for p in paths:
+        try:
+            files = expand_paths([p])
+        except OSError as exc:
+            out.append(ConfigFailure(p, ConfigError(p, "", f"cannot list: {exc.strerror}")))
+            continue
+        if not files:
+            out.append(ConfigFailure(p, ConfigError(p, "", "no configuration files found")))
+        for f in files:
+            try:
+                cfg = load_config(f, env)
+            except ConfigError as exc:
+                out.append(ConfigFailure(str(f), exc))
+                continue
+            if cfg.merchant in seen:
+                out.append(ConfigFailure(cfg.file, ConfigError(
+                    cfg.file, "merchant",
+                    f"{cfg.merchant!r} is also used by {seen[cfg.merchant]}")))
+                continue
+            seen[cfg.merchant] = cfg.file
+            out.append(cfg)
+    return out

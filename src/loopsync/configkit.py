@@ -3,32 +3,56 @@
 A `Section` wraps a mapping and knows its key path ("warehouse.statuses"). Each getter
 consumes a key; `done()` fails on any key nobody consumed, so a typo is an error, not a
 silently ignored setting. Every failure is a ConfigError naming file, key path and problem.
+
+Secrets come from the environment (`${VAR}`) or from a file (`${file:/run/secrets/x}`, a
+relative path being relative to the configuration file's folder; one trailing newline at
+the end of the file is dropped, as editors and `echo` add it). A secret shorter than 8
+characters, or with white space at either end, a line break or a control character, is
+refused. A resolved secret registers itself with `redaction`, so no exit shows it. A value
+expanded from `${VAR}` in an ordinary key is shown in its `${VAR}` form in errors: the
+variable may hold something that must not be printed.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
+import stat
+import unicodedata
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
+from loopsync import redaction
 from loopsync.errors import ConfigError
 from loopsync.timeutil import parse_duration, parse_timestamp
 
 T = TypeVar("T")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_FILE_REF = re.compile(r"\$\{file:([^}]+)\}")
+MIN_SECRET_LENGTH = redaction.MIN_LENGTH  # no real Loop/WMS credential is shorter
+_SECRET_FILE_MAX = 64 * 1024
+# Nothing loopsync schedules or waits for is longer; anything beyond is a typo.
+_DURATION_MAX = timedelta(days=3650)
+# No count or rate loopsync reads is anywhere near; beyond, a value is a typo that would
+# overflow later (float conversions, timedeltas) instead of failing here.
+_NUMBER_MAX = 1_000_000_000
+_DURATION_TEXT = re.compile(r"\s*[0-9]+(?:\.[0-9]+)?\s*(?:ms|s|m|h|d|w)\s*")
 _MISSING = object()
 
 
 class Secret:
-    """A value read from the environment. Its repr never shows the value."""
+    """A value read from the environment (or a secret file). Its repr never shows the
+    value, and creating it registers the value for redaction at every exit."""
 
     __slots__ = ("name", "value")
 
     def __init__(self, name: str, value: str) -> None:
         self.name = name
         self.value = value
+        redaction.register(value)
 
     def __repr__(self) -> str:
         return f"Secret(${{{self.name}}})"
@@ -44,10 +68,13 @@ class Secret:
 
 class Section:
     def __init__(self, data: Any, *, file: str, path: str = "",
-                 env: Mapping[str, str] | None = None) -> None:
+                 env: Mapping[str, str] | None = None,
+                 _expanded: dict[str, str] | None = None) -> None:
         self.file = file
         self.path = path
         self.env = os.environ if env is None else env
+        # expanded text -> its ${VAR} form, shared with sub-sections, for error messages.
+        self._expanded: dict[str, str] = {} if _expanded is None else _expanded
         if data is None:
             data = {}
         if not isinstance(data, dict):
@@ -62,7 +89,18 @@ class Section:
         return f"{self.path}.{key}" if self.path else key
 
     def error(self, key: str, problem: str) -> ConfigError:
-        return ConfigError(self.file, self.key_path(key), problem)
+        return ConfigError(self.file, self.key_path(key), self._unexpand(problem))
+
+    def _unexpand(self, text: str) -> str:
+        """`text` with every value this file expanded from ${VAR} put back in ${VAR} form
+        (longest first; very short values are left, they would mangle the message)."""
+        for value in sorted(self._expanded, key=len, reverse=True):
+            if len(value) < 4:
+                continue
+            for form in (value, repr(value)[1:-1]):  # messages often quote with !r
+                if form in text:
+                    text = text.replace(form, self._expanded[value])
+        return text
 
     def has(self, key: str) -> bool:
         return key in self.data
@@ -84,12 +122,15 @@ class Section:
             name = m.group(1)
             if name not in self.env:
                 raise self.error(key, f"environment variable {name} is not set")
+            self._expanded.setdefault(self.env[name], m.group(0))
             return self.env[name]
 
-        return _ENV_REF.sub(sub, value)
+        expanded = _ENV_REF.sub(sub, value)
+        self._expanded.setdefault(expanded, value)
+        return expanded
 
     def done(self) -> None:
-        unknown = sorted(set(self.data) - self.used)
+        unknown = sorted((str(k) for k in set(self.data) - self.used), key=str)
         if unknown:
             raise self.error(unknown[0], "unknown key" + (
                 f" (also unknown: {', '.join(unknown[1:])})" if len(unknown) > 1 else ""))
@@ -99,7 +140,8 @@ class Section:
         raw = self._take(key, _MISSING if required else {})
         if not isinstance(raw, dict):
             raise self.error(key, f"must be a mapping, got {_type_name(raw)}")
-        return Section(raw, file=self.file, path=self.key_path(key), env=self.env)
+        return Section(raw, file=self.file, path=self.key_path(key), env=self.env,
+                       _expanded=self._expanded)
 
     def str(self, key: str, default: Any = _MISSING, *, pattern: str | None = None,
             choices: list[str] | tuple[str, ...] | None = None) -> Any:
@@ -112,9 +154,9 @@ class Section:
             raise self.error(key, f"must be a string, got {_type_name(raw)}")
         value = self._expand(key, raw)
         if pattern and not re.fullmatch(pattern, value):
-            raise self.error(key, f"{value!r} does not match {pattern}")
+            raise self.error(key, f"{_show(raw)} does not match {pattern}")
         if choices is not None and value not in choices:
-            raise self.error(key, f"{value!r} is not one of {', '.join(choices)}")
+            raise self.error(key, f"{_show(raw)} is not one of {', '.join(choices)}")
         return value
 
     def url(self, key: str, default: Any = _MISSING) -> Any:
@@ -122,25 +164,75 @@ class Section:
         if value is default and default is not _MISSING:
             return value
         if not re.match(r"^https?://[^/\s]+", value):
-            raise self.error(key, f"must be an http(s) URL, got {value!r}")
+            raise self.error(key, f"must be an http(s) URL, got {_show(self.data.get(key))}")
         return value.rstrip("/")
 
     def secret(self, key: str, default: Any = _MISSING) -> Any:
-        """A credential: must come from ${VAR} so it never sits in the YAML file."""
+        """A credential: from ${VAR} or ${file:PATH}, so it never sits in the YAML file."""
         raw = self._take(key, default)
         if raw is default and default is not _MISSING:
             return raw
         if not isinstance(raw, str):
             raise self.error(key, f"must be a string like ${{VAR}}, got {_type_name(raw)}")
-        m = _ENV_REF.fullmatch(raw.strip())
-        if not m:
-            raise self.error(key, "must reference an environment variable, e.g. ${LOOP_API_KEY}"
+        ref = raw.strip()
+        if m := _FILE_REF.fullmatch(ref):
+            name = f"file:{m.group(1)}"
+            value = self._secret_file(key, m.group(1))
+            source = f"secret file {m.group(1)}"
+        elif m := _ENV_REF.fullmatch(ref):
+            name = m.group(1)
+            if name not in self.env:
+                raise self.error(key, f"environment variable {name} is not set")
+            value = self.env[name]
+            source = f"environment variable {name}"
+        else:
+            raise self.error(key, "must reference an environment variable, e.g. ${LOOP_API_KEY},"
+                             " or a file, e.g. ${file:/run/secrets/loop_api_key}"
                              " (secrets are never written in the file)")
-        name = m.group(1)
-        value = self.env.get(name)
-        if not value:
-            raise self.error(key, f"environment variable {name} is not set")
+        self._check_secret(key, value, source)
         return Secret(name, value)
+
+    def _secret_file(self, key: str, name: str) -> str:
+        path = Path(os.path.expanduser(name))
+        if not path.is_absolute():
+            path = Path(self.file).parent / path
+        try:
+            # Links are followed (mounted secrets are links); a FIFO or a device is not
+            # read: it could block the start-up forever or never end.
+            if not stat.S_ISREG(os.stat(path).st_mode):
+                raise self.error(key, f"secret file {name} is not a regular file")
+            with open(path, "rb") as fh:
+                data = fh.read(_SECRET_FILE_MAX + 1)
+        except (OSError, ValueError) as exc:
+            raise self.error(key, f"cannot read secret file {name}: "
+                             f"{getattr(exc, 'strerror', None) or type(exc).__name__}") from None
+        if len(data) > _SECRET_FILE_MAX:
+            raise self.error(key, f"secret file {name} is larger than {_SECRET_FILE_MAX} bytes")
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise self.error(key, f"secret file {name} is not UTF-8 text") from None
+        # One final newline is the file convention; any other white space is refused.
+        for ending in ("\r\n", "\n"):
+            if text.endswith(ending):
+                return text[: -len(ending)]
+        return text
+
+    def _check_secret(self, key: str, value: str, source: str) -> None:
+        """Refuse values that cannot be right or cannot be masked safely; never show them."""
+        if not value:
+            raise self.error(key, f"{source} is empty")
+        if "\n" in value or "\r" in value:
+            raise self.error(key, f"{source} contains a line break (a copy-paste mistake?)")
+        if value != value.strip():
+            raise self.error(key, f"{source} has white space at its start or end"
+                             " (a copy-paste mistake?)")
+        if any(unicodedata.category(ch) == "Cc" for ch in value):
+            raise self.error(key, f"{source} contains a control character")
+        if len(value) < MIN_SECRET_LENGTH:
+            raise self.error(key, f"{source} is too short ({len(value)} characters; at least "
+                             f"{MIN_SECRET_LENGTH}): no real credential is, and so short a "
+                             "value cannot be masked safely")
 
     def int(self, key: str, default: Any = _MISSING, *, min: int | None = None,
             max: int | None = None) -> Any:
@@ -148,14 +240,15 @@ class Section:
         if raw is default and default is not _MISSING:
             return raw
         raw = self._expand(key, raw)
-        if isinstance(raw, str) and re.fullmatch(r"-?\d+", raw.strip()):
+        if isinstance(raw, str) and re.fullmatch(r"-?[0-9]{1,30}", raw.strip()):
             raw = int(raw)
         if isinstance(raw, bool) or not isinstance(raw, int):
             raise self.error(key, f"must be an integer, got {_type_name(raw)}")
         if min is not None and raw < min:
-            raise self.error(key, f"must be at least {min}, got {raw}")
-        if max is not None and raw > max:
-            raise self.error(key, f"must be at most {max}, got {raw}")
+            raise self.error(key, f"must be at least {min}, got {_show(raw)}")
+        max = _NUMBER_MAX if max is None else max
+        if raw > max:
+            raise self.error(key, f"must be at most {max}, got {_show(raw)}")
         return raw
 
     def float(self, key: str, default: Any = _MISSING, *, min: float | None = None) -> Any:
@@ -164,9 +257,15 @@ class Section:
             return raw
         if isinstance(raw, bool) or not isinstance(raw, int | float):
             raise self.error(key, f"must be a number, got {_type_name(raw)}")
-        if min is not None and raw < min:
-            raise self.error(key, f"must be at least {min}, got {raw}")
-        return float(raw)
+        try:
+            value = float(raw)
+        except OverflowError:
+            value = math.inf
+        if not math.isfinite(value) or abs(value) > _NUMBER_MAX:
+            raise self.error(key, f"must be a number of at most {_NUMBER_MAX}")
+        if min is not None and value < min:
+            raise self.error(key, f"must be at least {min}, got {value}")
+        return value
 
     def bool(self, key: str, default: Any = _MISSING) -> Any:
         raw = self._take(key, default)
@@ -181,10 +280,22 @@ class Section:
         raw = self._take(key, default)
         if isinstance(raw, timedelta):
             return raw
+        if isinstance(raw, int | float) and not isinstance(raw, bool):
+            # `every: 90` could mean seconds or minutes: ask, do not guess.
+            raise self.error(key, f"needs a unit, e.g. {_show(raw)}s or {_show(raw)}m"
+                             " (units: ms, s, m, h, d, w)")
+        if not isinstance(raw, str):
+            raise self.error(key, f"not a duration (use e.g. 30s, 15m, 2h, 7d), "
+                             f"got {_type_name(raw)}")
+        if not _DURATION_TEXT.fullmatch(raw):
+            raise self.error(key, f"not a duration (use e.g. 30s, 15m, 2h, 7d): {_show(raw)}")
         try:
             value = parse_duration(raw)
-        except ValueError as exc:
-            raise self.error(key, str(exc)) from None
+        except (ValueError, OverflowError):
+            value = _DURATION_MAX + timedelta(days=1)
+        if value > _DURATION_MAX:
+            raise self.error(key, f"is absurdly long: {_show(raw)} (at most "
+                             f"{_DURATION_MAX.days}d)")
         if min is not None and value < min:
             raise self.error(key, f"must be at least {min}, got {raw}")
         if max is not None and value > max:
@@ -205,8 +316,9 @@ class Section:
             raise self.error(key, f"must be a timestamp, got {_type_name(raw)}")
         try:
             return parse_timestamp(self._expand(key, raw))
-        except ValueError as exc:
-            raise self.error(key, str(exc)) from None
+        except (ValueError, OverflowError) as exc:
+            raise self.error(key, str(exc) if isinstance(exc, ValueError)
+                             else f"{_show(raw)} is out of range") from None
 
     def str_list(self, key: str, default: Any = _MISSING) -> Any:
         raw = self._take(key, default)
@@ -237,6 +349,15 @@ class Section:
                 raise self.error(sub, f"must be a string, got {_type_name(v)}")
             out[str(k)] = self._expand(sub, str(v))
         return out
+
+
+def _show(value: Any, limit: int = 80) -> str:
+    """A value for an error message: its repr, cut short (a config value can be huge)."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int too long to print
+        return f"<{_type_name(value)}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _type_name(value: Any) -> str:

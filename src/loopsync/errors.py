@@ -19,6 +19,8 @@
 
 from __future__ import annotations
 
+from loopsync.redaction import redact
+
 
 class LoopsyncError(Exception):
     """Root of loopsync's own errors."""
@@ -30,7 +32,7 @@ class ConfigError(LoopsyncError):
     def __init__(self, file: str, key: str, problem: str) -> None:
         self.file = file
         self.key = key
-        self.problem = problem
+        self.problem = problem = redact(problem)  # a config error is printed: never a secret
         where = f"{file}: {key}" if key else file
         super().__init__(f"{where}: {problem}")
 

@@ -12,6 +12,10 @@ Tables (schema version in `meta`):
 
 Writes that belong together go in one `atomic()` block, so a kill at any line leaves
 either the old state or the new one.
+
+Every write of text that may come from a remote (snapshots, reasons, errors, problems,
+results, connector state) passes through `redaction`: a remote that echoes a credential
+never gets it into this file.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ import sqlite_utils
 from sqlite_utils.db import NotFoundError
 
 from loopsync.errors import LockHeld
+from loopsync.redaction import (contains_secret, dumps_redacted, redact, redact_obj,
+                                redact_optional)
 from loopsync.timeutil import Clock, iso, parse_timestamp
 
 SCHEMA_VERSION = 1
@@ -111,6 +117,8 @@ def _snapshot(raw: dict[str, Any]) -> tuple[str, str]:
     Loop's order, which is stable; sorting them cost a quarter of the dump, and a reordered
     answer would only be stored again, never missed."""
     text = json.dumps(raw, separators=(",", ":"), default=str)
+    if redact(text) != text:  # rare: re-dump so the masked text is still valid JSON
+        text = json.dumps(redact_obj(raw), separators=(",", ":"), default=str)
     return text, hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -257,7 +265,8 @@ class Store:
                   action: str | None = None, keep_wait_since: bool = False) -> None:
         assert stage in STAGES, stage
         now = self.now()
-        fields: dict[str, Any] = {"stage": stage, "reason": reason, "stage_at": now}
+        fields: dict[str, Any] = {"stage": stage, "reason": redact_optional(reason),
+                                  "stage_at": now}
         if action is not None:
             fields["action"] = action
         if stage == WAITING and not keep_wait_since:
@@ -292,7 +301,7 @@ class Store:
             # UNCONFIRMED: we read the ASN row's `id` as the Loop return id (one row per
             # returned line item, as PostHog keys them).
             "return_id": str(row.get("id")), "tracking_number": row.get("tracking_number"),
-            "updated_at": row.get("updated_at"), "snapshot": json.dumps(row, default=str),
+            "updated_at": row.get("updated_at"), "snapshot": dumps_redacted(row),
         }, pk=("id", "return_line_item_id"))
 
     def asn_rows_for(self, rid: str) -> list[dict[str, Any]]:
@@ -302,7 +311,7 @@ class Store:
     # -- RMAs -------------------------------------------------------------------------------
     def link_rma(self, rid: str, rma_id: str, extra: dict[str, Any]) -> None:
         self.db["rmas"].upsert({"return_id": rid, "rma_id": rma_id,
-                                "extra": json.dumps(extra, default=str),
+                                "extra": dumps_redacted(extra),
                                 "created_at": self.now()}, pk="return_id")
 
     def rma(self, rid: str) -> dict[str, Any] | None:
@@ -329,7 +338,8 @@ class Store:
         cur = self.db.execute(  # plain SQL: a poll stage records thousands of these
             "update rmas set status = ?, status_json = ?, fingerprint = ?, polled_at = ?, "
             "decision = ?, decision_reason = ? where return_id = ?",
-            [status_word, status_json, fingerprint, self.now(), decision, reason, rid])
+            [redact_optional(status_word), redact_optional(status_json), fingerprint,
+             self.now(), decision, redact_optional(reason), rid])
         if cur.rowcount == 0:
             raise NotFoundError(f"no RMA for return {rid} in the store")
         return row[0] if row else None
@@ -345,7 +355,7 @@ class Store:
         self.db.execute(
             "insert or ignore into effects (key, return_id, kind, status, attempts, payload, "
             "created_at, updated_at) values (?, ?, ?, ?, 0, ?, ?, ?)",
-            [key, rid, kind, PENDING, json.dumps(payload, default=str), now, now])
+            [key, rid, kind, PENDING, dumps_redacted(payload), now, now])
 
     def effect_intent(self, key: str, rid: str, kind: str, payload: Any = None) -> None:
         """Mark the attempt as started, before the remote call (committed on its own)."""
@@ -357,18 +367,18 @@ class Store:
                        error: str | None = None) -> None:
         self.db.execute("update effects set status = ?, result = ?, last_error = ?, "
                         "updated_at = ? where key = ?",
-                        [status, json.dumps(result, default=str) if result is not None else None,
-                         error, self.now(), key])
+                        [status, dumps_redacted(result) if result is not None else None,
+                         redact_optional(error), self.now(), key])
 
     def effect_not_sent(self, key: str, error: str) -> None:
         """The call certainly did not reach the remote: back to pending, no lookup needed."""
         self.db.execute("update effects set status = ?, last_error = ?, updated_at = ? "
-                        "where key = ?", [PENDING, error, self.now(), key])
+                        "where key = ?", [PENDING, redact_optional(error), self.now(), key])
 
     def effect_error(self, key: str, error: str) -> None:
         """A transient failure: the intent stays armed (outcome unknown), error noted."""
         self.db.execute("update effects set last_error = ?, updated_at = ? where key = ?",
-                        [error, self.now(), key])
+                        [redact_optional(error), self.now(), key])
 
     def effects_for(self, rid: str) -> list[dict[str, Any]]:
         return list(self.db.query("select * from effects where return_id = ? order by created_at",
@@ -415,7 +425,10 @@ class Store:
         self.db["cursors"].upsert({
             "stream": stream, "state": state, "done_until": iso(cur.done_until),
             "window_from": iso(window_from), "window_to": iso(window_to),
-            "page_cursor": next_cursor, "updated_at": self.now(),
+            # A cursor echoing a secret is not kept (masked it would be useless): a resume
+            # then reads the window again from its start, which loses nothing.
+            "page_cursor": None if next_cursor and contains_secret(next_cursor) else next_cursor,
+            "updated_at": self.now(),
         }, pk=("stream", "state"))
         self.db.execute("update cursors set pages = coalesce(pages, 0) + 1 "
                         "where stream = ? and state = ?", [stream, state])
@@ -445,14 +458,15 @@ class Store:
                    error: str | None = None) -> None:
         self.db["runs"].update(run_id, {"ended_at": self.now(), "status": status,
                                         "counts": json.dumps(counts), "errors": errors,
-                                        "error": error})
+                                        "error": redact_optional(error)})
 
     def last_runs(self, n: int = 1) -> list[dict[str, Any]]:
         return list(self.db.query("select * from runs order by started_at desc, rowid desc "
                                   "limit ?", [n]))
 
     def add_problem(self, rid: str | None, stage: str, message: str, run_id: str | None) -> None:
-        self.db["problems"].insert({"return_id": rid, "stage": stage, "message": message[:1000],
+        self.db["problems"].insert({"return_id": rid, "stage": stage,
+                                    "message": redact(message)[:1000],
                                     "at": self.now(), "run_id": run_id})
 
     def problems(self, limit: int = 20) -> list[dict[str, Any]]:
@@ -499,7 +513,7 @@ class StoreKeyValue:
 
     def set(self, key: str, value: Any) -> None:
         self.store.db["kv"].upsert({"namespace": self.namespace, "key": key,
-                                    "value": json.dumps(value, default=str)},
+                                    "value": dumps_redacted(value)},
                                    pk=("namespace", "key"))
 
 

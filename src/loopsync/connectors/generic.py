@@ -163,7 +163,7 @@ from urllib.parse import quote
 import requests
 import structlog
 
-from loopsync import safefiles
+from loopsync import redaction, safefiles
 from loopsync.configkit import Secret, Section
 from loopsync.connectors.base import (ConnectorContext, KeyValue, PollResult, PushRequest,
                                       WarehouseConnector, WarehouseSettings, normalize_status)
@@ -680,7 +680,7 @@ class FolderTransport:
                         lines.extend(parse_receipt_file(data))
                         applied.append(seen)
                     except ValueError as exc:
-                        rejected.append((seen, str(exc)))
+                        rejected.append((seen, redaction.redact(str(exc))))  # goes to a file
         except OSError as exc:
             raise TransientError(SYSTEM, f"cannot read inbox {self.conf.inbox}: "
                                          f"{exc.strerror or exc}") from None

@@ -38,6 +38,7 @@ from typing import Any, ClassVar, Union
 import requests
 import structlog
 
+from loopsync import redaction
 from loopsync.configkit import Secret, Section
 from loopsync.connectors.base import (ConnectorContext, NotReady, PollResult, PollStopped,
                                       PushRequest, WarehouseConnector, WarehouseSettings,
@@ -570,6 +571,7 @@ class PeopleVoxClient:
         client_id, _, session_id = result.detail.partition(",")
         if not session_id.strip():
             raise AuthError(SYSTEM, "Authenticate answered without a session id")
+        redaction.register(session_id.strip(), transient=True)  # a credential while it lives
         log.info("peoplevox.authenticated", client_id=client_id.strip() or s.client_id)
         return SessionCredentials(client_id=client_id.strip() or s.client_id,
                                   session_id=session_id.strip())
