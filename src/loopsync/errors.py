@@ -13,7 +13,9 @@
             ├── NotFound       the remote has no such object
             ├── ErrorBody      HTTP 200 whose body is an error (Loop, PeopleVox, Xoro do this)
             │   └── StateConflict  Loop refused an action because of the return's state
-            └── Rejected       the remote refused this record (bad SKU, unknown order, ...)
+            ├── Rejected       the remote refused this record (bad SKU, unknown order, ...)
+            ├── ForeignOrigin  a redirect or link to another origin; nothing was sent there
+            └── ResponseTooLarge  the answer passed the size cap (after decompression)
 """
 
 from __future__ import annotations
@@ -101,3 +103,17 @@ class StateConflict(ErrorBody):
 
 class Rejected(PermanentError):
     """The remote refused this one record; the rest of the batch goes on."""
+
+
+class ForeignOrigin(PermanentError):
+    """A redirect or link pointed outside the configured origin(s); nothing (credentials,
+    record) was sent there. `target` is the origin (scheme://host:port), never a path."""
+
+    def __init__(self, system: str, message: str, *, target: str | None = None,
+                 status: int | None = None) -> None:
+        self.target = target
+        super().__init__(system, message, status=status)
+
+
+class ResponseTooLarge(PermanentError):
+    """The answer was larger than the client's cap (counted after decompression)."""
