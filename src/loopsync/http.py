@@ -429,33 +429,37 @@ class _Watch:
         self.expired = False
         self.done = False
         self.connected = False  # a connection was made: the server may have the request
-        self._conns: list[Any] = []
+        self._socks: list[socket.socket] = []
         self._lock = threading.Lock()
 
-    def attach(self, conn: Any) -> None:
+    def attach(self, sock: Any) -> None:
+        """Watch this socket (the connection's; http.client may drop its own reference to
+        it before the body is read, so the socket itself is kept)."""
+        if sock is None:
+            return
         with self._lock:
-            self._conns.append(conn)
+            self.connected = True
+            self._socks.append(sock)
             expired = self.expired
         if expired:
-            _shutdown(conn)
+            _shutdown(sock)
 
     def expire(self) -> None:
         with self._lock:
             if self.done:
                 return
             self.expired = True
-            conns = list(self._conns)
-        for conn in conns:
-            _shutdown(conn)
+            socks = list(self._socks)
+        for sock in socks:
+            _shutdown(sock)
 
     def finish(self) -> None:
         with self._lock:
             self.done = True
-            self._conns.clear()
+            self._socks.clear()
 
 
-def _shutdown(conn: Any) -> None:
-    sock = getattr(conn, "sock", None)
+def _shutdown(sock: Any) -> None:
     sock = getattr(sock, "socket", sock)  # urllib3's TLS-in-TLS wrapper
     if isinstance(sock, socket.socket):
         try:
@@ -515,18 +519,15 @@ def _current_watch() -> _Watch | None:
 
 class _WatchedHTTPConnection(HTTPConnection):
     def connect(self) -> None:
+        super().connect()
         watch = _current_watch()
         if watch is not None:
-            watch.attach(self)
-            watch.connected = True
-        super().connect()
+            watch.attach(self.sock)
 
     def request(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
         watch = _current_watch()
         if watch is not None:
-            watch.attach(self)
-            if self.sock is not None:
-                watch.connected = True
+            watch.attach(self.sock)  # a kept-alive connection: connect() is not called
         super().request(*args, **kwargs)
 
 
