@@ -37,6 +37,7 @@ import heapq
 import http.client
 import itertools
 import json
+import math
 import random
 import re
 import socket
@@ -93,13 +94,18 @@ class RateLimiter:
         self.clock = clock or SystemClock()
         self.ident: str | None = None  # "system:hashed-key" for a shared limiter
         self._sent: collections.deque[tuple[float, float]] = collections.deque()  # mono, epoch
-        self._epochs: set[float] = set()
+        self._epochs: collections.Counter[float] = collections.Counter()  # epochs held
         self._lock = threading.Lock()
         self._hooks: list[Callable[[], None]] = []
 
     def _expire(self, now: float) -> None:
         while self._sent and self._sent[0][0] <= now - self.period:
-            self._epochs.discard(self._sent.popleft()[1])
+            self._forget(self._sent.popleft()[1])
+
+    def _forget(self, epoch: float) -> None:
+        self._epochs[epoch] -= 1
+        if self._epochs[epoch] <= 0:
+            del self._epochs[epoch]
 
     def acquire(self, sleep: Callable[[float], None] | None = None) -> float:
         """Block until a request may go; returns the seconds waited. `sleep`: the caller's
@@ -113,7 +119,7 @@ class RateLimiter:
                 if len(self._sent) < self.limit:
                     epoch = round(self.clock.now().timestamp(), 6)
                     self._sent.append((now, epoch))
-                    self._epochs.add(epoch)
+                    self._epochs[epoch] += 1
                     hooks = list(self._hooks)
                     break
                 delay = self._sent[0][0] + self.period - now
@@ -132,26 +138,30 @@ class RateLimiter:
 
     def merge(self, epochs: Iterable[Any]) -> int:
         """Count sends another process (or an earlier run) made; returns how many were new.
-        Sends this limiter already holds are recognised by their epoch and not doubled; a
-        time in the future (a clock stepped back) counts as now, to stay on the safe side."""
+        Sends this limiter already holds are recognised by their epoch (as many times as it
+        holds it) and not doubled; a time in the future (a clock stepped back) counts as
+        now, to stay on the safe side. Anything but a finite number is ignored."""
         with self._lock:
             now = self.clock.monotonic()
-            wall = self.clock.now().timestamp()
-            added = 0
+            wall = round(self.clock.now().timestamp(), 6)
+            self._expire(now)
+            wanted: collections.Counter[float] = collections.Counter()
             for value in epochs:
-                if isinstance(value, bool) or not isinstance(value, int | float):
+                if isinstance(value, bool) or not isinstance(value, int | float) or \
+                        not math.isfinite(value):
                     continue
-                epoch = round(float(value), 6)
-                age = wall - epoch
-                if epoch in self._epochs or not age < self.period or age != age:  # NaN
-                    continue
-                mono = now - max(0.0, age)
-                bisect.insort(self._sent, (mono, epoch))
-                self._epochs.add(epoch)
-                added += 1
+                epoch = min(round(float(value), 6), wall)
+                if wall - epoch < self.period:
+                    wanted[epoch] += 1
+            added = 0
+            for epoch, count in wanted.items():
+                for _ in range(count - self._epochs[epoch]):
+                    bisect.insort(self._sent, (now - (wall - epoch), epoch))
+                    self._epochs[epoch] += 1
+                    added += 1
             # more than `limit` in the window: keep the newest, they decide the next wait
             while len(self._sent) > self.limit:
-                self._epochs.discard(self._sent.popleft()[1])
+                self._forget(self._sent.popleft()[1])
             return added
 
     def add_hook(self, hook: Callable[[], None]) -> None:
@@ -262,8 +272,9 @@ class LimitHistory:
 
 
 def _in_transaction(kv: KeyValue) -> bool:
+    """A write now would join (and commit early) the run's open transaction."""
     conn = getattr(getattr(getattr(kv, "store", None), "db", None), "conn", None)
-    return bool(getattr(conn, "in_transaction", True))
+    return bool(getattr(conn, "in_transaction", False))
 
 
 def find_limiters(*roots: Any, depth: int = 3) -> list[RateLimiter]:
