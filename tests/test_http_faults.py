@@ -187,3 +187,10 @@ def test_a_body_with_a_lone_surrogate_is_a_permanent_error_not_a_crash(
     with HostileServer(reply(200)) as server:
         with pytest.raises(PermanentError):
             client(server, clock).request("POST", "/x", data="caf\ud800", idempotent=False)
+
+
+def test_an_https_origin_that_does_not_speak_tls_is_a_transient_error(clock: FakeClock) -> None:
+    with HostileServer(reply(200)) as server:
+        http = HttpClient("t", f"https://127.0.0.1:{server.port}", clock=clock, policy=POLICY)
+        with pytest.raises(TransientError):
+            http.request("GET", "/x")

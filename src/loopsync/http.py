@@ -528,23 +528,30 @@ def _current_watch() -> _Watch | None:
     return getattr(_current, "watch", None)
 
 
-class _WatchedHTTPConnection(HTTPConnection):
+class _WatchMixin:
+    """Hands the connection's socket to the current request's watch."""
+
+    sock: Any
+
     def connect(self) -> None:
-        super().connect()
+        super().connect()  # type: ignore[misc]
         watch = _current_watch()
         if watch is not None:
             watch.attach(self.sock)
 
-    def request(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+    def request(self, *args: Any, **kwargs: Any) -> None:
         watch = _current_watch()
         if watch is not None:
             watch.attach(self.sock)  # a kept-alive connection: connect() is not called
-        super().request(*args, **kwargs)
+        super().request(*args, **kwargs)  # type: ignore[misc]
 
 
-class _WatchedHTTPSConnection(HTTPSConnection):
-    connect = _WatchedHTTPConnection.connect  # type: ignore[assignment]
-    request = _WatchedHTTPConnection.request  # type: ignore[assignment]
+class _WatchedHTTPConnection(_WatchMixin, HTTPConnection):
+    pass
+
+
+class _WatchedHTTPSConnection(_WatchMixin, HTTPSConnection):
+    pass
 
 
 class _WatchedHTTPPool(HTTPConnectionPool):
@@ -867,15 +874,10 @@ class HttpClient:
                 requests.exceptions.MissingSchema | requests.exceptions.InvalidHeader |
                 requests.exceptions.URLRequired | requests.exceptions.InvalidJSONError):
             return after_sending(f"transport error: {detail}")  # decoding, chunking, ...
-        if answered or isinstance(exc, urllib3.exceptions.HTTPError | http.client.HTTPException |
-                                  OSError | zlib.error | EOFError):
-            # The answer was unreadable (bad gzip, cut chunk, unknown encoding) or the
-            # connection broke on the way.
-            if answered and not isinstance(exc, OSError | urllib3.exceptions.HTTPError |
-                                           http.client.HTTPException) and idempotent:
-                return TransientError(self.system, f"unreadable answer: {detail}")
-            return after_sending(f"unreadable answer: {detail}" if answered
-                                 else f"connection error: {detail}")
+        if answered:  # the answer was unreadable: bad gzip, cut chunk, unknown encoding
+            return after_sending(f"unreadable answer: {detail}")
+        if isinstance(exc, urllib3.exceptions.HTTPError | http.client.HTTPException | OSError):
+            return after_sending(f"connection error: {detail}")
         # The request could not be built (bad URL, header, body encoding): nothing sent.
         return PermanentError(self.system, f"request not sent: {detail}")
 
