@@ -7,6 +7,7 @@
     └── RemoteError            anything a remote system said or failed to say
         ├── TransientError     worth retrying later: 5xx, timeouts, resets, throttling
         │   ├── RateLimited    429 or a throttle body; carries retry_after seconds if known
+        │   ├── DeadlineExceeded  no whole answer within the client's deadline (next cycle)
         │   └── OutcomeUnknown a write was sent but its answer was lost; look up before repeating
         └── PermanentError     retrying the same request will not help
             ├── AuthError      401/403 or a failed login
@@ -72,6 +73,11 @@ class RateLimited(TransientError):
                  status: int | None = 429, code: str | None = None) -> None:
         self.retry_after = retry_after
         super().__init__(system, message, status=status, code=code)
+
+
+class DeadlineExceeded(TransientError):
+    """A read got no complete answer within the whole-request deadline (a drip, a stall).
+    Not retried within the call, which would multiply the wait; the next cycle retries."""
 
 
 class OutcomeUnknown(TransientError):

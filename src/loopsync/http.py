@@ -58,8 +58,9 @@ from tenacity.wait import wait_base
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
-from loopsync.errors import (AuthError, ForeignOrigin, NotFound, OutcomeUnknown, PermanentError,
-                             RateLimited, RemoteError, ResponseTooLarge, TransientError)
+from loopsync.errors import (AuthError, DeadlineExceeded, ForeignOrigin, NotFound, OutcomeUnknown,
+                             PermanentError, RateLimited, RemoteError, ResponseTooLarge,
+                             TransientError)
 from loopsync.timeutil import Clock, SystemClock
 
 log = structlog.get_logger("loopsync.http")
@@ -352,7 +353,8 @@ def retrying(policy: RetryPolicy, clock: Clock, *, retry_on: tuple[type[BaseExce
             exc.retry_after > policy.retry_after_cap
 
     return Retrying(
-        retry=retry_if_exception(lambda exc: isinstance(exc, retry_on) and not too_long(exc)),
+        retry=retry_if_exception(lambda exc: isinstance(exc, retry_on) and not too_long(exc)
+                                 and not isinstance(exc, DeadlineExceeded)),
         wait=_WaitForHintOrBackoff(policy, rng),
         stop=stop_after_attempt(policy.attempts),
         sleep=clock.sleep,
@@ -633,8 +635,8 @@ class BodyTooLarge(Exception):
     """Internal: the body passed the cap (becomes ResponseTooLarge or OutcomeUnknown)."""
 
 
-class DeadlineExceeded(Exception):
-    """Internal: the whole-request deadline passed (becomes a timeout error)."""
+class _DeadlinePassed(Exception):
+    """Internal: the watchdog cut the request (becomes DeadlineExceeded or OutcomeUnknown)."""
 
 
 def read_body(resp: requests.Response, max_body: int, watch: _Watch | None) -> bytes:
@@ -670,7 +672,7 @@ def read_body(resp: requests.Response, max_body: int, watch: _Watch | None) -> b
     raw = resp.raw
     while True:
         if watch is not None and watch.expired:
-            raise DeadlineExceeded()
+            raise _DeadlinePassed()
         chunk = raw.read(READ_PIECE, decode_content=False)
         if not chunk:
             break
@@ -679,7 +681,7 @@ def read_body(resp: requests.Response, max_body: int, watch: _Watch | None) -> b
             raise BodyTooLarge(raw_size)
         push([chunk], 0)
     if watch is not None and watch.expired:
-        raise DeadlineExceeded()  # a socket shut at the deadline reads as an early end
+        raise _DeadlinePassed()  # a socket shut at the deadline reads as an early end
     close(0)
     return b"".join(parts)
 
@@ -859,11 +861,13 @@ class HttpClient:
             if idempotent:
                 return ResponseTooLarge(self.system, message)
             return OutcomeUnknown(self.system, message + " (the request was received)")
-        if watch.expired or isinstance(exc, DeadlineExceeded):
+        if watch.expired or isinstance(exc, _DeadlinePassed):
+            # Not retried in this call: a server that cannot answer within the deadline
+            # would hold the run for attempts x deadline. The next cycle tries again.
             message = f"no complete answer within the {self.deadline:g} s deadline"
-            if not watch.connected and not answered:
-                return TransientError(self.system, message + " (not connected)")
-            return after_sending(message)
+            if idempotent or (not watch.connected and not answered):
+                return DeadlineExceeded(self.system, message)
+            return OutcomeUnknown(self.system, message)
         detail = self._scrub(f"{type(exc).__name__}: {_short(exc)}")
         if isinstance(exc, requests.ConnectionError) and _never_sent(exc):
             return TransientError(self.system, f"cannot connect: {detail}")
