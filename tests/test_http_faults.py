@@ -195,3 +195,16 @@ def test_an_https_origin_that_does_not_speak_tls_is_a_transient_error(clock: Fak
         http = HttpClient("t", f"https://127.0.0.1:{server.port}", clock=clock, policy=POLICY)
         with pytest.raises(TransientError):
             http.request("GET", "/x")
+
+
+def test_an_unknown_charset_is_read_as_utf8_not_a_crash(clock: FakeClock) -> None:
+    with HostileServer(reply(200, b'{"a": "\xc3\xa9"}',
+                             {"Content-Type": "application/json; charset=nope"})) as server:
+        assert client(server, clock).request("GET", "/x").data == {"a": "é"}
+
+
+def test_the_new_errors_are_drawn_in_the_error_tree() -> None:
+    from loopsync import errors
+
+    for cls in (errors.ForeignOrigin, errors.ResponseTooLarge, errors.DeadlineExceeded):
+        assert f"── {cls.__name__}" in (errors.__doc__ or "")
