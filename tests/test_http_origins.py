@@ -201,3 +201,10 @@ def test_an_error_body_echoing_the_key_is_masked_in_the_message(clock: FakeClock
             http.request("GET", "/x")
     assert LOOP_KEY not in str(caught.value) and "bad key" in str(caught.value)
 
+
+
+def test_an_unusable_configured_url_fails_each_request_with_a_typed_error(
+        clock: FakeClock) -> None:
+    http = HttpClient("t", "http://127.0.0.1:99999/api", clock=clock, policy=POLICY)
+    with pytest.raises(PermanentError, match="configured URL"):
+        http.request("GET", "/x")

@@ -743,8 +743,14 @@ class HttpClient:
             raise ValueError("deadline and max_body must be positive, max_redirects >= 0")
         self.max_body = max_body
         self.max_redirects = max_redirects
-        self.origins: frozenset[Origin] = frozenset(
-            origin_of(u) for u in (self.base_url, *origins) if u)
+        allowed: set[Origin] = set()
+        for configured in (self.base_url, *origins):
+            try:
+                allowed.add(origin_of(configured))
+            except ValueError:  # every request fails with a typed error naming the problem
+                log.error("http.bad_configured_url", system=self.system,
+                          origin=safe_origin(configured))
+        self.origins: frozenset[Origin] = frozenset(allowed)
         self.limiter = limiter
         self.policy = policy or RetryPolicy()
         self.clock = clock or SystemClock()
@@ -760,6 +766,8 @@ class HttpClient:
         return url
 
     def _check_origin(self, url: str, what: str) -> None:
+        if not self.origins:
+            raise PermanentError(self.system, "the configured URL is not a valid http(s) URL")
         try:
             origin = origin_of(url)
         except ValueError as exc:
