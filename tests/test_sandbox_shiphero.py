@@ -200,6 +200,7 @@ def test_unknown_or_expired_tokens_get_401_and_the_connector_refreshes(world):
 def test_throttled_when_credits_run_out(world):
     world.emu.credits_enabled = False
     refs = world.push(world.connector(), world.loop_returns(50))
+    world.clock.advance(120)  # the account's shared bucket refills from the pushes
     # ShipHero's bucket is smaller than the connector believes (default 1001).
     world.emu.credits = CreditMeter(world.clock, capacity=120, per_second=15)
     world.clock.slept.clear()

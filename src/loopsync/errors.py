@@ -7,6 +7,7 @@
     └── RemoteError            anything a remote system said or failed to say
         ├── TransientError     worth retrying later: 5xx, timeouts, resets, throttling
         │   ├── RateLimited    429 or a throttle body; carries retry_after seconds if known
+        │   ├── DeadlineExceeded  no whole answer within the client's deadline (next cycle)
         │   ├── OutcomeUnknown a write was sent but its answer was lost; look up before repeating
         │   └── PaginationStopped  a page walk ended before the remote's last page (cap, loop)
         └── PermanentError     retrying the same request will not help
@@ -14,7 +15,9 @@
             ├── NotFound       the remote has no such object
             ├── ErrorBody      HTTP 200 whose body is an error (Loop, PeopleVox, Xoro do this)
             │   └── StateConflict  Loop refused an action because of the return's state
-            └── Rejected       the remote refused this record (bad SKU, unknown order, ...)
+            ├── Rejected       the remote refused this record (bad SKU, unknown order, ...)
+            ├── ForeignOrigin  a redirect or link to another origin; nothing was sent there
+            └── ResponseTooLarge  the answer passed the size cap (after decompression)
 """
 
 from __future__ import annotations
@@ -75,6 +78,11 @@ class RateLimited(TransientError):
         super().__init__(system, message, status=status, code=code)
 
 
+class DeadlineExceeded(TransientError):
+    """A read got no complete answer within the whole-request deadline (a drip, a stall).
+    Not retried within the call, which would multiply the wait; the next cycle retries."""
+
+
 class OutcomeUnknown(TransientError):
     """A non-idempotent request may or may not have taken effect."""
 
@@ -116,3 +124,17 @@ class StateConflict(ErrorBody):
 
 class Rejected(PermanentError):
     """The remote refused this one record; the rest of the batch goes on."""
+
+
+class ForeignOrigin(PermanentError):
+    """A redirect or link pointed outside the configured origin(s); nothing (credentials,
+    record) was sent there. `target` is the origin (scheme://host:port), never a path."""
+
+    def __init__(self, system: str, message: str, *, target: str | None = None,
+                 status: int | None = None) -> None:
+        self.target = target
+        super().__init__(system, message, status=status)
+
+
+class ResponseTooLarge(PermanentError):
+    """The answer was larger than the client's cap (counted after decompression)."""

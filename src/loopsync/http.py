@@ -1,34 +1,72 @@
-"""The one HTTP path every remote client uses: timeouts, rate limits, retries.
+"""The one HTTP path every remote client uses: origins, redirects, deadlines, size caps,
+rate limits, retries and the mapping of every transport fault to a typed remote error.
 
 Retries go through tenacity: 429 and throttle answers wait for the server's hint
 (Retry-After, capped) or back off exponentially with jitter, as do 5xx, timeouts and
 connection resets. A non-idempotent request is retried only when it certainly did not
 take effect (429, or the connection was never made); otherwise it raises OutcomeUnknown
 and the caller looks the effect up before repeating it.
+
+Security: credentials never leave the configured origin(s) (scheme, host, port).
+`requests` never follows a redirect itself. A redirect within an allowed origin is
+followed (at most `max_redirects` hops) by rebuilding the request, so the session's
+credentials go with it; 303 turns the request into a GET, 301/302/307/308 keep the method
+and body (an API write is re-sent where the server moved it, never silently turned into
+a GET that "succeeds" without creating anything). A redirect anywhere else raises
+ForeignOrigin naming the target origin (never its path or query) and nothing is sent
+there. An absolute URL handed to `request()` (a `nextPageUrl`, a link from a body) is
+refused the same way unless it is on an allowed origin.
+
+The real internet: every response is streamed. A whole-request deadline (connect,
+status line, headers and body) is enforced by a watchdog that shuts the socket down, so a
+server dripping a byte a second is cut off; the body is inflated here in small pieces and
+refused past `max_body` bytes (a small gzip bomb never reaches memory), and a
+Content-Length beyond the cap is refused before reading. Every `requests`/urllib3/socket
+exception and every JSON decoding failure becomes a RemoteError (transient, permanent, or
+for a write that may have been received, OutcomeUnknown). Messages never carry a URL's
+query string or user info, nor the client's own credential values.
 """
 
 from __future__ import annotations
 
+import bisect
 import collections
 import email.utils
+import hashlib
+import heapq
+import http.client
+import itertools
 import json
+import math
 import random
+import re
+import socket
 import threading
-from collections.abc import Callable, Mapping
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
+from urllib.parse import urljoin, urlsplit
 
 import requests
 import structlog
+import urllib3
+from requests.adapters import HTTPAdapter
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 from tenacity.wait import wait_base
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
-from loopsync.errors import (AuthError, NotFound, OutcomeUnknown, PermanentError, RateLimited,
-                             RemoteError, TransientError)
+from loopsync.errors import (AuthError, DeadlineExceeded, ForeignOrigin, NotFound, OutcomeUnknown,
+                             PermanentError, RateLimited, RemoteError, ResponseTooLarge,
+                             TransientError)
 from loopsync.timeutil import Clock, SystemClock
 
 log = structlog.get_logger("loopsync.http")
+
+DEFAULT_MAX_BODY = 32 * 1024 * 1024  # decoded bytes: far above any page the clients ask for
+DEFAULT_MAX_REDIRECTS = 3
 
 
 @dataclass(frozen=True)
@@ -43,7 +81,10 @@ class RateLimiter:
     """At most `limit` requests in any `period` seconds (a sliding log, exact).
 
     Exact rather than a token bucket so the busiest window never exceeds the documented
-    limit (Loop: 300 a minute per API key). Thread-safe; time comes from the clock.
+    limit (Loop: 300 a minute per API key). Thread-safe; time comes from the clock. Each
+    send is logged with its wall-clock epoch too, so the log can be saved and merged into
+    the next process's limiter (`LimitHistory`): a cron run right after another does not
+    start with a full budget.
     """
 
     def __init__(self, limit: int, period: float, clock: Clock | None = None) -> None:
@@ -52,8 +93,20 @@ class RateLimiter:
         self.limit = limit
         self.period = period
         self.clock = clock or SystemClock()
-        self._sent: collections.deque[float] = collections.deque()
+        self.ident: str | None = None  # "system:hashed-key" for a shared limiter
+        self._sent: collections.deque[tuple[float, float]] = collections.deque()  # mono, epoch
+        self._epochs: collections.Counter[float] = collections.Counter()  # epochs held
         self._lock = threading.Lock()
+        self._hooks: list[Callable[[], None]] = []
+
+    def _expire(self, now: float) -> None:
+        while self._sent and self._sent[0][0] <= now - self.period:
+            self._forget(self._sent.popleft()[1])
+
+    def _forget(self, epoch: float) -> None:
+        self._epochs[epoch] -= 1
+        if self._epochs[epoch] <= 0:
+            del self._epochs[epoch]
 
     def acquire(self, sleep: Callable[[float], None] | None = None) -> float:
         """Block until a request may go; returns the seconds waited. `sleep`: the caller's
@@ -63,19 +116,72 @@ class RateLimiter:
         while True:
             with self._lock:
                 now = self.clock.monotonic()
-                while self._sent and self._sent[0] <= now - self.period:
-                    self._sent.popleft()
+                self._expire(now)
                 if len(self._sent) < self.limit:
-                    self._sent.append(now)
-                    return waited
-                delay = self._sent[0] + self.period - now
+                    epoch = round(self.clock.now().timestamp(), 6)
+                    self._sent.append((now, epoch))
+                    self._epochs[epoch] += 1
+                    hooks = list(self._hooks)
+                    break
+                delay = self._sent[0][0] + self.period - now
             delay = max(delay, 0.001)
             sleep(delay)
             waited += delay
+        for hook in hooks:
+            hook()
+        return waited
+
+    def recent(self) -> list[float]:
+        """Wall-clock epochs of the sends still inside the window (what a restart needs)."""
+        with self._lock:
+            self._expire(self.clock.monotonic())
+            return [epoch for _, epoch in self._sent]
+
+    def merge(self, epochs: Iterable[Any]) -> int:
+        """Count sends another process (or an earlier run) made; returns how many were new.
+        Sends this limiter already holds are recognised by their epoch (as many times as it
+        holds it) and not doubled; a time in the future (a clock stepped back) counts as
+        now, to stay on the safe side. Anything but a finite number is ignored."""
+        with self._lock:
+            now = self.clock.monotonic()
+            wall = round(self.clock.now().timestamp(), 6)
+            self._expire(now)
+            wanted: collections.Counter[float] = collections.Counter()
+            for value in epochs:
+                if isinstance(value, bool) or not isinstance(value, int | float) or \
+                        not math.isfinite(value):
+                    continue
+                epoch = min(round(float(value), 6), wall)
+                if wall - epoch < self.period:
+                    wanted[epoch] += 1
+            added = 0
+            for epoch, count in wanted.items():
+                for _ in range(count - self._epochs[epoch]):
+                    bisect.insort(self._sent, (now - (wall - epoch), epoch))
+                    self._epochs[epoch] += 1
+                    added += 1
+            # more than `limit` in the window: keep the newest, they decide the next wait
+            while len(self._sent) > self.limit:
+                self._forget(self._sent.popleft()[1])
+            return added
+
+    def add_hook(self, hook: Callable[[], None]) -> None:
+        with self._lock:
+            self._hooks.append(hook)
+
+    def remove_hook(self, hook: Callable[[], None]) -> None:
+        with self._lock:
+            if hook in self._hooks:
+                self._hooks.remove(hook)
 
 
 _shared_limiters: dict[tuple[str, str], RateLimiter] = {}
 _shared_lock = threading.Lock()
+
+
+def key_id(key: str) -> str:
+    """A stable, non-reversible id for a credential (what may be stored or compared)."""
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def shared_limiter(system: str, key: str, limit: int, period: float,
@@ -83,15 +189,117 @@ def shared_limiter(system: str, key: str, limit: int, period: float,
     """One limiter per (system, credential) in this process, so merchants sharing a key
     share its budget, across runs too: every run's SystemClock is one timeline. A clock on
     another timeline (a test's FakeClock) gets a limiter of its own."""
-    import hashlib
-
-    ident = (system, hashlib.sha256(key.encode()).hexdigest())
+    ident = (system, key_id(key))
     with _shared_lock:
         lim = _shared_limiters.get(ident)
         if lim is None or lim.limit != limit or lim.period != period or \
                 (clock is not None and lim.clock.timeline is not clock.timeline):
             lim = _shared_limiters[ident] = RateLimiter(limit, period, clock)
+            lim.ident = f"{system}:{ident[1][:24]}"
         return lim
+
+
+class KeyValue(Protocol):
+    def get(self, key: str, default: Any = None) -> Any: ...
+
+    def set(self, key: str, value: Any) -> None: ...
+
+
+LIMIT_HISTORY_NAMESPACE = "rate_limits"
+
+
+class LimitHistory:
+    """Recent send times of every shared limiter one run uses, kept in the merchant's
+    state store (`kv`, keyed "system:hashed key id"; epochs only, never the key).
+
+    `load(kv, *clients)` at the start of a run finds the limiters in the clients (Loop's,
+    the connector's), merges what the last run saved and saves again every few seconds
+    while the run goes (from the run's own thread, outside a transaction), and `save()` at
+    the end. So cron's `run --once` after `run --once` starts with the budget the previous
+    process left, and a killed run loses at most the last few seconds of its log.
+    """
+
+    SAVE_EVERY = 5.0  # seconds between periodic saves
+
+    def __init__(self, kv: KeyValue, limiters: Iterable[RateLimiter]) -> None:
+        self.kv = kv
+        self.limiters = list({id(lim): lim for lim in limiters if lim.ident}.values())
+        self._owner = threading.get_ident()
+        self._last_save: float | None = None
+
+    @classmethod
+    def load(cls, kv: KeyValue, *clients: Any) -> LimitHistory:
+        history = cls(kv, find_limiters(*clients))
+        for lim in history.limiters:
+            assert lim.ident is not None
+            try:
+                saved = kv.get(lim.ident)
+            except Exception as exc:  # advisory: a bad row must not stop the run
+                log.warning("rate_limit.history_unreadable", limiter=lim.ident,
+                            error=type(exc).__name__)
+                continue
+            if isinstance(saved, list):
+                added = lim.merge(saved)
+                if added:
+                    log.info("rate_limit.history_loaded", limiter=lim.ident, sends=added)
+            lim.add_hook(history._tick)
+        return history
+
+    def _tick(self) -> None:
+        if threading.get_ident() != self._owner or _in_transaction(self.kv):
+            return
+        now = self.limiters[0].clock.monotonic() if self.limiters else 0.0
+        if self._last_save is None:
+            self._last_save = now
+        elif now - self._last_save >= self.SAVE_EVERY:
+            self._write()
+
+    def _write(self) -> None:
+        for lim in self.limiters:
+            assert lim.ident is not None
+            try:
+                self.kv.set(lim.ident, lim.recent())
+            except Exception as exc:  # a full disk must not turn into a crash here
+                log.warning("rate_limit.history_not_saved", limiter=lim.ident,
+                            error=type(exc).__name__)
+        if self.limiters:
+            self._last_save = self.limiters[0].clock.monotonic()
+
+    def save(self) -> None:
+        """Write the log and stop the periodic saves (the end of the run)."""
+        for lim in self.limiters:
+            lim.remove_hook(self._tick)
+        self._write()
+
+
+def _in_transaction(kv: KeyValue) -> bool:
+    """A write now would join (and commit early) the run's open transaction."""
+    conn = getattr(getattr(getattr(kv, "store", None), "db", None), "conn", None)
+    return bool(getattr(conn, "in_transaction", False))
+
+
+def find_limiters(*roots: Any, depth: int = 3) -> list[RateLimiter]:
+    """The shared rate limiters reachable from `roots` (a LoopClient, a connector): the
+    clients keep them in different places (`http.limiter`, `client.http.limiter`)."""
+    found: dict[int, RateLimiter] = {}
+    seen: set[int] = set()
+    level = list(roots)
+    for _ in range(depth + 1):
+        following: list[Any] = []
+        for obj in level:
+            if id(obj) in seen or obj is None:
+                continue
+            seen.add(id(obj))
+            if isinstance(obj, RateLimiter):
+                if obj.ident:
+                    found[id(obj)] = obj
+                continue
+            attrs = getattr(obj, "__dict__", None)
+            if isinstance(attrs, dict) and not isinstance(obj, type):
+                following.extend(v for v in attrs.values()
+                                 if hasattr(v, "__dict__") and not callable(v))
+        level = following
+    return list(found.values())
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
@@ -145,7 +353,8 @@ def retrying(policy: RetryPolicy, clock: Clock, *, retry_on: tuple[type[BaseExce
             exc.retry_after > policy.retry_after_cap
 
     return Retrying(
-        retry=retry_if_exception(lambda exc: isinstance(exc, retry_on) and not too_long(exc)),
+        retry=retry_if_exception(lambda exc: isinstance(exc, retry_on) and not too_long(exc)
+                                 and not isinstance(exc, DeadlineExceeded)),
         wait=_WaitForHintOrBackoff(policy, rng),
         stop=stop_after_attempt(policy.attempts),
         sleep=clock.sleep,
@@ -166,24 +375,382 @@ class HttpResult:
         return self.data is not None or self.text.strip() == "null"
 
 
+# -- origins --------------------------------------------------------------------------------
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+@dataclass(frozen=True)
+class Origin:
+    scheme: str
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+
+def origin_of(url: str) -> Origin:
+    """The (scheme, host, port) a URL goes to. Parsed both as urllib3 will send it and as
+    the standard library reads it; a URL on which they disagree (a parser trick such as a
+    backslash or a second '@') is refused, as is anything but http(s)."""
+    try:
+        sent = urllib3.util.parse_url(url)
+        std = urlsplit(url)
+        std_port = std.port
+    except (ValueError, urllib3.exceptions.LocationParseError):
+        raise ValueError("not a valid URL") from None
+    scheme = (sent.scheme or "").lower()
+    if scheme not in _DEFAULT_PORTS or not sent.host:
+        raise ValueError("not an absolute http(s) URL")
+    host = sent.host.lower().strip("[]").rstrip(".")
+    std_host = (std.hostname or "").lower().rstrip(".")
+    port = sent.port or _DEFAULT_PORTS[scheme]
+    if std.scheme.lower() != scheme or std_host != host or \
+            (std_port or _DEFAULT_PORTS[scheme]) != port or any(c in url for c in "\\\r\n\t "):
+        raise ValueError("ambiguous URL")
+    return Origin(scheme, host, port)
+
+
+def safe_origin(url: str) -> str:
+    """An origin to name in a message: scheme, host and port only (never user info, path
+    or query, which may carry a token)."""
+    try:
+        return str(origin_of(url))
+    except ValueError:
+        return "an unparsable address"
+
+
+_QUERY = re.compile(r"(?<=[\w/.\-%~:@])\?[^\s'\"<>)\]]+")
+_USERINFO = re.compile(r"(?<=://)[^/\s@'\"]+@")
+
+
+def scrub(text: str) -> str:
+    """Remove query strings and user info from the URLs in a message (tokens live there)."""
+    return _USERINFO.sub("", _QUERY.sub("?…", text))
+
+
+# -- the deadline watchdog ------------------------------------------------------------------
+
+class _Watch:
+    """One request's deadline: the sockets it uses are shut down when it expires, which
+    wakes a read blocked in the kernel (a per-read timeout does not: a drip resets it)."""
+
+    def __init__(self, due: float) -> None:
+        self.due = due
+        self.expired = False
+        self.done = False
+        self.connected = False  # a connection was made: the server may have the request
+        self._socks: list[socket.socket] = []
+        self._lock = threading.Lock()
+
+    def attach(self, sock: Any) -> None:
+        """Watch this socket (the connection's; http.client may drop its own reference to
+        it before the body is read, so the socket itself is kept)."""
+        if sock is None:
+            return
+        with self._lock:
+            self.connected = True
+            self._socks.append(sock)
+            expired = self.expired
+        if expired:
+            _shutdown(sock)
+
+    def expire(self) -> None:
+        with self._lock:
+            if self.done:
+                return
+            self.expired = True
+            socks = list(self._socks)
+        for sock in socks:
+            _shutdown(sock)
+
+    def finish(self) -> None:
+        with self._lock:
+            self.done = True
+            self._socks.clear()
+
+
+def _shutdown(sock: Any) -> None:
+    sock = getattr(sock, "socket", sock)  # urllib3's TLS-in-TLS wrapper
+    if isinstance(sock, socket.socket):
+        try:
+            # the plain socket's shutdown, not SSLSocket's (that one unwraps TLS and would
+            # race the reading thread); the blocked recv returns at once
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+class _Watchdog:
+    """One daemon thread for every deadline in the process (a timer per request would be a
+    thread per request). Real time on purpose: sockets block in real time, whatever clock
+    the caller injects."""
+
+    def __init__(self) -> None:
+        self._clock = SystemClock()
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int, _Watch]] = []
+        self._seq = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, seconds: float) -> _Watch:
+        w = _Watch(self._clock.monotonic() + seconds)
+        with self._cond:
+            heapq.heappush(self._heap, (w.due, next(self._seq), w))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="loopsync-http-deadline",
+                                                daemon=True)
+                self._thread.start()
+            self._cond.notify()
+        return w
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._heap and self._heap[0][2].done:
+                    heapq.heappop(self._heap)
+                if not self._heap:
+                    self._cond.wait(60)
+                    continue
+                wait = self._heap[0][0] - self._clock.monotonic()
+                if wait > 0:
+                    self._cond.wait(wait)
+                    continue
+                due = heapq.heappop(self._heap)[2]
+            due.expire()
+
+
+_watchdog = _Watchdog()
+_current = threading.local()
+
+
+def _current_watch() -> _Watch | None:
+    return getattr(_current, "watch", None)
+
+
+class _WatchMixin:
+    """Hands the connection's socket to the current request's watch."""
+
+    sock: Any
+
+    def connect(self) -> None:
+        super().connect()  # type: ignore[misc]
+        watch = _current_watch()
+        if watch is not None:
+            watch.attach(self.sock)
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        watch = _current_watch()
+        if watch is not None:
+            watch.attach(self.sock)  # a kept-alive connection: connect() is not called
+        super().request(*args, **kwargs)  # type: ignore[misc]
+
+
+class _WatchedHTTPConnection(_WatchMixin, HTTPConnection):
+    pass
+
+
+class _WatchedHTTPSConnection(_WatchMixin, HTTPSConnection):
+    pass
+
+
+class _WatchedHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _WatchedHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
+class WatchedAdapter(HTTPAdapter):
+    """requests' adapter with connections the deadline watchdog can cut."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _WatchedHTTPPool,
+                                                   "https": _WatchedHTTPSPool}
+
+    def proxy_manager_for(self, *args: Any, **kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(*args, **kwargs)
+        if hasattr(manager, "pool_classes_by_scheme"):
+            manager.pool_classes_by_scheme = {"http": _WatchedHTTPPool,
+                                              "https": _WatchedHTTPSPool}
+        return manager
+
+
+# -- bodies ---------------------------------------------------------------------------------
+
+READ_PIECE = 64 * 1024   # raw bytes read at a time
+INFLATE_PIECE = 256 * 1024  # largest piece one decompress call may produce
+
+
+class _Inflater:
+    """gzip/deflate, inflated in bounded pieces (zlib's max_length), concatenated gzip
+    members included. Raises zlib.error on a corrupt stream."""
+
+    def __init__(self, encoding: str) -> None:
+        self.encoding = encoding
+        self._raw_deflate = False
+        self._d = self._new()
+        self._started = False
+
+    def _new(self) -> Any:
+        if self.encoding == "deflate":
+            return zlib.decompressobj(-zlib.MAX_WBITS if self._raw_deflate else zlib.MAX_WBITS)
+        return zlib.decompressobj(16 + zlib.MAX_WBITS)
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        while data:
+            if self._d.eof:
+                if self.encoding != "deflate" and data.strip(b"\0"):
+                    self._d = self._new()  # another gzip member
+                else:
+                    return  # trailing garbage after a deflate stream, or gzip padding
+            try:
+                out = self._d.decompress(data, INFLATE_PIECE)
+            except zlib.error:
+                # "deflate" is zlib-wrapped by the RFC, raw in practice for some servers
+                if self.encoding == "deflate" and not self._started and not self._raw_deflate:
+                    self._raw_deflate = True
+                    self._d = self._new()
+                    continue
+                raise
+            self._started = True
+            if out:
+                yield out
+            data = self._d.unconsumed_tail or (self._d.unused_data if self._d.eof else b"")
+
+    def close(self) -> Iterator[bytes]:
+        if not self._d.eof and self._started:
+            out = self._d.flush()
+            if out:
+                yield out
+            if not self._d.eof:
+                raise zlib.error("compressed body ends early")
+
+
+class BodyTooLarge(Exception):
+    """Internal: the body passed the cap (becomes ResponseTooLarge or OutcomeUnknown)."""
+
+
+class _DeadlinePassed(Exception):
+    """Internal: the watchdog cut the request (becomes DeadlineExceeded or OutcomeUnknown)."""
+
+
+def read_body(resp: requests.Response, max_body: int, watch: _Watch | None) -> bytes:
+    """The body, decoded (Content-Encoding), read in small pieces; BodyTooLarge past
+    `max_body` decoded (or raw) bytes, counted as they arrive."""
+    encodings = [e.strip().lower() for e in resp.headers.get("Content-Encoding", "").split(",")
+                 if e.strip() and e.strip().lower() != "identity"]
+    inflaters: list[_Inflater] = []
+    for enc in reversed(encodings):  # applied in order listed: undo from the last
+        if enc in ("gzip", "x-gzip", "deflate"):
+            inflaters.append(_Inflater("deflate" if enc == "deflate" else "gzip"))
+        else:
+            raise ValueError(f"unsupported Content-Encoding {enc!r}")
+    parts: list[bytes] = []
+    size = raw_size = 0
+
+    def push(chunks: Iterable[bytes], level: int) -> None:
+        nonlocal size
+        for chunk in chunks:
+            if level == len(inflaters):
+                size += len(chunk)
+                if size > max_body:
+                    raise BodyTooLarge(size)
+                parts.append(chunk)
+            else:
+                push(inflaters[level].feed(chunk), level + 1)
+
+    def close(level: int) -> None:
+        if level < len(inflaters):
+            push(inflaters[level].close(), level + 1)
+            close(level + 1)
+
+    raw = resp.raw
+    while True:
+        if watch is not None and watch.expired:
+            raise _DeadlinePassed()
+        chunk = raw.read(READ_PIECE, decode_content=False)
+        if not chunk:
+            break
+        raw_size += len(chunk)
+        if raw_size > max_body:
+            raise BodyTooLarge(raw_size)
+        push([chunk], 0)
+    if watch is not None and watch.expired:
+        raise _DeadlinePassed()  # a socket shut at the deadline reads as an early end
+    close(0)
+    return b"".join(parts)
+
+
+def decode_text(body: bytes, encoding: str | None) -> str:
+    try:
+        return body.decode(encoding or "utf-8", errors="replace")
+    except LookupError:  # a charset Python does not know
+        return body.decode("utf-8", errors="replace")
+
+
+def parse_json(text: str) -> Any:
+    """JSON or None. Whatever the body (nested 100,000 deep, numbers of 5,000 digits,
+    invalid escapes), nothing but None comes out of a failure."""
+    if not text.strip():
+        return None
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError, MemoryError, TypeError):
+        return None
+
+
+REDIRECTS = (301, 302, 303, 307, 308)
+SAFE_HEADERS = frozenset({"accept", "accept-encoding", "content-type", "user-agent",
+                          "connection", "content-length", "soapaction"})
+
+
 class HttpClient:
     """requests + timeouts + limiter + tenacity for one remote system.
 
     `classify` may turn a 2xx answer into an error (the "200 with an error body"
     convention); by default only the status code decides.
+
+    `origins`: further URLs (any path) whose origins may receive this client's requests
+    besides `base_url`'s. `deadline`: seconds one attempt may take in all (default: the
+    connect timeout plus three read timeouts). `max_body`: bytes of decoded body accepted.
     """
 
     def __init__(self, system: str, base_url: str, *, session: requests.Session | None = None,
                  timeout: float | tuple[float, float] = (5.0, 30.0),
                  limiter: RateLimiter | None = None, policy: RetryPolicy | None = None,
                  clock: Clock | None = None, headers: Mapping[str, str] | None = None,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, origins: Iterable[str] = (),
+                 deadline: float | None = None, max_body: int = DEFAULT_MAX_BODY,
+                 max_redirects: int = DEFAULT_MAX_REDIRECTS) -> None:
         self.system = system
         self.base_url = base_url.rstrip("/")
         self.session = session or requests.Session()
         if headers:
             self.session.headers.update(headers)
+        if isinstance(self.session, requests.Session):
+            adapter = WatchedAdapter()
+            self.session.mount("http://", adapter)
+            self.session.mount("https://", adapter)
         self.timeout = timeout
+        connect, read = timeout if isinstance(timeout, tuple) else (timeout, timeout)
+        self.deadline = deadline if deadline is not None else connect + 3 * read
+        if self.deadline <= 0 or max_body < 1 or max_redirects < 0:
+            raise ValueError("deadline and max_body must be positive, max_redirects >= 0")
+        self.max_body = max_body
+        self.max_redirects = max_redirects
+        allowed: set[Origin] = set()
+        for configured in (self.base_url, *origins):
+            try:
+                allowed.add(origin_of(configured))
+            except ValueError:  # every request fails with a typed error naming the problem
+                log.error("http.bad_configured_url", system=self.system,
+                          origin=safe_origin(configured))
+        self.origins: frozenset[Origin] = frozenset(allowed)
         self.limiter = limiter
         self.policy = policy or RetryPolicy()
         self.clock = clock or SystemClock()
@@ -191,9 +758,25 @@ class HttpClient:
         self.requests_sent = 0
 
     def url(self, path: str) -> str:
-        if path.startswith(("http://", "https://")):
-            return path
-        return f"{self.base_url}/{path.lstrip('/')}"
+        if path.startswith(("http://", "https://")) or "://" in path[:16]:
+            url = path
+        else:
+            url = f"{self.base_url}/{path.lstrip('/')}"
+        self._check_origin(url, "refusing to send to")
+        return url
+
+    def _check_origin(self, url: str, what: str) -> None:
+        if not self.origins:
+            raise PermanentError(self.system, "the configured URL is not a valid http(s) URL")
+        try:
+            origin = origin_of(url)
+        except ValueError as exc:
+            raise ForeignOrigin(self.system, f"{what} {safe_origin(url)}: {exc}",
+                                target=None) from None
+        if origin not in self.origins:
+            raise ForeignOrigin(self.system, f"{what} {origin}: not the configured origin "
+                                f"({', '.join(sorted(map(str, self.origins)))})",
+                                target=str(origin))
 
     def request(self, method: str, path: str, *, params: Any = None, json_body: Any = None,
                 data: bytes | str | None = None, headers: Mapping[str, str] | None = None,
@@ -217,37 +800,120 @@ class HttpClient:
     def _once(self, method: str, path: str, *, params: Any, json_body: Any,
               data: bytes | str | None, headers: Mapping[str, str] | None,
               idempotent: bool) -> HttpResult:
-        if self.limiter is not None:
-            self.limiter.acquire(self.clock.sleep)
-        self.requests_sent += 1
-        try:
-            resp = self.session.request(method, self.url(path), params=params, json=json_body,
-                                        data=data, headers=headers, timeout=self.timeout)
-        except requests.ConnectionError as exc:
-            if _never_sent(exc):  # no connection was made: safe to repeat any request
-                raise TransientError(self.system, f"cannot connect: {_short(exc)}") from None
-            if idempotent:
-                raise TransientError(self.system, f"connection error: {_short(exc)}") from None
-            raise OutcomeUnknown(self.system,
-                                 f"connection error after sending: {_short(exc)}") from None
-        except requests.Timeout as exc:  # read timeout: the server may have acted
-            if idempotent:
-                raise TransientError(self.system, f"timeout: {_short(exc)}") from None
-            raise OutcomeUnknown(self.system, f"timeout after sending: {_short(exc)}") from None
-        text = resp.text
-        try:
-            payload = json.loads(text) if text.strip() else None
-        except ValueError:
-            payload = None
-        result = HttpResult(resp.status_code, resp.headers, text, payload)
+        url = self.url(path)
+        for hop in range(self.max_redirects + 1):
+            result = self._send(method, url, params=params, json_body=json_body, data=data,
+                                headers=headers, idempotent=idempotent)
+            if result.status not in REDIRECTS:
+                break
+            location = result.headers.get("Location")
+            if not location:
+                raise PermanentError(self.system, f"HTTP {result.status} without a Location",
+                                     status=result.status)
+            target = urljoin(url, location.strip())
+            # Nothing goes to another origin: not the credentials, not the record.
+            self._check_origin(target, f"HTTP {result.status} redirect to")
+            if hop == self.max_redirects:
+                raise PermanentError(self.system, f"more than {self.max_redirects} redirects "
+                                     f"(last to {safe_origin(target)})", status=result.status)
+            log.info("http.redirect", system=self.system, status=result.status,
+                     origin=safe_origin(target))
+            if result.status == 303 and method.upper() != "HEAD":
+                method, json_body, data = "GET", None, None
+            url, params = target, None  # the Location carries its own query
         self.raise_for_status(result, idempotent=idempotent)
         return result
 
+    def _send(self, method: str, url: str, *, params: Any, json_body: Any,
+              data: bytes | str | None, headers: Mapping[str, str] | None,
+              idempotent: bool) -> HttpResult:
+        if self.limiter is not None:
+            self.limiter.acquire(self.clock.sleep)
+        self.requests_sent += 1
+        sent_headers = {"Accept-Encoding": "gzip, deflate", **(headers or {})}
+        watch = _watchdog.watch(self.deadline)
+        _current.watch = watch
+        resp: requests.Response | None = None
+        try:
+            resp = self.session.request(method, url, params=params, json=json_body, data=data,
+                                        headers=sent_headers, timeout=self.timeout,
+                                        allow_redirects=False, stream=True)
+            length = resp.headers.get("Content-Length", "").strip()
+            if length.isascii() and length.isdigit() and int(length) > self.max_body:
+                raise BodyTooLarge(int(length))
+            body = read_body(resp, self.max_body, watch) if method.upper() != "HEAD" else b""
+            text = decode_text(body, resp.encoding)
+            return HttpResult(resp.status_code, resp.headers, text, parse_json(text))
+        except RemoteError:
+            raise
+        except Exception as exc:
+            raise self._transport_error(exc, watch, idempotent=idempotent,
+                                        answered=resp is not None) from None
+        finally:
+            _current.watch = None
+            watch.finish()
+            if resp is not None:
+                resp.close()
+
+    def _transport_error(self, exc: Exception, watch: _Watch, *, idempotent: bool,
+                         answered: bool) -> RemoteError:
+        """Every fault below HTTP as a typed error. The server may have acted on a write
+        once a connection was made, so a write then is OutcomeUnknown, never retried."""
+        def after_sending(message: str) -> RemoteError:
+            if idempotent:
+                return TransientError(self.system, message)
+            return OutcomeUnknown(self.system, message)
+
+        if isinstance(exc, BodyTooLarge):
+            message = f"response larger than {self.max_body} bytes; refused"
+            if idempotent:
+                return ResponseTooLarge(self.system, message)
+            return OutcomeUnknown(self.system, message + " (the request was received)")
+        if watch.expired or isinstance(exc, _DeadlinePassed):
+            # Not retried in this call: a server that cannot answer within the deadline
+            # would hold the run for attempts x deadline. The next cycle tries again.
+            message = f"no complete answer within the {self.deadline:g} s deadline"
+            if idempotent or (not watch.connected and not answered):
+                return DeadlineExceeded(self.system, message)
+            return OutcomeUnknown(self.system, message)
+        detail = self._scrub(f"{type(exc).__name__}: {_short(exc)}")
+        if isinstance(exc, requests.ConnectionError) and _never_sent(exc):
+            return TransientError(self.system, f"cannot connect: {detail}")
+        if isinstance(exc, requests.Timeout | requests.ConnectionError):
+            return after_sending(f"connection error: {detail}")
+        if isinstance(exc, requests.RequestException) and not isinstance(
+                exc, requests.exceptions.InvalidURL | requests.exceptions.InvalidSchema |
+                requests.exceptions.MissingSchema | requests.exceptions.InvalidHeader |
+                requests.exceptions.URLRequired | requests.exceptions.InvalidJSONError):
+            return after_sending(f"transport error: {detail}")  # decoding, chunking, ...
+        if answered:  # the answer was unreadable: bad gzip, cut chunk, unknown encoding
+            return after_sending(f"unreadable answer: {detail}")
+        if isinstance(exc, urllib3.exceptions.HTTPError | http.client.HTTPException | OSError):
+            return after_sending(f"connection error: {detail}")
+        # The request could not be built (bad URL, header, body encoding): nothing sent.
+        return PermanentError(self.system, f"request not sent: {detail}")
+
+    def _scrub(self, text: str) -> str:
+        """Query strings, user info and this client's credential values out of a message."""
+        text = scrub(text)
+        values: list[str] = [str(v) for k, v in self.session.headers.items()
+                             if str(k).lower() not in SAFE_HEADERS]
+        auth = getattr(self.session, "auth", None)
+        if isinstance(auth, tuple):
+            values += [str(v) for v in auth]
+        for value in values:
+            if len(value) >= 4:
+                text = text.replace(value, "***")
+        return text
+
     def raise_for_status(self, result: HttpResult, *, idempotent: bool) -> None:
         status = result.status
-        if status < 400:
+        if status < 300:
             return
-        message = error_text(result.data) or _short(result.text) or f"HTTP {status}"
+        if status < 400:  # a redirect we could not follow, 304 and the like: no answer
+            raise PermanentError(self.system, f"unexpected HTTP {status}", status=status)
+        # a body may echo the request: no query string or credential of ours in the message
+        message = self._scrub(error_text(result.data) or _short(result.text) or f"HTTP {status}")
         if status == 429:
             raise RateLimited(self.system, message,
                               retry_after=parse_retry_after(result.headers.get("Retry-After"),

@@ -17,7 +17,7 @@ from loopsync.config import MerchantConfig
 from loopsync.connectors import connector_class
 from loopsync.connectors.base import ConnectorContext, WarehouseConnector
 from loopsync.engine import CycleResult, Engine
-from loopsync.http import RetryPolicy
+from loopsync.http import LIMIT_HISTORY_NAMESPACE, LimitHistory, RetryPolicy
 from loopsync.loop_client import LoopClient
 from loopsync.store import MerchantLock, Store
 from loopsync.timeutil import Clock, SystemClock
@@ -84,6 +84,8 @@ def _run_locked(cfg: MerchantConfig, *, clock: Clock, stop: threading.Event, dry
     store = open_store(cfg, clock, dry_run=dry_run)
     loop = build_loop_client(cfg, clock, dry_run=dry_run, policy=policy)
     connector = build_connector(cfg, clock, store, stop=stop, dry_run=dry_run, policy=policy)
+    # rate limits hold across processes: the last run's recent sends count against ours
+    limits = LimitHistory.load(store.kv(LIMIT_HISTORY_NAMESPACE), loop, connector)
     engine = Engine(cfg, store, loop, connector, clock=clock, run_id=run_id, stop=stop,
                     dry_run=dry_run)
     store.start_run(run_id, mode + (" (dry run)" if dry_run else ""))
@@ -111,6 +113,7 @@ def _run_locked(cfg: MerchantConfig, *, clock: Clock, stop: threading.Event, dry
                  processed=c.processed, flagged=c.flagged, ignored=c.ignored,
                  reported=c.reported, errors=c.errors,
                  duration=round(engine.result.duration, 3))
+        limits.save()
         connector.close()
         store.close()
     return result

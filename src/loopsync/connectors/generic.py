@@ -470,8 +470,10 @@ class HttpTransport:
         headers = {"Accept": "application/json"}
         if conf.auth_token is not None:
             headers[conf.auth_header] = conf.auth_token.value
+        # The token goes to the two configured URLs' origins and nowhere else.
         self.http = HttpClient(SYSTEM, conf.rma_url, timeout=(min(5.0, timeout), timeout),
-                               policy=ctx.policy, clock=ctx.clock, headers=headers)
+                               policy=ctx.policy, clock=ctx.clock, headers=headers,
+                               origins=[conf.receipts_url])
 
     def has_rma(self, rma_number: str) -> bool:
         try:

@@ -46,7 +46,7 @@ from loopsync.connectors.base import (ConnectorContext, NotReady, PollResult, Po
 from loopsync.errors import (AuthError, DryRunViolation, ErrorBody, OutcomeUnknown,
                              PermanentError, RateLimited, Rejected, RemoteError,
                              TransientError)
-from loopsync.http import HttpClient, HttpResult, RateLimiter, parse_retry_after
+from loopsync.http import HttpClient, HttpResult, parse_retry_after, shared_limiter
 from loopsync.models import (ItemStatus, LoopReturn, ReturnLine, RmaRef, RmaStatus, identifier,
                              whole_number)
 from loopsync.timeutil import Clock
@@ -660,7 +660,11 @@ class PeopleVoxConnector(WarehouseConnector):
             session=_xml_session(), timeout=settings.timeout,
             # The server counts arrivals, we count departures: a little slack on the period
             # keeps network jitter from pushing the 16th request into the same window.
-            limiter=RateLimiter(own.rate_limit, own.rate_period + ARRIVAL_SLACK, ctx.clock),
+            # One budget per PeopleVox client account in this process (merchants on one
+            # account share it); the runner keeps its log across runs (`http.LimitHistory`).
+            limiter=shared_limiter(SYSTEM, service_url(settings.base_url, own.region,
+                                                       own.client_id),
+                                   own.rate_limit, own.rate_period + ARRIVAL_SLACK, ctx.clock),
             policy=ctx.policy, clock=ctx.clock, throttle_wait=own.rate_period)
         self.client = PeopleVoxClient(http, own, ctx.clock, dry_run=ctx.dry_run, stop=ctx.stop,
                                       kv=ctx.kv)

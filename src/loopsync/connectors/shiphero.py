@@ -214,7 +214,9 @@ class ShipHeroConnector(WarehouseConnector):
         self.cfg: ShipHeroSettings = settings.connector
         self.http = HttpClient(SYSTEM, settings.base_url, timeout=settings.timeout,
                                policy=ctx.policy, clock=ctx.clock)
-        self.credits = CreditBucket(self.cfg.credits_max, self.cfg.credits_per_second, ctx.clock)
+        # ShipHero's credits are per account: merchants on one account share one bucket.
+        self.credits = shared_bucket(self._account_key, self.cfg.credits_max,
+                                     self.cfg.credits_per_second, ctx.clock)
         self._cost_per_unit = _first_cost_guesses(self.cfg.order_page_size)
         self._access_token: str | None = None   # memory only, never logged
         self._renew_at = 0.0
@@ -539,6 +541,12 @@ class ShipHeroConnector(WarehouseConnector):
 
 
     @property
+    def _account_key(self) -> str:
+        token = self.cfg.refresh_token or self.cfg.access_token
+        secret = token.value if token is not None else ""
+        return hashlib.sha256(f"{self.settings.base_url}|{secret}".encode()).hexdigest()
+
+    @property
     def _token_key(self) -> str:
         secret = self.cfg.refresh_token.value if self.cfg.refresh_token else ""
         return hashlib.sha256(f"{self.settings.base_url}|{secret}".encode()).hexdigest()
@@ -548,6 +556,21 @@ class ShipHeroConnector(WarehouseConnector):
 # a connector per cycle and ShipHero's tokens last 28 days, so refreshing each cycle would
 # be waste. Entries carry the clock they were timed on.
 _TOKEN_CACHE: dict[str, tuple[str, float, Any]] = {}
+
+_BUCKETS: dict[str, CreditBucket] = {}
+_BUCKETS_LOCK = threading.Lock()
+
+
+def shared_bucket(account: str, capacity: int, per_second: float, clock: Clock) -> CreditBucket:
+    """One credit bucket per ShipHero account (hashed refresh token) in this process, kept
+    across cycles; a clock on another timeline (a test's FakeClock) gets its own."""
+    with _BUCKETS_LOCK:
+        bucket = _BUCKETS.get(account)
+        if bucket is None or bucket.capacity != float(capacity) or \
+                bucket.per_second != per_second or bucket.clock.timeline is not clock.timeline:
+            bucket = _BUCKETS[account] = CreditBucket(capacity, per_second, clock)
+        bucket.clock = clock  # same time; this run's clock wakes its waits at shutdown
+        return bucket
 
 
 # -- pure helpers -------------------------------------------------------------------------
