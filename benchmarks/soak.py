@@ -2,24 +2,37 @@
 """Crash-and-fault soak: the real worker, SIGKILLed at random moments, against a sandbox
 that injects faults into every emulated API while goods keep arriving.
 
-    .venv/bin/python benchmarks/soak.py                       # 300 kills, every connector
-    .venv/bin/python benchmarks/soak.py --kills 30 --max-seconds 50        # the test's run
-    .venv/bin/python benchmarks/soak.py --connectors shiphero,xoro --kills 40 --seed 3
-    .venv/bin/python benchmarks/soak.py --kills 300 --record  # + a row in BENCHMARKS.md
+    .venv/bin/python -m benchmarks.soak                       # 300 kills, every connector
+    .venv/bin/python -m benchmarks.soak --kills 10 --max-requests 20 --max-delay 4 \
+        --no-poison --no-transport-faults                     # about the test's classic run
+    .venv/bin/python -m benchmarks.soak --connectors shiphero,xoro --kills 40 --seed 3
+    .venv/bin/python -m benchmarks.soak --kills 300 --record  # + a row in BENCHMARKS.md
+
+The last line printed is a one-line summary to paste in BENCHMARKS.md or the README.
 
 For each connector (shiphero, peoplevox, xoro, generic over HTTP, generic over folders):
 
 1. A `Sandbox` (emulated Loop + warehouse on 127.0.0.1, real clock) is seeded with returns,
    some of them not eligible on purpose (not open, unmapped destination, order unknown).
 2. Kill phase: the worker runs as a subprocess (`python -m loopsync run --once`, or
-   `serve` about a third of the time) and gets SIGKILL after a random delay, again and
-   again. Meanwhile every emulated API fails at random (`faults.set_random`): 5xx, 429
-   with and without Retry-After, answers slower than the 2 s client timeout, bodies that
-   are not JSON/XML, connections reset before and after the handler ran, 429 bursts, and
-   each warehouse's own failures (ShipHero code-30 throttling; PeopleVox "Invalid
-   Session", expired sessions and throttle faults; Xoro `Result: false` and phantom empty
-   pages; the generic 3PL's re-sent receipts and duplicated receipt files). A thread plays
-   the world: new Loop returns arrive and the warehouse receives goods (random scenario).
+   `serve` about a third of the time) and gets SIGKILL once the sandbox has seen a number
+   of its requests drawn by the seed (1..`--max-requests`), and its armed fault has gone
+   off, or after `--max-delay` seconds without a request (asleep in a back-off, or
+   between `serve` cycles): by count, not by time, so a soak does the same work on a slow
+   machine. Runs that end first count as completed runs. Meanwhile every emulated API
+   fails at random (`faults.set_random`): 5xx, 429 with and without Retry-After, answers
+   slower than the 2 s client timeout, bodies that are not JSON/XML, connections reset
+   before and after the handler ran, the transport faults of the real internet (answers
+   dripped a byte at a time for 1.5 s, bodies cut short of their Content-Length, broken
+   chunked encoding, `Content-Encoding: gzip` over garbage; each run also gets one of
+   these armed at a chosen request), 429 bursts, and each warehouse's own failures
+   (ShipHero code-30 throttling; PeopleVox "Invalid Session", expired sessions and
+   throttle faults; Xoro `Result: false` and phantom empty pages; the generic 3PL's
+   re-sent receipts and duplicated receipt files). Poison records: three Loop returns no
+   reader may trust (overflowing timestamps, an id in full-width digits, a lone surrogate
+   in a SKU: `sandbox/poison.py`) among the first pages, and one warehouse record made
+   unreadable (`WarehouseEmulator.poison`). A thread plays the world, one event every few
+   requests: new Loop returns arrive and the warehouse receives goods (random scenario).
 3. Clean phase: faults off, the warehouse finishes every return it has, and the worker
    runs cycles until nothing is left to do (at most 8).
 4. Invariants, from the sandbox's own call records and the state file: every eligible
@@ -27,10 +40,15 @@ For each connector (shiphero, peoplevox, xoro, generic over HTTP, generic over f
    got exactly one process or flag, the one its scenario calls for (unfinished ones none);
    no return is lost (every Loop return is in the state store); no cursor passed unread
    work (no window left open, and every Loop return updated at or before its state's
-   `done_until` was read in that version); no note is repeated; no worker run crashed.
+   `done_until` was read in that version); no note is repeated; a poison Loop return gets
+   no RMA and no Loop action, and the return whose warehouse record is poison no Loop
+   action; no worker run crashed. A crashed run is one whose log holds a traceback (an
+   uncaught exception, or one logged with its traceback: loopsync logs none for errors it
+   handles) or that the state file records as crashed; they are counted by exception line,
+   which names what the worker failed to handle.
 
-It prints kills survived, faults injected by kind, returns, duplicates and losses, and
-exits 1 on any violation.
+It prints kills survived, faults injected by kind, returns, duplicates, losses, crashed
+runs by exception line, and exits 1 on any violation.
 
 Settings the soak changes, and why (all printed): the sandbox's rate limits are off (the
 Xoro emulator answers 429 above 3 concurrent requests, PeopleVox allows 15 requests in 15
@@ -236,6 +254,7 @@ class Tracked:
 @dataclass
 class Report:
     connector: str
+    kills_wanted: int = 0
     kills: int = 0
     kills_idle: int = 0          # of `kills`: after IDLE_KILL without a request, not by count
     completed_runs: int = 0
@@ -310,7 +329,7 @@ class ConnectorSoak:
         self.max_requests = max(1, max_requests)
         self.with_poison = poison
         self.with_transport = transport
-        self.report = Report(name, workdir=str(workdir))
+        self.report = Report(name, kills_wanted=kills, workdir=str(workdir))
         self.tracked: dict[str, Tracked] = {}
         self.received: dict[str, str] = {}       # return id -> scenario
         self.lock = threading.Lock()
@@ -851,6 +870,11 @@ def render(reports: Sequence[Report], *, seconds: float, seed: int) -> str:
               "repeat RMA deliveries (generic 3PL, idempotent by number): "
               + ", ".join(f"{r.connector} {r.repeat_deliveries}" for r in reports
                           if r.connector.startswith("generic"))]
+    short = [f"{r.connector} {r.kills} of {r.kills_wanted}" for r in reports
+             if r.kills < r.kills_wanted]
+    if short:
+        lines += ["", "KILLS SHORT of those asked (the --max-seconds cap, or runs that kept "
+                  "ending first): " + ", ".join(short)]
     bad = [(r.connector, v) for r in reports for v in r.violations]
     lines.append("")
     if bad:
@@ -948,7 +972,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=1,
                    help="seeds returns, faults, kill points and the world (default 1)")
     p.add_argument("--max-seconds", type=float, default=1800,
-                   help="cap on the whole run; the kill phase stops early to fit (default 1800)")
+                   help="safety cap on the whole run (default 1800): kills come by count, "
+                        "and the kill phase stops short only if this is reached (reported)")
     p.add_argument("--fault-rate", type=float, default=0.1,
                    help="share of requests that fail at random (default 0.1)")
     p.add_argument("--mode", choices=("run", "serve", "mixed"), default="mixed",
