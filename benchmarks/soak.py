@@ -68,6 +68,7 @@ import argparse
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -207,15 +208,18 @@ SPECIFIC_FAULTS: dict[str, Callable[[Sandbox], list[Fault]]] = {
 # -- crashed runs ------------------------------------------------------------------------------
 
 TRACEBACK = "Traceback (most recent call last):"
+CHAINED = ("During handling of the above exception", "The above exception was the direct cause")
 
 
 def crash_lines(log_text: str) -> list[str]:
-    """The exception line of each traceback in a worker's log, in order: from an uncaught
-    exception on stderr, or a JSON log line's `exception` (loopsync logs no traceback for
-    an error it handles, so any traceback is a crash). The first names the cause."""
-    found: list[str] = []
-    lines = log_text.splitlines()
-    for i, line in enumerate(lines):
+    """One line per crash in a worker's log, in order: the exception that escaped, digits
+    masked so one kind of crash is one line, and the first cause when it differs
+    ("requests.exceptions.ChunkedEncodingError: ... (from urllib3...InvalidChunkLength)").
+    Tracebacks come from an uncaught exception on stderr or a JSON log line's `exception`
+    (loopsync logs no traceback for an error it handles, so any traceback is a crash)."""
+    plain: list[str] = []
+    blocks: list[list[str]] = [plain]
+    for line in log_text.splitlines():
         text = line.strip()
         if text.startswith("{"):
             try:
@@ -225,20 +229,40 @@ def crash_lines(log_text: str) -> list[str]:
             if isinstance(event, dict):
                 exc = event.get("exception")
                 if isinstance(exc, str) and exc.strip():
-                    found.append(_exception_line(exc.splitlines()))
+                    blocks.append(exc.splitlines())
                 continue
-        if text == TRACEBACK:
-            found.append(_exception_line(lines[i:]))
-    return found
+        plain.append(line)
+    return [_signature(chain) for block in blocks for chain in _chains(block)]
+
+
+def _chains(lines: Sequence[str]) -> list[list[str]]:
+    """The exception lines of each chain of tracebacks (cause first)."""
+    chains: list[list[str]] = []
+    for i, line in enumerate(lines):
+        if line.strip() != TRACEBACK:
+            continue
+        chained = any(lines[j].strip().startswith(CHAINED) for j in range(max(0, i - 3), i))
+        if chained and chains:
+            chains[-1].append(_exception_line(lines[i:]))
+        else:
+            chains.append([_exception_line(lines[i:])])
+    return chains
 
 
 def _exception_line(lines: Sequence[str]) -> str:
-    """In a traceback's lines (from its first), the exception line: the first one after
-    the header that is not indented. Cut short, so one kind of crash is one line."""
+    """In a traceback's lines (from its header), the exception line: the first one after
+    the header that is not indented."""
     for line in lines[1:]:
         if line.strip() and not line.startswith((" ", "\t")):
-            return line.strip()[:160]
+            return line.strip()
     return "traceback without an exception line"
+
+
+def _signature(chain: Sequence[str]) -> str:
+    final = re.sub(r"\d+", "N", chain[-1])
+    final = final if len(final) <= 140 else final[:137] + "..."
+    cause = chain[0].split(":", 1)[0]
+    return final if cause == chain[-1].split(":", 1)[0] else f"{final} (from {cause})"
 
 
 # -- one connector's soak ---------------------------------------------------------------------
@@ -757,7 +781,7 @@ class ConnectorSoak:
         # crashed runs: tracebacks in the worker's log, and runs the store marks crashed
         for line, n in rep.crashes.most_common():
             rep.violations.append(f"{n} worker run(s) crashed: {line}")
-        for error, n in Counter(str(run["error"])[:160] for run in crashed).items():
+        for error, n in Counter(_signature([str(run["error"])]) for run in crashed).items():
             rep.violations.append(f"{n} run(s) recorded as crashed in the state: {error}")
         rep.crashed_runs = max(rep.crashed_runs, len(crashed))
         rep.requests.update(c.api for c in sb.recorder.calls())
