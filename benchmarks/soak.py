@@ -914,9 +914,10 @@ def render(reports: Sequence[Report], *, seconds: float, seed: int) -> str:
 def summary_line(reports: Sequence[Report], *, seconds: float, seed: int) -> str:
     """One line for BENCHMARKS.md and the README."""
     t = totals(reports)
+    share = 100 * t["faults"] / max(1, t["requests"])
     return (f"soak seed {seed}: {t['kills']} kills ({t['kills'] - t['kills_idle']} by request "
-            f"count), {t['faults']:,} injected faults ({100 * t['faults'] / max(1, t['requests']):.0f}"
-            f" % of {t['requests']:,} requests), {t['returns']} returns, {t['eligible']} "
+            f"count), {t['faults']:,} injected faults ({share:.0f} % of {t['requests']:,} "
+            f"requests), {t['returns']} returns, {t['eligible']} "
             f"eligible, {t['finished']} finished by the warehouse: {t['duplicate_rmas']} "
             f"duplicate RMAs, {t['duplicate_actions']} duplicate process/flag calls, "
             f"{t['duplicate_notes']} repeated notes, {t['lost']} returns lost, "
@@ -1029,8 +1030,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     reports = run_soak(names, args.kills, args.seed, args.max_seconds,
                        fault_rate=args.fault_rate, mode=args.mode, max_delay=args.max_delay,
                        max_requests=args.max_requests, parallel=args.parallel,
-                       poison=not args.no_poison, transport=not args.no_transport_faults, workdir=args.workdir,
-                       keep=args.workdir is not None)
+                       poison=not args.no_poison, transport=not args.no_transport_faults,
+                       workdir=args.workdir, keep=args.workdir is not None)
     seconds = time.monotonic() - started
     text = render(reports, seconds=seconds, seed=args.seed)
     sys.stdout.write(text)

@@ -146,7 +146,7 @@ class Fault:
                           seconds (capped at DRIP_MAX_SECONDS), then the rest
           "truncated"     run the handler, declare its full Content-Length, send half, close
           "bad_chunked"   run the handler, answer chunked with a chunk-size line that is not hex
-          "bad_gzip"      run the handler, answer `Content-Encoding: gzip` with bytes that are not
+          "bad_gzip"      run the handler, answer `Content-Encoding: gzip` over bytes not gzip
     Each kind's behaviour is a row of `FAULT_KINDS`.
     """
 
