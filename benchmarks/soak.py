@@ -212,11 +212,9 @@ CHAINED = ("During handling of the above exception", "The above exception was th
 
 
 def crash_lines(log_text: str) -> list[str]:
-    """One line per crash in a worker's log, in order: the exception that escaped, digits
-    masked so one kind of crash is one line, and the first cause when it differs
-    ("requests.exceptions.ChunkedEncodingError: ... (from urllib3...InvalidChunkLength)").
-    Tracebacks come from an uncaught exception on stderr or a JSON log line's `exception`
-    (loopsync logs no traceback for an error it handles, so any traceback is a crash)."""
+    """One line per crash in a worker's log, in order (`_signature`: one kind of crash, one
+    line). Tracebacks come from an uncaught exception on stderr or a JSON log line's
+    `exception` (loopsync logs no traceback for an error it handles: any one is a crash)."""
     plain: list[str] = []
     blocks: list[list[str]] = [plain]
     for line in log_text.splitlines():
@@ -259,10 +257,14 @@ def _exception_line(lines: Sequence[str]) -> str:
 
 
 def _signature(chain: Sequence[str]) -> str:
-    final = re.sub(r"\d+", "N", chain[-1])
-    final = final if len(final) <= 140 else final[:137] + "..."
-    cause = chain[0].split(":", 1)[0]
-    return final if cause == chain[-1].split(":", 1)[0] else f"{final} (from {cause})"
+    """A chain's exception types when it has a cause of another type ("requests.exceptions.
+    ChunkedEncodingError (from urllib3.exceptions.IncompleteRead)"), else its exception
+    line with digits masked ("OverflowError: date value out of range")."""
+    final, cause = chain[-1].split(":", 1)[0], chain[0].split(":", 1)[0]
+    if cause != final:
+        return f"{final} (from {cause})"
+    line = re.sub(r"\d+", "N", chain[-1])
+    return line if len(line) <= 140 else line[:137] + "..."
 
 
 # -- one connector's soak ---------------------------------------------------------------------
