@@ -2,24 +2,37 @@
 """Crash-and-fault soak: the real worker, SIGKILLed at random moments, against a sandbox
 that injects faults into every emulated API while goods keep arriving.
 
-    .venv/bin/python benchmarks/soak.py                       # 300 kills, every connector
-    .venv/bin/python benchmarks/soak.py --kills 30 --max-seconds 50        # the test's run
-    .venv/bin/python benchmarks/soak.py --connectors shiphero,xoro --kills 40 --seed 3
-    .venv/bin/python benchmarks/soak.py --kills 300 --record  # + a row in BENCHMARKS.md
+    .venv/bin/python -m benchmarks.soak                       # 300 kills, every connector
+    .venv/bin/python -m benchmarks.soak --kills 10 --max-requests 20 --max-delay 4 \
+        --no-poison --no-transport-faults                     # about the test's classic run
+    .venv/bin/python -m benchmarks.soak --connectors shiphero,xoro --kills 40 --seed 3
+    .venv/bin/python -m benchmarks.soak --kills 300 --record  # + a row in BENCHMARKS.md
+
+The last line printed is a one-line summary to paste in BENCHMARKS.md or the README.
 
 For each connector (shiphero, peoplevox, xoro, generic over HTTP, generic over folders):
 
 1. A `Sandbox` (emulated Loop + warehouse on 127.0.0.1, real clock) is seeded with returns,
    some of them not eligible on purpose (not open, unmapped destination, order unknown).
 2. Kill phase: the worker runs as a subprocess (`python -m loopsync run --once`, or
-   `serve` about a third of the time) and gets SIGKILL after a random delay, again and
-   again. Meanwhile every emulated API fails at random (`faults.set_random`): 5xx, 429
-   with and without Retry-After, answers slower than the 2 s client timeout, bodies that
-   are not JSON/XML, connections reset before and after the handler ran, 429 bursts, and
-   each warehouse's own failures (ShipHero code-30 throttling; PeopleVox "Invalid
-   Session", expired sessions and throttle faults; Xoro `Result: false` and phantom empty
-   pages; the generic 3PL's re-sent receipts and duplicated receipt files). A thread plays
-   the world: new Loop returns arrive and the warehouse receives goods (random scenario).
+   `serve` about a third of the time) and gets SIGKILL once the sandbox has seen a number
+   of its requests drawn by the seed (1..`--max-requests`), and its armed fault has gone
+   off, or after `--max-delay` seconds without a request (asleep in a back-off, or
+   between `serve` cycles): by count, not by time, so a soak does the same work on a slow
+   machine. Runs that end first count as completed runs. Meanwhile every emulated API
+   fails at random (`faults.set_random`): 5xx, 429 with and without Retry-After, answers
+   slower than the 2 s client timeout, bodies that are not JSON/XML, connections reset
+   before and after the handler ran, the transport faults of the real internet (answers
+   dripped a byte at a time for 1.5 s, bodies cut short of their Content-Length, broken
+   chunked encoding, `Content-Encoding: gzip` over garbage; each run also gets one of
+   these armed at a chosen request), 429 bursts, and each warehouse's own failures
+   (ShipHero code-30 throttling; PeopleVox "Invalid Session", expired sessions and
+   throttle faults; Xoro `Result: false` and phantom empty pages; the generic 3PL's
+   re-sent receipts and duplicated receipt files). Poison records: three Loop returns no
+   reader may trust (overflowing timestamps, an id in full-width digits, a lone surrogate
+   in a SKU: `sandbox/poison.py`) among the first pages, and one warehouse record made
+   unreadable (`WarehouseEmulator.poison`). A thread plays the world, one event every few
+   requests: new Loop returns arrive and the warehouse receives goods (random scenario).
 3. Clean phase: faults off, the warehouse finishes every return it has, and the worker
    runs cycles until nothing is left to do (at most 8).
 4. Invariants, from the sandbox's own call records and the state file: every eligible
@@ -27,10 +40,15 @@ For each connector (shiphero, peoplevox, xoro, generic over HTTP, generic over f
    got exactly one process or flag, the one its scenario calls for (unfinished ones none);
    no return is lost (every Loop return is in the state store); no cursor passed unread
    work (no window left open, and every Loop return updated at or before its state's
-   `done_until` was read in that version); no note is repeated; no worker run crashed.
+   `done_until` was read in that version); no note is repeated; a poison Loop return gets
+   no RMA and no Loop action, and the return whose warehouse record is poison no Loop
+   action; no worker run crashed. A crashed run is one whose log holds a traceback (an
+   uncaught exception, or one logged with its traceback: loopsync logs none for errors it
+   handles) or that the state file records as crashed; they are counted by exception line,
+   which names what the worker failed to handle.
 
-It prints kills survived, faults injected by kind, returns, duplicates and losses, and
-exits 1 on any violation.
+It prints kills survived, faults injected by kind, returns, duplicates, losses, crashed
+runs by exception line, and exits 1 on any violation.
 
 Settings the soak changes, and why (all printed): the sandbox's rate limits are off (the
 Xoro emulator answers 429 above 3 concurrent requests, PeopleVox allows 15 requests in 15
@@ -50,6 +68,7 @@ import argparse
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -61,7 +80,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -71,17 +90,32 @@ if str(REPO) not in sys.path:  # run as `python benchmarks/soak.py`, or loaded b
 
 from benchmarks.common import git_commit, machine  # noqa: E402
 from loopsync.sandbox import Sandbox
+from loopsync.sandbox.poison import loop_poison_returns
 from loopsync.sandbox.server import Fault, Request, Response, json_response
 from loopsync.store import Store
 from loopsync.timeutil import SystemClock, parse_timestamp
 
 CONNECTORS = ("shiphero", "peoplevox", "xoro", "generic", "generic-folder")
 SCENARIOS = ("full", "full", "short", "over", "damaged", "cancelled")
+# "poison": the warehouse's record of it is unreadable; it is held, never acted on.
 EXPECTED_ACTION = {"full": "process", "short": "flag", "over": "flag", "damaged": "flag",
-                   "cancelled": None}
+                   "cancelled": None, "poison": None}
 CLIENT_TIMEOUT = 2.0
 SLOW = CLIENT_TIMEOUT + 0.5     # a "slow" answer comes after the client gave up
+DRIP = 1.5                      # a dripped answer's length: each pause far below the timeout
 INITIAL_RETURNS = 16
+POISON_FIRST_ID = 48_000_001    # Loop poison returns; no seeded return comes near
+# A worker is killed once the sandbox has seen a number of its requests drawn from
+# 1..MAX_REQUESTS (a kill lands at a point of the cycle, whatever the machine's speed), or,
+# failing that, after IDLE_KILL seconds without a request (a worker asleep in a back-off or
+# between `serve` cycles). Before its first request a worker gets STARTUP_GRACE.
+MAX_REQUESTS = 30
+IDLE_KILL = 5.0
+STARTUP_GRACE = 60.0
+KILL_JITTER = 0.05              # up to this long after the chosen request: between requests
+MAX_ATTEMPTS_PER_KILL = 10      # runs that end before their kill point count too; bounded
+WORLD_EVERY = (3, 10)           # the world acts once per this many sandbox requests
+POISON_AFTER_EVENTS = 5         # the world poisons one warehouse record after this many
 MAX_CLEAN_CYCLES = 8
 CLEAN_CYCLE_LIMIT = 300         # seconds
 # The clean-phase worker: `loopsync run --once` with Loop's process-queue grace at 0.
@@ -106,12 +140,22 @@ class NamedFault(Fault):
         return self.name or super().label
 
 
+def transport_faults() -> list[Fault]:
+    """The transport faults of the real internet (issue 15): each run gets one of these at
+    a chosen request too, so every kind is met however few kills a soak has."""
+    return [Fault("drip", delay=DRIP), Fault("truncated"), Fault("bad_chunked"),
+            Fault("bad_gzip")]
+
+
+TRANSPORT_KINDS = tuple(f.kind for f in transport_faults())
+
+
 def common_faults() -> list[Fault]:
     return [Fault("status", status=500), Fault("status", status=503),
             Fault("status", status=502, body="<html>Bad Gateway</html>"),
             Fault("rate_limit"), Fault("rate_limit", retry_after=1),
             Fault("slow", delay=SLOW), Fault("malformed"),
-            Fault("reset"), Fault("reset_after")]
+            Fault("reset"), Fault("reset_after"), *transport_faults()]
 
 
 def shiphero_faults(sb: Sandbox) -> list[Fault]:
@@ -161,6 +205,68 @@ SPECIFIC_FAULTS: dict[str, Callable[[Sandbox], list[Fault]]] = {
     "shiphero": shiphero_faults, "peoplevox": peoplevox_faults, "xoro": xoro_faults}
 
 
+# -- crashed runs ------------------------------------------------------------------------------
+
+TRACEBACK = "Traceback (most recent call last):"
+CHAINED = ("During handling of the above exception", "The above exception was the direct cause")
+
+
+def crash_lines(log_text: str) -> list[str]:
+    """One line per crash in a worker's log, in order (`_signature`: one kind of crash, one
+    line). Tracebacks come from an uncaught exception on stderr or a JSON log line's
+    `exception` (loopsync logs no traceback for an error it handles: any one is a crash)."""
+    plain: list[str] = []
+    blocks: list[list[str]] = [plain]
+    for line in log_text.splitlines():
+        text = line.strip()
+        if text.startswith("{"):
+            try:
+                event = json.loads(text)
+            except ValueError:
+                event = None
+            if isinstance(event, dict):
+                exc = event.get("exception")
+                if isinstance(exc, str) and exc.strip():
+                    blocks.append(exc.splitlines())
+                continue
+        plain.append(line)
+    return [_signature(chain) for block in blocks for chain in _chains(block)]
+
+
+def _chains(lines: Sequence[str]) -> list[list[str]]:
+    """The exception lines of each chain of tracebacks (cause first)."""
+    chains: list[list[str]] = []
+    for i, line in enumerate(lines):
+        if line.strip() != TRACEBACK:
+            continue
+        chained = any(lines[j].strip().startswith(CHAINED) for j in range(max(0, i - 3), i))
+        if chained and chains:
+            chains[-1].append(_exception_line(lines[i:]))
+        else:
+            chains.append([_exception_line(lines[i:])])
+    return chains
+
+
+def _exception_line(lines: Sequence[str]) -> str:
+    """In a traceback's lines (from its header), the exception line: the first one after
+    the header that is not indented."""
+    for line in lines[1:]:
+        if line.strip() and not line.startswith((" ", "\t")):
+            return line.strip()
+    return "traceback without an exception line"
+
+
+def _signature(chain: Sequence[str]) -> str:
+    """A chain's exception types when it has a cause of another type ("requests.exceptions.
+    ChunkedEncodingError (from urllib3.exceptions.IncompleteRead)"), else its exception
+    line with digits masked ("OverflowError: date value out of range")."""
+    final, cause = chain[-1].split(":", 1)[0], chain[0].split(":", 1)[0]
+    if cause != final:
+        return f"{final} (from {cause})"
+    line = re.sub(r"\d+", "N", chain[-1])
+    return line if len(line) <= 140 else line[:137] + "..."
+
+
 # -- one connector's soak ---------------------------------------------------------------------
 
 @dataclass
@@ -174,8 +280,13 @@ class Tracked:
 @dataclass
 class Report:
     connector: str
+    kills_wanted: int = 0
     kills: int = 0
+    kills_idle: int = 0          # of `kills`: after IDLE_KILL without a request, not by count
     completed_runs: int = 0
+    crashed_runs: int = 0        # worker runs that raised an unexpected exception
+    crashes: Counter[str] = field(default_factory=Counter)   # exception line -> runs
+    poison: list[str] = field(default_factory=list)          # poison records seeded
     exit_codes: Counter[int] = field(default_factory=Counter)
     kill_points: Counter[str] = field(default_factory=Counter)
     faults: Counter[str] = field(default_factory=Counter)
@@ -211,7 +322,14 @@ class World(threading.Thread):
         self.halt = threading.Event()
 
     def run(self) -> None:
-        while not self.halt.wait(self.rng.uniform(0.05, 0.35)):
+        # One event per few sandbox requests, not per unit of time: on a slow machine the
+        # world slows down with the worker, and a seed gives the same mix of events.
+        recorder = self.soak.sb.recorder
+        due = recorder.count() + self.rng.randint(*WORLD_EVERY)
+        while not self.halt.wait(0.02):
+            if recorder.count() < due:
+                continue
+            due = recorder.count() + self.rng.randint(*WORLD_EVERY)
             try:
                 self.soak.world_event(self.rng)
             except Exception as exc:  # a driver bug must show, not hang the soak
@@ -221,7 +339,9 @@ class World(threading.Thread):
 
 class ConnectorSoak:
     def __init__(self, name: str, kills: int, seed: int, workdir: Path, *, fault_rate: float,
-                 mode: str, deadline: float, max_delay: float) -> None:
+                 mode: str, deadline: float, max_delay: float,
+                 max_requests: int = MAX_REQUESTS, poison: bool = True,
+                 transport: bool = True) -> None:
         self.name = name
         self.kind = "generic" if name.startswith("generic") else name
         self.folder = name == "generic-folder"
@@ -232,7 +352,10 @@ class ConnectorSoak:
         self.mode = mode
         self.deadline = deadline
         self.max_delay = max_delay
-        self.report = Report(name, workdir=str(workdir))
+        self.max_requests = max(1, max_requests)
+        self.with_poison = poison
+        self.with_transport = transport
+        self.report = Report(name, kills_wanted=kills, workdir=str(workdir))
         self.tracked: dict[str, Tracked] = {}
         self.received: dict[str, str] = {}       # return id -> scenario
         self.lock = threading.Lock()
@@ -243,6 +366,9 @@ class ConnectorSoak:
         self.log_path = workdir / "worker.log"
         self.cfg_path: Path | None = None
         self.dup_files = 0
+        self.world_events = 0
+        self.poisoned: str | None = None                  # return id of the warehouse poison
+        self.loop_poison: list[tuple[str, str]] = []      # (kind, return id)
 
     # -- setup ----------------------------------------------------------------------------
     def config(self) -> Path:
@@ -280,6 +406,11 @@ class ConnectorSoak:
 
     # -- the world ------------------------------------------------------------------------
     def world_event(self, rng: random.Random) -> None:
+        self.world_events += 1
+        if self.with_poison and self.poisoned is None and \
+                self.world_events >= POISON_AFTER_EVENTS and \
+                self.poison_warehouse(rng):
+            return
         r = rng.random()
         wh: Any = self.sb.warehouse
         if r < 0.25:
@@ -311,6 +442,34 @@ class ConnectorSoak:
         elif self.kind == "shiphero":
             wh.expire_tokens()
             self.report.world["ShipHero access tokens expired"] += 1
+
+    def seed_loop_poison(self, rng: random.Random) -> None:
+        """One Loop return of each poison kind, among the first returns (so on a page
+        with good ones): the good ones must still go through."""
+        now = self.sb.clock.now()
+        for kind, raw in loop_poison_returns(first_id=POISON_FIRST_ID, at=now,
+                                             rng=random.Random(rng.randrange(1 << 30))):
+            at = now - timedelta(seconds=rng.uniform(60, 3 * 86400))
+            self.sb.loop.add_poison_return(raw, at=at)
+            self.loop_poison.append((kind, str(raw["id"])))
+            self.report.poison.append(f"Loop: {kind}")
+
+    def poison_warehouse(self, rng: random.Random) -> bool:
+        """Make one eligible return's warehouse record unreadable (each emulator's own
+        poison); it must get no Loop action, and hold back nothing else."""
+        with self.lock:
+            waiting = sorted(rid for rid, t in self.tracked.items()
+                             if rid not in self.received and self.eligible(t))
+        rng.shuffle(waiting)
+        for rid in waiting[:8]:
+            if self.sb.warehouse.poison(rid):
+                with self.lock:
+                    self.received[rid] = "poison"
+                self.poisoned = rid
+                self.report.poison.append(f"{self.name}: unreadable record for {rid}")
+                self.report.world["warehouse poison records"] += 1
+                return True
+        return False
 
     def receive_one(self, rng: random.Random) -> bool:
         with self.lock:
@@ -356,7 +515,8 @@ class ConnectorSoak:
             log.close()
 
     def kill_phase(self) -> None:
-        faults = common_faults()
+        faults = [f for f in common_faults()
+                  if self.with_transport or f.kind not in TRANSPORT_KINDS]
         self.sb.loop.faults.set_random(self.fault_rate, faults, seed=self.rng.randrange(1 << 30))
         if not self.folder:
             specific = SPECIFIC_FAULTS.get(self.kind, lambda sb: [])(self.sb)
@@ -364,27 +524,106 @@ class ConnectorSoak:
                                                 seed=self.rng.randrange(1 << 30))
         world = World(self, random.Random(self.rng.randrange(1 << 30)))
         world.start()
+        scripted = transport_faults() if self.with_transport else []
+        # Each connector starts the cycle at a kind of its own: a soak of one kill each
+        # still meets every kind.
+        first = CONNECTORS.index(self.name) if self.name in CONNECTORS else 0
+        attempts = 0
         try:
-            while self.report.kills < self.kills_wanted and time.monotonic() < self.deadline:
+            # Ends by count (kills, bounded attempts); the deadline is only a safety cap.
+            while self.report.kills < self.kills_wanted and \
+                    attempts < MAX_ATTEMPTS_PER_KILL * self.kills_wanted and \
+                    time.monotonic() < self.deadline:
                 serve = self.mode == "serve" or (self.mode == "mixed" and
                                                  self.rng.random() < 0.35)
-                calls_before = len(self.sb.recorder.calls())
+                target = self.rng.randint(1, self.max_requests)
+                fired = threading.Event()
+                if scripted:
+                    self.arm(scripted[(first + attempts) % len(scripted)],
+                             self.rng.randint(1, target), fired)
+                else:
+                    fired.set()
+                attempts += 1
+                calls_before = self.sb.recorder.count()
+                offset = self.log_size()
                 proc = self.start_worker("serve" if serve else "run",
                                          *(() if serve else ("--once",)))
-                delay = self.rng.uniform(0.3, self.max_delay)
-                try:
-                    code = proc.wait(delay)
-                except subprocess.TimeoutExpired:
+                code, by_count = self.wait_for_kill_point(proc, calls_before + target, fired)
+                if code is None:
+                    time.sleep(self.rng.uniform(0, KILL_JITTER))
                     self.report.kill_points[self.last_call(calls_before)] += 1
                     proc.send_signal(signal.SIGKILL)
                     proc.wait(30)
                     self.report.kills += 1
+                    self.report.kills_idle += not by_count
                 else:
                     self.report.completed_runs += 1
                     self.report.exit_codes[code] += 1
+                self.note_crash(offset)
         finally:
             world.halt.set()
             world.join(10)
+
+    def arm(self, fault: Fault, nth: int, fired: threading.Event) -> None:
+        """`fault` on the first request, to Loop or (by the seed) the warehouse, once the
+        sandbox has seen `nth` more requests: a fault per run, by count, not by time.
+        `fired` is set when it is injected (the injector stops at the first match, so a
+        `when` that answers yes is the one injected)."""
+        api: Any = self.sb.loop if self.folder or self.rng.random() < 0.5 else self.sb.warehouse
+        recorder, due = self.sb.recorder, self.sb.recorder.count() + nth - 1
+
+        def due_now(req: Request) -> bool:
+            if recorder.count() < due:
+                return False
+            fired.set()
+            return True
+
+        api.faults.inject(fault, when=due_now)
+
+    def wait_for_kill_point(self, proc: subprocess.Popen[bytes], calls: int,
+                            fired: threading.Event) -> tuple[int | None, bool]:
+        """(exit code, False) if the worker ended first; else (None, whether the kill point
+        came by count: `calls` requests seen and the run's armed fault gone off, rather
+        than no request for `max_delay` seconds)."""
+        recorder = self.sb.recorder
+        seen, last_change = recorder.count(), time.monotonic()
+        started = seen
+        while True:
+            code = proc.poll()
+            if code is not None:
+                return code, False
+            now_seen = recorder.count()
+            # The armed fault gets up to max_requests more requests to go off (a fault
+            # armed on the warehouse waits for the push), then the kill comes anyway.
+            if now_seen >= calls and (fired.is_set() or now_seen >= calls + self.max_requests):
+                return None, True
+            if now_seen != seen:
+                seen, last_change = now_seen, time.monotonic()
+            idle = self.max_delay if seen > started else STARTUP_GRACE
+            if time.monotonic() - last_change > idle:
+                return None, False
+            time.sleep(0.005)
+
+    def log_size(self) -> int:
+        try:
+            return self.log_path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def note_crash(self, offset: int) -> str | None:
+        """Did the worker run whose log starts at `offset` raise an unexpected exception?
+        Counted, with its exception line, for the report."""
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(offset)
+                text = f.read().decode("utf-8", "replace")
+        except FileNotFoundError:
+            return None
+        found = crash_lines(text)
+        if found:
+            self.report.crashed_runs += 1
+            self.report.crashes[found[0]] += 1
+        return found[0] if found else None
 
     def last_call(self, before: int) -> str:
         calls = self.sb.recorder.calls()
@@ -410,6 +649,7 @@ class ConnectorSoak:
             self.sb.warehouse.phantom_pages = 0  # type: ignore[attr-defined]
         finished_world = False
         for _ in range(MAX_CLEAN_CYCLES):
+            offset = self.log_size()
             proc = self.start_worker("run", "--once", settled=True)
             try:
                 code = proc.wait(CLEAN_CYCLE_LIMIT)
@@ -420,10 +660,14 @@ class ConnectorSoak:
                                               f"(see {self.log_path})")
                 return
             self.report.clean_cycles += 1
+            self.note_crash(offset)
             if code not in (0, 1):
                 self.report.violations.append(f"clean cycle exited {code} (see {self.log_path})")
             if not finished_world:
-                # The warehouse finishes every return it has, then the worker catches up.
+                # One warehouse record is poison (if the world has not made one yet); the
+                # warehouse finishes every other return it has; the worker catches up.
+                if self.with_poison and self.poisoned is None:
+                    self.poison_warehouse(self.rng)
                 for rid in sorted(self.tracked):
                     if rid not in self.received and self.sb.warehouse.has_rma(rid):
                         scenario = self.rng.choice(SCENARIOS)
@@ -431,7 +675,8 @@ class ConnectorSoak:
                             self.received[rid] = scenario
                 finished_world = True
                 continue
-            if code == 0 and not self.work_left():
+            # Exit 1 is expected while poison records are held (reported, not acted on).
+            if code in (0, 1) and not self.work_left():
                 return
             time.sleep(1.0)  # a lost note is looked up 2 read timeouts after it was sent
 
@@ -526,8 +771,21 @@ class ConnectorSoak:
                     f"cursor returns/{loop_raw['state']} done until {cur['done_until']} "
                     f"passed return {rid} updated {loop_raw['updated_at']} (stored "
                     f"{row['updated_at']})")
-        for run in crashed:
-            rep.violations.append(f"worker run {run['id']} crashed: {run['error']}")
+        # poison Loop returns: never pushed, never acted on, noted by no one
+        for kind, rid in self.loop_poison:
+            count = wh.rma_count(rid)
+            if count:
+                rep.violations.append(f"poison Loop return {rid!r} ({kind}) got {count} RMAs")
+            actions = sb.loop.actions_for(rid)
+            if actions:
+                rep.violations.append(f"poison Loop return {rid!r} ({kind}) got Loop actions "
+                                      f"{actions}")
+        # crashed runs: tracebacks in the worker's log, and runs the store marks crashed
+        for line, n in rep.crashes.most_common():
+            rep.violations.append(f"{n} worker run(s) crashed: {line}")
+        for error, n in Counter(_signature([str(run["error"])]) for run in crashed).items():
+            rep.violations.append(f"{n} run(s) recorded as crashed in the state: {error}")
+        rep.crashed_runs = max(rep.crashed_runs, len(crashed))
         rep.requests.update(c.api for c in sb.recorder.calls())
         for label in sb.loop.faults.injected:
             rep.faults[f"loop {label}"] += 1
@@ -544,6 +802,8 @@ class ConnectorSoak:
             # take them): an unmapped destination, an order the warehouse lacks.
             self.add_returns(2, days=1, rng=self.rng, unmapped=True, with_order=True)
             self.add_returns(2, days=1, rng=self.rng, unmapped=False, with_order=False)
+            if self.with_poison:
+                self.seed_loop_poison(self.rng)
             self.cfg_path = self.config()
             self.kill_phase()
             self.clean_phase()
@@ -557,17 +817,21 @@ class ConnectorSoak:
 # -- the whole run --------------------------------------------------------------------------
 
 def run_soak(connectors: Sequence[str], kills: int, seed: int, max_seconds: float, *,
-             fault_rate: float = 0.1, mode: str = "mixed", max_delay: float = 5.0,
-             parallel: int = 3, workdir: Path | None = None, keep: bool = False
+             fault_rate: float = 0.1, mode: str = "mixed", max_delay: float = IDLE_KILL,
+             max_requests: int = MAX_REQUESTS, parallel: int = 3, poison: bool = True,
+             transport: bool = True, workdir: Path | None = None, keep: bool = False
              ) -> list[Report]:
-    """Soak each connector (`kills` spread over them); returns one Report each."""
+    """Soak each connector (`kills` spread over them); returns one Report each. Kills
+    land by request count (see MAX_REQUESTS); `max_delay` is the idle fallback and
+    `max_seconds` only a safety cap: a soak is the same work on a fast or a slow machine."""
     root = Path(workdir or tempfile.mkdtemp(prefix="loopsync-soak-"))
     root.mkdir(parents=True, exist_ok=True)
     # Leave room for the clean phase and the checks inside the cap.
     deadline = time.monotonic() + max(1.0, max_seconds - 10.0 - 2.0 * len(connectors))
     base, extra = divmod(kills, len(connectors))
     soaks = [ConnectorSoak(name, base + (i < extra), seed, root / name, fault_rate=fault_rate,
-                           mode=mode, deadline=deadline, max_delay=max_delay)
+                           mode=mode, deadline=deadline, max_delay=max_delay,
+                           max_requests=max_requests, poison=poison, transport=transport)
              for i, name in enumerate(connectors)]
     for s in soaks:
         s.workdir.mkdir(parents=True, exist_ok=True)
@@ -584,19 +848,19 @@ def render(reports: Sequence[Report], *, seconds: float, seed: int) -> str:
     lines = [f"loopsync soak: seed {seed}, {seconds:.0f}s; {SETTINGS_NOTE}", ""]
     head = (f"{'connector':<15}{'kills':>6}{'runs':>6}{'returns':>8}{'eligible':>9}"
             f"{'finished':>9}{'proc':>6}{'flag':>6}{'dup RMA':>8}{'dup act':>8}"
-            f"{'dup note':>9}{'lost':>6}{'viol':>6}")
+            f"{'dup note':>9}{'lost':>6}{'crash':>6}{'viol':>6}")
     lines.append(head)
     for r in reports:
         lines.append(f"{r.connector:<15}{r.kills:>6}{r.completed_runs:>6}{r.returns:>8}"
                      f"{r.eligible:>9}{r.finished:>9}{r.processed:>6}{r.flagged:>6}"
                      f"{r.duplicate_rmas:>8}{r.duplicate_actions:>8}{r.duplicate_notes:>9}"
-                     f"{r.lost:>6}{len(r.violations):>6}")
+                     f"{r.lost:>6}{r.crashed_runs:>6}{len(r.violations):>6}")
     total = totals(reports)
     lines.append(f"{'all':<15}{total['kills']:>6}{total['runs']:>6}{total['returns']:>8}"
                  f"{total['eligible']:>9}{total['finished']:>9}{total['processed']:>6}"
                  f"{total['flagged']:>6}{total['duplicate_rmas']:>8}"
                  f"{total['duplicate_actions']:>8}{total['duplicate_notes']:>9}"
-                 f"{total['lost']:>6}{total['violations']:>6}")
+                 f"{total['lost']:>6}{total['crashed_runs']:>6}{total['violations']:>6}")
     faults: Counter[str] = Counter()
     requests: Counter[str] = Counter()
     world: Counter[str] = Counter()
@@ -615,6 +879,14 @@ def render(reports: Sequence[Report], *, seconds: float, seed: int) -> str:
     lines += [f"  {n:>5}  {label}" for label, n in sorted(world.items())]
     lines += ["", "last request the sandbox saw before each kill:"]
     lines += [f"  {n:>5}  {label}" for label, n in points.most_common(12)]
+    crashes: Counter[str] = Counter()
+    for r in reports:
+        crashes.update({f"{r.connector}: {line}": n for line, n in r.crashes.items()})
+    lines += ["", f"crashed worker runs: {sum(r.crashed_runs for r in reports)}"]
+    lines += [f"  {n:>5}  {label}" for label, n in crashes.most_common(20)]
+    lines += ["", "poison records seeded: " + "; ".join(
+        dict.fromkeys(p for r in reports for p in r.poison if p.startswith("Loop")))]
+    lines += [f"  {p}" for r in reports for p in r.poison if not p.startswith("Loop")]
     runs = Counter[int]()
     for r in reports:
         runs.update(r.exit_codes)
@@ -624,6 +896,11 @@ def render(reports: Sequence[Report], *, seconds: float, seed: int) -> str:
               "repeat RMA deliveries (generic 3PL, idempotent by number): "
               + ", ".join(f"{r.connector} {r.repeat_deliveries}" for r in reports
                           if r.connector.startswith("generic"))]
+    short = [f"{r.connector} {r.kills} of {r.kills_wanted}" for r in reports
+             if r.kills < r.kills_wanted]
+    if short:
+        lines += ["", "KILLS SHORT of those asked (the --max-seconds cap, or runs that kept "
+                  "ending first): " + ", ".join(short)]
     bad = [(r.connector, v) for r in reports for v in r.violations]
     lines.append("")
     if bad:
@@ -632,7 +909,21 @@ def render(reports: Sequence[Report], *, seconds: float, seed: int) -> str:
         lines += [f"  worker logs and state: {r.workdir}" for r in reports if not r.ok]
     else:
         lines.append("every invariant held.")
+    lines += ["", summary_line(reports, seconds=seconds, seed=seed)]
     return "\n".join(lines) + "\n"
+
+
+def summary_line(reports: Sequence[Report], *, seconds: float, seed: int) -> str:
+    """One line for BENCHMARKS.md and the README."""
+    t = totals(reports)
+    share = 100 * t["faults"] / max(1, t["requests"])
+    return (f"soak seed {seed}: {t['kills']} kills ({t['kills'] - t['kills_idle']} by request "
+            f"count), {t['faults']:,} injected faults ({share:.0f} % of {t['requests']:,} "
+            f"requests), {t['returns']} returns, {t['eligible']} "
+            f"eligible, {t['finished']} finished by the warehouse: {t['duplicate_rmas']} "
+            f"duplicate RMAs, {t['duplicate_actions']} duplicate process/flag calls, "
+            f"{t['duplicate_notes']} repeated notes, {t['lost']} returns lost, "
+            f"{t['crashed_runs']} crashed runs, {t['violations']} violations, {seconds:.0f} s")
 
 
 def totals(reports: Sequence[Report]) -> dict[str, int]:
@@ -648,15 +939,19 @@ def totals(reports: Sequence[Report]) -> dict[str, int]:
             "duplicate_actions": sum(r.duplicate_actions for r in reports),
             "duplicate_notes": sum(r.duplicate_notes for r in reports),
             "lost": sum(r.lost for r in reports),
+            "crashed_runs": sum(r.crashed_runs for r in reports),
+            "kills_idle": sum(r.kills_idle for r in reports),
+            "requests": sum(sum(r.requests.values()) for r in reports),
             "violations": sum(len(r.violations) for r in reports)}
 
 
 # -- BENCHMARKS.md ----------------------------------------------------------------------------
 
 SECTION = "## Reliability soak"
+# "crashed runs" came last, after rows without it had been recorded: those rows leave it empty.
 TABLE_HEAD = ("| date | machine | commit | command | connectors | kills | faults | returns | "
-              "eligible | finished | duplicates | losses | violations | seconds |")
-TABLE_RULE = "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+              "eligible | finished | duplicates | losses | violations | seconds | crashed runs |")
+TABLE_RULE = "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 
 
 def record(reports: Sequence[Report], *, seconds: float, command: str,
@@ -668,13 +963,15 @@ def record(reports: Sequence[Report], *, seconds: float, command: str,
            f"{', '.join(r.connector for r in reports)} | {t['kills']} | {t['faults']} | "
            f"{t['returns']} | {t['eligible']} | {t['finished']} | "
            f"{t['duplicate_rmas'] + t['duplicate_actions'] + t['duplicate_notes']} | "
-           f"{t['lost']} | {t['violations']} | {seconds:.0f} |")
+           f"{t['lost']} | {t['violations']} | {seconds:.0f} | {t['crashed_runs']} |")
     text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
     lines = text.splitlines()
     if SECTION in lines:
         at = lines.index(SECTION) + 1
         while at < len(lines) and not lines[at].startswith("|"):
             at += 1
+        if at + 1 < len(lines) and lines[at] != TABLE_HEAD and "| seconds |" in lines[at]:
+            lines[at:at + 2] = [TABLE_HEAD, TABLE_RULE]  # the table gains a column
         while at < len(lines) and lines[at].startswith("|"):
             at += 1
         lines.insert(at, row)
@@ -697,18 +994,29 @@ def main(argv: Sequence[str] | None = None) -> int:
                                             "against the sandbox")
     p.add_argument("--connectors", default=",".join(CONNECTORS),
                    help=f"comma-separated, from {', '.join(CONNECTORS)} (default: all)")
-    p.add_argument("--kills", type=int, default=300, help="SIGKILLs in all (default 300)")
-    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--kills", type=int, default=300,
+                   help="SIGKILLs in all, spread over the connectors (default 300)")
+    p.add_argument("--seed", type=int, default=1,
+                   help="seeds returns, faults, kill points and the world (default 1)")
     p.add_argument("--max-seconds", type=float, default=1800,
-                   help="cap on the whole run; the kill phase stops early to fit (default 1800)")
+                   help="safety cap on the whole run (default 1800): kills come by count, "
+                        "and the kill phase stops short only if this is reached (reported)")
     p.add_argument("--fault-rate", type=float, default=0.1,
                    help="share of requests that fail at random (default 0.1)")
     p.add_argument("--mode", choices=("run", "serve", "mixed"), default="mixed",
                    help="worker as `run --once`, `serve`, or both (default mixed)")
-    p.add_argument("--max-delay", type=float, default=5.0,
-                   help="longest wait before a kill, seconds (default 5)")
+    p.add_argument("--max-requests", type=int, default=MAX_REQUESTS,
+                   help="a worker is killed after 1..N sandbox requests, drawn by the seed "
+                        f"(default {MAX_REQUESTS})")
+    p.add_argument("--max-delay", type=float, default=IDLE_KILL,
+                   help="kill anyway after this many seconds without a request (a worker "
+                        f"asleep in a back-off or between serve cycles; default {IDLE_KILL:g})")
     p.add_argument("--parallel", type=int, default=3,
                    help="connectors soaked at once (default 3)")
+    p.add_argument("--no-poison", action="store_true",
+                   help="seed no poison records (Loop and warehouse)")
+    p.add_argument("--no-transport-faults", action="store_true",
+                   help="no drips, cut bodies, bad chunking or bad gzip")
     p.add_argument("--workdir", type=Path, help="keep state, configs and worker logs here")
     p.add_argument("--json", action="store_true", help="print the reports as JSON too")
     p.add_argument("--record", action="store_true", help="add a row to BENCHMARKS.md")
@@ -723,8 +1031,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     reports = run_soak(names, args.kills, args.seed, args.max_seconds,
                        fault_rate=args.fault_rate, mode=args.mode, max_delay=args.max_delay,
-                       parallel=args.parallel, workdir=args.workdir,
-                       keep=args.workdir is not None)
+                       max_requests=args.max_requests, parallel=args.parallel,
+                       poison=not args.no_poison, transport=not args.no_transport_faults,
+                       workdir=args.workdir, keep=args.workdir is not None)
     seconds = time.monotonic() - started
     text = render(reports, seconds=seconds, seed=args.seed)
     sys.stdout.write(text)

@@ -5,6 +5,7 @@ import importlib.util
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -142,18 +143,84 @@ def test_garbled_answer_to_a_shiphero_read_is_retried(make_sandbox, tmp_path):
 
 
 # -- the soak itself ----------------------------------------------------------------------
+#
+# Two short soaks, each run once for the tests below. Workers are killed after a number of
+# sandbox requests drawn by the seed (not after a time), so the assertions count kills,
+# faults and records, never how much got done in a wall time: the machine may be slow (the
+# 900 s cap is only a safety net, far above the usual 15 s).
+
+SHORT = {"seed": 11, "max_requests": 20, "max_delay": 4.0, "parallel": 5, "max_seconds": 900}
+
+
+def short_soaks(tmp_path_factory):
+    """Both soaks at once (they mostly wait on their workers): the classic one, 10 kills
+    with the faults the worker has long survived and no poison; the hostile one, 5 kills
+    with every fault, a transport fault armed per run, and poison records."""
+    soak = load_soak()
+
+    def one(name, **kw):
+        reports = soak.run_soak(soak.CONNECTORS, workdir=tmp_path_factory.mktemp(name),
+                                keep=True, **SHORT, **kw)
+        return soak, reports, soak.render(reports, seconds=0, seed=SHORT["seed"])
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        classic = pool.submit(one, "classic", kills=10, poison=False, transport=False)
+        hostile = pool.submit(one, "hostile", kills=5)
+        return {"classic": classic.result(), "hostile": hostile.result()}
+
+
+@pytest.fixture(scope="module")
+def soaks(tmp_path_factory):
+    return short_soaks(tmp_path_factory)
+
+
+@pytest.fixture
+def classic_soak(soaks):
+    return soaks["classic"]
+
+
+@pytest.fixture
+def hostile_soak(soaks):
+    return soaks["hostile"]
+
 
 @pytest.mark.slow
-def test_short_soak_every_connector(tmp_path):
-    """About 30 SIGKILLs across the connectors with faults in every API; every invariant
-    holds (one RMA per eligible return, one process/flag per finished return, nothing lost,
-    no cursor past unread work, no repeated note, no crashed run)."""
-    soak = load_soak()
-    reports = soak.run_soak(soak.CONNECTORS, kills=30, seed=11, max_seconds=48,
-                            max_delay=2.5, parallel=5, workdir=tmp_path, keep=True)
-    text = soak.render(reports, seconds=0, seed=11)
+def test_short_soak_every_connector(classic_soak):
+    """Two SIGKILLs per connector, each after a count of requests, with faults in every
+    API; every invariant holds (one RMA per eligible return, one process/flag per finished
+    return, nothing lost, no cursor past unread work, no repeated note, no crashed run)."""
+    soak, reports, text = classic_soak
+    assert [r.kills for r in reports] == [2] * len(soak.CONNECTORS), text
     assert all(r.ok for r in reports), text
-    assert sum(r.kills for r in reports) >= 20, text
-    assert all(r.kills >= 2 for r in reports), text
-    assert sum(sum(r.faults.values()) for r in reports) >= 30, text
-    assert sum(r.finished for r in reports) >= 10, text
+    assert sum(r.crashed_runs for r in reports) == 0, text
+    assert sum(r.finished for r in reports) >= 10, text  # the clean phase finishes them
+
+
+@pytest.mark.slow
+def test_hostile_soak_counts_kills_and_never_repeats_an_effect(hostile_soak):
+    """With transport faults and poison too, kills still come by count, and whatever else
+    fails (crashes are counted, see below), nothing is done twice."""
+    soak, reports, text = hostile_soak
+    assert [r.kills for r in reports] == [1] * len(soak.CONNECTORS), text
+    assert all(sum(p.startswith("Loop") for p in r.poison) == 3 for r in reports), text
+    assert sum(r.duplicate_rmas + r.duplicate_actions + r.duplicate_notes
+               for r in reports) == 0, text
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=False, reason=(
+    "until the 'http' work (typed errors for cut, badly chunked and badly gzipped bodies; "
+    "a whole-request deadline) and the 'poison' work (every parser: a valid record or "
+    "the unreadable error) are merged, these faults crash runs and the overflowing-"
+    "timestamp poison stops every ingest; remove this mark after the merge"))
+def test_hostile_soak_no_crashed_run_no_loss_poison_held(hostile_soak):
+    """Every invariant holds under the hostile soak too: no worker run crashed, nothing
+    lost, each poison record (three on Loop, one in each warehouse) held and acted on by no
+    one, and every transport fault kind was met."""
+    soak, reports, text = hostile_soak
+    assert sum(r.crashed_runs for r in reports) == 0, text
+    assert sum(r.lost for r in reports) == 0, text
+    assert all(r.ok for r in reports), text
+    assert all(any(not p.startswith("Loop") for p in r.poison) for r in reports), text
+    labels = {label.split(" ", 1)[1] for r in reports for label in r.faults}
+    assert set(soak.TRANSPORT_KINDS) <= labels, text

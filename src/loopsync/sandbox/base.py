@@ -33,6 +33,14 @@ class WarehouseEmulator(EmulatedApi):
         it. Returns False when there is no RMA for it yet."""
         raise NotImplementedError
 
+    def poison(self, return_id: str) -> bool:
+        """Seed one record the connector cannot read (poison) for this return's RMA: the
+        warehouse says it is finished, in a form no reader may trust (a lone surrogate, a
+        full-width digit, an infinite quantity). A careful worker holds that return back,
+        with the reason, and goes on with the others; it never acts on it. Returns False
+        when there is no RMA for it yet."""
+        raise NotImplementedError
+
     def warehouse_config(self, base_url: str) -> dict[str, Any]:
         """The `warehouse:` section of a merchant config that points at this emulator.
         Secrets appear as ${VAR} references; `secret_env()` gives their values."""

@@ -186,6 +186,23 @@ class GenericEmulator(WarehouseEmulator):
             self.add_receipts(return_id, rows)
         return True
 
+    def poison(self, return_id: str) -> bool:
+        """One receipt (in the feed, or a file in the inbox) whose quantity is in
+        full-width digits: "１２" passes str.isdigit() and int(); no reader may take it."""
+        if not self.has_rma(return_id):
+            return False
+        with self.lock:
+            sku = str(self.rmas[str(return_id)]["lines"][0]["sku"])
+            record = {"receipt_id": f"R{next(self._ids):06d}", "rma_number": str(return_id),
+                      "sku": sku, "quantity": "１２", "condition": "available",
+                      "received_at": iso(self.clock.now())}
+            if self.root is None:
+                self.receipts.append(record)
+            else:
+                self.write_receipt_file(f"receipts-{return_id}-{record['receipt_id']}.csv",
+                                        [record])
+        return True
+
     def add_receipts(self, return_id: str, rows: Iterable[tuple[str, int, str]], *,
                      at: datetime | None = None) -> list[dict[str, Any]]:
         """(sku, quantity, condition) rows received now: into the HTTP feed, or as one

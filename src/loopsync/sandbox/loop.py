@@ -222,6 +222,23 @@ class LoopEmulator(EmulatedApi):
         for listener in list(self.listeners):
             listener(snapshot)
 
+    def add_poison_return(self, raw: dict[str, Any], *, at: datetime) -> None:
+        """A return Loop's own checks would never let through (poison): an overflowing
+        timestamp, an id in full-width digits, a lone surrogate in a SKU. Served exactly as
+        given in the list, the details and the ASN report; placed in windows and pages as
+        if created and updated `at`; heard by no warehouse. Its id must still read as a
+        number with int() (the pages' sort key), which full-width digits do."""
+        with self.lock:
+            rid = str(raw["id"])
+            if rid in self._returns:
+                raise ValueError(f"return {rid} already exists")
+            int(rid)
+            rec = _Stored(_copy_return(raw), at, at)
+            rec.raw.setdefault("state", "open")
+            self._returns[rid] = rec
+            self._index_line_items(rec)
+            self._version += 1
+
     def update_return(self, return_id: str | int, **changes: Any) -> None:
         """Change fields as Loop's admin would; bumps updated_at unless it is given."""
         with self.lock:

@@ -31,6 +31,7 @@ from datetime import datetime
 from typing import Any
 
 from loopsync.sandbox.base import SCENARIOS, WarehouseEmulator
+from loopsync.sandbox.poison import FULL_WIDTH_DIGITS
 from loopsync.sandbox.server import Request, Response, text_response
 from loopsync.timeutil import Clock, SystemClock
 
@@ -320,6 +321,7 @@ class _Ra:
     fields: dict[str, str]
     items: list[_RaItem] = field(default_factory=list)
     status: str = "Open"
+    poison: dict[str, str] = field(default_factory=dict)  # report cells served as given
 
     @property
     def number(self) -> str:
@@ -616,7 +618,7 @@ class PeopleVoxEmulator(WarehouseEmulator):
                     "RMA comment": ra.fields.get("ReturnAuthorizationComments", ""),
                     "RMA returns tracking number": ra.fields.get("ReturnTrackingNumber", ""),
                     "Return condition": item.condition,
-                })
+                } | ra.poison)
         return rows
 
     # -- hooks ----------------------------------------------------------------------
@@ -686,6 +688,18 @@ class PeopleVoxEmulator(WarehouseEmulator):
                           reusable={first: False})
         else:
             self.complete(return_id, "Completed")
+        return True
+
+    def poison(self, return_id: str) -> bool:
+        """Completed, everything received, but the report's Quantity cells are in
+        full-width digits ("１": Python's int() and str.isdigit() take it; no reader may)."""
+        with self.lock:
+            ra = self.ras.get(str(return_id))
+            if ra is None or not ra.items:
+                return False
+        self.complete(return_id, "Completed")
+        with self.lock:
+            ra.poison = {"Quantity": str(ra.items[0].expected).translate(FULL_WIDTH_DIGITS)}
         return True
 
     def complete(self, return_id: str, status: str, *, conditions: Mapping[str, str] | None = None,

@@ -1,12 +1,16 @@
 """A tiny real-HTTP framework for the emulated APIs: one threaded server per API on
 127.0.0.1, a record of every call, and fault injection (status codes, 429 with or without
 Retry-After, slow answers, connection resets before or after the handler ran, garbage
-bodies). Emulators implement `EmulatedApi.handle`; everything else lives here."""
+bodies, and the transport faults of the real internet: answers dripped a byte at a time,
+bodies cut short, broken chunked encoding, gzip that is not gzip). What each fault kind
+does is data: the `FAULT_KINDS` table. Emulators implement `EmulatedApi.handle`;
+everything else lives here."""
 
 from __future__ import annotations
 
 import email.utils
 import json
+import os
 import random
 import socket
 import threading
@@ -121,6 +125,11 @@ class Recorder:
         with self._lock:
             self._calls.clear()
 
+    def count(self) -> int:
+        """Calls recorded so far (cheap: drivers poll it to act after N requests)."""
+        with self._lock:
+            return len(self._calls)
+
 
 # -- faults -----------------------------------------------------------------------------
 
@@ -135,6 +144,12 @@ class Fault:
           "reset_after"   run the handler, then drop the connection (it happened; answer lost)
           "malformed"     answer 200 with a body that is not JSON/XML
           "custom"        answer `response(request)`
+          "drip"          run the handler, send its answer a byte at a time over `delay`
+                          seconds (capped at DRIP_MAX_SECONDS), then the rest
+          "truncated"     run the handler, declare its full Content-Length, send half, close
+          "bad_chunked"   run the handler, answer chunked with a chunk-size line that is not hex
+          "bad_gzip"      run the handler, answer `Content-Encoding: gzip` over bytes not gzip
+    Each kind's behaviour is a row of `FAULT_KINDS`.
     """
 
     kind: str
@@ -144,6 +159,10 @@ class Fault:
     retry_after: float | None = None
     delay: float = 0.0
     response: Callable[[Request], Response] | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in FAULT_KINDS:
+            raise ValueError(f"unknown fault kind {self.kind!r}; one of {', '.join(FAULT_KINDS)}")
 
     @property
     def label(self) -> str:
@@ -202,10 +221,6 @@ class FaultInjector:
                 self.injected.append(f.label)
                 return f
         return None
-
-
-class _Drop(Exception):
-    pass
 
 
 class EmulatedApi:
@@ -275,41 +290,162 @@ class _Handler(BaseHTTPRequestHandler):
                          api.is_write(req))
         if api.recorder is not None:
             api.recorder.add(rec)
-        try:
-            if fault is not None and fault.kind == "reset":
-                raise _Drop()
-            if fault is not None and fault.kind == "slow":
-                time.sleep(fault.delay)
-                fault = None
-            if fault is not None and fault.kind not in ("reset_after", "malformed"):
-                resp = api.fault_response(fault, req)
-            else:
-                try:
-                    with api.lock:
-                        resp = api.handle(req)
-                except Exception as exc:  # an emulator bug must show, not hang the client
-                    resp = json_response({"message": f"sandbox error: {exc!r}"}, 500)
-                if fault is not None and fault.kind == "reset_after":
-                    raise _Drop()
-                if fault is not None and fault.kind == "malformed":
-                    resp = api.malformed_body(req)
-        except _Drop:
-            rec.status = None
-            self.close_connection = True
+        kind = FAULT_KINDS[fault.kind] if fault is not None else None
+        if fault is not None and kind is not None and kind.wait_first:
+            time.sleep(fault.delay)
+        resp = None
+        if kind is None or kind.handler_runs:
             try:
-                self.connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            return
-        rec.status = resp.status
+                with api.lock:
+                    resp = api.handle(req)
+            except Exception as exc:  # an emulator bug must show, not hang the client
+                resp = json_response({"message": f"sandbox error: {exc!r}"}, 500)
+        if fault is None or kind is None:
+            assert resp is not None
+            rec.status = self.answer(resp)
+        else:
+            rec.status = kind.send(self, api, fault, req, resp)
+
+    def answer(self, resp: Response) -> int:
         self.send_response(resp.status)
         for k, v in resp.headers.items():
             self.send_header(k, v)
         self.send_header("Content-Length", str(len(resp.body)))
         self.end_headers()
         self.wfile.write(resp.body)
+        return resp.status
+
+    def drop(self) -> None:
+        self.close_connection = True
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def head(self, resp: Response, extra: dict[str, str]) -> None:
+        """Status line and headers of `resp` (minus its framing ones), plus `extra`."""
+        self.send_response(resp.status)
+        framing = {"content-length", "transfer-encoding", "content-encoding"}
+        for k, v in resp.headers.items():
+            if k.lower() not in framing:
+                self.send_header(k, v)
+        for k, v in extra.items():
+            self.send_header(k, v)
+        self.end_headers()
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _serve
+
+
+# -- what each fault kind does (the fault table) -------------------------------------------
+
+# A drip lasts at most this long: clients are to cut a request off at a whole-request
+# deadline, and a soak with hundreds of drips must stay minutes long, not hours.
+DRIP_MAX_SECONDS = 1.8
+DRIP_BYTES = 24               # bytes sent one at a time before the rest goes at once
+
+Sender = Callable[[_Handler, "EmulatedApi", Fault, Request, "Response | None"], "int | None"]
+
+
+def _send_fault_answer(h: _Handler, api: EmulatedApi, fault: Fault, req: Request,
+                       resp: Response | None) -> int | None:
+    return h.answer(api.fault_response(fault, req))
+
+
+def _send_handler_answer(h: _Handler, api: EmulatedApi, fault: Fault, req: Request,
+                         resp: Response | None) -> int | None:
+    assert resp is not None
+    return h.answer(resp)
+
+
+def _send_nothing(h: _Handler, api: EmulatedApi, fault: Fault, req: Request,
+                  resp: Response | None) -> int | None:
+    h.drop()
+    return None
+
+
+def _send_malformed(h: _Handler, api: EmulatedApi, fault: Fault, req: Request,
+                    resp: Response | None) -> int | None:
+    return h.answer(api.malformed_body(req))
+
+
+def _send_drip(h: _Handler, api: EmulatedApi, fault: Fault, req: Request,
+               resp: Response | None) -> int | None:
+    """The whole answer, correctly framed, but its first bytes one at a time with pauses
+    (each pause far below any read timeout; together up to DRIP_MAX_SECONDS)."""
+    assert resp is not None
+    total = min(fault.delay or DRIP_MAX_SECONDS, DRIP_MAX_SECONDS)
+    head_bytes = resp.body[:DRIP_BYTES]
+    pause = total / max(1, len(head_bytes))
+    h.head(resp, {"Content-Length": str(len(resp.body))})
+    h.wfile.flush()
+    for i in range(len(head_bytes)):
+        time.sleep(pause)
+        h.wfile.write(head_bytes[i:i + 1])
+        h.wfile.flush()
+    h.wfile.write(resp.body[DRIP_BYTES:])
+    return resp.status
+
+
+def _send_truncated(h: _Handler, api: EmulatedApi, fault: Fault, req: Request,
+                    resp: Response | None) -> int | None:
+    """Content-Length says more than is sent; then the connection closes."""
+    assert resp is not None
+    sent = resp.body[: len(resp.body) // 2]
+    h.head(resp, {"Content-Length": str(max(len(resp.body), len(sent) + 1))})
+    h.wfile.write(sent)
+    h.wfile.flush()
+    h.drop()
+    return resp.status
+
+
+def _send_bad_chunked(h: _Handler, api: EmulatedApi, fault: Fault, req: Request,
+                      resp: Response | None) -> int | None:
+    """A first good chunk, then a chunk-size line that is not hex, then close."""
+    assert resp is not None
+    first = resp.body[: max(1, len(resp.body) // 3)]
+    h.head(resp, {"Transfer-Encoding": "chunked"})
+    h.wfile.write(b"%x\r\n%s\r\nzz;not-a-size\r\n" % (len(first), first))
+    h.wfile.flush()
+    h.drop()
+    return resp.status
+
+
+def _send_bad_gzip(h: _Handler, api: EmulatedApi, fault: Fault, req: Request,
+                   resp: Response | None) -> int | None:
+    """Says gzip; the gzip magic, then random bytes (a broken proxy, a cut cache entry)."""
+    assert resp is not None
+    garbage = b"\x1f\x8b\x08\x00" + os.urandom(max(16, len(resp.body) // 4))
+    h.head(resp, {"Content-Encoding": "gzip", "Content-Length": str(len(garbage))})
+    h.wfile.write(garbage)
+    return resp.status
+
+
+@dataclass(frozen=True)
+class FaultKind:
+    """One row of the fault table: whether the emulator's handler runs (so the request's
+    effect happens, as when only the answer is lost), whether the fault's `delay` is slept
+    first, and how the answer (if any) goes out."""
+
+    handler_runs: bool
+    send: Sender
+    wait_first: bool = False
+
+
+FAULT_KINDS: dict[str, FaultKind] = {
+    "status": FaultKind(False, _send_fault_answer),
+    "rate_limit": FaultKind(False, _send_fault_answer),
+    "custom": FaultKind(False, _send_fault_answer),
+    "reset": FaultKind(False, _send_nothing),
+    "slow": FaultKind(True, _send_handler_answer, wait_first=True),
+    "reset_after": FaultKind(True, _send_nothing),
+    "malformed": FaultKind(True, _send_malformed),
+    "drip": FaultKind(True, _send_drip),
+    "truncated": FaultKind(True, _send_truncated),
+    "bad_chunked": FaultKind(True, _send_bad_chunked),
+    "bad_gzip": FaultKind(True, _send_bad_gzip),
+}
+# Kinds after which the emulator's handler has run (its effect happened).
+HANDLER_RUNS = tuple(name for name, kind in FAULT_KINDS.items() if kind.handler_runs)
 
 
 class _Server(ThreadingHTTPServer):

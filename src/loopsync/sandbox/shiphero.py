@@ -239,6 +239,7 @@ class _Return:
     created_at: datetime
     lines: list[_ReturnLine]
     status: str = "pending"
+    poison: dict[str, Any] = field(default_factory=dict)   # fields served as given (poison)
 
     @property
     def id(self) -> str:
@@ -311,7 +312,9 @@ def _return_view(ret: _Return) -> dict[str, Any]:
             "quantity_received": line.quantity_received, "restock": 0,
             "condition": line.condition, "reason": line.reason, "type": "Refund",
             "line_item": _line_view(line.order_line),
+            **ret.poison.get("line", {}),
         } for line in ret.lines],
+        **ret.poison.get("return", {}),
     }
 
 
@@ -615,6 +618,20 @@ class ShipHeroEmulator(WarehouseEmulator):
             ret.status = {"damaged": "Damaged", "cancelled": "RTS"}.get(scenario) or \
                 WAREHOUSE_COMPLETE_SPELLINGS[next(self._receipts)
                                              % len(WAREHOUSE_COMPLETE_SPELLINGS)]
+            return True
+
+    def poison(self, return_id: str) -> bool:
+        """Everything received and "Warehouse Complete", but each line's condition holds a
+        lone surrogate and a NUL (String fields carry any text; GraphQL checks no more)."""
+        with self.lock:
+            found = self._returns_for(return_id)
+            if not found:
+                return False
+            ret = found[0]
+            for line in ret.lines:
+                line.quantity_received = line.quantity
+            ret.status = WAREHOUSE_COMPLETE_SPELLINGS[0]
+            ret.poison = {"line": {"condition": "good\ud800\x00"}}
             return True
 
     def set_status(self, return_id: str, status: str,

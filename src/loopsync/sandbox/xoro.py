@@ -28,8 +28,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from loopsync.sandbox.base import SCENARIOS, WarehouseEmulator
-from loopsync.sandbox.server import (Fault, FaultInjector, Request, Response, json_response,
-                                     text_response)
+from loopsync.sandbox.server import (HANDLER_RUNS, Fault, FaultInjector, Request, Response,
+                                     json_response, text_response)
 from loopsync.timeutil import Clock, SystemClock, parse_timestamp
 
 API_PREFIX = "/api/xerp/"
@@ -55,6 +55,7 @@ class Asn:
     lines: list[AsnLine]
     status: str = OPEN
     history: list[str] = field(default_factory=lambda: [OPEN])
+    poison: bool = False    # QtyReceived served as Infinity (Python's json reads it)
 
     def to_wire(self) -> dict[str, Any]:
         """Xoro sends quantities as decimals."""
@@ -66,7 +67,8 @@ class Asn:
             },
             "AsnDetailData": [
                 {"LineNumber": n, "ItemNumber": line.sku,
-                 "BaseQtyToReceive": float(line.expected), "QtyReceived": float(line.received)}
+                 "BaseQtyToReceive": float(line.expected),
+                 "QtyReceived": float("inf") if self.poison else float(line.received)}
                 for n, line in enumerate(self.lines, start=1)],
         }
 
@@ -76,7 +78,7 @@ class _InFlightCounter(FaultInjector):
     concurrent callers are seen even though handlers run one at a time."""
 
     # Faults after which the handler still runs (and so ends the request's count).
-    HANDLER_RUNS = ("slow", "reset_after", "malformed")
+    HANDLER_RUNS = HANDLER_RUNS
 
     def __init__(self) -> None:
         super().__init__()
@@ -245,6 +247,18 @@ class XoroEmulator(WarehouseEmulator):
         elif scenario == "over":
             quantities[first] += 1
         self.receive_lines(return_id, quantities)
+        self.close_asn(return_id)
+        return True
+
+    def poison(self, return_id: str) -> bool:
+        """Closed, every line received, but each QtyReceived goes out as `Infinity` (not
+        JSON; Python's json module reads it as float inf, whose int() raises)."""
+        asn = self.asn(return_id)
+        if asn is None:
+            return False
+        self.receive_lines(return_id, {line.sku: line.expected for line in asn.lines})
+        with self.lock:
+            asn.poison = True
         self.close_asn(return_id)
         return True
 
