@@ -35,7 +35,7 @@ from loopsync.connectors.base import (ConnectorContext, PollResult, PollStopped,
                                       WarehouseConnector, WarehouseSettings)
 from loopsync.errors import ErrorBody, RateLimited, Rejected, TransientError
 from loopsync.http import HttpClient, HttpResult, shared_limiter
-from loopsync.models import REPLACEMENT, ItemStatus, RmaRef, RmaStatus, whole_number
+from loopsync.models import REPLACEMENT, ItemStatus, LoopReturn, RmaRef, RmaStatus, whole_number
 from loopsync.timeutil import iso, parse_timestamp
 
 log = structlog.get_logger("loopsync.connectors.xoro")
@@ -160,6 +160,14 @@ class XoroConnector(WarehouseConnector):
 
     def rma_label(self, ref: RmaRef) -> str:
         return f"Xoro RMA {ref.rma_id} (ASN {ref.extra.get('asn_number')})"
+
+    def match_key(self, ret: LoopReturn) -> str | None:
+        """By order number two Loop returns of one order cannot be told apart (Xoro's app
+        may make one ASN for both): the engine refuses to guess between them."""
+        if self.conf.match_by == "return_id":
+            return None
+        key = _order_key(ret.order_number) or _order_key(ret.order_name)
+        return f"order {key}" if key else None
 
     def close(self) -> None:
         self.http.session.close()
