@@ -27,6 +27,7 @@ class StaleLoop(FakeLoop):
         super().__init__(returns)
         self.stale: dict[str, str | None] = {}
         self.error_answer: dict[str, str] = {}  # action -> wording of a 200 error body
+        self.calls: list[tuple[str, str]] = []  # every action call sent, refused or not
 
     def return_details(self, rid):
         details = super().return_details(rid)
@@ -37,6 +38,7 @@ class StaleLoop(FakeLoop):
         return details
 
     def _act(self, name, rid, new_state=None):
+        self.calls.append((name, rid))
         wording = self.error_answer.get(name)
         if wording is not None:
             self._check()
@@ -90,14 +92,14 @@ def test_lost_flag_answer_and_a_stale_open_read_do_not_flag_again_next_cycle(tmp
     w = _flagged_world(tmp_path)
     w.cycle(60)
     w.cycle(60)
-    assert w.loop.writes.count(("flag", "101")) == 1, "flagged twice on a stale read"
+    assert w.loop.calls.count(("flag", "101")) == 1, "flagged twice on a stale read"
     assert w.row("101")["stage"] == "acting"
 
 
 def test_lost_flag_answer_is_not_repeated_after_one_settle_delay(tmp_path):
     w = _flagged_world(tmp_path)
     w.cycle(SETTLE)  # one `open` read after the delay is evidence kept, not a verdict
-    assert w.loop.writes.count(("flag", "101")) == 1
+    assert w.loop.calls.count(("flag", "101")) == 1
 
 
 def test_lost_action_read_changed_since_the_attempt_is_reported_not_repeated(tmp_path):
