@@ -42,7 +42,9 @@ TOKEN_RENEW_MARGIN = 86400.0   # renew a day before expiry, as ShipHero recommen
 # Nested pages multiply a query's cost (`first` x `first`), so pages stay small: an
 # order usually has a few lines, and a partner_order_id usually matches one order.
 LINES_PAGE_SIZE = 10           # order lines fetched with each order; more are paged
-RETURNS_PAGE_SIZE = 25
+# Every create looks the order's returns up first (lost state must not create a second
+# return), and an order seldom has more than a few: a page of 5 costs ~6 credits, not 26.
+RETURNS_PAGE_SIZE = 5
 CREDIT_WAIT_MARGIN = 0.05      # seconds: rounding must not leave us one credit short
 
 _DURATION_IN_TEXT = re.compile(r"(\d+(?:\.\d+)?)\s*(?:s\b|sec|second)", re.IGNORECASE)
