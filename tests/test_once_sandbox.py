@@ -206,3 +206,37 @@ def test_every_run_logs_the_absolute_state_path(make_sandbox, tmp_path, clock, c
              if line.startswith("{")]
     said = [line for line in lines if line.get("event") == "state"]
     assert said and said[0]["path"] == str(cfg.state_path) and cfg.state_path.is_absolute()
+
+
+def test_shiphero_two_orders_that_both_fit_the_return_are_reported_not_guessed(
+        make_sandbox, tmp_path, clock):
+    sb = make_sandbox("shiphero")
+    raw = make_return(rng=sb.rng, return_id=62001, state="open", updated_at=clock.now(),
+                      order_name="#7001", provider_order_id="")
+    sb.add_return(raw)  # one order #7001 with the return's SKUs
+    units = {str(li["sku"]): 1 for li in raw["line_items"]}
+    sb.warehouse.add_order(order_number="#7001", partner_order_id=None, units_by_sku=units,
+                           email=None)  # another shop's order with the same number and SKUs
+    cfg = sb.merchant_config(tmp_path)
+    result = cycle(sb, cfg, clock)
+    assert result.needs_attention and result.counts.pushed == 0
+    assert sb.warehouse.rma_count("62001") == 0
+    row = Store(cfg.state_path, clock).get_return_row("62001")
+    assert row["stage"] == "reported" and "#7001" in row["reason"]
+
+
+def test_xoro_several_asns_for_one_return_are_reported_for_a_person(make_sandbox, tmp_path,
+                                                                    clock):
+    sb = make_sandbox("xoro")
+    now = clock.now()
+    old = make_return(rng=sb.rng, return_id=63001, state="closed", updated_at=now,
+                      order_name="#5002", order_number="5002")
+    new = make_return(rng=sb.rng, return_id=63002, state="open", updated_at=now,
+                      order_name="#5002", order_number="5002")
+    sb.warehouse.on_loop_return(old)  # an ASN of an earlier return of the order
+    sb.add_return(new)
+    cfg = sb.merchant_config(tmp_path, warehouse_extra={"match_by": "order_number"})
+    result = cycle(sb, cfg, clock)
+    assert result.needs_attention
+    row = Store(cfg.state_path, clock).get_return_row("63002")
+    assert row["stage"] == "reported" and "several Xoro ASNs" in row["reason"]

@@ -26,8 +26,8 @@ from loopsync import rules
 from loopsync import store as st
 from loopsync.config import MerchantConfig
 from loopsync.connectors.base import NotReady, PollStopped, PushRequest, WarehouseConnector
-from loopsync.errors import (AuthError, OutcomeUnknown, PermanentError, Rejected, RemoteError,
-                             StateConflict, TransientError)
+from loopsync.errors import (Ambiguous, AuthError, OutcomeUnknown, PermanentError, Rejected,
+                             RemoteError, StateConflict, TransientError)
 from loopsync.loop_client import DISPOSITION_BATCH, PaginationStopped, batched
 from loopsync.models import LoopReturn, MalformedReturn, RmaRef, RmaStatus, asn_row_problem
 from loopsync.prefetch import prefetched
@@ -427,6 +427,9 @@ class Engine:
             ref = self.connector.find_rma(req, located)
         except NotReady as exc:
             self._wait(rid, row, exc.reason)
+            return
+        except Ambiguous as exc:
+            self._report_for_person(rid, "push", exc.message)
             return
         except Rejected as exc:
             self.counts.rejected += 1

@@ -14,6 +14,8 @@
             ├── ErrorBody      HTTP 200 whose body is an error (Loop, PeopleVox, Xoro do this)
             │   └── StateConflict  Loop refused an action because of the return's state
             └── Rejected       the remote refused this record (bad SKU, unknown order, ...)
+                └── Ambiguous  a match weaker than the Loop return id found several
+                               candidates: reported for a person, never guessed
 """
 
 from __future__ import annotations
@@ -101,3 +103,8 @@ class StateConflict(ErrorBody):
 
 class Rejected(PermanentError):
     """The remote refused this one record; the rest of the batch goes on."""
+
+
+class Ambiguous(Rejected):
+    """Matching by something weaker than the Loop return id (an order number) found more
+    than one candidate. The engine reports the return for a person and acts on none."""

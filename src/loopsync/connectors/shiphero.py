@@ -26,8 +26,8 @@ from loopsync import logs
 from loopsync.configkit import Secret, Section
 from loopsync.connectors.base import (ConnectorContext, NotReady, PollResult, PushRequest,
                                       WarehouseConnector, WarehouseSettings)
-from loopsync.errors import (AuthError, DryRunViolation, ErrorBody, OutcomeUnknown, RateLimited,
-                             Rejected, TransientError)
+from loopsync.errors import (Ambiguous, AuthError, DryRunViolation, ErrorBody, OutcomeUnknown,
+                             RateLimited, Rejected, TransientError)
 from loopsync.http import HttpClient, HttpResult
 from loopsync.models import ItemStatus, LoopReturn, RmaRef, RmaStatus, identifier, whole_number
 from loopsync.timeutil import Clock
@@ -327,10 +327,16 @@ class ShipHeroConnector(WarehouseConnector):
     @staticmethod
     def _best_order(orders: list[dict[str, Any]], wanted: dict[str, int]
                     ) -> dict[str, Any] | None:
-        """The first order holding every SKU of the return, else the first one (several
-        shops can share an order number)."""
-        return next((o for o in orders if set(wanted) <= set(o["skus"])),
-                    orders[0] if orders else None)
+        """The order holding every SKU of the return, else the first one (several shops
+        can share an order number). Two orders that both hold every SKU cannot be told
+        apart: Ambiguous (a guess could also miss the RMA made on the other one)."""
+        holding = [o for o in orders if set(wanted) <= set(o["skus"])]
+        if len(holding) > 1:
+            numbers = ", ".join(str(o.get("order_number") or o["order_id"]) for o in holding)
+            raise Ambiguous(SYSTEM, f"{len(holding)} ShipHero orders hold every SKU of the "
+                                    f"return: {numbers}; set warehouse.shop_name or settle "
+                                    "it by hand")
+        return holding[0] if holding else (orders[0] if orders else None)
 
     # -- returns ------------------------------------------------------------------------
     def _returns_of_order(self, order_id: str) -> Iterator[dict[str, Any]]:

@@ -33,7 +33,7 @@ import structlog
 from loopsync.configkit import Secret, Section
 from loopsync.connectors.base import (ConnectorContext, PollResult, PollStopped, PushRequest,
                                       WarehouseConnector, WarehouseSettings)
-from loopsync.errors import ErrorBody, RateLimited, Rejected, TransientError
+from loopsync.errors import Ambiguous, ErrorBody, RateLimited, TransientError
 from loopsync.http import HttpClient, HttpResult, shared_limiter
 from loopsync.models import REPLACEMENT, ItemStatus, LoopReturn, RmaRef, RmaStatus, whole_number
 from loopsync.timeutil import iso, parse_timestamp
@@ -130,7 +130,7 @@ class XoroConnector(WarehouseConnector):
             return None
         if len(matches) > 1:
             numbers = ", ".join(sorted(_asn_number(a) for a in matches))
-            raise Rejected(SYSTEM, f"several Xoro ASNs match return {ret.id} by "
+            raise Ambiguous(SYSTEM, f"several Xoro ASNs match return {ret.id} by "
                                    f"{self.conf.match_by}: {numbers}; use match_by: return_id")
         header = _header(matches[0])
         asn_number = _asn_number(matches[0])
