@@ -221,6 +221,7 @@ class ByOrder(FakeWarehouse):
     """A watch-only warehouse matching by order name: one RMA per order."""
 
     creates_rmas = False
+    weak_matching = True
 
     def match_key(self, ret):
         return f"order {ret.order_name}"
@@ -306,3 +307,14 @@ def test_lost_answer_after_a_repeat_gets_fresh_evidence(tmp_path):
     assert ("process", "101") not in w.loop.writes
     w.cycle(SETTLE)
     assert w.loop.writes.count(("process", "101")) == 1
+
+
+def test_note_error_in_unknown_words_with_the_note_in_loop_is_settled(tmp_path):
+    w = World(tmp_path, [loop_return("101")])
+    w.loop.error_answer["note"] = "Something went wrong"  # the note was stored anyway
+    w.cycle()
+    del w.loop.error_answer["note"]
+    w.cycle(SETTLE)
+    assert len(w.loop.notes_by["101"]) == 1
+    store = Store(w.cfg.state_path, w.clock)
+    assert store.effect("note_rma:101")["status"] == "settled"

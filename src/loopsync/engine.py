@@ -343,6 +343,8 @@ class Engine:
         """Open Loop returns that a connector matching by something weaker than the Loop
         return id (Xoro by order number) cannot tell apart: each is reported for a person
         and none is linked or acted on. Returns the ids refused."""
+        if not self.connector.weak_matching:
+            return set()  # matched by the Loop return id: one RMA per return by construction
         in_play = ids + self.store.return_ids_in_stage(st.OPEN, st.ACTING)
         keys: dict[str, list[str]] = {}
         for rid in in_play:
@@ -439,7 +441,7 @@ class Engine:
         if ref is None and not self.connector.creates_rmas:
             self._wait(rid, row, f"no {self.connector.kind} RMA for this return yet")
             return
-        if ref is not None and self.connector.match_key(ret) is not None:
+        if ref is not None and self.connector.weak_matching:
             owners = [o for o in self.store.rma_owners(ref.rma_id) if o != rid]
             if owners:  # matched by order number to an RMA another return already has
                 self._report_for_person(rid, "push", rules.ambiguous_reason(
@@ -656,6 +658,10 @@ class Engine:
                 # An error answer in a wording loopsync does not know ("Return has already
                 # been processed", ...) is not a verdict: settle from the return's state.
                 return self._settle_from_state(key, rid, kind, exc)
+            if kind == "note" and not isinstance(exc, AuthError) and \
+                    self._note_in_loop(rid, payload):
+                self._settle(key, rid, kind, st.SETTLED, f"note already in Loop ({exc.message})")
+                return True
             self._settle(key, rid, kind, st.FAILED, exc.message)
             self._problem(rid, "act", f"{kind} failed: {exc.message}")
             return True

@@ -190,6 +190,11 @@ class WarehouseConnector(ABC):
         """How the RMA is named in the note on the Loop return."""
         return f"{self.kind} RMA {ref.rma_id}"
 
+    @property
+    def weak_matching(self) -> bool:
+        """True when `match_key` can return a key (so the engine looks for ambiguity)."""
+        return False
+
     def match_key(self, ret: LoopReturn) -> str | None:
         """None when `find_rma` matches by the Loop return id itself (one RMA per return
         by construction). A connector matching by anything weaker (an order number)

@@ -161,6 +161,10 @@ class XoroConnector(WarehouseConnector):
     def rma_label(self, ref: RmaRef) -> str:
         return f"Xoro RMA {ref.rma_id} (ASN {ref.extra.get('asn_number')})"
 
+    @property
+    def weak_matching(self) -> bool:
+        return self.conf.match_by != "return_id"
+
     def match_key(self, ret: LoopReturn) -> str | None:
         """By order number two Loop returns of one order cannot be told apart (Xoro's app
         may make one ASN for both): the engine refuses to guess between them."""
