@@ -16,7 +16,7 @@ from loopsync.timeutil import FakeClock
 
 from .fakes import FakeLoop, FakeRma, FakeWarehouse, loop_return, merchant_config
 
-SETTLE = 10 * 60 + 1  # seconds: just past engine.ACTION_SETTLE
+SETTLE = 10 * 60 + 1  # seconds: just past engine.PROCESS_SETTLE
 
 
 class StaleLoop(FakeLoop):

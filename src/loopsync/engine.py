@@ -54,9 +54,8 @@ NOTE_SETTLE = 2  # Loop read timeouts
 CREATE_SETTLE = 2  # warehouse read timeouts
 # A flag whose answer was lost gets the same discipline as a process: a read of the return
 # that still says `open` may be stale (a replica, a cache, a queue not yet worked), so
-# before repeating either call loopsync wants two reads this far apart that agree (state,
-# updated_at, notes); anything less certain is reported for a person, never repeated.
-ACTION_SETTLE = PROCESS_SETTLE
+# before repeating either call loopsync wants two reads PROCESS_SETTLE apart that agree
+# (state, updated_at, notes); anything less certain is reported for a person.
 SETTLE_EVIDENCE = "engine.settle"  # kv namespace: the first `open` read after a lost action
 POLL_CHUNK = 500
 # The ASN report only feeds tracking numbers of returns still to push, which are recent:
@@ -715,20 +714,21 @@ class Engine:
         """A process or flag whose answer was lost: done, wait, repeat or report.
 
         Any state but `open` settles it at once. An `open` read counts only from
-        ACTION_SETTLE after the attempt (Loop may still be working on it); the first such
-        read is kept as evidence, and a second one at least ACTION_SETTLE later decides
+        PROCESS_SETTLE after the attempt (Loop may still be working on it); the first such
+        read is kept as evidence, and a second one at least PROCESS_SETTLE later decides
         (rules.settle_action). A stale `open` never causes a second call."""
         key, rid, kind = effect["key"], effect["return_id"], effect["kind"]
         read = self._action_read(rid)
         if read.state != "open":
             return "done"
-        if self._too_soon(effect, ACTION_SETTLE):
+        if self._too_soon(effect, PROCESS_SETTLE):
             return "wait"  # Loop may still be working on the call: an early `open` is no news
         evidence = self.store.kv(SETTLE_EVIDENCE)
         slot = f"{key}#{effect.get('attempts') or 0}"  # one record per attempt
         first_raw = evidence.get(slot)
         first = rules.ActionRead(**first_raw) if isinstance(first_raw, dict) else None
-        if first is not None and self.clock.now() - parse_timestamp(first.at) < ACTION_SETTLE:
+        if first is not None and self.clock.now() - parse_timestamp(first.at) < \
+                PROCESS_SETTLE:
             return "wait"
         verdict = rules.settle_action(kind, first, read, attempted_at=effect["updated_at"])
         if verdict == "wait" and not self.dry_run:
