@@ -318,3 +318,17 @@ def test_note_error_in_unknown_words_with_the_note_in_loop_is_settled(tmp_path):
     assert len(w.loop.notes_by["101"]) == 1
     store = Store(w.cfg.state_path, w.clock)
     assert store.effect("note_rma:101")["status"] == "settled"
+
+
+@settings(max_examples=50, deadline=None)
+@given(notes=hs.lists(hs.text(max_size=300), max_size=5), text=hs.text(max_size=300),
+       names=hs.none() | hs.text(max_size=40))
+def test_note_match_takes_any_note_text_and_never_matches_an_empty_note(notes, text, names):
+    """Loop's note contents are remote data: any text is read without error, and a
+    match is the same text or a loopsync note naming the same RMA, nothing looser."""
+    found = rules.note_present(notes, text, names)
+    assert isinstance(found, bool)
+    if found:
+        assert (text and text in notes) or any(
+            names and names in n and "loopsync" in n.lower() for n in notes)
+    assert not rules.note_present([], text, names)

@@ -8,6 +8,17 @@ Exactly once: every remote side effect is a row in the `effects` ledger. It is p
 (`pending`) in the same transaction as the decision that calls for it, marked `intent`
 (committed) just before the call, and `done`/`settled`/`failed` after. A row found in
 `intent` had an unknown outcome, so the remote is checked before the call is repeated.
+
+At the edges (lost state, lost answers, remotes that answer in unknown words):
+- every push looks the RMA up (`find_rma`) before its first create, and every note is
+  looked for in Loop's notes before it is written, so a lost or moved state file repeats
+  nothing; a create refused in words that may still have created it is looked up first;
+- a process or flag whose answer was lost is repeated only on positive evidence (two
+  `open` reads PROCESS_SETTLE apart that agree); an action error in unknown words is
+  settled from the return's state; what stays in doubt is REPORTED for a person and
+  listed in `CycleResult.attention` (`needs_attention`);
+- a connector matching by something weaker than the Loop return id (`weak_matching`)
+  never links two open returns to one RMA: both are reported, neither is acted on.
 """
 
 from __future__ import annotations
