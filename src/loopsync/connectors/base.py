@@ -7,10 +7,12 @@ the instance through `WarehouseConnector`. A connector:
   ShipHero order, the PeopleVox sales order, ...). Raises `NotReady(reason)` to have the
   engine wait and try again on a later cycle, or `Rejected` to give up on this return.
 - `find_rma(req, located)`: read-only; the RMA for this Loop return if the warehouse
-  already has one. The engine calls it before repeating a create whose outcome is unknown,
-  and, for watch-only connectors (`creates_rmas = False`), instead of creating.
+  already has one. The engine calls it before every create (the state that would say it
+  exists may be lost), after a create refused (a refusal may still have created it), and,
+  for watch-only connectors (`creates_rmas = False`), instead of creating.
 - `create_rma(req, located)`: the side effect. Raises `Rejected` when the warehouse refuses
-  the record, `OutcomeUnknown` when the answer was lost.
+  the record, `OutcomeUnknown` when the answer was lost. Any other error is taken as an
+  unknown outcome too (looked up before a repeat), except `AuthError` (nothing ran).
 - `match_key(ret)`: None when the RMA is found by the Loop return id; else the weaker key
   (an order number) that the engine checks for ambiguity before linking.
 - `poll(rmas)`: read-only; the current status of many RMAs in few requests.
