@@ -621,11 +621,12 @@ class Engine:
 
     def _run_effects(self, rid: str) -> None:
         row = self.store.get_return_row(rid)
-        if row is not None and row["stage"] == st.REPORTED:
-            return  # left for a person: loopsync does not act on it any more
+        reported = row is not None and row["stage"] == st.REPORTED
         for effect in self.store.pending_effects(rid):
             if effect["kind"] == "create_rma":
                 continue  # owned by the push stage
+            if reported and not effect["key"].startswith("note_rma:"):
+                return  # left for a person: only the note naming its RMA still goes
             if not self._run_effect(effect):
                 if effect["kind"] == "note":
                     continue  # a note waits alone: nothing after it depends on it
