@@ -242,3 +242,21 @@ def test_xoro_several_asns_for_one_return_are_reported_for_a_person(make_sandbox
     assert result.needs_attention
     row = Store(cfg.state_path, clock).get_return_row("63002")
     assert row["stage"] == "reported" and "several Xoro ASNs" in row["reason"]
+
+
+def test_lost_state_while_loop_still_queues_the_process_does_not_process_twice(
+        make_sandbox, tmp_path, clock):
+    sb = make_sandbox("shiphero")
+    sb.loop.process_delay_seconds = 300  # Loop works through its queue in 5 minutes
+    (rid,) = open_returns(sb, 1)
+    cfg = sb.merchant_config(tmp_path)
+    cycle(sb, cfg, clock)
+    sb.warehouse.receive(rid, "full")
+    cycle(sb, cfg, clock)
+    assert sb.loop.actions_for(rid) == ["process"]  # queued; the return still says open
+    forget_state(cfg)
+    cycle(sb, cfg, clock)  # found again, warehouse complete, Loop still open
+    cycle(sb, cfg, clock, seconds=11 * 60)
+    cycle(sb, cfg, clock)
+    assert sb.loop.actions_for(rid) == ["process"], "processed twice after lost state"
+    assert sb.warehouse.rma_count(rid) == 1 and len(sb.loop.notes_for(rid)) == 1

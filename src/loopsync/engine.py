@@ -68,6 +68,11 @@ CREATE_SETTLE = 2  # warehouse read timeouts
 # before repeating either call loopsync wants two reads PROCESS_SETTLE apart that agree
 # (state, updated_at, notes); anything less certain is reported for a person.
 SETTLE_EVIDENCE = "engine.settle"  # kv namespace: the first `open` read after a lost action
+# kv namespace: returns whose RMA note was already in Loop before this state file wrote
+# it, i.e. an earlier run whose state is lost worked on them, and may have processed or
+# flagged them with Loop's queue still working on it: their first action waits
+# PROCESS_SETTLE after that discovery and reads the return's state first.
+FOUND_RMAS = "engine.found"
 POLL_CHUNK = 500
 # The ASN report only feeds tracking numbers of returns still to push, which are recent:
 # the first run reads this far back rather than from loop.start_at, day by day.
@@ -650,8 +655,19 @@ class Engine:
         elif kind == "note" and self._note_in_loop(rid, payload):
             # Before the first write too: state that was lost or moved must not write the
             # note again (Loop keeps every copy).
+            if key.startswith("note_rma:") and not self.dry_run:
+                # An earlier run, whose state this file lacks, worked on this return.
+                self.store.kv(FOUND_RMAS).set(rid, iso(self.clock.now()))
             self._settle(key, rid, kind, st.SETTLED, "note already in Loop")
             return True
+        elif kind in ("process", "flag") and self.store.kv(FOUND_RMAS).get(rid):
+            found_at = parse_timestamp(self.store.kv(FOUND_RMAS).get(rid))
+            if self.clock.now() - found_at < PROCESS_SETTLE:
+                return False  # a lost run may have queued this very call: let Loop finish
+            state = str(self.loop.return_details(rid).get("state", "")).lower()
+            if state != "open":
+                self._settle(key, rid, kind, st.SETTLED, f"return is already {state} in Loop")
+                return True
         if self.dry_run:
             self.result.planned.append(f"return {rid}: would {_describe(kind, payload)}")
             return True
