@@ -332,3 +332,12 @@ def test_note_match_takes_any_note_text_and_never_matches_an_empty_note(notes, t
         assert (text and text in notes) or any(
             names and names in n and "loopsync" in n.lower() for n in notes)
     assert not rules.note_present([], text, names)
+
+
+def test_a_status_the_rules_leave_for_a_person_makes_the_run_need_attention(tmp_path):
+    w = World(tmp_path, [loop_return("101")])
+    w.cycle()
+    w.wh.rmas["101"].status = "cancelled"  # in statuses.report
+    result = w.cycle(60)
+    assert result.needs_attention and w.row("101")["stage"] == "reported"
+    assert not w.cycle(60).needs_attention  # reported once, not every run

@@ -601,6 +601,7 @@ class Engine:
             self.counts.reported += 1
             self._set_stage(rid, st.REPORTED, decision.reason)
             self._problem(rid, "act", decision.reason)
+            self.result.attention.append(f"return {rid}: {decision.reason}")
             self._event("reported", rid, reason=decision.reason)
             return
         ret = LoopReturn.from_api(self.store.snapshot(rid))
