@@ -260,3 +260,22 @@ def test_lost_state_while_loop_still_queues_the_process_does_not_process_twice(
     cycle(sb, cfg, clock)
     assert sb.loop.actions_for(rid) == ["process"], "processed twice after lost state"
     assert sb.warehouse.rma_count(rid) == 1 and len(sb.loop.notes_for(rid)) == 1
+
+
+def test_generic_http_3pl_without_a_lookup_gets_each_rma_once_by_its_number(
+        make_sandbox, tmp_path, clock):
+    """A 3PL with no GET {rma_url}/{n} (405) still gets every RMA, and after lost state
+    the repeated POST is answered by the idempotency contract (409 with the record): one
+    RMA per number at the 3PL, one note in Loop."""
+    sb = make_sandbox("generic")
+    ids = open_returns(sb, 2)
+    no_lookup = Fault("status", status=405, body={"error": "method not allowed"})
+    sb.warehouse.faults.inject(no_lookup, times=10**6,
+                               when=lambda r: r.method == "GET" and "/rmas/" in r.path)
+    cfg = sb.merchant_config(tmp_path)
+    assert cycle(sb, cfg, clock).counts.pushed == 2
+    forget_state(cfg)
+    again = cycle(sb, cfg, clock)
+    assert again.ok, again.stage_errors
+    assert all(sb.warehouse.rma_count(rid) == 1 for rid in ids)
+    assert all(len(sb.loop.notes_for(rid)) == 1 for rid in ids)
