@@ -10,8 +10,10 @@ COPY src ./src
 RUN pip install .
 
 USER loopsync
-# Run from / so the default state_path, ./state/<merchant>.sqlite, is /state/<merchant>.sqlite:
-# the volume, writable by the loopsync user. An absolute state_path must point there too.
+# Relative state paths resolve under LOOPSYNC_STATE_DIR: the default state_path is
+# /state/<merchant>.sqlite, on the volume, writable by the loopsync user. An absolute
+# state_path must point there too.
+ENV LOOPSYNC_STATE_DIR=/state
 WORKDIR /
 VOLUME ["/state"]
 # Exec form: loopsync is PID 1 and receives SIGTERM itself; it finishes the current page,

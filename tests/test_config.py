@@ -43,7 +43,7 @@ def test_the_example_config_is_valid():
 
 def test_minimal_config_defaults(tmp_path):
     cfg = load_config(write(tmp_path, BASE), env=ENV)
-    assert str(cfg.state_path) == "state/acme-us.sqlite"
+    assert cfg.state_path == tmp_path / "state" / "acme-us.sqlite"  # beside the file
     assert cfg.loop.states == ("open", "closed", "cancelled", "review", "expired")
     assert cfg.warehouse.statuses.flag == {"issue", "damaged"}
     assert "sh-refresh-1" not in repr(cfg)  # secrets never show in reprs

@@ -35,7 +35,11 @@ def test_xoro_asn_close_decides(make_sandbox, tmp_path, clock):
     cfg = sb.merchant_config(tmp_path)
     first = cycle(sb, cfg, clock)
     assert (first.counts.linked, first.counts.pushed) == (5, 0)
-    assert loop_writes(sb) == []    # watching: no RMA note, no action yet
+    # Watching: one note per return naming the matched ASN (as creating connectors
+    # leave one naming the RMA), no action yet.
+    assert all(c.path.endswith("/note") for c in loop_writes(sb)) and len(loop_writes(sb)) == 5
+    assert all(len(sb.loop.notes_for(rid)) == 1 and "ASN" in sb.loop.notes_for(rid)[0]
+               for rid in (full, short, over, open_received, untouched))
     for rid, scenario in ((full, "full"), (short, "short"), (over, "over")):
         sb.warehouse.receive(rid, scenario)
     asn = sb.warehouse.asn(open_received)

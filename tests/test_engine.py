@@ -95,7 +95,10 @@ def test_lost_process_answer_with_loop_still_open_waits_then_repeats(tmp_path):
     w.cycle()  # within the settle time: wait, do not repeat
     assert ("process", "101") not in w.loop.writes
     w.clock.advance(11 * 60)
-    w.cycle()
+    w.cycle()  # one `open` read after the settle delay may be stale: kept, not acted on
+    assert ("process", "101") not in w.loop.writes
+    w.clock.advance(11 * 60)
+    w.cycle()  # a second read, agreeing, a settle delay later: positive evidence
     assert w.loop.writes.count(("process", "101")) == 1
 
 

@@ -3,6 +3,7 @@ file, the key path and the problem (the CLI turns it into exit status 2)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -19,6 +20,8 @@ from loopsync.loop_client import LOOP_STATES, MAX_WINDOW
 
 LOOP_GRADES = ("grade_a", "grade_b", "grade_c", "grade_d", "incorrect_item", "missing", "junk")
 LOOP_DISPOSITIONS = ("back_to_stock", "resale_hold", "recycle", "donate", "missing")
+# Where relative state paths live when set (the container sets /state, its volume).
+STATE_DIR_ENV = "LOOPSYNC_STATE_DIR"
 
 
 @dataclass(frozen=True)
@@ -198,10 +201,12 @@ def parse_config(data: Any, *, file: str, env: Mapping[str, str] | None = None,
                  base_dir: Path | None = None) -> MerchantConfig:
     root = Section(data, file=file, env=env)
     merchant = root.str("merchant", pattern=r"[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?")
-    state_raw = root.str("state_path", f"./state/{merchant}.sqlite")
-    if "\0" in state_raw:
+    state_raw = root.str("state_path", None)
+    if state_raw is not None and "\0" in state_raw:
         raise root.error("state_path", "contains a NUL character")
-    state_path = Path(state_raw)
+    environ = os.environ if env is None else env
+    state_path = resolve_state_path(state_raw, merchant, base_dir,
+                                    environ.get(STATE_DIR_ENV) or None)
     schedule = root.section("schedule")
     every = schedule.duration("every", "15m", min=timedelta(seconds=10))
     schedule.done()
@@ -210,6 +215,23 @@ def parse_config(data: Any, *, file: str, env: Mapping[str, str] | None = None,
     root.done()
     return MerchantConfig(file=file, merchant=merchant, state_path=state_path, every=every,
                           loop=loop, warehouse=warehouse)
+
+
+def resolve_state_path(raw: str | None, merchant: str, base_dir: Path | None,
+                       state_dir: str | None) -> Path:
+    """The absolute state file path. Never relative to the working directory, which
+    differs between cron, a shell and a container (a second state file would start empty
+    and push every open return again): a relative `state_path` lives under
+    LOOPSYNC_STATE_DIR when that is set, else beside the configuration file. Unset, it
+    is `<merchant>.sqlite` in LOOPSYNC_STATE_DIR, else `state/<merchant>.sqlite` beside
+    the configuration file."""
+    if raw is not None and Path(raw).expanduser().is_absolute():
+        return Path(os.path.abspath(Path(raw).expanduser()))
+    if state_dir is not None:
+        root, default = Path(state_dir).expanduser(), Path(f"{merchant}.sqlite")
+    else:
+        root, default = (base_dir or Path.cwd()), Path("state") / f"{merchant}.sqlite"
+    return Path(os.path.abspath(root / (raw if raw is not None else default)))
 
 
 def parse_loop(sec: Section) -> LoopSettings:

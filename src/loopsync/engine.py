@@ -8,6 +8,17 @@ Exactly once: every remote side effect is a row in the `effects` ledger. It is p
 (`pending`) in the same transaction as the decision that calls for it, marked `intent`
 (committed) just before the call, and `done`/`settled`/`failed` after. A row found in
 `intent` had an unknown outcome, so the remote is checked before the call is repeated.
+
+At the edges (lost state, lost answers, remotes that answer in unknown words):
+- every push looks the RMA up (`find_rma`) before its first create, and every note is
+  looked for in Loop's notes before it is written, so a lost or moved state file repeats
+  nothing; a create refused in words that may still have created it is looked up first;
+- a process or flag whose answer was lost is repeated only on positive evidence (two
+  `open` reads PROCESS_SETTLE apart that agree); an action error in unknown words is
+  settled from the return's state; what stays in doubt is REPORTED for a person and
+  listed in `CycleResult.attention` (`needs_attention`);
+- a connector matching by something weaker than the Loop return id (`weak_matching`)
+  never links two open returns to one RMA: both are reported, neither is acted on.
 """
 
 from __future__ import annotations
@@ -26,8 +37,8 @@ from loopsync import rules
 from loopsync import store as st
 from loopsync.config import MerchantConfig
 from loopsync.connectors.base import NotReady, PollStopped, PushRequest, WarehouseConnector
-from loopsync.errors import (OutcomeUnknown, PermanentError, Rejected, RemoteError, StateConflict,
-                             TransientError)
+from loopsync.errors import (Ambiguous, AuthError, OutcomeUnknown, PermanentError, Rejected,
+                             RemoteError, StateConflict, TransientError)
 from loopsync.loop_client import DISPOSITION_BATCH, PaginationStopped, batched
 from loopsync.models import LoopReturn, MalformedReturn, RmaRef, RmaStatus, asn_row_problem
 from loopsync.prefetch import prefetched
@@ -54,6 +65,16 @@ NOTE_SETTLE = 2  # Loop read timeouts
 # Likewise a warehouse create whose answer was lost may still be running there (ShipHero
 # has no idempotency key): look it up only this many warehouse read timeouts later.
 CREATE_SETTLE = 2  # warehouse read timeouts
+# A flag whose answer was lost gets the same discipline as a process: a read of the return
+# that still says `open` may be stale (a replica, a cache, a queue not yet worked), so
+# before repeating either call loopsync wants two reads PROCESS_SETTLE apart that agree
+# (state, updated_at, notes); anything less certain is reported for a person.
+SETTLE_EVIDENCE = "engine.settle"  # kv namespace: the first `open` read after a lost action
+# kv namespace: returns whose RMA note was already in Loop before this state file wrote
+# it, i.e. an earlier run whose state is lost worked on them, and may have processed or
+# flagged them with Loop's queue still working on it: their first action waits
+# PROCESS_SETTLE after that discovery and reads the return's state first.
+FOUND_RMAS = "engine.found"
 POLL_CHUNK = 500
 # kv namespace of clock trouble (cursors pulled back from the future, skew against Loop's
 # `Date`), read by `loopsync status`.
@@ -119,10 +140,18 @@ class CycleResult:
     planned: list[str] = field(default_factory=list)   # dry run: what would have been done
     events: list[dict[str, Any]] = field(default_factory=list)  # what happened, for the demo
     stopped: bool = False
+    # Returns loopsync refused to guess about this run (an action whose outcome cannot be
+    # established, an ambiguous match): "return <id>: why". Each is REPORTED in the store
+    # and listed by `loopsync status`; a run with any should not exit as plainly "ok".
+    attention: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return self.counts.errors == 0
+
+    @property
+    def needs_attention(self) -> bool:
+        return bool(self.attention)
 
 
 class Engine:
@@ -175,6 +204,15 @@ class Engine:
     def _problem(self, rid: str | None, stage: str, message: str) -> None:
         self.store.add_problem(rid, stage, message, self.run_id)
         self.log.warning("return.problem", return_id=rid, stage=stage, problem=message)
+
+    def _report_for_person(self, rid: str, stage: str, reason: str) -> None:
+        """Stop acting on a return that loopsync cannot settle without guessing: stage
+        REPORTED with the reason (`loopsync status` shows it), and the run says so."""
+        self.counts.reported += 1
+        self._set_stage(rid, st.REPORTED, reason)
+        self._problem(rid, stage, f"needs a person: {reason}")
+        self.result.attention.append(f"return {rid}: {reason}")
+        self._event("reported", rid, reason=reason)
 
     # -- ingest ---------------------------------------------------------------------------
     def ingest(self) -> None:
@@ -408,7 +446,35 @@ class Engine:
     # -- push -----------------------------------------------------------------------------
     def push(self, only: set[str] | None = None) -> None:
         ids = self.store.return_ids_in_stage(st.NEW, st.WAITING, st.PUSHING)
-        self._each_return("push", ids, self._push_one, only)
+        ambiguous = self._refuse_ambiguous(ids, only)
+        self._each_return("push", [i for i in ids if i not in ambiguous], self._push_one, only)
+
+    def _refuse_ambiguous(self, ids: list[str], only: set[str] | None) -> set[str]:
+        """Open Loop returns that a connector matching by something weaker than the Loop
+        return id (Xoro by order number) cannot tell apart: each is reported for a person
+        and none is linked or acted on. Returns the ids refused."""
+        if not self.connector.weak_matching:
+            return set()  # matched by the Loop return id: one RMA per return by construction
+        in_play = ids + self.store.return_ids_in_stage(st.OPEN, st.ACTING)
+        keys: dict[str, list[str]] = {}
+        for rid in in_play:
+            snap = self.store.snapshot(rid)
+            try:
+                ret = LoopReturn.from_api(snap)
+            except MalformedReturn:
+                continue
+            key = self.connector.match_key(ret) if ret.state == "open" else None
+            if key is not None:
+                keys.setdefault(key, []).append(rid)
+        refused: set[str] = set()
+        for key, rids in keys.items():
+            if len(rids) < 2 or (only is not None and not only & set(rids)):
+                continue
+            for rid in rids:
+                self._report_for_person(rid, "push", rules.ambiguous_reason(
+                    self.connector.kind, key, [r for r in rids if r != rid]))
+                refused.add(rid)
+        return refused
 
     def _each_return(self, stage: str, ids: Iterable[str], work: Callable[[str], None],
                      only: set[str] | None) -> None:
@@ -467,10 +533,15 @@ class Engine:
         ref: RmaRef | None = None
         try:
             located = self.connector.locate(req)
-            if unknown_outcome or not self.connector.creates_rmas:
-                ref = self.connector.find_rma(req, located)
+            # Looked up before the first create too, not only before a repeated one: state
+            # that was lost or moved (another working directory, a new volume) must not
+            # create a second RMA for a return the warehouse already has.
+            ref = self.connector.find_rma(req, located)
         except NotReady as exc:
             self._wait(rid, row, exc.reason)
+            return
+        except Ambiguous as exc:
+            self._report_for_person(rid, "push", exc.message)
             return
         except Rejected as exc:
             self.counts.rejected += 1
@@ -480,6 +551,12 @@ class Engine:
         if ref is None and not self.connector.creates_rmas:
             self._wait(rid, row, f"no {self.connector.kind} RMA for this return yet")
             return
+        if ref is not None and self.connector.weak_matching:
+            owners = [o for o in self.store.rma_owners(ref.rma_id) if o != rid]
+            if owners:  # matched by order number to an RMA another return already has
+                self._report_for_person(rid, "push", rules.ambiguous_reason(
+                    self.connector.kind, f"{self.connector.rma_label(ref)}", owners))
+                return
         if ref is None:
             ref = self._create_rma(rid, req, located, key)
             if ref is None:
@@ -494,10 +571,13 @@ class Engine:
             if effect or self.connector.creates_rmas:
                 self.store.plan_effect(key, rid, "create_rma")
                 self.store.effect_outcome(key, st.SUCCEEDED, result={"rma_id": ref.rma_id})
-            if self.connector.creates_rmas:
-                # Planned with the link, so a crash before the note still leaves it to do.
-                self.store.plan_effect(f"note_rma:{rid}", rid, "note",
-                                       {"text": rules.rma_note(self.connector.rma_label(ref))})
+            # Planned with the link, so a crash before the note still leaves it to do. A
+            # watch-only connector's match gets its note too (naming the matched ASN).
+            label = self.connector.rma_label(ref)
+            text = rules.rma_note(label) if self.connector.creates_rmas else \
+                rules.link_note(label)
+            self.store.plan_effect(f"note_rma:{rid}", rid, "note",
+                                   {"text": text, "names": label})
             self._set_stage(rid, st.OPEN, None)
         self._run_effects(rid)
 
@@ -514,6 +594,17 @@ class Engine:
         try:
             return self.connector.create_rma(req, located)
         except Rejected as exc:
+            # A refusal may still have created the record (ShipHero answers some GraphQL
+            # errors after the return exists): look it up before the verdict.
+            try:
+                found = self.connector.find_rma(req, located)
+            except (RemoteError, NotReady) as lookup:
+                self.store.effect_error(key, f"{exc}; look-up failed: {lookup}")
+                raise OutcomeUnknown(exc.system, f"create refused ({exc.message}) and the "
+                                                 f"look-up failed: {lookup}") from None
+            if found is not None:
+                self.log.warning("push.refused_but_created", return_id=rid, error=exc.message)
+                return found
             self.counts.rejected += 1
             with self.store.atomic():
                 self.store.effect_outcome(key, st.FAILED, error=exc.message)
@@ -522,6 +613,16 @@ class Engine:
             return None
         except OutcomeUnknown as exc:
             # The intent stays armed: the next attempt looks the RMA up before creating.
+            self.store.effect_error(key, str(exc))
+            raise
+        except PermanentError as exc:
+            if isinstance(exc, AuthError):
+                with self.store.atomic():  # refused at the door: nothing was created
+                    self.store.effect_not_sent(key, str(exc))
+                    self._set_stage(rid, st.NEW, None)
+                raise
+            # An error whose meaning is not certain (an error body, an unexpected status)
+            # is an unknown outcome: the intent stays armed and the RMA is looked up first.
             self.store.effect_error(key, str(exc))
             raise
         except RemoteError as exc:
@@ -599,6 +700,7 @@ class Engine:
             self.counts.reported += 1
             self._set_stage(rid, st.REPORTED, decision.reason)
             self._problem(rid, "act", decision.reason)
+            self.result.attention.append(f"return {rid}: {decision.reason}")
             self._event("reported", rid, reason=decision.reason)
             return
         ret = LoopReturn.from_api(self.store.snapshot(rid))
@@ -623,9 +725,13 @@ class Engine:
         self._each_return("act", rids, self._run_effects, only)
 
     def _run_effects(self, rid: str) -> None:
+        row = self.store.get_return_row(rid)
+        reported = row is not None and row["stage"] == st.REPORTED
         for effect in self.store.pending_effects(rid):
             if effect["kind"] == "create_rma":
                 continue  # owned by the push stage
+            if reported and not effect["key"].startswith("note_rma:"):
+                return  # left for a person: only the note naming its RMA still goes
             if not self._run_effect(effect):
                 if effect["kind"] == "note":
                     continue  # a note waits alone: nothing after it depends on it
@@ -642,6 +748,26 @@ class Engine:
             if verdict == "done":
                 self._settle(key, rid, kind, st.SETTLED, "already done in Loop")
                 return True
+            if verdict == "report":
+                self._report_action(key, rid, kind, f"the {kind} call's answer was lost and "
+                                    "Loop does not show for certain whether it took effect")
+                return True
+        elif kind == "note" and self._note_in_loop(rid, payload):
+            # Before the first write too: state that was lost or moved must not write the
+            # note again (Loop keeps every copy).
+            if key.startswith("note_rma:") and not self.dry_run:
+                # An earlier run, whose state this file lacks, worked on this return.
+                self.store.kv(FOUND_RMAS).set(rid, iso(self.clock.now()))
+            self._settle(key, rid, kind, st.SETTLED, "note already in Loop")
+            return True
+        elif kind in ("process", "flag") and self.store.kv(FOUND_RMAS).get(rid):
+            found_at = parse_timestamp(self.store.kv(FOUND_RMAS).get(rid))
+            if self.clock.now() - found_at < PROCESS_SETTLE:
+                return False  # a lost run may have queued this very call: let Loop finish
+            state = str(self.loop.return_details(rid).get("state", "")).lower()
+            if state != "open":
+                self._settle(key, rid, kind, st.SETTLED, f"return is already {state} in Loop")
+                return True
         if self.dry_run:
             self.result.planned.append(f"return {rid}: would {_describe(kind, payload)}")
             return True
@@ -655,6 +781,14 @@ class Engine:
             self.store.effect_error(key, str(exc))
             raise
         except PermanentError as exc:
+            if kind in ("process", "flag") and not isinstance(exc, AuthError):
+                # An error answer in a wording loopsync does not know ("Return has already
+                # been processed", ...) is not a verdict: settle from the return's state.
+                return self._settle_from_state(key, rid, kind, exc)
+            if kind == "note" and not isinstance(exc, AuthError) and \
+                    self._note_in_loop(rid, payload):
+                self._settle(key, rid, kind, st.SETTLED, f"note already in Loop ({exc.message})")
+                return True
             self._settle(key, rid, kind, st.FAILED, exc.message)
             self._problem(rid, "act", f"{kind} failed: {exc.message}")
             return True
@@ -685,19 +819,70 @@ class Engine:
         if kind == "note":
             if self._too_soon(effect, timedelta(seconds=NOTE_SETTLE * self.cfg.loop.timeout)):
                 return "wait"  # the lost request may still be being written: look later
-            # Compared with white space folded: Loop may store the text reformatted.
-            texts = {_fold(n.get("content")) for n in self.loop.notes(rid) if isinstance(n, dict)}
-            return "done" if _fold(payload["text"]) in texts else "repeat"
+            return "done" if self._note_in_loop(rid, payload) else "repeat"
         if kind in ("process", "flag"):
-            state = str(self.loop.return_details(rid).get("state", "")).lower()
-            if kind == "process" and state == "closed" or kind == "flag" and state == "review":
-                return "done"
-            if state != "open":
-                return "done"  # the return left 'open' some other way; do not fire again
-            if kind == "process" and self._too_soon(effect, PROCESS_SETTLE):
-                return "wait"  # Loop processes asynchronously; give the first call time
-            return "repeat"
+            return self._reconcile_action(effect)
         return "repeat"  # grade/assess: re-sending the same grades is harmless
+
+    def _note_in_loop(self, rid: str, payload: dict[str, Any]) -> bool:
+        """Does Loop already hold this note, or a loopsync note naming the same RMA?"""
+        notes = [_fold(n.get("content")) for n in self.loop.notes(rid) if isinstance(n, dict)]
+        return rules.note_present(notes, _fold(payload.get("text")),
+                                  _fold(payload.get("names")) or None)
+
+    def _action_read(self, rid: str) -> rules.ActionRead:
+        """One read of what Loop shows about a return, for the settle rules."""
+        details = self.loop.return_details(rid)
+        notes = self.loop.notes(rid)
+        return rules.ActionRead(state=str(details.get("state", "")).lower(),
+                                updated_at=str(details.get("updated_at") or ""),
+                                notes=len(notes), at=iso(self.clock.now()))
+
+    def _reconcile_action(self, effect: dict[str, Any]) -> str:
+        """A process or flag whose answer was lost: done, wait, repeat or report.
+
+        Any state but `open` settles it at once. An `open` read counts only from
+        PROCESS_SETTLE after the attempt (Loop may still be working on it); the first such
+        read is kept as evidence, and a second one at least PROCESS_SETTLE later decides
+        (rules.settle_action). A stale `open` never causes a second call."""
+        key, rid, kind = effect["key"], effect["return_id"], effect["kind"]
+        read = self._action_read(rid)
+        if read.state != "open":
+            return "done"
+        if self._too_soon(effect, PROCESS_SETTLE):
+            return "wait"  # Loop may still be working on the call: an early `open` is no news
+        evidence = self.store.kv(SETTLE_EVIDENCE)
+        slot = f"{key}#{effect.get('attempts') or 0}"  # one record per attempt
+        first_raw = evidence.get(slot)
+        first = rules.ActionRead(**first_raw) if isinstance(first_raw, dict) else None
+        if first is not None and self.clock.now() - parse_timestamp(first.at) < \
+                PROCESS_SETTLE:
+            return "wait"
+        verdict = rules.settle_action(kind, first, read, attempted_at=effect["updated_at"])
+        if verdict == "wait" and not self.dry_run:
+            evidence.set(slot, asdict(read))
+        return verdict
+
+    def _settle_from_state(self, key: str, rid: str, kind: str, exc: PermanentError) -> bool:
+        """An action refused in words loopsync does not know: the return's state says
+        whether it is done; an `open` return is reported rather than guessed about."""
+        try:
+            state = str(self.loop.return_details(rid).get("state", "")).lower()
+        except RemoteError as read_exc:
+            self.store.effect_error(key, f"{exc}; state read failed: {read_exc}")
+            raise
+        if state != "open":
+            self._settle(key, rid, kind, st.SETTLED, f"{exc.message} (return is {state})")
+            return True
+        self._report_action(key, rid, kind, f"Loop answered the {kind} call with an error "
+                                            f"loopsync does not know ({exc.message}) and "
+                                            "the return is still open")
+        return True
+
+    def _report_action(self, key: str, rid: str, kind: str, reason: str) -> None:
+        with self.store.atomic():
+            self.store.effect_outcome(key, st.FAILED, error=reason)
+            self._report_for_person(rid, "act", reason)
 
     def _too_soon(self, effect: dict[str, Any], wait: timedelta) -> bool:
         """Is the effect's last attempt (or its failure) less than `wait` ago?"""

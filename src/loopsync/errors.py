@@ -16,6 +16,8 @@
             ├── ErrorBody      HTTP 200 whose body is an error (Loop, PeopleVox, Xoro do this)
             │   └── StateConflict  Loop refused an action because of the return's state
             ├── Rejected       the remote refused this record (bad SKU, unknown order, ...)
+            │   └── Ambiguous  a match weaker than the Loop return id found several
+            │                  candidates: reported for a person, never guessed
             ├── ForeignOrigin  a redirect or link to another origin; nothing was sent there
             └── ResponseTooLarge  the answer passed the size cap (after decompression)
 """
@@ -138,3 +140,8 @@ class ForeignOrigin(PermanentError):
 
 class ResponseTooLarge(PermanentError):
     """The answer was larger than the client's cap (counted after decompression)."""
+
+
+class Ambiguous(Rejected):
+    """Matching by something weaker than the Loop return id (an order number) found more
+    than one candidate. The engine reports the return for a person and acts on none."""

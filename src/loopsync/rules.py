@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 from loopsync.connectors.base import GradingRules, StatusRules, normalize_status
 from loopsync.models import LoopReturn, RmaStatus
+from loopsync.timeutil import parse_timestamp
 
 NOTE_LIMIT = 254  # Loop: content must be less than 255 characters
 
@@ -115,6 +117,64 @@ def flag_note(status: RmaStatus, decision: Decision) -> str:
 
 def rma_note(label: str) -> str:
     return clip(f"loopsync: created {label} in the warehouse.")
+
+
+def link_note(label: str) -> str:
+    """The note a watch-only connector leaves when it matches the return (names the ASN)."""
+    return clip(f"loopsync: matched this return to {label} in the warehouse.")
+
+
+def note_present(notes: Sequence[str], text: str, names: str | None = None) -> bool:
+    """Is the note already in Loop: the same text (white space folded), or, with `names`,
+    a loopsync note naming the same RMA (an earlier wording, or a clipped copy)?"""
+    if text and text in notes:
+        return True
+    return bool(names) and any(names in n and "loopsync" in n.lower() for n in notes)
+
+
+def ambiguous_reason(kind: str, key: str, others: Sequence[str]) -> str:
+    return clip(f"ambiguous {kind} match: {key} also matches Loop return(s) "
+                f"{', '.join(sorted(others))}; loopsync acts on none of them (match by the "
+                "Loop return id, or settle them by hand)", 500)
+
+
+# -- settling a process or flag whose answer was lost -------------------------------------
+
+DONE, REPEAT, REPORT_ACTION, WAIT_READ = "done", "repeat", "report", "wait"
+
+
+@dataclass(frozen=True)
+class ActionRead:
+    """What one read of Loop showed about a return after a lost process/flag answer."""
+
+    state: str        # the return's state, lower case
+    updated_at: str   # Loop's updated_at, as sent
+    notes: int        # how many notes the return had
+    at: str           # when we read it (ISO UTC, our clock)
+
+
+def settle_action(kind: str, first: ActionRead | None, read: ActionRead, *,
+                  attempted_at: str) -> str:
+    """done | wait | repeat | report for a process/flag whose outcome is unknown.
+
+    Any state but `open` means the call (or a person) got there: done. An `open` read may
+    be stale, so the first one is only kept (wait). Repeating needs positive evidence that
+    the call did not land: a second `open` read, a settle delay after the first, agreeing
+    with it (same updated_at, same number of notes) and showing no change since the
+    attempt. Anything else is reported for a person rather than risking a second call.
+    """
+    if read.state != "open":
+        return DONE
+    if first is None:
+        return WAIT_READ
+    if first.state != "open" or first.updated_at != read.updated_at or first.notes != read.notes:
+        return REPORT_ACTION
+    try:
+        changed = parse_timestamp(read.updated_at, assume_utc=True) > \
+            parse_timestamp(attempted_at, assume_utc=True)
+    except (ValueError, OverflowError):
+        return REPORT_ACTION
+    return REPORT_ACTION if changed else REPEAT
 
 
 def clip(text: str, limit: int = NOTE_LIMIT) -> str:

@@ -65,6 +65,9 @@ def run_merchant(cfg: MerchantConfig, *, clock: Clock | None = None,
     for secret in cfg.secrets():
         logs.register_secret(secret)
     run_id = new_run_id()
+    # Which state file this run uses, absolute: a run against an unexpected (empty) one
+    # is then plain to see in the log.
+    log.info("state", merchant=cfg.merchant, path=str(cfg.state_path))
     bound = structlog.contextvars.bound_contextvars(merchant=cfg.merchant, run_id=run_id)
     lock = None if dry_run else MerchantLock(cfg.state_path).acquire()
     try:

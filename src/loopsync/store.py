@@ -322,6 +322,11 @@ class Store:
         row["extra"] = json.loads(row["extra"] or "{}")
         return row
 
+    def rma_owners(self, rma_id: str) -> list[str]:
+        """The Loop returns linked to this RMA id (more than one means a bad match)."""
+        return [r["return_id"] for r in self.db.query(
+            "select return_id from rmas where rma_id = ? order by return_id", [rma_id])]
+
     def open_rmas(self) -> list[dict[str, Any]]:
         rows = list(self.db.query(
             "select m.* from rmas m join returns r on r.id = m.return_id where r.stage = ? "

@@ -7,10 +7,14 @@ the instance through `WarehouseConnector`. A connector:
   ShipHero order, the PeopleVox sales order, ...). Raises `NotReady(reason)` to have the
   engine wait and try again on a later cycle, or `Rejected` to give up on this return.
 - `find_rma(req, located)`: read-only; the RMA for this Loop return if the warehouse
-  already has one. The engine calls it before repeating a create whose outcome is unknown,
-  and, for watch-only connectors (`creates_rmas = False`), instead of creating.
+  already has one. The engine calls it before every create (the state that would say it
+  exists may be lost), after a create refused (a refusal may still have created it), and,
+  for watch-only connectors (`creates_rmas = False`), instead of creating.
 - `create_rma(req, located)`: the side effect. Raises `Rejected` when the warehouse refuses
-  the record, `OutcomeUnknown` when the answer was lost.
+  the record, `OutcomeUnknown` when the answer was lost. Any other error is taken as an
+  unknown outcome too (looked up before a repeat), except `AuthError` (nothing ran).
+- `match_key(ret)`: None when the RMA is found by the Loop return id; else the weaker key
+  (an order number) that the engine checks for ambiguity before linking.
 - `poll(rmas)`: read-only; the current status of many RMAs in few requests.
   `PollResult.commit()` runs after the engine has stored the statuses (a folder connector
   archives the files it read there, never before).
@@ -187,6 +191,18 @@ class WarehouseConnector(ABC):
     def rma_label(self, ref: RmaRef) -> str:
         """How the RMA is named in the note on the Loop return."""
         return f"{self.kind} RMA {ref.rma_id}"
+
+    @property
+    def weak_matching(self) -> bool:
+        """True when `match_key` can return a key (so the engine looks for ambiguity)."""
+        return False
+
+    def match_key(self, ret: LoopReturn) -> str | None:
+        """None when `find_rma` matches by the Loop return id itself (one RMA per return
+        by construction). A connector matching by anything weaker (an order number)
+        returns the key it matches on: open returns sharing a key are ambiguous, so the
+        engine reports them for a person and links or acts on none of them."""
+        return None
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release sessions and files."""

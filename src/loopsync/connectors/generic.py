@@ -461,6 +461,10 @@ def parse_receipt(raw: Mapping[str, Any], *, fallback_key: str | None = None,
 
 # -- HTTP transport ------------------------------------------------------------------------
 
+# The 3PL answers the RMA look-up with "no such endpoint/method": it has none.
+NO_LOOKUP = frozenset({405, 501})
+
+
 class HttpTransport:
     def __init__(self, conf: GenericSettings, timeout: float, ctx: ConnectorContext) -> None:
         self.conf = conf
@@ -480,6 +484,14 @@ class HttpTransport:
             body = self.http.request("GET", f"{self.conf.rma_url}/{quote(rma_number, safe='')}",
                                      check=_json_object).data
         except NotFound:
+            return False
+        except PermanentError as exc:
+            if exc.status not in NO_LOOKUP:
+                raise
+            # A 3PL without the look-up endpoint: the POST itself is idempotent by RMA
+            # number (the contract: a number it already has is answered 200/409, never
+            # stored twice), so deliver and let the 3PL de-duplicate.
+            log.warning("generic.no_rma_lookup", rma=rma_number, status=exc.status)
             return False
         if str(body.get("rma_number")) != rma_number:
             raise ErrorBody(SYSTEM, f"asked for RMA {rma_number}, got {body.get('rma_number')!r}")

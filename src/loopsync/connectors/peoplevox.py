@@ -43,7 +43,7 @@ from loopsync.configkit import Secret, Section
 from loopsync.connectors.base import (ConnectorContext, NotReady, PollResult, PollStopped,
                                       PushRequest, WarehouseConnector, WarehouseSettings,
                                       normalize_status)
-from loopsync.errors import (AuthError, DryRunViolation, ErrorBody, OutcomeUnknown,
+from loopsync.errors import (Ambiguous, AuthError, DryRunViolation, ErrorBody, OutcomeUnknown,
                              PermanentError, RateLimited, Rejected, RemoteError,
                              TransientError)
 from loopsync.http import HttpClient, HttpResult, parse_retry_after, shared_limiter
@@ -695,7 +695,7 @@ class PeopleVoxConnector(WarehouseConnector):
         if not orders:
             raise NotReady(f"sales order {field_name} = {value!r} not found in PeopleVox")
         if len(orders) > 1:
-            raise Rejected(SYSTEM, f"{len(orders)} PeopleVox sales orders have {field_name} = "
+            raise Ambiguous(SYSTEM, f"{len(orders)} PeopleVox sales orders have {field_name} = "
                                    f"{value!r}: {', '.join(sorted(orders))}")
         number, row = next(iter(orders.items()))
         if not number:

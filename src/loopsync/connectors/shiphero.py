@@ -26,8 +26,8 @@ from loopsync import logs
 from loopsync.configkit import Secret, Section
 from loopsync.connectors.base import (ConnectorContext, NotReady, PollResult, PushRequest,
                                       WarehouseConnector, WarehouseSettings)
-from loopsync.errors import (AuthError, DryRunViolation, ErrorBody, OutcomeUnknown, RateLimited,
-                             Rejected, TransientError)
+from loopsync.errors import (Ambiguous, AuthError, DryRunViolation, ErrorBody, OutcomeUnknown,
+                             RateLimited, Rejected, TransientError)
 from loopsync.http import HttpClient, HttpResult
 from loopsync.models import ItemStatus, LoopReturn, RmaRef, RmaStatus, identifier, whole_number
 from loopsync.paging import PageWalk, Step, WalkEnd, record_walk
@@ -43,7 +43,9 @@ TOKEN_RENEW_MARGIN = 86400.0   # renew a day before expiry, as ShipHero recommen
 # Nested pages multiply a query's cost (`first` x `first`), so pages stay small: an
 # order usually has a few lines, and a partner_order_id usually matches one order.
 LINES_PAGE_SIZE = 10           # order lines fetched with each order; more are paged
-RETURNS_PAGE_SIZE = 25
+# Every create looks the order's returns up first (lost state must not create a second
+# return), and an order seldom has more than a few: a page of 5 costs ~6 credits, not 26.
+RETURNS_PAGE_SIZE = 5
 CREDIT_WAIT_MARGIN = 0.05      # seconds: rounding must not leave us one credit short
 
 _DURATION_IN_TEXT = re.compile(r"(\d+(?:\.\d+)?)\s*(?:s\b|sec|second)", re.IGNORECASE)
@@ -331,10 +333,16 @@ class ShipHeroConnector(WarehouseConnector):
     @staticmethod
     def _best_order(orders: list[dict[str, Any]], wanted: dict[str, int]
                     ) -> dict[str, Any] | None:
-        """The first order holding every SKU of the return, else the first one (several
-        shops can share an order number)."""
-        return next((o for o in orders if set(wanted) <= set(o["skus"])),
-                    orders[0] if orders else None)
+        """The order holding every SKU of the return, else the first one (several shops
+        can share an order number). Two orders that both hold every SKU cannot be told
+        apart: Ambiguous (a guess could also miss the RMA made on the other one)."""
+        holding = [o for o in orders if set(wanted) <= set(o["skus"])]
+        if len(holding) > 1:
+            numbers = ", ".join(str(o.get("order_number") or o["order_id"]) for o in holding)
+            raise Ambiguous(SYSTEM, f"{len(holding)} ShipHero orders hold every SKU of the "
+                                    f"return: {numbers}; set warehouse.shop_name or settle "
+                                    "it by hand")
+        return holding[0] if holding else (orders[0] if orders else None)
 
     # -- returns ------------------------------------------------------------------------
     def _returns_of_order(self, order_id: str) -> Iterator[dict[str, Any]]:

@@ -38,10 +38,10 @@ import structlog
 from loopsync.configkit import Secret, Section
 from loopsync.connectors.base import (ConnectorContext, PollResult, PollStopped, PushRequest,
                                       WarehouseConnector, WarehouseSettings)
-from loopsync.errors import (AuthError, ErrorBody, RateLimited, Rejected, RemoteError,
+from loopsync.errors import (Ambiguous, AuthError, ErrorBody, RateLimited, RemoteError,
                              TransientError)
 from loopsync.http import HttpClient, HttpResult, shared_limiter
-from loopsync.models import REPLACEMENT, ItemStatus, RmaRef, RmaStatus, whole_number
+from loopsync.models import REPLACEMENT, ItemStatus, LoopReturn, RmaRef, RmaStatus, whole_number
 from loopsync.timeutil import iso, parse_timestamp
 from loopsync.paging import PageWalk, Step, WalkEnd, record_walk  # noqa: I001
 
@@ -158,7 +158,7 @@ class XoroConnector(WarehouseConnector):
             return None
         if len(matches) > 1:
             numbers = ", ".join(sorted(_asn_number(a) for a in matches))
-            raise Rejected(SYSTEM, f"several Xoro ASNs match return {ret.id} by "
+            raise Ambiguous(SYSTEM, f"several Xoro ASNs match return {ret.id} by "
                                    f"{self.conf.match_by}: {numbers}; use match_by: return_id")
         header = _header(matches[0])
         asn_number = _asn_number(matches[0])
@@ -193,6 +193,18 @@ class XoroConnector(WarehouseConnector):
 
     def rma_label(self, ref: RmaRef) -> str:
         return f"Xoro RMA {ref.rma_id} (ASN {ref.extra.get('asn_number')})"
+
+    @property
+    def weak_matching(self) -> bool:
+        return self.conf.match_by != "return_id"
+
+    def match_key(self, ret: LoopReturn) -> str | None:
+        """By order number two Loop returns of one order cannot be told apart (Xoro's app
+        may make one ASN for both): the engine refuses to guess between them."""
+        if self.conf.match_by == "return_id":
+            return None
+        key = _order_key(ret.order_number) or _order_key(ret.order_name)
+        return f"order {key}" if key else None
 
     def close(self) -> None:
         self.http.session.close()
