@@ -4,6 +4,8 @@
     ├── ConfigError            bad YAML file: names the file, the key path and the problem
     ├── LockHeld               another process works this merchant (exit status 75)
     ├── DryRunViolation        a write was attempted in a dry run (a bug, never expected)
+    ├── Unreadable             one remote record cannot be read (names the field): held, never
+    │                          guessed; also a ValueError, so `except ValueError` sites hold it
     └── RemoteError            anything a remote system said or failed to say
         ├── TransientError     worth retrying later: 5xx, timeouts, resets, throttling
         │   ├── RateLimited    429 or a throttle body; carries retry_after seconds if known
@@ -101,3 +103,15 @@ class StateConflict(ErrorBody):
 
 class Rejected(PermanentError):
     """The remote refused this one record; the rest of the batch goes on."""
+
+
+class Unreadable(LoopsyncError, ValueError):
+    """A record from a remote (a Loop return, an ASN row, a warehouse answer, a 3PL file)
+    that loopsync cannot use. The reason names the field. The one error every parser of
+    remote data raises, so the engine holds "this record" in one place and the rest of
+    the batch goes on. A ValueError too, for callers that predate it."""
+
+    def __init__(self, reason: str, *, field: str | None = None) -> None:
+        self.reason = reason
+        self.field = field
+        super().__init__(reason)
