@@ -187,7 +187,7 @@ def _snippet(value: Any, limit: int = 120) -> str:
 
 def _return_path(return_id: str | int, action: str) -> str:
     rid = str(return_id).strip()
-    if not rid.isdigit():  # it goes into the URL path
+    if not (rid.isascii() and rid.isdigit()):  # it goes into the URL path ("１" is a digit)
         raise ValueError(f"Loop return id must be numeric: {return_id!r}")
     return f"/warehouse/return/{rid}/{action}"
 
