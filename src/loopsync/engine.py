@@ -30,7 +30,7 @@ from loopsync.connectors.base import NotReady, PollStopped, PushRequest, Warehou
 from loopsync.errors import (DryRunViolation, LockHeld, OutcomeUnknown, PermanentError, Rejected,
                              RemoteError, StateConflict, TransientError, Unreadable)
 from loopsync.loop_client import DISPOSITION_BATCH, PaginationStopped, batched
-from loopsync.models import (LoopReturn, MalformedReturn, RmaRef, RmaStatus, asn_row_problem,
+from loopsync.models import (LoopReturn, MalformedReturn, RmaRef, RmaStatus, parse_asn_row,
                              printable, remote_timestamp, safe_numeric_id)
 from loopsync.prefetch import prefetched
 from loopsync.store import Store
@@ -174,8 +174,8 @@ class Engine:
             fn()
         except RemoteError as exc:
             self.counts.errors += 1
-            self.result.stage_errors[name] = str(exc)
-            self.log.error("stage.failed", stage=name, error=str(exc))
+            self.result.stage_errors[name] = printable(str(exc))  # remote text: no surrogates
+            self.log.error("stage.failed", stage=name, error=self.result.stage_errors[name])
 
     def _event(self, kind: str, rid: str, **info: Any) -> None:
         self.result.events.append({"event": kind, "return_id": rid, **info})
@@ -304,13 +304,14 @@ class Engine:
 
     def _ingest_asn_row(self, row: Any) -> None:
         """One ASN row; a row that cannot be read or stored is recorded, the rest go on."""
-        problem = asn_row_problem(row)
-        if problem is not None:
-            self._problem(_raw_id(row), "asn", f"malformed ASN row: {problem}")
+        try:
+            checked = parse_asn_row(row)
+        except Unreadable as exc:
+            self._problem(_raw_id(row), "asn", f"malformed ASN row: {exc}")
             return
         try:
             with self.store.atomic():
-                self.store.upsert_asn_row(row)
+                self.store.upsert_asn_row(checked)
         except Exception as exc:
             if not one_records_fault(exc):
                 raise

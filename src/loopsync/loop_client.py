@@ -31,6 +31,7 @@ import structlog
 from loopsync.errors import (DryRunViolation, ErrorBody, OutcomeUnknown, PermanentError,
                              StateConflict, TransientError)
 from loopsync.http import HttpClient, HttpResult, RetryPolicy, error_text, shared_limiter
+from loopsync.models import printable
 from loopsync.timeutil import Clock, loop_wire
 from loopsync.windows import MAX_SPAN
 
@@ -171,8 +172,13 @@ def list_under(body: Any, key: str) -> list[dict[str, Any]]:
 
 def read_error(body: Any, what: str, status: int = 200) -> ErrorBody:
     """The error for a 2xx read whose body is not what the endpoint returns."""
-    message = error_text(body) or f"unexpected {what} body: {_snippet(body)}"
-    return ErrorBody(SYSTEM, message, status=status, code=error_code(body))
+    try:
+        message = error_text(body) or f"unexpected {what} body: {_snippet(body)}"
+        code = error_code(body)
+    except (RecursionError, ValueError):  # nested too deep, or an int too long to print
+        message, code = f"unexpected {what} body (too deeply nested to show)", None
+    return ErrorBody(SYSTEM, printable(message, 1000), status=status,
+                     code=printable(code, 100) if code else None)
 
 
 def batched(items: Sequence[T], size: int) -> Iterator[list[T]]:

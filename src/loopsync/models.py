@@ -158,15 +158,18 @@ def remote_timestamp(value: Any, what: str, *, assume_utc: bool = False) -> date
     """A remote's timestamp as aware UTC. Unreadable naming `what` for a wrong type, no
     zone (unless `assume_utc`), a conversion that overflows (`0001-01-01T00:00:00+01:00`),
     or a year outside MIN_YEAR..MAX_YEAR."""
+    name = what.rstrip(":")
     if not isinstance(value, str) or len(value) > 64:
-        raise Unreadable(f"{what} is not a timestamp: a {type(value).__name__}", field=what)
+        shown = printable(repr(value), 40) if isinstance(value, str | int | float) \
+            else f"a {type(value).__name__}"
+        raise Unreadable(f"{what} not an ISO-8601 timestamp: {shown}", field=name)
     try:
         when = parse_timestamp(value, assume_utc=assume_utc)
     except (ValueError, OverflowError) as exc:
-        raise Unreadable(f"{what} {printable(str(exc), 120)}", field=what) from None
+        raise Unreadable(f"{what} {printable(str(exc), 120)}", field=name) from None
     if not MIN_YEAR <= when.year <= MAX_YEAR:
         raise Unreadable(f"{what} {printable(value, 40)!r} is out of range (years {MIN_YEAR}.."
-                         f"{MAX_YEAR})", field=what)
+                         f"{MAX_YEAR})", field=name)
     return when
 
 
@@ -186,33 +189,45 @@ def check_tree(value: Any, what: str) -> None:
     than MAX_DEPTH, a lone surrogate in any key or text, an int of absurd length, or a
     value that is not JSON. Iterative, so a structure nested thousands deep cannot
     exhaust the stack. Costs ~5 us for a Loop return (ingest's hot path)."""
-    stack: list[tuple[Any, int]] = [(value, 0)]
+    stack: list[tuple[Any, tuple[Any, ...]]] = [(value, ())]
     while stack:
-        node, depth = stack.pop()
-        if depth > MAX_DEPTH:
-            raise Unreadable(f"{what} is nested more than {MAX_DEPTH} deep", field=what)
-        if type(node) is dict:
-            for key in node:
-                if type(key) is not str or not key.isascii() and _SURROGATE.search(key):
-                    raise Unreadable(f"{what} has a field name that is not text: "
-                                     f"{printable(repr(key), 40)}", field=what)
-            children: Any = node.values()
-        else:
-            children = node
-        for child in children:
+        node, path = stack.pop()
+        if len(path) > MAX_DEPTH:
+            raise Unreadable(f"{what}: {_path(path[:3])}... is nested more than {MAX_DEPTH} "
+                             "deep", field=_path(path[:1]))
+        pairs = node.items() if type(node) is dict else enumerate(node)
+        for key, child in pairs:
+            if type(key) is str:
+                if not key.isascii() and _SURROGATE.search(key):
+                    raise Unreadable(f"{what}: {_path(path)} has a field name with a lone "
+                                     f"surrogate (not text): {printable(key, 40)!r}",
+                                     field=_path(path))
+            elif type(node) is dict:
+                raise Unreadable(f"{what}: {_path(path)} has a field name that is not text: "
+                                 f"{printable(repr(key), 40)}", field=_path(path))
             kind = type(child)
             if kind is str:
                 if not child.isascii() and _SURROGATE.search(child):
-                    raise Unreadable(f"{what} holds a lone surrogate (not text): "
-                                     f"{printable(child, 40)!r}", field=what)
+                    raise Unreadable(f"{what}: {_path((*path, key))} holds a lone surrogate "
+                                     f"(not text): {printable(child, 40)!r}",
+                                     field=_path((*path, key)))
             elif kind is dict or kind is list:
-                stack.append((child, depth + 1))
+                stack.append((child, (*path, key)))
             elif kind is int:
                 if child.bit_length() > MAX_INT_BITS:
-                    raise Unreadable(f"{what} holds a number too long to store", field=what)
+                    raise Unreadable(f"{what}: {_path((*path, key))} is a number too long to "
+                                     "store", field=_path((*path, key)))
             elif child is not None and kind is not float and kind is not bool:
-                raise Unreadable(f"{what} holds a {kind.__name__}, which is not JSON",
-                                 field=what)
+                raise Unreadable(f"{what}: {_path((*path, key))} is a {kind.__name__}, which "
+                                 "is not JSON", field=_path((*path, key)))
+
+
+def _path(path: tuple[Any, ...]) -> str:
+    """('line_items', 0, 'sku') -> 'line_items[0].sku'; the top level is '(top)'."""
+    out = ""
+    for key in path:
+        out += f"[{key}]" if type(key) is int else (f".{key}" if out else str(key))
+    return printable(out, 120) or "(top)"
 
 
 @guarded("Loop ASN row")
@@ -225,21 +240,23 @@ def parse_asn_row(row: Any) -> dict[str, Any]:
     if rid is None:
         raise Unreadable("id is missing", field="id")
     text = numeric_id(rid, "id")
-    check_tree(row, f"return {text}: ASN row")
     try:
-        for key in ("tracking_number", "return_line_item_id"):
-            identifier(row.get(key), key)
+        check_tree(row, "ASN row")
+        tracking = identifier(row.get("tracking_number"), "tracking_number")
+        identifier(row.get("return_line_item_id"), "return_line_item_id")
         updated = row.get("updated_at")
         if updated is not None and not isinstance(updated, str):
             raise Unreadable(f"updated_at is a {type(updated).__name__}, not text",
                              field="updated_at")
     except Unreadable as exc:
         raise Unreadable(f"return {text}: {exc}", field=exc.field) from None
-    return row
+    # Stored in a text column: a number there would not fit SQLite's INTEGER.
+    return {**row, "tracking_number": tracking}
 
 
 def asn_row_problem(row: Any) -> str | None:
-    """Why a Loop ASN report row cannot be used, or None (see `parse_asn_row`)."""
+    """Why a Loop ASN report row cannot be used, or None (see `parse_asn_row`, whose
+    checked row is the one to store)."""
     try:
         parse_asn_row(row)
     except Unreadable as exc:
@@ -296,10 +313,11 @@ class LoopReturn:
         try:
             # The whole object is stored and parts of it are sent on: refuse what SQLite
             # or a request body could not take, here rather than at the insert.
-            check_tree(raw, "the object")
-            state = identifier(raw.get("state"), "state")
-            if state is None:
+            check_tree(raw, "in the object")
+            state = raw.get("state")
+            if not isinstance(state, str) or identifier(state, "state") is None:
                 raise Unreadable("state missing", field="state")
+            state = identifier(state, "state") or ""
             if raw.get("updated_at") in (None, ""):
                 raise Unreadable("updated_at not an ISO-8601 timestamp: ''",
                                  field="updated_at")

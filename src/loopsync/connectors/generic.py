@@ -147,7 +147,7 @@ from loopsync import errors
 from loopsync.errors import ErrorBody, NotFound, PermanentError, Rejected, TransientError
 from loopsync.http import HttpClient, HttpResult
 from loopsync.models import (MAX_UNITS, ItemStatus, RmaRef, RmaStatus, guarded, identifier,
-                             remote_timestamp)
+                             printable, remote_timestamp)
 from loopsync.timeutil import iso, parse_timestamp
 
 log = structlog.get_logger("loopsync.connectors.generic")
@@ -416,15 +416,15 @@ def parse_receipt(raw: Mapping[str, Any], *, fallback_key: str | None = None,
         quantity = int(quantity)  # ASCII only: "１" and "²" pass isdigit()
     if isinstance(quantity, bool) or not isinstance(quantity, int) or not (
             0 <= quantity <= MAX_UNITS):
-        raise errors.Unreadable(f"quantity {text('quantity')!r} is not a whole number >= 0",
-                                field="quantity")
+        raise errors.Unreadable(f"quantity {printable(repr(raw['quantity']), 40)} is not a "
+                                "whole number >= 0", field="quantity")
     receipt_id = text("receipt_id")
     if not receipt_id and fallback_key is None:
         raise errors.Unreadable("receipt_id is missing", field="receipt_id")
     received_at = None
     if text("received_at"):
         # A file may leave the zone out (UTC); the HTTP feed must give it.
-        received_at = iso(remote_timestamp(text("received_at"), "received_at",
+        received_at = iso(remote_timestamp(text("received_at"), "received_at:",
                                            assume_utc=not require_time))
     elif require_time:
         raise errors.Unreadable("received_at is missing", field="received_at")

@@ -944,7 +944,8 @@ def rma_status_from_rows(ref: RmaRef, rows: Sequence[Mapping[str, str]], cols: R
         sku = identifier(row.get(cols.item_code), f"row {n}: {cols.item_code}")
         if not sku:
             raise Unreadable(f"row {n}: no {cols.item_code}", field=cols.item_code)
-        text = identifier(row.get(cols.quantity), f"row {n}: {cols.quantity}")
+        text = row.get(cols.quantity) or ""
+        text = text.strip() if isinstance(text, str) else text
         received[sku] += whole_number(text, f"row {n}: quantity") if text else 0
         conditions[sku].append(identifier(row.get(cols.condition), f"row {n}: {cols.condition}")
                                or "")
