@@ -11,6 +11,9 @@ the instance through `WarehouseConnector`. A connector:
   and, for watch-only connectors (`creates_rmas = False`), instead of creating.
 - `create_rma(req, located)`: the side effect. Raises `Rejected` when the warehouse refuses
   the record, `OutcomeUnknown` when the answer was lost.
+- Every reader of warehouse data returns a valid record or raises `Unreadable` (from
+  `loopsync.errors`, re-exported here) with a reason naming the field; `poll` puts such a
+  reason in `PollResult.errors` for that RMA alone. `models.guarded` makes a parser total.
 - `poll(rmas)`: read-only; the current status of many RMAs in few requests.
   `PollResult.commit()` runs after the engine has stored the statuses (a folder connector
   archives the files it read there, never before).
@@ -29,6 +32,7 @@ from datetime import timedelta
 from typing import Any, ClassVar, Protocol
 
 from loopsync.configkit import Section
+from loopsync.errors import Unreadable  # noqa: F401 - re-exported for connector authors
 from loopsync.http import RetryPolicy
 from loopsync.models import LoopReturn, RmaRef, RmaStatus
 from loopsync.timeutil import Clock
