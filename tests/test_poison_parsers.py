@@ -541,3 +541,15 @@ def test_generic_receipt_file_with_a_field_over_the_csv_limit_is_unreadable():
 def test_a_loop_time_in_year_one_is_unreadable_not_a_cursor_that_overflows():
     with pytest.raises(Unreadable, match="out of range"):
         LoopReturn.from_api({**LOOP_RETURN, "updated_at": "0001-01-01T00:00:00Z"})
+
+
+def test_shiphero_order_with_a_lone_surrogate_in_its_address_is_unreadable():
+    # The address is sent back in return_create: it would not encode in the request body.
+    with pytest.raises(Unreadable, match="city"):
+        shiphero.read_order({**SHIPHERO_ORDER, "shipping_address": {"city": "\ud800"}})
+
+
+def test_line_item_ids_sent_to_loop_grading_are_numbers_only_when_ascii_digits():
+    from loopsync import rules
+    assert rules._int_or_str("42") == 42
+    assert rules._int_or_str("²") == "²" and rules._int_or_str("４２") == "４２"

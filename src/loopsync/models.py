@@ -173,13 +173,16 @@ def remote_timestamp(value: Any, what: str, *, assume_utc: bool = False) -> date
     return when
 
 
-def free_text(value: Any) -> str:
+def free_text(value: Any, what: str = "text") -> str:
     """Free text that is only carried along (title, comment, name): any JSON scalar as
-    text, control characters other than tab and line breaks removed."""
+    text, control characters other than tab and line breaks removed. Unreadable naming
+    `what` for a lone surrogate, which no request body or table can encode."""
     if value is None:
         return ""
     text = value if type(value) is str else str(value)
     if not text.isascii() or not text.isprintable():
+        if _SURROGATE.search(text):
+            raise Unreadable(f"{what} holds a lone surrogate (not text)", field=what)
         text = _CONTROL_IN_TEXT.sub("", text)
     return text
 

@@ -569,14 +569,14 @@ def read_order(order: Any) -> tuple[dict[str, Any], str | None]:
     after = identifier(page.get("endCursor"), "pageInfo.endCursor") \
         if page.get("hasNextPage") is True else None
     address = _object(order.get("shipping_address"), f"ShipHero order {order_id}: address")
-    name = " ".join(filter(None, (free_text(address.get("first_name")),
-                                  free_text(address.get("last_name")))))
+    name = " ".join(filter(None, (free_text(address.get("first_name"), "first_name"),
+                                  free_text(address.get("last_name"), "last_name"))))
     return {
         "order_id": order_id, "order_legacy_id": _lenient_id(order.get("legacy_id")),
         "order_number": identifier(order.get("order_number"), "order_number"),
         "skus": sorted(skus),
         # The customer's shipping address is where the return comes from.
-        "address": {"name": name, **{key: free_text(address.get(key) or "") for key in (
+        "address": {"name": name, **{key: free_text(address.get(key) or "", key) for key in (
             "address1", "address2", "city", "state", "country", "zip", "phone")}},
     }, after
 
