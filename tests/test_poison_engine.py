@@ -297,3 +297,40 @@ def test_problem_text_with_a_lone_surrogate_is_stored(tmp_path):
     assert store.problems()[0]["message"] == "status '\\ud800' unknown"
     store.close()
     assert engine_mod.NOT_ONE_RECORDS_FAULT
+
+
+class StrictLoop(FakeLoop):
+    """Refuses a state the list does not filter on, as LoopClient does."""
+
+    def __init__(self, returns, details: dict[str, Any]) -> None:
+        super().__init__(returns)
+        self.details = details
+
+    def iter_returns(self, start, end, state, *, cursor=None):
+        from loopsync.loop_client import LOOP_STATES
+        if state not in LOOP_STATES:
+            raise ValueError(f"unknown Loop state {state!r}")
+        return super().iter_returns(start, end, state, cursor=cursor)
+
+    def return_details(self, rid):
+        return dict(self.details)
+
+
+def import_one(tmp_path, details: dict[str, Any]) -> set[str]:
+    w = World(tmp_path, StrictLoop([loop_return("101")], details))
+    store = w.store()
+    try:
+        return Engine(w.cfg, store, w.loop, w.wh, clock=w.clock, run_id="i1").import_return("101")
+    finally:
+        store.close()
+
+
+def test_import_of_a_return_whose_details_name_no_list_state_searches_the_configured_ones(
+        tmp_path):
+    details = {"id": 101, "state": "Weird\x00", "updated_at": "2026-05-01T10:00:00Z"}
+    assert import_one(tmp_path, details) == {"101"}
+
+
+def test_import_of_a_return_whose_details_time_overflows_is_unreadable(tmp_path):
+    with pytest.raises(Unreadable, match="updated_at"):
+        import_one(tmp_path, {"id": 101, "updated_at": "0001-01-01T00:00:00+01:00"})

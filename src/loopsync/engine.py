@@ -29,7 +29,7 @@ from loopsync.config import MerchantConfig
 from loopsync.connectors.base import NotReady, PollStopped, PushRequest, WarehouseConnector
 from loopsync.errors import (DryRunViolation, LockHeld, OutcomeUnknown, PermanentError, Rejected,
                              RemoteError, StateConflict, TransientError, Unreadable)
-from loopsync.loop_client import DISPOSITION_BATCH, PaginationStopped, batched
+from loopsync.loop_client import DISPOSITION_BATCH, LOOP_STATES, PaginationStopped, batched
 from loopsync.models import (LoopReturn, MalformedReturn, RmaRef, RmaStatus, parse_asn_row,
                              printable, remote_timestamp, safe_numeric_id)
 from loopsync.prefetch import prefetched
@@ -336,12 +336,16 @@ class Engine:
         details = self.loop.return_details(return_id)
         updated = remote_timestamp(details.get("updated_at") or details.get("created_at"),
                                    "return details: updated_at", assume_utc=True)
-        window_states = [str(details.get("state") or "")] + list(self.cfg.loop.states)
-        for state in dict.fromkeys(s for s in window_states if s):
+        # Its own state first, when it is one the list filters on (anything else the
+        # details say is not a state to ask for).
+        own = details.get("state")
+        own = own.strip().lower() if isinstance(own, str) else ""
+        window_states = ([own] if own in LOOP_STATES else []) + list(self.cfg.loop.states)
+        for state in dict.fromkeys(window_states):
             for page in self.loop.iter_returns(updated - timedelta(seconds=1),
                                                updated + timedelta(seconds=1), state):
                 for raw in page.returns:
-                    if isinstance(raw, dict) and str(raw.get("id")) == str(return_id):
+                    if isinstance(raw, dict) and _raw_id(raw) == str(return_id).strip():
                         with self.store.atomic():
                             self._ingest_page([raw])
                         return {str(return_id)}
