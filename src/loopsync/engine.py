@@ -2,7 +2,10 @@
 
 Each stage resumes where the last one stopped, from the store alone. A stage that fails
 on a remote outage is recorded and the next stage still runs: a warehouse outage does not
-hold back ingest, and a Loop outage does not block polling.
+hold back ingest, and a Loop outage does not block polling. Within a stage a poison
+record holds back only itself: its unreadable data (`errors.Unreadable`) or an error no
+one raised on purpose is recorded against that return and the next one goes on; an
+ingest page is checkpointed with the poison record recorded, so it is not re-read forever.
 
 Exactly once: every remote side effect is a row in the `effects` ledger. It is planned
 (`pending`) in the same transaction as the decision that calls for it, marked `intent`

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ParamSpec, TypeVar
 
-from loopsync.errors import LoopsyncError, Unreadable
+from loopsync.errors import Unreadable
 from loopsync.timeutil import parse_timestamp
 
 # The one "unreadable record" error (errors.Unreadable); the old name stays importable.
@@ -49,8 +49,8 @@ R = TypeVar("R")
 def guarded(what: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Make a parser of remote data total: an error it did not mean to raise (TypeError,
     KeyError, AttributeError, OverflowError, RecursionError, UnicodeError, a ValueError
-    from a conversion) becomes `Unreadable` naming `what`. Loopsync's own errors (a
-    remote error raised while reading) pass through."""
+    from a conversion) becomes `Unreadable` naming `what`. Other errors (a remote error
+    raised while reading, MemoryError) pass through."""
     def wrap(parse: Callable[P, R]) -> Callable[P, R]:
         @functools.wraps(parse)
         def guard(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -60,16 +60,10 @@ def guarded(what: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
                 raise
             except (ArithmeticError, AttributeError, LookupError, RecursionError, TypeError,
                     UnicodeError, ValueError) as exc:
-                if _is_loopsync_error(exc):
-                    raise
                 raise Unreadable(f"{what}: cannot be read ({type(exc).__name__}: "
                                  f"{printable(str(exc), 200)})") from None
         return guard
     return wrap
-
-
-def _is_loopsync_error(exc: BaseException) -> bool:
-    return isinstance(exc, LoopsyncError)
 
 
 def printable(text: str, limit: int = 1000) -> str:
