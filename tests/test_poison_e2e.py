@@ -22,7 +22,8 @@ POISON = [
     ("utc overflow", set_field("updated_at", "0001-01-01T00:00:00+01:00"),
      r"updated_at timestamp out of range in UTC"),
     ("lone surrogate", set_field("state", "\ud800"), r"state"),
-    ("full-width digits as id", set_field("id", "１００２"), r"return id missing or not numeric"),
+    ("full-width digits as id", set_field("id", "１００２"),
+     r"return id missing or not numeric"),
     ("nested 500 deep", set_field("x_new", nested(500)), r"nested more than 64 deep"),
 ]
 

@@ -211,7 +211,8 @@ def test_control_characters_are_refused_in_skus_and_ids(sku):
 
 
 def test_free_text_keeps_line_breaks_and_loses_other_control_characters():
-    line = {**LOOP_RETURN["line_items"][0], "return_comment": "too\x00 big\nreally\t\x0b"}  # type: ignore[index]
+    first = LOOP_RETURN["line_items"][0]  # type: ignore[index]
+    line = {**first, "return_comment": "too\x00 big\nreally\t\x0b"}
     ret = LoopReturn.from_api({**LOOP_RETURN, "line_items": [line]})
     assert ret.line_items[0].comment == "too big\nreally\t"
 
@@ -423,7 +424,8 @@ XORO_ASN = {"AsnHeaderData": {"AsnNumber": "ASN-1", "Status": "Closed", "RmaNumb
 @FEW
 @given(st.one_of(any_json, shaped(XORO_ASN), st.fixed_dictionaries({
     "AsnHeaderData": shaped(XORO_ASN["AsnHeaderData"]),
-    "AsnDetailData": st.lists(shaped(XORO_ASN["AsnDetailData"][0]), max_size=3)})))  # type: ignore[index]
+    "AsnDetailData": st.lists(shaped(XORO_ASN["AsnDetailData"][0]),  # type: ignore[index]
+                              max_size=3)})))
 def test_xoro_asn_is_a_valid_status_or_unreadable(asn):
     if not isinstance(asn, dict):
         asn = {"Data": asn}
