@@ -2,7 +2,10 @@
 
 Each stage resumes where the last one stopped, from the store alone. A stage that fails
 on a remote outage is recorded and the next stage still runs: a warehouse outage does not
-hold back ingest, and a Loop outage does not block polling.
+hold back ingest, and a Loop outage does not block polling. Within a stage a poison
+record holds back only itself: its unreadable data (`errors.Unreadable`) or an error no
+one raised on purpose is recorded against that return and the next one goes on; an
+ingest page is checkpointed with the poison record recorded, so it is not re-read forever.
 
 Exactly once: every remote side effect is a row in the `effects` ledger. It is planned
 (`pending`) in the same transaction as the decision that calls for it, marked `intent`
@@ -24,6 +27,7 @@ At the edges (lost state, lost answers, remotes that answer in unknown words):
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -37,10 +41,12 @@ from loopsync import rules
 from loopsync import store as st
 from loopsync.config import MerchantConfig
 from loopsync.connectors.base import NotReady, PollStopped, PushRequest, WarehouseConnector
-from loopsync.errors import (Ambiguous, AuthError, OutcomeUnknown, PermanentError, Rejected,
-                             RemoteError, StateConflict, TransientError)
-from loopsync.loop_client import DISPOSITION_BATCH, PaginationStopped, batched
-from loopsync.models import LoopReturn, MalformedReturn, RmaRef, RmaStatus, asn_row_problem
+from loopsync.errors import (Ambiguous, AuthError, DryRunViolation, LockHeld, OutcomeUnknown,
+                             PermanentError, Rejected, RemoteError, StateConflict, TransientError,
+                             Unreadable)
+from loopsync.loop_client import DISPOSITION_BATCH, LOOP_STATES, PaginationStopped, batched
+from loopsync.models import (LoopReturn, MalformedReturn, RmaRef, RmaStatus, parse_asn_row,
+                             printable, remote_timestamp, safe_numeric_id)
 from loopsync.prefetch import prefetched
 from loopsync.store import Store
 from loopsync.timeutil import Clock, iso, parse_timestamp
@@ -82,6 +88,18 @@ CURSOR_EVENTS = "cursors"
 # The ASN report only feeds tracking numbers of returns still to push, which are recent:
 # the first run reads this far back rather than from loop.start_at, day by day.
 ASN_BACKFILL = timedelta(days=30)
+# What one return's handling may raise that is no fault of that return, so it is not
+# recorded against it and the stage stops: control-flow signals (not ready, stop, dry
+# run, lock) and local faults that would hit every return alike (disk full, database
+# I/O, memory). Anything else one return raises is recorded against it; the batch goes on.
+NOT_ONE_RECORDS_FAULT: tuple[type[BaseException], ...] = (
+    NotReady, PollStopped, DryRunViolation, LockHeld, MemoryError, OSError,
+    sqlite3.OperationalError)
+
+
+def one_records_fault(exc: BaseException) -> bool:
+    """Is `exc`, raised while handling one record, that record's own trouble?"""
+    return isinstance(exc, Exception) and not isinstance(exc, NOT_ONE_RECORDS_FAULT)
 
 
 class LoopApi(Protocol):
@@ -194,14 +212,16 @@ class Engine:
             fn()
         except RemoteError as exc:
             self.counts.errors += 1
-            self.result.stage_errors[name] = str(exc)
-            self.log.error("stage.failed", stage=name, error=str(exc))
+            self.result.stage_errors[name] = printable(str(exc))  # remote text: no surrogates
+            self.log.error("stage.failed", stage=name, error=self.result.stage_errors[name])
 
     def _event(self, kind: str, rid: str, **info: Any) -> None:
         self.result.events.append({"event": kind, "return_id": rid, **info})
         self.log.info(f"return.{kind}", return_id=rid, **info)
 
     def _problem(self, rid: str | None, stage: str, message: str) -> None:
+        # Remote text may hold lone surrogates, which neither SQLite nor a log line takes.
+        rid, message = (printable(rid, 40) if rid else rid), printable(message)
         self.store.add_problem(rid, stage, message, self.run_id)
         self.log.warning("return.problem", return_id=rid, stage=stage, problem=message)
 
@@ -368,20 +388,29 @@ class Engine:
     def _ingest_page(self, returns: list[Any]) -> list[str]:
         """Store a page of list objects (in the caller's transaction); their ids."""
         # One query for the page's known returns instead of one per return.
-        heads = self.store.return_heads([str(raw.get("id")).strip() for raw in returns
-                                         if isinstance(raw, dict)])
+        heads = self.store.return_heads([rid for raw in returns if isinstance(raw, dict)
+                                         and (rid := safe_numeric_id(raw.get("id")))])
         return [rid for raw in returns if (rid := self._ingest_return(raw, heads))]
 
     def _ingest_return(self, raw: Any, heads: dict[str, Any]) -> str | None:
         """`heads`: Store.return_heads of the page."""
         self.counts.pulled += 1
         try:
-            ret = LoopReturn.from_api(raw)
-        except MalformedReturn as exc:
+            return self._store_return(raw, heads)
+        except Unreadable as exc:
             self.counts.malformed += 1
-            rid = _raw_id(raw)
-            self._problem(rid, "ingest", f"malformed Loop return: {exc}")
-            return None
+            self._problem(_raw_id(raw), "ingest", f"malformed Loop return: {exc}")
+        except Exception as exc:
+            if not one_records_fault(exc):
+                raise
+            # Held with its reason; the page is still checkpointed, so the poison record
+            # is not re-read forever and the good ones beside it are kept.
+            self.counts.errors += 1
+            self._problem(_raw_id(raw), "ingest", f"Loop return not stored: {_unexpected(exc)}")
+        return None
+
+    def _store_return(self, raw: Any, heads: dict[str, Any]) -> str:
+        ret = LoopReturn.from_api(raw)
         head = heads.get(ret.id)
         heads[ret.id] = st.LOOKUP  # the same id again in this page: read it afresh
         outcome = self.store.upsert_return(
@@ -407,13 +436,26 @@ class Engine:
             self._server_now(self.clock.now(), date)
             with self.store.atomic():
                 for row in rows:
-                    problem = asn_row_problem(row)
-                    if problem is None:
-                        self.store.upsert_asn_row(row)
-                        self.counts.asn_rows += 1
-                    else:
-                        self._problem(_raw_id(row), "asn", f"malformed ASN row: {problem}")
+                    self._ingest_asn_row(row)
                 self.store.complete_window(ASN, "all", completed_until(window.end, date))
+
+    def _ingest_asn_row(self, row: Any) -> None:
+        """One ASN row; a row that cannot be read or stored is recorded, the rest go on."""
+        try:
+            checked = parse_asn_row(row)
+        except Unreadable as exc:
+            self._problem(_raw_id(row), "asn", f"malformed ASN row: {exc}")
+            return
+        try:
+            with self.store.atomic():
+                self.store.upsert_asn_row(checked)
+        except Exception as exc:
+            if not one_records_fault(exc):
+                raise
+            self.counts.errors += 1
+            self._problem(_raw_id(row), "asn", f"ASN row not stored: {_unexpected(exc)}")
+            return
+        self.counts.asn_rows += 1
 
     def import_window(self, start: datetime, end: datetime) -> set[str]:
         """Manual import of a date range: every state, no live cursor moves."""
@@ -429,14 +471,18 @@ class Engine:
         """Manual import of one return: its details give updated_at, and a one-second list
         window around it gives the list-shaped object the rest of loopsync uses."""
         details = self.loop.return_details(return_id)
-        updated = parse_timestamp(str(details.get("updated_at") or details.get("created_at")),
-                                  assume_utc=True)
-        window_states = [str(details.get("state") or "")] + list(self.cfg.loop.states)
-        for state in dict.fromkeys(s for s in window_states if s):
+        updated = remote_timestamp(details.get("updated_at") or details.get("created_at"),
+                                   "return details: updated_at", assume_utc=True)
+        # Its own state first, when it is one the list filters on (anything else the
+        # details say is not a state to ask for).
+        own = details.get("state")
+        own = own.strip().lower() if isinstance(own, str) else ""
+        window_states = ([own] if own in LOOP_STATES else []) + list(self.cfg.loop.states)
+        for state in dict.fromkeys(window_states):
             for page in self.loop.iter_returns(updated - timedelta(seconds=1),
                                                updated + timedelta(seconds=1), state):
                 for raw in page.returns:
-                    if isinstance(raw, dict) and str(raw.get("id")) == str(return_id):
+                    if isinstance(raw, dict) and _raw_id(raw) == str(return_id).strip():
                         with self.store.atomic():
                             self._ingest_page([raw])
                         return {str(return_id)}
@@ -498,6 +544,16 @@ class Engine:
             except PermanentError as exc:
                 self.counts.errors += 1
                 self._problem(rid, stage, str(exc))
+            except Unreadable as exc:  # the return, or the warehouse's answer about it
+                self.counts.errors += 1
+                self._problem(rid, stage, f"unreadable: {exc}")
+            except Exception as exc:
+                if not one_records_fault(exc):
+                    raise
+                # One return's unexpected trouble (a bug, data no parser foresaw) is
+                # recorded against it; the other returns go on.
+                self.counts.errors += 1
+                self._problem(rid, stage, _unexpected(exc))
 
     def _push_one(self, rid: str) -> None:
         row = self.store.get_return_row(rid)
@@ -673,15 +729,39 @@ class Engine:
                 if exc.reason != "stopped":  # a walk cut short by shutdown is not a fault
                     raise
                 return
+            except Exception as exc:
+                if isinstance(exc, RemoteError) or not one_records_fault(exc):
+                    raise
+                # An answer no parser foresaw: these RMAs wait, the next chunk goes on.
+                self.counts.errors += 1
+                self._problem(None, "poll", f"{self.connector.kind} poll of {len(chunk)} "
+                                            f"RMA(s) unreadable: {_unexpected(exc)}")
+                continue
             self.counts.polled += len(chunk)
             with self.store.atomic():
                 for rid, status in result.statuses.items():
-                    self._record_status(rid, status)
+                    self._record_status_of_one(rid, status)
                 for rid, error in result.errors.items():
                     self._problem(rid, "poll", error)
                 for message in result.problems:  # about no one RMA (a rejected file, ...)
                     self._problem(None, "poll", message)
             result.commit()  # only now may a connector archive what it read
+
+    def _record_status_of_one(self, rid: str, status: RmaStatus) -> None:
+        """`_record_status` in a savepoint: one status that cannot be recorded (a stored
+        snapshot older rules accepted, ...) is recorded as a problem; the chunk goes on."""
+        try:
+            with self.store.atomic():
+                self._record_status(rid, status)
+        except Unreadable as exc:
+            self.counts.errors += 1
+            self._set_stage(rid, st.REJECTED, f"malformed Loop return: {exc}")
+            self._problem(rid, "poll", f"malformed Loop return: {exc}")
+        except Exception as exc:
+            if not one_records_fault(exc):
+                raise
+            self.counts.errors += 1
+            self._problem(rid, "poll", _unexpected(exc))
 
     def _record_status(self, rid: str, status: RmaStatus) -> None:
         decision = rules.decide(status, self.cfg.warehouse.statuses)
@@ -935,7 +1015,13 @@ def _fold(text: Any) -> str:
 
 
 def _raw_id(raw: Any) -> str | None:
-    if isinstance(raw, dict) and raw.get("id") is not None:
-        text = str(raw["id"])[:40]
-        return text if text.strip().isdigit() else None
-    return None
+    return safe_numeric_id(raw.get("id")) if isinstance(raw, dict) else None
+
+
+def _unexpected(exc: BaseException) -> str:
+    """An error no one raised on purpose, for a problem row: its type and message."""
+    try:
+        text = str(exc)
+    except Exception:  # noqa: BLE001 - a message that cannot be built says nothing
+        text = ""
+    return printable(f"unexpected {type(exc).__name__}: {text}", 500)

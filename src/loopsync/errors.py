@@ -4,6 +4,8 @@
     ├── ConfigError            bad YAML file: names the file, the key path and the problem
     ├── LockHeld               another process works this merchant (exit status 75)
     ├── DryRunViolation        a write was attempted in a dry run (a bug, never expected)
+    ├── Unreadable             one remote record cannot be read (names the field): held, never
+    │                          guessed; also a ValueError, so `except ValueError` sites hold it
     └── RemoteError            anything a remote system said or failed to say
         ├── TransientError     worth retrying later: 5xx, timeouts, resets, throttling
         │   ├── RateLimited    429 or a throttle body; carries retry_after seconds if known
@@ -145,3 +147,15 @@ class ResponseTooLarge(PermanentError):
 class Ambiguous(Rejected):
     """Matching by something weaker than the Loop return id (an order number) found more
     than one candidate. The engine reports the return for a person and acts on none."""
+
+
+class Unreadable(LoopsyncError, ValueError):
+    """A record from a remote (a Loop return, an ASN row, a warehouse answer, a 3PL file)
+    that loopsync cannot use. The reason names the field. The one error every parser of
+    remote data raises, so the engine holds "this record" in one place and the rest of
+    the batch goes on. A ValueError too, for callers that predate it."""
+
+    def __init__(self, reason: str, *, field: str | None = None) -> None:
+        self.reason = reason
+        self.field = field
+        super().__init__(reason)

@@ -37,6 +37,7 @@ from loopsync.errors import (DryRunViolation, ErrorBody, OutcomeUnknown, Paginat
                              PermanentError, StateConflict, TransientError)
 from loopsync.http import HttpClient, HttpResult, RetryPolicy, error_text, shared_limiter
 from loopsync.paging import DEFAULT_MAX_PAGES, PageWalk, Step, WalkEnd
+from loopsync.models import printable
 from loopsync.timeutil import Clock, loop_wire
 from loopsync.windows import MAX_SPAN
 
@@ -167,8 +168,13 @@ def list_under(body: Any, key: str) -> list[dict[str, Any]]:
 
 def read_error(body: Any, what: str, status: int = 200) -> ErrorBody:
     """The error for a 2xx read whose body is not what the endpoint returns."""
-    message = error_text(body) or f"unexpected {what} body: {_snippet(body)}"
-    return ErrorBody(SYSTEM, message, status=status, code=error_code(body))
+    try:
+        message = error_text(body) or f"unexpected {what} body: {_snippet(body)}"
+        code = error_code(body)
+    except (RecursionError, ValueError):  # nested too deep, or an int too long to print
+        message, code = f"unexpected {what} body (too deeply nested to show)", None
+    return ErrorBody(SYSTEM, printable(message, 1000), status=status,
+                     code=printable(code, 100) if code else None)
 
 
 def batched(items: Sequence[T], size: int) -> Iterator[list[T]]:
@@ -183,7 +189,7 @@ def _snippet(value: Any, limit: int = 120) -> str:
 
 def _return_path(return_id: str | int, action: str) -> str:
     rid = str(return_id).strip()
-    if not rid.isdigit():  # it goes into the URL path
+    if not (rid.isascii() and rid.isdigit()):  # it goes into the URL path ("１" is a digit)
         raise ValueError(f"Loop return id must be numeric: {return_id!r}")
     return f"/warehouse/return/{rid}/{action}"
 

@@ -1,78 +1,263 @@
 """Plain data that crosses module boundaries: a Loop return as loopsync sees it, an RMA
-reference, and a warehouse's receipt status. No I/O here."""
+reference, and a warehouse's receipt status. No I/O here.
+
+Also the field readers every parser of remote data uses (`identifier`, `numeric_id`,
+`whole_number`, `remote_timestamp`, `check_tree`) and `guarded`, which makes a parser
+total: it returns a valid record or raises `Unreadable` naming the field, never anything
+else (a wrong type, a timestamp whose UTC conversion overflows, a lone surrogate that
+SQLite or a request body cannot encode, a structure nested thousands deep).
+"""
 
 from __future__ import annotations
 
+import functools
+import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
+from loopsync.errors import Unreadable
 from loopsync.timeutil import parse_timestamp
 
-
-class MalformedReturn(ValueError):
-    """A Loop return object that loopsync cannot use; recorded with this reason."""
-
+# The one "unreadable record" error (errors.Unreadable); the old name stays importable.
+MalformedReturn = Unreadable
 
 MAX_ID_DIGITS = 20      # Loop ids are 64-bit integers
 MAX_IDENTIFIER = 255    # SKUs, order and destination ids, tracking numbers, status words
+MAX_UNITS = 10**9       # a count beyond this is garbage (and would not fit a JSON dump)
+MAX_DEPTH = 64          # nesting of a remote object; Loop's are 4 deep
+MAX_INT_BITS = 1024     # ~300 digits; json.dumps refuses ints over 4,300 digits
+# Years a remote timestamp may carry: outside them the record is garbage, and date
+# arithmetic on it (lookbacks, windows) would overflow.
+MIN_YEAR, MAX_YEAR = 1971, 9000
 REPLACEMENT = "\ufffd"  # what bytes that were not UTF-8 became when the answer was decoded
+# Refused in identifiers: C0 controls (NUL, ...), DEL, C1 controls, line separators, lone
+# surrogates (SQLite and request bodies cannot encode them) and U+FFFD (bytes that were
+# not UTF-8).
+_BAD_IN_IDENTIFIER = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff\ufffd]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+# Removed from free text (titles, comments, names), which is only carried along: control
+# characters other than tab and line breaks are invalid in XML and break CSV readers.
+_CONTROL_IN_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def guarded(what: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Make a parser of remote data total: an error it did not mean to raise (TypeError,
+    KeyError, AttributeError, OverflowError, RecursionError, UnicodeError, a ValueError
+    from a conversion) becomes `Unreadable` naming `what`. Other errors (a remote error
+    raised while reading, MemoryError) pass through."""
+    def wrap(parse: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(parse)
+        def guard(*args: P.args, **kwargs: P.kwargs) -> R:
+            try:
+                return parse(*args, **kwargs)
+            except Unreadable:
+                raise
+            except (ArithmeticError, AttributeError, LookupError, RecursionError, TypeError,
+                    UnicodeError, ValueError) as exc:
+                raise Unreadable(f"{what}: cannot be read ({type(exc).__name__}: "
+                                 f"{printable(str(exc), 200)})") from None
+        return guard
+    return wrap
+
+
+def printable(text: str, limit: int = 1000) -> str:
+    """`text` safe for a log line, a table or a terminal: lone surrogates escaped, cut to
+    `limit` characters."""
+    text = text[:limit]
+    if not text.isascii() and _SURROGATE.search(text):
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 def identifier(value: Any, what: str) -> str | None:
     """A remote's identifier field (SKU, order name, status word, ...) as text; None when
-    absent or blank. ValueError naming `what` for a wrong type, an oversized value, or
-    bytes that were not UTF-8 (free text is not checked: it is only carried along)."""
+    absent or blank. Unreadable naming `what` for a wrong type, an oversized value, a
+    control character (NUL, ...), a lone surrogate, or bytes that were not UTF-8 (free
+    text is only cleaned, see `free_text`: it is only carried along)."""
     if value is None:
         return None
     if type(value) is str:  # the common case first: ingest calls this ~10 times a return
         text = value.strip()
-        if len(text) <= MAX_IDENTIFIER and REPLACEMENT not in text:
+        if len(text) <= MAX_IDENTIFIER and not _BAD_IN_IDENTIFIER.search(text):
             return text or None
     if isinstance(value, bool) or not isinstance(value, str | int):
-        raise ValueError(f"{what} is a {type(value).__name__}, not text")
+        raise Unreadable(f"{what} is a {type(value).__name__}, not text", field=what)
+    if isinstance(value, int) and value.bit_length() > 64 * 8:
+        raise Unreadable(f"{what} is a number too long to be an identifier", field=what)
     text = str(value).strip()
     if len(text) > MAX_IDENTIFIER:
-        raise ValueError(f"{what} is {len(text)} characters long (at most {MAX_IDENTIFIER})")
+        raise Unreadable(f"{what} is {len(text)} characters long (at most {MAX_IDENTIFIER})",
+                         field=what)
     if REPLACEMENT in text:
-        raise ValueError(f"{what} is not valid UTF-8")
+        raise Unreadable(f"{what} is not valid UTF-8", field=what)
+    if _SURROGATE.search(text):
+        raise Unreadable(f"{what} holds a lone surrogate (not text)", field=what)
+    if _BAD_IN_IDENTIFIER.search(text):
+        raise Unreadable(f"{what} holds a control character", field=what)
     return text or None
 
 
+def numeric_id(value: Any, what: str) -> str:
+    """An id that must be a number (Loop return ids): ASCII digits only, at most
+    MAX_ID_DIGITS. `str.isdigit()` is not enough: "１００２" and "1001²" pass it."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise Unreadable(f"{what} missing or not numeric: a {type(value).__name__}", field=what)
+    if isinstance(value, int) and (value < 0 or value.bit_length() > 70):
+        raise Unreadable(f"{what} {value if value < 0 else 'too large'} is not a Loop id",
+                         field=what)
+    text = str(value).strip()
+    if not (text.isascii() and text.isdigit()):
+        raise Unreadable(f"{what} missing or not numeric: {printable(text, 40)!r}", field=what)
+    if len(text) > MAX_ID_DIGITS:
+        raise Unreadable(f"{what} is {len(text)} characters long (at most {MAX_ID_DIGITS}): "
+                         f"{text[:40]}...", field=what)
+    return text
+
+
+def safe_numeric_id(value: Any) -> str | None:
+    """`numeric_id`, or None when it is not one (for naming a record in a problem)."""
+    try:
+        return numeric_id(value, "id")
+    except Unreadable:
+        return None
+
+
 def whole_number(value: Any, what: str, *, minimum: int = 0) -> int:
-    """A count from a remote: an int, a whole float (1.0) or such text ("2", "2.0").
-    ValueError naming `what` for anything else, or below `minimum`."""
+    """A count from a remote: an int, a whole float (1.0) or such text ("2", "2.0"), at
+    most MAX_UNITS. Unreadable naming `what` for anything else, or below `minimum`."""
     number: Any = value
     if isinstance(value, str):
+        text = value.strip()
         try:
-            number = float(value.strip()) if value.strip() else None
+            # ASCII only: float() would read "１" (a full-width digit) as 1.
+            number = float(text) if text and text.isascii() else None
         except ValueError:
             number = None
     if isinstance(number, float) and number.is_integer():
         number = int(number)
-    if isinstance(number, bool) or not isinstance(number, int) or number < minimum:
-        raise ValueError(f"{what} {value!r} is not a whole number >= {minimum}")
+    if isinstance(number, bool) or not isinstance(number, int) or not (
+            minimum <= number <= MAX_UNITS):
+        raise Unreadable(f"{what} {printable(repr(value), 60)} is not a whole number >= "
+                         f"{minimum}", field=what)
     return number
 
 
-def asn_row_problem(row: Any) -> str | None:
-    """Why a Loop ASN report row cannot be used, or None. loopsync keys rows on the
-    numeric `id` (the return id) and takes only `tracking_number` from them."""
+def remote_timestamp(value: Any, what: str, *, assume_utc: bool = False) -> datetime:
+    """A remote's timestamp as aware UTC. Unreadable naming `what` for a wrong type, no
+    zone (unless `assume_utc`), a conversion that overflows (`0001-01-01T00:00:00+01:00`),
+    or a year outside MIN_YEAR..MAX_YEAR."""
+    name = what.rstrip(":")
+    if not isinstance(value, str) or len(value) > 64:
+        shown = printable(repr(value), 40) if isinstance(value, str | int | float) \
+            else f"a {type(value).__name__}"
+        raise Unreadable(f"{what} not an ISO-8601 timestamp: {shown}", field=name)
+    try:
+        when = parse_timestamp(value, assume_utc=assume_utc)
+    except (ValueError, OverflowError) as exc:
+        raise Unreadable(f"{what} {printable(str(exc), 120)}", field=name) from None
+    if not MIN_YEAR <= when.year <= MAX_YEAR:
+        raise Unreadable(f"{what} {printable(value, 40)!r} is out of range (years {MIN_YEAR}.."
+                         f"{MAX_YEAR})", field=name)
+    return when
+
+
+def free_text(value: Any, what: str = "text") -> str:
+    """Free text that is only carried along (title, comment, name): any JSON scalar as
+    text, control characters other than tab and line breaks removed. Unreadable naming
+    `what` for a lone surrogate, which no request body or table can encode."""
+    if value is None:
+        return ""
+    text = value if type(value) is str else str(value)
+    if not text.isascii() or not text.isprintable():
+        if _SURROGATE.search(text):
+            raise Unreadable(f"{what} holds a lone surrogate (not text)", field=what)
+        text = _CONTROL_IN_TEXT.sub("", text)
+    return text
+
+
+def check_tree(value: Any, what: str) -> None:
+    """Refuse a decoded JSON value loopsync could not store or send on: nested deeper
+    than MAX_DEPTH, a lone surrogate in any key or text, an int of absurd length, or a
+    value that is not JSON. Iterative, so a structure nested thousands deep cannot
+    exhaust the stack. Costs ~5 us for a Loop return (ingest's hot path)."""
+    stack: list[tuple[Any, tuple[Any, ...]]] = [(value, ())]
+    while stack:
+        node, path = stack.pop()
+        if len(path) > MAX_DEPTH:
+            raise Unreadable(f"{what}: {_path(path[:3])}... is nested more than {MAX_DEPTH} "
+                             "deep", field=_path(path[:1]))
+        pairs = node.items() if type(node) is dict else enumerate(node)
+        for key, child in pairs:
+            if type(key) is str:
+                if not key.isascii() and _SURROGATE.search(key):
+                    raise Unreadable(f"{what}: {_path(path)} has a field name with a lone "
+                                     f"surrogate (not text): {printable(key, 40)!r}",
+                                     field=_path(path))
+            elif type(node) is dict:
+                raise Unreadable(f"{what}: {_path(path)} has a field name that is not text: "
+                                 f"{printable(repr(key), 40)}", field=_path(path))
+            kind = type(child)
+            if kind is str:
+                if not child.isascii() and _SURROGATE.search(child):
+                    raise Unreadable(f"{what}: {_path((*path, key))} holds a lone surrogate "
+                                     f"(not text): {printable(child, 40)!r}",
+                                     field=_path((*path, key)))
+            elif kind is dict or kind is list:
+                stack.append((child, (*path, key)))
+            elif kind is int:
+                if child.bit_length() > MAX_INT_BITS:
+                    raise Unreadable(f"{what}: {_path((*path, key))} is a number too long to "
+                                     "store", field=_path((*path, key)))
+            elif child is not None and kind is not float and kind is not bool:
+                raise Unreadable(f"{what}: {_path((*path, key))} is a {kind.__name__}, which "
+                                 "is not JSON", field=_path((*path, key)))
+
+
+def _path(path: tuple[Any, ...]) -> str:
+    """('line_items', 0, 'sku') -> 'line_items[0].sku'; the top level is '(top)'."""
+    out = ""
+    for key in path:
+        out += f"[{key}]" if type(key) is int else (f".{key}" if out else str(key))
+    return printable(out, 120) or "(top)"
+
+
+@guarded("Loop ASN row")
+def parse_asn_row(row: Any) -> dict[str, Any]:
+    """A Loop ASN report row, checked: keyed on the numeric `id` (the return id); only
+    `tracking_number` is taken from it. Unreadable naming the field otherwise."""
     if not isinstance(row, dict):
-        return f"not an object: {str(row)[:100]!r}"
+        raise Unreadable(f"not an object: {printable(type(row).__name__)}")
     rid = row.get("id")
     if rid is None:
-        return "id is missing"
-    text = str(rid).strip()
-    if isinstance(rid, bool) or not isinstance(rid, str | int) or not text.isdigit():
-        return f"id {text[:40]!r} is not numeric"
-    if len(text) > MAX_ID_DIGITS:
-        return f"id is {len(text)} characters long (at most {MAX_ID_DIGITS})"
+        raise Unreadable("id is missing", field="id")
+    text = numeric_id(rid, "id")
     try:
-        identifier(row.get("tracking_number"), "tracking_number")
-    except ValueError as exc:
-        return f"return {text}: {exc}"
+        check_tree(row, "ASN row")
+        tracking = identifier(row.get("tracking_number"), "tracking_number")
+        identifier(row.get("return_line_item_id"), "return_line_item_id")
+        updated = row.get("updated_at")
+        if updated is not None and not isinstance(updated, str):
+            raise Unreadable(f"updated_at is a {type(updated).__name__}, not text",
+                             field="updated_at")
+    except Unreadable as exc:
+        raise Unreadable(f"return {text}: {exc}", field=exc.field) from None
+    # Stored in a text column: a number there would not fit SQLite's INTEGER.
+    return {**row, "tracking_number": tracking}
+
+
+def asn_row_problem(row: Any) -> str | None:
+    """Why a Loop ASN report row cannot be used, or None (see `parse_asn_row`, whose
+    checked row is the one to store)."""
+    try:
+        parse_asn_row(row)
+    except Unreadable as exc:
+        return str(exc)
     return None
 
 
@@ -116,74 +301,59 @@ class LoopReturn:
         return sum(self.units_by_sku().values())
 
     @classmethod
+    @guarded("Loop return")
     def from_api(cls, raw: Any) -> LoopReturn:
-        """Normalise a Detailed Returns List object. Raises MalformedReturn with a reason."""
+        """Normalise a Detailed Returns List object. Raises Unreadable with a reason."""
         if not isinstance(raw, dict):
-            raise MalformedReturn(f"return is not an object: {type(raw).__name__}")
-        rid = raw.get("id")
-        if rid is None or isinstance(rid, bool) or not str(rid).strip().isdigit():
-            raise MalformedReturn(f"return id missing or not numeric: {str(rid)[:40]!r}")
-        rid = str(rid).strip()
-        if len(rid) > MAX_ID_DIGITS:
-            raise MalformedReturn(f"return id is {len(rid)} characters long (at most "
-                                  f"{MAX_ID_DIGITS}): {rid[:40]}...")
-        state = raw.get("state")
-        if not isinstance(state, str) or not state:
-            raise MalformedReturn(f"return {rid}: state missing")
+            raise Unreadable(f"return is not an object: {type(raw).__name__}")
+        rid = numeric_id(raw.get("id"), "return id")
         try:
-            updated = parse_timestamp(raw.get("updated_at") or "", assume_utc=False)
-        except ValueError as exc:
-            raise MalformedReturn(f"return {rid}: updated_at {exc}") from None
-        created = None
-        if raw.get("created_at"):
-            try:
-                created = parse_timestamp(raw["created_at"], assume_utc=False)
-            except ValueError as exc:
-                raise MalformedReturn(f"return {rid}: created_at {exc}") from None
-        items = raw.get("line_items") or []
-        if not isinstance(items, list):
-            raise MalformedReturn(f"return {rid}: line_items is not a list")
-        lines = []
-        for i, li in enumerate(items):
-            if not isinstance(li, dict):
-                raise MalformedReturn(f"return {rid}: line item {i} is not an object")
-            try:
-                lid = identifier(li.get("line_item_id"), f"line item {i}: line_item_id")
-                sku = identifier(li.get("sku"), f"line item {i}: sku")
-            except ValueError as exc:
-                raise MalformedReturn(f"return {rid}: {exc}") from None
-            if lid is None:
-                raise MalformedReturn(f"return {rid}: line item {i} has no line_item_id")
-            lines.append(ReturnLine(
-                line_item_id=lid,
-                sku=sku,
-                title=_s(li.get("title")),
-                return_reason=_s(li.get("return_reason")),
-                parent_return_reason=_s(li.get("parent_return_reason")),
-                comment=_s(li.get("return_comment")),
-                barcode=_s(li.get("barcode")),
-                outcome=_s(li.get("outcome")),
-            ))
-        try:
+            # The whole object is stored and parts of it are sent on: refuse what SQLite
+            # or a request body could not take, here rather than at the insert.
+            check_tree(raw, "in the object")
+            state = raw.get("state")
+            if not isinstance(state, str) or identifier(state, "state") is None:
+                raise Unreadable("state missing", field="state")
+            state = identifier(state, "state") or ""
+            if raw.get("updated_at") in (None, ""):
+                raise Unreadable("updated_at not an ISO-8601 timestamp: ''",
+                                 field="updated_at")
+            updated = remote_timestamp(raw.get("updated_at"), "updated_at")
+            created = None
+            if raw.get("created_at"):
+                created = remote_timestamp(raw["created_at"], "created_at")
+            items = raw.get("line_items") or []
+            if not isinstance(items, list):
+                raise Unreadable("line_items is not a list", field="line_items")
+            lines = [_return_line(i, li) for i, li in enumerate(items)]
             ids = {key: identifier(raw.get(key), key) for key in (
-                "order_id", "provider_order_id", "order_name", "order_number", "destination_id",
-                "carrier", "tracking_number")}
-        except ValueError as exc:
-            raise MalformedReturn(f"return {rid}: {exc}") from None
+                "order_id", "provider_order_id", "order_name", "order_number",
+                "destination_id", "carrier", "tracking_number")}
+            customer = free_text(raw.get("customer")) or None
+        except Unreadable as exc:
+            raise Unreadable(f"return {rid}: {exc}", field=exc.field) from None
         return cls(
             id=rid, state=state.lower(), updated_at=updated, created_at=created,
-            customer=_opt(raw.get("customer")), line_items=tuple(lines), raw=raw, **ids,
+            customer=customer, line_items=tuple(lines), raw=raw, **ids,
         )
 
 
-def _s(value: Any) -> str:
-    return "" if value is None else str(value)
-
-
-def _opt(value: Any) -> str | None:
-    if value is None or value == "":
-        return None
-    return str(value)
+def _return_line(i: int, li: Any) -> ReturnLine:
+    if not isinstance(li, dict):
+        raise Unreadable(f"line item {i} is not an object", field="line_items")
+    lid = identifier(li.get("line_item_id"), f"line item {i}: line_item_id")
+    if lid is None:
+        raise Unreadable(f"line item {i} has no line_item_id", field="line_item_id")
+    return ReturnLine(
+        line_item_id=lid,
+        sku=identifier(li.get("sku"), f"line item {i}: sku"),
+        title=free_text(li.get("title")),
+        return_reason=free_text(li.get("return_reason")),
+        parent_return_reason=free_text(li.get("parent_return_reason")),
+        comment=free_text(li.get("return_comment")),
+        barcode=free_text(li.get("barcode")),
+        outcome=free_text(li.get("outcome")),
+    )
 
 
 @dataclass(frozen=True)

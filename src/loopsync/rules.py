@@ -215,4 +215,4 @@ def grading_items(ret: LoopReturn, status: RmaStatus, grading: GradingRules
 
 
 def _int_or_str(value: str) -> int | str:
-    return int(value) if value.isdigit() else value
+    return int(value) if value.isascii() and value.isdigit() else value  # int("²") fails

@@ -54,7 +54,10 @@ def parse_timestamp(value: str | datetime, *, assume_utc: bool = False) -> datet
         if not assume_utc:
             raise ValueError(f"timestamp has no timezone: {value!r}")
         dt = dt.replace(tzinfo=UTC)
-    return dt.astimezone(UTC)
+    try:
+        return dt.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00:00+01:00: UTC would be before year 1
+        raise ValueError(f"timestamp out of range in UTC: {value!r}") from None
 
 
 def loop_wire(dt: datetime) -> str:

@@ -15,6 +15,10 @@ the instance through `WarehouseConnector`. A connector:
   unknown outcome too (looked up before a repeat), except `AuthError` (nothing ran).
 - `match_key(ret)`: None when the RMA is found by the Loop return id; else the weaker key
   (an order number) that the engine checks for ambiguity before linking.
+  the record, `OutcomeUnknown` when the answer was lost.
+- Every reader of warehouse data returns a valid record or raises `Unreadable` (from
+  `loopsync.errors`, re-exported here) with a reason naming the field; `poll` puts such a
+  reason in `PollResult.errors` for that RMA alone. `models.guarded` makes a parser total.
 - `poll(rmas)`: read-only; the current status of many RMAs in few requests.
   `PollResult.commit()` runs after the engine has stored the statuses (a folder connector
   archives the files it read there, never before).
@@ -33,6 +37,7 @@ from datetime import timedelta
 from typing import Any, ClassVar, Protocol
 
 from loopsync.configkit import Section
+from loopsync.errors import Unreadable  # noqa: F401 - re-exported for connector authors
 from loopsync.http import RetryPolicy
 from loopsync.models import LoopReturn, RmaRef, RmaStatus
 from loopsync.timeutil import Clock

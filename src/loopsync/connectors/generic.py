@@ -167,9 +167,11 @@ from loopsync import redaction, safefiles
 from loopsync.configkit import Secret, Section
 from loopsync.connectors.base import (ConnectorContext, KeyValue, PollResult, PushRequest,
                                       WarehouseConnector, WarehouseSettings, normalize_status)
+from loopsync import errors
 from loopsync.errors import ErrorBody, NotFound, PermanentError, Rejected, TransientError
 from loopsync.http import HttpClient, HttpResult
-from loopsync.models import ItemStatus, RmaRef, RmaStatus, identifier
+from loopsync.models import (MAX_UNITS, ItemStatus, RmaRef, RmaStatus, guarded, identifier,
+                             printable, remote_timestamp)
 from loopsync.timeutil import iso, parse_timestamp
 from loopsync.connectors.base import PollStopped  # noqa: I001 - apart: fewer merge conflicts
 from loopsync.paging import PageWalk, Step, WalkEnd, record_walk
@@ -383,16 +385,16 @@ def rma_record(req: PushRequest) -> dict[str, Any]:
 
 def receipt_status(ref: RmaRef, lines: Iterable[ReceiptLine],
                    condition_map: Mapping[str, str]) -> RmaStatus:
-    """Raises ValueError for a condition word the merchant has not mapped."""
+    """Raises Unreadable for a condition word the merchant has not mapped."""
     expected: dict[str, int] = {sku: int(n) for sku, n in ref.extra["units"].items()}
     by_category: dict[str, Counter[str]] = defaultdict(Counter)
     by_word: dict[str, Counter[str]] = defaultdict(Counter)
     for line in lines:
         category = condition_map.get(line.condition)
         if category is None:
-            raise ValueError(f"3PL condition '{line.condition}' (RMA {line.rma_number}, SKU "
-                             f"{line.sku}) is not in warehouse.condition_map; map it to one "
-                             f"of {', '.join(CATEGORIES)}")
+            raise errors.Unreadable(
+                f"3PL condition '{line.condition}' (RMA {line.rma_number}, SKU {line.sku}) is "
+                f"not in warehouse.condition_map; map it to one of {', '.join(CATEGORIES)}")
         by_category[line.sku][category] += line.quantity
         by_word[line.sku][line.condition] += line.quantity
     skus = list(expected) + sorted(set(by_category) - set(expected))
@@ -428,32 +430,33 @@ def _problems(by_category: Mapping[str, Counter[str]],
     return detail
 
 
+@guarded("3PL receipt")
 def parse_receipt(raw: Mapping[str, Any], *, fallback_key: str | None = None,
                   require_time: bool = False) -> ReceiptLine:
-    """One receipt record (a JSON object or a CSV row); ValueError says what is wrong."""
+    """One receipt record (a JSON object or a CSV row); Unreadable says what is wrong."""
     def text(name: str) -> str:
-        return identifier(raw.get(name), name) or ""  # ValueError: wrong type, too long, ...
+        return identifier(raw.get(name), name) or ""  # Unreadable: wrong type, too long, ...
 
     for name in RECEIPT_REQUIRED:
         if not text(name):
-            raise ValueError(f"{name} is missing")
+            raise errors.Unreadable(f"{name} is missing", field=name)
     quantity = raw["quantity"]
-    if isinstance(quantity, str) and quantity.strip().isdigit():
-        quantity = int(quantity)
-    if isinstance(quantity, bool) or not isinstance(quantity, int) or quantity < 0:
-        raise ValueError(f"quantity {raw['quantity']!r} is not a whole number >= 0")
+    if isinstance(quantity, str) and quantity.strip().isascii() and quantity.strip().isdigit():
+        quantity = int(quantity)  # ASCII only: "１" and "²" pass isdigit()
+    if isinstance(quantity, bool) or not isinstance(quantity, int) or not (
+            0 <= quantity <= MAX_UNITS):
+        raise errors.Unreadable(f"quantity {printable(repr(raw['quantity']), 40)} is not a "
+                                "whole number >= 0", field="quantity")
     receipt_id = text("receipt_id")
     if not receipt_id and fallback_key is None:
-        raise ValueError("receipt_id is missing")
+        raise errors.Unreadable("receipt_id is missing", field="receipt_id")
     received_at = None
     if text("received_at"):
-        try:
-            # A file may leave the zone out (UTC); the HTTP feed must give it.
-            received_at = iso(parse_timestamp(text("received_at"), assume_utc=not require_time))
-        except ValueError as exc:
-            raise ValueError(f"received_at: {exc}") from None
+        # A file may leave the zone out (UTC); the HTTP feed must give it.
+        received_at = iso(remote_timestamp(text("received_at"), "received_at:",
+                                           assume_utc=not require_time))
     elif require_time:
-        raise ValueError("received_at is missing")
+        raise errors.Unreadable("received_at is missing", field="received_at")
     return ReceiptLine(key=f"id:{receipt_id}" if receipt_id else str(fallback_key),
                        rma_number=text("rma_number"), sku=text("sku"), quantity=quantity,
                        condition=normalize_status(text("condition")), received_at=received_at)
@@ -493,8 +496,8 @@ class HttpTransport:
             # stored twice), so deliver and let the 3PL de-duplicate.
             log.warning("generic.no_rma_lookup", rma=rma_number, status=exc.status)
             return False
-        if str(body.get("rma_number")) != rma_number:
-            raise ErrorBody(SYSTEM, f"asked for RMA {rma_number}, got {body.get('rma_number')!r}")
+        if _lenient(identifier, body.get("rma_number"), "rma_number") != rma_number:
+            raise ErrorBody(SYSTEM, f"asked for RMA {rma_number}, got another")
         return True
 
     def deliver(self, record: dict[str, Any]) -> None:
@@ -618,7 +621,8 @@ def _page_receipts(body: dict[str, Any], page: int
             why = f"receipts page {page}, record {n}: {exc}"
             fields = record if isinstance(record, dict) else {}
             bad.append((_lenient(identifier, fields.get("rma_number"), ""), why,
-                        _lenient(parse_timestamp, fields.get("received_at"), assume_utc=True)))
+                        _lenient(remote_timestamp, fields.get("received_at"), "received_at",
+                                 assume_utc=True)))
     return out, bad
 
 
@@ -796,20 +800,28 @@ def _is_regular(folder: Path, name: str) -> bool:
     return st is not None and stat.S_ISREG(st.st_mode)
 
 
+@guarded("3PL receipt file")
 def parse_receipt_file(data: bytes) -> list[ReceiptLine]:
-    """Every row, or ValueError naming each bad row: a file applies whole or not at all."""
+    """Every row, or Unreadable naming each bad row: a file applies whole or not at all."""
+    try:
+        return _receipt_file_lines(data)
+    except csv.Error as exc:  # a field over the csv module's limit, ...
+        raise errors.Unreadable(f"not a CSV file: {exc}") from None
+
+
+def _receipt_file_lines(data: bytes) -> list[ReceiptLine]:
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise ValueError(f"not UTF-8 text: {exc}") from None
+        raise errors.Unreadable(f"not UTF-8 text: {exc}") from None
     reader = csv.DictReader(io.StringIO(text, newline=""))
     if not reader.fieldnames:
-        raise ValueError("empty file: a header row is required")
+        raise errors.Unreadable("empty file: a header row is required")
     reader.fieldnames = [name.strip().lower() for name in reader.fieldnames]
     missing = [c for c in RECEIPT_REQUIRED if c not in reader.fieldnames]
     if missing:
-        raise ValueError(f"header lacks column(s) {', '.join(missing)}; required: "
-                         f"{', '.join(RECEIPT_REQUIRED)}")
+        raise errors.Unreadable(f"header lacks column(s) {', '.join(missing)}; required: "
+                                f"{', '.join(RECEIPT_REQUIRED)}")
     digest = hashlib.sha256(data).hexdigest()[:16]
     lines, problems = [], []
     for row in reader:
@@ -822,7 +834,7 @@ def parse_receipt_file(data: bytes) -> list[ReceiptLine]:
         except ValueError as exc:
             problems.append(f"line {reader.line_num}: {exc}")
     if problems:
-        raise ValueError("; ".join(problems))
+        raise errors.Unreadable("; ".join(problems))
     return lines
 
 

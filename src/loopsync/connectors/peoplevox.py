@@ -45,10 +45,10 @@ from loopsync.connectors.base import (ConnectorContext, NotReady, PollResult, Po
                                       normalize_status)
 from loopsync.errors import (Ambiguous, AuthError, DryRunViolation, ErrorBody, OutcomeUnknown,
                              PermanentError, RateLimited, Rejected, RemoteError,
-                             TransientError)
+                             TransientError, Unreadable)
 from loopsync.http import HttpClient, HttpResult, parse_retry_after, shared_limiter
-from loopsync.models import (ItemStatus, LoopReturn, ReturnLine, RmaRef, RmaStatus, identifier,
-                             whole_number)
+from loopsync.models import (MAX_YEAR, MIN_YEAR, ItemStatus, LoopReturn, ReturnLine, RmaRef,
+                             RmaStatus, free_text, guarded, identifier, whole_number)
 from loopsync.timeutil import Clock
 from loopsync.connectors.base import KeyValue  # noqa: I001 - kept apart: fewer merge conflicts
 from loopsync.paging import PageWalk, Step, record_walk
@@ -355,13 +355,18 @@ def _result_in(body: ET.Element, operation: str) -> SoapResult:
     if result is None:
         raise ValueError(f"no {operation}Result in the answer")
     fields = {_local(child.tag): child.text or "" for child in result}
-    try:
-        response_id = int(fields.get("ResponseId", "").strip())
-    except ValueError:
-        raise ValueError(f"{operation}Result has no numeric ResponseId") from None
+    response_id = fields.get("ResponseId", "").strip()
+    if not _ascii_integer(response_id):  # int() would also read "１" or " 0 "
+        raise ValueError(f"{operation}Result has no numeric ResponseId")
     total = fields.get("TotalCount", "").strip()
-    return SoapResult(response_id=response_id, detail=fields.get("Detail", ""),
-                      total_count=int(total) if total.lstrip("-").isdigit() else 0)
+    return SoapResult(response_id=int(response_id), detail=fields.get("Detail", ""),
+                      total_count=int(total) if _ascii_integer(total) else 0)
+
+
+def _ascii_integer(text: str) -> bool:
+    """'-1', '0', '250': ASCII digits with an optional minus, at most 18 of them."""
+    digits = text[1:] if text.startswith("-") else text
+    return 0 < len(digits) <= 18 and digits.isascii() and digits.isdigit()
 
 
 def fault_error(fault: SoapFault, *, idempotent: bool, retry_after: float | None = None
@@ -391,18 +396,27 @@ def csv_text(columns: Sequence[str], rows: Iterable[Mapping[str, str]]) -> str:
     return out.getvalue()
 
 
+@guarded("PeopleVox CSV")
 def csv_rows(text: str) -> list[dict[str, str]]:
-    """A Detail CSV (header row first) as dicts; quoted commas and newlines survive."""
+    """A Detail CSV (header row first) as dicts; quoted commas and newlines survive.
+    Unreadable when it is not CSV (a field over the csv module's limit, ...)."""
     if not text.strip():
         return []
-    reader = csv.reader(io.StringIO(text, newline=""))
-    header = next(reader, [])
-    return [dict(zip(header, values + [""] * (len(header) - len(values)), strict=False))
-            for values in reader if values]
+    try:
+        reader = csv.reader(io.StringIO(text, newline=""))
+        header = next(reader, [])
+        return [dict(zip(header, values + [""] * (len(header) - len(values)), strict=False))
+                for values in reader if values]
+    except csv.Error as exc:
+        raise Unreadable(f"PeopleVox CSV: {exc}") from None
 
 
+@guarded("PeopleVox CSV header")
 def csv_header(text: str) -> list[str]:
-    return next(csv.reader(io.StringIO(text, newline="")), [])
+    try:
+        return next(csv.reader(io.StringIO(text, newline="")), [])
+    except csv.Error as exc:
+        raise Unreadable(f"PeopleVox CSV header: {exc}") from None
 
 
 def field_ref(name: str) -> str:
@@ -701,8 +715,10 @@ class PeopleVoxConnector(WarehouseConnector):
         if not number:
             raise PermanentError(SYSTEM, f"template {self.own.templates.sales_orders!r} does "
                                          "not export SalesOrderNumber")
-        return {"sales_order_number": number,
-                "customer_po_reference": row.get("CustomerPurchaseOrderReferenceNumber", "")}
+        # Both go back to PeopleVox in the RA's CSV: refuse what would corrupt it.
+        return {"sales_order_number": identifier(number, "SalesOrderNumber") or "",
+                "customer_po_reference": free_text(
+                    row.get("CustomerPurchaseOrderReferenceNumber", ""))}
 
     # -- find / create --------------------------------------------------------------
     def find_rma(self, req: PushRequest, located: dict[str, Any]) -> RmaRef | None:
@@ -995,16 +1011,20 @@ def next_date_cursor(cursor: datetime | None, seen: Iterable[datetime],
 
 def parse_report_date(text: str, date_format: str) -> datetime | None:
     """A report date (ISO or the configured format, tenant-local and naive); None if blank
-    or unreadable."""
-    text = text.strip()
+    or unreadable, or outside MIN_YEAR..MAX_YEAR (it feeds the sweep cursor, which date
+    arithmetic on year 1 would overflow)."""
+    text = text.strip() if isinstance(text, str) else ""
     if not text:
         return None
     for parse in (datetime.fromisoformat, lambda t: datetime.strptime(t, date_format)):
         try:
-            return parse(text).replace(tzinfo=None)
-        except ValueError:
+            when = parse(text).replace(tzinfo=None)
+        except (ValueError, OverflowError):
             continue
-    log.warning("peoplevox.unreadable_date", value=text[:40])
+        if MIN_YEAR <= when.year <= MAX_YEAR:
+            return when
+        break
+    log.warning("peoplevox.unreadable_date", value=text[:40].encode("ascii", "replace").decode())
     return None
 
 
@@ -1026,25 +1046,29 @@ def pick_condition(conditions: Sequence[str], flag_conditions: frozenset[str]) -
     return (flagged or present or [None])[-1]
 
 
+@guarded("PeopleVox returns rows")
 def rma_status_from_rows(ref: RmaRef, rows: Sequence[Mapping[str, str]], cols: ReturnsColumns,
                          flag_conditions: frozenset[str] = frozenset()) -> RmaStatus:
     """One RA's rows of the returns data -> RmaStatus. Expected units come from the RA as
-    created (`ref.extra["expected"]`); received units, condition and reusability from rows."""
+    created (`ref.extra["expected"]`); received units, condition and reusability from rows.
+    Unreadable naming the row and column when a row cannot be read."""
     expected = {str(sku): int(n) for sku, n in (ref.extra.get("expected") or {}).items()}
     received: dict[str, int] = defaultdict(int)
     conditions: dict[str, list[str]] = defaultdict(list)
     reusable: dict[str, list[str]] = defaultdict(list)
     for n, row in enumerate(rows, start=1):
-        # A row that cannot be read holds the RA back (ValueError): guessing a bad quantity
+        # A row that cannot be read holds the RA back (Unreadable): guessing a bad quantity
         # as 0, or skipping a row without an item code, would flag it as short.
         sku = identifier(row.get(cols.item_code), f"row {n}: {cols.item_code}")
         if not sku:
-            raise ValueError(f"row {n}: no {cols.item_code}")
-        text = (row.get(cols.quantity) or "").strip()
+            raise Unreadable(f"row {n}: no {cols.item_code}", field=cols.item_code)
+        text = row.get(cols.quantity) or ""
+        text = text.strip() if isinstance(text, str) else text
         received[sku] += whole_number(text, f"row {n}: quantity") if text else 0
         conditions[sku].append(identifier(row.get(cols.condition), f"row {n}: {cols.condition}")
                                or "")
-        reusable[sku].append(row.get(cols.reusable, ""))
+        reusable[sku].append(identifier(row.get(cols.reusable), f"row {n}: {cols.reusable}")
+                             or "")
     skus = list(dict.fromkeys([*expected, *received]))
     items = tuple(ItemStatus(sku=sku, expected=expected.get(sku, 0), received=received.get(sku, 0),
                              condition=pick_condition(conditions[sku], flag_conditions),
@@ -1054,7 +1078,7 @@ def rma_status_from_rows(ref: RmaRef, rows: Sequence[Mapping[str, str]], cols: R
                    if (s := identifier(row.get(cols.rma_status), f"row {n}: {cols.rma_status}"))),
                   "")
     if not status:
-        raise ValueError(f"no {cols.rma_status} on any row")
+        raise Unreadable(f"no {cols.rma_status} on any row", field=cols.rma_status)
     return RmaStatus(return_id=ref.return_id, rma_id=ref.rma_id, status=status,
                      expected_units=sum(i.expected for i in items),
                      received_units=sum(i.received for i in items), items=items)

@@ -13,7 +13,7 @@ Facts and UNCONFIRMED points come from wms-apis.md §A. In short:
 from __future__ import annotations
 
 import hashlib
-
+import math
 import re
 import threading
 from collections.abc import Iterator, Sequence
@@ -27,9 +27,10 @@ from loopsync.configkit import Secret, Section
 from loopsync.connectors.base import (ConnectorContext, NotReady, PollResult, PushRequest,
                                       WarehouseConnector, WarehouseSettings)
 from loopsync.errors import (Ambiguous, AuthError, DryRunViolation, ErrorBody, OutcomeUnknown,
-                             RateLimited, Rejected, TransientError)
+                             RateLimited, Rejected, TransientError, Unreadable)
 from loopsync.http import HttpClient, HttpResult
-from loopsync.models import ItemStatus, LoopReturn, RmaRef, RmaStatus, identifier, whole_number
+from loopsync.models import (ItemStatus, LoopReturn, RmaRef, RmaStatus, free_text, guarded,
+                             identifier, printable, whole_number)
 from loopsync.paging import PageWalk, Step, WalkEnd, record_walk
 from loopsync.timeutil import Clock
 
@@ -268,7 +269,7 @@ class ShipHeroConnector(WarehouseConnector):
 
     def find_rma(self, req: PushRequest, located: dict[str, Any]) -> RmaRef | None:
         for node in self._returns_of_order(located["order_id"]):
-            if node.get("partner_id") == req.ret.id:
+            if isinstance(node, dict) and node.get("partner_id") == req.ret.id:
                 return _rma_ref(req.ret.id, node)
         return None
 
@@ -277,11 +278,12 @@ class ShipHeroConnector(WarehouseConnector):
             raise DryRunViolation(f"return_create for Loop return {req.ret.id} in a dry run")
         body = self._graphql("return_create", RETURN_CREATE,
                              {"data": self._return_input(req, located)}, mutation=True)
-        created = ((body.get("data") or {}).get("return_create") or {}).get("return") or {}
-        if not created.get("id"):
+        try:
+            ref = _rma_ref(req.ret.id, _created_return(body))
+        except Unreadable as exc:
             # It may exist anyway: let the engine look it up rather than give up on it.
-            raise OutcomeUnknown(SYSTEM, "return_create answered without a return id")
-        ref = _rma_ref(req.ret.id, created)
+            raise OutcomeUnknown(SYSTEM, f"return_create answered without a readable return "
+                                         f"id ({exc})") from None
         log.info("shiphero.rma_created", return_id=req.ret.id, rma_id=ref.rma_id,
                  legacy_id=ref.extra.get("legacy_id"))
         return ref
@@ -309,26 +311,18 @@ class ShipHeroConnector(WarehouseConnector):
                 for node in self._paged("orders", query, variables, ("orders", "data"))]
 
     def _located(self, order: dict[str, Any]) -> dict[str, Any]:
-        """The JSON-safe part of an order that create_rma needs."""
-        lines = order.get("line_items") or {}
-        skus = {edge["node"]["sku"] for edge in lines.get("edges") or [] if edge.get("node")}
-        page = lines.get("pageInfo") or {}
-        if page.get("hasNextPage"):
-            skus |= self._more_skus(order["id"], page.get("endCursor"))
-        address = order.get("shipping_address") or {}
-        name = " ".join(filter(None, (address.get("first_name"), address.get("last_name"))))
-        return {
-            "order_id": order["id"], "order_legacy_id": order.get("legacy_id"),
-            "order_number": order.get("order_number"), "skus": sorted(s for s in skus if s),
-            # The customer's shipping address is where the return comes from.
-            "address": {"name": name, **{key: address.get(key) or "" for key in (
-                "address1", "address2", "city", "state", "country", "zip", "phone")}},
-        }
+        """The JSON-safe part of an order that create_rma needs (Unreadable when the
+        order cannot be read: the return waits with the reason, nothing is guessed)."""
+        located, page = read_order(order)
+        if page is not None:
+            located["skus"] = sorted(set(located["skus"])
+                                     | self._more_skus(located["order_id"], page))
+        return located
 
     def _more_skus(self, order_id: str, after: str | None) -> set[str]:
-        return {node["sku"] for node in self._paged(
-            "order_lines", ORDER_LINES, {"id": order_id, "lines": LINES_PAGE_SIZE},
-            ("order", "data", "line_items"), after=after)}
+        nodes = self._paged("order_lines", ORDER_LINES, {"id": order_id, "lines": LINES_PAGE_SIZE},
+                            ("order", "data", "line_items"), after=after)
+        return {sku for node in nodes if (sku := _line_sku(node))}
 
     @staticmethod
     def _best_order(orders: list[dict[str, Any]], wanted: dict[str, int]
@@ -380,21 +374,15 @@ class ShipHeroConnector(WarehouseConnector):
         variables = {f"id{i}": ref.rma_id for i, ref in enumerate(batch)}
         body = self._graphql("poll", _poll_query(len(batch)), variables, units=len(batch),
                              partial_ok=True)
-        data = body.get("data") or {}
+        data = body.get("data")
+        data = data if isinstance(data, dict) else {}
         field_errors = _messages_by_root_key(body)
         for i, ref in enumerate(batch):
-            node = (data.get(f"r{i}") or {}).get("data")
-            if node is None:
-                result.errors[ref.return_id] = field_errors.get(
-                    f"r{i}", f"ShipHero return {ref.rma_id} not found (deleted?)")
-            elif node.get("partner_id") not in (None, "", ref.return_id):
-                result.errors[ref.return_id] = (f"ShipHero return {ref.rma_id} belongs to Loop "
-                                                f"return {node['partner_id']}")
-            else:
-                try:
-                    result.statuses[ref.return_id] = _rma_status(ref, node)
-                except ValueError as exc:  # held, with the reason, until ShipHero's data is fixed
-                    result.errors[ref.return_id] = str(exc)
+            try:
+                result.statuses[ref.return_id] = _polled_status(ref, data.get(f"r{i}"),
+                                                                field_errors.get(f"r{i}"))
+            except Unreadable as exc:  # held, with the reason, until ShipHero's data is fixed
+                result.errors[ref.return_id] = str(exc)
 
     # -- transport ----------------------------------------------------------------------
     def _paged(self, op: str, query: str, variables: dict[str, Any], path: Sequence[str],
@@ -487,8 +475,9 @@ class ShipHeroConnector(WarehouseConnector):
             # may have run (it is looked up before it is repeated).
             raise (OutcomeUnknown if mutation else TransientError)(
                 SYSTEM, f"not a GraphQL answer: {result.text[:200]!r}", status=result.status)
-        errors = [e if isinstance(e, dict) else {"message": str(e)}
-                  for e in body.get("errors") or []]
+        listed = body.get("errors") or []
+        errors = [e if isinstance(e, dict) else {"message": _error_text(e)}
+                  for e in (listed if isinstance(listed, list) else [listed])]
         throttle = next((e for e in errors if _error_field(e, "code") == THROTTLE_CODE), None)
         if throttle is not None:
             raise self._throttled(throttle, result.status, charged)
@@ -496,7 +485,7 @@ class ShipHeroConnector(WarehouseConnector):
             errors = [e for e in errors if not e.get("path")]  # the caller reads field errors
         if not errors:
             return
-        message = "; ".join(str(e.get("message") or e) for e in errors)
+        message = "; ".join(_error_text(e) for e in errors)
         if mutation and any(e.get("path") for e in errors):
             # The mutation ran and refused this record (bad SKU, unknown order, ...).
             raise Rejected(SYSTEM, message, status=result.status)
@@ -508,10 +497,11 @@ class ShipHeroConnector(WarehouseConnector):
             wait = _seconds(error.get("message"))
         remaining = _error_field(error, "remaining_credits")
         required = _error_field(error, "required_credits")
-        if isinstance(remaining, int | float):
+        if isinstance(remaining, int | float) and math.isfinite(remaining):
             self.credits.throttled(remaining, charged)
-        log.warning("shiphero.throttled", wait=wait, required=required, remaining=remaining)
-        return RateLimited(SYSTEM, str(error.get("message") or "not enough credits"),
+        log.warning("shiphero.throttled", wait=wait, required=_number_or_none(required),
+                    remaining=_number_or_none(remaining))
+        return RateLimited(SYSTEM, _error_text(error, "not enough credits"),
                            retry_after=wait, status=status, code=str(THROTTLE_CODE))
 
     # -- auth ---------------------------------------------------------------------------
@@ -539,7 +529,7 @@ class ShipHeroConnector(WarehouseConnector):
         token = body.get("access_token")
         if not isinstance(token, str) or not token:
             raise AuthError(SYSTEM, "/auth/refresh answered without an access_token")
-        expires_in = float(body.get("expires_in") or TOKEN_RENEW_MARGIN * 2)
+        expires_in = _number_or_none(body.get("expires_in")) or TOKEN_RENEW_MARGIN * 2
         logs.register_secret(token)  # masked should it ever reach a log line
         self._access_token = token
         self._renew_at = self.ctx.clock.monotonic() + max(expires_in - TOKEN_RENEW_MARGIN,
@@ -583,9 +573,122 @@ def shared_bucket(account: str, capacity: int, per_second: float, clock: Clock) 
 
 # -- pure helpers -------------------------------------------------------------------------
 
-def _rma_ref(return_id: str, node: dict[str, Any]) -> RmaRef:
-    return RmaRef(return_id=return_id, rma_id=str(node["id"]),
-                  extra={"legacy_id": node.get("legacy_id"), "order_id": node.get("order_id")})
+@guarded("ShipHero return")
+def _rma_ref(return_id: str, node: Any) -> RmaRef:
+    """Unreadable when the return has no usable id (stored, then sent in later queries)."""
+    if not isinstance(node, dict):
+        raise Unreadable(f"ShipHero return is a {type(node).__name__}, not an object")
+    rma_id = identifier(node.get("id"), "ShipHero return id")
+    if rma_id is None:
+        raise Unreadable("ShipHero return has no id", field="id")
+    return RmaRef(return_id=return_id, rma_id=rma_id,
+                  extra={"legacy_id": _lenient_id(node.get("legacy_id")),
+                         "order_id": _lenient_id(node.get("order_id"))})
+
+
+@guarded("ShipHero return_create answer")
+def _created_return(body: Any) -> dict[str, Any]:
+    """`data.return_create.return` of a mutation answer; Unreadable when absent."""
+    node: Any = body
+    for key in ("data", "return_create", "return"):
+        node = node.get(key) if isinstance(node, dict) else None
+    if not isinstance(node, dict) or not node.get("id"):
+        raise Unreadable("return_create answered without a return id", field="id")
+    return node
+
+
+@guarded("ShipHero order")
+def read_order(order: Any) -> tuple[dict[str, Any], str | None]:
+    """(the JSON-safe part of an order create_rma needs, the cursor of its next page of
+    lines or None). Unreadable naming the field when it cannot be read."""
+    if not isinstance(order, dict):
+        raise Unreadable(f"ShipHero order is a {type(order).__name__}, not an object")
+    order_id = identifier(order.get("id"), "ShipHero order id")
+    if order_id is None:
+        raise Unreadable("ShipHero order has no id", field="id")
+    lines = _object(order.get("line_items"), f"ShipHero order {order_id}: line_items")
+    edges = lines.get("edges") or []
+    if not isinstance(edges, list):
+        raise Unreadable(f"ShipHero order {order_id}: line_items.edges is not a list")
+    skus = {sku for edge in edges if isinstance(edge, dict)
+            and (sku := _line_sku(edge.get("node")))}
+    page = _object(lines.get("pageInfo"), f"ShipHero order {order_id}: pageInfo")
+    after = identifier(page.get("endCursor"), "pageInfo.endCursor") \
+        if page.get("hasNextPage") is True else None
+    address = _object(order.get("shipping_address"), f"ShipHero order {order_id}: address")
+    name = " ".join(filter(None, (free_text(address.get("first_name"), "first_name"),
+                                  free_text(address.get("last_name"), "last_name"))))
+    return {
+        "order_id": order_id, "order_legacy_id": _lenient_id(order.get("legacy_id")),
+        "order_number": identifier(order.get("order_number"), "order_number"),
+        "skus": sorted(skus),
+        # The customer's shipping address is where the return comes from.
+        "address": {"name": name, **{key: free_text(address.get(key) or "", key) for key in (
+            "address1", "address2", "city", "state", "country", "zip", "phone")}},
+    }, after
+
+
+def _line_sku(node: Any) -> str | None:
+    """An order line's SKU; None for a line without one. Unreadable for a bad one."""
+    if not node or not isinstance(node, dict):
+        return None
+    return identifier(node.get("sku"), "order line sku")
+
+
+def _object(value: Any, what: str) -> dict[str, Any]:
+    """A nested object that may be absent (null: empty); Unreadable for another type."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise Unreadable(f"{what} is a {type(value).__name__}, not an object")
+    return value
+
+
+def _lenient_id(value: Any) -> str | int | None:
+    """An id kept only to help a person (legacy ids), as sent (number or text): None
+    when it cannot be read."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value if 0 <= value < 2**63 else None
+    try:
+        return identifier(value, "id")
+    except Unreadable:
+        return None
+
+
+def _number_or_none(value: Any) -> float | None:
+    """A finite number >= 0 from an answer, else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        number = float(value)
+    except (ValueError, OverflowError):
+        return None
+    return number if math.isfinite(number) and number >= 0 else None
+
+
+def _error_text(error: Any, default: str = "GraphQL error") -> str:
+    """An error entry's message, safe to log and store."""
+    message = error.get("message") if isinstance(error, dict) else error
+    if isinstance(message, str) and message.strip():
+        return printable(message, 500)
+    return default
+
+
+@guarded("ShipHero return")
+def _polled_status(ref: RmaRef, entry: Any, field_error: str | None) -> RmaStatus:
+    """One aliased `return(id)` of a poll answer -> RmaStatus; Unreadable saying why it is
+    held (not found, another Loop return's, unreadable)."""
+    node = entry.get("data") if isinstance(entry, dict) else None
+    if node is None:
+        raise Unreadable(field_error or f"ShipHero return {ref.rma_id} not found (deleted?)")
+    if not isinstance(node, dict):
+        raise Unreadable(f"ShipHero return {ref.rma_id} is a {type(node).__name__}, "
+                         "not an object")
+    partner = node.get("partner_id")
+    if partner not in (None, "", ref.return_id):
+        raise Unreadable(f"ShipHero return {ref.rma_id} belongs to Loop return "
+                         f"{printable(str(_lenient_id(partner)), 40)}", field="partner_id")
+    return _rma_status(ref, node)
 
 
 def _reasons_by_sku(ret: LoopReturn, default: str) -> dict[str, str]:
@@ -599,29 +702,36 @@ def _reasons_by_sku(ret: LoopReturn, default: str) -> dict[str, str]:
 
 def _rma_status(ref: RmaRef, node: dict[str, Any]) -> RmaStatus:
     """ShipHero's return -> RmaStatus: status word as-is; units per SKU and condition.
-    ValueError saying what is wrong with a return that cannot be read (no status, a line
+    Unreadable saying what is wrong with a return that cannot be read (no status, a line
     without a SKU, a count that is not a whole number): it is held, not guessed at."""
     try:
         return _read_rma_status(ref, node)
     except ValueError as exc:
-        raise ValueError(f"ShipHero return {node.get('legacy_id') or ref.rma_id}: {exc}") \
-            from None
+        name = _lenient_id(node.get("legacy_id")) or ref.rma_id
+        raise Unreadable(f"ShipHero return {name}: {exc}") from None
+
+
+@guarded("ShipHero return")
 
 
 def _read_rma_status(ref: RmaRef, node: dict[str, Any]) -> RmaStatus:
     status = node.get("status")
     if status is not None and not isinstance(status, str):
-        raise ValueError(f"status {status!r} is not text")
+        raise Unreadable(f"status {printable(repr(status), 60)} is not text", field="status")
     status = identifier(status, "status")
     if status is None:
-        raise ValueError("has no status")
+        raise Unreadable("has no status", field="status")
     units: dict[tuple[str, str | None], list[int]] = {}
-    for n, line in enumerate(node.get("line_items") or []):
+    lines = node.get("line_items") or []
+    if not isinstance(lines, list):
+        raise Unreadable("line_items is not a list", field="line_items")
+    for n, line in enumerate(lines):
         if not isinstance(line, dict):
-            raise ValueError(f"line {n} is not an object")
-        sku = identifier((line.get("line_item") or {}).get("sku"), f"line {n}: sku")
+            raise Unreadable(f"line {n} is not an object", field="line_items")
+        sku = identifier(_object(line.get("line_item"), f"line {n}: line_item").get("sku"),
+                         f"line {n}: sku")
         if sku is None:
-            raise ValueError(f"line {n} has no SKU")
+            raise Unreadable(f"line {n} has no SKU", field="sku")
         counts = units.setdefault((sku, identifier(line.get("condition"), f"line {n}: condition")),
                                   [0, 0])
         for i, key in enumerate(("quantity", "quantity_received")):  # null: none (nullable)
@@ -637,7 +747,7 @@ def _read_rma_status(ref: RmaRef, node: dict[str, Any]) -> RmaStatus:
         whole_number(expected, "total_items_expected"),
         received_units=sum(i.received for i in items) if received is None else
         whole_number(received, "total_items_received"),
-        items=items, detail={"legacy_id": node.get("legacy_id")})
+        items=items, detail={"legacy_id": _lenient_id(node.get("legacy_id"))})
 
 
 def _complexity(data: Any) -> float | None:
@@ -645,7 +755,8 @@ def _complexity(data: Any) -> float | None:
     if not isinstance(data, dict):
         return None
     costs = [field["complexity"] for field in data.values()
-             if isinstance(field, dict) and isinstance(field.get("complexity"), int | float)]
+             if isinstance(field, dict) and isinstance(field.get("complexity"), int | float)
+             and math.isfinite(field["complexity"]) and field["complexity"] >= 0]
     return float(sum(costs)) if costs else None
 
 
@@ -660,16 +771,17 @@ def _error_field(error: dict[str, Any], key: str) -> Any:
 def _seconds(text: Any) -> float | None:
     """'6 seconds' (or '... Try again in 6 seconds') -> 6.0."""
     if isinstance(text, int | float) and not isinstance(text, bool):
-        return float(text)
-    match = _DURATION_IN_TEXT.search(str(text or ""))
-    return float(match.group(1)) if match else None
+        return _number_or_none(text)
+    match = _DURATION_IN_TEXT.search(text) if isinstance(text, str) else None
+    return _number_or_none(match.group(1)) if match else None
 
 
 def _messages_by_root_key(body: dict[str, Any]) -> dict[str, str]:
     """Field errors of an aliased query, by the alias their path starts with."""
     out: dict[str, str] = {}
-    for error in body.get("errors") or []:
+    errors = body.get("errors")
+    for error in errors if isinstance(errors, list) else []:
         path = error.get("path") if isinstance(error, dict) else None
-        if path:
-            out.setdefault(str(path[0]), str(error.get("message") or error))
+        if isinstance(path, list) and path and isinstance(path[0], str):
+            out.setdefault(path[0], _error_text(error))
     return out

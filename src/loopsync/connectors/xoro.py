@@ -39,9 +39,10 @@ from loopsync.configkit import Secret, Section
 from loopsync.connectors.base import (ConnectorContext, PollResult, PollStopped, PushRequest,
                                       WarehouseConnector, WarehouseSettings)
 from loopsync.errors import (Ambiguous, AuthError, ErrorBody, RateLimited, RemoteError,
-                             TransientError)
+                             TransientError, Unreadable)
 from loopsync.http import HttpClient, HttpResult, shared_limiter
-from loopsync.models import REPLACEMENT, ItemStatus, LoopReturn, RmaRef, RmaStatus, whole_number
+from loopsync.models import (ItemStatus, LoopReturn, RmaRef, RmaStatus, guarded,
+                             identifier, printable, whole_number)
 from loopsync.timeutil import iso, parse_timestamp
 from loopsync.paging import PageWalk, Step, WalkEnd, record_walk  # noqa: I001
 
@@ -162,6 +163,9 @@ class XoroConnector(WarehouseConnector):
                                    f"{self.conf.match_by}: {numbers}; use match_by: return_id")
         header = _header(matches[0])
         asn_number = _asn_number(matches[0])
+        if not asn_number:  # it could never be polled: hold the return with the reason
+            raise Unreadable(f"the Xoro ASN matching return {ret.id} has no readable "
+                             f"{ASN_NUMBER}", field=ASN_NUMBER)
         rma_number = _text(header.get(self.conf.rma_number_field)) or asn_number
         log.info("xoro.asn_found", return_id=ret.id, rma=rma_number, asn=asn_number)
         return RmaRef(ret.id, rma_number, {"asn_number": asn_number, "search_from": iso(since)})
@@ -217,28 +221,36 @@ class XoroConnector(WarehouseConnector):
         wanted = {_order_key(req.ret.order_number), _order_key(req.ret.order_name)} - {""}
         return _order_key(header.get(self.conf.order_number_field)) in wanted
 
+    @guarded("Xoro ASN")
     def _status(self, ref: RmaRef, asn: dict[str, Any]) -> RmaStatus:
-        """Raises ValueError when the ASN lacks a field loopsync needs: guessing a missing
-        received quantity as 0 would flag every return."""
+        """Raises Unreadable when the ASN lacks a field loopsync needs (guessing a missing
+        received quantity as 0 would flag every return), or holds one it cannot read."""
         asn_number = ref.extra["asn_number"]
-        word = _text(_header(asn).get(self.conf.asn_status_field))
-        if REPLACEMENT in word:
-            raise ValueError(f"Xoro ASN {asn_number}: '{self.conf.asn_status_field}' is not "
-                             "valid UTF-8")
+        try:
+            word = identifier(_header(asn).get(self.conf.asn_status_field),
+                              f"'{self.conf.asn_status_field}'") or ""
+        except Unreadable as exc:
+            raise Unreadable(f"Xoro ASN {asn_number}: {exc}", field=exc.field) from None
         if not word:
-            raise ValueError(f"Xoro ASN {asn_number} has no '{self.conf.asn_status_field}' "
-                             "field (set warehouse.asn_status_field)")
+            raise Unreadable(f"Xoro ASN {asn_number} has no '{self.conf.asn_status_field}' "
+                             "field (set warehouse.asn_status_field)",
+                             field=self.conf.asn_status_field)
         expected: dict[str, int] = {}
         received: dict[str, int] = {}
         for n, line in enumerate(_detail_lines(asn), start=1):
-            sku = _text(line.get(ITEM_NUMBER))
+            try:
+                sku = identifier(line.get(ITEM_NUMBER), ITEM_NUMBER)
+            except Unreadable as exc:
+                raise Unreadable(f"Xoro ASN {asn_number} line {n}: {exc}",
+                                 field=ITEM_NUMBER) from None
             if not sku:
-                raise ValueError(f"Xoro ASN {asn_number} line {n} has no {ITEM_NUMBER}")
+                raise Unreadable(f"Xoro ASN {asn_number} line {n} has no {ITEM_NUMBER}",
+                                 field=ITEM_NUMBER)
             expected[sku] = expected.get(sku, 0) + _quantity(line, QTY_EXPECTED, asn_number, n)
             received[sku] = received.get(sku, 0) + _quantity(
                 line, self.conf.received_qty_field, asn_number, n)
         if not expected:  # Xoro's app makes one line per returned SKU: none is garbage
-            raise ValueError(f"Xoro ASN {asn_number} has no lines")
+            raise Unreadable(f"Xoro ASN {asn_number} has no lines", field=ASN_DETAIL)
         items = tuple(ItemStatus(sku, expected[sku], received[sku]) for sku in expected)
         return RmaStatus(
             return_id=ref.return_id, rma_id=ref.rma_id, status=word,
@@ -331,7 +343,9 @@ def check_envelope(result: HttpResult) -> None:
                                      f"{result.text.strip()[:200]!r}", status=result.status)
     if _is_true(body["Result"]):
         return
-    message = _text(body.get("Message")) or "Result: false"
+    message = body.get("Message")
+    message = printable(message.strip(), 500) if isinstance(message, str) else ""
+    message = message or "Result: false"
     if _NO_RECORDS.search(message):
         body["Data"] = []
         return
@@ -382,11 +396,13 @@ def _quantity(line: dict[str, Any], field: str, asn_number: str, n: int) -> int:
     raw: Any = line.get(field)
     try:
         return whole_number(raw, field)  # Xoro sends quantities as decimals (1.0)
-    except ValueError:
+    except Unreadable:
         hint = "" if field == QTY_EXPECTED else \
             " (the field is set by warehouse.received_qty_field)"
-        raise ValueError(f"Xoro ASN {asn_number} line {n}: '{field}' is {raw!r}, not a "
-                         f"quantity{hint}") from None
+        shown = printable(repr(raw), 60) if isinstance(raw, str | int | float | None) \
+            else f"a {type(raw).__name__}"
+        raise Unreadable(f"Xoro ASN {asn_number} line {n}: '{field}' is {shown}, not a "
+                         f"quantity{hint}", field=field) from None
 
 
 def _order_key(value: Any) -> str:
@@ -395,7 +411,12 @@ def _order_key(value: Any) -> str:
 
 
 def _text(value: Any) -> str:
-    return "" if value is None else str(value).strip()
+    """A header field as text for matching; "" when absent or unreadable (a wrong type,
+    a control character, ...): such an ASN matches no return, and says so when polled."""
+    try:
+        return identifier(value, "field") or ""
+    except Unreadable:
+        return ""
 
 
 def _is_true(value: Any) -> bool:
@@ -405,5 +426,5 @@ def _is_true(value: Any) -> bool:
 def _int_or_none(value: Any) -> int | None:
     try:
         return int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # 1e400 decodes as inf
         return None
