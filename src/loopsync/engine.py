@@ -26,8 +26,8 @@ from loopsync import rules
 from loopsync import store as st
 from loopsync.config import MerchantConfig
 from loopsync.connectors.base import NotReady, PollStopped, PushRequest, WarehouseConnector
-from loopsync.errors import (OutcomeUnknown, PermanentError, Rejected, RemoteError, StateConflict,
-                             TransientError)
+from loopsync.errors import (AuthError, OutcomeUnknown, PermanentError, Rejected, RemoteError,
+                             StateConflict, TransientError)
 from loopsync.loop_client import DISPOSITION_BATCH, PaginationStopped, batched
 from loopsync.models import LoopReturn, MalformedReturn, RmaRef, RmaStatus, asn_row_problem
 from loopsync.prefetch import prefetched
@@ -158,6 +158,8 @@ class Engine:
             return
         try:
             fn()
+        except AuthError:
+            raise  # credentials refused: the whole cycle stops (runner records why, once)
         except RemoteError as exc:
             self.counts.errors += 1
             self.result.stage_errors[name] = str(exc)
@@ -225,7 +227,7 @@ class Engine:
                                           "it is read again next cycle")
             return INCOMPLETE
         except PermanentError as exc:
-            if cursor is None or last is not None:
+            if cursor is None or last is not None or isinstance(exc, AuthError):
                 raise
             # A saved page cursor the API no longer accepts: re-read the window from its start.
             self.log.warning("ingest.cursor_rejected", state=state, error=str(exc))
@@ -328,6 +330,8 @@ class Engine:
             try:
                 work(rid)
                 outage = 0
+            except AuthError:
+                raise  # not this return's fault: every other one would be refused too
             except TransientError as exc:
                 self.counts.errors += 1
                 outage += 1
@@ -554,6 +558,9 @@ class Engine:
             return True
         except OutcomeUnknown as exc:
             self.store.effect_error(key, str(exc))
+            raise
+        except AuthError as exc:  # refused before it ran: try again once credentials work
+            self.store.effect_not_sent(key, str(exc))
             raise
         except PermanentError as exc:
             self._settle(key, rid, kind, st.FAILED, exc.message)
