@@ -153,6 +153,7 @@ class Store:
             else:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 _check_header(self.path)
+                _refuse_newer(self.path)  # before anything is written, -wal and -shm included
                 _create_private(self.path)
                 old_umask = os.umask(0o077)  # -wal and -shm files: owner only, like the db
                 try:
@@ -185,16 +186,7 @@ class Store:
         (migrating down, or writing rows it does not understand, would lose data)."""
         if "meta" not in self.db.table_names():
             return 0
-        row = self._meta("schema_version")
-        try:
-            version = int(row) if row else 0
-        except ValueError:
-            raise StateCorrupt(str(self.path), f"schema version {row!r} is not a number") from None
-        if version > SCHEMA_VERSION:
-            raise StateCorrupt(str(self.path), f"written by a newer loopsync (schema {version}; "
-                                               f"this one reads up to {SCHEMA_VERSION}): "
-                                               "upgrade loopsync")
-        return version
+        return _schema_version(self.path, self._meta("schema_version"))
 
     def _meta(self, key: str) -> str | None:
         rows = list(self.db.query("select value from meta where key = ?", [key]))
@@ -566,6 +558,33 @@ def _check_header(path: Path) -> None:
     if counter_valid and pages and size < pages * page_size:
         raise StateCorrupt(str(path), f"truncated: {size} bytes where its header says "
                                       f"{pages * page_size}; restore it from a backup")
+
+
+def _schema_version(path: Path, stored: str | None) -> int:
+    try:
+        version = int(stored) if stored else 0
+    except ValueError:
+        raise StateCorrupt(str(path), f"schema version {stored!r} is not a number") from None
+    if version > SCHEMA_VERSION:
+        raise StateCorrupt(str(path), f"written by a newer loopsync (schema {version}; this "
+                                      f"one reads up to {SCHEMA_VERSION}): upgrade loopsync")
+    return version
+
+
+def _refuse_newer(path: Path) -> None:
+    """Look at an existing file's schema version read-only: a file this loopsync must not
+    touch is left exactly as it was."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    conn = _open_read_only(path)
+    try:
+        if conn.execute("select 1 from sqlite_master where type = 'table' and name = 'meta'"
+                        ).fetchone() is None:
+            return
+        row = conn.execute("select value from meta where key = 'schema_version'").fetchone()
+    finally:
+        conn.close()
+    _schema_version(path, row[0] if row else None)
 
 
 def _has_wal(path: Path) -> bool:
