@@ -106,7 +106,8 @@ def render_status(r: dict[str, Any]) -> str:
     run = r.get("last_run")
     if run:
         c = run.get("counts", {})
-        lines.append(f"  last run  {run['started_at']} -> {run.get('ended_at') or '(' + run['status'] + ')'}  "
+        ended = run.get("ended_at") or f"({run['status']})"
+        lines.append(f"  last run  {run['started_at']} -> {ended}  "
                      f"{run['status']}  pulled={c.get('pulled', 0)} pushed={c.get('pushed', 0)} "
                      f"processed={c.get('processed', 0)} flagged={c.get('flagged', 0)} "
                      f"errors={run.get('errors', 0)}"
