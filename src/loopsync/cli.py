@@ -268,7 +268,10 @@ def cmd_import(args: argparse.Namespace, out: TextIO) -> int:
             raise UsageError("--to must be after --from")
     if len(args.config) != 1:
         raise UsageError("import takes exactly one -c FILE")
-    (cfg,) = load_all(args.config)
+    loaded = load_all(args.config)
+    if len(loaded) != 1:
+        raise UsageError("import takes exactly one merchant (-c FILE, not a folder of several)")
+    (cfg,) = loaded
     codes: dict[str, tuple[int, str | None]] = {}
 
     def work(stop: threading.Event) -> None:

@@ -88,15 +88,18 @@ class Shutdown:
         self.signum = signum
 
     # -- the main thread's side ---------------------------------------------------------
-    def watch(self, stop: threading.Event, until: Callable[[], bool]) -> None:
-        """Nap until `until()` holds; set `stop` when a shutdown is asked for."""
-        nap = threading.Event()  # never set: only its timed wait is used, as a sleep
+    def watch(self, stop: threading.Event, until: Callable[[], bool],
+              nap: Callable[[float], Any] | None = None) -> None:
+        """Nap until `until()` holds; set `stop` when a shutdown is asked for. `nap`:
+        how to wait (it may return early), by default a plain timed wait."""
+        # An Event never set: only its timed wait is used, as a sleep.
+        nap = nap or threading.Event().wait
         while not until():
             if self.requested and not stop.is_set():
                 _say(f"loopsync: {self.name} received: finishing the current request, "
                      "then stopping (send it again to exit at once)")
                 stop.set()
-            nap.wait(NAP)
+            nap(NAP)
         if self.requested:
             stop.set()
 
@@ -119,7 +122,8 @@ class Shutdown:
         worker = threading.Thread(target=context.run, args=(target,), name="loopsync-work",
                                   daemon=True)
         worker.start()
-        self.watch(stop, until=lambda: not worker.is_alive())
+        # Joining as the nap: the command ends the moment its work does.
+        self.watch(stop, until=lambda: not worker.is_alive(), nap=worker.join)
         worker.join()
         if "error" in box:
             raise box["error"]

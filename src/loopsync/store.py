@@ -601,7 +601,14 @@ def _open_read_only(path: Path) -> sqlite3.Connection:
         raise StateIOError(str(path), "does not exist")
     uri = path.resolve().as_uri()
     if _has_wal(path):
-        return sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=10, check_same_thread=False)
+        conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=10, check_same_thread=False)
+        try:
+            conn.execute("select count(*) from sqlite_master").fetchone()
+            return conn
+        except sqlite3.OperationalError:
+            # No -shm and a folder we may not write (a read-only mount): read the main
+            # file alone; what only the WAL holds is not shown.
+            conn.close()
     return sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, check_same_thread=False)
 
 
