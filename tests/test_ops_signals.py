@@ -155,3 +155,19 @@ def test_serve_runs_past_bad_merchants_reloads_and_a_second_sigterm_forces_exit(
                             env={k: v for k, v in os.environ.items() if k not in sb.env()})
     assert status.returncode == 0, status.stderr
     assert "interrupted" in status.stdout
+
+
+def test_a_stopping_command_waits_for_its_work_at_most_the_grace():
+    from loopsync.shutdown import Shutdown
+
+    shutdown = Shutdown()
+    shutdown.signum = signal.SIGTERM  # as if it had arrived during start-up
+    release = threading.Event()
+    seen = []
+    try:
+        # The work ignores the stop (a request that outlives every timeout).
+        assert shutdown.supervise(lambda stop: seen.append(stop.is_set()) or release.wait(WAIT),
+                                  grace=0.4) is None
+    finally:
+        release.set()
+    assert seen == [True] and shutdown.exit_code == 143

@@ -249,8 +249,15 @@ def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
             codes[cfg.merchant] = _run_one(cfg, out, stop=stop, dry_run=args.dry_run,
                                            mode="run")
 
-    PROCESS.supervise(work)
+    PROCESS.supervise(work, grace=stop_grace(configs))
     return _final_code(codes, bad)
+
+
+def stop_grace(configs: list[MerchantConfig]) -> float:
+    """How long a stopping cycle may take: its current request, at two read timeouts
+    (a slow answer, then the checkpoint), and a little more."""
+    longest = max([30.0] + [max(c.loop.timeout, c.warehouse.timeout) for c in configs])
+    return 2 * longest + 5
 
 
 def cmd_import(args: argparse.Namespace, out: TextIO) -> int:
@@ -280,7 +287,7 @@ def cmd_import(args: argparse.Namespace, out: TextIO) -> int:
                                            mode="import", import_from=start, import_to=end,
                                            import_return_id=args.return_id)
 
-    PROCESS.supervise(work)
+    PROCESS.supervise(work, grace=stop_grace([cfg]))
     return _final_code(codes, [])
 
 
@@ -319,7 +326,7 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
         _report_bad(invalid)
         return fresh
 
-    return serve(configs, cycle, shutdown=PROCESS, reload=reload)
+    return serve(configs, cycle, shutdown=PROCESS, reload=reload, grace=stop_grace(configs))
 
 
 def cmd_status(args: argparse.Namespace, out: TextIO) -> int:

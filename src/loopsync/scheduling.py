@@ -52,7 +52,8 @@ def _guarded(run_cycle: Cycle) -> Cycle:
 
 def serve(configs: list[MerchantConfig], run_cycle: Cycle,
           stop: threading.Event | None = None, *, shutdown: Shutdown | None = None,
-          reload: Callable[[], list[MerchantConfig] | None] | None = None) -> int:
+          reload: Callable[[], list[MerchantConfig] | None] | None = None,
+          grace: float = 65.0) -> int:
     """Run every merchant on its schedule until `stop` is set or a signal arrives (the
     `shutdown` handlers must be installed by the caller to see signals). `reload`: the
     configurations to run after a SIGHUP (None: keep the current ones)."""
@@ -112,8 +113,12 @@ def serve(configs: list[MerchantConfig], run_cycle: Cycle,
         log.info("serve.shutdown", signal=shutdown.name or "stop")
     finally:
         stop.set()
-        # Waits for running cycles (each ends at its current request); a second signal
-        # forces the exit meanwhile.
-        scheduler.shutdown(wait=True)
+        # Running cycles end at their current request: waited for up to `grace` seconds
+        # in a helper thread, so the main thread still acts on a second signal.
+        closing = threading.Thread(target=scheduler.shutdown, kwargs={"wait": True},
+                                   name="loopsync-drain", daemon=True)
+        closing.start()
+        if not shutdown.drain(closing, grace):
+            log.warning("serve.left_running", grace=grace)
     log.info("serve.stopped")
     return 0

@@ -103,10 +103,24 @@ class Shutdown:
         if self.requested:
             stop.set()
 
-    def supervise(self, work: Callable[[threading.Event], T]) -> T:
+    def drain(self, worker: threading.Thread, grace: float) -> bool:
+        """After a stop: wait for `worker` at most `grace` seconds (its current request's
+        time; a second signal ends it sooner). False when it is left behind: a request
+        that outlives every timeout must not hold the process past its stop."""
+        for _ in range(max(1, int(grace / NAP))):  # counted naps: no clock read here
+            worker.join(NAP)
+            if not worker.is_alive():
+                return True
+        _say(f"loopsync: still busy {grace:.0f}s after {self.name or 'the stop'}: "
+             "exiting without waiting further")
+        return False
+
+    def supervise(self, work: Callable[[threading.Event], T], *,
+                  grace: float = 60.0) -> T | None:
         """Run `work(stop)` in a worker thread while the main thread watches for signals:
         the main thread never blocks in a socket or in SQLite, so a signal is acted on at
-        once. `work`'s exception is raised here."""
+        once. `work`'s exception is raised here. After a stop, `work` has `grace` seconds
+        to finish (None is returned when it did not)."""
         stop = threading.Event()
         if self.requested:
             stop.set()  # arrived during start-up: nothing is started
@@ -123,11 +137,12 @@ class Shutdown:
                                   daemon=True)
         worker.start()
         # Joining as the nap: the command ends the moment its work does.
-        self.watch(stop, until=lambda: not worker.is_alive(), nap=worker.join)
-        worker.join()
+        self.watch(stop, until=lambda: not worker.is_alive() or stop.is_set(), nap=worker.join)
+        if worker.is_alive() and not self.drain(worker, grace):
+            return None
         if "error" in box:
             raise box["error"]
-        return box["result"]  # type: ignore[no-any-return]
+        return box.get("result")
 
 
 def _say(text: str) -> None:
