@@ -58,16 +58,20 @@ def hold_first_list(sb, release):
     return reached
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)],
-                         ids=["SIGTERM", "SIGINT"])
-def test_run_once_stops_on_signal_records_stopped_and_exits_128_plus_signal(sb, tmp_path,
-                                                                              sig, code):
+IMPORT = ["import", "--from", "2026-01-01T00:00:00Z", "--to", "2036-01-01T00:00:00Z"]
+
+
+@pytest.mark.parametrize("command, sig, code", [(["run", "--once"], signal.SIGTERM, 143),
+                                                (IMPORT, signal.SIGINT, 130)],
+                         ids=["run --once, SIGTERM", "import, SIGINT"])
+def test_run_and_import_stop_on_signal_record_stopped_and_exit_128_plus_signal(
+        sb, tmp_path, command, sig, code):
     sb.seed(3, states_weights=[("open", 1)])
     cfg = sb.write_config(tmp_path, merchant="acme", state_path=str(tmp_path / "acme.sqlite"),
                           timeout="1s")
     release = threading.Event()
     reached = hold_first_list(sb, release)
-    proc, stderr = worker(tmp_path, sb.env(), "run", "--once", "-c", str(cfg))
+    proc, stderr = worker(tmp_path, sb.env(), *command, "-c", str(cfg))
     try:
         assert reached.wait(WAIT), stderr()
         proc.send_signal(sig)
