@@ -117,9 +117,14 @@ def _run_open(cfg: MerchantConfig, store: Store, *, clock: Clock, stop: threadin
     connector = build_connector(cfg, clock, store, stop=stop, dry_run=dry_run, policy=policy)
     engine = Engine(cfg, store, loop, connector, clock=clock, run_id=run_id, stop=stop,
                     dry_run=dry_run)
-    store.start_run(run_id, mode + (" (dry run)" if dry_run else ""))
+    try:
+        store.start_run(run_id, mode + (" (dry run)" if dry_run else ""))
+    except BaseException:  # no room even for the run row: nothing else was done
+        connector.close()
+        raise
     status, error = "ok", None
     result = engine.result
+    unrecorded: sqlite3.Error | None = None
     try:
         if import_return_id or import_from:
             ids = _import(engine, import_return_id, import_from, import_to)
@@ -165,6 +170,7 @@ def _run_open(cfg: MerchantConfig, store: Store, *, clock: Clock, stop: threadin
             store.finish_run(run_id, status, counts, engine.result.counts.errors, error)
         except sqlite3.Error as exc:  # disk full: the run row stays "running" (interrupted)
             log.error("run.not_recorded", merchant=cfg.merchant, error=str(exc))
+            unrecorded = exc
         c = engine.result.counts
         log.info("cycle.summary", merchant=cfg.merchant, run_id=run_id, mode=mode,
                  dry_run=dry_run, status=status, pulled=c.pulled, new=c.new, pushed=c.pushed,
@@ -172,6 +178,8 @@ def _run_open(cfg: MerchantConfig, store: Store, *, clock: Clock, stop: threadin
                  reported=c.reported, errors=c.errors,
                  duration=round(engine.result.duration, 3))
         connector.close()
+    if unrecorded is not None:  # the cycle went well, but its record could not be kept
+        raise unrecorded
     return result
 
 
