@@ -139,7 +139,7 @@ def test_serve_runs_past_bad_merchants_reloads_and_a_second_sigterm_forces_exit(
         wait_for(lambda: (tmp_path / "late.sqlite").exists(), "the added merchant's cycle")
         assert proc.poll() is None
         proc.send_signal(signal.SIGTERM)  # good's request is held for 20 s more...
-        wait_for(lambda: "received" in stderr(), "the first SIGTERM")
+        wait_for(lambda: "shutdown.requested" in stderr(), "the first SIGTERM")
         assert proc.poll() is None
         proc.send_signal(signal.SIGTERM)  # ...so the second one cuts it short
         proc.wait(WAIT)

@@ -96,8 +96,9 @@ class Shutdown:
         nap = nap or threading.Event().wait
         while not until():
             if self.requested and not stop.is_set():
-                _say(f"loopsync: {self.name} received: finishing the current request, "
-                     "then stopping (send it again to exit at once)")
+                _log().warning("shutdown.requested", signal=self.name,
+                               then="finishing the current request, then stopping",
+                               again="exits at once")
                 stop.set()
             nap(NAP)
         if self.requested:
@@ -111,8 +112,8 @@ class Shutdown:
             worker.join(NAP)
             if not worker.is_alive():
                 return True
-        _say(f"loopsync: still busy {grace:.0f}s after {self.name or 'the stop'}: "
-             "exiting without waiting further")
+        _log().warning("shutdown.left_running", grace=grace,
+                       note="the current request outlived the grace; exiting without it")
         return False
 
     def supervise(self, work: Callable[[threading.Event], T], *,
@@ -143,6 +144,14 @@ class Shutdown:
         if "error" in box:
             raise box["error"]
         return box.get("result")
+
+
+def _log() -> Any:
+    # structlog is imported here, not at the top: `python -m loopsync` imports this
+    # module before anything else so that the handlers exist as early as possible.
+    import structlog
+
+    return structlog.get_logger("loopsync.shutdown")
 
 
 def _say(text: str) -> None:
