@@ -18,5 +18,7 @@ WORKDIR /
 VOLUME ["/state"]
 # Exec form: loopsync is PID 1 and receives SIGTERM itself; it finishes the current page,
 # checkpoints and exits 0. Give it a stop grace period longer than one request timeout.
-ENTRYPOINT ["loopsync"]
+# `python -m loopsync` installs the signal handlers before the CLI's imports, so even a
+# SIGTERM during start-up is a clean stop.
+ENTRYPOINT ["python", "-m", "loopsync"]
 CMD ["serve", "-c", "/config"]

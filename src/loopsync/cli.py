@@ -1,7 +1,15 @@
 """The `loopsync` command.
 
 Exit status: 0 all went well; 1 some merchant had errors; 2 configuration or usage error;
-75 (EX_TEMPFAIL) another process holds a merchant's lock, so cron can treat it as a skip.
+65 (EX_DATAERR) a state file is corrupt, truncated or from a newer loopsync; 70
+(EX_SOFTWARE) an unexpected internal error; 73 (EX_CANTCREAT) a state file or its folder
+cannot be created or written; 74 (EX_IOERR) disk full or an I/O error on a state file;
+75 (EX_TEMPFAIL) another process holds a merchant's lock, so cron can treat it as a skip;
+130 / 143 `run` or `import` stopped by SIGINT / SIGTERM (128 + the signal).
+
+With several merchants, one merchant's failure never stops the others; the status is
+then 2 if a configuration file was bad, else 1 if any merchant failed (each is named on
+stderr), a state file's own code (65/73/74) being kept when it was the only merchant.
 """
 
 from __future__ import annotations
@@ -17,11 +25,15 @@ import structlog
 
 from loopsync import __version__, logs
 from loopsync.config import MerchantConfig, load_all
-from loopsync.errors import ConfigError, LockHeld
+from loopsync.errors import ConfigError, LockHeld, StateError
 from loopsync.redaction import install_excepthooks, redact, redact_obj
+from loopsync.shutdown import PROCESS
 from loopsync.timeutil import parse_timestamp
 
 EXIT_OK, EXIT_ERRORS, EXIT_CONFIG, EXIT_LOCKED = 0, 1, 2, 75
+EXIT_SOFTWARE = 70  # sysexits EX_SOFTWARE: anything unexpected, one line, no traceback
+# Commands that do work and honour SIGTERM/SIGINT (the others keep Python's defaults).
+SIGNAL_COMMANDS = ("run", "import", "serve")
 
 log = structlog.get_logger("loopsync.cli")
 
@@ -87,15 +99,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int:
-    out = out or sys.stdout
+    # First thing: a SIGTERM while configs load and state opens must not kill the process.
+    early = PROCESS.installed
+    PROCESS.install()
+    try:
+        return _main(argv, out or sys.stdout)
+    finally:
+        if not early:
+            PROCESS.restore()
+
+
+def _main(argv: Sequence[str] | None, out: TextIO) -> int:
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0)
-    json_output = {"auto": None, "json": True, "console": False}[args.log_format]
-    logs.configure(json_output=json_output, level=args.log_level)
+    if args.command not in SIGNAL_COMMANDS:
+        if PROCESS.requested:
+            return PROCESS.exit_code
+        PROCESS.restore()  # status, demo, sandbox: Python's defaults (or their own)
     install_excepthooks()  # a crash's traceback is an exit too
     try:
+        json_output = {"auto": None, "json": True, "console": False}[args.log_format]
+        logs.configure(json_output=json_output, level=args.log_level)
         return COMMANDS[args.command](args, out)
     except ConfigError as exc:
         print(redact(f"config error: {exc}"), file=sys.stderr)
@@ -103,6 +129,23 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
     except UsageError as exc:
         print(f"loopsync: error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except StateError as exc:
+        print(f"loopsync: {_redacted(str(exc))}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:  # a command that keeps Python's SIGINT default
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the last resort: one line, never a traceback
+        print(f"loopsync: internal error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_SOFTWARE
+
+
+def _redacted(text: str) -> str:
+    return str(logs.redact_secrets(None, "", {"text": text})["text"])
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    return _redacted(text)[:500]
 
 
 # -- commands ---------------------------------------------------------------------------------
@@ -124,33 +167,112 @@ def cmd_check_config(args: argparse.Namespace, out: TextIO) -> int:
     return code
 
 
-def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
+def load_each(paths: list[str], env: Any = None) -> tuple[list[MerchantConfig],
+                                                         list[ConfigError]]:
+    """Every file on its own: the valid configs, and one ConfigError per bad file (a
+    merchant name used twice is an error of the later file). A bad file never stops the
+    others; no file at all is a ConfigError."""
+    from loopsync.config import expand_paths, load_config
+
+    files = expand_paths(paths)
+    if not files:
+        raise ConfigError(", ".join(paths) or "-c", "", "no configuration files found")
+    configs: list[MerchantConfig] = []
+    bad: list[ConfigError] = []
+    seen: dict[str, str] = {}
+    for f in files:
+        try:
+            cfg = load_config(f, env)
+        except ConfigError as exc:
+            bad.append(exc)
+            continue
+        if cfg.merchant in seen:
+            bad.append(ConfigError(cfg.file, "merchant",
+                                   f"{cfg.merchant!r} is also used by {seen[cfg.merchant]}"))
+            continue
+        seen[cfg.merchant] = cfg.file
+        configs.append(cfg)
+    return configs, bad
+
+
+def _report_bad(bad: list[ConfigError]) -> None:
+    for exc in bad:
+        print(f"config error: {_redacted(str(exc))}", file=sys.stderr)
+
+
+def _run_one(cfg: MerchantConfig, out: TextIO, **kw: Any) -> tuple[int, str | None]:
+    """One merchant's cycle, whatever happens to it: (exit code, why it failed)."""
     from loopsync.runner import run_merchant, summary_line
 
-    configs = load_all(args.config)
-    stop = threading.Event()
-    code = EXIT_OK
-    locked = False
-    for cfg in configs:
-        try:
-            result = run_merchant(cfg, stop=stop, dry_run=args.dry_run, mode="run")
-        except LockHeld as exc:
-            log.warning("run.locked", merchant=cfg.merchant, error=str(exc))
-            print(f"{cfg.merchant}: skipped, {exc}", file=out)
-            locked = True
-            continue
-        print(summary_line(result), file=out)
-        _print_planned(result, out)
-        if not result.ok:
-            code = EXIT_ERRORS
-    if code == EXIT_OK and locked:
+    try:
+        result = run_merchant(cfg, **kw)
+    except LockHeld as exc:
+        log.warning("run.locked", merchant=cfg.merchant, error=str(exc))
+        print(f"{cfg.merchant}: skipped, {exc}", file=out)
+        return EXIT_LOCKED, None
+    except StateError as exc:
+        text = _redacted(str(exc))
+        log.error("run.state_error", merchant=cfg.merchant, error=text)
+        print(f"loopsync: {cfg.merchant}: {text}", file=sys.stderr)
+        return exc.exit_code, exc.problem
+    except Exception as exc:  # noqa: BLE001 - recorded as crashed; the next merchant goes on
+        text = _one_line(exc)
+        log.error("run.crashed", merchant=cfg.merchant, error=text)
+        print(f"loopsync: {cfg.merchant}: crashed: {text}", file=sys.stderr)
+        return EXIT_ERRORS, f"crashed: {text}"
+    print(summary_line(result), file=out)
+    refused = result.stage_errors.get("credentials")
+    if refused:
+        print(f"  {refused}", file=out)
+    _print_planned(result, out)
+    if result.ok or result.stopped and not result.counts.errors:
+        return EXIT_OK, None
+    return EXIT_ERRORS, refused or "errors (see loopsync status)"
+
+
+def _final_code(codes: dict[str, tuple[int, str | None]], bad: list[ConfigError]) -> int:
+    """One exit status for a command over several merchants (see the module docstring)."""
+    failed = {m: why for m, (code, why) in codes.items() if why is not None}
+    if PROCESS.requested:
+        return PROCESS.exit_code
+    if bad:
+        return EXIT_CONFIG
+    if failed:
+        if len(failed) > 1 or len(codes) > 1:
+            print("loopsync: failed: " + "; ".join(f"{m} ({why})" for m, why in failed.items()),
+                  file=sys.stderr)
+        if len(codes) == 1:
+            return next(iter(codes.values()))[0]
+        return EXIT_ERRORS
+    if any(code == EXIT_LOCKED for code, _ in codes.values()):
         return EXIT_LOCKED
-    return code
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
+    configs, bad = load_each(args.config)
+    _report_bad(bad)
+    codes: dict[str, tuple[int, str | None]] = {}
+
+    def work(stop: threading.Event) -> None:
+        for cfg in configs:
+            if stop.is_set():
+                break
+            codes[cfg.merchant] = _run_one(cfg, out, stop=stop, dry_run=args.dry_run,
+                                           mode="run")
+
+    PROCESS.supervise(work, grace=stop_grace(configs))
+    return _final_code(codes, bad)
+
+
+def stop_grace(configs: list[MerchantConfig]) -> float:
+    """How long a stopping cycle may take: its current request, at two read timeouts
+    (a slow answer, then the checkpoint), and a little more."""
+    longest = max([30.0] + [max(c.loop.timeout, c.warehouse.timeout) for c in configs])
+    return 2 * longest + 5
 
 
 def cmd_import(args: argparse.Namespace, out: TextIO) -> int:
-    from loopsync.runner import run_merchant, summary_line
-
     if bool(args.return_id) == bool(args.start or args.end):
         raise UsageError("import needs either --return-id or both --from and --to")
     start = end = None
@@ -165,37 +287,67 @@ def cmd_import(args: argparse.Namespace, out: TextIO) -> int:
             raise UsageError("--to must be after --from")
     if len(args.config) != 1:
         raise UsageError("import takes exactly one -c FILE")
-    (cfg,) = load_all(args.config)
-    try:
-        result = run_merchant(cfg, dry_run=args.dry_run, mode="import", import_from=start,
-                              import_to=end, import_return_id=args.return_id)
-    except LockHeld as exc:
-        print(f"{cfg.merchant}: {exc}", file=out)
-        return EXIT_LOCKED
-    print(summary_line(result), file=out)
-    _print_planned(result, out)
-    return EXIT_OK if result.ok else EXIT_ERRORS
+    loaded = load_all(args.config)
+    if len(loaded) != 1:
+        raise UsageError("import takes exactly one merchant (-c FILE, not a folder of several)")
+    (cfg,) = loaded
+    codes: dict[str, tuple[int, str | None]] = {}
+
+    def work(stop: threading.Event) -> None:
+        if not stop.is_set():
+            codes[cfg.merchant] = _run_one(cfg, out, stop=stop, dry_run=args.dry_run,
+                                           mode="import", import_from=start, import_to=end,
+                                           import_return_id=args.return_id)
+
+    PROCESS.supervise(work, grace=stop_grace([cfg]))
+    return _final_code(codes, [])
 
 
 def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
     from loopsync.runner import run_merchant
     from loopsync.scheduling import serve
 
-    configs = load_all(args.config)
+    configs, bad = load_each(args.config)
+    _report_bad(bad)
+    if PROCESS.requested:  # stopped during start-up: nothing is running yet
+        log.info("serve.stopped", signal=PROCESS.name)
+        return EXIT_OK
+    if not configs:
+        print("loopsync: no valid merchant configuration to serve", file=sys.stderr)
+        return EXIT_CONFIG
 
     def cycle(cfg: MerchantConfig, stop: threading.Event) -> None:
+        # One merchant's trouble is logged (and recorded in its run row when its state
+        # opened); it never reaches the scheduler, and the next cycle tries again.
         try:
             run_merchant(cfg, stop=stop, mode="serve")
         except LockHeld as exc:
             log.warning("serve.locked", merchant=cfg.merchant, error=str(exc))
+        except StateError as exc:
+            log.error("serve.state_error", merchant=cfg.merchant, file=exc.path,
+                      error=_redacted(str(exc)), next="retried on its schedule")
+        except Exception as exc:  # noqa: BLE001 - contained: the other merchants go on
+            log.error("serve.cycle_failed", merchant=cfg.merchant, error=_one_line(exc))
 
-    return serve(configs, cycle)
+    def reload() -> list[MerchantConfig] | None:
+        try:
+            fresh, invalid = load_each(args.config)
+        except ConfigError as exc:  # the folder emptied or vanished: keep what runs
+            _report_bad([exc])
+            return None
+        _report_bad(invalid)
+        return fresh
+
+    return serve(configs, cycle, shutdown=PROCESS, reload=reload, grace=stop_grace(configs))
 
 
 def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
-    from loopsync.status import merchant_status, render_status
+    from loopsync.status import merchant_status, render_status, status_env
 
-    reports = [merchant_status(cfg) for cfg in load_all(args.config)]
+    # Reads the state files only: no secret needs to be in the environment.
+    configs, bad = load_each(args.config, env=status_env())
+    _report_bad(bad)
+    reports = [merchant_status(cfg) for cfg in configs]
     # Redacted here too: a state file written before redaction existed may hold secrets.
     if args.json:
         out.write(redact(json.dumps(redact_obj(reports), indent=2, default=str)))
@@ -203,7 +355,14 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
     else:
         for report in reports:
             out.write(redact(render_status(redact_obj(report))))
-    return EXIT_OK
+    codes: dict[str, tuple[int, str | None]] = {}
+    for cfg, report in zip(configs, reports, strict=True):
+        failure = report.get("state_error")
+        if failure:
+            print(f"loopsync: {cfg.merchant}: {failure['message']}", file=sys.stderr)
+        codes[cfg.merchant] = (failure["exit_code"], failure["message"]) if failure else \
+            (EXIT_OK, None)
+    return _final_code(codes, bad)
 
 
 def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:

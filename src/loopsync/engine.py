@@ -42,6 +42,7 @@ from loopsync import store as st
 from loopsync.config import MerchantConfig
 from loopsync.connectors.base import NotReady, PollStopped, PushRequest, WarehouseConnector
 from loopsync.errors import (Ambiguous, AuthError, DryRunViolation, LockHeld, OutcomeUnknown,
+                             StateError,
                              PermanentError, Rejected, RemoteError, StateConflict, TransientError,
                              Unreadable)
 from loopsync.loop_client import DISPOSITION_BATCH, LOOP_STATES, PaginationStopped, batched
@@ -93,8 +94,8 @@ ASN_BACKFILL = timedelta(days=30)
 # run, lock) and local faults that would hit every return alike (disk full, database
 # I/O, memory). Anything else one return raises is recorded against it; the batch goes on.
 NOT_ONE_RECORDS_FAULT: tuple[type[BaseException], ...] = (
-    NotReady, PollStopped, DryRunViolation, LockHeld, MemoryError, OSError,
-    sqlite3.OperationalError)
+    NotReady, PollStopped, DryRunViolation, LockHeld, AuthError, StateError, MemoryError,
+    OSError, sqlite3.OperationalError, sqlite3.DatabaseError)
 
 
 def one_records_fault(exc: BaseException) -> bool:
@@ -210,6 +211,8 @@ class Engine:
             return
         try:
             fn()
+        except AuthError:
+            raise  # credentials refused: the whole cycle stops (runner records why, once)
         except RemoteError as exc:
             self.counts.errors += 1
             self.result.stage_errors[name] = printable(str(exc))  # remote text: no surrogates
@@ -350,7 +353,7 @@ class Engine:
                                           "it is read again next cycle")
             return INCOMPLETE
         except PermanentError as exc:
-            if cursor is None or last is not None:
+            if cursor is None or last is not None or isinstance(exc, AuthError):
                 raise
             # A saved page cursor the API no longer accepts: re-read the window from its start.
             self.log.warning("ingest.cursor_rejected", state=state, error=str(exc))
@@ -535,6 +538,8 @@ class Engine:
             try:
                 work(rid)
                 outage = 0
+            except AuthError:
+                raise  # not this return's fault: every other one would be refused too
             except TransientError as exc:
                 self.counts.errors += 1
                 outage += 1
@@ -859,6 +864,9 @@ class Engine:
             return True
         except OutcomeUnknown as exc:
             self.store.effect_error(key, str(exc))
+            raise
+        except AuthError as exc:  # refused before it ran: try again once credentials work
+            self.store.effect_not_sent(key, str(exc))
             raise
         except PermanentError as exc:
             if kind in ("process", "flag") and not isinstance(exc, AuthError):

@@ -6,6 +6,10 @@
     ├── DryRunViolation        a write was attempted in a dry run (a bug, never expected)
     ├── Unreadable             one remote record cannot be read (names the field): held, never
     │                          guessed; also a ValueError, so `except ValueError` sites hold it
+    ├── StateError             the merchant's state file cannot be used (exit_code: sysexits)
+    │   ├── StateCorrupt       not a database, truncated, malformed, newer schema (65)
+    │   ├── StateUnwritable    its folder or file cannot be created or written (73)
+    │   └── StateIOError       disk full or an I/O error (74)
     └── RemoteError            anything a remote system said or failed to say
         ├── TransientError     worth retrying later: 5xx, timeouts, resets, throttling
         │   ├── RateLimited    429 or a throttle body; carries retry_after seconds if known
@@ -22,6 +26,9 @@
             │                  candidates: reported for a person, never guessed
             ├── ForeignOrigin  a redirect or link to another origin; nothing was sent there
             └── ResponseTooLarge  the answer passed the size cap (after decompression)
+
+    StopRequested (a BaseException, like KeyboardInterrupt, so no catch-all swallows it)
+                               shutdown was asked for while waiting: abandon the request
 """
 
 from __future__ import annotations
@@ -50,6 +57,41 @@ class LockHeld(LoopsyncError):
 
 class DryRunViolation(LoopsyncError):
     """A state-changing remote call was attempted during a dry run."""
+
+
+class StateError(LoopsyncError):
+    """A merchant's state file cannot be used. One line naming the file and the problem;
+    `exit_code` is the sysexits code the command ends with."""
+
+    exit_code = 74
+
+    def __init__(self, path: str, problem: str) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__(f"state file {path}: {problem}")
+
+
+class StateCorrupt(StateError):
+    """Not a database, truncated, malformed, or written by a newer loopsync."""
+
+    exit_code = 65  # EX_DATAERR
+
+
+class StateUnwritable(StateError):
+    """The state file or its folder cannot be created or written."""
+
+    exit_code = 73  # EX_CANTCREAT
+
+
+class StateIOError(StateError):
+    """The disk is full, or reading or writing the file failed."""
+
+    exit_code = 74  # EX_IOERR
+
+
+class StopRequested(BaseException):  # noqa: N818 - a signal, not an error
+    """Shutdown was requested while waiting (a backoff, a rate limit): the request is
+    abandoned. A BaseException so that a per-record catch-all cannot swallow it."""
 
 
 class RemoteError(LoopsyncError):

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import uuid
 from dataclasses import asdict
@@ -12,15 +13,16 @@ from typing import Any
 
 import structlog
 
-from loopsync import logs
+from loopsync import logs, refusals
 from loopsync.config import MerchantConfig
 from loopsync.connectors import connector_class
 from loopsync.connectors.base import ConnectorContext, WarehouseConnector
-from loopsync.engine import CycleResult, Engine
+from loopsync.engine import CycleCounts, CycleResult, Engine
+from loopsync.errors import AuthError, StopRequested
 from loopsync.http import LIMIT_HISTORY_NAMESPACE, LimitHistory, RetryPolicy
 from loopsync.loop_client import LoopClient
-from loopsync.store import MerchantLock, Store
-from loopsync.timeutil import Clock, SystemClock
+from loopsync.store import MerchantLock, Store, state_error
+from loopsync.timeutil import Clock, SystemClock, iso
 
 log = structlog.get_logger("loopsync.run")
 
@@ -59,7 +61,11 @@ def run_merchant(cfg: MerchantConfig, *, clock: Clock | None = None,
                  import_return_id: str | None = None,
                  policy: RetryPolicy | None = None) -> CycleResult:
     """One cycle (or one manual import) for one merchant. Raises LockHeld when another
-    process works this merchant. Dry runs take no lock and write nothing anywhere."""
+    process works this merchant, StateError when its state file cannot be used (named,
+    with a sysexits code). Dry runs take no lock and write nothing anywhere.
+
+    A shutdown (`stop`) ends the cycle as `stopped`; credentials refused end it at once
+    as `refused` and later cycles wait (loopsync.refusals)."""
     stop = stop or threading.Event()
     clock = clock or SystemClock(stop)
     for secret in cfg.secrets():
@@ -69,7 +75,10 @@ def run_merchant(cfg: MerchantConfig, *, clock: Clock | None = None,
     # is then plain to see in the log.
     log.info("state", merchant=cfg.merchant, path=str(cfg.state_path))
     bound = structlog.contextvars.bound_contextvars(merchant=cfg.merchant, run_id=run_id)
-    lock = None if dry_run else MerchantLock(cfg.state_path).acquire()
+    try:
+        lock = None if dry_run else MerchantLock(cfg.state_path).acquire()
+    except OSError as exc:  # its folder cannot be created or written
+        raise state_error(cfg.state_path, exc) from None
     try:
         with bound:
             return _run_locked(cfg, clock=clock, stop=stop, dry_run=dry_run, mode=mode,
@@ -85,14 +94,42 @@ def _run_locked(cfg: MerchantConfig, *, clock: Clock, stop: threading.Event, dry
                 import_to: datetime | None, import_return_id: str | None,
                 policy: RetryPolicy | None) -> CycleResult:
     store = open_store(cfg, clock, dry_run=dry_run)
+    try:
+        return _run_open(cfg, store, clock=clock, stop=stop, dry_run=dry_run, mode=mode,
+                         run_id=run_id, import_from=import_from, import_to=import_to,
+                         import_return_id=import_return_id, policy=policy)
+    except sqlite3.Error as exc:  # the state file failed under us (disk full, ...)
+        raise state_error(cfg.state_path, exc) from None
+    finally:
+        try:
+            store.close()
+        except sqlite3.Error:
+            pass
+
+
+def _run_open(cfg: MerchantConfig, store: Store, *, clock: Clock, stop: threading.Event,
+              dry_run: bool, mode: str, run_id: str, import_from: datetime | None,
+              import_to: datetime | None, import_return_id: str | None,
+              policy: RetryPolicy | None) -> CycleResult:
+    manual = mode == "import" or dry_run  # a person is trying: no backoff in the way
+    refusal = refusals.load(store.kv(refusals.KV_NAMESPACE))
+    if not manual and not refusals.may_try(refusal, clock.now(), cfg.secrets()):
+        assert refusal is not None
+        return _refused_skip(cfg, run_id, refusal)
     loop = build_loop_client(cfg, clock, dry_run=dry_run, policy=policy)
     connector = build_connector(cfg, clock, store, stop=stop, dry_run=dry_run, policy=policy)
     # rate limits hold across processes: the last run's recent sends count against ours
     limits = LimitHistory.load(store.kv(LIMIT_HISTORY_NAMESPACE), loop, connector)
     engine = Engine(cfg, store, loop, connector, clock=clock, run_id=run_id, stop=stop,
                     dry_run=dry_run)
-    store.start_run(run_id, mode + (" (dry run)" if dry_run else ""))
+    try:
+        store.start_run(run_id, mode + (" (dry run)" if dry_run else ""))
+    except BaseException:  # no room even for the run row: nothing else was done
+        connector.close()
+        raise
     status, error = "ok", None
+    result = engine.result
+    unrecorded: sqlite3.Error | None = None
     try:
         if import_return_id or import_from:
             ids = _import(engine, import_return_id, import_from, import_to)
@@ -103,13 +140,42 @@ def _run_locked(cfg: MerchantConfig, *, clock: Clock, stop: threading.Event, dry
             status = "errors"
         if result.stopped:
             status = "stopped"
+        if refusal is not None and not dry_run:
+            refusals.save(store.kv(refusals.KV_NAMESPACE), None)  # accepted again
+            log.info("credentials.accepted", merchant=cfg.merchant, system=refusal.system)
+    except AuthError as exc:
+        # Every other request would be refused too: stop the cycle, say why once, wait.
+        result.counts.errors += 1
+        status = "refused"
+        new = refusals.after_refusal(refusal, exc.system, _redacted(str(exc)), clock.now(),
+                                     cfg.secrets())
+        error = f"{new.reason}: {new.message}"
+        result.stage_errors["credentials"] = (
+            f"{new.reason} ({new.failures} in a row); next try after {iso(new.retry_at)}")
+        if not dry_run:
+            refusals.save(store.kv(refusals.KV_NAMESPACE), new)
+        log.error("credentials.refused", merchant=cfg.merchant, system=exc.system,
+                  failures=new.failures, retry_at=iso(new.retry_at), error=str(exc))
+    except StopRequested:
+        # Shutdown during a wait: the request is abandoned, what was stored stays stored
+        # (ledger intents are looked up next cycle, as after a kill).
+        result.stopped = True
+        status = "stopped"
+    except sqlite3.Error as exc:  # the state file itself: named by the caller, not a crash
+        status, error = "failed", str(state_error(cfg.state_path, exc))
+        engine.result.counts.errors += 1
+        raise
     except BaseException as exc:  # recorded in the run row, then re-raised
-        status, error = "crashed", f"{type(exc).__name__}: {exc}"
+        status, error = "crashed", _redacted(f"{type(exc).__name__}: {exc}")
         engine.result.counts.errors += 1
         raise
     finally:
         counts = asdict(engine.result.counts)
-        store.finish_run(run_id, status, counts, engine.result.counts.errors, error)
+        try:
+            store.finish_run(run_id, status, counts, engine.result.counts.errors, error)
+        except sqlite3.Error as exc:  # disk full: the run row stays "running" (interrupted)
+            log.error("run.not_recorded", merchant=cfg.merchant, error=str(exc))
+            unrecorded = exc
         c = engine.result.counts
         log.info("cycle.summary", merchant=cfg.merchant, run_id=run_id, mode=mode,
                  dry_run=dry_run, status=status, pulled=c.pulled, new=c.new, pushed=c.pushed,
@@ -118,8 +184,25 @@ def _run_locked(cfg: MerchantConfig, *, clock: Clock, stop: threading.Event, dry
                  duration=round(engine.result.duration, 3))
         limits.save()
         connector.close()
-        store.close()
+    if unrecorded is not None:  # the cycle went well, but its record could not be kept
+        raise unrecorded
     return result
+
+
+def _refused_skip(cfg: MerchantConfig, run_id: str, refusal: refusals.Refusal) -> CycleResult:
+    """A cycle inside the wait after a refusal: no remote is contacted, one line says why."""
+    result = CycleResult(cfg.merchant, run_id, CycleCounts(errors=1))
+    result.stage_errors["credentials"] = (
+        f"{refusal.reason} ({refusal.failures} in a row, last {iso(refusal.last_at)}); "
+        f"not tried again before {iso(refusal.retry_at)}")
+    log.warning("cycle.skipped", merchant=cfg.merchant, reason=refusal.reason,
+                retry_at=iso(refusal.retry_at))
+    return result
+
+
+def _redacted(text: str) -> str:
+    """`text` with every registered secret masked (stored run errors, kv)."""
+    return str(logs.redact_secrets(None, "", {"text": text})["text"])
 
 
 def _import(engine: Engine, return_id: str | None, start: datetime | None,

@@ -1,13 +1,19 @@
 """`loopsync serve`: the only module that imports APScheduler (3.x).
 
 One interval job per merchant, max_instances=1, coalesced, misfire grace in minutes, the
-first cycle at start. SIGTERM/SIGINT only raise in the main thread; the stop event then
-makes running cycles finish their current page, checkpoint and return.
+first cycle at start. The scheduler runs in the background; the main thread watches for
+signals (loopsync.shutdown): SIGTERM/SIGINT set the stop event, which makes running
+cycles finish their current request, checkpoint and return, then the process exits 0; a
+second one forces the exit. SIGHUP re-reads the configuration: merchants are added,
+removed or replaced (a running cycle of a replaced merchant finishes first).
+
+A merchant's cycle never raises into the scheduler: `run_cycle` contains its own
+failures (cli.cmd_serve), and anything that still escapes is logged here, one line, and
+the merchant runs again on its schedule.
 """
 
 from __future__ import annotations
 
-import signal
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -16,34 +22,72 @@ from typing import Any
 import structlog
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED
 from apscheduler.executors.pool import ThreadPoolExecutor
-from apscheduler.schedulers.blocking import BlockingScheduler
+from apscheduler.schedulers.background import BackgroundScheduler
 
 from loopsync.config import MerchantConfig
+from loopsync.shutdown import Shutdown
 
 log = structlog.get_logger("loopsync.serve")
 MISFIRE_GRACE_SECONDS = 600
+# Threads are made only when needed; room for merchants added by a reload.
+MAX_WORKERS = 64
+
+Cycle = Callable[[MerchantConfig, threading.Event], Any]
 
 
-class ShutdownRequested(Exception):  # noqa: N818 - a signal, not an error
-    pass
+def _job_id(cfg: MerchantConfig) -> str:
+    return f"sync:{cfg.merchant}"
 
 
-def serve(configs: list[MerchantConfig], run_cycle: Callable[[MerchantConfig,
-                                                                threading.Event], Any],
-          stop: threading.Event | None = None) -> int:
+def _guarded(run_cycle: Cycle) -> Cycle:
+    """The job: one merchant's exception is logged and contained (never a traceback)."""
+    def job(cfg: MerchantConfig, stop: threading.Event) -> None:
+        try:
+            run_cycle(cfg, stop)
+        except Exception as exc:  # noqa: BLE001 - one merchant must not stop the rest
+            log.error("serve.cycle_failed", merchant=cfg.merchant,
+                      error=" ".join(f"{type(exc).__name__}: {exc}".split())[:500])
+    return job
+
+
+def serve(configs: list[MerchantConfig], run_cycle: Cycle,
+          stop: threading.Event | None = None, *, shutdown: Shutdown | None = None,
+          reload: Callable[[], list[MerchantConfig] | None] | None = None,
+          grace: float = 65.0) -> int:
+    """Run every merchant on its schedule until `stop` is set or a signal arrives (the
+    `shutdown` handlers must be installed by the caller to see signals). `reload`: the
+    configurations to run after a SIGHUP (None: keep the current ones)."""
     stop = stop or threading.Event()
-    scheduler = BlockingScheduler(
-        executors={"default": ThreadPoolExecutor(max_workers=max(1, len(configs)))},
+    shutdown = shutdown or Shutdown()
+    job = _guarded(run_cycle)
+    scheduler = BackgroundScheduler(
+        executors={"default": ThreadPoolExecutor(max_workers=max(MAX_WORKERS, len(configs)))},
         job_defaults={"max_instances": 1, "coalesce": True,
                       "misfire_grace_time": MISFIRE_GRACE_SECONDS},
         timezone=UTC,
     )
-    for cfg in configs:
+    running: dict[str, MerchantConfig] = {}
+
+    def schedule(cfg: MerchantConfig) -> None:
         seconds = int(cfg.every.total_seconds())
-        scheduler.add_job(run_cycle, "interval", seconds=seconds,
-                          jitter=min(30, seconds // 10), id=f"sync:{cfg.merchant}",
-                          name=f"sync:{cfg.merchant}", replace_existing=True,
+        scheduler.add_job(job, "interval", seconds=seconds, jitter=min(30, seconds // 10),
+                          id=_job_id(cfg), name=_job_id(cfg), replace_existing=True,
                           next_run_time=datetime.now(UTC), args=[cfg, stop])
+        running[cfg.merchant] = cfg
+
+    for cfg in configs:
+        schedule(cfg)
+
+    def apply(fresh: list[MerchantConfig]) -> None:
+        wanted = {c.merchant: c for c in fresh}
+        for merchant in sorted(set(running) - set(wanted)):
+            scheduler.remove_job(_job_id(running.pop(merchant)))
+            log.info("serve.merchant_removed", merchant=merchant)
+        for merchant, cfg in wanted.items():
+            if running.get(merchant) != cfg:
+                log.info("serve.merchant_" + ("replaced" if merchant in running else "added"),
+                         merchant=merchant, file=cfg.file)
+                schedule(cfg)
 
     def on_event(event: Any) -> None:
         log.warning("scheduler.event", code=event.code, job=event.job_id,
@@ -51,22 +95,30 @@ def serve(configs: list[MerchantConfig], run_cycle: Callable[[MerchantConfig,
 
     scheduler.add_listener(on_event, EVENT_JOB_ERROR | EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES)
 
-    def on_signal(signum: int, _frame: Any) -> None:
-        for s in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(s, signal.SIG_IGN)  # a second signal must not abort the drain
-        raise ShutdownRequested(signal.Signals(signum).name)
+    def idle() -> bool:
+        """True when it is time to stop; applies a reload on the way."""
+        if stop.is_set():
+            return True
+        if shutdown.take_reload() and reload is not None:
+            fresh = reload()
+            if fresh is not None:
+                apply(fresh)
+            log.info("serve.reloaded", merchants=sorted(running))
+        return False
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     log.info("serve.start", merchants=[c.merchant for c in configs])
+    scheduler.start()
     try:
-        scheduler.start()
-    except ShutdownRequested as exc:
-        log.info("serve.shutdown", signal=str(exc))
+        shutdown.watch(stop, until=idle)
+        log.info("serve.shutdown", signal=shutdown.name or "stop")
     finally:
         stop.set()
-        if scheduler.running:
-            scheduler.shutdown(wait=True)
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+        # Running cycles end at their current request: waited for up to `grace` seconds
+        # in a helper thread, so the main thread still acts on a second signal.
+        closing = threading.Thread(target=scheduler.shutdown, kwargs={"wait": True},
+                                   name="loopsync-drain", daemon=True)
+        closing.start()
+        if not shutdown.drain(closing, grace):
+            log.warning("serve.left_running", grace=grace)
     log.info("serve.stopped")
     return 0

@@ -1,14 +1,51 @@
-"""`loopsync status`: where a merchant's sync stands, read from its state file alone."""
+"""`loopsync status`: where a merchant's sync stands, read from its state file alone.
+
+It changes no file (the state is opened read-only, see `Store(read_only=True)`) and
+needs no secret: configuration is read with any missing ${VAR} standing in. A last run
+still marked running while no process holds the merchant's lock died without finishing
+(killed, power cut, disk full): it is shown as `interrupted`."""
 
 from __future__ import annotations
 
 import json
+import os
+import sqlite3
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from loopsync import refusals
 from loopsync.config import MerchantConfig
-from loopsync.store import Store
+from loopsync.errors import StateError
+from loopsync.store import Store, lock_is_held, state_error
 from loopsync.timeutil import SystemClock
+
+# Stands in for an unset ${VAR}: long and plain enough for every secret check, and never
+# used, since status contacts no remote.
+PLACEHOLDER = "unset-not-needed-by-status"
+
+
+class _EnvForStatus(Mapping[str, str]):
+    """The environment, where every variable is set (to PLACEHOLDER when it is not)."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+
+    def __getitem__(self, name: str) -> str:
+        return self.env.get(name) or PLACEHOLDER
+
+    def __contains__(self, name: object) -> bool:
+        return True
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.env)
+
+    def __len__(self) -> int:
+        return len(self.env)
+
+
+def status_env(env: Mapping[str, str] | None = None) -> Mapping[str, str]:
+    return _EnvForStatus(os.environ if env is None else env)
 
 
 def merchant_status(cfg: MerchantConfig) -> dict[str, Any]:
@@ -18,7 +55,12 @@ def merchant_status(cfg: MerchantConfig) -> dict[str, Any]:
     if not path.exists():
         report["note"] = "no state yet: the first run has not happened"
         return report
-    store = Store(path, SystemClock())
+    try:
+        store = Store(path, SystemClock(), read_only=True)
+    except StateError as exc:
+        report["state_error"] = {"message": str(exc), "exit_code": exc.exit_code}
+        report["note"] = str(exc)
+        return report
     try:
         report["schema_version"] = store.schema_version
         report["cursors"] = store.cursors()
@@ -29,10 +71,25 @@ def merchant_status(cfg: MerchantConfig) -> dict[str, Any]:
         if runs:
             run = runs[0]
             run["counts"] = json.loads(run["counts"]) if run.get("counts") else {}
+            if run["status"] == "running" and not lock_is_held(path):
+                run["status"] = "interrupted"  # no process works it: it died mid-run
+                run["note"] = "the process ended without finishing this run"
             report["last_run"] = run
+        refusal = refusals.load(store.kv(refusals.KV_NAMESPACE))
+        if refusal is not None:
+            report["credentials"] = {k: v for k, v in refusal.to_json().items()
+                                     if k not in ("salt", "fingerprint")}
+            report["credentials"]["reason"] = refusal.reason
         report["waiting"] = store.waiting(50)
         report["problems"] = store.problems(20)
         report["clock"] = clock_events(store)
+    except StateError as exc:
+        report["state_error"] = {"message": str(exc), "exit_code": exc.exit_code}
+        report["note"] = str(exc)
+    except sqlite3.Error as exc:  # a damaged file found while reading it: named likewise
+        err = state_error(path, exc)
+        report["state_error"] = {"message": str(err), "exit_code": err.exit_code}
+        report["note"] = str(err)
     finally:
         store.close()
     return report
@@ -42,10 +99,16 @@ def render_status(r: dict[str, Any]) -> str:
     lines = [f"{r['merchant']}  ({r['warehouse']}, state {r['state_path']})"]
     if "note" in r:
         return "\n".join(lines + [f"  {r['note']}", ""]) + "\n"
+    cred = r.get("credentials")
+    if cred:
+        lines.append(f"  {cred['reason']} ({cred['failures']} in a row since "
+                     f"{cred['first_at']}); next try after {cred['retry_at']}: "
+                     f"{cred['message']}")
     run = r.get("last_run")
     if run:
         c = run.get("counts", {})
-        lines.append(f"  last run  {run['started_at']} -> {run.get('ended_at') or '(running)'}  "
+        ended = run.get("ended_at") or f"({run['status']})"
+        lines.append(f"  last run  {run['started_at']} -> {ended}  "
                      f"{run['status']}  pulled={c.get('pulled', 0)} pushed={c.get('pushed', 0)} "
                      f"processed={c.get('processed', 0)} flagged={c.get('flagged', 0)} "
                      f"errors={run.get('errors', 0)}"

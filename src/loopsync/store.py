@@ -26,7 +26,9 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 import sqlite3
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -36,7 +38,8 @@ from typing import Any
 import sqlite_utils
 from sqlite_utils.db import NotFoundError
 
-from loopsync.errors import LockHeld
+from loopsync.errors import (LockHeld, StateCorrupt, StateError, StateIOError,
+                             StateUnwritable)
 from loopsync.redaction import (contains_secret, dumps_redacted, redact, redact_obj,
                                 redact_optional)
 from loopsync.timeutil import Clock, iso, parse_timestamp
@@ -133,43 +136,65 @@ class Cursor:
 
 
 class Store:
-    def __init__(self, path: str | Path, clock: Clock, *, memory_copy_of: Path | None = None) -> None:
+    """A merchant's state. Every failure to open, read or write the file itself surfaces
+    as a StateError naming the file (see `state_error`), never as a raw sqlite3 error.
+
+    `read_only`: look without changing any file (`status`): the schema is checked, never
+    migrated. `memory_copy_of` (with path ":memory:"): a private copy (dry runs)."""
+
+    def __init__(self, path: str | Path, clock: Clock, *, memory_copy_of: Path | None = None,
+                 read_only: bool = False) -> None:
         self.clock = clock
         self.path = Path(path)
-        if str(path) == ":memory:":
-            conn = sqlite3.connect(":memory:", check_same_thread=False)
-            if memory_copy_of is not None and memory_copy_of.exists():
-                # Dry runs work on a private copy: identical decisions, nothing persists.
-                src = sqlite3.connect(f"file:{memory_copy_of}?mode=ro", uri=True)
-                src.backup(conn)
-                src.close()
-        else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            _create_private(self.path)
-            old_umask = os.umask(0o077)  # -wal and -shm files: owner only, like the db
-            try:
-                conn = sqlite3.connect(str(self.path), timeout=10, check_same_thread=False)
-            finally:
-                os.umask(old_umask)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute("PRAGMA busy_timeout=10000")
-        self.db = sqlite_utils.Database(conn)
-        self.migrate()
+        self.read_only = read_only
+        try:
+            if str(path) == ":memory:":
+                conn = sqlite3.connect(":memory:", check_same_thread=False)
+                if memory_copy_of is not None and memory_copy_of.exists():
+                    # Dry runs work on a private copy: identical decisions, nothing persists.
+                    _check_header(memory_copy_of)
+                    with _snapshot_source(memory_copy_of) as src:
+                        src.backup(conn)
+            elif read_only:
+                _check_header(self.path)
+                conn = _open_read_only(self.path)
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                _check_header(self.path)
+                _refuse_newer(self.path)  # before anything is written, -wal and -shm included
+                _create_private(self.path)
+                old_umask = os.umask(0o077)  # -wal and -shm files: owner only, like the db
+                try:
+                    conn = sqlite3.connect(str(self.path), timeout=10, check_same_thread=False)
+                finally:
+                    os.umask(old_umask)
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA busy_timeout=10000")
+            self.db = sqlite_utils.Database(conn)
+            if read_only:
+                self._check_version()
+            else:
+                self.migrate()
+        except (sqlite3.Error, OSError) as exc:
+            raise state_error(self.path, exc) from None
 
     # -- schema -------------------------------------------------------------------------
     def migrate(self) -> None:
         with self.db.atomic():
             if "meta" not in self.db.table_names():
                 self.db["meta"].create({"key": str, "value": str}, pk="key")
-            row = self._meta("schema_version")
-            version = int(row) if row else 0
-            if version > SCHEMA_VERSION:
-                raise RuntimeError(f"state database schema {version} is newer than this "
-                                   f"loopsync ({SCHEMA_VERSION}); upgrade loopsync")
+            version = self._check_version()
             for v in range(version + 1, SCHEMA_VERSION + 1):
                 MIGRATIONS[v](self.db)
                 self._set_meta("schema_version", str(v))
+
+    def _check_version(self) -> int:
+        """The file's schema version; a newer one than this loopsync knows is refused
+        (migrating down, or writing rows it does not understand, would lose data)."""
+        if "meta" not in self.db.table_names():
+            return 0
+        return _schema_version(self.path, self._meta("schema_version"))
 
     def _meta(self, key: str) -> str | None:
         rows = list(self.db.query("select value from meta where key = ?", [key]))
@@ -520,6 +545,167 @@ class StoreKeyValue:
         self.store.db["kv"].upsert({"namespace": self.namespace, "key": key,
                                     "value": dumps_redacted(value)},
                                    pk=("namespace", "key"))
+
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def state_error(path: str | Path, exc: BaseException) -> StateError:
+    """Name what went wrong with a state file, for one line and a sysexits code: corrupt
+    (65), cannot be created or written (73), disk full or I/O (74)."""
+    if isinstance(exc, StateError):
+        return exc
+    where = str(path)
+    if isinstance(exc, sqlite3.Error):
+        name = getattr(exc, "sqlite_errorname", "") or ""
+        text = str(exc)
+        if name.startswith("SQLITE_FULL") or "disk is full" in text:
+            return StateIOError(where, f"disk full ({text})")
+        if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or \
+                "not a database" in text or "malformed" in text:
+            return StateCorrupt(where, f"corrupt or not a loopsync state file ({text})")
+        if name.startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM",
+                            "SQLITE_AUTH")) or "readonly" in text or "unable to open" in text:
+            return StateUnwritable(where, f"cannot be opened for writing ({text})")
+        return StateIOError(where, f"cannot be read or written ({text})")
+    if isinstance(exc, OSError):
+        reason = exc.strerror or str(exc)
+        at = f" ({exc.filename})" if exc.filename and str(exc.filename) != where else ""
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return StateIOError(where, f"disk full ({reason}){at}")
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST,
+                         errno.EISDIR, errno.ENAMETOOLONG, errno.ELOOP):
+            return StateUnwritable(where, f"cannot be created or written ({reason}){at}")
+        return StateIOError(where, f"cannot be read or written ({reason}){at}")
+    return StateIOError(where, f"{type(exc).__name__}: {exc}")
+
+
+def _check_header(path: Path) -> None:
+    """Refuse a file that is not a SQLite database, or one cut short, before SQLite sees
+    it: a truncated file otherwise opens and fails later, at some query mid-cycle.
+
+    The page count in the header is trusted only without a -wal file: a checkpoint cut
+    short by a kill may leave the main file shorter than its header while the WAL still
+    holds the pages, and SQLite recovers that."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return
+    if size == 0:
+        return  # created, never written: SQLite initialises it
+    if path.is_dir():
+        raise StateUnwritable(str(path), "is a directory")
+    with open(path, "rb") as f:
+        header = f.read(100)
+    if len(header) < 100 or not header.startswith(_SQLITE_MAGIC):
+        raise StateCorrupt(str(path), "not a SQLite database (wrong header); restore it from "
+                                      "a backup or move it away to start afresh")
+    wal = Path(f"{path}-wal")
+    if wal.exists() and wal.stat().st_size > 0:
+        return
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    pages = int.from_bytes(header[28:32], "big")
+    counter_valid = header[92:96] == header[24:28]
+    if counter_valid and pages and size < pages * page_size:
+        raise StateCorrupt(str(path), f"truncated: {size} bytes where its header says "
+                                      f"{pages * page_size}; restore it from a backup")
+
+
+def _schema_version(path: Path, stored: str | None) -> int:
+    try:
+        version = int(stored) if stored else 0
+    except ValueError:
+        raise StateCorrupt(str(path), f"schema version {stored!r} is not a number") from None
+    if version > SCHEMA_VERSION:
+        raise StateCorrupt(str(path), f"written by a newer loopsync (schema {version}; this "
+                                      f"one reads up to {SCHEMA_VERSION}): upgrade loopsync")
+    return version
+
+
+def _refuse_newer(path: Path) -> None:
+    """Look at an existing file's schema version read-only: a file this loopsync must not
+    touch is left exactly as it was."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    conn = _open_read_only(path)
+    try:
+        if conn.execute("select 1 from sqlite_master where type = 'table' and name = 'meta'"
+                        ).fetchone() is None:
+            return
+        row = conn.execute("select value from meta where key = 'schema_version'").fetchone()
+    finally:
+        conn.close()
+    _schema_version(path, row[0] if row else None)
+
+
+def _has_wal(path: Path) -> bool:
+    wal = Path(f"{path}-wal")
+    return wal.exists() and wal.stat().st_size > 0
+
+
+def _open_read_only(path: Path) -> sqlite3.Connection:
+    """Read without changing any file. SQLite's `mode=ro` still creates and writes the
+    -shm (and an empty -wal) of a WAL database, measured on 3.40, so a state with no -wal
+    (closed cleanly) is opened `immutable`, which touches nothing; one with a -wal
+    (a worker running, or killed) needs the shared memory to read it consistently."""
+    if not path.exists():
+        raise StateIOError(str(path), "does not exist")
+    uri = path.resolve().as_uri()
+    if _has_wal(path):
+        conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=10, check_same_thread=False)
+        try:
+            conn.execute("select count(*) from sqlite_master").fetchone()
+            return conn
+        except sqlite3.OperationalError:
+            # No -shm and a folder we may not write (a read-only mount): read the main
+            # file alone; what only the WAL holds is not shown.
+            conn.close()
+    return sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, check_same_thread=False)
+
+
+@contextlib.contextmanager
+def _snapshot_source(path: Path) -> Iterator[sqlite3.Connection]:
+    """A connection to a copy of `path` that no other file depends on (dry runs): the
+    file as it is when there is no -wal; else the db and its -wal copied to a private
+    temporary folder, where SQLite replays the WAL without touching the originals."""
+    if not _has_wal(path):
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro&immutable=1", uri=True)
+        try:
+            yield conn
+        finally:
+            conn.close()
+        return
+    with tempfile.TemporaryDirectory(prefix="loopsync-dry-") as tmp:
+        copy = Path(tmp) / "state.sqlite"
+        shutil.copyfile(path, copy)
+        shutil.copyfile(f"{path}-wal", f"{copy}-wal")
+        conn = sqlite3.connect(str(copy))
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+
+def lock_is_held(state_path: Path) -> bool:
+    """Is a worker running this merchant now? Probed with a shared lock, released at
+    once, on an existing lock file only (looking must not create files)."""
+    path = MerchantLock(state_path).path
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
 
 
 def _create_private(path: Path) -> None:

@@ -8,6 +8,8 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
+from loopsync.errors import StopRequested
+
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -87,7 +89,8 @@ class Clock(Protocol):
 
 
 class SystemClock:
-    """Real time. `sleep` wakes early when `stop` is set, so shutdown is prompt."""
+    """Real time. `sleep` wakes early when `stop` is set and raises StopRequested, so
+    shutdown is prompt: no retry or rate-limit wait outlives a SIGTERM."""
 
     # Every SystemClock reads the same time: a rate limiter may be shared between them.
     timeline: object = "system"
@@ -102,7 +105,8 @@ class SystemClock:
         if seconds <= 0:
             return
         if self.stop is not None:
-            self.stop.wait(seconds)
+            if self.stop.wait(seconds):
+                raise StopRequested(f"stop requested during a {seconds:.1f}s wait")
         else:
             time.sleep(seconds)
 
