@@ -212,11 +212,6 @@ def test_hostile_soak_counts_kills_and_never_repeats_an_effect(hostile_soak):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason=(
-    "until the 'http' work (typed errors for cut, badly chunked and badly gzipped bodies; "
-    "a whole-request deadline) and the 'poison' work (every parser: a valid record or "
-    "the unreadable error) are merged, these faults crash runs and the overflowing-"
-    "timestamp poison stops every ingest; remove this mark after the merge"))
 def test_hostile_soak_no_crashed_run_no_loss_poison_held(hostile_soak):
     """Every invariant holds under the hostile soak too: no worker run crashed, nothing
     lost, each poison record (three on Loop, one in each warehouse) held and acted on by no

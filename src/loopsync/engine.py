@@ -95,7 +95,7 @@ ASN_BACKFILL = timedelta(days=30)
 # I/O, memory). Anything else one return raises is recorded against it; the batch goes on.
 NOT_ONE_RECORDS_FAULT: tuple[type[BaseException], ...] = (
     NotReady, PollStopped, DryRunViolation, LockHeld, AuthError, StateError, MemoryError,
-    OSError, sqlite3.OperationalError, sqlite3.DatabaseError)
+    OSError, sqlite3.OperationalError)
 
 
 def one_records_fault(exc: BaseException) -> bool:
@@ -275,7 +275,10 @@ class Engine:
                   if cur.window_from is not None and cur.window_to is not None else None)
         check = check_cursor(cur.done_until, window, cur.page_cursor, now=now,
                              lookback=self.cfg.loop.lookback,
-                             last_seen=self.store.last_updated_at(stream, state))
+                             # Nothing stored for this stream: no record ever read tells
+                             # where the truth was, so read again from the configured start.
+                             last_seen=self.store.last_updated_at(stream, state)
+                             or self.cfg.loop.start_at)
         self.log.warning("ingest.cursor_pulled_back", stream=stream, state=state,
                          was=iso(cur.done_until), now=iso(check.done_until), reason=check.reason)
         if not self.dry_run:
