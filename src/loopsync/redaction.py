@@ -39,7 +39,7 @@ _MIN_FRAGMENT = 8
 
 # A long-running `serve` obtains a new access token or session every few minutes; only the
 # recent ones can still be valid, and an unbounded list would slow every redaction.
-MAX_TRANSIENT = 64
+MAX_TRANSIENT = 8  # access tokens and sessions: only the latest are live; each adds ~15 needles to every scan
 
 
 def _base64_fragments(raw: bytes) -> set[str]:
