@@ -125,3 +125,20 @@ def test_sandbox_command_serves_and_prints_a_working_config(tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
+
+
+def test_a_return_reported_for_a_person_makes_run_exit_1_and_says_why(sb, cfg_path, capsys):
+    (raw,) = sb.seed(1, states_weights=[("open", 1)])
+    rid = str(raw["id"])
+    assert main(["run", "--once", "-c", str(cfg_path)]) == 0
+    sb.warehouse.receive(rid, "full")
+    # Loop refuses the process in words loopsync does not know, and the return still reads
+    # open: loopsync will not guess, so a person must look, and the exit status says so.
+    sb.loop.faults.inject(Fault("status", status=200, body={"errors": {
+        "message": "Return is locked by another workflow"}}),
+        when=lambda r: r.path.endswith("/process"))
+    capsys.readouterr()
+    assert main(["run", "--once", "-c", str(cfg_path)]) == 1
+    out = capsys.readouterr().out
+    assert f"needs attention: return {rid}" in out
+    assert sb.loop.actions_for(rid) == []

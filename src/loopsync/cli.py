@@ -225,6 +225,10 @@ def _run_one(cfg: MerchantConfig, out: TextIO, **kw: Any) -> tuple[int, str | No
     if refused:
         print(f"  {refused}", file=out)
     _print_planned(result, out)
+    for line in result.attention:  # in doubt, loopsync asks a person: the exit says so too
+        print(redact(f"  needs attention: {line}"), file=out)
+    if result.needs_attention:
+        return EXIT_ERRORS, f"{len(result.attention)} return(s) need a person (see loopsync status)"
     if result.ok or result.stopped and not result.counts.errors:
         return EXIT_OK, None
     return EXIT_ERRORS, refused or "errors (see loopsync status)"
