@@ -16,8 +16,12 @@ from loopsync.configkit import Secret, Section
 from loopsync.connectors import KINDS, available_kinds, connector_class
 from loopsync.connectors.base import GradingRules, StatusRules, WarehouseSettings
 from loopsync.errors import ConfigError
+from loopsync.http import DEFAULT_MAX_BODY
 from loopsync.loop_client import LOOP_STATES, MAX_WINDOW
 
+MIB = 1024 * 1024
+MAX_TIMEOUT = timedelta(minutes=10)   # one read; longer is a typo, not a need
+MAX_DEADLINE = timedelta(hours=1)    # one whole request
 LOOP_GRADES = ("grade_a", "grade_b", "grade_c", "grade_d", "incorrect_item", "missing", "junk")
 LOOP_DISPOSITIONS = ("back_to_stock", "resale_hold", "recycle", "donate", "missing")
 # Where relative state paths live when set (the container sets /state, its volume).
@@ -37,6 +41,8 @@ class LoopSettings:
     asn_window: timedelta
     requests_per_minute: int
     timeout: float
+    deadline: float | None = None   # whole request; None: the HTTP layer's default
+    max_body: int = DEFAULT_MAX_BODY  # bytes, after decompression
 
 
 @dataclass(frozen=True)
@@ -252,10 +258,22 @@ def parse_loop(sec: Section) -> LoopSettings:
     asn_window = asn.duration("window", "1d", min=timedelta(minutes=1), max=MAX_WINDOW)
     asn.done()
     rpm = sec.int("requests_per_minute", 280, min=1, max=300)
-    timeout = sec.duration("timeout", "30s", min=timedelta(seconds=1)).total_seconds()
+    timeout = sec.duration("timeout", "30s", min=timedelta(seconds=1),
+                           max=MAX_TIMEOUT).total_seconds()
+    deadline, max_body = parse_http_limits(sec)
     sec.done()
     return LoopSettings(base_url, api_key, start_at, lookback, window, page_size,
-                        tuple(dict.fromkeys(states)), asn_enabled, asn_window, rpm, timeout)
+                        tuple(dict.fromkeys(states)), asn_enabled, asn_window, rpm, timeout,
+                        deadline, max_body)
+
+
+def parse_http_limits(sec: Section) -> tuple[float | None, int]:
+    """`deadline` (a whole request: connect, headers and body; default the connect timeout
+    plus three read timeouts) and `max_response_mb` (after decompression)."""
+    deadline = sec.duration("deadline", timedelta(0), min=timedelta(seconds=1),
+                            max=MAX_DEADLINE)
+    max_mb = sec.int("max_response_mb", DEFAULT_MAX_BODY // MIB, min=1, max=1024)
+    return (deadline.total_seconds() or None), max_mb * MIB
 
 
 def parse_warehouse(sec: Section) -> WarehouseSettings:
@@ -271,12 +289,15 @@ def parse_warehouse(sec: Section) -> WarehouseSettings:
     grading = parse_grading(sec.section("grading"))
     order_wait = sec.duration("order_wait", "7d")
     poll_batch = sec.int("poll_batch", 50, min=1, max=200)
-    timeout = sec.duration("timeout", "30s", min=timedelta(seconds=1)).total_seconds()
+    timeout = sec.duration("timeout", "30s", min=timedelta(seconds=1),
+                           max=MAX_TIMEOUT).total_seconds()
+    deadline, max_body = parse_http_limits(sec)
     connector = cls.parse_settings(sec)
     sec.done()
     return WarehouseSettings(kind=kind, base_url=base_url, destinations=destinations,
                              statuses=statuses, grading=grading, order_wait=order_wait,
-                             poll_batch=poll_batch, timeout=timeout, connector=connector)
+                             poll_batch=poll_batch, timeout=timeout, connector=connector,
+                             deadline=deadline, max_body=max_body)
 
 
 def parse_statuses(sec: Section, defaults: dict[str, list[str]],

@@ -35,7 +35,8 @@ import structlog
 
 from loopsync.errors import (DryRunViolation, ErrorBody, OutcomeUnknown, PaginationStopped,
                              PermanentError, StateConflict, TransientError)
-from loopsync.http import HttpClient, HttpResult, RetryPolicy, error_text, shared_limiter
+from loopsync.http import (DEFAULT_MAX_BODY, HttpClient, HttpResult, RetryPolicy, error_text,
+                           shared_limiter)
 from loopsync.paging import DEFAULT_MAX_PAGES, PageWalk, Step, WalkEnd
 from loopsync.models import printable
 from loopsync.timeutil import Clock, loop_wire
@@ -245,7 +246,8 @@ class LoopClient:
                  page_size: int = 250, timeout: float | tuple[float, float] = (5.0, 30.0),
                  session: requests.Session | None = None, dry_run: bool = False,
                  max_pages: int = DEFAULT_MAX_PAGES,
-                 stop: threading.Event | None = None) -> None:
+                 stop: threading.Event | None = None, deadline: float | None = None,
+                 max_body: int = DEFAULT_MAX_BODY) -> None:
         if not 1 <= page_size <= MAX_PAGE_SIZE:
             raise ValueError(f"page_size must be 1..{MAX_PAGE_SIZE}: {page_size}")
         if max_pages < 1:
@@ -258,6 +260,7 @@ class LoopClient:
         # Shared per key: merchants using one key share Loop's 300/min budget.
         limiter = shared_limiter(SYSTEM, api_key, requests_per_minute, 60, clock)
         self.http = HttpClient(SYSTEM, base_url, session=session, timeout=timeout,
+                               deadline=deadline, max_body=max_body,
                                limiter=limiter, policy=policy, clock=clock,
                                headers={"X-Authorization": api_key})
 

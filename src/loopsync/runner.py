@@ -32,11 +32,13 @@ def new_run_id() -> str:
 
 
 def build_loop_client(cfg: MerchantConfig, clock: Clock, *, dry_run: bool = False,
-                      policy: RetryPolicy | None = None) -> LoopClient:
+                      policy: RetryPolicy | None = None,
+                      stop: threading.Event | None = None) -> LoopClient:
     return LoopClient(cfg.loop.base_url, cfg.loop.api_key.value, clock=clock, policy=policy,
                       requests_per_minute=cfg.loop.requests_per_minute,
                       page_size=cfg.loop.page_size, timeout=(5.0, cfg.loop.timeout),
-                      dry_run=dry_run)
+                      dry_run=dry_run, stop=stop, deadline=cfg.loop.deadline,
+                      max_body=cfg.loop.max_body)
 
 
 def build_connector(cfg: MerchantConfig, clock: Clock, store: Store, *,
@@ -116,7 +118,7 @@ def _run_open(cfg: MerchantConfig, store: Store, *, clock: Clock, stop: threadin
     if not manual and not refusals.may_try(refusal, clock.now(), cfg.secrets()):
         assert refusal is not None
         return _refused_skip(cfg, run_id, refusal)
-    loop = build_loop_client(cfg, clock, dry_run=dry_run, policy=policy)
+    loop = build_loop_client(cfg, clock, dry_run=dry_run, policy=policy, stop=stop)
     connector = build_connector(cfg, clock, store, stop=stop, dry_run=dry_run, policy=policy)
     # rate limits hold across processes: the last run's recent sends count against ours
     limits = LimitHistory.load(store.kv(LIMIT_HISTORY_NAMESPACE), loop, connector)

@@ -38,7 +38,7 @@ from typing import Any, ClassVar, Protocol
 
 from loopsync.configkit import Section
 from loopsync.errors import Unreadable  # noqa: F401 - re-exported for connector authors
-from loopsync.http import RetryPolicy
+from loopsync.http import DEFAULT_MAX_BODY, RetryPolicy
 from loopsync.models import LoopReturn, RmaRef, RmaStatus
 from loopsync.timeutil import Clock
 
@@ -109,6 +109,8 @@ class WarehouseSettings:
     poll_batch: int                # RMAs per poll request where the API allows batching
     timeout: float
     connector: Any                 # the connector's own parsed settings
+    deadline: float | None = None  # whole request (HttpClient's default when None)
+    max_body: int = DEFAULT_MAX_BODY  # answer bytes after decompression
 
 
 @dataclass(frozen=True)

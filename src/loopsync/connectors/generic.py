@@ -169,7 +169,7 @@ from loopsync.connectors.base import (ConnectorContext, KeyValue, PollResult, Pu
                                       WarehouseConnector, WarehouseSettings, normalize_status)
 from loopsync import errors
 from loopsync.errors import ErrorBody, NotFound, PermanentError, Rejected, TransientError
-from loopsync.http import HttpClient, HttpResult
+from loopsync.http import DEFAULT_MAX_BODY, HttpClient, HttpResult
 from loopsync.models import (MAX_UNITS, ItemStatus, RmaRef, RmaStatus, guarded, identifier,
                              printable, remote_timestamp)
 from loopsync.timeutil import iso, parse_timestamp
@@ -265,7 +265,8 @@ class GenericConnector(WarehouseConnector):
         super().__init__(settings, ctx)
         self.conf: GenericSettings = settings.connector
         self.transport: Transport = (
-            HttpTransport(self.conf, settings.timeout, ctx) if self.conf.transport == "http"
+            HttpTransport(self.conf, settings.timeout, ctx, deadline=settings.deadline,
+                          max_body=settings.max_body) if self.conf.transport == "http"
             else FolderTransport(self.conf))
 
     @classmethod
@@ -469,7 +470,8 @@ NO_LOOKUP = frozenset({405, 501})
 
 
 class HttpTransport:
-    def __init__(self, conf: GenericSettings, timeout: float, ctx: ConnectorContext) -> None:
+    def __init__(self, conf: GenericSettings, timeout: float, ctx: ConnectorContext, *,
+                 deadline: float | None = None, max_body: int = DEFAULT_MAX_BODY) -> None:
         self.conf = conf
         self.clock = ctx.clock
         self.kv: KeyValue = ctx.kv
@@ -479,6 +481,7 @@ class HttpTransport:
             headers[conf.auth_header] = conf.auth_token.value
         # The token goes to the two configured URLs' origins and nowhere else.
         self.http = HttpClient(SYSTEM, conf.rma_url, timeout=(min(5.0, timeout), timeout),
+                               deadline=deadline, max_body=max_body,
                                policy=ctx.policy, clock=ctx.clock, headers=headers,
                                origins=[conf.receipts_url])
 

@@ -672,6 +672,7 @@ class PeopleVoxConnector(WarehouseConnector):
         http = SoapHttpClient(
             SYSTEM, service_url(settings.base_url, own.region, own.client_id),
             session=_xml_session(), timeout=settings.timeout,
+            deadline=settings.deadline, max_body=settings.max_body,
             # The server counts arrivals, we count departures: a little slack on the period
             # keeps network jitter from pushing the 16th request into the same window.
             # One budget per PeopleVox client account in this process (merchants on one

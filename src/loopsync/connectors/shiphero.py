@@ -216,6 +216,7 @@ class ShipHeroConnector(WarehouseConnector):
         super().__init__(settings, ctx)
         self.cfg: ShipHeroSettings = settings.connector
         self.http = HttpClient(SYSTEM, settings.base_url, timeout=settings.timeout,
+                               deadline=settings.deadline, max_body=settings.max_body,
                                policy=ctx.policy, clock=ctx.clock)
         # ShipHero's credits are per account: merchants on one account share one bucket.
         self.credits = shared_bucket(self._account_key, self.cfg.credits_max,

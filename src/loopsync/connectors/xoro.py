@@ -119,6 +119,7 @@ class XoroConnector(WarehouseConnector):
         self.http = HttpClient(
             SYSTEM, settings.base_url, session=session,
             timeout=(min(5.0, settings.timeout), settings.timeout),
+            deadline=settings.deadline, max_body=settings.max_body,
             # One budget per API key in this process: merchants sharing a key share it.
             limiter=shared_limiter(SYSTEM, self.conf.api_key.value,
                                    self.conf.requests_per_second, 1.0, ctx.clock),
