@@ -142,3 +142,15 @@ def test_a_return_reported_for_a_person_makes_run_exit_1_and_says_why(sb, cfg_pa
     out = capsys.readouterr().out
     assert f"needs attention: return {rid}" in out
     assert sb.loop.actions_for(rid) == []
+
+
+def test_status_without_secrets_finds_the_state_beside_the_config(tmp_path, monkeypatch,
+                                                                 capsys):
+    for name in ("LOOP_API_KEY", "SHIPHERO_REFRESH_TOKEN", "LOOPSYNC_STATE_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    cfg = tmp_path / "m.yaml"
+    cfg.write_text("merchant: acme\nstate_path: st.sqlite\nloop:\n  api_key: ${LOOP_API_KEY}\n"
+                   "  start_at: 2026-01-01T00:00:00Z\nwarehouse:\n  kind: shiphero\n"
+                   "  refresh_token: ${SHIPHERO_REFRESH_TOKEN}\n")
+    assert main(["status", "-c", str(cfg)]) == 0
+    assert f"state {tmp_path / 'st.sqlite'}" in capsys.readouterr().out

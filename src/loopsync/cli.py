@@ -25,7 +25,7 @@ import structlog
 
 from loopsync import __version__, logs
 from loopsync.config import MerchantConfig, load_all
-from loopsync.errors import ConfigError, LockHeld, StateError
+from loopsync.errors import ConfigError, LockHeld, StateError, Unreadable
 from loopsync.redaction import install_excepthooks, redact, redact_obj
 from loopsync.shutdown import PROCESS
 from loopsync.timeutil import parse_timestamp
@@ -215,6 +215,10 @@ def _run_one(cfg: MerchantConfig, out: TextIO, **kw: Any) -> tuple[int, str | No
         log.error("run.state_error", merchant=cfg.merchant, error=text)
         print(f"loopsync: {cfg.merchant}: {text}", file=sys.stderr)
         return exc.exit_code, exc.problem
+    except Unreadable as exc:  # `import` of one record Loop sends in a form loopsync refuses
+        text = _redacted(str(exc))
+        print(f"loopsync: {cfg.merchant}: unreadable record: {text}", file=sys.stderr)
+        return EXIT_ERRORS, f"unreadable record: {text}"
     except Exception as exc:  # noqa: BLE001 - recorded as crashed; the next merchant goes on
         text = _one_line(exc)
         log.error("run.crashed", merchant=cfg.merchant, error=text)

@@ -477,6 +477,8 @@ class Engine:
         """Manual import of one return: its details give updated_at, and a one-second list
         window around it gives the list-shaped object the rest of loopsync uses."""
         details = self.loop.return_details(return_id)
+        if not isinstance(details, dict):
+            raise Unreadable(f"return details of {return_id} are not an object", field="details")
         updated = remote_timestamp(details.get("updated_at") or details.get("created_at"),
                                    "return details: updated_at", assume_utc=True)
         # Its own state first, when it is one the list filters on (anything else the

@@ -37,6 +37,11 @@ class _EnvForStatus(Mapping[str, str]):
     def __contains__(self, name: object) -> bool:
         return True
 
+    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+        # A plain look-up (LOOPSYNC_STATE_DIR, which places the state file) reads the real
+        # environment: a placeholder there would point status at a folder that is not it.
+        return self.env.get(name, default)
+
     def __iter__(self) -> Iterator[str]:
         return iter(self.env)
 
