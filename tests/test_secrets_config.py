@@ -2,7 +2,6 @@
 printed, secrets from files, strict YAML, units, absurd values, and `check-config -c DIR`."""
 
 import os
-import textwrap
 import time
 
 import pytest
@@ -13,29 +12,9 @@ from hypothesis import strategies as st
 from loopsync.cli import main
 from loopsync.config import ConfigFailure, MerchantConfig, load_config, load_each
 from loopsync.errors import ConfigError
+from tests.test_config import BASE, write
 
 ENV = {"LOOP_API_KEY": "cfg-loop-secret-1", "SHIPHERO_REFRESH_TOKEN": "cfg-sh-refresh-1"}
-
-BASE = """\
-merchant: acme-us
-schedule: {every: 15m}
-loop:
-  base_url: https://api.loopreturns.com/api/v1
-  api_key: ${LOOP_API_KEY}
-  start_at: 2026-01-01T00:00:00Z
-  lookback: 15m
-warehouse:
-  kind: shiphero
-  refresh_token: ${SHIPHERO_REFRESH_TOKEN}
-  destinations: {"12": "WH1"}
-"""
-
-
-def write(tmp_path, text, name="m.yaml"):
-    p = tmp_path / name
-    p.write_text(textwrap.dedent(text))
-    return p
-
 
 def load_error(tmp_path, text, env=None):
     with pytest.raises(ConfigError) as info:
