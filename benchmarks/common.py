@@ -214,7 +214,7 @@ def worker_config(loop_url: str, state_path: Path, *, start: dt.datetime) -> Mer
         "loop": {"base_url": loop_url, "api_key": "${LOOP_API_KEY}", "start_at": iso(start)},
         "warehouse": {"kind": "shiphero", "base_url": "http://127.0.0.1:9",
                       "refresh_token": "${SHIPHERO_REFRESH_TOKEN}"},
-    }, file="<bench>", env={"LOOP_API_KEY": LOOP_KEY, "SHIPHERO_REFRESH_TOKEN": "unused"})
+    }, file="<bench>", env={"LOOP_API_KEY": LOOP_KEY, "SHIPHERO_REFRESH_TOKEN": "unused-by-this-benchmark"})
 
 
 def build_engine(cfg: MerchantConfig, clock: Clock) -> Engine:
