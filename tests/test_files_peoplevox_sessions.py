@@ -188,3 +188,22 @@ def test_transient_error_answer_to_a_write_is_an_unknown_outcome():
     read = HttpResult(200, {}, _error_answer("GetData", "Service temporarily unavailable"), None)
     with pytest.raises(TransientError):
         read_answer(read, "GetData", idempotent=True, throttle_wait=1)
+
+
+def test_a_session_that_dies_again_right_after_login_is_passing_trouble_not_a_refusal(
+        emu, fake_clock):  # noqa: F811
+    """Found by the soak: two session faults in a row made the second login's session
+    "refused", an AuthError, and the merchant backed off for 5 minutes although the login
+    had just succeeded. The credentials are good: it is transient, tried next cycle."""
+    from loopsync.errors import AuthError, TransientError
+
+    raw, con = connected(emu, fake_clock)
+    req = push_request(raw)
+    con.locate(req)
+    emu.expire_sessions()
+    emu.faults.inject(_dies_then(emu, emu.handle), times=2,
+                      when=lambda r: b"Authenticate" not in r.body)
+    with pytest.raises(TransientError) as err:
+        con.locate(req)
+    assert not isinstance(err.value, AuthError)
+    assert con.locate(req)["sales_order_number"]  # the next try works

@@ -564,8 +564,11 @@ class PeopleVoxClient:
             try:
                 return self._send(operation, params, self._credentials(), write=write)
             except InvalidSession as exc:
-                raise AuthError(SYSTEM, f"session refused right after logging in: "
-                                        f"{exc.detail}") from None
+                # The login itself succeeded, so the credentials are good: a session that
+                # dies at once is PeopleVox's passing trouble, not a refusal to back off
+                # from (a refused login raises AuthError in _authenticate). Nothing ran.
+                raise TransientError(SYSTEM, f"session lost again right after logging in: "
+                                             f"{exc.detail}") from None
 
     def _credentials(self) -> SessionCredentials:
         idle = self.clock.monotonic() - self._last_used
