@@ -207,3 +207,26 @@ def test_a_session_that_dies_again_right_after_login_is_passing_trouble_not_a_re
         con.locate(req)
     assert not isinstance(err.value, AuthError)
     assert con.locate(req)["sales_order_number"]  # the next try works
+
+
+def test_a_login_answered_invalid_session_is_transient_and_a_wrong_password_is_refused(
+        emu, fake_clock):  # noqa: F811
+    """Found by the soak: "Invalid Session" answered to Authenticate itself was taken as
+    credentials refused (5 minutes of backoff). Only a refusal of the login is that."""
+    from loopsync.errors import AuthError, TransientError
+    from loopsync.sandbox import peoplevox as pvx
+
+    raw, con = connected(emu, fake_clock)
+    req = push_request(raw)
+    emu.expire_sessions()
+    emu.faults.inject(Fault("custom", response=lambda r: pvx._result(
+        "Authenticate", detail="Invalid Session", ok=False)),
+        when=lambda r: b"Authenticate" in r.body)
+    with pytest.raises(TransientError) as err:
+        con.locate(req)
+    assert not isinstance(err.value, AuthError)
+    emu.faults.inject(Fault("custom", response=lambda r: pvx._result(
+        "Authenticate", detail="Invalid username or password", ok=False)),
+        when=lambda r: b"Authenticate" in r.body)
+    with pytest.raises(AuthError):
+        con.locate(req)

@@ -583,6 +583,11 @@ class PeopleVoxClient:
             result = self._send("Authenticate", {"clientId": s.client_id,
                                                  "username": s.username,
                                                  "password": password}, None)
+        except InvalidSession as exc:
+            # A login answered with "Invalid Session" speaks of a session, not of the
+            # credentials: PeopleVox's passing confusion, tried again next cycle rather
+            # than backed off from as a refusal.
+            raise TransientError(SYSTEM, f"Authenticate answered: {exc.detail}") from None
         except PeopleVoxError as exc:
             raise AuthError(SYSTEM, f"Authenticate refused: {exc.detail}") from None
         client_id, _, session_id = result.detail.partition(",")
