@@ -61,6 +61,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from loopsync.errors import (AuthError, DeadlineExceeded, ForeignOrigin, NotFound, OutcomeUnknown,
                              PermanentError, RateLimited, RemoteError, ResponseTooLarge,
                              TransientError)
+from loopsync.redaction import clip
 from loopsync.timeutil import Clock, SystemClock
 
 log = structlog.get_logger("loopsync.http")
@@ -733,6 +734,10 @@ class HttpClient:
         if headers:
             self.session.headers.update(headers)
         if isinstance(self.session, requests.Session):
+            # Nothing from the environment: HTTP(S)_PROXY would hand a plain-http request,
+            # credentials and all, to the proxy's host, ~/.netrc would add an Authorization
+            # loopsync never configured, REQUESTS_CA_BUNDLE would change whom TLS trusts.
+            self.session.trust_env = False
             adapter = WatchedAdapter()
             self.session.mount("http://", adapter)
             self.session.mount("https://", adapter)
@@ -977,8 +982,7 @@ def error_text(body: Any) -> str | None:
 
 
 def _short(value: Any, limit: int = 300) -> str:
-    text = str(value).strip().replace("\n", " ")
-    return text if len(text) <= limit else text[:limit] + "…"
+    return clip(str(value).strip().replace("\n", " "), limit)  # redacted before the cut
 
 
 def is_remote_error(exc: BaseException) -> bool:

@@ -39,6 +39,7 @@ from loopsync.http import (DEFAULT_MAX_BODY, HttpClient, HttpResult, RetryPolicy
                            shared_limiter)
 from loopsync.paging import DEFAULT_MAX_PAGES, PageWalk, Step, WalkEnd
 from loopsync.models import printable
+from loopsync.redaction import clip, redact
 from loopsync.timeutil import Clock, loop_wire
 from loopsync.windows import MAX_SPAN
 
@@ -184,8 +185,7 @@ def batched(items: Sequence[T], size: int) -> Iterator[list[T]]:
 
 
 def _snippet(value: Any, limit: int = 120) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "…"
+    return clip(repr(value), limit)  # redacted before the cut: no secret prefix survives
 
 
 def _return_path(return_id: str | int, action: str) -> str:
@@ -364,7 +364,8 @@ class LoopClient:
             raise ValueError("a Loop note needs content")
         self._refuse_in_dry_run("note", return_id)
         self.http.request("POST", _return_path(return_id, "note"),
-                          json_body={"content": truncate_note(content)}, idempotent=False,
+                          json_body={"content": truncate_note(redact(content))},
+                          idempotent=False,
                           check=_check_action)
 
     def grade(self, items: list[dict[str, Any]]) -> list[Any]:

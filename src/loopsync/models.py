@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Any, ParamSpec, TypeVar
 
 from loopsync.errors import Unreadable
+from loopsync.redaction import clip
 from loopsync.timeutil import parse_timestamp
 
 # The one "unreadable record" error (errors.Unreadable); the old name stays importable.
@@ -69,7 +70,7 @@ def guarded(what: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
 def printable(text: str, limit: int = 1000) -> str:
     """`text` safe for a log line, a table or a terminal: lone surrogates escaped, cut to
     `limit` characters."""
-    text = text[:limit]
+    text = clip(text, limit, "")  # redacted before the cut: no secret prefix survives
     if not text.isascii() and _SURROGATE.search(text):
         text = text.encode("utf-8", "backslashreplace").decode("utf-8")
     return text
@@ -116,7 +117,7 @@ def numeric_id(value: Any, what: str) -> str:
         raise Unreadable(f"{what} missing or not numeric: {printable(text, 40)!r}", field=what)
     if len(text) > MAX_ID_DIGITS:
         raise Unreadable(f"{what} is {len(text)} characters long (at most {MAX_ID_DIGITS}): "
-                         f"{text[:40]}...", field=what)
+                         f"{clip(text, 40, '...')}", field=what)
     return text
 
 

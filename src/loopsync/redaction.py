@@ -20,6 +20,7 @@ ordinary text, and configkit refuses such secrets anyway (issue 14 §2).
 from __future__ import annotations
 
 import base64
+import html
 import json
 import re
 import sys
@@ -28,7 +29,8 @@ import traceback
 from typing import Any
 from urllib.parse import quote, quote_plus
 
-__all__ = ["MAX_TRANSIENT", "MIN_LENGTH", "REDACTED", "Redactor", "contains_secret", "dumps_redacted",
+__all__ = ["MAX_TRANSIENT", "MIN_LENGTH", "REDACTED", "Redactor", "clip", "contains_secret",
+           "dumps_redacted",
            "install_excepthooks", "redact", "redact_obj", "redact_optional", "register",
            "registered_count", "variants_of"]
 
@@ -62,6 +64,13 @@ def variants_of(value: str) -> set[str]:
     """The forms of `value` that are masked: plain, URL-encoded, JSON-escaped, base64."""
     found = {value, quote(value, safe=""), quote_plus(value, safe=""), quote(value),
              json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1]}
+    # Echoes seen in the wild: lower-case %xx, PHP's "\/" in JSON, XML/HTML escapes (a
+    # SOAP fault quoting the PeopleVox password as it was sent, `&amp;` and all).
+    found |= {re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), v) for v in set(found)}
+    found |= {v.replace("/", "\\/") for v in set(found)}
+    found |= {html.escape(value), html.escape(value, quote=False),
+              html.escape(value).replace("&#x27;", "&apos;"),
+              html.escape(value).replace("&#x27;", "&#39;")}
     found |= _base64_fragments(value.encode("utf-8"))
     return {v for v in found if v}
 
@@ -165,6 +174,13 @@ def redact_obj(value: Any) -> Any:
 def contains_secret(text: str) -> bool:
     """True when `text` holds a registered secret in any masked form."""
     return _default.contains_secret(text)
+
+
+def clip(text: str, limit: int, marker: str = "…") -> str:
+    """`text` redacted, then cut to `limit` characters (+ `marker`). In that order: a cut
+    through a secret would leave a prefix that no later redaction recognises."""
+    text = _default.redact(text)
+    return text if len(text) <= limit else text[:limit] + marker
 
 
 def redact_optional(text: str | None) -> str | None:

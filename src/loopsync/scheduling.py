@@ -25,6 +25,7 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from loopsync.config import MerchantConfig
+from loopsync.redaction import clip
 from loopsync.shutdown import Shutdown
 
 log = structlog.get_logger("loopsync.serve")
@@ -46,7 +47,7 @@ def _guarded(run_cycle: Cycle) -> Cycle:
             run_cycle(cfg, stop)
         except Exception as exc:  # noqa: BLE001 - one merchant must not stop the rest
             log.error("serve.cycle_failed", merchant=cfg.merchant,
-                      error=" ".join(f"{type(exc).__name__}: {exc}".split())[:500])
+                      error=clip(" ".join(f"{type(exc).__name__}: {exc}".split()), 500, ""))
     return job
 
 

@@ -603,7 +603,7 @@ def request_target(url: str) -> str:
 def _json_object(result: HttpResult) -> None:
     """A 2xx body that is not JSON (a proxy's error page) is worth another try."""
     if not isinstance(result.data, dict):
-        raise TransientError(SYSTEM, f"answer is not a JSON object: {result.text.strip()[:200]!r}",
+        raise TransientError(SYSTEM, f"answer is not a JSON object: {redaction.clip(result.text.strip(), 200)!r}",
                              status=result.status)
 
 

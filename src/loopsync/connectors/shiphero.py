@@ -32,6 +32,7 @@ from loopsync.http import HttpClient, HttpResult
 from loopsync.models import (ItemStatus, LoopReturn, RmaRef, RmaStatus, free_text, guarded,
                              identifier, printable, whole_number)
 from loopsync.paging import PageWalk, Step, WalkEnd, record_walk
+from loopsync.redaction import clip
 from loopsync.timeutil import Clock
 
 log = structlog.get_logger("loopsync.connectors.shiphero")
@@ -475,7 +476,7 @@ class ShipHeroConnector(WarehouseConnector):
             # A proxy's page, a cut-off body: a read is worth another try, and a mutation
             # may have run (it is looked up before it is repeated).
             raise (OutcomeUnknown if mutation else TransientError)(
-                SYSTEM, f"not a GraphQL answer: {result.text[:200]!r}", status=result.status)
+                SYSTEM, f"not a GraphQL answer: {clip(result.text, 200)!r}", status=result.status)
         listed = body.get("errors") or []
         errors = [e if isinstance(e, dict) else {"message": _error_text(e)}
                   for e in (listed if isinstance(listed, list) else [listed])]

@@ -41,6 +41,7 @@ from loopsync.connectors.base import (ConnectorContext, PollResult, PollStopped,
 from loopsync.errors import (Ambiguous, AuthError, ErrorBody, RateLimited, RemoteError,
                              TransientError, Unreadable)
 from loopsync.http import HttpClient, HttpResult, shared_limiter
+from loopsync.redaction import clip
 from loopsync.models import (ItemStatus, LoopReturn, RmaRef, RmaStatus, guarded,
                              identifier, printable, whole_number)
 from loopsync.timeutil import iso, parse_timestamp
@@ -341,7 +342,7 @@ def check_envelope(result: HttpResult) -> None:
     body = result.data
     if not isinstance(body, dict) or "Result" not in body:
         raise TransientError(SYSTEM, "answer is not a Xoro envelope: "
-                                     f"{result.text.strip()[:200]!r}", status=result.status)
+                                     f"{clip(result.text.strip(), 200)!r}", status=result.status)
     if _is_true(body["Result"]):
         return
     message = body.get("Message")

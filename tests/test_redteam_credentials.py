@@ -1,0 +1,148 @@
+"""Red team, credentials and secrets (issue 14 §1, §2): ways found past the first fixes.
+
+- The environment must not route a credential elsewhere: requests honours HTTP(S)_PROXY
+  (a plain-http request goes to the proxy's host with its headers) and ~/.netrc.
+- A message cut to a length must be redacted before the cut: a cut through a secret
+  leaves a prefix that no later redaction recognises.
+- Echoes in the encodings remotes really use (XML escapes from a SOAP fault, PHP's `\\/`,
+  lower-case %xx) are masked like the plain value.
+- A Loop note never carries a secret (a hostile 3PL can choose the RMA number a note names).
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Iterator
+from urllib.parse import quote
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as hs
+
+from loopsync import redaction
+from loopsync.configkit import Secret
+from loopsync.errors import RemoteError
+from loopsync.http import HttpClient, RetryPolicy
+from loopsync.loop_client import LoopClient
+from loopsync.models import printable
+from loopsync.timeutil import FakeClock
+from tests.hostile import HostileServer, reply
+
+POLICY = RetryPolicy(attempts=1, base=0.01, cap=0.02)
+LOOP_KEY = "rt-loop-key-7f3a9c2e51b04d86"
+# &, <, ', / and % all change under some encoding a remote may echo
+ODD_SECRET = "rt-Pa&ss<w'or/d%41-9e8d7c6b"
+Secret("RT_LOOP", LOOP_KEY)
+Secret("RT_ODD", ODD_SECRET)
+
+
+def pieces(secret: str, size: int = 8) -> list[str]:
+    return [secret[i:i + size] for i in range(len(secret) - size + 1)]
+
+
+def leaks(text: str, secret: str) -> bool:
+    """Any 8 consecutive characters of the secret (a prefix left by a cut, say)."""
+    return any(piece in text for piece in pieces(secret))
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock("2026-06-01T12:00:00Z")
+
+
+@pytest.fixture
+def sink() -> Iterator[HostileServer]:
+    with HostileServer(reply(200, {"ok": True})) as server:
+        yield server
+
+
+@pytest.mark.parametrize("var", ["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"])
+def test_a_proxy_from_the_environment_never_receives_the_loop_key(
+        var: str, sink: HostileServer, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(var, sink.url)
+    with HostileServer(reply(200, {"id": 1001, "state": "open"})) as real:
+        client = LoopClient(f"{real.url}/api/v1", LOOP_KEY, clock=clock, policy=POLICY)
+        try:
+            client.return_details("1001")
+        except RemoteError:
+            pass
+        assert real.received and real.received[0].contains(LOOP_KEY)
+    assert sink.received == []
+
+
+def test_a_netrc_file_adds_no_credential_loopsync_did_not_configure(
+        tmp_path: object, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    netrc = tmp_path / "netrc"  # type: ignore[operator]
+    netrc.write_text("machine 127.0.0.1 login someone password netrc-secret-123456\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with HostileServer(reply(200, {"ok": True})) as real:
+        HttpClient("generic", real.url, clock=clock, policy=POLICY).request("GET", "/x")
+        assert real.received and "authorization" not in real.received[0].headers
+
+
+@pytest.mark.parametrize("pad", [0, 280, 290, 295, 299])
+def test_a_long_error_body_cut_through_an_echoed_key_leaves_no_piece_of_it(
+        pad: int, clock: FakeClock) -> None:
+    body = ("x" * pad + LOOP_KEY + " more").encode()
+    with HostileServer(reply(500, body)) as bad:
+        client = LoopClient(f"{bad.url}/api/v1", LOOP_KEY, clock=clock, policy=POLICY)
+        with pytest.raises(RemoteError) as caught:
+            client.return_details("1001")
+    assert not leaks(str(caught.value), LOOP_KEY)
+
+
+def test_a_non_json_answer_quoted_in_an_error_leaves_no_piece_of_the_key() -> None:
+    from loopsync.connectors import generic, xoro
+    from loopsync.http import HttpResult
+    text = "<html>" + "y" * 180 + LOOP_KEY + "</html>"
+    result = HttpResult(200, {}, text, None)
+    for check in (generic._json_object, xoro.check_envelope):
+        with pytest.raises(RemoteError) as caught:
+            check(result)
+        assert not leaks(str(caught.value), LOOP_KEY)
+
+
+@settings(max_examples=50, deadline=None)
+@given(pad=hs.integers(0, 400), limit=hs.integers(1, 400))
+def test_clip_never_leaves_a_piece_of_a_secret_at_any_cut(pad: int, limit: int) -> None:
+    text = "p" * pad + LOOP_KEY + "q" * 30
+    assert not leaks(redaction.clip(text, limit), LOOP_KEY)
+    assert not leaks(printable(text, limit), LOOP_KEY)
+
+
+@pytest.mark.parametrize("echo", [
+    html.escape(ODD_SECRET),                                  # SOAP/XML fault
+    html.escape(ODD_SECRET, quote=False),
+    html.escape(ODD_SECRET).replace("&#x27;", "&apos;"),
+    html.escape(ODD_SECRET).replace("&#x27;", "&#39;"),
+    ODD_SECRET.replace("/", "\\/"),                           # PHP json_encode
+    quote(ODD_SECRET, safe="").lower().replace("rt-pa", "rt-Pa"),  # lower-case %xx
+])
+def test_secrets_echoed_in_xml_php_json_or_lowercase_percent_forms_are_masked(echo: str) -> None:
+    assert echo != ODD_SECRET
+    line = f"<faultstring>Authenticate failed for {echo}</faultstring>"
+    out = redaction.redact(line)
+    assert echo not in out and "***" in out
+
+
+def test_an_xml_escaped_password_in_a_server_error_never_reaches_the_message(
+        clock: FakeClock) -> None:
+    body = f"<Envelope><Fault>bad login {html.escape(ODD_SECRET)}</Fault></Envelope>".encode()
+    with HostileServer(reply(500, body)) as bad:
+        with pytest.raises(RemoteError) as caught:
+            HttpClient("peoplevox", bad.url, clock=clock, policy=POLICY).request("GET", "/x")
+    assert html.escape(ODD_SECRET) not in str(caught.value)
+    assert not leaks(str(caught.value), ODD_SECRET)
+
+
+def test_a_loop_note_never_carries_a_secret(clock: FakeClock) -> None:
+    with HostileServer(reply(200, True)) as loop:
+        client = LoopClient(f"{loop.url}/api/v1", LOOP_KEY, clock=clock, policy=POLICY)
+        client.add_note("1001", f"loopsync: RMA {ODD_SECRET} created")
+        assert loop.received
+        assert not loop.received[0].contains(ODD_SECRET)
+        assert b"loopsync: RMA" in loop.received[0].body
