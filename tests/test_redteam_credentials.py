@@ -146,3 +146,35 @@ def test_a_loop_note_never_carries_a_secret(clock: FakeClock) -> None:
         assert loop.received
         assert not loop.received[0].contains(ODD_SECRET)
         assert b"loopsync: RMA" in loop.received[0].body
+
+
+def test_a_token_still_in_use_stays_masked_however_many_other_tokens_arrive() -> None:
+    live = "rt-live-shiphero-access-token-0001"
+    redaction.register(live, transient=True)
+    for round_ in range(3):
+        for i in range(redaction.MAX_TRANSIENT - 1):  # other merchants' sessions
+            redaction.register(f"rt-other-session-{round_}-{i:03d}", transient=True)
+        redaction.register(live, transient=True)  # used again by its merchant
+    for i in range(redaction.MAX_TRANSIENT - 1):  # its request is on its way meanwhile
+        redaction.register(f"rt-other-session-last-{i:03d}", transient=True)
+    assert redaction.redact(f"Bearer {live}") == "Bearer ***"
+
+
+def test_shiphero_keeps_its_cached_access_token_masked_while_it_uses_it(
+        tmp_path: object, clock: FakeClock) -> None:
+    import threading
+
+    from loopsync.runner import build_connector, open_store
+    from loopsync.sandbox import Sandbox
+    sb = Sandbox("shiphero", clock=FakeClock("2026-06-01T12:00:00Z")).start()
+    try:
+        cfg = sb.merchant_config(tmp_path)
+        store = open_store(cfg, clock, dry_run=True)
+        connector = build_connector(cfg, clock, store, stop=threading.Event(), policy=POLICY)
+        token = connector._bearer()
+        for i in range(redaction.MAX_TRANSIENT * 2):  # e.g. PeopleVox logins meanwhile
+            redaction.register(f"rt-pvx-session-{i:04d}-x", transient=True)
+        assert connector._bearer() == token  # cached: no refresh, no new registration
+        assert token not in redaction.redact(f"invalid token {token}")
+    finally:
+        sb.stop()

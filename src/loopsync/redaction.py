@@ -92,7 +92,12 @@ class Redactor:
         if not isinstance(value, str) or len(value) < MIN_LENGTH:
             return
         with self._lock:
-            if value in self._values or (transient and value in self._transient):
+            if value in self._values:
+                return
+            if transient and value in self._transient:
+                # A token in use again is the most recent: other merchants' logins must
+                # not evict a token that is still sent (ShipHero's live for 28 days).
+                self._transient[value] = self._transient.pop(value)
                 return
             variants = frozenset(variants_of(value))
             if transient:

@@ -574,6 +574,8 @@ class PeopleVoxClient:
         idle = self.clock.monotonic() - self._last_used
         if self._session is None or idle >= self.settings.session_refresh.total_seconds():
             self._session = self._authenticate()
+        # in use: kept among the masked tokens, whatever other merchants' logins register
+        redaction.register(self._session.session_id, transient=True)
         return self._session
 
     def _authenticate(self) -> SessionCredentials:

@@ -517,6 +517,7 @@ class ShipHeroConnector(WarehouseConnector):
         if self._access_token is None or self.ctx.clock.monotonic() >= self._renew_at:
             self._refresh_access_token()
         assert self._access_token is not None
+        logs.register_secret(self._access_token)  # in use: kept among the masked tokens
         return self._access_token
 
     def _refresh_access_token(self) -> None:
