@@ -178,3 +178,11 @@ def test_shiphero_keeps_its_cached_access_token_masked_while_it_uses_it(
         assert token not in redaction.redact(f"invalid token {token}")
     finally:
         sb.stop()
+
+
+@pytest.mark.parametrize("form", [str.upper, str.swapcase, str.title])
+def test_a_key_echoed_in_another_letter_case_is_masked(form: object) -> None:
+    echoed = form(LOOP_KEY)  # type: ignore[operator]
+    assert echoed != LOOP_KEY
+    assert redaction.redact(f"INVALID API KEY {echoed}") == "INVALID API KEY ***"
+    assert redaction.contains_secret(f"x{echoed}x")

@@ -112,7 +112,10 @@ class Redactor:
                 every |= group
             # Longest first, so a value is masked whole, not a shorter variant inside it.
             ordered = tuple(sorted(every, key=lambda v: (-len(v), v)))
-            self._state = (re.compile("|".join(re.escape(v) for v in ordered)), ordered)
+            # Any letter case: a remote may echo a key upper-cased ("INVALID KEY ABC...").
+            # The needles are lower-case and meet the text lower-cased.
+            self._state = (re.compile("|".join(re.escape(v) for v in ordered), re.IGNORECASE),
+                           tuple(dict.fromkeys(v.lower() for v in ordered)))
 
     def count(self) -> int:
         return len(self._values) + len(self._transient)
@@ -123,14 +126,18 @@ class Redactor:
 
     def contains_secret(self, text: str) -> bool:
         state = self._state
-        return state is not None and any(needle in text for needle in state[1])
+        if state is None:
+            return False
+        low = text.lower()
+        return any(needle in low for needle in state[1])
 
     def redact(self, text: str) -> str:
         state = self._state
         if state is None or not isinstance(text, str):
             return text
         pattern, needles = state
-        if not any(needle in text for needle in needles):
+        low = text.lower()
+        if not any(needle in low for needle in needles):
             return text
         return pattern.sub(REDACTED, text)
 

@@ -459,7 +459,8 @@ class SoapHttpClient(HttpClient):
             if fault is None and result.status in (401, 403, 500) and \
                     _DEAD_SESSION.search(result.text[:2000]):
                 # Not SOAP but says the session is gone: retrying with it cannot help.
-                raise InvalidSession(f"HTTP {result.status}", redaction.clip(result.text.strip(), 300))
+                raise InvalidSession(f"HTTP {result.status}",
+                                     redaction.clip(result.text.strip(), 300))
             if fault is not None:
                 hint = parse_retry_after(result.headers.get("Retry-After"), self.clock.now())
                 raise fault_error(fault, idempotent=idempotent,
