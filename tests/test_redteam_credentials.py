@@ -186,3 +186,36 @@ def test_a_key_echoed_in_another_letter_case_is_masked(form: object) -> None:
     assert echoed != LOOP_KEY
     assert redaction.redact(f"INVALID API KEY {echoed}") == "INVALID API KEY ***"
     assert redaction.contains_secret(f"x{echoed}x")
+
+
+# -- careless secrets: invisible or undecodable characters are configuration errors ----------
+
+@pytest.mark.parametrize("value, problem", [
+    ("\ufeffrt-cfg-secret-0001", "invisible formatting character"),   # BOM from an editor
+    ("rt-cfg-\u200bsecret-0001", "invisible formatting character"),   # zero-width space
+    ("rt-cfg-\u2028secret-0001", "invisible formatting character"),   # line separator
+    ("rt-cfg-secret-\udcff\udcfe01", "not valid UTF-8"),              # undecodable env bytes
+])
+def test_invisible_or_undecodable_secret_characters_are_config_errors_naming_the_key(
+        tmp_path: object, value: str, problem: str) -> None:
+    from loopsync.config import load_config
+    from loopsync.errors import ConfigError
+    from tests.test_config import BASE, write
+    env = {"LOOP_API_KEY": value, "SHIPHERO_REFRESH_TOKEN": "rt-cfg-refresh-0001"}
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, BASE), env=env)
+    assert info.value.key == "loop.api_key" and problem in info.value.problem
+    assert "rt-cfg-" not in str(info.value)
+
+
+def test_a_secret_file_starting_with_a_byte_order_mark_is_a_config_error(tmp_path: object) -> None:
+    from loopsync.config import load_config
+    from loopsync.errors import ConfigError
+    from tests.test_config import BASE, write
+    key_file = tmp_path / "loop_key"  # type: ignore[operator]
+    key_file.write_bytes("\ufeffrt-file-secret-0001\r\n".encode())  # Notepad's BOM
+    text = BASE.replace("${LOOP_API_KEY}", "${file:loop_key}")
+    assert text != BASE
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text), env={"SHIPHERO_REFRESH_TOKEN": "rt-cfg-refresh-0001"})
+    assert info.value.key == "loop.api_key" and "rt-file-secret" not in str(info.value)

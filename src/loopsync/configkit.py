@@ -229,6 +229,13 @@ class Section:
                              " (a copy-paste mistake?)")
         if any(unicodedata.category(ch) == "Cc" for ch in value):
             raise self.error(key, f"{source} contains a control character")
+        if any("\ud800" <= ch <= "\udfff" for ch in value):  # undecodable bytes in the env
+            raise self.error(key, f"{source} is not valid UTF-8 text")
+        if any(unicodedata.category(ch) in ("Cf", "Zl", "Zp") for ch in value):
+            # a byte-order mark, a zero-width space: invisible, pasted from an editor or a
+            # web page, and never part of a real credential
+            raise self.error(key, f"{source} contains an invisible formatting character"
+                             " (a byte-order mark, a zero-width space; a copy-paste mistake?)")
         if len(value) < MIN_SECRET_LENGTH:
             raise self.error(key, f"{source} is too short ({len(value)} characters; at least "
                              f"{MIN_SECRET_LENGTH}): no real credential is, and so short a "
