@@ -219,3 +219,16 @@ def test_a_secret_file_starting_with_a_byte_order_mark_is_a_config_error(tmp_pat
     with pytest.raises(ConfigError) as info:
         load_config(write(tmp_path, text), env={"SHIPHERO_REFRESH_TOKEN": "rt-cfg-refresh-0001"})
     assert info.value.key == "loop.api_key" and "rt-file-secret" not in str(info.value)
+
+
+def test_a_redirect_whose_host_spells_the_key_leaves_it_in_no_message(clock: FakeClock) -> None:
+    from loopsync.errors import ForeignOrigin
+    from tests.hostile import redirect
+    key = "Rt-Mixed-Case-Key-9F8E7D6C"  # a host name is lower-cased on the way
+    Secret("RT_MIXED", key)
+    with HostileServer(redirect(302, f"http://{key}.example/x")) as bad:
+        client = LoopClient(f"{bad.url}/api/v1", key, clock=clock, policy=POLICY)
+        with pytest.raises(ForeignOrigin) as caught:
+            client.return_details("1001")
+    shown = redaction.redact(str(caught.value))  # what every exit shows
+    assert not leaks(shown.lower(), key.lower())
