@@ -232,3 +232,17 @@ def test_a_redirect_whose_host_spells_the_key_leaves_it_in_no_message(clock: Fak
             client.return_details("1001")
     shown = redaction.redact(str(caught.value))  # what every exit shows
     assert not leaks(shown.lower(), key.lower())
+
+
+def test_loop_disposition_and_action_bodies_never_carry_a_secret(clock: FakeClock) -> None:
+    answers = iter([[{"ok": True}], True])
+
+    def respond(req: object, sock: object) -> None:
+        reply(200, next(answers))(req, sock)  # type: ignore[arg-type]
+
+    with HostileServer(respond) as loop:
+        client = LoopClient(f"{loop.url}/api/v1", LOOP_KEY, clock=clock, policy=POLICY)
+        client.grade([{"id": 1, "condition": f"3PL says {ODD_SECRET}"}])
+        client._action("1001", "flag", {"reason": f"received as {ODD_SECRET}"})
+        assert len(loop.received) == 2
+        assert not any(r.contains(ODD_SECRET) for r in loop.received)

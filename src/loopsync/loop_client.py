@@ -39,7 +39,7 @@ from loopsync.http import (DEFAULT_MAX_BODY, HttpClient, HttpResult, RetryPolicy
                            shared_limiter)
 from loopsync.paging import DEFAULT_MAX_PAGES, PageWalk, Step, WalkEnd
 from loopsync.models import printable
-from loopsync.redaction import clip, redact
+from loopsync.redaction import clip, redact, redact_obj
 from loopsync.timeutil import Clock, loop_wire
 from loopsync.windows import MAX_SPAN
 
@@ -379,7 +379,8 @@ class LoopClient:
     def _action(self, return_id: str | int, action: str,
                 body: dict[str, Any] | None = None) -> None:
         self._refuse_in_dry_run(action, return_id)
-        self.http.request("POST", _return_path(return_id, action), json_body=body,
+        self.http.request("POST", _return_path(return_id, action),
+                          json_body=None if body is None else redact_obj(body),
                           idempotent=False, check=_check_action)
         log.info("loop.action", action=action, return_id=str(return_id))
 
@@ -387,7 +388,8 @@ class LoopClient:
         self._refuse_in_dry_run(path.rsplit("/", 1)[-1], None)
         accepted: list[Any] = []
         for batch in batched(items, DISPOSITION_BATCH):
-            result = self.http.request("POST", path, json_body={"items": batch},
+            # warehouse words may ride in the items: none of them is a secret for Loop
+            result = self.http.request("POST", path, json_body={"items": redact_obj(batch)},
                                        idempotent=False, check=_check_write)
             if not isinstance(result.data, list):
                 raise read_error(result.data, path.rsplit("/", 1)[-1], result.status)
