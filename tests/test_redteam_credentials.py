@@ -246,3 +246,27 @@ def test_loop_disposition_and_action_bodies_never_carry_a_secret(clock: FakeCloc
         client._action("1001", "flag", {"reason": f"received as {ODD_SECRET}"})
         assert len(loop.received) == 2
         assert not any(r.contains(ODD_SECRET) for r in loop.received)
+
+
+@pytest.mark.parametrize("location", ["http://127.0.0.1:SINK\u2100/",
+                                      "http://127.0.0.1:SINK\u00a0/",
+                                      "http://\u2460\u2461\u2466.0.0.1:SINK/"])
+def test_a_redirect_location_that_breaks_url_parsing_sends_nothing_and_a_write_stays_unknown(
+        location: str, sink: HostileServer, clock: FakeClock) -> None:
+    from loopsync.errors import OutcomeUnknown, PermanentError
+
+    def respond(_req: object, sock: object) -> None:
+        where = location.replace("SINK", str(sink.port)).encode("utf-8")
+        sock.sendall(b"HTTP/1.1 307 Moved\r\nLocation: " + where +  # type: ignore[attr-defined]
+                     b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+
+    with HostileServer(respond) as bad:
+        client = HttpClient("generic", bad.url, clock=clock, policy=POLICY,
+                            headers={"X-Api-Key": LOOP_KEY})
+        with pytest.raises(RemoteError) as caught:
+            client.request("POST", "/rmas", json_body={"rma_number": "R1"})
+        assert bad.received  # the 3PL had the RMA: not a verdict, an unknown outcome
+    assert sink.received == []
+    exc = caught.value
+    assert isinstance(exc, OutcomeUnknown) or (isinstance(exc, PermanentError) and
+                                               "redirect" in str(exc))

@@ -895,6 +895,10 @@ class HttpClient:
             return after_sending(f"unreadable answer: {detail}")
         if isinstance(exc, urllib3.exceptions.HTTPError | http.client.HTTPException | OSError):
             return after_sending(f"connection error: {detail}")
+        if watch.connected:
+            # Sent, then refused on the way back (requests parses a redirect's Location
+            # even when it does not follow it: a hostile one raises ValueError there).
+            return after_sending(f"unreadable answer: {detail}")
         # The request could not be built (bad URL, header, body encoding): nothing sent.
         return PermanentError(self.system, f"request not sent: {detail}")
 
