@@ -270,3 +270,62 @@ def test_a_redirect_location_that_breaks_url_parsing_sends_nothing_and_a_write_s
     exc = caught.value
     assert isinstance(exc, OutcomeUnknown) or (isinstance(exc, PermanentError) and
                                                "redirect" in str(exc))
+
+
+# -- every client: Xoro's Basic credentials and ShipHero's bearer token ----------------------
+
+def _redirector(status: int, sink: HostileServer) -> HostileServer:
+    from tests.hostile import redirect
+    return HostileServer(redirect(status, lambda req: f"{sink.url}{req.target}"))
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_xoro_basic_credentials_never_follow_a_redirect_to_another_origin(
+        status: int, sink: HostileServer, clock: FakeClock) -> None:
+    from datetime import timedelta
+
+    from loopsync.configkit import Section
+    from loopsync.connectors.base import (ConnectorContext, GradingRules, StatusRules,
+                                          WarehouseSettings)
+    from loopsync.connectors.xoro import XoroConnector
+    from loopsync.errors import ForeignOrigin
+    env = {"XK": "rt-xoro-key-5a4b3c2d1e", "XS": "rt-xoro-secret-9z8y7x6w"}
+    with _redirector(status, sink) as bad:
+        section = Section({"api_key": "${XK}", "api_secret": "${XS}"}, file="t.yaml",
+                          path="warehouse", env=env)
+        conf = XoroConnector.parse_settings(section)
+        settings = WarehouseSettings(
+            kind="xoro", base_url=f"{bad.url}/api/xerp", destinations={},
+            statuses=StatusRules.build(**XoroConnector.default_statuses),
+            grading=GradingRules(), order_wait=timedelta(days=7), poll_batch=50,
+            timeout=5.0, connector=conf)
+        xoro = XoroConnector(settings, ConnectorContext(merchant="t", clock=clock,
+                                                        policy=POLICY))
+        with pytest.raises(ForeignOrigin):
+            xoro._list_asns(clock.now() - timedelta(days=1))
+        assert bad.received and "authorization" in bad.received[0].headers
+    assert sink.received == []
+
+
+@pytest.mark.parametrize("status", [302, 307, 308])
+def test_shiphero_bearer_token_never_follows_a_graphql_redirect_to_another_origin(
+        status: int, sink: HostileServer, clock: FakeClock, tmp_path: object) -> None:
+    import threading
+
+    from loopsync.errors import ForeignOrigin
+    from loopsync.runner import build_connector, open_store
+    from loopsync.sandbox import Sandbox
+    sb = Sandbox("shiphero", clock=FakeClock("2026-06-01T12:00:00Z")).start()
+    try:
+        with _redirector(status, sink) as bad:
+            cfg = sb.merchant_config(tmp_path, warehouse_extra={"base_url": bad.url})
+            store = open_store(cfg, clock, dry_run=True)
+            shiphero = build_connector(cfg, clock, store, stop=threading.Event(),
+                                       policy=POLICY)
+            shiphero._access_token, shiphero._renew_at = "rt-bearer-token-0f1e2d3c", 1e18
+            with pytest.raises(ForeignOrigin):
+                shiphero._graphql("poll", "query { account { data { id } } }", {})
+            assert bad.received and bad.received[0].contains("rt-bearer-token-0f1e2d3c")
+        assert sink.received == []
+    finally:
+        sb.stop()
