@@ -329,3 +329,24 @@ def test_shiphero_bearer_token_never_follows_a_graphql_redirect_to_another_origi
         assert sink.received == []
     finally:
         sb.stop()
+
+
+@pytest.mark.parametrize("line, replacement, key", [
+    ("merchant: acme-us", "merchant: ${RT_LOOP_KEY}", "merchant"),
+    ("merchant: acme-us", "merchant: acme-us\nstate_path: /tmp/${RT_LOOP_KEY}.sqlite",
+     "state_path"),
+])
+def test_a_secret_used_in_an_ordinary_key_is_a_config_error_even_when_the_value_is_valid(
+        tmp_path: object, line: str, replacement: str, key: str) -> None:
+    from loopsync.config import load_config
+    from loopsync.errors import ConfigError
+    from tests.test_config import BASE, write
+    secret = "7f3a9c2e51b04d86a1b2c3d4"  # a valid merchant name: lower-case hex
+    env = {"LOOP_API_KEY": secret, "RT_LOOP_KEY": secret,
+           "SHIPHERO_REFRESH_TOKEN": "rt-cfg-refresh-0001"}
+    text = BASE.replace(line, replacement)
+    assert text != BASE
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text), env=env)
+    assert info.value.key == key and "${RT_LOOP_KEY}" in str(info.value)
+    assert secret not in str(info.value)

@@ -219,8 +219,33 @@ def parse_config(data: Any, *, file: str, env: Mapping[str, str] | None = None,
     loop = parse_loop(root.section("loop", required=True))
     warehouse = parse_warehouse(root.section("warehouse", required=True))
     root.done()
-    return MerchantConfig(file=file, merchant=merchant, state_path=state_path, every=every,
-                          loop=loop, warehouse=warehouse)
+    cfg = MerchantConfig(file=file, merchant=merchant, state_path=state_path, every=every,
+                         loop=loop, warehouse=warehouse)
+    _refuse_secrets_in_ordinary_keys(root, data, cfg.secrets())
+    return cfg
+
+
+def _refuse_secrets_in_ordinary_keys(root: Section, data: Any, secrets: list[str]) -> None:
+    """A ${VAR} holding a secret, used in an ordinary key (`merchant`, `state_path`, a URL)
+    would put the secret in a file name, a Host header or a status line: refused."""
+    for expanded, form in root._expanded.items():
+        if any(secret in expanded for secret in secrets):
+            raise ConfigError(root.file, _path_of(data, form) or "",
+                              f"{form} holds the value of a credential; credentials belong "
+                              "only in credential keys")
+
+
+def _path_of(data: Any, form: str, path: str = "") -> str | None:
+    """The key path of the first string value that contains `form`."""
+    if isinstance(data, str):
+        return path if form in data else None
+    items = data.items() if isinstance(data, dict) else \
+        enumerate(data) if isinstance(data, list) else ()
+    for key, value in items:
+        found = _path_of(value, form, f"{path}.{key}" if path else str(key))
+        if found is not None:
+            return found
+    return None
 
 
 def resolve_state_path(raw: str | None, merchant: str, base_dir: Path | None,
