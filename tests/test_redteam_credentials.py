@@ -350,3 +350,13 @@ def test_a_secret_used_in_an_ordinary_key_is_a_config_error_even_when_the_value_
         load_config(write(tmp_path, text), env=env)
     assert info.value.key == key and "${RT_LOOP_KEY}" in str(info.value)
     assert secret not in str(info.value)
+
+
+def test_status_placeholders_for_unset_variables_are_not_taken_for_a_credential(
+        tmp_path: object) -> None:
+    from loopsync.config import load_config
+    from loopsync.status import status_env
+    from tests.test_config import BASE, write
+    text = BASE.replace("merchant: acme-us", "merchant: ${RT_UNSET_MERCHANT}")
+    cfg = load_config(write(tmp_path, text), env=status_env({}))  # nothing set at all
+    assert cfg.merchant

@@ -4,6 +4,7 @@ file, the key path and the problem (the CLI turns it into exit status 2)."""
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -229,10 +230,15 @@ def _refuse_secrets_in_ordinary_keys(root: Section, data: Any, secrets: list[str
     """A ${VAR} holding a secret, used in an ordinary key (`merchant`, `state_path`, a URL)
     would put the secret in a file name, a Host header or a status line: refused."""
     for expanded, form in root._expanded.items():
+        if any(root.env.get(name) is None for name in _ENV_NAME.findall(form)):
+            continue  # `status` stands a placeholder in for a variable it does not need
         if any(secret in expanded for secret in secrets):
             raise ConfigError(root.file, _path_of(data, form) or "",
                               f"{form} holds the value of a credential; credentials belong "
                               "only in credential keys")
+
+
+_ENV_NAME = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 def _path_of(data: Any, form: str, path: str = "") -> str | None:
