@@ -522,7 +522,8 @@ class ShipHeroConnector(WarehouseConnector):
         assert self.cfg.refresh_token is not None
         try:
             result = self.http.request("POST", "/auth/refresh", idempotent=True,
-                                       json_body={"refresh_token": self.cfg.refresh_token.value})
+                                       json_body={"refresh_token": self.cfg.refresh_token.value},
+                                       check=_token_answer)
         except AuthError as exc:
             raise AuthError(SYSTEM, "refresh token refused at /auth/refresh",
                             status=exc.status) from None
@@ -654,6 +655,15 @@ def _lenient_id(value: Any) -> str | int | None:
         return identifier(value, "id")
     except Unreadable:
         return None
+
+
+def _token_answer(result: HttpResult) -> None:
+    """A 2xx from /auth/refresh that is not a JSON object (a proxy's HTML page, an empty
+    or cut body) says nothing about the refresh token: retried, never taken as refused."""
+    if not isinstance(result.data, dict):
+        raise TransientError(SYSTEM, f"/auth/refresh answered HTTP {result.status} without "
+                                     f"a JSON object: {printable(result.text.strip(), 80)!r}",
+                             status=result.status)
 
 
 def _number_or_none(value: Any) -> float | None:
