@@ -5,10 +5,19 @@ answer holds back only what it is about, nothing crashes a stage or a run."""
 
 from __future__ import annotations
 
+import json
+import tracemalloc
 from typing import Any
 
-from loopsync.sandbox.server import Fault, Request, Response
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from loopsync.connectors import peoplevox as pvx
+from loopsync.http import HttpClient, RetryPolicy, decode_text
+from loopsync.sandbox.server import Fault, Response
 from loopsync.status import merchant_status, render_status
+from tests.hostile import HostileServer, reply
 
 HTML_PAGE = Response(200, b"<html><body><h1>502 Bad Gateway</h1></body></html>",
                      {"Content-Type": "text/html"})
@@ -52,3 +61,102 @@ def test_shiphero_refresh_always_html_is_a_remote_fault_without_a_credentials_ba
     text = render_status(merchant_status(cfg))
     assert "credentials refused" not in text
     assert "/auth/refresh answered HTTP 200 without a JSON object" in text, text
+
+
+# -- PeopleVox SOAP: no DTD, so no entity expansion at all ----------------------------------
+
+SOAP_RESULT = ('<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/">'
+               '<soap:Body><GetDataResponse xmlns="http://www.peoplevox.net/"><GetDataResult>'
+               '<ResponseId>0</ResponseId><TotalCount>1</TotalCount><Detail>{detail}</Detail>'
+               '</GetDataResult></GetDataResponse></soap:Body></soap:Envelope>')
+
+
+def billion_laughs(levels: int = 9) -> str:
+    entities = '<!ENTITY l0 "lol">' + "".join(
+        f'<!ENTITY l{n} "{f"&l{n - 1};" * 10}">' for n in range(1, levels + 1))
+    return (f'<?xml version="1.0"?><!DOCTYPE e [{entities}]>'
+            + SOAP_RESULT.format(detail=f"&l{levels};"))
+
+
+DTD_ANSWERS = [
+    ("billion laughs", billion_laughs()),
+    ("an internal entity that rewrites the data",
+     '<!DOCTYPE e [<!ENTITY s "RMA,Status\n1,completed">]>' + SOAP_RESULT.format(detail="&s;")),
+    ("an external entity", '<!DOCTYPE e [<!ENTITY x SYSTEM "file:///etc/passwd">]>'
+     + SOAP_RESULT.format(detail="&x;")),
+    ("an external parameter entity",
+     '<?xml version="1.0"?><!-- c --><!DOCTYPE e [<!ENTITY % p SYSTEM "http://127.0.0.1:9/x">'
+     ' %p;]>' + SOAP_RESULT.format(detail="x")),
+]
+
+
+@pytest.mark.parametrize("answer", [a for _, a in DTD_ANSWERS], ids=[n for n, _ in DTD_ANSWERS])
+def test_peoplevox_answer_declaring_a_dtd_is_refused_before_any_entity_is_expanded(answer):
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="declares a DTD"):
+            pvx.parse_result(answer, "GetData")
+        assert pvx.parse_fault(answer) is None
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 * 2**20  # expat's own amplification limit still lets ~50 MiB through
+
+
+def test_peoplevox_text_mentioning_doctype_inside_the_envelope_is_still_read():
+    answer = SOAP_RESULT.format(detail="Code,Description\nD1,&lt;!DOCTYPE html&gt; in a note")
+    assert pvx.parse_result(answer, "GetData").detail.endswith("<!DOCTYPE html> in a note")
+
+
+def test_peoplevox_billion_laughs_in_the_report_holds_back_nothing_after_a_retry(
+        make_sandbox, tmp_path, clock):
+    sb = make_sandbox("peoplevox")
+    ids = open_returns(sb, 2)
+    cfg = config(sb, tmp_path)
+    assert sb.run_cycle(cfg).counts.pushed == 2
+    for rid in ids:
+        assert sb.warehouse.receive(rid, "full")
+    bomb = Response(200, billion_laughs().encode(), {"Content-Type": "text/xml; charset=utf-8"})
+    sb.warehouse.faults.inject(Fault("custom", response=lambda req: bomb), times=1,
+                               when=lambda req: b"GetReportData" in req.body)
+    clock.advance(60)
+    result = sb.run_cycle(cfg)
+    assert result.counts.processed == 2, result.stage_errors
+    assert all(sb.loop.actions_for(rid) == ["process"] for rid in ids)
+
+
+# -- any charset a server names: text without lone surrogates, or UTF-8 ---------------------
+
+def hostile_client(server: HostileServer, clock: Any) -> HttpClient:
+    return HttpClient("t", server.url, clock=clock,
+                      policy=RetryPolicy(attempts=2, base=0.01, cap=0.02))
+
+
+@pytest.mark.parametrize("charset", ["idna", "undefined"])
+def test_an_answer_in_a_charset_python_cannot_decode_with_replacement_is_read_as_utf8(
+        charset, clock):
+    body = json.dumps({"returns": [], "note": "caf\u00e9"}).encode()
+    with HostileServer(reply(200, body, {"Content-Type": f"application/json; charset={charset}"})
+                       ) as server:
+        result = hostile_client(server, clock).request("GET", "/x")
+    assert result.data == {"returns": [], "note": "caf\u00e9"}
+
+
+@given(st.binary(max_size=64), st.sampled_from(["utf-7", "unicode_escape",
+                                                "raw_unicode_escape", "utf-16", "utf-32"]))
+@settings(max_examples=50, deadline=None)
+def test_decoded_answer_text_never_holds_a_lone_surrogate(body, charset):
+    text = decode_text(b"+2AA- \\ud800 " + body, charset)
+    text.encode("utf-8")  # what SQLite, a log file and a request body need
+
+
+def test_an_error_answer_in_utf7_reaches_status_without_a_lone_surrogate(
+        make_sandbox, tmp_path):
+    sb = make_sandbox("xoro")
+    open_returns(sb, 1)
+    answer = Response(500, b"+2AA- down", {"Content-Type": "text/plain; charset=utf-7"})
+    sb.warehouse.faults.inject(Fault("custom", response=lambda req: answer), times=10**6)
+    cfg = config(sb, tmp_path)
+    sb.run_cycle(cfg)
+    text = render_status(merchant_status(cfg))
+    assert "\ufffd down" in text and "\\ud800" not in text, text

@@ -687,10 +687,19 @@ def read_body(resp: requests.Response, max_body: int, watch: _Watch | None) -> b
 
 
 def decode_text(body: bytes, encoding: str | None) -> str:
+    """The body as text, whatever charset the server names. Never holds a lone surrogate
+    (a charset such as utf-7 or unicode_escape can make one; no table, log line or
+    request body can encode it): each becomes U+FFFD, as bytes that were not text do."""
     try:
-        return body.decode(encoding or "utf-8", errors="replace")
-    except LookupError:  # a charset Python does not know
-        return body.decode("utf-8", errors="replace")
+        text = body.decode(encoding or "utf-8", errors="replace")
+    except (LookupError, UnicodeError):  # a charset Python does not know, or "idna"
+        text = body.decode("utf-8", errors="replace")
+    if not text.isascii() and _LONE_SURROGATE.search(text):
+        text = _LONE_SURROGATE.sub("\ufffd", text)
+    return text
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def parse_json(text: str) -> Any:

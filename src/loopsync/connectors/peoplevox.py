@@ -75,6 +75,7 @@ RA_REQUIRED = ("ReturnAuthorizationNumber", "SiteReference")
 RA_ITEM_REQUIRED = ("ReturnAuthorizationNumber", "ItemCode", "Quantity")
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_ELEMENT_START = re.compile(r"<[A-Za-z_:]")  # an element tag, not <? <! or </
 _THROTTLE_WORDS = re.compile(r"throttl|too many (requests|calls)|rate limit|request limit",
                              re.IGNORECASE)
 # PeopleVox declares a session dead in an error answer (ResponseId -1) or, through some
@@ -316,6 +317,11 @@ def _local(tag: str) -> str:
 
 def _soap_body(text: str) -> ET.Element:
     """The Body element; ValueError when the text is not a SOAP envelope."""
+    doctype = text.find("<!DOCTYPE")
+    if doctype >= 0 and doctype < _first_element(text):
+        # SOAP forbids a DTD; refusing it leaves no entity (billion laughs, an external
+        # file) to expand, whatever the expat version's own limits.
+        raise ValueError("not a SOAP envelope: it declares a DTD")
     try:
         root = ET.fromstring(text)
     except ET.ParseError as exc:
@@ -324,6 +330,12 @@ def _soap_body(text: str) -> ET.Element:
     if _local(root.tag) != "Envelope" or body is None:
         raise ValueError("not a SOAP envelope")
     return body
+
+
+def _first_element(text: str) -> int:
+    """Where the first element starts (a DTD may only come before it); len(text) if none."""
+    found = _ELEMENT_START.search(text)
+    return found.start() if found else len(text)
 
 
 def parse_fault(text: str) -> SoapFault | None:
