@@ -6,6 +6,7 @@ answer holds back only what it is about, nothing crashes a stage or a run."""
 from __future__ import annotations
 
 import json
+import re
 import tracemalloc
 from typing import Any
 
@@ -14,6 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from loopsync.connectors import peoplevox as pvx
+from loopsync.connectors import shiphero
+from loopsync.errors import Unreadable
 from loopsync.http import HttpClient, RetryPolicy, decode_text
 from loopsync.sandbox.server import Fault, Response
 from loopsync.status import merchant_status, render_status
@@ -160,3 +163,91 @@ def test_an_error_answer_in_utf7_reaches_status_without_a_lone_surrogate(
     sb.run_cycle(cfg)
     text = render_status(merchant_status(cfg))
     assert "\ufffd down" in text and "\\ud800" not in text, text
+
+
+# -- ShipHero connections: any shape at any level is a page or Unreadable -------------------
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+                    lambda kids: st.lists(kids, max_size=3)
+                    | st.dictionaries(st.sampled_from(["data", "orders", "edges", "node",
+                                                       "pageInfo", "hasNextPage", "endCursor"]),
+                                      kids, max_size=4), max_leaves=12)
+
+
+@given(JSON)
+@settings(max_examples=50, deadline=None)
+def test_shiphero_connection_page_of_any_json_is_a_page_or_unreadable(body):
+    try:
+        step = shiphero._connection_page(body, ("orders", "data"))
+    except Unreadable:
+        return
+    assert isinstance(step.items, list)
+    hash(step.token)  # the page walk keeps the cursors it has seen in a set
+
+
+@pytest.mark.parametrize("edit", [
+    lambda conn: {"data": "x"},
+    lambda conn: {"data": {"edges": "abc", "pageInfo": {}}},
+    lambda conn: {"data": {**conn, "pageInfo": {"hasNextPage": True, "endCursor": {"c": 1}}}},
+], ids=["connection is text", "edges is text", "cursor is an object"])
+def test_shiphero_order_listing_of_the_wrong_shape_is_unreadable_for_its_return_only(
+        make_sandbox, tmp_path, edit):
+    sb = make_sandbox("shiphero")
+    good = open_returns(sb, 2)
+    raw = sb.seed(1, states_weights=[("open", 1)])[0]
+    bad = str(raw["id"])
+    marks = [str(raw[k]) for k in ("order_id", "provider_order_id", "order_name")
+             if raw.get(k)]
+
+    def respond(req: Any) -> Response:
+        with sb.warehouse.lock:
+            resp = sb.warehouse.handle(req)
+        body = json.loads(resp.body)
+        orders = (body.get("data") or {}).get("orders")
+        text = req.body.decode()
+        if isinstance(orders, dict) and any(json.dumps(m) in text for m in marks):
+            body["data"]["orders"] = edit(orders["data"])
+        return Response(resp.status, json.dumps(body).encode(), resp.headers)
+
+    sb.warehouse.faults.inject(Fault("custom", response=respond), times=10**6,
+                               when=lambda req: b"orders(" in req.body)
+    cfg = config(sb, tmp_path)
+    result = sb.run_cycle(cfg)
+    text = render_status(merchant_status(cfg))
+    assert "unexpected" not in text, text
+    assert all(sb.warehouse.rma_count(rid) == 1 for rid in good), (result.stage_errors, text)
+    assert sb.warehouse.rma_count(bad) == 0
+    assert re.search(rf"{bad}\s+push\s+unreadable: ShipHero (data|listing)", text), text
+
+
+# -- a remote's error text with a lone surrogate is recorded, not a second error ------------
+
+@pytest.mark.parametrize("body", [b'"\\ud800"', b'{"message": "refused \\udfff"}',
+                                  b'{"errors": ["\\ud800"]}'])
+def test_loop_action_error_body_with_a_lone_surrogate_is_recorded_for_a_person(
+        make_sandbox, tmp_path, clock, body):
+    sb = make_sandbox("shiphero")
+    ids = open_returns(sb, 2)
+    cfg = config(sb, tmp_path)
+    sb.run_cycle(cfg)
+    for rid in ids:
+        assert sb.warehouse.receive(rid, "full")
+    answer = Response(200, body, {"Content-Type": "application/json"})
+    sb.loop.faults.inject(Fault("custom", response=lambda req: answer), times=1,
+                          when=lambda req: req.path.endswith("/process"))
+    clock.advance(60)
+    sb.run_cycle(cfg)
+    text = render_status(merchant_status(cfg))
+    assert "unexpected" not in text, text
+    hit = [rid for rid in ids if sb.loop.actions_for(rid) == []]
+    assert len(hit) == 1 and sb.loop.actions_for(next(r for r in ids if r not in hit)) == \
+        ["process"]
+    assert re.search(rf"{hit[0]}\s+act\s+needs a person: Loop answered the process call", text), \
+        text
+
+
+def test_remote_error_text_is_always_encodable():
+    from loopsync.errors import ErrorBody
+    exc = ErrorBody("loop", "refused \ud800", code="\udfff")
+    for text in (str(exc), exc.message, exc.code):
+        text.encode("utf-8")
