@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 from loopsync.connectors import peoplevox as pvx
 from loopsync.connectors import shiphero
 from loopsync.errors import Unreadable
-from loopsync.http import HttpClient, RetryPolicy, decode_text
+from loopsync import http
+from loopsync.http import HttpClient, RetryPolicy, decode_text, parse_json
 from loopsync.sandbox.server import Fault, Response
 from loopsync.status import merchant_status, render_status
 from tests.hostile import HostileServer, reply
@@ -251,3 +252,52 @@ def test_remote_error_text_is_always_encodable():
     exc = ErrorBody("loop", "refused \ud800", code="\udfff")
     for text in (str(exc), exc.message, exc.code):
         text.encode("utf-8")
+
+
+# -- valid JSON Python's decoder refuses: one record's trouble, not the page's --------------
+
+DEEP = b"[" * 5000 + b"]" * 5000
+HUGE_INT = b"9" * 5000
+
+
+@pytest.mark.parametrize("raw_value, reason", [
+    (DEEP, r"nested more than 64 deep"), (HUGE_INT, r"number too long to store"),
+    (b"-" + HUGE_INT, r"number too long to store")], ids=["nested 5000 deep", "5000 digits",
+                                                         "-5000 digits"])
+def test_loop_page_with_one_record_json_cannot_decode_holds_back_only_that_record(
+        make_sandbox, tmp_path, raw_value, reason):
+    sb = make_sandbox("shiphero")
+    good = open_returns(sb, 3)
+    bad = open_returns(sb, 1)[0]
+
+    def respond(req: Any) -> Response:
+        with sb.loop.lock:
+            resp = sb.loop.handle(req)
+        body = json.loads(resp.body)
+        for row in body["returns"]:
+            if str(row["id"]) == bad:
+                row["x_new"] = "@@RAW@@"
+        raw = json.dumps(body).encode().replace(b'"@@RAW@@"', raw_value)
+        return Response(resp.status, raw, resp.headers)
+
+    sb.loop.faults.inject(Fault("custom", response=respond), times=10**6,
+                          when=lambda req: req.path.endswith("/warehouse/return/list"))
+    cfg = config(sb, tmp_path)
+    result = sb.run_cycle(cfg)
+    assert result.counts.pushed == 3 and not result.stage_errors, result.stage_errors
+    assert all(sb.warehouse.rma_count(rid) == 1 for rid in good)
+    text = render_status(merchant_status(cfg))
+    assert re.search(rf"{bad}\s+ingest\s+malformed Loop return: .*{reason}", text), text
+
+
+@given(st.integers(min_value=1, max_value=400), st.integers(min_value=0, max_value=3))
+@settings(max_examples=30, deadline=None)
+def test_json_nested_any_depth_decodes_with_the_too_deep_part_cut(depth, strings):
+    text = '{"s": "]]}{[\\\\\\"", "v": ' + "[" * depth * 20 + '"x"' * min(strings, 1) + \
+        "]" * depth * 20 + "}"
+    data = parse_json(text)
+    assert data is not None and data["s"] == ']]}{[\\"'
+    node, seen = data["v"], 1
+    while isinstance(node, list) and node:
+        node, seen = node[0], seen + 1
+    assert seen >= min(depth * 20, http.JSON_DEPTH_CUT)
