@@ -301,3 +301,32 @@ def test_json_nested_any_depth_decodes_with_the_too_deep_part_cut(depth, strings
     while isinstance(node, list) and node:
         node, seen = node[0], seen + 1
     assert seen >= min(depth * 20, http.JSON_DEPTH_CUT)
+
+
+# -- PeopleVox: one cell over the csv module's limit holds back only its row ---------------
+
+@pytest.mark.parametrize("column, reason", [
+    ("RMA status", r"RMA status is 200000 characters long"),
+    ("Bin", None)], ids=["in a column read", "in a column not read"])
+def test_peoplevox_report_cell_over_the_csv_limit_holds_back_only_its_ra(
+        make_sandbox, tmp_path, clock, column, reason):
+    from tests.test_bad_input import assert_bad_one_held, pvx_cell, pvx_rows_served_as
+
+    def serve_bad(sb: Any, bad: str) -> None:
+        pvx_rows_served_as(sb, bad, pvx_cell(column, "x" * 200_000),
+                           extra_column="Bin" if column == "Bin" else None)
+
+    if reason is not None:
+        assert_bad_one_held(make_sandbox, tmp_path, clock, "peoplevox", serve_bad, reason)
+        return
+    sb = make_sandbox("peoplevox")
+    ids = open_returns(sb, 3)
+    cfg = config(sb, tmp_path)
+    assert sb.run_cycle(cfg).counts.pushed == 3
+    for rid in ids:
+        assert sb.warehouse.receive(rid, "full")
+    serve_bad(sb, ids[-1])
+    clock.advance(60)
+    result = sb.run_cycle(cfg)
+    assert result.counts.processed == 3, (result.stage_errors, render_status(
+        merchant_status(cfg)))

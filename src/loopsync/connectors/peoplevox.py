@@ -415,12 +415,32 @@ def csv_rows(text: str) -> list[dict[str, str]]:
     if not text.strip():
         return []
     try:
-        reader = csv.reader(io.StringIO(text, newline=""))
-        header = next(reader, [])
-        return [dict(zip(header, values + [""] * (len(header) - len(values)), strict=False))
-                for values in reader if values]
+        return _csv_dicts(text)
     except csv.Error as exc:
-        raise Unreadable(f"PeopleVox CSV: {exc}") from None
+        if "field limit" not in str(exc):
+            raise Unreadable(f"PeopleVox CSV: {exc}") from None
+    # One cell longer than the csv module's limit (a long comment) is its row's trouble,
+    # not the whole report's: read again with a limit that fits the text (already capped
+    # by the HTTP layer); the row parsers refuse an oversized value in a field they read.
+    with _CSV_LIMIT_LOCK:
+        limit = csv.field_size_limit()
+        csv.field_size_limit(max(limit, len(text) + 1))
+        try:
+            return _csv_dicts(text)
+        except csv.Error as exc:
+            raise Unreadable(f"PeopleVox CSV: {exc}") from None
+        finally:
+            csv.field_size_limit(limit)
+
+
+_CSV_LIMIT_LOCK = threading.Lock()
+
+
+def _csv_dicts(text: str) -> list[dict[str, str]]:
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = next(reader, [])
+    return [dict(zip(header, values + [""] * (len(header) - len(values)), strict=False))
+            for values in reader if values]
 
 
 @guarded("PeopleVox CSV header")
