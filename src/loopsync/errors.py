@@ -94,11 +94,23 @@ class StopRequested(BaseException):  # noqa: N818 - a signal, not an error
     abandoned. A BaseException so that a per-record catch-all cannot swallow it."""
 
 
+def _encodable(text: str) -> str:
+    """`text` with each lone surrogate written as its escape (\\ud800): valid UTF-8."""
+    text = str(text)
+    if text.isascii():
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 class RemoteError(LoopsyncError):
     """A remote system failed or refused. `system` names it (loop, shiphero, ...)."""
 
     def __init__(self, system: str, message: str, *, status: int | None = None,
                  code: str | None = None) -> None:
+        # Remote text (an error body, a fault string) may hold lone surrogates from a JSON
+        # escape; a message that SQLite, a log file or a note cannot encode would turn
+        # recording the error into a second, unexpected one.
+        message, code = _encodable(message), (None if code is None else _encodable(code))
         self.system = system
         self.message = message
         self.status = status

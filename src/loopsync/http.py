@@ -688,10 +688,19 @@ def read_body(resp: requests.Response, max_body: int, watch: _Watch | None) -> b
 
 
 def decode_text(body: bytes, encoding: str | None) -> str:
+    """The body as text, whatever charset the server names. Never holds a lone surrogate
+    (a charset such as utf-7 or unicode_escape can make one; no table, log line or
+    request body can encode it): each becomes U+FFFD, as bytes that were not text do."""
     try:
-        return body.decode(encoding or "utf-8", errors="replace")
-    except LookupError:  # a charset Python does not know
-        return body.decode("utf-8", errors="replace")
+        text = body.decode(encoding or "utf-8", errors="replace")
+    except (LookupError, UnicodeError):  # a charset Python does not know, or "idna"
+        text = body.decode("utf-8", errors="replace")
+    if not text.isascii() and _LONE_SURROGATE.search(text):
+        text = _LONE_SURROGATE.sub("\ufffd", text)
+    return text
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def parse_json(text: str) -> Any:
@@ -702,7 +711,49 @@ def parse_json(text: str) -> Any:
     try:
         return json.loads(text)
     except (ValueError, RecursionError, MemoryError, TypeError):
+        pass
+    # Valid JSON that Python's decoder refuses (a value nested thousands deep, an integer
+    # of more than 4,300 digits) is one record's trouble, not the whole page's: decode it
+    # again with each too-deep value cut to [] and each such integer made one too large
+    # to pass any reader, so that the parsers refuse just the record holding it.
+    try:
+        return json.loads(_flatten_deep(text), parse_int=_bounded_int)
+    except (ValueError, RecursionError, MemoryError, TypeError):
         return None
+
+
+JSON_DEPTH_CUT = 200  # deeper than any reader accepts (models.MAX_DEPTH), far from the stack
+_JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+def _flatten_deep(text: str) -> str:
+    """`text` with every array or object nested deeper than JSON_DEPTH_CUT replaced by
+    `[]` (still that deep, so still refused). Iterative: no stack to exhaust."""
+    out: list[str] = []
+    depth, kept, cut_from = 0, 0, -1
+    for token in _JSON_TOKEN.finditer(text):
+        char = token.group()[0]
+        if char == '"':
+            continue
+        if char in "[{":
+            depth += 1
+            if depth == JSON_DEPTH_CUT + 1 and cut_from < 0:
+                cut_from = token.start()
+        elif depth > 0:
+            depth -= 1
+            if depth == JSON_DEPTH_CUT and cut_from >= 0:
+                out += [text[kept:cut_from], "[]"]
+                kept, cut_from = token.end(), -1
+    return "".join(out) + text[kept:] if out else text
+
+
+def _bounded_int(digits: str) -> int:
+    """An integer the decoder would refuse for its length: a stand-in just as absurd
+    (over 4,000 bits; every reader refuses it) that costs nothing to build."""
+    try:
+        return int(digits)
+    except ValueError:
+        return -(1 << 4096) if digits.startswith("-") else 1 << 4096
 
 
 REDIRECTS = (301, 302, 303, 307, 308)

@@ -75,6 +75,7 @@ RA_REQUIRED = ("ReturnAuthorizationNumber", "SiteReference")
 RA_ITEM_REQUIRED = ("ReturnAuthorizationNumber", "ItemCode", "Quantity")
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_ELEMENT_START = re.compile(r"<[A-Za-z_:]")  # an element tag, not <? <! or </
 _THROTTLE_WORDS = re.compile(r"throttl|too many (requests|calls)|rate limit|request limit",
                              re.IGNORECASE)
 # PeopleVox declares a session dead in an error answer (ResponseId -1) or, through some
@@ -316,6 +317,11 @@ def _local(tag: str) -> str:
 
 def _soap_body(text: str) -> ET.Element:
     """The Body element; ValueError when the text is not a SOAP envelope."""
+    doctype = text.find("<!DOCTYPE")
+    if doctype >= 0 and doctype < _first_element(text):
+        # SOAP forbids a DTD; refusing it leaves no entity (billion laughs, an external
+        # file) to expand, whatever the expat version's own limits.
+        raise ValueError("not a SOAP envelope: it declares a DTD")
     try:
         root = ET.fromstring(text)
     except ET.ParseError as exc:
@@ -324,6 +330,12 @@ def _soap_body(text: str) -> ET.Element:
     if _local(root.tag) != "Envelope" or body is None:
         raise ValueError("not a SOAP envelope")
     return body
+
+
+def _first_element(text: str) -> int:
+    """Where the first element starts (a DTD may only come before it); len(text) if none."""
+    found = _ELEMENT_START.search(text)
+    return found.start() if found else len(text)
 
 
 def parse_fault(text: str) -> SoapFault | None:
@@ -403,12 +415,32 @@ def csv_rows(text: str) -> list[dict[str, str]]:
     if not text.strip():
         return []
     try:
-        reader = csv.reader(io.StringIO(text, newline=""))
-        header = next(reader, [])
-        return [dict(zip(header, values + [""] * (len(header) - len(values)), strict=False))
-                for values in reader if values]
+        return _csv_dicts(text)
     except csv.Error as exc:
-        raise Unreadable(f"PeopleVox CSV: {exc}") from None
+        if "field limit" not in str(exc):
+            raise Unreadable(f"PeopleVox CSV: {exc}") from None
+    # One cell longer than the csv module's limit (a long comment) is its row's trouble,
+    # not the whole report's: read again with a limit that fits the text (already capped
+    # by the HTTP layer); the row parsers refuse an oversized value in a field they read.
+    with _CSV_LIMIT_LOCK:
+        limit = csv.field_size_limit()
+        csv.field_size_limit(max(limit, len(text) + 1))
+        try:
+            return _csv_dicts(text)
+        except csv.Error as exc:
+            raise Unreadable(f"PeopleVox CSV: {exc}") from None
+        finally:
+            csv.field_size_limit(limit)
+
+
+_CSV_LIMIT_LOCK = threading.Lock()
+
+
+def _csv_dicts(text: str) -> list[dict[str, str]]:
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = next(reader, [])
+    return [dict(zip(header, values + [""] * (len(header) - len(values)), strict=False))
+            for values in reader if values]
 
 
 @guarded("PeopleVox CSV header")

@@ -397,15 +397,8 @@ class ShipHeroConnector(WarehouseConnector):
         `hasNextPage` without an `endCursor` ends the walk there, logged."""
 
         def fetch(token: Any) -> Step[list[dict[str, Any]]]:
-            body = self._graphql(op, query, {**variables, "after": token})
-            connection = body.get("data") or {}
-            for key in path:
-                connection = connection.get(key) or {}
-            nodes = [edge["node"] for edge in connection.get("edges") or []
-                     if edge and edge.get("node")]
-            page = connection.get("pageInfo") or {}
-            return Step(nodes, more=bool(page.get("hasNextPage")),
-                        token=page.get("endCursor") or None)
+            return _connection_page(self._graphql(op, query, {**variables, "after": token}),
+                                    path)
 
         walk = PageWalk(fetch, name=f"shiphero.{op}", first=after, max_pages=self.cfg.max_pages,
                         stop=self.ctx.stop)
@@ -524,7 +517,8 @@ class ShipHeroConnector(WarehouseConnector):
         assert self.cfg.refresh_token is not None
         try:
             result = self.http.request("POST", "/auth/refresh", idempotent=True,
-                                       json_body={"refresh_token": self.cfg.refresh_token.value})
+                                       json_body={"refresh_token": self.cfg.refresh_token.value},
+                                       check=_token_answer)
         except AuthError as exc:
             raise AuthError(SYSTEM, "refresh token refused at /auth/refresh",
                             status=exc.status) from None
@@ -656,6 +650,41 @@ def _lenient_id(value: Any) -> str | int | None:
         return identifier(value, "id")
     except Unreadable:
         return None
+
+
+@guarded("ShipHero listing")
+def _connection_page(body: Any, path: Sequence[str]) -> Step[list[dict[str, Any]]]:
+    """One page of a relay connection at `path` under `data`: its nodes, `hasNextPage`
+    and `endCursor`. Unreadable naming the field when a level is not the shape GraphQL
+    promised (a cursor that is an object could not even be compared with the last)."""
+    connection: Any = body.get("data") if isinstance(body, dict) else None
+    where = "data"
+    for key in path:
+        if connection is not None and not isinstance(connection, dict):
+            raise Unreadable(f"ShipHero {where} is a {type(connection).__name__}, not an "
+                             "object", field=where)
+        connection, where = (connection or {}).get(key), f"{where}.{key}"
+    connection = connection or {}
+    edges, page = connection.get("edges") or [], connection.get("pageInfo") or {}
+    if not isinstance(connection, dict) or not isinstance(edges, list) or \
+            not isinstance(page, dict):
+        raise Unreadable(f"ShipHero {where} is not a connection (edges, pageInfo)",
+                         field=where)
+    nodes = [edge["node"] for edge in edges if isinstance(edge, dict) and edge.get("node")]
+    cursor = page.get("endCursor") or None
+    if cursor is not None and not isinstance(cursor, str | int):
+        raise Unreadable(f"ShipHero {where}.pageInfo.endCursor is a {type(cursor).__name__}",
+                         field=f"{where}.pageInfo.endCursor")
+    return Step(nodes, more=bool(page.get("hasNextPage")), token=cursor)
+
+
+def _token_answer(result: HttpResult) -> None:
+    """A 2xx from /auth/refresh that is not a JSON object (a proxy's HTML page, an empty
+    or cut body) says nothing about the refresh token: retried, never taken as refused."""
+    if not isinstance(result.data, dict):
+        raise TransientError(SYSTEM, f"/auth/refresh answered HTTP {result.status} without "
+                                     f"a JSON object: {printable(result.text.strip(), 80)!r}",
+                             status=result.status)
 
 
 def _number_or_none(value: Any) -> float | None:
