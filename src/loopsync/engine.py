@@ -510,8 +510,12 @@ class Engine:
         if not self.connector.weak_matching:
             return set()  # matched by the Loop return id: one RMA per return by construction
         in_play = ids + self.store.return_ids_in_stage(st.OPEN, st.ACTING)
+        # Returns already left for a person (reported, stale, rejected) and still open in
+        # Loop keep their claim on the order: a later return on it is just as ambiguous.
+        held = self.store.return_ids_in_stage(st.REPORTED, st.STALE, st.REJECTED)
+        held_ids = set(held)
         keys: dict[str, list[str]] = {}
-        for rid in in_play:
+        for rid in in_play + held:
             snap = self.store.snapshot(rid)
             try:
                 ret = LoopReturn.from_api(snap)
@@ -525,6 +529,8 @@ class Engine:
             if len(rids) < 2 or (only is not None and not only & set(rids)):
                 continue
             for rid in rids:
+                if rid in held_ids:
+                    continue  # already with a person (or not in play): not reported again
                 self._report_for_person(rid, "push", rules.ambiguous_reason(
                     self.connector.kind, key, [r for r in rids if r != rid]))
                 refused.add(rid)

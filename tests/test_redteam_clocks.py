@@ -1,0 +1,39 @@
+"""Red team, cursors, clocks and exactly-once (issue 14 §3, §4): edges that held back a
+guarantee after the first pass."""
+
+from __future__ import annotations
+
+from loopsync.engine import Engine
+from loopsync.models import RmaRef
+from loopsync.store import Store
+
+from .fakes import FakeRma, loop_return
+from .test_once_engine import ByOrder, World, _same_order
+
+
+def test_a_third_return_on_an_order_already_reported_as_ambiguous_is_reported_not_matched(
+        tmp_path):
+    """Two returns on one order were reported (one ASN, two returns); a third return on the
+    same order arrives while they wait for a person. It matches that one ASN just as well:
+    it must be reported too, never linked to the ASN and processed."""
+    wh = ByOrder()
+    w = World(tmp_path, [_same_order("101", "#1"), _same_order("102", "#1")], wh=wh)
+    wh.rmas["#1"] = FakeRma("#1", {"A": 1, "B": 1}, status="complete",
+                            received={"A": 1, "B": 1})
+    w.cycle()
+    assert w.row("101")["stage"] == w.row("102")["stage"] == "reported"
+    w.loop.returns["103"] = _same_order("103", "#1")
+    w.loop.returns["103"]["updated_at"] = "2026-05-02T00:00:30Z"
+    result = w.cycle(60)
+    assert w.row("103")["stage"] == "reported" and "ambiguous" in w.row("103")["reason"]
+    assert result.needs_attention
+    w.cycle(60)
+    assert w.loop.writes == [] and getattr(wh, "polled", 0) == 0
+    # The two already reported are not reported again every cycle.
+    store = Store(w.cfg.state_path, w.clock)
+    try:
+        problems = [p for p in store.db.query("select return_id from problems")
+                    if p["return_id"] in ("101", "102")]
+    finally:
+        store.close()
+    assert len(problems) == 2
