@@ -37,3 +37,26 @@ def test_a_third_return_on_an_order_already_reported_as_ambiguous_is_reported_no
     finally:
         store.close()
     assert len(problems) == 2
+
+
+def test_lost_state_while_loop_queues_the_process_longer_than_the_settle_delay_is_not_processed_twice(  # noqa: E501
+        make_sandbox, tmp_path, clock):
+    """State lost while Loop still queues our process for longer than PROCESS_SETTLE: one
+    `open` read after the settle delay is no proof the first call did not land. Like a
+    lost answer, the action is repeated only on two agreeing reads PROCESS_SETTLE apart."""
+    from .test_once_sandbox import cycle, forget_state, open_returns
+
+    sb = make_sandbox("shiphero")
+    sb.loop.process_delay_seconds = 15 * 60
+    (rid,) = open_returns(sb, 1)
+    cfg = sb.merchant_config(tmp_path)
+    cycle(sb, cfg, clock)
+    sb.warehouse.receive(rid, "full")
+    cycle(sb, cfg, clock)
+    assert sb.loop.actions_for(rid) == ["process"]  # queued; the return still says open
+    forget_state(cfg)
+    cycle(sb, cfg, clock)  # found again: the RMA and its note are there, Loop still open
+    for _ in range(4):
+        cycle(sb, cfg, clock, seconds=6 * 60)
+    assert sb.loop.actions_for(rid) == ["process"], "processed twice after lost state"
+    assert sb.warehouse.rma_count(rid) == 1 and len(sb.loop.notes_for(rid)) == 1

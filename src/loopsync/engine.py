@@ -857,12 +857,20 @@ class Engine:
             self._settle(key, rid, kind, st.SETTLED, "note already in Loop")
             return True
         elif kind in ("process", "flag") and self.store.kv(FOUND_RMAS).get(rid):
-            found_at = parse_timestamp(self.store.kv(FOUND_RMAS).get(rid))
-            if self.clock.now() - found_at < PROCESS_SETTLE:
-                return False  # a lost run may have queued this very call: let Loop finish
-            state = str(self.loop.return_details(rid).get("state", "")).lower()
-            if state != "open":
-                self._settle(key, rid, kind, st.SETTLED, f"return is already {state} in Loop")
+            # A lost run may have sent this very call, its answer lost with the state: the
+            # same discipline as a lost answer, timed from the discovery. One `open` read
+            # (Loop's queue may still be working) is no proof it did not land.
+            verdict = self._reconcile_action({**effect, "updated_at":
+                                              self.store.kv(FOUND_RMAS).get(rid)})
+            if verdict == "wait":
+                return False
+            if verdict == "done":
+                self._settle(key, rid, kind, st.SETTLED, "return is no longer open in Loop")
+                return True
+            if verdict == "report":
+                self._report_action(key, rid, kind, f"a run whose state is lost worked on "
+                                    f"this return and Loop does not show for certain "
+                                    f"whether its {kind} took effect")
                 return True
         if self.dry_run:
             self.result.planned.append(f"return {rid}: would {_describe(kind, payload)}")
