@@ -60,3 +60,38 @@ def test_lost_state_while_loop_queues_the_process_longer_than_the_settle_delay_i
         cycle(sb, cfg, clock, seconds=6 * 60)
     assert sb.loop.actions_for(rid) == ["process"], "processed twice after lost state"
     assert sb.warehouse.rma_count(rid) == 1 and len(sb.loop.notes_for(rid)) == 1
+
+
+def test_generic_folder_receipts_archived_before_the_state_was_lost_still_count(
+        make_sandbox, tmp_path, clock):
+    """The folder transport moves each receipt file to archive/ once its lines are kept in
+    the state file. With that state lost, the first half of a return's receipts lives only
+    in archive/: a return found again by its RMA number reads them there, or the second
+    half alone leaves it `partial` for ever (never processed, and nothing says why)."""
+    from .test_once_sandbox import cycle, forget_state, open_returns
+
+    from loopsync.sandbox.seed import make_return
+
+    sb = make_sandbox("generic", transport="folder", folder_root=tmp_path / "3pl")
+    rid = "64001"
+    sb.add_return(make_return(rng=sb.rng, return_id=rid, state="open",
+                              updated_at=clock.now(), units=3))
+    cfg = sb.merchant_config(tmp_path)
+    assert cycle(sb, cfg, clock).counts.pushed == 1
+    assert sb.warehouse.has_rma(rid)  # the 3PL picks the RMA file up
+    with sb.warehouse.lock:
+        lines = [(str(li["sku"]), int(li["quantity"]))
+                 for li in sb.warehouse.rmas[rid]["lines"]]
+    units = [(sku, 1) for sku, qty in lines for _ in range(qty)]
+    assert len(units) == 3
+    first, rest = units[:1], units[1:]
+    sb.warehouse.add_receipts(rid, [(sku, n, "available") for sku, n in first])
+    cycle(sb, cfg, clock)  # read, kept, archived; not complete yet
+    assert sb.loop.actions_for(rid) == []
+    assert not list((tmp_path / "3pl" / "inbox").glob("*.csv"))
+    forget_state(cfg)
+    cycle(sb, cfg, clock)  # found again by its RMA number
+    sb.warehouse.add_receipts(rid, [(sku, n, "available") for sku, n in rest])
+    for _ in range(3):  # a return found after lost state: its action waits to settle
+        cycle(sb, cfg, clock, seconds=11 * 60)
+    assert sb.loop.actions_for(rid) == ["process"], "fully received, never processed"
