@@ -7,8 +7,8 @@ from loopsync.engine import Engine
 from loopsync.models import RmaRef
 from loopsync.store import Store
 
-from .fakes import FakeRma, loop_return
-from .test_once_engine import ByOrder, World, _same_order
+from .fakes import FakeRma, Page, loop_return
+from .test_once_engine import ByOrder, StaleLoop, World, _same_order
 
 
 def test_a_third_return_on_an_order_already_reported_as_ambiguous_is_reported_not_matched(
@@ -95,3 +95,28 @@ def test_generic_folder_receipts_archived_before_the_state_was_lost_still_count(
     for _ in range(3):  # a return found after lost state: its action waits to settle
         cycle(sb, cfg, clock, seconds=11 * 60)
     assert sb.loop.actions_for(rid) == ["process"], "fully received, never processed"
+
+
+class _UnfilteredLoop(StaleLoop):
+    """Loop filtering its list on its own (true) update time while the `updated_at` it
+    shows may be wrong: every return of the state is listed in every window."""
+
+    def iter_returns(self, start, end, state, *, cursor=None):
+        self._check()
+        yield Page([r for r in self.returns.values() if r["state"] == state], None)
+
+
+def test_a_return_once_shown_future_dated_is_not_frozen_at_that_snapshot(tmp_path):
+    """Loop once showed return 101 closed with `updated_at` 2099 (a bad row), then the
+    truth: open, updated now. The 2099 snapshot must not win over every later read as
+    "newer", or the return is skipped for ever and never pushed."""
+    raw = loop_return("101")
+    raw.update(state="closed", updated_at="2099-01-01T00:00:00Z")
+    w = World(tmp_path, [raw])
+    w.loop = _UnfilteredLoop([raw])
+    w.cycle()
+    assert w.row("101")["stage"] == "skipped"
+    w.loop.returns["101"].update(state="open", updated_at="2026-05-02T00:01:00Z")
+    w.cycle(120)
+    assert w.row("101")["stage"] == "open", "a future-dated snapshot froze the return"
+    assert w.wh.created == 1
