@@ -120,3 +120,32 @@ def test_a_return_once_shown_future_dated_is_not_frozen_at_that_snapshot(tmp_pat
     w.cycle(120)
     assert w.row("101")["stage"] == "open", "a future-dated snapshot froze the return"
     assert w.wh.created == 1
+
+
+class _OpenConflictLoop(StaleLoop):
+    """Loop refusing an action with a state-conflict wording that names `open` itself."""
+
+    def _act(self, name, rid, new_state=None):
+        if name in ("process", "flag"):
+            from loopsync.errors import StateConflict
+
+            self.calls.append((name, rid))
+            raise StateConflict("loop", f"Return is open and cannot be {name}ed yet",
+                                code="UNPROCESSABLE_RETURN")
+        super()._act(name, rid, new_state)
+
+
+def test_an_action_refused_for_its_state_while_the_return_is_open_is_reported_not_settled(
+        tmp_path):
+    """A state-conflict answer is settled as "already done" only when the return really
+    left `open`; refused while still open, the return was neither processed nor flagged:
+    marking it done would skip it silently. It is reported for a person."""
+    w = World(tmp_path, [loop_return("101")])
+    w.loop = _OpenConflictLoop([loop_return("101")])
+    w.cycle()
+    w.wh.finish("101")
+    result = w.cycle(60)
+    row = w.row("101")
+    assert row["stage"] == "reported", row
+    assert result.needs_attention
+    assert w.loop.returns["101"]["state"] == "open"

@@ -879,6 +879,10 @@ class Engine:
         try:
             self._perform(kind, rid, payload)
         except StateConflict as exc:
+            if kind in ("process", "flag"):
+                # Settled only if the return really left `open`: a conflict worded "Return
+                # is open and cannot be processed" means nothing happened to it.
+                return self._settle_from_state(key, rid, kind, exc)
             self._settle(key, rid, kind, st.SETTLED, exc.message)
             return True
         except OutcomeUnknown as exc:
