@@ -27,6 +27,7 @@ At the edges (lost state, lost answers, remotes that answer in unknown words):
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import threading
 import time
@@ -879,9 +880,10 @@ class Engine:
         try:
             self._perform(kind, rid, payload)
         except StateConflict as exc:
-            if kind in ("process", "flag"):
-                # Settled only if the return really left `open`: a conflict worded "Return
-                # is open and cannot be processed" means nothing happened to it.
+            if kind in ("process", "flag") and not _LEFT_OPEN.search(exc.message):
+                # Settled at its word only when it says the return left `open`: "Return is
+                # open and cannot be processed" (or a bare code) means nothing happened to
+                # it, so the return's state decides.
                 return self._settle_from_state(key, rid, kind, exc)
             self._settle(key, rid, kind, st.SETTLED, exc.message)
             return True
@@ -1015,6 +1017,11 @@ class Engine:
                 self.counts.graded += 1
         if kind in ("process", "flag"):
             self._event(_action_outcome(kind, status), rid, reason=reason)
+
+
+# A state-conflict wording naming a state the return left `open` for.
+_LEFT_OPEN = re.compile(r"\breturn is (?:already )?(?:closed|cancell?ed|expired|review|flagged|"
+                        r"processed)\b", re.IGNORECASE)
 
 
 def _action_outcome(kind: str, status: str) -> str:
