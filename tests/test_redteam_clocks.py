@@ -149,3 +149,32 @@ def test_an_action_refused_for_its_state_while_the_return_is_open_is_reported_no
     assert row["stage"] == "reported", row
     assert result.needs_attention
     assert w.loop.returns["101"]["state"] == "open"
+
+
+class _StaleNotesLoop(StaleLoop):
+    """Loop whose notes listing lags: the first `lag` reads after a write miss it."""
+
+    def __init__(self, returns):
+        super().__init__(returns)
+        self.lag = 0
+
+    def add_note(self, rid, content):
+        self.lag = 1
+        super().add_note(rid, content)
+
+    def notes(self, rid):
+        if self.lag:
+            self.lag -= 1
+            return []
+        return super().notes(rid)
+
+
+def test_a_lost_note_answer_and_one_stale_notes_read_do_not_write_the_note_twice(tmp_path):
+    w = World(tmp_path, [loop_return("101")])
+    w.loop = _StaleNotesLoop([loop_return("101")])
+    w.loop.lose_answer.add("note")
+    w.cycle()  # the RMA note lands in Loop; its answer is lost
+    assert len(w.loop.notes_by["101"]) == 1
+    for _ in range(4):
+        w.cycle(120)  # past the note settle time; the first look-up reads a stale list
+    assert len(w.loop.notes_by["101"]) == 1, "the note was written twice"

@@ -930,9 +930,22 @@ class Engine:
         """After an unknown outcome: 'done' if Loop shows it happened, 'wait' if it cannot
         tell yet, 'repeat' if it certainly did not happen (or repeating is harmless)."""
         if kind == "note":
-            if self._too_soon(effect, timedelta(seconds=NOTE_SETTLE * self.cfg.loop.timeout)):
+            settle = timedelta(seconds=NOTE_SETTLE * self.cfg.loop.timeout)
+            if self._too_soon(effect, settle):
                 return "wait"  # the lost request may still be being written: look later
-            return "done" if self._note_in_loop(rid, payload) else "repeat"
+            if self._note_in_loop(rid, payload):
+                return "done"
+            # One read without it may be stale (Loop keeps every copy of a note written
+            # twice): repeat only when a second read, `settle` later, agrees.
+            evidence = self.store.kv(SETTLE_EVIDENCE)
+            slot = f"{effect['key']}#{effect.get('attempts') or 0}"
+            first = evidence.get(slot)
+            now = self.clock.now()
+            if not isinstance(first, str):
+                if not self.dry_run:
+                    evidence.set(slot, iso(now))
+                return "wait"
+            return "wait" if now - parse_timestamp(first) < settle else "repeat"
         if kind in ("process", "flag"):
             return self._reconcile_action(effect)
         return "repeat"  # grade/assess: re-sending the same grades is harmless
