@@ -178,3 +178,29 @@ def test_a_lost_note_answer_and_one_stale_notes_read_do_not_write_the_note_twice
     for _ in range(4):
         w.cycle(120)  # past the note settle time; the first look-up reads a stale list
     assert len(w.loop.notes_by["101"]) == 1, "the note was written twice"
+
+
+def test_a_clock_jump_between_two_open_reads_is_no_settle_delay(tmp_path):
+    """After a lost flag answer the first `open` read is kept; then our clock jumps a day
+    ahead while Loop's (its `Date`) moves a minute. The two reads are not PROCESS_SETTLE
+    apart in truth: no second flag on that evidence."""
+    from datetime import timedelta
+
+    from .test_once_engine import SETTLE, _flagged_world
+
+    w = _flagged_world(tmp_path)
+    loop_now = [w.clock.now()]
+    real = w.loop.return_details
+
+    def details(rid):
+        w.loop.details_server_date = loop_now[0]
+        return real(rid)
+
+    w.loop.return_details = details
+    loop_now[0] += timedelta(seconds=SETTLE)
+    w.cycle(SETTLE)  # first `open` read, kept as evidence
+    assert w.loop.calls.count(("flag", "101")) == 1
+    loop_now[0] += timedelta(seconds=60)
+    w.cycle(86_400)  # our clock: a day later; Loop's: a minute
+    w.cycle(60)
+    assert w.loop.calls.count(("flag", "101")) == 1, "flagged again after a clock jump"

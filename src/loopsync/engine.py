@@ -78,6 +78,9 @@ CREATE_SETTLE = 2  # warehouse read timeouts
 # before repeating either call loopsync wants two reads PROCESS_SETTLE apart that agree
 # (state, updated_at, notes); anything less certain is reported for a person.
 SETTLE_EVIDENCE = "engine.settle"  # kv namespace: the first `open` read after a lost action
+# Two settle reads our clock puts PROCESS_SETTLE apart but Loop's `Date` does not: wait
+# for Loop's clock at most this long (by ours) before reporting the return for a person.
+CLOCK_DOUBT_AFTER = 6 * PROCESS_SETTLE
 # kv namespace: returns whose RMA note was already in Loop before this state file wrote
 # it, i.e. an earlier run whose state is lost worked on them, and may have processed or
 # flagged them with Loop's queue still working on it: their first action waits
@@ -960,9 +963,11 @@ class Engine:
         """One read of what Loop shows about a return, for the settle rules."""
         details = self.loop.return_details(rid)
         notes = self.loop.notes(rid)
+        loop_at = getattr(self.loop, "details_server_date", None)
         return rules.ActionRead(state=str(details.get("state", "")).lower(),
                                 updated_at=str(details.get("updated_at") or ""),
-                                notes=len(notes), at=iso(self.clock.now()))
+                                notes=len(notes), at=iso(self.clock.now()),
+                                loop_at=iso(loop_at) if isinstance(loop_at, datetime) else "")
 
     def _reconcile_action(self, effect: dict[str, Any]) -> str:
         """A process or flag whose answer was lost: done, wait, repeat or report.
@@ -984,6 +989,13 @@ class Engine:
         if first is not None and self.clock.now() - parse_timestamp(first.at) < \
                 PROCESS_SETTLE:
             return "wait"
+        if first is not None and first.loop_at and read.loop_at and \
+                parse_timestamp(read.loop_at) - parse_timestamp(first.loop_at) < PROCESS_SETTLE:
+            # Our clock says a settle delay passed, Loop's does not: ours jumped. Wait for
+            # Loop's clock; if it never moves on (a `Date` that lies), ask a person.
+            if self.clock.now() - parse_timestamp(first.at) < CLOCK_DOUBT_AFTER:
+                return "wait"
+            return "report"
         verdict = rules.settle_action(kind, first, read, attempted_at=effect["updated_at"])
         if verdict == "wait" and not self.dry_run:
             evidence.set(slot, asdict(read))
