@@ -204,3 +204,48 @@ def test_a_clock_jump_between_two_open_reads_is_no_settle_delay(tmp_path):
     w.cycle(86_400)  # our clock: a day later; Loop's: a minute
     w.cycle(60)
     assert w.loop.calls.count(("flag", "101")) == 1, "flagged again after a clock jump"
+
+
+def test_generic_feed_receipts_of_an_rma_found_again_later_after_lost_state_still_count(
+        make_sandbox, tmp_path, clock):
+    """State lost; return A's RMA is found again only a cycle after B's (its look-up failed
+    once), when the feed cursor has already moved past A's first receipt. A's first poll
+    reads the feed from A's creation, or A stays `partial` for ever."""
+    from datetime import timedelta
+
+    from loopsync.sandbox.seed import make_return
+    from loopsync.sandbox.server import Fault
+
+    from .test_once_sandbox import cycle, forget_state
+
+    sb = make_sandbox("generic")
+    a = "65001"
+    sb.add_return(make_return(rng=sb.rng, return_id=a, state="open", units=3,
+                              created_at=clock.now() - timedelta(days=2),
+                              updated_at=clock.now()))
+    cfg = sb.merchant_config(tmp_path)
+    assert cycle(sb, cfg, clock).counts.pushed == 1
+    with sb.warehouse.lock:
+        units_a = [(str(li["sku"]), 1, "available") for li in sb.warehouse.rmas[a]["lines"]
+                   for _ in range(int(li["quantity"]))]
+    assert len(units_a) == 3
+    sb.warehouse.add_receipts(a, units_a[:1])
+    cycle(sb, cfg, clock)  # A: 1 of 3, kept in the state file
+    clock.advance(3600)
+    b = "65002"
+    sb.add_return(make_return(rng=sb.rng, return_id=b, state="open", units=3,
+                              updated_at=clock.now()))
+    assert cycle(sb, cfg, clock).counts.pushed == 1
+    with sb.warehouse.lock:
+        sku_b = str(sb.warehouse.rmas[b]["lines"][0]["sku"])
+    forget_state(cfg)
+    sb.warehouse.add_receipts(b, [(sku_b, 1, "available")])
+    sb.warehouse.faults.inject(Fault("status", status=400, body={"error": "busy"}),
+                               times=1, when=lambda r: r.method == "GET"
+                               and r.path.endswith(f"/rmas/{a}"))
+    cycle(sb, cfg, clock)  # B found and polled (cursor moves to B's receipt); A not yet
+    cycle(sb, cfg, clock)  # A found now
+    sb.warehouse.add_receipts(a, units_a[1:])
+    for _ in range(4):
+        cycle(sb, cfg, clock, seconds=11 * 60)
+    assert sb.loop.actions_for(a) == ["process"], "A fully received, never processed"

@@ -591,7 +591,13 @@ class HttpTransport:
         cursor = self.kv.get(SINCE_KEY)
         if cursor:
             # A cursor stored while our clock ran ahead is pulled back to now.
-            return min(parse_timestamp(cursor), self.clock.now()) - SINCE_OVERLAP
+            since = min(parse_timestamp(cursor), self.clock.now())
+            # An RMA found again (state lost) on its first poll: its earlier receipts may
+            # lie before the cursor, read by a run whose state is gone. Read from its start.
+            found = [parse_timestamp(ref.extra["created_at"]) for ref in rmas
+                     if ref.extra.get("found")
+                     and not self.kv.get(_archive_checked_key(ref.rma_id))]
+            return min([since, *found]) - SINCE_OVERLAP
         # First poll ever: nothing can have been received before the oldest RMA existed.
         return min(parse_timestamp(ref.extra["created_at"]) for ref in rmas) - SINCE_OVERLAP
 
