@@ -864,8 +864,10 @@ class Engine:
             # A lost run may have sent this very call, its answer lost with the state: the
             # same discipline as a lost answer, timed from the discovery. One `open` read
             # (Loop's queue may still be working) is no proof it did not land.
-            verdict = self._reconcile_action({**effect, "updated_at":
-                                              self.store.kv(FOUND_RMAS).get(rid)})
+            found_at = self.store.kv(FOUND_RMAS).get(rid)
+            if self.clock.now() - parse_timestamp(found_at) < PROCESS_SETTLE:
+                return False  # let Loop finish first; no reads needed yet
+            verdict = self._reconcile_action({**effect, "updated_at": found_at})
             if verdict == "wait":
                 return False
             if verdict == "done":
