@@ -39,7 +39,7 @@ def test_a_third_return_on_an_order_already_reported_as_ambiguous_is_reported_no
     assert len(problems) == 2
 
 
-def test_lost_state_while_loop_queues_the_process_longer_than_the_settle_delay_is_not_processed_twice(  # noqa: E501
+def test_lost_state_and_a_loop_queue_longer_than_the_settle_delay_do_not_process_twice(
         make_sandbox, tmp_path, clock):
     """State lost while Loop still queues our process for longer than PROCESS_SETTLE: one
     `open` read after the settle delay is no proof the first call did not land. Like a
