@@ -27,6 +27,7 @@ At the edges (lost state, lost answers, remotes that answer in unknown words):
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import threading
 import time
@@ -77,6 +78,9 @@ CREATE_SETTLE = 2  # warehouse read timeouts
 # before repeating either call loopsync wants two reads PROCESS_SETTLE apart that agree
 # (state, updated_at, notes); anything less certain is reported for a person.
 SETTLE_EVIDENCE = "engine.settle"  # kv namespace: the first `open` read after a lost action
+# Two settle reads our clock puts PROCESS_SETTLE apart but Loop's `Date` does not: wait
+# for Loop's clock at most this long (by ours) before reporting the return for a person.
+CLOCK_DOUBT_AFTER = 6 * PROCESS_SETTLE
 # kv namespace: returns whose RMA note was already in Loop before this state file wrote
 # it, i.e. an earlier run whose state is lost worked on them, and may have processed or
 # flagged them with Loop's queue still working on it: their first action waits
@@ -510,8 +514,12 @@ class Engine:
         if not self.connector.weak_matching:
             return set()  # matched by the Loop return id: one RMA per return by construction
         in_play = ids + self.store.return_ids_in_stage(st.OPEN, st.ACTING)
+        # Returns already left for a person (reported, stale, rejected) and still open in
+        # Loop keep their claim on the order: a later return on it is just as ambiguous.
+        held = self.store.return_ids_in_stage(st.REPORTED, st.STALE, st.REJECTED)
+        held_ids = set(held)
         keys: dict[str, list[str]] = {}
-        for rid in in_play:
+        for rid in in_play + held:
             snap = self.store.snapshot(rid)
             try:
                 ret = LoopReturn.from_api(snap)
@@ -525,6 +533,8 @@ class Engine:
             if len(rids) < 2 or (only is not None and not only & set(rids)):
                 continue
             for rid in rids:
+                if rid in held_ids:
+                    continue  # already with a person (or not in play): not reported again
                 self._report_for_person(rid, "push", rules.ambiguous_reason(
                     self.connector.kind, key, [r for r in rids if r != rid]))
                 refused.add(rid)
@@ -851,12 +861,22 @@ class Engine:
             self._settle(key, rid, kind, st.SETTLED, "note already in Loop")
             return True
         elif kind in ("process", "flag") and self.store.kv(FOUND_RMAS).get(rid):
-            found_at = parse_timestamp(self.store.kv(FOUND_RMAS).get(rid))
-            if self.clock.now() - found_at < PROCESS_SETTLE:
-                return False  # a lost run may have queued this very call: let Loop finish
-            state = str(self.loop.return_details(rid).get("state", "")).lower()
-            if state != "open":
-                self._settle(key, rid, kind, st.SETTLED, f"return is already {state} in Loop")
+            # A lost run may have sent this very call, its answer lost with the state: the
+            # same discipline as a lost answer, timed from the discovery. One `open` read
+            # (Loop's queue may still be working) is no proof it did not land.
+            found_at = self.store.kv(FOUND_RMAS).get(rid)
+            if self.clock.now() - parse_timestamp(found_at) < PROCESS_SETTLE:
+                return False  # let Loop finish first; no reads needed yet
+            verdict = self._reconcile_action({**effect, "updated_at": found_at})
+            if verdict == "wait":
+                return False
+            if verdict == "done":
+                self._settle(key, rid, kind, st.SETTLED, "return is no longer open in Loop")
+                return True
+            if verdict == "report":
+                self._report_action(key, rid, kind, f"a run whose state is lost worked on "
+                                    f"this return and Loop does not show for certain "
+                                    f"whether its {kind} took effect")
                 return True
         if self.dry_run:
             self.result.planned.append(f"return {rid}: would {_describe(kind, payload)}")
@@ -865,6 +885,11 @@ class Engine:
         try:
             self._perform(kind, rid, payload)
         except StateConflict as exc:
+            if kind in ("process", "flag") and not _LEFT_OPEN.search(exc.message):
+                # Settled at its word only when it says the return left `open`: "Return is
+                # open and cannot be processed" (or a bare code) means nothing happened to
+                # it, so the return's state decides.
+                return self._settle_from_state(key, rid, kind, exc)
             self._settle(key, rid, kind, st.SETTLED, exc.message)
             return True
         except OutcomeUnknown as exc:
@@ -910,9 +935,22 @@ class Engine:
         """After an unknown outcome: 'done' if Loop shows it happened, 'wait' if it cannot
         tell yet, 'repeat' if it certainly did not happen (or repeating is harmless)."""
         if kind == "note":
-            if self._too_soon(effect, timedelta(seconds=NOTE_SETTLE * self.cfg.loop.timeout)):
+            settle = timedelta(seconds=NOTE_SETTLE * self.cfg.loop.timeout)
+            if self._too_soon(effect, settle):
                 return "wait"  # the lost request may still be being written: look later
-            return "done" if self._note_in_loop(rid, payload) else "repeat"
+            if self._note_in_loop(rid, payload):
+                return "done"
+            # One read without it may be stale (Loop keeps every copy of a note written
+            # twice): repeat only when a second read, `settle` later, agrees.
+            evidence = self.store.kv(SETTLE_EVIDENCE)
+            slot = f"{effect['key']}#{effect.get('attempts') or 0}"
+            first = evidence.get(slot)
+            now = self.clock.now()
+            if not isinstance(first, str):
+                if not self.dry_run:
+                    evidence.set(slot, iso(now))
+                return "wait"
+            return "wait" if now - parse_timestamp(first) < settle else "repeat"
         if kind in ("process", "flag"):
             return self._reconcile_action(effect)
         return "repeat"  # grade/assess: re-sending the same grades is harmless
@@ -927,9 +965,11 @@ class Engine:
         """One read of what Loop shows about a return, for the settle rules."""
         details = self.loop.return_details(rid)
         notes = self.loop.notes(rid)
+        loop_at = getattr(self.loop, "details_server_date", None)
         return rules.ActionRead(state=str(details.get("state", "")).lower(),
                                 updated_at=str(details.get("updated_at") or ""),
-                                notes=len(notes), at=iso(self.clock.now()))
+                                notes=len(notes), at=iso(self.clock.now()),
+                                loop_at=iso(loop_at) if isinstance(loop_at, datetime) else "")
 
     def _reconcile_action(self, effect: dict[str, Any]) -> str:
         """A process or flag whose answer was lost: done, wait, repeat or report.
@@ -951,6 +991,13 @@ class Engine:
         if first is not None and self.clock.now() - parse_timestamp(first.at) < \
                 PROCESS_SETTLE:
             return "wait"
+        if first is not None and first.loop_at and read.loop_at and \
+                parse_timestamp(read.loop_at) - parse_timestamp(first.loop_at) < PROCESS_SETTLE:
+            # Our clock says a settle delay passed, Loop's does not: ours jumped. Wait for
+            # Loop's clock; if it never moves on (a `Date` that lies), ask a person.
+            if self.clock.now() - parse_timestamp(first.at) < CLOCK_DOUBT_AFTER:
+                return "wait"
+            return "report"
         verdict = rules.settle_action(kind, first, read, attempted_at=effect["updated_at"])
         if verdict == "wait" and not self.dry_run:
             evidence.set(slot, asdict(read))
@@ -997,6 +1044,11 @@ class Engine:
                 self.counts.graded += 1
         if kind in ("process", "flag"):
             self._event(_action_outcome(kind, status), rid, reason=reason)
+
+
+# A state-conflict wording naming a state the return left `open` for.
+_LEFT_OPEN = re.compile(r"\breturn is (?:already )?(?:closed|cancell?ed|expired|review|flagged|"
+                        r"processed)\b", re.IGNORECASE)
 
 
 def _action_outcome(kind: str, status: str) -> str:

@@ -256,6 +256,7 @@ class LoopClient:
         self.max_pages = max_pages
         self.stop = stop  # checked between pages of a walk (shutdown)
         self.last_server_date: datetime | None = None  # `Date` of the last ASN report
+        self.details_server_date: datetime | None = None  # `Date` of the last details read
         self.dry_run = dry_run
         # Shared per key: merchants using one key share Loop's 300/min budget.
         limiter = shared_limiter(SYSTEM, api_key, requests_per_minute, 60, clock)
@@ -320,7 +321,11 @@ class LoopClient:
         return body
 
     def return_details(self, return_id: str | int) -> dict[str, Any]:
-        body = self._get_json(RETURN_DETAILS_PATH, {"return_id": str(return_id)})
+        result = self.http.request("GET", RETURN_DETAILS_PATH, check=_require_json,
+                                   params={"return_id": str(return_id)})
+        # Loop's clock at this read: settle delays are checked against it too (ours may jump).
+        self.details_server_date = server_date(result.headers)
+        body = result.data
         if not isinstance(body, dict) or "id" not in body:
             raise read_error(body, "return details")
         return body

@@ -151,6 +151,7 @@ class ActionRead:
     updated_at: str   # Loop's updated_at, as sent
     notes: int        # how many notes the return had
     at: str           # when we read it (ISO UTC, our clock)
+    loop_at: str = ""  # Loop's clock at the read (its `Date`), when it sent one
 
 
 def settle_action(kind: str, first: ActionRead | None, read: ActionRead, *,

@@ -67,6 +67,9 @@ SETTLED = "settled"    # the remote was already in the wanted state (or refused 
 FAILED = "failed"      # permanent failure; recorded, not retried
 
 # What upsert_return did with a snapshot.
+# How far past our clock a stored snapshot's updated_at may be and still count as newer
+# than a later read (a Loop clock a little ahead of ours); beyond it the row was bad.
+FUTURE_SNAPSHOT_ALLOWANCE = timedelta(days=1)
 NEW_RETURN = "new"
 CHANGED_RETURN = "changed"
 
@@ -238,7 +241,12 @@ class Store:
             if existing["hash"] == h:
                 self.db.execute("update returns set last_seen_at = ? where id = ?", [now, rid])
                 return None
-            if existing["updated_at"] and parse_timestamp(existing["updated_at"]) > updated_at:
+            stored_at = parse_timestamp(existing["updated_at"]) if existing["updated_at"] \
+                else None
+            # A stored updated_at far in our future was a bad row (or a clock that ran
+            # ahead): it must not win over every later read of the return as "newer".
+            if stored_at is not None and stored_at > updated_at and \
+                    stored_at <= self.clock.now() + FUTURE_SNAPSHOT_ALLOWANCE:
                 return None
         row = {"id": rid, "state": state, "updated_at": iso(updated_at),
                "created_at": iso(created_at), "destination_id": destination_id,

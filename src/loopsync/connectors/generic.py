@@ -248,6 +248,10 @@ class Transport(Protocol):
         do once the engine has stored them."""
         ...
 
+    def archived_receipts(self, rma_numbers: set[str]) -> list[ReceiptLine]:
+        """Lines of these RMAs that an earlier run read and put away (lost state)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -299,7 +303,12 @@ class GenericConnector(WarehouseConnector):
         return {}  # the 3PL needs nothing to exist first (no order or product lookup)
 
     def find_rma(self, req: PushRequest, located: dict[str, Any]) -> RmaRef | None:
-        return self._ref(req) if self.transport.has_rma(req.ret.id) else None
+        if not self.transport.has_rma(req.ret.id):
+            return None
+        ref = self._ref(req)
+        # Found, not created: its receipts may have been read (and archived) by a run
+        # whose state is lost; its first poll looks for them in what was archived.
+        return RmaRef(ref.return_id, ref.rma_id, {**ref.extra, "found": True})
 
     def create_rma(self, req: PushRequest, located: dict[str, Any]) -> RmaRef:
         self.transport.deliver(rma_record(req))
@@ -310,6 +319,10 @@ class GenericConnector(WarehouseConnector):
         if not rmas:
             return PollResult({})
         new_lines, unreadable, transport_commit = self.transport.read_receipts(rmas)
+        unchecked = {ref.rma_id for ref in rmas if ref.extra.get("found")
+                     and not self.ctx.kv.get(_archive_checked_key(ref.rma_id))}
+        if unchecked:  # archived lines first: what the inbox holds now is newer
+            new_lines = self.transport.archived_receipts(unchecked) + new_lines
         new_by_rma: dict[str, dict[str, ReceiptLine]] = defaultdict(dict)
         for line in new_lines:
             new_by_rma[line.rma_number][line.key] = line  # later records win (corrections)
@@ -336,6 +349,8 @@ class GenericConnector(WarehouseConnector):
             if self.ctx.dry_run:
                 return  # a dry run leaves the 3PL's files and the cursor where they were
             self._store_lines(new_by_rma)  # first: the files may go only once this is kept
+            for rma_number in unchecked:
+                self.ctx.kv.set(_archive_checked_key(rma_number), True)
             transport_commit()
 
         result.on_commit = commit
@@ -569,11 +584,20 @@ class HttpTransport:
 
         return lines, [(rma, why) for rma, why, _ in bad], commit
 
+    def archived_receipts(self, rma_numbers: set[str]) -> list[ReceiptLine]:
+        return []  # nothing put away: with the cursor lost the feed is read from the start
+
     def _since(self, rmas: Sequence[RmaRef]) -> datetime:
         cursor = self.kv.get(SINCE_KEY)
         if cursor:
             # A cursor stored while our clock ran ahead is pulled back to now.
-            return min(parse_timestamp(cursor), self.clock.now()) - SINCE_OVERLAP
+            since = min(parse_timestamp(cursor), self.clock.now())
+            # An RMA found again (state lost) on its first poll: its earlier receipts may
+            # lie before the cursor, read by a run whose state is gone. Read from its start.
+            found = [parse_timestamp(ref.extra["created_at"]) for ref in rmas
+                     if ref.extra.get("found")
+                     and not self.kv.get(_archive_checked_key(ref.rma_id))]
+            return min([since, *found]) - SINCE_OVERLAP
         # First poll ever: nothing can have been received before the oldest RMA existed.
         return min(parse_timestamp(ref.extra["created_at"]) for ref in rmas) - SINCE_OVERLAP
 
@@ -724,6 +748,33 @@ class FolderTransport:
                         log.warning("generic.receipt_file_rejected", file=moved, reason=reason)
 
         return lines, unreadable, commit
+
+    def archived_receipts(self, rma_numbers: set[str]) -> list[ReceiptLine]:
+        """Receipt lines of these RMAs in archive/, where every file read before went once
+        its lines were kept: with that state lost they are nowhere else. Same keys as when
+        first read (file hash and row), so nothing counts twice. A file that is not a
+        readable receipt file (an RMA file the 3PL archived, a link) is passed over."""
+        lines: list[ReceiptLine] = []
+        try:
+            with safefiles.open_folder(self.conf.archive) as archive:
+                for name, kind in sorted(safefiles.entries(archive)):
+                    if kind != "file" or name.startswith(".") or \
+                            not name.lower().endswith(".csv"):
+                        continue
+                    try:
+                        data, _ = safefiles.read_regular(
+                            archive, name, limit=MAX_RECEIPT_FILE, single_link=True)
+                        found = parse_receipt_file(data)
+                    except (OSError, ValueError):
+                        continue
+                    lines += [line for line in found if line.rma_number in rma_numbers]
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise TransientError(SYSTEM, f"cannot read archive {self.conf.archive}: "
+                                         f"{exc.strerror or exc}") from None
+        log.info("generic.archive_read", rmas=len(rma_numbers), lines=len(lines))
+        return lines
 
     @staticmethod
     def _inbox_files(inbox: int, refused: list[Unreadable]) -> list[str]:
@@ -894,6 +945,10 @@ def _rma_file_name(rma_number: str) -> str:
         return safefiles.safe_name(f"{rma_number}.csv")
     except ValueError as exc:
         raise Rejected(SYSTEM, f"RMA number {rma_number!r} cannot name a file: {exc}") from None
+
+
+def _archive_checked_key(rma_number: str) -> str:
+    return f"archive_checked:{rma_number}"
 
 
 def _lines_key(rma_number: str) -> str:
