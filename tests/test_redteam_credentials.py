@@ -360,3 +360,30 @@ def test_status_placeholders_for_unset_variables_are_not_taken_for_a_credential(
     text = BASE.replace("merchant: acme-us", "merchant: ${RT_UNSET_MERCHANT}")
     cfg = load_config(write(tmp_path, text), env=status_env({}))  # nothing set at all
     assert cfg.merchant
+
+
+@pytest.mark.parametrize("var", ["HTTPS_PROXY", "https_proxy", "ALL_PROXY"])
+def test_an_https_egress_proxy_only_ever_sees_a_tunnel_request_never_a_credential(
+        var: str, sink: HostileServer, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sites that reach the internet through a proxy keep working for https APIs (all the
+    real ones): the proxy gets `CONNECT host:port` and an encrypted tunnel, nothing else."""
+    for name in ("NO_PROXY", "no_proxy", "HTTP_PROXY", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(var, sink.url)
+    client = LoopClient("https://loop.invalid/api/v1", LOOP_KEY, clock=clock, policy=POLICY)
+    with pytest.raises(RemoteError):  # the sink is no proxy: the tunnel never opens
+        client.return_details("1001")
+    assert sink.received, "the https request did not go through the configured proxy"
+    for req in sink.received:
+        assert req.method == "CONNECT" and not req.contains(LOOP_KEY)
+
+
+def test_no_proxy_excludes_a_host_from_the_egress_proxy(
+        sink: HostileServer, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    from loopsync.http import _proxies_for
+
+    monkeypatch.setenv("HTTPS_PROXY", sink.url)
+    monkeypatch.setenv("NO_PROXY", "loop.invalid")
+    assert _proxies_for("https://loop.invalid/api/v1/x") == {}
+    assert _proxies_for("https://other.invalid/x") == {"https": sink.url}
+    assert _proxies_for("http://other.invalid/x") == {}

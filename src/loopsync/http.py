@@ -565,6 +565,21 @@ class _WatchedHTTPSPool(HTTPSConnectionPool):
     ConnectionCls = _WatchedHTTPSConnection
 
 
+def _proxies_for(url: str) -> dict[str, str]:
+    """The egress proxy the environment names (HTTPS_PROXY or ALL_PROXY, minus NO_PROXY),
+    for an https request only: through a proxy it travels as an encrypted tunnel (CONNECT
+    host:port), so the proxy never sees a header or a body. A plain-http request never
+    goes through one: the proxy would read it whole, credentials included."""
+    if not url[:8].lower().startswith("https://"):
+        return {}
+    try:
+        found = requests.utils.get_environ_proxies(url)
+    except (ValueError, OSError):  # an unparsable NO_PROXY or proxy setting: go direct
+        return {}
+    proxy = found.get("https") or found.get("all")
+    return {"https": proxy} if proxy else {}
+
+
 class WatchedAdapter(HTTPAdapter):
     """requests' adapter with connections the deadline watchdog can cut."""
 
@@ -785,9 +800,10 @@ class HttpClient:
         if headers:
             self.session.headers.update(headers)
         if isinstance(self.session, requests.Session):
-            # Nothing from the environment: HTTP(S)_PROXY would hand a plain-http request,
-            # credentials and all, to the proxy's host, ~/.netrc would add an Authorization
-            # loopsync never configured, REQUESTS_CA_BUNDLE would change whom TLS trusts.
+            # Nothing from the environment by default: HTTP_PROXY would hand a plain-http
+            # request, credentials and all, to the proxy's host, ~/.netrc would add an
+            # Authorization loopsync never configured, REQUESTS_CA_BUNDLE would change whom
+            # TLS trusts. An https egress proxy is still honoured: see `_proxies_for`.
             self.session.trust_env = False
             adapter = WatchedAdapter()
             self.session.mount("http://", adapter)
@@ -893,7 +909,8 @@ class HttpClient:
         try:
             resp = self.session.request(method, url, params=params, json=json_body, data=data,
                                         headers=sent_headers, timeout=self.timeout,
-                                        allow_redirects=False, stream=True)
+                                        allow_redirects=False, stream=True,
+                                        proxies=_proxies_for(url))
             length = resp.headers.get("Content-Length", "").strip()
             if length.isascii() and length.isdigit() and int(length) > self.max_body:
                 raise BodyTooLarge(int(length))
@@ -1000,8 +1017,8 @@ def _never_sent(exc: requests.ConnectionError) -> bool:
     stack: list[BaseException | None] = [exc]
     while stack:
         err = stack.pop()
-        if err is None or id(err) in seen:
-            continue
+        if not isinstance(err, BaseException) or id(err) in seen:
+            continue  # None, or a `reason` that is only text (a proxy's refusal)
         seen.add(id(err))
         if isinstance(err, NewConnectionError | ConnectTimeoutError | NameResolutionError):
             return True
