@@ -1,0 +1,107 @@
+"""Red team, operator and local faults: every `-c` argument and every file a folder holds
+is reported on its own (never silently skipped, never a traceback that stops the good
+merchants), and `status` does not call a state file `run` happily starts a fault."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from loopsync.cli import main
+from loopsync.timeutil import SystemClock
+
+
+@pytest.fixture
+def sb(make_sandbox):
+    return make_sandbox(clock=SystemClock(), rate_limits=False)
+
+
+@pytest.fixture
+def env(sb, monkeypatch):
+    for k, v in sb.env().items():
+        monkeypatch.setenv(k, v)
+    return sb.env()
+
+
+def write(sb, folder, merchant):
+    return sb.write_config(folder, merchant=merchant,
+                           state_path=str(folder.parent / f"{merchant}.sqlite"))
+
+
+def no_traceback(text):
+    return "Traceback" not in text and "File \"" not in text
+
+
+def config_errors(err):
+    return [line for line in err.splitlines() if line.startswith("config error:")]
+
+
+@pytest.mark.parametrize("command", [["run", "--once"], ["run", "--once", "--dry-run"],
+                                     ["status"]])
+def test_an_empty_folder_among_good_configs_is_reported_and_exits_2(sb, env, tmp_path, capsys,
+                                                                    command):
+    """Was: `run -c empty/ -c good.yaml` ran the good merchant, said nothing of the empty
+    folder and exited 0 (check-config reported it)."""
+    sb.seed(1, states_weights=[("open", 1)])
+    write(sb, tmp_path / "conf", "good")
+    (tmp_path / "empty").mkdir()
+    code = main([*command, "-c", str(tmp_path / "empty"), "-c", str(tmp_path / "conf")])
+    out, err = capsys.readouterr()
+    assert code == 2
+    assert any("empty: no configuration files found" in line for line in config_errors(err))
+    assert "good" in out and no_traceback(err)
+
+
+@pytest.mark.parametrize("command", [["run", "--once"], ["status"], ["check-config"]])
+def test_a_config_path_the_system_refuses_is_a_config_error_not_an_internal_one(
+        sb, env, tmp_path, capsys, command):
+    """Was: a `-c` whose name is too long (any OSError listing it) gave `internal error`,
+    exit 70, and stopped the good merchants named after it."""
+    sb.seed(1, states_weights=[("open", 1)])
+    write(sb, tmp_path / "conf", "good")
+    code = main([*command, "-c", "x" * 5000, "-c", str(tmp_path / "conf")])
+    out, err = capsys.readouterr()
+    assert code == 2, err
+    assert len(config_errors(err)) == 1 and "internal error" not in err
+    assert "good" in out and no_traceback(err)
+
+
+def test_a_config_folder_reports_dangling_links_and_folders_named_yaml(sb, env, tmp_path,
+                                                                       capsys):
+    """Was: a `*.yaml` link that leads nowhere (its target moved), a link loop or a folder
+    named `x.yaml` in `-c DIR` was skipped without a word: that merchant never ran and
+    every command exited 0. An editor's hidden lock link stays ignored."""
+    conf = tmp_path / "conf"
+    write(sb, conf, "good")
+    os.symlink(tmp_path / "moved-away.yaml", conf / "gone.yaml")
+    os.symlink(conf / "loop-b.yaml", conf / "loop-a.yaml")
+    os.symlink(conf / "loop-a.yaml", conf / "loop-b.yaml")
+    (conf / "folder.yaml").mkdir()
+    os.symlink("user@host.1234:0", conf / ".#good.yaml")  # emacs' lock: not a config
+    assert main(["check-config", "-c", str(conf)]) == 2
+    out, err = capsys.readouterr()
+    named = {Path(line.split(":")[1].strip()).name for line in config_errors(err)}
+    assert named == {"gone.yaml", "loop-a.yaml", "loop-b.yaml", "folder.yaml"}, err
+    assert "merchant good" in out and no_traceback(err)
+
+    sb.seed(1, states_weights=[("open", 1)])
+    assert main(["run", "--once", "-c", str(conf)]) == 2
+    out, err = capsys.readouterr()
+    assert "good: pulled=1" in out and len(config_errors(err)) == 4 and no_traceback(err)
+
+
+def test_status_of_a_zero_byte_state_file_is_no_state_yet_not_an_io_error(sb, tmp_path,
+                                                                           capsys, monkeypatch):
+    """Was: `status` on a zero-byte state file (which `run` initialises without fault)
+    said `cannot be read or written (no such table: meta)` and exited 74 (EX_IOERR)."""
+    for k in sb.env():
+        monkeypatch.delenv(k, raising=False)  # status needs no secret
+    conf = tmp_path / "conf"
+    write(sb, conf, "fresh")
+    state = tmp_path / "fresh.sqlite"
+    state.write_bytes(b"")
+    assert main(["status", "-c", str(conf)]) == 0
+    out, err = capsys.readouterr()
+    assert "no state yet" in out and err == ""
+    assert state.stat().st_size == 0 and sorted(p.name for p in tmp_path.iterdir()) == [
+        "conf", "fresh.sqlite"]
