@@ -105,3 +105,29 @@ def test_status_of_a_zero_byte_state_file_is_no_state_yet_not_an_io_error(sb, tm
     assert "no state yet" in out and err == ""
     assert state.stat().st_size == 0 and sorted(p.name for p in tmp_path.iterdir()) == [
         "conf", "fresh.sqlite"]
+
+
+@pytest.mark.parametrize("command, code", [(["serve"], 0), (["run", "--once"], 143)])
+def test_the_console_script_honours_a_sigterm_that_arrives_while_the_cli_imports(
+        sb, env, tmp_path, command, code):
+    """Was: the `loopsync` console script (cron's and the README's way) imported the whole
+    CLI before main() installed the handlers, so a SIGTERM in its first quarter second
+    (longer on a busy machine) killed `serve` with signal 15. Only `python -m loopsync`
+    installed them first. The script here is the console script, with the signal sent
+    at the moment the CLI's imports begin."""
+    import subprocess
+    import sys
+
+    write(sb, tmp_path / "conf", "early")
+    script = tmp_path / "bin" / "loopsync"
+    script.parent.mkdir()
+    script.write_text("import os, signal, sys\n"
+                      "import loopsync\n"
+                      "os.kill(os.getpid(), signal.SIGTERM)\n"
+                      "from loopsync.cli import main\n"
+                      "sys.exit(main())\n")
+    done = subprocess.run([sys.executable, str(script), *command, "-c",
+                           str(tmp_path / "conf")], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, **env})
+    assert done.returncode == code, done.stderr
+    assert no_traceback(done.stderr)
