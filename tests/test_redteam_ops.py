@@ -131,3 +131,11 @@ def test_the_console_script_honours_a_sigterm_that_arrives_while_the_cli_imports
                           timeout=120, env={**os.environ, **env})
     assert done.returncode == code, done.stderr
     assert no_traceback(done.stderr)
+
+
+def test_import_with_a_config_path_the_system_refuses_is_a_config_error(tmp_path, capsys):
+    """Was: `import -c <name too long>` gave `internal error`, exit 70."""
+    assert main(["import", "-c", "x" * 5000, "--return-id", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("config error: ") and "internal error" not in err
+    assert no_traceback(err)

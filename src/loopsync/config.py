@@ -354,7 +354,11 @@ def expand_paths(paths: list[str]) -> list[Path]:
 
 
 def load_all(paths: list[str], env: Mapping[str, str] | None = None) -> list[MerchantConfig]:
-    files = expand_paths(paths)
+    try:
+        files = expand_paths(paths)
+    except OSError as exc:  # a name too long, a folder that cannot be listed: exit 2, not 70
+        where = ", ".join(paths) or "-c"
+        raise ConfigError(where, "", f"cannot list: {exc.strerror or exc}") from None
     if not files:
         raise ConfigError(", ".join(paths) or "-c", "", "no configuration files found")
     configs = [load_config(f, env) for f in files]
