@@ -139,3 +139,22 @@ def test_import_with_a_config_path_the_system_refuses_is_a_config_error(tmp_path
     err = capsys.readouterr().err
     assert err.startswith("config error: ") and "internal error" not in err
     assert no_traceback(err)
+
+
+def test_a_lock_file_that_is_a_link_is_a_state_fault_not_a_lock_held(sb, env, tmp_path,
+                                                                      capsys):
+    """Was: a link at `<state>.lock` gave exit 75 ("another process holds the lock"),
+    which cron treats as a skip: the merchant silently never ran again. It is a local
+    fault, exit 73, naming the file; the other merchants still run."""
+    sb.seed(1, states_weights=[("open", 1)])
+    conf = tmp_path / "conf"
+    write(sb, conf, "linked")
+    write(sb, conf, "other")
+    (tmp_path / "linked.sqlite.lock").symlink_to(tmp_path / "elsewhere")
+    assert main(["run", "--once", "-c", str(conf / "linked.yaml")]) == 73
+    err = capsys.readouterr().err
+    assert "linked.sqlite.lock: is a symbolic link" in err and no_traceback(err)
+    assert main(["run", "--once", "-c", str(conf)]) == 1
+    out, err = capsys.readouterr()
+    assert "other: pulled=1" in out and "failed: linked" in err and no_traceback(err)
+    assert not (tmp_path / "elsewhere").exists()

@@ -733,8 +733,10 @@ class MerchantLock:
         except OSError as exc:
             if exc.errno != errno.ELOOP:
                 raise
-            raise LockHeld(f"{self.path} is a symbolic link; loopsync will not lock through "
-                           "it (remove it)") from None
+            # A fault to fix, not a lock someone holds: exit 73, never 75 (which cron
+            # treats as a skip, so the merchant would silently never run again).
+            raise StateUnwritable(str(self.path), "is a symbolic link; loopsync will not "
+                                                  "lock through it (remove it)") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
