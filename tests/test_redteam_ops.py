@@ -158,3 +158,37 @@ def test_a_lock_file_that_is_a_link_is_a_state_fault_not_a_lock_held(sb, env, tm
     out, err = capsys.readouterr()
     assert "other: pulled=1" in out and "failed: linked" in err and no_traceback(err)
     assert not (tmp_path / "elsewhere").exists()
+
+
+def test_two_names_of_one_state_file_never_run_two_workers(sb, env, tmp_path, capsys):
+    """Was: a hard link (`ln state.sqlite copy.sqlite`, a second name no real path
+    resolves to the first) let two workers write one database at once, each with a -wal
+    of its own. The state file itself is locked too; in one process by identity, since
+    closing a descriptor of a file SQLite has open would drop SQLite's own locks."""
+    import subprocess
+    import sys
+
+    from loopsync.errors import LockHeld
+    from loopsync.store import MerchantLock, Store
+    from loopsync.timeutil import FakeClock
+
+    state = tmp_path / "state.sqlite"
+    Store(state, FakeClock()).close()
+    os.link(state, tmp_path / "second-name.sqlite")
+    with MerchantLock(state):
+        with pytest.raises(LockHeld, match="under another name"):
+            MerchantLock(tmp_path / "second-name.sqlite").acquire()
+        held = subprocess.run(
+            [sys.executable, "-c", "import sys\nfrom loopsync.store import MerchantLock\n"
+             "MerchantLock(sys.argv[1]).acquire()", str(tmp_path / "second-name.sqlite")],
+            capture_output=True, text=True, timeout=60)
+        assert "LockHeld" in held.stderr and "under another name" in held.stderr
+    MerchantLock(tmp_path / "second-name.sqlite").acquire().release()  # free again
+
+    sb.seed(1, states_weights=[("open", 1)])
+    conf = tmp_path / "conf"
+    sb.write_config(conf, merchant="m", state_path=str(tmp_path / "second-name.sqlite"))
+    with MerchantLock(state):
+        assert main(["run", "--once", "-c", str(conf)]) == 75
+    assert "under another name" in capsys.readouterr().out
+    assert main(["run", "--once", "-c", str(conf)]) == 0
