@@ -192,3 +192,13 @@ def test_two_names_of_one_state_file_never_run_two_workers(sb, env, tmp_path, ca
         assert main(["run", "--once", "-c", str(conf)]) == 75
     assert "under another name" in capsys.readouterr().out
     assert main(["run", "--once", "-c", str(conf)]) == 0
+
+
+def test_a_pipe_named_yaml_in_a_config_folder_does_not_hang_the_command(sb, env, tmp_path,
+                                                                        capsys):
+    """Reporting every entry of a folder must not open a pipe: that waits forever."""
+    conf = tmp_path / "conf"
+    write(sb, conf, "good")
+    os.mkfifo(conf / "pipe.yaml")
+    assert main(["check-config", "-c", str(conf)]) == 0
+    assert "merchant good" in capsys.readouterr().out

@@ -344,10 +344,12 @@ def expand_paths(paths: list[str]) -> list[Path]:
         if path.is_dir():
             # A link that leads nowhere, or a folder, named *.yaml is listed too (and then
             # reported as unreadable): skipped silently, its merchant would never run and
-            # nothing would say so. Hidden ones (an editor's `.#x.yaml` lock) are not.
+            # nothing would say so. Hidden ones (an editor's `.#x.yaml` lock) are not, nor
+            # a pipe or device (opening one could wait forever).
             out.extend(sorted(x for x in path.iterdir()
                               if x.suffix in (".yaml", ".yml")
-                              and (x.is_file() or not x.name.startswith("."))))
+                              and (x.is_file() or not x.name.startswith(".")
+                                   and (x.is_dir() or not x.exists()))))
         else:
             out.append(path)
     return out
