@@ -202,3 +202,21 @@ def test_a_pipe_named_yaml_in_a_config_folder_does_not_hang_the_command(sb, env,
     os.mkfifo(conf / "pipe.yaml")
     assert main(["check-config", "-c", str(conf)]) == 0
     assert "merchant good" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", [["check-config"], ["run", "--once"], ["status"]])
+def test_two_merchants_on_one_state_file_is_a_config_error_of_the_later(sb, env, tmp_path,
+                                                                        capsys, command):
+    """Was: a merchant file copied with its state_path left as it was passed check-config
+    and ran: two merchants in one database share cursors, so the second skips its own
+    older returns for good. The later file is refused, naming the key; the first runs."""
+    sb.seed(1, states_weights=[("open", 1)])
+    conf = tmp_path / "conf"
+    shared = str(tmp_path / "shared.sqlite")
+    sb.write_config(conf, merchant="a-first", state_path=shared)
+    sb.write_config(conf, merchant="b-copy", state_path=shared)
+    assert main([*command, "-c", str(conf)]) == 2
+    out, err = capsys.readouterr()
+    assert config_errors(err) == [line for line in config_errors(err)
+                                  if "b-copy.yaml: state_path:" in line and "a-first" in line]
+    assert len(config_errors(err)) == 1 and "a-first" in out and no_traceback(err)

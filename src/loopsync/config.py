@@ -390,6 +390,7 @@ def load_each(paths: list[str], env: Mapping[str, str] | None = None
     earlier file already uses is a failure, and so is an argument that names no file."""
     out: list[MerchantConfig | ConfigFailure] = []
     seen: dict[str, str] = {}
+    states: dict[str, str] = {}
     for p in paths:
         try:
             files = expand_paths([p])
@@ -409,6 +410,15 @@ def load_each(paths: list[str], env: Mapping[str, str] | None = None
                     cfg.file, "merchant",
                     f"{cfg.merchant!r} is also used by {seen[cfg.merchant]}")))
                 continue
+            # A copied file whose state_path was left as it was: two merchants in one
+            # database would share cursors, so the second would skip its own returns.
+            state = os.path.realpath(cfg.state_path)
+            if state in states:
+                out.append(ConfigFailure(cfg.file, ConfigError(
+                    cfg.file, "state_path", f"{cfg.state_path} is also the state of "
+                                            f"{states[state]}; give each merchant its own")))
+                continue
             seen[cfg.merchant] = cfg.file
+            states[state] = f"merchant {cfg.merchant!r} ({cfg.file})"
             out.append(cfg)
     return out
