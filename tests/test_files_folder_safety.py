@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from loopsync.connectors.generic import (FORMULA_START, FolderTransport, neutralise,
                                          parse_receipt_file, rma_csv, rma_record,
                                          unneutralise)
-from loopsync.errors import LockHeld, Rejected, TransientError
+from loopsync.errors import LockHeld, Rejected, StateUnwritable, TransientError
 from loopsync.sandbox.generic import GenericEmulator
 from loopsync.store import MerchantLock
 from tests.test_generic import deliver, folder_connector, request, statuses
@@ -219,7 +219,7 @@ def test_lock_file_link_is_not_truncated_through(tmp_path, victim):
     state = tmp_path / "merchant.db"
     Path(str(state) + ".lock").symlink_to(victim)
     before = victim.read_bytes()
-    with pytest.raises(LockHeld, match="symbolic link"):
+    with pytest.raises(StateUnwritable, match="symbolic link"):
         MerchantLock(state).acquire()
     assert victim.read_bytes() == before
 

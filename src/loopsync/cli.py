@@ -170,29 +170,26 @@ def cmd_check_config(args: argparse.Namespace, out: TextIO) -> int:
 def load_each(paths: list[str], env: Any = None) -> tuple[list[MerchantConfig],
                                                          list[ConfigError]]:
     """Every file on its own: the valid configs, and one ConfigError per bad file (a
-    merchant name used twice is an error of the later file). A bad file never stops the
-    others; no file at all is a ConfigError."""
-    from loopsync.config import expand_paths, load_config
+    merchant name used twice is an error of the later file), each `-c` argument on its
+    own too: one that names no file, or a folder that cannot be listed, is reported and
+    the others still run. A bad file never stops the others; no file at all is a
+    ConfigError."""
+    from loopsync.config import ConfigFailure
+    from loopsync.config import load_each as load_every
 
-    files = expand_paths(paths)
-    if not files:
-        raise ConfigError(", ".join(paths) or "-c", "", "no configuration files found")
     configs: list[MerchantConfig] = []
     bad: list[ConfigError] = []
-    seen: dict[str, str] = {}
-    for f in files:
-        try:
-            cfg = load_config(f, env)
-        except ConfigError as exc:
-            bad.append(exc)
-            continue
-        if cfg.merchant in seen:
-            bad.append(ConfigError(cfg.file, "merchant",
-                                   f"{cfg.merchant!r} is also used by {seen[cfg.merchant]}"))
-            continue
-        seen[cfg.merchant] = cfg.file
-        configs.append(cfg)
+    for item in load_every(paths, env):
+        if isinstance(item, ConfigFailure):
+            bad.append(item.error)
+        else:
+            configs.append(item)
+    if not configs and all(exc.problem in _NO_FILES for exc in bad):
+        raise ConfigError(", ".join(paths) or "-c", "", "no configuration files found")
     return configs, bad
+
+
+_NO_FILES = ("no configuration files found",)
 
 
 def _report_bad(bad: list[ConfigError]) -> None:
@@ -344,7 +341,7 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
             _report_bad([exc])
             return None
         _report_bad(invalid)
-        return fresh
+        return fresh or None  # nothing valid left (a folder gone unreadable): keep what runs
 
     return serve(configs, cycle, shutdown=PROCESS, reload=reload, grace=stop_grace(configs))
 

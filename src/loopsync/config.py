@@ -373,15 +373,25 @@ def expand_paths(paths: list[str]) -> list[Path]:
     for p in paths:
         path = Path(p)
         if path.is_dir():
+            # A link that leads nowhere, or a folder, named *.yaml is listed too (and then
+            # reported as unreadable): skipped silently, its merchant would never run and
+            # nothing would say so. Hidden ones (an editor's `.#x.yaml` lock) are not, nor
+            # a pipe or device (opening one could wait forever).
             out.extend(sorted(x for x in path.iterdir()
-                              if x.suffix in (".yaml", ".yml") and x.is_file()))
+                              if x.suffix in (".yaml", ".yml")
+                              and (x.is_file() or not x.name.startswith(".")
+                                   and (x.is_dir() or not x.exists()))))
         else:
             out.append(path)
     return out
 
 
 def load_all(paths: list[str], env: Mapping[str, str] | None = None) -> list[MerchantConfig]:
-    files = expand_paths(paths)
+    try:
+        files = expand_paths(paths)
+    except OSError as exc:  # a name too long, a folder that cannot be listed: exit 2, not 70
+        where = ", ".join(paths) or "-c"
+        raise ConfigError(where, "", f"cannot list: {exc.strerror or exc}") from None
     if not files:
         raise ConfigError(", ".join(paths) or "-c", "", "no configuration files found")
     configs = [load_config(f, env) for f in files]
@@ -411,6 +421,7 @@ def load_each(paths: list[str], env: Mapping[str, str] | None = None
     earlier file already uses is a failure, and so is an argument that names no file."""
     out: list[MerchantConfig | ConfigFailure] = []
     seen: dict[str, str] = {}
+    states: dict[str, str] = {}
     for p in paths:
         try:
             files = expand_paths([p])
@@ -430,6 +441,15 @@ def load_each(paths: list[str], env: Mapping[str, str] | None = None
                     cfg.file, "merchant",
                     f"{cfg.merchant!r} is also used by {seen[cfg.merchant]}")))
                 continue
+            # A copied file whose state_path was left as it was: two merchants in one
+            # database would share cursors, so the second would skip its own returns.
+            state = os.path.realpath(cfg.state_path)
+            if state in states:
+                out.append(ConfigFailure(cfg.file, ConfigError(
+                    cfg.file, "state_path", f"{cfg.state_path} is also the state of "
+                                            f"{states[state]}; give each merchant its own")))
+                continue
             seen[cfg.merchant] = cfg.file
+            states[state] = f"merchant {cfg.merchant!r} ({cfg.file})"
             out.append(cfg)
     return out

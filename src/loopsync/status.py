@@ -67,6 +67,11 @@ def merchant_status(cfg: MerchantConfig) -> dict[str, Any]:
         report["note"] = str(exc)
         return report
     try:
+        if "meta" not in store.db.table_names():
+            # Zero bytes, or a database no run has written yet: `run` starts it afresh, so
+            # it is no state fault (it was reported as an I/O error, exit 74).
+            report["note"] = "no state yet: the first run has not happened"
+            return report
         report["schema_version"] = store.schema_version
         report["cursors"] = store.cursors()
         report["stages"] = store.stage_counts()
