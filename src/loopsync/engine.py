@@ -837,21 +837,32 @@ class Engine:
                     continue  # a note waits alone: nothing after it depends on it
                 return  # deferred: keep plan order, try again next cycle
 
+    def _apply_verdict(self, verdict: str, key: str, rid: str, kind: str, *, done: str,
+                       report: str) -> bool | None:
+        """Act on a reconciliation's verdict: False (wait for a later cycle), True (settled
+        as done, or reported for a person), None (repeat: the caller performs the call)."""
+        if verdict == "wait":
+            return False
+        if verdict == "done":
+            self._settle(key, rid, kind, st.SETTLED, done)
+            return True
+        if verdict == "report":
+            self._report_action(key, rid, kind, report)
+            return True
+        return None
+
     def _run_effect(self, effect: dict[str, Any]) -> bool:
         """Carry out one effect; False when it must wait for a later cycle."""
         key, rid, kind = effect["key"], effect["return_id"], effect["kind"]
         payload = effect["payload"] or {}
         if effect["status"] == st.INTENT:
-            verdict = self._reconcile(kind, rid, payload, effect)
-            if verdict == "wait":
-                return False
-            if verdict == "done":
-                self._settle(key, rid, kind, st.SETTLED, "already done in Loop")
-                return True
-            if verdict == "report":
-                self._report_action(key, rid, kind, f"the {kind} call's answer was lost and "
-                                    "Loop does not show for certain whether it took effect")
-                return True
+            outcome = self._apply_verdict(
+                self._reconcile(kind, rid, payload, effect), key, rid, kind,
+                done="already done in Loop",
+                report=f"the {kind} call's answer was lost and Loop does not show for "
+                       "certain whether it took effect")
+            if outcome is not None:
+                return outcome
         elif kind == "note" and self._note_in_loop(rid, payload):
             # Before the first write too: state that was lost or moved must not write the
             # note again (Loop keeps every copy).
@@ -867,17 +878,13 @@ class Engine:
             found_at = self.store.kv(FOUND_RMAS).get(rid)
             if self.clock.now() - parse_timestamp(found_at) < PROCESS_SETTLE:
                 return False  # let Loop finish first; no reads needed yet
-            verdict = self._reconcile_action({**effect, "updated_at": found_at})
-            if verdict == "wait":
-                return False
-            if verdict == "done":
-                self._settle(key, rid, kind, st.SETTLED, "return is no longer open in Loop")
-                return True
-            if verdict == "report":
-                self._report_action(key, rid, kind, f"a run whose state is lost worked on "
-                                    f"this return and Loop does not show for certain "
-                                    f"whether its {kind} took effect")
-                return True
+            outcome = self._apply_verdict(
+                self._reconcile_action({**effect, "updated_at": found_at}), key, rid, kind,
+                done="return is no longer open in Loop",
+                report=f"a run whose state is lost worked on this return and Loop does not "
+                       f"show for certain whether its {kind} took effect")
+            if outcome is not None:
+                return outcome
         if self.dry_run:
             self.result.planned.append(f"return {rid}: would {_describe(kind, payload)}")
             return True
