@@ -9,8 +9,8 @@ from typing import Any
 
 from loopsync.config import LoopSettings, MerchantConfig
 from loopsync.configkit import Secret
-from loopsync.connectors.base import (GradingRules, NotReady, PollResult, StatusRules,
-                                      WarehouseConnector, WarehouseSettings)
+from loopsync.connectors.base import NotReady, PollResult, WarehouseConnector, WarehouseSettings
+from loopsync.rules import GradingRules, StatusRules
 from loopsync.errors import OutcomeUnknown, Rejected, StateConflict, TransientError
 from loopsync.models import ItemStatus, RmaRef, RmaStatus
 from loopsync.timeutil import parse_timestamp

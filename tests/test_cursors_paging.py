@@ -13,8 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as hs
 
 from loopsync.configkit import Section
-from loopsync.connectors.base import (ConnectorContext, GradingRules, MemoryKeyValue,
-                                      PushRequest, StatusRules, WarehouseSettings)
+from loopsync.connectors.base import (ConnectorContext, MemoryKeyValue, PushRequest,
+    WarehouseSettings)
+from loopsync.rules import GradingRules, StatusRules
 from loopsync.connectors.peoplevox import next_date_cursor
 from loopsync.connectors.shiphero import ShipHeroConnector
 from loopsync.engine import Engine

@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from loopsync.connectors.base import GradingRules
+from loopsync.rules import GradingRules
 from loopsync.engine import Engine
 from loopsync.store import Store
 from loopsync.timeutil import FakeClock

@@ -13,8 +13,9 @@ import pytest
 
 from loopsync import rules
 from loopsync.configkit import Section
-from loopsync.connectors.base import (ConnectorContext, GradingRules, MemoryKeyValue,
-                                      PushRequest, StatusRules, WarehouseSettings)
+from loopsync.connectors.base import (ConnectorContext, MemoryKeyValue, PushRequest,
+    WarehouseSettings)
+from loopsync.rules import GradingRules, StatusRules
 from loopsync.connectors.generic import RMA_COLUMNS, GenericConnector
 from loopsync.errors import AuthError, ConfigError, ErrorBody, OutcomeUnknown, Rejected, \
     TransientError

@@ -13,8 +13,9 @@ import pytest
 from structlog.testing import capture_logs
 
 from loopsync.configkit import Section
-from loopsync.connectors.base import (ConnectorContext, GradingRules, MemoryKeyValue, NotReady,
-                                      PushRequest, StatusRules, WarehouseSettings)
+from loopsync.connectors.base import (ConnectorContext, MemoryKeyValue, NotReady, PushRequest,
+    WarehouseSettings)
+from loopsync.rules import GradingRules, StatusRules
 from loopsync.connectors.peoplevox import (PVX_NS, SOAP_NS, InvalidSession, PeopleVoxConnector,
                                            PeopleVoxError, ReturnsColumns, SessionCredentials,
                                            SoapFault, any_of_clause, build_envelope, csv_rows,

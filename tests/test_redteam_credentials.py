@@ -285,8 +285,8 @@ def test_xoro_basic_credentials_never_follow_a_redirect_to_another_origin(
     from datetime import timedelta
 
     from loopsync.configkit import Section
-    from loopsync.connectors.base import (ConnectorContext, GradingRules, StatusRules,
-                                          WarehouseSettings)
+    from loopsync.connectors.base import ConnectorContext, WarehouseSettings
+    from loopsync.rules import GradingRules, StatusRules
     from loopsync.connectors.xoro import XoroConnector
     from loopsync.errors import ForeignOrigin
     env = {"XK": "rt-xoro-key-5a4b3c2d1e", "XS": "rt-xoro-secret-9z8y7x6w"}

@@ -1,7 +1,7 @@
 import pytest
 
 from loopsync import rules
-from loopsync.connectors.base import GradingRules, StatusRules, normalize_status
+from loopsync.rules import GradingRules, StatusRules, normalize_status
 from loopsync.models import ItemStatus, LoopReturn, RmaStatus
 
 

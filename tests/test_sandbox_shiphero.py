@@ -10,8 +10,8 @@ import pytest
 import requests
 
 from loopsync.configkit import Section
-from loopsync.connectors.base import (ConnectorContext, GradingRules, NotReady, PushRequest,
-                                      StatusRules, WarehouseSettings, normalize_status)
+from loopsync.connectors.base import ConnectorContext, NotReady, PushRequest, WarehouseSettings
+from loopsync.rules import GradingRules, StatusRules, normalize_status
 from loopsync.connectors.shiphero import ShipHeroConnector
 from loopsync.errors import ErrorBody, OutcomeUnknown, Rejected
 from loopsync.http import RetryPolicy

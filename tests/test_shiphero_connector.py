@@ -12,8 +12,8 @@ import requests
 import responses
 
 from loopsync.configkit import Section
-from loopsync.connectors.base import (ConnectorContext, GradingRules, NotReady, PushRequest,
-                                      StatusRules, WarehouseSettings)
+from loopsync.connectors.base import ConnectorContext, NotReady, PushRequest, WarehouseSettings
+from loopsync.rules import GradingRules, StatusRules
 from loopsync.connectors.shiphero import CreditBucket, ShipHeroConnector
 from loopsync.errors import AuthError, ConfigError, OutcomeUnknown, Rejected
 from loopsync.http import RetryPolicy

@@ -9,8 +9,8 @@ import requests
 
 from loopsync import rules
 from loopsync.configkit import Section
-from loopsync.connectors.base import (ConnectorContext, GradingRules, PushRequest, StatusRules,
-                                      WarehouseSettings)
+from loopsync.connectors.base import ConnectorContext, PushRequest, WarehouseSettings
+from loopsync.rules import GradingRules, StatusRules
 from loopsync.connectors.xoro import XoroConnector
 from loopsync.errors import AuthError, ErrorBody, Rejected, TransientError
 from loopsync.http import RetryPolicy

@@ -15,7 +15,8 @@ import yaml
 
 from loopsync.configkit import Secret, Section
 from loopsync.connectors import KINDS, available_kinds, connector_class
-from loopsync.connectors.base import GradingRules, StatusRules, WarehouseSettings
+from loopsync.connectors.base import WarehouseSettings
+from loopsync.rules import GradingRules, StatusRules
 from loopsync.errors import ConfigError
 from loopsync.http import DEFAULT_MAX_BODY
 from loopsync.loop_client import LOOP_STATES, MAX_WINDOW
@@ -361,7 +362,7 @@ def parse_grading(sec: Section) -> GradingRules:
     dispositions = sec.str_map("dispositions", {}, value=member(LOOP_DISPOSITIONS))
     processor = sec.str("return_processor", None)
     sec.done()
-    from loopsync.connectors.base import normalize_status
+    from loopsync.rules import normalize_status
 
     return GradingRules({normalize_status(k): v for k, v in conditions.items()},
                         {normalize_status(k): v for k, v in dispositions.items()}, processor)

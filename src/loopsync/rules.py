@@ -4,13 +4,57 @@ Loop, and the text of the notes loopsync leaves. No I/O."""
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from collections.abc import Sequence
 from typing import Any
 
-from loopsync.connectors.base import GradingRules, StatusRules, normalize_status
 from loopsync.models import LoopReturn, RmaStatus
 from loopsync.timeutil import parse_timestamp
+
+# The rules vocabulary: the merchant's reading of warehouse words. It lives here, in the
+# core, so that the core never imports from the connector layer (connectors import it).
+
+def normalize_status(word: str | None) -> str:
+    """Statuses compare ignoring case, with '_' and '-' equal to ' '."""
+    if not word:
+        return ""
+    return " ".join(str(word).replace("_", " ").replace("-", " ").lower().split())
+
+
+@dataclass(frozen=True)
+class StatusRules:
+    """The merchant's reading of warehouse status words (all normalised)."""
+
+    process: frozenset[str]
+    flag: frozenset[str]
+    ignore: frozenset[str]
+    report: frozenset[str] = frozenset()        # no Loop call; shown to a person
+    flag_conditions: frozenset[str] = frozenset()  # item conditions that force a flag
+    require_full_receipt: bool = True           # process only when every unit arrived
+
+    @classmethod
+    def build(cls, process: Sequence[str], flag: Sequence[str], ignore: Sequence[str],
+              report: Sequence[str] = (), flag_conditions: Sequence[str] = (),
+              require_full_receipt: bool = True) -> StatusRules:
+        def n(xs: Sequence[str]) -> frozenset[str]:
+            return frozenset(normalize_status(x) for x in xs)
+
+        return cls(n(process), n(flag), n(ignore), n(report), n(flag_conditions),
+                   require_full_receipt)
+
+
+@dataclass(frozen=True)
+class GradingRules:
+    """Warehouse condition/disposition words -> Loop grade and assess values."""
+
+    conditions: dict[str, str] = field(default_factory=dict)    # -> condition_category
+    dispositions: dict[str, str] = field(default_factory=dict)  # -> disposition_outcome
+    processor: str | None = None                                # return_processor email
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.conditions or self.dispositions)
+
 
 NOTE_LIMIT = 254  # Loop: content must be less than 255 characters
 

@@ -40,6 +40,7 @@ from loopsync.configkit import Section
 from loopsync.errors import Unreadable  # noqa: F401 - re-exported for connector authors
 from loopsync.http import DEFAULT_MAX_BODY, RetryPolicy
 from loopsync.models import LoopReturn, RmaRef, RmaStatus
+from loopsync.rules import GradingRules, StatusRules
 from loopsync.timeutil import Clock
 
 
@@ -54,48 +55,6 @@ class NotReady(Exception):  # noqa: N818 - a signal, not an error
 class PollStopped(Exception):  # noqa: N818 - a signal, not an error
     """The worker is shutting down in the middle of a long poll: what was read so far is
     dropped (nothing was recorded from it) and read again on the next run."""
-
-
-def normalize_status(word: str | None) -> str:
-    """Statuses compare ignoring case, with '_' and '-' equal to ' '."""
-    if not word:
-        return ""
-    return " ".join(str(word).replace("_", " ").replace("-", " ").lower().split())
-
-
-@dataclass(frozen=True)
-class StatusRules:
-    """The merchant's reading of warehouse status words (all normalised)."""
-
-    process: frozenset[str]
-    flag: frozenset[str]
-    ignore: frozenset[str]
-    report: frozenset[str] = frozenset()        # no Loop call; shown to a person
-    flag_conditions: frozenset[str] = frozenset()  # item conditions that force a flag
-    require_full_receipt: bool = True           # process only when every unit arrived
-
-    @classmethod
-    def build(cls, process: Sequence[str], flag: Sequence[str], ignore: Sequence[str],
-              report: Sequence[str] = (), flag_conditions: Sequence[str] = (),
-              require_full_receipt: bool = True) -> StatusRules:
-        def n(xs: Sequence[str]) -> frozenset[str]:
-            return frozenset(normalize_status(x) for x in xs)
-
-        return cls(n(process), n(flag), n(ignore), n(report), n(flag_conditions),
-                   require_full_receipt)
-
-
-@dataclass(frozen=True)
-class GradingRules:
-    """Warehouse condition/disposition words -> Loop grade and assess values."""
-
-    conditions: dict[str, str] = field(default_factory=dict)    # -> condition_category
-    dispositions: dict[str, str] = field(default_factory=dict)  # -> disposition_outcome
-    processor: str | None = None                                # return_processor email
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.conditions or self.dispositions)
 
 
 @dataclass(frozen=True)

@@ -166,7 +166,8 @@ import structlog
 from loopsync import redaction, safefiles
 from loopsync.configkit import Secret, Section
 from loopsync.connectors.base import (ConnectorContext, KeyValue, PollResult, PushRequest,
-                                      WarehouseConnector, WarehouseSettings, normalize_status)
+    WarehouseConnector, WarehouseSettings)
+from loopsync.rules import normalize_status
 from loopsync import errors
 from loopsync.errors import ErrorBody, NotFound, PermanentError, Rejected, TransientError
 from loopsync.http import DEFAULT_MAX_BODY, HttpClient, HttpResult

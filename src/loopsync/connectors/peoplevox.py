@@ -41,8 +41,8 @@ import structlog
 from loopsync import redaction
 from loopsync.configkit import Secret, Section
 from loopsync.connectors.base import (ConnectorContext, NotReady, PollResult, PollStopped,
-                                      PushRequest, WarehouseConnector, WarehouseSettings,
-                                      normalize_status)
+    PushRequest, WarehouseConnector, WarehouseSettings)
+from loopsync.rules import normalize_status
 from loopsync.errors import (Ambiguous, AuthError, DryRunViolation, ErrorBody, OutcomeUnknown,
                              PermanentError, RateLimited, Rejected, RemoteError,
                              TransientError, Unreadable)
