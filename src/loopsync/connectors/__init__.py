@@ -1,35 +1,82 @@
-"""Warehouse connectors, looked up by `warehouse.kind`."""
+"""Warehouse connectors: the one registry of kinds.
+
+`KINDS` is the single source of truth for every list of warehouse kinds: the CLI's
+choices, the sandbox's emulators, the demo, the tests' parametrisation, the benchmarks
+and the soak all read it. Adding a connector is one package under `connectors/`, one
+emulator under `sandbox/`, one example under `examples/` and one line here.
+
+Targets are "module:attribute" strings, imported only when a merchant (or a test) uses
+that kind, so one connector's import cost or optional dependency never touches another.
+"""
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from loopsync.connectors.base import WarehouseConnector
+if TYPE_CHECKING:  # the sandbox is a lower layer's test double; typing only
+    from loopsync.connectors.base import WarehouseConnector
+    from loopsync.sandbox.base import WarehouseEmulator
 
-# kind -> "module:Class"; imported only when a merchant uses that kind.
-KINDS: dict[str, str] = {
-    "shiphero": "loopsync.connectors.shiphero:ShipHeroConnector",
-    "peoplevox": "loopsync.connectors.peoplevox:PeopleVoxConnector",
-    "xoro": "loopsync.connectors.xoro:XoroConnector",
-    "generic": "loopsync.connectors.generic:GenericConnector",
-}
+
+def _load(target: str) -> object:
+    module_name, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module_name), attr)
+
+
+@dataclass(frozen=True)
+class ConnectorKind:
+    """One warehouse kind: where its connector, its emulator and its example live."""
+
+    name: str           # the `warehouse.kind` value
+    connector: str      # "module:Class" of the WarehouseConnector
+    emulator: str       # "module:Class" of the sandbox's WarehouseEmulator
+    example: str        # example merchant config, relative to the repository root
+    creates_rmas: bool = True  # False: watch-only (the warehouse's own Loop app creates them)
+
+    @property
+    def module(self) -> str:
+        return self.connector.partition(":")[0]
+
+    def load(self) -> type[WarehouseConnector]:
+        cls: type[WarehouseConnector] = _load(self.connector)  # type: ignore[assignment]
+        return cls
+
+    def load_emulator(self) -> type[WarehouseEmulator]:
+        cls: type[WarehouseEmulator] = _load(self.emulator)  # type: ignore[assignment]
+        return cls
+
+
+KINDS: dict[str, ConnectorKind] = {k.name: k for k in (
+    ConnectorKind("shiphero", "loopsync.connectors.shiphero:ShipHeroConnector",
+                  "loopsync.sandbox.shiphero:ShipHeroEmulator", "config.example.yaml"),
+    ConnectorKind("peoplevox", "loopsync.connectors.peoplevox:PeopleVoxConnector",
+                  "loopsync.sandbox.peoplevox:PeopleVoxEmulator", "examples/peoplevox.yaml"),
+    ConnectorKind("xoro", "loopsync.connectors.xoro:XoroConnector",
+                  "loopsync.sandbox.xoro:XoroEmulator", "examples/xoro.yaml",
+                  creates_rmas=False),
+    ConnectorKind("generic", "loopsync.connectors.generic:GenericConnector",
+                  "loopsync.sandbox.generic:GenericEmulator", "examples/generic-http.yaml"),
+)}
+
+
+def kind_names() -> list[str]:
+    """Every registered kind, in registry order (the CLI's choices)."""
+    return list(KINDS)
+
+
+def iter_kinds() -> Iterator[ConnectorKind]:
+    return iter(KINDS.values())
 
 
 def available_kinds() -> list[str]:
     """Kinds whose module is present in this installation."""
-    out = []
-    for kind, target in KINDS.items():
-        module = target.split(":")[0]
-        if importlib.util.find_spec(module) is not None:
-            out.append(kind)
-    return out
+    return [k.name for k in KINDS.values() if importlib.util.find_spec(k.module) is not None]
 
 
 def connector_class(kind: str) -> type[WarehouseConnector]:
-    target = KINDS.get(kind)
-    if target is None:
-        raise KeyError(kind)
-    module_name, cls_name = target.split(":")
-    module = importlib.import_module(module_name)
-    cls: type[WarehouseConnector] = getattr(module, cls_name)
-    return cls
+    """The connector class of `kind`; KeyError when no such kind is registered."""
+    return KINDS[kind].load()
