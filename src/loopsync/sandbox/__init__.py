@@ -3,22 +3,27 @@ HTTP on 127.0.0.1, seeded with realistic returns, with a record of every call.
 
     with Sandbox(warehouse="shiphero") as sb:
         sb.seed(12)
-        cfg = sb.merchant_config(tmp_path)
-        sb.run_cycle(cfg)
+        path = sb.write_config(tmp_path)          # a merchant config pointing at it
         sb.warehouse.receive(return_id, "short")
+
+The sandbox is a lower layer: it imports the emulators, the connector registry (which
+emulator plays which kind) and the time helpers, never the worker (config, runner, engine,
+cli). Loading its config and running cycles against it are `loopsync.testing.Sandbox`'s.
 """
 
 from __future__ import annotations
 
-import importlib
 import random
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import yaml
+# PyYAML ships no type information; its stubs may or may not be installed.
+import yaml  # type: ignore[import-untyped,unused-ignore]
 
+from loopsync.connectors import KINDS
 from loopsync.sandbox.base import WarehouseEmulator
+from loopsync.sandbox.generic import GenericEmulator
 from loopsync.sandbox.loop import LoopEmulator
 from loopsync.sandbox.seed import FIRST_RETURN_ID, make_returns
 from loopsync.sandbox.server import ApiServer, Recorder
@@ -26,18 +31,10 @@ from loopsync.timeutil import Clock, SystemClock, iso
 
 LOOP_KEY = "sandbox-loop-key-0001"
 
-EMULATORS = {
-    "shiphero": "loopsync.sandbox.shiphero:ShipHeroEmulator",
-    "peoplevox": "loopsync.sandbox.peoplevox:PeopleVoxEmulator",
-    "xoro": "loopsync.sandbox.xoro:XoroEmulator",
-    "generic": "loopsync.sandbox.generic:GenericEmulator",
-}
-
 
 def emulator_class(kind: str) -> type[WarehouseEmulator]:
-    module, name = EMULATORS[kind].split(":")
-    cls: type[WarehouseEmulator] = getattr(importlib.import_module(module), name)
-    return cls
+    """The emulator of a registered warehouse kind (`connectors.KINDS`); KeyError if none."""
+    return KINDS[kind].load_emulator()
 
 
 class Sandbox:
@@ -122,7 +119,8 @@ class Sandbox:
         start = self.clock.now() - timedelta(days=start_days)
         if self.kind == "generic" and self.transport == "folder":
             assert self.folder_root is not None, "folder transport needs folder_root"
-            warehouse = self.warehouse.folder_config(self.folder_root)  # type: ignore[attr-defined]
+            assert isinstance(self.warehouse, GenericEmulator), "folders are generic's"
+            warehouse = self.warehouse.folder_config(self.folder_root)
         else:
             warehouse = self.warehouse.warehouse_config(self.warehouse_url)
         warehouse.update(warehouse_extra or {})
@@ -142,16 +140,3 @@ class Sandbox:
         path = directory / f"{data['merchant']}.yaml"
         path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
         return path
-
-    def merchant_config(self, directory: Path, **kw: Any) -> Any:
-        from loopsync.config import load_config
-
-        kw.setdefault("state_path", directory / f"{kw.get('merchant', 'sandbox')}.sqlite")
-        return load_config(self.write_config(directory, **kw), env=self.env())
-
-    def run_cycle(self, cfg: Any, **kw: Any) -> Any:
-        from loopsync.http import RetryPolicy
-        from loopsync.runner import run_merchant
-
-        kw.setdefault("policy", RetryPolicy(attempts=6, base=0.05, cap=0.5, retry_after_cap=30))
-        return run_merchant(cfg, clock=self.clock, **kw)

@@ -23,7 +23,6 @@ import hashlib
 import hmac
 import io
 import itertools
-import os
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from datetime import datetime
@@ -32,7 +31,7 @@ from typing import Any
 
 from loopsync.sandbox.base import SCENARIOS, WarehouseEmulator
 from loopsync.sandbox.server import Request, Response, json_response
-from loopsync.timeutil import Clock, SystemClock, iso, parse_timestamp
+from loopsync.timeutil import Clock, iso, parse_timestamp
 
 TOKEN_ENV, SIGNING_ENV = "THREEPL_TOKEN", "THREEPL_SIGNING_SECRET"
 SIGNATURE_HEADER = "X-Loopsync-Signature"
@@ -47,12 +46,13 @@ class GenericEmulator(WarehouseEmulator):
     name = "generic"
     kind = "generic"
 
-    def __init__(self, *, clock: Clock | None = None, token: str = "3pl-sandbox-token",
-                 signing_secret: str | None = "3pl-sandbox-signing-secret",
+    # The sandbox's own made-up credentials, never a real one.
+    def __init__(self, *, clock: Clock | None = None,
+                 token: str = "3pl-sandbox-token",  # noqa: S107
+                 signing_secret: str | None = "3pl-sandbox-signing-secret",  # noqa: S107
                  auth_header: str = "X-Api-Key", page_size: int = 50,
                  duplicate_status: int = 409) -> None:
-        super().__init__()
-        self.clock = clock or SystemClock()
+        super().__init__(clock=clock)
         self.token = token
         self.signing_secret = signing_secret
         self.auth_header = auth_header
@@ -245,7 +245,7 @@ class GenericEmulator(WarehouseEmulator):
         final = self.root / "inbox" / name
         tmp = final.with_name(f".{name}.tmp")
         tmp.write_bytes(text.encode("utf-8") if isinstance(text, str) else text)
-        os.replace(tmp, final)
+        tmp.replace(final)
         return final
 
     # -- sandbox wiring -------------------------------------------------------------------

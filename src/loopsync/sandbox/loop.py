@@ -170,8 +170,7 @@ class LoopEmulator(EmulatedApi):
                  process_delay_seconds: float = 0.0) -> None:
         """`api_keys`: keys with every scope, or a mapping key -> scopes ("returns",
         "destinations"); a key lacking an endpoint's scope gets 401, as on Loop."""
-        super().__init__()
-        self.clock = clock
+        super().__init__(clock=clock)
         self.api_keys = _scoped_keys(api_keys)
         # Switches (plain attributes; tests flip them).
         self.rate_limit_enabled = True
@@ -924,7 +923,7 @@ def _scoped_keys(api_keys: Iterable[str] | Mapping[str, Iterable[str]],
                  ) -> dict[str, frozenset[str]]:
     if isinstance(api_keys, Mapping):
         return {key: frozenset(scopes) for key, scopes in api_keys.items()}
-    return {key: SCOPES for key in api_keys}
+    return dict.fromkeys(api_keys, SCOPES)
 
 
 def _copy_return(raw: dict[str, Any]) -> dict[str, Any]:

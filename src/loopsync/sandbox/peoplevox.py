@@ -33,12 +33,12 @@ from typing import Any
 from loopsync.sandbox.base import SCENARIOS, WarehouseEmulator
 from loopsync.sandbox.poison import FULL_WIDTH_DIGITS
 from loopsync.sandbox.server import Request, Response, text_response
-from loopsync.timeutil import Clock, SystemClock
+from loopsync.timeutil import Clock
 
 SOAP_NS = "http://schemas.xmlsoap.org/soap/envelope/"
 PVX_NS = "http://www.peoplevox.net/"
 DATE_FORMAT = "%d/%m/%Y %H:%M:%S"  # how a UK tenant's reports show dates
-PASSWORD_ENV = "PEOPLEVOX_PASSWORD"
+PASSWORD_ENV = "PEOPLEVOX_PASSWORD"  # noqa: S105 - the name of a variable, not a password
 
 RA_COLUMNS = ["ReturnAuthorizationNumber", "SalesOrderNumber", "ReturnTrackingNumber",
               "ReturnSenderName", "ReturnAuthorizationComments", "SiteReference",
@@ -131,7 +131,7 @@ class _ClauseParser:
         while self.peek() == ("op", "OR"):
             self.pos += 1
             right = self.term()
-            left = (lambda a, b: lambda row: a(row) or b(row))(left, right)
+            left = _either(left, right)
         return left
 
     def term(self) -> Predicate:
@@ -139,7 +139,7 @@ class _ClauseParser:
         while self.peek() == ("op", "AND"):
             self.pos += 1
             right = self.factor()
-            left = (lambda a, b: lambda row: a(row) and b(row))(left, right)
+            left = _both(left, right)
         return left
 
     def factor(self) -> Predicate:
@@ -184,8 +184,17 @@ class _ClauseParser:
             return float(value)
         if kind == "date":
             parts = [int(p) for p in re.findall(r"\d+", value)]
-            return datetime(*parts)  # type: ignore[arg-type]
+            # PeopleVox clause dates carry no zone, nor do the cells they are compared with.
+            return datetime(*parts)  # type: ignore[arg-type]  # noqa: DTZ001 - naive on purpose
         raise ClauseError(f"expected a value, found {value or 'the end'!r}")
+
+
+def _either(a: Predicate, b: Predicate) -> Predicate:
+    return lambda row: a(row) or b(row)
+
+
+def _both(a: Predicate, b: Predicate) -> Predicate:
+    return lambda row: a(row) and b(row)
 
 
 def compile_clause(text: str, columns: Sequence[str]) -> Predicate:
@@ -209,16 +218,17 @@ def _compare(cell: str, op: str, literal: Literal) -> bool:
     if value is None:
         return False
     if op in ("contains", "startswith", "endswith"):
-        return isinstance(literal, str) and {
+        return isinstance(literal, str) and bool({
             "contains": literal in value, "startswith": value.startswith(literal),
-            "endswith": value.endswith(literal)}[op]
-    return {"==": value == literal, "!=": value != literal, ">=": value >= literal,
-            "<=": value <= literal, ">": value > literal, "<": value < literal}[op]
+            "endswith": value.endswith(literal)}[op])
+    return bool({"==": value == literal, "!=": value != literal, ">=": value >= literal,
+                 "<=": value <= literal, ">": value > literal, "<": value < literal}[op])
 
 
 def _read_date(text: str) -> datetime | None:
     try:
-        return datetime.strptime(text.strip(), DATE_FORMAT)
+        # Naive like the clause's dates (PeopleVox shows warehouse-local times, no zone).
+        return datetime.strptime(text.strip(), DATE_FORMAT)  # noqa: DTZ007 - see above
     except ValueError:
         return None
 
@@ -245,7 +255,8 @@ def _as_params(element: ET.Element) -> dict[str, Any]:
 def _parse_envelope(body: bytes) -> tuple[ET.Element, dict[str, str]]:
     """(the operation element, the UserSessionCredentials fields). ValueError if not SOAP."""
     try:
-        root = ET.fromstring(body)
+        # The sandbox parses its own client's requests; the client refuses DTDs itself.
+        root = ET.fromstring(body)  # noqa: S314 - trusted input, no defusedxml dependency
     except ET.ParseError as exc:
         raise ValueError(f"There is an error in XML document: {exc}") from None
     soap_body = root.find(f"{{{SOAP_NS}}}Body")
@@ -263,7 +274,7 @@ def _parse_envelope(body: bytes) -> tuple[ET.Element, dict[str, str]]:
 def _envelope(body_child: ET.Element) -> bytes:
     envelope = ET.Element(f"{{{SOAP_NS}}}Envelope")
     ET.SubElement(envelope, f"{{{SOAP_NS}}}Body").append(body_child)
-    raw = ET.tostring(envelope, encoding="utf-8", xml_declaration=True)
+    raw: bytes = ET.tostring(envelope, encoding="utf-8", xml_declaration=True)
     return raw.replace(b"\r", b"&#13;")  # keep CRs inside CSV text
 
 
@@ -337,12 +348,11 @@ class PeopleVoxEmulator(WarehouseEmulator):
     kind = "peoplevox"
 
     def __init__(self, *, clock: Clock | None = None, client_id: str = "loopsync01",
-                 username: str = "api", password: str = "pvx-Pässwörd!",
+                 username: str = "api", password: str = "pvx-Pässwörd!",  # noqa: S107 - made up
                  sites: Mapping[str, str] | None = None, session_ttl: float = 1800.0,
                  throttle_enabled: bool = True, throttle_limit: int = 15,
                  throttle_period: float = 15.0, returns_report: str = "Loop returns") -> None:
-        super().__init__()
-        self.clock = clock or SystemClock()
+        super().__init__(clock=clock)
         self.client_id = client_id
         self.username = username
         self.password = password
@@ -553,7 +563,7 @@ class PeopleVoxEmulator(WarehouseEmulator):
             if len(values) != len(header):
                 problems.append(f"Row {number}: {len(values)} values for {len(header)} columns")
                 continue
-            row = {c: "" for c in columns} | dict(zip(header, values, strict=True))
+            row = dict.fromkeys(columns, "") | dict(zip(header, values, strict=True))
             try:
                 save_row(row)
                 saved += 1
@@ -628,7 +638,7 @@ class PeopleVoxEmulator(WarehouseEmulator):
     def add_sales_order(self, number: str, **fields: str) -> None:
         if any(so["SalesOrderNumber"] == number for so in self.sales_orders):
             return
-        self.sales_orders.append({c: "" for c in SALES_ORDER_COLUMNS}
+        self.sales_orders.append(dict.fromkeys(SALES_ORDER_COLUMNS, "")
                                  | {"SalesOrderNumber": number} | fields)
 
     def on_loop_return(self, loop_return: dict[str, Any], *, with_order: bool = True) -> None:
@@ -678,7 +688,7 @@ class PeopleVoxEmulator(WarehouseEmulator):
             first = ra.items[0].sku
             expected = {i.sku: i.expected for i in ra.items}
         if scenario == "cancelled":
-            self.complete(return_id, "Cancelled", received={sku: 0 for sku in expected})
+            self.complete(return_id, "Cancelled", received=dict.fromkeys(expected, 0))
         elif scenario in ("short", "over"):
             delta = -1 if scenario == "short" else 1
             self.complete(return_id, "Completed with discrepancies",

@@ -8,6 +8,7 @@ everything else lives here."""
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import json
 import os
@@ -22,8 +23,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from loopsync.timeutil import Clock, SystemClock
 
-class CaseInsensitiveDict(dict):
+
+class CaseInsensitiveDict(dict[str, Any]):
     def __init__(self, items: Any = ()) -> None:
         super().__init__()
         for k, v in dict(items).items():
@@ -224,11 +227,13 @@ class FaultInjector:
 
 
 class EmulatedApi:
-    """Base for an emulated remote API. Subclasses set `name` and implement `handle`."""
+    """Base for an emulated remote API. Subclasses set `name` and implement `handle`.
+    `clock` is the emulator's own time: its `Date` header, its rate limits, its stamps."""
 
     name = "api"
 
-    def __init__(self) -> None:
+    def __init__(self, *, clock: Clock | None = None) -> None:
+        self.clock: Clock = clock or SystemClock()
         self.faults = FaultInjector()
         self.recorder: Recorder | None = None
         self.lock = threading.RLock()  # emulators keep state; one request mutates at a time
@@ -258,6 +263,29 @@ class EmulatedApi:
         return json_response(body, fault.status, fault.headers)
 
 
+def receive(api: EmulatedApi, req: Request,
+            headers: dict[str, str]) -> tuple[Fault | None, CallRecord]:
+    """What every transport (a socket, or `loopsync.testing`'s in-process adapter) does
+    first with a request: pick the fault to play, if any, and record the call (`headers`
+    as sent, names in their own case)."""
+    fault = api.faults.pick(req)
+    rec = CallRecord(api.name, req.method, req.path, req.query, headers,
+                     req.body, None, time.time(), fault.label if fault else None,
+                     api.is_write(req))
+    if api.recorder is not None:
+        api.recorder.add(rec)
+    return fault, rec
+
+
+def run_handler(api: EmulatedApi, req: Request) -> Response:
+    """The emulator's answer, one request at a time; an emulator bug answers 500."""
+    try:
+        with api.lock:
+            return api.handle(req)
+    except Exception as exc:  # noqa: BLE001 - an emulator bug must show, not hang the client
+        return json_response({"message": f"sandbox error: {exc!r}"}, 500)
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     # Headers and body go out in two writes; without TCP_NODELAY, Nagle plus the
@@ -271,9 +299,9 @@ class _Handler(BaseHTTPRequestHandler):
     def date_time_string(self, timestamp: float | None = None) -> str:
         # The `Date` header reads the emulator's clock, as a real server's reads its own:
         # loopsync takes it as a second opinion on its own clock.
-        clock = getattr(self.server.api, "clock", None)
-        if timestamp is None and clock is not None:
-            return email.utils.format_datetime(clock.now().astimezone(UTC), usegmt=True)
+        if timestamp is None:
+            now = self.server.api.clock.now()
+            return email.utils.format_datetime(now.astimezone(UTC), usegmt=True)
         return super().date_time_string(timestamp)
 
     def _serve(self) -> None:
@@ -284,22 +312,13 @@ class _Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length else b""
         req = Request(self.command, split.path, {k: v[-1] for k, v in qlists.items()}, qlists,
                       CaseInsensitiveDict(self.headers.items()), body, self.path)
-        fault = api.faults.pick(req)
-        rec = CallRecord(api.name, self.command, split.path, req.query, dict(self.headers.items()),
-                         body, None, time.time(), fault.label if fault else None,
-                         api.is_write(req))
-        if api.recorder is not None:
-            api.recorder.add(rec)
+        fault, rec = receive(api, req, dict(self.headers.items()))
         kind = FAULT_KINDS[fault.kind] if fault is not None else None
         if fault is not None and kind is not None and kind.wait_first:
             time.sleep(fault.delay)
         resp = None
         if kind is None or kind.handler_runs:
-            try:
-                with api.lock:
-                    resp = api.handle(req)
-            except Exception as exc:  # an emulator bug must show, not hang the client
-                resp = json_response({"message": f"sandbox error: {exc!r}"}, 500)
+            resp = run_handler(api, req)
         if fault is None or kind is None:
             assert resp is not None
             rec.status = self.answer(resp)
@@ -317,10 +336,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def drop(self) -> None:
         self.close_connection = True
-        try:
+        with contextlib.suppress(OSError):
             self.connection.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
 
     def head(self, resp: Response, extra: dict[str, str]) -> None:
         """Status line and headers of `resp` (minus its framing ones), plus `extra`."""
@@ -333,7 +350,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(k, v)
         self.end_headers()
 
-    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _serve
+    # http.server dispatches on these names.
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _serve  # noqa: N815
 
 
 # -- what each fault kind does (the fault table) -------------------------------------------

@@ -22,15 +22,30 @@ from datetime import datetime
 from importlib import resources
 from typing import Any
 
-from graphql import (DocumentNode, FieldNode, FragmentDefinitionNode, FragmentSpreadNode,
-                     GraphQLError, GraphQLResolveInfo, InlineFragmentNode, IntValueNode,
-                     OperationDefinitionNode, OperationType, SelectionSetNode, VariableNode,
-                     build_schema, execute_sync, get_named_type, get_operation_ast, parse,
-                     validate)
+from graphql import (
+    DocumentNode,
+    FieldNode,
+    FragmentDefinitionNode,
+    FragmentSpreadNode,
+    GraphQLError,
+    GraphQLResolveInfo,
+    InlineFragmentNode,
+    IntValueNode,
+    OperationDefinitionNode,
+    OperationType,
+    SelectionSetNode,
+    VariableNode,
+    build_schema,
+    execute_sync,
+    get_named_type,
+    get_operation_ast,
+    parse,
+    validate,
+)
 
 from loopsync.sandbox.base import SCENARIOS, WarehouseEmulator
 from loopsync.sandbox.server import Fault, Request, Response, json_response
-from loopsync.timeutil import Clock, SystemClock, iso, parse_timestamp
+from loopsync.timeutil import Clock, iso, parse_timestamp
 
 SCHEMA = build_schema(resources.files("loopsync.sandbox").joinpath("shiphero.graphql")
                       .read_text(encoding="utf-8"))
@@ -159,7 +174,7 @@ class _CostModel:
     def _page_size(self, definition: Any, node: FieldNode) -> int:
         if "first" not in definition.args:
             return 1
-        for argument in node.arguments:
+        for argument in node.arguments or ():
             if argument.name.value != "first":
                 continue
             value: Any = None
@@ -175,7 +190,7 @@ class _CostModel:
 def throttle_body(keys: list[str], required: int, remaining: int, seconds: int
                   ) -> dict[str, Any]:
     """ShipHero's throttle answer: the fields null, one error with code 30."""
-    return {"data": {key: None for key in keys}, "errors": [{
+    return {"data": dict.fromkeys(keys), "errors": [{
         "code": THROTTLE_CODE,
         "message": (f"There are not enough credits to perform the requested operation, "
                     f"which requires {required} credits. The account has {remaining} "
@@ -328,14 +343,13 @@ class ShipHeroEmulator(WarehouseEmulator):
                  credits_per_second: float = 15.0, credits_enabled: bool = True,
                  enforce_credits: bool = True, customer_account_id: str | None = None,
                  shop_name: str = "loopsync-sandbox.myshopify.com") -> None:
-        super().__init__()
-        self.clock = clock or SystemClock()
+        super().__init__(clock=clock)
         self.credits = CreditMeter(self.clock, credits_max, credits_per_second,
                                    enabled=credits_enabled, enforce=enforce_credits)
         self.customer_account_id = customer_account_id
         self.shop_name = shop_name
         self.username = "loopsync@merchant.example"
-        self.password = "sandbox-password"
+        self.password = "sandbox-password"  # noqa: S105 - the sandbox's made-up login
         self.refresh_token = secrets.token_urlsafe(24)
         self._refresh_tokens = {self.refresh_token}
         self._access_tokens: dict[str, float] = {}   # token -> monotonic expiry
@@ -458,17 +472,18 @@ class ShipHeroEmulator(WarehouseEmulator):
         """A generic GraphQL error: every root field null, one error naming it."""
         def respond(req: Request) -> Response:
             keys = _root_keys(req)
-            return json_response({"data": {key: None for key in keys},
+            return json_response({"data": dict.fromkeys(keys),
                                   "errors": [{"message": message, "path": keys[:1]}]})
         return Fault("custom", response=respond)
 
     # -- resolvers ----------------------------------------------------------------------
-    def _result(self, info: GraphQLResolveInfo, data: Any) -> dict[str, Any]:
+    def _result(self, info: GraphQLResolveInfo[_Context], data: Any) -> dict[str, Any]:
         return {"request_id": secrets.token_hex(12),
                 "complexity": info.context.costs.get(str(info.path.key), 0), "data": data}
 
-    def _resolve_orders(self, info: GraphQLResolveInfo, partner_order_id: str | None = None,
-                        order_number: str | None = None, shop_name: str | None = None,
+    def _resolve_orders(self, info: GraphQLResolveInfo[_Context],
+                        partner_order_id: str | None = None, order_number: str | None = None,
+                        shop_name: str | None = None,
                         customer_account_id: str | None = None) -> dict[str, Any]:
         wanted = {"partner_order_id": partner_order_id, "order_number": order_number,
                   "shop_name": shop_name, "account_id": customer_account_id}
@@ -478,11 +493,11 @@ class ShipHeroEmulator(WarehouseEmulator):
         return self._result(info, lambda _info, first=None, after=None:
                             _connection(matches, first, after))
 
-    def _resolve_order(self, info: GraphQLResolveInfo, id: str,
+    def _resolve_order(self, info: GraphQLResolveInfo[_Context], id: str,
                        customer_account_id: str | None = None) -> dict[str, Any]:
         return self._result(info, _order_view(self._order(id)))
 
-    def _resolve_returns(self, info: GraphQLResolveInfo, order_id: str | None = None,
+    def _resolve_returns(self, info: GraphQLResolveInfo[_Context], order_id: str | None = None,
                          warehouse_id: str | None = None, date_from: str | None = None,
                          date_to: str | None = None, customer_account_id: str | None = None,
                          tracking_number: str | None = None) -> dict[str, Any]:
@@ -499,20 +514,20 @@ class ShipHeroEmulator(WarehouseEmulator):
         return self._result(info, lambda _info, first=None, after=None:
                             _connection(matches, first, after))
 
-    def _resolve_return(self, info: GraphQLResolveInfo, id: str) -> dict[str, Any]:
+    def _resolve_return(self, info: GraphQLResolveInfo[_Context], id: str) -> dict[str, Any]:
         legacy = legacy_from_id("Return", id)
         ret = None if legacy is None else self.returns.get(legacy)
         if ret is None:
             raise GraphQLError(f"Return {id} not found")
         return self._result(info, _return_view(ret))
 
-    def _resolve_user_quota(self, info: GraphQLResolveInfo) -> dict[str, Any]:
+    def _resolve_user_quota(self, info: GraphQLResolveInfo[_Context]) -> dict[str, Any]:
         return {"is_expired": False, "expiration_date": None, "time_remaining": None,
                 "credits_remaining": int(self.credits.balance()),
                 "max_available": self.credits.capacity,
                 "increment_rate": int(self.credits.per_second)}
 
-    def _resolve_return_create(self, info: GraphQLResolveInfo, data: dict[str, Any]
+    def _resolve_return_create(self, info: GraphQLResolveInfo[_Context], data: dict[str, Any]
                                ) -> dict[str, Any]:
         order = self._order(data["order_id"])
         if data["warehouse_id"] not in WAREHOUSES:

@@ -28,9 +28,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 from loopsync.sandbox.base import SCENARIOS, WarehouseEmulator
-from loopsync.sandbox.server import (HANDLER_RUNS, Fault, FaultInjector, Request, Response,
-                                     json_response, text_response)
-from loopsync.timeutil import Clock, SystemClock, parse_timestamp
+from loopsync.sandbox.server import (
+    HANDLER_RUNS,
+    Fault,
+    FaultInjector,
+    Request,
+    Response,
+    json_response,
+    text_response,
+)
+from loopsync.timeutil import Clock, parse_timestamp
 
 API_PREFIX = "/api/xerp/"
 US_FORMAT = "%m/%d/%Y %I:%M:%S %p"
@@ -106,11 +113,11 @@ class XoroEmulator(WarehouseEmulator):
     kind = "xoro"
 
     def __init__(self, *, clock: Clock | None = None, api_key: str = "xoro-sandbox-key",
-                 api_secret: str = "xoro-sandbox-secret", scopes: tuple[str, ...] = ("asn",),
+                 api_secret: str = "xoro-sandbox-secret",  # noqa: S107 - made up
+                 scopes: tuple[str, ...] = ("asn",),
                  page_size: int = 25, auth_failure: str = "401", latency: float = 0.0,
                  rate_limit_enabled: bool = True) -> None:
-        super().__init__()
-        self.clock = clock or SystemClock()
+        super().__init__(clock=clock)
         self.api_key = api_key
         self.api_secret = api_secret
         self.scopes = set(scopes)
