@@ -38,7 +38,8 @@ from benchmarks.loop_server import loop_server
 from loopsync.config import MerchantConfig
 from loopsync.loop_client import RETURN_LIST_PATH, extract_cursor
 from loopsync.sandbox import LOOP_KEY
-from loopsync.timeutil import FakeClock, loop_wire
+from loopsync.testing import FakeClock
+from loopsync.timeutil import loop_wire
 from loopsync.windows import ingest_start, plan_windows
 
 TARGET = 1.5

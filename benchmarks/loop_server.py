@@ -26,7 +26,7 @@ from loopsync.sandbox import LOOP_KEY
 from loopsync.sandbox.loop import LoopEmulator
 from loopsync.sandbox.seed import FIRST_RETURN_ID, make_returns
 from loopsync.sandbox.server import ApiServer
-from loopsync.timeutil import FakeClock
+from loopsync.testing import FakeClock
 
 
 def serve(n: int, seed: int, days: float) -> None:

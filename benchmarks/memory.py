@@ -37,7 +37,7 @@ LAUNCHER = "import subprocess, sys; sys.exit(subprocess.call(sys.argv[1:]))"
 
 def worker(loop_url: str, state_dir: str) -> None:
     """The measured process: one pull, then its peak RSS on stdout as JSON."""
-    from loopsync.timeutil import FakeClock
+    from loopsync.testing import FakeClock
 
     quiet_logs()
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -26,8 +26,8 @@ from typing import Any
 from benchmarks.common import append_row, cli, print_table, quiet_logs, verdict
 from loopsync.http import RetryPolicy
 from loopsync.runner import run_merchant
-from loopsync.sandbox import Sandbox
-from loopsync.timeutil import FakeClock
+from loopsync.testing import Sandbox
+from loopsync.testing import FakeClock
 
 CONNECTORS = (("shiphero", "http"), ("peoplevox", "http"), ("generic", "http"),
               ("generic", "folder"))

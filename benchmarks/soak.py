@@ -89,7 +89,7 @@ if str(REPO) not in sys.path:  # run as `python benchmarks/soak.py`, or loaded b
     sys.path.insert(0, str(REPO))
 
 from benchmarks.common import git_commit, machine  # noqa: E402
-from loopsync.sandbox import Sandbox
+from loopsync.testing import Sandbox
 from loopsync.sandbox.poison import loop_poison_returns
 from loopsync.sandbox.server import Fault, Request, Response, json_response
 from loopsync.store import Store

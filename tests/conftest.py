@@ -1,8 +1,7 @@
 import pytest
 
 from loopsync import logs
-from loopsync.sandbox import Sandbox
-from loopsync.timeutil import FakeClock
+from loopsync.testing import FakeClock, Sandbox
 
 
 @pytest.fixture(autouse=True)

@@ -13,11 +13,12 @@ from loopsync.engine import Engine
 from loopsync.loop_client import ReturnsPage, server_date
 from loopsync.status import merchant_status, render_status
 from loopsync.store import Store
-from loopsync.timeutil import FakeClock, iso, parse_timestamp
+from loopsync.testing import FakeClock
+from loopsync.timeutil import iso, parse_timestamp
 from loopsync.windows import (DATE_ALLOWANCE, Window, check_cursor, clock_skew, completed_until,
                               ingest_start)
 
-from .fakes import FakeWarehouse, loop_return, merchant_config
+from loopsync.testing import FakeWarehouse, loop_return, merchant_config
 
 T0 = parse_timestamp("2026-05-02T00:00:00Z")
 LOOKBACK = timedelta(minutes=15)

@@ -27,9 +27,10 @@ from loopsync.paging import PageWalk, Step, WalkEnd, WalkResult, record_walk, wa
 from loopsync.sandbox.server import ApiServer, EmulatedApi, Fault, Request, Response, json_response
 from loopsync.status import merchant_status, render_status
 from loopsync.store import Store
-from loopsync.timeutil import FakeClock, iso, parse_timestamp
+from loopsync.testing import FakeClock
+from loopsync.timeutil import iso, parse_timestamp
 
-from .fakes import FakeWarehouse, merchant_config
+from loopsync.testing import FakeWarehouse, merchant_config
 from .test_generic import http_connector, threepl  # noqa: F401 - fixture
 from .test_peoplevox_connector import _created, emu, fake_clock, make_connector  # noqa: F401
 from .test_xoro import connector as xoro_connector

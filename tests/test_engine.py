@@ -7,9 +7,9 @@ import pytest
 from loopsync.rules import GradingRules
 from loopsync.engine import Engine
 from loopsync.store import Store
-from loopsync.timeutil import FakeClock
+from loopsync.testing import FakeClock
 
-from .fakes import FakeLoop, FakeWarehouse, loop_return, merchant_config
+from loopsync.testing import FakeLoop, FakeWarehouse, loop_return, merchant_config
 
 
 class World:

@@ -17,7 +17,7 @@ from loopsync.connectors.generic import canonical_string, request_target, sign
 from loopsync.errors import AuthError
 from loopsync.sandbox.generic import GenericEmulator
 from loopsync.sandbox.server import ApiServer, Recorder
-from loopsync.timeutil import FakeClock
+from loopsync.testing import FakeClock
 from tests.test_generic import connector, deliver, http_connector, request
 
 ROOT = Path(__file__).resolve().parents[1]

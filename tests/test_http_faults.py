@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from loopsync.errors import (DeadlineExceeded, OutcomeUnknown, PermanentError, RemoteError,
                              ResponseTooLarge, TransientError)
 from loopsync.http import HttpClient, RetryPolicy, parse_json
-from loopsync.timeutil import FakeClock
+from loopsync.testing import FakeClock
 from tests.hostile import (HostileServer, bad_chunks, bad_gzip, cut_body, drip, gzip_bomb,
                            gzip_bomb_bytes, gzipped, huge_length, reply, response_bytes)
 

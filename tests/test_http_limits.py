@@ -18,9 +18,11 @@ from loopsync.http import (LIMIT_HISTORY_NAMESPACE, LimitHistory, RateLimiter, k
                            shared_limiter)
 from loopsync.loop_client import LoopClient
 from loopsync.runner import build_connector, open_store, run_merchant
-from loopsync.sandbox import LOOP_KEY, Sandbox
+from loopsync.sandbox import LOOP_KEY
+from loopsync.testing import Sandbox
 from loopsync.sandbox.peoplevox import PASSWORD_ENV
-from loopsync.timeutil import FakeClock, SystemClock
+from loopsync.testing import FakeClock
+from loopsync.timeutil import SystemClock
 
 
 @pytest.fixture

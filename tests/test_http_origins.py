@@ -19,8 +19,8 @@ from loopsync.errors import ForeignOrigin, PermanentError
 from loopsync.http import HttpClient, RetryPolicy, origin_of, scrub
 from loopsync.loop_client import LoopClient
 from loopsync.runner import build_connector, open_store
-from loopsync.sandbox import Sandbox
-from loopsync.timeutil import FakeClock
+from loopsync.testing import Sandbox
+from loopsync.testing import FakeClock
 from tests.hostile import HostileServer, Received, redirect, reply, sequence
 
 STATUSES = (301, 302, 303, 307, 308)

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from loopsync.sandbox import Sandbox
+from loopsync.testing import Sandbox
 from loopsync.sandbox.peoplevox import PeopleVoxEmulator
 from loopsync.sandbox.server import Fault, json_response
 from loopsync.store import MerchantLock

@@ -22,7 +22,7 @@ from loopsync.errors import (DryRunViolation, ErrorBody, OutcomeUnknown, RateLim
 from loopsync.http import RetryPolicy
 from loopsync.loop_client import (LoopClient, PaginationStopped, ReturnsPage,
                                   classify_action_body, extract_cursor, truncate_note)
-from loopsync.timeutil import FakeClock
+from loopsync.testing import FakeClock
 
 BASE = "https://loop.test/api/v1"
 LIST_URL = f"{BASE}/warehouse/return/list"

@@ -12,9 +12,9 @@ from loopsync.engine import Engine
 from loopsync.errors import ErrorBody, OutcomeUnknown, Rejected
 from loopsync.models import RmaRef
 from loopsync.store import Store
-from loopsync.timeutil import FakeClock
+from loopsync.testing import FakeClock
 
-from .fakes import FakeLoop, FakeRma, FakeWarehouse, loop_return, merchant_config
+from loopsync.testing import FakeLoop, FakeRma, FakeWarehouse, loop_return, merchant_config
 
 SETTLE = 10 * 60 + 1  # seconds: just past engine.PROCESS_SETTLE
 

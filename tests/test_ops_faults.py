@@ -14,7 +14,8 @@ from loopsync.engine import Engine
 from loopsync.errors import StateCorrupt, StateIOError, StateUnwritable
 from loopsync.sandbox.seed import make_return
 from loopsync.store import Store, state_error
-from loopsync.timeutil import FakeClock, SystemClock
+from loopsync.testing import FakeClock
+from loopsync.timeutil import SystemClock
 
 
 @pytest.fixture

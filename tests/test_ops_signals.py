@@ -13,10 +13,11 @@ import time
 import pytest
 import yaml
 
-from loopsync.sandbox import Sandbox
+from loopsync.testing import Sandbox
 from loopsync.sandbox.server import Fault, json_response
 from loopsync.store import Store
-from loopsync.timeutil import FakeClock, SystemClock
+from loopsync.testing import FakeClock
+from loopsync.timeutil import SystemClock
 
 pytestmark = pytest.mark.slow
 WAIT = 30  # seconds: the most any condition below is waited for (a loaded machine)

@@ -29,7 +29,7 @@ from loopsync.logs import configure as configure_logs
 from loopsync.models import LoopReturn, RmaRef
 from loopsync.sandbox.peoplevox import PeopleVoxEmulator, soap_fault
 from loopsync.sandbox.server import ApiServer, Fault, Request
-from loopsync.timeutil import FakeClock
+from loopsync.testing import FakeClock
 
 HARD_TEXT = 'O\'Brien, "Bob" —\nZoë 山田, Ünïcode\r\nline 3'
 

@@ -16,9 +16,9 @@ from loopsync.connectors.base import NotReady, PollStopped
 from loopsync.engine import Engine, one_records_fault
 from loopsync.errors import DryRunViolation, LockHeld, Unreadable
 from loopsync.store import Store
-from loopsync.timeutil import FakeClock
+from loopsync.testing import FakeClock
 
-from .fakes import FakeLoop, FakeWarehouse, Page, loop_return, merchant_config
+from loopsync.testing import FakeLoop, FakeWarehouse, Page, loop_return, merchant_config
 
 
 def nested(depth: int) -> Any:

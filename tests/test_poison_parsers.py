@@ -31,7 +31,8 @@ from loopsync.models import (MAX_UNITS, LoopReturn, MalformedReturn, RmaRef, Rma
                              asn_row_problem, check_tree, identifier, parse_asn_row,
                              whole_number)
 from loopsync.store import Store
-from loopsync.timeutil import FakeClock, parse_timestamp
+from loopsync.testing import FakeClock
+from loopsync.timeutil import parse_timestamp
 
 FEW = settings(max_examples=40, deadline=None,
                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

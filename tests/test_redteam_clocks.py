@@ -7,7 +7,7 @@ from loopsync.engine import Engine
 from loopsync.models import RmaRef
 from loopsync.store import Store
 
-from .fakes import FakeRma, Page, loop_return
+from loopsync.testing import FakeRma, Page, loop_return
 from .test_once_engine import ByOrder, StaleLoop, World, _same_order
 
 

@@ -25,7 +25,7 @@ from loopsync.errors import RemoteError
 from loopsync.http import HttpClient, RetryPolicy
 from loopsync.loop_client import LoopClient
 from loopsync.models import printable
-from loopsync.timeutil import FakeClock
+from loopsync.testing import FakeClock
 from tests.hostile import HostileServer, reply
 
 POLICY = RetryPolicy(attempts=1, base=0.01, cap=0.02)
@@ -165,7 +165,7 @@ def test_shiphero_keeps_its_cached_access_token_masked_while_it_uses_it(
     import threading
 
     from loopsync.runner import build_connector, open_store
-    from loopsync.sandbox import Sandbox
+    from loopsync.testing import Sandbox
     sb = Sandbox("shiphero", clock=FakeClock("2026-06-01T12:00:00Z")).start()
     try:
         cfg = sb.merchant_config(tmp_path)
@@ -314,7 +314,7 @@ def test_shiphero_bearer_token_never_follows_a_graphql_redirect_to_another_origi
 
     from loopsync.errors import ForeignOrigin
     from loopsync.runner import build_connector, open_store
-    from loopsync.sandbox import Sandbox
+    from loopsync.testing import Sandbox
     sb = Sandbox("shiphero", clock=FakeClock("2026-06-01T12:00:00Z")).start()
     try:
         with _redirector(status, sink) as bad:

@@ -170,7 +170,7 @@ def test_two_names_of_one_state_file_never_run_two_workers(sb, env, tmp_path, ca
 
     from loopsync.errors import LockHeld
     from loopsync.store import MerchantLock, Store
-    from loopsync.timeutil import FakeClock
+    from loopsync.testing import FakeClock
 
     state = tmp_path / "state.sqlite"
     Store(state, FakeClock()).close()

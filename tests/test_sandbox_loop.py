@@ -22,7 +22,8 @@ from loopsync.models import LoopReturn
 from loopsync.sandbox.loop import LoopEmulator
 from loopsync.sandbox.seed import make_return, make_returns
 from loopsync.sandbox.server import ApiServer, Fault, Recorder
-from loopsync.timeutil import FakeClock, iso, loop_wire, parse_timestamp
+from loopsync.testing import FakeClock
+from loopsync.timeutil import iso, loop_wire, parse_timestamp
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 POLICY = RetryPolicy(attempts=4, base=0.05, cap=0.2, retry_after_cap=30)

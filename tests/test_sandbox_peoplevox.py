@@ -19,7 +19,7 @@ from loopsync.configkit import Section
 from loopsync.connectors.peoplevox import PeopleVoxConnector
 from loopsync.sandbox.peoplevox import ClauseError, PeopleVoxEmulator, compile_clause
 from loopsync.sandbox.server import ApiServer, Request
-from loopsync.timeutil import FakeClock
+from loopsync.testing import FakeClock
 
 PVX = "http://www.peoplevox.net/"
 SOAP = "http://schemas.xmlsoap.org/soap/envelope/"

@@ -19,7 +19,7 @@ from loopsync.models import LoopReturn, RmaRef
 from loopsync.sandbox.seed import make_return
 from loopsync.sandbox.server import ApiServer, Fault, Recorder
 from loopsync.sandbox.shiphero import WAREHOUSES, CreditMeter, ShipHeroEmulator
-from loopsync.timeutil import FakeClock
+from loopsync.testing import FakeClock
 
 
 class World:

@@ -18,7 +18,7 @@ from loopsync.cli import main
 from loopsync.configkit import Secret
 from loopsync.sandbox.server import Fault
 from loopsync.store import FAILED, Store
-from loopsync.timeutil import FakeClock
+from loopsync.testing import FakeClock
 
 # Unique to this module: the registry is process-wide.
 KEY = "rdx-loop-key-7f3a9c1e"

@@ -18,7 +18,7 @@ from loopsync.connectors.shiphero import CreditBucket, ShipHeroConnector
 from loopsync.errors import AuthError, ConfigError, OutcomeUnknown, Rejected
 from loopsync.http import RetryPolicy
 from loopsync.models import LoopReturn, RmaRef
-from loopsync.timeutil import FakeClock
+from loopsync.testing import FakeClock
 
 BASE = "https://shiphero.test"
 WAREHOUSE = "V2FyZWhvdXNlOjExNzk="

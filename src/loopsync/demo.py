@@ -11,7 +11,7 @@ from typing import Any, TextIO
 
 from loopsync import logs
 from loopsync.engine import CycleResult
-from loopsync.sandbox import Sandbox
+from loopsync.testing import Sandbox
 
 # What the sandbox warehouse does with each pushed return, in turn (None: not yet arrived).
 DEMO_SCENARIOS = ["full", "short", "damaged", "full", "over", None]

@@ -83,6 +83,30 @@ def default_destinations() -> list[dict[str, Any]]:
     ]
 
 
+# -- the state machine (pure: the emulator and `loopsync.testing.FakeLoop` both use it) ----
+
+# The state each accepted action leads to (process: once Loop's queue has run it).
+ACTION_STATES = {"process": "closed", "flag": "review", "cancel": "cancelled", "close": "closed"}
+
+
+def action_conflict(state: str, action: str, *,
+                    allow_flagged_process: bool = False) -> dict[str, Any] | None:
+    """The HTTP 200 error body Loop answers when a return in `state` refuses `action`
+    (process, flag, cancel, close), else None: the action is accepted."""
+    if state == "open" or (action == "process" and allow_flagged_process and state == "review"):
+        return None
+    if action == "process" and state == "review":
+        return {"errors": {"message": "Return is review and therefore cannot be processed.",
+                           "code": "UNPROCESSABLE_FLAGGED_RETURN"}}
+    if action == "cancel" and state in ("expired", "review"):
+        word = "flagged" if state == "review" else state
+        return {"content": f"Return is {word} and cannot be processed."}
+    verb = {"process": "processed", "flag": "flagged", "cancel": "cancelled",
+            "close": "closed"}[action]
+    return {"errors": {"message": f"Return is {state} and therefore cannot be {verb}.",
+                       "code": "UNPROCESSABLE_RETURN"}}
+
+
 # -- stored state ---------------------------------------------------------------------
 
 @dataclass
@@ -557,24 +581,11 @@ class LoopEmulator(EmulatedApi):
         if action == "process":
             self._start_processing(rec)
         else:
-            self._transition(rec, {"flag": "review", "cancel": "cancelled",
-                                   "close": "closed"}[action])
+            self._transition(rec, ACTION_STATES[action])
         return json_response("true")
 
     def _conflict(self, state: str, action: str) -> dict[str, Any] | None:
-        """The 200 error body for an action the state does not allow, else None."""
-        if state == "open" or (action == "process" and self._processable(state)):
-            return None
-        if action == "process" and state == "review":
-            return {"errors": {"message": "Return is review and therefore cannot be processed.",
-                               "code": "UNPROCESSABLE_FLAGGED_RETURN"}}
-        if action == "cancel" and state in ("expired", "review"):
-            word = "flagged" if state == "review" else state
-            return {"content": f"Return is {word} and cannot be processed."}
-        verb = {"process": "processed", "flag": "flagged", "cancel": "cancelled",
-                "close": "closed"}[action]
-        return {"errors": {"message": f"Return is {state} and therefore cannot be {verb}.",
-                           "code": "UNPROCESSABLE_RETURN"}}
+        return action_conflict(state, action, allow_flagged_process=self.allow_flagged_process)
 
     def _processable(self, state: str) -> bool:
         return state == "open" or (state == "review" and self.allow_flagged_process)
