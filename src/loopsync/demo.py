@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import sys
 import tempfile
 import threading
 from collections import Counter
@@ -11,6 +12,7 @@ from typing import Any, TextIO
 
 from loopsync import logs
 from loopsync.engine import CycleResult
+from loopsync.sandbox import emulator_class
 from loopsync.testing import Sandbox
 
 # What the sandbox warehouse does with each pushed return, in turn (None: not yet arrived).
@@ -18,7 +20,20 @@ DEMO_SCENARIOS = ["full", "short", "damaged", "full", "over", None]
 SANDBOX_SCENARIOS = ["full", "short", "damaged", "full"]
 
 
+def _missing_extra(warehouse: str) -> bool:
+    """True, after one line on stderr naming the extra to install, when the warehouse's
+    emulator cannot load (graphql-core for ShipHero's is an optional dependency)."""
+    try:
+        emulator_class(warehouse)
+    except ModuleNotFoundError as exc:
+        print(f"loopsync: {exc}", file=sys.stderr)
+        return True
+    return False
+
+
 def run_demo(*, warehouse: str = "shiphero", returns: int = 12, out: TextIO) -> int:
+    if _missing_extra(warehouse):
+        return 2
     logs.configure(level="warning")
     transport = "folder" if warehouse == "generic" else "http"
     # The demo shows the flow, not the APIs' rate limits (PeopleVox allows 15 requests in
@@ -116,6 +131,8 @@ def _print_waits(cfg: Any, out: TextIO) -> None:
 def serve_sandbox(*, port: int, warehouse: str, returns: int, out: TextIO) -> int:
     """Serve the sandbox until SIGINT/SIGTERM; the warehouse receives a return now and then
     so `loopsync run` shows processing and flagging too."""
+    if _missing_extra(warehouse):
+        return 2
     workdir = Path("sandbox-config")
     transport = "folder" if warehouse == "generic" else "http"
     # Port 0 lets the OS pick two free ports (the printed config names them).

@@ -16,7 +16,7 @@ from __future__ import annotations
 import random
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 # PyYAML ships no type information; its stubs may or may not be installed.
 import yaml  # type: ignore[import-untyped,unused-ignore]
@@ -32,9 +32,22 @@ from loopsync.timeutil import Clock, SystemClock, iso
 LOOP_KEY = "sandbox-loop-key-0001"
 
 
+# The optional dependencies of the emulators (graphql-core for ShipHero's) come with
+# this extra: `pip install 'loopsync[sandbox]'` (the `test` extra includes it).
+EXTRA = "sandbox"
+
+
 def emulator_class(kind: str) -> type[WarehouseEmulator]:
-    """The emulator of a registered warehouse kind (`connectors.KINDS`); KeyError if none."""
-    return KINDS[kind].load_emulator()
+    """The emulator of a registered warehouse kind (`connectors.KINDS`); KeyError if none.
+    ModuleNotFoundError, saying which extra to install, when its dependency is missing."""
+    try:
+        return KINDS[kind].load_emulator()
+    except ModuleNotFoundError as exc:
+        if (exc.name or "loopsync").partition(".")[0] == "loopsync":
+            raise
+        raise ModuleNotFoundError(
+            f"the {kind} sandbox needs {exc.name}, which is not installed: "
+            f"pip install 'loopsync[{EXTRA}]'", name=exc.name) from None
 
 
 class Sandbox:
@@ -64,7 +77,7 @@ class Sandbox:
                 setattr(self.warehouse, attr, enabled)
 
     # -- lifecycle ----------------------------------------------------------------------------
-    def start(self) -> Sandbox:
+    def start(self) -> Self:
         if not self._started:
             self.loop_server.start()
             self.warehouse_server.start()
@@ -77,7 +90,7 @@ class Sandbox:
             self.warehouse_server.stop()
             self._started = False
 
-    def __enter__(self) -> Sandbox:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
