@@ -21,8 +21,8 @@ from loopsync.loop_client import LoopClient, PaginationStopped
 from loopsync.models import LoopReturn
 from loopsync.sandbox.loop import LoopEmulator
 from loopsync.sandbox.seed import make_return, make_returns
-from loopsync.sandbox.server import ApiServer, Fault, Recorder
-from loopsync.testing import FakeClock
+from loopsync.sandbox.server import Fault, Recorder
+from loopsync.testing import FakeClock, in_process_url, mount
 from loopsync.timeutil import iso, loop_wire, parse_timestamp
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
@@ -32,22 +32,28 @@ POLICY = RetryPolicy(attempts=4, base=0.05, cap=0.2, retry_after_cap=30)
 @dataclass
 class Loop:
     emulator: LoopEmulator
-    server: ApiServer
+    url: str  # in process: no socket (loopsync.testing.mount)
     clock: FakeClock
     key: str
     recorder: Recorder
 
     @property
     def base_url(self) -> str:
-        return f"{self.server.url}/api/v1"
+        return f"{self.url}/api/v1"
+
+    def session(self) -> requests.Session:
+        session = requests.Session()
+        mount(session, self.emulator)
+        return session
 
     def client(self, **kw: Any) -> LoopClient:
         kw.setdefault("policy", POLICY)
+        kw.setdefault("session", self.session())
         return LoopClient(self.base_url, self.key, clock=self.clock, **kw)
 
     def raw_get(self, path: str, params: dict[str, str] | None = None,
                 key: str | None = None) -> requests.Response:
-        return requests.get(f"{self.base_url}{path}", params=params, timeout=5,
+        return self.session().get(f"{self.base_url}{path}", params=params, timeout=5,
                             headers={"X-Authorization": key or self.key})
 
 
@@ -58,11 +64,7 @@ def loop() -> Iterator[Loop]:
     key = f"loop-key-{uuid.uuid4().hex}"  # the client's limiter is shared per key
     emulator = LoopEmulator(clock=clock, api_keys={key})
     emulator.recorder = recorder = Recorder()
-    server = ApiServer(emulator).start()
-    try:
-        yield Loop(emulator, server, clock, key, recorder)
-    finally:
-        server.stop()
+    yield Loop(emulator, in_process_url(emulator), clock, key, recorder)
 
 
 def ids_of(pages: Any) -> list[str]:
@@ -207,8 +209,8 @@ def test_listed_returns_parse_and_carry_fields_loop_added_without_notice(loop: L
 
 def test_dated_api_versions_are_served_too(loop: Loop) -> None:
     add(loop, 530)
-    client = LoopClient(f"{loop.server.url}/api/2026-07", loop.key, clock=loop.clock,
-                        policy=POLICY)
+    client = LoopClient(f"{loop.url}/api/2026-07", loop.key, clock=loop.clock,
+                        policy=POLICY, session=loop.session())
     assert ids_of(client.iter_returns(NOW - timedelta(days=3), NOW, "open")) == ["530"]
 
 
@@ -220,7 +222,8 @@ def test_an_unknown_key_gets_loops_401_body(loop: Loop) -> None:
     assert answer.json() == {"error": {"code": "401", "http_code": "GEN-UNAUTHORIZED",
                                        "message": "Unauthorized."}}
     with pytest.raises(AuthError):
-        LoopClient(loop.base_url, "wrong-key", clock=loop.clock).destinations()
+        LoopClient(loop.base_url, "wrong-key", clock=loop.clock,
+                   session=loop.session()).destinations()
 
 
 def test_a_key_without_the_scope_gets_401_not_403(loop: Loop) -> None:
@@ -385,7 +388,7 @@ def test_notes_are_added_truncated_and_listed(loop: Loop) -> None:
 
 def test_the_emulator_refuses_notes_of_255_characters(loop: Loop) -> None:
     add(loop, 751)
-    answer = requests.post(f"{loop.base_url}/warehouse/return/751/note", timeout=5,
+    answer = loop.session().post(f"{loop.base_url}/warehouse/return/751/note", timeout=5,
                            json={"content": "n" * 255}, headers={"X-Authorization": loop.key})
     assert answer.status_code == 422
     assert loop.emulator.notes_for("751") == []
@@ -414,7 +417,7 @@ def test_more_than_30_items_is_422_but_the_client_sends_20_at_a_time(loop: Loop)
     raw = add(loop, 770, units=1)
     item: dict[str, Any] = {"line_item_id": int(raw["line_items"][0]["line_item_id"]),
                             "description": "ok"}
-    answer = requests.post(f"{loop.base_url}/dispositioning/grade", timeout=5,
+    answer = loop.session().post(f"{loop.base_url}/dispositioning/grade", timeout=5,
                            json={"items": [item] * 31}, headers={"X-Authorization": loop.key})
     assert answer.status_code == 422
     assert len(loop.client().grade([item] * 31)) == 31

@@ -5,8 +5,8 @@ are): for loopsync's own tests, and for anyone writing a connector.
 - `FakeLoop`, `FakeWarehouse`, `FakeRma`, `Page`: in-memory Loop and warehouse for engine
   tests; `FakeLoop` answers with the Loop emulator's state machine.
 - `loop_return`, `loop_return_model`, `merchant_config`, `warehouse_settings`: factories.
-- `InProcessAdapter`, `mount`, `emulated_loop`: an emulator's handler reached through
-  `requests` without a socket, for the fast tests.
+- `InProcessAdapter`, `mount`, `in_process_url`, `emulated_loop`: an emulator's handler
+  reached through `requests` without a socket, for the fast tests.
 - `Sandbox`: the sandbox plus `merchant_config` and `run_cycle`.
 
 This package sits above everything but the CLI: it may import the engine, the runner
@@ -21,7 +21,12 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from loopsync.testing.adapter import InProcessAdapter, SocketFaultInProcess, mount
+    from loopsync.testing.adapter import (
+        InProcessAdapter,
+        SocketFaultInProcess,
+        in_process_url,
+        mount,
+    )
     from loopsync.testing.clock import FakeClock
     from loopsync.testing.factories import (
         loop_return,
@@ -38,12 +43,13 @@ _WHERE = {
     "loop_return": "factories", "loop_return_model": "factories",
     "merchant_config": "factories", "warehouse_settings": "factories",
     "InProcessAdapter": "adapter", "SocketFaultInProcess": "adapter", "mount": "adapter",
+    "in_process_url": "adapter",
     "Sandbox": "sandbox", "emulated_loop": "sandbox",
 }
 
 __all__ = [
     "FakeClock", "FakeLoop", "FakeRma", "FakeWarehouse", "InProcessAdapter", "Page", "Sandbox",
-    "SocketFaultInProcess", "emulated_loop", "loop_return", "loop_return_model",
+    "SocketFaultInProcess", "emulated_loop", "in_process_url", "loop_return", "loop_return_model",
     "merchant_config", "mount", "warehouse_settings",
 ]
 
