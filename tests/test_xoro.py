@@ -18,6 +18,7 @@ from loopsync.models import LoopReturn
 from loopsync.sandbox.seed import make_return
 from loopsync.sandbox.server import ApiServer, Fault, Recorder
 from loopsync.sandbox.xoro import XoroEmulator
+from loopsync.testing import in_process_url, mount
 
 RULES = StatusRules.build(**XoroConnector.default_statuses,
                           flag_conditions=XoroConnector.default_flag_conditions)
@@ -28,10 +29,8 @@ def xoro(clock):
     # A key of its own per test: the connector's rate limiter is shared per key.
     emu = XoroEmulator(clock=clock, api_key=f"key-{uuid.uuid4().hex[:8]}")
     emu.recorder = Recorder()
-    server = ApiServer(emu).start()
-    emu.url = f"{server.url}/api/xerp"
-    yield emu
-    server.stop()
+    emu.url = f"{in_process_url(emu)}/api/xerp"  # no socket: the connector's session mounts it
+    return emu
 
 
 def connector(emu, clock, **keys):
@@ -45,7 +44,9 @@ def connector(emu, clock, **keys):
                                  connector=conf)
     ctx = ConnectorContext(merchant="t", clock=clock,
                            policy=RetryPolicy(attempts=3, base=0.01, cap=0.05))
-    return XoroConnector(settings, ctx)
+    conn = XoroConnector(settings, ctx)
+    mount(conn.http.session, emu)
+    return conn
 
 
 def imported_return(emu, clock, return_id=52393555, *, units=3, **kw):
@@ -234,14 +235,18 @@ def test_requests_go_one_at_a_time(xoro, clock):
     assert len(conn.poll(refs).statuses) == 6
     assert xoro.throttled == 0
 
+    server = ApiServer(xoro).start()  # requests in flight at once: a real server's threads
+
     def burst():
-        requests.get(f"{xoro.url}/asn/getasn", auth=(xoro.api_key, xoro.api_secret), timeout=5)
+        requests.get(f"{server.url}/api/xerp/asn/getasn", auth=(xoro.api_key, xoro.api_secret),
+                     timeout=5)
 
     threads = [threading.Thread(target=burst) for _ in range(6)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    server.stop()
     assert xoro.throttled > 0
 
 
