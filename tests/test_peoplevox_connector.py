@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -28,8 +27,8 @@ from loopsync.http import HttpResult, RetryPolicy
 from loopsync.logs import configure as configure_logs
 from loopsync.models import LoopReturn, RmaRef
 from loopsync.sandbox.peoplevox import PeopleVoxEmulator, soap_fault
-from loopsync.sandbox.server import ApiServer, Fault, Request
-from loopsync.testing import FakeClock
+from loopsync.sandbox.server import Fault, Request
+from loopsync.testing import FakeClock, in_process_url, mount
 
 HARD_TEXT = 'O\'Brien, "Bob" —\nZoë 山田, Ünïcode\r\nline 3'
 
@@ -42,16 +41,14 @@ def fake_clock() -> FakeClock:
 
 
 class ServedEmulator(PeopleVoxEmulator):
-    url = ""  # where ApiServer serves it
+    url = ""  # where it answers: in process (loopsync.testing.mount), no socket
 
 
 @pytest.fixture
-def emu(fake_clock: FakeClock) -> Iterator[ServedEmulator]:
+def emu(fake_clock: FakeClock) -> ServedEmulator:
     emulator = ServedEmulator(clock=fake_clock)
-    server = ApiServer(emulator).start()
-    emulator.url = server.url
-    yield emulator
-    server.stop()
+    emulator.url = in_process_url(emulator)
+    return emulator
 
 
 def make_connector(emu: ServedEmulator, clock: FakeClock, *, env: dict[str, str] | None = None,
@@ -77,7 +74,9 @@ def make_connector(emu: ServedEmulator, clock: FakeClock, *, env: dict[str, str]
     ctx = ConnectorContext("test", clock, kv=kv or MemoryKeyValue(), dry_run=dry_run,
                            policy=RetryPolicy(attempts=4, base=0.01, cap=0.05,
                                               retry_after_cap=60))
-    return PeopleVoxConnector(settings, ctx)
+    conn = PeopleVoxConnector(settings, ctx)
+    mount(conn.client.http.session, emu)
+    return conn
 
 
 def loop_return(rid: str = "501", *, order: str = "#1001", customer: str = "Ann Example",
