@@ -29,7 +29,7 @@ from loopsync.engine import Engine
 from loopsync.runner import build_connector, build_loop_client, new_run_id
 from loopsync.sandbox import LOOP_KEY, Sandbox
 from loopsync.sandbox.seed import FIRST_RETURN_ID, make_returns
-from loopsync.store import Store
+from loopsync.state import Store
 from loopsync.timeutil import Clock, FakeClock, iso
 
 ROOT = Path(__file__).resolve().parent.parent

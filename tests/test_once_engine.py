@@ -11,7 +11,7 @@ from loopsync import rules
 from loopsync.engine import Engine
 from loopsync.errors import ErrorBody, OutcomeUnknown, Rejected
 from loopsync.models import RmaRef
-from loopsync.store import Store
+from loopsync.state import Store
 from loopsync.timeutil import FakeClock
 
 from .fakes import FakeLoop, FakeRma, FakeWarehouse, loop_return, merchant_config
@@ -69,7 +69,7 @@ class World:
     def row(self, rid):
         store = Store(self.cfg.state_path, self.clock)
         try:
-            return store.get_return_row(rid)
+            return store.returns.get(rid)
         finally:
             store.close()
 
@@ -141,7 +141,7 @@ def test_unknown_action_error_with_the_return_closed_is_settled_not_rejected(tmp
     w.loop.error_answer["process"] = "Return has already been processed"
     result = w.cycle()
     row = w.row("101")
-    assert row["stage"] == "done" and row["action"] == "settled", row
+    assert row.stage == "done" and row.action == "settled", row
     assert not result.needs_attention
 
 
@@ -152,7 +152,7 @@ def test_unknown_action_error_with_the_return_open_is_reported_and_the_run_says_
     w.loop.error_answer["process"] = "Something odd happened"
     result = w.cycle()
     row = w.row("101")
-    assert row["stage"] == "reported" and "Something odd happened" in row["reason"]
+    assert row.stage == "reported" and "Something odd happened" in row.reason
     assert result.needs_attention
     del w.loop.error_answer["process"]
     w.cycle(SETTLE)
@@ -317,7 +317,7 @@ def test_note_error_in_unknown_words_with_the_note_in_loop_is_settled(tmp_path):
     w.cycle(SETTLE)
     assert len(w.loop.notes_by["101"]) == 1
     store = Store(w.cfg.state_path, w.clock)
-    assert store.effect("note_rma:101")["status"] == "settled"
+    assert store.ledger.get("note_rma:101").status == "settled"
 
 
 @settings(max_examples=50, deadline=None)

@@ -15,7 +15,7 @@ import yaml
 
 from loopsync.sandbox import Sandbox
 from loopsync.sandbox.server import Fault, json_response
-from loopsync.store import Store
+from loopsync.state import Store
 from loopsync.timeutil import FakeClock, SystemClock
 
 pytestmark = pytest.mark.slow

@@ -30,7 +30,7 @@ from loopsync.loop_client import _return_path, parse_returns_body
 from loopsync.models import (MAX_UNITS, LoopReturn, MalformedReturn, RmaRef, RmaStatus,
                              asn_row_problem, check_tree, identifier, parse_asn_row,
                              whole_number)
-from loopsync.store import Store
+from loopsync.state import Store
 from loopsync.timeutil import FakeClock, parse_timestamp
 
 FEW = settings(max_examples=40, deadline=None,
@@ -228,10 +228,10 @@ def test_stored_return_row_takes_every_accepted_return(tmp_path):
     store = Store(tmp_path / "s.sqlite", FakeClock())
     ret = LoopReturn.from_api({**LOOP_RETURN, "customer": "Zoë \x00", "x": ["é", {"k": 1.5}]})
     with store.atomic():
-        store.upsert_return(ret.id, ret.raw, state=ret.state, updated_at=ret.updated_at,
+        store.returns.upsert(ret.id, ret.raw, state=ret.state, updated_at=ret.updated_at,
                             created_at=ret.created_at, destination_id=ret.destination_id,
                             order_name=ret.order_name)
-    assert store.snapshot(ret.id)["x"] == ["é", {"k": 1.5}]
+    assert store.returns.snapshot(ret.id)["x"] == ["é", {"k": 1.5}]
     store.close()
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from loopsync.engine import Engine
 from loopsync.models import RmaRef
-from loopsync.store import Store
+from loopsync.state import Store
 
 from .fakes import FakeRma, Page, loop_return
 from .test_once_engine import ByOrder, StaleLoop, World, _same_order

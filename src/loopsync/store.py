@@ -1,3 +1,3 @@
 """TRANSITIONAL: engine.py's old import path, removed with the facade; use loopsync.state."""
-from loopsync.state import MerchantLock, Store, lock_is_held, state_error  # noqa: F401
-from loopsync.state.legacy import *  # noqa: F403
+from loopsync.state import Store as Store  # noqa: PLC0414 - an explicit re-export
+from loopsync.state.legacy import *  # noqa: F403 - the old constants engine.py reads

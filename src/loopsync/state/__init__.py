@@ -35,14 +35,27 @@ import sqlite_utils
 
 from loopsync.state.cursors import Cursor, CursorRepository, CursorRow
 from loopsync.state.db import Db
-from loopsync.state.files import (check_header, open_memory_copy, open_read_only,
-                                  open_writable, state_error)
+from loopsync.state.files import (
+    check_header,
+    open_memory_copy,
+    open_read_only,
+    open_writable,
+    state_error,
+)
 from loopsync.state.kv import KvEntry, StoreKeyValue, kv_with_prefix
 from loopsync.state.ledger import Effect, EffectKind, EffectStatus, Ledger
 from loopsync.state.legacy import EngineDictApi
 from loopsync.state.lock import MerchantLock, lock_is_held
-from loopsync.state.returns import (LOOKUP, TRANSITIONS, HeldRow, ReturnHead,
-                                    ReturnRepository, ReturnRow, Stage, Upserted)
+from loopsync.state.returns import (
+    LOOKUP,
+    TRANSITIONS,
+    HeldRow,
+    ReturnHead,
+    ReturnRepository,
+    ReturnRow,
+    Stage,
+    Upserted,
+)
 from loopsync.state.rmas import AsnRepository, RmaRepository, RmaRow
 from loopsync.state.runs import ProblemRow, RunRepository, RunRow
 from loopsync.state.schema import MIGRATIONS, SCHEMA_VERSION, create_meta, schema_version_of

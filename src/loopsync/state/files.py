@@ -72,7 +72,7 @@ def check_header(path: Path) -> None:
         return  # created, never written: SQLite initialises it
     if path.is_dir():
         raise StateUnwritable(str(path), "is a directory")
-    with open(path, "rb") as f:
+    with path.open("rb") as f:
         header = f.read(100)
     if len(header) < 100 or not header.startswith(_SQLITE_MAGIC):
         raise StateCorrupt(str(path), "not a SQLite database (wrong header); restore it from "
@@ -157,7 +157,7 @@ def create_private(path: Path) -> None:
     customer emails and addresses do)."""
     fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
     os.close(fd)
-    os.chmod(path, 0o600)
+    path.chmod(0o600)
 
 
 def open_writable(path: Path) -> sqlite3.Connection:

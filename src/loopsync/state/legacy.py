@@ -16,8 +16,7 @@ from typing import Any
 
 from loopsync.state.cursors import Cursor, CursorRepository
 from loopsync.state.ledger import Effect, EffectKind, EffectStatus, Ledger
-from loopsync.state.returns import (LOOKUP, Lookup, ReturnHead, ReturnRepository, Stage,
-                                    Upserted)
+from loopsync.state.returns import LOOKUP, Lookup, ReturnHead, ReturnRepository, Stage, Upserted
 from loopsync.state.rmas import AsnRepository, RmaRepository, RmaRow
 from loopsync.state.runs import RunRepository
 
@@ -57,7 +56,7 @@ def _rma_dict(r: RmaRow) -> dict[str, Any]:
     return asdict(r)
 
 
-def _head(head: dict[str, Any] | None | Lookup) -> ReturnHead | None | Lookup:
+def _head(head: dict[str, Any] | Lookup | None) -> ReturnHead | Lookup | None:
     if head is None or isinstance(head, Lookup):
         return head
     return ReturnHead(head["hash"], head["updated_at"], Stage(head["stage"]))
@@ -78,7 +77,7 @@ class EngineDictApi:
     def upsert_return(self, rid: str, raw: dict[str, Any], *, state: str,
                       updated_at: datetime, created_at: datetime | None,
                       destination_id: str | None, order_name: str | None,
-                      head: dict[str, Any] | None | Lookup = LOOKUP) -> str | None:
+                      head: dict[str, Any] | Lookup | None = LOOKUP) -> str | None:
         done = self.returns.upsert(rid, raw, state=state, updated_at=updated_at,
                                    created_at=created_at, destination_id=destination_id,
                                    order_name=order_name, head=_head(head))

@@ -87,7 +87,7 @@ class MerchantLock:
         Within this process the file is checked by identity first: closing a descriptor
         of a file this process's SQLite has open would drop SQLite's locks on it."""
         try:
-            st = os.stat(self.state)
+            st = self.state.stat()
         except OSError:
             return None  # not there yet: no second name of it can exist
         ident = (st.st_dev, st.st_ino)

@@ -170,7 +170,7 @@ class ReturnRepository:
     def upsert(self, rid: str, raw: dict[str, Any], *, state: str, updated_at: datetime,
                created_at: datetime | None, destination_id: str | None,
                order_name: str | None,
-               head: ReturnHead | None | Lookup = LOOKUP) -> Upserted | None:
+               head: ReturnHead | Lookup | None = LOOKUP) -> Upserted | None:
         """Store the latest snapshot: Upserted.NEW, Upserted.CHANGED, or None (unchanged or
         older than the stored one).
 

@@ -32,42 +32,42 @@ SCHEMA_VERSION = 2
 
 
 def _migrate_v1(db: sqlite_utils.Database) -> None:
-    db["returns"].create({
+    db.table("returns").create({
         "id": str, "state": str, "updated_at": str, "created_at": str, "destination_id": str,
         "order_name": str, "snapshot": str, "hash": str, "first_seen_at": str,
         "last_seen_at": str, "stage": str, "reason": str, "stage_at": str, "wait_since": str,
         "action": str,
     }, pk="id", not_null={"stage"}, defaults={"stage": "new"})
-    db["returns"].create_index(["stage"])
-    db["asn_rows"].create({
+    db.table("returns").create_index(["stage"])
+    db.table("asn_rows").create({
         "id": str, "return_line_item_id": str, "return_id": str, "tracking_number": str,
         "updated_at": str, "snapshot": str,
     }, pk=("id", "return_line_item_id"))
-    db["asn_rows"].create_index(["return_id"])
-    db["rmas"].create({
+    db.table("asn_rows").create_index(["return_id"])
+    db.table("rmas").create({
         "return_id": str, "rma_id": str, "extra": str, "created_at": str, "status": str,
         "status_json": str, "fingerprint": str, "polled_at": str, "decision": str,
         "decision_reason": str,
     }, pk="return_id")
-    db["effects"].create({
+    db.table("effects").create({
         "key": str, "return_id": str, "kind": str, "status": str, "attempts": int,
         "last_error": str, "result": str, "payload": str, "created_at": str, "updated_at": str,
     }, pk="key")
-    db["effects"].create_index(["return_id"])
-    db["effects"].create_index(["status"])
-    db["cursors"].create({
+    db.table("effects").create_index(["return_id"])
+    db.table("effects").create_index(["status"])
+    db.table("cursors").create({
         "stream": str, "state": str, "done_until": str, "window_from": str, "window_to": str,
         "page_cursor": str, "pages": int, "updated_at": str,
     }, pk=("stream", "state"))
-    db["runs"].create({
+    db.table("runs").create({
         "id": str, "started_at": str, "ended_at": str, "mode": str, "status": str,
         "counts": str, "errors": int, "error": str,
     }, pk="id")
-    db["problems"].create({
+    db.table("problems").create({
         "id": int, "return_id": str, "stage": str, "message": str, "at": str, "run_id": str,
     }, pk="id")
-    db["problems"].create_index(["return_id"])
-    db["kv"].create({"namespace": str, "key": str, "value": str}, pk=("namespace", "key"))
+    db.table("problems").create_index(["return_id"])
+    db.table("kv").create({"namespace": str, "key": str, "value": str}, pk=("namespace", "key"))
 
 
 def _migrate_v2(db: sqlite_utils.Database) -> None:
@@ -81,7 +81,7 @@ MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {
 
 
 def create_meta(db: sqlite_utils.Database) -> None:
-    db["meta"].create({"key": str, "value": str}, pk="key")
+    db.table("meta").create({"key": str, "value": str}, pk="key")
 
 
 def schema_version_of(path: Path, stored: str | None) -> int:
