@@ -82,7 +82,7 @@ def test_import_range_and_dry_run(sb, cfg_path, tmp_path, capsys):
     assert [c for c in sb.recorder.calls() if c.write] == []
     assert main(["import", "-c", str(cfg_path), "--from", start, "--to", end]) == 0
     assert all(sb.warehouse.rma_count(str(8301 + n)) == 1 for n in range(3))
-    assert Store(tmp_path / "cli.sqlite", sb.clock).cursors() == []
+    assert Store(tmp_path / "cli.sqlite", sb.clock).cursors.all() == []
 
 
 @pytest.mark.parametrize("args", [

@@ -142,7 +142,7 @@ def test_unmatched_order_is_retried_then_reported(make_sandbox, tmp_path, clock)
 
     clock.advance(timedelta(days=8))  # past warehouse.order_wait (7d)
     sb.run_cycle(cfg)
-    row = Store(cfg.state_path, clock).get_return_row("6102")
+    row = Store(cfg.state_path, clock).returns.get("6102")
     assert row.stage == "stale" and "gave up after waiting" in row.reason
 
 
@@ -156,7 +156,7 @@ def test_unmapped_destination_is_not_pushed(make_sandbox, tmp_path):
     assert r.counts.skipped == 1 and not sb.warehouse.has_rma("6201")
     assert sb.recorder.calls("peoplevox", writes=True) == []
     assert "destination 99 is not mapped" in \
-        Store(cfg.state_path, sb.clock).get_return_row("6201")["reason"]
+        Store(cfg.state_path, sb.clock).returns.get("6201").reason
 
 
 def test_session_expiry_in_the_middle_of_a_cycle(make_sandbox, tmp_path):
@@ -190,7 +190,7 @@ def test_one_rejected_row_does_not_stop_the_batch(make_sandbox, tmp_path):
     r = sb.run_cycle(cfg)
     assert (r.counts.rejected, r.counts.pushed) == (1, 3)
     assert all(sb.warehouse.rma_count(rid) == 1 for rid in good)
-    row = Store(cfg.state_path, sb.clock).get_return_row("6301")
+    row = Store(cfg.state_path, sb.clock).returns.get("6301")
     assert row.stage == "rejected" and "Item code 'GHOST-SKU' does not exist" in row.reason
 
 

@@ -88,7 +88,7 @@ def test_return_updated_exactly_at_a_window_boundary_is_not_lost(make_sandbox, t
     boundary = cfg.loop.start_at + timedelta(days=1)
     sb.add_return(make_return(rng=sb.rng, return_id=7001, state="open", updated_at=boundary))
     sb.run_cycle(cfg)
-    assert Store(cfg.state_path, clock).get_return_row("7001") is not None
+    assert Store(cfg.state_path, clock).returns.get("7001") is not None
 
 
 def test_429_with_and_without_retry_after(make_sandbox, tmp_path, clock):
@@ -129,8 +129,8 @@ def test_state_conflict_body_is_settled(make_sandbox, tmp_path, clock):
     r = sb.run_cycle(cfg)
     assert r.counts.settled == 1 and r.ok, r.stage_errors
     assert sb.loop.actions_for(rid) == []
-    effect = Store(cfg.state_path, clock).effect(f"process:{rid}")
-    assert effect["status"] == "settled" and "closed" in effect["last_error"]
+    effect = Store(cfg.state_path, clock).ledger.get(f"process:{rid}")
+    assert effect.status == "settled" and "closed" in effect.last_error
     clock.advance(60)
     sb.run_cycle(cfg)
     assert len(sb.recorder.calls("loop", path="/process")) == 1, "a settled call was retried"

@@ -85,7 +85,7 @@ def test_shiphero_return_create_error_that_created_it_is_linked_not_rejected(
     cfg = sb.merchant_config(tmp_path)
     first = cycle(sb, cfg, clock)
     assert first.counts.rejected == 0 and first.counts.pushed == 1
-    assert Store(cfg.state_path, clock).get_return_row(rid)["stage"] == "open"
+    assert Store(cfg.state_path, clock).returns.get(rid).stage == "open"
     sb.warehouse.receive(rid, "full")
     cycle(sb, cfg, clock)
     assert sb.warehouse.rma_count(rid) == 1
@@ -223,7 +223,7 @@ def test_shiphero_two_orders_that_both_fit_the_return_are_reported_not_guessed(
     result = cycle(sb, cfg, clock)
     assert result.needs_attention and result.counts.pushed == 0
     assert sb.warehouse.rma_count("62001") == 0
-    row = Store(cfg.state_path, clock).get_return_row("62001")
+    row = Store(cfg.state_path, clock).returns.get("62001")
     assert row.stage == "reported" and "#7001" in row.reason
 
 
@@ -240,7 +240,7 @@ def test_xoro_several_asns_for_one_return_are_reported_for_a_person(make_sandbox
     cfg = sb.merchant_config(tmp_path, warehouse_extra={"match_by": "order_number"})
     result = cycle(sb, cfg, clock)
     assert result.needs_attention
-    row = Store(cfg.state_path, clock).get_return_row("63002")
+    row = Store(cfg.state_path, clock).returns.get("63002")
     assert row.stage == "reported" and "several Xoro ASNs" in row.reason
 
 

@@ -164,8 +164,8 @@ def test_run_dir_goes_on_past_bad_config_corrupt_state_and_a_crash(sb, env, tmp_
     final = [line for line in err.splitlines() if line.startswith("loopsync: failed:")]
     assert len(final) == 1 and "b-crash" in final[0] and "c-corrupt" in final[0], err
     assert no_traceback(err)
-    crashed = Store(tmp_path / "b-crash.sqlite", FakeClock()).last_runs(1)[0]
-    assert crashed["status"] == "crashed"
+    crashed = Store(tmp_path / "b-crash.sqlite", FakeClock()).runs.last(1)[0]
+    assert crashed.status == "crashed"
 
     (tmp_path / "conf" / "d-bad.yaml").write_text("merchant: d-bad\nloop: {api_key: 1}\n")
     assert main(["run", "--once", "-c", str(tmp_path / "conf")]) == 2

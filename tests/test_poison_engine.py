@@ -105,7 +105,7 @@ def test_poison_record_among_good_ones_is_recorded_and_the_page_is_checkpointed(
     assert sorted(w.wh.rmas) == ["101", "102", "103"]  # the good ones are pushed
     assert result.counts.pushed == 3 and not result.stage_errors
     listed = [p for p in problems(w) if p.stage == "ingest"]
-    assert len(listed) == 1 and listed[0]["message"]
+    assert len(listed) == 1 and listed[0].message
     store = w.store()
     cur = store.cursors.get("returns", "open")
     assert store.returns.get("1050") is None
