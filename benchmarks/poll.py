@@ -35,7 +35,7 @@ from benchmarks.common import (Bench, append_row, cli, close_engine, fmt_s, prin
 from loopsync.connectors.base import PushRequest
 from loopsync.engine import POLL_CHUNK
 from loopsync.models import LoopReturn, RmaRef
-from loopsync.store import OPEN, Store
+from loopsync.state import Stage, Store
 from loopsync.timeutil import iso
 
 TARGET_PER_REQUEST = 25   # ShipHero: at least 25 open RMAs per request
@@ -54,11 +54,11 @@ def build(b: Bench, kind: str, n: int) -> Any:
         for raw in seeded:
             ret = LoopReturn.from_api(raw)
             ref = add_rma(b, engine, ret, context)
-            store.link_rma(ret.id, ref.rma_id, ref.extra)
-            store.set_stage(ret.id, OPEN)
+            store.rmas.link(ret.id, ref.rma_id, ref.extra)
+            store.returns.move(ret.id, Stage.OPEN)
     close_engine(engine)
     store = Store(cfg.state_path, b.clock)
-    assert len(store.open_rmas()) == n
+    assert len(store.rmas.open()) == n
     store.close()
     return cfg
 

@@ -92,7 +92,7 @@ from benchmarks.common import git_commit, machine  # noqa: E402
 from loopsync.testing import Sandbox
 from loopsync.sandbox.poison import loop_poison_returns
 from loopsync.sandbox.server import Fault, Request, Response, json_response
-from loopsync.store import Store
+from loopsync.state import Store
 from loopsync.timeutil import SystemClock, parse_timestamp
 
 CONNECTORS = ("shiphero", "peoplevox", "xoro", "generic", "generic-folder")
@@ -705,7 +705,7 @@ class ConnectorSoak:
         try:
             rows = {r["id"]: r for r in store.db.query("select * from returns")}
             links = {r["return_id"] for r in store.db.query("select return_id from rmas")}
-            cursors = {(c["stream"], c["state"]): c for c in store.cursors()}
+            cursors = {(c.stream, c.state): c for c in store.cursors.all()}
             crashed = list(store.db.query("select id, error from runs where status = 'crashed'"))
         finally:
             store.close()
@@ -755,20 +755,20 @@ class ConnectorSoak:
                                       f"{actions.count('flag')} flags")
         # no cursor passed unread work
         for (stream, state), cur in cursors.items():
-            if cur["window_from"]:
+            if cur.window_from:
                 rep.violations.append(f"cursor {stream}/{state} still in window "
-                                      f"{cur['window_from']} -> {cur['window_to']}")
+                                      f"{cur.window_from} -> {cur.window_to}")
         for rid in self.tracked:
             loop_raw = sb.loop.get(rid)
             cur = cursors.get(("returns", loop_raw["state"]))
             row = rows.get(rid)
-            if cur is None or row is None or not cur["done_until"]:
+            if cur is None or row is None or not cur.done_until:
                 continue
             loop_updated = parse_timestamp(loop_raw["updated_at"], assume_utc=True)
-            if loop_updated <= parse_timestamp(cur["done_until"]) and \
+            if loop_updated <= parse_timestamp(cur.done_until) and \
                     parse_timestamp(row["updated_at"]) < loop_updated:
                 rep.violations.append(
-                    f"cursor returns/{loop_raw['state']} done until {cur['done_until']} "
+                    f"cursor returns/{loop_raw['state']} done until {cur.done_until} "
                     f"passed return {rid} updated {loop_raw['updated_at']} (stored "
                     f"{row['updated_at']})")
         # poison Loop returns: never pushed, never acted on, noted by no one

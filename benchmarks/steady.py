@@ -35,7 +35,7 @@ from typing import Any
 
 from benchmarks.common import (FINISHED_STATES, Bench, append_row, cli, fmt_s, print_table,
                                quiet_logs, ratio, verdict)
-from loopsync.store import Store
+from loopsync.state import Store
 
 IN_FLIGHT = 200
 CHANGED_IN_FLIGHT, CHANGED_FINISHED = 20, 80

@@ -26,7 +26,7 @@ import pytest
 
 from loopsync.sandbox.server import Fault, Request, Response
 from loopsync.status import merchant_status, render_status
-from loopsync.store import Store
+from loopsync.state import Store
 
 INVALID = "@@INVALID-UTF8@@"          # replaced by bytes that are not UTF-8 on the wire
 INVALID_BYTES = b"Caf\xe9 \xff\xfe"   # Latin-1 e-acute and a stray BOM
@@ -299,8 +299,8 @@ def test_loop_asn_row_malformed_is_recorded_and_the_rest_are_kept(make_sandbox, 
     reported(cfg, reason)
     store = Store(cfg.state_path, sb.clock)
     try:
-        assert all(store.asn_rows_for(rid) for rid in good)
-        assert store.asn_rows_for(bad) == []
+        assert all(store.asn.rows_for(rid) for rid in good)
+        assert store.asn.rows_for(bad) == []
     finally:
         store.close()
     # the bad row's return is still pushed: ASN rows only add a tracking number
@@ -319,7 +319,7 @@ def test_loop_asn_row_oddities_that_are_not_errors_are_kept(make_sandbox, tmp_pa
     assert result.ok and result.counts.pushed == 2, result.stage_errors
     store = Store(cfg.state_path, sb.clock)
     try:
-        assert all(store.asn_rows_for(rid) for rid in ids)
+        assert all(store.asn.rows_for(rid) for rid in ids)
     finally:
         store.close()
 

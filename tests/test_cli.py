@@ -13,7 +13,7 @@ import pytest
 from loopsync.cli import main
 from loopsync.sandbox.seed import make_return
 from loopsync.sandbox.server import Fault
-from loopsync.store import Store
+from loopsync.state import Store
 from loopsync.timeutil import SystemClock, iso
 
 
@@ -64,9 +64,9 @@ def test_import_by_id_leaves_the_live_cursor_alone(sb, cfg_path, tmp_path, capsy
     sb.add_return(make_return(rng=sb.rng, return_id=8201, state="open", updated_at=old))
     assert main(["import", "-c", str(cfg_path), "--return-id", "8201"]) == 0
     store = Store(tmp_path / "cli.sqlite", sb.clock)
-    assert store.get_return_row("8201")["stage"] == "open"  # pushed: it has an RMA
+    assert store.returns.get("8201").stage == "open"  # pushed: it has an RMA
     assert sb.warehouse.rma_count("8201") == 1
-    assert store.cursors() == []
+    assert store.cursors.all() == []
 
 
 def test_import_range_and_dry_run(sb, cfg_path, tmp_path, capsys):
@@ -82,7 +82,7 @@ def test_import_range_and_dry_run(sb, cfg_path, tmp_path, capsys):
     assert [c for c in sb.recorder.calls() if c.write] == []
     assert main(["import", "-c", str(cfg_path), "--from", start, "--to", end]) == 0
     assert all(sb.warehouse.rma_count(str(8301 + n)) == 1 for n in range(3))
-    assert Store(tmp_path / "cli.sqlite", sb.clock).cursors() == []
+    assert Store(tmp_path / "cli.sqlite", sb.clock).cursors.all() == []
 
 
 @pytest.mark.parametrize("args", [

@@ -8,7 +8,7 @@ import pytest
 from loopsync.config import load_config
 from loopsync.errors import ConfigError, ResponseTooLarge
 from loopsync.runner import build_connector, build_loop_client
-from loopsync.store import Store
+from loopsync.state import Store
 from loopsync.testing import FakeClock
 from tests.hostile import HostileServer, reply
 from tests.test_config import BASE, ENV, write

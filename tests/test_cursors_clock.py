@@ -12,9 +12,9 @@ from hypothesis import strategies as hs
 from loopsync.engine import Engine
 from loopsync.loop_client import ReturnsPage, server_date
 from loopsync.status import merchant_status, render_status
-from loopsync.store import Store
-from loopsync.testing import FakeClock
+from loopsync.state import Store
 from loopsync.timeutil import iso, parse_timestamp
+from loopsync.testing import FakeClock
 from loopsync.windows import (DATE_ALLOWANCE, Window, check_cursor, clock_skew, completed_until,
                               ingest_start)
 
@@ -114,9 +114,9 @@ def run_ingest(cfg: Any, truth: FakeClock, offset: timedelta, loop: TrueLoop) ->
 
 
 def stored_current(store: Store, ret: dict[str, Any]) -> bool:
-    row = store.get_return_row(ret["id"])
-    return row is not None and row["updated_at"] == ret["updated_at"] \
-        and row["state"] == ret["state"]
+    row = store.returns.get(ret["id"])
+    return row is not None and row.updated_at == ret["updated_at"] \
+        and row.state == ret["state"]
 
 
 OFFSETS = hs.sampled_from([timedelta(0), timedelta(minutes=3), timedelta(hours=2),
@@ -145,7 +145,7 @@ def test_no_return_updated_after_the_last_completed_window_is_ever_skipped(
         store = run_ingest(cfg, truth, offset, loop)
         try:
             for ret in loop.returns.values():
-                cur = store.cursor("returns", ret["state"])
+                cur = store.cursors.get("returns", ret["state"])
                 next_start = ingest_start(cur.done_until, cfg.loop.start_at, cfg.loop.lookback)
                 if parse_timestamp(ret["updated_at"]) < next_start:
                     # The next cycle starts after this update: it must be stored already.
@@ -193,7 +193,7 @@ def test_a_return_updated_after_a_clock_correction_is_read_and_status_says_why(
     store = run_ingest(cfg, truth, timedelta(0), loop)          # corrected
     try:
         assert stored_current(store, loop.returns["102"]), "a return after the fix was skipped"
-        assert store.cursor("returns", "open").done_until <= truth.now()
+        assert store.cursors.get("returns", "open").done_until <= truth.now()
         event = store.kv("cursors").get("pulled_back:returns/open")
         assert event and "ahead of now" in event["reason"]
     finally:
@@ -210,7 +210,7 @@ def test_a_clock_running_ahead_keeps_the_cursor_to_loops_date_and_status_shows_t
     loop.update("101", "open")
     store = run_ingest(cfg, truth, timedelta(days=2), loop)
     try:
-        assert store.cursor("returns", "open").done_until <= truth.now() + DATE_ALLOWANCE
+        assert store.cursors.get("returns", "open").done_until <= truth.now() + DATE_ALLOWANCE
         assert store.kv("cursors").get("clock_skew")["ahead_seconds"] >= 2 * 86400 - 1
     finally:
         store.close()

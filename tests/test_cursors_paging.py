@@ -26,9 +26,9 @@ from loopsync.models import LoopReturn
 from loopsync.paging import PageWalk, Step, WalkEnd, WalkResult, record_walk, walk_items
 from loopsync.sandbox.server import ApiServer, EmulatedApi, Fault, Request, Response, json_response
 from loopsync.status import merchant_status, render_status
-from loopsync.store import Store
-from loopsync.testing import FakeClock
+from loopsync.state import Store
 from loopsync.timeutil import iso, parse_timestamp
+from loopsync.testing import FakeClock
 
 from loopsync.testing import FakeWarehouse, merchant_config
 from .test_generic import http_connector, threepl  # noqa: F401 - fixture
@@ -161,12 +161,12 @@ def test_loop_list_walk_ends_on_endless_pagination_and_status_says_why(
     assert f"unfinished walk loop.returns.open: {expected}" in text
     store = Store(cfg.state_path, clock)
     try:
-        done = store.cursor("returns", "open").done_until
+        done = store.cursors.get("returns", "open").done_until
         if mode == "next link without cursor":
             # Ended there, logged and shown, rather than left unfinished forever.
-            assert done is not None and "without a cursor" in store.problems()[0]["message"]
+            assert done is not None and "without a cursor" in store.runs.problems()[0].message
         elif mode == "same token forever":
-            assert done is None and "repeated_cursor" in store.problems()[0]["message"]
+            assert done is None and "repeated_cursor" in store.runs.problems()[0].message
     finally:
         store.close()
 

@@ -11,7 +11,7 @@ from typing import Any
 from loopsync.sandbox.peoplevox import PeopleVoxEmulator
 from loopsync.sandbox.seed import make_return
 from loopsync.sandbox.server import Fault, Request
-from loopsync.store import Store
+from loopsync.state import Store
 
 
 def peoplevox(make_sandbox: Any) -> Any:
@@ -89,9 +89,9 @@ def test_receipt_status_drives_loop_and_a_rerun_writes_nothing(make_sandbox, tmp
     cancelled_calls = [c for c in loop_writes(sb)[before:] if f"/{cancelled}/" in c.path]
     assert cancelled_calls == [] and sb.loop.actions_for(cancelled) == []
     store = Store(cfg.state_path, clock)
-    assert store.get_return_row(cancelled)["stage"] == "reported"
-    assert any(p["return_id"] == cancelled and "Cancelled" in p["message"]
-               for p in store.problems())
+    assert store.returns.get(cancelled).stage == "reported"
+    assert any(p.return_id == cancelled and "Cancelled" in p.message
+               for p in store.runs.problems())
     assert sb.loop.actions_for(untouched) == []
 
     writes = len(loop_writes(sb))
@@ -133,7 +133,7 @@ def test_unmatched_order_is_retried_then_reported(make_sandbox, tmp_path, clock)
     r = sb.run_cycle(cfg)
     assert r.counts.waiting == 2 and r.counts.pushed == 0
     store = Store(cfg.state_path, clock)
-    assert "not found in PeopleVox" in store.get_return_row("6102")["reason"]
+    assert "not found in PeopleVox" in store.returns.get("6102").reason
 
     sb.warehouse.on_loop_return(late)  # the order reaches PeopleVox late
     clock.advance(timedelta(hours=1))
@@ -142,8 +142,8 @@ def test_unmatched_order_is_retried_then_reported(make_sandbox, tmp_path, clock)
 
     clock.advance(timedelta(days=8))  # past warehouse.order_wait (7d)
     sb.run_cycle(cfg)
-    row = Store(cfg.state_path, clock).get_return_row("6102")
-    assert row["stage"] == "stale" and "gave up after waiting" in row["reason"]
+    row = Store(cfg.state_path, clock).returns.get("6102")
+    assert row.stage == "stale" and "gave up after waiting" in row.reason
 
 
 def test_unmapped_destination_is_not_pushed(make_sandbox, tmp_path):
@@ -156,7 +156,7 @@ def test_unmapped_destination_is_not_pushed(make_sandbox, tmp_path):
     assert r.counts.skipped == 1 and not sb.warehouse.has_rma("6201")
     assert sb.recorder.calls("peoplevox", writes=True) == []
     assert "destination 99 is not mapped" in \
-        Store(cfg.state_path, sb.clock).get_return_row("6201")["reason"]
+        Store(cfg.state_path, sb.clock).returns.get("6201").reason
 
 
 def test_session_expiry_in_the_middle_of_a_cycle(make_sandbox, tmp_path):
@@ -190,8 +190,8 @@ def test_one_rejected_row_does_not_stop_the_batch(make_sandbox, tmp_path):
     r = sb.run_cycle(cfg)
     assert (r.counts.rejected, r.counts.pushed) == (1, 3)
     assert all(sb.warehouse.rma_count(rid) == 1 for rid in good)
-    row = Store(cfg.state_path, sb.clock).get_return_row("6301")
-    assert row["stage"] == "rejected" and "Item code 'GHOST-SKU' does not exist" in row["reason"]
+    row = Store(cfg.state_path, sb.clock).returns.get("6301")
+    assert row.stage == "rejected" and "Item code 'GHOST-SKU' does not exist" in row.reason
 
 
 def test_lost_save_answer_then_rerun_creates_no_second_ra(make_sandbox, tmp_path, clock):

@@ -6,7 +6,7 @@ import pytest
 
 from loopsync.rules import GradingRules
 from loopsync.engine import Engine
-from loopsync.store import Store
+from loopsync.state import Store
 from loopsync.testing import FakeClock
 
 from loopsync.testing import FakeLoop, FakeWarehouse, loop_return, merchant_config
@@ -61,7 +61,7 @@ def test_lost_create_answer_is_looked_up_not_repeated(tmp_path):
     r1 = w.cycle()
     assert r1.counts.errors == 1 and w.wh.created == 1
     w.cycle()  # too soon: the create may still be running at the warehouse
-    assert w.wh.created == 1 and w.store().get_return_row("101")["stage"] == "pushing"
+    assert w.wh.created == 1 and w.store().returns.get("101").stage == "pushing"
     w.clock.advance(2 * w.cfg.warehouse.timeout + 1)
     r2 = w.cycle()
     assert w.wh.created == 1, "a second RMA was created"
@@ -79,8 +79,8 @@ def test_lost_process_answer_is_checked_in_loop_not_fired_again(tmp_path):
     w.cycle()
     assert w.loop.writes.count(("process", "101")) == 1
     s = w.store()
-    assert s.get_return_row("101")["stage"] == "done"
-    assert s.effect("process:101")["status"] == "settled"
+    assert s.returns.get("101").stage == "done"
+    assert s.ledger.get("process:101").status == "settled"
 
 
 def test_lost_process_answer_with_loop_still_open_waits_then_repeats(tmp_path):
@@ -125,7 +125,7 @@ def test_state_conflict_is_settled_not_retried(tmp_path):
     w.wh.poll = poll_then_close
     r = w.cycle()
     assert r.counts.settled == 1 and r.counts.errors == 0
-    assert w.store().effect("process:101")["status"] == "settled"
+    assert w.store().ledger.get("process:101").status == "settled"
 
 
 def test_rejected_rma_is_recorded_and_the_batch_goes_on(tmp_path):
@@ -134,8 +134,8 @@ def test_rejected_rma_is_recorded_and_the_batch_goes_on(tmp_path):
     r = w.cycle()
     assert r.counts.rejected == 1 and r.counts.pushed == 1
     s = w.store()
-    assert s.get_return_row("101")["stage"] == "rejected"
-    assert "SKU not on order" in s.problems()[0]["message"]
+    assert s.returns.get("101").stage == "rejected"
+    assert "SKU not on order" in s.runs.problems()[0].message
 
 
 def test_order_not_found_waits_then_goes_stale(tmp_path):
@@ -143,20 +143,20 @@ def test_order_not_found_waits_then_goes_stale(tmp_path):
     w.wh.orders.clear()
     w.cycle()
     s = w.store()
-    assert s.get_return_row("101")["stage"] == "waiting"
+    assert s.returns.get("101").stage == "waiting"
     w.clock.advance(3 * 86400)
     w.wh.orders.add("#101")  # the order reached the warehouse late
     w.loop.returns["101"]["updated_at"] = "2026-05-04T23:59:00Z"
     w.cycle()
-    assert w.store().get_return_row("101")["stage"] == "open"
+    assert w.store().returns.get("101").stage == "open"
 
     w2 = World(tmp_path / "b", [loop_return("201")])
     w2.wh.orders.clear()
     w2.cycle()
     w2.clock.advance(8 * 86400)
     w2.cycle()
-    row = w2.store().get_return_row("201")
-    assert row["stage"] == "stale" and "gave up" in row["reason"]
+    row = w2.store().returns.get("201")
+    assert row.stage == "stale" and "gave up" in row.reason
 
 
 def test_unmapped_destination_and_closed_returns_are_skipped_with_reason(tmp_path):
@@ -164,8 +164,8 @@ def test_unmapped_destination_and_closed_returns_are_skipped_with_reason(tmp_pat
     r = w.cycle()
     assert r.counts.skipped == 2 and w.wh.created == 0
     s = w.store()
-    assert "destination 99 is not mapped" in s.get_return_row("101")["reason"]
-    assert "closed" in s.get_return_row("102")["reason"]
+    assert "destination 99 is not mapped" in s.returns.get("101").reason
+    assert "closed" in s.returns.get("102").reason
 
 
 def test_malformed_return_is_recorded_and_others_go_on(tmp_path):
@@ -182,7 +182,7 @@ def test_malformed_return_is_recorded_and_others_go_on(tmp_path):
     w.loop.iter_returns = iter_with_bad
     r = w.cycle()
     assert r.counts.malformed == 1 and r.counts.pushed == 1
-    assert "no timezone" in w.store().problems()[0]["message"]
+    assert "no timezone" in w.store().runs.problems()[0].message
 
 
 def test_warehouse_outage_does_not_hold_back_ingest(tmp_path):
@@ -190,7 +190,7 @@ def test_warehouse_outage_does_not_hold_back_ingest(tmp_path):
     w.wh.down = True
     r = w.cycle()
     assert r.counts.new == 5 and "push" in r.stage_errors
-    assert w.store().cursor("returns", "open").done_until is not None
+    assert w.store().cursors.get("returns", "open").done_until is not None
 
 
 def test_loop_outage_does_not_block_polling(tmp_path):
@@ -200,7 +200,7 @@ def test_loop_outage_does_not_block_polling(tmp_path):
     w.loop.down = True
     r = w.cycle()
     assert "ingest" in r.stage_errors and r.counts.polled == 1
-    assert w.store().get_return_row("101")["stage"] == "acting"
+    assert w.store().returns.get("101").stage == "acting"
     w.loop.down = False
     w.cycle()
     assert w.loop.writes.count(("process", "101")) == 1
@@ -222,7 +222,7 @@ def test_stop_mid_window_checkpoints_the_page_and_resumes(tmp_path, monkeypatch)
     monkeypatch.setattr(Store, "save_page", stop_after_two_pages)
     r1 = w.cycle(stop=stop)
     assert r1.stopped and r1.counts.new == 4
-    cur = w.store().cursor("returns", "open")
+    cur = w.store().cursors.get("returns", "open")
     assert cur.page_cursor == "4" and cur.done_until is None
     monkeypatch.setattr(Store, "save_page", real_save)
     r2 = w.cycle()
@@ -248,8 +248,8 @@ def test_dry_run_writes_nothing_anywhere(tmp_path):
     assert any("would create" in p for p in r.planned)
     assert any("would process" in p for p in r.planned)
     s = w.store()
-    assert s.get_return_row("102") is None
-    assert s.get_return_row("101")["stage"] == "open"
+    assert s.returns.get("102") is None
+    assert s.returns.get("101").stage == "open"
 
 
 def test_grades_go_to_loop_in_batches_of_twenty(tmp_path):
@@ -274,7 +274,7 @@ def test_cancelled_in_warehouse_is_reported_without_a_loop_call(tmp_path):
     before = list(w.loop.writes)
     r = w.cycle()
     assert r.counts.reported == 1 and w.loop.writes == before
-    assert w.store().get_return_row("101")["stage"] == "reported"
+    assert w.store().returns.get("101").stage == "reported"
 
 
 @pytest.mark.parametrize("crash_at", ["before_intent", "after_intent"])
@@ -312,14 +312,14 @@ def test_broken_pagination_keeps_the_window_open_and_other_states_go_on(tmp_path
 
     w.loop.iter_returns = flaky
     r1 = w.cycle()
-    assert r1.counts.errors == 1 and "not finished" in w.store().problems()[0]["message"]
+    assert r1.counts.errors == 1 and "not finished" in w.store().runs.problems()[0].message
     s = w.store()
-    assert s.cursor("returns", "open").done_until is None, "an unfinished window was completed"
-    assert s.cursor("returns", "closed").done_until is not None
-    assert s.get_return_row("201") is not None
+    assert s.cursors.get("returns", "open").done_until is None, "an unfinished window was completed"
+    assert s.cursors.get("returns", "closed").done_until is not None
+    assert s.returns.get("201") is not None
     r2 = w.cycle()
     assert r2.counts.errors == 0
-    assert all(w.store().get_return_row(str(i)) for i in range(101, 107))
+    assert all(w.store().returns.get(str(i)) for i in range(101, 107))
 
 
 def test_poll_chunks_unless_the_connector_polls_all_at_once(tmp_path, monkeypatch):
@@ -353,4 +353,4 @@ def test_poll_stopped_by_the_connector_ends_the_stage_quietly(tmp_path):
     w.wh.poll = stopped
     r = w.cycle()
     assert r.counts.errors == 0 and not r.stage_errors and r.counts.processed == 0
-    assert w.store().get_return_row("101")["stage"] == "open"
+    assert w.store().returns.get("101").stage == "open"

@@ -18,7 +18,7 @@ from loopsync.connectors.generic import (FORMULA_START, FolderTransport, neutral
                                          unneutralise)
 from loopsync.errors import LockHeld, Rejected, StateUnwritable, TransientError
 from loopsync.sandbox.generic import GenericEmulator
-from loopsync.store import MerchantLock
+from loopsync.state import MerchantLock
 from tests.test_generic import deliver, folder_connector, request, statuses
 
 SECRET_TEXT = "root:SECRET-HASH-DO-NOT-QUOTE"

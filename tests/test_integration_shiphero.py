@@ -5,7 +5,7 @@ from datetime import timedelta
 
 from loopsync.sandbox.seed import make_return
 from loopsync.sandbox.server import Fault
-from loopsync.store import Store
+from loopsync.state import Store
 
 
 def open_returns(sb, n, **kw):
@@ -60,7 +60,7 @@ def test_every_state_pass_is_read(make_sandbox, tmp_path):
     asked = {c.query.get("state") for c in sb.recorder.calls("loop", path="/warehouse/return/list")}
     assert set(states) <= asked
     store = Store(cfg.state_path, sb.clock)
-    assert {store.get_return_row(str(5000 + n))["state"] for n in range(5)} == set(states)
+    assert {store.returns.get(str(5000 + n)).state for n in range(5)} == set(states)
 
 
 def test_pagination_quirks_lose_nothing(make_sandbox, tmp_path):
@@ -75,7 +75,7 @@ def test_pagination_quirks_lose_nothing(make_sandbox, tmp_path):
     sb.clock.advance(60)
     sb.run_cycle(cfg)
     store = Store(cfg.state_path, sb.clock)
-    assert all(store.get_return_row(str(r["id"])) for r in seeded)
+    assert all(store.returns.get(str(r["id"])) for r in seeded)
     assert r1.counts.pulled >= 7
     for call in sb.recorder.calls("loop", path="/warehouse/return/list"):
         if "cursor" in call.query:  # our own parameters were re-applied to every page
@@ -88,7 +88,7 @@ def test_return_updated_exactly_at_a_window_boundary_is_not_lost(make_sandbox, t
     boundary = cfg.loop.start_at + timedelta(days=1)
     sb.add_return(make_return(rng=sb.rng, return_id=7001, state="open", updated_at=boundary))
     sb.run_cycle(cfg)
-    assert Store(cfg.state_path, clock).get_return_row("7001") is not None
+    assert Store(cfg.state_path, clock).returns.get("7001") is not None
 
 
 def test_429_with_and_without_retry_after(make_sandbox, tmp_path, clock):
@@ -129,8 +129,8 @@ def test_state_conflict_body_is_settled(make_sandbox, tmp_path, clock):
     r = sb.run_cycle(cfg)
     assert r.counts.settled == 1 and r.ok, r.stage_errors
     assert sb.loop.actions_for(rid) == []
-    effect = Store(cfg.state_path, clock).effect(f"process:{rid}")
-    assert effect["status"] == "settled" and "closed" in effect["last_error"]
+    effect = Store(cfg.state_path, clock).ledger.get(f"process:{rid}")
+    assert effect.status == "settled" and "closed" in effect.last_error
     clock.advance(60)
     sb.run_cycle(cfg)
     assert len(sb.recorder.calls("loop", path="/process")) == 1, "a settled call was retried"
@@ -167,8 +167,8 @@ def test_unmapped_destination_and_missing_order(make_sandbox, tmp_path):
     r = sb.run_cycle(cfg)
     assert r.counts.pushed == 0 and r.counts.skipped == 1 and r.counts.waiting == 1
     store = Store(cfg.state_path, sb.clock)
-    assert "destination 99 is not mapped" in store.get_return_row("8001")["reason"]
-    assert "not found in ShipHero" in store.get_return_row("8002")["reason"]
+    assert "destination 99 is not mapped" in store.returns.get("8001").reason
+    assert "not found in ShipHero" in store.returns.get("8002").reason
     assert not sb.warehouse.has_rma("8001") and not sb.warehouse.has_rma("8002")
 
 

@@ -17,7 +17,7 @@ import pytest
 from loopsync.testing import Sandbox
 from loopsync.sandbox.peoplevox import PeopleVoxEmulator
 from loopsync.sandbox.server import Fault, json_response
-from loopsync.store import MerchantLock
+from loopsync.state import MerchantLock
 from loopsync.timeutil import SystemClock
 
 pytestmark = pytest.mark.slow

@@ -11,7 +11,7 @@ from loopsync import rules
 from loopsync.engine import Engine
 from loopsync.errors import ErrorBody, OutcomeUnknown, Rejected
 from loopsync.models import RmaRef
-from loopsync.store import Store
+from loopsync.state import Store
 from loopsync.testing import FakeClock
 
 from loopsync.testing import FakeLoop, FakeRma, FakeWarehouse, loop_return, merchant_config
@@ -69,7 +69,7 @@ class World:
     def row(self, rid):
         store = Store(self.cfg.state_path, self.clock)
         try:
-            return store.get_return_row(rid)
+            return store.returns.get(rid)
         finally:
             store.close()
 
@@ -93,7 +93,7 @@ def test_lost_flag_answer_and_a_stale_open_read_do_not_flag_again_next_cycle(tmp
     w.cycle(60)
     w.cycle(60)
     assert w.loop.calls.count(("flag", "101")) == 1, "flagged twice on a stale read"
-    assert w.row("101")["stage"] == "acting"
+    assert w.row("101").stage == "acting"
 
 
 def test_lost_flag_answer_is_not_repeated_after_one_settle_delay(tmp_path):
@@ -113,8 +113,8 @@ def test_lost_action_read_changed_since_the_attempt_is_reported_not_repeated(tmp
     w.cycle(SETTLE)
     result = w.cycle(SETTLE)
     assert w.loop.writes.count(("process", "101")) == 1
-    assert w.row("101")["stage"] == "reported"
-    assert "answer was lost" in w.row("101")["reason"]
+    assert w.row("101").stage == "reported"
+    assert "answer was lost" in w.row("101").reason
     assert result.needs_attention and "101" in result.attention[0]
     later = w.cycle(SETTLE)
     assert w.loop.writes.count(("process", "101")) == 1 and not later.needs_attention
@@ -128,7 +128,7 @@ def test_lost_action_reads_that_disagree_are_reported(tmp_path):
     result = w.cycle(SETTLE)
     assert result.needs_attention
     assert w.loop.writes.count(("flag", "101")) == 1
-    assert w.row("101")["stage"] == "reported"
+    assert w.row("101").stage == "reported"
 
 
 # -- 3. action errors in wordings loopsync does not know ------------------------------------
@@ -141,7 +141,7 @@ def test_unknown_action_error_with_the_return_closed_is_settled_not_rejected(tmp
     w.loop.error_answer["process"] = "Return has already been processed"
     result = w.cycle()
     row = w.row("101")
-    assert row["stage"] == "done" and row["action"] == "settled", row
+    assert row.stage == "done" and row.action == "settled", row
     assert not result.needs_attention
 
 
@@ -152,7 +152,7 @@ def test_unknown_action_error_with_the_return_open_is_reported_and_the_run_says_
     w.loop.error_answer["process"] = "Something odd happened"
     result = w.cycle()
     row = w.row("101")
-    assert row["stage"] == "reported" and "Something odd happened" in row["reason"]
+    assert row.stage == "reported" and "Something odd happened" in row.reason
     assert result.needs_attention
     del w.loop.error_answer["process"]
     w.cycle(SETTLE)
@@ -178,7 +178,7 @@ class CreatesThenErrs(FakeWarehouse):
 def test_create_refused_after_creating_is_looked_up_and_linked_not_rejected(tmp_path):
     w = World(tmp_path, [loop_return("101")], wh=CreatesThenErrs(Rejected("fake", "oops")))
     result = w.cycle()
-    assert w.row("101")["stage"] == "open"
+    assert w.row("101").stage == "open"
     assert result.counts.rejected == 0 and w.wh.created == 1
     assert len(w.loop.notes_by["101"]) == 1
 
@@ -187,16 +187,16 @@ def test_create_error_of_uncertain_meaning_is_an_unknown_outcome_looked_up_first
     wh = CreatesThenErrs(ErrorBody("fake", "internal error"))
     w = World(tmp_path, [loop_return("101")], wh=wh)
     w.cycle()
-    assert w.row("101")["stage"] == "pushing"  # not rejected, not forgotten
+    assert w.row("101").stage == "pushing"  # not rejected, not forgotten
     w.cycle(2 * w.cfg.warehouse.timeout + 1)
-    assert w.wh.created == 1 and w.row("101")["stage"] == "open"
+    assert w.wh.created == 1 and w.row("101").stage == "open"
 
 
 def test_a_rejection_that_did_not_create_is_still_rejected(tmp_path):
     w = World(tmp_path, [loop_return("101")])
     w.wh.reject.add("101")
     assert w.cycle().counts.rejected == 1
-    assert w.row("101")["stage"] == "rejected"
+    assert w.row("101").stage == "rejected"
 
 
 # -- 4. lost state: an RMA and a note that already exist ------------------------------------
@@ -251,8 +251,8 @@ def test_two_returns_on_one_order_matched_weakly_are_both_reported_and_neither_a
     result = w.cycle()
     assert result.needs_attention and len(result.attention) == 2
     for rid in ("101", "102"):
-        assert w.row(rid)["stage"] == "reported"
-        assert "ambiguous" in w.row(rid)["reason"]
+        assert w.row(rid).stage == "reported"
+        assert "ambiguous" in w.row(rid).reason
     w.cycle(60)
     assert w.loop.writes == [] and getattr(wh, "polled", 0) == 0
 
@@ -262,14 +262,14 @@ def test_a_weak_match_to_an_rma_another_return_holds_is_reported(tmp_path):
     w = World(tmp_path, [_same_order("101", "#1")], wh=wh)
     wh.rmas["#1"] = wh.rmas["101"] = FakeRma("#1", {"A": 1, "B": 1})
     w.cycle()
-    assert w.row("101")["stage"] == "open"
+    assert w.row("101").stage == "open"
     # 101 is done with; a new return on the same order matches its RMA.
     w.loop.returns["101"].update(state="closed", updated_at="2026-05-02T00:00:30Z")
     w.loop.returns["102"] = _same_order("102", "#1")
     w.loop.returns["102"]["updated_at"] = "2026-05-02T00:00:30Z"
     wh.rmas["102"] = wh.rmas["#1"]
     result = w.cycle(60)
-    assert w.row("102")["stage"] == "reported" and result.needs_attention
+    assert w.row("102").stage == "reported" and result.needs_attention
 
 
 # -- the settle rule, for any pair of reads -----------------------------------------------
@@ -317,7 +317,7 @@ def test_note_error_in_unknown_words_with_the_note_in_loop_is_settled(tmp_path):
     w.cycle(SETTLE)
     assert len(w.loop.notes_by["101"]) == 1
     store = Store(w.cfg.state_path, w.clock)
-    assert store.effect("note_rma:101")["status"] == "settled"
+    assert store.ledger.get("note_rma:101").status == "settled"
 
 
 @settings(max_examples=50, deadline=None)
@@ -339,5 +339,5 @@ def test_a_status_the_rules_leave_for_a_person_makes_the_run_need_attention(tmp_
     w.cycle()
     w.wh.rmas["101"].status = "cancelled"  # in statuses.report
     result = w.cycle(60)
-    assert result.needs_attention and w.row("101")["stage"] == "reported"
+    assert result.needs_attention and w.row("101").stage == "reported"
     assert not w.cycle(60).needs_attention  # reported once, not every run

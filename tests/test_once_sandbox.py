@@ -11,7 +11,7 @@ from loopsync import status as status_mod
 from loopsync.config import load_config, resolve_state_path
 from loopsync.sandbox.seed import make_return
 from loopsync.sandbox.server import Fault, json_response
-from loopsync.store import Store
+from loopsync.state import Store
 
 
 def open_returns(sb, n):
@@ -85,7 +85,7 @@ def test_shiphero_return_create_error_that_created_it_is_linked_not_rejected(
     cfg = sb.merchant_config(tmp_path)
     first = cycle(sb, cfg, clock)
     assert first.counts.rejected == 0 and first.counts.pushed == 1
-    assert Store(cfg.state_path, clock).get_return_row(rid)["stage"] == "open"
+    assert Store(cfg.state_path, clock).returns.get(rid).stage == "open"
     sb.warehouse.receive(rid, "full")
     cycle(sb, cfg, clock)
     assert sb.warehouse.rma_count(rid) == 1
@@ -137,9 +137,9 @@ def test_unknown_loop_action_error_is_settled_from_the_return_state(make_sandbox
                           when=lambda r: r.path.endswith("/process"))
     result = cycle(sb, cfg, clock)
     store = Store(cfg.state_path, clock)
-    assert store.get_return_row(done_elsewhere)["stage"] in ("done", "skipped")
-    row = store.get_return_row(still_open)
-    assert row["stage"] == "reported" and "already been processed" in row["reason"]
+    assert store.returns.get(done_elsewhere).stage in ("done", "skipped")
+    row = store.returns.get(still_open)
+    assert row.stage == "reported" and "already been processed" in row.reason
     assert result.needs_attention
     report = status_mod.merchant_status(cfg)
     assert still_open in json.dumps(report, default=str)
@@ -167,8 +167,8 @@ def test_xoro_two_returns_one_order_one_asn_are_reported_and_neither_acted_on(
     assert sb.loop.actions_for("61001") == [] == sb.loop.actions_for("61002")
     store = Store(cfg.state_path, clock)
     for rid in ("61001", "61002"):
-        row = store.get_return_row(rid)
-        assert row["stage"] == "reported" and "ambiguous" in row["reason"]
+        row = store.returns.get(rid)
+        assert row.stage == "reported" and "ambiguous" in row.reason
     shown = json.dumps(status_mod.merchant_status(cfg), default=str)
     assert "61001" in shown and "61002" in shown
 
@@ -223,8 +223,8 @@ def test_shiphero_two_orders_that_both_fit_the_return_are_reported_not_guessed(
     result = cycle(sb, cfg, clock)
     assert result.needs_attention and result.counts.pushed == 0
     assert sb.warehouse.rma_count("62001") == 0
-    row = Store(cfg.state_path, clock).get_return_row("62001")
-    assert row["stage"] == "reported" and "#7001" in row["reason"]
+    row = Store(cfg.state_path, clock).returns.get("62001")
+    assert row.stage == "reported" and "#7001" in row.reason
 
 
 def test_xoro_several_asns_for_one_return_are_reported_for_a_person(make_sandbox, tmp_path,
@@ -240,8 +240,8 @@ def test_xoro_several_asns_for_one_return_are_reported_for_a_person(make_sandbox
     cfg = sb.merchant_config(tmp_path, warehouse_extra={"match_by": "order_number"})
     result = cycle(sb, cfg, clock)
     assert result.needs_attention
-    row = Store(cfg.state_path, clock).get_return_row("63002")
-    assert row["stage"] == "reported" and "several Xoro ASNs" in row["reason"]
+    row = Store(cfg.state_path, clock).returns.get("63002")
+    assert row.stage == "reported" and "several Xoro ASNs" in row.reason
 
 
 def test_lost_state_while_loop_still_queues_the_process_does_not_process_twice(

@@ -13,9 +13,9 @@ from loopsync.cli import main
 from loopsync.engine import Engine
 from loopsync.errors import StateCorrupt, StateIOError, StateUnwritable
 from loopsync.sandbox.seed import make_return
-from loopsync.store import Store, state_error
-from loopsync.testing import FakeClock
+from loopsync.state import Store, state_error
 from loopsync.timeutil import SystemClock
+from loopsync.testing import FakeClock
 
 
 @pytest.fixture
@@ -58,7 +58,7 @@ def make_corrupt(path, how):
     elif how == "truncated":
         store = Store(path, FakeClock())
         for n in range(300):  # enough rows for several pages
-            store.add_problem(str(n), "ingest", "x" * 500, None)
+            store.runs.add_problem(str(n), "ingest", "x" * 500, None)
         store.close()
         data = path.read_bytes()
         path.write_bytes(data[:len(data) // 2])
@@ -165,8 +165,8 @@ def test_run_dir_goes_on_past_bad_config_corrupt_state_and_a_crash(sb, env, tmp_
     final = [line for line in err.splitlines() if line.startswith("loopsync: failed:")]
     assert len(final) == 1 and "b-crash" in final[0] and "c-corrupt" in final[0], err
     assert no_traceback(err)
-    crashed = Store(tmp_path / "b-crash.sqlite", FakeClock()).last_runs(1)[0]
-    assert crashed["status"] == "crashed"
+    crashed = Store(tmp_path / "b-crash.sqlite", FakeClock()).runs.last(1)[0]
+    assert crashed.status == "crashed"
 
     (tmp_path / "conf" / "d-bad.yaml").write_text("merchant: d-bad\nloop: {api_key: 1}\n")
     assert main(["run", "--once", "-c", str(tmp_path / "conf")]) == 2
@@ -191,8 +191,8 @@ def test_refused_loop_key_stops_the_cycle_once_and_backs_off(make_sandbox, tmp_p
     sent = len(sb.recorder.calls())
     assert sent <= 3  # not one refused request per return
     store = Store(cfg.state_path, clock)
-    assert store.last_runs(1)[0]["status"] == "refused"
-    assert len(store.problems(100)) == 0
+    assert store.runs.last(1)[0].status == "refused"
+    assert len(store.runs.problems(100)) == 0
     refusal = refusals.load(store.kv(refusals.KV_NAMESPACE))
     assert refusal.failures == 1 and refusal.system == "loop"
     store.close()
@@ -232,8 +232,8 @@ def test_refused_shiphero_refresh_token_is_one_reason_not_a_problem_per_return(m
     refreshes = [c for c in sb.recorder.calls() if c.path.endswith("/auth/refresh")]
     assert len(refreshes) <= 2
     store = Store(cfg.state_path, clock)
-    assert store.problems(100) == []
-    assert all(s == 0 for k, s in store.stage_counts().items() if k not in ("new",))
+    assert store.runs.problems(100) == []
+    assert all(s == 0 for k, s in store.returns.stage_counts().items() if k not in ("new",))
     store.close()
     from loopsync.status import merchant_status, render_status
 
@@ -262,7 +262,7 @@ def test_status_shows_a_run_that_died_as_interrupted_and_needs_no_secret(sb, env
                                                                          capsys, monkeypatch):
     cfg = write(sb, tmp_path, "acme")
     store = Store(tmp_path / "acme.sqlite", FakeClock())
-    store.start_run("deadbeef", "run")  # a run row left behind by a killed process
+    store.runs.start("deadbeef", "run")  # a run row left behind by a killed process
     store.close()
     for name in env:
         monkeypatch.delenv(name)
@@ -274,7 +274,7 @@ def test_status_shows_a_run_that_died_as_interrupted_and_needs_no_secret(sb, env
     assert '"status": "interrupted"' in capsys.readouterr().out
     assert files_digest(tmp_path) == before
 
-    from loopsync.store import MerchantLock
+    from loopsync.state import MerchantLock
 
     with MerchantLock(tmp_path / "acme.sqlite"):  # a live worker: really running
         main(["status", "-c", str(cfg)])
@@ -292,7 +292,7 @@ def test_dry_run_changes_no_file(sb, env, tmp_path, capsys, live_writer):
     writer = None
     if live_writer:  # another connection holds the WAL open, with a commit in it
         writer = Store(tmp_path / "acme.sqlite", FakeClock())
-        writer.add_problem(None, "test", "kept in the wal", None)
+        writer.runs.add_problem(None, "test", "kept in the wal", None)
     before = files_digest(tmp_path)
     assert main(["run", "--once", "--dry-run", "-c", str(cfg)]) == 0
     assert capsys.readouterr().out.count("would create") == 2

@@ -15,9 +15,9 @@ import yaml
 
 from loopsync.testing import Sandbox
 from loopsync.sandbox.server import Fault, json_response
-from loopsync.store import Store
-from loopsync.testing import FakeClock
+from loopsync.state import Store
 from loopsync.timeutil import SystemClock
+from loopsync.testing import FakeClock
 
 pytestmark = pytest.mark.slow
 WAIT = 30  # seconds: the most any condition below is waited for (a loaded machine)
@@ -84,8 +84,8 @@ def test_run_and_import_stop_on_signal_record_stopped_and_exit_128_plus_signal(
     err = stderr()
     assert proc.returncode == code, err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
-    run = Store(tmp_path / "acme.sqlite", FakeClock(), read_only=True).last_runs(1)[0]
-    assert run["status"] == "stopped" and run["ended_at"]
+    run = Store(tmp_path / "acme.sqlite", FakeClock(), read_only=True).runs.last(1)[0]
+    assert run.status == "stopped" and run.ended_at
 
 
 def sigterm_is_caught(pid):

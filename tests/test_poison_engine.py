@@ -15,7 +15,7 @@ from loopsync import engine as engine_mod
 from loopsync.connectors.base import NotReady, PollStopped
 from loopsync.engine import Engine, one_records_fault
 from loopsync.errors import DryRunViolation, LockHeld, Unreadable
-from loopsync.store import Store
+from loopsync.state import ProblemRow, Store
 from loopsync.testing import FakeClock
 
 from loopsync.testing import FakeLoop, FakeWarehouse, Page, loop_return, merchant_config
@@ -87,10 +87,10 @@ class World:
         return Store(self.cfg.state_path, self.clock)
 
 
-def problems(world: World) -> list[dict[str, Any]]:
+def problems(world: World) -> list[ProblemRow]:
     store = world.store()
     try:
-        return store.problems(100)
+        return store.runs.problems(100)
     finally:
         store.close()
 
@@ -104,11 +104,11 @@ def test_poison_record_among_good_ones_is_recorded_and_the_page_is_checkpointed(
     result = w.cycle()
     assert sorted(w.wh.rmas) == ["101", "102", "103"]  # the good ones are pushed
     assert result.counts.pushed == 3 and not result.stage_errors
-    listed = [p for p in problems(w) if p["stage"] == "ingest"]
-    assert len(listed) == 1 and listed[0]["message"]
+    listed = [p for p in problems(w) if p.stage == "ingest"]
+    assert len(listed) == 1 and listed[0].message
     store = w.store()
-    cur = store.cursor("returns", "open")
-    assert store.get_return_row("1050") is None
+    cur = store.cursors.get("returns", "open")
+    assert store.returns.get("1050") is None
     store.close()
     # The window was completed past the poison page: nothing is left to resume from.
     assert (cur.window_from, cur.page_cursor) == (None, None)
@@ -134,11 +134,11 @@ def test_a_return_that_cannot_be_stored_is_recorded_and_its_page_still_commits(t
     w = World(tmp_path, loop)
     result = w.cycle()
     assert sorted(w.wh.rmas) == ["101", "103"]
-    assert [(p["return_id"], p["stage"]) for p in problems(w)] == [("102", "ingest")]
-    assert "RuntimeError: no one foresaw this" in problems(w)[0]["message"]
+    assert [(p.return_id, p.stage) for p in problems(w)] == [("102", "ingest")]
+    assert "RuntimeError: no one foresaw this" in problems(w)[0].message
     assert result.counts.errors == 1
     store = w.store()
-    assert store.cursor("returns", "open").page_cursor is None
+    assert store.cursors.get("returns", "open").page_cursor is None
     store.close()
 
 
@@ -151,7 +151,7 @@ def test_a_local_fault_while_storing_is_not_blamed_on_one_return(tmp_path, monke
     with pytest.raises(sqlite3.OperationalError):
         w.cycle()
     store = w.store()
-    assert store.cursor("returns", "open").done_until is None  # nothing checkpointed
+    assert store.cursors.get("returns", "open").done_until is None  # nothing checkpointed
     store.close()
 
 
@@ -178,8 +178,8 @@ def test_an_unexpected_error_pushing_one_return_is_recorded_and_the_rest_are_pus
     w = World(tmp_path, loop, BuggyWarehouse({"102": "locate"}))
     result = w.cycle()
     assert sorted(w.wh.rmas) == ["101", "103"]
-    assert [(p["return_id"], p["stage"]) for p in problems(w)] == [("102", "push")]
-    assert "TypeError" in problems(w)[0]["message"] and result.counts.errors == 1
+    assert [(p.return_id, p.stage) for p in problems(w)] == [("102", "push")]
+    assert "TypeError" in problems(w)[0].message and result.counts.errors == 1
     w.wh.broken.clear()  # fixed: the held return goes on next cycle
     w.cycle()
     assert sorted(w.wh.rmas) == ["101", "102", "103"]
@@ -203,7 +203,7 @@ def test_an_unexpected_error_acting_on_one_return_is_recorded_and_the_rest_are_a
     result = w.cycle()
     assert ("process", "101") in loop.writes and ("process", "103") in loop.writes
     assert result.counts.processed == 2 and result.counts.errors == 1
-    assert [(p["return_id"], p["stage"]) for p in problems(w)][0] == ("102", "act")
+    assert [(p.return_id, p.stage) for p in problems(w)][0] == ("102", "act")
     monkeypatch.setattr(FakeLoop, "process", real)
     # The attempt's outcome is unknown: two reads of the return 10 minutes apart must
     # agree that nothing happened before it is made, once.
@@ -223,7 +223,7 @@ def test_a_poll_answer_no_parser_foresaw_holds_its_chunk_and_the_stage_goes_on(t
     wh.broken["101"] = "poll"
     result = w.cycle()
     assert not result.stage_errors and result.counts.errors == 1
-    assert any("AttributeError" in p["message"] for p in problems(w) if p["stage"] == "poll")
+    assert any("AttributeError" in p.message for p in problems(w) if p.stage == "poll")
     wh.broken.clear()
     assert w.cycle().counts.processed == 1
 
@@ -244,7 +244,7 @@ def test_a_stored_return_that_no_longer_reads_is_held_at_poll_and_the_rest_are_d
     assert not result.stage_errors
     assert result.counts.processed == 1 and ("process", "102") in loop.writes
     assert ("process", "101") not in loop.writes
-    assert any(p["return_id"] == "101" and "control character" in p["message"]
+    assert any(p.return_id == "101" and "control character" in p.message
                for p in problems(w))
 
 
@@ -271,11 +271,11 @@ def test_asn_rows_that_cannot_be_stored_are_recorded_and_the_rest_are_kept(tmp_p
     store = w.store()
     kept = {r["return_id"]: r["tracking_number"] for r in store.db.query(
         "select return_id, tracking_number from asn_rows")}
-    assert store.cursor("asn", "all").done_until is not None
+    assert store.cursors.get("asn", "all").done_until is not None
     store.close()
     assert kept == {"101": "1Z1", "102": str(2**63)}
     # Each one-day ASN window answers the same rows here: each bad one is listed per read.
-    assert {p["return_id"] for p in problems(w) if p["stage"] == "asn"} == {
+    assert {p.return_id for p in problems(w) if p.stage == "asn"} == {
         None, "104", "105", "106"}
 
 
@@ -298,7 +298,7 @@ def test_problem_text_with_a_lone_surrogate_is_stored(tmp_path):
     eng = Engine(merchant_config(tmp_path), store, FakeLoop(), FakeWarehouse(),
                  clock=FakeClock(), run_id="r1")
     eng._problem("1\ud800", "poll", "status '\ud800' unknown")
-    assert store.problems()[0]["message"] == "status '\\ud800' unknown"
+    assert store.runs.problems()[0].message == "status '\\ud800' unknown"
     store.close()
     assert engine_mod.NOT_ONE_RECORDS_FAULT
 

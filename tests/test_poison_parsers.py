@@ -30,9 +30,9 @@ from loopsync.loop_client import _return_path, parse_returns_body
 from loopsync.models import (MAX_UNITS, LoopReturn, MalformedReturn, RmaRef, RmaStatus,
                              asn_row_problem, check_tree, identifier, parse_asn_row,
                              whole_number)
-from loopsync.store import Store
-from loopsync.testing import FakeClock
+from loopsync.state import Store
 from loopsync.timeutil import parse_timestamp
+from loopsync.testing import FakeClock
 
 FEW = settings(max_examples=40, deadline=None,
                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -229,10 +229,10 @@ def test_stored_return_row_takes_every_accepted_return(tmp_path):
     store = Store(tmp_path / "s.sqlite", FakeClock())
     ret = LoopReturn.from_api({**LOOP_RETURN, "customer": "Zoë \x00", "x": ["é", {"k": 1.5}]})
     with store.atomic():
-        store.upsert_return(ret.id, ret.raw, state=ret.state, updated_at=ret.updated_at,
+        store.returns.upsert(ret.id, ret.raw, state=ret.state, updated_at=ret.updated_at,
                             created_at=ret.created_at, destination_id=ret.destination_id,
                             order_name=ret.order_name)
-    assert store.snapshot(ret.id)["x"] == ["é", {"k": 1.5}]
+    assert store.returns.snapshot(ret.id)["x"] == ["é", {"k": 1.5}]
     store.close()
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from loopsync.engine import Engine
 from loopsync.models import RmaRef
-from loopsync.store import Store
+from loopsync.state import Store
 
 from loopsync.testing import FakeRma, Page, loop_return
 from .test_once_engine import ByOrder, StaleLoop, World, _same_order
@@ -21,11 +21,11 @@ def test_a_third_return_on_an_order_already_reported_as_ambiguous_is_reported_no
     wh.rmas["#1"] = FakeRma("#1", {"A": 1, "B": 1}, status="complete",
                             received={"A": 1, "B": 1})
     w.cycle()
-    assert w.row("101")["stage"] == w.row("102")["stage"] == "reported"
+    assert w.row("101").stage == w.row("102").stage == "reported"
     w.loop.returns["103"] = _same_order("103", "#1")
     w.loop.returns["103"]["updated_at"] = "2026-05-02T00:00:30Z"
     result = w.cycle(60)
-    assert w.row("103")["stage"] == "reported" and "ambiguous" in w.row("103")["reason"]
+    assert w.row("103").stage == "reported" and "ambiguous" in w.row("103").reason
     assert result.needs_attention
     w.cycle(60)
     assert w.loop.writes == [] and getattr(wh, "polled", 0) == 0
@@ -115,10 +115,10 @@ def test_a_return_once_shown_future_dated_is_not_frozen_at_that_snapshot(tmp_pat
     w = World(tmp_path, [raw])
     w.loop = _UnfilteredLoop([raw])
     w.cycle()
-    assert w.row("101")["stage"] == "skipped"
+    assert w.row("101").stage == "skipped"
     w.loop.returns["101"].update(state="open", updated_at="2026-05-02T00:01:00Z")
     w.cycle(120)
-    assert w.row("101")["stage"] == "open", "a future-dated snapshot froze the return"
+    assert w.row("101").stage == "open", "a future-dated snapshot froze the return"
     assert w.wh.created == 1
 
 
@@ -146,7 +146,7 @@ def test_an_action_refused_for_its_state_while_the_return_is_open_is_reported_no
     w.wh.finish("101")
     result = w.cycle(60)
     row = w.row("101")
-    assert row["stage"] == "reported", row
+    assert row.stage == "reported", row
     assert result.needs_attention
     assert w.loop.returns["101"]["state"] == "open"
 

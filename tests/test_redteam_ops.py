@@ -169,7 +169,7 @@ def test_two_names_of_one_state_file_never_run_two_workers(sb, env, tmp_path, ca
     import sys
 
     from loopsync.errors import LockHeld
-    from loopsync.store import MerchantLock, Store
+    from loopsync.state import MerchantLock, Store
     from loopsync.testing import FakeClock
 
     state = tmp_path / "state.sqlite"
@@ -179,7 +179,7 @@ def test_two_names_of_one_state_file_never_run_two_workers(sb, env, tmp_path, ca
         with pytest.raises(LockHeld, match="under another name"):
             MerchantLock(tmp_path / "second-name.sqlite").acquire()
         held = subprocess.run(
-            [sys.executable, "-c", "import sys\nfrom loopsync.store import MerchantLock\n"
+            [sys.executable, "-c", "import sys\nfrom loopsync.state import MerchantLock\n"
              "MerchantLock(sys.argv[1]).acquire()", str(tmp_path / "second-name.sqlite")],
             capture_output=True, text=True, timeout=60)
         assert "LockHeld" in held.stderr and "under another name" in held.stderr

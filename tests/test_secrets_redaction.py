@@ -17,7 +17,7 @@ from loopsync import logs, redaction
 from loopsync.cli import main
 from loopsync.configkit import Secret
 from loopsync.sandbox.server import Fault
-from loopsync.store import FAILED, Store
+from loopsync.state import EffectStatus, Stage, Store
 from loopsync.testing import FakeClock
 
 # Unique to this module: the registry is process-wide.
@@ -81,30 +81,30 @@ def test_every_store_write_of_remote_text_masks_the_secret(tmp_path):
     store = Store(tmp_path / "s.sqlite", FakeClock("2026-06-01T00:00:00Z"))
     from datetime import UTC, datetime
     when = datetime(2026, 6, 1, tzinfo=UTC)
-    store.upsert_return("1", {"id": 1, "note": echo}, state="open", updated_at=when,
+    store.returns.upsert("1", {"id": 1, "note": echo}, state="open", updated_at=when,
                         created_at=when, destination_id="d", order_name="#1")
-    store.set_stage("1", "rejected", echo)
-    store.add_problem("1", "push", echo, "run1")
-    store.effect_intent("k1", "1", "note", {"text": echo})
+    store.returns.move("1", Stage.REJECTED, echo)
+    store.runs.add_problem("1", "push", echo, "run1")
+    store.ledger.intent("k1", "1", "note", {"text": echo})
     # The engine sends what the ledger holds: a warehouse echo never reaches Loop in a note.
-    assert store.pending_effects()[0]["payload"]["text"].startswith("401: key *** is not")
-    store.effect_error("k1", echo)
-    store.effect_not_sent("k1", echo)
-    store.effect_outcome("k1", FAILED, result={"answer": echo}, error=echo)
-    store.link_rma("1", "RMA-1", {"remote": echo})
-    store.record_poll("1", echo, json.dumps({"s": echo}), "fp", "flag", echo)
-    store.upsert_asn_row({"id": "1", "return_line_item_id": "2", "note": echo})
+    assert store.ledger.pending()[0].payload["text"].startswith("401: key *** is not")
+    store.ledger.error("k1", echo)
+    store.ledger.not_sent("k1", echo)
+    store.ledger.outcome("k1", EffectStatus.FAILED, result={"answer": echo}, error=echo)
+    store.rmas.link("1", "RMA-1", {"remote": echo})
+    store.rmas.record_poll("1", echo, json.dumps({"s": echo}), "fp", "flag", echo)
+    store.asn.upsert({"id": "1", "return_line_item_id": "2", "note": echo})
     store.kv("generic").set("last", echo)
-    store.save_page("returns", "open", when, when, f"cursor-{KEY}")
-    assert store.cursor("returns", "open").page_cursor is None  # resume re-reads the window
-    store.save_page("returns", "closed", when, when, "plain-cursor")
-    assert store.cursor("returns", "closed").page_cursor == "plain-cursor"
-    store.start_run("run1", "run")
-    store.finish_run("run1", "crashed", {}, 1, echo)
+    store.cursors.save_page("returns", "open", when, when, f"cursor-{KEY}")
+    assert store.cursors.get("returns", "open").page_cursor is None  # resume re-reads the window
+    store.cursors.save_page("returns", "closed", when, when, "plain-cursor")
+    assert store.cursors.get("returns", "closed").page_cursor == "plain-cursor"
+    store.runs.start("run1", "run")
+    store.runs.finish("run1", "crashed", {}, 1, echo)
     # Stored JSON stays readable JSON.
-    assert json.loads(store.effect("k1")["result"]) == {"answer": f"401: key *** is not valid "
+    assert store.ledger.get("k1").result == {"answer": f"401: key *** is not valid "
                                                                   "(sent ***)"}
-    assert store.pending_effects() == []
+    assert store.ledger.pending() == []
     store.close()
     text = _db_text(tmp_path / "s.sqlite")
     assert "is not valid" in text

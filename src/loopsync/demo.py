@@ -116,14 +116,16 @@ def _print_events(result: CycleResult, out: TextIO, kinds: set[str]) -> None:
 
 
 def _print_waits(cfg: Any, out: TextIO) -> None:
-    from loopsync.store import Store
+    from loopsync.state import Stage, Store
     from loopsync.timeutil import SystemClock
 
     store = Store(cfg.state_path, SystemClock())
     try:
-        for row in store.db.query("select id, stage, reason from returns where stage in "
-                                  "('skipped', 'waiting', 'rejected') order by id"):
-            print(f"  {row['id']:>10}  {row['stage']:<18} {row['reason']}", file=out)
+        for rid in sorted(store.returns.ids_in_stage(Stage.SKIPPED, Stage.WAITING,
+                                                     Stage.REJECTED)):
+            row = store.returns.get(rid)
+            if row is not None:
+                print(f"  {row.id:>10}  {row.stage:<18} {row.reason}", file=out)
     finally:
         store.close()
 

@@ -10,6 +10,8 @@
     │   ├── StateCorrupt       not a database, truncated, malformed, newer schema (65)
     │   ├── StateUnwritable    its folder or file cannot be created or written (73)
     │   └── StateIOError       disk full or an I/O error (74)
+    ├── TransitionRefused      a guarded state update found its row in another state (or
+    │                          missing): nothing was changed (a bug or a race, never expected)
     └── RemoteError            anything a remote system said or failed to say
         ├── TransientError     worth retrying later: 5xx, timeouts, resets, throttling
         │   ├── RateLimited    429 or a throttle body; carries retry_after seconds if known
@@ -87,6 +89,20 @@ class StateIOError(StateError):
     """The disk is full, or reading or writing the file failed."""
 
     exit_code = 74  # EX_IOERR
+
+
+class TransitionRefused(LoopsyncError):
+    """A guarded update of a return's stage or an effect's status found the row in a state
+    the transition does not start from, or no such row: the update changed nothing.
+    `what` names the row ("return 12", "effect note:12"), `wanted` the target, `found` the
+    row's state (None: no such row)."""
+
+    def __init__(self, what: str, wanted: str, found: str | None) -> None:
+        self.what = what
+        self.wanted = wanted
+        self.found = found
+        where = f"from {found}" if found is not None else "(no such row)"
+        super().__init__(f"{what}: refused to move to {wanted} {where}")
 
 
 class StopRequested(BaseException):  # noqa: N818 - a signal, not an error

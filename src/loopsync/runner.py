@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import uuid
@@ -21,7 +22,7 @@ from loopsync.engine import CycleCounts, CycleResult, Engine
 from loopsync.errors import AuthError, StopRequested
 from loopsync.http import LIMIT_HISTORY_NAMESPACE, LimitHistory, RetryPolicy
 from loopsync.loop_client import LoopClient
-from loopsync.store import MerchantLock, Store, state_error
+from loopsync.state import MerchantLock, Store, state_error
 from loopsync.timeutil import Clock, SystemClock, iso
 
 log = structlog.get_logger("loopsync.run")
@@ -103,10 +104,8 @@ def _run_locked(cfg: MerchantConfig, *, clock: Clock, stop: threading.Event, dry
     except sqlite3.Error as exc:  # the state file failed under us (disk full, ...)
         raise state_error(cfg.state_path, exc) from None
     finally:
-        try:
+        with contextlib.suppress(sqlite3.Error):
             store.close()
-        except sqlite3.Error:
-            pass
 
 
 def _run_open(cfg: MerchantConfig, store: Store, *, clock: Clock, stop: threading.Event,
@@ -125,70 +124,107 @@ def _run_open(cfg: MerchantConfig, store: Store, *, clock: Clock, stop: threadin
     engine = Engine(cfg, store, loop, connector, clock=clock, run_id=run_id, stop=stop,
                     dry_run=dry_run)
     try:
-        store.start_run(run_id, mode + (" (dry run)" if dry_run else ""))
+        store.runs.start(run_id, mode + (" (dry run)" if dry_run else ""))
     except BaseException:  # no room even for the run row: nothing else was done
         connector.close()
         raise
-    status, error = "ok", None
-    result = engine.result
-    unrecorded: sqlite3.Error | None = None
+    cycle = _Cycle(cfg, store, engine, clock, run_id, mode, dry_run, refusal)
     try:
-        if import_return_id or import_from:
-            ids = _import(engine, import_return_id, import_from, import_to)
-            result = engine.run_cycle(only=ids, ingest=False)
-        else:
-            result = engine.run_cycle()
-        if result.counts.errors:
-            status = "errors"
-        if result.stopped:
-            status = "stopped"
-        if refusal is not None and not dry_run:
-            refusals.save(store.kv(refusals.KV_NAMESPACE), None)  # accepted again
-            log.info("credentials.accepted", merchant=cfg.merchant, system=refusal.system)
-    except AuthError as exc:
-        # Every other request would be refused too: stop the cycle, say why once, wait.
-        result.counts.errors += 1
-        status = "refused"
-        new = refusals.after_refusal(refusal, exc.system, _redacted(str(exc)), clock.now(),
-                                     cfg.secrets())
-        error = f"{new.reason}: {new.message}"
-        result.stage_errors["credentials"] = (
-            f"{new.reason} ({new.failures} in a row); next try after {iso(new.retry_at)}")
-        if not dry_run:
-            refusals.save(store.kv(refusals.KV_NAMESPACE), new)
-        log.error("credentials.refused", merchant=cfg.merchant, system=exc.system,
-                  failures=new.failures, retry_at=iso(new.retry_at), error=str(exc))
-    except StopRequested:
-        # Shutdown during a wait: the request is abandoned, what was stored stays stored
-        # (ledger intents are looked up next cycle, as after a kill).
-        result.stopped = True
-        status = "stopped"
-    except sqlite3.Error as exc:  # the state file itself: named by the caller, not a crash
-        status, error = "failed", str(state_error(cfg.state_path, exc))
-        engine.result.counts.errors += 1
-        raise
-    except BaseException as exc:  # recorded in the run row, then re-raised
-        status, error = "crashed", _redacted(f"{type(exc).__name__}: {exc}")
-        engine.result.counts.errors += 1
-        raise
+        result = cycle.run(import_return_id, import_from, import_to)
     finally:
-        counts = asdict(engine.result.counts)
-        try:
-            store.finish_run(run_id, status, counts, engine.result.counts.errors, error)
-        except sqlite3.Error as exc:  # disk full: the run row stays "running" (interrupted)
-            log.error("run.not_recorded", merchant=cfg.merchant, error=str(exc))
-            unrecorded = exc
-        c = engine.result.counts
-        log.info("cycle.summary", merchant=cfg.merchant, run_id=run_id, mode=mode,
-                 dry_run=dry_run, status=status, pulled=c.pulled, new=c.new, pushed=c.pushed,
-                 processed=c.processed, flagged=c.flagged, ignored=c.ignored,
-                 reported=c.reported, errors=c.errors,
-                 duration=round(engine.result.duration, 3))
+        unrecorded = cycle.finish()
         limits.save()
         connector.close()
     if unrecorded is not None:  # the cycle went well, but its record could not be kept
         raise unrecorded
     return result
+
+
+class _Cycle:
+    """One recorded cycle: runs the engine, maps how it ended to the run row's status,
+    and records the row whatever happened."""
+
+    def __init__(self, cfg: MerchantConfig, store: Store, engine: Engine, clock: Clock,
+                 run_id: str, mode: str, dry_run: bool, refusal: refusals.Refusal | None
+                 ) -> None:
+        self.cfg, self.store, self.engine, self.clock = cfg, store, engine, clock
+        self.run_id, self.mode, self.dry_run, self.refusal = run_id, mode, dry_run, refusal
+        self.status = "ok"
+        self.error_text: str | None = None
+
+    def run(self, import_return_id: str | None, import_from: datetime | None,
+            import_to: datetime | None) -> CycleResult:
+        engine, cfg = self.engine, self.cfg
+        result = engine.result
+        try:
+            if import_return_id or import_from:
+                ids = _import(engine, import_return_id, import_from, import_to)
+                result = engine.run_cycle(only=ids, ingest=False)
+            else:
+                result = engine.run_cycle()
+            self._ran(result)
+        except AuthError as exc:
+            self._refused(result, exc)
+        except StopRequested:
+            # Shutdown during a wait: the request is abandoned, what was stored stays stored
+            # (ledger intents are looked up next cycle, as after a kill).
+            result.stopped = True
+            self.status = "stopped"
+        except sqlite3.Error as exc:  # the state file itself: named by the caller, not a crash
+            self.status, self.error_text = "failed", str(state_error(cfg.state_path, exc))
+            engine.result.counts.errors += 1
+            raise
+        except BaseException as exc:  # recorded in the run row, then re-raised
+            self.status = "crashed"
+            self.error_text = _redacted(f"{type(exc).__name__}: {exc}")
+            engine.result.counts.errors += 1
+            raise
+        return result
+
+    def _ran(self, result: CycleResult) -> None:
+        if result.counts.errors:
+            self.status = "errors"
+        if result.stopped:
+            self.status = "stopped"
+        if self.refusal is not None and not self.dry_run:
+            refusals.save(self.store.kv(refusals.KV_NAMESPACE), None)  # accepted again
+            log.info("credentials.accepted", merchant=self.cfg.merchant,
+                     system=self.refusal.system)
+
+    def _refused(self, result: CycleResult, exc: AuthError) -> None:
+        """Every other request would be refused too: stop the cycle, say why once, wait."""
+        result.counts.errors += 1
+        self.status = "refused"
+        new = refusals.after_refusal(self.refusal, exc.system, _redacted(str(exc)),
+                                     self.clock.now(), self.cfg.secrets())
+        self.error_text = f"{new.reason}: {new.message}"
+        result.stage_errors["credentials"] = (
+            f"{new.reason} ({new.failures} in a row); next try after {iso(new.retry_at)}")
+        if not self.dry_run:
+            refusals.save(self.store.kv(refusals.KV_NAMESPACE), new)
+        log.error("credentials.refused", merchant=self.cfg.merchant, system=exc.system,
+                  failures=new.failures, retry_at=iso(new.retry_at), error=str(exc))
+
+    def finish(self) -> sqlite3.Error | None:
+        """Record the run row and log the summary. Returns the error that kept the row from
+        being recorded (disk full: it stays "running", shown as interrupted), for the caller
+        to raise once the rest is closed."""
+        engine = self.engine
+        counts = asdict(engine.result.counts)
+        unrecorded: sqlite3.Error | None = None
+        try:
+            self.store.runs.finish(self.run_id, self.status, counts,
+                                   engine.result.counts.errors, self.error_text)
+        except sqlite3.Error as exc:
+            log.error("run.not_recorded", merchant=self.cfg.merchant, error=str(exc))
+            unrecorded = exc
+        c = engine.result.counts
+        log.info("cycle.summary", merchant=self.cfg.merchant, run_id=self.run_id,
+                 mode=self.mode, dry_run=self.dry_run, status=self.status, pulled=c.pulled,
+                 new=c.new, pushed=c.pushed, processed=c.processed, flagged=c.flagged,
+                 ignored=c.ignored, reported=c.reported, errors=c.errors,
+                 duration=round(engine.result.duration, 3))
+        return unrecorded
 
 
 def _refused_skip(cfg: MerchantConfig, run_id: str, refusal: refusals.Refusal) -> CycleResult:
