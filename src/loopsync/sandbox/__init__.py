@@ -10,7 +10,6 @@ HTTP on 127.0.0.1, seeded with realistic returns, with a record of every call.
 
 from __future__ import annotations
 
-import importlib
 import random
 from datetime import timedelta
 from pathlib import Path
@@ -26,18 +25,11 @@ from loopsync.timeutil import Clock, SystemClock, iso
 
 LOOP_KEY = "sandbox-loop-key-0001"
 
-EMULATORS = {
-    "shiphero": "loopsync.sandbox.shiphero:ShipHeroEmulator",
-    "peoplevox": "loopsync.sandbox.peoplevox:PeopleVoxEmulator",
-    "xoro": "loopsync.sandbox.xoro:XoroEmulator",
-    "generic": "loopsync.sandbox.generic:GenericEmulator",
-}
-
 
 def emulator_class(kind: str) -> type[WarehouseEmulator]:
-    module, name = EMULATORS[kind].split(":")
-    cls: type[WarehouseEmulator] = getattr(importlib.import_module(module), name)
-    return cls
+    from loopsync.connectors import KINDS  # the one registry of kinds (tests may add one)
+
+    return KINDS[kind].load_emulator()
 
 
 class Sandbox:
