@@ -45,7 +45,7 @@ from __future__ import annotations
 import json
 import re
 import time
-import xml.etree.ElementTree as ET  # noqa: S405 - only our own emulators' answers are parsed
+import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -72,6 +72,9 @@ CLOCK_START = "2026-06-01T12:00:00Z"
 UNKNOWN_KEY = "x_contract_unknown_field"
 UNKNOWN_VALUE: dict[str, Any] = {"nested": [1, "two", None], "flag": True}
 FOREVER = 10**6  # "every matching request" for FaultInjector.inject
+# Endless pages end after this many listing requests, so a connector without a page cap
+# or a repeat guard fails the check (too many requests) instead of hanging the suite.
+RUNAWAY = 300
 
 
 @dataclass(frozen=True)
@@ -301,7 +304,7 @@ def pagination_is_bounded(kind: ConnectorKind, tmp: Path,
     extra = {} if options.transport == "folder" else {"max_pages": options.max_pages}
     # One return a Loop page: two open returns make a walk of two pages to corrupt.
     with world(kind, tmp, options, warehouse_extra=extra, page_size=1) as w:
-        loop_endless(w.sandbox.loop)
+        loop_endless(w.sandbox.loop, RUNAWAY)
         ids = w.open_returns(2)
         w.cycle()
         walks = _unfinished_walks(w)
@@ -314,7 +317,7 @@ def pagination_is_bounded(kind: ConnectorKind, tmp: Path,
         endless = _endless_for(w)
         if endless is None:
             return
-        endless.endless_pages()
+        endless.endless_pages(RUNAWAY)
         before = len(w.sandbox.recorder.calls())
         for _ in range(2):
             w.cycle()
@@ -412,7 +415,7 @@ def _files(root: Path) -> dict[str, tuple[int, int]]:
     return out
 
 
-# -- unknown fields ---------------------------------------------------------------------------------
+# -- unknown fields ------------------------------------------------------------------------------
 
 def add_unknown_fields(api: EmulatedApi) -> None:
     """From now on every answer of `api` carries fields no reader knows: UNKNOWN_KEY in
@@ -461,18 +464,21 @@ def _xml_extra(body: bytes) -> bytes:
     return cast("bytes", ET.tostring(root, encoding="utf-8", xml_declaration=True))
 
 
-# -- endless pages ----------------------------------------------------------------------------------
+# -- endless pages -------------------------------------------------------------------------------
 
 @runtime_checkable
 class EndlessPaging(Protocol):
     """An emulator that can play a server whose listings never end."""
 
-    def endless_pages(self) -> None:
-        """From now on every listing says another page follows (same cursor or new)."""
+    def endless_pages(self, limit: int) -> None:
+        """For the next `limit` listing requests every listing says another page follows
+        (same cursor or new); then listings end as usual (a connector that follows
+        forever is caught by its request count, not by a hang)."""
 
 
-def loop_endless(loop: EmulatedApi) -> None:
-    """Loop's list answers name the cursor just used as the next page: forever."""
+def loop_endless(loop: EmulatedApi, limit: int) -> None:
+    """Loop's list answers name the cursor just used as the next page (for `limit`
+    list requests)."""
     def respond(req: Request) -> Response:
         with loop.lock:
             resp = loop.handle(req)
@@ -484,7 +490,7 @@ def loop_endless(loop: EmulatedApi) -> None:
             return replace(resp, body=json.dumps(data).encode())
         return resp
 
-    loop.faults.inject(Fault("custom", response=respond), times=FOREVER,
+    loop.faults.inject(Fault("custom", response=respond), times=limit,
                        when=lambda req: req.method == "GET" and req.path.endswith("/list"))
 
 
@@ -503,10 +509,10 @@ class _Rewrite:
                  edit: Callable[[EmulatedApi, Request], Response]) -> None:
         self.api, self.when, self.edit = api, when, edit
 
-    def endless_pages(self) -> None:
+    def endless_pages(self, limit: int) -> None:
         api, edit = self.api, self.edit
         self.api.faults.inject(Fault("custom", response=lambda req: edit(api, req)),
-                               times=FOREVER, when=self.when)
+                               times=limit, when=self.when)
 
 
 def _handled(api: EmulatedApi, req: Request) -> Response:
@@ -554,7 +560,8 @@ def _xoro_endless(api: EmulatedApi, req: Request) -> Response:
     data = _json_or_none(resp.body)
     if isinstance(data, dict):
         page = _page_of(req)
-        rows = data.get("Data") if isinstance(data.get("Data"), list) else []
+        found = data.get("Data")
+        rows: list[Any] = found if isinstance(found, list) else []
         data.update(Data=[*rows, {"AsnHeaderData": {"AsnNumber": f"ENDLESS-{page}"}}],
                     TotalPages=None, Result=True)
         return replace(resp, body=json.dumps(data).encode())
@@ -611,5 +618,7 @@ def _endless_for(w: World) -> EndlessPaging | None:
         return w.warehouse
     if getattr(w.warehouse, "root", None) is not None:
         return None
-    builtin = _BUILTIN_ENDLESS.get(w.kind.name)
-    return None if builtin is None else _Rewrite(w.warehouse, *builtin)
+    if w.kind.name not in _BUILTIN_ENDLESS:
+        return None
+    when, edit = _BUILTIN_ENDLESS[w.kind.name]
+    return _Rewrite(w.warehouse, when, edit)
