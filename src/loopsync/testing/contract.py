@@ -358,7 +358,8 @@ def _watch_only_skip(kind: ConnectorKind, options: ContractOptions) -> str | Non
                 "answer could be lost; pushes_once checks it links the RMA its app made")
     if options.transport == "folder":
         return ("the folder transport's create is a file written atomically (temp, fsync, "
-                "rename): there is no answer to lose; test_files_* cover a crash mid-write")
+                "rename): there is no answer to lose; a create whose record was lost is found "
+                "in outbox/archive (test_once_sandbox's lost-state test)")
     return None
 
 
