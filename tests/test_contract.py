@@ -5,12 +5,20 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from loopsync.config import load_config
 from loopsync.connectors import KINDS, ConnectorKind, register
+from loopsync.models import ItemStatus
+from loopsync.paging import PageWalk
 from loopsync.testing.contract import CHECKS, Check, ContractOptions, check_ids
+
+from .example_connector import KIND as EXAMPLE
+from .example_connector import connector as connector_mod
+from .example_connector import mapping as mapping_mod
+from .example_connector import wire as wire_mod
 
 CASES = [(kind, ContractOptions()) for kind in KINDS.values()] + [
     (KINDS["generic"], ContractOptions(transport="folder"))]
@@ -39,9 +47,6 @@ def test_every_connector_keeps_the_contract(check: Check,
 
 # -- a connector added through the registry -------------------------------------------------
 
-EXAMPLE = ConnectorKind("shelfwise", "tests.example_connector.connector:ShelfwiseConnector",
-                        "tests.example_connector.emulator:ShelfwiseEmulator",
-                        "tests/example_connector/example.yaml")
 
 
 @pytest.fixture
@@ -71,3 +76,38 @@ def test_a_registered_kind_is_gone_after_the_block() -> None:
 def test_registering_a_shipped_kind_again_is_refused() -> None:
     with pytest.raises(ValueError, match="already registered"), register(KINDS["xoro"]):
         pass  # pragma: no cover - never reached
+
+
+# -- the contract has teeth: it fails a connector that breaks a guarantee --------------------
+
+def never_finds(self: Any, req: Any, located: Any) -> None:
+    return None
+
+
+def trusting_item(rma_id: str, n: int, line: dict[str, Any]) -> ItemStatus:
+    # int() takes "１" (a full-width digit); conditions dropped
+    return ItemStatus(line["sku"], int(line["expected"]), int(line["received"]))
+
+
+class UncappedWalk(PageWalk[Any]):
+    def __init__(self, fetch: Any, **kw: Any) -> None:
+        super().__init__(fetch, **{**kw, "max_pages": 10**9})
+
+
+BROKEN = {
+    "lost_create_is_looked_up": (connector_mod.ShelfwiseConnector, "find_rma", never_finds),
+    "malformed_record_is_held": (mapping_mod, "_item", trusting_item),
+    "receipts_decide_once": (mapping_mod, "_item", trusting_item),
+    "pagination_is_bounded": (wire_mod, "PageWalk", UncappedWalk),
+}
+
+
+@pytest.mark.parametrize("name", list(BROKEN))
+def test_the_contract_fails_a_connector_that_breaks_its_guarantee(
+        name: str, example_kind: ConnectorKind, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    target, attribute, broken = BROKEN[name]
+    monkeypatch.setattr(target, attribute, broken)
+    check = next(c for c in CHECKS if c.name == name)
+    with pytest.raises(AssertionError):
+        check.run(example_kind, tmp_path, ContractOptions())
