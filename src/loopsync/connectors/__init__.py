@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -80,3 +81,17 @@ def available_kinds() -> list[str]:
 def connector_class(kind: str) -> type[WarehouseConnector]:
     """The connector class of `kind`; KeyError when no such kind is registered."""
     return KINDS[kind].load()
+
+
+@contextmanager
+def register(kind: ConnectorKind) -> Iterator[ConnectorKind]:
+    """Add `kind` to KINDS for the duration of a `with` block (a test's example or
+    third-party connector); removed again on exit. A name already registered is refused:
+    a test must not replace a shipped kind by accident."""
+    if kind.name in KINDS:
+        raise ValueError(f"warehouse kind {kind.name!r} is already registered")
+    KINDS[kind.name] = kind
+    try:
+        yield kind
+    finally:
+        KINDS.pop(kind.name, None)
