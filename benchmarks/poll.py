@@ -33,7 +33,7 @@ from typing import Any
 from benchmarks.common import (Bench, append_row, cli, close_engine, fmt_s, print_table,
                                quiet_logs, verdict)
 from loopsync.connectors.base import PushRequest
-from loopsync.engine import POLL_CHUNK
+from loopsync.stages.poll import POLL_CHUNK
 from loopsync.models import LoopReturn, RmaRef
 from loopsync.store import OPEN, Store
 from loopsync.timeutil import iso

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from loopsync import logs
-from loopsync.engine import CycleResult
+from loopsync.cycle import CycleResult
 from loopsync.sandbox import Sandbox
 
 # What the sandbox warehouse does with each pushed return, in turn (None: not yet arrived).
