@@ -125,6 +125,11 @@ class Effect:
         return cls(row["key"], row["return_id"], row["kind"], row["status"],
                    row.get("payload") or {}, row.get("attempts") or 0, row["updated_at"])
 
+    @classmethod
+    def first(cls, key: str, rid: str, kind: EffectKind) -> Effect:
+        """An effect about to be attempted for the first time (no row needed yet)."""
+        return cls(key, rid, kind, st.PENDING, {}, 0, "")
+
     @property
     def evidence_slot(self) -> str:
         """The kv key of settle evidence: one record per attempt."""

@@ -229,8 +229,7 @@ def _push(ctx: CycleContext, rid: str, req: PushRequest, row: dict[str, Any], *,
             ctx.connector.kind, f"{ctx.connector.rma_label(ref)}", owners))
     elif step == FoundStep.CREATE:
         created = call_under_ledger(ctx, CreateRma(req, located),
-                                    Effect(key, rid, EffectKind.CREATE_RMA, st.PENDING, {},
-                                           0, ""))
+                                    Effect.first(key, rid, EffectKind.CREATE_RMA))
         if created is not None:
             ctx.counts.pushed += 1
             ctx.event("rma_created", rid, rma=created.rma_id)
