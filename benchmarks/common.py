@@ -25,7 +25,7 @@ from typing import Any
 
 from loopsync import logs
 from loopsync.config import MerchantConfig, parse_config
-from loopsync.engine import Engine
+from loopsync.cycle import Engine
 from loopsync.runner import build_connector, build_loop_client, new_run_id
 from loopsync.sandbox import LOOP_KEY
 from loopsync.sandbox.seed import FIRST_RETURN_ID, make_returns

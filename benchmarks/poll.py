@@ -21,7 +21,7 @@ PeopleVox is measured twice: the first (full) poll, which reads every RMA, and t
 incremental poll of a later cycle, which sweeps the returns report by date (1% of the
 RAs have items received, still "Partially received", so the report has dates), and the
 later poll once more with 500 RMAs, which the engine hands to the connector in one call
-(it polls in chunks of 500: `engine.POLL_CHUNK`).
+(it polls in chunks of 500: `stages.poll.POLL_CHUNK`).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from typing import Any
 from benchmarks.common import (Bench, append_row, cli, close_engine, fmt_s, print_table,
                                quiet_logs, verdict)
 from loopsync.connectors.base import PushRequest
-from loopsync.engine import POLL_CHUNK
+from loopsync.stages.poll import POLL_CHUNK
 from loopsync.models import LoopReturn, RmaRef
 from loopsync.state import Stage, Store
 from loopsync.timeutil import iso

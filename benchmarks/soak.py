@@ -119,8 +119,8 @@ POISON_AFTER_EVENTS = 5         # the world poisons one warehouse record after t
 MAX_CLEAN_CYCLES = 8
 CLEAN_CYCLE_LIMIT = 300         # seconds
 # The clean-phase worker: `loopsync run --once` with Loop's process-queue grace at 0.
-SETTLED_WORKER = ("import datetime, sys, loopsync.engine as engine; "
-                  "engine.PROCESS_SETTLE = datetime.timedelta(0); "
+SETTLED_WORKER = ("import datetime, sys, loopsync.effects as effects; "
+                  "effects.PROCESS_SETTLE = datetime.timedelta(0); "
                   "from loopsync.cli import main; sys.exit(main(sys.argv[1:]))")
 SETTINGS_NOTE = ("sandbox rate limits off; client limits loosened (PeopleVox rate_limit "
                  "1000/1s, Xoro requests_per_second 10, ShipHero credits 20000 at 2000/s); "

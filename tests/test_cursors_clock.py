@@ -9,7 +9,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
 
-from loopsync.engine import Engine
+from loopsync.cycle import Engine
 from loopsync.loop_client import ReturnsPage, server_date
 from loopsync.status import merchant_status, render_status
 from loopsync.state import Store

@@ -18,7 +18,7 @@ from loopsync.connectors.base import (ConnectorContext, MemoryKeyValue, PushRequ
 from loopsync.rules import GradingRules, StatusRules
 from loopsync.connectors.peoplevox import next_date_cursor
 from loopsync.connectors.shiphero import ShipHeroConnector
-from loopsync.engine import Engine
+from loopsync.cycle import Engine
 from loopsync.errors import PaginationStopped
 from loopsync.http import RetryPolicy
 from loopsync.loop_client import LoopClient

@@ -5,7 +5,7 @@ import threading
 import pytest
 
 from loopsync.rules import GradingRules
-from loopsync.engine import Engine
+from loopsync.cycle import Engine
 from loopsync.state import Store
 from loopsync.testing import FakeClock
 
@@ -323,7 +323,7 @@ def test_broken_pagination_keeps_the_window_open_and_other_states_go_on(tmp_path
 
 
 def test_poll_chunks_unless_the_connector_polls_all_at_once(tmp_path, monkeypatch):
-    from loopsync import engine
+    from loopsync.stages import poll as engine
 
     monkeypatch.setattr(engine, "POLL_CHUNK", 2)
     returns = [loop_return(str(i)) for i in range(101, 106)]

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as hs
 
 from loopsync import rules
-from loopsync.engine import Engine
+from loopsync.cycle import Engine
 from loopsync.errors import ErrorBody, OutcomeUnknown, Rejected
 from loopsync.models import RmaRef
 from loopsync.state import Store

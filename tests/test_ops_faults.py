@@ -10,7 +10,7 @@ import pytest
 
 from loopsync import cli, refusals
 from loopsync.cli import main
-from loopsync.engine import Engine
+from loopsync.cycle import Engine
 from loopsync.errors import StateCorrupt, StateIOError, StateUnwritable
 from loopsync.sandbox.seed import make_return
 from loopsync.state import Store, state_error

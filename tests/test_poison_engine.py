@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 
-from loopsync import engine as engine_mod
+from loopsync.stages import context as engine_mod
 from loopsync.connectors.base import NotReady, PollStopped
-from loopsync.engine import Engine, one_records_fault
+from loopsync.cycle import Engine
+from loopsync.stages.context import one_records_fault
 from loopsync.errors import DryRunViolation, LockHeld, Unreadable
 from loopsync.state import ProblemRow, Store
 from loopsync.testing import FakeClock

@@ -3,7 +3,7 @@ guarantee after the first pass."""
 
 from __future__ import annotations
 
-from loopsync.engine import Engine
+from loopsync.cycle import Engine
 from loopsync.models import RmaRef
 from loopsync.state import Store
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from loopsync import logs
-from loopsync.engine import CycleResult
+from loopsync.cycle import CycleResult
 from loopsync.sandbox import emulator_class
 from loopsync.testing import Sandbox
 

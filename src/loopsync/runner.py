@@ -18,7 +18,7 @@ from loopsync import logs, refusals
 from loopsync.config import MerchantConfig
 from loopsync.connectors import connector_class
 from loopsync.connectors.base import ConnectorContext, WarehouseConnector
-from loopsync.engine import CycleCounts, CycleResult, Engine
+from loopsync.cycle import CycleCounts, CycleResult, Engine
 from loopsync.errors import AuthError, StopRequested
 from loopsync.http import LIMIT_HISTORY_NAMESPACE, LimitHistory, RetryPolicy
 from loopsync.loop_client import LoopClient

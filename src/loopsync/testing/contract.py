@@ -62,7 +62,7 @@ from loopsync.timeutil import SystemClock
 if TYPE_CHECKING:
     from loopsync.config import MerchantConfig
     from loopsync.connectors import ConnectorKind
-    from loopsync.engine import CycleResult
+    from loopsync.cycle import CycleResult
     from loopsync.sandbox.base import WarehouseEmulator
     from loopsync.sandbox.server import CallRecord
 

@@ -10,7 +10,7 @@ from typing import Any
 import requests
 
 from loopsync.config import MerchantConfig, load_config
-from loopsync.engine import CycleResult
+from loopsync.cycle import CycleResult
 from loopsync.http import RetryPolicy
 from loopsync.loop_client import LoopClient
 from loopsync.runner import run_merchant

@@ -1,0 +1,238 @@
+"""One sync cycle for one merchant: ingest -> push -> poll -> act.
+
+`Engine` runs the stages (`loopsync.stages`) in order, each under two guards:
+
+- the stage guard (`_stage`): a stage that fails on a remote outage is recorded in
+  `CycleResult.stage_errors` and the next stage still runs: a warehouse outage does not
+  hold back ingest, and a Loop outage does not block polling. Refused credentials
+  (`AuthError`) stop the whole cycle;
+- the outage budget (`_each_return`, for the per-return stages push and act): one return's
+  failure is recorded against it and the batch goes on (a poison record holds back only
+  itself), but OUTAGE_AFTER transient failures in a row mean the remote is down, so the
+  stage stops.
+
+Each stage resumes where the last one stopped, from the store alone; every remote side
+effect runs under the ledger (`loopsync.effects`). Returns loopsync refuses to guess about
+are REPORTED for a person and listed in `CycleResult.attention` (`needs_attention`).
+
+The class keeps its name `Engine` (the runner, the CLI's import paths, the benchmarks and
+the tests build it by that name); it holds no stage logic, only the order and the guards.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import structlog
+
+from loopsync.config import MerchantConfig
+from loopsync.connectors.base import WarehouseConnector
+from loopsync.errors import AuthError, PermanentError, RemoteError, TransientError, Unreadable
+from loopsync.models import printable
+from loopsync.ports import LoopApi
+from loopsync.stages import act as act_stage
+from loopsync.stages import ingest as ingest_stage
+from loopsync.stages import poll as poll_stage
+from loopsync.stages import push as push_stage
+from loopsync.stages.context import CycleContext, one_records_fault, unexpected
+from loopsync.store import Store
+from loopsync.timeutil import Clock
+
+log = structlog.get_logger("loopsync.engine")
+
+# Give up on a stage after this many consecutive transient failures: the remote is down,
+# and hammering it helps nobody. The next cycle tries again.
+OUTAGE_AFTER = 3
+
+
+@dataclass
+class CycleCounts:
+    pulled: int = 0        # return objects read from Loop (with overlap re-reads)
+    new: int = 0           # returns seen for the first time
+    changed: int = 0       # known returns whose snapshot changed
+    asn_rows: int = 0
+    malformed: int = 0
+    skipped: int = 0       # not for the warehouse, with a reason
+    waiting: int = 0       # warehouse not ready yet
+    pushed: int = 0        # RMAs created
+    linked: int = 0        # RMAs found (reconciled, or created by the warehouse itself)
+    rejected: int = 0
+    polled: int = 0
+    processed: int = 0
+    flagged: int = 0
+    ignored: int = 0
+    reported: int = 0
+    settled: int = 0
+    notes: int = 0
+    graded: int = 0
+    errors: int = 0
+
+
+@dataclass
+class CycleResult:
+    merchant: str
+    run_id: str
+    counts: CycleCounts
+    duration: float = 0.0
+    stage_errors: dict[str, str] = field(default_factory=dict)
+    planned: list[str] = field(default_factory=list)   # dry run: what would have been done
+    events: list[dict[str, Any]] = field(default_factory=list)  # what happened, for the demo
+    stopped: bool = False
+    # Returns loopsync refused to guess about this run (an action whose outcome cannot be
+    # established, an ambiguous match): "return <id>: why". Each is REPORTED in the store
+    # and listed by `loopsync status`; a run with any should not exit as plainly "ok".
+    attention: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.counts.errors == 0
+
+    @property
+    def needs_attention(self) -> bool:
+        return bool(self.attention)
+
+
+class Engine:
+    """One merchant's cycle: the stages in order, under the stage guard and the outage
+    budget. `ctx` is what every stage shares; the attributes below read it."""
+
+    def __init__(self, cfg: MerchantConfig, store: Store, loop: LoopApi,
+                 connector: WarehouseConnector, *, clock: Clock, run_id: str,
+                 stop: threading.Event | None = None, dry_run: bool = False) -> None:
+        self.ctx = CycleContext(
+            cfg=cfg, store=store, loop=loop, connector=connector, clock=clock, run_id=run_id,
+            stop=stop or threading.Event(), dry_run=dry_run,
+            result=CycleResult(cfg.merchant, run_id, CycleCounts()),
+            log=log.bind(merchant=cfg.merchant, run_id=run_id))
+
+    @property
+    def cfg(self) -> MerchantConfig:
+        return self.ctx.cfg
+
+    @property
+    def store(self) -> Store:
+        return self.ctx.store
+
+    @property
+    def loop(self) -> LoopApi:
+        return self.ctx.loop
+
+    @property
+    def connector(self) -> WarehouseConnector:
+        return self.ctx.connector
+
+    @property
+    def result(self) -> CycleResult:
+        return self.ctx.result
+
+    @property
+    def counts(self) -> CycleCounts:
+        return self.ctx.result.counts
+
+    # -- the cycle ------------------------------------------------------------------------
+    def run_cycle(self, only: set[str] | None = None, *, ingest: bool = True) -> CycleResult:
+        started = time.monotonic()
+        if ingest:
+            self._stage("ingest", self.ingest)
+            if self.ctx.cfg.loop.asn_enabled:
+                self._stage("asn", self.ingest_asn)
+        self._stage("push", lambda: self.push(only))
+        self._stage("poll", lambda: self.poll(only))
+        self._stage("act", lambda: self.act(only))
+        self.result.duration = time.monotonic() - started
+        self.result.stopped = self.ctx.stop.is_set()
+        return self.result
+
+    def _stage(self, name: str, fn: Callable[[], None]) -> None:
+        """The stage guard: a remote failure ends this stage only (recorded)."""
+        if self.ctx.stop.is_set():
+            return
+        try:
+            fn()
+        except AuthError:
+            raise  # credentials refused: the whole cycle stops (runner records why, once)
+        except RemoteError as exc:
+            self.counts.errors += 1
+            self.result.stage_errors[name] = printable(str(exc))  # remote text: no surrogates
+            self.ctx.log.error("stage.failed", stage=name, error=self.result.stage_errors[name])
+
+    def _each_return(self, stage: str, ids: Iterable[str], work: Callable[[str], None],
+                     only: set[str] | None) -> None:
+        """The outage budget: run `work` per return; one return's failure is recorded and
+        the batch goes on, but a run of transient failures means the remote is down, so
+        the stage stops."""
+        outage = 0
+        for rid in ids:
+            if self.ctx.stop.is_set():
+                return
+            if only is not None and rid not in only:
+                continue
+            try:
+                work(rid)
+                outage = 0
+            except AuthError:
+                raise  # not this return's fault: every other one would be refused too
+            except TransientError as exc:
+                outage += 1
+                self._failed(rid, stage, str(exc))
+                if outage >= OUTAGE_AFTER:
+                    raise
+            except Exception as exc:
+                text = _failure_text(exc)
+                if text is None:
+                    raise
+                self._failed(rid, stage, text)
+
+    def _failed(self, rid: str, stage: str, message: str) -> None:
+        self.counts.errors += 1
+        self.ctx.problem(rid, stage, message)
+
+    def _problem(self, rid: str | None, stage: str, message: str) -> None:
+        """A problem row about a return (kept for callers of the old engine API)."""
+        self.ctx.problem(rid, stage, message)
+
+    # -- the stages -----------------------------------------------------------------------
+    def ingest(self) -> None:
+        ingest_stage.ingest(self.ctx)
+
+    def ingest_asn(self) -> None:
+        ingest_stage.ingest_asn(self.ctx)
+
+    def import_window(self, start: datetime, end: datetime) -> set[str]:
+        """Manual import of a date range: every state, no live cursor moves."""
+        return ingest_stage.import_window(self.ctx, start, end)
+
+    def import_return(self, return_id: str) -> set[str]:
+        """Manual import of one return (see stages.ingest.import_return)."""
+        return ingest_stage.import_return(self.ctx, return_id)
+
+    def push(self, only: set[str] | None = None) -> None:
+        ids = push_stage.return_ids(self.ctx, only)
+        self._each_return("push", ids, lambda rid: push_stage.push_one(self.ctx, rid), only)
+
+    def poll(self, only: set[str] | None = None) -> None:
+        poll_stage.poll(self.ctx, only)
+
+    def act(self, only: set[str] | None = None) -> None:
+        """Carry out every planned or interrupted effect, return by return, in plan order."""
+        ids = act_stage.return_ids(self.ctx)
+        self._each_return("act", ids, lambda rid: act_stage.run_effects(self.ctx, rid), only)
+
+
+def _failure_text(exc: Exception) -> str | None:
+    """One return's non-transient failure, for its problem row; None for a fault of no
+    one record (a local fault, a control-flow signal): the stage stops."""
+    if isinstance(exc, PermanentError):
+        return str(exc)
+    if isinstance(exc, Unreadable):  # the return, or the warehouse's answer about it
+        return f"unreadable: {exc}"
+    if not one_records_fault(exc):
+        return None
+    # One return's unexpected trouble (a bug, data no parser foresaw) is recorded
+    # against it; the other returns go on.
+    return unexpected(exc)
