@@ -3,19 +3,19 @@ every kind of answer to the same ledger transition (in-memory fakes, no network)
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
-from loopsync import store as st
 from loopsync.connectors.base import PushRequest
 from loopsync.cycle import Engine
 from loopsync.effects import (
     EFFECTS,
     CreateRma,
-    Effect,
-    EffectKind,
     UnknownKind,
     call_under_ledger,
     effect_type,
+    first_attempt,
 )
 from loopsync.errors import (
     AuthError,
@@ -26,7 +26,7 @@ from loopsync.errors import (
     TransientError,
 )
 from loopsync.models import LoopReturn, RmaRef
-from loopsync.store import Store
+from loopsync.state import EffectKind, EffectStatus, Stage, Store
 from loopsync.testing import FakeClock
 
 from loopsync.testing import FakeLoop, FakeWarehouse, loop_return, merchant_config
@@ -46,6 +46,18 @@ def test_effect_kinds_are_the_ledger_strings():
 
 def test_a_kind_this_version_does_not_know_fails_rather_than_being_guessed():
     assert isinstance(effect_type("refund"), UnknownKind)
+
+
+def test_a_ledger_row_of_an_unknown_kind_fails_with_a_problem_row_and_the_act_stage_goes_on(
+        world):
+    world.store.conn.execute(
+        "insert into effects (key, return_id, kind, status, attempts, created_at, updated_at) "
+        "values ('refund:101', '101', 'refund', 'pending', 0, 'x', 'x')")
+    world.act()
+    assert world.store.ledger.get("refund:101").status is EffectStatus.FAILED
+    (problem,) = world.store.runs.problems()
+    assert "unknown effect kind 'refund'" in problem.message
+    assert world.loop.writes == []
 
 
 class Raising(FakeLoop):
@@ -79,9 +91,9 @@ def world(tmp_path):
     raw = loop_return("101")
     with store.atomic():
         ret = LoopReturn.from_api(raw)
-        store.upsert_return(ret.id, raw, state=ret.state, updated_at=ret.updated_at,
-                            created_at=ret.created_at, destination_id=ret.destination_id,
-                            order_name=ret.order_name)
+        store.returns.upsert(ret.id, raw, state=ret.state, updated_at=ret.updated_at,
+                             created_at=ret.created_at, destination_id=ret.destination_id,
+                             order_name=ret.order_name)
     eng = Engine(merchant_config(tmp_path), store, Raising(), Raise(), clock=clock, run_id="r")
     yield eng
     store.close()
@@ -89,18 +101,18 @@ def world(tmp_path):
 
 def _grade(eng, error):
     eng.loop.error = error
-    eng.store.plan_effect("grade:101:0", "101", "grade", {"items": [{"sku": "A"}]})
-    effect = Effect.from_row(eng.store.pending_effects("101")[0])
+    eng.store.ledger.plan("grade:101:0", "101", EffectKind.GRADE, {"items": [{"sku": "A"}]})
+    (effect,) = eng.store.ledger.pending("101")
     return call_under_ledger(eng.ctx, EFFECTS[EffectKind.GRADE], effect)
 
 
 @pytest.mark.parametrize(("error", "status", "raised"), [
-    (None, st.SUCCEEDED, None),
-    (StateConflict("loop", "Return is closed"), st.SETTLED, None),
-    (OutcomeUnknown("loop", "answer lost"), st.INTENT, OutcomeUnknown),
-    (AuthError("loop", "401"), st.PENDING, AuthError),
-    (ErrorBody("loop", "no such item"), st.FAILED, None),
-    (TransientError("loop", "reset before sending"), st.PENDING, TransientError),
+    (None, EffectStatus.SUCCEEDED, None),
+    (StateConflict("loop", "Return is closed"), EffectStatus.SETTLED, None),
+    (OutcomeUnknown("loop", "answer lost"), EffectStatus.INTENT, OutcomeUnknown),
+    (AuthError("loop", "401"), EffectStatus.PENDING, AuthError),
+    (ErrorBody("loop", "no such item"), EffectStatus.FAILED, None),
+    (TransientError("loop", "reset before sending"), EffectStatus.PENDING, TransientError),
 ])
 def test_a_loop_effects_answer_moves_the_ledger_as_the_table_says(world, error, status, raised):
     if raised is None:
@@ -108,25 +120,25 @@ def test_a_loop_effects_answer_moves_the_ledger_as_the_table_says(world, error, 
     else:
         with pytest.raises(raised):
             _grade(world, error)
-    assert world.store.effect("grade:101:0")["status"] == status
-    failed = status == st.FAILED
+    assert world.store.ledger.get("grade:101:0").status is status
+    failed = status == EffectStatus.FAILED
     assert bool(world.store.runs.problems()) == failed
 
 
 def _create(eng, error, found=None):
     eng.connector.error, eng.connector.found = error, found
-    req = PushRequest(LoopReturn.from_api(eng.store.snapshot("101")), "WH-1")
-    effect = Effect("create_rma:101", "101", EffectKind.CREATE_RMA, st.PENDING, {}, 0, "")
+    req = PushRequest(LoopReturn.from_api(eng.store.returns.snapshot("101")), "WH-1")
+    effect = first_attempt("create_rma:101", "101", EffectKind.CREATE_RMA)
     return call_under_ledger(eng.ctx, CreateRma(req, {}), effect)
 
 
 @pytest.mark.parametrize(("error", "status", "stage", "raised"), [
-    (None, st.INTENT, st.PUSHING, None),  # the push stage links it and settles it as done
-    (OutcomeUnknown("wh", "answer lost"), st.INTENT, st.PUSHING, OutcomeUnknown),
-    (ErrorBody("wh", "unexpected"), st.INTENT, st.PUSHING, ErrorBody),  # may have created
-    (AuthError("wh", "401"), st.PENDING, st.NEW, AuthError),
-    (TransientError("wh", "reset before sending"), st.PENDING, st.NEW, TransientError),
-    (Rejected("wh", "SKU not on order"), st.FAILED, st.REJECTED, None),
+    (None, EffectStatus.INTENT, Stage.PUSHING, None),  # the push stage links it and settles it as done
+    (OutcomeUnknown("wh", "answer lost"), EffectStatus.INTENT, Stage.PUSHING, OutcomeUnknown),
+    (ErrorBody("wh", "unexpected"), EffectStatus.INTENT, Stage.PUSHING, ErrorBody),  # may have created
+    (AuthError("wh", "401"), EffectStatus.PENDING, Stage.NEW, AuthError),
+    (TransientError("wh", "reset before sending"), EffectStatus.PENDING, Stage.NEW, TransientError),
+    (Rejected("wh", "SKU not on order"), EffectStatus.FAILED, Stage.REJECTED, None),
 ])
 def test_a_creates_answer_moves_the_ledger_and_the_stage_as_the_table_says(
         world, error, status, stage, raised):
@@ -135,8 +147,8 @@ def test_a_creates_answer_moves_the_ledger_and_the_stage_as_the_table_says(
     else:
         with pytest.raises(raised):
             _create(world, error)
-    assert world.store.effect("create_rma:101")["status"] == status
-    assert world.store.get_return_row("101")["stage"] == stage
+    assert world.store.ledger.get("create_rma:101").status is status
+    assert world.store.returns.get("101").stage is stage
 
 
 def test_a_refused_create_that_did_create_is_found_not_rejected(world):
@@ -150,8 +162,9 @@ def test_a_dry_run_plans_the_call_and_writes_no_ledger_row(tmp_path):
     store = Store(tmp_path / "s.sqlite", clock)
     eng = Engine(merchant_config(tmp_path), store, Raising(), Raise(), clock=clock,
                  run_id="r", dry_run=True)
-    effect = Effect("note_rma:101", "101", EffectKind.NOTE, st.PENDING, {"text": "hi"}, 0, "")
+    effect = dataclasses.replace(first_attempt("note_rma:101", "101", EffectKind.NOTE),
+                                 payload={"text": "hi"})
     assert call_under_ledger(eng.ctx, EFFECTS[EffectKind.NOTE], effect) is True
     assert eng.result.planned == ["return 101: would add the note 'hi'"]
-    assert store.effect("note_rma:101") is None
+    assert store.ledger.get("note_rma:101") is None
     store.close()

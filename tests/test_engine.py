@@ -7,6 +7,7 @@ import pytest
 from loopsync.rules import GradingRules
 from loopsync.cycle import Engine
 from loopsync.state import Store
+from loopsync.state.cursors import CursorRepository
 from loopsync.testing import FakeClock
 
 from loopsync.testing import FakeLoop, FakeWarehouse, loop_return, merchant_config
@@ -210,7 +211,7 @@ def test_stop_mid_window_checkpoints_the_page_and_resumes(tmp_path, monkeypatch)
     returns = [loop_return(str(i)) for i in range(101, 111)]
     w = World(tmp_path, returns, states=("open",))
     stop = threading.Event()
-    real_save = Store.save_page
+    real_save = CursorRepository.save_page
     saved = []
 
     def stop_after_two_pages(self, *a, **k):  # SIGTERM arrives while page 2 is stored
@@ -219,12 +220,12 @@ def test_stop_mid_window_checkpoints_the_page_and_resumes(tmp_path, monkeypatch)
         if len(saved) == 2:
             stop.set()
 
-    monkeypatch.setattr(Store, "save_page", stop_after_two_pages)
+    monkeypatch.setattr(CursorRepository, "save_page", stop_after_two_pages)
     r1 = w.cycle(stop=stop)
     assert r1.stopped and r1.counts.new == 4
     cur = w.store().cursors.get("returns", "open")
     assert cur.page_cursor == "4" and cur.done_until is None
-    monkeypatch.setattr(Store, "save_page", real_save)
+    monkeypatch.setattr(CursorRepository, "save_page", real_save)
     r2 = w.cycle()
     assert r2.counts.new == 6
     assert w.wh.created == 10

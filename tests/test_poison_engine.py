@@ -17,6 +17,7 @@ from loopsync.cycle import Engine
 from loopsync.stages.context import one_records_fault
 from loopsync.errors import DryRunViolation, LockHeld, Unreadable
 from loopsync.state import ProblemRow, Store
+from loopsync.state.returns import ReturnRepository
 from loopsync.testing import FakeClock
 
 from loopsync.testing import FakeLoop, FakeWarehouse, Page, loop_return, merchant_config
@@ -123,14 +124,14 @@ def test_poison_record_among_good_ones_is_recorded_and_the_page_is_checkpointed(
 
 def test_a_return_that_cannot_be_stored_is_recorded_and_its_page_still_commits(tmp_path,
                                                                               monkeypatch):
-    real = Store.upsert_return
+    real = ReturnRepository.upsert
 
     def upsert(self, rid, raw, **kw):
         if rid == "102":
             raise RuntimeError("no one foresaw this")
         return real(self, rid, raw, **kw)
 
-    monkeypatch.setattr(Store, "upsert_return", upsert)
+    monkeypatch.setattr(ReturnRepository, "upsert", upsert)
     loop = PagedLoop([[loop_return("101"), loop_return("102")], [loop_return("103")]])
     w = World(tmp_path, loop)
     result = w.cycle()
@@ -147,7 +148,7 @@ def test_a_local_fault_while_storing_is_not_blamed_on_one_return(tmp_path, monke
     def upsert(self, rid, raw, **kw):
         raise sqlite3.OperationalError("database or disk is full")
 
-    monkeypatch.setattr(Store, "upsert_return", upsert)
+    monkeypatch.setattr(ReturnRepository, "upsert", upsert)
     w = World(tmp_path, PagedLoop([[loop_return("101")]]))
     with pytest.raises(sqlite3.OperationalError):
         w.cycle()

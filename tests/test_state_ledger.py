@@ -67,11 +67,14 @@ def test_a_transition_of_an_unknown_effect_raises_naming_no_row(tmp_path):
     assert caught.value.found is None
 
 
-def test_the_engine_dict_api_translates_done_to_succeeded_at_its_boundary_only(tmp_path):
+def test_a_row_of_a_kind_this_version_does_not_know_is_read_with_its_kind_text(tmp_path):
     store = _store(tmp_path)
-    store.plan_effect("create_rma:1", "1", "create_rma")
-    store.effect_outcome("create_rma:1", "done", result={"rma_id": "R1"})
-    assert store.ledger.get("create_rma:1").status is EffectStatus.SUCCEEDED
-    assert store.effect("create_rma:1")["status"] == "done"
-    raw = store.conn.execute("select status from effects").fetchone()[0]
-    assert raw == "succeeded"
+    store.conn.execute("insert into effects (key, return_id, kind, status, attempts, "
+                       "created_at, updated_at) values ('refund:1', '1', 'refund', 'pending', "
+                       "0, 'x', 'x')")
+    (effect,) = store.ledger.pending()
+    assert effect.kind == "refund" and not isinstance(effect.kind, EffectKind)
+    assert effect.payload == {}
+    store.ledger.intent(effect.key, effect.return_id, effect.kind)  # attempted like any other
+    assert store.ledger.get("refund:1").status is EffectStatus.INTENT
+    assert store.ledger.counts()["refund"] == {EffectStatus.INTENT: 1}

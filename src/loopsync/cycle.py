@@ -40,7 +40,7 @@ from loopsync.stages import ingest as ingest_stage
 from loopsync.stages import poll as poll_stage
 from loopsync.stages import push as push_stage
 from loopsync.stages.context import CycleContext, one_records_fault, unexpected
-from loopsync.store import Store
+from loopsync.state import Store
 from loopsync.timeutil import Clock
 
 log = structlog.get_logger("loopsync.engine")

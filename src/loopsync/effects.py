@@ -2,11 +2,11 @@
 
 Every remote side effect is a row in the store's `effects` ledger: planned (`pending`) in
 the same transaction as the decision that calls for it, marked `intent` (committed) just
-before the call, and `done`/`settled`/`failed` after. `call_under_ledger` is the only code
+before the call, and `succeeded`/`settled`/`failed` after. `call_under_ledger` is the only code
 that makes such a call; it maps what the remote answered to a ledger transition:
 
     answer                        ledger                         then
-    success                       kind.on_success (done)         -
+    success                       kind.on_success (succeeded)    -
     StateConflict (Loop's "200    kind.on_conflict               settled, or settled from
       with an error body")                                       the return's state
     OutcomeUnknown (sent, answer  error noted, intent stays      raised: the next attempt
@@ -31,7 +31,7 @@ At the edges (lost state, lost answers, remotes that answer in unknown words):
   the return's state; what stays in doubt is REPORTED for a person.
 
 Adding an effect kind: one `LoopEffect` subclass and one line in `EFFECTS` (and a value in
-`EffectKind`). `CreateRma` is run by the push stage (it needs the connector's look-up), the
+`state.EffectKind`). `CreateRma` is run by the push stage (it needs the connector's look-up), the
 others by the act stage in plan order.
 """
 
@@ -39,13 +39,12 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, ClassVar, Generic, TypeVar
 
 from loopsync import rules
-from loopsync import store as st
 from loopsync.connectors.base import NotReady, PushRequest
 from loopsync.errors import (
     AuthError,
@@ -56,7 +55,8 @@ from loopsync.errors import (
     StateConflict,
 )
 from loopsync.models import RmaRef
-from loopsync.stages.context import CycleContext, Stage
+from loopsync.stages.context import CycleContext
+from loopsync.state import Effect, EffectKind, EffectStatus, Stage
 from loopsync.timeutil import iso, parse_timestamp
 
 # After a process call whose answer was lost, Loop may still show the return open while
@@ -86,17 +86,6 @@ _LEFT_OPEN = re.compile(r"\breturn is (?:already )?(?:closed|cancell?ed|expired|
                         r"processed)\b", re.IGNORECASE)
 
 
-class EffectKind(StrEnum):
-    """The ledger's `kind` column (the stored strings)."""
-
-    CREATE_RMA = "create_rma"
-    NOTE = "note"
-    PROCESS = "process"
-    FLAG = "flag"
-    GRADE = "grade"
-    ASSESS = "assess"
-
-
 class Verdict(StrEnum):
     """What a reconciliation concluded about an effect whose outcome was unknown (the
     words of `rules.settle_action`)."""
@@ -107,33 +96,14 @@ class Verdict(StrEnum):
     REPORT = rules.REPORT_ACTION  # in doubt: a person decides
 
 
-@dataclass(frozen=True)
-class Effect:
-    """One ledger row, as the effects read it."""
+def first_attempt(key: str, rid: str, kind: EffectKind) -> Effect:
+    """An effect about to be attempted for the first time (no ledger row needed yet)."""
+    return Effect(key, rid, kind, EffectStatus.PENDING, 0, None, None, {}, "", "", 0)
 
-    key: str
-    return_id: str
-    kind: str              # an EffectKind value, or a word this version does not know
-    status: str            # store.PENDING | INTENT | SUCCEEDED | SETTLED | FAILED
-    payload: dict[str, Any]
-    attempts: int
-    updated_at: str        # the last transition (ISO, the store's clock)
 
-    @classmethod
-    def from_row(cls, row: dict[str, Any]) -> Effect:
-        """A row of `Store.pending_effects` (payload already decoded)."""
-        return cls(row["key"], row["return_id"], row["kind"], row["status"],
-                   row.get("payload") or {}, row.get("attempts") or 0, row["updated_at"])
-
-    @classmethod
-    def first(cls, key: str, rid: str, kind: EffectKind) -> Effect:
-        """An effect about to be attempted for the first time (no row needed yet)."""
-        return cls(key, rid, kind, st.PENDING, {}, 0, "")
-
-    @property
-    def evidence_slot(self) -> str:
-        """The kv key of settle evidence: one record per attempt."""
-        return f"{self.key}#{self.attempts}"
+def evidence_slot(effect: Effect) -> str:
+    """The kv key of an effect's settle evidence: one record per attempt."""
+    return f"{effect.key}#{effect.attempts}"
 
 
 R = TypeVar("R")
@@ -144,7 +114,7 @@ class EffectType(ABC, Generic[R]):
     the ledger gives its caller (the RMA for a create; for Loop effects, True when the
     effect is finished for this cycle, False when it must wait)."""
 
-    kind: ClassVar[str]
+    kind: ClassVar[EffectKind | str]  # a str for UnknownKind alone
     dry_run_result: R
 
     @abstractmethod
@@ -157,11 +127,11 @@ class EffectType(ABC, Generic[R]):
 
     def begin(self, ctx: CycleContext, effect: Effect) -> None:
         """Mark the attempt (`intent`, committed) just before the call."""
-        ctx.store.effect_intent(effect.key, effect.return_id, effect.kind)
+        ctx.store.ledger.intent(effect.key, effect.return_id, effect.kind)
 
     def not_sent(self, ctx: CycleContext, effect: Effect, exc: RemoteError) -> None:
         """The call certainly did not reach the remote: back to pending."""
-        ctx.store.effect_not_sent(effect.key, str(exc))
+        ctx.store.ledger.not_sent(effect.key, str(exc))
 
     @abstractmethod
     def on_success(self, ctx: CycleContext, effect: Effect, answer: Any) -> R: ...
@@ -187,7 +157,7 @@ def call_under_ledger(ctx: CycleContext, kind: EffectType[R], effect: Effect) ->
         return kind.on_conflict(ctx, effect, exc)
     except OutcomeUnknown as exc:
         # The intent stays armed: the next attempt reconciles before repeating.
-        ctx.store.effect_error(effect.key, str(exc))
+        ctx.store.ledger.error(effect.key, str(exc))
         raise
     except AuthError as exc:  # refused at the door: nothing happened; retry once it works
         kind.not_sent(ctx, effect, exc)
@@ -221,32 +191,32 @@ class LoopEffect(EffectType[bool]):
         return None
 
     def on_success(self, ctx: CycleContext, effect: Effect, answer: Any) -> bool:
-        self.settle(ctx, effect, st.SUCCEEDED, None)
+        self.settle(ctx, effect, EffectStatus.SUCCEEDED, None)
         return True
 
     def on_conflict(self, ctx: CycleContext, effect: Effect, exc: StateConflict) -> bool:
-        self.settle(ctx, effect, st.SETTLED, exc.message)
+        self.settle(ctx, effect, EffectStatus.SETTLED, exc.message)
         return True
 
     def on_refused(self, ctx: CycleContext, effect: Effect, exc: PermanentError) -> bool:
-        self.settle(ctx, effect, st.FAILED, exc.message)
+        self.settle(ctx, effect, EffectStatus.FAILED, exc.message)
         ctx.problem(effect.return_id, "act", f"{effect.kind} failed: {exc.message}")
         return True
 
-    def settle(self, ctx: CycleContext, effect: Effect, status: str,
+    def settle(self, ctx: CycleContext, effect: Effect, status: EffectStatus,
                message: str | None) -> None:
         """Record the outcome, and what it means for the return, in one transaction."""
         reason = message or effect.payload.get("reason")
         with ctx.store.atomic():
-            ctx.store.effect_outcome(effect.key, status, error=message)
+            ctx.store.ledger.outcome(effect.key, status, error=message)
             self.settled(ctx, effect, status, reason)
         self.announce(ctx, effect, status, reason)
 
-    def settled(self, ctx: CycleContext, effect: Effect, status: str,
+    def settled(self, ctx: CycleContext, effect: Effect, status: EffectStatus,
                 reason: str | None) -> None:
         """What an outcome changes besides the ledger (in its transaction): counts."""
 
-    def announce(self, ctx: CycleContext, effect: Effect, status: str,
+    def announce(self, ctx: CycleContext, effect: Effect, status: EffectStatus,
                  reason: str | None) -> None:
         """An event after the outcome committed (actions only)."""
 
@@ -269,7 +239,7 @@ class Note(LoopEffect):
         if effect.key.startswith("note_rma:") and not ctx.dry_run:
             # An earlier run, whose state this file lacks, worked on this return.
             ctx.store.kv(FOUND_RMAS).set(effect.return_id, iso(ctx.now()))
-        self.settle(ctx, effect, st.SETTLED, "note already in Loop")
+        self.settle(ctx, effect, EffectStatus.SETTLED, "note already in Loop")
         return True
 
     def reconcile(self, ctx: CycleContext, effect: Effect) -> Verdict:
@@ -281,22 +251,22 @@ class Note(LoopEffect):
         # One read without it may be stale (Loop keeps every copy of a note written
         # twice): repeat only when a second read, `settle` later, agrees.
         evidence = ctx.store.kv(SETTLE_EVIDENCE)
-        first = evidence.get(effect.evidence_slot)
+        first = evidence.get(evidence_slot(effect))
         if not isinstance(first, str):
             if not ctx.dry_run:
-                evidence.set(effect.evidence_slot, iso(ctx.now()))
+                evidence.set(evidence_slot(effect), iso(ctx.now()))
             return Verdict.WAIT
         return Verdict.WAIT if ctx.too_soon(first, settle) else Verdict.REPEAT
 
     def on_refused(self, ctx: CycleContext, effect: Effect, exc: PermanentError) -> bool:
         if note_in_loop(ctx, effect):
-            self.settle(ctx, effect, st.SETTLED, f"note already in Loop ({exc.message})")
+            self.settle(ctx, effect, EffectStatus.SETTLED, f"note already in Loop ({exc.message})")
             return True
         return super().on_refused(ctx, effect, exc)
 
-    def settled(self, ctx: CycleContext, effect: Effect, status: str,
+    def settled(self, ctx: CycleContext, effect: Effect, status: EffectStatus,
                 reason: str | None) -> None:
-        if status == st.SUCCEEDED:
+        if status == EffectStatus.SUCCEEDED:
             ctx.counts.notes += 1
 
 
@@ -336,7 +306,7 @@ class Action(LoopEffect):
         if ctx.too_soon(effect.updated_at, PROCESS_SETTLE):
             return Verdict.WAIT  # Loop may still be working on the call: early `open` is no news
         evidence = ctx.store.kv(SETTLE_EVIDENCE)
-        first_raw = evidence.get(effect.evidence_slot)
+        first_raw = evidence.get(evidence_slot(effect))
         first = rules.ActionRead(**first_raw) if isinstance(first_raw, dict) else None
         if first is not None:
             early = _clock_doubt(ctx, first, read)
@@ -345,7 +315,7 @@ class Action(LoopEffect):
         verdict = Verdict(rules.settle_action(effect.kind, first, read,
                                               attempted_at=effect.updated_at))
         if verdict == Verdict.WAIT and not ctx.dry_run:
-            evidence.set(effect.evidence_slot, asdict(read))
+            evidence.set(evidence_slot(effect), asdict(read))
         return verdict
 
     def on_conflict(self, ctx: CycleContext, effect: Effect, exc: StateConflict) -> bool:
@@ -368,34 +338,34 @@ class Action(LoopEffect):
         try:
             details = ctx.loop.return_details(effect.return_id)
         except RemoteError as read_exc:
-            ctx.store.effect_error(effect.key, f"{exc}; state read failed: {read_exc}")
+            ctx.store.ledger.error(effect.key, f"{exc}; state read failed: {read_exc}")
             raise
         state = str(details.get("state", "")).lower()
         if state != "open":
-            self.settle(ctx, effect, st.SETTLED, f"{exc.message} (return is {state})")
+            self.settle(ctx, effect, EffectStatus.SETTLED, f"{exc.message} (return is {state})")
             return True
         report_action(ctx, effect, f"Loop answered the {effect.kind} call with an error "
                                    f"loopsync does not know ({exc.message}) and the "
                                    "return is still open")
         return True
 
-    def result_of(self, status: str) -> str:
+    def result_of(self, status: EffectStatus) -> str:
         """processed | flagged | settled | failed: what became of the call."""
-        if status == st.SETTLED:
+        if status == EffectStatus.SETTLED:
             return "settled"
-        if status == st.FAILED:
+        if status == EffectStatus.FAILED:
             return "failed"
         return self.outcome
 
-    def settled(self, ctx: CycleContext, effect: Effect, status: str,
+    def settled(self, ctx: CycleContext, effect: Effect, status: EffectStatus,
                 reason: str | None) -> None:
         outcome = self.result_of(status)
         if outcome != "failed":
             setattr(ctx.counts, outcome, getattr(ctx.counts, outcome) + 1)
-        stage = Stage.REJECTED if status == st.FAILED else Stage.DONE
+        stage = Stage.REJECTED if status == EffectStatus.FAILED else Stage.DONE
         ctx.set_stage(effect.return_id, stage, reason, action=outcome)
 
-    def announce(self, ctx: CycleContext, effect: Effect, status: str,
+    def announce(self, ctx: CycleContext, effect: Effect, status: EffectStatus,
                  reason: str | None) -> None:
         ctx.event(self.result_of(status), effect.return_id, reason=reason)
 
@@ -422,9 +392,9 @@ class Disposition(LoopEffect):
     def describe(self, ctx: CycleContext, effect: Effect) -> str:
         return f"send {len(effect.payload.get('items', []))} item(s) to Loop {effect.kind}"
 
-    def settled(self, ctx: CycleContext, effect: Effect, status: str,
+    def settled(self, ctx: CycleContext, effect: Effect, status: EffectStatus,
                 reason: str | None) -> None:
-        if status == st.SUCCEEDED:
+        if status == EffectStatus.SUCCEEDED:
             ctx.counts.graded += 1
 
 
@@ -451,13 +421,13 @@ class UnknownKind(Disposition):
     def perform(self, ctx: CycleContext, effect: Effect) -> None:
         raise PermanentError("loopsync", f"unknown effect kind {effect.kind!r}")
 
-    def settled(self, ctx: CycleContext, effect: Effect, status: str,
+    def settled(self, ctx: CycleContext, effect: Effect, status: EffectStatus,
                 reason: str | None) -> None:
         """Counted nowhere."""
 
 
 # The act stage's effects by ledger kind: adding a kind is one class and one line here.
-EFFECTS: dict[str, LoopEffect] = {
+EFFECTS: dict[EffectKind, LoopEffect] = {
     EffectKind.NOTE: Note(),
     EffectKind.PROCESS: Process(),
     EffectKind.FLAG: Flag(),
@@ -466,14 +436,17 @@ EFFECTS: dict[str, LoopEffect] = {
 }
 
 
-def effect_type(kind: str) -> LoopEffect:
-    return EFFECTS.get(kind) or UnknownKind()
+def effect_type(kind: EffectKind | str) -> LoopEffect:
+    """The class that carries out a Loop effect of `kind`; UnknownKind for a kind this
+    version does not know (or the create, which is the push stage's)."""
+    found = EFFECTS.get(kind) if isinstance(kind, EffectKind) else None
+    return found or UnknownKind()
 
 
 def run_effect(ctx: CycleContext, effect: Effect) -> bool:
     """Carry out one Loop effect; False when it must wait for a later cycle."""
     kind = effect_type(effect.kind)
-    if effect.status == st.INTENT:
+    if effect.status == EffectStatus.INTENT:
         verdict = kind.reconcile(ctx, effect)
         early = apply_verdict(
             ctx, kind, effect, verdict, done="already done in Loop",
@@ -493,7 +466,7 @@ def apply_verdict(ctx: CycleContext, kind: LoopEffect, effect: Effect, verdict: 
     if verdict == Verdict.WAIT:
         return False
     if verdict == Verdict.DONE:
-        kind.settle(ctx, effect, st.SETTLED, done)
+        kind.settle(ctx, effect, EffectStatus.SETTLED, done)
         return True
     if verdict == Verdict.REPORT:
         report_action(ctx, effect, report)
@@ -504,7 +477,7 @@ def apply_verdict(ctx: CycleContext, kind: LoopEffect, effect: Effect, verdict: 
 def report_action(ctx: CycleContext, effect: Effect, reason: str) -> None:
     """The effect failed in doubt: a person decides (the return is REPORTED)."""
     with ctx.store.atomic():
-        ctx.store.effect_outcome(effect.key, st.FAILED, error=reason)
+        ctx.store.ledger.outcome(effect.key, EffectStatus.FAILED, error=reason)
         ctx.report_for_person(effect.return_id, "act", reason)
 
 
@@ -590,14 +563,14 @@ class CreateRma(EffectType[RmaRef | None]):
         if not isinstance(exc, Rejected):
             # An error whose meaning is not certain (an error body, an unexpected status)
             # is an unknown outcome: the intent stays armed and the RMA is looked up first.
-            ctx.store.effect_error(effect.key, str(exc))
+            ctx.store.ledger.error(effect.key, str(exc))
             raise exc
         # A refusal may still have created the record (ShipHero answers some GraphQL
         # errors after the return exists): look it up before the verdict.
         try:
             found = ctx.connector.find_rma(self.req, self.located)
         except (RemoteError, NotReady) as lookup:
-            ctx.store.effect_error(effect.key, f"{exc}; look-up failed: {lookup}")
+            ctx.store.ledger.error(effect.key, f"{exc}; look-up failed: {lookup}")
             raise OutcomeUnknown(exc.system, f"create refused ({exc.message}) and the "
                                              f"look-up failed: {lookup}") from None
         if found is not None:
@@ -606,7 +579,7 @@ class CreateRma(EffectType[RmaRef | None]):
             return found
         ctx.counts.rejected += 1
         with ctx.store.atomic():
-            ctx.store.effect_outcome(effect.key, st.FAILED, error=exc.message)
+            ctx.store.ledger.outcome(effect.key, EffectStatus.FAILED, error=exc.message)
             ctx.set_stage(effect.return_id, Stage.REJECTED, exc.message)
         ctx.problem(effect.return_id, "push", f"warehouse rejected the RMA: {exc.message}")
         return None

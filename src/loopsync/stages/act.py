@@ -10,21 +10,21 @@ A return left for a person (REPORTED) gets only the note naming its RMA.
 
 from __future__ import annotations
 
-from loopsync.effects import Effect, EffectKind, effect_type, run_effect
-from loopsync.stages.context import CycleContext, Stage
+from loopsync.effects import effect_type, run_effect
+from loopsync.stages.context import CycleContext
+from loopsync.state import EffectKind, Stage
 
 
 def return_ids(ctx: CycleContext) -> list[str]:
     """Returns with an effect not yet settled, in the order their effects were planned."""
-    return list(dict.fromkeys(e["return_id"] for e in ctx.store.pending_effects()))
+    return list(dict.fromkeys(e.return_id for e in ctx.store.ledger.pending()))
 
 
 def run_effects(ctx: CycleContext, rid: str) -> None:
     """Carry out one return's unsettled effects in plan order."""
-    row = ctx.store.get_return_row(rid)
-    reported = row is not None and row["stage"] == Stage.REPORTED
-    for pending in ctx.store.pending_effects(rid):
-        effect = Effect.from_row(pending)
+    row = ctx.store.returns.get(rid)
+    reported = row is not None and row.stage == Stage.REPORTED
+    for effect in ctx.store.ledger.pending(rid):
         if effect.kind == EffectKind.CREATE_RMA:
             continue  # owned by the push stage
         if reported and not effect.key.startswith("note_rma:"):

@@ -7,8 +7,8 @@ problem row `loopsync status` lists), `report_for_person` (stage REPORTED, the r
 attention) and `set_stage`. Remote text may hold lone surrogates, which neither SQLite nor a
 log line takes: `problem` passes it through `models.printable` first.
 
-`Stage` names the return stages the stages compare with; its values are the store's stage
-strings (a StrEnum, so it equals them), and the store calls still take those strings.
+The stages and effects read and write the store through its typed repositories
+(`loopsync.state`): rows are its dataclasses, stages and effect statuses its enums.
 """
 
 from __future__ import annotations
@@ -17,37 +17,20 @@ import sqlite3
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from structlog.typing import FilteringBoundLogger
 
-from loopsync import store as st
 from loopsync.config import MerchantConfig
 from loopsync.connectors.base import NotReady, PollStopped, WarehouseConnector
 from loopsync.errors import AuthError, DryRunViolation, LockHeld, StateError
 from loopsync.models import printable, safe_numeric_id
 from loopsync.ports import LoopApi
-from loopsync.store import Store
+from loopsync.state import Stage, Store
 from loopsync.timeutil import Clock, parse_timestamp
 
 if TYPE_CHECKING:  # cycle.py builds the context and imports the stages: no runtime import
     from loopsync.cycle import CycleCounts, CycleResult
-
-
-class Stage(StrEnum):
-    """A return's stage in the store (the store's own strings; see store.STAGES)."""
-
-    NEW = st.NEW
-    SKIPPED = st.SKIPPED
-    WAITING = st.WAITING
-    STALE = st.STALE
-    REJECTED = st.REJECTED
-    PUSHING = st.PUSHING
-    OPEN = st.OPEN
-    ACTING = st.ACTING
-    REPORTED = st.REPORTED
-    DONE = st.DONE
 
 
 # What one return's handling may raise that is no fault of that return, so it is not
@@ -111,12 +94,12 @@ class CycleContext:
     def problem(self, rid: str | None, stage: str, message: str) -> None:
         # Remote text may hold lone surrogates, which neither SQLite nor a log line takes.
         rid, message = (printable(rid, 40) if rid else rid), printable(message)
-        self.store.add_problem(rid, stage, message, self.run_id)
+        self.store.runs.add_problem(rid, stage, message, self.run_id)
         self.log.warning("return.problem", return_id=rid, stage=stage, problem=message)
 
     def set_stage(self, rid: str, stage: Stage, reason: str | None = None, *,
                   action: str | None = None) -> None:
-        self.store.set_stage(rid, stage, reason, action=action)
+        self.store.returns.move(rid, stage, reason, action=action)
 
     def report_for_person(self, rid: str, stage: str, reason: str) -> None:
         """Stop acting on a return that loopsync cannot settle without guessing: stage

@@ -22,13 +22,13 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from loopsync import store as st
 from loopsync.errors import AuthError, PaginationStopped, PermanentError, Unreadable
 from loopsync.loop_client import LOOP_STATES, ReturnsPage
 from loopsync.models import LoopReturn, parse_asn_row, remote_timestamp
 from loopsync.paging import WalkEnd, WalkResult, record_walk
 from loopsync.prefetch import prefetched
 from loopsync.stages.context import CycleContext, one_records_fault, raw_id, unexpected
+from loopsync.state import LOOKUP, Cursor, Lookup, ReturnHead, Upserted
 from loopsync.timeutil import iso, parse_timestamp
 from loopsync.windows import (
     Window,
@@ -46,6 +46,9 @@ CURSOR_EVENTS = "cursors"
 # The ASN report only feeds tracking numbers of returns still to push, which are recent:
 # the first run reads this far back rather than from loop.start_at, day by day.
 ASN_BACKFILL = timedelta(days=30)
+
+# A page's stored heads by return id; LOOKUP for an id seen earlier in the same page.
+Heads = dict[str, ReturnHead | Lookup]
 
 
 class WindowEnd(StrEnum):
@@ -74,12 +77,12 @@ def ingest(ctx: CycleContext) -> None:
                 return
             if outcome == WindowEnd.INCOMPLETE:
                 continue
-            cur = ctx.store.cursor(RETURNS, state)
+            cur = ctx.store.cursors.get(RETURNS, state)
         if _new_windows(ctx, state, cur, end) == WindowEnd.STOPPED:
             return
 
 
-def _new_windows(ctx: CycleContext, state: str, cur: st.Cursor, end: datetime) -> WindowEnd:
+def _new_windows(ctx: CycleContext, state: str, cur: Cursor, end: datetime) -> WindowEnd:
     """Read the windows from the last completed one (less lookback) to `end`."""
     start = ingest_start(cur.done_until, ctx.cfg.loop.start_at, ctx.cfg.loop.lookback)
     ctx.log.info("ingest.state", state=state, start=iso(start), end=iso(end))
@@ -90,10 +93,10 @@ def _new_windows(ctx: CycleContext, state: str, cur: st.Cursor, end: datetime) -
     return WindowEnd.COMPLETE
 
 
-def _checked_cursor(ctx: CycleContext, stream: str, state: str, now: datetime) -> st.Cursor:
+def _checked_cursor(ctx: CycleContext, stream: str, state: str, now: datetime) -> Cursor:
     """The stored cursor, pulled back first if it lies beyond `now` (written while our
     clock ran ahead): logged, and kept in kv for `status`."""
-    cur = ctx.store.cursor(stream, state)
+    cur = ctx.store.cursors.get(stream, state)
     if not any(t is not None and t > now for t in (cur.done_until, cur.window_to)):
         return cur
     window = (Window(cur.window_from, cur.window_to)
@@ -102,17 +105,17 @@ def _checked_cursor(ctx: CycleContext, stream: str, state: str, now: datetime) -
                          lookback=ctx.cfg.loop.lookback,
                          # Nothing stored for this stream: no record ever read tells
                          # where the truth was, so read again from the configured start.
-                         last_seen=ctx.store.last_updated_at(stream, state)
+                         last_seen=ctx.store.cursors.last_updated_at(stream, state)
                          or ctx.cfg.loop.start_at)
     ctx.log.warning("ingest.cursor_pulled_back", stream=stream, state=state,
                     was=iso(cur.done_until), now=iso(check.done_until), reason=check.reason)
     if not ctx.dry_run:
         with ctx.store.atomic():
-            ctx.store.set_done_until(stream, state, check.done_until)
+            ctx.store.cursors.set_done_until(stream, state, check.done_until)
             ctx.store.kv(CURSOR_EVENTS).set(f"pulled_back:{stream}/{state}", {
                 "at": iso(now), "from": iso(cur.done_until), "to": iso(check.done_until),
                 "reason": check.reason})
-    return st.Cursor(stream, state, check.done_until, None, None, None)
+    return Cursor(stream, state, check.done_until, None, None, None)
 
 
 def _server_now(ctx: CycleContext, local: datetime, remote: datetime | None) -> None:
@@ -166,7 +169,8 @@ class _WindowRead:
             self.first_date = date if self.first_date is None else min(self.first_date, date)
         with ctx.store.atomic():
             ingest_page(ctx, page.returns)
-            ctx.store.save_page(RETURNS, self.state, window.start, window.end, page.next_cursor)
+            ctx.store.cursors.save_page(RETURNS, self.state, window.start, window.end,
+                                        page.next_cursor)
             if first_page and self.first_date is not None and page.next_cursor:
                 ctx.store.kv(CURSOR_EVENTS).set(self.date_key, iso(self.first_date))
 
@@ -227,7 +231,7 @@ def _complete_window(ctx: CycleContext, state: str, window: Window,
         ctx.log.warning("ingest.window_end_clamped", state=state, window_end=iso(window.end),
                         loop_now=iso(server_date), done_until=iso(until))
     with ctx.store.atomic():
-        ctx.store.complete_window(RETURNS, state, until)
+        ctx.store.cursors.complete_window(RETURNS, state, until)
         kv = ctx.store.kv(CURSOR_EVENTS)
         if kv.get(f"window_date:{RETURNS}/{state}") is not None:
             kv.set(f"window_date:{RETURNS}/{state}", None)
@@ -251,13 +255,13 @@ def _record_walk(ctx: CycleContext, name: str, exc: PaginationStopped | None) ->
 def ingest_page(ctx: CycleContext, returns: list[Any]) -> list[str]:
     """Store a page of list objects (in the caller's transaction); their ids."""
     # One query for the page's known returns instead of one per return.
-    heads = ctx.store.return_heads([rid for raw in returns if isinstance(raw, dict)
-                                    and (rid := raw_id(raw))])
+    ids = [rid for raw in returns if isinstance(raw, dict) and (rid := raw_id(raw))]
+    heads: Heads = dict(ctx.store.returns.heads(ids))
     return [rid for raw in returns if (rid := _ingest_return(ctx, raw, heads))]
 
 
-def _ingest_return(ctx: CycleContext, raw: Any, heads: dict[str, Any]) -> str | None:
-    """`heads`: Store.return_heads of the page."""
+def _ingest_return(ctx: CycleContext, raw: Any, heads: Heads) -> str | None:
+    """`heads`: the page's stored heads (`ReturnRepository.heads`)."""
     ctx.counts.pulled += 1
     try:
         return _store_return(ctx, raw, heads)
@@ -274,16 +278,16 @@ def _ingest_return(ctx: CycleContext, raw: Any, heads: dict[str, Any]) -> str | 
     return None
 
 
-def _store_return(ctx: CycleContext, raw: Any, heads: dict[str, Any]) -> str:
+def _store_return(ctx: CycleContext, raw: Any, heads: Heads) -> str:
     ret = LoopReturn.from_api(raw)
     head = heads.get(ret.id)
-    heads[ret.id] = st.LOOKUP  # the same id again in this page: read it afresh
-    outcome = ctx.store.upsert_return(
+    heads[ret.id] = LOOKUP  # the same id again in this page: read it afresh
+    outcome = ctx.store.returns.upsert(
         ret.id, raw, state=ret.state, updated_at=ret.updated_at, created_at=ret.created_at,
         destination_id=ret.destination_id, order_name=ret.order_name, head=head)
-    if outcome == st.NEW_RETURN:
+    if outcome == Upserted.NEW:
         ctx.counts.new += 1
-    elif outcome == st.CHANGED_RETURN:
+    elif outcome == Upserted.CHANGED:
         ctx.counts.changed += 1
     return ret.id
 
@@ -303,7 +307,7 @@ def ingest_asn(ctx: CycleContext) -> None:
         with ctx.store.atomic():
             for row in rows:
                 _ingest_asn_row(ctx, row)
-            ctx.store.complete_window(ASN, "all", completed_until(window.end, date))
+            ctx.store.cursors.complete_window(ASN, "all", completed_until(window.end, date))
 
 
 def _ingest_asn_row(ctx: CycleContext, row: Any) -> None:
@@ -315,7 +319,7 @@ def _ingest_asn_row(ctx: CycleContext, row: Any) -> None:
         return
     try:
         with ctx.store.atomic():
-            ctx.store.upsert_asn_row(checked)
+            ctx.store.asn.upsert(checked)
     except Exception as exc:
         if not one_records_fault(exc):
             raise

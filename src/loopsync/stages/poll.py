@@ -17,11 +17,11 @@ from dataclasses import asdict
 
 from loopsync import rules
 from loopsync.connectors.base import PollResult, PollStopped
-from loopsync.effects import EffectKind
 from loopsync.errors import PaginationStopped, RemoteError, Unreadable
 from loopsync.loop_client import DISPOSITION_BATCH, batched
 from loopsync.models import LoopReturn, RmaRef, RmaStatus
-from loopsync.stages.context import CycleContext, Stage, one_records_fault, unexpected
+from loopsync.stages.context import CycleContext, one_records_fault, unexpected
+from loopsync.state import EffectKind, Stage
 
 # RMAs per connector poll call (benchmarks/poll.py measures it; a test lowers it).
 POLL_CHUNK = 500
@@ -52,18 +52,18 @@ def poll(ctx: CycleContext, only: set[str] | None = None) -> None:
 def _open_refs(ctx: CycleContext, only: set[str] | None) -> list[RmaRef]:
     """The RMAs to poll; a return no longer open in Loop is settled instead."""
     refs: list[RmaRef] = []
-    for row in ctx.store.open_rmas():
-        rid = row["return_id"]
+    for row in ctx.store.rmas.open():
+        rid = row.return_id
         if only is not None and rid not in only:
             continue
-        snap = ctx.store.snapshot(rid) or {}
+        snap = ctx.store.returns.snapshot(rid) or {}
         if str(snap.get("state", "open")).lower() != "open":
             # Someone acted in Loop already (processed by hand, cancelled): nothing to do.
             ctx.counts.settled += 1
             ctx.set_stage(rid, Stage.DONE, f"return is {snap.get('state')} in Loop",
                           action="settled")
             continue
-        refs.append(RmaRef(rid, row["rma_id"], row["extra"]))
+        refs.append(RmaRef(rid, row.rma_id, row.extra))
     return refs
 
 
@@ -110,7 +110,7 @@ def _record_status_of_one(ctx: CycleContext, rid: str, status: RmaStatus) -> Non
 def _record_status(ctx: CycleContext, rid: str, status: RmaStatus) -> None:
     decision = rules.decide(status, ctx.cfg.warehouse.statuses)
     fingerprint = json.dumps(status.fingerprint())
-    previous = ctx.store.record_poll(rid, status.status, json.dumps(asdict(status)),
+    previous = ctx.store.rmas.record_poll(rid, status.status, json.dumps(asdict(status)),
                                      fingerprint, decision.action, decision.reason)
     first_poll, changed = previous is None, previous != fingerprint
     if decision.action in (rules.IGNORE, rules.WAIT):
@@ -134,17 +134,17 @@ def _record_status(ctx: CycleContext, rid: str, status: RmaStatus) -> None:
 def _plan_effects(ctx: CycleContext, rid: str, status: RmaStatus,
                   decision: rules.Decision) -> None:
     """Plan the Loop calls a final status decides, in the order they are made."""
-    ret = LoopReturn.from_api(ctx.store.snapshot(rid))
+    ret = LoopReturn.from_api(ctx.store.returns.snapshot(rid))
     grades, assessments = rules.grading_items(ret, status, ctx.cfg.warehouse.grading)
     # One effect per request Loop takes, so a retry re-sends only its own batch.
     for n, batch in enumerate(batched(grades, DISPOSITION_BATCH)):
-        ctx.store.plan_effect(f"grade:{rid}:{n}", rid, EffectKind.GRADE, {"items": batch})
+        ctx.store.ledger.plan(f"grade:{rid}:{n}", rid, EffectKind.GRADE, {"items": batch})
     for n, batch in enumerate(batched(assessments, DISPOSITION_BATCH)):
-        ctx.store.plan_effect(f"assess:{rid}:{n}", rid, EffectKind.ASSESS, {"items": batch})
+        ctx.store.ledger.plan(f"assess:{rid}:{n}", rid, EffectKind.ASSESS, {"items": batch})
     if decision.action == rules.PROCESS:
-        ctx.store.plan_effect(f"process:{rid}", rid, EffectKind.PROCESS,
+        ctx.store.ledger.plan(f"process:{rid}", rid, EffectKind.PROCESS,
                               {"reason": decision.reason})
     else:
-        ctx.store.plan_effect(f"flag:{rid}", rid, EffectKind.FLAG, {"reason": decision.reason})
-        ctx.store.plan_effect(f"note_flag:{rid}", rid, EffectKind.NOTE,
+        ctx.store.ledger.plan(f"flag:{rid}", rid, EffectKind.FLAG, {"reason": decision.reason})
+        ctx.store.ledger.plan(f"note_flag:{rid}", rid, EffectKind.NOTE,
                               {"text": rules.flag_note(status, decision)})

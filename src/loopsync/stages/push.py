@@ -10,7 +10,7 @@ values, and the I/O around them only carries the decision out:
 
 Exactly once: the RMA is looked up (`find_rma`) before every first create too, not only
 before a repeat, so a lost or moved state file creates nothing twice; the create itself is
-`effects.CreateRma` under the ledger. The link, the ledger's `done` and the RMA note's plan
+`effects.CreateRma` under the ledger. The link, the ledger's `succeeded` and the RMA note's plan
 commit in one transaction; the note is then written at once (`act.run_effects`).
 
 A connector matching by something weaker than the Loop return id (`weak_matching`) never
@@ -23,21 +23,24 @@ import json
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
-from typing import Any
 
 from loopsync import rules
-from loopsync import store as st
 from loopsync.connectors.base import NotReady, PushRequest
-from loopsync.effects import CreateRma, Effect, EffectKind, call_under_ledger
+from loopsync.effects import CreateRma, call_under_ledger, first_attempt
 from loopsync.errors import Ambiguous, Rejected
 from loopsync.models import LoopReturn, MalformedReturn, RmaRef
 from loopsync.stages.act import run_effects
-from loopsync.stages.context import CycleContext, Stage
+from loopsync.stages.context import CycleContext
+from loopsync.state import Effect, EffectKind, EffectStatus, ReturnRow, Stage
 from loopsync.timeutil import parse_timestamp
 
 # A warehouse create whose answer was lost may still be running there (ShipHero has no
 # idempotency key): look it up only this many warehouse read timeouts later.
 CREATE_SETTLE = 2  # warehouse read timeouts
+
+
+# A create in one of these ledger statuses has finished: the RMA exists.
+_FINISHED = (EffectStatus.SUCCEEDED, EffectStatus.SETTLED)
 
 
 # -- pure decisions ------------------------------------------------------------------------
@@ -54,9 +57,9 @@ class PushFacts:
     """What the store knows about one return, for `decide_push`."""
 
     ret: LoopReturn
-    stage: str                 # the return's stage now
+    stage: Stage               # the return's stage now
     plan: rules.PushPlan       # rules.plan_push for this return
-    create: str | None = None  # the create_rma ledger status (None: never planned)
+    create: EffectStatus | None = None  # the create_rma ledger status (None: never planned)
     linked: bool = False       # an RMA is linked (looked at only after a finished create)
     settling: bool = False     # the last create attempt is under CREATE_SETTLE old
 
@@ -72,9 +75,9 @@ class PushDecision:
 
 def decide_push(facts: PushFacts) -> PushDecision:
     """What to do with a return before any remote call."""
-    if facts.create in (st.SUCCEEDED, st.SETTLED) and facts.linked:
+    if facts.create in _FINISHED and facts.linked:
         return PushDecision(PushStep.RELINK)
-    unknown_outcome = facts.create == st.INTENT
+    unknown_outcome = facts.create == EffectStatus.INTENT
     if unknown_outcome and facts.settling:
         return PushDecision(PushStep.LATER)
     plan, ret = facts.plan, facts.ret
@@ -112,7 +115,7 @@ def decide_found(ref: RmaRef | None, *, creates_rmas: bool,
 def return_ids(ctx: CycleContext, only: set[str] | None) -> list[str]:
     """The returns this push handles, in order: the ambiguous ones are reported first
     and left out."""
-    ids = ctx.store.return_ids_in_stage(Stage.NEW, Stage.WAITING, Stage.PUSHING)
+    ids = ctx.store.returns.ids_in_stage(Stage.NEW, Stage.WAITING, Stage.PUSHING)
     ambiguous = _refuse_ambiguous(ctx, ids, only)
     return [i for i in ids if i not in ambiguous]
 
@@ -123,10 +126,10 @@ def _refuse_ambiguous(ctx: CycleContext, ids: list[str], only: set[str] | None) 
     and none is linked or acted on. Returns the ids refused."""
     if not ctx.connector.weak_matching:
         return set()  # matched by the Loop return id: one RMA per return by construction
-    in_play = ids + ctx.store.return_ids_in_stage(Stage.OPEN, Stage.ACTING)
+    in_play = ids + ctx.store.returns.ids_in_stage(Stage.OPEN, Stage.ACTING)
     # Returns already left for a person (reported, stale, rejected) and still open in
     # Loop keep their claim on the order: a later return on it is just as ambiguous.
-    held = ctx.store.return_ids_in_stage(Stage.REPORTED, Stage.STALE, Stage.REJECTED)
+    held = ctx.store.returns.ids_in_stage(Stage.REPORTED, Stage.STALE, Stage.REJECTED)
     held_ids = set(held)
     refused: set[str] = set()
     for key, rids in _by_match_key(ctx, in_play + held).items():
@@ -145,7 +148,7 @@ def _by_match_key(ctx: CycleContext, rids: list[str]) -> dict[str, list[str]]:
     """Open returns grouped by the connector's match key."""
     keys: dict[str, list[str]] = {}
     for rid in rids:
-        snap = ctx.store.snapshot(rid)
+        snap = ctx.store.returns.snapshot(rid)
         try:
             ret = LoopReturn.from_api(snap)
         except MalformedReturn:
@@ -158,15 +161,15 @@ def _by_match_key(ctx: CycleContext, rids: list[str]) -> dict[str, list[str]]:
 
 def push_one(ctx: CycleContext, rid: str) -> None:
     """Decide one return and carry the decision out."""
-    row = ctx.store.get_return_row(rid)
-    assert row is not None
+    row = ctx.store.returns.get(rid)
+    assert row is not None and row.snapshot is not None  # every stored return has one
     try:
-        ret = LoopReturn.from_api(json.loads(row["snapshot"]))
+        ret = LoopReturn.from_api(json.loads(row.snapshot))
     except MalformedReturn as exc:
         ctx.set_stage(rid, Stage.REJECTED, f"malformed Loop return: {exc}")
         return
     key = f"create_rma:{rid}"
-    effect = ctx.store.effect(key)
+    effect = ctx.store.ledger.get(key)
     decision = decide_push(_facts(ctx, rid, ret, row, effect))
     if decision.step == PushStep.RELINK:
         ctx.set_stage(rid, Stage.OPEN)  # a crash after linking, before the stage moved
@@ -179,24 +182,24 @@ def push_one(ctx: CycleContext, rid: str) -> None:
     elif decision.step == PushStep.PUSH:
         if decision.problem:
             ctx.problem(rid, "push", decision.problem)
-        req = PushRequest(ret, decision.destination, tuple(ctx.store.asn_rows_for(rid)))
+        req = PushRequest(ret, decision.destination, tuple(ctx.store.asn.rows_for(rid)))
         _push(ctx, rid, req, row, planned=effect is not None)
 
 
-def _facts(ctx: CycleContext, rid: str, ret: LoopReturn, row: dict[str, Any],
-           effect: dict[str, Any] | None) -> PushFacts:
+def _facts(ctx: CycleContext, rid: str, ret: LoopReturn, row: ReturnRow,
+           effect: Effect | None) -> PushFacts:
     """The store's facts about a return; the extra reads only where they can matter."""
-    status = effect["status"] if effect else None
+    status = effect.status if effect else None
     plan = rules.plan_push(ret, ctx.cfg.warehouse.destinations,
                            needs_destination=ctx.connector.creates_rmas)
-    linked = status in (st.SUCCEEDED, st.SETTLED) and ctx.store.rma(rid) is not None
+    linked = status in _FINISHED and ctx.store.rmas.get(rid) is not None
     settle = timedelta(seconds=CREATE_SETTLE * ctx.cfg.warehouse.timeout)
-    settling = (effect is not None and status == st.INTENT
-                and ctx.too_soon(effect["updated_at"], settle))
-    return PushFacts(ret, row["stage"], plan, status, linked, settling)
+    settling = (effect is not None and status == EffectStatus.INTENT
+                and ctx.too_soon(effect.updated_at, settle))
+    return PushFacts(ret, row.stage, plan, status, linked, settling)
 
 
-def _push(ctx: CycleContext, rid: str, req: PushRequest, row: dict[str, Any], *,
+def _push(ctx: CycleContext, rid: str, req: PushRequest, row: ReturnRow, *,
           planned: bool) -> None:
     """Look the RMA up, then create or link it (`planned`: a create_rma row exists)."""
     key = f"create_rma:{rid}"
@@ -217,7 +220,7 @@ def _push(ctx: CycleContext, rid: str, req: PushRequest, row: dict[str, Any], *,
         ctx.set_stage(rid, Stage.REJECTED, exc.message)
         ctx.problem(rid, "push", exc.message)
         return
-    owners = ([o for o in ctx.store.rma_owners(ref.rma_id) if o != rid]
+    owners = ([o for o in ctx.store.rmas.owners(ref.rma_id) if o != rid]
               if ref is not None and ctx.connector.weak_matching else [])
     step = decide_found(ref, creates_rmas=ctx.connector.creates_rmas, other_owners=owners)
     if step == FoundStep.WAIT:
@@ -229,7 +232,7 @@ def _push(ctx: CycleContext, rid: str, req: PushRequest, row: dict[str, Any], *,
             ctx.connector.kind, f"{ctx.connector.rma_label(ref)}", owners))
     elif step == FoundStep.CREATE:
         created = call_under_ledger(ctx, CreateRma(req, located),
-                                    Effect.first(key, rid, EffectKind.CREATE_RMA))
+                                    first_attempt(key, rid, EffectKind.CREATE_RMA))
         if created is not None:
             ctx.counts.pushed += 1
             ctx.event("rma_created", rid, rma=created.rma_id)
@@ -245,29 +248,29 @@ def _link(ctx: CycleContext, rid: str, ref: RmaRef, key: str, *, planned: bool) 
     then write the note."""
     connector = ctx.connector
     with ctx.store.atomic():
-        ctx.store.link_rma(rid, ref.rma_id, ref.extra)
+        ctx.store.rmas.link(rid, ref.rma_id, ref.extra)
         if planned or connector.creates_rmas:
-            ctx.store.plan_effect(key, rid, EffectKind.CREATE_RMA)
-            ctx.store.effect_outcome(key, st.SUCCEEDED, result={"rma_id": ref.rma_id})
+            ctx.store.ledger.plan(key, rid, EffectKind.CREATE_RMA)
+            ctx.store.ledger.outcome(key, EffectStatus.SUCCEEDED, result={"rma_id": ref.rma_id})
         # Planned with the link, so a crash before the note still leaves it to do. A
         # watch-only connector's match gets its note too (naming the matched ASN).
         label = connector.rma_label(ref)
         text = rules.rma_note(label) if connector.creates_rmas else rules.link_note(label)
-        ctx.store.plan_effect(f"note_rma:{rid}", rid, EffectKind.NOTE,
+        ctx.store.ledger.plan(f"note_rma:{rid}", rid, EffectKind.NOTE,
                               {"text": text, "names": label})
         ctx.set_stage(rid, Stage.OPEN, None)
     run_effects(ctx, rid)
 
 
-def _wait(ctx: CycleContext, rid: str, row: dict[str, Any], reason: str) -> None:
+def _wait(ctx: CycleContext, rid: str, row: ReturnRow, reason: str) -> None:
     """The warehouse is not ready for this return: wait, or give up after order_wait."""
-    since = row.get("wait_since") if row["stage"] == Stage.WAITING else None
+    since = row.wait_since if row.stage == Stage.WAITING else None
     waited = ctx.now() - parse_timestamp(since) if since else timedelta(0)
     if waited > ctx.cfg.warehouse.order_wait:
         message = f"{reason}; gave up after waiting {waited.days}d"
         ctx.set_stage(rid, Stage.STALE, message)
         ctx.problem(rid, "push", message)
         return
-    if row["stage"] != Stage.WAITING:
+    if row.stage != Stage.WAITING:
         ctx.counts.waiting += 1
-    ctx.store.set_stage(rid, Stage.WAITING, reason, keep_wait_since=since is not None)
+    ctx.store.returns.move(rid, Stage.WAITING, reason, keep_wait_since=since is not None)

@@ -44,12 +44,12 @@ from loopsync.state.files import (
 )
 from loopsync.state.kv import KvEntry, StoreKeyValue, kv_with_prefix
 from loopsync.state.ledger import Effect, EffectKind, EffectStatus, Ledger
-from loopsync.state.legacy import EngineDictApi
 from loopsync.state.lock import MerchantLock, lock_is_held
 from loopsync.state.returns import (
     LOOKUP,
     TRANSITIONS,
     HeldRow,
+    Lookup,
     ReturnHead,
     ReturnRepository,
     ReturnRow,
@@ -62,12 +62,12 @@ from loopsync.state.schema import MIGRATIONS, SCHEMA_VERSION, create_meta, schem
 from loopsync.timeutil import Clock, iso
 
 __all__ = ["LOOKUP", "SCHEMA_VERSION", "TRANSITIONS", "Cursor", "CursorRow", "Effect",
-           "EffectKind", "EffectStatus", "HeldRow", "KvEntry", "MerchantLock", "ProblemRow",
-           "ReturnHead", "ReturnRow", "RmaRow", "RunRow", "Stage", "Store", "StoreKeyValue",
-           "Upserted", "lock_is_held", "state_error"]
+           "EffectKind", "EffectStatus", "HeldRow", "KvEntry", "Lookup", "MerchantLock",
+           "ProblemRow", "ReturnHead", "ReturnRow", "RmaRow", "RunRow", "Stage", "Store",
+           "StoreKeyValue", "Upserted", "lock_is_held", "state_error"]
 
 
-class Store(EngineDictApi):
+class Store:
     """A merchant's state.
 
     `read_only`: look without changing any file (`status`): the schema is checked, never

@@ -11,6 +11,10 @@ IN (allowed)` with a row-count check, so a transition from the wrong status rais
     not_sent  intent            -> pending    the call certainly did not reach the remote
     error     intent            -> intent     transient failure: stays armed, error noted
     outcome   pending, intent   -> succeeded | settled | failed
+
+A row whose `kind` this version does not know (a newer loopsync wrote it) is still read,
+its kind kept as the stored text, so the act stage fails it with a problem row instead of
+every read of the ledger failing on it.
 """
 
 from __future__ import annotations
@@ -48,16 +52,19 @@ OUTCOMES = frozenset({EffectStatus.SUCCEEDED, EffectStatus.SETTLED, EffectStatus
 
 @dataclass(frozen=True)
 class Effect:
-    """One ledger row; `payload` and `result` decoded. `seq` orders effects as planned."""
+    """One ledger row; `payload` and `result` decoded. `seq` orders effects as planned.
+
+    `kind` is an EffectKind, or the stored text of a kind this version does not know.
+    `payload` is the call's arguments as planned, a JSON object ({} when none)."""
 
     key: str
     return_id: str
-    kind: EffectKind
+    kind: EffectKind | str
     status: EffectStatus
     attempts: int
     last_error: str | None
     result: Any
-    payload: Any
+    payload: dict[str, Any]
     created_at: str
     updated_at: str
     seq: int
@@ -71,9 +78,22 @@ def _decode(value: object) -> Any:
     return json.loads(str(value)) if value else None
 
 
+def effect_kind(value: object) -> EffectKind | str:
+    """The EffectKind of a stored `kind`; an unknown one stays its text (see the docstring)."""
+    try:
+        return EffectKind(str(value))
+    except ValueError:
+        return str(value)
+
+
+def _payload(value: object) -> dict[str, Any]:
+    decoded = _decode(value)
+    return decoded if isinstance(decoded, dict) else {}
+
+
 def _effect(r: tuple[Any, ...]) -> Effect:
-    return Effect(str(r[0]), str(r[1]), EffectKind(r[2]), EffectStatus(r[3]), integer(r[4]),
-                  r[5], _decode(r[6]), _decode(r[7]), str(r[8]), str(r[9]), integer(r[10]))
+    return Effect(str(r[0]), str(r[1]), effect_kind(r[2]), EffectStatus(r[3]), integer(r[4]),
+                  r[5], _decode(r[6]), _payload(r[7]), str(r[8]), str(r[9]), integer(r[10]))
 
 
 class Ledger:
@@ -84,19 +104,27 @@ class Ledger:
         row = self.db.one(f"select {_COLUMNS} from effects where key = ?", [key])
         return _effect(row) if row else None
 
-    def plan(self, key: str, rid: str, kind: EffectKind, payload: Any = None) -> None:
+    def plan(self, key: str, rid: str, kind: EffectKind,
+             payload: dict[str, Any] | None = None) -> None:
         """Record a decided side effect (pending); a no-op if it is already known."""
+        self._insert(key, rid, EffectKind(kind), payload)
+
+    def intent(self, key: str, rid: str, kind: EffectKind | str,
+               payload: dict[str, Any] | None = None) -> None:
+        """Mark the attempt as started, before the remote call (committed on its own).
+        `kind` may be the text of an unknown kind as read (`effect_kind`): such a row is
+        attempted, and failed, through the same transitions as any other."""
+        self._insert(key, rid, kind, payload)
+        self._move(key, EffectStatus.INTENT, UNSETTLED, "attempts = attempts + 1", [])
+
+    def _insert(self, key: str, rid: str, kind: EffectKind | str,
+                payload: dict[str, Any] | None) -> None:
         now = self.db.now()
         self.db.execute(
             "insert or ignore into effects (key, return_id, kind, status, attempts, payload, "
             "created_at, updated_at) values (?, ?, ?, ?, 0, ?, ?, ?)",
-            [key, rid, EffectKind(kind).value, EffectStatus.PENDING.value,
-             dumps_redacted(payload), now, now])
-
-    def intent(self, key: str, rid: str, kind: EffectKind, payload: Any = None) -> None:
-        """Mark the attempt as started, before the remote call (committed on its own)."""
-        self.plan(key, rid, kind, payload)
-        self._move(key, EffectStatus.INTENT, UNSETTLED, "attempts = attempts + 1", [])
+            [key, rid, str(kind), EffectStatus.PENDING.value, dumps_redacted(payload), now,
+             now])
 
     def outcome(self, key: str, status: EffectStatus, *, result: Any = None,
                 error: str | None = None) -> None:
@@ -141,9 +169,9 @@ class Ledger:
             args.append(rid)
         return [_effect(r) for r in self.db.execute(sql + " order by rowid", args)]
 
-    def counts(self) -> dict[EffectKind, dict[EffectStatus, int]]:
-        out: dict[EffectKind, dict[EffectStatus, int]] = {}
+    def counts(self) -> dict[EffectKind | str, dict[EffectStatus, int]]:
+        out: dict[EffectKind | str, dict[EffectStatus, int]] = {}
         for kind, status, n in self.db.execute(
                 "select kind, status, count(*) from effects group by 1, 2"):
-            out.setdefault(EffectKind(kind), {})[EffectStatus(status)] = integer(n)
+            out.setdefault(effect_kind(kind), {})[EffectStatus(status)] = integer(n)
         return out
