@@ -56,7 +56,7 @@ from loopsync.errors import (
 )
 from loopsync.models import RmaRef
 from loopsync.stages.context import CycleContext
-from loopsync.state import Effect, EffectKind, EffectStatus, Stage
+from loopsync.state import Effect, EffectKind, EffectStatus, ReturnAction, Stage
 from loopsync.timeutil import iso, parse_timestamp
 
 # After a process call whose answer was lost, Loop may still show the return open while
@@ -94,6 +94,24 @@ class Verdict(StrEnum):
     DONE = rules.DONE           # it happened: settle it
     REPEAT = rules.REPEAT       # it certainly did not happen, or repeating is harmless
     REPORT = rules.REPORT_ACTION  # in doubt: a person decides
+
+
+# Ledger keys are stored: a key names one effect for good, so its spelling never changes.
+_RMA_NOTE = "note_rma:"
+
+
+def create_rma_key(rid: str) -> str:
+    """The ledger key of a return's RMA create."""
+    return f"create_rma:{rid}"
+
+
+def rma_note_key(rid: str) -> str:
+    """The ledger key of the note naming a return's RMA (the push stage plans it)."""
+    return f"{_RMA_NOTE}{rid}"
+
+
+def is_rma_note(effect: Effect) -> bool:
+    return effect.key.startswith(_RMA_NOTE)
 
 
 def first_attempt(key: str, rid: str, kind: EffectKind) -> Effect:
@@ -236,7 +254,7 @@ class Note(LoopEffect):
         # again (Loop keeps every copy).
         if not note_in_loop(ctx, effect):
             return None
-        if effect.key.startswith("note_rma:") and not ctx.dry_run:
+        if is_rma_note(effect) and not ctx.dry_run:
             # An earlier run, whose state this file lacks, worked on this return.
             ctx.store.kv(FOUND_RMAS).set(effect.return_id, iso(ctx.now()))
         self.settle(ctx, effect, EffectStatus.SETTLED, "note already in Loop")
@@ -273,7 +291,7 @@ class Note(LoopEffect):
 class Action(LoopEffect):
     """Process or flag: the Loop call that ends a return's journey, made exactly once."""
 
-    outcome: ClassVar[str]  # the count and the return's `action` when it succeeds
+    outcome: ClassVar[ReturnAction]  # the count and the return's `action` when it succeeds
 
     def describe(self, ctx: CycleContext, effect: Effect) -> str:
         return f"{effect.kind} it ({effect.payload.get('reason')})"
@@ -349,30 +367,30 @@ class Action(LoopEffect):
                                    "return is still open")
         return True
 
-    def result_of(self, status: EffectStatus) -> str:
+    def result_of(self, status: EffectStatus) -> ReturnAction:
         """processed | flagged | settled | failed: what became of the call."""
         if status == EffectStatus.SETTLED:
-            return "settled"
+            return ReturnAction.SETTLED
         if status == EffectStatus.FAILED:
-            return "failed"
+            return ReturnAction.FAILED
         return self.outcome
 
     def settled(self, ctx: CycleContext, effect: Effect, status: EffectStatus,
                 reason: str | None) -> None:
         outcome = self.result_of(status)
-        if outcome != "failed":
-            setattr(ctx.counts, outcome, getattr(ctx.counts, outcome) + 1)
+        if outcome != ReturnAction.FAILED:  # processed, flagged and settled are counts
+            setattr(ctx.counts, outcome.value, getattr(ctx.counts, outcome.value) + 1)
         stage = Stage.REJECTED if status == EffectStatus.FAILED else Stage.DONE
         ctx.set_stage(effect.return_id, stage, reason, action=outcome)
 
     def announce(self, ctx: CycleContext, effect: Effect, status: EffectStatus,
                  reason: str | None) -> None:
-        ctx.event(self.result_of(status), effect.return_id, reason=reason)
+        ctx.event(self.result_of(status).value, effect.return_id, reason=reason)
 
 
 class Process(Action):
     kind = EffectKind.PROCESS
-    outcome = "processed"
+    outcome = ReturnAction.PROCESSED
 
     def perform(self, ctx: CycleContext, effect: Effect) -> None:
         ctx.loop.process(effect.return_id)
@@ -380,7 +398,7 @@ class Process(Action):
 
 class Flag(Action):
     kind = EffectKind.FLAG
-    outcome = "flagged"
+    outcome = ReturnAction.FLAGGED
 
     def perform(self, ctx: CycleContext, effect: Effect) -> None:
         ctx.loop.flag(effect.return_id)

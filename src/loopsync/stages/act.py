@@ -10,7 +10,7 @@ A return left for a person (REPORTED) gets only the note naming its RMA.
 
 from __future__ import annotations
 
-from loopsync.effects import effect_type, run_effect
+from loopsync.effects import effect_type, is_rma_note, run_effect
 from loopsync.stages.context import CycleContext
 from loopsync.state import EffectKind, Stage
 
@@ -27,7 +27,7 @@ def run_effects(ctx: CycleContext, rid: str) -> None:
     for effect in ctx.store.ledger.pending(rid):
         if effect.kind == EffectKind.CREATE_RMA:
             continue  # owned by the push stage
-        if reported and not effect.key.startswith("note_rma:"):
+        if reported and not is_rma_note(effect):
             return  # left for a person: only the note naming its RMA still goes
         if not run_effect(ctx, effect):
             if effect_type(effect.kind).waits_alone:

@@ -26,7 +26,7 @@ from loopsync.connectors.base import NotReady, PollStopped, WarehouseConnector
 from loopsync.errors import AuthError, DryRunViolation, LockHeld, StateError
 from loopsync.models import printable, safe_numeric_id
 from loopsync.ports import LoopApi
-from loopsync.state import Stage, Store
+from loopsync.state import ReturnAction, Stage, Store
 from loopsync.timeutil import Clock, parse_timestamp
 
 if TYPE_CHECKING:  # cycle.py builds the context and imports the stages: no runtime import
@@ -98,7 +98,7 @@ class CycleContext:
         self.log.warning("return.problem", return_id=rid, stage=stage, problem=message)
 
     def set_stage(self, rid: str, stage: Stage, reason: str | None = None, *,
-                  action: str | None = None) -> None:
+                  action: ReturnAction | None = None) -> None:
         self.store.returns.move(rid, stage, reason, action=action)
 
     def report_for_person(self, rid: str, stage: str, reason: str) -> None:

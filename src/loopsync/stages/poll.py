@@ -21,7 +21,7 @@ from loopsync.errors import PaginationStopped, RemoteError, Unreadable
 from loopsync.loop_client import DISPOSITION_BATCH, batched
 from loopsync.models import LoopReturn, RmaRef, RmaStatus
 from loopsync.stages.context import CycleContext, one_records_fault, unexpected
-from loopsync.state import EffectKind, Stage
+from loopsync.state import EffectKind, ReturnAction, Stage
 
 # RMAs per connector poll call (benchmarks/poll.py measures it; a test lowers it).
 POLL_CHUNK = 500
@@ -61,7 +61,7 @@ def _open_refs(ctx: CycleContext, only: set[str] | None) -> list[RmaRef]:
             # Someone acted in Loop already (processed by hand, cancelled): nothing to do.
             ctx.counts.settled += 1
             ctx.set_stage(rid, Stage.DONE, f"return is {snap.get('state')} in Loop",
-                          action="settled")
+                          action=ReturnAction.SETTLED)
             continue
         refs.append(RmaRef(rid, row.rma_id, row.extra))
     return refs

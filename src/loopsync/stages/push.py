@@ -26,7 +26,13 @@ from enum import StrEnum
 
 from loopsync import rules
 from loopsync.connectors.base import NotReady, PushRequest
-from loopsync.effects import CreateRma, call_under_ledger, first_attempt
+from loopsync.effects import (
+    CreateRma,
+    call_under_ledger,
+    create_rma_key,
+    first_attempt,
+    rma_note_key,
+)
 from loopsync.errors import Ambiguous, Rejected
 from loopsync.models import LoopReturn, MalformedReturn, RmaRef
 from loopsync.stages.act import run_effects
@@ -168,7 +174,7 @@ def push_one(ctx: CycleContext, rid: str) -> None:
     except MalformedReturn as exc:
         ctx.set_stage(rid, Stage.REJECTED, f"malformed Loop return: {exc}")
         return
-    key = f"create_rma:{rid}"
+    key = create_rma_key(rid)
     effect = ctx.store.ledger.get(key)
     decision = decide_push(_facts(ctx, rid, ret, row, effect))
     if decision.step == PushStep.RELINK:
@@ -202,7 +208,7 @@ def _facts(ctx: CycleContext, rid: str, ret: LoopReturn, row: ReturnRow,
 def _push(ctx: CycleContext, rid: str, req: PushRequest, row: ReturnRow, *,
           planned: bool) -> None:
     """Look the RMA up, then create or link it (`planned`: a create_rma row exists)."""
-    key = f"create_rma:{rid}"
+    key = create_rma_key(rid)
     try:
         located = ctx.connector.locate(req)
         # Looked up before the first create too, not only before a repeated one: state
@@ -256,7 +262,7 @@ def _link(ctx: CycleContext, rid: str, ref: RmaRef, key: str, *, planned: bool) 
         # watch-only connector's match gets its note too (naming the matched ASN).
         label = connector.rma_label(ref)
         text = rules.rma_note(label) if connector.creates_rmas else rules.link_note(label)
-        ctx.store.ledger.plan(f"note_rma:{rid}", rid, EffectKind.NOTE,
+        ctx.store.ledger.plan(rma_note_key(rid), rid, EffectKind.NOTE,
                               {"text": text, "names": label})
         ctx.set_stage(rid, Stage.OPEN, None)
     run_effects(ctx, rid)

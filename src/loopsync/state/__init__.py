@@ -50,6 +50,7 @@ from loopsync.state.returns import (
     TRANSITIONS,
     HeldRow,
     Lookup,
+    ReturnAction,
     ReturnHead,
     ReturnRepository,
     ReturnRow,
@@ -63,8 +64,8 @@ from loopsync.timeutil import Clock, iso
 
 __all__ = ["LOOKUP", "SCHEMA_VERSION", "TRANSITIONS", "Cursor", "CursorRow", "Effect",
            "EffectKind", "EffectStatus", "HeldRow", "KvEntry", "Lookup", "MerchantLock",
-           "ProblemRow", "ReturnHead", "ReturnRow", "RmaRow", "RunRow", "Stage", "Store",
-           "StoreKeyValue", "Upserted", "lock_is_held", "state_error"]
+           "ProblemRow", "ReturnAction", "ReturnHead", "ReturnRow", "RmaRow", "RunRow", "Stage",
+           "Store", "StoreKeyValue", "Upserted", "lock_is_held", "state_error"]
 
 
 class Store:

@@ -77,6 +77,15 @@ HELD = (Stage.WAITING, Stage.STALE, Stage.PUSHING, Stage.ACTING, Stage.REPORTED,
 FUTURE_SNAPSHOT_ALLOWANCE = timedelta(days=1)
 
 
+class ReturnAction(enum.StrEnum):
+    """What became of a return in Loop (returns.action; `loopsync status` counts them)."""
+
+    PROCESSED = "processed"  # loopsync processed it
+    FLAGGED = "flagged"      # loopsync flagged it for review
+    SETTLED = "settled"      # already done in Loop (by hand, or a call whose answer was lost)
+    FAILED = "failed"        # Loop refused the call for good; the return is rejected
+
+
 class Upserted(enum.StrEnum):
     """What `upsert` did with a snapshot (None: unchanged, or older than the stored one)."""
 
@@ -241,7 +250,7 @@ class ReturnRepository:
         return value
 
     def move(self, rid: str, stage: Stage, reason: str | None = None, *,
-             action: str | None = None, keep_wait_since: bool = False) -> None:
+             action: ReturnAction | None = None, keep_wait_since: bool = False) -> None:
         """Move a return to `stage` from a stage TRANSITIONS allows (else TransitionRefused,
         nothing changed). Entering `waiting` starts its clock unless `keep_wait_since`."""
         stage = Stage(stage)
@@ -249,7 +258,7 @@ class ReturnRepository:
         fields: dict[str, object] = {"stage": stage.value, "reason": redact_optional(reason),
                                      "stage_at": now}
         if action is not None:
-            fields["action"] = action
+            fields["action"] = ReturnAction(action).value
         if stage == Stage.WAITING and not keep_wait_since:
             fields["wait_since"] = now
         self._update(rid, fields, stage, SOURCES[stage] or ("",))

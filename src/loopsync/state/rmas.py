@@ -10,6 +10,7 @@ from typing import Any
 from loopsync.errors import TransitionRefused
 from loopsync.redaction import dumps_redacted, redact_optional
 from loopsync.state.db import Db, text
+from loopsync.state.returns import Stage
 
 
 @dataclass(frozen=True)
@@ -60,8 +61,8 @@ class RmaRepository:
         """The RMAs of returns in stage `open`, least recently polled first."""
         return [_rma(r) for r in self.db.execute(
             f"select {_COLUMNS} from rmas m join returns r on r.id = m.return_id "
-            "where r.stage = 'open' "
-            "order by m.polled_at is not null, m.polled_at, m.return_id")]
+            "where r.stage = ? "
+            "order by m.polled_at is not null, m.polled_at, m.return_id", [Stage.OPEN.value])]
 
     def record_poll(self, rid: str, status_word: str, status_json: str, fingerprint: str,
                     decision: str, reason: str) -> str | None:
