@@ -27,9 +27,7 @@ from loopsync.errors import (
 )
 from loopsync.models import LoopReturn, RmaRef
 from loopsync.state import EffectKind, EffectStatus, Stage, Store
-from loopsync.testing import FakeClock
-
-from loopsync.testing import FakeLoop, FakeWarehouse, loop_return, merchant_config
+from loopsync.testing import FakeClock, FakeLoop, FakeWarehouse, loop_return, merchant_config
 
 
 def test_every_effect_kind_but_create_has_one_registered_class_of_that_kind():
@@ -133,9 +131,11 @@ def _create(eng, error, found=None):
 
 
 @pytest.mark.parametrize(("error", "status", "stage", "raised"), [
-    (None, EffectStatus.INTENT, Stage.PUSHING, None),  # the push stage links it and settles it as done
+    # No answer yet settles a create: the push stage links it and settles it as succeeded.
+    (None, EffectStatus.INTENT, Stage.PUSHING, None),
     (OutcomeUnknown("wh", "answer lost"), EffectStatus.INTENT, Stage.PUSHING, OutcomeUnknown),
-    (ErrorBody("wh", "unexpected"), EffectStatus.INTENT, Stage.PUSHING, ErrorBody),  # may have created
+    # An error body may have created it: the outcome is unknown.
+    (ErrorBody("wh", "unexpected"), EffectStatus.INTENT, Stage.PUSHING, ErrorBody),
     (AuthError("wh", "401"), EffectStatus.PENDING, Stage.NEW, AuthError),
     (TransientError("wh", "reset before sending"), EffectStatus.PENDING, Stage.NEW, TransientError),
     (Rejected("wh", "SKU not on order"), EffectStatus.FAILED, Stage.REJECTED, None),

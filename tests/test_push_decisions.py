@@ -6,7 +6,6 @@ from loopsync import rules
 from loopsync.models import LoopReturn, RmaRef
 from loopsync.stages.push import FoundStep, PushFacts, PushStep, decide_found, decide_push
 from loopsync.state import EffectStatus, Stage
-
 from loopsync.testing import loop_return
 
 DESTINATIONS = {"12": "WH-1"}
