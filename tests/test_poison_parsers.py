@@ -23,7 +23,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from loopsync import errors
-from loopsync.connectors import generic, peoplevox, shiphero, xoro
+from loopsync.connectors import generic, peoplevox, xoro
+from loopsync.connectors.shiphero import mapping as shiphero
+from loopsync.connectors.shiphero import wire as shiphero_wire
 from loopsync.errors import ErrorBody, RemoteError, Unreadable
 from loopsync.http import HttpResult
 from loopsync.loop_client import _return_path, parse_returns_body
@@ -281,7 +283,7 @@ def check_status(status: RmaStatus) -> None:
        st.none() | hostile_text)
 def test_shiphero_polled_return_is_a_valid_status_or_unreadable(entry, field_error):
     try:
-        status = shiphero._polled_status(REF, entry, field_error)
+        status = shiphero.polled_status(REF, entry, field_error)
     except Unreadable:
         return
     check_status(status)
@@ -304,7 +306,7 @@ def test_shiphero_order_is_read_or_unreadable(order):
     "return_create": st.fixed_dictionaries({"return": any_json | shaped(SHIPHERO_RETURN)})})}))
 def test_shiphero_created_return_is_a_reference_or_unreadable(body):
     try:
-        ref = shiphero._rma_ref("1001", shiphero._created_return(body))
+        ref = shiphero.rma_ref("1001", shiphero.created_return(body))
     except Unreadable:
         return
     storable(ref.extra)
@@ -315,12 +317,12 @@ def test_shiphero_created_return_is_a_reference_or_unreadable(body):
 @given(any_json)
 def test_shiphero_answer_helpers_never_raise(body):
     if isinstance(body, dict):
-        assert all(isinstance(v, str) for v in shiphero._messages_by_root_key(body).values())
-    cost = shiphero._complexity(body)
+        assert all(isinstance(v, str) for v in shiphero_wire.messages_by_root_key(body).values())
+    cost = shiphero_wire._complexity(body)
     assert cost is None or cost >= 0
-    wait = shiphero._seconds(body)
+    wait = shiphero_wire._seconds(body)
     assert wait is None or wait >= 0
-    assert isinstance(shiphero._error_text(body), str)
+    assert isinstance(shiphero_wire._error_text(body), str)
 
 
 # -- PeopleVox ------------------------------------------------------------------------------

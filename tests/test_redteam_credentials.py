@@ -171,10 +171,10 @@ def test_shiphero_keeps_its_cached_access_token_masked_while_it_uses_it(
         cfg = sb.merchant_config(tmp_path)
         store = open_store(cfg, clock, dry_run=True)
         connector = build_connector(cfg, clock, store, stop=threading.Event(), policy=POLICY)
-        token = connector._bearer()
+        token = connector.client.bearer()
         for i in range(redaction.MAX_TRANSIENT * 2):  # e.g. PeopleVox logins meanwhile
             redaction.register(f"rt-pvx-session-{i:04d}-x", transient=True)
-        assert connector._bearer() == token  # cached: no refresh, no new registration
+        assert connector.client.bearer() == token  # cached: no refresh, no new registration
         assert token not in redaction.redact(f"invalid token {token}")
     finally:
         sb.stop()
@@ -322,9 +322,10 @@ def test_shiphero_bearer_token_never_follows_a_graphql_redirect_to_another_origi
             store = open_store(cfg, clock, dry_run=True)
             shiphero = build_connector(cfg, clock, store, stop=threading.Event(),
                                        policy=POLICY)
-            shiphero._access_token, shiphero._renew_at = "rt-bearer-token-0f1e2d3c", 1e18
+            client = shiphero.client  # type: ignore[attr-defined]  # a ShipHeroConnector
+            client._access_token, client._renew_at = "rt-bearer-token-0f1e2d3c", 1e18
             with pytest.raises(ForeignOrigin):
-                shiphero._graphql("poll", "query { account { data { id } } }", {})
+                client.graphql("poll", "query { account { data { id } } }", {})
             assert bad.received and bad.received[0].contains("rt-bearer-token-0f1e2d3c")
         assert sink.received == []
     finally:

@@ -51,7 +51,7 @@ class ConnectorKind:
 
 
 KINDS: dict[str, ConnectorKind] = {k.name: k for k in (
-    ConnectorKind("shiphero", "loopsync.connectors.shiphero:ShipHeroConnector",
+    ConnectorKind("shiphero", "loopsync.connectors.shiphero.connector:ShipHeroConnector",
                   "loopsync.sandbox.shiphero:ShipHeroEmulator", "config.example.yaml"),
     ConnectorKind("peoplevox", "loopsync.connectors.peoplevox:PeopleVoxConnector",
                   "loopsync.sandbox.peoplevox:PeopleVoxEmulator", "examples/peoplevox.yaml"),
