@@ -89,14 +89,14 @@ def _shiphero_rma(b: Bench, engine: Any, ret: LoopReturn, ctx: dict[str, Any]) -
 
 def _peoplevox_rma(b: Bench, engine: Any, ret: LoopReturn, ctx: dict[str, Any]) -> RmaRef:
     """A return authorization with the header and item rows the connector saves."""
-    from loopsync.connectors.peoplevox import item_row
+    from loopsync.connectors.peoplevox.mapping import header_row, item_row
     from loopsync.sandbox.peoplevox import _Ra, _RaItem
 
     conn = engine.connector
     req = PushRequest(ret, engine.cfg.warehouse.destinations[str(ret.destination_id)])
     located = {"sales_order_number": (ret.order_name or "").lstrip("#"),
                "customer_po_reference": ret.order_number or ""}
-    ra = _Ra(fields=conn.header_row(req, located))
+    ra = _Ra(fields=header_row(req, located))
     ra.items = [_RaItem(fields=item_row(ret.id, line)) for line in conn.item_lines(ret)]
     b.warehouse.ras[ret.id] = ra
     return RmaRef(ret.id, ret.id, {"sales_order_number": located["sales_order_number"],

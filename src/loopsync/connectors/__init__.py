@@ -53,7 +53,7 @@ class ConnectorKind:
 KINDS: dict[str, ConnectorKind] = {k.name: k for k in (
     ConnectorKind("shiphero", "loopsync.connectors.shiphero.connector:ShipHeroConnector",
                   "loopsync.sandbox.shiphero:ShipHeroEmulator", "config.example.yaml"),
-    ConnectorKind("peoplevox", "loopsync.connectors.peoplevox:PeopleVoxConnector",
+    ConnectorKind("peoplevox", "loopsync.connectors.peoplevox.connector:PeopleVoxConnector",
                   "loopsync.sandbox.peoplevox:PeopleVoxEmulator", "examples/peoplevox.yaml"),
     ConnectorKind("xoro", "loopsync.connectors.xoro:XoroConnector",
                   "loopsync.sandbox.xoro:XoroEmulator", "examples/xoro.yaml",

@@ -1,0 +1,355 @@
+"""PeopleVox glue: return authorizations (RAs) from Loop returns, receipt status back.
+
+The flow follows Loop's own PeopleVox integration (docs/api/peoplevox.md):
+- match the Loop return to a PeopleVox sales order (`Sales orders` export template);
+- save the RA header (`Return authorizations` import) and one row per SKU
+  (`Return authorizations items` import), the Loop return id being the RA number;
+- read a merchant-built, item-level returns report (or an export template) for the RA
+  status and per-item quantity, condition and reusability.
+Save columns come from `GetSaveTemplate`. Transport in `wire`, pure reading in `mapping`.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+import structlog
+
+from loopsync.configkit import Section
+from loopsync.connectors.base import (
+    ConnectorContext,
+    NotReady,
+    PollResult,
+    PollStopped,
+    PushRequest,
+    WarehouseConnector,
+    WarehouseSettings,
+)
+from loopsync.connectors.peoplevox.mapping import (
+    ItemLine,
+    header_row,
+    item_row,
+    loop_order_value,
+    next_date_cursor,
+    parse_report_date,
+    rma_status_from_rows,
+)
+from loopsync.connectors.peoplevox.settings import PeopleVoxSettings, parse_settings, reason_key
+from loopsync.connectors.peoplevox.wire import (
+    SYSTEM,
+    PeopleVoxError,
+    any_of_clause,
+    build_client,
+    csv_rows,
+    equals_clause,
+    since_clause,
+)
+from loopsync.errors import (
+    Ambiguous,
+    ErrorBody,
+    PermanentError,
+    Rejected,
+    RemoteError,
+    TransientError,
+)
+from loopsync.models import LoopReturn, ReturnLine, RmaRef, free_text, identifier
+
+log = structlog.get_logger("loopsync.peoplevox")
+
+
+# Columns loopsync fills; the starred ones in Loop's guide must exist in the template.
+RA_REQUIRED = ("ReturnAuthorizationNumber", "SiteReference")
+RA_ITEM_REQUIRED = ("ReturnAuthorizationNumber", "ItemCode", "Quantity")
+
+
+
+class PeopleVoxConnector(WarehouseConnector):
+    kind = "peoplevox"
+    default_base_url = "https://{region}.peoplevox.net"
+    # The incremental poll keeps one set of polled RAs; chunks would overwrite each other's.
+    polls_all_at_once: ClassVar[bool] = True
+    default_statuses: ClassVar[dict[str, list[str]]] = {
+        "process": ["completed"],
+        "flag": ["completed with discrepancies"],
+        "ignore": ["open", "awaiting", "partially received"],
+        "report": ["cancelled"],
+    }
+    default_flag_conditions: ClassVar[list[str]] = ["damaged"]
+
+    KV_DATE_CURSOR = "returns_date_cursor"
+    KV_POLLED = "returns_polled"
+
+    def __init__(self, settings: WarehouseSettings, ctx: ConnectorContext) -> None:
+        super().__init__(settings, ctx)
+        own: PeopleVoxSettings = settings.connector
+        self.own = own
+        self.client = build_client(settings, ctx)
+        self._save_columns: dict[str, list[str]] = {}
+        self._reason_codes: dict[str, str] | None = None
+
+    @classmethod
+    def parse_settings(cls, section: Section) -> PeopleVoxSettings:
+        return parse_settings(section)
+
+    def close(self) -> None:
+        self.client.http.session.close()
+
+    def rma_label(self, ref: RmaRef) -> str:
+        return f"PeopleVox return authorization {ref.rma_id}"
+
+    def locate(self, req: PushRequest) -> dict[str, Any]:
+        """The sales order this Loop return belongs to (NotReady while it is missing)."""
+        field_name = self.own.order_reference
+        value = loop_order_value(req.ret, self.own.loop_order_field)
+        if not value:
+            raise Rejected(SYSTEM, f"Loop return {req.ret.id} has no {self.own.loop_order_field}"
+                                   " to match a PeopleVox sales order")
+        result = self.client.read_page("GetData", self.own.templates.sales_orders, page=1,
+                                       where=equals_clause(field_name, value), per_page=10)
+        orders = {row.get("SalesOrderNumber", ""): row for row in csv_rows(result.detail)}
+        if not orders:
+            raise NotReady(f"sales order {field_name} = {value!r} not found in PeopleVox")
+        if len(orders) > 1:
+            raise Ambiguous(SYSTEM, f"{len(orders)} PeopleVox sales orders have {field_name} = "
+                                   f"{value!r}: {', '.join(sorted(orders))}")
+        number, row = next(iter(orders.items()))
+        if not number:
+            raise PermanentError(SYSTEM, f"template {self.own.templates.sales_orders!r} does "
+                                         "not export SalesOrderNumber")
+        # Both go back to PeopleVox in the RA's CSV: refuse what would corrupt it.
+        return {"sales_order_number": identifier(number, "SalesOrderNumber") or "",
+                "customer_po_reference": free_text(
+                    row.get("CustomerPurchaseOrderReferenceNumber", ""))}
+
+    def find_rma(self, req: PushRequest, located: dict[str, Any]) -> RmaRef | None:
+        """The RA if it exists with all its items. A header without (all) its items
+        counts as missing: `create_rma` then saves only what is missing."""
+        if not self._header_saved(req.ret.id):
+            return None
+        if self._missing_lines(req):
+            return None
+        return self._ref(req, located)
+
+    def create_rma(self, req: PushRequest, located: dict[str, Any]) -> RmaRef:
+        ra_number = req.ret.id
+        lines = self.item_lines(req.ret)
+        if not lines:
+            raise Rejected(SYSTEM, f"Loop return {ra_number} has no line item with a SKU")
+        # Both templates are checked before anything is saved: no header without items
+        # because of a template set-up problem.
+        header_columns = self._columns(self.own.templates.return_authorizations, RA_REQUIRED)
+        item_columns = self._columns(self.own.templates.return_authorization_items,
+                                     RA_ITEM_REQUIRED)
+        header_existed = self._save_header(req, located, header_columns)
+        if header_existed:
+            lines = self._missing_lines(req, lines)
+        if lines:
+            self._save_items(ra_number, lines, item_columns, header_existed)
+        log.info("peoplevox.ra_saved", return_id=ra_number, items=len(lines),
+                 header_existed=header_existed)
+        return self._ref(req, located)
+
+    def _save_header(self, req: PushRequest, located: dict[str, Any], columns: list[str]
+                     ) -> bool:
+        """Save the RA header; True when an earlier attempt had already saved it."""
+        template = self.own.templates.return_authorizations
+        try:
+            self.client.save(template, columns, [header_row(req, located)])
+        except PeopleVoxError as exc:
+            if self._header_saved(req.ret.id):
+                return True  # a lost or failed earlier attempt got this far
+            raise Rejected(SYSTEM, f"return authorization {req.ret.id} refused: {exc.detail}",
+                           code=exc.code) from None
+        return False
+
+    def _save_items(self, ra_number: str, lines: Sequence[ItemLine], columns: list[str],
+                    header_existed: bool) -> None:
+        template = self.own.templates.return_authorization_items
+        rows = [item_row(ra_number, line) for line in lines]
+        try:
+            self.client.save(template, columns, rows)
+        except PeopleVoxError as exc:
+            state = "existed" if header_existed else "was saved"
+            raise Rejected(SYSTEM, f"return authorization {ra_number} {state} but its items"
+                                   f" were refused: {exc.detail}", code=exc.code) from None
+
+    def _header_saved(self, ra_number: str) -> bool:
+        rows = self.client.read_all("GetData", self.own.templates.return_authorizations,
+                                    where=equals_clause("ReturnAuthorizationNumber", ra_number))
+        return any(r.get("ReturnAuthorizationNumber") == ra_number for r in rows)
+
+    def _missing_lines(self, req: PushRequest, lines: Sequence[ItemLine] | None = None
+                       ) -> list[ItemLine]:
+        """The item lines of this return that PeopleVox does not have yet (by SKU)."""
+        ra_number = req.ret.id
+        rows = self.client.read_all("GetData", self.own.templates.return_authorization_items,
+                                    where=equals_clause("ReturnAuthorizationNumber", ra_number))
+        saved = {r.get("ItemCode", "") for r in rows
+                 if r.get("ReturnAuthorizationNumber") == ra_number}
+        wanted = self.item_lines(req.ret) if lines is None else lines
+        return [line for line in wanted if line.sku not in saved]
+
+    def _columns(self, template: str, required: Sequence[str]) -> list[str]:
+        """The template's import columns (GetSaveTemplate, read once per connector)."""
+        if template not in self._save_columns:
+            columns = self.client.get_save_template(template)
+            missing = [c for c in required if c not in columns]
+            if missing:
+                raise PermanentError(SYSTEM, f"template {template!r} lacks column(s) "
+                                             f"{', '.join(missing)}; configure its import as "
+                                             "Loop's PeopleVox guide shows")
+            self._save_columns[template] = columns
+        return self._save_columns[template]
+
+    def _ref(self, req: PushRequest, located: dict[str, Any]) -> RmaRef:
+        return RmaRef(return_id=req.ret.id, rma_id=req.ret.id,
+                      extra={"sales_order_number": located.get("sales_order_number", ""),
+                             "expected": req.ret.units_by_sku()})
+
+    def item_lines(self, ret: LoopReturn) -> list[ItemLine]:
+        """One line per SKU, in the order the SKUs first appear on the Loop return."""
+        by_sku: dict[str, list[ReturnLine]] = defaultdict(list)
+        for line in ret.line_items:
+            if line.sku:
+                by_sku[line.sku].append(line)
+        out = []
+        for number, (sku, loop_lines) in enumerate(by_sku.items(), start=1):
+            comments = dict.fromkeys(li.comment.strip() for li in loop_lines if li.comment.strip())
+            codes = (self.reason_code(li.return_reason, li.parent_return_reason)
+                     for li in loop_lines)
+            reason = next((code for code in codes if code), "")
+            out.append(ItemLine(number, sku, len(loop_lines), reason, " | ".join(comments)))
+        return out
+
+    def reason_code(self, *loop_reasons: str) -> str:
+        """The PeopleVox code mapped to a Loop reason; "" when unmapped (passes none)."""
+        for reason in loop_reasons:
+            configured = self.own.return_reasons.get(reason_key(reason)) if reason else None
+            if configured:
+                return self._known_reason_code(configured)
+        return ""
+
+    def _known_reason_code(self, configured: str) -> str:
+        """Check the mapped value against the `Return reasons` export (a code, or a
+        description standing for its code); an unknown one passes none, with a warning."""
+        if self._reason_codes is None:
+            rows = self.client.read_all("GetData", self.own.templates.return_reasons)
+            codes: dict[str, str] = {}
+            for row in rows:
+                code = row.get("Code", "")
+                if code:
+                    codes[reason_key(row.get("Description", ""))] = code
+                    codes[reason_key(code)] = code
+            self._reason_codes = codes
+        code = self._reason_codes.get(reason_key(configured), "")
+        if not code:
+            log.warning("peoplevox.unknown_reason_code", configured=configured)
+        return code
+
+    def poll(self, rmas: Sequence[RmaRef]) -> PollResult:
+        """Statuses of the RMAs whose returns data was read. Incremental: after the first
+        poll only RMAs with rows dated since the cursor (less `overlap`), and RMAs new to
+        the poll set, are read; the others are left out (nothing new)."""
+        data = self.own.returns
+        cols = data.columns
+        by_number = {ref.rma_id: ref for ref in rmas}
+        cursor = self._date_cursor()
+        seen_dates: list[datetime] = []
+        if data.incremental and cursor is not None:
+            swept = self.client.read_all(data.operation, data.name, columns=cols.all(),
+                                         where=since_clause(cols.date, cursor - data.overlap))
+            seen_dates += self._dates(swept)
+            # Filtered here too: a service that ignores the filter sends the whole report.
+            since = cursor - data.overlap
+            changed = {row.get(cols.rma_number, "") for row in swept
+                       if (d := parse_report_date(row.get(cols.date, ""), data.date_format))
+                       is None or d >= since}
+            previous = set(self.ctx.kv.get(self.KV_POLLED) or [])
+            to_read = (changed | (by_number.keys() - previous)) & by_number.keys()
+        else:
+            to_read = set(by_number)
+        rows, unread = self._rows_of(sorted(to_read))
+        seen_dates += self._dates(rows)
+        grouped: dict[str, list[dict[str, str]]] = defaultdict(list)
+        for row in rows:
+            grouped[row.get(cols.rma_number, "")].append(row)
+        flag_conditions = self.settings.statuses.flag_conditions
+        statuses, errors = {}, {}
+        for n, why in unread.items():  # held: read in full next cycle (not in KV_POLLED)
+            errors[by_number[n].return_id] = f"PeopleVox RA {n} not read this cycle: {why}"
+        for n in sorted(to_read):
+            if grouped.get(n):
+                try:
+                    statuses[by_number[n].return_id] = rma_status_from_rows(
+                        by_number[n], grouped[n], cols, flag_conditions)
+                except ValueError as exc:  # held, with the reason, until the data is fixed
+                    errors[by_number[n].return_id] = f"PeopleVox RA {n}: {exc}"
+        held = {n for n, ref in by_number.items() if ref.return_id in errors}
+        new_cursor = next_date_cursor(cursor, seen_dates, self._now_naive())
+
+        def commit() -> None:
+            if new_cursor is not None:
+                self.ctx.kv.set(self.KV_DATE_CURSOR, new_cursor.isoformat())
+            # A held RA counts as new to the poll set: read in full until it reads well.
+            self.ctx.kv.set(self.KV_POLLED, sorted(set(by_number) - held))
+
+        return PollResult(statuses=statuses, errors=errors, on_commit=commit)
+
+    def _rows_of(self, numbers: Sequence[str]
+                 ) -> tuple[list[dict[str, str]], dict[str, str]]:
+        """The report rows of these RAs, and the RAs whose read failed after its retries
+        (with why): one failed request holds back only its own chunk. When nothing could
+        be read at all the error is raised, once, for the whole poll."""
+        data = self.own.returns
+        batch = max(1, self.settings.poll_batch)
+        rows: list[dict[str, str]] = []
+        unread: dict[str, str] = {}
+        failure: RemoteError | None = None
+        read_any = False
+        for start in range(0, len(numbers), batch):
+            if start and self.ctx.stop.is_set():
+                raise PollStopped(f"PeopleVox: stopped after {start} of {len(numbers)} RAs")
+            chunk = numbers[start:start + batch]
+            wanted = set(chunk)
+            try:
+                read = self.client.read_all(data.operation, data.name,
+                                            columns=data.columns.all(),
+                                            where=any_of_clause(data.columns.rma_number, chunk))
+            except (TransientError, ErrorBody) as exc:  # credentials refused: stop now
+                failure = exc
+                unread.update(dict.fromkeys(chunk, str(exc)))
+                log.warning("peoplevox.report_chunk_unread", ras=len(chunk), error=str(exc))
+                continue
+            read_any = True
+            # Only this chunk's rows: with the filter ignored every chunk reads the whole
+            # report, and keeping all of it would count each receipt once per chunk.
+            rows += [row for row in read if row.get(data.columns.rma_number, "") in wanted]
+        if failure is not None and not read_any:
+            raise failure
+        return rows, unread
+
+    def _date_cursor(self) -> datetime | None:
+        """The sweep's date cursor, pulled back to our clock if it was stored in the future
+        (before the clamp, one row dated 2099 set it there for good)."""
+        raw = self.ctx.kv.get(self.KV_DATE_CURSOR)
+        try:
+            stored = datetime.fromisoformat(raw).replace(tzinfo=None) if raw else None
+        except (TypeError, ValueError):
+            return None  # unreadable: sweep everything once, as on a first poll
+        now = self._now_naive()
+        if stored is not None and stored > now:
+            log.warning("peoplevox.date_cursor_pulled_back", was=stored.isoformat(),
+                        now=now.isoformat())
+            return now
+        return stored
+
+    def _now_naive(self) -> datetime:
+        return self.ctx.clock.now().astimezone(UTC).replace(tzinfo=None)
+
+    def _dates(self, rows: Iterable[Mapping[str, str]]) -> list[datetime]:
+        data = self.own.returns
+        return [d for row in rows
+                if (d := parse_report_date(row.get(data.columns.date, ""), data.date_format))]
