@@ -23,7 +23,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from loopsync import errors
-from loopsync.connectors import generic, peoplevox, xoro
+from loopsync.connectors import generic, peoplevox
+from loopsync.connectors.xoro import mapping as xoro
+from loopsync.connectors.xoro import wire as xoro_wire
 from loopsync.connectors.shiphero import mapping as shiphero
 from loopsync.connectors.shiphero import wire as shiphero_wire
 from loopsync.errors import ErrorBody, RemoteError, Unreadable
@@ -433,11 +435,11 @@ def test_xoro_asn_is_a_valid_status_or_unreadable(asn):
     if not isinstance(asn, dict):
         asn = {"Data": asn}
     try:
-        status = xoro.XoroConnector._status(XORO, XORO_REF, asn)  # type: ignore[arg-type]
+        status = xoro.asn_status(XORO_REF, asn, XORO.conf)  # type: ignore[arg-type]
     except Unreadable:
         return
     check_status(status)
-    assert isinstance(xoro._asn_number(asn), str)
+    assert isinstance(xoro.asn_number_of(asn), str)
 
 
 @FEW
@@ -445,16 +447,16 @@ def test_xoro_asn_is_a_valid_status_or_unreadable(asn):
                                          "Data": any_json, "TotalPages": any_json}))
 def test_xoro_envelope_is_accepted_or_a_typed_remote_error(body):
     try:
-        xoro.check_envelope(HttpResult(200, {}, "{}", body))
+        xoro_wire.check_envelope(HttpResult(200, {}, "{}", body))
     except RemoteError:
         return
-    assert isinstance(xoro._rows(body.get("Data")), list)
-    total = xoro._int_or_none(body.get("TotalPages"))
+    assert isinstance(xoro.data_rows(body.get("Data")), list)
+    total = xoro_wire._int_or_none(body.get("TotalPages"))
     assert total is None or isinstance(total, int)
 
 
 def test_xoro_total_pages_of_infinity_is_no_page_count():
-    assert xoro._int_or_none(float("inf")) is None
+    assert xoro_wire._int_or_none(float("inf")) is None
 
 
 # -- generic 3PL ----------------------------------------------------------------------------

@@ -287,7 +287,7 @@ def test_xoro_basic_credentials_never_follow_a_redirect_to_another_origin(
     from loopsync.configkit import Section
     from loopsync.connectors.base import ConnectorContext, WarehouseSettings
     from loopsync.rules import GradingRules, StatusRules
-    from loopsync.connectors.xoro import XoroConnector
+    from loopsync.connectors.xoro.connector import XoroConnector
     from loopsync.errors import ForeignOrigin
     env = {"XK": "rt-xoro-key-5a4b3c2d1e", "XS": "rt-xoro-secret-9z8y7x6w"}
     with _redirector(status, sink) as bad:
@@ -302,7 +302,7 @@ def test_xoro_basic_credentials_never_follow_a_redirect_to_another_origin(
         xoro = XoroConnector(settings, ConnectorContext(merchant="t", clock=clock,
                                                         policy=POLICY))
         with pytest.raises(ForeignOrigin):
-            xoro._list_asns(clock.now() - timedelta(days=1))
+            xoro.client.list_asns(clock.now() - timedelta(days=1))
         assert bad.received and "authorization" in bad.received[0].headers
     assert sink.received == []
 

@@ -55,7 +55,7 @@ KINDS: dict[str, ConnectorKind] = {k.name: k for k in (
                   "loopsync.sandbox.shiphero:ShipHeroEmulator", "config.example.yaml"),
     ConnectorKind("peoplevox", "loopsync.connectors.peoplevox.connector:PeopleVoxConnector",
                   "loopsync.sandbox.peoplevox:PeopleVoxEmulator", "examples/peoplevox.yaml"),
-    ConnectorKind("xoro", "loopsync.connectors.xoro:XoroConnector",
+    ConnectorKind("xoro", "loopsync.connectors.xoro.connector:XoroConnector",
                   "loopsync.sandbox.xoro:XoroEmulator", "examples/xoro.yaml",
                   creates_rmas=False),
     ConnectorKind("generic", "loopsync.connectors.generic:GenericConnector",
