@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 
 from loopsync import errors
 from loopsync.connectors import generic, peoplevox
+from loopsync.connectors.generic import wire_http as generic_http
 from loopsync.connectors.xoro import mapping as xoro
 from loopsync.connectors.xoro import wire as xoro_wire
 from loopsync.connectors.shiphero import mapping as shiphero
@@ -492,7 +493,7 @@ def test_generic_receipts_page_is_lines_and_held_records_or_an_error_body(body):
     if not isinstance(body, dict):
         body = {"receipts": body}
     try:
-        good, bad = generic._page_receipts(body, 1)
+        good, bad = generic_http._page_receipts(body, 1)
     except ErrorBody:
         return
     for line in good:
@@ -535,7 +536,7 @@ def test_generic_receipt_time_far_in_the_past_is_held_not_an_overflowing_cursor(
     record = {**RECEIPT, "received_at": "0001-01-01T00:00:00+01:00"}
     with pytest.raises(Unreadable, match="received_at"):
         generic.parse_receipt(record, require_time=True)
-    good, bad = generic._page_receipts({"receipts": [record]}, 1)
+    good, bad = generic_http._page_receipts({"receipts": [record]}, 1)
     assert good == [] and bad[0][2] is None
 
 

@@ -96,7 +96,8 @@ def test_a_long_error_body_cut_through_an_echoed_key_leaves_no_piece_of_it(
 
 
 def test_a_non_json_answer_quoted_in_an_error_leaves_no_piece_of_the_key() -> None:
-    from loopsync.connectors import generic, xoro
+    from loopsync.connectors import xoro
+    from loopsync.connectors.generic import wire_http as generic
     from loopsync.http import HttpResult
     text = "<html>" + "y" * 180 + LOOP_KEY + "</html>"
     result = HttpResult(200, {}, text, None)

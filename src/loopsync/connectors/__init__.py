@@ -58,7 +58,7 @@ KINDS: dict[str, ConnectorKind] = {k.name: k for k in (
     ConnectorKind("xoro", "loopsync.connectors.xoro.connector:XoroConnector",
                   "loopsync.sandbox.xoro:XoroEmulator", "examples/xoro.yaml",
                   creates_rmas=False),
-    ConnectorKind("generic", "loopsync.connectors.generic:GenericConnector",
+    ConnectorKind("generic", "loopsync.connectors.generic.connector:GenericConnector",
                   "loopsync.sandbox.generic:GenericEmulator", "examples/generic-http.yaml"),
 )}
 
