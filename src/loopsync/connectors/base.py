@@ -44,7 +44,7 @@ from loopsync.rules import GradingRules, StatusRules
 from loopsync.timeutil import Clock
 
 
-class NotReady(Exception):  # noqa: N818 - a signal, not an error
+class NotReady(Exception):
     """The warehouse is not ready for this return yet (order not there, ...). Try later."""
 
     def __init__(self, reason: str) -> None:
@@ -52,7 +52,7 @@ class NotReady(Exception):  # noqa: N818 - a signal, not an error
         super().__init__(reason)
 
 
-class PollStopped(Exception):  # noqa: N818 - a signal, not an error
+class PollStopped(Exception):
     """The worker is shutting down in the middle of a long poll: what was read so far is
     dropped (nothing was recorded from it) and read again on the next run."""
 

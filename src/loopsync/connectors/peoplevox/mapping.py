@@ -112,7 +112,9 @@ def parse_report_date(text: str, date_format: str) -> datetime | None:
     text = text.strip() if isinstance(text, str) else ""
     if not text:
         return None
-    for parse in (datetime.fromisoformat, lambda t: datetime.strptime(t, date_format)):
+    # Report dates are tenant-local and naive by PeopleVox's design: compared naive.
+    for parse in (datetime.fromisoformat,
+                  lambda t: datetime.strptime(t, date_format)):  # noqa: DTZ007 - see above
         try:
             when = parse(text).replace(tzinfo=None)
         except (ValueError, OverflowError):
@@ -139,7 +141,8 @@ def pick_condition(conditions: Sequence[str], flag_conditions: frozenset[str]) -
     else its latest one."""
     present = [c.strip() for c in conditions if c.strip()]
     flagged = [c for c in present if normalize_status(c) in flag_conditions]
-    return (flagged or present or [None])[-1]
+    chosen = flagged or present
+    return chosen[-1] if chosen else None
 
 
 @guarded("PeopleVox returns rows")

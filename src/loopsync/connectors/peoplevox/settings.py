@@ -142,9 +142,11 @@ def _parse_returns(section: Section) -> ReturnsData:
     return data
 
 def _round_trips(date_format: str) -> bool:
-    sample = datetime(2026, 1, 2, 3, 4, 5)
+    # Naive on purpose: the format reads PeopleVox's naive, tenant-local report dates.
+    sample = datetime(2026, 1, 2, 3, 4, 5)  # noqa: DTZ001 - see above
     try:
-        return datetime.strptime(sample.strftime(date_format), date_format) == sample
+        return datetime.strptime(  # noqa: DTZ007 - see above
+            sample.strftime(date_format), date_format) == sample
     except ValueError:
         return False
 
