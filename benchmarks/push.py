@@ -24,13 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import append_row, cli, print_table, quiet_logs, verdict
+from loopsync.connectors import KINDS, variants
 from loopsync.http import RetryPolicy
 from loopsync.runner import run_merchant
 from loopsync.sandbox import Sandbox
 from loopsync.timeutil import FakeClock
 
-CONNECTORS = (("shiphero", "http"), ("peoplevox", "http"), ("generic", "http"),
-              ("generic", "folder"))
+# Every variant of every kind that creates RMAs (a watch-only kind pushes nothing).
+CONNECTORS = tuple((kind, transport) for kind, transport in variants() if KINDS[kind].creates_rmas)
 POLICY = RetryPolicy(attempts=6, base=0.05, cap=0.5, retry_after_cap=30)
 
 

@@ -89,13 +89,16 @@ if str(REPO) not in sys.path:  # run as `python benchmarks/soak.py`, or loaded b
     sys.path.insert(0, str(REPO))
 
 from benchmarks.common import git_commit, machine  # noqa: E402
+from loopsync.connectors import variant_name, variants
 from loopsync.sandbox import Sandbox
 from loopsync.sandbox.poison import loop_poison_returns
 from loopsync.sandbox.server import Fault, Request, Response, json_response
 from loopsync.store import Store
 from loopsync.timeutil import SystemClock, parse_timestamp
 
-CONNECTORS = ("shiphero", "peoplevox", "xoro", "generic", "generic-folder")
+# Every variant of every registered kind: "generic" (HTTP) and "generic-folder", ...
+VARIANTS = {variant_name(kind, transport): (kind, transport) for kind, transport in variants()}
+CONNECTORS = tuple(VARIANTS)
 SCENARIOS = ("full", "full", "short", "over", "damaged", "cancelled")
 # "poison": the warehouse's record of it is unreadable; it is held, never acted on.
 EXPECTED_ACTION = {"full": "process", "short": "flag", "over": "flag", "damaged": "flag",
@@ -343,8 +346,8 @@ class ConnectorSoak:
                  max_requests: int = MAX_REQUESTS, poison: bool = True,
                  transport: bool = True) -> None:
         self.name = name
-        self.kind = "generic" if name.startswith("generic") else name
-        self.folder = name == "generic-folder"
+        self.kind, transport = VARIANTS[name]
+        self.folder = transport == "folder"
         self.kills_wanted = kills
         self.rng = random.Random(f"{seed}:{name}")
         self.workdir = workdir

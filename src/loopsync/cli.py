@@ -25,6 +25,7 @@ import structlog
 
 from loopsync import __version__, logs
 from loopsync.config import MerchantConfig, load_all
+from loopsync.connectors import kind_names
 from loopsync.errors import ConfigError, LockHeld, StateError, Unreadable
 from loopsync.redaction import install_excepthooks, redact, redact_obj
 from loopsync.shutdown import PROCESS
@@ -85,15 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
     configs(check)
 
     demo = sub.add_parser("demo", help="the whole flow against the built-in sandbox")
-    demo.add_argument("--warehouse", default="shiphero",
-                      choices=["shiphero", "peoplevox", "xoro", "generic"])
+    demo.add_argument("--warehouse", default="shiphero", choices=kind_names())
     demo.add_argument("--returns", type=int, default=12, help="how many returns to seed")
 
     sandbox = sub.add_parser("sandbox", help="serve the emulated APIs until stopped")
     sandbox.add_argument("--port", type=int, default=8900,
                          help="Loop on PORT, the warehouse on PORT+1; 0 picks free ports")
-    sandbox.add_argument("--warehouse", default="shiphero",
-                         choices=["shiphero", "peoplevox", "xoro", "generic"])
+    sandbox.add_argument("--warehouse", default="shiphero", choices=kind_names())
     sandbox.add_argument("--returns", type=int, default=25)
     return p
 

@@ -36,6 +36,9 @@ class ConnectorKind:
     emulator: str       # "module:Class" of the sandbox's WarehouseEmulator
     example: str        # example merchant config, relative to the repository root
     creates_rmas: bool = True  # False: watch-only (the warehouse's own Loop app creates them)
+    # How the connector can reach the warehouse (`warehouse.transport`); the first is the
+    # default, the others are variants the tests, benchmarks and soak run too.
+    transports: tuple[str, ...] = ("http",)
 
     @property
     def module(self) -> str:
@@ -59,7 +62,8 @@ KINDS: dict[str, ConnectorKind] = {k.name: k for k in (
                   "loopsync.sandbox.xoro:XoroEmulator", "examples/xoro.yaml",
                   creates_rmas=False),
     ConnectorKind("generic", "loopsync.connectors.generic.connector:GenericConnector",
-                  "loopsync.sandbox.generic:GenericEmulator", "examples/generic-http.yaml"),
+                  "loopsync.sandbox.generic:GenericEmulator", "examples/generic-http.yaml",
+                  transports=("http", "folder")),
 )}
 
 
@@ -70,6 +74,16 @@ def kind_names() -> list[str]:
 
 def iter_kinds() -> Iterator[ConnectorKind]:
     return iter(KINDS.values())
+
+
+def variants() -> list[tuple[str, str]]:
+    """Every (kind, transport) pair, in registry order: what the suites run over."""
+    return [(k.name, transport) for k in KINDS.values() for transport in k.transports]
+
+
+def variant_name(kind: str, transport: str) -> str:
+    """A variant's label: the kind for its default transport, else "<kind>-<transport>"."""
+    return kind if transport == KINDS[kind].transports[0] else f"{kind}-{transport}"
 
 
 def available_kinds() -> list[str]:
