@@ -19,13 +19,11 @@ from loopsync.connectors.base import WarehouseSettings
 from loopsync.rules import GradingRules, StatusRules
 from loopsync.errors import ConfigError
 from loopsync.http import DEFAULT_MAX_BODY
-from loopsync.loop_client import LOOP_STATES, MAX_WINDOW
+from loopsync.loop_facts import LOOP_DISPOSITIONS, LOOP_GRADES, LOOP_STATES, MAX_WINDOW
 
 MIB = 1024 * 1024
 MAX_TIMEOUT = timedelta(minutes=10)   # one read; longer is a typo, not a need
 MAX_DEADLINE = timedelta(hours=1)    # one whole request
-LOOP_GRADES = ("grade_a", "grade_b", "grade_c", "grade_d", "incorrect_item", "missing", "junk")
-LOOP_DISPOSITIONS = ("back_to_stock", "resale_hold", "recycle", "donate", "missing")
 # Where relative state paths live when set (the container sets /state, its volume).
 STATE_DIR_ENV = "LOOPSYNC_STATE_DIR"
 

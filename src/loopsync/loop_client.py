@@ -1,4 +1,4 @@
-"""The Loop Returns REST client (loop-api.md): returns list, ASN, details, actions, notes,
+"""The Loop Returns REST client (docs/api/loop.md): returns list, ASN, details, actions, notes,
 grading and destinations.
 
 Every call goes through `loopsync.http.HttpClient` (timeouts, the per-key limiter,
@@ -37,23 +37,18 @@ from loopsync.errors import (DryRunViolation, ErrorBody, OutcomeUnknown, Paginat
                              PermanentError, StateConflict, TransientError)
 from loopsync.http import (DEFAULT_MAX_BODY, HttpClient, HttpResult, RetryPolicy, error_text,
                            shared_limiter)
+from loopsync.loop_facts import (DISPOSITION_BATCH, LIST_FILTERS, LOOP_STATES, MAX_PAGE_SIZE,
+                                 MAX_WINDOW, NOTE_MAX_CHARS, STATE_CONFLICT_CODES)
 from loopsync.paging import DEFAULT_MAX_PAGES, PageWalk, Step, WalkEnd
 from loopsync.models import printable
 from loopsync.redaction import clip, redact, redact_obj
 from loopsync.timeutil import Clock, loop_wire
-from loopsync.windows import MAX_SPAN
 
 log = structlog.get_logger("loopsync.loop_client")
 
 SYSTEM = "loop"
-LOOP_STATES = ("open", "closed", "cancelled", "review", "expired")  # config: default order
-LIST_FILTERS = ("created_at", "updated_at")
-MAX_WINDOW = MAX_SPAN                 # 120 days: Loop answers 422 beyond this
-MAX_PAGE_SIZE = 750                   # current docs; older snapshots said 500/700
-NOTE_MAX_CHARS = 254                  # Loop: content "must be less than 255 characters"
-DISPOSITION_BATCH = 20                # the grading guide says 20 (the OpenAPI says 30)
-__all__ = ["PaginationStopped"]  # re-exported: it lives in errors.py
-STATE_CONFLICT_CODES = frozenset({"UNPROCESSABLE_RETURN", "UNPROCESSABLE_FLAGGED_RETURN"})
+# Re-exported: PaginationStopped lives in errors.py, the Loop facts in loop_facts.py.
+__all__ = ["DISPOSITION_BATCH", "LOOP_STATES", "MAX_WINDOW", "PaginationStopped"]
 # "Return is closed and therefore cannot be processed." / "Return is flagged and cannot be
 # processed." (the cancel variant arrives as {"content": ...} without a code).
 _STATE_CONFLICT_TEXT = re.compile(

@@ -129,18 +129,24 @@ def safe_numeric_id(value: Any) -> str | None:
         return None
 
 
-def whole_number(value: Any, what: str, *, minimum: int = 0) -> int:
-    """A count from a remote: an int, a whole float (1.0) or such text ("2", "2.0"), at
-    most MAX_UNITS. Unreadable naming `what` for anything else, or below `minimum`."""
+def whole_number(value: Any, what: str, *, minimum: int = 0, exact: bool = False) -> int:
+    """The one quantity parser. A count from a remote: an int, a whole float (1.0) or such
+    text ("2", "2.0"), at most MAX_UNITS. `exact`: the remote's contract says integer
+    (the generic 3PL's), so only an int or ASCII digits are read and 1.0 or "2.0" is
+    refused. Unreadable naming `what` for anything else, or below `minimum`."""
     number: Any = value
     if isinstance(value, str):
         text = value.strip()
         try:
-            # ASCII only: float() would read "１" (a full-width digit) as 1.
-            number = float(text) if text and text.isascii() else None
+            # ASCII only: float() would read "１" (a full-width digit) as 1, and isdigit()
+            # would pass "²".
+            if exact:
+                number = int(text) if text.isascii() and text.isdigit() else None
+            else:
+                number = float(text) if text and text.isascii() else None
         except ValueError:
             number = None
-    if isinstance(number, float) and number.is_integer():
+    if isinstance(number, float) and number.is_integer() and not exact:
         number = int(number)
     if isinstance(number, bool) or not isinstance(number, int) or not (
             minimum <= number <= MAX_UNITS):

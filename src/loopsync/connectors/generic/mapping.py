@@ -18,14 +18,13 @@ from typing import Any
 from loopsync import errors
 from loopsync.connectors.base import PushRequest
 from loopsync.models import (
-    MAX_UNITS,
     ItemStatus,
     RmaRef,
     RmaStatus,
     guarded,
     identifier,
-    printable,
     remote_timestamp,
+    whole_number,
 )
 from loopsync.rules import normalize_status
 from loopsync.timeutil import iso
@@ -159,13 +158,7 @@ def parse_receipt(raw: Mapping[str, Any], *, fallback_key: str | None = None,
     for name in RECEIPT_REQUIRED:
         if not text(name):
             raise errors.Unreadable(f"{name} is missing", field=name)
-    quantity = raw["quantity"]
-    if isinstance(quantity, str) and quantity.strip().isascii() and quantity.strip().isdigit():
-        quantity = int(quantity)  # ASCII only: "１" and "²" pass isdigit()
-    if isinstance(quantity, bool) or not isinstance(quantity, int) or not (
-            0 <= quantity <= MAX_UNITS):
-        raise errors.Unreadable(f"quantity {printable(repr(raw['quantity']), 40)} is not a "
-                                "whole number >= 0", field="quantity")
+    quantity = whole_number(raw["quantity"], "quantity", exact=True)  # the contract: integer
     receipt_id = text("receipt_id")
     if not receipt_id and fallback_key is None:
         raise errors.Unreadable("receipt_id is missing", field="receipt_id")

@@ -392,7 +392,7 @@ class PeopleVoxClient:
                                          "ItemsPerPage": per_page or self.settings.items_per_page}
         if operation == "GetReportData":
             request["Columns"] = ",".join(f"[{c}]" for c in columns)
-        # Each operation's own filter element (wms-apis.md): GetReportData's is
+        # Each operation's own filter element (docs/api/peoplevox.md): GetReportData's is
         # FilterClause, GetData's SearchClause. Whether the report filter is honoured is
         # UNCONFIRMED, so callers filter the rows themselves too.
         request[FILTER_ELEMENT[operation]] = where
