@@ -75,7 +75,7 @@ def quiet_logs() -> None:
 def cli(doc: str, run: Callable[..., Any], **options: int) -> None:
     """A benchmark's command line: `--<name> N` for each option (an int, with its default),
     and `--no-record`; then `run(<options in order>, record=not --no-record)`."""
-    p = argparse.ArgumentParser(description=doc.split("\n")[0])
+    p = argparse.ArgumentParser(description=doc.split("\n", maxsplit=1)[0])
     for name, default in options.items():
         p.add_argument(f"--{name}", type=int, default=default)
     p.add_argument("--no-record", action="store_true", help="do not append to BENCHMARKS.md")

@@ -31,9 +31,20 @@ from typing import Any
 
 import requests
 
-from benchmarks.common import (ALL_STATES, HISTORY_DAYS, NOW, append_row, build_engine, cli,
-                               close_engine, fmt_s, print_table, quiet_logs, verdict,
-                               worker_config)
+from benchmarks.common import (
+    ALL_STATES,
+    HISTORY_DAYS,
+    NOW,
+    append_row,
+    build_engine,
+    cli,
+    close_engine,
+    fmt_s,
+    print_table,
+    quiet_logs,
+    verdict,
+    worker_config,
+)
 from benchmarks.loop_server import loop_server
 from loopsync.config import MerchantConfig
 from loopsync.loop_client import RETURN_LIST_PATH, extract_cursor

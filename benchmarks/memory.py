@@ -27,8 +27,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import (HISTORY_DAYS, NOW, append_row, build_engine, cli, close_engine,
-                               fmt_s, print_table, quiet_logs, ratio, verdict, worker_config)
+from benchmarks.common import (
+    HISTORY_DAYS,
+    NOW,
+    append_row,
+    build_engine,
+    cli,
+    close_engine,
+    fmt_s,
+    print_table,
+    quiet_logs,
+    ratio,
+    verdict,
+    worker_config,
+)
 from benchmarks.loop_server import loop_server
 
 TARGET = 1.3

@@ -31,8 +31,16 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from benchmarks.common import (Bench, append_row, cli, close_engine, fmt_s, print_table,
-                               quiet_logs, verdict)
+from benchmarks.common import (
+    Bench,
+    append_row,
+    cli,
+    close_engine,
+    fmt_s,
+    print_table,
+    quiet_logs,
+    verdict,
+)
 from loopsync.connectors.base import PushRequest
 from loopsync.engine import POLL_CHUNK
 from loopsync.models import LoopReturn, RmaRef

@@ -229,7 +229,7 @@ def _run_one(cfg: MerchantConfig, out: TextIO, **kw: Any) -> tuple[int, str | No
         print(redact(f"  needs attention: {line}"), file=out)
     if result.needs_attention:
         return EXIT_ERRORS, f"{len(result.attention)} return(s) need a person (see loopsync status)"
-    if result.ok or result.stopped and not result.counts.errors:
+    if result.ok or (result.stopped and not result.counts.errors):
         return EXIT_OK, None
     return EXIT_ERRORS, refused or "errors (see loopsync status)"
 

@@ -16,10 +16,10 @@ import yaml
 from loopsync.configkit import Secret, Section
 from loopsync.connectors import KINDS, available_kinds, connector_class
 from loopsync.connectors.base import WarehouseSettings
-from loopsync.rules import GradingRules, StatusRules
 from loopsync.errors import ConfigError
 from loopsync.http import DEFAULT_MAX_BODY
 from loopsync.loop_facts import LOOP_DISPOSITIONS, LOOP_GRADES, LOOP_STATES, MAX_WINDOW
+from loopsync.rules import GradingRules, StatusRules
 
 MIB = 1024 * 1024
 MAX_TIMEOUT = timedelta(minutes=10)   # one read; longer is a typo, not a need
@@ -349,7 +349,7 @@ def parse_statuses(sec: Section, defaults: dict[str, list[str]],
 
 
 def parse_grading(sec: Section) -> GradingRules:
-    def member(allowed: tuple[str, ...]):  # noqa: ANN202
+    def member(allowed: tuple[str, ...]):
         def check(key: str, value: Any) -> str:
             if value not in allowed:
                 raise sec.error(key, f"{value!r} is not one of {', '.join(allowed)}")
@@ -378,8 +378,8 @@ def expand_paths(paths: list[str]) -> list[Path]:
             # a pipe or device (opening one could wait forever).
             out.extend(sorted(x for x in path.iterdir()
                               if x.suffix in (".yaml", ".yml")
-                              and (x.is_file() or not x.name.startswith(".")
-                                   and (x.is_dir() or not x.exists()))))
+                              and (x.is_file() or (not x.name.startswith(".")
+                                   and (x.is_dir() or not x.exists())))))
         else:
             out.append(path)
     return out

@@ -33,14 +33,34 @@ from urllib.parse import unquote, urlsplit
 import requests
 import structlog
 
-from loopsync.errors import (DryRunViolation, ErrorBody, OutcomeUnknown, PaginationStopped,
-                             PermanentError, StateConflict, TransientError)
-from loopsync.http import (DEFAULT_MAX_BODY, HttpClient, HttpResult, RetryPolicy, error_text,
-                           shared_limiter)
-from loopsync.loop_facts import (DISPOSITION_BATCH, LIST_FILTERS, LOOP_STATES, MAX_PAGE_SIZE,
-                                 MAX_WINDOW, NOTE_MAX_CHARS, STATE_CONFLICT_CODES)
-from loopsync.paging import DEFAULT_MAX_PAGES, PageWalk, Step, WalkEnd
+from loopsync.errors import (
+    DryRunViolation,
+    ErrorBody,
+    OutcomeUnknown,
+    PaginationStopped,
+    PermanentError,
+    StateConflict,
+    TransientError,
+)
+from loopsync.http import (
+    DEFAULT_MAX_BODY,
+    HttpClient,
+    HttpResult,
+    RetryPolicy,
+    error_text,
+    shared_limiter,
+)
+from loopsync.loop_facts import (
+    DISPOSITION_BATCH,
+    LIST_FILTERS,
+    LOOP_STATES,
+    MAX_PAGE_SIZE,
+    MAX_WINDOW,
+    NOTE_MAX_CHARS,
+    STATE_CONFLICT_CODES,
+)
 from loopsync.models import printable
+from loopsync.paging import DEFAULT_MAX_PAGES, PageWalk, Step, WalkEnd
 from loopsync.redaction import clip, redact, redact_obj
 from loopsync.timeutil import Clock, loop_wire
 
@@ -264,7 +284,7 @@ class LoopClient:
 
     def iter_returns(self, start: datetime, end: datetime, state: str, *,
                      cursor: str | None = None,
-                     filter: str = "updated_at") -> Iterator[ReturnsPage]:  # noqa: A002
+                     filter: str = "updated_at") -> Iterator[ReturnsPage]:
         """Walk one window of one state, page by page, both bounds inclusive.
 
         `cursor` resumes a walk (a `next_cursor` saved from an earlier page). Raises
