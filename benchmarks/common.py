@@ -26,6 +26,8 @@ from typing import Any
 from loopsync import logs
 from loopsync.config import MerchantConfig, parse_config
 from loopsync.engine import Engine
+from loopsync.http import HttpClient
+from loopsync.loop_client import LoopClient
 from loopsync.runner import build_connector, build_loop_client, new_run_id
 from loopsync.sandbox import LOOP_KEY, Sandbox
 from loopsync.sandbox.seed import FIRST_RETURN_ID, make_returns
@@ -56,7 +58,7 @@ def git_commit() -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     dirty = subprocess.run(["git", "diff-index", "--quiet", "HEAD", "--", "src"], cwd=ROOT,
-                           capture_output=True).returncode != 0
+                           capture_output=True, check=False).returncode != 0
     return commit + ("+dirty" if dirty else "")
 
 
@@ -214,7 +216,8 @@ def worker_config(loop_url: str, state_path: Path, *, start: dt.datetime) -> Mer
         "loop": {"base_url": loop_url, "api_key": "${LOOP_API_KEY}", "start_at": iso(start)},
         "warehouse": {"kind": "shiphero", "base_url": "http://127.0.0.1:9",
                       "refresh_token": "${SHIPHERO_REFRESH_TOKEN}"},
-    }, file="<bench>", env={"LOOP_API_KEY": LOOP_KEY, "SHIPHERO_REFRESH_TOKEN": "unused-by-this-benchmark"})
+    }, file="<bench>", env={"LOOP_API_KEY": LOOP_KEY,
+                            "SHIPHERO_REFRESH_TOKEN": "unused-by-this-benchmark"})
 
 
 def build_engine(cfg: MerchantConfig, clock: Clock) -> Engine:
@@ -226,9 +229,15 @@ def build_engine(cfg: MerchantConfig, clock: Clock) -> Engine:
     return Engine(cfg, store, loop, connector, clock=clock, run_id=new_run_id())
 
 
+def loop_http(engine: Engine) -> HttpClient:
+    """The HTTP client of the engine's Loop client (a benchmark builds a real one)."""
+    assert isinstance(engine.loop, LoopClient)
+    return engine.loop.http
+
+
 def close_engine(engine: Engine) -> None:
     engine.connector.close()
-    engine.loop.http.session.close()
+    loop_http(engine).session.close()
     engine.store.close()
 
 

@@ -40,6 +40,7 @@ from benchmarks.common import (
     cli,
     close_engine,
     fmt_s,
+    loop_http,
     print_table,
     quiet_logs,
     verdict,
@@ -91,7 +92,7 @@ def loopsync_pull(cfg: MerchantConfig, clock: FakeClock) -> dict[str, Any]:
     engine.ingest()
     seconds = time.perf_counter() - started
     stored = engine.store.db.execute("select count(*) from returns").fetchone()[0]
-    out = {"seconds": seconds, "requests": engine.loop.http.requests_sent, "stored": stored,
+    out = {"seconds": seconds, "requests": loop_http(engine).requests_sent, "stored": stored,
            "pulled": engine.counts.pulled, "new": engine.counts.new,
            "malformed": engine.counts.malformed, "errors": engine.counts.errors,
            "limiter_wait": sum(clock.slept) - slept}

@@ -149,7 +149,8 @@ def poll_once(b: Bench, cfg: Any) -> dict[str, Any]:
 
 def _op(b: Bench, call: Any) -> str:
     if b.sb.kind == "peoplevox":
-        return call.headers.get("SOAPAction", "").strip('"').rsplit("/", 1)[-1] or call.path
+        action = str(call.headers.get("SOAPAction", "")).strip('"').rsplit("/", 1)[-1]
+        return action or str(call.path)
     return f"{call.method} {call.path}"
 
 

@@ -65,6 +65,7 @@ def measure(kind: str, transport: str, n: int, root: Path) -> dict[str, Any]:
             Path(str(cfg.state_path) + suffix).unlink(missing_ok=True)
         sb.recorder.clear()
         credits = _spent(sb)
+        assert isinstance(sb.clock, FakeClock)
         sb.clock.advance(3600)
         _cycle(sb, cfg)
         ids = [str(r["id"]) for r in seeded]

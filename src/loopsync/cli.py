@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run every merchant on its schedule until stopped")
     configs(serve, "merchant YAML file(s) or directories of them")
 
-    imp = sub.add_parser("import", help="import returns by id or date range (live cursor untouched)")
+    imp = sub.add_parser("import",
+                         help="import returns by id or date range (live cursor untouched)")
     configs(imp)
     imp.add_argument("--return-id", help="one Loop return id")
     imp.add_argument("--from", dest="start", help="range start, ISO-8601 with timezone")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -85,7 +85,8 @@ class _StrictLoader(_StringTimestampLoader):
         depth = getattr(self, "_depth", 0)
         if depth >= MAX_YAML_DEPTH:
             raise yaml.composer.ComposerError(
-                None, None, f"nested deeper than {MAX_YAML_DEPTH} levels", self.peek_event().start_mark)
+                None, None, f"nested deeper than {MAX_YAML_DEPTH} levels",
+                self.peek_event().start_mark)  # type: ignore[no-untyped-call]  # stub untyped
         self._depth = depth + 1
         try:
             return super().compose_node(parent, index)
@@ -170,7 +171,7 @@ def _children(node: Any) -> list[Any]:
 
 def load_yaml(path: Path) -> Any:
     try:
-        with open(path, "rb") as fh:
+        with path.open("rb") as fh:
             data = fh.read(MAX_CONFIG_BYTES + 1)
         if len(data) > MAX_CONFIG_BYTES:
             raise ConfigError(str(path), "", f"larger than {MAX_CONFIG_BYTES} bytes")
@@ -262,12 +263,13 @@ def resolve_state_path(raw: str | None, merchant: str, base_dir: Path | None,
     is `<merchant>.sqlite` in LOOPSYNC_STATE_DIR, else `state/<merchant>.sqlite` beside
     the configuration file."""
     if raw is not None and Path(raw).expanduser().is_absolute():
-        return Path(os.path.abspath(Path(raw).expanduser()))
+        # abspath, not resolve(): a state folder reached through a link keeps its name.
+        return Path(os.path.abspath(Path(raw).expanduser()))  # noqa: PTH100 - see above
     if state_dir is not None:
         root, default = Path(state_dir).expanduser(), Path(f"{merchant}.sqlite")
     else:
         root, default = (base_dir or Path.cwd()), Path("state") / f"{merchant}.sqlite"
-    return Path(os.path.abspath(root / (raw if raw is not None else default)))
+    return Path(os.path.abspath(root / (raw if raw is not None else default)))  # noqa: PTH100
 
 
 def parse_loop(sec: Section) -> LoopSettings:
@@ -349,7 +351,7 @@ def parse_statuses(sec: Section, defaults: dict[str, list[str]],
 
 
 def parse_grading(sec: Section) -> GradingRules:
-    def member(allowed: tuple[str, ...]):
+    def member(allowed: tuple[str, ...]) -> Callable[[str, Any], str]:
         def check(key: str, value: Any) -> str:
             if value not in allowed:
                 raise sec.error(key, f"{value!r} is not one of {', '.join(allowed)}")
@@ -397,7 +399,8 @@ def load_all(paths: list[str], env: Mapping[str, str] | None = None) -> list[Mer
     seen: dict[str, str] = {}
     for c in configs:
         if c.merchant in seen:
-            raise ConfigError(c.file, "merchant", f"{c.merchant!r} is also used by {seen[c.merchant]}")
+            raise ConfigError(c.file, "merchant",
+                              f"{c.merchant!r} is also used by {seen[c.merchant]}")
         seen[c.merchant] = c.file
     return configs
 

@@ -237,9 +237,7 @@ def server_date(headers: Any) -> datetime | None:
         return None
     try:
         when = email.utils.parsedate_to_datetime(value.strip())
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    if when is None:
+    except (TypeError, ValueError, IndexError, OverflowError):  # 3.10+: never None
         return None
     return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
 
