@@ -12,7 +12,7 @@ Save columns come from `GetSaveTemplate`. Transport in `wire`, pure reading in `
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
@@ -23,42 +23,34 @@ from loopsync.connectors.base import (
     ConnectorContext,
     NotReady,
     PollResult,
-    PollStopped,
     PushRequest,
     WarehouseConnector,
     WarehouseSettings,
 )
 from loopsync.connectors.peoplevox.mapping import (
     ItemLine,
+    changed_ras,
     header_row,
     item_row,
     loop_order_value,
     next_date_cursor,
-    parse_report_date,
-    rma_status_from_rows,
+    ra_statuses,
+    report_dates,
+    stored_date_cursor,
 )
 from loopsync.connectors.peoplevox.settings import PeopleVoxSettings, parse_settings, reason_key
 from loopsync.connectors.peoplevox.wire import (
     SYSTEM,
     PeopleVoxError,
-    any_of_clause,
     build_client,
     csv_rows,
     equals_clause,
     since_clause,
 )
-from loopsync.errors import (
-    Ambiguous,
-    ErrorBody,
-    PermanentError,
-    Rejected,
-    RemoteError,
-    TransientError,
-)
+from loopsync.errors import Ambiguous, PermanentError, Rejected
 from loopsync.models import LoopReturn, ReturnLine, RmaRef, free_text, identifier
 
 log = structlog.get_logger("loopsync.peoplevox")
-
 
 # Columns loopsync fills; the starred ones in Loop's guide must exist in the template.
 RA_REQUIRED = ("ReturnAuthorizationNumber", "SiteReference")
@@ -254,39 +246,23 @@ class PeopleVoxConnector(WarehouseConnector):
         poll only RMAs with rows dated since the cursor (less `overlap`), and RMAs new to
         the poll set, are read; the others are left out (nothing new)."""
         data = self.own.returns
-        cols = data.columns
         by_number = {ref.rma_id: ref for ref in rmas}
-        cursor = self._date_cursor()
+        cursor = stored_date_cursor(self.ctx.kv.get(self.KV_DATE_CURSOR), self._now_naive())
         seen_dates: list[datetime] = []
+        to_read = set(by_number)
         if data.incremental and cursor is not None:
-            swept = self.client.read_all(data.operation, data.name, columns=cols.all(),
-                                         where=since_clause(cols.date, cursor - data.overlap))
-            seen_dates += self._dates(swept)
-            # Filtered here too: a service that ignores the filter sends the whole report.
             since = cursor - data.overlap
-            changed = {row.get(cols.rma_number, "") for row in swept
-                       if (d := parse_report_date(row.get(cols.date, ""), data.date_format))
-                       is None or d >= since}
+            swept = self.client.read_all(data.operation, data.name, columns=data.columns.all(),
+                                         where=since_clause(data.columns.date, since))
+            seen_dates += report_dates(swept, data)
             previous = set(self.ctx.kv.get(self.KV_POLLED) or [])
-            to_read = (changed | (by_number.keys() - previous)) & by_number.keys()
-        else:
-            to_read = set(by_number)
-        rows, unread = self._rows_of(sorted(to_read))
-        seen_dates += self._dates(rows)
-        grouped: dict[str, list[dict[str, str]]] = defaultdict(list)
-        for row in rows:
-            grouped[row.get(cols.rma_number, "")].append(row)
-        flag_conditions = self.settings.statuses.flag_conditions
-        statuses, errors = {}, {}
-        for n, why in unread.items():  # held: read in full next cycle (not in KV_POLLED)
-            errors[by_number[n].return_id] = f"PeopleVox RA {n} not read this cycle: {why}"
-        for n in sorted(to_read):
-            if grouped.get(n):
-                try:
-                    statuses[by_number[n].return_id] = rma_status_from_rows(
-                        by_number[n], grouped[n], cols, flag_conditions)
-                except ValueError as exc:  # held, with the reason, until the data is fixed
-                    errors[by_number[n].return_id] = f"PeopleVox RA {n}: {exc}"
+            to_read = (changed_ras(swept, data, since) | (by_number.keys() - previous)) \
+                & by_number.keys()
+        rows, unread = self.client.read_ras(data, sorted(to_read),
+                                            batch=max(1, self.settings.poll_batch))
+        seen_dates += report_dates(rows, data)
+        statuses, errors = ra_statuses(to_read, by_number, rows, data.columns,
+                                       self.settings.statuses.flag_conditions, unread)
         held = {n for n, ref in by_number.items() if ref.return_id in errors}
         new_cursor = next_date_cursor(cursor, seen_dates, self._now_naive())
 
@@ -298,58 +274,5 @@ class PeopleVoxConnector(WarehouseConnector):
 
         return PollResult(statuses=statuses, errors=errors, on_commit=commit)
 
-    def _rows_of(self, numbers: Sequence[str]
-                 ) -> tuple[list[dict[str, str]], dict[str, str]]:
-        """The report rows of these RAs, and the RAs whose read failed after its retries
-        (with why): one failed request holds back only its own chunk. When nothing could
-        be read at all the error is raised, once, for the whole poll."""
-        data = self.own.returns
-        batch = max(1, self.settings.poll_batch)
-        rows: list[dict[str, str]] = []
-        unread: dict[str, str] = {}
-        failure: RemoteError | None = None
-        read_any = False
-        for start in range(0, len(numbers), batch):
-            if start and self.ctx.stop.is_set():
-                raise PollStopped(f"PeopleVox: stopped after {start} of {len(numbers)} RAs")
-            chunk = numbers[start:start + batch]
-            wanted = set(chunk)
-            try:
-                read = self.client.read_all(data.operation, data.name,
-                                            columns=data.columns.all(),
-                                            where=any_of_clause(data.columns.rma_number, chunk))
-            except (TransientError, ErrorBody) as exc:  # credentials refused: stop now
-                failure = exc
-                unread.update(dict.fromkeys(chunk, str(exc)))
-                log.warning("peoplevox.report_chunk_unread", ras=len(chunk), error=str(exc))
-                continue
-            read_any = True
-            # Only this chunk's rows: with the filter ignored every chunk reads the whole
-            # report, and keeping all of it would count each receipt once per chunk.
-            rows += [row for row in read if row.get(data.columns.rma_number, "") in wanted]
-        if failure is not None and not read_any:
-            raise failure
-        return rows, unread
-
-    def _date_cursor(self) -> datetime | None:
-        """The sweep's date cursor, pulled back to our clock if it was stored in the future
-        (before the clamp, one row dated 2099 set it there for good)."""
-        raw = self.ctx.kv.get(self.KV_DATE_CURSOR)
-        try:
-            stored = datetime.fromisoformat(raw).replace(tzinfo=None) if raw else None
-        except (TypeError, ValueError):
-            return None  # unreadable: sweep everything once, as on a first poll
-        now = self._now_naive()
-        if stored is not None and stored > now:
-            log.warning("peoplevox.date_cursor_pulled_back", was=stored.isoformat(),
-                        now=now.isoformat())
-            return now
-        return stored
-
     def _now_naive(self) -> datetime:
         return self.ctx.clock.now().astimezone(UTC).replace(tzinfo=None)
-
-    def _dates(self, rows: Iterable[Mapping[str, str]]) -> list[datetime]:
-        data = self.own.returns
-        return [d for row in rows
-                if (d := parse_report_date(row.get(data.columns.date, ""), data.date_format))]

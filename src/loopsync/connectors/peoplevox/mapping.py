@@ -15,7 +15,7 @@ from typing import Any
 import structlog
 
 from loopsync.connectors.base import PushRequest
-from loopsync.connectors.peoplevox.settings import ReturnsColumns
+from loopsync.connectors.peoplevox.settings import ReturnsColumns, ReturnsData
 from loopsync.errors import Unreadable
 from loopsync.models import (
     MAX_YEAR,
@@ -181,3 +181,59 @@ def rma_status_from_rows(ref: RmaRef, rows: Sequence[Mapping[str, str]], cols: R
     return RmaStatus(return_id=ref.return_id, rma_id=ref.rma_id, status=status,
                      expected_units=sum(i.expected for i in items),
                      received_units=sum(i.received for i in items), items=items)
+
+
+# -- the returns data sweep (poll) ---------------------------------------------------------
+
+def stored_date_cursor(raw: Any, now: datetime) -> datetime | None:
+    """The sweep's date cursor as stored, pulled back to `now` (naive UTC) if it was
+    stored in the future (before the clamp, one row dated 2099 set it there for good).
+    None when absent or unreadable: sweep everything once, as on a first poll."""
+    try:
+        stored = datetime.fromisoformat(raw).replace(tzinfo=None) if raw else None
+    except (TypeError, ValueError):
+        return None
+    if stored is not None and stored > now:
+        log.warning("peoplevox.date_cursor_pulled_back", was=stored.isoformat(),
+                    now=now.isoformat())
+        return now
+    return stored
+
+
+def report_dates(rows: Iterable[Mapping[str, str]], data: ReturnsData) -> list[datetime]:
+    """The readable report dates of these rows."""
+    return [d for row in rows
+            if (d := parse_report_date(row.get(data.columns.date, ""), data.date_format))]
+
+
+def changed_ras(rows: Iterable[Mapping[str, str]], data: ReturnsData, since: datetime
+                ) -> set[str]:
+    """RA numbers with a row dated `since` or later, or undated (read, to be safe).
+    Filtered here too: a service that ignores the filter sends the whole report."""
+    cols = data.columns
+    return {row.get(cols.rma_number, "") for row in rows
+            if (d := parse_report_date(row.get(cols.date, ""), data.date_format)) is None
+            or d >= since}
+
+
+def ra_statuses(numbers: Iterable[str], by_number: Mapping[str, RmaRef],
+                rows: Iterable[Mapping[str, str]], cols: ReturnsColumns,
+                flag_conditions: frozenset[str], unread: Mapping[str, str]
+                ) -> tuple[dict[str, RmaStatus], dict[str, str]]:
+    """By Loop return id: the status of each RA in `numbers` that has rows, and why the
+    others are held: not read this cycle (`unread`: read in full next cycle), or rows
+    that cannot be read (held, with the reason, until the data is fixed)."""
+    grouped: dict[str, list[Mapping[str, str]]] = defaultdict(list)
+    for row in rows:
+        grouped[row.get(cols.rma_number, "")].append(row)
+    statuses: dict[str, RmaStatus] = {}
+    errors = {by_number[n].return_id: f"PeopleVox RA {n} not read this cycle: {why}"
+              for n, why in unread.items()}
+    for n in sorted(numbers):
+        if grouped.get(n):
+            try:
+                statuses[by_number[n].return_id] = rma_status_from_rows(
+                    by_number[n], grouped[n], cols, flag_conditions)
+            except ValueError as exc:
+                errors[by_number[n].return_id] = f"PeopleVox RA {n}: {exc}"
+    return statuses, errors

@@ -27,8 +27,8 @@ import requests
 import structlog
 
 from loopsync import redaction
-from loopsync.connectors.base import ConnectorContext, KeyValue, WarehouseSettings
-from loopsync.connectors.peoplevox.settings import PeopleVoxSettings
+from loopsync.connectors.base import ConnectorContext, KeyValue, PollStopped, WarehouseSettings
+from loopsync.connectors.peoplevox.settings import PeopleVoxSettings, ReturnsData
 from loopsync.errors import (
     AuthError,
     DryRunViolation,
@@ -36,6 +36,7 @@ from loopsync.errors import (
     OutcomeUnknown,
     PermanentError,
     RateLimited,
+    RemoteError,
     TransientError,
     Unreadable,
 )
@@ -428,6 +429,36 @@ class PeopleVoxClient:
         if walk.result is not None and not walk.result.complete:
             raise walk.result.error(SYSTEM)
         return rows
+
+    def read_ras(self, data: ReturnsData, numbers: Sequence[str], *, batch: int
+                 ) -> tuple[list[dict[str, str]], dict[str, str]]:
+        """The report rows of these RAs, and the RAs whose read failed after its retries
+        (with why): one failed request holds back only its own chunk. When nothing could
+        be read at all the error is raised, once, for the whole poll."""
+        rows: list[dict[str, str]] = []
+        unread: dict[str, str] = {}
+        failure: RemoteError | None = None
+        read_any = False
+        for start in range(0, len(numbers), batch):
+            if start and self.stop is not None and self.stop.is_set():
+                raise PollStopped(f"PeopleVox: stopped after {start} of {len(numbers)} RAs")
+            chunk = numbers[start:start + batch]
+            wanted = set(chunk)
+            try:
+                read = self.read_all(data.operation, data.name, columns=data.columns.all(),
+                                     where=any_of_clause(data.columns.rma_number, chunk))
+            except (TransientError, ErrorBody) as exc:  # credentials refused: stop now
+                failure = exc
+                unread.update(dict.fromkeys(chunk, str(exc)))
+                log.warning("peoplevox.report_chunk_unread", ras=len(chunk), error=str(exc))
+                continue
+            read_any = True
+            # Only this chunk's rows: with the filter ignored every chunk reads the whole
+            # report, and keeping all of it would count each receipt once per chunk.
+            rows += [row for row in read if row.get(data.columns.rma_number, "") in wanted]
+        if failure is not None and not read_any:
+            raise failure
+        return rows, unread
 
     def save(self, template: str, columns: Sequence[str], rows: Sequence[Mapping[str, str]]
              ) -> int:
