@@ -9,8 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from loopsync.connectors.xoro.wire import XoroBusy, XoroRefused, check_envelope
-from loopsync.errors import AuthError, ErrorBody, RateLimited, TransientError
+from loopsync.connectors.xoro.wire import check_envelope
+from loopsync.errors import (AuthError, ErrorBody, RateLimited, TransientError, XoroBusy,
+                             XoroRefused)
 from loopsync.http import HttpResult
 from loopsync.sandbox.server import Fault
 from tests.test_xoro import connector, imported_return, linked, request, xoro  # noqa: F401

@@ -26,7 +26,7 @@ import structlog
 from loopsync import __version__, logs
 from loopsync.config import MerchantConfig, load_all
 from loopsync.connectors import kind_names
-from loopsync.errors import ConfigError, LockHeld, StateError, Unreadable
+from loopsync.errors import ConfigError, LockHeld, StateError, Unreadable, UsageError
 from loopsync.redaction import install_excepthooks, redact, redact_obj
 from loopsync.shutdown import PROCESS
 from loopsync.timeutil import parse_timestamp
@@ -37,10 +37,6 @@ EXIT_SOFTWARE = 70  # sysexits EX_SOFTWARE: anything unexpected, one line, no tr
 SIGNAL_COMMANDS = ("run", "import", "serve")
 
 log = structlog.get_logger("loopsync.cli")
-
-
-class UsageError(Exception):
-    pass
 
 
 class _Parser(argparse.ArgumentParser):

@@ -60,7 +60,6 @@ class Transport(Protocol):
     def close(self) -> None: ...
 
 
-
 class GenericConnector(WarehouseConnector):
     kind: ClassVar[str] = "generic"
     default_base_url: ClassVar[str] = ""  # unused: the URLs are rma_url and receipts_url

@@ -40,7 +40,6 @@ RMA_COLUMNS = ("rma_number", "line", "sku", "quantity", "title", "order_name", "
 RECEIPT_REQUIRED = ("rma_number", "sku", "quantity", "condition")
 
 
-
 @dataclass(frozen=True)
 class ReceiptLine:
     key: str                 # identity within the RMA: "id:<receipt_id>" or "file:<sha>:<row>"
@@ -60,7 +59,6 @@ class ReceiptLine:
                    raw.get("received_at"))
 
 
-
 @dataclass(frozen=True)
 class HeldRecord:
     """A receipt record (or file) that could not be used, and the RMA it holds back:
@@ -78,7 +76,6 @@ class ReceiptRead:
     lines: list[ReceiptLine]
     held: list[HeldRecord]
     commit: Callable[[], None]
-
 
 
 # -- the RMA record and the receipt status -------------------------------------------------
@@ -174,7 +171,6 @@ def parse_receipt(raw: Mapping[str, Any], *, fallback_key: str | None = None,
                        condition=normalize_status(text("condition")), received_at=received_at)
 
 
-
 # -- receipt files and RMA files (CSV) -----------------------------------------------------
 
 @guarded("3PL receipt file")
@@ -215,11 +211,9 @@ def _receipt_file_lines(data: bytes) -> list[ReceiptLine]:
     return lines
 
 
-
 # A spreadsheet runs a cell starting with one of these as a formula (CSV injection): a
 # customer name "=HYPERLINK(...)" must reach the 3PL's Excel as text (OWASP's advice).
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-
 
 
 def neutralise(cell: Any) -> Any:
@@ -250,7 +244,6 @@ def rma_csv(record: dict[str, Any]) -> str:
                record["created_at"]]
         writer.writerow([neutralise(cell) for cell in row])
     return out.getvalue()
-
 
 
 # -- connector state keys ------------------------------------------------------------------

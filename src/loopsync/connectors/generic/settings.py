@@ -21,7 +21,6 @@ _HTTP_KEYS = ("rma_url", "receipts_url", "auth_header", "auth_token", "signing_s
 _FOLDER_KEYS = ("outbox", "inbox", "archive", "rejected")
 
 
-
 @dataclass(frozen=True)
 class GenericSettings:
     transport: str                      # http | folder
@@ -37,7 +36,6 @@ class GenericSettings:
     inbox: Path = Path()
     archive: Path = Path()
     rejected: Path = Path()
-
 
 
 def parse_settings(section: Section) -> GenericSettings:

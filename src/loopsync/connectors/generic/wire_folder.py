@@ -39,11 +39,9 @@ class _InboxFile:
     stamp: safefiles.Stamp  # inode, size, mtime: unchanged since it was read?
 
 
-
 # A receipt file bigger than this is refused, not read into memory (a 3PL's daily file is
 # kilobytes; this is thousands of times that).
 MAX_RECEIPT_FILE = 64 << 20
-
 
 
 class FolderTransport:
@@ -180,9 +178,7 @@ class FolderTransport:
         """Nothing held open between calls."""
 
 
-
 REASON_SUFFIX = ".reason.txt"
-
 
 
 def _write_reason(folder: Path, moved: str, text: str) -> None:

@@ -48,7 +48,6 @@ SINCE_KEY = "receipts_since"
 NO_LOOKUP = frozenset({405, 501})
 
 
-
 class HttpTransport:
     def __init__(self, conf: GenericSettings, timeout: float, ctx: ConnectorContext, *,
                  deadline: float | None = None, max_body: int = DEFAULT_MAX_BODY) -> None:

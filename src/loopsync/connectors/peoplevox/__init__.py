@@ -22,15 +22,14 @@ from loopsync.connectors.peoplevox.settings import (
                                                    parse_settings,
 )
 from loopsync.connectors.peoplevox.wire import (
-                                                   InvalidSession,
                                                    PeopleVoxClient,
-                                                   PeopleVoxError,
                                                    csv_rows,
                                                    csv_text,
                                                    parse_fault,
                                                    parse_result,
                                                    read_answer,
 )
+from loopsync.errors import InvalidSession, PeopleVoxError
 
 __all__ = ["InvalidSession", "ItemLine", "PeopleVoxClient", "PeopleVoxConnector",
            "PeopleVoxError", "PeopleVoxSettings", "ReturnsColumns", "ReturnsData",

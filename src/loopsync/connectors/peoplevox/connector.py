@@ -41,13 +41,12 @@ from loopsync.connectors.peoplevox.mapping import (
 from loopsync.connectors.peoplevox.settings import PeopleVoxSettings, parse_settings, reason_key
 from loopsync.connectors.peoplevox.wire import (
     SYSTEM,
-    PeopleVoxError,
     build_client,
     csv_rows,
     equals_clause,
     since_clause,
 )
-from loopsync.errors import Ambiguous, PermanentError, Rejected
+from loopsync.errors import Ambiguous, PeopleVoxError, PermanentError, Rejected
 from loopsync.models import LoopReturn, ReturnLine, RmaRef, free_text, identifier
 
 log = structlog.get_logger("loopsync.peoplevox")
@@ -55,7 +54,6 @@ log = structlog.get_logger("loopsync.peoplevox")
 # Columns loopsync fills; the starred ones in Loop's guide must exist in the template.
 RA_REQUIRED = ("ReturnAuthorizationNumber", "SiteReference")
 RA_ITEM_REQUIRED = ("ReturnAuthorizationNumber", "ItemCode", "Quantity")
-
 
 
 class PeopleVoxConnector(WarehouseConnector):

@@ -37,7 +37,6 @@ _TRUE_WORDS = frozenset({"yes", "y", "true", "1"})
 _FALSE_WORDS = frozenset({"no", "n", "false", "0"})
 
 
-
 @dataclass(frozen=True)
 class ItemLine:
     """One RA item row: a SKU with its units, reason code and comments."""
@@ -47,7 +46,6 @@ class ItemLine:
     quantity: int
     reason: str
     comment: str
-
 
 
 def header_row(req: PushRequest, located: dict[str, Any]) -> dict[str, str]:

@@ -17,7 +17,6 @@ LOOP_ORDER_FIELDS = ("order_name", "order_number", "provider_order_id", "order_i
 READ_OPERATIONS = ("GetReportData", "GetData")
 
 
-
 @dataclass(frozen=True)
 class TemplateNames:
     sales_orders: str = "Sales orders"
@@ -71,7 +70,6 @@ class PeopleVoxSettings:
     items_per_page: int = 200
     session_refresh: timedelta = timedelta(minutes=25)
     max_pages: int = 1000       # pages one read may take (200,000 rows at the default size)
-
 
 
 def parse_settings(section: Section) -> PeopleVoxSettings:

@@ -33,7 +33,9 @@ from loopsync.errors import (
     AuthError,
     DryRunViolation,
     ErrorBody,
+    InvalidSession,
     OutcomeUnknown,
+    PeopleVoxError,
     PermanentError,
     RateLimited,
     RemoteError,
@@ -76,7 +78,6 @@ _PASSING_TROUBLE = re.compile(r"time ?out|timed out|deadlock|temporar|try again|
                               r"occurred|connection (was )?(lost|closed|reset)", re.IGNORECASE)
 
 
-
 def service_url(base_url: str, region: str | None, client_id: str) -> str:
     """The IntegrationServiceV4 address. `base_url` is a host ("https://emea.peoplevox.net",
     the default being a {region} template) or a full ...asmx address."""
@@ -90,27 +91,9 @@ def service_url(base_url: str, region: str | None, client_id: str) -> str:
     return f"{base_url}/{client_id}/{SERVICE_PATH}"
 
 
-
-# -- errors --------------------------------------------------------------------------------
-
-class PeopleVoxError(ErrorBody):
-    """PeopleVox answered `ResponseId -1`; `detail` is its `Detail` text."""
-
-    def __init__(self, operation: str, detail: str) -> None:
-        self.operation = operation
-        self.detail = detail
-        super().__init__(SYSTEM, f"{operation}: {detail}", code="ResponseId -1")
-
-
-class InvalidSession(PeopleVoxError):
-    """The session expired or is unknown; the client logs in again and retries once."""
-
-
-
 # -- SOAP envelopes ------------------------------------------------------------------------
 
 Params = Mapping[str, Union[str, int, "Params"]]
-
 
 
 @dataclass(frozen=True)
@@ -246,7 +229,6 @@ def fault_error(fault: SoapFault, *, idempotent: bool, retry_after: float | None
     return OutcomeUnknown(SYSTEM, text, code=fault.code)
 
 
-
 # -- CSV and SearchClause ------------------------------------------------------------------
 
 def csv_text(columns: Sequence[str], rows: Iterable[Mapping[str, str]]) -> str:
@@ -284,9 +266,7 @@ def csv_rows(text: str) -> list[dict[str, str]]:
             csv.field_size_limit(limit)
 
 
-
 _CSV_LIMIT_LOCK = threading.Lock()
-
 
 
 def _csv_dicts(text: str) -> list[dict[str, str]]:
@@ -323,7 +303,6 @@ def any_of_clause(column: str, values: Iterable[str]) -> str:
 
 def since_clause(column: str, when: datetime) -> str:
     return f"{field_ref(column)} >= DateTime({when:%Y,%m,%d,%H,%M,%S})"
-
 
 
 # -- SOAP client ---------------------------------------------------------------------------
@@ -561,7 +540,6 @@ def read_answer(result: HttpResult, operation: str, *, idempotent: bool,
         raise (TransientError if idempotent else OutcomeUnknown)(
             SYSTEM, f"{operation}: {detail}", code="ResponseId -1")
     raise PeopleVoxError(operation, detail)
-
 
 
 def build_client(settings: WarehouseSettings, ctx: ConnectorContext) -> PeopleVoxClient:

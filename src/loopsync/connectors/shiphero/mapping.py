@@ -40,7 +40,6 @@ def rma_ref(return_id: str, node: Any) -> RmaRef:
                          "order_id": _lenient_id(node.get("order_id"))})
 
 
-
 @guarded("ShipHero return_create answer")
 def created_return(body: Any) -> dict[str, Any]:
     """`data.return_create.return` of a mutation answer; Unreadable when absent."""
@@ -50,7 +49,6 @@ def created_return(body: Any) -> dict[str, Any]:
     if not isinstance(node, dict) or not node.get("id"):
         raise Unreadable("return_create answered without a return id", field="id")
     return node
-
 
 
 @guarded("ShipHero order")
@@ -84,13 +82,11 @@ def read_order(order: Any) -> tuple[dict[str, Any], str | None]:
     }, after
 
 
-
 def line_sku(node: Any) -> str | None:
     """An order line's SKU; None for a line without one. Unreadable for a bad one."""
     if not node or not isinstance(node, dict):
         return None
     return identifier(node.get("sku"), "order line sku")
-
 
 
 def _object(value: Any, what: str) -> dict[str, Any]:
@@ -102,7 +98,6 @@ def _object(value: Any, what: str) -> dict[str, Any]:
     return value
 
 
-
 def _lenient_id(value: Any) -> str | int | None:
     """An id kept only to help a person (legacy ids), as sent (number or text): None
     when it cannot be read."""
@@ -112,7 +107,6 @@ def _lenient_id(value: Any) -> str | int | None:
         return identifier(value, "id")
     except Unreadable:
         return None
-
 
 
 @guarded("ShipHero listing")
@@ -141,7 +135,6 @@ def connection_page(body: Any, path: Sequence[str]) -> Step[list[dict[str, Any]]
     return Step(nodes, more=bool(page.get("hasNextPage")), token=cursor)
 
 
-
 @guarded("ShipHero return")
 def polled_status(ref: RmaRef, entry: Any, field_error: str | None) -> RmaStatus:
     """One aliased `return(id)` of a poll answer -> RmaStatus; Unreadable saying why it is
@@ -159,7 +152,6 @@ def polled_status(ref: RmaRef, entry: Any, field_error: str | None) -> RmaStatus
     return _rma_status(ref, node)
 
 
-
 def _reasons_by_sku(ret: LoopReturn, default: str) -> dict[str, str]:
     """Each SKU's reason: its first Loop line's return_reason, else the default."""
     reasons: dict[str, str] = {}
@@ -167,7 +159,6 @@ def _reasons_by_sku(ret: LoopReturn, default: str) -> dict[str, str]:
         if line.sku and not reasons.get(line.sku):
             reasons[line.sku] = line.return_reason.strip()
     return {sku: reason or default for sku, reason in reasons.items()}
-
 
 
 def _rma_status(ref: RmaRef, node: dict[str, Any]) -> RmaStatus:
@@ -179,7 +170,6 @@ def _rma_status(ref: RmaRef, node: dict[str, Any]) -> RmaStatus:
     except ValueError as exc:
         name = _lenient_id(node.get("legacy_id")) or ref.rma_id
         raise Unreadable(f"ShipHero return {name}: {exc}") from None
-
 
 
 @guarded("ShipHero return")
@@ -219,7 +209,6 @@ def _read_rma_status(ref: RmaRef, node: dict[str, Any]) -> RmaStatus:
         received_units=sum(i.received for i in items) if received is None else
         whole_number(received, "total_items_received"),
         items=items, detail={"legacy_id": _lenient_id(node.get("legacy_id"))})
-
 
 
 def return_input(req: PushRequest, located: dict[str, Any], cfg: ShipHeroSettings

@@ -29,7 +29,6 @@ class ShipHeroSettings:
     max_pages: int = 500
 
 
-
 def parse_settings(section: Section) -> ShipHeroSettings:
     refresh = section.secret("refresh_token", None)
     access = section.secret("access_token", None)

@@ -83,7 +83,6 @@ fragment ReturnStatus on Return {
 }"""
 
 
-
 def _first_cost_guesses(order_page_size: int) -> dict[str, float]:
     """Rough costs per operation (ShipHero style: 1 + first x nodes selected), used until
     the first answer reports the real `complexity`. Poll is per RMA."""
@@ -135,7 +134,6 @@ def poll_query(count: int) -> str:
     return f"query LoopsyncPoll({definitions}) {{\n{fields}\n}}{RETURN_STATUS_FIELDS}"
 
 
-
 # -- credits ------------------------------------------------------------------------------
 
 class CreditBucket:
@@ -181,14 +179,12 @@ class CreditBucket:
             self._balance = min(self.capacity, remaining) - charged
 
 
-
 # Access tokens by (base URL, refresh token), in this process's memory only: `serve` builds
 # a connector per cycle and ShipHero's tokens last 28 days, so refreshing each cycle would
 # be waste. Entries carry the clock they were timed on.
 _TOKEN_CACHE: dict[str, tuple[str, float, Any]] = {}
 _BUCKETS: dict[str, CreditBucket] = {}
 _BUCKETS_LOCK = threading.Lock()
-
 
 
 def shared_bucket(account: str, capacity: int, per_second: float, clock: Clock) -> CreditBucket:
@@ -201,7 +197,6 @@ def shared_bucket(account: str, capacity: int, per_second: float, clock: Clock) 
             bucket = _BUCKETS[account] = CreditBucket(capacity, per_second, clock)
         bucket.clock = clock  # same time; this run's clock wakes its waits at shutdown
         return bucket
-
 
 
 # -- the transport ------------------------------------------------------------------------
@@ -399,7 +394,6 @@ def _token_answer(result: HttpResult) -> None:
                              status=result.status)
 
 
-
 def _number_or_none(value: Any) -> float | None:
     """A finite number >= 0 from an answer, else None."""
     if isinstance(value, bool) or not isinstance(value, int | float | str):
@@ -411,14 +405,12 @@ def _number_or_none(value: Any) -> float | None:
     return number if math.isfinite(number) and number >= 0 else None
 
 
-
 def _error_text(error: Any, default: str = "GraphQL error") -> str:
     """An error entry's message, safe to log and store."""
     message = error.get("message") if isinstance(error, dict) else error
     if isinstance(message, str) and message.strip():
         return printable(message, 500)
     return default
-
 
 
 def _complexity(data: Any) -> float | None:
@@ -431,7 +423,6 @@ def _complexity(data: Any) -> float | None:
     return float(sum(costs)) if costs else None
 
 
-
 def _error_field(error: dict[str, Any], key: str) -> Any:
     """Throttle details sit at the error's top level or under `extensions` (UNCONFIRMED)."""
     if key in error:
@@ -440,14 +431,12 @@ def _error_field(error: dict[str, Any], key: str) -> Any:
     return extensions.get(key) if isinstance(extensions, dict) else None
 
 
-
 def _seconds(text: Any) -> float | None:
     """'6 seconds' (or '... Try again in 6 seconds') -> 6.0."""
     if isinstance(text, int | float) and not isinstance(text, bool):
         return _number_or_none(text)
     match = _DURATION_IN_TEXT.search(text) if isinstance(text, str) else None
     return _number_or_none(match.group(1)) if match else None
-
 
 
 def messages_by_root_key(body: dict[str, Any]) -> dict[str, str]:

@@ -50,7 +50,6 @@ log = structlog.get_logger("loopsync.connectors.xoro")
 LISTING_REUSE = timedelta(seconds=60)
 
 
-
 class XoroConnector(WarehouseConnector):
     kind: ClassVar[str] = "xoro"
     default_base_url: ClassVar[str] = "https://res.xorosoft.io/api/xerp"

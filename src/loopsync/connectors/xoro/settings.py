@@ -16,7 +16,6 @@ DATE_FORMATS = {"iso": "%Y-%m-%dT%H:%M:%SZ", "us": "%m/%d/%Y %I:%M:%S %p"}
 MAX_PAGES = 1000
 
 
-
 @dataclass(frozen=True)
 class XoroSettings:
     api_key: Secret
@@ -30,7 +29,6 @@ class XoroSettings:
     rma_number_field: str       # UNCONFIRMED, in AsnHeaderData
     order_number_field: str     # UNCONFIRMED, in AsnHeaderData
     max_pages: int = MAX_PAGES  # pages one listing may take
-
 
 
 def parse_settings(section: Section) -> XoroSettings:

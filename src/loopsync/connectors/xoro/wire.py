@@ -24,7 +24,15 @@ import structlog
 from loopsync.connectors.base import ConnectorContext, PollStopped, WarehouseSettings
 from loopsync.connectors.xoro.mapping import data_rows
 from loopsync.connectors.xoro.settings import DATE_FORMATS, XoroSettings
-from loopsync.errors import AuthError, ErrorBody, RateLimited, RemoteError, TransientError
+from loopsync.errors import (
+    AuthError,
+    ErrorBody,
+    RateLimited,
+    RemoteError,
+    TransientError,
+    XoroBusy,
+    XoroRefused,
+)
 from loopsync.http import HttpClient, HttpResult, shared_limiter
 from loopsync.models import printable
 from loopsync.paging import PageWalk, Step, WalkEnd, record_walk
@@ -51,17 +59,6 @@ _REFUSED = re.compile(r"api (key|secret)|unauthori[sz]ed|authenticat|credential|
                       r"access denied|does not have access|permission|\bscope\b", re.IGNORECASE)
 _BAD_REQUEST = re.compile(r"\binvalid (filter|date|parameter|page|request)|\bis required\b|"
                           r"unknown action|not supported", re.IGNORECASE)
-
-
-
-class XoroRefused(AuthError, ErrorBody):
-    """`Result: false` refusing the credentials or the key's module scope (under HTTP 200
-    it is both a refusal of credentials and an error body)."""
-
-
-class XoroBusy(TransientError):
-    """`Result: false` with a message that does not say the request is wrong: retried."""
-
 
 
 class XoroClient:
