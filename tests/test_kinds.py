@@ -79,6 +79,8 @@ def test_benchmark_tables_name_registered_kinds_and_push_skips_watch_only_kinds(
 
 
 def test_test_tables_keyed_by_kind_name_registered_kinds():
+    # Optional per-kind knowledge: a new kind runs the kill-resume cases on Loop's side at
+    # once, and the warehouse-side ones once its create is described in CREATES.
     kill = importlib.import_module("tests.test_kill_resume")
-    assert set(kill.FAST) == set(KINDS)
-    assert set(kill.CREATES) == {k.name for k in iter_kinds() if k.creates_rmas}
+    assert set(kill.FAST) <= set(KINDS)
+    assert set(kill.CREATES) <= {k.name for k in iter_kinds() if k.creates_rmas}

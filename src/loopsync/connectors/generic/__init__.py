@@ -143,7 +143,8 @@ loopsync owns `archive/` and `rejected/`; the 3PL writes `inbox/` and reads `out
 
 Package layout: `settings` (the `warehouse:` keys), `wire_http` and `wire_folder` (the
 two transports, apart because they share nothing but the `Transport` protocol),
-`mapping` (pure: records and statuses), `connector` (the glue the engine uses).
+`mapping` (pure: records and statuses), `connector` (the glue the engine uses). This
+docstring is the contract; docs/api/generic.md presents it for a 3PL's developers.
 """
 
 from loopsync.connectors.generic.connector import GenericConnector, Transport

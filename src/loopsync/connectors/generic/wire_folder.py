@@ -3,7 +3,8 @@
 The 3PL can write these folders too: nothing here follows a symbolic link it did not
 create or writes outside the configured folders (`loopsync.safefiles`). Files move to
 `archive/` (or `rejected/` with a reason) only in `commit`, once the engine has stored
-what they said.
+what they said. Folder layout and file formats: the package docstring
+(docs/api/generic.md).
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 Every call goes through `HttpClient.request`; the receipt feed is walked through
 `paging.PageWalk` (page cap, a page served under every number, shutdown). The contract
-the 3PL implements (the signature, the answers, the feed) is this package's docstring.
+the 3PL implements (the signature, the answers, the feed) is this package's docstring
+(docs/api/generic.md).
 """
 
 from __future__ import annotations
