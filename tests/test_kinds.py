@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from loopsync import cli
-from loopsync.connectors import (KINDS, available_kinds, iter_kinds, kind_names, variant_name,
-                                 variants)
+from loopsync.config import parse_config
+from loopsync.connectors import (KINDS, ConnectorKind, available_kinds, connector_class,
+                                 iter_kinds, kind_names, variant_name, variants)
 from loopsync.connectors.base import WarehouseConnector
 from loopsync.sandbox.base import WarehouseEmulator
 
@@ -84,3 +85,36 @@ def test_test_tables_keyed_by_kind_name_registered_kinds():
     kill = importlib.import_module("tests.test_kill_resume")
     assert set(kill.FAST) <= set(KINDS)
     assert set(kill.CREATES) <= {k.name for k in iter_kinds() if k.creates_rmas}
+
+
+# -- adding a kind: one package, one emulator, one example, one registry line ----------------
+
+TOY = ConnectorKind("toy", "tests.toykind.connector:ToyConnector",
+                    # An emulator of its own would go under sandbox/; the generic one
+                    # stands in here, as this kind is never run against a sandbox.
+                    "loopsync.sandbox.generic:GenericEmulator", "examples/generic-http.yaml")
+
+
+@pytest.fixture
+def toy_registered(monkeypatch):
+    monkeypatch.setitem(KINDS, TOY.name, TOY)
+    return TOY
+
+
+def test_a_kind_added_by_one_registry_line_is_offered_configured_and_loaded(toy_registered):
+    assert "toy" in kind_names() and "toy" in available_kinds() and ("toy", "http") in variants()
+    assert "toy" in _choices("demo") and "toy" in _choices("sandbox")
+    cfg = parse_config({
+        "merchant": "toy-shop", "state_path": "/tmp/unused.sqlite",
+        "loop": {"api_key": "${LOOP_API_KEY}", "start_at": "2026-01-01T00:00:00Z"},
+        "warehouse": {"kind": "toy", "bin_code": "B-7"},
+    }, file="<test>", env={"LOOP_API_KEY": "a-loop-key-for-tests"})
+    assert cfg.warehouse.connector.bin_code == "B-7"
+    assert connector_class("toy").kind == "toy"
+    assert "done" in cfg.warehouse.statuses.process
+
+
+def test_the_toy_kinds_files_are_one_package_of_the_standard_shape():
+    package = REPO / "tests" / "toykind"
+    assert sorted(p.name for p in package.glob("*.py")) == [
+        "__init__.py", "connector.py", "mapping.py", "settings.py", "wire.py"]
