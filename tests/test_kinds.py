@@ -10,8 +10,16 @@ import pytest
 
 from loopsync import cli
 from loopsync.config import parse_config
-from loopsync.connectors import (KINDS, ConnectorKind, available_kinds, connector_class,
-                                 iter_kinds, kind_names, variant_name, variants)
+from loopsync.connectors import (
+    KINDS,
+    ConnectorKind,
+    available_kinds,
+    connector_class,
+    iter_kinds,
+    kind_names,
+    variant_name,
+    variants,
+)
 from loopsync.connectors.base import WarehouseConnector
 from loopsync.sandbox.base import WarehouseEmulator
 
@@ -20,8 +28,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 def _choices(command: str) -> list[str]:
     parser = cli.build_parser()
-    sub = next(a for a in parser._actions if a.dest == "command")  # noqa: SLF001
-    action = next(a for a in sub.choices[command]._actions  # noqa: SLF001
+    sub = next(a for a in parser._actions if a.dest == "command")
+    action = next(a for a in sub.choices[command]._actions
                   if a.dest == "warehouse")
     return list(action.choices)
 
@@ -67,7 +75,7 @@ def _load(path: Path, name: str):
 
 def test_the_soak_runs_every_variant_and_its_fault_table_names_registered_kinds():
     soak = _load(REPO / "benchmarks" / "soak.py", "loopsync_soak_kinds")
-    assert soak.CONNECTORS == tuple(variant_name(k, t) for k, t in variants())
+    assert tuple(variant_name(k, t) for k, t in variants()) == soak.CONNECTORS
     assert set(soak.SPECIFIC_FAULTS) <= set(KINDS)
 
 

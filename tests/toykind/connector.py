@@ -6,8 +6,13 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from loopsync.configkit import Section
-from loopsync.connectors.base import (ConnectorContext, PollResult, PushRequest,
-                                      WarehouseConnector, WarehouseSettings)
+from loopsync.connectors.base import (
+    ConnectorContext,
+    PollResult,
+    PushRequest,
+    WarehouseConnector,
+    WarehouseSettings,
+)
 from loopsync.errors import Unreadable
 from loopsync.models import RmaRef
 from tests.toykind.mapping import status
