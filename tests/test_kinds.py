@@ -3,6 +3,7 @@ table keyed by kind names registered kinds only."""
 
 import importlib
 import importlib.util
+import subprocess
 import sys
 from pathlib import Path
 
@@ -126,3 +127,13 @@ def test_the_toy_kinds_files_are_one_package_of_the_standard_shape():
     package = REPO / "tests" / "toykind"
     assert sorted(p.name for p in package.glob("*.py")) == [
         "__init__.py", "connector.py", "mapping.py", "settings.py", "wire.py"]
+
+
+def test_using_one_kind_imports_no_other_kinds_package():
+    code = ("import sys; from loopsync.connectors import available_kinds, connector_class; "
+            "available_kinds(); connector_class('xoro'); "
+            "print(' '.join(sorted(m for m in sys.modules if m.startswith('loopsync.connectors.'))))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True).stdout.split()
+    assert "loopsync.connectors.xoro.connector" in loaded
+    assert not [m for m in loaded if m.split(".")[2] in set(KINDS) - {"xoro"}], loaded

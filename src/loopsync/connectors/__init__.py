@@ -44,12 +44,26 @@ class ConnectorKind:
     def module(self) -> str:
         return self.connector.partition(":")[0]
 
+    @property
+    def package(self) -> str:
+        """The kind's package (`loopsync.connectors.<kind>`): found without importing it,
+        since importing its `connector` module would run the package, and every kind's."""
+        return self.module.rpartition(".")[0] or self.module
+
     def load(self) -> type[WarehouseConnector]:
-        cls: type[WarehouseConnector] = _load(self.connector)  # type: ignore[assignment]
+        from loopsync.connectors.base import WarehouseConnector
+
+        cls = _load(self.connector)
+        if not (isinstance(cls, type) and issubclass(cls, WarehouseConnector)):
+            raise TypeError(f"{self.connector} is not a WarehouseConnector")
         return cls
 
     def load_emulator(self) -> type[WarehouseEmulator]:
-        cls: type[WarehouseEmulator] = _load(self.emulator)  # type: ignore[assignment]
+        from loopsync.sandbox.base import WarehouseEmulator
+
+        cls = _load(self.emulator)
+        if not (isinstance(cls, type) and issubclass(cls, WarehouseEmulator)):
+            raise TypeError(f"{self.emulator} is not a WarehouseEmulator")
         return cls
 
 
@@ -88,7 +102,7 @@ def variant_name(kind: str, transport: str) -> str:
 
 def available_kinds() -> list[str]:
     """Kinds whose module is present in this installation."""
-    return [k.name for k in KINDS.values() if importlib.util.find_spec(k.module) is not None]
+    return [k.name for k in KINDS.values() if importlib.util.find_spec(k.package) is not None]
 
 
 def connector_class(kind: str) -> type[WarehouseConnector]:
