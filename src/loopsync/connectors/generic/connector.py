@@ -82,6 +82,7 @@ class GenericConnector(WarehouseConnector):
     def parse_settings(cls, section: Section) -> GenericSettings:
         return parse_settings(section)
 
+    # -- engine interface ------------------------------------------------------------------
     def locate(self, req: PushRequest) -> dict[str, Any]:
         return {}  # the 3PL needs nothing to exist first (no order or product lookup)
 
@@ -136,6 +137,7 @@ class GenericConnector(WarehouseConnector):
     def rma_label(self, ref: RmaRef) -> str:
         return f"3PL RMA {ref.rma_id}"
 
+    # -- receipt lines kept between polls (connector key-value state) ----------------------
     def _stored_lines(self, rma_number: str) -> dict[str, ReceiptLine]:
         raw = self.ctx.kv.get(lines_key(rma_number), {})
         return {key: ReceiptLine.from_json(key, rma_number, value) for key, value in raw.items()}

@@ -90,6 +90,7 @@ class PeopleVoxConnector(WarehouseConnector):
     def rma_label(self, ref: RmaRef) -> str:
         return f"PeopleVox return authorization {ref.rma_id}"
 
+    # -- locate ----------------------------------------------------------------------------
     def locate(self, req: PushRequest) -> dict[str, Any]:
         """The sales order this Loop return belongs to (NotReady while it is missing)."""
         field_name = self.own.order_reference
@@ -114,6 +115,7 @@ class PeopleVoxConnector(WarehouseConnector):
                 "customer_po_reference": free_text(
                     row.get("CustomerPurchaseOrderReferenceNumber", ""))}
 
+    # -- find / create ---------------------------------------------------------------------
     def find_rma(self, req: PushRequest, located: dict[str, Any]) -> RmaRef | None:
         """The RA if it exists with all its items. A header without (all) its items
         counts as missing: `create_rma` then saves only what is missing."""
@@ -199,6 +201,7 @@ class PeopleVoxConnector(WarehouseConnector):
                       extra={"sales_order_number": located.get("sales_order_number", ""),
                              "expected": req.ret.units_by_sku()})
 
+    # -- rows ------------------------------------------------------------------------------
     def item_lines(self, ret: LoopReturn) -> list[ItemLine]:
         """One line per SKU, in the order the SKUs first appear on the Loop return."""
         by_sku: dict[str, list[ReturnLine]] = defaultdict(list)
@@ -239,6 +242,7 @@ class PeopleVoxConnector(WarehouseConnector):
             log.warning("peoplevox.unknown_reason_code", configured=configured)
         return code
 
+    # -- poll ------------------------------------------------------------------------------
     def poll(self, rmas: Sequence[RmaRef]) -> PollResult:
         """Statuses of the RMAs whose returns data was read. Incremental: after the first
         poll only RMAs with rows dated since the cursor (less `overlap`), and RMAs new to

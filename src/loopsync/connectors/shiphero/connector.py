@@ -67,6 +67,7 @@ class ShipHeroConnector(WarehouseConnector):
     def parse_settings(cls, section: Section) -> ShipHeroSettings:
         return parse_settings(section)
 
+    # -- engine interface ------------------------------------------------------------------
     def locate(self, req: PushRequest) -> dict[str, Any]:
         ret = req.ret
         wanted = ret.units_by_sku()
@@ -97,7 +98,7 @@ class ShipHeroConnector(WarehouseConnector):
         if self.ctx.dry_run:
             raise DryRunViolation(f"return_create for Loop return {req.ret.id} in a dry run")
         body = self.client.graphql("return_create", RETURN_CREATE,
-                             {"data": return_input(req, located, self.cfg)}, mutation=True)
+                                   {"data": return_input(req, located, self.cfg)}, mutation=True)
         try:
             ref = rma_ref(req.ret.id, created_return(body))
         except Unreadable as exc:
@@ -121,6 +122,7 @@ class ShipHeroConnector(WarehouseConnector):
     def close(self) -> None:
         self.client.close()
 
+    # -- orders ----------------------------------------------------------------------------
     def _orders(self, **match: str) -> list[dict[str, Any]]:
         """Every order matching `match` (plus the configured shop/account), with its SKUs."""
         query, filters = orders_query({**match, "shop_name": self.cfg.shop_name,
@@ -158,6 +160,7 @@ class ShipHeroConnector(WarehouseConnector):
                                     "it by hand")
         return holding[0] if holding else (orders[0] if orders else None)
 
+    # -- returns ---------------------------------------------------------------------------
     def _returns_of_order(self, order_id: str) -> Iterator[dict[str, Any]]:
         query, filters = returns_query({"order_id": order_id,
                                          "customer_account_id": self.cfg.customer_account_id})
@@ -167,7 +170,7 @@ class ShipHeroConnector(WarehouseConnector):
     def _poll_batch(self, batch: Sequence[RmaRef], result: PollResult) -> None:
         variables = {f"id{i}": ref.rma_id for i, ref in enumerate(batch)}
         body = self.client.graphql("poll", poll_query(len(batch)), variables, units=len(batch),
-                             partial_ok=True)
+                                   partial_ok=True)
         data = body.get("data")
         data = data if isinstance(data, dict) else {}
         field_errors = messages_by_root_key(body)

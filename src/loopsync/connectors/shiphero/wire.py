@@ -225,8 +225,9 @@ class ShipHeroClient:
     def close(self) -> None:
         self.http.session.close()
 
+    # -- transport -------------------------------------------------------------------------
     def paged(self, op: str, query: str, variables: dict[str, Any], path: Sequence[str],
-               *, after: str | None = None) -> Iterator[dict[str, Any]]:
+              *, after: str | None = None) -> Iterator[dict[str, Any]]:
         """Nodes of a relay connection at `path` under the body's `data` (("orders",
         "data"): `data.orders.data`), page after page from the cursor `after`.
 
@@ -235,8 +236,7 @@ class ShipHeroClient:
         `hasNextPage` without an `endCursor` ends the walk there, logged."""
 
         def fetch(token: Any) -> Step[list[dict[str, Any]]]:
-            return connection_page(self.graphql(op, query, {**variables, "after": token}),
-                                    path)
+            return connection_page(self.graphql(op, query, {**variables, "after": token}), path)
 
         walk = PageWalk(fetch, name=f"shiphero.{op}", first=after, max_pages=self.cfg.max_pages,
                         stop=self.ctx.stop)
@@ -248,7 +248,7 @@ class ShipHeroClient:
             raise walk.result.error(SYSTEM)
 
     def graphql(self, op: str, query: str, variables: dict[str, Any], *, units: int = 1,
-                 mutation: bool = False, partial_ok: bool = False) -> dict[str, Any]:
+                mutation: bool = False, partial_ok: bool = False) -> dict[str, Any]:
         """One GraphQL call, paced by the credit bucket; returns the decoded body."""
         estimate = self._cost_per_unit[op] * units
         waited = self.credits.take(estimate)
@@ -337,6 +337,7 @@ class ShipHeroClient:
         return RateLimited(SYSTEM, _error_text(error, "not enough credits"),
                            retry_after=wait, status=status, code=str(THROTTLE_CODE))
 
+    # -- auth ------------------------------------------------------------------------------
     def bearer(self) -> str:
         if self.cfg.access_token is not None:
             return self.cfg.access_token.value

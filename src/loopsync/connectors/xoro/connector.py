@@ -69,6 +69,7 @@ class XoroConnector(WarehouseConnector):
     def parse_settings(cls, section: Section) -> XoroSettings:
         return parse_settings(section)
 
+    # -- engine interface ------------------------------------------------------------------
     def locate(self, req: PushRequest) -> dict[str, Any]:
         return {}
 
@@ -139,6 +140,7 @@ class XoroConnector(WarehouseConnector):
     def close(self) -> None:
         self.client.close()
 
+    # -- matching --------------------------------------------------------------------------
     def _asns_for_linking(self, since: datetime) -> list[dict[str, Any]]:
         """ASNs created since `since`, or more. By return id, a listing from an earlier
         `since` made moments ago serves too: older ASNs cannot carry this return's id. By

@@ -90,7 +90,7 @@ class XoroClient:
         return asns
 
     def read_asns(self, since: datetime, *, in_poll: bool = False
-                   ) -> tuple[list[dict[str, Any]], RemoteError | None]:
+                  ) -> tuple[list[dict[str, Any]], RemoteError | None]:
         """The ASNs created since `since`, and the error that cut the listing short after
         its retries (None when complete). Nothing read at all: that error is raised."""
         until = self.ctx.clock.now() + FUTURE_PAD
@@ -113,7 +113,7 @@ class XoroClient:
         return asns, failure
 
     def pages(self, path: str, params: dict[str, Any], *, stoppable: bool = False
-               ) -> Iterator[Any]:
+              ) -> Iterator[Any]:
         """Every row of every page; stops at TotalPages or the first empty page.
         `stoppable`: a poll's long listing gives way to shutdown (PollStopped).
 
