@@ -11,7 +11,6 @@ Save columns come from `GetSaveTemplate`. Transport in `wire`, pure reading in `
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -31,10 +30,12 @@ from loopsync.connectors.peoplevox.mapping import (
     ItemLine,
     changed_ras,
     header_row,
+    item_lines,
     item_row,
     loop_order_value,
     next_date_cursor,
     ra_statuses,
+    reason_codes,
     report_dates,
     stored_date_cursor,
 )
@@ -47,7 +48,7 @@ from loopsync.connectors.peoplevox.wire import (
     since_clause,
 )
 from loopsync.errors import Ambiguous, PeopleVoxError, PermanentError, Rejected
-from loopsync.models import LoopReturn, ReturnLine, RmaRef, free_text, identifier
+from loopsync.models import LoopReturn, RmaRef, free_text, identifier
 
 log = structlog.get_logger("loopsync.peoplevox")
 
@@ -203,19 +204,8 @@ class PeopleVoxConnector(WarehouseConnector):
 
     # -- rows ------------------------------------------------------------------------------
     def item_lines(self, ret: LoopReturn) -> list[ItemLine]:
-        """One line per SKU, in the order the SKUs first appear on the Loop return."""
-        by_sku: dict[str, list[ReturnLine]] = defaultdict(list)
-        for line in ret.line_items:
-            if line.sku:
-                by_sku[line.sku].append(line)
-        out = []
-        for number, (sku, loop_lines) in enumerate(by_sku.items(), start=1):
-            comments = dict.fromkeys(li.comment.strip() for li in loop_lines if li.comment.strip())
-            codes = (self.reason_code(li.return_reason, li.parent_return_reason)
-                     for li in loop_lines)
-            reason = next((code for code in codes if code), "")
-            out.append(ItemLine(number, sku, len(loop_lines), reason, " | ".join(comments)))
-        return out
+        """One line per SKU, each with the PeopleVox code of its Loop reason."""
+        return item_lines(ret, self.reason_code)
 
     def reason_code(self, *loop_reasons: str) -> str:
         """The PeopleVox code mapped to a Loop reason; "" when unmapped (passes none)."""
@@ -229,14 +219,8 @@ class PeopleVoxConnector(WarehouseConnector):
         """Check the mapped value against the `Return reasons` export (a code, or a
         description standing for its code); an unknown one passes none, with a warning."""
         if self._reason_codes is None:
-            rows = self.client.read_all("GetData", self.own.templates.return_reasons)
-            codes: dict[str, str] = {}
-            for row in rows:
-                code = row.get("Code", "")
-                if code:
-                    codes[reason_key(row.get("Description", ""))] = code
-                    codes[reason_key(code)] = code
-            self._reason_codes = codes
+            self._reason_codes = reason_codes(
+                self.client.read_all("GetData", self.own.templates.return_reasons))
         code = self._reason_codes.get(reason_key(configured), "")
         if not code:
             log.warning("peoplevox.unknown_reason_code", configured=configured)

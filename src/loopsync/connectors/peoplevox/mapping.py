@@ -7,7 +7,7 @@ column, so the RA is held with its reason. Column names: docs/api/peoplevox.md.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -15,13 +15,14 @@ from typing import Any
 import structlog
 
 from loopsync.connectors.base import PushRequest
-from loopsync.connectors.peoplevox.settings import ReturnsColumns, ReturnsData
+from loopsync.connectors.peoplevox.settings import ReturnsColumns, ReturnsData, reason_key
 from loopsync.errors import Unreadable
 from loopsync.models import (
     MAX_YEAR,
     MIN_YEAR,
     ItemStatus,
     LoopReturn,
+    ReturnLine,
     RmaRef,
     RmaStatus,
     guarded,
@@ -63,6 +64,34 @@ def header_row(req: PushRequest, located: dict[str, Any]) -> dict[str, str]:
         "CustomerPurchaseOrderReferenceNumber": str(located.get("customer_po_reference", "")),
         "ExternalReference": ret.order_name or "",
     }
+
+
+def item_lines(ret: LoopReturn, reason_code: Callable[[str, str], str]) -> list[ItemLine]:
+    """One line per SKU, in the order the SKUs first appear on the Loop return; its reason
+    is the first of its Loop lines' reasons that `reason_code` maps to a code."""
+    by_sku: dict[str, list[ReturnLine]] = defaultdict(list)
+    for line in ret.line_items:
+        if line.sku:
+            by_sku[line.sku].append(line)
+    out = []
+    for number, (sku, loop_lines) in enumerate(by_sku.items(), start=1):
+        comments = dict.fromkeys(li.comment.strip() for li in loop_lines if li.comment.strip())
+        codes = (reason_code(li.return_reason, li.parent_return_reason) for li in loop_lines)
+        reason = next((code for code in codes if code), "")
+        out.append(ItemLine(number, sku, len(loop_lines), reason, " | ".join(comments)))
+    return out
+
+
+def reason_codes(rows: Iterable[Mapping[str, str]]) -> dict[str, str]:
+    """The `Return reasons` export as a lookup: each code by its description and by
+    itself (a merchant may map a Loop reason to either), keys as `reason_key` folds them."""
+    codes: dict[str, str] = {}
+    for row in rows:
+        code = row.get("Code", "")
+        if code:
+            codes[reason_key(row.get("Description", ""))] = code
+            codes[reason_key(code)] = code
+    return codes
 
 
 def loop_order_value(ret: LoopReturn, loop_field: str) -> str:
