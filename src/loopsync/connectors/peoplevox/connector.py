@@ -78,7 +78,6 @@ class PeopleVoxConnector(WarehouseConnector):
         own: PeopleVoxSettings = settings.connector
         self.own = own
         self.client = build_client(settings, ctx)
-        self._save_columns: dict[str, list[str]] = {}
         self._reason_codes: dict[str, str] | None = None
 
     @classmethod
@@ -133,9 +132,10 @@ class PeopleVoxConnector(WarehouseConnector):
             raise Rejected(SYSTEM, f"Loop return {ra_number} has no line item with a SKU")
         # Both templates are checked before anything is saved: no header without items
         # because of a template set-up problem.
-        header_columns = self._columns(self.own.templates.return_authorizations, RA_REQUIRED)
-        item_columns = self._columns(self.own.templates.return_authorization_items,
-                                     RA_ITEM_REQUIRED)
+        templates = self.own.templates
+        header_columns = self.client.save_columns(templates.return_authorizations, RA_REQUIRED)
+        item_columns = self.client.save_columns(templates.return_authorization_items,
+                                                RA_ITEM_REQUIRED)
         header_existed = self._save_header(req, located, header_columns)
         if header_existed:
             lines = self._missing_lines(req, lines)
@@ -184,18 +184,6 @@ class PeopleVoxConnector(WarehouseConnector):
                  if r.get("ReturnAuthorizationNumber") == ra_number}
         wanted = self.item_lines(req.ret) if lines is None else lines
         return [line for line in wanted if line.sku not in saved]
-
-    def _columns(self, template: str, required: Sequence[str]) -> list[str]:
-        """The template's import columns (GetSaveTemplate, read once per connector)."""
-        if template not in self._save_columns:
-            columns = self.client.get_save_template(template)
-            missing = [c for c in required if c not in columns]
-            if missing:
-                raise PermanentError(SYSTEM, f"template {template!r} lacks column(s) "
-                                             f"{', '.join(missing)}; configure its import as "
-                                             "Loop's PeopleVox guide shows")
-            self._save_columns[template] = columns
-        return self._save_columns[template]
 
     def _ref(self, req: PushRequest, located: dict[str, Any]) -> RmaRef:
         return RmaRef(return_id=req.ret.id, rma_id=req.ret.id,

@@ -360,11 +360,25 @@ class PeopleVoxClient:
         self.kv = kv      # where unfinished reads are kept for `status`
         self._session: SessionCredentials | None = None
         self._last_used = 0.0
+        self._save_columns: dict[str, list[str]] = {}
 
     # -- operations -----------------------------------------------------------------
     def get_save_template(self, template: str) -> list[str]:
         result = self.call("GetSaveTemplate", {"templateName": template})
         return csv_header(result.detail)
+
+    def save_columns(self, template: str, required: Sequence[str]) -> list[str]:
+        """The template's import columns (GetSaveTemplate, read once per client);
+        PermanentError when a column loopsync fills is missing."""
+        if template not in self._save_columns:
+            columns = self.get_save_template(template)
+            missing = [c for c in required if c not in columns]
+            if missing:
+                raise PermanentError(SYSTEM, f"template {template!r} lacks column(s) "
+                                             f"{', '.join(missing)}; configure its import as "
+                                             "Loop's PeopleVox guide shows")
+            self._save_columns[template] = columns
+        return self._save_columns[template]
 
     def read_page(self, operation: str, name: str, *, page: int, where: str = "",
                   columns: Sequence[str] = (), per_page: int | None = None) -> SoapResult:
