@@ -26,6 +26,8 @@ from typing import Any
 from loopsync import logs
 from loopsync.config import MerchantConfig, parse_config
 from loopsync.cycle import Engine
+from loopsync.http import HttpClient
+from loopsync.loop_client import LoopClient
 from loopsync.runner import build_connector, build_loop_client, new_run_id
 from loopsync.sandbox import LOOP_KEY
 from loopsync.sandbox.seed import FIRST_RETURN_ID, make_returns
@@ -57,7 +59,7 @@ def git_commit() -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     dirty = subprocess.run(["git", "diff-index", "--quiet", "HEAD", "--", "src"], cwd=ROOT,
-                           capture_output=True).returncode != 0
+                           capture_output=True, check=False).returncode != 0
     return commit + ("+dirty" if dirty else "")
 
 
@@ -76,7 +78,7 @@ def quiet_logs() -> None:
 def cli(doc: str, run: Callable[..., Any], **options: int) -> None:
     """A benchmark's command line: `--<name> N` for each option (an int, with its default),
     and `--no-record`; then `run(<options in order>, record=not --no-record)`."""
-    p = argparse.ArgumentParser(description=doc.split("\n")[0])
+    p = argparse.ArgumentParser(description=doc.split("\n", maxsplit=1)[0])
     for name, default in options.items():
         p.add_argument(f"--{name}", type=int, default=default)
     p.add_argument("--no-record", action="store_true", help="do not append to BENCHMARKS.md")
@@ -215,7 +217,8 @@ def worker_config(loop_url: str, state_path: Path, *, start: dt.datetime) -> Mer
         "loop": {"base_url": loop_url, "api_key": "${LOOP_API_KEY}", "start_at": iso(start)},
         "warehouse": {"kind": "shiphero", "base_url": "http://127.0.0.1:9",
                       "refresh_token": "${SHIPHERO_REFRESH_TOKEN}"},
-    }, file="<bench>", env={"LOOP_API_KEY": LOOP_KEY, "SHIPHERO_REFRESH_TOKEN": "unused-by-this-benchmark"})
+    }, file="<bench>", env={"LOOP_API_KEY": LOOP_KEY,
+                            "SHIPHERO_REFRESH_TOKEN": "unused-by-this-benchmark"})
 
 
 def build_engine(cfg: MerchantConfig, clock: Clock) -> Engine:
@@ -227,9 +230,15 @@ def build_engine(cfg: MerchantConfig, clock: Clock) -> Engine:
     return Engine(cfg, store, loop, connector, clock=clock, run_id=new_run_id())
 
 
+def loop_http(engine: Engine) -> HttpClient:
+    """The HTTP client of the engine's Loop client (a benchmark builds a real one)."""
+    assert isinstance(engine.loop, LoopClient)
+    return engine.loop.http
+
+
 def close_engine(engine: Engine) -> None:
     engine.connector.close()
-    engine.loop.http.session.close()
+    loop_http(engine).session.close()
     engine.store.close()
 
 

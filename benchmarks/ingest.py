@@ -31,9 +31,21 @@ from typing import Any
 
 import requests
 
-from benchmarks.common import (ALL_STATES, HISTORY_DAYS, NOW, append_row, build_engine, cli,
-                               close_engine, fmt_s, print_table, quiet_logs, verdict,
-                               worker_config)
+from benchmarks.common import (
+    ALL_STATES,
+    HISTORY_DAYS,
+    NOW,
+    append_row,
+    build_engine,
+    cli,
+    close_engine,
+    fmt_s,
+    loop_http,
+    print_table,
+    quiet_logs,
+    verdict,
+    worker_config,
+)
 from benchmarks.loop_server import loop_server
 from loopsync.config import MerchantConfig
 from loopsync.loop_client import RETURN_LIST_PATH, extract_cursor
@@ -81,7 +93,7 @@ def loopsync_pull(cfg: MerchantConfig, clock: FakeClock) -> dict[str, Any]:
     engine.ingest()
     seconds = time.perf_counter() - started
     stored = engine.store.db.execute("select count(*) from returns").fetchone()[0]
-    out = {"seconds": seconds, "requests": engine.loop.http.requests_sent, "stored": stored,
+    out = {"seconds": seconds, "requests": loop_http(engine).requests_sent, "stored": stored,
            "pulled": engine.counts.pulled, "new": engine.counts.new,
            "malformed": engine.counts.malformed, "errors": engine.counts.errors,
            "limiter_wait": sum(clock.slept) - slept}

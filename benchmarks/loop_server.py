@@ -49,7 +49,12 @@ def serve(n: int, seed: int, days: float) -> None:
     server = ApiServer(loop).start()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+
+    def stop_at_end_of_input() -> None:  # the parent closing our stdin ends the server too
+        sys.stdin.read()
+        stop.set()
+
+    threading.Thread(target=stop_at_end_of_input, daemon=True).start()
     print(f"READY {server.port} {time.perf_counter() - started:.2f}", flush=True)
     stop.wait()
     server.stop()

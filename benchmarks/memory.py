@@ -11,8 +11,9 @@ client, the connector and a new SQLite store exactly as `runner.run_merchant` do
 and then reads `resource.getrusage(RUSAGE_SELF).ru_maxrss` -- the worker's own peak
 resident set, nothing subtracted. (Linux keeps the forking process's peak in a child's
 ru_maxrss across exec, so the worker is started by a bare launcher process; the kernel's
-VmHWM of the worker is printed beside it as a cross-check.) Its client-side limiter runs on a FakeClock (the pull
-is not slowed to 280 requests a minute; benchmark 5 checks the limits).
+VmHWM of the worker is printed beside it as a cross-check.) Its client-side limiter runs
+on a FakeClock (the pull is not slowed to 280 requests a minute; benchmark 5 checks the
+limits).
 """
 
 from __future__ import annotations
@@ -27,8 +28,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import (HISTORY_DAYS, NOW, append_row, build_engine, cli, close_engine,
-                               fmt_s, print_table, quiet_logs, ratio, verdict, worker_config)
+from benchmarks.common import (
+    HISTORY_DAYS,
+    NOW,
+    append_row,
+    build_engine,
+    cli,
+    close_engine,
+    fmt_s,
+    loop_http,
+    print_table,
+    quiet_logs,
+    ratio,
+    verdict,
+    worker_config,
+)
 from benchmarks.loop_server import loop_server
 
 TARGET = 1.3
@@ -49,7 +63,7 @@ def worker(loop_url: str, state_dir: str) -> None:
     engine.ingest()
     seconds = time.perf_counter() - started
     stored = engine.store.db.execute("select count(*) from returns").fetchone()[0]
-    requests = engine.loop.http.requests_sent
+    requests = loop_http(engine).requests_sent
     close_engine(engine)
     print(json.dumps({"peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                       "vm_hwm_kib": _vm_hwm_kib(), "rss_before_pull_kib": before,

@@ -28,10 +28,19 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
-from benchmarks.common import (Bench, append_row, cli, close_engine, fmt_s, print_table,
-                               quiet_logs, verdict)
+from benchmarks.common import (
+    Bench,
+    append_row,
+    cli,
+    close_engine,
+    fmt_s,
+    print_table,
+    quiet_logs,
+    verdict,
+)
 from loopsync.connectors.base import PushRequest
 from loopsync.stages.poll import POLL_CHUNK
 from loopsync.models import LoopReturn, RmaRef
@@ -48,7 +57,7 @@ def build(b: Bench, kind: str, n: int) -> Any:
     engine = b.engine(cfg)
     engine.ingest()
     store: Store = engine.store
-    add_rma = {"shiphero": _shiphero_rma, "peoplevox": _peoplevox_rma, "xoro": _xoro_rma}[kind]
+    add_rma = ADD_RMA[kind]
     context = _context(b, kind)
     with store.atomic():
         for raw in seeded:
@@ -89,14 +98,14 @@ def _shiphero_rma(b: Bench, engine: Any, ret: LoopReturn, ctx: dict[str, Any]) -
 
 def _peoplevox_rma(b: Bench, engine: Any, ret: LoopReturn, ctx: dict[str, Any]) -> RmaRef:
     """A return authorization with the header and item rows the connector saves."""
-    from loopsync.connectors.peoplevox import item_row
+    from loopsync.connectors.peoplevox.mapping import header_row, item_row
     from loopsync.sandbox.peoplevox import _Ra, _RaItem
 
     conn = engine.connector
     req = PushRequest(ret, engine.cfg.warehouse.destinations[str(ret.destination_id)])
     located = {"sales_order_number": (ret.order_name or "").lstrip("#"),
                "customer_po_reference": ret.order_number or ""}
-    ra = _Ra(fields=conn.header_row(req, located))
+    ra = _Ra(fields=header_row(req, located))
     ra.items = [_RaItem(fields=item_row(ret.id, line)) for line in conn.item_lines(ret)]
     b.warehouse.ras[ret.id] = ra
     return RmaRef(ret.id, ret.id, {"sales_order_number": located["sales_order_number"],
@@ -109,6 +118,12 @@ def _xoro_rma(b: Bench, engine: Any, ret: LoopReturn, ctx: dict[str, Any]) -> Rm
     since = (ret.created_at or ret.updated_at) - engine.connector.conf.asn_lookback
     return RmaRef(ret.id, asn.rma_number or asn.number,
                   {"asn_number": asn.number, "search_from": iso(since)})
+
+
+# Per-kind knowledge (keys checked against `connectors.KINDS` by tests/test_kinds.py): how
+# to plant an RMA the warehouse already has. The generic 3PL has no poll benchmark.
+ADD_RMA: dict[str, Callable[[Bench, Any, LoopReturn, dict[str, Any]], RmaRef]] = {
+    "shiphero": _shiphero_rma, "peoplevox": _peoplevox_rma, "xoro": _xoro_rma}
 
 
 def poll_once(b: Bench, cfg: Any) -> dict[str, Any]:
@@ -134,7 +149,8 @@ def poll_once(b: Bench, cfg: Any) -> dict[str, Any]:
 
 def _op(b: Bench, call: Any) -> str:
     if b.sb.kind == "peoplevox":
-        return call.headers.get("SOAPAction", "").strip('"').rsplit("/", 1)[-1] or call.path
+        action = str(call.headers.get("SOAPAction", "")).strip('"').rsplit("/", 1)[-1]
+        return action or str(call.path)
     return f"{call.method} {call.path}"
 
 

@@ -24,13 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import append_row, cli, print_table, quiet_logs, verdict
+from loopsync.connectors import KINDS, variants
 from loopsync.http import RetryPolicy
 from loopsync.runner import run_merchant
 from loopsync.testing import Sandbox
 from loopsync.testing import FakeClock
 
-CONNECTORS = (("shiphero", "http"), ("peoplevox", "http"), ("generic", "http"),
-              ("generic", "folder"))
+# Every variant of every kind that creates RMAs (a watch-only kind pushes nothing).
+CONNECTORS = tuple((kind, transport) for kind, transport in variants() if KINDS[kind].creates_rmas)
 POLICY = RetryPolicy(attempts=6, base=0.05, cap=0.5, retry_after_cap=30)
 
 
@@ -64,6 +65,7 @@ def measure(kind: str, transport: str, n: int, root: Path) -> dict[str, Any]:
             Path(str(cfg.state_path) + suffix).unlink(missing_ok=True)
         sb.recorder.clear()
         credits = _spent(sb)
+        assert isinstance(sb.clock, FakeClock)
         sb.clock.advance(3600)
         _cycle(sb, cfg)
         ids = [str(r["id"]) for r in seeded]

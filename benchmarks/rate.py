@@ -24,8 +24,16 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from benchmarks.common import (FINISHED_STATES, Bench, append_row, cli, fmt_s, print_table,
-                               quiet_logs, verdict)
+from benchmarks.common import (
+    FINISHED_STATES,
+    Bench,
+    append_row,
+    cli,
+    fmt_s,
+    print_table,
+    quiet_logs,
+    verdict,
+)
 from loopsync.sandbox import LOOP_KEY
 from loopsync.sandbox.shiphero import CreditMeter
 

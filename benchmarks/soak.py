@@ -89,13 +89,16 @@ if str(REPO) not in sys.path:  # run as `python benchmarks/soak.py`, or loaded b
     sys.path.insert(0, str(REPO))
 
 from benchmarks.common import git_commit, machine  # noqa: E402
-from loopsync.testing import Sandbox
-from loopsync.sandbox.poison import loop_poison_returns
-from loopsync.sandbox.server import Fault, Request, Response, json_response
-from loopsync.state import Store
-from loopsync.timeutil import SystemClock, parse_timestamp
+from loopsync.connectors import variant_name, variants  # noqa: E402
+from loopsync.testing import Sandbox  # noqa: E402
+from loopsync.sandbox.poison import loop_poison_returns  # noqa: E402
+from loopsync.sandbox.server import Fault, Request, Response, json_response  # noqa: E402
+from loopsync.state import Store  # noqa: E402
+from loopsync.timeutil import SystemClock, parse_timestamp  # noqa: E402
 
-CONNECTORS = ("shiphero", "peoplevox", "xoro", "generic", "generic-folder")
+# Every variant of every registered kind: "generic" (HTTP) and "generic-folder", ...
+VARIANTS = {variant_name(kind, transport): (kind, transport) for kind, transport in variants()}
+CONNECTORS = tuple(VARIANTS)
 SCENARIOS = ("full", "full", "short", "over", "damaged", "cancelled")
 # "poison": the warehouse's record of it is unreadable; it is held, never acted on.
 EXPECTED_ACTION = {"full": "process", "short": "flag", "over": "flag", "damaged": "flag",
@@ -160,7 +163,7 @@ def common_faults() -> list[Fault]:
 
 def shiphero_faults(sb: Sandbox) -> list[Fault]:
     wh: Any = sb.warehouse
-    out = []
+    out: list[Fault] = []
     for status in (200, 429):
         f = wh.throttle_fault(status=status, seconds=1)
         out.append(NamedFault("custom", response=f.response, name=f"throttle-code-30/{status}"))
@@ -201,6 +204,11 @@ def xoro_faults(sb: Sandbox) -> list[Fault]:
             NamedFault("custom", response=throttled, name="result-false-throttled")]
 
 
+def _no_faults(sb: Sandbox) -> list[Fault]:
+    return []
+
+
+# Per-kind knowledge (keys checked against `connectors.KINDS` by tests/test_kinds.py).
 SPECIFIC_FAULTS: dict[str, Callable[[Sandbox], list[Fault]]] = {
     "shiphero": shiphero_faults, "peoplevox": peoplevox_faults, "xoro": xoro_faults}
 
@@ -332,7 +340,7 @@ class World(threading.Thread):
             due = recorder.count() + self.rng.randint(*WORLD_EVERY)
             try:
                 self.soak.world_event(self.rng)
-            except Exception as exc:  # a driver bug must show, not hang the soak
+            except Exception as exc:  # noqa: BLE001 - a driver bug must show, not hang the soak
                 self.soak.report.violations.append(f"soak driver error: {exc!r}")
                 return
 
@@ -343,8 +351,8 @@ class ConnectorSoak:
                  max_requests: int = MAX_REQUESTS, poison: bool = True,
                  transport: bool = True) -> None:
         self.name = name
-        self.kind = "generic" if name.startswith("generic") else name
-        self.folder = name == "generic-folder"
+        self.kind, wire = VARIANTS[name]
+        self.folder = wire == "folder"
         self.kills_wanted = kills
         self.rng = random.Random(f"{seed}:{name}")
         self.workdir = workdir
@@ -504,7 +512,7 @@ class ConnectorSoak:
     def start_worker(self, *args: str, settled: bool = False) -> subprocess.Popen[bytes]:
         assert self.cfg_path is not None
         head = ["-c", SETTLED_WORKER] if settled else ["-m", "loopsync"]
-        log = open(self.log_path, "ab")  # noqa: SIM115 - closed once the child has it
+        log = self.log_path.open("ab")  # closed once the child has it
         try:
             return subprocess.Popen(
                 [sys.executable, *head, "--log-format", "json", "--log-level", "warning",
@@ -519,7 +527,7 @@ class ConnectorSoak:
                   if self.with_transport or f.kind not in TRANSPORT_KINDS]
         self.sb.loop.faults.set_random(self.fault_rate, faults, seed=self.rng.randrange(1 << 30))
         if not self.folder:
-            specific = SPECIFIC_FAULTS.get(self.kind, lambda sb: [])(self.sb)
+            specific = SPECIFIC_FAULTS.get(self.kind, _no_faults)(self.sb)
             self.sb.warehouse.faults.set_random(self.fault_rate, faults + specific,
                                                 seed=self.rng.randrange(1 << 30))
         world = World(self, random.Random(self.rng.randrange(1 << 30)))
@@ -614,7 +622,7 @@ class ConnectorSoak:
         """Did the worker run whose log starts at `offset` raise an unexpected exception?
         Counted, with its exception line, for the report."""
         try:
-            with open(self.log_path, "rb") as f:
+            with self.log_path.open("rb") as f:
                 f.seek(offset)
                 text = f.read().decode("utf-8", "replace")
         except FileNotFoundError:
@@ -646,7 +654,7 @@ class ConnectorSoak:
         self.sb.warehouse.faults.clear()
         time.sleep(SLOW + 0.5)  # a slow answer the last killed worker left lands first
         if hasattr(self.sb.warehouse, "phantom_pages"):
-            self.sb.warehouse.phantom_pages = 0  # type: ignore[attr-defined]
+            self.sb.warehouse.phantom_pages = 0
         finished_world = False
         for _ in range(MAX_CLEAN_CYCLES):
             offset = self.log_size()
@@ -760,15 +768,15 @@ class ConnectorSoak:
                                       f"{cur.window_from} -> {cur.window_to}")
         for rid in self.tracked:
             loop_raw = sb.loop.get(rid)
-            cur = cursors.get(("returns", loop_raw["state"]))
+            cursor = cursors.get(("returns", loop_raw["state"]))
             row = rows.get(rid)
-            if cur is None or row is None or not cur.done_until:
+            if cursor is None or row is None or not cursor.done_until:
                 continue
             loop_updated = parse_timestamp(loop_raw["updated_at"], assume_utc=True)
-            if loop_updated <= parse_timestamp(cur.done_until) and \
+            if loop_updated <= parse_timestamp(cursor.done_until) and \
                     parse_timestamp(row["updated_at"]) < loop_updated:
                 rep.violations.append(
-                    f"cursor returns/{loop_raw['state']} done until {cur.done_until} "
+                    f"cursor returns/{loop_raw['state']} done until {cursor.done_until} "
                     f"passed return {rid} updated {loop_raw['updated_at']} (stored "
                     f"{row['updated_at']})")
         # poison Loop returns: never pushed, never acted on, noted by no one
@@ -850,11 +858,10 @@ def render(reports: Sequence[Report], *, seconds: float, seed: int) -> str:
             f"{'finished':>9}{'proc':>6}{'flag':>6}{'dup RMA':>8}{'dup act':>8}"
             f"{'dup note':>9}{'lost':>6}{'crash':>6}{'viol':>6}")
     lines.append(head)
-    for r in reports:
-        lines.append(f"{r.connector:<15}{r.kills:>6}{r.completed_runs:>6}{r.returns:>8}"
-                     f"{r.eligible:>9}{r.finished:>9}{r.processed:>6}{r.flagged:>6}"
-                     f"{r.duplicate_rmas:>8}{r.duplicate_actions:>8}{r.duplicate_notes:>9}"
-                     f"{r.lost:>6}{r.crashed_runs:>6}{len(r.violations):>6}")
+    lines.extend(f"{r.connector:<15}{r.kills:>6}{r.completed_runs:>6}{r.returns:>8}"
+                 f"{r.eligible:>9}{r.finished:>9}{r.processed:>6}{r.flagged:>6}"
+                 f"{r.duplicate_rmas:>8}{r.duplicate_actions:>8}{r.duplicate_notes:>9}"
+                 f"{r.lost:>6}{r.crashed_runs:>6}{len(r.violations):>6}" for r in reports)
     total = totals(reports)
     lines.append(f"{'all':<15}{total['kills']:>6}{total['runs']:>6}{total['returns']:>8}"
                  f"{total['eligible']:>9}{total['finished']:>9}{total['processed']:>6}"
@@ -1040,7 +1047,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.workdir is not None:
         (args.workdir / "report.txt").write_text(text, encoding="utf-8")
     if args.json:
-        json.dump([{**{k: v for k, v in vars(r).items()}, "ok": r.ok} for r in reports],
+        json.dump([{**vars(r), "ok": r.ok} for r in reports],
                   sys.stdout, indent=2, default=str)
         sys.stdout.write("\n")
     if args.record:

@@ -33,8 +33,17 @@ import time
 from collections import Counter
 from typing import Any
 
-from benchmarks.common import (FINISHED_STATES, Bench, append_row, cli, fmt_s, print_table,
-                               quiet_logs, ratio, verdict)
+from benchmarks.common import (
+    FINISHED_STATES,
+    Bench,
+    append_row,
+    cli,
+    fmt_s,
+    print_table,
+    quiet_logs,
+    ratio,
+    verdict,
+)
 from loopsync.state import Store
 
 IN_FLIGHT = 200

@@ -28,7 +28,8 @@ def test_deadline_and_size_cap_reach_every_client(tmp_path):
     assert (loop.http.deadline, loop.http.max_body) == (20.0, 1024 * 1024)
     store = Store(tmp_path / "s.sqlite", clock)
     connector = build_connector(cfg, clock, store, stop=threading.Event())
-    assert (connector.http.deadline, connector.http.max_body) == (40.0, 3 * 1024 * 1024)
+    http = connector.client.http
+    assert (http.deadline, http.max_body) == (40.0, 3 * 1024 * 1024)
 
 
 def test_defaults_leave_the_http_layer_its_own(tmp_path):

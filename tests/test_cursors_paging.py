@@ -16,7 +16,7 @@ from loopsync.configkit import Section
 from loopsync.connectors.base import (ConnectorContext, MemoryKeyValue, PushRequest,
     WarehouseSettings)
 from loopsync.rules import GradingRules, StatusRules
-from loopsync.connectors.peoplevox import next_date_cursor
+from loopsync.connectors.peoplevox.mapping import next_date_cursor
 from loopsync.connectors.shiphero import ShipHeroConnector
 from loopsync.cycle import Engine
 from loopsync.errors import PaginationStopped

@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from loopsync.connectors.generic import (FORMULA_START, FolderTransport, neutralise,
-                                         parse_receipt_file, rma_csv, rma_record,
-                                         unneutralise)
+from loopsync.connectors.generic.mapping import (FORMULA_START, neutralise, parse_receipt_file,
+                                                  rma_csv, rma_record, unneutralise)
+from loopsync.connectors.generic.wire_folder import FolderTransport
 from loopsync.errors import LockHeld, Rejected, StateUnwritable, TransientError
 from loopsync.sandbox.generic import GenericEmulator
 from loopsync.state import MerchantLock

@@ -12,9 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from loopsync.connectors.peoplevox import (PVX_NS, InvalidSession, SoapFault, fault_error,
-                                           read_answer)
-from loopsync.errors import RemoteError
+from loopsync.connectors.peoplevox.wire import PVX_NS, SoapFault, fault_error, read_answer
+from loopsync.errors import InvalidSession, RemoteError
 from loopsync.http import HttpResult
 from loopsync.sandbox.peoplevox import soap_fault
 from loopsync.sandbox.server import Fault, Recorder, Request, text_response

@@ -13,7 +13,7 @@ import requests
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from loopsync.connectors.generic import canonical_string, request_target, sign
+from loopsync.connectors.generic.wire_http import canonical_string, request_target, sign
 from loopsync.errors import AuthError
 from loopsync.sandbox.generic import GenericEmulator
 from loopsync.sandbox.server import ApiServer, Recorder

@@ -9,8 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from loopsync.connectors.xoro import XoroBusy, XoroRefused, check_envelope
-from loopsync.errors import AuthError, ErrorBody, RateLimited, TransientError
+from loopsync.connectors.xoro.wire import check_envelope
+from loopsync.errors import (AuthError, ErrorBody, RateLimited, TransientError, XoroBusy,
+                             XoroRefused)
 from loopsync.http import HttpResult
 from loopsync.sandbox.server import Fault
 from tests.test_xoro import connector, imported_return, linked, request, xoro  # noqa: F401
@@ -85,7 +86,7 @@ def test_listing_failing_on_its_first_page_raises_the_classified_error(xoro, clo
 def test_refused_credentials_under_200_are_an_auth_error(xoro, clock):  # noqa: F811
     xoro.auth_failure = "result_false"
     conn = connector(xoro, clock)
-    conn.http.session.auth = (xoro.api_key, "wrong")
+    conn.client.http.session.auth = (xoro.api_key, "wrong")
     xoro.recorder.clear()
     with pytest.raises(AuthError):
         conn.find_rma(request(imported_return(xoro, clock)), {})

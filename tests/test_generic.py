@@ -16,7 +16,8 @@ from loopsync.configkit import Section
 from loopsync.connectors.base import (ConnectorContext, MemoryKeyValue, PushRequest,
     WarehouseSettings)
 from loopsync.rules import GradingRules, StatusRules
-from loopsync.connectors.generic import RMA_COLUMNS, GenericConnector
+from loopsync.connectors.generic.mapping import RMA_COLUMNS
+from loopsync.connectors.generic.connector import GenericConnector
 from loopsync.errors import AuthError, ConfigError, ErrorBody, OutcomeUnknown, Rejected, \
     TransientError
 from loopsync.http import RetryPolicy

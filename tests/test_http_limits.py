@@ -138,7 +138,7 @@ def test_merchants_on_one_shiphero_account_share_one_credit_bucket(
         cfg = sb.merchant_config(tmp_path / name, merchant=name)
         store = open_store(cfg, clock, dry_run=True)
         built.append(build_connector(cfg, clock, store, stop=threading.Event()))
-    assert built[0].credits is built[1].credits
+    assert built[0].client.credits is built[1].client.credits
     other = shiphero.shared_bucket("another-account", 1001, 15.0, clock)
-    assert other is not built[0].credits
+    assert other is not built[0].client.credits
 

@@ -96,7 +96,7 @@ def test_shiphero_refresh_token_in_a_redirected_body_never_reaches_another_origi
         sb, cfg = sandbox_config(sandboxes, "shiphero", tmp_path, base_url=bad.url)
         connector = connector_for(cfg, clock)
         with pytest.raises(ForeignOrigin) as caught:
-            connector._bearer()
+            connector.client.bearer()
         assert bad.received and bad.received[0].contains(sb.warehouse.refresh_token)
     assert_nothing_reached(sink, caught.value)
 

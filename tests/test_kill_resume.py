@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from loopsync.connectors import kind_names
 from loopsync.testing import Sandbox
 from loopsync.sandbox.peoplevox import PeopleVoxEmulator
 from loopsync.sandbox.server import Fault, json_response
@@ -107,7 +108,7 @@ LOOP_POINTS = [
     ("after process, answer lost", "loop", loop_post("process"), True, True),
     ("after flag, answer lost", "loop", loop_post("flag"), True, True),
 ]
-CASES = [(kind, *point) for kind in ("shiphero", "peoplevox", "xoro", "generic")
+CASES = [(kind, *point) for kind in kind_names()
          for point in LOOP_POINTS if not (kind == "xoro" and "note" in point[0])]
 CASES += [(kind, label, "warehouse", CREATES[kind], after, False)
           for kind in CREATES

@@ -9,6 +9,7 @@ import pytest
 
 from loopsync import status as status_mod
 from loopsync.config import load_config, resolve_state_path
+from loopsync.connectors import variants
 from loopsync.sandbox.seed import make_return
 from loopsync.sandbox.server import Fault, json_response
 from loopsync.state import Store
@@ -36,9 +37,7 @@ def forget_state(cfg):
 
 # -- 4. lost state creates nothing twice ----------------------------------------------------
 
-@pytest.mark.parametrize("kind,transport", [("shiphero", "http"), ("peoplevox", "http"),
-                                            ("generic", "http"), ("generic", "folder"),
-                                            ("xoro", "http")])
+@pytest.mark.parametrize("kind,transport", variants())
 def test_lost_state_file_creates_no_second_rma_note_or_action(make_sandbox, tmp_path, clock,
                                                               kind, transport):
     extra = {"transport": "folder", "folder_root": tmp_path / "3pl"} \

@@ -15,13 +15,16 @@ from loopsync.configkit import Section
 from loopsync.connectors.base import (ConnectorContext, MemoryKeyValue, NotReady, PushRequest,
     WarehouseSettings)
 from loopsync.rules import GradingRules, StatusRules
-from loopsync.connectors.peoplevox import (PVX_NS, SOAP_NS, InvalidSession, PeopleVoxConnector,
-                                           PeopleVoxError, ReturnsColumns, SessionCredentials,
-                                           SoapFault, any_of_clause, build_envelope, csv_rows,
-                                           csv_text, equals_clause, fault_error, field_ref,
-                                           parse_fault, parse_result, read_answer,
-                                           rma_status_from_rows, service_url, since_clause)
-from loopsync.errors import (AuthError, ConfigError, DryRunViolation, OutcomeUnknown,
+from loopsync.connectors.peoplevox.wire import (PVX_NS, SOAP_NS, SessionCredentials, SoapFault,
+                                                any_of_clause, build_envelope, csv_rows,
+                                                csv_text, equals_clause, fault_error, field_ref,
+                                                parse_fault, parse_result, read_answer,
+                                                service_url, since_clause)
+from loopsync.connectors.peoplevox.connector import PeopleVoxConnector
+from loopsync.connectors.peoplevox.settings import ReturnsColumns
+from loopsync.connectors.peoplevox.mapping import rma_status_from_rows
+from loopsync.errors import (AuthError, ConfigError, DryRunViolation, InvalidSession,
+                             PeopleVoxError, OutcomeUnknown,
                              PermanentError, RateLimited, Rejected, TransientError)
 from loopsync.http import HttpResult, RetryPolicy
 from loopsync.logs import configure as configure_logs

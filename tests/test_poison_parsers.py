@@ -23,7 +23,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from loopsync import errors
-from loopsync.connectors import generic, peoplevox, shiphero, xoro
+from loopsync.connectors import generic, peoplevox
+from loopsync.connectors.generic import wire_http as generic_http
+from loopsync.connectors.xoro import mapping as xoro
+from loopsync.connectors.xoro import wire as xoro_wire
+from loopsync.connectors.shiphero import mapping as shiphero
+from loopsync.connectors.shiphero import wire as shiphero_wire
 from loopsync.errors import ErrorBody, RemoteError, Unreadable
 from loopsync.http import HttpResult
 from loopsync.loop_client import _return_path, parse_returns_body
@@ -282,7 +287,7 @@ def check_status(status: RmaStatus) -> None:
        st.none() | hostile_text)
 def test_shiphero_polled_return_is_a_valid_status_or_unreadable(entry, field_error):
     try:
-        status = shiphero._polled_status(REF, entry, field_error)
+        status = shiphero.polled_status(REF, entry, field_error)
     except Unreadable:
         return
     check_status(status)
@@ -305,7 +310,7 @@ def test_shiphero_order_is_read_or_unreadable(order):
     "return_create": st.fixed_dictionaries({"return": any_json | shaped(SHIPHERO_RETURN)})})}))
 def test_shiphero_created_return_is_a_reference_or_unreadable(body):
     try:
-        ref = shiphero._rma_ref("1001", shiphero._created_return(body))
+        ref = shiphero.rma_ref("1001", shiphero.created_return(body))
     except Unreadable:
         return
     storable(ref.extra)
@@ -316,12 +321,12 @@ def test_shiphero_created_return_is_a_reference_or_unreadable(body):
 @given(any_json)
 def test_shiphero_answer_helpers_never_raise(body):
     if isinstance(body, dict):
-        assert all(isinstance(v, str) for v in shiphero._messages_by_root_key(body).values())
-    cost = shiphero._complexity(body)
+        assert all(isinstance(v, str) for v in shiphero_wire.messages_by_root_key(body).values())
+    cost = shiphero_wire._complexity(body)
     assert cost is None or cost >= 0
-    wait = shiphero._seconds(body)
+    wait = shiphero_wire._seconds(body)
     assert wait is None or wait >= 0
-    assert isinstance(shiphero._error_text(body), str)
+    assert isinstance(shiphero_wire._error_text(body), str)
 
 
 # -- PeopleVox ------------------------------------------------------------------------------
@@ -432,11 +437,11 @@ def test_xoro_asn_is_a_valid_status_or_unreadable(asn):
     if not isinstance(asn, dict):
         asn = {"Data": asn}
     try:
-        status = xoro.XoroConnector._status(XORO, XORO_REF, asn)  # type: ignore[arg-type]
+        status = xoro.asn_status(XORO_REF, asn, XORO.conf)  # type: ignore[arg-type]
     except Unreadable:
         return
     check_status(status)
-    assert isinstance(xoro._asn_number(asn), str)
+    assert isinstance(xoro.asn_number_of(asn), str)
 
 
 @FEW
@@ -444,16 +449,16 @@ def test_xoro_asn_is_a_valid_status_or_unreadable(asn):
                                          "Data": any_json, "TotalPages": any_json}))
 def test_xoro_envelope_is_accepted_or_a_typed_remote_error(body):
     try:
-        xoro.check_envelope(HttpResult(200, {}, "{}", body))
+        xoro_wire.check_envelope(HttpResult(200, {}, "{}", body))
     except RemoteError:
         return
-    assert isinstance(xoro._rows(body.get("Data")), list)
-    total = xoro._int_or_none(body.get("TotalPages"))
+    assert isinstance(xoro.data_rows(body.get("Data")), list)
+    total = xoro_wire._int_or_none(body.get("TotalPages"))
     assert total is None or isinstance(total, int)
 
 
 def test_xoro_total_pages_of_infinity_is_no_page_count():
-    assert xoro._int_or_none(float("inf")) is None
+    assert xoro_wire._int_or_none(float("inf")) is None
 
 
 # -- generic 3PL ----------------------------------------------------------------------------
@@ -489,7 +494,7 @@ def test_generic_receipts_page_is_lines_and_held_records_or_an_error_body(body):
     if not isinstance(body, dict):
         body = {"receipts": body}
     try:
-        good, bad = generic._page_receipts(body, 1)
+        good, bad = generic_http._page_receipts(body, 1)
     except ErrorBody:
         return
     for line in good:
@@ -532,7 +537,7 @@ def test_generic_receipt_time_far_in_the_past_is_held_not_an_overflowing_cursor(
     record = {**RECEIPT, "received_at": "0001-01-01T00:00:00+01:00"}
     with pytest.raises(Unreadable, match="received_at"):
         generic.parse_receipt(record, require_time=True)
-    good, bad = generic._page_receipts({"receipts": [record]}, 1)
+    good, bad = generic_http._page_receipts({"receipts": [record]}, 1)
     assert good == [] and bad[0][2] is None
 
 

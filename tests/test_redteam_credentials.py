@@ -96,7 +96,8 @@ def test_a_long_error_body_cut_through_an_echoed_key_leaves_no_piece_of_it(
 
 
 def test_a_non_json_answer_quoted_in_an_error_leaves_no_piece_of_the_key() -> None:
-    from loopsync.connectors import generic, xoro
+    from loopsync.connectors import xoro
+    from loopsync.connectors.generic import wire_http as generic
     from loopsync.http import HttpResult
     text = "<html>" + "y" * 180 + LOOP_KEY + "</html>"
     result = HttpResult(200, {}, text, None)
@@ -171,10 +172,10 @@ def test_shiphero_keeps_its_cached_access_token_masked_while_it_uses_it(
         cfg = sb.merchant_config(tmp_path)
         store = open_store(cfg, clock, dry_run=True)
         connector = build_connector(cfg, clock, store, stop=threading.Event(), policy=POLICY)
-        token = connector._bearer()
+        token = connector.client.bearer()
         for i in range(redaction.MAX_TRANSIENT * 2):  # e.g. PeopleVox logins meanwhile
             redaction.register(f"rt-pvx-session-{i:04d}-x", transient=True)
-        assert connector._bearer() == token  # cached: no refresh, no new registration
+        assert connector.client.bearer() == token  # cached: no refresh, no new registration
         assert token not in redaction.redact(f"invalid token {token}")
     finally:
         sb.stop()
@@ -287,7 +288,7 @@ def test_xoro_basic_credentials_never_follow_a_redirect_to_another_origin(
     from loopsync.configkit import Section
     from loopsync.connectors.base import ConnectorContext, WarehouseSettings
     from loopsync.rules import GradingRules, StatusRules
-    from loopsync.connectors.xoro import XoroConnector
+    from loopsync.connectors.xoro.connector import XoroConnector
     from loopsync.errors import ForeignOrigin
     env = {"XK": "rt-xoro-key-5a4b3c2d1e", "XS": "rt-xoro-secret-9z8y7x6w"}
     with _redirector(status, sink) as bad:
@@ -302,7 +303,7 @@ def test_xoro_basic_credentials_never_follow_a_redirect_to_another_origin(
         xoro = XoroConnector(settings, ConnectorContext(merchant="t", clock=clock,
                                                         policy=POLICY))
         with pytest.raises(ForeignOrigin):
-            xoro._list_asns(clock.now() - timedelta(days=1))
+            xoro.client.list_asns(clock.now() - timedelta(days=1))
         assert bad.received and "authorization" in bad.received[0].headers
     assert sink.received == []
 
@@ -322,9 +323,10 @@ def test_shiphero_bearer_token_never_follows_a_graphql_redirect_to_another_origi
             store = open_store(cfg, clock, dry_run=True)
             shiphero = build_connector(cfg, clock, store, stop=threading.Event(),
                                        policy=POLICY)
-            shiphero._access_token, shiphero._renew_at = "rt-bearer-token-0f1e2d3c", 1e18
+            client = shiphero.client  # type: ignore[attr-defined]  # a ShipHeroConnector
+            client._access_token, client._renew_at = "rt-bearer-token-0f1e2d3c", 1e18
             with pytest.raises(ForeignOrigin):
-                shiphero._graphql("poll", "query { account { data { id } } }", {})
+                client.graphql("poll", "query { account { data { id } } }", {})
             assert bad.received and bad.received[0].contains("rt-bearer-token-0f1e2d3c")
         assert sink.received == []
     finally:

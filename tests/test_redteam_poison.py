@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from loopsync.connectors import peoplevox as pvx
-from loopsync.connectors import shiphero
+from loopsync.connectors.shiphero import mapping as shiphero
 from loopsync.errors import Unreadable
 from loopsync import http
 from loopsync.http import HttpClient, RetryPolicy, decode_text, parse_json
@@ -179,7 +179,7 @@ JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st
 @settings(max_examples=50, deadline=None)
 def test_shiphero_connection_page_of_any_json_is_a_page_or_unreadable(body):
     try:
-        step = shiphero._connection_page(body, ("orders", "data"))
+        step = shiphero.connection_page(body, ("orders", "data"))
     except Unreadable:
         return
     assert isinstance(step.items, list)

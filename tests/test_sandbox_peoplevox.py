@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from loopsync.configkit import Section
-from loopsync.connectors.peoplevox import PeopleVoxConnector
+from loopsync.connectors.peoplevox.connector import PeopleVoxConnector
 from loopsync.sandbox.peoplevox import ClauseError, PeopleVoxEmulator, compile_clause
 from loopsync.sandbox.server import ApiServer, Request
 from loopsync.testing import FakeClock

@@ -270,7 +270,7 @@ def test_find_rma_pages_through_the_returns_of_a_busy_order(world):
     assert found is not None and found.return_id == rets[-1].id
     pages = [c.json()["variables"]["after"] for c in world.graphql_calls()
              if "LoopsyncReturns" in c.json()["query"]]
-    from loopsync.connectors.shiphero import RETURNS_PAGE_SIZE
+    from loopsync.connectors.shiphero.wire import RETURNS_PAGE_SIZE
     assert len(pages) == -(-30 // RETURNS_PAGE_SIZE) and pages[0] is None and all(pages[1:])
 
 

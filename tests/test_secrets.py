@@ -7,12 +7,11 @@ import stat
 import pytest
 
 from loopsync import logs
+from loopsync.connectors import kind_names
 from loopsync.sandbox.server import Fault
 
-KINDS = ["shiphero", "peoplevox", "xoro", "generic"]
 
-
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", kind_names())
 def test_no_secret_in_logs_or_database(make_sandbox, tmp_path, kind):
     sb = make_sandbox(kind, rate_limits=False)
     seeded = sb.seed(3, states_weights=[("open", 1)])

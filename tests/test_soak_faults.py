@@ -13,6 +13,7 @@ import requests
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from loopsync.connectors import kind_names
 from loopsync.sandbox import poison as poison_mod
 from loopsync.sandbox import server as server_mod
 from loopsync.sandbox import shiphero as shiphero_mod
@@ -140,7 +141,7 @@ def _push_one(sb, tmp_path):
 
 
 def test_warehouse_poison_needs_an_rma(make_sandbox):
-    for kind in ("shiphero", "peoplevox", "xoro", "generic"):
+    for kind in kind_names():
         sb = make_sandbox(kind)
         assert sb.warehouse.poison("40999999") is False
 

@@ -11,7 +11,7 @@ from loopsync import rules
 from loopsync.configkit import Section
 from loopsync.connectors.base import ConnectorContext, PushRequest, WarehouseSettings
 from loopsync.rules import GradingRules, StatusRules
-from loopsync.connectors.xoro import XoroConnector
+from loopsync.connectors.xoro.connector import XoroConnector
 from loopsync.errors import AuthError, ErrorBody, Rejected, TransientError
 from loopsync.http import RetryPolicy
 from loopsync.models import LoopReturn
@@ -164,7 +164,7 @@ def test_no_records_message_is_an_empty_answer(xoro, clock):
 def test_bad_credentials_both_ways(xoro, clock, style, error):
     xoro.auth_failure = style
     conn = connector(xoro, clock)
-    conn.http.session.auth = (xoro.api_key, "wrong")
+    conn.client.http.session.auth = (xoro.api_key, "wrong")
     with pytest.raises(error):
         conn.find_rma(request(make_return(created_at=clock.now())), {})
 

@@ -25,7 +25,8 @@ import structlog
 
 from loopsync import __version__, logs
 from loopsync.config import MerchantConfig, load_all
-from loopsync.errors import ConfigError, LockHeld, StateError, Unreadable
+from loopsync.connectors import kind_names
+from loopsync.errors import ConfigError, LockHeld, StateError, Unreadable, UsageError
 from loopsync.redaction import install_excepthooks, redact, redact_obj
 from loopsync.shutdown import PROCESS
 from loopsync.timeutil import parse_timestamp
@@ -36,10 +37,6 @@ EXIT_SOFTWARE = 70  # sysexits EX_SOFTWARE: anything unexpected, one line, no tr
 SIGNAL_COMMANDS = ("run", "import", "serve")
 
 log = structlog.get_logger("loopsync.cli")
-
-
-class UsageError(Exception):
-    pass
 
 
 class _Parser(argparse.ArgumentParser):
@@ -70,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run every merchant on its schedule until stopped")
     configs(serve, "merchant YAML file(s) or directories of them")
 
-    imp = sub.add_parser("import", help="import returns by id or date range (live cursor untouched)")
+    imp = sub.add_parser("import",
+                         help="import returns by id or date range (live cursor untouched)")
     configs(imp)
     imp.add_argument("--return-id", help="one Loop return id")
     imp.add_argument("--from", dest="start", help="range start, ISO-8601 with timezone")
@@ -85,15 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
     configs(check)
 
     demo = sub.add_parser("demo", help="the whole flow against the built-in sandbox")
-    demo.add_argument("--warehouse", default="shiphero",
-                      choices=["shiphero", "peoplevox", "xoro", "generic"])
+    demo.add_argument("--warehouse", default="shiphero", choices=kind_names())
     demo.add_argument("--returns", type=int, default=12, help="how many returns to seed")
 
     sandbox = sub.add_parser("sandbox", help="serve the emulated APIs until stopped")
     sandbox.add_argument("--port", type=int, default=8900,
                          help="Loop on PORT, the warehouse on PORT+1; 0 picks free ports")
-    sandbox.add_argument("--warehouse", default="shiphero",
-                         choices=["shiphero", "peoplevox", "xoro", "generic"])
+    sandbox.add_argument("--warehouse", default="shiphero", choices=kind_names())
     sandbox.add_argument("--returns", type=int, default=25)
     return p
 
@@ -230,7 +226,7 @@ def _run_one(cfg: MerchantConfig, out: TextIO, **kw: Any) -> tuple[int, str | No
         print(redact(f"  needs attention: {line}"), file=out)
     if result.needs_attention:
         return EXIT_ERRORS, f"{len(result.attention)} return(s) need a person (see loopsync status)"
-    if result.ok or result.stopped and not result.counts.errors:
+    if result.ok or (result.stopped and not result.counts.errors):
         return EXIT_OK, None
     return EXIT_ERRORS, refused or "errors (see loopsync status)"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -16,16 +16,14 @@ import yaml
 from loopsync.configkit import Secret, Section
 from loopsync.connectors import KINDS, available_kinds, connector_class
 from loopsync.connectors.base import WarehouseSettings
-from loopsync.rules import GradingRules, StatusRules
 from loopsync.errors import ConfigError
 from loopsync.http import DEFAULT_MAX_BODY
-from loopsync.loop_client import LOOP_STATES, MAX_WINDOW
+from loopsync.loop_facts import LOOP_DISPOSITIONS, LOOP_GRADES, LOOP_STATES, MAX_WINDOW
+from loopsync.rules import GradingRules, StatusRules
 
 MIB = 1024 * 1024
 MAX_TIMEOUT = timedelta(minutes=10)   # one read; longer is a typo, not a need
 MAX_DEADLINE = timedelta(hours=1)    # one whole request
-LOOP_GRADES = ("grade_a", "grade_b", "grade_c", "grade_d", "incorrect_item", "missing", "junk")
-LOOP_DISPOSITIONS = ("back_to_stock", "resale_hold", "recycle", "donate", "missing")
 # Where relative state paths live when set (the container sets /state, its volume).
 STATE_DIR_ENV = "LOOPSYNC_STATE_DIR"
 
@@ -87,7 +85,8 @@ class _StrictLoader(_StringTimestampLoader):
         depth = getattr(self, "_depth", 0)
         if depth >= MAX_YAML_DEPTH:
             raise yaml.composer.ComposerError(
-                None, None, f"nested deeper than {MAX_YAML_DEPTH} levels", self.peek_event().start_mark)
+                None, None, f"nested deeper than {MAX_YAML_DEPTH} levels",
+                self.peek_event().start_mark)  # type: ignore[no-untyped-call]  # stub untyped
         self._depth = depth + 1
         try:
             return super().compose_node(parent, index)
@@ -172,7 +171,7 @@ def _children(node: Any) -> list[Any]:
 
 def load_yaml(path: Path) -> Any:
     try:
-        with open(path, "rb") as fh:
+        with path.open("rb") as fh:
             data = fh.read(MAX_CONFIG_BYTES + 1)
         if len(data) > MAX_CONFIG_BYTES:
             raise ConfigError(str(path), "", f"larger than {MAX_CONFIG_BYTES} bytes")
@@ -264,12 +263,13 @@ def resolve_state_path(raw: str | None, merchant: str, base_dir: Path | None,
     is `<merchant>.sqlite` in LOOPSYNC_STATE_DIR, else `state/<merchant>.sqlite` beside
     the configuration file."""
     if raw is not None and Path(raw).expanduser().is_absolute():
-        return Path(os.path.abspath(Path(raw).expanduser()))
+        # abspath, not resolve(): a state folder reached through a link keeps its name.
+        return Path(os.path.abspath(Path(raw).expanduser()))  # noqa: PTH100 - see above
     if state_dir is not None:
         root, default = Path(state_dir).expanduser(), Path(f"{merchant}.sqlite")
     else:
         root, default = (base_dir or Path.cwd()), Path("state") / f"{merchant}.sqlite"
-    return Path(os.path.abspath(root / (raw if raw is not None else default)))
+    return Path(os.path.abspath(root / (raw if raw is not None else default)))  # noqa: PTH100
 
 
 def parse_loop(sec: Section) -> LoopSettings:
@@ -351,7 +351,7 @@ def parse_statuses(sec: Section, defaults: dict[str, list[str]],
 
 
 def parse_grading(sec: Section) -> GradingRules:
-    def member(allowed: tuple[str, ...]):  # noqa: ANN202
+    def member(allowed: tuple[str, ...]) -> Callable[[str, Any], str]:
         def check(key: str, value: Any) -> str:
             if value not in allowed:
                 raise sec.error(key, f"{value!r} is not one of {', '.join(allowed)}")
@@ -380,8 +380,8 @@ def expand_paths(paths: list[str]) -> list[Path]:
             # a pipe or device (opening one could wait forever).
             out.extend(sorted(x for x in path.iterdir()
                               if x.suffix in (".yaml", ".yml")
-                              and (x.is_file() or not x.name.startswith(".")
-                                   and (x.is_dir() or not x.exists()))))
+                              and (x.is_file() or (not x.name.startswith(".")
+                                   and (x.is_dir() or not x.exists())))))
         else:
             out.append(path)
     return out
@@ -399,7 +399,8 @@ def load_all(paths: list[str], env: Mapping[str, str] | None = None) -> list[Mer
     seen: dict[str, str] = {}
     for c in configs:
         if c.merchant in seen:
-            raise ConfigError(c.file, "merchant", f"{c.merchant!r} is also used by {seen[c.merchant]}")
+            raise ConfigError(c.file, "merchant",
+                              f"{c.merchant!r} is also used by {seen[c.merchant]}")
         seen[c.merchant] = c.file
     return configs
 

@@ -143,22 +143,6 @@ class Section:
         return Section(raw, file=self.file, path=self.key_path(key), env=self.env,
                        _expanded=self._expanded)
 
-    def str(self, key: str, default: Any = _MISSING, *, pattern: str | None = None,
-            choices: list[str] | tuple[str, ...] | None = None) -> Any:
-        raw = self._take(key, default)
-        if raw is default and default is not _MISSING:
-            return raw
-        if isinstance(raw, int | float) and not isinstance(raw, bool):
-            raw = str(raw)
-        if not isinstance(raw, str):
-            raise self.error(key, f"must be a string, got {_type_name(raw)}")
-        value = self._expand(key, raw)
-        if pattern and not re.fullmatch(pattern, value):
-            raise self.error(key, f"{_show(raw)} does not match {pattern}")
-        if choices is not None and value not in choices:
-            raise self.error(key, f"{_show(raw)} is not one of {', '.join(choices)}")
-        return value
-
     def url(self, key: str, default: Any = _MISSING) -> Any:
         value = self.str(key, default)
         if value is default and default is not _MISSING:
@@ -193,15 +177,16 @@ class Section:
         return Secret(name, value)
 
     def _secret_file(self, key: str, name: str) -> str:
-        path = Path(os.path.expanduser(name))
+        # os.path's expanduser leaves "~" as it is where no home is known; Path's raises.
+        path = Path(os.path.expanduser(name))  # noqa: PTH111 - see above
         if not path.is_absolute():
             path = Path(self.file).parent / path
         try:
             # Links are followed (mounted secrets are links); a FIFO or a device is not
             # read: it could block the start-up forever or never end.
-            if not stat.S_ISREG(os.stat(path).st_mode):
+            if not stat.S_ISREG(path.stat().st_mode):
                 raise self.error(key, f"secret file {name} is not a regular file")
-            with open(path, "rb") as fh:
+            with path.open("rb") as fh:
                 data = fh.read(_SECRET_FILE_MAX + 1)
         except (OSError, ValueError) as exc:
             raise self.error(key, f"cannot read secret file {name}: "
@@ -356,6 +341,24 @@ class Section:
                 raise self.error(sub, f"must be a string, got {_type_name(v)}")
             out[str(k)] = self._expand(sub, str(v))
         return out
+
+    # Last in the class: below `def str` the name `str` means this method to a type
+    # checker, so every other signature comes first.
+    def str(self, key: str, default: Any = _MISSING, *, pattern: str | None = None,
+            choices: list[str] | tuple[str, ...] | None = None) -> Any:
+        raw = self._take(key, default)
+        if raw is default and default is not _MISSING:
+            return raw
+        if isinstance(raw, int | float) and not isinstance(raw, bool):
+            raw = str(raw)
+        if not isinstance(raw, str):
+            raise self.error(key, f"must be a string, got {_type_name(raw)}")
+        value = self._expand(key, raw)
+        if pattern and not re.fullmatch(pattern, value):
+            raise self.error(key, f"{_show(raw)} does not match {pattern}")
+        if choices is not None and value not in choices:
+            raise self.error(key, f"{_show(raw)} is not one of {', '.join(choices)}")
+        return value
 
 
 def _show(value: Any, limit: int = 80) -> str:

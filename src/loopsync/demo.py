@@ -45,7 +45,10 @@ def run_demo(*, warehouse: str = "shiphero", returns: int = 12, out: TextIO) -> 
         odd = _add_awkward_returns(sb)
         extra = {"rate_limit": {"requests": 1000, "per": "1s"}} if warehouse == "peoplevox" else {}
         cfg = sb.merchant_config(Path(tmp), merchant="demo", warehouse_extra=extra)
-        say = lambda text="": print(text, file=out)  # noqa: E731
+
+        def say(text: str = "") -> None:
+            print(text, file=out)
+
         say(f"loopsync demo: sandbox Loop at {sb.loop_url}, sandbox {warehouse} at "
             f"{sb.warehouse_url}")
         say(f"seeded {len(seeded) + len(odd)} Loop returns "

@@ -2,6 +2,7 @@
 
     LoopsyncError
     ├── ConfigError            bad YAML file: names the file, the key path and the problem
+    ├── UsageError             a command line the CLI cannot run (exit status 2)
     ├── LockHeld               another process works this merchant (exit status 75)
     ├── DryRunViolation        a write was attempted in a dry run (a bug, never expected)
     ├── Unreadable             one remote record cannot be read (names the field): held, never
@@ -17,12 +18,16 @@
         │   ├── RateLimited    429 or a throttle body; carries retry_after seconds if known
         │   ├── DeadlineExceeded  no whole answer within the client's deadline (next cycle)
         │   ├── OutcomeUnknown a write was sent but its answer was lost; look up before repeating
+        │   ├── XoroBusy       Xoro's `Result: false` that does not blame the request: retried
         │   └── PaginationStopped  a page walk ended before the remote's last page (cap, loop)
         └── PermanentError     retrying the same request will not help
             ├── AuthError      401/403 or a failed login
             ├── NotFound       the remote has no such object
             ├── ErrorBody      HTTP 200 whose body is an error (Loop, PeopleVox, Xoro do this)
-            │   └── StateConflict  Loop refused an action because of the return's state
+            │   ├── StateConflict  Loop refused an action because of the return's state
+            │   ├── PeopleVoxError  PeopleVox's `ResponseId -1`, with its Detail text
+            │   │   └── InvalidSession  the session expired: log in again, repeat once
+            │   └── XoroRefused  `Result: false` refusing the key or its scope (an AuthError too)
             ├── Rejected       the remote refused this record (bad SKU, unknown order, ...)
             │   └── Ambiguous  a match weaker than the Loop return id found several
             │                  candidates: reported for a person, never guessed
@@ -31,6 +36,10 @@
 
     StopRequested (a BaseException, like KeyboardInterrupt, so no catch-all swallows it)
                                shutdown was asked for while waiting: abandon the request
+
+    Connector signals (plain Exceptions, caught by the engine by name):
+    NotReady                   the warehouse is not ready for this return yet: try later
+    PollStopped                shutdown in the middle of a long poll: read again next run
 """
 
 from __future__ import annotations
@@ -51,6 +60,10 @@ class ConfigError(LoopsyncError):
         self.problem = problem = redact(problem)  # a config error is printed: never a secret
         where = f"{file}: {key}" if key else file
         super().__init__(f"{where}: {problem}")
+
+
+class UsageError(LoopsyncError):
+    """A command line the CLI cannot run (argparse cannot tell: a combination of flags)."""
 
 
 class LockHeld(LoopsyncError):
@@ -105,9 +118,22 @@ class TransitionRefused(LoopsyncError):
         super().__init__(f"{what}: refused to move to {wanted} {where}")
 
 
-class StopRequested(BaseException):  # noqa: N818 - a signal, not an error
+class StopRequested(BaseException):
     """Shutdown was requested while waiting (a backoff, a rate limit): the request is
     abandoned. A BaseException so that a per-record catch-all cannot swallow it."""
+
+
+class NotReady(Exception):
+    """The warehouse is not ready for this return yet (order not there, ...). Try later."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class PollStopped(Exception):
+    """The worker is shutting down in the middle of a long poll: what was read so far is
+    dropped (nothing was recorded from it) and read again on the next run."""
 
 
 def _encodable(text: str) -> str:
@@ -157,11 +183,15 @@ class DeadlineExceeded(TransientError):
     Not retried within the call, which would multiply the wait; the next cycle retries."""
 
 
+class XoroBusy(TransientError):
+    """`Result: false` with a message that does not say the request is wrong: retried."""
+
+
 class OutcomeUnknown(TransientError):
     """A non-idempotent request may or may not have taken effect."""
 
 
-class PaginationStopped(TransientError):  # noqa: N818 - named like RateLimited, NotFound
+class PaginationStopped(TransientError):
     """A page walk ended before the remote's last page: a repeated token, a next link
     without a cursor, the page cap (`reason`, a `paging.WalkEnd` value or Loop's older
     names). Worth another try later; meanwhile what depends on the whole listing waits."""
@@ -194,6 +224,24 @@ class StateConflict(ErrorBody):
 
     Recorded as settled: the return already left the state where the action applies.
     """
+
+
+class PeopleVoxError(ErrorBody):
+    """PeopleVox answered `ResponseId -1`; `detail` is its `Detail` text."""
+
+    def __init__(self, operation: str, detail: str) -> None:
+        self.operation = operation
+        self.detail = detail
+        super().__init__("peoplevox", f"{operation}: {detail}", code="ResponseId -1")
+
+
+class InvalidSession(PeopleVoxError):
+    """The session expired or is unknown; the client logs in again and retries once."""
+
+
+class XoroRefused(AuthError, ErrorBody):
+    """`Result: false` refusing the credentials or the key's module scope (under HTTP 200
+    it is both a refusal of credentials and an error body)."""
 
 
 class Rejected(PermanentError):

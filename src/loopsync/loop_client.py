@@ -1,4 +1,4 @@
-"""The Loop Returns REST client (loop-api.md): returns list, ASN, details, actions, notes,
+"""The Loop Returns REST client (docs/api/loop.md): returns list, ASN, details, actions, notes,
 grading and destinations.
 
 Every call goes through `loopsync.http.HttpClient` (timeouts, the per-key limiter,
@@ -33,27 +33,42 @@ from urllib.parse import unquote, urlsplit
 import requests
 import structlog
 
-from loopsync.errors import (DryRunViolation, ErrorBody, OutcomeUnknown, PaginationStopped,
-                             PermanentError, StateConflict, TransientError)
-from loopsync.http import (DEFAULT_MAX_BODY, HttpClient, HttpResult, RetryPolicy, error_text,
-                           shared_limiter)
-from loopsync.paging import DEFAULT_MAX_PAGES, PageWalk, Step, WalkEnd
+from loopsync.errors import (
+    DryRunViolation,
+    ErrorBody,
+    OutcomeUnknown,
+    PaginationStopped,
+    PermanentError,
+    StateConflict,
+    TransientError,
+)
+from loopsync.http import (
+    DEFAULT_MAX_BODY,
+    HttpClient,
+    HttpResult,
+    RetryPolicy,
+    error_text,
+    shared_limiter,
+)
+from loopsync.loop_facts import (
+    DISPOSITION_BATCH,
+    LIST_FILTERS,
+    LOOP_STATES,
+    MAX_PAGE_SIZE,
+    MAX_WINDOW,
+    NOTE_MAX_CHARS,
+    STATE_CONFLICT_CODES,
+)
 from loopsync.models import printable
+from loopsync.paging import DEFAULT_MAX_PAGES, PageWalk, Step, WalkEnd
 from loopsync.redaction import clip, redact, redact_obj
 from loopsync.timeutil import Clock, loop_wire
-from loopsync.windows import MAX_SPAN
 
 log = structlog.get_logger("loopsync.loop_client")
 
 SYSTEM = "loop"
-LOOP_STATES = ("open", "closed", "cancelled", "review", "expired")  # config: default order
-LIST_FILTERS = ("created_at", "updated_at")
-MAX_WINDOW = MAX_SPAN                 # 120 days: Loop answers 422 beyond this
-MAX_PAGE_SIZE = 750                   # current docs; older snapshots said 500/700
-NOTE_MAX_CHARS = 254                  # Loop: content "must be less than 255 characters"
-DISPOSITION_BATCH = 20                # the grading guide says 20 (the OpenAPI says 30)
-__all__ = ["PaginationStopped"]  # re-exported: it lives in errors.py
-STATE_CONFLICT_CODES = frozenset({"UNPROCESSABLE_RETURN", "UNPROCESSABLE_FLAGGED_RETURN"})
+# Re-exported: PaginationStopped lives in errors.py, the Loop facts in loop_facts.py.
+__all__ = ["DISPOSITION_BATCH", "LOOP_STATES", "MAX_WINDOW", "PaginationStopped"]
 # "Return is closed and therefore cannot be processed." / "Return is flagged and cannot be
 # processed." (the cancel variant arrives as {"content": ...} without a code).
 _STATE_CONFLICT_TEXT = re.compile(
@@ -222,9 +237,7 @@ def server_date(headers: Any) -> datetime | None:
         return None
     try:
         when = email.utils.parsedate_to_datetime(value.strip())
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    if when is None:
+    except (TypeError, ValueError, IndexError, OverflowError):  # 3.10+: never None
         return None
     return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
 
@@ -269,7 +282,7 @@ class LoopClient:
 
     def iter_returns(self, start: datetime, end: datetime, state: str, *,
                      cursor: str | None = None,
-                     filter: str = "updated_at") -> Iterator[ReturnsPage]:  # noqa: A002
+                     filter: str = "updated_at") -> Iterator[ReturnsPage]:
         """Walk one window of one state, page by page, both bounds inclusive.
 
         `cursor` resumes a walk (a `next_cursor` saved from an earlier page). Raises

@@ -129,18 +129,24 @@ def safe_numeric_id(value: Any) -> str | None:
         return None
 
 
-def whole_number(value: Any, what: str, *, minimum: int = 0) -> int:
-    """A count from a remote: an int, a whole float (1.0) or such text ("2", "2.0"), at
-    most MAX_UNITS. Unreadable naming `what` for anything else, or below `minimum`."""
+def whole_number(value: Any, what: str, *, minimum: int = 0, exact: bool = False) -> int:
+    """The one quantity parser. A count from a remote: an int, a whole float (1.0) or such
+    text ("2", "2.0"), at most MAX_UNITS. `exact`: the remote's contract says integer
+    (the generic 3PL's), so only an int or ASCII digits are read and 1.0 or "2.0" is
+    refused. Unreadable naming `what` for anything else, or below `minimum`."""
     number: Any = value
     if isinstance(value, str):
         text = value.strip()
         try:
-            # ASCII only: float() would read "１" (a full-width digit) as 1.
-            number = float(text) if text and text.isascii() else None
+            # ASCII only: float() would read "１" (a full-width digit) as 1, and isdigit()
+            # would pass "²".
+            if exact:
+                number = int(text) if text.isascii() and text.isdigit() else None
+            else:
+                number = float(text) if text and text.isascii() else None
         except ValueError:
             number = None
-    if isinstance(number, float) and number.is_integer():
+    if isinstance(number, float) and number.is_integer() and not exact:
         number = int(number)
     if isinstance(number, bool) or not isinstance(number, int) or not (
             minimum <= number <= MAX_UNITS):
@@ -182,6 +188,9 @@ def free_text(value: Any, what: str = "text") -> str:
     return text
 
 
+_JSON_SCALARS = frozenset({int, float, bool, type(None)})  # str is checked apart
+
+
 def check_tree(value: Any, what: str) -> None:
     """Refuse a decoded JSON value loopsync could not store or send on: nested deeper
     than MAX_DEPTH, a lone surrogate in any key or text, an int of absurd length, or a
@@ -195,29 +204,37 @@ def check_tree(value: Any, what: str) -> None:
                              "deep", field=_path(path[:1]))
         pairs = node.items() if type(node) is dict else enumerate(node)
         for key, child in pairs:
-            if type(key) is str:
-                if not key.isascii() and _SURROGATE.search(key):
-                    raise Unreadable(f"{what}: {_path(path)} has a field name with a lone "
-                                     f"surrogate (not text): {printable(key, 40)!r}",
-                                     field=_path(path))
-            elif type(node) is dict:
-                raise Unreadable(f"{what}: {_path(path)} has a field name that is not text: "
-                                 f"{printable(repr(key), 40)}", field=_path(path))
+            if type(key) is not str or not key.isascii():  # rare: checked out of line
+                _check_key(key, type(node) is dict, path, what)
             kind = type(child)
             if kind is str:
-                if not child.isascii() and _SURROGATE.search(child):
-                    raise Unreadable(f"{what}: {_path((*path, key))} holds a lone surrogate "
-                                     f"(not text): {printable(child, 40)!r}",
-                                     field=_path((*path, key)))
+                if not child.isascii():  # rare: checked out of line
+                    _check_text(child, (*path, key), what)
             elif kind is dict or kind is list:
                 stack.append((child, (*path, key)))
-            elif kind is int:
-                if child.bit_length() > MAX_INT_BITS:
-                    raise Unreadable(f"{what}: {_path((*path, key))} is a number too long to "
-                                     "store", field=_path((*path, key)))
-            elif child is not None and kind is not float and kind is not bool:
+            elif kind is int and child.bit_length() > MAX_INT_BITS:
+                raise Unreadable(f"{what}: {_path((*path, key))} is a number too long to "
+                                 "store", field=_path((*path, key)))
+            elif kind not in _JSON_SCALARS:
                 raise Unreadable(f"{what}: {_path((*path, key))} is a {kind.__name__}, which "
                                  "is not JSON", field=_path((*path, key)))
+
+
+def _check_text(text: str, path: tuple[Any, ...], what: str) -> None:
+    if _SURROGATE.search(text):
+        raise Unreadable(f"{what}: {_path(path)} holds a lone surrogate (not text): "
+                         f"{printable(text, 40)!r}", field=_path(path))
+
+
+def _check_key(key: Any, in_object: bool, path: tuple[Any, ...], what: str) -> None:
+    """A field name must be text without a lone surrogate (list indexes pass)."""
+    if type(key) is str:
+        if _SURROGATE.search(key):
+            raise Unreadable(f"{what}: {_path(path)} has a field name with a lone "
+                             f"surrogate (not text): {printable(key, 40)!r}", field=_path(path))
+    elif in_object:
+        raise Unreadable(f"{what}: {_path(path)} has a field name that is not text: "
+                         f"{printable(repr(key), 40)}", field=_path(path))
 
 
 def _path(path: tuple[Any, ...]) -> str:

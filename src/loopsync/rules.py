@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from collections.abc import Sequence
 from typing import Any
 
+from loopsync.loop_facts import NOTE_MAX_CHARS
 from loopsync.models import LoopReturn, RmaStatus
 from loopsync.timeutil import parse_timestamp
 
@@ -56,7 +57,7 @@ class GradingRules:
         return bool(self.conditions or self.dispositions)
 
 
-NOTE_LIMIT = 254  # Loop: content must be less than 255 characters
+NOTE_LIMIT = NOTE_MAX_CHARS  # Loop's note length limit (loop_facts)
 
 PROCESS, FLAG, IGNORE, REPORT, WAIT = "process", "flag", "ignore", "report", "wait"
 

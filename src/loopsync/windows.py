@@ -11,7 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-MAX_SPAN = timedelta(days=120)
+from loopsync.loop_facts import MAX_WINDOW
+
+MAX_SPAN = MAX_WINDOW  # a window never spans more than Loop's list accepts
 
 
 @dataclass(frozen=True)

@@ -37,30 +37,48 @@ class ConnectorKind:
     emulator: str       # "module:Class" of the sandbox's WarehouseEmulator
     example: str        # example merchant config, relative to the repository root
     creates_rmas: bool = True  # False: watch-only (the warehouse's own Loop app creates them)
+    # How the connector can reach the warehouse (`warehouse.transport`); the first is the
+    # default, the others are variants the tests, benchmarks and soak run too.
+    transports: tuple[str, ...] = ("http",)
 
     @property
     def module(self) -> str:
         return self.connector.partition(":")[0]
 
+    @property
+    def package(self) -> str:
+        """The kind's package (`loopsync.connectors.<kind>`): found without importing it,
+        since importing its `connector` module would run the package, and every kind's."""
+        return self.module.rpartition(".")[0] or self.module
+
     def load(self) -> type[WarehouseConnector]:
-        cls: type[WarehouseConnector] = _load(self.connector)  # type: ignore[assignment]
+        from loopsync.connectors.base import WarehouseConnector
+
+        cls = _load(self.connector)
+        if not (isinstance(cls, type) and issubclass(cls, WarehouseConnector)):
+            raise TypeError(f"{self.connector} is not a WarehouseConnector")
         return cls
 
     def load_emulator(self) -> type[WarehouseEmulator]:
-        cls: type[WarehouseEmulator] = _load(self.emulator)  # type: ignore[assignment]
+        from loopsync.sandbox.base import WarehouseEmulator
+
+        cls = _load(self.emulator)
+        if not (isinstance(cls, type) and issubclass(cls, WarehouseEmulator)):
+            raise TypeError(f"{self.emulator} is not a WarehouseEmulator")
         return cls
 
 
 KINDS: dict[str, ConnectorKind] = {k.name: k for k in (
-    ConnectorKind("shiphero", "loopsync.connectors.shiphero:ShipHeroConnector",
+    ConnectorKind("shiphero", "loopsync.connectors.shiphero.connector:ShipHeroConnector",
                   "loopsync.sandbox.shiphero:ShipHeroEmulator", "config.example.yaml"),
-    ConnectorKind("peoplevox", "loopsync.connectors.peoplevox:PeopleVoxConnector",
+    ConnectorKind("peoplevox", "loopsync.connectors.peoplevox.connector:PeopleVoxConnector",
                   "loopsync.sandbox.peoplevox:PeopleVoxEmulator", "examples/peoplevox.yaml"),
-    ConnectorKind("xoro", "loopsync.connectors.xoro:XoroConnector",
+    ConnectorKind("xoro", "loopsync.connectors.xoro.connector:XoroConnector",
                   "loopsync.sandbox.xoro:XoroEmulator", "examples/xoro.yaml",
                   creates_rmas=False),
-    ConnectorKind("generic", "loopsync.connectors.generic:GenericConnector",
-                  "loopsync.sandbox.generic:GenericEmulator", "examples/generic-http.yaml"),
+    ConnectorKind("generic", "loopsync.connectors.generic.connector:GenericConnector",
+                  "loopsync.sandbox.generic:GenericEmulator", "examples/generic-http.yaml",
+                  transports=("http", "folder")),
 )}
 
 
@@ -73,9 +91,19 @@ def iter_kinds() -> Iterator[ConnectorKind]:
     return iter(KINDS.values())
 
 
+def variants() -> list[tuple[str, str]]:
+    """Every (kind, transport) pair, in registry order: what the suites run over."""
+    return [(k.name, transport) for k in KINDS.values() for transport in k.transports]
+
+
+def variant_name(kind: str, transport: str) -> str:
+    """A variant's label: the kind for its default transport, else "<kind>-<transport>"."""
+    return kind if transport == KINDS[kind].transports[0] else f"{kind}-{transport}"
+
+
 def available_kinds() -> list[str]:
     """Kinds whose module is present in this installation."""
-    return [k.name for k in KINDS.values() if importlib.util.find_spec(k.module) is not None]
+    return [k.name for k in KINDS.values() if importlib.util.find_spec(k.package) is not None]
 
 
 def connector_class(kind: str) -> type[WarehouseConnector]:

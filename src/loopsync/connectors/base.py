@@ -37,24 +37,17 @@ from datetime import timedelta
 from typing import Any, ClassVar, Protocol
 
 from loopsync.configkit import Section
-from loopsync.errors import Unreadable  # noqa: F401 - re-exported for connector authors
+
+# Re-exported for connector authors (they live in errors.py with every error raised on purpose).
+from loopsync.errors import NotReady, PollStopped, Unreadable
 from loopsync.http import DEFAULT_MAX_BODY, RetryPolicy
 from loopsync.models import LoopReturn, RmaRef, RmaStatus
 from loopsync.rules import GradingRules, StatusRules
 from loopsync.timeutil import Clock
 
-
-class NotReady(Exception):  # noqa: N818 - a signal, not an error
-    """The warehouse is not ready for this return yet (order not there, ...). Try later."""
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-        super().__init__(reason)
-
-
-class PollStopped(Exception):  # noqa: N818 - a signal, not an error
-    """The worker is shutting down in the middle of a long poll: what was read so far is
-    dropped (nothing was recorded from it) and read again on the next run."""
+__all__ = ["ConnectorContext", "KeyValue", "MemoryKeyValue", "NotReady", "PollResult",
+           "PollStopped", "PushRequest", "Unreadable", "WarehouseConnector",
+           "WarehouseSettings"]
 
 
 @dataclass(frozen=True)

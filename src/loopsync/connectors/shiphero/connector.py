@@ -1,0 +1,182 @@
+"""ShipHero glue: find the order, create the return (RMA), poll return statuses.
+
+ShipHero has no idempotency key: the Loop return id goes into `partner_id`, and
+`find_rma` looks it up through `returns(order_id)` before a create is repeated
+(docs/api/shiphero.md). Transport in `wire`, pure reading in `mapping`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any, ClassVar
+
+import structlog
+
+from loopsync.configkit import Section
+from loopsync.connectors.base import (
+    ConnectorContext,
+    NotReady,
+    PollResult,
+    PushRequest,
+    WarehouseConnector,
+    WarehouseSettings,
+)
+from loopsync.connectors.shiphero.mapping import (
+    created_return,
+    line_sku,
+    polled_status,
+    read_order,
+    return_input,
+    rma_ref,
+)
+from loopsync.connectors.shiphero.settings import ShipHeroSettings, parse_settings
+from loopsync.connectors.shiphero.wire import (
+    LINES_PAGE_SIZE,
+    ORDER_LINES,
+    RETURN_CREATE,
+    RETURNS_PAGE_SIZE,
+    SYSTEM,
+    ShipHeroClient,
+    messages_by_root_key,
+    orders_query,
+    poll_query,
+    returns_query,
+)
+from loopsync.errors import Ambiguous, DryRunViolation, OutcomeUnknown, Rejected, Unreadable
+from loopsync.models import RmaRef
+
+log = structlog.get_logger("loopsync.connectors.shiphero")
+
+
+class ShipHeroConnector(WarehouseConnector):
+    kind = "shiphero"
+    default_base_url = "https://public-api.shiphero.com"
+    # Loop's own ShipHero mapping (seeds/001): Process / Flag / Ignore.
+    default_statuses: ClassVar[dict[str, list[str]]] = {
+        "process": ["warehouse complete", "complete"],
+        "flag": ["issue", "damaged"],
+        "ignore": ["pending", "rts"],
+    }
+
+    def __init__(self, settings: WarehouseSettings, ctx: ConnectorContext) -> None:
+        super().__init__(settings, ctx)
+        self.cfg: ShipHeroSettings = settings.connector
+        self.client = ShipHeroClient(self.cfg, settings, ctx)
+
+    @classmethod
+    def parse_settings(cls, section: Section) -> ShipHeroSettings:
+        return parse_settings(section)
+
+    # -- engine interface ------------------------------------------------------------------
+    def locate(self, req: PushRequest) -> dict[str, Any]:
+        ret = req.ret
+        wanted = ret.units_by_sku()
+        if not wanted:
+            raise Rejected(SYSTEM, f"Loop return {ret.id} has no line item with a SKU")
+        if not (ret.provider_order_id or ret.order_name):
+            raise Rejected(SYSTEM, f"Loop return {ret.id} names no order to look up")
+        order = None
+        if ret.provider_order_id:
+            order = self._best_order(self._orders(partner_order_id=ret.provider_order_id), wanted)
+        if order is None and ret.order_name:
+            order = self._best_order(self._orders(order_number=ret.order_name), wanted)
+        if order is None:
+            raise NotReady(f"order {ret.order_name or ret.provider_order_id} not found in ShipHero")
+        missing = sorted(set(wanted) - set(order["skus"]))
+        if missing:
+            raise Rejected(SYSTEM, f"SKU {', '.join(missing)} not on ShipHero order "
+                                   f"{order['order_number']} (Loop return {ret.id})")
+        return order
+
+    def find_rma(self, req: PushRequest, located: dict[str, Any]) -> RmaRef | None:
+        for node in self._returns_of_order(located["order_id"]):
+            if isinstance(node, dict) and node.get("partner_id") == req.ret.id:
+                return rma_ref(req.ret.id, node)
+        return None
+
+    def create_rma(self, req: PushRequest, located: dict[str, Any]) -> RmaRef:
+        if self.ctx.dry_run:
+            raise DryRunViolation(f"return_create for Loop return {req.ret.id} in a dry run")
+        body = self.client.graphql("return_create", RETURN_CREATE,
+                                   {"data": return_input(req, located, self.cfg)}, mutation=True)
+        try:
+            ref = rma_ref(req.ret.id, created_return(body))
+        except Unreadable as exc:
+            # It may exist anyway: let the engine look it up rather than give up on it.
+            raise OutcomeUnknown(SYSTEM, f"return_create answered without a readable return "
+                                         f"id ({exc})") from None
+        log.info("shiphero.rma_created", return_id=req.ret.id, rma_id=ref.rma_id,
+                 legacy_id=ref.extra.get("legacy_id"))
+        return ref
+
+    def poll(self, rmas: Sequence[RmaRef]) -> PollResult:
+        result = PollResult(statuses={})
+        batch = max(1, self.settings.poll_batch)
+        for start in range(0, len(rmas), batch):
+            self._poll_batch(rmas[start:start + batch], result)
+        return result
+
+    def rma_label(self, ref: RmaRef) -> str:
+        return f"ShipHero return {ref.extra.get('legacy_id') or ref.rma_id}"
+
+    def close(self) -> None:
+        self.client.close()
+
+    # -- orders ----------------------------------------------------------------------------
+    def _orders(self, **match: str) -> list[dict[str, Any]]:
+        """Every order matching `match` (plus the configured shop/account), with its SKUs."""
+        query, filters = orders_query({**match, "shop_name": self.cfg.shop_name,
+                                        "customer_account_id": self.cfg.customer_account_id})
+        variables = {**filters, "first": self.cfg.order_page_size, "lines": LINES_PAGE_SIZE}
+        return [self._located(node)
+                for node in self.client.paged("orders", query, variables, ("orders", "data"))]
+
+    def _located(self, order: dict[str, Any]) -> dict[str, Any]:
+        """The JSON-safe part of an order that create_rma needs (Unreadable when the
+        order cannot be read: the return waits with the reason, nothing is guessed)."""
+        located, page = read_order(order)
+        if page is not None:
+            located["skus"] = sorted(set(located["skus"])
+                                     | self._more_skus(located["order_id"], page))
+        return located
+
+    def _more_skus(self, order_id: str, after: str | None) -> set[str]:
+        nodes = self.client.paged("order_lines", ORDER_LINES,
+                                  {"id": order_id, "lines": LINES_PAGE_SIZE},
+                                  ("order", "data", "line_items"), after=after)
+        return {sku for node in nodes if (sku := line_sku(node))}
+
+    @staticmethod
+    def _best_order(orders: list[dict[str, Any]], wanted: dict[str, int]
+                    ) -> dict[str, Any] | None:
+        """The order holding every SKU of the return, else the first one (several shops
+        can share an order number). Two orders that both hold every SKU cannot be told
+        apart: Ambiguous (a guess could also miss the RMA made on the other one)."""
+        holding = [o for o in orders if set(wanted) <= set(o["skus"])]
+        if len(holding) > 1:
+            numbers = ", ".join(str(o.get("order_number") or o["order_id"]) for o in holding)
+            raise Ambiguous(SYSTEM, f"{len(holding)} ShipHero orders hold every SKU of the "
+                                    f"return: {numbers}; set warehouse.shop_name or settle "
+                                    "it by hand")
+        return holding[0] if holding else (orders[0] if orders else None)
+
+    # -- returns ---------------------------------------------------------------------------
+    def _returns_of_order(self, order_id: str) -> Iterator[dict[str, Any]]:
+        query, filters = returns_query({"order_id": order_id,
+                                         "customer_account_id": self.cfg.customer_account_id})
+        yield from self.client.paged("returns", query, {**filters, "first": RETURNS_PAGE_SIZE},
+                                     ("returns", "data"))
+
+    def _poll_batch(self, batch: Sequence[RmaRef], result: PollResult) -> None:
+        variables = {f"id{i}": ref.rma_id for i, ref in enumerate(batch)}
+        body = self.client.graphql("poll", poll_query(len(batch)), variables, units=len(batch),
+                                   partial_ok=True)
+        data = body.get("data")
+        data = data if isinstance(data, dict) else {}
+        field_errors = messages_by_root_key(body)
+        for i, ref in enumerate(batch):
+            try:
+                result.statuses[ref.return_id] = polled_status(ref, data.get(f"r{i}"),
+                                                                field_errors.get(f"r{i}"))
+            except Unreadable as exc:  # held, with the reason, until ShipHero's data is fixed
+                result.errors[ref.return_id] = str(exc)
