@@ -45,7 +45,7 @@ def connector(emu, clock, **keys):
     ctx = ConnectorContext(merchant="t", clock=clock,
                            policy=RetryPolicy(attempts=3, base=0.01, cap=0.05))
     conn = XoroConnector(settings, ctx)
-    mount(conn.http.session, emu)
+    mount(conn.client.http.session, emu)
     return conn
 
 

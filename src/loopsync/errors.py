@@ -13,6 +13,8 @@
     │   └── StateIOError       disk full or an I/O error (74)
     ├── TransitionRefused      a guarded state update found its row in another state (or
     │                          missing): nothing was changed (a bug or a race, never expected)
+    ├── SocketFaultInProcess   a test scripted a fault only a socket can play (drip, cut
+    │                          body) for an emulator reached in process (loopsync.testing)
     └── RemoteError            anything a remote system said or failed to say
         ├── TransientError     worth retrying later: 5xx, timeouts, resets, throttling
         │   ├── RateLimited    429 or a throttle body; carries retry_after seconds if known
@@ -102,6 +104,11 @@ class StateIOError(StateError):
     """The disk is full, or reading or writing the file failed."""
 
     exit_code = 74  # EX_IOERR
+
+
+class SocketFaultInProcess(LoopsyncError):
+    """A fault that only a socket can play was scripted for an in-process emulator: the test
+    must serve that emulator with `ApiServer` instead (raised by `loopsync.testing`)."""
 
 
 class TransitionRefused(LoopsyncError):

@@ -38,6 +38,7 @@ from requests.utils import get_encoding_from_headers
 from urllib3 import HTTPResponse
 from urllib3.exceptions import ProtocolError
 
+from loopsync.errors import SocketFaultInProcess
 from loopsync.sandbox.server import (
     CaseInsensitiveDict,
     EmulatedApi,
@@ -50,10 +51,6 @@ from loopsync.sandbox.server import (
 # Fault kinds whose answer is made here; the others need a socket.
 _ANSWER_FAULTS = frozenset({"status", "rate_limit", "custom", "malformed"})
 _DROP_FAULTS = frozenset({"reset", "reset_after"})
-
-
-class SocketFaultInProcess(Exception):
-    """A fault that only a socket can play was scripted for an in-process emulator."""
 
 
 def in_process_url(api: EmulatedApi) -> str:
