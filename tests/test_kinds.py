@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 
 from loopsync import cli
-from loopsync.config import parse_config
+from loopsync.config import load_config
 from loopsync.connectors import (
     KINDS,
-    ConnectorKind,
     available_kinds,
     connector_class,
     iter_kinds,
     kind_names,
+    register,
     variant_name,
     variants,
 )
@@ -98,35 +98,31 @@ def test_test_tables_keyed_by_kind_name_registered_kinds():
 
 # -- adding a kind: one package, one emulator, one example, one registry line ----------------
 
-TOY = ConnectorKind("toy", "tests.toykind.connector:ToyConnector",
-                    # An emulator of its own would go under sandbox/; the generic one
-                    # stands in here, as this kind is never run against a sandbox.
-                    "loopsync.sandbox.generic:GenericEmulator", "examples/generic-http.yaml")
-
-
 @pytest.fixture
-def toy_registered(monkeypatch):
-    monkeypatch.setitem(KINDS, TOY.name, TOY)
-    return TOY
+def example_registered():
+    # The example connector of tests/example_connector (the contract suite runs it too).
+    from tests.example_connector import KIND
+
+    with register(KIND):
+        yield KIND
 
 
-def test_a_kind_added_by_one_registry_line_is_offered_configured_and_loaded(toy_registered):
-    assert "toy" in kind_names() and "toy" in available_kinds() and ("toy", "http") in variants()
-    assert "toy" in _choices("demo") and "toy" in _choices("sandbox")
-    cfg = parse_config({
-        "merchant": "toy-shop", "state_path": "/tmp/unused.sqlite",
-        "loop": {"api_key": "${LOOP_API_KEY}", "start_at": "2026-01-01T00:00:00Z"},
-        "warehouse": {"kind": "toy", "bin_code": "B-7"},
-    }, file="<test>", env={"LOOP_API_KEY": "a-loop-key-for-tests"})
-    assert cfg.warehouse.connector.bin_code == "B-7"
-    assert connector_class("toy").kind == "toy"
-    assert "done" in cfg.warehouse.statuses.process
+def test_a_kind_added_by_one_registry_line_is_offered_configured_and_loaded(example_registered):
+    name = example_registered.name
+    assert name in kind_names() and name in available_kinds() and (name, "http") in variants()
+    assert name in _choices("demo") and name in _choices("sandbox")
+    cfg = load_config(REPO / example_registered.example,
+                      env={"LOOP_API_KEY": "a-loop-key-for-tests",
+                           "SHELFWISE_API_TOKEN": "a-shelfwise-token"})
+    assert cfg.warehouse.kind == name and cfg.warehouse.connector.page_size == 100
+    assert connector_class(name).kind == name
+    assert example_registered.load_emulator().kind == name
 
 
-def test_the_toy_kinds_files_are_one_package_of_the_standard_shape():
-    package = REPO / "tests" / "toykind"
+def test_the_example_kinds_files_are_one_package_of_the_standard_shape():
+    package = REPO / "tests" / "example_connector"
     assert sorted(p.name for p in package.glob("*.py")) == [
-        "__init__.py", "connector.py", "mapping.py", "settings.py", "wire.py"]
+        "__init__.py", "connector.py", "emulator.py", "mapping.py", "settings.py", "wire.py"]
 
 
 def test_using_one_kind_imports_no_other_kinds_package():
