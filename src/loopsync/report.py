@@ -308,8 +308,11 @@ def _degraded_reason(run: RunView) -> str:
 # -- problems ---------------------------------------------------------------------------
 RECENT_IDS = 5
 
-# A throttling answer (429, "rate limit", "throttled"): the remote pacing us, not a fault.
-_THROTTLED = re.compile(r"\b429\b|rate[ -]?limit|throttl|too many requests", re.I)
+# A throttling answer: the remote pacing us, not a fault. The words every connector reads as
+# throttling (errors.RateLimited): HTTP 429, ShipHero's "not enough credits", PeopleVox's and
+# Xoro's throttle wordings (connectors/*/wire.py).
+_THROTTLED = re.compile(r"\bHTTP 429\b|rate[ -]?limit|throttl|too many (?:requests|calls)|"
+                        r"request limit|not enough credits", re.I)
 # What varies between records of one cause: uuids, long hex or digit runs, quoted values.
 _VARYING = re.compile(r"'[^']*'|\"[^\"]*\"|\b[0-9a-f]{8}-[0-9a-f-]{27,}\b|\b(?=[0-9a-f]*\d)"
                       r"[0-9a-f]{8,}\b|\d+(?:\.\d+)?", re.I)
@@ -406,3 +409,34 @@ def hour_counts(seen: Mapping[tuple[datetime, str], int], start: datetime,
         hour = start + timedelta(hours=i)
         out.append(HourCount(hour, seen.get((hour, "process"), 0), seen.get((hour, "flag"), 0)))
     return out
+
+
+# -- text ---------------------------------------------------------------------------------
+def view_lines(v: MerchantView) -> list[str]:
+    """The verdict block `loopsync status` prints first for a merchant."""
+    lines = [f"{v.merchant}  {v.verdict}  ({v.warehouse})",
+             f"  state {v.state_path}",
+             f"  reason {v.reason}"]
+    when = [f"last successful {ago(v.last_ok_at, v.now) or 'never'}"]
+    if v.last_run is not None:  # its counts are in the details below
+        when.append(f"last started {ago(v.last_run.started_at, v.now)} ({v.last_run.status})")
+    if v.next_due is not None:
+        when.append(f"next due {ago(v.next_due, v.now)} ({iso(v.next_due)})")
+    lines.append("  cycles " + "; ".join(when))
+    if v.backlog:
+        lines.append("  backlog " + ", ".join(f"{k} {n}" for k, n in sorted(v.backlog.items())))
+    lines += _group_lines(v)
+    return lines
+
+
+def _group_lines(v: MerchantView) -> list[str]:
+    open_groups = [g for g in v.problems if not g.resolved]
+    resolved = [g for g in v.problems if g.resolved]
+    lines = [f"  problem {g.count} x {g.stage}: {g.reason}"
+             + (f"  (ids {', '.join(g.recent_ids)})" if g.recent_ids else "")
+             + f"  first {ago(g.first_seen, v.now)}, last {ago(g.last_seen, v.now)}"
+             for g in open_groups]
+    if resolved:
+        lines.append(f"  resolved {sum(g.count for g in resolved)} problem(s) in "
+                     f"{len(resolved)} group(s): their cause went away")
+    return lines

@@ -19,6 +19,7 @@ from loopsync import refusals, report
 from loopsync.config import MerchantConfig
 from loopsync.errors import StateError
 from loopsync.state import ReturnRow, Store, lock_is_held, state_error
+from loopsync.state.runs import NEXT_DUE_KEY, NEXT_DUE_NAMESPACE
 from loopsync.timeutil import SystemClock, iso, parse_timestamp
 
 # Stands in for an unset ${VAR}: long and plain enough for every secret check, and never
@@ -207,8 +208,6 @@ def clock_lines(events: dict[str, Any]) -> list[str]:
 
 
 # -- the typed views (report.py decides; these read the state file) ------------------------
-NEXT_DUE_NAMESPACE = "loopsync.schedule"   # kv: when `serve` runs this merchant next
-NEXT_DUE_KEY = "next_due"
 RECENT_RUNS = 10
 PROBLEM_ROWS = 500       # the newest problem rows grouped (older ones are history)
 
@@ -234,15 +233,16 @@ def merchant_view(cfg: MerchantConfig, *, now: datetime | None = None) -> report
     now = now or SystemClock().now()
     path = Path(cfg.state_path)
     if not path.exists():
-        return _base_view(cfg, now, report.Verdict.NEVER_RUN, "no state file yet: no cycle "
-                          "has run")
+        return _base_view(cfg, now, report.Verdict.NEVER_RUN, "no state yet: the first run has "
+                          "not happened")
     try:
         store = Store(path, SystemClock(), read_only=True)
     except StateError as exc:
         return _blocked(cfg, now, str(exc))
     try:
         if not store.initialised:
-            return _base_view(cfg, now, report.Verdict.NEVER_RUN, "no cycle has run yet")
+            return _base_view(cfg, now, report.Verdict.NEVER_RUN,
+                              "no state yet: the first run has not happened")
         return _read_view(cfg, store, path, now)
     except StateError as exc:
         return _blocked(cfg, now, str(exc))

@@ -11,6 +11,10 @@ from loopsync.errors import TransitionRefused
 from loopsync.redaction import redact, redact_optional
 from loopsync.state.db import Db, integer, marks, text
 
+# kv: when `serve` runs the merchant next (ISO text), written at the end of each cycle.
+NEXT_DUE_NAMESPACE = "loopsync.schedule"
+NEXT_DUE_KEY = "next_due"
+
 
 @dataclass(frozen=True)
 class RunRow:
