@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -313,3 +314,34 @@ def test_status_reads_a_schema_2_file_as_it_is_and_runs_no_migration(sb, cfg):
     story = return_story(cfg, rid)
     assert story is not None and story.rma_id
     assert cfg.state_path.read_bytes() == before, "status changed an older state file"
+
+
+def test_serve_hands_each_cycle_the_jobs_next_run_time():
+    """scheduling.serve passes `next_due`; asked once the scheduler has moved the job on,
+    it is about one interval ahead (what the runner stores for `status`)."""
+    import threading
+
+    from loopsync.config import MerchantConfig
+    from loopsync.scheduling import serve
+
+    # the fake cycle never reads loop or warehouse settings
+    cfg = MerchantConfig(file="x.yaml", merchant="acme", state_path=Path("unused.sqlite"),
+                         every=timedelta(minutes=15), loop=None, warehouse=None)
+    stop = threading.Event()
+    seen: list[object] = []
+
+    def run_cycle(cfg, stop_event, next_due):
+        moved = threading.Event()
+        for _ in range(500):  # the scheduler thread sets it just after submitting the job
+            when = next_due()
+            if when is not None and when - SystemClock().now() > timedelta(minutes=10):
+                break
+            moved.wait(0.01)
+        seen.append(when)
+        stop.set()
+
+    assert serve([cfg], run_cycle, stop, grace=5) == 0
+    (when,) = seen
+    assert when is not None
+    ahead = when - SystemClock().now()
+    assert timedelta(minutes=13) < ahead <= timedelta(minutes=15, seconds=31)
