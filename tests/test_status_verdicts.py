@@ -10,6 +10,8 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from loopsync import report
 from loopsync.cli import EXIT_ALERT, main
@@ -345,3 +347,36 @@ def test_serve_hands_each_cycle_the_jobs_next_run_time():
     assert when is not None
     ahead = when - SystemClock().now()
     assert timedelta(minutes=13) < ahead <= timedelta(minutes=15, seconds=31)
+
+
+def test_a_bad_stalled_after_is_a_config_error_naming_the_key(sb, tmp_path):
+    from loopsync.errors import ConfigError
+
+    path = sb.write_config(tmp_path, every="1m")
+    path.write_text(path.read_text().replace("every: 1m", "every: 1m\n  stalled_after: soon"))
+    with pytest.raises(ConfigError, match=r"schedule\.stalled_after"):
+        load_config(path, env=sb.env())
+
+
+def test_an_unreadable_state_file_is_blocked_and_check_exits_3(sb, cfg, capsys):
+    cfg.state_path.parent.mkdir(parents=True, exist_ok=True)
+    cfg.state_path.write_bytes(b"not a database at all, just some bytes " * 100)
+    v = view(sb, cfg)
+    assert v.verdict == Verdict.BLOCKED and v.reason.startswith("state unreadable")
+    assert main(["status", "--check", "-c", str(cfg.file)]) == EXIT_ALERT
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_status_return_json_names_the_merchant_and_the_rma(sb, cfg, capsys):
+    (rid,) = open_returns(sb, 1)
+    assert cycle(sb, cfg).ok
+    assert main(["status", "--json", "--return", rid, "-c", str(cfg.file)]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["merchant"] == "sandbox" and shown["return_id"] == rid and shown["rma_id"]
+    assert shown["wait_reason"].startswith("waiting for the warehouse to receive it")
+
+
+@given(st.text(max_size=200))
+def test_normalising_any_reason_is_stable(reason):
+    once = report.normalise(reason)
+    assert report.normalise(once) == once
