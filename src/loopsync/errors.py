@@ -89,7 +89,7 @@ class StateIOError(StateError):
     exit_code = 74  # EX_IOERR
 
 
-class StopRequested(BaseException):  # noqa: N818 - a signal, not an error
+class StopRequested(BaseException):  # a signal, not an error
     """Shutdown was requested while waiting (a backoff, a rate limit): the request is
     abandoned. A BaseException so that a per-record catch-all cannot swallow it."""
 
@@ -145,7 +145,7 @@ class OutcomeUnknown(TransientError):
     """A non-idempotent request may or may not have taken effect."""
 
 
-class PaginationStopped(TransientError):  # noqa: N818 - named like RateLimited, NotFound
+class PaginationStopped(TransientError):  # named like RateLimited, NotFound
     """A page walk ended before the remote's last page: a repeated token, a next link
     without a cursor, the page cap (`reason`, a `paging.WalkEnd` value or Loop's older
     names). Worth another try later; meanwhile what depends on the whole listing waits."""

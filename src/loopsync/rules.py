@@ -4,8 +4,8 @@ Loop, and the text of the notes loopsync leaves. No I/O."""
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from loopsync.models import LoopReturn, RmaStatus
