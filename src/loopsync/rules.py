@@ -173,7 +173,9 @@ def note_present(notes: Sequence[str], text: str, names: str | None = None) -> b
     a loopsync note naming the same RMA (an earlier wording, or a clipped copy)?"""
     if text and text in notes:
         return True
-    return bool(names) and any(names in n and "loopsync" in n.lower() for n in notes)
+    if not names:
+        return False
+    return any(names in n and "loopsync" in n.lower() for n in notes)
 
 
 def ambiguous_reason(kind: str, key: str, others: Sequence[str]) -> str:
