@@ -29,6 +29,10 @@
 
     StopRequested (a BaseException, like KeyboardInterrupt, so no catch-all swallows it)
                                shutdown was asked for while waiting: abandon the request
+
+Which remote answers are errors under HTTP 200 (ErrorBody, StateConflict): Loop's actions
+(docs/api/loop.md, "Error shapes"), PeopleVox's `ResponseId -1` (docs/api/peoplevox.md),
+Xoro's `Result: false` (docs/api/xoro.md).
 """
 
 from __future__ import annotations

@@ -25,6 +25,11 @@ Content-Length beyond the cap is refused before reading. Every `requests`/urllib
 exception and every JSON decoding failure becomes a RemoteError (transient, permanent, or
 for a write that may have been received, OutcomeUnknown). Messages never carry a URL's
 query string or user info, nor the client's own credential values.
+
+Remote facts relied on: the error envelopes `error_text` reads and Loop's undocumented
+rate-limit headers (docs/api/loop.md, "Error shapes", "Rate limit"); why a write is never
+retried blindly and a server's hint is bounded (docs/api/design-notes.md, "Remote writes
+and errors").
 """
 
 from __future__ import annotations

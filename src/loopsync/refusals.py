@@ -1,6 +1,7 @@
 """Credentials refused: one clear reason per merchant, and a wait before the next try.
 
-A 401/403 from Loop, a refused ShipHero refresh token or a refused PeopleVox login
+A 401/403 from Loop (Loop answers 401 also to a valid key without the endpoint's scope:
+docs/api/loop.md), a refused ShipHero refresh token or a refused PeopleVox login
 (`errors.AuthError`) stops the merchant's cycle at once: every other request would be
 refused the same way, and retrying once per return fills `status` with thousands of
 identical problems. The refusal is kept in the state's `kv` table; later cycles wait

@@ -15,7 +15,8 @@ from loopsync.timeutil import parse_timestamp
 # core, so that the core never imports from the connector layer (connectors import it).
 
 def normalize_status(word: str | None) -> str:
-    """Statuses compare ignoring case, with '_' and '-' equal to ' '."""
+    """Statuses compare ignoring case, with '_' and '-' equal to ' ': the exact status
+    strings the warehouses send are UNCONFIRMED (docs/api/shiphero.md, peoplevox.md)."""
     if not word:
         return ""
     return " ".join(str(word).replace("_", " ").replace("-", " ").lower().split())
@@ -56,7 +57,7 @@ class GradingRules:
         return bool(self.conditions or self.dispositions)
 
 
-NOTE_LIMIT = 254  # Loop: content must be less than 255 characters
+NOTE_LIMIT = 254  # Loop: content must be less than 255 characters (docs/api/loop.md)
 
 PROCESS, FLAG, IGNORE, REPORT, WAIT = "process", "flag", "ignore", "report", "wait"
 

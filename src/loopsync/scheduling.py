@@ -10,6 +10,9 @@ removed or replaced (a running cycle of a replaced merchant finishes first).
 A merchant's cycle never raises into the scheduler: `run_cycle` contains its own
 failures (cli.cmd_serve), and anything that still escapes is logged here, one line, and
 the merchant runs again on its schedule.
+
+APScheduler 3.11 facts relied on (defaults, misfires, no signal handlers, the first run):
+docs/api/design-notes.md, "Scheduling: APScheduler 3.x".
 """
 
 from __future__ import annotations

@@ -15,6 +15,9 @@ already holds inside that Event; the main thread polls `Shutdown` between short 
 and sets the stop event itself. Handlers are installed first thing in `main` (and in
 `python -m loopsync` before the CLI is even imported), so a signal during start-up is
 honoured rather than killing the process.
+
+Why a handler must not take a lock, and why PID 1 needs one at all:
+docs/api/design-notes.md, "Scheduling: APScheduler 3.x".
 """
 
 from __future__ import annotations
