@@ -189,7 +189,6 @@ def hostile_soak(soaks):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("soak")  # one worker runs the module's soaks, once
 def test_short_soak_every_connector(classic_soak):
     """Two SIGKILLs per connector, each after a count of requests, with faults in every
     API; every invariant holds (one RMA per eligible return, one process/flag per finished
@@ -202,7 +201,6 @@ def test_short_soak_every_connector(classic_soak):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("soak")  # one worker runs the module's soaks, once
 def test_hostile_soak_counts_kills_and_never_repeats_an_effect(hostile_soak):
     """With transport faults and poison too, kills still come by count, and whatever else
     fails (crashes are counted, see below), nothing is done twice."""
@@ -214,7 +212,6 @@ def test_hostile_soak_counts_kills_and_never_repeats_an_effect(hostile_soak):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("soak")  # one worker runs the module's soaks, once
 def test_hostile_soak_no_crashed_run_no_loss_poison_held(hostile_soak):
     """Every invariant holds under the hostile soak too: no worker run crashed, nothing
     lost, each poison record (three on Loop, one in each warehouse) held and acted on by no
