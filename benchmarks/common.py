@@ -32,8 +32,8 @@ from loopsync.runner import build_connector, build_loop_client, new_run_id
 from loopsync.sandbox import LOOP_KEY
 from loopsync.sandbox.seed import FIRST_RETURN_ID, make_returns
 from loopsync.state import Store
-from loopsync.timeutil import Clock, iso
 from loopsync.testing import FakeClock, Sandbox
+from loopsync.timeutil import Clock, iso
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS_MD = ROOT / "BENCHMARKS.md"

@@ -42,8 +42,8 @@ from benchmarks.common import (
     verdict,
 )
 from loopsync.connectors.base import PushRequest
-from loopsync.stages.poll import POLL_CHUNK
 from loopsync.models import LoopReturn, RmaRef
+from loopsync.stages.poll import POLL_CHUNK
 from loopsync.state import Stage, Store
 from loopsync.timeutil import iso
 

@@ -27,8 +27,7 @@ from benchmarks.common import append_row, cli, print_table, quiet_logs, verdict
 from loopsync.connectors import KINDS, variants
 from loopsync.http import RetryPolicy
 from loopsync.runner import run_merchant
-from loopsync.testing import Sandbox
-from loopsync.testing import FakeClock
+from loopsync.testing import FakeClock, Sandbox
 
 # Every variant of every kind that creates RMAs (a watch-only kind pushes nothing).
 CONNECTORS = tuple((kind, transport) for kind, transport in variants() if KINDS[kind].creates_rmas)

@@ -90,10 +90,10 @@ if str(REPO) not in sys.path:  # run as `python benchmarks/soak.py`, or loaded b
 
 from benchmarks.common import git_commit, machine  # noqa: E402
 from loopsync.connectors import variant_name, variants  # noqa: E402
-from loopsync.testing import Sandbox  # noqa: E402
 from loopsync.sandbox.poison import loop_poison_returns  # noqa: E402
 from loopsync.sandbox.server import Fault, Request, Response, json_response  # noqa: E402
 from loopsync.state import Store  # noqa: E402
+from loopsync.testing import Sandbox  # noqa: E402
 from loopsync.timeutil import SystemClock, parse_timestamp  # noqa: E402
 
 # Every variant of every registered kind: "generic" (HTTP) and "generic-folder", ...

@@ -11,6 +11,7 @@ bounded, and `stop()` ends it at once.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import socket
@@ -66,10 +67,8 @@ class HostileServer:
 
     def stop(self) -> None:
         self._stop.set()
-        try:
+        with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RDWR)  # wakes accept() at once
-        except OSError:
-            pass
         self._thread.join(timeout=5)
         self._sock.close()
 
@@ -102,10 +101,8 @@ class HostileServer:
         except OSError:
             pass  # the client hung up (as a deadline makes it do)
         finally:
-            try:
+            with contextlib.suppress(OSError):
                 conn.close()
-            except OSError:
-                pass
 
     @property
     def stopped(self) -> threading.Event:
@@ -123,7 +120,7 @@ def _read_request(conn: socket.socket) -> Received | None:
         data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
-    method, target, _ = (lines[0].split(" ", 2) + ["", ""])[:3]
+    method, target, _ = ([*lines[0].split(" ", 2), "", ""])[:3]
     headers = {}
     for line in lines[1:]:
         name, _, value = line.partition(":")

@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 
 from loopsync.sandbox.server import Fault, Request, Response
-from loopsync.status import merchant_status, render_status
 from loopsync.state import Store
+from loopsync.status import merchant_status, render_status
 
 INVALID = "@@INVALID-UTF8@@"          # replaced by bytes that are not UTF-8 on the wire
 INVALID_BYTES = b"Caf\xe9 \xff\xfe"   # Latin-1 e-acute and a stray BOM
@@ -90,7 +90,7 @@ def assert_bad_one_held(make_sandbox: Any, tmp_path: Any, clock: Any, kind: str,
     bad = open_returns(sb, 1)[0]
     cfg = config(sb, tmp_path)
     assert getattr(sb.run_cycle(cfg).counts, created) == 4
-    finish(sb, good + [bad])
+    finish(sb, [*good, bad])
     serve_bad(sb, bad)
     clock.advance(60)
     result = sb.run_cycle(cfg)
@@ -243,7 +243,7 @@ def test_some_line_items_without_a_sku_are_reported(make_sandbox, tmp_path):
     cfg = config(sb, tmp_path)
     result = sb.run_cycle(cfg)
     assert result.counts.pushed == 3
-    assert all(sb.warehouse.rma_count(rid) == 1 for rid in good + [bad])
+    assert all(sb.warehouse.rma_count(rid) == 1 for rid in [*good, bad])
     reported(cfg, rf"{bad}\s+push\s+line item 777001 has no SKU")
 
 
@@ -304,7 +304,7 @@ def test_loop_asn_row_malformed_is_recorded_and_the_rest_are_kept(make_sandbox, 
     finally:
         store.close()
     # the bad row's return is still pushed: ASN rows only add a tracking number
-    assert all(sb.warehouse.rma_count(rid) == 1 for rid in good + [bad])
+    assert all(sb.warehouse.rma_count(rid) == 1 for rid in [*good, bad])
 
 
 @pytest.mark.parametrize("edit", [

@@ -102,6 +102,7 @@ def test_status_before_any_run(cfg_path, capsys):
     assert "no state yet" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # subprocesses: `loopsync sandbox` and `loopsync run`
 def test_sandbox_command_serves_and_prints_a_working_config(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "loopsync", "sandbox", "--port", "0",
                              "--returns", "3"], cwd=tmp_path, stdout=subprocess.PIPE,

@@ -1,6 +1,5 @@
 """The HTTP layer's deadline and answer-size cap are configuration, per remote."""
 
-import textwrap
 import threading
 
 import pytest

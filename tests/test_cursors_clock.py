@@ -11,14 +11,18 @@ from hypothesis import strategies as hs
 
 from loopsync.cycle import Engine
 from loopsync.loop_client import ReturnsPage, server_date
-from loopsync.status import merchant_status, render_status
 from loopsync.state import Store
+from loopsync.status import merchant_status, render_status
+from loopsync.testing import FakeClock, FakeWarehouse, loop_return, merchant_config
 from loopsync.timeutil import iso, parse_timestamp
-from loopsync.testing import FakeClock
-from loopsync.windows import (DATE_ALLOWANCE, Window, check_cursor, clock_skew, completed_until,
-                              ingest_start)
-
-from loopsync.testing import FakeWarehouse, loop_return, merchant_config
+from loopsync.windows import (
+    DATE_ALLOWANCE,
+    Window,
+    check_cursor,
+    clock_skew,
+    completed_until,
+    ingest_start,
+)
 
 T0 = parse_timestamp("2026-05-02T00:00:00Z")
 LOOKBACK = timedelta(minutes=15)

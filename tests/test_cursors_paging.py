@@ -13,9 +13,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as hs
 
 from loopsync.configkit import Section
-from loopsync.connectors.base import (ConnectorContext, MemoryKeyValue, PushRequest,
-    WarehouseSettings)
-from loopsync.rules import GradingRules, StatusRules
+from loopsync.connectors.base import (
+    ConnectorContext,
+    MemoryKeyValue,
+    PushRequest,
+    WarehouseSettings,
+)
 from loopsync.connectors.peoplevox.mapping import next_date_cursor
 from loopsync.connectors.shiphero import ShipHeroConnector
 from loopsync.cycle import Engine
@@ -24,13 +27,13 @@ from loopsync.http import RetryPolicy
 from loopsync.loop_client import LoopClient
 from loopsync.models import LoopReturn
 from loopsync.paging import PageWalk, Step, WalkEnd, WalkResult, record_walk, walk_items
+from loopsync.rules import GradingRules, StatusRules
 from loopsync.sandbox.server import ApiServer, EmulatedApi, Fault, Request, Response, json_response
-from loopsync.status import merchant_status, render_status
 from loopsync.state import Store
+from loopsync.status import merchant_status, render_status
+from loopsync.testing import FakeClock, FakeWarehouse, merchant_config
 from loopsync.timeutil import iso, parse_timestamp
-from loopsync.testing import FakeClock
 
-from loopsync.testing import FakeWarehouse, merchant_config
 from .test_generic import http_connector, threepl  # noqa: F401 - fixture
 from .test_peoplevox_connector import _created, emu, fake_clock, make_connector  # noqa: F401
 from .test_xoro import connector as xoro_connector
@@ -60,7 +63,7 @@ def pages_of(script: list[Step[list[int]]]) -> Any:
 def test_a_walk_ends_and_says_why(script: list[Step[list[int]]], outcome: WalkEnd,
                                   pages: int) -> None:
     fetch, calls = pages_of(script)
-    items, result = walk_items(fetch, name="t")
+    _items, result = walk_items(fetch, name="t")
     assert result.outcome is outcome and result.pages == pages and len(calls) == pages
 
 
@@ -90,7 +93,7 @@ def test_a_set_stop_event_ends_the_walk_between_pages() -> None:
 def test_any_remote_walk_ends_within_the_cap(script: list[Any], cap: int) -> None:
     steps = [Step([i], more, token, fp) for i, (more, token, fp) in enumerate(script)]
     fetch, calls = pages_of(steps + [Step([0], True, 99)] * 50)
-    items, result = walk_items(fetch, name="t", max_pages=cap)
+    _items, result = walk_items(fetch, name="t", max_pages=cap)
     assert len(calls) <= cap and result.pages == len(calls)
 
 

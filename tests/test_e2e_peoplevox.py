@@ -31,7 +31,7 @@ def loop_writes(sb: Any) -> list[Any]:
     return [c for c in sb.recorder.calls("loop") if c.write]
 
 
-def saves_to(template: str):  # noqa: ANN201 - a fault predicate
+def saves_to(template: str):
     return lambda req: (PeopleVoxEmulator.operation(req) == "SaveData"
                         and f"<pvx:TemplateName>{template}</pvx:TemplateName>".encode()
                         in req.body)
@@ -164,7 +164,7 @@ def test_session_expiry_in_the_middle_of_a_cycle(make_sandbox, tmp_path):
     ids = [str(r["id"]) for r in open_returns(sb, 4)]
     emu = sb.warehouse
 
-    def session_dies_now(req: Request):  # noqa: ANN202
+    def session_dies_now(req: Request):
         emu.expire_sessions()
         return emu.handle(req)
 

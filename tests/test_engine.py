@@ -4,13 +4,11 @@ import threading
 
 import pytest
 
-from loopsync.rules import GradingRules
 from loopsync.cycle import Engine
+from loopsync.rules import GradingRules
 from loopsync.state import Store
 from loopsync.state.cursors import CursorRepository
-from loopsync.testing import FakeClock
-
-from loopsync.testing import FakeLoop, FakeWarehouse, loop_return, merchant_config
+from loopsync.testing import FakeClock, FakeLoop, FakeWarehouse, loop_return, merchant_config
 
 
 class World:

@@ -7,7 +7,7 @@ import pytest
 from loopsync.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
-EXAMPLES = sorted((ROOT / "examples").glob("*.yaml")) + [ROOT / "config.example.yaml"]
+EXAMPLES = [*sorted((ROOT / "examples").glob("*.yaml")), ROOT / "config.example.yaml"]
 ENV = {name: f"value-of-{name.lower()}" for name in (
     "LOOP_API_KEY", "SHIPHERO_REFRESH_TOKEN", "SHIPHERO_ACCESS_TOKEN", "PEOPLEVOX_PASSWORD",
     "XORO_API_KEY", "XORO_API_SECRET", "THREEPL_TOKEN", "THREEPL_SIGNING_SECRET")}

@@ -13,8 +13,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from loopsync.connectors.generic.mapping import (FORMULA_START, neutralise, parse_receipt_file,
-                                                  rma_csv, rma_record, unneutralise)
+from loopsync.connectors.generic.mapping import (
+    FORMULA_START,
+    neutralise,
+    parse_receipt_file,
+    rma_csv,
+    rma_record,
+    unneutralise,
+)
 from loopsync.connectors.generic.wire_folder import FolderTransport
 from loopsync.errors import LockHeld, Rejected, StateUnwritable, TransientError
 from loopsync.sandbox.generic import GenericEmulator
@@ -261,7 +267,7 @@ def test_configured_folder_that_is_a_link_is_a_config_error_naming_the_real_path
     real.mkdir()
     link = tmp_path / "inbox-link"
     link.symlink_to(real, target_is_directory=True)
-    with pytest.raises(ConfigError, match="symbolic link.*real-inbox"):
+    with pytest.raises(ConfigError, match=r"symbolic link.*real-inbox"):
         _connector_with(share, clock, inbox=link)
 
 

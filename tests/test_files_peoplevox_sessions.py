@@ -17,8 +17,16 @@ from loopsync.errors import InvalidSession, RemoteError
 from loopsync.http import HttpResult
 from loopsync.sandbox.peoplevox import soap_fault
 from loopsync.sandbox.server import Fault, Recorder, Request, text_response
-from tests.test_peoplevox_connector import (_created, connected, emu, fake_clock,  # noqa: F401
-                                            is_save_to, make_connector, ops, push_request)
+from tests.test_peoplevox_connector import (  # noqa: F401
+    _created,
+    connected,
+    emu,
+    fake_clock,
+    is_save_to,
+    make_connector,
+    ops,
+    push_request,
+)
 
 
 def _dies_then(emu, answer):  # noqa: F811
@@ -90,8 +98,8 @@ def _report_filters(recorder):
     out = []
     for call in recorder.calls(method="POST"):
         root = ET.fromstring(call.body)
-        for req in root.iter(f"{{{PVX_NS}}}getReportRequest"):
-            out.append({child.tag.split("}")[-1] for child in req})
+        out.extend({child.tag.split("}")[-1] for child in req}
+                   for req in root.iter(f"{{{PVX_NS}}}getReportRequest"))
     return out
 
 

@@ -46,7 +46,7 @@ def threepl(clock):
 
 def _sent(emu):
     post = emu.recorder.calls("generic", method="POST")[-1]
-    return post, {k: v for k, v in post.headers.items()}
+    return post, dict(post.headers.items())
 
 
 def test_example_receiver_verifies_exactly_what_the_connector_sends(threepl, clock):

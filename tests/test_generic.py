@@ -13,15 +13,24 @@ import pytest
 
 from loopsync import rules
 from loopsync.configkit import Section
-from loopsync.connectors.base import (ConnectorContext, MemoryKeyValue, PushRequest,
-    WarehouseSettings)
-from loopsync.rules import GradingRules, StatusRules
-from loopsync.connectors.generic.mapping import RMA_COLUMNS
+from loopsync.connectors.base import (
+    ConnectorContext,
+    MemoryKeyValue,
+    PushRequest,
+    WarehouseSettings,
+)
 from loopsync.connectors.generic.connector import GenericConnector
-from loopsync.errors import AuthError, ConfigError, ErrorBody, OutcomeUnknown, Rejected, \
-    TransientError
+from loopsync.connectors.generic.mapping import RMA_COLUMNS
+from loopsync.errors import (
+    AuthError,
+    ConfigError,
+    OutcomeUnknown,
+    Rejected,
+    TransientError,
+)
 from loopsync.http import RetryPolicy
 from loopsync.models import LoopReturn
+from loopsync.rules import GradingRules, StatusRules
 from loopsync.sandbox.generic import GenericEmulator
 from loopsync.sandbox.seed import make_return
 from loopsync.sandbox.server import ApiServer, Fault, Recorder

@@ -15,12 +15,29 @@ import requests
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from loopsync.errors import (DeadlineExceeded, OutcomeUnknown, PermanentError, RemoteError,
-                             ResponseTooLarge, TransientError)
+from loopsync.errors import (
+    DeadlineExceeded,
+    OutcomeUnknown,
+    PermanentError,
+    RemoteError,
+    ResponseTooLarge,
+    TransientError,
+)
 from loopsync.http import HttpClient, RetryPolicy, parse_json
 from loopsync.testing import FakeClock
-from tests.hostile import (HostileServer, bad_chunks, bad_gzip, cut_body, drip, gzip_bomb,
-                           gzip_bomb_bytes, gzipped, huge_length, reply, response_bytes)
+from tests.hostile import (
+    HostileServer,
+    bad_chunks,
+    bad_gzip,
+    cut_body,
+    drip,
+    gzip_bomb,
+    gzip_bomb_bytes,
+    gzipped,
+    huge_length,
+    reply,
+    response_bytes,
+)
 
 POLICY = RetryPolicy(attempts=2, base=0.01, cap=0.02)
 
@@ -94,9 +111,8 @@ def test_a_gzip_bomb_is_refused_without_the_memory(clock: FakeClock) -> None:
 
 
 def test_the_default_cap_refuses_a_single_member_bomb_too(clock: FakeClock) -> None:
-    with HostileServer(gzip_bomb(40, members=False)) as server:
-        with pytest.raises(ResponseTooLarge):
-            client(server, clock).request("GET", "/x")
+    with HostileServer(gzip_bomb(40, members=False)) as server, pytest.raises(ResponseTooLarge):
+        client(server, clock).request("GET", "/x")
 
 
 def test_a_huge_content_length_is_refused_before_reading(clock: FakeClock) -> None:
@@ -123,7 +139,7 @@ def test_a_hostile_json_body_never_escapes_as_an_exception(body: bytes,
 def test_parse_json_returns_a_value_or_none_for_any_text(text: str) -> None:
     try:
         expected = json.loads(text)
-    except Exception:
+    except (ValueError, RecursionError):
         expected = None
     assert parse_json(text) == expected or parse_json(text) != parse_json(text)  # NaN
 
@@ -185,9 +201,8 @@ def test_every_requests_exception_becomes_a_typed_remote_error(
 
 def test_a_body_with_a_lone_surrogate_is_a_permanent_error_not_a_crash(
         clock: FakeClock) -> None:
-    with HostileServer(reply(200)) as server:
-        with pytest.raises(PermanentError):
-            client(server, clock).request("POST", "/x", data="caf\ud800", idempotent=False)
+    with HostileServer(reply(200)) as server, pytest.raises(PermanentError):
+        client(server, clock).request("POST", "/x", data="caf\ud800", idempotent=False)
 
 
 def test_an_https_origin_that_does_not_speak_tls_is_a_transient_error(clock: FakeClock) -> None:

@@ -14,14 +14,12 @@ import pytest
 from loopsync import http
 from loopsync.connectors import shiphero
 from loopsync.connectors.base import MemoryKeyValue
-from loopsync.http import (LIMIT_HISTORY_NAMESPACE, LimitHistory, RateLimiter, key_id,
-                           shared_limiter)
+from loopsync.http import LIMIT_HISTORY_NAMESPACE, LimitHistory, RateLimiter, key_id, shared_limiter
 from loopsync.loop_client import LoopClient
 from loopsync.runner import build_connector, open_store, run_merchant
 from loopsync.sandbox import LOOP_KEY
-from loopsync.testing import Sandbox
 from loopsync.sandbox.peoplevox import PASSWORD_ENV
-from loopsync.testing import FakeClock
+from loopsync.testing import FakeClock, Sandbox
 from loopsync.timeutil import SystemClock
 
 

@@ -19,8 +19,7 @@ from loopsync.errors import ForeignOrigin, PermanentError
 from loopsync.http import HttpClient, RetryPolicy, origin_of, scrub
 from loopsync.loop_client import LoopClient
 from loopsync.runner import build_connector, open_store
-from loopsync.testing import Sandbox
-from loopsync.testing import FakeClock
+from loopsync.testing import FakeClock, Sandbox
 from tests.hostile import HostileServer, Received, redirect, reply, sequence
 
 STATUSES = (301, 302, 303, 307, 308)

@@ -15,10 +15,10 @@ import time
 import pytest
 
 from loopsync.connectors import kind_names
-from loopsync.testing import Sandbox
 from loopsync.sandbox.peoplevox import PeopleVoxEmulator
 from loopsync.sandbox.server import Fault, json_response
 from loopsync.state import MerchantLock
+from loopsync.testing import Sandbox
 from loopsync.timeutil import SystemClock
 
 pytestmark = pytest.mark.slow

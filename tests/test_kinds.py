@@ -125,6 +125,7 @@ def test_the_example_kinds_files_are_one_package_of_the_standard_shape():
         "__init__.py", "connector.py", "emulator.py", "mapping.py", "settings.py", "wire.py"]
 
 
+@pytest.mark.slow
 def test_using_one_kind_imports_no_other_kinds_package():
     code = ("import sys; from loopsync.connectors import available_kinds, connector_class; "
             "available_kinds(); connector_class('xoro'); "

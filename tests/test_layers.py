@@ -19,7 +19,7 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 # Names of layers above the core (module prefixes).
 CLI = ("loopsync.cli", "loopsync.demo", "loopsync.__main__")
 WORKER = ("loopsync.runner", "loopsync.scheduling")
-CYCLE = ("loopsync.cycle", "loopsync.stages", "loopsync.engine", "loopsync.effects")
+CYCLE = ("loopsync.cycle", "loopsync.stages", "loopsync.effects", "loopsync.ports")
 CONNECTORS = ("loopsync.connectors",)
 SANDBOX = ("loopsync.sandbox",)
 TESTING = ("loopsync.testing",)
@@ -39,9 +39,12 @@ LAYERS = (
     Layer("sandbox", SANDBOX,
           forbidden=(*WORKER, "loopsync.config", *CYCLE, *CLI, *TESTING)),
     Layer("testing", TESTING, forbidden=CLI),  # anything below the CLI
+    # The cycle talks to warehouses through the connector contract only, never a connector.
+    Layer("cycle", CYCLE, forbidden=(*CONNECTORS, *SANDBOX, *TESTING, *CLI, *WORKER),
+          allowed=("loopsync.connectors", "loopsync.connectors.base")),
     # The core may name the connector contract (connectors.base) and the kinds registry
     # (connectors, read by config to find a kind's settings parser), never a connector.
-    Layer("core", (), forbidden=(*CONNECTORS, *SANDBOX, *TESTING, *CLI, *WORKER),
+    Layer("core", (), forbidden=(*CYCLE, *CONNECTORS, *SANDBOX, *TESTING, *CLI, *WORKER),
           allowed=("loopsync.connectors", "loopsync.connectors.base")),
 )
 UNCONSTRAINED = CLI + WORKER  # the top: may import anything
@@ -130,7 +133,8 @@ def test_the_layer_table_classifies_the_modules_it_names() -> None:
     assert name("loopsync.sandbox.loop") == "sandbox"
     assert name("loopsync.connectors") == "connectors"
     assert name("loopsync.testing.fakes") == "testing"
-    assert name("loopsync.engine") == name("loopsync.models") == "core"
+    assert name("loopsync.cycle") == name("loopsync.stages.push") == "cycle"
+    assert name("loopsync.models") == "core"
     assert name("loopsync.configkit") == "core"  # a prefix match stops at a dot
     assert name("loopsync.cli") == name("loopsync.runner") == "top"
 

@@ -12,9 +12,14 @@ from loopsync.cycle import Engine
 from loopsync.errors import ErrorBody, OutcomeUnknown, Rejected
 from loopsync.models import RmaRef
 from loopsync.state import Store
-from loopsync.testing import FakeClock
-
-from loopsync.testing import FakeLoop, FakeRma, FakeWarehouse, loop_return, merchant_config
+from loopsync.testing import (
+    FakeClock,
+    FakeLoop,
+    FakeRma,
+    FakeWarehouse,
+    loop_return,
+    merchant_config,
+)
 
 SETTLE = 10 * 60 + 1  # seconds: just past engine.PROCESS_SETTLE
 

@@ -4,7 +4,6 @@ merchant's trouble stays its own, credentials refused stop the cycle and back of
 
 import hashlib
 import sqlite3
-from datetime import timedelta
 
 import pytest
 
@@ -14,8 +13,8 @@ from loopsync.cycle import Engine
 from loopsync.errors import StateCorrupt, StateIOError, StateUnwritable
 from loopsync.sandbox.seed import make_return
 from loopsync.state import Store, state_error
-from loopsync.timeutil import SystemClock
 from loopsync.testing import FakeClock
+from loopsync.timeutil import SystemClock
 
 
 @pytest.fixture

@@ -13,11 +13,10 @@ import time
 import pytest
 import yaml
 
-from loopsync.testing import Sandbox
 from loopsync.sandbox.server import Fault, json_response
 from loopsync.state import Store
+from loopsync.testing import FakeClock, Sandbox
 from loopsync.timeutil import SystemClock
-from loopsync.testing import FakeClock
 
 pytestmark = pytest.mark.slow
 WAIT = 30  # seconds: the most any condition below is waited for (a loaded machine)
@@ -32,7 +31,7 @@ def wait_for(condition, what, timeout=WAIT):
 
 
 def worker(tmp_path, env, *args):
-    err = open(tmp_path / "stderr.txt", "w+b")  # a file: read while the worker runs
+    err = open(tmp_path / "stderr.txt", "w+b")  # noqa: SIM115 - read while the worker runs
     proc = subprocess.Popen([sys.executable, "-m", "loopsync", "--log-format", "json", *args],
                             env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=err)
     return proc, lambda: (tmp_path / "stderr.txt").read_text(errors="replace")
@@ -137,7 +136,7 @@ def test_serve_runs_past_bad_merchants_reloads_and_a_second_sigterm_forces_exit(
         sb.write_config(conf, merchant="late", state_path=str(tmp_path / "late.sqlite"))
         proc.send_signal(signal.SIGHUP)
         wait_for(lambda: "serve.merchant_added" in stderr(), "the reload")
-        wait_for(lambda: (tmp_path / "late.sqlite").exists(), "the added merchant's cycle")
+        wait_for((tmp_path / "late.sqlite").exists, "the added merchant's cycle")
         assert proc.poll() is None
         proc.send_signal(signal.SIGTERM)  # good's request is held for 20 s more...
         wait_for(lambda: "shutdown.requested" in stderr(), "the first SIGTERM")

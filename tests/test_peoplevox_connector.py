@@ -12,23 +12,50 @@ import pytest
 from structlog.testing import capture_logs
 
 from loopsync.configkit import Section
-from loopsync.connectors.base import (ConnectorContext, MemoryKeyValue, NotReady, PushRequest,
-    WarehouseSettings)
-from loopsync.rules import GradingRules, StatusRules
-from loopsync.connectors.peoplevox.wire import (PVX_NS, SOAP_NS, SessionCredentials, SoapFault,
-                                                any_of_clause, build_envelope, csv_rows,
-                                                csv_text, equals_clause, fault_error, field_ref,
-                                                parse_fault, parse_result, read_answer,
-                                                service_url, since_clause)
+from loopsync.connectors.base import (
+    ConnectorContext,
+    MemoryKeyValue,
+    NotReady,
+    PushRequest,
+    WarehouseSettings,
+)
 from loopsync.connectors.peoplevox.connector import PeopleVoxConnector
-from loopsync.connectors.peoplevox.settings import ReturnsColumns
 from loopsync.connectors.peoplevox.mapping import rma_status_from_rows
-from loopsync.errors import (AuthError, ConfigError, DryRunViolation, InvalidSession,
-                             PeopleVoxError, OutcomeUnknown,
-                             PermanentError, RateLimited, Rejected, TransientError)
+from loopsync.connectors.peoplevox.settings import ReturnsColumns
+from loopsync.connectors.peoplevox.wire import (
+    PVX_NS,
+    SOAP_NS,
+    SessionCredentials,
+    SoapFault,
+    any_of_clause,
+    build_envelope,
+    csv_rows,
+    csv_text,
+    equals_clause,
+    fault_error,
+    field_ref,
+    parse_fault,
+    parse_result,
+    read_answer,
+    service_url,
+    since_clause,
+)
+from loopsync.errors import (
+    AuthError,
+    ConfigError,
+    DryRunViolation,
+    InvalidSession,
+    OutcomeUnknown,
+    PeopleVoxError,
+    PermanentError,
+    RateLimited,
+    Rejected,
+    TransientError,
+)
 from loopsync.http import HttpResult, RetryPolicy
 from loopsync.logs import configure as configure_logs
 from loopsync.models import LoopReturn, RmaRef
+from loopsync.rules import GradingRules, StatusRules
 from loopsync.sandbox.peoplevox import PeopleVoxEmulator, soap_fault
 from loopsync.sandbox.server import Fault, Request
 from loopsync.testing import FakeClock, in_process_url, mount
@@ -120,7 +147,7 @@ def ops(emu: ServedEmulator, name: str) -> int:
     return emu.operations.count(name)
 
 
-def is_save_to(template: str):  # noqa: ANN201 - a fault predicate
+def is_save_to(template: str):
     return lambda req: (PeopleVoxEmulator.operation(req) == "SaveData"
                         and f"<pvx:TemplateName>{template}</pvx:TemplateName>".encode()
                         in req.body)
@@ -359,7 +386,7 @@ def test_unmatched_order_is_not_ready_until_it_reaches_peoplevox(
     raw = loop_return()
     emu.on_loop_return(raw, with_order=False)
     con = make_connector(emu, fake_clock)
-    with pytest.raises(NotReady, match="sales order .*1001.* not found in PeopleVox"):
+    with pytest.raises(NotReady, match=r"sales order .*1001.* not found in PeopleVox"):
         con.locate(push_request(raw))
     emu.on_loop_return(raw)  # the order arrives late
     assert con.locate(push_request(raw))["sales_order_number"] == "1001"
@@ -417,7 +444,7 @@ def test_template_without_a_required_column_is_a_permanent_error(
         emu: ServedEmulator, fake_clock: FakeClock) -> None:
     emu.save_templates[emu.ra_items_template].remove("Quantity")
     raw, con = connected(emu, fake_clock)
-    with pytest.raises(PermanentError, match="lacks column.*Quantity"):
+    with pytest.raises(PermanentError, match=r"lacks column.*Quantity"):
         create(con, push_request(raw))
 
 
@@ -523,7 +550,7 @@ def test_session_expiry_in_the_middle_reauthenticates_and_retries_once(
     req = push_request(raw)
     located = con.locate(req)
 
-    def session_dies_now(request: Request):  # noqa: ANN202
+    def session_dies_now(request: Request):
         emu.expire_sessions()
         return emu.handle(request)
 
@@ -564,7 +591,7 @@ def test_password_base64_is_sent_and_secrets_are_not_logged(emu: ServedEmulator,
     sent = emu.recorder.calls()[0].body.decode()
     assert base64.b64encode(emu.password.encode()).decode() in sent
     assert emu.password not in sent
-    session_id = con.client._session.session_id  # noqa: SLF001 - checking it stays private
+    session_id = con.client._session.session_id
     dumped = repr(logs)
     assert emu.password not in dumped and session_id not in dumped
     assert any(e["event"] == "peoplevox.authenticated" for e in logs)

@@ -11,16 +11,14 @@ from typing import Any
 
 import pytest
 
-from loopsync.stages import context as engine_mod
 from loopsync.connectors.base import NotReady, PollStopped
 from loopsync.cycle import Engine
-from loopsync.stages.context import one_records_fault
 from loopsync.errors import DryRunViolation, LockHeld, Unreadable
+from loopsync.stages import context as engine_mod
+from loopsync.stages.context import one_records_fault
 from loopsync.state import ProblemRow, Store
 from loopsync.state.returns import ReturnRepository
-from loopsync.testing import FakeClock
-
-from loopsync.testing import FakeLoop, FakeWarehouse, Page, loop_return, merchant_config
+from loopsync.testing import FakeClock, FakeLoop, FakeWarehouse, Page, loop_return, merchant_config
 
 
 def nested(depth: int) -> Any:
@@ -205,7 +203,7 @@ def test_an_unexpected_error_acting_on_one_return_is_recorded_and_the_rest_are_a
     result = w.cycle()
     assert ("process", "101") in loop.writes and ("process", "103") in loop.writes
     assert result.counts.processed == 2 and result.counts.errors == 1
-    assert [(p.return_id, p.stage) for p in problems(w)][0] == ("102", "act")
+    assert next((p.return_id, p.stage) for p in problems(w)) == ("102", "act")
     monkeypatch.setattr(FakeLoop, "process", real)
     # The attempt's outcome is unknown: two reads of the return 10 minutes apart must
     # agree that nothing happened before it is made, once.

@@ -25,19 +25,28 @@ from hypothesis import strategies as st
 from loopsync import errors
 from loopsync.connectors import generic, peoplevox
 from loopsync.connectors.generic import wire_http as generic_http
-from loopsync.connectors.xoro import mapping as xoro
-from loopsync.connectors.xoro import wire as xoro_wire
 from loopsync.connectors.shiphero import mapping as shiphero
 from loopsync.connectors.shiphero import wire as shiphero_wire
+from loopsync.connectors.xoro import mapping as xoro
+from loopsync.connectors.xoro import wire as xoro_wire
 from loopsync.errors import ErrorBody, RemoteError, Unreadable
 from loopsync.http import HttpResult
 from loopsync.loop_client import _return_path, parse_returns_body
-from loopsync.models import (MAX_UNITS, LoopReturn, MalformedReturn, RmaRef, RmaStatus,
-                             asn_row_problem, check_tree, identifier, parse_asn_row,
-                             whole_number)
+from loopsync.models import (
+    MAX_UNITS,
+    LoopReturn,
+    MalformedReturn,
+    RmaRef,
+    RmaStatus,
+    asn_row_problem,
+    check_tree,
+    identifier,
+    parse_asn_row,
+    whole_number,
+)
 from loopsync.state import Store
-from loopsync.timeutil import parse_timestamp
 from loopsync.testing import FakeClock
+from loopsync.timeutil import parse_timestamp
 
 FEW = settings(max_examples=40, deadline=None,
                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

@@ -3,11 +3,9 @@ guarantee after the first pass."""
 
 from __future__ import annotations
 
-from loopsync.cycle import Engine
-from loopsync.models import RmaRef
 from loopsync.state import Store
-
 from loopsync.testing import FakeRma, Page, loop_return
+
 from .test_once_engine import ByOrder, StaleLoop, World, _same_order
 
 
@@ -68,9 +66,9 @@ def test_generic_folder_receipts_archived_before_the_state_was_lost_still_count(
     the state file. With that state lost, the first half of a return's receipts lives only
     in archive/: a return found again by its RMA number reads them there, or the second
     half alone leaves it `partial` for ever (never processed, and nothing says why)."""
-    from .test_once_sandbox import cycle, forget_state, open_returns
-
     from loopsync.sandbox.seed import make_return
+
+    from .test_once_sandbox import cycle, forget_state
 
     sb = make_sandbox("generic", transport="folder", folder_root=tmp_path / "3pl")
     rid = "64001"

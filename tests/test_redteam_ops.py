@@ -107,6 +107,7 @@ def test_status_of_a_zero_byte_state_file_is_no_state_yet_not_an_io_error(sb, tm
         "conf", "fresh.sqlite"]
 
 
+@pytest.mark.slow  # a subprocess: the console script
 @pytest.mark.parametrize("command, code", [(["serve"], 0), (["run", "--once"], 143)])
 def test_the_console_script_honours_a_sigterm_that_arrives_while_the_cli_imports(
         sb, env, tmp_path, command, code):
@@ -160,6 +161,7 @@ def test_a_lock_file_that_is_a_link_is_a_state_fault_not_a_lock_held(sb, env, tm
     assert not (tmp_path / "elsewhere").exists()
 
 
+@pytest.mark.slow  # a subprocess takes the lock under the second name
 def test_two_names_of_one_state_file_never_run_two_workers(sb, env, tmp_path, capsys):
     """Was: a hard link (`ln state.sqlite copy.sqlite`, a second name no real path
     resolves to the first) let two workers write one database at once, each with a -wal

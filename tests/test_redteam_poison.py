@@ -14,10 +14,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from loopsync import http
 from loopsync.connectors import peoplevox as pvx
 from loopsync.connectors.shiphero import mapping as shiphero
 from loopsync.errors import Unreadable
-from loopsync import http
 from loopsync.http import HttpClient, RetryPolicy, decode_text, parse_json
 from loopsync.sandbox.server import Fault, Response
 from loopsync.status import merchant_status, render_status

@@ -1,8 +1,8 @@
 import pytest
 
 from loopsync import rules
-from loopsync.rules import GradingRules, StatusRules, normalize_status
 from loopsync.models import ItemStatus, LoopReturn, RmaStatus
+from loopsync.rules import GradingRules, StatusRules, normalize_status
 
 
 def loop_return(**over):

@@ -11,11 +11,11 @@ import requests
 
 from loopsync.configkit import Section
 from loopsync.connectors.base import ConnectorContext, NotReady, PushRequest, WarehouseSettings
-from loopsync.rules import GradingRules, StatusRules, normalize_status
 from loopsync.connectors.shiphero import ShipHeroConnector
 from loopsync.errors import ErrorBody, OutcomeUnknown, Rejected
 from loopsync.http import RetryPolicy
 from loopsync.models import LoopReturn, RmaRef
+from loopsync.rules import GradingRules, StatusRules, normalize_status
 from loopsync.sandbox.seed import make_return
 from loopsync.sandbox.server import ApiServer, Fault, Recorder
 from loopsync.sandbox.shiphero import WAREHOUSES, CreditMeter, ShipHeroEmulator

@@ -102,7 +102,7 @@ def test_every_store_write_of_remote_text_masks_the_secret(tmp_path):
     store.runs.start("run1", "run")
     store.runs.finish("run1", "crashed", {}, 1, echo)
     # Stored JSON stays readable JSON.
-    assert store.ledger.get("k1").result == {"answer": f"401: key *** is not valid "
+    assert store.ledger.get("k1").result == {"answer": "401: key *** is not valid "
                                                                   "(sent ***)"}
     assert store.ledger.pending() == []
     store.close()
@@ -176,8 +176,8 @@ def test_remote_error_echoing_the_key_is_stored_and_shown_without_it(make_sandbo
 # -- files the folder transport writes ----------------------------------------------------------
 
 def test_reason_file_for_a_rejected_receipt_does_not_quote_a_secret(clock, tmp_path):
-    from tests.test_generic import deliver, folder_connector, request
     from loopsync.sandbox.generic import GenericEmulator
+    from tests.test_generic import deliver, folder_connector, request
 
     secret = "rdx-folder-secret-99"
     Secret("RDX_FOLDER", secret)

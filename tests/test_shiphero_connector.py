@@ -13,11 +13,11 @@ import responses
 
 from loopsync.configkit import Section
 from loopsync.connectors.base import ConnectorContext, NotReady, PushRequest, WarehouseSettings
-from loopsync.rules import GradingRules, StatusRules
 from loopsync.connectors.shiphero import CreditBucket, ShipHeroConnector
 from loopsync.errors import AuthError, ConfigError, OutcomeUnknown, Rejected
 from loopsync.http import RetryPolicy
 from loopsync.models import LoopReturn, RmaRef
+from loopsync.rules import GradingRules, StatusRules
 from loopsync.testing import FakeClock
 
 BASE = "https://shiphero.test"

@@ -5,7 +5,6 @@ import json
 import socket
 import threading
 import time
-
 from datetime import UTC, datetime
 
 import pytest
@@ -17,8 +16,14 @@ from loopsync.connectors import kind_names
 from loopsync.sandbox import poison as poison_mod
 from loopsync.sandbox import server as server_mod
 from loopsync.sandbox import shiphero as shiphero_mod
-from loopsync.sandbox.server import (FAULT_KINDS, HANDLER_RUNS, ApiServer, EmulatedApi, Fault,
-                                     json_response)
+from loopsync.sandbox.server import (
+    FAULT_KINDS,
+    HANDLER_RUNS,
+    ApiServer,
+    EmulatedApi,
+    Fault,
+    json_response,
+)
 from tests.test_soak import load_soak
 
 BODY = {"returns": [{"id": str(n), "note": "x" * 40} for n in range(20)]}
@@ -79,7 +84,7 @@ def test_drip_sends_the_whole_answer_a_byte_at_a_time(counting_server):
         pieces = []
         while piece := sock.recv(65536):
             pieces.append(piece)
-    head, _, body = b"".join(pieces).partition(b"\r\n\r\n")
+    _head, _, body = b"".join(pieces).partition(b"\r\n\r\n")
     assert json.loads(body) == BODY, "a drip delivers the whole answer, correctly framed"
     assert api.handled == 1
     # 24 bytes 40 ms apart: even a reader on a loaded machine sees them in several pieces.
@@ -207,7 +212,7 @@ KeyError
 
 def test_crash_lines_finds_each_traceback_plain_or_in_a_json_log_line():
     soak = load_soak()
-    assert soak.crash_lines(PLAIN + PLAIN.split("During")[0]) == [
+    assert soak.crash_lines(PLAIN + PLAIN.split("During", maxsplit=1)[0]) == [
         "KeyError (from ValueError)",
         "ValueError: invalid literal for int() with base N: 'a'"]
     event = {"event": "job failed", "level": "error",

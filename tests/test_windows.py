@@ -1,3 +1,4 @@
+import itertools
 from datetime import timedelta
 
 import pytest
@@ -26,7 +27,7 @@ def test_windows_never_exceed_the_api_range_cap_and_cover_the_range():
     assert all(w.span <= MAX_SPAN for w in windows)
     assert windows[0].start == start and windows[-1].end == end
     # consecutive windows share their boundary instant: both bounds are inclusive toward Loop
-    assert all(a.end == b.start for a, b in zip(windows, windows[1:], strict=False))
+    assert all(a.end == b.start for a, b in itertools.pairwise(windows))
 
 
 def test_ingest_start_applies_lookback_but_not_before_start_at():

@@ -10,11 +10,11 @@ import requests
 from loopsync import rules
 from loopsync.configkit import Section
 from loopsync.connectors.base import ConnectorContext, PushRequest, WarehouseSettings
-from loopsync.rules import GradingRules, StatusRules
 from loopsync.connectors.xoro.connector import XoroConnector
 from loopsync.errors import AuthError, ErrorBody, Rejected, TransientError
 from loopsync.http import RetryPolicy
 from loopsync.models import LoopReturn
+from loopsync.rules import GradingRules, StatusRules
 from loopsync.sandbox.seed import make_return
 from loopsync.sandbox.server import ApiServer, Fault, Recorder
 from loopsync.sandbox.xoro import XoroEmulator

@@ -42,6 +42,10 @@
     Connector signals (plain Exceptions, caught by the engine by name):
     NotReady                   the warehouse is not ready for this return yet: try later
     PollStopped                shutdown in the middle of a long poll: read again next run
+
+Which remote answers are errors under HTTP 200 (ErrorBody, StateConflict): Loop's actions
+(docs/api/loop.md, "Error shapes"), PeopleVox's `ResponseId -1` (docs/api/peoplevox.md),
+Xoro's `Result: false` (docs/api/xoro.md).
 """
 
 from __future__ import annotations
@@ -125,7 +129,7 @@ class TransitionRefused(LoopsyncError):
         super().__init__(f"{what}: refused to move to {wanted} {where}")
 
 
-class StopRequested(BaseException):
+class StopRequested(BaseException):  # a signal, not an error
     """Shutdown was requested while waiting (a backoff, a rate limit): the request is
     abandoned. A BaseException so that a per-record catch-all cannot swallow it."""
 
@@ -198,7 +202,7 @@ class OutcomeUnknown(TransientError):
     """A non-idempotent request may or may not have taken effect."""
 
 
-class PaginationStopped(TransientError):
+class PaginationStopped(TransientError):  # named like RateLimited, NotFound
     """A page walk ended before the remote's last page: a repeated token, a next link
     without a cursor, the page cap (`reason`, a `paging.WalkEnd` value or Loop's older
     names). Worth another try later; meanwhile what depends on the whole listing waits."""

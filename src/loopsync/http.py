@@ -25,12 +25,18 @@ Content-Length beyond the cap is refused before reading. Every `requests`/urllib
 exception and every JSON decoding failure becomes a RemoteError (transient, permanent, or
 for a write that may have been received, OutcomeUnknown). Messages never carry a URL's
 query string or user info, nor the client's own credential values.
+
+Remote facts relied on: the error envelopes `error_text` reads and Loop's undocumented
+rate-limit headers (docs/api/loop.md, "Error shapes", "Rate limit"); why a write is never
+retried blindly and a server's hint is bounded (docs/api/design-notes.md, "Remote writes
+and errors").
 """
 
 from __future__ import annotations
 
 import bisect
 import collections
+import contextlib
 import email.utils
 import hashlib
 import heapq
@@ -58,9 +64,18 @@ from tenacity.wait import wait_base
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
-from loopsync.errors import (AuthError, DeadlineExceeded, ForeignOrigin, NotFound, OutcomeUnknown,
-                             PermanentError, RateLimited, RemoteError, ResponseTooLarge,
-                             TransientError)
+from loopsync.errors import (
+    AuthError,
+    DeadlineExceeded,
+    ForeignOrigin,
+    NotFound,
+    OutcomeUnknown,
+    PermanentError,
+    RateLimited,
+    RemoteError,
+    ResponseTooLarge,
+    TransientError,
+)
 from loopsync.redaction import clip
 from loopsync.timeutil import Clock, SystemClock
 
@@ -235,7 +250,7 @@ class LimitHistory:
             assert lim.ident is not None
             try:
                 saved = kv.get(lim.ident)
-            except Exception as exc:  # advisory: a bad row must not stop the run
+            except Exception as exc:  # noqa: BLE001 - advisory: a bad row must not stop the run
                 log.warning("rate_limit.history_unreadable", limiter=lim.ident,
                             error=type(exc).__name__)
                 continue
@@ -260,7 +275,7 @@ class LimitHistory:
             assert lim.ident is not None
             try:
                 self.kv.set(lim.ident, lim.recent())
-            except Exception as exc:  # a full disk must not turn into a crash here
+            except Exception as exc:  # noqa: BLE001 - a full disk must not crash the run here
                 log.warning("rate_limit.history_not_saved", limiter=lim.ident,
                             error=type(exc).__name__)
         if self.limiters:
@@ -476,12 +491,10 @@ class _Watch:
 def _shutdown(sock: Any) -> None:
     sock = getattr(sock, "socket", sock)  # urllib3's TLS-in-TLS wrapper
     if isinstance(sock, socket.socket):
-        try:
+        with contextlib.suppress(OSError):
             # the plain socket's shutdown, not SSLSocket's (that one unwraps TLS and would
             # race the reading thread); the blocked recv returns at once
             socket.socket.shutdown(sock, socket.SHUT_RDWR)
-        except OSError:
-            pass
 
 
 class _Watchdog:
@@ -655,37 +668,52 @@ class _DeadlinePassed(Exception):
     """Internal: the watchdog cut the request (becomes DeadlineExceeded or OutcomeUnknown)."""
 
 
-def read_body(resp: requests.Response, max_body: int, watch: _Watch | None) -> bytes:
-    """The body, decoded (Content-Encoding), read in small pieces; BodyTooLarge past
-    `max_body` decoded (or raw) bytes, counted as they arrive."""
-    encodings = [e.strip().lower() for e in resp.headers.get("Content-Encoding", "").split(",")
+def _inflaters_for(content_encoding: str) -> list[_Inflater]:
+    """One inflater per coding named, in the order to undo them (the last applied first);
+    ValueError for a coding other than gzip/deflate/identity."""
+    encodings = [e.strip().lower() for e in content_encoding.split(",")
                  if e.strip() and e.strip().lower() != "identity"]
     inflaters: list[_Inflater] = []
     for enc in reversed(encodings):  # applied in order listed: undo from the last
-        if enc in ("gzip", "x-gzip", "deflate"):
-            inflaters.append(_Inflater("deflate" if enc == "deflate" else "gzip"))
-        else:
+        if enc not in ("gzip", "x-gzip", "deflate"):
             raise ValueError(f"unsupported Content-Encoding {enc!r}")
-    parts: list[bytes] = []
-    size = raw_size = 0
+        inflaters.append(_Inflater("deflate" if enc == "deflate" else "gzip"))
+    return inflaters
 
-    def push(chunks: Iterable[bytes], level: int) -> None:
-        nonlocal size
+
+class _DecodedBody:
+    """Raw pieces in, decoded bytes kept; BodyTooLarge past `max_body` decoded bytes."""
+
+    def __init__(self, inflaters: list[_Inflater], max_body: int) -> None:
+        self.inflaters = inflaters
+        self.max_body = max_body
+        self.parts: list[bytes] = []
+        self.size = 0
+
+    def push(self, chunks: Iterable[bytes], level: int = 0) -> None:
         for chunk in chunks:
-            if level == len(inflaters):
-                size += len(chunk)
-                if size > max_body:
-                    raise BodyTooLarge(size)
-                parts.append(chunk)
+            if level == len(self.inflaters):
+                self._keep(chunk)
             else:
-                push(inflaters[level].feed(chunk), level + 1)
+                self.push(self.inflaters[level].feed(chunk), level + 1)
 
-    def close(level: int) -> None:
-        if level < len(inflaters):
-            push(inflaters[level].close(), level + 1)
-            close(level + 1)
+    def _keep(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self.max_body:
+            raise BodyTooLarge(self.size)
+        self.parts.append(chunk)
 
-    raw = resp.raw
+    def close(self) -> bytes:
+        """Flush every inflater, outermost first, and return the whole decoded body."""
+        for level, inflater in enumerate(self.inflaters):
+            self.push(inflater.close(), level + 1)
+        return b"".join(self.parts)
+
+
+def _raw_pieces(raw: Any, max_body: int, watch: _Watch | None) -> Iterator[bytes]:
+    """The body as sent, READ_PIECE bytes at a time; BodyTooLarge past `max_body` raw
+    bytes, _DeadlinePassed once the watchdog has cut the request."""
+    raw_size = 0
     while True:
         if watch is not None and watch.expired:
             raise _DeadlinePassed()
@@ -695,11 +723,18 @@ def read_body(resp: requests.Response, max_body: int, watch: _Watch | None) -> b
         raw_size += len(chunk)
         if raw_size > max_body:
             raise BodyTooLarge(raw_size)
-        push([chunk], 0)
+        yield chunk
     if watch is not None and watch.expired:
         raise _DeadlinePassed()  # a socket shut at the deadline reads as an early end
-    close(0)
-    return b"".join(parts)
+
+
+def read_body(resp: requests.Response, max_body: int, watch: _Watch | None) -> bytes:
+    """The body, decoded (Content-Encoding), read in small pieces; BodyTooLarge past
+    `max_body` decoded (or raw) bytes, counted as they arrive."""
+    body = _DecodedBody(_inflaters_for(resp.headers.get("Content-Encoding", "")), max_body)
+    for chunk in _raw_pieces(resp.raw, max_body, watch):
+        body.push([chunk])
+    return body.close()
 
 
 def decode_text(body: bytes, encoding: str | None) -> str:
@@ -919,7 +954,7 @@ class HttpClient:
             return HttpResult(resp.status_code, resp.headers, text, parse_json(text))
         except RemoteError:
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the contract: every fault becomes a RemoteError
             raise self._transport_error(exc, watch, idempotent=idempotent,
                                         answered=resp is not None) from None
         finally:
@@ -932,11 +967,6 @@ class HttpClient:
                          answered: bool) -> RemoteError:
         """Every fault below HTTP as a typed error. The server may have acted on a write
         once a connection was made, so a write then is OutcomeUnknown, never retried."""
-        def after_sending(message: str) -> RemoteError:
-            if idempotent:
-                return TransientError(self.system, message)
-            return OutcomeUnknown(self.system, message)
-
         if isinstance(exc, BodyTooLarge):
             message = f"response larger than {self.max_body} bytes; refused"
             if idempotent:
@@ -952,23 +982,13 @@ class HttpClient:
         detail = self._scrub(f"{type(exc).__name__}: {_short(exc)}")
         if isinstance(exc, requests.ConnectionError) and _never_sent(exc):
             return TransientError(self.system, f"cannot connect: {detail}")
-        if isinstance(exc, requests.Timeout | requests.ConnectionError):
-            return after_sending(f"connection error: {detail}")
-        if isinstance(exc, requests.RequestException) and not isinstance(
-                exc, requests.exceptions.InvalidURL | requests.exceptions.InvalidSchema |
-                requests.exceptions.MissingSchema | requests.exceptions.InvalidHeader |
-                requests.exceptions.URLRequired | requests.exceptions.InvalidJSONError):
-            return after_sending(f"transport error: {detail}")  # decoding, chunking, ...
-        if answered:  # the answer was unreadable: bad gzip, cut chunk, unknown encoding
-            return after_sending(f"unreadable answer: {detail}")
-        if isinstance(exc, urllib3.exceptions.HTTPError | http.client.HTTPException | OSError):
-            return after_sending(f"connection error: {detail}")
-        if watch.connected:
-            # Sent, then refused on the way back (requests parses a redirect's Location
-            # even when it does not follow it: a hostile one raises ValueError there).
-            return after_sending(f"unreadable answer: {detail}")
-        # The request could not be built (bad URL, header, body encoding): nothing sent.
-        return PermanentError(self.system, f"request not sent: {detail}")
+        fault = _fault_once_sent(exc, detail, answered=answered, connected=watch.connected)
+        if fault is None:
+            # The request could not be built (bad URL, header, body encoding): nothing sent.
+            return PermanentError(self.system, f"request not sent: {detail}")
+        if idempotent:
+            return TransientError(self.system, fault)
+        return OutcomeUnknown(self.system, fault)
 
     def _scrub(self, text: str) -> str:
         """Query strings, user info and this client's credential values out of a message."""
@@ -1006,6 +1026,32 @@ class HttpClient:
         raise PermanentError(self.system, message, status=status)
 
 
+# requests' errors raised while building a request: nothing was sent.
+_NOT_SENT = (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema,
+             requests.exceptions.MissingSchema, requests.exceptions.InvalidHeader,
+             requests.exceptions.URLRequired, requests.exceptions.InvalidJSONError)
+
+
+def _fault_once_sent(exc: Exception, detail: str, *, answered: bool,
+                     connected: bool) -> str | None:
+    """The message for a fault after which the server may have the request (the caller
+    makes it transient for a read, OutcomeUnknown for a write); None when the request
+    could not even be built."""
+    if isinstance(exc, requests.Timeout | requests.ConnectionError):
+        return f"connection error: {detail}"
+    if isinstance(exc, requests.RequestException) and not isinstance(exc, _NOT_SENT):
+        return f"transport error: {detail}"  # decoding, chunking, ...
+    if answered:  # the answer was unreadable: bad gzip, cut chunk, unknown encoding
+        return f"unreadable answer: {detail}"
+    if isinstance(exc, urllib3.exceptions.HTTPError | http.client.HTTPException | OSError):
+        return f"connection error: {detail}"
+    if connected:
+        # Sent, then refused on the way back (requests parses a redirect's Location
+        # even when it does not follow it: a hostile one raises ValueError there).
+        return f"unreadable answer: {detail}"
+    return None
+
+
 def _never_sent(exc: requests.ConnectionError) -> bool:
     """True when the connection itself failed (refused, DNS, connect timeout), so the
     server cannot have seen the request."""
@@ -1032,24 +1078,32 @@ def error_text(body: Any) -> str | None:
     message, content, Message)."""
     if isinstance(body, dict):
         for key in ("errors", "error"):
-            inner = body.get(key)
-            if isinstance(inner, dict):
-                msg = inner.get("message") or inner.get("Message")
-                if msg:
-                    return str(msg)
-            if isinstance(inner, list) and inner:
-                first = inner[0]
-                if isinstance(first, dict) and first.get("message"):
-                    return str(first["message"])
-                if isinstance(first, str):
-                    return first
-            if isinstance(inner, str) and inner:
-                return inner
+            found = _envelope_message(body.get(key))
+            if found is not None:
+                return found
         for key in ("message", "Message", "content", "detail"):
             if body.get(key):
                 return str(body[key])
     if isinstance(body, str) and body:
         return body
+    return None
+
+
+def _envelope_message(inner: Any) -> str | None:
+    """The message in an `errors`/`error` member: an object, a list (its first item) or
+    text; None to look further."""
+    if isinstance(inner, dict):
+        msg = inner.get("message") or inner.get("Message")
+        return str(msg) if msg else None
+    if isinstance(inner, list) and inner:
+        first = inner[0]
+        if isinstance(first, dict) and first.get("message"):
+            return str(first["message"])
+        if isinstance(first, str):
+            return first
+        return None
+    if isinstance(inner, str) and inner:
+        return inner
     return None
 
 

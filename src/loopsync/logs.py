@@ -9,6 +9,7 @@ import sys
 from typing import Any, TextIO
 
 import structlog
+from structlog.typing import EventDict, Processor
 
 from loopsync import redaction
 
@@ -21,15 +22,15 @@ def register_secret(value: str | None) -> None:
     redaction.register(value, transient=True)
 
 
-def redact_secrets(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def redact_secrets(_logger: Any, _method: str, event_dict: EventDict) -> dict[str, Any]:
     redacted: dict[str, Any] = redaction.redact_obj(event_dict)
     return redacted
 
 
-def _redacting(renderer: Any) -> Any:
+def _redacting(renderer: Processor) -> Processor:
     """The rendered line redacted once more: values the processor could not see inside
     (an exception object, a repr) are rendered to text only here."""
-    def render(logger: Any, method: str, event_dict: dict[str, Any]) -> Any:
+    def render(logger: Any, method: str, event_dict: EventDict) -> Any:
         line = renderer(logger, method, event_dict)
         return redaction.redact(line) if isinstance(line, str) else line
     return render
@@ -40,22 +41,21 @@ class _RedactingFormatter(logging.Formatter):
         return redaction.redact(super().format(record))
 
 
-_stdlib_handler: logging.Handler | None = None
+class _LoopsyncHandler(logging.StreamHandler[TextIO]):
+    """The root logger's handler loopsync installed (found by its class, not a global)."""
 
 
 def _route_stdlib_logging(stream: TextIO) -> None:
     """Libraries log through `logging` (APScheduler logs a crashed job's traceback, with
     the exception's message): give the root logger one redacting handler, so those lines
     are masked too instead of reaching stderr through logging's last-resort handler."""
-    global _stdlib_handler
     root = logging.getLogger()
-    if _stdlib_handler is not None:
-        root.removeHandler(_stdlib_handler)
-    handler = logging.StreamHandler(stream)
+    for previous in [h for h in root.handlers if isinstance(h, _LoopsyncHandler)]:
+        root.removeHandler(previous)
+    handler = _LoopsyncHandler(stream)
     handler.setLevel(logging.WARNING)
     handler.setFormatter(_RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
-    _stdlib_handler = handler
 
 
 def configure(*, json_output: bool | None = None, level: str = "info",
@@ -64,8 +64,8 @@ def configure(*, json_output: bool | None = None, level: str = "info",
     _route_stdlib_logging(stream)
     if json_output is None:
         json_output = not stream.isatty()
-    renderer: Any = (structlog.processors.JSONRenderer() if json_output
-                     else structlog.dev.ConsoleRenderer(colors=False))
+    renderer: Processor = (structlog.processors.JSONRenderer() if json_output
+                           else structlog.dev.ConsoleRenderer(colors=False))
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

@@ -18,6 +18,12 @@ The walk never raises for these; the caller decides what an unfinished walk mean
 window open, drop a poll, end a look-up). `record_walk` keeps the last unfinished end of
 each named walk in the store's `kv` (key `walk:<name>`) so `loopsync status` can say why a
 cursor does not move, and clears it when the walk completes again.
+
+Where the ends come from: Loop's `nextPageUrl` drops parameters and may repeat a cursor
+(docs/api/loop.md, "Pagination"); Xoro's `TotalPages` is unreliable (docs/api/xoro.md);
+PeopleVox pages by `PageNo` against `TotalCount` (docs/api/peoplevox.md); a resumed
+checkpoint re-entering a loop forever is a known failure of other tools
+(docs/api/design-notes.md).
 """
 
 from __future__ import annotations

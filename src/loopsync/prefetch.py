@@ -9,19 +9,52 @@ after a page is stored, so a page fetched but not stored is simply fetched again
 from __future__ import annotations
 
 import contextvars
+import enum
 import queue
 import threading
 from collections.abc import Iterable, Iterator
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
-_DONE = object()
+
+class _End(enum.Enum):
+    """The producer's last word: the source is exhausted."""
+
+    DONE = enum.auto()
 
 
 class _Raised:
     def __init__(self, exc: BaseException) -> None:
         self.exc = exc
+
+
+class _Handoff(Generic[T]):
+    """A one-item queue between the producing thread and the consumer, which the consumer
+    can cancel: the producer then stops at its next item instead of blocking forever."""
+
+    def __init__(self) -> None:
+        self.items: queue.Queue[T | _Raised | _End] = queue.Queue(maxsize=1)
+        self.cancelled = threading.Event()
+
+    def put(self, item: T | _Raised | _End) -> bool:
+        while not self.cancelled.is_set():
+            try:
+                self.items.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce(self, source: Iterable[T]) -> None:
+        try:
+            for item in source:
+                if not self.put(item):
+                    return
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
+            self.put(_Raised(exc))
+            return
+        self.put(_End.DONE)
 
 
 def prefetched(source: Iterable[T], *, name: str = "prefetch") -> Iterator[T]:
@@ -32,40 +65,20 @@ def prefetched(source: Iterable[T], *, name: str = "prefetch") -> Iterator[T]:
     exception of its own), the thread is told to stop and is joined: it finishes the
     item it is producing (one page request, bounded by the HTTP timeout) and exits.
     """
-    handoff: queue.Queue[object] = queue.Queue(maxsize=1)
-    cancelled = threading.Event()
-
-    def put(item: object) -> bool:
-        while not cancelled.is_set():
-            try:
-                handoff.put(item, timeout=0.05)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for item in source:
-                if not put(item):
-                    return
-        except BaseException as exc:  # handed to the consumer, which raises it
-            put(_Raised(exc))
-            return
-        put(_DONE)
-
+    handoff: _Handoff[T] = _Handoff()
     # The thread's log lines carry the consumer's bound context (merchant, run id).
     context = contextvars.copy_context()
-    worker = threading.Thread(target=context.run, args=(produce,), name=name, daemon=True)
+    worker = threading.Thread(target=context.run, args=(handoff.produce, source), name=name,
+                              daemon=True)
     worker.start()
     try:
         while True:
-            item = handoff.get()
-            if item is _DONE:
+            item = handoff.items.get()
+            if item is _End.DONE:
                 return
             if isinstance(item, _Raised):
                 raise item.exc
-            yield item  # type: ignore[misc]
+            yield item
     finally:
-        cancelled.set()
+        handoff.cancelled.set()
         worker.join()

@@ -40,8 +40,9 @@ MIN_LENGTH = 8
 _MIN_FRAGMENT = 8
 
 # A long-running `serve` obtains a new access token or session every few minutes; only the
-# recent ones can still be valid, and an unbounded list would slow every redaction.
-MAX_TRANSIENT = 8  # access tokens and sessions: only the latest are live; each adds ~15 needles to every scan
+# recent ones can still be valid, and an unbounded list would slow every redaction (each
+# adds ~15 needles to every scan).
+MAX_TRANSIENT = 8  # access tokens and sessions: only the latest are live
 
 
 def _base64_fragments(raw: bytes) -> set[str]:

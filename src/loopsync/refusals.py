@@ -1,6 +1,7 @@
 """Credentials refused: one clear reason per merchant, and a wait before the next try.
 
-A 401/403 from Loop, a refused ShipHero refresh token or a refused PeopleVox login
+A 401/403 from Loop (Loop answers 401 also to a valid key without the endpoint's scope:
+docs/api/loop.md), a refused ShipHero refresh token or a refused PeopleVox login
 (`errors.AuthError`) stops the merchant's cycle at once: every other request would be
 refused the same way, and retrying once per return fills `status` with thousands of
 identical problems. The refusal is kept in the state's `kv` table; later cycles wait
@@ -67,7 +68,8 @@ class Refusal:
 
 def backoff(failures: int) -> timedelta:
     """The wait after `failures` refusals in a row (>= 1)."""
-    return min(BACKOFF_CAP, BACKOFF_BASE * (2 ** min(max(failures, 1) - 1, 20)))
+    # a shift, not 2 ** n: the same doubling, typed int (int ** int is Any to mypy)
+    return min(BACKOFF_CAP, BACKOFF_BASE * (1 << min(max(failures, 1) - 1, 20)))
 
 
 def fingerprint(secrets: Sequence[str], salt: str) -> str:

@@ -4,8 +4,8 @@ Loop, and the text of the notes loopsync leaves. No I/O."""
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from loopsync.loop_facts import NOTE_MAX_CHARS
@@ -16,7 +16,8 @@ from loopsync.timeutil import parse_timestamp
 # core, so that the core never imports from the connector layer (connectors import it).
 
 def normalize_status(word: str | None) -> str:
-    """Statuses compare ignoring case, with '_' and '-' equal to ' '."""
+    """Statuses compare ignoring case, with '_' and '-' equal to ' ': the exact status
+    strings the warehouses send are UNCONFIRMED (docs/api/shiphero.md, peoplevox.md)."""
     if not word:
         return ""
     return " ".join(str(word).replace("_", " ").replace("-", " ").lower().split())
@@ -57,7 +58,7 @@ class GradingRules:
         return bool(self.conditions or self.dispositions)
 
 
-NOTE_LIMIT = NOTE_MAX_CHARS  # Loop's note length limit (loop_facts)
+NOTE_LIMIT = NOTE_MAX_CHARS  # Loop's note length limit (loop_facts; docs/api/loop.md)
 
 PROCESS, FLAG, IGNORE, REPORT, WAIT = "process", "flag", "ignore", "report", "wait"
 
@@ -174,7 +175,9 @@ def note_present(notes: Sequence[str], text: str, names: str | None = None) -> b
     a loopsync note naming the same RMA (an earlier wording, or a clipped copy)?"""
     if text and text in notes:
         return True
-    return bool(names) and any(names in n and "loopsync" in n.lower() for n in notes)
+    if not names:
+        return False
+    return any(names in n and "loopsync" in n.lower() for n in notes)
 
 
 def ambiguous_reason(kind: str, key: str, others: Sequence[str]) -> str:

@@ -23,6 +23,7 @@ callers turn them into the connector's errors.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import itertools
@@ -167,10 +168,8 @@ def replace_atomically(folder_fd: int, name: str, data: bytes) -> None:
         _refuse_non_regular(folder_fd, name)
         os.replace(tmp, name, src_dir_fd=folder_fd, dst_dir_fd=folder_fd)
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp, dir_fd=folder_fd)
-        except OSError:
-            pass
         raise
     fsync_folder(folder_fd)
 
@@ -275,7 +274,5 @@ def _write_all(fd: int, data: bytes) -> None:
 def fsync_folder(folder_fd: int) -> None:
     """Make a rename durable. Best effort: some network filesystems refuse it, and the
     file is already complete under its name."""
-    try:
+    with contextlib.suppress(OSError):
         os.fsync(folder_fd)
-    except OSError:
-        pass

@@ -10,6 +10,9 @@ removed or replaced (a running cycle of a replaced merchant finishes first).
 A merchant's cycle never raises into the scheduler: `run_cycle` contains its own
 failures (cli.cmd_serve), and anything that still escapes is logged here, one line, and
 the merchant runs again on its schedule.
+
+APScheduler 3.11 facts relied on (defaults, misfires, no signal handlers, the first run):
+docs/api/design-notes.md, "Scheduling: APScheduler 3.x".
 """
 
 from __future__ import annotations
@@ -61,6 +64,74 @@ def _guarded(run_cycle: Cycle, due: Callable[[MerchantConfig], NextDue]) -> Cycl
     return job
 
 
+def _new_scheduler(merchants: int) -> BackgroundScheduler:
+    return BackgroundScheduler(
+        executors={"default": ThreadPoolExecutor(max_workers=max(MAX_WORKERS, merchants))},
+        job_defaults={"max_instances": 1, "coalesce": True,
+                      "misfire_grace_time": MISFIRE_GRACE_SECONDS},
+        timezone=UTC,
+    )
+
+
+def _on_event(event: Any) -> None:
+    log.warning("scheduler.event", code=event.code, job=event.job_id,
+                error=str(getattr(event, "exception", "") or ""))
+
+
+class _Jobs:
+    """The merchants scheduled now: one interval job each, added, replaced or removed."""
+
+    def __init__(self, scheduler: BackgroundScheduler, job: Cycle, stop: threading.Event) -> None:
+        self.scheduler = scheduler
+        self.job = job
+        self.stop = stop
+        self.running: dict[str, MerchantConfig] = {}
+
+    def schedule(self, cfg: MerchantConfig) -> None:
+        seconds = int(cfg.every.total_seconds())
+        # APScheduler keeps its own wall-clock timeline: the first cycle is due at once.
+        self.scheduler.add_job(self.job, "interval", seconds=seconds,
+                               jitter=min(30, seconds // 10), id=_job_id(cfg),
+                               name=_job_id(cfg), replace_existing=True,
+                               next_run_time=datetime.now(UTC), args=[cfg, self.stop])
+        self.running[cfg.merchant] = cfg
+
+    def apply(self, fresh: list[MerchantConfig]) -> None:
+        """Run exactly `fresh`: drop merchants no longer there, (re)schedule changed ones."""
+        wanted = {c.merchant: c for c in fresh}
+        for merchant in sorted(set(self.running) - set(wanted)):
+            self.scheduler.remove_job(_job_id(self.running.pop(merchant)))
+            log.info("serve.merchant_removed", merchant=merchant)
+        for merchant, cfg in wanted.items():
+            if self.running.get(merchant) != cfg:
+                log.info("serve.merchant_" + ("replaced" if merchant in self.running
+                                              else "added"),
+                         merchant=merchant, file=cfg.file)
+                self.schedule(cfg)
+
+    def idle(self, shutdown: Shutdown,
+             reload: Callable[[], list[MerchantConfig] | None] | None) -> bool:
+        """True when it is time to stop; applies a reload on the way."""
+        if self.stop.is_set():
+            return True
+        if shutdown.take_reload() and reload is not None:
+            fresh = reload()
+            if fresh is not None:
+                self.apply(fresh)
+            log.info("serve.reloaded", merchants=sorted(self.running))
+        return False
+
+
+def _drain(scheduler: BackgroundScheduler, shutdown: Shutdown, grace: float) -> None:
+    """Running cycles end at their current request: waited for up to `grace` seconds in a
+    helper thread, so the main thread still acts on a second signal."""
+    closing = threading.Thread(target=scheduler.shutdown, kwargs={"wait": True},
+                               name="loopsync-drain", daemon=True)
+    closing.start()
+    if not shutdown.drain(closing, grace):
+        log.warning("serve.left_running", grace=grace)
+
+
 def serve(configs: list[MerchantConfig], run_cycle: Cycle,
           stop: threading.Event | None = None, *, shutdown: Shutdown | None = None,
           reload: Callable[[], list[MerchantConfig] | None] | None = None,
@@ -70,66 +141,19 @@ def serve(configs: list[MerchantConfig], run_cycle: Cycle,
     configurations to run after a SIGHUP (None: keep the current ones)."""
     stop = stop or threading.Event()
     shutdown = shutdown or Shutdown()
-    scheduler = BackgroundScheduler(
-        executors={"default": ThreadPoolExecutor(max_workers=max(MAX_WORKERS, len(configs)))},
-        job_defaults={"max_instances": 1, "coalesce": True,
-                      "misfire_grace_time": MISFIRE_GRACE_SECONDS},
-        timezone=UTC,
-    )
-    job = _guarded(run_cycle, lambda cfg: _next_due(scheduler, cfg))
-    running: dict[str, MerchantConfig] = {}
-
-    def schedule(cfg: MerchantConfig) -> None:
-        seconds = int(cfg.every.total_seconds())
-        scheduler.add_job(job, "interval", seconds=seconds, jitter=min(30, seconds // 10),
-                          id=_job_id(cfg), name=_job_id(cfg), replace_existing=True,
-                          next_run_time=datetime.now(UTC), args=[cfg, stop])
-        running[cfg.merchant] = cfg
-
+    scheduler = _new_scheduler(len(configs))
+    jobs = _Jobs(scheduler, _guarded(run_cycle, lambda cfg: _next_due(scheduler, cfg)), stop)
     for cfg in configs:
-        schedule(cfg)
-
-    def apply(fresh: list[MerchantConfig]) -> None:
-        wanted = {c.merchant: c for c in fresh}
-        for merchant in sorted(set(running) - set(wanted)):
-            scheduler.remove_job(_job_id(running.pop(merchant)))
-            log.info("serve.merchant_removed", merchant=merchant)
-        for merchant, cfg in wanted.items():
-            if running.get(merchant) != cfg:
-                log.info("serve.merchant_" + ("replaced" if merchant in running else "added"),
-                         merchant=merchant, file=cfg.file)
-                schedule(cfg)
-
-    def on_event(event: Any) -> None:
-        log.warning("scheduler.event", code=event.code, job=event.job_id,
-                    error=str(getattr(event, "exception", "") or ""))
-
-    scheduler.add_listener(on_event, EVENT_JOB_ERROR | EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES)
-
-    def idle() -> bool:
-        """True when it is time to stop; applies a reload on the way."""
-        if stop.is_set():
-            return True
-        if shutdown.take_reload() and reload is not None:
-            fresh = reload()
-            if fresh is not None:
-                apply(fresh)
-            log.info("serve.reloaded", merchants=sorted(running))
-        return False
+        jobs.schedule(cfg)
+    scheduler.add_listener(_on_event, EVENT_JOB_ERROR | EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES)
 
     log.info("serve.start", merchants=[c.merchant for c in configs])
     scheduler.start()
     try:
-        shutdown.watch(stop, until=idle)
+        shutdown.watch(stop, until=lambda: jobs.idle(shutdown, reload))
         log.info("serve.shutdown", signal=shutdown.name or "stop")
     finally:
         stop.set()
-        # Running cycles end at their current request: waited for up to `grace` seconds
-        # in a helper thread, so the main thread still acts on a second signal.
-        closing = threading.Thread(target=scheduler.shutdown, kwargs={"wait": True},
-                                   name="loopsync-drain", daemon=True)
-        closing.start()
-        if not shutdown.drain(closing, grace):
-            log.warning("serve.left_running", grace=grace)
+        _drain(scheduler, shutdown, grace)
     log.info("serve.stopped")
     return 0

@@ -15,10 +15,14 @@ already holds inside that Event; the main thread polls `Shutdown` between short 
 and sets the stop event itself. Handlers are installed first thing in `main` (and in
 `python -m loopsync` before the CLI is even imported), so a signal during start-up is
 honoured rather than killing the process.
+
+Why a handler must not take a lock, and why PID 1 needs one at all:
+docs/api/design-notes.md, "Scheduling: APScheduler 3.x".
 """
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import os
 import signal
@@ -130,7 +134,7 @@ class Shutdown:
         def target() -> None:
             try:
                 box["result"] = work(stop)
-            except BaseException as exc:  # handed to the main thread
+            except BaseException as exc:  # noqa: BLE001 - handed to the main thread
                 box["error"] = exc
 
         context = contextvars.copy_context()  # log lines keep their bound fields
@@ -155,10 +159,8 @@ def _log() -> Any:
 
 
 def _say(text: str) -> None:
-    try:
+    with contextlib.suppress(OSError):
         os.write(2, (text + "\n").encode())
-    except OSError:
-        pass
 
 
 def _force_exit(signum: int) -> None:
@@ -166,10 +168,10 @@ def _force_exit(signum: int) -> None:
     an open transaction on the next open, and the ledger looks up what was in flight."""
     _say(f"loopsync: {signal.Signals(signum).name} again: exiting now")
     for stream in (sys.stdout, sys.stderr):
-        try:
+        # any error, not only OSError: a stream mid-write in this very thread refuses
+        # re-entry (RuntimeError); skip it, the exit must happen
+        with contextlib.suppress(Exception):
             stream.flush()
-        except Exception:  # noqa: BLE001 - a stream mid-write in this thread: skip it
-            pass
     os._exit(128 + signum)
 
 

@@ -4,6 +4,11 @@ Both bounds of a window are inclusive toward Loop, and consecutive windows share
 boundary instant, so a return updated exactly at a boundary is read (twice, harmlessly:
 the store dedupes by id). Each run re-reads `lookback` before the last completed window
 to catch records whose updated_at was written late.
+
+Loop facts relied on (docs/api/loop.md, "Detailed Returns List"): a span of at most 120
+days, no documented order within a window (so a cursor moves only over a whole window),
+the bounds' inclusiveness UNCONFIRMED (so both are taken as inclusive); the `Date` header
+as Loop's clock ("The `Date` header").
 """
 
 from __future__ import annotations

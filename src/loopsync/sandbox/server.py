@@ -501,7 +501,7 @@ class ApiServer:
 
     def start(self) -> ApiServer:
         self._thread = threading.Thread(target=self._server.serve_forever,
-                                        kwargs={"poll_interval": 0.1},
+                                        kwargs={"poll_interval": 0.01},  # stop() waits one
                                         name=f"sandbox-{self.api.name}", daemon=True)
         self._thread.start()
         return self

@@ -21,12 +21,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from loopsync.testing.adapter import (
-        InProcessAdapter,
-        SocketFaultInProcess,
-        in_process_url,
-        mount,
-    )
+    from loopsync.errors import SocketFaultInProcess
+    from loopsync.testing.adapter import InProcessAdapter, in_process_url, mount
     from loopsync.testing.clock import FakeClock
     from loopsync.testing.factories import (
         loop_return,

@@ -126,12 +126,16 @@ def _emulator_request(request: requests.PreparedRequest) -> tuple[Request, dict[
         body = request.body.encode("utf-8")
     else:
         raise TypeError("a streamed request body is not supported in process")
-    headers = {k: v.decode("latin-1") if isinstance(v, bytes) else v
-               for k, v in request.headers.items()}
+    headers = {k: _header_text(v) for k, v in request.headers.items()}
     target = split.path + (f"?{split.query}" if split.query else "")
     req = Request(request.method or "GET", split.path, {k: v[-1] for k, v in qlists.items()},
                   qlists, CaseInsensitiveDict(headers), body, target)
     return req, headers
+
+
+def _header_text(value: str | bytes) -> str:
+    # requests types header values as str, but a caller may set bytes; both go out as sent.
+    return value.decode("latin-1") if isinstance(value, bytes) else value
 
 
 def _reason(status: int) -> str:
