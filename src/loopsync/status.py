@@ -55,8 +55,11 @@ def status_env(env: Mapping[str, str] | None = None) -> Mapping[str, str]:
 
 def merchant_status(cfg: MerchantConfig) -> dict[str, Any]:
     path = Path(cfg.state_path)
-    report: dict[str, Any] = {"merchant": cfg.merchant, "state_path": str(path),
-                              "warehouse": cfg.warehouse.kind}
+    report: dict[str, Any] = {
+        "merchant": cfg.merchant,
+        "state_path": str(path),
+        "warehouse": cfg.warehouse.kind,
+    }
     if not path.exists():
         report["note"] = "no state yet: the first run has not happened"
         return report
@@ -92,8 +95,10 @@ def _read_state(store: Store, path: Path, report: dict[str, Any]) -> None:
     report["cursors"] = [asdict(c) for c in store.cursors.all()]
     report["stages"] = {str(k): v for k, v in store.returns.stage_counts().items()}
     report["actions"] = store.returns.action_counts()
-    report["effects"] = {str(kind): {str(status): n for status, n in counts.items()}
-                         for kind, counts in store.ledger.counts().items()}
+    report["effects"] = {
+        str(kind): {str(status): n for status, n in counts.items()}
+        for kind, counts in store.ledger.counts().items()
+    }
     runs = store.runs.last(1)
     if runs:
         run = asdict(runs[0])
@@ -103,8 +108,9 @@ def _read_state(store: Store, path: Path, report: dict[str, Any]) -> None:
         report["last_run"] = run
     refusal = refusals.load(store.kv(refusals.KV_NAMESPACE))
     if refusal is not None:
-        report["credentials"] = {k: v for k, v in refusal.to_json().items()
-                                 if k not in ("salt", "fingerprint")}
+        report["credentials"] = {
+            k: v for k, v in refusal.to_json().items() if k not in ("salt", "fingerprint")
+        }
         report["credentials"]["reason"] = refusal.reason
     report["waiting"] = [asdict(w) for w in store.returns.held(50)]
     report["problems"] = [asdict(p) for p in store.runs.problems(20)]
@@ -117,9 +123,11 @@ def render_status(r: dict[str, Any]) -> str:
         return "\n".join([*lines, f"  {r['note']}", ""]) + "\n"
     cred = r.get("credentials")
     if cred:
-        lines.append(f"  {cred['reason']} ({cred['failures']} in a row since "
-                     f"{cred['first_at']}); next try after {cred['retry_at']}: "
-                     f"{cred['message']}")
+        lines.append(
+            f"  {cred['reason']} ({cred['failures']} in a row since "
+            f"{cred['first_at']}); next try after {cred['retry_at']}: "
+            f"{cred['message']}"
+        )
     run = r.get("last_run")
     if run:
         lines.append(_run_line(run))
@@ -134,11 +142,12 @@ def render_status(r: dict[str, Any]) -> str:
 def _run_line(run: dict[str, Any]) -> str:
     c = run.get("counts", {})
     ended = run.get("ended_at") or f"({run['status']})"
-    return (f"  last run  {run['started_at']} -> {ended}  "
-            f"{run['status']}  pulled={c.get('pulled', 0)} pushed={c.get('pushed', 0)} "
-            f"processed={c.get('processed', 0)} flagged={c.get('flagged', 0)} "
-            f"errors={run.get('errors', 0)}"
-            + (f"  error: {run['error']}" if run.get("error") else ""))
+    return (
+        f"  last run  {run['started_at']} -> {ended}  "
+        f"{run['status']}  pulled={c.get('pulled', 0)} pushed={c.get('pushed', 0)} "
+        f"processed={c.get('processed', 0)} flagged={c.get('flagged', 0)} "
+        f"errors={run.get('errors', 0)}" + (f"  error: {run['error']}" if run.get("error") else "")
+    )
 
 
 def _cursor_lines(cursors: list[dict[str, Any]]) -> list[str]:
@@ -146,20 +155,24 @@ def _cursor_lines(cursors: list[dict[str, Any]]) -> list[str]:
     for cur in cursors:
         where = f"done until {cur['done_until'] or '(not yet)'}"
         if cur.get("window_from"):
-            where += (f"; in window {cur['window_from']} -> {cur['window_to']}"
-                      + (" at a saved page" if cur.get("page_cursor") else ""))
+            where += f"; in window {cur['window_from']} -> {cur['window_to']}" + (
+                " at a saved page" if cur.get("page_cursor") else ""
+            )
         lines.append(f"    {cur['stream']}/{cur['state']:<10} {where}")
     return lines
 
 
 def _count_lines(r: dict[str, Any]) -> list[str]:
     stages = r.get("stages", {})
-    lines = ["  returns by stage  " + (", ".join(f"{k} {v}" for k, v in sorted(stages.items()))
-                                       or "none")]
+    lines = [
+        "  returns by stage  "
+        + (", ".join(f"{k} {v}" for k, v in sorted(stages.items())) or "none")
+    ]
     actions = r.get("actions", {})
     if actions:
-        lines.append("  loop actions      "
-                     + ", ".join(f"{k} {v}" for k, v in sorted(actions.items())))
+        lines.append(
+            "  loop actions      " + ", ".join(f"{k} {v}" for k, v in sorted(actions.items()))
+        )
     failed = {k: v.get("failed", 0) for k, v in r.get("effects", {}).items() if v.get("failed")}
     if failed:
         lines.append("  failed effects    " + ", ".join(f"{k} {v}" for k, v in failed.items()))
@@ -170,8 +183,9 @@ def _waiting_lines(waiting: list[dict[str, Any]]) -> list[str]:
     if not waiting:
         return []
     return [f"  waiting on something ({len(waiting)} shown)"] + [
-        f"    {w['id']:<12} {w['stage']:<9} {w.get('order_name') or '':<8} "
-        f"{w.get('reason') or ''}" for w in waiting]
+        f"    {w['id']:<12} {w['stage']:<9} {w.get('order_name') or '':<8} {w.get('reason') or ''}"
+        for w in waiting
+    ]
 
 
 def _problem_lines(problems: list[dict[str, Any]]) -> list[str]:
@@ -179,27 +193,42 @@ def _problem_lines(problems: list[dict[str, Any]]) -> list[str]:
         return []
     return [f"  recent problems ({len(problems)} shown)"] + [
         f"    {p['at']}  {p.get('return_id') or '-':<12} {p['stage']:<6} {p['message']}"
-        for p in problems]
+        for p in problems
+    ]
 
 
 def clock_events(store: Store) -> dict[str, Any]:
     """Cursors pulled back from the future, clock skew against Loop, and walks that ended
     before the remote's last page (kv entries the engine and connectors keep)."""
-    return {"pulled_back": [e.value | {"cursor": e.key.split(":", 1)[1]}
-                            for e in store.kv_with_prefix("pulled_back:")],
-            "skew": [e.value for e in store.kv_with_prefix("clock_skew")
-                     if e.namespace == "cursors"],
-            "walks": [e.value | {"walk": e.key.split(":", 1)[1]}
-                      for e in store.kv_with_prefix("walk:") if isinstance(e.value, dict)]}
+    return {
+        "pulled_back": [
+            e.value | {"cursor": e.key.split(":", 1)[1]}
+            for e in store.kv_with_prefix("pulled_back:")
+        ],
+        "skew": [e.value for e in store.kv_with_prefix("clock_skew") if e.namespace == "cursors"],
+        "walks": [
+            e.value | {"walk": e.key.split(":", 1)[1]}
+            for e in store.kv_with_prefix("walk:")
+            if isinstance(e.value, dict)
+        ],
+    }
 
 
 def clock_lines(events: dict[str, Any]) -> list[str]:
-    lines = [f"  cursor {p['cursor']} was in the future; pulled back at {p.get('at')} "
-             f"from {p.get('from') or '-'} to {p.get('to') or '(start)'}"
-             for p in events.get("pulled_back", [])]
-    lines += [f"  clock skew: ours ran {k.get('ahead_seconds')} s ahead of Loop's "
-              f"at {k.get('at')} (cursors kept to Loop's clock)" for k in events.get("skew", [])]
-    lines += [f"  unfinished walk {w['walk']}: {w.get('outcome')} after "
-              f"{w.get('pages')} pages, {w.get('times')} time(s) since {w.get('since')} "
-              "(what it feeds waits)" for w in events.get("walks", [])]
+    lines = [
+        f"  cursor {p['cursor']} was in the future; pulled back at {p.get('at')} "
+        f"from {p.get('from') or '-'} to {p.get('to') or '(start)'}"
+        for p in events.get("pulled_back", [])
+    ]
+    lines += [
+        f"  clock skew: ours ran {k.get('ahead_seconds')} s ahead of Loop's "
+        f"at {k.get('at')} (cursors kept to Loop's clock)"
+        for k in events.get("skew", [])
+    ]
+    lines += [
+        f"  unfinished walk {w['walk']}: {w.get('outcome')} after "
+        f"{w.get('pages')} pages, {w.get('times')} time(s) since {w.get('since')} "
+        "(what it feeds waits)"
+        for w in events.get("walks", [])
+    ]
     return lines

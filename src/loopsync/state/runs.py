@@ -39,33 +39,60 @@ class RunRepository:
         self.db = db
 
     def start(self, run_id: str, mode: str) -> None:
-        self.db.execute("insert into runs (id, started_at, mode, status, errors) "
-                        "values (?, ?, ?, 'running', 0)", [run_id, self.db.now(), mode])
+        self.db.execute(
+            "insert into runs (id, started_at, mode, status, errors) "
+            "values (?, ?, ?, 'running', 0)",
+            [run_id, self.db.now(), mode],
+        )
 
-    def finish(self, run_id: str, status: str, counts: dict[str, Any], errors: int,
-               error: str | None = None) -> None:
+    def finish(
+        self,
+        run_id: str,
+        status: str,
+        counts: dict[str, Any],
+        errors: int,
+        error: str | None = None,
+    ) -> None:
         cur = self.db.execute(
             "update runs set ended_at = ?, status = ?, counts = ?, errors = ?, error = ? "
-            "where id = ?", [self.db.now(), status, json.dumps(counts), errors,
-                             redact_optional(error), run_id])
+            "where id = ?",
+            [self.db.now(), status, json.dumps(counts), errors, redact_optional(error), run_id],
+        )
         if cur.rowcount == 0:
             raise TransitionRefused(f"run {run_id}", status, None)
 
     def last(self, n: int = 1) -> list[RunRow]:
-        return [RunRow(str(r[0]), text(r[1]), text(r[2]), text(r[3]), text(r[4]),
-                       json.loads(str(r[5])) if r[5] else {}, integer(r[6]), text(r[7]))
-                for r in self.db.execute(
-                    "select id, started_at, ended_at, mode, status, counts, errors, error "
-                    "from runs order by started_at desc, rowid desc limit ?", [n])]
+        return [
+            RunRow(
+                str(r[0]),
+                text(r[1]),
+                text(r[2]),
+                text(r[3]),
+                text(r[4]),
+                json.loads(str(r[5])) if r[5] else {},
+                integer(r[6]),
+                text(r[7]),
+            )
+            for r in self.db.execute(
+                "select id, started_at, ended_at, mode, status, counts, errors, error "
+                "from runs order by started_at desc, rowid desc limit ?",
+                [n],
+            )
+        ]
 
     def add_problem(self, rid: str | None, stage: str, message: str, run_id: str | None) -> None:
-        self.db.execute("insert into problems (return_id, stage, message, at, run_id) "
-                        "values (?, ?, ?, ?, ?)",
-                        [rid, stage, redact(message)[:1000], self.db.now(), run_id])
+        self.db.execute(
+            "insert into problems (return_id, stage, message, at, run_id) values (?, ?, ?, ?, ?)",
+            [rid, stage, redact(message)[:1000], self.db.now(), run_id],
+        )
 
     def problems(self, limit: int = 20) -> list[ProblemRow]:
         """The latest problems, newest first."""
-        return [ProblemRow(integer(r[0]), text(r[1]), str(r[2]), str(r[3]), str(r[4]),
-                           text(r[5]))
-                for r in self.db.execute("select id, return_id, stage, message, at, run_id "
-                                         "from problems order by id desc limit ?", [limit])]
+        return [
+            ProblemRow(integer(r[0]), text(r[1]), str(r[2]), str(r[3]), str(r[4]), text(r[5]))
+            for r in self.db.execute(
+                "select id, return_id, stage, message, at, run_id "
+                "from problems order by id desc limit ?",
+                [limit],
+            )
+        ]

@@ -32,40 +32,110 @@ SCHEMA_VERSION = 2
 
 
 def _migrate_v1(db: sqlite_utils.Database) -> None:
-    db.table("returns").create({
-        "id": str, "state": str, "updated_at": str, "created_at": str, "destination_id": str,
-        "order_name": str, "snapshot": str, "hash": str, "first_seen_at": str,
-        "last_seen_at": str, "stage": str, "reason": str, "stage_at": str, "wait_since": str,
-        "action": str,
-    }, pk="id", not_null={"stage"}, defaults={"stage": "new"})
+    db.table("returns").create(
+        {
+            "id": str,
+            "state": str,
+            "updated_at": str,
+            "created_at": str,
+            "destination_id": str,
+            "order_name": str,
+            "snapshot": str,
+            "hash": str,
+            "first_seen_at": str,
+            "last_seen_at": str,
+            "stage": str,
+            "reason": str,
+            "stage_at": str,
+            "wait_since": str,
+            "action": str,
+        },
+        pk="id",
+        not_null={"stage"},
+        defaults={"stage": "new"},
+    )
     db.table("returns").create_index(["stage"])
-    db.table("asn_rows").create({
-        "id": str, "return_line_item_id": str, "return_id": str, "tracking_number": str,
-        "updated_at": str, "snapshot": str,
-    }, pk=("id", "return_line_item_id"))
+    db.table("asn_rows").create(
+        {
+            "id": str,
+            "return_line_item_id": str,
+            "return_id": str,
+            "tracking_number": str,
+            "updated_at": str,
+            "snapshot": str,
+        },
+        pk=("id", "return_line_item_id"),
+    )
     db.table("asn_rows").create_index(["return_id"])
-    db.table("rmas").create({
-        "return_id": str, "rma_id": str, "extra": str, "created_at": str, "status": str,
-        "status_json": str, "fingerprint": str, "polled_at": str, "decision": str,
-        "decision_reason": str,
-    }, pk="return_id")
-    db.table("effects").create({
-        "key": str, "return_id": str, "kind": str, "status": str, "attempts": int,
-        "last_error": str, "result": str, "payload": str, "created_at": str, "updated_at": str,
-    }, pk="key")
+    db.table("rmas").create(
+        {
+            "return_id": str,
+            "rma_id": str,
+            "extra": str,
+            "created_at": str,
+            "status": str,
+            "status_json": str,
+            "fingerprint": str,
+            "polled_at": str,
+            "decision": str,
+            "decision_reason": str,
+        },
+        pk="return_id",
+    )
+    db.table("effects").create(
+        {
+            "key": str,
+            "return_id": str,
+            "kind": str,
+            "status": str,
+            "attempts": int,
+            "last_error": str,
+            "result": str,
+            "payload": str,
+            "created_at": str,
+            "updated_at": str,
+        },
+        pk="key",
+    )
     db.table("effects").create_index(["return_id"])
     db.table("effects").create_index(["status"])
-    db.table("cursors").create({
-        "stream": str, "state": str, "done_until": str, "window_from": str, "window_to": str,
-        "page_cursor": str, "pages": int, "updated_at": str,
-    }, pk=("stream", "state"))
-    db.table("runs").create({
-        "id": str, "started_at": str, "ended_at": str, "mode": str, "status": str,
-        "counts": str, "errors": int, "error": str,
-    }, pk="id")
-    db.table("problems").create({
-        "id": int, "return_id": str, "stage": str, "message": str, "at": str, "run_id": str,
-    }, pk="id")
+    db.table("cursors").create(
+        {
+            "stream": str,
+            "state": str,
+            "done_until": str,
+            "window_from": str,
+            "window_to": str,
+            "page_cursor": str,
+            "pages": int,
+            "updated_at": str,
+        },
+        pk=("stream", "state"),
+    )
+    db.table("runs").create(
+        {
+            "id": str,
+            "started_at": str,
+            "ended_at": str,
+            "mode": str,
+            "status": str,
+            "counts": str,
+            "errors": int,
+            "error": str,
+        },
+        pk="id",
+    )
+    db.table("problems").create(
+        {
+            "id": int,
+            "return_id": str,
+            "stage": str,
+            "message": str,
+            "at": str,
+            "run_id": str,
+        },
+        pk="id",
+    )
     db.table("problems").create_index(["return_id"])
     db.table("kv").create({"namespace": str, "key": str, "value": str}, pk=("namespace", "key"))
 
@@ -76,8 +146,7 @@ def _migrate_v2(db: sqlite_utils.Database) -> None:
     db.conn.execute("update effects set status = 'succeeded' where status = 'done'")
 
 
-MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {
-    1: _migrate_v1, 2: _migrate_v2}
+MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {1: _migrate_v1, 2: _migrate_v2}
 
 
 def create_meta(db: sqlite_utils.Database) -> None:
@@ -91,6 +160,9 @@ def schema_version_of(path: Path, stored: str | None) -> int:
     except ValueError:
         raise StateCorrupt(str(path), f"schema version {stored!r} is not a number") from None
     if version > SCHEMA_VERSION:
-        raise StateCorrupt(str(path), f"written by a newer loopsync (schema {version}; this "
-                                      f"one reads up to {SCHEMA_VERSION}): upgrade loopsync")
+        raise StateCorrupt(
+            str(path),
+            f"written by a newer loopsync (schema {version}; this "
+            f"one reads up to {SCHEMA_VERSION}): upgrade loopsync",
+        )
     return version
