@@ -18,13 +18,18 @@ def test_every_test_that_starts_a_process_is_marked_slow():
         if path.name == Path(__file__).name:
             continue  # this test names the needles it looks for
         tree = ast.parse(path.read_text(encoding="utf-8"))
-        if any(isinstance(node, ast.Assign) and "pytestmark" in ast.unparse(node.targets[0])
-               and "mark.slow" in ast.unparse(node.value) for node in tree.body):
+        if any(
+            isinstance(node, ast.Assign)
+            and "pytestmark" in ast.unparse(node.targets[0])
+            and "mark.slow" in ast.unparse(node.value)
+            for node in tree.body
+        ):
             continue
         for node in tree.body:
             if isinstance(node, ast.FunctionDef) and node.name.startswith("test_"):
                 body = ast.unparse(node)
-                if ("subprocess." in body or "sys.executable" in body) and \
-                        not _marked_slow(node.decorator_list):
+                if ("subprocess." in body or "sys.executable" in body) and not _marked_slow(
+                    node.decorator_list
+                ):
                     unmarked.append(f"{path.name}::{node.name}")
     assert not unmarked, unmarked

@@ -158,8 +158,9 @@ def _encodable(text: str) -> str:
 class RemoteError(LoopsyncError):
     """A remote system failed or refused. `system` names it (loop, shiphero, ...)."""
 
-    def __init__(self, system: str, message: str, *, status: int | None = None,
-                 code: str | None = None) -> None:
+    def __init__(
+        self, system: str, message: str, *, status: int | None = None, code: str | None = None
+    ) -> None:
         # Remote text (an error body, a fault string) may hold lone surrogates from a JSON
         # escape; a message that SQLite, a log file or a note cannot encode would turn
         # recording the error into a second, unexpected one.
@@ -183,8 +184,15 @@ class TransientError(RemoteError):
 class RateLimited(TransientError):
     """The remote asked us to slow down; `retry_after` is its hint in seconds, if any."""
 
-    def __init__(self, system: str, message: str, *, retry_after: float | None = None,
-                 status: int | None = 429, code: str | None = None) -> None:
+    def __init__(
+        self,
+        system: str,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        status: int | None = 429,
+        code: str | None = None,
+    ) -> None:
         self.retry_after = retry_after
         super().__init__(system, message, status=status, code=code)
 
@@ -207,8 +215,9 @@ class PaginationStopped(TransientError):  # named like RateLimited, NotFound
     without a cursor, the page cap (`reason`, a `paging.WalkEnd` value or Loop's older
     names). Worth another try later; meanwhile what depends on the whole listing waits."""
 
-    def __init__(self, reason: str, message: str, *, system: str = "loop",
-                 walk: object = None) -> None:
+    def __init__(
+        self, reason: str, message: str, *, system: str = "loop", walk: object = None
+    ) -> None:
         self.reason = reason
         self.walk = walk  # the paging.WalkResult, when a PageWalk ended it
         super().__init__(system, message, code=reason)
@@ -263,8 +272,9 @@ class ForeignOrigin(PermanentError):
     """A redirect or link pointed outside the configured origin(s); nothing (credentials,
     record) was sent there. `target` is the origin (scheme://host:port), never a path."""
 
-    def __init__(self, system: str, message: str, *, target: str | None = None,
-                 status: int | None = None) -> None:
+    def __init__(
+        self, system: str, message: str, *, target: str | None = None, status: int | None = None
+    ) -> None:
         self.target = target
         super().__init__(system, message, status=status)
 

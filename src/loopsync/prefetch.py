@@ -68,8 +68,9 @@ def prefetched(source: Iterable[T], *, name: str = "prefetch") -> Iterator[T]:
     handoff: _Handoff[T] = _Handoff()
     # The thread's log lines carry the consumer's bound context (merchant, run id).
     context = contextvars.copy_context()
-    worker = threading.Thread(target=context.run, args=(handoff.produce, source), name=name,
-                              daemon=True)
+    worker = threading.Thread(
+        target=context.run, args=(handoff.produce, source), name=name, daemon=True
+    )
     worker.start()
     try:
         while True:

@@ -50,32 +50,45 @@ def _next_due(scheduler: BackgroundScheduler, cfg: MerchantConfig) -> NextDue:
     def next_due() -> datetime | None:
         when = getattr(scheduler.get_job(_job_id(cfg)), "next_run_time", None)
         return when if isinstance(when, datetime) else None
+
     return next_due
 
 
 def _guarded(run_cycle: Cycle, due: Callable[[MerchantConfig], NextDue]) -> Cycle:
     """The job: one merchant's exception is logged and contained (never a traceback)."""
+
     def job(cfg: MerchantConfig, stop: threading.Event) -> None:
         try:
             run_cycle(cfg, stop, next_due=due(cfg))
         except Exception as exc:  # noqa: BLE001 - one merchant must not stop the rest
-            log.error("serve.cycle_failed", merchant=cfg.merchant,
-                      error=clip(" ".join(f"{type(exc).__name__}: {exc}".split()), 500, ""))
+            log.error(
+                "serve.cycle_failed",
+                merchant=cfg.merchant,
+                error=clip(" ".join(f"{type(exc).__name__}: {exc}".split()), 500, ""),
+            )
+
     return job
 
 
 def _new_scheduler(merchants: int) -> BackgroundScheduler:
     return BackgroundScheduler(
         executors={"default": ThreadPoolExecutor(max_workers=max(MAX_WORKERS, merchants))},
-        job_defaults={"max_instances": 1, "coalesce": True,
-                      "misfire_grace_time": MISFIRE_GRACE_SECONDS},
+        job_defaults={
+            "max_instances": 1,
+            "coalesce": True,
+            "misfire_grace_time": MISFIRE_GRACE_SECONDS,
+        },
         timezone=UTC,
     )
 
 
 def _on_event(event: Any) -> None:
-    log.warning("scheduler.event", code=event.code, job=event.job_id,
-                error=str(getattr(event, "exception", "") or ""))
+    log.warning(
+        "scheduler.event",
+        code=event.code,
+        job=event.job_id,
+        error=str(getattr(event, "exception", "") or ""),
+    )
 
 
 class _Jobs:
@@ -90,10 +103,17 @@ class _Jobs:
     def schedule(self, cfg: MerchantConfig) -> None:
         seconds = int(cfg.every.total_seconds())
         # APScheduler keeps its own wall-clock timeline: the first cycle is due at once.
-        self.scheduler.add_job(self.job, "interval", seconds=seconds,
-                               jitter=min(30, seconds // 10), id=_job_id(cfg),
-                               name=_job_id(cfg), replace_existing=True,
-                               next_run_time=datetime.now(UTC), args=[cfg, self.stop])
+        self.scheduler.add_job(
+            self.job,
+            "interval",
+            seconds=seconds,
+            jitter=min(30, seconds // 10),
+            id=_job_id(cfg),
+            name=_job_id(cfg),
+            replace_existing=True,
+            next_run_time=datetime.now(UTC),
+            args=[cfg, self.stop],
+        )
         self.running[cfg.merchant] = cfg
 
     def apply(self, fresh: list[MerchantConfig]) -> None:
@@ -104,13 +124,16 @@ class _Jobs:
             log.info("serve.merchant_removed", merchant=merchant)
         for merchant, cfg in wanted.items():
             if self.running.get(merchant) != cfg:
-                log.info("serve.merchant_" + ("replaced" if merchant in self.running
-                                              else "added"),
-                         merchant=merchant, file=cfg.file)
+                log.info(
+                    "serve.merchant_" + ("replaced" if merchant in self.running else "added"),
+                    merchant=merchant,
+                    file=cfg.file,
+                )
                 self.schedule(cfg)
 
-    def idle(self, shutdown: Shutdown,
-             reload: Callable[[], list[MerchantConfig] | None] | None) -> bool:
+    def idle(
+        self, shutdown: Shutdown, reload: Callable[[], list[MerchantConfig] | None] | None
+    ) -> bool:
         """True when it is time to stop; applies a reload on the way."""
         if self.stop.is_set():
             return True
@@ -125,17 +148,23 @@ class _Jobs:
 def _drain(scheduler: BackgroundScheduler, shutdown: Shutdown, grace: float) -> None:
     """Running cycles end at their current request: waited for up to `grace` seconds in a
     helper thread, so the main thread still acts on a second signal."""
-    closing = threading.Thread(target=scheduler.shutdown, kwargs={"wait": True},
-                               name="loopsync-drain", daemon=True)
+    closing = threading.Thread(
+        target=scheduler.shutdown, kwargs={"wait": True}, name="loopsync-drain", daemon=True
+    )
     closing.start()
     if not shutdown.drain(closing, grace):
         log.warning("serve.left_running", grace=grace)
 
 
-def serve(configs: list[MerchantConfig], run_cycle: Cycle,
-          stop: threading.Event | None = None, *, shutdown: Shutdown | None = None,
-          reload: Callable[[], list[MerchantConfig] | None] | None = None,
-          grace: float = 65.0) -> int:
+def serve(
+    configs: list[MerchantConfig],
+    run_cycle: Cycle,
+    stop: threading.Event | None = None,
+    *,
+    shutdown: Shutdown | None = None,
+    reload: Callable[[], list[MerchantConfig] | None] | None = None,
+    grace: float = 65.0,
+) -> int:
     """Run every merchant on its schedule until `stop` is set or a signal arrives (the
     `shutdown` handlers must be installed by the caller to see signals). `reload`: the
     configurations to run after a SIGHUP (None: keep the current ones)."""
