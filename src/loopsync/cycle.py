@@ -33,6 +33,7 @@ import structlog
 from loopsync.config import MerchantConfig
 from loopsync.connectors.base import WarehouseConnector
 from loopsync.errors import AuthError, PermanentError, RemoteError, TransientError, Unreadable
+from loopsync.logs import stage_context
 from loopsync.models import printable
 from loopsync.ports import LoopApi
 from loopsync.stages import act as act_stage
@@ -153,7 +154,8 @@ class Engine:
         if self.ctx.stop.is_set():
             return
         try:
-            fn()
+            with stage_context(name):  # `stage` on every log line of the stage
+                fn()
         except AuthError:
             raise  # credentials refused: the whole cycle stops (runner records why, once)
         except RemoteError as exc:
