@@ -114,7 +114,7 @@ class XoroEmulator(WarehouseEmulator):
 
     def __init__(self, *, clock: Clock | None = None, api_key: str = "xoro-sandbox-key",
                  api_secret: str = "xoro-sandbox-secret",  # noqa: S107 - made up
-                 scopes: tuple[str, ...] = ("asn",),
+                 scopes: tuple[str, ...] = ("asn", "store"),
                  page_size: int = 25, auth_failure: str = "401", latency: float = 0.0,
                  rate_limit_enabled: bool = True) -> None:
         super().__init__(clock=clock)
@@ -157,6 +157,8 @@ class XoroEmulator(WarehouseEmulator):
             return _envelope(False, f"This app does not have access to the {module} module")
         if (module, action.lower(), req.method) == ("asn", "getasn", "GET"):
             return self._get_asn(req)
+        if (module, action.lower(), req.method) == ("store", "getstore", "GET"):
+            return self._get_store(req)
         return _envelope(False, f"Unknown action {module}/{action}", status=404)
 
     def _authorized(self, req: Request) -> bool:
@@ -184,6 +186,12 @@ class XoroEmulator(WarehouseEmulator):
         chunk = asns[(page - 1) * self.page_size: page * self.page_size] if page >= 1 else []
         return _envelope(True, "", [a.to_wire() for a in chunk],
                          total_pages=real_pages + self.phantom_pages if asns else 0, page=page)
+
+    def _get_store(self, req: Request) -> Response:
+        """The tenant's stores (`loopsync discover`); field names UNCONFIRMED."""
+        stores = [{"StoreCode": "MAIN", "StoreName": "Main store", "Id": 1},
+                  {"StoreCode": "RETURNS", "StoreName": "Returns store", "Id": 2}]
+        return _envelope(True, "", stores, total_pages=1, page=1)
 
     # -- Xoro's own Loop app ---------------------------------------------------------------
     def on_loop_return(self, loop_return: dict[str, Any], *, with_order: bool = True) -> None:
