@@ -70,7 +70,7 @@ class ConnectorKind:
 
 KINDS: dict[str, ConnectorKind] = {k.name: k for k in (
     ConnectorKind("shiphero", "loopsync.connectors.shiphero.connector:ShipHeroConnector",
-                  "loopsync.sandbox.shiphero:ShipHeroEmulator", "config.example.yaml"),
+                  "loopsync.sandbox.shiphero:ShipHeroEmulator", "examples/shiphero.yaml"),
     ConnectorKind("peoplevox", "loopsync.connectors.peoplevox.connector:PeopleVoxConnector",
                   "loopsync.sandbox.peoplevox:PeopleVoxEmulator", "examples/peoplevox.yaml"),
     ConnectorKind("xoro", "loopsync.connectors.xoro.connector:XoroConnector",
