@@ -143,7 +143,7 @@ def test_an_unreadable_name_file_is_one_clear_line_and_exit_2(tmp_path, monkeypa
 
 
 def test_neither_the_variable_nor_its_file_names_both(tmp_path):
-    with pytest.raises(ConfigError, match="LOOP_API_KEY is not set .*LOOP_API_KEY_FILE"):
+    with pytest.raises(ConfigError, match=r"LOOP_API_KEY is not set .*LOOP_API_KEY_FILE"):
         load_config(_config(tmp_path), env={"SHIPHERO_REFRESH_TOKEN": "sh-token-123456"})
 
 

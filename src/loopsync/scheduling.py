@@ -81,15 +81,7 @@ def serve(configs: list[MerchantConfig], run_cycle: Cycle,
         schedule(cfg)
 
     def apply(fresh: list[MerchantConfig]) -> None:
-        wanted = {c.merchant: c for c in fresh}
-        for merchant in sorted(set(running) - set(wanted)):
-            scheduler.remove_job(_job_id(running.pop(merchant)))
-            log.info("serve.merchant_removed", merchant=merchant)
-        for merchant, cfg in wanted.items():
-            if running.get(merchant) != cfg:
-                log.info("serve.merchant_" + ("replaced" if merchant in running else "added"),
-                         merchant=merchant, file=cfg.file)
-                schedule(cfg)
+        _apply_reload(scheduler, running, fresh, schedule)
 
     scheduler.add_listener(log_event, EVENT_JOB_ERROR | EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES)
 
@@ -120,6 +112,22 @@ def serve(configs: list[MerchantConfig], run_cycle: Cycle,
             log.warning("serve.left_running", grace=grace)
     log.info("serve.stopped")
     return 0
+
+
+def _apply_reload(scheduler: BackgroundScheduler, running: dict[str, MerchantConfig],
+                  fresh: list[MerchantConfig], schedule: Callable[[MerchantConfig], None]
+                  ) -> None:
+    """A SIGHUP's configurations: merchants gone are removed, new or changed ones
+    (re)scheduled; a running cycle of a replaced merchant finishes first."""
+    wanted = {c.merchant: c for c in fresh}
+    for merchant in sorted(set(running) - set(wanted)):
+        scheduler.remove_job(_job_id(running.pop(merchant)))
+        log.info("serve.merchant_removed", merchant=merchant)
+    for merchant, cfg in wanted.items():
+        if running.get(merchant) != cfg:
+            log.info("serve.merchant_" + ("replaced" if merchant in running else "added"),
+                     merchant=merchant, file=cfg.file)
+            schedule(cfg)
 
 
 # -- scheduler events, in words ------------------------------------------------------------
