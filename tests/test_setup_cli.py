@@ -71,6 +71,26 @@ def test_discover_with_a_refused_loop_key_says_so_in_one_line(sandbox_config, mo
     assert "Traceback" not in "\n".join(err)
 
 
+def test_a_destination_without_an_address_is_explained_not_a_traceback(sandbox_config,
+                                                                      capsys):
+    sb, path = sandbox_config("shiphero")
+    sb.loop.destinations[0].pop("address", None)
+    assert main(["discover", "-c", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "destination has no address" in err and "Traceback" not in err
+
+
+def test_check_config_connect_on_the_folder_transport_checks_the_folders(
+        make_sandbox, tmp_path, monkeypatch, capsys):
+    sb = make_sandbox("generic", clock=SystemClock(), transport="folder",
+                      folder_root=tmp_path / "share")
+    for key, value in sb.env().items():
+        monkeypatch.setenv(key, value)
+    path = sb.write_config(tmp_path / "cfg", merchant="m-folder")
+    assert main(["check-config", "--connect", "-c", str(path)]) == 0
+    assert "m-folder: generic: folders readable" in capsys.readouterr().out
+
+
 def test_a_destination_a_person_must_choose_is_never_guessed():
     found = Discovery("acme", "xoro", (
         LoopDestination("12", "East", "warehouse", True),

@@ -19,11 +19,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from loopsync.connectors.base import Location, Locations, WarehouseConnector
-from loopsync.errors import AuthError, RemoteError, Unreadable
+from loopsync.errors import AuthError, PermanentError, RemoteError, TransientError, Unreadable
 from loopsync.loop_client import LoopClient
 from loopsync.models import printable
 
 PLACEHOLDER = "REPLACE-ME"
+NO_ADDRESS_STATUS = 500  # Loop's documented answer when a destination has no address
 _INDENT = "  "
 
 
@@ -128,7 +129,15 @@ def render(found: Discovery) -> str:
 def discover(merchant: str, loop: LoopClient, connector: WarehouseConnector,
              current: Mapping[str, str]) -> Discovery:
     """Loop's destinations and the warehouse's locations (RemoteError propagates)."""
-    destinations = read_destinations(loop.destinations())
+    try:
+        rows = loop.destinations()
+    except TransientError as exc:
+        if exc.status != NO_ADDRESS_STATUS:
+            raise
+        raise PermanentError("loop", f"{exc} (Loop answers 500 to GET /destinations when a "
+                             "destination has no address: give each one an address in "
+                             "Loop's admin)", status=exc.status) from None
+    destinations = read_destinations(rows)
     return Discovery(merchant, connector.kind, destinations, connector.list_locations(),
                      current)
 
