@@ -6,6 +6,7 @@ return); 2 configuration or usage error; 3 `status --check`: a merchant is STALL
 (EX_SOFTWARE) an unexpected internal error; 73 (EX_CANTCREAT) a state file or its folder
 cannot be created or written; 74 (EX_IOERR) disk full or an I/O error on a state file;
 75 (EX_TEMPFAIL) another process holds a merchant's lock, so cron can treat it as a skip;
+77 (EX_NOPERM) `check-config --connect` or `discover`: an API refused a credential;
 130 / 143 `run` or `import` stopped by SIGINT / SIGTERM (128 + the signal).
 
 With several merchants, one merchant's failure never stops the others; the status is
@@ -16,17 +17,18 @@ stderr), a state file's own code (65/73/74) being kept when it was the only merc
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, TextIO
 
 import structlog
 
 from loopsync import __version__, logs
 from loopsync.config import MerchantConfig, load_all
-from loopsync.connectors import kind_names
+from loopsync.connectors import connector_class, kind_names
 from loopsync.errors import ConfigError, LockHeld, StateError, Unreadable, UsageError
 from loopsync.redaction import install_excepthooks, redact, redact_obj
 from loopsync.shutdown import PROCESS
@@ -51,18 +53,19 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="loopsync", description="Keeps Loop Returns and your warehouse in step.")
     p.add_argument("--version", action="version", version=f"loopsync {__version__}")
-    p.add_argument(
-        "--log-format",
-        choices=["auto", "json", "console"],
-        default="auto",
-        help="log lines as JSON or readable text (auto: JSON unless on a terminal)",
-    )
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    _global_options(p)
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def configs(sp: argparse.ArgumentParser, help_text: str = "merchant YAML file(s)") -> None:
+        # `-c a.yaml b.yaml dir/` and `-c a.yaml -c b.yaml` both work (extend).
         sp.add_argument(
-            "-c", "--config", action="append", required=True, metavar="FILE", help=help_text
+            "-c",
+            "--config",
+            action="extend",
+            nargs="+",
+            required=True,
+            metavar="FILE",
+            help=help_text + " or folders of them",
         )
 
     run = sub.add_parser("run", help="one cycle for each merchant, then exit (for cron)")
@@ -103,6 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-config", help="validate configuration files")
     configs(check)
+    _check_config_options(check)
+
+    discover = sub.add_parser(
+        "discover",
+        help="list Loop destinations and warehouse ids, and print a ready `destinations:` block",
+    )
+    configs(discover)
 
     demo = sub.add_parser("demo", help="the whole flow against the built-in sandbox")
     demo.add_argument("--warehouse", default="shiphero", choices=kind_names())
@@ -117,7 +127,40 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sandbox.add_argument("--warehouse", default="shiphero", choices=kind_names())
     sandbox.add_argument("--returns", type=int, default=25)
+    for command in sub.choices.values():  # `loopsync run --log-level debug -c x` works too
+        _global_options(command, after_command=True)
     return p
+
+
+def _global_options(p: argparse.ArgumentParser, *, after_command: bool = False) -> None:
+    """--log-format and --log-level; after the subcommand they default to nothing, so
+    they override the value given before it only when given."""
+    default: dict[str, Any] = {"default": argparse.SUPPRESS} if after_command else {}
+    p.add_argument(
+        "--log-format",
+        choices=["auto", "json", "console"],
+        **(default or {"default": "auto"}),
+        help="log lines as JSON or readable text (auto: JSON unless on a terminal)",
+    )
+    p.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        **(default or {"default": "info"}),
+    )
+
+
+def _check_config_options(check: argparse.ArgumentParser) -> None:
+    mode = check.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--connect",
+        action="store_true",
+        help="also check each credential with one read-only call to each API",
+    )
+    mode.add_argument(
+        "--no-secrets",
+        action="store_true",
+        help="lint the file without its secrets set (nothing is read)",
+    )
 
 
 def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int:
@@ -175,11 +218,16 @@ def _one_line(exc: BaseException) -> str:
 
 def cmd_check_config(args: argparse.Namespace, out: TextIO) -> int:
     """One line per file, good (stdout) or bad (stderr, naming the key), then exit 2 if
-    any was bad: one broken file never hides the state of the others."""
+    any was bad: one broken file never hides the state of the others. `--no-secrets`:
+    secret references are checked for their form only. `--connect`: then one line per
+    API per merchant; exit 77 when a credential was refused, 1 when an API could not be
+    asked (unreachable, an error answer), 2 (config) before either."""
     from loopsync.config import ConfigFailure, load_each
+    from loopsync.configkit import NoSecrets
 
     code = EXIT_OK
-    for item in load_each(args.config):
+    checks: list[int] = []
+    for item in load_each(args.config, NoSecrets() if args.no_secrets else None):
         if isinstance(item, ConfigFailure):
             print(redact(f"config error: {item.error}"), file=sys.stderr)
             code = EXIT_CONFIG
@@ -188,10 +236,74 @@ def cmd_check_config(args: argparse.Namespace, out: TextIO) -> int:
             redact(
                 f"{item.file}: ok (merchant {item.merchant}, warehouse "
                 f"{item.warehouse.kind}, every {item.every}, state {item.state_path})"
+                + (" [secrets not checked]" if args.no_secrets else "")
             ),
             file=out,
         )
-    return code
+        if args.connect:
+            checks.append(_connect_check(item, out))
+    return code or max(checks, default=EXIT_OK)
+
+
+EXIT_REFUSED = 77  # sysexits EX_NOPERM: `check-config --connect` saw a credential refused
+
+
+def _connect_check(cfg: MerchantConfig, out: TextIO) -> int:
+    from loopsync.discovery import check_loop, check_warehouse
+
+    with _clients(cfg) as (loop, connector):
+        results = [check_loop(loop, connector.ctx.clock.now()), check_warehouse(connector)]
+    for r in results:
+        print(redact(f"  {cfg.merchant}: {r.system}: {r.detail}"), file=out)
+    if any(r.refused for r in results):
+        return EXIT_REFUSED
+    return EXIT_OK if all(r.ok for r in results) else EXIT_ERRORS
+
+
+@contextlib.contextmanager
+def _clients(cfg: MerchantConfig) -> Iterator[tuple[Any, Any]]:
+    """A Loop client and the merchant's connector for read-only calls: few retries (a
+    person is waiting), no state file (discover and check-config write nothing)."""
+    from loopsync.connectors.base import ConnectorContext
+    from loopsync.http import RetryPolicy
+    from loopsync.runner import build_loop_client
+    from loopsync.timeutil import SystemClock
+
+    clock = SystemClock()
+    for secret in cfg.secrets():
+        logs.register_secret(secret)
+    policy = RetryPolicy(attempts=2, cap=5.0, retry_after_cap=10.0)
+    loop = build_loop_client(cfg, clock, policy=policy, dry_run=True)
+    connector = connector_class(cfg.warehouse.kind)(
+        cfg.warehouse,
+        ConnectorContext(merchant=cfg.merchant, clock=clock, policy=policy, dry_run=True),
+    )
+    try:
+        yield loop, connector
+    finally:
+        connector.close()
+
+
+def cmd_discover(args: argparse.Namespace, out: TextIO) -> int:
+    """Per merchant: Loop's destinations, the warehouse's ids, a `destinations:` block.
+    Exit 0; 2 for a bad file; 77 when a credential was refused; 1 when an API failed."""
+    from loopsync.discovery import discover, render
+    from loopsync.errors import AuthError, RemoteError
+
+    configs, bad = load_each(args.config)
+    _report_bad(bad)
+    codes: list[int] = [EXIT_CONFIG] if bad else []
+    for cfg in configs:
+        try:
+            with _clients(cfg) as (loop, connector):
+                found = discover(cfg.merchant, loop, connector, cfg.warehouse.destinations)
+        except (RemoteError, Unreadable) as exc:
+            print(f"loopsync: {cfg.merchant}: {_redacted(str(exc))}", file=sys.stderr)
+            codes.append(EXIT_REFUSED if isinstance(exc, AuthError) else EXIT_ERRORS)
+            continue
+        out.write(redact(render(found)))
+        codes.append(EXIT_OK)
+    return max(codes, default=EXIT_OK)
 
 
 def load_each(paths: list[str], env: Any = None) -> tuple[list[MerchantConfig], list[ConfigError]]:
@@ -473,6 +585,7 @@ COMMANDS = {
     "check-config": cmd_check_config,
     "demo": cmd_demo,
     "sandbox": cmd_sandbox,
+    "discover": cmd_discover,
 }
 
 

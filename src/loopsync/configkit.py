@@ -6,7 +6,9 @@ silently ignored setting. Every failure is a ConfigError naming file, key path a
 
 Secrets come from the environment (`${VAR}`) or from a file (`${file:/run/secrets/x}`, a
 relative path being relative to the configuration file's folder; one trailing newline at
-the end of the file is dropped, as editors and `echo` add it). A secret shorter than 8
+the end of the file is dropped, as editors and `echo` add it). `${VAR}` with VAR unset is
+read from the file named by `VAR_FILE` (Docker's and Kubernetes' convention), the same way.
+`NoSecrets` as the environment lints a file without reading any secret. A secret shorter than 8
 characters, or with white space at either end, a line break or a control character, is
 refused. A resolved secret registers itself with `redaction`, so no exit shows it. A value
 expanded from `${VAR}` in an ordinary key is shown in its `${VAR}` form in errors: the
@@ -20,7 +22,7 @@ import os
 import re
 import stat
 import unicodedata
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -41,6 +43,43 @@ _DURATION_MAX = timedelta(days=3650)
 _NUMBER_MAX = 1_000_000_000
 _DURATION_TEXT = re.compile(r"\s*[0-9]+(?:\.[0-9]+)?\s*(?:ms|s|m|h|d|w)\s*")
 _MISSING = object()
+FILE_SUFFIX = "_FILE"  # ${LOOP_API_KEY} falls back to the file named by LOOP_API_KEY_FILE
+_REFERENCE_HELP = (
+    "must reference an environment variable, e.g. ${LOOP_API_KEY},"
+    " or a file, e.g. ${file:/run/secrets/loop_api_key}"
+    " (secrets are never written in the file)"
+)
+
+
+def _via(pointer: str) -> str:
+    return f" (named by {pointer})" if pointer else ""
+
+
+class NoSecrets(Mapping[str, str]):
+    """The environment for linting a file without its secrets (`check-config
+    --no-secrets`): a secret key must still be a ${VAR} or ${file:PATH} reference, but
+    nothing is read; an ordinary `${VAR}` is the real variable, or PLACEHOLDER. Plain
+    look-ups (`get`: LOOPSYNC_STATE_DIR, which places the state file) read the real one."""
+
+    PLACEHOLDER = "not-checked-no-secrets"
+
+    def __init__(self, env: Mapping[str, str] | None = None) -> None:
+        self.env: Mapping[str, str] = os.environ if env is None else env
+
+    def __getitem__(self, name: str) -> str:
+        return self.env.get(name) or self.PLACEHOLDER
+
+    def __contains__(self, name: object) -> bool:
+        return True
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self.env.get(name, default)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.env)
+
+    def __len__(self) -> int:
+        return len(self.env)
 
 
 class Secret:
@@ -169,27 +208,43 @@ class Section:
         if not isinstance(raw, str):
             raise self.error(key, f"must be a string like ${{VAR}}, got {_type_name(raw)}")
         ref = raw.strip()
+        if isinstance(self.env, NoSecrets):  # linting: the reference's form only
+            if not (_FILE_REF.fullmatch(ref) or _ENV_REF.fullmatch(ref)):
+                raise self.error(key, _REFERENCE_HELP)
+            return Secret(ref, NoSecrets.PLACEHOLDER)
         if m := _FILE_REF.fullmatch(ref):
             name = f"file:{m.group(1)}"
             value = self._secret_file(key, m.group(1))
             source = f"secret file {m.group(1)}"
         elif m := _ENV_REF.fullmatch(ref):
             name = m.group(1)
-            if name not in self.env:
-                raise self.error(key, f"environment variable {name} is not set")
-            value = self.env[name]
-            source = f"environment variable {name}"
+            value, source = self._secret_env(key, name)
         else:
-            raise self.error(
-                key,
-                "must reference an environment variable, e.g. ${LOOP_API_KEY},"
-                " or a file, e.g. ${file:/run/secrets/loop_api_key}"
-                " (secrets are never written in the file)",
-            )
+            raise self.error(key, _REFERENCE_HELP)
         self._check_secret(key, value, source)
         return Secret(name, value)
 
-    def _secret_file(self, key: str, name: str) -> str:
+    def _secret_env(self, key: str, name: str) -> tuple[str, str]:
+        """${NAME}: the variable, else the file named by NAME_FILE (the Docker and
+        Kubernetes secrets convention); the variable wins when both are set."""
+        if name in self.env:
+            return self.env[name], f"environment variable {name}"
+        pointer = f"{name}{FILE_SUFFIX}"
+        if pointer in self.env:
+            path = self.env[pointer]
+            if not path.strip():
+                raise self.error(
+                    key,
+                    f"environment variable {pointer} is empty (it should "
+                    f"name the file holding {name})",
+                )
+            return self._secret_file(key, path, via=pointer), f"secret file {path} ({pointer})"
+        raise self.error(
+            key,
+            f"environment variable {name} is not set (nor {pointer}, naming a file that holds it)",
+        )
+
+    def _secret_file(self, key: str, name: str, *, via: str = "") -> str:
         # os.path's expanduser leaves "~" as it is where no home is known; Path's raises.
         path = Path(os.path.expanduser(name))  # noqa: PTH111 - see above
         if not path.is_absolute():
@@ -198,13 +253,13 @@ class Section:
             # Links are followed (mounted secrets are links); a FIFO or a device is not
             # read: it could block the start-up forever or never end.
             if not stat.S_ISREG(path.stat().st_mode):
-                raise self.error(key, f"secret file {name} is not a regular file")
+                raise self.error(key, f"secret file {name}{_via(via)} is not a regular file")
             with path.open("rb") as fh:
                 data = fh.read(_SECRET_FILE_MAX + 1)
         except (OSError, ValueError) as exc:
             raise self.error(
                 key,
-                f"cannot read secret file {name}: "
+                f"cannot read secret file {name}{_via(via)}: "
                 f"{getattr(exc, 'strerror', None) or type(exc).__name__}",
             ) from None
         if len(data) > _SECRET_FILE_MAX:

@@ -40,6 +40,7 @@ from loopsync.errors import (
     TransientError,
     Unreadable,
 )
+from loopsync.logs import stage_context
 from loopsync.models import printable
 from loopsync.ports import LoopApi
 from loopsync.stages import act as act_stage
@@ -176,7 +177,8 @@ class Engine:
         if self.ctx.stop.is_set():
             return
         try:
-            fn()
+            with stage_context(name):  # `stage` on every log line of the stage
+                fn()
         except AuthError:
             raise  # credentials refused: the whole cycle stops (runner records why, once)
         except RemoteError as exc:

@@ -1,11 +1,23 @@
 """structlog set-up: JSON lines when not on a terminal (containers, cron mail), readable
-columns on a terminal. Every line carries merchant and run_id once bound; known secret
-values (redaction.py) are replaced wherever they appear."""
+columns on a terminal. Every line carries merchant and run_id once bound, and `stage`
+inside a stage (`stage_context`); known secret values (redaction.py) are replaced wherever
+they appear.
+
+Contract: one handler on the root `logging` logger renders every line, loopsync's own
+(structlog, handed over by `ProcessorFormatter.wrap_for_formatter`) and every library's
+(APScheduler, urllib3, ...: "foreign" records) alike, through the same processors: the same
+JSON keys (`event`, `level`, `timestamp`, `logger`), a traceback as the `exception` field
+(one JSON line, never raw text), and the redaction processor on both paths. APScheduler's
+own INFO chatter ("Added job", "Running job") is held to WARNING: `scheduling.py` logs its
+events in words instead.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterator, MutableMapping
+from contextlib import contextmanager
 from typing import Any, TextIO
 
 import structlog
@@ -14,6 +26,8 @@ from structlog.typing import EventDict, Processor
 from loopsync import redaction
 
 REDACTED = redaction.REDACTED
+# Libraries whose INFO lines repeat what loopsync logs in its own words.
+_QUIET_LIBRARIES = ("apscheduler",)
 
 
 def register_secret(value: str | None) -> None:
@@ -22,8 +36,10 @@ def register_secret(value: str | None) -> None:
     redaction.register(value, transient=True)
 
 
-def redact_secrets(_logger: Any, _method: str, event_dict: EventDict) -> dict[str, Any]:
-    redacted: dict[str, Any] = redaction.redact_obj(event_dict)
+def redact_secrets(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> dict[str, Any]:
+    redacted: dict[str, Any] = redaction.redact_obj(dict(event_dict))
     return redacted
 
 
@@ -38,33 +54,48 @@ def _redacting(renderer: Processor) -> Processor:
     return render
 
 
-class _RedactingFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return redaction.redact(super().format(record))
+def _foreign_event(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """A library's record: its message (args already merged by ProcessorFormatter) is the
+    event, as a string, so a JSON reader finds it where loopsync's own events are."""
+    event_dict["event"] = str(event_dict.get("event", ""))
+    return event_dict
 
 
-class _LoopsyncHandler(logging.StreamHandler[TextIO]):
-    """The root logger's handler loopsync installed (found by its class, not a global)."""
+@contextmanager
+def stage_context(stage: str) -> Iterator[None]:
+    """Every log line inside the block carries `stage` (a contextvars binding, so the
+    lines of a stage's helpers, clients and connectors carry it too); restored on exit."""
+    tokens = structlog.contextvars.bind_contextvars(stage=stage)
+    try:
+        yield
+    finally:
+        structlog.contextvars.reset_contextvars(**tokens)
 
 
-def _route_stdlib_logging(stream: TextIO) -> None:
-    """Libraries log through `logging` (APScheduler logs a crashed job's traceback, with
-    the exception's message): give the root logger one redacting handler, so those lines
-    are masked too instead of reaching stderr through logging's last-resort handler."""
+# The root handler loopsync installed last (a list, so no `global` is needed to replace it).
+_installed: list[logging.Handler] = []
+
+
+def _install_handler(stream: TextIO, formatter: logging.Formatter, level: int) -> None:
+    """One root handler, replaced on every `configure` (tests reconfigure many times)."""
     root = logging.getLogger()
-    for previous in [h for h in root.handlers if isinstance(h, _LoopsyncHandler)]:
-        root.removeHandler(previous)
-    handler = _LoopsyncHandler(stream)
-    handler.setLevel(logging.WARNING)
-    handler.setFormatter(_RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    while _installed:
+        root.removeHandler(_installed.pop())
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(formatter)
     root.addHandler(handler)
+    root.setLevel(level)
+    for name in _QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(max(level, logging.WARNING))
+    _installed.append(handler)
 
 
 def configure(
     *, json_output: bool | None = None, level: str = "info", stream: TextIO | None = None
 ) -> None:
     stream = stream or sys.stderr
-    _route_stdlib_logging(stream)
     if json_output is None:
         json_output = not stream.isatty()
     renderer: Processor = (
@@ -72,18 +103,26 @@ def configure(
         if json_output
         else structlog.dev.ConsoleRenderer(colors=False)
     )
-    structlog.configure(
+    numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[*shared, _foreign_event],
         processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,  # the traceback as the `exception` field
             redact_secrets,
             _redacting(renderer),
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
-        ),
-        logger_factory=structlog.PrintLoggerFactory(stream),
+    )
+    _install_handler(stream, formatter, numeric)
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.stdlib.LoggerFactory(),
         cache_logger_on_first_use=False,
     )

@@ -109,6 +109,7 @@ def run_merchant(
     for secret in cfg.secrets():
         logs.register_secret(secret)
     run_id = new_run_id()
+    log.info("cycle.start", merchant=cfg.merchant, run_id=run_id, mode=mode)
     # Which state file this run uses, absolute: a run against an unexpected (empty) one
     # is then plain to see in the log.
     log.info("state", merchant=cfg.merchant, path=str(cfg.state_path))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -79,15 +80,6 @@ def _new_scheduler(merchants: int) -> BackgroundScheduler:
             "misfire_grace_time": MISFIRE_GRACE_SECONDS,
         },
         timezone=UTC,
-    )
-
-
-def _on_event(event: Any) -> None:
-    log.warning(
-        "scheduler.event",
-        code=event.code,
-        job=event.job_id,
-        error=str(getattr(event, "exception", "") or ""),
     )
 
 
@@ -174,7 +166,7 @@ def serve(
     jobs = _Jobs(scheduler, _guarded(run_cycle, lambda cfg: _next_due(scheduler, cfg)), stop)
     for cfg in configs:
         jobs.schedule(cfg)
-    scheduler.add_listener(_on_event, EVENT_JOB_ERROR | EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES)
+    scheduler.add_listener(log_event, EVENT_JOB_ERROR | EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES)
 
     log.info("serve.start", merchants=[c.merchant for c in configs])
     scheduler.start()
@@ -186,3 +178,69 @@ def serve(
         _drain(scheduler, shutdown, grace)
     log.info("serve.stopped")
     return 0
+
+
+# -- scheduler events, in words ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SchedulerEvent:
+    """One APScheduler event as a person reads it (not `code 65536`)."""
+
+    event: str  # the log event name: scheduler.skipped, scheduler.job_failed, ...
+    merchant: str
+    message: str
+
+
+def _merchant_of(job_id: str | None) -> str:
+    job_id = job_id or ""
+    return job_id.removeprefix("sync:") if job_id.startswith("sync:") else job_id
+
+
+def describe_event(
+    code: int, job_id: str | None, *, scheduled: datetime | None = None, error: str = ""
+) -> SchedulerEvent:
+    """Pure: what an APScheduler event means for the merchant whose job it is."""
+    merchant = _merchant_of(job_id)
+    when = scheduled.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if scheduled else "?"
+    if code == EVENT_JOB_MAX_INSTANCES:
+        return SchedulerEvent(
+            "scheduler.skipped",
+            merchant,
+            f"skipped: the previous cycle of {merchant} is still running",
+        )
+    if code == EVENT_JOB_MISSED:
+        return SchedulerEvent(
+            "scheduler.skipped",
+            merchant,
+            f"skipped: the cycle of {merchant} due at {when} could not start"
+            f" within {MISFIRE_GRACE_SECONDS} s (the process was busy or"
+            " asleep); the next one runs on schedule",
+        )
+    if code == EVENT_JOB_ERROR:
+        return SchedulerEvent(
+            "scheduler.job_failed",
+            merchant,
+            f"the cycle of {merchant} failed: {error or 'unknown error'};"
+            " it runs again on its schedule",
+        )
+    return SchedulerEvent(
+        "scheduler.event", merchant, f"scheduler event {code} for {merchant or 'no job'}"
+    )
+
+
+def log_event(event: Any) -> None:
+    """The scheduler's listener: one readable warning line per event."""
+    exception = getattr(event, "exception", None)
+    error = (
+        clip(" ".join(f"{type(exception).__name__}: {exception}".split()), 500, "")
+        if exception is not None
+        else ""
+    )
+    described = describe_event(
+        event.code,
+        getattr(event, "job_id", None),
+        scheduled=getattr(event, "scheduled_run_time", None),
+        error=error,
+    )
+    log.warning(described.event, merchant=described.merchant, message=described.message)

@@ -75,7 +75,7 @@ KINDS: dict[str, ConnectorKind] = {
             "shiphero",
             "loopsync.connectors.shiphero.connector:ShipHeroConnector",
             "loopsync.sandbox.shiphero:ShipHeroEmulator",
-            "config.example.yaml",
+            "examples/shiphero.yaml",
         ),
         ConnectorKind(
             "peoplevox",

@@ -25,6 +25,11 @@ the instance through `WarehouseConnector`. A connector:
   The engine hands `poll` at most POLL_CHUNK RMAs a call, or every open RMA at once when
   the connector sets `polls_all_at_once` (its read is one sweep whatever the batch: a
   date-window listing, an incremental report), and raises `PollStopped` if told to stop.
+- `list_locations()` (optional, read-only; `loopsync discover`): the warehouse's ids that
+  `destinations:` maps Loop destinations to (ShipHero warehouses, PeopleVox sites, Xoro
+  stores). The default says the API does not offer such a list.
+- `check_access()` (read-only; `loopsync check-config --connect`): one call proving the
+  credentials; raises `AuthError` when they are refused. The default lists locations.
 """
 
 from __future__ import annotations
@@ -48,6 +53,8 @@ from loopsync.timeutil import Clock
 __all__ = [
     "ConnectorContext",
     "KeyValue",
+    "Location",
+    "Locations",
     "MemoryKeyValue",
     "NotReady",
     "PollResult",
@@ -93,6 +100,25 @@ class PollResult:
     def commit(self) -> None:
         if self.on_commit is not None:
             self.on_commit()
+
+
+@dataclass(frozen=True)
+class Location:
+    """One place the warehouse receives returns at: a value for `destinations:`."""
+
+    id: str
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class Locations:
+    """What `list_locations` found: `offered` False when the API has no such list, with
+    `note` saying so (or saying what about the list is UNCONFIRMED)."""
+
+    what: str  # "ShipHero warehouse", "PeopleVox site", ...
+    items: tuple[Location, ...] = ()
+    offered: bool = True
+    note: str = ""
 
 
 class KeyValue(Protocol):
@@ -171,6 +197,22 @@ class WarehouseConnector(ABC):
         returns the key it matches on: open returns sharing a key are ambiguous, so the
         engine reports them for a person and links or acts on none of them."""
         return None
+
+    def list_locations(self) -> Locations:
+        """Read-only: the warehouse's ids for `destinations:` (see the module docstring)."""
+        return Locations(
+            f"{self.kind} location",
+            offered=False,
+            note="not offered by this API: ask the warehouse which id to use",
+        )
+
+    def check_access(self) -> str:
+        """Read-only: one call with the configured credentials; a line saying what it saw.
+        Raises AuthError when they are refused (and any RemoteError it meets)."""
+        found = self.list_locations()
+        if not found.offered:
+            return f"no read-only call to check ({found.note})"
+        return f"credentials accepted ({len(found.items)} {found.what}(s) listed)"
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release sessions and files."""

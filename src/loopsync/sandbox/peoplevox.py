@@ -604,6 +604,15 @@ class PeopleVoxEmulator(WarehouseEmulator):
                 lambda: [i.fields for ra in self.ras.values() for i in ra.items],
             ),
             self.returns_report.lower(): (REPORT_COLUMNS, self._report_rows),
+            # The sites a return authorization may name (`loopsync discover`); the
+            # template's name and columns are UNCONFIRMED (connectors/peoplevox/wire.py).
+            "sites": (
+                ["Reference", "Name"],
+                lambda: [
+                    {"Reference": site, "Name": f"Site {site}"}
+                    for site in dict.fromkeys(self.destinations.values())
+                ],
+            ),
         }
 
     def _get_data(self, params: dict[str, Any]) -> Response:

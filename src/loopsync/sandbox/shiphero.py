@@ -440,6 +440,7 @@ class ShipHeroEmulator(WarehouseEmulator):
             "return": self._resolve_return,
             "user_quota": self._resolve_user_quota,
             "return_create": self._resolve_return_create,
+            "account": self._resolve_account,
         }
 
     @property
@@ -666,6 +667,18 @@ class ShipHeroEmulator(WarehouseEmulator):
             "max_available": self.credits.capacity,
             "increment_rate": int(self.credits.per_second),
         }
+
+    def _resolve_account(
+        self, info: GraphQLResolveInfo[_Context], customer_account_id: str | None = None
+    ) -> dict[str, Any]:
+        """The account and its warehouses (the ids `return_create` accepts)."""
+        warehouses = [
+            {"id": wid, "legacy_id": legacy_from_id("Warehouse", wid), "identifier": name}
+            for wid, name in WAREHOUSES.items()
+        ]
+        return self._result(
+            info, {"id": global_id("Account", 1), "legacy_id": 1, "warehouses": warehouses}
+        )
 
     def _resolve_return_create(
         self, info: GraphQLResolveInfo[_Context], data: dict[str, Any]

@@ -126,7 +126,7 @@ class XoroEmulator(WarehouseEmulator):
         clock: Clock | None = None,
         api_key: str = "xoro-sandbox-key",
         api_secret: str = "xoro-sandbox-secret",  # noqa: S107 - made up
-        scopes: tuple[str, ...] = ("asn",),
+        scopes: tuple[str, ...] = ("asn", "store"),
         page_size: int = 25,
         auth_failure: str = "401",
         latency: float = 0.0,
@@ -172,6 +172,8 @@ class XoroEmulator(WarehouseEmulator):
             return _envelope(False, f"This app does not have access to the {module} module")
         if (module, action.lower(), req.method) == ("asn", "getasn", "GET"):
             return self._get_asn(req)
+        if (module, action.lower(), req.method) == ("store", "getstore", "GET"):
+            return self._get_store(req)
         return _envelope(False, f"Unknown action {module}/{action}", status=404)
 
     def _authorized(self, req: Request) -> bool:
@@ -209,6 +211,14 @@ class XoroEmulator(WarehouseEmulator):
             total_pages=real_pages + self.phantom_pages if asns else 0,
             page=page,
         )
+
+    def _get_store(self, req: Request) -> Response:
+        """The tenant's stores (`loopsync discover`); field names UNCONFIRMED."""
+        stores = [
+            {"StoreCode": "MAIN", "StoreName": "Main store", "Id": 1},
+            {"StoreCode": "RETURNS", "StoreName": "Returns store", "Id": 2},
+        ]
+        return _envelope(True, "", stores, total_pages=1, page=1)
 
     # -- Xoro's own Loop app ---------------------------------------------------------------
     def on_loop_return(self, loop_return: dict[str, Any], *, with_order: bool = True) -> None:

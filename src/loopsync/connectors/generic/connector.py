@@ -60,6 +60,10 @@ class Transport(Protocol):
     def close(self) -> None: ...
 
 
+# An RMA number no Loop return id can be (ids are digits): looked up, never created.
+ACCESS_CHECK_RMA = "loopsync-access-check"
+
+
 class GenericConnector(WarehouseConnector):
     kind: ClassVar[str] = "generic"
     default_base_url: ClassVar[str] = ""  # unused: the URLs are rma_url and receipts_url
@@ -91,6 +95,14 @@ class GenericConnector(WarehouseConnector):
     @classmethod
     def parse_settings(cls, section: Section) -> GenericSettings:
         return parse_settings(section)
+
+    def check_access(self) -> str:
+        """The 3PL contract has no list of locations; the RMA look-up of a number no RMA
+        has is the read-only call (`GET {rma_url}/{number}`, or the folders' files)."""
+        self.transport.has_rma(ACCESS_CHECK_RMA)
+        if self.conf.transport == "http":
+            return "credentials accepted (RMA look-up answered)"
+        return "folders readable (no credentials: transport folder)"
 
     # -- engine interface ------------------------------------------------------------------
     def locate(self, req: PushRequest) -> dict[str, Any]:

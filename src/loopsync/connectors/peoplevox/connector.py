@@ -20,6 +20,8 @@ import structlog
 from loopsync.configkit import Section
 from loopsync.connectors.base import (
     ConnectorContext,
+    Location,
+    Locations,
     NotReady,
     PollResult,
     PushRequest,
@@ -41,11 +43,13 @@ from loopsync.connectors.peoplevox.mapping import (
 )
 from loopsync.connectors.peoplevox.settings import PeopleVoxSettings, parse_settings, reason_key
 from loopsync.connectors.peoplevox.wire import (
+    SITES_TEMPLATE,
     SYSTEM,
     build_client,
     csv_rows,
     equals_clause,
     since_clause,
+    site_rows,
 )
 from loopsync.errors import Ambiguous, PeopleVoxError, PermanentError, Rejected
 from loopsync.models import LoopReturn, RmaRef, free_text, identifier
@@ -89,6 +93,28 @@ class PeopleVoxConnector(WarehouseConnector):
 
     def rma_label(self, ref: RmaRef) -> str:
         return f"PeopleVox return authorization {ref.rma_id}"
+
+    def list_locations(self) -> Locations:
+        """PeopleVox sites (GetData on the "Sites" template: UNCONFIRMED, see wire)."""
+        try:
+            rows = self.client.read_all("GetData", SITES_TEMPLATE)
+        except PeopleVoxError as exc:  # no such template in this tenant: say so, do not fail
+            return Locations(
+                "PeopleVox site",
+                offered=False,
+                note=f"template {SITES_TEMPLATE!r} not readable ({exc}); use "
+                "the site references shown in PeopleVox",
+            )
+        return Locations(
+            "PeopleVox site",
+            tuple(Location(ref, name) for ref, name in site_rows(rows)),
+            note=f"from template {SITES_TEMPLATE!r} (UNCONFIRMED name)",
+        )
+
+    def check_access(self) -> str:
+        """Authenticate is the read-only call: a refused login raises AuthError."""
+        self.client.get_save_template(self.own.templates.return_authorizations)
+        return "credentials accepted (logged in, GetSaveTemplate read)"
 
     # -- locate ----------------------------------------------------------------------------
     def locate(self, req: PushRequest) -> dict[str, Any]:

@@ -662,3 +662,23 @@ def build_client(settings: WarehouseSettings, ctx: ConnectorContext) -> PeopleVo
         throttle_wait=own.rate_period,
     )
     return PeopleVoxClient(http, own, ctx.clock, dry_run=ctx.dry_run, stop=ctx.stop, kv=ctx.kv)
+
+
+# `loopsync discover`: the sites a return authorization's SiteReference may name, read
+# with GetData from a template named "Sites" with a "Reference" (or "SiteReference") and
+# a "Name" column. UNCONFIRMED: docs/api/peoplevox.md names no such template; a tenant
+# without it answers "does not exist", and discover says so.
+SITES_TEMPLATE = "Sites"
+SITE_ID_COLUMNS = ("Reference", "SiteReference", "Site reference")
+SITE_NAME_COLUMNS = ("Name", "SiteName", "Site name")
+
+
+def site_rows(rows: Sequence[Mapping[str, str]]) -> list[tuple[str, str]]:
+    """(reference, name) per row that has a reference; pure."""
+    out: list[tuple[str, str]] = []
+    for row in rows:
+        ref = next((row[c].strip() for c in SITE_ID_COLUMNS if (row.get(c) or "").strip()), "")
+        name = next((row[c].strip() for c in SITE_NAME_COLUMNS if (row.get(c) or "").strip()), "")
+        if ref:
+            out.append((ref, name))
+    return out

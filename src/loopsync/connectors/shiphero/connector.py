@@ -15,6 +15,7 @@ import structlog
 from loopsync.configkit import Section
 from loopsync.connectors.base import (
     ConnectorContext,
+    Locations,
     NotReady,
     PollResult,
     PushRequest,
@@ -26,11 +27,13 @@ from loopsync.connectors.shiphero.mapping import (
     line_sku,
     polled_status,
     read_order,
+    read_warehouses,
     return_input,
     rma_ref,
 )
 from loopsync.connectors.shiphero.settings import ShipHeroSettings, parse_settings
 from loopsync.connectors.shiphero.wire import (
+    ACCOUNT_WAREHOUSES,
     LINES_PAGE_SIZE,
     ORDER_LINES,
     RETURN_CREATE,
@@ -66,6 +69,15 @@ class ShipHeroConnector(WarehouseConnector):
     @classmethod
     def parse_settings(cls, section: Section) -> ShipHeroSettings:
         return parse_settings(section)
+
+    def list_locations(self) -> Locations:
+        """The account's warehouses (`account` query; UNCONFIRMED fields, see wire)."""
+        body = self.client.graphql("account", ACCOUNT_WAREHOUSES, {})
+        return Locations(
+            "ShipHero warehouse",
+            read_warehouses(body),
+            note="ids as return_create's warehouse_id takes them",
+        )
 
     # -- engine interface ------------------------------------------------------------------
     def locate(self, req: PushRequest) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from loopsync.connectors.base import PushRequest
+from loopsync.connectors.base import Location, PushRequest
 from loopsync.connectors.shiphero.settings import ShipHeroSettings
 from loopsync.errors import Unreadable
 from loopsync.models import (
@@ -275,3 +275,18 @@ def return_input(
     if cfg.customer_account_id:
         data["customer_account_id"] = cfg.customer_account_id
     return data
+
+
+def read_warehouses(body: Any) -> tuple[Location, ...]:
+    """The `account` query's warehouses: (id, identifier); Unreadable names what is wrong."""
+    data = _object(_object(_object(body, "answer").get("data"), "data").get("account"), "account")
+    warehouses = _object(data.get("data"), "account.data").get("warehouses")
+    if not isinstance(warehouses, list):
+        raise Unreadable("account.data.warehouses: not a list")
+    out: list[Location] = []
+    for node in warehouses:
+        if not isinstance(node, dict) or not isinstance(node.get("id"), str) or not node["id"]:
+            raise Unreadable("account.data.warehouses: an entry without an id")
+        name = node.get("identifier")
+        out.append(Location(node["id"], name if isinstance(name, str) else ""))
+    return tuple(out)

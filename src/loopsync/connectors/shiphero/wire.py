@@ -82,6 +82,17 @@ fragment ReturnStatus on Return {
   line_items { quantity quantity_received condition line_item { sku } }
 }"""
 
+# The account's warehouses, for `loopsync discover`. `account { data { warehouses } }` is
+# in ShipHero's public schema; docs/api/shiphero.md does not document it, so the fields
+# beyond `id` and `identifier` are UNCONFIRMED (a 3PL sees its own account's warehouses).
+ACCOUNT_WAREHOUSES = """
+query LoopsyncWarehouses {
+  account {
+    request_id complexity
+    data { warehouses { id legacy_id identifier } }
+  }
+}"""
+
 
 def _first_cost_guesses(order_page_size: int) -> dict[str, float]:
     """Rough costs per operation (ShipHero style: 1 + first x nodes selected), used until
@@ -92,6 +103,7 @@ def _first_cost_guesses(order_page_size: int) -> dict[str, float]:
         "returns": 1 + RETURNS_PAGE_SIZE,
         "return_create": 2,
         "poll": 4,
+        "account": 3,
     }
 
 

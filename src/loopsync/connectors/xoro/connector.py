@@ -22,6 +22,8 @@ import structlog
 from loopsync.configkit import Section
 from loopsync.connectors.base import (
     ConnectorContext,
+    Location,
+    Locations,
     PollResult,
     PushRequest,
     WarehouseConnector,
@@ -37,8 +39,8 @@ from loopsync.connectors.xoro.mapping import (
     order_key,
 )
 from loopsync.connectors.xoro.settings import XoroSettings, parse_settings
-from loopsync.connectors.xoro.wire import SYSTEM, XoroClient
-from loopsync.errors import Ambiguous, Unreadable
+from loopsync.connectors.xoro.wire import STORE_PATH, SYSTEM, XoroClient, store_rows
+from loopsync.errors import Ambiguous, PermanentError, Unreadable
 from loopsync.models import LoopReturn, RmaRef
 from loopsync.timeutil import iso, parse_timestamp
 
@@ -71,6 +73,27 @@ class XoroConnector(WarehouseConnector):
     @classmethod
     def parse_settings(cls, section: Section) -> XoroSettings:
         return parse_settings(section)
+
+    def list_locations(self) -> Locations:
+        """Xoro stores (`store/getstore`: UNCONFIRMED, see wire)."""
+        try:
+            rows = list(self.client.pages(STORE_PATH, {}))
+        except PermanentError as exc:  # no access to the module, or no such action
+            return Locations(
+                "Xoro store",
+                offered=False,
+                note=f"{STORE_PATH} not readable ({exc}); use the store codes shown in Xoro",
+            )
+        return Locations(
+            "Xoro store",
+            tuple(Location(ident, name) for ident, name in store_rows(rows)),
+            note=f"from {STORE_PATH} (UNCONFIRMED endpoint and fields)",
+        )
+
+    def check_access(self) -> str:
+        """The ASN listing the sync reads, from now: one page, usually empty."""
+        self.client.list_asns(self.ctx.clock.now())
+        return "credentials accepted (asn/getasn read)"
 
     # -- engine interface ------------------------------------------------------------------
     def locate(self, req: PushRequest) -> dict[str, Any]:

@@ -44,6 +44,13 @@ log = structlog.get_logger("loopsync.connectors.xoro")
 
 SYSTEM = "xoro"
 ASN_PATH = "asn/getasn"
+# `loopsync discover`: the tenant's stores. UNCONFIRMED: docs/api/xoro.md lists no store
+# endpoint; `store/getstore` follows the `<module>/get<module>` pattern of the known ones,
+# and the field names (StoreCode, StoreName) are guesses a tenant may not share. A key
+# without the module's scope, or a tenant without the action, gets "not offered".
+STORE_PATH = "store/getstore"
+STORE_ID_FIELDS = ("StoreCode", "Code", "StoreId", "Id")
+STORE_NAME_FIELDS = ("StoreName", "Name", "Description")
 # Xoro may stamp ASNs in the account's local time, up to 14 hours ahead of UTC; a window
 # ending "now" in UTC would miss the newest ASNs.
 FUTURE_PAD = timedelta(days=1)
@@ -201,3 +208,30 @@ def _int_or_none(value: Any) -> int | None:
         return int(value)
     except (TypeError, ValueError, OverflowError):  # 1e400 decodes as inf
         return None
+
+
+def store_rows(rows: list[Any]) -> list[tuple[str, str]]:
+    """(id, name) for each store row with an id; pure."""
+    out: list[tuple[str, str]] = []
+    for row in rows:
+        if not isinstance(row, dict):
+            continue
+        ident = next(
+            (
+                str(row[f]).strip()
+                for f in STORE_ID_FIELDS
+                if isinstance(row.get(f), str | int) and str(row[f]).strip()
+            ),
+            "",
+        )
+        name = next(
+            (
+                str(row[f]).strip()
+                for f in STORE_NAME_FIELDS
+                if isinstance(row.get(f), str) and row[f].strip()
+            ),
+            "",
+        )
+        if ident:
+            out.append((printable(ident, 200), printable(name, 200)))
+    return out
