@@ -400,7 +400,7 @@ class LoopClient:
         self.http.request("POST", _return_path(return_id, action),
                           json_body=None if body is None else redact_obj(body),
                           idempotent=False, check=_check_action)
-        log.info("loop.action", action=action, return_id=str(return_id))
+        log.debug("loop.action", action=action, return_id=str(return_id))
 
     def _disposition(self, path: str, items: list[dict[str, Any]]) -> list[Any]:
         self._refuse_in_dry_run(path.rsplit("/", 1)[-1], None)

@@ -69,3 +69,11 @@ class RunRepository:
                            text(r[5]))
                 for r in self.db.execute("select id, return_id, stage, message, at, run_id "
                                          "from problems order by id desc limit ?", [limit])]
+
+    def checkpoint(self, run_id: str, counts: dict[str, Any]) -> bool:
+        """The running run's counts so far, so `status` during a long cycle shows live
+        numbers. Only a run still `running` is updated (a finished row keeps its final
+        counts); False when there is none (an engine driven without a run row)."""
+        cur = self.db.execute("update runs set counts = ? where id = ? and status = 'running'",
+                              [json.dumps(counts), run_id])
+        return cur.rowcount > 0

@@ -141,7 +141,7 @@ class PeopleVoxConnector(WarehouseConnector):
             lines = self._missing_lines(req, lines)
         if lines:
             self._save_items(ra_number, lines, item_columns, header_existed)
-        log.info("peoplevox.ra_saved", return_id=ra_number, items=len(lines),
+        log.debug("peoplevox.ra_saved", return_id=ra_number, items=len(lines),
                  header_existed=header_existed)
         return self._ref(req, located)
 

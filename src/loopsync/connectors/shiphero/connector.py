@@ -105,7 +105,7 @@ class ShipHeroConnector(WarehouseConnector):
             # It may exist anyway: let the engine look it up rather than give up on it.
             raise OutcomeUnknown(SYSTEM, f"return_create answered without a readable return "
                                          f"id ({exc})") from None
-        log.info("shiphero.rma_created", return_id=req.ret.id, rma_id=ref.rma_id,
+        log.debug("shiphero.rma_created", return_id=req.ret.id, rma_id=ref.rma_id,
                  legacy_id=ref.extra.get("legacy_id"))
         return ref
 
