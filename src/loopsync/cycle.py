@@ -273,6 +273,7 @@ class Engine:
         return ingest_stage.import_return(self.ctx, return_id)
 
     def push(self, only: set[str] | None = None) -> None:
+        """The whole backlog in one pass, no batches (`run_cycle` pushes in batches)."""
         ids = push_stage.return_ids(self.ctx, only)
         self._each_return("push", ids, lambda rid: push_stage.push_one(self.ctx, rid), only)
 
