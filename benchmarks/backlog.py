@@ -12,7 +12,8 @@ interval (15 min) until the received return is processed and the backlog is push
 
 Measured twice, side by side: *before* (one unbounded batch: push runs to the end of the
 backlog before poll and act, the order before issue 10) and *after* (the default
-`push: {batch: 200, batch_time: 60s}`, poll and act between batches). Reported: the time
+`push: {batch: 200, batch_time: 60s}`, poll of the RMAs open before the push and act
+between batches). Reported: the time
 from receipt to the Loop process call (sandbox-clock seconds, and in which cycle after the
 receipt), the sandbox-clock time to push the whole backlog, how many polls ran, and the
 wall time. Target: processed within one schedule interval of the receipt.

@@ -12,12 +12,13 @@
   stage stops.
 
 Push works through a backlog in batches (`push.batch` returns or `push.batch_time`); poll
-and act run between batches (when `stages.push.poll_between` gives them their turn) and
-once more after the last, so a return the warehouse received is not held up behind a
-backfill. A stage that failed on a remote outage is not run again in the same cycle (the
-remote is down; the next cycle tries again). Ingest and push report progress at info
-every `progress_every` (`loopsync.progress`), and the run row's counts are checkpointed
-as often, so `loopsync status` shows live numbers during a long cycle.
+(of the RMAs open before the push began) and act run between batches (when
+`stages.push.poll_between` gives them their turn) and once more after the last (every
+open RMA), so a return the warehouse received is not held up behind a backfill. A stage
+that failed on a remote outage is not run again in the same cycle (the remote is down;
+the next cycle tries again). Ingest and push report progress at info every
+`progress_every` (`loopsync.progress`), and the run row's counts are checkpointed as
+often, so `loopsync status` shows live numbers during a long cycle.
 
 Each stage resumes where the last one stopped, from the store alone; every remote side
 effect runs under the ledger (`loopsync.effects`). Returns loopsync refuses to guess about
@@ -174,24 +175,29 @@ class Engine:
         """Push the backlog batch by batch, poll and act between batches (when due) and
         after the last one."""
         batches = _Batches(self, only)
+        # Between batches only the RMAs open before this push are polled: one created
+        # minutes ago has not been received yet, and polling thousands of fresh RMAs would
+        # spend the warehouse's budget the backlog needs. The last poll reads them all.
+        watched = {row.return_id for row in self.store.rmas.open()
+                   if only is None or row.return_id in only}
         poll_took = 0.0
         while True:
             self._stage("push", batches.next_batch)
             if batches.backlog is None or batches.backlog.done or self.ctx.stop.is_set():
                 break
             if push_stage.poll_between(batches.pushed_for(), poll_took):
-                poll_took = self._poll_and_act(only)
+                poll_took = self._poll_and_act(watched, only)
                 batches.polled()
-        self._poll_and_act(only)
+        self._poll_and_act(only, only)
         batches.finish()
 
-    def _poll_and_act(self, only: set[str] | None) -> float:
-        """Poll, then act; a stage that already failed this cycle is not run again. How
-        long they took (seconds, by the clock)."""
+    def _poll_and_act(self, poll_only: set[str] | None, only: set[str] | None) -> float:
+        """Poll (`poll_only`), then act; a stage that already failed this cycle is not run
+        again. How long they took (seconds, by the clock)."""
         started = self.ctx.clock.monotonic()
-        for name, fn in (("poll", self.poll), ("act", self.act)):
+        for name, fn, ids in (("poll", self.poll, poll_only), ("act", self.act, only)):
             if name not in self.result.stage_errors:
-                self._stage(name, functools.partial(fn, only))
+                self._stage(name, functools.partial(fn, ids))
         self.checkpoint()
         return self.ctx.clock.monotonic() - started
 
