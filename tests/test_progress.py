@@ -278,3 +278,27 @@ def test_import_range_prints_progress_lines(make_sandbox, tmp_path, monkeypatch,
     lines = [e for e in logs if e["event"] == "import.progress"]
     assert lines and lines[-1]["final"] and lines[-1]["done"] == lines[-1]["total"] == 5
     assert lines[-1]["unit"] == "windows" and lines[-1]["items"] == 6
+
+
+# -- the guards hold across batches -------------------------------------------------------
+
+def test_outage_budget_counts_failures_in_a_row_across_batches(tmp_path):
+    from dataclasses import replace
+
+    from loopsync.cycle import OUTAGE_AFTER, Engine
+    from loopsync.testing import FakeLoop, FakeWarehouse, loop_return, merchant_config
+
+    clock = FakeClock("2026-05-02T00:00:00Z")
+    returns = [loop_return(str(i)) for i in range(101, 111)]
+    cfg = replace(merchant_config(tmp_path), push=PushSettings(2, timedelta(minutes=1)))
+    loop, wh = FakeLoop(returns), FakeWarehouse()
+    wh.orders = {r["order_name"] for r in returns}
+    wh.down = True
+    store = Store(cfg.state_path, clock)
+    try:
+        result = Engine(cfg, store, loop, wh, clock=clock, run_id="r1").run_cycle()
+        failed = [p for p in store.runs.problems(50) if p.stage == "push"]
+    finally:
+        store.close()
+    assert "push" in result.stage_errors  # the remote is down: the stage stopped once
+    assert len(failed) == OUTAGE_AFTER  # not OUTAGE_AFTER per batch of 2
