@@ -1,6 +1,6 @@
-"""Run the six performance benchmarks in turn and record each in BENCHMARKS.md.
+"""Run the seven performance benchmarks in turn and record each in BENCHMARKS.md.
 
-    .venv/bin/python -m benchmarks [--no-record] [ingest steady poll memory rate push]
+    .venv/bin/python -m benchmarks [--no-record] [ingest steady poll memory rate push backlog]
 
 Four to five minutes on two cores. Each benchmark runs in a process of its own, so none
 inherits another's heap (or, for the memory benchmark, its peak RSS). The soak
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from benchmarks.common import fmt_s, print_table
 
-ALL = ("ingest", "steady", "poll", "memory", "rate", "push")
+ALL = ("ingest", "steady", "poll", "memory", "rate", "push", "backlog")
 
 
 def one(name: str, record: bool, result_file: str) -> None:

@@ -19,9 +19,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import re
 import sys
 import threading
 from collections.abc import Iterator, Sequence
+from datetime import datetime
 from typing import Any, TextIO
 
 import structlog
@@ -29,7 +31,14 @@ import structlog
 from loopsync import __version__, logs
 from loopsync.config import MerchantConfig, load_all
 from loopsync.connectors import connector_class, kind_names
-from loopsync.errors import ConfigError, LockHeld, StateError, Unreadable, UsageError
+from loopsync.errors import (
+    ConfigError,
+    LockHeld,
+    StateError,
+    UnknownReturn,
+    Unreadable,
+    UsageError,
+)
 from loopsync.redaction import install_excepthooks, redact, redact_obj
 from loopsync.shutdown import PROCESS
 from loopsync.timeutil import parse_timestamp
@@ -350,6 +359,9 @@ def _run_one(cfg: MerchantConfig, out: TextIO, **kw: Any) -> tuple[int, str | No
         log.error("run.state_error", merchant=cfg.merchant, error=text)
         print(f"loopsync: {cfg.merchant}: {text}", file=sys.stderr)
         return exc.exit_code, exc.problem
+    except UnknownReturn as exc:  # `import --return-id` of an id Loop does not have
+        print(f"loopsync: {cfg.merchant}: {_redacted(str(exc))}", file=sys.stderr)
+        return EXIT_CONFIG, str(exc)
     except Unreadable as exc:  # `import` of one record Loop sends in a form loopsync refuses
         text = _redacted(str(exc))
         print(f"loopsync: {cfg.merchant}: unreadable record: {text}", file=sys.stderr)
@@ -419,16 +431,12 @@ def stop_grace(configs: list[MerchantConfig]) -> float:
 def cmd_import(args: argparse.Namespace, out: TextIO) -> int:
     if bool(args.return_id) == bool(args.start or args.end):
         raise UsageError("import needs either --return-id or both --from and --to")
-    start = end = None
-    if not args.return_id:
-        if not (args.start and args.end):
-            raise UsageError("import needs both --from and --to")
-        try:
-            start, end = parse_timestamp(args.start), parse_timestamp(args.end)
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
-        if end <= start:
-            raise UsageError("--to must be after --from")
+    if args.return_id and not _LOOP_ID.fullmatch(args.return_id):
+        # Loop's ids are numbers: anything else is a typo, said before any request.
+        raise UsageError(
+            f"--return-id must be a Loop return id (digits), not {args.return_id[:40]!r}"
+        )
+    start, end = (None, None) if args.return_id else _import_range(args)
     if len(args.config) != 1:
         raise UsageError("import takes exactly one -c FILE")
     loaded = load_all(args.config)
@@ -452,6 +460,22 @@ def cmd_import(args: argparse.Namespace, out: TextIO) -> int:
 
     PROCESS.supervise(work, grace=stop_grace([cfg]))
     return _final_code(codes, [])
+
+
+_LOOP_ID = re.compile(r"[0-9]{1,20}")
+
+
+def _import_range(args: argparse.Namespace) -> tuple[datetime, datetime]:
+    """`import --from/--to` as two instants, or a UsageError."""
+    if not (args.start and args.end):
+        raise UsageError("import needs both --from and --to")
+    try:
+        start, end = parse_timestamp(args.start), parse_timestamp(args.end)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if end <= start:
+        raise UsageError("--to must be after --from")
+    return start, end
 
 
 def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:

@@ -46,6 +46,16 @@ class LoopSettings:
 
 
 @dataclass(frozen=True)
+class PushSettings:
+    """`push:` how a backlog is worked through. A batch ends after `batch` returns or
+    `batch_time`, whichever comes first; poll and act run between batches, so a return the
+    warehouse received is not held up behind the push of a whole backfill."""
+
+    batch: int = 200
+    batch_time: timedelta = timedelta(seconds=60)
+
+
+@dataclass(frozen=True)
 class MerchantConfig:
     file: str
     merchant: str
@@ -53,6 +63,8 @@ class MerchantConfig:
     every: timedelta
     loop: LoopSettings
     warehouse: WarehouseSettings
+    push: PushSettings = PushSettings()
+    progress_every: timedelta = timedelta(seconds=10)  # a progress line at most this often
     # No fully successful cycle for this long: `status` says STALLED (None: 3 x every).
     stalled_after: timedelta | None = None
 
@@ -245,6 +257,10 @@ def parse_config(
     schedule.done()
     loop = parse_loop(root.section("loop", required=True))
     warehouse = parse_warehouse(root.section("warehouse", required=True))
+    push = parse_push(root.section("push"))
+    progress_every = root.duration(
+        "progress_every", "10s", min=timedelta(seconds=1), max=timedelta(hours=1)
+    )
     root.done()
     cfg = MerchantConfig(
         file=file,
@@ -253,6 +269,8 @@ def parse_config(
         every=every,
         loop=loop,
         warehouse=warehouse,
+        push=push,
+        progress_every=progress_every,
         stalled_after=stalled_after,
     )
     _refuse_secrets_in_ordinary_keys(root, data, cfg.secrets())
@@ -352,6 +370,16 @@ def parse_loop(sec: Section) -> LoopSettings:
         deadline,
         max_body,
     )
+
+
+def parse_push(sec: Section) -> PushSettings:
+    """`push: {batch: 200, batch_time: 60s}`: the bounds of one push batch."""
+    batch = sec.int("batch", PushSettings.batch, min=1, max=1_000_000)
+    batch_time = sec.duration(
+        "batch_time", PushSettings.batch_time, min=timedelta(seconds=1), max=timedelta(days=1)
+    )
+    sec.done()
+    return PushSettings(batch, batch_time)
 
 
 def parse_http_limits(sec: Section) -> tuple[float | None, int]:

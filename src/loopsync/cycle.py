@@ -11,6 +11,15 @@
   itself), but OUTAGE_AFTER transient failures in a row mean the remote is down, so the
   stage stops.
 
+Push works through a backlog in batches (`push.batch` returns or `push.batch_time`); poll
+(of the RMAs open before the push began) and act run between batches (when
+`stages.push.poll_between` gives them their turn) and once more after the last (every
+open RMA), so a return the warehouse received is not held up behind a backfill. A stage
+that failed on a remote outage is not run again in the same cycle (the remote is down;
+the next cycle tries again). Ingest and push report progress at info every
+`progress_every` (`loopsync.progress`), and the run row's counts are checkpointed as
+often, so `loopsync status` shows live numbers during a long cycle.
+
 Each stage resumes where the last one stopped, from the store alone; every remote side
 effect runs under the ledger (`loopsync.effects`). Returns loopsync refuses to guess about
 are REPORTED for a person and listed in `CycleResult.attention` (`needs_attention`).
@@ -21,10 +30,11 @@ the tests build it by that name); it holds no stage logic, only the order and th
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -43,6 +53,7 @@ from loopsync.errors import (
 from loopsync.logs import stage_context
 from loopsync.models import printable
 from loopsync.ports import LoopApi
+from loopsync.progress import Progress, ProgressReport
 from loopsync.stages import act as act_stage
 from loopsync.stages import ingest as ingest_stage
 from loopsync.stages import poll as poll_stage
@@ -133,6 +144,7 @@ class Engine:
             result=CycleResult(cfg.merchant, run_id, CycleCounts()),
             log=log.bind(merchant=cfg.merchant, run_id=run_id),
         )
+        self._checkpointed: float | None = None  # clock.monotonic() of the last checkpoint
 
     @property
     def cfg(self) -> MerchantConfig:
@@ -165,9 +177,7 @@ class Engine:
             self._stage("ingest", self.ingest)
             if self.ctx.cfg.loop.asn_enabled:
                 self._stage("asn", self.ingest_asn)
-        self._stage("push", lambda: self.push(only))
-        self._stage("poll", lambda: self.poll(only))
-        self._stage("act", lambda: self.act(only))
+        self._work_through(only)
         self.result.duration = time.monotonic() - started
         self.result.stopped = self.ctx.stop.is_set()
         return self.result
@@ -187,13 +197,76 @@ class Engine:
             self.ctx.log.error("stage.failed", stage=name, error=self.result.stage_errors[name])
             record_stage_failure(self.store, self.ctx.run_id, name, exc)
 
+    def _work_through(self, only: set[str] | None) -> None:
+        """Push the backlog batch by batch, poll and act between batches (when due) and
+        after the last one."""
+        batches = _Batches(self, only)
+        # Between batches only the RMAs open before this push are polled: one created
+        # minutes ago has not been received yet, and polling thousands of fresh RMAs would
+        # spend the warehouse's budget the backlog needs. The last poll reads them all.
+        watched = {
+            row.return_id for row in self.store.rmas.open() if only is None or row.return_id in only
+        }
+        poll_took = 0.0
+        while True:
+            self._stage("push", batches.next_batch)
+            if batches.backlog is None or batches.backlog.done or self.ctx.stop.is_set():
+                break
+            if push_stage.poll_between(batches.pushed_for(), poll_took):
+                poll_took = self._poll_and_act(watched, only)
+                batches.polled()
+        self._poll_and_act(only, only)
+        batches.finish()
+
+    def _poll_and_act(self, poll_only: set[str] | None, only: set[str] | None) -> float:
+        """Poll (`poll_only`), then act; a stage that already failed this cycle is not run
+        again. How long they took (seconds, by the clock)."""
+        started = self.ctx.clock.monotonic()
+        for name, fn, ids in (("poll", self.poll, poll_only), ("act", self.act, only)):
+            if name not in self.result.stage_errors:
+                self._stage(name, functools.partial(fn, ids))
+        self.checkpoint()
+        return self.ctx.clock.monotonic() - started
+
+    def progress(self, task: str, *, total: int | None, unit: str = "returns") -> Progress:
+        """A `Progress` for long work of this cycle: its lines are logged and checkpoint
+        the run's counts."""
+        return Progress(
+            task,
+            clock=self.ctx.clock,
+            report=self._report,
+            total=total,
+            unit=unit,
+            every=self.cfg.progress_every.total_seconds(),
+        )
+
+    def _report(self, report: ProgressReport) -> None:
+        self.ctx.log.info(f"{report.task}.progress", **report.fields())
+        self.checkpoint()
+
+    def checkpoint(self) -> None:
+        """The run row's counts so far (at most every `progress_every`), for `status`."""
+        now = self.ctx.clock.monotonic()
+        if (
+            self._checkpointed is not None
+            and now - self._checkpointed < self.cfg.progress_every.total_seconds()
+        ):
+            return
+        self._checkpointed = now
+        self.store.runs.checkpoint(self.ctx.run_id, asdict(self.counts))
+
     def _each_return(
-        self, stage: str, ids: Iterable[str], work: Callable[[str], None], only: set[str] | None
+        self,
+        stage: str,
+        ids: Iterable[str],
+        work: Callable[[str], None],
+        only: set[str] | None,
+        streak: list[int] | None = None,
     ) -> None:
         """The outage budget: run `work` per return; one return's failure is recorded and
         the batch goes on, but a run of transient failures means the remote is down, so
-        the stage stops."""
-        outage = 0
+        the stage stops. `streak` carries the run of failures from one batch to the next."""
+        streak = [0] if streak is None else streak
         for rid in ids:
             if self.ctx.stop.is_set():
                 return
@@ -201,13 +274,13 @@ class Engine:
                 continue
             try:
                 work(rid)
-                outage = 0
+                streak[0] = 0
             except AuthError:
                 raise  # not this return's fault: every other one would be refused too
             except TransientError as exc:
-                outage += 1
+                streak[0] += 1
                 self._failed(rid, stage, str(exc))
-                if outage >= OUTAGE_AFTER:
+                if streak[0] >= OUTAGE_AFTER:
                     raise
             except Exception as exc:
                 text = _failure_text(exc)
@@ -225,20 +298,29 @@ class Engine:
 
     # -- the stages -----------------------------------------------------------------------
     def ingest(self) -> None:
-        ingest_stage.ingest(self.ctx)
+        progress = self.progress("ingest", total=None, unit="windows")
+        try:
+            ingest_stage.ingest(self.ctx, progress)
+        finally:
+            progress.finish()
 
     def ingest_asn(self) -> None:
         ingest_stage.ingest_asn(self.ctx)
 
     def import_window(self, start: datetime, end: datetime) -> set[str]:
         """Manual import of a date range: every state, no live cursor moves."""
-        return ingest_stage.import_window(self.ctx, start, end)
+        progress = self.progress("import", total=None, unit="windows")
+        try:
+            return ingest_stage.import_window(self.ctx, start, end, progress)
+        finally:
+            progress.finish(always=True)  # a person is waiting: say how it ended
 
     def import_return(self, return_id: str) -> set[str]:
         """Manual import of one return (see stages.ingest.import_return)."""
         return ingest_stage.import_return(self.ctx, return_id)
 
     def push(self, only: set[str] | None = None) -> None:
+        """The whole backlog in one pass, no batches (`run_cycle` pushes in batches)."""
         ids = push_stage.return_ids(self.ctx, only)
         self._each_return("push", ids, lambda rid: push_stage.push_one(self.ctx, rid), only)
 
@@ -249,6 +331,63 @@ class Engine:
         """Carry out every planned or interrupted effect, return by return, in plan order."""
         ids = act_stage.return_ids(self.ctx)
         self._each_return("act", ids, lambda rid: act_stage.run_effects(self.ctx, rid), only)
+
+
+class _Batches:
+    """One cycle's push backlog, handed to the push stage a batch at a time."""
+
+    def __init__(self, engine: Engine, only: set[str] | None) -> None:
+        self.engine, self.only = engine, only
+        self.backlog: push_stage.Backlog | None = None
+        self.progress: Progress | None = None
+        self.streak = [0]  # transient failures in a row, across batches (outage budget)
+        self.since_poll = engine.ctx.clock.monotonic()
+
+    def next_batch(self) -> None:
+        """Push one batch (the backlog is taken on the first call, under the stage guard)."""
+        engine = self.engine
+        if self.backlog is None:
+            ids = push_stage.return_ids(engine.ctx, self.only)
+            if self.only is not None:
+                ids = [i for i in ids if i in self.only]
+            self.backlog = push_stage.Backlog(ids)
+            if ids:
+                self.progress = engine.progress("push", total=len(ids))
+        progress = self.progress
+
+        def work(rid: str) -> None:
+            try:
+                push_stage.push_one(engine.ctx, rid)
+            finally:
+                if progress is not None:
+                    progress.add()
+
+        try:
+            engine._each_return("push", self._batch(self.backlog), work, None, self.streak)
+        except BaseException:
+            self.backlog.abandoned = True  # the stage stops; the rest waits for a cycle
+            raise
+        engine.checkpoint()
+
+    def _batch(self, backlog: push_stage.Backlog) -> Iterator[str]:
+        """The next returns of the backlog, up to the batch's bounds."""
+        clock, limits = self.engine.ctx.clock, self.engine.cfg.push
+        started, handled = clock.monotonic(), 0
+        while not backlog.done:
+            if handled and push_stage.batch_over(handled, clock.monotonic() - started, limits):
+                return
+            handled += 1
+            yield backlog.take()
+
+    def pushed_for(self) -> float:
+        return self.engine.ctx.clock.monotonic() - self.since_poll
+
+    def polled(self) -> None:
+        self.since_poll = self.engine.ctx.clock.monotonic()
+
+    def finish(self) -> None:
+        if self.progress is not None:
+            self.progress.finish()
 
 
 def _failure_text(exc: Exception) -> str | None:

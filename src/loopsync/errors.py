@@ -3,6 +3,7 @@
     LoopsyncError
     ├── ConfigError            bad YAML file: names the file, the key path and the problem
     ├── UsageError             a command line the CLI cannot run (exit status 2)
+    │   └── UnknownReturn      `import --return-id` names a return Loop does not have
     ├── LockHeld               another process works this merchant (exit status 75)
     ├── DryRunViolation        a write was attempted in a dry run (a bug, never expected)
     ├── Unreadable             one remote record cannot be read (names the field): held, never
@@ -70,6 +71,10 @@ class ConfigError(LoopsyncError):
 
 class UsageError(LoopsyncError):
     """A command line the CLI cannot run (argparse cannot tell: a combination of flags)."""
+
+
+class UnknownReturn(UsageError):
+    """`import --return-id` names a return Loop does not have (one line, exit status 2)."""
 
 
 class LockHeld(LoopsyncError):

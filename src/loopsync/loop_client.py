@@ -474,7 +474,7 @@ class LoopClient:
             idempotent=False,
             check=_check_action,
         )
-        log.info("loop.action", action=action, return_id=str(return_id))
+        log.debug("loop.action", action=action, return_id=str(return_id))
 
     def _disposition(self, path: str, items: list[dict[str, Any]]) -> list[Any]:
         self._refuse_in_dry_run(path.rsplit("/", 1)[-1], None)

@@ -20,7 +20,7 @@ from loopsync.config import MerchantConfig
 from loopsync.connectors import connector_class
 from loopsync.connectors.base import ConnectorContext, WarehouseConnector
 from loopsync.cycle import CycleCounts, CycleResult, Engine
-from loopsync.errors import AuthError, StopRequested
+from loopsync.errors import AuthError, NotFound, StopRequested, UnknownReturn
 from loopsync.http import LIMIT_HISTORY_NAMESPACE, LimitHistory, RetryPolicy
 from loopsync.loop_client import LoopClient
 from loopsync.state import MerchantLock, Store, state_error
@@ -254,6 +254,9 @@ class _Cycle:
             self._ran(result)
         except AuthError as exc:
             self._refused(result, exc)
+        except UnknownReturn as exc:  # a mistyped id: said in one line, not a crash
+            self.status, self.error_text = "failed", str(exc)
+            raise
         except StopRequested:
             # Shutdown during a wait: the request is abandoned, what was stored stays stored
             # (ledger intents are looked up next cycle, as after a kill).
@@ -361,7 +364,10 @@ def _import(
     engine: Engine, return_id: str | None, start: datetime | None, end: datetime | None
 ) -> set[str]:
     if return_id:
-        return engine.import_return(return_id)
+        try:
+            return engine.import_return(return_id)
+        except NotFound:
+            raise UnknownReturn(f"return {return_id} not found in Loop") from None
     assert start is not None and end is not None
     return engine.import_window(start, end)
 

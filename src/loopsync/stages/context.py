@@ -97,7 +97,7 @@ class CycleContext:
 
     def event(self, kind: str, rid: str, **info: Any) -> None:
         self.result.events.append({"event": kind, "return_id": rid, **info})
-        self.log.info(f"return.{kind}", return_id=rid, **info)
+        self.log.debug(f"return.{kind}", return_id=rid, **info)
 
     def problem(self, rid: str | None, stage: str, message: str) -> None:
         # Remote text may hold lone surrogates, which neither SQLite nor a log line takes.

@@ -14,6 +14,9 @@ Loop's `Date` is logged (`windows.clock_skew`).
 
 Manual imports (`import_window`, `import_return`) store returns the same way but move no
 live cursor.
+
+Progress (`loopsync.progress`): Loop's cursor-paged list tells no total, so how far a pull
+is counts windows (`planned_windows`, one pass per state), and the rate counts returns.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from loopsync.loop_client import LOOP_STATES, ReturnsPage
 from loopsync.models import LoopReturn, parse_asn_row, remote_timestamp
 from loopsync.paging import WalkEnd, WalkResult, record_walk
 from loopsync.prefetch import prefetched
+from loopsync.progress import Progress
 from loopsync.stages.context import CycleContext, one_records_fault, raw_id, unexpected
 from loopsync.state import LOOKUP, Cursor, Lookup, ReturnHead, Upserted
 from loopsync.timeutil import iso, parse_timestamp
@@ -59,10 +63,28 @@ class WindowEnd(StrEnum):
     INCOMPLETE = "incomplete"  # pagination broke off; pages read are kept, the window stays
 
 
-def ingest(ctx: CycleContext) -> None:
+def planned_windows(ctx: CycleContext, end: datetime) -> int:
+    """How many windows a pull up to `end` reads, from the stored cursors (an estimate
+    for progress only: a cursor pulled back from the future reads more)."""
+    total = 0
+    for state in ctx.cfg.loop.states:
+        cur = ctx.store.cursors.get(RETURNS, state)
+        resumed = cur.window_from is not None and cur.window_to is not None
+        start = ingest_start(
+            cur.window_to if resumed else cur.done_until,
+            ctx.cfg.loop.start_at,
+            ctx.cfg.loop.lookback,
+        )
+        total += int(resumed) + len(plan_windows(start, end, ctx.cfg.loop.window))
+    return total
+
+
+def ingest(ctx: CycleContext, progress: Progress | None = None) -> None:
     """Pull every state pass up to one fixed end instant (the signpost), window by
     window, page by page; each page and its checkpoint commit together."""
     end = ctx.now()
+    if progress is not None:
+        progress.grow(planned_windows(ctx, end))
     for state in ctx.cfg.loop.states:
         if ctx.stop.is_set():
             return
@@ -77,23 +99,29 @@ def ingest(ctx: CycleContext) -> None:
                 has_cursor=bool(cur.page_cursor),
             )
             outcome = _ingest_window(
-                ctx, state, Window(cur.window_from, cur.window_to), cur.page_cursor
+                ctx,
+                state,
+                Window(cur.window_from, cur.window_to),
+                cur.page_cursor,
+                progress=progress,
             )
             if outcome == WindowEnd.STOPPED:
                 return
             if outcome == WindowEnd.INCOMPLETE:
                 continue
             cur = ctx.store.cursors.get(RETURNS, state)
-        if _new_windows(ctx, state, cur, end) == WindowEnd.STOPPED:
+        if _new_windows(ctx, state, cur, end, progress) == WindowEnd.STOPPED:
             return
 
 
-def _new_windows(ctx: CycleContext, state: str, cur: Cursor, end: datetime) -> WindowEnd:
+def _new_windows(
+    ctx: CycleContext, state: str, cur: Cursor, end: datetime, progress: Progress | None
+) -> WindowEnd:
     """Read the windows from the last completed one (less lookback) to `end`."""
     start = ingest_start(cur.done_until, ctx.cfg.loop.start_at, ctx.cfg.loop.lookback)
     ctx.log.info("ingest.state", state=state, start=iso(start), end=iso(end))
     for window in plan_windows(start, end, ctx.cfg.loop.window):
-        outcome = _ingest_window(ctx, state, window, None)
+        outcome = _ingest_window(ctx, state, window, None, progress=progress)
         if outcome != WindowEnd.COMPLETE:
             return outcome  # stopped; or the cursor cannot pass this window: others go on
     return WindowEnd.COMPLETE
@@ -170,8 +198,16 @@ class _WindowRead:
     """One window's pages as they are stored: what was read, and Loop's clock when the
     reading began (kept across a resumed walk)."""
 
-    def __init__(self, ctx: CycleContext, state: str, window: Window, cursor: str | None) -> None:
+    def __init__(
+        self,
+        ctx: CycleContext,
+        state: str,
+        window: Window,
+        cursor: str | None,
+        progress: Progress | None = None,
+    ) -> None:
         self.ctx, self.state, self.window, self.cursor = ctx, state, window, cursor
+        self.progress = progress
         self.date_key = f"window_date:{RETURNS}/{state}"
         self.pages = 0
         self.first_date: datetime | None = None
@@ -204,14 +240,37 @@ class _WindowRead:
             )
             if first_page and self.first_date is not None and page.next_cursor:
                 ctx.store.kv(CURSOR_EVENTS).set(self.date_key, iso(self.first_date))
+        if self.progress is not None:
+            self.progress.add(0, items=len(page.returns))
 
 
 def _ingest_window(
-    ctx: CycleContext, state: str, window: Window, cursor: str | None, *, retried: bool = False
+    ctx: CycleContext,
+    state: str,
+    window: Window,
+    cursor: str | None,
+    *,
+    retried: bool = False,
+    progress: Progress | None = None,
 ) -> WindowEnd:
     """Read one window: COMPLETE, STOPPED (shutdown; checkpoint saved) or INCOMPLETE
     (pagination broke off; the pages read are kept, the window stays open)."""
-    reading = _WindowRead(ctx, state, window, cursor)
+    outcome = _read_window(ctx, state, window, cursor, retried=retried, progress=progress)
+    if progress is not None and outcome != WindowEnd.STOPPED:
+        progress.add(1, items=0)  # this window is behind us, read or not
+    return outcome
+
+
+def _read_window(
+    ctx: CycleContext,
+    state: str,
+    window: Window,
+    cursor: str | None,
+    *,
+    retried: bool,
+    progress: Progress | None,
+) -> WindowEnd:
+    reading = _WindowRead(ctx, state, window, cursor, progress)
     try:
         outcome = reading.read()
     except PaginationStopped as exc:
@@ -220,14 +279,14 @@ def _ingest_window(
         if not retried and exc.reason != "page_cap":
             # A repeated or missing cursor may be a one-off: read the window again.
             ctx.log.warning("ingest.window_retry", state=state, reason=exc.reason)
-            return _ingest_window(ctx, state, window, None, retried=True)
+            return _read_window(ctx, state, window, None, retried=True, progress=progress)
         return _walk_broke_off(ctx, reading, exc)
     except PermanentError as exc:
         if cursor is None or reading.pages or isinstance(exc, AuthError):
             raise
         # A saved page cursor the API no longer accepts: re-read the window from its start.
         ctx.log.warning("ingest.cursor_rejected", state=state, error=str(exc))
-        return _ingest_window(ctx, state, window, None, retried=retried)
+        return _read_window(ctx, state, window, None, retried=retried, progress=progress)
     if outcome == WindowEnd.STOPPED:
         return outcome
     _record_walk(ctx, f"loop.returns.{state}", None)
@@ -381,14 +440,23 @@ def _ingest_asn_row(ctx: CycleContext, row: Any) -> None:
     ctx.counts.asn_rows += 1
 
 
-def import_window(ctx: CycleContext, start: datetime, end: datetime) -> set[str]:
+def import_window(
+    ctx: CycleContext, start: datetime, end: datetime, progress: Progress | None = None
+) -> set[str]:
     """Manual import of a date range: every state, no live cursor moves."""
     ids: set[str] = set()
+    windows = plan_windows(start, end, ctx.cfg.loop.window)
+    if progress is not None:
+        progress.grow(len(windows) * len(ctx.cfg.loop.states))
     for state in ctx.cfg.loop.states:
-        for window in plan_windows(start, end, ctx.cfg.loop.window):
+        for window in windows:
             for page in ctx.loop.iter_returns(window.start, window.end, state):
                 with ctx.store.atomic():
                     ids.update(ingest_page(ctx, page.returns))
+                if progress is not None:
+                    progress.add(0, items=len(page.returns))
+            if progress is not None:
+                progress.add(1, items=0)
     return ids
 
 

@@ -15,6 +15,11 @@ commit in one transaction; the note is then written at once (`act.run_effects`).
 
 A connector matching by something weaker than the Loop return id (`weak_matching`) never
 links two open returns to one RMA: both are reported for a person, neither is acted on.
+
+A backlog (a backfill of thousands of returns) is worked through in batches (`Backlog`,
+`batch_over`: `push.batch` returns or `push.batch_time`, whichever comes first); the cycle
+runs poll and act between batches when `poll_between` says so, so a return the warehouse
+has received is processed while the backlog is still being pushed.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from datetime import timedelta
 from enum import StrEnum
 
 from loopsync import rules
+from loopsync.config import PushSettings
 from loopsync.connectors.base import NotReady, PushRequest
 from loopsync.effects import (
     CreateRma,
@@ -119,6 +125,47 @@ def decide_found(ref: RmaRef | None, *, creates_rmas: bool, other_owners: list[s
     if ref is None:
         return FoundStep.CREATE if creates_rmas else FoundStep.WAIT
     return FoundStep.AMBIGUOUS if other_owners else FoundStep.LINK
+
+
+# -- batches (pure) -----------------------------------------------------------------------
+
+
+def batch_over(handled: int, elapsed: float, limits: PushSettings) -> bool:
+    """Does a batch end after `handled` returns and `elapsed` seconds?"""
+    return handled >= limits.batch or elapsed >= limits.batch_time.total_seconds()
+
+
+def poll_between(pushed_for: float, last_poll_took: float) -> bool:
+    """Do poll and act run before the next batch? Only once the push since the last poll
+    has taken at least as long as that poll and act did: polling thousands of open RMAs
+    can take many minutes (ShipHero: about 21 min for 5,000, BENCHMARKS.md), and without
+    this share it could crowd out the backlog it waits on. So polling takes at most about
+    half of a backlog's time, and a received return waits at most about one poll plus
+    one batch."""
+    return pushed_for >= last_poll_took
+
+
+class Backlog:
+    """The returns one cycle's push works through, taken once at its start (a return left
+    waiting is not tried again in the same cycle), handed out batch by batch."""
+
+    def __init__(self, ids: list[str]) -> None:
+        self.ids = ids
+        self.position = 0
+        self.abandoned = False  # the stage stopped (an outage): the rest waits a cycle
+
+    @property
+    def total(self) -> int:
+        return len(self.ids)
+
+    @property
+    def done(self) -> bool:
+        return self.abandoned or self.position >= len(self.ids)
+
+    def take(self) -> str:
+        rid = self.ids[self.position]
+        self.position += 1
+        return rid
 
 
 # -- the stage -----------------------------------------------------------------------------

@@ -109,6 +109,16 @@ class RunRepository:
             )
         ]
 
+    def checkpoint(self, run_id: str, counts: dict[str, Any]) -> bool:
+        """The running run's counts so far, so `status` during a long cycle shows live
+        numbers. Only a run still `running` is updated (a finished row keeps its final
+        counts); False when there is none (an engine driven without a run row)."""
+        cur = self.db.execute(
+            "update runs set counts = ? where id = ? and status = 'running'",
+            [json.dumps(counts), run_id],
+        )
+        return cur.rowcount > 0
+
     # -- schema 3: stage failures -------------------------------------------------------
     def add_stage_failure(self, run_id: str, stage: str, reason: str) -> None:
         """A stage stopped on a remote failure in this run (the stage guard)."""

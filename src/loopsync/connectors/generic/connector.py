@@ -118,7 +118,7 @@ class GenericConnector(WarehouseConnector):
 
     def create_rma(self, req: PushRequest, located: dict[str, Any]) -> RmaRef:
         self.transport.deliver(rma_record(req))
-        log.info("generic.rma_delivered", return_id=req.ret.id, transport=self.conf.transport)
+        log.debug("generic.rma_delivered", return_id=req.ret.id, transport=self.conf.transport)
         return self._ref(req)
 
     def poll(self, rmas: Sequence[RmaRef]) -> PollResult:

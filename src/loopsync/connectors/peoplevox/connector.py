@@ -182,7 +182,7 @@ class PeopleVoxConnector(WarehouseConnector):
             lines = self._missing_lines(req, lines)
         if lines:
             self._save_items(ra_number, lines, item_columns, header_existed)
-        log.info(
+        log.debug(
             "peoplevox.ra_saved",
             return_id=ra_number,
             items=len(lines),

@@ -125,7 +125,7 @@ class ShipHeroConnector(WarehouseConnector):
             raise OutcomeUnknown(
                 SYSTEM, f"return_create answered without a readable return id ({exc})"
             ) from None
-        log.info(
+        log.debug(
             "shiphero.rma_created",
             return_id=req.ret.id,
             rma_id=ref.rma_id,

@@ -123,7 +123,7 @@ class XoroConnector(WarehouseConnector):
                 field=ASN_NUMBER,
             )
         rma_number = field_text(header.get(self.conf.rma_number_field)) or asn_number
-        log.info("xoro.asn_found", return_id=ret.id, rma=rma_number, asn=asn_number)
+        log.debug("xoro.asn_found", return_id=ret.id, rma=rma_number, asn=asn_number)
         return RmaRef(ret.id, rma_number, {"asn_number": asn_number, "search_from": iso(since)})
 
     def poll(self, rmas: Sequence[RmaRef]) -> PollResult:
