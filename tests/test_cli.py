@@ -66,6 +66,8 @@ def test_import_by_id_leaves_the_live_cursor_alone(sb, cfg_path, tmp_path, capsy
     old = sb.clock.now() - timedelta(days=90)  # before loop.start_at (30 days back)
     sb.add_return(make_return(rng=sb.rng, return_id=8201, state="open", updated_at=old))
     assert main(["import", "-c", str(cfg_path), "--return-id", "8201"]) == 0
+    story = capsys.readouterr().out  # the import ends with the return's story
+    assert "return 8201" in story and "ingested" in story and "pushed" in story
     store = Store(tmp_path / "cli.sqlite", sb.clock)
     assert store.returns.get("8201").stage == "open"  # pushed: it has an RMA
     assert sb.warehouse.rma_count("8201") == 1

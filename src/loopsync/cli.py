@@ -459,7 +459,11 @@ def cmd_import(args: argparse.Namespace, out: TextIO) -> int:
             )
 
     PROCESS.supervise(work, grace=stop_grace([cfg]))
-    return _final_code(codes, [])
+    code = _final_code(codes, [])
+    if args.return_id and code == EXIT_OK and not args.dry_run:
+        # What the import did to it, as `status --return` tells it.
+        return _status_return([cfg], args.return_id, out, as_json=False)
+    return code
 
 
 _LOOP_ID = re.compile(r"[0-9]{1,20}")
