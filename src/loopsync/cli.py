@@ -15,10 +15,11 @@ stderr), a state file's own code (65/73/74) being kept when it was the only merc
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, TextIO
 
 import structlog
@@ -66,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run every merchant on its schedule until stopped")
     configs(serve, "merchant YAML file(s) or directories of them")
+    serve.add_argument("--http", metavar="HOST:PORT", default=None,
+                       help="serve /healthz, /readyz, /metrics and the status page here (default: "
+                       "$LOOPSYNC_HTTP, else off); off loopback the page needs "
+                       "$LOOPSYNC_HTTP_TOKEN")
 
     imp = sub.add_parser("import",
                          help="import returns by id or date range (live cursor untouched)")
@@ -304,7 +309,47 @@ def cmd_import(args: argparse.Namespace, out: TextIO) -> int:
     return _final_code(codes, [])
 
 
+SKIPPED = "skipped"
+
+
+@contextlib.contextmanager
+def cycle_event(merchant: str) -> Iterator[list[str]]:
+    """Times a serve cycle and emits its end (telemetry.CycleDone) with the stages the
+    body appended to the yielded list (SKIPPED: no cycle ran, nothing emitted)."""
+    from loopsync import telemetry
+    from loopsync.timeutil import SystemClock
+
+    clock = SystemClock()
+    began, failed = clock.monotonic(), list[str]()
+    try:
+        yield failed
+    finally:
+        if SKIPPED not in failed:
+            telemetry.emit(telemetry.CycleDone(merchant, clock.now().timestamp(),
+                                               clock.monotonic() - began, not failed,
+                                               tuple(failed)))
+
+
+def http_listener(address: str | None, configs: Any) -> Any:
+    """The listener `serve --http` (or $LOOPSYNC_HTTP) asks for, bound now, so a bad or
+    busy address fails at start with one line; None when off."""
+    import os
+
+    from loopsync import web
+
+    text = address or os.environ.get(web.ADDRESS_ENV, "").strip()
+    if not text:
+        return None
+    where = web.parse_address(text)
+    token = web.check_token(where, os.environ)
+    try:
+        return web.Listener(where, configs, token=token)
+    except OSError as exc:
+        raise UsageError(f"--http {text}: cannot listen there: {exc.strerror or exc}") from None
+
+
 def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
+    from loopsync import telemetry
     from loopsync.runner import run_merchant
     from loopsync.scheduling import serve
 
@@ -320,15 +365,19 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
     def cycle(cfg: MerchantConfig, stop: threading.Event) -> None:
         # One merchant's trouble is logged (and recorded in its run row when its state
         # opened); it never reaches the scheduler, and the next cycle tries again.
-        try:
-            run_merchant(cfg, stop=stop, mode="serve")
-        except LockHeld as exc:
-            log.warning("serve.locked", merchant=cfg.merchant, error=str(exc))
-        except StateError as exc:
-            log.error("serve.state_error", merchant=cfg.merchant, file=exc.path,
-                      error=_redacted(str(exc)), next="retried on its schedule")
-        except Exception as exc:  # noqa: BLE001 - contained: the other merchants go on
-            log.error("serve.cycle_failed", merchant=cfg.merchant, error=_one_line(exc))
+        with telemetry.merchant_scope(cfg.merchant), cycle_event(cfg.merchant) as failed:
+            try:
+                failed.extend(sorted(run_merchant(cfg, stop=stop, mode="serve").stage_errors))
+            except LockHeld as exc:
+                failed.append(SKIPPED)  # another process runs it: no cycle here
+                log.warning("serve.locked", merchant=cfg.merchant, error=str(exc))
+            except StateError as exc:
+                failed.append("state")
+                log.error("serve.state_error", merchant=cfg.merchant, file=exc.path,
+                          error=_redacted(str(exc)), next="retried on its schedule")
+            except Exception as exc:  # noqa: BLE001 - contained: the other merchants go on
+                failed.append("crashed")
+                log.error("serve.cycle_failed", merchant=cfg.merchant, error=_one_line(exc))
 
     def reload() -> list[MerchantConfig] | None:
         try:
@@ -339,7 +388,17 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
         _report_bad(invalid)
         return fresh or None  # nothing valid left (a folder gone unreadable): keep what runs
 
-    return serve(configs, cycle, shutdown=PROCESS, reload=reload, grace=stop_grace(configs))
+    current = configs
+    listener = http_listener(args.http, lambda: current)
+
+    def reload_tracked() -> list[MerchantConfig] | None:
+        nonlocal current
+        fresh = reload()
+        current = fresh if fresh is not None else current
+        return fresh
+
+    return serve(configs, cycle, shutdown=PROCESS, reload=reload_tracked,
+                 grace=stop_grace(configs), listener=listener)
 
 
 def cmd_status(args: argparse.Namespace, out: TextIO) -> int:

@@ -58,6 +58,7 @@ from tenacity.wait import wait_base
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
+from loopsync import telemetry
 from loopsync.errors import (AuthError, DeadlineExceeded, ForeignOrigin, NotFound, OutcomeUnknown,
                              PermanentError, RateLimited, RemoteError, ResponseTooLarge,
                              TransientError)
@@ -347,6 +348,10 @@ def retrying(policy: RetryPolicy, clock: Clock, *, retry_on: tuple[type[BaseExce
         log.warning("http.retry", system=system, attempt=state.attempt_number,
                     wait=round(state.next_action.sleep, 2) if state.next_action else None,
                     error=str(exc))
+        if isinstance(exc, RateLimited) and state.next_action is not None:
+            telemetry.emit(telemetry.ThrottleWait(system, state.next_action.sleep,
+                                                  telemetry.WaitCause.SERVER,
+                                                  telemetry.current_merchant()))
 
     def too_long(exc: BaseException) -> bool:
         # A server hint beyond our cap fails now rather than sleeping for hours.
@@ -900,8 +905,13 @@ class HttpClient:
               data: bytes | str | None, headers: Mapping[str, str] | None,
               idempotent: bool) -> HttpResult:
         if self.limiter is not None:
-            self.limiter.acquire(self.clock.sleep)
+            waited = self.limiter.acquire(self.clock.sleep)
+            if waited > 0:
+                telemetry.emit(telemetry.ThrottleWait(self.system, waited,
+                                                      telemetry.WaitCause.LIMITER,
+                                                      telemetry.current_merchant()))
         self.requests_sent += 1
+        began = self.clock.monotonic()
         sent_headers = {"Accept-Encoding": "gzip, deflate", **(headers or {})}
         watch = _watchdog.watch(self.deadline)
         _current.watch = watch
@@ -927,6 +937,9 @@ class HttpClient:
             watch.finish()
             if resp is not None:
                 resp.close()
+            telemetry.emit(telemetry.RequestDone(
+                self.system, resp.status_code if resp is not None else None,
+                self.clock.monotonic() - began, telemetry.current_merchant()))
 
     def _transport_error(self, exc: Exception, watch: _Watch, *, idempotent: bool,
                          answered: bool) -> RemoteError:

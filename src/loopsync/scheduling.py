@@ -10,6 +10,10 @@ removed or replaced (a running cycle of a replaced merchant finishes first).
 A merchant's cycle never raises into the scheduler: `run_cycle` contains its own
 failures (cli.cmd_serve), and anything that still escapes is logged here, one line, and
 the merchant runs again on its schedule.
+
+`listener` (serve --http, loopsync.web): started before the first cycle, stopped after the
+last; a scheduler job beats its heartbeat every HEARTBEAT_SECONDS, so /healthz fails when
+the scheduler's threads stop running jobs, not only when the process is gone.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED
@@ -33,7 +37,19 @@ MISFIRE_GRACE_SECONDS = 600
 # Threads are made only when needed; room for merchants added by a reload.
 MAX_WORKERS = 64
 
+HEARTBEAT_SECONDS = 5  # web.HEARTBEAT_SECONDS: /healthz allows three missed beats
+
 Cycle = Callable[[MerchantConfig, threading.Event], Any]
+
+
+class Listener(Protocol):
+    """What serve needs of the HTTP listener (loopsync.web.Listener)."""
+
+    def start(self) -> None: ...
+
+    def beat(self) -> None: ...
+
+    def stop(self) -> None: ...
 
 
 def _job_id(cfg: MerchantConfig) -> str:
@@ -51,10 +67,25 @@ def _guarded(run_cycle: Cycle) -> Cycle:
     return job
 
 
+def _start_listener(scheduler: Any, listener: Listener | None) -> None:
+    """The heartbeat is a job: it beats only while the scheduler runs jobs."""
+    if listener is None:
+        return
+    scheduler.add_job(listener.beat, "interval", seconds=HEARTBEAT_SECONDS, id="heartbeat",
+                      name="heartbeat", next_run_time=datetime.now(UTC))
+    listener.start()
+
+
+def _stop_listener(listener: Listener | None) -> None:
+    """After the last cycle: /readyz and the page answer while cycles drain."""
+    if listener is not None:
+        listener.stop()
+
+
 def serve(configs: list[MerchantConfig], run_cycle: Cycle,
           stop: threading.Event | None = None, *, shutdown: Shutdown | None = None,
           reload: Callable[[], list[MerchantConfig] | None] | None = None,
-          grace: float = 65.0) -> int:
+          grace: float = 65.0, listener: Listener | None = None) -> int:
     """Run every merchant on its schedule until `stop` is set or a signal arrives (the
     `shutdown` handlers must be installed by the caller to see signals). `reload`: the
     configurations to run after a SIGHUP (None: keep the current ones)."""
@@ -107,6 +138,7 @@ def serve(configs: list[MerchantConfig], run_cycle: Cycle,
             log.info("serve.reloaded", merchants=sorted(running))
         return False
 
+    _start_listener(scheduler, listener)
     log.info("serve.start", merchants=[c.merchant for c in configs])
     scheduler.start()
     try:
@@ -121,5 +153,6 @@ def serve(configs: list[MerchantConfig], run_cycle: Cycle,
         closing.start()
         if not shutdown.drain(closing, grace):
             log.warning("serve.left_running", grace=grace)
+        _stop_listener(listener)
     log.info("serve.stopped")
     return 0
