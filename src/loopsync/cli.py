@@ -330,9 +330,10 @@ def cycle_event(merchant: str) -> Iterator[list[str]]:
                                                tuple(failed)))
 
 
-def http_listener(address: str | None, configs: Any) -> Any:
-    """The listener `serve --http` (or $LOOPSYNC_HTTP) asks for, bound now, so a bad or
-    busy address fails at start with one line; None when off."""
+def http_address(address: str | None) -> tuple[Any, str | None] | None:
+    """Where `serve --http` (or $LOOPSYNC_HTTP) listens and the page's token; None when
+    off. Checked before anything starts: a bad address, or one off loopback without
+    $LOOPSYNC_HTTP_TOKEN, is a UsageError (one line, exit 2)."""
     import os
 
     from loopsync import web
@@ -341,11 +342,21 @@ def http_listener(address: str | None, configs: Any) -> Any:
     if not text:
         return None
     where = web.parse_address(text)
-    token = web.check_token(where, os.environ)
+    return where, web.check_token(where, os.environ)
+
+
+def http_listener(asked: tuple[Any, str | None] | None, configs: Any) -> Any:
+    """The listener, bound now: a busy address fails at start with one line (exit 2)."""
+    from loopsync import web
+
+    if asked is None:
+        return None
+    where, token = asked
     try:
         return web.Listener(where, configs, token=token)
     except OSError as exc:
-        raise UsageError(f"--http {text}: cannot listen there: {exc.strerror or exc}") from None
+        raise UsageError(f"--http {where.host}:{where.port}: cannot listen there: "
+                         f"{exc.strerror or exc}") from None
 
 
 def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
@@ -353,6 +364,7 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
     from loopsync.runner import run_merchant
     from loopsync.scheduling import serve
 
+    asked = http_address(args.http)
     configs, bad = load_each(args.config)
     _report_bad(bad)
     if PROCESS.requested:  # stopped during start-up: nothing is running yet
@@ -389,7 +401,7 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
         return fresh or None  # nothing valid left (a folder gone unreadable): keep what runs
 
     current = configs
-    listener = http_listener(args.http, lambda: current)
+    listener = http_listener(asked, lambda: current)
 
     def reload_tracked() -> list[MerchantConfig] | None:
         nonlocal current
