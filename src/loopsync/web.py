@@ -339,7 +339,7 @@ def esc(value: object) -> str:
 
 STYLE = """body{font:14px system-ui,sans-serif;margin:1.5rem;color:#222}
 table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #ccc;padding:.25rem .5rem;
-text-align:left}.v-OK{color:#176a2b}.v-DEGRADED{color:#a66300}.v-STALLED,.v-BLOCKED,
+text-align:left}.runs td:nth-child(-n+2){white-space:nowrap}.v-OK{color:#176a2b}.v-DEGRADED{color:#a66300}.v-STALLED,.v-BLOCKED,
 .v-INTERRUPTED{color:#b00020}h2{margin-top:1.5rem}.muted{color:#777}"""
 
 
@@ -407,6 +407,7 @@ def svg_chart(bars: list[HourBar], width: int = 720, height: int = 120) -> str:
     total_f = sum(b.flagged for b in bars)
     return (f"<figure><svg class=chart role=img width=\"{width}\" height=\"{height}\" "
             f"viewBox=\"0 0 {width} {height}\" aria-label=\"returns per hour\">"
+            f"<line x1=\"0\" y1=\"{height}\" x2=\"{width}\" y2=\"{height}\" stroke=\"#999\"/>"
             f"{''.join(rects)}</svg><figcaption>Returns per hour, last {len(bars)} hours: "
             f"{total_p} processed (green), {total_f} flagged (orange)</figcaption></figure>")
 
