@@ -339,8 +339,8 @@ def esc(value: object) -> str:
 
 STYLE = """body{font:14px system-ui,sans-serif;margin:1.5rem;color:#222}
 table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #ccc;padding:.25rem .5rem;
-text-align:left}.runs td:nth-child(-n+2){white-space:nowrap}.v-OK{color:#176a2b}.v-DEGRADED{color:#a66300}.v-STALLED,.v-BLOCKED,
-.v-INTERRUPTED{color:#b00020}h2{margin-top:1.5rem}.muted{color:#777}"""
+text-align:left}.runs td:nth-child(-n+2){white-space:nowrap}.v-OK{color:#176a2b}
+.v-DEGRADED{color:#a66300}.v-STALLED,.v-BLOCKED,.v-INTERRUPTED{color:#b00020}h2{margin-top:1.5rem}.muted{color:#777}"""
 
 
 def page(title: str, body: str) -> str:
