@@ -1,6 +1,7 @@
 """The `loopsync` command.
 
-Exit status: 0 all went well; 1 some merchant had errors; 2 configuration or usage error;
+Exit status: 0 all went well; 1 some merchant had errors (`status --return`: no such
+return); 2 configuration or usage error; 3 `status --check`: a merchant is STALLED or BLOCKED;
 65 (EX_DATAERR) a state file is corrupt, truncated or from a newer loopsync; 70
 (EX_SOFTWARE) an unexpected internal error; 73 (EX_CANTCREAT) a state file or its folder
 cannot be created or written; 74 (EX_IOERR) disk full or an I/O error on a state file;
@@ -33,6 +34,7 @@ from loopsync.shutdown import PROCESS
 from loopsync.timeutil import parse_timestamp
 
 EXIT_OK, EXIT_ERRORS, EXIT_CONFIG, EXIT_LOCKED = 0, 1, 2, 75
+EXIT_ALERT = 3  # `status --check`: some merchant is STALLED or BLOCKED
 EXIT_SOFTWARE = 70  # sysexits EX_SOFTWARE: anything unexpected, one line, no traceback
 # Commands that do work and honour SIGTERM/SIGINT (the others keep Python's defaults).
 SIGNAL_COMMANDS = ("run", "import", "serve")
@@ -83,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="where each merchant's sync stands")
     configs(status)
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("--check", action="store_true",
+                        help=f"exit {EXIT_ALERT} when any merchant is STALLED or BLOCKED")
+    status.add_argument("--return", dest="return_id", metavar="ID",
+                        help="the story of one return (Loop return id, RMA id or number)")
 
     check = sub.add_parser("check-config", help="validate configuration files")
     configs(check)
@@ -374,12 +380,13 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
         print("loopsync: no valid merchant configuration to serve", file=sys.stderr)
         return EXIT_CONFIG
 
-    def cycle(cfg: MerchantConfig, stop: threading.Event) -> None:
+    def cycle(cfg: MerchantConfig, stop: threading.Event, next_due: Any = None) -> None:
         # One merchant's trouble is logged (and recorded in its run row when its state
         # opened); it never reaches the scheduler, and the next cycle tries again.
         with telemetry.merchant_scope(cfg.merchant), cycle_event(cfg.merchant) as failed:
             try:
-                failed.extend(sorted(run_merchant(cfg, stop=stop, mode="serve").stage_errors))
+                failed.extend(sorted(run_merchant(cfg, stop=stop, mode="serve",
+                                                   next_due=next_due).stage_errors))
             except LockHeld as exc:
                 failed.append(SKIPPED)  # another process runs it: no cycle here
                 log.warning("serve.locked", merchant=cfg.merchant, error=str(exc))
@@ -414,19 +421,27 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
-    from loopsync.status import merchant_status, render_status, status_env
+    from loopsync.report import ALERTING, view_lines
+    from loopsync.status import merchant_status, merchant_view, render_status, status_env
 
     # Reads the state files only: no secret needs to be in the environment.
     configs, bad = load_each(args.config, env=status_env())
     _report_bad(bad)
+    if args.return_id:
+        return _status_return(configs, args.return_id, out, as_json=args.json)
     reports = [merchant_status(cfg) for cfg in configs]
+    views = [merchant_view(cfg) for cfg in configs]
     # Redacted here too: a state file written before redaction existed may hold secrets.
     if args.json:
-        out.write(redact(json.dumps(redact_obj(reports), indent=2, default=str)))
+        shown = [v.to_json() | {"detail": r} for v, r in zip(views, reports, strict=True)]
+        out.write(redact(json.dumps(redact_obj(shown), indent=2, default=str)))
         out.write("\n")
     else:
-        for report in reports:
-            out.write(redact(render_status(redact_obj(report))))
+        for view, report in zip(views, reports, strict=True):
+            # the details past their header line; none when there is no state to detail
+            detail = "\n" if "note" in report and "state_error" not in report else \
+                render_status(redact_obj(report)).split("\n", 1)[1]
+            out.write(redact("\n".join(view_lines(view)) + "\n" + detail))
     codes: dict[str, tuple[int, str | None]] = {}
     for cfg, report in zip(configs, reports, strict=True):
         failure = report.get("state_error")
@@ -434,7 +449,32 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
             print(f"loopsync: {cfg.merchant}: {failure['message']}", file=sys.stderr)
         codes[cfg.merchant] = (failure["exit_code"], failure["message"]) if failure else \
             (EXIT_OK, None)
+    if args.check and not bad and any(v.verdict in ALERTING for v in views):
+        return EXIT_ALERT
     return _final_code(codes, bad)
+
+
+def _status_return(configs: list[MerchantConfig], query: str, out: TextIO, *,
+                   as_json: bool) -> int:
+    """`status --return ID`: the story of one return, looked for in every merchant."""
+    from loopsync.status import return_story
+
+    for cfg in configs:
+        try:
+            story = return_story(cfg, query)
+        except StateError as exc:
+            print(f"loopsync: {cfg.merchant}: {exc}", file=sys.stderr)
+            continue
+        if story is not None:
+            if as_json:
+                shown = {"merchant": cfg.merchant} | story.to_json()
+                out.write(redact(json.dumps(redact_obj(shown), indent=2)) + "\n")
+            else:
+                out.write(redact("\n".join([f"{cfg.merchant}", *story.lines()])) + "\n")
+            return EXIT_OK
+    print(f"loopsync: no return or RMA {query!r} in the state of "
+          + ", ".join(c.merchant for c in configs), file=sys.stderr)
+    return EXIT_ERRORS
 
 
 def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:

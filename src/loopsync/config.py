@@ -53,6 +53,12 @@ class MerchantConfig:
     every: timedelta
     loop: LoopSettings
     warehouse: WarehouseSettings
+    # No fully successful cycle for this long: `status` says STALLED (None: 3 x every).
+    stalled_after: timedelta | None = None
+
+    @property
+    def stall_limit(self) -> timedelta:
+        return self.stalled_after or 3 * self.every
 
     def secrets(self) -> list[str]:
         """Every secret value this config holds (for log redaction)."""
@@ -216,12 +222,15 @@ def parse_config(data: Any, *, file: str, env: Mapping[str, str] | None = None,
                                     environ.get(STATE_DIR_ENV) or None)
     schedule = root.section("schedule")
     every = schedule.duration("every", "15m", min=timedelta(seconds=10))
+    # Absent: timedelta(0), returned as is, which stands for "3 x every" (stall_limit).
+    stalled_after = schedule.duration("stalled_after", timedelta(0),
+                                      min=timedelta(seconds=10)) or None
     schedule.done()
     loop = parse_loop(root.section("loop", required=True))
     warehouse = parse_warehouse(root.section("warehouse", required=True))
     root.done()
     cfg = MerchantConfig(file=file, merchant=merchant, state_path=state_path, every=every,
-                         loop=loop, warehouse=warehouse)
+                         loop=loop, warehouse=warehouse, stalled_after=stalled_after)
     _refuse_secrets_in_ordinary_keys(root, data, cfg.secrets())
     return cfg
 

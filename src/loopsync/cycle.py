@@ -32,7 +32,14 @@ import structlog
 
 from loopsync.config import MerchantConfig
 from loopsync.connectors.base import WarehouseConnector
-from loopsync.errors import AuthError, PermanentError, RemoteError, TransientError, Unreadable
+from loopsync.errors import (
+    AuthError,
+    PermanentError,
+    RateLimited,
+    RemoteError,
+    TransientError,
+    Unreadable,
+)
 from loopsync.models import printable
 from loopsync.ports import LoopApi
 from loopsync.stages import act as act_stage
@@ -160,6 +167,7 @@ class Engine:
             self.counts.errors += 1
             self.result.stage_errors[name] = printable(str(exc))  # remote text: no surrogates
             self.ctx.log.error("stage.failed", stage=name, error=self.result.stage_errors[name])
+            record_stage_failure(self.store, self.ctx.run_id, name, exc)
 
     def _each_return(self, stage: str, ids: Iterable[str], work: Callable[[str], None],
                      only: set[str] | None) -> None:
@@ -236,3 +244,10 @@ def _failure_text(exc: Exception) -> str | None:
     # One return's unexpected trouble (a bug, data no parser foresaw) is recorded
     # against it; the other returns go on.
     return unexpected(exc)
+
+
+def record_stage_failure(store: Store, run_id: str, stage: str, exc: RemoteError) -> None:
+    """Keep a stage failure in the state file with its reason (`status` shows it). The
+    remote pacing us (RateLimited) is no failure of ours: not recorded as a problem."""
+    if not isinstance(exc, RateLimited):
+        store.runs.add_stage_failure(run_id, stage, printable(str(exc)))

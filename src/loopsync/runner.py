@@ -7,6 +7,7 @@ import contextlib
 import sqlite3
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
@@ -23,6 +24,7 @@ from loopsync.errors import AuthError, StopRequested
 from loopsync.http import LIMIT_HISTORY_NAMESPACE, LimitHistory, RetryPolicy
 from loopsync.loop_client import LoopClient
 from loopsync.state import MerchantLock, Store, state_error
+from loopsync.state.runs import NEXT_DUE_KEY, NEXT_DUE_NAMESPACE
 from loopsync.timeutil import Clock, SystemClock, iso
 
 log = structlog.get_logger("loopsync.run")
@@ -62,13 +64,15 @@ def run_merchant(cfg: MerchantConfig, *, clock: Clock | None = None,
                  stop: threading.Event | None = None, dry_run: bool = False, mode: str = "run",
                  import_from: datetime | None = None, import_to: datetime | None = None,
                  import_return_id: str | None = None,
-                 policy: RetryPolicy | None = None) -> CycleResult:
+                 policy: RetryPolicy | None = None,
+                 next_due: Callable[[], datetime | None] | None = None) -> CycleResult:
     """One cycle (or one manual import) for one merchant. Raises LockHeld when another
     process works this merchant, StateError when its state file cannot be used (named,
     with a sysexits code). Dry runs take no lock and write nothing anywhere.
 
     A shutdown (`stop`) ends the cycle as `stopped`; credentials refused end it at once
-    as `refused` and later cycles wait (loopsync.refusals)."""
+    as `refused` and later cycles wait (loopsync.refusals). `next_due` (serve): when the
+    scheduler runs this merchant next, asked at the end and kept for `status`."""
     stop = stop or threading.Event()
     clock = clock or SystemClock(stop)
     for secret in cfg.secrets():
@@ -86,7 +90,8 @@ def run_merchant(cfg: MerchantConfig, *, clock: Clock | None = None,
         with bound:
             return _run_locked(cfg, clock=clock, stop=stop, dry_run=dry_run, mode=mode,
                                run_id=run_id, import_from=import_from, import_to=import_to,
-                               import_return_id=import_return_id, policy=policy)
+                               import_return_id=import_return_id, policy=policy,
+                               next_due=next_due)
     finally:
         if lock is not None:
             lock.release()
@@ -95,12 +100,16 @@ def run_merchant(cfg: MerchantConfig, *, clock: Clock | None = None,
 def _run_locked(cfg: MerchantConfig, *, clock: Clock, stop: threading.Event, dry_run: bool,
                 mode: str, run_id: str, import_from: datetime | None,
                 import_to: datetime | None, import_return_id: str | None,
-                policy: RetryPolicy | None) -> CycleResult:
+                policy: RetryPolicy | None,
+                next_due: Callable[[], datetime | None] | None = None) -> CycleResult:
     store = open_store(cfg, clock, dry_run=dry_run)
     try:
-        return _run_open(cfg, store, clock=clock, stop=stop, dry_run=dry_run, mode=mode,
-                         run_id=run_id, import_from=import_from, import_to=import_to,
-                         import_return_id=import_return_id, policy=policy)
+        result = _run_open(cfg, store, clock=clock, stop=stop, dry_run=dry_run, mode=mode,
+                           run_id=run_id, import_from=import_from, import_to=import_to,
+                           import_return_id=import_return_id, policy=policy)
+        if next_due is not None and not dry_run:
+            record_next_due(store, next_due())
+        return result
     except sqlite3.Error as exc:  # the state file failed under us (disk full, ...)
         raise state_error(cfg.state_path, exc) from None
     finally:
@@ -249,6 +258,11 @@ def _import(engine: Engine, return_id: str | None, start: datetime | None,
         return engine.import_return(return_id)
     assert start is not None and end is not None
     return engine.import_window(start, end)
+
+
+def record_next_due(store: Store, when: datetime | None) -> None:
+    """When `serve` runs this merchant next (kv, read by `status`)."""
+    store.kv(NEXT_DUE_NAMESPACE).set(NEXT_DUE_KEY, iso(when))
 
 
 def summary_line(result: CycleResult) -> str:

@@ -39,7 +39,10 @@ MAX_WORKERS = 64
 
 HEARTBEAT_SECONDS = 5  # web.HEARTBEAT_SECONDS: /healthz allows three missed beats
 
-Cycle = Callable[[MerchantConfig, threading.Event], Any]
+# run_cycle(cfg, stop, next_due=...): `next_due()` is when the scheduler runs this merchant
+# next, asked at the cycle's end (the scheduler has moved the job on by then), for `status`.
+Cycle = Callable[..., Any]
+NextDue = Callable[[], datetime | None]
 
 
 class Listener(Protocol):
@@ -56,11 +59,18 @@ def _job_id(cfg: MerchantConfig) -> str:
     return f"sync:{cfg.merchant}"
 
 
-def _guarded(run_cycle: Cycle) -> Cycle:
+def _next_due(scheduler: BackgroundScheduler, cfg: MerchantConfig) -> NextDue:
+    def next_due() -> datetime | None:
+        when = getattr(scheduler.get_job(_job_id(cfg)), "next_run_time", None)
+        return when if isinstance(when, datetime) else None
+    return next_due
+
+
+def _guarded(run_cycle: Cycle, due: Callable[[MerchantConfig], NextDue]) -> Cycle:
     """The job: one merchant's exception is logged and contained (never a traceback)."""
     def job(cfg: MerchantConfig, stop: threading.Event) -> None:
         try:
-            run_cycle(cfg, stop)
+            run_cycle(cfg, stop, next_due=due(cfg))
         except Exception as exc:  # noqa: BLE001 - one merchant must not stop the rest
             log.error("serve.cycle_failed", merchant=cfg.merchant,
                       error=clip(" ".join(f"{type(exc).__name__}: {exc}".split()), 500, ""))
@@ -91,13 +101,13 @@ def serve(configs: list[MerchantConfig], run_cycle: Cycle,
     configurations to run after a SIGHUP (None: keep the current ones)."""
     stop = stop or threading.Event()
     shutdown = shutdown or Shutdown()
-    job = _guarded(run_cycle)
     scheduler = BackgroundScheduler(
         executors={"default": ThreadPoolExecutor(max_workers=max(MAX_WORKERS, len(configs)))},
         job_defaults={"max_instances": 1, "coalesce": True,
                       "misfire_grace_time": MISFIRE_GRACE_SECONDS},
         timezone=UTC,
     )
+    job = _guarded(run_cycle, lambda cfg: _next_due(scheduler, cfg))
     running: dict[str, MerchantConfig] = {}
 
     def schedule(cfg: MerchantConfig) -> None:

@@ -11,14 +11,16 @@ import os
 import sqlite3
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from loopsync import refusals
+from loopsync import refusals, report
 from loopsync.config import MerchantConfig
 from loopsync.errors import StateError
-from loopsync.state import Store, lock_is_held, state_error
-from loopsync.timeutil import SystemClock
+from loopsync.state import ReturnRow, Store, lock_is_held, state_error
+from loopsync.state.runs import NEXT_DUE_KEY, NEXT_DUE_NAMESPACE
+from loopsync.timeutil import SystemClock, iso, parse_timestamp
 
 # Stands in for an unset ${VAR}: long and plain enough for every secret check, and never
 # used, since status contacts no remote.
@@ -203,3 +205,198 @@ def clock_lines(events: dict[str, Any]) -> list[str]:
               f"{w.get('pages')} pages, {w.get('times')} time(s) since {w.get('since')} "
               "(what it feeds waits)" for w in events.get("walks", [])]
     return lines
+
+
+# -- the typed views (report.py decides; these read the state file) ------------------------
+RECENT_RUNS = 10
+PROBLEM_ROWS = 500       # the newest problem rows grouped (older ones are history)
+
+
+def _when(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return parse_timestamp(value, assume_utc=True)
+    except ValueError:
+        return None
+
+
+def _base_view(cfg: MerchantConfig, now: datetime, verdict: report.Verdict,
+               reason: str) -> report.MerchantView:
+    return report.MerchantView(cfg.merchant, cfg.warehouse.kind,
+                               str(Path(cfg.state_path).absolute()), verdict, reason, now)
+
+
+def merchant_view(cfg: MerchantConfig, *, now: datetime | None = None) -> report.MerchantView:
+    """The merchant's verdict and what backs it, read from its state file alone
+    (read-only, no migration: an older schema is read as it is)."""
+    now = now or SystemClock().now()
+    path = Path(cfg.state_path)
+    if not path.exists():
+        return _base_view(cfg, now, report.Verdict.NEVER_RUN, "no state yet: the first run has "
+                          "not happened")
+    try:
+        store = Store(path, SystemClock(), read_only=True)
+    except StateError as exc:
+        return _blocked(cfg, now, str(exc))
+    try:
+        if not store.initialised:
+            return _base_view(cfg, now, report.Verdict.NEVER_RUN,
+                              "no state yet: the first run has not happened")
+        return _read_view(cfg, store, path, now)
+    except StateError as exc:
+        return _blocked(cfg, now, str(exc))
+    except sqlite3.Error as exc:
+        return _blocked(cfg, now, str(state_error(path, exc)))
+    finally:
+        store.close()
+
+
+def _blocked(cfg: MerchantConfig, now: datetime, message: str) -> report.MerchantView:
+    facts = report.Facts(cfg.every, cfg.stall_limit, state_error=message)
+    verdict, reason = report.verdict(facts, now)
+    return _base_view(cfg, now, verdict, reason)
+
+
+def _runs(store: Store, path: Path) -> tuple[report.RunView, ...]:
+    rows = store.runs.last(RECENT_RUNS)
+    failures: dict[str, list[report.StageFailure]] = {}
+    for f in store.runs.stage_failures([r.id for r in rows]):
+        failures.setdefault(f.run_id, []).append(
+            report.StageFailure(f.run_id, f.stage, f.reason, _when(f.at)))
+    held = None
+    views = []
+    for i, r in enumerate(rows):
+        status = r.status or "running"
+        if status == "running" and i == 0:
+            held = lock_is_held(path) if held is None else held
+            status = "running" if held else "interrupted"
+        elif status == "running":
+            status = "interrupted"  # a later run started: this one died
+        views.append(report.RunView(
+            r.id, _when(r.started_at), _when(r.ended_at), status,
+            {k: v for k, v in r.counts.items() if isinstance(v, int)}, r.errors,
+            tuple(failures.get(r.id, ())), r.mode, r.error))
+    return tuple(views)
+
+
+def read_facts(cfg: MerchantConfig, store: Store, path: Path) -> report.Facts:
+    refusal = refusals.load(store.kv(refusals.KV_NAMESPACE))
+    refused = None if refusal is None else report.CredentialsRefused(
+        refusal.system, refusal.failures, refusal.first_at, refusal.retry_at, refusal.message)
+    due = store.kv(NEXT_DUE_NAMESPACE).get(NEXT_DUE_KEY)
+    return report.Facts(cfg.every, cfg.stall_limit, runs=_runs(store, path),
+                        first_run_at=_when(store.runs.first_started()),
+                        last_ok_at=_when(store.runs.last_ok()), refusal=refused,
+                        next_due=_when(due if isinstance(due, str) else None))
+
+
+def _read_view(cfg: MerchantConfig, store: Store, path: Path,
+               now: datetime) -> report.MerchantView:
+    facts = read_facts(cfg, store, path)
+    verdict, reason = report.verdict(facts, now)
+    problems = [report.ProblemFact(p.return_id, p.stage, p.message, _when(p.at), p.run_id)
+                for p in store.runs.problems(PROBLEM_ROWS)]
+    places = _places(store, {p.return_id for p in problems if p.return_id})
+    groups = report.group_problems(problems, places, facts.runs)
+    return report.MerchantView(
+        cfg.merchant, cfg.warehouse.kind, str(path.absolute()), verdict, reason, now,
+        last_run=facts.runs[0] if facts.runs else None, last_ok_at=facts.last_ok_at,
+        next_due=facts.next_due,
+        backlog={str(k): v for k, v in store.returns.stage_counts().items()},
+        problems=tuple(groups), recent_runs=facts.runs, refusal=facts.refusal,
+        schema_version=store.schema_version,
+        effects={str(kind): {str(s): n for s, n in counts.items()}
+                 for kind, counts in store.ledger.counts().items()},
+        waiting=tuple((w.id, str(w.stage), w.reason or "") for w in store.returns.held(20)))
+
+
+def _places(store: Store, rids: set[str]) -> dict[str, report.ReturnPlace]:
+    out = {}
+    for rid in rids:
+        row = store.returns.get(rid)
+        if row is not None:
+            out[rid] = report.ReturnPlace(str(row.stage), _when(row.stage_at))
+    return out
+
+
+def return_story(cfg: MerchantConfig, query: str) -> report.ReturnStory | None:
+    """The story of one return, found by its Loop id, its RMA id or an RMA number a
+    connector keeps; None when the state file knows no such return."""
+    path = Path(cfg.state_path)
+    if not path.exists():
+        return None
+    store = Store(path, SystemClock(), read_only=True)
+    try:
+        if not store.initialised:
+            return None
+        rid = query if store.returns.get(query) is not None else store.rmas.find(query)
+        row = store.returns.get(rid) if rid else None
+        if row is None:
+            return None
+        return _story(store, row)
+    except sqlite3.Error as exc:
+        raise state_error(path, exc) from None
+    finally:
+        store.close()
+
+
+def _story(store: Store, row: ReturnRow) -> report.ReturnStory:
+    E = report.EventKind  # noqa: N806 - a short alias for the enum, read as a table below
+    events = [report.StoryEvent(_when(row.first_seen_at), E.INGESTED,
+                                f"ingested from Loop (state {row.state})")]
+    rma = store.rmas.get(row.id)
+    if rma is not None:
+        events.append(report.StoryEvent(_when(rma.created_at), E.PUSHED,
+                                        f"RMA {rma.rma_id} linked"))
+    if store.runs.has_table("polls"):  # schema 3: the history; before it, the last poll only
+        for p in store.rmas.polls(row.id):
+            events.append(report.StoryEvent(_when(p.at), E.POLLED,
+                                            f"warehouse status {p.status or '-'}"))
+            if p.decision:
+                events.append(report.StoryEvent(_when(p.at), E.DECIDED,
+                                                f"{p.decision}: {p.reason or ''}".strip()))
+    elif rma is not None and rma.polled_at:
+        events.append(report.StoryEvent(_when(rma.polled_at), E.POLLED,
+                                        f"warehouse status {rma.status or '-'}"))
+        if rma.decision:
+            events.append(report.StoryEvent(_when(rma.polled_at), E.DECIDED,
+                                            f"{rma.decision}: {rma.decision_reason or ''}"))
+    for eff in store.ledger.for_return(row.id):
+        error = f"; last error: {eff.last_error}" if eff.last_error else ""
+        events.append(report.StoryEvent(
+            _when(eff.updated_at), E.EFFECT,
+            f"{eff.kind} {eff.status} after {eff.attempts} attempt(s){error}"))
+    events.extend(report.StoryEvent(_when(prob.at), E.PROBLEM, f"{prob.stage}: {prob.message}")
+                  for prob in store.runs.problems_for(row.id))
+    events.append(report.StoryEvent(_when(row.stage_at), E.STAGE,
+                                    f"stage {row.stage}" + (f": {row.reason}" if row.reason
+                                                           else "")))
+    events.sort(key=lambda e: e.at.timestamp() if e.at else 0.0)
+    return report.ReturnStory(row.id, rma.rma_id if rma else None, str(row.stage),
+                              tuple(events), report.wait_reason(str(row.stage), row.reason))
+
+
+def outcomes_by_hour(cfg: MerchantConfig, *, hours: int = 72,
+                     now: datetime | None = None) -> list[report.HourCount]:
+    """Returns processed and flagged in Loop per hour over the last `hours` (succeeded
+    PROCESS and FLAG effects of the ledger), oldest hour first, every hour present."""
+    now = now or SystemClock().now()
+    path = Path(cfg.state_path)
+    end = now.replace(minute=0, second=0, microsecond=0)
+    start = end - timedelta(hours=hours - 1)
+    seen: dict[tuple[datetime, str], int] = {}
+    if path.exists():
+        store = Store(path, SystemClock(), read_only=True)
+        try:
+            if store.initialised:
+                for kind, at in store.ledger.outcomes_since(iso(start) or ""):
+                    when = _when(at)
+                    if when is not None:
+                        hour = when.replace(minute=0, second=0, microsecond=0)
+                        seen[(hour, kind)] = seen.get((hour, kind), 0) + 1
+        except sqlite3.Error as exc:
+            raise state_error(path, exc) from None
+        finally:
+            store.close()
+    return report.hour_counts(seen, start, hours)

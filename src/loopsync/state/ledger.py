@@ -175,3 +175,11 @@ class Ledger:
                 "select kind, status, count(*) from effects group by 1, 2"):
             out.setdefault(effect_kind(kind), {})[EffectStatus(status)] = integer(n)
         return out
+
+    def outcomes_since(self, since: str) -> list[tuple[str, str]]:
+        """(kind, when) of every PROCESS or FLAG that succeeded at or after `since`, for
+        the processed/flagged per hour chart."""
+        return [(str(k), str(at)) for k, at in self.db.execute(
+            "select kind, updated_at from effects where kind in (?, ?) and status = ? "
+            "and updated_at >= ?", [EffectKind.PROCESS.value, EffectKind.FLAG.value,
+                                    EffectStatus.SUCCEEDED.value, since])]

@@ -37,6 +37,18 @@ def _rma(r: tuple[Any, ...]) -> RmaRow:
     return RmaRow(str(r[0]), str(r[1]), json.loads(r[2] or "{}"), *(text(v) for v in r[3:10]))
 
 
+@dataclass(frozen=True)
+class PollRow:
+    """One status change seen on a return's RMA (the `polls` history)."""
+
+    return_id: str
+    rma_id: str | None
+    status: str | None
+    decision: str | None
+    reason: str | None
+    at: str
+
+
 class RmaRepository:
     def __init__(self, db: Db) -> None:
         self.db = db
@@ -75,7 +87,34 @@ class RmaRepository:
              self.db.now(), decision, redact_optional(reason), rid])
         if cur.rowcount == 0:
             raise TransitionRefused(f"RMA of return {rid}", "polled", None)
-        return text(row[0]) if row else None
+        previous = text(row[0]) if row else None
+        if previous != fingerprint:  # the poll history: a row per status change only
+            self.db.execute(
+                "insert into polls (return_id, rma_id, status, fingerprint, decision, reason, "
+                "at) select return_id, rma_id, status, fingerprint, decision, decision_reason, "
+                "polled_at from rmas where return_id = ?", [rid])
+        return previous
+
+    def polls(self, rid: str) -> list[PollRow]:
+        """The statuses this return's RMA was seen in, oldest first (schema 3 on)."""
+        return [PollRow(str(r[0]), text(r[1]), text(r[2]), text(r[3]), text(r[4]), str(r[5]))
+                for r in self.db.execute(
+                    "select return_id, rma_id, status, decision, reason, at from polls "
+                    "where return_id = ? order by id", [rid])]
+
+    def find(self, rma: str) -> str | None:
+        """The Loop return linked to an RMA id, or to a number a connector keeps with it
+        (ShipHero's legacy id, Xoro's ASN number): matched exactly, never in part."""
+        row = self.db.one("select return_id from rmas where rma_id = ? order by return_id "
+                          "limit 1", [rma])
+        if row:
+            return text(row[0])
+        for rid, extra in self.db.execute("select return_id, extra from rmas where instr("
+                                          "extra, ?) > 0 order by return_id", [rma]):
+            values = json.loads(extra or "{}")
+            if isinstance(values, dict) and rma in (str(v) for v in values.values()):
+                return str(rid)
+        return None
 
 
 class AsnRepository:

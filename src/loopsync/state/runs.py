@@ -1,5 +1,5 @@
-"""Runs (one row per cycle: start, end, counts, errors) and problems (records that could
-not be used, for `loopsync status`)."""
+"""Runs (one row per cycle: start, end, counts, errors), the stages that failed in each
+(schema 3), and problems (records that could not be used, for `loopsync status`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,11 @@ from typing import Any
 
 from loopsync.errors import TransitionRefused
 from loopsync.redaction import redact, redact_optional
-from loopsync.state.db import Db, integer, text
+from loopsync.state.db import Db, integer, marks, text
+
+# kv: when `serve` runs the merchant next (ISO text), written at the end of each cycle.
+NEXT_DUE_NAMESPACE = "loopsync.schedule"
+NEXT_DUE_KEY = "next_due"
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,14 @@ class ProblemRow:
     message: str
     at: str
     run_id: str | None
+
+
+@dataclass(frozen=True)
+class StageFailureRow:
+    run_id: str
+    stage: str
+    reason: str
+    at: str
 
 
 class RunRepository:
@@ -69,3 +81,45 @@ class RunRepository:
                            text(r[5]))
                 for r in self.db.execute("select id, return_id, stage, message, at, run_id "
                                          "from problems order by id desc limit ?", [limit])]
+
+    # -- schema 3: stage failures -------------------------------------------------------
+    def add_stage_failure(self, run_id: str, stage: str, reason: str) -> None:
+        """A stage stopped on a remote failure in this run (the stage guard)."""
+        self.db.execute("insert into stage_failures (run_id, stage, reason, at) "
+                        "values (?, ?, ?, ?)", [run_id, stage, redact(reason)[:1000],
+                                                self.db.now()])
+
+    def stage_failures(self, run_ids: list[str]) -> list[StageFailureRow]:
+        """The stage failures of these runs, oldest first (none before schema 3)."""
+        if not run_ids or not self.has_table("stage_failures"):
+            return []
+        return [StageFailureRow(str(r[0]), str(r[1]), str(r[2]), str(r[3]))
+                for r in self.db.execute(
+                    f"select run_id, stage, reason, at from stage_failures "
+                    f"where run_id in ({marks(len(run_ids))}) order by id", run_ids)]
+
+    def problems_for(self, rid: str) -> list[ProblemRow]:
+        """One return's problems, oldest first."""
+        return [ProblemRow(integer(r[0]), text(r[1]), str(r[2]), str(r[3]), str(r[4]),
+                           text(r[5]))
+                for r in self.db.execute("select id, return_id, stage, message, at, run_id "
+                                         "from problems where return_id = ? order by id",
+                                         [rid])]
+
+    def first_started(self) -> str | None:
+        row = self.db.one("select min(started_at) from runs")
+        return text(row[0]) if row else None
+
+    def last_ok(self) -> str | None:
+        """When the last fully successful cycle ended: status ok, no error, no stage
+        failure (a run row of schema 2 had none to record)."""
+        failed = ("and not exists (select 1 from stage_failures f where f.run_id = r.id)"
+                  if self.has_table("stage_failures") else "")
+        row = self.db.one("select max(r.ended_at) from runs r where r.status = 'ok' "
+                          f"and r.errors = 0 {failed}")
+        return text(row[0]) if row else None
+
+    def has_table(self, table: str) -> bool:
+        """Is this table there? `status` reads an older file as it is, unmigrated."""
+        return self.db.one("select 1 from sqlite_master where type = 'table' and name = ?",
+                           [table]) is not None

@@ -9,6 +9,8 @@ Tables (schema version in `meta`):
   runs       one row per cycle: start, end, counts, errors
   problems   records that could not be used (malformed, rejected), for `loopsync status`
   kv         connectors' own small state
+  stage_failures  a stage that stopped on a remote failure in a run, with the reason (v3)
+  polls      each warehouse status a return's RMA was seen in, when it changed (v3)
 
 Migrations run in order inside one transaction (`Store.migrate`); every file an older
 loopsync wrote opens and is brought up to SCHEMA_VERSION. A file from a newer loopsync is
@@ -28,7 +30,7 @@ import sqlite_utils
 
 from loopsync.errors import StateCorrupt
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def _migrate_v1(db: sqlite_utils.Database) -> None:
@@ -76,8 +78,20 @@ def _migrate_v2(db: sqlite_utils.Database) -> None:
     db.conn.execute("update effects set status = 'succeeded' where status = 'done'")
 
 
+def _migrate_v3(db: sqlite_utils.Database) -> None:
+    """Stage failures are kept with their reason (they lived only in a log line), and a
+    return's poll history (each status its RMA was seen in), for `status` and its story."""
+    db.conn.execute("create table stage_failures (id integer primary key, run_id text not null, "
+                    "stage text not null, reason text not null, at text not null)")
+    db.conn.execute("create index stage_failures_run on stage_failures (run_id)")
+    db.conn.execute("create table polls (id integer primary key, return_id text not null, "
+                    "rma_id text, status text, fingerprint text, decision text, reason text, "
+                    "at text not null)")
+    db.conn.execute("create index polls_return on polls (return_id)")
+
+
 MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {
-    1: _migrate_v1, 2: _migrate_v2}
+    1: _migrate_v1, 2: _migrate_v2, 3: _migrate_v3}
 
 
 def create_meta(db: sqlite_utils.Database) -> None:
