@@ -91,7 +91,7 @@ def test_hostile_reason_text_is_escaped_not_markup(listener):
     _, base = listener
     page = get(base + "/")[1]
     assert "<script>alert" not in page and "<img src=x" not in page
-    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page
+    assert "&lt;script&gt;alert(" in page and "&lt;img src=x onerror=" in page
 
 
 def test_unknown_return_is_a_404_not_an_error(listener):

@@ -30,22 +30,22 @@ import html
 import ipaddress
 import json
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import structlog
 
+from loopsync import report, status
 from loopsync.config import MerchantConfig
 from loopsync.errors import StateError, UsageError
 from loopsync.metrics import Metrics, StateFigures
 from loopsync.redaction import redact
-from loopsync.state import EffectKind, EffectStatus, Stage, Store, lock_is_held
-from loopsync.timeutil import Clock, SystemClock, parse_timestamp
+from loopsync.state import EffectKind, EffectStatus, Stage
+from loopsync.timeutil import Clock, SystemClock, iso
 
 log = structlog.get_logger("loopsync.web")
 
@@ -91,244 +91,60 @@ def token_ok(header: str | None, token: str) -> bool:
                                                               token.encode())
 
 
-# -- views (typed values the pages render) ------------------------------------------------------
-
-VERDICTS = ("OK", "DEGRADED", "STALLED", "BLOCKED", "INTERRUPTED", "NEVER RUN")
-NOT_READY = frozenset({"STALLED", "BLOCKED"})
+NOT_READY = report.ALERTING  # /readyz fails on these verdicts
 
 
 @dataclass(frozen=True)
-class RunLine:
-    started_at: str | None
-    ended_at: str | None
-    status: str
-    counts: dict[str, int]
-    errors: int
+class Found:
+    """A searched return's story and the merchant whose state file holds it."""
 
-
-@dataclass(frozen=True)
-class ProblemLine:
-    stage: str
-    reason: str
-    count: int
-    recent_ids: tuple[str, ...]
-    first_seen: str
-    last_seen: str
-
-
-@dataclass(frozen=True)
-class MerchantSummary:
     merchant: str
-    warehouse: str
-    verdict: str
-    reason: str
-    last_ok_at: str | None
-    backlog: dict[str, int]
-    runs: tuple[RunLine, ...] = ()
-    problems: tuple[ProblemLine, ...] = ()
-    effects: dict[str, dict[str, int]] = field(default_factory=dict)
+    story: report.ReturnStory
 
 
-@dataclass(frozen=True)
-class StoryLine:
-    at: str | None
-    text: str
-
-
-@dataclass(frozen=True)
-class Story:
-    merchant: str
-    return_id: str
-    rma: str | None
-    stage: str
-    wait_reason: str | None
-    events: tuple[StoryLine, ...]
-
-
-@dataclass(frozen=True)
-class HourBar:
-    hour: str
-    processed: int
-    flagged: int
-
-
-# -- data: every read of a state file is here ---------------------------------------------------
+# -- data: every read of a state file is here (loopsync.status, read-only) ---------------------
 
 class Data:
-    """Read-only looks at each merchant's state file (opened per request, closed after)."""
+    """The views the pages render, read through `loopsync.status` (read-only, no
+    migration, no secret needed), one look per request."""
 
     def __init__(self, configs: Callable[[], Sequence[MerchantConfig]],
                  clock: Clock | None = None) -> None:
         self.configs = configs
         self.clock = clock or SystemClock()
 
-    def _open(self, cfg: MerchantConfig) -> Store | None:
-        path = Path(cfg.state_path)
-        if not path.exists():
-            return None
-        store = Store(path, self.clock, read_only=True)
-        if not store.initialised:
-            store.close()
-            return None
-        return store
-
-    def merchants(self) -> list[MerchantSummary]:
+    def merchants(self) -> list[report.MerchantView]:
         return [self.merchant(cfg) for cfg in self.configs()]
 
     def find(self, name: str) -> MerchantConfig | None:
         return next((c for c in self.configs() if c.merchant == name), None)
 
-    def merchant(self, cfg: MerchantConfig) -> MerchantSummary:
-        try:
-            store = self._open(cfg)
-        except StateError as exc:
-            return MerchantSummary(cfg.merchant, cfg.warehouse.kind, "BLOCKED",
-                                   f"state unreadable: {exc.problem}", None, {})
-        if store is None:
-            return MerchantSummary(cfg.merchant, cfg.warehouse.kind, "NEVER RUN",
-                                   "no cycle has run yet", None, {})
-        try:
-            return self._summary(cfg, store)
-        finally:
-            store.close()
+    def merchant(self, cfg: MerchantConfig) -> report.MerchantView:
+        return status.merchant_view(cfg, now=self.clock.now())
 
-    def _summary(self, cfg: MerchantConfig, store: Store) -> MerchantSummary:
-        runs = store.runs.last(10)
-        lines = tuple(RunLine(r.started_at, r.ended_at, r.status or "", _ints(r.counts),
-                              r.errors) for r in runs)
-        ok = [r for r in runs if r.status == "ok" and r.ended_at]
-        last_ok = ok[0].ended_at if ok else None
-        verdict, reason = verdict_of(lines, last_ok, self.clock.now(), cfg.every,
-                                     running=lock_is_held(Path(cfg.state_path)))
-        problems = group_problems([(p.stage, p.message, p.return_id, p.at)
-                                   for p in store.runs.problems(200)])
-        effects = {str(k): {str(s): n for s, n in v.items()}
-                   for k, v in store.ledger.counts().items()}
-        return MerchantSummary(cfg.merchant, cfg.warehouse.kind, verdict, reason, last_ok,
-                               {str(k): v for k, v in store.returns.stage_counts().items()},
-                               lines, problems, effects)
-
-    def story(self, query: str) -> Story | None:
+    def story(self, query: str) -> Found | None:
         for cfg in self.configs():
-            store = self._open_quiet(cfg)
-            if store is None:
-                continue
             try:
-                found = self._story(cfg, store, query)
-            finally:
-                store.close()
-            if found is not None:
-                return found
+                story = status.return_story(cfg, query)
+            except StateError:  # that merchant's file is unreadable: its verdict says so
+                continue
+            if story is not None:
+                return Found(cfg.merchant, story)
         return None
 
-    def _open_quiet(self, cfg: MerchantConfig) -> Store | None:
+    def outcomes(self, cfg: MerchantConfig, hours: int = CHART_HOURS) -> list[report.HourCount]:
         try:
-            return self._open(cfg)
+            return status.outcomes_by_hour(cfg, hours=hours, now=self.clock.now())
         except StateError:
-            return None
-
-    def _story(self, cfg: MerchantConfig, store: Store, query: str) -> Story | None:
-        row = store.returns.get(query)
-        if row is None:  # an RMA id: the warehouse's own number for it
-            owners = store.rmas.owners(query)
-            row = store.returns.get(owners[0]) if len(owners) == 1 else None
-        if row is None:
-            return None
-        events = [StoryLine(row.first_seen_at, f"ingested (Loop state {row.state})")]
-        rma = store.rmas.get(row.id)
-        if rma is not None:
-            events.append(StoryLine(rma.created_at, f"pushed: RMA {rma.rma_id}"))
-            if rma.status:
-                events.append(StoryLine(rma.polled_at, f"warehouse status {rma.status}"))
-            if rma.decision:
-                events.append(StoryLine(rma.polled_at, f"decided {rma.decision}"
-                                        + (f": {rma.decision_reason}"
-                                           if rma.decision_reason else "")))
-        events += [StoryLine(e.updated_at, f"{e.kind}: {e.status} after {e.attempts} attempt(s)"
-                             + (f" ({e.last_error})" if e.last_error else ""))
-                   for e in store.ledger.for_return(row.id)]
-        events.append(StoryLine(row.stage_at, f"now {row.stage}"
-                                + (f": {row.reason}" if row.reason else "")))
-        return Story(cfg.merchant, row.id, rma.rma_id if rma else None, str(row.stage),
-                     row.reason, tuple(sorted(events, key=lambda e: e.at or "")))
-
-    def outcomes(self, cfg: MerchantConfig, hours: int = CHART_HOURS) -> list[HourBar]:
-        now = self.clock.now().replace(minute=0, second=0, microsecond=0)
-        start = now - timedelta(hours=hours - 1)
-        bins = {start + timedelta(hours=i): [0, 0] for i in range(hours)}
-        store = self._open_quiet(cfg)
-        if store is not None:
-            try:
-                rows = store.db.execute(
-                    "select kind, updated_at from effects where status in (?, ?) and kind in "
-                    "(?, ?)", [EffectStatus.SUCCEEDED.value, EffectStatus.SETTLED.value,
-                               EffectKind.PROCESS.value, EffectKind.FLAG.value]).fetchall()
-            finally:
-                store.close()
-            for kind, at in rows:
-                _count_hour(bins, kind, at)
-        return [HourBar(h.strftime("%Y-%m-%dT%H:00Z"), p, f) for h, (p, f) in
-                sorted(bins.items())]
+            return []
 
     def figures(self) -> Iterator[StateFigures]:
-        for view in self.merchants():
-            cfg = self.find(view.merchant)
+        for cfg in self.configs():
+            view = self.merchant(cfg)
             effects = {(k, s): n for k, by in view.effects.items() for s, n in by.items()}
-            last_ok = _epoch(view.last_ok_at)
-            yield StateFigures(view.merchant, view.backlog, effects, view.verdict,
-                               cfg.every.total_seconds() if cfg else 0.0, last_ok)
-
-
-def _count_hour(bins: dict[datetime, list[int]], kind: object, at: object) -> None:
-    try:
-        when = parse_timestamp(str(at)).astimezone(UTC)
-    except ValueError:
-        return
-    slot = bins.get(when.replace(minute=0, second=0, microsecond=0))
-    if slot is not None:
-        slot[0 if kind == EffectKind.PROCESS.value else 1] += 1
-
-
-def _epoch(text: str | None) -> float | None:
-    try:
-        return parse_timestamp(text).timestamp() if text else None
-    except ValueError:
-        return None
-
-
-def _ints(counts: dict[str, Any]) -> dict[str, int]:
-    return {str(k): v for k, v in counts.items() if isinstance(v, int)}
-
-
-# -- pure decisions -----------------------------------------------------------------------------
-
-def verdict_of(runs: Sequence[RunLine], last_ok: str | None, now: datetime, every: timedelta,
-               *, running: bool, stall_factor: int = 3) -> tuple[str, str]:
-    """A merchant's verdict from its recent runs (newest first) and the time."""
-    if not runs:
-        return "NEVER RUN", "no cycle has run yet"
-    last = runs[0]
-    if last.status == "refused":
-        return "BLOCKED", "credentials refused"
-    if last.status == "running" and not running:
-        return "INTERRUPTED", "the last run died mid-cycle"
-    ok_at = _epoch(last_ok)
-    if ok_at is None or now.timestamp() - ok_at > stall_factor * every.total_seconds():
-        return "STALLED", f"no successful cycle within {stall_factor} x {every}"
-    if last.status not in ("ok", "running"):
-        return "DEGRADED", f"the last cycle ended {last.status} ({last.errors} error(s))"
-    return "OK", "the last cycle succeeded"
-
-
-def group_problems(rows: Sequence[tuple[str, str, str | None, str]]) -> tuple[ProblemLine, ...]:
-    """(stage, message, return id, at), newest first -> count x reason groups."""
-    groups: dict[tuple[str, str], list[tuple[str | None, str]]] = {}
-    for stage, message, rid, at in rows:
-        groups.setdefault((stage, message), []).append((rid, at))
-    out = [ProblemLine(stage, message, len(items),
-                       tuple(r for r, _ in items if r)[:5], items[-1][1], items[0][1])
-           for (stage, message), items in groups.items()]
-    return tuple(sorted(out, key=lambda g: g.last_seen, reverse=True))
+            yield StateFigures(view.merchant, view.backlog, effects, str(view.verdict),
+                               cfg.every.total_seconds(),
+                               view.last_ok_at.timestamp() if view.last_ok_at else None)
 
 
 # -- rendering (pure; every text escaped) -------------------------------------------------------
@@ -355,38 +171,52 @@ def search_form(value: str = "") -> str:
             "<button id=search type=submit>Show its story</button></form>")
 
 
-def merchant_section(m: MerchantSummary, chart: list[HourBar]) -> str:
+def _when(moment: datetime | None, now: datetime) -> str:
+    return f"{iso(moment)} ({report.ago(moment, now)})" if moment else "never"
+
+
+def merchant_section(m: report.MerchantView, chart: list[report.HourCount]) -> str:
     link = f"/merchants/{quote(m.merchant, safe='')}"
+    due = f"; next cycle {esc(_when(m.next_due, m.now))}" if m.next_due else ""
     parts = [f"<section class=merchant data-merchant=\"{esc(m.merchant)}\">",
              f"<h2><a href=\"{esc(link)}\">{esc(m.merchant)}</a> "
              f"<span class=\"verdict v-{esc(m.verdict.replace(' ', '-'))}\">{esc(m.verdict)}"
-             f"</span></h2><p>{esc(m.warehouse)}: {esc(m.reason)}; last successful cycle "
-             f"{esc(m.last_ok_at or 'never')}</p>"]
+             f"</span></h2><p>{esc(m.warehouse)}: {esc(m.reason)}{due}</p>"]
     backlog = "".join(f"<tr><td>{esc(k)}</td><td>{v}</td></tr>"
                       for k, v in sorted(m.backlog.items()))
     parts.append(f"<table class=backlog><tr><th>stage</th><th>returns</th></tr>{backlog}</table>")
     parts.append(svg_chart(chart))
-    runs = "".join(f"<tr><td>{esc(r.started_at or '')}</td><td>{esc(r.ended_at or '')}</td>"
-                   f"<td>{esc(r.status)}</td><td>{esc(_counts_text(r.counts))}</td>"
-                   f"<td>{r.errors}</td></tr>" for r in m.runs)
+    runs = "".join(f"<tr><td>{esc(iso(r.started_at) or '')}</td>"
+                   f"<td>{esc(iso(r.ended_at) or '')}</td><td>{esc(r.status)}</td>"
+                   f"<td>{esc(_counts_text(r.counts))}</td><td>{r.errors}</td>"
+                   f"<td>{esc('; '.join(f'{f.stage}: {f.reason}' for f in r.stage_failures))}"
+                   "</td></tr>" for r in m.recent_runs)
     parts.append("<h3>Last cycles</h3><table class=runs><tr><th>started</th><th>ended</th>"
-                 f"<th>status</th><th>counts</th><th>errors</th></tr>{runs}</table>")
-    probs = "".join(f"<tr><td>{p.count}</td><td>{esc(p.stage)}</td><td>{esc(p.reason)}</td>"
-                    f"<td>{esc(', '.join(p.recent_ids))}</td><td>{esc(p.first_seen)}</td>"
-                    f"<td>{esc(p.last_seen)}</td></tr>" for p in m.problems)
-    parts.append("<h3>Problems</h3>" + (
-        "<table class=problems><tr><th>count</th><th>stage</th><th>reason</th><th>recent ids"
-        f"</th><th>first</th><th>last</th></tr>{probs}</table>" if m.problems
-        else "<p class=muted>none</p>"))
+                 f"<th>status</th><th>counts</th><th>errors</th><th>stage failures</th></tr>"
+                 f"{runs}</table>")
+    parts.append(_problems_html(m.problems))
     parts.append("</section>")
     return "".join(parts)
 
 
-def _counts_text(counts: dict[str, int]) -> str:
+def _problems_html(problems: Sequence[report.ProblemGroup]) -> str:
+    if not problems:
+        return "<h3>Problems</h3><p class=muted>none</p>"
+    rows = "".join(f"<tr class=\"{'resolved' if p.resolved else 'open'}\"><td>{p.count}</td>"
+                   f"<td>{esc(p.stage)}</td><td>{esc(p.reason)}</td>"
+                   f"<td>{esc(', '.join(p.recent_ids))}</td><td>{esc(iso(p.first_seen))}</td>"
+                   f"<td>{esc(iso(p.last_seen))}</td>"
+                   f"<td>{'resolved' if p.resolved else 'open'}</td></tr>" for p in problems)
+    return ("<h3>Problems</h3><table class=problems><tr><th>count</th><th>stage</th>"
+            "<th>reason</th><th>recent ids</th><th>first</th><th>last</th><th>state</th></tr>"
+            f"{rows}</table>")
+
+
+def _counts_text(counts: Mapping[str, int]) -> str:
     return " ".join(f"{k}={v}" for k, v in sorted(counts.items()) if v)
 
 
-def svg_chart(bars: list[HourBar], width: int = 720, height: int = 120) -> str:
+def svg_chart(bars: Sequence[report.HourCount], width: int = 720, height: int = 120) -> str:
     """Returns processed (green) and flagged (orange) per hour, server-rendered."""
     if not bars:
         return ""
@@ -397,7 +227,7 @@ def svg_chart(bars: list[HourBar], width: int = 720, height: int = 120) -> str:
         x = i * step
         hp = height * b.processed / top
         hf = height * b.flagged / top
-        title = f"{b.hour}: {b.processed} processed, {b.flagged} flagged"
+        title = f"{iso(b.hour)}: {b.processed} processed, {b.flagged} flagged"
         rects.append(f"<g><title>{esc(title)}</title>"
                      f"<rect x=\"{x:.1f}\" y=\"{height - hp:.1f}\" width=\"{step * .8:.1f}\" "
                      f"height=\"{hp:.1f}\" fill=\"#2e8b57\"/>"
@@ -412,17 +242,18 @@ def svg_chart(bars: list[HourBar], width: int = 720, height: int = 120) -> str:
             f"{total_p} processed (green), {total_f} flagged (orange)</figcaption></figure>")
 
 
-def story_html(story: Story | None, query: str) -> str:
-    if story is None:
+def story_html(found: Found | None, query: str) -> str:
+    if found is None:
         return f"<p id=story class=muted>No return or RMA {esc(query)} in any state file.</p>"
-    rows = "".join(f"<tr><td>{esc(e.at or '')}</td><td>{esc(e.text)}</td></tr>"
-                   for e in story.events)
+    story = found.story
+    rows = "".join(f"<tr><td>{esc(iso(e.at) or '')}</td><td>{esc(e.kind)}</td>"
+                   f"<td>{esc(e.text)}</td></tr>" for e in story.events)
     return (f"<section id=story><h2>Return {esc(story.return_id)}</h2><p>merchant "
-            f"{esc(story.merchant)}; RMA {esc(story.rma or 'none')}; stage "
-            f"<b class=stage>{esc(story.stage)}</b>"
-            + (f"; waiting: {esc(story.wait_reason)}" if story.wait_reason else "")
-            + f"</p><table class=events><tr><th>when</th><th>what</th></tr>{rows}</table>"
-            "</section>")
+            f"{esc(found.merchant)}; RMA {esc(story.rma_id or 'none')}; stage "
+            f"<b class=stage>{esc(story.stage)}</b>; now: "
+            f"{esc(story.wait_reason or 'nothing to wait for (done)')}</p>"
+            "<table class=events><tr><th>when</th><th>what</th><th>detail</th></tr>"
+            f"{rows}</table></section>")
 
 
 # -- the server ---------------------------------------------------------------------------------
@@ -489,25 +320,26 @@ class _Handler(BaseHTTPRequestHandler):
         data = self.server.data
         parts = [unquote(p) for p in path.strip("/").split("/")]
         if parts == ["merchants"]:
-            self._json(200, [asdict(m) for m in data.merchants()])
+            self._json(200, [m.to_json() for m in data.merchants()])
             return
         cfg = data.find(parts[1]) if len(parts) == 2 else None
         if parts[0] == "merchants" and cfg is not None:
-            self._json(200, asdict(data.merchant(cfg)))
+            self._json(200, data.merchant(cfg).to_json())
         elif parts[0] == "outcomes" and cfg is not None:
-            self._json(200, [asdict(b) for b in data.outcomes(cfg)])
+            self._json(200, [b.to_json() for b in data.outcomes(cfg)])
         elif parts[0] == "returns" and len(parts) == 2:
-            story = data.story(parts[1][:MAX_QUERY])
-            self._json(200 if story else 404, asdict(story) if story else
-                       {"error": "no such return or RMA"})
+            found = data.story(parts[1][:MAX_QUERY])
+            self._json(200 if found else 404,
+                       {"merchant": found.merchant, **found.story.to_json()} if found
+                       else {"error": "no such return or RMA"})
         else:
             self._json(404, {"error": "not found"})
 
     def _page(self, path: str, query: dict[str, list[str]]) -> None:
         data = self.server.data
         if path == "/":
-            body = "".join(merchant_section(m, data.outcomes(c)) for c in data.configs()
-                           for m in [data.merchant(c)])
+            body = "".join(merchant_section(data.merchant(c), data.outcomes(c))
+                           for c in data.configs())
             self._html(200, page("loopsync status", body or "<p>No merchants.</p>"))
         elif path.startswith("/merchants/") and (cfg := data.find(
                 unquote(path.removeprefix("/merchants/")))) is not None:
@@ -515,9 +347,9 @@ class _Handler(BaseHTTPRequestHandler):
                                  merchant_section(data.merchant(cfg), data.outcomes(cfg))))
         elif path == "/returns":
             q = (query.get("q") or [""])[0].strip()[:MAX_QUERY]
-            story = data.story(q) if q else None
-            self._html(200 if story or not q else 404,
-                       page("loopsync: return story", story_html(story, q)))
+            found = data.story(q) if q else None
+            self._html(200 if found or not q else 404,
+                       page("loopsync: return story", story_html(found, q)))
         else:
             self._html(404, page("not found", "<p>Nothing here.</p>"))
 
