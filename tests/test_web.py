@@ -189,3 +189,53 @@ def test_alert_rules_parse_and_name_only_exported_metrics():
     for expr in exprs:
         used = names_in(expr)
         assert used and used <= NAMES, (expr, used - NAMES)
+
+
+def test_each_framework_is_contained_in_its_one_module():
+    """http.server only in web.py (and the sandbox's emulators), prometheus_client only in
+    metrics.py, playwright only in the browser test; web is reached from serve alone."""
+    import ast
+
+    src = ROOT / "src" / "loopsync"
+    owners = {"http.server": {"web.py", "sandbox/server.py"},
+              "prometheus_client": {"metrics.py"}, "playwright": set(),
+              "loopsync.web": {"cli.py"}, "loopsync.metrics": {"web.py"}}
+    for path in src.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            names += [f"{node.module}.{a.name}" for a in node.names] \
+                if isinstance(node, ast.ImportFrom) else []
+            for name in names:
+                for framework, allowed in owners.items():
+                    if name == framework or name.startswith(framework + "."):
+                        where = path.relative_to(src).as_posix()
+                        assert where in allowed, f"{where} imports {name}"
+
+
+def test_scheduler_beats_the_listeners_heartbeat_and_stops_it(tmp_path):
+    import threading
+
+    from loopsync.scheduling import serve
+    from loopsync.shutdown import Shutdown
+
+    stop = threading.Event()
+
+    class Probe:
+        started = stopped = False
+        beats = 0
+
+        def start(self):
+            self.started = True
+
+        def beat(self):
+            self.beats += 1
+            stop.set()  # one beat proves the scheduler runs jobs
+
+        def stop(self):
+            self.stopped = True
+
+    probe = Probe()
+    assert serve([], lambda cfg, ev, **kw: None, stop, shutdown=Shutdown(), grace=5,
+                 listener=probe) == 0
+    assert probe.started and probe.beats >= 1 and probe.stopped
