@@ -149,7 +149,7 @@ def test_problems_group_by_cause_with_ids_replaced_and_recent_ids_kept():
     groups = report.group_problems(problems, {}, [])
     top = groups[0]
     assert (top.stage, top.count) == ("push", 7)
-    assert top.reason == "shiphero HTTP #: order # not found"
+    assert top.reason == "shiphero HTTP 422: order # not found"
     assert top.recent_ids == ("r6", "r5", "r4", "r3", "r2")
     assert (top.first_seen, top.last_seen) == (at, at + timedelta(minutes=6))
     assert len(groups) == 2 and not any(g.resolved for g in groups)

@@ -228,7 +228,7 @@ class ReturnStory:
     def lines(self) -> list[str]:
         head = f"return {self.return_id}" + (f"  RMA {self.rma_id}" if self.rma_id else "")
         out = [f"{head}  stage {self.stage}"]
-        out += [f"  {iso(e.at) or '-':<20}  {e.kind:<8}  {e.text}" for e in self.events]
+        out += [f"  {_stamp(e.at):<19}  {e.kind:<8}  {e.text}" for e in self.events]
         out.append(f"  now: {self.wait_reason or 'nothing to wait for (done)'}")
         return out
 
@@ -241,6 +241,10 @@ class HourCount:
 
     def to_json(self) -> dict[str, Any]:
         return {"hour": iso(self.hour), "processed": self.processed, "flagged": self.flagged}
+
+
+def _stamp(moment: datetime | None) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S") if moment else "-"
 
 
 # -- ages -------------------------------------------------------------------------------
@@ -314,8 +318,9 @@ RECENT_IDS = 5
 _THROTTLED = re.compile(r"\bHTTP 429\b|rate[ -]?limit|throttl|too many (?:requests|calls)|"
                         r"request limit|not enough credits", re.I)
 # What varies between records of one cause: uuids, long hex or digit runs, quoted values.
+# An HTTP status stays: "HTTP 503" and "HTTP 422" are different causes.
 _VARYING = re.compile(r"'[^']*'|\"[^\"]*\"|\b[0-9a-f]{8}-[0-9a-f-]{27,}\b|\b(?=[0-9a-f]*\d)"
-                      r"[0-9a-f]{8,}\b|\d+(?:\.\d+)?", re.I)
+                      r"[0-9a-f]{8,}\b|(?<!HTTP )\b\d+(?:\.\d+)?|(?<=[a-z_-])\d+", re.I)
 
 
 def is_throttling(reason: str) -> bool:

@@ -1,9 +1,17 @@
 """`loopsync status`: where a merchant's sync stands, read from its state file alone.
 
-It changes no file (the state is opened read-only, see `Store(read_only=True)`) and
+It changes no file (the state is opened read-only, see `Store(read_only=True)`; a file of
+an older schema is read as it is, never migrated: tables it lacks read as empty) and
 needs no secret: configuration is read with any missing ${VAR} standing in. A last run
 still marked running while no process holds the merchant's lock died without finishing
-(killed, power cut, disk full): it is shown as `interrupted`."""
+(killed, power cut, disk full): it is shown as `interrupted`.
+
+The typed API (the CLI, the status page and metrics build on it; `report` decides):
+    merchant_view(cfg, now=)      -> report.MerchantView   the verdict and what backs it
+    return_story(cfg, query)      -> report.ReturnStory | None   by Loop id, RMA id or number
+    outcomes_by_hour(cfg, hours=) -> [report.HourCount]    processed/flagged per hour
+`merchant_status` / `render_status` are the older detail sections (cursors, counts,
+waiting returns, clock events) that `status` prints below the verdict."""
 
 from __future__ import annotations
 
