@@ -11,6 +11,9 @@ cannot be created or written; 74 (EX_IOERR) disk full or an I/O error on a state
 With several merchants, one merchant's failure never stops the others; the status is
 then 2 if a configuration file was bad, else 1 if any merchant failed (each is named on
 stderr), a state file's own code (65/73/74) being kept when it was the only merchant.
+
+`serve --http HOST:PORT` (or $LOOPSYNC_HTTP) exits 2 at start, one line, when the address
+is malformed, cannot be bound, or is not loopback while $LOOPSYNC_HTTP_TOKEN is unset.
 """
 
 from __future__ import annotations
@@ -20,8 +23,8 @@ import contextlib
 import json
 import sys
 import threading
-from collections.abc import Iterator, Sequence
-from typing import Any, TextIO
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, TextIO
 
 import structlog
 
@@ -38,6 +41,9 @@ EXIT_ALERT = 3  # `status --check`: some merchant is STALLED or BLOCKED
 EXIT_SOFTWARE = 70  # sysexits EX_SOFTWARE: anything unexpected, one line, no traceback
 # Commands that do work and honour SIGTERM/SIGINT (the others keep Python's defaults).
 SIGNAL_COMMANDS = ("run", "import", "serve")
+
+if TYPE_CHECKING:  # serve's listener is imported only when asked for
+    from loopsync import web
 
 log = structlog.get_logger("loopsync.cli")
 
@@ -336,7 +342,7 @@ def cycle_event(merchant: str) -> Iterator[list[str]]:
                                                tuple(failed)))
 
 
-def http_address(address: str | None) -> tuple[Any, str | None] | None:
+def http_address(address: str | None) -> tuple[web.Address, str | None] | None:
     """Where `serve --http` (or $LOOPSYNC_HTTP) listens and the page's token; None when
     off. Checked before anything starts: a bad address, or one off loopback without
     $LOOPSYNC_HTTP_TOKEN, is a UsageError (one line, exit 2)."""
@@ -351,7 +357,8 @@ def http_address(address: str | None) -> tuple[Any, str | None] | None:
     return where, web.check_token(where, os.environ)
 
 
-def http_listener(asked: tuple[Any, str | None] | None, configs: Any) -> Any:
+def http_listener(asked: tuple[web.Address, str | None] | None,
+                  configs: Callable[[], Sequence[MerchantConfig]]) -> web.Listener | None:
     """The listener, bound now: a busy address fails at start with one line (exit 2)."""
     from loopsync import web
 
