@@ -42,6 +42,7 @@ import structlog
 from loopsync import report, status
 from loopsync.config import MerchantConfig
 from loopsync.errors import StateError, UsageError
+from loopsync.metrics import CONTENT_TYPE as METRICS_TYPE
 from loopsync.metrics import Metrics, StateFigures
 from loopsync.redaction import redact
 from loopsync.state import EffectKind, EffectStatus, Stage
@@ -297,7 +298,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/readyz":
             self._ready()
         elif path == "/metrics":
-            self._send(200, "text/plain; version=0.0.4; charset=utf-8", srv.metrics.render())
+            self._send(200, METRICS_TYPE, srv.metrics.render())
         elif not self._authorised():
             self.send_response(401)
             self.send_header("WWW-Authenticate", "Bearer")
