@@ -32,8 +32,9 @@ def main() -> None:
         one(sys.argv[2], sys.argv[3] == "record", sys.argv[4])
         return
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("names", nargs="*", metavar="NAME",
-                   help=f"some of: {', '.join(ALL)} (default: all)")
+    p.add_argument(
+        "names", nargs="*", metavar="NAME", help=f"some of: {', '.join(ALL)} (default: all)"
+    )
     p.add_argument("--no-record", action="store_true", help="do not append to BENCHMARKS.md")
     args = p.parse_args()
     unknown = set(args.names) - set(ALL)
@@ -45,11 +46,21 @@ def main() -> None:
             print(f"\n=== {name} " + "=" * 60, flush=True)
             result_file = Path(tmp) / name
             started = time.perf_counter()
-            done = subprocess.run([sys.executable, "-m", "benchmarks", "--one", name,
-                                   "no-record" if args.no_record else "record",
-                                   str(result_file)], check=False)
-            outcome = result_file.read_text() if result_file.exists() else \
-                f"failed ({done.returncode})"
+            done = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "benchmarks",
+                    "--one",
+                    name,
+                    "no-record" if args.no_record else "record",
+                    str(result_file),
+                ],
+                check=False,
+            )
+            outcome = (
+                result_file.read_text() if result_file.exists() else f"failed ({done.returncode})"
+            )
             summary.append([name, outcome, fmt_s(time.perf_counter() - started)])
     print_table("Summary", ["benchmark", "target", "took"], summary)
 

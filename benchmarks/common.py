@@ -37,29 +37,44 @@ from loopsync.testing import FakeClock, Sandbox
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
-NOW = "2026-06-01T12:00:00Z"      # the sandbox clock's start in every benchmark
+NOW = "2026-06-01T12:00:00Z"  # the sandbox clock's start in every benchmark
 ALL_STATES = ("open", "closed", "cancelled", "review", "expired")
-HISTORY_DAYS = 365                # returns spread over a year: 4 windows of <= 120 days
+HISTORY_DAYS = 365  # returns spread over a year: 4 windows of <= 120 days
 # Finished returns (closed, cancelled, expired, review) in Loop's proportions.
 FINISHED_STATES = (("closed", 8), ("cancelled", 4), ("expired", 4), ("review", 4))
 
 
 # -- environment --------------------------------------------------------------------------
 
+
 def machine() -> str:
-    return f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU, " \
-           f"Python {platform.python_version()}"
+    return (
+        f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU, "
+        f"Python {platform.python_version()}"
+    )
 
 
 def git_commit() -> str:
     """Short commit; '+dirty' when src/ differs from it (read-only git plumbing)."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                                capture_output=True, text=True, check=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
-    dirty = subprocess.run(["git", "diff-index", "--quiet", "HEAD", "--", "src"], cwd=ROOT,
-                           capture_output=True, check=False).returncode != 0
+    dirty = (
+        subprocess.run(
+            ["git", "diff-index", "--quiet", "HEAD", "--", "src"],
+            cwd=ROOT,
+            capture_output=True,
+            check=False,
+        ).returncode
+        != 0
+    )
     return commit + ("+dirty" if dirty else "")
 
 
@@ -74,6 +89,7 @@ def quiet_logs() -> None:
 
 
 # -- output -------------------------------------------------------------------------------
+
 
 def cli(doc: str, run: Callable[..., Any], **options: int) -> None:
     """A benchmark's command line: `--<name> N` for each option (an int, with its default),
@@ -93,8 +109,12 @@ def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]
     print(f"\n{title}")
     print(line)
     for n, row in enumerate(cells):
-        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                        for i, (c, w) in enumerate(zip(row, widths, strict=True))))
+        print(
+            "  ".join(
+                c.ljust(w) if i == 0 else c.rjust(w)
+                for i, (c, w) in enumerate(zip(row, widths, strict=True))
+            )
+        )
         if n == 0:
             print(line)
     print(line)
@@ -123,6 +143,7 @@ def fmt_s(seconds: float) -> str:
 
 # -- the sandbox ------------------------------------------------------------------------
 
+
 @dataclass
 class Bench:
     """An in-process sandbox (emulated Loop + one warehouse on 127.0.0.1) on a FakeClock,
@@ -140,11 +161,14 @@ class Bench:
 
     @classmethod
     @contextlib.contextmanager
-    def start(cls, warehouse: str = "shiphero", *, rate_limits: bool = False,
-              seed: int = 7) -> Iterator[Bench]:
+    def start(
+        cls, warehouse: str = "shiphero", *, rate_limits: bool = False, seed: int = 7
+    ) -> Iterator[Bench]:
         clock = FakeClock(NOW)
-        with tempfile.TemporaryDirectory(prefix="loopsync-bench-") as tmp, \
-                Sandbox(warehouse, clock=clock, rate_limits=rate_limits, seed=seed) as sb:
+        with (
+            tempfile.TemporaryDirectory(prefix="loopsync-bench-") as tmp,
+            Sandbox(warehouse, clock=clock, rate_limits=rate_limits, seed=seed) as sb,
+        ):
             bench = cls(sb, clock, Path(tmp), random.Random(seed))
             for api in (sb.loop, sb.warehouse):
                 bench._time_handler(api)
@@ -173,17 +197,24 @@ class Bench:
     def warehouse(self) -> Any:
         return self.sb.warehouse
 
-    def seed(self, n: int, *, days: float = HISTORY_DAYS, until_days: float = 0,
-             states: Sequence[tuple[str, int]] | None = None,
-             warehouse_knows: bool = False) -> list[dict[str, Any]]:
+    def seed(
+        self,
+        n: int,
+        *,
+        days: float = HISTORY_DAYS,
+        until_days: float = 0,
+        states: Sequence[tuple[str, int]] | None = None,
+        warehouse_knows: bool = False,
+    ) -> list[dict[str, Any]]:
         """n returns created and updated between `days` and `until_days` days before the
         sandbox clock's now."""
         now = self.clock.now() - dt.timedelta(days=until_days)
         kw: dict[str, Any] = {} if states is None else {"states_weights": list(states)}
         start = self.clock.now() - dt.timedelta(days=days)
-        returns = ids_by_creation(make_returns(n, start=start, end=now,
-                                               rng=self.rng, first_id=self.next_id, **kw),
-                                  self.next_id)
+        returns = ids_by_creation(
+            make_returns(n, start=start, end=now, rng=self.rng, first_id=self.next_id, **kw),
+            self.next_id,
+        )
         self.next_id += n
         for raw in returns:
             self.loop.add_return(raw)
@@ -191,10 +222,15 @@ class Bench:
                 self.warehouse.on_loop_return(raw)
         return returns
 
-    def config(self, name: str = "bench", *, start_days: float = HISTORY_DAYS,
-               **loop_extra: Any) -> MerchantConfig:
-        data = self.sb.config_dict(merchant=name, state_path=self.tmp / f"{name}.sqlite",
-                                   start_days=start_days, **loop_extra)
+    def config(
+        self, name: str = "bench", *, start_days: float = HISTORY_DAYS, **loop_extra: Any
+    ) -> MerchantConfig:
+        data = self.sb.config_dict(
+            merchant=name,
+            state_path=self.tmp / f"{name}.sqlite",
+            start_days=start_days,
+            **loop_extra,
+        )
         return parse_config(data, file=f"<{name}>", env=self.sb.env())
 
     def engine(self, cfg: MerchantConfig, clock: Clock | None = None) -> Engine:
@@ -209,16 +245,24 @@ class Bench:
 
 # -- the worker ---------------------------------------------------------------------------
 
+
 def worker_config(loop_url: str, state_path: Path, *, start: dt.datetime) -> MerchantConfig:
     """A merchant config on the sandbox Loop with every default (page size 250, five
     states, 120-day windows). The warehouse section is never contacted by ingest."""
-    return parse_config({
-        "merchant": "bench", "state_path": str(state_path),
-        "loop": {"base_url": loop_url, "api_key": "${LOOP_API_KEY}", "start_at": iso(start)},
-        "warehouse": {"kind": "shiphero", "base_url": "http://127.0.0.1:9",
-                      "refresh_token": "${SHIPHERO_REFRESH_TOKEN}"},
-    }, file="<bench>", env={"LOOP_API_KEY": LOOP_KEY,
-                            "SHIPHERO_REFRESH_TOKEN": "unused-by-this-benchmark"})
+    return parse_config(
+        {
+            "merchant": "bench",
+            "state_path": str(state_path),
+            "loop": {"base_url": loop_url, "api_key": "${LOOP_API_KEY}", "start_at": iso(start)},
+            "warehouse": {
+                "kind": "shiphero",
+                "base_url": "http://127.0.0.1:9",
+                "refresh_token": "${SHIPHERO_REFRESH_TOKEN}",
+            },
+        },
+        file="<bench>",
+        env={"LOOP_API_KEY": LOOP_KEY, "SHIPHERO_REFRESH_TOKEN": "unused-by-this-benchmark"},
+    )
 
 
 def build_engine(cfg: MerchantConfig, clock: Clock) -> Engine:

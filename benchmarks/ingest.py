@@ -66,9 +66,14 @@ def floor_pull(loop_url: str, cfg: MerchantConfig, end: dt.datetime) -> tuple[in
     start = ingest_start(None, cfg.loop.start_at, cfg.loop.lookback)
     for state in cfg.loop.states:
         for window in plan_windows(start, end, cfg.loop.window):
-            params = {"from": loop_wire(window.start), "to": loop_wire(window.end),
-                      "filter": "updated_at", "state": state, "paginate": "true",
-                      "pageSize": str(cfg.loop.page_size)}
+            params = {
+                "from": loop_wire(window.start),
+                "to": loop_wire(window.end),
+                "filter": "updated_at",
+                "state": state,
+                "paginate": "true",
+                "pageSize": str(cfg.loop.page_size),
+            }
             cursor = None
             while True:
                 query = params if cursor is None else {**params, "cursor": cursor}
@@ -93,10 +98,16 @@ def loopsync_pull(cfg: MerchantConfig, clock: FakeClock) -> dict[str, Any]:
     engine.ingest()
     seconds = time.perf_counter() - started
     stored = engine.store.db.execute("select count(*) from returns").fetchone()[0]
-    out = {"seconds": seconds, "requests": loop_http(engine).requests_sent, "stored": stored,
-           "pulled": engine.counts.pulled, "new": engine.counts.new,
-           "malformed": engine.counts.malformed, "errors": engine.counts.errors,
-           "limiter_wait": sum(clock.slept) - slept}
+    out = {
+        "seconds": seconds,
+        "requests": loop_http(engine).requests_sent,
+        "stored": stored,
+        "pulled": engine.counts.pulled,
+        "new": engine.counts.new,
+        "malformed": engine.counts.malformed,
+        "errors": engine.counts.errors,
+        "limiter_wait": sum(clock.slept) - slept,
+    }
     close_engine(engine)
     return out
 
@@ -112,8 +123,10 @@ def run(n: int = 100_000, rounds: int = 2, record: bool = True) -> dict[str, Any
     clock = FakeClock(NOW)
     end = clock.now()
     start = end - dt.timedelta(days=HISTORY_DAYS)
-    with loop_server(n, days=HISTORY_DAYS) as (url, seed_s), \
-            tempfile.TemporaryDirectory(prefix="loopsync-bench-") as tmp:
+    with (
+        loop_server(n, days=HISTORY_DAYS) as (url, seed_s),
+        tempfile.TemporaryDirectory(prefix="loopsync-bench-") as tmp,
+    ):
         print(f"sandbox Loop (own process) seeded {n:,} returns in {fmt_s(seed_s)}")
         cfg = worker_config(url, Path(tmp) / "warm.sqlite", start=start)
         assert set(cfg.loop.states) == set(ALL_STATES)
@@ -124,8 +137,11 @@ def run(n: int = 100_000, rounds: int = 2, record: bool = True) -> dict[str, Any
         for r in range(rounds):
             floors.append(timed_floor(url, cfg, end))
             clock.set(end)  # the same windows every round
-            pulls.append(loopsync_pull(worker_config(url, Path(tmp) / f"round{r}.sqlite",
-                                                     start=start), clock))
+            pulls.append(
+                loopsync_pull(
+                    worker_config(url, Path(tmp) / f"round{r}.sqlite", start=start), clock
+                )
+            )
         floors.append(timed_floor(url, cfg, end))
     floor = min(f[0] for f in floors)
     best = min(pulls, key=lambda p: p["seconds"])
@@ -137,24 +153,62 @@ def run(n: int = 100_000, rounds: int = 2, record: bool = True) -> dict[str, Any
         f"Ingest: first pull of {n:,} returns, 5 states, <=120-day windows, page size "
         f"{cfg.loop.page_size} (sandbox Loop in its own process, rate limit off)",
         ["", "wall time (best)", "returns/s", "requests", "returns read"],
-        [["floor: requests.Session + JSON decode", fmt_s(floor), f"{n / floor:,.0f}",
-          floor_requests, f"{floor_returns:,}"],
-         ["loopsync: Engine.ingest() + SQLite", fmt_s(ls), f"{n / ls:,.0f}",
-          best["requests"], f"{best['pulled']:,}"]])
-    print("rounds (s): floor " + ", ".join(f"{f[0]:.2f}" for f in floors)
-          + "; loopsync " + ", ".join(f"{p['seconds']:.2f}" for p in pulls))
-    print(f"stored {best['stored']:,} returns (new {best['new']:,}, malformed "
-          f"{best['malformed']}, errors {best['errors']})")
+        [
+            [
+                "floor: requests.Session + JSON decode",
+                fmt_s(floor),
+                f"{n / floor:,.0f}",
+                floor_requests,
+                f"{floor_returns:,}",
+            ],
+            [
+                "loopsync: Engine.ingest() + SQLite",
+                fmt_s(ls),
+                f"{n / ls:,.0f}",
+                best["requests"],
+                f"{best['pulled']:,}",
+            ],
+        ],
+    )
+    print(
+        "rounds (s): floor "
+        + ", ".join(f"{f[0]:.2f}" for f in floors)
+        + "; loopsync "
+        + ", ".join(f"{p['seconds']:.2f}" for p in pulls)
+    )
+    print(
+        f"stored {best['stored']:,} returns (new {best['new']:,}, malformed "
+        f"{best['malformed']}, errors {best['errors']})"
+    )
     print(f"loopsync / floor = {r:.2f}x (target <= {TARGET}x: {verdict(ok)})")
-    print(f"Loop's 300/min makes this pull take >= {best['requests'] / 300:.1f} min for any "
-          f"client; loopsync's limiter (280/min) waited {best['limiter_wait']:.0f} s of "
-          "simulated time")
-    result = {"returns": n, "floor_s": floor, "loopsync_s": ls, "ratio": r, "ok": ok,
-              "requests": best["requests"], "floor_rounds": [f[0] for f in floors],
-              "loopsync_rounds": [p["seconds"] for p in pulls]}
+    print(
+        f"Loop's 300/min makes this pull take >= {best['requests'] / 300:.1f} min for any "
+        f"client; loopsync's limiter (280/min) waited {best['limiter_wait']:.0f} s of "
+        "simulated time"
+    )
+    result = {
+        "returns": n,
+        "floor_s": floor,
+        "loopsync_s": ls,
+        "ratio": r,
+        "ok": ok,
+        "requests": best["requests"],
+        "floor_rounds": [f[0] for f in floors],
+        "loopsync_rounds": [p["seconds"] for p in pulls],
+    }
     if record:
-        append_row("ingest", [f"{n:,}", best["requests"], fmt_s(floor), fmt_s(ls),
-                              f"{n / ls:,.0f}", f"{r:.2f}x", verdict(ok)])
+        append_row(
+            "ingest",
+            [
+                f"{n:,}",
+                best["requests"],
+                fmt_s(floor),
+                fmt_s(ls),
+                f"{n / ls:,.0f}",
+                f"{r:.2f}x",
+                verdict(ok),
+            ],
+        )
     return result
 
 

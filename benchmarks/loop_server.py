@@ -39,8 +39,13 @@ def serve(n: int, seed: int, days: float) -> None:
     now = clock.now()
     from benchmarks.common import ids_by_creation
 
-    returns = make_returns(n, start=now - dt.timedelta(days=days), end=now,
-                           rng=random.Random(seed), first_id=FIRST_RETURN_ID)
+    returns = make_returns(
+        n,
+        start=now - dt.timedelta(days=days),
+        end=now,
+        rng=random.Random(seed),
+        first_id=FIRST_RETURN_ID,
+    )
     returns = ids_by_creation(returns, FIRST_RETURN_ID)
     for raw in returns:
         loop.add_return(raw)
@@ -65,9 +70,22 @@ def loop_server(n: int, *, seed: int = 7, days: float = 365) -> Iterator[tuple[s
     """Start the server process; yields (Loop base URL, seconds it took to seed)."""
     import subprocess
 
-    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.loop_server", "--returns",
-                             str(n), "--seed", str(seed), "--days", str(days)],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.loop_server",
+            "--returns",
+            str(n),
+            "--seed",
+            str(seed),
+            "--days",
+            str(days),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline().split()

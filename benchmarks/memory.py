@@ -56,8 +56,11 @@ def worker(loop_url: str, state_dir: str) -> None:
     quiet_logs()
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     clock = FakeClock(NOW)
-    cfg = worker_config(loop_url, Path(state_dir) / "memory.sqlite",
-                        start=clock.now() - dt.timedelta(days=HISTORY_DAYS))
+    cfg = worker_config(
+        loop_url,
+        Path(state_dir) / "memory.sqlite",
+        start=clock.now() - dt.timedelta(days=HISTORY_DAYS),
+    )
     engine = build_engine(cfg, clock)
     started = time.perf_counter()
     engine.ingest()
@@ -65,10 +68,19 @@ def worker(loop_url: str, state_dir: str) -> None:
     stored = engine.store.db.execute("select count(*) from returns").fetchone()[0]
     requests = loop_http(engine).requests_sent
     close_engine(engine)
-    print(json.dumps({"peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-                      "vm_hwm_kib": _vm_hwm_kib(), "rss_before_pull_kib": before,
-                      "seconds": seconds, "stored": stored,
-                      "requests": requests, "errors": engine.counts.errors}))
+    print(
+        json.dumps(
+            {
+                "peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                "vm_hwm_kib": _vm_hwm_kib(),
+                "rss_before_pull_kib": before,
+                "seconds": seconds,
+                "stored": stored,
+                "requests": requests,
+                "errors": engine.counts.errors,
+            }
+        )
+    )
 
 
 def _vm_hwm_kib() -> int | None:
@@ -84,13 +96,28 @@ def _vm_hwm_kib() -> int | None:
 
 
 def one_size(n: int) -> dict[str, Any]:
-    with loop_server(n, days=HISTORY_DAYS) as (url, seed_s), \
-            tempfile.TemporaryDirectory(prefix="loopsync-bench-") as tmp:
+    with (
+        loop_server(n, days=HISTORY_DAYS) as (url, seed_s),
+        tempfile.TemporaryDirectory(prefix="loopsync-bench-") as tmp,
+    ):
         # Linux carries the peak RSS of the process that forks into ru_maxrss across exec,
         # so the worker is started by a bare launcher process, not by this (bigger) one.
-        out = subprocess.run([sys.executable, "-c", LAUNCHER, sys.executable, "-m",
-                              "benchmarks.memory", "--worker", url, tmp],
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                LAUNCHER,
+                sys.executable,
+                "-m",
+                "benchmarks.memory",
+                "--worker",
+                url,
+                tmp,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert res["stored"] == n and res["errors"] == 0, res
     return {"returns": n, "seed_s": seed_s, **res}
@@ -103,16 +130,37 @@ def run(small: int = 10_000, large: int = 100_000, record: bool = True) -> dict[
     print_table(
         "Memory: peak RSS of a worker process pulling every return (sandbox Loop in "
         "another process)",
-        ["returns pulled", "peak RSS (ru_maxrss)", "VmHWM (cross-check)",
-         "ru_maxrss before the pull", "pull time", "requests"],
-        [[f"{x['returns']:,}", f"{x['peak_rss_kib'] / 1024:.1f} MiB",
-          f"{x['vm_hwm_kib'] / 1024:.1f} MiB" if x.get("vm_hwm_kib") else "-",
-          f"{x['rss_before_pull_kib'] / 1024:.1f} MiB", fmt_s(x["seconds"]), x["requests"]]
-         for x in (a, z)])
+        [
+            "returns pulled",
+            "peak RSS (ru_maxrss)",
+            "VmHWM (cross-check)",
+            "ru_maxrss before the pull",
+            "pull time",
+            "requests",
+        ],
+        [
+            [
+                f"{x['returns']:,}",
+                f"{x['peak_rss_kib'] / 1024:.1f} MiB",
+                f"{x['vm_hwm_kib'] / 1024:.1f} MiB" if x.get("vm_hwm_kib") else "-",
+                f"{x['rss_before_pull_kib'] / 1024:.1f} MiB",
+                fmt_s(x["seconds"]),
+                x["requests"],
+            ]
+            for x in (a, z)
+        ],
+    )
     print(f"peak RSS {large:,} / {small:,} = {r:.2f}x (target <= {TARGET}x: {verdict(ok)})")
     if record:
-        append_row("memory", [f"{a['peak_rss_kib'] / 1024:.1f} MiB",
-                              f"{z['peak_rss_kib'] / 1024:.1f} MiB", f"{r:.2f}x", verdict(ok)])
+        append_row(
+            "memory",
+            [
+                f"{a['peak_rss_kib'] / 1024:.1f} MiB",
+                f"{z['peak_rss_kib'] / 1024:.1f} MiB",
+                f"{r:.2f}x",
+                verdict(ok),
+            ],
+        )
     return {"small": a, "large": z, "ratio": r, "ok": ok}
 
 

@@ -47,7 +47,7 @@ from loopsync.models import LoopReturn, RmaRef
 from loopsync.state import Stage, Store
 from loopsync.timeutil import iso
 
-TARGET_PER_REQUEST = 25   # ShipHero: at least 25 open RMAs per request
+TARGET_PER_REQUEST = 25  # ShipHero: at least 25 open RMAs per request
 
 
 def build(b: Bench, kind: str, n: int) -> Any:
@@ -84,14 +84,29 @@ def _shiphero_rma(b: Bench, engine: Any, ret: LoopReturn, ctx: dict[str, Any]) -
 
     sh = b.warehouse
     order = ctx["orders"][ret.provider_order_id]
-    lines = [_ReturnLine(legacy_id=next(sh._ids), order_line=order.line_for(sku),
-                         quantity=qty, reason="Returned through Loop")
-             for sku, qty in sorted(ret.units_by_sku().items())]
-    rma = _Return(legacy_id=3394300 + next(sh._ids), order=order, partner_id=ret.id,
-                  warehouse_id=DESTINATIONS[str(ret.destination_id)],
-                  reason="Returned through Loop", label_type="SELF_RETURN", label_cost="0.00",
-                  shipping_carrier=ret.carrier or "other", shipping_method=ret.carrier or "other",
-                  tracking_number=ret.tracking_number, created_at=b.clock.now(), lines=lines)
+    lines = [
+        _ReturnLine(
+            legacy_id=next(sh._ids),
+            order_line=order.line_for(sku),
+            quantity=qty,
+            reason="Returned through Loop",
+        )
+        for sku, qty in sorted(ret.units_by_sku().items())
+    ]
+    rma = _Return(
+        legacy_id=3394300 + next(sh._ids),
+        order=order,
+        partner_id=ret.id,
+        warehouse_id=DESTINATIONS[str(ret.destination_id)],
+        reason="Returned through Loop",
+        label_type="SELF_RETURN",
+        label_cost="0.00",
+        shipping_carrier=ret.carrier or "other",
+        shipping_method=ret.carrier or "other",
+        tracking_number=ret.tracking_number,
+        created_at=b.clock.now(),
+        lines=lines,
+    )
     sh.returns[rma.legacy_id] = rma
     return RmaRef(ret.id, rma.id, {"legacy_id": rma.legacy_id, "order_id": order.id})
 
@@ -103,27 +118,36 @@ def _peoplevox_rma(b: Bench, engine: Any, ret: LoopReturn, ctx: dict[str, Any]) 
 
     conn = engine.connector
     req = PushRequest(ret, engine.cfg.warehouse.destinations[str(ret.destination_id)])
-    located = {"sales_order_number": (ret.order_name or "").lstrip("#"),
-               "customer_po_reference": ret.order_number or ""}
+    located = {
+        "sales_order_number": (ret.order_name or "").lstrip("#"),
+        "customer_po_reference": ret.order_number or "",
+    }
     ra = _Ra(fields=header_row(req, located))
     ra.items = [_RaItem(fields=item_row(ret.id, line)) for line in conn.item_lines(ret)]
     b.warehouse.ras[ret.id] = ra
-    return RmaRef(ret.id, ret.id, {"sales_order_number": located["sales_order_number"],
-                                   "expected": ret.units_by_sku()})
+    return RmaRef(
+        ret.id,
+        ret.id,
+        {"sales_order_number": located["sales_order_number"], "expected": ret.units_by_sku()},
+    )
 
 
 def _xoro_rma(b: Bench, engine: Any, ret: LoopReturn, ctx: dict[str, Any]) -> RmaRef:
     """Xoro's app imported the return (its ASN exists): link it as find_rma does."""
     asn = b.warehouse.asn(ret.id)
     since = (ret.created_at or ret.updated_at) - engine.connector.conf.asn_lookback
-    return RmaRef(ret.id, asn.rma_number or asn.number,
-                  {"asn_number": asn.number, "search_from": iso(since)})
+    return RmaRef(
+        ret.id, asn.rma_number or asn.number, {"asn_number": asn.number, "search_from": iso(since)}
+    )
 
 
 # Per-kind knowledge (keys checked against `connectors.KINDS` by tests/test_kinds.py): how
 # to plant an RMA the warehouse already has. The generic 3PL has no poll benchmark.
 ADD_RMA: dict[str, Callable[[Bench, Any, LoopReturn, dict[str, Any]], RmaRef]] = {
-    "shiphero": _shiphero_rma, "peoplevox": _peoplevox_rma, "xoro": _xoro_rma}
+    "shiphero": _shiphero_rma,
+    "peoplevox": _peoplevox_rma,
+    "xoro": _xoro_rma,
+}
 
 
 def poll_once(b: Bench, cfg: Any) -> dict[str, Any]:
@@ -141,10 +165,16 @@ def poll_once(b: Bench, cfg: Any) -> dict[str, Any]:
     errors = engine.counts.errors
     polled = engine.counts.polled
     close_engine(engine)
-    return {"wall": wall, "server": server, "waited": waited, "requests": len(calls),
-            "polled": polled,
-            "errors": errors, "mix": Counter(_op(b, c) for c in calls),
-            "loop_calls": b.calls("loop")}
+    return {
+        "wall": wall,
+        "server": server,
+        "waited": waited,
+        "requests": len(calls),
+        "polled": polled,
+        "errors": errors,
+        "mix": Counter(_op(b, c) for c in calls),
+        "loop_calls": b.calls("loop"),
+    }
 
 
 def _op(b: Bench, call: Any) -> str:
@@ -161,12 +191,16 @@ def shiphero(n: int) -> dict[str, Any]:
         cfg = build(b, "shiphero", n)
         sh = b.warehouse
         # Default settings on both sides: 1001 credits, 15 a second; enforced.
-        sh.credits = CreditMeter(b.clock, cfg.warehouse.connector.credits_max,
-                                 cfg.warehouse.connector.credits_per_second)
+        sh.credits = CreditMeter(
+            b.clock, cfg.warehouse.connector.credits_max, cfg.warehouse.connector.credits_per_second
+        )
         res = poll_once(b, cfg)
-        res.update(throttled=sh.credits.throttled, min_balance=sh.credits.min_balance,
-                   spent=sh.credits.spent,
-                   data_requests=res["mix"].get("POST /graphql", 0))
+        res.update(
+            throttled=sh.credits.throttled,
+            min_balance=sh.credits.min_balance,
+            spent=sh.credits.spent,
+            data_requests=res["mix"].get("POST /graphql", 0),
+        )
         return res
 
 
@@ -175,9 +209,9 @@ def peoplevox(n: int) -> tuple[dict[str, Any], dict[str, Any]]:
         cfg = build(b, "peoplevox", n)
         # The warehouse has started on 1% of them (items dated, status still to be
         # ignored), so the returns report has dates to sweep by after the first poll.
-        for rid in sorted(b.warehouse.ras)[:max(1, n // 100)]:
+        for rid in sorted(b.warehouse.ras)[: max(1, n // 100)]:
             b.warehouse.complete(rid, "Partially received")
-        b.sb._set_warehouse_rate_limits(True)   # 15 requests in 15 seconds
+        b.sb._set_warehouse_rate_limits(True)  # 15 requests in 15 seconds
         full = poll_once(b, cfg)
         full["throttled"] = b.warehouse.throttled
         b.clock.advance(900)
@@ -193,8 +227,12 @@ def xoro(n: int) -> dict[str, Any]:
         cfg = build(b, "xoro", n)
         b.sb._set_warehouse_rate_limits(True)
         res = poll_once(b, cfg)
-        res.update(throttled=b.warehouse.throttled, data_requests=res["requests"],
-                   asns=len(b.warehouse.asns), page_size=b.warehouse.page_size)
+        res.update(
+            throttled=b.warehouse.throttled,
+            data_requests=res["requests"],
+            asns=len(b.warehouse.asns),
+            page_size=b.warehouse.page_size,
+        )
         return res
 
 
@@ -204,45 +242,101 @@ def run(n: int = 5_000, record: bool = True) -> dict[str, Any]:
     pv_full, pv_inc = peoplevox(n)
     _, pv_small = peoplevox(POLL_CHUNK)
     xo = xoro(n)
-    ok = (sh["data_requests"] * TARGET_PER_REQUEST <= n and sh["throttled"] == 0
-          and sh["min_balance"] >= 0 and sh["errors"] == 0 and sh["polled"] == n)
+    ok = (
+        sh["data_requests"] * TARGET_PER_REQUEST <= n
+        and sh["throttled"] == 0
+        and sh["min_balance"] >= 0
+        and sh["errors"] == 0
+        and sh["polled"] == n
+    )
 
     def row(name: str, r: dict[str, Any], throttle: str, rmas: int = n) -> list[Any]:
         per = r["data_requests"] / rmas
-        return [name, f"{rmas:,}", r["requests"], f"{per:.4f}",
-                f"{rmas / r['data_requests']:.0f}" if r["data_requests"] else "-",
-                fmt_s(r["wall"]), fmt_s(r["server"]), f"{r['waited']:.0f} s", throttle,
-                r["errors"]]
+        return [
+            name,
+            f"{rmas:,}",
+            r["requests"],
+            f"{per:.4f}",
+            f"{rmas / r['data_requests']:.0f}" if r["data_requests"] else "-",
+            fmt_s(r["wall"]),
+            fmt_s(r["server"]),
+            f"{r['waited']:.0f} s",
+            throttle,
+            r["errors"],
+        ]
 
     print_table(
         f"Polling: one poll stage over {n:,} open RMAs (limits on, default settings; "
         "waits simulated on the fake clock)",
-        ["warehouse", "open RMAs", "requests", "requests/RMA", "RMAs/request", "wall time",
-         "of which emulator", "limit waits (simulated)", "throttled", "errors"],
-        [row("ShipHero (GraphQL, 50 aliases a query)", sh,
-             f"{sh['throttled']} (min balance {sh['min_balance']:.0f})"),
-         row("PeopleVox, first poll (reads every RA)", pv_full, str(pv_full["throttled"])),
-         row("PeopleVox, later poll (date sweep)", pv_inc, str(pv_inc["throttled"])),
-         row("PeopleVox, later poll, one engine chunk", pv_small,
-             str(pv_small["throttled"]), POLL_CHUNK),
-         row(f"Xoro (ASN listing, {xo['page_size']} a page)", xo, str(xo["throttled"]))])
-    for name, r in (("ShipHero", sh), ("PeopleVox first", pv_full),
-                    ("PeopleVox later", pv_inc), (f"PeopleVox later ({POLL_CHUNK})", pv_small),
-                    ("Xoro", xo)):
+        [
+            "warehouse",
+            "open RMAs",
+            "requests",
+            "requests/RMA",
+            "RMAs/request",
+            "wall time",
+            "of which emulator",
+            "limit waits (simulated)",
+            "throttled",
+            "errors",
+        ],
+        [
+            row(
+                "ShipHero (GraphQL, 50 aliases a query)",
+                sh,
+                f"{sh['throttled']} (min balance {sh['min_balance']:.0f})",
+            ),
+            row("PeopleVox, first poll (reads every RA)", pv_full, str(pv_full["throttled"])),
+            row("PeopleVox, later poll (date sweep)", pv_inc, str(pv_inc["throttled"])),
+            row(
+                "PeopleVox, later poll, one engine chunk",
+                pv_small,
+                str(pv_small["throttled"]),
+                POLL_CHUNK,
+            ),
+            row(f"Xoro (ASN listing, {xo['page_size']} a page)", xo, str(xo["throttled"])),
+        ],
+    )
+    for name, r in (
+        ("ShipHero", sh),
+        ("PeopleVox first", pv_full),
+        ("PeopleVox later", pv_inc),
+        (f"PeopleVox later ({POLL_CHUNK})", pv_small),
+        ("Xoro", xo),
+    ):
         print(f"{name}: " + ", ".join(f"{k} x{v}" for k, v in sorted(r["mix"].items())))
-    print(f"ShipHero: {sh['data_requests']} GraphQL requests for {n:,} RMAs = 1 per "
-          f"{n / sh['data_requests']:.0f} (target: 1 per >= {TARGET_PER_REQUEST}), "
-          f"{sh['spent']:,} credits, throttled {sh['throttled']}, lowest balance "
-          f"{sh['min_balance']:.0f}: {verdict(ok)}")
+    print(
+        f"ShipHero: {sh['data_requests']} GraphQL requests for {n:,} RMAs = 1 per "
+        f"{n / sh['data_requests']:.0f} (target: 1 per >= {TARGET_PER_REQUEST}), "
+        f"{sh['spent']:,} credits, throttled {sh['throttled']}, lowest balance "
+        f"{sh['min_balance']:.0f}: {verdict(ok)}"
+    )
     if record:
-        append_row("poll", [f"{n:,}", sh["data_requests"], f"{n / sh['data_requests']:.0f}",
-                            fmt_s(sh["wall"]), f"{sh['waited']:.0f} s", sh["throttled"],
-                            f"{sh['min_balance']:.0f}",
-                            f"{pv_full['requests']} / {pv_inc['requests']}",
-                            f"{fmt_s(pv_full['wall'])} / {fmt_s(pv_inc['wall'])}",
-                            xo["requests"], fmt_s(xo["wall"]), verdict(ok)])
-    return {"shiphero": sh, "peoplevox_full": pv_full, "peoplevox_incremental": pv_inc,
-            "peoplevox_one_chunk": pv_small, "xoro": xo, "ok": ok}
+        append_row(
+            "poll",
+            [
+                f"{n:,}",
+                sh["data_requests"],
+                f"{n / sh['data_requests']:.0f}",
+                fmt_s(sh["wall"]),
+                f"{sh['waited']:.0f} s",
+                sh["throttled"],
+                f"{sh['min_balance']:.0f}",
+                f"{pv_full['requests']} / {pv_inc['requests']}",
+                f"{fmt_s(pv_full['wall'])} / {fmt_s(pv_inc['wall'])}",
+                xo["requests"],
+                fmt_s(xo["wall"]),
+                verdict(ok),
+            ],
+        )
+    return {
+        "shiphero": sh,
+        "peoplevox_full": pv_full,
+        "peoplevox_incremental": pv_inc,
+        "peoplevox_one_chunk": pv_small,
+        "xoro": xo,
+        "ok": ok,
+    }
 
 
 def main() -> None:

@@ -46,8 +46,13 @@ def _cycle(sb: Sandbox, cfg: Any) -> Any:
 
 def measure(kind: str, transport: str, n: int, root: Path) -> dict[str, Any]:
     folder = root / f"{kind}-{transport}-share"
-    sb = Sandbox(kind, clock=FakeClock(), rate_limits=True, transport=transport,
-                 folder_root=folder if transport == "folder" else None).start()
+    sb = Sandbox(
+        kind,
+        clock=FakeClock(),
+        rate_limits=True,
+        transport=transport,
+        folder_root=folder if transport == "folder" else None,
+    ).start()
     try:
         seeded = sb.seed(n, days=2, states_weights=[("open", 1)])
         cfg = sb.merchant_config(root / f"{kind}-{transport}")
@@ -57,9 +62,13 @@ def measure(kind: str, transport: str, n: int, root: Path) -> dict[str, Any]:
         pushed = max(first.counts.pushed, 1)
         wh = [c for c in sb.recorder.calls() if c.api != "loop"]
         loop_effects = [c for c in sb.recorder.calls("loop") if "/list" not in c.path]
-        row = {"connector": f"{kind} ({transport})", "rmas": first.counts.pushed,
-               "wh_per_rma": len(wh) / pushed, "loop_per_rma": len(loop_effects) / pushed,
-               "credits_per_rma": (_spent(sb) - credits) / pushed}
+        row = {
+            "connector": f"{kind} ({transport})",
+            "rmas": first.counts.pushed,
+            "wh_per_rma": len(wh) / pushed,
+            "loop_per_rma": len(loop_effects) / pushed,
+            "credits_per_rma": (_spent(sb) - credits) / pushed,
+        }
         # The state file is lost: the next run must find what the first one made.
         for suffix in ("", "-wal", "-shm"):
             Path(str(cfg.state_path) + suffix).unlink(missing_ok=True)
@@ -72,8 +81,7 @@ def measure(kind: str, transport: str, n: int, root: Path) -> dict[str, Any]:
         row["dup_rmas"] = sum(max(0, sb.warehouse.rma_count(i) - 1) for i in ids)
         row["dup_notes"] = sum(max(0, len(sb.loop.notes_for(i)) - 1) for i in ids)
         row["rerun_wh"] = len([c for c in sb.recorder.calls() if c.api != "loop"])
-        row["rerun_loop"] = len([c for c in sb.recorder.calls("loop")
-                                 if "/list" not in c.path])
+        row["rerun_loop"] = len([c for c in sb.recorder.calls("loop") if "/list" not in c.path])
         row["rerun_credits"] = _spent(sb) - credits
         return row
     finally:
@@ -83,23 +91,56 @@ def measure(kind: str, transport: str, n: int, root: Path) -> dict[str, Any]:
 def run(returns: int = 200, *, record: bool) -> dict[str, Any]:
     quiet_logs()
     with tempfile.TemporaryDirectory() as tmp:
-        rows = [measure(kind, transport, returns, Path(tmp))
-                for kind, transport in CONNECTORS]
-    print_table(f"Push of {returns} open returns, then a run after the state file was lost",
-                ["connector", "RMAs", "warehouse req/RMA", "Loop req/RMA", "credits/RMA",
-                 "lost state: dup RMAs", "dup notes", "warehouse req", "Loop req",
-                 "credits"],
-                [[r["connector"], r["rmas"], f"{r['wh_per_rma']:.2f}",
-                  f"{r['loop_per_rma']:.2f}", f"{r['credits_per_rma']:.1f}", r["dup_rmas"],
-                  r["dup_notes"], r["rerun_wh"], r["rerun_loop"], r["rerun_credits"]]
-                 for r in rows])
+        rows = [measure(kind, transport, returns, Path(tmp)) for kind, transport in CONNECTORS]
+    print_table(
+        f"Push of {returns} open returns, then a run after the state file was lost",
+        [
+            "connector",
+            "RMAs",
+            "warehouse req/RMA",
+            "Loop req/RMA",
+            "credits/RMA",
+            "lost state: dup RMAs",
+            "dup notes",
+            "warehouse req",
+            "Loop req",
+            "credits",
+        ],
+        [
+            [
+                r["connector"],
+                r["rmas"],
+                f"{r['wh_per_rma']:.2f}",
+                f"{r['loop_per_rma']:.2f}",
+                f"{r['credits_per_rma']:.1f}",
+                r["dup_rmas"],
+                r["dup_notes"],
+                r["rerun_wh"],
+                r["rerun_loop"],
+                r["rerun_credits"],
+            ]
+            for r in rows
+        ],
+    )
     if record:
         for r in rows:
-            append_row("push", [r["connector"], returns, r["rmas"], f"{r['wh_per_rma']:.2f}",
-                                f"{r['loop_per_rma']:.2f}", f"{r['credits_per_rma']:.1f}",
-                                r["dup_rmas"], r["dup_notes"], r["rerun_wh"],
-                                r["rerun_loop"], r["rerun_credits"],
-                                verdict(r["dup_rmas"] == 0 and r["dup_notes"] == 0)])
+            append_row(
+                "push",
+                [
+                    r["connector"],
+                    returns,
+                    r["rmas"],
+                    f"{r['wh_per_rma']:.2f}",
+                    f"{r['loop_per_rma']:.2f}",
+                    f"{r['credits_per_rma']:.1f}",
+                    r["dup_rmas"],
+                    r["dup_notes"],
+                    r["rerun_wh"],
+                    r["rerun_loop"],
+                    r["rerun_credits"],
+                    verdict(r["dup_rmas"] == 0 and r["dup_notes"] == 0),
+                ],
+            )
     return {"ok": all(r["dup_rmas"] == 0 and r["dup_notes"] == 0 for r in rows), "rows": rows}
 
 

@@ -47,8 +47,12 @@ def run(history: int = 50_000, open_returns: int = 1_000, record: bool = True) -
         b.seed(open_returns, days=14, states=(("open", 1),), warehouse_knows=True)
         cfg = b.config("rate")
         sh = b.warehouse
-        sh.credits = CreditMeter(b.clock, cfg.warehouse.connector.credits_max,
-                                 cfg.warehouse.connector.credits_per_second, enforce=False)
+        sh.credits = CreditMeter(
+            b.clock,
+            cfg.warehouse.connector.credits_max,
+            cfg.warehouse.connector.credits_per_second,
+            enforce=False,
+        )
         assert b.loop.rate_limit_enabled and sh.credits.enabled
         b.reset_calls()
         simulated = b.clock.monotonic()
@@ -60,36 +64,76 @@ def run(history: int = 50_000, open_returns: int = 1_000, record: bool = True) -
         sh_calls = b.sb.recorder.calls("shiphero")
         busiest = b.loop.busiest_window(LOOP_KEY, 60.0)
         loop_429 = sum(1 for c in loop_calls if c.status == 429)
-        res = {"wall": wall, "simulated": simulated, "loop_requests": len(loop_calls),
-               "loop_429": loop_429, "busiest": busiest,
-               "client_limit": cfg.loop.requests_per_minute,
-               "sh_requests": len(sh_calls), "credits_spent": sh.credits.spent,
-               "min_balance": sh.credits.min_balance, "sh_throttled": sh.credits.throttled,
-               "counts": result.counts, "ok_cycle": result.ok,
-               "errors": result.stage_errors}
-    ok = (res["busiest"] <= LOOP_LIMIT and res["loop_429"] == 0 and res["min_balance"] >= 0
-          and res["sh_throttled"] == 0 and res["ok_cycle"])
+        res = {
+            "wall": wall,
+            "simulated": simulated,
+            "loop_requests": len(loop_calls),
+            "loop_429": loop_429,
+            "busiest": busiest,
+            "client_limit": cfg.loop.requests_per_minute,
+            "sh_requests": len(sh_calls),
+            "credits_spent": sh.credits.spent,
+            "min_balance": sh.credits.min_balance,
+            "sh_throttled": sh.credits.throttled,
+            "counts": result.counts,
+            "ok_cycle": result.ok,
+            "errors": result.stage_errors,
+        }
+    ok = (
+        res["busiest"] <= LOOP_LIMIT
+        and res["loop_429"] == 0
+        and res["min_balance"] >= 0
+        and res["sh_throttled"] == 0
+        and res["ok_cycle"]
+    )
     c = res["counts"]
     print_table(
         f"Rate compliance: first cycle over {history + open_returns:,} returns, "
         f"{open_returns:,} pushed to ShipHero, limits on (waiting simulated on a FakeClock)",
         ["", "requests", "limit", "busiest 60 s / lowest balance", "refused", "result"],
-        [["Loop (one API key)", res["loop_requests"], f"{LOOP_LIMIT}/min "
-          f"(loopsync: {res['client_limit']}/min)", res["busiest"], f"{loop_429} x 429",
-          verdict(res["busiest"] <= LOOP_LIMIT and loop_429 == 0)],
-         ["ShipHero credits", res["sh_requests"], "1001, +15/s",
-          f"{res['min_balance']:.0f} (spent {res['credits_spent']:,})",
-          f"{res['sh_throttled']} throttled", verdict(res["min_balance"] >= 0)]])
-    print(f"cycle: pulled {c.pulled:,}, pushed {c.pushed:,}, notes {c.notes:,}, polled "
-          f"{c.polled:,}, errors {c.errors} {res['errors'] or ''}")
-    print(f"simulated time {res['simulated'] / 60:.1f} min, real time {fmt_s(res['wall'])}: "
-          f"{verdict(ok)}")
+        [
+            [
+                "Loop (one API key)",
+                res["loop_requests"],
+                f"{LOOP_LIMIT}/min (loopsync: {res['client_limit']}/min)",
+                res["busiest"],
+                f"{loop_429} x 429",
+                verdict(res["busiest"] <= LOOP_LIMIT and loop_429 == 0),
+            ],
+            [
+                "ShipHero credits",
+                res["sh_requests"],
+                "1001, +15/s",
+                f"{res['min_balance']:.0f} (spent {res['credits_spent']:,})",
+                f"{res['sh_throttled']} throttled",
+                verdict(res["min_balance"] >= 0),
+            ],
+        ],
+    )
+    print(
+        f"cycle: pulled {c.pulled:,}, pushed {c.pushed:,}, notes {c.notes:,}, polled "
+        f"{c.polled:,}, errors {c.errors} {res['errors'] or ''}"
+    )
+    print(
+        f"simulated time {res['simulated'] / 60:.1f} min, real time {fmt_s(res['wall'])}: "
+        f"{verdict(ok)}"
+    )
     if record:
-        append_row("rate", [f"{history + open_returns:,}", res["loop_requests"],
-                            res["busiest"], loop_429, res["sh_requests"],
-                            f"{res['credits_spent']:,}", f"{res['min_balance']:.0f}",
-                            f"{res['simulated'] / 60:.1f} min", fmt_s(res["wall"]),
-                            verdict(ok)])
+        append_row(
+            "rate",
+            [
+                f"{history + open_returns:,}",
+                res["loop_requests"],
+                res["busiest"],
+                loop_429,
+                res["sh_requests"],
+                f"{res['credits_spent']:,}",
+                f"{res['min_balance']:.0f}",
+                f"{res['simulated'] / 60:.1f} min",
+                fmt_s(res["wall"]),
+                verdict(ok),
+            ],
+        )
     return {**res, "ok": ok}
 
 

@@ -101,13 +101,19 @@ VARIANTS = {variant_name(kind, transport): (kind, transport) for kind, transport
 CONNECTORS = tuple(VARIANTS)
 SCENARIOS = ("full", "full", "short", "over", "damaged", "cancelled")
 # "poison": the warehouse's record of it is unreadable; it is held, never acted on.
-EXPECTED_ACTION = {"full": "process", "short": "flag", "over": "flag", "damaged": "flag",
-                   "cancelled": None, "poison": None}
+EXPECTED_ACTION = {
+    "full": "process",
+    "short": "flag",
+    "over": "flag",
+    "damaged": "flag",
+    "cancelled": None,
+    "poison": None,
+}
 CLIENT_TIMEOUT = 2.0
-SLOW = CLIENT_TIMEOUT + 0.5     # a "slow" answer comes after the client gave up
-DRIP = 1.5                      # a dripped answer's length: each pause far below the timeout
+SLOW = CLIENT_TIMEOUT + 0.5  # a "slow" answer comes after the client gave up
+DRIP = 1.5  # a dripped answer's length: each pause far below the timeout
 INITIAL_RETURNS = 16
-POISON_FIRST_ID = 48_000_001    # Loop poison returns; no seeded return comes near
+POISON_FIRST_ID = 48_000_001  # Loop poison returns; no seeded return comes near
 # A worker is killed once the sandbox has seen a number of its requests drawn from
 # 1..MAX_REQUESTS (a kill lands at a point of the cycle, whatever the machine's speed), or,
 # failing that, after IDLE_KILL seconds without a request (a worker asleep in a back-off or
@@ -115,22 +121,27 @@ POISON_FIRST_ID = 48_000_001    # Loop poison returns; no seeded return comes ne
 MAX_REQUESTS = 30
 IDLE_KILL = 5.0
 STARTUP_GRACE = 60.0
-KILL_JITTER = 0.05              # up to this long after the chosen request: between requests
-MAX_ATTEMPTS_PER_KILL = 10      # runs that end before their kill point count too; bounded
-WORLD_EVERY = (3, 10)           # the world acts once per this many sandbox requests
-POISON_AFTER_EVENTS = 5         # the world poisons one warehouse record after this many
+KILL_JITTER = 0.05  # up to this long after the chosen request: between requests
+MAX_ATTEMPTS_PER_KILL = 10  # runs that end before their kill point count too; bounded
+WORLD_EVERY = (3, 10)  # the world acts once per this many sandbox requests
+POISON_AFTER_EVENTS = 5  # the world poisons one warehouse record after this many
 MAX_CLEAN_CYCLES = 8
-CLEAN_CYCLE_LIMIT = 300         # seconds
+CLEAN_CYCLE_LIMIT = 300  # seconds
 # The clean-phase worker: `loopsync run --once` with Loop's process-queue grace at 0.
-SETTLED_WORKER = ("import datetime, sys, loopsync.effects as effects; "
-                  "effects.PROCESS_SETTLE = datetime.timedelta(0); "
-                  "from loopsync.cli import main; sys.exit(main(sys.argv[1:]))")
-SETTINGS_NOTE = ("sandbox rate limits off; client limits loosened (PeopleVox rate_limit "
-                 "1000/1s, Xoro requests_per_second 10, ShipHero credits 20000 at 2000/s); "
-                 "client timeouts 2s; clean cycles run with PROCESS_SETTLE=0")
+SETTLED_WORKER = (
+    "import datetime, sys, loopsync.effects as effects; "
+    "effects.PROCESS_SETTLE = datetime.timedelta(0); "
+    "from loopsync.cli import main; sys.exit(main(sys.argv[1:]))"
+)
+SETTINGS_NOTE = (
+    "sandbox rate limits off; client limits loosened (PeopleVox rate_limit "
+    "1000/1s, Xoro requests_per_second 10, ShipHero credits 20000 at 2000/s); "
+    "client timeouts 2s; clean cycles run with PROCESS_SETTLE=0"
+)
 
 
 # -- faults ---------------------------------------------------------------------------------
+
 
 @dataclass
 class NamedFault(Fault):
@@ -146,19 +157,25 @@ class NamedFault(Fault):
 def transport_faults() -> list[Fault]:
     """The transport faults of the real internet (issue 15): each run gets one of these at
     a chosen request too, so every kind is met however few kills a soak has."""
-    return [Fault("drip", delay=DRIP), Fault("truncated"), Fault("bad_chunked"),
-            Fault("bad_gzip")]
+    return [Fault("drip", delay=DRIP), Fault("truncated"), Fault("bad_chunked"), Fault("bad_gzip")]
 
 
 TRANSPORT_KINDS = tuple(f.kind for f in transport_faults())
 
 
 def common_faults() -> list[Fault]:
-    return [Fault("status", status=500), Fault("status", status=503),
-            Fault("status", status=502, body="<html>Bad Gateway</html>"),
-            Fault("rate_limit"), Fault("rate_limit", retry_after=1),
-            Fault("slow", delay=SLOW), Fault("malformed"),
-            Fault("reset"), Fault("reset_after"), *transport_faults()]
+    return [
+        Fault("status", status=500),
+        Fault("status", status=503),
+        Fault("status", status=502, body="<html>Bad Gateway</html>"),
+        Fault("rate_limit"),
+        Fault("rate_limit", retry_after=1),
+        Fault("slow", delay=SLOW),
+        Fault("malformed"),
+        Fault("reset"),
+        Fault("reset_after"),
+        *transport_faults(),
+    ]
 
 
 def shiphero_faults(sb: Sandbox) -> list[Fault]:
@@ -179,29 +196,40 @@ def peoplevox_faults(sb: Sandbox) -> list[Fault]:
         return pvx._result(wh.operation(req) or "GetData", detail="Invalid Session", ok=False)
 
     def throttle_fault(req: Request) -> Response:
-        return pvx.soap_fault("Server", "Request limit exceeded: too many requests in 15 "
-                                        "seconds")
+        return pvx.soap_fault("Server", "Request limit exceeded: too many requests in 15 seconds")
 
     def throttle_body(req: Request) -> Response:
-        return pvx._result(wh.operation(req) or "GetData", ok=False,
-                           detail="Too many requests, throttled")
+        return pvx._result(
+            wh.operation(req) or "GetData", ok=False, detail="Too many requests, throttled"
+        )
 
-    return [NamedFault("custom", response=invalid_session, name="invalid-session"),
-            NamedFault("custom", response=throttle_fault, name="throttle-soap-fault"),
-            NamedFault("custom", response=throttle_body, name="throttle-response-id")]
+    return [
+        NamedFault("custom", response=invalid_session, name="invalid-session"),
+        NamedFault("custom", response=throttle_fault, name="throttle-soap-fault"),
+        NamedFault("custom", response=throttle_body, name="throttle-response-id"),
+    ]
 
 
 def xoro_faults(sb: Sandbox) -> list[Fault]:
     def result_false(req: Request) -> Response:
-        return json_response({"Result": False, "Message": "Object reference not set to an "
-                              "instance of an object.", "Data": None, "TotalPages": 0})
+        return json_response(
+            {
+                "Result": False,
+                "Message": "Object reference not set to an instance of an object.",
+                "Data": None,
+                "TotalPages": 0,
+            }
+        )
 
     def throttled(req: Request) -> Response:
-        return json_response({"Result": False, "Message": "Too many requests",
-                              "Data": None, "TotalPages": 0})
+        return json_response(
+            {"Result": False, "Message": "Too many requests", "Data": None, "TotalPages": 0}
+        )
 
-    return [NamedFault("custom", response=result_false, name="result-false"),
-            NamedFault("custom", response=throttled, name="result-false-throttled")]
+    return [
+        NamedFault("custom", response=result_false, name="result-false"),
+        NamedFault("custom", response=throttled, name="result-false-throttled"),
+    ]
 
 
 def _no_faults(sb: Sandbox) -> list[Fault]:
@@ -210,7 +238,10 @@ def _no_faults(sb: Sandbox) -> list[Fault]:
 
 # Per-kind knowledge (keys checked against `connectors.KINDS` by tests/test_kinds.py).
 SPECIFIC_FAULTS: dict[str, Callable[[Sandbox], list[Fault]]] = {
-    "shiphero": shiphero_faults, "peoplevox": peoplevox_faults, "xoro": xoro_faults}
+    "shiphero": shiphero_faults,
+    "peoplevox": peoplevox_faults,
+    "xoro": xoro_faults,
+}
 
 
 # -- crashed runs ------------------------------------------------------------------------------
@@ -277,6 +308,7 @@ def _signature(chain: Sequence[str]) -> str:
 
 # -- one connector's soak ---------------------------------------------------------------------
 
+
 @dataclass
 class Tracked:
     rid: str
@@ -290,11 +322,11 @@ class Report:
     connector: str
     kills_wanted: int = 0
     kills: int = 0
-    kills_idle: int = 0          # of `kills`: after IDLE_KILL without a request, not by count
+    kills_idle: int = 0  # of `kills`: after IDLE_KILL without a request, not by count
     completed_runs: int = 0
-    crashed_runs: int = 0        # worker runs that raised an unexpected exception
-    crashes: Counter[str] = field(default_factory=Counter)   # exception line -> runs
-    poison: list[str] = field(default_factory=list)          # poison records seeded
+    crashed_runs: int = 0  # worker runs that raised an unexpected exception
+    crashes: Counter[str] = field(default_factory=Counter)  # exception line -> runs
+    poison: list[str] = field(default_factory=list)  # poison records seeded
     exit_codes: Counter[int] = field(default_factory=Counter)
     kill_points: Counter[str] = field(default_factory=Counter)
     faults: Counter[str] = field(default_factory=Counter)
@@ -346,10 +378,21 @@ class World(threading.Thread):
 
 
 class ConnectorSoak:
-    def __init__(self, name: str, kills: int, seed: int, workdir: Path, *, fault_rate: float,
-                 mode: str, deadline: float, max_delay: float,
-                 max_requests: int = MAX_REQUESTS, poison: bool = True,
-                 transport: bool = True) -> None:
+    def __init__(
+        self,
+        name: str,
+        kills: int,
+        seed: int,
+        workdir: Path,
+        *,
+        fault_rate: float,
+        mode: str,
+        deadline: float,
+        max_delay: float,
+        max_requests: int = MAX_REQUESTS,
+        poison: bool = True,
+        transport: bool = True,
+    ) -> None:
         self.name = name
         self.kind, wire = VARIANTS[name]
         self.folder = wire == "folder"
@@ -365,18 +408,23 @@ class ConnectorSoak:
         self.with_transport = transport
         self.report = Report(name, kills_wanted=kills, workdir=str(workdir))
         self.tracked: dict[str, Tracked] = {}
-        self.received: dict[str, str] = {}       # return id -> scenario
+        self.received: dict[str, str] = {}  # return id -> scenario
         self.lock = threading.Lock()
-        self.sb = Sandbox(self.kind, clock=SystemClock(), rate_limits=False, seed=seed,
-                          transport="folder" if self.folder else "http",
-                          folder_root=workdir / "3pl")
+        self.sb = Sandbox(
+            self.kind,
+            clock=SystemClock(),
+            rate_limits=False,
+            seed=seed,
+            transport="folder" if self.folder else "http",
+            folder_root=workdir / "3pl",
+        )
         self.state_path = workdir / "state.sqlite"
         self.log_path = workdir / "worker.log"
         self.cfg_path: Path | None = None
         self.dup_files = 0
         self.world_events = 0
-        self.poisoned: str | None = None                  # return id of the warehouse poison
-        self.loop_poison: list[tuple[str, str]] = []      # (kind, return id)
+        self.poisoned: str | None = None  # return id of the warehouse poison
+        self.loop_poison: list[tuple[str, str]] = []  # (kind, return id)
 
     # -- setup ----------------------------------------------------------------------------
     def config(self) -> Path:
@@ -387,12 +435,25 @@ class ConnectorSoak:
             extra["requests_per_second"] = 10
         if self.kind == "shiphero":  # the client's own credit mirror, not the sandbox's
             extra.update(credits_max=20000, credits_per_second=2000)
-        return self.sb.write_config(self.workdir, merchant=f"soak-{self.name}",
-                                    state_path=str(self.state_path), every="10s", start_days=4,
-                                    warehouse_extra=extra, timeout=f"{CLIENT_TIMEOUT:g}s")
+        return self.sb.write_config(
+            self.workdir,
+            merchant=f"soak-{self.name}",
+            state_path=str(self.state_path),
+            every="10s",
+            start_days=4,
+            warehouse_extra=extra,
+            timeout=f"{CLIENT_TIMEOUT:g}s",
+        )
 
-    def add_returns(self, n: int, *, days: float, rng: random.Random,
-                    unmapped: bool | None = None, with_order: bool | None = None) -> None:
+    def add_returns(
+        self,
+        n: int,
+        *,
+        days: float,
+        rng: random.Random,
+        unmapped: bool | None = None,
+        with_order: bool | None = None,
+    ) -> None:
         """n returns (every state; one in ten unmapped or without an order, unless told)."""
         unmapped = rng.random() < 0.1 if unmapped is None else unmapped
         with_order = rng.random() >= 0.1 if with_order is None else with_order
@@ -407,17 +468,20 @@ class ConnectorSoak:
         if t.state != "open":
             return False
         if self.kind == "xoro":
-            return t.with_order          # watch-only: Xoro's own app made the RMA
+            return t.with_order  # watch-only: Xoro's own app made the RMA
         if self.kind == "generic":
-            return t.mapped              # a 3PL without a product API knows no orders
+            return t.mapped  # a 3PL without a product API knows no orders
         return t.mapped and t.with_order
 
     # -- the world ------------------------------------------------------------------------
     def world_event(self, rng: random.Random) -> None:
         self.world_events += 1
-        if self.with_poison and self.poisoned is None and \
-                self.world_events >= POISON_AFTER_EVENTS and \
-                self.poison_warehouse(rng):
+        if (
+            self.with_poison
+            and self.poisoned is None
+            and self.world_events >= POISON_AFTER_EVENTS
+            and self.poison_warehouse(rng)
+        ):
             return
         r = rng.random()
         wh: Any = self.sb.warehouse
@@ -430,8 +494,9 @@ class ConnectorSoak:
                 self.report.world["warehouse receipts"] += 1
         elif r < 0.65:
             api = self.sb.loop if self.folder or rng.random() < 0.3 else wh
-            api.faults.inject(Fault("rate_limit", retry_after=rng.choice((None, 1))),
-                              times=rng.randint(2, 3))
+            api.faults.inject(
+                Fault("rate_limit", retry_after=rng.choice((None, 1))), times=rng.randint(2, 3)
+            )
             self.report.world[f"429 bursts ({api.name})"] += 1
         elif self.kind == "peoplevox":
             wh.expire_sessions()
@@ -455,8 +520,9 @@ class ConnectorSoak:
         """One Loop return of each poison kind, among the first returns (so on a page
         with good ones): the good ones must still go through."""
         now = self.sb.clock.now()
-        for kind, raw in loop_poison_returns(first_id=POISON_FIRST_ID, at=now,
-                                             rng=random.Random(rng.randrange(1 << 30))):
+        for kind, raw in loop_poison_returns(
+            first_id=POISON_FIRST_ID, at=now, rng=random.Random(rng.randrange(1 << 30))
+        ):
             at = now - timedelta(seconds=rng.uniform(60, 3 * 86400))
             self.sb.loop.add_poison_return(raw, at=at)
             self.loop_poison.append((kind, str(raw["id"])))
@@ -466,8 +532,11 @@ class ConnectorSoak:
         """Make one eligible return's warehouse record unreadable (each emulator's own
         poison); it must get no Loop action, and hold back nothing else."""
         with self.lock:
-            waiting = sorted(rid for rid, t in self.tracked.items()
-                             if rid not in self.received and self.eligible(t))
+            waiting = sorted(
+                rid
+                for rid, t in self.tracked.items()
+                if rid not in self.received and self.eligible(t)
+            )
         rng.shuffle(waiting)
         for rid in waiting[:8]:
             if self.sb.warehouse.poison(rid):
@@ -494,8 +563,9 @@ class ConnectorSoak:
 
     def duplicate_receipt_file(self, rng: random.Random) -> bool:
         root = self.workdir / "3pl"
-        files = sorted((root / "archive").glob("receipts-*.csv")) + \
-            sorted((root / "inbox").glob("receipts-*.csv"))
+        files = sorted((root / "archive").glob("receipts-*.csv")) + sorted(
+            (root / "inbox").glob("receipts-*.csv")
+        )
         if not files:
             return False
         source = rng.choice(files)
@@ -504,8 +574,10 @@ class ConnectorSoak:
             data = source.read_bytes()
         except FileNotFoundError:  # archived by the worker meanwhile
             return False
-        self.sb.warehouse.write_inbox_file(f"dup-{self.dup_files}-{source.name}",  # type: ignore[attr-defined]
-                                           data)
+        self.sb.warehouse.write_inbox_file(
+            f"dup-{self.dup_files}-{source.name}",  # type: ignore[attr-defined]
+            data,
+        )
         return True
 
     # -- workers --------------------------------------------------------------------------
@@ -515,21 +587,36 @@ class ConnectorSoak:
         log = self.log_path.open("ab")  # closed once the child has it
         try:
             return subprocess.Popen(
-                [sys.executable, *head, "--log-format", "json", "--log-level", "warning",
-                 *args, "-c", str(self.cfg_path)],
-                env={**os.environ, **self.sb.env()}, stdout=log, stderr=log,
-                stdin=subprocess.DEVNULL, cwd=self.workdir)
+                [
+                    sys.executable,
+                    *head,
+                    "--log-format",
+                    "json",
+                    "--log-level",
+                    "warning",
+                    *args,
+                    "-c",
+                    str(self.cfg_path),
+                ],
+                env={**os.environ, **self.sb.env()},
+                stdout=log,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
+                cwd=self.workdir,
+            )
         finally:
             log.close()
 
     def kill_phase(self) -> None:
-        faults = [f for f in common_faults()
-                  if self.with_transport or f.kind not in TRANSPORT_KINDS]
+        faults = [
+            f for f in common_faults() if self.with_transport or f.kind not in TRANSPORT_KINDS
+        ]
         self.sb.loop.faults.set_random(self.fault_rate, faults, seed=self.rng.randrange(1 << 30))
         if not self.folder:
             specific = SPECIFIC_FAULTS.get(self.kind, _no_faults)(self.sb)
-            self.sb.warehouse.faults.set_random(self.fault_rate, faults + specific,
-                                                seed=self.rng.randrange(1 << 30))
+            self.sb.warehouse.faults.set_random(
+                self.fault_rate, faults + specific, seed=self.rng.randrange(1 << 30)
+            )
         world = World(self, random.Random(self.rng.randrange(1 << 30)))
         world.start()
         scripted = transport_faults() if self.with_transport else []
@@ -539,23 +626,28 @@ class ConnectorSoak:
         attempts = 0
         try:
             # Ends by count (kills, bounded attempts); the deadline is only a safety cap.
-            while self.report.kills < self.kills_wanted and \
-                    attempts < MAX_ATTEMPTS_PER_KILL * self.kills_wanted and \
-                    time.monotonic() < self.deadline:
-                serve = self.mode == "serve" or (self.mode == "mixed" and
-                                                 self.rng.random() < 0.35)
+            while (
+                self.report.kills < self.kills_wanted
+                and attempts < MAX_ATTEMPTS_PER_KILL * self.kills_wanted
+                and time.monotonic() < self.deadline
+            ):
+                serve = self.mode == "serve" or (self.mode == "mixed" and self.rng.random() < 0.35)
                 target = self.rng.randint(1, self.max_requests)
                 fired = threading.Event()
                 if scripted:
-                    self.arm(scripted[(first + attempts) % len(scripted)],
-                             self.rng.randint(1, target), fired)
+                    self.arm(
+                        scripted[(first + attempts) % len(scripted)],
+                        self.rng.randint(1, target),
+                        fired,
+                    )
                 else:
                     fired.set()
                 attempts += 1
                 calls_before = self.sb.recorder.count()
                 offset = self.log_size()
-                proc = self.start_worker("serve" if serve else "run",
-                                         *(() if serve else ("--once",)))
+                proc = self.start_worker(
+                    "serve" if serve else "run", *(() if serve else ("--once",))
+                )
                 code, by_count = self.wait_for_kill_point(proc, calls_before + target, fired)
                 if code is None:
                     time.sleep(self.rng.uniform(0, KILL_JITTER))
@@ -588,8 +680,9 @@ class ConnectorSoak:
 
         api.faults.inject(fault, when=due_now)
 
-    def wait_for_kill_point(self, proc: subprocess.Popen[bytes], calls: int,
-                            fired: threading.Event) -> tuple[int | None, bool]:
+    def wait_for_kill_point(
+        self, proc: subprocess.Popen[bytes], calls: int, fired: threading.Event
+    ) -> tuple[int | None, bool]:
         """(exit code, False) if the worker ended first; else (None, whether the kill point
         came by count: `calls` requests seen and the run's armed fault gone off, rather
         than no request for `max_delay` seconds)."""
@@ -645,8 +738,14 @@ class ConnectorSoak:
             tail = str(last.headers.get("SOAPAction", tail)).strip('"').rsplit("/", 1)[-1]
         if last.api == "shiphero" and last.body:
             body = last.body.decode("utf-8", "replace")
-            tail = next((op for op in ("return_create", "LoopsyncPoll", "LoopsyncReturns",
-                                       "LoopsyncOrders") if op in body), tail)
+            tail = next(
+                (
+                    op
+                    for op in ("return_create", "LoopsyncPoll", "LoopsyncReturns", "LoopsyncOrders")
+                    if op in body
+                ),
+                tail,
+            )
         return f"{last.api} {last.method} {tail}"
 
     def clean_phase(self) -> None:
@@ -664,8 +763,9 @@ class ConnectorSoak:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(30)
-                self.report.violations.append(f"a clean cycle took over {CLEAN_CYCLE_LIMIT}s "
-                                              f"(see {self.log_path})")
+                self.report.violations.append(
+                    f"a clean cycle took over {CLEAN_CYCLE_LIMIT}s (see {self.log_path})"
+                )
                 return
             self.report.clean_cycles += 1
             self.note_crash(offset)
@@ -691,17 +791,24 @@ class ConnectorSoak:
     def work_left(self) -> bool:
         store = Store(self.state_path, SystemClock())
         try:
-            pending = list(store.db.query(
-                "select count(*) as n from effects where status in ('pending', 'intent')"))
-            busy = list(store.db.query(
-                "select count(*) as n from returns where stage in ('new', 'pushing', "
-                "'acting')"))
-            open_ids = {r["id"] for r in store.db.query(
-                "select id from returns where stage = 'open'")}
+            pending = list(
+                store.db.query(
+                    "select count(*) as n from effects where status in ('pending', 'intent')"
+                )
+            )
+            busy = list(
+                store.db.query(
+                    "select count(*) as n from returns where stage in ('new', 'pushing', 'acting')"
+                )
+            )
+            open_ids = {
+                r["id"] for r in store.db.query("select id from returns where stage = 'open'")
+            }
         finally:
             store.close()
-        unacted = [rid for rid, s in self.received.items()
-                   if EXPECTED_ACTION[s] and rid in open_ids]
+        unacted = [
+            rid for rid, s in self.received.items() if EXPECTED_ACTION[s] and rid in open_ids
+        ]
         return bool(pending[0]["n"] or busy[0]["n"] or unacted)
 
     # -- invariants -----------------------------------------------------------------------
@@ -725,8 +832,10 @@ class ConnectorSoak:
             count = wh.rma_count(rid)
             if creates and count != (1 if eligible else 0):
                 rep.duplicate_rmas += count > 1
-                rep.violations.append(f"return {rid} ({t.state}, mapped={t.mapped}, "
-                                      f"order={t.with_order}) has {count} RMAs")
+                rep.violations.append(
+                    f"return {rid} ({t.state}, mapped={t.mapped}, "
+                    f"order={t.with_order}) has {count} RMAs"
+                )
             if eligible and rid not in links:
                 rep.violations.append(f"eligible return {rid} was never linked to its RMA")
             if self.kind == "generic" and wh.deliveries.get(rid, 0) > 1:
@@ -746,8 +855,10 @@ class ConnectorSoak:
             if len(actions) > 1:
                 rep.duplicate_actions += 1
             if actions != ([want] if want else []):
-                rep.violations.append(f"return {rid} (warehouse: {scenario or 'nothing'}) got "
-                                      f"Loop actions {actions}, expected {want or 'none'}")
+                rep.violations.append(
+                    f"return {rid} (warehouse: {scenario or 'nothing'}) got "
+                    f"Loop actions {actions}, expected {want or 'none'}"
+                )
             # notes not repeated; one RMA note; one flag note per flag
             notes = sb.loop.notes_for(rid)
             repeated = [n for n, c in Counter(notes).items() if c > 1]
@@ -759,13 +870,15 @@ class ConnectorSoak:
                 rep.violations.append(f"return {rid}: {created} RMA notes")
             flags = sum(n.startswith("loopsync flagged") for n in notes)
             if flags != actions.count("flag"):
-                rep.violations.append(f"return {rid}: {flags} flag notes for "
-                                      f"{actions.count('flag')} flags")
+                rep.violations.append(
+                    f"return {rid}: {flags} flag notes for {actions.count('flag')} flags"
+                )
         # no cursor passed unread work
         for (stream, state), cur in cursors.items():
             if cur.window_from:
-                rep.violations.append(f"cursor {stream}/{state} still in window "
-                                      f"{cur.window_from} -> {cur.window_to}")
+                rep.violations.append(
+                    f"cursor {stream}/{state} still in window {cur.window_from} -> {cur.window_to}"
+                )
         for rid in self.tracked:
             loop_raw = sb.loop.get(rid)
             cursor = cursors.get(("returns", loop_raw["state"]))
@@ -773,12 +886,15 @@ class ConnectorSoak:
             if cursor is None or row is None or not cursor.done_until:
                 continue
             loop_updated = parse_timestamp(loop_raw["updated_at"], assume_utc=True)
-            if loop_updated <= parse_timestamp(cursor.done_until) and \
-                    parse_timestamp(row["updated_at"]) < loop_updated:
+            if (
+                loop_updated <= parse_timestamp(cursor.done_until)
+                and parse_timestamp(row["updated_at"]) < loop_updated
+            ):
                 rep.violations.append(
                     f"cursor returns/{loop_raw['state']} done until {cursor.done_until} "
                     f"passed return {rid} updated {loop_raw['updated_at']} (stored "
-                    f"{row['updated_at']})")
+                    f"{row['updated_at']})"
+                )
         # poison Loop returns: never pushed, never acted on, noted by no one
         for kind, rid in self.loop_poison:
             count = wh.rma_count(rid)
@@ -786,8 +902,9 @@ class ConnectorSoak:
                 rep.violations.append(f"poison Loop return {rid!r} ({kind}) got {count} RMAs")
             actions = sb.loop.actions_for(rid)
             if actions:
-                rep.violations.append(f"poison Loop return {rid!r} ({kind}) got Loop actions "
-                                      f"{actions}")
+                rep.violations.append(
+                    f"poison Loop return {rid!r} ({kind}) got Loop actions {actions}"
+                )
         # crashed runs: tracebacks in the worker's log, and runs the store marks crashed
         for line, n in rep.crashes.most_common():
             rep.violations.append(f"{n} worker run(s) crashed: {line}")
@@ -804,8 +921,7 @@ class ConnectorSoak:
         started = time.monotonic()
         self.sb.start()
         try:
-            self.add_returns(INITIAL_RETURNS, days=3, rng=self.rng, unmapped=False,
-                             with_order=True)
+            self.add_returns(INITIAL_RETURNS, days=3, rng=self.rng, unmapped=False, with_order=True)
             # Not eligible on purpose (though a watch-only or order-less warehouse may
             # take them): an unmapped destination, an order the warehouse lacks.
             self.add_returns(2, days=1, rng=self.rng, unmapped=True, with_order=True)
@@ -824,11 +940,23 @@ class ConnectorSoak:
 
 # -- the whole run --------------------------------------------------------------------------
 
-def run_soak(connectors: Sequence[str], kills: int, seed: int, max_seconds: float, *,
-             fault_rate: float = 0.1, mode: str = "mixed", max_delay: float = IDLE_KILL,
-             max_requests: int = MAX_REQUESTS, parallel: int = 3, poison: bool = True,
-             transport: bool = True, workdir: Path | None = None, keep: bool = False
-             ) -> list[Report]:
+
+def run_soak(
+    connectors: Sequence[str],
+    kills: int,
+    seed: int,
+    max_seconds: float,
+    *,
+    fault_rate: float = 0.1,
+    mode: str = "mixed",
+    max_delay: float = IDLE_KILL,
+    max_requests: int = MAX_REQUESTS,
+    parallel: int = 3,
+    poison: bool = True,
+    transport: bool = True,
+    workdir: Path | None = None,
+    keep: bool = False,
+) -> list[Report]:
     """Soak each connector (`kills` spread over them); returns one Report each. Kills
     land by request count (see MAX_REQUESTS); `max_delay` is the idle fallback and
     `max_seconds` only a safety cap: a soak is the same work on a fast or a slow machine."""
@@ -837,10 +965,22 @@ def run_soak(connectors: Sequence[str], kills: int, seed: int, max_seconds: floa
     # Leave room for the clean phase and the checks inside the cap.
     deadline = time.monotonic() + max(1.0, max_seconds - 10.0 - 2.0 * len(connectors))
     base, extra = divmod(kills, len(connectors))
-    soaks = [ConnectorSoak(name, base + (i < extra), seed, root / name, fault_rate=fault_rate,
-                           mode=mode, deadline=deadline, max_delay=max_delay,
-                           max_requests=max_requests, poison=poison, transport=transport)
-             for i, name in enumerate(connectors)]
+    soaks = [
+        ConnectorSoak(
+            name,
+            base + (i < extra),
+            seed,
+            root / name,
+            fault_rate=fault_rate,
+            mode=mode,
+            deadline=deadline,
+            max_delay=max_delay,
+            max_requests=max_requests,
+            poison=poison,
+            transport=transport,
+        )
+        for i, name in enumerate(connectors)
+    ]
     for s in soaks:
         s.workdir.mkdir(parents=True, exist_ok=True)
     try:
@@ -854,20 +994,27 @@ def run_soak(connectors: Sequence[str], kills: int, seed: int, max_seconds: floa
 
 def render(reports: Sequence[Report], *, seconds: float, seed: int) -> str:
     lines = [f"loopsync soak: seed {seed}, {seconds:.0f}s; {SETTINGS_NOTE}", ""]
-    head = (f"{'connector':<15}{'kills':>6}{'runs':>6}{'returns':>8}{'eligible':>9}"
-            f"{'finished':>9}{'proc':>6}{'flag':>6}{'dup RMA':>8}{'dup act':>8}"
-            f"{'dup note':>9}{'lost':>6}{'crash':>6}{'viol':>6}")
+    head = (
+        f"{'connector':<15}{'kills':>6}{'runs':>6}{'returns':>8}{'eligible':>9}"
+        f"{'finished':>9}{'proc':>6}{'flag':>6}{'dup RMA':>8}{'dup act':>8}"
+        f"{'dup note':>9}{'lost':>6}{'crash':>6}{'viol':>6}"
+    )
     lines.append(head)
-    lines.extend(f"{r.connector:<15}{r.kills:>6}{r.completed_runs:>6}{r.returns:>8}"
-                 f"{r.eligible:>9}{r.finished:>9}{r.processed:>6}{r.flagged:>6}"
-                 f"{r.duplicate_rmas:>8}{r.duplicate_actions:>8}{r.duplicate_notes:>9}"
-                 f"{r.lost:>6}{r.crashed_runs:>6}{len(r.violations):>6}" for r in reports)
+    lines.extend(
+        f"{r.connector:<15}{r.kills:>6}{r.completed_runs:>6}{r.returns:>8}"
+        f"{r.eligible:>9}{r.finished:>9}{r.processed:>6}{r.flagged:>6}"
+        f"{r.duplicate_rmas:>8}{r.duplicate_actions:>8}{r.duplicate_notes:>9}"
+        f"{r.lost:>6}{r.crashed_runs:>6}{len(r.violations):>6}"
+        for r in reports
+    )
     total = totals(reports)
-    lines.append(f"{'all':<15}{total['kills']:>6}{total['runs']:>6}{total['returns']:>8}"
-                 f"{total['eligible']:>9}{total['finished']:>9}{total['processed']:>6}"
-                 f"{total['flagged']:>6}{total['duplicate_rmas']:>8}"
-                 f"{total['duplicate_actions']:>8}{total['duplicate_notes']:>9}"
-                 f"{total['lost']:>6}{total['crashed_runs']:>6}{total['violations']:>6}")
+    lines.append(
+        f"{'all':<15}{total['kills']:>6}{total['runs']:>6}{total['returns']:>8}"
+        f"{total['eligible']:>9}{total['finished']:>9}{total['processed']:>6}"
+        f"{total['flagged']:>6}{total['duplicate_rmas']:>8}"
+        f"{total['duplicate_actions']:>8}{total['duplicate_notes']:>9}"
+        f"{total['lost']:>6}{total['crashed_runs']:>6}{total['violations']:>6}"
+    )
     faults: Counter[str] = Counter()
     requests: Counter[str] = Counter()
     world: Counter[str] = Counter()
@@ -877,10 +1024,13 @@ def render(reports: Sequence[Report], *, seconds: float, seed: int) -> str:
         requests.update(r.requests)
         world.update(r.world)
         points.update(r.kill_points)
-    lines += ["", "requests the sandbox served: " + ", ".join(
-        f"{api} {n}" for api, n in sorted(requests.items())),
+    lines += [
+        "",
+        "requests the sandbox served: "
+        + ", ".join(f"{api} {n}" for api, n in sorted(requests.items())),
         f"faults injected: {sum(faults.values())} "
-        f"({100 * sum(faults.values()) / max(1, sum(requests.values())):.1f}% of requests)"]
+        f"({100 * sum(faults.values()) / max(1, sum(requests.values())):.1f}% of requests)",
+    ]
     lines += [f"  {n:>5}  {label}" for label, n in sorted(faults.items())]
     lines += ["", "the world meanwhile:"]
     lines += [f"  {n:>5}  {label}" for label, n in sorted(world.items())]
@@ -891,23 +1041,36 @@ def render(reports: Sequence[Report], *, seconds: float, seed: int) -> str:
         crashes.update({f"{r.connector}: {line}": n for line, n in r.crashes.items()})
     lines += ["", f"crashed worker runs: {sum(r.crashed_runs for r in reports)}"]
     lines += [f"  {n:>5}  {label}" for label, n in crashes.most_common(20)]
-    lines += ["", "poison records seeded: " + "; ".join(
-        dict.fromkeys(p for r in reports for p in r.poison if p.startswith("Loop")))]
+    lines += [
+        "",
+        "poison records seeded: "
+        + "; ".join(dict.fromkeys(p for r in reports for p in r.poison if p.startswith("Loop"))),
+    ]
     lines += [f"  {p}" for r in reports for p in r.poison if not p.startswith("Loop")]
     runs = Counter[int]()
     for r in reports:
         runs.update(r.exit_codes)
-    lines += ["", "worker runs that ended before their kill, by exit status: "
-              + (", ".join(f"{code}: {n}" for code, n in sorted(runs.items())) or "none"),
-              "clean cycles: " + ", ".join(f"{r.connector} {r.clean_cycles}" for r in reports),
-              "repeat RMA deliveries (generic 3PL, idempotent by number): "
-              + ", ".join(f"{r.connector} {r.repeat_deliveries}" for r in reports
-                          if r.connector.startswith("generic"))]
-    short = [f"{r.connector} {r.kills} of {r.kills_wanted}" for r in reports
-             if r.kills < r.kills_wanted]
+    lines += [
+        "",
+        "worker runs that ended before their kill, by exit status: "
+        + (", ".join(f"{code}: {n}" for code, n in sorted(runs.items())) or "none"),
+        "clean cycles: " + ", ".join(f"{r.connector} {r.clean_cycles}" for r in reports),
+        "repeat RMA deliveries (generic 3PL, idempotent by number): "
+        + ", ".join(
+            f"{r.connector} {r.repeat_deliveries}"
+            for r in reports
+            if r.connector.startswith("generic")
+        ),
+    ]
+    short = [
+        f"{r.connector} {r.kills} of {r.kills_wanted}" for r in reports if r.kills < r.kills_wanted
+    ]
     if short:
-        lines += ["", "KILLS SHORT of those asked (the --max-seconds cap, or runs that kept "
-                  "ending first): " + ", ".join(short)]
+        lines += [
+            "",
+            "KILLS SHORT of those asked (the --max-seconds cap, or runs that kept "
+            "ending first): " + ", ".join(short),
+        ]
     bad = [(r.connector, v) for r in reports for v in r.violations]
     lines.append("")
     if bad:
@@ -924,53 +1087,62 @@ def summary_line(reports: Sequence[Report], *, seconds: float, seed: int) -> str
     """One line for BENCHMARKS.md and the README."""
     t = totals(reports)
     share = 100 * t["faults"] / max(1, t["requests"])
-    return (f"soak seed {seed}: {t['kills']} kills ({t['kills'] - t['kills_idle']} by request "
-            f"count), {t['faults']:,} injected faults ({share:.0f} % of {t['requests']:,} "
-            f"requests), {t['returns']} returns, {t['eligible']} "
-            f"eligible, {t['finished']} finished by the warehouse: {t['duplicate_rmas']} "
-            f"duplicate RMAs, {t['duplicate_actions']} duplicate process/flag calls, "
-            f"{t['duplicate_notes']} repeated notes, {t['lost']} returns lost, "
-            f"{t['crashed_runs']} crashed runs, {t['violations']} violations, {seconds:.0f} s")
+    return (
+        f"soak seed {seed}: {t['kills']} kills ({t['kills'] - t['kills_idle']} by request "
+        f"count), {t['faults']:,} injected faults ({share:.0f} % of {t['requests']:,} "
+        f"requests), {t['returns']} returns, {t['eligible']} "
+        f"eligible, {t['finished']} finished by the warehouse: {t['duplicate_rmas']} "
+        f"duplicate RMAs, {t['duplicate_actions']} duplicate process/flag calls, "
+        f"{t['duplicate_notes']} repeated notes, {t['lost']} returns lost, "
+        f"{t['crashed_runs']} crashed runs, {t['violations']} violations, {seconds:.0f} s"
+    )
 
 
 def totals(reports: Sequence[Report]) -> dict[str, int]:
-    return {"kills": sum(r.kills for r in reports),
-            "runs": sum(r.completed_runs for r in reports),
-            "returns": sum(r.returns for r in reports),
-            "eligible": sum(r.eligible for r in reports),
-            "finished": sum(r.finished for r in reports),
-            "processed": sum(r.processed for r in reports),
-            "flagged": sum(r.flagged for r in reports),
-            "faults": sum(sum(r.faults.values()) for r in reports),
-            "duplicate_rmas": sum(r.duplicate_rmas for r in reports),
-            "duplicate_actions": sum(r.duplicate_actions for r in reports),
-            "duplicate_notes": sum(r.duplicate_notes for r in reports),
-            "lost": sum(r.lost for r in reports),
-            "crashed_runs": sum(r.crashed_runs for r in reports),
-            "kills_idle": sum(r.kills_idle for r in reports),
-            "requests": sum(sum(r.requests.values()) for r in reports),
-            "violations": sum(len(r.violations) for r in reports)}
+    return {
+        "kills": sum(r.kills for r in reports),
+        "runs": sum(r.completed_runs for r in reports),
+        "returns": sum(r.returns for r in reports),
+        "eligible": sum(r.eligible for r in reports),
+        "finished": sum(r.finished for r in reports),
+        "processed": sum(r.processed for r in reports),
+        "flagged": sum(r.flagged for r in reports),
+        "faults": sum(sum(r.faults.values()) for r in reports),
+        "duplicate_rmas": sum(r.duplicate_rmas for r in reports),
+        "duplicate_actions": sum(r.duplicate_actions for r in reports),
+        "duplicate_notes": sum(r.duplicate_notes for r in reports),
+        "lost": sum(r.lost for r in reports),
+        "crashed_runs": sum(r.crashed_runs for r in reports),
+        "kills_idle": sum(r.kills_idle for r in reports),
+        "requests": sum(sum(r.requests.values()) for r in reports),
+        "violations": sum(len(r.violations) for r in reports),
+    }
 
 
 # -- BENCHMARKS.md ----------------------------------------------------------------------------
 
 SECTION = "## Reliability soak"
 # "crashed runs" came last, after rows without it had been recorded: those rows leave it empty.
-TABLE_HEAD = ("| date | machine | commit | command | connectors | kills | faults | returns | "
-              "eligible | finished | duplicates | losses | violations | seconds | crashed runs |")
+TABLE_HEAD = (
+    "| date | machine | commit | command | connectors | kills | faults | returns | "
+    "eligible | finished | duplicates | losses | violations | seconds | crashed runs |"
+)
 TABLE_RULE = "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 
 
-def record(reports: Sequence[Report], *, seconds: float, command: str,
-           path: Path = REPO / "BENCHMARKS.md") -> None:
+def record(
+    reports: Sequence[Report], *, seconds: float, command: str, path: Path = REPO / "BENCHMARKS.md"
+) -> None:
     """Add one row to the soak table in BENCHMARKS.md (the section is created at the end
     of the file the first time). Re-read just before writing; nothing else changes."""
     t = totals(reports)
-    row = (f"| {datetime.now(UTC):%Y-%m-%d} | {machine()} | {git_commit()} | `{command}` | "
-           f"{', '.join(r.connector for r in reports)} | {t['kills']} | {t['faults']} | "
-           f"{t['returns']} | {t['eligible']} | {t['finished']} | "
-           f"{t['duplicate_rmas'] + t['duplicate_actions'] + t['duplicate_notes']} | "
-           f"{t['lost']} | {t['violations']} | {seconds:.0f} | {t['crashed_runs']} |")
+    row = (
+        f"| {datetime.now(UTC):%Y-%m-%d} | {machine()} | {git_commit()} | `{command}` | "
+        f"{', '.join(r.connector for r in reports)} | {t['kills']} | {t['faults']} | "
+        f"{t['returns']} | {t['eligible']} | {t['finished']} | "
+        f"{t['duplicate_rmas'] + t['duplicate_actions'] + t['duplicate_notes']} | "
+        f"{t['lost']} | {t['violations']} | {seconds:.0f} | {t['crashed_runs']} |"
+    )
     text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
     lines = text.splitlines()
     if SECTION in lines:
@@ -978,52 +1150,101 @@ def record(reports: Sequence[Report], *, seconds: float, command: str,
         while at < len(lines) and not lines[at].startswith("|"):
             at += 1
         if at + 1 < len(lines) and lines[at] != TABLE_HEAD and "| seconds |" in lines[at]:
-            lines[at:at + 2] = [TABLE_HEAD, TABLE_RULE]  # the table gains a column
+            lines[at : at + 2] = [TABLE_HEAD, TABLE_RULE]  # the table gains a column
         while at < len(lines) and lines[at].startswith("|"):
             at += 1
         lines.insert(at, row)
         new = "\n".join(lines) + "\n"
     else:
-        new = text.rstrip("\n") + "\n\n" + "\n".join([
-            SECTION, "",
-            "`benchmarks/soak.py`: the real worker SIGKILLed at random moments while every "
-            "emulated API injects faults; then faults off, clean cycles, and the invariants "
-            "checked from the sandbox's call records (see the script's docstring). "
-            f"Settings: {SETTINGS_NOTE}. duplicates = extra RMAs + extra process/flag calls "
-            "+ repeated notes.", "", TABLE_HEAD, TABLE_RULE, row]) + "\n"
+        new = (
+            text.rstrip("\n")
+            + "\n\n"
+            + "\n".join(
+                [
+                    SECTION,
+                    "",
+                    "`benchmarks/soak.py`: the real worker SIGKILLed at random moments while every "
+                    "emulated API injects faults; then faults off, clean cycles, and the invariants "
+                    "checked from the sandbox's call records (see the script's docstring). "
+                    f"Settings: {SETTINGS_NOTE}. duplicates = extra RMAs + extra process/flag calls "
+                    "+ repeated notes.",
+                    "",
+                    TABLE_HEAD,
+                    TABLE_RULE,
+                    row,
+                ]
+            )
+            + "\n"
+        )
     path.write_text(new, encoding="utf-8")
 
 
 # -- command line -----------------------------------------------------------------------------
 
+
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="SIGKILL-and-fault soak of the loopsync worker "
-                                            "against the sandbox")
-    p.add_argument("--connectors", default=",".join(CONNECTORS),
-                   help=f"comma-separated, from {', '.join(CONNECTORS)} (default: all)")
-    p.add_argument("--kills", type=int, default=300,
-                   help="SIGKILLs in all, spread over the connectors (default 300)")
-    p.add_argument("--seed", type=int, default=1,
-                   help="seeds returns, faults, kill points and the world (default 1)")
-    p.add_argument("--max-seconds", type=float, default=1800,
-                   help="safety cap on the whole run (default 1800): kills come by count, "
-                        "and the kill phase stops short only if this is reached (reported)")
-    p.add_argument("--fault-rate", type=float, default=0.1,
-                   help="share of requests that fail at random (default 0.1)")
-    p.add_argument("--mode", choices=("run", "serve", "mixed"), default="mixed",
-                   help="worker as `run --once`, `serve`, or both (default mixed)")
-    p.add_argument("--max-requests", type=int, default=MAX_REQUESTS,
-                   help="a worker is killed after 1..N sandbox requests, drawn by the seed "
-                        f"(default {MAX_REQUESTS})")
-    p.add_argument("--max-delay", type=float, default=IDLE_KILL,
-                   help="kill anyway after this many seconds without a request (a worker "
-                        f"asleep in a back-off or between serve cycles; default {IDLE_KILL:g})")
-    p.add_argument("--parallel", type=int, default=3,
-                   help="connectors soaked at once (default 3)")
-    p.add_argument("--no-poison", action="store_true",
-                   help="seed no poison records (Loop and warehouse)")
-    p.add_argument("--no-transport-faults", action="store_true",
-                   help="no drips, cut bodies, bad chunking or bad gzip")
+    p = argparse.ArgumentParser(
+        description="SIGKILL-and-fault soak of the loopsync worker against the sandbox"
+    )
+    p.add_argument(
+        "--connectors",
+        default=",".join(CONNECTORS),
+        help=f"comma-separated, from {', '.join(CONNECTORS)} (default: all)",
+    )
+    p.add_argument(
+        "--kills",
+        type=int,
+        default=300,
+        help="SIGKILLs in all, spread over the connectors (default 300)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=1,
+        help="seeds returns, faults, kill points and the world (default 1)",
+    )
+    p.add_argument(
+        "--max-seconds",
+        type=float,
+        default=1800,
+        help="safety cap on the whole run (default 1800): kills come by count, "
+        "and the kill phase stops short only if this is reached (reported)",
+    )
+    p.add_argument(
+        "--fault-rate",
+        type=float,
+        default=0.1,
+        help="share of requests that fail at random (default 0.1)",
+    )
+    p.add_argument(
+        "--mode",
+        choices=("run", "serve", "mixed"),
+        default="mixed",
+        help="worker as `run --once`, `serve`, or both (default mixed)",
+    )
+    p.add_argument(
+        "--max-requests",
+        type=int,
+        default=MAX_REQUESTS,
+        help="a worker is killed after 1..N sandbox requests, drawn by the seed "
+        f"(default {MAX_REQUESTS})",
+    )
+    p.add_argument(
+        "--max-delay",
+        type=float,
+        default=IDLE_KILL,
+        help="kill anyway after this many seconds without a request (a worker "
+        f"asleep in a back-off or between serve cycles; default {IDLE_KILL:g})",
+    )
+    p.add_argument("--parallel", type=int, default=3, help="connectors soaked at once (default 3)")
+    p.add_argument(
+        "--no-poison", action="store_true", help="seed no poison records (Loop and warehouse)"
+    )
+    p.add_argument(
+        "--no-transport-faults",
+        action="store_true",
+        help="no drips, cut bodies, bad chunking or bad gzip",
+    )
     p.add_argument("--workdir", type=Path, help="keep state, configs and worker logs here")
     p.add_argument("--json", action="store_true", help="print the reports as JSON too")
     p.add_argument("--record", action="store_true", help="add a row to BENCHMARKS.md")
@@ -1036,19 +1257,28 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     logs.configure(json_output=True, level="error")
     started = time.monotonic()
-    reports = run_soak(names, args.kills, args.seed, args.max_seconds,
-                       fault_rate=args.fault_rate, mode=args.mode, max_delay=args.max_delay,
-                       max_requests=args.max_requests, parallel=args.parallel,
-                       poison=not args.no_poison, transport=not args.no_transport_faults,
-                       workdir=args.workdir, keep=args.workdir is not None)
+    reports = run_soak(
+        names,
+        args.kills,
+        args.seed,
+        args.max_seconds,
+        fault_rate=args.fault_rate,
+        mode=args.mode,
+        max_delay=args.max_delay,
+        max_requests=args.max_requests,
+        parallel=args.parallel,
+        poison=not args.no_poison,
+        transport=not args.no_transport_faults,
+        workdir=args.workdir,
+        keep=args.workdir is not None,
+    )
     seconds = time.monotonic() - started
     text = render(reports, seconds=seconds, seed=args.seed)
     sys.stdout.write(text)
     if args.workdir is not None:
         (args.workdir / "report.txt").write_text(text, encoding="utf-8")
     if args.json:
-        json.dump([{**vars(r), "ok": r.ok} for r in reports],
-                  sys.stdout, indent=2, default=str)
+        json.dump([{**vars(r), "ok": r.ok} for r in reports], sys.stdout, indent=2, default=str)
         sys.stdout.write("\n")
     if args.record:
         command = "benchmarks/soak.py " + " ".join(argv if argv is not None else sys.argv[1:])

@@ -66,24 +66,40 @@ def one_size(known: int) -> dict[str, Any]:
         assert store.db.execute("select count(*) from returns").fetchone()[0] == known
         store.close()
 
-        rounds = [steady_cycle(b, cfg, flight, finished, random.Random(known * 10 + r))
-                  for r in range(ROUNDS)]
+        rounds = [
+            steady_cycle(b, cfg, flight, finished, random.Random(known * 10 + r))
+            for r in range(ROUNDS)
+        ]
         best = min(rounds, key=lambda x: x["own"])
-        return {**best, "known": known, "build_s": build_s,
-                "rounds": [x["own"] for x in rounds],
-                "requests_each": sorted({x["requests"] for x in rounds})}
+        return {
+            **best,
+            "known": known,
+            "build_s": build_s,
+            "rounds": [x["own"] for x in rounds],
+            "requests_each": sorted({x["requests"] for x in rounds}),
+        }
 
 
-def steady_cycle(b: Bench, cfg: Any, flight: list[dict[str, Any]],
-                 finished: list[dict[str, Any]], rng: random.Random) -> dict[str, Any]:
+def steady_cycle(
+    b: Bench,
+    cfg: Any,
+    flight: list[dict[str, Any]],
+    finished: list[dict[str, Any]],
+    rng: random.Random,
+) -> dict[str, Any]:
     """Touch 100 returns in Loop, move the clock on, time one full cycle. The clock first
     moves past the lookback (15 minutes), so no round re-reads the last one's changes."""
     b.clock.advance(1200)
-    touched = [str(r["id"]) for r in rng.sample(flight, CHANGED_IN_FLIGHT)] + \
-              [str(r["id"]) for r in rng.sample(finished, CHANGED_FINISHED)]
+    touched = [str(r["id"]) for r in rng.sample(flight, CHANGED_IN_FLIGHT)] + [
+        str(r["id"]) for r in rng.sample(finished, CHANGED_FINISHED)
+    ]
     for n, rid in enumerate(touched):
-        b.loop.update_return(rid, label_status="delivered", edited_at=b.clock.now(),
-                             package_reference=f"PKG-{rng.random():.6f}-{n}")
+        b.loop.update_return(
+            rid,
+            label_status="delivered",
+            edited_at=b.clock.now(),
+            package_reference=f"PKG-{rng.random():.6f}-{n}",
+        )
     b.clock.advance(300)
     b.reset_calls()
     server = b.server_s
@@ -95,9 +111,17 @@ def steady_cycle(b: Bench, cfg: Any, flight: list[dict[str, Any]],
     server = b.server_s - server
     assert cycle.ok, cycle.stage_errors
     mix = Counter(f"{c.api} {c.path.rsplit('/api/v1', 1)[-1]}" for c in b.sb.recorder.calls())
-    return {"wall": wall, "cpu": cpu, "server": server, "own": wall - server,
-            "requests": sum(mix.values()), "loop": b.calls("loop"),
-            "warehouse": b.calls("shiphero"), "mix": mix, "counts": cycle.counts}
+    return {
+        "wall": wall,
+        "cpu": cpu,
+        "server": server,
+        "own": wall - server,
+        "requests": sum(mix.values()),
+        "loop": b.calls("loop"),
+        "warehouse": b.calls("shiphero"),
+        "mix": mix,
+        "counts": cycle.counts,
+    }
 
 
 def run(small: int = 1_000, large: int = 100_000, record: bool = True) -> dict[str, Any]:
@@ -105,34 +129,74 @@ def run(small: int = 1_000, large: int = 100_000, record: bool = True) -> dict[s
     results = []
     for known in (small, large):
         res = one_size(known)
-        print(f"{known:,} known: state built in {fmt_s(res['build_s'])} "
-              f"(first pull + {IN_FLIGHT} RMAs pushed); steady cycles (loopsync's part): "
-              + ", ".join(fmt_s(x) for x in res["rounds"]))
+        print(
+            f"{known:,} known: state built in {fmt_s(res['build_s'])} "
+            f"(first pull + {IN_FLIGHT} RMAs pushed); steady cycles (loopsync's part): "
+            + ", ".join(fmt_s(x) for x in res["rounds"])
+        )
         results.append(res)
     a, z = results
     wall_r, own_r = ratio(z["wall"], a["wall"]), ratio(z["own"], a["own"])
     cpu_r = ratio(z["cpu"], a["cpu"])
-    same_requests = a["requests_each"] == z["requests_each"] and \
-        len(a["requests_each"]) == 1
+    same_requests = a["requests_each"] == z["requests_each"] and len(a["requests_each"]) == 1
     ok = same_requests and own_r <= TARGET and cpu_r <= TARGET
     print_table(
         f"Steady state: one full cycle after {CHANGED_IN_FLIGHT + CHANGED_FINISHED} returns "
         f"changed in Loop ({IN_FLIGHT} open RMAs polled; sandbox rate limits off)",
-        ["returns known", "requests", "Loop", "ShipHero", "wall time", "emulators",
-         "loopsync (wall - emulators)", "worker CPU", "pulled", "changed"],
-        [[f"{r['known']:,}", r["requests"], r["loop"], r["warehouse"], fmt_s(r["wall"]),
-          fmt_s(r["server"]), fmt_s(r["own"]), fmt_s(r["cpu"]), r["counts"].pulled,
-          r["counts"].changed] for r in results])
-    print("requests of the steady cycle: "
-          + ", ".join(f"{k} x{v}" for k, v in sorted(a["mix"].items())))
-    print(f"{large:,} / {small:,}: loopsync {own_r:.2f}x, worker CPU {cpu_r:.2f}x (wall with "
-          f"the emulators' answering {wall_r:.2f}x), requests "
-          f"{z['requests']} vs {a['requests']} (target: same requests, <= {TARGET}x: "
-          f"{verdict(ok)})")
+        [
+            "returns known",
+            "requests",
+            "Loop",
+            "ShipHero",
+            "wall time",
+            "emulators",
+            "loopsync (wall - emulators)",
+            "worker CPU",
+            "pulled",
+            "changed",
+        ],
+        [
+            [
+                f"{r['known']:,}",
+                r["requests"],
+                r["loop"],
+                r["warehouse"],
+                fmt_s(r["wall"]),
+                fmt_s(r["server"]),
+                fmt_s(r["own"]),
+                fmt_s(r["cpu"]),
+                r["counts"].pulled,
+                r["counts"].changed,
+            ]
+            for r in results
+        ],
+    )
+    print(
+        "requests of the steady cycle: "
+        + ", ".join(f"{k} x{v}" for k, v in sorted(a["mix"].items()))
+    )
+    print(
+        f"{large:,} / {small:,}: loopsync {own_r:.2f}x, worker CPU {cpu_r:.2f}x (wall with "
+        f"the emulators' answering {wall_r:.2f}x), requests "
+        f"{z['requests']} vs {a['requests']} (target: same requests, <= {TARGET}x: "
+        f"{verdict(ok)})"
+    )
     if record:
-        append_row("steady", [a["requests"], z["requests"], fmt_s(a["own"]), fmt_s(z["own"]),
-                              f"{own_r:.2f}x", fmt_s(a["cpu"]), fmt_s(z["cpu"]),
-                              f"{cpu_r:.2f}x", f"{wall_r:.2f}x", verdict(ok)])
+        append_row(
+            "steady",
+            [
+                a["requests"],
+                z["requests"],
+                fmt_s(a["own"]),
+                fmt_s(z["own"]),
+                f"{own_r:.2f}x",
+                fmt_s(a["cpu"]),
+                fmt_s(z["cpu"]),
+                f"{cpu_r:.2f}x",
+                f"{wall_r:.2f}x",
+                verdict(ok),
+            ],
+        )
     return {"small": a, "large": z, "wall_ratio": wall_r, "cpu_ratio": cpu_r, "ok": ok}
 
 

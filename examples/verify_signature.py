@@ -29,8 +29,16 @@ from collections.abc import Mapping
 TOLERANCE = 300  # seconds: five minutes either side of the receiver's clock
 
 
-def verify(secret: bytes, method: str, request_target: str, headers: Mapping[str, str],
-           body: bytes, *, now: float | None = None, tolerance: int = TOLERANCE) -> str | None:
+def verify(
+    secret: bytes,
+    method: str,
+    request_target: str,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    now: float | None = None,
+    tolerance: int = TOLERANCE,
+) -> str | None:
     """None when the request is authentic and fresh, else why it must be refused (401)."""
     lowered = {k.lower(): v for k, v in headers.items()}
     stamp = lowered.get("x-loopsync-timestamp", "")
@@ -40,8 +48,15 @@ def verify(secret: bytes, method: str, request_target: str, headers: Mapping[str
     now = time.time() if now is None else now
     if abs(now - int(stamp)) > tolerance:
         return "timestamp outside the allowed window (replayed or clock skew)"
-    message = b"\n".join([b"v1", stamp.encode("ascii"), method.upper().encode("ascii"),
-                          request_target.encode("utf-8"), body])
+    message = b"\n".join(
+        [
+            b"v1",
+            stamp.encode("ascii"),
+            method.upper().encode("ascii"),
+            request_target.encode("utf-8"),
+            body,
+        ]
+    )
     expected = "sha256=" + hmac.new(secret, message, hashlib.sha256).hexdigest()
     if not hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode("ascii")):
         return "signature does not match"

@@ -28,8 +28,8 @@ MAX_BODY = 4 * 1024 * 1024
 @dataclass
 class Received:
     method: str
-    target: str                # path and query as sent
-    headers: dict[str, str]    # lower-case names
+    target: str  # path and query as sent
+    headers: dict[str, str]  # lower-case names
     body: bytes
     raw: bytes = field(repr=False, default=b"")
 
@@ -139,10 +139,20 @@ def _read_request(conn: socket.socket) -> Received | None:
 
 # -- responders -------------------------------------------------------------------------------
 
-def response_bytes(status: int, body: bytes = b"", headers: dict[str, str] | None = None,
-                   *, length: int | None = None) -> bytes:
-    head = {"Content-Type": "application/json", "Connection": "close",
-            "Content-Length": str(len(body) if length is None else length), **(headers or {})}
+
+def response_bytes(
+    status: int,
+    body: bytes = b"",
+    headers: dict[str, str] | None = None,
+    *,
+    length: int | None = None,
+) -> bytes:
+    head = {
+        "Content-Type": "application/json",
+        "Connection": "close",
+        "Content-Length": str(len(body) if length is None else length),
+        **(headers or {}),
+    }
     if "Transfer-Encoding" in head:
         head.pop("Content-Length", None)
     lines = [f"HTTP/1.1 {status} X"] + [f"{k}: {v}" for k, v in head.items()]
@@ -150,11 +160,15 @@ def response_bytes(status: int, body: bytes = b"", headers: dict[str, str] | Non
 
 
 def reply(status: int = 200, body: Any = None, headers: dict[str, str] | None = None) -> Responder:
-    raw = body if isinstance(body, bytes) else json.dumps(body if body is not None
-                                                          else {"ok": True}).encode()
+    raw = (
+        body
+        if isinstance(body, bytes)
+        else json.dumps(body if body is not None else {"ok": True}).encode()
+    )
 
     def respond(_req: Received, sock: socket.socket) -> None:
         sock.sendall(response_bytes(status, raw, headers))
+
     return respond
 
 
@@ -162,33 +176,42 @@ def redirect(status: int, location: str | Callable[[Received], str]) -> Responde
     def respond(req: Received, sock: socket.socket) -> None:
         where = location(req) if callable(location) else location
         sock.sendall(response_bytes(status, b"", {"Location": where}))
+
     return respond
 
 
 def drip(payload: bytes, *, every: float = 0.2, limit: float = 30.0) -> Responder:
     """Send `payload` one byte at a time, `every` seconds apart (status line included
     when the payload starts with it); gives up after `limit` seconds."""
+
     def respond(_req: Received, sock: socket.socket) -> None:
         end = time.monotonic() + limit
         for i in range(len(payload)):
             if time.monotonic() > end:
                 return
-            sock.sendall(payload[i:i + 1])
+            sock.sendall(payload[i : i + 1])
             time.sleep(every)
+
     return respond
 
 
 def cut_body(sent: bytes = b'{"returns": [', promised: int = 5000) -> Responder:
     """Promise `promised` bytes, send fewer, hang up."""
+
     def respond(_req: Received, sock: socket.socket) -> None:
         sock.sendall(response_bytes(200, sent, length=promised))
+
     return respond
 
 
 def bad_chunks() -> Responder:
     def respond(_req: Received, sock: socket.socket) -> None:
-        sock.sendall(response_bytes(200, b"5\r\n{\"a\":\r\nzz\r\nnot hex\r\n0\r\n\r\n",
-                                    {"Transfer-Encoding": "chunked"}))
+        sock.sendall(
+            response_bytes(
+                200, b'5\r\n{"a":\r\nzz\r\nnot hex\r\n0\r\n\r\n', {"Transfer-Encoding": "chunked"}
+            )
+        )
+
     return respond
 
 
@@ -224,10 +247,11 @@ def gzipped(body: Any, *, encoding: str = "gzip") -> Responder:
     return reply(200, packed, {"Content-Encoding": encoding})
 
 
-def huge_length(length: int = 10 ** 12) -> Responder:
+def huge_length(length: int = 10**12) -> Responder:
     def respond(_req: Received, sock: socket.socket) -> None:
         sock.sendall(response_bytes(200, b"{", length=length))
         time.sleep(2)  # then nothing: a client that waits for the body is stuck
+
     return respond
 
 
@@ -241,4 +265,5 @@ def sequence(*responders: Responder) -> Responder:
             i = min(count[0], len(responders) - 1)
             count[0] += 1
         responders[i](req, sock)
+
     return respond

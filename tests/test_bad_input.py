@@ -28,11 +28,12 @@ from loopsync.sandbox.server import Fault, Request, Response
 from loopsync.status import merchant_status, render_status
 from loopsync.state import Store
 
-INVALID = "@@INVALID-UTF8@@"          # replaced by bytes that are not UTF-8 on the wire
-INVALID_BYTES = b"Caf\xe9 \xff\xfe"   # Latin-1 e-acute and a stray BOM
+INVALID = "@@INVALID-UTF8@@"  # replaced by bytes that are not UTF-8 on the wire
+INVALID_BYTES = b"Caf\xe9 \xff\xfe"  # Latin-1 e-acute and a stray BOM
 
 
 # -- helpers ----------------------------------------------------------------------------------
+
 
 def config(sb: Any, tmp_path: Any) -> Any:
     # The seeded returns are at most 3 days old: 4 days of ASN windows, not 30.
@@ -51,14 +52,14 @@ def rewrite(api: Any, when: Callable[[Request], bool], edit: Callable[[Any], Any
     """Every answer of `api` to a matching request passes through `edit(decoded JSON)`
     (which changes it in place or returns a replacement); INVALID becomes bytes that are
     not UTF-8."""
+
     def respond(req: Request) -> Response:
         with api.lock:
             resp = api.handle(req)
         body = json.loads(resp.body)
         edited = edit(body)
         raw = json.dumps(body if edited is None else edited).encode()
-        return Response(resp.status, raw.replace(INVALID.encode(), INVALID_BYTES),
-                        resp.headers)
+        return Response(resp.status, raw.replace(INVALID.encode(), INVALID_BYTES), resp.headers)
 
     api.faults.inject(Fault("custom", response=respond), times=10**6, when=when)
 
@@ -78,9 +79,15 @@ def actions(sb: Any, rid: str) -> list[str]:
     return sb.loop.actions_for(rid)
 
 
-def assert_bad_one_held(make_sandbox: Any, tmp_path: Any, clock: Any, kind: str,
-                        serve_bad: Callable[[Any, str], None], reason: str,
-                        created: str = "pushed") -> tuple[Any, Any, str]:
+def assert_bad_one_held(
+    make_sandbox: Any,
+    tmp_path: Any,
+    clock: Any,
+    kind: str,
+    serve_bad: Callable[[Any, str], None],
+    reason: str,
+    created: str = "pushed",
+) -> tuple[Any, Any, str]:
     """Four open returns get RMAs (`counts.<created>`) and are all received; then the
     answer about the last one is malformed (`serve_bad(sb, bad)` sets that up). The other
     three are still processed, the bad one is held and `loopsync status` shows `reason`.
@@ -101,8 +108,9 @@ def assert_bad_one_held(make_sandbox: Any, tmp_path: Any, clock: Any, kind: str,
     return sb, cfg, bad
 
 
-def assert_extras_ignored(make_sandbox: Any, tmp_path: Any, clock: Any, kind: str,
-                          serve_extra: Callable[[Any, str], None]) -> None:
+def assert_extras_ignored(
+    make_sandbox: Any, tmp_path: Any, clock: Any, kind: str, serve_extra: Callable[[Any, str], None]
+) -> None:
     """Two received returns, the answer about the first carrying unknown extra fields
     (`serve_extra(sb, rid)`): both are processed."""
     sb = make_sandbox(kind)
@@ -117,6 +125,7 @@ def assert_extras_ignored(make_sandbox: Any, tmp_path: Any, clock: Any, kind: st
 
 
 # -- Loop: returns list objects -----------------------------------------------------------------
+
 
 def is_list(req: Request) -> bool:
     return req.path.endswith("/warehouse/return/list")
@@ -140,18 +149,21 @@ def set_lines(key: str, value: Any) -> Callable[[dict[str, Any]], None]:
                 li.pop(key, None)
             else:
                 li[key] = value
+
     return edit
 
 
 def set_field(key: str, value: Any) -> Callable[[dict[str, Any]], None]:
     def edit(row: dict[str, Any]) -> None:
         row[key] = value
+
     return edit
 
 
 def first_line(key: str, value: Any) -> Callable[[dict[str, Any]], None]:
     def edit(row: dict[str, Any]) -> None:
         row["line_items"][0][key] = value
+
     return edit
 
 
@@ -162,37 +174,67 @@ LONG_ID = "4" * 400
 LOOP_REJECTED = [
     ("missing SKU", set_lines("sku", _DELETE), r"no line item with a SKU"),
     ("blank SKU", set_lines("sku", "   "), r"no line item with a SKU"),
-    ("unknown destination", set_field("destination_id", "99"),
-     r"destination 99 is not mapped"),
+    ("unknown destination", set_field("destination_id", "99"), r"destination 99 is not mapped"),
     ("zero units: no line items", set_field("line_items", []), r"no line item with a SKU"),
     ("oversized id", set_field("id", LONG_ID), r"return id .*400 characters"),
-    ("oversized SKU", first_line("sku", "SKU-" + "X" * 5000),
-     r"line item 0: sku is 5004 characters long"),
-    ("invalid UTF-8 in the SKU", first_line("sku", "TEE-" + INVALID),
-     r"line item 0: sku is not valid UTF-8"),
-    ("wrong type: line_items is an object", set_field("line_items", {"0": {}}),
-     r"line_items is not a list"),
-    ("wrong type: a line item is a string", set_field("line_items", ["TEE-BLK-M"]),
-     r"line item 0 is not an object"),
-    ("wrong type: sku is an object", first_line("sku", {"code": "TEE-BLK-M"}),
-     r"line item 0: sku is a dict, not text"),
-    ("wrong type: order_name is a list", set_field("order_name", ["#1001"]),
-     r"order_name is a list, not text"),
-    ("wrong type: destination_id is an object", set_field("destination_id", {"id": 12}),
-     r"destination_id is a dict, not text"),
+    (
+        "oversized SKU",
+        first_line("sku", "SKU-" + "X" * 5000),
+        r"line item 0: sku is 5004 characters long",
+    ),
+    (
+        "invalid UTF-8 in the SKU",
+        first_line("sku", "TEE-" + INVALID),
+        r"line item 0: sku is not valid UTF-8",
+    ),
+    (
+        "wrong type: line_items is an object",
+        set_field("line_items", {"0": {}}),
+        r"line_items is not a list",
+    ),
+    (
+        "wrong type: a line item is a string",
+        set_field("line_items", ["TEE-BLK-M"]),
+        r"line item 0 is not an object",
+    ),
+    (
+        "wrong type: sku is an object",
+        first_line("sku", {"code": "TEE-BLK-M"}),
+        r"line item 0: sku is a dict, not text",
+    ),
+    (
+        "wrong type: order_name is a list",
+        set_field("order_name", ["#1001"]),
+        r"order_name is a list, not text",
+    ),
+    (
+        "wrong type: destination_id is an object",
+        set_field("destination_id", {"id": 12}),
+        r"destination_id is a dict, not text",
+    ),
     ("wrong type: state is a number", set_field("state", 1), r"state missing"),
-    ("wrong type: updated_at is a number", set_field("updated_at", 1767225600),
-     r"updated_at not an ISO-8601 timestamp"),
-    ("timestamp without a zone: updated_at", set_field("updated_at", "2026-06-01T11:00:00"),
-     r"updated_at timestamp has no timezone"),
-    ("timestamp without a zone: created_at", set_field("created_at", "2026-05-30T09:00:00"),
-     r"created_at timestamp has no timezone"),
+    (
+        "wrong type: updated_at is a number",
+        set_field("updated_at", 1767225600),
+        r"updated_at not an ISO-8601 timestamp",
+    ),
+    (
+        "timestamp without a zone: updated_at",
+        set_field("updated_at", "2026-06-01T11:00:00"),
+        r"updated_at timestamp has no timezone",
+    ),
+    (
+        "timestamp without a zone: created_at",
+        set_field("created_at", "2026-05-30T09:00:00"),
+        r"created_at timestamp has no timezone",
+    ),
 ]
 
 
 @pytest.mark.parametrize("case, edit, reason", LOOP_REJECTED, ids=[c[0] for c in LOOP_REJECTED])
-def test_loop_return_malformed_is_recorded_and_the_batch_goes_on(make_sandbox, tmp_path, case,
-                                                                 edit, reason):
+def test_loop_return_malformed_is_recorded_and_the_batch_goes_on(
+    make_sandbox, tmp_path, case, edit, reason
+):
     sb = make_sandbox("shiphero")
     good = open_returns(sb, 3)
     bad = open_returns(sb, 1)[0]
@@ -209,9 +251,14 @@ def test_loop_return_malformed_is_recorded_and_the_batch_goes_on(make_sandbox, t
 
 
 LOOP_ACCEPTED = [
-    ("unknown extra fields", lambda row: {**row, "x_new": {"nested": [1, 2]},
-                                          "line_items": [{**li, "x_line": True, "quantity": -2}
-                                                         for li in row["line_items"]]}),
+    (
+        "unknown extra fields",
+        lambda row: {
+            **row,
+            "x_new": {"nested": [1, 2]},
+            "line_items": [{**li, "x_line": True, "quantity": -2} for li in row["line_items"]],
+        },
+    ),
     ("oversized free text", first_line("title", "T" * 200_000)),
     ("invalid UTF-8 in free text", first_line("return_comment", "fits " + INVALID)),
 ]
@@ -249,6 +296,7 @@ def test_some_line_items_without_a_sku_are_reported(make_sandbox, tmp_path):
 
 # -- Loop: ASN rows ---------------------------------------------------------------------------
 
+
 def is_asn(req: Request) -> bool:
     return req.path.endswith("/warehouse/reporting/asn")
 
@@ -269,26 +317,45 @@ def asn_field(key: str, value: Any) -> Callable[[dict[str, Any]], None]:
             row.pop(key, None)
         else:
             row[key] = value
+
     return edit
 
 
 ASN_REJECTED = [
     ("missing id", asn_field("id", _DELETE), r"malformed ASN row: id is missing"),
-    ("wrong type: a row is a string", lambda row: "id,tracking", r"malformed ASN row: not an object"),
-    ("wrong type: id is an object", asn_field("id", {"v": 1}), r"malformed ASN row: id .*not numeric"),
+    (
+        "wrong type: a row is a string",
+        lambda row: "id,tracking",
+        r"malformed ASN row: not an object",
+    ),
+    (
+        "wrong type: id is an object",
+        asn_field("id", {"v": 1}),
+        r"malformed ASN row: id .*not numeric",
+    ),
     ("oversized id", asn_field("id", LONG_ID), r"malformed ASN row: id .*400 characters"),
-    ("wrong type: tracking_number is a list", asn_field("tracking_number", ["1Z", "9400"]),
-     r"malformed ASN row: .*tracking_number is a list, not text"),
-    ("oversized tracking number", asn_field("tracking_number", "1Z" * 600),
-     r"malformed ASN row: .*tracking_number is 1200 characters long"),
-    ("invalid UTF-8 in the tracking number", asn_field("tracking_number", "1Z" + INVALID),
-     r"malformed ASN row: .*tracking_number is not valid UTF-8"),
+    (
+        "wrong type: tracking_number is a list",
+        asn_field("tracking_number", ["1Z", "9400"]),
+        r"malformed ASN row: .*tracking_number is a list, not text",
+    ),
+    (
+        "oversized tracking number",
+        asn_field("tracking_number", "1Z" * 600),
+        r"malformed ASN row: .*tracking_number is 1200 characters long",
+    ),
+    (
+        "invalid UTF-8 in the tracking number",
+        asn_field("tracking_number", "1Z" + INVALID),
+        r"malformed ASN row: .*tracking_number is not valid UTF-8",
+    ),
 ]
 
 
 @pytest.mark.parametrize("case, edit, reason", ASN_REJECTED, ids=[c[0] for c in ASN_REJECTED])
-def test_loop_asn_row_malformed_is_recorded_and_the_rest_are_kept(make_sandbox, tmp_path, case,
-                                                                  edit, reason):
+def test_loop_asn_row_malformed_is_recorded_and_the_rest_are_kept(
+    make_sandbox, tmp_path, case, edit, reason
+):
     sb = make_sandbox("peoplevox")
     good = open_returns(sb, 2)
     bad = open_returns(sb, 1)[0]
@@ -307,9 +374,13 @@ def test_loop_asn_row_malformed_is_recorded_and_the_rest_are_kept(make_sandbox, 
     assert all(sb.warehouse.rma_count(rid) == 1 for rid in good + [bad])
 
 
-@pytest.mark.parametrize("edit", [
-    lambda row: {**row, "x_new_column": [1], "updated_at": "2026-06-01 10:00:00"},
-], ids=["unknown extra fields and a zone-less updated_at (not read by loopsync)"])
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda row: {**row, "x_new_column": [1], "updated_at": "2026-06-01 10:00:00"},
+    ],
+    ids=["unknown extra fields and a zone-less updated_at (not read by loopsync)"],
+)
 def test_loop_asn_row_oddities_that_are_not_errors_are_kept(make_sandbox, tmp_path, edit):
     sb = make_sandbox("peoplevox")
     ids = open_returns(sb, 2)
@@ -325,6 +396,7 @@ def test_loop_asn_row_oddities_that_are_not_errors_are_kept(make_sandbox, tmp_pa
 
 
 # -- ShipHero: polled returns -------------------------------------------------------------------
+
 
 def is_poll(req: Request) -> bool:
     return req.path == "/graphql" and b"LoopsyncPoll" in req.body
@@ -343,40 +415,64 @@ def shiphero_return_served_as(sb: Any, rid: str, edit: Callable[[dict[str, Any]]
 def sh_line(key: str, value: Any) -> Callable[[dict[str, Any]], None]:
     def edit(node: dict[str, Any]) -> None:
         node["line_items"][0][key] = value
+
     return edit
 
 
 def sh_field(key: str, value: Any) -> Callable[[dict[str, Any]], None]:
     def edit(node: dict[str, Any]) -> None:
         node[key] = value
+
     return edit
 
 
 SHIPHERO_REJECTED = [
-    ("negative quantity_received", sh_line("quantity_received", -1),
-     r"quantity_received -1 is not a whole number >= 0"),
-    ("negative quantity expected", sh_line("quantity", -2),
-     r"quantity -2 is not a whole number >= 0"),
-    ("wrong type: quantity_received is text", sh_line("quantity_received", "two"),
-     r"quantity_received 'two' is not a whole number >= 0"),
-    ("wrong type: total_items_expected is an object", sh_field("total_items_expected", {}),
-     r"total_items_expected \{\} is not a whole number >= 0"),
+    (
+        "negative quantity_received",
+        sh_line("quantity_received", -1),
+        r"quantity_received -1 is not a whole number >= 0",
+    ),
+    (
+        "negative quantity expected",
+        sh_line("quantity", -2),
+        r"quantity -2 is not a whole number >= 0",
+    ),
+    (
+        "wrong type: quantity_received is text",
+        sh_line("quantity_received", "two"),
+        r"quantity_received 'two' is not a whole number >= 0",
+    ),
+    (
+        "wrong type: total_items_expected is an object",
+        sh_field("total_items_expected", {}),
+        r"total_items_expected \{\} is not a whole number >= 0",
+    ),
     ("null status", sh_field("status", None), r"has no status"),
     ("wrong type: status is a number", sh_field("status", 3), r"status 3 is not text"),
     ("missing SKU on a line", sh_line("line_item", None), r"line 0 has no SKU"),
-    ("oversized status", sh_field("status", "W" * 3800),
-     r"status is 3800 characters long"),
-    ("invalid UTF-8 in the status", sh_field("status", "Warehouse Compl" + INVALID),
-     r"status is not valid UTF-8"),
+    ("oversized status", sh_field("status", "W" * 3800), r"status is 3800 characters long"),
+    (
+        "invalid UTF-8 in the status",
+        sh_field("status", "Warehouse Compl" + INVALID),
+        r"status is not valid UTF-8",
+    ),
 ]
 
 
-@pytest.mark.parametrize("case, edit, reason", SHIPHERO_REJECTED,
-                         ids=[c[0] for c in SHIPHERO_REJECTED])
-def test_shiphero_return_malformed_is_held_and_the_batch_goes_on(make_sandbox, tmp_path, clock,
-                                                                 case, edit, reason):
-    assert_bad_one_held(make_sandbox, tmp_path, clock, "shiphero",
-                        lambda sb, bad: shiphero_return_served_as(sb, bad, edit), reason)
+@pytest.mark.parametrize(
+    "case, edit, reason", SHIPHERO_REJECTED, ids=[c[0] for c in SHIPHERO_REJECTED]
+)
+def test_shiphero_return_malformed_is_held_and_the_batch_goes_on(
+    make_sandbox, tmp_path, clock, case, edit, reason
+):
+    assert_bad_one_held(
+        make_sandbox,
+        tmp_path,
+        clock,
+        "shiphero",
+        lambda sb, bad: shiphero_return_served_as(sb, bad, edit),
+        reason,
+    )
 
 
 def test_shiphero_unknown_extra_fields_are_ignored(make_sandbox, tmp_path, clock):
@@ -384,18 +480,29 @@ def test_shiphero_unknown_extra_fields_are_ignored(make_sandbox, tmp_path, clock
         node["x_new"] = {"a": 1}
         node["line_items"][0]["x_bin"] = "A-12"
 
-    assert_extras_ignored(make_sandbox, tmp_path, clock, "shiphero",
-                          lambda sb, rid: shiphero_return_served_as(sb, rid, extra))
+    assert_extras_ignored(
+        make_sandbox,
+        tmp_path,
+        clock,
+        "shiphero",
+        lambda sb, rid: shiphero_return_served_as(sb, rid, extra),
+    )
 
 
 # -- PeopleVox: the returns report --------------------------------------------------------------
+
 
 def is_report(req: Request) -> bool:
     return b"GetReportData" in (req.headers.get("SOAPAction") or "").encode()
 
 
-def pvx_rows_served_as(sb: Any, rid: str, edit: Callable[[list[str], dict[str, str]], None],
-                       *, extra_column: str | None = None) -> None:
+def pvx_rows_served_as(
+    sb: Any,
+    rid: str,
+    edit: Callable[[list[str], dict[str, str]], None],
+    *,
+    extra_column: str | None = None,
+) -> None:
     """Edit the bad RA's rows of the returns report CSV inside the SOAP answer."""
     emu = sb.warehouse
 
@@ -419,8 +526,7 @@ def pvx_rows_served_as(sb: Any, rid: str, edit: Callable[[list[str], dict[str, s
         writer.writerows(rows)
         detail.text = out.getvalue()
         body = ET.tostring(root, encoding="utf-8", xml_declaration=True)
-        return Response(resp.status, body.replace(INVALID.encode(), INVALID_BYTES),
-                        resp.headers)
+        return Response(resp.status, body.replace(INVALID.encode(), INVALID_BYTES), resp.headers)
 
     emu.faults.inject(Fault("custom", response=respond), times=10**6, when=is_report)
 
@@ -428,38 +534,66 @@ def pvx_rows_served_as(sb: Any, rid: str, edit: Callable[[list[str], dict[str, s
 def pvx_cell(column: str, value: str) -> Callable[[list[str], dict[str, str]], None]:
     def edit(header: list[str], row: dict[str, str]) -> None:
         row[column] = value
+
     return edit
 
 
 PEOPLEVOX_REJECTED = [
-    ("non-numeric quantity", pvx_cell("Quantity", "two"),
-     r"row .*: quantity 'two' is not a whole number >= 0"),
-    ("negative quantity", pvx_cell("Quantity", "-1"),
-     r"row .*: quantity '-1' is not a whole number >= 0"),
-    ("invalid UTF-8 in the condition", pvx_cell("Return condition", "Dam" + INVALID),
-     r"row .*: Return condition is not valid UTF-8"),
-    ("invalid UTF-8 in the quantity", pvx_cell("Quantity", "1" + INVALID),
-     r"row .*: quantity .* is not a whole number >= 0"),
+    (
+        "non-numeric quantity",
+        pvx_cell("Quantity", "two"),
+        r"row .*: quantity 'two' is not a whole number >= 0",
+    ),
+    (
+        "negative quantity",
+        pvx_cell("Quantity", "-1"),
+        r"row .*: quantity '-1' is not a whole number >= 0",
+    ),
+    (
+        "invalid UTF-8 in the condition",
+        pvx_cell("Return condition", "Dam" + INVALID),
+        r"row .*: Return condition is not valid UTF-8",
+    ),
+    (
+        "invalid UTF-8 in the quantity",
+        pvx_cell("Quantity", "1" + INVALID),
+        r"row .*: quantity .* is not a whole number >= 0",
+    ),
     ("missing SKU", pvx_cell("Item code", ""), r"row .*: no Item code"),
     ("null status", pvx_cell("RMA status", ""), r"no RMA status"),
 ]
 
 
-@pytest.mark.parametrize("case, edit, reason", PEOPLEVOX_REJECTED,
-                         ids=[c[0] for c in PEOPLEVOX_REJECTED])
-def test_peoplevox_row_malformed_is_held_and_the_batch_goes_on(make_sandbox, tmp_path, clock,
-                                                               case, edit, reason):
-    assert_bad_one_held(make_sandbox, tmp_path, clock, "peoplevox",
-                        lambda sb, bad: pvx_rows_served_as(sb, bad, edit), reason)
+@pytest.mark.parametrize(
+    "case, edit, reason", PEOPLEVOX_REJECTED, ids=[c[0] for c in PEOPLEVOX_REJECTED]
+)
+def test_peoplevox_row_malformed_is_held_and_the_batch_goes_on(
+    make_sandbox, tmp_path, clock, case, edit, reason
+):
+    assert_bad_one_held(
+        make_sandbox,
+        tmp_path,
+        clock,
+        "peoplevox",
+        lambda sb, bad: pvx_rows_served_as(sb, bad, edit),
+        reason,
+    )
 
 
 def test_peoplevox_unknown_extra_columns_are_ignored(make_sandbox, tmp_path, clock):
-    assert_extras_ignored(make_sandbox, tmp_path, clock, "peoplevox",
-                          lambda sb, rid: pvx_rows_served_as(sb, rid, lambda header, row: None,
-                                                             extra_column="Bin location"))
+    assert_extras_ignored(
+        make_sandbox,
+        tmp_path,
+        clock,
+        "peoplevox",
+        lambda sb, rid: pvx_rows_served_as(
+            sb, rid, lambda header, row: None, extra_column="Bin location"
+        ),
+    )
 
 
 # -- Xoro: ASNs ---------------------------------------------------------------------------------
+
 
 def is_getasn(req: Request) -> bool:
     return req.path.lower().endswith("/asn/getasn")
@@ -480,50 +614,82 @@ def xoro_line(key: str, value: Any) -> Callable[[dict[str, Any]], None]:
             asn["AsnDetailData"][0].pop(key, None)
         else:
             asn["AsnDetailData"][0][key] = value
+
     return edit
 
 
 def xoro_header(key: str, value: Any) -> Callable[[dict[str, Any]], None]:
     def edit(asn: dict[str, Any]) -> None:
         asn["AsnHeaderData"][key] = value
+
     return edit
 
 
 XORO_REJECTED = [
-    ("wrong type: string quantity", xoro_line("QtyReceived", "two"),
-     r"'QtyReceived' is 'two', not a quantity"),
-    ("negative quantity", xoro_line("QtyReceived", -1.0),
-     r"'QtyReceived' is -1.0, not a quantity"),
+    (
+        "wrong type: string quantity",
+        xoro_line("QtyReceived", "two"),
+        r"'QtyReceived' is 'two', not a quantity",
+    ),
+    ("negative quantity", xoro_line("QtyReceived", -1.0), r"'QtyReceived' is -1.0, not a quantity"),
     ("fractional quantity", xoro_line("QtyReceived", 1.5), r"'QtyReceived' is 1.5, not a quantity"),
     ("missing SKU", xoro_line("ItemNumber", _DELETE), r"line 1 has no ItemNumber"),
-    ("wrong type: detail lines are a string", lambda asn: asn.update(AsnDetailData="none"),
-     r"ASN-\d+ has no lines"),
+    (
+        "wrong type: detail lines are a string",
+        lambda asn: asn.update(AsnDetailData="none"),
+        r"ASN-\d+ has no lines",
+    ),
     ("null status", xoro_header("Status", None), r"has no 'Status' field"),
-    ("invalid UTF-8 in the status", xoro_header("Status", "Clo" + INVALID),
-     r"'Status' is not valid UTF-8"),
+    (
+        "invalid UTF-8 in the status",
+        xoro_header("Status", "Clo" + INVALID),
+        r"'Status' is not valid UTF-8",
+    ),
 ]
 
 
 @pytest.mark.parametrize("case, edit, reason", XORO_REJECTED, ids=[c[0] for c in XORO_REJECTED])
-def test_xoro_asn_malformed_is_held_and_the_batch_goes_on(make_sandbox, tmp_path, clock, case,
-                                                          edit, reason):
-    assert_bad_one_held(make_sandbox, tmp_path, clock, "xoro",
-                        lambda sb, bad: xoro_asn_served_as(sb, bad, edit), reason,
-                        created="linked")
+def test_xoro_asn_malformed_is_held_and_the_batch_goes_on(
+    make_sandbox, tmp_path, clock, case, edit, reason
+):
+    assert_bad_one_held(
+        make_sandbox,
+        tmp_path,
+        clock,
+        "xoro",
+        lambda sb, bad: xoro_asn_served_as(sb, bad, edit),
+        reason,
+        created="linked",
+    )
 
 
 def test_xoro_unknown_extra_fields_are_ignored(make_sandbox, tmp_path, clock):
-    assert_extras_ignored(make_sandbox, tmp_path, clock, "xoro",
-                          lambda sb, rid: xoro_asn_served_as(
-                              sb, rid, lambda asn: asn.update(X_New={"a": 1}) or
-                              asn["AsnDetailData"][0].update(UnitCost=9.5)))
+    assert_extras_ignored(
+        make_sandbox,
+        tmp_path,
+        clock,
+        "xoro",
+        lambda sb, rid: xoro_asn_served_as(
+            sb,
+            rid,
+            lambda asn: asn.update(X_New={"a": 1}) or asn["AsnDetailData"][0].update(UnitCost=9.5),
+        ),
+    )
 
 
 # -- the generic 3PL over HTTP: the receipt feed -----------------------------------------------
 
+
 def receipt(rid: str, sku: str, **fields: Any) -> dict[str, Any]:
-    return {"receipt_id": f"BAD-{rid}", "rma_number": rid, "sku": sku, "quantity": 1,
-            "condition": "available", "received_at": "2026-06-01T12:00:30Z", **fields}
+    return {
+        "receipt_id": f"BAD-{rid}",
+        "rma_number": rid,
+        "sku": sku,
+        "quantity": 1,
+        "condition": "available",
+        "received_at": "2026-06-01T12:00:30Z",
+        **fields,
+    }
 
 
 def first_sku(sb: Any, rid: str) -> str:
@@ -537,6 +703,7 @@ def is_receipts(req: Request) -> bool:
 
 def feed_also_serves(sb: Any, served: dict[str, Any]) -> None:
     """The receipt feed's last page also carries `served["record"]` (anything at all)."""
+
     def edit(body: dict[str, Any]) -> None:
         if body.get("next_page") is None and "record" in served:
             body["receipts"].append(served["record"])
@@ -549,27 +716,34 @@ GENERIC_REJECTED = [
     ("non-numeric quantity", {"quantity": "two"}, r"quantity 'two' is not a whole number >= 0"),
     ("missing SKU", {"sku": None}, r"sku is missing"),
     ("wrong type: sku is an object", {"sku": {"code": "TEE"}}, r"sku is a dict, not text"),
-    ("wrong type: condition is a list", {"condition": ["available"]},
-     r"condition is a list, not text"),
-    ("timestamp without a zone", {"received_at": "2026-06-01T12:00:30"},
-     r"received_at: timestamp has no timezone"),
+    (
+        "wrong type: condition is a list",
+        {"condition": ["available"]},
+        r"condition is a list, not text",
+    ),
+    (
+        "timestamp without a zone",
+        {"received_at": "2026-06-01T12:00:30"},
+        r"received_at: timestamp has no timezone",
+    ),
     ("invalid UTF-8 in the SKU", {"sku": "TEE-" + INVALID}, r"sku is not valid UTF-8"),
     ("oversized SKU", {"sku": "S" * 3000}, r"sku is 3000 characters long"),
 ]
 
 
-@pytest.mark.parametrize("case, fields, reason", GENERIC_REJECTED,
-                         ids=[c[0] for c in GENERIC_REJECTED])
-def test_generic_receipt_malformed_holds_its_rma_only(make_sandbox, tmp_path, clock, case,
-                                                      fields, reason):
+@pytest.mark.parametrize(
+    "case, fields, reason", GENERIC_REJECTED, ids=[c[0] for c in GENERIC_REJECTED]
+)
+def test_generic_receipt_malformed_holds_its_rma_only(
+    make_sandbox, tmp_path, clock, case, fields, reason
+):
     served: dict[str, Any] = {}
 
     def serve_bad(sb: Any, bad: str) -> None:
         served["record"] = {**receipt(bad, first_sku(sb, bad)), **fields}
         feed_also_serves(sb, served)
 
-    sb, cfg, bad = assert_bad_one_held(make_sandbox, tmp_path, clock, "generic", serve_bad,
-                                       reason)
+    sb, cfg, bad = assert_bad_one_held(make_sandbox, tmp_path, clock, "generic", serve_bad, reason)
     # Once the 3PL corrects the record (same receipt id), the RMA goes on.
     served["record"] = receipt(bad, first_sku(sb, bad), quantity=0)
     clock.advance(60)
@@ -587,8 +761,9 @@ def test_generic_correction_of_an_older_bad_receipt_is_read(make_sandbox, tmp_pa
     sku = first_sku(sb, rid)
     lines = sb.warehouse.rmas[rid]["lines"]
     with sb.warehouse.lock:
-        sb.warehouse.receipts.append(receipt(rid, sku, quantity=-1,
-                                             received_at="2026-06-01T12:00:00Z"))
+        sb.warehouse.receipts.append(
+            receipt(rid, sku, quantity=-1, received_at="2026-06-01T12:00:00Z")
+        )
     clock.advance(3600)  # the other units arrive an hour later
     sb.warehouse.add_receipts(rid, [(li["sku"], li["quantity"], "available") for li in lines])
     sb.run_cycle(cfg)
@@ -631,26 +806,49 @@ def test_generic_receipt_unknown_extra_fields_are_ignored(make_sandbox, tmp_path
 # -- the generic 3PL over folders: receipt files ------------------------------------------------
 
 GENERIC_FILES = [
-    ("negative quantity", lambda rid, sku: f"rma_number,sku,quantity,condition,receipt_id\n"
-                                           f"{rid},{sku},-1,available,F1\n".encode(),
-     r"line 2: quantity '-1' is not a whole number >= 0"),
-    ("non-numeric quantity", lambda rid, sku: f"rma_number,sku,quantity,condition,receipt_id\n"
-                                              f"{rid},{sku},1.0,available,F1\n".encode(),
-     r"line 2: quantity '1.0' is not a whole number >= 0"),
-    ("invalid UTF-8", lambda rid, sku: b"rma_number,sku,quantity,condition\n"
-                                       + f"{rid},{sku},1,".encode() + INVALID_BYTES + b"\n",
-     r"not UTF-8 text"),
-    ("missing SKU", lambda rid, sku: f"rma_number,sku,quantity,condition,receipt_id\n"
-                                     f"{rid},,1,available,F1\n".encode(), r"sku is missing"),
-    ("missing column", lambda rid, sku: f"rma_number,quantity,condition\n"
-                                        f"{rid},1,available\n".encode(),
-     r"header lacks column\(s\) sku"),
+    (
+        "negative quantity",
+        lambda rid, sku: (
+            f"rma_number,sku,quantity,condition,receipt_id\n{rid},{sku},-1,available,F1\n".encode()
+        ),
+        r"line 2: quantity '-1' is not a whole number >= 0",
+    ),
+    (
+        "non-numeric quantity",
+        lambda rid, sku: (
+            f"rma_number,sku,quantity,condition,receipt_id\n{rid},{sku},1.0,available,F1\n".encode()
+        ),
+        r"line 2: quantity '1.0' is not a whole number >= 0",
+    ),
+    (
+        "invalid UTF-8",
+        lambda rid, sku: (
+            b"rma_number,sku,quantity,condition\n"
+            + f"{rid},{sku},1,".encode()
+            + INVALID_BYTES
+            + b"\n"
+        ),
+        r"not UTF-8 text",
+    ),
+    (
+        "missing SKU",
+        lambda rid, sku: (
+            f"rma_number,sku,quantity,condition,receipt_id\n{rid},,1,available,F1\n".encode()
+        ),
+        r"sku is missing",
+    ),
+    (
+        "missing column",
+        lambda rid, sku: f"rma_number,quantity,condition\n{rid},1,available\n".encode(),
+        r"header lacks column\(s\) sku",
+    ),
 ]
 
 
 @pytest.mark.parametrize("case, content, reason", GENERIC_FILES, ids=[c[0] for c in GENERIC_FILES])
 def test_generic_receipt_file_malformed_is_rejected_reported_and_the_rest_apply(
-        make_sandbox, tmp_path, clock, case, content, reason):
+    make_sandbox, tmp_path, clock, case, content, reason
+):
     sb = make_sandbox("generic", transport="folder", folder_root=tmp_path / "3pl")
     good = open_returns(sb, 3)
     bad = open_returns(sb, 1)[0]
@@ -675,7 +873,8 @@ def test_generic_receipt_file_time_without_zone_is_utc_by_contract(make_sandbox,
     lines = sb.warehouse.rmas[rid]["lines"]
     text = "rma_number,sku,quantity,condition,receipt_id,received_at,x_extra\n" + "".join(
         f"{rid},{li['sku']},{li['quantity']},available,F{n},2026-06-01T12:00:00,zz\n"
-        for n, li in enumerate(lines))
+        for n, li in enumerate(lines)
+    )
     sb.warehouse.write_inbox_file("naive-times.csv", text)
     clock.advance(60)
     result = sb.run_cycle(cfg)

@@ -41,8 +41,10 @@ def test_run_once_then_status(sb, cfg_path, tmp_path, capsys):
 
 
 def test_status_lists_what_waits_and_why(sb, cfg_path, capsys):
-    sb.add_return(make_return(rng=sb.rng, return_id=8101, state="open",
-                              updated_at=sb.clock.now()), with_order=False)
+    sb.add_return(
+        make_return(rng=sb.rng, return_id=8101, state="open", updated_at=sb.clock.now()),
+        with_order=False,
+    )
     main(["run", "--once", "-c", str(cfg_path)])
     capsys.readouterr()
     main(["status", "-c", str(cfg_path)])
@@ -53,8 +55,9 @@ def test_status_lists_what_waits_and_why(sb, cfg_path, capsys):
 def test_errors_exit_1(sb, cfg_path, capsys):
     sb.seed(2, states_weights=[("open", 1)])
     # A refusal, not an outage: no retries to wait through, and the batch goes on.
-    sb.warehouse.faults.set_random(1.0, [Fault("status", status=400, body={"errors": [
-        {"message": "bad request"}]})])
+    sb.warehouse.faults.set_random(
+        1.0, [Fault("status", status=400, body={"errors": [{"message": "bad request"}]})]
+    )
     assert main(["run", "--once", "-c", str(cfg_path)]) == 1
     assert "errors=" in capsys.readouterr().out
 
@@ -72,8 +75,14 @@ def test_import_by_id_leaves_the_live_cursor_alone(sb, cfg_path, tmp_path, capsy
 def test_import_range_and_dry_run(sb, cfg_path, tmp_path, capsys):
     now = sb.clock.now()
     for n in range(3):
-        sb.add_return(make_return(rng=sb.rng, return_id=8301 + n, state="open",
-                                  updated_at=now - timedelta(days=60 + n)))
+        sb.add_return(
+            make_return(
+                rng=sb.rng,
+                return_id=8301 + n,
+                state="open",
+                updated_at=now - timedelta(days=60 + n),
+            )
+        )
     start, end = iso(now - timedelta(days=70)), iso(now - timedelta(days=50))
     sb.recorder.clear()
     assert main(["import", "-c", str(cfg_path), "--from", start, "--to", end, "--dry-run"]) == 0
@@ -85,13 +94,16 @@ def test_import_range_and_dry_run(sb, cfg_path, tmp_path, capsys):
     assert Store(tmp_path / "cli.sqlite", sb.clock).cursors.all() == []
 
 
-@pytest.mark.parametrize("args", [
-    ["--return-id", "1", "--from", "2026-01-01T00:00:00Z", "--to", "2026-01-02T00:00:00Z"],
-    ["--from", "2026-01-01T00:00:00Z"],
-    ["--from", "2026-01-02T00:00:00Z", "--to", "2026-01-01T00:00:00Z"],
-    ["--from", "2026-01-01T00:00:00", "--to", "2026-01-02T00:00:00Z"],
-    [],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--return-id", "1", "--from", "2026-01-01T00:00:00Z", "--to", "2026-01-02T00:00:00Z"],
+        ["--from", "2026-01-01T00:00:00Z"],
+        ["--from", "2026-01-02T00:00:00Z", "--to", "2026-01-01T00:00:00Z"],
+        ["--from", "2026-01-01T00:00:00", "--to", "2026-01-02T00:00:00Z"],
+        [],
+    ],
+)
 def test_import_usage_errors_exit_2(cfg_path, args, capsys):
     assert main(["import", "-c", str(cfg_path), *args]) == 2
     assert "error" in capsys.readouterr().err
@@ -103,9 +115,13 @@ def test_status_before_any_run(cfg_path, capsys):
 
 
 def test_sandbox_command_serves_and_prints_a_working_config(tmp_path):
-    proc = subprocess.Popen([sys.executable, "-m", "loopsync", "sandbox", "--port", "0",
-                             "--returns", "3"], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "loopsync", "sandbox", "--port", "0", "--returns", "3"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         lines = []
         for line in proc.stdout:
@@ -114,12 +130,20 @@ def test_sandbox_command_serves_and_prints_a_working_config(tmp_path):
                 break
         text = "".join(lines)
         assert re.search(r"sandbox Loop at http://127\.0\.0\.1:\d+", text), text
-        env = dict(line.strip().removeprefix("export ").split("=", 1)
-                   for line in lines if line.strip().startswith("export "))
+        env = dict(
+            line.strip().removeprefix("export ").split("=", 1)
+            for line in lines
+            if line.strip().startswith("export ")
+        )
         cfg = tmp_path / "sandbox-config" / "sandbox.yaml"
-        run = subprocess.run([sys.executable, "-m", "loopsync", "run", "--once", "-c", str(cfg)],
-                             cwd=tmp_path, env={**os.environ, **env}, capture_output=True,
-                             text=True, timeout=60)
+        run = subprocess.run(
+            [sys.executable, "-m", "loopsync", "run", "--once", "-c", str(cfg)],
+            cwd=tmp_path,
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert run.returncode == 0, run.stderr
         assert "pushed=3" in run.stdout
     finally:
@@ -134,9 +158,14 @@ def test_a_return_reported_for_a_person_makes_run_exit_1_and_says_why(sb, cfg_pa
     sb.warehouse.receive(rid, "full")
     # Loop refuses the process in words loopsync does not know, and the return still reads
     # open: loopsync will not guess, so a person must look, and the exit status says so.
-    sb.loop.faults.inject(Fault("status", status=200, body={"errors": {
-        "message": "Return is locked by another workflow"}}),
-        when=lambda r: r.path.endswith("/process"))
+    sb.loop.faults.inject(
+        Fault(
+            "status",
+            status=200,
+            body={"errors": {"message": "Return is locked by another workflow"}},
+        ),
+        when=lambda r: r.path.endswith("/process"),
+    )
     capsys.readouterr()
     assert main(["run", "--once", "-c", str(cfg_path)]) == 1
     out = capsys.readouterr().out
@@ -144,13 +173,14 @@ def test_a_return_reported_for_a_person_makes_run_exit_1_and_says_why(sb, cfg_pa
     assert sb.loop.actions_for(rid) == []
 
 
-def test_status_without_secrets_finds_the_state_beside_the_config(tmp_path, monkeypatch,
-                                                                 capsys):
+def test_status_without_secrets_finds_the_state_beside_the_config(tmp_path, monkeypatch, capsys):
     for name in ("LOOP_API_KEY", "SHIPHERO_REFRESH_TOKEN", "LOOPSYNC_STATE_DIR"):
         monkeypatch.delenv(name, raising=False)
     cfg = tmp_path / "m.yaml"
-    cfg.write_text("merchant: acme\nstate_path: st.sqlite\nloop:\n  api_key: ${LOOP_API_KEY}\n"
-                   "  start_at: 2026-01-01T00:00:00Z\nwarehouse:\n  kind: shiphero\n"
-                   "  refresh_token: ${SHIPHERO_REFRESH_TOKEN}\n")
+    cfg.write_text(
+        "merchant: acme\nstate_path: st.sqlite\nloop:\n  api_key: ${LOOP_API_KEY}\n"
+        "  start_at: 2026-01-01T00:00:00Z\nwarehouse:\n  kind: shiphero\n"
+        "  refresh_token: ${SHIPHERO_REFRESH_TOKEN}\n"
+    )
     assert main(["status", "-c", str(cfg)]) == 0
     assert f"state {tmp_path / 'st.sqlite'}" in capsys.readouterr().out

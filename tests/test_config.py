@@ -9,8 +9,11 @@ from loopsync.config import load_config
 from loopsync.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {"LOOP_API_KEY": "loop-secret-1", "SHIPHERO_REFRESH_TOKEN": "sh-refresh-1",
-       "SHIPHERO_ACCESS_TOKEN": "sh-access-1"}
+ENV = {
+    "LOOP_API_KEY": "loop-secret-1",
+    "SHIPHERO_REFRESH_TOKEN": "sh-refresh-1",
+    "SHIPHERO_ACCESS_TOKEN": "sh-access-1",
+}
 
 BASE = """\
 merchant: acme-us
@@ -49,22 +52,46 @@ def test_minimal_config_defaults(tmp_path):
     assert "sh-refresh-1" not in repr(cfg)  # secrets never show in reprs
 
 
-@pytest.mark.parametrize("label, change, key, problem", [
-    ("missing env var", ("${LOOP_API_KEY}", "${NOPE_KEY}"), "loop.api_key", "NOPE_KEY is not set"),
-    ("literal secret", ("${LOOP_API_KEY}", "abc123"), "loop.api_key", "environment variable"),
-    ("unknown key", ("lookback: 15m", "lookback: 15m\n  lookbak: 1h"), "loop.lookbak",
-     "unknown key"),
-    ("wrong type", ("every: 15m", "every: [1]"), "schedule.every", "not a duration"),
-    ("bad duration", ("lookback: 15m", "lookback: fifteen"), "loop.lookback", "not a duration"),
-    ("naive timestamp", ("2026-01-01T00:00:00Z", "2026-01-01T00:00:00"), "loop.start_at",
-     "no timezone"),
-    ("bad merchant", ("merchant: acme-us", "merchant: Acme US"), "merchant", "does not match"),
-    ("bad kind", ("kind: shiphero", "kind: shipbob"), "warehouse.kind", "not a warehouse kind"),
-    ("window over 120 days", ("lookback: 15m", "lookback: 15m\n  window: 121d"), "loop.window",
-     "at most"),
-    ("status in two lists", ("destinations:", "statuses: {process: [complete], flag: [Complete]}\n"
-                             "  destinations:"), "warehouse.statuses.flag", "also listed"),
-])
+@pytest.mark.parametrize(
+    "label, change, key, problem",
+    [
+        (
+            "missing env var",
+            ("${LOOP_API_KEY}", "${NOPE_KEY}"),
+            "loop.api_key",
+            "NOPE_KEY is not set",
+        ),
+        ("literal secret", ("${LOOP_API_KEY}", "abc123"), "loop.api_key", "environment variable"),
+        (
+            "unknown key",
+            ("lookback: 15m", "lookback: 15m\n  lookbak: 1h"),
+            "loop.lookbak",
+            "unknown key",
+        ),
+        ("wrong type", ("every: 15m", "every: [1]"), "schedule.every", "not a duration"),
+        ("bad duration", ("lookback: 15m", "lookback: fifteen"), "loop.lookback", "not a duration"),
+        (
+            "naive timestamp",
+            ("2026-01-01T00:00:00Z", "2026-01-01T00:00:00"),
+            "loop.start_at",
+            "no timezone",
+        ),
+        ("bad merchant", ("merchant: acme-us", "merchant: Acme US"), "merchant", "does not match"),
+        ("bad kind", ("kind: shiphero", "kind: shipbob"), "warehouse.kind", "not a warehouse kind"),
+        (
+            "window over 120 days",
+            ("lookback: 15m", "lookback: 15m\n  window: 121d"),
+            "loop.window",
+            "at most",
+        ),
+        (
+            "status in two lists",
+            ("destinations:", "statuses: {process: [complete], flag: [Complete]}\n  destinations:"),
+            "warehouse.statuses.flag",
+            "also listed",
+        ),
+    ],
+)
 def test_config_errors_name_file_key_and_problem(tmp_path, label, change, key, problem):
     path = write(tmp_path, BASE.replace(*change))
     with pytest.raises(ConfigError) as err:
@@ -93,8 +120,6 @@ def test_check_config_exits_2_naming_the_key(tmp_path, capsys, monkeypatch):
 def test_usage_error_exits_2(capsys):
     assert main(["run"]) == 2
     assert main(["frobnicate"]) == 2
-
-
 
 
 def test_a_directory_stands_for_its_yaml_files(tmp_path):

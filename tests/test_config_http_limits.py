@@ -20,9 +20,15 @@ def with_limits(loop_extra: str = "", warehouse_extra: str = "") -> str:
 
 
 def test_deadline_and_size_cap_reach_every_client(tmp_path):
-    cfg = load_config(write(tmp_path, with_limits(
-        "  deadline: 20s\n  max_response_mb: 1\n",
-        "  deadline: 40s\n  max_response_mb: 3\n")), env=ENV)
+    cfg = load_config(
+        write(
+            tmp_path,
+            with_limits(
+                "  deadline: 20s\n  max_response_mb: 1\n", "  deadline: 40s\n  max_response_mb: 3\n"
+            ),
+        ),
+        env=ENV,
+    )
     clock = FakeClock()
     loop = build_loop_client(cfg, clock)
     assert (loop.http.deadline, loop.http.max_body) == (20.0, 1024 * 1024)
@@ -43,20 +49,24 @@ def test_a_configured_cap_refuses_a_larger_loop_answer(tmp_path):
     big = b'{"returns": [], "pad": "' + b"x" * (1024 * 1024 + 10) + b'"}'
     with HostileServer(reply(200, big, {"Content-Type": "application/json"})) as server:
         text = with_limits("  max_response_mb: 1\n").replace(
-            "https://api.loopreturns.com/api/v1", f"http://127.0.0.1:{server.port}")
+            "https://api.loopreturns.com/api/v1", f"http://127.0.0.1:{server.port}"
+        )
         cfg = load_config(write(tmp_path, text), env=ENV)
         loop = build_loop_client(cfg, FakeClock())
         with pytest.raises(ResponseTooLarge):
             loop.http.request("GET", "/warehouse/return/list")
 
 
-@pytest.mark.parametrize("extra, key", [
-    ("  deadline: 0s\n", "loop.deadline"),
-    ("  deadline: 2h\n", "loop.deadline"),
-    ("  max_response_mb: 0\n", "loop.max_response_mb"),
-    ("  max_response_mb: 100000\n", "loop.max_response_mb"),
-    ("  timeout: 3650d\n", "loop.timeout"),
-])
+@pytest.mark.parametrize(
+    "extra, key",
+    [
+        ("  deadline: 0s\n", "loop.deadline"),
+        ("  deadline: 2h\n", "loop.deadline"),
+        ("  max_response_mb: 0\n", "loop.max_response_mb"),
+        ("  max_response_mb: 100000\n", "loop.max_response_mb"),
+        ("  timeout: 3650d\n", "loop.timeout"),
+    ],
+)
 def test_absurd_http_limits_are_configuration_errors(tmp_path, extra, key):
     with pytest.raises(ConfigError) as err:
         load_config(write(tmp_path, with_limits(extra)), env=ENV)

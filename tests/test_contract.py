@@ -21,7 +21,8 @@ from .example_connector import mapping as mapping_mod
 from .example_connector import wire as wire_mod
 
 CASES = [(kind, ContractOptions()) for kind in KINDS.values()] + [
-    (KINDS["generic"], ContractOptions(transport="folder"))]
+    (KINDS["generic"], ContractOptions(transport="folder"))
+]
 
 
 def case_id(case: tuple[ConnectorKind, ContractOptions]) -> str:
@@ -29,8 +30,7 @@ def case_id(case: tuple[ConnectorKind, ContractOptions]) -> str:
     return kind.name if options.transport == "http" else f"{kind.name}-{options.transport}"
 
 
-def run_check(check: Check, kind: ConnectorKind, options: ContractOptions,
-              tmp_path: Path) -> None:
+def run_check(check: Check, kind: ConnectorKind, options: ContractOptions, tmp_path: Path) -> None:
     reason = check.skip_reason(kind, options)
     if reason is not None:
         pytest.skip(reason)
@@ -39,14 +39,13 @@ def run_check(check: Check, kind: ConnectorKind, options: ContractOptions,
 
 @pytest.mark.parametrize("case", CASES, ids=[case_id(c) for c in CASES])
 @pytest.mark.parametrize("check", CHECKS, ids=check_ids())
-def test_every_connector_keeps_the_contract(check: Check,
-                                            case: tuple[ConnectorKind, ContractOptions],
-                                            tmp_path: Path) -> None:
+def test_every_connector_keeps_the_contract(
+    check: Check, case: tuple[ConnectorKind, ContractOptions], tmp_path: Path
+) -> None:
     run_check(check, *case, tmp_path)
 
 
 # -- a connector added through the registry -------------------------------------------------
-
 
 
 @pytest.fixture
@@ -57,7 +56,8 @@ def example_kind() -> Iterator[ConnectorKind]:
 
 @pytest.mark.parametrize("check", CHECKS, ids=check_ids())
 def test_a_connector_added_through_the_registry_keeps_the_contract(
-        check: Check, example_kind: ConnectorKind, tmp_path: Path) -> None:
+    check: Check, example_kind: ConnectorKind, tmp_path: Path
+) -> None:
     run_check(check, example_kind, ContractOptions(), tmp_path)
 
 
@@ -79,6 +79,7 @@ def test_registering_a_shipped_kind_again_is_refused() -> None:
 
 
 # -- the contract has teeth: it fails a connector that breaks a guarantee --------------------
+
 
 def never_finds(self: Any, req: Any, located: Any) -> None:
     return None
@@ -104,8 +105,8 @@ BROKEN = {
 
 @pytest.mark.parametrize("name", list(BROKEN))
 def test_the_contract_fails_a_connector_that_breaks_its_guarantee(
-        name: str, example_kind: ConnectorKind, tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    name: str, example_kind: ConnectorKind, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     target, attribute, broken = BROKEN[name]
     monkeypatch.setattr(target, attribute, broken)
     check = next(c for c in CHECKS if c.name == name)

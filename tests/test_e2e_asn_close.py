@@ -29,6 +29,7 @@ def assert_rerun_writes_nothing(sb, cfg, clock):
 
 # -- Xoro: watch-only -----------------------------------------------------------------------
 
+
 def test_xoro_asn_close_decides(make_sandbox, tmp_path, clock):
     sb = make_sandbox("xoro")
     full, short, over, open_received, untouched = open_returns(sb, 5)
@@ -38,8 +39,10 @@ def test_xoro_asn_close_decides(make_sandbox, tmp_path, clock):
     # Watching: one note per return naming the matched ASN (as creating connectors
     # leave one naming the RMA), no action yet.
     assert all(c.path.endswith("/note") for c in loop_writes(sb)) and len(loop_writes(sb)) == 5
-    assert all(len(sb.loop.notes_for(rid)) == 1 and "ASN" in sb.loop.notes_for(rid)[0]
-               for rid in (full, short, over, open_received, untouched))
+    assert all(
+        len(sb.loop.notes_for(rid)) == 1 and "ASN" in sb.loop.notes_for(rid)[0]
+        for rid in (full, short, over, open_received, untouched)
+    )
     for rid, scenario in ((full, "full"), (short, "short"), (over, "over")):
         sb.warehouse.receive(rid, scenario)
     asn = sb.warehouse.asn(open_received)
@@ -61,6 +64,7 @@ def test_xoro_asn_close_decides(make_sandbox, tmp_path, clock):
 
 # -- generic 3PL over HTTP ------------------------------------------------------------------
 
+
 def test_generic_http_delivers_and_decides(make_sandbox, tmp_path, clock):
     sb = make_sandbox("generic")
     ids = open_returns(sb, 5)
@@ -76,8 +80,13 @@ def test_generic_http_delivers_and_decides(make_sandbox, tmp_path, clock):
     second = cycle(sb, cfg, clock)
     assert (second.counts.processed, second.counts.flagged) == (1, 3)
     actions = {scenarios[rid]: sb.loop.actions_for(rid) for rid in ids}
-    assert actions == {"full": ["process"], "short": ["flag"], "damaged": ["flag"],
-                       "over": ["flag"], "cancelled": []}
+    assert actions == {
+        "full": ["process"],
+        "short": ["flag"],
+        "damaged": ["flag"],
+        "over": ["flag"],
+        "cancelled": [],
+    }
     by_scenario = {s: rid for rid, s in scenarios.items()}
     assert "missing" in sb.loop.notes_for(by_scenario["short"])[-1]
     assert "damaged" in sb.loop.notes_for(by_scenario["damaged"])[-1]
@@ -100,14 +109,16 @@ def test_generic_http_lost_post_answer_is_looked_up_not_repeated(make_sandbox, t
 
 # -- generic 3PL over folders ---------------------------------------------------------------
 
+
 def test_generic_folders_archive_reject_and_count_once(make_sandbox, tmp_path, clock):
     root = tmp_path / "3pl"
     sb = make_sandbox("generic", transport="folder", folder_root=root)
     full, damaged, waiting = open_returns(sb, 3)
     cfg = sb.merchant_config(tmp_path)
     assert cycle(sb, cfg, clock).counts.pushed == 3
-    assert sorted(p.name for p in (root / "outbox").iterdir()) == \
-        sorted(f"{rid}.csv" for rid in (full, damaged, waiting))
+    assert sorted(p.name for p in (root / "outbox").iterdir()) == sorted(
+        f"{rid}.csv" for rid in (full, damaged, waiting)
+    )
     sb.warehouse.receive(full, "full")
     sb.warehouse.receive(damaged, "damaged")
     receipt = next(p for p in (root / "inbox").iterdir() if full in p.name)
@@ -120,8 +131,10 @@ def test_generic_folders_archive_reject_and_count_once(make_sandbox, tmp_path, c
     assert sb.loop.actions_for(damaged) == ["flag"]
     assert sb.loop.actions_for(waiting) == []
     assert list((root / "inbox").iterdir()) == []
-    assert sorted(p.name for p in (root / "rejected").iterdir()) == \
-        ["broken.csv", "broken.csv.reason.txt"]
+    assert sorted(p.name for p in (root / "rejected").iterdir()) == [
+        "broken.csv",
+        "broken.csv.reason.txt",
+    ]
     assert len(list((root / "archive").iterdir())) == 3
 
     # The same receipts once more, after their files were archived: nothing fires again.

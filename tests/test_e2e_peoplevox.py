@@ -32,9 +32,10 @@ def loop_writes(sb: Any) -> list[Any]:
 
 
 def saves_to(template: str):  # noqa: ANN201 - a fault predicate
-    return lambda req: (PeopleVoxEmulator.operation(req) == "SaveData"
-                        and f"<pvx:TemplateName>{template}</pvx:TemplateName>".encode()
-                        in req.body)
+    return lambda req: (
+        PeopleVoxEmulator.operation(req) == "SaveData"
+        and f"<pvx:TemplateName>{template}</pvx:TemplateName>".encode() in req.body
+    )
 
 
 def test_a_return_becomes_an_ra_with_its_items_and_a_note_in_loop(make_sandbox, tmp_path):
@@ -43,15 +44,21 @@ def test_a_return_becomes_an_ra_with_its_items_and_a_note_in_loop(make_sandbox, 
     r = sb.run_cycle(sb.merchant_config(tmp_path))
     assert r.ok, r.stage_errors
     assert r.counts.pushed == 5 and sb.warehouse.throttled == 0
-    reasons = {"Too small": "SIZE", "Too large": "SIZE", "Damaged on arrival": "DAMAGED",
-               "Not as described": "NOT_AS_DESCRIBED"}
+    reasons = {
+        "Too small": "SIZE",
+        "Too large": "SIZE",
+        "Damaged on arrival": "DAMAGED",
+        "Not as described": "NOT_AS_DESCRIBED",
+    }
     for raw in seeded:
         rid = str(raw["id"])
         ra = sb.warehouse.ra(rid)
         assert sb.warehouse.rma_count(rid) == 1
         assert ra["header"]["SalesOrderNumber"] == raw["order_name"].lstrip("#")
-        assert ra["header"]["SiteReference"] == {"12": "MAIN", "13": "RETURNS-UK"}[
-            str(raw["destination_id"])]
+        assert (
+            ra["header"]["SiteReference"]
+            == {"12": "MAIN", "13": "RETURNS-UK"}[str(raw["destination_id"])]
+        )
         units = Counter(li["sku"] for li in raw["line_items"])
         assert {i["ItemCode"]: int(i["Quantity"]) for i in ra["items"]} == dict(units)
         first_reason = {}
@@ -59,7 +66,8 @@ def test_a_return_becomes_an_ra_with_its_items_and_a_note_in_loop(make_sandbox, 
             first_reason.setdefault(li["sku"], reasons.get(li["return_reason"], ""))
         assert {i["ItemCode"]: i["ReturnReason"] for i in ra["items"]} == first_reason
         assert sb.loop.notes_for(rid) == [
-            f"loopsync: created PeopleVox return authorization {rid} in the warehouse."]
+            f"loopsync: created PeopleVox return authorization {rid} in the warehouse."
+        ]
 
 
 def test_receipt_status_drives_loop_and_a_rerun_writes_nothing(make_sandbox, tmp_path, clock):
@@ -68,8 +76,13 @@ def test_receipt_status_drives_loop_and_a_rerun_writes_nothing(make_sandbox, tmp
     cfg = sb.merchant_config(tmp_path)
     assert sb.run_cycle(cfg).ok
     full, short, damaged, over, cancelled, untouched = ids
-    for rid, scenario in ((full, "full"), (short, "short"), (damaged, "damaged"),
-                          (over, "over"), (cancelled, "cancelled")):
+    for rid, scenario in (
+        (full, "full"),
+        (short, "short"),
+        (damaged, "damaged"),
+        (over, "over"),
+        (cancelled, "cancelled"),
+    ):
         assert sb.warehouse.receive(rid, scenario)
     clock.advance(60)
     before = len(loop_writes(sb))
@@ -90,8 +103,7 @@ def test_receipt_status_drives_loop_and_a_rerun_writes_nothing(make_sandbox, tmp
     assert cancelled_calls == [] and sb.loop.actions_for(cancelled) == []
     store = Store(cfg.state_path, clock)
     assert store.returns.get(cancelled).stage == "reported"
-    assert any(p.return_id == cancelled and "Cancelled" in p.message
-               for p in store.runs.problems())
+    assert any(p.return_id == cancelled and "Cancelled" in p.message for p in store.runs.problems())
     assert sb.loop.actions_for(untouched) == []
 
     writes = len(loop_writes(sb))
@@ -120,8 +132,10 @@ def test_grades_reach_loop_in_batches_of_at_most_20(make_sandbox, tmp_path, cloc
     assert set(grades) == {str(li["line_item_id"]) for li in big["line_items"]}
     assert {grades[line] for line in damaged} == {"grade_d"}
     assert {grade for line, grade in grades.items() if line not in damaged} == {"grade_a"}
-    assert {a["disposition_outcome"] for a in sb.loop.assessments_for(rid)} == \
-        {"recycle", "back_to_stock"}
+    assert {a["disposition_outcome"] for a in sb.loop.assessments_for(rid)} == {
+        "recycle",
+        "back_to_stock",
+    }
     assert sb.loop.actions_for(rid) == ["flag"]
 
 
@@ -155,8 +169,9 @@ def test_unmapped_destination_is_not_pushed(make_sandbox, tmp_path):
     r = sb.run_cycle(cfg)
     assert r.counts.skipped == 1 and not sb.warehouse.has_rma("6201")
     assert sb.recorder.calls("peoplevox", writes=True) == []
-    assert "destination 99 is not mapped" in \
-        Store(cfg.state_path, sb.clock).returns.get("6201").reason
+    assert (
+        "destination 99 is not mapped" in Store(cfg.state_path, sb.clock).returns.get("6201").reason
+    )
 
 
 def test_session_expiry_in_the_middle_of_a_cycle(make_sandbox, tmp_path):
@@ -168,15 +183,20 @@ def test_session_expiry_in_the_middle_of_a_cycle(make_sandbox, tmp_path):
         emu.expire_sessions()
         return emu.handle(req)
 
-    emu.faults.inject(Fault("custom", response=session_dies_now), times=1,
-                      when=saves_to("Return authorizations items"))
+    emu.faults.inject(
+        Fault("custom", response=session_dies_now),
+        times=1,
+        when=saves_to("Return authorizations items"),
+    )
     r = sb.run_cycle(sb.merchant_config(tmp_path))
     assert r.ok, r.stage_errors
     assert r.counts.pushed == 4
     assert emu.operations.count("Authenticate") == 2
     assert all(emu.rma_count(rid) == 1 for rid in ids)
-    assert all(len(emu.ra(rid)["items"]) == len({li["ItemCode"] for li in emu.ra(rid)["items"]})
-               for rid in ids)
+    assert all(
+        len(emu.ra(rid)["items"]) == len({li["ItemCode"] for li in emu.ra(rid)["items"]})
+        for rid in ids
+    )
 
 
 def test_one_rejected_row_does_not_stop_the_batch(make_sandbox, tmp_path):
@@ -207,8 +227,7 @@ def test_lost_save_answer_then_rerun_creates_no_second_ra(make_sandbox, tmp_path
     assert second.ok, second.stage_errors
     assert sb.warehouse.rma_count(rid) == 1
     units = Counter(li["sku"] for li in raw["line_items"])
-    assert {i["ItemCode"]: int(i["Quantity"]) for i in sb.warehouse.ra(rid)["items"]} == \
-        dict(units)
+    assert {i["ItemCode"]: int(i["Quantity"]) for i in sb.warehouse.ra(rid)["items"]} == dict(units)
     assert len(sb.loop.notes_for(rid)) == 1
 
 

@@ -37,8 +37,14 @@ def test_every_effect_kind_but_create_has_one_registered_class_of_that_kind():
 
 
 def test_effect_kinds_are_the_ledger_strings():
-    assert [k.value for k in EffectKind] == ["create_rma", "note", "process", "flag", "grade",
-                                             "assess"]
+    assert [k.value for k in EffectKind] == [
+        "create_rma",
+        "note",
+        "process",
+        "flag",
+        "grade",
+        "assess",
+    ]
     assert EffectKind.NOTE == "note"
 
 
@@ -46,11 +52,11 @@ def test_a_kind_this_version_does_not_know_fails_rather_than_being_guessed():
     assert isinstance(effect_type("refund"), UnknownKind)
 
 
-def test_a_ledger_row_of_an_unknown_kind_fails_with_a_problem_row_and_the_act_stage_goes_on(
-        world):
+def test_a_ledger_row_of_an_unknown_kind_fails_with_a_problem_row_and_the_act_stage_goes_on(world):
     world.store.conn.execute(
         "insert into effects (key, return_id, kind, status, attempts, created_at, updated_at) "
-        "values ('refund:101', '101', 'refund', 'pending', 0, 'x', 'x')")
+        "values ('refund:101', '101', 'refund', 'pending', 0, 'x', 'x')"
+    )
     world.act()
     assert world.store.ledger.get("refund:101").status is EffectStatus.FAILED
     (problem,) = world.store.runs.problems()
@@ -89,9 +95,15 @@ def world(tmp_path):
     raw = loop_return("101")
     with store.atomic():
         ret = LoopReturn.from_api(raw)
-        store.returns.upsert(ret.id, raw, state=ret.state, updated_at=ret.updated_at,
-                             created_at=ret.created_at, destination_id=ret.destination_id,
-                             order_name=ret.order_name)
+        store.returns.upsert(
+            ret.id,
+            raw,
+            state=ret.state,
+            updated_at=ret.updated_at,
+            created_at=ret.created_at,
+            destination_id=ret.destination_id,
+            order_name=ret.order_name,
+        )
     eng = Engine(merchant_config(tmp_path), store, Raising(), Raise(), clock=clock, run_id="r")
     yield eng
     store.close()
@@ -104,14 +116,17 @@ def _grade(eng, error):
     return call_under_ledger(eng.ctx, EFFECTS[EffectKind.GRADE], effect)
 
 
-@pytest.mark.parametrize(("error", "status", "raised"), [
-    (None, EffectStatus.SUCCEEDED, None),
-    (StateConflict("loop", "Return is closed"), EffectStatus.SETTLED, None),
-    (OutcomeUnknown("loop", "answer lost"), EffectStatus.INTENT, OutcomeUnknown),
-    (AuthError("loop", "401"), EffectStatus.PENDING, AuthError),
-    (ErrorBody("loop", "no such item"), EffectStatus.FAILED, None),
-    (TransientError("loop", "reset before sending"), EffectStatus.PENDING, TransientError),
-])
+@pytest.mark.parametrize(
+    ("error", "status", "raised"),
+    [
+        (None, EffectStatus.SUCCEEDED, None),
+        (StateConflict("loop", "Return is closed"), EffectStatus.SETTLED, None),
+        (OutcomeUnknown("loop", "answer lost"), EffectStatus.INTENT, OutcomeUnknown),
+        (AuthError("loop", "401"), EffectStatus.PENDING, AuthError),
+        (ErrorBody("loop", "no such item"), EffectStatus.FAILED, None),
+        (TransientError("loop", "reset before sending"), EffectStatus.PENDING, TransientError),
+    ],
+)
 def test_a_loop_effects_answer_moves_the_ledger_as_the_table_says(world, error, status, raised):
     if raised is None:
         assert _grade(world, error) is True
@@ -130,18 +145,27 @@ def _create(eng, error, found=None):
     return call_under_ledger(eng.ctx, CreateRma(req, {}), effect)
 
 
-@pytest.mark.parametrize(("error", "status", "stage", "raised"), [
-    # No answer yet settles a create: the push stage links it and settles it as succeeded.
-    (None, EffectStatus.INTENT, Stage.PUSHING, None),
-    (OutcomeUnknown("wh", "answer lost"), EffectStatus.INTENT, Stage.PUSHING, OutcomeUnknown),
-    # An error body may have created it: the outcome is unknown.
-    (ErrorBody("wh", "unexpected"), EffectStatus.INTENT, Stage.PUSHING, ErrorBody),
-    (AuthError("wh", "401"), EffectStatus.PENDING, Stage.NEW, AuthError),
-    (TransientError("wh", "reset before sending"), EffectStatus.PENDING, Stage.NEW, TransientError),
-    (Rejected("wh", "SKU not on order"), EffectStatus.FAILED, Stage.REJECTED, None),
-])
+@pytest.mark.parametrize(
+    ("error", "status", "stage", "raised"),
+    [
+        # No answer yet settles a create: the push stage links it and settles it as succeeded.
+        (None, EffectStatus.INTENT, Stage.PUSHING, None),
+        (OutcomeUnknown("wh", "answer lost"), EffectStatus.INTENT, Stage.PUSHING, OutcomeUnknown),
+        # An error body may have created it: the outcome is unknown.
+        (ErrorBody("wh", "unexpected"), EffectStatus.INTENT, Stage.PUSHING, ErrorBody),
+        (AuthError("wh", "401"), EffectStatus.PENDING, Stage.NEW, AuthError),
+        (
+            TransientError("wh", "reset before sending"),
+            EffectStatus.PENDING,
+            Stage.NEW,
+            TransientError,
+        ),
+        (Rejected("wh", "SKU not on order"), EffectStatus.FAILED, Stage.REJECTED, None),
+    ],
+)
 def test_a_creates_answer_moves_the_ledger_and_the_stage_as_the_table_says(
-        world, error, status, stage, raised):
+    world, error, status, stage, raised
+):
     if raised is None:
         _create(world, error)
     else:
@@ -160,10 +184,12 @@ def test_a_refused_create_that_did_create_is_found_not_rejected(world):
 def test_a_dry_run_plans_the_call_and_writes_no_ledger_row(tmp_path):
     clock = FakeClock("2026-05-02T00:00:00Z")
     store = Store(tmp_path / "s.sqlite", clock)
-    eng = Engine(merchant_config(tmp_path), store, Raising(), Raise(), clock=clock,
-                 run_id="r", dry_run=True)
-    effect = dataclasses.replace(first_attempt("note_rma:101", "101", EffectKind.NOTE),
-                                 payload={"text": "hi"})
+    eng = Engine(
+        merchant_config(tmp_path), store, Raising(), Raise(), clock=clock, run_id="r", dry_run=True
+    )
+    effect = dataclasses.replace(
+        first_attempt("note_rma:101", "101", EffectKind.NOTE), payload={"text": "hi"}
+    )
     assert call_under_ledger(eng.ctx, EFFECTS[EffectKind.NOTE], effect) is True
     assert eng.result.planned == ["return 101: would add the note 'hi'"]
     assert store.ledger.get("note_rma:101") is None

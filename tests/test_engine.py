@@ -24,11 +24,22 @@ class World:
 
     def cycle(self, *, dry_run=False, stop=None):
         self.runs += 1
-        store = Store(":memory:" if dry_run else self.cfg.state_path, self.clock,
-                      memory_copy_of=self.cfg.state_path if dry_run else None)
+        store = Store(
+            ":memory:" if dry_run else self.cfg.state_path,
+            self.clock,
+            memory_copy_of=self.cfg.state_path if dry_run else None,
+        )
         try:
-            engine = Engine(self.cfg, store, self.loop, self.wh, clock=self.clock,
-                            run_id=f"r{self.runs}", stop=stop, dry_run=dry_run)
+            engine = Engine(
+                self.cfg,
+                store,
+                self.loop,
+                self.wh,
+                clock=self.clock,
+                run_id=f"r{self.runs}",
+                stop=stop,
+                dry_run=dry_run,
+            )
             return engine.run_cycle()
         finally:
             store.close()
@@ -90,7 +101,8 @@ def test_lost_process_answer_with_loop_still_open_waits_then_repeats(tmp_path):
     w.wh.finish("101")
     w.loop.lose_answer.add("process")
     w.loop.process = lambda rid: (_ for _ in ()).throw(
-        __import__("loopsync.errors", fromlist=["x"]).OutcomeUnknown("loop", "lost"))
+        __import__("loopsync.errors", fromlist=["x"]).OutcomeUnknown("loop", "lost")
+    )
     w.cycle()  # the call never landed, Loop still shows open
     del w.loop.process
     w.cycle()  # within the settle time: wait, do not repeat
@@ -298,8 +310,7 @@ def test_crash_around_flag_fires_once(tmp_path, crash_at):
 def test_broken_pagination_keeps_the_window_open_and_other_states_go_on(tmp_path):
     from loopsync.loop_client import PaginationStopped
 
-    returns = [loop_return(str(i)) for i in range(101, 107)] + \
-        [loop_return("201", state="closed")]
+    returns = [loop_return(str(i)) for i in range(101, 107)] + [loop_return("201", state="closed")]
     w = World(tmp_path, returns, states=("open", "closed"))
     real_iter = w.loop.iter_returns
     broken = {"open": 2}  # the open pass breaks off after its first page, twice

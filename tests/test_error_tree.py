@@ -19,19 +19,31 @@ def _modules():
 
 
 def test_no_module_but_errors_defines_an_exception():
-    outside = sorted(f"{module.__name__}.{name}" for module in _modules()
-                     for name, obj in vars(module).items()
-                     if inspect.isclass(obj) and issubclass(obj, BaseException)
-                     and obj.__module__ == module.__name__ and module is not errors)
+    outside = sorted(
+        f"{module.__name__}.{name}"
+        for module in _modules()
+        for name, obj in vars(module).items()
+        if inspect.isclass(obj)
+        and issubclass(obj, BaseException)
+        and obj.__module__ == module.__name__
+        and module is not errors
+    )
     assert [name for name in outside if name not in INTERNAL] == []
 
 
 def test_every_error_class_is_drawn_in_the_tree():
     drawing = errors.__doc__ or ""
-    classes = [obj for obj in vars(errors).values()
-               if inspect.isclass(obj) and issubclass(obj, BaseException)
-               and obj.__module__ == errors.__name__]
+    classes = [
+        obj
+        for obj in vars(errors).values()
+        if inspect.isclass(obj)
+        and issubclass(obj, BaseException)
+        and obj.__module__ == errors.__name__
+    ]
     assert classes
-    missing = [cls.__name__ for cls in classes
-               if cls is not errors.LoopsyncError and cls.__name__ not in drawing]
+    missing = [
+        cls.__name__
+        for cls in classes
+        if cls is not errors.LoopsyncError and cls.__name__ not in drawing
+    ]
     assert missing == []

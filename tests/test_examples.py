@@ -8,9 +8,19 @@ from loopsync.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml")) + [ROOT / "config.example.yaml"]
-ENV = {name: f"value-of-{name.lower()}" for name in (
-    "LOOP_API_KEY", "SHIPHERO_REFRESH_TOKEN", "SHIPHERO_ACCESS_TOKEN", "PEOPLEVOX_PASSWORD",
-    "XORO_API_KEY", "XORO_API_SECRET", "THREEPL_TOKEN", "THREEPL_SIGNING_SECRET")}
+ENV = {
+    name: f"value-of-{name.lower()}"
+    for name in (
+        "LOOP_API_KEY",
+        "SHIPHERO_REFRESH_TOKEN",
+        "SHIPHERO_ACCESS_TOKEN",
+        "PEOPLEVOX_PASSWORD",
+        "XORO_API_KEY",
+        "XORO_API_SECRET",
+        "THREEPL_TOKEN",
+        "THREEPL_SIGNING_SECRET",
+    )
+}
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])

@@ -13,8 +13,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from loopsync.connectors.generic.mapping import (FORMULA_START, neutralise, parse_receipt_file,
-                                                  rma_csv, rma_record, unneutralise)
+from loopsync.connectors.generic.mapping import (
+    FORMULA_START,
+    neutralise,
+    parse_receipt_file,
+    rma_csv,
+    rma_record,
+    unneutralise,
+)
 from loopsync.connectors.generic.wire_folder import FolderTransport
 from loopsync.errors import LockHeld, Rejected, StateUnwritable, TransientError
 from loopsync.sandbox.generic import GenericEmulator
@@ -59,8 +65,10 @@ def test_link_in_inbox_is_neither_read_nor_quoted(share, clock, victim):
     text = " ".join(result.problems) + " ".join(result.errors.values())
     assert "evil.csv" in text and "symbolic link" in text
     assert SECRET_TEXT not in text and str(victim) not in text
-    assert ref.return_id not in result.statuses or result.statuses[ref.return_id].items[0] \
-        .received == 0
+    assert (
+        ref.return_id not in result.statuses
+        or result.statuses[ref.return_id].items[0].received == 0
+    )
     assert (inbox / "evil.csv").is_symlink() and victim.read_text().count(SECRET_TEXT) == 1
 
 
@@ -92,8 +100,9 @@ def test_link_at_reason_file_name_is_not_written_through(share, clock, victim):
     assert not reason.is_symlink() and "quantity" in reason.read_text()
 
 
-def test_reason_file_link_planted_during_the_move_is_not_written_through(share, clock, victim,
-                                                                         monkeypatch):
+def test_reason_file_link_planted_during_the_move_is_not_written_through(
+    share, clock, victim, monkeypatch
+):
     from loopsync import safefiles
 
     inbox, _, _, rejected = folders(share)
@@ -119,7 +128,8 @@ def test_link_at_archive_name_is_not_written_through(share, clock, victim):
     archive.mkdir(exist_ok=True)
     (archive / "good.csv").symlink_to(victim)
     (inbox / "good.csv").write_text(
-        f"rma_number,sku,quantity,condition,receipt_id\n{ref.rma_id},X,0,available,R1\n")
+        f"rma_number,sku,quantity,condition,receipt_id\n{ref.rma_id},X,0,available,R1\n"
+    )
     statuses(conn, [ref])
     assert victim.read_bytes() == before and (archive / "good.csv").is_symlink()
     assert (archive / "good.1.csv").is_file() and not (inbox / "good.csv").exists()
@@ -134,7 +144,8 @@ def test_archive_folder_swapped_for_a_link_is_not_followed(share, clock, tmp_pat
         archive.rmdir()
     archive.symlink_to(elsewhere, target_is_directory=True)
     (inbox / "good.csv").write_text(
-        f"rma_number,sku,quantity,condition,receipt_id\n{ref.rma_id},X,0,available,R1\n")
+        f"rma_number,sku,quantity,condition,receipt_id\n{ref.rma_id},X,0,available,R1\n"
+    )
     statuses(conn, [ref])
     assert list(elsewhere.iterdir()) == [] and (inbox / "good.csv").is_file()
 
@@ -152,8 +163,9 @@ def test_link_at_outbox_name_is_refused_not_written_through(share, clock, victim
     assert [p.name for p in outbox.iterdir()] == [f"{req.ret.id}.csv"]  # no temp left
 
 
-@pytest.mark.parametrize("number", ["../escaped", "..", "a/b", ".hidden", "x\x00y", "x\ny",
-                                    "..\\win", "/etc/passwd"])
+@pytest.mark.parametrize(
+    "number", ["../escaped", "..", "a/b", ".hidden", "x\x00y", "x\ny", "..\\win", "/etc/passwd"]
+)
 def test_rma_number_that_is_not_a_plain_file_name_is_refused(share, clock, tmp_path, number):
     record = rma_record(request())
     record["rma_number"] = number
@@ -187,8 +199,9 @@ def test_rma_csv_neutralises_formulas_and_keeps_quantities_numeric(share, clock)
 
 
 def test_receipt_file_reads_an_echoed_neutralised_cell_back():
-    lines = parse_receipt_file(b"rma_number,sku,quantity,condition,receipt_id\n"
-                               b"1001,'-TEE,2,available,R1\n")
+    lines = parse_receipt_file(
+        b"rma_number,sku,quantity,condition,receipt_id\n1001,'-TEE,2,available,R1\n"
+    )
     assert lines[0].sku == "-TEE" and lines[0].quantity == 2
 
 
@@ -209,8 +222,11 @@ def test_two_paths_to_one_state_file_share_one_lock(tmp_path):
     (tmp_path / "alias").symlink_to(real.parent, target_is_directory=True)
     (tmp_path / "link.db").symlink_to(real)
     with MerchantLock(real):
-        for other in (tmp_path / "alias" / "merchant.db", tmp_path / "link.db",
-                      tmp_path / "state" / ".." / "state" / "merchant.db"):
+        for other in (
+            tmp_path / "alias" / "merchant.db",
+            tmp_path / "link.db",
+            tmp_path / "state" / ".." / "state" / "merchant.db",
+        ):
             with pytest.raises(LockHeld):
                 MerchantLock(other).acquire()
 
@@ -229,7 +245,8 @@ def test_files_loopsync_writes_are_regular_files_inside_the_share(share, clock):
     conn, ref = delivered(share, clock)
     (inbox / "bad.csv").write_text("rma_number,sku,quantity,condition\n1,A,x,available\n")
     (inbox / "good.csv").write_text(
-        f"rma_number,sku,quantity,condition,receipt_id\n{ref.rma_id},X,0,available,R1\n")
+        f"rma_number,sku,quantity,condition,receipt_id\n{ref.rma_id},X,0,available,R1\n"
+    )
     statuses(conn, [ref])
     for folder in (outbox, archive, rejected):
         for p in folder.iterdir():
@@ -253,8 +270,9 @@ def test_moves_never_overwrite_even_without_renameat2(share, clock, victim, monk
     test_link_at_archive_name_is_not_written_through(share, clock, victim)
 
 
-def test_configured_folder_that_is_a_link_is_a_config_error_naming_the_real_path(share, clock,
-                                                                                 tmp_path):
+def test_configured_folder_that_is_a_link_is_a_config_error_naming_the_real_path(
+    share, clock, tmp_path
+):
     from loopsync.errors import ConfigError
 
     real = tmp_path / "real-inbox"
@@ -285,13 +303,23 @@ def test_any_name_safe_name_accepts_stays_inside_its_folder(name):
 
 
 @settings(max_examples=50, deadline=None)
-@given(st.lists(st.lists(st.sampled_from(["1001", "'-TEE", "=1+1", "x", "", "-3", "2",
-                                          "available", "'", "\ud800", "ä"]),
-                         min_size=4, max_size=6), max_size=4),
-       st.binary(max_size=20))
+@given(
+    st.lists(
+        st.lists(
+            st.sampled_from(
+                ["1001", "'-TEE", "=1+1", "x", "", "-3", "2", "available", "'", "\ud800", "ä"]
+            ),
+            min_size=4,
+            max_size=6,
+        ),
+        max_size=4,
+    ),
+    st.binary(max_size=20),
+)
 def test_any_receipt_file_gives_lines_or_value_error(rows, noise):
     text = "rma_number,sku,quantity,condition,receipt_id\n" + "\n".join(
-        ",".join(row) for row in rows)
+        ",".join(row) for row in rows
+    )
     data = text.encode("utf-8", "surrogatepass") + noise
     try:
         lines = parse_receipt_file(data)

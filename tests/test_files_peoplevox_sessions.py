@@ -17,15 +17,25 @@ from loopsync.errors import InvalidSession, RemoteError
 from loopsync.http import HttpResult
 from loopsync.sandbox.peoplevox import soap_fault
 from loopsync.sandbox.server import Fault, Recorder, Request, text_response
-from tests.test_peoplevox_connector import (_created, connected, emu, fake_clock,  # noqa: F401
-                                            is_save_to, make_connector, ops, push_request)
+from tests.test_peoplevox_connector import (
+    _created,
+    connected,
+    emu,
+    fake_clock,  # noqa: F401
+    is_save_to,
+    make_connector,
+    ops,
+    push_request,
+)
 
 
 def _dies_then(emu, answer):  # noqa: F811
     """A fault that ends every session, then answers `answer(request)`."""
+
     def respond(request: Request):
         emu.expire_sessions()
         return answer(request)
+
     return Fault("custom", response=respond)
 
 
@@ -40,14 +50,15 @@ def test_invalid_session_as_soap_fault_under_500_logs_in_again(emu, fake_clock):
     assert ops(emu, "Authenticate") == 2
 
 
-def test_write_refused_by_a_session_fault_is_repeated_once_after_login(emu,  # noqa: F811
-                                                                      fake_clock):  # noqa: F811
+def test_write_refused_by_a_session_fault_is_repeated_once_after_login(
+    emu,  # noqa: F811
+    fake_clock,
+):  # noqa: F811
     raw, con = connected(emu, fake_clock)
     req = push_request(raw)
     located = con.locate(req)
     emu.session_fault = True
-    emu.faults.inject(_dies_then(emu, emu.handle),
-                      when=is_save_to("Return authorizations items"))
+    emu.faults.inject(_dies_then(emu, emu.handle), when=is_save_to("Return authorizations items"))
     con.create_rma(req, located)
     assert ops(emu, "Authenticate") == 2
     assert len(emu.ra("501")["items"]) == 1 and emu.rma_count("501") == 1
@@ -57,20 +68,29 @@ def test_invalid_session_in_a_plain_500_page_logs_in_again(emu, fake_clock):  # 
     raw, con = connected(emu, fake_clock)
     req = push_request(raw)
     con.locate(req)
-    emu.faults.inject(_dies_then(emu, lambda r: text_response(
-        "<html><body>Server Error: Invalid Session</body></html>", 500, "text/html")))
+    emu.faults.inject(
+        _dies_then(
+            emu,
+            lambda r: text_response(
+                "<html><body>Server Error: Invalid Session</body></html>", 500, "text/html"
+            ),
+        )
+    )
     assert con.locate(req)["sales_order_number"]
     assert ops(emu, "Authenticate") == 2
 
 
-@pytest.mark.parametrize("wording", ["Invalid Session", "Session has expired",
-                                     "INVALID SESSION ID", "Session timed out"])
+@pytest.mark.parametrize(
+    "wording", ["Invalid Session", "Session has expired", "INVALID SESSION ID", "Session timed out"]
+)
 def test_dead_session_wordings_in_either_form_are_invalid_session(wording):
-    assert isinstance(fault_error(SoapFault("soap:Server", wording), idempotent=True),
-                      InvalidSession)
+    assert isinstance(
+        fault_error(SoapFault("soap:Server", wording), idempotent=True), InvalidSession
+    )
     envelope = soap_fault("Server", wording).body.decode()
-    assert isinstance(fault_error(SoapFault("soap:Server", wording), idempotent=False),
-                      InvalidSession)
+    assert isinstance(
+        fault_error(SoapFault("soap:Server", wording), idempotent=False), InvalidSession
+    )
     answer = HttpResult(200, {}, _error_answer("GetData", wording), None)
     with pytest.raises(InvalidSession):
         read_answer(answer, "GetData", idempotent=True, throttle_wait=1)
@@ -78,11 +98,13 @@ def test_dead_session_wordings_in_either_form_are_invalid_session(wording):
 
 
 def _error_answer(operation: str, detail: str) -> str:
-    return ('<?xml version="1.0" encoding="utf-8"?><soap:Envelope xmlns:soap='
-            '"http://schemas.xmlsoap.org/soap/envelope/"><soap:Body>'
-            f'<{operation}Response xmlns="{PVX_NS}"><{operation}Result><ResponseId>-1'
-            f'</ResponseId><TotalCount>0</TotalCount><Detail>{detail}</Detail>'
-            f'</{operation}Result></{operation}Response></soap:Body></soap:Envelope>')
+    return (
+        '<?xml version="1.0" encoding="utf-8"?><soap:Envelope xmlns:soap='
+        '"http://schemas.xmlsoap.org/soap/envelope/"><soap:Body>'
+        f'<{operation}Response xmlns="{PVX_NS}"><{operation}Result><ResponseId>-1'
+        f"</ResponseId><TotalCount>0</TotalCount><Detail>{detail}</Detail>"
+        f"</{operation}Result></{operation}Response></soap:Body></soap:Envelope>"
+    )
 
 
 def _report_filters(recorder):
@@ -102,8 +124,7 @@ def test_report_read_sends_filterclause_not_searchclause(emu, fake_clock):  # no
     emu.receive("901", "full")
     con.poll([ref])
     sent = _report_filters(emu.recorder)
-    assert sent and all("FilterClause" in names and "SearchClause" not in names
-                        for names in sent)
+    assert sent and all("FilterClause" in names and "SearchClause" not in names for names in sent)
 
 
 def test_poll_is_correct_when_the_report_filter_is_ignored(emu, fake_clock):  # noqa: F811
@@ -133,19 +154,22 @@ def test_poll_is_correct_when_the_report_filter_is_ignored(emu, fake_clock):  # 
 
 
 @settings(max_examples=50, deadline=None)
-@given(st.text(max_size=40), st.sampled_from(["soap:Server", "soap:Client", "x"]),
-       st.booleans())
+@given(st.text(max_size=40), st.sampled_from(["soap:Server", "soap:Client", "x"]), st.booleans())
 def test_any_fault_is_a_remote_error_and_a_dead_session_always_invalid_session(
-        message, code, idempotent):
+    message, code, idempotent
+):
     dead = fault_error(SoapFault(code, message + " Invalid Session"), idempotent=idempotent)
     assert isinstance(dead, InvalidSession)
-    assert isinstance(fault_error(SoapFault(code, message), idempotent=idempotent),
-                      RemoteError)
+    assert isinstance(fault_error(SoapFault(code, message), idempotent=idempotent), RemoteError)
 
 
 def _answer_error(operation: str, detail: str) -> Fault:
-    return Fault("custom", response=lambda r: text_response(
-        _error_answer(operation, detail), 200, "text/xml; charset=utf-8"))
+    return Fault(
+        "custom",
+        response=lambda r: text_response(
+            _error_answer(operation, detail), 200, "text/xml; charset=utf-8"
+        ),
+    )
 
 
 def _reads_ra(number: str):
@@ -157,8 +181,9 @@ def test_transient_error_answer_under_200_is_retried(emu, fake_clock):  # noqa: 
     ref = _created(emu, con, "931")
     emu.receive("931", "full")
     before = ops(emu, "GetReportData")
-    emu.faults.inject(_answer_error("GetReportData", "Timeout expired. The timeout period "
-                                                     "elapsed"), times=2)
+    emu.faults.inject(
+        _answer_error("GetReportData", "Timeout expired. The timeout period elapsed"), times=2
+    )
     assert con.poll([ref]).statuses["931"].status == "Completed"
     assert ops(emu, "GetReportData") - before == 1  # the two faults never reached it
 
@@ -169,8 +194,11 @@ def test_one_failed_report_read_holds_back_only_its_own_ras(emu, fake_clock):  #
     refs = [_created(emu, con, rid) for rid in ("941", "942", "943")]
     for rid in ("941", "942", "943"):
         emu.receive(rid, "full")
-    emu.faults.inject(_answer_error("GetReportData", "Object reference not set"),
-                      times=10**6, when=_reads_ra("942"))
+    emu.faults.inject(
+        _answer_error("GetReportData", "Object reference not set"),
+        times=10**6,
+        when=_reads_ra("942"),
+    )
     result = con.poll(refs)
     assert set(result.statuses) == {"941", "943"}
     assert "942" in result.errors and "not read this cycle" in result.errors["942"]
@@ -181,6 +209,7 @@ def test_one_failed_report_read_holds_back_only_its_own_ras(emu, fake_clock):  #
 
 def test_transient_error_answer_to_a_write_is_an_unknown_outcome():
     from loopsync.errors import OutcomeUnknown, TransientError
+
     answer = HttpResult(200, {}, _error_answer("SaveData", "Deadlock victim; try again"), None)
     with pytest.raises(OutcomeUnknown):
         read_answer(answer, "SaveData", idempotent=False, throttle_wait=1)
@@ -190,7 +219,8 @@ def test_transient_error_answer_to_a_write_is_an_unknown_outcome():
 
 
 def test_a_session_that_dies_again_right_after_login_is_passing_trouble_not_a_refusal(
-        emu, fake_clock):  # noqa: F811
+    emu, fake_clock
+):  # noqa: F811
     """Found by the soak: two session faults in a row made the second login's session
     "refused", an AuthError, and the merchant backed off for 5 minutes although the login
     had just succeeded. The credentials are good: it is transient, tried next cycle."""
@@ -200,8 +230,9 @@ def test_a_session_that_dies_again_right_after_login_is_passing_trouble_not_a_re
     req = push_request(raw)
     con.locate(req)
     emu.expire_sessions()
-    emu.faults.inject(_dies_then(emu, emu.handle), times=2,
-                      when=lambda r: b"Authenticate" not in r.body)
+    emu.faults.inject(
+        _dies_then(emu, emu.handle), times=2, when=lambda r: b"Authenticate" not in r.body
+    )
     with pytest.raises(TransientError) as err:
         con.locate(req)
     assert not isinstance(err.value, AuthError)
@@ -209,7 +240,8 @@ def test_a_session_that_dies_again_right_after_login_is_passing_trouble_not_a_re
 
 
 def test_a_login_answered_invalid_session_is_transient_and_a_wrong_password_is_refused(
-        emu, fake_clock):  # noqa: F811
+    emu, fake_clock
+):  # noqa: F811
     """Found by the soak: "Invalid Session" answered to Authenticate itself was taken as
     credentials refused (5 minutes of backoff). Only a refusal of the login is that."""
     from loopsync.errors import AuthError, TransientError
@@ -218,14 +250,24 @@ def test_a_login_answered_invalid_session_is_transient_and_a_wrong_password_is_r
     raw, con = connected(emu, fake_clock)
     req = push_request(raw)
     emu.expire_sessions()
-    emu.faults.inject(Fault("custom", response=lambda r: pvx._result(
-        "Authenticate", detail="Invalid Session", ok=False)),
-        when=lambda r: b"Authenticate" in r.body)
+    emu.faults.inject(
+        Fault(
+            "custom",
+            response=lambda r: pvx._result("Authenticate", detail="Invalid Session", ok=False),
+        ),
+        when=lambda r: b"Authenticate" in r.body,
+    )
     with pytest.raises(TransientError) as err:
         con.locate(req)
     assert not isinstance(err.value, AuthError)
-    emu.faults.inject(Fault("custom", response=lambda r: pvx._result(
-        "Authenticate", detail="Invalid username or password", ok=False)),
-        when=lambda r: b"Authenticate" in r.body)
+    emu.faults.inject(
+        Fault(
+            "custom",
+            response=lambda r: pvx._result(
+                "Authenticate", detail="Invalid username or password", ok=False
+            ),
+        ),
+        when=lambda r: b"Authenticate" in r.body,
+    )
     with pytest.raises(AuthError):
         con.locate(req)

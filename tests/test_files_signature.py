@@ -24,8 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _receiver():
-    spec = importlib.util.spec_from_file_location("verify_signature",
-                                                  ROOT / "examples" / "verify_signature.py")
+    spec = importlib.util.spec_from_file_location(
+        "verify_signature", ROOT / "examples" / "verify_signature.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -53,8 +54,7 @@ def test_example_receiver_verifies_exactly_what_the_connector_sends(threepl, clo
     deliver(http_connector(threepl, clock), request())
     post, headers = _sent(threepl)
     secret = threepl.signing_secret.encode()
-    assert verify(secret, "POST", "/rmas", headers, post.body,
-                  now=clock.now().timestamp()) is None
+    assert verify(secret, "POST", "/rmas", headers, post.body, now=clock.now().timestamp()) is None
     assert threepl.bad_signatures == []
 
 
@@ -62,8 +62,10 @@ def test_receiver_refuses_a_replay_with_an_old_timestamp(threepl, clock):
     deliver(http_connector(threepl, clock), request())
     post, headers = _sent(threepl)
     later = clock.now().timestamp() + 301
-    assert verify(threepl.signing_secret.encode(), "POST", "/rmas", headers, post.body,
-                  now=later) is not None
+    assert (
+        verify(threepl.signing_secret.encode(), "POST", "/rmas", headers, post.body, now=later)
+        is not None
+    )
 
 
 def test_receiver_refuses_tampered_body_path_method_or_timestamp(threepl, clock):
@@ -84,11 +86,20 @@ def test_receiver_refuses_tampered_body_path_method_or_timestamp(threepl, clock)
 def test_body_only_signature_of_the_old_scheme_is_refused(threepl, clock):
     deliver(http_connector(threepl, clock), request())
     post, headers = _sent(threepl)
-    old = "sha256=" + hmac.new(threepl.signing_secret.encode(), post.body,
-                               hashlib.sha256).hexdigest()
-    assert verify(threepl.signing_secret.encode(), "POST", "/rmas",
-                  {**headers, "X-Loopsync-Signature": old}, post.body,
-                  now=clock.now().timestamp()) is not None
+    old = (
+        "sha256=" + hmac.new(threepl.signing_secret.encode(), post.body, hashlib.sha256).hexdigest()
+    )
+    assert (
+        verify(
+            threepl.signing_secret.encode(),
+            "POST",
+            "/rmas",
+            {**headers, "X-Loopsync-Signature": old},
+            post.body,
+            now=clock.now().timestamp(),
+        )
+        is not None
+    )
 
 
 def test_sandbox_3pl_refuses_a_captured_post_replayed_later(threepl, clock):
@@ -97,9 +108,12 @@ def test_sandbox_3pl_refuses_a_captured_post_replayed_later(threepl, clock):
     post, headers = _sent(threepl)
     del threepl.rmas[req.ret.id]
     clock.advance(600)
-    replay = {k: v for k, v in headers.items()
-              if k.lower() in ("x-api-key", "x-loopsync-timestamp", "x-loopsync-signature",
-                               "content-type")}
+    replay = {
+        k: v
+        for k, v in headers.items()
+        if k.lower()
+        in ("x-api-key", "x-loopsync-timestamp", "x-loopsync-signature", "content-type")
+    }
     answer = requests.post(f"{threepl.url}/rmas", data=post.body, headers=replay, timeout=10)
     assert answer.status_code == 401 and "stale" in answer.json()["error"]
     assert req.ret.id not in threepl.rmas
@@ -122,8 +136,7 @@ def test_signature_covers_the_query_of_rma_url(threepl, clock):
     post, headers = _sent(threepl)
     secret, now = threepl.signing_secret.encode(), clock.now().timestamp()
     assert threepl.bad_signatures == []
-    assert verify(secret, "POST", "/rmas?tenant=acme%20east", headers, post.body,
-                  now=now) is None
+    assert verify(secret, "POST", "/rmas?tenant=acme%20east", headers, post.body, now=now) is None
     assert verify(secret, "POST", "/rmas", headers, post.body, now=now) is not None
 
 
@@ -134,17 +147,23 @@ def test_request_target_is_the_request_line_path():
 
 
 @settings(max_examples=40, deadline=None)
-@given(body=st.binary(max_size=200), stamp=st.integers(min_value=0, max_value=10**10),
-       path=st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1,
-                    max_size=40).map(lambda p: "/" + p),
-       flip=st.integers(min_value=0))
+@given(
+    body=st.binary(max_size=200),
+    stamp=st.integers(min_value=0, max_value=10**10),
+    path=st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=40).map(
+        lambda p: "/" + p
+    ),
+    flip=st.integers(min_value=0),
+)
 def test_any_signed_request_verifies_and_any_changed_byte_does_not(body, stamp, path, flip):
     secret = "a-shared-signing-secret"
-    headers = {"X-Loopsync-Timestamp": str(stamp),
-               "X-Loopsync-Signature": sign(secret, str(stamp), "post", path, body)}
+    headers = {
+        "X-Loopsync-Timestamp": str(stamp),
+        "X-Loopsync-Signature": sign(secret, str(stamp), "post", path, body),
+    }
     assert verify(secret.encode(), "POST", path, headers, body, now=stamp) is None
     assert canonical_string(str(stamp), "post", path, body).endswith(b"\n" + body)
     if body:
         i = flip % len(body)
-        changed = body[:i] + bytes([body[i] ^ 1]) + body[i + 1:]
+        changed = body[:i] + bytes([body[i] ^ 1]) + body[i + 1 :]
         assert verify(secret.encode(), "POST", path, headers, changed, now=stamp) is not None

@@ -10,14 +10,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from loopsync.connectors.xoro.wire import check_envelope
-from loopsync.errors import (AuthError, ErrorBody, RateLimited, TransientError, XoroBusy,
-                             XoroRefused)
+from loopsync.errors import AuthError, ErrorBody, RateLimited, TransientError, XoroBusy, XoroRefused
 from loopsync.http import HttpResult
 from loopsync.sandbox.server import Fault
 from tests.test_xoro import connector, imported_return, linked, request, xoro  # noqa: F401
 
-BUSY = {"Result": False, "Message": "An error has occurred. Please try again later.",
-        "Data": None}
+BUSY = {"Result": False, "Message": "An error has occurred. Please try again later.", "Data": None}
 
 
 def every_nth(n, path="getasn"):
@@ -30,17 +28,20 @@ def every_nth(n, path="getasn"):
             return False
         with lock:
             return next(count) % n == 0
+
     return when
 
 
 def test_intermittent_result_false_one_in_eight_still_acts_on_every_closed_asn(
-        make_sandbox, tmp_path, clock):
+    make_sandbox, tmp_path, clock
+):
     sb = make_sandbox("xoro")
     sb.warehouse.page_size = 2  # 16 ASNs: an 8-page listing, so every listing meets errors
     ids = [str(r["id"]) for r in sb.seed(16, states_weights=[("open", 1)])]
     cfg = sb.merchant_config(tmp_path)
-    sb.warehouse.faults.inject(Fault("status", status=200, body=BUSY), times=10**6,
-                               when=every_nth(8))
+    sb.warehouse.faults.inject(
+        Fault("status", status=200, body=BUSY), times=10**6, when=every_nth(8)
+    )
     for _ in range(2):
         clock.advance(60)
         sb.run_cycle(cfg)
@@ -67,8 +68,11 @@ def test_listing_failing_on_a_later_page_still_decides_the_asns_read(xoro, clock
     xoro.page_size = 2
     conn = connector(xoro, clock)
     refs = linked(xoro, clock, conn, 52394100, 6)
-    xoro.faults.inject(Fault("status", status=200, body=BUSY), times=10**6,
-                       when=lambda req: req.query.get("page") == "3")
+    xoro.faults.inject(
+        Fault("status", status=200, body=BUSY),
+        times=10**6,
+        when=lambda req: req.query.get("page") == "3",
+    )
     result = conn.poll(refs)
     assert len(result.statuses) == 4  # pages 1 and 2
     late = set(r.return_id for r in refs) - set(result.statuses)
@@ -97,24 +101,33 @@ def _result(body):
     return HttpResult(200, {}, "", body)
 
 
-@pytest.mark.parametrize(("message", "error"), [
-    ("Invalid API Key or API Secret", XoroRefused),
-    ("This app does not have access to the asn module", XoroRefused),
-    ("Invalid filter", ErrorBody),
-    ("Too many requests", RateLimited),
-    ("Object reference not set to an instance of an object.", XoroBusy),
-    ("", XoroBusy),
-])
+@pytest.mark.parametrize(
+    ("message", "error"),
+    [
+        ("Invalid API Key or API Secret", XoroRefused),
+        ("This app does not have access to the asn module", XoroRefused),
+        ("Invalid filter", ErrorBody),
+        ("Too many requests", RateLimited),
+        ("Object reference not set to an instance of an object.", XoroBusy),
+        ("", XoroBusy),
+    ],
+)
 def test_result_false_is_classified(message, error):
     with pytest.raises(error):
         check_envelope(_result({"Result": False, "Message": message}))
 
 
 @settings(max_examples=50, deadline=None)
-@given(st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20),
-                    lambda inner: st.lists(inner, max_size=3)
-                    | st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=10),
-       st.sampled_from([None, False, "false", 0, True, "true"]))
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+        lambda inner: (
+            st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+        ),
+        max_leaves=10,
+    ),
+    st.sampled_from([None, False, "false", 0, True, "true"]),
+)
 def test_any_envelope_is_accepted_or_a_remote_error(payload, flag):
     body = {"Result": flag, "Message": payload, "Data": payload} if flag is not None else payload
     try:

@@ -13,13 +13,23 @@ import pytest
 
 from loopsync import rules
 from loopsync.configkit import Section
-from loopsync.connectors.base import (ConnectorContext, MemoryKeyValue, PushRequest,
-    WarehouseSettings)
+from loopsync.connectors.base import (
+    ConnectorContext,
+    MemoryKeyValue,
+    PushRequest,
+    WarehouseSettings,
+)
 from loopsync.rules import GradingRules, StatusRules
 from loopsync.connectors.generic.mapping import RMA_COLUMNS
 from loopsync.connectors.generic.connector import GenericConnector
-from loopsync.errors import AuthError, ConfigError, ErrorBody, OutcomeUnknown, Rejected, \
-    TransientError
+from loopsync.errors import (
+    AuthError,
+    ConfigError,
+    ErrorBody,
+    OutcomeUnknown,
+    Rejected,
+    TransientError,
+)
 from loopsync.http import RetryPolicy
 from loopsync.models import LoopReturn
 from loopsync.sandbox.generic import GenericEmulator
@@ -27,8 +37,9 @@ from loopsync.sandbox.seed import make_return
 from loopsync.sandbox.server import ApiServer, Fault, Recorder
 from loopsync.timeutil import iso
 
-RULES = StatusRules.build(**GenericConnector.default_statuses,
-                          flag_conditions=GenericConnector.default_flag_conditions)
+RULES = StatusRules.build(
+    **GenericConnector.default_statuses, flag_conditions=GenericConnector.default_flag_conditions
+)
 
 
 @pytest.fixture
@@ -55,12 +66,24 @@ def connector(warehouse, clock, *, env=None, kv=None, dry_run=False, **keys):
     section = Section(data, file="test.yaml", path="warehouse", env=env or {})
     conf = GenericConnector.parse_settings(section)
     section.done()
-    settings = WarehouseSettings(kind="generic", base_url="", destinations={},
-                                 statuses=RULES, grading=GradingRules(),
-                                 order_wait=timedelta(days=7), poll_batch=50, timeout=5.0,
-                                 connector=conf)
-    ctx = ConnectorContext(merchant="t", clock=clock, kv=kv or MemoryKeyValue(),
-                           policy=RetryPolicy(attempts=3, base=0.01, cap=0.05), dry_run=dry_run)
+    settings = WarehouseSettings(
+        kind="generic",
+        base_url="",
+        destinations={},
+        statuses=RULES,
+        grading=GradingRules(),
+        order_wait=timedelta(days=7),
+        poll_batch=50,
+        timeout=5.0,
+        connector=conf,
+    )
+    ctx = ConnectorContext(
+        merchant="t",
+        clock=clock,
+        kv=kv or MemoryKeyValue(),
+        policy=RetryPolicy(attempts=3, base=0.01, cap=0.05),
+        dry_run=dry_run,
+    )
     return GenericConnector(settings, ctx)
 
 
@@ -100,6 +123,7 @@ def item(status, sku):
 
 # -- HTTP: delivery -------------------------------------------------------------------------
 
+
 def test_rma_post_is_signed_over_timestamp_method_path_and_exact_body(threepl, clock):
     req = request()
     ref = deliver(http_connector(threepl, clock), req)
@@ -113,8 +137,9 @@ def test_rma_post_is_signed_over_timestamp_method_path_and_exact_body(threepl, c
     assert post.headers["X-Api-Key"] == threepl.token
     body = post.json()
     assert body["rma_number"] == req.ret.id and body["destination"] == "WH-EAST"
-    assert {(li["sku"], li["quantity"]) for li in body["lines"]} == \
-        set(req.ret.units_by_sku().items())
+    assert {(li["sku"], li["quantity"]) for li in body["lines"]} == set(
+        req.ret.units_by_sku().items()
+    )
     assert threepl.rma_count(req.ret.id) == 1 and threepl.bad_signatures == []
 
 
@@ -157,6 +182,7 @@ def test_refused_rma_is_rejected(threepl, clock):
 
 # -- HTTP: receipts -------------------------------------------------------------------------
 
+
 def test_receipts_paged_into_statuses(threepl, clock):
     conn = http_connector(threepl, clock, page_size=2)
     ids = {"full": 99904601, "short": 99904602, "damaged": 99904603, "over": 99904604}
@@ -169,9 +195,17 @@ def test_receipts_paged_into_statuses(threepl, clock):
     assert len(pages) > 2 and pages == [str(n) for n in range(1, len(pages) + 1)]
     got = {s: result.statuses[ref.return_id] for s, ref in refs.items()}
     assert {s: st.status for s, st in got.items()} == {
-        "full": "complete", "short": "complete", "damaged": "complete", "over": "complete"}
+        "full": "complete",
+        "short": "complete",
+        "damaged": "complete",
+        "over": "complete",
+    }
     assert {s: rules.decide(st, RULES).action for s, st in got.items()} == {
-        "full": rules.PROCESS, "short": rules.FLAG, "damaged": rules.FLAG, "over": rules.FLAG}
+        "full": rules.PROCESS,
+        "short": rules.FLAG,
+        "damaged": rules.FLAG,
+        "over": rules.FLAG,
+    }
     assert got["full"].received_units == 2 and got["over"].received_units == 3
     assert got["short"].received_units == 1 and got["damaged"].received_units == 2
     assert {i.condition for i in got["short"].items} >= {"missing"}
@@ -204,9 +238,9 @@ def test_overlapping_answers_do_not_double_count(threepl, clock):
     conn = http_connector(threepl, clock)
     ref = deliver(conn, request(units=2))
     threepl.receive(ref.rma_id, "full")
-    uncommitted = conn.poll([ref])      # not committed: the cursor must not move
+    uncommitted = conn.poll([ref])  # not committed: the cursor must not move
     again = statuses(conn, [ref])
-    twice = statuses(conn, [ref])       # inside the overlap: the same records come again
+    twice = statuses(conn, [ref])  # inside the overlap: the same records come again
     for result in (uncommitted, again, twice):
         assert result.statuses[ref.return_id].received_units == 2
     sinces = [c.query["since"] for c in threepl.recorder.calls("generic", path="/receipts")]
@@ -229,15 +263,23 @@ def test_unmapped_condition_waits_until_mapped(threepl, clock):
 def test_receipt_breaking_the_schema_holds_its_rma(threepl, clock):
     conn = http_connector(threepl, clock)
     ref = deliver(conn, request(units=1))
-    threepl.receipts.append({"receipt_id": "X1", "rma_number": ref.rma_id, "sku": "A",
-                             "quantity": "two", "condition": "available",
-                             "received_at": "2026-06-01T12:00:00Z"})
+    threepl.receipts.append(
+        {
+            "receipt_id": "X1",
+            "rma_number": ref.rma_id,
+            "sku": "A",
+            "quantity": "two",
+            "condition": "available",
+            "received_at": "2026-06-01T12:00:00Z",
+        }
+    )
     result = conn.poll([ref])
     assert ref.return_id not in result.statuses
     assert "quantity 'two'" in result.errors[ref.return_id]
 
 
 # -- folder: RMA files ----------------------------------------------------------------------
+
 
 def test_rma_file_is_written_atomically(folder_3pl, clock, monkeypatch):
     conn = folder_connector(folder_3pl, clock)
@@ -290,6 +332,7 @@ def test_find_rma_sees_outbox_and_archive(folder_3pl, clock):
 
 # -- folder: receipt files ------------------------------------------------------------------
 
+
 def inbox(emu):
     return sorted(p.name for p in (emu.root / "inbox").iterdir())
 
@@ -309,7 +352,7 @@ def test_receipt_files_are_archived_only_after_commit(folder_3pl, clock):
     assert inbox(folder_3pl) == files and len(files) == 1
     result.commit()
     assert inbox(folder_3pl) == [] and files[0] in archive(folder_3pl)
-    again = statuses(conn, [ref]).statuses[ref.return_id]   # from what was kept
+    again = statuses(conn, [ref]).statuses[ref.return_id]  # from what was kept
     assert again.received_units == 2 and again.status == "complete"
 
 
@@ -327,15 +370,20 @@ def test_malformed_file_is_rejected_with_a_reason_and_the_rest_apply(folder_3pl,
     other = deliver(conn, request(99904612, units=1))
     folder_3pl.receive(good.rma_id, "full")
     sku = next(iter(other.extra["units"]))
-    folder_3pl.write_inbox_file("bad.csv", f"rma_number,sku,quantity,condition\n"
-                                           f"{other.rma_id},{sku},two,available\n")
+    folder_3pl.write_inbox_file(
+        "bad.csv", f"rma_number,sku,quantity,condition\n{other.rma_id},{sku},two,available\n"
+    )
     folder_3pl.write_inbox_file("noheader.csv", "")
     result = statuses(conn, [good, other])
     assert result.statuses[good.return_id].status == "complete"
     assert result.statuses[other.return_id].received_units == 0
     rejected = folder_3pl.root / "rejected"
     assert sorted(p.name for p in rejected.iterdir()) == [
-        "bad.csv", "bad.csv.reason.txt", "noheader.csv", "noheader.csv.reason.txt"]
+        "bad.csv",
+        "bad.csv.reason.txt",
+        "noheader.csv",
+        "noheader.csv.reason.txt",
+    ]
     assert "line 2: quantity 'two'" in (rejected / "bad.csv.reason.txt").read_text()
     assert "header" in (rejected / "noheader.csv.reason.txt").read_text()
     assert inbox(folder_3pl) == [] and len(archive(folder_3pl)) == 1
@@ -347,10 +395,10 @@ def test_duplicate_receipt_files_do_not_double_count(folder_3pl, clock):
     sku = next(iter(ref.extra["units"]))
     with_ids = folder_3pl.add_receipts(ref.rma_id, [(sku, 1, "available")])
     first = next((folder_3pl.root / "inbox").iterdir())
-    shutil.copy(first, first.with_name("copy-" + first.name))   # same records, new name
-    no_ids = "rma_number,sku,quantity,condition\n" f"{ref.rma_id},{sku},1,damaged\n"
+    shutil.copy(first, first.with_name("copy-" + first.name))  # same records, new name
+    no_ids = f"rma_number,sku,quantity,condition\n{ref.rma_id},{sku},1,damaged\n"
     folder_3pl.write_inbox_file("no-ids.csv", no_ids)
-    folder_3pl.write_inbox_file("no-ids-again.csv", no_ids)     # an exact duplicate file
+    folder_3pl.write_inbox_file("no-ids-again.csv", no_ids)  # an exact duplicate file
     status = statuses(conn, [ref]).statuses[ref.return_id]
     assert item(status, sku).received == 2 and item(status, sku).condition == "damaged"
     # A copy arriving after the first files were archived: still counted once, and what
@@ -359,7 +407,8 @@ def test_duplicate_receipt_files_do_not_double_count(folder_3pl, clock):
     status = statuses(conn, [ref]).statuses[ref.return_id]
     assert item(status, sku).received == 2 and item(status, sku).condition == "damaged"
     assert archive(folder_3pl) == sorted(
-        [first.name, "copy-" + first.name, "no-ids.csv", "no-ids-again.csv", "late-copy.csv"])
+        [first.name, "copy-" + first.name, "no-ids.csv", "no-ids-again.csv", "late-copy.csv"]
+    )
 
 
 def test_archive_never_overwrites(folder_3pl, clock):
@@ -378,8 +427,9 @@ def test_file_rewritten_after_it_was_read_stays_in_the_inbox(folder_3pl, clock):
     sku = next(iter(ref.extra["units"]))
     path = folder_3pl.write_inbox_file("daily.csv", "rma_number,sku,quantity,condition\n")
     result = conn.poll([ref])
-    folder_3pl.write_inbox_file("daily.csv", "rma_number,sku,quantity,condition\n"
-                                             f"{ref.rma_id},{sku},1,available\n")
+    folder_3pl.write_inbox_file(
+        "daily.csv", f"rma_number,sku,quantity,condition\n{ref.rma_id},{sku},1,available\n"
+    )
     result.commit()
     assert inbox(folder_3pl) == [path.name]
     assert statuses(conn, [ref]).statuses[ref.return_id].status == "complete"
@@ -387,14 +437,24 @@ def test_file_rewritten_after_it_was_read_stays_in_the_inbox(folder_3pl, clock):
 
 # -- settings -------------------------------------------------------------------------------
 
+
 def test_settings_errors_name_the_key(folder_3pl, clock, tmp_path):
     with pytest.raises(ConfigError, match=r"warehouse\.outbox: applies only to transport: folder"):
-        connector({"transport": "http", "rma_url": "http://x", "receipts_url": "http://x",
-                   "outbox": "o"}, clock)
+        connector(
+            {"transport": "http", "rma_url": "http://x", "receipts_url": "http://x", "outbox": "o"},
+            clock,
+        )
     with pytest.raises(ConfigError, match=r"warehouse\.inbox: folder .* does not exist"):
         connector({**folder_3pl.config, "inbox": str(tmp_path / "nope")}, clock)
     with pytest.raises(ConfigError, match=r"warehouse\.condition_map\.worn: 'ok' is not one of"):
         connector(folder_3pl.config, clock, condition_map={"worn": "ok"})
     with pytest.raises(ConfigError, match="signing_secret: must reference an environment"):
-        connector({"transport": "http", "rma_url": "http://x", "receipts_url": "http://x",
-                   "signing_secret": "plain"}, clock)
+        connector(
+            {
+                "transport": "http",
+                "rma_url": "http://x",
+                "receipts_url": "http://x",
+                "signing_secret": "plain",
+            },
+            clock,
+        )

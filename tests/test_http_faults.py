@@ -15,12 +15,29 @@ import requests
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from loopsync.errors import (DeadlineExceeded, OutcomeUnknown, PermanentError, RemoteError,
-                             ResponseTooLarge, TransientError)
+from loopsync.errors import (
+    DeadlineExceeded,
+    OutcomeUnknown,
+    PermanentError,
+    RemoteError,
+    ResponseTooLarge,
+    TransientError,
+)
 from loopsync.http import HttpClient, RetryPolicy, parse_json
 from loopsync.testing import FakeClock
-from tests.hostile import (HostileServer, bad_chunks, bad_gzip, cut_body, drip, gzip_bomb,
-                           gzip_bomb_bytes, gzipped, huge_length, reply, response_bytes)
+from tests.hostile import (
+    HostileServer,
+    bad_chunks,
+    bad_gzip,
+    cut_body,
+    drip,
+    gzip_bomb,
+    gzip_bomb_bytes,
+    gzipped,
+    huge_length,
+    reply,
+    response_bytes,
+)
 
 POLICY = RetryPolicy(attempts=2, base=0.01, cap=0.02)
 
@@ -29,11 +46,14 @@ def client(server: HostileServer, clock: FakeClock, **kw: Any) -> HttpClient:
     return HttpClient("t", server.url, clock=clock, policy=POLICY, **kw)
 
 
-@pytest.mark.parametrize("responder", [cut_body(), bad_chunks(), bad_gzip(),
-                                       reply(200, b"xx", {"Content-Encoding": "br"})],
-                         ids=["cut body", "bad chunks", "bad gzip", "unknown encoding"])
+@pytest.mark.parametrize(
+    "responder",
+    [cut_body(), bad_chunks(), bad_gzip(), reply(200, b"xx", {"Content-Encoding": "br"})],
+    ids=["cut body", "bad chunks", "bad gzip", "unknown encoding"],
+)
 def test_a_broken_answer_is_transient_for_a_read_and_unknown_for_a_write(
-        responder: Any, clock: FakeClock) -> None:
+    responder: Any, clock: FakeClock
+) -> None:
     with HostileServer(responder) as server:
         http = client(server, clock)
         with pytest.raises(TransientError) as read:
@@ -53,8 +73,9 @@ def test_a_body_dripping_a_byte_at_a_time_is_cut_off_at_the_deadline(clock: Fake
     body = json.dumps({"returns": ["x" * 200]}).encode()
     payload = response_bytes(200, body)
     head_len = payload.index(b"\r\n\r\n") + 4
-    with HostileServer(lambda req, sock: (sock.sendall(payload[:head_len]),
-                                          drip(body, every=0.1)(req, sock))) as server:
+    with HostileServer(
+        lambda req, sock: (sock.sendall(payload[:head_len]), drip(body, every=0.1)(req, sock))
+    ) as server:
         http = client(server, clock, timeout=(2.0, 5.0), deadline=1.0)
         started = time.monotonic()
         with pytest.raises(DeadlineExceeded, match="deadline"):
@@ -65,10 +86,8 @@ def test_a_body_dripping_a_byte_at_a_time_is_cut_off_at_the_deadline(clock: Fake
     assert elapsed < 10
 
 
-def test_a_status_line_and_headers_dripping_are_cut_off_at_the_deadline(
-        clock: FakeClock) -> None:
-    with HostileServer(drip(response_bytes(200, b"{}", {"X-Pad": "p" * 300}),
-                            every=0.1)) as server:
+def test_a_status_line_and_headers_dripping_are_cut_off_at_the_deadline(clock: FakeClock) -> None:
+    with HostileServer(drip(response_bytes(200, b"{}", {"X-Pad": "p" * 300}), every=0.1)) as server:
         http = client(server, clock, timeout=(2.0, 5.0), deadline=1.0)
         started = time.monotonic()
         with pytest.raises(OutcomeUnknown, match="deadline"):
@@ -108,11 +127,18 @@ def test_a_huge_content_length_is_refused_before_reading(clock: FakeClock) -> No
         assert time.monotonic() - started < 10  # did not wait for the promised body
 
 
-@pytest.mark.parametrize("body", [b"[" * 100_000 + b"]" * 100_000, b"1" * 50_000,
-                                  b"\xff\xfe{\"a\": 1}", b'{"a": "\\ud800"', b"{\"a\": NaN"],
-                         ids=["deep", "long number", "bad utf-8", "cut escape", "nan"])
-def test_a_hostile_json_body_never_escapes_as_an_exception(body: bytes,
-                                                            clock: FakeClock) -> None:
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" * 100_000 + b"]" * 100_000,
+        b"1" * 50_000,
+        b'\xff\xfe{"a": 1}',
+        b'{"a": "\\ud800"',
+        b'{"a": NaN',
+    ],
+    ids=["deep", "long number", "bad utf-8", "cut escape", "nan"],
+)
+def test_a_hostile_json_body_never_escapes_as_an_exception(body: bytes, clock: FakeClock) -> None:
     with HostileServer(reply(200, body)) as server:
         result = client(server, clock).request("GET", "/x")
     assert result.status == 200 and result.text
@@ -170,9 +196,11 @@ REQUESTS_ERRORS = [
 @pytest.mark.parametrize("exc", REQUESTS_ERRORS, ids=lambda e: type(e).__name__)
 @pytest.mark.parametrize("idempotent", [True, False])
 def test_every_requests_exception_becomes_a_typed_remote_error(
-        exc: BaseException, idempotent: bool, clock: FakeClock) -> None:
-    http = HttpClient("t", "http://127.0.0.1:9", session=RaisingSession(exc), clock=clock,
-                      policy=POLICY)
+    exc: BaseException, idempotent: bool, clock: FakeClock
+) -> None:
+    http = HttpClient(
+        "t", "http://127.0.0.1:9", session=RaisingSession(exc), clock=clock, policy=POLICY
+    )
     with pytest.raises(RemoteError) as caught:
         http.request("POST", "/x?token=SECRET", idempotent=idempotent)
     err = caught.value
@@ -183,8 +211,7 @@ def test_every_requests_exception_becomes_a_typed_remote_error(
         assert isinstance(err, OutcomeUnknown)
 
 
-def test_a_body_with_a_lone_surrogate_is_a_permanent_error_not_a_crash(
-        clock: FakeClock) -> None:
+def test_a_body_with_a_lone_surrogate_is_a_permanent_error_not_a_crash(clock: FakeClock) -> None:
     with HostileServer(reply(200)) as server:
         with pytest.raises(PermanentError):
             client(server, clock).request("POST", "/x", data="caf\ud800", idempotent=False)
@@ -193,15 +220,17 @@ def test_a_body_with_a_lone_surrogate_is_a_permanent_error_not_a_crash(
 def test_an_https_origin_that_does_not_speak_tls_is_a_transient_error(clock: FakeClock) -> None:
     with HostileServer(reply(200)) as server:
         # Short timeouts only make the test quick: the handshake never completes.
-        http = HttpClient("t", f"https://127.0.0.1:{server.port}", clock=clock, policy=POLICY,
-                          timeout=(0.5, 0.5))
+        http = HttpClient(
+            "t", f"https://127.0.0.1:{server.port}", clock=clock, policy=POLICY, timeout=(0.5, 0.5)
+        )
         with pytest.raises(TransientError):
             http.request("GET", "/x")
 
 
 def test_an_unknown_charset_is_read_as_utf8_not_a_crash(clock: FakeClock) -> None:
-    with HostileServer(reply(200, b'{"a": "\xc3\xa9"}',
-                             {"Content-Type": "application/json; charset=nope"})) as server:
+    with HostileServer(
+        reply(200, b'{"a": "\xc3\xa9"}', {"Content-Type": "application/json; charset=nope"})
+    ) as server:
         assert client(server, clock).request("GET", "/x").data == {"a": "é"}
 
 

@@ -14,8 +14,7 @@ import pytest
 from loopsync import http
 from loopsync.connectors import shiphero
 from loopsync.connectors.base import MemoryKeyValue
-from loopsync.http import (LIMIT_HISTORY_NAMESPACE, LimitHistory, RateLimiter, key_id,
-                           shared_limiter)
+from loopsync.http import LIMIT_HISTORY_NAMESPACE, LimitHistory, RateLimiter, key_id, shared_limiter
 from loopsync.loop_client import LoopClient
 from loopsync.runner import build_connector, open_store, run_merchant
 from loopsync.sandbox import LOOP_KEY
@@ -28,24 +27,28 @@ from loopsync.timeutil import SystemClock
 @pytest.fixture
 def fresh_process(monkeypatch: pytest.MonkeyPatch) -> Any:
     """Forget every in-process limiter, as a new process (cron's next `run --once`) would."""
+
     def restart() -> None:
         monkeypatch.setattr(http, "_shared_limiters", {})
+
     restart()
     return restart
 
 
 def test_loop_clients_with_one_key_share_one_limiter_whatever_their_run_clock() -> None:
-    a = LoopClient("http://127.0.0.1:9/api/v1", "shared-key-123456789",
-                   clock=SystemClock(threading.Event()))
-    b = LoopClient("http://127.0.0.1:9/api/v1", "shared-key-123456789",
-                   clock=SystemClock(threading.Event()))
-    c = LoopClient("http://127.0.0.1:9/api/v1", "another-key-12345678",
-                   clock=SystemClock(threading.Event()))
+    a = LoopClient(
+        "http://127.0.0.1:9/api/v1", "shared-key-123456789", clock=SystemClock(threading.Event())
+    )
+    b = LoopClient(
+        "http://127.0.0.1:9/api/v1", "shared-key-123456789", clock=SystemClock(threading.Event())
+    )
+    c = LoopClient(
+        "http://127.0.0.1:9/api/v1", "another-key-12345678", clock=SystemClock(threading.Event())
+    )
     assert a.http.limiter is b.http.limiter and a.http.limiter is not c.http.limiter
 
 
-def test_run_merchant_shares_the_loop_limiter_across_cycles_and_merchants(
-        tmp_path: Path) -> None:
+def test_run_merchant_shares_the_loop_limiter_across_cycles_and_merchants(tmp_path: Path) -> None:
     with Sandbox("generic", clock=SystemClock(), rate_limits=False) as sb:
         sb.seed(2, states_weights=[("open", 1)])
         first = sb.merchant_config(tmp_path / "a", merchant="first")
@@ -110,7 +113,8 @@ def test_history_is_saved_every_few_seconds_while_the_run_goes() -> None:
 
 
 def test_back_to_back_cron_runs_stay_under_peoplevox_15_in_15s(
-        make_sandbox: Any, tmp_path: Path, clock: FakeClock, fresh_process: Any) -> None:
+    make_sandbox: Any, tmp_path: Path, clock: FakeClock, fresh_process: Any
+) -> None:
     sb = make_sandbox("peoplevox")
     sb.seed(12, states_weights=[("open", 1)])
     cfg = sb.merchant_config(tmp_path)
@@ -122,8 +126,9 @@ def test_back_to_back_cron_runs_stay_under_peoplevox_15_in_15s(
     assert sb.warehouse.throttled == 0
 
     conn = sqlite3.connect(str(cfg.state_path))
-    rows = conn.execute("select key, value from kv where namespace = ?",
-                        [LIMIT_HISTORY_NAMESPACE]).fetchall()
+    rows = conn.execute(
+        "select key, value from kv where namespace = ?", [LIMIT_HISTORY_NAMESPACE]
+    ).fetchall()
     conn.close()
     assert {key.split(":")[0] for key, _ in rows} == {"loop", "peoplevox"}
     text = repr(rows)  # epochs under hashed key ids: no credential
@@ -131,7 +136,8 @@ def test_back_to_back_cron_runs_stay_under_peoplevox_15_in_15s(
 
 
 def test_merchants_on_one_shiphero_account_share_one_credit_bucket(
-        make_sandbox: Any, tmp_path: Path, clock: FakeClock) -> None:
+    make_sandbox: Any, tmp_path: Path, clock: FakeClock
+) -> None:
     sb = make_sandbox("shiphero")
     built = []
     for name in ("north", "south"):
@@ -141,4 +147,3 @@ def test_merchants_on_one_shiphero_account_share_one_credit_bucket(
     assert built[0].client.credits is built[1].client.credits
     other = shiphero.shared_bucket("another-account", 1001, 15.0, clock)
     assert other is not built[0].client.credits
-

@@ -47,8 +47,9 @@ def assert_nothing_reached(sink: HostileServer, exc: BaseException) -> None:
 
 
 @pytest.mark.parametrize("status", STATUSES)
-def test_loop_key_never_follows_a_redirect_to_another_origin(status: int, sink: HostileServer,
-                                                             clock: FakeClock) -> None:
+def test_loop_key_never_follows_a_redirect_to_another_origin(
+    status: int, sink: HostileServer, clock: FakeClock
+) -> None:
     with redirector(status, sink) as bad:
         client = LoopClient(f"{bad.url}/api/v1", LOOP_KEY, clock=clock, policy=POLICY)
         with pytest.raises(ForeignOrigin) as read:
@@ -77,8 +78,7 @@ def sandbox(sandboxes: dict[str, Sandbox], kind: str) -> Sandbox:
     return sandboxes[kind]
 
 
-def sandbox_config(sandboxes: dict[str, Sandbox], kind: str, tmp_path: Any,
-                   **extra: Any) -> Any:
+def sandbox_config(sandboxes: dict[str, Sandbox], kind: str, tmp_path: Any, **extra: Any) -> Any:
     sb = sandbox(sandboxes, kind)
     return sb, sb.merchant_config(tmp_path, warehouse_extra=extra)
 
@@ -90,8 +90,8 @@ def connector_for(cfg: Any, clock: FakeClock) -> Any:
 
 @pytest.mark.parametrize("status", STATUSES)
 def test_shiphero_refresh_token_in_a_redirected_body_never_reaches_another_origin(
-        status: int, sink: HostileServer, sandboxes: dict[str, Sandbox], tmp_path: Any,
-        clock: FakeClock) -> None:
+    status: int, sink: HostileServer, sandboxes: dict[str, Sandbox], tmp_path: Any, clock: FakeClock
+) -> None:
     with redirector(status, sink) as bad:
         sb, cfg = sandbox_config(sandboxes, "shiphero", tmp_path, base_url=bad.url)
         connector = connector_for(cfg, clock)
@@ -103,8 +103,8 @@ def test_shiphero_refresh_token_in_a_redirected_body_never_reaches_another_origi
 
 @pytest.mark.parametrize("status", STATUSES)
 def test_peoplevox_password_in_a_redirected_body_never_reaches_another_origin(
-        status: int, sink: HostileServer, sandboxes: dict[str, Sandbox], tmp_path: Any,
-        clock: FakeClock) -> None:
+    status: int, sink: HostileServer, sandboxes: dict[str, Sandbox], tmp_path: Any, clock: FakeClock
+) -> None:
     with redirector(status, sink) as bad:
         _sb, cfg = sandbox_config(sandboxes, "peoplevox", tmp_path, base_url=bad.url)
         connector = connector_for(cfg, clock)
@@ -116,25 +116,33 @@ def test_peoplevox_password_in_a_redirected_body_never_reaches_another_origin(
 
 @pytest.mark.parametrize("status", STATUSES)
 def test_generic_token_and_rma_never_reach_another_origin_and_the_rma_is_not_pushed(
-        status: int, sink: HostileServer, sandboxes: dict[str, Sandbox], tmp_path: Any) -> None:
+    status: int, sink: HostileServer, sandboxes: dict[str, Sandbox], tmp_path: Any
+) -> None:
     with redirector(status, sink) as bad:
         sb = sandbox(sandboxes, "generic")
         cfg = sb.merchant_config(tmp_path, warehouse_extra={"rma_url": f"{bad.url}/rmas"})
         result = sb.run_cycle(cfg, policy=POLICY)
         token = sb.warehouse.token
-        assert any(r.headers.get(sb.warehouse.auth_header.lower()) == token
-                   for r in bad.received)
+        assert any(r.headers.get(sb.warehouse.auth_header.lower()) == token for r in bad.received)
     assert sink.received == []
     assert result.counts.pushed == 0 and sb.warehouse.rmas == {}
 
 
 def test_a_same_origin_redirect_is_followed_with_the_credentials_and_the_body(
-        clock: FakeClock) -> None:
-    with HostileServer(sequence(redirect(307, "/moved?page=2"),
-                                redirect(303, "/result"),
-                                reply(200, {"done": True}))) as server:
-        http = HttpClient("t", server.url, clock=clock, policy=POLICY,
-                          headers={"X-Api-Key": "generic-token-123456"})
+    clock: FakeClock,
+) -> None:
+    with HostileServer(
+        sequence(
+            redirect(307, "/moved?page=2"), redirect(303, "/result"), reply(200, {"done": True})
+        )
+    ) as server:
+        http = HttpClient(
+            "t",
+            server.url,
+            clock=clock,
+            policy=POLICY,
+            headers={"X-Api-Key": "generic-token-123456"},
+        )
         result = http.request("POST", "/rmas", json_body={"rma": 1}, idempotent=False)
     assert result.data == {"done": True}
     first, moved, final = server.received
@@ -152,21 +160,33 @@ def test_a_redirect_loop_ends_after_a_few_hops_as_a_permanent_error(clock: FakeC
 
 
 def test_an_absolute_link_to_another_origin_is_refused_before_sending(
-        sink: HostileServer, clock: FakeClock) -> None:
-    http = HttpClient("t", "http://127.0.0.1:9/api", clock=clock, policy=POLICY,
-                      headers={"X-Authorization": LOOP_KEY})
-    for link in (f"{sink.url}/api/returns?cursor=x", f"http://localhost:{sink.port}/",
-                 f"http://127.0.0.1:9\\@127.0.0.1:{sink.port}/",
-                 f"http://127.0.0.1:9@127.0.0.1:{sink.port}/", "ftp://127.0.0.1:9/x"):
+    sink: HostileServer, clock: FakeClock
+) -> None:
+    http = HttpClient(
+        "t",
+        "http://127.0.0.1:9/api",
+        clock=clock,
+        policy=POLICY,
+        headers={"X-Authorization": LOOP_KEY},
+    )
+    for link in (
+        f"{sink.url}/api/returns?cursor=x",
+        f"http://localhost:{sink.port}/",
+        f"http://127.0.0.1:9\\@127.0.0.1:{sink.port}/",
+        f"http://127.0.0.1:9@127.0.0.1:{sink.port}/",
+        "ftp://127.0.0.1:9/x",
+    ):
         with pytest.raises(ForeignOrigin):
             http.request("GET", link)
     assert sink.received == []
 
 
-def test_a_link_on_an_extra_configured_origin_is_allowed(sink: HostileServer,
-                                                         clock: FakeClock) -> None:
-    http = HttpClient("t", "http://127.0.0.1:9/rmas", origins=[f"{sink.url}/receipts"],
-                      clock=clock, policy=POLICY)
+def test_a_link_on_an_extra_configured_origin_is_allowed(
+    sink: HostileServer, clock: FakeClock
+) -> None:
+    http = HttpClient(
+        "t", "http://127.0.0.1:9/rmas", origins=[f"{sink.url}/receipts"], clock=clock, policy=POLICY
+    )
     assert http.request("GET", f"{sink.url}/receipts?page=2").data["ok"] is True
 
 
@@ -183,8 +203,9 @@ def test_messages_never_carry_a_query_string_or_user_info() -> None:
 
 
 def test_a_connection_error_message_has_no_query_string_or_credential(clock: FakeClock) -> None:
-    http = HttpClient("t", "http://127.0.0.1:9", clock=clock, policy=POLICY,
-                      headers={"X-Authorization": LOOP_KEY})
+    http = HttpClient(
+        "t", "http://127.0.0.1:9", clock=clock, policy=POLICY, headers={"X-Authorization": LOOP_KEY}
+    )
     with pytest.raises(Exception) as caught:
         http.request("GET", "/list?api_key=QUERYSECRET")
     assert "QUERYSECRET" not in str(caught.value) and LOOP_KEY not in str(caught.value)
@@ -195,16 +216,15 @@ def test_an_error_body_echoing_the_key_is_masked_in_the_message(clock: FakeClock
         reply(400, {"message": f"bad key {req.headers['x-authorization']}"})(req, sock)
 
     with HostileServer(echo) as server:
-        http = HttpClient("t", server.url, clock=clock, policy=POLICY,
-                          headers={"X-Authorization": LOOP_KEY})
+        http = HttpClient(
+            "t", server.url, clock=clock, policy=POLICY, headers={"X-Authorization": LOOP_KEY}
+        )
         with pytest.raises(PermanentError) as caught:
             http.request("GET", "/x")
     assert LOOP_KEY not in str(caught.value) and "bad key" in str(caught.value)
 
 
-
-def test_an_unusable_configured_url_fails_each_request_with_a_typed_error(
-        clock: FakeClock) -> None:
+def test_an_unusable_configured_url_fails_each_request_with_a_typed_error(clock: FakeClock) -> None:
     http = HttpClient("t", "http://127.0.0.1:99999/api", clock=clock, policy=POLICY)
     with pytest.raises(PermanentError, match="configured URL"):
         http.request("GET", "/x")

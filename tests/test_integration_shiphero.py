@@ -29,8 +29,9 @@ def test_end_to_end_exactly_once(make_sandbox, tmp_path, clock):
         notes = sb.loop.notes_for(rid)
         assert len(notes) == 1 and "ShipHero" in notes[0]
     ids = [str(r["id"]) for r in seeded]
-    for rid, scenario in zip(ids, ["full", "short", "damaged", "over", "full", "cancelled"],
-                             strict=False):
+    for rid, scenario in zip(
+        ids, ["full", "short", "damaged", "over", "full", "cancelled"], strict=False
+    ):
         sb.warehouse.receive(rid, scenario)
     clock.advance(60)
     r2 = sb.run_cycle(cfg)
@@ -41,7 +42,7 @@ def test_end_to_end_exactly_once(make_sandbox, tmp_path, clock):
     flag_note = sb.loop.notes_for(ids[1])[-1]
     assert "short" in flag_note and "expected" in flag_note
     assert "amaged" in sb.loop.notes_for(ids[2])[-1]
-    assert sb.loop.actions_for(ids[5]) == []   # RTS: ignored
+    assert sb.loop.actions_for(ids[5]) == []  # RTS: ignored
     before = len(loop_writes(sb))
     clock.advance(60)
     r3 = sb.run_cycle(cfg)
@@ -53,8 +54,14 @@ def test_every_state_pass_is_read(make_sandbox, tmp_path):
     sb = make_sandbox()
     states = ["open", "closed", "cancelled", "review", "expired"]
     for n, state in enumerate(states):
-        sb.add_return(make_return(rng=sb.rng, return_id=5000 + n, state=state,
-                                  updated_at=sb.clock.now() - timedelta(hours=1)))
+        sb.add_return(
+            make_return(
+                rng=sb.rng,
+                return_id=5000 + n,
+                state=state,
+                updated_at=sb.clock.now() - timedelta(hours=1),
+            )
+        )
     cfg = sb.merchant_config(tmp_path)
     sb.run_cycle(cfg)
     asked = {c.query.get("state") for c in sb.recorder.calls("loop", path="/warehouse/return/list")}
@@ -122,10 +129,15 @@ def test_state_conflict_body_is_settled(make_sandbox, tmp_path, clock):
     cfg = sb.merchant_config(tmp_path)
     sb.run_cycle(cfg)
     sb.warehouse.receive(rid, "full")
-    conflict = {"errors": {"message": "Return is closed and therefore cannot be processed.",
-                           "code": "UNPROCESSABLE_RETURN"}}
-    sb.loop.faults.inject(Fault("status", status=200, body=conflict),
-                          when=lambda req: req.path.endswith("/process"))
+    conflict = {
+        "errors": {
+            "message": "Return is closed and therefore cannot be processed.",
+            "code": "UNPROCESSABLE_RETURN",
+        }
+    }
+    sb.loop.faults.inject(
+        Fault("status", status=200, body=conflict), when=lambda req: req.path.endswith("/process")
+    )
     r = sb.run_cycle(cfg)
     assert r.counts.settled == 1 and r.ok, r.stage_errors
     assert sb.loop.actions_for(rid) == []
@@ -141,14 +153,27 @@ def test_shiphero_throttling_and_token_refresh(make_sandbox, tmp_path, clock):
     open_returns(sb, 4)
     cfg = sb.merchant_config(tmp_path)
     sb.warehouse.expire_tokens()
-    throttle = {"data": None, "errors": [{"code": 30, "message": "There are not enough credits "
+    throttle = {
+        "data": None,
+        "errors": [
+            {
+                "code": 30,
+                "message": "There are not enough credits "
                 "to perform the requested operation. Try again in 3 seconds",
-                "time_remaining": "3 seconds", "required_credits": 101,
-                "remaining_credits": 10}]}
-    sb.warehouse.faults.inject(Fault("status", status=200, body=throttle), times=1,
-                               when=lambda req: req.path.endswith("/graphql"))
-    sb.warehouse.faults.inject(Fault("rate_limit", retry_after=2), times=1,
-                               when=lambda req: req.path.endswith("/graphql"))
+                "time_remaining": "3 seconds",
+                "required_credits": 101,
+                "remaining_credits": 10,
+            }
+        ],
+    }
+    sb.warehouse.faults.inject(
+        Fault("status", status=200, body=throttle),
+        times=1,
+        when=lambda req: req.path.endswith("/graphql"),
+    )
+    sb.warehouse.faults.inject(
+        Fault("rate_limit", retry_after=2), times=1, when=lambda req: req.path.endswith("/graphql")
+    )
     r = sb.run_cycle(cfg)
     assert r.ok, r.stage_errors
     assert r.counts.pushed == 4
@@ -161,8 +186,10 @@ def test_unmapped_destination_and_missing_order(make_sandbox, tmp_path):
     unmapped = make_return(rng=sb.rng, return_id=8001, state="open", updated_at=sb.clock.now())
     unmapped["destination_id"] = 99
     sb.add_return(unmapped)
-    sb.add_return(make_return(rng=sb.rng, return_id=8002, state="open",
-                              updated_at=sb.clock.now()), with_order=False)
+    sb.add_return(
+        make_return(rng=sb.rng, return_id=8002, state="open", updated_at=sb.clock.now()),
+        with_order=False,
+    )
     cfg = sb.merchant_config(tmp_path)
     r = sb.run_cycle(cfg)
     assert r.counts.pushed == 0 and r.counts.skipped == 1 and r.counts.waiting == 1
@@ -196,8 +223,11 @@ def test_ship_hero_poll_batches_open_rmas(make_sandbox, tmp_path):
     sb.recorder.clear()
     sb.clock.advance(60)
     r = sb.run_cycle(cfg)
-    polls = [c for c in sb.recorder.calls("shiphero", path="/graphql")
-             if b"return(" in c.body and b"return_create" not in c.body]
+    polls = [
+        c
+        for c in sb.recorder.calls("shiphero", path="/graphql")
+        if b"return(" in c.body and b"return_create" not in c.body
+    ]
     assert r.counts.polled == 60 and 1 <= len(polls) <= 3
 
 

@@ -27,7 +27,10 @@ pytestmark = pytest.mark.slow
 def start_worker(cfg_path, env, *args):
     return subprocess.Popen(
         [sys.executable, "-m", "loopsync", "--log-format", "json", *args, "-c", str(cfg_path)],
-        env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def run_worker(cfg_path, env):
@@ -59,17 +62,24 @@ class Holds:
 # real clock, and this test is about crashes, not pacing.
 # A 1 s warehouse timeout keeps the wait before looking up a lost create (two timeouts)
 # short.
-FAST = {"shiphero": {"timeout": "1s"}, "generic": {"timeout": "1s"},
-        "peoplevox": {"rate_limit": {"requests": 1000, "per": "1s"}, "timeout": "1s"},
-        "xoro": {"requests_per_second": 10, "timeout": "1s"}}
+FAST = {
+    "shiphero": {"timeout": "1s"},
+    "generic": {"timeout": "1s"},
+    "peoplevox": {"rate_limit": {"requests": 1000, "per": "1s"}, "timeout": "1s"},
+    "xoro": {"requests_per_second": 10, "timeout": "1s"},
+}
 LOST_CREATE_SETTLE = 2.2  # seconds: CREATE_SETTLE warehouse timeouts, and a little more
 
 
 def make_world(tmp_path, kind="shiphero"):
     sb = Sandbox(kind, clock=SystemClock(), rate_limits=False).start()
     seeded = sb.seed(4, states_weights=[("open", 1)])
-    cfg_path = sb.write_config(tmp_path, merchant="killme", warehouse_extra=FAST.get(kind),
-                               state_path=str(tmp_path / "killme.sqlite"))
+    cfg_path = sb.write_config(
+        tmp_path,
+        merchant="killme",
+        warehouse_extra=FAST.get(kind),
+        state_path=str(tmp_path / "killme.sqlite"),
+    )
     return sb, [str(r["id"]) for r in seeded], cfg_path
 
 
@@ -108,28 +118,43 @@ LOOP_POINTS = [
     ("after process, answer lost", "loop", loop_post("process"), True, True),
     ("after flag, answer lost", "loop", loop_post("flag"), True, True),
 ]
-CASES = [(kind, *point) for kind in kind_names()
-         for point in LOOP_POINTS if not (kind == "xoro" and "note" in point[0])]
-CASES += [(kind, label, "warehouse", CREATES[kind], after, False)
-          for kind in CREATES
-          for label, after in (("before the RMA is created", False),
-                               ("after the RMA is created, answer lost", True))]
+CASES = [
+    (kind, *point)
+    for kind in kind_names()
+    for point in LOOP_POINTS
+    if not (kind == "xoro" and "note" in point[0])
+]
+CASES += [
+    (kind, label, "warehouse", CREATES[kind], after, False)
+    for kind in CREATES
+    for label, after in (
+        ("before the RMA is created", False),
+        ("after the RMA is created, answer lost", True),
+    )
+]
 
 
-@pytest.mark.parametrize("kind, label, api_name, match, after, finished_first", CASES,
-                         ids=[f"{c[0]}: {c[1]}" for c in CASES])
-def test_sigkill_then_rerun_repeats_nothing(tmp_path, holds, kind, label, api_name, match, after,
-                                            finished_first):
+@pytest.mark.parametrize(
+    "kind, label, api_name, match, after, finished_first",
+    CASES,
+    ids=[f"{c[0]}: {c[1]}" for c in CASES],
+)
+def test_sigkill_then_rerun_repeats_nothing(
+    tmp_path, holds, kind, label, api_name, match, after, finished_first
+):
     sb, ids, cfg_path = make_world(tmp_path, kind)
     try:
         kill_and_rerun(sb, holds, ids, cfg_path, label, api_name, match, after, finished_first)
         watch_only = kind == "xoro"  # Xoro makes its own RMAs: loopsync leaves no note
         for rid in ids:
-            assert sb.warehouse.rma_count(rid) == 1, f"{label}: return {rid} has " \
-                f"{sb.warehouse.rma_count(rid)} RMAs"
+            assert sb.warehouse.rma_count(rid) == 1, (
+                f"{label}: return {rid} has {sb.warehouse.rma_count(rid)} RMAs"
+            )
             assert len(sb.loop.actions_for(rid)) == 1, f"{label}: {rid} {sb.loop.actions_for(rid)}"
             notes = sb.loop.notes_for(rid)
-            assert sum("created" in n for n in notes) == (0 if watch_only else 1), f"{label}: {notes}"
+            assert sum("created" in n for n in notes) == (0 if watch_only else 1), (
+                f"{label}: {notes}"
+            )
             assert sum("flagged" in n for n in notes) <= 1, f"{label}: {notes}"
     finally:
         sb.stop()

@@ -30,8 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 def _choices(command: str) -> list[str]:
     parser = cli.build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
-    action = next(a for a in sub.choices[command]._actions
-                  if a.dest == "warehouse")
+    action = next(a for a in sub.choices[command]._actions if a.dest == "warehouse")
     return list(action.choices)
 
 
@@ -61,7 +60,7 @@ def test_variants_cover_every_transport_of_every_kind_once():
     assert {kind for kind, _ in pairs} == set(KINDS)
     names = [variant_name(kind, transport) for kind, transport in pairs]
     assert len(set(names)) == len(names)
-    assert names[:len(KINDS)] == kind_names()  # a kind's default transport is its own name
+    assert names[: len(KINDS)] == kind_names()  # a kind's default transport is its own name
 
 
 def _load(path: Path, name: str):
@@ -84,8 +83,7 @@ def test_benchmark_tables_name_registered_kinds_and_push_skips_watch_only_kinds(
     poll = importlib.import_module("benchmarks.poll")
     push = importlib.import_module("benchmarks.push")
     assert set(poll.ADD_RMA) <= set(KINDS)
-    assert {kind for kind, _ in push.CONNECTORS} == {k.name for k in iter_kinds()
-                                                      if k.creates_rmas}
+    assert {kind for kind, _ in push.CONNECTORS} == {k.name for k in iter_kinds() if k.creates_rmas}
 
 
 def test_test_tables_keyed_by_kind_name_registered_kinds():
@@ -97,6 +95,7 @@ def test_test_tables_keyed_by_kind_name_registered_kinds():
 
 
 # -- adding a kind: one package, one emulator, one example, one registry line ----------------
+
 
 @pytest.fixture
 def example_registered():
@@ -111,9 +110,10 @@ def test_a_kind_added_by_one_registry_line_is_offered_configured_and_loaded(exam
     name = example_registered.name
     assert name in kind_names() and name in available_kinds() and (name, "http") in variants()
     assert name in _choices("demo") and name in _choices("sandbox")
-    cfg = load_config(REPO / example_registered.example,
-                      env={"LOOP_API_KEY": "a-loop-key-for-tests",
-                           "SHELFWISE_API_TOKEN": "a-shelfwise-token"})
+    cfg = load_config(
+        REPO / example_registered.example,
+        env={"LOOP_API_KEY": "a-loop-key-for-tests", "SHELFWISE_API_TOKEN": "a-shelfwise-token"},
+    )
     assert cfg.warehouse.kind == name and cfg.warehouse.connector.page_size == 100
     assert connector_class(name).kind == name
     assert example_registered.load_emulator().kind == name
@@ -122,14 +122,23 @@ def test_a_kind_added_by_one_registry_line_is_offered_configured_and_loaded(exam
 def test_the_example_kinds_files_are_one_package_of_the_standard_shape():
     package = REPO / "tests" / "example_connector"
     assert sorted(p.name for p in package.glob("*.py")) == [
-        "__init__.py", "connector.py", "emulator.py", "mapping.py", "settings.py", "wire.py"]
+        "__init__.py",
+        "connector.py",
+        "emulator.py",
+        "mapping.py",
+        "settings.py",
+        "wire.py",
+    ]
 
 
 def test_using_one_kind_imports_no_other_kinds_package():
-    code = ("import sys; from loopsync.connectors import available_kinds, connector_class; "
-            "available_kinds(); connector_class('xoro'); "
-            "print(' '.join(m for m in sys.modules if m.startswith('loopsync.connectors.')))")
-    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            check=True).stdout.split()
+    code = (
+        "import sys; from loopsync.connectors import available_kinds, connector_class; "
+        "available_kinds(); connector_class('xoro'); "
+        "print(' '.join(m for m in sys.modules if m.startswith('loopsync.connectors.')))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
     assert "loopsync.connectors.xoro.connector" in loaded
     assert not [m for m in loaded if m.split(".")[2] in set(KINDS) - {"xoro"}], loaded

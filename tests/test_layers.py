@@ -28,21 +28,27 @@ TESTING = ("loopsync.testing",)
 @dataclass(frozen=True)
 class Layer:
     name: str
-    members: tuple[str, ...]     # module prefixes; () = every module no other layer claims
-    forbidden: tuple[str, ...]   # module prefixes it must never import
+    members: tuple[str, ...]  # module prefixes; () = every module no other layer claims
+    forbidden: tuple[str, ...]  # module prefixes it must never import
     allowed: tuple[str, ...] = ()  # exact modules allowed despite `forbidden`
 
 
 LAYERS = (
-    Layer("connectors", CONNECTORS,
-          forbidden=(*SANDBOX, *TESTING, *CYCLE, *WORKER, *CLI, "loopsync.config")),
-    Layer("sandbox", SANDBOX,
-          forbidden=(*WORKER, "loopsync.config", *CYCLE, *CLI, *TESTING)),
+    Layer(
+        "connectors",
+        CONNECTORS,
+        forbidden=(*SANDBOX, *TESTING, *CYCLE, *WORKER, *CLI, "loopsync.config"),
+    ),
+    Layer("sandbox", SANDBOX, forbidden=(*WORKER, "loopsync.config", *CYCLE, *CLI, *TESTING)),
     Layer("testing", TESTING, forbidden=CLI),  # anything below the CLI
     # The core may name the connector contract (connectors.base) and the kinds registry
     # (connectors, read by config to find a kind's settings parser), never a connector.
-    Layer("core", (), forbidden=(*CONNECTORS, *SANDBOX, *TESTING, *CLI, *WORKER),
-          allowed=("loopsync.connectors", "loopsync.connectors.base")),
+    Layer(
+        "core",
+        (),
+        forbidden=(*CONNECTORS, *SANDBOX, *TESTING, *CLI, *WORKER),
+        allowed=("loopsync.connectors", "loopsync.connectors.base"),
+    ),
 )
 UNCONSTRAINED = CLI + WORKER  # the top: may import anything
 
@@ -110,16 +116,21 @@ def violations(path: Path, module: str | None = None) -> list[str]:
     layer = layer_of(module)
     if layer is None:
         return []
-    return sorted(m for m in imports_of(path, module)
-                  if _within(m, layer.forbidden) and m not in layer.allowed
-                  and not _within(m, layer.members or ("\0",)))
+    return sorted(
+        m
+        for m in imports_of(path, module)
+        if _within(m, layer.forbidden)
+        and m not in layer.allowed
+        and not _within(m, layer.members or ("\0",))
+    )
 
 
 @pytest.mark.parametrize("path", MODULES, ids=module_name)
 def test_no_module_imports_a_layer_above_its_own(path: Path) -> None:
     layer = layer_of(module_name(path))
     assert violations(path) == [], (
-        f"{module_name(path)} ({layer.name if layer else '-'}) imports a higher layer")
+        f"{module_name(path)} ({layer.name if layer else '-'}) imports a higher layer"
+    )
 
 
 def test_the_layer_table_classifies_the_modules_it_names() -> None:
@@ -137,9 +148,11 @@ def test_the_layer_table_classifies_the_modules_it_names() -> None:
 
 def test_the_checker_sees_lazy_imports_and_ignores_typing_only_ones(tmp_path: Path) -> None:
     """A lazy import inside a function is a dependency; one under TYPE_CHECKING is not."""
-    source = ("from typing import TYPE_CHECKING\n"
-              "if TYPE_CHECKING:\n    from loopsync.runner import run_merchant\n"
-              "def later():\n    from loopsync.config import load_config\n")
+    source = (
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n    from loopsync.runner import run_merchant\n"
+        "def later():\n    from loopsync.config import load_config\n"
+    )
     probe = tmp_path / "probe.py"
     probe.write_text(source, encoding="utf-8")
     assert violations(probe, "loopsync.sandbox.probe") == ["loopsync.config"]

@@ -17,11 +17,23 @@ import responses
 import structlog
 from structlog.testing import capture_logs
 
-from loopsync.errors import (DryRunViolation, ErrorBody, OutcomeUnknown, RateLimited,
-                             StateConflict, TransientError)
+from loopsync.errors import (
+    DryRunViolation,
+    ErrorBody,
+    OutcomeUnknown,
+    RateLimited,
+    StateConflict,
+    TransientError,
+)
 from loopsync.http import RetryPolicy
-from loopsync.loop_client import (LoopClient, PaginationStopped, ReturnsPage,
-                                  classify_action_body, extract_cursor, truncate_note)
+from loopsync.loop_client import (
+    LoopClient,
+    PaginationStopped,
+    ReturnsPage,
+    classify_action_body,
+    extract_cursor,
+    truncate_note,
+)
 from loopsync.testing import FakeClock
 
 BASE = "https://loop.test/api/v1"
@@ -71,8 +83,11 @@ def query_of(call: Any) -> dict[str, str]:
 
 
 def page_body(ids: list[str], next_url: str | None) -> dict[str, Any]:
-    return {"returns": [{"id": i, "state": "open"} for i in ids], "nextPageUrl": next_url,
-            "previousPageUrl": None}
+    return {
+        "returns": [{"id": i, "state": "open"} for i in ids],
+        "nextPageUrl": next_url,
+        "previousPageUrl": None,
+    }
 
 
 def walk(client: LoopClient, **kw: Any) -> list[ReturnsPage]:
@@ -90,17 +105,25 @@ def walk_until_stopped(client: LoopClient, **kw: Any) -> tuple[list[ReturnsPage]
 
 # -- pure helpers ---------------------------------------------------------------------
 
-@pytest.mark.parametrize(("label", "url", "expected"), [
-    ("docs example", f"{LIST_URL}?to=2023-01-01&filter=updated_at&pageSize=2&cursor=eyJj",
-     "eyJj"),
-    ("percent-encoded", f"{LIST_URL}?cursor=ab%3D%3D&to=x", "ab=="),
-    ("plus is data, not a space", f"{LIST_URL}?cursor=a+b/c", "a+b/c"),
-    ("relative url", "/warehouse/return/list?cursor=xyz", "xyz"),
-    ("no cursor", f"{LIST_URL}?to=2023-01-01&filter=updated_at", None),
-    ("empty cursor", f"{LIST_URL}?cursor=&to=x", None),
-])
-def test_extract_cursor_reads_only_the_cursor_parameter(label: str, url: str,
-                                                       expected: str | None) -> None:
+
+@pytest.mark.parametrize(
+    ("label", "url", "expected"),
+    [
+        (
+            "docs example",
+            f"{LIST_URL}?to=2023-01-01&filter=updated_at&pageSize=2&cursor=eyJj",
+            "eyJj",
+        ),
+        ("percent-encoded", f"{LIST_URL}?cursor=ab%3D%3D&to=x", "ab=="),
+        ("plus is data, not a space", f"{LIST_URL}?cursor=a+b/c", "a+b/c"),
+        ("relative url", "/warehouse/return/list?cursor=xyz", "xyz"),
+        ("no cursor", f"{LIST_URL}?to=2023-01-01&filter=updated_at", None),
+        ("empty cursor", f"{LIST_URL}?cursor=&to=x", None),
+    ],
+)
+def test_extract_cursor_reads_only_the_cursor_parameter(
+    label: str, url: str, expected: str | None
+) -> None:
     assert extract_cursor(url) == expected
 
 
@@ -111,24 +134,56 @@ def test_truncate_note_fits_under_255_and_marks_the_cut() -> None:
     assert truncate_note("y" * 254) == "y" * 254
 
 
-@pytest.mark.parametrize(("label", "body", "error", "code"), [
-    ("processed twice", {"errors": {"message": "Return is closed and therefore cannot be "
-                                               "processed.", "code": "UNPROCESSABLE_RETURN"}},
-     StateConflict, "UNPROCESSABLE_RETURN"),
-    ("flagged", {"errors": {"message": "Return is review and therefore cannot be processed.",
-                            "code": "UNPROCESSABLE_FLAGGED_RETURN"}},
-     StateConflict, "UNPROCESSABLE_FLAGGED_RETURN"),
-    ("content variant", {"content": "Return is expired and cannot be processed."},
-     StateConflict, None),
-    ("message without code", {"message": "Return is cancelled and therefore cannot be "
-                                         "processed."}, StateConflict, None),
-    ("other error", {"errors": {"message": "Boom", "code": "UNEXPECTED_ERROR"}},
-     ErrorBody, "UNEXPECTED_ERROR"),
-    ("string false", "false", ErrorBody, None),
-    ("null", None, ErrorBody, None),
-])
+@pytest.mark.parametrize(
+    ("label", "body", "error", "code"),
+    [
+        (
+            "processed twice",
+            {
+                "errors": {
+                    "message": "Return is closed and therefore cannot be processed.",
+                    "code": "UNPROCESSABLE_RETURN",
+                }
+            },
+            StateConflict,
+            "UNPROCESSABLE_RETURN",
+        ),
+        (
+            "flagged",
+            {
+                "errors": {
+                    "message": "Return is review and therefore cannot be processed.",
+                    "code": "UNPROCESSABLE_FLAGGED_RETURN",
+                }
+            },
+            StateConflict,
+            "UNPROCESSABLE_FLAGGED_RETURN",
+        ),
+        (
+            "content variant",
+            {"content": "Return is expired and cannot be processed."},
+            StateConflict,
+            None,
+        ),
+        (
+            "message without code",
+            {"message": "Return is cancelled and therefore cannot be processed."},
+            StateConflict,
+            None,
+        ),
+        (
+            "other error",
+            {"errors": {"message": "Boom", "code": "UNEXPECTED_ERROR"}},
+            ErrorBody,
+            "UNEXPECTED_ERROR",
+        ),
+        ("string false", "false", ErrorBody, None),
+        ("null", None, ErrorBody, None),
+    ],
+)
 def test_classify_action_body_tells_state_conflicts_from_other_errors(
-        label: str, body: Any, error: type[Exception], code: str | None) -> None:
+    label: str, body: Any, error: type[Exception], code: str | None
+) -> None:
     with pytest.raises(error) as caught:
         classify_action_body(body)
     assert type(caught.value) is error
@@ -142,8 +197,10 @@ def test_classify_action_body_accepts_string_and_boolean_true(body: Any) -> None
 
 # -- pagination -----------------------------------------------------------------------
 
+
 def test_next_pages_use_our_own_params_plus_only_the_cursor(
-        client: LoopClient, mocked: responses.RequestsMock) -> None:
+    client: LoopClient, mocked: responses.RequestsMock
+) -> None:
     # The docs' nextPageUrl drops from/state/paginate; this one also carries poison.
     next_url = f"{LIST_URL}?to=2001-01-01&filter=created_at&pageSize=2&state=closed&cursor=C2"
     mocked.get(LIST_URL, json=page_body(["1", "2"], next_url))
@@ -154,9 +211,14 @@ def test_next_pages_use_our_own_params_plus_only_the_cursor(
     assert [[r["id"] for r in p.returns] for p in pages] == [["1", "2"], ["3"]]
     assert [(p.cursor, p.next_cursor) for p in pages] == [(None, "C2"), ("C2", None)]
     first, second = (query_of(c) for c in mocked.calls)
-    assert first == {"from": "2026-05-01T00:00:00.000Z", "to": "2026-05-02T00:00:00.000Z",
-                     "filter": "updated_at", "state": "open", "paginate": "true",
-                     "pageSize": "250"}
+    assert first == {
+        "from": "2026-05-01T00:00:00.000Z",
+        "to": "2026-05-02T00:00:00.000Z",
+        "filter": "updated_at",
+        "state": "open",
+        "paginate": "true",
+        "pageSize": "250",
+    }
     assert second == {**first, "cursor": "C2"}
 
 
@@ -167,20 +229,25 @@ def test_a_bare_array_is_one_page(client: LoopClient, mocked: responses.Requests
 
 
 def test_a_repeated_cursor_stops_the_walk_loudly_after_yielding_what_was_read(
-        client: LoopClient, mocked: responses.RequestsMock, logs: Logs) -> None:
+    client: LoopClient, mocked: responses.RequestsMock, logs: Logs
+) -> None:
     mocked.get(LIST_URL, json=page_body(["1"], f"{LIST_URL}?cursor=A"))
     mocked.get(LIST_URL, json=page_body(["2"], f"{LIST_URL}?cursor=A"))
     pages, reason = walk_until_stopped(client)
     assert reason == "repeated_cursor"
     assert len(mocked.calls) == 2
-    assert [([r["id"] for r in p.returns], p.next_cursor) for p in pages] == \
-        [(["1"], "A"), (["2"], None)]  # None: nothing to resume from but the window start
-    assert [e["reason"] for e in logs if e["event"] == "loop.pagination_guard"] == \
-        ["repeated_cursor"]
+    assert [([r["id"] for r in p.returns], p.next_cursor) for p in pages] == [
+        (["1"], "A"),
+        (["2"], None),
+    ]  # None: nothing to resume from but the window start
+    assert [e["reason"] for e in logs if e["event"] == "loop.pagination_guard"] == [
+        "repeated_cursor"
+    ]
 
 
-def test_the_starting_cursor_counts_as_seen(client: LoopClient,
-                                            mocked: responses.RequestsMock) -> None:
+def test_the_starting_cursor_counts_as_seen(
+    client: LoopClient, mocked: responses.RequestsMock
+) -> None:
     mocked.get(LIST_URL, json=page_body(["5"], f"{LIST_URL}?cursor=START"))
     pages, reason = walk_until_stopped(client, cursor="START")
     assert reason == "repeated_cursor" and len(mocked.calls) == 1
@@ -189,7 +256,8 @@ def test_the_starting_cursor_counts_as_seen(client: LoopClient,
 
 
 def test_a_next_page_url_without_cursor_stops_the_walk(
-        client: LoopClient, mocked: responses.RequestsMock, logs: Logs) -> None:
+    client: LoopClient, mocked: responses.RequestsMock, logs: Logs
+) -> None:
     mocked.get(LIST_URL, json=page_body(["1"], f"{LIST_URL}?to=x&filter=updated_at"))
     pages, reason = walk_until_stopped(client)
     assert reason == "next_page_url_without_cursor"
@@ -198,8 +266,8 @@ def test_a_next_page_url_without_cursor_stops_the_walk(
 
 
 def test_the_page_cap_stops_an_endless_walk_and_keeps_the_resume_cursor(
-        clock: FakeClock, api_key: str, mocked: responses.RequestsMock,
-        logs: Logs) -> None:
+    clock: FakeClock, api_key: str, mocked: responses.RequestsMock, logs: Logs
+) -> None:
     client = LoopClient(BASE, api_key, clock=clock, policy=POLICY, max_pages=3)
     served = iter(range(1, 100))
 
@@ -214,23 +282,27 @@ def test_the_page_cap_stops_an_endless_walk_and_keeps_the_resume_cursor(
     assert any(e.get("reason") == "page_cap" for e in logs)
 
 
-def test_the_last_page_ends_the_walk_quietly(client: LoopClient, mocked: responses.RequestsMock,
-                                             logs: Logs) -> None:
+def test_the_last_page_ends_the_walk_quietly(
+    client: LoopClient, mocked: responses.RequestsMock, logs: Logs
+) -> None:
     mocked.get(LIST_URL, json=page_body(["1"], f"{LIST_URL}?cursor=B"))
     mocked.get(LIST_URL, json=page_body(["2"], None))
     assert [p.next_cursor for p in walk(client)] == ["B", None]
     assert not [e for e in logs if e["event"] == "loop.pagination_guard"]
 
 
-@pytest.mark.parametrize(("label", "start", "end"), [
-    ("121 days", START, START + timedelta(days=121)),
-    ("120 days and a second", START, START + timedelta(days=120, seconds=1)),
-    ("end before start", END, START),
-    ("naive bounds", datetime(2026, 5, 1), datetime(2026, 5, 2)),
-])
+@pytest.mark.parametrize(
+    ("label", "start", "end"),
+    [
+        ("121 days", START, START + timedelta(days=121)),
+        ("120 days and a second", START, START + timedelta(days=120, seconds=1)),
+        ("end before start", END, START),
+        ("naive bounds", datetime(2026, 5, 1), datetime(2026, 5, 2)),
+    ],
+)
 def test_windows_loop_would_refuse_are_refused_before_any_request(
-        client: LoopClient, mocked: responses.RequestsMock, label: str, start: datetime,
-        end: datetime) -> None:
+    client: LoopClient, mocked: responses.RequestsMock, label: str, start: datetime, end: datetime
+) -> None:
     with pytest.raises(ValueError):
         list(client.iter_returns(start, end, "open"))
     with pytest.raises(ValueError):
@@ -249,16 +321,19 @@ def test_exactly_120_days_is_allowed(client: LoopClient, mocked: responses.Reque
 ERROR_200 = {"errors": {"message": "Something broke", "code": "UNEXPECTED_ERROR"}}
 
 
-@pytest.mark.parametrize(("label", "path", "call"), [
-    ("list", "/warehouse/return/list", lambda c: walk(c)),
-    ("asn", "/warehouse/reporting/asn", lambda c: c.asn_report(START, END)),
-    ("details", "/warehouse/return/details", lambda c: c.return_details("123")),
-    ("notes", "/warehouse/return/123/notes", lambda c: c.notes("123")),
-    ("destinations", "/destinations", lambda c: c.destinations()),
-])
+@pytest.mark.parametrize(
+    ("label", "path", "call"),
+    [
+        ("list", "/warehouse/return/list", lambda c: walk(c)),
+        ("asn", "/warehouse/reporting/asn", lambda c: c.asn_report(START, END)),
+        ("details", "/warehouse/return/details", lambda c: c.return_details("123")),
+        ("notes", "/warehouse/return/123/notes", lambda c: c.notes("123")),
+        ("destinations", "/destinations", lambda c: c.destinations()),
+    ],
+)
 def test_a_200_with_an_error_object_on_a_read_is_an_error_body(
-        client: LoopClient, mocked: responses.RequestsMock, label: str, path: str,
-        call: Any) -> None:
+    client: LoopClient, mocked: responses.RequestsMock, label: str, path: str, call: Any
+) -> None:
     mocked.get(f"{BASE}{path}", json=ERROR_200)
     with pytest.raises(ErrorBody) as caught:
         call(client)
@@ -267,7 +342,8 @@ def test_a_200_with_an_error_object_on_a_read_is_an_error_body(
 
 
 def test_an_html_page_on_a_read_is_transient_and_retried(
-        client: LoopClient, mocked: responses.RequestsMock) -> None:
+    client: LoopClient, mocked: responses.RequestsMock
+) -> None:
     mocked.get(f"{BASE}/destinations", body="<html>502 Bad Gateway</html>", status=200)
     mocked.get(f"{BASE}/destinations", json={"destinations": [{"id": 12}]})
     assert client.destinations() == [{"id": 12}]
@@ -280,7 +356,8 @@ def test_notes_422_means_no_notes(client: LoopClient, mocked: responses.Requests
 
 
 def test_return_details_sends_the_id_and_returns_the_object(
-        client: LoopClient, mocked: responses.RequestsMock, api_key: str) -> None:
+    client: LoopClient, mocked: responses.RequestsMock, api_key: str
+) -> None:
     mocked.get(f"{BASE}/warehouse/return/details", json={"id": 37603915, "state": "open"})
     assert client.return_details("37603915") == {"id": 37603915, "state": "open"}
     assert query_of(mocked.calls[0]) == {"return_id": "37603915"}
@@ -289,17 +366,24 @@ def test_return_details_sends_the_id_and_returns_the_object(
 
 # -- retries --------------------------------------------------------------------------
 
+
 def test_429_with_retry_after_waits_what_the_server_asked(
-        client: LoopClient, clock: FakeClock, mocked: responses.RequestsMock) -> None:
-    mocked.get(f"{BASE}/destinations", json={"message": "Too Many Attempts."}, status=429,
-               headers={"Retry-After": "7"})
+    client: LoopClient, clock: FakeClock, mocked: responses.RequestsMock
+) -> None:
+    mocked.get(
+        f"{BASE}/destinations",
+        json={"message": "Too Many Attempts."},
+        status=429,
+        headers={"Retry-After": "7"},
+    )
     mocked.get(f"{BASE}/destinations", json={"destinations": []})
     assert client.destinations() == []
     assert len(clock.slept) == 1 and 7 <= clock.slept[0] <= 7.25
 
 
-def test_429_without_retry_after_backs_off(client: LoopClient, clock: FakeClock,
-                                           mocked: responses.RequestsMock) -> None:
+def test_429_without_retry_after_backs_off(
+    client: LoopClient, clock: FakeClock, mocked: responses.RequestsMock
+) -> None:
     mocked.get(f"{BASE}/destinations", json={"message": "Too Many Attempts."}, status=429)
     mocked.get(f"{BASE}/destinations", json={"message": "Too Many Attempts."}, status=429)
     mocked.get(f"{BASE}/destinations", json={"destinations": []})
@@ -311,7 +395,8 @@ def test_429_without_retry_after_backs_off(client: LoopClient, clock: FakeClock,
 
 
 def test_a_429_on_an_action_is_retried_because_it_certainly_did_not_happen(
-        client: LoopClient, mocked: responses.RequestsMock) -> None:
+    client: LoopClient, mocked: responses.RequestsMock
+) -> None:
     url = f"{BASE}/warehouse/return/5/process"
     mocked.post(url, json={"message": "Too Many Attempts."}, status=429)
     mocked.post(url, json="true")
@@ -321,39 +406,46 @@ def test_a_429_on_an_action_is_retried_because_it_certainly_did_not_happen(
 
 def test_5xx_on_a_read_is_retried(client: LoopClient, mocked: responses.RequestsMock) -> None:
     mocked.get(f"{BASE}/destinations", status=503, body="unavailable")
-    mocked.get(f"{BASE}/destinations", status=500,
-               json={"message": "An error was encountered during processing."})
+    mocked.get(
+        f"{BASE}/destinations",
+        status=500,
+        json={"message": "An error was encountered during processing."},
+    )
     mocked.get(f"{BASE}/destinations", json={"destinations": [{"id": 1}]})
     assert client.destinations() == [{"id": 1}]
     assert len(mocked.calls) == 3
 
 
 def test_5xx_on_a_read_gives_up_after_the_policy_attempts(
-        client: LoopClient, mocked: responses.RequestsMock) -> None:
+    client: LoopClient, mocked: responses.RequestsMock
+) -> None:
     mocked.get(f"{BASE}/destinations", status=502, body="bad gateway")
     with pytest.raises(TransientError):
         client.destinations()
     assert len(mocked.calls) == POLICY.attempts
 
 
-@pytest.mark.parametrize(("label", "answer"), [
-    ("read timeout after sending", {"body": requests.ReadTimeout("read timed out")}),
-    ("connection dropped", {"body": requests.ConnectionError("reset by peer")}),
-    ("server error", {"status": 500, "json": {"message": "boom"}}),
-    ("html instead of json", {"status": 200, "body": "<html>oops</html>"}),
-])
+@pytest.mark.parametrize(
+    ("label", "answer"),
+    [
+        ("read timeout after sending", {"body": requests.ReadTimeout("read timed out")}),
+        ("connection dropped", {"body": requests.ConnectionError("reset by peer")}),
+        ("server error", {"status": 500, "json": {"message": "boom"}}),
+        ("html instead of json", {"status": 200, "body": "<html>oops</html>"}),
+    ],
+)
 def test_an_action_whose_answer_is_lost_is_outcome_unknown_and_not_retried(
-        client: LoopClient, mocked: responses.RequestsMock, label: str,
-        answer: dict[str, Any]) -> None:
+    client: LoopClient, mocked: responses.RequestsMock, label: str, answer: dict[str, Any]
+) -> None:
     mocked.post(f"{BASE}/warehouse/return/5/process", **answer)
     with pytest.raises(OutcomeUnknown):
         client.process("5")
     assert len(mocked.calls) == 1
 
 
-def test_the_api_key_never_reaches_the_logs(client: LoopClient, api_key: str,
-                                            mocked: responses.RequestsMock,
-                                            logs: Logs) -> None:
+def test_the_api_key_never_reaches_the_logs(
+    client: LoopClient, api_key: str, mocked: responses.RequestsMock, logs: Logs
+) -> None:
     mocked.get(f"{BASE}/destinations", status=503, body="unavailable")
     mocked.get(f"{BASE}/destinations", json={"destinations": []})
     mocked.post(f"{BASE}/warehouse/return/5/flag", json="true")
@@ -371,29 +463,63 @@ ACTIONS = ["process", "flag", "cancel", "close"]
 @pytest.mark.parametrize("action", ACTIONS)
 @pytest.mark.parametrize("body", ["true", True])
 def test_actions_succeed_on_string_or_boolean_true(
-        client: LoopClient, mocked: responses.RequestsMock, action: str, body: Any) -> None:
+    client: LoopClient, mocked: responses.RequestsMock, action: str, body: Any
+) -> None:
     mocked.post(f"{BASE}/warehouse/return/37603922/{action}", json=body)
     assert getattr(client, action)("37603922") is None
     assert len(mocked.calls) == 1 and mocked.calls[0].request.method == "POST"
 
 
 @pytest.mark.parametrize("action", ACTIONS)
-@pytest.mark.parametrize(("label", "body", "error", "code"), [
-    ("state conflict", {"errors": {"message": "Return is closed and therefore cannot be "
-                                              "processed.", "code": "UNPROCESSABLE_RETURN"}},
-     StateConflict, "UNPROCESSABLE_RETURN"),
-    ("flagged", {"errors": {"message": "Return is review and therefore cannot be processed.",
-                            "code": "UNPROCESSABLE_FLAGGED_RETURN"}},
-     StateConflict, "UNPROCESSABLE_FLAGGED_RETURN"),
-    ("content variant", {"content": "Return is flagged and cannot be processed."},
-     StateConflict, None),
-    ("unrelated error", {"errors": {"message": "Unexpected", "code": "UNEXPECTED_ERROR"}},
-     ErrorBody, "UNEXPECTED_ERROR"),
-    ("false", "false", ErrorBody, None),
-])
+@pytest.mark.parametrize(
+    ("label", "body", "error", "code"),
+    [
+        (
+            "state conflict",
+            {
+                "errors": {
+                    "message": "Return is closed and therefore cannot be processed.",
+                    "code": "UNPROCESSABLE_RETURN",
+                }
+            },
+            StateConflict,
+            "UNPROCESSABLE_RETURN",
+        ),
+        (
+            "flagged",
+            {
+                "errors": {
+                    "message": "Return is review and therefore cannot be processed.",
+                    "code": "UNPROCESSABLE_FLAGGED_RETURN",
+                }
+            },
+            StateConflict,
+            "UNPROCESSABLE_FLAGGED_RETURN",
+        ),
+        (
+            "content variant",
+            {"content": "Return is flagged and cannot be processed."},
+            StateConflict,
+            None,
+        ),
+        (
+            "unrelated error",
+            {"errors": {"message": "Unexpected", "code": "UNEXPECTED_ERROR"}},
+            ErrorBody,
+            "UNEXPECTED_ERROR",
+        ),
+        ("false", "false", ErrorBody, None),
+    ],
+)
 def test_actions_turn_200_error_bodies_into_typed_errors(
-        client: LoopClient, mocked: responses.RequestsMock, action: str, label: str,
-        body: Any, error: type[Exception], code: str | None) -> None:
+    client: LoopClient,
+    mocked: responses.RequestsMock,
+    action: str,
+    label: str,
+    body: Any,
+    error: type[Exception],
+    code: str | None,
+) -> None:
     mocked.post(f"{BASE}/warehouse/return/11/{action}", json=body)
     with pytest.raises(error) as caught:
         getattr(client, action)("11")
@@ -409,23 +535,26 @@ def test_process_sends_its_details(client: LoopClient, mocked: responses.Request
     assert sent_json(mocked.calls[0]) == {"warehouse": "EAST", "rma": "R-1"}
 
 
-def test_a_non_numeric_return_id_never_reaches_the_url(client: LoopClient,
-                                                       mocked: responses.RequestsMock) -> None:
+def test_a_non_numeric_return_id_never_reaches_the_url(
+    client: LoopClient, mocked: responses.RequestsMock
+) -> None:
     with pytest.raises(ValueError):
         client.close("../destinations")
     assert len(mocked.calls) == 0
 
 
 def test_add_note_truncates_long_text_instead_of_failing(
-        client: LoopClient, mocked: responses.RequestsMock) -> None:
+    client: LoopClient, mocked: responses.RequestsMock
+) -> None:
     mocked.post(f"{BASE}/warehouse/return/11/note", json="true")
     client.add_note("11", "Received 3 of 4 units. " * 20)
     sent = sent_json(mocked.calls[0])["content"]
     assert len(sent) == 254 and sent.endswith("…") and sent.startswith("Received 3 of 4")
 
 
-def test_grade_and_assess_go_in_batches_of_20(client: LoopClient,
-                                              mocked: responses.RequestsMock) -> None:
+def test_grade_and_assess_go_in_batches_of_20(
+    client: LoopClient, mocked: responses.RequestsMock
+) -> None:
     def echo(request: Any) -> tuple[int, dict[str, str], str]:
         return 200, {}, json.dumps(json.loads(request.body)["items"])
 
@@ -440,8 +569,9 @@ def test_grade_and_assess_go_in_batches_of_20(client: LoopClient,
     assert sizes == [20, 20, 5, 20]
 
 
-def test_grade_with_an_error_object_is_an_error_body(client: LoopClient,
-                                                     mocked: responses.RequestsMock) -> None:
+def test_grade_with_an_error_object_is_an_error_body(
+    client: LoopClient, mocked: responses.RequestsMock
+) -> None:
     mocked.post(f"{BASE}/dispositioning/grade", json=ERROR_200)
     with pytest.raises(ErrorBody):
         client.grade([{"line_item_id": 1, "description": "x"}])
@@ -462,23 +592,25 @@ WRITES = [
 
 @pytest.mark.parametrize(("label", "write"), WRITES)
 def test_dry_run_refuses_every_write_before_any_request(
-        clock: FakeClock, api_key: str, mocked: responses.RequestsMock, label: str,
-        write: Any) -> None:
+    clock: FakeClock, api_key: str, mocked: responses.RequestsMock, label: str, write: Any
+) -> None:
     client = LoopClient(BASE, api_key, clock=clock, policy=POLICY, dry_run=True)
     with pytest.raises(DryRunViolation):
         write(client)
     assert len(mocked.calls) == 0
 
 
-def test_dry_run_still_reads(clock: FakeClock, api_key: str,
-                             mocked: responses.RequestsMock) -> None:
+def test_dry_run_still_reads(
+    clock: FakeClock, api_key: str, mocked: responses.RequestsMock
+) -> None:
     client = LoopClient(BASE, api_key, clock=clock, dry_run=True)
     mocked.get(f"{BASE}/destinations", json={"destinations": []})
     assert client.destinations() == []
 
 
 def test_rate_limited_reads_give_up_when_the_hint_is_too_long(
-        client: LoopClient, mocked: responses.RequestsMock) -> None:
+    client: LoopClient, mocked: responses.RequestsMock
+) -> None:
     mocked.get(f"{BASE}/destinations", status=429, headers={"Retry-After": "3600"})
     with pytest.raises(RateLimited):
         client.destinations()

@@ -9,8 +9,7 @@ from loopsync.models import whole_number
 
 def test_every_module_reads_loops_facts_from_the_one_home():
     assert loop_client.LOOP_STATES is config.LOOP_STATES is loop_facts.LOOP_STATES
-    assert loop_client.MAX_WINDOW is config.MAX_WINDOW is windows.MAX_SPAN \
-        is loop_facts.MAX_WINDOW
+    assert loop_client.MAX_WINDOW is config.MAX_WINDOW is windows.MAX_SPAN is loop_facts.MAX_WINDOW
     assert loop_client.DISPOSITION_BATCH is loop_facts.DISPOSITION_BATCH
     assert rules.NOTE_LIMIT == loop_client.NOTE_MAX_CHARS == loop_facts.NOTE_MAX_CHARS
     assert config.LOOP_GRADES is loop_facts.LOOP_GRADES

@@ -61,8 +61,9 @@ class World:
         self.runs += 1
         store = Store(self.cfg.state_path, self.clock)
         try:
-            return Engine(self.cfg, store, self.loop, self.wh, clock=self.clock,
-                          run_id=f"r{self.runs}").run_cycle()
+            return Engine(
+                self.cfg, store, self.loop, self.wh, clock=self.clock, run_id=f"r{self.runs}"
+            ).run_cycle()
         finally:
             store.close()
 
@@ -87,6 +88,7 @@ def _flagged_world(tmp_path):
 
 
 # -- 1. a lost flag or process answer and a stale `open` read -------------------------------
+
 
 def test_lost_flag_answer_and_a_stale_open_read_do_not_flag_again_next_cycle(tmp_path):
     w = _flagged_world(tmp_path)
@@ -133,6 +135,7 @@ def test_lost_action_reads_that_disagree_are_reported(tmp_path):
 
 # -- 3. action errors in wordings loopsync does not know ------------------------------------
 
+
 def test_unknown_action_error_with_the_return_closed_is_settled_not_rejected(tmp_path):
     w = World(tmp_path, [loop_return("101")])
     w.cycle()
@@ -161,6 +164,7 @@ def test_unknown_action_error_with_the_return_open_is_reported_and_the_run_says_
 
 
 # -- 2. create errors whose meaning is not certain ------------------------------------------
+
 
 class CreatesThenErrs(FakeWarehouse):
     """A warehouse that creates the RMA and then answers with an error."""
@@ -201,6 +205,7 @@ def test_a_rejection_that_did_not_create_is_still_rejected(tmp_path):
 
 # -- 4. lost state: an RMA and a note that already exist ------------------------------------
 
+
 def test_existing_rma_and_note_are_found_before_the_first_create_and_note(tmp_path):
     w = World(tmp_path, [loop_return("101"), loop_return("102")])
     w.cycle()
@@ -216,6 +221,7 @@ def test_existing_rma_and_note_are_found_before_the_first_create_and_note(tmp_pa
 
 
 # -- 5. ambiguity --------------------------------------------------------------------------
+
 
 class ByOrder(FakeWarehouse):
     """A watch-only warehouse matching by order name: one RMA per order."""
@@ -241,12 +247,10 @@ def _same_order(rid, order):
     return raw
 
 
-def test_two_returns_on_one_order_matched_weakly_are_both_reported_and_neither_acted_on(
-        tmp_path):
+def test_two_returns_on_one_order_matched_weakly_are_both_reported_and_neither_acted_on(tmp_path):
     wh = ByOrder()
     w = World(tmp_path, [_same_order("101", "#1"), _same_order("102", "#1")], wh=wh)
-    wh.rmas["#1"] = FakeRma("#1", {"A": 1, "B": 1}, status="complete",
-                            received={"A": 1, "B": 1})
+    wh.rmas["#1"] = FakeRma("#1", {"A": 1, "B": 1}, status="complete", received={"A": 1, "B": 1})
     wh.rmas["101"] = wh.rmas["102"] = wh.rmas["#1"]
     result = w.cycle()
     assert result.needs_attention and len(result.attention) == 2
@@ -274,10 +278,13 @@ def test_a_weak_match_to_an_rma_another_return_holds_is_reported(tmp_path):
 
 # -- the settle rule, for any pair of reads -----------------------------------------------
 
-_reads = hs.builds(rules.ActionRead, state=hs.sampled_from(["open", "closed", "review", ""]),
-                   updated_at=hs.sampled_from(["2026-05-01T00:00:00Z", "2026-05-03T00:00:00Z",
-                                               "", "not a time"]),
-                   notes=hs.integers(0, 3), at=hs.just("2026-05-02T01:00:00Z"))
+_reads = hs.builds(
+    rules.ActionRead,
+    state=hs.sampled_from(["open", "closed", "review", ""]),
+    updated_at=hs.sampled_from(["2026-05-01T00:00:00Z", "2026-05-03T00:00:00Z", "", "not a time"]),
+    notes=hs.integers(0, 3),
+    at=hs.just("2026-05-02T01:00:00Z"),
+)
 
 
 @settings(max_examples=50, deadline=None)
@@ -321,8 +328,11 @@ def test_note_error_in_unknown_words_with_the_note_in_loop_is_settled(tmp_path):
 
 
 @settings(max_examples=50, deadline=None)
-@given(notes=hs.lists(hs.text(max_size=300), max_size=5), text=hs.text(max_size=300),
-       names=hs.none() | hs.text(max_size=40))
+@given(
+    notes=hs.lists(hs.text(max_size=300), max_size=5),
+    text=hs.text(max_size=300),
+    names=hs.none() | hs.text(max_size=40),
+)
 def test_note_match_takes_any_note_text_and_never_matches_an_empty_note(notes, text, names):
     """Loop's note contents are remote data: any text is read without error, and a
     match is the same text or a loopsync note naming the same RMA, nothing looser."""
@@ -330,7 +340,8 @@ def test_note_match_takes_any_note_text_and_never_matches_an_empty_note(notes, t
     assert isinstance(found, bool)
     if found:
         assert (text and text in notes) or any(
-            names and names in n and "loopsync" in n.lower() for n in notes)
+            names and names in n and "loopsync" in n.lower() for n in notes
+        )
     assert not rules.note_present([], text, names)
 
 

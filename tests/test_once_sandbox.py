@@ -26,8 +26,14 @@ def cycle(sb, cfg, clock, seconds=60):
 
 def effects_seen(sb, ids):
     """Everything that must happen once per return, as the remotes saw it."""
-    return {rid: (sb.warehouse.rma_count(rid), tuple(sb.loop.notes_for(rid)),
-                  tuple(sb.loop.actions_for(rid))) for rid in ids}
+    return {
+        rid: (
+            sb.warehouse.rma_count(rid),
+            tuple(sb.loop.notes_for(rid)),
+            tuple(sb.loop.actions_for(rid)),
+        )
+        for rid in ids
+    }
 
 
 def forget_state(cfg):
@@ -37,11 +43,14 @@ def forget_state(cfg):
 
 # -- 4. lost state creates nothing twice ----------------------------------------------------
 
+
 @pytest.mark.parametrize("kind,transport", variants())
-def test_lost_state_file_creates_no_second_rma_note_or_action(make_sandbox, tmp_path, clock,
-                                                              kind, transport):
-    extra = {"transport": "folder", "folder_root": tmp_path / "3pl"} \
-        if transport == "folder" else {}
+def test_lost_state_file_creates_no_second_rma_note_or_action(
+    make_sandbox, tmp_path, clock, kind, transport
+):
+    extra = (
+        {"transport": "folder", "folder_root": tmp_path / "3pl"} if transport == "folder" else {}
+    )
     sb = make_sandbox(kind, **extra)
     ids = open_returns(sb, 4)
     cfg = sb.merchant_config(tmp_path)
@@ -64,23 +73,31 @@ def test_lost_state_file_creates_no_second_rma_note_or_action(make_sandbox, tmp_
 
 # -- 2. a create error that did create ------------------------------------------------------
 
+
 def _create_then_answer(api, answer):
     """Run the real handler (the record is created), then answer `answer` instead."""
+
     def respond(req):
         with api.lock:
             api.handle(req)
         return answer(req)
+
     return Fault("custom", response=respond)
 
 
 def test_shiphero_return_create_error_that_created_it_is_linked_not_rejected(
-        make_sandbox, tmp_path, clock):
+    make_sandbox, tmp_path, clock
+):
     sb = make_sandbox("shiphero")
     (rid,) = open_returns(sb, 1)
-    error = {"data": {"return_create": None},
-             "errors": [{"message": "Internal error", "path": ["return_create"]}]}
-    sb.warehouse.faults.inject(_create_then_answer(sb.warehouse, lambda r: json_response(error)),
-                               when=lambda r: b"return_create" in r.body)
+    error = {
+        "data": {"return_create": None},
+        "errors": [{"message": "Internal error", "path": ["return_create"]}],
+    }
+    sb.warehouse.faults.inject(
+        _create_then_answer(sb.warehouse, lambda r: json_response(error)),
+        when=lambda r: b"return_create" in r.body,
+    )
     cfg = sb.merchant_config(tmp_path)
     first = cycle(sb, cfg, clock)
     assert first.counts.rejected == 0 and first.counts.pushed == 1
@@ -91,21 +108,20 @@ def test_shiphero_return_create_error_that_created_it_is_linked_not_rejected(
     assert sb.loop.actions_for(rid) == ["process"] and len(sb.loop.notes_for(rid)) == 1
 
 
-def test_generic_http_refusal_that_created_it_is_linked_not_rejected(make_sandbox, tmp_path,
-                                                                     clock):
+def test_generic_http_refusal_that_created_it_is_linked_not_rejected(make_sandbox, tmp_path, clock):
     sb = make_sandbox("generic")
     (rid,) = open_returns(sb, 1)
     refusal = lambda r: json_response({"error": "try again"}, 422)  # noqa: E731
-    sb.warehouse.faults.inject(_create_then_answer(sb.warehouse, refusal),
-                               when=lambda r: r.method == "POST")
+    sb.warehouse.faults.inject(
+        _create_then_answer(sb.warehouse, refusal), when=lambda r: r.method == "POST"
+    )
     cfg = sb.merchant_config(tmp_path)
     first = cycle(sb, cfg, clock)
     assert first.counts.rejected == 0 and first.counts.pushed == 1
     assert sb.warehouse.deliveries[rid] == 1
 
 
-def test_generic_http_rma_the_partner_has_is_looked_up_not_posted(make_sandbox, tmp_path,
-                                                                  clock):
+def test_generic_http_rma_the_partner_has_is_looked_up_not_posted(make_sandbox, tmp_path, clock):
     """The contract: GET {rma_url}/{rma_number} before the first POST; an RMA the 3PL
     already holds (delivered before the state was lost) is not POSTed again."""
     sb = make_sandbox("generic")
@@ -122,8 +138,8 @@ def test_generic_http_rma_the_partner_has_is_looked_up_not_posted(make_sandbox, 
 
 # -- 3. an action error in words loopsync does not know -------------------------------------
 
-def test_unknown_loop_action_error_is_settled_from_the_return_state(make_sandbox, tmp_path,
-                                                                    clock):
+
+def test_unknown_loop_action_error_is_settled_from_the_return_state(make_sandbox, tmp_path, clock):
     sb = make_sandbox("shiphero")
     done_elsewhere, still_open = open_returns(sb, 2)
     cfg = sb.merchant_config(tmp_path)
@@ -132,8 +148,9 @@ def test_unknown_loop_action_error_is_settled_from_the_return_state(make_sandbox
         sb.warehouse.receive(rid, "full")
     sb.loop.set_state(done_elsewhere, "closed")
     odd = {"errors": {"message": "Return has already been processed"}}
-    sb.loop.faults.inject(Fault("status", status=200, body=odd), times=2,
-                          when=lambda r: r.path.endswith("/process"))
+    sb.loop.faults.inject(
+        Fault("status", status=200, body=odd), times=2, when=lambda r: r.path.endswith("/process")
+    )
     result = cycle(sb, cfg, clock)
     store = Store(cfg.state_path, clock)
     assert store.returns.get(done_elsewhere).stage in ("done", "skipped")
@@ -148,15 +165,29 @@ def test_unknown_loop_action_error_is_settled_from_the_return_state(make_sandbox
 
 # -- 5. ambiguity: Xoro by order number -----------------------------------------------------
 
+
 def test_xoro_two_returns_one_order_one_asn_are_reported_and_neither_acted_on(
-        make_sandbox, tmp_path, clock):
+    make_sandbox, tmp_path, clock
+):
     sb = make_sandbox("xoro")
     now = clock.now()
-    first = make_return(rng=sb.rng, return_id=61001, state="open", updated_at=now,
-                        order_name="#5001", order_number="5001")
-    second = make_return(rng=sb.rng, return_id=61002, state="open", updated_at=now,
-                         order_name="#5001", order_number="5001")
-    sb.add_return(first)       # Xoro's app imports it: one ASN for the order
+    first = make_return(
+        rng=sb.rng,
+        return_id=61001,
+        state="open",
+        updated_at=now,
+        order_name="#5001",
+        order_number="5001",
+    )
+    second = make_return(
+        rng=sb.rng,
+        return_id=61002,
+        state="open",
+        updated_at=now,
+        order_name="#5001",
+        order_number="5001",
+    )
+    sb.add_return(first)  # Xoro's app imports it: one ASN for the order
     sb.loop.add_return(second)  # the second return of the order: no ASN of its own
     cfg = sb.merchant_config(tmp_path, warehouse_extra={"match_by": "order_number"})
     result = cycle(sb, cfg, clock)
@@ -174,8 +205,10 @@ def test_xoro_two_returns_one_order_one_asn_are_reported_and_neither_acted_on(
 
 # -- 6. state_path ---------------------------------------------------------------------------
 
+
 def test_state_path_resolves_beside_the_config_file_not_the_working_directory(
-        make_sandbox, tmp_path, monkeypatch):
+    make_sandbox, tmp_path, monkeypatch
+):
     sb = make_sandbox("shiphero")
     folder = tmp_path / "conf"
     path = sb.write_config(folder, merchant="acme", state_path="data/acme.sqlite")
@@ -190,10 +223,14 @@ def test_state_path_resolves_beside_the_config_file_not_the_working_directory(
 
 def test_state_dir_from_the_environment_holds_relative_state_paths(tmp_path):
     state_dir = str(tmp_path / "vol")
-    assert resolve_state_path(None, "m", tmp_path / "cfg", state_dir) == tmp_path / "vol" / "m.sqlite"
+    assert (
+        resolve_state_path(None, "m", tmp_path / "cfg", state_dir) == tmp_path / "vol" / "m.sqlite"
+    )
     assert resolve_state_path("x/m.db", "m", tmp_path, state_dir) == tmp_path / "vol" / "x" / "m.db"
-    assert resolve_state_path(str(tmp_path / "abs.db"), "m", tmp_path, state_dir) == \
-        tmp_path / "abs.db"
+    assert (
+        resolve_state_path(str(tmp_path / "abs.db"), "m", tmp_path, state_dir)
+        == tmp_path / "abs.db"
+    )
 
 
 def test_every_run_logs_the_absolute_state_path(make_sandbox, tmp_path, clock, capsys):
@@ -203,21 +240,30 @@ def test_every_run_logs_the_absolute_state_path(make_sandbox, tmp_path, clock, c
     cfg = sb.merchant_config(tmp_path)
     logs.configure(json_output=True, level="info")
     sb.run_cycle(cfg)
-    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()
-             if line.startswith("{")]
+    lines = [
+        json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")
+    ]
     said = [line for line in lines if line.get("event") == "state"]
     assert said and said[0]["path"] == str(cfg.state_path) and cfg.state_path.is_absolute()
 
 
 def test_shiphero_two_orders_that_both_fit_the_return_are_reported_not_guessed(
-        make_sandbox, tmp_path, clock):
+    make_sandbox, tmp_path, clock
+):
     sb = make_sandbox("shiphero")
-    raw = make_return(rng=sb.rng, return_id=62001, state="open", updated_at=clock.now(),
-                      order_name="#7001", provider_order_id="")
+    raw = make_return(
+        rng=sb.rng,
+        return_id=62001,
+        state="open",
+        updated_at=clock.now(),
+        order_name="#7001",
+        provider_order_id="",
+    )
     sb.add_return(raw)  # one order #7001 with the return's SKUs
     units = {str(li["sku"]): 1 for li in raw["line_items"]}
-    sb.warehouse.add_order(order_number="#7001", partner_order_id=None, units_by_sku=units,
-                           email=None)  # another shop's order with the same number and SKUs
+    sb.warehouse.add_order(
+        order_number="#7001", partner_order_id=None, units_by_sku=units, email=None
+    )  # another shop's order with the same number and SKUs
     cfg = sb.merchant_config(tmp_path)
     result = cycle(sb, cfg, clock)
     assert result.needs_attention and result.counts.pushed == 0
@@ -226,14 +272,25 @@ def test_shiphero_two_orders_that_both_fit_the_return_are_reported_not_guessed(
     assert row.stage == "reported" and "#7001" in row.reason
 
 
-def test_xoro_several_asns_for_one_return_are_reported_for_a_person(make_sandbox, tmp_path,
-                                                                    clock):
+def test_xoro_several_asns_for_one_return_are_reported_for_a_person(make_sandbox, tmp_path, clock):
     sb = make_sandbox("xoro")
     now = clock.now()
-    old = make_return(rng=sb.rng, return_id=63001, state="closed", updated_at=now,
-                      order_name="#5002", order_number="5002")
-    new = make_return(rng=sb.rng, return_id=63002, state="open", updated_at=now,
-                      order_name="#5002", order_number="5002")
+    old = make_return(
+        rng=sb.rng,
+        return_id=63001,
+        state="closed",
+        updated_at=now,
+        order_name="#5002",
+        order_number="5002",
+    )
+    new = make_return(
+        rng=sb.rng,
+        return_id=63002,
+        state="open",
+        updated_at=now,
+        order_name="#5002",
+        order_number="5002",
+    )
     sb.warehouse.on_loop_return(old)  # an ASN of an earlier return of the order
     sb.add_return(new)
     cfg = sb.merchant_config(tmp_path, warehouse_extra={"match_by": "order_number"})
@@ -244,7 +301,8 @@ def test_xoro_several_asns_for_one_return_are_reported_for_a_person(make_sandbox
 
 
 def test_lost_state_while_loop_still_queues_the_process_does_not_process_twice(
-        make_sandbox, tmp_path, clock):
+    make_sandbox, tmp_path, clock
+):
     sb = make_sandbox("shiphero")
     sb.loop.process_delay_seconds = 300  # Loop works through its queue in 5 minutes
     (rid,) = open_returns(sb, 1)
@@ -262,15 +320,17 @@ def test_lost_state_while_loop_still_queues_the_process_does_not_process_twice(
 
 
 def test_generic_http_3pl_without_a_lookup_gets_each_rma_once_by_its_number(
-        make_sandbox, tmp_path, clock):
+    make_sandbox, tmp_path, clock
+):
     """A 3PL with no GET {rma_url}/{n} (405) still gets every RMA, and after lost state
     the repeated POST is answered by the idempotency contract (409 with the record): one
     RMA per number at the 3PL, one note in Loop."""
     sb = make_sandbox("generic")
     ids = open_returns(sb, 2)
     no_lookup = Fault("status", status=405, body={"error": "method not allowed"})
-    sb.warehouse.faults.inject(no_lookup, times=10**6,
-                               when=lambda r: r.method == "GET" and "/rmas/" in r.path)
+    sb.warehouse.faults.inject(
+        no_lookup, times=10**6, when=lambda r: r.method == "GET" and "/rmas/" in r.path
+    )
     cfg = sb.merchant_config(tmp_path)
     assert cycle(sb, cfg, clock).counts.pushed == 2
     forget_state(cfg)

@@ -41,16 +41,20 @@ def files_digest(folder):
     for p in sorted(folder.rglob("*")):
         if p.is_file():
             st = p.stat()
-            out[str(p.relative_to(folder))] = (st.st_size, st.st_mtime_ns,
-                                               hashlib.sha256(p.read_bytes()).hexdigest())
+            out[str(p.relative_to(folder))] = (
+                st.st_size,
+                st.st_mtime_ns,
+                hashlib.sha256(p.read_bytes()).hexdigest(),
+            )
     return out
 
 
 def no_traceback(text):
-    return "Traceback" not in text and "File \"" not in text
+    return "Traceback" not in text and 'File "' not in text
 
 
 # -- local faults -----------------------------------------------------------------------------
+
 
 def make_corrupt(path, how):
     if how == "not a database":
@@ -61,7 +65,7 @@ def make_corrupt(path, how):
             store.runs.add_problem(str(n), "ingest", "x" * 500, None)
         store.close()
         data = path.read_bytes()
-        path.write_bytes(data[:len(data) // 2])
+        path.write_bytes(data[: len(data) // 2])
     elif how == "newer schema":
         store = Store(path, FakeClock())
         store._set_meta("schema_version", "99")
@@ -93,18 +97,23 @@ def test_state_folder_that_cannot_be_created_exits_73(sb, env, tmp_path, capsys)
 
 
 def test_state_errors_are_classified_by_cause():
-    assert isinstance(state_error("s", sqlite3.OperationalError("database or disk is full")),
-                      StateIOError)
-    assert isinstance(state_error("s", sqlite3.DatabaseError("file is not a database")),
-                      StateCorrupt)
-    assert isinstance(state_error("s", sqlite3.OperationalError(
-        "attempt to write a readonly database")), StateUnwritable)
+    assert isinstance(
+        state_error("s", sqlite3.OperationalError("database or disk is full")), StateIOError
+    )
+    assert isinstance(
+        state_error("s", sqlite3.DatabaseError("file is not a database")), StateCorrupt
+    )
+    assert isinstance(
+        state_error("s", sqlite3.OperationalError("attempt to write a readonly database")),
+        StateUnwritable,
+    )
     assert isinstance(state_error("s", PermissionError(13, "Permission denied")), StateUnwritable)
     assert isinstance(state_error("s", OSError(28, "No space left on device")), StateIOError)
 
 
-def test_disk_full_mid_cycle_exits_74_and_leaves_the_database_intact(sb, env, tmp_path,
-                                                                     capsys, monkeypatch):
+def test_disk_full_mid_cycle_exits_74_and_leaves_the_database_intact(
+    sb, env, tmp_path, capsys, monkeypatch
+):
     cfg = write(sb, tmp_path, "acme")
     sb.seed(3, states_weights=[("open", 1)])
     assert main(["run", "--once", "-c", str(cfg)]) == 0
@@ -145,8 +154,10 @@ def test_unexpected_error_is_one_redacted_line_and_exit_70(env, monkeypatch, cap
 
 # -- one merchant's trouble stays its own -------------------------------------------------------
 
-def test_run_dir_goes_on_past_bad_config_corrupt_state_and_a_crash(sb, env, tmp_path, capsys,
-                                                                 monkeypatch):
+
+def test_run_dir_goes_on_past_bad_config_corrupt_state_and_a_crash(
+    sb, env, tmp_path, capsys, monkeypatch
+):
     sb.seed(2, states_weights=[("open", 1)])
     for m in ("a-ok", "b-crash", "c-corrupt", "z-ok"):
         write(sb, tmp_path / "conf", m, state_path=str(tmp_path / f"{m}.sqlite"))
@@ -173,10 +184,12 @@ def test_run_dir_goes_on_past_bad_config_corrupt_state_and_a_crash(sb, env, tmp_
     out, err = capsys.readouterr()
     assert "z-ok: pulled=" in out
     assert [line for line in err.splitlines() if line.startswith("config error:")] == [
-        line for line in err.splitlines() if "d-bad.yaml" in line and "config error" in line]
+        line for line in err.splitlines() if "d-bad.yaml" in line and "config error" in line
+    ]
 
 
 # -- credentials refused ----------------------------------------------------------------------
+
 
 def test_refused_loop_key_stops_the_cycle_once_and_backs_off(make_sandbox, tmp_path):
     clock = FakeClock("2026-06-01T12:00:00Z")
@@ -218,8 +231,9 @@ def test_refused_loop_key_stops_the_cycle_once_and_backs_off(make_sandbox, tmp_p
     store.close()
 
 
-def test_refused_shiphero_refresh_token_is_one_reason_not_a_problem_per_return(make_sandbox,
-                                                                              tmp_path, capsys):
+def test_refused_shiphero_refresh_token_is_one_reason_not_a_problem_per_return(
+    make_sandbox, tmp_path, capsys
+):
     clock = FakeClock("2026-06-01T12:00:00Z")
     sb = make_sandbox(clock=clock, rate_limits=False)
     sb.seed(25, states_weights=[("open", 1)])
@@ -258,8 +272,10 @@ def test_changed_credentials_are_tried_at_once():
 
 # -- status and dry run -----------------------------------------------------------------------
 
-def test_status_shows_a_run_that_died_as_interrupted_and_needs_no_secret(sb, env, tmp_path,
-                                                                         capsys, monkeypatch):
+
+def test_status_shows_a_run_that_died_as_interrupted_and_needs_no_secret(
+    sb, env, tmp_path, capsys, monkeypatch
+):
     cfg = write(sb, tmp_path, "acme")
     store = Store(tmp_path / "acme.sqlite", FakeClock())
     store.runs.start("deadbeef", "run")  # a run row left behind by a killed process
@@ -287,8 +303,9 @@ def test_dry_run_changes_no_file(sb, env, tmp_path, capsys, live_writer):
     sb.seed(3, states_weights=[("open", 1)])
     assert main(["run", "--once", "-c", str(cfg)]) == 0
     for n in range(2):  # new since the last run: the dry run would push them
-        sb.add_return(make_return(rng=sb.rng, return_id=9101 + n, state="open",
-                                  updated_at=sb.clock.now()))
+        sb.add_return(
+            make_return(rng=sb.rng, return_id=9101 + n, state="open", updated_at=sb.clock.now())
+        )
     writer = None
     if live_writer:  # another connection holds the WAL open, with a commit in it
         writer = Store(tmp_path / "acme.sqlite", FakeClock())

@@ -33,8 +33,12 @@ def wait_for(condition, what, timeout=WAIT):
 
 def worker(tmp_path, env, *args):
     err = open(tmp_path / "stderr.txt", "w+b")  # a file: read while the worker runs
-    proc = subprocess.Popen([sys.executable, "-m", "loopsync", "--log-format", "json", *args],
-                            env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=err)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "loopsync", "--log-format", "json", *args],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=err,
+    )
     return proc, lambda: (tmp_path / "stderr.txt").read_text(errors="replace")
 
 
@@ -54,22 +58,28 @@ def hold_first_list(sb, release):
         release.wait(WAIT)
         return json_response({"message": "too late"}, 500)
 
-    sb.loop.faults.inject(Fault("custom", response=respond),
-                          when=lambda req: req.path.endswith("/warehouse/return/list"))
+    sb.loop.faults.inject(
+        Fault("custom", response=respond),
+        when=lambda req: req.path.endswith("/warehouse/return/list"),
+    )
     return reached
 
 
 IMPORT = ["import", "--from", "2026-01-01T00:00:00Z", "--to", "2036-01-01T00:00:00Z"]
 
 
-@pytest.mark.parametrize("command, sig, code", [(["run", "--once"], signal.SIGTERM, 143),
-                                                (IMPORT, signal.SIGINT, 130)],
-                         ids=["run --once, SIGTERM", "import, SIGINT"])
+@pytest.mark.parametrize(
+    "command, sig, code",
+    [(["run", "--once"], signal.SIGTERM, 143), (IMPORT, signal.SIGINT, 130)],
+    ids=["run --once, SIGTERM", "import, SIGINT"],
+)
 def test_run_and_import_stop_on_signal_record_stopped_and_exit_128_plus_signal(
-        sb, tmp_path, command, sig, code):
+    sb, tmp_path, command, sig, code
+):
     sb.seed(3, states_weights=[("open", 1)])
-    cfg = sb.write_config(tmp_path, merchant="acme", state_path=str(tmp_path / "acme.sqlite"),
-                          timeout="1s")
+    cfg = sb.write_config(
+        tmp_path, merchant="acme", state_path=str(tmp_path / "acme.sqlite"), timeout="1s"
+    )
     release = threading.Event()
     reached = hold_first_list(sb, release)
     proc, stderr = worker(tmp_path, sb.env(), *command, "-c", str(cfg))
@@ -99,12 +109,25 @@ def sigterm_is_caught(pid):
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads /proc")
 def test_serve_honours_a_sigterm_during_start_up(tmp_path):
     cfg = tmp_path / "acme.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "merchant": "acme", "state_path": str(tmp_path / "acme.sqlite"),
-        "loop": {"base_url": "http://127.0.0.1:9", "api_key": "${LOOP_API_KEY}",
-                 "start_at": "2026-01-01T00:00:00Z"},
-        "warehouse": {"kind": "generic", "base_url": "http://127.0.0.1:9",
-                      "api_key": "${GENERIC_KEY}", "destinations": {"1": "main"}}}))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "merchant": "acme",
+                "state_path": str(tmp_path / "acme.sqlite"),
+                "loop": {
+                    "base_url": "http://127.0.0.1:9",
+                    "api_key": "${LOOP_API_KEY}",
+                    "start_at": "2026-01-01T00:00:00Z",
+                },
+                "warehouse": {
+                    "kind": "generic",
+                    "base_url": "http://127.0.0.1:9",
+                    "api_key": "${GENERIC_KEY}",
+                    "destinations": {"1": "main"},
+                },
+            }
+        )
+    )
     env = {"LOOP_API_KEY": "loop-key-0123456789", "GENERIC_KEY": "generic-key-0123456789"}
     proc, stderr = worker(tmp_path, env, "serve", "-c", str(cfg))
     try:
@@ -123,8 +146,9 @@ def test_serve_honours_a_sigterm_during_start_up(tmp_path):
 def test_serve_runs_past_bad_merchants_reloads_and_a_second_sigterm_forces_exit(sb, tmp_path):
     sb.seed(2, states_weights=[("open", 1)])
     conf = tmp_path / "conf"
-    good = sb.write_config(conf, merchant="good", state_path=str(tmp_path / "good.sqlite"),
-                           timeout="20s")
+    good = sb.write_config(
+        conf, merchant="good", state_path=str(tmp_path / "good.sqlite"), timeout="20s"
+    )
     sb.write_config(conf, merchant="corrupt", state_path=str(tmp_path / "corrupt.sqlite"))
     (tmp_path / "corrupt.sqlite").write_bytes(b"not a database at all\n" * 50)
     (conf / "bad.yaml").write_text("merchant: bad\nloop: {}\nwarehouse: {kind: nowhere}\n")
@@ -155,9 +179,13 @@ def test_serve_runs_past_bad_merchants_reloads_and_a_second_sigterm_forces_exit(
     # One line for the bad file at start and again at the reload, naming file and key.
     assert len(set(config_lines)) == 1 and "bad.yaml: loop.api_key" in config_lines[0], err
     assert str(tmp_path / "corrupt.sqlite") in err
-    status = subprocess.run([sys.executable, "-m", "loopsync", "status", "-c", str(good)],
-                            capture_output=True, text=True, timeout=WAIT,
-                            env={k: v for k, v in os.environ.items() if k not in sb.env()})
+    status = subprocess.run(
+        [sys.executable, "-m", "loopsync", "status", "-c", str(good)],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+        env={k: v for k, v in os.environ.items() if k not in sb.env()},
+    )
     assert status.returncode == 0, status.stderr
     assert "interrupted" in status.stdout
 
@@ -171,8 +199,12 @@ def test_a_stopping_command_waits_for_its_work_at_most_the_grace():
     seen = []
     try:
         # The work ignores the stop (a request that outlives every timeout).
-        assert shutdown.supervise(lambda stop: seen.append(stop.is_set()) or release.wait(WAIT),
-                                  grace=0.4) is None
+        assert (
+            shutdown.supervise(
+                lambda stop: seen.append(stop.is_set()) or release.wait(WAIT), grace=0.4
+            )
+            is None
+        )
     finally:
         release.set()
     assert seen == [True] and shutdown.exit_code == 143

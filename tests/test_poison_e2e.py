@@ -19,18 +19,21 @@ def nested(depth: int) -> Any:
 
 
 POISON = [
-    ("utc overflow", set_field("updated_at", "0001-01-01T00:00:00+01:00"),
-     r"updated_at timestamp out of range in UTC"),
+    (
+        "utc overflow",
+        set_field("updated_at", "0001-01-01T00:00:00+01:00"),
+        r"updated_at timestamp out of range in UTC",
+    ),
     ("lone surrogate", set_field("state", "\ud800"), r"state"),
-    ("full-width digits as id", set_field("id", "１００２"),
-     r"return id missing or not numeric"),
+    ("full-width digits as id", set_field("id", "１００２"), r"return id missing or not numeric"),
     ("nested 500 deep", set_field("x_new", nested(500)), r"nested more than 64 deep"),
 ]
 
 
 @pytest.mark.parametrize("case, edit, reason", POISON, ids=[c[0] for c in POISON])
-def test_poison_loop_return_over_http_holds_back_only_itself(make_sandbox, tmp_path, case, edit,
-                                                             reason):
+def test_poison_loop_return_over_http_holds_back_only_itself(
+    make_sandbox, tmp_path, case, edit, reason
+):
     sb = make_sandbox("shiphero")
     good = open_returns(sb, 3)
     bad = open_returns(sb, 1)[0]

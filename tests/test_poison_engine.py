@@ -34,8 +34,10 @@ POISONS = {
     "utc overflow": lambda r: {**r, "updated_at": "0001-01-01T00:00:00+01:00"},
     "utc overflow at the top": lambda r: {**r, "updated_at": "9999-12-31T23:59:59-01:00"},
     "lone surrogate in state": lambda r: {**r, "state": "\ud800"},
-    "lone surrogate in a title": lambda r: {**r, "line_items": [
-        {**r["line_items"][0], "title": "caf\udce9"}]},
+    "lone surrogate in a title": lambda r: {
+        **r,
+        "line_items": [{**r["line_items"][0], "title": "caf\udce9"}],
+    },
     "nested thousands deep": lambda r: {**r, "extra": nested(5000)},
     "full-width digits as id": lambda r: {**r, "id": "１０５０"},
     "superscript in id": lambda r: {**r, "id": "1050²"},
@@ -50,8 +52,14 @@ class PagedLoop(FakeLoop):
     other states; counts the pages read."""
 
     def __init__(self, pages: list[list[Any]]) -> None:
-        super().__init__([r for page in pages for r in page
-                          if isinstance(r, dict) and r.get("id") in ("101", "102", "103")])
+        super().__init__(
+            [
+                r
+                for page in pages
+                for r in page
+                if isinstance(r, dict) and r.get("id") in ("101", "102", "103")
+            ]
+        )
         self.pages = pages
 
     def iter_returns(self, start, end, state, *, cursor=None):
@@ -67,8 +75,7 @@ class PagedLoop(FakeLoop):
 
 
 class World:
-    def __init__(self, tmp_path, loop: FakeLoop, wh: FakeWarehouse | None = None,
-                 **cfg_kw) -> None:
+    def __init__(self, tmp_path, loop: FakeLoop, wh: FakeWarehouse | None = None, **cfg_kw) -> None:
         self.clock = FakeClock("2026-05-02T00:00:00Z")
         self.cfg = merchant_config(tmp_path, **cfg_kw)
         self.loop = loop
@@ -80,8 +87,9 @@ class World:
         self.runs += 1
         store = Store(self.cfg.state_path, self.clock)
         try:
-            return Engine(self.cfg, store, self.loop, self.wh, clock=self.clock,
-                          run_id=f"r{self.runs}").run_cycle()
+            return Engine(
+                self.cfg, store, self.loop, self.wh, clock=self.clock, run_id=f"r{self.runs}"
+            ).run_cycle()
         finally:
             store.close()
 
@@ -98,8 +106,7 @@ def problems(world: World) -> list[ProblemRow]:
 
 
 @pytest.mark.parametrize("poison", POISONS.values(), ids=list(POISONS))
-def test_poison_record_among_good_ones_is_recorded_and_the_page_is_checkpointed(tmp_path,
-                                                                              poison):
+def test_poison_record_among_good_ones_is_recorded_and_the_page_is_checkpointed(tmp_path, poison):
     bad = poison(loop_return("1050"))
     loop = PagedLoop([[loop_return("101"), bad, loop_return("102")], [loop_return("103")]])
     w = World(tmp_path, loop)
@@ -122,8 +129,9 @@ def test_poison_record_among_good_ones_is_recorded_and_the_page_is_checkpointed(
     assert loop.pages_read - read_before == 2 + 4  # one new window per state, read once
 
 
-def test_a_return_that_cannot_be_stored_is_recorded_and_its_page_still_commits(tmp_path,
-                                                                              monkeypatch):
+def test_a_return_that_cannot_be_stored_is_recorded_and_its_page_still_commits(
+    tmp_path, monkeypatch
+):
     real = ReturnRepository.upsert
 
     def upsert(self, rid, raw, **kw):
@@ -188,7 +196,8 @@ def test_an_unexpected_error_pushing_one_return_is_recorded_and_the_rest_are_pus
 
 
 def test_an_unexpected_error_acting_on_one_return_is_recorded_and_the_rest_are_acted_on(
-        tmp_path, monkeypatch):
+    tmp_path, monkeypatch
+):
     loop = PagedLoop([[loop_return("101"), loop_return("102"), loop_return("103")]])
     w = World(tmp_path, loop)
     w.cycle()
@@ -230,14 +239,15 @@ def test_a_poll_answer_no_parser_foresaw_holds_its_chunk_and_the_stage_goes_on(t
     assert w.cycle().counts.processed == 1
 
 
-def test_a_stored_return_that_no_longer_reads_is_held_at_poll_and_the_rest_are_decided(
-        tmp_path):
+def test_a_stored_return_that_no_longer_reads_is_held_at_poll_and_the_rest_are_decided(tmp_path):
     loop = PagedLoop([[loop_return("101"), loop_return("102")]])
     w = World(tmp_path, loop)
     w.cycle()
     store = w.store()  # stored by an older loopsync that took a NUL in a SKU
-    store.db.execute("update returns set snapshot = replace(snapshot, '\"sku\":\"A\"', "
-                     "'\"sku\":\"A\\u0000\"') where id = '101'")
+    store.db.execute(
+        'update returns set snapshot = replace(snapshot, \'"sku":"A"\', '
+        "'\"sku\":\"A\\u0000\"') where id = '101'"
+    )
     store.db.conn.commit()
     store.close()
     w.wh.finish("101")
@@ -246,8 +256,7 @@ def test_a_stored_return_that_no_longer_reads_is_held_at_poll_and_the_rest_are_d
     assert not result.stage_errors
     assert result.counts.processed == 1 and ("process", "102") in loop.writes
     assert ("process", "101") not in loop.writes
-    assert any(p.return_id == "101" and "control character" in p.message
-               for p in problems(w))
+    assert any(p.return_id == "101" and "control character" in p.message for p in problems(w))
 
 
 class AsnLoop(FakeLoop):
@@ -260,45 +269,74 @@ class AsnLoop(FakeLoop):
 
 
 def test_asn_rows_that_cannot_be_stored_are_recorded_and_the_rest_are_kept(tmp_path):
-    rows = [{"id": 101, "return_line_item_id": 1, "tracking_number": "1Z1"},
-            {"id": 102, "return_line_item_id": 2, "tracking_number": 2**63},  # int in text
-            {"id": "１０３", "tracking_number": "1Z3"},
-            {"id": 104, "tracking_number": "1Z4", "updated_at": {"date": "today"}},
-            {"id": 105, "tracking_number": "1Z5", "extra": nested(5000)},
-            {"id": 106, "return_line_item_id": 6, "tracking_number": "1Z\ud8006"}]
+    rows = [
+        {"id": 101, "return_line_item_id": 1, "tracking_number": "1Z1"},
+        {"id": 102, "return_line_item_id": 2, "tracking_number": 2**63},  # int in text
+        {"id": "１０３", "tracking_number": "1Z3"},
+        {"id": 104, "tracking_number": "1Z4", "updated_at": {"date": "today"}},
+        {"id": 105, "tracking_number": "1Z5", "extra": nested(5000)},
+        {"id": 106, "return_line_item_id": 6, "tracking_number": "1Z\ud8006"},
+    ]
     w = World(tmp_path, AsnLoop(rows))
     w.cfg = dataclasses.replace(w.cfg, loop=dataclasses.replace(w.cfg.loop, asn_enabled=True))
     result = w.cycle()
     assert not result.stage_errors
     store = w.store()
-    kept = {r["return_id"]: r["tracking_number"] for r in store.db.query(
-        "select return_id, tracking_number from asn_rows")}
+    kept = {
+        r["return_id"]: r["tracking_number"]
+        for r in store.db.query("select return_id, tracking_number from asn_rows")
+    }
     assert store.cursors.get("asn", "all").done_until is not None
     store.close()
     assert kept == {"101": "1Z1", "102": str(2**63)}
     # Each one-day ASN window answers the same rows here: each bad one is listed per read.
-    assert {p.return_id for p in problems(w) if p.stage == "asn"} == {
-        None, "104", "105", "106"}
+    assert {p.return_id for p in problems(w) if p.stage == "asn"} == {None, "104", "105", "106"}
 
 
-@pytest.mark.parametrize("exc", [NotReady("later"), PollStopped(), DryRunViolation("x"),
-                                 LockHeld("x"), MemoryError(), OSError(28, "No space"),
-                                 sqlite3.OperationalError("disk I/O error"), KeyboardInterrupt()])
+@pytest.mark.parametrize(
+    "exc",
+    [
+        NotReady("later"),
+        PollStopped(),
+        DryRunViolation("x"),
+        LockHeld("x"),
+        MemoryError(),
+        OSError(28, "No space"),
+        sqlite3.OperationalError("disk I/O error"),
+        KeyboardInterrupt(),
+    ],
+)
 def test_signals_and_local_faults_are_not_one_records_fault(exc):
     assert not one_records_fault(exc)
 
 
-@pytest.mark.parametrize("exc", [TypeError(), KeyError("x"), AttributeError(), RecursionError(),
-                                 OverflowError(), UnicodeEncodeError("utf-8", "\ud800", 0, 1, "x"),
-                                 Unreadable("sku is a dict"), sqlite3.ProgrammingError()])
+@pytest.mark.parametrize(
+    "exc",
+    [
+        TypeError(),
+        KeyError("x"),
+        AttributeError(),
+        RecursionError(),
+        OverflowError(),
+        UnicodeEncodeError("utf-8", "\ud800", 0, 1, "x"),
+        Unreadable("sku is a dict"),
+        sqlite3.ProgrammingError(),
+    ],
+)
 def test_errors_from_one_records_data_are_that_records_fault(exc):
     assert one_records_fault(exc)
 
 
 def test_problem_text_with_a_lone_surrogate_is_stored(tmp_path):
     store = Store(tmp_path / "s.sqlite", FakeClock())
-    eng = Engine(merchant_config(tmp_path), store, FakeLoop(), FakeWarehouse(),
-                 clock=FakeClock(), run_id="r1")
+    eng = Engine(
+        merchant_config(tmp_path),
+        store,
+        FakeLoop(),
+        FakeWarehouse(),
+        clock=FakeClock(),
+        run_id="r1",
+    )
     eng._problem("1\ud800", "poll", "status '\ud800' unknown")
     assert store.runs.problems()[0].message == "status '\\ud800' unknown"
     store.close()
@@ -314,6 +352,7 @@ class StrictLoop(FakeLoop):
 
     def iter_returns(self, start, end, state, *, cursor=None):
         from loopsync.loop_client import LOOP_STATES
+
         if state not in LOOP_STATES:
             raise ValueError(f"unknown Loop state {state!r}")
         return super().iter_returns(start, end, state, cursor=cursor)
@@ -331,8 +370,7 @@ def import_one(tmp_path, details: dict[str, Any]) -> set[str]:
         store.close()
 
 
-def test_import_of_a_return_whose_details_name_no_list_state_searches_the_configured_ones(
-        tmp_path):
+def test_import_of_a_return_whose_details_name_no_list_state_searches_the_configured_ones(tmp_path):
     details = {"id": 101, "state": "Weird\x00", "updated_at": "2026-05-01T10:00:00Z"}
     assert import_one(tmp_path, details) == {"101"}
 

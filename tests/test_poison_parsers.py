@@ -32,29 +32,68 @@ from loopsync.connectors.shiphero import wire as shiphero_wire
 from loopsync.errors import ErrorBody, RemoteError, Unreadable
 from loopsync.http import HttpResult
 from loopsync.loop_client import _return_path, parse_returns_body
-from loopsync.models import (MAX_UNITS, LoopReturn, MalformedReturn, RmaRef, RmaStatus,
-                             asn_row_problem, check_tree, identifier, parse_asn_row,
-                             whole_number)
+from loopsync.models import (
+    MAX_UNITS,
+    LoopReturn,
+    MalformedReturn,
+    RmaRef,
+    RmaStatus,
+    asn_row_problem,
+    check_tree,
+    identifier,
+    parse_asn_row,
+    whole_number,
+)
 from loopsync.state import Store
 from loopsync.timeutil import parse_timestamp
 from loopsync.testing import FakeClock
 
-FEW = settings(max_examples=40, deadline=None,
-               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FEW = settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 # Text as a hostile remote sends it: any code point, lone surrogates (JSON "\ud800") and
 # control characters included, plus digits that are not ASCII.
 hostile_chars = st.characters(exclude_categories=())
 hostile_text = st.one_of(
     st.text(hostile_chars, max_size=12),
-    st.sampled_from(["\ud800", "a\x00b", "１００２", "1001²", "\ufffd", " 7 ", "", "x" * 300,
-                     "0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00",
-                     "2026-05-01T10:00:00Z", "2026-05-01 10:00:00", "NaN", "-1", "2.0"]))
-scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.integers(min_value=10**30),
-                    st.floats(allow_nan=True, allow_infinity=True), hostile_text)
-any_json = st.recursive(scalars, lambda inner: st.one_of(
-    st.lists(inner, max_size=4), st.dictionaries(hostile_text, inner, max_size=4)),
-    max_leaves=12)
+    st.sampled_from(
+        [
+            "\ud800",
+            "a\x00b",
+            "１００２",
+            "1001²",
+            "\ufffd",
+            " 7 ",
+            "",
+            "x" * 300,
+            "0001-01-01T00:00:00+01:00",
+            "9999-12-31T23:59:59-01:00",
+            "2026-05-01T10:00:00Z",
+            "2026-05-01 10:00:00",
+            "NaN",
+            "-1",
+            "2.0",
+        ]
+    ),
+)
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.integers(min_value=10**30),
+    st.floats(allow_nan=True, allow_infinity=True),
+    hostile_text,
+)
+any_json = st.recursive(
+    scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(hostile_text, inner, max_size=4)
+    ),
+    max_leaves=12,
+)
 
 
 def deep(depth: int = 5000) -> Any:
@@ -73,9 +112,11 @@ def shaped(record: dict[str, Any]) -> st.SearchStrategy[dict[str, Any]]:
     """`record` with some fields replaced by arbitrary JSON, some dropped, some added."""
     return st.builds(
         lambda fields, extra: {**{k: v for k, v in fields.items() if v is not _DROP}, **extra},
-        st.fixed_dictionaries({k: st.one_of(st.just(v), any_json, st.just(_DROP))
-                               for k, v in record.items()}),
-        st.dictionaries(hostile_text, any_json, max_size=2))
+        st.fixed_dictionaries(
+            {k: st.one_of(st.just(v), any_json, st.just(_DROP)) for k, v in record.items()}
+        ),
+        st.dictionaries(hostile_text, any_json, max_size=2),
+    )
 
 
 _DROP = object()
@@ -98,13 +139,30 @@ def insertable(*texts: Any) -> None:
 # -- Loop -----------------------------------------------------------------------------------
 
 LOOP_RETURN = {
-    "id": 1001, "state": "open", "updated_at": "2026-05-01T10:00:00Z",
-    "created_at": "2026-05-01T09:00:00Z", "order_id": "55", "provider_order_id": "9001",
-    "order_name": "#1001", "order_number": "1001", "customer": "pat@example.com",
-    "destination_id": 12, "carrier": "ups", "tracking_number": "1Z999",
-    "line_items": [{"line_item_id": 7, "sku": "SKU-1", "title": "Shirt", "return_reason": "Big",
-                    "parent_return_reason": "", "return_comment": "", "barcode": "1",
-                    "outcome": "refund"}],
+    "id": 1001,
+    "state": "open",
+    "updated_at": "2026-05-01T10:00:00Z",
+    "created_at": "2026-05-01T09:00:00Z",
+    "order_id": "55",
+    "provider_order_id": "9001",
+    "order_name": "#1001",
+    "order_number": "1001",
+    "customer": "pat@example.com",
+    "destination_id": 12,
+    "carrier": "ups",
+    "tracking_number": "1Z999",
+    "line_items": [
+        {
+            "line_item_id": 7,
+            "sku": "SKU-1",
+            "title": "Shirt",
+            "return_reason": "Big",
+            "parent_return_reason": "",
+            "return_comment": "",
+            "barcode": "1",
+            "outcome": "refund",
+        }
+    ],
 }
 
 
@@ -134,15 +192,23 @@ def test_loop_return_from_any_json_is_a_valid_return_or_unreadable(raw):
 
 
 @FEW
-@given(shaped(LOOP_RETURN),
-       st.lists(shaped(LOOP_RETURN["line_items"][0]), max_size=3))  # type: ignore[index]
+@given(shaped(LOOP_RETURN), st.lists(shaped(LOOP_RETURN["line_items"][0]), max_size=3))  # type: ignore[index]
 def test_loop_return_with_any_field_wrong_is_a_valid_return_or_unreadable(raw, lines):
     parse_loop_return({**raw, "line_items": lines} if lines else raw)
 
 
 @FEW
-@given(shaped({"id": 1001, "return_line_item_id": 7, "tracking_number": "1Z9",
-               "updated_at": "2026-05-01T10:00:00Z"}) | any_json)
+@given(
+    shaped(
+        {
+            "id": 1001,
+            "return_line_item_id": 7,
+            "tracking_number": "1Z9",
+            "updated_at": "2026-05-01T10:00:00Z",
+        }
+    )
+    | any_json
+)
 def test_loop_asn_row_is_a_valid_row_or_unreadable(row):
     try:
         parsed = parse_asn_row(row)
@@ -164,8 +230,7 @@ def test_loop_list_page_is_returns_and_a_link_or_an_error_body(body):
     assert isinstance(returns, list) and (next_url is None or isinstance(next_url, str))
 
 
-@pytest.mark.parametrize("updated_at", ["0001-01-01T00:00:00+01:00",
-                                        "9999-12-31T23:59:59-01:00"])
+@pytest.mark.parametrize("updated_at", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"])
 def test_timestamp_whose_utc_conversion_overflows_is_unreadable_naming_the_field(updated_at):
     with pytest.raises(Unreadable, match="return 1001: updated_at"):
         LoopReturn.from_api({**LOOP_RETURN, "updated_at": updated_at})
@@ -234,14 +299,21 @@ def test_stored_return_row_takes_every_accepted_return(tmp_path):
     store = Store(tmp_path / "s.sqlite", FakeClock())
     ret = LoopReturn.from_api({**LOOP_RETURN, "customer": "Zoë \x00", "x": ["é", {"k": 1.5}]})
     with store.atomic():
-        store.returns.upsert(ret.id, ret.raw, state=ret.state, updated_at=ret.updated_at,
-                            created_at=ret.created_at, destination_id=ret.destination_id,
-                            order_name=ret.order_name)
+        store.returns.upsert(
+            ret.id,
+            ret.raw,
+            state=ret.state,
+            updated_at=ret.updated_at,
+            created_at=ret.created_at,
+            destination_id=ret.destination_id,
+            order_name=ret.order_name,
+        )
     assert store.returns.snapshot(ret.id)["x"] == ["é", {"k": 1.5}]
     store.close()
 
 
 # -- counts ---------------------------------------------------------------------------------
+
 
 @FEW
 @given(any_json)
@@ -262,14 +334,27 @@ def test_whole_number_refuses_non_ascii_digits_and_absurd_values(value):
 # -- ShipHero -------------------------------------------------------------------------------
 
 REF = RmaRef("1001", "UmV0dXJuOjE=", {"legacy_id": 1})
-SHIPHERO_RETURN = {"id": "UmV0dXJuOjE=", "legacy_id": 1, "partner_id": "1001",
-                   "status": "complete", "total_items_expected": 1, "total_items_received": 1,
-                   "line_items": [{"line_item": {"sku": "SKU-1"}, "quantity": 1,
-                                   "quantity_received": 1, "condition": "good"}]}
-SHIPHERO_ORDER = {"id": "T3JkZXI6MQ==", "legacy_id": 5, "order_number": "#1001",
-                  "line_items": {"edges": [{"node": {"sku": "SKU-1"}}],
-                                 "pageInfo": {"hasNextPage": False, "endCursor": None}},
-                  "shipping_address": {"first_name": "Pat", "last_name": "Lee", "city": "X"}}
+SHIPHERO_RETURN = {
+    "id": "UmV0dXJuOjE=",
+    "legacy_id": 1,
+    "partner_id": "1001",
+    "status": "complete",
+    "total_items_expected": 1,
+    "total_items_received": 1,
+    "line_items": [
+        {"line_item": {"sku": "SKU-1"}, "quantity": 1, "quantity_received": 1, "condition": "good"}
+    ],
+}
+SHIPHERO_ORDER = {
+    "id": "T3JkZXI6MQ==",
+    "legacy_id": 5,
+    "order_number": "#1001",
+    "line_items": {
+        "edges": [{"node": {"sku": "SKU-1"}}],
+        "pageInfo": {"hasNextPage": False, "endCursor": None},
+    },
+    "shipping_address": {"first_name": "Pat", "last_name": "Lee", "city": "X"},
+}
 
 
 def check_status(status: RmaStatus) -> None:
@@ -279,12 +364,25 @@ def check_status(status: RmaStatus) -> None:
 
 
 @FEW
-@given(st.one_of(any_json, st.fixed_dictionaries({"data": shaped(SHIPHERO_RETURN)}),
-                 st.fixed_dictionaries({"data": st.fixed_dictionaries({
-                     **{k: st.just(v) for k, v in SHIPHERO_RETURN.items()},
-                     "line_items": st.lists(
-                         shaped(SHIPHERO_RETURN["line_items"][0]), max_size=3)})})),
-       st.none() | hostile_text)
+@given(
+    st.one_of(
+        any_json,
+        st.fixed_dictionaries({"data": shaped(SHIPHERO_RETURN)}),
+        st.fixed_dictionaries(
+            {
+                "data": st.fixed_dictionaries(
+                    {
+                        **{k: st.just(v) for k, v in SHIPHERO_RETURN.items()},
+                        "line_items": st.lists(
+                            shaped(SHIPHERO_RETURN["line_items"][0]), max_size=3
+                        ),
+                    }
+                )
+            }
+        ),
+    ),
+    st.none() | hostile_text,
+)
 def test_shiphero_polled_return_is_a_valid_status_or_unreadable(entry, field_error):
     try:
         status = shiphero.polled_status(REF, entry, field_error)
@@ -306,8 +404,20 @@ def test_shiphero_order_is_read_or_unreadable(order):
 
 
 @FEW
-@given(any_json | st.fixed_dictionaries({"data": st.fixed_dictionaries({
-    "return_create": st.fixed_dictionaries({"return": any_json | shaped(SHIPHERO_RETURN)})})}))
+@given(
+    any_json
+    | st.fixed_dictionaries(
+        {
+            "data": st.fixed_dictionaries(
+                {
+                    "return_create": st.fixed_dictionaries(
+                        {"return": any_json | shaped(SHIPHERO_RETURN)}
+                    )
+                }
+            )
+        }
+    )
+)
 def test_shiphero_created_return_is_a_reference_or_unreadable(body):
     try:
         ref = shiphero.rma_ref("1001", shiphero.created_return(body))
@@ -333,11 +443,18 @@ def test_shiphero_answer_helpers_never_raise(body):
 
 COLS = peoplevox.ReturnsColumns()
 PVX_REF = RmaRef("1001", "1001", {"expected": {"SKU-1": 1}})
-PVX_ROW = {COLS.rma_number: "1001", COLS.rma_status: "Completed", COLS.item_code: "SKU-1",
-           COLS.quantity: "1", COLS.condition: "Good", COLS.reusable: "Yes",
-           COLS.date: "2026-05-01T10:00:00"}
-csv_cells = st.text(hostile_chars.filter(lambda c: not 0xD800 <= ord(c) <= 0xDFFF),
-                    max_size=8) | st.sampled_from(["１", "²", "-1", "1e400", "2.0", "", "\x00"])
+PVX_ROW = {
+    COLS.rma_number: "1001",
+    COLS.rma_status: "Completed",
+    COLS.item_code: "SKU-1",
+    COLS.quantity: "1",
+    COLS.condition: "Good",
+    COLS.reusable: "Yes",
+    COLS.date: "2026-05-01T10:00:00",
+}
+csv_cells = st.text(
+    hostile_chars.filter(lambda c: not 0xD800 <= ord(c) <= 0xDFFF), max_size=8
+) | st.sampled_from(["１", "²", "-1", "1e400", "2.0", "", "\x00"])
 
 
 def pvx_status(rows: Any) -> None:
@@ -349,8 +466,13 @@ def pvx_status(rows: Any) -> None:
 
 
 @FEW
-@given(st.lists(st.fixed_dictionaries({k: st.one_of(st.just(v), csv_cells)
-                                       for k, v in PVX_ROW.items()}), min_size=1, max_size=3))
+@given(
+    st.lists(
+        st.fixed_dictionaries({k: st.one_of(st.just(v), csv_cells) for k, v in PVX_ROW.items()}),
+        min_size=1,
+        max_size=3,
+    )
+)
 def test_peoplevox_rows_read_through_csv_are_a_valid_status_or_unreadable(rows):
     text = peoplevox.csv_text(list(PVX_ROW), rows)
     try:
@@ -367,8 +489,10 @@ def test_peoplevox_rows_of_any_json_are_a_valid_status_or_unreadable(rows):
 
 
 @FEW
-@given(st.text(hostile_chars, max_size=60)
-       | st.sampled_from(['a,"b', "x" * 200_000, 'h\n"' + "y" * 200_000 + '"']))
+@given(
+    st.text(hostile_chars, max_size=60)
+    | st.sampled_from(['a,"b', "x" * 200_000, 'h\n"' + "y" * 200_000 + '"'])
+)
 def test_peoplevox_csv_of_any_text_is_rows_or_unreadable(text):
     try:
         rows = peoplevox.csv_rows(text)
@@ -384,22 +508,33 @@ def test_peoplevox_csv_field_over_the_csv_limit_is_read_for_the_row_parser_to_ju
 
 
 def soap(result: str) -> str:
-    return ('<?xml version="1.0"?><soap:Envelope xmlns:soap='
-            '"http://schemas.xmlsoap.org/soap/envelope/"><soap:Body><GetDataResponse '
-            f'xmlns="http://www.peoplevox.net/"><GetDataResult>{result}</GetDataResult>'
-            '</GetDataResponse></soap:Body></soap:Envelope>')
+    return (
+        '<?xml version="1.0"?><soap:Envelope xmlns:soap='
+        '"http://schemas.xmlsoap.org/soap/envelope/"><soap:Body><GetDataResponse '
+        f'xmlns="http://www.peoplevox.net/"><GetDataResult>{result}</GetDataResult>'
+        "</GetDataResponse></soap:Body></soap:Envelope>"
+    )
 
 
 xml_text = st.text(st.characters(exclude_categories=("Cs",)), max_size=20)
 
 
 @FEW
-@given(st.one_of(
-    st.text(max_size=80),
-    st.builds(lambda rid, total, detail: soap(
-        f"<ResponseId>{rid}</ResponseId><TotalCount>{total}</TotalCount><Detail>{detail}"
-        "</Detail>"), xml_text | st.sampled_from(["０", "²", "-1", "0"]), xml_text, xml_text),
-    st.just(soap("<ResponseId>" + "<a>" * 3000 + "</a>" * 3000 + "</ResponseId>"))))
+@given(
+    st.one_of(
+        st.text(max_size=80),
+        st.builds(
+            lambda rid, total, detail: soap(
+                f"<ResponseId>{rid}</ResponseId><TotalCount>{total}</TotalCount><Detail>{detail}"
+                "</Detail>"
+            ),
+            xml_text | st.sampled_from(["０", "²", "-1", "0"]),
+            xml_text,
+            xml_text,
+        ),
+        st.just(soap("<ResponseId>" + "<a>" * 3000 + "</a>" * 3000 + "</ResponseId>")),
+    )
+)
 def test_peoplevox_answer_is_a_result_or_a_typed_remote_error(text):
     answer = HttpResult(200, {}, text, None)
     try:
@@ -410,9 +545,17 @@ def test_peoplevox_answer_is_a_result_or_a_typed_remote_error(text):
 
 
 @FEW
-@given(st.text(hostile_chars, max_size=30) | st.sampled_from(
-    ["0001-01-01T00:00:00", "0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00",
-     "01/01/0001 00:00:00"]))
+@given(
+    st.text(hostile_chars, max_size=30)
+    | st.sampled_from(
+        [
+            "0001-01-01T00:00:00",
+            "0001-01-01T00:00:00+01:00",
+            "9999-12-31T23:59:59-01:00",
+            "01/01/0001 00:00:00",
+        ]
+    )
+)
 def test_peoplevox_report_date_is_a_sane_date_or_none(text):
     when = peoplevox.parse_report_date(text, "%d/%m/%Y %H:%M:%S")
     assert when is None or 1971 <= when.year <= 9000
@@ -420,19 +563,32 @@ def test_peoplevox_report_date_is_a_sane_date_or_none(text):
 
 # -- Xoro -----------------------------------------------------------------------------------
 
-XORO = SimpleNamespace(conf=SimpleNamespace(asn_status_field="Status",
-                                            received_qty_field="QtyReceived"))
+XORO = SimpleNamespace(
+    conf=SimpleNamespace(asn_status_field="Status", received_qty_field="QtyReceived")
+)
 XORO_REF = RmaRef("1001", "1001", {"asn_number": "ASN-1"})
-XORO_ASN = {"AsnHeaderData": {"AsnNumber": "ASN-1", "Status": "Closed", "RmaNumber": "1001"},
-            "AsnDetailData": [{"ItemNumber": "SKU-1", "BaseQtyToReceive": 1.0,
-                               "QtyReceived": 1.0}]}
+XORO_ASN = {
+    "AsnHeaderData": {"AsnNumber": "ASN-1", "Status": "Closed", "RmaNumber": "1001"},
+    "AsnDetailData": [{"ItemNumber": "SKU-1", "BaseQtyToReceive": 1.0, "QtyReceived": 1.0}],
+}
 
 
 @FEW
-@given(st.one_of(any_json, shaped(XORO_ASN), st.fixed_dictionaries({
-    "AsnHeaderData": shaped(XORO_ASN["AsnHeaderData"]),
-    "AsnDetailData": st.lists(shaped(XORO_ASN["AsnDetailData"][0]),  # type: ignore[index]
-                              max_size=3)})))
+@given(
+    st.one_of(
+        any_json,
+        shaped(XORO_ASN),
+        st.fixed_dictionaries(
+            {
+                "AsnHeaderData": shaped(XORO_ASN["AsnHeaderData"]),
+                "AsnDetailData": st.lists(
+                    shaped(XORO_ASN["AsnDetailData"][0]),  # type: ignore[index]
+                    max_size=3,
+                ),
+            }
+        ),
+    )
+)
 def test_xoro_asn_is_a_valid_status_or_unreadable(asn):
     if not isinstance(asn, dict):
         asn = {"Data": asn}
@@ -445,8 +601,12 @@ def test_xoro_asn_is_a_valid_status_or_unreadable(asn):
 
 
 @FEW
-@given(any_json | st.fixed_dictionaries({"Result": any_json, "Message": any_json,
-                                         "Data": any_json, "TotalPages": any_json}))
+@given(
+    any_json
+    | st.fixed_dictionaries(
+        {"Result": any_json, "Message": any_json, "Data": any_json, "TotalPages": any_json}
+    )
+)
 def test_xoro_envelope_is_accepted_or_a_typed_remote_error(body):
     try:
         xoro_wire.check_envelope(HttpResult(200, {}, "{}", body))
@@ -463,8 +623,14 @@ def test_xoro_total_pages_of_infinity_is_no_page_count():
 
 # -- generic 3PL ----------------------------------------------------------------------------
 
-RECEIPT = {"receipt_id": "r1", "rma_number": "1001", "sku": "SKU-1", "quantity": 1,
-           "condition": "available", "received_at": "2026-05-01T10:00:00Z"}
+RECEIPT = {
+    "receipt_id": "r1",
+    "rma_number": "1001",
+    "sku": "SKU-1",
+    "quantity": 1,
+    "condition": "available",
+    "received_at": "2026-05-01T10:00:00Z",
+}
 
 
 def check_receipt(line: generic.ReceiptLine) -> None:
@@ -488,8 +654,9 @@ def test_generic_receipt_is_a_valid_line_or_unreadable(raw, require_time):
 
 
 @FEW
-@given(any_json | st.fixed_dictionaries({"receipts": st.lists(any_json | shaped(RECEIPT),
-                                                              max_size=3)}))
+@given(
+    any_json | st.fixed_dictionaries({"receipts": st.lists(any_json | shaped(RECEIPT), max_size=3)})
+)
 def test_generic_receipts_page_is_lines_and_held_records_or_an_error_body(body):
     if not isinstance(body, dict):
         body = {"receipts": body}
@@ -513,10 +680,15 @@ def receipts_csv(rows: list[dict[str, str]]) -> str:
 
 
 @FEW
-@given(st.lists(st.fixed_dictionaries({k: st.one_of(st.just(str(v)), csv_cells)
-                                       for k, v in RECEIPT.items()}), max_size=3)
-       .map(receipts_csv)
-       | st.text(hostile_chars.filter(lambda c: not 0xD800 <= ord(c) <= 0xDFFF), max_size=80))
+@given(
+    st.lists(
+        st.fixed_dictionaries(
+            {k: st.one_of(st.just(str(v)), csv_cells) for k, v in RECEIPT.items()}
+        ),
+        max_size=3,
+    ).map(receipts_csv)
+    | st.text(hostile_chars.filter(lambda c: not 0xD800 <= ord(c) <= 0xDFFF), max_size=80)
+)
 def test_generic_receipt_file_of_any_csv_is_lines_or_unreadable(text):
     for data in (text.encode("utf-8"), text.encode("utf-8")[:-1] + b"\xff"):
         try:
@@ -542,7 +714,7 @@ def test_generic_receipt_time_far_in_the_past_is_held_not_an_overflowing_cursor(
 
 
 def test_generic_receipt_file_with_a_field_over_the_csv_limit_is_unreadable():
-    data = ("rma_number,sku,quantity,condition\n1001,\"" + "x" * 200_000 + "\",1,ok\n").encode()
+    data = ('rma_number,sku,quantity,condition\n1001,"' + "x" * 200_000 + '",1,ok\n').encode()
     with pytest.raises(Unreadable):
         generic.parse_receipt_file(data)
 
@@ -560,5 +732,6 @@ def test_shiphero_order_with_a_lone_surrogate_in_its_address_is_unreadable():
 
 def test_line_item_ids_sent_to_loop_grading_are_numbers_only_when_ascii_digits():
     from loopsync import rules
+
     assert rules._int_or_str("42") == 42
     assert rules._int_or_str("²") == "²" and rules._int_or_str("４２") == "４２"

@@ -53,5 +53,6 @@ def test_stopping_early_ends_the_thread():
     for item in prefetched(endless(), name="test-prefetch"):
         if item == 3:
             break
-    assert not [t for t in threading.enumerate()
-                if t.name == "test-prefetch" and t.ident not in before]
+    assert not [
+        t for t in threading.enumerate() if t.name == "test-prefetch" and t.ident not in before
+    ]

@@ -11,15 +11,13 @@ from loopsync.testing import FakeRma, Page, loop_return
 from .test_once_engine import ByOrder, StaleLoop, World, _same_order
 
 
-def test_a_third_return_on_an_order_already_reported_as_ambiguous_is_reported_not_matched(
-        tmp_path):
+def test_a_third_return_on_an_order_already_reported_as_ambiguous_is_reported_not_matched(tmp_path):
     """Two returns on one order were reported (one ASN, two returns); a third return on the
     same order arrives while they wait for a person. It matches that one ASN just as well:
     it must be reported too, never linked to the ASN and processed."""
     wh = ByOrder()
     w = World(tmp_path, [_same_order("101", "#1"), _same_order("102", "#1")], wh=wh)
-    wh.rmas["#1"] = FakeRma("#1", {"A": 1, "B": 1}, status="complete",
-                            received={"A": 1, "B": 1})
+    wh.rmas["#1"] = FakeRma("#1", {"A": 1, "B": 1}, status="complete", received={"A": 1, "B": 1})
     w.cycle()
     assert w.row("101").stage == w.row("102").stage == "reported"
     w.loop.returns["103"] = _same_order("103", "#1")
@@ -32,15 +30,19 @@ def test_a_third_return_on_an_order_already_reported_as_ambiguous_is_reported_no
     # The two already reported are not reported again every cycle.
     store = Store(w.cfg.state_path, w.clock)
     try:
-        problems = [p for p in store.db.query("select return_id from problems")
-                    if p["return_id"] in ("101", "102")]
+        problems = [
+            p
+            for p in store.db.query("select return_id from problems")
+            if p["return_id"] in ("101", "102")
+        ]
     finally:
         store.close()
     assert len(problems) == 2
 
 
 def test_lost_state_and_a_loop_queue_longer_than_the_settle_delay_do_not_process_twice(
-        make_sandbox, tmp_path, clock):
+    make_sandbox, tmp_path, clock
+):
     """State lost while Loop still queues our process for longer than PROCESS_SETTLE: one
     `open` read after the settle delay is no proof the first call did not land. Like a
     lost answer, the action is repeated only on two agreeing reads PROCESS_SETTLE apart."""
@@ -63,7 +65,8 @@ def test_lost_state_and_a_loop_queue_longer_than_the_settle_delay_do_not_process
 
 
 def test_generic_folder_receipts_archived_before_the_state_was_lost_still_count(
-        make_sandbox, tmp_path, clock):
+    make_sandbox, tmp_path, clock
+):
     """The folder transport moves each receipt file to archive/ once its lines are kept in
     the state file. With that state lost, the first half of a return's receipts lives only
     in archive/: a return found again by its RMA number reads them there, or the second
@@ -74,14 +77,14 @@ def test_generic_folder_receipts_archived_before_the_state_was_lost_still_count(
 
     sb = make_sandbox("generic", transport="folder", folder_root=tmp_path / "3pl")
     rid = "64001"
-    sb.add_return(make_return(rng=sb.rng, return_id=rid, state="open",
-                              updated_at=clock.now(), units=3))
+    sb.add_return(
+        make_return(rng=sb.rng, return_id=rid, state="open", updated_at=clock.now(), units=3)
+    )
     cfg = sb.merchant_config(tmp_path)
     assert cycle(sb, cfg, clock).counts.pushed == 1
     assert sb.warehouse.has_rma(rid)  # the 3PL picks the RMA file up
     with sb.warehouse.lock:
-        lines = [(str(li["sku"]), int(li["quantity"]))
-                 for li in sb.warehouse.rmas[rid]["lines"]]
+        lines = [(str(li["sku"]), int(li["quantity"])) for li in sb.warehouse.rmas[rid]["lines"]]
     units = [(sku, 1) for sku, qty in lines for _ in range(qty)]
     assert len(units) == 3
     first, rest = units[:1], units[1:]
@@ -130,13 +133,13 @@ class _OpenConflictLoop(StaleLoop):
             from loopsync.errors import StateConflict
 
             self.calls.append((name, rid))
-            raise StateConflict("loop", f"Return is open and cannot be {name}ed yet",
-                                code="UNPROCESSABLE_RETURN")
+            raise StateConflict(
+                "loop", f"Return is open and cannot be {name}ed yet", code="UNPROCESSABLE_RETURN"
+            )
         super()._act(name, rid, new_state)
 
 
-def test_an_action_refused_for_its_state_while_the_return_is_open_is_reported_not_settled(
-        tmp_path):
+def test_an_action_refused_for_its_state_while_the_return_is_open_is_reported_not_settled(tmp_path):
     """A state-conflict answer is settled as "already done" only when the return really
     left `open`; refused while still open, the return was neither processed nor flagged:
     marking it done would skip it silently. It is reported for a person."""
@@ -207,7 +210,8 @@ def test_a_clock_jump_between_two_open_reads_is_no_settle_delay(tmp_path):
 
 
 def test_generic_feed_receipts_of_an_rma_found_again_later_after_lost_state_still_count(
-        make_sandbox, tmp_path, clock):
+    make_sandbox, tmp_path, clock
+):
     """State lost; return A's RMA is found again only a cycle after B's (its look-up failed
     once), when the feed cursor has already moved past A's first receipt. A's first poll
     reads the feed from A's creation, or A stays `partial` for ever."""
@@ -220,29 +224,42 @@ def test_generic_feed_receipts_of_an_rma_found_again_later_after_lost_state_stil
 
     sb = make_sandbox("generic")
     a = "65001"
-    sb.add_return(make_return(rng=sb.rng, return_id=a, state="open", units=3,
-                              created_at=clock.now() - timedelta(days=2),
-                              updated_at=clock.now()))
+    sb.add_return(
+        make_return(
+            rng=sb.rng,
+            return_id=a,
+            state="open",
+            units=3,
+            created_at=clock.now() - timedelta(days=2),
+            updated_at=clock.now(),
+        )
+    )
     cfg = sb.merchant_config(tmp_path)
     assert cycle(sb, cfg, clock).counts.pushed == 1
     with sb.warehouse.lock:
-        units_a = [(str(li["sku"]), 1, "available") for li in sb.warehouse.rmas[a]["lines"]
-                   for _ in range(int(li["quantity"]))]
+        units_a = [
+            (str(li["sku"]), 1, "available")
+            for li in sb.warehouse.rmas[a]["lines"]
+            for _ in range(int(li["quantity"]))
+        ]
     assert len(units_a) == 3
     sb.warehouse.add_receipts(a, units_a[:1])
     cycle(sb, cfg, clock)  # A: 1 of 3, kept in the state file
     clock.advance(3600)
     b = "65002"
-    sb.add_return(make_return(rng=sb.rng, return_id=b, state="open", units=3,
-                              updated_at=clock.now()))
+    sb.add_return(
+        make_return(rng=sb.rng, return_id=b, state="open", units=3, updated_at=clock.now())
+    )
     assert cycle(sb, cfg, clock).counts.pushed == 1
     with sb.warehouse.lock:
         sku_b = str(sb.warehouse.rmas[b]["lines"][0]["sku"])
     forget_state(cfg)
     sb.warehouse.add_receipts(b, [(sku_b, 1, "available")])
-    sb.warehouse.faults.inject(Fault("status", status=400, body={"error": "busy"}),
-                               times=1, when=lambda r: r.method == "GET"
-                               and r.path.endswith(f"/rmas/{a}"))
+    sb.warehouse.faults.inject(
+        Fault("status", status=400, body={"error": "busy"}),
+        times=1,
+        when=lambda r: r.method == "GET" and r.path.endswith(f"/rmas/{a}"),
+    )
     cycle(sb, cfg, clock)  # B found and polled (cursor moves to B's receipt); A not yet
     cycle(sb, cfg, clock)  # A found now
     sb.warehouse.add_receipts(a, units_a[1:])

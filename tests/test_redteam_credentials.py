@@ -37,7 +37,7 @@ Secret("RT_ODD", ODD_SECRET)
 
 
 def pieces(secret: str, size: int = 8) -> list[str]:
-    return [secret[i:i + size] for i in range(len(secret) - size + 1)]
+    return [secret[i : i + size] for i in range(len(secret) - size + 1)]
 
 
 def leaks(text: str, secret: str) -> bool:
@@ -58,7 +58,8 @@ def sink() -> Iterator[HostileServer]:
 
 @pytest.mark.parametrize("var", ["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"])
 def test_a_proxy_from_the_environment_never_receives_the_loop_key(
-        var: str, sink: HostileServer, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    var: str, sink: HostileServer, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
     for name in ("NO_PROXY", "no_proxy"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv(var, sink.url)
@@ -73,7 +74,8 @@ def test_a_proxy_from_the_environment_never_receives_the_loop_key(
 
 
 def test_a_netrc_file_adds_no_credential_loopsync_did_not_configure(
-        tmp_path: object, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: object, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
     netrc = tmp_path / "netrc"  # type: ignore[operator]
     netrc.write_text("machine 127.0.0.1 login someone password netrc-secret-123456\n")
     netrc.chmod(0o600)
@@ -86,7 +88,8 @@ def test_a_netrc_file_adds_no_credential_loopsync_did_not_configure(
 
 @pytest.mark.parametrize("pad", [0, 280, 290, 295, 299])
 def test_a_long_error_body_cut_through_an_echoed_key_leaves_no_piece_of_it(
-        pad: int, clock: FakeClock) -> None:
+    pad: int, clock: FakeClock
+) -> None:
     body = ("x" * pad + LOOP_KEY + " more").encode()
     with HostileServer(reply(500, body)) as bad:
         client = LoopClient(f"{bad.url}/api/v1", LOOP_KEY, clock=clock, policy=POLICY)
@@ -99,6 +102,7 @@ def test_a_non_json_answer_quoted_in_an_error_leaves_no_piece_of_the_key() -> No
     from loopsync.connectors import xoro
     from loopsync.connectors.generic import wire_http as generic
     from loopsync.http import HttpResult
+
     text = "<html>" + "y" * 180 + LOOP_KEY + "</html>"
     result = HttpResult(200, {}, text, None)
     for check in (generic._json_object, xoro.check_envelope):
@@ -115,14 +119,17 @@ def test_clip_never_leaves_a_piece_of_a_secret_at_any_cut(pad: int, limit: int) 
     assert not leaks(printable(text, limit), LOOP_KEY)
 
 
-@pytest.mark.parametrize("echo", [
-    html.escape(ODD_SECRET),                                  # SOAP/XML fault
-    html.escape(ODD_SECRET, quote=False),
-    html.escape(ODD_SECRET).replace("&#x27;", "&apos;"),
-    html.escape(ODD_SECRET).replace("&#x27;", "&#39;"),
-    ODD_SECRET.replace("/", "\\/"),                           # PHP json_encode
-    quote(ODD_SECRET, safe="").lower().replace("rt-pa", "rt-Pa"),  # lower-case %xx
-])
+@pytest.mark.parametrize(
+    "echo",
+    [
+        html.escape(ODD_SECRET),  # SOAP/XML fault
+        html.escape(ODD_SECRET, quote=False),
+        html.escape(ODD_SECRET).replace("&#x27;", "&apos;"),
+        html.escape(ODD_SECRET).replace("&#x27;", "&#39;"),
+        ODD_SECRET.replace("/", "\\/"),  # PHP json_encode
+        quote(ODD_SECRET, safe="").lower().replace("rt-pa", "rt-Pa"),  # lower-case %xx
+    ],
+)
 def test_secrets_echoed_in_xml_php_json_or_lowercase_percent_forms_are_masked(echo: str) -> None:
     assert echo != ODD_SECRET
     line = f"<faultstring>Authenticate failed for {echo}</faultstring>"
@@ -131,7 +138,8 @@ def test_secrets_echoed_in_xml_php_json_or_lowercase_percent_forms_are_masked(ec
 
 
 def test_an_xml_escaped_password_in_a_server_error_never_reaches_the_message(
-        clock: FakeClock) -> None:
+    clock: FakeClock,
+) -> None:
     body = f"<Envelope><Fault>bad login {html.escape(ODD_SECRET)}</Fault></Envelope>".encode()
     with HostileServer(reply(500, body)) as bad:
         with pytest.raises(RemoteError) as caught:
@@ -162,11 +170,13 @@ def test_a_token_still_in_use_stays_masked_however_many_other_tokens_arrive() ->
 
 
 def test_shiphero_keeps_its_cached_access_token_masked_while_it_uses_it(
-        tmp_path: object, clock: FakeClock) -> None:
+    tmp_path: object, clock: FakeClock
+) -> None:
     import threading
 
     from loopsync.runner import build_connector, open_store
     from loopsync.testing import Sandbox
+
     sb = Sandbox("shiphero", clock=FakeClock("2026-06-01T12:00:00Z")).start()
     try:
         cfg = sb.merchant_config(tmp_path)
@@ -191,17 +201,23 @@ def test_a_key_echoed_in_another_letter_case_is_masked(form: object) -> None:
 
 # -- careless secrets: invisible or undecodable characters are configuration errors ----------
 
-@pytest.mark.parametrize("value, problem", [
-    ("\ufeffrt-cfg-secret-0001", "invisible formatting character"),   # BOM from an editor
-    ("rt-cfg-\u200bsecret-0001", "invisible formatting character"),   # zero-width space
-    ("rt-cfg-\u2028secret-0001", "invisible formatting character"),   # line separator
-    ("rt-cfg-secret-\udcff\udcfe01", "not valid UTF-8"),              # undecodable env bytes
-])
+
+@pytest.mark.parametrize(
+    "value, problem",
+    [
+        ("\ufeffrt-cfg-secret-0001", "invisible formatting character"),  # BOM from an editor
+        ("rt-cfg-\u200bsecret-0001", "invisible formatting character"),  # zero-width space
+        ("rt-cfg-\u2028secret-0001", "invisible formatting character"),  # line separator
+        ("rt-cfg-secret-\udcff\udcfe01", "not valid UTF-8"),  # undecodable env bytes
+    ],
+)
 def test_invisible_or_undecodable_secret_characters_are_config_errors_naming_the_key(
-        tmp_path: object, value: str, problem: str) -> None:
+    tmp_path: object, value: str, problem: str
+) -> None:
     from loopsync.config import load_config
     from loopsync.errors import ConfigError
     from tests.test_config import BASE, write
+
     env = {"LOOP_API_KEY": value, "SHIPHERO_REFRESH_TOKEN": "rt-cfg-refresh-0001"}
     with pytest.raises(ConfigError) as info:
         load_config(write(tmp_path, BASE), env=env)
@@ -213,6 +229,7 @@ def test_a_secret_file_starting_with_a_byte_order_mark_is_a_config_error(tmp_pat
     from loopsync.config import load_config
     from loopsync.errors import ConfigError
     from tests.test_config import BASE, write
+
     key_file = tmp_path / "loop_key"  # type: ignore[operator]
     key_file.write_bytes("\ufeffrt-file-secret-0001\r\n".encode())  # Notepad's BOM
     text = BASE.replace("${LOOP_API_KEY}", "${file:loop_key}")
@@ -225,6 +242,7 @@ def test_a_secret_file_starting_with_a_byte_order_mark_is_a_config_error(tmp_pat
 def test_a_redirect_whose_host_spells_the_key_leaves_it_in_no_message(clock: FakeClock) -> None:
     from loopsync.errors import ForeignOrigin
     from tests.hostile import redirect
+
     key = "Rt-Mixed-Case-Key-9F8E7D6C"  # a host name is lower-cased on the way
     Secret("RT_MIXED", key)
     with HostileServer(redirect(302, f"http://{key}.example/x")) as bad:
@@ -249,40 +267,54 @@ def test_loop_disposition_and_action_bodies_never_carry_a_secret(clock: FakeCloc
         assert not any(r.contains(ODD_SECRET) for r in loop.received)
 
 
-@pytest.mark.parametrize("location", ["http://127.0.0.1:SINK\u2100/",
-                                      "http://127.0.0.1:SINK\u00a0/",
-                                      "http://\u2460\u2461\u2466.0.0.1:SINK/"])
+@pytest.mark.parametrize(
+    "location",
+    [
+        "http://127.0.0.1:SINK\u2100/",
+        "http://127.0.0.1:SINK\u00a0/",
+        "http://\u2460\u2461\u2466.0.0.1:SINK/",
+    ],
+)
 def test_a_redirect_location_that_breaks_url_parsing_sends_nothing_and_a_write_stays_unknown(
-        location: str, sink: HostileServer, clock: FakeClock) -> None:
+    location: str, sink: HostileServer, clock: FakeClock
+) -> None:
     from loopsync.errors import OutcomeUnknown, PermanentError
 
     def respond(_req: object, sock: object) -> None:
         where = location.replace("SINK", str(sink.port)).encode("utf-8")
-        sock.sendall(b"HTTP/1.1 307 Moved\r\nLocation: " + where +  # type: ignore[attr-defined]
-                     b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        sock.sendall(
+            b"HTTP/1.1 307 Moved\r\nLocation: "
+            + where  # type: ignore[attr-defined]
+            + b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
 
     with HostileServer(respond) as bad:
-        client = HttpClient("generic", bad.url, clock=clock, policy=POLICY,
-                            headers={"X-Api-Key": LOOP_KEY})
+        client = HttpClient(
+            "generic", bad.url, clock=clock, policy=POLICY, headers={"X-Api-Key": LOOP_KEY}
+        )
         with pytest.raises(RemoteError) as caught:
             client.request("POST", "/rmas", json_body={"rma_number": "R1"})
         assert bad.received  # the 3PL had the RMA: not a verdict, an unknown outcome
     assert sink.received == []
     exc = caught.value
-    assert isinstance(exc, OutcomeUnknown) or (isinstance(exc, PermanentError) and
-                                               "redirect" in str(exc))
+    assert isinstance(exc, OutcomeUnknown) or (
+        isinstance(exc, PermanentError) and "redirect" in str(exc)
+    )
 
 
 # -- every client: Xoro's Basic credentials and ShipHero's bearer token ----------------------
 
+
 def _redirector(status: int, sink: HostileServer) -> HostileServer:
     from tests.hostile import redirect
+
     return HostileServer(redirect(status, lambda req: f"{sink.url}{req.target}"))
 
 
 @pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
 def test_xoro_basic_credentials_never_follow_a_redirect_to_another_origin(
-        status: int, sink: HostileServer, clock: FakeClock) -> None:
+    status: int, sink: HostileServer, clock: FakeClock
+) -> None:
     from datetime import timedelta
 
     from loopsync.configkit import Section
@@ -290,18 +322,25 @@ def test_xoro_basic_credentials_never_follow_a_redirect_to_another_origin(
     from loopsync.rules import GradingRules, StatusRules
     from loopsync.connectors.xoro.connector import XoroConnector
     from loopsync.errors import ForeignOrigin
+
     env = {"XK": "rt-xoro-key-5a4b3c2d1e", "XS": "rt-xoro-secret-9z8y7x6w"}
     with _redirector(status, sink) as bad:
-        section = Section({"api_key": "${XK}", "api_secret": "${XS}"}, file="t.yaml",
-                          path="warehouse", env=env)
+        section = Section(
+            {"api_key": "${XK}", "api_secret": "${XS}"}, file="t.yaml", path="warehouse", env=env
+        )
         conf = XoroConnector.parse_settings(section)
         settings = WarehouseSettings(
-            kind="xoro", base_url=f"{bad.url}/api/xerp", destinations={},
+            kind="xoro",
+            base_url=f"{bad.url}/api/xerp",
+            destinations={},
             statuses=StatusRules.build(**XoroConnector.default_statuses),
-            grading=GradingRules(), order_wait=timedelta(days=7), poll_batch=50,
-            timeout=5.0, connector=conf)
-        xoro = XoroConnector(settings, ConnectorContext(merchant="t", clock=clock,
-                                                        policy=POLICY))
+            grading=GradingRules(),
+            order_wait=timedelta(days=7),
+            poll_batch=50,
+            timeout=5.0,
+            connector=conf,
+        )
+        xoro = XoroConnector(settings, ConnectorContext(merchant="t", clock=clock, policy=POLICY))
         with pytest.raises(ForeignOrigin):
             xoro.client.list_asns(clock.now() - timedelta(days=1))
         assert bad.received and "authorization" in bad.received[0].headers
@@ -310,19 +349,20 @@ def test_xoro_basic_credentials_never_follow_a_redirect_to_another_origin(
 
 @pytest.mark.parametrize("status", [302, 307, 308])
 def test_shiphero_bearer_token_never_follows_a_graphql_redirect_to_another_origin(
-        status: int, sink: HostileServer, clock: FakeClock, tmp_path: object) -> None:
+    status: int, sink: HostileServer, clock: FakeClock, tmp_path: object
+) -> None:
     import threading
 
     from loopsync.errors import ForeignOrigin
     from loopsync.runner import build_connector, open_store
     from loopsync.testing import Sandbox
+
     sb = Sandbox("shiphero", clock=FakeClock("2026-06-01T12:00:00Z")).start()
     try:
         with _redirector(status, sink) as bad:
             cfg = sb.merchant_config(tmp_path, warehouse_extra={"base_url": bad.url})
             store = open_store(cfg, clock, dry_run=True)
-            shiphero = build_connector(cfg, clock, store, stop=threading.Event(),
-                                       policy=POLICY)
+            shiphero = build_connector(cfg, clock, store, stop=threading.Event(), policy=POLICY)
             client = shiphero.client  # type: ignore[attr-defined]  # a ShipHeroConnector
             client._access_token, client._renew_at = "rt-bearer-token-0f1e2d3c", 1e18
             with pytest.raises(ForeignOrigin):
@@ -333,19 +373,30 @@ def test_shiphero_bearer_token_never_follows_a_graphql_redirect_to_another_origi
         sb.stop()
 
 
-@pytest.mark.parametrize("line, replacement, key", [
-    ("merchant: acme-us", "merchant: ${RT_LOOP_KEY}", "merchant"),
-    ("merchant: acme-us", "merchant: acme-us\nstate_path: /tmp/${RT_LOOP_KEY}.sqlite",
-     "state_path"),
-])
+@pytest.mark.parametrize(
+    "line, replacement, key",
+    [
+        ("merchant: acme-us", "merchant: ${RT_LOOP_KEY}", "merchant"),
+        (
+            "merchant: acme-us",
+            "merchant: acme-us\nstate_path: /tmp/${RT_LOOP_KEY}.sqlite",
+            "state_path",
+        ),
+    ],
+)
 def test_a_secret_used_in_an_ordinary_key_is_a_config_error_even_when_the_value_is_valid(
-        tmp_path: object, line: str, replacement: str, key: str) -> None:
+    tmp_path: object, line: str, replacement: str, key: str
+) -> None:
     from loopsync.config import load_config
     from loopsync.errors import ConfigError
     from tests.test_config import BASE, write
+
     secret = "7f3a9c2e51b04d86a1b2c3d4"  # a valid merchant name: lower-case hex
-    env = {"LOOP_API_KEY": secret, "RT_LOOP_KEY": secret,
-           "SHIPHERO_REFRESH_TOKEN": "rt-cfg-refresh-0001"}
+    env = {
+        "LOOP_API_KEY": secret,
+        "RT_LOOP_KEY": secret,
+        "SHIPHERO_REFRESH_TOKEN": "rt-cfg-refresh-0001",
+    }
     text = BASE.replace(line, replacement)
     assert text != BASE
     with pytest.raises(ConfigError) as info:
@@ -355,10 +406,12 @@ def test_a_secret_used_in_an_ordinary_key_is_a_config_error_even_when_the_value_
 
 
 def test_status_placeholders_for_unset_variables_are_not_taken_for_a_credential(
-        tmp_path: object) -> None:
+    tmp_path: object,
+) -> None:
     from loopsync.config import load_config
     from loopsync.status import status_env
     from tests.test_config import BASE, write
+
     text = BASE.replace("merchant: acme-us", "merchant: ${RT_UNSET_MERCHANT}")
     cfg = load_config(write(tmp_path, text), env=status_env({}))  # nothing set at all
     assert cfg.merchant
@@ -366,7 +419,8 @@ def test_status_placeholders_for_unset_variables_are_not_taken_for_a_credential(
 
 @pytest.mark.parametrize("var", ["HTTPS_PROXY", "https_proxy", "ALL_PROXY"])
 def test_an_https_egress_proxy_only_ever_sees_a_tunnel_request_never_a_credential(
-        var: str, sink: HostileServer, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    var: str, sink: HostileServer, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Sites that reach the internet through a proxy keep working for https APIs (all the
     real ones): the proxy gets `CONNECT host:port` and an encrypted tunnel, nothing else."""
     for name in ("NO_PROXY", "no_proxy", "HTTP_PROXY", "http_proxy"):
@@ -381,7 +435,8 @@ def test_an_https_egress_proxy_only_ever_sees_a_tunnel_request_never_a_credentia
 
 
 def test_no_proxy_excludes_a_host_from_the_egress_proxy(
-        sink: HostileServer, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    sink: HostileServer, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from loopsync.http import _proxies_for
 
     monkeypatch.setenv("HTTPS_PROXY", sink.url)

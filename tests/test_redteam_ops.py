@@ -24,22 +24,23 @@ def env(sb, monkeypatch):
 
 
 def write(sb, folder, merchant):
-    return sb.write_config(folder, merchant=merchant,
-                           state_path=str(folder.parent / f"{merchant}.sqlite"))
+    return sb.write_config(
+        folder, merchant=merchant, state_path=str(folder.parent / f"{merchant}.sqlite")
+    )
 
 
 def no_traceback(text):
-    return "Traceback" not in text and "File \"" not in text
+    return "Traceback" not in text and 'File "' not in text
 
 
 def config_errors(err):
     return [line for line in err.splitlines() if line.startswith("config error:")]
 
 
-@pytest.mark.parametrize("command", [["run", "--once"], ["run", "--once", "--dry-run"],
-                                     ["status"]])
-def test_an_empty_folder_among_good_configs_is_reported_and_exits_2(sb, env, tmp_path, capsys,
-                                                                    command):
+@pytest.mark.parametrize("command", [["run", "--once"], ["run", "--once", "--dry-run"], ["status"]])
+def test_an_empty_folder_among_good_configs_is_reported_and_exits_2(
+    sb, env, tmp_path, capsys, command
+):
     """Was: `run -c empty/ -c good.yaml` ran the good merchant, said nothing of the empty
     folder and exited 0 (check-config reported it)."""
     sb.seed(1, states_weights=[("open", 1)])
@@ -54,7 +55,8 @@ def test_an_empty_folder_among_good_configs_is_reported_and_exits_2(sb, env, tmp
 
 @pytest.mark.parametrize("command", [["run", "--once"], ["status"], ["check-config"]])
 def test_a_config_path_the_system_refuses_is_a_config_error_not_an_internal_one(
-        sb, env, tmp_path, capsys, command):
+    sb, env, tmp_path, capsys, command
+):
     """Was: a `-c` whose name is too long (any OSError listing it) gave `internal error`,
     exit 70, and stopped the good merchants named after it."""
     sb.seed(1, states_weights=[("open", 1)])
@@ -66,8 +68,7 @@ def test_a_config_path_the_system_refuses_is_a_config_error_not_an_internal_one(
     assert "good" in out and no_traceback(err)
 
 
-def test_a_config_folder_reports_dangling_links_and_folders_named_yaml(sb, env, tmp_path,
-                                                                       capsys):
+def test_a_config_folder_reports_dangling_links_and_folders_named_yaml(sb, env, tmp_path, capsys):
     """Was: a `*.yaml` link that leads nowhere (its target moved), a link loop or a folder
     named `x.yaml` in `-c DIR` was skipped without a word: that merchant never ran and
     every command exited 0. An editor's hidden lock link stays ignored."""
@@ -90,8 +91,9 @@ def test_a_config_folder_reports_dangling_links_and_folders_named_yaml(sb, env, 
     assert "good: pulled=1" in out and len(config_errors(err)) == 4 and no_traceback(err)
 
 
-def test_status_of_a_zero_byte_state_file_is_no_state_yet_not_an_io_error(sb, tmp_path,
-                                                                           capsys, monkeypatch):
+def test_status_of_a_zero_byte_state_file_is_no_state_yet_not_an_io_error(
+    sb, tmp_path, capsys, monkeypatch
+):
     """Was: `status` on a zero-byte state file (which `run` initialises without fault)
     said `cannot be read or written (no such table: meta)` and exited 74 (EX_IOERR)."""
     for k in sb.env():
@@ -104,12 +106,15 @@ def test_status_of_a_zero_byte_state_file_is_no_state_yet_not_an_io_error(sb, tm
     out, err = capsys.readouterr()
     assert "no state yet" in out and err == ""
     assert state.stat().st_size == 0 and sorted(p.name for p in tmp_path.iterdir()) == [
-        "conf", "fresh.sqlite"]
+        "conf",
+        "fresh.sqlite",
+    ]
 
 
 @pytest.mark.parametrize("command, code", [(["serve"], 0), (["run", "--once"], 143)])
 def test_the_console_script_honours_a_sigterm_that_arrives_while_the_cli_imports(
-        sb, env, tmp_path, command, code):
+    sb, env, tmp_path, command, code
+):
     """Was: the `loopsync` console script (cron's and the README's way) imported the whole
     CLI before main() installed the handlers, so a SIGTERM in its first quarter second
     (longer on a busy machine) killed `serve` with signal 15. Only `python -m loopsync`
@@ -121,14 +126,20 @@ def test_the_console_script_honours_a_sigterm_that_arrives_while_the_cli_imports
     write(sb, tmp_path / "conf", "early")
     script = tmp_path / "bin" / "loopsync"
     script.parent.mkdir()
-    script.write_text("import os, signal, sys\n"
-                      "import loopsync\n"
-                      "os.kill(os.getpid(), signal.SIGTERM)\n"
-                      "from loopsync.cli import main\n"
-                      "sys.exit(main())\n")
-    done = subprocess.run([sys.executable, str(script), *command, "-c",
-                           str(tmp_path / "conf")], capture_output=True, text=True,
-                          timeout=120, env={**os.environ, **env})
+    script.write_text(
+        "import os, signal, sys\n"
+        "import loopsync\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"
+        "from loopsync.cli import main\n"
+        "sys.exit(main())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(script), *command, "-c", str(tmp_path / "conf")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **env},
+    )
     assert done.returncode == code, done.stderr
     assert no_traceback(done.stderr)
 
@@ -141,8 +152,7 @@ def test_import_with_a_config_path_the_system_refuses_is_a_config_error(tmp_path
     assert no_traceback(err)
 
 
-def test_a_lock_file_that_is_a_link_is_a_state_fault_not_a_lock_held(sb, env, tmp_path,
-                                                                      capsys):
+def test_a_lock_file_that_is_a_link_is_a_state_fault_not_a_lock_held(sb, env, tmp_path, capsys):
     """Was: a link at `<state>.lock` gave exit 75 ("another process holds the lock"),
     which cron treats as a skip: the merchant silently never ran again. It is a local
     fault, exit 73, naming the file; the other merchants still run."""
@@ -179,9 +189,17 @@ def test_two_names_of_one_state_file_never_run_two_workers(sb, env, tmp_path, ca
         with pytest.raises(LockHeld, match="under another name"):
             MerchantLock(tmp_path / "second-name.sqlite").acquire()
         held = subprocess.run(
-            [sys.executable, "-c", "import sys\nfrom loopsync.state import MerchantLock\n"
-             "MerchantLock(sys.argv[1]).acquire()", str(tmp_path / "second-name.sqlite")],
-            capture_output=True, text=True, timeout=60)
+            [
+                sys.executable,
+                "-c",
+                "import sys\nfrom loopsync.state import MerchantLock\n"
+                "MerchantLock(sys.argv[1]).acquire()",
+                str(tmp_path / "second-name.sqlite"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert "LockHeld" in held.stderr and "under another name" in held.stderr
     MerchantLock(tmp_path / "second-name.sqlite").acquire().release()  # free again
 
@@ -194,8 +212,7 @@ def test_two_names_of_one_state_file_never_run_two_workers(sb, env, tmp_path, ca
     assert main(["run", "--once", "-c", str(conf)]) == 0
 
 
-def test_a_pipe_named_yaml_in_a_config_folder_does_not_hang_the_command(sb, env, tmp_path,
-                                                                        capsys):
+def test_a_pipe_named_yaml_in_a_config_folder_does_not_hang_the_command(sb, env, tmp_path, capsys):
     """Reporting every entry of a folder must not open a pipe: that waits forever."""
     conf = tmp_path / "conf"
     write(sb, conf, "good")
@@ -205,8 +222,9 @@ def test_a_pipe_named_yaml_in_a_config_folder_does_not_hang_the_command(sb, env,
 
 
 @pytest.mark.parametrize("command", [["check-config"], ["run", "--once"], ["status"]])
-def test_two_merchants_on_one_state_file_is_a_config_error_of_the_later(sb, env, tmp_path,
-                                                                        capsys, command):
+def test_two_merchants_on_one_state_file_is_a_config_error_of_the_later(
+    sb, env, tmp_path, capsys, command
+):
     """Was: a merchant file copied with its state_path left as it was passed check-config
     and ran: two merchants in one database share cursors, so the second skips its own
     older returns for good. The later file is refused, naming the key; the first runs."""
@@ -217,6 +235,9 @@ def test_two_merchants_on_one_state_file_is_a_config_error_of_the_later(sb, env,
     sb.write_config(conf, merchant="b-copy", state_path=shared)
     assert main([*command, "-c", str(conf)]) == 2
     out, err = capsys.readouterr()
-    assert config_errors(err) == [line for line in config_errors(err)
-                                  if "b-copy.yaml: state_path:" in line and "a-first" in line]
+    assert config_errors(err) == [
+        line
+        for line in config_errors(err)
+        if "b-copy.yaml: state_path:" in line and "a-first" in line
+    ]
     assert len(config_errors(err)) == 1 and "a-first" in out and no_traceback(err)

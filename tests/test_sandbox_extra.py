@@ -36,7 +36,8 @@ def test_graphql_core_is_an_extra_that_the_test_extra_installs() -> None:
 
 
 def test_without_graphql_core_the_shiphero_demo_names_the_extra_and_exits_2(
-        without_graphql: None, capsys: pytest.CaptureFixture[str]) -> None:
+    without_graphql: None, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = io.StringIO()
     assert main(["demo", "--warehouse", "shiphero"], out=out) == 2
     err = capsys.readouterr().err.strip().splitlines()

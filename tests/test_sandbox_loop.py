@@ -14,8 +14,14 @@ from typing import Any
 import pytest
 import requests
 
-from loopsync.errors import (AuthError, ErrorBody, NotFound, PermanentError, RateLimited,
-                             StateConflict)
+from loopsync.errors import (
+    AuthError,
+    ErrorBody,
+    NotFound,
+    PermanentError,
+    RateLimited,
+    StateConflict,
+)
 from loopsync.http import RetryPolicy
 from loopsync.loop_client import LoopClient, PaginationStopped
 from loopsync.models import LoopReturn
@@ -51,10 +57,15 @@ class Loop:
         kw.setdefault("session", self.session())
         return LoopClient(self.base_url, self.key, clock=self.clock, **kw)
 
-    def raw_get(self, path: str, params: dict[str, str] | None = None,
-                key: str | None = None) -> requests.Response:
-        return self.session().get(f"{self.base_url}{path}", params=params, timeout=5,
-                            headers={"X-Authorization": key or self.key})
+    def raw_get(
+        self, path: str, params: dict[str, str] | None = None, key: str | None = None
+    ) -> requests.Response:
+        return self.session().get(
+            f"{self.base_url}{path}",
+            params=params,
+            timeout=5,
+            headers={"X-Authorization": key or self.key},
+        )
 
 
 @pytest.fixture
@@ -80,10 +91,16 @@ def add(loop: Loop, return_id: int, **kw: Any) -> dict[str, Any]:
 
 # -- listing --------------------------------------------------------------------------
 
+
 def test_each_state_pass_returns_exactly_that_state(loop: Loop) -> None:
     states = ("open", "closed", "cancelled", "expired", "review")
-    seeded = make_returns(60, start=NOW - timedelta(days=5), end=NOW, rng=random.Random(4),
-                          states_weights=[(s, 1) for s in states])
+    seeded = make_returns(
+        60,
+        start=NOW - timedelta(days=5),
+        end=NOW,
+        rng=random.Random(4),
+        states_weights=[(s, 1) for s in states],
+    )
     for raw in seeded:
         loop.emulator.add_return(raw)
     client = loop.client()
@@ -97,32 +114,48 @@ def test_each_state_pass_returns_exactly_that_state(loop: Loop) -> None:
 def test_without_state_loop_lists_open_closed_and_expired_only(loop: Loop) -> None:
     for n, state in enumerate(("open", "closed", "cancelled", "expired", "review")):
         add(loop, 100 + n, state=state)
-    body = loop.raw_get("/warehouse/return/list", {
-        "from": "2026-05-01 00:00:00", "to": "2026-06-01T00:00:00.000Z"}).json()
+    body = loop.raw_get(
+        "/warehouse/return/list", {"from": "2026-05-01 00:00:00", "to": "2026-06-01T00:00:00.000Z"}
+    ).json()
     assert isinstance(body, list)  # no paginate: a bare array
     assert sorted(r["state"] for r in body) == ["closed", "expired", "open"]
 
 
 def test_pagination_walks_many_pages_when_next_links_drop_our_params(loop: Loop) -> None:
     assert loop.emulator.drop_params_in_next_url
-    seeded = make_returns(57, start=NOW - timedelta(days=3), end=NOW, rng=random.Random(1),
-                          states_weights=(("open", 1),))
+    seeded = make_returns(
+        57,
+        start=NOW - timedelta(days=3),
+        end=NOW,
+        rng=random.Random(1),
+        states_weights=(("open", 1),),
+    )
     for raw in seeded:
         loop.emulator.add_return(raw)
     pages = list(loop.client(page_size=5).iter_returns(NOW - timedelta(days=3), NOW, "open"))
     assert len(pages) == 12
     assert sorted(ids_of(pages)) == sorted(r["id"] for r in seeded)  # each exactly once
     calls = loop.recorder.calls(path="/warehouse/return/list")
-    assert all(c.query["state"] == "open" and c.query["paginate"] == "true" and "from" in c.query
-               for c in calls)
+    assert all(
+        c.query["state"] == "open" and c.query["paginate"] == "true" and "from" in c.query
+        for c in calls
+    )
 
 
 def test_next_page_url_is_shaped_like_the_docs(loop: Loop) -> None:
     for n in range(3):
         add(loop, 200 + n)
-    body = loop.raw_get("/warehouse/return/list", {
-        "from": "2026-05-01T00:00:00.000Z", "to": "2026-06-01T00:00:00.000Z",
-        "filter": "created_at", "state": "open", "paginate": "true", "pageSize": "2"}).json()
+    body = loop.raw_get(
+        "/warehouse/return/list",
+        {
+            "from": "2026-05-01T00:00:00.000Z",
+            "to": "2026-06-01T00:00:00.000Z",
+            "filter": "created_at",
+            "state": "open",
+            "paginate": "true",
+            "pageSize": "2",
+        },
+    ).json()
     assert set(body) == {"returns", "nextPageUrl", "previousPageUrl"}
     assert body["previousPageUrl"] is None
     query = requests.utils.urlparse(body["nextPageUrl"]).query
@@ -133,8 +166,9 @@ def test_next_page_url_is_shaped_like_the_docs(loop: Loop) -> None:
 
 
 @pytest.mark.parametrize("quirk", ["repeat_cursor_once", "omit_cursor_once"])
-def test_broken_next_links_stop_the_walk_and_a_rerun_reads_everything(loop: Loop,
-                                                                    quirk: str) -> None:
+def test_broken_next_links_stop_the_walk_and_a_rerun_reads_everything(
+    loop: Loop, quirk: str
+) -> None:
     for n in range(12):
         add(loop, 300 + n)
     setattr(loop.emulator, quirk, True)
@@ -152,9 +186,14 @@ def test_broken_next_links_stop_the_walk_and_a_rerun_reads_everything(loop: Loop
 
 def test_121_days_is_refused_and_120_days_passes(loop: Loop) -> None:
     add(loop, 400, created_at=NOW - timedelta(days=100))
-    too_long = loop.raw_get("/warehouse/return/list", {
-        "from": loop_wire(NOW - timedelta(days=121)), "to": loop_wire(NOW),
-        "filter": "created_at"})
+    too_long = loop.raw_get(
+        "/warehouse/return/list",
+        {
+            "from": loop_wire(NOW - timedelta(days=121)),
+            "to": loop_wire(NOW),
+            "filter": "created_at",
+        },
+    )
     assert too_long.status_code == 422
     assert "to" in too_long.json()["errors"] and too_long.json()["message"]
     client = loop.client()
@@ -164,15 +203,19 @@ def test_121_days_is_refused_and_120_days_passes(loop: Loop) -> None:
     assert ids_of(pages) == ["400"]
 
 
-@pytest.mark.parametrize(("label", "params", "field"), [
-    ("bad state", {"state": "pending"}, "state"),
-    ("unparseable from", {"from": "yesterday"}, "from"),
-    ("to before from", {"from": "2026-05-02", "to": "2026-05-01"}, "to"),
-    ("bad filter", {"filter": "deleted_at"}, "filter"),
-    ("garbage cursor", {"paginate": "true", "cursor": "not-a-cursor"}, "cursor"),
-])
-def test_list_validation_errors_are_laravel_422s(loop: Loop, label: str,
-                                                 params: dict[str, str], field: str) -> None:
+@pytest.mark.parametrize(
+    ("label", "params", "field"),
+    [
+        ("bad state", {"state": "pending"}, "state"),
+        ("unparseable from", {"from": "yesterday"}, "from"),
+        ("to before from", {"from": "2026-05-02", "to": "2026-05-01"}, "to"),
+        ("bad filter", {"filter": "deleted_at"}, "filter"),
+        ("garbage cursor", {"paginate": "true", "cursor": "not-a-cursor"}, "cursor"),
+    ],
+)
+def test_list_validation_errors_are_laravel_422s(
+    loop: Loop, label: str, params: dict[str, str], field: str
+) -> None:
     answer = loop.raw_get("/warehouse/return/list", params)
     assert answer.status_code == 422
     assert field in answer.json()["errors"]
@@ -209,21 +252,25 @@ def test_listed_returns_parse_and_carry_fields_loop_added_without_notice(loop: L
 
 def test_dated_api_versions_are_served_too(loop: Loop) -> None:
     add(loop, 530)
-    client = LoopClient(f"{loop.url}/api/2026-07", loop.key, clock=loop.clock,
-                        policy=POLICY, session=loop.session())
+    client = LoopClient(
+        f"{loop.url}/api/2026-07", loop.key, clock=loop.clock, policy=POLICY, session=loop.session()
+    )
     assert ids_of(client.iter_returns(NOW - timedelta(days=3), NOW, "open")) == ["530"]
 
 
 # -- auth and rate limits ---------------------------------------------------------------
 
+
 def test_an_unknown_key_gets_loops_401_body(loop: Loop) -> None:
     answer = loop.raw_get("/destinations", key="wrong")
     assert answer.status_code == 401
-    assert answer.json() == {"error": {"code": "401", "http_code": "GEN-UNAUTHORIZED",
-                                       "message": "Unauthorized."}}
+    assert answer.json() == {
+        "error": {"code": "401", "http_code": "GEN-UNAUTHORIZED", "message": "Unauthorized."}
+    }
     with pytest.raises(AuthError):
-        LoopClient(loop.base_url, "wrong-key", clock=loop.clock,
-                   session=loop.session()).destinations()
+        LoopClient(
+            loop.base_url, "wrong-key", clock=loop.clock, session=loop.session()
+        ).destinations()
 
 
 def test_a_key_without_the_scope_gets_401_not_403(loop: Loop) -> None:
@@ -271,6 +318,7 @@ def test_an_html_page_from_a_proxy_is_retried(loop: Loop) -> None:
 
 # -- details and ASN --------------------------------------------------------------------
 
+
 def test_details_use_integer_ids_and_space_separated_times(loop: Loop) -> None:
     add(loop, 600, units=2)
     details = loop.client().return_details("600")
@@ -293,19 +341,22 @@ def test_asn_has_one_row_per_line_item_keyed_by_return_and_line(loop: Loop) -> N
     raw = add(loop, 610, units=3, updated_at=NOW - timedelta(hours=5))
     add(loop, 611, units=1, updated_at=NOW - timedelta(days=3))
     rows = loop.client().asn_report(NOW - timedelta(days=1), NOW)
-    assert [(r["id"], r["return_line_item_id"]) for r in rows] == \
-        [(610, li["line_item_id"]) for li in raw["line_items"]]
+    assert [(r["id"], r["return_line_item_id"]) for r in rows] == [
+        (610, li["line_item_id"]) for li in raw["line_items"]
+    ]
     assert [r["sku"] for r in rows] == [li["sku"] for li in raw["line_items"]]
 
 
 def test_asn_accepts_plain_dates(loop: Loop) -> None:
     add(loop, 620, units=2, updated_at=datetime(2026, 5, 20, 23, 59, tzinfo=UTC))
-    rows = loop.raw_get("/warehouse/reporting/asn", {"from": "2026-05-20",
-                                                      "to": "2026-05-20"}).json()
+    rows = loop.raw_get(
+        "/warehouse/reporting/asn", {"from": "2026-05-20", "to": "2026-05-20"}
+    ).json()
     assert [r["id"] for r in rows] == [620, 620]
 
 
 # -- actions --------------------------------------------------------------------------
+
 
 def test_process_closes_and_a_second_process_is_a_state_conflict(loop: Loop) -> None:
     add(loop, 700)
@@ -334,12 +385,19 @@ def test_a_flagged_return_refuses_process_and_cancel(loop: Loop) -> None:
     assert loop.emulator.actions_for("710") == ["flag"]
 
 
-@pytest.mark.parametrize(("state", "action"), [
-    ("expired", "cancel"), ("expired", "process"), ("cancelled", "close"),
-    ("closed", "flag"), ("closed", "cancel"),
-])
-def test_finished_returns_refuse_actions_with_a_200_conflict(loop: Loop, state: str,
-                                                             action: str) -> None:
+@pytest.mark.parametrize(
+    ("state", "action"),
+    [
+        ("expired", "cancel"),
+        ("expired", "process"),
+        ("cancelled", "close"),
+        ("closed", "flag"),
+        ("closed", "cancel"),
+    ],
+)
+def test_finished_returns_refuse_actions_with_a_200_conflict(
+    loop: Loop, state: str, action: str
+) -> None:
     add(loop, 720, state=state)
     with pytest.raises(StateConflict):
         getattr(loop.client(), action)("720")
@@ -347,8 +405,10 @@ def test_finished_returns_refuse_actions_with_a_200_conflict(loop: Loop, state: 
     assert loop.emulator.actions_for("720") == []
 
 
-@pytest.mark.parametrize(("action", "state"), [
-    ("cancel", "cancelled"), ("close", "closed"), ("flag", "review"), ("process", "closed")])
+@pytest.mark.parametrize(
+    ("action", "state"),
+    [("cancel", "cancelled"), ("close", "closed"), ("flag", "review"), ("process", "closed")],
+)
 def test_open_returns_take_every_action(loop: Loop, action: str, state: str) -> None:
     add(loop, 730)
     getattr(loop.client(), action)("730")
@@ -388,8 +448,12 @@ def test_notes_are_added_truncated_and_listed(loop: Loop) -> None:
 
 def test_the_emulator_refuses_notes_of_255_characters(loop: Loop) -> None:
     add(loop, 751)
-    answer = loop.session().post(f"{loop.base_url}/warehouse/return/751/note", timeout=5,
-                           json={"content": "n" * 255}, headers={"X-Authorization": loop.key})
+    answer = loop.session().post(
+        f"{loop.base_url}/warehouse/return/751/note",
+        timeout=5,
+        json={"content": "n" * 255},
+        headers={"X-Authorization": loop.key},
+    )
     assert answer.status_code == 422
     assert loop.emulator.notes_for("751") == []
 
@@ -398,15 +462,18 @@ def test_grades_and_assessments_are_validated_and_recorded(loop: Loop) -> None:
     raw = add(loop, 760, units=2)
     first, second = (int(li["line_item_id"]) for li in raw["line_items"])
     client = loop.client()
-    grade = {"line_item_id": first, "description": "Like new", "condition_category": "grade_a",
-             "return_processor": "dock@example.com"}
+    grade = {
+        "line_item_id": first,
+        "description": "Like new",
+        "condition_category": "grade_a",
+        "return_processor": "dock@example.com",
+    }
     assert client.grade([grade]) == [grade]
     client.assess([{"line_item_id": second, "disposition_outcome": "back_to_stock"}])
     assert [g["condition_category"] for g in loop.emulator.grades_for("760")] == ["grade_a"]
     assert [a["line_item_id"] for a in loop.emulator.assessments_for("760")] == [second]
     with pytest.raises(PermanentError) as bad_enum:
-        client.grade([{"line_item_id": first, "description": "x",
-                       "condition_category": "grade_z"}])
+        client.grade([{"line_item_id": first, "description": "x", "condition_category": "grade_z"}])
     assert bad_enum.value.status == 422
     with pytest.raises(AuthError) as foreign:
         client.assess([{"line_item_id": 1, "disposition_outcome": "recycle"}])
@@ -415,10 +482,16 @@ def test_grades_and_assessments_are_validated_and_recorded(loop: Loop) -> None:
 
 def test_more_than_30_items_is_422_but_the_client_sends_20_at_a_time(loop: Loop) -> None:
     raw = add(loop, 770, units=1)
-    item: dict[str, Any] = {"line_item_id": int(raw["line_items"][0]["line_item_id"]),
-                            "description": "ok"}
-    answer = loop.session().post(f"{loop.base_url}/dispositioning/grade", timeout=5,
-                           json={"items": [item] * 31}, headers={"X-Authorization": loop.key})
+    item: dict[str, Any] = {
+        "line_item_id": int(raw["line_items"][0]["line_item_id"]),
+        "description": "ok",
+    }
+    answer = loop.session().post(
+        f"{loop.base_url}/dispositioning/grade",
+        timeout=5,
+        json={"items": [item] * 31},
+        headers={"X-Authorization": loop.key},
+    )
     assert answer.status_code == 422
     assert len(loop.client().grade([item] * 31)) == 31
     assert len(loop.emulator.grades_for("770")) == 31
@@ -426,8 +499,9 @@ def test_more_than_30_items_is_422_but_the_client_sends_20_at_a_time(loop: Loop)
 
 def test_destinations_and_their_500_when_one_lacks_an_address(loop: Loop) -> None:
     assert [d["id"] for d in loop.client().destinations()] == [12, 13]
-    loop.emulator.destinations.append({"id": 14, "type": "donate", "name": "Charity",
-                                       "enabled": True})
+    loop.emulator.destinations.append(
+        {"id": 14, "type": "donate", "name": "Charity", "enabled": True}
+    )
     with pytest.raises(Exception, match="500"):
         loop.client(policy=RetryPolicy(attempts=1)).destinations()
 
@@ -439,8 +513,7 @@ def test_reads_are_not_writes_and_every_action_is(loop: Loop) -> None:
     client.return_details("780")
     client.notes("780")
     client.add_note("780", "hello")
-    client.grade([{"line_item_id": int(raw["line_items"][0]["line_item_id"]),
-                   "description": "ok"}])
+    client.grade([{"line_item_id": int(raw["line_items"][0]["line_item_id"]), "description": "ok"}])
     client.process("780")
     writes = [c.path.rsplit("/", 1)[-1] for c in loop.recorder.calls(writes=True)]
     reads = [c.path.rsplit("/", 1)[-1] for c in loop.recorder.calls(writes=False)]
@@ -476,16 +549,19 @@ def test_update_return_bumps_updated_at_unless_given(loop: Loop) -> None:
     pinned = NOW - timedelta(days=9)
     loop.emulator.update_return("810", updated_at=pinned)
     got = loop.emulator.get("810")
-    assert (got["state"], got["tracking_number"], got["updated_at"]) == \
-        ("expired", "1Z999", iso(pinned))
+    assert (got["state"], got["tracking_number"], got["updated_at"]) == (
+        "expired",
+        "1Z999",
+        iso(pinned),
+    )
 
 
 # -- seed -----------------------------------------------------------------------------
 
+
 def test_seed_is_deterministic_realistic_and_parseable() -> None:
     def seed() -> list[dict[str, Any]]:
-        return make_returns(300, start=NOW - timedelta(days=10), end=NOW,
-                            rng=random.Random(42))
+        return make_returns(300, start=NOW - timedelta(days=10), end=NOW, rng=random.Random(42))
 
     returns = seed()
     assert returns == seed()
@@ -497,6 +573,7 @@ def test_seed_is_deterministic_realistic_and_parseable() -> None:
     assert sum(r["state"] == "open" for r in returns) > 150
     assert any(max(p.units_by_sku().values()) > 1 for p in parsed)  # a SKU repeated
     assert any(not r["customer"].isascii() for r in returns)
-    assert all(len(r["provider_order_id"]) == 13 and r["order_name"].startswith("#")
-               for r in returns)
+    assert all(
+        len(r["provider_order_id"]) == 13 and r["order_name"].startswith("#") for r in returns
+    )
     assert all(isinstance(r["destination_id"], int) for r in returns)

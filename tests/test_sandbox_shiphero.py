@@ -30,19 +30,33 @@ class World:
         self.config = emulator.warehouse_config(url)
 
     def connector(self, *, poll_batch: int = 50, **keys: Any) -> ShipHeroConnector:
-        section = Section({"refresh_token": self.config["refresh_token"], **keys},
-                          file="sandbox.yaml", path="warehouse", env=self.emu.secret_env())
+        section = Section(
+            {"refresh_token": self.config["refresh_token"], **keys},
+            file="sandbox.yaml",
+            path="warehouse",
+            env=self.emu.secret_env(),
+        )
         settings = WarehouseSettings(
-            kind="shiphero", base_url=self.url, destinations=self.config["destinations"],
+            kind="shiphero",
+            base_url=self.url,
+            destinations=self.config["destinations"],
             statuses=StatusRules.build(**ShipHeroConnector.default_statuses),
-            grading=GradingRules(), order_wait=timedelta(days=2), poll_batch=poll_batch,
-            timeout=5.0, connector=ShipHeroConnector.parse_settings(section))
-        ctx = ConnectorContext(merchant="sandbox", clock=self.clock,
-                               policy=RetryPolicy(attempts=4, base=0.01, cap=0.05))
+            grading=GradingRules(),
+            order_wait=timedelta(days=2),
+            poll_batch=poll_batch,
+            timeout=5.0,
+            connector=ShipHeroConnector.parse_settings(section),
+        )
+        ctx = ConnectorContext(
+            merchant="sandbox",
+            clock=self.clock,
+            policy=RetryPolicy(attempts=4, base=0.01, cap=0.05),
+        )
         return ShipHeroConnector(settings, ctx)
 
-    def loop_returns(self, n: int, first_id: int = 9001, *, with_order: bool = True,
-                     **overrides: Any) -> list[LoopReturn]:
+    def loop_returns(
+        self, n: int, first_id: int = 9001, *, with_order: bool = True, **overrides: Any
+    ) -> list[LoopReturn]:
         out = []
         for rid in range(first_id, first_id + n):
             raw = make_return(return_id=rid, units=2 + rid % 2, **overrides)
@@ -87,19 +101,23 @@ def test_create_poll_and_receive_every_scenario(world):
 
     pending = connector.poll(refs)
     assert {s.status for s in pending.statuses.values()} == {"pending"}
-    assert [s.expected_units for s in pending.statuses.values()] == \
-        [r.expected_units for r in rets]
+    assert [s.expected_units for s in pending.statuses.values()] == [r.expected_units for r in rets]
 
-    scenarios = dict(zip((r.id for r in rets),
-                         ("full", "short", "over", "damaged", "cancelled"), strict=True))
+    scenarios = dict(
+        zip((r.id for r in rets), ("full", "short", "over", "damaged", "cancelled"), strict=True)
+    )
     for rid, scenario in scenarios.items():
         assert world.emu.receive(rid, scenario)
     result = connector.poll(refs)
     assert not result.errors
     by_scenario = {scenarios[rid]: status for rid, status in result.statuses.items()}
     assert {name: normalize_status(s.status) for name, s in by_scenario.items()} == {
-        "full": "warehouse complete", "short": "warehouse complete",
-        "over": "warehouse complete", "damaged": "damaged", "cancelled": "rts"}
+        "full": "warehouse complete",
+        "short": "warehouse complete",
+        "over": "warehouse complete",
+        "damaged": "damaged",
+        "cancelled": "rts",
+    }
     assert len({by_scenario[n].status for n in ("full", "short", "over")}) == 3  # spellings
     received = {name: s.received_units - s.expected_units for name, s in by_scenario.items()}
     assert (received["full"], received["short"], received["over"]) == (0, -1, 1)
@@ -128,8 +146,9 @@ def test_order_number_fallback_and_order_not_there_yet(world):
     with pytest.raises(NotReady, match="not found in ShipHero"):
         connector.locate(world.request(late))
     # The shop's order sync left partner_order_id empty: found by order number instead.
-    world.emu.add_order(order_number=late.order_name, partner_order_id=None,
-                        units_by_sku=late.units_by_sku())
+    world.emu.add_order(
+        order_number=late.order_name, partner_order_id=None, units_by_sku=late.units_by_sku()
+    )
     located = connector.locate(world.request(late))
     assert located["order_number"] == late.order_name
     assert set(located["skus"]) == set(late.units_by_sku())
@@ -139,31 +158,46 @@ def test_a_sku_not_on_the_order_is_rejected_by_the_mutation(world):
     connector = world.connector()
     (ret,) = world.loop_returns(1)
     located = connector.locate(world.request(ret))
-    extra = LoopReturn.from_api({**ret.raw, "line_items": [
-        *ret.raw["line_items"], {"line_item_id": "x1", "sku": "NOT-ON-ORDER"}]})
+    extra = LoopReturn.from_api(
+        {
+            **ret.raw,
+            "line_items": [*ret.raw["line_items"], {"line_item_id": "x1", "sku": "NOT-ON-ORDER"}],
+        }
+    )
     with pytest.raises(Rejected, match="SKU NOT-ON-ORDER is not on order"):
         connector.create_rma(world.request(extra), located)
     assert world.emu.rma_count(ret.id) == 0
 
 
-def post_graphql(world: World, query: str, variables: dict[str, Any] | None = None,
-                 token: str | None = None) -> requests.Response:
+def post_graphql(
+    world: World, query: str, variables: dict[str, Any] | None = None, token: str | None = None
+) -> requests.Response:
     if token is None:
-        token = requests.post(f"{world.url}/auth/refresh", timeout=5,
-                              json={"refresh_token": world.emu.refresh_token}
-                              ).json()["access_token"]
-    return requests.post(f"{world.url}/graphql", timeout=5,
-                         headers={"Authorization": f"Bearer {token}"},
-                         json={"query": query, "variables": variables or {}})
+        token = requests.post(
+            f"{world.url}/auth/refresh", timeout=5, json={"refresh_token": world.emu.refresh_token}
+        ).json()["access_token"]
+    return requests.post(
+        f"{world.url}/graphql",
+        timeout=5,
+        headers={"Authorization": f"Bearer {token}"},
+        json={"query": query, "variables": variables or {}},
+    )
 
 
 def return_input(**changes: Any) -> dict[str, Any]:
     """A valid CreateReturnInput with `changes` applied (None drops a field)."""
-    data = {"order_id": "T3JkZXI6MQ==", "warehouse_id": next(iter(WAREHOUSES)),
-            "return_reason": "Too small", "label_type": "SELF_RETURN", "label_cost": "0.00",
-            "address": {"name": "Pat"}, "dimensions": {"weight": "0"},
-            "shipping_carrier": "USPS", "shipping_method": "USPS",
-            "line_items": [{"sku": "A", "quantity": 1, "return_reason": "Too small"}]}
+    data = {
+        "order_id": "T3JkZXI6MQ==",
+        "warehouse_id": next(iter(WAREHOUSES)),
+        "return_reason": "Too small",
+        "label_type": "SELF_RETURN",
+        "label_cost": "0.00",
+        "address": {"name": "Pat"},
+        "dimensions": {"weight": "0"},
+        "shipping_carrier": "USPS",
+        "shipping_method": "USPS",
+        "line_items": [{"sku": "A", "quantity": 1, "return_reason": "Too small"}],
+    }
     data.update(changes)
     return {key: value for key, value in data.items() if value is not None}
 
@@ -171,12 +205,19 @@ def return_input(**changes: Any) -> dict[str, Any]:
 CREATE = "mutation ($data: CreateReturnInput!) { return_create(data: $data) { return { id } } }"
 
 
-@pytest.mark.parametrize(("query", "variables", "expected"), [
-    ("{ orders(first: 10) { data { edges { node { id } } } } }", None,
-     "Unknown argument 'first' on field 'Query.orders'"),
-    (CREATE, {"data": return_input(label_type="PREPAID")}, "ReturnLabelType"),
-    (CREATE, {"data": return_input(warehouse_id=None)}, "warehouse_id"),
-], ids=["first-on-root-field", "unknown-label-type", "missing-required-field"])
+@pytest.mark.parametrize(
+    ("query", "variables", "expected"),
+    [
+        (
+            "{ orders(first: 10) { data { edges { node { id } } } } }",
+            None,
+            "Unknown argument 'first' on field 'Query.orders'",
+        ),
+        (CREATE, {"data": return_input(label_type="PREPAID")}, "ReturnLabelType"),
+        (CREATE, {"data": return_input(warehouse_id=None)}, "warehouse_id"),
+    ],
+    ids=["first-on-root-field", "unknown-label-type", "missing-required-field"],
+)
 def test_the_emulator_refuses_what_the_schema_refuses(world, query, variables, expected):
     body = post_graphql(world, query, variables).json()
     assert "data" not in body or body["data"] is None
@@ -185,8 +226,10 @@ def test_the_emulator_refuses_what_the_schema_refuses(world, query, variables, e
 
 
 def test_unknown_or_expired_tokens_get_401_and_the_connector_refreshes(world):
-    assert post_graphql(world, "{ user_quota { credits_remaining } }",
-                        token="forged").status_code == 401
+    assert (
+        post_graphql(world, "{ user_quota { credits_remaining } }", token="forged").status_code
+        == 401
+    )
     connector = world.connector()
     rets = world.loop_returns(2)
     refs = world.push(connector, rets[:1])
@@ -204,7 +247,7 @@ def test_throttled_when_credits_run_out(world):
     # ShipHero's bucket is smaller than the connector believes (default 1001).
     world.emu.credits = CreditMeter(world.clock, capacity=120, per_second=15)
     world.clock.slept.clear()
-    result = world.connector(poll_batch=25).poll(refs)   # two queries of 100 credits
+    result = world.connector(poll_batch=25).poll(refs)  # two queries of 100 credits
     assert len(result.statuses) == 50
     assert world.emu.credits.throttled == 1
     assert [s for s in world.clock.slept if s >= 1] == [pytest.approx(6, abs=0.3)]  # 80/15
@@ -214,12 +257,13 @@ def test_throttled_when_credits_run_out(world):
 def test_scripted_throttle_answers_are_retried(world, status):
     connector = world.connector()
     (ret,) = world.loop_returns(1)
-    world.emu.faults.inject(world.emu.throttle_fault(status=status, seconds=3),
-                            when=lambda req: req.path == "/graphql")
+    world.emu.faults.inject(
+        world.emu.throttle_fault(status=status, seconds=3), when=lambda req: req.path == "/graphql"
+    )
     world.clock.slept.clear()
     assert connector.locate(world.request(ret))["skus"]
     assert world.emu.faults.injected == ["custom"]
-    if status == 200:   # time_remaining honoured; a bare 429 backs off instead
+    if status == 200:  # time_remaining honoured; a bare 429 backs off instead
         assert any(3 <= s <= 3.3 for s in world.clock.slept), world.clock.slept
     assert len(world.graphql_calls()) == 2
 
@@ -231,7 +275,7 @@ def test_polling_500_rmas_is_batched_and_never_overdraws_credits(world):
     world.emu.credits = CreditMeter(world.clock, enforce=False)
     world.emu.recorder.clear()
     world.clock.slept.clear()
-    result = world.connector().poll(refs)                 # default settings
+    result = world.connector().poll(refs)  # default settings
     assert len(result.statuses) == 500 and not result.errors
     assert len(world.graphql_calls()) <= 500 // 25
     assert world.emu.credits.min_balance >= 0, world.emu.credits.peak_debt
@@ -240,12 +284,15 @@ def test_polling_500_rmas_is_batched_and_never_overdraws_credits(world):
 
 
 def test_complexity_follows_page_sizes_and_is_charged(world):
-    body = post_graphql(world, "{ orders { complexity "
-                               "data(first: 100) { edges { node { id } } } } }").json()
-    assert body["data"]["orders"]["complexity"] == 101     # ShipHero's own example
+    body = post_graphql(
+        world, "{ orders { complexity data(first: 100) { edges { node { id } } } } }"
+    ).json()
+    assert body["data"]["orders"]["complexity"] == 101  # ShipHero's own example
     quota = post_graphql(world, "{ user_quota { credits_remaining max_available } }").json()
-    assert quota["data"]["user_quota"] == {"credits_remaining": 1001 - 101 - 1,
-                                           "max_available": 1001}
+    assert quota["data"]["user_quota"] == {
+        "credits_remaining": 1001 - 101 - 1,
+        "max_available": 1001,
+    }
 
 
 def test_credit_meter_refuses_or_records_an_overdraft(clock):
@@ -268,17 +315,23 @@ def test_find_rma_pages_through_the_returns_of_a_busy_order(world):
     last = world.request(rets[-1])
     found = connector.find_rma(last, connector.locate(last))
     assert found is not None and found.return_id == rets[-1].id
-    pages = [c.json()["variables"]["after"] for c in world.graphql_calls()
-             if "LoopsyncReturns" in c.json()["query"]]
+    pages = [
+        c.json()["variables"]["after"]
+        for c in world.graphql_calls()
+        if "LoopsyncReturns" in c.json()["query"]
+    ]
     from loopsync.connectors.shiphero.wire import RETURNS_PAGE_SIZE
+
     assert len(pages) == -(-30 // RETURNS_PAGE_SIZE) and pages[0] is None and all(pages[1:])
 
 
 def test_a_generic_graphql_error_is_an_error_body(world):
     connector = world.connector()
     (ret,) = world.loop_returns(1)
-    world.emu.faults.inject(world.emu.graphql_error_fault("Internal server error"),
-                            when=lambda req: req.path == "/graphql")
+    world.emu.faults.inject(
+        world.emu.graphql_error_fault("Internal server error"),
+        when=lambda req: req.path == "/graphql",
+    )
     with pytest.raises(ErrorBody, match="Internal server error"):
         connector.locate(world.request(ret))
 
@@ -296,11 +349,11 @@ def test_set_status_takes_custom_words_and_partial_counts(world):
 
 def test_password_grant_issues_tokens(world):
     url = f"{world.url}/auth/token"
-    wrong = requests.post(url, json={"username": world.emu.username, "password": "nope"},
-                          timeout=5)
+    wrong = requests.post(url, json={"username": world.emu.username, "password": "nope"}, timeout=5)
     assert wrong.status_code == 403
-    good = requests.post(url, json={"username": world.emu.username,
-                                    "password": world.emu.password}, timeout=5).json()
+    good = requests.post(
+        url, json={"username": world.emu.username, "password": world.emu.password}, timeout=5
+    ).json()
     assert good["expires_in"] == 2419200 and good["refresh_token"]
     quota = post_graphql(world, "{ user_quota { max_available } }", token=good["access_token"])
     assert quota.json()["data"]["user_quota"]["max_available"] == 1001

@@ -15,8 +15,10 @@ from loopsync.sandbox.server import Fault
 def test_no_secret_in_logs_or_database(make_sandbox, tmp_path, kind):
     sb = make_sandbox(kind, rate_limits=False)
     seeded = sb.seed(3, states_weights=[("open", 1)])
-    cfg = sb.merchant_config(tmp_path, warehouse_extra={
-        "peoplevox": {"rate_limit": {"requests": 1000, "per": "1s"}}}.get(kind))
+    cfg = sb.merchant_config(
+        tmp_path,
+        warehouse_extra={"peoplevox": {"rate_limit": {"requests": 1000, "per": "1s"}}}.get(kind),
+    )
     secrets = [v for v in sb.env().values() if v]
     assert secrets, "the sandbox config should carry secrets"
     out = io.StringIO()
@@ -29,8 +31,9 @@ def test_no_secret_in_logs_or_database(make_sandbox, tmp_path, kind):
     sb.run_cycle(cfg)
     text = out.getvalue()
     assert "cycle.summary" in text
-    db_bytes = b"".join(p.read_bytes() for p in tmp_path.iterdir()
-                        if p.name.startswith("sandbox.sqlite"))
+    db_bytes = b"".join(
+        p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("sandbox.sqlite")
+    )
     for secret in secrets:
         assert secret not in text, f"{kind}: a secret reached the logs"
         assert secret.encode() not in db_bytes, f"{kind}: a secret reached the database"
@@ -44,5 +47,7 @@ def test_redaction_masks_registered_values():
     logs.register_secret("hunter2-secret")
     import structlog
 
-    structlog.get_logger().info("oops", detail="token=hunter2-secret", nested={"a": ["hunter2-secret"]})
+    structlog.get_logger().info(
+        "oops", detail="token=hunter2-secret", nested={"a": ["hunter2-secret"]}
+    )
     assert "hunter2-secret" not in out.getvalue() and "***" in out.getvalue()

@@ -16,6 +16,7 @@ from tests.test_config import BASE, write
 
 ENV = {"LOOP_API_KEY": "cfg-loop-secret-1", "SHIPHERO_REFRESH_TOKEN": "cfg-sh-refresh-1"}
 
+
 def load_error(tmp_path, text, env=None):
     with pytest.raises(ConfigError) as info:
         load_config(write(tmp_path, text), env=ENV if env is None else env)
@@ -24,15 +25,26 @@ def load_error(tmp_path, text, env=None):
 
 # -- ${VAR} in ordinary keys ------------------------------------------------------------------
 
-@pytest.mark.parametrize("line, replacement, key", [
-    ("merchant: acme-us", "merchant: ${CFG_MERCHANT}", "merchant"),
-    ("  base_url: https://api.loopreturns.com/api/v1", "  base_url: ${CFG_MERCHANT}",
-     "loop.base_url"),
-    ("  base_url: https://api.loopreturns.com/api/v1", "  base_url: https://x/${CFG_MERCHANT}\n"
-     "  page_size: ${CFG_MERCHANT}", "loop.page_size"),
-])
-def test_a_failing_key_shows_its_var_reference_never_the_expanded_value(tmp_path, line,
-                                                                          replacement, key):
+
+@pytest.mark.parametrize(
+    "line, replacement, key",
+    [
+        ("merchant: acme-us", "merchant: ${CFG_MERCHANT}", "merchant"),
+        (
+            "  base_url: https://api.loopreturns.com/api/v1",
+            "  base_url: ${CFG_MERCHANT}",
+            "loop.base_url",
+        ),
+        (
+            "  base_url: https://api.loopreturns.com/api/v1",
+            "  base_url: https://x/${CFG_MERCHANT}\n  page_size: ${CFG_MERCHANT}",
+            "loop.page_size",
+        ),
+    ],
+)
+def test_a_failing_key_shows_its_var_reference_never_the_expanded_value(
+    tmp_path, line, replacement, key
+):
     value = "Not A Merchant Name sk_live_98af"
     err = load_error(tmp_path, BASE.replace(line, replacement), {**ENV, "CFG_MERCHANT": value})
     assert err.key == key
@@ -51,15 +63,19 @@ def test_check_config_never_prints_the_expanded_value(tmp_path, monkeypatch, cap
 
 # -- secret values ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("value, problem", [
-    ("abc1234", "too short (7 characters"),
-    (" cfg-loop-secret-1", "white space"),
-    ("cfg-loop-secret-1 ", "white space"),
-    ("cfg-loop-secret-1\n", "line break"),
-    ("cfg-loop\nsecret-1", "line break"),
-    ("cfg-loop\tsecret-1", "control character"),
-    ("", "is empty"),
-])
+
+@pytest.mark.parametrize(
+    "value, problem",
+    [
+        ("abc1234", "too short (7 characters"),
+        (" cfg-loop-secret-1", "white space"),
+        ("cfg-loop-secret-1 ", "white space"),
+        ("cfg-loop-secret-1\n", "line break"),
+        ("cfg-loop\nsecret-1", "line break"),
+        ("cfg-loop\tsecret-1", "control character"),
+        ("", "is empty"),
+    ],
+)
 def test_unsafe_secret_values_are_config_errors_naming_the_key(tmp_path, value, problem):
     err = load_error(tmp_path, BASE, {**ENV, "LOOP_API_KEY": value})
     assert err.key == "loop.api_key" and problem in err.problem
@@ -78,8 +94,7 @@ def test_short_secret_exits_2_naming_the_key(tmp_path, monkeypatch, capsys):
 
 def test_secret_from_a_file_drops_one_final_newline(tmp_path):
     (tmp_path / "loop_key").write_text("cfg-file-secret-123\n")
-    cfg = load_config(write(tmp_path, BASE.replace("${LOOP_API_KEY}", "${file:loop_key}")),
-                      env=ENV)
+    cfg = load_config(write(tmp_path, BASE.replace("${LOOP_API_KEY}", "${file:loop_key}")), env=ENV)
     assert cfg.loop.api_key.value == "cfg-file-secret-123"
     assert "cfg-file-secret-123" not in repr(cfg.loop)
     (tmp_path / "crlf").write_bytes(b"cfg-file-secret-456\r\n")
@@ -88,17 +103,20 @@ def test_secret_from_a_file_drops_one_final_newline(tmp_path):
     assert cfg.loop.api_key.value == "cfg-file-secret-456"
 
 
-@pytest.mark.parametrize("content, problem", [
-    (b"cfg-file-secret-123\n\n", "line break"),
-    (b" cfg-file-secret-123\n", "white space"),
-    (b"cfg-file-secret-123 \n", "white space"),
-    (b"short\n", "too short"),
-    (b"\n", "empty"),
-    (b"\xff\xfe-not-utf8-secret", "not UTF-8"),
-    (None, "cannot read secret file"),
-    ("fifo", "not a regular file"),
-    ("dir", "not a regular file"),
-])
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        (b"cfg-file-secret-123\n\n", "line break"),
+        (b" cfg-file-secret-123\n", "white space"),
+        (b"cfg-file-secret-123 \n", "white space"),
+        (b"short\n", "too short"),
+        (b"\n", "empty"),
+        (b"\xff\xfe-not-utf8-secret", "not UTF-8"),
+        (None, "cannot read secret file"),
+        ("fifo", "not a regular file"),
+        ("dir", "not a regular file"),
+    ],
+)
 def test_unsafe_secret_files_are_config_errors(tmp_path, content, problem):
     if content == "fifo":
         os.mkfifo(tmp_path / "key")  # would block a read forever
@@ -113,11 +131,15 @@ def test_unsafe_secret_files_are_config_errors(tmp_path, content, problem):
 
 # -- YAML strictness ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("text, key, line", [
-    (BASE + "merchant: evil\n", "merchant", 12),
-    (BASE.replace("  lookback: 15m", "  lookback: 15m\n  lookback: 1h"), "lookback", 8),
-    (BASE.replace('{"12": "WH1"}', '{"12": "WH1", "12": "WH2"}'), "12", 11),
-])
+
+@pytest.mark.parametrize(
+    "text, key, line",
+    [
+        (BASE + "merchant: evil\n", "merchant", 12),
+        (BASE.replace("  lookback: 15m", "  lookback: 15m\n  lookback: 1h"), "lookback", 8),
+        (BASE.replace('{"12": "WH1"}', '{"12": "WH1", "12": "WH2"}'), "12", 11),
+    ],
+)
 def test_duplicate_keys_are_errors_naming_key_and_line(tmp_path, text, key, line):
     err = load_error(tmp_path, text)
     assert f"duplicate key '{key}'" in str(err) and f"line {line}" in str(err)
@@ -129,53 +151,78 @@ def test_merge_keys_may_still_override(tmp_path):
     assert cfg.every.total_seconds() == 300
 
 
-@pytest.mark.parametrize("change, key, problem", [
-    ("every: 90", "schedule.every", "needs a unit"),
-    ("every: 1.5", "schedule.every", "needs a unit"),
-    ("every: 99999999999999999999d", "schedule.every", "absurdly long"),
-    ("every: 1" + "0" * 400 + "s", "schedule.every", "absurdly long"),
-    ("every: -5m", "schedule.every", "not a duration"),
-    ("every: '-5m'", "schedule.every", "not a duration"),
-    ("every: ５m", "schedule.every", "not a duration"),
-    ("every: .inf", "schedule.every", "needs a unit"),
-    ("every: 15m}\nloop: {lookback: 60", "loop.lookback", "needs a unit"),
-])
+@pytest.mark.parametrize(
+    "change, key, problem",
+    [
+        ("every: 90", "schedule.every", "needs a unit"),
+        ("every: 1.5", "schedule.every", "needs a unit"),
+        ("every: 99999999999999999999d", "schedule.every", "absurdly long"),
+        ("every: 1" + "0" * 400 + "s", "schedule.every", "absurdly long"),
+        ("every: -5m", "schedule.every", "not a duration"),
+        ("every: '-5m'", "schedule.every", "not a duration"),
+        ("every: ５m", "schedule.every", "not a duration"),
+        ("every: .inf", "schedule.every", "needs a unit"),
+        ("every: 15m}\nloop: {lookback: 60", "loop.lookback", "needs a unit"),
+    ],
+)
 def test_durations_need_a_unit_and_a_sane_size(tmp_path, change, key, problem):
     text = BASE.replace("every: 15m", change)
     if "loop: {" in change:  # the one-line `loop:` replaces the block below
-        text = text.replace("schedule: {every: 15m}\nloop: {lookback: 60}",
-                            "schedule: {every: 15m}").replace("  lookback: 15m", "  lookback: 60")
+        text = text.replace(
+            "schedule: {every: 15m}\nloop: {lookback: 60}", "schedule: {every: 15m}"
+        ).replace("  lookback: 15m", "  lookback: 60")
     err = load_error(tmp_path, text)
     assert err.key == key
     if problem:
         assert problem in err.problem
 
 
-@pytest.mark.parametrize("old, new, key", [
-    ("  lookback: 15m", "  lookback: 15m\n  page_size: 99999999999999999999999999999",
-     "loop.page_size"),
-    ("  lookback: 15m", "  lookback: 15m\n  page_size: -99999999999999999999999999999",
-     "loop.page_size"),
-    ("  lookback: 15m", "  lookback: 15m\n  page_size: " + "9" * 5000, ""),
-    ("kind: shiphero", "kind: shiphero\n  credits_max: 1" + "0" * 40, "warehouse.credits_max"),
-    ("kind: shiphero", "kind: shiphero\n  credits_per_second: 1e300",
-     "warehouse.credits_per_second"),
-    ("kind: shiphero", "kind: shiphero\n  credits_per_second: .nan",
-     "warehouse.credits_per_second"),
-    ("  lookback: 15m", "  lookback: 15m\n  timeout: 99999999999999999999999d", "loop.timeout"),
-    ("  start_at: 2026-01-01T00:00:00Z", "  start_at: 0001-01-01T00:00:00+01:00",
-     "loop.start_at"),
-    ("  start_at: 2026-01-01T00:00:00Z", "  start_at: 99999-01-01T00:00:00Z", "loop.start_at"),
-])
+@pytest.mark.parametrize(
+    "old, new, key",
+    [
+        (
+            "  lookback: 15m",
+            "  lookback: 15m\n  page_size: 99999999999999999999999999999",
+            "loop.page_size",
+        ),
+        (
+            "  lookback: 15m",
+            "  lookback: 15m\n  page_size: -99999999999999999999999999999",
+            "loop.page_size",
+        ),
+        ("  lookback: 15m", "  lookback: 15m\n  page_size: " + "9" * 5000, ""),
+        ("kind: shiphero", "kind: shiphero\n  credits_max: 1" + "0" * 40, "warehouse.credits_max"),
+        (
+            "kind: shiphero",
+            "kind: shiphero\n  credits_per_second: 1e300",
+            "warehouse.credits_per_second",
+        ),
+        (
+            "kind: shiphero",
+            "kind: shiphero\n  credits_per_second: .nan",
+            "warehouse.credits_per_second",
+        ),
+        ("  lookback: 15m", "  lookback: 15m\n  timeout: 99999999999999999999999d", "loop.timeout"),
+        (
+            "  start_at: 2026-01-01T00:00:00Z",
+            "  start_at: 0001-01-01T00:00:00+01:00",
+            "loop.start_at",
+        ),
+        ("  start_at: 2026-01-01T00:00:00Z", "  start_at: 99999-01-01T00:00:00Z", "loop.start_at"),
+    ],
+)
 def test_absurd_values_are_config_errors(tmp_path, old, new, key):
     assert load_error(tmp_path, BASE.replace(old, new)).key == key
 
 
-@pytest.mark.parametrize("nested", [
-    "x: " + "[" * 3000 + "]" * 3000,
-    "x: " + "{a: " * 3000 + "1" + "}" * 3000,
-    "".join("  " * i + f"k{i}:\n" for i in range(200)),
-])
+@pytest.mark.parametrize(
+    "nested",
+    [
+        "x: " + "[" * 3000 + "]" * 3000,
+        "x: " + "{a: " * 3000 + "1" + "}" * 3000,
+        "".join("  " * i + f"k{i}:\n" for i in range(200)),
+    ],
+)
 def test_documents_nested_thousands_deep_are_config_errors(tmp_path, nested):
     err = load_error(tmp_path, nested + "\n")
     assert "nested deeper" in err.problem
@@ -196,11 +243,39 @@ def test_alias_bombs_are_refused_quickly(tmp_path):
 # -- hypothesis: anything in, a MerchantConfig or a ConfigError out -----------------------------
 
 _SCALARS = st.one_of(
-    st.sampled_from(["15m", "90", "-1", "1e400", "0x1F", "~", "null", "true", "&a x", "*a",
-                     "!!binary aGVsbG8=", "!!python/object:os.system x", "${LOOP_API_KEY}",
-                     "${file:/nonexistent}", "${NOPE}", "2026-01-01", "[", "{", "'", "<<: *a",
-                     "9" * 30, "1" * 5000 + "d", "\\ud800", "\x00", "- a", "? a", "|"]),
-    st.text(max_size=12))
+    st.sampled_from(
+        [
+            "15m",
+            "90",
+            "-1",
+            "1e400",
+            "0x1F",
+            "~",
+            "null",
+            "true",
+            "&a x",
+            "*a",
+            "!!binary aGVsbG8=",
+            "!!python/object:os.system x",
+            "${LOOP_API_KEY}",
+            "${file:/nonexistent}",
+            "${NOPE}",
+            "2026-01-01",
+            "[",
+            "{",
+            "'",
+            "<<: *a",
+            "9" * 30,
+            "1" * 5000 + "d",
+            "\\ud800",
+            "\x00",
+            "- a",
+            "? a",
+            "|",
+        ]
+    ),
+    st.text(max_size=12),
+)
 
 
 @st.composite
@@ -213,7 +288,7 @@ def yamlish(draw):
         if choice == 0:
             lines[i] = f"{head}: {draw(_SCALARS)}"
         elif choice == 1:
-            lines.insert(i, lines[i])           # a duplicate
+            lines.insert(i, lines[i])  # a duplicate
         elif choice == 2:
             lines[i] = draw(st.text(max_size=30))
         else:
@@ -221,7 +296,9 @@ def yamlish(draw):
     return "\n".join(lines) + "\n"
 
 
-@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(text=st.one_of(yamlish(), st.text(max_size=200)))
 def test_any_yamlish_text_gives_a_config_or_a_config_error(tmp_path, text):
     path = tmp_path / "h.yaml"
@@ -244,8 +321,8 @@ def test_yaml_that_safe_load_accepts_but_is_not_a_mapping_is_a_config_error(tmp_
 
 # -- check-config over a directory --------------------------------------------------------------
 
-def test_check_config_on_a_directory_reports_every_file_then_exits_2(tmp_path, monkeypatch,
-                                                                     capsys):
+
+def test_check_config_on_a_directory_reports_every_file_then_exits_2(tmp_path, monkeypatch, capsys):
     for k, v in ENV.items():
         monkeypatch.setenv(k, v)
     d = tmp_path / "conf"
@@ -253,8 +330,9 @@ def test_check_config_on_a_directory_reports_every_file_then_exits_2(tmp_path, m
     write(d, BASE, "a-good.yaml")
     write(d, BASE.replace("every: 15m", "every: 90"), "b-units.yaml")
     write(d, BASE + "merchant: other\n", "c-dup.yml")
-    write(d, BASE.replace("acme-us", "acme-eu").replace("kind: shiphero", "kind: nope"),
-          "d-kind.yaml")
+    write(
+        d, BASE.replace("acme-us", "acme-eu").replace("kind: shiphero", "kind: nope"), "d-kind.yaml"
+    )
     write(d, BASE.replace("acme-us", "acme-ca"), "e-good.yaml")
     write(d, BASE, "f-same-merchant.yaml")
     write(d, "not: [yaml", "g-broken.yaml")
@@ -266,9 +344,13 @@ def test_check_config_on_a_directory_reports_every_file_then_exits_2(tmp_path, m
     assert [line.split(":")[0] for line in ok] == [str(d / "a-good.yaml"), str(d / "e-good.yaml")]
     assert all(": ok (merchant" in line for line in ok)
     assert len(bad) == 5
-    for name, key in [("b-units.yaml", "schedule.every"), ("c-dup.yml", "duplicate key"),
-                      ("d-kind.yaml", "warehouse.kind"), ("f-same-merchant.yaml", "merchant"),
-                      ("g-broken.yaml", "invalid YAML")]:
+    for name, key in [
+        ("b-units.yaml", "schedule.every"),
+        ("c-dup.yml", "duplicate key"),
+        ("d-kind.yaml", "warehouse.kind"),
+        ("f-same-merchant.yaml", "merchant"),
+        ("g-broken.yaml", "invalid YAML"),
+    ]:
         assert any(str(d / name) in line and key in line for line in bad), (name, bad)
 
 

@@ -37,15 +37,20 @@ def _all_forms(value):
 
 # -- the registry -----------------------------------------------------------------------------
 
+
 def test_resolved_secret_registers_itself_and_is_masked_in_every_encoding():
     Secret("RDX", QUOTED)
-    text = " | ".join([
-        f"plain {QUOTED}", f"url {quote(QUOTED, safe='')}", f"form {quote_plus(QUOTED)}",
-        f"json {json.dumps({'k': QUOTED})}",
-        f"basic {base64.b64encode(('user:' + QUOTED).encode()).decode()}",
-        f"b64 {base64.b64encode(QUOTED.encode()).decode()}",
-        f"urlsafe {base64.urlsafe_b64encode(('ab' + QUOTED).encode()).decode()}",
-    ])
+    text = " | ".join(
+        [
+            f"plain {QUOTED}",
+            f"url {quote(QUOTED, safe='')}",
+            f"form {quote_plus(QUOTED)}",
+            f"json {json.dumps({'k': QUOTED})}",
+            f"basic {base64.b64encode(('user:' + QUOTED).encode()).decode()}",
+            f"b64 {base64.b64encode(QUOTED.encode()).decode()}",
+            f"urlsafe {base64.urlsafe_b64encode(('ab' + QUOTED).encode()).decode()}",
+        ]
+    )
     out = redaction.redact(text)
     for form in _all_forms(QUOTED):
         assert form not in out
@@ -66,23 +71,35 @@ def test_log_lines_mask_secrets_inside_exception_objects_and_reprs():
     try:
         raise RuntimeError("refused rdx-log-secret-42")
     except RuntimeError as exc:
-        structlog.get_logger().error("boom", error=exc, exc_info=True,
-                                     obj=object.__new__(type("T", (), {
-                                         "__repr__": lambda s: "T(rdx-log-secret-42)"})))
+        structlog.get_logger().error(
+            "boom",
+            error=exc,
+            exc_info=True,
+            obj=object.__new__(type("T", (), {"__repr__": lambda s: "T(rdx-log-secret-42)"})),
+        )
     text = out.getvalue()
     assert "boom" in text and "rdx-log-secret-42" not in text
 
 
 # -- the state database -----------------------------------------------------------------------
 
+
 def test_every_store_write_of_remote_text_masks_the_secret(tmp_path):
     Secret("LOOP_API_KEY", KEY)
     echo = f"401: key {KEY} is not valid (sent {quote(KEY)})"
     store = Store(tmp_path / "s.sqlite", FakeClock("2026-06-01T00:00:00Z"))
     from datetime import UTC, datetime
+
     when = datetime(2026, 6, 1, tzinfo=UTC)
-    store.returns.upsert("1", {"id": 1, "note": echo}, state="open", updated_at=when,
-                        created_at=when, destination_id="d", order_name="#1")
+    store.returns.upsert(
+        "1",
+        {"id": 1, "note": echo},
+        state="open",
+        updated_at=when,
+        created_at=when,
+        destination_id="d",
+        order_name="#1",
+    )
     store.returns.move("1", Stage.REJECTED, echo)
     store.runs.add_problem("1", "push", echo, "run1")
     store.ledger.intent("k1", "1", "note", {"text": echo})
@@ -102,8 +119,7 @@ def test_every_store_write_of_remote_text_masks_the_secret(tmp_path):
     store.runs.start("run1", "run")
     store.runs.finish("run1", "crashed", {}, 1, echo)
     # Stored JSON stays readable JSON.
-    assert store.ledger.get("k1").result == {"answer": f"401: key *** is not valid "
-                                                                  "(sent ***)"}
+    assert store.ledger.get("k1").result == {"answer": f"401: key *** is not valid (sent ***)"}
     assert store.ledger.pending() == []
     store.close()
     text = _db_text(tmp_path / "s.sqlite")
@@ -114,7 +130,8 @@ def test_every_store_write_of_remote_text_masks_the_secret(tmp_path):
 
 def _write_config(tmp_path, state):
     path = tmp_path / "m.yaml"
-    path.write_text(textwrap.dedent(f"""\
+    path.write_text(
+        textwrap.dedent(f"""\
         merchant: rdx
         state_path: {state}
         loop:
@@ -123,13 +140,15 @@ def _write_config(tmp_path, state):
         warehouse:
           kind: shiphero
           refresh_token: ${{RDX_STATUS_REFRESH}}
-        """))
+        """)
+    )
     return path
 
 
 @pytest.mark.parametrize("as_json", [False, True])
-def test_status_never_prints_a_secret_even_from_an_old_state_file(tmp_path, monkeypatch, capsys,
-                                                                  as_json):
+def test_status_never_prints_a_secret_even_from_an_old_state_file(
+    tmp_path, monkeypatch, capsys, as_json
+):
     secret = "rdx-status-key-" + ("json" if as_json else "text") + "-55"
     monkeypatch.setenv("RDX_STATUS_KEY", secret)
     monkeypatch.setenv("RDX_STATUS_REFRESH", "rdx-status-refresh-token")
@@ -137,11 +156,17 @@ def test_status_never_prints_a_secret_even_from_an_old_state_file(tmp_path, monk
     Store(state, FakeClock("2026-06-01T00:00:00Z")).close()
     # Written behind the store's back, as a loopsync without redaction would have.
     db = sqlite3.connect(state)
-    db.execute("insert into problems (return_id, stage, message, at, run_id) values "
-               "('9', 'push', ?, '2026-06-01T00:00:00Z', 'r')", [f"echo {secret}"])
-    db.execute("insert into runs (id, started_at, ended_at, mode, status, counts, errors, error) "
-               "values ('r', '2026-06-01T00:00:00Z', '2026-06-01T00:01:00Z', 'run', 'crashed', "
-               "'{}', 1, ?)", [f"AuthError: {secret}"])
+    db.execute(
+        "insert into problems (return_id, stage, message, at, run_id) values "
+        "('9', 'push', ?, '2026-06-01T00:00:00Z', 'r')",
+        [f"echo {secret}"],
+    )
+    db.execute(
+        "insert into runs (id, started_at, ended_at, mode, status, counts, errors, error) "
+        "values ('r', '2026-06-01T00:00:00Z', '2026-06-01T00:01:00Z', 'run', 'crashed', "
+        "'{}', 1, ?)",
+        [f"AuthError: {secret}"],
+    )
     db.commit()
     db.close()
     cfg = _write_config(tmp_path, state)
@@ -151,16 +176,20 @@ def test_status_never_prints_a_secret_even_from_an_old_state_file(tmp_path, monk
     assert "echo ***" in out and secret not in out
 
 
-def test_remote_error_echoing_the_key_is_stored_and_shown_without_it(make_sandbox, tmp_path,
-                                                                     capsys, monkeypatch):
+def test_remote_error_echoing_the_key_is_stored_and_shown_without_it(
+    make_sandbox, tmp_path, capsys, monkeypatch
+):
     sb = make_sandbox("shiphero", rate_limits=False)
     sb.seed(2, states_weights=[("open", 1)])
     cfg = sb.merchant_config(tmp_path)
     key = cfg.loop.api_key.value
     echo = {"message": f"invalid api key {key} (X-Authorization: {key})"}
     # Loop refuses the note (a per-return call): recorded against the return.
-    sb.loop.faults.inject(Fault("status", status=422, body=echo), times=50,
-                          when=lambda req: req.method == "POST" and "note" in req.path)
+    sb.loop.faults.inject(
+        Fault("status", status=422, body=echo),
+        times=50,
+        when=lambda req: req.method == "POST" and "note" in req.path,
+    )
     sb.run_cycle(cfg)
     text = _db_text(cfg.state_path)
     assert "invalid api key ***" in text and key not in text
@@ -175,6 +204,7 @@ def test_remote_error_echoing_the_key_is_stored_and_shown_without_it(make_sandbo
 
 # -- files the folder transport writes ----------------------------------------------------------
 
+
 def test_reason_file_for_a_rejected_receipt_does_not_quote_a_secret(clock, tmp_path):
     from tests.test_generic import deliver, folder_connector, request
     from loopsync.sandbox.generic import GenericEmulator
@@ -186,8 +216,9 @@ def test_reason_file_for_a_rejected_receipt_does_not_quote_a_secret(clock, tmp_p
     conn = folder_connector(emu, clock)
     ref = deliver(conn, request(99904621, units=1))
     sku = next(iter(ref.extra["units"]))
-    emu.write_inbox_file("bad.csv", f"rma_number,sku,quantity,condition\n"
-                                    f"{ref.rma_id},{sku},{secret},available\n")
+    emu.write_inbox_file(
+        "bad.csv", f"rma_number,sku,quantity,condition\n{ref.rma_id},{sku},{secret},available\n"
+    )
     conn.poll([ref]).commit()
     reason = (emu.root / "rejected" / "bad.csv.reason.txt").read_text()
     assert "quantity" in reason and secret not in reason
@@ -205,8 +236,9 @@ def test_an_uncaught_crash_prints_a_redacted_traceback(monkeypatch, capsys):
         raise RuntimeError("loop HTTP 500: echo rdx-crash-secret-31")
     except RuntimeError as exc:
         sys.excepthook(type(exc), exc, exc.__traceback__)
-    worker = threading.Thread(target=lambda: (_ for _ in ()).throw(
-        ValueError("thread rdx-crash-secret-31")), name="w")
+    worker = threading.Thread(
+        target=lambda: (_ for _ in ()).throw(ValueError("thread rdx-crash-secret-31")), name="w"
+    )
     worker.start()
     worker.join()
     err = capsys.readouterr().err
@@ -224,7 +256,8 @@ def test_library_log_records_are_redacted_too():
         raise RuntimeError("loop HTTP 401: rdx-stdlib-secret-8")
     except RuntimeError:
         logging.getLogger("apscheduler.executors.default").exception(
-            'Job "sync:acme" raised an exception (%s)', "rdx-stdlib-secret-8")
+            'Job "sync:acme" raised an exception (%s)', "rdx-stdlib-secret-8"
+        )
     text = out.getvalue()
     assert "raised an exception" in text and "loop HTTP 401: ***" in text
     assert "rdx-stdlib-secret-8" not in text
@@ -245,8 +278,12 @@ _NO_STAR = st.characters(blacklist_characters="*", blacklist_categories=("Cs",))
 
 
 @settings(max_examples=50, deadline=None)
-@given(secret=st.text(_NO_STAR, min_size=8, max_size=40), prefix=st.text(_NO_STAR, max_size=30),
-       suffix=st.text(_NO_STAR, max_size=30), user=st.text(_NO_STAR, max_size=10))
+@given(
+    secret=st.text(_NO_STAR, min_size=8, max_size=40),
+    prefix=st.text(_NO_STAR, max_size=30),
+    suffix=st.text(_NO_STAR, max_size=30),
+    user=st.text(_NO_STAR, max_size=10),
+)
 def test_no_encoded_form_of_a_secret_survives_redaction(secret, prefix, suffix, user):
     r = redaction.Redactor()  # private: random values must not mask other tests' text
     r.register(secret)

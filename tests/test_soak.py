@@ -29,8 +29,10 @@ def is_return_create(req):
 
 # -- regressions found by the soak ------------------------------------------------------------
 
-def test_garbled_answer_to_return_create_does_not_create_a_second_rma(make_sandbox, tmp_path,
-                                                                     clock):
+
+def test_garbled_answer_to_return_create_does_not_create_a_second_rma(
+    make_sandbox, tmp_path, clock
+):
     """Found by the soak: ShipHero ran return_create, then a proxy's HTML page came back
     (HTTP 200, not GraphQL). That was a permanent error, which the engine takes as "never
     sent", so the next cycle created the RMA again. A garbled answer to a mutation is an
@@ -78,13 +80,18 @@ def test_note_that_lands_after_the_timeout_is_not_written_twice(make_sandbox, tm
         with sb.loop.lock:
             return sb.loop.handle(req)
 
-    sb.loop.faults.inject(Fault("custom", response=lands_late),
-                          when=lambda r: r.method == "POST" and r.path.endswith("/note"))
-    sb.loop.faults.inject(Fault("custom", response=notes_read), times=100,
-                          when=lambda r: r.method == "GET" and r.path.endswith("/notes"))
-    sb.run_cycle(cfg)                      # the RMA note's answer is lost
+    sb.loop.faults.inject(
+        Fault("custom", response=lands_late),
+        when=lambda r: r.method == "POST" and r.path.endswith("/note"),
+    )
+    sb.loop.faults.inject(
+        Fault("custom", response=notes_read),
+        times=100,
+        when=lambda r: r.method == "GET" and r.path.endswith("/notes"),
+    )
+    sb.run_cycle(cfg)  # the RMA note's answer is lost
     sb.warehouse.receive(rid, "full")
-    clock.advance(1)                       # a restarted worker, a second later
+    clock.advance(1)  # a restarted worker, a second later
     second = sb.run_cycle(cfg)
     assert looked_up == [], "looked the lost note up while Loop could still be writing it"
     assert sb.loop.actions_for(rid) == ["process"], second.stage_errors  # not held back
@@ -99,8 +106,9 @@ def test_note_that_lands_after_the_timeout_is_not_written_twice(make_sandbox, tm
     assert sum("created" in n for n in notes) == 1, f"RMA note written twice: {notes}"
 
 
-def test_create_still_running_at_shiphero_when_looked_up_is_not_repeated(make_sandbox,
-                                                                          tmp_path, clock):
+def test_create_still_running_at_shiphero_when_looked_up_is_not_repeated(
+    make_sandbox, tmp_path, clock
+):
     sb = make_sandbox("shiphero")
     (raw,) = sb.seed(1, states_weights=[("open", 1)])
     rid = str(raw["id"])
@@ -121,15 +129,16 @@ def test_create_still_running_at_shiphero_when_looked_up_is_not_repeated(make_sa
         return answer
 
     sb.warehouse.faults.inject(Fault("custom", response=lands_late), when=is_return_create)
-    sb.warehouse.faults.inject(Fault("custom", response=looked_up),
-                               when=lambda r: b"LoopsyncReturns" in r.body)
+    sb.warehouse.faults.inject(
+        Fault("custom", response=looked_up), when=lambda r: b"LoopsyncReturns" in r.body
+    )
     sb.run_cycle(cfg)
     clock.advance(1)
     sb.run_cycle(cfg)
     release.set()
     assert landed.wait(10)
     assert sb.warehouse.rma_count(rid) == 1
-    clock.advance(3)                       # two read timeouts on: now it is looked up
+    clock.advance(3)  # two read timeouts on: now it is looked up
     sb.run_cycle(cfg)
     assert sb.warehouse.rma_count(rid) == 1
     assert any("created" in n for n in sb.loop.notes_for(rid)), "the RMA was never linked"
@@ -163,8 +172,9 @@ def short_soaks(tmp_path_factory):
     soak = load_soak()
 
     def one(name, **kw):
-        reports = soak.run_soak(soak.CONNECTORS, workdir=tmp_path_factory.mktemp(name),
-                                keep=True, **SHORT, **kw)
+        reports = soak.run_soak(
+            soak.CONNECTORS, workdir=tmp_path_factory.mktemp(name), keep=True, **SHORT, **kw
+        )
         return soak, reports, soak.render(reports, seconds=0, seed=SHORT["seed"])
 
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -207,8 +217,9 @@ def test_hostile_soak_counts_kills_and_never_repeats_an_effect(hostile_soak):
     soak, reports, text = hostile_soak
     assert [r.kills for r in reports] == [1] * len(soak.CONNECTORS), text
     assert all(sum(p.startswith("Loop") for p in r.poison) == 3 for r in reports), text
-    assert sum(r.duplicate_rmas + r.duplicate_actions + r.duplicate_notes
-               for r in reports) == 0, text
+    assert sum(r.duplicate_rmas + r.duplicate_actions + r.duplicate_notes for r in reports) == 0, (
+        text
+    )
 
 
 @pytest.mark.slow

@@ -17,8 +17,14 @@ from loopsync.connectors import kind_names
 from loopsync.sandbox import poison as poison_mod
 from loopsync.sandbox import server as server_mod
 from loopsync.sandbox import shiphero as shiphero_mod
-from loopsync.sandbox.server import (FAULT_KINDS, HANDLER_RUNS, ApiServer, EmulatedApi, Fault,
-                                     json_response)
+from loopsync.sandbox.server import (
+    FAULT_KINDS,
+    HANDLER_RUNS,
+    ApiServer,
+    EmulatedApi,
+    Fault,
+    json_response,
+)
 from tests.test_soak import load_soak
 
 BODY = {"returns": [{"id": str(n), "note": "x" * 40} for n in range(20)]}
@@ -51,18 +57,29 @@ def test_every_fault_kind_is_a_documented_row_of_the_fault_table():
         assert f'"{kind}"' in Fault.__doc__, f"fault kind {kind} is not documented"
     with pytest.raises(ValueError, match="unknown fault kind"):
         Fault("drop_everything")
-    assert {"slow", "reset_after", "malformed", "drip", "truncated", "bad_chunked",
-            "bad_gzip"} == set(HANDLER_RUNS)
+    assert {
+        "slow",
+        "reset_after",
+        "malformed",
+        "drip",
+        "truncated",
+        "bad_chunked",
+        "bad_gzip",
+    } == set(HANDLER_RUNS)
 
 
-@pytest.mark.parametrize("kind, error", [
-    ("truncated", requests.exceptions.ChunkedEncodingError),
-    ("bad_chunked", requests.exceptions.ChunkedEncodingError),
-    ("bad_gzip", requests.exceptions.ContentDecodingError),
-])
+@pytest.mark.parametrize(
+    "kind, error",
+    [
+        ("truncated", requests.exceptions.ChunkedEncodingError),
+        ("bad_chunked", requests.exceptions.ChunkedEncodingError),
+        ("bad_gzip", requests.exceptions.ContentDecodingError),
+    ],
+)
 @pytest.mark.parametrize("method", ["GET", "POST"])
-def test_cut_or_undecodable_answer_comes_after_the_effect_happened(counting_server, kind, error,
-                                                                   method):
+def test_cut_or_undecodable_answer_comes_after_the_effect_happened(
+    counting_server, kind, error, method
+):
     api, srv = counting_server
     api.faults.inject(Fault(kind))
     with pytest.raises(error):
@@ -105,6 +122,7 @@ def test_a_drip_is_bounded_whatever_delay_it_asks(counting_server, monkeypatch):
 
 # -- poison records ---------------------------------------------------------------------------
 
+
 def test_loop_poison_returns_are_served_exactly_as_given_beside_good_ones(make_sandbox, clock):
     sb = make_sandbox("shiphero")
     good = sb.seed(2, states_weights=[("open", 1)])
@@ -112,10 +130,17 @@ def test_loop_poison_returns_are_served_exactly_as_given_beside_good_ones(make_s
     seeded = poison_mod.loop_poison_returns(first_id=48_000_001, at=now)
     for _, raw in seeded:
         sb.loop.add_poison_return(raw, at=now)
-    resp = requests.get(f"{sb.loop_url}/warehouse/return/list", timeout=10,
-                        headers={"X-Authorization": "sandbox-loop-key-0001"},
-                        params={"from": "2026-05-01 00:00:00", "to": "2026-06-02 00:00:00",
-                                "filter": "updated_at", "state": "open"})
+    resp = requests.get(
+        f"{sb.loop_url}/warehouse/return/list",
+        timeout=10,
+        headers={"X-Authorization": "sandbox-loop-key-0001"},
+        params={
+            "from": "2026-05-01 00:00:00",
+            "to": "2026-06-02 00:00:00",
+            "filter": "updated_at",
+            "state": "open",
+        },
+    )
     assert resp.status_code == 200, resp.text
     listed = {r["id"]: r for r in resp.json()}
     assert {str(r["id"]) for r in good} <= set(listed)
@@ -127,8 +152,9 @@ def test_loop_poison_returns_are_served_exactly_as_given_beside_good_ones(make_s
         datetime.fromisoformat(overflow["updated_at"]).astimezone(UTC)
     full_width = by_kind["full-width digits id"]["id"]
     assert full_width.isdigit() and not full_width.isascii()
-    assert all(li["sku"].endswith("\ud800") for li in by_kind["lone surrogate in a SKU"]
-               ["line_items"])
+    assert all(
+        li["sku"].endswith("\ud800") for li in by_kind["lone surrogate in a SKU"]["line_items"]
+    )
 
 
 def _push_one(sb, tmp_path):
@@ -176,8 +202,7 @@ def test_xoro_poison_received_quantity_is_infinity(make_sandbox):
 
 
 @pytest.mark.parametrize("transport", ["http", "folder"])
-def test_generic_poison_receipt_quantity_is_in_full_width_digits(make_sandbox, tmp_path,
-                                                                 transport):
+def test_generic_poison_receipt_quantity_is_in_full_width_digits(make_sandbox, tmp_path, transport):
     sb = make_sandbox("generic", transport=transport, folder_root=tmp_path / "3pl")
     rid = _push_one(sb, tmp_path)
     assert sb.warehouse.poison(rid)
@@ -209,18 +234,29 @@ def test_crash_lines_finds_each_traceback_plain_or_in_a_json_log_line():
     soak = load_soak()
     assert soak.crash_lines(PLAIN + PLAIN.split("During")[0]) == [
         "KeyError (from ValueError)",
-        "ValueError: invalid literal for int() with base N: 'a'"]
-    event = {"event": "job failed", "level": "error",
-             "exception": 'Traceback (most recent call last):\n  File "e.py", line 9\n'
-                          "OverflowError: date value out of range"}
+        "ValueError: invalid literal for int() with base N: 'a'",
+    ]
+    event = {
+        "event": "job failed",
+        "level": "error",
+        "exception": 'Traceback (most recent call last):\n  File "e.py", line 9\n'
+        "OverflowError: date value out of range",
+    }
     assert soak.crash_lines(json.dumps(event) + "\n") == ["OverflowError: date value out of range"]
     quiet = json.dumps({"event": "cycle.summary", "errors": 2}) + "\nplain words\n"
     assert soak.crash_lines(quiet) == []
 
 
 @settings(max_examples=30, deadline=None)
-@given(st.lists(st.one_of(st.text(), st.just("Traceback (most recent call last):"),
-                          st.builds(lambda e: json.dumps({"exception": e}), st.text()))))
+@given(
+    st.lists(
+        st.one_of(
+            st.text(),
+            st.just("Traceback (most recent call last):"),
+            st.builds(lambda e: json.dumps({"exception": e}), st.text()),
+        )
+    )
+)
 def test_crash_lines_reads_any_log_without_failing(lines):
     found = load_soak_module().crash_lines("\n".join(lines))
     assert isinstance(found, list) and all(isinstance(line, str) and line for line in found)
@@ -239,8 +275,17 @@ def test_kill_point_comes_by_request_count_not_by_time(tmp_path):
     """The soak's kill point: the sandbox saw the chosen number of requests and the run's
     armed fault went off, however long that took."""
     soak = load_soak_module()
-    cs = soak.ConnectorSoak("generic", 1, 1, tmp_path, fault_rate=0, mode="run",
-                            deadline=time.monotonic() + 600, max_delay=600, max_requests=5)
+    cs = soak.ConnectorSoak(
+        "generic",
+        1,
+        1,
+        tmp_path,
+        fault_rate=0,
+        mode="run",
+        deadline=time.monotonic() + 600,
+        max_delay=600,
+        max_requests=5,
+    )
 
     class Alive:
         def poll(self):
@@ -267,11 +312,19 @@ def test_kill_point_comes_by_request_count_not_by_time(tmp_path):
 
 def test_benchmarks_row_carries_crashed_runs_and_the_old_table_gains_the_column(tmp_path):
     soak = load_soak_module()
-    old_head = ("| date | machine | commit | command | connectors | kills | faults | returns | "
-                "eligible | finished | duplicates | losses | violations | seconds |")
+    old_head = (
+        "| date | machine | commit | command | connectors | kills | faults | returns | "
+        "eligible | finished | duplicates | losses | violations | seconds |"
+    )
     path = tmp_path / "BENCHMARKS.md"
-    path.write_text("# Benchmarks\n\n## Reliability soak\n\ntext\n\n" + old_head + "\n"
-                    + "|---" * 14 + "|\n| old | row |\n\n## Next\n", encoding="utf-8")
+    path.write_text(
+        "# Benchmarks\n\n## Reliability soak\n\ntext\n\n"
+        + old_head
+        + "\n"
+        + "|---" * 14
+        + "|\n| old | row |\n\n## Next\n",
+        encoding="utf-8",
+    )
     report = soak.Report("shiphero", kills_wanted=3, kills=3, crashed_runs=2)
     soak.record([report], seconds=12, command="benchmarks/soak.py --kills 3", path=path)
     lines = path.read_text(encoding="utf-8").splitlines()

@@ -15,8 +15,9 @@ from loopsync.testing import FakeClock, FakeLoop, FakeWarehouse, loop_return, me
 def engine(tmp_path):
     clock = FakeClock("2026-05-02T00:00:00Z")
     store = Store(tmp_path / "s.sqlite", clock)
-    eng = Engine(merchant_config(tmp_path), store, FakeLoop(), FakeWarehouse(), clock=clock,
-                 run_id="r")
+    eng = Engine(
+        merchant_config(tmp_path), store, FakeLoop(), FakeWarehouse(), clock=clock, run_id="r"
+    )
     yield eng
     store.close()
 
@@ -29,8 +30,11 @@ def _statements(eng: Engine, page: list[dict]) -> list[str]:
             ingest_page(eng.ctx, page)
     finally:
         eng.store.conn.set_trace_callback(None)
-    return [s.split()[0].lower() for s in seen
-            if not s.lower().startswith(("savepoint", "release", "begin", "commit"))]
+    return [
+        s.split()[0].lower()
+        for s in seen
+        if not s.lower().startswith(("savepoint", "release", "begin", "commit"))
+    ]
 
 
 def test_a_page_of_new_returns_costs_one_look_up_and_one_insert_each(engine):

@@ -29,17 +29,20 @@ def test_an_effect_goes_planned_intent_succeeded_and_leaves_the_pending_list(tmp
     assert store.ledger.counts() == {EffectKind.NOTE: {EffectStatus.SUCCEEDED: 1}}
 
 
-@pytest.mark.parametrize("finish", [EffectStatus.SUCCEEDED, EffectStatus.SETTLED,
-                                    EffectStatus.FAILED])
+@pytest.mark.parametrize(
+    "finish", [EffectStatus.SUCCEEDED, EffectStatus.SETTLED, EffectStatus.FAILED]
+)
 def test_a_settled_effect_refuses_every_further_transition_and_is_unchanged(tmp_path, finish):
     store = _store(tmp_path)
     store.ledger.intent("process:1", "1", EffectKind.PROCESS)
     store.ledger.outcome("process:1", finish, error="x")
     before = store.ledger.get("process:1")
-    for move in (lambda: store.ledger.intent("process:1", "1", EffectKind.PROCESS),
-                 lambda: store.ledger.outcome("process:1", EffectStatus.FAILED),
-                 lambda: store.ledger.not_sent("process:1", "no"),
-                 lambda: store.ledger.error("process:1", "no")):
+    for move in (
+        lambda: store.ledger.intent("process:1", "1", EffectKind.PROCESS),
+        lambda: store.ledger.outcome("process:1", EffectStatus.FAILED),
+        lambda: store.ledger.not_sent("process:1", "no"),
+        lambda: store.ledger.error("process:1", "no"),
+    ):
         with pytest.raises(TransitionRefused) as caught:
             move()
         assert caught.value.found == finish
@@ -69,9 +72,11 @@ def test_a_transition_of_an_unknown_effect_raises_naming_no_row(tmp_path):
 
 def test_a_row_of_a_kind_this_version_does_not_know_is_read_with_its_kind_text(tmp_path):
     store = _store(tmp_path)
-    store.conn.execute("insert into effects (key, return_id, kind, status, attempts, "
-                       "created_at, updated_at) values ('refund:1', '1', 'refund', 'pending', "
-                       "0, 'x', 'x')")
+    store.conn.execute(
+        "insert into effects (key, return_id, kind, status, attempts, "
+        "created_at, updated_at) values ('refund:1', '1', 'refund', 'pending', "
+        "0, 'x', 'x')"
+    )
     (effect,) = store.ledger.pending()
     assert effect.kind == "refund" and not isinstance(effect.kind, EffectKind)
     assert effect.payload == {}

@@ -19,8 +19,15 @@ def _store(tmp_path):
 
 
 def _add(store, rid="1", **raw):
-    return store.returns.upsert(rid, {"id": rid, **raw}, state="open", updated_at=WHEN,
-                                created_at=WHEN, destination_id="d", order_name="#1")
+    return store.returns.upsert(
+        rid,
+        {"id": rid, **raw},
+        state="open",
+        updated_at=WHEN,
+        created_at=WHEN,
+        destination_id="d",
+        order_name="#1",
+    )
 
 
 def test_the_transitions_table_names_every_stage_and_only_stages():
@@ -41,12 +48,15 @@ def test_an_allowed_move_changes_the_stage_and_starts_the_wait_clock(tmp_path):
     assert row.stage == Stage.WAITING and row.reason == "order not found" and row.wait_since
 
 
-@pytest.mark.parametrize(("start", "to"), [
-    ((Stage.OPEN, Stage.ACTING, Stage.DONE), Stage.NEW),
-    ((Stage.SKIPPED,), Stage.OPEN),
-    ((Stage.REJECTED,), Stage.PUSHING),
-    ((Stage.OPEN, Stage.ACTING), Stage.WAITING),
-])
+@pytest.mark.parametrize(
+    ("start", "to"),
+    [
+        ((Stage.OPEN, Stage.ACTING, Stage.DONE), Stage.NEW),
+        ((Stage.SKIPPED,), Stage.OPEN),
+        ((Stage.REJECTED,), Stage.PUSHING),
+        ((Stage.OPEN, Stage.ACTING), Stage.WAITING),
+    ],
+)
 def test_a_move_from_the_wrong_stage_raises_and_changes_nothing(tmp_path, start, to):
     store = _store(tmp_path)
     _add(store)

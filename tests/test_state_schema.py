@@ -18,8 +18,13 @@ def _schema_1_file(path):
     db.conn.executemany(
         "insert into effects (key, return_id, kind, status, attempts, created_at, updated_at) "
         "values (?, '1', ?, ?, 1, 't', 't')",
-        [("create_rma:1", "create_rma", "done"), ("note_rma:1", "note", "settled"),
-         ("process:1", "process", "done"), ("flag:2", "flag", "intent")])
+        [
+            ("create_rma:1", "create_rma", "done"),
+            ("note_rma:1", "note", "settled"),
+            ("process:1", "process", "done"),
+            ("flag:2", "flag", "intent"),
+        ],
+    )
     db.conn.execute("insert into returns (id, stage, hash) values ('1', 'done', 'h')")
     db.conn.commit()
     db.close()
@@ -31,9 +36,12 @@ def test_a_schema_1_file_migrates_and_its_done_effects_become_succeeded(tmp_path
     store = Store(path, FakeClock("2026-06-01T00:00:00Z"))
     assert store.schema_version == SCHEMA_VERSION == 3
     status = {e.key: e.status for e in store.ledger.for_return("1")}
-    assert status == {"create_rma:1": EffectStatus.SUCCEEDED,
-                      "note_rma:1": EffectStatus.SETTLED,
-                      "process:1": EffectStatus.SUCCEEDED, "flag:2": EffectStatus.INTENT}
+    assert status == {
+        "create_rma:1": EffectStatus.SUCCEEDED,
+        "note_rma:1": EffectStatus.SETTLED,
+        "process:1": EffectStatus.SUCCEEDED,
+        "flag:2": EffectStatus.INTENT,
+    }
     assert store.returns.get("1").stage is Stage.DONE  # the stage keeps its name
     store.close()
     again = Store(path, FakeClock("2026-06-01T00:00:00Z"))  # migrating twice changes nothing

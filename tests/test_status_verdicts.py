@@ -7,8 +7,11 @@ from __future__ import annotations
 import json
 import sqlite3
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from loopsync import report
 from loopsync.cli import EXIT_ALERT, main
@@ -46,6 +49,7 @@ def open_returns(sb, n):
 
 
 # -- verdicts --------------------------------------------------------------------------------
+
 
 def test_a_merchant_with_no_state_file_is_never_run(sb, cfg):
     v = view(sb, cfg)
@@ -141,10 +145,18 @@ def test_a_stage_failure_is_stored_with_its_reason_and_the_merchant_is_degraded(
 
 # -- problems --------------------------------------------------------------------------------
 
+
 def test_problems_group_by_cause_with_ids_replaced_and_recent_ids_kept():
     at = FakeClock("2026-06-01T12:00:00Z").now()
-    problems = [report.ProblemFact(f"r{i}", "push", f"shiphero HTTP 422: order {1000 + i} "
-                                   "not found", at + timedelta(minutes=i)) for i in range(7)]
+    problems = [
+        report.ProblemFact(
+            f"r{i}",
+            "push",
+            f"shiphero HTTP 422: order {1000 + i} not found",
+            at + timedelta(minutes=i),
+        )
+        for i in range(7)
+    ]
     problems.append(report.ProblemFact("x1", "act", "loop HTTP 500: boom", at))
     groups = report.group_problems(problems, {}, [])
     top = groups[0]
@@ -158,8 +170,9 @@ def test_problems_group_by_cause_with_ids_replaced_and_recent_ids_kept():
 def test_a_problem_whose_return_moved_past_its_stage_is_resolved():
     at = FakeClock("2026-06-01T12:00:00Z").now()
     p = report.ProblemFact("r1", "push", "order not found", at)
-    assert report.group_problems([p], {"r1": report.ReturnPlace("waiting")}, [])[0].resolved \
-        is False
+    assert (
+        report.group_problems([p], {"r1": report.ReturnPlace("waiting")}, [])[0].resolved is False
+    )
     assert report.group_problems([p], {"r1": report.ReturnPlace("open")}, [])[0].resolved
     q = report.ProblemFact("r2", "act", "loop HTTP 500", at)
     assert not report.group_problems([q], {"r2": report.ReturnPlace("acting")}, [])[0].resolved
@@ -168,10 +181,19 @@ def test_a_problem_whose_return_moved_past_its_stage_is_resolved():
 
 def test_throttling_is_never_grouped_as_a_problem():
     at = FakeClock("2026-06-01T12:00:00Z").now()
-    problems = [report.ProblemFact("r1", "push", "loop HTTP 429: Too Many Requests", at),
-                report.ProblemFact("r2", "act", "shiphero: not enough credits", at)]
-    run = report.RunView("a", at, at, "errors", {}, 1, (
-        report.StageFailure("a", "poll", "peoplevox HTTP 429: throttled", at),))
+    problems = [
+        report.ProblemFact("r1", "push", "loop HTTP 429: Too Many Requests", at),
+        report.ProblemFact("r2", "act", "shiphero: not enough credits", at),
+    ]
+    run = report.RunView(
+        "a",
+        at,
+        at,
+        "errors",
+        {},
+        1,
+        (report.StageFailure("a", "poll", "peoplevox HTTP 429: throttled", at),),
+    )
     assert report.group_problems(problems, {}, [run]) == []
 
 
@@ -197,6 +219,7 @@ def test_ages_read_as_minutes_and_hours():
 
 
 # -- the command ------------------------------------------------------------------------------
+
 
 def test_status_check_exits_3_when_stalled(sb, tmp_path, capsys, monkeypatch):
     # The command reads the real time: this sandbox's clock is months in the past, so its
@@ -258,8 +281,11 @@ def test_status_return_tells_a_flagged_returns_story_and_its_poll_history(sb, cf
 
 def test_a_story_shows_no_customer_personal_data(sb, cfg):
     raw = sb.seed(1, states_weights=[("open", 1)])[0]
-    raw["customer"] = {"email": "jane.doe@example.com", "first_name": "Jane",
-                       "address1": "1 Secret Lane"}
+    raw["customer"] = {
+        "email": "jane.doe@example.com",
+        "first_name": "Jane",
+        "address1": "1 Secret Lane",
+    }
     assert cycle(sb, cfg).ok
     story = return_story(cfg, str(raw["id"]))
     assert story is not None
@@ -300,12 +326,15 @@ def test_next_due_recorded_by_the_runner_is_shown(sb, cfg):
 
 # -- an older state file --------------------------------------------------------------------
 
+
 def test_status_reads_a_schema_2_file_as_it_is_and_runs_no_migration(sb, cfg):
     (rid,) = open_returns(sb, 1)
     assert cycle(sb, cfg).ok
     conn = sqlite3.connect(cfg.state_path)
-    conn.executescript("drop table stage_failures; drop table polls; "
-                       "update meta set value = '2' where key = 'schema_version';")
+    conn.executescript(
+        "drop table stage_failures; drop table polls; "
+        "update meta set value = '2' where key = 'schema_version';"
+    )
     conn.close()
     before = cfg.state_path.read_bytes()
     v = view(sb, cfg)
@@ -313,3 +342,73 @@ def test_status_reads_a_schema_2_file_as_it_is_and_runs_no_migration(sb, cfg):
     story = return_story(cfg, rid)
     assert story is not None and story.rma_id
     assert cfg.state_path.read_bytes() == before, "status changed an older state file"
+
+
+def test_serve_hands_each_cycle_the_jobs_next_run_time():
+    """scheduling.serve passes `next_due`; asked once the scheduler has moved the job on,
+    it is about one interval ahead (what the runner stores for `status`)."""
+    import threading
+
+    from loopsync.config import MerchantConfig
+    from loopsync.scheduling import serve
+
+    # the fake cycle never reads loop or warehouse settings
+    cfg = MerchantConfig(
+        file="x.yaml",
+        merchant="acme",
+        state_path=Path("unused.sqlite"),
+        every=timedelta(minutes=15),
+        loop=None,
+        warehouse=None,
+    )
+    stop = threading.Event()
+    seen: list[object] = []
+
+    def run_cycle(cfg, stop_event, next_due):
+        moved = threading.Event()
+        for _ in range(500):  # the scheduler thread sets it just after submitting the job
+            when = next_due()
+            if when is not None and when - SystemClock().now() > timedelta(minutes=10):
+                break
+            moved.wait(0.01)
+        seen.append(when)
+        stop.set()
+
+    assert serve([cfg], run_cycle, stop, grace=5) == 0
+    (when,) = seen
+    assert when is not None
+    ahead = when - SystemClock().now()
+    assert timedelta(minutes=13) < ahead <= timedelta(minutes=15, seconds=31)
+
+
+def test_a_bad_stalled_after_is_a_config_error_naming_the_key(sb, tmp_path):
+    from loopsync.errors import ConfigError
+
+    path = sb.write_config(tmp_path, every="1m")
+    path.write_text(path.read_text().replace("every: 1m", "every: 1m\n  stalled_after: soon"))
+    with pytest.raises(ConfigError, match=r"schedule\.stalled_after"):
+        load_config(path, env=sb.env())
+
+
+def test_an_unreadable_state_file_is_blocked_and_check_exits_3(sb, cfg, capsys):
+    cfg.state_path.parent.mkdir(parents=True, exist_ok=True)
+    cfg.state_path.write_bytes(b"not a database at all, just some bytes " * 100)
+    v = view(sb, cfg)
+    assert v.verdict == Verdict.BLOCKED and v.reason.startswith("state unreadable")
+    assert main(["status", "--check", "-c", str(cfg.file)]) == EXIT_ALERT
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_status_return_json_names_the_merchant_and_the_rma(sb, cfg, capsys):
+    (rid,) = open_returns(sb, 1)
+    assert cycle(sb, cfg).ok
+    assert main(["status", "--json", "--return", rid, "-c", str(cfg.file)]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["merchant"] == "sandbox" and shown["return_id"] == rid and shown["rma_id"]
+    assert shown["wait_reason"].startswith("waiting for the warehouse to receive it")
+
+
+@given(st.text(max_size=200))
+def test_normalising_any_reason_is_stable(reason):
+    once = report.normalise(reason)
+    assert report.normalise(once) == once

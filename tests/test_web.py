@@ -23,8 +23,8 @@ HOSTILE = "<script>alert('x')</script><img src=x onerror=alert(1)>"
 
 def get(url, token=None):
     assert url.startswith("http://127.0.0.1:")
-    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"}  # noqa: S310 - our own loopback server
-                                 if token else {})
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    req = urllib.request.Request(url, headers=headers)  # noqa: S310 - our loopback server
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - as above
             return resp.status, resp.read().decode()
@@ -110,14 +110,19 @@ def test_metrics_in_prometheus_format_with_bounded_labels(listener, synced):
     status, text = get(base + "/metrics")
     assert status == 200
     assert 'loopsync_http_requests_total{merchant="acme",status="429",system="loop"} 1.0' in text
-    assert 'loopsync_rate_limit_wait_seconds_total{cause="server",merchant="acme",' \
-           'system="loop"} 2.5' in text
+    assert (
+        'loopsync_rate_limit_wait_seconds_total{cause="server",merchant="acme",'
+        'system="loop"} 2.5' in text
+    )
     assert 'loopsync_stage_errors_total{merchant="acme",stage="poll"} 1.0' in text
     assert 'loopsync_returns{merchant="acme",stage="open"}' in text
     assert 'loopsync_merchant_verdict{merchant="acme",verdict="OK"} 1.0' in text
     assert all(raw["id"] not in text for raw in seeded)
-    exported = {line.split("{")[0].split(" ")[0] for line in text.splitlines()
-                if line.startswith("loopsync_")}
+    exported = {
+        line.split("{")[0].split(" ")[0]
+        for line in text.splitlines()
+        if line.startswith("loopsync_")
+    }
     assert {names_in(n).pop() for n in exported} <= NAMES
 
 
@@ -184,8 +189,12 @@ def test_alert_rules_parse_and_name_only_exported_metrics():
     rules = yaml.safe_load((ROOT / "deploy/prometheus/alerts.yml").read_text())
     exprs = [r["expr"] for g in rules["groups"] for r in g["rules"]]
     names = {r["alert"] for g in rules["groups"] for r in g["rules"]}
-    assert {"LoopsyncMerchantStalled", "LoopsyncCredentialsRefused", "LoopsyncErrorRate",
-            "LoopsyncThrottled"} <= names
+    assert {
+        "LoopsyncMerchantStalled",
+        "LoopsyncCredentialsRefused",
+        "LoopsyncErrorRate",
+        "LoopsyncThrottled",
+    } <= names
     for expr in exprs:
         used = names_in(expr)
         assert used and used <= NAMES, (expr, used - NAMES)
@@ -197,15 +206,27 @@ def test_each_framework_is_contained_in_its_one_module():
     import ast
 
     src = ROOT / "src" / "loopsync"
-    owners = {"http.server": {"web.py", "sandbox/server.py"},
-              "prometheus_client": {"metrics.py"}, "playwright": set(),
-              "loopsync.web": {"cli.py"}, "loopsync.metrics": {"web.py"}}
+    owners = {
+        "http.server": {"web.py", "sandbox/server.py"},
+        "prometheus_client": {"metrics.py"},
+        "playwright": set(),
+        "loopsync.web": {"cli.py"},
+        "loopsync.metrics": {"web.py"},
+    }
     for path in src.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
-            names += [f"{node.module}.{a.name}" for a in node.names] \
-                if isinstance(node, ast.ImportFrom) else []
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            names += (
+                [f"{node.module}.{a.name}" for a in node.names]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
             for name in names:
                 for framework, allowed in owners.items():
                     if name == framework or name.startswith(framework + "."):
@@ -236,6 +257,8 @@ def test_scheduler_beats_the_listeners_heartbeat_and_stops_it(tmp_path):
             self.stopped = True
 
     probe = Probe()
-    assert serve([], lambda cfg, ev, **kw: None, stop, shutdown=Shutdown(), grace=5,
-                 listener=probe) == 0
+    assert (
+        serve([], lambda cfg, ev, **kw: None, stop, shutdown=Shutdown(), grace=5, listener=probe)
+        == 0
+    )
     assert probe.started and probe.beats >= 1 and probe.stopped

@@ -24,8 +24,16 @@ from loopsync.timeutil import SystemClock
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 WAIT = 60  # seconds: the most any condition is waited for (a loaded machine)
 
 
@@ -62,20 +70,37 @@ def served(tmp_path):
     # Two cycles before serve starts: RMAs made, then some received, processed and flagged.
     cfg = load_config(path, env=sb.env())
     run_merchant(cfg)
-    for raw, scenario in zip(seeded[3:], ["full", "full", "short", "damaged", "full"],
-                             strict=True):
+    for raw, scenario in zip(seeded[3:], ["full", "full", "short", "damaged", "full"], strict=True):
         sb.warehouse.receive(raw["id"], scenario)
     run_merchant(cfg)
     port = free_port()
     err = (tmp_path / "stderr.txt").open("w+b")
-    proc = subprocess.Popen([sys.executable, "-m", "loopsync", "--log-format", "json", "serve",
-                             "-c", str(path), "--http", f"127.0.0.1:{port}"],
-                            env={**os.environ, **sb.env()}, stdout=subprocess.DEVNULL,
-                            stderr=err)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "loopsync",
+            "--log-format",
+            "json",
+            "serve",
+            "-c",
+            str(path),
+            "--http",
+            f"127.0.0.1:{port}",
+        ],
+        env={**os.environ, **sb.env()},
+        stdout=subprocess.DEVNULL,
+        stderr=err,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: any(m["recent_runs"] and m["recent_runs"][0]["status"] == "ok"
-                             for m in fetch_json(base + "/api/merchants")), "a finished cycle")
+        wait_for(
+            lambda: any(
+                m["recent_runs"] and m["recent_runs"][0]["status"] == "ok"
+                for m in fetch_json(base + "/api/merchants")
+            ),
+            "a finished cycle",
+        )
         yield base, seeded, proc
     finally:
         proc.terminate()

@@ -6,16 +6,34 @@ from loopsync.timeutil import parse_timestamp as ts
 from loopsync.windows import MAX_SPAN, Window, ingest_start, plan_windows
 
 
-@pytest.mark.parametrize("label, start, end, span, expected", [
-    ("exactly 120 days is one window", "2026-01-01T00:00:00Z", "2026-05-01T00:00:00Z",
-     MAX_SPAN, 1),
-    ("one second past 120 days is two", "2026-01-01T00:00:00Z", "2026-05-01T00:00:01Z",
-     MAX_SPAN, 2),
-    ("a year in 120-day windows", "2025-01-01T00:00:00Z", "2026-01-01T00:00:00Z", MAX_SPAN, 4),
-    ("one-day windows", "2026-01-01T00:00:00Z", "2026-01-04T12:00:00Z", timedelta(days=1), 4),
-    ("end before start plans nothing", "2026-02-01T00:00:00Z", "2026-01-01T00:00:00Z",
-     MAX_SPAN, 0),
-])
+@pytest.mark.parametrize(
+    "label, start, end, span, expected",
+    [
+        (
+            "exactly 120 days is one window",
+            "2026-01-01T00:00:00Z",
+            "2026-05-01T00:00:00Z",
+            MAX_SPAN,
+            1,
+        ),
+        (
+            "one second past 120 days is two",
+            "2026-01-01T00:00:00Z",
+            "2026-05-01T00:00:01Z",
+            MAX_SPAN,
+            2,
+        ),
+        ("a year in 120-day windows", "2025-01-01T00:00:00Z", "2026-01-01T00:00:00Z", MAX_SPAN, 4),
+        ("one-day windows", "2026-01-01T00:00:00Z", "2026-01-04T12:00:00Z", timedelta(days=1), 4),
+        (
+            "end before start plans nothing",
+            "2026-02-01T00:00:00Z",
+            "2026-01-01T00:00:00Z",
+            MAX_SPAN,
+            0,
+        ),
+    ],
+)
 def test_plan_windows_counts(label, start, end, span, expected):
     assert len(plan_windows(ts(start), ts(end), span)) == expected, label
 

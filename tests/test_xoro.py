@@ -20,8 +20,9 @@ from loopsync.sandbox.server import ApiServer, Fault, Recorder
 from loopsync.sandbox.xoro import XoroEmulator
 from loopsync.testing import in_process_url, mount
 
-RULES = StatusRules.build(**XoroConnector.default_statuses,
-                          flag_conditions=XoroConnector.default_flag_conditions)
+RULES = StatusRules.build(
+    **XoroConnector.default_statuses, flag_conditions=XoroConnector.default_flag_conditions
+)
 
 
 @pytest.fixture
@@ -34,24 +35,37 @@ def xoro(clock):
 
 
 def connector(emu, clock, **keys):
-    section = Section({"api_key": "${XORO_API_KEY}", "api_secret": "${XORO_API_SECRET}",
-                       **keys}, file="test.yaml", path="warehouse", env=emu.secret_env())
+    section = Section(
+        {"api_key": "${XORO_API_KEY}", "api_secret": "${XORO_API_SECRET}", **keys},
+        file="test.yaml",
+        path="warehouse",
+        env=emu.secret_env(),
+    )
     conf = XoroConnector.parse_settings(section)
     section.done()
-    settings = WarehouseSettings(kind="xoro", base_url=emu.url, destinations={},
-                                 statuses=RULES, grading=GradingRules(),
-                                 order_wait=timedelta(days=7), poll_batch=50, timeout=5.0,
-                                 connector=conf)
-    ctx = ConnectorContext(merchant="t", clock=clock,
-                           policy=RetryPolicy(attempts=3, base=0.01, cap=0.05))
+    settings = WarehouseSettings(
+        kind="xoro",
+        base_url=emu.url,
+        destinations={},
+        statuses=RULES,
+        grading=GradingRules(),
+        order_wait=timedelta(days=7),
+        poll_batch=50,
+        timeout=5.0,
+        connector=conf,
+    )
+    ctx = ConnectorContext(
+        merchant="t", clock=clock, policy=RetryPolicy(attempts=3, base=0.01, cap=0.05)
+    )
     conn = XoroConnector(settings, ctx)
     mount(conn.client.http.session, emu)
     return conn
 
 
 def imported_return(emu, clock, return_id=52393555, *, units=3, **kw):
-    raw = make_return(return_id=return_id, created_at=clock.now() - timedelta(hours=2),
-                      units=units, **kw)
+    raw = make_return(
+        return_id=return_id, created_at=clock.now() - timedelta(hours=2), units=units, **kw
+    )
     emu.on_loop_return(raw)
     return raw
 
@@ -98,8 +112,10 @@ def test_two_asns_for_one_order_are_not_guessed(xoro, clock):
         connector(xoro, clock, match_by="order_number").find_rma(request(raw), {})
 
 
-@pytest.mark.parametrize(("scenario", "action", "problem"), [
-    ("full", rules.PROCESS, None), ("short", rules.FLAG, "short"), ("over", rules.FLAG, "over")])
+@pytest.mark.parametrize(
+    ("scenario", "action", "problem"),
+    [("full", rules.PROCESS, None), ("short", rules.FLAG, "short"), ("over", rules.FLAG, "over")],
+)
 def test_closed_asn_full_short_over(xoro, clock, scenario, action, problem):
     raw = imported_return(xoro, clock, units=3)
     conn = connector(xoro, clock)
@@ -110,15 +126,17 @@ def test_closed_asn_full_short_over(xoro, clock, scenario, action, problem):
     assert status.status == "Closed"
     assert status.expected_units == 3
     assert status.received_units == sum(line.received for line in asn.lines)
-    assert {(i.sku, i.expected, i.received) for i in status.items} == \
-        {(line.sku, line.expected, line.received) for line in asn.lines}
+    assert {(i.sku, i.expected, i.received) for i in status.items} == {
+        (line.sku, line.expected, line.received) for line in asn.lines
+    }
     decision = rules.decide(status, RULES)
     assert decision.action == action
     if problem:
         first = asn.lines[0].sku
         assert problem in decision.reason and first in decision.reason
-        assert status.detail[problem] == [f"{first} received {asn.lines[0].received} of "
-                                          f"{asn.lines[0].expected}"]
+        assert status.detail[problem] == [
+            f"{first} received {asn.lines[0].received} of {asn.lines[0].expected}"
+        ]
     else:
         assert "short" not in status.detail and "over" not in status.detail
 
@@ -147,16 +165,24 @@ def test_result_false_under_http_200_raises(xoro, clock):
     raw = imported_return(xoro, clock)
     conn = connector(xoro, clock)
     ref = conn.find_rma(request(raw), {})
-    xoro.faults.inject(Fault("status", status=200,
-                             body={"Result": False, "Message": "Invalid filter", "Data": None}))
+    xoro.faults.inject(
+        Fault(
+            "status", status=200, body={"Result": False, "Message": "Invalid filter", "Data": None}
+        )
+    )
     with pytest.raises(ErrorBody, match="Invalid filter"):
         conn.poll([ref])
 
 
 def test_no_records_message_is_an_empty_answer(xoro, clock):
     raw = make_return(return_id=52393559, created_at=clock.now())
-    xoro.faults.inject(Fault("status", status=200, body={
-        "Result": False, "Message": "No Records Found", "Data": None, "TotalPages": 0}))
+    xoro.faults.inject(
+        Fault(
+            "status",
+            status=200,
+            body={"Result": False, "Message": "No Records Found", "Data": None, "TotalPages": 0},
+        )
+    )
     assert connector(xoro, clock).find_rma(request(raw), {}) is None
 
 
@@ -199,7 +225,7 @@ def test_paging_stops_at_total_pages(xoro, clock):
 
 def test_empty_page_before_total_pages_stops_paging(xoro, clock):
     xoro.page_size = 2
-    xoro.phantom_pages = 3   # TotalPages says 5; page 3 is already empty
+    xoro.phantom_pages = 3  # TotalPages says 5; page 3 is already empty
     conn = connector(xoro, clock)
     refs = linked(xoro, clock, conn, 52393800, 3)
     xoro.recorder.clear()
@@ -238,8 +264,9 @@ def test_requests_go_one_at_a_time(xoro, clock):
     server = ApiServer(xoro).start()  # requests in flight at once: a real server's threads
 
     def burst():
-        requests.get(f"{server.url}/api/xerp/asn/getasn", auth=(xoro.api_key, xoro.api_secret),
-                     timeout=5)
+        requests.get(
+            f"{server.url}/api/xerp/asn/getasn", auth=(xoro.api_key, xoro.api_secret), timeout=5
+        )
 
     threads = [threading.Thread(target=burst) for _ in range(6)]
     for t in threads:
@@ -279,7 +306,7 @@ def test_linking_many_returns_by_id_lists_the_asns_once_a_minute(xoro, clock):
     refs = [conn.find_rma(request(raw), {}) for raw in raws]
     assert all(refs) and [r.rma_id for r in refs] == [str(raw["id"]) for raw in raws]
     assert asn_pages(xoro) == ["1"]
-    late = imported_return(xoro, clock, 52393710)   # Xoro imports it after the listing
+    late = imported_return(xoro, clock, 52393710)  # Xoro imports it after the listing
     assert conn.find_rma(request(late), {}) is None  # waits for a fresh listing
     clock.advance(61)
     assert conn.find_rma(request(late), {}) is not None
@@ -288,8 +315,7 @@ def test_linking_many_returns_by_id_lists_the_asns_once_a_minute(xoro, clock):
 
 def test_linking_by_order_number_lists_afresh_for_each_return(xoro, clock):
     conn = connector(xoro, clock, match_by="order_number")
-    raws = [imported_return(xoro, clock, 52393800 + n, order_name=f"#{7000 + n}")
-            for n in range(3)]
+    raws = [imported_return(xoro, clock, 52393800 + n, order_name=f"#{7000 + n}") for n in range(3)]
     xoro.recorder.clear()
     assert all(conn.find_rma(request(raw), {}) for raw in raws)
     assert asn_pages(xoro) == ["1", "1", "1"]

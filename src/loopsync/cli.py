@@ -58,30 +58,43 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="loopsync", description="Keeps Loop Returns and your warehouse in step.")
     p.add_argument("--version", action="version", version=f"loopsync {__version__}")
-    p.add_argument("--log-format", choices=["auto", "json", "console"], default="auto",
-                   help="log lines as JSON or readable text (auto: JSON unless on a terminal)")
+    p.add_argument(
+        "--log-format",
+        choices=["auto", "json", "console"],
+        default="auto",
+        help="log lines as JSON or readable text (auto: JSON unless on a terminal)",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def configs(sp: argparse.ArgumentParser, help_text: str = "merchant YAML file(s)") -> None:
-        sp.add_argument("-c", "--config", action="append", required=True, metavar="FILE",
-                        help=help_text)
+        sp.add_argument(
+            "-c", "--config", action="append", required=True, metavar="FILE", help=help_text
+        )
 
     run = sub.add_parser("run", help="one cycle for each merchant, then exit (for cron)")
     configs(run)
     run.add_argument("--once", action="store_true", help="run one cycle and exit (the default)")
-    run.add_argument("--dry-run", action="store_true",
-                     help="read and decide, write nothing anywhere; print what would be done")
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="read and decide, write nothing anywhere; print what would be done",
+    )
 
     serve = sub.add_parser("serve", help="run every merchant on its schedule until stopped")
     configs(serve, "merchant YAML file(s) or directories of them")
-    serve.add_argument("--http", metavar="HOST:PORT", default=None,
-                       help="serve /healthz, /readyz, /metrics and the status page here (default: "
-                       "$LOOPSYNC_HTTP, else off); off loopback the page needs "
-                       "$LOOPSYNC_HTTP_TOKEN")
+    serve.add_argument(
+        "--http",
+        metavar="HOST:PORT",
+        default=None,
+        help="serve /healthz, /readyz, /metrics and the status page here (default: "
+        "$LOOPSYNC_HTTP, else off); off loopback the page needs "
+        "$LOOPSYNC_HTTP_TOKEN",
+    )
 
-    imp = sub.add_parser("import",
-                         help="import returns by id or date range (live cursor untouched)")
+    imp = sub.add_parser(
+        "import", help="import returns by id or date range (live cursor untouched)"
+    )
     configs(imp)
     imp.add_argument("--return-id", help="one Loop return id")
     imp.add_argument("--from", dest="start", help="range start, ISO-8601 with timezone")
@@ -91,10 +104,17 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="where each merchant's sync stands")
     configs(status)
     status.add_argument("--json", action="store_true", help="machine-readable output")
-    status.add_argument("--check", action="store_true",
-                        help=f"exit {EXIT_ALERT} when any merchant is STALLED or BLOCKED")
-    status.add_argument("--return", dest="return_id", metavar="ID",
-                        help="the story of one return (Loop return id, RMA id or number)")
+    status.add_argument(
+        "--check",
+        action="store_true",
+        help=f"exit {EXIT_ALERT} when any merchant is STALLED or BLOCKED",
+    )
+    status.add_argument(
+        "--return",
+        dest="return_id",
+        metavar="ID",
+        help="the story of one return (Loop return id, RMA id or number)",
+    )
 
     check = sub.add_parser("check-config", help="validate configuration files")
     configs(check)
@@ -104,8 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--returns", type=int, default=12, help="how many returns to seed")
 
     sandbox = sub.add_parser("sandbox", help="serve the emulated APIs until stopped")
-    sandbox.add_argument("--port", type=int, default=8900,
-                         help="Loop on PORT, the warehouse on PORT+1; 0 picks free ports")
+    sandbox.add_argument(
+        "--port",
+        type=int,
+        default=8900,
+        help="Loop on PORT, the warehouse on PORT+1; 0 picks free ports",
+    )
     sandbox.add_argument("--warehouse", default="shiphero", choices=kind_names())
     sandbox.add_argument("--returns", type=int, default=25)
     return p
@@ -163,6 +187,7 @@ def _one_line(exc: BaseException) -> str:
 
 # -- commands ---------------------------------------------------------------------------------
 
+
 def cmd_check_config(args: argparse.Namespace, out: TextIO) -> int:
     """One line per file, good (stdout) or bad (stderr, naming the key), then exit 2 if
     any was bad: one broken file never hides the state of the others."""
@@ -174,14 +199,17 @@ def cmd_check_config(args: argparse.Namespace, out: TextIO) -> int:
             print(redact(f"config error: {item.error}"), file=sys.stderr)
             code = EXIT_CONFIG
             continue
-        print(redact(f"{item.file}: ok (merchant {item.merchant}, warehouse "
-                     f"{item.warehouse.kind}, every {item.every}, state {item.state_path})"),
-              file=out)
+        print(
+            redact(
+                f"{item.file}: ok (merchant {item.merchant}, warehouse "
+                f"{item.warehouse.kind}, every {item.every}, state {item.state_path})"
+            ),
+            file=out,
+        )
     return code
 
 
-def load_each(paths: list[str], env: Any = None) -> tuple[list[MerchantConfig],
-                                                         list[ConfigError]]:
+def load_each(paths: list[str], env: Any = None) -> tuple[list[MerchantConfig], list[ConfigError]]:
     """Every file on its own: the valid configs, and one ConfigError per bad file (a
     merchant name used twice is an error of the later file), each `-c` argument on its
     own too: one that names no file, or a folder that cannot be listed, is reported and
@@ -257,8 +285,10 @@ def _final_code(codes: dict[str, tuple[int, str | None]], bad: list[ConfigError]
         return EXIT_CONFIG
     if failed:
         if len(failed) > 1 or len(codes) > 1:
-            print("loopsync: failed: " + "; ".join(f"{m} ({why})" for m, why in failed.items()),
-                  file=sys.stderr)
+            print(
+                "loopsync: failed: " + "; ".join(f"{m} ({why})" for m, why in failed.items()),
+                file=sys.stderr,
+            )
         if len(codes) == 1:
             return next(iter(codes.values()))[0]
         return EXIT_ERRORS
@@ -276,8 +306,7 @@ def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
         for cfg in configs:
             if stop.is_set():
                 break
-            codes[cfg.merchant] = _run_one(cfg, out, stop=stop, dry_run=args.dry_run,
-                                           mode="run")
+            codes[cfg.merchant] = _run_one(cfg, out, stop=stop, dry_run=args.dry_run, mode="run")
 
     PROCESS.supervise(work, grace=stop_grace(configs))
     return _final_code(codes, bad)
@@ -313,9 +342,16 @@ def cmd_import(args: argparse.Namespace, out: TextIO) -> int:
 
     def work(stop: threading.Event) -> None:
         if not stop.is_set():
-            codes[cfg.merchant] = _run_one(cfg, out, stop=stop, dry_run=args.dry_run,
-                                           mode="import", import_from=start, import_to=end,
-                                           import_return_id=args.return_id)
+            codes[cfg.merchant] = _run_one(
+                cfg,
+                out,
+                stop=stop,
+                dry_run=args.dry_run,
+                mode="import",
+                import_from=start,
+                import_to=end,
+                import_return_id=args.return_id,
+            )
 
     PROCESS.supervise(work, grace=stop_grace([cfg]))
     return _final_code(codes, [])
@@ -337,9 +373,15 @@ def cycle_event(merchant: str) -> Iterator[list[str]]:
         yield failed
     finally:
         if SKIPPED not in failed:
-            telemetry.emit(telemetry.CycleDone(merchant, clock.now().timestamp(),
-                                               clock.monotonic() - began, not failed,
-                                               tuple(failed)))
+            telemetry.emit(
+                telemetry.CycleDone(
+                    merchant,
+                    clock.now().timestamp(),
+                    clock.monotonic() - began,
+                    not failed,
+                    tuple(failed),
+                )
+            )
 
 
 def http_address(address: str | None) -> tuple[web.Address, str | None] | None:
@@ -357,8 +399,9 @@ def http_address(address: str | None) -> tuple[web.Address, str | None] | None:
     return where, web.check_token(where, os.environ)
 
 
-def http_listener(asked: tuple[web.Address, str | None] | None,
-                  configs: Callable[[], Sequence[MerchantConfig]]) -> web.Listener | None:
+def http_listener(
+    asked: tuple[web.Address, str | None] | None, configs: Callable[[], Sequence[MerchantConfig]]
+) -> web.Listener | None:
     """The listener, bound now: a busy address fails at start with one line (exit 2)."""
     from loopsync import web
 
@@ -368,8 +411,9 @@ def http_listener(asked: tuple[web.Address, str | None] | None,
     try:
         return web.Listener(where, configs, token=token)
     except OSError as exc:
-        raise UsageError(f"--http {where.host}:{where.port}: cannot listen there: "
-                         f"{exc.strerror or exc}") from None
+        raise UsageError(
+            f"--http {where.host}:{where.port}: cannot listen there: {exc.strerror or exc}"
+        ) from None
 
 
 def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
@@ -392,15 +436,23 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
         # opened); it never reaches the scheduler, and the next cycle tries again.
         with telemetry.merchant_scope(cfg.merchant), cycle_event(cfg.merchant) as failed:
             try:
-                failed.extend(sorted(run_merchant(cfg, stop=stop, mode="serve",
-                                                   next_due=next_due).stage_errors))
+                failed.extend(
+                    sorted(
+                        run_merchant(cfg, stop=stop, mode="serve", next_due=next_due).stage_errors
+                    )
+                )
             except LockHeld as exc:
                 failed.append(SKIPPED)  # another process runs it: no cycle here
                 log.warning("serve.locked", merchant=cfg.merchant, error=str(exc))
             except StateError as exc:
                 failed.append("state")
-                log.error("serve.state_error", merchant=cfg.merchant, file=exc.path,
-                          error=_redacted(str(exc)), next="retried on its schedule")
+                log.error(
+                    "serve.state_error",
+                    merchant=cfg.merchant,
+                    file=exc.path,
+                    error=_redacted(str(exc)),
+                    next="retried on its schedule",
+                )
             except Exception as exc:  # noqa: BLE001 - contained: the other merchants go on
                 failed.append("crashed")
                 log.error("serve.cycle_failed", merchant=cfg.merchant, error=_one_line(exc))
@@ -423,8 +475,14 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
         current = fresh if fresh is not None else current
         return fresh
 
-    return serve(configs, cycle, shutdown=PROCESS, reload=reload_tracked,
-                 grace=stop_grace(configs), listener=listener)
+    return serve(
+        configs,
+        cycle,
+        shutdown=PROCESS,
+        reload=reload_tracked,
+        grace=stop_grace(configs),
+        listener=listener,
+    )
 
 
 def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
@@ -446,23 +504,26 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
     else:
         for view, report in zip(views, reports, strict=True):
             # the details past their header line; none when there is no state to detail
-            detail = "\n" if "note" in report and "state_error" not in report else \
-                render_status(redact_obj(report)).split("\n", 1)[1]
+            detail = (
+                "\n"
+                if "note" in report and "state_error" not in report
+                else render_status(redact_obj(report)).split("\n", 1)[1]
+            )
             out.write(redact("\n".join(view_lines(view)) + "\n" + detail))
     codes: dict[str, tuple[int, str | None]] = {}
     for cfg, report in zip(configs, reports, strict=True):
         failure = report.get("state_error")
         if failure:
             print(f"loopsync: {cfg.merchant}: {failure['message']}", file=sys.stderr)
-        codes[cfg.merchant] = (failure["exit_code"], failure["message"]) if failure else \
-            (EXIT_OK, None)
+        codes[cfg.merchant] = (
+            (failure["exit_code"], failure["message"]) if failure else (EXIT_OK, None)
+        )
     if args.check and not bad and any(v.verdict in ALERTING for v in views):
         return EXIT_ALERT
     return _final_code(codes, bad)
 
 
-def _status_return(configs: list[MerchantConfig], query: str, out: TextIO, *,
-                   as_json: bool) -> int:
+def _status_return(configs: list[MerchantConfig], query: str, out: TextIO, *, as_json: bool) -> int:
     """`status --return ID`: the story of one return, looked for in every merchant."""
     from loopsync.status import return_story
 
@@ -479,8 +540,11 @@ def _status_return(configs: list[MerchantConfig], query: str, out: TextIO, *,
             else:
                 out.write(redact("\n".join([f"{cfg.merchant}", *story.lines()])) + "\n")
             return EXIT_OK
-    print(f"loopsync: no return or RMA {query!r} in the state of "
-          + ", ".join(c.merchant for c in configs), file=sys.stderr)
+    print(
+        f"loopsync: no return or RMA {query!r} in the state of "
+        + ", ".join(c.merchant for c in configs),
+        file=sys.stderr,
+    )
     return EXIT_ERRORS
 
 
@@ -501,11 +565,16 @@ def _print_planned(result: Any, out: TextIO) -> None:
         print(redact(f"  dry run: {line}"), file=out)
 
 
-COMMANDS = {"run": cmd_run, "serve": cmd_serve, "import": cmd_import, "status": cmd_status,
-            "check-config": cmd_check_config, "demo": cmd_demo, "sandbox": cmd_sandbox}
+COMMANDS = {
+    "run": cmd_run,
+    "serve": cmd_serve,
+    "import": cmd_import,
+    "status": cmd_status,
+    "check-config": cmd_check_config,
+    "demo": cmd_demo,
+    "sandbox": cmd_sandbox,
+}
 
 
 if __name__ == "__main__":  # pragma: no cover
     raise SystemExit(main())
-
-

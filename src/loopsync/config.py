@@ -22,8 +22,8 @@ from loopsync.loop_facts import LOOP_DISPOSITIONS, LOOP_GRADES, LOOP_STATES, MAX
 from loopsync.rules import GradingRules, StatusRules
 
 MIB = 1024 * 1024
-MAX_TIMEOUT = timedelta(minutes=10)   # one read; longer is a typo, not a need
-MAX_DEADLINE = timedelta(hours=1)    # one whole request
+MAX_TIMEOUT = timedelta(minutes=10)  # one read; longer is a typo, not a need
+MAX_DEADLINE = timedelta(hours=1)  # one whole request
 # Where relative state paths live when set (the container sets /state, its volume).
 STATE_DIR_ENV = "LOOPSYNC_STATE_DIR"
 
@@ -41,7 +41,7 @@ class LoopSettings:
     asn_window: timedelta
     requests_per_minute: int
     timeout: float
-    deadline: float | None = None   # whole request; None: the HTTP layer's default
+    deadline: float | None = None  # whole request; None: the HTTP layer's default
     max_body: int = DEFAULT_MAX_BODY  # bytes, after decompression
 
 
@@ -91,8 +91,11 @@ class _StrictLoader(_StringTimestampLoader):
         depth = getattr(self, "_depth", 0)
         if depth >= MAX_YAML_DEPTH:
             raise yaml.composer.ComposerError(
-                None, None, f"nested deeper than {MAX_YAML_DEPTH} levels",
-                self.peek_event().start_mark)  # type: ignore[no-untyped-call]  # stub untyped
+                None,
+                None,
+                f"nested deeper than {MAX_YAML_DEPTH} levels",
+                self.peek_event().start_mark,
+            )  # type: ignore[no-untyped-call]  # stub untyped
         self._depth = depth + 1
         try:
             return super().compose_node(parent, index)
@@ -123,8 +126,11 @@ class _StrictLoader(_StringTimestampLoader):
                     continue  # an unhashable key: the base class reports it
                 if first is not None:
                     raise yaml.constructor.ConstructorError(
-                        None, None, f"duplicate key {_short(key)} (first at line {first + 1})",
-                        key_node.start_mark)
+                        None,
+                        None,
+                        f"duplicate key {_short(key)} (first at line {first + 1})",
+                        key_node.start_mark,
+                    )
         super().flatten_mapping(node)
 
 
@@ -147,22 +153,28 @@ def _check_expanded_size(root: Any) -> None:
             total = 1 + sum(sizes[id(c)] for c in _children(node))
             if total > MAX_YAML_NODES:
                 raise yaml.composer.ComposerError(
-                    None, None, f"expands to more than {MAX_YAML_NODES} values "
-                    "(aliases or merges repeated too often)", node.start_mark)
+                    None,
+                    None,
+                    f"expands to more than {MAX_YAML_NODES} values "
+                    "(aliases or merges repeated too often)",
+                    node.start_mark,
+                )
             sizes[nid] = total
             continue
         if nid in sizes:
             continue
         if nid in open_nodes:
-            raise yaml.composer.ComposerError(None, None, "an alias refers to itself",
-                                              node.start_mark)
+            raise yaml.composer.ComposerError(
+                None, None, "an alias refers to itself", node.start_mark
+            )
         open_nodes.add(nid)
         stack.append((node, True))
         for child in _children(node):
             cid = id(child)
             if cid in open_nodes:
-                raise yaml.composer.ComposerError(None, None, "an alias refers to itself",
-                                                  child.start_mark)
+                raise yaml.composer.ComposerError(
+                    None, None, "an alias refers to itself", child.start_mark
+                )
             if cid not in sizes:
                 stack.append((child, False))
 
@@ -194,8 +206,9 @@ def load_yaml(path: Path) -> Any:
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(str(path), "", f"invalid YAML{where}: {problem}") from None
     except Exception as exc:  # noqa: BLE001 - e.g. an int of 5000 digits, a RecursionError
-        raise ConfigError(str(path), "", f"invalid YAML: {type(exc).__name__}: "
-                          f"{str(exc)[:200]}") from None
+        raise ConfigError(
+            str(path), "", f"invalid YAML: {type(exc).__name__}: {str(exc)[:200]}"
+        ) from None
 
 
 def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> MerchantConfig:
@@ -206,31 +219,42 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Merch
     except ConfigError:
         raise
     except Exception as exc:  # noqa: BLE001 - a value no getter foresaw: still exit 2
-        raise ConfigError(str(path), "", f"cannot be read as a configuration: "
-                          f"{type(exc).__name__}") from None
+        raise ConfigError(
+            str(path), "", f"cannot be read as a configuration: {type(exc).__name__}"
+        ) from None
 
 
-def parse_config(data: Any, *, file: str, env: Mapping[str, str] | None = None,
-                 base_dir: Path | None = None) -> MerchantConfig:
+def parse_config(
+    data: Any, *, file: str, env: Mapping[str, str] | None = None, base_dir: Path | None = None
+) -> MerchantConfig:
     root = Section(data, file=file, env=env)
     merchant = root.str("merchant", pattern=r"[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?")
     state_raw = root.str("state_path", None)
     if state_raw is not None and "\0" in state_raw:
         raise root.error("state_path", "contains a NUL character")
     environ = os.environ if env is None else env
-    state_path = resolve_state_path(state_raw, merchant, base_dir,
-                                    environ.get(STATE_DIR_ENV) or None)
+    state_path = resolve_state_path(
+        state_raw, merchant, base_dir, environ.get(STATE_DIR_ENV) or None
+    )
     schedule = root.section("schedule")
     every = schedule.duration("every", "15m", min=timedelta(seconds=10))
     # Absent: timedelta(0), returned as is, which stands for "3 x every" (stall_limit).
-    stalled_after = schedule.duration("stalled_after", timedelta(0),
-                                      min=timedelta(seconds=10)) or None
+    stalled_after = (
+        schedule.duration("stalled_after", timedelta(0), min=timedelta(seconds=10)) or None
+    )
     schedule.done()
     loop = parse_loop(root.section("loop", required=True))
     warehouse = parse_warehouse(root.section("warehouse", required=True))
     root.done()
-    cfg = MerchantConfig(file=file, merchant=merchant, state_path=state_path, every=every,
-                         loop=loop, warehouse=warehouse, stalled_after=stalled_after)
+    cfg = MerchantConfig(
+        file=file,
+        merchant=merchant,
+        state_path=state_path,
+        every=every,
+        loop=loop,
+        warehouse=warehouse,
+        stalled_after=stalled_after,
+    )
     _refuse_secrets_in_ordinary_keys(root, data, cfg.secrets())
     return cfg
 
@@ -242,9 +266,12 @@ def _refuse_secrets_in_ordinary_keys(root: Section, data: Any, secrets: list[str
         if any(root.env.get(name) is None for name in _ENV_NAME.findall(form)):
             continue  # `status` stands a placeholder in for a variable it does not need
         if any(secret in expanded for secret in secrets):
-            raise ConfigError(root.file, _path_of(data, form) or "",
-                              f"{form} holds the value of a credential; credentials belong "
-                              "only in credential keys")
+            raise ConfigError(
+                root.file,
+                _path_of(data, form) or "",
+                f"{form} holds the value of a credential; credentials belong "
+                "only in credential keys",
+            )
 
 
 _ENV_NAME = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -254,8 +281,13 @@ def _path_of(data: Any, form: str, path: str = "") -> str | None:
     """The key path of the first string value that contains `form`."""
     if isinstance(data, str):
         return path if form in data else None
-    items = data.items() if isinstance(data, dict) else \
-        enumerate(data) if isinstance(data, list) else ()
+    items = (
+        data.items()
+        if isinstance(data, dict)
+        else enumerate(data)
+        if isinstance(data, list)
+        else ()
+    )
     for key, value in items:
         found = _path_of(value, form, f"{path}.{key}" if path else str(key))
         if found is not None:
@@ -263,8 +295,9 @@ def _path_of(data: Any, form: str, path: str = "") -> str | None:
     return None
 
 
-def resolve_state_path(raw: str | None, merchant: str, base_dir: Path | None,
-                       state_dir: str | None) -> Path:
+def resolve_state_path(
+    raw: str | None, merchant: str, base_dir: Path | None, state_dir: str | None
+) -> Path:
     """The absolute state file path. Never relative to the working directory, which
     differs between cron, a shell and a container (a second state file would start empty
     and push every open return again): a relative `state_path` lives under
@@ -299,20 +332,32 @@ def parse_loop(sec: Section) -> LoopSettings:
     asn_window = asn.duration("window", "1d", min=timedelta(minutes=1), max=MAX_WINDOW)
     asn.done()
     rpm = sec.int("requests_per_minute", 280, min=1, max=300)
-    timeout = sec.duration("timeout", "30s", min=timedelta(seconds=1),
-                           max=MAX_TIMEOUT).total_seconds()
+    timeout = sec.duration(
+        "timeout", "30s", min=timedelta(seconds=1), max=MAX_TIMEOUT
+    ).total_seconds()
     deadline, max_body = parse_http_limits(sec)
     sec.done()
-    return LoopSettings(base_url, api_key, start_at, lookback, window, page_size,
-                        tuple(dict.fromkeys(states)), asn_enabled, asn_window, rpm, timeout,
-                        deadline, max_body)
+    return LoopSettings(
+        base_url,
+        api_key,
+        start_at,
+        lookback,
+        window,
+        page_size,
+        tuple(dict.fromkeys(states)),
+        asn_enabled,
+        asn_window,
+        rpm,
+        timeout,
+        deadline,
+        max_body,
+    )
 
 
 def parse_http_limits(sec: Section) -> tuple[float | None, int]:
     """`deadline` (a whole request: connect, headers and body; default the connect timeout
     plus three read timeouts) and `max_response_mb` (after decompression)."""
-    deadline = sec.duration("deadline", timedelta(0), min=timedelta(seconds=1),
-                            max=MAX_DEADLINE)
+    deadline = sec.duration("deadline", timedelta(0), min=timedelta(seconds=1), max=MAX_DEADLINE)
     max_mb = sec.int("max_response_mb", DEFAULT_MAX_BODY // MIB, min=1, max=1024)
     return (deadline.total_seconds() or None), max_mb * MIB
 
@@ -330,26 +375,44 @@ def parse_warehouse(sec: Section) -> WarehouseSettings:
     grading = parse_grading(sec.section("grading"))
     order_wait = sec.duration("order_wait", "7d")
     poll_batch = sec.int("poll_batch", 50, min=1, max=200)
-    timeout = sec.duration("timeout", "30s", min=timedelta(seconds=1),
-                           max=MAX_TIMEOUT).total_seconds()
+    timeout = sec.duration(
+        "timeout", "30s", min=timedelta(seconds=1), max=MAX_TIMEOUT
+    ).total_seconds()
     deadline, max_body = parse_http_limits(sec)
     connector = cls.parse_settings(sec)
     sec.done()
-    return WarehouseSettings(kind=kind, base_url=base_url, destinations=destinations,
-                             statuses=statuses, grading=grading, order_wait=order_wait,
-                             poll_batch=poll_batch, timeout=timeout, connector=connector,
-                             deadline=deadline, max_body=max_body)
+    return WarehouseSettings(
+        kind=kind,
+        base_url=base_url,
+        destinations=destinations,
+        statuses=statuses,
+        grading=grading,
+        order_wait=order_wait,
+        poll_batch=poll_batch,
+        timeout=timeout,
+        connector=connector,
+        deadline=deadline,
+        max_body=max_body,
+    )
 
 
-def parse_statuses(sec: Section, defaults: dict[str, list[str]],
-                   default_conditions: list[str]) -> StatusRules:
+def parse_statuses(
+    sec: Section, defaults: dict[str, list[str]], default_conditions: list[str]
+) -> StatusRules:
     st = sec.section("statuses")
-    lists = {a: st.str_list(a, list(defaults.get(a, []))) for a in
-             ("process", "flag", "ignore", "report")}
+    lists = {
+        a: st.str_list(a, list(defaults.get(a, [])))
+        for a in ("process", "flag", "ignore", "report")
+    }
     st.done()
-    rules = StatusRules.build(lists["process"], lists["flag"], lists["ignore"], lists["report"],
-                              sec.str_list("flag_conditions", list(default_conditions)),
-                              sec.bool("require_full_receipt", True))
+    rules = StatusRules.build(
+        lists["process"],
+        lists["flag"],
+        lists["ignore"],
+        lists["report"],
+        sec.str_list("flag_conditions", list(default_conditions)),
+        sec.bool("require_full_receipt", True),
+    )
     seen: dict[str, str] = {}
     for action in ("process", "flag", "ignore", "report"):
         for word in getattr(rules, action):
@@ -365,6 +428,7 @@ def parse_grading(sec: Section) -> GradingRules:
             if value not in allowed:
                 raise sec.error(key, f"{value!r} is not one of {', '.join(allowed)}")
             return str(value)
+
         return check
 
     conditions = sec.str_map("conditions", {}, value=member(LOOP_GRADES))
@@ -373,8 +437,11 @@ def parse_grading(sec: Section) -> GradingRules:
     sec.done()
     from loopsync.rules import normalize_status
 
-    return GradingRules({normalize_status(k): v for k, v in conditions.items()},
-                        {normalize_status(k): v for k, v in dispositions.items()}, processor)
+    return GradingRules(
+        {normalize_status(k): v for k, v in conditions.items()},
+        {normalize_status(k): v for k, v in dispositions.items()},
+        processor,
+    )
 
 
 def expand_paths(paths: list[str]) -> list[Path]:
@@ -387,10 +454,17 @@ def expand_paths(paths: list[str]) -> list[Path]:
             # reported as unreadable): skipped silently, its merchant would never run and
             # nothing would say so. Hidden ones (an editor's `.#x.yaml` lock) are not, nor
             # a pipe or device (opening one could wait forever).
-            out.extend(sorted(x for x in path.iterdir()
-                              if x.suffix in (".yaml", ".yml")
-                              and (x.is_file() or (not x.name.startswith(".")
-                                   and (x.is_dir() or not x.exists())))))
+            out.extend(
+                sorted(
+                    x
+                    for x in path.iterdir()
+                    if x.suffix in (".yaml", ".yml")
+                    and (
+                        x.is_file()
+                        or (not x.name.startswith(".") and (x.is_dir() or not x.exists()))
+                    )
+                )
+            )
         else:
             out.append(path)
     return out
@@ -408,12 +482,11 @@ def load_all(paths: list[str], env: Mapping[str, str] | None = None) -> list[Mer
     seen: dict[str, str] = {}
     for c in configs:
         if c.merchant in seen:
-            raise ConfigError(c.file, "merchant",
-                              f"{c.merchant!r} is also used by {seen[c.merchant]}")
+            raise ConfigError(
+                c.file, "merchant", f"{c.merchant!r} is also used by {seen[c.merchant]}"
+            )
         seen[c.merchant] = c.file
     return configs
-
-
 
 
 @dataclass(frozen=True)
@@ -424,8 +497,9 @@ class ConfigFailure:
     error: ConfigError
 
 
-def load_each(paths: list[str], env: Mapping[str, str] | None = None
-              ) -> list[MerchantConfig | ConfigFailure]:
+def load_each(
+    paths: list[str], env: Mapping[str, str] | None = None
+) -> list[MerchantConfig | ConfigFailure]:
     """Every file `paths` stands for (directories give their *.yaml/*.yml files), each
     loaded on its own: one bad file never hides the others. Results keep the order of the
     arguments and, within a directory, of `expand_paths`; a file whose merchant name an
@@ -448,17 +522,32 @@ def load_each(paths: list[str], env: Mapping[str, str] | None = None
                 out.append(ConfigFailure(str(f), exc))
                 continue
             if cfg.merchant in seen:
-                out.append(ConfigFailure(cfg.file, ConfigError(
-                    cfg.file, "merchant",
-                    f"{cfg.merchant!r} is also used by {seen[cfg.merchant]}")))
+                out.append(
+                    ConfigFailure(
+                        cfg.file,
+                        ConfigError(
+                            cfg.file,
+                            "merchant",
+                            f"{cfg.merchant!r} is also used by {seen[cfg.merchant]}",
+                        ),
+                    )
+                )
                 continue
             # A copied file whose state_path was left as it was: two merchants in one
             # database would share cursors, so the second would skip its own returns.
             state = os.path.realpath(cfg.state_path)
             if state in states:
-                out.append(ConfigFailure(cfg.file, ConfigError(
-                    cfg.file, "state_path", f"{cfg.state_path} is also the state of "
-                                            f"{states[state]}; give each merchant its own")))
+                out.append(
+                    ConfigFailure(
+                        cfg.file,
+                        ConfigError(
+                            cfg.file,
+                            "state_path",
+                            f"{cfg.state_path} is also the state of "
+                            f"{states[state]}; give each merchant its own",
+                        ),
+                    )
+                )
                 continue
             seen[cfg.merchant] = cfg.file
             states[state] = f"merchant {cfg.merchant!r} ({cfg.file})"

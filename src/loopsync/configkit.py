@@ -67,9 +67,15 @@ class Secret:
 
 
 class Section:
-    def __init__(self, data: Any, *, file: str, path: str = "",
-                 env: Mapping[str, str] | None = None,
-                 _expanded: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        data: Any,
+        *,
+        file: str,
+        path: str = "",
+        env: Mapping[str, str] | None = None,
+        _expanded: dict[str, str] | None = None,
+    ) -> None:
         self.file = file
         self.path = path
         self.env = os.environ if env is None else env
@@ -132,16 +138,20 @@ class Section:
     def done(self) -> None:
         unknown = sorted((str(k) for k in set(self.data) - self.used), key=str)
         if unknown:
-            raise self.error(unknown[0], "unknown key" + (
-                f" (also unknown: {', '.join(unknown[1:])})" if len(unknown) > 1 else ""))
+            raise self.error(
+                unknown[0],
+                "unknown key"
+                + (f" (also unknown: {', '.join(unknown[1:])})" if len(unknown) > 1 else ""),
+            )
 
     # -- getters ----------------------------------------------------------------
     def section(self, key: str, *, required: bool = False) -> Section:
         raw = self._take(key, _MISSING if required else {})
         if not isinstance(raw, dict):
             raise self.error(key, f"must be a mapping, got {_type_name(raw)}")
-        return Section(raw, file=self.file, path=self.key_path(key), env=self.env,
-                       _expanded=self._expanded)
+        return Section(
+            raw, file=self.file, path=self.key_path(key), env=self.env, _expanded=self._expanded
+        )
 
     def url(self, key: str, default: Any = _MISSING) -> Any:
         value = self.str(key, default)
@@ -170,9 +180,12 @@ class Section:
             value = self.env[name]
             source = f"environment variable {name}"
         else:
-            raise self.error(key, "must reference an environment variable, e.g. ${LOOP_API_KEY},"
-                             " or a file, e.g. ${file:/run/secrets/loop_api_key}"
-                             " (secrets are never written in the file)")
+            raise self.error(
+                key,
+                "must reference an environment variable, e.g. ${LOOP_API_KEY},"
+                " or a file, e.g. ${file:/run/secrets/loop_api_key}"
+                " (secrets are never written in the file)",
+            )
         self._check_secret(key, value, source)
         return Secret(name, value)
 
@@ -189,8 +202,11 @@ class Section:
             with path.open("rb") as fh:
                 data = fh.read(_SECRET_FILE_MAX + 1)
         except (OSError, ValueError) as exc:
-            raise self.error(key, f"cannot read secret file {name}: "
-                             f"{getattr(exc, 'strerror', None) or type(exc).__name__}") from None
+            raise self.error(
+                key,
+                f"cannot read secret file {name}: "
+                f"{getattr(exc, 'strerror', None) or type(exc).__name__}",
+            ) from None
         if len(data) > _SECRET_FILE_MAX:
             raise self.error(key, f"secret file {name} is larger than {_SECRET_FILE_MAX} bytes")
         try:
@@ -210,8 +226,9 @@ class Section:
         if "\n" in value or "\r" in value:
             raise self.error(key, f"{source} contains a line break (a copy-paste mistake?)")
         if value != value.strip():
-            raise self.error(key, f"{source} has white space at its start or end"
-                             " (a copy-paste mistake?)")
+            raise self.error(
+                key, f"{source} has white space at its start or end (a copy-paste mistake?)"
+            )
         if any(unicodedata.category(ch) == "Cc" for ch in value):
             raise self.error(key, f"{source} contains a control character")
         if any("\ud800" <= ch <= "\udfff" for ch in value):  # undecodable bytes in the env
@@ -219,15 +236,22 @@ class Section:
         if any(unicodedata.category(ch) in ("Cf", "Zl", "Zp") for ch in value):
             # a byte-order mark, a zero-width space: invisible, pasted from an editor or a
             # web page, and never part of a real credential
-            raise self.error(key, f"{source} contains an invisible formatting character"
-                             " (a byte-order mark, a zero-width space; a copy-paste mistake?)")
+            raise self.error(
+                key,
+                f"{source} contains an invisible formatting character"
+                " (a byte-order mark, a zero-width space; a copy-paste mistake?)",
+            )
         if len(value) < MIN_SECRET_LENGTH:
-            raise self.error(key, f"{source} is too short ({len(value)} characters; at least "
-                             f"{MIN_SECRET_LENGTH}): no real credential is, and so short a "
-                             "value cannot be masked safely")
+            raise self.error(
+                key,
+                f"{source} is too short ({len(value)} characters; at least "
+                f"{MIN_SECRET_LENGTH}): no real credential is, and so short a "
+                "value cannot be masked safely",
+            )
 
-    def int(self, key: str, default: Any = _MISSING, *, min: int | None = None,
-            max: int | None = None) -> Any:
+    def int(
+        self, key: str, default: Any = _MISSING, *, min: int | None = None, max: int | None = None
+    ) -> Any:
         raw = self._take(key, default)
         if raw is default and default is not _MISSING:
             return raw
@@ -267,18 +291,26 @@ class Section:
             raise self.error(key, f"must be true or false, got {_type_name(raw)}")
         return raw
 
-    def duration(self, key: str, default: Any = _MISSING, *,
-                 min: timedelta | None = None, max: timedelta | None = None) -> Any:
+    def duration(
+        self,
+        key: str,
+        default: Any = _MISSING,
+        *,
+        min: timedelta | None = None,
+        max: timedelta | None = None,
+    ) -> Any:
         raw = self._take(key, default)
         if isinstance(raw, timedelta):
             return raw
         if isinstance(raw, int | float) and not isinstance(raw, bool):
             # `every: 90` could mean seconds or minutes: ask, do not guess.
-            raise self.error(key, f"needs a unit, e.g. {_show(raw)}s or {_show(raw)}m"
-                             " (units: ms, s, m, h, d, w)")
+            raise self.error(
+                key, f"needs a unit, e.g. {_show(raw)}s or {_show(raw)}m (units: ms, s, m, h, d, w)"
+            )
         if not isinstance(raw, str):
-            raise self.error(key, f"not a duration (use e.g. 30s, 15m, 2h, 7d), "
-                             f"got {_type_name(raw)}")
+            raise self.error(
+                key, f"not a duration (use e.g. 30s, 15m, 2h, 7d), got {_type_name(raw)}"
+            )
         if not _DURATION_TEXT.fullmatch(raw):
             raise self.error(key, f"not a duration (use e.g. 30s, 15m, 2h, 7d): {_show(raw)}")
         try:
@@ -286,8 +318,7 @@ class Section:
         except (ValueError, OverflowError):
             value = _DURATION_MAX + timedelta(days=1)
         if value > _DURATION_MAX:
-            raise self.error(key, f"is absurdly long: {_show(raw)} (at most "
-                             f"{_DURATION_MAX.days}d)")
+            raise self.error(key, f"is absurdly long: {_show(raw)} (at most {_DURATION_MAX.days}d)")
         if min is not None and value < min:
             raise self.error(key, f"must be at least {min}, got {raw}")
         if max is not None and value > max:
@@ -309,8 +340,9 @@ class Section:
         try:
             return parse_timestamp(self._expand(key, raw))
         except (ValueError, OverflowError) as exc:
-            raise self.error(key, str(exc) if isinstance(exc, ValueError)
-                             else f"{_show(raw)} is out of range") from None
+            raise self.error(
+                key, str(exc) if isinstance(exc, ValueError) else f"{_show(raw)} is out of range"
+            ) from None
 
     def str_list(self, key: str, default: Any = _MISSING) -> Any:
         raw = self._take(key, default)
@@ -318,13 +350,15 @@ class Section:
             return raw
         if isinstance(raw, str):
             raw = [raw]
-        if not isinstance(raw, list) or not all(isinstance(x, str | int) and not isinstance(x, bool)
-                                                for x in raw):
+        if not isinstance(raw, list) or not all(
+            isinstance(x, str | int) and not isinstance(x, bool) for x in raw
+        ):
             raise self.error(key, "must be a list of strings")
         return [str(x) for x in raw]
 
-    def str_map(self, key: str, default: Any = _MISSING, *,
-                value: Callable[[str, Any], T] | None = None) -> Any:
+    def str_map(
+        self, key: str, default: Any = _MISSING, *, value: Callable[[str, Any], T] | None = None
+    ) -> Any:
         """A mapping of string keys to strings (or to what `value(key, raw)` makes of it)."""
         raw = self._take(key, default)
         if raw is default and default is not _MISSING:
@@ -344,8 +378,14 @@ class Section:
 
     # Last in the class: below `def str` the name `str` means this method to a type
     # checker, so every other signature comes first.
-    def str(self, key: str, default: Any = _MISSING, *, pattern: str | None = None,
-            choices: list[str] | tuple[str, ...] | None = None) -> Any:
+    def str(
+        self,
+        key: str,
+        default: Any = _MISSING,
+        *,
+        pattern: str | None = None,
+        choices: list[str] | tuple[str, ...] | None = None,
+    ) -> Any:
         raw = self._take(key, default)
         if raw is default and default is not _MISSING:
             return raw
@@ -373,5 +413,11 @@ def _show(value: Any, limit: int = 80) -> str:
 def _type_name(value: Any) -> str:
     if value is None:
         return "nothing"
-    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean",
-            int: "an integer", float: "a number"}.get(type(value), type(value).__name__)
+    return {
+        dict: "a mapping",
+        list: "a list",
+        str: "a string",
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+    }.get(type(value), type(value).__name__)

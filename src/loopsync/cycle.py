@@ -59,15 +59,15 @@ OUTAGE_AFTER = 3
 
 @dataclass
 class CycleCounts:
-    pulled: int = 0        # return objects read from Loop (with overlap re-reads)
-    new: int = 0           # returns seen for the first time
-    changed: int = 0       # known returns whose snapshot changed
+    pulled: int = 0  # return objects read from Loop (with overlap re-reads)
+    new: int = 0  # returns seen for the first time
+    changed: int = 0  # known returns whose snapshot changed
     asn_rows: int = 0
     malformed: int = 0
-    skipped: int = 0       # not for the warehouse, with a reason
-    waiting: int = 0       # warehouse not ready yet
-    pushed: int = 0        # RMAs created
-    linked: int = 0        # RMAs found (reconciled, or created by the warehouse itself)
+    skipped: int = 0  # not for the warehouse, with a reason
+    waiting: int = 0  # warehouse not ready yet
+    pushed: int = 0  # RMAs created
+    linked: int = 0  # RMAs found (reconciled, or created by the warehouse itself)
     rejected: int = 0
     polled: int = 0
     processed: int = 0
@@ -87,7 +87,7 @@ class CycleResult:
     counts: CycleCounts
     duration: float = 0.0
     stage_errors: dict[str, str] = field(default_factory=dict)
-    planned: list[str] = field(default_factory=list)   # dry run: what would have been done
+    planned: list[str] = field(default_factory=list)  # dry run: what would have been done
     events: list[dict[str, Any]] = field(default_factory=list)  # what happened, for the demo
     stopped: bool = False
     # Returns loopsync refused to guess about this run (an action whose outcome cannot be
@@ -108,14 +108,30 @@ class Engine:
     """One merchant's cycle: the stages in order, under the stage guard and the outage
     budget. `ctx` is what every stage shares; the attributes below read it."""
 
-    def __init__(self, cfg: MerchantConfig, store: Store, loop: LoopApi,
-                 connector: WarehouseConnector, *, clock: Clock, run_id: str,
-                 stop: threading.Event | None = None, dry_run: bool = False) -> None:
+    def __init__(
+        self,
+        cfg: MerchantConfig,
+        store: Store,
+        loop: LoopApi,
+        connector: WarehouseConnector,
+        *,
+        clock: Clock,
+        run_id: str,
+        stop: threading.Event | None = None,
+        dry_run: bool = False,
+    ) -> None:
         self.ctx = CycleContext(
-            cfg=cfg, store=store, loop=loop, connector=connector, clock=clock, run_id=run_id,
-            stop=stop or threading.Event(), dry_run=dry_run,
+            cfg=cfg,
+            store=store,
+            loop=loop,
+            connector=connector,
+            clock=clock,
+            run_id=run_id,
+            stop=stop or threading.Event(),
+            dry_run=dry_run,
             result=CycleResult(cfg.merchant, run_id, CycleCounts()),
-            log=log.bind(merchant=cfg.merchant, run_id=run_id))
+            log=log.bind(merchant=cfg.merchant, run_id=run_id),
+        )
 
     @property
     def cfg(self) -> MerchantConfig:
@@ -169,8 +185,9 @@ class Engine:
             self.ctx.log.error("stage.failed", stage=name, error=self.result.stage_errors[name])
             record_stage_failure(self.store, self.ctx.run_id, name, exc)
 
-    def _each_return(self, stage: str, ids: Iterable[str], work: Callable[[str], None],
-                     only: set[str] | None) -> None:
+    def _each_return(
+        self, stage: str, ids: Iterable[str], work: Callable[[str], None], only: set[str] | None
+    ) -> None:
         """The outage budget: run `work` per return; one return's failure is recorded and
         the batch goes on, but a run of transient failures means the remote is down, so
         the stage stops."""

@@ -38,9 +38,12 @@ def run_demo(*, warehouse: str = "shiphero", returns: int = 12, out: TextIO) -> 
     transport = "folder" if warehouse == "generic" else "http"
     # The demo shows the flow, not the APIs' rate limits (PeopleVox allows 15 requests in
     # 15 s, which would make it take a minute); the tests and benchmarks keep them on.
-    with tempfile.TemporaryDirectory(prefix="loopsync-demo-") as tmp, \
-            Sandbox(warehouse, transport=transport, folder_root=Path(tmp) / "3pl",
-                    rate_limits=False) as sb:
+    with (
+        tempfile.TemporaryDirectory(prefix="loopsync-demo-") as tmp,
+        Sandbox(
+            warehouse, transport=transport, folder_root=Path(tmp) / "3pl", rate_limits=False
+        ) as sb,
+    ):
         seeded = sb.seed(returns, states_weights=[("open", 1)])
         odd = _add_awkward_returns(sb)
         extra = {"rate_limit": {"requests": 1000, "per": "1s"}} if warehouse == "peoplevox" else {}
@@ -49,10 +52,14 @@ def run_demo(*, warehouse: str = "shiphero", returns: int = 12, out: TextIO) -> 
         def say(text: str = "") -> None:
             print(text, file=out)
 
-        say(f"loopsync demo: sandbox Loop at {sb.loop_url}, sandbox {warehouse} at "
-            f"{sb.warehouse_url}")
-        say(f"seeded {len(seeded) + len(odd)} Loop returns "
-            f"({len(odd)} of them awkward on purpose)\n")
+        say(
+            f"loopsync demo: sandbox Loop at {sb.loop_url}, sandbox {warehouse} at "
+            f"{sb.warehouse_url}"
+        )
+        say(
+            f"seeded {len(seeded) + len(odd)} Loop returns "
+            f"({len(odd)} of them awkward on purpose)\n"
+        )
 
         first = sb.run_cycle(cfg)
         say("cycle 1 (returns reach the warehouse):")
@@ -60,25 +67,32 @@ def run_demo(*, warehouse: str = "shiphero", returns: int = 12, out: TextIO) -> 
         _print_waits(cfg, out)
 
         received = _warehouse_receives(sb, first)
-        say("\nthe warehouse receives goods: "
-            + ", ".join(f"{n} {s}" for s, n in Counter(received.values()).items()))
+        say(
+            "\nthe warehouse receives goods: "
+            + ", ".join(f"{n} {s}" for s, n in Counter(received.values()).items())
+        )
         second = sb.run_cycle(cfg)
         third = sb.run_cycle(cfg)  # nothing new: shows the cycle is idempotent
         say("\ncycle 2 (the warehouse finished some returns):")
         _print_events(second, out, {"processed", "flagged", "ignored", "reported", "settled"})
         c1, c2, c3 = first.counts, second.counts, third.counts
         say("\nsummary:")
-        say(f"  RMAs created {c1.pushed + c1.linked + c2.pushed + c2.linked}; "
+        say(
+            f"  RMAs created {c1.pushed + c1.linked + c2.pushed + c2.linked}; "
             f"processed {c2.processed}; flagged {c2.flagged}; ignored {c2.ignored}; "
-            f"reported {c2.reported}; errors {c1.errors + c2.errors + c3.errors}")
-        say(f"  cycle 3 changed nothing: pushed {c3.pushed}, processed {c3.processed}, "
-            f"flagged {c3.flagged}")
+            f"reported {c2.reported}; errors {c1.errors + c2.errors + c3.errors}"
+        )
+        say(
+            f"  cycle 3 changed nothing: pushed {c3.pushed}, processed {c3.processed}, "
+            f"flagged {c3.flagged}"
+        )
         duplicates = [rid for rid in received if sb.warehouse.rma_count(rid) != 1]
         actions = Counter(a for r in seeded + odd for a in sb.loop.actions_for(str(r["id"])))
-        twice = [str(r["id"]) for r in seeded + odd
-                 if len(sb.loop.actions_for(str(r["id"]))) > 1]
-        say(f"  Loop saw {dict(actions)}; returns with more than one action: {len(twice)}; "
-            f"returns with more than one RMA: {len(duplicates)}")
+        twice = [str(r["id"]) for r in seeded + odd if len(sb.loop.actions_for(str(r["id"]))) > 1]
+        say(
+            f"  Loop saw {dict(actions)}; returns with more than one action: {len(twice)}; "
+            f"returns with more than one RMA: {len(duplicates)}"
+        )
         ok = not duplicates and not twice and c3.pushed == c3.processed == c3.flagged == 0
         say("\nall good." if ok else "\nSOMETHING IS WRONG (see above).")
         return 0 if ok else 1
@@ -88,12 +102,10 @@ def _add_awkward_returns(sb: Sandbox) -> list[dict[str, Any]]:
     """One return for an unmapped destination and one whose order the warehouse lacks."""
     from loopsync.sandbox.seed import make_return
 
-    unmapped = make_return(rng=sb.rng, return_id=90000001, state="open",
-                           updated_at=sb.clock.now())
+    unmapped = make_return(rng=sb.rng, return_id=90000001, state="open", updated_at=sb.clock.now())
     unmapped["destination_id"] = 99
     sb.add_return(unmapped)
-    missing = make_return(rng=sb.rng, return_id=90000002, state="open",
-                          updated_at=sb.clock.now())
+    missing = make_return(rng=sb.rng, return_id=90000002, state="open", updated_at=sb.clock.now())
     sb.add_return(missing, with_order=False)
     return [unmapped, missing]
 
@@ -109,9 +121,15 @@ def _warehouse_receives(sb: Sandbox, result: CycleResult) -> dict[str, str]:
 
 
 def _print_events(result: CycleResult, out: TextIO, kinds: set[str]) -> None:
-    labels = {"rma_created": "RMA created", "rma_linked": "RMA found", "processed": "processed",
-              "flagged": "flagged", "ignored": "ignored", "reported": "left for a person",
-              "settled": "already settled"}
+    labels = {
+        "rma_created": "RMA created",
+        "rma_linked": "RMA found",
+        "processed": "processed",
+        "flagged": "flagged",
+        "ignored": "ignored",
+        "reported": "left for a person",
+        "settled": "already settled",
+    }
     for e in result.events:
         if e["event"] in kinds:
             detail = e.get("rma") or e.get("reason") or ""
@@ -124,8 +142,7 @@ def _print_waits(cfg: Any, out: TextIO) -> None:
 
     store = Store(cfg.state_path, SystemClock())
     try:
-        for rid in sorted(store.returns.ids_in_stage(Stage.SKIPPED, Stage.WAITING,
-                                                     Stage.REJECTED)):
+        for rid in sorted(store.returns.ids_in_stage(Stage.SKIPPED, Stage.WAITING, Stage.REJECTED)):
             row = store.returns.get(rid)
             if row is not None:
                 print(f"  {row.id:>10}  {row.stage:<18} {row.reason}", file=out)
@@ -141,9 +158,13 @@ def serve_sandbox(*, port: int, warehouse: str, returns: int, out: TextIO) -> in
     workdir = Path("sandbox-config")
     transport = "folder" if warehouse == "generic" else "http"
     # Port 0 lets the OS pick two free ports (the printed config names them).
-    sb = Sandbox(warehouse, loop_port=port, warehouse_port=port + 1 if port else 0,
-                 transport=transport,
-                 folder_root=workdir / "3pl")
+    sb = Sandbox(
+        warehouse,
+        loop_port=port,
+        warehouse_port=port + 1 if port else 0,
+        transport=transport,
+        folder_root=workdir / "3pl",
+    )
     stop = threading.Event()
     for s in (signal.SIGINT, signal.SIGTERM):
         signal.signal(s, lambda *_: stop.set())

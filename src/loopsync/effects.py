@@ -82,17 +82,20 @@ CLOCK_DOUBT_AFTER = 6 * PROCESS_SETTLE
 FOUND_RMAS = "engine.found"
 
 # A state-conflict wording naming a state the return left `open` for.
-_LEFT_OPEN = re.compile(r"\breturn is (?:already )?(?:closed|cancell?ed|expired|review|flagged|"
-                        r"processed)\b", re.IGNORECASE)
+_LEFT_OPEN = re.compile(
+    r"\breturn is (?:already )?(?:closed|cancell?ed|expired|review|flagged|"
+    r"processed)\b",
+    re.IGNORECASE,
+)
 
 
 class Verdict(StrEnum):
     """What a reconciliation concluded about an effect whose outcome was unknown (the
     words of `rules.settle_action`)."""
 
-    WAIT = rules.WAIT_READ      # cannot tell yet: look again next cycle
-    DONE = rules.DONE           # it happened: settle it
-    REPEAT = rules.REPEAT       # it certainly did not happen, or repeating is harmless
+    WAIT = rules.WAIT_READ  # cannot tell yet: look again next cycle
+    DONE = rules.DONE  # it happened: settle it
+    REPEAT = rules.REPEAT  # it certainly did not happen, or repeating is harmless
     REPORT = rules.REPORT_ACTION  # in doubt: a person decides
 
 
@@ -165,8 +168,7 @@ def call_under_ledger(ctx: CycleContext, kind: EffectType[R], effect: Effect) ->
     """Make one effect's remote call, bracketed by its ledger transitions (the table in
     the module docstring). The only place a remote side effect is called."""
     if ctx.dry_run:
-        ctx.result.planned.append(f"return {effect.return_id}: would "
-                                  f"{kind.describe(ctx, effect)}")
+        ctx.result.planned.append(f"return {effect.return_id}: would {kind.describe(ctx, effect)}")
         return kind.dry_run_result
     kind.begin(ctx, effect)
     try:
@@ -189,6 +191,7 @@ def call_under_ledger(ctx: CycleContext, kind: EffectType[R], effect: Effect) ->
 
 
 # -- effects on Loop (run by the act stage) ------------------------------------------------
+
 
 class LoopEffect(EffectType[bool]):
     """An effect on a Loop return. The call's result: True when the effect is finished
@@ -221,8 +224,9 @@ class LoopEffect(EffectType[bool]):
         ctx.problem(effect.return_id, "act", f"{effect.kind} failed: {exc.message}")
         return True
 
-    def settle(self, ctx: CycleContext, effect: Effect, status: EffectStatus,
-               message: str | None) -> None:
+    def settle(
+        self, ctx: CycleContext, effect: Effect, status: EffectStatus, message: str | None
+    ) -> None:
         """Record the outcome, and what it means for the return, in one transaction."""
         reason = message or effect.payload.get("reason")
         with ctx.store.atomic():
@@ -230,12 +234,14 @@ class LoopEffect(EffectType[bool]):
             self.settled(ctx, effect, status, reason)
         self.announce(ctx, effect, status, reason)
 
-    def settled(self, ctx: CycleContext, effect: Effect, status: EffectStatus,
-                reason: str | None) -> None:
+    def settled(
+        self, ctx: CycleContext, effect: Effect, status: EffectStatus, reason: str | None
+    ) -> None:
         """What an outcome changes besides the ledger (in its transaction): counts."""
 
-    def announce(self, ctx: CycleContext, effect: Effect, status: EffectStatus,
-                 reason: str | None) -> None:
+    def announce(
+        self, ctx: CycleContext, effect: Effect, status: EffectStatus, reason: str | None
+    ) -> None:
         """An event after the outcome committed (actions only)."""
 
 
@@ -282,8 +288,9 @@ class Note(LoopEffect):
             return True
         return super().on_refused(ctx, effect, exc)
 
-    def settled(self, ctx: CycleContext, effect: Effect, status: EffectStatus,
-                reason: str | None) -> None:
+    def settled(
+        self, ctx: CycleContext, effect: Effect, status: EffectStatus, reason: str | None
+    ) -> None:
         if status == EffectStatus.SUCCEEDED:
             ctx.counts.notes += 1
 
@@ -307,9 +314,14 @@ class Action(LoopEffect):
             return False  # let Loop finish first; no reads needed yet
         verdict = self.reconcile(ctx, replace(effect, updated_at=found_at))
         return apply_verdict(
-            ctx, self, effect, verdict, done="return is no longer open in Loop",
+            ctx,
+            self,
+            effect,
+            verdict,
+            done="return is no longer open in Loop",
             report=f"a run whose state is lost worked on this return and Loop does not "
-                   f"show for certain whether its {effect.kind} took effect")
+            f"show for certain whether its {effect.kind} took effect",
+        )
 
     def reconcile(self, ctx: CycleContext, effect: Effect) -> Verdict:
         """A process or flag whose answer was lost: done, wait, repeat or report.
@@ -330,8 +342,9 @@ class Action(LoopEffect):
             early = _clock_doubt(ctx, first, read)
             if early is not None:
                 return early
-        verdict = Verdict(rules.settle_action(effect.kind, first, read,
-                                              attempted_at=effect.updated_at))
+        verdict = Verdict(
+            rules.settle_action(effect.kind, first, read, attempted_at=effect.updated_at)
+        )
         if verdict == Verdict.WAIT and not ctx.dry_run:
             evidence.set(evidence_slot(effect), asdict(read))
         return verdict
@@ -349,8 +362,7 @@ class Action(LoopEffect):
         # processed", ...) is not a verdict: settle from the return's state.
         return self.settle_from_state(ctx, effect, exc)
 
-    def settle_from_state(self, ctx: CycleContext, effect: Effect,
-                          exc: PermanentError) -> bool:
+    def settle_from_state(self, ctx: CycleContext, effect: Effect, exc: PermanentError) -> bool:
         """An action refused in words loopsync does not know: the return's state says
         whether it is done; an `open` return is reported rather than guessed about."""
         try:
@@ -362,9 +374,13 @@ class Action(LoopEffect):
         if state != "open":
             self.settle(ctx, effect, EffectStatus.SETTLED, f"{exc.message} (return is {state})")
             return True
-        report_action(ctx, effect, f"Loop answered the {effect.kind} call with an error "
-                                   f"loopsync does not know ({exc.message}) and the "
-                                   "return is still open")
+        report_action(
+            ctx,
+            effect,
+            f"Loop answered the {effect.kind} call with an error "
+            f"loopsync does not know ({exc.message}) and the "
+            "return is still open",
+        )
         return True
 
     def result_of(self, status: EffectStatus) -> ReturnAction:
@@ -375,16 +391,18 @@ class Action(LoopEffect):
             return ReturnAction.FAILED
         return self.outcome
 
-    def settled(self, ctx: CycleContext, effect: Effect, status: EffectStatus,
-                reason: str | None) -> None:
+    def settled(
+        self, ctx: CycleContext, effect: Effect, status: EffectStatus, reason: str | None
+    ) -> None:
         outcome = self.result_of(status)
         if outcome != ReturnAction.FAILED:  # processed, flagged and settled are counts
             setattr(ctx.counts, outcome.value, getattr(ctx.counts, outcome.value) + 1)
         stage = Stage.REJECTED if status == EffectStatus.FAILED else Stage.DONE
         ctx.set_stage(effect.return_id, stage, reason, action=outcome)
 
-    def announce(self, ctx: CycleContext, effect: Effect, status: EffectStatus,
-                 reason: str | None) -> None:
+    def announce(
+        self, ctx: CycleContext, effect: Effect, status: EffectStatus, reason: str | None
+    ) -> None:
         ctx.event(self.result_of(status).value, effect.return_id, reason=reason)
 
 
@@ -410,8 +428,9 @@ class Disposition(LoopEffect):
     def describe(self, ctx: CycleContext, effect: Effect) -> str:
         return f"send {len(effect.payload.get('items', []))} item(s) to Loop {effect.kind}"
 
-    def settled(self, ctx: CycleContext, effect: Effect, status: EffectStatus,
-                reason: str | None) -> None:
+    def settled(
+        self, ctx: CycleContext, effect: Effect, status: EffectStatus, reason: str | None
+    ) -> None:
         if status == EffectStatus.SUCCEEDED:
             ctx.counts.graded += 1
 
@@ -439,8 +458,9 @@ class UnknownKind(Disposition):
     def perform(self, ctx: CycleContext, effect: Effect) -> None:
         raise PermanentError("loopsync", f"unknown effect kind {effect.kind!r}")
 
-    def settled(self, ctx: CycleContext, effect: Effect, status: EffectStatus,
-                reason: str | None) -> None:
+    def settled(
+        self, ctx: CycleContext, effect: Effect, status: EffectStatus, reason: str | None
+    ) -> None:
         """Counted nowhere."""
 
 
@@ -467,9 +487,14 @@ def run_effect(ctx: CycleContext, effect: Effect) -> bool:
     if effect.status == EffectStatus.INTENT:
         verdict = kind.reconcile(ctx, effect)
         early = apply_verdict(
-            ctx, kind, effect, verdict, done="already done in Loop",
+            ctx,
+            kind,
+            effect,
+            verdict,
+            done="already done in Loop",
             report=f"the {effect.kind} call's answer was lost and Loop does not show for "
-                   "certain whether it took effect")
+            "certain whether it took effect",
+        )
     else:
         early = kind.precheck(ctx, effect)
     if early is not None:
@@ -477,8 +502,9 @@ def run_effect(ctx: CycleContext, effect: Effect) -> bool:
     return call_under_ledger(ctx, kind, effect)
 
 
-def apply_verdict(ctx: CycleContext, kind: LoopEffect, effect: Effect, verdict: Verdict, *,
-                  done: str, report: str) -> bool | None:
+def apply_verdict(
+    ctx: CycleContext, kind: LoopEffect, effect: Effect, verdict: Verdict, *, done: str, report: str
+) -> bool | None:
     """Act on a reconciliation's verdict: False (wait for a later cycle), True (settled
     as done, or reported for a person), None (repeat: the caller performs the call)."""
     if verdict == Verdict.WAIT:
@@ -501,10 +527,12 @@ def report_action(ctx: CycleContext, effect: Effect, reason: str) -> None:
 
 def note_in_loop(ctx: CycleContext, effect: Effect) -> bool:
     """Does Loop already hold this note, or a loopsync note naming the same RMA?"""
-    notes = [_fold(n.get("content")) for n in ctx.loop.notes(effect.return_id)
-             if isinstance(n, dict)]
-    return rules.note_present(notes, _fold(effect.payload.get("text")),
-                              _fold(effect.payload.get("names")) or None)
+    notes = [
+        _fold(n.get("content")) for n in ctx.loop.notes(effect.return_id) if isinstance(n, dict)
+    ]
+    return rules.note_present(
+        notes, _fold(effect.payload.get("text")), _fold(effect.payload.get("names")) or None
+    )
 
 
 def action_read(ctx: CycleContext, rid: str) -> rules.ActionRead:
@@ -512,21 +540,27 @@ def action_read(ctx: CycleContext, rid: str) -> rules.ActionRead:
     details = ctx.loop.return_details(rid)
     notes = ctx.loop.notes(rid)
     loop_at = getattr(ctx.loop, "details_server_date", None)
-    return rules.ActionRead(state=str(details.get("state", "")).lower(),
-                            updated_at=str(details.get("updated_at") or ""),
-                            notes=len(notes), at=iso(ctx.now()) or "",  # never None
-                            loop_at=(iso(loop_at) or "") if isinstance(loop_at, datetime)
-                            else "")
+    return rules.ActionRead(
+        state=str(details.get("state", "")).lower(),
+        updated_at=str(details.get("updated_at") or ""),
+        notes=len(notes),
+        at=iso(ctx.now()) or "",  # never None
+        loop_at=(iso(loop_at) or "") if isinstance(loop_at, datetime) else "",
+    )
 
 
-def _clock_doubt(ctx: CycleContext, first: rules.ActionRead,
-                 read: rules.ActionRead) -> Verdict | None:
+def _clock_doubt(
+    ctx: CycleContext, first: rules.ActionRead, read: rules.ActionRead
+) -> Verdict | None:
     """Wait or report when the two settle reads are not yet PROCESS_SETTLE apart by our
     clock, or by Loop's; None when both clocks agree they are."""
     if ctx.too_soon(first.at, PROCESS_SETTLE):
         return Verdict.WAIT
-    if first.loop_at and read.loop_at and \
-            parse_timestamp(read.loop_at) - parse_timestamp(first.loop_at) < PROCESS_SETTLE:
+    if (
+        first.loop_at
+        and read.loop_at
+        and parse_timestamp(read.loop_at) - parse_timestamp(first.loop_at) < PROCESS_SETTLE
+    ):
         # Our clock says a settle delay passed, Loop's does not: ours jumped. Wait for
         # Loop's clock; if it never moves on (a `Date` that lies), ask a person.
         return Verdict.WAIT if ctx.too_soon(first.at, CLOCK_DOUBT_AFTER) else Verdict.REPORT
@@ -538,6 +572,7 @@ def _fold(text: Any) -> str:
 
 
 # -- the warehouse RMA (run by the push stage) ---------------------------------------------
+
 
 class CreateRma(EffectType[RmaRef | None]):
     """Create the RMA for one return. Its answer is the RMA, or None when there is none
@@ -555,8 +590,10 @@ class CreateRma(EffectType[RmaRef | None]):
         return ctx.connector.create_rma(self.req, self.located)
 
     def describe(self, ctx: CycleContext, effect: Effect) -> str:
-        return (f"create a {ctx.connector.kind} RMA (destination {self.req.destination}, "
-                f"{self.req.ret.expected_units} units)")
+        return (
+            f"create a {ctx.connector.kind} RMA (destination {self.req.destination}, "
+            f"{self.req.ret.expected_units} units)"
+        )
 
     def begin(self, ctx: CycleContext, effect: Effect) -> None:
         with ctx.store.atomic():
@@ -572,12 +609,10 @@ class CreateRma(EffectType[RmaRef | None]):
         assert isinstance(answer, RmaRef)
         return answer
 
-    def on_conflict(self, ctx: CycleContext, effect: Effect,
-                    exc: StateConflict) -> RmaRef | None:
+    def on_conflict(self, ctx: CycleContext, effect: Effect, exc: StateConflict) -> RmaRef | None:
         return self.on_refused(ctx, effect, exc)
 
-    def on_refused(self, ctx: CycleContext, effect: Effect,
-                   exc: PermanentError) -> RmaRef | None:
+    def on_refused(self, ctx: CycleContext, effect: Effect, exc: PermanentError) -> RmaRef | None:
         if not isinstance(exc, Rejected):
             # An error whose meaning is not certain (an error body, an unexpected status)
             # is an unknown outcome: the intent stays armed and the RMA is looked up first.
@@ -589,11 +624,13 @@ class CreateRma(EffectType[RmaRef | None]):
             found = ctx.connector.find_rma(self.req, self.located)
         except (RemoteError, NotReady) as lookup:
             ctx.store.ledger.error(effect.key, f"{exc}; look-up failed: {lookup}")
-            raise OutcomeUnknown(exc.system, f"create refused ({exc.message}) and the "
-                                             f"look-up failed: {lookup}") from None
+            raise OutcomeUnknown(
+                exc.system, f"create refused ({exc.message}) and the look-up failed: {lookup}"
+            ) from None
         if found is not None:
-            ctx.log.warning("push.refused_but_created", return_id=effect.return_id,
-                            error=exc.message)
+            ctx.log.warning(
+                "push.refused_but_created", return_id=effect.return_id, error=exc.message
+            )
             return found
         ctx.counts.rejected += 1
         with ctx.store.atomic():

@@ -1,47 +1,47 @@
 """Every error loopsync raises on purpose.
 
-    LoopsyncError
-    ├── ConfigError            bad YAML file: names the file, the key path and the problem
-    ├── UsageError             a command line the CLI cannot run (exit status 2)
-    ├── LockHeld               another process works this merchant (exit status 75)
-    ├── DryRunViolation        a write was attempted in a dry run (a bug, never expected)
-    ├── Unreadable             one remote record cannot be read (names the field): held, never
-    │                          guessed; also a ValueError, so `except ValueError` sites hold it
-    ├── StateError             the merchant's state file cannot be used (exit_code: sysexits)
-    │   ├── StateCorrupt       not a database, truncated, malformed, newer schema (65)
-    │   ├── StateUnwritable    its folder or file cannot be created or written (73)
-    │   └── StateIOError       disk full or an I/O error (74)
-    ├── TransitionRefused      a guarded state update found its row in another state (or
-    │                          missing): nothing was changed (a bug or a race, never expected)
-    ├── SocketFaultInProcess   a test scripted a fault only a socket can play (drip, cut
-    │                          body) for an emulator reached in process (loopsync.testing)
-    └── RemoteError            anything a remote system said or failed to say
-        ├── TransientError     worth retrying later: 5xx, timeouts, resets, throttling
-        │   ├── RateLimited    429 or a throttle body; carries retry_after seconds if known
-        │   ├── DeadlineExceeded  no whole answer within the client's deadline (next cycle)
-        │   ├── OutcomeUnknown a write was sent but its answer was lost; look up before repeating
-        │   ├── XoroBusy       Xoro's `Result: false` that does not blame the request: retried
-        │   └── PaginationStopped  a page walk ended before the remote's last page (cap, loop)
-        └── PermanentError     retrying the same request will not help
-            ├── AuthError      401/403 or a failed login
-            ├── NotFound       the remote has no such object
-            ├── ErrorBody      HTTP 200 whose body is an error (Loop, PeopleVox, Xoro do this)
-            │   ├── StateConflict  Loop refused an action because of the return's state
-            │   ├── PeopleVoxError  PeopleVox's `ResponseId -1`, with its Detail text
-            │   │   └── InvalidSession  the session expired: log in again, repeat once
-            │   └── XoroRefused  `Result: false` refusing the key or its scope (an AuthError too)
-            ├── Rejected       the remote refused this record (bad SKU, unknown order, ...)
-            │   └── Ambiguous  a match weaker than the Loop return id found several
-            │                  candidates: reported for a person, never guessed
-            ├── ForeignOrigin  a redirect or link to another origin; nothing was sent there
-            └── ResponseTooLarge  the answer passed the size cap (after decompression)
+LoopsyncError
+├── ConfigError            bad YAML file: names the file, the key path and the problem
+├── UsageError             a command line the CLI cannot run (exit status 2)
+├── LockHeld               another process works this merchant (exit status 75)
+├── DryRunViolation        a write was attempted in a dry run (a bug, never expected)
+├── Unreadable             one remote record cannot be read (names the field): held, never
+│                          guessed; also a ValueError, so `except ValueError` sites hold it
+├── StateError             the merchant's state file cannot be used (exit_code: sysexits)
+│   ├── StateCorrupt       not a database, truncated, malformed, newer schema (65)
+│   ├── StateUnwritable    its folder or file cannot be created or written (73)
+│   └── StateIOError       disk full or an I/O error (74)
+├── TransitionRefused      a guarded state update found its row in another state (or
+│                          missing): nothing was changed (a bug or a race, never expected)
+├── SocketFaultInProcess   a test scripted a fault only a socket can play (drip, cut
+│                          body) for an emulator reached in process (loopsync.testing)
+└── RemoteError            anything a remote system said or failed to say
+    ├── TransientError     worth retrying later: 5xx, timeouts, resets, throttling
+    │   ├── RateLimited    429 or a throttle body; carries retry_after seconds if known
+    │   ├── DeadlineExceeded  no whole answer within the client's deadline (next cycle)
+    │   ├── OutcomeUnknown a write was sent but its answer was lost; look up before repeating
+    │   ├── XoroBusy       Xoro's `Result: false` that does not blame the request: retried
+    │   └── PaginationStopped  a page walk ended before the remote's last page (cap, loop)
+    └── PermanentError     retrying the same request will not help
+        ├── AuthError      401/403 or a failed login
+        ├── NotFound       the remote has no such object
+        ├── ErrorBody      HTTP 200 whose body is an error (Loop, PeopleVox, Xoro do this)
+        │   ├── StateConflict  Loop refused an action because of the return's state
+        │   ├── PeopleVoxError  PeopleVox's `ResponseId -1`, with its Detail text
+        │   │   └── InvalidSession  the session expired: log in again, repeat once
+        │   └── XoroRefused  `Result: false` refusing the key or its scope (an AuthError too)
+        ├── Rejected       the remote refused this record (bad SKU, unknown order, ...)
+        │   └── Ambiguous  a match weaker than the Loop return id found several
+        │                  candidates: reported for a person, never guessed
+        ├── ForeignOrigin  a redirect or link to another origin; nothing was sent there
+        └── ResponseTooLarge  the answer passed the size cap (after decompression)
 
-    StopRequested (a BaseException, like KeyboardInterrupt, so no catch-all swallows it)
-                               shutdown was asked for while waiting: abandon the request
+StopRequested (a BaseException, like KeyboardInterrupt, so no catch-all swallows it)
+                           shutdown was asked for while waiting: abandon the request
 
-    Connector signals (plain Exceptions, caught by the engine by name):
-    NotReady                   the warehouse is not ready for this return yet: try later
-    PollStopped                shutdown in the middle of a long poll: read again next run
+Connector signals (plain Exceptions, caught by the engine by name):
+NotReady                   the warehouse is not ready for this return yet: try later
+PollStopped                shutdown in the middle of a long poll: read again next run
 """
 
 from __future__ import annotations
@@ -154,8 +154,9 @@ def _encodable(text: str) -> str:
 class RemoteError(LoopsyncError):
     """A remote system failed or refused. `system` names it (loop, shiphero, ...)."""
 
-    def __init__(self, system: str, message: str, *, status: int | None = None,
-                 code: str | None = None) -> None:
+    def __init__(
+        self, system: str, message: str, *, status: int | None = None, code: str | None = None
+    ) -> None:
         # Remote text (an error body, a fault string) may hold lone surrogates from a JSON
         # escape; a message that SQLite, a log file or a note cannot encode would turn
         # recording the error into a second, unexpected one.
@@ -179,8 +180,15 @@ class TransientError(RemoteError):
 class RateLimited(TransientError):
     """The remote asked us to slow down; `retry_after` is its hint in seconds, if any."""
 
-    def __init__(self, system: str, message: str, *, retry_after: float | None = None,
-                 status: int | None = 429, code: str | None = None) -> None:
+    def __init__(
+        self,
+        system: str,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        status: int | None = 429,
+        code: str | None = None,
+    ) -> None:
         self.retry_after = retry_after
         super().__init__(system, message, status=status, code=code)
 
@@ -203,8 +211,9 @@ class PaginationStopped(TransientError):
     without a cursor, the page cap (`reason`, a `paging.WalkEnd` value or Loop's older
     names). Worth another try later; meanwhile what depends on the whole listing waits."""
 
-    def __init__(self, reason: str, message: str, *, system: str = "loop",
-                 walk: object = None) -> None:
+    def __init__(
+        self, reason: str, message: str, *, system: str = "loop", walk: object = None
+    ) -> None:
         self.reason = reason
         self.walk = walk  # the paging.WalkResult, when a PageWalk ended it
         super().__init__(system, message, code=reason)
@@ -259,8 +268,9 @@ class ForeignOrigin(PermanentError):
     """A redirect or link pointed outside the configured origin(s); nothing (credentials,
     record) was sent there. `target` is the origin (scheme://host:port), never a path."""
 
-    def __init__(self, system: str, message: str, *, target: str | None = None,
-                 status: int | None = None) -> None:
+    def __init__(
+        self, system: str, message: str, *, target: str | None = None, status: int | None = None
+    ) -> None:
         self.target = target
         super().__init__(system, message, status=status)
 

@@ -59,9 +59,18 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from loopsync import telemetry
-from loopsync.errors import (AuthError, DeadlineExceeded, ForeignOrigin, NotFound, OutcomeUnknown,
-                             PermanentError, RateLimited, RemoteError, ResponseTooLarge,
-                             TransientError)
+from loopsync.errors import (
+    AuthError,
+    DeadlineExceeded,
+    ForeignOrigin,
+    NotFound,
+    OutcomeUnknown,
+    PermanentError,
+    RateLimited,
+    RemoteError,
+    ResponseTooLarge,
+    TransientError,
+)
 from loopsync.redaction import clip
 from loopsync.timeutil import Clock, SystemClock
 
@@ -73,9 +82,9 @@ DEFAULT_MAX_REDIRECTS = 3
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    attempts: int = 6           # total tries, first included
-    base: float = 0.5           # first backoff, seconds
-    cap: float = 30.0           # longest single backoff
+    attempts: int = 6  # total tries, first included
+    base: float = 0.5  # first backoff, seconds
+    cap: float = 30.0  # longest single backoff
     retry_after_cap: float = 120.0  # longest server-asked wait we accept; longer fails the call
 
 
@@ -150,8 +159,11 @@ class RateLimiter:
             self._expire(now)
             wanted: collections.Counter[float] = collections.Counter()
             for value in epochs:
-                if isinstance(value, bool) or not isinstance(value, int | float) or \
-                        not math.isfinite(value):
+                if (
+                    isinstance(value, bool)
+                    or not isinstance(value, int | float)
+                    or not math.isfinite(value)
+                ):
                     continue
                 epoch = min(round(float(value), 6), wall)
                 if wall - epoch < self.period:
@@ -186,16 +198,21 @@ def key_id(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def shared_limiter(system: str, key: str, limit: int, period: float,
-                   clock: Clock | None = None) -> RateLimiter:
+def shared_limiter(
+    system: str, key: str, limit: int, period: float, clock: Clock | None = None
+) -> RateLimiter:
     """One limiter per (system, credential) in this process, so merchants sharing a key
     share its budget, across runs too: every run's SystemClock is one timeline. A clock on
     another timeline (a test's FakeClock) gets a limiter of its own."""
     ident = (system, key_id(key))
     with _shared_lock:
         lim = _shared_limiters.get(ident)
-        if lim is None or lim.limit != limit or lim.period != period or \
-                (clock is not None and lim.clock.timeline is not clock.timeline):
+        if (
+            lim is None
+            or lim.limit != limit
+            or lim.period != period
+            or (clock is not None and lim.clock.timeline is not clock.timeline)
+        ):
             lim = _shared_limiters[ident] = RateLimiter(limit, period, clock)
             lim.ident = f"{system}:{ident[1][:24]}"
         return lim
@@ -237,8 +254,9 @@ class LimitHistory:
             try:
                 saved = kv.get(lim.ident)
             except Exception as exc:  # advisory: a bad row must not stop the run
-                log.warning("rate_limit.history_unreadable", limiter=lim.ident,
-                            error=type(exc).__name__)
+                log.warning(
+                    "rate_limit.history_unreadable", limiter=lim.ident, error=type(exc).__name__
+                )
                 continue
             if isinstance(saved, list):
                 added = lim.merge(saved)
@@ -262,8 +280,9 @@ class LimitHistory:
             try:
                 self.kv.set(lim.ident, lim.recent())
             except Exception as exc:  # a full disk must not turn into a crash here
-                log.warning("rate_limit.history_not_saved", limiter=lim.ident,
-                            error=type(exc).__name__)
+                log.warning(
+                    "rate_limit.history_not_saved", limiter=lim.ident, error=type(exc).__name__
+                )
         if self.limiters:
             self._last_save = self.limiters[0].clock.monotonic()
 
@@ -298,8 +317,9 @@ def find_limiters(*roots: Any, depth: int = 3) -> list[RateLimiter]:
                 continue
             attrs = getattr(obj, "__dict__", None)
             if isinstance(attrs, dict) and not isinstance(obj, type):
-                following.extend(v for v in attrs.values()
-                                 if hasattr(v, "__dict__") and not callable(v))
+                following.extend(
+                    v for v in attrs.values() if hasattr(v, "__dict__") and not callable(v)
+                )
         level = following
     return list(found.values())
 
@@ -337,30 +357,52 @@ class _WaitForHintOrBackoff(wait_base):
         return self.rng.uniform(ceiling / 2, ceiling)
 
 
-def retrying(policy: RetryPolicy, clock: Clock, *, retry_on: tuple[type[BaseException], ...] =
-             (TransientError,), rng: random.Random | None = None,
-             system: str = "") -> Retrying:
+def retrying(
+    policy: RetryPolicy,
+    clock: Clock,
+    *,
+    retry_on: tuple[type[BaseException], ...] = (TransientError,),
+    rng: random.Random | None = None,
+    system: str = "",
+) -> Retrying:
     """A tenacity Retrying for `policy`; sleeps through the injected clock."""
     rng = rng or random.Random()
 
     def before_sleep(state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
-        log.warning("http.retry", system=system, attempt=state.attempt_number,
-                    wait=round(state.next_action.sleep, 2) if state.next_action else None,
-                    error=str(exc))
+        log.warning(
+            "http.retry",
+            system=system,
+            attempt=state.attempt_number,
+            wait=round(state.next_action.sleep, 2) if state.next_action else None,
+            error=str(exc),
+        )
         if isinstance(exc, RateLimited) and state.next_action is not None:
-            telemetry.emit(telemetry.ThrottleWait(system, state.next_action.sleep,
-                                                  telemetry.WaitCause.SERVER,
-                                                  telemetry.current_merchant()))
+            telemetry.emit(
+                telemetry.ThrottleWait(
+                    system,
+                    state.next_action.sleep,
+                    telemetry.WaitCause.SERVER,
+                    telemetry.current_merchant(),
+                )
+            )
 
     def too_long(exc: BaseException) -> bool:
         # A server hint beyond our cap fails now rather than sleeping for hours.
-        return isinstance(exc, RateLimited) and exc.retry_after is not None and \
-            exc.retry_after > policy.retry_after_cap
+        return (
+            isinstance(exc, RateLimited)
+            and exc.retry_after is not None
+            and exc.retry_after > policy.retry_after_cap
+        )
 
     return Retrying(
-        retry=retry_if_exception(lambda exc: isinstance(exc, retry_on) and not too_long(exc)
-                                 and not isinstance(exc, DeadlineExceeded)),
+        retry=retry_if_exception(
+            lambda exc: (
+                isinstance(exc, retry_on)
+                and not too_long(exc)
+                and not isinstance(exc, DeadlineExceeded)
+            )
+        ),
         wait=_WaitForHintOrBackoff(policy, rng),
         stop=stop_after_attempt(policy.attempts),
         sleep=clock.sleep,
@@ -413,8 +455,12 @@ def origin_of(url: str) -> Origin:
     host = sent.host.lower().strip("[]").rstrip(".")
     std_host = (std.hostname or "").lower().rstrip(".")
     port = sent.port or _DEFAULT_PORTS[scheme]
-    if std.scheme.lower() != scheme or std_host != host or \
-            (std_port or _DEFAULT_PORTS[scheme]) != port or any(c in url for c in "\\\r\n\t "):
+    if (
+        std.scheme.lower() != scheme
+        or std_host != host
+        or (std_port or _DEFAULT_PORTS[scheme]) != port
+        or any(c in url for c in "\\\r\n\t ")
+    ):
         raise ValueError("ambiguous URL")
     return Origin(scheme, host, port)
 
@@ -438,6 +484,7 @@ def scrub(text: str) -> str:
 
 
 # -- the deadline watchdog ------------------------------------------------------------------
+
 
 class _Watch:
     """One request's deadline: the sockets it uses are shut down when it expires, which
@@ -506,8 +553,9 @@ class _Watchdog:
         with self._cond:
             heapq.heappush(self._heap, (w.due, next(self._seq), w))
             if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="loopsync-http-deadline",
-                                                daemon=True)
+                self._thread = threading.Thread(
+                    target=self._run, name="loopsync-http-deadline", daemon=True
+                )
                 self._thread.start()
             self._cond.notify()
         return w
@@ -590,20 +638,21 @@ class WatchedAdapter(HTTPAdapter):
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {"http": _WatchedHTTPPool,
-                                                   "https": _WatchedHTTPSPool}
+        self.poolmanager.pool_classes_by_scheme = {
+            "http": _WatchedHTTPPool,
+            "https": _WatchedHTTPSPool,
+        }
 
     def proxy_manager_for(self, *args: Any, **kwargs: Any) -> Any:
         manager = super().proxy_manager_for(*args, **kwargs)
         if hasattr(manager, "pool_classes_by_scheme"):
-            manager.pool_classes_by_scheme = {"http": _WatchedHTTPPool,
-                                              "https": _WatchedHTTPSPool}
+            manager.pool_classes_by_scheme = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
         return manager
 
 
 # -- bodies ---------------------------------------------------------------------------------
 
-READ_PIECE = 64 * 1024   # raw bytes read at a time
+READ_PIECE = 64 * 1024  # raw bytes read at a time
 INFLATE_PIECE = 256 * 1024  # largest piece one decompress call may produce
 
 
@@ -663,8 +712,11 @@ class _DeadlinePassed(Exception):
 def read_body(resp: requests.Response, max_body: int, watch: _Watch | None) -> bytes:
     """The body, decoded (Content-Encoding), read in small pieces; BodyTooLarge past
     `max_body` decoded (or raw) bytes, counted as they arrive."""
-    encodings = [e.strip().lower() for e in resp.headers.get("Content-Encoding", "").split(",")
-                 if e.strip() and e.strip().lower() != "identity"]
+    encodings = [
+        e.strip().lower()
+        for e in resp.headers.get("Content-Encoding", "").split(",")
+        if e.strip() and e.strip().lower() != "identity"
+    ]
     inflaters: list[_Inflater] = []
     for enc in reversed(encodings):  # applied in order listed: undo from the last
         if enc in ("gzip", "x-gzip", "deflate"):
@@ -777,8 +829,17 @@ def _bounded_int(digits: str) -> int:
 
 
 REDIRECTS = (301, 302, 303, 307, 308)
-SAFE_HEADERS = frozenset({"accept", "accept-encoding", "content-type", "user-agent",
-                          "connection", "content-length", "soapaction"})
+SAFE_HEADERS = frozenset(
+    {
+        "accept",
+        "accept-encoding",
+        "content-type",
+        "user-agent",
+        "connection",
+        "content-length",
+        "soapaction",
+    }
+)
 
 
 class HttpClient:
@@ -792,13 +853,23 @@ class HttpClient:
     connect timeout plus three read timeouts). `max_body`: bytes of decoded body accepted.
     """
 
-    def __init__(self, system: str, base_url: str, *, session: requests.Session | None = None,
-                 timeout: float | tuple[float, float] = (5.0, 30.0),
-                 limiter: RateLimiter | None = None, policy: RetryPolicy | None = None,
-                 clock: Clock | None = None, headers: Mapping[str, str] | None = None,
-                 rng: random.Random | None = None, origins: Iterable[str] = (),
-                 deadline: float | None = None, max_body: int = DEFAULT_MAX_BODY,
-                 max_redirects: int = DEFAULT_MAX_REDIRECTS) -> None:
+    def __init__(
+        self,
+        system: str,
+        base_url: str,
+        *,
+        session: requests.Session | None = None,
+        timeout: float | tuple[float, float] = (5.0, 30.0),
+        limiter: RateLimiter | None = None,
+        policy: RetryPolicy | None = None,
+        clock: Clock | None = None,
+        headers: Mapping[str, str] | None = None,
+        rng: random.Random | None = None,
+        origins: Iterable[str] = (),
+        deadline: float | None = None,
+        max_body: int = DEFAULT_MAX_BODY,
+        max_redirects: int = DEFAULT_MAX_REDIRECTS,
+    ) -> None:
         self.system = system
         self.base_url = base_url.rstrip("/")
         self.session = session or requests.Session()
@@ -825,8 +896,9 @@ class HttpClient:
             try:
                 allowed.add(origin_of(configured))
             except ValueError:  # every request fails with a typed error naming the problem
-                log.error("http.bad_configured_url", system=self.system,
-                          origin=safe_origin(configured))
+                log.error(
+                    "http.bad_configured_url", system=self.system, origin=safe_origin(configured)
+                )
         self.origins: frozenset[Origin] = frozenset(allowed)
         self.limiter = limiter
         self.policy = policy or RetryPolicy()
@@ -848,68 +920,125 @@ class HttpClient:
         try:
             origin = origin_of(url)
         except ValueError as exc:
-            raise ForeignOrigin(self.system, f"{what} {safe_origin(url)}: {exc}",
-                                target=None) from None
+            raise ForeignOrigin(
+                self.system, f"{what} {safe_origin(url)}: {exc}", target=None
+            ) from None
         if origin not in self.origins:
-            raise ForeignOrigin(self.system, f"{what} {origin}: not the configured origin "
-                                f"({', '.join(sorted(map(str, self.origins)))})",
-                                target=str(origin))
+            raise ForeignOrigin(
+                self.system,
+                f"{what} {origin}: not the configured origin "
+                f"({', '.join(sorted(map(str, self.origins)))})",
+                target=str(origin),
+            )
 
-    def request(self, method: str, path: str, *, params: Any = None, json_body: Any = None,
-                data: bytes | str | None = None, headers: Mapping[str, str] | None = None,
-                idempotent: bool | None = None,
-                check: Callable[[HttpResult], None] | None = None) -> HttpResult:
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Any = None,
+        json_body: Any = None,
+        data: bytes | str | None = None,
+        headers: Mapping[str, str] | None = None,
+        idempotent: bool | None = None,
+        check: Callable[[HttpResult], None] | None = None,
+    ) -> HttpResult:
         """Send with retries. `check` raises on an error body (it runs inside the retry)."""
         if idempotent is None:
             idempotent = method.upper() in ("GET", "HEAD", "PUT", "DELETE", "OPTIONS")
-        retry_on: tuple[type[BaseException], ...] = (TransientError,) if idempotent else \
-            (RateLimited,)
-        for attempt in retrying(self.policy, self.clock, retry_on=retry_on, rng=self.rng,
-                                system=self.system):
+        retry_on: tuple[type[BaseException], ...] = (
+            (TransientError,) if idempotent else (RateLimited,)
+        )
+        for attempt in retrying(
+            self.policy, self.clock, retry_on=retry_on, rng=self.rng, system=self.system
+        ):
             with attempt:
-                result = self._once(method, path, params=params, json_body=json_body, data=data,
-                                    headers=headers, idempotent=idempotent)
+                result = self._once(
+                    method,
+                    path,
+                    params=params,
+                    json_body=json_body,
+                    data=data,
+                    headers=headers,
+                    idempotent=idempotent,
+                )
                 if check is not None:
                     check(result)
                 return result
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _once(self, method: str, path: str, *, params: Any, json_body: Any,
-              data: bytes | str | None, headers: Mapping[str, str] | None,
-              idempotent: bool) -> HttpResult:
+    def _once(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Any,
+        json_body: Any,
+        data: bytes | str | None,
+        headers: Mapping[str, str] | None,
+        idempotent: bool,
+    ) -> HttpResult:
         url = self.url(path)
         for hop in range(self.max_redirects + 1):
-            result = self._send(method, url, params=params, json_body=json_body, data=data,
-                                headers=headers, idempotent=idempotent)
+            result = self._send(
+                method,
+                url,
+                params=params,
+                json_body=json_body,
+                data=data,
+                headers=headers,
+                idempotent=idempotent,
+            )
             if result.status not in REDIRECTS:
                 break
             location = result.headers.get("Location")
             if not location:
-                raise PermanentError(self.system, f"HTTP {result.status} without a Location",
-                                     status=result.status)
+                raise PermanentError(
+                    self.system, f"HTTP {result.status} without a Location", status=result.status
+                )
             target = urljoin(url, location.strip())
             # Nothing goes to another origin: not the credentials, not the record.
             self._check_origin(target, f"HTTP {result.status} redirect to")
             if hop == self.max_redirects:
-                raise PermanentError(self.system, f"more than {self.max_redirects} redirects "
-                                     f"(last to {safe_origin(target)})", status=result.status)
-            log.info("http.redirect", system=self.system, status=result.status,
-                     origin=safe_origin(target))
+                raise PermanentError(
+                    self.system,
+                    f"more than {self.max_redirects} redirects (last to {safe_origin(target)})",
+                    status=result.status,
+                )
+            log.info(
+                "http.redirect",
+                system=self.system,
+                status=result.status,
+                origin=safe_origin(target),
+            )
             if result.status == 303 and method.upper() != "HEAD":
                 method, json_body, data = "GET", None, None
             url, params = target, None  # the Location carries its own query
         self.raise_for_status(result, idempotent=idempotent)
         return result
 
-    def _send(self, method: str, url: str, *, params: Any, json_body: Any,
-              data: bytes | str | None, headers: Mapping[str, str] | None,
-              idempotent: bool) -> HttpResult:
+    def _send(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: Any,
+        json_body: Any,
+        data: bytes | str | None,
+        headers: Mapping[str, str] | None,
+        idempotent: bool,
+    ) -> HttpResult:
         if self.limiter is not None:
             waited = self.limiter.acquire(self.clock.sleep)
             if waited > 0:
-                telemetry.emit(telemetry.ThrottleWait(self.system, waited,
-                                                      telemetry.WaitCause.LIMITER,
-                                                      telemetry.current_merchant()))
+                telemetry.emit(
+                    telemetry.ThrottleWait(
+                        self.system,
+                        waited,
+                        telemetry.WaitCause.LIMITER,
+                        telemetry.current_merchant(),
+                    )
+                )
         self.requests_sent += 1
         began = self.clock.monotonic()
         sent_headers = {"Accept-Encoding": "gzip, deflate", **(headers or {})}
@@ -917,10 +1046,18 @@ class HttpClient:
         _current.watch = watch
         resp: requests.Response | None = None
         try:
-            resp = self.session.request(method, url, params=params, json=json_body, data=data,
-                                        headers=sent_headers, timeout=self.timeout,
-                                        allow_redirects=False, stream=True,
-                                        proxies=_proxies_for(url))
+            resp = self.session.request(
+                method,
+                url,
+                params=params,
+                json=json_body,
+                data=data,
+                headers=sent_headers,
+                timeout=self.timeout,
+                allow_redirects=False,
+                stream=True,
+                proxies=_proxies_for(url),
+            )
             length = resp.headers.get("Content-Length", "").strip()
             if length.isascii() and length.isdigit() and int(length) > self.max_body:
                 raise BodyTooLarge(int(length))
@@ -930,21 +1067,29 @@ class HttpClient:
         except RemoteError:
             raise
         except Exception as exc:
-            raise self._transport_error(exc, watch, idempotent=idempotent,
-                                        answered=resp is not None) from None
+            raise self._transport_error(
+                exc, watch, idempotent=idempotent, answered=resp is not None
+            ) from None
         finally:
             _current.watch = None
             watch.finish()
             if resp is not None:
                 resp.close()
-            telemetry.emit(telemetry.RequestDone(
-                self.system, resp.status_code if resp is not None else None,
-                self.clock.monotonic() - began, telemetry.current_merchant()))
+            telemetry.emit(
+                telemetry.RequestDone(
+                    self.system,
+                    resp.status_code if resp is not None else None,
+                    self.clock.monotonic() - began,
+                    telemetry.current_merchant(),
+                )
+            )
 
-    def _transport_error(self, exc: Exception, watch: _Watch, *, idempotent: bool,
-                         answered: bool) -> RemoteError:
+    def _transport_error(
+        self, exc: Exception, watch: _Watch, *, idempotent: bool, answered: bool
+    ) -> RemoteError:
         """Every fault below HTTP as a typed error. The server may have acted on a write
         once a connection was made, so a write then is OutcomeUnknown, never retried."""
+
         def after_sending(message: str) -> RemoteError:
             if idempotent:
                 return TransientError(self.system, message)
@@ -968,9 +1113,14 @@ class HttpClient:
         if isinstance(exc, requests.Timeout | requests.ConnectionError):
             return after_sending(f"connection error: {detail}")
         if isinstance(exc, requests.RequestException) and not isinstance(
-                exc, requests.exceptions.InvalidURL | requests.exceptions.InvalidSchema |
-                requests.exceptions.MissingSchema | requests.exceptions.InvalidHeader |
-                requests.exceptions.URLRequired | requests.exceptions.InvalidJSONError):
+            exc,
+            requests.exceptions.InvalidURL
+            | requests.exceptions.InvalidSchema
+            | requests.exceptions.MissingSchema
+            | requests.exceptions.InvalidHeader
+            | requests.exceptions.URLRequired
+            | requests.exceptions.InvalidJSONError,
+        ):
             return after_sending(f"transport error: {detail}")  # decoding, chunking, ...
         if answered:  # the answer was unreadable: bad gzip, cut chunk, unknown encoding
             return after_sending(f"unreadable answer: {detail}")
@@ -986,8 +1136,9 @@ class HttpClient:
     def _scrub(self, text: str) -> str:
         """Query strings, user info and this client's credential values out of a message."""
         text = scrub(text)
-        values: list[str] = [str(v) for k, v in self.session.headers.items()
-                             if str(k).lower() not in SAFE_HEADERS]
+        values: list[str] = [
+            str(v) for k, v in self.session.headers.items() if str(k).lower() not in SAFE_HEADERS
+        ]
         auth = getattr(self.session, "auth", None)
         if isinstance(auth, tuple):
             values += [str(v) for v in auth]
@@ -1005,9 +1156,11 @@ class HttpClient:
         # a body may echo the request: no query string or credential of ours in the message
         message = self._scrub(error_text(result.data) or _short(result.text) or f"HTTP {status}")
         if status == 429:
-            raise RateLimited(self.system, message,
-                              retry_after=parse_retry_after(result.headers.get("Retry-After"),
-                                                            self.clock.now()))
+            raise RateLimited(
+                self.system,
+                message,
+                retry_after=parse_retry_after(result.headers.get("Retry-After"), self.clock.now()),
+            )
         if status >= 500 or status == 408:
             if idempotent:
                 raise TransientError(self.system, message, status=status)
@@ -1035,8 +1188,14 @@ def _never_sent(exc: requests.ConnectionError) -> bool:
         seen.add(id(err))
         if isinstance(err, NewConnectionError | ConnectTimeoutError | NameResolutionError):
             return True
-        stack.extend([getattr(err, "reason", None), err.__cause__, err.__context__,
-                      *[a for a in getattr(err, "args", ()) if isinstance(a, BaseException)]])
+        stack.extend(
+            [
+                getattr(err, "reason", None),
+                err.__cause__,
+                err.__context__,
+                *[a for a in getattr(err, "args", ()) if isinstance(a, BaseException)],
+            ]
+        )
     return False
 
 

@@ -29,9 +29,11 @@ def redact_secrets(_logger: Any, _method: str, event_dict: dict[str, Any]) -> di
 def _redacting(renderer: Any) -> Any:
     """The rendered line redacted once more: values the processor could not see inside
     (an exception object, a repr) are rendered to text only here."""
+
     def render(logger: Any, method: str, event_dict: dict[str, Any]) -> Any:
         line = renderer(logger, method, event_dict)
         return redaction.redact(line) if isinstance(line, str) else line
+
     return render
 
 
@@ -58,14 +60,18 @@ def _route_stdlib_logging(stream: TextIO) -> None:
     _stdlib_handler = handler
 
 
-def configure(*, json_output: bool | None = None, level: str = "info",
-              stream: TextIO | None = None) -> None:
+def configure(
+    *, json_output: bool | None = None, level: str = "info", stream: TextIO | None = None
+) -> None:
     stream = stream or sys.stderr
     _route_stdlib_logging(stream)
     if json_output is None:
         json_output = not stream.isatty()
-    renderer: Any = (structlog.processors.JSONRenderer() if json_output
-                     else structlog.dev.ConsoleRenderer(colors=False))
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if json_output
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -76,7 +82,8 @@ def configure(*, json_output: bool | None = None, level: str = "info",
             _redacting(renderer),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping().get(level.upper(), logging.INFO)),
+            logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
+        ),
         logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )

@@ -73,7 +73,8 @@ __all__ = ["DISPOSITION_BATCH", "LOOP_STATES", "MAX_WINDOW", "PaginationStopped"
 # processed." (the cancel variant arrives as {"content": ...} without a code).
 _STATE_CONFLICT_TEXT = re.compile(
     r"\breturn is (?:open|closed|cancell?ed|expired|review|flagged|processed)\b.*\bcannot be\b",
-    re.IGNORECASE | re.DOTALL)
+    re.IGNORECASE | re.DOTALL,
+)
 
 RETURN_LIST_PATH = "/warehouse/return/list"
 RETURN_DETAILS_PATH = "/warehouse/return/details"
@@ -102,6 +103,7 @@ class ReturnsPage:
 
 # -- pure helpers ---------------------------------------------------------------------
 
+
 def check_window(start: datetime, end: datetime) -> None:
     """Refuse what Loop would refuse (or we would misread): naive times, end < start,
     spans over 120 days (exactly 120 days is allowed)."""
@@ -110,8 +112,9 @@ def check_window(start: datetime, end: datetime) -> None:
     if end < start:
         raise ValueError(f"window ends before it starts: {start.isoformat()} > {end.isoformat()}")
     if end - start > MAX_WINDOW:
-        raise ValueError(f"window longer than {MAX_WINDOW.days} days: "
-                         f"{start.isoformat()} .. {end.isoformat()}")
+        raise ValueError(
+            f"window longer than {MAX_WINDOW.days} days: {start.isoformat()} .. {end.isoformat()}"
+        )
 
 
 def extract_cursor(next_page_url: str) -> str | None:
@@ -190,13 +193,14 @@ def read_error(body: Any, what: str, status: int = 200) -> ErrorBody:
         code = error_code(body)
     except (RecursionError, ValueError):  # nested too deep, or an int too long to print
         message, code = f"unexpected {what} body (too deeply nested to show)", None
-    return ErrorBody(SYSTEM, printable(message, 1000), status=status,
-                     code=printable(code, 100) if code else None)
+    return ErrorBody(
+        SYSTEM, printable(message, 1000), status=status, code=printable(code, 100) if code else None
+    )
 
 
 def batched(items: Sequence[T], size: int) -> Iterator[list[T]]:
     for i in range(0, len(items), size):
-        yield list(items[i:i + size])
+        yield list(items[i : i + size])
 
 
 def _snippet(value: Any, limit: int = 120) -> str:
@@ -213,15 +217,17 @@ def _return_path(return_id: str | int, action: str) -> str:
 def _require_json(result: HttpResult) -> None:
     """A read whose 200 body is not JSON came from something in between: retry it."""
     if not result.is_json:
-        raise TransientError(SYSTEM, f"expected JSON, got {_snippet(result.text)}",
-                             status=result.status)
+        raise TransientError(
+            SYSTEM, f"expected JSON, got {_snippet(result.text)}", status=result.status
+        )
 
 
 def _check_write(result: HttpResult) -> None:
     """A write whose 200 body is not JSON may or may not have happened."""
     if not result.is_json:
-        raise OutcomeUnknown(SYSTEM, f"expected JSON, got {_snippet(result.text)}",
-                             status=result.status)
+        raise OutcomeUnknown(
+            SYSTEM, f"expected JSON, got {_snippet(result.text)}", status=result.status
+        )
 
 
 def _check_action(result: HttpResult) -> None:
@@ -243,24 +249,38 @@ def server_date(headers: Any) -> datetime | None:
 
 
 # Loop's names for how a walk ended early (kept: logs and stored problems use them).
-_LOOP_REASONS = {WalkEnd.REPEATED: "repeated_cursor",
-                 WalkEnd.NO_CURSOR: "next_page_url_without_cursor",
-                 WalkEnd.CAPPED: "page_cap", WalkEnd.STOPPED: "stopped"}
+_LOOP_REASONS = {
+    WalkEnd.REPEATED: "repeated_cursor",
+    WalkEnd.NO_CURSOR: "next_page_url_without_cursor",
+    WalkEnd.CAPPED: "page_cap",
+    WalkEnd.STOPPED: "stopped",
+}
 
 
 # -- the client -----------------------------------------------------------------------
+
 
 class LoopClient:
     """One merchant's Loop API key. Reads retry; writes are sent once unless they
     certainly did not happen (see `loopsync.http`)."""
 
-    def __init__(self, base_url: str, api_key: str, *, clock: Clock,
-                 policy: RetryPolicy | None = None, requests_per_minute: int = 280,
-                 page_size: int = 250, timeout: float | tuple[float, float] = (5.0, 30.0),
-                 session: requests.Session | None = None, dry_run: bool = False,
-                 max_pages: int = DEFAULT_MAX_PAGES,
-                 stop: threading.Event | None = None, deadline: float | None = None,
-                 max_body: int = DEFAULT_MAX_BODY) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        clock: Clock,
+        policy: RetryPolicy | None = None,
+        requests_per_minute: int = 280,
+        page_size: int = 250,
+        timeout: float | tuple[float, float] = (5.0, 30.0),
+        session: requests.Session | None = None,
+        dry_run: bool = False,
+        max_pages: int = DEFAULT_MAX_PAGES,
+        stop: threading.Event | None = None,
+        deadline: float | None = None,
+        max_body: int = DEFAULT_MAX_BODY,
+    ) -> None:
         if not 1 <= page_size <= MAX_PAGE_SIZE:
             raise ValueError(f"page_size must be 1..{MAX_PAGE_SIZE}: {page_size}")
         if max_pages < 1:
@@ -273,16 +293,30 @@ class LoopClient:
         self.dry_run = dry_run
         # Shared per key: merchants using one key share Loop's 300/min budget.
         limiter = shared_limiter(SYSTEM, api_key, requests_per_minute, 60, clock)
-        self.http = HttpClient(SYSTEM, base_url, session=session, timeout=timeout,
-                               deadline=deadline, max_body=max_body,
-                               limiter=limiter, policy=policy, clock=clock,
-                               headers={"X-Authorization": api_key})
+        self.http = HttpClient(
+            SYSTEM,
+            base_url,
+            session=session,
+            timeout=timeout,
+            deadline=deadline,
+            max_body=max_body,
+            limiter=limiter,
+            policy=policy,
+            clock=clock,
+            headers={"X-Authorization": api_key},
+        )
 
     # -- reads --------------------------------------------------------------------------
 
-    def iter_returns(self, start: datetime, end: datetime, state: str, *,
-                     cursor: str | None = None,
-                     filter: str = "updated_at") -> Iterator[ReturnsPage]:
+    def iter_returns(
+        self,
+        start: datetime,
+        end: datetime,
+        state: str,
+        *,
+        cursor: str | None = None,
+        filter: str = "updated_at",
+    ) -> Iterator[ReturnsPage]:
         """Walk one window of one state, page by page, both bounds inclusive.
 
         `cursor` resumes a walk (a `next_cursor` saved from an earlier page). Raises
@@ -293,40 +327,71 @@ class LoopClient:
             raise ValueError(f"unknown Loop state {state!r}; one of {', '.join(LOOP_STATES)}")
         if filter not in LIST_FILTERS:
             raise ValueError(f"unknown list filter {filter!r}; one of {', '.join(LIST_FILTERS)}")
-        params = {"from": loop_wire(start), "to": loop_wire(end), "filter": filter,
-                  "state": state, "paginate": "true", "pageSize": str(self.page_size)}
-        walk_info = {"state": state, "filter": filter, "window_from": params["from"],
-                     "window_to": params["to"]}
+        params = {
+            "from": loop_wire(start),
+            "to": loop_wire(end),
+            "filter": filter,
+            "state": state,
+            "paginate": "true",
+            "pageSize": str(self.page_size),
+        }
+        walk_info = {
+            "state": state,
+            "filter": filter,
+            "window_from": params["from"],
+            "window_to": params["to"],
+        }
 
         def fetch(token: Any) -> Step[tuple[list[dict[str, Any]], datetime | None]]:
             query = params if token is None else {**params, "cursor": token}
-            result = self.http.request("GET", RETURN_LIST_PATH, params=query,
-                                       check=_require_json)
+            result = self.http.request("GET", RETURN_LIST_PATH, params=query, check=_require_json)
             returns, next_url = parse_returns_body(result.data, status=result.status)
             if next_url is not None and extract_cursor(next_url) is None:
                 log.warning("loop.next_link_without_cursor", next_page_url=next_url, **walk_info)
-            return Step((returns, server_date(result.headers)), more=next_url is not None,
-                        token=extract_cursor(next_url) if next_url else None)
+            return Step(
+                (returns, server_date(result.headers)),
+                more=next_url is not None,
+                token=extract_cursor(next_url) if next_url else None,
+            )
 
-        pages = PageWalk(fetch, name=f"loop.returns.{state}", first=cursor,
-                         max_pages=self.max_pages, stop=self.stop, **walk_info)
+        pages = PageWalk(
+            fetch,
+            name=f"loop.returns.{state}",
+            first=cursor,
+            max_pages=self.max_pages,
+            stop=self.stop,
+            **walk_info,
+        )
         for page in pages:
             returns, date = page.items
-            yield ReturnsPage(returns, page.next_token,  # type: ignore[arg-type]
-                              page.token, date)  # type: ignore[arg-type]
+            yield ReturnsPage(
+                returns,
+                page.next_token,  # type: ignore[arg-type]
+                page.token,
+                date,
+            )  # type: ignore[arg-type]
         if pages.result is not None and not pages.result.complete:
             reason = _LOOP_REASONS[pages.result.outcome]
-            log.warning("loop.pagination_guard", reason=reason, pages=pages.result.pages,
-                        **walk_info)
-            raise PaginationStopped(reason, f"pagination stopped early ({reason}) for state "
-                                            f"{state} {params['from']}..{params['to']}; "
-                                            "the window is incomplete", walk=pages.result)
+            log.warning(
+                "loop.pagination_guard", reason=reason, pages=pages.result.pages, **walk_info
+            )
+            raise PaginationStopped(
+                reason,
+                f"pagination stopped early ({reason}) for state "
+                f"{state} {params['from']}..{params['to']}; "
+                "the window is incomplete",
+                walk=pages.result,
+            )
 
     def asn_report(self, start: datetime, end: datetime) -> list[dict[str, Any]]:
         """ASN rows (one per returned line item) for the window; not paginated."""
         check_window(start, end)  # the 120-day cap is UNCONFIRMED for ASN; stay inside it
-        result = self.http.request("GET", ASN_PATH, check=_require_json,
-                                   params={"from": loop_wire(start), "to": loop_wire(end)})
+        result = self.http.request(
+            "GET",
+            ASN_PATH,
+            check=_require_json,
+            params={"from": loop_wire(start), "to": loop_wire(end)},
+        )
         self.last_server_date = server_date(result.headers)
         body = result.data
         if not isinstance(body, list):
@@ -334,8 +399,9 @@ class LoopClient:
         return body
 
     def return_details(self, return_id: str | int) -> dict[str, Any]:
-        result = self.http.request("GET", RETURN_DETAILS_PATH, check=_require_json,
-                                   params={"return_id": str(return_id)})
+        result = self.http.request(
+            "GET", RETURN_DETAILS_PATH, check=_require_json, params={"return_id": str(return_id)}
+        )
         # Loop's clock at this read: settle delays are checked against it too (ours may jump).
         self.details_server_date = server_date(result.headers)
         body = result.data
@@ -381,10 +447,13 @@ class LoopClient:
         if not content.strip():
             raise ValueError("a Loop note needs content")
         self._refuse_in_dry_run("note", return_id)
-        self.http.request("POST", _return_path(return_id, "note"),
-                          json_body={"content": truncate_note(redact(content))},
-                          idempotent=False,
-                          check=_check_action)
+        self.http.request(
+            "POST",
+            _return_path(return_id, "note"),
+            json_body={"content": truncate_note(redact(content))},
+            idempotent=False,
+            check=_check_action,
+        )
 
     def grade(self, items: list[dict[str, Any]]) -> list[Any]:
         """Grade line items in batches of 20. If a batch fails, the earlier ones stand."""
@@ -394,12 +463,17 @@ class LoopClient:
         """Set dispositions in batches of 20. If a batch fails, the earlier ones stand."""
         return self._disposition(ASSESS_PATH, items)
 
-    def _action(self, return_id: str | int, action: str,
-                body: dict[str, Any] | None = None) -> None:
+    def _action(
+        self, return_id: str | int, action: str, body: dict[str, Any] | None = None
+    ) -> None:
         self._refuse_in_dry_run(action, return_id)
-        self.http.request("POST", _return_path(return_id, action),
-                          json_body=None if body is None else redact_obj(body),
-                          idempotent=False, check=_check_action)
+        self.http.request(
+            "POST",
+            _return_path(return_id, action),
+            json_body=None if body is None else redact_obj(body),
+            idempotent=False,
+            check=_check_action,
+        )
         log.info("loop.action", action=action, return_id=str(return_id))
 
     def _disposition(self, path: str, items: list[dict[str, Any]]) -> list[Any]:
@@ -407,8 +481,13 @@ class LoopClient:
         accepted: list[Any] = []
         for batch in batched(items, DISPOSITION_BATCH):
             # warehouse words may ride in the items: none of them is a secret for Loop
-            result = self.http.request("POST", path, json_body={"items": redact_obj(batch)},
-                                       idempotent=False, check=_check_write)
+            result = self.http.request(
+                "POST",
+                path,
+                json_body={"items": redact_obj(batch)},
+                idempotent=False,
+                check=_check_write,
+            )
             if not isinstance(result.data, list):
                 raise read_error(result.data, path.rsplit("/", 1)[-1], result.status)
             accepted.extend(result.data)

@@ -30,13 +30,25 @@ LIST_FILTERS: tuple[str, ...] = ("created_at", "updated_at")
 # The list answers 422 for a window longer than this (exactly 120 days is allowed); the
 # ASN report's cap is UNCONFIRMED, so it stays inside the same one.
 MAX_WINDOW = timedelta(days=120)
-MAX_PAGE_SIZE = 750        # current docs; older snapshots said 500/700
-NOTE_MAX_CHARS = 254       # note content "must be less than 255 characters"
-DISPOSITION_BATCH = 20     # items per grade/assess call: the grading guide says 20 (OpenAPI 30)
+MAX_PAGE_SIZE = 750  # current docs; older snapshots said 500/700
+NOTE_MAX_CHARS = 254  # note content "must be less than 255 characters"
+DISPOSITION_BATCH = 20  # items per grade/assess call: the grading guide says 20 (OpenAPI 30)
 # Grading vocabulary (`condition_category`, `disposition_outcome`).
-LOOP_GRADES: tuple[str, ...] = ("grade_a", "grade_b", "grade_c", "grade_d", "incorrect_item",
-                                "missing", "junk")
-LOOP_DISPOSITIONS: tuple[str, ...] = ("back_to_stock", "resale_hold", "recycle", "donate",
-                                      "missing")
+LOOP_GRADES: tuple[str, ...] = (
+    "grade_a",
+    "grade_b",
+    "grade_c",
+    "grade_d",
+    "incorrect_item",
+    "missing",
+    "junk",
+)
+LOOP_DISPOSITIONS: tuple[str, ...] = (
+    "back_to_stock",
+    "resale_hold",
+    "recycle",
+    "donate",
+    "missing",
+)
 # Error codes of an action refused because of the return's state (HTTP 200 with an error).
 STATE_CONFLICT_CODES = frozenset({"UNPROCESSABLE_RETURN", "UNPROCESSABLE_FLAGGED_RETURN"})

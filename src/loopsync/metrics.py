@@ -55,14 +55,24 @@ class StateFigures:
 Figures = Callable[[], Iterable[StateFigures]]
 
 # Every metric name this module exports (the alert-rule test checks against it).
-NAMES = frozenset({
-    "loopsync_up", "loopsync_scheduler_heartbeat_timestamp_seconds",
-    "loopsync_last_success_timestamp_seconds", "loopsync_cycle_duration_seconds",
-    "loopsync_cycles_total", "loopsync_stage_errors_total", "loopsync_returns",
-    "loopsync_effects", "loopsync_merchant_verdict", "loopsync_schedule_interval_seconds",
-    "loopsync_http_requests_total", "loopsync_http_throttled_total",
-    "loopsync_throttle_waits_total", "loopsync_rate_limit_wait_seconds_total",
-})
+NAMES = frozenset(
+    {
+        "loopsync_up",
+        "loopsync_scheduler_heartbeat_timestamp_seconds",
+        "loopsync_last_success_timestamp_seconds",
+        "loopsync_cycle_duration_seconds",
+        "loopsync_cycles_total",
+        "loopsync_stage_errors_total",
+        "loopsync_returns",
+        "loopsync_effects",
+        "loopsync_merchant_verdict",
+        "loopsync_schedule_interval_seconds",
+        "loopsync_http_requests_total",
+        "loopsync_http_throttled_total",
+        "loopsync_throttle_waits_total",
+        "loopsync_rate_limit_wait_seconds_total",
+    }
+)
 
 
 SERIES_SUFFIXES = ("_bucket", "_sum", "_count", "_created")
@@ -81,29 +91,49 @@ def _status_label(status: int | None) -> str:
 class _StateCollector(Collector):
     """Figures read at scrape time (one read-only look at each state file)."""
 
-    def __init__(self, figures: Figures, kinds: frozenset[str], statuses: frozenset[str],
-                 stages: frozenset[str]) -> None:
+    def __init__(
+        self,
+        figures: Figures,
+        kinds: frozenset[str],
+        statuses: frozenset[str],
+        stages: frozenset[str],
+    ) -> None:
         self.figures = figures
         self.kinds, self.statuses, self.stages = kinds, statuses, stages
 
     def collect(self) -> Iterator[Metric]:
-        returns = GaugeMetricFamily("loopsync_returns", "Returns in the state file by stage "
-                                    "(the backlog)", labels=["merchant", "stage"])
-        effects = GaugeMetricFamily("loopsync_effects", "Ledger effects by kind and status",
-                                    labels=["merchant", "kind", "status"])
-        verdict = GaugeMetricFamily("loopsync_merchant_verdict", "1 for the merchant's "
-                                    "current verdict", labels=["merchant", "verdict"])
-        interval = GaugeMetricFamily("loopsync_schedule_interval_seconds",
-                                     "The merchant's schedule.every", labels=["merchant"])
-        success = GaugeMetricFamily("loopsync_last_success_timestamp_seconds",
-                                    "End of the last cycle without errors (Unix time)",
-                                    labels=["merchant"])
+        returns = GaugeMetricFamily(
+            "loopsync_returns",
+            "Returns in the state file by stage (the backlog)",
+            labels=["merchant", "stage"],
+        )
+        effects = GaugeMetricFamily(
+            "loopsync_effects",
+            "Ledger effects by kind and status",
+            labels=["merchant", "kind", "status"],
+        )
+        verdict = GaugeMetricFamily(
+            "loopsync_merchant_verdict",
+            "1 for the merchant's current verdict",
+            labels=["merchant", "verdict"],
+        )
+        interval = GaugeMetricFamily(
+            "loopsync_schedule_interval_seconds",
+            "The merchant's schedule.every",
+            labels=["merchant"],
+        )
+        success = GaugeMetricFamily(
+            "loopsync_last_success_timestamp_seconds",
+            "End of the last cycle without errors (Unix time)",
+            labels=["merchant"],
+        )
         for fig in self.figures():
             for stage, n in sorted(fig.returns_by_stage.items()):
                 returns.add_metric([fig.merchant, _bounded(stage, self.stages)], n)
             for (kind, status), n in sorted(fig.effects.items()):
-                effects.add_metric([fig.merchant, _bounded(kind, self.kinds),
-                                    _bounded(status, self.statuses)], n)
+                effects.add_metric(
+                    [fig.merchant, _bounded(kind, self.kinds), _bounded(status, self.statuses)], n
+                )
             if fig.verdict:
                 verdict.add_metric([fig.merchant, fig.verdict], 1)
             if fig.interval_seconds:
@@ -116,59 +146,109 @@ class _StateCollector(Collector):
 class Metrics:
     """The exporter: subscribe() to telemetry, render() for /metrics."""
 
-    def __init__(self, figures: Figures | None = None, *, kinds: Iterable[str] = (),
-                 statuses: Iterable[str] = (), stages: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        figures: Figures | None = None,
+        *,
+        kinds: Iterable[str] = (),
+        statuses: Iterable[str] = (),
+        stages: Iterable[str] = (),
+    ) -> None:
         # No `_created` series: they double the series count and no alert reads them.
         disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped in the library
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.up = Gauge("loopsync_up", "1 while serve runs", registry=r)
         self.up.set(1)
-        self.heartbeat = Gauge("loopsync_scheduler_heartbeat_timestamp_seconds",
-                               "Last tick of the scheduler's heartbeat (Unix time)", registry=r)
-        self.cycle_seconds = Histogram("loopsync_cycle_duration_seconds",
-                                       "Duration of a merchant's cycle", ["merchant"],
-                                       buckets=CYCLE_BUCKETS, registry=r)
-        self.cycles = Counter("loopsync_cycles", "Cycles ended, by outcome (ok, errors)",
-                              ["merchant", "outcome"], registry=r)
-        self.stage_errors = Counter("loopsync_stage_errors", "Cycles in which a stage failed",
-                                    ["merchant", "stage"], registry=r)
-        self.requests = Counter("loopsync_http_requests", "HTTP attempts by system and status "
-                                "code (none: no answer)", ["merchant", "system", "status"],
-                                registry=r)
-        self.throttled = Counter("loopsync_http_throttled", "Throttle answers (429 and in-band "
-                                 "throttling) by system", ["merchant", "system"], registry=r)
-        self.waits = Counter("loopsync_throttle_waits", "Waits before a request by cause "
-                             "(limiter: loopsync's budget; server: the remote throttled)",
-                             ["merchant", "system", "cause"], registry=r)
-        self.wait_seconds = Counter("loopsync_rate_limit_wait_seconds", "Seconds waited on rate "
-                                    "limits", ["merchant", "system", "cause"], registry=r)
+        self.heartbeat = Gauge(
+            "loopsync_scheduler_heartbeat_timestamp_seconds",
+            "Last tick of the scheduler's heartbeat (Unix time)",
+            registry=r,
+        )
+        self.cycle_seconds = Histogram(
+            "loopsync_cycle_duration_seconds",
+            "Duration of a merchant's cycle",
+            ["merchant"],
+            buckets=CYCLE_BUCKETS,
+            registry=r,
+        )
+        self.cycles = Counter(
+            "loopsync_cycles",
+            "Cycles ended, by outcome (ok, errors)",
+            ["merchant", "outcome"],
+            registry=r,
+        )
+        self.stage_errors = Counter(
+            "loopsync_stage_errors",
+            "Cycles in which a stage failed",
+            ["merchant", "stage"],
+            registry=r,
+        )
+        self.requests = Counter(
+            "loopsync_http_requests",
+            "HTTP attempts by system and status code (none: no answer)",
+            ["merchant", "system", "status"],
+            registry=r,
+        )
+        self.throttled = Counter(
+            "loopsync_http_throttled",
+            "Throttle answers (429 and in-band throttling) by system",
+            ["merchant", "system"],
+            registry=r,
+        )
+        self.waits = Counter(
+            "loopsync_throttle_waits",
+            "Waits before a request by cause "
+            "(limiter: loopsync's budget; server: the remote throttled)",
+            ["merchant", "system", "cause"],
+            registry=r,
+        )
+        self.wait_seconds = Counter(
+            "loopsync_rate_limit_wait_seconds",
+            "Seconds waited on rate limits",
+            ["merchant", "system", "cause"],
+            registry=r,
+        )
         self.last_success: dict[str, float] = {}
         if figures is not None:
-            r.register(_StateCollector(self._with_events(figures), frozenset(kinds),
-                                       frozenset(statuses), frozenset(stages)))
+            r.register(
+                _StateCollector(
+                    self._with_events(figures),
+                    frozenset(kinds),
+                    frozenset(statuses),
+                    frozenset(stages),
+                )
+            )
 
     def _with_events(self, figures: Figures) -> Figures:
         """State figures, the last success taken from this process's events when newer."""
+
         def merged() -> Iterator[StateFigures]:
             for fig in figures():
                 seen = self.last_success.get(fig.merchant)
                 if seen is not None and (fig.last_success_epoch or 0) < seen:
-                    yield StateFigures(fig.merchant, fig.returns_by_stage, fig.effects,
-                                       fig.verdict, fig.interval_seconds, seen)
+                    yield StateFigures(
+                        fig.merchant,
+                        fig.returns_by_stage,
+                        fig.effects,
+                        fig.verdict,
+                        fig.interval_seconds,
+                        seen,
+                    )
                 else:
                     yield fig
+
         return merged
 
     # -- events ---------------------------------------------------------------------------
     def on_event(self, event: telemetry.Event) -> None:
         if isinstance(event, telemetry.RequestDone):
-            self.requests.labels(event.merchant, event.system,
-                                 _status_label(event.status)).inc()
+            self.requests.labels(event.merchant, event.system, _status_label(event.status)).inc()
         elif isinstance(event, telemetry.ThrottleWait):
             self.waits.labels(event.merchant, event.system, event.cause.value).inc()
-            self.wait_seconds.labels(event.merchant, event.system,
-                                     event.cause.value).inc(max(event.seconds, 0.0))
+            self.wait_seconds.labels(event.merchant, event.system, event.cause.value).inc(
+                max(event.seconds, 0.0)
+            )
             if event.cause is telemetry.WaitCause.SERVER:
                 self.throttled.labels(event.merchant, event.system).inc()
         else:
@@ -197,7 +277,13 @@ def names_in(text: str) -> set[str]:
     and `_count` series read as the histogram (for checking alert rules)."""
     names = set()
     for token in re.findall(r"\bloopsync_[a-z0-9_]+", text):
-        base = next((token.removesuffix(s) for s in SERIES_SUFFIXES
-                     if token.endswith(s) and token.removesuffix(s) in NAMES), token)
+        base = next(
+            (
+                token.removesuffix(s)
+                for s in SERIES_SUFFIXES
+                if token.endswith(s) and token.removesuffix(s) in NAMES
+            ),
+            token,
+        )
         names.add(base)
     return names

@@ -25,11 +25,11 @@ from loopsync.timeutil import parse_timestamp
 # The one "unreadable record" error (errors.Unreadable); the old name stays importable.
 MalformedReturn = Unreadable
 
-MAX_ID_DIGITS = 20      # Loop ids are 64-bit integers
-MAX_IDENTIFIER = 255    # SKUs, order and destination ids, tracking numbers, status words
-MAX_UNITS = 10**9       # a count beyond this is garbage (and would not fit a JSON dump)
-MAX_DEPTH = 64          # nesting of a remote object; Loop's are 4 deep
-MAX_INT_BITS = 1024     # ~300 digits; json.dumps refuses ints over 4,300 digits
+MAX_ID_DIGITS = 20  # Loop ids are 64-bit integers
+MAX_IDENTIFIER = 255  # SKUs, order and destination ids, tracking numbers, status words
+MAX_UNITS = 10**9  # a count beyond this is garbage (and would not fit a JSON dump)
+MAX_DEPTH = 64  # nesting of a remote object; Loop's are 4 deep
+MAX_INT_BITS = 1024  # ~300 digits; json.dumps refuses ints over 4,300 digits
 # Years a remote timestamp may carry: outside them the record is garbage, and date
 # arithmetic on it (lookbacks, windows) would overflow.
 MIN_YEAR, MAX_YEAR = 1971, 9000
@@ -52,6 +52,7 @@ def guarded(what: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
     KeyError, AttributeError, OverflowError, RecursionError, UnicodeError, a ValueError
     from a conversion) becomes `Unreadable` naming `what`. Other errors (a remote error
     raised while reading, MemoryError) pass through."""
+
     def wrap(parse: Callable[P, R]) -> Callable[P, R]:
         @functools.wraps(parse)
         def guard(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -59,11 +60,21 @@ def guarded(what: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
                 return parse(*args, **kwargs)
             except Unreadable:
                 raise
-            except (ArithmeticError, AttributeError, LookupError, RecursionError, TypeError,
-                    UnicodeError, ValueError) as exc:
-                raise Unreadable(f"{what}: cannot be read ({type(exc).__name__}: "
-                                 f"{printable(str(exc), 200)})") from None
+            except (
+                ArithmeticError,
+                AttributeError,
+                LookupError,
+                RecursionError,
+                TypeError,
+                UnicodeError,
+                ValueError,
+            ) as exc:
+                raise Unreadable(
+                    f"{what}: cannot be read ({type(exc).__name__}: {printable(str(exc), 200)})"
+                ) from None
+
         return guard
+
     return wrap
 
 
@@ -93,8 +104,9 @@ def identifier(value: Any, what: str) -> str | None:
         raise Unreadable(f"{what} is a number too long to be an identifier", field=what)
     text = str(value).strip()
     if len(text) > MAX_IDENTIFIER:
-        raise Unreadable(f"{what} is {len(text)} characters long (at most {MAX_IDENTIFIER})",
-                         field=what)
+        raise Unreadable(
+            f"{what} is {len(text)} characters long (at most {MAX_IDENTIFIER})", field=what
+        )
     if REPLACEMENT in text:
         raise Unreadable(f"{what} is not valid UTF-8", field=what)
     if _SURROGATE.search(text):
@@ -110,14 +122,18 @@ def numeric_id(value: Any, what: str) -> str:
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise Unreadable(f"{what} missing or not numeric: a {type(value).__name__}", field=what)
     if isinstance(value, int) and (value < 0 or value.bit_length() > 70):
-        raise Unreadable(f"{what} {value if value < 0 else 'too large'} is not a Loop id",
-                         field=what)
+        raise Unreadable(
+            f"{what} {value if value < 0 else 'too large'} is not a Loop id", field=what
+        )
     text = str(value).strip()
     if not (text.isascii() and text.isdigit()):
         raise Unreadable(f"{what} missing or not numeric: {printable(text, 40)!r}", field=what)
     if len(text) > MAX_ID_DIGITS:
-        raise Unreadable(f"{what} is {len(text)} characters long (at most {MAX_ID_DIGITS}): "
-                         f"{clip(text, 40, '...')}", field=what)
+        raise Unreadable(
+            f"{what} is {len(text)} characters long (at most {MAX_ID_DIGITS}): "
+            f"{clip(text, 40, '...')}",
+            field=what,
+        )
     return text
 
 
@@ -148,10 +164,14 @@ def whole_number(value: Any, what: str, *, minimum: int = 0, exact: bool = False
             number = None
     if isinstance(number, float) and number.is_integer() and not exact:
         number = int(number)
-    if isinstance(number, bool) or not isinstance(number, int) or not (
-            minimum <= number <= MAX_UNITS):
-        raise Unreadable(f"{what} {printable(repr(value), 60)} is not a whole number >= "
-                         f"{minimum}", field=what)
+    if (
+        isinstance(number, bool)
+        or not isinstance(number, int)
+        or not (minimum <= number <= MAX_UNITS)
+    ):
+        raise Unreadable(
+            f"{what} {printable(repr(value), 60)} is not a whole number >= {minimum}", field=what
+        )
     return number
 
 
@@ -161,16 +181,21 @@ def remote_timestamp(value: Any, what: str, *, assume_utc: bool = False) -> date
     or a year outside MIN_YEAR..MAX_YEAR."""
     name = what.rstrip(":")
     if not isinstance(value, str) or len(value) > 64:
-        shown = printable(repr(value), 40) if isinstance(value, str | int | float) \
+        shown = (
+            printable(repr(value), 40)
+            if isinstance(value, str | int | float)
             else f"a {type(value).__name__}"
+        )
         raise Unreadable(f"{what} not an ISO-8601 timestamp: {shown}", field=name)
     try:
         when = parse_timestamp(value, assume_utc=assume_utc)
     except (ValueError, OverflowError) as exc:
         raise Unreadable(f"{what} {printable(str(exc), 120)}", field=name) from None
     if not MIN_YEAR <= when.year <= MAX_YEAR:
-        raise Unreadable(f"{what} {printable(value, 40)!r} is out of range (years {MIN_YEAR}.."
-                         f"{MAX_YEAR})", field=name)
+        raise Unreadable(
+            f"{what} {printable(value, 40)!r} is out of range (years {MIN_YEAR}..{MAX_YEAR})",
+            field=name,
+        )
     return when
 
 
@@ -200,8 +225,10 @@ def check_tree(value: Any, what: str) -> None:
     while stack:
         node, path = stack.pop()
         if len(path) > MAX_DEPTH:
-            raise Unreadable(f"{what}: {_path(path[:3])}... is nested more than {MAX_DEPTH} "
-                             "deep", field=_path(path[:1]))
+            raise Unreadable(
+                f"{what}: {_path(path[:3])}... is nested more than {MAX_DEPTH} deep",
+                field=_path(path[:1]),
+            )
         pairs = node.items() if type(node) is dict else enumerate(node)
         for key, child in pairs:
             if type(key) is not str or not key.isascii():  # rare: checked out of line
@@ -213,28 +240,39 @@ def check_tree(value: Any, what: str) -> None:
             elif kind is dict or kind is list:
                 stack.append((child, (*path, key)))
             elif kind is int and child.bit_length() > MAX_INT_BITS:
-                raise Unreadable(f"{what}: {_path((*path, key))} is a number too long to "
-                                 "store", field=_path((*path, key)))
+                raise Unreadable(
+                    f"{what}: {_path((*path, key))} is a number too long to store",
+                    field=_path((*path, key)),
+                )
             elif kind not in _JSON_SCALARS:
-                raise Unreadable(f"{what}: {_path((*path, key))} is a {kind.__name__}, which "
-                                 "is not JSON", field=_path((*path, key)))
+                raise Unreadable(
+                    f"{what}: {_path((*path, key))} is a {kind.__name__}, which is not JSON",
+                    field=_path((*path, key)),
+                )
 
 
 def _check_text(text: str, path: tuple[Any, ...], what: str) -> None:
     if _SURROGATE.search(text):
-        raise Unreadable(f"{what}: {_path(path)} holds a lone surrogate (not text): "
-                         f"{printable(text, 40)!r}", field=_path(path))
+        raise Unreadable(
+            f"{what}: {_path(path)} holds a lone surrogate (not text): {printable(text, 40)!r}",
+            field=_path(path),
+        )
 
 
 def _check_key(key: Any, in_object: bool, path: tuple[Any, ...], what: str) -> None:
     """A field name must be text without a lone surrogate (list indexes pass)."""
     if type(key) is str:
         if _SURROGATE.search(key):
-            raise Unreadable(f"{what}: {_path(path)} has a field name with a lone "
-                             f"surrogate (not text): {printable(key, 40)!r}", field=_path(path))
+            raise Unreadable(
+                f"{what}: {_path(path)} has a field name with a lone "
+                f"surrogate (not text): {printable(key, 40)!r}",
+                field=_path(path),
+            )
     elif in_object:
-        raise Unreadable(f"{what}: {_path(path)} has a field name that is not text: "
-                         f"{printable(repr(key), 40)}", field=_path(path))
+        raise Unreadable(
+            f"{what}: {_path(path)} has a field name that is not text: {printable(repr(key), 40)}",
+            field=_path(path),
+        )
 
 
 def _path(path: tuple[Any, ...]) -> str:
@@ -261,8 +299,9 @@ def parse_asn_row(row: Any) -> dict[str, Any]:
         identifier(row.get("return_line_item_id"), "return_line_item_id")
         updated = row.get("updated_at")
         if updated is not None and not isinstance(updated, str):
-            raise Unreadable(f"updated_at is a {type(updated).__name__}, not text",
-                             field="updated_at")
+            raise Unreadable(
+                f"updated_at is a {type(updated).__name__}, not text", field="updated_at"
+            )
     except Unreadable as exc:
         raise Unreadable(f"return {text}: {exc}", field=exc.field) from None
     # Stored in a text column: a number there would not fit SQLite's INTEGER.
@@ -299,9 +338,9 @@ class LoopReturn:
     state: str
     updated_at: datetime
     created_at: datetime | None
-    order_id: str | None           # Loop's order id
+    order_id: str | None  # Loop's order id
     provider_order_id: str | None  # Shopify order id (ShipHero partner_order_id)
-    order_name: str | None         # e.g. "#1001"
+    order_name: str | None  # e.g. "#1001"
     order_number: str | None
     customer: str | None
     destination_id: str | None
@@ -334,8 +373,7 @@ class LoopReturn:
                 raise Unreadable("state missing", field="state")
             state = identifier(state, "state") or ""
             if raw.get("updated_at") in (None, ""):
-                raise Unreadable("updated_at not an ISO-8601 timestamp: ''",
-                                 field="updated_at")
+                raise Unreadable("updated_at not an ISO-8601 timestamp: ''", field="updated_at")
             updated = remote_timestamp(raw.get("updated_at"), "updated_at")
             created = None
             if raw.get("created_at"):
@@ -344,15 +382,30 @@ class LoopReturn:
             if not isinstance(items, list):
                 raise Unreadable("line_items is not a list", field="line_items")
             lines = [_return_line(i, li) for i, li in enumerate(items)]
-            ids = {key: identifier(raw.get(key), key) for key in (
-                "order_id", "provider_order_id", "order_name", "order_number",
-                "destination_id", "carrier", "tracking_number")}
+            ids = {
+                key: identifier(raw.get(key), key)
+                for key in (
+                    "order_id",
+                    "provider_order_id",
+                    "order_name",
+                    "order_number",
+                    "destination_id",
+                    "carrier",
+                    "tracking_number",
+                )
+            }
             customer = free_text(raw.get("customer")) or None
         except Unreadable as exc:
             raise Unreadable(f"return {rid}: {exc}", field=exc.field) from None
         return cls(
-            id=rid, state=state.lower(), updated_at=updated, created_at=created,
-            customer=customer, line_items=tuple(lines), raw=raw, **ids,
+            id=rid,
+            state=state.lower(),
+            updated_at=updated,
+            created_at=created,
+            customer=customer,
+            line_items=tuple(lines),
+            raw=raw,
+            **ids,
         )
 
 
@@ -392,8 +445,8 @@ class ItemStatus:
     sku: str
     expected: int
     received: int
-    condition: str | None = None      # the warehouse's word (damaged, worn, grade B, ...)
-    disposition: str | None = None    # the warehouse's word (restock, reusable, scrap, ...)
+    condition: str | None = None  # the warehouse's word (damaged, worn, grade B, ...)
+    disposition: str | None = None  # the warehouse's word (restock, reusable, scrap, ...)
     note: str = ""
 
 
@@ -411,6 +464,9 @@ class RmaStatus:
     detail: dict[str, Any] = field(default_factory=dict)
 
     def fingerprint(self) -> tuple[Any, ...]:
-        return (self.status, self.expected_units, self.received_units,
-                tuple((i.sku, i.expected, i.received, i.condition, i.disposition)
-                      for i in self.items))
+        return (
+            self.status,
+            self.expected_units,
+            self.received_units,
+            tuple((i.sku, i.expected, i.received, i.condition, i.disposition) for i in self.items),
+        )

@@ -73,9 +73,9 @@ class Fetched(Generic[T]):
     point), None when the walk ends here for any reason but the page cap or a stop."""
 
     items: T
-    token: Hashable | None       # the token that fetched this page (None: the first)
+    token: Hashable | None  # the token that fetched this page (None: the first)
     next_token: Hashable | None
-    number: int                  # 1-based within this walk
+    number: int  # 1-based within this walk
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ class WalkResult:
     name: str
     outcome: WalkEnd
     pages: int
-    resume: Hashable | None = None   # where a later walk may resume (CAPPED, STOPPED)
+    resume: Hashable | None = None  # where a later walk may resume (CAPPED, STOPPED)
 
     @property
     def complete(self) -> bool:
@@ -91,10 +91,12 @@ class WalkResult:
 
     def error(self, system: str) -> PaginationStopped:
         """The error for a caller that cannot use an unfinished walk."""
-        return PaginationStopped(self.outcome.value,
-                                 f"{self.name}: walk ended after {self.pages} pages "
-                                 f"({self.outcome.value}); the listing is incomplete",
-                                 system=system)
+        return PaginationStopped(
+            self.outcome.value,
+            f"{self.name}: walk ended after {self.pages} pages "
+            f"({self.outcome.value}); the listing is incomplete",
+            system=system,
+        )
 
 
 class PageWalk(Generic[T]):
@@ -103,9 +105,16 @@ class PageWalk(Generic[T]):
     `fetch(token)` reads one page (token None: the first page, unless `first` is given).
     The stop event is checked before every page but the first."""
 
-    def __init__(self, fetch: Callable[[Any], Step[T]], *, name: str, first: Hashable | None = None,
-                 max_pages: int = DEFAULT_MAX_PAGES, stop: threading.Event | None = None,
-                 **log_fields: Any) -> None:
+    def __init__(
+        self,
+        fetch: Callable[[Any], Step[T]],
+        *,
+        name: str,
+        first: Hashable | None = None,
+        max_pages: int = DEFAULT_MAX_PAGES,
+        stop: threading.Event | None = None,
+        **log_fields: Any,
+    ) -> None:
         if max_pages < 1:
             raise ValueError(f"max_pages must be >= 1: {max_pages}")
         self.fetch = fetch
@@ -130,8 +139,9 @@ class PageWalk(Generic[T]):
                 outcome = WalkEnd.COMPLETE
             elif step.token is None:
                 outcome = WalkEnd.NO_CURSOR
-            elif step.token in seen or (step.fingerprint is not None
-                                        and step.fingerprint == previous_print):
+            elif step.token in seen or (
+                step.fingerprint is not None and step.fingerprint == previous_print
+            ):
                 outcome = WalkEnd.REPEATED
             elif number == self.max_pages:
                 outcome = WalkEnd.CAPPED
@@ -152,8 +162,13 @@ class PageWalk(Generic[T]):
     def _end(self, outcome: WalkEnd, pages: int, resume: Hashable | None) -> None:
         self.result = WalkResult(self.name, outcome, pages, resume)
         if outcome is not WalkEnd.COMPLETE:
-            log.warning("paging.walk_unfinished", walk=self.name, outcome=outcome.value,
-                        pages=pages, **self.log_fields)
+            log.warning(
+                "paging.walk_unfinished",
+                walk=self.name,
+                outcome=outcome.value,
+                pages=pages,
+                **self.log_fields,
+            )
 
 
 def walk_items(fetch: Callable[[Any], Step[list[Any]]], **kw: Any) -> tuple[list[Any], WalkResult]:
@@ -168,6 +183,7 @@ def walk_items(fetch: Callable[[Any], Step[list[Any]]], **kw: Any) -> tuple[list
 
 # -- what status shows ---------------------------------------------------------------------
 
+
 class KeyValue(Protocol):
     def get(self, key: str, default: Any = None) -> Any: ...
 
@@ -180,9 +196,13 @@ def walk_record(result: WalkResult, previous: Any, at: datetime) -> dict[str, An
     if result.complete:
         return None
     same = isinstance(previous, dict) and previous.get("outcome") == result.outcome.value
-    return {"outcome": result.outcome.value, "pages": result.pages, "last_at": iso(at),
-            "since": previous.get("since", iso(at)) if same else iso(at),
-            "times": int(previous.get("times", 0)) + 1 if same else 1}
+    return {
+        "outcome": result.outcome.value,
+        "pages": result.pages,
+        "last_at": iso(at),
+        "since": previous.get("since", iso(at)) if same else iso(at),
+        "times": int(previous.get("times", 0)) + 1 if same else 1,
+    }
 
 
 def record_walk(kv: KeyValue, result: WalkResult | None, at: datetime) -> None:

@@ -22,8 +22,9 @@ from loopsync.loop_client import ReturnsPage
 class LoopApi(Protocol):
     """What the stages and effects need from loopsync.loop_client.LoopClient."""
 
-    def iter_returns(self, start: datetime, end: datetime, state: str, *,
-                     cursor: str | None = None) -> Iterable[ReturnsPage]: ...
+    def iter_returns(
+        self, start: datetime, end: datetime, state: str, *, cursor: str | None = None
+    ) -> Iterable[ReturnsPage]: ...
 
     def asn_report(self, start: datetime, end: datetime) -> list[dict[str, Any]]: ...
 

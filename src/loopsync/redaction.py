@@ -29,10 +29,22 @@ import traceback
 from typing import Any
 from urllib.parse import quote, quote_plus
 
-__all__ = ["MAX_TRANSIENT", "MIN_LENGTH", "REDACTED", "Redactor", "clip", "contains_secret",
-           "dumps_redacted",
-           "install_excepthooks", "redact", "redact_obj", "redact_optional", "register",
-           "registered_count", "variants_of"]
+__all__ = [
+    "MAX_TRANSIENT",
+    "MIN_LENGTH",
+    "REDACTED",
+    "Redactor",
+    "clip",
+    "contains_secret",
+    "dumps_redacted",
+    "install_excepthooks",
+    "redact",
+    "redact_obj",
+    "redact_optional",
+    "register",
+    "registered_count",
+    "variants_of",
+]
 
 REDACTED = "***"
 MIN_LENGTH = 8
@@ -41,7 +53,9 @@ _MIN_FRAGMENT = 8
 
 # A long-running `serve` obtains a new access token or session every few minutes; only the
 # recent ones can still be valid, and an unbounded list would slow every redaction.
-MAX_TRANSIENT = 8  # access tokens and sessions: only the latest are live; each adds ~15 needles to every scan
+MAX_TRANSIENT = (
+    8  # access tokens and sessions: only the latest are live; each adds ~15 needles to every scan
+)
 
 
 def _base64_fragments(raw: bytes) -> set[str]:
@@ -51,8 +65,8 @@ def _base64_fragments(raw: bytes) -> set[str]:
     for offset in range(3):
         encoded = base64.b64encode(b"\0" * offset + raw).decode("ascii")
         first_bit, end_bit = 8 * offset, 8 * (offset + len(raw))
-        start = -(-first_bit // 6)          # first 6-bit group wholly inside raw
-        stop = end_bit // 6                 # one past the last such group
+        start = -(-first_bit // 6)  # first 6-bit group wholly inside raw
+        stop = end_bit // 6  # one past the last such group
         fragment = encoded[start:stop]
         if len(fragment) >= _MIN_FRAGMENT:
             out.add(fragment)
@@ -62,15 +76,24 @@ def _base64_fragments(raw: bytes) -> set[str]:
 
 def variants_of(value: str) -> set[str]:
     """The forms of `value` that are masked: plain, URL-encoded, JSON-escaped, base64."""
-    found = {value, quote(value, safe=""), quote_plus(value, safe=""), quote(value),
-             json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1]}
+    found = {
+        value,
+        quote(value, safe=""),
+        quote_plus(value, safe=""),
+        quote(value),
+        json.dumps(value)[1:-1],
+        json.dumps(value, ensure_ascii=False)[1:-1],
+    }
     # Echoes seen in the wild: lower-case %xx, PHP's "\/" in JSON, XML/HTML escapes (a
     # SOAP fault quoting the PeopleVox password as it was sent, `&amp;` and all).
     found |= {re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), v) for v in set(found)}
     found |= {v.replace("/", "\\/") for v in set(found)}
-    found |= {html.escape(value), html.escape(value, quote=False),
-              html.escape(value).replace("&#x27;", "&apos;"),
-              html.escape(value).replace("&#x27;", "&#39;")}
+    found |= {
+        html.escape(value),
+        html.escape(value, quote=False),
+        html.escape(value).replace("&#x27;", "&apos;"),
+        html.escape(value).replace("&#x27;", "&#39;"),
+    }
     found |= _base64_fragments(value.encode("utf-8"))
     return {v for v in found if v}
 
@@ -81,7 +104,7 @@ class Redactor:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._values: dict[str, frozenset[str]] = {}     # configured secrets -> variants
+        self._values: dict[str, frozenset[str]] = {}  # configured secrets -> variants
         self._transient: dict[str, frozenset[str]] = {}  # run-time tokens, oldest first
         # (pattern, needles), swapped whole so a reader never sees half an update. The
         # needles serve the fast path: substring tests run in C, ~20x faster than the
@@ -114,8 +137,10 @@ class Redactor:
             ordered = tuple(sorted(every, key=lambda v: (-len(v), v)))
             # Any letter case: a remote may echo a key upper-cased ("INVALID KEY ABC...").
             # The needles are lower-case and meet the text lower-cased.
-            self._state = (re.compile("|".join(re.escape(v) for v in ordered), re.IGNORECASE),
-                           tuple(dict.fromkeys(v.lower() for v in ordered)))
+            self._state = (
+                re.compile("|".join(re.escape(v) for v in ordered), re.IGNORECASE),
+                tuple(dict.fromkeys(v.lower() for v in ordered)),
+            )
 
     def count(self) -> int:
         return len(self._values) + len(self._transient)
@@ -209,6 +234,7 @@ def dumps_redacted(value: Any) -> str:
 def install_excepthooks() -> None:
     """Uncaught exceptions (main thread and worker threads) print redacted tracebacks: a
     remote error message that echoes a credential must not reach stderr either."""
+
     def main_hook(exc_type: Any, exc: Any, tb: Any) -> None:
         sys.stderr.write(redact("".join(traceback.format_exception(exc_type, exc, tb))))
 
@@ -216,8 +242,14 @@ def install_excepthooks() -> None:
         if args.exc_type is SystemExit:
             return
         name = args.thread.name if args.thread is not None else "?"
-        sys.stderr.write(redact(f"Exception in thread {name}:\n" + "".join(
-            traceback.format_exception(args.exc_type, args.exc_value, args.exc_traceback))))
+        sys.stderr.write(
+            redact(
+                f"Exception in thread {name}:\n"
+                + "".join(
+                    traceback.format_exception(args.exc_type, args.exc_value, args.exc_traceback)
+                )
+            )
+        )
 
     sys.excepthook = main_hook
     threading.excepthook = thread_hook

@@ -32,14 +32,14 @@ BACKOFF_CAP = timedelta(hours=6)
 
 @dataclass(frozen=True)
 class Refusal:
-    system: str          # who refused: loop, shiphero, peoplevox, xoro, generic
-    message: str         # what it said (redacted), for `status`
-    first_at: datetime   # first refusal of this run of refusals
+    system: str  # who refused: loop, shiphero, peoplevox, xoro, generic
+    message: str  # what it said (redacted), for `status`
+    first_at: datetime  # first refusal of this run of refusals
     last_at: datetime
-    failures: int        # refusals in a row
-    retry_at: datetime   # no cycle contacts any remote before this
+    failures: int  # refusals in a row
+    retry_at: datetime  # no cycle contacts any remote before this
     salt: str
-    fingerprint: str     # of the credentials refused, salted: tells a changed credential
+    fingerprint: str  # of the credentials refused, salted: tells a changed credential
 
     @property
     def reason(self) -> str:
@@ -47,8 +47,9 @@ class Refusal:
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
-        out.update(first_at=iso(self.first_at), last_at=iso(self.last_at),
-                   retry_at=iso(self.retry_at))
+        out.update(
+            first_at=iso(self.first_at), last_at=iso(self.last_at), retry_at=iso(self.retry_at)
+        )
         return out
 
     @classmethod
@@ -57,10 +58,16 @@ class Refusal:
         if not isinstance(data, dict):
             return None
         try:
-            return cls(str(data["system"]), str(data["message"]),
-                       parse_timestamp(data["first_at"]), parse_timestamp(data["last_at"]),
-                       int(data["failures"]), parse_timestamp(data["retry_at"]),
-                       str(data["salt"]), str(data["fingerprint"]))
+            return cls(
+                str(data["system"]),
+                str(data["message"]),
+                parse_timestamp(data["first_at"]),
+                parse_timestamp(data["last_at"]),
+                int(data["failures"]),
+                parse_timestamp(data["retry_at"]),
+                str(data["salt"]),
+                str(data["fingerprint"]),
+            )
         except (KeyError, TypeError, ValueError):
             return None
 
@@ -77,15 +84,24 @@ def fingerprint(secrets: Sequence[str], salt: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def after_refusal(previous: Refusal | None, system: str, message: str, now: datetime,
-                  secrets: Sequence[str]) -> Refusal:
+def after_refusal(
+    previous: Refusal | None, system: str, message: str, now: datetime, secrets: Sequence[str]
+) -> Refusal:
     """The record after one more refusal (a new series when the credentials changed)."""
     same = previous is not None and previous.fingerprint == fingerprint(secrets, previous.salt)
     failures = previous.failures + 1 if same and previous is not None else 1
     first = previous.first_at if same and previous is not None else now
     salt = os.urandom(8).hex()
-    return Refusal(system, message[:300], first, now, failures, now + backoff(failures), salt,
-                   fingerprint(secrets, salt))
+    return Refusal(
+        system,
+        message[:300],
+        first,
+        now,
+        failures,
+        now + backoff(failures),
+        salt,
+        fingerprint(secrets, salt),
+    )
 
 
 def may_try(refusal: Refusal | None, now: datetime, secrets: Sequence[str]) -> bool:
@@ -97,6 +113,7 @@ def may_try(refusal: Refusal | None, now: datetime, secrets: Sequence[str]) -> b
 
 
 # -- the kv record --------------------------------------------------------------------------
+
 
 def load(kv: Any) -> Refusal | None:
     """`kv`: a store.StoreKeyValue (or anything with get/set)."""

@@ -36,9 +36,9 @@ from loopsync.timeutil import iso
 
 class Verdict(enum.StrEnum):
     OK = "OK"
-    DEGRADED = "DEGRADED"        # the last cycle had errors
-    STALLED = "STALLED"          # no fully successful cycle within the threshold
-    BLOCKED = "BLOCKED"          # credentials refused, or the state file unreadable
+    DEGRADED = "DEGRADED"  # the last cycle had errors
+    STALLED = "STALLED"  # no fully successful cycle within the threshold
+    BLOCKED = "BLOCKED"  # credentials refused, or the state file unreadable
     INTERRUPTED = "INTERRUPTED"  # a run died mid-cycle (running, and no lock held)
     NEVER_RUN = "NEVER RUN"
 
@@ -69,8 +69,12 @@ class StageFailure:
     at: datetime | None
 
     def to_json(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "stage": self.stage, "reason": self.reason,
-                "at": iso(self.at)}
+        return {
+            "run_id": self.run_id,
+            "stage": self.stage,
+            "reason": self.reason,
+            "at": iso(self.at),
+        }
 
 
 @dataclass(frozen=True)
@@ -78,8 +82,8 @@ class RunView:
     id: str
     started_at: datetime | None
     ended_at: datetime | None
-    status: str                       # ok, errors, refused, stopped, crashed, failed,
-                                      # running, interrupted (running and no lock held)
+    status: str  # ok, errors, refused, stopped, crashed, failed,
+    # running, interrupted (running and no lock held)
     counts: Mapping[str, int]
     errors: int
     stage_failures: tuple[StageFailure, ...] = ()
@@ -96,11 +100,17 @@ class RunView:
         return self.status == "ok" and self.errors == 0 and not self.stage_failures
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "started_at": iso(self.started_at),
-                "ended_at": iso(self.ended_at), "status": self.status,
-                "counts": dict(self.counts), "errors": self.errors,
-                "stage_failures": [f.to_json() for f in self.stage_failures],
-                "mode": self.mode, "error": self.error}
+        return {
+            "id": self.id,
+            "started_at": iso(self.started_at),
+            "ended_at": iso(self.ended_at),
+            "status": self.status,
+            "counts": dict(self.counts),
+            "errors": self.errors,
+            "stage_failures": [f.to_json() for f in self.stage_failures],
+            "mode": self.mode,
+            "error": self.error,
+        }
 
 
 @dataclass(frozen=True)
@@ -125,17 +135,23 @@ class ReturnPlace:
 @dataclass(frozen=True)
 class ProblemGroup:
     stage: str
-    reason: str                       # normalised: ids and numbers replaced
+    reason: str  # normalised: ids and numbers replaced
     count: int
-    recent_ids: tuple[str, ...]       # newest first, at most RECENT_IDS
+    recent_ids: tuple[str, ...]  # newest first, at most RECENT_IDS
     first_seen: datetime | None
     last_seen: datetime | None
-    resolved: bool                    # every cause in it went away
+    resolved: bool  # every cause in it went away
 
     def to_json(self) -> dict[str, Any]:
-        return {"stage": self.stage, "reason": self.reason, "count": self.count,
-                "recent_ids": list(self.recent_ids), "first_seen": iso(self.first_seen),
-                "last_seen": iso(self.last_seen), "resolved": self.resolved}
+        return {
+            "stage": self.stage,
+            "reason": self.reason,
+            "count": self.count,
+            "recent_ids": list(self.recent_ids),
+            "first_seen": iso(self.first_seen),
+            "last_seen": iso(self.last_seen),
+            "resolved": self.resolved,
+        }
 
 
 @dataclass(frozen=True)
@@ -147,9 +163,13 @@ class CredentialsRefused:
     message: str
 
     def to_json(self) -> dict[str, Any]:
-        return {"system": self.system, "failures": self.failures,
-                "first_at": iso(self.first_at), "retry_at": iso(self.retry_at),
-                "message": self.message}
+        return {
+            "system": self.system,
+            "failures": self.failures,
+            "first_at": iso(self.first_at),
+            "retry_at": iso(self.retry_at),
+            "message": self.message,
+        }
 
 
 @dataclass(frozen=True)
@@ -159,9 +179,9 @@ class Facts:
     every: timedelta
     stalled_after: timedelta
     state_error: str | None = None
-    runs: tuple[RunView, ...] = ()            # newest first
+    runs: tuple[RunView, ...] = ()  # newest first
     first_run_at: datetime | None = None
-    last_ok_at: datetime | None = None        # the last fully successful cycle's end
+    last_ok_at: datetime | None = None  # the last fully successful cycle's end
     refusal: CredentialsRefused | None = None
     next_due: datetime | None = None
 
@@ -170,28 +190,32 @@ class Facts:
 class MerchantView:
     merchant: str
     warehouse: str
-    state_path: str                           # absolute
+    state_path: str  # absolute
     verdict: Verdict
     reason: str
     now: datetime
     last_run: RunView | None = None
     last_ok_at: datetime | None = None
     next_due: datetime | None = None
-    backlog: Mapping[str, int] = field(default_factory=dict)   # return stage -> count
+    backlog: Mapping[str, int] = field(default_factory=dict)  # return stage -> count
     problems: tuple[ProblemGroup, ...] = ()
     recent_runs: tuple[RunView, ...] = ()
     refusal: CredentialsRefused | None = None
     schema_version: int | None = None
     effects: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  # kind->status->n
-    waiting: tuple[tuple[str, str, str], ...] = ()   # (return id, stage, reason)
+    waiting: tuple[tuple[str, str, str], ...] = ()  # (return id, stage, reason)
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "merchant": self.merchant, "warehouse": self.warehouse,
-            "state_path": self.state_path, "verdict": str(self.verdict), "reason": self.reason,
+            "merchant": self.merchant,
+            "warehouse": self.warehouse,
+            "state_path": self.state_path,
+            "verdict": str(self.verdict),
+            "reason": self.reason,
             "now": iso(self.now),
             "last_run": self.last_run.to_json() if self.last_run else None,
-            "last_ok_at": iso(self.last_ok_at), "last_ok_ago": ago(self.last_ok_at, self.now),
+            "last_ok_at": iso(self.last_ok_at),
+            "last_ok_ago": ago(self.last_ok_at, self.now),
             "next_due": iso(self.next_due),
             "backlog": dict(self.backlog),
             "problems": [p.to_json() for p in self.problems],
@@ -207,7 +231,7 @@ class MerchantView:
 class StoryEvent:
     at: datetime | None
     kind: EventKind
-    text: str                                 # ids, states and reasons only
+    text: str  # ids, states and reasons only
 
     def to_json(self) -> dict[str, Any]:
         return {"at": iso(self.at), "kind": str(self.kind), "text": self.text}
@@ -218,12 +242,17 @@ class ReturnStory:
     return_id: str
     rma_id: str | None
     stage: str
-    events: tuple[StoryEvent, ...]            # oldest first
+    events: tuple[StoryEvent, ...]  # oldest first
     wait_reason: str | None
 
     def to_json(self) -> dict[str, Any]:
-        return {"return_id": self.return_id, "rma_id": self.rma_id, "stage": self.stage,
-                "events": [e.to_json() for e in self.events], "wait_reason": self.wait_reason}
+        return {
+            "return_id": self.return_id,
+            "rma_id": self.rma_id,
+            "stage": self.stage,
+            "events": [e.to_json() for e in self.events],
+            "wait_reason": self.wait_reason,
+        }
 
     def lines(self) -> list[str]:
         head = f"return {self.return_id}" + (f"  RMA {self.rma_id}" if self.rma_id else "")
@@ -235,7 +264,7 @@ class ReturnStory:
 
 @dataclass(frozen=True)
 class HourCount:
-    hour: datetime                            # the hour's start (UTC)
+    hour: datetime  # the hour's start (UTC)
     processed: int
     flagged: int
 
@@ -249,7 +278,7 @@ def _stamp(moment: datetime | None) -> str:
 
 # -- ages -------------------------------------------------------------------------------
 def ago(moment: datetime | None, now: datetime) -> str | None:
-    """"4 min ago", "2 h ago", "in 3 min" (a moment ahead of now); None stays None."""
+    """ "4 min ago", "2 h ago", "in 3 min" (a moment ahead of now); None stays None."""
     if moment is None:
         return None
     seconds = int((now - moment).total_seconds())
@@ -274,8 +303,10 @@ def verdict(facts: Facts, now: datetime) -> tuple[Verdict, str]:
         return Verdict.BLOCKED, f"state unreadable: {facts.state_error}"
     if facts.refusal is not None:
         r = facts.refusal
-        return Verdict.BLOCKED, (f"credentials refused by {r.system} ({r.failures} in a row); "
-                                 f"next try after {iso(r.retry_at)}: {r.message}")
+        return Verdict.BLOCKED, (
+            f"credentials refused by {r.system} ({r.failures} in a row); "
+            f"next try after {iso(r.retry_at)}: {r.message}"
+        )
     if not facts.runs:
         return Verdict.NEVER_RUN, "no cycle has run yet"
     stalled = _stalled(facts, now)
@@ -283,8 +314,10 @@ def verdict(facts: Facts, now: datetime) -> tuple[Verdict, str]:
         return Verdict.STALLED, stalled
     last = facts.runs[0]
     if last.status == "interrupted":
-        return Verdict.INTERRUPTED, (f"run {last.id} started {ago(last.started_at, now)} "
-                                     "ended without finishing (the process died)")
+        return Verdict.INTERRUPTED, (
+            f"run {last.id} started {ago(last.started_at, now)} "
+            "ended without finishing (the process died)"
+        )
     finished = next((r for r in facts.runs if r.finished), None)
     if finished is not None and not finished.fully_ok:
         return Verdict.DEGRADED, _degraded_reason(finished)
@@ -315,12 +348,18 @@ RECENT_IDS = 5
 # A throttling answer: the remote pacing us, not a fault. The words every connector reads as
 # throttling (errors.RateLimited): HTTP 429, ShipHero's "not enough credits", PeopleVox's and
 # Xoro's throttle wordings (connectors/*/wire.py).
-_THROTTLED = re.compile(r"\bHTTP 429\b|rate[ -]?limit|throttl|too many (?:requests|calls)|"
-                        r"request limit|not enough credits", re.I)
+_THROTTLED = re.compile(
+    r"\bHTTP 429\b|rate[ -]?limit|throttl|too many (?:requests|calls)|"
+    r"request limit|not enough credits",
+    re.I,
+)
 # What varies between records of one cause: uuids, long hex or digit runs, quoted values.
 # An HTTP status stays: "HTTP 503" and "HTTP 422" are different causes.
-_VARYING = re.compile(r"'[^']*'|\"[^\"]*\"|\b[0-9a-f]{8}-[0-9a-f-]{27,}\b|\b(?=[0-9a-f]*\d)"
-                      r"[0-9a-f]{8,}\b|(?<!HTTP )\b\d+(?:\.\d+)?|(?<=[a-z_-])\d+", re.I)
+_VARYING = re.compile(
+    r"'[^']*'|\"[^\"]*\"|\b[0-9a-f]{8}-[0-9a-f-]{27,}\b|\b(?=[0-9a-f]*\d)"
+    r"[0-9a-f]{8,}\b|(?<!HTTP )\b\d+(?:\.\d+)?|(?<=[a-z_-])\d+",
+    re.I,
+)
 
 
 def is_throttling(reason: str) -> bool:
@@ -335,8 +374,18 @@ def normalise(reason: str) -> str:
 
 # Where each return stage stands in the pipeline: a problem of stage S is gone once its
 # return stands past S (a push problem, once the return has an RMA; done: all are gone).
-_PLACE = {"new": 1, "waiting": 1, "pushing": 1, "skipped": 1, "stale": 1, "rejected": 1,
-          "open": 2, "acting": 3, "reported": 3, "done": 9}
+_PLACE = {
+    "new": 1,
+    "waiting": 1,
+    "pushing": 1,
+    "skipped": 1,
+    "stale": 1,
+    "rejected": 1,
+    "open": 2,
+    "acting": 3,
+    "reported": 3,
+    "done": 9,
+}
 _STAGE_RANK = {"ingest": 0, "asn": 0, "push": 1, "poll": 2, "act": 3}
 
 
@@ -348,13 +397,19 @@ def problem_resolved(p: ProblemFact, place: ReturnPlace | None) -> bool:
 
 def failure_resolved(f: StageFailure, runs: Sequence[RunView]) -> bool:
     """A stage failure is gone once a later run ran that stage to its end."""
-    return any(r.status in ("ok", "errors") and r.started_at is not None
-               and f.at is not None and r.started_at > f.at
-               and all(g.stage != f.stage for g in r.stage_failures) for r in runs)
+    return any(
+        r.status in ("ok", "errors")
+        and r.started_at is not None
+        and f.at is not None
+        and r.started_at > f.at
+        and all(g.stage != f.stage for g in r.stage_failures)
+        for r in runs
+    )
 
 
-def group_problems(problems: Sequence[ProblemFact], places: Mapping[str, ReturnPlace],
-                   runs: Sequence[RunView]) -> list[ProblemGroup]:
+def group_problems(
+    problems: Sequence[ProblemFact], places: Mapping[str, ReturnPlace], runs: Sequence[RunView]
+) -> list[ProblemGroup]:
     """Problems and stage failures grouped by (stage, normalised reason), open groups
     first then the most recent. Throttling is left out (see the module docstring)."""
     items: list[tuple[str, str, str | None, datetime | None, bool]] = []
@@ -362,26 +417,39 @@ def group_problems(problems: Sequence[ProblemFact], places: Mapping[str, ReturnP
         if not is_throttling(p.message):
             resolved = problem_resolved(p, places.get(p.return_id) if p.return_id else None)
             items.append((p.stage, p.message, p.return_id, p.at, resolved))
-    items.extend((f.stage, f.reason, None, f.at, failure_resolved(f, runs))
-                 for run in runs for f in run.stage_failures if not is_throttling(f.reason))
+    items.extend(
+        (f.stage, f.reason, None, f.at, failure_resolved(f, runs))
+        for run in runs
+        for f in run.stage_failures
+        if not is_throttling(f.reason)
+    )
     groups: dict[tuple[str, str], list[tuple[str | None, datetime | None, bool]]] = {}
     for stage, message, rid, at, resolved in items:
         groups.setdefault((stage, normalise(message)), []).append((rid, at, resolved))
     out = [_group(stage, reason, members) for (stage, reason), members in groups.items()]
-    return sorted(out, key=lambda g: (g.resolved, -(g.last_seen.timestamp() if g.last_seen
-                                                    else 0.0)))
+    return sorted(
+        out, key=lambda g: (g.resolved, -(g.last_seen.timestamp() if g.last_seen else 0.0))
+    )
 
 
-def _group(stage: str, reason: str,
-           members: list[tuple[str | None, datetime | None, bool]]) -> ProblemGroup:
+def _group(
+    stage: str, reason: str, members: list[tuple[str | None, datetime | None, bool]]
+) -> ProblemGroup:
     times = [at for _, at, _ in members if at is not None]
     newest = sorted(members, key=lambda m: m[1].timestamp() if m[1] else 0.0, reverse=True)
     ids: list[str] = []
     for rid, _, _ in newest:
         if rid and rid not in ids and len(ids) < RECENT_IDS:
             ids.append(rid)
-    return ProblemGroup(stage, reason, len(members), tuple(ids), min(times, default=None),
-                        max(times, default=None), all(r for _, _, r in members))
+    return ProblemGroup(
+        stage,
+        reason,
+        len(members),
+        tuple(ids),
+        min(times, default=None),
+        max(times, default=None),
+        all(r for _, _, r in members),
+    )
 
 
 # -- a return's story and the outcome chart -----------------------------------------------
@@ -406,8 +474,9 @@ def wait_reason(stage: str, reason: str | None) -> str | None:
     return f"{what}: {reason}" if reason else what
 
 
-def hour_counts(seen: Mapping[tuple[datetime, str], int], start: datetime,
-                hours: int) -> list[HourCount]:
+def hour_counts(
+    seen: Mapping[tuple[datetime, str], int], start: datetime, hours: int
+) -> list[HourCount]:
     """Every hour from `start`, with the processed and flagged counted in it (0 if none)."""
     out = []
     for i in range(hours):
@@ -419,9 +488,11 @@ def hour_counts(seen: Mapping[tuple[datetime, str], int], start: datetime,
 # -- text ---------------------------------------------------------------------------------
 def view_lines(v: MerchantView) -> list[str]:
     """The verdict block `loopsync status` prints first for a merchant."""
-    lines = [f"{v.merchant}  {v.verdict}  ({v.warehouse})",
-             f"  state {v.state_path}",
-             f"  reason {v.reason}"]
+    lines = [
+        f"{v.merchant}  {v.verdict}  ({v.warehouse})",
+        f"  state {v.state_path}",
+        f"  reason {v.reason}",
+    ]
     when = [f"last successful {ago(v.last_ok_at, v.now) or 'never'}"]
     if v.last_run is not None:  # its counts are in the details below
         when.append(f"last started {ago(v.last_run.started_at, v.now)} ({v.last_run.status})")
@@ -437,11 +508,15 @@ def view_lines(v: MerchantView) -> list[str]:
 def _group_lines(v: MerchantView) -> list[str]:
     open_groups = [g for g in v.problems if not g.resolved]
     resolved = [g for g in v.problems if g.resolved]
-    lines = [f"  problem {g.count} x {g.stage}: {g.reason}"
-             + (f"  (ids {', '.join(g.recent_ids)})" if g.recent_ids else "")
-             + f"  first {ago(g.first_seen, v.now)}, last {ago(g.last_seen, v.now)}"
-             for g in open_groups]
+    lines = [
+        f"  problem {g.count} x {g.stage}: {g.reason}"
+        + (f"  (ids {', '.join(g.recent_ids)})" if g.recent_ids else "")
+        + f"  first {ago(g.first_seen, v.now)}, last {ago(g.last_seen, v.now)}"
+        for g in open_groups
+    ]
     if resolved:
-        lines.append(f"  resolved {sum(g.count for g in resolved)} problem(s) in "
-                     f"{len(resolved)} group(s): their cause went away")
+        lines.append(
+            f"  resolved {sum(g.count for g in resolved)} problem(s) in "
+            f"{len(resolved)} group(s): their cause went away"
+        )
     return lines

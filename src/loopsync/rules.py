@@ -15,6 +15,7 @@ from loopsync.timeutil import parse_timestamp
 # The rules vocabulary: the merchant's reading of warehouse words. It lives here, in the
 # core, so that the core never imports from the connector layer (connectors import it).
 
+
 def normalize_status(word: str | None) -> str:
     """Statuses compare ignoring case, with '_' and '-' equal to ' '."""
     if not word:
@@ -29,28 +30,35 @@ class StatusRules:
     process: frozenset[str]
     flag: frozenset[str]
     ignore: frozenset[str]
-    report: frozenset[str] = frozenset()        # no Loop call; shown to a person
+    report: frozenset[str] = frozenset()  # no Loop call; shown to a person
     flag_conditions: frozenset[str] = frozenset()  # item conditions that force a flag
-    require_full_receipt: bool = True           # process only when every unit arrived
+    require_full_receipt: bool = True  # process only when every unit arrived
 
     @classmethod
-    def build(cls, process: Sequence[str], flag: Sequence[str], ignore: Sequence[str],
-              report: Sequence[str] = (), flag_conditions: Sequence[str] = (),
-              require_full_receipt: bool = True) -> StatusRules:
+    def build(
+        cls,
+        process: Sequence[str],
+        flag: Sequence[str],
+        ignore: Sequence[str],
+        report: Sequence[str] = (),
+        flag_conditions: Sequence[str] = (),
+        require_full_receipt: bool = True,
+    ) -> StatusRules:
         def n(xs: Sequence[str]) -> frozenset[str]:
             return frozenset(normalize_status(x) for x in xs)
 
-        return cls(n(process), n(flag), n(ignore), n(report), n(flag_conditions),
-                   require_full_receipt)
+        return cls(
+            n(process), n(flag), n(ignore), n(report), n(flag_conditions), require_full_receipt
+        )
 
 
 @dataclass(frozen=True)
 class GradingRules:
     """Warehouse condition/disposition words -> Loop grade and assess values."""
 
-    conditions: dict[str, str] = field(default_factory=dict)    # -> condition_category
+    conditions: dict[str, str] = field(default_factory=dict)  # -> condition_category
     dispositions: dict[str, str] = field(default_factory=dict)  # -> disposition_outcome
-    processor: str | None = None                                # return_processor email
+    processor: str | None = None  # return_processor email
 
     @property
     def enabled(self) -> bool:
@@ -72,8 +80,9 @@ class PushPlan:
         return self.skip_reason is None
 
 
-def plan_push(ret: LoopReturn, destinations: dict[str, str], *,
-              needs_destination: bool = True) -> PushPlan:
+def plan_push(
+    ret: LoopReturn, destinations: dict[str, str], *, needs_destination: bool = True
+) -> PushPlan:
     """Open returns with a mapped destination and at least one SKU go to the warehouse;
     every other return is recorded with the reason it does not."""
     if ret.state != "open":
@@ -86,14 +95,15 @@ def plan_push(ret: LoopReturn, destinations: dict[str, str], *,
         return PushPlan(None, "return has no destination")
     mapped = destinations.get(ret.destination_id)
     if not mapped:
-        return PushPlan(None, f"destination {ret.destination_id} is not mapped in "
-                              "warehouse.destinations")
+        return PushPlan(
+            None, f"destination {ret.destination_id} is not mapped in warehouse.destinations"
+        )
     return PushPlan(mapped)
 
 
 @dataclass(frozen=True)
 class Decision:
-    action: str   # process | flag | ignore | report | wait
+    action: str  # process | flag | ignore | report | wait
     reason: str
 
     @property
@@ -124,8 +134,9 @@ def decide(status: RmaStatus, rules: StatusRules) -> Decision:
         problems += quantity_problems(status)
     if problems:
         return Decision(FLAG, f"warehouse status '{shown}': " + "; ".join(problems))
-    return Decision(PROCESS, f"warehouse status '{shown}', every unit received "
-                             f"({status.received_units})")
+    return Decision(
+        PROCESS, f"warehouse status '{shown}', every unit received ({status.received_units})"
+    )
 
 
 def condition_problems(status: RmaStatus, rules: StatusRules) -> list[str]:
@@ -153,8 +164,10 @@ def quantity_problems(status: RmaStatus) -> list[str]:
 def flag_note(status: RmaStatus, decision: Decision) -> str:
     """Why loopsync flagged: status, units expected and received, conditions."""
     conds = sorted({f"{i.sku}: {i.condition}" for i in status.items if i.condition})
-    text = (f"loopsync flagged: {decision.reason}. Units expected {status.expected_units}, "
-            f"received {status.received_units}.")
+    text = (
+        f"loopsync flagged: {decision.reason}. Units expected {status.expected_units}, "
+        f"received {status.received_units}."
+    )
     if conds:
         text += " Conditions: " + ", ".join(conds) + "."
     return clip(text)
@@ -178,9 +191,12 @@ def note_present(notes: Sequence[str], text: str, names: str | None = None) -> b
 
 
 def ambiguous_reason(kind: str, key: str, others: Sequence[str]) -> str:
-    return clip(f"ambiguous {kind} match: {key} also matches Loop return(s) "
-                f"{', '.join(sorted(others))}; loopsync acts on none of them (match by the "
-                "Loop return id, or settle them by hand)", 500)
+    return clip(
+        f"ambiguous {kind} match: {key} also matches Loop return(s) "
+        f"{', '.join(sorted(others))}; loopsync acts on none of them (match by the "
+        "Loop return id, or settle them by hand)",
+        500,
+    )
 
 
 # -- settling a process or flag whose answer was lost -------------------------------------
@@ -192,15 +208,16 @@ DONE, REPEAT, REPORT_ACTION, WAIT_READ = "done", "repeat", "report", "wait"
 class ActionRead:
     """What one read of Loop showed about a return after a lost process/flag answer."""
 
-    state: str        # the return's state, lower case
-    updated_at: str   # Loop's updated_at, as sent
-    notes: int        # how many notes the return had
-    at: str           # when we read it (ISO UTC, our clock)
+    state: str  # the return's state, lower case
+    updated_at: str  # Loop's updated_at, as sent
+    notes: int  # how many notes the return had
+    at: str  # when we read it (ISO UTC, our clock)
     loop_at: str = ""  # Loop's clock at the read (its `Date`), when it sent one
 
 
-def settle_action(kind: str, first: ActionRead | None, read: ActionRead, *,
-                  attempted_at: str) -> str:
+def settle_action(
+    kind: str, first: ActionRead | None, read: ActionRead, *, attempted_at: str
+) -> str:
     """done | wait | repeat | report for a process/flag whose outcome is unknown.
 
     Any state but `open` means the call (or a person) got there: done. An `open` read may
@@ -216,8 +233,9 @@ def settle_action(kind: str, first: ActionRead | None, read: ActionRead, *,
     if first.state != "open" or first.updated_at != read.updated_at or first.notes != read.notes:
         return REPORT_ACTION
     try:
-        changed = parse_timestamp(read.updated_at, assume_utc=True) > \
-            parse_timestamp(attempted_at, assume_utc=True)
+        changed = parse_timestamp(read.updated_at, assume_utc=True) > parse_timestamp(
+            attempted_at, assume_utc=True
+        )
     except (ValueError, OverflowError):
         return REPORT_ACTION
     return REPORT_ACTION if changed else REPEAT
@@ -228,8 +246,9 @@ def clip(text: str, limit: int = NOTE_LIMIT) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def grading_items(ret: LoopReturn, status: RmaStatus, grading: GradingRules
-                  ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def grading_items(
+    ret: LoopReturn, status: RmaStatus, grading: GradingRules
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Loop grade and assess items for the units the warehouse graded.
 
     Loop lists one line item per unit; a warehouse reports per SKU. Each SKU's condition
@@ -246,15 +265,21 @@ def grading_items(ret: LoopReturn, status: RmaStatus, grading: GradingRules
     for item in status.items:
         ids = lines_by_sku.get(item.sku, [])[: max(item.received, 0)]
         category = grading.conditions.get(normalize_status(item.condition))
-        outcome = grading.dispositions.get(normalize_status(item.disposition)) or \
-            grading.dispositions.get(normalize_status(item.condition))
+        outcome = grading.dispositions.get(
+            normalize_status(item.disposition)
+        ) or grading.dispositions.get(normalize_status(item.condition))
         for lid in ids:
             base: dict[str, Any] = {"line_item_id": _int_or_str(lid)}
             if grading.processor:
                 base["return_processor"] = grading.processor
             if category:
-                grades.append({**base, "condition_category": category,
-                               "description": clip(f"{item.sku}: {item.condition}", 255)})
+                grades.append(
+                    {
+                        **base,
+                        "condition_category": category,
+                        "description": clip(f"{item.sku}: {item.condition}", 255),
+                    }
+                )
             if outcome:
                 assessments.append({**base, "disposition_outcome": outcome})
     return grades, assessments

@@ -34,23 +34,47 @@ def new_run_id() -> str:
     return uuid.uuid4().hex[:12]
 
 
-def build_loop_client(cfg: MerchantConfig, clock: Clock, *, dry_run: bool = False,
-                      policy: RetryPolicy | None = None,
-                      stop: threading.Event | None = None) -> LoopClient:
-    return LoopClient(cfg.loop.base_url, cfg.loop.api_key.value, clock=clock, policy=policy,
-                      requests_per_minute=cfg.loop.requests_per_minute,
-                      page_size=cfg.loop.page_size, timeout=(5.0, cfg.loop.timeout),
-                      dry_run=dry_run, stop=stop, deadline=cfg.loop.deadline,
-                      max_body=cfg.loop.max_body)
+def build_loop_client(
+    cfg: MerchantConfig,
+    clock: Clock,
+    *,
+    dry_run: bool = False,
+    policy: RetryPolicy | None = None,
+    stop: threading.Event | None = None,
+) -> LoopClient:
+    return LoopClient(
+        cfg.loop.base_url,
+        cfg.loop.api_key.value,
+        clock=clock,
+        policy=policy,
+        requests_per_minute=cfg.loop.requests_per_minute,
+        page_size=cfg.loop.page_size,
+        timeout=(5.0, cfg.loop.timeout),
+        dry_run=dry_run,
+        stop=stop,
+        deadline=cfg.loop.deadline,
+        max_body=cfg.loop.max_body,
+    )
 
 
-def build_connector(cfg: MerchantConfig, clock: Clock, store: Store, *,
-                    stop: threading.Event, dry_run: bool = False,
-                    policy: RetryPolicy | None = None) -> WarehouseConnector:
+def build_connector(
+    cfg: MerchantConfig,
+    clock: Clock,
+    store: Store,
+    *,
+    stop: threading.Event,
+    dry_run: bool = False,
+    policy: RetryPolicy | None = None,
+) -> WarehouseConnector:
     cls = connector_class(cfg.warehouse.kind)
-    ctx = ConnectorContext(merchant=cfg.merchant, clock=clock, stop=stop,
-                           policy=policy or RetryPolicy(), kv=store.kv(cfg.warehouse.kind),
-                           dry_run=dry_run)
+    ctx = ConnectorContext(
+        merchant=cfg.merchant,
+        clock=clock,
+        stop=stop,
+        policy=policy or RetryPolicy(),
+        kv=store.kv(cfg.warehouse.kind),
+        dry_run=dry_run,
+    )
     return cls(cfg.warehouse, ctx)
 
 
@@ -60,12 +84,19 @@ def open_store(cfg: MerchantConfig, clock: Clock, *, dry_run: bool) -> Store:
     return Store(cfg.state_path, clock)
 
 
-def run_merchant(cfg: MerchantConfig, *, clock: Clock | None = None,
-                 stop: threading.Event | None = None, dry_run: bool = False, mode: str = "run",
-                 import_from: datetime | None = None, import_to: datetime | None = None,
-                 import_return_id: str | None = None,
-                 policy: RetryPolicy | None = None,
-                 next_due: Callable[[], datetime | None] | None = None) -> CycleResult:
+def run_merchant(
+    cfg: MerchantConfig,
+    *,
+    clock: Clock | None = None,
+    stop: threading.Event | None = None,
+    dry_run: bool = False,
+    mode: str = "run",
+    import_from: datetime | None = None,
+    import_to: datetime | None = None,
+    import_return_id: str | None = None,
+    policy: RetryPolicy | None = None,
+    next_due: Callable[[], datetime | None] | None = None,
+) -> CycleResult:
     """One cycle (or one manual import) for one merchant. Raises LockHeld when another
     process works this merchant, StateError when its state file cannot be used (named,
     with a sysexits code). Dry runs take no lock and write nothing anywhere.
@@ -88,25 +119,53 @@ def run_merchant(cfg: MerchantConfig, *, clock: Clock | None = None,
         raise state_error(cfg.state_path, exc) from None
     try:
         with bound:
-            return _run_locked(cfg, clock=clock, stop=stop, dry_run=dry_run, mode=mode,
-                               run_id=run_id, import_from=import_from, import_to=import_to,
-                               import_return_id=import_return_id, policy=policy,
-                               next_due=next_due)
+            return _run_locked(
+                cfg,
+                clock=clock,
+                stop=stop,
+                dry_run=dry_run,
+                mode=mode,
+                run_id=run_id,
+                import_from=import_from,
+                import_to=import_to,
+                import_return_id=import_return_id,
+                policy=policy,
+                next_due=next_due,
+            )
     finally:
         if lock is not None:
             lock.release()
 
 
-def _run_locked(cfg: MerchantConfig, *, clock: Clock, stop: threading.Event, dry_run: bool,
-                mode: str, run_id: str, import_from: datetime | None,
-                import_to: datetime | None, import_return_id: str | None,
-                policy: RetryPolicy | None,
-                next_due: Callable[[], datetime | None] | None = None) -> CycleResult:
+def _run_locked(
+    cfg: MerchantConfig,
+    *,
+    clock: Clock,
+    stop: threading.Event,
+    dry_run: bool,
+    mode: str,
+    run_id: str,
+    import_from: datetime | None,
+    import_to: datetime | None,
+    import_return_id: str | None,
+    policy: RetryPolicy | None,
+    next_due: Callable[[], datetime | None] | None = None,
+) -> CycleResult:
     store = open_store(cfg, clock, dry_run=dry_run)
     try:
-        result = _run_open(cfg, store, clock=clock, stop=stop, dry_run=dry_run, mode=mode,
-                           run_id=run_id, import_from=import_from, import_to=import_to,
-                           import_return_id=import_return_id, policy=policy)
+        result = _run_open(
+            cfg,
+            store,
+            clock=clock,
+            stop=stop,
+            dry_run=dry_run,
+            mode=mode,
+            run_id=run_id,
+            import_from=import_from,
+            import_to=import_to,
+            import_return_id=import_return_id,
+            policy=policy,
+        )
         if next_due is not None and not dry_run:
             record_next_due(store, next_due())
         return result
@@ -117,10 +176,20 @@ def _run_locked(cfg: MerchantConfig, *, clock: Clock, stop: threading.Event, dry
             store.close()
 
 
-def _run_open(cfg: MerchantConfig, store: Store, *, clock: Clock, stop: threading.Event,
-              dry_run: bool, mode: str, run_id: str, import_from: datetime | None,
-              import_to: datetime | None, import_return_id: str | None,
-              policy: RetryPolicy | None) -> CycleResult:
+def _run_open(
+    cfg: MerchantConfig,
+    store: Store,
+    *,
+    clock: Clock,
+    stop: threading.Event,
+    dry_run: bool,
+    mode: str,
+    run_id: str,
+    import_from: datetime | None,
+    import_to: datetime | None,
+    import_return_id: str | None,
+    policy: RetryPolicy | None,
+) -> CycleResult:
     manual = mode == "import" or dry_run  # a person is trying: no backoff in the way
     refusal = refusals.load(store.kv(refusals.KV_NAMESPACE))
     if not manual and not refusals.may_try(refusal, clock.now(), cfg.secrets()):
@@ -130,8 +199,9 @@ def _run_open(cfg: MerchantConfig, store: Store, *, clock: Clock, stop: threadin
     connector = build_connector(cfg, clock, store, stop=stop, dry_run=dry_run, policy=policy)
     # rate limits hold across processes: the last run's recent sends count against ours
     limits = LimitHistory.load(store.kv(LIMIT_HISTORY_NAMESPACE), loop, connector)
-    engine = Engine(cfg, store, loop, connector, clock=clock, run_id=run_id, stop=stop,
-                    dry_run=dry_run)
+    engine = Engine(
+        cfg, store, loop, connector, clock=clock, run_id=run_id, stop=stop, dry_run=dry_run
+    )
     try:
         store.runs.start(run_id, mode + (" (dry run)" if dry_run else ""))
     except BaseException:  # no room even for the run row: nothing else was done
@@ -153,16 +223,25 @@ class _Cycle:
     """One recorded cycle: runs the engine, maps how it ended to the run row's status,
     and records the row whatever happened."""
 
-    def __init__(self, cfg: MerchantConfig, store: Store, engine: Engine, clock: Clock,
-                 run_id: str, mode: str, dry_run: bool, refusal: refusals.Refusal | None
-                 ) -> None:
+    def __init__(
+        self,
+        cfg: MerchantConfig,
+        store: Store,
+        engine: Engine,
+        clock: Clock,
+        run_id: str,
+        mode: str,
+        dry_run: bool,
+        refusal: refusals.Refusal | None,
+    ) -> None:
         self.cfg, self.store, self.engine, self.clock = cfg, store, engine, clock
         self.run_id, self.mode, self.dry_run, self.refusal = run_id, mode, dry_run, refusal
         self.status = "ok"
         self.error_text: str | None = None
 
-    def run(self, import_return_id: str | None, import_from: datetime | None,
-            import_to: datetime | None) -> CycleResult:
+    def run(
+        self, import_return_id: str | None, import_from: datetime | None, import_to: datetime | None
+    ) -> CycleResult:
         engine, cfg = self.engine, self.cfg
         result = engine.result
         try:
@@ -197,22 +276,29 @@ class _Cycle:
             self.status = "stopped"
         if self.refusal is not None and not self.dry_run:
             refusals.save(self.store.kv(refusals.KV_NAMESPACE), None)  # accepted again
-            log.info("credentials.accepted", merchant=self.cfg.merchant,
-                     system=self.refusal.system)
+            log.info("credentials.accepted", merchant=self.cfg.merchant, system=self.refusal.system)
 
     def _refused(self, result: CycleResult, exc: AuthError) -> None:
         """Every other request would be refused too: stop the cycle, say why once, wait."""
         result.counts.errors += 1
         self.status = "refused"
-        new = refusals.after_refusal(self.refusal, exc.system, _redacted(str(exc)),
-                                     self.clock.now(), self.cfg.secrets())
+        new = refusals.after_refusal(
+            self.refusal, exc.system, _redacted(str(exc)), self.clock.now(), self.cfg.secrets()
+        )
         self.error_text = f"{new.reason}: {new.message}"
         result.stage_errors["credentials"] = (
-            f"{new.reason} ({new.failures} in a row); next try after {iso(new.retry_at)}")
+            f"{new.reason} ({new.failures} in a row); next try after {iso(new.retry_at)}"
+        )
         if not self.dry_run:
             refusals.save(self.store.kv(refusals.KV_NAMESPACE), new)
-        log.error("credentials.refused", merchant=self.cfg.merchant, system=exc.system,
-                  failures=new.failures, retry_at=iso(new.retry_at), error=str(exc))
+        log.error(
+            "credentials.refused",
+            merchant=self.cfg.merchant,
+            system=exc.system,
+            failures=new.failures,
+            retry_at=iso(new.retry_at),
+            error=str(exc),
+        )
 
     def finish(self) -> sqlite3.Error | None:
         """Record the run row and log the summary. Returns the error that kept the row from
@@ -222,17 +308,30 @@ class _Cycle:
         counts = asdict(engine.result.counts)
         unrecorded: sqlite3.Error | None = None
         try:
-            self.store.runs.finish(self.run_id, self.status, counts,
-                                   engine.result.counts.errors, self.error_text)
+            self.store.runs.finish(
+                self.run_id, self.status, counts, engine.result.counts.errors, self.error_text
+            )
         except sqlite3.Error as exc:
             log.error("run.not_recorded", merchant=self.cfg.merchant, error=str(exc))
             unrecorded = exc
         c = engine.result.counts
-        log.info("cycle.summary", merchant=self.cfg.merchant, run_id=self.run_id,
-                 mode=self.mode, dry_run=self.dry_run, status=self.status, pulled=c.pulled,
-                 new=c.new, pushed=c.pushed, processed=c.processed, flagged=c.flagged,
-                 ignored=c.ignored, reported=c.reported, errors=c.errors,
-                 duration=round(engine.result.duration, 3))
+        log.info(
+            "cycle.summary",
+            merchant=self.cfg.merchant,
+            run_id=self.run_id,
+            mode=self.mode,
+            dry_run=self.dry_run,
+            status=self.status,
+            pulled=c.pulled,
+            new=c.new,
+            pushed=c.pushed,
+            processed=c.processed,
+            flagged=c.flagged,
+            ignored=c.ignored,
+            reported=c.reported,
+            errors=c.errors,
+            duration=round(engine.result.duration, 3),
+        )
         return unrecorded
 
 
@@ -241,9 +340,14 @@ def _refused_skip(cfg: MerchantConfig, run_id: str, refusal: refusals.Refusal) -
     result = CycleResult(cfg.merchant, run_id, CycleCounts(errors=1))
     result.stage_errors["credentials"] = (
         f"{refusal.reason} ({refusal.failures} in a row, last {iso(refusal.last_at)}); "
-        f"not tried again before {iso(refusal.retry_at)}")
-    log.warning("cycle.skipped", merchant=cfg.merchant, reason=refusal.reason,
-                retry_at=iso(refusal.retry_at))
+        f"not tried again before {iso(refusal.retry_at)}"
+    )
+    log.warning(
+        "cycle.skipped",
+        merchant=cfg.merchant,
+        reason=refusal.reason,
+        retry_at=iso(refusal.retry_at),
+    )
     return result
 
 
@@ -252,8 +356,9 @@ def _redacted(text: str) -> str:
     return str(logs.redact_secrets(None, "", {"text": text})["text"])
 
 
-def _import(engine: Engine, return_id: str | None, start: datetime | None,
-            end: datetime | None) -> set[str]:
+def _import(
+    engine: Engine, return_id: str | None, start: datetime | None, end: datetime | None
+) -> set[str]:
     if return_id:
         return engine.import_return(return_id)
     assert start is not None and end is not None
@@ -267,8 +372,14 @@ def record_next_due(store: Store, when: datetime | None) -> None:
 
 def summary_line(result: CycleResult) -> str:
     c = result.counts
-    parts: dict[str, Any] = {"pulled": c.pulled, "new": c.new, "pushed": c.pushed,
-                             "processed": c.processed, "flagged": c.flagged,
-                             "ignored": c.ignored, "errors": c.errors}
+    parts: dict[str, Any] = {
+        "pulled": c.pulled,
+        "new": c.new,
+        "pushed": c.pushed,
+        "processed": c.processed,
+        "flagged": c.flagged,
+        "ignored": c.ignored,
+        "errors": c.errors,
+    }
     body = " ".join(f"{k}={v}" for k, v in parts.items())
     return f"{result.merchant}: {body} duration={result.duration:.1f}s"

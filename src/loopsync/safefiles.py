@@ -58,8 +58,7 @@ def safe_name(name: str) -> str:
     if not name or name in (".", "..") or name.startswith("."):
         raise ValueError(f"{name!r} cannot be a file name (empty, hidden or a parent link)")
     if any(c in name for c in "/\\\0") or any(ord(c) < 32 for c in name):
-        raise ValueError(f"{name!r} cannot be a file name (path separator or control "
-                         "character)")
+        raise ValueError(f"{name!r} cannot be a file name (path separator or control character)")
     if len(name.encode("utf-8", "surrogatepass")) > NAME_MAX:
         raise ValueError(f"file name of {len(name)} characters is too long")
     return name
@@ -114,8 +113,9 @@ def lstat(folder_fd: int, name: str) -> os.stat_result | None:
         return None
 
 
-def read_regular(folder_fd: int, name: str, *, limit: int,
-                 single_link: bool = False) -> tuple[bytes, Stamp]:
+def read_regular(
+    folder_fd: int, name: str, *, limit: int, single_link: bool = False
+) -> tuple[bytes, Stamp]:
     """The bytes of a regular file and its stamp. ELOOP for a link (with `single_link`, a
     file with other hard links too), EINVAL for anything not a regular file, EFBIG beyond
     `limit` bytes."""
@@ -193,13 +193,18 @@ def move_no_clobber(src_fd: int, name: str, dst_fd: int, *, reserve: str = "") -
         try:
             # A hard link is an atomic "create if absent", and links the entry itself
             # (follow_symlinks=False), never what a link points to.
-            os.link(name, candidate, src_dir_fd=src_fd, dst_dir_fd=dst_fd,
-                    follow_symlinks=False)
+            os.link(name, candidate, src_dir_fd=src_fd, dst_dir_fd=dst_fd, follow_symlinks=False)
         except FileExistsError:
             continue
         except OSError as exc:
-            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV,
-                                 errno.EMLINK, errno.ENOSYS):
+            if exc.errno not in (
+                errno.EPERM,
+                errno.ENOTSUP,
+                errno.EOPNOTSUPP,
+                errno.EXDEV,
+                errno.EMLINK,
+                errno.ENOSYS,
+            ):
                 raise
             return _move_without_links(src_fd, name, dst_fd, candidate, exc.errno)
         os.unlink(name, dir_fd=src_fd)
@@ -221,14 +226,21 @@ def _rename_noreplace(src_fd: int, name: str, dst_fd: int, target: str) -> bool 
     err = ctypes.get_errno()
     if err == errno.EEXIST:
         return False
-    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV,
-               errno.EPERM):
+    if err in (
+        errno.ENOSYS,
+        errno.EINVAL,
+        errno.ENOTSUP,
+        errno.EOPNOTSUPP,
+        errno.EXDEV,
+        errno.EPERM,
+    ):
         return None
     raise OSError(err, os.strerror(err), name)
 
 
-def _move_without_links(src_fd: int, name: str, dst_fd: int, candidate: str,
-                        why: int | None) -> str:
+def _move_without_links(
+    src_fd: int, name: str, dst_fd: int, candidate: str, why: int | None
+) -> str:
     """Filesystems without hard links: a rename after checking the name is free (a tiny
     race, only against the folder's other writer), or across filesystems a copy into an
     exclusively created file."""
@@ -269,7 +281,7 @@ def _refuse_non_regular(folder_fd: int, name: str) -> None:
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 def fsync_folder(folder_fd: int) -> None:

@@ -63,17 +63,23 @@ def _next_due(scheduler: BackgroundScheduler, cfg: MerchantConfig) -> NextDue:
     def next_due() -> datetime | None:
         when = getattr(scheduler.get_job(_job_id(cfg)), "next_run_time", None)
         return when if isinstance(when, datetime) else None
+
     return next_due
 
 
 def _guarded(run_cycle: Cycle, due: Callable[[MerchantConfig], NextDue]) -> Cycle:
     """The job: one merchant's exception is logged and contained (never a traceback)."""
+
     def job(cfg: MerchantConfig, stop: threading.Event) -> None:
         try:
             run_cycle(cfg, stop, next_due=due(cfg))
         except Exception as exc:  # noqa: BLE001 - one merchant must not stop the rest
-            log.error("serve.cycle_failed", merchant=cfg.merchant,
-                      error=clip(" ".join(f"{type(exc).__name__}: {exc}".split()), 500, ""))
+            log.error(
+                "serve.cycle_failed",
+                merchant=cfg.merchant,
+                error=clip(" ".join(f"{type(exc).__name__}: {exc}".split()), 500, ""),
+            )
+
     return job
 
 
@@ -81,8 +87,14 @@ def _start_listener(scheduler: Any, listener: Listener | None) -> None:
     """The heartbeat is a job: it beats only while the scheduler runs jobs."""
     if listener is None:
         return
-    scheduler.add_job(listener.beat, "interval", seconds=HEARTBEAT_SECONDS, id="heartbeat",
-                      name="heartbeat", next_run_time=datetime.now(UTC))
+    scheduler.add_job(
+        listener.beat,
+        "interval",
+        seconds=HEARTBEAT_SECONDS,
+        id="heartbeat",
+        name="heartbeat",
+        next_run_time=datetime.now(UTC),
+    )
     listener.start()
 
 
@@ -92,10 +104,16 @@ def _stop_listener(listener: Listener | None) -> None:
         listener.stop()
 
 
-def serve(configs: list[MerchantConfig], run_cycle: Cycle,
-          stop: threading.Event | None = None, *, shutdown: Shutdown | None = None,
-          reload: Callable[[], list[MerchantConfig] | None] | None = None,
-          grace: float = 65.0, listener: Listener | None = None) -> int:
+def serve(
+    configs: list[MerchantConfig],
+    run_cycle: Cycle,
+    stop: threading.Event | None = None,
+    *,
+    shutdown: Shutdown | None = None,
+    reload: Callable[[], list[MerchantConfig] | None] | None = None,
+    grace: float = 65.0,
+    listener: Listener | None = None,
+) -> int:
     """Run every merchant on its schedule until `stop` is set or a signal arrives (the
     `shutdown` handlers must be installed by the caller to see signals). `reload`: the
     configurations to run after a SIGHUP (None: keep the current ones)."""
@@ -103,8 +121,11 @@ def serve(configs: list[MerchantConfig], run_cycle: Cycle,
     shutdown = shutdown or Shutdown()
     scheduler = BackgroundScheduler(
         executors={"default": ThreadPoolExecutor(max_workers=max(MAX_WORKERS, len(configs)))},
-        job_defaults={"max_instances": 1, "coalesce": True,
-                      "misfire_grace_time": MISFIRE_GRACE_SECONDS},
+        job_defaults={
+            "max_instances": 1,
+            "coalesce": True,
+            "misfire_grace_time": MISFIRE_GRACE_SECONDS,
+        },
         timezone=UTC,
     )
     job = _guarded(run_cycle, lambda cfg: _next_due(scheduler, cfg))
@@ -112,9 +133,17 @@ def serve(configs: list[MerchantConfig], run_cycle: Cycle,
 
     def schedule(cfg: MerchantConfig) -> None:
         seconds = int(cfg.every.total_seconds())
-        scheduler.add_job(job, "interval", seconds=seconds, jitter=min(30, seconds // 10),
-                          id=_job_id(cfg), name=_job_id(cfg), replace_existing=True,
-                          next_run_time=datetime.now(UTC), args=[cfg, stop])
+        scheduler.add_job(
+            job,
+            "interval",
+            seconds=seconds,
+            jitter=min(30, seconds // 10),
+            id=_job_id(cfg),
+            name=_job_id(cfg),
+            replace_existing=True,
+            next_run_time=datetime.now(UTC),
+            args=[cfg, stop],
+        )
         running[cfg.merchant] = cfg
 
     for cfg in configs:
@@ -127,13 +156,20 @@ def serve(configs: list[MerchantConfig], run_cycle: Cycle,
             log.info("serve.merchant_removed", merchant=merchant)
         for merchant, cfg in wanted.items():
             if running.get(merchant) != cfg:
-                log.info("serve.merchant_" + ("replaced" if merchant in running else "added"),
-                         merchant=merchant, file=cfg.file)
+                log.info(
+                    "serve.merchant_" + ("replaced" if merchant in running else "added"),
+                    merchant=merchant,
+                    file=cfg.file,
+                )
                 schedule(cfg)
 
     def on_event(event: Any) -> None:
-        log.warning("scheduler.event", code=event.code, job=event.job_id,
-                    error=str(getattr(event, "exception", "") or ""))
+        log.warning(
+            "scheduler.event",
+            code=event.code,
+            job=event.job_id,
+            error=str(getattr(event, "exception", "") or ""),
+        )
 
     scheduler.add_listener(on_event, EVENT_JOB_ERROR | EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES)
 
@@ -158,8 +194,9 @@ def serve(configs: list[MerchantConfig], run_cycle: Cycle,
         stop.set()
         # Running cycles end at their current request: waited for up to `grace` seconds
         # in a helper thread, so the main thread still acts on a second signal.
-        closing = threading.Thread(target=scheduler.shutdown, kwargs={"wait": True},
-                                   name="loopsync-drain", daemon=True)
+        closing = threading.Thread(
+            target=scheduler.shutdown, kwargs={"wait": True}, name="loopsync-drain", daemon=True
+        )
         closing.start()
         if not shutdown.drain(closing, grace):
             log.warning("serve.left_running", grace=grace)

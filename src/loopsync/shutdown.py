@@ -88,17 +88,24 @@ class Shutdown:
         self.signum = signum
 
     # -- the main thread's side ---------------------------------------------------------
-    def watch(self, stop: threading.Event, until: Callable[[], bool],
-              nap: Callable[[float], Any] | None = None) -> None:
+    def watch(
+        self,
+        stop: threading.Event,
+        until: Callable[[], bool],
+        nap: Callable[[float], Any] | None = None,
+    ) -> None:
         """Nap until `until()` holds; set `stop` when a shutdown is asked for. `nap`:
         how to wait (it may return early), by default a plain timed wait."""
         # An Event never set: only its timed wait is used, as a sleep.
         nap = nap or threading.Event().wait
         while not until():
             if self.requested and not stop.is_set():
-                _log().warning("shutdown.requested", signal=self.name,
-                               then="finishing the current request, then stopping",
-                               again="exits at once")
+                _log().warning(
+                    "shutdown.requested",
+                    signal=self.name,
+                    then="finishing the current request, then stopping",
+                    again="exits at once",
+                )
                 stop.set()
             nap(NAP)
         if self.requested:
@@ -112,12 +119,14 @@ class Shutdown:
             worker.join(NAP)
             if not worker.is_alive():
                 return True
-        _log().warning("shutdown.left_running", grace=grace,
-                       note="the current request outlived the grace; exiting without it")
+        _log().warning(
+            "shutdown.left_running",
+            grace=grace,
+            note="the current request outlived the grace; exiting without it",
+        )
         return False
 
-    def supervise(self, work: Callable[[threading.Event], T], *,
-                  grace: float = 60.0) -> T | None:
+    def supervise(self, work: Callable[[threading.Event], T], *, grace: float = 60.0) -> T | None:
         """Run `work(stop)` in a worker thread while the main thread watches for signals:
         the main thread never blocks in a socket or in SQLite, so a signal is acted on at
         once. `work`'s exception is raised here. After a stop, `work` has `grace` seconds
@@ -134,8 +143,9 @@ class Shutdown:
                 box["error"] = exc
 
         context = contextvars.copy_context()  # log lines keep their bound fields
-        worker = threading.Thread(target=context.run, args=(target,), name="loopsync-work",
-                                  daemon=True)
+        worker = threading.Thread(
+            target=context.run, args=(target,), name="loopsync-work", daemon=True
+        )
         worker.start()
         # Joining as the nap: the command ends the moment its work does.
         self.watch(stop, until=lambda: not worker.is_alive() or stop.is_set(), nap=worker.join)

@@ -65,8 +65,11 @@ def status_env(env: Mapping[str, str] | None = None) -> Mapping[str, str]:
 
 def merchant_status(cfg: MerchantConfig) -> dict[str, Any]:
     path = Path(cfg.state_path)
-    report: dict[str, Any] = {"merchant": cfg.merchant, "state_path": str(path),
-                              "warehouse": cfg.warehouse.kind}
+    report: dict[str, Any] = {
+        "merchant": cfg.merchant,
+        "state_path": str(path),
+        "warehouse": cfg.warehouse.kind,
+    }
     if not path.exists():
         report["note"] = "no state yet: the first run has not happened"
         return report
@@ -102,8 +105,10 @@ def _read_state(store: Store, path: Path, report: dict[str, Any]) -> None:
     report["cursors"] = [asdict(c) for c in store.cursors.all()]
     report["stages"] = {str(k): v for k, v in store.returns.stage_counts().items()}
     report["actions"] = store.returns.action_counts()
-    report["effects"] = {str(kind): {str(status): n for status, n in counts.items()}
-                         for kind, counts in store.ledger.counts().items()}
+    report["effects"] = {
+        str(kind): {str(status): n for status, n in counts.items()}
+        for kind, counts in store.ledger.counts().items()
+    }
     runs = store.runs.last(1)
     if runs:
         run = asdict(runs[0])
@@ -113,8 +118,9 @@ def _read_state(store: Store, path: Path, report: dict[str, Any]) -> None:
         report["last_run"] = run
     refusal = refusals.load(store.kv(refusals.KV_NAMESPACE))
     if refusal is not None:
-        report["credentials"] = {k: v for k, v in refusal.to_json().items()
-                                 if k not in ("salt", "fingerprint")}
+        report["credentials"] = {
+            k: v for k, v in refusal.to_json().items() if k not in ("salt", "fingerprint")
+        }
         report["credentials"]["reason"] = refusal.reason
     report["waiting"] = [asdict(w) for w in store.returns.held(50)]
     report["problems"] = [asdict(p) for p in store.runs.problems(20)]
@@ -127,9 +133,11 @@ def render_status(r: dict[str, Any]) -> str:
         return "\n".join([*lines, f"  {r['note']}", ""]) + "\n"
     cred = r.get("credentials")
     if cred:
-        lines.append(f"  {cred['reason']} ({cred['failures']} in a row since "
-                     f"{cred['first_at']}); next try after {cred['retry_at']}: "
-                     f"{cred['message']}")
+        lines.append(
+            f"  {cred['reason']} ({cred['failures']} in a row since "
+            f"{cred['first_at']}); next try after {cred['retry_at']}: "
+            f"{cred['message']}"
+        )
     run = r.get("last_run")
     if run:
         lines.append(_run_line(run))
@@ -144,11 +152,12 @@ def render_status(r: dict[str, Any]) -> str:
 def _run_line(run: dict[str, Any]) -> str:
     c = run.get("counts", {})
     ended = run.get("ended_at") or f"({run['status']})"
-    return (f"  last run  {run['started_at']} -> {ended}  "
-            f"{run['status']}  pulled={c.get('pulled', 0)} pushed={c.get('pushed', 0)} "
-            f"processed={c.get('processed', 0)} flagged={c.get('flagged', 0)} "
-            f"errors={run.get('errors', 0)}"
-            + (f"  error: {run['error']}" if run.get("error") else ""))
+    return (
+        f"  last run  {run['started_at']} -> {ended}  "
+        f"{run['status']}  pulled={c.get('pulled', 0)} pushed={c.get('pushed', 0)} "
+        f"processed={c.get('processed', 0)} flagged={c.get('flagged', 0)} "
+        f"errors={run.get('errors', 0)}" + (f"  error: {run['error']}" if run.get("error") else "")
+    )
 
 
 def _cursor_lines(cursors: list[dict[str, Any]]) -> list[str]:
@@ -156,20 +165,24 @@ def _cursor_lines(cursors: list[dict[str, Any]]) -> list[str]:
     for cur in cursors:
         where = f"done until {cur['done_until'] or '(not yet)'}"
         if cur.get("window_from"):
-            where += (f"; in window {cur['window_from']} -> {cur['window_to']}"
-                      + (" at a saved page" if cur.get("page_cursor") else ""))
+            where += f"; in window {cur['window_from']} -> {cur['window_to']}" + (
+                " at a saved page" if cur.get("page_cursor") else ""
+            )
         lines.append(f"    {cur['stream']}/{cur['state']:<10} {where}")
     return lines
 
 
 def _count_lines(r: dict[str, Any]) -> list[str]:
     stages = r.get("stages", {})
-    lines = ["  returns by stage  " + (", ".join(f"{k} {v}" for k, v in sorted(stages.items()))
-                                       or "none")]
+    lines = [
+        "  returns by stage  "
+        + (", ".join(f"{k} {v}" for k, v in sorted(stages.items())) or "none")
+    ]
     actions = r.get("actions", {})
     if actions:
-        lines.append("  loop actions      "
-                     + ", ".join(f"{k} {v}" for k, v in sorted(actions.items())))
+        lines.append(
+            "  loop actions      " + ", ".join(f"{k} {v}" for k, v in sorted(actions.items()))
+        )
     failed = {k: v.get("failed", 0) for k, v in r.get("effects", {}).items() if v.get("failed")}
     if failed:
         lines.append("  failed effects    " + ", ".join(f"{k} {v}" for k, v in failed.items()))
@@ -180,8 +193,9 @@ def _waiting_lines(waiting: list[dict[str, Any]]) -> list[str]:
     if not waiting:
         return []
     return [f"  waiting on something ({len(waiting)} shown)"] + [
-        f"    {w['id']:<12} {w['stage']:<9} {w.get('order_name') or '':<8} "
-        f"{w.get('reason') or ''}" for w in waiting]
+        f"    {w['id']:<12} {w['stage']:<9} {w.get('order_name') or '':<8} {w.get('reason') or ''}"
+        for w in waiting
+    ]
 
 
 def _problem_lines(problems: list[dict[str, Any]]) -> list[str]:
@@ -189,35 +203,50 @@ def _problem_lines(problems: list[dict[str, Any]]) -> list[str]:
         return []
     return [f"  recent problems ({len(problems)} shown)"] + [
         f"    {p['at']}  {p.get('return_id') or '-':<12} {p['stage']:<6} {p['message']}"
-        for p in problems]
+        for p in problems
+    ]
 
 
 def clock_events(store: Store) -> dict[str, Any]:
     """Cursors pulled back from the future, clock skew against Loop, and walks that ended
     before the remote's last page (kv entries the engine and connectors keep)."""
-    return {"pulled_back": [e.value | {"cursor": e.key.split(":", 1)[1]}
-                            for e in store.kv_with_prefix("pulled_back:")],
-            "skew": [e.value for e in store.kv_with_prefix("clock_skew")
-                     if e.namespace == "cursors"],
-            "walks": [e.value | {"walk": e.key.split(":", 1)[1]}
-                      for e in store.kv_with_prefix("walk:") if isinstance(e.value, dict)]}
+    return {
+        "pulled_back": [
+            e.value | {"cursor": e.key.split(":", 1)[1]}
+            for e in store.kv_with_prefix("pulled_back:")
+        ],
+        "skew": [e.value for e in store.kv_with_prefix("clock_skew") if e.namespace == "cursors"],
+        "walks": [
+            e.value | {"walk": e.key.split(":", 1)[1]}
+            for e in store.kv_with_prefix("walk:")
+            if isinstance(e.value, dict)
+        ],
+    }
 
 
 def clock_lines(events: dict[str, Any]) -> list[str]:
-    lines = [f"  cursor {p['cursor']} was in the future; pulled back at {p.get('at')} "
-             f"from {p.get('from') or '-'} to {p.get('to') or '(start)'}"
-             for p in events.get("pulled_back", [])]
-    lines += [f"  clock skew: ours ran {k.get('ahead_seconds')} s ahead of Loop's "
-              f"at {k.get('at')} (cursors kept to Loop's clock)" for k in events.get("skew", [])]
-    lines += [f"  unfinished walk {w['walk']}: {w.get('outcome')} after "
-              f"{w.get('pages')} pages, {w.get('times')} time(s) since {w.get('since')} "
-              "(what it feeds waits)" for w in events.get("walks", [])]
+    lines = [
+        f"  cursor {p['cursor']} was in the future; pulled back at {p.get('at')} "
+        f"from {p.get('from') or '-'} to {p.get('to') or '(start)'}"
+        for p in events.get("pulled_back", [])
+    ]
+    lines += [
+        f"  clock skew: ours ran {k.get('ahead_seconds')} s ahead of Loop's "
+        f"at {k.get('at')} (cursors kept to Loop's clock)"
+        for k in events.get("skew", [])
+    ]
+    lines += [
+        f"  unfinished walk {w['walk']}: {w.get('outcome')} after "
+        f"{w.get('pages')} pages, {w.get('times')} time(s) since {w.get('since')} "
+        "(what it feeds waits)"
+        for w in events.get("walks", [])
+    ]
     return lines
 
 
 # -- the typed views (report.py decides; these read the state file) ------------------------
 RECENT_RUNS = 10
-PROBLEM_ROWS = 500       # the newest problem rows grouped (older ones are history)
+PROBLEM_ROWS = 500  # the newest problem rows grouped (older ones are history)
 
 
 def _when(value: str | None) -> datetime | None:
@@ -229,10 +258,12 @@ def _when(value: str | None) -> datetime | None:
         return None
 
 
-def _base_view(cfg: MerchantConfig, now: datetime, verdict: report.Verdict,
-               reason: str) -> report.MerchantView:
-    return report.MerchantView(cfg.merchant, cfg.warehouse.kind,
-                               str(Path(cfg.state_path).absolute()), verdict, reason, now)
+def _base_view(
+    cfg: MerchantConfig, now: datetime, verdict: report.Verdict, reason: str
+) -> report.MerchantView:
+    return report.MerchantView(
+        cfg.merchant, cfg.warehouse.kind, str(Path(cfg.state_path).absolute()), verdict, reason, now
+    )
 
 
 def merchant_view(cfg: MerchantConfig, *, now: datetime | None = None) -> report.MerchantView:
@@ -241,16 +272,18 @@ def merchant_view(cfg: MerchantConfig, *, now: datetime | None = None) -> report
     now = now or SystemClock().now()
     path = Path(cfg.state_path)
     if not path.exists():
-        return _base_view(cfg, now, report.Verdict.NEVER_RUN, "no state yet: the first run has "
-                          "not happened")
+        return _base_view(
+            cfg, now, report.Verdict.NEVER_RUN, "no state yet: the first run has not happened"
+        )
     try:
         store = Store(path, SystemClock(), read_only=True)
     except StateError as exc:
         return _blocked(cfg, now, str(exc))
     try:
         if not store.initialised:
-            return _base_view(cfg, now, report.Verdict.NEVER_RUN,
-                              "no state yet: the first run has not happened")
+            return _base_view(
+                cfg, now, report.Verdict.NEVER_RUN, "no state yet: the first run has not happened"
+            )
         return _read_view(cfg, store, path, now)
     except StateError as exc:
         return _blocked(cfg, now, str(exc))
@@ -271,7 +304,8 @@ def _runs(store: Store, path: Path) -> tuple[report.RunView, ...]:
     failures: dict[str, list[report.StageFailure]] = {}
     for f in store.runs.stage_failures([r.id for r in rows]):
         failures.setdefault(f.run_id, []).append(
-            report.StageFailure(f.run_id, f.stage, f.reason, _when(f.at)))
+            report.StageFailure(f.run_id, f.stage, f.reason, _when(f.at))
+        )
     held = None
     views = []
     for i, r in enumerate(rows):
@@ -281,42 +315,73 @@ def _runs(store: Store, path: Path) -> tuple[report.RunView, ...]:
             status = "running" if held else "interrupted"
         elif status == "running":
             status = "interrupted"  # a later run started: this one died
-        views.append(report.RunView(
-            r.id, _when(r.started_at), _when(r.ended_at), status,
-            {k: v for k, v in r.counts.items() if isinstance(v, int)}, r.errors,
-            tuple(failures.get(r.id, ())), r.mode, r.error))
+        views.append(
+            report.RunView(
+                r.id,
+                _when(r.started_at),
+                _when(r.ended_at),
+                status,
+                {k: v for k, v in r.counts.items() if isinstance(v, int)},
+                r.errors,
+                tuple(failures.get(r.id, ())),
+                r.mode,
+                r.error,
+            )
+        )
     return tuple(views)
 
 
 def read_facts(cfg: MerchantConfig, store: Store, path: Path) -> report.Facts:
     refusal = refusals.load(store.kv(refusals.KV_NAMESPACE))
-    refused = None if refusal is None else report.CredentialsRefused(
-        refusal.system, refusal.failures, refusal.first_at, refusal.retry_at, refusal.message)
+    refused = (
+        None
+        if refusal is None
+        else report.CredentialsRefused(
+            refusal.system, refusal.failures, refusal.first_at, refusal.retry_at, refusal.message
+        )
+    )
     due = store.kv(NEXT_DUE_NAMESPACE).get(NEXT_DUE_KEY)
-    return report.Facts(cfg.every, cfg.stall_limit, runs=_runs(store, path),
-                        first_run_at=_when(store.runs.first_started()),
-                        last_ok_at=_when(store.runs.last_ok()), refusal=refused,
-                        next_due=_when(due if isinstance(due, str) else None))
+    return report.Facts(
+        cfg.every,
+        cfg.stall_limit,
+        runs=_runs(store, path),
+        first_run_at=_when(store.runs.first_started()),
+        last_ok_at=_when(store.runs.last_ok()),
+        refusal=refused,
+        next_due=_when(due if isinstance(due, str) else None),
+    )
 
 
-def _read_view(cfg: MerchantConfig, store: Store, path: Path,
-               now: datetime) -> report.MerchantView:
+def _read_view(cfg: MerchantConfig, store: Store, path: Path, now: datetime) -> report.MerchantView:
     facts = read_facts(cfg, store, path)
     verdict, reason = report.verdict(facts, now)
-    problems = [report.ProblemFact(p.return_id, p.stage, p.message, _when(p.at), p.run_id)
-                for p in store.runs.problems(PROBLEM_ROWS)]
+    problems = [
+        report.ProblemFact(p.return_id, p.stage, p.message, _when(p.at), p.run_id)
+        for p in store.runs.problems(PROBLEM_ROWS)
+    ]
     places = _places(store, {p.return_id for p in problems if p.return_id})
     groups = report.group_problems(problems, places, facts.runs)
     return report.MerchantView(
-        cfg.merchant, cfg.warehouse.kind, str(path.absolute()), verdict, reason, now,
-        last_run=facts.runs[0] if facts.runs else None, last_ok_at=facts.last_ok_at,
+        cfg.merchant,
+        cfg.warehouse.kind,
+        str(path.absolute()),
+        verdict,
+        reason,
+        now,
+        last_run=facts.runs[0] if facts.runs else None,
+        last_ok_at=facts.last_ok_at,
         next_due=facts.next_due,
         backlog={str(k): v for k, v in store.returns.stage_counts().items()},
-        problems=tuple(groups), recent_runs=facts.runs, refusal=facts.refusal,
+        problems=tuple(groups),
+        recent_runs=facts.runs,
+        refusal=facts.refusal,
         schema_version=store.schema_version,
-        effects={str(kind): {str(s): n for s, n in counts.items()}
-                 for kind, counts in store.ledger.counts().items()},
-        waiting=tuple((w.id, str(w.stage), w.reason or "") for w in store.returns.held(20)))
+        effects={
+            str(kind): {str(s): n for s, n in counts.items()}
+            for kind, counts in store.ledger.counts().items()
+        },
+        waiting=tuple((w.id, str(w.stage), w.reason or "") for w in store.returns.held(20)),
+    )
 
 
 def _places(store: Store, rids: set[str]) -> dict[str, report.ReturnPlace]:
@@ -351,42 +416,72 @@ def return_story(cfg: MerchantConfig, query: str) -> report.ReturnStory | None:
 
 def _story(store: Store, row: ReturnRow) -> report.ReturnStory:
     E = report.EventKind  # noqa: N806 - a short alias for the enum, read as a table below
-    events = [report.StoryEvent(_when(row.first_seen_at), E.INGESTED,
-                                f"ingested from Loop (state {row.state})")]
+    events = [
+        report.StoryEvent(
+            _when(row.first_seen_at), E.INGESTED, f"ingested from Loop (state {row.state})"
+        )
+    ]
     rma = store.rmas.get(row.id)
     if rma is not None:
-        events.append(report.StoryEvent(_when(rma.created_at), E.PUSHED,
-                                        f"RMA {rma.rma_id} linked"))
+        events.append(
+            report.StoryEvent(_when(rma.created_at), E.PUSHED, f"RMA {rma.rma_id} linked")
+        )
     if store.runs.has_table("polls"):  # schema 3: the history; before it, the last poll only
         for p in store.rmas.polls(row.id):
-            events.append(report.StoryEvent(_when(p.at), E.POLLED,
-                                            f"warehouse status {p.status or '-'}"))
+            events.append(
+                report.StoryEvent(_when(p.at), E.POLLED, f"warehouse status {p.status or '-'}")
+            )
             if p.decision:
-                events.append(report.StoryEvent(_when(p.at), E.DECIDED,
-                                                f"{p.decision}: {p.reason or ''}".strip()))
+                events.append(
+                    report.StoryEvent(
+                        _when(p.at), E.DECIDED, f"{p.decision}: {p.reason or ''}".strip()
+                    )
+                )
     elif rma is not None and rma.polled_at:
-        events.append(report.StoryEvent(_when(rma.polled_at), E.POLLED,
-                                        f"warehouse status {rma.status or '-'}"))
+        events.append(
+            report.StoryEvent(
+                _when(rma.polled_at), E.POLLED, f"warehouse status {rma.status or '-'}"
+            )
+        )
         if rma.decision:
-            events.append(report.StoryEvent(_when(rma.polled_at), E.DECIDED,
-                                            f"{rma.decision}: {rma.decision_reason or ''}"))
+            events.append(
+                report.StoryEvent(
+                    _when(rma.polled_at), E.DECIDED, f"{rma.decision}: {rma.decision_reason or ''}"
+                )
+            )
     for eff in store.ledger.for_return(row.id):
         error = f"; last error: {eff.last_error}" if eff.last_error else ""
-        events.append(report.StoryEvent(
-            _when(eff.updated_at), E.EFFECT,
-            f"{eff.kind} {eff.status} after {eff.attempts} attempt(s){error}"))
-    events.extend(report.StoryEvent(_when(prob.at), E.PROBLEM, f"{prob.stage}: {prob.message}")
-                  for prob in store.runs.problems_for(row.id))
-    events.append(report.StoryEvent(_when(row.stage_at), E.STAGE,
-                                    f"stage {row.stage}" + (f": {row.reason}" if row.reason
-                                                           else "")))
+        events.append(
+            report.StoryEvent(
+                _when(eff.updated_at),
+                E.EFFECT,
+                f"{eff.kind} {eff.status} after {eff.attempts} attempt(s){error}",
+            )
+        )
+    events.extend(
+        report.StoryEvent(_when(prob.at), E.PROBLEM, f"{prob.stage}: {prob.message}")
+        for prob in store.runs.problems_for(row.id)
+    )
+    events.append(
+        report.StoryEvent(
+            _when(row.stage_at),
+            E.STAGE,
+            f"stage {row.stage}" + (f": {row.reason}" if row.reason else ""),
+        )
+    )
     events.sort(key=lambda e: e.at.timestamp() if e.at else 0.0)
-    return report.ReturnStory(row.id, rma.rma_id if rma else None, str(row.stage),
-                              tuple(events), report.wait_reason(str(row.stage), row.reason))
+    return report.ReturnStory(
+        row.id,
+        rma.rma_id if rma else None,
+        str(row.stage),
+        tuple(events),
+        report.wait_reason(str(row.stage), row.reason),
+    )
 
 
-def outcomes_by_hour(cfg: MerchantConfig, *, hours: int = 72,
-                     now: datetime | None = None) -> list[report.HourCount]:
+def outcomes_by_hour(
+    cfg: MerchantConfig, *, hours: int = 72, now: datetime | None = None
+) -> list[report.HourCount]:
     """Returns processed and flagged in Loop per hour over the last `hours` (succeeded
     PROCESS and FLAG effects of the ledger), oldest hour first, every hour present."""
     now = now or SystemClock().now()

@@ -61,6 +61,7 @@ MAX_QUERY = 100  # a return id or RMA number is far shorter
 
 # -- address and auth (pure) -------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Address:
     host: str
@@ -88,8 +89,9 @@ def parse_address(text: str) -> Address:
 def token_ok(header: str | None, token: str) -> bool:
     """`Authorization: Bearer <token>`, compared in constant time."""
     scheme, _, given = (header or "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(),
-                                                              token.encode())
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        given.strip().encode(), token.encode()
+    )
 
 
 NOT_READY = report.ALERTING  # /readyz fails on these verdicts
@@ -105,12 +107,14 @@ class Found:
 
 # -- data: every read of a state file is here (loopsync.status, read-only) ---------------------
 
+
 class Data:
     """The views the pages render, read through `loopsync.status` (read-only, no
     migration, no secret needed), one look per request."""
 
-    def __init__(self, configs: Callable[[], Sequence[MerchantConfig]],
-                 clock: Clock | None = None) -> None:
+    def __init__(
+        self, configs: Callable[[], Sequence[MerchantConfig]], clock: Clock | None = None
+    ) -> None:
         self.configs = configs
         self.clock = clock or SystemClock()
 
@@ -143,12 +147,18 @@ class Data:
         for cfg in self.configs():
             view = self.merchant(cfg)
             effects = {(k, s): n for k, by in view.effects.items() for s, n in by.items()}
-            yield StateFigures(view.merchant, view.backlog, effects, str(view.verdict),
-                               cfg.every.total_seconds(),
-                               view.last_ok_at.timestamp() if view.last_ok_at else None)
+            yield StateFigures(
+                view.merchant,
+                view.backlog,
+                effects,
+                str(view.verdict),
+                cfg.every.total_seconds(),
+                view.last_ok_at.timestamp() if view.last_ok_at else None,
+            )
 
 
 # -- rendering (pure; every text escaped) -------------------------------------------------------
+
 
 def esc(value: object) -> str:
     return html.escape(redact(str(value)), quote=True)
@@ -161,15 +171,19 @@ text-align:left}.runs td:nth-child(-n+2){white-space:nowrap}.v-OK{color:#176a2b}
 
 
 def page(title: str, body: str) -> str:
-    return (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{esc(title)}"
-            f"</title><style>{STYLE}</style></head><body><h1>{esc(title)}</h1>"
-            f"{search_form()}{body}</body></html>")
+    return (
+        f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{esc(title)}"
+        f"</title><style>{STYLE}</style></head><body><h1>{esc(title)}</h1>"
+        f"{search_form()}{body}</body></html>"
+    )
 
 
 def search_form(value: str = "") -> str:
-    return ("<form action=/returns method=get role=search><label>Return id or RMA "
-            f"<input id=q name=q value=\"{esc(value)}\" maxlength={MAX_QUERY}></label> "
-            "<button id=search type=submit>Show its story</button></form>")
+    return (
+        "<form action=/returns method=get role=search><label>Return id or RMA "
+        f'<input id=q name=q value="{esc(value)}" maxlength={MAX_QUERY}></label> '
+        "<button id=search type=submit>Show its story</button></form>"
+    )
 
 
 def _when(moment: datetime | None, now: datetime) -> str:
@@ -179,22 +193,30 @@ def _when(moment: datetime | None, now: datetime) -> str:
 def merchant_section(m: report.MerchantView, chart: list[report.HourCount]) -> str:
     link = f"/merchants/{quote(m.merchant, safe='')}"
     due = f"; next cycle {esc(_when(m.next_due, m.now))}" if m.next_due else ""
-    parts = [f"<section class=merchant data-merchant=\"{esc(m.merchant)}\">",
-             f"<h2><a href=\"{esc(link)}\">{esc(m.merchant)}</a> "
-             f"<span class=\"verdict v-{esc(m.verdict.replace(' ', '-'))}\">{esc(m.verdict)}"
-             f"</span></h2><p>{esc(m.warehouse)}: {esc(m.reason)}{due}</p>"]
-    backlog = "".join(f"<tr><td>{esc(k)}</td><td>{v}</td></tr>"
-                      for k, v in sorted(m.backlog.items()))
+    parts = [
+        f'<section class=merchant data-merchant="{esc(m.merchant)}">',
+        f'<h2><a href="{esc(link)}">{esc(m.merchant)}</a> '
+        f'<span class="verdict v-{esc(m.verdict.replace(" ", "-"))}">{esc(m.verdict)}'
+        f"</span></h2><p>{esc(m.warehouse)}: {esc(m.reason)}{due}</p>",
+    ]
+    backlog = "".join(
+        f"<tr><td>{esc(k)}</td><td>{v}</td></tr>" for k, v in sorted(m.backlog.items())
+    )
     parts.append(f"<table class=backlog><tr><th>stage</th><th>returns</th></tr>{backlog}</table>")
     parts.append(svg_chart(chart))
-    runs = "".join(f"<tr><td>{esc(iso(r.started_at) or '')}</td>"
-                   f"<td>{esc(iso(r.ended_at) or '')}</td><td>{esc(r.status)}</td>"
-                   f"<td>{esc(_counts_text(r.counts))}</td><td>{r.errors}</td>"
-                   f"<td>{esc('; '.join(f'{f.stage}: {f.reason}' for f in r.stage_failures))}"
-                   "</td></tr>" for r in m.recent_runs)
-    parts.append("<h3>Last cycles</h3><table class=runs><tr><th>started</th><th>ended</th>"
-                 f"<th>status</th><th>counts</th><th>errors</th><th>stage failures</th></tr>"
-                 f"{runs}</table>")
+    runs = "".join(
+        f"<tr><td>{esc(iso(r.started_at) or '')}</td>"
+        f"<td>{esc(iso(r.ended_at) or '')}</td><td>{esc(r.status)}</td>"
+        f"<td>{esc(_counts_text(r.counts))}</td><td>{r.errors}</td>"
+        f"<td>{esc('; '.join(f'{f.stage}: {f.reason}' for f in r.stage_failures))}"
+        "</td></tr>"
+        for r in m.recent_runs
+    )
+    parts.append(
+        "<h3>Last cycles</h3><table class=runs><tr><th>started</th><th>ended</th>"
+        f"<th>status</th><th>counts</th><th>errors</th><th>stage failures</th></tr>"
+        f"{runs}</table>"
+    )
     parts.append(_problems_html(m.problems))
     parts.append("</section>")
     return "".join(parts)
@@ -203,14 +225,19 @@ def merchant_section(m: report.MerchantView, chart: list[report.HourCount]) -> s
 def _problems_html(problems: Sequence[report.ProblemGroup]) -> str:
     if not problems:
         return "<h3>Problems</h3><p class=muted>none</p>"
-    rows = "".join(f"<tr class=\"{'resolved' if p.resolved else 'open'}\"><td>{p.count}</td>"
-                   f"<td>{esc(p.stage)}</td><td>{esc(p.reason)}</td>"
-                   f"<td>{esc(', '.join(p.recent_ids))}</td><td>{esc(iso(p.first_seen))}</td>"
-                   f"<td>{esc(iso(p.last_seen))}</td>"
-                   f"<td>{'resolved' if p.resolved else 'open'}</td></tr>" for p in problems)
-    return ("<h3>Problems</h3><table class=problems><tr><th>count</th><th>stage</th>"
-            "<th>reason</th><th>recent ids</th><th>first</th><th>last</th><th>state</th></tr>"
-            f"{rows}</table>")
+    rows = "".join(
+        f'<tr class="{"resolved" if p.resolved else "open"}"><td>{p.count}</td>'
+        f"<td>{esc(p.stage)}</td><td>{esc(p.reason)}</td>"
+        f"<td>{esc(', '.join(p.recent_ids))}</td><td>{esc(iso(p.first_seen))}</td>"
+        f"<td>{esc(iso(p.last_seen))}</td>"
+        f"<td>{'resolved' if p.resolved else 'open'}</td></tr>"
+        for p in problems
+    )
+    return (
+        "<h3>Problems</h3><table class=problems><tr><th>count</th><th>stage</th>"
+        "<th>reason</th><th>recent ids</th><th>first</th><th>last</th><th>state</th></tr>"
+        f"{rows}</table>"
+    )
 
 
 def _counts_text(counts: Mapping[str, int]) -> str:
@@ -229,35 +256,44 @@ def svg_chart(bars: Sequence[report.HourCount], width: int = 720, height: int = 
         hp = height * b.processed / top
         hf = height * b.flagged / top
         title = f"{iso(b.hour)}: {b.processed} processed, {b.flagged} flagged"
-        rects.append(f"<g><title>{esc(title)}</title>"
-                     f"<rect x=\"{x:.1f}\" y=\"{height - hp:.1f}\" width=\"{step * .8:.1f}\" "
-                     f"height=\"{hp:.1f}\" fill=\"#2e8b57\"/>"
-                     f"<rect x=\"{x:.1f}\" y=\"{height - hp - hf:.1f}\" "
-                     f"width=\"{step * .8:.1f}\" height=\"{hf:.1f}\" fill=\"#e08a00\"/></g>")
+        rects.append(
+            f"<g><title>{esc(title)}</title>"
+            f'<rect x="{x:.1f}" y="{height - hp:.1f}" width="{step * 0.8:.1f}" '
+            f'height="{hp:.1f}" fill="#2e8b57"/>'
+            f'<rect x="{x:.1f}" y="{height - hp - hf:.1f}" '
+            f'width="{step * 0.8:.1f}" height="{hf:.1f}" fill="#e08a00"/></g>'
+        )
     total_p = sum(b.processed for b in bars)
     total_f = sum(b.flagged for b in bars)
-    return (f"<figure><svg class=chart role=img width=\"{width}\" height=\"{height}\" "
-            f"viewBox=\"0 0 {width} {height}\" aria-label=\"returns per hour\">"
-            f"<line x1=\"0\" y1=\"{height}\" x2=\"{width}\" y2=\"{height}\" stroke=\"#999\"/>"
-            f"{''.join(rects)}</svg><figcaption>Returns per hour, last {len(bars)} hours: "
-            f"{total_p} processed (green), {total_f} flagged (orange)</figcaption></figure>")
+    return (
+        f'<figure><svg class=chart role=img width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" aria-label="returns per hour">'
+        f'<line x1="0" y1="{height}" x2="{width}" y2="{height}" stroke="#999"/>'
+        f"{''.join(rects)}</svg><figcaption>Returns per hour, last {len(bars)} hours: "
+        f"{total_p} processed (green), {total_f} flagged (orange)</figcaption></figure>"
+    )
 
 
 def story_html(found: Found | None, query: str) -> str:
     if found is None:
         return f"<p id=story class=muted>No return or RMA {esc(query)} in any state file.</p>"
     story = found.story
-    rows = "".join(f"<tr><td>{esc(iso(e.at) or '')}</td><td>{esc(e.kind)}</td>"
-                   f"<td>{esc(e.text)}</td></tr>" for e in story.events)
-    return (f"<section id=story><h2>Return {esc(story.return_id)}</h2><p>merchant "
-            f"{esc(found.merchant)}; RMA {esc(story.rma_id or 'none')}; stage "
-            f"<b class=stage>{esc(story.stage)}</b>; now: "
-            f"{esc(story.wait_reason or 'nothing to wait for (done)')}</p>"
-            "<table class=events><tr><th>when</th><th>what</th><th>detail</th></tr>"
-            f"{rows}</table></section>")
+    rows = "".join(
+        f"<tr><td>{esc(iso(e.at) or '')}</td><td>{esc(e.kind)}</td><td>{esc(e.text)}</td></tr>"
+        for e in story.events
+    )
+    return (
+        f"<section id=story><h2>Return {esc(story.return_id)}</h2><p>merchant "
+        f"{esc(found.merchant)}; RMA {esc(story.rma_id or 'none')}; stage "
+        f"<b class=stage>{esc(story.stage)}</b>; now: "
+        f"{esc(story.wait_reason or 'nothing to wait for (done)')}</p>"
+        "<table class=events><tr><th>when</th><th>what</th><th>detail</th></tr>"
+        f"{rows}</table></section>"
+    )
 
 
 # -- the server ---------------------------------------------------------------------------------
+
 
 class Heartbeat:
     """The scheduler's tick; /healthz is 200 while it is fresh."""
@@ -313,8 +349,11 @@ class _Handler(BaseHTTPRequestHandler):
         return token is None or token_ok(self.headers.get("Authorization"), token)
 
     def _ready(self) -> None:
-        bad = [f"{m.merchant}: {m.verdict}" for m in self.server.data.merchants()
-               if m.verdict in NOT_READY]
+        bad = [
+            f"{m.merchant}: {m.verdict}"
+            for m in self.server.data.merchants()
+            if m.verdict in NOT_READY
+        ]
         self._text(503 if bad else 200, ("\n".join(bad) if bad else "ready") + "\n")
 
     def _api(self, path: str) -> None:
@@ -330,27 +369,39 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(200, [b.to_json() for b in data.outcomes(cfg)])
         elif parts[0] == "returns" and len(parts) == 2:
             found = data.story(parts[1][:MAX_QUERY])
-            self._json(200 if found else 404,
-                       {"merchant": found.merchant, **found.story.to_json()} if found
-                       else {"error": "no such return or RMA"})
+            self._json(
+                200 if found else 404,
+                {"merchant": found.merchant, **found.story.to_json()}
+                if found
+                else {"error": "no such return or RMA"},
+            )
         else:
             self._json(404, {"error": "not found"})
 
     def _page(self, path: str, query: dict[str, list[str]]) -> None:
         data = self.server.data
         if path == "/":
-            body = "".join(merchant_section(data.merchant(c), data.outcomes(c))
-                           for c in data.configs())
+            body = "".join(
+                merchant_section(data.merchant(c), data.outcomes(c)) for c in data.configs()
+            )
             self._html(200, page("loopsync status", body or "<p>No merchants.</p>"))
-        elif path.startswith("/merchants/") and (cfg := data.find(
-                unquote(path.removeprefix("/merchants/")))) is not None:
-            self._html(200, page(f"loopsync: {cfg.merchant}",
-                                 merchant_section(data.merchant(cfg), data.outcomes(cfg))))
+        elif (
+            path.startswith("/merchants/")
+            and (cfg := data.find(unquote(path.removeprefix("/merchants/")))) is not None
+        ):
+            self._html(
+                200,
+                page(
+                    f"loopsync: {cfg.merchant}",
+                    merchant_section(data.merchant(cfg), data.outcomes(cfg)),
+                ),
+            )
         elif path == "/returns":
             q = (query.get("q") or [""])[0].strip()[:MAX_QUERY]
             found = data.story(q) if q else None
-            self._html(200 if found or not q else 404,
-                       page("loopsync: return story", story_html(found, q)))
+            self._html(
+                200 if found or not q else 404, page("loopsync: return story", story_html(found, q))
+            )
         else:
             self._html(404, page("not found", "<p>Nothing here.</p>"))
 
@@ -362,8 +413,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(status, "text/html; charset=utf-8", text.encode())
 
     def _json(self, status: int, value: Any) -> None:
-        self._send(status, "application/json",
-                   redact(json.dumps(value, indent=1, default=str)).encode())
+        self._send(
+            status, "application/json", redact(json.dumps(value, indent=1, default=str)).encode()
+        )
 
     def _send(self, status: int, ctype: str, body: bytes) -> None:
         self.send_response(status)
@@ -374,8 +426,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
         self.send_header("X-Content-Type-Options", "nosniff")
-        self.send_header("Content-Security-Policy", "default-src 'none'; style-src "
-                         "'unsafe-inline'; form-action 'self'")
+        self.send_header(
+            "Content-Security-Policy",
+            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'",
+        )
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
@@ -384,8 +438,14 @@ class _Handler(BaseHTTPRequestHandler):
 class StatusServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: Address, data: Data, metrics: Metrics, heartbeat: Heartbeat,
-                 token: str | None) -> None:
+    def __init__(
+        self,
+        address: Address,
+        data: Data,
+        metrics: Metrics,
+        heartbeat: Heartbeat,
+        token: str | None,
+    ) -> None:
         self.data, self.metrics, self.heartbeat, self.token = data, metrics, heartbeat, token
         super().__init__((address.host, address.port), _Handler)
 
@@ -399,27 +459,39 @@ def check_token(address: Address, env: dict[str, str] | Any) -> str | None:
     token is a UsageError (serve refuses to start)."""
     token = (env.get(TOKEN_ENV) or "").strip() or None
     if token is None and not address.loopback:
-        raise UsageError(f"--http {address.host}:{address.port} is not loopback: set "
-                         f"{TOKEN_ENV} (the status page's bearer token) or bind 127.0.0.1")
+        raise UsageError(
+            f"--http {address.host}:{address.port} is not loopback: set "
+            f"{TOKEN_ENV} (the status page's bearer token) or bind 127.0.0.1"
+        )
     return token
 
 
 class Listener:
     """Started and stopped by `scheduling.serve`: the server on a daemon thread."""
 
-    def __init__(self, address: Address, configs: Callable[[], Sequence[MerchantConfig]], *,
-                 token: str | None, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        address: Address,
+        configs: Callable[[], Sequence[MerchantConfig]],
+        *,
+        token: str | None,
+        clock: Clock | None = None,
+    ) -> None:
         clock = clock or SystemClock()
         self.data = Data(configs, clock)
-        self.metrics = Metrics(self.data.figures, kinds=[k.value for k in EffectKind],
-                               statuses=[s.value for s in EffectStatus],
-                               stages=[s.value for s in Stage])
+        self.metrics = Metrics(
+            self.data.figures,
+            kinds=[k.value for k in EffectKind],
+            statuses=[s.value for s in EffectStatus],
+            stages=[s.value for s in Stage],
+        )
         self.heartbeat = Heartbeat(clock)
         self.clock = clock
         self.server = StatusServer(address, self.data, self.metrics, self.heartbeat, token)
         # Polled every 0.1 s for shutdown (the default 0.5 s would slow every stop).
-        self._thread = threading.Thread(target=self.server.serve_forever, args=(0.1,),
-                                        name="loopsync-http", daemon=True)
+        self._thread = threading.Thread(
+            target=self.server.serve_forever, args=(0.1,), name="loopsync-http", daemon=True
+        )
 
     def start(self) -> None:
         self.metrics.subscribe()

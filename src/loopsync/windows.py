@@ -60,8 +60,9 @@ class ResumePoint:
     page_cursor: str | None
 
 
-def resume_point(window_from: datetime | None, window_to: datetime | None,
-                 page_cursor: str | None) -> ResumePoint:
+def resume_point(
+    window_from: datetime | None, window_to: datetime | None, page_cursor: str | None
+) -> ResumePoint:
     if window_from is None or window_to is None:
         return ResumePoint(None, None)
     return ResumePoint(Window(window_from, window_to), page_cursor)
@@ -80,15 +81,21 @@ class CursorCheck:
     """A stored cursor after `check_cursor`: where this run may resume from."""
 
     done_until: datetime | None
-    window: Window | None        # the unfinished window to resume, if it is still valid
+    window: Window | None  # the unfinished window to resume, if it is still valid
     page_cursor: str | None
-    pulled_back: bool            # done_until moved back, or a window was dropped
+    pulled_back: bool  # done_until moved back, or a window was dropped
     reason: str = ""
 
 
-def check_cursor(done_until: datetime | None, window: Window | None, page_cursor: str | None,
-                 *, now: datetime, lookback: timedelta,
-                 last_seen: datetime | None) -> CursorCheck:
+def check_cursor(
+    done_until: datetime | None,
+    window: Window | None,
+    page_cursor: str | None,
+    *,
+    now: datetime,
+    lookback: timedelta,
+    last_seen: datetime | None,
+) -> CursorCheck:
     """Pull a cursor that lies in the future back to the truth.
 
     A cursor beyond `now` was written while the worker's clock ran ahead; kept, it would
@@ -104,12 +111,16 @@ def check_cursor(done_until: datetime | None, window: Window | None, page_cursor
         target = now - lookback
         if last_seen is not None:
             target = min(target, last_seen)
-        reasons.append(f"done_until {done_until.isoformat()} was ahead of now "
-                       f"{now.isoformat()}; moved back to {target.isoformat()}")
+        reasons.append(
+            f"done_until {done_until.isoformat()} was ahead of now "
+            f"{now.isoformat()}; moved back to {target.isoformat()}"
+        )
         done_until, pulled = target, True
     if window is not None and window.end > now:
-        reasons.append(f"unfinished window {window.start.isoformat()} -> "
-                       f"{window.end.isoformat()} ended in the future; dropped")
+        reasons.append(
+            f"unfinished window {window.start.isoformat()} -> "
+            f"{window.end.isoformat()} ended in the future; dropped"
+        )
         window, page_cursor, pulled = None, None, True
     return CursorCheck(done_until, window, page_cursor, pulled, "; ".join(reasons))
 

@@ -26,6 +26,9 @@ from loopsync.connectors import ConnectorKind
 
 # The one registry line. Shipped, it is a row of `loopsync.connectors.KINDS`; here a test
 # adds it for a while with `connectors.register(KIND)`.
-KIND = ConnectorKind("shelfwise", "tests.example_connector.connector:ShelfwiseConnector",
-                     "tests.example_connector.emulator:ShelfwiseEmulator",
-                     "tests/example_connector/example.yaml")
+KIND = ConnectorKind(
+    "shelfwise",
+    "tests.example_connector.connector:ShelfwiseConnector",
+    "tests.example_connector.emulator:ShelfwiseEmulator",
+    "tests/example_connector/example.yaml",
+)

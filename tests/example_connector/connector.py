@@ -28,7 +28,10 @@ class ShelfwiseConnector(WarehouseConnector):
     kind: ClassVar[str] = "shelfwise"
     default_base_url: ClassVar[str] = "https://api.shelfwise.example"
     default_statuses: ClassVar[dict[str, list[str]]] = {
-        "process": ["closed"], "flag": [], "ignore": ["open", "receiving"]}
+        "process": ["closed"],
+        "flag": [],
+        "ignore": ["open", "receiving"],
+    }
 
     def __init__(self, settings: WarehouseSettings, ctx: ConnectorContext) -> None:
         super().__init__(settings, ctx)
@@ -55,8 +58,9 @@ class ShelfwiseConnector(WarehouseConnector):
     def create_rma(self, req: PushRequest, located: dict[str, Any]) -> RmaRef:
         if self.ctx.dry_run:
             raise DryRunViolation(f"create Shelfwise return {req.ret.id} in a dry run")
-        record = self.client.create(mapping.create_body(req.ret, located["order_id"],
-                                                        req.destination))
+        record = self.client.create(
+            mapping.create_body(req.ret, located["order_id"], req.destination)
+        )
         if record is None:  # 409: it exists (an earlier attempt): the look-up names it
             found = self.find_rma(req, located)
             if found is None:

@@ -35,15 +35,27 @@ class _Return:
     status: str = "open"
 
     def as_json(self) -> dict[str, Any]:
-        return {"id": self.id, "reference": self.reference, "status": self.status,
-                "order_id": self.order_id, "warehouse": self.warehouse,
-                "lines": [{"sku": ln.sku, "expected": ln.expected, "received": ln.received,
-                           "condition": ln.condition} for ln in self.lines]}
+        return {
+            "id": self.id,
+            "reference": self.reference,
+            "status": self.status,
+            "order_id": self.order_id,
+            "warehouse": self.warehouse,
+            "lines": [
+                {
+                    "sku": ln.sku,
+                    "expected": ln.expected,
+                    "received": ln.received,
+                    "condition": ln.condition,
+                }
+                for ln in self.lines
+            ],
+        }
 
 
 @dataclass
 class ShelfwiseState:
-    orders: dict[str, str] = field(default_factory=dict)    # order name -> id
+    orders: dict[str, str] = field(default_factory=dict)  # order name -> id
     returns: dict[str, _Return] = field(default_factory=dict)  # by Shelfwise id
 
 
@@ -51,8 +63,13 @@ class ShelfwiseEmulator(WarehouseEmulator):
     name = "shelfwise"
     kind = "shelfwise"
 
-    def __init__(self, *, clock: Clock | None = None, token: str = "shelfwise-sandbox-token",
-                 page_size: int = 50) -> None:
+    def __init__(
+        self,
+        *,
+        clock: Clock | None = None,
+        token: str = "shelfwise-sandbox-token",
+        page_size: int = 50,
+    ) -> None:
         super().__init__()
         self.clock = clock or SystemClock()
         self.token = token
@@ -80,7 +97,7 @@ class ShelfwiseEmulator(WarehouseEmulator):
         limit = min(int(req.query.get("limit") or self.page_size), self.page_size)
         start = int(req.query.get("cursor") or 0)
         rows = [r.as_json() for r in self.state.returns.values() if r.reference in wanted]
-        page = rows[start:start + limit]
+        page = rows[start : start + limit]
         more = start + limit < len(rows)
         cursor = str(start + limit) if more else None
         if self.endless > 0:  # a broken server: always another page, never the same cursor
@@ -157,7 +174,8 @@ class ShelfwiseEmulator(WarehouseEmulator):
             for line in ret.lines:
                 line.received = line.expected
             ret.lines[0].received = str(ret.lines[0].expected).translate(
-                str.maketrans("0123456789", "０１２３４５６７８９"))
+                str.maketrans("0123456789", "０１２３４５６７８９")
+            )
             ret.status = "closed"
             return True
 
@@ -167,8 +185,12 @@ class ShelfwiseEmulator(WarehouseEmulator):
 
     # -- sandbox wiring -------------------------------------------------------------------
     def warehouse_config(self, base_url: str) -> dict[str, Any]:
-        return {"kind": "shelfwise", "base_url": base_url, "destinations": dict(DESTINATIONS),
-                "api_token": f"${{{TOKEN_ENV}}}"}
+        return {
+            "kind": "shelfwise",
+            "base_url": base_url,
+            "destinations": dict(DESTINATIONS),
+            "api_token": f"${{{TOKEN_ENV}}}",
+        }
 
     def secret_env(self) -> dict[str, str]:
         return {TOKEN_ENV: self.token}

@@ -20,9 +20,12 @@ from loopsync.models import (
 def create_body(ret: LoopReturn, order_id: str, warehouse: str) -> dict[str, Any]:
     """The POST /v1/returns body: the Loop return id is the reference (the key it is
     found by), one line per SKU."""
-    return {"reference": ret.id, "order_id": order_id, "warehouse": warehouse,
-            "lines": [{"sku": sku, "quantity": qty}
-                      for sku, qty in sorted(ret.units_by_sku().items())]}
+    return {
+        "reference": ret.id,
+        "order_id": order_id,
+        "warehouse": warehouse,
+        "lines": [{"sku": sku, "quantity": qty} for sku, qty in sorted(ret.units_by_sku().items())],
+    }
 
 
 @guarded("Shelfwise order")
@@ -60,9 +63,14 @@ def rma_status(record: Any) -> RmaStatus:
     if not isinstance(lines, list) or not lines:
         raise Unreadable(f"Shelfwise return {ref.rma_id} has no lines", field="lines")
     items = tuple(_item(ref.rma_id, n, line) for n, line in enumerate(lines, start=1))
-    return RmaStatus(return_id=ref.return_id, rma_id=ref.rma_id, status=status,
-                     expected_units=sum(i.expected for i in items),
-                     received_units=sum(i.received for i in items), items=items)
+    return RmaStatus(
+        return_id=ref.return_id,
+        rma_id=ref.rma_id,
+        status=status,
+        expected_units=sum(i.expected for i in items),
+        received_units=sum(i.received for i in items),
+        items=items,
+    )
 
 
 def _item(rma_id: str, n: int, line: Any) -> ItemStatus:
@@ -72,6 +80,9 @@ def _item(rma_id: str, n: int, line: Any) -> ItemStatus:
     sku = identifier(line.get("sku"), f"{where} sku")
     if not sku:
         raise Unreadable(f"{where} has no sku", field="sku")
-    return ItemStatus(sku, whole_number(line.get("expected"), f"{where} expected"),
-                      whole_number(line.get("received"), f"{where} received"),
-                      condition=identifier(line.get("condition"), f"{where} condition"))
+    return ItemStatus(
+        sku,
+        whole_number(line.get("expected"), f"{where} expected"),
+        whole_number(line.get("received"), f"{where} received"),
+        condition=identifier(line.get("condition"), f"{where} condition"),
+    )

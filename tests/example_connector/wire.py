@@ -23,14 +23,23 @@ SYSTEM = "shelfwise"
 
 
 class ShelfwiseClient:
-    def __init__(self, settings: WarehouseSettings, own: ShelfwiseSettings,
-                 ctx: ConnectorContext) -> None:
+    def __init__(
+        self, settings: WarehouseSettings, own: ShelfwiseSettings, ctx: ConnectorContext
+    ) -> None:
         self.own, self.ctx = own, ctx
         self.http = HttpClient(
-            SYSTEM, settings.base_url, timeout=(min(5.0, settings.timeout), settings.timeout),
-            deadline=settings.deadline, max_body=settings.max_body, policy=ctx.policy,
-            clock=ctx.clock, headers={"Authorization": f"Bearer {own.api_token.value}",
-                                      "Accept": "application/json"})
+            SYSTEM,
+            settings.base_url,
+            timeout=(min(5.0, settings.timeout), settings.timeout),
+            deadline=settings.deadline,
+            max_body=settings.max_body,
+            policy=ctx.policy,
+            clock=ctx.clock,
+            headers={
+                "Authorization": f"Bearer {own.api_token.value}",
+                "Accept": "application/json",
+            },
+        )
 
     def orders_named(self, name: str) -> list[Any]:
         body = self.http.request("GET", "/v1/orders", params={"name": name}).data
@@ -39,6 +48,7 @@ class ShelfwiseClient:
 
     def returns(self, references: list[str]) -> list[Any]:
         """Every Shelfwise return carrying one of `references`, page after page."""
+
         def fetch(cursor: Any) -> Step[list[Any]]:
             params = {"reference": ",".join(references), "limit": self.own.page_size}
             if cursor is not None:
@@ -47,11 +57,11 @@ class ShelfwiseClient:
             rows = body.get("returns") if isinstance(body, dict) else None
             token = body.get("next_cursor") if isinstance(body, dict) else None
             token = token if isinstance(token, str) and token else None
-            return Step(rows if isinstance(rows, list) else [], more=token is not None,
-                        token=token)
+            return Step(rows if isinstance(rows, list) else [], more=token is not None, token=token)
 
-        walk: PageWalk[list[Any]] = PageWalk(fetch, name="shelfwise.returns",
-                                             max_pages=self.own.max_pages, stop=self.ctx.stop)
+        walk: PageWalk[list[Any]] = PageWalk(
+            fetch, name="shelfwise.returns", max_pages=self.own.max_pages, stop=self.ctx.stop
+        )
         rows: list[Any] = []
         for page in walk:
             rows.extend(page.items)

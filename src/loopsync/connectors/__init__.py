@@ -32,10 +32,10 @@ def _load(target: str) -> object:
 class ConnectorKind:
     """One warehouse kind: where its connector, its emulator and its example live."""
 
-    name: str           # the `warehouse.kind` value
-    connector: str      # "module:Class" of the WarehouseConnector
-    emulator: str       # "module:Class" of the sandbox's WarehouseEmulator
-    example: str        # example merchant config, relative to the repository root
+    name: str  # the `warehouse.kind` value
+    connector: str  # "module:Class" of the WarehouseConnector
+    emulator: str  # "module:Class" of the sandbox's WarehouseEmulator
+    example: str  # example merchant config, relative to the repository root
     creates_rmas: bool = True  # False: watch-only (the warehouse's own Loop app creates them)
     # How the connector can reach the warehouse (`warehouse.transport`); the first is the
     # default, the others are variants the tests, benchmarks and soak run too.
@@ -68,18 +68,37 @@ class ConnectorKind:
         return cast("type[WarehouseEmulator]", cls)
 
 
-KINDS: dict[str, ConnectorKind] = {k.name: k for k in (
-    ConnectorKind("shiphero", "loopsync.connectors.shiphero.connector:ShipHeroConnector",
-                  "loopsync.sandbox.shiphero:ShipHeroEmulator", "config.example.yaml"),
-    ConnectorKind("peoplevox", "loopsync.connectors.peoplevox.connector:PeopleVoxConnector",
-                  "loopsync.sandbox.peoplevox:PeopleVoxEmulator", "examples/peoplevox.yaml"),
-    ConnectorKind("xoro", "loopsync.connectors.xoro.connector:XoroConnector",
-                  "loopsync.sandbox.xoro:XoroEmulator", "examples/xoro.yaml",
-                  creates_rmas=False),
-    ConnectorKind("generic", "loopsync.connectors.generic.connector:GenericConnector",
-                  "loopsync.sandbox.generic:GenericEmulator", "examples/generic-http.yaml",
-                  transports=("http", "folder")),
-)}
+KINDS: dict[str, ConnectorKind] = {
+    k.name: k
+    for k in (
+        ConnectorKind(
+            "shiphero",
+            "loopsync.connectors.shiphero.connector:ShipHeroConnector",
+            "loopsync.sandbox.shiphero:ShipHeroEmulator",
+            "config.example.yaml",
+        ),
+        ConnectorKind(
+            "peoplevox",
+            "loopsync.connectors.peoplevox.connector:PeopleVoxConnector",
+            "loopsync.sandbox.peoplevox:PeopleVoxEmulator",
+            "examples/peoplevox.yaml",
+        ),
+        ConnectorKind(
+            "xoro",
+            "loopsync.connectors.xoro.connector:XoroConnector",
+            "loopsync.sandbox.xoro:XoroEmulator",
+            "examples/xoro.yaml",
+            creates_rmas=False,
+        ),
+        ConnectorKind(
+            "generic",
+            "loopsync.connectors.generic.connector:GenericConnector",
+            "loopsync.sandbox.generic:GenericEmulator",
+            "examples/generic-http.yaml",
+            transports=("http", "folder"),
+        ),
+    )
+}
 
 
 def kind_names() -> list[str]:

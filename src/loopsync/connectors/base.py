@@ -45,22 +45,31 @@ from loopsync.models import LoopReturn, RmaRef, RmaStatus
 from loopsync.rules import GradingRules, StatusRules
 from loopsync.timeutil import Clock
 
-__all__ = ["ConnectorContext", "KeyValue", "MemoryKeyValue", "NotReady", "PollResult",
-           "PollStopped", "PushRequest", "Unreadable", "WarehouseConnector",
-           "WarehouseSettings"]
+__all__ = [
+    "ConnectorContext",
+    "KeyValue",
+    "MemoryKeyValue",
+    "NotReady",
+    "PollResult",
+    "PollStopped",
+    "PushRequest",
+    "Unreadable",
+    "WarehouseConnector",
+    "WarehouseSettings",
+]
 
 
 @dataclass(frozen=True)
 class WarehouseSettings:
     kind: str
     base_url: str
-    destinations: dict[str, str]   # Loop destination id -> warehouse id / site reference
+    destinations: dict[str, str]  # Loop destination id -> warehouse id / site reference
     statuses: StatusRules
     grading: GradingRules
-    order_wait: timedelta          # keep retrying NotReady this long, then report
-    poll_batch: int                # RMAs per poll request where the API allows batching
+    order_wait: timedelta  # keep retrying NotReady this long, then report
+    poll_batch: int  # RMAs per poll request where the API allows batching
     timeout: float
-    connector: Any                 # the connector's own parsed settings
+    connector: Any  # the connector's own parsed settings
     deadline: float | None = None  # whole request (HttpClient's default when None)
     max_body: int = DEFAULT_MAX_BODY  # answer bytes after decompression
 
@@ -70,16 +79,16 @@ class PushRequest:
     """Everything a connector gets to create (or find) the RMA for one Loop return."""
 
     ret: LoopReturn
-    destination: str                       # mapped warehouse id / site for ret.destination_id
+    destination: str  # mapped warehouse id / site for ret.destination_id
     asn_rows: tuple[dict[str, Any], ...] = ()  # Loop ASN report rows of this return
 
 
 @dataclass
 class PollResult:
-    statuses: dict[str, RmaStatus]                      # by Loop return id
+    statuses: dict[str, RmaStatus]  # by Loop return id
     errors: dict[str, str] = field(default_factory=dict)  # by Loop return id: why unreadable
     on_commit: Callable[[], None] | None = None
-    problems: list[str] = field(default_factory=list)   # unreadable data of no one RMA
+    problems: list[str] = field(default_factory=list)  # unreadable data of no one RMA
 
     def commit(self) -> None:
         if self.on_commit is not None:

@@ -47,13 +47,24 @@ def emulator_class(kind: str) -> type[WarehouseEmulator]:
             raise
         raise ModuleNotFoundError(
             f"the {kind} sandbox needs {exc.name}, which is not installed: "
-            f"pip install 'loopsync[{EXTRA}]'", name=exc.name) from None
+            f"pip install 'loopsync[{EXTRA}]'",
+            name=exc.name,
+        ) from None
 
 
 class Sandbox:
-    def __init__(self, warehouse: str = "shiphero", *, clock: Clock | None = None,
-                 loop_port: int = 0, warehouse_port: int = 0, rate_limits: bool = True,
-                 seed: int = 7, transport: str = "http", folder_root: Path | None = None) -> None:
+    def __init__(
+        self,
+        warehouse: str = "shiphero",
+        *,
+        clock: Clock | None = None,
+        loop_port: int = 0,
+        warehouse_port: int = 0,
+        rate_limits: bool = True,
+        seed: int = 7,
+        transport: str = "http",
+        folder_root: Path | None = None,
+    ) -> None:
         self.kind = warehouse
         self.clock = clock or SystemClock()
         self.rng = random.Random(seed)
@@ -110,8 +121,9 @@ class Sandbox:
         self.warehouse.on_loop_return(raw, with_order=with_order)
         return raw
 
-    def seed(self, n: int, *, days: float = 3, with_order: bool = True,
-             **kw: Any) -> list[dict[str, Any]]:
+    def seed(
+        self, n: int, *, days: float = 3, with_order: bool = True, **kw: Any
+    ) -> list[dict[str, Any]]:
         """n realistic returns updated during the last `days` days (sandbox clock)."""
         now = self.clock.now()
         kw.setdefault("first_id", self._next_id)
@@ -125,10 +137,16 @@ class Sandbox:
     def env(self) -> dict[str, str]:
         return {"LOOP_API_KEY": LOOP_KEY, **self.warehouse.secret_env()}
 
-    def config_dict(self, *, merchant: str = "sandbox", state_path: str | Path | None = None,
-                    start_days: float = 30, every: str = "1m",
-                    warehouse_extra: dict[str, Any] | None = None,
-                    **loop_extra: Any) -> dict[str, Any]:
+    def config_dict(
+        self,
+        *,
+        merchant: str = "sandbox",
+        state_path: str | Path | None = None,
+        start_days: float = 30,
+        every: str = "1m",
+        warehouse_extra: dict[str, Any] | None = None,
+        **loop_extra: Any,
+    ) -> dict[str, Any]:
         start = self.clock.now() - timedelta(days=start_days)
         if self.kind == "generic" and self.transport == "folder":
             assert self.folder_root is not None, "folder transport needs folder_root"
@@ -141,9 +159,13 @@ class Sandbox:
             "merchant": merchant,
             "state_path": str(state_path or f"./state/{merchant}.sqlite"),
             "schedule": {"every": every},
-            "loop": {"base_url": self.loop_url, "api_key": "${LOOP_API_KEY}",
-                     "start_at": iso(start.replace(microsecond=0)), "lookback": "15m",
-                     **loop_extra},
+            "loop": {
+                "base_url": self.loop_url,
+                "api_key": "${LOOP_API_KEY}",
+                "start_at": iso(start.replace(microsecond=0)),
+                "lookback": "15m",
+                **loop_extra,
+            },
             "warehouse": warehouse,
         }
 

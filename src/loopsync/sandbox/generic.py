@@ -47,11 +47,16 @@ class GenericEmulator(WarehouseEmulator):
     kind = "generic"
 
     # The sandbox's own made-up credentials, never a real one.
-    def __init__(self, *, clock: Clock | None = None,
-                 token: str = "3pl-sandbox-token",  # noqa: S107
-                 signing_secret: str | None = "3pl-sandbox-signing-secret",  # noqa: S107
-                 auth_header: str = "X-Api-Key", page_size: int = 50,
-                 duplicate_status: int = 409) -> None:
+    def __init__(
+        self,
+        *,
+        clock: Clock | None = None,
+        token: str = "3pl-sandbox-token",  # noqa: S107
+        signing_secret: str | None = "3pl-sandbox-signing-secret",  # noqa: S107
+        auth_header: str = "X-Api-Key",
+        page_size: int = 50,
+        duplicate_status: int = 409,
+    ) -> None:
         super().__init__(clock=clock)
         self.token = token
         self.signing_secret = signing_secret
@@ -59,10 +64,10 @@ class GenericEmulator(WarehouseEmulator):
         self.page_size = page_size
         self.duplicate_status = duplicate_status  # 200 or 409: both are in the contract
         self.rmas: dict[str, dict[str, Any]] = {}
-        self.deliveries: Counter[str] = Counter()   # RMA number -> POSTs or files received
+        self.deliveries: Counter[str] = Counter()  # RMA number -> POSTs or files received
         self.bad_signatures: list[str] = []
-        self.receipts: list[dict[str, Any]] = []    # the HTTP receipt feed
-        self.root: Path | None = None               # set by folder_config: folder transport
+        self.receipts: list[dict[str, Any]] = []  # the HTTP receipt feed
+        self.root: Path | None = None  # set by folder_config: folder transport
         self._ids = itertools.count(1)
         self._seen_files: set[tuple[str, int, int]] = set()
 
@@ -75,8 +80,11 @@ class GenericEmulator(WarehouseEmulator):
             return self._post_rma(req)
         if req.method == "GET" and len(parts) == 2 and parts[0] == "rmas":
             record = self.rmas.get(parts[1])
-            return json_response(record) if record else \
-                json_response({"error": f"no RMA {parts[1]}"}, 404)
+            return (
+                json_response(record)
+                if record
+                else json_response({"error": f"no RMA {parts[1]}"}, 404)
+            )
         if req.method == "GET" and parts == ["receipts"]:
             return self._get_receipts(req)
         return json_response({"error": "not found"}, 404)
@@ -112,8 +120,9 @@ class GenericEmulator(WarehouseEmulator):
             return "stale timestamp"
         target = req.raw_path or req.path
         message = f"v1\n{stamp}\n{req.method.upper()}\n{target}\n".encode() + req.body
-        expected = "sha256=" + hmac.new(self.signing_secret.encode(), message,
-                                        hashlib.sha256).hexdigest()
+        expected = (
+            "sha256=" + hmac.new(self.signing_secret.encode(), message, hashlib.sha256).hexdigest()
+        )
         given = str(req.headers.get(SIGNATURE_HEADER) or "")
         if not hmac.compare_digest(given.encode(), expected.encode()):
             return "bad signature"
@@ -128,10 +137,15 @@ class GenericEmulator(WarehouseEmulator):
             return json_response({"error": str(exc)}, 400)
         if page < 1 or size < 1:
             return json_response({"error": "page and page_size start at 1"}, 400)
-        rows = sorted((r for r in self.receipts
-                       if since is None or parse_timestamp(r["received_at"]) >= since),
-                      key=lambda r: (parse_timestamp(r["received_at"]), r["receipt_id"]))
-        chunk = rows[(page - 1) * size: page * size]
+        rows = sorted(
+            (
+                r
+                for r in self.receipts
+                if since is None or parse_timestamp(r["received_at"]) >= since
+            ),
+            key=lambda r: (parse_timestamp(r["received_at"]), r["receipt_id"]),
+        )
+        chunk = rows[(page - 1) * size : page * size]
         more = page * size < len(rows)
         return json_response({"receipts": chunk, "next_page": page + 1 if more else None})
 
@@ -163,8 +177,9 @@ class GenericEmulator(WarehouseEmulator):
                 if version not in self._seen_files:
                     self._seen_files.add(version)
                     self.deliveries[number] += 1
-                self.rmas.setdefault(number, {"rma_number": number, "status": "open",
-                                              "lines": lines})
+                self.rmas.setdefault(
+                    number, {"rma_number": number, "status": "open", "lines": lines}
+                )
                 read.append(number)
                 if archive:
                     path.rename(self.root / "archive" / path.name)
@@ -179,8 +194,9 @@ class GenericEmulator(WarehouseEmulator):
         if not self.has_rma(return_id):
             return False
         with self.lock:
-            lines = [(str(li["sku"]), int(li["quantity"]))
-                     for li in self.rmas[str(return_id)]["lines"]]
+            lines = [
+                (str(li["sku"]), int(li["quantity"])) for li in self.rmas[str(return_id)]["lines"]
+            ]
         rows = _scenario_rows(lines, scenario)
         if rows:
             self.add_receipts(return_id, rows)
@@ -193,30 +209,46 @@ class GenericEmulator(WarehouseEmulator):
             return False
         with self.lock:
             sku = str(self.rmas[str(return_id)]["lines"][0]["sku"])
-            record = {"receipt_id": f"R{next(self._ids):06d}", "rma_number": str(return_id),
-                      "sku": sku, "quantity": "１２", "condition": "available",
-                      "received_at": iso(self.clock.now())}
+            record = {
+                "receipt_id": f"R{next(self._ids):06d}",
+                "rma_number": str(return_id),
+                "sku": sku,
+                "quantity": "１２",
+                "condition": "available",
+                "received_at": iso(self.clock.now()),
+            }
             if self.root is None:
                 self.receipts.append(record)
             else:
-                self.write_receipt_file(f"receipts-{return_id}-{record['receipt_id']}.csv",
-                                        [record])
+                self.write_receipt_file(
+                    f"receipts-{return_id}-{record['receipt_id']}.csv", [record]
+                )
         return True
 
-    def add_receipts(self, return_id: str, rows: Iterable[tuple[str, int, str]], *,
-                     at: datetime | None = None) -> list[dict[str, Any]]:
+    def add_receipts(
+        self, return_id: str, rows: Iterable[tuple[str, int, str]], *, at: datetime | None = None
+    ) -> list[dict[str, Any]]:
         """(sku, quantity, condition) rows received now: into the HTTP feed, or as one
         receipt file in the inbox for the folder transport."""
         when = iso(at or self.clock.now())
         with self.lock:
-            records = [{"receipt_id": f"R{next(self._ids):06d}", "rma_number": str(return_id),
-                        "sku": sku, "quantity": qty, "condition": condition,
-                        "received_at": when} for sku, qty, condition in rows]
+            records = [
+                {
+                    "receipt_id": f"R{next(self._ids):06d}",
+                    "rma_number": str(return_id),
+                    "sku": sku,
+                    "quantity": qty,
+                    "condition": condition,
+                    "received_at": when,
+                }
+                for sku, qty, condition in rows
+            ]
             if self.root is None:
                 self.receipts.extend(records)
             else:
-                self.write_receipt_file(f"receipts-{return_id}-{records[0]['receipt_id']}.csv",
-                                        records)
+                self.write_receipt_file(
+                    f"receipts-{return_id}-{records[0]['receipt_id']}.csv", records
+                )
         return records
 
     # -- folder helpers -------------------------------------------------------------------
@@ -225,15 +257,23 @@ class GenericEmulator(WarehouseEmulator):
         self.root = Path(root)
         for name in ("outbox", "inbox", "archive", "rejected"):
             (self.root / name).mkdir(parents=True, exist_ok=True)
-        return {"kind": "generic", "transport": "folder", "destinations": dict(DESTINATIONS),
-                **{name: str(self.root / name) for name in ("outbox", "inbox", "archive",
-                                                             "rejected")}}
+        return {
+            "kind": "generic",
+            "transport": "folder",
+            "destinations": dict(DESTINATIONS),
+            **{name: str(self.root / name) for name in ("outbox", "inbox", "archive", "rejected")},
+        }
 
-    def write_receipt_file(self, name: str, records: Iterable[Mapping[str, Any]],
-                           columns: Iterable[str] = RECEIPT_COLUMNS) -> Path:
+    def write_receipt_file(
+        self,
+        name: str,
+        records: Iterable[Mapping[str, Any]],
+        columns: Iterable[str] = RECEIPT_COLUMNS,
+    ) -> Path:
         out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=list(columns), extrasaction="ignore",
-                                lineterminator="\r\n")
+        writer = csv.DictWriter(
+            out, fieldnames=list(columns), extrasaction="ignore", lineterminator="\r\n"
+        )
         writer.writeheader()
         writer.writerows(records)
         return self.write_inbox_file(name, out.getvalue())
@@ -251,10 +291,15 @@ class GenericEmulator(WarehouseEmulator):
     # -- sandbox wiring -------------------------------------------------------------------
     def warehouse_config(self, base_url: str) -> dict[str, Any]:
         config: dict[str, Any] = {
-            "kind": "generic", "transport": "http", "destinations": dict(DESTINATIONS),
-            "rma_url": f"{base_url}/rmas", "receipts_url": f"{base_url}/receipts",
-            "auth_header": self.auth_header, "auth_token": f"${{{TOKEN_ENV}}}",
-            "page_size": self.page_size}
+            "kind": "generic",
+            "transport": "http",
+            "destinations": dict(DESTINATIONS),
+            "rma_url": f"{base_url}/rmas",
+            "receipts_url": f"{base_url}/receipts",
+            "auth_header": self.auth_header,
+            "auth_token": f"${{{TOKEN_ENV}}}",
+            "page_size": self.page_size,
+        }
         if self.signing_secret is not None:
             config["signing_secret"] = f"${{{SIGNING_ENV}}}"
         return config
@@ -276,8 +321,13 @@ def _rma_problem(record: Any) -> str | None:
         return "lines must be a non-empty list"
     for n, line in enumerate(lines):
         qty = line.get("quantity") if isinstance(line, dict) else None
-        if not isinstance(line, dict) or not line.get("sku") or \
-                isinstance(qty, bool) or not isinstance(qty, int) or qty < 1:
+        if (
+            not isinstance(line, dict)
+            or not line.get("sku")
+            or isinstance(qty, bool)
+            or not isinstance(qty, int)
+            or qty < 1
+        ):
             return f"lines[{n}] needs a sku and a quantity >= 1"
     return None
 
@@ -286,16 +336,21 @@ def _read_rma_file(text: str) -> list[dict[str, Any]]:
     rows = list(csv.DictReader(io.StringIO(text, newline="")))
     if not rows:
         raise ValueError("RMA file without rows")
-    return [{"rma_number": _as_text(r["rma_number"]), "sku": _as_text(r["sku"]),
-             "quantity": int(r["quantity"]), "title": _as_text(r.get("title", ""))}
-            for r in rows]
+    return [
+        {
+            "rma_number": _as_text(r["rma_number"]),
+            "sku": _as_text(r["sku"]),
+            "quantity": int(r["quantity"]),
+            "title": _as_text(r.get("title", "")),
+        }
+        for r in rows
+    ]
 
 
 def _as_text(cell: str) -> str:
     """As the contract tells a 3PL: a `'` before =, +, -, @, tab or CR only keeps a
     spreadsheet from running the cell; the value is what follows."""
-    return cell[1:] if cell[:1] == "'" and cell[1:2] in ("=", "+", "-", "@", "\t", "\r") \
-        else cell
+    return cell[1:] if cell[:1] == "'" and cell[1:2] in ("=", "+", "-", "@", "\t", "\r") else cell
 
 
 def _scenario_rows(lines: list[tuple[str, int]], scenario: str) -> list[tuple[str, int, str]]:

@@ -32,22 +32,23 @@ from loopsync.sandbox.server import EmulatedApi, Request, Response, json_respons
 from loopsync.timeutil import Clock, iso, parse_timestamp
 
 LOOP_STATES = ("open", "closed", "cancelled", "expired", "review")
-DEFAULT_LIST_STATES = ("open", "closed", "expired")   # what Loop lists without `state`
+DEFAULT_LIST_STATES = ("open", "closed", "expired")  # what Loop lists without `state`
 LIST_FILTERS = ("created_at", "updated_at")
 # A range of exactly 120 days passes (our choice; Loop's exact rule is UNCONFIRMED).
 MAX_RANGE = timedelta(days=120)
-DEFAULT_LIST_WINDOW = timedelta(hours=24)             # no from/to: the last 24 hours
-DEFAULT_ASN_LOOKBACK = timedelta(days=7)              # no ASN `from`: a week ago (w6w)
+DEFAULT_LIST_WINDOW = timedelta(hours=24)  # no from/to: the last 24 hours
+DEFAULT_ASN_LOOKBACK = timedelta(days=7)  # no ASN `from`: a week ago (w6w)
 PAGE_SIZE_DEFAULT = 100
 PAGE_SIZE_MAX = 750
 RATE_LIMIT_PER_MINUTE = 300
-NOTE_LIMIT = 255                                      # content must be shorter
+NOTE_LIMIT = 255  # content must be shorter
 MAX_DISPOSITION_ITEMS = 30
 REMOVABLE_OUTCOMES = ("refund", "credit")
 SCOPES = frozenset({"returns", "destinations"})
 
-UNAUTHORIZED = {"error": {"code": "401", "http_code": "GEN-UNAUTHORIZED",
-                          "message": "Unauthorized."}}
+UNAUTHORIZED = {
+    "error": {"code": "401", "http_code": "GEN-UNAUTHORIZED", "message": "Unauthorized."}
+}
 # Unknown return ids: 404 with this body is our choice (real behaviour UNCONFIRMED);
 # `not_found_as_200` sends it with 200 instead.
 RETURN_NOT_FOUND = {"errors": {"message": "Return not found", "code": "NOT_FOUND"}}
@@ -57,8 +58,15 @@ NOTE_INVALID = {"errors": {"message": "Content is required and must be less than
 EXTRA_FIELDS: dict[str, Any] = {"shop_id": 48213, "x_loop_added_later": {"since": "2026-07"}}
 EXTRA_LINE_FIELDS: dict[str, Any] = {"weight_grams": 410, "x_loop_line_hint": None}
 
-CONDITION_CATEGORIES = ("grade_a", "grade_b", "grade_c", "grade_d", "incorrect_item",
-                        "missing", "junk")
+CONDITION_CATEGORIES = (
+    "grade_a",
+    "grade_b",
+    "grade_c",
+    "grade_d",
+    "incorrect_item",
+    "missing",
+    "junk",
+)
 DISPOSITION_OUTCOMES = ("back_to_stock", "resale_hold", "recycle", "donate", "missing")
 
 _API_PATH = re.compile(r"(?P<prefix>/api/(?:v1|\d{4}-\d{2}|unstable))(?P<route>/.*)")
@@ -71,15 +79,33 @@ Handler = Callable[..., Response]
 
 def default_destinations() -> list[dict[str, Any]]:
     """Destinations 12 and 13: the ids `seed.make_returns` uses by default."""
+
     def address(city: str, state: str, zip_code: str) -> dict[str, str]:
-        return {"address1": "500 Dock Rd", "address2": "", "city": city, "state": state,
-                "zip": zip_code, "country": "United States", "country_code": "US"}
+        return {
+            "address1": "500 Dock Rd",
+            "address2": "",
+            "city": city,
+            "state": state,
+            "zip": zip_code,
+            "country": "United States",
+            "country_code": "US",
+        }
 
     return [
-        {"id": 12, "type": "warehouse", "name": "East Returns Center", "enabled": True,
-         "address": address("Columbus", "Ohio", "43210")},
-        {"id": 13, "type": "warehouse", "name": "West Returns Center", "enabled": True,
-         "address": address("Reno", "Nevada", "89501")},
+        {
+            "id": 12,
+            "type": "warehouse",
+            "name": "East Returns Center",
+            "enabled": True,
+            "address": address("Columbus", "Ohio", "43210"),
+        },
+        {
+            "id": 13,
+            "type": "warehouse",
+            "name": "West Returns Center",
+            "enabled": True,
+            "address": address("Reno", "Nevada", "89501"),
+        },
     ]
 
 
@@ -89,25 +115,36 @@ def default_destinations() -> list[dict[str, Any]]:
 ACTION_STATES = {"process": "closed", "flag": "review", "cancel": "cancelled", "close": "closed"}
 
 
-def action_conflict(state: str, action: str, *,
-                    allow_flagged_process: bool = False) -> dict[str, Any] | None:
+def action_conflict(
+    state: str, action: str, *, allow_flagged_process: bool = False
+) -> dict[str, Any] | None:
     """The HTTP 200 error body Loop answers when a return in `state` refuses `action`
     (process, flag, cancel, close), else None: the action is accepted."""
     if state == "open" or (action == "process" and allow_flagged_process and state == "review"):
         return None
     if action == "process" and state == "review":
-        return {"errors": {"message": "Return is review and therefore cannot be processed.",
-                           "code": "UNPROCESSABLE_FLAGGED_RETURN"}}
+        return {
+            "errors": {
+                "message": "Return is review and therefore cannot be processed.",
+                "code": "UNPROCESSABLE_FLAGGED_RETURN",
+            }
+        }
     if action == "cancel" and state in ("expired", "review"):
         word = "flagged" if state == "review" else state
         return {"content": f"Return is {word} and cannot be processed."}
-    verb = {"process": "processed", "flag": "flagged", "cancel": "cancelled",
-            "close": "closed"}[action]
-    return {"errors": {"message": f"Return is {state} and therefore cannot be {verb}.",
-                       "code": "UNPROCESSABLE_RETURN"}}
+    verb = {"process": "processed", "flag": "flagged", "cancel": "cancelled", "close": "closed"}[
+        action
+    ]
+    return {
+        "errors": {
+            "message": f"Return is {state} and therefore cannot be {verb}.",
+            "code": "UNPROCESSABLE_RETURN",
+        }
+    }
 
 
 # -- stored state ---------------------------------------------------------------------
+
 
 @dataclass
 class _Stored:
@@ -163,11 +200,15 @@ class _Bucket:
 
 # -- cursors --------------------------------------------------------------------------
 
+
 def encode_cursor(key: SortKey, *, forward: bool) -> str:
     """Laravel's cursor: URL-safe base64 of JSON, padding stripped."""
     created_at, return_id = key
-    payload = {"created_at": _laravel_time(created_at, micro=True), "id": return_id,
-               "_pointsToNextItems": forward}
+    payload = {
+        "created_at": _laravel_time(created_at, micro=True),
+        "id": return_id,
+        "_pointsToNextItems": forward,
+    }
     raw = json.dumps(payload, separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
@@ -184,14 +225,19 @@ def decode_cursor(token: str) -> tuple[SortKey, bool]:
 
 # -- the emulator ---------------------------------------------------------------------
 
+
 class LoopEmulator(EmulatedApi):
     """Loop over HTTP, plus hooks that play Loop's other users (tests, demo, sandbox)."""
 
     name = "loop"
 
-    def __init__(self, *, clock: Clock,
-                 api_keys: Iterable[str] | Mapping[str, Iterable[str]],
-                 process_delay_seconds: float = 0.0) -> None:
+    def __init__(
+        self,
+        *,
+        clock: Clock,
+        api_keys: Iterable[str] | Mapping[str, Iterable[str]],
+        process_delay_seconds: float = 0.0,
+    ) -> None:
         """`api_keys`: keys with every scope, or a mapping key -> scopes ("returns",
         "destinations"); a key lacking an endpoint's scope gets 401, as on Loop."""
         super().__init__(clock=clock)
@@ -199,12 +245,12 @@ class LoopEmulator(EmulatedApi):
         # Switches (plain attributes; tests flip them).
         self.rate_limit_enabled = True
         self.rate_limit_per_minute = RATE_LIMIT_PER_MINUTE
-        self.rate_limit_retry_after = False   # Loop documents no Retry-After header
-        self.drop_params_in_next_url = True   # docs: nextPageUrl has to/filter/pageSize/cursor
-        self.repeat_cursor_once = False       # next page link repeats the cursor just used
-        self.omit_cursor_once = False         # next page link without a cursor
+        self.rate_limit_retry_after = False  # Loop documents no Retry-After header
+        self.drop_params_in_next_url = True  # docs: nextPageUrl has to/filter/pageSize/cursor
+        self.repeat_cursor_once = False  # next page link repeats the cursor just used
+        self.omit_cursor_once = False  # next page link without a cursor
         self.process_delay_seconds = process_delay_seconds  # Loop queues processing
-        self.allow_flagged_process = False    # Loop admin: "Allow flagged returns to process"
+        self.allow_flagged_process = False  # Loop admin: "Allow flagged returns to process"
         self.not_found_as_200 = False
         # Whether notes and grades change a return's updated_at is UNCONFIRMED. They are
         # not part of the listed return, so by default they do not; switch on to have the
@@ -213,9 +259,9 @@ class LoopEmulator(EmulatedApi):
         self.destinations = default_destinations()
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
         self._returns: dict[str, _Stored] = {}
-        self._line_owner: dict[str, str] = {}     # line item id -> return id
-        self._processing: set[str] = set()        # ids with a queued process
-        self._version = 0                         # bumped on every change to any return
+        self._line_owner: dict[str, str] = {}  # line item id -> return id
+        self._processing: set[str] = set()  # ids with a queued process
+        self._version = 0  # bumped on every change to any return
         self._selections: dict[tuple[Any, ...], _Selection] = {}
         self._selections_version = -1
         self._buckets: dict[str, _Bucket] = {}
@@ -226,8 +272,12 @@ class LoopEmulator(EmulatedApi):
             ("GET", re.compile(r"/warehouse/return/details"), self._return_details, "returns"),
             ("GET", re.compile(r"/warehouse/reporting/asn"), self._asn_report, "returns"),
             ("GET", re.compile(r"/warehouse/return/(\d+)/notes"), self._notes, "returns"),
-            ("POST", re.compile(r"/warehouse/return/(\d+)/(process|flag|cancel|close)"),
-             self._state_action, "returns"),
+            (
+                "POST",
+                re.compile(r"/warehouse/return/(\d+)/(process|flag|cancel|close)"),
+                self._state_action,
+                "returns",
+            ),
             ("POST", re.compile(r"/warehouse/return/(\d+)/remove"), self._remove, "returns"),
             ("POST", re.compile(r"/warehouse/return/(\d+)/note"), self._add_note, "returns"),
             ("POST", re.compile(r"/dispositioning/grade"), self._grade, "returns"),
@@ -349,8 +399,13 @@ class LoopEmulator(EmulatedApi):
                 return json_response(UNAUTHORIZED, 401)
             return handler(req, *found.groups())
         if allowed:
-            return json_response({"message": f"The {req.method} method is not supported for "
-                                             f"this route. Supported: {', '.join(allowed)}."}, 405)
+            return json_response(
+                {
+                    "message": f"The {req.method} method is not supported for "
+                    f"this route. Supported: {', '.join(allowed)}."
+                },
+                405,
+            )
         return json_response({"message": "Not Found"}, 404)
 
     def _throttle(self, key: str) -> Response | None:
@@ -361,8 +416,9 @@ class LoopEmulator(EmulatedApi):
             return None
         rate = self.rate_limit_per_minute / 60.0
         bucket = self._buckets.setdefault(key, _Bucket(float(self.rate_limit_per_minute), now))
-        bucket.tokens = min(float(self.rate_limit_per_minute),
-                            bucket.tokens + (now - bucket.at) * rate)
+        bucket.tokens = min(
+            float(self.rate_limit_per_minute), bucket.tokens + (now - bucket.at) * rate
+        )
         bucket.at = now
         if bucket.tokens >= 1:
             bucket.tokens -= 1
@@ -387,8 +443,13 @@ class LoopEmulator(EmulatedApi):
             next_url = self._next_page_url(req, encode_cursor(rows[-1].sort_key, forward=True))
         if rows and has_prev:
             prev_url = self._list_url(req, encode_cursor(rows[0].sort_key, forward=False))
-        return json_response({"returns": [_list_view(r) for r in rows],
-                              "nextPageUrl": next_url, "previousPageUrl": prev_url})
+        return json_response(
+            {
+                "returns": [_list_view(r) for r in rows],
+                "nextPageUrl": next_url,
+                "previousPageUrl": prev_url,
+            }
+        )
 
     def _parse_list_query(self, req: Request) -> _ListQuery | Response:
         q = {k: v for k, v in req.query.items() if v != ""}  # Laravel: empty means absent
@@ -414,11 +475,13 @@ class LoopEmulator(EmulatedApi):
         if errors or window is None:
             return _invalid(errors)
         states = (state,) if state else DEFAULT_LIST_STATES
-        return _ListQuery(filter_field, window[0], window[1], states,
-                          paginate in ("true", "1"), page_size, cursor)
+        return _ListQuery(
+            filter_field, window[0], window[1], states, paginate in ("true", "1"), page_size, cursor
+        )
 
-    def _list_window(self, start_text: str | None, end_text: str | None,
-                     errors: dict[str, list[str]]) -> tuple[datetime, datetime] | None:
+    def _list_window(
+        self, start_text: str | None, end_text: str | None, errors: dict[str, list[str]]
+    ) -> tuple[datetime, datetime] | None:
         """Both bounds inclusive; neither given: the last 24 hours. Only one given is
         UNCONFIRMED on Loop: here a missing `to` is now, a missing `from` 24 h before `to`."""
         start = _parse_bound(start_text, "from", errors)
@@ -435,8 +498,9 @@ class LoopEmulator(EmulatedApi):
             errors["to"] = [f"The date range may not be greater than {MAX_RANGE.days} days."]
         return None if errors.get("to") else (start, end)
 
-    def _select(self, filter_field: str, start: datetime, end: datetime,
-                states: tuple[str, ...]) -> _Selection:
+    def _select(
+        self, filter_field: str, start: datetime, end: datetime, states: tuple[str, ...]
+    ) -> _Selection:
         """The matching returns sorted by (created_at, id); cached until any return
         changes, so walking 100k returns page by page is not quadratic."""
         if self._selections_version != self._version:
@@ -447,9 +511,14 @@ class LoopEmulator(EmulatedApi):
         if selection is None:
             if len(self._selections) >= 32:
                 self._selections.clear()
-            rows = sorted((r for r in self._returns.values()
-                           if r.state in states and start <= getattr(r, filter_field) <= end),
-                          key=lambda r: r.sort_key)
+            rows = sorted(
+                (
+                    r
+                    for r in self._returns.values()
+                    if r.state in states and start <= getattr(r, filter_field) <= end
+                ),
+                key=lambda r: r.sort_key,
+            )
             selection = self._selections[cache_key] = _Selection(rows, [r.sort_key for r in rows])
         return selection
 
@@ -464,8 +533,11 @@ class LoopEmulator(EmulatedApi):
         return self._list_url(req, token)
 
     def _list_url(self, req: Request, cursor: str | None) -> str:
-        names = ("to", "filter", "pageSize") if self.drop_params_in_next_url else \
-            ("from", "to", "filter", "state", "paginate", "pageSize")
+        names = (
+            ("to", "filter", "pageSize")
+            if self.drop_params_in_next_url
+            else ("from", "to", "filter", "state", "paginate", "pageSize")
+        )
         params = [(n, req.query[n]) for n in names if n in req.query]
         if cursor is not None:
             params.append(("cursor", cursor))
@@ -492,11 +564,14 @@ class LoopEmulator(EmulatedApi):
 
     def _find_by_order(self, order_name: str | None, order_id: str | None) -> _Stored | None:
         for rec in self._returns.values():
-            if order_name and str(rec.raw.get("order_name", "")).lstrip("#") == \
-                    order_name.lstrip("#"):
+            if order_name and str(rec.raw.get("order_name", "")).lstrip("#") == order_name.lstrip(
+                "#"
+            ):
                 return rec
-            if order_id and order_id in (str(rec.raw.get("provider_order_id")),
-                                         str(rec.raw.get("order_id"))):
+            if order_id and order_id in (
+                str(rec.raw.get("provider_order_id")),
+                str(rec.raw.get("order_id")),
+            ):
                 return rec
         return None
 
@@ -512,48 +587,73 @@ class LoopEmulator(EmulatedApi):
         start = start or now - DEFAULT_ASN_LOOKBACK
         end = end or datetime.combine(now.date(), time.max, tzinfo=now.tzinfo)
         tracking = req.query.get("tracking_status")
-        matches = sorted((r for r in self._returns.values() if start <= r.updated_at <= end),
-                         key=lambda r: r.sort_key)
-        rows = [row for rec in matches for row in self._asn_rows(rec)
-                if not tracking or row["label_status"] == tracking]
+        matches = sorted(
+            (r for r in self._returns.values() if start <= r.updated_at <= end),
+            key=lambda r: r.sort_key,
+        )
+        rows = [
+            row
+            for rec in matches
+            for row in self._asn_rows(rec)
+            if not tracking or row["label_status"] == tracking
+        ]
         return json_response(rows)
 
     def _asn_rows(self, rec: _Stored) -> list[dict[str, Any]]:
         raw = rec.raw
-        destination = next((d for d in self.destinations
-                            if str(d.get("id")) == str(raw.get("destination_id"))), {})
+        destination = next(
+            (d for d in self.destinations if str(d.get("id")) == str(raw.get("destination_id"))), {}
+        )
         common = {
             # UNCONFIRMED: the docs call `id` the "identifier of the ASN report". We assume
             # it is the return id (as an integer) and `return_line_item_id` the line item
             # id; PostHog keys rows on the pair because neither is documented as unique.
             "id": int(raw["id"]),
-            "order_id": raw.get("order_id"), "order_name": raw.get("order_name"),
+            "order_id": raw.get("order_id"),
+            "order_name": raw.get("order_name"),
             "order_number": raw.get("order_number"),
             "provider_order_number": raw.get("provider_order_number"),
-            "state": rec.state, "customer_email": raw.get("customer"),
-            "carrier": raw.get("carrier"), "service": "Ground" if raw.get("carrier") else None,
+            "state": rec.state,
+            "customer_email": raw.get("customer"),
+            "carrier": raw.get("carrier"),
+            "service": "Ground" if raw.get("carrier") else None,
             "label_status": raw.get("label_status"),
             "tracking_number": raw.get("tracking_number"),
-            "integration_tracking_url": None, "restock_status": None,
-            "currency": raw.get("currency"), "label_updated_at": raw.get("label_updated_at"),
-            "label_url": raw.get("label_url"), "label_rate": raw.get("label_rate"),
+            "integration_tracking_url": None,
+            "restock_status": None,
+            "currency": raw.get("currency"),
+            "label_updated_at": raw.get("label_updated_at"),
+            "label_url": raw.get("label_url"),
+            "label_rate": raw.get("label_rate"),
             "closed_at": raw.get("updated_at") if rec.state == "closed" else None,
-            "updated_at": raw.get("updated_at"), "created_at": raw.get("created_at"),
-            "actioned_by": None, "return_method": raw.get("return_method"),
-            "return_method_rma_code": None, "return_method_state": None,
-            "date_delivered": None, "scannable_id": None,
+            "updated_at": raw.get("updated_at"),
+            "created_at": raw.get("created_at"),
+            "actioned_by": None,
+            "return_method": raw.get("return_method"),
+            "return_method_rma_code": None,
+            "return_method_state": None,
+            "date_delivered": None,
+            "scannable_id": None,
             "package_reference": raw.get("package_reference"),
-            "shipping_box_barcode": None, "provider_created_at": raw.get("created_at"),
+            "shipping_box_barcode": None,
+            "provider_created_at": raw.get("created_at"),
             "destination_id": raw.get("destination_id"),
             "destination_name": destination.get("name"),
             **EXTRA_FIELDS,
         }
-        return [{**common, "return_line_item_id": li.get("line_item_id"),
-                 "title": li.get("title"), "purchase_price": li.get("price"),
-                 "sku": li.get("sku"), "barcode": li.get("barcode"),
-                 "return_reason": li.get("return_reason"),
-                 "outcome": li.get("outcome") or raw.get("outcome")}
-                for li in raw.get("line_items") or []]
+        return [
+            {
+                **common,
+                "return_line_item_id": li.get("line_item_id"),
+                "title": li.get("title"),
+                "purchase_price": li.get("price"),
+                "sku": li.get("sku"),
+                "barcode": li.get("barcode"),
+                "return_reason": li.get("return_reason"),
+                "outcome": li.get("outcome") or raw.get("outcome"),
+            }
+            for li in raw.get("line_items") or []
+        ]
 
     def _notes(self, req: Request, return_id: str) -> Response:
         rec = self._returns.get(return_id)
@@ -624,12 +724,14 @@ class LoopEmulator(EmulatedApi):
         outcomes = {str(li["line_item_id"]): li.get("outcome") for li in rec.raw["line_items"]}
         qualifying = [i for i in wanted if outcomes.get(i) in REMOVABLE_OUTCOMES]
         if not qualifying:
-            return json_response({"message": "There are no line items that qualify for removal"},
-                                 422)
+            return json_response(
+                {"message": "There are no line items that qualify for removal"}, 422
+            )
         if len(qualifying) < len(wanted):
             return json_response({"message": "Not all line items qualify for removal"}, 422)
-        rec.raw["line_items"] = [li for li in rec.raw["line_items"]
-                                 if str(li["line_item_id"]) not in set(wanted)]
+        rec.raw["line_items"] = [
+            li for li in rec.raw["line_items"] if str(li["line_item_id"]) not in set(wanted)
+        ]
         rec.actions.append("remove")
         self._touch(rec)
         self._start_processing(rec)  # Loop: the items are removed and the return processed
@@ -643,8 +745,9 @@ class LoopEmulator(EmulatedApi):
         content = body.get("content") if isinstance(body, dict) else None
         if not isinstance(content, str) or not content.strip() or len(content) >= NOTE_LIMIT:
             return json_response(NOTE_INVALID, 422)
-        rec.notes.append({"id": next(self._note_ids), "content": content,
-                          "created_at": iso(self.clock.now())})
+        rec.notes.append(
+            {"id": next(self._note_ids), "content": content, "created_at": iso(self.clock.now())}
+        )
         if self.annotations_bump_updated_at:
             self._touch(rec)
         return json_response("true")
@@ -657,8 +760,12 @@ class LoopEmulator(EmulatedApi):
     def _assess(self, req: Request) -> Response:
         return self._disposition(req, ASSESS_FIELDS, lambda rec: rec.assessments)
 
-    def _disposition(self, req: Request, fields: dict[str, tuple[bool, _Check]],
-                     kept: Callable[[_Stored], list[dict[str, Any]]]) -> Response:
+    def _disposition(
+        self,
+        req: Request,
+        fields: dict[str, tuple[bool, _Check]],
+        kept: Callable[[_Stored], list[dict[str, Any]]],
+    ) -> Response:
         body = _json_body(req)
         items = body.get("items") if isinstance(body, dict) else None
         errors = validate_items(items, fields)
@@ -693,8 +800,11 @@ class LoopEmulator(EmulatedApi):
         now = self.clock.now()
         data["created_at"] = data.get("created_at") or iso(now)
         data["updated_at"] = data.get("updated_at") or data["created_at"]
-        rec = _Stored(data, parse_timestamp(data["created_at"], assume_utc=True),
-                      parse_timestamp(data["updated_at"], assume_utc=True))
+        rec = _Stored(
+            data,
+            parse_timestamp(data["created_at"], assume_utc=True),
+            parse_timestamp(data["updated_at"], assume_utc=True),
+        )
         self._returns[rid] = rec
         self._index_line_items(rec)
         self._version += 1
@@ -702,8 +812,9 @@ class LoopEmulator(EmulatedApi):
 
     def _index_line_items(self, rec: _Stored) -> None:
         items = rec.raw.setdefault("line_items", [])
-        if not isinstance(items, list) or any(not isinstance(li, dict) or
-                                              li.get("line_item_id") is None for li in items):
+        if not isinstance(items, list) or any(
+            not isinstance(li, dict) or li.get("line_item_id") is None for li in items
+        ):
             raise ValueError(f"return {rec.id}: line_items must be objects with line_item_id")
         for li in items:
             self._line_owner[str(li["line_item_id"])] = rec.id
@@ -730,10 +841,14 @@ class LoopEmulator(EmulatedApi):
 
 # -- views ----------------------------------------------------------------------------
 
+
 def _list_view(rec: _Stored) -> dict[str, Any]:
     raw = rec.raw
-    return {**raw, "line_items": [{**li, **EXTRA_LINE_FIELDS} for li in raw["line_items"]],
-            **EXTRA_FIELDS}
+    return {
+        **raw,
+        "line_items": [{**li, **EXTRA_LINE_FIELDS} for li in raw["line_items"]],
+        **EXTRA_FIELDS,
+    }
 
 
 def _details_view(rec: _Stored) -> dict[str, Any]:
@@ -758,33 +873,45 @@ def _details_view(rec: _Stored) -> dict[str, Any]:
 def _details_line(li: dict[str, Any]) -> dict[str, Any]:
     title = str(li.get("title") or "")
     product, _, variant = title.partition(" - ")
-    return {**li, **EXTRA_LINE_FIELDS,
-            "line_item_id": _int_or_none(li.get("line_item_id")),
-            "provider_line_item_id": _int_or_none(li.get("provider_line_item_id")),
-            "product_id": _int_or_none(li.get("product_id")),
-            "variant_id": _int_or_none(li.get("variant_id")),
-            "line_item_title": product, "variant_title": variant,
-            "image": f"https://cdn.example.com/products/{li.get('sku') or 'none'}.jpg",
-            "consolidation_tracking": None}
+    return {
+        **li,
+        **EXTRA_LINE_FIELDS,
+        "line_item_id": _int_or_none(li.get("line_item_id")),
+        "provider_line_item_id": _int_or_none(li.get("provider_line_item_id")),
+        "product_id": _int_or_none(li.get("product_id")),
+        "variant_id": _int_or_none(li.get("variant_id")),
+        "line_item_title": product,
+        "variant_title": variant,
+        "image": f"https://cdn.example.com/products/{li.get('sku') or 'none'}.jpg",
+        "consolidation_tracking": None,
+    }
 
 
 def _refunds(raw: dict[str, Any]) -> list[dict[str, Any]]:
     amount = str(raw.get("refund") or "0.00")
     if amount in ("0", "0.00"):
         return []
-    return [{"gateway": "Stripe", "amount": amount, "currency": raw.get("currency", "USD"),
-             "provider_refund_id": f"{raw['id']}01", "provider": "shopify"}]
+    return [
+        {
+            "gateway": "Stripe",
+            "amount": amount,
+            "currency": raw.get("currency", "USD"),
+            "provider_refund_id": f"{raw['id']}01",
+            "provider": "shopify",
+        }
+    ]
 
 
-def _page(selection: _Selection, cursor: tuple[SortKey, bool] | None,
-          size: int) -> tuple[list[_Stored], bool, bool]:
+def _page(
+    selection: _Selection, cursor: tuple[SortKey, bool] | None, size: int
+) -> tuple[list[_Stored], bool, bool]:
     """(rows, has next, has previous) for a cursor over rows sorted by their keys."""
     if cursor is None:
         return selection.rows[:size], len(selection.rows) > size, False
     key, forward = cursor
     if forward:
         start = bisect.bisect_right(selection.keys, key)
-        return selection.rows[start:start + size], start + size < len(selection.rows), True
+        return selection.rows[start : start + size], start + size < len(selection.rows), True
     end = bisect.bisect_left(selection.keys, key)
     start = max(0, end - size)
     return selection.rows[start:end], True, start > 0
@@ -792,12 +919,16 @@ def _page(selection: _Selection, cursor: tuple[SortKey, bool] | None,
 
 # -- request parsing and validation -----------------------------------------------------
 
+
 def _invalid(errors: dict[str, list[str]]) -> Response:
     """Laravel's 422: the first message, '(and N more errors)', and every error by field."""
     messages = [m for ms in errors.values() for m in ms]
     extra = len(messages) - 1
-    message = messages[0] if not extra else \
-        f"{messages[0]} (and {extra} more error{'s' if extra > 1 else ''})"
+    message = (
+        messages[0]
+        if not extra
+        else f"{messages[0]} (and {extra} more error{'s' if extra > 1 else ''})"
+    )
     return json_response({"message": message, "errors": errors}, 422)
 
 
@@ -812,8 +943,9 @@ def _parse_bound(text: str | None, name: str, errors: dict[str, list[str]]) -> d
         return None
 
 
-def _parse_asn_bound(text: str | None, name: str, errors: dict[str, list[str]], *,
-                     end_of_day: bool) -> datetime | None:
+def _parse_asn_bound(
+    text: str | None, name: str, errors: dict[str, list[str]], *, end_of_day: bool
+) -> datetime | None:
     """ASN dates are yyyy-mm-dd (a whole day; `to` takes the day's end) or ISO."""
     if text and _DATE_ONLY.fullmatch(text) and end_of_day:
         day = _parse_bound(text, name, errors)
@@ -841,8 +973,9 @@ _Check = Callable[[Any], str | None]  # None when valid, else why (Laravel's wor
 
 
 def _integer(value: Any) -> str | None:
-    ok = (isinstance(value, int) and not isinstance(value, bool)) or \
-        (isinstance(value, str) and value.isdigit())
+    ok = (isinstance(value, int) and not isinstance(value, bool)) or (
+        isinstance(value, str) and value.isdigit()
+    )
     return None if ok else "must be an integer"
 
 
@@ -851,6 +984,7 @@ def _text(limit: int) -> _Check:
         if not isinstance(value, str):
             return "must be a string"
         return f"may not be greater than {limit} characters" if len(value) > limit else None
+
     return check
 
 
@@ -860,6 +994,7 @@ def _email(limit: int) -> _Check:
         if problem is None and not _EMAIL.fullmatch(value):
             problem = "must be a valid email address"
         return problem
+
     return check
 
 
@@ -874,6 +1009,7 @@ def _urls(limit: int) -> _Check:
         if not all(isinstance(u, str) and u.startswith(("http://", "https://")) for u in value):
             return "must contain valid URLs"
         return None
+
     return check
 
 
@@ -930,8 +1066,10 @@ def validate_items(items: Any, fields: dict[str, tuple[bool, _Check]]) -> dict[s
 
 # -- small helpers --------------------------------------------------------------------
 
-def _scoped_keys(api_keys: Iterable[str] | Mapping[str, Iterable[str]],
-                 ) -> dict[str, frozenset[str]]:
+
+def _scoped_keys(
+    api_keys: Iterable[str] | Mapping[str, Iterable[str]],
+) -> dict[str, frozenset[str]]:
     if isinstance(api_keys, Mapping):
         return {key: frozenset(scopes) for key, scopes in api_keys.items()}
     return dict.fromkeys(api_keys, SCOPES)

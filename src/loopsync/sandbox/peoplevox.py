@@ -40,32 +40,73 @@ PVX_NS = "http://www.peoplevox.net/"
 DATE_FORMAT = "%d/%m/%Y %H:%M:%S"  # how a UK tenant's reports show dates
 PASSWORD_ENV = "PEOPLEVOX_PASSWORD"  # noqa: S105 - the name of a variable, not a password
 
-RA_COLUMNS = ["ReturnAuthorizationNumber", "SalesOrderNumber", "ReturnTrackingNumber",
-              "ReturnSenderName", "ReturnAuthorizationComments", "SiteReference",
-              "CustomerPurchaseOrderReferenceNumber", "ExternalReference"]
-RA_ITEM_COLUMNS = ["ReturnAuthorizationNumber", "ItemCode", "ReturnAuthorizationItemLineNumber",
-                   "ReturnReason", "ReturnAuthorizationItemComments", "Quantity"]
-SALES_ORDER_COLUMNS = ["SalesOrderNumber", "CustomerPurchaseOrderReferenceNumber", "Attribute1",
-                       "Attribute2", "Attribute3", "Attribute4", "Attribute5"]
+RA_COLUMNS = [
+    "ReturnAuthorizationNumber",
+    "SalesOrderNumber",
+    "ReturnTrackingNumber",
+    "ReturnSenderName",
+    "ReturnAuthorizationComments",
+    "SiteReference",
+    "CustomerPurchaseOrderReferenceNumber",
+    "ExternalReference",
+]
+RA_ITEM_COLUMNS = [
+    "ReturnAuthorizationNumber",
+    "ItemCode",
+    "ReturnAuthorizationItemLineNumber",
+    "ReturnReason",
+    "ReturnAuthorizationItemComments",
+    "Quantity",
+]
+SALES_ORDER_COLUMNS = [
+    "SalesOrderNumber",
+    "CustomerPurchaseOrderReferenceNumber",
+    "Attribute1",
+    "Attribute2",
+    "Attribute3",
+    "Attribute4",
+    "Attribute5",
+]
 RETURN_REASON_COLUMNS = ["Code", "Description"]
 # An item-level returns report with the fields Refundid's PeopleVox guide lists.
-REPORT_COLUMNS = ["Return code", "Return date", "Quantity", "Item name", "Item code",
-                  "Sales order number", "Return comments", "Is reusable", "RMA number",
-                  "RMA status", "RMA customer name", "RMA item line number", "RMA item reason",
-                  "RMA item expected state", "RMA item comment", "RMA comment",
-                  "RMA returns tracking number", "Return condition"]
+REPORT_COLUMNS = [
+    "Return code",
+    "Return date",
+    "Quantity",
+    "Item name",
+    "Item code",
+    "Sales order number",
+    "Return comments",
+    "Is reusable",
+    "RMA number",
+    "RMA status",
+    "RMA customer name",
+    "RMA item line number",
+    "RMA item reason",
+    "RMA item expected state",
+    "RMA item comment",
+    "RMA comment",
+    "RMA returns tracking number",
+    "Return condition",
+]
 
-DEFAULT_REASONS = {"SIZE": "Wrong size", "DAMAGED": "Arrived damaged",
-                   "NOT_AS_DESCRIBED": "Not as described", "CHANGED_MIND": "Changed mind"}
+DEFAULT_REASONS = {
+    "SIZE": "Wrong size",
+    "DAMAGED": "Arrived damaged",
+    "NOT_AS_DESCRIBED": "Not as described",
+    "CHANGED_MIND": "Changed mind",
+}
 
 
 # -- SearchClause -----------------------------------------------------------------------
+
 
 class ClauseError(ValueError):
     """The SearchClause cannot be read, or names a field the data does not have."""
 
 
-_TOKEN = re.compile(r"""\s*(?:
+_TOKEN = re.compile(
+    r"""\s*(?:
       (?P<field>\[[^\]]+\])
     | (?P<string>"(?:[^"\\]|\\.)*")
     | (?P<date>DateTime\s*\(\s*\d+(?:\s*,\s*\d+){2,5}\s*\))
@@ -74,7 +115,9 @@ _TOKEN = re.compile(r"""\s*(?:
     | (?P<op>==|!=|>=|<=|>|<|&&|\|\|)
     | (?P<paren>[()])
     | (?P<word>[A-Za-z_][A-Za-z0-9_]*)
-    )""", re.VERBOSE)
+    )""",
+    re.VERBOSE,
+)
 
 Row = Mapping[str, str]
 Predicate = Callable[[Row], bool]
@@ -89,7 +132,7 @@ def _tokens(text: str) -> list[tuple[str, str]]:
             break
         m = _TOKEN.match(text, pos)
         if m is None or m.end() == pos:
-            raise ClauseError(f"cannot read the search clause at {text[pos:pos + 20]!r}")
+            raise ClauseError(f"cannot read the search clause at {text[pos : pos + 20]!r}")
         kind = m.lastgroup or ""
         value = m.group(kind)
         if kind == "word" and value.upper() in ("AND", "OR"):
@@ -155,8 +198,12 @@ class _ClauseParser:
             method = value.strip(". (\t")
             literal = self.literal()
             self.take("paren", ")")
-            op = {"Equals": "==", "Contains": "contains", "StartsWith": "startswith",
-                  "EndsWith": "endswith"}[method]
+            op = {
+                "Equals": "==",
+                "Contains": "contains",
+                "StartsWith": "startswith",
+                "EndsWith": "endswith",
+            }[method]
         else:
             op = self.take("op")
             if op in ("AND", "OR"):
@@ -218,11 +265,23 @@ def _compare(cell: str, op: str, literal: Literal) -> bool:
     if value is None:
         return False
     if op in ("contains", "startswith", "endswith"):
-        return isinstance(literal, str) and bool({
-            "contains": literal in value, "startswith": value.startswith(literal),
-            "endswith": value.endswith(literal)}[op])
-    return bool({"==": value == literal, "!=": value != literal, ">=": value >= literal,
-                 "<=": value <= literal, ">": value > literal, "<": value < literal}[op])
+        return isinstance(literal, str) and bool(
+            {
+                "contains": literal in value,
+                "startswith": value.startswith(literal),
+                "endswith": value.endswith(literal),
+            }[op]
+        )
+    return bool(
+        {
+            "==": value == literal,
+            "!=": value != literal,
+            ">=": value >= literal,
+            "<=": value <= literal,
+            ">": value > literal,
+            "<": value < literal,
+        }[op]
+    )
 
 
 def _read_date(text: str) -> datetime | None:
@@ -234,6 +293,7 @@ def _read_date(text: str) -> datetime | None:
 
 
 # -- SOAP -------------------------------------------------------------------------------
+
 
 @dataclass
 class _SoapCall:
@@ -248,8 +308,10 @@ def _local(tag: str) -> str:
 
 def _as_params(element: ET.Element) -> dict[str, Any]:
     """Children by local name: text for leaves, nested dicts for elements with children."""
-    return {_local(child.tag): (_as_params(child) if len(child) else child.text or "")
-            for child in element}
+    return {
+        _local(child.tag): (_as_params(child) if len(child) else child.text or "")
+        for child in element
+    }
 
 
 def _parse_envelope(body: bytes) -> tuple[ET.Element, dict[str, str]]:
@@ -310,6 +372,7 @@ def _csv(columns: Sequence[str], rows: Iterable[Row]) -> str:
 
 # -- state ------------------------------------------------------------------------------
 
+
 @dataclass
 class _RaItem:
     fields: dict[str, str]
@@ -347,11 +410,20 @@ class PeopleVoxEmulator(WarehouseEmulator):
     name = "peoplevox"
     kind = "peoplevox"
 
-    def __init__(self, *, clock: Clock | None = None, client_id: str = "loopsync01",
-                 username: str = "api", password: str = "pvx-Pässwörd!",  # noqa: S107 - made up
-                 sites: Mapping[str, str] | None = None, session_ttl: float = 1800.0,
-                 throttle_enabled: bool = True, throttle_limit: int = 15,
-                 throttle_period: float = 15.0, returns_report: str = "Loop returns") -> None:
+    def __init__(
+        self,
+        *,
+        clock: Clock | None = None,
+        client_id: str = "loopsync01",
+        username: str = "api",
+        password: str = "pvx-Pässwörd!",  # noqa: S107 - made up
+        sites: Mapping[str, str] | None = None,
+        session_ttl: float = 1800.0,
+        throttle_enabled: bool = True,
+        throttle_limit: int = 15,
+        throttle_period: float = 15.0,
+        returns_report: str = "Loop returns",
+    ) -> None:
         super().__init__(clock=clock)
         self.client_id = client_id
         self.username = username
@@ -366,20 +438,23 @@ class PeopleVoxEmulator(WarehouseEmulator):
         self.ra_template = "Return authorizations"
         self.ra_items_template = "Return authorizations items"
         # Import (save) template columns; tests may edit them to play another tenant.
-        self.save_templates: dict[str, list[str]] = {self.ra_template: list(RA_COLUMNS),
-                                                     self.ra_items_template: list(RA_ITEM_COLUMNS)}
+        self.save_templates: dict[str, list[str]] = {
+            self.ra_template: list(RA_COLUMNS),
+            self.ra_items_template: list(RA_ITEM_COLUMNS),
+        }
         self.sales_orders: list[dict[str, str]] = []
         self.items: dict[str, str] = {}  # SKU -> item name
         self.return_reasons: dict[str, str] = dict(DEFAULT_REASONS)
         self.ras: dict[str, _Ra] = {}
-        self.operations: list[str] = []   # operations answered (not throttled), in order
+        self.operations: list[str] = []  # operations answered (not throttled), in order
         self.throttled = 0
-        self.session_fault = False          # a dead session as a SOAP Fault (HTTP 500)
-        self.honour_report_filter = True    # UNCONFIRMED upstream: may be ignored
+        self.session_fault = False  # a dead session as a SOAP Fault (HTTP 500)
+        self.honour_report_filter = True  # UNCONFIRMED upstream: may be ignored
         self._sessions: dict[str, float] = {}  # session id -> last used (monotonic)
         self._recent: collections.deque[float] = collections.deque()
         self._path = re.compile(
-            rf"^/{re.escape(client_id)}/resources/integrationservicev4\.asmx/?$", re.IGNORECASE)
+            rf"^/{re.escape(client_id)}/resources/integrationservicev4\.asmx/?$", re.IGNORECASE
+        )
 
     # -- HTTP -----------------------------------------------------------------------
     def handle(self, req: Request) -> Response:
@@ -389,22 +464,28 @@ class PeopleVoxEmulator(WarehouseEmulator):
             return text_response("Request format is invalid.", 405, "text/html")
         if self.throttle_enabled and (wait := self._throttle_wait()) is not None:
             self.throttled += 1
-            return soap_fault("Server", f"Request limit exceeded: more than {self.throttle_limit}"
-                                        f" requests in {self.throttle_period:g} seconds",
-                              {"Retry-After": f"{wait:.0f}"})
+            return soap_fault(
+                "Server",
+                f"Request limit exceeded: more than {self.throttle_limit}"
+                f" requests in {self.throttle_period:g} seconds",
+                {"Retry-After": f"{wait:.0f}"},
+            )
         try:
             call = self._read_call(req)
         except ValueError as exc:
             return soap_fault("Client", f"Server was unable to read request. ---> {exc}")
         handler = self._handlers().get(call.operation)
         if handler is None:
-            return soap_fault("Client", "Server did not recognize the value of HTTP Header "
-                                        f"SOAPAction: {call.operation}.")
+            return soap_fault(
+                "Client",
+                f"Server did not recognize the value of HTTP Header SOAPAction: {call.operation}.",
+            )
         self.operations.append(call.operation)
         if call.operation != "Authenticate" and not self._session_ok(call.credentials):
             if self.session_fault:
-                return soap_fault("Server", "System.Web.Services.Protocols.SoapException: "
-                                            "Invalid Session")
+                return soap_fault(
+                    "Server", "System.Web.Services.Protocols.SoapException: Invalid Session"
+                )
             return _result(call.operation, detail="Invalid Session", ok=False)
         return handler(call.params)
 
@@ -433,9 +514,13 @@ class PeopleVoxEmulator(WarehouseEmulator):
         return _SoapCall(body_op, _as_params(element), credentials)
 
     def _handlers(self) -> dict[str, Callable[[dict[str, Any]], Response]]:
-        return {"Authenticate": self._authenticate, "GetSaveTemplate": self._get_save_template,
-                "SaveData": self._save_data, "GetData": self._get_data,
-                "GetReportData": self._get_report_data}
+        return {
+            "Authenticate": self._authenticate,
+            "GetSaveTemplate": self._get_save_template,
+            "SaveData": self._save_data,
+            "GetData": self._get_data,
+            "GetReportData": self._get_report_data,
+        }
 
     def _throttle_wait(self) -> float | None:
         """Seconds until a call is allowed again, or None when this one may go (and counts)."""
@@ -453,8 +538,11 @@ class PeopleVoxEmulator(WarehouseEmulator):
             password = base64.b64decode(str(params.get("password", "")), validate=True)
         except (binascii.Error, ValueError):
             return _result("Authenticate", detail="Password is not base64 encoded", ok=False)
-        if (params.get("clientId") != self.client_id or params.get("username") != self.username
-                or password != self.password.encode("utf-8")):
+        if (
+            params.get("clientId") != self.client_id
+            or params.get("username") != self.username
+            or password != self.password.encode("utf-8")
+        ):
             return _result("Authenticate", detail="Invalid username or password", ok=False)
         session_id = uuid.uuid4().hex
         self._sessions[session_id] = self.clock.monotonic()
@@ -464,8 +552,11 @@ class PeopleVoxEmulator(WarehouseEmulator):
         session_id = credentials.get("SessionId", "")
         last = self._sessions.get(session_id)
         now = self.clock.monotonic()
-        if last is None or credentials.get("ClientId") != self.client_id \
-                or now - last > self.session_ttl:
+        if (
+            last is None
+            or credentials.get("ClientId") != self.client_id
+            or now - last > self.session_ttl
+        ):
             self._sessions.pop(session_id, None)
             return False
         self._sessions[session_id] = now
@@ -479,8 +570,11 @@ class PeopleVoxEmulator(WarehouseEmulator):
     def _get_save_template(self, params: dict[str, Any]) -> Response:
         columns = self._save_columns(str(params.get("templateName", "")))
         if columns is None:
-            return _result("GetSaveTemplate", ok=False,
-                           detail=f"Template '{params.get('templateName', '')}' does not exist")
+            return _result(
+                "GetSaveTemplate",
+                ok=False,
+                detail=f"Template '{params.get('templateName', '')}' does not exist",
+            )
         return _result("GetSaveTemplate", detail=_csv(columns, []).rstrip("\r\n"))
 
     def _save_columns(self, template: str) -> list[str] | None:
@@ -489,20 +583,26 @@ class PeopleVoxEmulator(WarehouseEmulator):
 
     def _template_name(self, template: str) -> str | None:
         """The save template's own name; PeopleVox template names ignore case."""
-        return next((name for name in self.save_templates
-                     if name.lower() == template.strip().lower()), None)
+        return next(
+            (name for name in self.save_templates if name.lower() == template.strip().lower()), None
+        )
 
     def _datasets(self) -> dict[str, tuple[list[str], Callable[[], list[dict[str, str]]]]]:
         """Exportable data by lower-case name: (columns, rows)."""
         return {
             "sales orders": (SALES_ORDER_COLUMNS, lambda: list(self.sales_orders)),
-            "return reasons": (RETURN_REASON_COLUMNS, lambda: [
-                {"Code": c, "Description": d} for c, d in self.return_reasons.items()]),
-            self.ra_template.lower(): (self.save_templates[self.ra_template],
-                                       lambda: [ra.fields for ra in self.ras.values()]),
+            "return reasons": (
+                RETURN_REASON_COLUMNS,
+                lambda: [{"Code": c, "Description": d} for c, d in self.return_reasons.items()],
+            ),
+            self.ra_template.lower(): (
+                self.save_templates[self.ra_template],
+                lambda: [ra.fields for ra in self.ras.values()],
+            ),
             self.ra_items_template.lower(): (
                 self.save_templates[self.ra_items_template],
-                lambda: [i.fields for ra in self.ras.values() for i in ra.items]),
+                lambda: [i.fields for ra in self.ras.values() for i in ra.items],
+            ),
             self.returns_report.lower(): (REPORT_COLUMNS, self._report_rows),
         }
 
@@ -530,7 +630,7 @@ class PeopleVoxEmulator(WarehouseEmulator):
         except (ClauseError, ValueError) as exc:
             return _result(operation, detail=str(exc), ok=False)
         rows = [row for row in rows_of() if matches(row)]
-        shown = rows if per_page <= 0 else rows[(page - 1) * per_page: page * per_page]
+        shown = rows if per_page <= 0 else rows[(page - 1) * per_page : page * per_page]
         return _result(operation, detail=_csv(wanted, shown), total=len(rows))
 
     @staticmethod
@@ -555,8 +655,11 @@ class PeopleVoxEmulator(WarehouseEmulator):
         header, data = records[0], records[1:]
         unknown = [c for c in header if c not in columns]
         if unknown:
-            return _result("SaveData", ok=False,
-                           detail=f"Column '{unknown[0]}' is not in template '{template}'")
+            return _result(
+                "SaveData",
+                ok=False,
+                detail=f"Column '{unknown[0]}' is not in template '{template}'",
+            )
         save_row = self._save_ra if name == self.ra_template else self._save_ra_item
         saved, problems = 0, []
         for number, values in enumerate(data, start=1):
@@ -590,8 +693,9 @@ class PeopleVoxEmulator(WarehouseEmulator):
     def _save_ra_item(self, row: dict[str, str]) -> None:
         ra = self.ras.get(row["ReturnAuthorizationNumber"])
         if ra is None:
-            raise _Refused(f"Return authorization '{row['ReturnAuthorizationNumber']}' "
-                           "does not exist")
+            raise _Refused(
+                f"Return authorization '{row['ReturnAuthorizationNumber']}' does not exist"
+            )
         if row["ItemCode"] not in self.items:
             raise _Refused(f"Item code '{row['ItemCode']}' does not exist")
         if not row["Quantity"].isdigit() or int(row["Quantity"]) < 1:
@@ -606,29 +710,35 @@ class PeopleVoxEmulator(WarehouseEmulator):
         rows = []
         for ra in self.ras.values():
             for n, item in enumerate(ra.items, start=1):
-                rows.append({
-                    "Return code": f"RT-{ra.number}-{n}" if item.received else "",
-                    "Return date": item.changed_at.strftime(DATE_FORMAT) if item.changed_at
-                    else "",
-                    "Quantity": str(item.received),
-                    "Item name": self.items.get(item.sku, ""),
-                    "Item code": item.sku,
-                    "Sales order number": ra.fields.get("SalesOrderNumber", ""),
-                    "Return comments": "",
-                    "Is reusable": "" if item.reusable is None else
-                    ("Yes" if item.reusable else "No"),
-                    "RMA number": ra.number,
-                    "RMA status": ra.status,
-                    "RMA customer name": ra.fields.get("ReturnSenderName", ""),
-                    "RMA item line number": item.fields.get("ReturnAuthorizationItemLineNumber",
-                                                            ""),
-                    "RMA item reason": item.fields.get("ReturnReason", ""),
-                    "RMA item expected state": "",
-                    "RMA item comment": item.fields.get("ReturnAuthorizationItemComments", ""),
-                    "RMA comment": ra.fields.get("ReturnAuthorizationComments", ""),
-                    "RMA returns tracking number": ra.fields.get("ReturnTrackingNumber", ""),
-                    "Return condition": item.condition,
-                } | ra.poison)
+                rows.append(
+                    {
+                        "Return code": f"RT-{ra.number}-{n}" if item.received else "",
+                        "Return date": item.changed_at.strftime(DATE_FORMAT)
+                        if item.changed_at
+                        else "",
+                        "Quantity": str(item.received),
+                        "Item name": self.items.get(item.sku, ""),
+                        "Item code": item.sku,
+                        "Sales order number": ra.fields.get("SalesOrderNumber", ""),
+                        "Return comments": "",
+                        "Is reusable": ""
+                        if item.reusable is None
+                        else ("Yes" if item.reusable else "No"),
+                        "RMA number": ra.number,
+                        "RMA status": ra.status,
+                        "RMA customer name": ra.fields.get("ReturnSenderName", ""),
+                        "RMA item line number": item.fields.get(
+                            "ReturnAuthorizationItemLineNumber", ""
+                        ),
+                        "RMA item reason": item.fields.get("ReturnReason", ""),
+                        "RMA item expected state": "",
+                        "RMA item comment": item.fields.get("ReturnAuthorizationItemComments", ""),
+                        "RMA comment": ra.fields.get("ReturnAuthorizationComments", ""),
+                        "RMA returns tracking number": ra.fields.get("ReturnTrackingNumber", ""),
+                        "Return condition": item.condition,
+                    }
+                    | ra.poison
+                )
         return rows
 
     # -- hooks ----------------------------------------------------------------------
@@ -638,8 +748,9 @@ class PeopleVoxEmulator(WarehouseEmulator):
     def add_sales_order(self, number: str, **fields: str) -> None:
         if any(so["SalesOrderNumber"] == number for so in self.sales_orders):
             return
-        self.sales_orders.append(dict.fromkeys(SALES_ORDER_COLUMNS, "")
-                                 | {"SalesOrderNumber": number} | fields)
+        self.sales_orders.append(
+            dict.fromkeys(SALES_ORDER_COLUMNS, "") | {"SalesOrderNumber": number} | fields
+        )
 
     def on_loop_return(self, loop_return: dict[str, Any], *, with_order: bool = True) -> None:
         """Know the return's SKUs and (unless with_order is False) its sales order:
@@ -650,21 +761,28 @@ class PeopleVoxEmulator(WarehouseEmulator):
                 if line.get("sku"):
                     self.add_item(str(line["sku"]), str(line.get("title") or ""))
             if with_order:
-                name = str(loop_return.get("order_name") or loop_return.get("order_number")
-                           or loop_return["id"])
+                name = str(
+                    loop_return.get("order_name")
+                    or loop_return.get("order_number")
+                    or loop_return["id"]
+                )
                 self.add_sales_order(
                     name.lstrip("#"),
                     CustomerPurchaseOrderReferenceNumber=str(loop_return.get("order_number") or ""),
                     Attribute1=str(loop_return.get("provider_order_id") or ""),
-                    Attribute2=str(loop_return.get("order_id") or ""))
+                    Attribute2=str(loop_return.get("order_id") or ""),
+                )
 
     def has_rma(self, return_id: str) -> bool:
         return str(return_id) in self.ras
 
     def rma_count(self, return_id: str) -> int:
         with self.lock:
-            return sum(1 for ra in self.ras.values()
-                       if str(return_id) in (ra.number, ra.fields.get("ExternalReference")))
+            return sum(
+                1
+                for ra in self.ras.values()
+                if str(return_id) in (ra.number, ra.fields.get("ExternalReference"))
+            )
 
     def ra(self, return_id: str) -> dict[str, Any] | None:
         """A copy of the RA as saved: header fields, item rows and status."""
@@ -672,8 +790,11 @@ class PeopleVoxEmulator(WarehouseEmulator):
             ra = self.ras.get(str(return_id))
             if ra is None:
                 return None
-            return {"header": dict(ra.fields), "items": [dict(i.fields) for i in ra.items],
-                    "status": ra.status}
+            return {
+                "header": dict(ra.fields),
+                "items": [dict(i.fields) for i in ra.items],
+                "status": ra.status,
+            }
 
     def receive(self, return_id: str, scenario: str) -> bool:
         """full -> Completed; short/over -> Completed with discrepancies (first SKU one unit
@@ -691,11 +812,15 @@ class PeopleVoxEmulator(WarehouseEmulator):
             self.complete(return_id, "Cancelled", received=dict.fromkeys(expected, 0))
         elif scenario in ("short", "over"):
             delta = -1 if scenario == "short" else 1
-            self.complete(return_id, "Completed with discrepancies",
-                          received={first: max(0, expected[first] + delta)})
+            self.complete(
+                return_id,
+                "Completed with discrepancies",
+                received={first: max(0, expected[first] + delta)},
+            )
         elif scenario == "damaged":
-            self.complete(return_id, "Completed", conditions={first: "Damaged"},
-                          reusable={first: False})
+            self.complete(
+                return_id, "Completed", conditions={first: "Damaged"}, reusable={first: False}
+            )
         else:
             self.complete(return_id, "Completed")
         return True
@@ -712,9 +837,15 @@ class PeopleVoxEmulator(WarehouseEmulator):
             ra.poison = {"Quantity": str(ra.items[0].expected).translate(FULL_WIDTH_DIGITS)}
         return True
 
-    def complete(self, return_id: str, status: str, *, conditions: Mapping[str, str] | None = None,
-                 reusable: Mapping[str, bool] | None = None,
-                 received: Mapping[str, int] | None = None) -> None:
+    def complete(
+        self,
+        return_id: str,
+        status: str,
+        *,
+        conditions: Mapping[str, str] | None = None,
+        reusable: Mapping[str, bool] | None = None,
+        received: Mapping[str, int] | None = None,
+    ) -> None:
         """Set the RA status and what arrived per SKU (default: everything expected, in
         "Good" condition, reusable). Every item's date moves to now."""
         conditions, reusable, received = conditions or {}, reusable or {}, received or {}
@@ -738,13 +869,16 @@ class PeopleVoxEmulator(WarehouseEmulator):
             "password": f"${{{PASSWORD_ENV}}}",
             "destinations": dict(self.destinations),
             # The seed's other reasons stay unmapped: they pass none, as Loop's guide says.
-            "return_reasons": {"Too small": "SIZE", "Too large": "SIZE",
-                               "Damaged on arrival": "DAMAGED",
-                               "Not as described": "NOT_AS_DESCRIBED"},
-            "grading": {"conditions": {"Good": "grade_a", "Worn": "grade_c",
-                                       "Damaged": "grade_d"},
-                        "dispositions": {"reusable": "back_to_stock",
-                                         "not reusable": "recycle"}},
+            "return_reasons": {
+                "Too small": "SIZE",
+                "Too large": "SIZE",
+                "Damaged on arrival": "DAMAGED",
+                "Not as described": "NOT_AS_DESCRIBED",
+            },
+            "grading": {
+                "conditions": {"Good": "grade_a", "Worn": "grade_c", "Damaged": "grade_d"},
+                "dispositions": {"reusable": "back_to_stock", "not reusable": "recycle"},
+            },
         }
 
     def secret_env(self) -> dict[str, str]:

@@ -47,14 +47,21 @@ LOOP_POISON: tuple[tuple[str, Callable[[dict[str, Any]], None]], ...] = (
 )
 
 
-def loop_poison_returns(*, first_id: int, at: datetime, rng: random.Random | None = None
-                        ) -> list[tuple[str, dict[str, Any]]]:
+def loop_poison_returns(
+    *, first_id: int, at: datetime, rng: random.Random | None = None
+) -> list[tuple[str, dict[str, Any]]]:
     """(kind name, raw list-shaped return) for each kind of `LOOP_POISON`, with ids from
     `first_id` (pick a range no seeded return uses)."""
     out = []
     for n, (name, spoil) in enumerate(LOOP_POISON):
-        raw = make_return(rng=rng or random.Random(first_id + n), return_id=first_id + n,
-                          created_at=at, updated_at=at, state="open", destination="12")
+        raw = make_return(
+            rng=rng or random.Random(first_id + n),
+            return_id=first_id + n,
+            created_at=at,
+            updated_at=at,
+            state="open",
+            destination="12",
+        )
         spoil(raw)
         out.append((name, raw))
     return out

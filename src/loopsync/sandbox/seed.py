@@ -49,19 +49,30 @@ CATALOG: tuple[Product, ...] = (
     Product("CAP-NVY", "Wool Cap - Navy", 3200, "850012340110"),
     Product("DRS-RED-S", "Wrap Dress - Red / S", 9800, "850012340127"),
     Product("DRS-RED-M", "Wrap Dress - Red / M", 9800, "850012340134"),
-    Product("BAG-TOTE", "Canvas Tote", 4500, ""),          # some products carry no barcode
+    Product("BAG-TOTE", "Canvas Tote", 4500, ""),  # some products carry no barcode
     Product("JKT-OLV-L", "Field Jacket - Olive / L", 15800, "850012340158"),
 )
 
 # (return_reason, parent_return_reason)
 REASONS: tuple[tuple[str, str], ...] = (
-    ("Too small", "Size"), ("Too large", "Size"), ("Changed my mind", "Other"),
-    ("Damaged on arrival", "Quality"), ("Not as described", "Quality"),
-    ("Wrong item received", "Fulfillment"), ("Arrived too late", "Fulfillment"),
+    ("Too small", "Size"),
+    ("Too large", "Size"),
+    ("Changed my mind", "Other"),
+    ("Damaged on arrival", "Quality"),
+    ("Not as described", "Quality"),
+    ("Wrong item received", "Fulfillment"),
+    ("Arrived too late", "Fulfillment"),
     ("Didn't like the color", "Style"),
 )
-COMMENTS = ("", "", "", "Fits weird in the shoulders", "Seam came apart after one wash",
-            "Ordered two sizes, keeping one", "Gift — recipient already had it")
+COMMENTS = (
+    "",
+    "",
+    "",
+    "Fits weird in the shoulders",
+    "Seam came apart after one wash",
+    "Ordered two sizes, keeping one",
+    "Gift — recipient already had it",
+)
 
 FIRST_NAMES = ("emma", "liam", "olivia", "noah", "ava", "mason", "sophia", "lucas", "mia")
 LAST_NAMES = ("smith", "johnson", "garcia", "brown", "lee", "dubois", "kowalski", "nguyen")
@@ -72,28 +83,43 @@ EMAIL_DOMAINS = ("example.com", "mail.example.org", "example.net")
 
 # (outcome of the return, outcome of each line item)
 OUTCOMES: tuple[tuple[str, str], ...] = (
-    ("refund", "refund"), ("refund", "refund"), ("credit", "credit"),
-    ("exchange", "exchange"), ("exchange+refund", "refund"), ("upsell", "exchange"),
+    ("refund", "refund"),
+    ("refund", "refund"),
+    ("credit", "credit"),
+    ("exchange", "exchange"),
+    ("exchange+refund", "refund"),
+    ("upsell", "exchange"),
 )
 CARRIERS = ("USPS", "UPS", "FedEx")
 LABEL_STATUSES = ("new", "pre_transit", "in_transit", "out_for_delivery", "delivered")
-NO_LABEL_SHARE = 0.05        # returns without a label yet (keep-item, label pending)
+NO_LABEL_SHARE = 0.05  # returns without a label yet (keep-item, label pending)
 UNIT_COUNT_WEIGHTS = ((1, 55), (2, 25), (3, 12), (4, 8))
-SAME_PRODUCT_SHARE = 0.4     # chance the next unit repeats the previous SKU
+SAME_PRODUCT_SHARE = 0.4  # chance the next unit repeats the previous SKU
 DEFAULT_STATE_WEIGHTS: tuple[tuple[str, int], ...] = (
-    ("open", 80), ("closed", 8), ("cancelled", 4), ("expired", 4), ("review", 4))
+    ("open", 80),
+    ("closed", 8),
+    ("cancelled", 4),
+    ("expired", 4),
+    ("review", 4),
+)
 
 FIRST_RETURN_ID = 40_000_001
 FIRST_ORDER_NUMBER = 1001
-LINE_ID_FACTOR = 10          # line item ids are return_id * 10 + k (k = 1..4)
+LINE_ID_FACTOR = 10  # line item ids are return_id * 10 + k (k = 1..4)
 DEFAULT_AT = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def make_returns(n: int, *, start: datetime, end: datetime, rng: random.Random,
-                 destinations: Sequence[str] = ("12", "13"),
-                 states_weights: Sequence[tuple[str, int]] = DEFAULT_STATE_WEIGHTS,
-                 first_id: int = FIRST_RETURN_ID) -> list[dict[str, Any]]:
+def make_returns(
+    n: int,
+    *,
+    start: datetime,
+    end: datetime,
+    rng: random.Random,
+    destinations: Sequence[str] = ("12", "13"),
+    states_weights: Sequence[tuple[str, int]] = DEFAULT_STATE_WEIGHTS,
+    first_id: int = FIRST_RETURN_ID,
+) -> list[dict[str, Any]]:
     """`n` returns created (and updated) between `start` and `end`, with consecutive ids
     from `first_id` (pass the next free id when seeding one emulator twice).
 
@@ -109,8 +135,9 @@ def make_returns(n: int, *, start: datetime, end: datetime, rng: random.Random,
             created = start_s + int(rng.random() * (end_s - start_s + 1))
             # Most returns change within days of creation; never after `end`.
             updated = min(created + int(rng.expovariate(1 / 86_400)), end_s)
-            out.append(_build(rng, rid, created, updated, pick_state(rng),
-                              _pick(rng, destinations), None))
+            out.append(
+                _build(rng, rid, created, updated, pick_state(rng), _pick(rng, destinations), None)
+            )
     return out
 
 
@@ -127,10 +154,17 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def make_return(*, rng: random.Random | None = None, return_id: int | str = FIRST_RETURN_ID,
-                created_at: datetime | None = None, updated_at: datetime | None = None,
-                state: str = "open", destination: str = "12", units: int | None = None,
-                **overrides: Any) -> dict[str, Any]:
+def make_return(
+    *,
+    rng: random.Random | None = None,
+    return_id: int | str = FIRST_RETURN_ID,
+    created_at: datetime | None = None,
+    updated_at: datetime | None = None,
+    state: str = "open",
+    destination: str = "12",
+    units: int | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
     """One return for tests. Either timestamp defaults to the other (both missing:
     DEFAULT_AT). `units` fixes the number of line items; `overrides` replace top-level
     fields after generation (datetimes are written in Loop's ISO form)."""
@@ -145,8 +179,15 @@ def make_return(*, rng: random.Random | None = None, return_id: int | str = FIRS
     return ret
 
 
-def _build(rng: random.Random, rid: int, created: int, updated: int, state: str,
-           destination: str, units: int | None) -> dict[str, Any]:
+def _build(
+    rng: random.Random,
+    rid: int,
+    created: int,
+    updated: int,
+    state: str,
+    destination: str,
+    units: int | None,
+) -> dict[str, Any]:
     """One return dict; times are epoch seconds."""
     order_number = FIRST_ORDER_NUMBER + (rid - FIRST_RETURN_ID) % 9_000_000  # one order each
     outcome, line_outcome = _pick(rng, OUTCOMES)
@@ -159,8 +200,10 @@ def _build(rng: random.Random, rid: int, created: int, updated: int, state: str,
     exchange_cents = product_cents if outcome in ("exchange", "upsell") else 0
     carrier, tracking, label_status = _label(rng)
     created_iso = _iso_s(created)
-    line_items = [_line_item(rng, rid * LINE_ID_FACTOR + k, p, line_outcome, created_iso)
-                  for k, p in enumerate(products, start=1)]
+    line_items = [
+        _line_item(rng, rid * LINE_ID_FACTOR + k, p, line_outcome, created_iso)
+        for k, p in enumerate(products, start=1)
+    ]
     return {
         "id": str(rid),
         "state": state,
@@ -210,14 +253,16 @@ def _build(rng: random.Random, rid: int, created: int, updated: int, state: str,
     }
 
 
-def _line_item(rng: random.Random, line_item_id: int, product: Product, outcome: str,
-               returned_at: str) -> dict[str, Any]:
+def _line_item(
+    rng: random.Random, line_item_id: int, product: Product, outcome: str, returned_at: str
+) -> dict[str, Any]:
     reason, parent_reason = _pick(rng, REASONS)
     return {
         "line_item_id": str(line_item_id),
         "provider_line_item_id": str(13_000_000_000_000 + line_item_id),
         **_LINE_TEMPLATES[product.sku],
-        "refund": _money(product.cents + product.tax_cents) if outcome in ("refund", "credit")
+        "refund": _money(product.cents + product.tax_cents)
+        if outcome in ("refund", "credit")
         else "0.00",
         "returned_at": returned_at,
         "exchange_variant": None,
@@ -232,9 +277,15 @@ def _line_item(rng: random.Random, line_item_id: int, product: Product, outcome:
 
 def _line_template(index: int, product: Product) -> dict[str, str]:
     """The per-product fields of a line item, formatted once."""
-    return {"product_id": str(7_000_000_000 + index), "variant_id": str(44_000_000_000 + index),
-            "sku": product.sku, "title": product.title, "price": _money(product.cents),
-            "discount": "0.00", "tax": _money(product.tax_cents)}
+    return {
+        "product_id": str(7_000_000_000 + index),
+        "variant_id": str(44_000_000_000 + index),
+        "sku": product.sku,
+        "title": product.title,
+        "price": _money(product.cents),
+        "discount": "0.00",
+        "tax": _money(product.tax_cents),
+    }
 
 
 def _units(rng: random.Random, count: int) -> list[Product]:
@@ -247,10 +298,19 @@ def _units(rng: random.Random, count: int) -> list[Product]:
 
 
 def _exchanges(line_item: dict[str, Any], product: Product) -> list[dict[str, Any]]:
-    return [{"exchange_id": str(int(line_item["line_item_id"]) + 500_000_000),
-             "product_id": line_item["product_id"], "variant_id": line_item["variant_id"],
-             "sku": product.sku, "title": product.title, "price": _money(product.cents),
-             "discount": "0.00", "tax": "0.00", "total": _money(product.cents)}]
+    return [
+        {
+            "exchange_id": str(int(line_item["line_item_id"]) + 500_000_000),
+            "product_id": line_item["product_id"],
+            "variant_id": line_item["variant_id"],
+            "sku": product.sku,
+            "title": product.title,
+            "price": _money(product.cents),
+            "discount": "0.00",
+            "tax": "0.00",
+            "total": _money(product.cents),
+        }
+    ]
 
 
 def _label(rng: random.Random) -> tuple[str | None, str | None, str | None]:
@@ -285,8 +345,6 @@ def _weighted(weights: Sequence[tuple[T, int]]) -> Callable[[random.Random], T]:
         return values[bisect.bisect_right(cumulative, rng.random() * total)]
 
     return pick
-
-
 
 
 def _pick(rng: random.Random, seq: Sequence[T]) -> T:

@@ -49,7 +49,7 @@ class CaseInsensitiveDict(dict[str, Any]):
 class Request:
     method: str
     path: str
-    query: dict[str, str]              # last value of each parameter
+    query: dict[str, str]  # last value of each parameter
     query_lists: dict[str, list[str]]
     headers: CaseInsensitiveDict
     body: bytes
@@ -76,8 +76,12 @@ def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = 
     return Response(status, json.dumps(obj).encode(), h)
 
 
-def text_response(text: str, status: int = 200, content_type: str = "text/plain",
-                  headers: dict[str, str] | None = None) -> Response:
+def text_response(
+    text: str,
+    status: int = 200,
+    content_type: str = "text/plain",
+    headers: dict[str, str] | None = None,
+) -> Response:
     h = {"Content-Type": f"{content_type}; charset=utf-8"}
     h.update(headers or {})
     return Response(status, text.encode("utf-8"), h)
@@ -114,15 +118,24 @@ class Recorder:
         with self._lock:
             self._calls.append(rec)
 
-    def calls(self, api: str | None = None, *, method: str | None = None,
-              path: str | None = None, writes: bool | None = None) -> list[CallRecord]:
+    def calls(
+        self,
+        api: str | None = None,
+        *,
+        method: str | None = None,
+        path: str | None = None,
+        writes: bool | None = None,
+    ) -> list[CallRecord]:
         with self._lock:
             out = list(self._calls)
-        return [c for c in out
-                if (api is None or c.api == api)
-                and (method is None or c.method == method.upper())
-                and (path is None or path in c.path)
-                and (writes is None or c.write == writes)]
+        return [
+            c
+            for c in out
+            if (api is None or c.api == api)
+            and (method is None or c.method == method.upper())
+            and (path is None or path in c.path)
+            and (writes is None or c.write == writes)
+        ]
 
     def clear(self) -> None:
         with self._lock:
@@ -135,6 +148,7 @@ class Recorder:
 
 
 # -- faults -----------------------------------------------------------------------------
+
 
 @dataclass
 class Fault:
@@ -194,8 +208,9 @@ class FaultInjector:
         self.rng = random.Random(0)
         self.injected: list[str] = []
 
-    def inject(self, fault: Fault, *, times: int = 1,
-               when: Callable[[Request], bool] | None = None) -> None:
+    def inject(
+        self, fault: Fault, *, times: int = 1, when: Callable[[Request], bool] | None = None
+    ) -> None:
         with self._lock:
             self._queue.append(_Queued(fault, times, when or (lambda r: True)))
 
@@ -263,15 +278,25 @@ class EmulatedApi:
         return json_response(body, fault.status, fault.headers)
 
 
-def receive(api: EmulatedApi, req: Request,
-            headers: dict[str, str]) -> tuple[Fault | None, CallRecord]:
+def receive(
+    api: EmulatedApi, req: Request, headers: dict[str, str]
+) -> tuple[Fault | None, CallRecord]:
     """What every transport (a socket, or `loopsync.testing`'s in-process adapter) does
     first with a request: pick the fault to play, if any, and record the call (`headers`
     as sent, names in their own case)."""
     fault = api.faults.pick(req)
-    rec = CallRecord(api.name, req.method, req.path, req.query, headers,
-                     req.body, None, time.time(), fault.label if fault else None,
-                     api.is_write(req))
+    rec = CallRecord(
+        api.name,
+        req.method,
+        req.path,
+        req.query,
+        headers,
+        req.body,
+        None,
+        time.time(),
+        fault.label if fault else None,
+        api.is_write(req),
+    )
     if api.recorder is not None:
         api.recorder.add(rec)
     return fault, rec
@@ -310,8 +335,15 @@ class _Handler(BaseHTTPRequestHandler):
         qlists = parse_qs(split.query, keep_blank_values=True)
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
-        req = Request(self.command, split.path, {k: v[-1] for k, v in qlists.items()}, qlists,
-                      CaseInsensitiveDict(self.headers.items()), body, self.path)
+        req = Request(
+            self.command,
+            split.path,
+            {k: v[-1] for k, v in qlists.items()},
+            qlists,
+            CaseInsensitiveDict(self.headers.items()),
+            body,
+            self.path,
+        )
         fault, rec = receive(api, req, dict(self.headers.items()))
         kind = FAULT_KINDS[fault.kind] if fault is not None else None
         if fault is not None and kind is not None and kind.wait_first:
@@ -359,35 +391,40 @@ class _Handler(BaseHTTPRequestHandler):
 # A drip lasts at most this long: clients are to cut a request off at a whole-request
 # deadline, and a soak with hundreds of drips must stay minutes long, not hours.
 DRIP_MAX_SECONDS = 1.8
-DRIP_BYTES = 24               # bytes sent one at a time before the rest goes at once
+DRIP_BYTES = 24  # bytes sent one at a time before the rest goes at once
 
 Sender = Callable[[_Handler, "EmulatedApi", Fault, Request, "Response | None"], "int | None"]
 
 
-def _send_fault_answer(h: _Handler, api: EmulatedApi, fault: Fault, req: Request,
-                       resp: Response | None) -> int | None:
+def _send_fault_answer(
+    h: _Handler, api: EmulatedApi, fault: Fault, req: Request, resp: Response | None
+) -> int | None:
     return h.answer(api.fault_response(fault, req))
 
 
-def _send_handler_answer(h: _Handler, api: EmulatedApi, fault: Fault, req: Request,
-                         resp: Response | None) -> int | None:
+def _send_handler_answer(
+    h: _Handler, api: EmulatedApi, fault: Fault, req: Request, resp: Response | None
+) -> int | None:
     assert resp is not None
     return h.answer(resp)
 
 
-def _send_nothing(h: _Handler, api: EmulatedApi, fault: Fault, req: Request,
-                  resp: Response | None) -> int | None:
+def _send_nothing(
+    h: _Handler, api: EmulatedApi, fault: Fault, req: Request, resp: Response | None
+) -> int | None:
     h.drop()
     return None
 
 
-def _send_malformed(h: _Handler, api: EmulatedApi, fault: Fault, req: Request,
-                    resp: Response | None) -> int | None:
+def _send_malformed(
+    h: _Handler, api: EmulatedApi, fault: Fault, req: Request, resp: Response | None
+) -> int | None:
     return h.answer(api.malformed_body(req))
 
 
-def _send_drip(h: _Handler, api: EmulatedApi, fault: Fault, req: Request,
-               resp: Response | None) -> int | None:
+def _send_drip(
+    h: _Handler, api: EmulatedApi, fault: Fault, req: Request, resp: Response | None
+) -> int | None:
     """The whole answer, correctly framed, but its first bytes one at a time with pauses
     (each pause far below any read timeout; together up to DRIP_MAX_SECONDS)."""
     assert resp is not None
@@ -398,14 +435,15 @@ def _send_drip(h: _Handler, api: EmulatedApi, fault: Fault, req: Request,
     h.wfile.flush()
     for i in range(len(head_bytes)):
         time.sleep(pause)
-        h.wfile.write(head_bytes[i:i + 1])
+        h.wfile.write(head_bytes[i : i + 1])
         h.wfile.flush()
     h.wfile.write(resp.body[DRIP_BYTES:])
     return resp.status
 
 
-def _send_truncated(h: _Handler, api: EmulatedApi, fault: Fault, req: Request,
-                    resp: Response | None) -> int | None:
+def _send_truncated(
+    h: _Handler, api: EmulatedApi, fault: Fault, req: Request, resp: Response | None
+) -> int | None:
     """Content-Length says more than is sent; then the connection closes."""
     assert resp is not None
     sent = resp.body[: len(resp.body) // 2]
@@ -416,8 +454,9 @@ def _send_truncated(h: _Handler, api: EmulatedApi, fault: Fault, req: Request,
     return resp.status
 
 
-def _send_bad_chunked(h: _Handler, api: EmulatedApi, fault: Fault, req: Request,
-                      resp: Response | None) -> int | None:
+def _send_bad_chunked(
+    h: _Handler, api: EmulatedApi, fault: Fault, req: Request, resp: Response | None
+) -> int | None:
     """A first good chunk, then a chunk-size line that is not hex, then close."""
     assert resp is not None
     first = resp.body[: max(1, len(resp.body) // 3)]
@@ -428,8 +467,9 @@ def _send_bad_chunked(h: _Handler, api: EmulatedApi, fault: Fault, req: Request,
     return resp.status
 
 
-def _send_bad_gzip(h: _Handler, api: EmulatedApi, fault: Fault, req: Request,
-                   resp: Response | None) -> int | None:
+def _send_bad_gzip(
+    h: _Handler, api: EmulatedApi, fault: Fault, req: Request, resp: Response | None
+) -> int | None:
     """Says gzip; the gzip magic, then random bytes (a broken proxy, a cut cache entry)."""
     assert resp is not None
     garbage = b"\x1f\x8b\x08\x00" + os.urandom(max(16, len(resp.body) // 4))
@@ -500,9 +540,12 @@ class ApiServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> ApiServer:
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        kwargs={"poll_interval": 0.1},
-                                        name=f"sandbox-{self.api.name}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name=f"sandbox-{self.api.name}",
+            daemon=True,
+        )
         self._thread.start()
         return self
 

@@ -47,14 +47,19 @@ from loopsync.sandbox.base import SCENARIOS, WarehouseEmulator
 from loopsync.sandbox.server import Fault, Request, Response, json_response
 from loopsync.timeutil import Clock, iso, parse_timestamp
 
-SCHEMA = build_schema(resources.files("loopsync.sandbox").joinpath("shiphero.graphql")
-                      .read_text(encoding="utf-8"))
+SCHEMA = build_schema(
+    resources.files("loopsync.sandbox").joinpath("shiphero.graphql").read_text(encoding="utf-8")
+)
 
 THROTTLE_CODE = 30
-DEFAULT_PAGE_SIZE = 100        # `first` omitted; public clients use 100 (UNCONFIRMED)
-TOKEN_LIFETIME = 2419200       # seconds: ShipHero access tokens last 28 days
-WAREHOUSE_COMPLETE_SPELLINGS = ("Warehouse Complete", "warehouse_complete",
-                                "WAREHOUSE COMPLETE", "warehouse-complete")
+DEFAULT_PAGE_SIZE = 100  # `first` omitted; public clients use 100 (UNCONFIRMED)
+TOKEN_LIFETIME = 2419200  # seconds: ShipHero access tokens last 28 days
+WAREHOUSE_COMPLETE_SPELLINGS = (
+    "Warehouse Complete",
+    "warehouse_complete",
+    "WAREHOUSE COMPLETE",
+    "warehouse-complete",
+)
 
 
 def global_id(kind: str, legacy_id: int) -> str:
@@ -75,13 +80,16 @@ def legacy_from_id(kind: str, value: str) -> int | None:
     return int(number) if prefix == kind and number.isdigit() else None
 
 
-WAREHOUSES = {global_id("Warehouse", 1179): "Primary (Columbus, OH)",
-              global_id("Warehouse", 1180): "West (Reno, NV)"}
+WAREHOUSES = {
+    global_id("Warehouse", 1179): "Primary (Columbus, OH)",
+    global_id("Warehouse", 1180): "West (Reno, NV)",
+}
 # Loop destination id -> ShipHero warehouse id, as written into the sandbox config.
 DESTINATIONS = dict(zip(("12", "13"), WAREHOUSES, strict=True))
 
 
 # -- credits ----------------------------------------------------------------------------
+
 
 class CreditMeter:
     """ShipHero's credit bucket on the emulator's clock. Defaults are the 2019 figures
@@ -91,23 +99,31 @@ class CreditMeter:
     so `min_balance` shows how far a client overdrew (a benchmark asserts it stayed >= 0).
     """
 
-    def __init__(self, clock: Clock, capacity: int = 1001, per_second: float = 15.0, *,
-                 enabled: bool = True, enforce: bool = True) -> None:
+    def __init__(
+        self,
+        clock: Clock,
+        capacity: int = 1001,
+        per_second: float = 15.0,
+        *,
+        enabled: bool = True,
+        enforce: bool = True,
+    ) -> None:
         self.clock = clock
         self.capacity = capacity
         self.per_second = per_second
         self.enabled = enabled
         self.enforce = enforce
         self.min_balance = float(capacity)
-        self.throttled = 0          # answers refused with code 30
+        self.throttled = 0  # answers refused with code 30
         self.spent = 0
         self._balance = float(capacity)
         self._at = clock.monotonic()
 
     def balance(self) -> float:
         now = self.clock.monotonic()
-        self._balance = min(float(self.capacity),
-                            self._balance + (now - self._at) * self.per_second)
+        self._balance = min(
+            float(self.capacity), self._balance + (now - self._at) * self.per_second
+        )
         self._at = now
         return self._balance
 
@@ -138,36 +154,42 @@ class _CostModel:
     `data(first: 100)` costs 101, as in ShipHero's throttle example."""
 
     def __init__(self, document: Any, variables: Mapping[str, Any]) -> None:
-        self.fragments = {d.name.value: d for d in document.definitions
-                          if isinstance(d, FragmentDefinitionNode)}
+        self.fragments = {
+            d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)
+        }
         self.variables = variables
 
     def root_costs(self, operation: OperationDefinitionNode) -> dict[str, int]:
-        root = SCHEMA.mutation_type if operation.operation == OperationType.MUTATION \
+        root = (
+            SCHEMA.mutation_type
+            if operation.operation == OperationType.MUTATION
             else SCHEMA.query_type
+        )
         return dict(self._field_costs(root, operation.selection_set))
 
-    def _field_costs(self, parent: Any, selections: SelectionSetNode
-                     ) -> Iterator[tuple[str, int]]:
+    def _field_costs(self, parent: Any, selections: SelectionSetNode) -> Iterator[tuple[str, int]]:
         for node in selections.selections:
             if isinstance(node, FieldNode):
                 yield (node.alias or node.name).value, self._field_cost(parent, node)
             elif isinstance(node, InlineFragmentNode):
-                target = SCHEMA.get_type(node.type_condition.name.value) \
-                    if node.type_condition else parent
+                target = (
+                    SCHEMA.get_type(node.type_condition.name.value)
+                    if node.type_condition
+                    else parent
+                )
                 yield from self._field_costs(target, node.selection_set)
             elif isinstance(node, FragmentSpreadNode):
                 fragment = self.fragments[node.name.value]
-                yield from self._field_costs(SCHEMA.get_type(fragment.type_condition.name.value),
-                                             fragment.selection_set)
+                yield from self._field_costs(
+                    SCHEMA.get_type(fragment.type_condition.name.value), fragment.selection_set
+                )
 
     def _field_cost(self, parent: Any, node: FieldNode) -> int:
         definition = parent.fields.get(node.name.value)
         if definition is None or node.selection_set is None:
             return 0  # scalars and __typename are free
         target = get_named_type(definition.type)
-        own = 0 if target.name.endswith(("Connection", "Edge")) or target.name == "PageInfo" \
-            else 1
+        own = 0 if target.name.endswith(("Connection", "Edge")) or target.name == "PageInfo" else 1
         inner = sum(cost for _, cost in self._field_costs(target, node.selection_set))
         return self._page_size(definition, node) * (own + inner)
 
@@ -187,21 +209,28 @@ class _CostModel:
         return DEFAULT_PAGE_SIZE
 
 
-def throttle_body(keys: list[str], required: int, remaining: int, seconds: int
-                  ) -> dict[str, Any]:
+def throttle_body(keys: list[str], required: int, remaining: int, seconds: int) -> dict[str, Any]:
     """ShipHero's throttle answer: the fields null, one error with code 30."""
-    return {"data": dict.fromkeys(keys), "errors": [{
-        "code": THROTTLE_CODE,
-        "message": (f"There are not enough credits to perform the requested operation, "
+    return {
+        "data": dict.fromkeys(keys),
+        "errors": [
+            {
+                "code": THROTTLE_CODE,
+                "message": (
+                    f"There are not enough credits to perform the requested operation, "
                     f"which requires {required} credits. The account has {remaining} "
-                    f"credits remaining. Try again in {seconds} seconds"),
-        "time_remaining": f"{seconds} seconds",
-        "required_credits": required,
-        "remaining_credits": remaining,
-    }]}
+                    f"credits remaining. Try again in {seconds} seconds"
+                ),
+                "time_remaining": f"{seconds} seconds",
+                "required_credits": required,
+                "remaining_credits": remaining,
+            }
+        ],
+    }
 
 
 # -- state ------------------------------------------------------------------------------
+
 
 @dataclass
 class _OrderLine:
@@ -254,7 +283,7 @@ class _Return:
     created_at: datetime
     lines: list[_ReturnLine]
     status: str = "pending"
-    poison: dict[str, Any] = field(default_factory=dict)   # fields served as given (poison)
+    poison: dict[str, Any] = field(default_factory=dict)  # fields served as given (poison)
 
     @property
     def id(self) -> str:
@@ -285,27 +314,44 @@ def _connection(nodes: list[Any], first: int | None, after: str | None) -> dict[
             raise GraphQLError(f"Invalid cursor: {after!r}")
         start = decoded + 1
     size = DEFAULT_PAGE_SIZE if first is None else first
-    edges = [{"cursor": global_id("arrayconnection", start + i), "node": node}
-             for i, node in enumerate(nodes[start:start + size])]
-    return {"edges": edges, "pageInfo": {
-        "hasNextPage": start + size < len(nodes), "hasPreviousPage": start > 0,
-        "startCursor": edges[0]["cursor"] if edges else None,
-        "endCursor": edges[-1]["cursor"] if edges else None}}
+    edges = [
+        {"cursor": global_id("arrayconnection", start + i), "node": node}
+        for i, node in enumerate(nodes[start : start + size])
+    ]
+    return {
+        "edges": edges,
+        "pageInfo": {
+            "hasNextPage": start + size < len(nodes),
+            "hasPreviousPage": start > 0,
+            "startCursor": edges[0]["cursor"] if edges else None,
+            "endCursor": edges[-1]["cursor"] if edges else None,
+        },
+    }
 
 
 def _line_view(line: _OrderLine) -> dict[str, Any]:
-    return {"id": global_id("LineItem", line.legacy_id), "legacy_id": line.legacy_id,
-            "sku": line.sku, "partner_line_item_id": f"pli-{line.legacy_id}",
-            "product_name": f"Product {line.sku}", "quantity": line.quantity}
+    return {
+        "id": global_id("LineItem", line.legacy_id),
+        "legacy_id": line.legacy_id,
+        "sku": line.sku,
+        "partner_line_item_id": f"pli-{line.legacy_id}",
+        "product_name": f"Product {line.sku}",
+        "quantity": line.quantity,
+    }
 
 
 def _order_view(order: _Order) -> dict[str, Any]:
     lines = [_line_view(line) for line in order.lines]
     return {
-        "id": order.id, "legacy_id": order.legacy_id, "order_number": order.order_number,
-        "partner_order_id": order.partner_order_id, "shop_name": order.shop_name,
-        "fulfillment_status": "fulfilled", "order_date": iso(order.created_at),
-        "email": order.address.get("email"), "account_id": order.account_id,
+        "id": order.id,
+        "legacy_id": order.legacy_id,
+        "order_number": order.order_number,
+        "partner_order_id": order.partner_order_id,
+        "shop_name": order.shop_name,
+        "fulfillment_status": "fulfilled",
+        "order_date": iso(order.created_at),
+        "email": order.address.get("email"),
+        "account_id": order.account_id,
         "shipping_address": dict(order.address),
         "line_items": lambda _info, first=None, after=None: _connection(lines, first, after),
     }
@@ -313,54 +359,87 @@ def _order_view(order: _Order) -> dict[str, Any]:
 
 def _return_view(ret: _Return) -> dict[str, Any]:
     return {
-        "id": ret.id, "legacy_id": ret.legacy_id, "account_id": ret.order.account_id,
-        "order_id": ret.order.id, "partner_id": ret.partner_id, "reason": ret.reason,
-        "status": ret.status, "label_type": ret.label_type, "label_cost": ret.label_cost,
-        "shipping_carrier": ret.shipping_carrier, "shipping_method": ret.shipping_method,
-        "tracking_number": ret.tracking_number, "total_items_expected": ret.expected,
-        "total_items_received": ret.received, "total_items_restocked": 0,
+        "id": ret.id,
+        "legacy_id": ret.legacy_id,
+        "account_id": ret.order.account_id,
+        "order_id": ret.order.id,
+        "partner_id": ret.partner_id,
+        "reason": ret.reason,
+        "status": ret.status,
+        "label_type": ret.label_type,
+        "label_cost": ret.label_cost,
+        "shipping_carrier": ret.shipping_carrier,
+        "shipping_method": ret.shipping_method,
+        "tracking_number": ret.tracking_number,
+        "total_items_expected": ret.expected,
+        "total_items_received": ret.received,
+        "total_items_restocked": 0,
         "created_at": iso(ret.created_at),
-        "line_items": [{
-            "id": global_id("ReturnItem", line.legacy_id), "legacy_id": line.legacy_id,
-            "line_item_id": global_id("LineItem", line.order_line.legacy_id),
-            "warehouse_id": ret.warehouse_id, "quantity": line.quantity,
-            "quantity_received": line.quantity_received, "restock": 0,
-            "condition": line.condition, "reason": line.reason, "type": "Refund",
-            "line_item": _line_view(line.order_line),
-            **ret.poison.get("line", {}),
-        } for line in ret.lines],
+        "line_items": [
+            {
+                "id": global_id("ReturnItem", line.legacy_id),
+                "legacy_id": line.legacy_id,
+                "line_item_id": global_id("LineItem", line.order_line.legacy_id),
+                "warehouse_id": ret.warehouse_id,
+                "quantity": line.quantity,
+                "quantity_received": line.quantity_received,
+                "restock": 0,
+                "condition": line.condition,
+                "reason": line.reason,
+                "type": "Refund",
+                "line_item": _line_view(line.order_line),
+                **ret.poison.get("line", {}),
+            }
+            for line in ret.lines
+        ],
         **ret.poison.get("return", {}),
     }
 
 
 # -- the emulator -----------------------------------------------------------------------
 
+
 class ShipHeroEmulator(WarehouseEmulator):
     name = "shiphero"
     kind = "shiphero"
 
-    def __init__(self, clock: Clock | None = None, *, credits_max: int = 1001,
-                 credits_per_second: float = 15.0, credits_enabled: bool = True,
-                 enforce_credits: bool = True, customer_account_id: str | None = None,
-                 shop_name: str = "loopsync-sandbox.myshopify.com") -> None:
+    def __init__(
+        self,
+        clock: Clock | None = None,
+        *,
+        credits_max: int = 1001,
+        credits_per_second: float = 15.0,
+        credits_enabled: bool = True,
+        enforce_credits: bool = True,
+        customer_account_id: str | None = None,
+        shop_name: str = "loopsync-sandbox.myshopify.com",
+    ) -> None:
         super().__init__(clock=clock)
-        self.credits = CreditMeter(self.clock, credits_max, credits_per_second,
-                                   enabled=credits_enabled, enforce=enforce_credits)
+        self.credits = CreditMeter(
+            self.clock,
+            credits_max,
+            credits_per_second,
+            enabled=credits_enabled,
+            enforce=enforce_credits,
+        )
         self.customer_account_id = customer_account_id
         self.shop_name = shop_name
         self.username = "loopsync@merchant.example"
         self.password = "sandbox-password"  # noqa: S105 - the sandbox's made-up login
         self.refresh_token = secrets.token_urlsafe(24)
         self._refresh_tokens = {self.refresh_token}
-        self._access_tokens: dict[str, float] = {}   # token -> monotonic expiry
+        self._access_tokens: dict[str, float] = {}  # token -> monotonic expiry
         self.orders: dict[int, _Order] = {}
         self.returns: dict[int, _Return] = {}
         self._ids = itertools.count(1)
         self._receipts = itertools.count()
         self._root: dict[str, Callable[..., Any]] = {
-            "orders": self._resolve_orders, "order": self._resolve_order,
-            "returns": self._resolve_returns, "return": self._resolve_return,
-            "user_quota": self._resolve_user_quota, "return_create": self._resolve_return_create,
+            "orders": self._resolve_orders,
+            "order": self._resolve_order,
+            "returns": self._resolve_returns,
+            "return": self._resolve_return,
+            "user_quota": self._resolve_user_quota,
+            "return_create": self._resolve_return_create,
         }
 
     @property
@@ -398,23 +477,33 @@ class ShipHeroEmulator(WarehouseEmulator):
     def _auth_token(self, req: Request) -> Response:
         body = _json_object(req)
         if body.get("username") != self.username or body.get("password") != self.password:
-            return json_response({"error": "invalid_grant",
-                                  "error_description": "Wrong email or password."}, 403)
+            return json_response(
+                {"error": "invalid_grant", "error_description": "Wrong email or password."}, 403
+            )
         refresh = secrets.token_urlsafe(24)
         self._refresh_tokens.add(refresh)
         return json_response({**self._issue_access_token(), "refresh_token": refresh})
 
     def _auth_refresh(self, req: Request) -> Response:
         if _json_object(req).get("refresh_token") not in self._refresh_tokens:
-            return json_response({"error": "invalid_grant",
-                                  "error_description": "Unknown or invalid refresh token."}, 403)
+            return json_response(
+                {
+                    "error": "invalid_grant",
+                    "error_description": "Unknown or invalid refresh token.",
+                },
+                403,
+            )
         return json_response(self._issue_access_token())
 
     def _issue_access_token(self) -> dict[str, Any]:
         token = secrets.token_urlsafe(32)
         self._access_tokens[token] = self.clock.monotonic() + TOKEN_LIFETIME
-        return {"access_token": token, "expires_in": TOKEN_LIFETIME,
-                "scope": "openid profile offline_access", "token_type": "Bearer"}
+        return {
+            "access_token": token,
+            "expires_in": TOKEN_LIFETIME,
+            "scope": "openid profile offline_access",
+            "token_type": "Bearer",
+        }
 
     def expire_tokens(self) -> None:
         """Every access token issued so far stops working (forces the refresh path)."""
@@ -424,18 +513,19 @@ class ShipHeroEmulator(WarehouseEmulator):
     def _authorized(self, req: Request) -> bool:
         scheme, _, token = str(req.headers.get("Authorization") or "").partition(" ")
         expiry = self._access_tokens.get(token.strip())
-        return scheme.lower() == "bearer" and expiry is not None \
-            and self.clock.monotonic() < expiry
+        return scheme.lower() == "bearer" and expiry is not None and self.clock.monotonic() < expiry
 
     def _graphql(self, req: Request) -> Response:
         if not self._authorized(req):
-            return json_response({"message": "Unauthorized: the access token is missing, "
-                                             "unknown or expired"}, 401)
+            return json_response(
+                {"message": "Unauthorized: the access token is missing, unknown or expired"}, 401
+            )
         payload = _json_object(req)
         query, variables = payload.get("query"), payload.get("variables") or {}
         if not isinstance(query, str) or not isinstance(variables, dict):
-            return _errors_response([GraphQLError("Must provide a query string and "
-                                                  "variables as an object.")])
+            return _errors_response(
+                [GraphQLError("Must provide a query string and variables as an object.")]
+            )
         document, errors = _checked_document(query)
         if document is None or errors:
             return _errors_response(list(errors))
@@ -446,16 +536,31 @@ class ShipHeroEmulator(WarehouseEmulator):
         costs = _CostModel(document, variables).root_costs(operation)
         required = sum(costs.values())
         if required > self.credits.capacity:
-            return _errors_response([GraphQLError(
-                f"The operation requires {required} credits; no single operation may "
-                f"exceed {self.credits.capacity}.")])
+            return _errors_response(
+                [
+                    GraphQLError(
+                        f"The operation requires {required} credits; no single operation may "
+                        f"exceed {self.credits.capacity}."
+                    )
+                ]
+            )
         if not self.credits.try_spend(required):
-            return json_response(throttle_body(
-                list(costs), required, int(self.credits.balance()),
-                self.credits.seconds_until(required)))
-        result = execute_sync(SCHEMA, document, root_value=self._root,
-                              context_value=_Context(costs), variable_values=variables,
-                              operation_name=operation_name)
+            return json_response(
+                throttle_body(
+                    list(costs),
+                    required,
+                    int(self.credits.balance()),
+                    self.credits.seconds_until(required),
+                )
+            )
+        result = execute_sync(
+            SCHEMA,
+            document,
+            root_value=self._root,
+            context_value=_Context(costs),
+            variable_values=variables,
+            operation_name=operation_name,
+        )
         body: dict[str, Any] = {"data": result.data}
         if result.errors:
             body["errors"] = [error.formatted for error in result.errors]
@@ -465,54 +570,85 @@ class ShipHeroEmulator(WarehouseEmulator):
     def throttle_fault(self, *, status: int = 429, seconds: int = 3) -> Fault:
         """A code-30 throttle answer regardless of credits, as HTTP `status` (429 is the
         variant ShipHero may send; 200 is the usual one)."""
-        return Fault("custom", response=lambda req: json_response(
-            throttle_body(_root_keys(req), 101, 10, seconds), status))
+        return Fault(
+            "custom",
+            response=lambda req: json_response(
+                throttle_body(_root_keys(req), 101, 10, seconds), status
+            ),
+        )
 
     def graphql_error_fault(self, message: str = "Internal server error") -> Fault:
         """A generic GraphQL error: every root field null, one error naming it."""
+
         def respond(req: Request) -> Response:
             keys = _root_keys(req)
-            return json_response({"data": dict.fromkeys(keys),
-                                  "errors": [{"message": message, "path": keys[:1]}]})
+            return json_response(
+                {"data": dict.fromkeys(keys), "errors": [{"message": message, "path": keys[:1]}]}
+            )
+
         return Fault("custom", response=respond)
 
     # -- resolvers ----------------------------------------------------------------------
     def _result(self, info: GraphQLResolveInfo[_Context], data: Any) -> dict[str, Any]:
-        return {"request_id": secrets.token_hex(12),
-                "complexity": info.context.costs.get(str(info.path.key), 0), "data": data}
+        return {
+            "request_id": secrets.token_hex(12),
+            "complexity": info.context.costs.get(str(info.path.key), 0),
+            "data": data,
+        }
 
-    def _resolve_orders(self, info: GraphQLResolveInfo[_Context],
-                        partner_order_id: str | None = None, order_number: str | None = None,
-                        shop_name: str | None = None,
-                        customer_account_id: str | None = None) -> dict[str, Any]:
-        wanted = {"partner_order_id": partner_order_id, "order_number": order_number,
-                  "shop_name": shop_name, "account_id": customer_account_id}
-        matches = [_order_view(order) for order in self.orders.values()
-                   if all(value is None or getattr(order, attr) == value
-                          for attr, value in wanted.items())]
-        return self._result(info, lambda _info, first=None, after=None:
-                            _connection(matches, first, after))
+    def _resolve_orders(
+        self,
+        info: GraphQLResolveInfo[_Context],
+        partner_order_id: str | None = None,
+        order_number: str | None = None,
+        shop_name: str | None = None,
+        customer_account_id: str | None = None,
+    ) -> dict[str, Any]:
+        wanted = {
+            "partner_order_id": partner_order_id,
+            "order_number": order_number,
+            "shop_name": shop_name,
+            "account_id": customer_account_id,
+        }
+        matches = [
+            _order_view(order)
+            for order in self.orders.values()
+            if all(value is None or getattr(order, attr) == value for attr, value in wanted.items())
+        ]
+        return self._result(
+            info, lambda _info, first=None, after=None: _connection(matches, first, after)
+        )
 
-    def _resolve_order(self, info: GraphQLResolveInfo[_Context], id: str,
-                       customer_account_id: str | None = None) -> dict[str, Any]:
+    def _resolve_order(
+        self, info: GraphQLResolveInfo[_Context], id: str, customer_account_id: str | None = None
+    ) -> dict[str, Any]:
         return self._result(info, _order_view(self._order(id)))
 
-    def _resolve_returns(self, info: GraphQLResolveInfo[_Context], order_id: str | None = None,
-                         warehouse_id: str | None = None, date_from: str | None = None,
-                         date_to: str | None = None, customer_account_id: str | None = None,
-                         tracking_number: str | None = None) -> dict[str, Any]:
+    def _resolve_returns(
+        self,
+        info: GraphQLResolveInfo[_Context],
+        order_id: str | None = None,
+        warehouse_id: str | None = None,
+        date_from: str | None = None,
+        date_to: str | None = None,
+        customer_account_id: str | None = None,
+        tracking_number: str | None = None,
+    ) -> dict[str, Any]:
         order_legacy = None if order_id is None else legacy_from_id("Order", order_id)
         since, until = _timestamp(date_from), _timestamp(date_to)
-        matches = [_return_view(ret) for ret in self.returns.values()
-                   if (order_id is None or ret.order.legacy_id == order_legacy)
-                   and (warehouse_id is None or ret.warehouse_id == warehouse_id)
-                   and (customer_account_id is None
-                        or ret.order.account_id == customer_account_id)
-                   and (tracking_number is None or ret.tracking_number == tracking_number)
-                   and (since is None or ret.created_at >= since)
-                   and (until is None or ret.created_at <= until)]
-        return self._result(info, lambda _info, first=None, after=None:
-                            _connection(matches, first, after))
+        matches = [
+            _return_view(ret)
+            for ret in self.returns.values()
+            if (order_id is None or ret.order.legacy_id == order_legacy)
+            and (warehouse_id is None or ret.warehouse_id == warehouse_id)
+            and (customer_account_id is None or ret.order.account_id == customer_account_id)
+            and (tracking_number is None or ret.tracking_number == tracking_number)
+            and (since is None or ret.created_at >= since)
+            and (until is None or ret.created_at <= until)
+        ]
+        return self._result(
+            info, lambda _info, first=None, after=None: _connection(matches, first, after)
+        )
 
     def _resolve_return(self, info: GraphQLResolveInfo[_Context], id: str) -> dict[str, Any]:
         legacy = legacy_from_id("Return", id)
@@ -522,13 +658,18 @@ class ShipHeroEmulator(WarehouseEmulator):
         return self._result(info, _return_view(ret))
 
     def _resolve_user_quota(self, info: GraphQLResolveInfo[_Context]) -> dict[str, Any]:
-        return {"is_expired": False, "expiration_date": None, "time_remaining": None,
-                "credits_remaining": int(self.credits.balance()),
-                "max_available": self.credits.capacity,
-                "increment_rate": int(self.credits.per_second)}
+        return {
+            "is_expired": False,
+            "expiration_date": None,
+            "time_remaining": None,
+            "credits_remaining": int(self.credits.balance()),
+            "max_available": self.credits.capacity,
+            "increment_rate": int(self.credits.per_second),
+        }
 
-    def _resolve_return_create(self, info: GraphQLResolveInfo[_Context], data: dict[str, Any]
-                               ) -> dict[str, Any]:
+    def _resolve_return_create(
+        self, info: GraphQLResolveInfo[_Context], data: dict[str, Any]
+    ) -> dict[str, Any]:
         order = self._order(data["order_id"])
         if data["warehouse_id"] not in WAREHOUSES:
             raise GraphQLError(f"Warehouse {data['warehouse_id']} not found")
@@ -536,16 +677,25 @@ class ShipHeroEmulator(WarehouseEmulator):
         if not lines:
             raise GraphQLError("A return needs at least one line item")
         ret = _Return(
-            legacy_id=3394300 + next(self._ids), order=order, partner_id=data.get("partner_id"),
-            warehouse_id=data["warehouse_id"], reason=data["return_reason"],
-            label_type=data["label_type"], label_cost=data["label_cost"],
-            shipping_carrier=data["shipping_carrier"], shipping_method=data["shipping_method"],
-            tracking_number=data.get("tracking_number"), created_at=self.clock.now(),
-            lines=lines)
+            legacy_id=3394300 + next(self._ids),
+            order=order,
+            partner_id=data.get("partner_id"),
+            warehouse_id=data["warehouse_id"],
+            reason=data["return_reason"],
+            label_type=data["label_type"],
+            label_cost=data["label_cost"],
+            shipping_carrier=data["shipping_carrier"],
+            shipping_method=data["shipping_method"],
+            tracking_number=data.get("tracking_number"),
+            created_at=self.clock.now(),
+            lines=lines,
+        )
         self.returns[ret.legacy_id] = ret
-        return {"request_id": secrets.token_hex(12),
-                "complexity": info.context.costs.get(str(info.path.key), 0),
-                "return": _return_view(ret)}
+        return {
+            "request_id": secrets.token_hex(12),
+            "complexity": info.context.costs.get(str(info.path.key), 0),
+            "return": _return_view(ret),
+        }
 
     def _return_line(self, order: _Order, item: dict[str, Any]) -> _ReturnLine:
         order_line = order.line_for(item["sku"])
@@ -553,8 +703,12 @@ class ShipHeroEmulator(WarehouseEmulator):
             raise GraphQLError(f"SKU {item['sku']} is not on order {order.order_number}")
         if item["quantity"] < 1:
             raise GraphQLError(f"Quantity for SKU {item['sku']} must be at least 1")
-        return _ReturnLine(legacy_id=next(self._ids), order_line=order_line,
-                           quantity=item["quantity"], reason=item["return_reason"])
+        return _ReturnLine(
+            legacy_id=next(self._ids),
+            order_line=order_line,
+            quantity=item["quantity"],
+            reason=item["return_reason"],
+        )
 
     def _order(self, order_id: str) -> _Order:
         legacy = legacy_from_id("Order", order_id)
@@ -564,15 +718,26 @@ class ShipHeroEmulator(WarehouseEmulator):
         return order
 
     # -- hooks: the warehouse's people --------------------------------------------------
-    def add_order(self, *, order_number: str | None, partner_order_id: str | None,
-                  units_by_sku: Mapping[str, int], email: str | None = None) -> str:
+    def add_order(
+        self,
+        *,
+        order_number: str | None,
+        partner_order_id: str | None,
+        units_by_sku: Mapping[str, int],
+        email: str | None = None,
+    ) -> str:
         """Create a ShipHero order (as the shop's order sync would); returns its id."""
         with self.lock:
             legacy = 500000000 + next(self._ids)
-            order = _Order(legacy_id=legacy, order_number=order_number,
-                           partner_order_id=partner_order_id, shop_name=self.shop_name,
-                           account_id=self.customer_account_id, address=_address(legacy, email),
-                           created_at=self.clock.now())
+            order = _Order(
+                legacy_id=legacy,
+                order_number=order_number,
+                partner_order_id=partner_order_id,
+                shop_name=self.shop_name,
+                account_id=self.customer_account_id,
+                address=_address(legacy, email),
+                created_at=self.clock.now(),
+            )
             self.orders[legacy] = order
             self._add_lines(order, units_by_sku)
             return order.id
@@ -587,18 +752,29 @@ class ShipHeroEmulator(WarehouseEmulator):
         order_number = Loop order_name, one line per returned SKU."""
         if not with_order:
             return
-        units = Counter(str(li["sku"]) for li in loop_return.get("line_items") or []
-                        if li.get("sku"))
+        units = Counter(
+            str(li["sku"]) for li in loop_return.get("line_items") or [] if li.get("sku")
+        )
         partner = loop_return.get("provider_order_id")
         partner = None if partner in (None, "") else str(partner)
         with self.lock:
-            existing = next((o for o in self.orders.values()
-                             if partner is not None and o.partner_order_id == partner), None)
+            existing = next(
+                (
+                    o
+                    for o in self.orders.values()
+                    if partner is not None and o.partner_order_id == partner
+                ),
+                None,
+            )
             if existing is not None:
                 self._add_lines(existing, units)
                 return
-            self.add_order(order_number=loop_return.get("order_name"), partner_order_id=partner,
-                           units_by_sku=units, email=loop_return.get("customer"))
+            self.add_order(
+                order_number=loop_return.get("order_name"),
+                partner_order_id=partner,
+                units_by_sku=units,
+                email=loop_return.get("customer"),
+            )
 
     def _returns_for(self, return_id: str) -> list[_Return]:
         return [ret for ret in self.returns.values() if ret.partner_id == str(return_id)]
@@ -630,9 +806,11 @@ class ShipHeroEmulator(WarehouseEmulator):
                 ret.lines[0].quantity_received += 1
             elif scenario == "damaged":
                 ret.lines[0].condition = "damaged"
-            ret.status = {"damaged": "Damaged", "cancelled": "RTS"}.get(scenario) or \
-                WAREHOUSE_COMPLETE_SPELLINGS[next(self._receipts)
-                                             % len(WAREHOUSE_COMPLETE_SPELLINGS)]
+            ret.status = {"damaged": "Damaged", "cancelled": "RTS"}.get(
+                scenario
+            ) or WAREHOUSE_COMPLETE_SPELLINGS[
+                next(self._receipts) % len(WAREHOUSE_COMPLETE_SPELLINGS)
+            ]
             return True
 
     def poison(self, return_id: str) -> bool:
@@ -649,8 +827,9 @@ class ShipHeroEmulator(WarehouseEmulator):
             ret.poison = {"line": {"condition": "good\ud800\x00"}}
             return True
 
-    def set_status(self, return_id: str, status: str,
-                   received: Mapping[str, int] | None = None) -> bool:
+    def set_status(
+        self, return_id: str, status: str, received: Mapping[str, int] | None = None
+    ) -> bool:
         """Set any status word (custom ones too) and optionally units received per SKU."""
         with self.lock:
             found = self._returns_for(return_id)
@@ -664,9 +843,12 @@ class ShipHeroEmulator(WarehouseEmulator):
             return True
 
     def warehouse_config(self, base_url: str) -> dict[str, Any]:
-        config: dict[str, Any] = {"kind": "shiphero", "base_url": base_url,
-                                  "refresh_token": "${SHIPHERO_REFRESH_TOKEN}",
-                                  "destinations": dict(DESTINATIONS)}
+        config: dict[str, Any] = {
+            "kind": "shiphero",
+            "base_url": base_url,
+            "refresh_token": "${SHIPHERO_REFRESH_TOKEN}",
+            "destinations": dict(DESTINATIONS),
+        }
         if self.customer_account_id:
             config["customer_account_id"] = self.customer_account_id
         return config
@@ -676,6 +858,7 @@ class ShipHeroEmulator(WarehouseEmulator):
 
 
 # -- helpers ----------------------------------------------------------------------------
+
 
 def _json_object(req: Request) -> dict[str, Any]:
     try:
@@ -710,8 +893,11 @@ def _root_keys(req: Request) -> list[str]:
         return []
     if operation is None:
         return []
-    return [(node.alias or node.name).value for node in operation.selection_set.selections
-            if isinstance(node, FieldNode)]
+    return [
+        (node.alias or node.name).value
+        for node in operation.selection_set.selections
+        if isinstance(node, FieldNode)
+    ]
 
 
 def _timestamp(value: str | None) -> datetime | None:
@@ -724,8 +910,18 @@ def _timestamp(value: str | None) -> datetime | None:
 
 
 def _address(legacy_id: int, email: str | None) -> dict[str, str]:
-    return {"first_name": "Pat", "last_name": f"Customer {legacy_id % 10000}", "company": "",
-            "address1": f"{100 + legacy_id % 900} Market St", "address2": "",
-            "city": "Columbus", "state": "Ohio", "state_code": "OH", "zip": "43215",
-            "country": "United States", "country_code": "US",
-            "email": email or "customer@example.com", "phone": "555-0100"}
+    return {
+        "first_name": "Pat",
+        "last_name": f"Customer {legacy_id % 10000}",
+        "company": "",
+        "address1": f"{100 + legacy_id % 900} Market St",
+        "address2": "",
+        "city": "Columbus",
+        "state": "Ohio",
+        "state_code": "OH",
+        "zip": "43215",
+        "country": "United States",
+        "country_code": "US",
+        "email": email or "customer@example.com",
+        "phone": "555-0100",
+    }

@@ -62,21 +62,29 @@ class Asn:
     lines: list[AsnLine]
     status: str = OPEN
     history: list[str] = field(default_factory=lambda: [OPEN])
-    poison: bool = False    # QtyReceived served as Infinity (Python's json reads it)
+    poison: bool = False  # QtyReceived served as Infinity (Python's json reads it)
 
     def to_wire(self) -> dict[str, Any]:
         """Xoro sends quantities as decimals."""
         return {
             "AsnHeaderData": {
-                "AsnNumber": self.number, "Status": self.status, "RmaNumber": self.rma_number,
-                "OrderNumber": self.order_number, "VendorName": "Loop Returns",
-                "CreatedDate": self.created_at.strftime(US_FORMAT), "DeliveryDate": None,
+                "AsnNumber": self.number,
+                "Status": self.status,
+                "RmaNumber": self.rma_number,
+                "OrderNumber": self.order_number,
+                "VendorName": "Loop Returns",
+                "CreatedDate": self.created_at.strftime(US_FORMAT),
+                "DeliveryDate": None,
             },
             "AsnDetailData": [
-                {"LineNumber": n, "ItemNumber": line.sku,
-                 "BaseQtyToReceive": float(line.expected),
-                 "QtyReceived": float("inf") if self.poison else float(line.received)}
-                for n, line in enumerate(self.lines, start=1)],
+                {
+                    "LineNumber": n,
+                    "ItemNumber": line.sku,
+                    "BaseQtyToReceive": float(line.expected),
+                    "QtyReceived": float("inf") if self.poison else float(line.received),
+                }
+                for n, line in enumerate(self.lines, start=1)
+            ],
         }
 
 
@@ -112,24 +120,31 @@ class XoroEmulator(WarehouseEmulator):
     name = "xoro"
     kind = "xoro"
 
-    def __init__(self, *, clock: Clock | None = None, api_key: str = "xoro-sandbox-key",
-                 api_secret: str = "xoro-sandbox-secret",  # noqa: S107 - made up
-                 scopes: tuple[str, ...] = ("asn",),
-                 page_size: int = 25, auth_failure: str = "401", latency: float = 0.0,
-                 rate_limit_enabled: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        clock: Clock | None = None,
+        api_key: str = "xoro-sandbox-key",
+        api_secret: str = "xoro-sandbox-secret",  # noqa: S107 - made up
+        scopes: tuple[str, ...] = ("asn",),
+        page_size: int = 25,
+        auth_failure: str = "401",
+        latency: float = 0.0,
+        rate_limit_enabled: bool = True,
+    ) -> None:
         super().__init__(clock=clock)
         self.api_key = api_key
         self.api_secret = api_secret
         self.scopes = set(scopes)
         self.page_size = page_size
-        self.auth_failure = auth_failure        # "401" | "result_false"
-        self.latency = latency                  # real seconds per answer (concurrency tests)
+        self.auth_failure = auth_failure  # "401" | "result_false"
+        self.latency = latency  # real seconds per answer (concurrency tests)
         self.rate_limit_enabled = rate_limit_enabled
-        self.phantom_pages = 0                  # TotalPages overstated by this many pages
+        self.phantom_pages = 0  # TotalPages overstated by this many pages
         self.counter = _InFlightCounter()
         self.faults = self.counter
         self.asns: dict[str, Asn] = {}
-        self.rmas: dict[str, list[str]] = {}   # Loop return id -> ASN numbers (one normally)
+        self.rmas: dict[str, list[str]] = {}  # Loop return id -> ASN numbers (one normally)
         self.throttled = 0
         self._numbers = itertools.count(1)
 
@@ -152,7 +167,7 @@ class XoroEmulator(WarehouseEmulator):
             return _envelope(False, "Invalid API Key or API Secret")
         if not req.path.startswith(API_PREFIX):
             return _envelope(False, "Not found", status=404)
-        module, _, action = req.path[len(API_PREFIX):].strip("/").partition("/")
+        module, _, action = req.path[len(API_PREFIX) :].strip("/").partition("/")
         if module not in self.scopes:
             return _envelope(False, f"This app does not have access to the {module} module")
         if (module, action.lower(), req.method) == ("asn", "getasn", "GET"):
@@ -176,14 +191,24 @@ class XoroEmulator(WarehouseEmulator):
             page = int(req.query.get("page") or 1)
         except ValueError as exc:
             return _envelope(False, str(exc))
-        asns = sorted((a for a in self.asns.values()
-                       if (since is None or a.created_at >= since)
-                       and (until is None or a.created_at <= until)),
-                      key=lambda a: (a.created_at, a.number))
+        asns = sorted(
+            (
+                a
+                for a in self.asns.values()
+                if (since is None or a.created_at >= since)
+                and (until is None or a.created_at <= until)
+            ),
+            key=lambda a: (a.created_at, a.number),
+        )
         real_pages = math.ceil(len(asns) / self.page_size)
-        chunk = asns[(page - 1) * self.page_size: page * self.page_size] if page >= 1 else []
-        return _envelope(True, "", [a.to_wire() for a in chunk],
-                         total_pages=real_pages + self.phantom_pages if asns else 0, page=page)
+        chunk = asns[(page - 1) * self.page_size : page * self.page_size] if page >= 1 else []
+        return _envelope(
+            True,
+            "",
+            [a.to_wire() for a in chunk],
+            total_pages=real_pages + self.phantom_pages if asns else 0,
+            page=page,
+        )
 
     # -- Xoro's own Loop app ---------------------------------------------------------------
     def on_loop_return(self, loop_return: dict[str, Any], *, with_order: bool = True) -> None:
@@ -201,8 +226,9 @@ class XoroEmulator(WarehouseEmulator):
                 return  # the app imports each Loop return once
             number = f"ASN-{next(self._numbers):06d}"
             order = str(loop_return.get("order_name") or loop_return.get("order_number") or "")
-            self.asns[number] = Asn(number, rid, order, self.clock.now(),
-                                    [AsnLine(sku, n) for sku, n in units.items()])
+            self.asns[number] = Asn(
+                number, rid, order, self.clock.now(), [AsnLine(sku, n) for sku, n in units.items()]
+            )
             self.rmas[rid] = [number]
 
     def asn(self, return_id: str) -> Asn | None:
@@ -282,17 +308,36 @@ class XoroEmulator(WarehouseEmulator):
 
     # -- sandbox wiring -------------------------------------------------------------------
     def warehouse_config(self, base_url: str) -> dict[str, Any]:
-        return {"kind": "xoro", "base_url": f"{base_url}/api/xerp",
-                "api_key": f"${{{KEY_ENV}}}", "api_secret": f"${{{SECRET_ENV}}}"}
+        return {
+            "kind": "xoro",
+            "base_url": f"{base_url}/api/xerp",
+            "api_key": f"${{{KEY_ENV}}}",
+            "api_secret": f"${{{SECRET_ENV}}}",
+        }
 
     def secret_env(self) -> dict[str, str]:
         return {KEY_ENV: self.api_key, SECRET_ENV: self.api_secret}
 
 
-def _envelope(result: bool, message: str, data: Any = None, *, total_pages: int = 0,
-              page: int = 1, status: int = 200) -> Response:
-    return json_response({"Result": result, "Message": message, "Data": data,
-                          "TotalPages": total_pages, "Page": page}, status)
+def _envelope(
+    result: bool,
+    message: str,
+    data: Any = None,
+    *,
+    total_pages: int = 0,
+    page: int = 1,
+    status: int = 200,
+) -> Response:
+    return json_response(
+        {
+            "Result": result,
+            "Message": message,
+            "Data": data,
+            "TotalPages": total_pages,
+            "Page": page,
+        },
+        status,
+    )
 
 
 def _parse_filter(value: str | None) -> datetime | None:

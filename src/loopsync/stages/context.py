@@ -38,8 +38,16 @@ if TYPE_CHECKING:  # cycle.py builds the context and imports the stages: no runt
 # run, lock) and local faults that would hit every return alike (disk full, database
 # I/O, memory). Anything else one return raises is recorded against it; the batch goes on.
 NOT_ONE_RECORDS_FAULT: tuple[type[BaseException], ...] = (
-    NotReady, PollStopped, DryRunViolation, LockHeld, AuthError, StateError, MemoryError,
-    OSError, sqlite3.OperationalError)
+    NotReady,
+    PollStopped,
+    DryRunViolation,
+    LockHeld,
+    AuthError,
+    StateError,
+    MemoryError,
+    OSError,
+    sqlite3.OperationalError,
+)
 
 
 def one_records_fault(exc: BaseException) -> bool:
@@ -97,8 +105,14 @@ class CycleContext:
         self.store.runs.add_problem(rid, stage, message, self.run_id)
         self.log.warning("return.problem", return_id=rid, stage=stage, problem=message)
 
-    def set_stage(self, rid: str, stage: Stage, reason: str | None = None, *,
-                  action: ReturnAction | None = None) -> None:
+    def set_stage(
+        self,
+        rid: str,
+        stage: Stage,
+        reason: str | None = None,
+        *,
+        action: ReturnAction | None = None,
+    ) -> None:
         self.store.returns.move(rid, stage, reason, action=action)
 
     def report_for_person(self, rid: str, stage: str, reason: str) -> None:

@@ -54,8 +54,8 @@ Heads = dict[str, ReturnHead | Lookup]
 class WindowEnd(StrEnum):
     """How reading one window ended."""
 
-    COMPLETE = "complete"      # every page stored; the cursor moved past it
-    STOPPED = "stopped"        # shutdown; the checkpoint is saved
+    COMPLETE = "complete"  # every page stored; the cursor moved past it
+    STOPPED = "stopped"  # shutdown; the checkpoint is saved
     INCOMPLETE = "incomplete"  # pagination broke off; pages read are kept, the window stays
 
 
@@ -69,10 +69,16 @@ def ingest(ctx: CycleContext) -> None:
         cur = _checked_cursor(ctx, RETURNS, state, end)
         if cur.window_from is not None and cur.window_to is not None:
             # The window a previous run left open is finished first.
-            ctx.log.info("ingest.resume", state=state, window_from=iso(cur.window_from),
-                         window_to=iso(cur.window_to), has_cursor=bool(cur.page_cursor))
-            outcome = _ingest_window(ctx, state, Window(cur.window_from, cur.window_to),
-                                     cur.page_cursor)
+            ctx.log.info(
+                "ingest.resume",
+                state=state,
+                window_from=iso(cur.window_from),
+                window_to=iso(cur.window_to),
+                has_cursor=bool(cur.page_cursor),
+            )
+            outcome = _ingest_window(
+                ctx, state, Window(cur.window_from, cur.window_to), cur.page_cursor
+            )
             if outcome == WindowEnd.STOPPED:
                 return
             if outcome == WindowEnd.INCOMPLETE:
@@ -99,22 +105,41 @@ def _checked_cursor(ctx: CycleContext, stream: str, state: str, now: datetime) -
     cur = ctx.store.cursors.get(stream, state)
     if not any(t is not None and t > now for t in (cur.done_until, cur.window_to)):
         return cur
-    window = (Window(cur.window_from, cur.window_to)
-              if cur.window_from is not None and cur.window_to is not None else None)
-    check = check_cursor(cur.done_until, window, cur.page_cursor, now=now,
-                         lookback=ctx.cfg.loop.lookback,
-                         # Nothing stored for this stream: no record ever read tells
-                         # where the truth was, so read again from the configured start.
-                         last_seen=ctx.store.cursors.last_updated_at(stream, state)
-                         or ctx.cfg.loop.start_at)
-    ctx.log.warning("ingest.cursor_pulled_back", stream=stream, state=state,
-                    was=iso(cur.done_until), now=iso(check.done_until), reason=check.reason)
+    window = (
+        Window(cur.window_from, cur.window_to)
+        if cur.window_from is not None and cur.window_to is not None
+        else None
+    )
+    check = check_cursor(
+        cur.done_until,
+        window,
+        cur.page_cursor,
+        now=now,
+        lookback=ctx.cfg.loop.lookback,
+        # Nothing stored for this stream: no record ever read tells
+        # where the truth was, so read again from the configured start.
+        last_seen=ctx.store.cursors.last_updated_at(stream, state) or ctx.cfg.loop.start_at,
+    )
+    ctx.log.warning(
+        "ingest.cursor_pulled_back",
+        stream=stream,
+        state=state,
+        was=iso(cur.done_until),
+        now=iso(check.done_until),
+        reason=check.reason,
+    )
     if not ctx.dry_run:
         with ctx.store.atomic():
             ctx.store.cursors.set_done_until(stream, state, check.done_until)
-            ctx.store.kv(CURSOR_EVENTS).set(f"pulled_back:{stream}/{state}", {
-                "at": iso(now), "from": iso(cur.done_until), "to": iso(check.done_until),
-                "reason": check.reason})
+            ctx.store.kv(CURSOR_EVENTS).set(
+                f"pulled_back:{stream}/{state}",
+                {
+                    "at": iso(now),
+                    "from": iso(cur.done_until),
+                    "to": iso(check.done_until),
+                    "reason": check.reason,
+                },
+            )
     return Cursor(stream, state, check.done_until, None, None, None)
 
 
@@ -129,18 +154,23 @@ def _server_now(ctx: CycleContext, local: datetime, remote: datetime | None) -> 
         if kv.get("clock_skew") is not None:
             kv.set("clock_skew", None)
         return
-    ctx.log.warning("clock.skew", local=iso(local), loop=iso(remote),
-                    ahead_seconds=round(skew.total_seconds(), 1))
-    kv.set("clock_skew", {"at": iso(local), "loop": iso(remote),
-                          "ahead_seconds": round(skew.total_seconds(), 1)})
+    ctx.log.warning(
+        "clock.skew",
+        local=iso(local),
+        loop=iso(remote),
+        ahead_seconds=round(skew.total_seconds(), 1),
+    )
+    kv.set(
+        "clock_skew",
+        {"at": iso(local), "loop": iso(remote), "ahead_seconds": round(skew.total_seconds(), 1)},
+    )
 
 
 class _WindowRead:
     """One window's pages as they are stored: what was read, and Loop's clock when the
     reading began (kept across a resumed walk)."""
 
-    def __init__(self, ctx: CycleContext, state: str, window: Window,
-                 cursor: str | None) -> None:
+    def __init__(self, ctx: CycleContext, state: str, window: Window, cursor: str | None) -> None:
         self.ctx, self.state, self.window, self.cursor = ctx, state, window, cursor
         self.date_key = f"window_date:{RETURNS}/{state}"
         self.pages = 0
@@ -169,14 +199,16 @@ class _WindowRead:
             self.first_date = date if self.first_date is None else min(self.first_date, date)
         with ctx.store.atomic():
             ingest_page(ctx, page.returns)
-            ctx.store.cursors.save_page(RETURNS, self.state, window.start, window.end,
-                                        page.next_cursor)
+            ctx.store.cursors.save_page(
+                RETURNS, self.state, window.start, window.end, page.next_cursor
+            )
             if first_page and self.first_date is not None and page.next_cursor:
                 ctx.store.kv(CURSOR_EVENTS).set(self.date_key, iso(self.first_date))
 
 
-def _ingest_window(ctx: CycleContext, state: str, window: Window, cursor: str | None,
-                   *, retried: bool = False) -> WindowEnd:
+def _ingest_window(
+    ctx: CycleContext, state: str, window: Window, cursor: str | None, *, retried: bool = False
+) -> WindowEnd:
     """Read one window: COMPLETE, STOPPED (shutdown; checkpoint saved) or INCOMPLETE
     (pagination broke off; the pages read are kept, the window stays open)."""
     reading = _WindowRead(ctx, state, window, cursor)
@@ -203,8 +235,7 @@ def _ingest_window(ctx: CycleContext, state: str, window: Window, cursor: str | 
     return WindowEnd.COMPLETE
 
 
-def _walk_broke_off(ctx: CycleContext, reading: _WindowRead,
-                    exc: PaginationStopped) -> WindowEnd:
+def _walk_broke_off(ctx: CycleContext, reading: _WindowRead, exc: PaginationStopped) -> WindowEnd:
     """A walk a retry did not finish: recorded for `status`; the window stays open, or is
     ended where Loop gave nothing to follow."""
     state, window = reading.state, reading.window
@@ -213,23 +244,31 @@ def _walk_broke_off(ctx: CycleContext, reading: _WindowRead,
     if exc.reason == "next_page_url_without_cursor":
         # Nothing to follow, twice: waiting cannot finish this window, and holding it
         # open would stop this state's cursor for good. End it, and say so.
-        ctx.problem(None, "ingest", f"{where}: Loop gave a next page link without a "
-                                    "cursor; the window was ended there")
+        ctx.problem(
+            None,
+            "ingest",
+            f"{where}: Loop gave a next page link without a cursor; the window was ended there",
+        )
         _complete_window(ctx, state, window, reading.first_date)
         return WindowEnd.COMPLETE
     ctx.counts.errors += 1
-    ctx.problem(None, "ingest", f"{where} not finished ({exc.reason}); it is read again "
-                                "next cycle")
+    ctx.problem(None, "ingest", f"{where} not finished ({exc.reason}); it is read again next cycle")
     return WindowEnd.INCOMPLETE
 
 
-def _complete_window(ctx: CycleContext, state: str, window: Window,
-                     server_date: datetime | None) -> None:
+def _complete_window(
+    ctx: CycleContext, state: str, window: Window, server_date: datetime | None
+) -> None:
     """Mark the window done, never past Loop's own clock when our clock runs ahead."""
     until = completed_until(window.end, server_date)
     if until < window.end:
-        ctx.log.warning("ingest.window_end_clamped", state=state, window_end=iso(window.end),
-                        loop_now=iso(server_date), done_until=iso(until))
+        ctx.log.warning(
+            "ingest.window_end_clamped",
+            state=state,
+            window_end=iso(window.end),
+            loop_now=iso(server_date),
+            done_until=iso(until),
+        )
     with ctx.store.atomic():
         ctx.store.cursors.complete_window(RETURNS, state, until)
         kv = ctx.store.kv(CURSOR_EVENTS)
@@ -246,9 +285,15 @@ def _record_walk(ctx: CycleContext, name: str, exc: PaginationStopped | None) ->
     elif isinstance(exc.walk, WalkResult):
         result = exc.walk
     else:  # raised by something other than a PageWalk: its reason names the end
-        result = WalkResult(name, WalkEnd.REPEATED if "repeat" in exc.reason
-                            else WalkEnd.NO_CURSOR if "cursor" in exc.reason
-                            else WalkEnd.CAPPED, 0)
+        result = WalkResult(
+            name,
+            WalkEnd.REPEATED
+            if "repeat" in exc.reason
+            else WalkEnd.NO_CURSOR
+            if "cursor" in exc.reason
+            else WalkEnd.CAPPED,
+            0,
+        )
     record_walk(ctx.store.kv("loop"), WalkResult(name, result.outcome, result.pages), ctx.now())
 
 
@@ -283,8 +328,15 @@ def _store_return(ctx: CycleContext, raw: Any, heads: Heads) -> str:
     head = heads.get(ret.id)
     heads[ret.id] = LOOKUP  # the same id again in this page: read it afresh
     outcome = ctx.store.returns.upsert(
-        ret.id, raw, state=ret.state, updated_at=ret.updated_at, created_at=ret.created_at,
-        destination_id=ret.destination_id, order_name=ret.order_name, head=head)
+        ret.id,
+        raw,
+        state=ret.state,
+        updated_at=ret.updated_at,
+        created_at=ret.created_at,
+        destination_id=ret.destination_id,
+        order_name=ret.order_name,
+        head=head,
+    )
     if outcome == Upserted.NEW:
         ctx.counts.new += 1
     elif outcome == Upserted.CHANGED:
@@ -346,8 +398,11 @@ def import_return(ctx: CycleContext, return_id: str) -> set[str]:
     details = ctx.loop.return_details(return_id)
     if not isinstance(details, dict):
         raise Unreadable(f"return details of {return_id} are not an object", field="details")
-    updated = remote_timestamp(details.get("updated_at") or details.get("created_at"),
-                               "return details: updated_at", assume_utc=True)
+    updated = remote_timestamp(
+        details.get("updated_at") or details.get("created_at"),
+        "return details: updated_at",
+        assume_utc=True,
+    )
     # Its own state first, when it is one the list filters on (anything else the
     # details say is not a state to ask for).
     own = details.get("state")
@@ -355,12 +410,15 @@ def import_return(ctx: CycleContext, return_id: str) -> set[str]:
     window_states = ([own] if own in LOOP_STATES else []) + list(ctx.cfg.loop.states)
     wanted = str(return_id).strip()
     for state in dict.fromkeys(window_states):
-        for page in ctx.loop.iter_returns(updated - timedelta(seconds=1),
-                                          updated + timedelta(seconds=1), state):
+        for page in ctx.loop.iter_returns(
+            updated - timedelta(seconds=1), updated + timedelta(seconds=1), state
+        ):
             for raw in page.returns:
                 if isinstance(raw, dict) and raw_id(raw) == wanted:
                     with ctx.store.atomic():
                         ingest_page(ctx, [raw])
                     return {str(return_id)}
-    raise PermanentError("loop", f"return {return_id} not found in the returns list "
-                                 f"around its updated_at {iso(updated)}")
+    raise PermanentError(
+        "loop",
+        f"return {return_id} not found in the returns list around its updated_at {iso(updated)}",
+    )

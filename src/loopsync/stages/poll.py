@@ -33,7 +33,7 @@ def poll(ctx: CycleContext, only: set[str] | None = None) -> None:
     for i in range(0, len(refs), size):
         if ctx.stop.is_set():
             return
-        chunk = refs[i:i + size]
+        chunk = refs[i : i + size]
         try:
             result = ctx.connector.poll(chunk)
         except PollStopped:
@@ -60,8 +60,12 @@ def _open_refs(ctx: CycleContext, only: set[str] | None) -> list[RmaRef]:
         if str(snap.get("state", "open")).lower() != "open":
             # Someone acted in Loop already (processed by hand, cancelled): nothing to do.
             ctx.counts.settled += 1
-            ctx.set_stage(rid, Stage.DONE, f"return is {snap.get('state')} in Loop",
-                          action=ReturnAction.SETTLED)
+            ctx.set_stage(
+                rid,
+                Stage.DONE,
+                f"return is {snap.get('state')} in Loop",
+                action=ReturnAction.SETTLED,
+            )
             continue
         refs.append(RmaRef(rid, row.rma_id, row.extra))
     return refs
@@ -73,8 +77,11 @@ def _unreadable_answer(ctx: CycleContext, chunk: list[RmaRef], exc: Exception) -
     if isinstance(exc, RemoteError) or not one_records_fault(exc):
         return False
     ctx.counts.errors += 1
-    ctx.problem(None, "poll", f"{ctx.connector.kind} poll of {len(chunk)} RMA(s) "
-                              f"unreadable: {unexpected(exc)}")
+    ctx.problem(
+        None,
+        "poll",
+        f"{ctx.connector.kind} poll of {len(chunk)} RMA(s) unreadable: {unexpected(exc)}",
+    )
     return True
 
 
@@ -110,8 +117,14 @@ def _record_status_of_one(ctx: CycleContext, rid: str, status: RmaStatus) -> Non
 def _record_status(ctx: CycleContext, rid: str, status: RmaStatus) -> None:
     decision = rules.decide(status, ctx.cfg.warehouse.statuses)
     fingerprint = json.dumps(status.fingerprint())
-    previous = ctx.store.rmas.record_poll(rid, status.status, json.dumps(asdict(status)),
-                                     fingerprint, decision.action, decision.reason)
+    previous = ctx.store.rmas.record_poll(
+        rid,
+        status.status,
+        json.dumps(asdict(status)),
+        fingerprint,
+        decision.action,
+        decision.reason,
+    )
     first_poll, changed = previous is None, previous != fingerprint
     if decision.action in (rules.IGNORE, rules.WAIT):
         # A fresh RMA with nothing received is not news; a later ignore status is.
@@ -131,8 +144,7 @@ def _record_status(ctx: CycleContext, rid: str, status: RmaStatus) -> None:
     ctx.set_stage(rid, Stage.ACTING, decision.reason)
 
 
-def _plan_effects(ctx: CycleContext, rid: str, status: RmaStatus,
-                  decision: rules.Decision) -> None:
+def _plan_effects(ctx: CycleContext, rid: str, status: RmaStatus, decision: rules.Decision) -> None:
     """Plan the Loop calls a final status decides, in the order they are made."""
     ret = LoopReturn.from_api(ctx.store.returns.snapshot(rid))
     grades, assessments = rules.grading_items(ret, status, ctx.cfg.warehouse.grading)
@@ -142,9 +154,11 @@ def _plan_effects(ctx: CycleContext, rid: str, status: RmaStatus,
     for n, batch in enumerate(batched(assessments, DISPOSITION_BATCH)):
         ctx.store.ledger.plan(f"assess:{rid}:{n}", rid, EffectKind.ASSESS, {"items": batch})
     if decision.action == rules.PROCESS:
-        ctx.store.ledger.plan(f"process:{rid}", rid, EffectKind.PROCESS,
-                              {"reason": decision.reason})
+        ctx.store.ledger.plan(
+            f"process:{rid}", rid, EffectKind.PROCESS, {"reason": decision.reason}
+        )
     else:
         ctx.store.ledger.plan(f"flag:{rid}", rid, EffectKind.FLAG, {"reason": decision.reason})
-        ctx.store.ledger.plan(f"note_flag:{rid}", rid, EffectKind.NOTE,
-                              {"text": rules.flag_note(status, decision)})
+        ctx.store.ledger.plan(
+            f"note_flag:{rid}", rid, EffectKind.NOTE, {"text": rules.flag_note(status, decision)}
+        )

@@ -51,11 +51,12 @@ _FINISHED = (EffectStatus.SUCCEEDED, EffectStatus.SETTLED)
 
 # -- pure decisions ------------------------------------------------------------------------
 
+
 class PushStep(StrEnum):
     RELINK = "relink"  # created and linked before a crash: only the stage moves on
-    LATER = "later"    # a lost create may still land: looking now could miss it
-    SKIP = "skip"      # not for the warehouse; the reason says why
-    PUSH = "push"      # look the RMA up, then create or link it
+    LATER = "later"  # a lost create may still land: looking now could miss it
+    SKIP = "skip"  # not for the warehouse; the reason says why
+    PUSH = "push"  # look the RMA up, then create or link it
 
 
 @dataclass(frozen=True)
@@ -63,18 +64,18 @@ class PushFacts:
     """What the store knows about one return, for `decide_push`."""
 
     ret: LoopReturn
-    stage: Stage               # the return's stage now
-    plan: rules.PushPlan       # rules.plan_push for this return
+    stage: Stage  # the return's stage now
+    plan: rules.PushPlan  # rules.plan_push for this return
     create: EffectStatus | None = None  # the create_rma ledger status (None: never planned)
-    linked: bool = False       # an RMA is linked (looked at only after a finished create)
-    settling: bool = False     # the last create attempt is under CREATE_SETTLE old
+    linked: bool = False  # an RMA is linked (looked at only after a finished create)
+    settling: bool = False  # the last create attempt is under CREATE_SETTLE old
 
 
 @dataclass(frozen=True)
 class PushDecision:
     step: PushStep
-    reason: str | None = None   # SKIP: why not
-    destination: str = ""       # PUSH: the mapped warehouse id ("" for a watch-only one)
+    reason: str | None = None  # SKIP: why not
+    destination: str = ""  # PUSH: the mapped warehouse id ("" for a watch-only one)
     newly_skipped: bool = False  # SKIP: first time, so counted
     problem: str | None = None  # a problem row to record about the return
 
@@ -90,25 +91,29 @@ def decide_push(facts: PushFacts) -> PushDecision:
     if not plan.push and not unknown_outcome:
         first = facts.stage != Stage.SKIPPED
         # Not a closed return: bad data or configuration, worth a problem row.
-        problem = (f"not sent to the warehouse: {plan.skip_reason}"
-                   if first and ret.state == "open" else None)
-        return PushDecision(PushStep.SKIP, plan.skip_reason, newly_skipped=first,
-                            problem=problem)
+        problem = (
+            f"not sent to the warehouse: {plan.skip_reason}"
+            if first and ret.state == "open"
+            else None
+        )
+        return PushDecision(PushStep.SKIP, plan.skip_reason, newly_skipped=first, problem=problem)
     skuless = [li.line_item_id for li in ret.line_items if not li.sku]
-    problem = (f"line item {', '.join(skuless)} has no SKU: the warehouse gets the other "
-               "lines only") if skuless and facts.stage == Stage.NEW else None
+    problem = (
+        (f"line item {', '.join(skuless)} has no SKU: the warehouse gets the other lines only")
+        if skuless and facts.stage == Stage.NEW
+        else None
+    )
     return PushDecision(PushStep.PUSH, destination=plan.destination or "", problem=problem)
 
 
 class FoundStep(StrEnum):
-    CREATE = "create"        # no RMA yet: create it
-    LINK = "link"            # the RMA exists (made by us earlier, or by the warehouse)
-    WAIT = "wait"            # watch-only warehouse: its own RMA is not there yet
+    CREATE = "create"  # no RMA yet: create it
+    LINK = "link"  # the RMA exists (made by us earlier, or by the warehouse)
+    WAIT = "wait"  # watch-only warehouse: its own RMA is not there yet
     AMBIGUOUS = "ambiguous"  # matched weakly to an RMA another return already holds
 
 
-def decide_found(ref: RmaRef | None, *, creates_rmas: bool,
-                 other_owners: list[str]) -> FoundStep:
+def decide_found(ref: RmaRef | None, *, creates_rmas: bool, other_owners: list[str]) -> FoundStep:
     """What the look-up's answer means. `other_owners`: returns other than this one
     already linked to `ref` (asked only of weakly matching connectors)."""
     if ref is None:
@@ -117,6 +122,7 @@ def decide_found(ref: RmaRef | None, *, creates_rmas: bool,
 
 
 # -- the stage -----------------------------------------------------------------------------
+
 
 def return_ids(ctx: CycleContext, only: set[str] | None) -> list[str]:
     """The returns this push handles, in order: the ambiguous ones are reported first
@@ -144,8 +150,11 @@ def _refuse_ambiguous(ctx: CycleContext, ids: list[str], only: set[str] | None) 
         for rid in rids:
             if rid in held_ids:
                 continue  # already with a person (or not in play): not reported again
-            ctx.report_for_person(rid, "push", rules.ambiguous_reason(
-                ctx.connector.kind, key, [r for r in rids if r != rid]))
+            ctx.report_for_person(
+                rid,
+                "push",
+                rules.ambiguous_reason(ctx.connector.kind, key, [r for r in rids if r != rid]),
+            )
             refused.add(rid)
     return refused
 
@@ -192,21 +201,25 @@ def push_one(ctx: CycleContext, rid: str) -> None:
         _push(ctx, rid, req, row, planned=effect is not None)
 
 
-def _facts(ctx: CycleContext, rid: str, ret: LoopReturn, row: ReturnRow,
-           effect: Effect | None) -> PushFacts:
+def _facts(
+    ctx: CycleContext, rid: str, ret: LoopReturn, row: ReturnRow, effect: Effect | None
+) -> PushFacts:
     """The store's facts about a return; the extra reads only where they can matter."""
     status = effect.status if effect else None
-    plan = rules.plan_push(ret, ctx.cfg.warehouse.destinations,
-                           needs_destination=ctx.connector.creates_rmas)
+    plan = rules.plan_push(
+        ret, ctx.cfg.warehouse.destinations, needs_destination=ctx.connector.creates_rmas
+    )
     linked = status in _FINISHED and ctx.store.rmas.get(rid) is not None
     settle = timedelta(seconds=CREATE_SETTLE * ctx.cfg.warehouse.timeout)
-    settling = (effect is not None and status == EffectStatus.INTENT
-                and ctx.too_soon(effect.updated_at, settle))
+    settling = (
+        effect is not None
+        and status == EffectStatus.INTENT
+        and ctx.too_soon(effect.updated_at, settle)
+    )
     return PushFacts(ret, row.stage, plan, status, linked, settling)
 
 
-def _push(ctx: CycleContext, rid: str, req: PushRequest, row: ReturnRow, *,
-          planned: bool) -> None:
+def _push(ctx: CycleContext, rid: str, req: PushRequest, row: ReturnRow, *, planned: bool) -> None:
     """Look the RMA up, then create or link it (`planned`: a create_rma row exists)."""
     key = create_rma_key(rid)
     try:
@@ -226,19 +239,26 @@ def _push(ctx: CycleContext, rid: str, req: PushRequest, row: ReturnRow, *,
         ctx.set_stage(rid, Stage.REJECTED, exc.message)
         ctx.problem(rid, "push", exc.message)
         return
-    owners = ([o for o in ctx.store.rmas.owners(ref.rma_id) if o != rid]
-              if ref is not None and ctx.connector.weak_matching else [])
+    owners = (
+        [o for o in ctx.store.rmas.owners(ref.rma_id) if o != rid]
+        if ref is not None and ctx.connector.weak_matching
+        else []
+    )
     step = decide_found(ref, creates_rmas=ctx.connector.creates_rmas, other_owners=owners)
     if step == FoundStep.WAIT:
         _wait(ctx, rid, row, f"no {ctx.connector.kind} RMA for this return yet")
     elif step == FoundStep.AMBIGUOUS:
         assert ref is not None
         # Matched by order number to an RMA another return already has.
-        ctx.report_for_person(rid, "push", rules.ambiguous_reason(
-            ctx.connector.kind, f"{ctx.connector.rma_label(ref)}", owners))
+        ctx.report_for_person(
+            rid,
+            "push",
+            rules.ambiguous_reason(ctx.connector.kind, f"{ctx.connector.rma_label(ref)}", owners),
+        )
     elif step == FoundStep.CREATE:
-        created = call_under_ledger(ctx, CreateRma(req, located),
-                                    first_attempt(key, rid, EffectKind.CREATE_RMA))
+        created = call_under_ledger(
+            ctx, CreateRma(req, located), first_attempt(key, rid, EffectKind.CREATE_RMA)
+        )
         if created is not None:
             ctx.counts.pushed += 1
             ctx.event("rma_created", rid, rma=created.rma_id)
@@ -262,8 +282,9 @@ def _link(ctx: CycleContext, rid: str, ref: RmaRef, key: str, *, planned: bool) 
         # watch-only connector's match gets its note too (naming the matched ASN).
         label = connector.rma_label(ref)
         text = rules.rma_note(label) if connector.creates_rmas else rules.link_note(label)
-        ctx.store.ledger.plan(rma_note_key(rid), rid, EffectKind.NOTE,
-                              {"text": text, "names": label})
+        ctx.store.ledger.plan(
+            rma_note_key(rid), rid, EffectKind.NOTE, {"text": text, "names": label}
+        )
         ctx.set_stage(rid, Stage.OPEN, None)
     run_effects(ctx, rid)
 

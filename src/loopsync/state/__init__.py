@@ -62,10 +62,32 @@ from loopsync.state.runs import ProblemRow, RunRepository, RunRow
 from loopsync.state.schema import MIGRATIONS, SCHEMA_VERSION, create_meta, schema_version_of
 from loopsync.timeutil import Clock, iso
 
-__all__ = ["LOOKUP", "SCHEMA_VERSION", "TRANSITIONS", "Cursor", "CursorRow", "Effect",
-           "EffectKind", "EffectStatus", "HeldRow", "KvEntry", "Lookup", "MerchantLock",
-           "ProblemRow", "ReturnAction", "ReturnHead", "ReturnRow", "RmaRow", "RunRow", "Stage",
-           "Store", "StoreKeyValue", "Upserted", "lock_is_held", "state_error"]
+__all__ = [
+    "LOOKUP",
+    "SCHEMA_VERSION",
+    "TRANSITIONS",
+    "Cursor",
+    "CursorRow",
+    "Effect",
+    "EffectKind",
+    "EffectStatus",
+    "HeldRow",
+    "KvEntry",
+    "Lookup",
+    "MerchantLock",
+    "ProblemRow",
+    "ReturnAction",
+    "ReturnHead",
+    "ReturnRow",
+    "RmaRow",
+    "RunRow",
+    "Stage",
+    "Store",
+    "StoreKeyValue",
+    "Upserted",
+    "lock_is_held",
+    "state_error",
+]
 
 
 class Store:
@@ -74,8 +96,14 @@ class Store:
     `read_only`: look without changing any file (`status`): the schema is checked, never
     migrated. `memory_copy_of` (with path ":memory:"): a private copy (dry runs)."""
 
-    def __init__(self, path: str | Path, clock: Clock, *, memory_copy_of: Path | None = None,
-                 read_only: bool = False) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        clock: Clock,
+        *,
+        memory_copy_of: Path | None = None,
+        read_only: bool = False,
+    ) -> None:
         self.clock = clock
         self.path = Path(path)
         self.read_only = read_only
@@ -119,8 +147,12 @@ class Store:
     @property
     def initialised(self) -> bool:
         """Has a run ever written this file (is there a schema)?"""
-        return self.conn.execute("select 1 from sqlite_master where type = 'table' "
-                                 "and name = 'meta'").fetchone() is not None
+        return (
+            self.conn.execute(
+                "select 1 from sqlite_master where type = 'table' and name = 'meta'"
+            ).fetchone()
+            is not None
+        )
 
     def _check_version(self) -> int:
         """The file's schema version; a newer one than this loopsync knows is refused
@@ -134,8 +166,11 @@ class Store:
         return str(row[0]) if row else None
 
     def _set_meta(self, key: str, value: str) -> None:
-        self.conn.execute("insert into meta (key, value) values (?, ?) "
-                          "on conflict (key) do update set value = excluded.value", [key, value])
+        self.conn.execute(
+            "insert into meta (key, value) values (?, ?) "
+            "on conflict (key) do update set value = excluded.value",
+            [key, value],
+        )
 
     @property
     def schema_version(self) -> int:

@@ -37,11 +37,17 @@ def _sqlite_error(where: str, exc: sqlite3.Error) -> StateError:
     text = str(exc)
     if name.startswith("SQLITE_FULL") or "disk is full" in text:
         return StateIOError(where, f"disk full ({text})")
-    if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or \
-            "not a database" in text or "malformed" in text:
+    if (
+        name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB"))
+        or "not a database" in text
+        or "malformed" in text
+    ):
         return StateCorrupt(where, f"corrupt or not a loopsync state file ({text})")
-    if name.startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM",
-                        "SQLITE_AUTH")) or "readonly" in text or "unable to open" in text:
+    if (
+        name.startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM", "SQLITE_AUTH"))
+        or "readonly" in text
+        or "unable to open" in text
+    ):
         return StateUnwritable(where, f"cannot be opened for writing ({text})")
     return StateIOError(where, f"cannot be read or written ({text})")
 
@@ -51,8 +57,16 @@ def _os_error(where: str, exc: OSError) -> StateError:
     at = f" ({exc.filename})" if exc.filename and str(exc.filename) != where else ""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return StateIOError(where, f"disk full ({reason}){at}")
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST,
-                     errno.EISDIR, errno.ENAMETOOLONG, errno.ELOOP):
+    if exc.errno in (
+        errno.EACCES,
+        errno.EPERM,
+        errno.EROFS,
+        errno.ENOTDIR,
+        errno.EEXIST,
+        errno.EISDIR,
+        errno.ENAMETOOLONG,
+        errno.ELOOP,
+    ):
         return StateUnwritable(where, f"cannot be created or written ({reason}){at}")
     return StateIOError(where, f"cannot be read or written ({reason}){at}")
 
@@ -75,8 +89,11 @@ def check_header(path: Path) -> None:
     with path.open("rb") as f:
         header = f.read(100)
     if len(header) < 100 or not header.startswith(_SQLITE_MAGIC):
-        raise StateCorrupt(str(path), "not a SQLite database (wrong header); restore it from "
-                                      "a backup or move it away to start afresh")
+        raise StateCorrupt(
+            str(path),
+            "not a SQLite database (wrong header); restore it from "
+            "a backup or move it away to start afresh",
+        )
     if has_wal(path):
         return
     page_size = int.from_bytes(header[16:18], "big")
@@ -84,8 +101,11 @@ def check_header(path: Path) -> None:
     pages = int.from_bytes(header[28:32], "big")
     counter_valid = header[92:96] == header[24:28]
     if counter_valid and pages and size < pages * page_size:
-        raise StateCorrupt(str(path), f"truncated: {size} bytes where its header says "
-                                      f"{pages * page_size}; restore it from a backup")
+        raise StateCorrupt(
+            str(path),
+            f"truncated: {size} bytes where its header says "
+            f"{pages * page_size}; restore it from a backup",
+        )
 
 
 def refuse_newer(path: Path) -> None:
@@ -95,8 +115,12 @@ def refuse_newer(path: Path) -> None:
         return
     conn = open_read_only(path)
     try:
-        if conn.execute("select 1 from sqlite_master where type = 'table' and name = 'meta'"
-                        ).fetchone() is None:
+        if (
+            conn.execute(
+                "select 1 from sqlite_master where type = 'table' and name = 'meta'"
+            ).fetchone()
+            is None
+        ):
             return
         row = conn.execute("select value from meta where key = 'schema_version'").fetchone()
     finally:

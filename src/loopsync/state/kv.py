@@ -29,21 +29,26 @@ class StoreKeyValue:
         self.namespace = namespace
 
     def get(self, key: str, default: Any = None) -> Any:
-        row = self.store.conn.execute("select value from kv where namespace = ? and key = ?",
-                                      [self.namespace, key]).fetchone()
+        row = self.store.conn.execute(
+            "select value from kv where namespace = ? and key = ?", [self.namespace, key]
+        ).fetchone()
         return json.loads(row[0]) if row else default
 
     def set(self, key: str, value: Any) -> None:
         self.store.conn.execute(
             "insert into kv (namespace, key, value) values (?, ?, ?) "
             "on conflict (namespace, key) do update set value = excluded.value",
-            [self.namespace, key, dumps_redacted(value)])
+            [self.namespace, key, dumps_redacted(value)],
+        )
 
 
 def kv_with_prefix(store: Store, prefix: str) -> list[KvEntry]:
     """Every set kv entry whose key starts with `prefix`, across namespaces (for
     `status`: connectors write to their own namespace)."""
-    rows = store.conn.execute("select namespace, key, value from kv where substr(key, 1, ?) = ? "
-                              "order by namespace, key", [len(prefix), prefix])
-    return [KvEntry(str(ns), str(k), v) for ns, k, raw in rows
-            if (v := json.loads(raw)) is not None]
+    rows = store.conn.execute(
+        "select namespace, key, value from kv where substr(key, 1, ?) = ? order by namespace, key",
+        [len(prefix), prefix],
+    )
+    return [
+        KvEntry(str(ns), str(k), v) for ns, k, raw in rows if (v := json.loads(raw)) is not None
+    ]

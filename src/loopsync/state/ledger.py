@@ -30,20 +30,20 @@ from loopsync.state.db import Db, integer, marks
 
 
 class EffectStatus(enum.StrEnum):
-    PENDING = "pending"      # decided, not yet attempted
-    INTENT = "intent"        # attempt started: the outcome is unknown until recorded
+    PENDING = "pending"  # decided, not yet attempted
+    INTENT = "intent"  # attempt started: the outcome is unknown until recorded
     SUCCEEDED = "succeeded"  # the call took effect (schema 1 called this "done")
-    SETTLED = "settled"      # the remote was already in the wanted state (or refused for state)
-    FAILED = "failed"        # permanent failure; recorded, not retried
+    SETTLED = "settled"  # the remote was already in the wanted state (or refused for state)
+    FAILED = "failed"  # permanent failure; recorded, not retried
 
 
 class EffectKind(enum.StrEnum):
     CREATE_RMA = "create_rma"  # the warehouse RMA (push stage)
-    NOTE = "note"              # a note on the Loop return
-    PROCESS = "process"        # process the return in Loop
-    FLAG = "flag"              # flag it for review
-    GRADE = "grade"            # grade its line items (disposition)
-    ASSESS = "assess"          # assess its line items (disposition)
+    NOTE = "note"  # a note on the Loop return
+    PROCESS = "process"  # process the return in Loop
+    FLAG = "flag"  # flag it for review
+    GRADE = "grade"  # grade its line items (disposition)
+    ASSESS = "assess"  # assess its line items (disposition)
 
 
 UNSETTLED = (EffectStatus.PENDING, EffectStatus.INTENT)
@@ -70,8 +70,10 @@ class Effect:
     seq: int
 
 
-_COLUMNS = ("key, return_id, kind, status, attempts, last_error, result, payload, created_at, "
-            "updated_at, rowid")
+_COLUMNS = (
+    "key, return_id, kind, status, attempts, last_error, result, payload, created_at, "
+    "updated_at, rowid"
+)
 
 
 def _decode(value: object) -> Any:
@@ -92,8 +94,19 @@ def _payload(value: object) -> dict[str, Any]:
 
 
 def _effect(r: tuple[Any, ...]) -> Effect:
-    return Effect(str(r[0]), str(r[1]), effect_kind(r[2]), EffectStatus(r[3]), integer(r[4]),
-                  r[5], _decode(r[6]), _payload(r[7]), str(r[8]), str(r[9]), integer(r[10]))
+    return Effect(
+        str(r[0]),
+        str(r[1]),
+        effect_kind(r[2]),
+        EffectStatus(r[3]),
+        integer(r[4]),
+        r[5],
+        _decode(r[6]),
+        _payload(r[7]),
+        str(r[8]),
+        str(r[9]),
+        integer(r[10]),
+    )
 
 
 class Ledger:
@@ -104,61 +117,91 @@ class Ledger:
         row = self.db.one(f"select {_COLUMNS} from effects where key = ?", [key])
         return _effect(row) if row else None
 
-    def plan(self, key: str, rid: str, kind: EffectKind,
-             payload: dict[str, Any] | None = None) -> None:
+    def plan(
+        self, key: str, rid: str, kind: EffectKind, payload: dict[str, Any] | None = None
+    ) -> None:
         """Record a decided side effect (pending); a no-op if it is already known."""
         self._insert(key, rid, EffectKind(kind), payload)
 
-    def intent(self, key: str, rid: str, kind: EffectKind | str,
-               payload: dict[str, Any] | None = None) -> None:
+    def intent(
+        self, key: str, rid: str, kind: EffectKind | str, payload: dict[str, Any] | None = None
+    ) -> None:
         """Mark the attempt as started, before the remote call (committed on its own).
         `kind` may be the text of an unknown kind as read (`effect_kind`): such a row is
         attempted, and failed, through the same transitions as any other."""
         self._insert(key, rid, kind, payload)
         self._move(key, EffectStatus.INTENT, UNSETTLED, "attempts = attempts + 1", [])
 
-    def _insert(self, key: str, rid: str, kind: EffectKind | str,
-                payload: dict[str, Any] | None) -> None:
+    def _insert(
+        self, key: str, rid: str, kind: EffectKind | str, payload: dict[str, Any] | None
+    ) -> None:
         now = self.db.now()
         self.db.execute(
             "insert or ignore into effects (key, return_id, kind, status, attempts, payload, "
             "created_at, updated_at) values (?, ?, ?, ?, 0, ?, ?, ?)",
-            [key, rid, str(kind), EffectStatus.PENDING.value, dumps_redacted(payload), now,
-             now])
+            [key, rid, str(kind), EffectStatus.PENDING.value, dumps_redacted(payload), now, now],
+        )
 
-    def outcome(self, key: str, status: EffectStatus, *, result: Any = None,
-                error: str | None = None) -> None:
+    def outcome(
+        self, key: str, status: EffectStatus, *, result: Any = None, error: str | None = None
+    ) -> None:
         """Record how the call ended: succeeded, settled or failed."""
         status = EffectStatus(status)
         assert status in OUTCOMES, status
-        self._move(key, status, UNSETTLED, "result = ?, last_error = ?",
-                   [dumps_redacted(result) if result is not None else None,
-                    redact_optional(error)])
+        self._move(
+            key,
+            status,
+            UNSETTLED,
+            "result = ?, last_error = ?",
+            [dumps_redacted(result) if result is not None else None, redact_optional(error)],
+        )
 
     def not_sent(self, key: str, error: str) -> None:
         """The call certainly did not reach the remote: back to pending, no lookup needed."""
-        self._move(key, EffectStatus.PENDING, (EffectStatus.INTENT,), "last_error = ?",
-                   [redact_optional(error)])
+        self._move(
+            key,
+            EffectStatus.PENDING,
+            (EffectStatus.INTENT,),
+            "last_error = ?",
+            [redact_optional(error)],
+        )
 
     def error(self, key: str, error: str) -> None:
         """A transient failure: the intent stays armed (outcome unknown), error noted."""
-        self._move(key, EffectStatus.INTENT, (EffectStatus.INTENT,), "last_error = ?",
-                   [redact_optional(error)])
+        self._move(
+            key,
+            EffectStatus.INTENT,
+            (EffectStatus.INTENT,),
+            "last_error = ?",
+            [redact_optional(error)],
+        )
 
-    def _move(self, key: str, to: EffectStatus, allowed: tuple[EffectStatus, ...], sets: str,
-              args: list[object]) -> None:
+    def _move(
+        self,
+        key: str,
+        to: EffectStatus,
+        allowed: tuple[EffectStatus, ...],
+        sets: str,
+        args: list[object],
+    ) -> None:
         cur = self.db.execute(
             f"update effects set status = ?, {sets}, updated_at = ? "
             f"where key = ? and status in ({marks(len(allowed))})",
-            [to.value, *args, self.db.now(), key, *(s.value for s in allowed)])
+            [to.value, *args, self.db.now(), key, *(s.value for s in allowed)],
+        )
         if cur.rowcount == 0:
             found = self.db.one("select status from effects where key = ?", [key])
-            raise TransitionRefused(f"effect {key}", to.value,
-                                    None if found is None else str(found[0]))
+            raise TransitionRefused(
+                f"effect {key}", to.value, None if found is None else str(found[0])
+            )
 
     def for_return(self, rid: str) -> list[Effect]:
-        return [_effect(r) for r in self.db.execute(
-            f"select {_COLUMNS} from effects where return_id = ? order by created_at", [rid])]
+        return [
+            _effect(r)
+            for r in self.db.execute(
+                f"select {_COLUMNS} from effects where return_id = ? order by created_at", [rid]
+            )
+        ]
 
     def pending(self, rid: str | None = None) -> list[Effect]:
         """Effects not yet settled (pending or intent), in the order they were planned."""
@@ -172,14 +215,24 @@ class Ledger:
     def counts(self) -> dict[EffectKind | str, dict[EffectStatus, int]]:
         out: dict[EffectKind | str, dict[EffectStatus, int]] = {}
         for kind, status, n in self.db.execute(
-                "select kind, status, count(*) from effects group by 1, 2"):
+            "select kind, status, count(*) from effects group by 1, 2"
+        ):
             out.setdefault(effect_kind(kind), {})[EffectStatus(status)] = integer(n)
         return out
 
     def outcomes_since(self, since: str) -> list[tuple[str, str]]:
         """(kind, when) of every PROCESS or FLAG that succeeded at or after `since`, for
         the processed/flagged per hour chart."""
-        return [(str(k), str(at)) for k, at in self.db.execute(
-            "select kind, updated_at from effects where kind in (?, ?) and status = ? "
-            "and updated_at >= ?", [EffectKind.PROCESS.value, EffectKind.FLAG.value,
-                                    EffectStatus.SUCCEEDED.value, since])]
+        return [
+            (str(k), str(at))
+            for k, at in self.db.execute(
+                "select kind, updated_at from effects where kind in (?, ?) and status = ? "
+                "and updated_at >= ?",
+                [
+                    EffectKind.PROCESS.value,
+                    EffectKind.FLAG.value,
+                    EffectStatus.SUCCEEDED.value,
+                    since,
+                ],
+            )
+        ]

@@ -63,8 +63,9 @@ class MerchantLock:
                 raise
             # A fault to fix, not a lock someone holds: exit 73, never 75 (which cron
             # treats as a skip, so the merchant would silently never run again).
-            raise StateUnwritable(str(self.path), "is a symbolic link; loopsync will not "
-                                                  "lock through it (remove it)") from None
+            raise StateUnwritable(
+                str(self.path), "is a symbolic link; loopsync will not lock through it (remove it)"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -93,8 +94,7 @@ class MerchantLock:
         ident = (st.st_dev, st.st_ino)
         with _held_lock:
             if ident in _held_states:
-                raise LockHeld(f"this process already works {self.state} (under another "
-                               "name)")
+                raise LockHeld(f"this process already works {self.state} (under another name)")
             try:
                 fd = os.open(self.state, os.O_RDONLY | os.O_NOFOLLOW)
             except OSError:
@@ -103,8 +103,9 @@ class MerchantLock:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)
-                raise LockHeld(f"another loopsync process holds {self.state} (under "
-                               "another name)") from None
+                raise LockHeld(
+                    f"another loopsync process holds {self.state} (under another name)"
+                ) from None
             except OSError:
                 os.close(fd)
                 return None

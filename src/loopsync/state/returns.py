@@ -28,24 +28,35 @@ from loopsync.timeutil import iso, parse_timestamp
 class Stage(enum.StrEnum):
     """Pipeline stage of a return (returns.stage)."""
 
-    NEW = "new"            # ingested; push not yet evaluated
-    SKIPPED = "skipped"    # not for the warehouse (state, destination, ...); reason says why
-    WAITING = "waiting"    # warehouse not ready (order not found, ...); retried each cycle
-    STALE = "stale"        # waited longer than order_wait; needs a person
+    NEW = "new"  # ingested; push not yet evaluated
+    SKIPPED = "skipped"  # not for the warehouse (state, destination, ...); reason says why
+    WAITING = "waiting"  # warehouse not ready (order not found, ...); retried each cycle
+    STALE = "stale"  # waited longer than order_wait; needs a person
     REJECTED = "rejected"  # warehouse refused the RMA, or the Loop record is malformed
-    PUSHING = "pushing"    # RMA create intended; outcome being established
-    OPEN = "open"          # RMA exists; polled until the warehouse finishes
-    ACTING = "acting"      # the warehouse finished; the Loop calls it decided are under way
+    PUSHING = "pushing"  # RMA create intended; outcome being established
+    OPEN = "open"  # RMA exists; polled until the warehouse finishes
+    ACTING = "acting"  # the warehouse finished; the Loop calls it decided are under way
     REPORTED = "reported"  # warehouse outcome needs a person (e.g. cancelled in the warehouse)
-    DONE = "done"          # processed, flagged or settled in Loop
+    DONE = "done"  # processed, flagged or settled in Loop
 
 
 # What the push stage may make of a return it works on (new, waiting, or pushing).
-_PUSH_OUTCOMES = frozenset({Stage.NEW, Stage.SKIPPED, Stage.WAITING, Stage.STALE,
-                            Stage.REJECTED, Stage.PUSHING, Stage.OPEN, Stage.REPORTED})
+_PUSH_OUTCOMES = frozenset(
+    {
+        Stage.NEW,
+        Stage.SKIPPED,
+        Stage.WAITING,
+        Stage.STALE,
+        Stage.REJECTED,
+        Stage.PUSHING,
+        Stage.OPEN,
+        Stage.REPORTED,
+    }
+)
 # What the poll and act stages may make of a return with an RMA.
-_WAREHOUSE_OUTCOMES = frozenset({Stage.OPEN, Stage.ACTING, Stage.DONE, Stage.REJECTED,
-                                 Stage.REPORTED})
+_WAREHOUSE_OUTCOMES = frozenset(
+    {Stage.OPEN, Stage.ACTING, Stage.DONE, Stage.REJECTED, Stage.REPORTED}
+)
 
 # Every allowed move, from -> to. Stale, rejected and done are left to a person.
 TRANSITIONS: dict[Stage, frozenset[Stage]] = {
@@ -66,11 +77,11 @@ RECONSIDER = (Stage.SKIPPED, Stage.NEW)
 
 # The stages each stage may be entered from (TRANSITIONS read backwards), as SQL args.
 SOURCES: dict[Stage, tuple[str, ...]] = {
-    to: tuple(sorted(s.value for s, tos in TRANSITIONS.items() if to in tos)) for to in Stage}
+    to: tuple(sorted(s.value for s, tos in TRANSITIONS.items() if to in tos)) for to in Stage
+}
 
 # Stages `loopsync status` lists as waiting on something.
-HELD = (Stage.WAITING, Stage.STALE, Stage.PUSHING, Stage.ACTING, Stage.REPORTED,
-        Stage.REJECTED)
+HELD = (Stage.WAITING, Stage.STALE, Stage.PUSHING, Stage.ACTING, Stage.REPORTED, Stage.REJECTED)
 
 # How far past our clock a stored snapshot's updated_at may be and still count as newer
 # than a later read (a Loop clock a little ahead of ours); beyond it the row was bad.
@@ -81,9 +92,9 @@ class ReturnAction(enum.StrEnum):
     """What became of a return in Loop (returns.action; `loopsync status` counts them)."""
 
     PROCESSED = "processed"  # loopsync processed it
-    FLAGGED = "flagged"      # loopsync flagged it for review
-    SETTLED = "settled"      # already done in Loop (by hand, or a call whose answer was lost)
-    FAILED = "failed"        # Loop refused the call for good; the return is rejected
+    FLAGGED = "flagged"  # loopsync flagged it for review
+    SETTLED = "settled"  # already done in Loop (by hand, or a call whose answer was lost)
+    FAILED = "failed"  # Loop refused the call for good; the return is rejected
 
 
 class Upserted(enum.StrEnum):
@@ -130,14 +141,31 @@ class ReturnRow:
     action: str | None
 
 
-_RETURN_COLUMNS = ("id, state, updated_at, created_at, destination_id, order_name, snapshot, "
-                   "hash, first_seen_at, last_seen_at, stage, reason, stage_at, wait_since, "
-                   "action")
+_RETURN_COLUMNS = (
+    "id, state, updated_at, created_at, destination_id, order_name, snapshot, "
+    "hash, first_seen_at, last_seen_at, stage, reason, stage_at, wait_since, "
+    "action"
+)
 
 
 def _return_row(r: tuple[Any, ...]) -> ReturnRow:
-    return ReturnRow(str(r[0]), r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9],
-                     Stage(r[10]), r[11], r[12], r[13], r[14])
+    return ReturnRow(
+        str(r[0]),
+        r[1],
+        r[2],
+        r[3],
+        r[4],
+        r[5],
+        r[6],
+        r[7],
+        r[8],
+        r[9],
+        Stage(r[10]),
+        r[11],
+        r[12],
+        r[13],
+        r[14],
+    )
 
 
 @dataclass(frozen=True)
@@ -170,16 +198,27 @@ class ReturnRepository:
         """The head of each stored return among `rids`, by id, in few queries."""
         out: dict[str, ReturnHead] = {}
         for i in range(0, len(rids), 500):
-            chunk = rids[i:i + 500]
-            for row in self.db.execute("select id, hash, updated_at, stage from returns where "
-                                       f"id in ({marks(len(chunk))})", chunk):
+            chunk = rids[i : i + 500]
+            for row in self.db.execute(
+                "select id, hash, updated_at, stage from returns where "
+                f"id in ({marks(len(chunk))})",
+                chunk,
+            ):
                 out[row[0]] = ReturnHead(row[1], row[2], Stage(row[3]))
         return out
 
-    def upsert(self, rid: str, raw: dict[str, Any], *, state: str, updated_at: datetime,
-               created_at: datetime | None, destination_id: str | None,
-               order_name: str | None,
-               head: ReturnHead | Lookup | None = LOOKUP) -> Upserted | None:
+    def upsert(
+        self,
+        rid: str,
+        raw: dict[str, Any],
+        *,
+        state: str,
+        updated_at: datetime,
+        created_at: datetime | None,
+        destination_id: str | None,
+        order_name: str | None,
+        head: ReturnHead | Lookup | None = LOOKUP,
+    ) -> Upserted | None:
         """Store the latest snapshot: Upserted.NEW, Upserted.CHANGED, or None (unchanged or
         older than the stored one).
 
@@ -200,14 +239,23 @@ class ReturnRepository:
             if self._stored_is_newer(existing, updated_at):
                 return None
         row: dict[str, object] = {
-            "id": rid, "state": state, "updated_at": iso(updated_at),
-            "created_at": iso(created_at), "destination_id": destination_id,
-            "order_name": order_name, "snapshot": dumped, "hash": h, "last_seen_at": now}
+            "id": rid,
+            "state": state,
+            "updated_at": iso(updated_at),
+            "created_at": iso(created_at),
+            "destination_id": destination_id,
+            "order_name": order_name,
+            "snapshot": dumped,
+            "hash": h,
+            "last_seen_at": now,
+        }
         if existing is None:
             row.update(first_seen_at=now, stage=Stage.NEW.value, stage_at=now)
             # Plain SQL: sqlite-utils' insert() costs more than the rest of ingest per row.
-            self.db.execute(f"insert into returns ({', '.join(row)}) "
-                            f"values ({marks(len(row))})", list(row.values()))
+            self.db.execute(
+                f"insert into returns ({', '.join(row)}) values ({marks(len(row))})",
+                list(row.values()),
+            )
             return Upserted.NEW
         del row["id"]
         from_stages: tuple[str, ...] = ()
@@ -221,11 +269,15 @@ class ReturnRepository:
         stored_at = parse_timestamp(existing.updated_at) if existing.updated_at else None
         # A stored updated_at far in our future was a bad row (or a clock that ran
         # ahead): it must not win over every later read of the return as "newer".
-        return stored_at is not None and stored_at > updated_at and \
-            stored_at <= self.db.clock.now() + FUTURE_SNAPSHOT_ALLOWANCE
+        return (
+            stored_at is not None
+            and stored_at > updated_at
+            and stored_at <= self.db.clock.now() + FUTURE_SNAPSHOT_ALLOWANCE
+        )
 
-    def _update(self, rid: str, fields: dict[str, object], to: Stage | None,
-                from_stages: tuple[str, ...]) -> None:
+    def _update(
+        self, rid: str, fields: dict[str, object], to: Stage | None, from_stages: tuple[str, ...]
+    ) -> None:
         """Plain SQL: sqlite-utils' update() costs ~0.2 ms a call, and ingest and the first
         cycle's push stage call this for every return they read. With `from_stages`, the
         update is a guarded move to `to`."""
@@ -235,8 +287,9 @@ class ReturnRepository:
         cur = self.db.execute(sql, [*fields.values(), rid, *from_stages])
         if cur.rowcount == 0:
             found = self.db.one("select stage from returns where id = ?", [rid])
-            raise TransitionRefused(f"return {rid}", str(to or "an update"),
-                                    None if found is None else str(found[0]))
+            raise TransitionRefused(
+                f"return {rid}", str(to or "an update"), None if found is None else str(found[0])
+            )
 
     def get(self, rid: str) -> ReturnRow | None:
         row = self.db.one(f"select {_RETURN_COLUMNS} from returns where id = ?", [rid])
@@ -249,14 +302,24 @@ class ReturnRepository:
         value: dict[str, Any] = json.loads(str(row[0]))
         return value
 
-    def move(self, rid: str, stage: Stage, reason: str | None = None, *,
-             action: ReturnAction | None = None, keep_wait_since: bool = False) -> None:
+    def move(
+        self,
+        rid: str,
+        stage: Stage,
+        reason: str | None = None,
+        *,
+        action: ReturnAction | None = None,
+        keep_wait_since: bool = False,
+    ) -> None:
         """Move a return to `stage` from a stage TRANSITIONS allows (else TransitionRefused,
         nothing changed). Entering `waiting` starts its clock unless `keep_wait_since`."""
         stage = Stage(stage)
         now = self.db.now()
-        fields: dict[str, object] = {"stage": stage.value, "reason": redact_optional(reason),
-                                     "stage_at": now}
+        fields: dict[str, object] = {
+            "stage": stage.value,
+            "reason": redact_optional(reason),
+            "stage_at": now,
+        }
         if action is not None:
             fields["action"] = ReturnAction(action).value
         if stage == Stage.WAITING and not keep_wait_since:
@@ -264,24 +327,34 @@ class ReturnRepository:
         self._update(rid, fields, stage, SOURCES[stage] or ("",))
 
     def ids_in_stage(self, *stages: Stage, limit: int | None = None) -> list[str]:
-        sql = f"select id from returns where stage in ({marks(len(stages))}) " \
-              "order by updated_at, id"
+        sql = (
+            f"select id from returns where stage in ({marks(len(stages))}) order by updated_at, id"
+        )
         if limit:
             sql += f" limit {int(limit)}"
         return [str(r[0]) for r in self.db.execute(sql, [str(s) for s in stages])]
 
     def stage_counts(self) -> dict[Stage, int]:
-        return {Stage(r[0]): integer(r[1]) for r in
-                self.db.execute("select stage, count(*) from returns group by stage")}
+        return {
+            Stage(r[0]): integer(r[1])
+            for r in self.db.execute("select stage, count(*) from returns group by stage")
+        }
 
     def action_counts(self) -> dict[str, int]:
-        return {str(r[0]): integer(r[1]) for r in self.db.execute(
-            "select action, count(*) from returns where action is not null group by action")}
+        return {
+            str(r[0]): integer(r[1])
+            for r in self.db.execute(
+                "select action, count(*) from returns where action is not null group by action"
+            )
+        }
 
     def held(self, limit: int = 50) -> list[HeldRow]:
         """Returns waiting on something (a person, the warehouse), oldest move first."""
-        return [HeldRow(str(r[0]), Stage(r[1]), text(r[2]), text(r[3]), text(r[4]), text(r[5]))
-                for r in self.db.execute(
-                    "select id, stage, reason, stage_at, wait_since, order_name from returns "
-                    f"where stage in ({marks(len(HELD))}) order by stage_at limit ?",
-                    [*(s.value for s in HELD), limit])]
+        return [
+            HeldRow(str(r[0]), Stage(r[1]), text(r[2]), text(r[3]), text(r[4]), text(r[5]))
+            for r in self.db.execute(
+                "select id, stage, reason, stage_at, wait_since, order_name from returns "
+                f"where stage in ({marks(len(HELD))}) order by stage_at limit ?",
+                [*(s.value for s in HELD), limit],
+            )
+        ]

@@ -34,40 +34,110 @@ SCHEMA_VERSION = 3
 
 
 def _migrate_v1(db: sqlite_utils.Database) -> None:
-    db.table("returns").create({
-        "id": str, "state": str, "updated_at": str, "created_at": str, "destination_id": str,
-        "order_name": str, "snapshot": str, "hash": str, "first_seen_at": str,
-        "last_seen_at": str, "stage": str, "reason": str, "stage_at": str, "wait_since": str,
-        "action": str,
-    }, pk="id", not_null={"stage"}, defaults={"stage": "new"})
+    db.table("returns").create(
+        {
+            "id": str,
+            "state": str,
+            "updated_at": str,
+            "created_at": str,
+            "destination_id": str,
+            "order_name": str,
+            "snapshot": str,
+            "hash": str,
+            "first_seen_at": str,
+            "last_seen_at": str,
+            "stage": str,
+            "reason": str,
+            "stage_at": str,
+            "wait_since": str,
+            "action": str,
+        },
+        pk="id",
+        not_null={"stage"},
+        defaults={"stage": "new"},
+    )
     db.table("returns").create_index(["stage"])
-    db.table("asn_rows").create({
-        "id": str, "return_line_item_id": str, "return_id": str, "tracking_number": str,
-        "updated_at": str, "snapshot": str,
-    }, pk=("id", "return_line_item_id"))
+    db.table("asn_rows").create(
+        {
+            "id": str,
+            "return_line_item_id": str,
+            "return_id": str,
+            "tracking_number": str,
+            "updated_at": str,
+            "snapshot": str,
+        },
+        pk=("id", "return_line_item_id"),
+    )
     db.table("asn_rows").create_index(["return_id"])
-    db.table("rmas").create({
-        "return_id": str, "rma_id": str, "extra": str, "created_at": str, "status": str,
-        "status_json": str, "fingerprint": str, "polled_at": str, "decision": str,
-        "decision_reason": str,
-    }, pk="return_id")
-    db.table("effects").create({
-        "key": str, "return_id": str, "kind": str, "status": str, "attempts": int,
-        "last_error": str, "result": str, "payload": str, "created_at": str, "updated_at": str,
-    }, pk="key")
+    db.table("rmas").create(
+        {
+            "return_id": str,
+            "rma_id": str,
+            "extra": str,
+            "created_at": str,
+            "status": str,
+            "status_json": str,
+            "fingerprint": str,
+            "polled_at": str,
+            "decision": str,
+            "decision_reason": str,
+        },
+        pk="return_id",
+    )
+    db.table("effects").create(
+        {
+            "key": str,
+            "return_id": str,
+            "kind": str,
+            "status": str,
+            "attempts": int,
+            "last_error": str,
+            "result": str,
+            "payload": str,
+            "created_at": str,
+            "updated_at": str,
+        },
+        pk="key",
+    )
     db.table("effects").create_index(["return_id"])
     db.table("effects").create_index(["status"])
-    db.table("cursors").create({
-        "stream": str, "state": str, "done_until": str, "window_from": str, "window_to": str,
-        "page_cursor": str, "pages": int, "updated_at": str,
-    }, pk=("stream", "state"))
-    db.table("runs").create({
-        "id": str, "started_at": str, "ended_at": str, "mode": str, "status": str,
-        "counts": str, "errors": int, "error": str,
-    }, pk="id")
-    db.table("problems").create({
-        "id": int, "return_id": str, "stage": str, "message": str, "at": str, "run_id": str,
-    }, pk="id")
+    db.table("cursors").create(
+        {
+            "stream": str,
+            "state": str,
+            "done_until": str,
+            "window_from": str,
+            "window_to": str,
+            "page_cursor": str,
+            "pages": int,
+            "updated_at": str,
+        },
+        pk=("stream", "state"),
+    )
+    db.table("runs").create(
+        {
+            "id": str,
+            "started_at": str,
+            "ended_at": str,
+            "mode": str,
+            "status": str,
+            "counts": str,
+            "errors": int,
+            "error": str,
+        },
+        pk="id",
+    )
+    db.table("problems").create(
+        {
+            "id": int,
+            "return_id": str,
+            "stage": str,
+            "message": str,
+            "at": str,
+            "run_id": str,
+        },
+        pk="id",
+    )
     db.table("problems").create_index(["return_id"])
     db.table("kv").create({"namespace": str, "key": str, "value": str}, pk=("namespace", "key"))
 
@@ -81,17 +151,24 @@ def _migrate_v2(db: sqlite_utils.Database) -> None:
 def _migrate_v3(db: sqlite_utils.Database) -> None:
     """Stage failures are kept with their reason (they lived only in a log line), and a
     return's poll history (each status its RMA was seen in), for `status` and its story."""
-    db.conn.execute("create table stage_failures (id integer primary key, run_id text not null, "
-                    "stage text not null, reason text not null, at text not null)")
+    db.conn.execute(
+        "create table stage_failures (id integer primary key, run_id text not null, "
+        "stage text not null, reason text not null, at text not null)"
+    )
     db.conn.execute("create index stage_failures_run on stage_failures (run_id)")
-    db.conn.execute("create table polls (id integer primary key, return_id text not null, "
-                    "rma_id text, status text, fingerprint text, decision text, reason text, "
-                    "at text not null)")
+    db.conn.execute(
+        "create table polls (id integer primary key, return_id text not null, "
+        "rma_id text, status text, fingerprint text, decision text, reason text, "
+        "at text not null)"
+    )
     db.conn.execute("create index polls_return on polls (return_id)")
 
 
 MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {
-    1: _migrate_v1, 2: _migrate_v2, 3: _migrate_v3}
+    1: _migrate_v1,
+    2: _migrate_v2,
+    3: _migrate_v3,
+}
 
 
 def create_meta(db: sqlite_utils.Database) -> None:
@@ -105,6 +182,9 @@ def schema_version_of(path: Path, stored: str | None) -> int:
     except ValueError:
         raise StateCorrupt(str(path), f"schema version {stored!r} is not a number") from None
     if version > SCHEMA_VERSION:
-        raise StateCorrupt(str(path), f"written by a newer loopsync (schema {version}; this "
-                                      f"one reads up to {SCHEMA_VERSION}): upgrade loopsync")
+        raise StateCorrupt(
+            str(path),
+            f"written by a newer loopsync (schema {version}; this "
+            f"one reads up to {SCHEMA_VERSION}): upgrade loopsync",
+        )
     return version

@@ -39,18 +39,38 @@ if TYPE_CHECKING:
 
 _WHERE = {
     "FakeClock": "clock",
-    "FakeLoop": "fakes", "FakeRma": "fakes", "FakeWarehouse": "fakes", "Page": "fakes",
-    "loop_return": "factories", "loop_return_model": "factories",
-    "merchant_config": "factories", "warehouse_settings": "factories",
-    "InProcessAdapter": "adapter", "SocketFaultInProcess": "adapter", "mount": "adapter",
+    "FakeLoop": "fakes",
+    "FakeRma": "fakes",
+    "FakeWarehouse": "fakes",
+    "Page": "fakes",
+    "loop_return": "factories",
+    "loop_return_model": "factories",
+    "merchant_config": "factories",
+    "warehouse_settings": "factories",
+    "InProcessAdapter": "adapter",
+    "SocketFaultInProcess": "adapter",
+    "mount": "adapter",
     "in_process_url": "adapter",
-    "Sandbox": "sandbox", "emulated_loop": "sandbox",
+    "Sandbox": "sandbox",
+    "emulated_loop": "sandbox",
 }
 
 __all__ = [
-    "FakeClock", "FakeLoop", "FakeRma", "FakeWarehouse", "InProcessAdapter", "Page", "Sandbox",
-    "SocketFaultInProcess", "emulated_loop", "in_process_url", "loop_return", "loop_return_model",
-    "merchant_config", "mount", "warehouse_settings",
+    "FakeClock",
+    "FakeLoop",
+    "FakeRma",
+    "FakeWarehouse",
+    "InProcessAdapter",
+    "Page",
+    "Sandbox",
+    "SocketFaultInProcess",
+    "emulated_loop",
+    "in_process_url",
+    "loop_return",
+    "loop_return_model",
+    "merchant_config",
+    "mount",
+    "warehouse_settings",
 ]
 
 

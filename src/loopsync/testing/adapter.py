@@ -72,16 +72,23 @@ class InProcessAdapter(BaseAdapter):
         super().__init__()
         self.api = api
 
-    def send(self, request: requests.PreparedRequest, stream: bool = False,
-             timeout: float | tuple[float | None, float | None] | None = None,
-             verify: bool | str = True, cert: Any = None,
-             proxies: Mapping[str, str] | None = None) -> requests.Response:
+    def send(
+        self,
+        request: requests.PreparedRequest,
+        stream: bool = False,
+        timeout: float | tuple[float | None, float | None] | None = None,
+        verify: bool | str = True,
+        cert: Any = None,
+        proxies: Mapping[str, str] | None = None,
+    ) -> requests.Response:
         req, headers = _emulator_request(request)
         fault, rec = receive(self.api, req, headers)
         kind = fault.kind if fault is not None else None
         if kind is not None and kind not in _ANSWER_FAULTS | _DROP_FAULTS:
-            raise SocketFaultInProcess(f"fault {kind!r} needs a socket: serve {self.api.name} "
-                                       "with sandbox.server.ApiServer")
+            raise SocketFaultInProcess(
+                f"fault {kind!r} needs a socket: serve {self.api.name} "
+                "with sandbox.server.ApiServer"
+            )
         if fault is not None and kind in ("status", "rate_limit", "custom"):
             resp = self.api.fault_response(fault, req)
         else:
@@ -89,8 +96,9 @@ class InProcessAdapter(BaseAdapter):
             if kind in _DROP_FAULTS:
                 # What requests raises when the server closes without answering.
                 lost = RemoteDisconnected("Remote end closed connection without response")
-                raise requests.ConnectionError(ProtocolError("Connection aborted.", lost),
-                                               request=request)
+                raise requests.ConnectionError(
+                    ProtocolError("Connection aborted.", lost), request=request
+                )
             assert handled is not None
             resp = self.api.malformed_body(req) if kind == "malformed" else handled
         rec.status = resp.status
@@ -101,10 +109,16 @@ class InProcessAdapter(BaseAdapter):
 
     def _response(self, request: requests.PreparedRequest, resp: Response) -> requests.Response:
         headers = {**resp.headers, "Content-Length": str(len(resp.body))}
-        headers.setdefault("Date", email.utils.format_datetime(
-            self.api.clock.now().astimezone(UTC), usegmt=True))
-        raw = HTTPResponse(body=io.BytesIO(resp.body), headers=headers, status=resp.status,
-                           preload_content=False, decode_content=False)
+        headers.setdefault(
+            "Date", email.utils.format_datetime(self.api.clock.now().astimezone(UTC), usegmt=True)
+        )
+        raw = HTTPResponse(
+            body=io.BytesIO(resp.body),
+            headers=headers,
+            status=resp.status,
+            preload_content=False,
+            decode_content=False,
+        )
         out = requests.Response()
         out.status_code = resp.status
         out.headers = HeaderDict(headers)
@@ -126,11 +140,19 @@ def _emulator_request(request: requests.PreparedRequest) -> tuple[Request, dict[
         body = request.body.encode("utf-8")
     else:
         raise TypeError("a streamed request body is not supported in process")
-    headers = {k: v.decode("latin-1") if isinstance(v, bytes) else v
-               for k, v in request.headers.items()}
+    headers = {
+        k: v.decode("latin-1") if isinstance(v, bytes) else v for k, v in request.headers.items()
+    }
     target = split.path + (f"?{split.query}" if split.query else "")
-    req = Request(request.method or "GET", split.path, {k: v[-1] for k, v in qlists.items()},
-                  qlists, CaseInsensitiveDict(headers), body, target)
+    req = Request(
+        request.method or "GET",
+        split.path,
+        {k: v[-1] for k, v in qlists.items()},
+        qlists,
+        CaseInsensitiveDict(headers),
+        body,
+        target,
+    )
     return req, headers
 
 

@@ -66,8 +66,18 @@ if TYPE_CHECKING:
     from loopsync.sandbox.base import WarehouseEmulator
     from loopsync.sandbox.server import CallRecord
 
-__all__ = ["CHECKS", "Check", "CheckOutcome", "ContractOptions", "EndlessPaging", "World",
-           "add_unknown_fields", "check_ids", "run_contract", "world"]
+__all__ = [
+    "CHECKS",
+    "Check",
+    "CheckOutcome",
+    "ContractOptions",
+    "EndlessPaging",
+    "World",
+    "add_unknown_fields",
+    "check_ids",
+    "run_contract",
+    "world",
+]
 
 CLOCK_START = "2026-06-01T12:00:00Z"
 # A key no connector reads, in every object a remote sends in `unknown_fields_are_ignored`.
@@ -90,6 +100,7 @@ class ContractOptions:
 
 
 # -- one check's world -------------------------------------------------------------------------
+
 
 @dataclass
 class World:
@@ -131,20 +142,24 @@ class World:
         return render_status(merchant_status(self.cfg))
 
     def receive(self, return_id: str, scenario: str) -> None:
-        expect(self.warehouse.receive(return_id, scenario),
-               f"the emulator has no RMA to receive for return {return_id}")
+        expect(
+            self.warehouse.receive(return_id, scenario),
+            f"the emulator has no RMA to receive for return {return_id}",
+        )
 
 
 @contextmanager
-def world(kind: ConnectorKind, tmp: Path, options: ContractOptions | None = None,
-          **config: Any) -> Iterator[World]:
+def world(
+    kind: ConnectorKind, tmp: Path, options: ContractOptions | None = None, **config: Any
+) -> Iterator[World]:
     """A started sandbox for `kind` (stopped on exit); `config` goes to
     `Sandbox.merchant_config` (e.g. `warehouse_extra`)."""
     options = options or ContractOptions()
     clock = FakeClock(CLOCK_START)
     folder = tmp / "3pl" if options.transport == "folder" else None
-    sandbox = Sandbox(kind.name, clock=clock, transport=options.transport,
-                      folder_root=folder).start()
+    sandbox = Sandbox(
+        kind.name, clock=clock, transport=options.transport, folder_root=folder
+    ).start()
     try:
         # Seeded returns are at most 3 days old: 4 days of Loop windows, not 30.
         config.setdefault("start_days", 4)
@@ -181,6 +196,7 @@ def _push(w: World, ids: list[str]) -> None:
 
 # -- the checks ----------------------------------------------------------------------------------
 
+
 def pushes_once(kind: ConnectorKind, tmp: Path, options: ContractOptions | None = None) -> None:
     """An open return gets exactly one RMA; the next cycle creates nothing."""
     with world(kind, tmp, options) as w:
@@ -192,14 +208,19 @@ def pushes_once(kind: ConnectorKind, tmp: Path, options: ContractOptions | None 
             expect(writes == 0, f"watch-only {kind.name} wrote {writes} times to the warehouse")
         _no_repeated_write(w)
         again = w.cycle()
-        expect(again.counts.pushed == 0 and again.counts.linked == 0,
-               f"a second cycle pushed {again.counts.pushed}, linked {again.counts.linked}")
-        expect(w.rmas(rid) == 1 and len(w.writes(w.warehouse.name)) == writes,
-               f"a second cycle wrote to the warehouse; return {rid} has {w.rmas(rid)} RMAs")
+        expect(
+            again.counts.pushed == 0 and again.counts.linked == 0,
+            f"a second cycle pushed {again.counts.pushed}, linked {again.counts.linked}",
+        )
+        expect(
+            w.rmas(rid) == 1 and len(w.writes(w.warehouse.name)) == writes,
+            f"a second cycle wrote to the warehouse; return {rid} has {w.rmas(rid)} RMAs",
+        )
 
 
-def lost_create_is_looked_up(kind: ConnectorKind, tmp: Path,
-                             options: ContractOptions | None = None) -> None:
+def lost_create_is_looked_up(
+    kind: ConnectorKind, tmp: Path, options: ContractOptions | None = None
+) -> None:
     """The create ran but its answer was lost: looked up, never sent twice."""
     with world(kind, tmp, options) as w:
         (rid,) = w.open_returns(1)
@@ -207,23 +228,29 @@ def lost_create_is_looked_up(kind: ConnectorKind, tmp: Path,
         # The emulator runs the create, then the connection drops: the answer is lost.
         emulator.faults.inject(Fault("reset_after"), when=emulator.is_write)
         first = w.cycle()
-        expect("reset_after" in emulator.faults.injected,
-               f"{kind.name} sent no write for the emulator to lose the answer of")
+        expect(
+            "reset_after" in emulator.faults.injected,
+            f"{kind.name} sent no write for the emulator to lose the answer of",
+        )
         expect(w.rmas(rid) == 1, f"the lost create left {w.rmas(rid)} RMAs")
         second = w.cycle()
-        linked = first.counts.linked + second.counts.linked + first.counts.pushed \
-            + second.counts.pushed
+        linked = (
+            first.counts.linked + second.counts.linked + first.counts.pushed + second.counts.pushed
+        )
         expect(linked >= 1, f"the lost create was never resolved: {second.stage_errors}")
         expect(w.rmas(rid) == 1, f"{w.rmas(rid)} RMAs after a lost create answer")
         _no_repeated_write(w)
         w.receive(rid, "full")
         w.cycle()
-        expect(w.actions(rid) == ["process"],
-               f"the RMA found after a lost create was acted on as {w.actions(rid)}")
+        expect(
+            w.actions(rid) == ["process"],
+            f"the RMA found after a lost create was acted on as {w.actions(rid)}",
+        )
 
 
-def malformed_record_is_held(kind: ConnectorKind, tmp: Path,
-                             options: ContractOptions | None = None) -> None:
+def malformed_record_is_held(
+    kind: ConnectorKind, tmp: Path, options: ContractOptions | None = None
+) -> None:
     """A record no reader may trust holds back its own return, with a reason; the other
     return goes on."""
     with world(kind, tmp, options) as w:
@@ -238,12 +265,15 @@ def malformed_record_is_held(kind: ConnectorKind, tmp: Path,
         text = w.status_text()
         # A return held at poll ("<id>  poll  <reason>"), or a record of its own rejected
         # with the reason (a folder's receipt file names the return in its file name).
-        expect(any(bad in line and re.search(r"\bpoll\b", line) for line in text.splitlines()),
-               f"loopsync status gives no reason for held return {bad}:\n{text}")
+        expect(
+            any(bad in line and re.search(r"\bpoll\b", line) for line in text.splitlines()),
+            f"loopsync status gives no reason for held return {bad}:\n{text}",
+        )
 
 
-def unknown_fields_are_ignored(kind: ConnectorKind, tmp: Path,
-                               options: ContractOptions | None = None) -> None:
+def unknown_fields_are_ignored(
+    kind: ConnectorKind, tmp: Path, options: ContractOptions | None = None
+) -> None:
     """Fields no connector knows, in every object either remote sends, change nothing."""
     with world(kind, tmp, options) as w:
         add_unknown_fields(w.sandbox.loop)
@@ -256,15 +286,20 @@ def unknown_fields_are_ignored(kind: ConnectorKind, tmp: Path,
         expect(result.ok, f"unknown fields broke the cycle: {result.stage_errors}")
         for api in (w.sandbox.loop, w.warehouse):  # (a folder warehouse gets no request)
             asked = w.sandbox.recorder.calls(api.name)
-            expect("custom" in api.faults.injected or not asked,
-                   f"{api.name} answered no request with unknown fields")
+            expect(
+                "custom" in api.faults.injected or not asked,
+                f"{api.name} answered no request with unknown fields",
+            )
         seen = [w.actions(rid) for rid in ids]
-        expect(seen == [["process"], ["flag"]],
-               f"with unknown fields full/short were acted on as {seen}")
+        expect(
+            seen == [["process"], ["flag"]],
+            f"with unknown fields full/short were acted on as {seen}",
+        )
 
 
-def receipts_decide_once(kind: ConnectorKind, tmp: Path,
-                         options: ContractOptions | None = None) -> None:
+def receipts_decide_once(
+    kind: ConnectorKind, tmp: Path, options: ContractOptions | None = None
+) -> None:
     """Full, short and damaged receipts: process, flag, flag, each exactly once."""
     with world(kind, tmp, options) as w:
         ids = w.open_returns(3)
@@ -272,40 +307,49 @@ def receipts_decide_once(kind: ConnectorKind, tmp: Path,
         for rid, scenario in zip(ids, ("full", "short", "damaged"), strict=True):
             w.receive(rid, scenario)
         decided = w.cycle()
-        expect(decided.counts.processed == 1 and decided.counts.flagged == 2,
-               f"processed {decided.counts.processed}, flagged {decided.counts.flagged}: "
-               f"{decided.stage_errors}")
+        expect(
+            decided.counts.processed == 1 and decided.counts.flagged == 2,
+            f"processed {decided.counts.processed}, flagged {decided.counts.flagged}: "
+            f"{decided.stage_errors}",
+        )
         w.cycle()
         seen = [w.actions(rid) for rid in ids]
-        expect(seen == [["process"], ["flag"], ["flag"]],
-               f"full/short/damaged were acted on as {seen}")
+        expect(
+            seen == [["process"], ["flag"], ["flag"]], f"full/short/damaged were acted on as {seen}"
+        )
         notes = [len(w.sandbox.loop.notes_for(rid)) for rid in ids]
         expect(all(n >= 1 for n in notes), f"a return acted on without a note: {notes}")
 
 
-def dry_run_writes_nothing(kind: ConnectorKind, tmp: Path,
-                           options: ContractOptions | None = None) -> None:
+def dry_run_writes_nothing(
+    kind: ConnectorKind, tmp: Path, options: ContractOptions | None = None
+) -> None:
     """A dry run sends no write to either remote and changes no file."""
     with world(kind, tmp, options) as w:
         linked = w.open_returns(1)
-        _push(w, linked)                    # a state file with an RMA in it
-        w.receive(linked[0], "full")        # something to act on...
-        fresh = w.open_returns(1)           # ...and something to push
+        _push(w, linked)  # a state file with an RMA in it
+        w.receive(linked[0], "full")  # something to act on...
+        fresh = w.open_returns(1)  # ...and something to push
         before_files, before_writes = _files(w.tmp), len(w.writes())
         result = w.cycle(dry_run=True)
         expect(result.ok, f"the dry run failed: {result.stage_errors}")
         expect(bool(result.planned), "the dry run planned nothing: it saw nothing to do")
         writes = w.writes()[before_writes:]
-        expect(not writes, "a dry run wrote: "
-               + ", ".join(f"{c.api} {c.method} {c.path}" for c in writes))
+        expect(
+            not writes,
+            "a dry run wrote: " + ", ".join(f"{c.api} {c.method} {c.path}" for c in writes),
+        )
         changed = sorted(set(_files(w.tmp).items()) ^ set(before_files.items()))
         expect(not changed, f"a dry run changed files: {changed}")
-        expect(w.actions(linked[0]) == [] and w.rmas(fresh[0]) == (1 if w.watch_only else 0),
-               "a dry run acted or created an RMA")
+        expect(
+            w.actions(linked[0]) == [] and w.rmas(fresh[0]) == (1 if w.watch_only else 0),
+            "a dry run acted or created an RMA",
+        )
 
 
-def pagination_is_bounded(kind: ConnectorKind, tmp: Path,
-                          options: ContractOptions | None = None) -> None:
+def pagination_is_bounded(
+    kind: ConnectorKind, tmp: Path, options: ContractOptions | None = None
+) -> None:
     """Listings that never end (Loop's, the warehouse's) end at the guard or the page
     cap; the cycle finishes and `loopsync status` says which walk stopped and why."""
     options = options or ContractOptions()
@@ -316,8 +360,10 @@ def pagination_is_bounded(kind: ConnectorKind, tmp: Path,
         ids = w.open_returns(2)
         w.cycle()
         walks = _unfinished_walks(w)
-        expect(walks.get("loop.returns.open") == "repeated_token",
-               f"loopsync status does not show Loop's endless walk:\n{w.status_text()}")
+        expect(
+            walks.get("loop.returns.open") == "repeated_token",
+            f"loopsync status does not show Loop's endless walk:\n{w.status_text()}",
+        )
         for rid in ids:  # whatever the first page gave: an RMA to poll
             if w.warehouse.has_rma(rid):
                 w.receive(rid, "full")
@@ -333,10 +379,13 @@ def pagination_is_bounded(kind: ConnectorKind, tmp: Path,
         # Two cycles, each walk ending at its guard or its cap: far below this unless a
         # walk ran away.
         expect(calls < 200, f"{calls} requests in two cycles of endless pagination")
-        mine = {name: why for name, why in _unfinished_walks(w).items()
-                if not name.startswith("loop.")}
-        expect(bool(mine), f"loopsync status does not show {kind.name}'s endless walk:\n"
-                           f"{w.status_text()}")
+        mine = {
+            name: why for name, why in _unfinished_walks(w).items() if not name.startswith("loop.")
+        }
+        expect(
+            bool(mine),
+            f"loopsync status does not show {kind.name}'s endless walk:\n{w.status_text()}",
+        )
 
 
 def _unfinished_walks(w: World) -> dict[str, str]:
@@ -353,21 +402,27 @@ class Check:
     name: str
     run: Callable[[ConnectorKind, Path, ContractOptions | None], None]
     skip_when: Callable[[ConnectorKind, ContractOptions], str | None] = field(
-        default=lambda kind, options: None)
+        default=lambda kind, options: None
+    )
 
-    def skip_reason(self, kind: ConnectorKind, options: ContractOptions | None = None
-                    ) -> str | None:
+    def skip_reason(
+        self, kind: ConnectorKind, options: ContractOptions | None = None
+    ) -> str | None:
         return self.skip_when(kind, options or ContractOptions())
 
 
 def _watch_only_skip(kind: ConnectorKind, options: ContractOptions) -> str | None:
     if not kind.creates_rmas:
-        return (f"{kind.name} is watch-only (creates_rmas=False): it sends no create whose "
-                "answer could be lost; pushes_once checks it links the RMA its app made")
+        return (
+            f"{kind.name} is watch-only (creates_rmas=False): it sends no create whose "
+            "answer could be lost; pushes_once checks it links the RMA its app made"
+        )
     if options.transport == "folder":
-        return ("the folder transport's create is a file written atomically (temp, fsync, "
-                "rename): there is no answer to lose; a create whose record was lost is found "
-                "in outbox/archive (test_once_sandbox's lost-state test)")
+        return (
+            "the folder transport's create is a file written atomically (temp, fsync, "
+            "rename): there is no answer to lose; a create whose record was lost is found "
+            "in outbox/archive (test_once_sandbox's lost-state test)"
+        )
     return None
 
 
@@ -393,8 +448,9 @@ class CheckOutcome:
     skipped: str | None = None  # why it does not apply; None: it ran and passed
 
 
-def run_contract(kind: ConnectorKind, tmp: Path, options: ContractOptions | None = None
-                 ) -> list[CheckOutcome]:
+def run_contract(
+    kind: ConnectorKind, tmp: Path, options: ContractOptions | None = None
+) -> list[CheckOutcome]:
     """Every check against `kind`, each in its own sub-folder of `tmp`. Raises the first
     failure's AssertionError (naming the check)."""
     outcomes = []
@@ -415,6 +471,7 @@ def run_contract(kind: ConnectorKind, tmp: Path, options: ContractOptions | None
 
 # -- files ----------------------------------------------------------------------------------------
 
+
 def _files(root: Path) -> dict[str, tuple[int, int]]:
     """Every file under `root`: (size, mtime_ns), by relative path."""
     out = {}
@@ -427,10 +484,12 @@ def _files(root: Path) -> dict[str, tuple[int, int]]:
 
 # -- unknown fields ------------------------------------------------------------------------------
 
+
 def add_unknown_fields(api: EmulatedApi) -> None:
     """From now on every answer of `api` carries fields no reader knows: UNKNOWN_KEY in
     every JSON object, an extra child in every XML element that has children. Answers in
     other formats pass unchanged. The emulator's handler runs as usual."""
+
     def respond(req: Request) -> Response:
         with api.lock:
             resp = api.handle(req)
@@ -468,13 +527,15 @@ def _xml_extra(body: bytes) -> bytes:
         return body
     for element in list(root.iter()):
         if len(element):
-            namespace = element.tag[: element.tag.index("}") + 1] \
-                if element.tag.startswith("{") else ""
+            namespace = (
+                element.tag[: element.tag.index("}") + 1] if element.tag.startswith("{") else ""
+            )
             ET.SubElement(element, f"{namespace}XContractUnknownField").text = "ignored"
     return cast("bytes", ET.tostring(root, encoding="utf-8", xml_declaration=True))
 
 
 # -- endless pages -------------------------------------------------------------------------------
+
 
 @runtime_checkable
 class EndlessPaging(Protocol):
@@ -489,6 +550,7 @@ class EndlessPaging(Protocol):
 def loop_endless(loop: EmulatedApi, limit: int) -> None:
     """Loop's list answers name the cursor just used as the next page (for `limit`
     list requests)."""
+
     def respond(req: Request) -> Response:
         with loop.lock:
             resp = loop.handle(req)
@@ -500,8 +562,11 @@ def loop_endless(loop: EmulatedApi, limit: int) -> None:
             return replace(resp, body=json.dumps(data).encode())
         return resp
 
-    loop.faults.inject(Fault("custom", response=respond), times=limit,
-                       when=lambda req: req.method == "GET" and req.path.endswith("/list"))
+    loop.faults.inject(
+        Fault("custom", response=respond),
+        times=limit,
+        when=lambda req: req.method == "GET" and req.path.endswith("/list"),
+    )
 
 
 def _json_or_none(body: bytes) -> Any:
@@ -515,14 +580,19 @@ class _Rewrite:
     """Endless pages for an emulator without the hook: its answers to `when` requests
     pass through `edit(request) -> Response`."""
 
-    def __init__(self, api: EmulatedApi, when: Callable[[Request], bool],
-                 edit: Callable[[EmulatedApi, Request], Response]) -> None:
+    def __init__(
+        self,
+        api: EmulatedApi,
+        when: Callable[[Request], bool],
+        edit: Callable[[EmulatedApi, Request], Response],
+    ) -> None:
         self.api, self.when, self.edit = api, when, edit
 
     def endless_pages(self, limit: int) -> None:
         api, edit = self.api, self.edit
-        self.api.faults.inject(Fault("custom", response=lambda req: edit(api, req)),
-                               times=limit, when=self.when)
+        self.api.faults.inject(
+            Fault("custom", response=lambda req: edit(api, req)), times=limit, when=self.when
+        )
 
 
 def _handled(api: EmulatedApi, req: Request) -> Response:
@@ -572,8 +642,11 @@ def _xoro_endless(api: EmulatedApi, req: Request) -> Response:
         page = _page_of(req)
         found = data.get("Data")
         rows: list[Any] = found if isinstance(found, list) else []
-        data.update(Data=[*rows, {"AsnHeaderData": {"AsnNumber": f"ENDLESS-{page}"}}],
-                    TotalPages=None, Result=True)
+        data.update(
+            Data=[*rows, {"AsnHeaderData": {"AsnNumber": f"ENDLESS-{page}"}}],
+            TotalPages=None,
+            Result=True,
+        )
         return replace(resp, body=json.dumps(data).encode())
     return resp
 
@@ -613,8 +686,9 @@ def _is_peoplevox_read(req: Request) -> bool:
 
 # The built-in emulators' endless pages, until each emulator offers `endless_pages(limit)`
 # (the emulators belong to the sandbox; this table is to move there and then go).
-_BUILTIN_ENDLESS: dict[str, tuple[Callable[[Request], bool],
-                                  Callable[[EmulatedApi, Request], Response]]] = {
+_BUILTIN_ENDLESS: dict[
+    str, tuple[Callable[[Request], bool], Callable[[EmulatedApi, Request], Response]]
+] = {
     "shiphero": (_is_graphql, _shiphero_endless),
     "xoro": (_is_listing_path("getasn"), _xoro_endless),
     "generic": (_is_listing_path("/receipts"), _generic_endless),
@@ -631,7 +705,9 @@ def _endless_for(w: World) -> EndlessPaging | None:
     if getattr(w.warehouse, "root", None) is not None:
         return None
     if w.kind.name not in _BUILTIN_ENDLESS:
-        raise AssertionError(f"{type(w.warehouse).__name__} has no endless_pages(limit) "
-                             "hook to play a listing that never ends (see EndlessPaging)")
+        raise AssertionError(
+            f"{type(w.warehouse).__name__} has no endless_pages(limit) "
+            "hook to play a listing that never ends (see EndlessPaging)"
+        )
     when, edit = _BUILTIN_ENDLESS[w.kind.name]
     return _Rewrite(w.warehouse, when, edit)

@@ -51,13 +51,12 @@ class FakeLoop:
     """Loop in memory: `returns` by id (tests edit them in place), every accepted write in
     `writes` as (action, return id), notes by return id in `notes_by`."""
 
-    def __init__(self, returns: Sequence[dict[str, Any]] | None = None,
-                 page_size: int = 2) -> None:
+    def __init__(self, returns: Sequence[dict[str, Any]] | None = None, page_size: int = 2) -> None:
         self.returns: dict[str, dict[str, Any]] = {r["id"]: r for r in (returns or [])}
         self.page_size = page_size
         self.writes: list[tuple[str, str]] = []
         self.notes_by: dict[str, list[str]] = {}
-        self.lose_answer: set[str] = set()   # action names whose next answer is lost
+        self.lose_answer: set[str] = set()  # action names whose next answer is lost
         self.down = False
         self.pages_read = 0
 
@@ -65,15 +64,21 @@ class FakeLoop:
         if self.down:
             raise TransientError("loop", "down")
 
-    def iter_returns(self, start: datetime, end: datetime, state: str, *,
-                     cursor: str | None = None) -> Iterator[Page]:
+    def iter_returns(
+        self, start: datetime, end: datetime, state: str, *, cursor: str | None = None
+    ) -> Iterator[Page]:
         self._check()
-        rows = sorted((r for r in self.returns.values() if r["state"] == state
-                       and start <= parse_timestamp(r["updated_at"]) <= end),
-                      key=lambda r: r["id"])
+        rows = sorted(
+            (
+                r
+                for r in self.returns.values()
+                if r["state"] == state and start <= parse_timestamp(r["updated_at"]) <= end
+            ),
+            key=lambda r: r["id"],
+        )
         offset = int(cursor) if cursor else 0
         while True:
-            chunk = rows[offset:offset + self.page_size]
+            chunk = rows[offset : offset + self.page_size]
             offset += self.page_size
             nxt = str(offset) if offset < len(rows) else None
             self.pages_read += 1
@@ -142,10 +147,13 @@ class FakeWarehouse(WarehouseConnector):
     default_base_url: ClassVar[str] = "http://fake"
     default_statuses: ClassVar[dict[str, list[str]]] = FAKE_STATUSES
 
-    def __init__(self, settings: WarehouseSettings | None = None,
-                 ctx: ConnectorContext | None = None) -> None:
-        super().__init__(settings or warehouse_settings(),
-                         ctx or ConnectorContext(merchant="acme", clock=FakeClock()))
+    def __init__(
+        self, settings: WarehouseSettings | None = None, ctx: ConnectorContext | None = None
+    ) -> None:
+        super().__init__(
+            settings or warehouse_settings(),
+            ctx or ConnectorContext(merchant="acme", clock=FakeClock()),
+        )
         self.orders: set[str] = set()
         self.rmas: dict[str, FakeRma] = {}
         self.created = 0
@@ -184,14 +192,23 @@ class FakeWarehouse(WarehouseConnector):
         out = {}
         for ref in rmas:
             r = self.rmas[ref.return_id]
-            items = tuple(ItemStatus(s, q, r.received.get(s, 0), r.conditions.get(s))
-                          for s, q in r.skus.items())
-            out[ref.return_id] = RmaStatus(ref.return_id, ref.rma_id, r.status,
-                                           sum(r.skus.values()), sum(r.received.values()), items)
+            items = tuple(
+                ItemStatus(s, q, r.received.get(s, 0), r.conditions.get(s))
+                for s, q in r.skus.items()
+            )
+            out[ref.return_id] = RmaStatus(
+                ref.return_id,
+                ref.rma_id,
+                r.status,
+                sum(r.skus.values()),
+                sum(r.received.values()),
+                items,
+            )
         return PollResult(out)
 
-    def finish(self, rid: str, status: str = "complete", short: int = 0,
-               condition: str | None = None) -> None:
+    def finish(
+        self, rid: str, status: str = "complete", short: int = 0, condition: str | None = None
+    ) -> None:
         """The warehouse received return `rid`: every unit but `short` of the first SKU,
         which gets `condition` when given; the RMA's status becomes `status`."""
         r = self.rmas[rid]

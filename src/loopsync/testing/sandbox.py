@@ -39,8 +39,9 @@ class Sandbox(BareSandbox):
         return run_merchant(cfg, clock=self.clock, **kw)
 
 
-def emulated_loop(clock: Clock, *, rate_limits: bool = False,
-                  **client_kw: Any) -> tuple[LoopEmulator, LoopClient]:
+def emulated_loop(
+    clock: Clock, *, rate_limits: bool = False, **client_kw: Any
+) -> tuple[LoopEmulator, LoopClient]:
     """An emulated Loop and a real `LoopClient` talking to it in process (no socket):
     Loop's state machine and wire format at the speed of a function call."""
     emulator = LoopEmulator(clock=clock, api_keys={LOOP_KEY})

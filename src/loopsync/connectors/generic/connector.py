@@ -67,16 +67,26 @@ class GenericConnector(WarehouseConnector):
     # cursor), whatever the batch: one call for all open RMAs, not one per chunk.
     polls_all_at_once: ClassVar[bool] = True
     default_statuses: ClassVar[dict[str, list[str]]] = {
-        "process": [COMPLETE], "flag": [], "ignore": [PARTIAL]}
+        "process": [COMPLETE],
+        "flag": [],
+        "ignore": [PARTIAL],
+    }
     default_flag_conditions: ClassVar[list[str]] = [DAMAGED, MISSING]
 
     def __init__(self, settings: WarehouseSettings, ctx: ConnectorContext) -> None:
         super().__init__(settings, ctx)
         self.conf: GenericSettings = settings.connector
         self.transport: Transport = (
-            HttpTransport(self.conf, settings.timeout, ctx, deadline=settings.deadline,
-                          max_body=settings.max_body) if self.conf.transport == "http"
-            else FolderTransport(self.conf))
+            HttpTransport(
+                self.conf,
+                settings.timeout,
+                ctx,
+                deadline=settings.deadline,
+                max_body=settings.max_body,
+            )
+            if self.conf.transport == "http"
+            else FolderTransport(self.conf)
+        )
 
     @classmethod
     def parse_settings(cls, section: Section) -> GenericSettings:
@@ -104,8 +114,11 @@ class GenericConnector(WarehouseConnector):
             return PollResult({})
         read = self.transport.read_receipts(rmas)
         new_lines = read.lines
-        unchecked = {ref.rma_id for ref in rmas if ref.extra.get("found")
-                     and not self.ctx.kv.get(archive_checked_key(ref.rma_id))}
+        unchecked = {
+            ref.rma_id
+            for ref in rmas
+            if ref.extra.get("found") and not self.ctx.kv.get(archive_checked_key(ref.rma_id))
+        }
         if unchecked:  # archived lines first: what the inbox holds now is newer
             new_lines = self.transport.archived_receipts(unchecked) + new_lines
         new_by_rma: dict[str, dict[str, ReceiptLine]] = defaultdict(dict)
@@ -118,8 +131,9 @@ class GenericConnector(WarehouseConnector):
                 continue
             lines = {**self._stored_lines(ref.rma_id), **new_by_rma.get(ref.rma_id, {})}
             try:
-                result.statuses[ref.return_id] = receipt_status(ref, lines.values(),
-                                                                self.conf.condition_map)
+                result.statuses[ref.return_id] = receipt_status(
+                    ref, lines.values(), self.conf.condition_map
+                )
             except ValueError as exc:
                 result.errors[ref.return_id] = str(exc)
 
@@ -150,15 +164,17 @@ class GenericConnector(WarehouseConnector):
 
     def _ref(self, req: PushRequest) -> RmaRef:
         ret = req.ret
-        return RmaRef(ret.id, ret.id, {"units": ret.units_by_sku(),
-                                       "created_at": iso(ret.created_at or ret.updated_at)})
+        return RmaRef(
+            ret.id,
+            ret.id,
+            {"units": ret.units_by_sku(), "created_at": iso(ret.created_at or ret.updated_at)},
+        )
 
     def close(self) -> None:
         self.transport.close()
 
 
-def _hold(result: PollResult, held: Iterable[HeldRecord], by_number: Mapping[str, RmaRef]
-          ) -> None:
+def _hold(result: PollResult, held: Iterable[HeldRecord], by_number: Mapping[str, RmaRef]) -> None:
     """Records that could not be read: each holds back the RMA it names (its receipts are
     incomplete), or is a problem of no one RMA."""
     for record in held:

@@ -35,28 +35,50 @@ CATEGORIES = (AVAILABLE, DAMAGED, MISSING)
 _SEVERITY = {AVAILABLE: 0, DAMAGED: 1, MISSING: 2}
 
 COMPLETE, PARTIAL = "complete", "partial"
-RMA_COLUMNS = ("rma_number", "line", "sku", "quantity", "title", "order_name", "order_number",
-               "customer", "destination", "carrier", "tracking_number", "created_at")
+RMA_COLUMNS = (
+    "rma_number",
+    "line",
+    "sku",
+    "quantity",
+    "title",
+    "order_name",
+    "order_number",
+    "customer",
+    "destination",
+    "carrier",
+    "tracking_number",
+    "created_at",
+)
 RECEIPT_REQUIRED = ("rma_number", "sku", "quantity", "condition")
 
 
 @dataclass(frozen=True)
 class ReceiptLine:
-    key: str                 # identity within the RMA: "id:<receipt_id>" or "file:<sha>:<row>"
+    key: str  # identity within the RMA: "id:<receipt_id>" or "file:<sha>:<row>"
     rma_number: str
     sku: str
     quantity: int
-    condition: str           # the 3PL's word, normalised
+    condition: str  # the 3PL's word, normalised
     received_at: str | None  # ISO-8601 UTC
 
     def to_json(self) -> dict[str, Any]:
-        return {"sku": self.sku, "quantity": self.quantity, "condition": self.condition,
-                "received_at": self.received_at}
+        return {
+            "sku": self.sku,
+            "quantity": self.quantity,
+            "condition": self.condition,
+            "received_at": self.received_at,
+        }
 
     @classmethod
     def from_json(cls, key: str, rma_number: str, raw: Mapping[str, Any]) -> ReceiptLine:
-        return cls(key, rma_number, raw["sku"], int(raw["quantity"]), raw["condition"],
-                   raw.get("received_at"))
+        return cls(
+            key,
+            rma_number,
+            raw["sku"],
+            int(raw["quantity"]),
+            raw["condition"],
+            raw.get("received_at"),
+        )
 
 
 @dataclass(frozen=True)
@@ -80,6 +102,7 @@ class ReceiptRead:
 
 # -- the RMA record and the receipt status -------------------------------------------------
 
+
 def rma_record(req: PushRequest) -> dict[str, Any]:
     """The RMA as the 3PL sees it (the JSON body; the CSV rows flatten it)."""
     ret = req.ret
@@ -87,19 +110,26 @@ def rma_record(req: PushRequest) -> dict[str, Any]:
     for li in ret.line_items:
         if li.sku:
             titles.setdefault(li.sku, li.title)
-    lines = [{"line": n, "sku": sku, "quantity": qty, "title": titles[sku]}
-             for n, (sku, qty) in enumerate(ret.units_by_sku().items(), start=1)]
+    lines = [
+        {"line": n, "sku": sku, "quantity": qty, "title": titles[sku]}
+        for n, (sku, qty) in enumerate(ret.units_by_sku().items(), start=1)
+    ]
     return {
-        "rma_number": ret.id, "loop_return_id": ret.id,
-        "created_at": iso(ret.created_at or ret.updated_at), "destination": req.destination,
+        "rma_number": ret.id,
+        "loop_return_id": ret.id,
+        "created_at": iso(ret.created_at or ret.updated_at),
+        "destination": req.destination,
         "order": {"name": ret.order_name, "number": ret.order_number, "id": ret.order_id},
-        "customer": ret.customer, "carrier": ret.carrier,
-        "tracking_number": ret.tracking_number, "lines": lines,
+        "customer": ret.customer,
+        "carrier": ret.carrier,
+        "tracking_number": ret.tracking_number,
+        "lines": lines,
     }
 
 
-def receipt_status(ref: RmaRef, lines: Iterable[ReceiptLine],
-                   condition_map: Mapping[str, str]) -> RmaStatus:
+def receipt_status(
+    ref: RmaRef, lines: Iterable[ReceiptLine], condition_map: Mapping[str, str]
+) -> RmaStatus:
     """Raises Unreadable for a condition word the merchant has not mapped."""
     expected: dict[str, int] = {sku: int(n) for sku, n in ref.extra["units"].items()}
     by_category: dict[str, Counter[str]] = defaultdict(Counter)
@@ -109,30 +139,43 @@ def receipt_status(ref: RmaRef, lines: Iterable[ReceiptLine],
         if category is None:
             raise errors.Unreadable(
                 f"3PL condition '{line.condition}' (RMA {line.rma_number}, SKU {line.sku}) is "
-                f"not in warehouse.condition_map; map it to one of {', '.join(CATEGORIES)}")
+                f"not in warehouse.condition_map; map it to one of {', '.join(CATEGORIES)}"
+            )
         by_category[line.sku][category] += line.quantity
         by_word[line.sku][line.condition] += line.quantity
     skus = list(expected) + sorted(set(by_category) - set(expected))
-    items = tuple(_item_status(sku, expected.get(sku, 0), by_category[sku], by_word[sku])
-                  for sku in skus)
+    items = tuple(
+        _item_status(sku, expected.get(sku, 0), by_category[sku], by_word[sku]) for sku in skus
+    )
     complete = all(sum(by_category[sku].values()) >= n for sku, n in expected.items())
     return RmaStatus(
-        return_id=ref.return_id, rma_id=ref.rma_id, status=COMPLETE if complete else PARTIAL,
-        expected_units=sum(expected.values()), received_units=sum(i.received for i in items),
-        items=items, detail=_problems(by_category, expected))
+        return_id=ref.return_id,
+        rma_id=ref.rma_id,
+        status=COMPLETE if complete else PARTIAL,
+        expected_units=sum(expected.values()),
+        received_units=sum(i.received for i in items),
+        items=items,
+        detail=_problems(by_category, expected),
+    )
 
 
-def _item_status(sku: str, expected: int, categories: Counter[str],
-                 words: Counter[str]) -> ItemStatus:
+def _item_status(
+    sku: str, expected: int, categories: Counter[str], words: Counter[str]
+) -> ItemStatus:
     present = [c for c in CATEGORIES if categories[c] > 0]
     worst = max(present, key=_SEVERITY.__getitem__) if present else None
-    return ItemStatus(sku, expected, categories[AVAILABLE] + categories[DAMAGED],
-                      condition=worst,
-                      note=", ".join(f"{word} {n}" for word, n in sorted(words.items())))
+    return ItemStatus(
+        sku,
+        expected,
+        categories[AVAILABLE] + categories[DAMAGED],
+        condition=worst,
+        note=", ".join(f"{word} {n}" for word, n in sorted(words.items())),
+    )
 
 
-def _problems(by_category: Mapping[str, Counter[str]],
-              expected: Mapping[str, int]) -> dict[str, Any]:
+def _problems(
+    by_category: Mapping[str, Counter[str]], expected: Mapping[str, int]
+) -> dict[str, Any]:
     """Damaged, missing and unexpected units, named for the report."""
     detail: dict[str, Any] = {}
     for category in (DAMAGED, MISSING):
@@ -146,9 +189,11 @@ def _problems(by_category: Mapping[str, Counter[str]],
 
 
 @guarded("3PL receipt")
-def parse_receipt(raw: Mapping[str, Any], *, fallback_key: str | None = None,
-                  require_time: bool = False) -> ReceiptLine:
+def parse_receipt(
+    raw: Mapping[str, Any], *, fallback_key: str | None = None, require_time: bool = False
+) -> ReceiptLine:
     """One receipt record (a JSON object or a CSV row); Unreadable says what is wrong."""
+
     def text(name: str) -> str:
         return identifier(raw.get(name), name) or ""  # Unreadable: wrong type, too long, ...
 
@@ -162,16 +207,23 @@ def parse_receipt(raw: Mapping[str, Any], *, fallback_key: str | None = None,
     received_at = None
     if text("received_at"):
         # A file may leave the zone out (UTC); the HTTP feed must give it.
-        received_at = iso(remote_timestamp(text("received_at"), "received_at:",
-                                           assume_utc=not require_time))
+        received_at = iso(
+            remote_timestamp(text("received_at"), "received_at:", assume_utc=not require_time)
+        )
     elif require_time:
         raise errors.Unreadable("received_at is missing", field="received_at")
-    return ReceiptLine(key=f"id:{receipt_id}" if receipt_id else str(fallback_key),
-                       rma_number=text("rma_number"), sku=text("sku"), quantity=quantity,
-                       condition=normalize_status(text("condition")), received_at=received_at)
+    return ReceiptLine(
+        key=f"id:{receipt_id}" if receipt_id else str(fallback_key),
+        rma_number=text("rma_number"),
+        sku=text("sku"),
+        quantity=quantity,
+        condition=normalize_status(text("condition")),
+        received_at=received_at,
+    )
 
 
 # -- receipt files and RMA files (CSV) -----------------------------------------------------
+
 
 @guarded("3PL receipt file")
 def parse_receipt_file(data: bytes) -> list[ReceiptLine]:
@@ -193,8 +245,9 @@ def _receipt_file_lines(data: bytes) -> list[ReceiptLine]:
     reader.fieldnames = [name.strip().lower() for name in reader.fieldnames]
     missing = [c for c in RECEIPT_REQUIRED if c not in reader.fieldnames]
     if missing:
-        raise errors.Unreadable(f"header lacks column(s) {', '.join(missing)}; required: "
-                                f"{', '.join(RECEIPT_REQUIRED)}")
+        raise errors.Unreadable(
+            f"header lacks column(s) {', '.join(missing)}; required: {', '.join(RECEIPT_REQUIRED)}"
+        )
     digest = hashlib.sha256(data).hexdigest()[:16]
     lines, problems = [], []
     for raw in reader:
@@ -237,16 +290,26 @@ def rma_csv(record: dict[str, Any]) -> str:
     writer.writerow(RMA_COLUMNS)
     order = record["order"]
     for line in record["lines"]:
-        row = [record["rma_number"], line["line"], line["sku"], line["quantity"],
-               line["title"], order["name"] or "", order["number"] or "",
-               record["customer"] or "", record["destination"],
-               record["carrier"] or "", record["tracking_number"] or "",
-               record["created_at"]]
+        row = [
+            record["rma_number"],
+            line["line"],
+            line["sku"],
+            line["quantity"],
+            line["title"],
+            order["name"] or "",
+            order["number"] or "",
+            record["customer"] or "",
+            record["destination"],
+            record["carrier"] or "",
+            record["tracking_number"] or "",
+            record["created_at"],
+        ]
         writer.writerow([neutralise(cell) for cell in row])
     return out.getvalue()
 
 
 # -- connector state keys ------------------------------------------------------------------
+
 
 def archive_checked_key(rma_number: str) -> str:
     return f"archive_checked:{rma_number}"

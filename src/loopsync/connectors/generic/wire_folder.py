@@ -62,8 +62,9 @@ class FolderTransport:
             with safefiles.open_folder(self.conf.outbox) as outbox:
                 safefiles.replace_atomically(outbox, name, rma_csv(record).encode("utf-8"))
         except OSError as exc:  # a link in the way too: reported, retried, never followed
-            raise TransientError(SYSTEM, f"cannot write {self.conf.outbox / name}: "
-                                         f"{exc.strerror or exc}") from None
+            raise TransientError(
+                SYSTEM, f"cannot write {self.conf.outbox / name}: {exc.strerror or exc}"
+            ) from None
 
     def read_receipts(self, rmas: Sequence[RmaRef]) -> ReceiptRead:
         lines: list[ReceiptLine] = []
@@ -75,7 +76,8 @@ class FolderTransport:
                 for name in self._inbox_files(inbox, refused):
                     try:
                         data, stamp = safefiles.read_regular(
-                            inbox, name, limit=MAX_RECEIPT_FILE, single_link=True)
+                            inbox, name, limit=MAX_RECEIPT_FILE, single_link=True
+                        )
                     except FileNotFoundError:
                         continue  # taken away by the 3PL meanwhile
                     except (OSError, ValueError) as exc:
@@ -88,21 +90,28 @@ class FolderTransport:
                     except ValueError as exc:
                         rejected.append((seen, redaction.redact(str(exc))))  # goes to a file
         except OSError as exc:
-            raise TransientError(SYSTEM, f"cannot read inbox {self.conf.inbox}: "
-                                         f"{exc.strerror or exc}") from None
-        log.info("generic.inbox_read", files=len(applied), rejected=len(rejected),
-                 refused=len(refused), lines=len(lines))
+            raise TransientError(
+                SYSTEM, f"cannot read inbox {self.conf.inbox}: {exc.strerror or exc}"
+            ) from None
+        log.info(
+            "generic.inbox_read",
+            files=len(applied),
+            rejected=len(rejected),
+            refused=len(refused),
+            lines=len(lines),
+        )
         # The whole file waits in rejected/ for the 3PL; `loopsync status` says why.
-        held = refused + [HeldRecord(None, f"receipt file {seen.name} rejected: {reason}")
-                          for seen, reason in rejected]
+        held = refused + [
+            HeldRecord(None, f"receipt file {seen.name} rejected: {reason}")
+            for seen, reason in rejected
+        ]
 
         def commit() -> None:
             with safefiles.open_folder(self.conf.inbox) as inbox:
                 for seen in applied:
                     self._move_aside(inbox, seen, self.conf.archive)
                 for seen, reason in rejected:
-                    moved = self._move_aside(inbox, seen, self.conf.rejected,
-                                             reserve=REASON_SUFFIX)
+                    moved = self._move_aside(inbox, seen, self.conf.rejected, reserve=REASON_SUFFIX)
                     if moved is not None:
                         _write_reason(self.conf.rejected, moved, reason + "\n")
                         log.warning("generic.receipt_file_rejected", file=moved, reason=reason)
@@ -118,12 +127,12 @@ class FolderTransport:
         try:
             with safefiles.open_folder(self.conf.archive) as archive:
                 for name, kind in sorted(safefiles.entries(archive)):
-                    if kind != "file" or name.startswith(".") or \
-                            not name.lower().endswith(".csv"):
+                    if kind != "file" or name.startswith(".") or not name.lower().endswith(".csv"):
                         continue
                     try:
                         data, _ = safefiles.read_regular(
-                            archive, name, limit=MAX_RECEIPT_FILE, single_link=True)
+                            archive, name, limit=MAX_RECEIPT_FILE, single_link=True
+                        )
                         found = parse_receipt_file(data)
                     except (OSError, ValueError):
                         continue
@@ -131,8 +140,9 @@ class FolderTransport:
         except FileNotFoundError:
             return []
         except OSError as exc:
-            raise TransientError(SYSTEM, f"cannot read archive {self.conf.archive}: "
-                                         f"{exc.strerror or exc}") from None
+            raise TransientError(
+                SYSTEM, f"cannot read archive {self.conf.archive}: {exc.strerror or exc}"
+            ) from None
         log.info("generic.archive_read", rmas=len(rma_numbers), lines=len(lines))
         return lines
 
@@ -146,8 +156,13 @@ class FolderTransport:
                 continue
             if kind != "file":
                 what = "a symbolic link" if kind == "link" else "not a regular file"
-                refused.append(HeldRecord(None, f"inbox entry {name!r} is {what}: not read "
-                                                "(loopsync reads only regular files)"))
+                refused.append(
+                    HeldRecord(
+                        None,
+                        f"inbox entry {name!r} is {what}: not read "
+                        "(loopsync reads only regular files)",
+                    )
+                )
                 continue
             names.append(name)
 
@@ -157,8 +172,9 @@ class FolderTransport:
 
         return sorted(names, key=age)
 
-    def _move_aside(self, inbox: int, seen: _InboxFile, folder: Path, *,
-                    reserve: str = "") -> str | None:
+    def _move_aside(
+        self, inbox: int, seen: _InboxFile, folder: Path, *, reserve: str = ""
+    ) -> str | None:
         """Move a read file out of the inbox, never over another file and never through a
         link; the name it got. None when the file changed or went since it was read:
         then it is read again next time, or is gone."""
@@ -171,8 +187,12 @@ class FolderTransport:
         except FileNotFoundError:
             return None
         except OSError as exc:  # stays in the inbox; applied again harmlessly next time
-            log.warning("generic.move_aside_failed", file=seen.name, folder=str(folder),
-                        error=exc.strerror or str(exc))
+            log.warning(
+                "generic.move_aside_failed",
+                file=seen.name,
+                folder=str(folder),
+                error=exc.strerror or str(exc),
+            )
             return None
 
     def close(self) -> None:
@@ -189,8 +209,11 @@ def _write_reason(folder: Path, moved: str, text: str) -> None:
         with safefiles.open_folder(folder) as fd:
             safefiles.create_exclusive(fd, moved + REASON_SUFFIX, text.encode("utf-8"))
     except OSError as exc:
-        log.warning("generic.reason_file_not_written", file=moved + REASON_SUFFIX,
-                    error=exc.strerror or str(exc))
+        log.warning(
+            "generic.reason_file_not_written",
+            file=moved + REASON_SUFFIX,
+            error=exc.strerror or str(exc),
+        )
 
 
 def _refusal(name: str, exc: BaseException) -> str:
@@ -221,8 +244,9 @@ def write_atomically(path: Path, data: bytes) -> None:
         with safefiles.open_folder(path.parent) as folder:
             safefiles.replace_atomically(folder, path.name, data)
     except (OSError, ValueError) as exc:
-        raise TransientError(SYSTEM, f"cannot write {path}: "
-                                     f"{getattr(exc, 'strerror', None) or exc}") from None
+        raise TransientError(
+            SYSTEM, f"cannot write {path}: {getattr(exc, 'strerror', None) or exc}"
+        ) from None
 
 
 def _rma_file_name(rma_number: str) -> str:

@@ -50,8 +50,15 @@ NO_LOOKUP = frozenset({405, 501})
 
 
 class HttpTransport:
-    def __init__(self, conf: GenericSettings, timeout: float, ctx: ConnectorContext, *,
-                 deadline: float | None = None, max_body: int = DEFAULT_MAX_BODY) -> None:
+    def __init__(
+        self,
+        conf: GenericSettings,
+        timeout: float,
+        ctx: ConnectorContext,
+        *,
+        deadline: float | None = None,
+        max_body: int = DEFAULT_MAX_BODY,
+    ) -> None:
         self.conf = conf
         self.clock = ctx.clock
         self.kv: KeyValue = ctx.kv
@@ -60,15 +67,23 @@ class HttpTransport:
         if conf.auth_token is not None:
             headers[conf.auth_header] = conf.auth_token.value
         # The token goes to the two configured URLs' origins and nowhere else.
-        self.http = HttpClient(SYSTEM, conf.rma_url, timeout=(min(5.0, timeout), timeout),
-                               deadline=deadline, max_body=max_body,
-                               policy=ctx.policy, clock=ctx.clock, headers=headers,
-                               origins=[conf.receipts_url])
+        self.http = HttpClient(
+            SYSTEM,
+            conf.rma_url,
+            timeout=(min(5.0, timeout), timeout),
+            deadline=deadline,
+            max_body=max_body,
+            policy=ctx.policy,
+            clock=ctx.clock,
+            headers=headers,
+            origins=[conf.receipts_url],
+        )
 
     def has_rma(self, rma_number: str) -> bool:
         try:
-            body = self.http.request("GET", f"{self.conf.rma_url}/{quote(rma_number, safe='')}",
-                                     check=_json_object).data
+            body = self.http.request(
+                "GET", f"{self.conf.rma_url}/{quote(rma_number, safe='')}", check=_json_object
+            ).data
         except NotFound:
             return False
         except PermanentError as exc:
@@ -91,11 +106,17 @@ class HttpTransport:
             # replayed later or against another route.
             timestamp = str(int(self.clock.now().timestamp()))
             headers[TIMESTAMP_HEADER] = timestamp
-            headers[SIGNATURE_HEADER] = sign(self.conf.signing_secret.value, timestamp, "POST",
-                                             request_target(self.conf.rma_url), body)
+            headers[SIGNATURE_HEADER] = sign(
+                self.conf.signing_secret.value,
+                timestamp,
+                "POST",
+                request_target(self.conf.rma_url),
+                body,
+            )
         try:
-            self.http.request("POST", self.conf.rma_url, data=body, headers=headers,
-                              idempotent=False)
+            self.http.request(
+                "POST", self.conf.rma_url, data=body, headers=headers, idempotent=False
+            )
         except PermanentError as exc:
             if exc.status == 409:
                 return  # the 3PL already has this RMA number: the delivery happened
@@ -110,18 +131,25 @@ class HttpTransport:
 
         def fetch(token: Any) -> Step[dict[str, Any]]:
             page = token or 1
-            body = self.http.request("GET", self.conf.receipts_url, check=_json_object,
-                                     params={"since": iso(since), "page": page,
-                                             "page_size": self.conf.page_size}).data
+            body = self.http.request(
+                "GET",
+                self.conf.receipts_url,
+                check=_json_object,
+                params={"since": iso(since), "page": page, "page_size": self.conf.page_size},
+            ).data
             nxt = _next_page(body, page)
-            return Step({"body": body, "page": page}, more=nxt is not None, token=nxt,
-                        fingerprint=json.dumps(body.get("receipts"), sort_keys=True,
-                                               default=str))
+            return Step(
+                {"body": body, "page": page},
+                more=nxt is not None,
+                token=nxt,
+                fingerprint=json.dumps(body.get("receipts"), sort_keys=True, default=str),
+            )
 
         # `next_page` used to be followed forever; the walk has a cap, a guard against a
         # server that serves one page under every number, and gives way to shutdown.
         walk: PageWalk[dict[str, Any]] = PageWalk(
-            fetch, name="generic.receipts", max_pages=self.conf.max_pages, stop=self.stop)
+            fetch, name="generic.receipts", max_pages=self.conf.max_pages, stop=self.stop
+        )
         for fetched in walk:
             good, wrong = _page_receipts(fetched.items["body"], fetched.items["page"])
             lines += good
@@ -141,8 +169,11 @@ class HttpTransport:
             # Never ahead of our clock: a record dated in the future (the 3PL's clock runs
             # fast, or a 2099 typo) is left out, not trusted, so it cannot blind the feed;
             # nor past a bad record, so its correction is read.
-            times = [at for line in lines if line.received_at
-                     and (at := parse_timestamp(line.received_at)) <= now]
+            times = [
+                at
+                for line in lines
+                if line.received_at and (at := parse_timestamp(line.received_at)) <= now
+            ]
             if times:
                 self.kv.set(SINCE_KEY, iso(min(max(times), now, *held)))
 
@@ -158,9 +189,11 @@ class HttpTransport:
             since = min(parse_timestamp(cursor), self.clock.now())
             # An RMA found again (state lost) on its first poll: its earlier receipts may
             # lie before the cursor, read by a run whose state is gone. Read from its start.
-            found = [parse_timestamp(ref.extra["created_at"]) for ref in rmas
-                     if ref.extra.get("found")
-                     and not self.kv.get(archive_checked_key(ref.rma_id))]
+            found = [
+                parse_timestamp(ref.extra["created_at"])
+                for ref in rmas
+                if ref.extra.get("found") and not self.kv.get(archive_checked_key(ref.rma_id))
+            ]
             return min([since, *found]) - SINCE_OVERLAP
         # First poll ever: nothing can have been received before the oldest RMA existed.
         return min(parse_timestamp(ref.extra["created_at"]) for ref in rmas) - SINCE_OVERLAP
@@ -177,8 +210,9 @@ def canonical_string(timestamp: str, method: str, path: str, body: bytes) -> byt
 
 
 def sign(secret: str, timestamp: str, method: str, path: str, body: bytes) -> str:
-    digest = hmac.new(secret.encode("utf-8"), canonical_string(timestamp, method, path, body),
-                      hashlib.sha256).hexdigest()
+    digest = hmac.new(
+        secret.encode("utf-8"), canonical_string(timestamp, method, path, body), hashlib.sha256
+    ).hexdigest()
     return "sha256=" + digest
 
 
@@ -191,13 +225,16 @@ def request_target(url: str) -> str:
 def _json_object(result: HttpResult) -> None:
     """A 2xx body that is not JSON (a proxy's error page) is worth another try."""
     if not isinstance(result.data, dict):
-        raise TransientError(SYSTEM, "answer is not a JSON object: "
-                                     f"{redaction.clip(result.text.strip(), 200)!r}",
-                             status=result.status)
+        raise TransientError(
+            SYSTEM,
+            f"answer is not a JSON object: {redaction.clip(result.text.strip(), 200)!r}",
+            status=result.status,
+        )
 
 
-def _page_receipts(body: dict[str, Any], page: int
-                   ) -> tuple[list[ReceiptLine], list[tuple[str | None, str, datetime | None]]]:
+def _page_receipts(
+    body: dict[str, Any], page: int
+) -> tuple[list[ReceiptLine], list[tuple[str | None, str, datetime | None]]]:
     """The page's records, and the ones that break the schema: (RMA number when readable,
     why, received_at when readable), so only that RMA waits for the 3PL's correction."""
     records = body.get("receipts")
@@ -212,9 +249,15 @@ def _page_receipts(body: dict[str, Any], page: int
         except ValueError as exc:
             why = f"receipts page {page}, record {n}: {exc}"
             fields = record if isinstance(record, dict) else {}
-            bad.append((_lenient(identifier, fields.get("rma_number"), ""), why,
-                        _lenient(remote_timestamp, fields.get("received_at"), "received_at",
-                                 assume_utc=True)))
+            bad.append(
+                (
+                    _lenient(identifier, fields.get("rma_number"), ""),
+                    why,
+                    _lenient(
+                        remote_timestamp, fields.get("received_at"), "received_at", assume_utc=True
+                    ),
+                )
+            )
     return out, bad
 
 

@@ -96,24 +96,38 @@ class PeopleVoxConnector(WarehouseConnector):
         field_name = self.own.order_reference
         value = loop_order_value(req.ret, self.own.loop_order_field)
         if not value:
-            raise Rejected(SYSTEM, f"Loop return {req.ret.id} has no {self.own.loop_order_field}"
-                                   " to match a PeopleVox sales order")
-        result = self.client.read_page("GetData", self.own.templates.sales_orders, page=1,
-                                       where=equals_clause(field_name, value), per_page=10)
+            raise Rejected(
+                SYSTEM,
+                f"Loop return {req.ret.id} has no {self.own.loop_order_field}"
+                " to match a PeopleVox sales order",
+            )
+        result = self.client.read_page(
+            "GetData",
+            self.own.templates.sales_orders,
+            page=1,
+            where=equals_clause(field_name, value),
+            per_page=10,
+        )
         orders = {row.get("SalesOrderNumber", ""): row for row in csv_rows(result.detail)}
         if not orders:
             raise NotReady(f"sales order {field_name} = {value!r} not found in PeopleVox")
         if len(orders) > 1:
-            raise Ambiguous(SYSTEM, f"{len(orders)} PeopleVox sales orders have {field_name} = "
-                                   f"{value!r}: {', '.join(sorted(orders))}")
+            raise Ambiguous(
+                SYSTEM,
+                f"{len(orders)} PeopleVox sales orders have {field_name} = "
+                f"{value!r}: {', '.join(sorted(orders))}",
+            )
         number, row = next(iter(orders.items()))
         if not number:
-            raise PermanentError(SYSTEM, f"template {self.own.templates.sales_orders!r} does "
-                                         "not export SalesOrderNumber")
+            raise PermanentError(
+                SYSTEM,
+                f"template {self.own.templates.sales_orders!r} does not export SalesOrderNumber",
+            )
         # Both go back to PeopleVox in the RA's CSV: refuse what would corrupt it.
-        return {"sales_order_number": identifier(number, "SalesOrderNumber") or "",
-                "customer_po_reference": free_text(
-                    row.get("CustomerPurchaseOrderReferenceNumber", ""))}
+        return {
+            "sales_order_number": identifier(number, "SalesOrderNumber") or "",
+            "customer_po_reference": free_text(row.get("CustomerPurchaseOrderReferenceNumber", "")),
+        }
 
     # -- find / create ---------------------------------------------------------------------
     def find_rma(self, req: PushRequest, located: dict[str, Any]) -> RmaRef | None:
@@ -134,19 +148,23 @@ class PeopleVoxConnector(WarehouseConnector):
         # because of a template set-up problem.
         templates = self.own.templates
         header_columns = self.client.save_columns(templates.return_authorizations, RA_REQUIRED)
-        item_columns = self.client.save_columns(templates.return_authorization_items,
-                                                RA_ITEM_REQUIRED)
+        item_columns = self.client.save_columns(
+            templates.return_authorization_items, RA_ITEM_REQUIRED
+        )
         header_existed = self._save_header(req, located, header_columns)
         if header_existed:
             lines = self._missing_lines(req, lines)
         if lines:
             self._save_items(ra_number, lines, item_columns, header_existed)
-        log.info("peoplevox.ra_saved", return_id=ra_number, items=len(lines),
-                 header_existed=header_existed)
+        log.info(
+            "peoplevox.ra_saved",
+            return_id=ra_number,
+            items=len(lines),
+            header_existed=header_existed,
+        )
         return self._ref(req, located)
 
-    def _save_header(self, req: PushRequest, located: dict[str, Any], columns: list[str]
-                     ) -> bool:
+    def _save_header(self, req: PushRequest, located: dict[str, Any], columns: list[str]) -> bool:
         """Save the RA header; True when an earlier attempt had already saved it."""
         template = self.own.templates.return_authorizations
         try:
@@ -154,41 +172,60 @@ class PeopleVoxConnector(WarehouseConnector):
         except PeopleVoxError as exc:
             if self._header_saved(req.ret.id):
                 return True  # a lost or failed earlier attempt got this far
-            raise Rejected(SYSTEM, f"return authorization {req.ret.id} refused: {exc.detail}",
-                           code=exc.code) from None
+            raise Rejected(
+                SYSTEM, f"return authorization {req.ret.id} refused: {exc.detail}", code=exc.code
+            ) from None
         return False
 
-    def _save_items(self, ra_number: str, lines: Sequence[ItemLine], columns: list[str],
-                    header_existed: bool) -> None:
+    def _save_items(
+        self, ra_number: str, lines: Sequence[ItemLine], columns: list[str], header_existed: bool
+    ) -> None:
         template = self.own.templates.return_authorization_items
         rows = [item_row(ra_number, line) for line in lines]
         try:
             self.client.save(template, columns, rows)
         except PeopleVoxError as exc:
             state = "existed" if header_existed else "was saved"
-            raise Rejected(SYSTEM, f"return authorization {ra_number} {state} but its items"
-                                   f" were refused: {exc.detail}", code=exc.code) from None
+            raise Rejected(
+                SYSTEM,
+                f"return authorization {ra_number} {state} but its items"
+                f" were refused: {exc.detail}",
+                code=exc.code,
+            ) from None
 
     def _header_saved(self, ra_number: str) -> bool:
-        rows = self.client.read_all("GetData", self.own.templates.return_authorizations,
-                                    where=equals_clause("ReturnAuthorizationNumber", ra_number))
+        rows = self.client.read_all(
+            "GetData",
+            self.own.templates.return_authorizations,
+            where=equals_clause("ReturnAuthorizationNumber", ra_number),
+        )
         return any(r.get("ReturnAuthorizationNumber") == ra_number for r in rows)
 
-    def _missing_lines(self, req: PushRequest, lines: Sequence[ItemLine] | None = None
-                       ) -> list[ItemLine]:
+    def _missing_lines(
+        self, req: PushRequest, lines: Sequence[ItemLine] | None = None
+    ) -> list[ItemLine]:
         """The item lines of this return that PeopleVox does not have yet (by SKU)."""
         ra_number = req.ret.id
-        rows = self.client.read_all("GetData", self.own.templates.return_authorization_items,
-                                    where=equals_clause("ReturnAuthorizationNumber", ra_number))
-        saved = {r.get("ItemCode", "") for r in rows
-                 if r.get("ReturnAuthorizationNumber") == ra_number}
+        rows = self.client.read_all(
+            "GetData",
+            self.own.templates.return_authorization_items,
+            where=equals_clause("ReturnAuthorizationNumber", ra_number),
+        )
+        saved = {
+            r.get("ItemCode", "") for r in rows if r.get("ReturnAuthorizationNumber") == ra_number
+        }
         wanted = self.item_lines(req.ret) if lines is None else lines
         return [line for line in wanted if line.sku not in saved]
 
     def _ref(self, req: PushRequest, located: dict[str, Any]) -> RmaRef:
-        return RmaRef(return_id=req.ret.id, rma_id=req.ret.id,
-                      extra={"sales_order_number": located.get("sales_order_number", ""),
-                             "expected": req.ret.units_by_sku()})
+        return RmaRef(
+            return_id=req.ret.id,
+            rma_id=req.ret.id,
+            extra={
+                "sales_order_number": located.get("sales_order_number", ""),
+                "expected": req.ret.units_by_sku(),
+            },
+        )
 
     # -- rows ------------------------------------------------------------------------------
     def item_lines(self, ret: LoopReturn) -> list[ItemLine]:
@@ -208,7 +245,8 @@ class PeopleVoxConnector(WarehouseConnector):
         description standing for its code); an unknown one passes none, with a warning."""
         if self._reason_codes is None:
             self._reason_codes = reason_codes(
-                self.client.read_all("GetData", self.own.templates.return_reasons))
+                self.client.read_all("GetData", self.own.templates.return_reasons)
+            )
         code = self._reason_codes.get(reason_key(configured), "")
         if not code:
             log.warning("peoplevox.unknown_reason_code", configured=configured)
@@ -226,17 +264,24 @@ class PeopleVoxConnector(WarehouseConnector):
         to_read = set(by_number)
         if data.incremental and cursor is not None:
             since = cursor - data.overlap
-            swept = self.client.read_all(data.operation, data.name, columns=data.columns.all(),
-                                         where=since_clause(data.columns.date, since))
+            swept = self.client.read_all(
+                data.operation,
+                data.name,
+                columns=data.columns.all(),
+                where=since_clause(data.columns.date, since),
+            )
             seen_dates += report_dates(swept, data)
             previous = set(self.ctx.kv.get(self.KV_POLLED) or [])
-            to_read = (changed_ras(swept, data, since) | (by_number.keys() - previous)) \
-                & by_number.keys()
-        rows, unread = self.client.read_ras(data, sorted(to_read),
-                                            batch=max(1, self.settings.poll_batch))
+            to_read = (
+                changed_ras(swept, data, since) | (by_number.keys() - previous)
+            ) & by_number.keys()
+        rows, unread = self.client.read_ras(
+            data, sorted(to_read), batch=max(1, self.settings.poll_batch)
+        )
         seen_dates += report_dates(rows, data)
-        statuses, errors = ra_statuses(to_read, by_number, rows, data.columns,
-                                       self.settings.statuses.flag_conditions, unread)
+        statuses, errors = ra_statuses(
+            to_read, by_number, rows, data.columns, self.settings.statuses.flag_conditions, unread
+        )
         held = {n for n, ref in by_number.items() if ref.return_id in errors}
         new_cursor = next_date_cursor(cursor, seen_dates, self._now_naive())
 

@@ -58,8 +58,7 @@ def header_row(req: PushRequest, located: dict[str, Any]) -> dict[str, str]:
         "ReturnTrackingNumber": tracking_number(ret, req.asn_rows),
         "ReturnSenderName": ret.customer or "",
         "ReturnAuthorizationComments": f"Loop return {ret.id}"
-                                       + (f" for order {ret.order_name}" if ret.order_name
-                                          else ""),
+        + (f" for order {ret.order_name}" if ret.order_name else ""),
         "SiteReference": req.destination,
         "CustomerPurchaseOrderReferenceNumber": str(located.get("customer_po_reference", "")),
         "ExternalReference": ret.order_name or "",
@@ -104,8 +103,7 @@ def tracking_number(ret: LoopReturn, asn_rows: Sequence[Mapping[str, Any]]) -> s
     """The return's tracking number, else the first one on its Loop ASN rows."""
     if ret.tracking_number:
         return ret.tracking_number
-    return next((str(row["tracking_number"]) for row in asn_rows
-                 if row.get("tracking_number")), "")
+    return next((str(row["tracking_number"]) for row in asn_rows if row.get("tracking_number")), "")
 
 
 def item_row(ra_number: str, line: ItemLine) -> dict[str, str]:
@@ -119,8 +117,9 @@ def item_row(ra_number: str, line: ItemLine) -> dict[str, str]:
     }
 
 
-def next_date_cursor(cursor: datetime | None, seen: Iterable[datetime],
-                     now: datetime) -> datetime | None:
+def next_date_cursor(
+    cursor: datetime | None, seen: Iterable[datetime], now: datetime
+) -> datetime | None:
     """Where the returns sweep starts next time: the newest report date seen, never past
     our clock (`now`, naive UTC). A date after `now` is left out, not trusted: one row dated
     2099 would otherwise blind the sweep for good. Report dates are tenant-local, so a
@@ -140,8 +139,7 @@ def parse_report_date(text: str, date_format: str) -> datetime | None:
     if not text:
         return None
     # Report dates are tenant-local and naive by PeopleVox's design: compared naive.
-    for parse in (datetime.fromisoformat,
-                  lambda t: datetime.strptime(t, date_format)):  # noqa: DTZ007 - see above
+    for parse in (datetime.fromisoformat, lambda t: datetime.strptime(t, date_format)):  # noqa: DTZ007 - see above
         try:
             when = parse(text).replace(tzinfo=None)
         except (ValueError, OverflowError):
@@ -173,8 +171,12 @@ def pick_condition(conditions: Sequence[str], flag_conditions: frozenset[str]) -
 
 
 @guarded("PeopleVox returns rows")
-def rma_status_from_rows(ref: RmaRef, rows: Sequence[Mapping[str, str]], cols: ReturnsColumns,
-                         flag_conditions: frozenset[str] = frozenset()) -> RmaStatus:
+def rma_status_from_rows(
+    ref: RmaRef,
+    rows: Sequence[Mapping[str, str]],
+    cols: ReturnsColumns,
+    flag_conditions: frozenset[str] = frozenset(),
+) -> RmaStatus:
     """One RA's rows of the returns data -> RmaStatus. Expected units come from the RA as
     created (`ref.extra["expected"]`); received units, condition and reusability from rows.
     Unreadable naming the row and column when a row cannot be read."""
@@ -191,26 +193,43 @@ def rma_status_from_rows(ref: RmaRef, rows: Sequence[Mapping[str, str]], cols: R
         text = row.get(cols.quantity) or ""
         text = text.strip() if isinstance(text, str) else text
         received[sku] += whole_number(text, f"row {n}: quantity") if text else 0
-        conditions[sku].append(identifier(row.get(cols.condition), f"row {n}: {cols.condition}")
-                               or "")
-        reusable[sku].append(identifier(row.get(cols.reusable), f"row {n}: {cols.reusable}")
-                             or "")
+        conditions[sku].append(
+            identifier(row.get(cols.condition), f"row {n}: {cols.condition}") or ""
+        )
+        reusable[sku].append(identifier(row.get(cols.reusable), f"row {n}: {cols.reusable}") or "")
     skus = list(dict.fromkeys([*expected, *received]))
-    items = tuple(ItemStatus(sku=sku, expected=expected.get(sku, 0), received=received.get(sku, 0),
-                             condition=pick_condition(conditions[sku], flag_conditions),
-                             disposition=disposition(reusable[sku]))
-                  for sku in skus)
-    status = next((s for n, row in enumerate(rows, start=1)
-                   if (s := identifier(row.get(cols.rma_status), f"row {n}: {cols.rma_status}"))),
-                  "")
+    items = tuple(
+        ItemStatus(
+            sku=sku,
+            expected=expected.get(sku, 0),
+            received=received.get(sku, 0),
+            condition=pick_condition(conditions[sku], flag_conditions),
+            disposition=disposition(reusable[sku]),
+        )
+        for sku in skus
+    )
+    status = next(
+        (
+            s
+            for n, row in enumerate(rows, start=1)
+            if (s := identifier(row.get(cols.rma_status), f"row {n}: {cols.rma_status}"))
+        ),
+        "",
+    )
     if not status:
         raise Unreadable(f"no {cols.rma_status} on any row", field=cols.rma_status)
-    return RmaStatus(return_id=ref.return_id, rma_id=ref.rma_id, status=status,
-                     expected_units=sum(i.expected for i in items),
-                     received_units=sum(i.received for i in items), items=items)
+    return RmaStatus(
+        return_id=ref.return_id,
+        rma_id=ref.rma_id,
+        status=status,
+        expected_units=sum(i.expected for i in items),
+        received_units=sum(i.received for i in items),
+        items=items,
+    )
 
 
 # -- the returns data sweep (poll) ---------------------------------------------------------
+
 
 def stored_date_cursor(raw: Any, now: datetime) -> datetime | None:
     """The sweep's date cursor as stored, pulled back to `now` (naive UTC) if it was
@@ -221,32 +240,41 @@ def stored_date_cursor(raw: Any, now: datetime) -> datetime | None:
     except (TypeError, ValueError):
         return None
     if stored is not None and stored > now:
-        log.warning("peoplevox.date_cursor_pulled_back", was=stored.isoformat(),
-                    now=now.isoformat())
+        log.warning(
+            "peoplevox.date_cursor_pulled_back", was=stored.isoformat(), now=now.isoformat()
+        )
         return now
     return stored
 
 
 def report_dates(rows: Iterable[Mapping[str, str]], data: ReturnsData) -> list[datetime]:
     """The readable report dates of these rows."""
-    return [d for row in rows
-            if (d := parse_report_date(row.get(data.columns.date, ""), data.date_format))]
+    return [
+        d
+        for row in rows
+        if (d := parse_report_date(row.get(data.columns.date, ""), data.date_format))
+    ]
 
 
-def changed_ras(rows: Iterable[Mapping[str, str]], data: ReturnsData, since: datetime
-                ) -> set[str]:
+def changed_ras(rows: Iterable[Mapping[str, str]], data: ReturnsData, since: datetime) -> set[str]:
     """RA numbers with a row dated `since` or later, or undated (read, to be safe).
     Filtered here too: a service that ignores the filter sends the whole report."""
     cols = data.columns
-    return {row.get(cols.rma_number, "") for row in rows
-            if (d := parse_report_date(row.get(cols.date, ""), data.date_format)) is None
-            or d >= since}
+    return {
+        row.get(cols.rma_number, "")
+        for row in rows
+        if (d := parse_report_date(row.get(cols.date, ""), data.date_format)) is None or d >= since
+    }
 
 
-def ra_statuses(numbers: Iterable[str], by_number: Mapping[str, RmaRef],
-                rows: Iterable[Mapping[str, str]], cols: ReturnsColumns,
-                flag_conditions: frozenset[str], unread: Mapping[str, str]
-                ) -> tuple[dict[str, RmaStatus], dict[str, str]]:
+def ra_statuses(
+    numbers: Iterable[str],
+    by_number: Mapping[str, RmaRef],
+    rows: Iterable[Mapping[str, str]],
+    cols: ReturnsColumns,
+    flag_conditions: frozenset[str],
+    unread: Mapping[str, str],
+) -> tuple[dict[str, RmaStatus], dict[str, str]]:
     """By Loop return id: the status of each RA in `numbers` that has rows, and why the
     others are held: not read this cycle (`unread`: read in full next cycle), or rows
     that cannot be read (held, with the reason, until the data is fixed)."""
@@ -254,13 +282,16 @@ def ra_statuses(numbers: Iterable[str], by_number: Mapping[str, RmaRef],
     for row in rows:
         grouped[row.get(cols.rma_number, "")].append(row)
     statuses: dict[str, RmaStatus] = {}
-    errors = {by_number[n].return_id: f"PeopleVox RA {n} not read this cycle: {why}"
-              for n, why in unread.items()}
+    errors = {
+        by_number[n].return_id: f"PeopleVox RA {n} not read this cycle: {why}"
+        for n, why in unread.items()
+    }
     for n in sorted(numbers):
         if grouped.get(n):
             try:
                 statuses[by_number[n].return_id] = rma_status_from_rows(
-                    by_number[n], grouped[n], cols, flag_conditions)
+                    by_number[n], grouped[n], cols, flag_conditions
+                )
             except ValueError as exc:
                 errors[by_number[n].return_id] = f"PeopleVox RA {n}: {exc}"
     return statuses, errors

@@ -11,8 +11,15 @@ from datetime import datetime, timedelta
 
 from loopsync.configkit import Secret, Section
 
-ORDER_REFERENCES = ("SalesOrderNumber", "CustomerPurchaseOrderReferenceNumber",
-                    "Attribute1", "Attribute2", "Attribute3", "Attribute4", "Attribute5")
+ORDER_REFERENCES = (
+    "SalesOrderNumber",
+    "CustomerPurchaseOrderReferenceNumber",
+    "Attribute1",
+    "Attribute2",
+    "Attribute3",
+    "Attribute4",
+    "Attribute5",
+)
 LOOP_ORDER_FIELDS = ("order_name", "order_number", "provider_order_id", "order_id")
 READ_OPERATIONS = ("GetReportData", "GetData")
 
@@ -38,8 +45,15 @@ class ReturnsColumns:
     date: str = "Return date"
 
     def all(self) -> list[str]:
-        return [self.rma_number, self.rma_status, self.item_code, self.quantity,
-                self.condition, self.reusable, self.date]
+        return [
+            self.rma_number,
+            self.rma_status,
+            self.item_code,
+            self.quantity,
+            self.condition,
+            self.reusable,
+            self.date,
+        ]
 
 
 @dataclass(frozen=True)
@@ -69,7 +83,7 @@ class PeopleVoxSettings:
     rate_period: float = 15.0
     items_per_page: int = 200
     session_refresh: timedelta = timedelta(minutes=25)
-    max_pages: int = 1000       # pages one read may take (200,000 rows at the default size)
+    max_pages: int = 1000  # pages one read may take (200,000 rows at the default size)
 
 
 def parse_settings(section: Section) -> PeopleVoxSettings:
@@ -91,18 +105,20 @@ def parse_settings(section: Section) -> PeopleVoxSettings:
         region=region,
         templates=templates,
         returns=returns,
-        order_reference=section.str("order_reference", "SalesOrderNumber",
-                                    choices=ORDER_REFERENCES),
-        loop_order_field=section.str("loop_order_field", "order_name",
-                                     choices=LOOP_ORDER_FIELDS),
+        order_reference=section.str(
+            "order_reference", "SalesOrderNumber", choices=ORDER_REFERENCES
+        ),
+        loop_order_field=section.str("loop_order_field", "order_name", choices=LOOP_ORDER_FIELDS),
         return_reasons={reason_key(k): v for k, v in reasons.items()},
         rate_limit=rate_limit,
         rate_period=rate_period.total_seconds(),
         items_per_page=section.int("items_per_page", 200, min=1, max=5000),
-        session_refresh=section.duration("session_refresh", timedelta(minutes=25),
-                                         min=timedelta(minutes=1)),
+        session_refresh=section.duration(
+            "session_refresh", timedelta(minutes=25), min=timedelta(minutes=1)
+        ),
         max_pages=section.int("max_pages", 1000, min=1),
     )
+
 
 def _parse_templates(section: Section) -> tuple[TemplateNames, ReturnsData]:
     d = TemplateNames()
@@ -110,24 +126,30 @@ def _parse_templates(section: Section) -> tuple[TemplateNames, ReturnsData]:
         sales_orders=section.str("sales_orders", d.sales_orders),
         return_reasons=section.str("return_reasons", d.return_reasons),
         return_authorizations=section.str("return_authorizations", d.return_authorizations),
-        return_authorization_items=section.str("return_authorization_items",
-                                               d.return_authorization_items),
+        return_authorization_items=section.str(
+            "return_authorization_items", d.return_authorization_items
+        ),
     )
     returns = _parse_returns(section.section("returns"))
     section.done()
     return names, returns
 
+
 def _parse_returns(section: Section) -> ReturnsData:
     d = ReturnsData()
     cols = section.section("columns")
     dc = ReturnsColumns()
-    columns = ReturnsColumns(**{name: cols.str(name, getattr(dc, name))
-                                for name in ReturnsColumns.__dataclass_fields__})
+    columns = ReturnsColumns(
+        **{name: cols.str(name, getattr(dc, name)) for name in ReturnsColumns.__dataclass_fields__}
+    )
     cols.done()
     date_format = section.str("date_format", d.date_format)
     if not _round_trips(date_format):
-        raise section.error("date_format", f"{date_format!r} does not read back the date and"
-                                           " time it writes (use e.g. %d/%m/%Y %H:%M:%S)")
+        raise section.error(
+            "date_format",
+            f"{date_format!r} does not read back the date and"
+            " time it writes (use e.g. %d/%m/%Y %H:%M:%S)",
+        )
     data = ReturnsData(
         name=section.str("name", d.name),
         operation=section.str("operation", d.operation, choices=READ_OPERATIONS),
@@ -139,14 +161,20 @@ def _parse_returns(section: Section) -> ReturnsData:
     section.done()
     return data
 
+
 def _round_trips(date_format: str) -> bool:
     # Naive on purpose: the format reads PeopleVox's naive, tenant-local report dates.
     sample = datetime(2026, 1, 2, 3, 4, 5)  # noqa: DTZ001 - see above
     try:
-        return datetime.strptime(  # noqa: DTZ007 - see above
-            sample.strftime(date_format), date_format) == sample
+        return (
+            datetime.strptime(  # noqa: DTZ007 - see above
+                sample.strftime(date_format), date_format
+            )
+            == sample
+        )
     except ValueError:
         return False
+
 
 def reason_key(reason: str) -> str:
     """Loop reasons match the configured mapping ignoring case and spacing."""

@@ -65,17 +65,24 @@ FILTER_ELEMENT = {"GetReportData": "FilterClause", "GetData": "SearchClause"}
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _ELEMENT_START = re.compile(r"<[A-Za-z_:]")  # an element tag, not <? <! or </
-_THROTTLE_WORDS = re.compile(r"throttl|too many (requests|calls)|rate limit|request limit",
-                             re.IGNORECASE)
+_THROTTLE_WORDS = re.compile(
+    r"throttl|too many (requests|calls)|rate limit|request limit", re.IGNORECASE
+)
 # PeopleVox declares a session dead in an error answer (ResponseId -1) or, through some
 # paths, as a SOAP Fault under HTTP 500; the wording is UNCONFIRMED beyond "Invalid
 # Session", so near variants count too. Either form: log in again and repeat once.
-_DEAD_SESSION = re.compile(r"invalid session|session (has |is )?(expired|invalid|not valid|"
-                           r"unknown|timed? ?out)|(no|unknown) session", re.IGNORECASE)
+_DEAD_SESSION = re.compile(
+    r"invalid session|session (has |is )?(expired|invalid|not valid|"
+    r"unknown|timed? ?out)|(no|unknown) session",
+    re.IGNORECASE,
+)
 # UNCONFIRMED wordings of a passing server problem in a `ResponseId -1` answer.
-_PASSING_TROUBLE = re.compile(r"time ?out|timed out|deadlock|temporar|try again|unavailable|"
-                              r"server (is )?busy|internal (server )?error|an error has "
-                              r"occurred|connection (was )?(lost|closed|reset)", re.IGNORECASE)
+_PASSING_TROUBLE = re.compile(
+    r"time ?out|timed out|deadlock|temporar|try again|unavailable|"
+    r"server (is )?busy|internal (server )?error|an error has "
+    r"occurred|connection (was )?(lost|closed|reset)",
+    re.IGNORECASE,
+)
 
 
 def service_url(base_url: str, region: str | None, client_id: str) -> str:
@@ -128,15 +135,17 @@ def _add_children(parent: ET.Element, params: Params) -> None:
             child.text = str(value)
 
 
-def build_envelope(operation: str, params: Params,
-                   credentials: SessionCredentials | None = None) -> bytes:
+def build_envelope(
+    operation: str, params: Params, credentials: SessionCredentials | None = None
+) -> bytes:
     """A SOAP 1.1 request; `credentials` become the UserSessionCredentials header."""
     envelope = ET.Element(f"{{{SOAP_NS}}}Envelope")
     if credentials is not None:
         header = ET.SubElement(envelope, f"{{{SOAP_NS}}}Header")
-        _add_children(ET.SubElement(header, _pvx("UserSessionCredentials")),
-                      {"UserId": "0", "ClientId": credentials.client_id,
-                       "SessionId": credentials.session_id})
+        _add_children(
+            ET.SubElement(header, _pvx("UserSessionCredentials")),
+            {"UserId": "0", "ClientId": credentials.client_id, "SessionId": credentials.session_id},
+        )
     body = ET.SubElement(envelope, f"{{{SOAP_NS}}}Body")
     _add_children(ET.SubElement(body, _pvx(operation)), params)
     # XML parsers turn a literal CR into LF; a character reference keeps CRs in CSV text.
@@ -204,8 +213,11 @@ def _result_in(body: ET.Element, operation: str) -> SoapResult:
     if not _ascii_integer(response_id):  # int() would also read "１" or " 0 "
         raise ValueError(f"{operation}Result has no numeric ResponseId")
     total = fields.get("TotalCount", "").strip()
-    return SoapResult(response_id=int(response_id), detail=fields.get("Detail", ""),
-                      total_count=int(total) if _ascii_integer(total) else 0)
+    return SoapResult(
+        response_id=int(response_id),
+        detail=fields.get("Detail", ""),
+        total_count=int(total) if _ascii_integer(total) else 0,
+    )
 
 
 def _ascii_integer(text: str) -> bool:
@@ -214,8 +226,9 @@ def _ascii_integer(text: str) -> bool:
     return 0 < len(digits) <= 18 and digits.isascii() and digits.isdigit()
 
 
-def fault_error(fault: SoapFault, *, idempotent: bool, retry_after: float | None = None
-                ) -> Exception:
+def fault_error(
+    fault: SoapFault, *, idempotent: bool, retry_after: float | None = None
+) -> Exception:
     """A SOAP Fault as loopsync's error: throttling, the client's mistake, or the server's."""
     text = f"SOAP fault {fault.code}: {fault.message}"
     if _DEAD_SESSION.search(fault.message):  # not a server error: the session is gone
@@ -230,6 +243,7 @@ def fault_error(fault: SoapFault, *, idempotent: bool, retry_after: float | None
 
 
 # -- CSV and SearchClause ------------------------------------------------------------------
+
 
 def csv_text(columns: Sequence[str], rows: Iterable[Mapping[str, str]]) -> str:
     """CsvData: a header row, then each row in exactly `columns` (missing values empty)."""
@@ -272,8 +286,11 @@ _CSV_LIMIT_LOCK = threading.Lock()
 def _csv_dicts(text: str) -> list[dict[str, str]]:
     reader = csv.reader(io.StringIO(text, newline=""))
     header = next(reader, [])
-    return [dict(zip(header, values + [""] * (len(header) - len(values)), strict=False))
-            for values in reader if values]
+    return [
+        dict(zip(header, values + [""] * (len(header) - len(values)), strict=False))
+        for values in reader
+        if values
+    ]
 
 
 @guarded("PeopleVox CSV header")
@@ -307,6 +324,7 @@ def since_clause(column: str, when: datetime) -> str:
 
 # -- SOAP client ---------------------------------------------------------------------------
 
+
 class SoapHttpClient(HttpClient):
     """HttpClient that reads a SOAP Fault (HTTP 500 in SOAP 1.1) before the status code
     decides, so a client fault is not retried and a throttle fault waits.
@@ -321,15 +339,22 @@ class SoapHttpClient(HttpClient):
     def raise_for_status(self, result: HttpResult, *, idempotent: bool) -> None:
         if result.status >= 400:
             fault = parse_fault(result.text)
-            if fault is None and result.status in (401, 403, 500) and \
-                    _DEAD_SESSION.search(result.text[:2000]):
+            if (
+                fault is None
+                and result.status in (401, 403, 500)
+                and _DEAD_SESSION.search(result.text[:2000])
+            ):
                 # Not SOAP but says the session is gone: retrying with it cannot help.
-                raise InvalidSession(f"HTTP {result.status}",
-                                     redaction.clip(result.text.strip(), 300))
+                raise InvalidSession(
+                    f"HTTP {result.status}", redaction.clip(result.text.strip(), 300)
+                )
             if fault is not None:
                 hint = parse_retry_after(result.headers.get("Retry-After"), self.clock.now())
-                raise fault_error(fault, idempotent=idempotent,
-                                  retry_after=self.throttle_wait if hint is None else hint)
+                raise fault_error(
+                    fault,
+                    idempotent=idempotent,
+                    retry_after=self.throttle_wait if hint is None else hint,
+                )
         super().raise_for_status(result, idempotent=idempotent)
 
 
@@ -349,15 +374,22 @@ class PeopleVoxClient:
     """IntegrationServiceV4 calls with a session: log in on first use, after
     `session_refresh` idle, and once more when PeopleVox says "Invalid Session"."""
 
-    def __init__(self, http: HttpClient, settings: PeopleVoxSettings, clock: Clock, *,
-                 dry_run: bool = False, stop: threading.Event | None = None,
-                 kv: KeyValue | None = None) -> None:
+    def __init__(
+        self,
+        http: HttpClient,
+        settings: PeopleVoxSettings,
+        clock: Clock,
+        *,
+        dry_run: bool = False,
+        stop: threading.Event | None = None,
+        kv: KeyValue | None = None,
+    ) -> None:
         self.http = http
         self.settings = settings
         self.clock = clock
         self.dry_run = dry_run
         self.stop = stop  # checked between pages of a read
-        self.kv = kv      # where unfinished reads are kept for `status`
+        self.kv = kv  # where unfinished reads are kept for `status`
         self._session: SessionCredentials | None = None
         self._last_used = 0.0
         self._save_columns: dict[str, list[str]] = {}
@@ -374,16 +406,30 @@ class PeopleVoxClient:
             columns = self.get_save_template(template)
             missing = [c for c in required if c not in columns]
             if missing:
-                raise PermanentError(SYSTEM, f"template {template!r} lacks column(s) "
-                                             f"{', '.join(missing)}; configure its import as "
-                                             "Loop's PeopleVox guide shows")
+                raise PermanentError(
+                    SYSTEM,
+                    f"template {template!r} lacks column(s) "
+                    f"{', '.join(missing)}; configure its import as "
+                    "Loop's PeopleVox guide shows",
+                )
             self._save_columns[template] = columns
         return self._save_columns[template]
 
-    def read_page(self, operation: str, name: str, *, page: int, where: str = "",
-                  columns: Sequence[str] = (), per_page: int | None = None) -> SoapResult:
-        request: dict[str, str | int] = {"TemplateName": name, "PageNo": page,
-                                         "ItemsPerPage": per_page or self.settings.items_per_page}
+    def read_page(
+        self,
+        operation: str,
+        name: str,
+        *,
+        page: int,
+        where: str = "",
+        columns: Sequence[str] = (),
+        per_page: int | None = None,
+    ) -> SoapResult:
+        request: dict[str, str | int] = {
+            "TemplateName": name,
+            "PageNo": page,
+            "ItemsPerPage": per_page or self.settings.items_per_page,
+        }
         if operation == "GetReportData":
             request["Columns"] = ",".join(f"[{c}]" for c in columns)
         # Each operation's own filter element (docs/api/peoplevox.md): GetReportData's is
@@ -393,8 +439,9 @@ class PeopleVoxClient:
         wrapper = "getReportRequest" if operation == "GetReportData" else "getRequest"
         return self.call(operation, {wrapper: request})
 
-    def read_all(self, operation: str, name: str, *, where: str = "",
-                 columns: Sequence[str] = ()) -> list[dict[str, str]]:
+    def read_all(
+        self, operation: str, name: str, *, where: str = "", columns: Sequence[str] = ()
+    ) -> list[dict[str, str]]:
         """Every matching row, paging while PageNo * ItemsPerPage < TotalCount.
 
         Through `paging.PageWalk`: a page identical to the one before (a server ignoring
@@ -407,13 +454,19 @@ class PeopleVoxClient:
             result = self.read_page(operation, name, page=page, where=where, columns=columns)
             page_rows = csv_rows(result.detail)
             more = bool(page_rows) and page * per_page < result.total_count
-            return Step(page_rows, more=more, token=page + 1,
-                        fingerprint=hashlib.sha256(result.detail.encode("utf-8", "replace"))
-                        .hexdigest())
+            return Step(
+                page_rows,
+                more=more,
+                token=page + 1,
+                fingerprint=hashlib.sha256(result.detail.encode("utf-8", "replace")).hexdigest(),
+            )
 
         walk: PageWalk[list[dict[str, str]]] = PageWalk(
-            fetch, name=f"peoplevox.{operation}.{name}", max_pages=self.settings.max_pages,
-            stop=self.stop)
+            fetch,
+            name=f"peoplevox.{operation}.{name}",
+            max_pages=self.settings.max_pages,
+            stop=self.stop,
+        )
         rows: list[dict[str, str]] = []
         for fetched in walk:
             rows.extend(fetched.items)
@@ -423,8 +476,9 @@ class PeopleVoxClient:
             raise walk.result.error(SYSTEM)
         return rows
 
-    def read_ras(self, data: ReturnsData, numbers: Sequence[str], *, batch: int
-                 ) -> tuple[list[dict[str, str]], dict[str, str]]:
+    def read_ras(
+        self, data: ReturnsData, numbers: Sequence[str], *, batch: int
+    ) -> tuple[list[dict[str, str]], dict[str, str]]:
         """The report rows of these RAs, and the RAs whose read failed after its retries
         (with why): one failed request holds back only its own chunk. When nothing could
         be read at all the error is raised, once, for the whole poll."""
@@ -435,11 +489,15 @@ class PeopleVoxClient:
         for start in range(0, len(numbers), batch):
             if start and self.stop is not None and self.stop.is_set():
                 raise PollStopped(f"PeopleVox: stopped after {start} of {len(numbers)} RAs")
-            chunk = numbers[start:start + batch]
+            chunk = numbers[start : start + batch]
             wanted = set(chunk)
             try:
-                read = self.read_all(data.operation, data.name, columns=data.columns.all(),
-                                     where=any_of_clause(data.columns.rma_number, chunk))
+                read = self.read_all(
+                    data.operation,
+                    data.name,
+                    columns=data.columns.all(),
+                    where=any_of_clause(data.columns.rma_number, chunk),
+                )
             except (TransientError, ErrorBody) as exc:  # credentials refused: stop now
                 failure = exc
                 unread.update(dict.fromkeys(chunk, str(exc)))
@@ -453,13 +511,17 @@ class PeopleVoxClient:
             raise failure
         return rows, unread
 
-    def save(self, template: str, columns: Sequence[str], rows: Sequence[Mapping[str, str]]
-             ) -> int:
+    def save(self, template: str, columns: Sequence[str], rows: Sequence[Mapping[str, str]]) -> int:
         """SaveData; returns the rows saved. Raises PeopleVoxError on ResponseId -1."""
         if self.dry_run:
             raise DryRunViolation(f"SaveData on {template!r} in a dry run")
-        request = {"saveRequest": {"TemplateName": template,
-                                   "CsvData": csv_text(columns, rows), "Action": "0"}}
+        request = {
+            "saveRequest": {
+                "TemplateName": template,
+                "CsvData": csv_text(columns, rows),
+                "Action": "0",
+            }
+        }
         return self.call("SaveData", request, write=True).total_count
 
     # -- plumbing -------------------------------------------------------------------
@@ -477,8 +539,9 @@ class PeopleVoxClient:
                 # The login itself succeeded, so the credentials are good: a session that
                 # dies at once is PeopleVox's passing trouble, not a refusal to back off
                 # from (a refused login raises AuthError in _authenticate). Nothing ran.
-                raise TransientError(SYSTEM, f"session lost again right after logging in: "
-                                             f"{exc.detail}") from None
+                raise TransientError(
+                    SYSTEM, f"session lost again right after logging in: {exc.detail}"
+                ) from None
 
     def _credentials(self) -> SessionCredentials:
         idle = self.clock.monotonic() - self._last_used
@@ -492,9 +555,11 @@ class PeopleVoxClient:
         s = self.settings
         password = base64.b64encode(s.password.value.encode("utf-8")).decode("ascii")
         try:
-            result = self._send("Authenticate", {"clientId": s.client_id,
-                                                 "username": s.username,
-                                                 "password": password}, None)
+            result = self._send(
+                "Authenticate",
+                {"clientId": s.client_id, "username": s.username, "password": password},
+                None,
+            )
         except InvalidSession as exc:
             # A login answered with "Invalid Session" speaks of a session, not of the
             # credentials: PeopleVox's passing confusion, tried again next cycle rather
@@ -507,28 +572,45 @@ class PeopleVoxClient:
             raise AuthError(SYSTEM, "Authenticate answered without a session id")
         redaction.register(session_id.strip(), transient=True)  # a credential while it lives
         log.info("peoplevox.authenticated", client_id=client_id.strip() or s.client_id)
-        return SessionCredentials(client_id=client_id.strip() or s.client_id,
-                                  session_id=session_id.strip())
+        return SessionCredentials(
+            client_id=client_id.strip() or s.client_id, session_id=session_id.strip()
+        )
 
-    def _send(self, operation: str, params: Params, credentials: SessionCredentials | None,
-              *, write: bool = False) -> SoapResult:
+    def _send(
+        self,
+        operation: str,
+        params: Params,
+        credentials: SessionCredentials | None,
+        *,
+        write: bool = False,
+    ) -> SoapResult:
         parsed: list[SoapResult] = []  # `check` runs inside the retry loop; keep its answer
 
         def check(result: HttpResult) -> None:
-            parsed.append(read_answer(result, operation, idempotent=not write,
-                                      throttle_wait=self.settings.rate_period))
+            parsed.append(
+                read_answer(
+                    result, operation, idempotent=not write, throttle_wait=self.settings.rate_period
+                )
+            )
 
-        self.http.request("POST", self.http.base_url, data=build_envelope(operation, params,
-                                                                         credentials),
-                          headers={"Content-Type": "text/xml; charset=utf-8",
-                                   "SOAPAction": f'"{PVX_NS}{operation}"'},
-                          idempotent=not write, check=check)
+        self.http.request(
+            "POST",
+            self.http.base_url,
+            data=build_envelope(operation, params, credentials),
+            headers={
+                "Content-Type": "text/xml; charset=utf-8",
+                "SOAPAction": f'"{PVX_NS}{operation}"',
+            },
+            idempotent=not write,
+            check=check,
+        )
         self._last_used = self.clock.monotonic()
         return parsed[-1]
 
 
-def read_answer(result: HttpResult, operation: str, *, idempotent: bool,
-                throttle_wait: float) -> SoapResult:
+def read_answer(
+    result: HttpResult, operation: str, *, idempotent: bool, throttle_wait: float
+) -> SoapResult:
     """Turn a 2xx answer into a SoapResult or the error it carries."""
     try:
         body = _soap_body(result.text)  # parsed once, read for a Fault, then the Result
@@ -546,13 +628,13 @@ def read_answer(result: HttpResult, operation: str, *, idempotent: bool,
     if _DEAD_SESSION.search(detail):
         raise InvalidSession(operation, detail)
     if _THROTTLE_WORDS.search(detail):
-        raise RateLimited(SYSTEM, f"{operation}: {detail}", retry_after=throttle_wait,
-                          status=None)
+        raise RateLimited(SYSTEM, f"{operation}: {detail}", retry_after=throttle_wait, status=None)
     if _PASSING_TROUBLE.search(detail):
         # The server's own trouble, not the request's: a read is retried with backoff; a
         # write may have been applied, so it is looked up before it is repeated.
         raise (TransientError if idempotent else OutcomeUnknown)(
-            SYSTEM, f"{operation}: {detail}", code="ResponseId -1")
+            SYSTEM, f"{operation}: {detail}", code="ResponseId -1"
+        )
     raise PeopleVoxError(operation, detail)
 
 
@@ -562,13 +644,21 @@ def build_client(settings: WarehouseSettings, ctx: ConnectorContext) -> PeopleVo
     own: PeopleVoxSettings = settings.connector
     url = service_url(settings.base_url, own.region, own.client_id)
     http = SoapHttpClient(
-        SYSTEM, url, session=_xml_session(), timeout=settings.timeout,
-        deadline=settings.deadline, max_body=settings.max_body,
+        SYSTEM,
+        url,
+        session=_xml_session(),
+        timeout=settings.timeout,
+        deadline=settings.deadline,
+        max_body=settings.max_body,
         # The server counts arrivals, we count departures: a little slack on the period
         # keeps network jitter from pushing the 16th request into the same window.
         # One budget per PeopleVox client account in this process (merchants on one
         # account share it); the runner keeps its log across runs (`http.LimitHistory`).
-        limiter=shared_limiter(SYSTEM, url, own.rate_limit, own.rate_period + ARRIVAL_SLACK,
-                               ctx.clock),
-        policy=ctx.policy, clock=ctx.clock, throttle_wait=own.rate_period)
+        limiter=shared_limiter(
+            SYSTEM, url, own.rate_limit, own.rate_period + ARRIVAL_SLACK, ctx.clock
+        ),
+        policy=ctx.policy,
+        clock=ctx.clock,
+        throttle_wait=own.rate_period,
+    )
     return PeopleVoxClient(http, own, ctx.clock, dry_run=ctx.dry_run, stop=ctx.stop, kv=ctx.kv)

@@ -9,5 +9,11 @@ from loopsync.connectors.shiphero.connector import ShipHeroConnector
 from loopsync.connectors.shiphero.settings import ShipHeroSettings, parse_settings
 from loopsync.connectors.shiphero.wire import CreditBucket, ShipHeroClient, shared_bucket
 
-__all__ = ["CreditBucket", "ShipHeroClient", "ShipHeroConnector", "ShipHeroSettings",
-           "parse_settings", "shared_bucket"]
+__all__ = [
+    "CreditBucket",
+    "ShipHeroClient",
+    "ShipHeroConnector",
+    "ShipHeroSettings",
+    "parse_settings",
+    "shared_bucket",
+]

@@ -84,8 +84,11 @@ class ShipHeroConnector(WarehouseConnector):
             raise NotReady(f"order {ret.order_name or ret.provider_order_id} not found in ShipHero")
         missing = sorted(set(wanted) - set(order["skus"]))
         if missing:
-            raise Rejected(SYSTEM, f"SKU {', '.join(missing)} not on ShipHero order "
-                                   f"{order['order_number']} (Loop return {ret.id})")
+            raise Rejected(
+                SYSTEM,
+                f"SKU {', '.join(missing)} not on ShipHero order "
+                f"{order['order_number']} (Loop return {ret.id})",
+            )
         return order
 
     def find_rma(self, req: PushRequest, located: dict[str, Any]) -> RmaRef | None:
@@ -97,23 +100,32 @@ class ShipHeroConnector(WarehouseConnector):
     def create_rma(self, req: PushRequest, located: dict[str, Any]) -> RmaRef:
         if self.ctx.dry_run:
             raise DryRunViolation(f"return_create for Loop return {req.ret.id} in a dry run")
-        body = self.client.graphql("return_create", RETURN_CREATE,
-                                   {"data": return_input(req, located, self.cfg)}, mutation=True)
+        body = self.client.graphql(
+            "return_create",
+            RETURN_CREATE,
+            {"data": return_input(req, located, self.cfg)},
+            mutation=True,
+        )
         try:
             ref = rma_ref(req.ret.id, created_return(body))
         except Unreadable as exc:
             # It may exist anyway: let the engine look it up rather than give up on it.
-            raise OutcomeUnknown(SYSTEM, f"return_create answered without a readable return "
-                                         f"id ({exc})") from None
-        log.info("shiphero.rma_created", return_id=req.ret.id, rma_id=ref.rma_id,
-                 legacy_id=ref.extra.get("legacy_id"))
+            raise OutcomeUnknown(
+                SYSTEM, f"return_create answered without a readable return id ({exc})"
+            ) from None
+        log.info(
+            "shiphero.rma_created",
+            return_id=req.ret.id,
+            rma_id=ref.rma_id,
+            legacy_id=ref.extra.get("legacy_id"),
+        )
         return ref
 
     def poll(self, rmas: Sequence[RmaRef]) -> PollResult:
         result = PollResult(statuses={})
         batch = max(1, self.settings.poll_batch)
         for start in range(0, len(rmas), batch):
-            self._poll_batch(rmas[start:start + batch], result)
+            self._poll_batch(rmas[start : start + batch], result)
         return result
 
     def rma_label(self, ref: RmaRef) -> str:
@@ -125,58 +137,76 @@ class ShipHeroConnector(WarehouseConnector):
     # -- orders ----------------------------------------------------------------------------
     def _orders(self, **match: str) -> list[dict[str, Any]]:
         """Every order matching `match` (plus the configured shop/account), with its SKUs."""
-        query, filters = orders_query({**match, "shop_name": self.cfg.shop_name,
-                                        "customer_account_id": self.cfg.customer_account_id})
+        query, filters = orders_query(
+            {
+                **match,
+                "shop_name": self.cfg.shop_name,
+                "customer_account_id": self.cfg.customer_account_id,
+            }
+        )
         variables = {**filters, "first": self.cfg.order_page_size, "lines": LINES_PAGE_SIZE}
-        return [self._located(node)
-                for node in self.client.paged("orders", query, variables, ("orders", "data"))]
+        return [
+            self._located(node)
+            for node in self.client.paged("orders", query, variables, ("orders", "data"))
+        ]
 
     def _located(self, order: dict[str, Any]) -> dict[str, Any]:
         """The JSON-safe part of an order that create_rma needs (Unreadable when the
         order cannot be read: the return waits with the reason, nothing is guessed)."""
         located, page = read_order(order)
         if page is not None:
-            located["skus"] = sorted(set(located["skus"])
-                                     | self._more_skus(located["order_id"], page))
+            located["skus"] = sorted(
+                set(located["skus"]) | self._more_skus(located["order_id"], page)
+            )
         return located
 
     def _more_skus(self, order_id: str, after: str | None) -> set[str]:
-        nodes = self.client.paged("order_lines", ORDER_LINES,
-                                  {"id": order_id, "lines": LINES_PAGE_SIZE},
-                                  ("order", "data", "line_items"), after=after)
+        nodes = self.client.paged(
+            "order_lines",
+            ORDER_LINES,
+            {"id": order_id, "lines": LINES_PAGE_SIZE},
+            ("order", "data", "line_items"),
+            after=after,
+        )
         return {sku for node in nodes if (sku := line_sku(node))}
 
     @staticmethod
-    def _best_order(orders: list[dict[str, Any]], wanted: dict[str, int]
-                    ) -> dict[str, Any] | None:
+    def _best_order(orders: list[dict[str, Any]], wanted: dict[str, int]) -> dict[str, Any] | None:
         """The order holding every SKU of the return, else the first one (several shops
         can share an order number). Two orders that both hold every SKU cannot be told
         apart: Ambiguous (a guess could also miss the RMA made on the other one)."""
         holding = [o for o in orders if set(wanted) <= set(o["skus"])]
         if len(holding) > 1:
             numbers = ", ".join(str(o.get("order_number") or o["order_id"]) for o in holding)
-            raise Ambiguous(SYSTEM, f"{len(holding)} ShipHero orders hold every SKU of the "
-                                    f"return: {numbers}; set warehouse.shop_name or settle "
-                                    "it by hand")
+            raise Ambiguous(
+                SYSTEM,
+                f"{len(holding)} ShipHero orders hold every SKU of the "
+                f"return: {numbers}; set warehouse.shop_name or settle "
+                "it by hand",
+            )
         return holding[0] if holding else (orders[0] if orders else None)
 
     # -- returns ---------------------------------------------------------------------------
     def _returns_of_order(self, order_id: str) -> Iterator[dict[str, Any]]:
-        query, filters = returns_query({"order_id": order_id,
-                                         "customer_account_id": self.cfg.customer_account_id})
-        yield from self.client.paged("returns", query, {**filters, "first": RETURNS_PAGE_SIZE},
-                                     ("returns", "data"))
+        query, filters = returns_query(
+            {"order_id": order_id, "customer_account_id": self.cfg.customer_account_id}
+        )
+        yield from self.client.paged(
+            "returns", query, {**filters, "first": RETURNS_PAGE_SIZE}, ("returns", "data")
+        )
 
     def _poll_batch(self, batch: Sequence[RmaRef], result: PollResult) -> None:
         variables = {f"id{i}": ref.rma_id for i, ref in enumerate(batch)}
-        body = self.client.graphql("poll", poll_query(len(batch)), variables, units=len(batch),
-                                   partial_ok=True)
+        body = self.client.graphql(
+            "poll", poll_query(len(batch)), variables, units=len(batch), partial_ok=True
+        )
         data = body.get("data")
         data = data if isinstance(data, dict) else {}
         field_errors = messages_by_root_key(body)
         for i, ref in enumerate(batch):
             try:
-                result.statuses[ref.return_id] = polled_status(ref, data.get(f"r{i}"),
-                                                                field_errors.get(f"r{i}"))
+                result.statuses[ref.return_id] = polled_status(
+                    ref, data.get(f"r{i}"), field_errors.get(f"r{i}")
+                )
             except Unreadable as exc:  # held, with the reason, until ShipHero's data is fixed
                 result.errors[ref.return_id] = str(exc)

@@ -35,9 +35,14 @@ def rma_ref(return_id: str, node: Any) -> RmaRef:
     rma_id = identifier(node.get("id"), "ShipHero return id")
     if rma_id is None:
         raise Unreadable("ShipHero return has no id", field="id")
-    return RmaRef(return_id=return_id, rma_id=rma_id,
-                  extra={"legacy_id": _lenient_id(node.get("legacy_id")),
-                         "order_id": _lenient_id(node.get("order_id"))})
+    return RmaRef(
+        return_id=return_id,
+        rma_id=rma_id,
+        extra={
+            "legacy_id": _lenient_id(node.get("legacy_id")),
+            "order_id": _lenient_id(node.get("order_id")),
+        },
+    )
 
 
 @guarded("ShipHero return_create answer")
@@ -64,21 +69,36 @@ def read_order(order: Any) -> tuple[dict[str, Any], str | None]:
     edges = lines.get("edges") or []
     if not isinstance(edges, list):
         raise Unreadable(f"ShipHero order {order_id}: line_items.edges is not a list")
-    skus = {sku for edge in edges if isinstance(edge, dict)
-            and (sku := line_sku(edge.get("node")))}
+    skus = {sku for edge in edges if isinstance(edge, dict) and (sku := line_sku(edge.get("node")))}
     page = _object(lines.get("pageInfo"), f"ShipHero order {order_id}: pageInfo")
-    after = identifier(page.get("endCursor"), "pageInfo.endCursor") \
-        if page.get("hasNextPage") is True else None
+    after = (
+        identifier(page.get("endCursor"), "pageInfo.endCursor")
+        if page.get("hasNextPage") is True
+        else None
+    )
     address = _object(order.get("shipping_address"), f"ShipHero order {order_id}: address")
-    name = " ".join(filter(None, (free_text(address.get("first_name"), "first_name"),
-                                  free_text(address.get("last_name"), "last_name"))))
+    name = " ".join(
+        filter(
+            None,
+            (
+                free_text(address.get("first_name"), "first_name"),
+                free_text(address.get("last_name"), "last_name"),
+            ),
+        )
+    )
     return {
-        "order_id": order_id, "order_legacy_id": _lenient_id(order.get("legacy_id")),
+        "order_id": order_id,
+        "order_legacy_id": _lenient_id(order.get("legacy_id")),
         "order_number": identifier(order.get("order_number"), "order_number"),
         "skus": sorted(skus),
         # The customer's shipping address is where the return comes from.
-        "address": {"name": name, **{key: free_text(address.get(key) or "", key) for key in (
-            "address1", "address2", "city", "state", "country", "zip", "phone")}},
+        "address": {
+            "name": name,
+            **{
+                key: free_text(address.get(key) or "", key)
+                for key in ("address1", "address2", "city", "state", "country", "zip", "phone")
+            },
+        },
     }, after
 
 
@@ -118,20 +138,25 @@ def connection_page(body: Any, path: Sequence[str]) -> Step[list[dict[str, Any]]
     where = "data"
     for key in path:
         if connection is not None and not isinstance(connection, dict):
-            raise Unreadable(f"ShipHero {where} is a {type(connection).__name__}, not an "
-                             "object", field=where)
+            raise Unreadable(
+                f"ShipHero {where} is a {type(connection).__name__}, not an object", field=where
+            )
         connection, where = (connection or {}).get(key), f"{where}.{key}"
     connection = connection or {}
     edges, page = connection.get("edges") or [], connection.get("pageInfo") or {}
-    if not isinstance(connection, dict) or not isinstance(edges, list) or \
-            not isinstance(page, dict):
-        raise Unreadable(f"ShipHero {where} is not a connection (edges, pageInfo)",
-                         field=where)
+    if (
+        not isinstance(connection, dict)
+        or not isinstance(edges, list)
+        or not isinstance(page, dict)
+    ):
+        raise Unreadable(f"ShipHero {where} is not a connection (edges, pageInfo)", field=where)
     nodes = [edge["node"] for edge in edges if isinstance(edge, dict) and edge.get("node")]
     cursor = page.get("endCursor") or None
     if cursor is not None and not isinstance(cursor, str | int):
-        raise Unreadable(f"ShipHero {where}.pageInfo.endCursor is a {type(cursor).__name__}",
-                         field=f"{where}.pageInfo.endCursor")
+        raise Unreadable(
+            f"ShipHero {where}.pageInfo.endCursor is a {type(cursor).__name__}",
+            field=f"{where}.pageInfo.endCursor",
+        )
     return Step(nodes, more=bool(page.get("hasNextPage")), token=cursor)
 
 
@@ -143,12 +168,14 @@ def polled_status(ref: RmaRef, entry: Any, field_error: str | None) -> RmaStatus
     if node is None:
         raise Unreadable(field_error or f"ShipHero return {ref.rma_id} not found (deleted?)")
     if not isinstance(node, dict):
-        raise Unreadable(f"ShipHero return {ref.rma_id} is a {type(node).__name__}, "
-                         "not an object")
+        raise Unreadable(f"ShipHero return {ref.rma_id} is a {type(node).__name__}, not an object")
     partner = node.get("partner_id")
     if partner not in (None, "", ref.return_id):
-        raise Unreadable(f"ShipHero return {ref.rma_id} belongs to Loop return "
-                         f"{printable(str(_lenient_id(partner)), 40)}", field="partner_id")
+        raise Unreadable(
+            f"ShipHero return {ref.rma_id} belongs to Loop return "
+            f"{printable(str(_lenient_id(partner)), 40)}",
+            field="partner_id",
+        )
     return _rma_status(ref, node)
 
 
@@ -173,8 +200,6 @@ def _rma_status(ref: RmaRef, node: dict[str, Any]) -> RmaStatus:
 
 
 @guarded("ShipHero return")
-
-
 def _read_rma_status(ref: RmaRef, node: dict[str, Any]) -> RmaStatus:
     status = node.get("status")
     if status is not None and not isinstance(status, str):
@@ -189,30 +214,41 @@ def _read_rma_status(ref: RmaRef, node: dict[str, Any]) -> RmaStatus:
     for n, line in enumerate(lines):
         if not isinstance(line, dict):
             raise Unreadable(f"line {n} is not an object", field="line_items")
-        sku = identifier(_object(line.get("line_item"), f"line {n}: line_item").get("sku"),
-                         f"line {n}: sku")
+        sku = identifier(
+            _object(line.get("line_item"), f"line {n}: line_item").get("sku"), f"line {n}: sku"
+        )
         if sku is None:
             raise Unreadable(f"line {n} has no SKU", field="sku")
-        counts = units.setdefault((sku, identifier(line.get("condition"), f"line {n}: condition")),
-                                  [0, 0])
+        counts = units.setdefault(
+            (sku, identifier(line.get("condition"), f"line {n}: condition")), [0, 0]
+        )
         for i, key in enumerate(("quantity", "quantity_received")):  # null: none (nullable)
             if line.get(key) is not None:
                 counts[i] += whole_number(line[key], key)
-    items = tuple(ItemStatus(sku=sku, expected=expected, received=received, condition=condition)
-                  for (sku, condition), (expected, received) in units.items())
+    items = tuple(
+        ItemStatus(sku=sku, expected=expected, received=received, condition=condition)
+        for (sku, condition), (expected, received) in units.items()
+    )
     expected = node.get("total_items_expected")
     received = node.get("total_items_received")
     return RmaStatus(
-        return_id=ref.return_id, rma_id=ref.rma_id, status=status,
-        expected_units=sum(i.expected for i in items) if expected is None else
-        whole_number(expected, "total_items_expected"),
-        received_units=sum(i.received for i in items) if received is None else
-        whole_number(received, "total_items_received"),
-        items=items, detail={"legacy_id": _lenient_id(node.get("legacy_id"))})
+        return_id=ref.return_id,
+        rma_id=ref.rma_id,
+        status=status,
+        expected_units=sum(i.expected for i in items)
+        if expected is None
+        else whole_number(expected, "total_items_expected"),
+        received_units=sum(i.received for i in items)
+        if received is None
+        else whole_number(received, "total_items_received"),
+        items=items,
+        detail={"legacy_id": _lenient_id(node.get("legacy_id"))},
+    )
 
 
-def return_input(req: PushRequest, located: dict[str, Any], cfg: ShipHeroSettings
-                 ) -> dict[str, Any]:
+def return_input(
+    req: PushRequest, located: dict[str, Any], cfg: ShipHeroSettings
+) -> dict[str, Any]:
     """The `CreateReturnInput` of a Loop return on the located order."""
     ret = req.ret
     reasons = _reasons_by_sku(ret, cfg.return_reason)
@@ -229,8 +265,10 @@ def return_input(req: PushRequest, located: dict[str, Any], cfg: ShipHeroSetting
         "dimensions": {"weight": "0", "height": "0", "width": "0", "length": "0"},
         "shipping_carrier": carrier,
         "shipping_method": carrier,
-        "line_items": [{"sku": sku, "quantity": quantity, "return_reason": reasons[sku]}
-                       for sku, quantity in sorted(ret.units_by_sku().items())],
+        "line_items": [
+            {"sku": sku, "quantity": quantity, "return_reason": reasons[sku]}
+            for sku, quantity in sorted(ret.units_by_sku().items())
+        ],
     }
     if ret.tracking_number:
         data["tracking_number"] = ret.tracking_number

@@ -14,6 +14,7 @@ from loopsync.configkit import Secret, Section
 # UNCONFIRMED: how a label made outside ShipHero (Loop's) should be typed; configurable.
 LABEL_TYPES = ("FREE", "PAID", "FLAT_RATE", "SELF_RETURN")
 
+
 @dataclass(frozen=True)
 class ShipHeroSettings:
     refresh_token: Secret | None
@@ -21,7 +22,7 @@ class ShipHeroSettings:
     customer_account_id: str | None
     shop_name: str | None
     label_type: str
-    return_reason: str         # when a Loop line has no reason of its own
+    return_reason: str  # when a Loop line has no reason of its own
     credits_max: int
     credits_per_second: float
     order_page_size: int

@@ -42,14 +42,14 @@ log = structlog.get_logger("loopsync.connectors.shiphero")
 
 SYSTEM = "shiphero"
 THROTTLE_CODE = 30
-TOKEN_RENEW_MARGIN = 86400.0   # renew a day before expiry, as ShipHero recommends
+TOKEN_RENEW_MARGIN = 86400.0  # renew a day before expiry, as ShipHero recommends
 # Nested pages multiply a query's cost (`first` x `first`), so pages stay small: an
 # order usually has a few lines, and a partner_order_id usually matches one order.
-LINES_PAGE_SIZE = 10           # order lines fetched with each order; more are paged
+LINES_PAGE_SIZE = 10  # order lines fetched with each order; more are paged
 # Every create looks the order's returns up first (lost state must not create a second
 # return), and an order seldom has more than a few: a page of 5 costs ~6 credits, not 26.
 RETURNS_PAGE_SIZE = 5
-CREDIT_WAIT_MARGIN = 0.05      # seconds: rounding must not leave us one credit short
+CREDIT_WAIT_MARGIN = 0.05  # seconds: rounding must not leave us one credit short
 _DURATION_IN_TEXT = re.compile(r"(\d+(?:\.\d+)?)\s*(?:s\b|sec|second)", re.IGNORECASE)
 
 
@@ -86,9 +86,14 @@ fragment ReturnStatus on Return {
 def _first_cost_guesses(order_page_size: int) -> dict[str, float]:
     """Rough costs per operation (ShipHero style: 1 + first x nodes selected), used until
     the first answer reports the real `complexity`. Poll is per RMA."""
-    return {"orders": 1 + order_page_size * (2 + LINES_PAGE_SIZE),
-            "order_lines": 2 + LINES_PAGE_SIZE, "returns": 1 + RETURNS_PAGE_SIZE,
-            "return_create": 2, "poll": 4}
+    return {
+        "orders": 1 + order_page_size * (2 + LINES_PAGE_SIZE),
+        "order_lines": 2 + LINES_PAGE_SIZE,
+        "returns": 1 + RETURNS_PAGE_SIZE,
+        "return_create": 2,
+        "poll": 4,
+    }
+
 
 def _filtered_root(field: str, filters: dict[str, str | None]) -> tuple[str, str, dict[str, str]]:
     """Variable definitions, the root field call and values for the filters that are set.
@@ -97,6 +102,7 @@ def _filtered_root(field: str, filters: dict[str, str | None]) -> tuple[str, str
     definitions = "".join(f", ${name}: String" for name in used)
     arguments = ", ".join(f"{name}: ${name}" for name in used)
     return definitions, f"{field}({arguments})" if used else field, used
+
 
 def orders_query(filters: dict[str, str | None]) -> tuple[str, dict[str, str]]:
     definitions, call, values = _filtered_root("orders", filters)
@@ -112,6 +118,7 @@ query LoopsyncOrders($first: Int!, $after: String, $lines: Int!{definitions}) {{
 }}{ORDER_FIELDS}"""
     return query, values
 
+
 def returns_query(filters: dict[str, str | None]) -> tuple[str, dict[str, str]]:
     definitions, call, values = _filtered_root("returns", filters)
     query = f"""
@@ -126,15 +133,19 @@ query LoopsyncReturns($first: Int!, $after: String{definitions}) {{
 }}"""
     return query, values
 
+
 def poll_query(count: int) -> str:
     """One document reading `count` returns through aliases r0..rN."""
     definitions = ", ".join(f"$id{i}: String!" for i in range(count))
-    fields = "\n".join(f"  r{i}: return(id: $id{i}) {{ request_id complexity "
-                       f"data {{ ...ReturnStatus }} }}" for i in range(count))
+    fields = "\n".join(
+        f"  r{i}: return(id: $id{i}) {{ request_id complexity data {{ ...ReturnStatus }} }}"
+        for i in range(count)
+    )
     return f"query LoopsyncPoll({definitions}) {{\n{fields}\n}}{RETURN_STATUS_FIELDS}"
 
 
 # -- credits ------------------------------------------------------------------------------
+
 
 class CreditBucket:
     """Local mirror of ShipHero's credit bucket: wait before a query the balance cannot
@@ -192,8 +203,12 @@ def shared_bucket(account: str, capacity: int, per_second: float, clock: Clock) 
     across cycles; a clock on another timeline (a test's FakeClock) gets its own."""
     with _BUCKETS_LOCK:
         bucket = _BUCKETS.get(account)
-        if bucket is None or bucket.capacity != float(capacity) or \
-                bucket.per_second != per_second or bucket.clock.timeline is not clock.timeline:
+        if (
+            bucket is None
+            or bucket.capacity != float(capacity)
+            or bucket.per_second != per_second
+            or bucket.clock.timeline is not clock.timeline
+        ):
             bucket = _BUCKETS[account] = CreditBucket(capacity, per_second, clock)
         bucket.clock = clock  # same time; this run's clock wakes its waits at shutdown
         return bucket
@@ -201,33 +216,49 @@ def shared_bucket(account: str, capacity: int, per_second: float, clock: Clock) 
 
 # -- the transport ------------------------------------------------------------------------
 
+
 class ShipHeroClient:
     """One merchant's GraphQL transport: credit pacing, the access token, paged walks.
 
     Every call goes through `HttpClient.request`; a GraphQL error answer (HTTP 200 with
     `errors`) is raised by `_check_answer` as Rejected, RateLimited or ErrorBody."""
 
-    def __init__(self, cfg: ShipHeroSettings, settings: WarehouseSettings,
-                 ctx: ConnectorContext) -> None:
+    def __init__(
+        self, cfg: ShipHeroSettings, settings: WarehouseSettings, ctx: ConnectorContext
+    ) -> None:
         self.cfg = cfg
         self.settings = settings
         self.ctx = ctx
-        self.http = HttpClient(SYSTEM, settings.base_url, timeout=settings.timeout,
-                               deadline=settings.deadline, max_body=settings.max_body,
-                               policy=ctx.policy, clock=ctx.clock)
+        self.http = HttpClient(
+            SYSTEM,
+            settings.base_url,
+            timeout=settings.timeout,
+            deadline=settings.deadline,
+            max_body=settings.max_body,
+            policy=ctx.policy,
+            clock=ctx.clock,
+        )
         # ShipHero's credits are per account: merchants on one account share one bucket.
-        self.credits = shared_bucket(self._account_key, self.cfg.credits_max,
-                                     self.cfg.credits_per_second, ctx.clock)
+        self.credits = shared_bucket(
+            self._account_key, self.cfg.credits_max, self.cfg.credits_per_second, ctx.clock
+        )
         self._cost_per_unit = _first_cost_guesses(self.cfg.order_page_size)
-        self._access_token: str | None = None   # memory only, never logged
+        self._access_token: str | None = None  # memory only, never logged
         self._renew_at = 0.0
 
     def close(self) -> None:
         self.http.session.close()
 
     # -- transport -------------------------------------------------------------------------
-    def paged(self, op: str, query: str, variables: dict[str, Any], path: Sequence[str],
-              *, after: str | None = None) -> Iterator[dict[str, Any]]:
+    def paged(
+        self,
+        op: str,
+        query: str,
+        variables: dict[str, Any],
+        path: Sequence[str],
+        *,
+        after: str | None = None,
+    ) -> Iterator[dict[str, Any]]:
         """Nodes of a relay connection at `path` under the body's `data` (("orders",
         "data"): `data.orders.data`), page after page from the cursor `after`.
 
@@ -238,79 +269,121 @@ class ShipHeroClient:
         def fetch(token: Any) -> Step[list[dict[str, Any]]]:
             return connection_page(self.graphql(op, query, {**variables, "after": token}), path)
 
-        walk = PageWalk(fetch, name=f"shiphero.{op}", first=after, max_pages=self.cfg.max_pages,
-                        stop=self.ctx.stop)
+        walk = PageWalk(
+            fetch,
+            name=f"shiphero.{op}",
+            first=after,
+            max_pages=self.cfg.max_pages,
+            stop=self.ctx.stop,
+        )
         for fetched in walk:
             yield from fetched.items
         record_walk(self.ctx.kv, walk.result, self.ctx.clock.now())
-        if walk.result is not None and walk.result.outcome in (WalkEnd.CAPPED, WalkEnd.REPEATED,
-                                                               WalkEnd.STOPPED):
+        if walk.result is not None and walk.result.outcome in (
+            WalkEnd.CAPPED,
+            WalkEnd.REPEATED,
+            WalkEnd.STOPPED,
+        ):
             raise walk.result.error(SYSTEM)
 
-    def graphql(self, op: str, query: str, variables: dict[str, Any], *, units: int = 1,
-                mutation: bool = False, partial_ok: bool = False) -> dict[str, Any]:
+    def graphql(
+        self,
+        op: str,
+        query: str,
+        variables: dict[str, Any],
+        *,
+        units: int = 1,
+        mutation: bool = False,
+        partial_ok: bool = False,
+    ) -> dict[str, Any]:
         """One GraphQL call, paced by the credit bucket; returns the decoded body."""
         estimate = self._cost_per_unit[op] * units
         waited = self.credits.take(estimate)
         if waited:
             log.info("shiphero.credits_wait", seconds=round(waited, 2), operation=op)
-        body = self._post({"query": query, "variables": variables}, mutation=mutation,
-                          partial_ok=partial_ok, charged=estimate)
+        body = self._post(
+            {"query": query, "variables": variables},
+            mutation=mutation,
+            partial_ok=partial_ok,
+            charged=estimate,
+        )
         actual = _complexity(body.get("data"))
         if actual is not None:
             self.credits.correct(estimate, actual)
             self._cost_per_unit[op] = actual / units
         return body
 
-    def _post(self, payload: dict[str, Any], *, mutation: bool, partial_ok: bool,
-              charged: float) -> dict[str, Any]:
+    def _post(
+        self, payload: dict[str, Any], *, mutation: bool, partial_ok: bool, charged: float
+    ) -> dict[str, Any]:
         """POST /graphql; on HTTP 401 refresh the token once and send once more (a 401
         means nothing ran, so even a mutation is safe to repeat). A refused refresh
         token raises from `_bearer` as it is."""
         try:
-            return self._post_once(payload, self.bearer(), mutation=mutation,
-                                   partial_ok=partial_ok, charged=charged)
+            return self._post_once(
+                payload, self.bearer(), mutation=mutation, partial_ok=partial_ok, charged=charged
+            )
         except AuthError as exc:
             if exc.status != 401:
                 raise
             if self.cfg.refresh_token is None:
-                raise AuthError(SYSTEM, "access token refused; configure refresh_token so "
-                                        "loopsync can renew it", status=401) from None
+                raise AuthError(
+                    SYSTEM,
+                    "access token refused; configure refresh_token so loopsync can renew it",
+                    status=401,
+                ) from None
             log.info("shiphero.token_refused", action="refresh and retry once")
             self._access_token = None
             _TOKEN_CACHE.pop(self._token_key, None)
         token = self.bearer()
         try:
-            return self._post_once(payload, token, mutation=mutation, partial_ok=partial_ok,
-                                   charged=charged)
+            return self._post_once(
+                payload, token, mutation=mutation, partial_ok=partial_ok, charged=charged
+            )
         except AuthError as exc:
-            raise AuthError(SYSTEM, "access token refused even after a refresh",
-                            status=exc.status) from None
+            raise AuthError(
+                SYSTEM, "access token refused even after a refresh", status=exc.status
+            ) from None
 
-    def _post_once(self, payload: dict[str, Any], token: str, *, mutation: bool,
-                   partial_ok: bool, charged: float) -> dict[str, Any]:
+    def _post_once(
+        self,
+        payload: dict[str, Any],
+        token: str,
+        *,
+        mutation: bool,
+        partial_ok: bool,
+        charged: float,
+    ) -> dict[str, Any]:
         def check(result: HttpResult) -> None:
-            self._check_answer(result, mutation=mutation, partial_ok=partial_ok,
-                               charged=charged)
+            self._check_answer(result, mutation=mutation, partial_ok=partial_ok, charged=charged)
 
-        result = self.http.request("POST", "/graphql", json_body=payload,
-                                   headers={"Authorization": f"Bearer {token}"},
-                                   idempotent=not mutation, check=check)
+        result = self.http.request(
+            "POST",
+            "/graphql",
+            json_body=payload,
+            headers={"Authorization": f"Bearer {token}"},
+            idempotent=not mutation,
+            check=check,
+        )
         body: dict[str, Any] = result.data
         return body
 
-    def _check_answer(self, result: HttpResult, *, mutation: bool, partial_ok: bool,
-                      charged: float) -> None:
+    def _check_answer(
+        self, result: HttpResult, *, mutation: bool, partial_ok: bool, charged: float
+    ) -> None:
         """Raise on a GraphQL error answer (HTTP 200 with `errors`)."""
         body = result.data
         if not isinstance(body, dict) or not ({"data", "errors"} & body.keys()):
             # A proxy's page, a cut-off body: a read is worth another try, and a mutation
             # may have run (it is looked up before it is repeated).
             raise (OutcomeUnknown if mutation else TransientError)(
-                SYSTEM, f"not a GraphQL answer: {clip(result.text, 200)!r}", status=result.status)
+                SYSTEM, f"not a GraphQL answer: {clip(result.text, 200)!r}", status=result.status
+            )
         listed = body.get("errors") or []
-        errors = [e if isinstance(e, dict) else {"message": _error_text(e)}
-                  for e in (listed if isinstance(listed, list) else [listed])]
+        errors = [
+            e if isinstance(e, dict) else {"message": _error_text(e)}
+            for e in (listed if isinstance(listed, list) else [listed])
+        ]
         throttle = next((e for e in errors if _error_field(e, "code") == THROTTLE_CODE), None)
         if throttle is not None:
             raise self._throttled(throttle, result.status, charged)
@@ -332,10 +405,19 @@ class ShipHeroClient:
         required = _error_field(error, "required_credits")
         if isinstance(remaining, int | float) and math.isfinite(remaining):
             self.credits.throttled(remaining, charged)
-        log.warning("shiphero.throttled", wait=wait, required=_number_or_none(required),
-                    remaining=_number_or_none(remaining))
-        return RateLimited(SYSTEM, _error_text(error, "not enough credits"),
-                           retry_after=wait, status=status, code=str(THROTTLE_CODE))
+        log.warning(
+            "shiphero.throttled",
+            wait=wait,
+            required=_number_or_none(required),
+            remaining=_number_or_none(remaining),
+        )
+        return RateLimited(
+            SYSTEM,
+            _error_text(error, "not enough credits"),
+            retry_after=wait,
+            status=status,
+            code=str(THROTTLE_CODE),
+        )
 
     # -- auth ------------------------------------------------------------------------------
     def bearer(self) -> str:
@@ -354,12 +436,17 @@ class ShipHeroClient:
     def _refresh_access_token(self) -> None:
         assert self.cfg.refresh_token is not None
         try:
-            result = self.http.request("POST", "/auth/refresh", idempotent=True,
-                                       json_body={"refresh_token": self.cfg.refresh_token.value},
-                                       check=_token_answer)
+            result = self.http.request(
+                "POST",
+                "/auth/refresh",
+                idempotent=True,
+                json_body={"refresh_token": self.cfg.refresh_token.value},
+                check=_token_answer,
+            )
         except AuthError as exc:
-            raise AuthError(SYSTEM, "refresh token refused at /auth/refresh",
-                            status=exc.status) from None
+            raise AuthError(
+                SYSTEM, "refresh token refused at /auth/refresh", status=exc.status
+            ) from None
         body = result.data if isinstance(result.data, dict) else {}
         token = body.get("access_token")
         if not isinstance(token, str) or not token:
@@ -367,8 +454,9 @@ class ShipHeroClient:
         expires_in = _number_or_none(body.get("expires_in")) or TOKEN_RENEW_MARGIN * 2
         logs.register_secret(token)  # masked should it ever reach a log line
         self._access_token = token
-        self._renew_at = self.ctx.clock.monotonic() + max(expires_in - TOKEN_RENEW_MARGIN,
-                                                          expires_in / 2)
+        self._renew_at = self.ctx.clock.monotonic() + max(
+            expires_in - TOKEN_RENEW_MARGIN, expires_in / 2
+        )
         _TOKEN_CACHE[self._token_key] = (token, self._renew_at, self.ctx.clock)
         log.info("shiphero.token_refreshed", expires_in=expires_in)
 
@@ -386,13 +474,17 @@ class ShipHeroClient:
 
 # -- answers ------------------------------------------------------------------------------
 
+
 def _token_answer(result: HttpResult) -> None:
     """A 2xx from /auth/refresh that is not a JSON object (a proxy's HTML page, an empty
     or cut body) says nothing about the refresh token: retried, never taken as refused."""
     if not isinstance(result.data, dict):
-        raise TransientError(SYSTEM, f"/auth/refresh answered HTTP {result.status} without "
-                                     f"a JSON object: {printable(result.text.strip(), 80)!r}",
-                             status=result.status)
+        raise TransientError(
+            SYSTEM,
+            f"/auth/refresh answered HTTP {result.status} without "
+            f"a JSON object: {printable(result.text.strip(), 80)!r}",
+            status=result.status,
+        )
 
 
 def _number_or_none(value: Any) -> float | None:
@@ -418,9 +510,14 @@ def _complexity(data: Any) -> float | None:
     """Total cost of an answer: the sum of its root fields' `complexity`."""
     if not isinstance(data, dict):
         return None
-    costs = [field["complexity"] for field in data.values()
-             if isinstance(field, dict) and isinstance(field.get("complexity"), int | float)
-             and math.isfinite(field["complexity"]) and field["complexity"] >= 0]
+    costs = [
+        field["complexity"]
+        for field in data.values()
+        if isinstance(field, dict)
+        and isinstance(field.get("complexity"), int | float)
+        and math.isfinite(field["complexity"])
+        and field["complexity"] >= 0
+    ]
     return float(sum(costs)) if costs else None
 
 

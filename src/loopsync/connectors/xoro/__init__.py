@@ -11,5 +11,14 @@ from loopsync.connectors.xoro.settings import XoroSettings, parse_settings
 from loopsync.connectors.xoro.wire import XoroClient, check_envelope
 from loopsync.errors import XoroBusy, XoroRefused
 
-__all__ = ["XoroBusy", "XoroClient", "XoroConnector", "XoroRefused", "XoroSettings",
-           "asn_matches", "asn_status", "check_envelope", "parse_settings"]
+__all__ = [
+    "XoroBusy",
+    "XoroClient",
+    "XoroConnector",
+    "XoroRefused",
+    "XoroSettings",
+    "asn_matches",
+    "asn_status",
+    "check_envelope",
+    "parse_settings",
+]

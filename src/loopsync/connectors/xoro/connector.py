@@ -57,7 +57,10 @@ class XoroConnector(WarehouseConnector):
     polls_all_at_once: ClassVar[bool] = True  # one ASN listing covers every open RMA
     # Xoro keys its own Loop action on the ASN close; "received" means not closed yet.
     default_statuses: ClassVar[dict[str, list[str]]] = {
-        "process": ["closed"], "flag": [], "ignore": ["open", "received"]}
+        "process": ["closed"],
+        "flag": [],
+        "ignore": ["open", "received"],
+    }
 
     def __init__(self, settings: WarehouseSettings, ctx: ConnectorContext) -> None:
         super().__init__(settings, ctx)
@@ -78,21 +81,24 @@ class XoroConnector(WarehouseConnector):
         imported the return yet."""
         ret = req.ret
         # Never from the future: a return stamped 2099 would search an empty window.
-        since = min(ret.created_at or ret.updated_at, self.ctx.clock.now()) \
-            - self.conf.asn_lookback
-        matches = [asn for asn in self._asns_for_linking(since)
-                   if asn_matches(asn, req, self.conf)]
+        since = min(ret.created_at or ret.updated_at, self.ctx.clock.now()) - self.conf.asn_lookback
+        matches = [asn for asn in self._asns_for_linking(since) if asn_matches(asn, req, self.conf)]
         if not matches:
             return None
         if len(matches) > 1:
             numbers = ", ".join(sorted(asn_number_of(a) for a in matches))
-            raise Ambiguous(SYSTEM, f"several Xoro ASNs match return {ret.id} by "
-                                   f"{self.conf.match_by}: {numbers}; use match_by: return_id")
+            raise Ambiguous(
+                SYSTEM,
+                f"several Xoro ASNs match return {ret.id} by "
+                f"{self.conf.match_by}: {numbers}; use match_by: return_id",
+            )
         header = asn_header(matches[0])
         asn_number = asn_number_of(matches[0])
         if not asn_number:  # it could never be polled: hold the return with the reason
-            raise Unreadable(f"the Xoro ASN matching return {ret.id} has no readable "
-                             f"{ASN_NUMBER}", field=ASN_NUMBER)
+            raise Unreadable(
+                f"the Xoro ASN matching return {ret.id} has no readable {ASN_NUMBER}",
+                field=ASN_NUMBER,
+            )
         rma_number = field_text(header.get(self.conf.rma_number_field)) or asn_number
         log.info("xoro.asn_found", return_id=ret.id, rma=rma_number, asn=asn_number)
         return RmaRef(ret.id, rma_number, {"asn_number": asn_number, "search_from": iso(since)})
@@ -112,9 +118,11 @@ class XoroConnector(WarehouseConnector):
                 # for the next cycle; the ASNs read meanwhile still decide their returns.
                 result.errors[ref.return_id] = (
                     f"Xoro ASN {ref.extra['asn_number']} not read this cycle: the ASN "
-                    f"listing stopped early ({failure})" if failure is not None else
-                    f"Xoro ASN {ref.extra['asn_number']} not found among the ASNs created "
-                    f"since {iso(since)}")
+                    f"listing stopped early ({failure})"
+                    if failure is not None
+                    else f"Xoro ASN {ref.extra['asn_number']} not found among the ASNs created "
+                    f"since {iso(since)}"
+                )
                 continue
             try:
                 result.statuses[ref.return_id] = asn_status(ref, asn, self.conf)

@@ -44,44 +44,56 @@ def asn_status(ref: RmaRef, asn: dict[str, Any], conf: XoroSettings) -> RmaStatu
     received quantity as 0 would flag every return), or holds one it cannot read."""
     asn_number = ref.extra["asn_number"]
     try:
-        word = identifier(asn_header(asn).get(conf.asn_status_field),
-                          f"'{conf.asn_status_field}'") or ""
+        word = (
+            identifier(asn_header(asn).get(conf.asn_status_field), f"'{conf.asn_status_field}'")
+            or ""
+        )
     except Unreadable as exc:
         raise Unreadable(f"Xoro ASN {asn_number}: {exc}", field=exc.field) from None
     if not word:
-        raise Unreadable(f"Xoro ASN {asn_number} has no '{conf.asn_status_field}' "
-                         "field (set warehouse.asn_status_field)",
-                         field=conf.asn_status_field)
+        raise Unreadable(
+            f"Xoro ASN {asn_number} has no '{conf.asn_status_field}' "
+            "field (set warehouse.asn_status_field)",
+            field=conf.asn_status_field,
+        )
     expected: dict[str, int] = {}
     received: dict[str, int] = {}
     for n, line in enumerate(_detail_lines(asn), start=1):
         try:
             sku = identifier(line.get(ITEM_NUMBER), ITEM_NUMBER)
         except Unreadable as exc:
-            raise Unreadable(f"Xoro ASN {asn_number} line {n}: {exc}",
-                             field=ITEM_NUMBER) from None
+            raise Unreadable(f"Xoro ASN {asn_number} line {n}: {exc}", field=ITEM_NUMBER) from None
         if not sku:
-            raise Unreadable(f"Xoro ASN {asn_number} line {n} has no {ITEM_NUMBER}",
-                             field=ITEM_NUMBER)
+            raise Unreadable(
+                f"Xoro ASN {asn_number} line {n} has no {ITEM_NUMBER}", field=ITEM_NUMBER
+            )
         expected[sku] = expected.get(sku, 0) + _quantity(line, QTY_EXPECTED, asn_number, n)
         received[sku] = received.get(sku, 0) + _quantity(
-            line, conf.received_qty_field, asn_number, n)
+            line, conf.received_qty_field, asn_number, n
+        )
     if not expected:  # Xoro's app makes one line per returned SKU: none is garbage
         raise Unreadable(f"Xoro ASN {asn_number} has no lines", field=ASN_DETAIL)
     items = tuple(ItemStatus(sku, expected[sku], received[sku]) for sku in expected)
     return RmaStatus(
-        return_id=ref.return_id, rma_id=ref.rma_id, status=word,
-        expected_units=sum(expected.values()), received_units=sum(received.values()),
-        items=items, detail=_discrepancies(asn_number, items))
+        return_id=ref.return_id,
+        rma_id=ref.rma_id,
+        status=word,
+        expected_units=sum(expected.values()),
+        received_units=sum(received.values()),
+        items=items,
+        detail=_discrepancies(asn_number, items),
+    )
 
 
 def _discrepancies(asn_number: str, items: Sequence[ItemStatus]) -> dict[str, Any]:
     """The short and over lines, named for the report (the engine writes the note)."""
     detail: dict[str, Any] = {"asn_number": asn_number}
-    short = [f"{i.sku} received {i.received} of {i.expected}" for i in items
-             if i.received < i.expected]
-    over = [f"{i.sku} received {i.received} of {i.expected}" for i in items
-            if i.received > i.expected]
+    short = [
+        f"{i.sku} received {i.received} of {i.expected}" for i in items if i.received < i.expected
+    ]
+    over = [
+        f"{i.sku} received {i.received} of {i.expected}" for i in items if i.received > i.expected
+    ]
     if short:
         detail["short"] = short
     if over:
@@ -114,12 +126,18 @@ def _quantity(line: dict[str, Any], field: str, asn_number: str, n: int) -> int:
     try:
         return whole_number(raw, field)  # Xoro sends quantities as decimals (1.0)
     except Unreadable:
-        hint = "" if field == QTY_EXPECTED else \
-            " (the field is set by warehouse.received_qty_field)"
-        shown = printable(repr(raw), 60) if isinstance(raw, str | int | float | None) \
+        hint = (
+            "" if field == QTY_EXPECTED else " (the field is set by warehouse.received_qty_field)"
+        )
+        shown = (
+            printable(repr(raw), 60)
+            if isinstance(raw, str | int | float | None)
             else f"a {type(raw).__name__}"
-        raise Unreadable(f"Xoro ASN {asn_number} line {n}: '{field}' is {shown}, not a "
-                         f"quantity{hint}", field=field) from None
+        )
+        raise Unreadable(
+            f"Xoro ASN {asn_number} line {n}: '{field}' is {shown}, not a quantity{hint}",
+            field=field,
+        ) from None
 
 
 def order_key(value: Any) -> str:

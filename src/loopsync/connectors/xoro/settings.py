@@ -20,14 +20,14 @@ MAX_PAGES = 1000
 class XoroSettings:
     api_key: Secret
     api_secret: Secret
-    match_by: str               # return_id | order_number
-    asn_lookback: timedelta     # search ASNs from this long before the Loop return's creation
-    date_format: str            # iso | us
+    match_by: str  # return_id | order_number
+    asn_lookback: timedelta  # search ASNs from this long before the Loop return's creation
+    date_format: str  # iso | us
     requests_per_second: int
-    asn_status_field: str       # UNCONFIRMED, in AsnHeaderData
-    received_qty_field: str     # UNCONFIRMED, in each AsnDetailData line
-    rma_number_field: str       # UNCONFIRMED, in AsnHeaderData
-    order_number_field: str     # UNCONFIRMED, in AsnHeaderData
+    asn_status_field: str  # UNCONFIRMED, in AsnHeaderData
+    received_qty_field: str  # UNCONFIRMED, in each AsnDetailData line
+    rma_number_field: str  # UNCONFIRMED, in AsnHeaderData
+    order_number_field: str  # UNCONFIRMED, in AsnHeaderData
     max_pages: int = MAX_PAGES  # pages one listing may take
 
 
@@ -36,8 +36,9 @@ def parse_settings(section: Section) -> XoroSettings:
         api_key=section.secret("api_key"),
         api_secret=section.secret("api_secret"),
         match_by=section.str("match_by", "return_id", choices=("return_id", "order_number")),
-        asn_lookback=section.duration("asn_lookback", "1d", min=timedelta(0),
-                                      max=timedelta(days=30)),
+        asn_lookback=section.duration(
+            "asn_lookback", "1d", min=timedelta(0), max=timedelta(days=30)
+        ),
         # UNCONFIRMED which one getasn expects; both are seen in public clients.
         date_format=section.str("date_format", "iso", choices=tuple(DATE_FORMATS)),
         requests_per_second=section.int("requests_per_second", 2, min=1, max=10),

@@ -55,30 +55,43 @@ _THROTTLED = re.compile(r"rate limit|too many requests|throttl", re.IGNORECASE)
 # request Xoro cannot read. Both are permanent; any other `Result: false` on these reads
 # is treated as transient and retried with backoff, since Xoro also answers passing server
 # trouble this way and a read is safe to repeat.
-_REFUSED = re.compile(r"api (key|secret)|unauthori[sz]ed|authenticat|credential|"
-                      r"access denied|does not have access|permission|\bscope\b", re.IGNORECASE)
-_BAD_REQUEST = re.compile(r"\binvalid (filter|date|parameter|page|request)|\bis required\b|"
-                          r"unknown action|not supported", re.IGNORECASE)
+_REFUSED = re.compile(
+    r"api (key|secret)|unauthori[sz]ed|authenticat|credential|"
+    r"access denied|does not have access|permission|\bscope\b",
+    re.IGNORECASE,
+)
+_BAD_REQUEST = re.compile(
+    r"\binvalid (filter|date|parameter|page|request)|\bis required\b|"
+    r"unknown action|not supported",
+    re.IGNORECASE,
+)
 
 
 class XoroClient:
     """One merchant's Xoro reads: Basic auth, one request at a time, rate-limited per key."""
 
-    def __init__(self, conf: XoroSettings, settings: WarehouseSettings,
-                 ctx: ConnectorContext) -> None:
+    def __init__(
+        self, conf: XoroSettings, settings: WarehouseSettings, ctx: ConnectorContext
+    ) -> None:
         self.conf = conf
         self.ctx = ctx
         session = requests.Session()
         session.auth = (conf.api_key.value, conf.api_secret.value)
         self.http = HttpClient(
-            SYSTEM, settings.base_url, session=session,
+            SYSTEM,
+            settings.base_url,
+            session=session,
             timeout=(min(5.0, settings.timeout), settings.timeout),
-            deadline=settings.deadline, max_body=settings.max_body,
+            deadline=settings.deadline,
+            max_body=settings.max_body,
             # One budget per API key in this process: merchants sharing a key share it.
-            limiter=shared_limiter(SYSTEM, conf.api_key.value,
-                                   conf.requests_per_second, 1.0, ctx.clock),
-            policy=ctx.policy, clock=ctx.clock,
-            headers={"Content-Type": "application/json", "Accept": "application/json"})
+            limiter=shared_limiter(
+                SYSTEM, conf.api_key.value, conf.requests_per_second, 1.0, ctx.clock
+            ),
+            policy=ctx.policy,
+            clock=ctx.clock,
+            headers={"Content-Type": "application/json", "Accept": "application/json"},
+        )
 
     def close(self) -> None:
         self.http.session.close()
@@ -89,8 +102,9 @@ class XoroClient:
             raise failure
         return asns
 
-    def read_asns(self, since: datetime, *, in_poll: bool = False
-                  ) -> tuple[list[dict[str, Any]], RemoteError | None]:
+    def read_asns(
+        self, since: datetime, *, in_poll: bool = False
+    ) -> tuple[list[dict[str, Any]], RemoteError | None]:
         """The ASNs created since `since`, and the error that cut the listing short after
         its retries (None when complete). Nothing read at all: that error is raised."""
         until = self.ctx.clock.now() + FUTURE_PAD
@@ -107,13 +121,13 @@ class XoroClient:
             if not asns or isinstance(exc, AuthError):
                 raise
             failure = exc
-            log.warning("xoro.asn_listing_incomplete", since=iso(since), asns=len(asns),
-                        error=str(exc))
+            log.warning(
+                "xoro.asn_listing_incomplete", since=iso(since), asns=len(asns), error=str(exc)
+            )
         log.info("xoro.asn_window", since=iso(since), until=iso(until), asns=len(asns))
         return asns, failure
 
-    def pages(self, path: str, params: dict[str, Any], *, stoppable: bool = False
-              ) -> Iterator[Any]:
+    def pages(self, path: str, params: dict[str, Any], *, stoppable: bool = False) -> Iterator[Any]:
         """Every row of every page; stops at TotalPages or the first empty page.
         `stoppable`: a poll's long listing gives way to shutdown (PollStopped).
 
@@ -123,17 +137,25 @@ class XoroClient:
 
         def fetch(token: Any) -> Step[list[Any]]:
             page = token or 1
-            body = self.http.request("GET", path, params={**params, "page": page},
-                                     check=check_envelope).data
+            body = self.http.request(
+                "GET", path, params={**params, "page": page}, check=check_envelope
+            ).data
             rows = data_rows(body.get("Data"))
             total = _int_or_none(body.get("TotalPages"))
             more = bool(rows) and (total is None or page < total)
-            return Step(rows, more=more, token=page + 1,
-                        fingerprint=json.dumps(rows, sort_keys=True, default=str))
+            return Step(
+                rows,
+                more=more,
+                token=page + 1,
+                fingerprint=json.dumps(rows, sort_keys=True, default=str),
+            )
 
         walk: PageWalk[list[Any]] = PageWalk(
-            fetch, name=f"xoro.{path}", max_pages=self.conf.max_pages,
-            stop=self.ctx.stop if stoppable else None)
+            fetch,
+            name=f"xoro.{path}",
+            max_pages=self.conf.max_pages,
+            stop=self.ctx.stop if stoppable else None,
+        )
         for fetched in walk:
             yield from fetched.items
         record_walk(self.ctx.kv, walk.result, self.ctx.clock.now())
@@ -148,8 +170,11 @@ def check_envelope(result: HttpResult) -> None:
     retried; `Result: false` is a failure whatever the HTTP status."""
     body = result.data
     if not isinstance(body, dict) or "Result" not in body:
-        raise TransientError(SYSTEM, "answer is not a Xoro envelope: "
-                                     f"{clip(result.text.strip(), 200)!r}", status=result.status)
+        raise TransientError(
+            SYSTEM,
+            f"answer is not a Xoro envelope: {clip(result.text.strip(), 200)!r}",
+            status=result.status,
+        )
     if _is_true(body["Result"]):
         return
     message = body.get("Message")
