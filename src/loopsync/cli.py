@@ -12,6 +12,9 @@ cannot be created or written; 74 (EX_IOERR) disk full or an I/O error on a state
 With several merchants, one merchant's failure never stops the others; the status is
 then 2 if a configuration file was bad, else 1 if any merchant failed (each is named on
 stderr), a state file's own code (65/73/74) being kept when it was the only merchant.
+
+`serve --http HOST:PORT` (or $LOOPSYNC_HTTP) exits 2 at start, one line, when the address
+is malformed, cannot be bound, or is not loopback while $LOOPSYNC_HTTP_TOKEN is unset.
 """
 
 from __future__ import annotations
@@ -22,9 +25,9 @@ import json
 import re
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import structlog
 
@@ -48,6 +51,9 @@ EXIT_ALERT = 3  # `status --check`: some merchant is STALLED or BLOCKED
 EXIT_SOFTWARE = 70  # sysexits EX_SOFTWARE: anything unexpected, one line, no traceback
 # Commands that do work and honour SIGTERM/SIGINT (the others keep Python's defaults).
 SIGNAL_COMMANDS = ("run", "import", "serve")
+
+if TYPE_CHECKING:  # serve's listener is imported only when asked for
+    from loopsync import web
 
 log = structlog.get_logger("loopsync.cli")
 
@@ -88,6 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run every merchant on its schedule until stopped")
     configs(serve, "merchant YAML file(s) or directories of them")
+    serve.add_argument(
+        "--http",
+        metavar="HOST:PORT",
+        default=None,
+        help="serve /healthz, /readyz, /metrics and the status page here (default: "
+        "$LOOPSYNC_HTTP, else off); off loopback the page needs "
+        "$LOOPSYNC_HTTP_TOKEN",
+    )
 
     imp = sub.add_parser(
         "import", help="import returns by id or date range (live cursor untouched)"
@@ -482,10 +496,71 @@ def _import_range(args: argparse.Namespace) -> tuple[datetime, datetime]:
     return start, end
 
 
+SKIPPED = "skipped"
+
+
+@contextlib.contextmanager
+def cycle_event(merchant: str) -> Iterator[list[str]]:
+    """Times a serve cycle and emits its end (telemetry.CycleDone) with the stages the
+    body appended to the yielded list (SKIPPED: no cycle ran, nothing emitted)."""
+    from loopsync import telemetry
+    from loopsync.timeutil import SystemClock
+
+    clock = SystemClock()
+    began, failed = clock.monotonic(), list[str]()
+    try:
+        yield failed
+    finally:
+        if SKIPPED not in failed:
+            telemetry.emit(
+                telemetry.CycleDone(
+                    merchant,
+                    clock.now().timestamp(),
+                    clock.monotonic() - began,
+                    not failed,
+                    tuple(failed),
+                )
+            )
+
+
+def http_address(address: str | None) -> tuple[web.Address, str | None] | None:
+    """Where `serve --http` (or $LOOPSYNC_HTTP) listens and the page's token; None when
+    off. Checked before anything starts: a bad address, or one off loopback without
+    $LOOPSYNC_HTTP_TOKEN, is a UsageError (one line, exit 2)."""
+    import os
+
+    from loopsync import web
+
+    text = address or os.environ.get(web.ADDRESS_ENV, "").strip()
+    if not text:
+        return None
+    where = web.parse_address(text)
+    return where, web.check_token(where, os.environ)
+
+
+def http_listener(
+    asked: tuple[web.Address, str | None] | None, configs: Callable[[], Sequence[MerchantConfig]]
+) -> web.Listener | None:
+    """The listener, bound now: a busy address fails at start with one line (exit 2)."""
+    from loopsync import web
+
+    if asked is None:
+        return None
+    where, token = asked
+    try:
+        return web.Listener(where, configs, token=token)
+    except OSError as exc:
+        raise UsageError(
+            f"--http {where.host}:{where.port}: cannot listen there: {exc.strerror or exc}"
+        ) from None
+
+
 def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
+    from loopsync import telemetry
     from loopsync.runner import run_merchant
     from loopsync.scheduling import serve
 
+    asked = http_address(args.http)
     configs, bad = load_each(args.config)
     _report_bad(bad)
     if PROCESS.requested:  # stopped during start-up: nothing is running yet
@@ -498,20 +573,28 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
     def cycle(cfg: MerchantConfig, stop: threading.Event, next_due: Any = None) -> None:
         # One merchant's trouble is logged (and recorded in its run row when its state
         # opened); it never reaches the scheduler, and the next cycle tries again.
-        try:
-            run_merchant(cfg, stop=stop, mode="serve", next_due=next_due)
-        except LockHeld as exc:
-            log.warning("serve.locked", merchant=cfg.merchant, error=str(exc))
-        except StateError as exc:
-            log.error(
-                "serve.state_error",
-                merchant=cfg.merchant,
-                file=exc.path,
-                error=_redacted(str(exc)),
-                next="retried on its schedule",
-            )
-        except Exception as exc:  # noqa: BLE001 - contained: the other merchants go on
-            log.error("serve.cycle_failed", merchant=cfg.merchant, error=_one_line(exc))
+        with telemetry.merchant_scope(cfg.merchant), cycle_event(cfg.merchant) as failed:
+            try:
+                failed.extend(
+                    sorted(
+                        run_merchant(cfg, stop=stop, mode="serve", next_due=next_due).stage_errors
+                    )
+                )
+            except LockHeld as exc:
+                failed.append(SKIPPED)  # another process runs it: no cycle here
+                log.warning("serve.locked", merchant=cfg.merchant, error=str(exc))
+            except StateError as exc:
+                failed.append("state")
+                log.error(
+                    "serve.state_error",
+                    merchant=cfg.merchant,
+                    file=exc.path,
+                    error=_redacted(str(exc)),
+                    next="retried on its schedule",
+                )
+            except Exception as exc:  # noqa: BLE001 - contained: the other merchants go on
+                failed.append("crashed")
+                log.error("serve.cycle_failed", merchant=cfg.merchant, error=_one_line(exc))
 
     def reload() -> list[MerchantConfig] | None:
         try:
@@ -522,7 +605,23 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
         _report_bad(invalid)
         return fresh or None  # nothing valid left (a folder gone unreadable): keep what runs
 
-    return serve(configs, cycle, shutdown=PROCESS, reload=reload, grace=stop_grace(configs))
+    current = configs
+    listener = http_listener(asked, lambda: current)
+
+    def reload_tracked() -> list[MerchantConfig] | None:
+        nonlocal current
+        fresh = reload()
+        current = fresh if fresh is not None else current
+        return fresh
+
+    return serve(
+        configs,
+        cycle,
+        shutdown=PROCESS,
+        reload=reload_tracked,
+        grace=stop_grace(configs),
+        listener=listener,
+    )
 
 
 def cmd_status(args: argparse.Namespace, out: TextIO) -> int:

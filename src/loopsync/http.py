@@ -64,6 +64,7 @@ from tenacity.wait import wait_base
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
+from loopsync import telemetry
 from loopsync.errors import (
     AuthError,
     DeadlineExceeded,
@@ -382,6 +383,15 @@ def retrying(
             wait=round(state.next_action.sleep, 2) if state.next_action else None,
             error=str(exc),
         )
+        if isinstance(exc, RateLimited) and state.next_action is not None:
+            telemetry.emit(
+                telemetry.ThrottleWait(
+                    system,
+                    state.next_action.sleep,
+                    telemetry.WaitCause.SERVER,
+                    telemetry.current_merchant(),
+                )
+            )
 
     def too_long(exc: BaseException) -> bool:
         # A server hint beyond our cap fails now rather than sleeping for hours.
@@ -1045,8 +1055,18 @@ class HttpClient:
         idempotent: bool,
     ) -> HttpResult:
         if self.limiter is not None:
-            self.limiter.acquire(self.clock.sleep)
+            waited = self.limiter.acquire(self.clock.sleep)
+            if waited > 0:
+                telemetry.emit(
+                    telemetry.ThrottleWait(
+                        self.system,
+                        waited,
+                        telemetry.WaitCause.LIMITER,
+                        telemetry.current_merchant(),
+                    )
+                )
         self.requests_sent += 1
+        began = self.clock.monotonic()
         sent_headers = {"Accept-Encoding": "gzip, deflate", **(headers or {})}
         watch = _watchdog.watch(self.deadline)
         _current.watch = watch
@@ -1081,6 +1101,14 @@ class HttpClient:
             watch.finish()
             if resp is not None:
                 resp.close()
+            telemetry.emit(
+                telemetry.RequestDone(
+                    self.system,
+                    resp.status_code if resp is not None else None,
+                    self.clock.monotonic() - began,
+                    telemetry.current_merchant(),
+                )
+            )
 
     def _transport_error(
         self, exc: Exception, watch: _Watch, *, idempotent: bool, answered: bool

@@ -13,6 +13,10 @@ the merchant runs again on its schedule.
 
 APScheduler 3.11 facts relied on (defaults, misfires, no signal handlers, the first run):
 docs/api/design-notes.md, "Scheduling: APScheduler 3.x".
+
+`listener` (serve --http, loopsync.web): started before the first cycle, stopped after the
+last; a scheduler job beats its heartbeat every HEARTBEAT_SECONDS, so /healthz fails when
+the scheduler's threads stop running jobs, not only when the process is gone.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED
@@ -37,10 +41,22 @@ MISFIRE_GRACE_SECONDS = 600
 # Threads are made only when needed; room for merchants added by a reload.
 MAX_WORKERS = 64
 
+HEARTBEAT_SECONDS = 5  # web.HEARTBEAT_SECONDS: /healthz allows three missed beats
+
 # run_cycle(cfg, stop, next_due=...): `next_due()` is when the scheduler runs this merchant
 # next, asked at the cycle's end (the scheduler has moved the job on by then), for `status`.
 Cycle = Callable[..., Any]
 NextDue = Callable[[], datetime | None]
+
+
+class Listener(Protocol):
+    """What serve needs of the HTTP listener (loopsync.web.Listener)."""
+
+    def start(self) -> None: ...
+
+    def beat(self) -> None: ...
+
+    def stop(self) -> None: ...
 
 
 def _job_id(cfg: MerchantConfig) -> str:
@@ -148,6 +164,27 @@ def _drain(scheduler: BackgroundScheduler, shutdown: Shutdown, grace: float) -> 
         log.warning("serve.left_running", grace=grace)
 
 
+def _start_listener(scheduler: Any, listener: Listener | None) -> None:
+    """The heartbeat is a job: it beats only while the scheduler runs jobs."""
+    if listener is None:
+        return
+    scheduler.add_job(
+        listener.beat,
+        "interval",
+        seconds=HEARTBEAT_SECONDS,
+        id="heartbeat",
+        name="heartbeat",
+        next_run_time=datetime.now(UTC),
+    )
+    listener.start()
+
+
+def _stop_listener(listener: Listener | None) -> None:
+    """After the last cycle: /readyz and the page answer while cycles drain."""
+    if listener is not None:
+        listener.stop()
+
+
 def serve(
     configs: list[MerchantConfig],
     run_cycle: Cycle,
@@ -156,6 +193,7 @@ def serve(
     shutdown: Shutdown | None = None,
     reload: Callable[[], list[MerchantConfig] | None] | None = None,
     grace: float = 65.0,
+    listener: Listener | None = None,
 ) -> int:
     """Run every merchant on its schedule until `stop` is set or a signal arrives (the
     `shutdown` handlers must be installed by the caller to see signals). `reload`: the
@@ -167,6 +205,7 @@ def serve(
     for cfg in configs:
         jobs.schedule(cfg)
     scheduler.add_listener(log_event, EVENT_JOB_ERROR | EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES)
+    _start_listener(scheduler, listener)
 
     log.info("serve.start", merchants=[c.merchant for c in configs])
     scheduler.start()
@@ -176,6 +215,7 @@ def serve(
     finally:
         stop.set()
         _drain(scheduler, shutdown, grace)
+        _stop_listener(listener)
     log.info("serve.stopped")
     return 0
 

@@ -1,0 +1,508 @@
+"""`serve --http HOST:PORT`: health, metrics and a status page. The only module with an HTTP
+server (the standard library's ThreadingHTTPServer; no framework).
+
+Routes:
+  /healthz               200 while the scheduler's heartbeat is fresh, else 503 (liveness)
+  /readyz                503 when any merchant is STALLED or BLOCKED, else 200
+  /metrics               Prometheus text (loopsync.metrics)
+  /                      the status page: merchants, verdicts, backlog, last cycles,
+                         grouped problems, an SVG chart, a search box for a return
+  /merchants/<m>         one merchant's page
+  /returns?q=<id>        a return's story (Loop return id or RMA number)
+  /api/merchants, /api/merchants/<m>, /api/returns/<id>, /api/outcomes/<m>: JSON twins
+
+Auth: bound to loopback, everything is open. Bound to any other address, the page and the
+JSON need `Authorization: Bearer <LOOPSYNC_HTTP_TOKEN>` (compared in constant time) and
+`serve` refuses to start without the variable; /healthz, /readyz and /metrics stay open
+(probes and Prometheus scrape without a secret; they show no ids or personal data).
+
+What is shown: ids, states, reasons and counts only, never a secret or a customer's
+personal data (the stored snapshot is never read here). Every text is HTML-escaped;
+reasons also pass through `redaction.redact`.
+
+All state reading is in the "data" section below (read-only, no migration, like `status`).
+"""
+
+from __future__ import annotations
+
+import hmac
+import html
+import ipaddress
+import json
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, quote, unquote, urlsplit
+
+import structlog
+
+from loopsync import report, status
+from loopsync.config import MerchantConfig
+from loopsync.errors import StateError, UsageError
+from loopsync.metrics import CONTENT_TYPE as METRICS_TYPE
+from loopsync.metrics import Metrics, StateFigures
+from loopsync.redaction import redact
+from loopsync.state import EffectKind, EffectStatus, Stage
+from loopsync.timeutil import Clock, SystemClock, iso
+
+log = structlog.get_logger("loopsync.web")
+
+TOKEN_ENV = "LOOPSYNC_HTTP_TOKEN"  # noqa: S105 - the variable's name, not a secret
+ADDRESS_ENV = "LOOPSYNC_HTTP"
+# Liveness: the scheduler ticks every HEARTBEAT_SECONDS; three missed ticks is dead.
+HEARTBEAT_SECONDS = 5.0
+HEARTBEAT_STALE = 3 * HEARTBEAT_SECONDS
+CHART_HOURS = 72
+MAX_QUERY = 100  # a return id or RMA number is far shorter
+
+
+# -- address and auth (pure) -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Address:
+    host: str
+    port: int
+
+    @property
+    def loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+def parse_address(text: str) -> Address:
+    """HOST:PORT, [IPv6]:PORT or :PORT (all addresses). A bad one is a UsageError."""
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise UsageError(f"--http {text!r}: expected HOST:PORT (e.g. 127.0.0.1:9108)")
+    host = host.removeprefix("[").removesuffix("]") or "0.0.0.0"  # noqa: S104 - asked for
+    return Address(host, int(port))
+
+
+def token_ok(header: str | None, token: str) -> bool:
+    """`Authorization: Bearer <token>`, compared in constant time."""
+    scheme, _, given = (header or "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        given.strip().encode(), token.encode()
+    )
+
+
+NOT_READY = report.ALERTING  # /readyz fails on these verdicts
+
+
+@dataclass(frozen=True)
+class Found:
+    """A searched return's story and the merchant whose state file holds it."""
+
+    merchant: str
+    story: report.ReturnStory
+
+
+# -- data: every read of a state file is here (loopsync.status, read-only) ---------------------
+
+
+class Data:
+    """The views the pages render, read through `loopsync.status` (read-only, no
+    migration, no secret needed), one look per request."""
+
+    def __init__(
+        self, configs: Callable[[], Sequence[MerchantConfig]], clock: Clock | None = None
+    ) -> None:
+        self.configs = configs
+        self.clock = clock or SystemClock()
+
+    def merchants(self) -> list[report.MerchantView]:
+        return [self.merchant(cfg) for cfg in self.configs()]
+
+    def find(self, name: str) -> MerchantConfig | None:
+        return next((c for c in self.configs() if c.merchant == name), None)
+
+    def merchant(self, cfg: MerchantConfig) -> report.MerchantView:
+        return status.merchant_view(cfg, now=self.clock.now())
+
+    def story(self, query: str) -> Found | None:
+        for cfg in self.configs():
+            try:
+                story = status.return_story(cfg, query)
+            except StateError:  # that merchant's file is unreadable: its verdict says so
+                continue
+            if story is not None:
+                return Found(cfg.merchant, story)
+        return None
+
+    def outcomes(self, cfg: MerchantConfig, hours: int = CHART_HOURS) -> list[report.HourCount]:
+        try:
+            return status.outcomes_by_hour(cfg, hours=hours, now=self.clock.now())
+        except StateError:
+            return []
+
+    def figures(self) -> Iterator[StateFigures]:
+        for cfg in self.configs():
+            view = self.merchant(cfg)
+            effects = {(k, s): n for k, by in view.effects.items() for s, n in by.items()}
+            yield StateFigures(
+                view.merchant,
+                view.backlog,
+                effects,
+                str(view.verdict),
+                cfg.every.total_seconds(),
+                view.last_ok_at.timestamp() if view.last_ok_at else None,
+            )
+
+
+# -- rendering (pure; every text escaped) -------------------------------------------------------
+
+
+def esc(value: object) -> str:
+    return html.escape(redact(str(value)), quote=True)
+
+
+STYLE = """body{font:14px system-ui,sans-serif;margin:1.5rem;color:#222}
+table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #ccc;padding:.25rem .5rem;
+text-align:left}.runs td:nth-child(-n+2){white-space:nowrap}.v-OK{color:#176a2b}
+.v-DEGRADED{color:#a66300}.v-STALLED,.v-BLOCKED,.v-INTERRUPTED{color:#b00020}h2{margin-top:1.5rem}.muted{color:#777}"""
+
+
+def page(title: str, body: str) -> str:
+    return (
+        f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{esc(title)}"
+        f"</title><style>{STYLE}</style></head><body><h1>{esc(title)}</h1>"
+        f"{search_form()}{body}</body></html>"
+    )
+
+
+def search_form(value: str = "") -> str:
+    return (
+        "<form action=/returns method=get role=search><label>Return id or RMA "
+        f'<input id=q name=q value="{esc(value)}" maxlength={MAX_QUERY}></label> '
+        "<button id=search type=submit>Show its story</button></form>"
+    )
+
+
+def _when(moment: datetime | None, now: datetime) -> str:
+    return f"{iso(moment)} ({report.ago(moment, now)})" if moment else "never"
+
+
+def merchant_section(m: report.MerchantView, chart: list[report.HourCount]) -> str:
+    link = f"/merchants/{quote(m.merchant, safe='')}"
+    due = f"; next cycle {esc(_when(m.next_due, m.now))}" if m.next_due else ""
+    parts = [
+        f'<section class=merchant data-merchant="{esc(m.merchant)}">',
+        f'<h2><a href="{esc(link)}">{esc(m.merchant)}</a> '
+        f'<span class="verdict v-{esc(m.verdict.replace(" ", "-"))}">{esc(m.verdict)}'
+        f"</span></h2><p>{esc(m.warehouse)}: {esc(m.reason)}{due}</p>",
+    ]
+    backlog = "".join(
+        f"<tr><td>{esc(k)}</td><td>{v}</td></tr>" for k, v in sorted(m.backlog.items())
+    )
+    parts.append(f"<table class=backlog><tr><th>stage</th><th>returns</th></tr>{backlog}</table>")
+    parts.append(svg_chart(chart))
+    runs = "".join(
+        f"<tr><td>{esc(iso(r.started_at) or '')}</td>"
+        f"<td>{esc(iso(r.ended_at) or '')}</td><td>{esc(r.status)}</td>"
+        f"<td>{esc(_counts_text(r.counts))}</td><td>{r.errors}</td>"
+        f"<td>{esc('; '.join(f'{f.stage}: {f.reason}' for f in r.stage_failures))}"
+        "</td></tr>"
+        for r in m.recent_runs
+    )
+    parts.append(
+        "<h3>Last cycles</h3><table class=runs><tr><th>started</th><th>ended</th>"
+        f"<th>status</th><th>counts</th><th>errors</th><th>stage failures</th></tr>"
+        f"{runs}</table>"
+    )
+    parts.append(_problems_html(m.problems))
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def _problems_html(problems: Sequence[report.ProblemGroup]) -> str:
+    if not problems:
+        return "<h3>Problems</h3><p class=muted>none</p>"
+    rows = "".join(
+        f'<tr class="{"resolved" if p.resolved else "open"}"><td>{p.count}</td>'
+        f"<td>{esc(p.stage)}</td><td>{esc(p.reason)}</td>"
+        f"<td>{esc(', '.join(p.recent_ids))}</td><td>{esc(iso(p.first_seen))}</td>"
+        f"<td>{esc(iso(p.last_seen))}</td>"
+        f"<td>{'resolved' if p.resolved else 'open'}</td></tr>"
+        for p in problems
+    )
+    return (
+        "<h3>Problems</h3><table class=problems><tr><th>count</th><th>stage</th>"
+        "<th>reason</th><th>recent ids</th><th>first</th><th>last</th><th>state</th></tr>"
+        f"{rows}</table>"
+    )
+
+
+def _counts_text(counts: Mapping[str, int]) -> str:
+    return " ".join(f"{k}={v}" for k, v in sorted(counts.items()) if v)
+
+
+def svg_chart(bars: Sequence[report.HourCount], width: int = 720, height: int = 120) -> str:
+    """Returns processed (green) and flagged (orange) per hour, server-rendered."""
+    if not bars:
+        return ""
+    top = max([1] + [b.processed + b.flagged for b in bars])
+    step = width / len(bars)
+    rects = []
+    for i, b in enumerate(bars):
+        x = i * step
+        hp = height * b.processed / top
+        hf = height * b.flagged / top
+        title = f"{iso(b.hour)}: {b.processed} processed, {b.flagged} flagged"
+        rects.append(
+            f"<g><title>{esc(title)}</title>"
+            f'<rect x="{x:.1f}" y="{height - hp:.1f}" width="{step * 0.8:.1f}" '
+            f'height="{hp:.1f}" fill="#2e8b57"/>'
+            f'<rect x="{x:.1f}" y="{height - hp - hf:.1f}" '
+            f'width="{step * 0.8:.1f}" height="{hf:.1f}" fill="#e08a00"/></g>'
+        )
+    total_p = sum(b.processed for b in bars)
+    total_f = sum(b.flagged for b in bars)
+    return (
+        f'<figure><svg class=chart role=img width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" aria-label="returns per hour">'
+        f'<line x1="0" y1="{height}" x2="{width}" y2="{height}" stroke="#999"/>'
+        f"{''.join(rects)}</svg><figcaption>Returns per hour, last {len(bars)} hours: "
+        f"{total_p} processed (green), {total_f} flagged (orange)</figcaption></figure>"
+    )
+
+
+def story_html(found: Found | None, query: str) -> str:
+    if found is None:
+        return f"<p id=story class=muted>No return or RMA {esc(query)} in any state file.</p>"
+    story = found.story
+    rows = "".join(
+        f"<tr><td>{esc(iso(e.at) or '')}</td><td>{esc(e.kind)}</td><td>{esc(e.text)}</td></tr>"
+        for e in story.events
+    )
+    return (
+        f"<section id=story><h2>Return {esc(story.return_id)}</h2><p>merchant "
+        f"{esc(found.merchant)}; RMA {esc(story.rma_id or 'none')}; stage "
+        f"<b class=stage>{esc(story.stage)}</b>; now: "
+        f"{esc(story.wait_reason or 'nothing to wait for (done)')}</p>"
+        "<table class=events><tr><th>when</th><th>what</th><th>detail</th></tr>"
+        f"{rows}</table></section>"
+    )
+
+
+# -- the server ---------------------------------------------------------------------------------
+
+
+class Heartbeat:
+    """The scheduler's tick; /healthz is 200 while it is fresh."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self._at = clock.monotonic()
+
+    def beat(self) -> None:
+        self._at = self.clock.monotonic()
+
+    def alive(self) -> bool:
+        return self.clock.monotonic() - self._at <= HEARTBEAT_STALE
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: StatusServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet: one debug line, no query string (a search holds a return id)."""
+        log.debug("http.request", path=urlsplit(self.path).path, status=args[1:2])
+
+    def do_GET(self) -> None:
+        url = urlsplit(self.path)
+        path = url.path.rstrip("/") or "/"
+        try:
+            self._route(path, parse_qs(url.query))
+        except Exception as exc:  # noqa: BLE001 - one bad request never stops the listener
+            log.error("web.failed", path=path, error=f"{type(exc).__name__}")
+            self._send(500, "text/plain; charset=utf-8", b"internal error\n")
+
+    def _route(self, path: str, query: dict[str, list[str]]) -> None:
+        srv = self.server
+        if path == "/healthz":
+            alive = srv.heartbeat.alive()
+            self._text(200 if alive else 503, "ok\n" if alive else "scheduler not ticking\n")
+        elif path == "/readyz":
+            self._ready()
+        elif path == "/metrics":
+            self._send(200, METRICS_TYPE, srv.metrics.render())
+        elif not self._authorised():
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", "Bearer")
+            self._finish("text/plain; charset=utf-8", b"bearer token required\n")
+        elif path.startswith("/api/"):
+            self._api(path.removeprefix("/api"))
+        else:
+            self._page(path, query)
+
+    def _authorised(self) -> bool:
+        token = self.server.token
+        return token is None or token_ok(self.headers.get("Authorization"), token)
+
+    def _ready(self) -> None:
+        bad = [
+            f"{m.merchant}: {m.verdict}"
+            for m in self.server.data.merchants()
+            if m.verdict in NOT_READY
+        ]
+        self._text(503 if bad else 200, ("\n".join(bad) if bad else "ready") + "\n")
+
+    def _api(self, path: str) -> None:
+        data = self.server.data
+        parts = [unquote(p) for p in path.strip("/").split("/")]
+        if parts == ["merchants"]:
+            self._json(200, [m.to_json() for m in data.merchants()])
+            return
+        cfg = data.find(parts[1]) if len(parts) == 2 else None
+        if parts[0] == "merchants" and cfg is not None:
+            self._json(200, data.merchant(cfg).to_json())
+        elif parts[0] == "outcomes" and cfg is not None:
+            self._json(200, [b.to_json() for b in data.outcomes(cfg)])
+        elif parts[0] == "returns" and len(parts) == 2:
+            found = data.story(parts[1][:MAX_QUERY])
+            self._json(
+                200 if found else 404,
+                {"merchant": found.merchant, **found.story.to_json()}
+                if found
+                else {"error": "no such return or RMA"},
+            )
+        else:
+            self._json(404, {"error": "not found"})
+
+    def _page(self, path: str, query: dict[str, list[str]]) -> None:
+        data = self.server.data
+        if path == "/":
+            body = "".join(
+                merchant_section(data.merchant(c), data.outcomes(c)) for c in data.configs()
+            )
+            self._html(200, page("loopsync status", body or "<p>No merchants.</p>"))
+        elif (
+            path.startswith("/merchants/")
+            and (cfg := data.find(unquote(path.removeprefix("/merchants/")))) is not None
+        ):
+            self._html(
+                200,
+                page(
+                    f"loopsync: {cfg.merchant}",
+                    merchant_section(data.merchant(cfg), data.outcomes(cfg)),
+                ),
+            )
+        elif path == "/returns":
+            q = (query.get("q") or [""])[0].strip()[:MAX_QUERY]
+            found = data.story(q) if q else None
+            self._html(
+                200 if found or not q else 404, page("loopsync: return story", story_html(found, q))
+            )
+        else:
+            self._html(404, page("not found", "<p>Nothing here.</p>"))
+
+    # -- answers --------------------------------------------------------------------------
+    def _text(self, status: int, text: str) -> None:
+        self._send(status, "text/plain; charset=utf-8", text.encode())
+
+    def _html(self, status: int, text: str) -> None:
+        self._send(status, "text/html; charset=utf-8", text.encode())
+
+    def _json(self, status: int, value: Any) -> None:
+        self._send(
+            status, "application/json", redact(json.dumps(value, indent=1, default=str)).encode()
+        )
+
+    def _send(self, status: int, ctype: str, body: bytes) -> None:
+        self.send_response(status)
+        self._finish(ctype, body)
+
+    def _finish(self, ctype: str, body: bytes) -> None:
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header(
+            "Content-Security-Policy",
+            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'",
+        )
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+
+class StatusServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(
+        self,
+        address: Address,
+        data: Data,
+        metrics: Metrics,
+        heartbeat: Heartbeat,
+        token: str | None,
+    ) -> None:
+        self.data, self.metrics, self.heartbeat, self.token = data, metrics, heartbeat, token
+        super().__init__((address.host, address.port), _Handler)
+
+    @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+
+def check_token(address: Address, env: dict[str, str] | Any) -> str | None:
+    """The token the page needs; None on loopback without one. Non-loopback without a
+    token is a UsageError (serve refuses to start)."""
+    token = (env.get(TOKEN_ENV) or "").strip() or None
+    if token is None and not address.loopback:
+        raise UsageError(
+            f"--http {address.host}:{address.port} is not loopback: set "
+            f"{TOKEN_ENV} (the status page's bearer token) or bind 127.0.0.1"
+        )
+    return token
+
+
+class Listener:
+    """Started and stopped by `scheduling.serve`: the server on a daemon thread."""
+
+    def __init__(
+        self,
+        address: Address,
+        configs: Callable[[], Sequence[MerchantConfig]],
+        *,
+        token: str | None,
+        clock: Clock | None = None,
+    ) -> None:
+        clock = clock or SystemClock()
+        self.data = Data(configs, clock)
+        self.metrics = Metrics(
+            self.data.figures,
+            kinds=[k.value for k in EffectKind],
+            statuses=[s.value for s in EffectStatus],
+            stages=[s.value for s in Stage],
+        )
+        self.heartbeat = Heartbeat(clock)
+        self.clock = clock
+        self.server = StatusServer(address, self.data, self.metrics, self.heartbeat, token)
+        # Polled every 0.1 s for shutdown (the default 0.5 s would slow every stop).
+        self._thread = threading.Thread(
+            target=self.server.serve_forever, args=(0.1,), name="loopsync-http", daemon=True
+        )
+
+    def start(self) -> None:
+        self.metrics.subscribe()
+        self._thread.start()
+        log.info("serve.http", port=self.server.port)
+
+    def beat(self) -> None:
+        self.heartbeat.beat()
+        self.metrics.beat(self.clock.now().timestamp())
+
+    def stop(self) -> None:
+        self.metrics.unsubscribe()
+        self.server.shutdown()
+        self.server.server_close()
