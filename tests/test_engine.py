@@ -364,3 +364,23 @@ def test_poll_stopped_by_the_connector_ends_the_stage_quietly(tmp_path):
     r = w.cycle()
     assert r.counts.errors == 0 and not r.stage_errors and r.counts.processed == 0
     assert w.store().returns.get("101").stage == "open"
+
+
+def test_a_throttled_return_is_no_problem_and_no_error_and_is_pushed_next_cycle(tmp_path):
+    from loopsync.errors import RateLimited
+
+    w = World(tmp_path, [loop_return("101")])
+    create = w.wh.create_rma
+
+    def throttled(req, located):
+        raise RateLimited("fake", "429 slow down", retry_after=1)
+
+    w.wh.create_rma = throttled
+    r1 = w.cycle()
+    assert r1.counts.errors == 0 and r1.counts.pushed == 0
+    store = w.store()
+    assert store.runs.problems() == []
+    store.close()
+    w.wh.create_rma = create
+    w.clock.advance(60)
+    assert w.cycle().counts.pushed == 1 and w.wh.created == 1

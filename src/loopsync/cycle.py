@@ -279,7 +279,7 @@ class Engine:
                 raise  # not this return's fault: every other one would be refused too
             except TransientError as exc:
                 streak[0] += 1
-                self._failed(rid, stage, str(exc))
+                self._transient(rid, stage, exc)
                 if streak[0] >= OUTAGE_AFTER:
                     raise
             except Exception as exc:
@@ -287,6 +287,14 @@ class Engine:
                 if text is None:
                     raise
                 self._failed(rid, stage, text)
+
+    def _transient(self, rid: str, stage: str, exc: TransientError) -> None:
+        if isinstance(exc, RateLimited):
+            # The remote pacing us is no problem of this return (nor an error of the
+            # cycle): it is tried again next cycle; a run of them still ends the stage.
+            self.ctx.log.info("return.throttled", return_id=rid, stage=stage, reason=str(exc))
+        else:
+            self._failed(rid, stage, str(exc))
 
     def _failed(self, rid: str, stage: str, message: str) -> None:
         self.counts.errors += 1
