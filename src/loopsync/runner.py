@@ -8,7 +8,7 @@ import sqlite3
 import threading
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -84,6 +84,22 @@ def open_store(cfg: MerchantConfig, clock: Clock, *, dry_run: bool) -> Store:
     return Store(cfg.state_path, clock)
 
 
+@dataclass(frozen=True)
+class RunRequest:
+    """What one run was asked to do, carried whole through the run's steps."""
+
+    clock: Clock
+    stop: threading.Event
+    dry_run: bool
+    mode: str
+    run_id: str
+    import_from: datetime | None
+    import_to: datetime | None
+    import_return_id: str | None
+    policy: RetryPolicy | None
+    next_due: Callable[[], datetime | None] | None
+
+
 def run_merchant(
     cfg: MerchantConfig,
     *,
@@ -122,53 +138,30 @@ def run_merchant(
         with bound:
             return _run_locked(
                 cfg,
-                clock=clock,
-                stop=stop,
-                dry_run=dry_run,
-                mode=mode,
-                run_id=run_id,
-                import_from=import_from,
-                import_to=import_to,
-                import_return_id=import_return_id,
-                policy=policy,
-                next_due=next_due,
+                RunRequest(
+                    clock,
+                    stop,
+                    dry_run,
+                    mode,
+                    run_id,
+                    import_from,
+                    import_to,
+                    import_return_id,
+                    policy,
+                    next_due,
+                ),
             )
     finally:
         if lock is not None:
             lock.release()
 
 
-def _run_locked(
-    cfg: MerchantConfig,
-    *,
-    clock: Clock,
-    stop: threading.Event,
-    dry_run: bool,
-    mode: str,
-    run_id: str,
-    import_from: datetime | None,
-    import_to: datetime | None,
-    import_return_id: str | None,
-    policy: RetryPolicy | None,
-    next_due: Callable[[], datetime | None] | None = None,
-) -> CycleResult:
-    store = open_store(cfg, clock, dry_run=dry_run)
+def _run_locked(cfg: MerchantConfig, req: RunRequest) -> CycleResult:
+    store = open_store(cfg, req.clock, dry_run=req.dry_run)
     try:
-        result = _run_open(
-            cfg,
-            store,
-            clock=clock,
-            stop=stop,
-            dry_run=dry_run,
-            mode=mode,
-            run_id=run_id,
-            import_from=import_from,
-            import_to=import_to,
-            import_return_id=import_return_id,
-            policy=policy,
-        )
-        if next_due is not None and not dry_run:
-            record_next_due(store, next_due())
+        result = _run_open(cfg, store, req)
+        if req.next_due is not None and not req.dry_run:
+            record_next_due(store, req.next_due())
         return result
     except sqlite3.Error as exc:  # the state file failed under us (disk full, ...)
         raise state_error(cfg.state_path, exc) from None
@@ -177,20 +170,15 @@ def _run_locked(
             store.close()
 
 
-def _run_open(
-    cfg: MerchantConfig,
-    store: Store,
-    *,
-    clock: Clock,
-    stop: threading.Event,
-    dry_run: bool,
-    mode: str,
-    run_id: str,
-    import_from: datetime | None,
-    import_to: datetime | None,
-    import_return_id: str | None,
-    policy: RetryPolicy | None,
-) -> CycleResult:
+def _run_open(cfg: MerchantConfig, store: Store, req: RunRequest) -> CycleResult:
+    clock, stop, dry_run, mode, run_id, policy = (
+        req.clock,
+        req.stop,
+        req.dry_run,
+        req.mode,
+        req.run_id,
+        req.policy,
+    )
     manual = mode == "import" or dry_run  # a person is trying: no backoff in the way
     refusal = refusals.load(store.kv(refusals.KV_NAMESPACE))
     if not manual and not refusals.may_try(refusal, clock.now(), cfg.secrets()):
@@ -210,7 +198,7 @@ def _run_open(
         raise
     cycle = _Cycle(cfg, store, engine, clock, run_id, mode, dry_run, refusal)
     try:
-        result = cycle.run(import_return_id, import_from, import_to)
+        result = cycle.run(req.import_return_id, req.import_from, req.import_to)
     finally:
         unrecorded = cycle.finish()
         limits.save()
