@@ -25,7 +25,7 @@ from typing import Any
 
 from loopsync import refusals, report
 from loopsync.config import MerchantConfig
-from loopsync.errors import StateError
+from loopsync.errors import StateCorrupt, StateError
 from loopsync.state import ReturnRow, Store, lock_is_held, state_error
 from loopsync.state.runs import NEXT_DUE_KEY, NEXT_DUE_NAMESPACE
 from loopsync.timeutil import SystemClock, iso, parse_timestamp
@@ -289,8 +289,15 @@ def merchant_view(cfg: MerchantConfig, *, now: datetime | None = None) -> report
         return _blocked(cfg, now, str(exc))
     except sqlite3.Error as exc:
         return _blocked(cfg, now, str(state_error(path, exc)))
+    except (ValueError, TypeError) as exc:  # a stored value no typed row reads (an unknown
+        # stage, a number as text): that file is damaged; it must not hide the others
+        return _blocked(cfg, now, str(_damaged(path, exc)))
     finally:
         store.close()
+
+
+def _damaged(path: Path, exc: Exception) -> StateCorrupt:
+    return StateCorrupt(str(path), f"a stored value cannot be read ({type(exc).__name__})")
 
 
 def _blocked(cfg: MerchantConfig, now: datetime, message: str) -> report.MerchantView:
@@ -410,6 +417,8 @@ def return_story(cfg: MerchantConfig, query: str) -> report.ReturnStory | None:
         return _story(store, row)
     except sqlite3.Error as exc:
         raise state_error(path, exc) from None
+    except (ValueError, TypeError) as exc:  # as in merchant_view: a damaged file
+        raise _damaged(path, exc) from None
     finally:
         store.close()
 

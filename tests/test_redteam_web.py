@@ -1,0 +1,47 @@
+"""Red team on `serve --http`: what an attacker or a careless operator tried, as tests."""
+
+import sqlite3
+
+from loopsync import web
+from loopsync.config import load_config
+from tests.test_web import get, listener, synced  # noqa: F401 - fixtures used by name
+
+EMAIL = "jane.doe+returns@example.com"
+
+
+def test_one_merchants_damaged_rows_do_not_500_the_page_or_hide_the_others(
+    make_sandbox, clock, tmp_path
+):
+    from loopsync.runner import run_merchant
+
+    sb = make_sandbox("shiphero", rate_limits=False)
+    seeded = sb.seed(2, states_weights=[("open", 1)])
+    cfgs = []
+    for name in ("acme", "bravo"):
+        folder = tmp_path / name
+        folder.mkdir()
+        p = sb.write_config(folder, merchant=name, state_path=str(folder / f"{name}.sqlite"))
+        cfg = load_config(p, env=sb.env())
+        run_merchant(cfg, clock=clock)
+        cfgs.append(cfg)
+    conn = sqlite3.connect(cfgs[0].state_path)
+    conn.execute("update returns set stage = 'no-such-stage'")
+    conn.execute("update runs set status = 'bogus', started_at = 'yesterday-ish'")
+    conn.commit()
+    conn.close()
+    lis = web.Listener(web.Address("127.0.0.1", 0), lambda: cfgs, token=None, clock=clock)
+    lis.start()
+    try:
+        base = f"http://127.0.0.1:{lis.server.port}"
+        page = get(base + "/")
+        api = get(base + "/api/merchants")
+        ready = get(base + "/readyz")
+        metrics = get(base + "/metrics")
+        story = get(base + f"/api/returns/{seeded[0]['id']}")
+    finally:
+        lis.stop()
+    assert page[0] == 200 and 'data-merchant="bravo"' in page[1]
+    assert "BLOCKED" in page[1] and "a stored value cannot be read" in page[1]
+    assert story[0] == 200 and '"merchant": "bravo"' in story[1]
+    assert api[0] == 200 and '"bravo"' in api[1]
+    assert ready[0] in (200, 503) and metrics[0] == 200
