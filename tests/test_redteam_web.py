@@ -1,12 +1,20 @@
 """Red team on `serve --http`: what an attacker or a careless operator tried, as tests."""
 
 import sqlite3
+import urllib.request
 
 from loopsync import web
 from loopsync.config import load_config
 from tests.test_web import get, listener, synced  # noqa: F401 - fixtures used by name
 
 EMAIL = "jane.doe+returns@example.com"
+
+
+def test_head_on_the_probes_answers_like_get_without_a_body(listener):
+    _, base = listener
+    req = urllib.request.Request(base + "/healthz", method="HEAD")  # noqa: S310 - loopback
+    with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - as above
+        assert resp.status == 200 and resp.read() == b""
 
 
 def test_one_merchants_damaged_rows_do_not_500_the_page_or_hide_the_others(

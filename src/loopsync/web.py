@@ -326,6 +326,11 @@ class _Handler(BaseHTTPRequestHandler):
             log.error("web.failed", path=path, error=f"{type(exc).__name__}")
             self._send(500, "text/plain; charset=utf-8", b"internal error\n")
 
+    def do_HEAD(self) -> None:
+        """As GET without the body (`_finish` leaves it out): probes and uptime checkers
+        often send HEAD."""
+        self.do_GET()
+
     def _route(self, path: str, query: dict[str, list[str]]) -> None:
         srv = self.server
         if path == "/healthz":
