@@ -1,5 +1,6 @@
 """Red team on `serve --http`: what an attacker or a careless operator tried, as tests."""
 
+import socket
 import sqlite3
 import urllib.request
 
@@ -53,3 +54,12 @@ def test_one_merchants_damaged_rows_do_not_500_the_page_or_hide_the_others(
     assert story[0] == 200 and '"merchant": "bravo"' in story[1]
     assert api[0] == 200 and '"bravo"' in api[1]
     assert ready[0] in (200, 503) and metrics[0] == 200
+
+
+def test_an_idle_connection_is_closed_by_the_server(listener, monkeypatch):
+    monkeypatch.setattr(web, "IDLE_TIMEOUT", 0.5, raising=False)
+    _, base = listener
+    port = int(base.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as idle:
+        assert idle.recv(1) == b""  # closed by the server, well before our 10 s
+    assert get(base + "/healthz")[0] == 200

@@ -57,6 +57,9 @@ HEARTBEAT_SECONDS = 5.0
 HEARTBEAT_STALE = 3 * HEARTBEAT_SECONDS
 CHART_HOURS = 72
 MAX_QUERY = 100  # a return id or RMA number is far shorter
+# A client that sends nothing, or stops mid-request, is dropped after this many seconds of
+# silence; without it each idle socket held a thread (and a kept-alive connection) forever.
+IDLE_TIMEOUT = 30.0
 
 
 # -- address and auth (pure) -------------------------------------------------------------------
@@ -312,6 +315,10 @@ class Heartbeat:
 class _Handler(BaseHTTPRequestHandler):
     server: StatusServer
     protocol_version = "HTTP/1.1"
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.settimeout(IDLE_TIMEOUT)  # read per connection: tests may lower it
 
     def log_message(self, format: str, *args: Any) -> None:
         """Quiet: one debug line, no query string (a search holds a return id)."""
