@@ -1,14 +1,51 @@
 """Red team on `serve --http`: what an attacker or a careless operator tried, as tests."""
 
+import json
 import socket
 import sqlite3
 import urllib.request
 
 from loopsync import web
 from loopsync.config import load_config
+from loopsync.state import Store
 from tests.test_web import get, listener, synced  # noqa: F401 - fixtures used by name
 
 EMAIL = "jane.doe+returns@example.com"
+
+
+def test_an_email_in_a_remote_error_reason_never_reaches_the_page_or_json(
+    make_sandbox, clock, tmp_path
+):
+    from loopsync.runner import run_merchant
+
+    sb = make_sandbox("shiphero", rate_limits=False)
+    seeded = sb.seed(2, states_weights=[("open", 1)])
+    path = sb.write_config(tmp_path, merchant="acme", state_path=str(tmp_path / "acme.sqlite"))
+    cfg = load_config(path, env=sb.env())
+    run_merchant(cfg, clock=clock)
+    rid = seeded[0]["id"]
+    store = Store(cfg.state_path, clock)
+    # a warehouse's rejection that echoes the customer's address, stored as the remote said it
+    store.runs.add_problem(rid, "push", f"rejected: customer {EMAIL} has no order", None)
+    store.runs.add_problem(rid, "push", "rejected:\njosé.núñez@example.com unknown", None)
+    store.close()
+    lis = web.Listener(web.Address("127.0.0.1", 0), lambda: [cfg], token=None, clock=clock)
+    lis.start()
+    try:
+        base = f"http://127.0.0.1:{lis.server.port}"
+        texts = [
+            get(base + "/")[1],
+            get(base + "/api/merchants")[1],
+            get(base + f"/api/returns/{rid}")[1],
+            get(base + f"/returns?q={rid}")[1],
+        ]
+    finally:
+        lis.stop()
+    assert "has no order" in texts[0] and "has no order" in texts[2]  # the reason is shown
+    assert json.loads(texts[1]) and json.loads(texts[2])  # still JSON after the masking
+    for text in texts:
+        for part in ("jane.doe", "example.com", "núñez", "n\\u00fa\\u00f1ez"):
+            assert part not in text
 
 
 def test_head_on_the_probes_answers_like_get_without_a_body(listener):

@@ -38,6 +38,7 @@ __all__ = [
     "contains_secret",
     "dumps_redacted",
     "install_excepthooks",
+    "mask_personal",
     "redact",
     "redact_obj",
     "redact_optional",
@@ -200,6 +201,18 @@ def registered_count() -> int:
 def redact(text: str) -> str:
     """`text` with every registered secret (in any known encoding) replaced by ***."""
     return _default.redact(text)
+
+
+# An email address as remotes echo one in an error text ("customer jane@x.com has no
+# order"): local part, @, a dotted domain. Ids, states and counts hold no @.
+_EMAIL = re.compile(r"[\w.!#$%&'*+/=?^`{|}~-]+@[\w-]+(?:\.[\w-]+)+")
+PERSONAL = "[email]"
+
+
+def mask_personal(text: str) -> str:
+    """`text` without the email addresses a remote error may have echoed (the status
+    page and its JSON show ids, states, reasons and counts, never a customer's email)."""
+    return _EMAIL.sub(PERSONAL, text)
 
 
 def redact_obj(value: Any) -> Any:

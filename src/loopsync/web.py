@@ -18,7 +18,8 @@ JSON need `Authorization: Bearer <LOOPSYNC_HTTP_TOKEN>` (compared in constant ti
 
 What is shown: ids, states, reasons and counts only, never a secret or a customer's
 personal data (the stored snapshot is never read here). Every text is HTML-escaped;
-reasons also pass through `redaction.redact`.
+reasons also pass through `redaction.redact` and `redaction.mask_personal` (an email a
+remote echoed in an error text is masked).
 
 All state reading is in the "data" section below (read-only, no migration, like `status`).
 """
@@ -44,7 +45,7 @@ from loopsync.config import MerchantConfig
 from loopsync.errors import StateError, UsageError
 from loopsync.metrics import CONTENT_TYPE as METRICS_TYPE
 from loopsync.metrics import Metrics, StateFigures
-from loopsync.redaction import redact
+from loopsync.redaction import mask_personal, redact
 from loopsync.state import EffectKind, EffectStatus, Stage
 from loopsync.timeutil import Clock, SystemClock, iso
 
@@ -164,7 +165,19 @@ class Data:
 
 
 def esc(value: object) -> str:
-    return html.escape(redact(str(value)), quote=True)
+    return html.escape(mask_personal(redact(str(value))), quote=True)
+
+
+def _public(value: Any) -> Any:
+    """JSON-like data with every string masked as `esc` masks it, before encoding (masking
+    the encoded text could cut a JSON escape such as `\\n` or `\\u00e9` in two)."""
+    if isinstance(value, str):
+        return mask_personal(redact(value))
+    if isinstance(value, dict):
+        return {_public(k): _public(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_public(v) for v in value]
+    return value
 
 
 STYLE = """body{font:14px system-ui,sans-serif;margin:1.5rem;color:#222}
@@ -426,7 +439,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _json(self, status: int, value: Any) -> None:
         self._send(
-            status, "application/json", redact(json.dumps(value, indent=1, default=str)).encode()
+            status,
+            "application/json",
+            redact(json.dumps(_public(value), indent=1, default=str)).encode(),
         )
 
     def _send(self, status: int, ctype: str, body: bytes) -> None:
