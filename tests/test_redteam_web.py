@@ -100,3 +100,18 @@ def test_an_idle_connection_is_closed_by_the_server(listener, monkeypatch):
     with socket.create_connection(("127.0.0.1", port), timeout=10) as idle:
         assert idle.recv(1) == b""  # closed by the server, well before our 10 s
     assert get(base + "/healthz")[0] == 200
+
+
+def test_a_request_the_server_refuses_early_gets_its_answer_and_no_traceback(
+    listener,
+    capfd,
+):
+    _, base = listener
+    port = int(base.rsplit(":", 1)[1])
+    for request in (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n", b"GET / HTTP/1.1 x\r\n\r\n"):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(request)
+            answer = b"".join(iter(lambda s=sock: s.recv(4096), b""))
+        assert b"Error code: 414" in answer or b"Error code: 400" in answer, answer
+    assert get(base + "/healthz")[0] == 200
+    assert "Traceback" not in capfd.readouterr().err

@@ -335,7 +335,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         """Quiet: one debug line, no query string (a search holds a return id)."""
-        log.debug("http.request", path=urlsplit(self.path).path, status=args[1:2])
+        # `path` is unset when the request line itself was refused (too long, malformed):
+        # reading it raised, so the client got no answer and stderr a raw traceback.
+        path = urlsplit(getattr(self, "path", "")).path
+        log.debug("http.request", path=path, status=args[1:2])
 
     def do_GET(self) -> None:
         url = urlsplit(self.path)
