@@ -3,6 +3,9 @@
 import json
 import socket
 import sqlite3
+import struct
+import threading
+import time
 import urllib.request
 
 from loopsync import web
@@ -114,4 +117,36 @@ def test_a_request_the_server_refuses_early_gets_its_answer_and_no_traceback(
             answer = b"".join(iter(lambda s=sock: s.recv(4096), b""))
         assert b"Error code: 414" in answer or b"Error code: 400" in answer, answer
     assert get(base + "/healthz")[0] == 200
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_client_that_hangs_up_mid_request_or_answer_leaves_no_raw_traceback(synced, clock, capfd):
+    cfg, _ = synced
+    armed, hung_up = threading.Event(), threading.Event()
+
+    def configs():
+        if armed.is_set():
+            hung_up.wait(10)  # the page is read only once the client has gone
+        return [cfg]
+
+    lis = web.Listener(web.Address("127.0.0.1", 0), configs, token=None, clock=clock)
+    lis.start()
+    try:
+        sock = socket.create_connection(("127.0.0.1", lis.server.port), timeout=10)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        armed.set()
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        sock.close()  # a reset, not a polite close
+        hung_up.set()
+        half = socket.create_connection(("127.0.0.1", lis.server.port), timeout=10)
+        half.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        half.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")  # headers not finished
+        assert get(f"http://127.0.0.1:{lis.server.port}/healthz")[0] == 200
+        half.close()
+        deadline = time.monotonic() + 10  # generous: the handler ends within milliseconds
+        while any("process_request" in t.name for t in threading.enumerate()):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    finally:
+        lis.stop()
     assert "Traceback" not in capfd.readouterr().err

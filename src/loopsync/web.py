@@ -30,6 +30,7 @@ import hmac
 import html
 import ipaddress
 import json
+import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -345,6 +346,8 @@ class _Handler(BaseHTTPRequestHandler):
         path = url.path.rstrip("/") or "/"
         try:
             self._route(path, parse_qs(url.query))
+        except ConnectionError:  # the client hung up: no one to answer, nothing went wrong
+            self.close_connection = True
         except Exception as exc:  # noqa: BLE001 - one bad request never stops the listener
             log.error("web.failed", path=path, error=f"{type(exc).__name__}")
             self._send(500, "text/plain; charset=utf-8", b"internal error\n")
@@ -482,6 +485,11 @@ class StatusServer(ThreadingHTTPServer):
     @property
     def port(self) -> int:
         return int(self.server_address[1])
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A connection that failed outside a route (a client reset mid-request): one log
+        line, not socketserver's raw traceback on stderr."""
+        log.debug("web.connection_failed", error=type(sys.exc_info()[1]).__name__)
 
 
 def check_token(address: Address, env: dict[str, str] | Any) -> str | None:
