@@ -150,3 +150,38 @@ def test_a_client_that_hangs_up_mid_request_or_answer_leaves_no_raw_traceback(sy
     finally:
         lis.stop()
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_while_serve_drains_readyz_fails_and_healthz_stays_alive(listener, clock):
+    lis, base = listener
+    lis.draining()
+    clock.advance(web.HEARTBEAT_STALE + 60)  # the heartbeat job no longer runs while draining
+    assert get(base + "/readyz") == (503, "shutting down\n")
+    assert get(base + "/healthz")[0] == 200  # a liveness probe must not kill the drain
+
+
+def test_serve_tells_the_listener_it_drains_before_the_cycles_end():
+    from loopsync.scheduling import serve
+    from loopsync.shutdown import Shutdown
+
+    stop = threading.Event()
+    seen: list[str] = []
+
+    class Probe:
+        def start(self):
+            seen.append("start")
+
+        def beat(self):
+            stop.set()
+
+        def draining(self):
+            seen.append("draining")
+
+        def stop(self):
+            seen.append("stop")
+
+    assert (
+        serve([], lambda cfg, ev, **kw: None, stop, shutdown=Shutdown(), grace=5, listener=Probe())
+        == 0
+    )
+    assert seen == ["start", "draining", "stop"]

@@ -253,6 +253,9 @@ def test_scheduler_beats_the_listeners_heartbeat_and_stops_it(tmp_path):
             self.beats += 1
             stop.set()  # one beat proves the scheduler runs jobs
 
+        def draining(self):
+            pass
+
         def stop(self):
             self.stopped = True
 

@@ -56,6 +56,8 @@ class Listener(Protocol):
 
     def beat(self) -> None: ...
 
+    def draining(self) -> None: ...
+
     def stop(self) -> None: ...
 
 
@@ -180,7 +182,7 @@ def _start_listener(scheduler: Any, listener: Listener | None) -> None:
 
 
 def _stop_listener(listener: Listener | None) -> None:
-    """After the last cycle: /readyz and the page answer while cycles drain."""
+    """After the last cycle: the page answers (and /readyz says 503) while cycles drain."""
     if listener is not None:
         listener.stop()
 
@@ -214,6 +216,8 @@ def serve(
         log.info("serve.shutdown", signal=shutdown.name or "stop")
     finally:
         stop.set()
+        if listener is not None:
+            listener.draining()  # /readyz fails from here; /healthz stays up while cycles end
         _drain(scheduler, shutdown, grace)
         _stop_listener(listener)
     log.info("serve.stopped")

@@ -2,8 +2,10 @@
 server (the standard library's ThreadingHTTPServer; no framework).
 
 Routes:
-  /healthz               200 while the scheduler's heartbeat is fresh, else 503 (liveness)
-  /readyz                503 when any merchant is STALLED or BLOCKED, else 200
+  /healthz               200 while the scheduler's heartbeat is fresh, else 503 (liveness);
+                         200 while `serve` drains its cycles (no beats then, the process lives)
+  /readyz                503 when any merchant is STALLED or BLOCKED or `serve` is stopping,
+                         else 200
   /metrics               Prometheus text (loopsync.metrics)
   /                      the status page: merchants, verdicts, backlog, last cycles,
                          grouped problems, an SVG chart, a search box for a return
@@ -360,7 +362,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _route(self, path: str, query: dict[str, list[str]]) -> None:
         srv = self.server
         if path == "/healthz":
-            alive = srv.heartbeat.alive()
+            alive = srv.draining or srv.heartbeat.alive()
             self._text(200 if alive else 503, "ok\n" if alive else "scheduler not ticking\n")
         elif path == "/readyz":
             self._ready()
@@ -380,6 +382,9 @@ class _Handler(BaseHTTPRequestHandler):
         return token is None or token_ok(self.headers.get("Authorization"), token)
 
     def _ready(self) -> None:
+        if self.server.draining:
+            self._text(503, "shutting down\n")
+            return
         bad = [
             f"{m.merchant}: {m.verdict}"
             for m in self.server.data.merchants()
@@ -480,6 +485,7 @@ class StatusServer(ThreadingHTTPServer):
         token: str | None,
     ) -> None:
         self.data, self.metrics, self.heartbeat, self.token = data, metrics, heartbeat, token
+        self.draining = False  # set once by Listener.draining, read by every handler thread
         super().__init__((address.host, address.port), _Handler)
 
     @property
@@ -539,6 +545,11 @@ class Listener:
     def beat(self) -> None:
         self.heartbeat.beat()
         self.metrics.beat(self.clock.now().timestamp())
+
+    def draining(self) -> None:
+        """`serve` is stopping and waits for running cycles (up to its grace): not ready for
+        anything new, but alive, though the scheduler no longer beats."""
+        self.server.draining = True
 
     def stop(self) -> None:
         self.metrics.unsubscribe()
