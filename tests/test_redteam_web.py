@@ -8,8 +8,12 @@ import threading
 import time
 import urllib.request
 
+import pytest
+
 from loopsync import web
 from loopsync.config import load_config
+from loopsync.errors import UsageError
+from loopsync.redaction import redact
 from loopsync.state import Store
 from tests.test_web import get, listener, synced  # noqa: F401 - fixtures used by name
 
@@ -185,3 +189,15 @@ def test_serve_tells_the_listener_it_drains_before_the_cycles_end():
         == 0
     )
     assert seen == ["start", "draining", "stop"]
+
+
+@pytest.mark.parametrize("weak", ["x", "1234567", "pässwörd-ünicode", "two words here"])
+def test_a_short_or_unsendable_page_token_is_refused_at_start(weak):
+    with pytest.raises(UsageError, match=web.TOKEN_ENV):
+        web.check_token(web.Address("0.0.0.0", 9108), {web.TOKEN_ENV: weak})  # noqa: S104
+
+
+def test_the_page_token_is_masked_at_every_exit():
+    token = "page-token-0123456789"
+    assert web.check_token(web.Address("0.0.0.0", 9108), {web.TOKEN_ENV: token}) == token  # noqa: S104
+    assert token not in redact(f"echoed: {token}")

@@ -48,7 +48,7 @@ from loopsync.config import MerchantConfig
 from loopsync.errors import StateError, UsageError
 from loopsync.metrics import CONTENT_TYPE as METRICS_TYPE
 from loopsync.metrics import Metrics, StateFigures
-from loopsync.redaction import mask_personal, redact
+from loopsync.redaction import MIN_LENGTH, mask_personal, redact, register
 from loopsync.state import EffectKind, EffectStatus, Stage
 from loopsync.timeutil import Clock, SystemClock, iso
 
@@ -500,13 +500,27 @@ class StatusServer(ThreadingHTTPServer):
 
 def check_token(address: Address, env: dict[str, str] | Any) -> str | None:
     """The token the page needs; None on loopback without one. Non-loopback without a
-    token is a UsageError (serve refuses to start)."""
+    token is a UsageError (serve refuses to start), and so is a token that is short (the
+    floor configkit sets for every secret) or that a header cannot carry as sent (non-ASCII
+    or spaced: the header is read as Latin-1, so it would never match). A token in use is
+    masked at every exit, like every configured secret."""
     token = (env.get(TOKEN_ENV) or "").strip() or None
     if token is None and not address.loopback:
         raise UsageError(
             f"--http {address.host}:{address.port} is not loopback: set "
             f"{TOKEN_ENV} (the status page's bearer token) or bind 127.0.0.1"
         )
+    if token is not None:
+        if (
+            len(token) < MIN_LENGTH
+            or not (token.isascii() and token.isprintable())
+            or (" " in token)
+        ):
+            raise UsageError(
+                f"{TOKEN_ENV}: use at least {MIN_LENGTH} printable ASCII characters "
+                "without spaces (a bearer token)"
+            )
+        register(token)
     return token
 
 
