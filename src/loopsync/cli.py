@@ -666,12 +666,15 @@ def _status_return(configs: list[MerchantConfig], query: str, out: TextIO, *, as
     """`status --return ID`: the story of one return, looked for in every merchant."""
     from loopsync.status import return_story
 
+    codes: dict[str, tuple[int, str | None]] = {}
     for cfg in configs:
         try:
             story = return_story(cfg, query)
         except StateError as exc:
             print(f"loopsync: {cfg.merchant}: {exc}", file=sys.stderr)
+            codes[cfg.merchant] = (exc.exit_code, str(exc))
             continue
+        codes[cfg.merchant] = (EXIT_OK, None)
         if story is not None:
             if as_json:
                 shown = {"merchant": cfg.merchant} | story.to_json()
@@ -679,11 +682,15 @@ def _status_return(configs: list[MerchantConfig], query: str, out: TextIO, *, as
             else:
                 out.write(redact("\n".join([f"{cfg.merchant}", *story.lines()])) + "\n")
             return EXIT_OK
-    print(
-        f"loopsync: no return or RMA {query!r} in the state of "
-        + ", ".join(c.merchant for c in configs),
-        file=sys.stderr,
-    )
+    # Not found says so only of the states that were read: an unreadable one may hold it.
+    read = [m for m, (_, why) in codes.items() if why is None]
+    if read:
+        print(
+            f"loopsync: no return or RMA {query!r} in the state of " + ", ".join(read),
+            file=sys.stderr,
+        )
+    if len(read) < len(codes):
+        return _final_code(codes, [])
     return EXIT_ERRORS
 
 

@@ -1,0 +1,45 @@
+"""Red team on issue 10's operator surface: `status --return` over a state file that cannot
+be read, and the other operator paths attacked in the same pass."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pytest
+
+from loopsync.cli import main
+from loopsync.config import load_config
+from loopsync.timeutil import SystemClock
+
+EX_DATAERR = 65
+
+
+@pytest.fixture
+def sb(make_sandbox):
+    return make_sandbox(clock=SystemClock(), rate_limits=False)
+
+
+def fingerprint(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest(), os.stat(path).st_mtime_ns
+
+
+def test_status_return_on_a_truncated_state_names_the_fault_not_an_absent_return(
+    sb, tmp_path, capsys, monkeypatch
+):
+    """Was: the state error, then `no return or RMA 'x' in the state of sandbox` and exit 1:
+    the return may well be in the file loopsync could not read."""
+    (rid,) = [str(r["id"]) for r in sb.seed(1, states_weights=[("open", 1)])]
+    path = sb.write_config(tmp_path, every="1m")
+    cfg = load_config(path, env=sb.env())
+    assert sb.run_cycle(cfg).ok
+    data = cfg.state_path.read_bytes()
+    cfg.state_path.write_bytes(data[: len(data) // 2])
+    before = fingerprint(cfg.state_path)
+    monkeypatch.delenv("LOOP_API_KEY", raising=False)
+    code = main(["status", "--return", rid, "-c", str(path)])
+    err = capsys.readouterr().err
+    assert code == EX_DATAERR, err
+    assert "truncated" in err and "no return or RMA" not in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert fingerprint(cfg.state_path) == before
