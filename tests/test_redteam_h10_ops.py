@@ -43,3 +43,17 @@ def test_status_return_on_a_truncated_state_names_the_fault_not_an_absent_return
     assert "truncated" in err and "no return or RMA" not in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert fingerprint(cfg.state_path) == before
+
+
+@pytest.mark.parametrize("stalled_after", ["30s", "15m"])
+def test_stalled_after_not_longer_than_every_is_a_config_error(sb, tmp_path, stalled_after):
+    """Was: `schedule: {every: 15m, stalled_after: 30s}` was accepted, and a merchant whose
+    every cycle succeeds was STALLED (`status --check` exit 3, `/readyz` 503) for most of
+    each interval: a page every quarter of an hour for nothing."""
+    from loopsync.errors import ConfigError
+
+    path = sb.write_config(tmp_path, every="15m")
+    text = path.read_text().replace("every: 15m", f"every: 15m\n  stalled_after: {stalled_after}")
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=r"schedule\.stalled_after.*longer than.*every"):
+        load_config(path, env=sb.env())
