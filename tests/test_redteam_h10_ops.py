@@ -57,3 +57,14 @@ def test_stalled_after_not_longer_than_every_is_a_config_error(sb, tmp_path, sta
     path.write_text(text)
     with pytest.raises(ConfigError, match=r"schedule\.stalled_after.*longer than.*every"):
         load_config(path, env=sb.env())
+
+
+@pytest.mark.parametrize("row", [1, "12", None, ["id", 12], True])
+def test_a_destination_that_is_not_an_object_is_unreadable_naming_the_field(row):
+    """Was: `{"destinations": [1]}` from Loop raised AttributeError out of `discover`
+    (`internal error`, exit 70) instead of the one "answer not understood" error."""
+    from loopsync.discovery import read_destinations
+    from loopsync.errors import Unreadable
+
+    with pytest.raises(Unreadable, match=r"destinations\[\]"):
+        read_destinations([{"id": 12, "name": "East"}, row])

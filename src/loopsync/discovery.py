@@ -49,6 +49,8 @@ def read_destinations(rows: list[dict[str, object]]) -> tuple[LoopDestination, .
     """Loop's destination objects -> typed; Unreadable naming the field of a bad one."""
     out: list[LoopDestination] = []
     for row in rows:
+        if not isinstance(row, dict):
+            raise Unreadable("destinations[]: not an object")
         raw_id = row.get("id")
         if isinstance(raw_id, bool) or not isinstance(raw_id, int | str) or not str(raw_id):
             raise Unreadable("destinations[].id: missing or not an id")
