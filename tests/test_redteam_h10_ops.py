@@ -68,3 +68,35 @@ def test_a_destination_that_is_not_an_object_is_unreadable_naming_the_field(row)
 
     with pytest.raises(Unreadable, match=r"destinations\[\]"):
         read_destinations([{"id": 12, "name": "East"}, row])
+
+
+def test_names_and_ids_with_line_breaks_cannot_add_keys_to_the_pasted_block():
+    """Was: a Loop destination named `East\\n    "99": "EVIL"` (or a warehouse id or name
+    holding a line break) printed a block that, pasted, mapped destination 99 to EVIL:
+    names in comments and ids in quotes were written with their line breaks and escapes."""
+    import yaml
+
+    from loopsync.connectors.base import Location, Locations
+    from loopsync.discovery import Discovery, LoopDestination, destinations_block, render
+
+    evil = '\n    "99": "EVIL"\n'
+    found = Discovery(
+        "acme",
+        "xoro",
+        (
+            LoopDestination("12", f"East{evil}", "warehouse", True),
+            LoopDestination(f"13{evil}", "West", "warehouse", True),
+            LoopDestination("14", f"Gift{evil}", "donate", True),
+            LoopDestination("15", "North\x1b]0;pwned\x07", "warehouse", True),
+        ),
+        Locations(
+            "Xoro store", (Location(f"A{evil}", f"East{evil}"), Location("B", f"West{evil}"))
+        ),
+        {},
+    )
+    block = yaml.safe_load("\n".join(destinations_block(found)))["destinations"]
+    assert "99" not in block and set(block) <= {"12", f"13{evil}", "15"}
+    assert block["12"] == "REPLACE-ME" or block["12"] == f"A{evil}"
+    shown = render(found)
+    assert "\x1b" not in shown and "\x07" not in shown
+    assert not any(line.lstrip().startswith('"99"') for line in shown.splitlines())
