@@ -100,3 +100,24 @@ def test_names_and_ids_with_line_breaks_cannot_add_keys_to_the_pasted_block():
     shown = render(found)
     assert "\x1b" not in shown and "\x07" not in shown
     assert not any(line.lstrip().startswith('"99"') for line in shown.splitlines())
+
+
+def test_an_rma_is_found_by_its_numbers_never_by_an_order_a_flag_or_a_date(tmp_path):
+    """Was: `status --return True` told the story of a generic-3PL return (its link keeps
+    `found: true`), `status --return <ShipHero order id>` that of whichever return of the
+    order came first, and a timestamp matched Xoro's `search_from`: any value the
+    connector keeps beside the RMA counted as its number."""
+    from loopsync.state import Store
+    from loopsync.testing import FakeClock
+
+    store = Store(tmp_path / "s.sqlite", FakeClock("2026-06-01T00:00:00Z"))
+    store.rmas.link("g1", "g1", {"created_at": "2026-05-01T00:00:00Z", "found": True})
+    store.rmas.link("s1", "UmV0dXJuOjE=", {"legacy_id": 7001, "order_id": 99})
+    store.rmas.link("s2", "UmV0dXJuOjI=", {"legacy_id": 7002, "order_id": 99})
+    store.rmas.link("x1", "x1", {"asn_number": "ASN-5", "search_from": "2026-04-01T00:00:00Z"})
+    for query in ("True", "true", "99", "2026-05-01T00:00:00Z", "2026-04-01T00:00:00Z"):
+        assert store.rmas.find(query) is None, query
+    assert store.rmas.find("7002") == "s2"
+    assert store.rmas.find("ASN-5") == "x1"
+    assert store.rmas.find("UmV0dXJuOjE=") == "s1"
+    store.close()
