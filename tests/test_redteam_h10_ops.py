@@ -121,3 +121,18 @@ def test_an_rma_is_found_by_its_numbers_never_by_an_order_a_flag_or_a_date(tmp_p
     assert store.rmas.find("ASN-5") == "x1"
     assert store.rmas.find("UmV0dXJuOjE=") == "s1"
     store.close()
+
+
+def test_status_return_not_found_beside_a_bad_config_exits_2(sb, tmp_path, capsys, monkeypatch):
+    """Was: exit 1 ("no such return"): the return may belong to the merchant whose file
+    could not be read, and every other command exits 2 when a configuration is bad."""
+    sb.seed(1, states_weights=[("open", 1)])
+    good = sb.write_config(tmp_path / "conf", every="1m")
+    assert sb.run_cycle(load_config(good, env=sb.env())).ok
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("merchant: other\nschedule: {every: 90}\n")
+    monkeypatch.delenv("LOOP_API_KEY", raising=False)
+    code = main(["status", "--return", "nope", "-c", str(good), str(bad)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "config error:" in err and "no return or RMA 'nope'" in err

@@ -476,7 +476,7 @@ def cmd_import(args: argparse.Namespace, out: TextIO) -> int:
     code = _final_code(codes, [])
     if args.return_id and code == EXIT_OK and not args.dry_run:
         # What the import did to it, as `status --return` tells it.
-        return _status_return([cfg], args.return_id, out, as_json=False)
+        return _status_return([cfg], [], args.return_id, out, as_json=False)
     return code
 
 
@@ -632,7 +632,7 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
     configs, bad = load_each(args.config, env=status_env())
     _report_bad(bad)
     if args.return_id:
-        return _status_return(configs, args.return_id, out, as_json=args.json)
+        return _status_return(configs, bad, args.return_id, out, as_json=args.json)
     reports = [merchant_status(cfg) for cfg in configs]
     views = [merchant_view(cfg) for cfg in configs]
     # Redacted here too: a state file written before redaction existed may hold secrets.
@@ -662,7 +662,14 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
     return _final_code(codes, bad)
 
 
-def _status_return(configs: list[MerchantConfig], query: str, out: TextIO, *, as_json: bool) -> int:
+def _status_return(
+    configs: list[MerchantConfig],
+    bad: list[ConfigError],
+    query: str,
+    out: TextIO,
+    *,
+    as_json: bool,
+) -> int:
     """`status --return ID`: the story of one return, looked for in every merchant."""
     from loopsync.status import return_story
 
@@ -689,8 +696,8 @@ def _status_return(configs: list[MerchantConfig], query: str, out: TextIO, *, as
             f"loopsync: no return or RMA {query!r} in the state of " + ", ".join(read),
             file=sys.stderr,
         )
-    if len(read) < len(codes):
-        return _final_code(codes, [])
+    if bad or len(read) < len(codes):  # it may be in a state or a file not read
+        return _final_code(codes, bad)
     return EXIT_ERRORS
 
 
