@@ -136,3 +136,44 @@ def test_status_return_not_found_beside_a_bad_config_exits_2(sb, tmp_path, capsy
     err = capsys.readouterr().err
     assert code == 2, err
     assert "config error:" in err and "no return or RMA 'nope'" in err
+
+
+ROW_DAMAGE = {
+    "run counts not JSON": "update runs set counts = 'not json{'",
+    "a return in a stage this version does not know": "update returns set stage = 'weird'",
+    "an effect of a kind and status unknown here": "update effects set kind = 'w', status = 'o'",
+    "an RMA's extra not JSON": "update rmas set extra = 'not json{'",
+}
+
+
+@pytest.mark.parametrize("args", [[], ["--json"], ["--check"], ["--return", "RID"]])
+def test_status_of_a_state_with_rows_it_cannot_read_is_blocked_not_an_internal_error(
+    sb, tmp_path, capsys, monkeypatch, args
+):
+    """Was: a row damaged by hand or written by a newer loopsync (a stage or effect kind
+    this version does not know, counts that are not JSON) made `status` an `internal
+    error`, exit 70, for every form of the command; now the merchant is BLOCKED (state
+    unreadable), one line, exit 65 (3 with --check), and the file is left as it was."""
+    (rid,) = [str(r["id"]) for r in sb.seed(1, states_weights=[("open", 1)])]
+    path = sb.write_config(tmp_path, every="1m")
+    cfg = load_config(path, env=sb.env())
+    assert sb.run_cycle(cfg).ok
+    sb.warehouse.receive(rid, "full")
+    assert sb.run_cycle(cfg).ok
+    import sqlite3
+
+    conn = sqlite3.connect(cfg.state_path)
+    for sql in ROW_DAMAGE.values():
+        conn.execute(sql)
+    conn.commit()
+    conn.close()
+    before = fingerprint(cfg.state_path)
+    monkeypatch.delenv("LOOP_API_KEY", raising=False)
+    code = main(["status", *[a.replace("RID", rid) for a in args], "-c", str(path)])
+    out, err = capsys.readouterr()
+    assert code == (3 if args == ["--check"] else EX_DATAERR), err
+    assert "internal error" not in err and "Traceback" not in err
+    assert "cannot read" in err
+    if not args or args == ["--check"]:
+        assert "BLOCKED" in out
+    assert fingerprint(cfg.state_path) == before

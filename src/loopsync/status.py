@@ -25,7 +25,7 @@ from typing import Any
 
 from loopsync import refusals, report
 from loopsync.config import MerchantConfig
-from loopsync.errors import StateError
+from loopsync.errors import StateCorrupt, StateError
 from loopsync.state import ReturnRow, Store, lock_is_held, state_error
 from loopsync.state.runs import NEXT_DUE_KEY, NEXT_DUE_NAMESPACE
 from loopsync.timeutil import SystemClock, iso, parse_timestamp
@@ -63,6 +63,15 @@ def status_env(env: Mapping[str, str] | None = None) -> Mapping[str, str]:
     return _EnvForStatus(os.environ if env is None else env)
 
 
+# A row damaged by hand or written by a newer loopsync (a stage or effect kind this one
+# does not know, JSON that does not parse) fails as one of these while it is read.
+ROW_FAULTS = (ValueError, TypeError, AttributeError, KeyError)
+
+
+def _row_fault(path: Path, exc: Exception) -> StateCorrupt:
+    return StateCorrupt(str(path), f"holds a row this loopsync cannot read ({type(exc).__name__})")
+
+
 def merchant_status(cfg: MerchantConfig) -> dict[str, Any]:
     path = Path(cfg.state_path)
     report: dict[str, Any] = {
@@ -88,6 +97,8 @@ def merchant_status(cfg: MerchantConfig) -> dict[str, Any]:
         _with_state_error(report, exc)
     except sqlite3.Error as exc:  # a damaged file found while reading it: named likewise
         _with_state_error(report, state_error(path, exc))
+    except ROW_FAULTS as exc:
+        _with_state_error(report, _row_fault(path, exc))
     finally:
         store.close()
     return report
@@ -289,6 +300,8 @@ def merchant_view(cfg: MerchantConfig, *, now: datetime | None = None) -> report
         return _blocked(cfg, now, str(exc))
     except sqlite3.Error as exc:
         return _blocked(cfg, now, str(state_error(path, exc)))
+    except ROW_FAULTS as exc:
+        return _blocked(cfg, now, str(_row_fault(path, exc)))
     finally:
         store.close()
 
@@ -410,6 +423,8 @@ def return_story(cfg: MerchantConfig, query: str) -> report.ReturnStory | None:
         return _story(store, row)
     except sqlite3.Error as exc:
         raise state_error(path, exc) from None
+    except ROW_FAULTS as exc:
+        raise _row_fault(path, exc) from None
     finally:
         store.close()
 
