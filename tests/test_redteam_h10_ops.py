@@ -177,3 +177,20 @@ def test_status_of_a_state_with_rows_it_cannot_read_is_blocked_not_an_internal_e
     if not args or args == ["--check"]:
         assert "BLOCKED" in out
     assert fingerprint(cfg.state_path) == before
+
+
+def test_discover_with_a_bad_file_beside_a_refused_key_exits_2_like_check_config(
+    sb, tmp_path, capsys, monkeypatch
+):
+    """Was: 77 (the larger code won): every other command, `check-config --connect`
+    included, says 2 first when a configuration file was bad (README, exit status)."""
+    for key, value in sb.env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("LOOP_API_KEY", "wrong-key-0123456789")
+    good = sb.write_config(tmp_path / "conf", every="1m")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("merchant: other\nschedule: {every: 90}\n")
+    code = main(["discover", "-c", str(good), str(bad)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "config error:" in err and "loop HTTP 401" in err

@@ -309,7 +309,8 @@ def _clients(cfg: MerchantConfig) -> Iterator[tuple[Any, Any]]:
 
 def cmd_discover(args: argparse.Namespace, out: TextIO) -> int:
     """Per merchant: Loop's destinations, the warehouse's ids, a `destinations:` block.
-    Exit 0; 2 for a bad file; 77 when a credential was refused; 1 when an API failed."""
+    Exit 0; 2 for a bad file (before either); 77 when a credential was refused; 1 when an
+    API failed."""
     from loopsync.discovery import discover, render
     from loopsync.errors import AuthError, RemoteError
 
@@ -326,7 +327,8 @@ def cmd_discover(args: argparse.Namespace, out: TextIO) -> int:
             continue
         out.write(redact(render(found)))
         codes.append(EXIT_OK)
-    return max(codes, default=EXIT_OK)
+    # A bad file first, as every command and check-config --connect say it (not max: 77).
+    return EXIT_CONFIG if bad else max(codes, default=EXIT_OK)
 
 
 def load_each(paths: list[str], env: Any = None) -> tuple[list[MerchantConfig], list[ConfigError]]:
