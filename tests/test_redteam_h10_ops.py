@@ -194,3 +194,16 @@ def test_discover_with_a_bad_file_beside_a_refused_key_exits_2_like_check_config
     err = capsys.readouterr().err
     assert code == 2, err
     assert "config error:" in err and "loop HTTP 401" in err
+
+
+def test_status_return_of_a_huge_id_answers_one_short_line(sb, tmp_path, capsys, monkeypatch):
+    """Was: a 10,000-character id (a pasted file, a script's bug) was echoed whole in the
+    "no return" line; `import --return-id` already cut it to 40 characters."""
+    sb.seed(1, states_weights=[("open", 1)])
+    path = sb.write_config(tmp_path, every="1m")
+    assert sb.run_cycle(load_config(path, env=sb.env())).ok
+    monkeypatch.delenv("LOOP_API_KEY", raising=False)
+    for query in ("%", "_", "'\"", "x" * 10_000):
+        assert main(["status", "--return", query, "-c", str(path)]) == 1
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1 and len(err) < 300, err[:100]

@@ -695,12 +695,17 @@ def _status_return(
     read = [m for m, (_, why) in codes.items() if why is None]
     if read:
         print(
-            f"loopsync: no return or RMA {query!r} in the state of " + ", ".join(read),
+            f"loopsync: no return or RMA {_cut(query)!r} in the state of " + ", ".join(read),
             file=sys.stderr,
         )
     if bad or len(read) < len(codes):  # it may be in a state or a file not read
         return _final_code(codes, bad)
     return EXIT_ERRORS
+
+
+def _cut(text: str, limit: int = 80) -> str:
+    """A typed id as shown back: a pasted file or a script's bug stays one short line."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
