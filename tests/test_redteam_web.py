@@ -94,7 +94,7 @@ def test_one_merchants_damaged_rows_do_not_500_the_page_or_hide_the_others(
     finally:
         lis.stop()
     assert page[0] == 200 and 'data-merchant="bravo"' in page[1]
-    assert "BLOCKED" in page[1] and "a stored value cannot be read" in page[1]
+    assert "BLOCKED" in page[1] and "holds a row this loopsync cannot read" in page[1]
     assert story[0] == 200 and '"merchant": "bravo"' in story[1]
     assert api[0] == 200 and '"bravo"' in api[1]
     assert ready[0] in (200, 503) and metrics[0] == 200

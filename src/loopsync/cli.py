@@ -309,7 +309,8 @@ def _clients(cfg: MerchantConfig) -> Iterator[tuple[Any, Any]]:
 
 def cmd_discover(args: argparse.Namespace, out: TextIO) -> int:
     """Per merchant: Loop's destinations, the warehouse's ids, a `destinations:` block.
-    Exit 0; 2 for a bad file; 77 when a credential was refused; 1 when an API failed."""
+    Exit 0; 2 for a bad file (before either); 77 when a credential was refused; 1 when an
+    API failed."""
     from loopsync.discovery import discover, render
     from loopsync.errors import AuthError, RemoteError
 
@@ -326,7 +327,8 @@ def cmd_discover(args: argparse.Namespace, out: TextIO) -> int:
             continue
         out.write(redact(render(found)))
         codes.append(EXIT_OK)
-    return max(codes, default=EXIT_OK)
+    # A bad file first, as every command and check-config --connect say it (not max: 77).
+    return EXIT_CONFIG if bad else max(codes, default=EXIT_OK)
 
 
 def load_each(paths: list[str], env: Any = None) -> tuple[list[MerchantConfig], list[ConfigError]]:
@@ -476,7 +478,7 @@ def cmd_import(args: argparse.Namespace, out: TextIO) -> int:
     code = _final_code(codes, [])
     if args.return_id and code == EXIT_OK and not args.dry_run:
         # What the import did to it, as `status --return` tells it.
-        return _status_return([cfg], args.return_id, out, as_json=False)
+        return _status_return([cfg], [], args.return_id, out, as_json=False)
     return code
 
 
@@ -632,7 +634,7 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
     configs, bad = load_each(args.config, env=status_env())
     _report_bad(bad)
     if args.return_id:
-        return _status_return(configs, args.return_id, out, as_json=args.json)
+        return _status_return(configs, bad, args.return_id, out, as_json=args.json)
     reports = [merchant_status(cfg) for cfg in configs]
     views = [merchant_view(cfg) for cfg in configs]
     # Redacted here too: a state file written before redaction existed may hold secrets.
@@ -662,16 +664,26 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
     return _final_code(codes, bad)
 
 
-def _status_return(configs: list[MerchantConfig], query: str, out: TextIO, *, as_json: bool) -> int:
+def _status_return(
+    configs: list[MerchantConfig],
+    bad: list[ConfigError],
+    query: str,
+    out: TextIO,
+    *,
+    as_json: bool,
+) -> int:
     """`status --return ID`: the story of one return, looked for in every merchant."""
     from loopsync.status import return_story
 
+    codes: dict[str, tuple[int, str | None]] = {}
     for cfg in configs:
         try:
             story = return_story(cfg, query)
         except StateError as exc:
             print(f"loopsync: {cfg.merchant}: {exc}", file=sys.stderr)
+            codes[cfg.merchant] = (exc.exit_code, str(exc))
             continue
+        codes[cfg.merchant] = (EXIT_OK, None)
         if story is not None:
             if as_json:
                 shown = {"merchant": cfg.merchant} | story.to_json()
@@ -679,12 +691,21 @@ def _status_return(configs: list[MerchantConfig], query: str, out: TextIO, *, as
             else:
                 out.write(redact("\n".join([f"{cfg.merchant}", *story.lines()])) + "\n")
             return EXIT_OK
-    print(
-        f"loopsync: no return or RMA {query!r} in the state of "
-        + ", ".join(c.merchant for c in configs),
-        file=sys.stderr,
-    )
+    # Not found says so only of the states that were read: an unreadable one may hold it.
+    read = [m for m, (_, why) in codes.items() if why is None]
+    if read:
+        print(
+            f"loopsync: no return or RMA {_cut(query)!r} in the state of " + ", ".join(read),
+            file=sys.stderr,
+        )
+    if bad or len(read) < len(codes):  # it may be in a state or a file not read
+        return _final_code(codes, bad)
     return EXIT_ERRORS
+
+
+def _cut(text: str, limit: int = 80) -> str:
+    """A typed id as shown back: a pasted file or a script's bug stays one short line."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:

@@ -254,6 +254,11 @@ def parse_config(
     stalled_after = (
         schedule.duration("stalled_after", timedelta(0), min=timedelta(seconds=10)) or None
     )
+    if stalled_after is not None and stalled_after <= every:
+        # A merchant whose every cycle succeeds would read STALLED between its cycles.
+        raise schedule.error(
+            "stalled_after", f"must be longer than schedule.every ({every}), got {stalled_after}"
+        )
     schedule.done()
     loop = parse_loop(root.section("loop", required=True))
     warehouse = parse_warehouse(root.section("warehouse", required=True))

@@ -14,6 +14,8 @@ is guessed.
 
 from __future__ import annotations
 
+import json
+import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -49,6 +51,8 @@ def read_destinations(rows: list[dict[str, object]]) -> tuple[LoopDestination, .
     """Loop's destination objects -> typed; Unreadable naming the field of a bad one."""
     out: list[LoopDestination] = []
     for row in rows:
+        if not isinstance(row, dict):
+            raise Unreadable("destinations[]: not an object")
         raw_id = row.get("id")
         if isinstance(raw_id, bool) or not isinstance(raw_id, int | str) or not str(raw_id):
             raise Unreadable("destinations[].id: missing or not an id")
@@ -80,7 +84,15 @@ def choose(
 
 
 def _quoted(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """A YAML double-quoted scalar: JSON's escapes are YAML's, so a line break or a control
+    character in a remote's id stays inside the quotes."""
+    return json.dumps(text)
+
+
+def _one_line(text: str) -> str:
+    """Remote text shown in a comment or on a terminal: no line break can start a line of
+    its own in the block a person pastes, no control character reaches the terminal."""
+    return "".join(" " if unicodedata.category(ch) in ("Cc", "Zl", "Zp") else ch for ch in text)
 
 
 def destinations_block(found: Discovery) -> list[str]:
@@ -90,13 +102,14 @@ def destinations_block(found: Discovery) -> list[str]:
         + f"{'':<{max(1, 34 - len(_INDENT) - 13)}}# Loop destination id -> "
         + found.locations.what
     ]
-    choices = ", ".join(
-        f"{loc.id} ({loc.name})" if loc.name else loc.id for loc in found.locations.items
+    choices = _one_line(
+        ", ".join(f"{loc.id} ({loc.name})" if loc.name else loc.id for loc in found.locations.items)
     )
     for dest in found.destinations:
         if dest.type == "donate" or not dest.enabled:
             why = "a donate destination" if dest.type == "donate" else "disabled in Loop"
-            lines.append(f"{_INDENT * 2}# {_quoted(dest.id)}: {dest.name} ({why}: not mapped)")
+            name = _one_line(dest.name)
+            lines.append(f"{_INDENT * 2}# {_quoted(dest.id)}: {name} ({why}: not mapped)")
             continue
         loc = choose(dest, found.locations, found.current)
         if loc is None:
@@ -105,11 +118,14 @@ def destinations_block(found: Discovery) -> list[str]:
                 if choices
                 else f"the {found.locations.what} id (ask the warehouse)"
             )
-            lines.append(f"{_INDENT * 2}{_quoted(dest.id)}: {PLACEHOLDER}   # {dest.name}: {hint}")
-        else:
-            target = f" -> {loc.name}" if loc.name else ""
             lines.append(
-                f"{_INDENT * 2}{_quoted(dest.id)}: {_quoted(loc.id)}   # {dest.name}{target}"
+                f"{_INDENT * 2}{_quoted(dest.id)}: {PLACEHOLDER}   # {_one_line(dest.name)}: {hint}"
+            )
+        else:
+            target = _one_line(f" -> {loc.name}" if loc.name else "")
+            lines.append(
+                f"{_INDENT * 2}{_quoted(dest.id)}: {_quoted(loc.id)}"
+                f"   # {_one_line(dest.name)}{target}"
             )
     if not found.destinations:
         lines.append(f"{_INDENT * 2}# Loop lists no destinations")
@@ -134,6 +150,7 @@ def render(found: Discovery) -> str:
         lines.append("  (none)")
     if loc.offered and loc.note:
         lines.append(f"  ({loc.note})")
+    lines = [_one_line(line) for line in lines]
     lines.append(f"{found.merchant}: paste under `warehouse:`")
     lines.extend(destinations_block(found))
     return "\n".join(lines) + "\n"

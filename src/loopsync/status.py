@@ -63,6 +63,15 @@ def status_env(env: Mapping[str, str] | None = None) -> Mapping[str, str]:
     return _EnvForStatus(os.environ if env is None else env)
 
 
+# A row damaged by hand or written by a newer loopsync (a stage or effect kind this one
+# does not know, JSON that does not parse) fails as one of these while it is read.
+ROW_FAULTS = (ValueError, TypeError, AttributeError, KeyError)
+
+
+def _row_fault(path: Path, exc: Exception) -> StateCorrupt:
+    return StateCorrupt(str(path), f"holds a row this loopsync cannot read ({type(exc).__name__})")
+
+
 def merchant_status(cfg: MerchantConfig) -> dict[str, Any]:
     path = Path(cfg.state_path)
     report: dict[str, Any] = {
@@ -88,6 +97,8 @@ def merchant_status(cfg: MerchantConfig) -> dict[str, Any]:
         _with_state_error(report, exc)
     except sqlite3.Error as exc:  # a damaged file found while reading it: named likewise
         _with_state_error(report, state_error(path, exc))
+    except ROW_FAULTS as exc:
+        _with_state_error(report, _row_fault(path, exc))
     finally:
         store.close()
     return report
@@ -289,15 +300,10 @@ def merchant_view(cfg: MerchantConfig, *, now: datetime | None = None) -> report
         return _blocked(cfg, now, str(exc))
     except sqlite3.Error as exc:
         return _blocked(cfg, now, str(state_error(path, exc)))
-    except (ValueError, TypeError) as exc:  # a stored value no typed row reads (an unknown
-        # stage, a number as text): that file is damaged; it must not hide the others
-        return _blocked(cfg, now, str(_damaged(path, exc)))
+    except ROW_FAULTS as exc:
+        return _blocked(cfg, now, str(_row_fault(path, exc)))
     finally:
         store.close()
-
-
-def _damaged(path: Path, exc: Exception) -> StateCorrupt:
-    return StateCorrupt(str(path), f"a stored value cannot be read ({type(exc).__name__})")
 
 
 def _blocked(cfg: MerchantConfig, now: datetime, message: str) -> report.MerchantView:
@@ -417,8 +423,8 @@ def return_story(cfg: MerchantConfig, query: str) -> report.ReturnStory | None:
         return _story(store, row)
     except sqlite3.Error as exc:
         raise state_error(path, exc) from None
-    except (ValueError, TypeError) as exc:  # as in merchant_view: a damaged file
-        raise _damaged(path, exc) from None
+    except ROW_FAULTS as exc:
+        raise _row_fault(path, exc) from None
     finally:
         store.close()
 

@@ -51,6 +51,12 @@ class PollRow:
     at: str
 
 
+# The keys of `extra` that number the RMA itself (ShipHero's legacy id, Xoro's ASN
+# number); the others (an order id, a date, a flag) are no RMA's name: an order with two
+# returns would answer with either.
+RMA_NUMBER_KEYS = ("legacy_id", "asn_number")
+
+
 class RmaRepository:
     def __init__(self, db: Db) -> None:
         self.db = db
@@ -147,7 +153,9 @@ class RmaRepository:
             "select return_id, extra from rmas where instr(extra, ?) > 0 order by return_id", [rma]
         ):
             values = json.loads(extra or "{}")
-            if isinstance(values, dict) and rma in (str(v) for v in values.values()):
+            if isinstance(values, dict) and rma in (
+                str(values[k]) for k in RMA_NUMBER_KEYS if values.get(k) is not None
+            ):
                 return str(rid)
         return None
 
