@@ -372,3 +372,35 @@ def test_load_each_returns_configs_and_failures_in_order(tmp_path):
     assert [type(x) for x in got] == [MerchantConfig, ConfigFailure, ConfigFailure]
     assert got[1].file.endswith("b.yaml") and "invalid YAML" in str(got[1].error)
     assert got[2].file == str(empty) and "no configuration files" in str(got[2].error)
+
+
+def test_a_secret_file_swapped_for_a_fifo_after_any_check_cannot_hang_start_up(
+    tmp_path, monkeypatch
+):
+    # The check is made on what was opened: a name that looked like a regular file when
+    # checked (here: Path.stat lies, as a swap between check and open would) but is a FIFO
+    # when opened is refused, never read (a read would block start-up for ever).
+    import threading
+    from pathlib import Path
+
+    os.mkfifo(tmp_path / "key")
+    regular = os.stat(__file__)  # what a regular file reports
+    real_stat = Path.stat
+    monkeypatch.setattr(
+        Path, "stat", lambda self, **kw: regular if self.name == "key" else real_stat(self, **kw)
+    )
+    errors: list[Exception] = []
+    worker = threading.Thread(
+        target=lambda: errors.append(
+            load_error(tmp_path, BASE.replace("${LOOP_API_KEY}", "${file:key}"))
+        ),
+        daemon=True,
+    )
+    worker.start()
+    worker.join(timeout=20)
+    if worker.is_alive():  # unblock the reader so the test process can end
+        with open(tmp_path / "key", "wb", opener=lambda p, f: os.open(p, f | os.O_NONBLOCK)):
+            pass
+        worker.join(timeout=5)
+        pytest.fail("reading the secret file blocked on a FIFO")
+    assert "not a regular file" in errors[0].problem

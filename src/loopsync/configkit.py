@@ -251,10 +251,14 @@ class Section:
             path = Path(self.file).parent / path
         try:
             # Links are followed (mounted secrets are links); a FIFO or a device is not
-            # read: it could block the start-up forever or never end.
-            if not stat.S_ISREG(path.stat().st_mode):
+            # read: it could block the start-up forever or never end. The check is made on
+            # what was opened (non-blocking, so opening a FIFO cannot hang either), not on
+            # the name: a file swapped between a check and an open is caught too.
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
                 raise self.error(key, f"secret file {name}{_via(via)} is not a regular file")
-            with path.open("rb") as fh:
+            with os.fdopen(fd, "rb") as fh:
                 data = fh.read(_SECRET_FILE_MAX + 1)
         except (OSError, ValueError) as exc:
             raise self.error(
