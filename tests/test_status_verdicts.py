@@ -412,3 +412,17 @@ def test_status_return_json_names_the_merchant_and_the_rma(sb, cfg, capsys):
 def test_normalising_any_reason_is_stable(reason):
     once = report.normalise(reason)
     assert report.normalise(once) == once
+
+
+def test_an_email_a_remote_echoed_in_a_problem_never_reaches_status_text_or_json(sb, cfg, capsys):
+    (rid,) = open_returns(sb, 1)
+    assert cycle(sb, cfg).ok
+    store = Store(cfg.state_path, sb.clock)
+    store.runs.add_problem(rid, "push", 'rejected: "jane.doe+r@example.com"\nhas no order', None)
+    store.close()
+    outs = []
+    for args in (["status"], ["status", "--json"], ["status", "--return", rid]):
+        assert main([*args, "-c", str(cfg.file)]) == 0
+        outs.append(capsys.readouterr().out)
+    assert all("jane.doe" not in out and "example.com" not in out for out in outs)
+    json.loads(outs[1])  # masked field by field: the JSON still parses

@@ -42,7 +42,7 @@ from loopsync.errors import (
     Unreadable,
     UsageError,
 )
-from loopsync.redaction import install_excepthooks, redact, redact_obj
+from loopsync.redaction import install_excepthooks, mask_personal, public_obj, redact, redact_obj
 from loopsync.shutdown import PROCESS
 from loopsync.timeutil import parse_timestamp
 
@@ -640,7 +640,7 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
     # Redacted here too: a state file written before redaction existed may hold secrets.
     if args.json:
         shown = [v.to_json() | {"detail": r} for v, r in zip(views, reports, strict=True)]
-        out.write(redact(json.dumps(redact_obj(shown), indent=2, default=str)))
+        out.write(redact(json.dumps(public_obj(shown), indent=2, default=str)))
         out.write("\n")
     else:
         for view, report in zip(views, reports, strict=True):
@@ -650,7 +650,7 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
                 if "note" in report and "state_error" not in report
                 else render_status(redact_obj(report)).split("\n", 1)[1]
             )
-            out.write(redact("\n".join(view_lines(view)) + "\n" + detail))
+            out.write(mask_personal(redact("\n".join(view_lines(view)) + "\n" + detail)))
     codes: dict[str, tuple[int, str | None]] = {}
     for cfg, report in zip(configs, reports, strict=True):
         failure = report.get("state_error")
@@ -687,9 +687,11 @@ def _status_return(
         if story is not None:
             if as_json:
                 shown = {"merchant": cfg.merchant} | story.to_json()
-                out.write(redact(json.dumps(redact_obj(shown), indent=2)) + "\n")
+                out.write(redact(json.dumps(public_obj(shown), indent=2)) + "\n")
             else:
-                out.write(redact("\n".join([f"{cfg.merchant}", *story.lines()])) + "\n")
+                out.write(
+                    mask_personal(redact("\n".join([f"{cfg.merchant}", *story.lines()]))) + "\n"
+                )
             return EXIT_OK
     # Not found says so only of the states that were read: an unreadable one may hold it.
     read = [m for m, (_, why) in codes.items() if why is None]

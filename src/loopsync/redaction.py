@@ -215,6 +215,19 @@ def mask_personal(text: str) -> str:
     return _EMAIL.sub(PERSONAL, text)
 
 
+def public_obj(value: Any) -> Any:
+    """JSON-like data as a person may see it: every string redacted and without emails,
+    masked field by field before encoding (masking the encoded text could cut a JSON
+    escape such as `\\n` or `\\u00e9` in two). The status page, its JSON and `status`."""
+    if isinstance(value, str):
+        return mask_personal(redact(value))
+    if isinstance(value, dict):
+        return {public_obj(k): public_obj(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [public_obj(v) for v in value]
+    return value
+
+
 def redact_obj(value: Any) -> Any:
     """Redact every string inside JSON-like data (dict keys too), keeping its shape."""
     return _default.redact_obj(value)

@@ -48,7 +48,7 @@ from loopsync.config import MerchantConfig
 from loopsync.errors import StateError, UsageError
 from loopsync.metrics import CONTENT_TYPE as METRICS_TYPE
 from loopsync.metrics import Metrics, StateFigures
-from loopsync.redaction import MIN_LENGTH, mask_personal, redact, register
+from loopsync.redaction import MIN_LENGTH, mask_personal, public_obj, redact, register
 from loopsync.state import EffectKind, EffectStatus, Stage
 from loopsync.timeutil import Clock, SystemClock, iso
 
@@ -171,16 +171,7 @@ def esc(value: object) -> str:
     return html.escape(mask_personal(redact(str(value))), quote=True)
 
 
-def _public(value: Any) -> Any:
-    """JSON-like data with every string masked as `esc` masks it, before encoding (masking
-    the encoded text could cut a JSON escape such as `\\n` or `\\u00e9` in two)."""
-    if isinstance(value, str):
-        return mask_personal(redact(value))
-    if isinstance(value, dict):
-        return {_public(k): _public(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_public(v) for v in value]
-    return value
+_public = public_obj  # JSON answers: every string redacted and without emails
 
 
 STYLE = """body{font:14px system-ui,sans-serif;margin:1.5rem;color:#222}
