@@ -106,7 +106,7 @@ class _StrictLoader(_StringTimestampLoader):
                 None,
                 None,
                 f"nested deeper than {MAX_YAML_DEPTH} levels",
-                self.peek_event().start_mark,  # type: ignore[no-untyped-call]  # stub untyped
+                self.peek_event().start_mark,  # type: ignore[no-untyped-call]  # types-PyYAML leaves peek_event untyped
             )
         self._depth = depth + 1
         try:

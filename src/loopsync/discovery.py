@@ -23,7 +23,7 @@ from datetime import datetime, timedelta
 from loopsync.connectors.base import Location, Locations, WarehouseConnector
 from loopsync.errors import AuthError, PermanentError, RemoteError, TransientError, Unreadable
 from loopsync.loop_client import LoopClient
-from loopsync.models import printable
+from loopsync.models import identifier, printable
 
 PLACEHOLDER = "REPLACE-ME"
 NO_ADDRESS_STATUS = 500  # Loop's documented answer when a destination has no address
@@ -53,13 +53,13 @@ def read_destinations(rows: list[dict[str, object]]) -> tuple[LoopDestination, .
     for row in rows:
         if not isinstance(row, dict):
             raise Unreadable("destinations[]: not an object")
-        raw_id = row.get("id")
-        if isinstance(raw_id, bool) or not isinstance(raw_id, int | str) or not str(raw_id):
+        ident = identifier(row.get("id"), "destinations[].id")
+        if ident is None:
             raise Unreadable("destinations[].id: missing or not an id")
         name, kind = row.get("name"), row.get("type")
         out.append(
             LoopDestination(
-                str(raw_id),
+                ident,
                 printable(name, 200) if isinstance(name, str) else "",
                 kind if isinstance(kind, str) else "",
                 row.get("enabled") is not False,

@@ -285,8 +285,13 @@ def read_warehouses(body: Any) -> tuple[Location, ...]:
         raise Unreadable("account.data.warehouses: not a list")
     out: list[Location] = []
     for node in warehouses:
-        if not isinstance(node, dict) or not isinstance(node.get("id"), str) or not node["id"]:
+        ident = (
+            identifier(node.get("id"), "account.data.warehouses[].id")
+            if isinstance(node, dict)
+            else None
+        )
+        if ident is None:
             raise Unreadable("account.data.warehouses: an entry without an id")
         name = node.get("identifier")
-        out.append(Location(node["id"], name if isinstance(name, str) else ""))
+        out.append(Location(ident, name if isinstance(name, str) else ""))
     return tuple(out)

@@ -34,7 +34,7 @@ from loopsync.errors import (
     XoroRefused,
 )
 from loopsync.http import HttpClient, HttpResult, shared_limiter
-from loopsync.models import printable
+from loopsync.models import identifier, printable
 from loopsync.paging import PageWalk, Step, WalkEnd, record_walk
 from loopsync.redaction import clip
 from loopsync.timeutil import iso
@@ -217,12 +217,7 @@ def store_rows(rows: list[Any]) -> list[tuple[str, str]]:
         if not isinstance(row, dict):
             continue
         ident = next(
-            (
-                str(row[f]).strip()
-                for f in STORE_ID_FIELDS
-                if isinstance(row.get(f), str | int) and str(row[f]).strip()
-            ),
-            "",
+            (i for f in STORE_ID_FIELDS if (i := identifier(row.get(f), f"store.{f}"))), ""
         )
         name = next(
             (
