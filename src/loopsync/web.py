@@ -171,9 +171,6 @@ def esc(value: object) -> str:
     return html.escape(mask_personal(redact(str(value))), quote=True)
 
 
-_public = public_obj  # JSON answers: every string redacted and without emails
-
-
 STYLE = """body{font:14px system-ui,sans-serif;margin:1.5rem;color:#222}
 table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #ccc;padding:.25rem .5rem;
 text-align:left}.runs td:nth-child(-n+2){white-space:nowrap}.v-OK{color:#176a2b}
@@ -443,7 +440,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(
             status,
             "application/json",
-            redact(json.dumps(_public(value), indent=1, default=str)).encode(),
+            redact(json.dumps(public_obj(value), indent=1, default=str)).encode(),
         )
 
     def _send(self, status: int, ctype: str, body: bytes) -> None:
