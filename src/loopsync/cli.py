@@ -7,6 +7,9 @@ return); 2 configuration or usage error; 3 `status --check`: a merchant is STALL
 cannot be created or written; 74 (EX_IOERR) disk full or an I/O error on a state file;
 75 (EX_TEMPFAIL) another process holds a merchant's lock, so cron can treat it as a skip;
 77 (EX_NOPERM) `check-config --connect` or `discover`: an API refused a credential;
+`state import`: 65 for a file that is not a loopsync state (or another merchant's), 73
+when the existing state is newer than the file (`state export`: when --to exists), 74
+when the file is missing;
 130 / 143 `run` or `import` stopped by SIGINT / SIGTERM (128 + the signal).
 
 With several merchants, one merchant's failure never stops the others; the status is
@@ -31,7 +34,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import structlog
 
-from loopsync import __version__, logs
+from loopsync import __version__, logs, resharding
 from loopsync.config import MerchantConfig, load_all
 from loopsync.connectors import connector_class, kind_names
 from loopsync.errors import (
@@ -102,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
         "$LOOPSYNC_HTTP, else off); off loopback the page needs "
         "$LOOPSYNC_HTTP_TOKEN",
     )
+    resharding.add_shard_option(serve)
 
     imp = sub.add_parser(
         "import", help="import returns by id or date range (live cursor untouched)"
@@ -150,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sandbox.add_argument("--warehouse", default="shiphero", choices=kind_names())
     sandbox.add_argument("--returns", type=int, default=25)
+    resharding.add_commands(sub)  # shards plan, state export|import
     for command in sub.choices.values():  # `loopsync run --log-level debug -c x` works too
         _global_options(command, after_command=True)
     return p
@@ -563,6 +568,7 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
     from loopsync.scheduling import serve
 
     asked = http_address(args.http)
+    shard = resharding.shard_of(args.shard)
     configs, bad = load_each(args.config)
     _report_bad(bad)
     if PROCESS.requested:  # stopped during start-up: nothing is running yet
@@ -571,6 +577,7 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
     if not configs:
         print("loopsync: no valid merchant configuration to serve", file=sys.stderr)
         return EXIT_CONFIG
+    configs = resharding.own(shard, configs)  # a shard owning none still serves its probes
 
     def cycle(cfg: MerchantConfig, stop: threading.Event, next_due: Any = None) -> None:
         # One merchant's trouble is logged (and recorded in its run row when its state
@@ -605,7 +612,8 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
             _report_bad([exc])
             return None
         _report_bad(invalid)
-        return fresh or None  # nothing valid left (a folder gone unreadable): keep what runs
+        # nothing valid left (a folder gone unreadable): keep what runs
+        return resharding.own(shard, fresh) if fresh else None
 
     current = configs
     listener = http_listener(asked, lambda: current)
@@ -736,6 +744,8 @@ COMMANDS = {
     "demo": cmd_demo,
     "sandbox": cmd_sandbox,
     "discover": cmd_discover,
+    "shards": resharding.cmd_shards,
+    "state": resharding.cmd_state,
 }
 
 
