@@ -19,6 +19,7 @@ from typing import Any, TextIO
 import structlog
 
 from loopsync.config import MerchantConfig, load_all
+from loopsync.configkit import NoSecrets
 from loopsync.errors import UsageError
 from loopsync.shards import Shard, parse_count, parse_shard, plan, shard_from_env
 
@@ -79,10 +80,8 @@ def own(shard: Shard | None, configs: Sequence[MerchantConfig]) -> list[Merchant
 def cmd_shards(args: argparse.Namespace, out: TextIO) -> int:
     """`shards plan`: one line per merchant that moves, then a count; 0 even when none
     moves. Reads names only: no secret needs to be set."""
-    from loopsync.status import status_env
-
     old, new = parse_count(args.old, "--from"), parse_count(args.new, "--to")
-    names = [c.merchant for c in load_all(args.config, env=status_env())]
+    names = [c.merchant for c in load_all(args.config, env=NoSecrets())]
     moves = plan(names, old, new)
     for move in moves:
         out.write(f"{move.merchant}: shard {move.source} -> shard {move.target}\n")
@@ -108,9 +107,7 @@ def cmd_state(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _one_merchant(paths: list[str]) -> MerchantConfig:
-    from loopsync.status import status_env
-
-    loaded = load_all(paths, env=status_env())  # paths only: no secret is read or needed
+    loaded = load_all(paths, env=NoSecrets())  # names and paths only: no secret is read
     if len(loaded) != 1:
         raise UsageError("state export/import takes exactly one merchant (-c FILE)")
     return loaded[0]

@@ -557,3 +557,9 @@ class Listener:
         self.metrics.unsubscribe()
         self.server.shutdown()
         self.server.server_close()
+
+
+# The paths a platform's probes and scrapers use, open without the token (see `_route`):
+# deploy/kubernetes names them, and tests/test_kubernetes.py checks the manifests against
+# these and that each one answers.
+LIVENESS_PATH, READINESS_PATH, METRICS_PATH = "/healthz", "/readyz", "/metrics"
