@@ -164,3 +164,24 @@ def test_serve_runs_only_the_merchants_of_its_shard(
     assert sorted(m for shard in served for m in shard) == sorted(names)
     for i, mine in enumerate(served):
         assert sorted(mine) == sorted(n for n in names if owner(n, 3) == i)
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"LOOPSYNC_SHARD": "auto"},
+        {"LOOPSYNC_SHARD": "3/3"},
+        {"LOOPSYNC_SHARD": "auto", "LOOPSYNC_SHARD_COUNT": "2", "HOSTNAME": "web"},
+    ],
+)
+def test_serve_with_a_bad_shard_in_the_environment_says_one_line_and_exits_2(
+    tmp_path: Path,
+    env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    folder = _merchants(tmp_path / "m", ["acme"])
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert cli.main(["serve", "-c", str(folder)], out=io.StringIO()) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1

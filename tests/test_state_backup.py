@@ -38,6 +38,15 @@ def _state(path: Path, clock: FakeClock, *, runs: int = 1, effects: int = 0) -> 
     return path
 
 
+def _sql(path: Path, statement: str) -> None:
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute(statement)
+        conn.commit()
+    finally:
+        conn.close()
+
+
 def _dump(path: Path) -> list[object]:
     conn = sqlite3.connect(path)
     try:
@@ -149,20 +158,14 @@ def test_import_refuses_a_live_file_with_its_wal_beside_it(
 
 def test_import_refuses_a_sqlite_file_that_is_not_a_loopsync_state(tmp_path: Path) -> None:
     other = tmp_path / "other.db"
-    conn = sqlite3.connect(other)
-    conn.execute("create table t (x)")
-    conn.commit()
-    conn.close()
+    _sql(other, "create table t (x)")
     with pytest.raises(StateCorrupt, match="not a loopsync state"):
         import_state("acme", tmp_path / "acme.sqlite", other)
 
 
 def test_import_refuses_a_state_from_a_newer_loopsync(tmp_path: Path, clock: FakeClock) -> None:
     file = export("acme", _state(tmp_path / "a.sqlite", clock), tmp_path / "x", clock).path
-    conn = sqlite3.connect(file)
-    conn.execute("update meta set value = '999' where key = 'schema_version'")
-    conn.commit()
-    conn.close()
+    _sql(file, "update meta set value = '999' where key = 'schema_version'")
     with pytest.raises(StateCorrupt, match="newer loopsync"):
         import_state("acme", tmp_path / "acme.sqlite", file)
 
@@ -242,61 +245,26 @@ def test_state_import_says_one_line_and_a_documented_exit_code(
     bad = tmp_path / "in.export"
     make_bad(bad)  # type: ignore[operator]
     cfg = _config(tmp_path, tmp_path / "b")
-    assert (
-        cli.main(["state", "import", "-c", str(cfg), "--from", str(bad)], out=io.StringIO()) == code
-    )
+    assert _state_command("import", cfg, bad, io.StringIO()) == code
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def _state_command(verb: str, config: Path, path: Path, out: io.StringIO) -> int:
+    flag = "--to" if verb == "export" else "--from"
+    return cli.main(["state", verb, "-c", str(config), flag, str(path)], out=out)
 
 
 def test_state_export_then_import_through_the_cli(tmp_path: Path, clock: FakeClock) -> None:
     _state(tmp_path / "a" / "s.sqlite", clock, effects=2)
     out = io.StringIO()
     exported = tmp_path / "acme.export"
-    assert (
-        cli.main(
-            [
-                "state",
-                "export",
-                "-c",
-                str(_config(tmp_path, tmp_path / "a")),
-                "--to",
-                str(exported),
-            ],
-            out=out,
-        )
-        == 0
-    )
-    assert (
-        cli.main(
-            [
-                "state",
-                "import",
-                "-c",
-                str(_config(tmp_path, tmp_path / "b")),
-                "--from",
-                str(exported),
-            ],
-            out=out,
-        )
-        == 0
-    )
+    source, target = _config(tmp_path, tmp_path / "a"), _config(tmp_path, tmp_path / "b")
+    assert _state_command("export", source, exported, out) == 0
+    assert _state_command("import", target, exported, out) == 0
     assert "exported to" in out.getvalue() and "created from" in out.getvalue()
     assert _dump(tmp_path / "b" / "s.sqlite") == _dump(tmp_path / "a" / "s.sqlite")
     # a second export onto the same file is refused: an export never overwrites (73)
-    assert (
-        cli.main(
-            [
-                "state",
-                "export",
-                "-c",
-                str(_config(tmp_path, tmp_path / "a")),
-                "--to",
-                str(exported),
-            ],
-            out=out,
-        )
-        == 73
-    )
+    assert _state_command("export", source, exported, out) == 73
 
 
 # -- lost-state protection ----------------------------------------------------------------------

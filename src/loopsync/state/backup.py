@@ -81,18 +81,13 @@ class Watermark:
 
 
 @dataclass(frozen=True)
-class Exported:
+class Copied:
+    """What an export wrote, or an import made the merchant's state."""
+
     path: Path
     merchant: str
     watermark: Watermark
-
-
-@dataclass(frozen=True)
-class Imported:
-    path: Path
-    merchant: str
-    watermark: Watermark
-    replaced: bool  # an existing state was overwritten (it was not newer)
+    replaced: bool = False  # import: an existing state (not newer) was overwritten
 
 
 # -- reading (pure over a connection) ---------------------------------------------------------
@@ -128,7 +123,7 @@ def check_loopsync_state(path: Path, conn: sqlite3.Connection) -> dict[str, str]
 # -- export -----------------------------------------------------------------------------------
 
 
-def export(merchant: str, state: Path, to: Path, clock: Clock) -> Exported:
+def export(merchant: str, state: Path, to: Path, clock: Clock) -> Copied:
     """Copy `state` into the new file `to` (see the module docstring)."""
     if not state.is_file():
         raise StateIOError(str(state), f"no state to export for {merchant} (no such file)")
@@ -157,7 +152,7 @@ def export(merchant: str, state: Path, to: Path, clock: Clock) -> Exported:
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink()
-    return Exported(to, merchant, mark)
+    return Copied(to, merchant, mark)
 
 
 @contextlib.contextmanager
@@ -214,7 +209,7 @@ def _publish(tmp: Path, to: Path) -> None:
 # -- import -----------------------------------------------------------------------------------
 
 
-def import_state(merchant: str, state: Path, source: Path) -> Imported:
+def import_state(merchant: str, state: Path, source: Path) -> Copied:
     """Make `source` (an export) the merchant's state at `state` (see the docstring)."""
     incoming = _open_incoming(source)
     try:
@@ -231,7 +226,7 @@ def import_state(merchant: str, state: Path, source: Path) -> Imported:
         raise state_error(source, exc) from None
     finally:
         incoming.close()
-    return Imported(state, merchant, theirs, replaced)
+    return Copied(state, merchant, theirs, replaced)
 
 
 def _open_incoming(source: Path) -> sqlite3.Connection:
