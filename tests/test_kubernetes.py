@@ -56,7 +56,7 @@ def rendered() -> dict[str, list[dict[str, Any]]]:
     return {overlay: render(overlay) for overlay in OVERLAYS}
 
 
-def move_job() -> dict[str, Any]:
+def move_objects() -> list[dict[str, Any]]:
     text = (ROOT / "reshard" / "move-merchant.yaml").read_text()
     for placeholder, value in {
         "__MERCHANT__": "acme",
@@ -65,8 +65,7 @@ def move_job() -> dict[str, Any]:
         "__CONFIGMAP__": "loopsync-merchants-x",
     }.items():
         text = text.replace(placeholder, value)
-    job: dict[str, Any] = yaml.safe_load(text)
-    return job
+    return [doc for doc in yaml.safe_load_all(text) if doc]
 
 
 def pod_specs(objects: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -97,7 +96,10 @@ def test_every_rendered_object_is_valid_for_the_stated_kubernetes_version(
 
 
 def test_the_resharding_job_is_valid_for_the_stated_kubernetes_version() -> None:
-    kubernetes_validate.validate(move_job(), KUBERNETES_VERSION, strict=True)
+    objects = move_objects()
+    assert sorted(o["kind"] for o in objects) == ["Job", "PersistentVolumeClaim"]
+    for obj in objects:
+        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
 
 
 @needs_kubectl
@@ -105,7 +107,7 @@ def test_every_pod_runs_as_user_10001_without_privileges_on_a_read_only_root(
     rendered: dict[str, list[dict[str, Any]]],
 ) -> None:
     specs = [s for overlay in OVERLAYS for s in pod_specs(rendered[overlay])]
-    specs.append(next(iter(pod_specs([move_job()]))))
+    specs.extend(pod_specs(move_objects()))
     assert {name.split("/")[0] for name, _ in specs} == {"StatefulSet", "CronJob", "Job"}
     for name, spec in specs:
         pod = spec["securityContext"]
@@ -279,3 +281,23 @@ def test_every_merchant_file_loads_with_its_secrets_as_files() -> None:
         assert cfg.every >= timedelta(minutes=1)
         text = Path(cfg.file).read_text()
         assert "${file:/secrets/" in text and "state_path" not in text.split("#")[-1]
+
+
+@needs_kubectl
+def test_the_resharding_job_mounts_the_claims_the_statefulset_gives_its_pods(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    sts = one(rendered["fleet"], "StatefulSet")
+    (template,) = sts["spec"]["volumeClaimTemplates"]
+    pod_claim = f"{template['metadata']['name']}-{sts['metadata']['name']}-"  # + ordinal
+    objects = move_objects()
+    job = one(objects, "Job")
+    claims = {
+        v["name"]: v["persistentVolumeClaim"]["claimName"]
+        for v in job["spec"]["template"]["spec"]["volumes"]
+        if "persistentVolumeClaim" in v
+    }
+    assert claims == {"from": pod_claim + "1", "to": pod_claim + "2"}
+    made = one(objects, "PersistentVolumeClaim")
+    assert made["metadata"]["name"] == pod_claim + "2"
+    assert made["spec"] == template["spec"]
