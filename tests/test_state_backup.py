@@ -192,7 +192,7 @@ def test_import_is_refused_while_a_worker_holds_the_merchant(
 
 
 @settings(
-    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(st.binary(max_size=3000), st.booleans())
 def test_import_of_arbitrary_bytes_is_refused_and_leaves_the_state_untouched(
