@@ -86,6 +86,7 @@ def env_of(container: dict[str, Any]) -> dict[str, Any]:
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
 
 
+@pytest.mark.slow  # kubectl kustomize runs as a process
 @needs_kubectl
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_every_rendered_object_is_valid_for_the_stated_kubernetes_version(
@@ -102,6 +103,7 @@ def test_the_resharding_job_is_valid_for_the_stated_kubernetes_version() -> None
         kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
 
 
+@pytest.mark.slow  # kubectl kustomize runs as a process
 @needs_kubectl
 def test_every_pod_runs_as_user_10001_without_privileges_on_a_read_only_root(
     rendered: dict[str, list[dict[str, Any]]],
@@ -124,6 +126,7 @@ def test_every_pod_runs_as_user_10001_without_privileges_on_a_read_only_root(
             assert "/tmp" in mounts, "a read-only root needs a writable /tmp"
 
 
+@pytest.mark.slow  # kubectl kustomize runs as a process
 @needs_kubectl
 def test_the_probes_use_paths_and_the_port_serve_http_really_serves(
     rendered: dict[str, list[dict[str, Any]]],
@@ -188,6 +191,7 @@ def _longest_request(configs: list[Any]) -> float:
     return longest
 
 
+@pytest.mark.slow  # kubectl kustomize runs as a process
 @needs_kubectl
 def test_the_grace_period_outlasts_a_request_deadline_and_the_stop_grace(
     rendered: dict[str, list[dict[str, Any]]],
@@ -202,6 +206,7 @@ def test_the_grace_period_outlasts_a_request_deadline_and_the_stop_grace(
             assert grace > stop_grace(configs), name
 
 
+@pytest.mark.slow  # kubectl kustomize runs as a process
 @needs_kubectl
 @pytest.mark.parametrize("count", [1, 2, 7])
 def test_one_value_sets_the_replicas_and_the_pods_shard_count(tmp_path: Path, count: int) -> None:
@@ -230,6 +235,7 @@ def test_one_value_sets_the_replicas_and_the_pods_shard_count(tmp_path: Path, co
     assert index == "metadata.labels['apps.kubernetes.io/pod-index']"
 
 
+@pytest.mark.slow  # kubectl kustomize runs as a process
 @needs_kubectl
 def test_the_fleet_keeps_state_per_pod_and_bounds_disruptions(
     rendered: dict[str, list[dict[str, Any]]],
@@ -249,6 +255,7 @@ def test_the_fleet_keeps_state_per_pod_and_bounds_disruptions(
     assert pdb["spec"]["maxUnavailable"] == 1
 
 
+@pytest.mark.slow  # kubectl kustomize runs as a process
 @needs_kubectl
 def test_every_merchant_file_is_in_the_configmap_and_has_a_cron_job_with_its_own_claim(
     rendered: dict[str, list[dict[str, Any]]],
@@ -283,6 +290,7 @@ def test_every_merchant_file_loads_with_its_secrets_as_files() -> None:
         assert "${file:/secrets/" in text and "state_path" not in text.split("#")[-1]
 
 
+@pytest.mark.slow  # kubectl kustomize runs as a process
 @needs_kubectl
 def test_the_resharding_job_mounts_the_claims_the_statefulset_gives_its_pods(
     rendered: dict[str, list[dict[str, Any]]],

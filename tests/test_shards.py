@@ -49,6 +49,7 @@ def test_going_from_n_to_n_plus_one_moves_about_one_in_n_plus_one(n: int, salt: 
     assert abs(moved - expected) <= spread
 
 
+@pytest.mark.slow  # two Python processes
 def test_the_owner_is_the_same_in_every_process_not_pythons_salted_hash() -> None:
     code = "from loopsync.shards import owner; print([owner(f'm{i}', 7) for i in range(50)])"
     runs = {

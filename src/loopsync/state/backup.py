@@ -109,7 +109,8 @@ def check_loopsync_state(path: Path, conn: sqlite3.Connection) -> dict[str, str]
     """The file's meta, or StateCorrupt when it is not a loopsync state SQLite trusts."""
     verdict = conn.execute("pragma quick_check").fetchone()
     if verdict is None or verdict[0] != "ok":
-        raise StateCorrupt(str(path), f"fails SQLite's integrity check ({verdict and verdict[0]})")
+        said = " ".join(str(verdict and verdict[0]).split())[:200]  # one line, however long
+        raise StateCorrupt(str(path), f"fails SQLite's integrity check ({said})")
     tables = {str(n) for (n,) in conn.execute("select name from sqlite_master where type='table'")}
     if not REQUIRED_TABLES.issubset(tables):
         raise StateCorrupt(str(path), "is a SQLite database but not a loopsync state")
@@ -217,7 +218,7 @@ def import_state(merchant: str, state: Path, source: Path) -> Copied:
         owner = meta.get(EXPORT_MERCHANT)
         if owner is not None and owner != merchant:
             raise StateCorrupt(
-                str(source), f"was exported for merchant {owner!r}, not {merchant!r}"
+                str(source), f"was exported for merchant {owner[:80]!r}, not {merchant!r}"
             )
         theirs = watermark(incoming)
         with MerchantLock(state):
