@@ -56,6 +56,11 @@ def rendered() -> dict[str, list[dict[str, Any]]]:
     return {overlay: render(overlay) for overlay in OVERLAYS}
 
 
+@pytest.fixture
+def statefulset(rendered: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    return one(rendered["fleet"], "StatefulSet")
+
+
 def move_objects() -> list[dict[str, Any]]:
     text = (ROOT / "reshard" / "move-merchant.yaml").read_text()
     for placeholder, value in {
@@ -238,9 +243,9 @@ def test_one_value_sets_the_replicas_and_the_pods_shard_count(tmp_path: Path, co
 @pytest.mark.slow  # kubectl kustomize runs as a process
 @needs_kubectl
 def test_the_fleet_keeps_state_per_pod_and_bounds_disruptions(
-    rendered: dict[str, list[dict[str, Any]]],
+    rendered: dict[str, list[dict[str, Any]]], statefulset: dict[str, Any]
 ) -> None:
-    sts = one(rendered["fleet"], "StatefulSet")
+    sts = statefulset
     (claim,) = sts["spec"]["volumeClaimTemplates"]
     (container,) = sts["spec"]["template"]["spec"]["containers"]
     mounts = {m["name"]: m for m in container["volumeMounts"]}
@@ -293,11 +298,11 @@ def test_every_merchant_file_loads_with_its_secrets_as_files() -> None:
 @pytest.mark.slow  # kubectl kustomize runs as a process
 @needs_kubectl
 def test_the_resharding_job_mounts_the_claims_the_statefulset_gives_its_pods(
-    rendered: dict[str, list[dict[str, Any]]],
+    statefulset: dict[str, Any],
 ) -> None:
-    sts = one(rendered["fleet"], "StatefulSet")
-    (template,) = sts["spec"]["volumeClaimTemplates"]
-    pod_claim = f"{template['metadata']['name']}-{sts['metadata']['name']}-"  # + ordinal
+    (template,) = statefulset["spec"]["volumeClaimTemplates"]
+    name = statefulset["metadata"]["name"]
+    pod_claim = f"{template['metadata']['name']}-{name}-"  # + the pod's ordinal
     objects = move_objects()
     job = one(objects, "Job")
     claims = {
