@@ -568,9 +568,9 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
     if PROCESS.requested:  # stopped during start-up: nothing is running yet
         log.info("serve.stopped", signal=PROCESS.name)
         return EXIT_OK
-    if not configs:
-        print("loopsync: no valid merchant configuration to serve", file=sys.stderr)
-        return EXIT_CONFIG
+    refused = serve_refused(configs, bad)
+    if refused is not None:
+        return refused
 
     def cycle(cfg: MerchantConfig, stop: threading.Event, next_due: Any = None) -> None:
         # One merchant's trouble is logged (and recorded in its run row when its state
@@ -624,6 +624,38 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
         grace=stop_grace(configs),
         listener=listener,
     )
+
+
+EXIT_CANTCREAT = 73  # sysexits EX_CANTCREAT: StateUnwritable's exit_code
+
+
+def serve_refused(configs: list[MerchantConfig], bad: list[ConfigError]) -> int | None:
+    """`serve`'s exit status when nothing can run (no valid configuration, or no merchant
+    whose state folder can be used: the state volume is missing or read-only), else None."""
+    if not configs:
+        print("loopsync: no valid merchant configuration to serve", file=sys.stderr)
+        return EXIT_CONFIG
+    if not state_folders_usable(configs):
+        return EXIT_CONFIG if bad else EXIT_CANTCREAT
+    return None
+
+
+def state_folders_usable(configs: list[MerchantConfig]) -> bool:
+    """`serve` at start: one line per merchant whose state folder cannot be used
+    (loopsync.state.folder); True when at least one can. Such a merchant stays scheduled:
+    each of its cycles checks again, so a folder fixed later is used, and it never
+    stops the others."""
+    from loopsync.state.folder import check_state_folder
+
+    usable = False
+    for cfg in configs:
+        try:
+            check_state_folder(cfg.state_path, cfg.file)
+        except StateError as exc:
+            print(f"loopsync: {cfg.merchant}: {_redacted(str(exc))}", file=sys.stderr)
+        else:
+            usable = True
+    return usable
 
 
 def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
