@@ -64,6 +64,13 @@ def problem(facts: FolderFacts) -> str | None:
         )
     if not facts.nearest_is_dir:
         return f"{facts.nearest} is not a folder"
+    # Before writability: on a read-only root the fix is the volume, not the rights.
+    if facts.mount_required and facts.on_root_filesystem:
+        return (
+            f"folder {facts.nearest} is not on a mounted volume ({MOUNT_ENV} is set); "
+            f"state written there would be lost with the container; mount a volume at "
+            f"{facts.root}"
+        )
     if not facts.nearest_writable:
         return (
             f"folder {facts.nearest} is not writable by uid {facts.uid}; mount it writable "
@@ -71,12 +78,6 @@ def problem(facts: FolderFacts) -> str | None:
         )
     if facts.file_exists and not facts.file_writable:
         return f"is not writable by uid {facts.uid}"
-    if facts.mount_required and facts.on_root_filesystem:
-        return (
-            f"folder {facts.nearest} is not on a mounted volume ({MOUNT_ENV} is set); "
-            f"state written there would be lost with the container; mount a volume at "
-            f"{facts.root}"
-        )
     return None
 
 
