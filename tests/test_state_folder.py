@@ -16,7 +16,7 @@ from loopsync.state.folder import (
     observe,
     problem,
 )
-from loopsync.timeutil import SystemClock
+from tests.test_ops_faults import env, sb  # noqa: F401 - the sandbox and its secrets in the env
 
 
 def facts(**kw):
@@ -127,15 +127,8 @@ def test_a_folder_on_the_root_filesystem_is_refused_when_a_mount_is_required(tmp
 # -- the commands -----------------------------------------------------------------------------
 
 
-@pytest.fixture
-def sb(make_sandbox):
-    return make_sandbox(clock=SystemClock(), rate_limits=False)
-
-
-@pytest.fixture
-def env(sb, monkeypatch):
-    for k, v in sb.env().items():
-        monkeypatch.setenv(k, v)
+@pytest.fixture(autouse=True)
+def no_mount_requirement(monkeypatch):
     monkeypatch.delenv(MOUNT_ENV, raising=False)
 
 
