@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from loopsync.cli import main
+from loopsync.cli import load_each, main, state_folders_usable
 from loopsync.errors import StateUnwritable
 from loopsync.state.folder import (
     MOUNT_ENV,
@@ -169,4 +169,16 @@ def test_serve_refuses_to_start_when_no_merchant_has_a_usable_state_folder(
     sb.write_config(conf, merchant="b", state_path=str(tmp_path / "blocker" / "b.sqlite"))
     assert main(["serve", "-c", str(conf)]) == 73
     one_line_each(capsys.readouterr().err, "a: state file", "b: state file")
+    assert not (tmp_path / "gone").exists()
+
+
+def test_serve_starts_with_the_merchants_whose_folder_is_good_and_names_the_others(
+    sb, env, tmp_path, capsys
+):
+    conf = tmp_path / "conf"
+    sb.write_config(conf, merchant="bad", state_path=str(tmp_path / "gone" / "bad.sqlite"))
+    sb.write_config(conf, merchant="good", state_path=str(tmp_path / "good.sqlite"))
+    configs, _ = load_each([str(conf)])
+    assert state_folders_usable(configs)  # serve goes on; `bad` is checked again each cycle
+    one_line_each(capsys.readouterr().err, "bad: state file")
     assert not (tmp_path / "gone").exists()
