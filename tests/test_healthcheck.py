@@ -9,11 +9,15 @@ from collections.abc import Iterator
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from loopsync import web
+from loopsync.errors import UsageError
 from loopsync.healthcheck import (
+    ADDRESS_ENV,
     DEFAULT_CONFIG,
     HttpProbe,
     StatusProbe,
     choose,
+    listener_address,
     main,
     probe_http,
 )
@@ -31,6 +35,17 @@ def test_without_a_listener_status_check_reads_the_image_config_folder_by_defaul
     assert choose({"LOOPSYNC_HTTP": " "}, ["a.yaml"]) == StatusProbe(("a.yaml",))
     # A malformed address is serve's to refuse at start; the probe falls back to status.
     assert choose({"LOOPSYNC_HTTP": "nonsense"}, []) == StatusProbe((DEFAULT_CONFIG,))
+
+
+@given(st.text(alphabet="0123456789:[]abf.x ", max_size=24) | st.text(max_size=24))
+def test_the_listener_address_is_read_as_serve_reads_it(text):
+    assert ADDRESS_ENV == web.ADDRESS_ENV
+    try:
+        expected = web.parse_address(text)
+    except UsageError:
+        assert listener_address(text) is None
+    else:
+        assert listener_address(text) == (expected.host, expected.port)
 
 
 @contextlib.contextmanager

@@ -25,12 +25,14 @@ from __future__ import annotations
 import argparse
 import http.client
 import io
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
 DEFAULT_CONFIG = "/config"
+ADDRESS_ENV = "LOOPSYNC_HTTP"  # web.ADDRESS_ENV
 PROBE_TIMEOUT = 5.0
 HEALTHY, UNHEALTHY = 0, 1
 # A listener on every address is probed where this process can always reach it.
@@ -48,20 +50,23 @@ class StatusProbe:
     configs: tuple[str, ...]
 
 
+def listener_address(text: str) -> tuple[str, int] | None:
+    """$LOOPSYNC_HTTP read as `web.parse_address` reads it (HOST:PORT, [IPv6]:PORT or
+    :PORT), None when malformed. Not imported from web: `web` (and prometheus with it) is
+    reached from serve alone, and a probe starts a process every 30 s."""
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        return None
+    return host.removeprefix("[").removesuffix("]") or "0.0.0.0", int(port)  # noqa: S104
+
+
 def choose(environ: Mapping[str, str], configs: Sequence[str]) -> HttpProbe | StatusProbe:
     """Pure: the listener's /healthz when $LOOPSYNC_HTTP names one, else status --check.
     A malformed $LOOPSYNC_HTTP is serve's to refuse (exit 2 at start): probed by status."""
-    from loopsync.errors import UsageError
-    from loopsync.web import ADDRESS_ENV, parse_address
-
-    text = environ.get(ADDRESS_ENV, "").strip()
-    if text:
-        try:
-            where = parse_address(text)
-        except UsageError:
-            pass
-        else:
-            return HttpProbe(_ANY_ADDRESS.get(where.host, where.host), where.port)
+    where = listener_address(environ.get(ADDRESS_ENV, ""))
+    if where is not None:
+        host, port = where
+        return HttpProbe(_ANY_ADDRESS.get(host, host), port)
     return StatusProbe(tuple(configs) or (DEFAULT_CONFIG,))
 
 
@@ -99,8 +104,6 @@ def main(
     environ: Mapping[str, str] | None = None,
     out: TextIO | None = None,
 ) -> int:
-    import os
-
     parser = argparse.ArgumentParser(
         prog="python -m loopsync.healthcheck", description="the image's HEALTHCHECK"
     )
