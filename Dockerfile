@@ -22,10 +22,14 @@ RUN python -m venv /opt/loopsync
 # runtime only (the sandbox extra, graphql-core, is not in it).
 COPY requirements/loopsync.lock /tmp/loopsync.lock
 RUN /opt/loopsync/bin/pip install --require-hashes --no-deps -r /tmp/loopsync.lock
+# The build backend (setuptools), hashed too, in a venv of its own that the image never sees.
+COPY requirements/build.lock /tmp/build.lock
+RUN python -m venv /tmp/build \
+ && /tmp/build/bin/pip install --require-hashes --no-deps -r /tmp/build.lock
 # Then loopsync itself, as a wheel (not the source tree), without dependencies.
 COPY pyproject.toml README.md /tmp/src/
 COPY src /tmp/src/src
-RUN /opt/loopsync/bin/pip wheel --no-deps --wheel-dir /tmp/wheels /tmp/src \
+RUN /tmp/build/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /tmp/wheels /tmp/src \
  && /opt/loopsync/bin/pip install --no-deps --no-index /tmp/wheels/loopsync-*.whl \
  && /opt/loopsync/bin/python -m compileall -q -f --invalidation-mode unchecked-hash /opt/loopsync/lib
 

@@ -43,6 +43,7 @@ from loopsync.timeutil import SystemClock
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
 LOCK = ROOT / "requirements" / "loopsync.lock"
+BUILD_LOCK = ROOT / "requirements" / "build.lock"
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
 UID = GID = 10001
 
@@ -122,7 +123,11 @@ def test_dockerfile_installs_the_hashed_lock_before_copying_the_source(dockerfil
     assert lock_copy < install < source
     assert "--no-deps -r /tmp/loopsync.lock" in names[install][1]
     wheel = next(a for k, a in names[source:] if k == "RUN" and "pip wheel" in a)
-    assert "--no-deps" in wheel and "install --no-deps --no-index" in wheel
+    assert "--no-deps --no-build-isolation" in wheel and "install --no-deps --no-index" in wheel
+    # The build backend comes from its own hashed lock, in a venv the image never copies.
+    backend = next(n for n, (k, a) in enumerate(names) if k == "RUN" and "build.lock" in a)
+    assert backend < source and "--require-hashes --no-deps" in names[backend][1]
+    assert "/tmp/build/bin/pip wheel" in wheel
 
 
 def test_dockerfile_final_stage_copies_only_the_venv_and_runs_as_a_numeric_user(dockerfile):
@@ -172,6 +177,7 @@ def test_dockerignore_lets_in_only_what_the_build_copies():
     assert lines[0] == "*"
     assert {line for line in lines if line.startswith("!")} == {
         "!requirements/loopsync.lock",
+        "!requirements/build.lock",
         "!pyproject.toml",
         "!README.md",
         "!src/",
@@ -181,11 +187,11 @@ def test_dockerignore_lets_in_only_what_the_build_copies():
 # -- the lock ---------------------------------------------------------------------------------
 
 
-def lock_pins() -> dict[str, tuple[str, list[str]]]:
+def lock_pins(lock: Path = LOCK) -> dict[str, tuple[str, list[str]]]:
     """name -> (version, sha256 hashes), from the lock's `name==version \\ --hash=...`."""
     pins: dict[str, tuple[str, list[str]]] = {}
     current = None
-    for line in LOCK.read_text(encoding="utf-8").splitlines():
+    for line in lock.read_text(encoding="utf-8").splitlines():
         pin = re.match(r"^([A-Za-z0-9._-]+)==(\S+)", line)
         if pin:
             current = canonicalize_name(pin[1])
@@ -205,6 +211,14 @@ def test_every_runtime_dependency_is_pinned_in_the_lock_with_a_hash():
         assert req.specifier.contains(version, prereleases=True), f"{name}=={version} vs {spec}"
         assert hashes, f"{name} has no hash"
     assert all(hashes for _, hashes in pins.values())  # --require-hashes needs every one
+
+
+def test_build_lock_pins_the_build_backend_with_hashes():
+    pins = lock_pins(BUILD_LOCK)
+    for spec in PYPROJECT["build-system"]["requires"]:
+        req = Requirement(spec)
+        version, hashes = pins[canonicalize_name(req.name)]
+        assert req.specifier.contains(version) and hashes
 
 
 def test_lock_holds_no_sandbox_or_test_dependency_and_names_its_command():
