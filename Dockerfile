@@ -16,22 +16,25 @@ ARG PYTHON_IMAGE=python:3.11-slim@sha256:9c900dea9e8fb7e16277c179b555cc72d29a352
 # -- build: a virtual environment in /opt/loopsync ------------------------------------------
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
-RUN python -m venv /opt/loopsync
-# Dependencies before the source: this layer is rebuilt only when the lock changes. Every
-# file's hash is checked (scripts/lock writes them); --no-deps: the lock is the whole list,
-# runtime only (the sandbox extra, graphql-core, is not in it).
-COPY requirements/loopsync.lock /tmp/loopsync.lock
-RUN /opt/loopsync/bin/pip install --require-hashes --no-deps -r /tmp/loopsync.lock
-# The build backend (setuptools), hashed too, in a venv of its own that the image never sees.
-COPY requirements/build.lock /tmp/build.lock
+# Dependencies before the source: this layer is rebuilt only when a lock changes. Every
+# file's hash is checked (scripts/lock writes them); --no-deps: a lock is the whole list.
+# /tmp/build holds the build backend (setuptools, requirements/build.lock) and the pip
+# that installs; /opt/loopsync, made without pip, receives the runtime lock only (the
+# sandbox extra, graphql-core, is not in it) and is all the image gets.
+COPY requirements/build.lock requirements/loopsync.lock /tmp/
 RUN python -m venv /tmp/build \
- && /tmp/build/bin/pip install --require-hashes --no-deps -r /tmp/build.lock
+ && /tmp/build/bin/pip install --require-hashes --no-deps -r /tmp/build.lock \
+ && python -m venv --without-pip /opt/loopsync \
+ && /tmp/build/bin/pip --python /opt/loopsync/bin/python install \
+      --require-hashes --no-deps -r /tmp/loopsync.lock
 # Then loopsync itself, as a wheel (not the source tree), without dependencies.
 COPY pyproject.toml README.md /tmp/src/
 COPY src /tmp/src/src
 RUN /tmp/build/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /tmp/wheels /tmp/src \
- && /opt/loopsync/bin/pip install --no-deps --no-index /tmp/wheels/loopsync-*.whl \
- && /opt/loopsync/bin/python -m compileall -q -f --invalidation-mode unchecked-hash /opt/loopsync/lib
+ && /tmp/build/bin/pip --python /opt/loopsync/bin/python install \
+      --no-deps --no-index /tmp/wheels/loopsync-*.whl \
+ && /opt/loopsync/bin/python -m compileall -q -f --invalidation-mode unchecked-hash \
+      /opt/loopsync/lib
 
 # -- the image: the venv on a slim base, nothing else -------------------------------------
 FROM ${PYTHON_IMAGE}
@@ -55,10 +58,9 @@ RUN groupadd --gid 10001 loopsync \
  && install -d -m 0700 -o 10001 -g 10001 /state \
  && install -d -m 0755 /config
 COPY --from=build /opt/loopsync /opt/loopsync
-# Read-only root filesystem: bytecode was compiled at build time (checked by hash, never
-# by a source mtime a copy may change) and is never written;
-# temporary files (SQLite's, a dry run's copy) go to the state volume; HOME is a folder that
-# does not exist, so nothing can write there.
+# Read-only root filesystem: bytecode was compiled at build time (checked by hash, not by
+# a source mtime a copy may change) and is never written; temporary files (SQLite's, a
+# dry run's copy) go to the state volume; HOME is a folder that does not exist.
 ENV PATH=/opt/loopsync/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \

@@ -121,13 +121,15 @@ def test_dockerfile_installs_the_hashed_lock_before_copying_the_source(dockerfil
     install = next(n for n, (k, a) in enumerate(names) if k == "RUN" and "--require-hashes" in a)
     source = next(n for n, (k, a) in enumerate(names) if k == "COPY" and a.startswith("src "))
     assert lock_copy < install < source
-    assert "--no-deps -r /tmp/loopsync.lock" in names[install][1]
-    wheel = next(a for k, a in names[source:] if k == "RUN" and "pip wheel" in a)
-    assert "--no-deps --no-build-isolation" in wheel and "install --no-deps --no-index" in wheel
-    # The build backend comes from its own hashed lock, in a venv the image never copies.
-    backend = next(n for n, (k, a) in enumerate(names) if k == "RUN" and "build.lock" in a)
-    assert backend < source and "--require-hashes --no-deps" in names[backend][1]
-    assert "/tmp/build/bin/pip wheel" in wheel
+    steps = " ".join(names[install][1].split())
+    # The build backend from its own hashed lock, in a venv the image never copies; the
+    # image's venv, made without pip, gets the runtime lock only.
+    assert "/tmp/build/bin/pip install --require-hashes --no-deps -r /tmp/build.lock" in steps
+    assert "python -m venv --without-pip /opt/loopsync" in steps
+    assert "--require-hashes --no-deps -r /tmp/loopsync.lock" in steps
+    wheel = " ".join(next(a for k, a in names[source:] if k == "RUN" and "pip wheel" in a).split())
+    assert "/tmp/build/bin/pip wheel --no-deps --no-build-isolation" in wheel
+    assert "install --no-deps --no-index /tmp/wheels/loopsync-" in wheel
 
 
 def test_dockerfile_final_stage_copies_only_the_venv_and_runs_as_a_numeric_user(dockerfile):
