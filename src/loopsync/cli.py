@@ -574,10 +574,11 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
     if PROCESS.requested:  # stopped during start-up: nothing is running yet
         log.info("serve.stopped", signal=PROCESS.name)
         return EXIT_OK
-    if not configs:
-        print("loopsync: no valid merchant configuration to serve", file=sys.stderr)
-        return EXIT_CONFIG
-    configs = resharding.own(shard, configs)  # a shard owning none still serves its probes
+    owned = resharding.own(shard, configs)  # a shard owning none still serves its probes
+    refused = serve_refused(configs, owned, bad)
+    if refused is not None:
+        return refused
+    configs = owned
 
     def cycle(cfg: MerchantConfig, stop: threading.Event, next_due: Any = None) -> None:
         # One merchant's trouble is logged (and recorded in its run row when its state
@@ -632,6 +633,41 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
         grace=stop_grace(configs),
         listener=listener,
     )
+
+
+EXIT_CANTCREAT = 73  # sysexits EX_CANTCREAT: StateUnwritable's exit_code
+
+
+def serve_refused(
+    configs: list[MerchantConfig], owned: list[MerchantConfig], bad: list[ConfigError]
+) -> int | None:
+    """`serve`'s exit status when nothing can run (no valid configuration, or none of this
+    shard's merchants has a usable state folder: the volume is missing or read-only), else
+    None. A shard that owns no merchant is not refused: it still answers its probes."""
+    if not configs:
+        print("loopsync: no valid merchant configuration to serve", file=sys.stderr)
+        return EXIT_CONFIG
+    if owned and not state_folders_usable(owned):
+        return EXIT_CONFIG if bad else EXIT_CANTCREAT
+    return None
+
+
+def state_folders_usable(configs: list[MerchantConfig]) -> bool:
+    """`serve` at start: one line per merchant whose state folder cannot be used
+    (loopsync.state.folder); True when at least one can. Such a merchant stays scheduled:
+    each of its cycles checks again, so a folder fixed later is used, and it never
+    stops the others."""
+    from loopsync.state.folder import check_state_folder
+
+    usable = False
+    for cfg in configs:
+        try:
+            check_state_folder(cfg.state_path, cfg.file)
+        except StateError as exc:
+            print(f"loopsync: {cfg.merchant}: {_redacted(str(exc))}", file=sys.stderr)
+        else:
+            usable = True
+    return usable
 
 
 def cmd_status(args: argparse.Namespace, out: TextIO) -> int:

@@ -24,6 +24,7 @@ from loopsync.errors import AuthError, NotFound, StopRequested, UnknownReturn
 from loopsync.http import LIMIT_HISTORY_NAMESPACE, LimitHistory, RetryPolicy
 from loopsync.loop_client import LoopClient
 from loopsync.state import MerchantLock, Store, state_error
+from loopsync.state.folder import check_state_folder
 from loopsync.state.runs import NEXT_DUE_KEY, NEXT_DUE_NAMESPACE
 from loopsync.timeutil import Clock, SystemClock, iso
 
@@ -130,6 +131,8 @@ def run_merchant(
     # is then plain to see in the log.
     log.info("state", merchant=cfg.merchant, path=str(cfg.state_path))
     bound = structlog.contextvars.bound_contextvars(merchant=cfg.merchant, run_id=run_id)
+    if not dry_run:  # a missing volume or a read-only folder: one line, 73, nothing created
+        check_state_folder(cfg.state_path, cfg.file)
     try:
         lock = None if dry_run else MerchantLock(cfg.state_path).acquire()
     except OSError as exc:  # its folder cannot be created or written

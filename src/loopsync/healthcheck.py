@@ -1,0 +1,119 @@
+"""The image's HEALTHCHECK: `python -m loopsync.healthcheck [-c PATH ...]`.
+
+Exit 0 healthy, 1 unhealthy (Docker reserves 2; every other failure is said as 1 too), and
+one line saying why, which Docker keeps in `docker inspect`'s health log.
+
+Which probe is decided by `choose`, from the environment alone:
+- $LOOPSYNC_HTTP set (`serve`'s listener is on): GET /healthz there, over loopback when
+  it listens on every address. 200 while the scheduler runs jobs (its heartbeat), so a
+  wedged scheduler is unhealthy within 15 s. /healthz needs no token, so none is sent;
+  no redirect is followed; one try, PROBE_TIMEOUT seconds. (Give the listener to the
+  image as LOOPSYNC_HTTP, not `--http`: a probe cannot read another process's flags.)
+- otherwise: `loopsync status --check -c PATH` (default /config): unhealthy while a
+  merchant is STALLED or BLOCKED, or its state cannot be read. It reads the state files
+  read-only and needs no secret. Slower to notice (a stall shows after
+  `schedule.stalled_after`), but it is the signal a `serve` without a listener leaves.
+
+The image has no curl: both probes are Python. The /healthz request uses the standard
+library's http.client, not loopsync.http.HttpClient: it is this process asking its own
+listener once, where HttpClient's retries, rate limits and backoff would only hide a
+dead scheduler.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import io
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TextIO
+
+DEFAULT_CONFIG = "/config"
+ADDRESS_ENV = "LOOPSYNC_HTTP"  # web.ADDRESS_ENV
+PROBE_TIMEOUT = 5.0
+HEALTHY, UNHEALTHY = 0, 1
+# A listener on every address is probed where this process can always reach it.
+_ANY_ADDRESS = {"0.0.0.0": "127.0.0.1", "::": "::1"}  # noqa: S104 - mapped, never bound
+
+
+@dataclass(frozen=True)
+class HttpProbe:
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class StatusProbe:
+    configs: tuple[str, ...]
+
+
+def listener_address(text: str) -> tuple[str, int] | None:
+    """$LOOPSYNC_HTTP read as `web.parse_address` reads it (HOST:PORT, [IPv6]:PORT or
+    :PORT), None when malformed. Not imported from web: `web` (and prometheus with it) is
+    reached from serve alone, and a probe starts a process every 30 s."""
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        return None
+    return host.removeprefix("[").removesuffix("]") or "0.0.0.0", int(port)  # noqa: S104
+
+
+def choose(environ: Mapping[str, str], configs: Sequence[str]) -> HttpProbe | StatusProbe:
+    """Pure: the listener's /healthz when $LOOPSYNC_HTTP names one, else status --check.
+    A malformed $LOOPSYNC_HTTP is serve's to refuse (exit 2 at start): probed by status."""
+    where = listener_address(environ.get(ADDRESS_ENV, ""))
+    if where is not None:
+        host, port = where
+        return HttpProbe(_ANY_ADDRESS.get(host, host), port)
+    return StatusProbe(tuple(configs) or (DEFAULT_CONFIG,))
+
+
+def probe_http(probe: HttpProbe, timeout: float = PROBE_TIMEOUT) -> tuple[int, str]:
+    """GET /healthz once: (exit status, why). Anything but a 200 is unhealthy, whatever
+    the server sends (a garbled answer, a reset, silence past the timeout)."""
+    conn = http.client.HTTPConnection(probe.host, probe.port, timeout=timeout)
+    try:
+        conn.request("GET", "/healthz", headers={"Connection": "close"})
+        answer = conn.getresponse()
+        code = answer.status
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        return UNHEALTHY, f"unhealthy: /healthz did not answer ({type(exc).__name__})"
+    finally:
+        conn.close()
+    if code == 200:
+        return HEALTHY, "healthy: /healthz 200"
+    return UNHEALTHY, f"unhealthy: /healthz {code}"
+
+
+def probe_status(probe: StatusProbe) -> tuple[int, str]:
+    """`loopsync status --check` in this process: (exit status, why)."""
+    from loopsync.cli import main as cli_main
+
+    shown = io.StringIO()  # the full status is for a person; Docker keeps one line
+    code = cli_main(["status", "--check", "--log-level", "error", "-c", *probe.configs], out=shown)
+    if code == 0:
+        return HEALTHY, "healthy: status --check 0"
+    return UNHEALTHY, f"unhealthy: status --check exited {code} (see loopsync status)"
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    out: TextIO | None = None,
+) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m loopsync.healthcheck", description="the image's HEALTHCHECK"
+    )
+    parser.add_argument("-c", "--config", action="extend", nargs="+", default=[])
+    args = parser.parse_args(argv)
+    probe = choose(os.environ if environ is None else environ, args.config)
+    code, why = probe_http(probe) if isinstance(probe, HttpProbe) else probe_status(probe)
+    (out or sys.stdout).write(why + "\n")
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover - the image's HEALTHCHECK
+    raise SystemExit(main())
