@@ -12,7 +12,7 @@ the standard library here:
 
 - an integer beyond 64 bits: orjson's decoder turns it into a float (an id would lose
   digits) and its encoder refuses it. `loads` looks for a number token of 19 or more
-  digits first (one scan of the text, about 0.3 us a return) and lets the standard
+  digits first (one scan of the text, about 2 us a return) and lets the standard
   library decode such text; `dumps` encodes again on refusal.
 - text orjson refuses (a lone surrogate escape, NaN, a value nested over 1,024 deep):
   the standard library decides, as it did before orjson.
@@ -26,16 +26,18 @@ One difference is kept: `dumps` writes NaN and the infinities (which are not JSO
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 import orjson
 
 # A number token (after `[`, `,` or `:`, maybe spaces and a minus) of 19+ digits may not fit
-# 64 bits. A run inside a string only costs a slower decode, never a wrong one.
-_LONG_DIGITS = re.compile("[0-9]{19,}")
-_BEFORE_NUMBER = frozenset("[,:")
-_SPACE = frozenset(" \t\r\n")
+# 64 bits. Found by mapping every digit to "0" and anything else to "x" (bytes.translate,
+# C speed) and looking for 19 zeros; a run inside a string (a USPS tracking number) is
+# told apart by what precedes it.
+_DIGIT_MARKS = bytes(0x30 if 0x30 <= b <= 0x39 else 0x78 for b in range(256))
+_LONG_RUN = b"0" * 19
+_BEFORE_NUMBER = frozenset(b"[,:")
+_SPACE = frozenset(b" \t\r\n")
 _OPTIONS = (
     orjson.OPT_PASSTHROUGH_DATETIME
     | orjson.OPT_PASSTHROUGH_DATACLASS
@@ -44,19 +46,21 @@ _OPTIONS = (
 
 
 def may_hold_long_int(text: str | bytes) -> bool:
-    """Whether `text` may hold an integer token of 19 or more digits (a cheap test: a
-    long digit run inside a string may say yes; a long integer never says no)."""
-    # latin-1: one character a byte, so a run's neighbours are the bytes around it
-    view = text.decode("latin-1") if isinstance(text, bytes) else text
-    runs = _LONG_DIGITS.finditer(view)
-    for run in runs:
-        i = run.start() - 1
-        if i >= 0 and view[i] == "-":
+    """Whether `text` may hold an integer token of 19 or more digits (a cheap test: text
+    that is not JSON may say yes; a long integer never says no). About 2 us a Loop
+    return."""
+    data = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
+    marks = data.translate(_DIGIT_MARKS)
+    at = marks.find(_LONG_RUN)
+    while at >= 0:
+        i = at - 1
+        if i >= 0 and data[i] == 0x2D:  # "-"
             i -= 1
-        while i >= 0 and view[i] in _SPACE:
+        while i >= 0 and data[i] in _SPACE:
             i -= 1
-        if i < 0 or view[i] in _BEFORE_NUMBER:
+        if i < 0 or data[i] in _BEFORE_NUMBER:
             return True
+        at = marks.find(_LONG_RUN, at + len(_LONG_RUN))
     return False
 
 

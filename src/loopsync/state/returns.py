@@ -21,7 +21,7 @@ from typing import Any
 
 from loopsync import jsonio
 from loopsync.errors import TransitionRefused
-from loopsync.redaction import redact, redact_obj, redact_optional
+from loopsync.redaction import contains_secret_in, redact, redact_obj, redact_optional
 from loopsync.state.db import Db, integer, marks, text
 from loopsync.timeutil import iso, parse_timestamp
 
@@ -187,11 +187,9 @@ def encode_snapshot(raw: dict[str, Any], encoded: bytes | None = None) -> tuple[
     order, which is stable; sorting them cost a quarter of the dump, and a reordered
     answer would only be stored again, never missed."""
     data = jsonio.dumps(raw) if encoded is None else encoded
-    dumped = data.decode("utf-8")
-    if redact(dumped) != dumped:  # rare: re-dump so the masked text is still valid JSON
+    if contains_secret_in(data):  # rare: re-dump so the masked text is still valid JSON
         data = jsonio.dumps(redact_obj(raw))
-        dumped = data.decode("utf-8")
-    return dumped, hashlib.sha256(data).hexdigest()[:16]
+    return data.decode("utf-8"), hashlib.sha256(data).hexdigest()[:16]
 
 
 def legacy_hash(raw: dict[str, Any]) -> str:
