@@ -192,19 +192,10 @@ class PageBook:
 
     def prepare(self, host: str, windows: list[Window], states: Iterable[str], size: int) -> int:
         """Assemble every page of a plan (the worker's query, cursor by cursor); pages."""
-        from loopsync.timeutil import loop_wire
-
         pages = 0
         for state in states:
             for window in windows:
-                params = {
-                    "from": loop_wire(window.start),
-                    "to": loop_wire(window.end),
-                    "filter": "updated_at",
-                    "state": state,
-                    "paginate": "true",
-                    "pageSize": str(size),
-                }
+                params = worker_query(window, state, size)
                 query = urlencode(params)
                 while True:
                     body = self.page(query, host)
@@ -215,6 +206,20 @@ class PageBook:
                     cursor = dict(parse_qsl(urlsplit(next_url).query))["cursor"]
                     query = urlencode({**params, "cursor": cursor})
         return pages
+
+
+def worker_query(window: Window, state: str, page_size: int) -> dict[str, str]:
+    """The query `LoopClient.iter_returns` sends for a window's first page."""
+    from loopsync.timeutil import loop_wire
+
+    return {
+        "from": loop_wire(window.start),
+        "to": loop_wire(window.end),
+        "filter": "updated_at",
+        "state": state,
+        "paginate": "true",
+        "pageSize": str(page_size),
+    }
 
 
 def _list_url(host: str, q: _Query, cursor: str) -> str:

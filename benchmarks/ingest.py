@@ -52,12 +52,13 @@ from benchmarks.common import (
     verdict,
     worker_config,
 )
+from benchmarks.fast_loop import worker_query
 from benchmarks.loop_server import loop_server
 from loopsync.config import MerchantConfig
 from loopsync.loop_client import RETURN_LIST_PATH, extract_cursor
 from loopsync.sandbox import LOOP_KEY
 from loopsync.testing import FakeClock
-from loopsync.timeutil import iso, loop_wire
+from loopsync.timeutil import iso
 from loopsync.windows import Window, ingest_start, plan_windows
 
 TARGET = 1.3
@@ -80,14 +81,7 @@ def floor_pull(
     returns = pages = 0
     for state in cfg.loop.states:
         for window in planned(cfg, end):
-            params = {
-                "from": loop_wire(window.start),
-                "to": loop_wire(window.end),
-                "filter": "updated_at",
-                "state": state,
-                "paginate": "true",
-                "pageSize": str(cfg.loop.page_size),
-            }
+            params = worker_query(window, state, cfg.loop.page_size)
             cursor = None
             while True:
                 query = params if cursor is None else {**params, "cursor": cursor}
