@@ -2,11 +2,15 @@
 process (GIL, heap, RSS) with the worker they measure.
 
     python -m benchmarks.loop_server --returns N [--seed S] [--days D]
+        [--server sandbox|fast] [--plan JSON]
 
 Seeds N returns (`seed.make_returns`, deterministic) updated over the last D days of a
-clock standing at `common.NOW`, serves the emulated Loop on 127.0.0.1 with its rate limit
-off, prints one line `READY <port> <seconds to seed>` and serves until stdin closes (the
-parent exits or closes the pipe) or SIGTERM.
+clock standing at `common.NOW`, serves Loop on 127.0.0.1 with no rate limit, prints one
+line `READY <port> <seconds to seed>` and serves until stdin closes (the parent exits or
+closes the pipe) or SIGTERM. `--server sandbox` (the default here) is the full emulator;
+`--server fast` serves the same returns' list pages pre-encoded (`benchmarks.fast_loop`),
+every page of `--plan` (`{"windows": [[from, to], ...], "states": [...], "page_size": n}`)
+assembled before READY.
 """
 
 from __future__ import annotations
@@ -14,13 +18,15 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import gc
+import json
 import random
 import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from loopsync.sandbox import LOOP_KEY
 from loopsync.sandbox.loop import LoopEmulator
@@ -29,7 +35,7 @@ from loopsync.sandbox.server import ApiServer
 from loopsync.testing import FakeClock
 
 
-def serve(n: int, seed: int, days: float) -> None:
+def serve(n: int, seed: int, days: float, kind: str = "sandbox", plan: str | None = None) -> None:
     from benchmarks.common import NOW
 
     started = time.perf_counter()
@@ -51,7 +57,11 @@ def serve(n: int, seed: int, days: float) -> None:
         loop.add_return(raw)
     gc.collect()
     gc.freeze()  # the seeded returns live for good: keep the collector off them
-    server = ApiServer(loop).start()
+    if kind == "fast":
+        port, stop_server = _serve_fast(loop, now, plan)
+    else:
+        api = ApiServer(loop).start()
+        port, stop_server = api.port, api.stop
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
 
@@ -60,16 +70,44 @@ def serve(n: int, seed: int, days: float) -> None:
         stop.set()
 
     threading.Thread(target=stop_at_end_of_input, daemon=True).start()
-    print(f"READY {server.port} {time.perf_counter() - started:.2f}", flush=True)
+    print(f"READY {port} {time.perf_counter() - started:.2f}", flush=True)
     stop.wait()
-    server.stop()
+    stop_server()
+
+
+def _serve_fast(
+    loop: LoopEmulator, now: dt.datetime, plan: str | None
+) -> tuple[int, Callable[[], None]]:
+    """Start the pre-encoded server, every page of `plan` assembled first: (port, stop)."""
+    from benchmarks import fast_loop
+    from loopsync.timeutil import parse_timestamp
+    from loopsync.windows import Window
+
+    book = fast_loop.PageBook(fast_loop.rows_of(loop))
+    server = fast_loop.start(book, now)
+    port = server.server_port
+    if plan:
+        spec = json.loads(plan)
+        windows = [Window(parse_timestamp(a), parse_timestamp(b)) for a, b in spec["windows"]]
+        book.prepare(f"127.0.0.1:{port}", windows, spec["states"], int(spec["page_size"]))
+    gc.collect()
+    gc.freeze()
+    return port, server.shutdown
 
 
 @contextmanager
-def loop_server(n: int, *, seed: int = 7, days: float = 365) -> Iterator[tuple[str, float]]:
+def loop_server(
+    n: int,
+    *,
+    seed: int = 7,
+    days: float = 365,
+    kind: str = "sandbox",
+    plan: dict[str, Any] | None = None,
+) -> Iterator[tuple[str, float]]:
     """Start the server process; yields (Loop base URL, seconds it took to seed)."""
     import subprocess
 
+    extra = ["--server", kind] + (["--plan", json.dumps(plan)] if plan else [])
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -81,6 +119,7 @@ def loop_server(n: int, *, seed: int = 7, days: float = 365) -> Iterator[tuple[s
             str(seed),
             "--days",
             str(days),
+            *extra,
         ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -107,8 +146,10 @@ def main() -> None:
     p.add_argument("--returns", type=int, required=True)
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--days", type=float, default=365)
+    p.add_argument("--server", choices=("sandbox", "fast"), default="sandbox")
+    p.add_argument("--plan", default=None)
     args = p.parse_args()
-    serve(args.returns, args.seed, args.days)
+    serve(args.returns, args.seed, args.days, args.server, args.plan)
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ from loopsync.state import Store
 
 IN_FLIGHT = 200
 CHANGED_IN_FLIGHT, CHANGED_FINISHED = 20, 80
-TARGET = 1.5
+TARGET = 1.2  # issue 11, target 2
 ROUNDS = 3
 
 

@@ -150,6 +150,7 @@ def test_the_layer_table_classifies_the_modules_it_names() -> None:
     assert name("loopsync.testing.fakes") == "testing"
     assert name("loopsync.cycle") == name("loopsync.stages.push") == "cycle"
     assert name("loopsync.models") == "core"
+    assert name("loopsync.jsonio") == "core"  # orjson's one module: any layer may use it
     assert name("loopsync.configkit") == "core"  # a prefix match stops at a dot
     assert name("loopsync.cli") == name("loopsync.runner") == "top"
 

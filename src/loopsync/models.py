@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ParamSpec, TypeVar
 
+from loopsync import jsonio
 from loopsync.errors import Unreadable
 from loopsync.redaction import clip
 from loopsync.timeutil import parse_timestamp
@@ -251,6 +252,29 @@ def check_tree(value: Any, what: str) -> None:
                 )
 
 
+def checked_json(value: Any, what: str) -> bytes:
+    """`value` as compact JSON bytes (`jsonio.dumps`), refused as `check_tree` refuses:
+    the ingest's one pass over a Loop return both checks it and makes its snapshot.
+
+    The fast path costs one orjson dump: it refuses a lone surrogate anywhere, a field
+    name that is not text and an int past 64 bits, and the count of `{` and `[` in what
+    it wrote bounds the nesting. Anything it does not settle (a refusal, many
+    containers) goes through `check_tree` for the exact reason, then the standard
+    library's dump (an int of 65 to MAX_INT_BITS bits is fine). A tuple, an Enum or a
+    UUID, which no JSON decoder makes, pass as the JSON orjson writes for them."""
+    try:
+        data = jsonio.dumps_fast(value)
+    except TypeError:
+        data = None
+    if data is None or data.count(b"{") + data.count(b"[") > MAX_DEPTH:
+        check_tree(value, what)
+        try:
+            data = jsonio.dumps(value)
+        except (TypeError, ValueError) as exc:  # check_tree passed: a type it lets by
+            raise Unreadable(f"{what}: not JSON ({printable(str(exc), 80)})") from None
+    return data
+
+
 def _check_text(text: str, path: tuple[Any, ...], what: str) -> None:
     if _SURROGATE.search(text):
         raise Unreadable(
@@ -348,6 +372,8 @@ class LoopReturn:
     tracking_number: str | None
     line_items: tuple[ReturnLine, ...]
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    # `raw` as compact JSON, made while checking it (the stored snapshot; None: not made)
+    encoded: bytes | None = field(default=None, compare=False, repr=False)
 
     def units_by_sku(self) -> dict[str, int]:
         """Expected units per SKU (lines without a SKU are not counted)."""
@@ -367,7 +393,7 @@ class LoopReturn:
         try:
             # The whole object is stored and parts of it are sent on: refuse what SQLite
             # or a request body could not take, here rather than at the insert.
-            check_tree(raw, "in the object")
+            encoded = checked_json(raw, "in the object")
             state = raw.get("state")
             if not isinstance(state, str) or identifier(state, "state") is None:
                 raise Unreadable("state missing", field="state")
@@ -405,6 +431,7 @@ class LoopReturn:
             customer=customer,
             line_items=tuple(lines),
             raw=raw,
+            encoded=encoded,
             **ids,
         )
 

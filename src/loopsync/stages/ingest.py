@@ -395,6 +395,7 @@ def _store_return(ctx: CycleContext, raw: Any, heads: Heads) -> str:
         destination_id=ret.destination_id,
         order_name=ret.order_name,
         head=head,
+        encoded=ret.encoded,
     )
     if outcome == Upserted.NEW:
         ctx.counts.new += 1

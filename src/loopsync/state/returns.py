@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from loopsync import jsonio
 from loopsync.errors import TransitionRefused
-from loopsync.redaction import redact, redact_obj, redact_optional
+from loopsync.redaction import contains_secret_in, redact, redact_obj, redact_optional
 from loopsync.state.db import Db, integer, marks, text
 from loopsync.timeutil import iso, parse_timestamp
 
@@ -180,14 +181,32 @@ class HeldRow:
     order_name: str | None
 
 
-def encode_snapshot(raw: dict[str, Any]) -> tuple[str, str]:
-    """(stored JSON text, hash): one dump serves both (ingest's hot path). Keys keep
-    Loop's order, which is stable; sorting them cost a quarter of the dump, and a reordered
+def encode_snapshot(raw: dict[str, Any], encoded: bytes | None = None) -> tuple[str, str]:
+    """(stored JSON text, hash): one dump serves both (ingest's hot path); `encoded` is
+    that dump when the caller made it already (`LoopReturn.encoded`). Keys keep Loop's
+    order, which is stable; sorting them cost a quarter of the dump, and a reordered
     answer would only be stored again, never missed."""
+    data = jsonio.dumps(raw) if encoded is None else encoded
+    if contains_secret_in(data):  # rare: re-dump so the masked text is still valid JSON
+        data = jsonio.dumps(redact_obj(raw))
+    return data.decode("utf-8"), hashlib.sha256(data).hexdigest()[:16]
+
+
+def legacy_hash(raw: dict[str, Any]) -> str:
+    """The hash `encode_snapshot` gave before orjson (the standard library's ASCII dump):
+    a return stored then and unchanged since must not count as changed (it would go back
+    from skipped to new). Asked only when a stored hash differs."""
     dumped = json.dumps(raw, separators=(",", ":"), default=str)
-    if redact(dumped) != dumped:  # rare: re-dump so the masked text is still valid JSON
+    if redact(dumped) != dumped:
         dumped = json.dumps(redact_obj(raw), separators=(",", ":"), default=str)
-    return dumped, hashlib.sha256(dumped.encode()).hexdigest()[:16]
+    return hashlib.sha256(dumped.encode()).hexdigest()[:16]
+
+
+def _legacy_unchanged(existing: ReturnHead, raw: dict[str, Any]) -> bool:
+    try:
+        return existing.hash == legacy_hash(raw)
+    except (TypeError, ValueError, RecursionError):  # the old dump could not take it
+        return False
 
 
 class ReturnRepository:
@@ -218,23 +237,31 @@ class ReturnRepository:
         destination_id: str | None,
         order_name: str | None,
         head: ReturnHead | Lookup | None = LOOKUP,
+        encoded: bytes | None = None,
     ) -> Upserted | None:
         """Store the latest snapshot: Upserted.NEW, Upserted.CHANGED, or None (unchanged or
         older than the stored one).
 
         `head`: what `heads` gave for this id (None: not stored), so a page of returns
-        needs one look-up query, not one per return.
+        needs one look-up query, not one per return. `encoded`: `raw` dumped already
+        (`LoopReturn.encoded`).
 
         An older snapshot (updated_at before the stored one) never overwrites a newer one:
         overlapping windows re-read returns, possibly from different state passes.
         """
-        dumped, h = encode_snapshot(raw)
+        dumped, h = encode_snapshot(raw, encoded)
         now = self.db.now()
         existing = self.heads([rid]).get(rid) if head is LOOKUP else head
         assert not isinstance(existing, Lookup)
         if existing is not None:
             if existing.hash == h:
                 self.db.execute("update returns set last_seen_at = ? where id = ?", [now, rid])
+                return None
+            if _legacy_unchanged(existing, raw):
+                # Stored before orjson, unchanged since: the new hash, nothing else.
+                self.db.execute(
+                    "update returns set last_seen_at = ?, hash = ? where id = ?", [now, h, rid]
+                )
                 return None
             if self._stored_is_newer(existing, updated_at):
                 return None
