@@ -175,7 +175,13 @@ class Data:
                 str(view.verdict),
                 cfg.every.total_seconds(),
                 view.last_ok_at.timestamp() if view.last_ok_at else None,
+                view.webhooks.missed if view.webhooks else None,
+                _epoch(view.webhooks.last_event_at if view.webhooks else None),
             )
+
+
+def _epoch(moment: datetime | None) -> float | None:
+    return moment.timestamp() if moment is not None else None
 
 
 # -- rendering (pure; every text escaped) -------------------------------------------------------
@@ -239,6 +245,7 @@ def merchant_section(m: report.MerchantView, chart: list[report.HourCount]) -> s
         f"{runs}</table>"
     )
     parts.append(_problems_html(m.problems))
+    parts.append(_webhooks_html(m))
     parts.append("</section>")
     return "".join(parts)
 
@@ -259,6 +266,23 @@ def _problems_html(problems: Sequence[report.ProblemGroup]) -> str:
         "<th>reason</th><th>recent ids</th><th>first</th><th>last</th><th>state</th></tr>"
         f"{rows}</table>"
     )
+
+
+def _webhooks_html(m: report.MerchantView) -> str:
+    hooks = m.webhooks
+    if hooks is None:
+        return ""
+    refused = ", ".join(f"{k} {n}" for k, n in sorted(hooks.refused.items())) or "none"
+    missed = f"{hooks.missed} (recent: {', '.join(hooks.missed_recent)})" if hooks.missed else "0"
+    rows = (
+        ("health", "healthy" if hooks.healthy else "not healthy"),
+        ("last event", _when(hooks.last_event_at, m.now)),
+        ("accepted", f"{hooks.accepted} ({hooks.unhandled} not handled yet)"),
+        ("refused", refused),
+        ("found by polling, missed by webhooks", missed),
+    )
+    body = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in rows)
+    return f"<h3>Webhooks</h3><table class=webhooks>{body}</table>"
 
 
 def _counts_text(counts: Mapping[str, int]) -> str:
