@@ -437,3 +437,34 @@ def test_status_page_json_and_metrics_show_webhook_health(served, clock):
     assert "found by polling, missed by webhooks" in html
     assert 'loopsync_webhook_missed_returns{merchant="acme"} 0.0' in metrics
     assert LOOP_SECRET not in html + metrics + text
+
+
+def test_scheduled_cycles_are_deferred_only_while_every_sender_is_healthy(
+    make_sandbox, clock, tmp_path
+):
+    sb = make_sandbox("shiphero", rate_limits=False)
+    # the 3PL sender stays unconfigured here: a configured one must be healthy too
+    path = write_config(sb, tmp_path, poll_every="10m", healthy_within="5m", generic_secret=None)
+    cfg = load_config(path, env=hook_env(sb))
+    srv = Served(cfg, clock)
+    srv.listener._thread.start()
+    ran: list[str] = []
+    job = srv.hooks.scheduled(lambda c, stop, next_due=None: ran.append(c.merchant))
+    try:
+        job(cfg, None)  # no event seen yet: polling runs
+        (raw,) = sb.seed(1, states_weights=[("open", 1)])
+        assert srv.loop_event(loop_body(raw, clock))[0] == 200
+        clock.advance(60)
+        job(cfg, None)  # Loop is healthy, ShipHero has sent nothing: still runs
+        body = b'{"webhook_type": "Return Update", "return_id": 1, "status": "pending"}'
+        sig = webhooks.hmac_b64(SHIPHERO_SECRET, body)
+        assert srv.post("/webhooks/shiphero/acme", body, {"x-shiphero-hmac-sha256": sig})[0] == 200
+        clock.advance(60)
+        job(cfg, None)  # both healthy, 1 min since the last cycle: deferred
+        assert len(ran) == 2
+        clock.advance(4 * 60)  # Loop's last event is now older than healthy_within
+        job(cfg, None)
+        assert len(ran) == 3
+    finally:
+        srv.listener.server.shutdown()
+        srv.listener.server.server_close()
