@@ -8,8 +8,6 @@ the 3PL implements (the signature, the answers, the feed) is this package's docs
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
@@ -35,6 +33,9 @@ from loopsync.http import DEFAULT_MAX_BODY, HttpClient, HttpResult
 from loopsync.models import RmaRef, identifier, remote_timestamp
 from loopsync.paging import PageWalk, Step, WalkEnd, record_walk
 from loopsync.timeutil import iso, parse_timestamp
+
+# one signing scheme for the RMA POST and the receipt webhook
+from loopsync.webhooks import sign_generic
 
 log = structlog.get_logger("loopsync.connectors.generic")
 
@@ -202,18 +203,8 @@ class HttpTransport:
         self.http.session.close()
 
 
-def canonical_string(timestamp: str, method: str, path: str, body: bytes) -> bytes:
-    """What the signature covers (documented above for the 3PL): version, timestamp,
-    method, request target, body."""
-    head = f"v1\n{timestamp}\n{method.upper()}\n{path}\n"
-    return head.encode("utf-8") + body
-
-
 def sign(secret: str, timestamp: str, method: str, path: str, body: bytes) -> str:
-    digest = hmac.new(
-        secret.encode("utf-8"), canonical_string(timestamp, method, path, body), hashlib.sha256
-    ).hexdigest()
-    return "sha256=" + digest
+    return sign_generic(secret, timestamp, method, path, body)
 
 
 def request_target(url: str) -> str:
