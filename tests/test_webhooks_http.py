@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -466,5 +467,63 @@ def test_scheduled_cycles_are_deferred_only_while_every_sender_is_healthy(
         job(cfg, None)
         assert len(ran) == 3
     finally:
+        srv.listener.server.shutdown()
+        srv.listener.server.server_close()
+
+
+def test_a_body_dripped_past_the_read_deadline_is_cut_off_unanswered(served, clock):
+    _, srv = served
+    slots = srv.listener.server.hook_slots
+    sock = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+    try:
+        sock.sendall(
+            b"POST /webhooks/loop/acme HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100\r\n\r\n{"
+        )
+        while slots._value == web.WEBHOOK_SLOTS:  # wait until the server reads this request
+            clock.sleep(0)
+            threading.Event().wait(0.01)
+        sock.settimeout(0.5)
+        answer = None
+        for _ in range(20):  # each byte comes after the server's clock passed its budget
+            clock.advance(web.WEBHOOK_READ_SECONDS + 1)
+            try:
+                sock.sendall(b'"')
+                answer = sock.recv(4096)
+            except (TimeoutError, ConnectionError):
+                continue
+            break
+        assert answer == b""  # closed without an answer
+    finally:
+        sock.close()
+    assert srv.inbox() == []
+
+
+def test_connections_over_the_cap_are_closed_at_once(make_sandbox, clock, tmp_path, monkeypatch):
+    monkeypatch.setattr(web, "MAX_CONNECTIONS", 2)
+    sb = make_sandbox("shiphero", rate_limits=False)
+    srv = Served(load_config(write_config(sb, tmp_path), env=hook_env(sb)), clock)
+    srv.listener._thread.start()
+    idle = [socket.create_connection(("127.0.0.1", srv.port), timeout=10) for _ in range(2)]
+    try:
+        idle[0].sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert idle[0].recv(100).startswith(b"HTTP/1.1 200")  # both threads are running
+        extra = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+        extra.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_all(extra) == b""  # no thread for it
+        extra.close()
+        idle[1].close()
+        for _ in range(100):  # the freed slot is given back when its thread ends
+            again = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+            again.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            answer = read_all(again)
+            again.close()
+            if answer:
+                break
+            clock.sleep(0)  # FakeClock: no real wait; the loop just retries
+        assert answer.startswith(b"HTTP/1.1 200")
+    finally:
+        for s in idle:
+            s.close()
         srv.listener.server.shutdown()
         srv.listener.server.server_close()

@@ -17,7 +17,7 @@ from urllib.parse import quote
 import requests
 import structlog
 
-from loopsync import redaction
+from loopsync import redaction, webhooks
 from loopsync.connectors.base import ConnectorContext, KeyValue, PollStopped
 from loopsync.connectors.generic.mapping import (
     SYSTEM,
@@ -33,9 +33,6 @@ from loopsync.http import DEFAULT_MAX_BODY, HttpClient, HttpResult
 from loopsync.models import RmaRef, identifier, remote_timestamp
 from loopsync.paging import PageWalk, Step, WalkEnd, record_walk
 from loopsync.timeutil import iso, parse_timestamp
-
-# one signing scheme for the RMA POST and the receipt webhook
-from loopsync.webhooks import sign_generic
 
 log = structlog.get_logger("loopsync.connectors.generic")
 
@@ -203,8 +200,12 @@ class HttpTransport:
         self.http.session.close()
 
 
+# One signing scheme for the RMA POST and the receipt webhook (loopsync.webhooks).
+canonical_string = webhooks.canonical_string
+
+
 def sign(secret: str, timestamp: str, method: str, path: str, body: bytes) -> str:
-    return sign_generic(secret, timestamp, method, path, body)
+    return webhooks.sign_generic(secret, timestamp, method, path, body)
 
 
 def request_target(url: str) -> str:
