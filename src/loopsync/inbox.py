@@ -331,12 +331,11 @@ class WebhookService:
         if cfg.webhooks.loop_secret is None:
             return 0
         with self._opened(cfg) as store:
+            store.inbox.prune(iso(began - PRUNE_AFTER) or "")
             last = store.inbox.last_accepted("loop")
             if not webhooks.healthy(_when(last), began, cfg.webhooks.healthy_within):
                 return 0
-            missed = store.inbox.first_seen_since(iso(began) or "")
-            added = store.inbox.note_missed(missed)
-            store.inbox.prune(iso(began - PRUNE_AFTER) or "")
+            added = store.inbox.note_missed(store.inbox.first_seen_since(iso(began) or ""))
         if added:
             log.warning("webhook.missed", merchant=cfg.merchant, returns=added)
         return added

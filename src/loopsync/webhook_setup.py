@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from loopsync.config import MerchantConfig, load_yaml, parse_config
-from loopsync.configkit import FILE_SUFFIX, NoSecrets, Secret
+from loopsync.configkit import FILE_SUFFIX, Secret
 from loopsync.errors import AuthError, RemoteError, StateUnwritable, Unreadable, UsageError
 from loopsync.redaction import redact, register
 from loopsync.webhooks import Source
@@ -72,7 +72,7 @@ class Registration:
 def _where(secret: Secret | None, key: str) -> str:
     if secret is None:
         return f"not configured: set webhooks.{key} (until then this sender gets 404)"
-    name = secret.name
+    name = secret.name.removeprefix("${").removesuffix("}")  # linted: the reference as written
     if name.startswith("file:"):
         return f"webhooks.{key} reads the file {name.removeprefix('file:')}"
     return f"webhooks.{key} reads ${{{name}}} (or the file named by {name}{FILE_SUFFIX})"
@@ -132,12 +132,12 @@ def print_lines(cfg: MerchantConfig, base: str) -> list[str]:
     return lines
 
 
-def cmd_print(paths: list[str], base_text: str, out: TextIO, load: Any) -> int:
+def cmd_print(configs: list[MerchantConfig], base_text: str, out: TextIO) -> int:
+    """`configs` read with `NoSecrets` (the reference form only: no secret is read)."""
     base = public_url(base_text)
-    configs, bad = load(paths, NoSecrets())  # the reference form only: no secret is read
     for cfg in configs:
         out.write(redact("\n".join(print_lines(cfg, base))) + "\n")
-    return 2 if bad else EXIT_OK
+    return EXIT_OK
 
 
 # -- register --------------------------------------------------------------------------------
