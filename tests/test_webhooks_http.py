@@ -511,3 +511,24 @@ def test_connections_over_the_cap_are_closed_at_once(make_served, clock, monkeyp
     finally:
         for s in idle:
             s.close()
+
+
+def test_a_held_lock_defers_an_event_and_a_crashing_one_is_recorded_not_retried(served, clock):
+    from loopsync.errors import LockHeld
+
+    sb, srv = served
+    (raw,) = sb.seed(1, states_weights=[("open", 1)])
+    assert srv.loop_event(loop_body(raw, clock))[0] == 200
+
+    def locked(*_: Any) -> str:
+        raise LockHeld("a cron run holds it")
+
+    def crashing(*_: Any) -> str:
+        raise ValueError("data no parser foresaw")
+
+    srv.hooks.handler = locked
+    assert srv.hooks.drain(srv.cfg) == 0 and srv.inbox()[0][3] is None  # tried again later
+    srv.hooks.handler = crashing
+    assert srv.hooks.drain(srv.cfg) == 1
+    assert srv.inbox()[0][4] == "failed: ValueError"
+    assert srv.hooks.drain(srv.cfg) == 0  # not run again; polling is the safety net
