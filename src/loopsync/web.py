@@ -477,19 +477,18 @@ class _Handler(BaseHTTPRequestHandler):
         """The body, never reading more than `cap` bytes nor for longer than
         WEBHOOK_READ_SECONDS: Content-Length checked before reading, chunked read piece by
         piece; both headers at once (a smuggling trick) or neither is refused."""
-        chunked = self.headers.get("Transfer-Encoding")
-        lengths = self.headers.get_all("Content-Length") or []
-        if chunked is not None:
-            if lengths or chunked.strip().lower() != "chunked":
-                return webhooks.Refusal.LENGTH
-            return self._reader(cap).chunked()
-        text = lengths[0].strip() if len(lengths) == 1 else ""
-        if not (text.isascii() and text.isdigit() and len(text) < 16):
-            return webhooks.Refusal.LENGTH
-        size = int(text)
-        if size > cap:
-            return webhooks.Refusal.TOO_LARGE
-        return self._reader(cap).exactly(size)
+        how = webhooks.framing(
+            self.headers.get_all("Content-Length") or [],
+            self.headers.get("Transfer-Encoding"),
+            cap,
+        )
+        if isinstance(how, webhooks.Refusal):
+            return how
+        return (
+            self._reader(cap).chunked()
+            if how == webhooks.CHUNKED
+            else self._reader(cap).exactly(how)
+        )
 
     def _reader(self, cap: int) -> _BodyReader:
         return _BodyReader(self.rfile, self.connection, cap, self.server.data.clock)
