@@ -222,6 +222,20 @@ def test_oversized_body_is_refused_from_its_length_before_reading(served):
     assert answer.startswith(b"HTTP/1.1 413")
 
 
+def test_oversized_body_announced_with_expect_100_is_refused_without_a_100(served):
+    _, srv = served
+    sock = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+    try:
+        sock.sendall(
+            b"POST /webhooks/loop/acme HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Expect: 100-continue\r\nContent-Length: {webhooks.MAX_BODY + 1}\r\n\r\n".encode()
+        )
+        answer = read_all(sock)
+    finally:
+        sock.close()
+    assert answer.startswith(b"HTTP/1.1 413") and b"100 Continue" not in answer
+
+
 def test_chunked_body_over_the_cap_is_refused(served):
     _, srv = served
     sock = socket.create_connection(("127.0.0.1", srv.port), timeout=10)

@@ -431,6 +431,21 @@ class _Handler(BaseHTTPRequestHandler):
             slots.release()
             self.connection.settimeout(IDLE_TIMEOUT)
 
+    def handle_expect_100(self) -> bool:
+        """`Expect: 100-continue`: an oversized or badly framed webhook is refused before
+        its body is invited (not after a 100 Continue)."""
+        where = webhooks.split_path(urlsplit(self.path).path)
+        if self.command == "POST" and where is not None:
+            how = webhooks.framing(
+                self.headers.get_all("Content-Length") or [],
+                self.headers.get("Transfer-Encoding"),
+                webhooks.MAX_BODY,
+            )
+            if isinstance(how, webhooks.Refusal):
+                self._hook_refused(where, how)
+                return False
+        return super().handle_expect_100()
+
     def do_PUT(self) -> None:
         self._hook_refused(None, webhooks.Refusal.METHOD)
 
