@@ -17,8 +17,20 @@ import pytest
 SRC = Path(__file__).resolve().parent.parent / "src"
 
 # Names of layers above the core (module prefixes).
-CLI = ("loopsync.cli", "loopsync.demo", "loopsync.__main__", "loopsync.healthcheck")
-WORKER = ("loopsync.runner", "loopsync.scheduling", "loopsync.web", "loopsync.metrics")
+CLI = (
+    "loopsync.cli",
+    "loopsync.demo",
+    "loopsync.__main__",
+    "loopsync.healthcheck",
+    "loopsync.webhook_setup",
+)
+WORKER = (
+    "loopsync.runner",
+    "loopsync.scheduling",
+    "loopsync.web",
+    "loopsync.metrics",
+    "loopsync.inbox",
+)
 CYCLE = ("loopsync.cycle", "loopsync.stages", "loopsync.effects", "loopsync.ports")
 CONNECTORS = ("loopsync.connectors",)
 SANDBOX = ("loopsync.sandbox",)

@@ -57,6 +57,7 @@ SIGNAL_COMMANDS = ("run", "import", "serve")
 
 if TYPE_CHECKING:  # serve's listener is imported only when asked for
     from loopsync import web
+    from loopsync.inbox import WebhookService
 
 log = structlog.get_logger("loopsync.cli")
 
@@ -155,9 +156,27 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox.add_argument("--warehouse", default="shiphero", choices=kind_names())
     sandbox.add_argument("--returns", type=int, default=25)
     resharding.add_commands(sub)  # shards plan, state export|import
+    _webhooks_parser(sub, configs)
     for command in sub.choices.values():  # `loopsync run --log-level debug -c x` works too
         _global_options(command, after_command=True)
     return p
+
+
+def _webhooks_parser(sub: Any, configs: Callable[..., None]) -> None:
+    """`webhooks print` and `webhooks register` (loopsync.webhook_setup)."""
+    hooks = sub.add_parser("webhooks", help="what to register where for webhooks")
+    verbs = hooks.add_subparsers(dest="webhooks_command", required=True, parser_class=_Parser)
+    shown = verbs.add_parser("print", help="URLs, topics and where each secret goes")
+    register = verbs.add_parser(
+        "register", help="create ShipHero's Return Update webhook and store its secret"
+    )
+    for verb in (shown, register):
+        configs(verb)
+        verb.add_argument(
+            "--public-url", required=True, help="where senders reach `serve --http` (https://...)"
+        )
+    register.add_argument("--yes", action="store_true", help="really call webhook_create")
+    register.add_argument("--replace", action="store_true", help="overwrite the secret file")
 
 
 def _global_options(p: argparse.ArgumentParser, *, after_command: bool = False) -> None:
@@ -546,7 +565,9 @@ def http_address(address: str | None) -> tuple[web.Address, str | None] | None:
 
 
 def http_listener(
-    asked: tuple[web.Address, str | None] | None, configs: Callable[[], Sequence[MerchantConfig]]
+    asked: tuple[web.Address, str | None] | None,
+    configs: Callable[[], Sequence[MerchantConfig]],
+    hooks: WebhookService | None = None,
 ) -> web.Listener | None:
     """The listener, bound now: a busy address fails at start with one line (exit 2)."""
     from loopsync import web
@@ -555,7 +576,7 @@ def http_listener(
         return None
     where, token = asked
     try:
-        return web.Listener(where, configs, token=token)
+        return web.Listener(where, configs, token=token, hooks=hooks)
     except OSError as exc:
         raise UsageError(
             f"--http {where.host}:{where.port}: cannot listen there: {exc.strerror or exc}"
@@ -564,6 +585,7 @@ def http_listener(
 
 def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
     from loopsync import telemetry
+    from loopsync.inbox import WebhookService
     from loopsync.runner import run_merchant
     from loopsync.scheduling import serve
 
@@ -579,6 +601,9 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
     if refused is not None:
         return refused
     configs = owned
+
+    current = configs
+    hooks = WebhookService(lambda: current)  # without --http it never receives an event
 
     def cycle(cfg: MerchantConfig, stop: threading.Event, next_due: Any = None) -> None:
         # One merchant's trouble is logged (and recorded in its run row when its state
@@ -616,8 +641,7 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
         # nothing valid left (a folder gone unreadable): keep what runs
         return resharding.own(shard, fresh) if fresh else None
 
-    current = configs
-    listener = http_listener(asked, lambda: current)
+    listener = http_listener(asked, lambda: current, hooks)
 
     def reload_tracked() -> list[MerchantConfig] | None:
         nonlocal current
@@ -627,7 +651,7 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
 
     return serve(
         configs,
-        cycle,
+        hooks.scheduled(cycle),
         shutdown=PROCESS,
         reload=reload_tracked,
         grace=stop_grace(configs),
@@ -771,6 +795,22 @@ def _print_planned(result: Any, out: TextIO) -> None:
         print(redact(f"  dry run: {line}"), file=out)
 
 
+def cmd_webhooks(args: argparse.Namespace, out: TextIO) -> int:
+    from loopsync import webhook_setup
+
+    if args.webhooks_command == "print":
+        from loopsync.configkit import NoSecrets
+
+        webhook_setup.public_url(args.public_url)  # a usage error before any file is read
+        configs, bad = load_each(args.config, NoSecrets())
+        _report_bad(bad)
+        code = webhook_setup.cmd_print(configs, args.public_url, out)
+        return EXIT_CONFIG if bad else code
+    return webhook_setup.cmd_register(
+        args.config, args.public_url, yes=args.yes, replace=args.replace, out=out
+    )
+
+
 COMMANDS = {
     "run": cmd_run,
     "serve": cmd_serve,
@@ -782,6 +822,7 @@ COMMANDS = {
     "discover": cmd_discover,
     "shards": resharding.cmd_shards,
     "state": resharding.cmd_state,
+    "webhooks": cmd_webhooks,
 }
 
 

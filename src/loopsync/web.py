@@ -12,6 +12,16 @@ Routes:
   /merchants/<m>         one merchant's page
   /returns?q=<id>        a return's story (Loop return id or RMA number)
   /api/merchants, /api/merchants/<m>, /api/returns/<id>, /api/outcomes/<m>: JSON twins
+  POST /webhooks/{loop,shiphero,generic}/<m>   webhook intake (loopsync.inbox): 200 only
+                         once the event is committed to the merchant's inbox; 401 unsigned
+                         or badly signed, 404 unknown merchant or no secret for the sender,
+                         400 unreadable or stale, 405 not POST, 411 no length, 413 over
+                         webhooks.MAX_BODY (refused before reading), 415 not JSON, 503 busy
+                         or the state file cannot record it; no detail in any answer
+
+Webhooks need no bearer token (senders cannot send one): the signature is their only
+authentication. At most WEBHOOK_SLOTS requests are read at once, each body within
+WEBHOOK_READ_SECONDS; the rest get 503 at once, so a flood cannot hold every thread.
 
 Auth: bound to loopback, everything is open. Bound to any other address, the page and the
 JSON need `Authorization: Bearer <LOOPSYNC_HTTP_TOKEN>` (compared in constant time) and
@@ -43,9 +53,10 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import structlog
 
-from loopsync import report, status
+from loopsync import report, status, webhooks
 from loopsync.config import MerchantConfig
 from loopsync.errors import StateError, UsageError
+from loopsync.inbox import WebhookService
 from loopsync.metrics import CONTENT_TYPE as METRICS_TYPE
 from loopsync.metrics import Metrics, StateFigures
 from loopsync.redaction import MIN_LENGTH, mask_personal, public_obj, redact, register
@@ -64,6 +75,12 @@ MAX_QUERY = 100  # a return id or RMA number is far shorter
 # A client that sends nothing, or stops mid-request, is dropped after this many seconds of
 # silence; without it each idle socket held a thread (and a kept-alive connection) forever.
 IDLE_TIMEOUT = 30.0
+WEBHOOK_SLOTS = 16
+# Connections served at once (a thread each); more are closed at once, so a flood of idle
+# or dripping clients cannot make threads without bound (each may hold one IDLE_TIMEOUT).
+MAX_CONNECTIONS = 128
+WEBHOOK_READ_SECONDS = 10.0  # a whole webhook body; senders answer within 10 s (ShipHero)
+ACCEPTED_BODY = b'{"code":"200","Status":"Success"}'  # ShipHero's expected reply
 
 
 # -- address and auth (pure) -------------------------------------------------------------------
@@ -161,7 +178,13 @@ class Data:
                 str(view.verdict),
                 cfg.every.total_seconds(),
                 view.last_ok_at.timestamp() if view.last_ok_at else None,
+                view.webhooks.missed if view.webhooks else None,
+                _epoch(view.webhooks.last_event_at if view.webhooks else None),
             )
+
+
+def _epoch(moment: datetime | None) -> float | None:
+    return moment.timestamp() if moment is not None else None
 
 
 # -- rendering (pure; every text escaped) -------------------------------------------------------
@@ -225,6 +248,7 @@ def merchant_section(m: report.MerchantView, chart: list[report.HourCount]) -> s
         f"{runs}</table>"
     )
     parts.append(_problems_html(m.problems))
+    parts.append(_webhooks_html(m))
     parts.append("</section>")
     return "".join(parts)
 
@@ -245,6 +269,23 @@ def _problems_html(problems: Sequence[report.ProblemGroup]) -> str:
         "<th>reason</th><th>recent ids</th><th>first</th><th>last</th><th>state</th></tr>"
         f"{rows}</table>"
     )
+
+
+def _webhooks_html(m: report.MerchantView) -> str:
+    hooks = m.webhooks
+    if hooks is None:
+        return ""
+    refused = ", ".join(f"{k} {n}" for k, n in sorted(hooks.refused.items())) or "none"
+    missed = f"{hooks.missed} (recent: {', '.join(hooks.missed_recent)})" if hooks.missed else "0"
+    rows = (
+        ("health", "healthy" if hooks.healthy else "not healthy"),
+        ("last event", _when(hooks.last_event_at, m.now)),
+        ("accepted", f"{hooks.accepted} ({hooks.unhandled} not handled yet)"),
+        ("refused", refused),
+        ("found by polling, missed by webhooks", missed),
+    )
+    body = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in rows)
+    return f"<h3>Webhooks</h3><table class=webhooks>{body}</table>"
 
 
 def _counts_text(counts: Mapping[str, int]) -> str:
@@ -356,6 +397,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._ready()
         elif path == "/metrics":
             self._send(200, METRICS_TYPE, srv.metrics.render())
+        elif path.startswith(webhooks.PATH_PREFIX):
+            self._hook_refused(None, webhooks.Refusal.METHOD)
         elif not self._authorised():
             self.send_response(401)
             self.send_header("WWW-Authenticate", "Bearer")
@@ -364,6 +407,106 @@ class _Handler(BaseHTTPRequestHandler):
             self._api(path.removeprefix("/api"))
         else:
             self._page(path, query)
+
+    # -- webhooks (loopsync.inbox decides and stores; here only HTTP) ----------------------
+    def do_POST(self) -> None:
+        url = urlsplit(self.path)
+        where = webhooks.split_path(url.path)
+        if where is None or self.server.hooks is None:
+            self._hook_refused(None, webhooks.Refusal.METHOD)
+            return
+        slots = self.server.hook_slots
+        if not slots.acquire(blocking=False):
+            self._hook_refused(where, webhooks.Refusal.BUSY)
+            return
+        try:
+            self._webhook(where, self.path)
+        except (ConnectionError, TimeoutError):  # cut short, too slow: no one to answer
+            self.close_connection = True
+        except Exception as exc:  # noqa: BLE001 - one bad request never stops the listener
+            log.error("webhook.failed", error=type(exc).__name__)
+            self.close_connection = True
+            self._send(500, "text/plain; charset=utf-8", b"internal error\n")
+        finally:
+            slots.release()
+            self.connection.settimeout(IDLE_TIMEOUT)
+
+    def handle_expect_100(self) -> bool:
+        """`Expect: 100-continue`: an oversized or badly framed webhook is refused before
+        its body is invited (not after a 100 Continue)."""
+        where = webhooks.split_path(urlsplit(self.path).path)
+        if self.command == "POST" and where is not None:
+            how = webhooks.framing(
+                self.headers.get_all("Content-Length") or [],
+                self.headers.get("Transfer-Encoding"),
+                webhooks.MAX_BODY,
+            )
+            if isinstance(how, webhooks.Refusal):
+                self._hook_refused(where, how)
+                return False
+        return super().handle_expect_100()
+
+    def do_PUT(self) -> None:
+        self._hook_refused(None, webhooks.Refusal.METHOD)
+
+    def do_DELETE(self) -> None:
+        self.do_PUT()
+
+    def do_PATCH(self) -> None:
+        self.do_PUT()
+
+    def _webhook(self, where: tuple[str, str], target: str) -> None:
+        hooks = self.server.hooks
+        assert hooks is not None
+        if not webhooks.json_content(self.headers.get("Content-Type")):
+            self._hook_refused(where, webhooks.Refusal.CONTENT_TYPE)
+            return
+        body = self._hook_body(webhooks.MAX_BODY)
+        if isinstance(body, webhooks.Refusal):
+            self._hook_refused(where, body)
+            return
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        decision = hooks.receive(webhooks.Request(where[0], where[1], target, headers, body))
+        if isinstance(decision, webhooks.Refuse):
+            self._hook_refused(where, decision.reason, counted=True)
+        else:
+            self._send(200, "application/json", ACCEPTED_BODY)
+
+    def _hook_refused(
+        self, where: tuple[str, str] | None, reason: webhooks.Refusal, *, counted: bool = False
+    ) -> None:
+        """The refusal's status and one word; the connection closes (a body may be unread)."""
+        hooks = self.server.hooks
+        if hooks is not None and not counted:
+            hooks.refused(where[0] if where else "other", where[1] if where else None, reason)
+        self.close_connection = True
+        self.send_response(webhooks.STATUS[reason])
+        if reason is webhooks.Refusal.METHOD:
+            self.send_header("Allow", "POST")
+        if reason is webhooks.Refusal.BUSY:
+            self.send_header("Retry-After", "5")
+        self.send_header("Connection", "close")
+        self._finish("text/plain; charset=utf-8", b"refused\n")
+
+    def _hook_body(self, cap: int) -> bytes | webhooks.Refusal:
+        """The body, never reading more than `cap` bytes nor for longer than
+        WEBHOOK_READ_SECONDS: Content-Length checked before reading, chunked read piece by
+        piece; both headers at once (a smuggling trick) or neither is refused."""
+        how = webhooks.framing(
+            self.headers.get_all("Content-Length") or [],
+            self.headers.get("Transfer-Encoding"),
+            cap,
+        )
+        if isinstance(how, webhooks.Refusal):
+            return how
+        return (
+            self._reader(cap).chunked()
+            if how == webhooks.CHUNKED
+            else self._reader(cap).exactly(how)
+        )
+
+    def _reader(self, cap: int) -> _BodyReader:
+        return _BodyReader(self.rfile, self.connection, cap, self.server.data.clock)
 
     def _authorised(self) -> bool:
         token = self.server.token
@@ -461,6 +604,68 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
 
+class _BodyReader:
+    """Reads a request body within a cap and a deadline, never more: each receive waits
+    at most the time left (read1 and single bytes: one receive per call), so a client
+    dripping bytes is cut off at the deadline, not after a timeout per byte."""
+
+    PIECE = 64 * 1024
+    LINE = 1024
+
+    def __init__(self, rfile: Any, sock: Any, cap: int, clock: Clock) -> None:
+        self.rfile, self.sock, self.cap, self.clock = rfile, sock, cap, clock
+        self.deadline = clock.monotonic() + WEBHOOK_READ_SECONDS
+
+    def _wait_budget(self) -> None:
+        left = self.deadline - self.clock.monotonic()
+        if left <= 0:
+            raise ConnectionError("webhook body too slow")
+        self.sock.settimeout(left)
+
+    def exactly(self, size: int) -> bytes:
+        parts, left = [], size
+        while left > 0:
+            self._wait_budget()
+            piece = self.rfile.read1(min(left, self.PIECE))
+            if not piece:
+                raise ConnectionError("webhook body cut short")
+            parts.append(piece)
+            left -= len(piece)
+        return b"".join(parts)
+
+    def _line(self) -> bytes:
+        line = bytearray()
+        while len(line) < self.LINE:
+            self._wait_budget()
+            byte = self.rfile.read(1)
+            if not byte:
+                raise ConnectionError("webhook body cut short")
+            line += byte
+            if byte == b"\n":
+                return bytes(line)
+        raise ConnectionError("chunk line too long")
+
+    def chunked(self) -> bytes | webhooks.Refusal:
+        body = bytearray()
+        while True:
+            size_text = self._line().split(b";", 1)[0].strip()
+            try:
+                size = int(size_text, 16) if size_text.isalnum() else -1
+            except ValueError:
+                size = -1
+            if size < 0:
+                return webhooks.Refusal.LENGTH
+            if size == 0:
+                break
+            if len(body) + size > self.cap:
+                return webhooks.Refusal.TOO_LARGE
+            body += self.exactly(size + 2)[:-2]  # the chunk, then its CRLF
+        for _ in range(32):  # trailer lines, then the empty line
+            if self._line() in (b"\r\n", b"\n"):
+                return bytes(body)
+        return webhooks.Refusal.LENGTH
+
+
 class StatusServer(ThreadingHTTPServer):
     daemon_threads = True
 
@@ -471,14 +676,34 @@ class StatusServer(ThreadingHTTPServer):
         metrics: Metrics,
         heartbeat: Heartbeat,
         token: str | None,
+        hooks: WebhookService | None = None,
     ) -> None:
         self.data, self.metrics, self.heartbeat, self.token = data, metrics, heartbeat, token
+        self.hooks = hooks
+        self.hook_slots = threading.BoundedSemaphore(WEBHOOK_SLOTS)
+        self._connections = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self.draining = False  # set once by Listener.draining, read by every handler thread
         super().__init__((address.host, address.port), _Handler)
 
     @property
     def port(self) -> int:
         return int(self.server_address[1])
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._connections.acquire(blocking=False):
+            self.shutdown_request(request)  # over MAX_CONNECTIONS: closed, no thread made
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._connections.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._connections.release()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A connection that failed outside a route (a client reset mid-request): one log
@@ -522,8 +747,10 @@ class Listener:
         *,
         token: str | None,
         clock: Clock | None = None,
+        hooks: WebhookService | None = None,
     ) -> None:
         clock = clock or SystemClock()
+        self.hooks = hooks
         self.data = Data(configs, clock)
         self.metrics = Metrics(
             self.data.figures,
@@ -533,7 +760,7 @@ class Listener:
         )
         self.heartbeat = Heartbeat(clock)
         self.clock = clock
-        self.server = StatusServer(address, self.data, self.metrics, self.heartbeat, token)
+        self.server = StatusServer(address, self.data, self.metrics, self.heartbeat, token, hooks)
         # Polled every 0.1 s for shutdown (the default 0.5 s would slow every stop).
         self._thread = threading.Thread(
             target=self.server.serve_forever, args=(0.1,), name="loopsync-http", daemon=True
@@ -542,6 +769,8 @@ class Listener:
     def start(self) -> None:
         self.metrics.subscribe()
         self._thread.start()
+        if self.hooks is not None:
+            self.hooks.start()  # events stored before a crash are handled now
         log.info("serve.http", port=self.server.port)
 
     def beat(self) -> None:
@@ -552,8 +781,12 @@ class Listener:
         """`serve` is stopping and waits for running cycles (up to its grace): not ready for
         anything new, but alive, though the scheduler no longer beats."""
         self.server.draining = True
+        if self.hooks is not None:
+            self.hooks.stop.set()  # handling ends with the cycles; stored events wait
 
     def stop(self) -> None:
+        if self.hooks is not None:
+            self.hooks.close()
         self.metrics.unsubscribe()
         self.server.shutdown()
         self.server.server_close()

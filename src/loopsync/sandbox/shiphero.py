@@ -441,7 +441,10 @@ class ShipHeroEmulator(WarehouseEmulator):
             "user_quota": self._resolve_user_quota,
             "return_create": self._resolve_return_create,
             "account": self._resolve_account,
+            "webhook_create": self._resolve_webhook_create,
         }
+        # (name, shop_name) -> {"url", "secret"}: what webhook_create registered
+        self.webhooks: dict[tuple[str, str | None], dict[str, str]] = {}
 
     @property
     def credits_enabled(self) -> bool:
@@ -708,6 +711,29 @@ class ShipHeroEmulator(WarehouseEmulator):
             "request_id": secrets.token_hex(12),
             "complexity": info.context.costs.get(str(info.path.key), 0),
             "return": _return_view(ret),
+        }
+
+    def _resolve_webhook_create(
+        self, info: GraphQLResolveInfo[_Context], data: dict[str, Any]
+    ) -> dict[str, Any]:
+        """One webhook per name (and shop); the secret is returned here and never again."""
+        key = (data["name"], data.get("shop_name"))
+        if key in self.webhooks:
+            raise GraphQLError(f"A webhook for {data['name']} already exists")
+        secret = secrets.token_urlsafe(32)
+        self.webhooks[key] = {"url": data["url"], "secret": secret}
+        return {
+            "request_id": secrets.token_hex(12),
+            "complexity": info.context.costs.get(str(info.path.key), 0),
+            "webhook": {
+                "id": global_id("Webhook", len(self.webhooks)),
+                "legacy_id": len(self.webhooks),
+                "name": data["name"],
+                "url": data["url"],
+                "shop_name": data.get("shop_name"),
+                "source": "API",
+                "shared_signature_secret": secret,
+            },
         }
 
     def _return_line(self, order: _Order, item: dict[str, Any]) -> _ReturnLine:
