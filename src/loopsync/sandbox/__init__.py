@@ -27,9 +27,22 @@ from loopsync.sandbox.generic import GenericEmulator
 from loopsync.sandbox.loop import LoopEmulator
 from loopsync.sandbox.seed import FIRST_RETURN_ID, make_returns
 from loopsync.sandbox.server import ApiServer, Recorder
+from loopsync.sandbox.webhooks import (
+    DeliveryPolicy,
+    Source,
+    WebhookFaults,
+    WebhookSender,
+    WebhookTarget,
+)
 from loopsync.timeutil import Clock, SystemClock, iso
 
 LOOP_KEY = "sandbox-loop-key-0001"
+# The webhook secrets the sandbox's senders sign with (made up, as LOOP_KEY is).
+WEBHOOK_SECRETS = {
+    Source.LOOP: "sandbox-loop-webhook-secret",
+    Source.SHIPHERO: "sandbox-shiphero-webhook-secret",
+    Source.GENERIC: "sandbox-3pl-webhook-secret",
+}
 
 
 # The optional dependencies of the emulators (graphql-core for ShipHero's) come with
@@ -81,6 +94,8 @@ class Sandbox:
         self.warehouse_server = ApiServer(self.warehouse, warehouse_port)
         self._started = False
         self._next_id = FIRST_RETURN_ID
+        self._seed = seed
+        self.webhooks: WebhookSender | None = None
 
     def _set_warehouse_rate_limits(self, enabled: bool) -> None:
         for attr in ("rate_limit_enabled", "throttle_enabled", "credits_enabled"):
@@ -96,6 +111,8 @@ class Sandbox:
         return self
 
     def stop(self) -> None:
+        if self.webhooks is not None:
+            self.webhooks.close()
         if self._started:
             self.loop_server.stop()
             self.warehouse_server.stop()
@@ -114,6 +131,41 @@ class Sandbox:
     @property
     def warehouse_url(self) -> str:
         return self.warehouse_server.url
+
+    # -- webhooks -----------------------------------------------------------------------------
+    def webhook_targets(self, base_url: str, merchant: str = "sandbox") -> list[WebhookTarget]:
+        """One merchant's intake on a worker at `base_url`: Loop's and (where the warehouse
+        sends any) the warehouse's webhooks, each to /webhooks/<source>/<merchant>."""
+        sources = [Source.LOOP]
+        if self.warehouse.webhook_source is not None:
+            sources.append(self.warehouse.webhook_source)
+        base = base_url.rstrip("/")
+        return [
+            WebhookTarget(s, f"{base}/webhooks/{s}/{merchant}", WEBHOOK_SECRETS[s]) for s in sources
+        ]
+
+    def send_webhooks(
+        self,
+        targets: list[WebhookTarget],
+        *,
+        faults: WebhookFaults | None = None,
+        seed: int | None = None,
+        policy: DeliveryPolicy | None = None,
+    ) -> WebhookSender:
+        """From now on the emulated Loop and warehouse send their webhooks to `targets`
+        (with `faults` drawn from `seed`, the sandbox's own by default), from a background
+        sender that stops with the sandbox."""
+        if self.webhooks is not None:
+            self.webhooks.close()
+        sender = WebhookSender(
+            self.clock,
+            targets,
+            faults=faults,
+            seed=self._seed if seed is None else seed,
+            policy=policy,
+        )
+        self.webhooks = self.loop.webhooks = self.warehouse.webhooks = sender
+        return sender.start()
 
     # -- data ---------------------------------------------------------------------------------
     def add_return(self, raw: dict[str, Any], *, with_order: bool = True) -> dict[str, Any]:
