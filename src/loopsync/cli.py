@@ -150,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sandbox.add_argument("--warehouse", default="shiphero", choices=kind_names())
     sandbox.add_argument("--returns", type=int, default=25)
+    _webhook_options(sandbox)
     for command in sub.choices.values():  # `loopsync run --log-level debug -c x` works too
         _global_options(command, after_command=True)
     return p
@@ -719,7 +720,41 @@ def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
 def cmd_sandbox(args: argparse.Namespace, out: TextIO) -> int:
     from loopsync.demo import serve_sandbox
 
-    return serve_sandbox(port=args.port, warehouse=args.warehouse, returns=args.returns, out=out)
+    return serve_sandbox(
+        port=args.port,
+        warehouse=args.warehouse,
+        returns=args.returns,
+        out=out,
+        webhooks=args.webhooks,
+        webhook_faults=args.webhook_faults,
+        webhook_seed=args.webhook_seed,
+    )
+
+
+def _webhook_options(p: argparse.ArgumentParser) -> None:
+    """`loopsync sandbox`'s webhook sender (sandbox/webhooks.py)."""
+    from loopsync.sandbox.webhooks import WebhookFaults
+
+    def faults(text: str) -> WebhookFaults:
+        try:
+            return WebhookFaults.parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    p.add_argument(
+        "--webhooks",
+        metavar="URL",
+        help="send Loop's and the warehouse's webhooks to a worker at URL "
+        "(its serve --http address: URL/webhooks/<source>/sandbox)",
+    )
+    p.add_argument(
+        "--webhook-faults",
+        type=faults,
+        default=WebhookFaults(),
+        metavar="SPEC",
+        help="e.g. lose=0.1,duplicate=0.1,delay=0.2,max_delay=3,forge=0.05",
+    )
+    p.add_argument("--webhook-seed", type=int, default=7, metavar="N", help="seeds the faults")
 
 
 def _print_planned(result: Any, out: TextIO) -> None:

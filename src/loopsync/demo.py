@@ -13,6 +13,7 @@ from typing import Any, TextIO
 from loopsync import logs
 from loopsync.cycle import CycleResult
 from loopsync.sandbox import emulator_class
+from loopsync.sandbox.webhooks import WebhookFaults
 from loopsync.testing import Sandbox
 
 # What the sandbox warehouse does with each pushed return, in turn (None: not yet arrived).
@@ -150,9 +151,19 @@ def _print_waits(cfg: Any, out: TextIO) -> None:
         store.close()
 
 
-def serve_sandbox(*, port: int, warehouse: str, returns: int, out: TextIO) -> int:
+def serve_sandbox(
+    *,
+    port: int,
+    warehouse: str,
+    returns: int,
+    out: TextIO,
+    webhooks: str | None = None,
+    webhook_faults: WebhookFaults | None = None,
+    webhook_seed: int = 7,
+) -> int:
     """Serve the sandbox until SIGINT/SIGTERM; the warehouse receives a return now and then
-    so `loopsync run` shows processing and flagging too."""
+    so `loopsync run` shows processing and flagging too. With `webhooks` (a worker's
+    serve --http URL) Loop and the warehouse send it their webhooks, with `webhook_faults`."""
     if _missing_extra(warehouse):
         return 2
     workdir = Path("sandbox-config")
@@ -170,7 +181,18 @@ def serve_sandbox(*, port: int, warehouse: str, returns: int, out: TextIO) -> in
         signal.signal(s, lambda *_: stop.set())
     with sb:
         seeded = sb.seed(returns, states_weights=[("open", 1)])
-        path = sb.write_config(workdir, merchant="sandbox", state_path="./state/sandbox.sqlite")
+        path = sb.write_config(
+            workdir,
+            merchant="sandbox",
+            state_path="./state/sandbox.sqlite",
+            webhooks=None if webhooks is None else {},
+        )
+        if webhooks is not None:
+            sender = sb.send_webhooks(
+                sb.webhook_targets(webhooks, "sandbox"), faults=webhook_faults, seed=webhook_seed
+            )
+            for target in sender.targets():
+                print(f"{target.source} webhooks go to {target.url}", file=out)
         print(f"sandbox Loop at {sb.loop_url}, {warehouse} at {sb.warehouse_url}", file=out)
         print(f"config written to {path}:\n", file=out)
         print(path.read_text(), file=out)

@@ -37,11 +37,17 @@ from loopsync.sandbox.webhooks import (
 from loopsync.timeutil import Clock, SystemClock, iso
 
 LOOP_KEY = "sandbox-loop-key-0001"
-# The webhook secrets the sandbox's senders sign with (made up, as LOOP_KEY is).
+# The webhook secrets the sandbox's senders sign with (made up, as LOOP_KEY is), and the
+# environment variables a merchant config names them by (`webhooks: <source>_secret`).
 WEBHOOK_SECRETS = {
     Source.LOOP: "sandbox-loop-webhook-secret",
     Source.SHIPHERO: "sandbox-shiphero-webhook-secret",
     Source.GENERIC: "sandbox-3pl-webhook-secret",
+}
+WEBHOOK_SECRET_ENV = {
+    Source.LOOP: "LOOP_WEBHOOK_SECRET",
+    Source.SHIPHERO: "SHIPHERO_WEBHOOK_SECRET",
+    Source.GENERIC: "THREEPL_WEBHOOK_SECRET",
 }
 
 
@@ -133,15 +139,19 @@ class Sandbox:
         return self.warehouse_server.url
 
     # -- webhooks -----------------------------------------------------------------------------
+    @property
+    def webhook_sources(self) -> list[Source]:
+        """Who sends webhooks here: Loop, and the warehouse where its kind sends any."""
+        found = self.warehouse.webhook_source
+        return [Source.LOOP] if found is None else [Source.LOOP, found]
+
     def webhook_targets(self, base_url: str, merchant: str = "sandbox") -> list[WebhookTarget]:
-        """One merchant's intake on a worker at `base_url`: Loop's and (where the warehouse
-        sends any) the warehouse's webhooks, each to /webhooks/<source>/<merchant>."""
-        sources = [Source.LOOP]
-        if self.warehouse.webhook_source is not None:
-            sources.append(self.warehouse.webhook_source)
+        """One merchant's intake on a worker at `base_url`: each source's webhooks go to
+        /webhooks/<source>/<merchant>, signed with the sandbox's secret for it."""
         base = base_url.rstrip("/")
         return [
-            WebhookTarget(s, f"{base}/webhooks/{s}/{merchant}", WEBHOOK_SECRETS[s]) for s in sources
+            WebhookTarget(s, f"{base}/webhooks/{s}/{merchant}", WEBHOOK_SECRETS[s])
+            for s in self.webhook_sources
         ]
 
     def send_webhooks(
@@ -187,7 +197,8 @@ class Sandbox:
 
     # -- configuration ------------------------------------------------------------------------
     def env(self) -> dict[str, str]:
-        return {"LOOP_API_KEY": LOOP_KEY, **self.warehouse.secret_env()}
+        hooks = {WEBHOOK_SECRET_ENV[s]: WEBHOOK_SECRETS[s] for s in self.webhook_sources}
+        return {"LOOP_API_KEY": LOOP_KEY, **self.warehouse.secret_env(), **hooks}
 
     def config_dict(
         self,
@@ -197,8 +208,11 @@ class Sandbox:
         start_days: float = 30,
         every: str = "1m",
         warehouse_extra: dict[str, Any] | None = None,
+        webhooks: dict[str, Any] | None = None,
         **loop_extra: Any,
     ) -> dict[str, Any]:
+        """A merchant config for this sandbox; `webhooks` (a dict, {} for the defaults)
+        adds a `webhooks:` section naming the secrets of every source that sends here."""
         start = self.clock.now() - timedelta(days=start_days)
         if self.kind == "generic" and self.transport == "folder":
             assert self.folder_root is not None, "folder transport needs folder_root"
@@ -207,6 +221,7 @@ class Sandbox:
         else:
             warehouse = self.warehouse.warehouse_config(self.warehouse_url)
         warehouse.update(warehouse_extra or {})
+        hooks = {} if webhooks is None else {"webhooks": self._webhook_section(webhooks)}
         return {
             "merchant": merchant,
             "state_path": str(state_path or f"./state/{merchant}.sqlite"),
@@ -219,7 +234,12 @@ class Sandbox:
                 **loop_extra,
             },
             "warehouse": warehouse,
+            **hooks,
         }
+
+    def _webhook_section(self, extra: dict[str, Any]) -> dict[str, Any]:
+        names = {s: f"${{{WEBHOOK_SECRET_ENV[s]}}}" for s in self.webhook_sources}
+        return {**{f"{s}_secret": ref for s, ref in names.items()}, **extra}
 
     def write_config(self, directory: Path, **kw: Any) -> Path:
         directory.mkdir(parents=True, exist_ok=True)

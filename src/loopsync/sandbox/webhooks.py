@@ -13,10 +13,11 @@ bytes sent, every attempt and every duplicate alike):
   return is created or changes; `x-shiphero-hmac-sha256: base64(HMAC-SHA256(raw body,
   secret))` and an `x-shiphero-message-id` (the same on every attempt of one event);
   5 retries. ShipHero expects the answer within 10 s (the per-attempt timeout).
-- The generic 3PL: a receipt event `{"event": "receipt", "rma_number", "receipts": [...]}`
-  signed by the generic connector's documented request scheme (`X-Loopsync-Timestamp`,
-  `X-Loopsync-Signature: sha256=<hex HMAC of "v1\\n" ts "\\n" POST "\\n" target "\\n"
-  body>`), the timestamp taken at each attempt so a late retry is not refused as stale.
+- The generic 3PL: a receipt event `{"event": "receipt", "event_id", "rma_number",
+  "receipts": [...]}` signed by the generic connector's documented request scheme
+  (`X-Loopsync-Timestamp`, `X-Loopsync-Signature: sha256=<hex HMAC of "v1\\n" ts "\\n"
+  POST "\\n" target "\\n" body>`), the timestamp taken at each attempt so a late retry
+  is not refused as stale.
 
 Contract:
 
@@ -239,9 +240,11 @@ class _Pending:
 class WebhookSender:
     """Sends the emulators' events to `targets` from `policy.workers` daemon threads.
 
-    `counts` (a copy via `stats()`): emitted, lost, duplicated, delayed, forged,
-    overflow, attempts, delivered (2xx), retried, failed (given up after the retries or
-    refused for good), forged_refused, forged_accepted (a receiver that took a forgery)."""
+    `stats()` counts: emitted, lost, duplicated, delayed, forged, overflow, attempts,
+    unanswered (attempts that got no answer), delivered (2xx), retried, failed (given up
+    after the retries, or told to wait too long); per forged delivery one of
+    forged_refused (a non-2xx answer), forged_unanswered, forged_accepted (a receiver that
+    took a forgery: a bug there)."""
 
     def __init__(
         self,
@@ -403,13 +406,16 @@ class WebhookSender:
         status, retry_after = post(target.url, body, headers, timeout=self.policy.timeout)
         with self._cond:
             self._counts["attempts"] += 1
+            self._counts["unanswered"] += status is None
             self._settle(item, status, retry_after)
 
     def _settle(self, item: _Pending, status: int | None, retry_after: float | None) -> None:
         """Count the answer; queue a retry when one is due (under the lock)."""
         ok = status is not None and 200 <= status < 300
         if item.forged:
-            self._counts["forged_accepted" if ok else "forged_refused"] += 1
+            # Refused: the receiver answered and said no; unanswered: nobody listened.
+            verdict = "accepted" if ok else "unanswered" if status is None else "refused"
+            self._counts[f"forged_{verdict}"] += 1
             return
         if ok:
             self._counts["delivered"] += 1
