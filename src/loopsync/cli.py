@@ -139,7 +139,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="the whole flow against the built-in sandbox")
     demo.add_argument("--warehouse", default="shiphero", choices=kind_names())
-    demo.add_argument("--returns", type=int, default=12, help="how many returns to seed")
+    demo.add_argument(
+        "--returns", type=int, help="how many returns to seed (default 12; 4 with --webhooks)"
+    )
+    demo.add_argument(
+        "--webhooks",
+        action="store_true",
+        help="the worker with webhooks and polling only, side by side: how long returns wait",
+    )
 
     sandbox = sub.add_parser("sandbox", help="serve the emulated APIs until stopped")
     sandbox.add_argument(
@@ -712,9 +719,13 @@ def _cut(text: str, limit: int = 80) -> str:
 
 
 def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
-    from loopsync.demo import run_demo
+    from loopsync.demo import run_demo, run_webhook_demo
 
-    return run_demo(warehouse=args.warehouse, returns=args.returns, out=out)
+    if args.webhooks:
+        returns = 4 if args.returns is None else args.returns
+        return run_webhook_demo(warehouse=args.warehouse, returns=returns, out=out)
+    returns = 12 if args.returns is None else args.returns
+    return run_demo(warehouse=args.warehouse, returns=returns, out=out)
 
 
 def cmd_sandbox(args: argparse.Namespace, out: TextIO) -> int:

@@ -7,6 +7,7 @@ import sys
 import tempfile
 import threading
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -14,11 +15,12 @@ from loopsync import logs
 from loopsync.cycle import CycleResult
 from loopsync.sandbox import emulator_class
 from loopsync.sandbox.webhooks import WebhookFaults
-from loopsync.testing import Sandbox
+from loopsync.testing import Sandbox, latency
 
 # What the sandbox warehouse does with each pushed return, in turn (None: not yet arrived).
 DEMO_SCENARIOS = ["full", "short", "damaged", "full", "over", None]
 SANDBOX_SCENARIOS = ["full", "short", "damaged", "full"]
+WEBHOOK_DEMO_EVERY = 10  # seconds between cycles in `demo --webhooks` (the minimum)
 
 
 def _missing_extra(warehouse: str) -> bool:
@@ -97,6 +99,54 @@ def run_demo(*, warehouse: str = "shiphero", returns: int = 12, out: TextIO) -> 
         ok = not duplicates and not twice and c3.pushed == c3.processed == c3.flagged == 0
         say("\nall good." if ok else "\nSOMETHING IS WRONG (see above).")
         return 0 if ok else 1
+
+
+def run_webhook_demo(*, warehouse: str = "shiphero", returns: int = 4, out: TextIO) -> int:
+    """`loopsync demo --webhooks`: the real worker (`serve --http`) twice at once, on two
+    sandboxes, one receiving the sandbox's webhooks and one polling only, both scheduled
+    every WEBHOOK_DEMO_EVERY seconds; prints how long returns waited in each."""
+    if _missing_extra(warehouse):
+        return 2
+    logs.configure(level="warning")
+    specs = [
+        latency.TrialSpec(
+            mode, warehouse=warehouse, returns=returns, every=WEBHOOK_DEMO_EVERY, timeout=30
+        )
+        for mode in (latency.Mode.WEBHOOKS, latency.Mode.POLLING)
+    ]
+    print(
+        f"loopsync demo --webhooks: the worker (serve --http, a cycle every "
+        f"{WEBHOOK_DEMO_EVERY}s) against a sandbox Loop and {warehouse}, twice at once: "
+        f"with webhooks, and polling only; {returns} new returns each, received by the "
+        "warehouse a few seconds after their RMA ...",
+        file=out,
+        flush=True,
+    )
+    with (
+        tempfile.TemporaryDirectory(prefix="loopsync-demo-") as tmp,
+        ThreadPoolExecutor(max_workers=len(specs)) as pool,
+    ):
+        trials = [pool.submit(latency.run_trial, s, Path(tmp) / s.mode.value) for s in specs]
+        results = [t.result() for t in trials]
+    print("", *latency.summary(results), "", sep="\n", file=out)
+    hooks = results[0].webhooks
+    print(
+        f"webhooks sent {hooks.get('attempts', 0)}, delivered {hooks.get('delivered', 0)}; "
+        f"a cycle every {WEBHOOK_DEMO_EVERY}s here: with the default schedule (15m) polling "
+        "alone waits minutes, webhooks do not.",
+        file=out,
+    )
+    for r in results:
+        if not r.ok:
+            print(
+                f"{r.spec.mode}: {r.problem or ''} returns without an RMA {r.no_rma}, not "
+                f"processed {r.not_processed}, with two RMAs {r.duplicate_rmas}, with two "
+                f"Loop actions {r.duplicate_actions}, worker exit {r.worker_exit}",
+                file=out,
+            )
+    ok = all(r.ok for r in results)
+    print("\nall good." if ok else "\nSOMETHING IS WRONG (see above).", file=out)
+    return 0 if ok else 1
 
 
 def _add_awkward_returns(sb: Sandbox) -> list[dict[str, Any]]:
