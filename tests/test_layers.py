@@ -18,7 +18,13 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 
 # Names of layers above the core (module prefixes).
 CLI = ("loopsync.cli", "loopsync.demo", "loopsync.__main__")
-WORKER = ("loopsync.runner", "loopsync.scheduling", "loopsync.web", "loopsync.metrics")
+WORKER = (
+    "loopsync.runner",
+    "loopsync.scheduling",
+    "loopsync.web",
+    "loopsync.metrics",
+    "loopsync.inbox",
+)
 CYCLE = ("loopsync.cycle", "loopsync.stages", "loopsync.effects", "loopsync.ports")
 CONNECTORS = ("loopsync.connectors",)
 SANDBOX = ("loopsync.sandbox",)

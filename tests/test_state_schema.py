@@ -34,7 +34,7 @@ def test_a_schema_1_file_migrates_and_its_done_effects_become_succeeded(tmp_path
     path = tmp_path / "old.sqlite"
     _schema_1_file(path)
     store = Store(path, FakeClock("2026-06-01T00:00:00Z"))
-    assert store.schema_version == SCHEMA_VERSION == 3
+    assert store.schema_version == SCHEMA_VERSION == 4
     status = {e.key: e.status for e in store.ledger.for_return("1")}
     assert status == {
         "create_rma:1": EffectStatus.SUCCEEDED,

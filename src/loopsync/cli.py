@@ -54,6 +54,7 @@ SIGNAL_COMMANDS = ("run", "import", "serve")
 
 if TYPE_CHECKING:  # serve's listener is imported only when asked for
     from loopsync import web
+    from loopsync.inbox import WebhookService
 
 log = structlog.get_logger("loopsync.cli")
 
@@ -549,7 +550,9 @@ def http_address(address: str | None) -> tuple[web.Address, str | None] | None:
 
 
 def http_listener(
-    asked: tuple[web.Address, str | None] | None, configs: Callable[[], Sequence[MerchantConfig]]
+    asked: tuple[web.Address, str | None] | None,
+    configs: Callable[[], Sequence[MerchantConfig]],
+    hooks: WebhookService | None = None,
 ) -> web.Listener | None:
     """The listener, bound now: a busy address fails at start with one line (exit 2)."""
     from loopsync import web
@@ -558,7 +561,7 @@ def http_listener(
         return None
     where, token = asked
     try:
-        return web.Listener(where, configs, token=token)
+        return web.Listener(where, configs, token=token, hooks=hooks)
     except OSError as exc:
         raise UsageError(
             f"--http {where.host}:{where.port}: cannot listen there: {exc.strerror or exc}"
@@ -567,6 +570,7 @@ def http_listener(
 
 def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
     from loopsync import telemetry
+    from loopsync.inbox import WebhookService
     from loopsync.runner import run_merchant
     from loopsync.scheduling import serve
 
@@ -579,6 +583,9 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
     if not configs:
         print("loopsync: no valid merchant configuration to serve", file=sys.stderr)
         return EXIT_CONFIG
+
+    current = configs
+    hooks = WebhookService(lambda: current)  # without --http it never receives an event
 
     def cycle(cfg: MerchantConfig, stop: threading.Event, next_due: Any = None) -> None:
         # One merchant's trouble is logged (and recorded in its run row when its state
@@ -615,8 +622,7 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
         _report_bad(invalid)
         return fresh or None  # nothing valid left (a folder gone unreadable): keep what runs
 
-    current = configs
-    listener = http_listener(asked, lambda: current)
+    listener = http_listener(asked, lambda: current, hooks)
 
     def reload_tracked() -> list[MerchantConfig] | None:
         nonlocal current
@@ -626,7 +632,7 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
 
     return serve(
         configs,
-        cycle,
+        hooks.scheduled(cycle),
         shutdown=PROCESS,
         reload=reload_tracked,
         grace=stop_grace(configs),

@@ -56,6 +56,22 @@ class PushSettings:
 
 
 @dataclass(frozen=True)
+class WebhookSettings:
+    """`webhooks:` the secrets each sender signs with (a sender without one is refused
+    with 404) and how webhook health changes polling (loopsync.webhooks)."""
+
+    loop_secret: Secret | None = None
+    shiphero_secret: Secret | None = None
+    generic_secret: Secret | None = None
+    max_age: timedelta = timedelta(hours=24)  # a Loop event older than this is a replay
+    healthy_within: timedelta = timedelta(hours=1)  # healthy: an event accepted within this
+    poll_every: timedelta | None = None  # the cycle's interval while healthy (None: every)
+
+    def secrets(self) -> list[Secret]:
+        return [s for s in (self.loop_secret, self.shiphero_secret, self.generic_secret) if s]
+
+
+@dataclass(frozen=True)
 class MerchantConfig:
     file: str
     merchant: str
@@ -67,16 +83,20 @@ class MerchantConfig:
     progress_every: timedelta = timedelta(seconds=10)  # a progress line at most this often
     # No fully successful cycle for this long: `status` says STALLED (None: 3 x every).
     stalled_after: timedelta | None = None
+    webhooks: WebhookSettings = WebhookSettings()
 
     @property
     def stall_limit(self) -> timedelta:
-        return self.stalled_after or 3 * self.every
+        # While webhooks are healthy a cycle may run only every `poll_every`.
+        longest = max(self.every, self.webhooks.poll_every or self.every)
+        return self.stalled_after or 3 * longest
 
     def secrets(self) -> list[str]:
         """Every secret value this config holds (for log redaction)."""
         conn = self.warehouse.connector
         held = list(vars(conn).values()) if hasattr(conn, "__dict__") else []
-        return [self.loop.api_key.value] + [v.value for v in held if isinstance(v, Secret)]
+        hooks = [s.value for s in self.webhooks.secrets()]
+        return [self.loop.api_key.value] + [v.value for v in held if isinstance(v, Secret)] + hooks
 
 
 class _StringTimestampLoader(yaml.SafeLoader):
@@ -263,6 +283,7 @@ def parse_config(
     loop = parse_loop(root.section("loop", required=True))
     warehouse = parse_warehouse(root.section("warehouse", required=True))
     push = parse_push(root.section("push"))
+    webhooks = parse_webhooks(root.section("webhooks"), every)
     progress_every = root.duration(
         "progress_every", "10s", min=timedelta(seconds=1), max=timedelta(hours=1)
     )
@@ -277,6 +298,7 @@ def parse_config(
         push=push,
         progress_every=progress_every,
         stalled_after=stalled_after,
+        webhooks=webhooks,
     )
     _refuse_secrets_in_ordinary_keys(root, data, cfg.secrets())
     return cfg
@@ -385,6 +407,22 @@ def parse_push(sec: Section) -> PushSettings:
     )
     sec.done()
     return PushSettings(batch, batch_time)
+
+
+def parse_webhooks(sec: Section, every: timedelta) -> WebhookSettings:
+    """`webhooks: {loop_secret, shiphero_secret, generic_secret, max_age, healthy_within,
+    poll_every}`; every key optional (no secret: that sender's webhooks are refused)."""
+    hour = timedelta(hours=1)
+    settings = WebhookSettings(
+        sec.secret("loop_secret", None),
+        sec.secret("shiphero_secret", None),
+        sec.secret("generic_secret", None),
+        sec.duration("max_age", "24h", min=timedelta(minutes=1), max=timedelta(days=30)),
+        sec.duration("healthy_within", hour, min=timedelta(minutes=1), max=timedelta(days=7)),
+        sec.duration("poll_every", timedelta(0), min=every, max=timedelta(days=1)) or None,
+    )
+    sec.done()
+    return settings
 
 
 def parse_http_limits(sec: Section) -> tuple[float | None, int]:

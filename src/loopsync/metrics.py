@@ -50,6 +50,8 @@ class StateFigures:
     verdict: str = ""
     interval_seconds: float = 0.0
     last_success_epoch: float | None = None
+    webhook_missed: int | None = None  # returns polling found first while webhooks were healthy
+    webhook_last_epoch: float | None = None
 
 
 Figures = Callable[[], Iterable[StateFigures]]
@@ -71,6 +73,9 @@ NAMES = frozenset(
         "loopsync_http_throttled_total",
         "loopsync_throttle_waits_total",
         "loopsync_rate_limit_wait_seconds_total",
+        "loopsync_webhooks_total",
+        "loopsync_webhook_missed_returns",
+        "loopsync_webhook_last_event_timestamp_seconds",
     }
 )
 
@@ -127,7 +132,21 @@ class _StateCollector(Collector):
             "End of the last cycle without errors (Unix time)",
             labels=["merchant"],
         )
+        missed = GaugeMetricFamily(
+            "loopsync_webhook_missed_returns",
+            "Returns a scheduled cycle found first while webhooks were healthy (missed)",
+            labels=["merchant"],
+        )
+        last_hook = GaugeMetricFamily(
+            "loopsync_webhook_last_event_timestamp_seconds",
+            "When the last webhook event was accepted (Unix time)",
+            labels=["merchant"],
+        )
         for fig in self.figures():
+            if fig.webhook_missed is not None:
+                missed.add_metric([fig.merchant], fig.webhook_missed)
+            if fig.webhook_last_epoch is not None:
+                last_hook.add_metric([fig.merchant], fig.webhook_last_epoch)
             for stage, n in sorted(fig.returns_by_stage.items()):
                 returns.add_metric([fig.merchant, _bounded(stage, self.stages)], n)
             for (kind, status), n in sorted(fig.effects.items()):
@@ -140,7 +159,7 @@ class _StateCollector(Collector):
                 interval.add_metric([fig.merchant], fig.interval_seconds)
             if fig.last_success_epoch is not None:
                 success.add_metric([fig.merchant], fig.last_success_epoch)
-        yield from (returns, effects, verdict, interval, success)
+        yield from (returns, effects, verdict, interval, success, missed, last_hook)
 
 
 class Metrics:
@@ -209,6 +228,12 @@ class Metrics:
             ["merchant", "system", "cause"],
             registry=r,
         )
+        self.webhooks = Counter(
+            "loopsync_webhooks",
+            "Webhook requests by source and outcome (accepted, duplicate, or why refused)",
+            ["merchant", "source", "outcome"],
+            registry=r,
+        )
         self.last_success: dict[str, float] = {}
         if figures is not None:
             r.register(
@@ -234,6 +259,8 @@ class Metrics:
                         fig.verdict,
                         fig.interval_seconds,
                         seen,
+                        fig.webhook_missed,
+                        fig.webhook_last_epoch,
                     )
                 else:
                     yield fig
@@ -251,6 +278,8 @@ class Metrics:
             )
             if event.cause is telemetry.WaitCause.SERVER:
                 self.throttled.labels(event.merchant, event.system).inc()
+        elif isinstance(event, telemetry.WebhookReceived):
+            self.webhooks.labels(event.merchant, event.source, event.outcome).inc()
         else:
             self.cycle_seconds.labels(event.merchant).observe(max(event.seconds, 0.0))
             self.cycles.labels(event.merchant, "ok" if event.ok else "errors").inc()

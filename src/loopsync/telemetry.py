@@ -56,7 +56,16 @@ class CycleDone:
     failed_stages: tuple[str, ...] = ()
 
 
-Event = RequestDone | ThrottleWait | CycleDone
+@dataclass(frozen=True)
+class WebhookReceived:
+    """A webhook request answered: accepted, duplicate, or the refusal's reason."""
+
+    merchant: str  # "unknown" when the path names no configured merchant
+    source: str
+    outcome: str
+
+
+Event = RequestDone | ThrottleWait | CycleDone | WebhookReceived
 Subscriber = Callable[[Event], None]
 
 _subscribers: list[Subscriber] = []

@@ -12,6 +12,16 @@ Routes:
   /merchants/<m>         one merchant's page
   /returns?q=<id>        a return's story (Loop return id or RMA number)
   /api/merchants, /api/merchants/<m>, /api/returns/<id>, /api/outcomes/<m>: JSON twins
+  POST /webhooks/{loop,shiphero,generic}/<m>   webhook intake (loopsync.inbox): 200 only
+                         once the event is committed to the merchant's inbox; 401 unsigned
+                         or badly signed, 404 unknown merchant or no secret for the sender,
+                         400 unreadable or stale, 405 not POST, 411 no length, 413 over
+                         webhooks.MAX_BODY (refused before reading), 415 not JSON, 503 busy
+                         or the state file cannot record it; no detail in any answer
+
+Webhooks need no bearer token (senders cannot send one): the signature is their only
+authentication. At most WEBHOOK_SLOTS requests are read at once, each body within
+WEBHOOK_READ_SECONDS; the rest get 503 at once, so a flood cannot hold every thread.
 
 Auth: bound to loopback, everything is open. Bound to any other address, the page and the
 JSON need `Authorization: Bearer <LOOPSYNC_HTTP_TOKEN>` (compared in constant time) and
@@ -43,9 +53,10 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import structlog
 
-from loopsync import report, status
+from loopsync import report, status, webhooks
 from loopsync.config import MerchantConfig
 from loopsync.errors import StateError, UsageError
+from loopsync.inbox import WebhookService
 from loopsync.metrics import CONTENT_TYPE as METRICS_TYPE
 from loopsync.metrics import Metrics, StateFigures
 from loopsync.redaction import MIN_LENGTH, mask_personal, public_obj, redact, register
@@ -64,6 +75,9 @@ MAX_QUERY = 100  # a return id or RMA number is far shorter
 # A client that sends nothing, or stops mid-request, is dropped after this many seconds of
 # silence; without it each idle socket held a thread (and a kept-alive connection) forever.
 IDLE_TIMEOUT = 30.0
+WEBHOOK_SLOTS = 16
+WEBHOOK_READ_SECONDS = 10.0  # a whole webhook body; senders answer within 10 s (ShipHero)
+ACCEPTED_BODY = b'{"code":"200","Status":"Success"}'  # ShipHero's expected reply
 
 
 # -- address and auth (pure) -------------------------------------------------------------------
@@ -356,6 +370,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._ready()
         elif path == "/metrics":
             self._send(200, METRICS_TYPE, srv.metrics.render())
+        elif path.startswith(webhooks.PATH_PREFIX):
+            self._hook_refused(None, webhooks.Refusal.METHOD)
         elif not self._authorised():
             self.send_response(401)
             self.send_header("WWW-Authenticate", "Bearer")
@@ -364,6 +380,88 @@ class _Handler(BaseHTTPRequestHandler):
             self._api(path.removeprefix("/api"))
         else:
             self._page(path, query)
+
+    # -- webhooks (loopsync.inbox decides and stores; here only HTTP) ----------------------
+    def do_POST(self) -> None:
+        url = urlsplit(self.path)
+        where = webhooks.split_path(url.path)
+        if where is None or self.server.hooks is None:
+            self._hook_refused(None, webhooks.Refusal.METHOD)
+            return
+        slots = self.server.hook_slots
+        if not slots.acquire(blocking=False):
+            self._hook_refused(where, webhooks.Refusal.BUSY)
+            return
+        try:
+            self._webhook(where, self.path)
+        except ConnectionError:
+            self.close_connection = True
+        except Exception as exc:  # noqa: BLE001 - one bad request never stops the listener
+            log.error("webhook.failed", error=type(exc).__name__)
+            self.close_connection = True
+            self._send(500, "text/plain; charset=utf-8", b"internal error\n")
+        finally:
+            slots.release()
+
+    def do_PUT(self) -> None:
+        self._hook_refused(None, webhooks.Refusal.METHOD)
+
+    def do_DELETE(self) -> None:
+        self.do_PUT()
+
+    def do_PATCH(self) -> None:
+        self.do_PUT()
+
+    def _webhook(self, where: tuple[str, str], target: str) -> None:
+        hooks = self.server.hooks
+        assert hooks is not None
+        if not webhooks.json_content(self.headers.get("Content-Type")):
+            self._hook_refused(where, webhooks.Refusal.CONTENT_TYPE)
+            return
+        body = self._hook_body(webhooks.MAX_BODY)
+        if isinstance(body, webhooks.Refusal):
+            self._hook_refused(where, body)
+            return
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        decision = hooks.receive(webhooks.Request(where[0], where[1], target, headers, body))
+        if isinstance(decision, webhooks.Refuse):
+            self._hook_refused(where, decision.reason, counted=True)
+        else:
+            self._send(200, "application/json", ACCEPTED_BODY)
+
+    def _hook_refused(
+        self, where: tuple[str, str] | None, reason: webhooks.Refusal, *, counted: bool = False
+    ) -> None:
+        """The refusal's status and one word; the connection closes (a body may be unread)."""
+        hooks = self.server.hooks
+        if hooks is not None and not counted:
+            hooks.refused(where[0] if where else "other", where[1] if where else None, reason)
+        self.close_connection = True
+        self.send_response(webhooks.STATUS[reason])
+        if reason is webhooks.Refusal.METHOD:
+            self.send_header("Allow", "POST")
+        if reason is webhooks.Refusal.BUSY:
+            self.send_header("Retry-After", "5")
+        self.send_header("Connection", "close")
+        self._finish("text/plain; charset=utf-8", b"refused\n")
+
+    def _hook_body(self, cap: int) -> bytes | webhooks.Refusal:
+        """The body, never reading more than `cap` bytes nor for longer than
+        WEBHOOK_READ_SECONDS: Content-Length checked before reading, chunked read piece by
+        piece; both headers at once (a smuggling trick) or neither is refused."""
+        chunked = self.headers.get("Transfer-Encoding")
+        lengths = self.headers.get_all("Content-Length") or []
+        if chunked is not None:
+            if lengths or chunked.strip().lower() != "chunked":
+                return webhooks.Refusal.LENGTH
+            reader = _BodyReader(self.rfile, cap, self.server.data.clock)
+            return reader.chunked()
+        if len(lengths) != 1 or not (lengths[0].strip().isdigit() and len(lengths[0]) < 16):
+            return webhooks.Refusal.LENGTH
+        size = int(lengths[0])
+        if size > cap:
+            return webhooks.Refusal.TOO_LARGE
+        return _BodyReader(self.rfile, cap, self.server.data.clock).exactly(size)
 
     def _authorised(self) -> bool:
         token = self.server.token
@@ -461,6 +559,53 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
 
+class _BodyReader:
+    """Reads a request body in pieces within a cap and a deadline (never more)."""
+
+    PIECE = 64 * 1024
+
+    def __init__(self, rfile: Any, cap: int, clock: Clock) -> None:
+        self.rfile, self.cap, self.clock = rfile, cap, clock
+        self.deadline = clock.monotonic() + WEBHOOK_READ_SECONDS
+
+    def exactly(self, size: int) -> bytes | webhooks.Refusal:
+        parts, left = [], size
+        while left > 0:
+            if self.clock.monotonic() > self.deadline:
+                raise ConnectionError("webhook body too slow")
+            piece = self.rfile.read(min(left, self.PIECE))
+            if not piece:
+                raise ConnectionError("webhook body cut short")
+            parts.append(piece)
+            left -= len(piece)
+        return b"".join(parts)
+
+    def chunked(self) -> bytes | webhooks.Refusal:
+        body = bytearray()
+        while True:
+            line = self.rfile.readline(1024)
+            if not line.endswith(b"\n"):
+                raise ConnectionError("chunk size line cut short or too long")
+            size_text = line.split(b";", 1)[0].strip()
+            try:
+                size = int(size_text, 16) if size_text.isalnum() else -1
+            except ValueError:
+                size = -1
+            if size < 0:
+                return webhooks.Refusal.LENGTH
+            if size == 0:
+                break
+            if len(body) + size > self.cap:
+                return webhooks.Refusal.TOO_LARGE
+            piece = self.exactly(size + 2)  # the chunk and its CRLF
+            assert isinstance(piece, bytes)
+            body += piece[:-2]
+        for _ in range(32):  # trailer lines, then the empty line
+            if self.rfile.readline(1024) in (b"\r\n", b"\n", b""):
+                return bytes(body)
+        return webhooks.Refusal.LENGTH
+
+
 class StatusServer(ThreadingHTTPServer):
     daemon_threads = True
 
@@ -471,8 +616,11 @@ class StatusServer(ThreadingHTTPServer):
         metrics: Metrics,
         heartbeat: Heartbeat,
         token: str | None,
+        hooks: WebhookService | None = None,
     ) -> None:
         self.data, self.metrics, self.heartbeat, self.token = data, metrics, heartbeat, token
+        self.hooks = hooks
+        self.hook_slots = threading.BoundedSemaphore(WEBHOOK_SLOTS)
         self.draining = False  # set once by Listener.draining, read by every handler thread
         super().__init__((address.host, address.port), _Handler)
 
@@ -522,8 +670,10 @@ class Listener:
         *,
         token: str | None,
         clock: Clock | None = None,
+        hooks: WebhookService | None = None,
     ) -> None:
         clock = clock or SystemClock()
+        self.hooks = hooks
         self.data = Data(configs, clock)
         self.metrics = Metrics(
             self.data.figures,
@@ -533,7 +683,7 @@ class Listener:
         )
         self.heartbeat = Heartbeat(clock)
         self.clock = clock
-        self.server = StatusServer(address, self.data, self.metrics, self.heartbeat, token)
+        self.server = StatusServer(address, self.data, self.metrics, self.heartbeat, token, hooks)
         # Polled every 0.1 s for shutdown (the default 0.5 s would slow every stop).
         self._thread = threading.Thread(
             target=self.server.serve_forever, args=(0.1,), name="loopsync-http", daemon=True
@@ -542,6 +692,8 @@ class Listener:
     def start(self) -> None:
         self.metrics.subscribe()
         self._thread.start()
+        if self.hooks is not None:
+            self.hooks.start()  # events stored before a crash are handled now
         log.info("serve.http", port=self.server.port)
 
     def beat(self) -> None:
@@ -552,8 +704,12 @@ class Listener:
         """`serve` is stopping and waits for running cycles (up to its grace): not ready for
         anything new, but alive, though the scheduler no longer beats."""
         self.server.draining = True
+        if self.hooks is not None:
+            self.hooks.stop.set()  # handling ends with the cycles; stored events wait
 
     def stop(self) -> None:
+        if self.hooks is not None:
+            self.hooks.close()
         self.metrics.unsubscribe()
         self.server.shutdown()
         self.server.server_close()

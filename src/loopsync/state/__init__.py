@@ -6,6 +6,7 @@
     store.cursors   ingest cursors and windows
     store.runs      runs and problems
     store.rmas      RMA links and polled statuses;  store.asn: Loop's ASN rows
+    store.inbox     accepted webhook events until handled (inbox.InboxRepository)
     store.kv(ns)    small JSON values of one namespace;  store.kv_with_prefix(prefix)
 
 Rows leave the package as frozen dataclasses, stages and statuses as StrEnums (so
@@ -42,6 +43,7 @@ from loopsync.state.files import (
     open_writable,
     state_error,
 )
+from loopsync.state.inbox import InboxFigures, InboxRepository, InboxRow
 from loopsync.state.kv import KvEntry, StoreKeyValue, kv_with_prefix
 from loopsync.state.ledger import Effect, EffectKind, EffectStatus, Ledger
 from loopsync.state.lock import MerchantLock, lock_is_held
@@ -72,6 +74,8 @@ __all__ = [
     "EffectKind",
     "EffectStatus",
     "HeldRow",
+    "InboxFigures",
+    "InboxRow",
     "KvEntry",
     "Lookup",
     "MerchantLock",
@@ -127,6 +131,7 @@ class Store:
             self.runs = RunRepository(self._db)
             self.rmas = RmaRepository(self._db)
             self.asn = AsnRepository(self._db)
+            self.inbox = InboxRepository(self._db)
             if read_only:
                 self._check_version()
             else:

@@ -11,6 +11,8 @@ Tables (schema version in `meta`):
   kv         connectors' own small state
   stage_failures  a stage that stopped on a remote failure in a run, with the reason (v3)
   polls      each warehouse status a return's RMA was seen in, when it changed (v3)
+  inbox, webhook_counts, webhook_missed   accepted webhook events until handled, refusals
+             by reason, returns polling found first (v4, state/inbox.py)
 
 Migrations run in order inside one transaction (`Store.migrate`); every file an older
 loopsync wrote opens and is brought up to SCHEMA_VERSION. A file from a newer loopsync is
@@ -30,7 +32,7 @@ import sqlite_utils
 
 from loopsync.errors import StateCorrupt
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 def _migrate_v1(db: sqlite_utils.Database) -> None:
@@ -164,10 +166,25 @@ def _migrate_v3(db: sqlite_utils.Database) -> None:
     db.conn.execute("create index polls_return on polls (return_id)")
 
 
+def _migrate_v4(db: sqlite_utils.Database) -> None:
+    """The webhook inbox (state/inbox.py): accepted events until handled, refusal counts,
+    and returns a cycle found that no webhook announced."""
+    db.conn.execute(
+        "create table inbox (key text primary key, source text not null, topic text not null, "
+        "subject text not null, alt_subject text, body_hash text not null, occurred_at text, "
+        "received_at text not null, handled_at text, outcome text)"
+    )
+    db.conn.execute("create index inbox_unhandled on inbox (handled_at, received_at)")
+    db.conn.execute("create index inbox_subject on inbox (source, subject)")
+    db.conn.execute("create table webhook_counts (name text primary key, n integer not null)")
+    db.conn.execute("create table webhook_missed (return_id text primary key, at text not null)")
+
+
 MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {
     1: _migrate_v1,
     2: _migrate_v2,
     3: _migrate_v3,
+    4: _migrate_v4,
 }
 
 
