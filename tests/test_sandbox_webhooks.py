@@ -385,3 +385,40 @@ def test_fake_clock_sender_uses_the_injected_clock_for_backoff():
     clock.advance(100)
     wait_for(lambda: sender.stats()["attempts"] == 2, sender)
     sender.close()
+
+
+# -- against the intake's own verifier (loopsync.webhooks) -------------------------------------
+
+
+def intake_request(req: Request) -> Any:
+    from loopsync import webhooks as intake
+
+    source, merchant = req.path.removeprefix("/webhooks/").split("/")
+    headers = {k.lower(): str(v) for k, v in req.headers.items()}
+    return intake.Request(source, merchant, req.raw_path, headers, req.body)
+
+
+@pytest.mark.parametrize("kind", ["shiphero", "generic"])
+def test_every_sender_is_accepted_by_the_intake_and_every_forgery_refused(
+    make_sandbox, receiver, tmp_path, clock, kind
+):
+    from loopsync import webhooks as intake
+
+    api, url = receiver()
+    sb = make_sandbox(kind)
+    sb.add_return(open_return(sb, 4300))
+    sb.run_cycle(sb.merchant_config(tmp_path))  # the RMA exists before the hooks are on
+    sender = sb.send_webhooks(sb.webhook_targets(url, "m1"), faults=WebhookFaults(forge=1.0))
+    sb.add_return(open_return(sb, 4301))
+    assert sb.warehouse.receive("4300", "full")
+    wait_for(lambda: len(api.got) == 4, sender)  # Loop and the warehouse, each + a forgery
+
+    def secret_of(source: Any, merchant: str) -> str | None:
+        return WEBHOOK_SECRETS[Source(source.value)] if merchant == "m1" else None
+
+    decisions = [(r, intake.intake(intake_request(r), secret_of, clock.now())) for r in api.got]
+    accepted = [d for r, d in decisions if not json.loads(r.body).get("forged")]
+    refused = [d for r, d in decisions if json.loads(r.body).get("forged")]
+    assert {type(d).__name__ for d in accepted} == {"Accept"}, accepted
+    assert {d.event.source.value for d in accepted} == {"loop", kind}
+    assert [getattr(d, "reason", None) for d in refused] == [intake.Refusal.BAD_SIGNATURE] * 2
