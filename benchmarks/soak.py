@@ -154,7 +154,7 @@ WEBHOOK_POLICY = DeliveryPolicy(base=0.2, cap=2.0, timeout=5.0)
 # requests to count), then SIGKILL, whatever it is doing.
 WEBHOOK_EVENTS = 12
 WEBHOOK_EVENT_EVERY = 0.3
-WEBHOOK_DRAIN = 4.0  # seconds the sender gets to deliver what is queued before the kill
+WEBHOOK_DRAIN = 2.0  # seconds the sender gets to deliver what is queued before the kill
 # More forgeries while a worker listens, so every soak sees some refused (10 % of a few
 # dozen events could be none).
 PHASE_FORGE = 0.3

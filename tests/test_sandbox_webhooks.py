@@ -422,3 +422,11 @@ def test_every_sender_is_accepted_by_the_intake_and_every_forgery_refused(
     assert {type(d).__name__ for d in accepted} == {"Accept"}, accepted
     assert {d.event.source.value for d in accepted} == {"loop", kind}
     assert [getattr(d, "reason", None) for d in refused] == [intake.Refusal.BAD_SIGNATURE] * 2
+
+
+def test_sandbox_command_refuses_a_bad_fault_spec_in_one_line_exit_2(capsys):
+    from loopsync.cli import main
+
+    assert main(["sandbox", "--webhooks", "http://127.0.0.1:1", "--webhook-faults", "lose=2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "webhook fault lose=2.0" in err[-1] and "Traceback" not in "\n".join(err)
