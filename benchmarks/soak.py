@@ -723,8 +723,8 @@ class ConnectorSoak:
             return
         offset = self.log_size()
         proc = self.start_worker(*self.serve_args())
-        if self.sb.webhooks is not None:
-            self.sb.webhooks.faults = replace(WEBHOOK_FAULTS, forge=PHASE_FORGE)
+        if self.sb.webhook_sender is not None:
+            self.sb.webhook_sender.faults = replace(WEBHOOK_FAULTS, forge=PHASE_FORGE)
         try:
             if not self.listening(proc):
                 self.report.violations.append(
@@ -738,12 +738,12 @@ class ConnectorSoak:
                     self.report.world["new Loop returns (webhook phase)"] += 1
                 elif self.receive_one(self.rng):
                     self.report.world["warehouse receipts (webhook phase)"] += 1
-            if self.sb.webhooks is not None:
-                self.sb.webhooks.drain(WEBHOOK_DRAIN)
+            if self.sb.webhook_sender is not None:
+                self.sb.webhook_sender.drain(WEBHOOK_DRAIN)
             time.sleep(self.rng.uniform(0, 0.5))
         finally:
-            if self.sb.webhooks is not None:
-                self.sb.webhooks.faults = WEBHOOK_FAULTS
+            if self.sb.webhook_sender is not None:
+                self.sb.webhook_sender.faults = WEBHOOK_FAULTS
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
                 proc.wait(30)
@@ -1017,8 +1017,8 @@ class ConnectorSoak:
             {"accepted": hooks.accepted, "unhandled": hooks.unhandled, "missed": hooks.missed}
         )
         rep.intake.update({f"refused {why}": n for why, n in hooks.refused.items()})
-        if sb.webhooks is not None:
-            rep.webhooks.update(sb.webhooks.stats())
+        if sb.webhook_sender is not None:
+            rep.webhooks.update(sb.webhook_sender.stats())
             if rep.webhooks["forged_accepted"]:
                 rep.violations.append(
                     f"{rep.webhooks['forged_accepted']} forged webhook(s) accepted by the intake"

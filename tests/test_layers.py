@@ -17,7 +17,7 @@ import pytest
 SRC = Path(__file__).resolve().parent.parent / "src"
 
 # Names of layers above the core (module prefixes).
-CLI = ("loopsync.cli", "loopsync.demo", "loopsync.__main__")
+CLI = ("loopsync.cli", "loopsync.demo", "loopsync.__main__", "loopsync.webhook_setup")
 WORKER = (
     "loopsync.runner",
     "loopsync.scheduling",

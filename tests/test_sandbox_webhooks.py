@@ -430,3 +430,36 @@ def test_sandbox_command_refuses_a_bad_fault_spec_in_one_line_exit_2(capsys):
     assert main(["sandbox", "--webhooks", "http://127.0.0.1:1", "--webhook-faults", "lose=2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert "webhook fault lose=2.0" in err[-1] and "Traceback" not in "\n".join(err)
+
+
+def test_a_webhook_registered_with_shiphero_gets_return_updates_signed_with_its_secret(
+    make_sandbox, receiver, tmp_path
+):
+    """`webhook_create` (as `loopsync webhooks register` calls it) makes the emulated
+    ShipHero send Return Update there, signed with the secret it showed once."""
+    api, url = receiver()
+    sb = make_sandbox("shiphero")
+    sb.add_return(open_return(sb, 4400))
+    sb.run_cycle(sb.merchant_config(tmp_path))
+    sender = sb.send_webhooks([])  # nothing configured by hand
+    token = requests.post(
+        f"{sb.warehouse_url}/auth/refresh",
+        json={"refresh_token": sb.warehouse.refresh_token},
+        timeout=10,
+    ).json()["access_token"]
+    mutation = (
+        "mutation ($url: String!) { webhook_create(data: "
+        '{name: "Return Update", url: $url}) { webhook { shared_signature_secret } } }'
+    )
+    answer = requests.post(
+        f"{sb.warehouse_url}/graphql",
+        json={"query": mutation, "variables": {"url": f"{url}/hooks/sh"}},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=10,
+    ).json()
+    secret = answer["data"]["webhook_create"]["webhook"]["shared_signature_secret"]
+    assert sb.warehouse.receive("4400", "damaged")
+    wait_for(lambda: len(api.got) == 1, sender)
+    (req,) = api.got
+    assert req.path == "/hooks/sh"
+    assert req.headers.get("x-shiphero-hmac-sha256") == b64_hmac(secret, req.body)

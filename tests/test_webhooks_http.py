@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -335,3 +336,194 @@ def test_lost_webhook_is_found_by_polling_and_counted(served, clock):
     finally:
         store.close()
     assert figures.missed == 1 and figures.missed_recent == (str(lost["id"]),)
+
+
+def processes(sb: Any, return_id: Any) -> int:
+    return len(
+        [
+            c
+            for c in sb.recorder.calls("loop", writes=True)
+            if c.path.endswith(f"/{return_id}/process")
+        ]
+    )
+
+
+def test_shiphero_return_update_polls_that_rma_and_acts_once(served, clock):
+    sb, srv = served
+    (raw,) = sb.seed(1, states_weights=[("open", 1)])
+    run_merchant(srv.cfg, clock=clock)  # pushed: the RMA exists
+    assert sb.warehouse.receive(str(raw["id"]), "full")
+    (ret,) = [r for r in sb.warehouse.returns.values() if r.partner_id == str(raw["id"])]
+    body = json.dumps(
+        {
+            "webhook_type": "Return Update",
+            "test": False,
+            "return_id": ret.legacy_id,
+            "status": "warehouse_complete",
+        }
+    ).encode()
+    sig = webhooks.hmac_b64(SHIPHERO_SECRET, body)
+    headers = {"x-shiphero-hmac-sha256": sig, "x-shiphero-message-id": "m-1"}
+    assert srv.post("/webhooks/shiphero/acme", body, headers)[0] == 200
+    assert srv.hooks.drain(srv.cfg) == 1
+    assert processes(sb, raw["id"]) == 1
+    # the same message again, and the same update under a new message id: nothing more
+    assert srv.post("/webhooks/shiphero/acme", body, headers)[0] == 200
+    headers["x-shiphero-message-id"] = "m-2"
+    assert srv.post("/webhooks/shiphero/acme", body, headers)[0] == 200
+    srv.hooks.drain(srv.cfg)
+    assert processes(sb, raw["id"]) == 1
+
+
+def test_shiphero_update_for_an_unknown_rma_is_left_to_polling(served, clock):
+    _, srv = served
+    body = b'{"webhook_type": "Return Update", "return_id": 999999, "status": "pending"}'
+    sig = webhooks.hmac_b64(SHIPHERO_SECRET, body)
+    assert srv.post("/webhooks/shiphero/acme", body, {"x-shiphero-hmac-sha256": sig})[0] == 200
+    assert srv.hooks.drain(srv.cfg) == 1
+    assert srv.inbox()[0][4] == "unknown RMA (left to polling)"
+
+
+def test_generic_receipt_event_signed_like_the_connector_acts_once(make_sandbox, clock, tmp_path):
+    sb = make_sandbox("generic", rate_limits=False)
+    cfg = load_config(write_config(sb, tmp_path), env=hook_env(sb))
+    srv = Served(cfg, clock)
+    srv.listener._thread.start()
+    try:
+        (raw,) = sb.seed(1, states_weights=[("open", 1)])
+        run_merchant(cfg, clock=clock)
+        assert sb.warehouse.receive(str(raw["id"]), "full")
+        body = json.dumps({"event_id": "ev-1", "rma_number": str(raw["id"])}).encode()
+        stamp = str(int(clock.now().timestamp()))
+        path = "/webhooks/generic/acme"
+        headers = {
+            "X-Loopsync-Timestamp": stamp,
+            "X-Loopsync-Signature": webhooks.sign_generic(
+                GENERIC_SECRET, stamp, "POST", path, body
+            ),
+        }
+        assert srv.post(path, body, headers)[0] == 200
+        assert srv.hooks.drain(cfg) == 1
+        assert processes(sb, raw["id"]) == 1
+        assert srv.post(path, body, headers)[0] == 200  # a duplicate: nothing more
+        assert srv.hooks.drain(cfg) == 0
+        clock.advance(301)  # outside the connector's documented 5-minute window
+        assert srv.post(path, body, headers)[0] == 400
+    finally:
+        srv.listener.server.shutdown()
+        srv.listener.server.server_close()
+
+
+def test_status_page_json_and_metrics_show_webhook_health(served, clock):
+    from loopsync import status
+    from loopsync.report import view_lines
+
+    sb, srv = served
+    (raw,) = sb.seed(1, states_weights=[("open", 1)])
+    assert srv.loop_event(loop_body(raw, clock))[0] == 200
+    assert srv.loop_event(loop_body(raw, clock), secret="not-the-secret-xx")[0] == 401
+    srv.hooks.drain(srv.cfg)  # the worker writes the refusal counts down
+    view = status.merchant_view(srv.cfg, now=clock.now())
+    assert view.webhooks is not None and view.webhooks.healthy
+    assert view.webhooks.accepted == 1 and view.webhooks.refused == {"bad_signature": 1}
+    text = "\n".join(view_lines(view))
+    assert "webhooks healthy" in text and "bad_signature 1" in text
+    assert view.to_json()["webhooks"]["missed_by_webhooks"] == 0
+    page = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
+    page.request("GET", "/merchants/acme")
+    html = page.getresponse().read().decode()
+    page.request("GET", "/metrics")
+    metrics = page.getresponse().read().decode()
+    page.close()
+    assert "found by polling, missed by webhooks" in html
+    assert 'loopsync_webhook_missed_returns{merchant="acme"} 0.0' in metrics
+    assert LOOP_SECRET not in html + metrics + text
+
+
+def test_scheduled_cycles_are_deferred_only_while_every_sender_is_healthy(
+    make_sandbox, clock, tmp_path
+):
+    sb = make_sandbox("shiphero", rate_limits=False)
+    # the 3PL sender stays unconfigured here: a configured one must be healthy too
+    path = write_config(sb, tmp_path, poll_every="10m", healthy_within="5m", generic_secret=None)
+    cfg = load_config(path, env=hook_env(sb))
+    srv = Served(cfg, clock)
+    srv.listener._thread.start()
+    ran: list[str] = []
+    job = srv.hooks.scheduled(lambda c, stop, next_due=None: ran.append(c.merchant))
+    try:
+        job(cfg, None)  # no event seen yet: polling runs
+        (raw,) = sb.seed(1, states_weights=[("open", 1)])
+        assert srv.loop_event(loop_body(raw, clock))[0] == 200
+        clock.advance(60)
+        job(cfg, None)  # Loop is healthy, ShipHero has sent nothing: still runs
+        body = b'{"webhook_type": "Return Update", "return_id": 1, "status": "pending"}'
+        sig = webhooks.hmac_b64(SHIPHERO_SECRET, body)
+        assert srv.post("/webhooks/shiphero/acme", body, {"x-shiphero-hmac-sha256": sig})[0] == 200
+        clock.advance(60)
+        job(cfg, None)  # both healthy, 1 min since the last cycle: deferred
+        assert len(ran) == 2
+        clock.advance(4 * 60)  # Loop's last event is now older than healthy_within
+        job(cfg, None)
+        assert len(ran) == 3
+    finally:
+        srv.listener.server.shutdown()
+        srv.listener.server.server_close()
+
+
+def test_a_body_dripped_past_the_read_deadline_is_cut_off_unanswered(served, clock):
+    _, srv = served
+    slots = srv.listener.server.hook_slots
+    sock = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+    try:
+        sock.sendall(
+            b"POST /webhooks/loop/acme HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100\r\n\r\n{"
+        )
+        while slots._value == web.WEBHOOK_SLOTS:  # wait until the server reads this request
+            clock.sleep(0)
+            threading.Event().wait(0.01)
+        sock.settimeout(0.5)
+        answer = None
+        for _ in range(20):  # each byte comes after the server's clock passed its budget
+            clock.advance(web.WEBHOOK_READ_SECONDS + 1)
+            try:
+                sock.sendall(b'"')
+                answer = sock.recv(4096)
+            except (TimeoutError, ConnectionError):
+                continue
+            break
+        assert answer == b""  # closed without an answer
+    finally:
+        sock.close()
+    assert srv.inbox() == []
+
+
+def test_connections_over_the_cap_are_closed_at_once(make_sandbox, clock, tmp_path, monkeypatch):
+    monkeypatch.setattr(web, "MAX_CONNECTIONS", 2)
+    sb = make_sandbox("shiphero", rate_limits=False)
+    srv = Served(load_config(write_config(sb, tmp_path), env=hook_env(sb)), clock)
+    srv.listener._thread.start()
+    idle = [socket.create_connection(("127.0.0.1", srv.port), timeout=10) for _ in range(2)]
+    try:
+        idle[0].sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert idle[0].recv(100).startswith(b"HTTP/1.1 200")  # both threads are running
+        extra = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+        extra.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_all(extra) == b""  # no thread for it
+        extra.close()
+        idle[1].close()
+        for _ in range(100):  # the freed slot is given back when its thread ends
+            again = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+            again.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            answer = read_all(again)
+            again.close()
+            if answer:
+                break
+            clock.sleep(0)  # FakeClock: no real wait; the loop just retries
+        assert answer.startswith(b"HTTP/1.1 200")
+    finally:
+        for s in idle:
+            s.close()
+        srv.listener.server.shutdown()
+        srv.listener.server.server_close()

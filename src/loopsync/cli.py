@@ -159,9 +159,27 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox.add_argument("--warehouse", default="shiphero", choices=kind_names())
     sandbox.add_argument("--returns", type=int, default=25)
     _webhook_options(sandbox)
+    _webhooks_parser(sub, configs)
     for command in sub.choices.values():  # `loopsync run --log-level debug -c x` works too
         _global_options(command, after_command=True)
     return p
+
+
+def _webhooks_parser(sub: Any, configs: Callable[..., None]) -> None:
+    """`webhooks print` and `webhooks register` (loopsync.webhook_setup)."""
+    hooks = sub.add_parser("webhooks", help="what to register where for webhooks")
+    verbs = hooks.add_subparsers(dest="webhooks_command", required=True, parser_class=_Parser)
+    shown = verbs.add_parser("print", help="URLs, topics and where each secret goes")
+    register = verbs.add_parser(
+        "register", help="create ShipHero's Return Update webhook and store its secret"
+    )
+    for verb in (shown, register):
+        configs(verb)
+        verb.add_argument(
+            "--public-url", required=True, help="where senders reach `serve --http` (https://...)"
+        )
+    register.add_argument("--yes", action="store_true", help="really call webhook_create")
+    register.add_argument("--replace", action="store_true", help="overwrite the secret file")
 
 
 def _global_options(p: argparse.ArgumentParser, *, after_command: bool = False) -> None:
@@ -779,6 +797,16 @@ def _print_planned(result: Any, out: TextIO) -> None:
         print(redact(f"  dry run: {line}"), file=out)
 
 
+def cmd_webhooks(args: argparse.Namespace, out: TextIO) -> int:
+    from loopsync import webhook_setup
+
+    if args.webhooks_command == "print":
+        return webhook_setup.cmd_print(args.config, args.public_url, out, load_each)
+    return webhook_setup.cmd_register(
+        args.config, args.public_url, yes=args.yes, replace=args.replace, out=out
+    )
+
+
 COMMANDS = {
     "run": cmd_run,
     "serve": cmd_serve,
@@ -788,6 +816,7 @@ COMMANDS = {
     "demo": cmd_demo,
     "sandbox": cmd_sandbox,
     "discover": cmd_discover,
+    "webhooks": cmd_webhooks,
 }
 
 

@@ -98,7 +98,7 @@ class WebhookService:
         self._wake: dict[str, threading.Event] = {}
         self._threads: dict[str, threading.Thread] = {}
         self._refused: dict[str, Counter[str]] = {}
-        self._last_accepted: dict[str, datetime] = {}
+        self._last_accepted: dict[tuple[str, webhooks.Source], datetime] = {}
         self._last_poll: dict[str, datetime] = {}
         self.started = False
 
@@ -163,7 +163,7 @@ class WebhookService:
             with contextlib.suppress(sqlite3.Error):
                 store.close()
         with self._lock:
-            self._last_accepted[cfg.merchant] = self.clock.now()
+            self._last_accepted[cfg.merchant, ev.source] = self.clock.now()
         log.info(
             "webhook.accepted" if new else "webhook.duplicate",
             merchant=cfg.merchant,
@@ -182,9 +182,10 @@ class WebhookService:
         else:
             outcome, merchant = str(decision.reason), decision.merchant
             if merchant is not None:
+                # written down by its worker at its next wake-up (an event, or within
+                # RETRY_SECONDS): a flood of forgeries costs no write each
                 with self._lock:
                     self._refused.setdefault(merchant, Counter())[outcome] += 1
-                self.wake(merchant)  # its worker writes the count down
         known = source if source in set(webhooks.Source) else "other"
         telemetry.emit(telemetry.WebhookReceived(merchant or "unknown", known, outcome))
 
@@ -284,10 +285,13 @@ class WebhookService:
 
     # -- the scheduled cycle -----------------------------------------------------------------
     def poll_due(self, cfg: MerchantConfig) -> bool:
-        """Run this scheduled cycle? (webhooks.poll_due, on what this process saw)."""
+        """Run this scheduled cycle? (webhooks.poll_due, on what this process saw). The
+        webhooks count as healthy only while every sender with a secret is: the least
+        recent of their last accepted events decides."""
         with self._lock:
             last_poll = self._last_poll.get(cfg.merchant)
-            last_accepted = self._last_accepted.get(cfg.merchant)
+            seen = [self._last_accepted.get((cfg.merchant, s)) for s in configured(cfg)]
+        last_accepted = None if not seen or None in seen else min(t for t in seen if t)
         return webhooks.poll_due(
             now=self.clock.now(),
             last_poll=last_poll,
@@ -336,6 +340,20 @@ class WebhookService:
         if added:
             log.warning("webhook.missed", merchant=cfg.merchant, returns=added)
         return added
+
+
+def configured(cfg: MerchantConfig) -> list[webhooks.Source]:
+    """The senders this merchant has a webhook secret for."""
+    hooks = cfg.webhooks
+    return [
+        source
+        for source, secret in (
+            (webhooks.Source.LOOP, hooks.loop_secret),
+            (webhooks.Source.SHIPHERO, hooks.shiphero_secret),
+            (webhooks.Source.GENERIC, hooks.generic_secret),
+        )
+        if secret is not None
+    ]
 
 
 def _when(text: str | None) -> datetime | None:

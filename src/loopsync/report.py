@@ -187,6 +187,48 @@ class Facts:
 
 
 @dataclass(frozen=True)
+class WebhookView:
+    """A merchant's webhook health, from its inbox: the last event, events accepted and
+    refused (by reason), and returns polling found that webhooks missed (worth alerting
+    on: `loopsync_webhook_missed_returns`)."""
+
+    healthy: bool  # an event was accepted within webhooks.healthy_within
+    accepted: int
+    unhandled: int
+    last_event_at: datetime | None
+    last_by_source: Mapping[str, datetime | None] = field(default_factory=dict)
+    refused: Mapping[str, int] = field(default_factory=dict)
+    missed: int = 0
+    missed_recent: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "healthy": self.healthy,
+            "accepted": self.accepted,
+            "unhandled": self.unhandled,
+            "last_event_at": iso(self.last_event_at),
+            "last_by_source": {k: iso(v) for k, v in self.last_by_source.items()},
+            "refused": dict(self.refused),
+            "missed_by_webhooks": self.missed,
+            "missed_recent": list(self.missed_recent),
+        }
+
+    def lines(self, now: datetime) -> list[str]:
+        refused = ", ".join(f"{k} {n}" for k, n in sorted(self.refused.items())) or "none"
+        last = ago(self.last_event_at, now) if self.last_event_at else "never"
+        lines = [
+            f"  webhooks {'healthy' if self.healthy else 'not healthy'}; last event {last};"
+            f" accepted {self.accepted} ({self.unhandled} not handled yet); refused {refused}"
+        ]
+        if self.missed:
+            lines.append(
+                f"  webhooks missed {self.missed} return(s) polling found"
+                f" (recent: {', '.join(self.missed_recent)})"
+            )
+        return lines
+
+
+@dataclass(frozen=True)
 class MerchantView:
     merchant: str
     warehouse: str
@@ -204,6 +246,7 @@ class MerchantView:
     schema_version: int | None = None
     effects: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  # kind->status->n
     waiting: tuple[tuple[str, str, str], ...] = ()  # (return id, stage, reason)
+    webhooks: WebhookView | None = None  # None: no webhook secret and no event
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -224,6 +267,7 @@ class MerchantView:
             "schema_version": self.schema_version,
             "effects": {k: dict(v) for k, v in self.effects.items()},
             "waiting": [{"id": i, "stage": s, "reason": r} for i, s, r in self.waiting],
+            "webhooks": self.webhooks.to_json() if self.webhooks else None,
         }
 
 
@@ -501,6 +545,8 @@ def view_lines(v: MerchantView) -> list[str]:
     lines.append("  cycles " + "; ".join(when))
     if v.backlog:
         lines.append("  backlog " + ", ".join(f"{k} {n}" for k, n in sorted(v.backlog.items())))
+    if v.webhooks is not None:
+        lines += v.webhooks.lines(v.now)
     lines += _group_lines(v)
     return lines
 

@@ -394,6 +394,28 @@ def _read_view(cfg: MerchantConfig, store: Store, path: Path, now: datetime) -> 
             for kind, counts in store.ledger.counts().items()
         },
         waiting=tuple((w.id, str(w.stage), w.reason or "") for w in store.returns.held(20)),
+        webhooks=webhook_view(cfg, store, now),
+    )
+
+
+def webhook_view(cfg: MerchantConfig, store: Store, now: datetime) -> report.WebhookView | None:
+    """The inbox's figures (schema 4); None when the merchant has no webhook secret and
+    no event was ever stored."""
+    if not store.runs.has_table("inbox"):
+        return None
+    fig = store.inbox.figures()
+    if not cfg.webhooks.secrets() and not fig.accepted:
+        return None
+    last = _when(fig.last_event_at)
+    return report.WebhookView(
+        healthy=last is not None and now - last <= cfg.webhooks.healthy_within,
+        accepted=fig.accepted,
+        unhandled=fig.unhandled,
+        last_event_at=last,
+        last_by_source={k: _when(v) for k, v in fig.last_by_source.items()},
+        refused=dict(fig.refused),
+        missed=fig.missed,
+        missed_recent=fig.missed_recent,
     )
 
 

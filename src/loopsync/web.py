@@ -76,6 +76,9 @@ MAX_QUERY = 100  # a return id or RMA number is far shorter
 # silence; without it each idle socket held a thread (and a kept-alive connection) forever.
 IDLE_TIMEOUT = 30.0
 WEBHOOK_SLOTS = 16
+# Connections served at once (a thread each); more are closed at once, so a flood of idle
+# or dripping clients cannot make threads without bound (each may hold one IDLE_TIMEOUT).
+MAX_CONNECTIONS = 128
 WEBHOOK_READ_SECONDS = 10.0  # a whole webhook body; senders answer within 10 s (ShipHero)
 ACCEPTED_BODY = b'{"code":"200","Status":"Success"}'  # ShipHero's expected reply
 
@@ -175,7 +178,13 @@ class Data:
                 str(view.verdict),
                 cfg.every.total_seconds(),
                 view.last_ok_at.timestamp() if view.last_ok_at else None,
+                view.webhooks.missed if view.webhooks else None,
+                _epoch(view.webhooks.last_event_at if view.webhooks else None),
             )
+
+
+def _epoch(moment: datetime | None) -> float | None:
+    return moment.timestamp() if moment is not None else None
 
 
 # -- rendering (pure; every text escaped) -------------------------------------------------------
@@ -239,6 +248,7 @@ def merchant_section(m: report.MerchantView, chart: list[report.HourCount]) -> s
         f"{runs}</table>"
     )
     parts.append(_problems_html(m.problems))
+    parts.append(_webhooks_html(m))
     parts.append("</section>")
     return "".join(parts)
 
@@ -259,6 +269,23 @@ def _problems_html(problems: Sequence[report.ProblemGroup]) -> str:
         "<th>reason</th><th>recent ids</th><th>first</th><th>last</th><th>state</th></tr>"
         f"{rows}</table>"
     )
+
+
+def _webhooks_html(m: report.MerchantView) -> str:
+    hooks = m.webhooks
+    if hooks is None:
+        return ""
+    refused = ", ".join(f"{k} {n}" for k, n in sorted(hooks.refused.items())) or "none"
+    missed = f"{hooks.missed} (recent: {', '.join(hooks.missed_recent)})" if hooks.missed else "0"
+    rows = (
+        ("health", "healthy" if hooks.healthy else "not healthy"),
+        ("last event", _when(hooks.last_event_at, m.now)),
+        ("accepted", f"{hooks.accepted} ({hooks.unhandled} not handled yet)"),
+        ("refused", refused),
+        ("found by polling, missed by webhooks", missed),
+    )
+    body = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in rows)
+    return f"<h3>Webhooks</h3><table class=webhooks>{body}</table>"
 
 
 def _counts_text(counts: Mapping[str, int]) -> str:
@@ -394,7 +421,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         try:
             self._webhook(where, self.path)
-        except ConnectionError:
+        except (ConnectionError, TimeoutError):  # cut short, too slow: no one to answer
             self.close_connection = True
         except Exception as exc:  # noqa: BLE001 - one bad request never stops the listener
             log.error("webhook.failed", error=type(exc).__name__)
@@ -402,6 +429,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(500, "text/plain; charset=utf-8", b"internal error\n")
         finally:
             slots.release()
+            self.connection.settimeout(IDLE_TIMEOUT)
 
     def do_PUT(self) -> None:
         self._hook_refused(None, webhooks.Refusal.METHOD)
@@ -454,14 +482,17 @@ class _Handler(BaseHTTPRequestHandler):
         if chunked is not None:
             if lengths or chunked.strip().lower() != "chunked":
                 return webhooks.Refusal.LENGTH
-            reader = _BodyReader(self.rfile, cap, self.server.data.clock)
-            return reader.chunked()
-        if len(lengths) != 1 or not (lengths[0].strip().isdigit() and len(lengths[0]) < 16):
+            return self._reader(cap).chunked()
+        text = lengths[0].strip() if len(lengths) == 1 else ""
+        if not (text.isascii() and text.isdigit() and len(text) < 16):
             return webhooks.Refusal.LENGTH
-        size = int(lengths[0])
+        size = int(text)
         if size > cap:
             return webhooks.Refusal.TOO_LARGE
-        return _BodyReader(self.rfile, cap, self.server.data.clock).exactly(size)
+        return self._reader(cap).exactly(size)
+
+    def _reader(self, cap: int) -> _BodyReader:
+        return _BodyReader(self.rfile, self.connection, cap, self.server.data.clock)
 
     def _authorised(self) -> bool:
         token = self.server.token
@@ -560,33 +591,50 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class _BodyReader:
-    """Reads a request body in pieces within a cap and a deadline (never more)."""
+    """Reads a request body within a cap and a deadline, never more: each receive waits
+    at most the time left (read1 and single bytes: one receive per call), so a client
+    dripping bytes is cut off at the deadline, not after a timeout per byte."""
 
     PIECE = 64 * 1024
+    LINE = 1024
 
-    def __init__(self, rfile: Any, cap: int, clock: Clock) -> None:
-        self.rfile, self.cap, self.clock = rfile, cap, clock
+    def __init__(self, rfile: Any, sock: Any, cap: int, clock: Clock) -> None:
+        self.rfile, self.sock, self.cap, self.clock = rfile, sock, cap, clock
         self.deadline = clock.monotonic() + WEBHOOK_READ_SECONDS
 
-    def exactly(self, size: int) -> bytes | webhooks.Refusal:
+    def _wait_budget(self) -> None:
+        left = self.deadline - self.clock.monotonic()
+        if left <= 0:
+            raise ConnectionError("webhook body too slow")
+        self.sock.settimeout(left)
+
+    def exactly(self, size: int) -> bytes:
         parts, left = [], size
         while left > 0:
-            if self.clock.monotonic() > self.deadline:
-                raise ConnectionError("webhook body too slow")
-            piece = self.rfile.read(min(left, self.PIECE))
+            self._wait_budget()
+            piece = self.rfile.read1(min(left, self.PIECE))
             if not piece:
                 raise ConnectionError("webhook body cut short")
             parts.append(piece)
             left -= len(piece)
         return b"".join(parts)
 
+    def _line(self) -> bytes:
+        line = bytearray()
+        while len(line) < self.LINE:
+            self._wait_budget()
+            byte = self.rfile.read(1)
+            if not byte:
+                raise ConnectionError("webhook body cut short")
+            line += byte
+            if byte == b"\n":
+                return bytes(line)
+        raise ConnectionError("chunk line too long")
+
     def chunked(self) -> bytes | webhooks.Refusal:
         body = bytearray()
         while True:
-            line = self.rfile.readline(1024)
-            if not line.endswith(b"\n"):
-                raise ConnectionError("chunk size line cut short or too long")
-            size_text = line.split(b";", 1)[0].strip()
+            size_text = self._line().split(b";", 1)[0].strip()
             try:
                 size = int(size_text, 16) if size_text.isalnum() else -1
             except ValueError:
@@ -597,11 +645,9 @@ class _BodyReader:
                 break
             if len(body) + size > self.cap:
                 return webhooks.Refusal.TOO_LARGE
-            piece = self.exactly(size + 2)  # the chunk and its CRLF
-            assert isinstance(piece, bytes)
-            body += piece[:-2]
+            body += self.exactly(size + 2)[:-2]  # the chunk, then its CRLF
         for _ in range(32):  # trailer lines, then the empty line
-            if self.rfile.readline(1024) in (b"\r\n", b"\n", b""):
+            if self._line() in (b"\r\n", b"\n"):
                 return bytes(body)
         return webhooks.Refusal.LENGTH
 
@@ -621,12 +667,29 @@ class StatusServer(ThreadingHTTPServer):
         self.data, self.metrics, self.heartbeat, self.token = data, metrics, heartbeat, token
         self.hooks = hooks
         self.hook_slots = threading.BoundedSemaphore(WEBHOOK_SLOTS)
+        self._connections = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self.draining = False  # set once by Listener.draining, read by every handler thread
         super().__init__((address.host, address.port), _Handler)
 
     @property
     def port(self) -> int:
         return int(self.server_address[1])
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._connections.acquire(blocking=False):
+            self.shutdown_request(request)  # over MAX_CONNECTIONS: closed, no thread made
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._connections.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._connections.release()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A connection that failed outside a route (a client reset mid-request): one log

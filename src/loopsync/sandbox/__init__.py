@@ -101,7 +101,7 @@ class Sandbox:
         self._started = False
         self._next_id = FIRST_RETURN_ID
         self._seed = seed
-        self.webhooks: WebhookSender | None = None
+        self.webhook_sender: WebhookSender | None = None
 
     def _set_warehouse_rate_limits(self, enabled: bool) -> None:
         for attr in ("rate_limit_enabled", "throttle_enabled", "credits_enabled"):
@@ -117,8 +117,8 @@ class Sandbox:
         return self
 
     def stop(self) -> None:
-        if self.webhooks is not None:
-            self.webhooks.close()
+        if self.webhook_sender is not None:
+            self.webhook_sender.close()
         if self._started:
             self.loop_server.stop()
             self.warehouse_server.stop()
@@ -165,8 +165,8 @@ class Sandbox:
         """From now on the emulated Loop and warehouse send their webhooks to `targets`
         (with `faults` drawn from `seed`, the sandbox's own by default), from a background
         sender that stops with the sandbox."""
-        if self.webhooks is not None:
-            self.webhooks.close()
+        if self.webhook_sender is not None:
+            self.webhook_sender.close()
         sender = WebhookSender(
             self.clock,
             targets,
@@ -174,7 +174,7 @@ class Sandbox:
             seed=self._seed if seed is None else seed,
             policy=policy,
         )
-        self.webhooks = self.loop.webhooks = self.warehouse.webhooks = sender
+        self.webhook_sender = self.loop.webhook_sender = self.warehouse.webhook_sender = sender
         return sender.start()
 
     # -- data ---------------------------------------------------------------------------------

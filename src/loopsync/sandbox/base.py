@@ -16,9 +16,9 @@ class WarehouseEmulator(EmulatedApi):
 
     kind = "warehouse"
     # The webhooks this warehouse sends (`sandbox/webhooks.py`), None if it sends none;
-    # `webhooks` is set by the Sandbox when asked to send them.
+    # `webhook_sender` is set by the Sandbox when asked to send them.
     webhook_source: Source | None = None
-    webhooks: WebhookSender | None = None
+    webhook_sender: WebhookSender | None = None
 
     def on_loop_return(self, loop_return: dict[str, Any], *, with_order: bool = True) -> None:
         """A return now exists in the emulated Loop. Make the warehouse know its order

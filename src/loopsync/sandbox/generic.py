@@ -251,14 +251,14 @@ class GenericEmulator(WarehouseEmulator):
                 self.write_receipt_file(
                     f"receipts-{return_id}-{records[0]['receipt_id']}.csv", records
                 )
-            if self.webhooks is not None and records:  # the receipt webhook, either transport
+            if self.webhook_sender is not None and records:  # the receipt webhook, either transport
                 body = {
                     "event": "receipt",
                     "event_id": f"receipt-{records[0]['receipt_id']}",
                     "rma_number": str(return_id),
                     "receipts": records,
                 }
-                self.webhooks.emit(Source.GENERIC, "receipt", str(return_id), body)
+                self.webhook_sender.emit(Source.GENERIC, "receipt", str(return_id), body)
         return records
 
     # -- folder helpers -------------------------------------------------------------------

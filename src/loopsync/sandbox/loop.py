@@ -259,7 +259,7 @@ class LoopEmulator(EmulatedApi):
         self.annotations_bump_updated_at = False
         self.destinations = default_destinations()
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
-        self.webhooks: WebhookSender | None = None  # Loop's webhooks (sandbox/webhooks.py)
+        self.webhook_sender: WebhookSender | None = None  # its webhooks (sandbox/webhooks.py)
         self._returns: dict[str, _Stored] = {}
         self._line_owner: dict[str, str] = {}  # line item id -> return id
         self._processing: set[str] = set()  # ids with a queued process
@@ -837,9 +837,9 @@ class LoopEmulator(EmulatedApi):
     def _announce(self, rec: _Stored, trigger: str) -> None:
         """Loop's `return` webhook (loop-api.md §8): the return plus topic and trigger.
         Queued without waiting (the sender never blocks a request)."""
-        if self.webhooks is not None:
+        if self.webhook_sender is not None:
             payload = {"topic": "return", "trigger": trigger, **_list_view(rec)}
-            self.webhooks.emit(Source.LOOP, trigger, rec.id, payload)
+            self.webhook_sender.emit(Source.LOOP, trigger, rec.id, payload)
 
     def _touch(self, rec: _Stored, at: datetime | None = None) -> None:
         """The return changed: its updated_at moves to now (or `at`)."""

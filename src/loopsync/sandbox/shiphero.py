@@ -45,7 +45,7 @@ from graphql import (
 
 from loopsync.sandbox.base import SCENARIOS, WarehouseEmulator
 from loopsync.sandbox.server import Fault, Request, Response, json_response
-from loopsync.sandbox.webhooks import Source
+from loopsync.sandbox.webhooks import Source, WebhookTarget
 from loopsync.timeutil import Clock, iso, parse_timestamp
 
 SCHEMA = build_schema(
@@ -443,7 +443,10 @@ class ShipHeroEmulator(WarehouseEmulator):
             "user_quota": self._resolve_user_quota,
             "return_create": self._resolve_return_create,
             "account": self._resolve_account,
+            "webhook_create": self._resolve_webhook_create,
         }
+        # (name, shop_name) -> {"url", "secret"}: what webhook_create registered
+        self.webhooks: dict[tuple[str, str | None], dict[str, str]] = {}
 
     @property
     def credits_enabled(self) -> bool:
@@ -713,6 +716,31 @@ class ShipHeroEmulator(WarehouseEmulator):
             "return": _return_view(ret),
         }
 
+    def _resolve_webhook_create(
+        self, info: GraphQLResolveInfo[_Context], data: dict[str, Any]
+    ) -> dict[str, Any]:
+        """One webhook per name (and shop); the secret is returned here and never again."""
+        key = (data["name"], data.get("shop_name"))
+        if key in self.webhooks:
+            raise GraphQLError(f"A webhook for {data['name']} already exists")
+        secret = secrets.token_urlsafe(32)
+        self.webhooks[key] = {"url": data["url"], "secret": secret}
+        if self.webhook_sender is not None:  # Return Updates go there from now on
+            self.webhook_sender.add_target(WebhookTarget(Source.SHIPHERO, data["url"], secret))
+        return {
+            "request_id": secrets.token_hex(12),
+            "complexity": info.context.costs.get(str(info.path.key), 0),
+            "webhook": {
+                "id": global_id("Webhook", len(self.webhooks)),
+                "legacy_id": len(self.webhooks),
+                "name": data["name"],
+                "url": data["url"],
+                "shop_name": data.get("shop_name"),
+                "source": "API",
+                "shared_signature_secret": secret,
+            },
+        }
+
     def _return_line(self, order: _Order, item: dict[str, Any]) -> _ReturnLine:
         order_line = order.line_for(item["sku"])
         if order_line is None:
@@ -863,8 +891,8 @@ class ShipHeroEmulator(WarehouseEmulator):
 
     def _announce(self, ret: _Return) -> None:
         """ShipHero's "Return Update" webhook: a return was created or changed."""
-        if self.webhooks is not None:
-            self.webhooks.emit(
+        if self.webhook_sender is not None:
+            self.webhook_sender.emit(
                 Source.SHIPHERO, "Return Update", ret.partner_id or "", _webhook_view(ret)
             )
 

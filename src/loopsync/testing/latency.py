@@ -133,7 +133,7 @@ def run_trial(spec: TrialSpec, workdir: Path, *, clock: Clock | None = None) -> 
                 watch = _drive(sb, spec, clock)
         finally:
             code = _stop_worker(worker)
-        stats = dict(sb.webhooks.stats()) if sb.webhooks is not None else {}
+        stats = dict(sb.webhook_sender.stats()) if sb.webhook_sender is not None else {}
         ids = list(watch.created)
         return TrialResult(
             spec=spec,

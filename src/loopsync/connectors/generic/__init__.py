@@ -101,6 +101,24 @@ HTTP transport
    why; nothing is skipped silently) and is read again until the 3PL corrects it;
    other RMAs go on.
 
+4. Optionally, the 3PL tells loopsync at once that an RMA received something (receipt
+   webhook; polling stays the truth, so a lost one costs latency, never a return)::
+
+       POST {public_url}/webhooks/generic/{merchant}
+       Content-Type: application/json
+       X-Loopsync-Timestamp: 1780315200
+       X-Loopsync-Signature: sha256=<hex>
+
+       {"event_id": "R-1001-ev1", "rma_number": "99904598", "topic": "receipt"}
+
+   Signed exactly as loopsync signs its RMA POST (above), with the merchant's
+   `webhooks.generic_secret`: `path` is `/webhooks/generic/{merchant}` (as sent on the
+   request line). `event_id` is unique per event (a repeat is recognised and changes
+   nothing); `topic` is optional. Answers: `200` stored (then loopsync polls that RMA's
+   receipts and acts); `401` bad or missing signature; `400` a timestamp more than 5
+   minutes from loopsync's clock, or a body without `event_id`/`rma_number`; `404`
+   unknown merchant; `413` over 1 MiB; `415` not JSON; `503` try again later.
+
 Folder transport
 ----------------
 loopsync owns `archive/` and `rejected/`; the 3PL writes `inbox/` and reads `outbox/`.
@@ -164,12 +182,8 @@ from loopsync.connectors.generic.mapping import (
 )
 from loopsync.connectors.generic.settings import GenericSettings, parse_settings
 from loopsync.connectors.generic.wire_folder import FolderTransport, write_atomically
-from loopsync.connectors.generic.wire_http import (
-    HttpTransport,
-    canonical_string,
-    request_target,
-    sign,
-)
+from loopsync.connectors.generic.wire_http import HttpTransport, request_target, sign
+from loopsync.webhooks import canonical_string
 
 __all__ = [
     "FORMULA_START",

@@ -8,8 +8,6 @@ the 3PL implements (the signature, the answers, the feed) is this package's docs
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
@@ -19,7 +17,7 @@ from urllib.parse import quote
 import requests
 import structlog
 
-from loopsync import redaction
+from loopsync import redaction, webhooks
 from loopsync.connectors.base import ConnectorContext, KeyValue, PollStopped
 from loopsync.connectors.generic.mapping import (
     SYSTEM,
@@ -202,18 +200,12 @@ class HttpTransport:
         self.http.session.close()
 
 
-def canonical_string(timestamp: str, method: str, path: str, body: bytes) -> bytes:
-    """What the signature covers (documented above for the 3PL): version, timestamp,
-    method, request target, body."""
-    head = f"v1\n{timestamp}\n{method.upper()}\n{path}\n"
-    return head.encode("utf-8") + body
+# One signing scheme for the RMA POST and the receipt webhook (loopsync.webhooks).
+canonical_string = webhooks.canonical_string
 
 
 def sign(secret: str, timestamp: str, method: str, path: str, body: bytes) -> str:
-    digest = hmac.new(
-        secret.encode("utf-8"), canonical_string(timestamp, method, path, body), hashlib.sha256
-    ).hexdigest()
-    return "sha256=" + digest
+    return webhooks.sign_generic(secret, timestamp, method, path, body)
 
 
 def request_target(url: str) -> str:

@@ -30,6 +30,7 @@ from loopsync.connectors.shiphero.mapping import (
     read_warehouses,
     return_input,
     rma_ref,
+    webhook_secret,
 )
 from loopsync.connectors.shiphero.settings import ShipHeroSettings, parse_settings
 from loopsync.connectors.shiphero.wire import (
@@ -39,6 +40,7 @@ from loopsync.connectors.shiphero.wire import (
     RETURN_CREATE,
     RETURNS_PAGE_SIZE,
     SYSTEM,
+    WEBHOOK_CREATE,
     ShipHeroClient,
     messages_by_root_key,
     orders_query,
@@ -139,6 +141,20 @@ class ShipHeroConnector(WarehouseConnector):
         for start in range(0, len(rmas), batch):
             self._poll_batch(rmas[start : start + batch], result)
         return result
+
+    def create_webhook(self, name: str, url: str) -> str:
+        """`webhook_create` (`loopsync webhooks register`, asked for explicitly): the
+        shared signature secret ShipHero shows this once. Not idempotent at the remote
+        (a second one with the name is refused), so it is never retried blindly."""
+        if self.ctx.dry_run:
+            raise DryRunViolation("webhook_create in a dry run")
+        data: dict[str, Any] = {"name": name, "url": url}
+        if self.cfg.shop_name:
+            data["shop_name"] = self.cfg.shop_name
+        if self.cfg.customer_account_id:
+            data["customer_account_id"] = self.cfg.customer_account_id
+        body = self.client.graphql("webhook_create", WEBHOOK_CREATE, {"data": data}, mutation=True)
+        return webhook_secret(body)
 
     def rma_label(self, ref: RmaRef) -> str:
         return f"ShipHero return {ref.extra.get('legacy_id') or ref.rma_id}"

@@ -295,3 +295,13 @@ def read_warehouses(body: Any) -> tuple[Location, ...]:
         name = node.get("identifier")
         out.append(Location(ident, name if isinstance(name, str) else ""))
     return tuple(out)
+
+
+@guarded("ShipHero webhook_create answer")
+def webhook_secret(body: Any) -> str:
+    """`data.webhook_create.webhook.shared_signature_secret` (shown this once)."""
+    node = body.get("data", {}).get("webhook_create", {}).get("webhook") if body else None
+    secret = node.get("shared_signature_secret") if isinstance(node, dict) else None
+    if not isinstance(secret, str) or not secret.strip():
+        raise Unreadable("webhook_create answered without a secret", field="webhook")
+    return secret.strip()

@@ -76,6 +76,15 @@ mutation LoopsyncReturnCreate($data: CreateReturnInput!) {
     return { id legacy_id status order_id partner_id }
   }
 }"""
+# `loopsync webhooks register`: the secret is in the answer this once (docs/api/shiphero.md,
+# "Webhooks"); `customer_account_id` in the input for a 3PL's child account is UNCONFIRMED.
+WEBHOOK_CREATE = """
+mutation LoopsyncWebhookCreate($data: CreateWebhookInput!) {
+  webhook_create(data: $data) {
+    request_id complexity
+    webhook { id name url shared_signature_secret }
+  }
+}"""
 RETURN_STATUS_FIELDS = """
 fragment ReturnStatus on Return {
   id legacy_id partner_id status total_items_expected total_items_received
@@ -102,6 +111,7 @@ def _first_cost_guesses(order_page_size: int) -> dict[str, float]:
         "order_lines": 2 + LINES_PAGE_SIZE,
         "returns": 1 + RETURNS_PAGE_SIZE,
         "return_create": 2,
+        "webhook_create": 5,
         "poll": 4,
         "account": 3,
     }
