@@ -430,6 +430,8 @@ def test_sandbox_command_refuses_a_bad_fault_spec_in_one_line_exit_2(capsys):
     assert main(["sandbox", "--webhooks", "http://127.0.0.1:1", "--webhook-faults", "lose=2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert "webhook fault lose=2.0" in err[-1] and "Traceback" not in "\n".join(err)
+    assert main(["sandbox", "--webhooks", "localhost:8080"]) == 2
+    assert "not an http(s)://host URL" in capsys.readouterr().err
 
 
 def test_a_webhook_registered_with_shiphero_gets_return_updates_signed_with_its_secret(

@@ -768,6 +768,8 @@ def cmd_sandbox(args: argparse.Namespace, out: TextIO) -> int:
 
 def _webhook_options(p: argparse.ArgumentParser) -> None:
     """`loopsync sandbox`'s webhook sender (sandbox/webhooks.py)."""
+    from urllib.parse import urlsplit
+
     from loopsync.sandbox.webhooks import WebhookFaults
 
     def faults(text: str) -> WebhookFaults:
@@ -776,8 +778,15 @@ def _webhook_options(p: argparse.ArgumentParser) -> None:
         except ValueError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
 
+    def url(text: str) -> str:
+        split = urlsplit(text)
+        if split.scheme not in ("http", "https") or not split.hostname:
+            raise argparse.ArgumentTypeError(f"{text[:80]!r} is not an http(s)://host URL")
+        return text
+
     p.add_argument(
         "--webhooks",
+        type=url,
         metavar="URL",
         help="send Loop's and the warehouse's webhooks to a worker at URL "
         "(its serve --http address: URL/webhooks/<source>/sandbox)",
