@@ -53,9 +53,9 @@ def test_print_shows_urls_topics_and_where_secrets_go_never_a_secret(merchant, c
 
 
 @pytest.mark.parametrize("url", ["ftp://x", "https://user:pw@host", "https://h/?q=1", "host"])
-def test_print_refuses_a_public_url_it_cannot_hand_to_senders(merchant, url):
-    _, path = merchant
-    assert run("webhooks", "print", "-c", str(path), "--public-url", url)[0] == 2
+def test_print_refuses_a_public_url_it_cannot_hand_to_senders(tmp_path, url, capsys):
+    code, out = run("webhooks", "print", "-c", str(tmp_path), "--public-url", url)
+    assert code == 2 and out == "" and "--public-url" in capsys.readouterr().err
 
 
 def test_register_without_yes_calls_nothing(merchant):

@@ -90,14 +90,26 @@ class Served:
 
 
 @pytest.fixture
-def served(make_sandbox, clock, tmp_path):
-    sb = make_sandbox("shiphero", rate_limits=False)
-    cfg = load_config(write_config(sb, tmp_path), env=hook_env(sb))
-    srv = Served(cfg, clock)
-    srv.listener._thread.start()  # the server only: no metrics subscription needed
-    yield sb, srv
-    srv.listener.server.shutdown()
-    srv.listener.server.server_close()
+def make_served(make_sandbox, clock, tmp_path):
+    """make(kind, **webhooks keys) -> (sandbox, Served) on a listener, stopped after."""
+    started = []
+
+    def make(kind: str = "shiphero", **hooks: Any) -> tuple[Any, Served]:
+        sb = make_sandbox(kind, rate_limits=False)
+        srv = Served(load_config(write_config(sb, tmp_path, **hooks), env=hook_env(sb)), clock)
+        srv.listener._thread.start()  # the server only: no metrics subscription needed
+        started.append(srv)
+        return sb, srv
+
+    yield make
+    for srv in started:
+        srv.listener.server.shutdown()
+        srv.listener.server.server_close()
+
+
+@pytest.fixture
+def served(make_served):
+    return make_served()
 
 
 def read_all(sock: socket.socket) -> bytes:
@@ -210,6 +222,20 @@ def test_oversized_body_is_refused_from_its_length_before_reading(served):
     assert answer.startswith(b"HTTP/1.1 413")
 
 
+def test_oversized_body_announced_with_expect_100_is_refused_without_a_100(served):
+    _, srv = served
+    sock = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+    try:
+        sock.sendall(
+            b"POST /webhooks/loop/acme HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Expect: 100-continue\r\nContent-Length: {webhooks.MAX_BODY + 1}\r\n\r\n".encode()
+        )
+        answer = read_all(sock)
+    finally:
+        sock.close()
+    assert answer.startswith(b"HTTP/1.1 413") and b"100 Continue" not in answer
+
+
 def test_chunked_body_over_the_cap_is_refused(served):
     _, srv = served
     sock = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
@@ -284,22 +310,15 @@ def test_wrong_method_type_or_framing_is_refused_without_detail(served, head, ex
     assert answer.endswith(b"refused\n")
 
 
-def test_webhooks_need_no_bearer_token_off_loopback(make_sandbox, clock, tmp_path):
-    sb = make_sandbox("shiphero", rate_limits=False)
-    cfg = load_config(write_config(sb, tmp_path), env=hook_env(sb))
-    srv = Served(cfg, clock)
+def test_webhooks_need_no_bearer_token_off_loopback(make_served, clock):
+    sb, srv = make_served()
     srv.listener.server.token = "a-bearer-token-for-the-page"  # as when bound off loopback
-    srv.listener._thread.start()
-    try:
-        (raw,) = sb.seed(1, states_weights=[("open", 1)])
-        assert srv.loop_event(loop_body(raw, clock))[0] == 200
-        conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
-        conn.request("GET", "/api/merchants")
-        assert conn.getresponse().status == 401  # the page still needs it
-        conn.close()
-    finally:
-        srv.listener.server.shutdown()
-        srv.listener.server.server_close()
+    (raw,) = sb.seed(1, states_weights=[("open", 1)])
+    assert srv.loop_event(loop_body(raw, clock))[0] == 200
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
+    conn.request("GET", "/api/merchants")
+    assert conn.getresponse().status == 401  # the page still needs it
+    conn.close()
 
 
 def test_crash_between_store_and_handle_is_finished_once_on_restart(served, clock):
@@ -384,34 +403,26 @@ def test_shiphero_update_for_an_unknown_rma_is_left_to_polling(served, clock):
     assert srv.inbox()[0][4] == "unknown RMA (left to polling)"
 
 
-def test_generic_receipt_event_signed_like_the_connector_acts_once(make_sandbox, clock, tmp_path):
-    sb = make_sandbox("generic", rate_limits=False)
-    cfg = load_config(write_config(sb, tmp_path), env=hook_env(sb))
-    srv = Served(cfg, clock)
-    srv.listener._thread.start()
-    try:
-        (raw,) = sb.seed(1, states_weights=[("open", 1)])
-        run_merchant(cfg, clock=clock)
-        assert sb.warehouse.receive(str(raw["id"]), "full")
-        body = json.dumps({"event_id": "ev-1", "rma_number": str(raw["id"])}).encode()
-        stamp = str(int(clock.now().timestamp()))
-        path = "/webhooks/generic/acme"
-        headers = {
-            "X-Loopsync-Timestamp": stamp,
-            "X-Loopsync-Signature": webhooks.sign_generic(
-                GENERIC_SECRET, stamp, "POST", path, body
-            ),
-        }
-        assert srv.post(path, body, headers)[0] == 200
-        assert srv.hooks.drain(cfg) == 1
-        assert processes(sb, raw["id"]) == 1
-        assert srv.post(path, body, headers)[0] == 200  # a duplicate: nothing more
-        assert srv.hooks.drain(cfg) == 0
-        clock.advance(301)  # outside the connector's documented 5-minute window
-        assert srv.post(path, body, headers)[0] == 400
-    finally:
-        srv.listener.server.shutdown()
-        srv.listener.server.server_close()
+def test_generic_receipt_event_signed_like_the_connector_acts_once(make_served, clock):
+    sb, srv = make_served("generic")
+    cfg = srv.cfg
+    (raw,) = sb.seed(1, states_weights=[("open", 1)])
+    run_merchant(cfg, clock=clock)
+    assert sb.warehouse.receive(str(raw["id"]), "full")
+    body = json.dumps({"event_id": "ev-1", "rma_number": str(raw["id"])}).encode()
+    stamp = str(int(clock.now().timestamp()))
+    path = "/webhooks/generic/acme"
+    headers = {
+        "X-Loopsync-Timestamp": stamp,
+        "X-Loopsync-Signature": webhooks.sign_generic(GENERIC_SECRET, stamp, "POST", path, body),
+    }
+    assert srv.post(path, body, headers)[0] == 200
+    assert srv.hooks.drain(cfg) == 1
+    assert processes(sb, raw["id"]) == 1
+    assert srv.post(path, body, headers)[0] == 200  # a duplicate: nothing more
+    assert srv.hooks.drain(cfg) == 0
+    clock.advance(301)  # outside the connector's documented 5-minute window
+    assert srv.post(path, body, headers)[0] == 400
 
 
 def test_status_page_json_and_metrics_show_webhook_health(served, clock):
@@ -440,35 +451,26 @@ def test_status_page_json_and_metrics_show_webhook_health(served, clock):
     assert LOOP_SECRET not in html + metrics + text
 
 
-def test_scheduled_cycles_are_deferred_only_while_every_sender_is_healthy(
-    make_sandbox, clock, tmp_path
-):
-    sb = make_sandbox("shiphero", rate_limits=False)
+def test_scheduled_cycles_are_deferred_only_while_every_sender_is_healthy(make_served, clock):
     # the 3PL sender stays unconfigured here: a configured one must be healthy too
-    path = write_config(sb, tmp_path, poll_every="10m", healthy_within="5m", generic_secret=None)
-    cfg = load_config(path, env=hook_env(sb))
-    srv = Served(cfg, clock)
-    srv.listener._thread.start()
+    sb, srv = make_served(poll_every="10m", healthy_within="5m", generic_secret=None)
+    cfg = srv.cfg
     ran: list[str] = []
     job = srv.hooks.scheduled(lambda c, stop, next_due=None: ran.append(c.merchant))
-    try:
-        job(cfg, None)  # no event seen yet: polling runs
-        (raw,) = sb.seed(1, states_weights=[("open", 1)])
-        assert srv.loop_event(loop_body(raw, clock))[0] == 200
-        clock.advance(60)
-        job(cfg, None)  # Loop is healthy, ShipHero has sent nothing: still runs
-        body = b'{"webhook_type": "Return Update", "return_id": 1, "status": "pending"}'
-        sig = webhooks.hmac_b64(SHIPHERO_SECRET, body)
-        assert srv.post("/webhooks/shiphero/acme", body, {"x-shiphero-hmac-sha256": sig})[0] == 200
-        clock.advance(60)
-        job(cfg, None)  # both healthy, 1 min since the last cycle: deferred
-        assert len(ran) == 2
-        clock.advance(4 * 60)  # Loop's last event is now older than healthy_within
-        job(cfg, None)
-        assert len(ran) == 3
-    finally:
-        srv.listener.server.shutdown()
-        srv.listener.server.server_close()
+    job(cfg, None)  # no event seen yet: polling runs
+    (raw,) = sb.seed(1, states_weights=[("open", 1)])
+    assert srv.loop_event(loop_body(raw, clock))[0] == 200
+    clock.advance(60)
+    job(cfg, None)  # Loop is healthy, ShipHero has sent nothing: still runs
+    body = b'{"webhook_type": "Return Update", "return_id": 1, "status": "pending"}'
+    sig = webhooks.hmac_b64(SHIPHERO_SECRET, body)
+    assert srv.post("/webhooks/shiphero/acme", body, {"x-shiphero-hmac-sha256": sig})[0] == 200
+    clock.advance(60)
+    job(cfg, None)  # both healthy, 1 min since the last cycle: deferred
+    assert len(ran) == 2
+    clock.advance(4 * 60)  # Loop's last event is now older than healthy_within
+    job(cfg, None)
+    assert len(ran) == 3
 
 
 def test_a_body_dripped_past_the_read_deadline_is_cut_off_unanswered(served, clock):
@@ -499,11 +501,9 @@ def test_a_body_dripped_past_the_read_deadline_is_cut_off_unanswered(served, clo
     assert srv.inbox() == []
 
 
-def test_connections_over_the_cap_are_closed_at_once(make_sandbox, clock, tmp_path, monkeypatch):
+def test_connections_over_the_cap_are_closed_at_once(make_served, clock, monkeypatch):
     monkeypatch.setattr(web, "MAX_CONNECTIONS", 2)
-    sb = make_sandbox("shiphero", rate_limits=False)
-    srv = Served(load_config(write_config(sb, tmp_path), env=hook_env(sb)), clock)
-    srv.listener._thread.start()
+    _, srv = make_served()
     idle = [socket.create_connection(("127.0.0.1", srv.port), timeout=10) for _ in range(2)]
     try:
         idle[0].sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -525,5 +525,24 @@ def test_connections_over_the_cap_are_closed_at_once(make_sandbox, clock, tmp_pa
     finally:
         for s in idle:
             s.close()
-        srv.listener.server.shutdown()
-        srv.listener.server.server_close()
+
+
+def test_a_held_lock_defers_an_event_and_a_crashing_one_is_recorded_not_retried(served, clock):
+    from loopsync.errors import LockHeld
+
+    sb, srv = served
+    (raw,) = sb.seed(1, states_weights=[("open", 1)])
+    assert srv.loop_event(loop_body(raw, clock))[0] == 200
+
+    def locked(*_: Any) -> str:
+        raise LockHeld("a cron run holds it")
+
+    def crashing(*_: Any) -> str:
+        raise ValueError("data no parser foresaw")
+
+    srv.hooks.handler = locked
+    assert srv.hooks.drain(srv.cfg) == 0 and srv.inbox()[0][3] is None  # tried again later
+    srv.hooks.handler = crashing
+    assert srv.hooks.drain(srv.cfg) == 1
+    assert srv.inbox()[0][4] == "failed: ValueError"
+    assert srv.hooks.drain(srv.cfg) == 0  # not run again; polling is the safety net

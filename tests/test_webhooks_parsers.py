@@ -236,3 +236,52 @@ def test_polling_is_only_ever_deferred_while_webhooks_are_healthy(
         assert due
     else:
         assert due == (poll_ago >= poll_every)
+
+
+class _NoSocket:
+    def settimeout(self, seconds: float) -> None:
+        pass
+
+
+def body_reader(data: bytes, cap: int = 1000):
+    import io
+
+    from loopsync import web
+    from loopsync.testing import FakeClock
+
+    return web._BodyReader(io.BufferedReader(io.BytesIO(data)), _NoSocket(), cap, FakeClock())
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.binary(max_size=400))
+def test_chunked_reader_returns_a_body_or_a_refusal_or_drops_the_connection(data):
+    try:
+        result = body_reader(data).chunked()
+    except ConnectionError:
+        return  # cut short or a line too long: the connection is closed, nothing stored
+    assert isinstance(result, bytes | webhooks.Refusal)
+    if isinstance(result, bytes):
+        assert len(result) <= 1000
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.binary(min_size=1, max_size=80), max_size=8))
+def test_chunked_reader_reassembles_any_chunking_and_refuses_past_the_cap(chunks):
+    wire = b"".join(f"{len(c):x}\r\n".encode() + c + b"\r\n" for c in chunks) + b"0\r\n\r\n"
+    body = b"".join(chunks)
+    assert body_reader(wire, cap=1000).chunked() == body
+    if body:
+        assert body_reader(wire, cap=len(body) - 1).chunked() is webhooks.Refusal.TOO_LARGE
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.text(max_size=20), max_size=3), st.none() | st.text(max_size=20))
+def test_framing_is_one_length_within_the_cap_chunked_alone_or_refused(lengths, encoding):
+    how = webhooks.framing(lengths, encoding, 1000)
+    if isinstance(how, webhooks.Refusal):
+        assert how in (webhooks.Refusal.LENGTH, webhooks.Refusal.TOO_LARGE)
+    elif how == webhooks.CHUNKED:
+        assert encoding is not None and not lengths
+    else:
+        assert encoding is None and len(lengths) == 1 and 0 <= how <= 1000
+        assert lengths[0].strip() == str(how) or lengths[0].strip().lstrip("0") == str(how)

@@ -810,7 +810,13 @@ def cmd_webhooks(args: argparse.Namespace, out: TextIO) -> int:
     from loopsync import webhook_setup
 
     if args.webhooks_command == "print":
-        return webhook_setup.cmd_print(args.config, args.public_url, out, load_each)
+        from loopsync.configkit import NoSecrets
+
+        webhook_setup.public_url(args.public_url)  # a usage error before any file is read
+        configs, bad = load_each(args.config, NoSecrets())
+        _report_bad(bad)
+        code = webhook_setup.cmd_print(configs, args.public_url, out)
+        return EXIT_CONFIG if bad else code
     return webhook_setup.cmd_register(
         args.config, args.public_url, yes=args.yes, replace=args.replace, out=out
     )

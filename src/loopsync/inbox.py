@@ -47,11 +47,14 @@ RETRY_SECONDS = 30.0  # an event that could not be handled (lock held, state bus
 BATCH = 100
 PRUNE_AFTER = timedelta(days=30)
 
-# handle(cfg, return_id, stop, clock) -> outcome text; raises LockHeld/StateError to retry
-Handler = Callable[[MerchantConfig, str, threading.Event, Clock], str]
+# handle(cfg, return_id, stop, clock) -> outcome text, or None when stopped before the end
+# (left unhandled); raises LockHeld/StateError to be tried again later
+Handler = Callable[[MerchantConfig, str, threading.Event, Clock], str | None]
 
 
-def import_one(cfg: MerchantConfig, return_id: str, stop: threading.Event, clock: Clock) -> str:
+def import_one(
+    cfg: MerchantConfig, return_id: str, stop: threading.Event, clock: Clock
+) -> str | None:
     """The default handler: `import --return-id`'s path, recorded as a "webhook" run."""
     from loopsync.runner import run_merchant
 
@@ -62,7 +65,7 @@ def import_one(cfg: MerchantConfig, return_id: str, stop: threading.Event, clock
     except UnknownReturn:
         return "not found in Loop"
     if result.stopped:
-        raise LockHeld("stopped before the end")  # not handled: finished after restart
+        return None  # not handled: finished after a restart
     return "ok" if not result.stage_errors and not result.counts.errors else "errors"
 
 
@@ -254,16 +257,27 @@ class WebhookService:
             if not rows:
                 return handled
             for rid, keys in targets.items():
-                outcome = (
-                    "unknown RMA (left to polling)"
-                    if rid is None
-                    else self.handler(cfg, rid, self.stop, self.clock)
-                )
+                outcome = self._handle(cfg, rid)
+                if outcome is None:
+                    return handled  # stopping: the rest waits for the next start
                 with self._opened(cfg) as store:
                     store.inbox.mark_handled(keys, outcome)
                 handled += len(keys)
                 log.info("webhook.handled", merchant=cfg.merchant, subject=rid, outcome=outcome)
         return handled
+
+    def _handle(self, cfg: MerchantConfig, rid: str | None) -> str | None:
+        """One return's events; a failure no retry will cure is its outcome (polling is
+        the safety net), so a poison event is not run again every RETRY_SECONDS."""
+        if rid is None:
+            return "unknown RMA (left to polling)"
+        try:
+            return self.handler(cfg, rid, self.stop, self.clock)
+        except (LockHeld, StateError):
+            raise  # tried again at the next wake-up
+        except Exception as exc:  # noqa: BLE001 - recorded on the event; polling goes on
+            log.error("webhook.handling_failed", merchant=cfg.merchant, error=type(exc).__name__)
+            return f"failed: {type(exc).__name__}"
 
     def _flush_refusals(self, cfg: MerchantConfig) -> None:
         with self._lock:
@@ -331,12 +345,11 @@ class WebhookService:
         if cfg.webhooks.loop_secret is None:
             return 0
         with self._opened(cfg) as store:
+            store.inbox.prune(iso(began - PRUNE_AFTER) or "")
             last = store.inbox.last_accepted("loop")
             if not webhooks.healthy(_when(last), began, cfg.webhooks.healthy_within):
                 return 0
-            missed = store.inbox.first_seen_since(iso(began) or "")
-            added = store.inbox.note_missed(missed)
-            store.inbox.prune(iso(began - PRUNE_AFTER) or "")
+            added = store.inbox.note_missed(store.inbox.first_seen_since(iso(began) or ""))
         if added:
             log.warning("webhook.missed", merchant=cfg.merchant, returns=added)
         return added

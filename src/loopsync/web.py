@@ -431,6 +431,21 @@ class _Handler(BaseHTTPRequestHandler):
             slots.release()
             self.connection.settimeout(IDLE_TIMEOUT)
 
+    def handle_expect_100(self) -> bool:
+        """`Expect: 100-continue`: an oversized or badly framed webhook is refused before
+        its body is invited (not after a 100 Continue)."""
+        where = webhooks.split_path(urlsplit(self.path).path)
+        if self.command == "POST" and where is not None:
+            how = webhooks.framing(
+                self.headers.get_all("Content-Length") or [],
+                self.headers.get("Transfer-Encoding"),
+                webhooks.MAX_BODY,
+            )
+            if isinstance(how, webhooks.Refusal):
+                self._hook_refused(where, how)
+                return False
+        return super().handle_expect_100()
+
     def do_PUT(self) -> None:
         self._hook_refused(None, webhooks.Refusal.METHOD)
 
@@ -477,19 +492,18 @@ class _Handler(BaseHTTPRequestHandler):
         """The body, never reading more than `cap` bytes nor for longer than
         WEBHOOK_READ_SECONDS: Content-Length checked before reading, chunked read piece by
         piece; both headers at once (a smuggling trick) or neither is refused."""
-        chunked = self.headers.get("Transfer-Encoding")
-        lengths = self.headers.get_all("Content-Length") or []
-        if chunked is not None:
-            if lengths or chunked.strip().lower() != "chunked":
-                return webhooks.Refusal.LENGTH
-            return self._reader(cap).chunked()
-        text = lengths[0].strip() if len(lengths) == 1 else ""
-        if not (text.isascii() and text.isdigit() and len(text) < 16):
-            return webhooks.Refusal.LENGTH
-        size = int(text)
-        if size > cap:
-            return webhooks.Refusal.TOO_LARGE
-        return self._reader(cap).exactly(size)
+        how = webhooks.framing(
+            self.headers.get_all("Content-Length") or [],
+            self.headers.get("Transfer-Encoding"),
+            cap,
+        )
+        if isinstance(how, webhooks.Refusal):
+            return how
+        return (
+            self._reader(cap).chunked()
+            if how == webhooks.CHUNKED
+            else self._reader(cap).exactly(how)
+        )
 
     def _reader(self, cap: int) -> _BodyReader:
         return _BodyReader(self.rfile, self.connection, cap, self.server.data.clock)

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from loopsync.config import MerchantConfig, load_yaml, parse_config
-from loopsync.configkit import FILE_SUFFIX, NoSecrets, Secret
+from loopsync.configkit import FILE_SUFFIX, Secret
 from loopsync.errors import AuthError, RemoteError, StateUnwritable, Unreadable, UsageError
 from loopsync.redaction import redact, register
 from loopsync.webhooks import Source
@@ -72,43 +72,56 @@ class Registration:
 def _where(secret: Secret | None, key: str) -> str:
     if secret is None:
         return f"not configured: set webhooks.{key} (until then this sender gets 404)"
-    name = secret.name
+    name = secret.name.removeprefix("${").removesuffix("}")  # linted: the reference as written
     if name.startswith("file:"):
         return f"webhooks.{key} reads the file {name.removeprefix('file:')}"
     return f"webhooks.{key} reads ${{{name}}} (or the file named by {name}{FILE_SUFFIX})"
 
 
+# Per sender: who to register with, what to pick, where its secret comes from, and the
+# warehouse kind it belongs to (None: every merchant, Loop).
+_SENDERS: tuple[tuple[Source, str | None, str, str, str], ...] = (
+    (
+        Source.LOOP,
+        None,
+        "Loop (Admin > Developer Tools > Webhooks)",
+        f"topic {LOOP_TOPICS}",
+        "Loop shows it in Developer Tools; ",
+    ),
+    (
+        Source.SHIPHERO,
+        "shiphero",
+        "ShipHero (`loopsync webhooks register --yes`, or Settings > Webhooks)",
+        f'webhook "{SHIPHERO_HOOK}" on the account loopsync uses (a 3PL: the child account)',
+        "shown once by webhook_create; ",
+    ),
+    (
+        Source.GENERIC,
+        "generic",
+        "the 3PL (receipt webhook, see docs/api/generic.md)",
+        'POST {"event_id", "rma_number"} signed X-Loopsync-Signature/-Timestamp',
+        "agree one with the 3PL; ",
+    ),
+)
+
+
 def registrations(cfg: MerchantConfig, base: str) -> list[Registration]:
     """What to register where for one merchant (pure)."""
-    hooks = cfg.webhooks
-    out = [
+    secrets = {
+        Source.LOOP: cfg.webhooks.loop_secret,
+        Source.SHIPHERO: cfg.webhooks.shiphero_secret,
+        Source.GENERIC: cfg.webhooks.generic_secret,
+    }
+    return [
         Registration(
-            "Loop (Admin > Developer Tools > Webhooks)",
-            hook_url(base, Source.LOOP, cfg.merchant),
-            f"topic {LOOP_TOPICS}",
-            "Loop shows it in Developer Tools; " + _where(hooks.loop_secret, "loop_secret"),
+            sender,
+            hook_url(base, source, cfg.merchant),
+            what,
+            how + _where(secrets[source], f"{source}_secret"),
         )
+        for source, kind, sender, what, how in _SENDERS
+        if kind is None or kind == cfg.warehouse.kind
     ]
-    if cfg.warehouse.kind == "shiphero":
-        out.append(
-            Registration(
-                "ShipHero (`loopsync webhooks register --yes`, or Settings > Webhooks)",
-                hook_url(base, Source.SHIPHERO, cfg.merchant),
-                f'webhook "{SHIPHERO_HOOK}" on the account loopsync uses (a 3PL: the child '
-                "account)",
-                "shown once by webhook_create; " + _where(hooks.shiphero_secret, "shiphero_secret"),
-            )
-        )
-    if cfg.warehouse.kind == "generic":
-        out.append(
-            Registration(
-                "the 3PL (receipt webhook, see docs/api/generic.md)",
-                hook_url(base, Source.GENERIC, cfg.merchant),
-                'POST {"event_id", "rma_number"} signed X-Loopsync-Signature/-Timestamp',
-                "agree one with the 3PL; " + _where(hooks.generic_secret, "generic_secret"),
-            )
-        )
-    return out
 
 
 def print_lines(cfg: MerchantConfig, base: str) -> list[str]:
@@ -119,12 +132,12 @@ def print_lines(cfg: MerchantConfig, base: str) -> list[str]:
     return lines
 
 
-def cmd_print(paths: list[str], base_text: str, out: TextIO, load: Any) -> int:
+def cmd_print(configs: list[MerchantConfig], base_text: str, out: TextIO) -> int:
+    """`configs` read with `NoSecrets` (the reference form only: no secret is read)."""
     base = public_url(base_text)
-    configs, bad = load(paths, NoSecrets())  # the reference form only: no secret is read
     for cfg in configs:
         out.write(redact("\n".join(print_lines(cfg, base))) + "\n")
-    return 2 if bad else EXIT_OK
+    return EXIT_OK
 
 
 # -- register --------------------------------------------------------------------------------

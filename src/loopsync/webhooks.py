@@ -36,7 +36,7 @@ import binascii
 import hashlib
 import hmac
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -155,6 +155,23 @@ def split_path(path: str) -> tuple[str, str] | None:
 def json_content(value: str | None) -> bool:
     """`application/json`, with or without parameters (`; charset=utf-8`)."""
     return (value or "").split(";", 1)[0].strip().lower() == "application/json"
+
+
+CHUNKED = -1  # `framing`: the body comes in chunks
+
+
+def framing(lengths: Sequence[str], transfer_encoding: str | None, cap: int) -> int | Refusal:
+    """How to read a body, from its headers: its length, CHUNKED, or a refusal. One
+    Content-Length of ASCII digits, or `Transfer-Encoding: chunked` alone; both at once
+    (a request-smuggling trick), neither, or anything else is refused."""
+    if transfer_encoding is not None:
+        if lengths or transfer_encoding.strip().lower() != "chunked":
+            return Refusal.LENGTH
+        return CHUNKED
+    text = lengths[0].strip() if len(lengths) == 1 else ""
+    if not (text.isascii() and text.isdigit() and len(text) < 16):
+        return Refusal.LENGTH
+    return Refusal.TOO_LARGE if int(text) > cap else int(text)
 
 
 def body_hash(body: bytes) -> str:
