@@ -270,12 +270,19 @@ def summary(results: Sequence[TrialResult]) -> list[str]:
         label = r.spec.mode.value + (
             f" (every {r.spec.every}s)" if r.spec.mode is Mode.POLLING else ""
         )
+        rma, process = (
+            (fmt_seconds(r.p("rma", q)) for q in (50, 95)),
+            (fmt_seconds(r.p("process", q)) for q in (50, 95)),
+        )
         rows.append(
-            f"{label:<26}{len(r.to_rma):>8}  {_s(r.p('rma', 50)):>8}  {_s(r.p('rma', 95)):>8}  "
-            f"{_s(r.p('process', 50)):>9}  {_s(r.p('process', 95)):>9}"
+            f"{label:<26}{len(r.to_rma):>8}  "
+            + "  ".join(f"{t:>8}" for t in rma)
+            + "  "
+            + "  ".join(f"{t:>9}" for t in process)
         )
     return rows
 
 
-def _s(seconds: float) -> str:
+def fmt_seconds(seconds: float) -> str:
+    """`1.2 s`, or `-` for NaN (no value)."""
     return "-" if math.isnan(seconds) else f"{seconds:.1f} s"
