@@ -139,7 +139,10 @@ def _ensure_section() -> None:
     if f"<!-- rows:{SECTION} -->" in text:
         return
     doc = (__doc__ or "").split("\n\n", 2)[2].strip()
-    block = f"{HEADING}\n\n`benchmarks/latency.py`. {doc}\n\n{TABLE}\n<!-- rows:{SECTION} -->\n"
+    # one line a paragraph, as in the soak's section
+    doc = "\n\n".join(" ".join(par.split("\n")) for par in doc.split("\n\n"))
+    block = f"{HEADING}\n\n`benchmarks/latency.py`: {doc[0].lower()}{doc[1:]}\n\n{TABLE}"
+    block += f"\n<!-- rows:{SECTION} -->\n"
     BENCHMARKS_MD.write_text(text.rstrip("\n") + "\n\n" + block, encoding="utf-8")
 
 
