@@ -119,6 +119,22 @@ def read_all(sock: socket.socket) -> bytes:
     return b"".join(parts)
 
 
+def exchange(srv: Served, head: bytes) -> bytes:
+    """Send raw bytes; all the server answers until it closes (it does after a refusal)."""
+    sock = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+    try:
+        sock.sendall(head)
+        return read_all(sock)
+    finally:
+        sock.close()
+
+
+OVERSIZED = (
+    b"POST /webhooks/loop/acme HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    + f"Content-Length: {webhooks.MAX_BODY + 1}\r\n".encode()
+)
+
+
 def rmas_in_warehouse(sb: Any, return_id: Any) -> int:
     return sum(1 for r in sb.warehouse.returns.values() if r.partner_id == str(return_id))
 
@@ -210,29 +226,13 @@ def test_replay_of_an_old_loop_event_is_refused(served, clock):
 
 def test_oversized_body_is_refused_from_its_length_before_reading(served):
     _, srv = served
-    sock = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
-    try:
-        sock.sendall(
-            b"POST /webhooks/loop/acme HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            + f"Content-Length: {webhooks.MAX_BODY + 1}\r\n\r\n".encode()
-        )
-        answer = sock.recv(4096)  # answered without our sending a single body byte
-    finally:
-        sock.close()
+    answer = exchange(srv, OVERSIZED + b"\r\n")  # answered without a single body byte sent
     assert answer.startswith(b"HTTP/1.1 413")
 
 
 def test_oversized_body_announced_with_expect_100_is_refused_without_a_100(served):
     _, srv = served
-    sock = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
-    try:
-        sock.sendall(
-            b"POST /webhooks/loop/acme HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            + f"Expect: 100-continue\r\nContent-Length: {webhooks.MAX_BODY + 1}\r\n\r\n".encode()
-        )
-        answer = read_all(sock)
-    finally:
-        sock.close()
+    answer = exchange(srv, OVERSIZED + b"Expect: 100-continue\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 413") and b"100 Continue" not in answer
 
 
@@ -300,12 +300,7 @@ def test_chunked_signed_event_is_accepted(served, clock):
 )
 def test_wrong_method_type_or_framing_is_refused_without_detail(served, head, expected):
     _, srv = served
-    sock = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
-    try:
-        sock.sendall(head)
-        answer = read_all(sock)  # the server closes the connection after a refusal
-    finally:
-        sock.close()
+    answer = exchange(srv, head)
     assert answer.startswith(f"HTTP/1.1 {expected}".encode())
     assert answer.endswith(b"refused\n")
 

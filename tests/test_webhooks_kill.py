@@ -81,6 +81,7 @@ def test_an_event_stored_before_a_kill_is_handled_once_after_restart(tmp_path):
             wait_for(lambda: request(port, "GET", "/healthz") == 200, "the listener")
             return proc
 
+        Store(state, SystemClock()).close()  # the schema exists: no first-open race
         lock = MerchantLock(state).acquire()  # nothing is handled while we hold it
         first = serve()
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

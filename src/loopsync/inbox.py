@@ -45,6 +45,7 @@ log = structlog.get_logger("loopsync.webhooks")
 
 RETRY_SECONDS = 30.0  # an event that could not be handled (lock held, state busy) waits this
 BATCH = 100
+STORE_ATTEMPTS = 3
 PRUNE_AFTER = timedelta(days=30)
 
 # handle(cfg, return_id, stop, clock) -> outcome text, or None when stopped before the end
@@ -139,10 +140,8 @@ class WebhookService:
         self, cfg: MerchantConfig, accept: webhooks.Accept
     ) -> webhooks.Accept | webhooks.Refuse:
         ev = accept.event
-        try:
-            store = Store(cfg.state_path, self.clock)
-        except StateError as exc:
-            log.error("webhook.not_stored", merchant=cfg.merchant, error=str(exc))
+        store = self._open_for_intake(cfg)
+        if store is None:
             return webhooks.Refuse(webhooks.Refusal.STORE, cfg.merchant)
         try:
             store.conn.execute("PRAGMA synchronous=FULL")  # this commit survives a power cut
@@ -177,6 +176,20 @@ class WebhookService:
         if new:
             self.wake(cfg.merchant)
         return accept if new else webhooks.Accept(accept.merchant, ev, duplicate=True)
+
+    def _open_for_intake(self, cfg: MerchantConfig) -> Store | None:
+        """The merchant's state, tried STORE_ATTEMPTS times: two first opens of a new file
+        at once (the intake and a cycle) can find each other's schema write busy, which
+        SQLite reports at once instead of waiting. None: answered 503 (the sender retries)."""
+        for attempt in range(1, STORE_ATTEMPTS + 1):
+            try:
+                return Store(cfg.state_path, self.clock)
+            except StateError as exc:
+                if attempt == STORE_ATTEMPTS:
+                    log.error("webhook.not_stored", merchant=cfg.merchant, error=str(exc))
+                else:
+                    self.clock.sleep(0.2 * attempt)
+        return None
 
     def _count(self, source: str, decision: webhooks.Accept | webhooks.Refuse) -> None:
         if isinstance(decision, webhooks.Accept):
