@@ -33,6 +33,12 @@ For each connector (shiphero, peoplevox, xoro, generic over HTTP, generic over f
    in a SKU: `sandbox/poison.py`) among the first pages, and one warehouse record made
    unreadable (`WarehouseEmulator.poison`). A thread plays the world, one event every few
    requests: new Loop returns arrive and the warehouse receives goods (random scenario).
+   Webhooks (`sandbox/webhooks.py`, unless `--no-webhooks`): Loop's return events and the
+   warehouse's (ShipHero's Return Update, the generic 3PL's receipt event) go to the
+   worker's intake (`serve --http`, on one port for the whole soak; a `run --once` or
+   killed worker does not answer, and the sender retries, then gives up), with their own
+   faults (WEBHOOK_FAULTS): lost, duplicated, delayed (reordered), and forged (an extra
+   delivery signed with a wrong secret; one accepted is a violation).
 3. Clean phase: faults off, the warehouse finishes every return it has, and the worker
    runs cycles until nothing is left to do (at most 8).
 4. Invariants, from the sandbox's own call records and the state file: every eligible
@@ -76,10 +82,12 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -92,8 +100,10 @@ from benchmarks.common import git_commit, machine  # noqa: E402
 from loopsync.connectors import variant_name, variants  # noqa: E402
 from loopsync.sandbox.poison import loop_poison_returns  # noqa: E402
 from loopsync.sandbox.server import Fault, Request, Response, json_response  # noqa: E402
+from loopsync.sandbox.webhooks import DeliveryPolicy, WebhookFaults  # noqa: E402
 from loopsync.state import Store  # noqa: E402
 from loopsync.testing import Sandbox  # noqa: E402
+from loopsync.testing.latency import free_port  # noqa: E402
 from loopsync.timeutil import SystemClock, parse_timestamp  # noqa: E402
 
 # Every variant of every registered kind: "generic" (HTTP) and "generic-folder", ...
@@ -133,6 +143,21 @@ SETTLED_WORKER = (
     "effects.PROCESS_SETTLE = datetime.timedelta(0); "
     "from loopsync.cli import main; sys.exit(main(sys.argv[1:]))"
 )
+# Webhook delivery meanwhile (issue 13): Loop's and the warehouse's events go to the worker's
+# intake (`serve --http`; a `run --once` worker, or a killed one, does not answer, so the
+# sender retries and gives up: a lost webhook), with faults of their own. A forgery is an
+# extra delivery signed with a wrong secret: the intake must refuse every one.
+WEBHOOK_FAULTS = WebhookFaults(lose=0.1, duplicate=0.15, delay=0.2, max_delay=2.0, forge=0.1)
+WEBHOOK_POLICY = DeliveryPolicy(base=0.2, cap=2.0, timeout=5.0)
+# The webhook phase (after the kills): one serve worker listening while the world acts this
+# many times, one act per WEBHOOK_EVENT_EVERY seconds (a timer: an idle worker makes no
+# requests to count), then SIGKILL, whatever it is doing.
+WEBHOOK_EVENTS = 12
+WEBHOOK_EVENT_EVERY = 0.3
+WEBHOOK_DRAIN = 2.0  # seconds the sender gets to deliver what is queued before the kill
+# More forgeries while a worker listens, so every soak sees some refused (10 % of a few
+# dozen events could be none).
+PHASE_FORGE = 0.3
 SETTINGS_NOTE = (
     "sandbox rate limits off; client limits loosened (PeopleVox rate_limit "
     "1000/1s, Xoro requests_per_second 10, ShipHero credits 20000 at 2000/s); "
@@ -343,6 +368,8 @@ class Report:
     duplicate_notes: int = 0
     lost: int = 0
     repeat_deliveries: int = 0
+    webhooks: Counter[str] = field(default_factory=Counter)  # the sandbox sender's counts
+    intake: Counter[str] = field(default_factory=Counter)  # the worker's inbox, as stored
     violations: list[str] = field(default_factory=list)
     seconds: float = 0.0
     workdir: str = ""
@@ -392,6 +419,8 @@ class ConnectorSoak:
         max_requests: int = MAX_REQUESTS,
         poison: bool = True,
         transport: bool = True,
+        webhooks: bool = True,
+        webhook_events: int = WEBHOOK_EVENTS,
     ) -> None:
         self.name = name
         self.kind, wire = VARIANTS[name]
@@ -406,6 +435,9 @@ class ConnectorSoak:
         self.max_requests = max(1, max_requests)
         self.with_poison = poison
         self.with_transport = transport
+        # serve workers listen here for webhooks (one port for every run of this soak)
+        self.http_port = free_port() if webhooks else None
+        self.webhook_events = webhook_events
         self.report = Report(name, kills_wanted=kills, workdir=str(workdir))
         self.tracked: dict[str, Tracked] = {}
         self.received: dict[str, str] = {}  # return id -> scenario
@@ -421,6 +453,7 @@ class ConnectorSoak:
         self.state_path = workdir / "state.sqlite"
         self.log_path = workdir / "worker.log"
         self.cfg_path: Path | None = None
+        self.merchant = f"soak-{name}"
         self.dup_files = 0
         self.world_events = 0
         self.poisoned: str | None = None  # return id of the warehouse poison
@@ -437,12 +470,13 @@ class ConnectorSoak:
             extra.update(credits_max=20000, credits_per_second=2000)
         return self.sb.write_config(
             self.workdir,
-            merchant=f"soak-{self.name}",
+            merchant=self.merchant,
             state_path=str(self.state_path),
             every="10s",
             start_days=4,
             warehouse_extra=extra,
             timeout=f"{CLIENT_TIMEOUT:g}s",
+            webhooks=None if self.http_port is None else {},
         )
 
     def add_returns(
@@ -607,7 +641,25 @@ class ConnectorSoak:
         finally:
             log.close()
 
+    def serve_args(self) -> tuple[str, ...]:
+        if self.http_port is None:
+            return ("serve",)
+        return ("serve", "--http", f"127.0.0.1:{self.http_port}")
+
+    def send_webhooks(self) -> None:
+        """Loop's and the warehouse's webhooks to this soak's worker, with faults."""
+        if self.http_port is None:
+            return
+        targets = self.sb.webhook_targets(f"http://127.0.0.1:{self.http_port}", self.merchant)
+        self.sb.send_webhooks(
+            targets,
+            faults=WEBHOOK_FAULTS,
+            seed=self.rng.randrange(1 << 30),
+            policy=WEBHOOK_POLICY,
+        )
+
     def kill_phase(self) -> None:
+        self.send_webhooks()
         faults = [
             f for f in common_faults() if self.with_transport or f.kind not in TRANSPORT_KINDS
         ]
@@ -645,9 +697,7 @@ class ConnectorSoak:
                 attempts += 1
                 calls_before = self.sb.recorder.count()
                 offset = self.log_size()
-                proc = self.start_worker(
-                    "serve" if serve else "run", *(() if serve else ("--once",))
-                )
+                proc = self.start_worker(*(self.serve_args() if serve else ("run", "--once")))
                 code, by_count = self.wait_for_kill_point(proc, calls_before + target, fired)
                 if code is None:
                     time.sleep(self.rng.uniform(0, KILL_JITTER))
@@ -663,6 +713,57 @@ class ConnectorSoak:
         finally:
             world.halt.set()
             world.join(10)
+
+    def webhook_phase(self) -> None:
+        """One serve worker with its intake listening, the APIs' faults still on, while
+        new Loop returns arrive and the warehouse receives goods on a timer (so Loop and
+        the warehouse send webhooks, with WEBHOOK_FAULTS); then SIGKILL, mid-handling or
+        not. Not counted in `kills`: the clean phase and the invariants follow as ever."""
+        if self.http_port is None or self.webhook_events <= 0:
+            return
+        offset = self.log_size()
+        proc = self.start_worker(*self.serve_args())
+        if self.sb.webhook_sender is not None:
+            self.sb.webhook_sender.faults = replace(WEBHOOK_FAULTS, forge=PHASE_FORGE)
+        try:
+            if not self.listening(proc):
+                self.report.violations.append(
+                    f"serve --http never answered on port {self.http_port} (see {self.log_path})"
+                )
+                return
+            for _ in range(self.webhook_events):
+                time.sleep(WEBHOOK_EVENT_EVERY)
+                if self.rng.random() < 0.5:
+                    self.add_returns(1, days=2 / 86400, rng=self.rng)
+                    self.report.world["new Loop returns (webhook phase)"] += 1
+                elif self.receive_one(self.rng):
+                    self.report.world["warehouse receipts (webhook phase)"] += 1
+            if self.sb.webhook_sender is not None:
+                self.sb.webhook_sender.drain(WEBHOOK_DRAIN)
+            time.sleep(self.rng.uniform(0, 0.5))
+        finally:
+            if self.sb.webhook_sender is not None:
+                self.sb.webhook_sender.faults = WEBHOOK_FAULTS
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(30)
+            else:
+                self.report.exit_codes[proc.returncode] += 1
+            self.note_crash(offset)
+
+    def listening(self, proc: subprocess.Popen[bytes]) -> bool:
+        """Has this serve worker's listener answered /healthz (within STARTUP_GRACE)?"""
+        url = f"http://127.0.0.1:{self.http_port}/healthz"
+        deadline = time.monotonic() + STARTUP_GRACE
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(url, timeout=2):
+                    return True
+            except urllib.error.HTTPError:
+                return True  # it answered (503 while a first cycle is stalled is an answer)
+            except OSError:
+                time.sleep(0.05)
+        return False
 
     def arm(self, fault: Fault, nth: int, fired: threading.Event) -> None:
         """`fault` on the first request, to Loop or (by the seed) the warehouse, once the
@@ -822,6 +923,7 @@ class ConnectorSoak:
             links = {r["return_id"] for r in store.db.query("select return_id from rmas")}
             cursors = {(c.stream, c.state): c for c in store.cursors.all()}
             crashed = list(store.db.query("select id, error from runs where status = 'crashed'"))
+            hooks = store.inbox.figures()
         finally:
             store.close()
         rep.returns = len(self.tracked)
@@ -911,6 +1013,16 @@ class ConnectorSoak:
         for error, n in Counter(_signature([str(run["error"])]) for run in crashed).items():
             rep.violations.append(f"{n} run(s) recorded as crashed in the state: {error}")
         rep.crashed_runs = max(rep.crashed_runs, len(crashed))
+        rep.intake.update(
+            {"accepted": hooks.accepted, "unhandled": hooks.unhandled, "missed": hooks.missed}
+        )
+        rep.intake.update({f"refused {why}": n for why, n in hooks.refused.items()})
+        if sb.webhook_sender is not None:
+            rep.webhooks.update(sb.webhook_sender.stats())
+            if rep.webhooks["forged_accepted"]:
+                rep.violations.append(
+                    f"{rep.webhooks['forged_accepted']} forged webhook(s) accepted by the intake"
+                )
         rep.requests.update(c.api for c in sb.recorder.calls())
         for label in sb.loop.faults.injected:
             rep.faults[f"loop {label}"] += 1
@@ -930,6 +1042,7 @@ class ConnectorSoak:
                 self.seed_loop_poison(self.rng)
             self.cfg_path = self.config()
             self.kill_phase()
+            self.webhook_phase()
             self.clean_phase()
             self.check()
         finally:
@@ -954,6 +1067,7 @@ def run_soak(
     parallel: int = 3,
     poison: bool = True,
     transport: bool = True,
+    webhooks: bool = True,
     workdir: Path | None = None,
     keep: bool = False,
 ) -> list[Report]:
@@ -978,6 +1092,7 @@ def run_soak(
             max_requests=max_requests,
             poison=poison,
             transport=transport,
+            webhooks=webhooks,
         )
         for i, name in enumerate(connectors)
     ]
@@ -1032,6 +1147,22 @@ def render(reports: Sequence[Report], *, seconds: float, seed: int) -> str:
         f"({100 * sum(faults.values()) / max(1, sum(requests.values())):.1f}% of requests)",
     ]
     lines += [f"  {n:>5}  {label}" for label, n in sorted(faults.items())]
+    hooks = webhook_totals(reports)
+    if hooks["emitted"]:
+        lines += [
+            "",
+            "webhooks (the sandbox's sender to the serve workers' intake): "
+            + webhook_line(reports),
+        ]
+        lines += [f"  {n:>5}  {label}" for label, n in sorted(hooks.items())]
+        intake: Counter[str] = Counter()
+        for r in reports:
+            intake.update(r.intake)
+        lines += [
+            "the workers' inboxes (events stored, refusals by reason, returns polling "
+            "found first while webhooks were healthy):"
+        ]
+        lines += [f"  {n:>5}  {label}" for label, n in sorted(intake.items())]
     lines += ["", "the world meanwhile:"]
     lines += [f"  {n:>5}  {label}" for label, n in sorted(world.items())]
     lines += ["", "last request the sandbox saw before each kill:"]
@@ -1095,6 +1226,26 @@ def summary_line(reports: Sequence[Report], *, seconds: float, seed: int) -> str
         f"duplicate RMAs, {t['duplicate_actions']} duplicate process/flag calls, "
         f"{t['duplicate_notes']} repeated notes, {t['lost']} returns lost, "
         f"{t['crashed_runs']} crashed runs, {t['violations']} violations, {seconds:.0f} s"
+        + (f"; webhooks: {webhook_line(reports)}" if webhook_totals(reports)["emitted"] else "")
+    )
+
+
+def webhook_totals(reports: Sequence[Report]) -> Counter[str]:
+    total: Counter[str] = Counter()
+    for r in reports:
+        total.update(r.webhooks)
+    return total
+
+
+def webhook_line(reports: Sequence[Report]) -> str:
+    """Events sent, lost by fault or never answered (a worker killed or not serving),
+    duplicated, and every forgery refused or unanswered, none accepted."""
+    w = webhook_totals(reports)
+    return (
+        f"{w['emitted']} events, {w['delivered']} deliveries accepted, {w['lost']} lost, "
+        f"{w['failed']} undeliverable (no serve worker), {w['duplicated']} duplicated, "
+        f"{w['delayed']} delayed; {w['forged']} forged: {w['forged_refused']} refused, "
+        f"{w['forged_unanswered']} unanswered, {w['forged_accepted']} accepted"
     )
 
 
@@ -1245,6 +1396,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="no drips, cut bodies, bad chunking or bad gzip",
     )
+    p.add_argument(
+        "--no-webhooks",
+        action="store_true",
+        help="no webhook delivery to serve workers (polling only)",
+    )
     p.add_argument("--workdir", type=Path, help="keep state, configs and worker logs here")
     p.add_argument("--json", action="store_true", help="print the reports as JSON too")
     p.add_argument("--record", action="store_true", help="add a row to BENCHMARKS.md")
@@ -1269,6 +1425,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parallel=args.parallel,
         poison=not args.no_poison,
         transport=not args.no_transport_faults,
+        webhooks=not args.no_webhooks,
         workdir=args.workdir,
         keep=args.workdir is not None,
     )

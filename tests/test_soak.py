@@ -234,3 +234,16 @@ def test_hostile_soak_no_crashed_run_no_loss_poison_held(hostile_soak):
     assert all(any(not p.startswith("Loop") for p in r.poison) for r in reports), text
     labels = {label.split(" ", 1)[1] for r in reports for label in r.faults}
     assert set(soak.TRANSPORT_KINDS) <= labels, text
+
+
+@pytest.mark.slow
+def test_hostile_soak_delivers_webhooks_and_every_forgery_is_refused(hostile_soak):
+    """Webhooks go to the serve workers' intake alongside the kills and faults, lost,
+    duplicated, delayed and forged: forgeries are refused (none accepted), deliveries are
+    stored, and still nothing is done twice and nothing is lost (the tests above)."""
+    soak, reports, text = hostile_soak
+    hooks = soak.webhook_totals(reports)
+    assert hooks["delivered"] > 0 and hooks["duplicated"] > 0 and hooks["lost"] > 0, text
+    assert hooks["forged_refused"] > 0 and hooks["forged_accepted"] == 0, text
+    assert sum(r.intake["accepted"] for r in reports) > 0, text
+    assert "forged webhook" not in text, text

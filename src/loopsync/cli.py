@@ -144,7 +144,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="the whole flow against the built-in sandbox")
     demo.add_argument("--warehouse", default="shiphero", choices=kind_names())
-    demo.add_argument("--returns", type=int, default=12, help="how many returns to seed")
+    demo.add_argument(
+        "--returns", type=int, help="how many returns to seed (default 12; 4 with --webhooks)"
+    )
+    demo.add_argument(
+        "--webhooks",
+        action="store_true",
+        help="the worker with webhooks and polling only, side by side: how long returns wait",
+    )
 
     sandbox = sub.add_parser("sandbox", help="serve the emulated APIs until stopped")
     sandbox.add_argument(
@@ -155,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sandbox.add_argument("--warehouse", default="shiphero", choices=kind_names())
     sandbox.add_argument("--returns", type=int, default=25)
+    _webhook_options(sandbox)
     resharding.add_commands(sub)  # shards plan, state export|import
     _webhooks_parser(sub, configs)
     for command in sub.choices.values():  # `loopsync run --log-level debug -c x` works too
@@ -779,15 +787,62 @@ def _cut(text: str, limit: int = 80) -> str:
 
 
 def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
-    from loopsync.demo import run_demo
+    from loopsync.demo import run_demo, run_webhook_demo
 
-    return run_demo(warehouse=args.warehouse, returns=args.returns, out=out)
+    if args.webhooks:
+        returns = 4 if args.returns is None else args.returns
+        return run_webhook_demo(warehouse=args.warehouse, returns=returns, out=out)
+    returns = 12 if args.returns is None else args.returns
+    return run_demo(warehouse=args.warehouse, returns=returns, out=out)
 
 
 def cmd_sandbox(args: argparse.Namespace, out: TextIO) -> int:
     from loopsync.demo import serve_sandbox
 
-    return serve_sandbox(port=args.port, warehouse=args.warehouse, returns=args.returns, out=out)
+    return serve_sandbox(
+        port=args.port,
+        warehouse=args.warehouse,
+        returns=args.returns,
+        out=out,
+        webhooks=args.webhooks,
+        webhook_faults=args.webhook_faults,
+        webhook_seed=args.webhook_seed,
+    )
+
+
+def _webhook_options(p: argparse.ArgumentParser) -> None:
+    """`loopsync sandbox`'s webhook sender (sandbox/webhooks.py)."""
+    from urllib.parse import urlsplit
+
+    from loopsync.sandbox.webhooks import WebhookFaults
+
+    def faults(text: str) -> WebhookFaults:
+        try:
+            return WebhookFaults.parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    def url(text: str) -> str:
+        split = urlsplit(text)
+        if split.scheme not in ("http", "https") or not split.hostname:
+            raise argparse.ArgumentTypeError(f"{text[:80]!r} is not an http(s)://host URL")
+        return text
+
+    p.add_argument(
+        "--webhooks",
+        type=url,
+        metavar="URL",
+        help="send Loop's and the warehouse's webhooks to a worker at URL "
+        "(its serve --http address: URL/webhooks/<source>/sandbox)",
+    )
+    p.add_argument(
+        "--webhook-faults",
+        type=faults,
+        default=WebhookFaults(),
+        metavar="SPEC",
+        help="e.g. lose=0.1,duplicate=0.1,delay=0.2,max_delay=3,forge=0.05",
+    )
+    p.add_argument("--webhook-seed", type=int, default=7, metavar="N", help="seeds the faults")
 
 
 def _print_planned(result: Any, out: TextIO) -> None:

@@ -7,17 +7,20 @@ import sys
 import tempfile
 import threading
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TextIO
 
 from loopsync import logs
 from loopsync.cycle import CycleResult
 from loopsync.sandbox import emulator_class
-from loopsync.testing import Sandbox
+from loopsync.sandbox.webhooks import WebhookFaults
+from loopsync.testing import Sandbox, latency
 
 # What the sandbox warehouse does with each pushed return, in turn (None: not yet arrived).
 DEMO_SCENARIOS = ["full", "short", "damaged", "full", "over", None]
 SANDBOX_SCENARIOS = ["full", "short", "damaged", "full"]
+WEBHOOK_DEMO_EVERY = 10  # seconds between cycles in `demo --webhooks` (the minimum)
 
 
 def _missing_extra(warehouse: str) -> bool:
@@ -98,6 +101,65 @@ def run_demo(*, warehouse: str = "shiphero", returns: int = 12, out: TextIO) -> 
         return 0 if ok else 1
 
 
+def run_webhook_demo(*, warehouse: str = "shiphero", returns: int = 4, out: TextIO) -> int:
+    """`loopsync demo --webhooks`: the real worker (`serve --http`) twice at once, on two
+    sandboxes, one receiving the sandbox's webhooks and one polling only, both scheduled
+    every WEBHOOK_DEMO_EVERY seconds; prints how long returns waited in each."""
+    if _missing_extra(warehouse):
+        return 2
+    logs.configure(level="warning")
+    specs = [
+        latency.TrialSpec(
+            mode, warehouse=warehouse, returns=returns, every=WEBHOOK_DEMO_EVERY, timeout=30
+        )
+        for mode in (latency.Mode.WEBHOOKS, latency.Mode.POLLING)
+    ]
+    print(
+        f"loopsync demo --webhooks: the worker (serve --http, a cycle every "
+        f"{WEBHOOK_DEMO_EVERY}s) against a sandbox Loop and {warehouse}, twice at once: "
+        f"with webhooks, and polling only; {returns} new returns each, received by the "
+        "warehouse a few seconds after their RMA ...",
+        file=out,
+        flush=True,
+    )
+    with (
+        tempfile.TemporaryDirectory(prefix="loopsync-demo-") as tmp,
+        ThreadPoolExecutor(max_workers=len(specs)) as pool,
+    ):
+        trials = [pool.submit(latency.run_trial, s, Path(tmp) / s.mode.value) for s in specs]
+        results = [t.result() for t in trials]
+    print("", *latency.summary(results), "", sep="\n", file=out)
+    fast, slow = results
+    print(
+        f"with webhooks a new return reached the warehouse in {_p50(fast, 'rma')} instead of "
+        f"{_p50(slow, 'rma')}, and a receipt was processed in {_p50(fast, 'process')} "
+        f"instead of {_p50(slow, 'process')} (medians).",
+        file=out,
+    )
+    hooks = fast.webhooks
+    print(
+        f"webhooks sent {hooks.get('attempts', 0)}, delivered {hooks.get('delivered', 0)}; "
+        f"a cycle every {WEBHOOK_DEMO_EVERY}s here: with the default schedule (15m) polling "
+        "alone waits minutes, webhooks do not.",
+        file=out,
+    )
+    for r in results:
+        if not r.ok:
+            print(
+                f"{r.spec.mode}: {r.problem or ''} returns without an RMA {r.no_rma}, not "
+                f"processed {r.not_processed}, with two RMAs {r.duplicate_rmas}, with two "
+                f"Loop actions {r.duplicate_actions}, worker exit {r.worker_exit}",
+                file=out,
+            )
+    ok = all(r.ok for r in results)
+    print("\nall good." if ok else "\nSOMETHING IS WRONG (see above).", file=out)
+    return 0 if ok else 1
+
+
+def _p50(result: latency.TrialResult, which: str) -> str:
+    return latency.fmt_seconds(result.p(which, 50))
+
+
 def _add_awkward_returns(sb: Sandbox) -> list[dict[str, Any]]:
     """One return for an unmapped destination and one whose order the warehouse lacks."""
     from loopsync.sandbox.seed import make_return
@@ -150,9 +212,19 @@ def _print_waits(cfg: Any, out: TextIO) -> None:
         store.close()
 
 
-def serve_sandbox(*, port: int, warehouse: str, returns: int, out: TextIO) -> int:
+def serve_sandbox(
+    *,
+    port: int,
+    warehouse: str,
+    returns: int,
+    out: TextIO,
+    webhooks: str | None = None,
+    webhook_faults: WebhookFaults | None = None,
+    webhook_seed: int = 7,
+) -> int:
     """Serve the sandbox until SIGINT/SIGTERM; the warehouse receives a return now and then
-    so `loopsync run` shows processing and flagging too."""
+    so `loopsync run` shows processing and flagging too. With `webhooks` (a worker's
+    serve --http URL) Loop and the warehouse send it their webhooks, with `webhook_faults`."""
     if _missing_extra(warehouse):
         return 2
     workdir = Path("sandbox-config")
@@ -170,7 +242,18 @@ def serve_sandbox(*, port: int, warehouse: str, returns: int, out: TextIO) -> in
         signal.signal(s, lambda *_: stop.set())
     with sb:
         seeded = sb.seed(returns, states_weights=[("open", 1)])
-        path = sb.write_config(workdir, merchant="sandbox", state_path="./state/sandbox.sqlite")
+        path = sb.write_config(
+            workdir,
+            merchant="sandbox",
+            state_path="./state/sandbox.sqlite",
+            webhooks=None if webhooks is None else {},
+        )
+        if webhooks is not None:
+            sender = sb.send_webhooks(
+                sb.webhook_targets(webhooks, "sandbox"), faults=webhook_faults, seed=webhook_seed
+            )
+            for target in sender.targets():
+                print(f"{target.source} webhooks go to {target.url}", file=out)
         print(f"sandbox Loop at {sb.loop_url}, {warehouse} at {sb.warehouse_url}", file=out)
         print(f"config written to {path}:\n", file=out)
         print(path.read_text(), file=out)

@@ -27,9 +27,28 @@ from loopsync.sandbox.generic import GenericEmulator
 from loopsync.sandbox.loop import LoopEmulator
 from loopsync.sandbox.seed import FIRST_RETURN_ID, make_returns
 from loopsync.sandbox.server import ApiServer, Recorder
+from loopsync.sandbox.webhooks import (
+    DeliveryPolicy,
+    Source,
+    WebhookFaults,
+    WebhookSender,
+    WebhookTarget,
+)
 from loopsync.timeutil import Clock, SystemClock, iso
 
 LOOP_KEY = "sandbox-loop-key-0001"
+# The webhook secrets the sandbox's senders sign with (made up, as LOOP_KEY is), and the
+# environment variables a merchant config names them by (`webhooks: <source>_secret`).
+WEBHOOK_SECRETS = {
+    Source.LOOP: "sandbox-loop-webhook-secret",
+    Source.SHIPHERO: "sandbox-shiphero-webhook-secret",
+    Source.GENERIC: "sandbox-3pl-webhook-secret",
+}
+WEBHOOK_SECRET_ENV = {
+    Source.LOOP: "LOOP_WEBHOOK_SECRET",
+    Source.SHIPHERO: "SHIPHERO_WEBHOOK_SECRET",
+    Source.GENERIC: "THREEPL_WEBHOOK_SECRET",
+}
 
 
 # The optional dependencies of the emulators (graphql-core for ShipHero's) come with
@@ -81,6 +100,8 @@ class Sandbox:
         self.warehouse_server = ApiServer(self.warehouse, warehouse_port)
         self._started = False
         self._next_id = FIRST_RETURN_ID
+        self._seed = seed
+        self.webhook_sender: WebhookSender | None = None
 
     def _set_warehouse_rate_limits(self, enabled: bool) -> None:
         for attr in ("rate_limit_enabled", "throttle_enabled", "credits_enabled"):
@@ -96,6 +117,8 @@ class Sandbox:
         return self
 
     def stop(self) -> None:
+        if self.webhook_sender is not None:
+            self.webhook_sender.close()
         if self._started:
             self.loop_server.stop()
             self.warehouse_server.stop()
@@ -114,6 +137,45 @@ class Sandbox:
     @property
     def warehouse_url(self) -> str:
         return self.warehouse_server.url
+
+    # -- webhooks -----------------------------------------------------------------------------
+    @property
+    def webhook_sources(self) -> list[Source]:
+        """Who sends webhooks here: Loop, and the warehouse where its kind sends any."""
+        found = self.warehouse.webhook_source
+        return [Source.LOOP] if found is None else [Source.LOOP, found]
+
+    def webhook_targets(self, base_url: str, merchant: str = "sandbox") -> list[WebhookTarget]:
+        """One merchant's intake on a worker at `base_url`: each source's webhooks go to
+        /webhooks/<source>/<merchant>, signed with the sandbox's secret for it."""
+        base = base_url.rstrip("/")
+        return [
+            WebhookTarget(s, f"{base}/webhooks/{s}/{merchant}", WEBHOOK_SECRETS[s])
+            for s in self.webhook_sources
+        ]
+
+    def send_webhooks(
+        self,
+        targets: list[WebhookTarget],
+        *,
+        faults: WebhookFaults | None = None,
+        seed: int | None = None,
+        policy: DeliveryPolicy | None = None,
+    ) -> WebhookSender:
+        """From now on the emulated Loop and warehouse send their webhooks to `targets`
+        (with `faults` drawn from `seed`, the sandbox's own by default), from a background
+        sender that stops with the sandbox."""
+        if self.webhook_sender is not None:
+            self.webhook_sender.close()
+        sender = WebhookSender(
+            self.clock,
+            targets,
+            faults=faults,
+            seed=self._seed if seed is None else seed,
+            policy=policy,
+        )
+        self.webhook_sender = self.loop.webhook_sender = self.warehouse.webhook_sender = sender
+        return sender.start()
 
     # -- data ---------------------------------------------------------------------------------
     def add_return(self, raw: dict[str, Any], *, with_order: bool = True) -> dict[str, Any]:
@@ -135,7 +197,8 @@ class Sandbox:
 
     # -- configuration ------------------------------------------------------------------------
     def env(self) -> dict[str, str]:
-        return {"LOOP_API_KEY": LOOP_KEY, **self.warehouse.secret_env()}
+        hooks = {WEBHOOK_SECRET_ENV[s]: WEBHOOK_SECRETS[s] for s in self.webhook_sources}
+        return {"LOOP_API_KEY": LOOP_KEY, **self.warehouse.secret_env(), **hooks}
 
     def config_dict(
         self,
@@ -145,8 +208,11 @@ class Sandbox:
         start_days: float = 30,
         every: str = "1m",
         warehouse_extra: dict[str, Any] | None = None,
+        webhooks: dict[str, Any] | None = None,
         **loop_extra: Any,
     ) -> dict[str, Any]:
+        """A merchant config for this sandbox; `webhooks` (a dict, {} for the defaults)
+        adds a `webhooks:` section naming the secrets of every source that sends here."""
         start = self.clock.now() - timedelta(days=start_days)
         if self.kind == "generic" and self.transport == "folder":
             assert self.folder_root is not None, "folder transport needs folder_root"
@@ -155,6 +221,7 @@ class Sandbox:
         else:
             warehouse = self.warehouse.warehouse_config(self.warehouse_url)
         warehouse.update(warehouse_extra or {})
+        hooks = {} if webhooks is None else {"webhooks": self._webhook_section(webhooks)}
         return {
             "merchant": merchant,
             "state_path": str(state_path or f"./state/{merchant}.sqlite"),
@@ -167,7 +234,12 @@ class Sandbox:
                 **loop_extra,
             },
             "warehouse": warehouse,
+            **hooks,
         }
+
+    def _webhook_section(self, extra: dict[str, Any]) -> dict[str, Any]:
+        names = {s: f"${{{WEBHOOK_SECRET_ENV[s]}}}" for s in self.webhook_sources}
+        return {**{f"{s}_secret": ref for s, ref in names.items()}, **extra}
 
     def write_config(self, directory: Path, **kw: Any) -> Path:
         directory.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from loopsync.sandbox.server import EmulatedApi
+from loopsync.sandbox.webhooks import Source, WebhookSender
 
 # The receiving scenarios every warehouse emulator understands.
 SCENARIOS = ("full", "short", "over", "damaged", "cancelled")
@@ -14,6 +15,10 @@ class WarehouseEmulator(EmulatedApi):
     """An emulated warehouse API plus the hooks that play the warehouse's people."""
 
     kind = "warehouse"
+    # The webhooks this warehouse sends (`sandbox/webhooks.py`), None if it sends none;
+    # `webhook_sender` is set by the Sandbox when asked to send them.
+    webhook_source: Source | None = None
+    webhook_sender: WebhookSender | None = None
 
     def on_loop_return(self, loop_return: dict[str, Any], *, with_order: bool = True) -> None:
         """A return now exists in the emulated Loop. Make the warehouse know its order

@@ -31,6 +31,7 @@ from typing import Any
 
 from loopsync.sandbox.base import SCENARIOS, WarehouseEmulator
 from loopsync.sandbox.server import Request, Response, json_response
+from loopsync.sandbox.webhooks import Source
 from loopsync.timeutil import Clock, iso, parse_timestamp
 
 TOKEN_ENV, SIGNING_ENV = "THREEPL_TOKEN", "THREEPL_SIGNING_SECRET"
@@ -45,6 +46,7 @@ DESTINATIONS = {"12": "WH-EAST", "13": "WH-WEST"}
 class GenericEmulator(WarehouseEmulator):
     name = "generic"
     kind = "generic"
+    webhook_source = Source.GENERIC  # receipt events
 
     # The sandbox's own made-up credentials, never a real one.
     def __init__(
@@ -249,6 +251,14 @@ class GenericEmulator(WarehouseEmulator):
                 self.write_receipt_file(
                     f"receipts-{return_id}-{records[0]['receipt_id']}.csv", records
                 )
+            if self.webhook_sender is not None and records:  # the receipt webhook, either transport
+                body = {
+                    "event": "receipt",
+                    "event_id": f"receipt-{records[0]['receipt_id']}",
+                    "rma_number": str(return_id),
+                    "receipts": records,
+                }
+                self.webhook_sender.emit(Source.GENERIC, "receipt", str(return_id), body)
         return records
 
     # -- folder helpers -------------------------------------------------------------------

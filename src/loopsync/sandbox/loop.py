@@ -29,6 +29,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from loopsync.sandbox.server import EmulatedApi, Request, Response, json_response
+from loopsync.sandbox.webhooks import Source, WebhookSender
 from loopsync.timeutil import Clock, iso, parse_timestamp
 
 LOOP_STATES = ("open", "closed", "cancelled", "expired", "review")
@@ -258,6 +259,7 @@ class LoopEmulator(EmulatedApi):
         self.annotations_bump_updated_at = False
         self.destinations = default_destinations()
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
+        self.webhook_sender: WebhookSender | None = None  # its webhooks (sandbox/webhooks.py)
         self._returns: dict[str, _Stored] = {}
         self._line_owner: dict[str, str] = {}  # line item id -> return id
         self._processing: set[str] = set()  # ids with a queued process
@@ -292,6 +294,7 @@ class LoopEmulator(EmulatedApi):
         with self.lock:
             rec = self._store(raw)
             snapshot = _copy_return(rec.raw)
+            self._announce(rec, "return.created")
         for listener in list(self.listeners):
             listener(snapshot)
 
@@ -331,6 +334,7 @@ class LoopEmulator(EmulatedApi):
                 self._version += 1
             else:
                 self._touch(rec)
+            self._announce(rec, "return.closed" if rec.state == "closed" else "return.updated")
 
     def set_state(self, return_id: str | int, state: str) -> None:
         self.update_return(return_id, state=state)
@@ -828,6 +832,14 @@ class LoopEmulator(EmulatedApi):
     def _transition(self, rec: _Stored, state: str, *, at: datetime | None = None) -> None:
         rec.raw["state"] = state
         self._touch(rec, at)
+        self._announce(rec, "return.closed" if state == "closed" else "return.updated")
+
+    def _announce(self, rec: _Stored, trigger: str) -> None:
+        """Loop's `return` webhook (loop-api.md §8): the return plus topic and trigger.
+        Queued without waiting (the sender never blocks a request)."""
+        if self.webhook_sender is not None:
+            payload = {"topic": "return", "trigger": trigger, **_list_view(rec)}
+            self.webhook_sender.emit(Source.LOOP, trigger, rec.id, payload)
 
     def _touch(self, rec: _Stored, at: datetime | None = None) -> None:
         """The return changed: its updated_at moves to now (or `at`)."""

@@ -45,6 +45,7 @@ from graphql import (
 
 from loopsync.sandbox.base import SCENARIOS, WarehouseEmulator
 from loopsync.sandbox.server import Fault, Request, Response, json_response
+from loopsync.sandbox.webhooks import Source, WebhookTarget
 from loopsync.timeutil import Clock, iso, parse_timestamp
 
 SCHEMA = build_schema(
@@ -402,6 +403,7 @@ def _return_view(ret: _Return) -> dict[str, Any]:
 class ShipHeroEmulator(WarehouseEmulator):
     name = "shiphero"
     kind = "shiphero"
+    webhook_source = Source.SHIPHERO  # "Return Update"
 
     def __init__(
         self,
@@ -707,6 +709,7 @@ class ShipHeroEmulator(WarehouseEmulator):
             lines=lines,
         )
         self.returns[ret.legacy_id] = ret
+        self._announce(ret)
         return {
             "request_id": secrets.token_hex(12),
             "complexity": info.context.costs.get(str(info.path.key), 0),
@@ -722,6 +725,8 @@ class ShipHeroEmulator(WarehouseEmulator):
             raise GraphQLError(f"A webhook for {data['name']} already exists")
         secret = secrets.token_urlsafe(32)
         self.webhooks[key] = {"url": data["url"], "secret": secret}
+        if self.webhook_sender is not None:  # Return Updates go there from now on
+            self.webhook_sender.add_target(WebhookTarget(Source.SHIPHERO, data["url"], secret))
         return {
             "request_id": secrets.token_hex(12),
             "complexity": info.context.costs.get(str(info.path.key), 0),
@@ -850,6 +855,7 @@ class ShipHeroEmulator(WarehouseEmulator):
             ) or WAREHOUSE_COMPLETE_SPELLINGS[
                 next(self._receipts) % len(WAREHOUSE_COMPLETE_SPELLINGS)
             ]
+            self._announce(ret)
             return True
 
     def poison(self, return_id: str) -> bool:
@@ -864,6 +870,7 @@ class ShipHeroEmulator(WarehouseEmulator):
                 line.quantity_received = line.quantity
             ret.status = WAREHOUSE_COMPLETE_SPELLINGS[0]
             ret.poison = {"line": {"condition": "good\ud800\x00"}}
+            self._announce(ret)
             return True
 
     def set_status(
@@ -879,7 +886,15 @@ class ShipHeroEmulator(WarehouseEmulator):
             for line in ret.lines:
                 if received is not None and line.order_line.sku in received:
                     line.quantity_received = received[line.order_line.sku]
+            self._announce(ret)
             return True
+
+    def _announce(self, ret: _Return) -> None:
+        """ShipHero's "Return Update" webhook: a return was created or changed."""
+        if self.webhook_sender is not None:
+            self.webhook_sender.emit(
+                Source.SHIPHERO, "Return Update", ret.partner_id or "", _webhook_view(ret)
+            )
 
     def warehouse_config(self, base_url: str) -> dict[str, Any]:
         config: dict[str, Any] = {
@@ -897,6 +912,43 @@ class ShipHeroEmulator(WarehouseEmulator):
 
 
 # -- helpers ----------------------------------------------------------------------------
+
+
+def _webhook_view(ret: _Return) -> dict[str, Any]:
+    """The "Return Update" body (wms-apis.md): legacy ints plus `*_uuid`, no partner_id."""
+    return {
+        "webhook_type": "Return Update",
+        "test": False,
+        "return_id": ret.legacy_id,
+        "return_uuid": ret.id,
+        "status": ret.status,
+        "reason": ret.reason,
+        "items": [
+            {
+                "id": line.legacy_id,
+                "uuid": global_id("ReturnItem", line.legacy_id),
+                "quantity": line.quantity,
+                "quantity_received": line.quantity_received,
+                "sku": line.order_line.sku,
+                "item_reason": line.reason,
+                "restock": 0,
+                "partner_line_item_id": None,
+                "warehouse_id": ret.warehouse_id,
+            }
+            for line in ret.lines
+        ],
+        "order_id": ret.order.legacy_id,
+        "order_uuid": ret.order.id,
+        "partner_order_id": ret.order.partner_order_id,
+        "order_number": ret.order.order_number,
+        "shop_name": ret.order.shop_name,
+        "created_at": iso(ret.created_at),
+        "label_type": ret.label_type,
+        "label_cost": ret.label_cost,
+        "picked_up": False,
+        "tracking_number": ret.tracking_number,
+        "date_used": None,
+    }
 
 
 def _json_object(req: Request) -> dict[str, Any]:
