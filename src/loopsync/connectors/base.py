@@ -10,6 +10,12 @@ the instance through `WarehouseConnector`. A connector:
   already has one. The engine calls it before every create (the state that would say it
   exists may be lost), after a create refused (a refusal may still have created it), and,
   for watch-only connectors (`creates_rmas = False`), instead of creating.
+- `prepare(reqs)` (optional, read-only): the look-ups `locate` and `find_rma` will need
+  for the next returns of a push, in a few batched requests. Each answer is used once, by
+  the `locate`/`find_rma` of its own return and only soon after; any return it did not
+  settle is looked up alone as before, so a batch answer cut short or refused costs
+  requests, never correctness. The engine prepares only returns never tried (no create
+  intent in the ledger): a lost create is always looked up afresh.
 - `create_rma(req, located)`: the side effect. Raises `Rejected` when the warehouse refuses
   the record, `OutcomeUnknown` when the answer was lost. Any other error is taken as an
   unknown outcome too (looked up before a repeat), except `AuthError` (nothing ran).
@@ -175,6 +181,9 @@ class WarehouseConnector(ABC):
 
     @abstractmethod
     def find_rma(self, req: PushRequest, located: dict[str, Any]) -> RmaRef | None: ...
+
+    def prepare(self, reqs: Sequence[PushRequest]) -> None:  # noqa: B027 - optional hook
+        """Read-only: batch the coming returns' look-ups (see the module docstring)."""
 
     def create_rma(self, req: PushRequest, located: dict[str, Any]) -> RmaRef:
         raise NotImplementedError(f"{self.kind} does not create RMAs (creates_rmas=False)")

@@ -49,6 +49,13 @@ LINES_PAGE_SIZE = 10  # order lines fetched with each order; more are paged
 # Every create looks the order's returns up first (lost state must not create a second
 # return), and an order seldom has more than a few: a page of 5 costs ~6 credits, not 26.
 RETURNS_PAGE_SIZE = 5
+# Batched look-ups (`prepare`): one document of aliased look-ups per batch. Each alias is
+# priced on its own (ShipHero style: `first` x what a node selects), so its pages are the
+# smallest that settle the common case: one order (a second one, or more lines, means the
+# return is looked up alone with the usual pages) and an order with at most 2 returns.
+BATCH_ORDERS_FIRST = 1  # orders per partner_order_id: 2+ go the single look-up's way
+BATCH_LINES = 5  # order lines with each order; more are paged as in the single look-up
+BATCH_RETURNS_FIRST = 2  # returns per order; more go the single look-up's way
 CREDIT_WAIT_MARGIN = 0.05  # seconds: rounding must not leave us one credit short
 _DURATION_IN_TEXT = re.compile(r"(\d+(?:\.\d+)?)\s*(?:s\b|sec|second)", re.IGNORECASE)
 
@@ -102,6 +109,8 @@ def _first_cost_guesses(order_page_size: int) -> dict[str, float]:
         "order_lines": 2 + LINES_PAGE_SIZE,
         "returns": 1 + RETURNS_PAGE_SIZE,
         "return_create": 2,
+        "orders_batch": 1 + BATCH_ORDERS_FIRST * (2 + BATCH_LINES),  # per alias
+        "returns_batch": 1 + BATCH_RETURNS_FIRST,  # per alias
         "poll": 4,
         "account": 3,
     }
@@ -143,6 +152,42 @@ query LoopsyncReturns($first: Int!, $after: String{definitions}) {{
     }}
   }}
 }}"""
+    return query, values
+
+
+def orders_batch_query(count: int, shared: dict[str, str | None]) -> tuple[str, dict[str, str]]:
+    """One document looking up `count` orders by partner_order_id through aliases
+    o0..oN (values $p0..$pN), each with the `shared` filters (shop, account) that are set.
+    The caller supplies $p0..$pN, $first and $lines."""
+    definitions, _, values = _filtered_root("orders", shared)
+    arguments = "".join(f", {name}: ${name}" for name in values)
+    fields = "\n".join(
+        f"  o{i}: orders(partner_order_id: $p{i}{arguments}) {{ complexity "
+        "data(first: $first) { pageInfo { hasNextPage endCursor } "
+        "edges { node { ...OrderForReturn } } } }"
+        for i in range(count)
+    )
+    variables = "".join(f", $p{i}: String" for i in range(count))
+    query = (
+        f"query LoopsyncOrdersBatch($first: Int!, $lines: Int!{definitions}{variables}) "
+        f"{{\n{fields}\n}}{ORDER_FIELDS}"
+    )
+    return query, values
+
+
+def returns_batch_query(count: int, shared: dict[str, str | None]) -> tuple[str, dict[str, str]]:
+    """One document reading the first returns of `count` orders through aliases r0..rN
+    (values $o0..$oN). The caller supplies $o0..$oN and $first."""
+    definitions, _, values = _filtered_root("returns", shared)
+    arguments = "".join(f", {name}: ${name}" for name in values)
+    fields = "\n".join(
+        f"  r{i}: returns(order_id: $o{i}{arguments}) {{ complexity "
+        "data(first: $first) { pageInfo { hasNextPage endCursor } "
+        "edges { node { id legacy_id partner_id order_id status } } } }"
+        for i in range(count)
+    )
+    variables = "".join(f", $o{i}: String" for i in range(count))
+    query = f"query LoopsyncReturnsBatch($first: Int!{definitions}{variables}) {{\n{fields}\n}}"
     return query, values
 
 
@@ -260,6 +305,10 @@ class ShipHeroClient:
 
     def close(self) -> None:
         self.http.session.close()
+
+    def alias_cost(self, op: str) -> float:
+        """What one alias (unit) of `op` costs: ShipHero's last figure, else the guess."""
+        return max(1.0, self._cost_per_unit[op])
 
     # -- transport -------------------------------------------------------------------------
     def paged(
