@@ -14,8 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from loopsync.connectors.base import NotReady
-from loopsync.connectors.shiphero import connector as shiphero_connector
+from loopsync.connectors.base import PREPARED_FOR, NotReady
 from loopsync.connectors.shiphero.mapping import settled_aliases
 from loopsync.cycle import Engine
 from loopsync.effects import create_rma_key
@@ -141,7 +140,7 @@ def test_a_prepared_answer_serves_once_and_only_while_fresh(world, clock):
     connector.locate(world.request(rets[0]))
     connector.locate(world.request(rets[0]))  # used once: this one asks ShipHero
     assert len(world.graphql_calls()) == before + 1
-    clock.advance(shiphero_connector.PREPARED_FOR + 1)
+    clock.advance(PREPARED_FOR + 1)
     connector.locate(world.request(rets[1]))  # too old to trust
     assert len(world.graphql_calls()) == before + 2
 

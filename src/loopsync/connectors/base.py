@@ -45,7 +45,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from loopsync.configkit import Section
 
@@ -65,6 +65,7 @@ __all__ = [
     "NotReady",
     "PollResult",
     "PollStopped",
+    "Prepared",
     "PushRequest",
     "Unreadable",
     "WarehouseConnector",
@@ -125,6 +126,39 @@ class Locations:
     items: tuple[Location, ...] = ()
     offered: bool = True
     note: str = ""
+
+
+T = TypeVar("T")
+
+# A prepared look-up older than this is not trusted: the return is looked up again. The
+# push uses one within LOOKAHEAD returns of reading it, a minute or two unless the
+# warehouse's limits hold it up.
+PREPARED_FOR = 600.0  # seconds
+
+
+class Prepared(Generic[T]):
+    """What a connector's `prepare` read for coming returns, by Loop return id: each
+    answer is taken once, and only within PREPARED_FOR seconds of being read."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self._answers: dict[str, tuple[float, T]] = {}
+
+    def clear(self) -> None:
+        self._answers.clear()
+
+    def put(self, return_id: str, answer: T) -> None:
+        self._answers[return_id] = (self.clock.monotonic(), answer)
+
+    def peek(self, return_id: str) -> T | None:
+        found = self._answers.get(return_id)
+        return None if found is None else found[1]
+
+    def take(self, return_id: str) -> T | None:
+        found = self._answers.pop(return_id, None)
+        if found is None or self.clock.monotonic() - found[0] > PREPARED_FOR:
+            return None
+        return found[1]
 
 
 class KeyValue(Protocol):

@@ -7,7 +7,7 @@ ShipHero has no idempotency key: the Loop return id goes into `partner_id`, and
 Batched look-ups (`prepare`): one document of aliased `orders(partner_order_id)` look-ups
 and one of aliased `returns(order_id)` look-ups serve up to 50 returns each (GraphQL
 aliases are standard and ShipHero prices each aliased field on its own: the emulator does
-the same). An answer is used once, by its own return, within PREPARED_FOR seconds; a
+the same). An answer is used once, by its own return, and only while fresh (`Prepared`); a
 return its batch did not settle (no answer for its alias, an error on it, a second order
 or a second page) is looked up alone with the usual pages.
 """
@@ -26,6 +26,7 @@ from loopsync.connectors.base import (
     Locations,
     NotReady,
     PollResult,
+    Prepared,
     PushRequest,
     WarehouseConnector,
     WarehouseSettings,
@@ -65,18 +66,14 @@ from loopsync.models import RmaRef
 log = structlog.get_logger("loopsync.connectors.shiphero")
 
 LOOKUP_BATCH = 50  # aliased look-ups per document at most (see `_chunk_size`)
-# A prepared answer older than this is not trusted: the return is looked up again. The
-# push uses it within a batch of 50 returns, under a minute unless credits run short.
-PREPARED_FOR = 600.0  # seconds
 
 
 @dataclass(frozen=True)
-class _Prepared:
-    """A batched look-up's answer for one return, kept until its own locate/find_rma."""
+class _ReturnsOf:
+    """A batched look-up of one order's returns, for find_rma."""
 
-    at: float  # clock.monotonic() when it was read
-    nodes: tuple[Any, ...]  # located orders (for locate) or return nodes (for find_rma)
-    order_id: str = ""  # find_rma: the order whose returns these are
+    order_id: str
+    nodes: tuple[Any, ...]
 
 
 class ShipHeroConnector(WarehouseConnector):
@@ -93,8 +90,8 @@ class ShipHeroConnector(WarehouseConnector):
         super().__init__(settings, ctx)
         self.cfg: ShipHeroSettings = settings.connector
         self.client = ShipHeroClient(self.cfg, settings, ctx)
-        self._ready_orders: dict[str, _Prepared] = {}  # by Loop return id
-        self._ready_returns: dict[str, _Prepared] = {}  # by Loop return id
+        self._ready_orders: Prepared[tuple[dict[str, Any], ...]] = Prepared(ctx.clock)
+        self._ready_returns: Prepared[_ReturnsOf] = Prepared(ctx.clock)
 
     @classmethod
     def parse_settings(cls, section: Section) -> ShipHeroSettings:
@@ -134,7 +131,7 @@ class ShipHeroConnector(WarehouseConnector):
         return order
 
     def find_rma(self, req: PushRequest, located: dict[str, Any]) -> RmaRef | None:
-        ready = self._fresh(self._ready_returns, req.ret.id)
+        ready = self._ready_returns.take(req.ret.id)
         nodes: Iterator[Any] | tuple[Any, ...] = (
             ready.nodes
             if ready is not None and ready.order_id == located["order_id"]
@@ -153,11 +150,11 @@ class ShipHeroConnector(WarehouseConnector):
         self._prepare_orders({r.ret.id: r.ret.provider_order_id or "" for r in wanted})
         order_of: dict[str, str] = {}  # Loop return id -> the order locate will pick
         for req in wanted:
-            ready = self._ready_orders.get(req.ret.id)
+            ready = self._ready_orders.peek(req.ret.id)
             if ready is None:
                 continue  # not settled: looked up alone
             try:
-                order = self._best_order(list(ready.nodes), req.ret.units_by_sku())
+                order = self._best_order(list(ready), req.ret.units_by_sku())
             except Ambiguous:
                 continue  # for a person to settle; locate says so
 
@@ -209,13 +206,6 @@ class ShipHeroConnector(WarehouseConnector):
         per_alias = self.client.alias_cost(op)
         return max(1, min(LOOKUP_BATCH, int(self.cfg.credits_max / 2 // per_alias)))
 
-    def _fresh(self, ready: dict[str, _Prepared], return_id: str) -> _Prepared | None:
-        """A prepared answer for this return, used once and only while fresh."""
-        found = ready.pop(return_id, None)
-        if found is None or self.ctx.clock.monotonic() - found.at > PREPARED_FOR:
-            return None
-        return found
-
     def _prepare_orders(self, partner_ids: dict[str, str]) -> None:
         """Orders by partner_order_id for many returns, aliased o0..oN per document."""
         distinct = sorted(set(partner_ids.values()))
@@ -223,7 +213,7 @@ class ShipHeroConnector(WarehouseConnector):
             "shop_name": self.cfg.shop_name,
             "customer_account_id": self.cfg.customer_account_id,
         }
-        found: dict[str, tuple[Any, ...]] = {}
+        found: dict[str, tuple[dict[str, Any], ...]] = {}
         size = self._chunk_size("orders_batch")
         for start in range(0, len(distinct), size):
             chunk = distinct[start : start + size]
@@ -242,10 +232,9 @@ class ShipHeroConnector(WarehouseConnector):
                     found[chunk[i]] = tuple(self._located(node) for node in nodes)
                 except Unreadable:
                     continue  # looked up alone, where the reason is reported
-        now = self.ctx.clock.monotonic()
         for return_id, partner_id in partner_ids.items():
             if partner_id in found:
-                self._ready_orders[return_id] = _Prepared(now, found[partner_id])
+                self._ready_orders.put(return_id, found[partner_id])
 
     def _prepare_returns(self, order_of: dict[str, str]) -> None:
         """The first returns of many orders, aliased r0..rN per document."""
@@ -266,17 +255,16 @@ class ShipHeroConnector(WarehouseConnector):
             )
             for i, nodes in settled_aliases(body, "r", len(chunk)).items():
                 found[chunk[i]] = tuple(nodes)
-        now = self.ctx.clock.monotonic()
         for return_id, order_id in order_of.items():
             if order_id in found:
-                self._ready_returns[return_id] = _Prepared(now, found[order_id], order_id)
+                self._ready_returns.put(return_id, _ReturnsOf(order_id, found[order_id]))
 
     # -- orders ----------------------------------------------------------------------------
     def _orders_by_partner(self, return_id: str, partner_order_id: str) -> list[dict[str, Any]]:
         """The orders of this partner_order_id: the prepared answer, else a look-up."""
-        ready = self._fresh(self._ready_orders, return_id)
+        ready = self._ready_orders.take(return_id)
         if ready is not None:
-            return list(ready.nodes)
+            return list(ready)
         return self._orders(partner_order_id=partner_order_id)
 
     def _orders(self, **match: str) -> list[dict[str, Any]]:
