@@ -93,8 +93,8 @@ def test_a_batch_with_a_missing_order_settles_the_others(world):
 
 def test_an_alias_the_server_drops_is_looked_up_alone(world):
     rets = world.loop_returns(3)
-    rewrite(world, "LoopsyncOrdersBatch", lambda body: body["data"].pop("o1"))
-    rewrite(world, "LoopsyncReturnsBatch", lambda body: body["data"].pop("r0"))
+    rewrite(world, "LoopsyncOrdersBatch", lambda body: body["data"].pop("a1"))
+    rewrite(world, "LoopsyncReturnsBatch", lambda body: body["data"].pop("a0"))
     # 2 batches; the dropped order looked up alone, and its returns (never batched);
     # the returns of the order whose alias was dropped; 3 creates.
     assert push_all(world, rets) == 2 + 2 + 1 + 3
@@ -105,12 +105,12 @@ def test_a_batch_answer_cut_short_or_erred_is_looked_up_alone(world):
     rets = world.loop_returns(3)
 
     def cut(body: dict[str, Any]) -> None:
-        del body["data"]["o0"]["data"]["pageInfo"]  # cannot tell the page is complete
-        body["data"]["o2"]["data"]["pageInfo"]["hasNextPage"] = True
+        del body["data"]["a0"]["data"]["pageInfo"]  # cannot tell the page is complete
+        body["data"]["a2"]["data"]["pageInfo"]["hasNextPage"] = True
 
     def erred(body: dict[str, Any]) -> None:
-        body["data"]["r0"] = None
-        body["errors"] = [{"message": "Internal error", "path": ["r0"]}]
+        body["data"]["a0"] = None
+        body["errors"] = [{"message": "Internal error", "path": ["a0"]}]
 
     rewrite(world, "LoopsyncOrdersBatch", cut)
     rewrite(world, "LoopsyncReturnsBatch", erred)

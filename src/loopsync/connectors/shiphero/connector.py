@@ -14,7 +14,7 @@ or a second page) is looked up alone with the usual pages.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -206,58 +206,61 @@ class ShipHeroConnector(WarehouseConnector):
         per_alias = self.client.alias_cost(op)
         return max(1, min(LOOKUP_BATCH, int(self.cfg.credits_max / 2 // per_alias)))
 
+    def _batched(
+        self,
+        op: str,
+        keys: Iterable[str],
+        document: Callable[[int], tuple[str, dict[str, str]]],
+        variables: dict[str, Any],
+    ) -> dict[str, list[Any]]:
+        """The settled look-ups of `keys` (each once), by key: `document(n)` for n keys a
+        request, at most `_chunk_size(op)` keys each."""
+        distinct = sorted(set(keys))
+        found: dict[str, list[Any]] = {}
+        size = self._chunk_size(op)
+        for start in range(0, len(distinct), size):
+            chunk = distinct[start : start + size]
+            query, shared = document(len(chunk))
+            values = {**shared, **variables, **{f"k{i}": key for i, key in enumerate(chunk)}}
+            body = self.client.graphql(op, query, values, units=len(chunk), partial_ok=True)
+            for i, nodes in settled_aliases(body, "a", len(chunk)).items():
+                found[chunk[i]] = nodes
+        return found
+
     def _prepare_orders(self, partner_ids: dict[str, str]) -> None:
-        """Orders by partner_order_id for many returns, aliased o0..oN per document."""
-        distinct = sorted(set(partner_ids.values()))
+        """Orders by partner_order_id for many returns."""
         shared = {
             "shop_name": self.cfg.shop_name,
             "customer_account_id": self.cfg.customer_account_id,
         }
+        answers = self._batched(
+            "orders_batch",
+            partner_ids.values(),
+            lambda n: orders_batch_query(n, shared),
+            {"first": BATCH_ORDERS_FIRST, "lines": BATCH_LINES},
+        )
         found: dict[str, tuple[dict[str, Any], ...]] = {}
-        size = self._chunk_size("orders_batch")
-        for start in range(0, len(distinct), size):
-            chunk = distinct[start : start + size]
-            query, values = orders_batch_query(len(chunk), shared)
-            variables: dict[str, Any] = {
-                **values,
-                "first": BATCH_ORDERS_FIRST,
-                "lines": BATCH_LINES,
-                **{f"p{i}": value for i, value in enumerate(chunk)},
-            }
-            body = self.client.graphql(
-                "orders_batch", query, variables, units=len(chunk), partial_ok=True
-            )
-            for i, nodes in settled_aliases(body, "o", len(chunk)).items():
-                try:
-                    found[chunk[i]] = tuple(self._located(node) for node in nodes)
-                except Unreadable:
-                    continue  # looked up alone, where the reason is reported
+        for partner_id, nodes in answers.items():
+            try:
+                found[partner_id] = tuple(self._located(node) for node in nodes)
+            except Unreadable:
+                continue  # looked up alone, where the reason is reported
         for return_id, partner_id in partner_ids.items():
             if partner_id in found:
                 self._ready_orders.put(return_id, found[partner_id])
 
     def _prepare_returns(self, order_of: dict[str, str]) -> None:
-        """The first returns of many orders, aliased r0..rN per document."""
-        distinct = sorted(set(order_of.values()))
+        """The first returns of many orders."""
         shared = {"customer_account_id": self.cfg.customer_account_id}
-        found: dict[str, tuple[Any, ...]] = {}
-        size = self._chunk_size("returns_batch")
-        for start in range(0, len(distinct), size):
-            chunk = distinct[start : start + size]
-            query, values = returns_batch_query(len(chunk), shared)
-            variables: dict[str, Any] = {
-                **values,
-                "first": BATCH_RETURNS_FIRST,
-                **{f"o{i}": value for i, value in enumerate(chunk)},
-            }
-            body = self.client.graphql(
-                "returns_batch", query, variables, units=len(chunk), partial_ok=True
-            )
-            for i, nodes in settled_aliases(body, "r", len(chunk)).items():
-                found[chunk[i]] = tuple(nodes)
+        found = self._batched(
+            "returns_batch",
+            order_of.values(),
+            lambda n: returns_batch_query(n, shared),
+            {"first": BATCH_RETURNS_FIRST},
+        )
         for return_id, order_id in order_of.items():
             if order_id in found:
-                self._ready_returns.put(return_id, _ReturnsOf(order_id, found[order_id]))
+                self._ready_returns.put(return_id, _ReturnsOf(order_id, tuple(found[order_id])))
 
     # -- orders ----------------------------------------------------------------------------
     def _orders_by_partner(self, return_id: str, partner_order_id: str) -> list[dict[str, Any]]:

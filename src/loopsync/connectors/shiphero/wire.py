@@ -155,40 +155,54 @@ query LoopsyncReturns($first: Int!, $after: String{definitions}) {{
     return query, values
 
 
-def orders_batch_query(count: int, shared: dict[str, str | None]) -> tuple[str, dict[str, str]]:
-    """One document looking up `count` orders by partner_order_id through aliases
-    o0..oN (values $p0..$pN), each with the `shared` filters (shop, account) that are set.
-    The caller supplies $p0..$pN, $first and $lines."""
-    definitions, _, values = _filtered_root("orders", shared)
+def batch_query(
+    operation: str,
+    field: str,
+    key: str,
+    count: int,
+    shared: dict[str, str | None],
+    node: str,
+    definitions: str = "",
+) -> tuple[str, dict[str, str]]:
+    """One document of `count` look-ups `field(key: $k{i})` through aliases a0..aN, each
+    with the `shared` filters that are set (returned as values) and a page of `$first`
+    nodes selecting `node`. The caller supplies $k0..$kN, $first and `definitions`."""
+    shared_definitions, _, values = _filtered_root(field, shared)
     arguments = "".join(f", {name}: ${name}" for name in values)
     fields = "\n".join(
-        f"  o{i}: orders(partner_order_id: $p{i}{arguments}) {{ complexity "
-        "data(first: $first) { pageInfo { hasNextPage endCursor } "
-        "edges { node { ...OrderForReturn } } } }"
+        f"  a{i}: {field}({key}: $k{i}{arguments}) {{ complexity data(first: $first) "
+        f"{{ pageInfo {{ hasNextPage endCursor }} edges {{ node {{ {node} }} }} }} }}"
         for i in range(count)
     )
-    variables = "".join(f", $p{i}: String" for i in range(count))
-    query = (
-        f"query LoopsyncOrdersBatch($first: Int!, $lines: Int!{definitions}{variables}) "
-        f"{{\n{fields}\n}}{ORDER_FIELDS}"
+    keys = "".join(f", $k{i}: String" for i in range(count))
+    header = f"query {operation}($first: Int!{definitions}{shared_definitions}{keys})"
+    return f"{header} {{\n{fields}\n}}", values
+
+
+def orders_batch_query(count: int, shared: dict[str, str | None]) -> tuple[str, dict[str, str]]:
+    """Orders by partner_order_id ($k0..$kN), with `$lines` order lines each."""
+    query, values = batch_query(
+        "LoopsyncOrdersBatch",
+        "orders",
+        "partner_order_id",
+        count,
+        shared,
+        "...OrderForReturn",
+        ", $lines: Int!",
     )
-    return query, values
+    return query + ORDER_FIELDS, values
 
 
 def returns_batch_query(count: int, shared: dict[str, str | None]) -> tuple[str, dict[str, str]]:
-    """One document reading the first returns of `count` orders through aliases r0..rN
-    (values $o0..$oN). The caller supplies $o0..$oN and $first."""
-    definitions, _, values = _filtered_root("returns", shared)
-    arguments = "".join(f", {name}: ${name}" for name in values)
-    fields = "\n".join(
-        f"  r{i}: returns(order_id: $o{i}{arguments}) {{ complexity "
-        "data(first: $first) { pageInfo { hasNextPage endCursor } "
-        "edges { node { id legacy_id partner_id order_id status } } } }"
-        for i in range(count)
+    """The first returns of orders ($k0..$kN)."""
+    return batch_query(
+        "LoopsyncReturnsBatch",
+        "returns",
+        "order_id",
+        count,
+        shared,
+        "id legacy_id partner_id order_id status",
     )
-    variables = "".join(f", $o{i}: String" for i in range(count))
-    query = f"query LoopsyncReturnsBatch($first: Int!{definitions}{variables}) {{\n{fields}\n}}"
-    return query, values
 
 
 def poll_query(count: int) -> str:
