@@ -20,7 +20,14 @@ from loopsync.cycle import Engine
 from loopsync.effects import create_rma_key
 from loopsync.models import LoopReturn
 from loopsync.runner import build_connector, build_loop_client, new_run_id
-from loopsync.sandbox.server import ApiServer, Recorder, Request, Response, json_response
+from loopsync.sandbox.server import (
+    ApiServer,
+    Fault,
+    Recorder,
+    Request,
+    Response,
+    json_response,
+)
 from loopsync.sandbox.shiphero import ShipHeroEmulator
 from loopsync.stages import push as push_stage
 from loopsync.state import EffectKind, Store
@@ -181,6 +188,23 @@ def test_the_push_stage_never_prepares_a_return_with_a_create_intent(tmp_path: P
             connector.close()
             store.close()
     assert sorted(seen) == sorted(ids[1:])
+
+
+def test_a_batch_refused_whole_only_costs_requests(tmp_path: Path):
+    """A batch document ShipHero refuses (too complex, an outage of that query) leaves
+    every return to its own look-up: each pushed once, the cycle clean."""
+    with Sandbox("shiphero", clock=FakeClock()) as sb:
+        ids = [str(r["id"]) for r in sb.seed(5, days=1, states_weights=[("open", 1)])]
+        refused = json_response({"data": None, "errors": [{"message": "Query too complex"}]})
+        sb.warehouse.faults.inject(
+            Fault("custom", response=lambda req: refused),
+            times=10**6,
+            when=lambda req: b"LoopsyncOrdersBatch" in req.body,
+        )
+        result = sb.run_cycle(sb.merchant_config(tmp_path))
+        assert result.ok and result.counts.pushed == 5
+        assert all(sb.warehouse.rma_count(rid) == 1 for rid in ids)
+        assert any(c.fault for c in sb.recorder.calls("shiphero"))  # the batch was refused
 
 
 # -- the pure reader, hostile answers ----------------------------------------------------
