@@ -61,6 +61,8 @@ def test_an_existing_ra_is_found_not_saved_again(emu, fake_clock: FakeClock):
     made = create(make_connector(emu, fake_clock), reqs[0])  # the state that said so is lost
     con = make_connector(emu, fake_clock)
     con.prepare(reqs)
+    before = ops(emu, "GetData")
     found = con.find_rma(reqs[0], con.locate(reqs[0]))
     assert found is not None and found.rma_id == made.rma_id
+    assert ops(emu, "GetData") == before + 1  # its items only: the header was in the batch
     assert con.find_rma(reqs[1], con.locate(reqs[1])) is None

@@ -172,7 +172,10 @@ class PeopleVoxConnector(WarehouseConnector):
     def find_rma(self, req: PushRequest, located: dict[str, Any]) -> RmaRef | None:
         """The RA if it exists with all its items. A header without (all) its items
         counts as missing: `create_rma` then saves only what is missing."""
-        if self._ready_headers.take(req.ret.id) is False or not self._header_saved(req.ret.id):
+        saved = self._ready_headers.take(req.ret.id)
+        if saved is None:
+            saved = self._header_saved(req.ret.id)
+        if not saved:
             return None
         if self._missing_lines(req):
             return None
