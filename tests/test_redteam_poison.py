@@ -246,6 +246,11 @@ def test_shiphero_order_listing_of_the_wrong_shape_is_unreadable_for_its_return_
         text = req.body.decode()
         if isinstance(orders, dict) and any(json.dumps(m) in text for m in marks):
             body["data"]["orders"] = edit(orders["data"])
+        # A batched look-up (aliases a0..aN, keys $k0..$kN): the bad order's alias alone.
+        keys = json.loads(req.body).get("variables") or {}
+        for alias, entry in (body.get("data") or {}).items():
+            if isinstance(entry, dict) and keys.get(f"k{alias[1:]}") in marks:
+                body["data"][alias] = edit(entry["data"])
         return Response(resp.status, json.dumps(body).encode(), resp.headers)
 
     sb.warehouse.faults.inject(

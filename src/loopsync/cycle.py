@@ -329,8 +329,9 @@ class Engine:
 
     def push(self, only: set[str] | None = None) -> None:
         """The whole backlog in one pass, no batches (`run_cycle` pushes in batches)."""
-        ids = push_stage.return_ids(self.ctx, only)
-        self._each_return("push", ids, lambda rid: push_stage.push_one(self.ctx, rid), only)
+        ids = [i for i in push_stage.return_ids(self.ctx, only) if only is None or i in only]
+        ahead = push_stage.looked_ahead(self.ctx, ids)
+        self._each_return("push", ahead, lambda rid: push_stage.push_one(self.ctx, rid), only)
 
     def poll(self, only: set[str] | None = None) -> None:
         poll_stage.poll(self.ctx, only)
@@ -358,7 +359,8 @@ class _Batches:
             ids = push_stage.return_ids(engine.ctx, self.only)
             if self.only is not None:
                 ids = [i for i in ids if i in self.only]
-            self.backlog = push_stage.Backlog(ids)
+            ctx = engine.ctx
+            self.backlog = push_stage.Backlog(ids, lambda ahead: push_stage.prepare(ctx, ahead))
             if ids:
                 self.progress = engine.progress("push", total=len(ids))
         progress = self.progress

@@ -10,6 +10,12 @@ the instance through `WarehouseConnector`. A connector:
   already has one. The engine calls it before every create (the state that would say it
   exists may be lost), after a create refused (a refusal may still have created it), and,
   for watch-only connectors (`creates_rmas = False`), instead of creating.
+- `prepare(reqs)` (optional, read-only): the look-ups `locate` and `find_rma` will need
+  for the next returns of a push, in a few batched requests. Each answer is used once, by
+  the `locate`/`find_rma` of its own return and only soon after; any return it did not
+  settle is looked up alone as before, so a batch answer cut short or refused costs
+  requests, never correctness. The engine prepares only returns never tried (no create
+  intent in the ledger): a lost create is always looked up afresh.
 - `create_rma(req, located)`: the side effect. Raises `Rejected` when the warehouse refuses
   the record, `OutcomeUnknown` when the answer was lost. Any other error is taken as an
   unknown outcome too (looked up before a repeat), except `AuthError` (nothing ran).
@@ -39,7 +45,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from loopsync.configkit import Section
 
@@ -59,6 +65,7 @@ __all__ = [
     "NotReady",
     "PollResult",
     "PollStopped",
+    "Prepared",
     "PushRequest",
     "Unreadable",
     "WarehouseConnector",
@@ -121,6 +128,39 @@ class Locations:
     note: str = ""
 
 
+T = TypeVar("T")
+
+# A prepared look-up older than this is not trusted: the return is looked up again. The
+# push uses one within LOOKAHEAD returns of reading it, a minute or two unless the
+# warehouse's limits hold it up.
+PREPARED_FOR = 600.0  # seconds
+
+
+class Prepared(Generic[T]):
+    """What a connector's `prepare` read for coming returns, by Loop return id: each
+    answer is taken once, and only within PREPARED_FOR seconds of being read."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self._answers: dict[str, tuple[float, T]] = {}
+
+    def clear(self) -> None:
+        self._answers.clear()
+
+    def put(self, return_id: str, answer: T) -> None:
+        self._answers[return_id] = (self.clock.monotonic(), answer)
+
+    def peek(self, return_id: str) -> T | None:
+        found = self._answers.get(return_id)
+        return None if found is None else found[1]
+
+    def take(self, return_id: str) -> T | None:
+        found = self._answers.pop(return_id, None)
+        if found is None or self.clock.monotonic() - found[0] > PREPARED_FOR:
+            return None
+        return found[1]
+
+
 class KeyValue(Protocol):
     """A connector's own small persistent state (cursors, caches), kept in the store."""
 
@@ -175,6 +215,9 @@ class WarehouseConnector(ABC):
 
     @abstractmethod
     def find_rma(self, req: PushRequest, located: dict[str, Any]) -> RmaRef | None: ...
+
+    def prepare(self, reqs: Sequence[PushRequest]) -> None:  # noqa: B027 - optional hook
+        """Read-only: batch the coming returns' look-ups (see the module docstring)."""
 
     def create_rma(self, req: PushRequest, located: dict[str, Any]) -> RmaRef:
         raise NotImplementedError(f"{self.kind} does not create RMAs (creates_rmas=False)")

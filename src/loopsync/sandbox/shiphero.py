@@ -117,6 +117,9 @@ class CreditMeter:
         self.min_balance = float(capacity)
         self.throttled = 0  # answers refused with code 30
         self.spent = 0
+        # Credits spent by root field name (aliases of one field add up): what a client's
+        # `return_create` mutations cost apart from its look-ups (benchmarks.push's floor).
+        self.spent_by: Counter[str] = Counter()
         self._balance = float(capacity)
         self._at = clock.monotonic()
 
@@ -128,7 +131,7 @@ class CreditMeter:
         self._at = now
         return self._balance
 
-    def try_spend(self, cost: int) -> bool:
+    def try_spend(self, cost: int, by_field: Mapping[str, int] | None = None) -> bool:
         if not self.enabled:
             return True
         balance = self.balance()
@@ -137,6 +140,7 @@ class CreditMeter:
             return False
         self._balance = balance - cost
         self.spent += cost
+        self.spent_by.update(by_field or {})
         self.min_balance = min(self.min_balance, self._balance)
         return True
 
@@ -208,6 +212,19 @@ class _CostModel:
             if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
                 return value
         return DEFAULT_PAGE_SIZE
+
+
+def _by_field(operation: OperationDefinitionNode, costs: Mapping[str, int]) -> Counter[str]:
+    """The costs of an operation's root fields (by alias) added up by field name."""
+    names = {
+        (node.alias or node.name).value: node.name.value
+        for node in operation.selection_set.selections
+        if isinstance(node, FieldNode)
+    }
+    out: Counter[str] = Counter()
+    for key, cost in costs.items():
+        out[names.get(key, key)] += cost
+    return out
 
 
 def throttle_body(keys: list[str], required: int, remaining: int, seconds: int) -> dict[str, Any]:
@@ -550,7 +567,7 @@ class ShipHeroEmulator(WarehouseEmulator):
                     )
                 ]
             )
-        if not self.credits.try_spend(required):
+        if not self.credits.try_spend(required, _by_field(operation, costs)):
             return json_response(
                 throttle_body(
                     list(costs),

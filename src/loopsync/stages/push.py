@@ -20,11 +20,18 @@ A backlog (a backfill of thousands of returns) is worked through in batches (`Ba
 `batch_over`: `push.batch` returns or `push.batch_time`, whichever comes first); the cycle
 runs poll and act between batches when `poll_between` says so, so a return the warehouse
 has received is processed while the backlog is still being pushed.
+
+Look-ups are batched: before pushing the next `LOOKAHEAD` returns, the stage hands the
+connector those never tried (no create intent) as one `prepare` call, so a connector can
+look up many orders and RMAs per request (ShipHero: 50 aliased look-ups a document).
+`prepare` is read-only and best effort; a return it did not settle is looked up alone, and
+a return with a create intent (a lost create) is always looked up afresh.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
@@ -39,7 +46,7 @@ from loopsync.effects import (
     first_attempt,
     rma_note_key,
 )
-from loopsync.errors import Ambiguous, Rejected
+from loopsync.errors import Ambiguous, Rejected, RemoteError, Unreadable
 from loopsync.models import LoopReturn, MalformedReturn, RmaRef
 from loopsync.stages.act import run_effects
 from loopsync.stages.context import CycleContext
@@ -50,6 +57,11 @@ from loopsync.timeutil import parse_timestamp
 # idempotency key): look it up only this many warehouse read timeouts later.
 CREATE_SETTLE = 2  # warehouse read timeouts
 
+
+# Returns whose look-ups are handed to the connector's `prepare` at once: a ShipHero
+# document of 50 aliased order look-ups stays far under its 1,001-credit cap per query
+# (about 400), and 50 makes look-ups 2 requests per 50 RMAs (BENCHMARKS.md, push cost).
+LOOKAHEAD = 50
 
 # A create in one of these ledger statuses has finished: the RMA exists.
 _FINISHED = (EffectStatus.SUCCEEDED, EffectStatus.SETTLED)
@@ -149,10 +161,14 @@ class Backlog:
     """The returns one cycle's push works through, taken once at its start (a return left
     waiting is not tried again in the same cycle), handed out batch by batch."""
 
-    def __init__(self, ids: list[str]) -> None:
+    def __init__(
+        self, ids: list[str], prepare: Callable[[Sequence[str]], None] | None = None
+    ) -> None:
         self.ids = ids
         self.position = 0
         self.abandoned = False  # the stage stopped (an outage): the rest waits a cycle
+        self.prepare = prepare  # called with the next LOOKAHEAD ids as they come up
+        self._prepared_to = 0
 
     @property
     def total(self) -> int:
@@ -163,9 +179,20 @@ class Backlog:
         return self.abandoned or self.position >= len(self.ids)
 
     def take(self) -> str:
+        if self.prepare is not None and self.position >= self._prepared_to:
+            self._prepared_to = self.position + LOOKAHEAD
+            self.prepare(self.ids[self.position : self._prepared_to])
         rid = self.ids[self.position]
         self.position += 1
         return rid
+
+
+def looked_ahead(ctx: CycleContext, ids: list[str]) -> Iterator[str]:
+    """`ids` in order, each next LOOKAHEAD of them prepared as they come up (the push
+    without batches)."""
+    backlog = Backlog(ids, prepare=lambda window: prepare(ctx, window))
+    while not backlog.done:
+        yield backlog.take()
 
 
 # -- the stage -----------------------------------------------------------------------------
@@ -223,16 +250,10 @@ def _by_match_key(ctx: CycleContext, rids: list[str]) -> dict[str, list[str]]:
 
 def push_one(ctx: CycleContext, rid: str) -> None:
     """Decide one return and carry the decision out."""
-    row = ctx.store.returns.get(rid)
-    assert row is not None and row.snapshot is not None  # every stored return has one
-    try:
-        ret = LoopReturn.from_api(json.loads(row.snapshot))
-    except MalformedReturn as exc:
-        ctx.set_stage(rid, Stage.REJECTED, f"malformed Loop return: {exc}")
+    read = _read(ctx, rid)
+    if read is None:
         return
-    key = create_rma_key(rid)
-    effect = ctx.store.ledger.get(key)
-    decision = decide_push(_facts(ctx, rid, ret, row, effect))
+    row, ret, effect, decision = read
     if decision.step == PushStep.RELINK:
         ctx.set_stage(rid, Stage.OPEN)  # a crash after linking, before the stage moved
     elif decision.step == PushStep.SKIP:
@@ -244,8 +265,47 @@ def push_one(ctx: CycleContext, rid: str) -> None:
     elif decision.step == PushStep.PUSH:
         if decision.problem:
             ctx.problem(rid, "push", decision.problem)
-        req = PushRequest(ret, decision.destination, tuple(ctx.store.asn.rows_for(rid)))
-        _push(ctx, rid, req, row, planned=effect is not None)
+        _push(ctx, rid, _request(ctx, rid, ret, decision), row, planned=effect is not None)
+
+
+def prepare(ctx: CycleContext, rids: Sequence[str]) -> None:
+    """Hand the connector the coming returns that will be looked up and were never tried
+    (no create intent), so it can batch their look-ups. Best effort: whatever goes wrong
+    here only means each return is looked up alone, as without it."""
+    reqs: list[PushRequest] = []
+    for rid in rids:
+        read = _read(ctx, rid, quiet=True)
+        if read is not None and read[2] is None and read[3].step == PushStep.PUSH:
+            reqs.append(_request(ctx, rid, read[1], read[3]))
+    if not reqs:
+        return
+    try:
+        ctx.connector.prepare(reqs)
+    except (RemoteError, Unreadable) as exc:
+        ctx.log.info("push.prepare_failed", returns=len(reqs), reason=str(exc))
+
+
+def _read(
+    ctx: CycleContext, rid: str, *, quiet: bool = False
+) -> tuple[ReturnRow, LoopReturn, Effect | None, PushDecision] | None:
+    """The stored return, its create's ledger row and the decision; None when it is gone
+    or malformed (rejected with the reason, unless `quiet`: a look-ahead only reads)."""
+    row = ctx.store.returns.get(rid)
+    if row is None or row.snapshot is None:
+        assert quiet, f"return {rid} has no stored row"  # every stored return has one
+        return None
+    try:
+        ret = LoopReturn.from_api(json.loads(row.snapshot))
+    except MalformedReturn as exc:
+        if not quiet:
+            ctx.set_stage(rid, Stage.REJECTED, f"malformed Loop return: {exc}")
+        return None
+    effect = ctx.store.ledger.get(create_rma_key(rid))
+    return row, ret, effect, decide_push(_facts(ctx, rid, ret, row, effect))
+
+
+def _request(ctx: CycleContext, rid: str, ret: LoopReturn, decision: PushDecision) -> PushRequest:
+    return PushRequest(ret, decision.destination, tuple(ctx.store.asn.rows_for(rid)))
 
 
 def _facts(

@@ -7,11 +7,16 @@ The flow follows Loop's own PeopleVox integration (docs/api/peoplevox.md):
 - read a merchant-built, item-level returns report (or an export template) for the RA
   status and per-item quantity, condition and reusability.
 Save columns come from `GetSaveTemplate`. Transport in `wire`, pure reading in `mapping`.
+
+Batched look-ups (`prepare`): one `GetData` of the sales orders of up to 50 returns and
+one of their RA headers, each a SearchClause of `==` terms joined by OR (the clause
+language the poll already relies on). A return whose order reference matched no row, or
+whose RA header exists (its items are then checked), is looked up alone as before.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
@@ -24,6 +29,7 @@ from loopsync.connectors.base import (
     Locations,
     NotReady,
     PollResult,
+    Prepared,
     PushRequest,
     WarehouseConnector,
     WarehouseSettings,
@@ -45,6 +51,7 @@ from loopsync.connectors.peoplevox.settings import PeopleVoxSettings, parse_sett
 from loopsync.connectors.peoplevox.wire import (
     SITES_TEMPLATE,
     SYSTEM,
+    any_of_clause,
     build_client,
     csv_rows,
     equals_clause,
@@ -59,6 +66,7 @@ log = structlog.get_logger("loopsync.peoplevox")
 # Columns loopsync fills; the starred ones in Loop's guide must exist in the template.
 RA_REQUIRED = ("ReturnAuthorizationNumber", "SiteReference")
 RA_ITEM_REQUIRED = ("ReturnAuthorizationNumber", "ItemCode", "Quantity")
+LOOKUP_BATCH = 50  # values per batched SearchClause (50 terms: about 2 KB of clause)
 
 
 class PeopleVoxConnector(WarehouseConnector):
@@ -83,6 +91,8 @@ class PeopleVoxConnector(WarehouseConnector):
         self.own = own
         self.client = build_client(settings, ctx)
         self._reason_codes: dict[str, str] | None = None
+        self._ready_orders: Prepared[tuple[dict[str, str], ...]] = Prepared(ctx.clock)
+        self._ready_headers: Prepared[bool] = Prepared(ctx.clock)  # RA header saved?
 
     @classmethod
     def parse_settings(cls, section: Section) -> PeopleVoxSettings:
@@ -127,14 +137,17 @@ class PeopleVoxConnector(WarehouseConnector):
                 f"Loop return {req.ret.id} has no {self.own.loop_order_field}"
                 " to match a PeopleVox sales order",
             )
-        result = self.client.read_page(
-            "GetData",
-            self.own.templates.sales_orders,
-            page=1,
-            where=equals_clause(field_name, value),
-            per_page=10,
-        )
-        orders = {row.get("SalesOrderNumber", ""): row for row in csv_rows(result.detail)}
+        rows = self._ready_orders.take(req.ret.id)
+        if rows is None:
+            result = self.client.read_page(
+                "GetData",
+                self.own.templates.sales_orders,
+                page=1,
+                where=equals_clause(field_name, value),
+                per_page=10,
+            )
+            rows = tuple(csv_rows(result.detail))
+        orders = {row.get("SalesOrderNumber", ""): row for row in rows}
         if not orders:
             raise NotReady(f"sales order {field_name} = {value!r} not found in PeopleVox")
         if len(orders) > 1:
@@ -159,11 +172,49 @@ class PeopleVoxConnector(WarehouseConnector):
     def find_rma(self, req: PushRequest, located: dict[str, Any]) -> RmaRef | None:
         """The RA if it exists with all its items. A header without (all) its items
         counts as missing: `create_rma` then saves only what is missing."""
-        if not self._header_saved(req.ret.id):
+        saved = self._ready_headers.take(req.ret.id)
+        if saved is None:
+            saved = self._header_saved(req.ret.id)
+        if not saved:
             return None
         if self._missing_lines(req):
             return None
         return self._ref(req, located)
+
+    def prepare(self, reqs: Sequence[PushRequest]) -> None:
+        """Batched look-ups for the coming returns (see the module docstring)."""
+        self._ready_orders.clear()
+        self._ready_headers.clear()
+        field_name = self.own.order_reference
+        values = {
+            r.ret.id: value
+            for r in reqs
+            if (value := loop_order_value(r.ret, self.own.loop_order_field))
+        }
+        rows_by_value: dict[str, list[dict[str, str]]] = {}
+        for row in self._read_any_of(self.own.templates.sales_orders, field_name, values.values()):
+            rows_by_value.setdefault(row.get(field_name, ""), []).append(row)
+        for return_id, value in values.items():
+            if value in rows_by_value:  # no row: looked up alone, as a missing order is
+                self._ready_orders.put(return_id, tuple(rows_by_value[value]))
+        ids = [r.ret.id for r in reqs]
+        saved = {
+            row.get("ReturnAuthorizationNumber", "")
+            for row in self._read_any_of(
+                self.own.templates.return_authorizations, "ReturnAuthorizationNumber", ids
+            )
+        }
+        for return_id in ids:
+            self._ready_headers.put(return_id, return_id in saved)
+
+    def _read_any_of(
+        self, template: str, column: str, values: Iterable[str]
+    ) -> Iterator[dict[str, str]]:
+        """Every row of `template` whose `column` is one of `values`, LOOKUP_BATCH a call."""
+        distinct = sorted(set(values))
+        for start in range(0, len(distinct), LOOKUP_BATCH):
+            chunk = distinct[start : start + LOOKUP_BATCH]
+            yield from self.client.read_all("GetData", template, where=any_of_clause(column, chunk))
 
     def create_rma(self, req: PushRequest, located: dict[str, Any]) -> RmaRef:
         ra_number = req.ret.id

@@ -3,11 +3,19 @@
 ShipHero has no idempotency key: the Loop return id goes into `partner_id`, and
 `find_rma` looks it up through `returns(order_id)` before a create is repeated
 (docs/api/shiphero.md). Transport in `wire`, pure reading in `mapping`.
+
+Batched look-ups (`prepare`): one document of aliased `orders(partner_order_id)` look-ups
+and one of aliased `returns(order_id)` look-ups serve up to 50 returns each (GraphQL
+aliases are standard and ShipHero prices each aliased field on its own: the emulator does
+the same). An answer is used once, by its own return, and only while fresh (`Prepared`); a
+return its batch did not settle (no answer for its alias, an error on it, a second order
+or a second page) is looked up alone with the usual pages.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import structlog
@@ -18,6 +26,7 @@ from loopsync.connectors.base import (
     Locations,
     NotReady,
     PollResult,
+    Prepared,
     PushRequest,
     WarehouseConnector,
     WarehouseSettings,
@@ -30,11 +39,15 @@ from loopsync.connectors.shiphero.mapping import (
     read_warehouses,
     return_input,
     rma_ref,
+    settled_aliases,
     webhook_secret,
 )
 from loopsync.connectors.shiphero.settings import ShipHeroSettings, parse_settings
 from loopsync.connectors.shiphero.wire import (
     ACCOUNT_WAREHOUSES,
+    BATCH_LINES,
+    BATCH_ORDERS_FIRST,
+    BATCH_RETURNS_FIRST,
     LINES_PAGE_SIZE,
     ORDER_LINES,
     RETURN_CREATE,
@@ -43,14 +56,26 @@ from loopsync.connectors.shiphero.wire import (
     WEBHOOK_CREATE,
     ShipHeroClient,
     messages_by_root_key,
+    orders_batch_query,
     orders_query,
     poll_query,
+    returns_batch_query,
     returns_query,
 )
 from loopsync.errors import Ambiguous, DryRunViolation, OutcomeUnknown, Rejected, Unreadable
 from loopsync.models import RmaRef
 
 log = structlog.get_logger("loopsync.connectors.shiphero")
+
+LOOKUP_BATCH = 50  # aliased look-ups per document at most (see `_chunk_size`)
+
+
+@dataclass(frozen=True)
+class _ReturnsOf:
+    """A batched look-up of one order's returns, for find_rma."""
+
+    order_id: str
+    nodes: tuple[Any, ...]
 
 
 class ShipHeroConnector(WarehouseConnector):
@@ -67,6 +92,8 @@ class ShipHeroConnector(WarehouseConnector):
         super().__init__(settings, ctx)
         self.cfg: ShipHeroSettings = settings.connector
         self.client = ShipHeroClient(self.cfg, settings, ctx)
+        self._ready_orders: Prepared[tuple[dict[str, Any], ...]] = Prepared(ctx.clock)
+        self._ready_returns: Prepared[_ReturnsOf] = Prepared(ctx.clock)
 
     @classmethod
     def parse_settings(cls, section: Section) -> ShipHeroSettings:
@@ -91,7 +118,7 @@ class ShipHeroConnector(WarehouseConnector):
             raise Rejected(SYSTEM, f"Loop return {ret.id} names no order to look up")
         order = None
         if ret.provider_order_id:
-            order = self._best_order(self._orders(partner_order_id=ret.provider_order_id), wanted)
+            order = self._best_order(self._orders_by_partner(ret.id, ret.provider_order_id), wanted)
         if order is None and ret.order_name:
             order = self._best_order(self._orders(order_number=ret.order_name), wanted)
         if order is None:
@@ -106,10 +133,36 @@ class ShipHeroConnector(WarehouseConnector):
         return order
 
     def find_rma(self, req: PushRequest, located: dict[str, Any]) -> RmaRef | None:
-        for node in self._returns_of_order(located["order_id"]):
+        ready = self._ready_returns.take(req.ret.id)
+        nodes: Iterator[Any] | tuple[Any, ...] = (
+            ready.nodes
+            if ready is not None and ready.order_id == located["order_id"]
+            else self._returns_of_order(located["order_id"])
+        )
+        for node in nodes:
             if isinstance(node, dict) and node.get("partner_id") == req.ret.id:
                 return rma_ref(req.ret.id, node)
         return None
+
+    def prepare(self, reqs: Sequence[PushRequest]) -> None:
+        """Batched look-ups for the coming returns (see the module docstring)."""
+        self._ready_orders.clear()
+        self._ready_returns.clear()
+        wanted = [r for r in reqs if r.ret.provider_order_id and r.ret.units_by_sku()]
+        self._prepare_orders({r.ret.id: r.ret.provider_order_id or "" for r in wanted})
+        order_of: dict[str, str] = {}  # Loop return id -> the order locate will pick
+        for req in wanted:
+            ready = self._ready_orders.peek(req.ret.id)
+            if ready is None:
+                continue  # not settled: looked up alone
+            try:
+                order = self._best_order(list(ready), req.ret.units_by_sku())
+            except Ambiguous:
+                continue  # for a person to settle; locate says so
+
+            if order is not None:
+                order_of[req.ret.id] = order["order_id"]
+        self._prepare_returns(order_of)
 
     def create_rma(self, req: PushRequest, located: dict[str, Any]) -> RmaRef:
         if self.ctx.dry_run:
@@ -162,7 +215,77 @@ class ShipHeroConnector(WarehouseConnector):
     def close(self) -> None:
         self.client.close()
 
+    # -- batched look-ups -------------------------------------------------------------------
+    def _chunk_size(self, op: str) -> int:
+        """Aliases per document: LOOKUP_BATCH, or fewer so that one document costs at most
+        half the credit bucket (a small configured bucket must not refuse the batch)."""
+        per_alias = self.client.alias_cost(op)
+        return max(1, min(LOOKUP_BATCH, int(self.cfg.credits_max / 2 // per_alias)))
+
+    def _batched(
+        self,
+        op: str,
+        keys: Iterable[str],
+        document: Callable[[int], tuple[str, dict[str, str]]],
+        variables: dict[str, Any],
+    ) -> dict[str, list[Any]]:
+        """The settled look-ups of `keys` (each once), by key: `document(n)` for n keys a
+        request, at most `_chunk_size(op)` keys each."""
+        distinct = sorted(set(keys))
+        found: dict[str, list[Any]] = {}
+        size = self._chunk_size(op)
+        for start in range(0, len(distinct), size):
+            chunk = distinct[start : start + size]
+            query, shared = document(len(chunk))
+            values = {**shared, **variables, **{f"k{i}": key for i, key in enumerate(chunk)}}
+            body = self.client.graphql(op, query, values, units=len(chunk), partial_ok=True)
+            for i, nodes in settled_aliases(body, "a", len(chunk)).items():
+                found[chunk[i]] = nodes
+        return found
+
+    def _prepare_orders(self, partner_ids: dict[str, str]) -> None:
+        """Orders by partner_order_id for many returns."""
+        shared = {
+            "shop_name": self.cfg.shop_name,
+            "customer_account_id": self.cfg.customer_account_id,
+        }
+        answers = self._batched(
+            "orders_batch",
+            partner_ids.values(),
+            lambda n: orders_batch_query(n, shared),
+            {"first": BATCH_ORDERS_FIRST, "lines": BATCH_LINES},
+        )
+        found: dict[str, tuple[dict[str, Any], ...]] = {}
+        for partner_id, nodes in answers.items():
+            try:
+                found[partner_id] = tuple(self._located(node) for node in nodes)
+            except Unreadable:
+                continue  # looked up alone, where the reason is reported
+        for return_id, partner_id in partner_ids.items():
+            if partner_id in found:
+                self._ready_orders.put(return_id, found[partner_id])
+
+    def _prepare_returns(self, order_of: dict[str, str]) -> None:
+        """The first returns of many orders."""
+        shared = {"customer_account_id": self.cfg.customer_account_id}
+        found = self._batched(
+            "returns_batch",
+            order_of.values(),
+            lambda n: returns_batch_query(n, shared),
+            {"first": BATCH_RETURNS_FIRST},
+        )
+        for return_id, order_id in order_of.items():
+            if order_id in found:
+                self._ready_returns.put(return_id, _ReturnsOf(order_id, tuple(found[order_id])))
+
     # -- orders ----------------------------------------------------------------------------
+    def _orders_by_partner(self, return_id: str, partner_order_id: str) -> list[dict[str, Any]]:
+        """The orders of this partner_order_id: the prepared answer, else a look-up."""
+        ready = self._ready_orders.take(return_id)
+        if ready is not None:
+            return list(ready)
+        return self._orders(partner_order_id=partner_order_id)
+
     def _orders(self, **match: str) -> list[dict[str, Any]]:
         """Every order matching `match` (plus the configured shop/account), with its SKUs."""
         query, filters = orders_query(

@@ -305,3 +305,39 @@ def webhook_secret(body: Any) -> str:
     if not isinstance(secret, str) or not secret.strip():
         raise Unreadable("webhook_create answered without a secret", field="webhook")
     return secret.strip()
+
+
+def settled_aliases(body: Any, prefix: str, count: int) -> dict[int, list[Any]]:
+    """The aliases `{prefix}0`..`{prefix}{count-1}` of a batched look-up that settle their
+    look-up: a connection whose page is complete (`hasNextPage` false, said outright), by
+    alias number, with its nodes as sent. Total: an alias that is missing, null, named in
+    an error, cut short or not a connection is left out (that return is then looked up
+    alone), and an answer that is not an object settles nothing."""
+    data = body.get("data") if isinstance(body, dict) else None
+    if not isinstance(data, dict):
+        return {}
+    failed = _erred_aliases(body.get("errors"))
+    settled: dict[int, list[Any]] = {}
+    for i in range(count):
+        alias = f"{prefix}{i}"
+        entry = data.get(alias)
+        connection = entry.get("data") if isinstance(entry, dict) else None
+        if alias in failed or not isinstance(connection, dict):
+            continue
+        page, edges = connection.get("pageInfo"), connection.get("edges")
+        if not isinstance(page, dict) or page.get("hasNextPage") is not False:
+            continue
+        if not isinstance(edges, list) or not all(isinstance(e, dict) for e in edges):
+            continue
+        settled[i] = [edge.get("node") for edge in edges if edge.get("node") is not None]
+    return settled
+
+
+def _erred_aliases(errors: Any) -> set[str]:
+    """Aliases an error's `path` starts with (GraphQL's field errors)."""
+    out: set[str] = set()
+    for error in errors if isinstance(errors, list) else [errors]:
+        path = error.get("path") if isinstance(error, dict) else None
+        if isinstance(path, list) and path and isinstance(path[0], str):
+            out.add(path[0])
+    return out

@@ -49,6 +49,13 @@ LINES_PAGE_SIZE = 10  # order lines fetched with each order; more are paged
 # Every create looks the order's returns up first (lost state must not create a second
 # return), and an order seldom has more than a few: a page of 5 costs ~6 credits, not 26.
 RETURNS_PAGE_SIZE = 5
+# Batched look-ups (`prepare`): one document of aliased look-ups per batch. Each alias is
+# priced on its own (ShipHero style: `first` x what a node selects), so its pages are the
+# smallest that settle the common case: one order (a second one, or more lines, means the
+# return is looked up alone with the usual pages) and an order with at most 2 returns.
+BATCH_ORDERS_FIRST = 1  # orders per partner_order_id: 2+ go the single look-up's way
+BATCH_LINES = 5  # order lines with each order; more are paged as in the single look-up
+BATCH_RETURNS_FIRST = 2  # returns per order; more go the single look-up's way
 CREDIT_WAIT_MARGIN = 0.05  # seconds: rounding must not leave us one credit short
 _DURATION_IN_TEXT = re.compile(r"(\d+(?:\.\d+)?)\s*(?:s\b|sec|second)", re.IGNORECASE)
 
@@ -112,6 +119,8 @@ def _first_cost_guesses(order_page_size: int) -> dict[str, float]:
         "returns": 1 + RETURNS_PAGE_SIZE,
         "return_create": 2,
         "webhook_create": 5,
+        "orders_batch": 1 + BATCH_ORDERS_FIRST * (2 + BATCH_LINES),  # per alias
+        "returns_batch": 1 + BATCH_RETURNS_FIRST,  # per alias
         "poll": 4,
         "account": 3,
     }
@@ -154,6 +163,56 @@ query LoopsyncReturns($first: Int!, $after: String{definitions}) {{
   }}
 }}"""
     return query, values
+
+
+def batch_query(
+    operation: str,
+    field: str,
+    key: str,
+    count: int,
+    shared: dict[str, str | None],
+    node: str,
+    definitions: str = "",
+) -> tuple[str, dict[str, str]]:
+    """One document of `count` look-ups `field(key: $k{i})` through aliases a0..aN, each
+    with the `shared` filters that are set (returned as values) and a page of `$first`
+    nodes selecting `node`. The caller supplies $k0..$kN, $first and `definitions`."""
+    shared_definitions, _, values = _filtered_root(field, shared)
+    arguments = "".join(f", {name}: ${name}" for name in values)
+    fields = "\n".join(
+        f"  a{i}: {field}({key}: $k{i}{arguments}) {{ complexity data(first: $first) "
+        f"{{ pageInfo {{ hasNextPage endCursor }} edges {{ node {{ {node} }} }} }} }}"
+        for i in range(count)
+    )
+    keys = "".join(f", $k{i}: String" for i in range(count))
+    header = f"query {operation}($first: Int!{definitions}{shared_definitions}{keys})"
+    return f"{header} {{\n{fields}\n}}", values
+
+
+def orders_batch_query(count: int, shared: dict[str, str | None]) -> tuple[str, dict[str, str]]:
+    """Orders by partner_order_id ($k0..$kN), with `$lines` order lines each."""
+    query, values = batch_query(
+        "LoopsyncOrdersBatch",
+        "orders",
+        "partner_order_id",
+        count,
+        shared,
+        "...OrderForReturn",
+        ", $lines: Int!",
+    )
+    return query + ORDER_FIELDS, values
+
+
+def returns_batch_query(count: int, shared: dict[str, str | None]) -> tuple[str, dict[str, str]]:
+    """The first returns of orders ($k0..$kN)."""
+    return batch_query(
+        "LoopsyncReturnsBatch",
+        "returns",
+        "order_id",
+        count,
+        shared,
+        "id legacy_id partner_id order_id status",
+    )
 
 
 def poll_query(count: int) -> str:
@@ -270,6 +329,10 @@ class ShipHeroClient:
 
     def close(self) -> None:
         self.http.session.close()
+
+    def alias_cost(self, op: str) -> float:
+        """What one alias (unit) of `op` costs: ShipHero's last figure, else the guess."""
+        return max(1.0, self._cost_per_unit[op])
 
     # -- transport -------------------------------------------------------------------------
     def paged(
