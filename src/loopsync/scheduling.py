@@ -101,9 +101,13 @@ class Pool(ThreadPoolExecutor):  # type: ignore[misc]  # APScheduler 3.x ships n
         self.peak = 0  # the most cycles that ever ran at once (<= workers)
 
     def _do_submit_job(self, job: Any, run_times: list[datetime]) -> None:
-        with self._lock:
-            self._due[job.id] = run_times[-1]  # coalesced: the latest is the one that runs
+        self.expect(job.id, run_times[-1])  # coalesced: the latest is the one that runs
         super()._do_submit_job(job, run_times)
+
+    def expect(self, job_id: str, due: datetime) -> None:
+        """A cycle of `job_id`, due at `due`, is about to be queued."""
+        with self._lock:
+            self._due[job_id] = due
 
     def begin(self, job_id: str) -> timedelta | None:
         """A cycle got its worker: how late it is (None: not submitted by the scheduler)."""
