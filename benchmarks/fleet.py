@@ -17,7 +17,7 @@ Measured from the outside, on the child only:
 - peak RSS (VmHWM) and threads (sampled once a second from /proc) over the whole run;
 - CPU (utime + stime) per merchant-cycle, over the steady window: from one interval after
   the last first cycle was due (the stagger's ramp is at most one interval) for `--steady`
-  intervals, divided by the cycles started in it (`serve.cycle_started` lines);
+  intervals, divided by the cycles started in it (the runner's `cycle.start` lines);
 - lateness: `late_s` of every `serve.cycle_started` line (how long after it was due a cycle
   got a worker, scheduling.Pool), first cycles included; p50, p99 and max;
 - then SIGTERM: the exit status must be 0 and the drain prompt.
@@ -51,6 +51,7 @@ SIZES = (50, 200, 500)
 RSS_TARGET_MIB = 1.0  # per idle merchant
 LATE_TARGET = 0.10  # of the interval
 TICK = os.sysconf("SC_CLK_TCK")
+SERVE = "-m loopsync --log-format json --log-level info serve -c"  # info: cycle_started
 
 
 @dataclass
@@ -161,19 +162,7 @@ def run_size(n: int, interval: int, steady: int, workers: int | None) -> Result:
         extra = ["--workers", str(workers)] if workers else []
         with log.open("wb") as out:
             proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "loopsync",
-                    "--log-format",
-                    "json",
-                    "--log-level",
-                    "info",
-                    "serve",
-                    "-c",
-                    str(conf),
-                    *extra,
-                ],
+                [sys.executable, *SERVE.split(), str(conf), *extra],
                 env={**os.environ, **sb.env()},
                 stdout=out,
                 stderr=out,
@@ -215,7 +204,7 @@ def summarise(
     every = events(log)
     started = [e for e in every if e.get("event") == "serve.cycle_started"]
     late = [float(e["late_s"]) for e in started if isinstance(e.get("late_s"), (int, float))]
-    in_window = [e for e in events(log, *span) if e.get("event") == "serve.cycle_started"]
+    in_window = [e for e in events(log, *span) if e.get("event") == "cycle.start"]
     begin, end = window
     cpu = (end.cpu_s - begin.cpu_s) if begin and end else 0.0
     pool = next((e.get("workers") for e in every if e.get("event") == "serve.start"), "?")

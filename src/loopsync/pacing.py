@@ -4,12 +4,13 @@ Three decisions, each a function of plain values, used by `scheduling.serve`:
 
 - `pool_size`: how many cycles run at once. Merchants share a bounded pool of worker
   threads, not a thread each: a cycle is mostly waiting on HTTP (Loop, the warehouse) and
-  on SQLite, and two cores run few Python threads usefully at once. The default,
-  min(DEFAULT_WORKERS, merchants), is 16: `benchmarks/fleet.py` measured a steady cycle
-  at a few tens of milliseconds of CPU, so 16 workers keep 500 merchants on a one-minute
-  interval on time with room for slow remotes (a cycle waiting 1-2 s on a request still
-  leaves 8+ cycles a second of capacity; docs/SCALING.md has the arithmetic). `--workers N`
-  or $LOOPSYNC_WORKERS overrides it, 1..MAX_WORKERS.
+  on SQLite, and one interpreter runs one thread's Python at a time. The default,
+  min(DEFAULT_WORKERS, merchants), is 16: `benchmarks/fleet.py` measured an idle cycle at
+  20-30 ms of CPU (500 merchants every 30 s: 25 threads, latest start 0.8 s), and against
+  real remotes a cycle waits 1-2 s, so 16 workers carry about 16 cycles every 2 s, 3,600
+  merchants at the default `every: 15m` kept half busy (docs/SCALING.md has the
+  arithmetic). A thread each cost 500 threads and 334 MiB at 500 merchants (140 MiB now).
+  `--workers N` or $LOOPSYNC_WORKERS overrides it, 1..MAX_WORKERS.
 - `first_run_delays`: staggered first cycles. Each merchant's first cycle is put at a
   fixed point of a ramp, its place given by a hash of its name (stable across restarts
   and reloads, independent of the other merchants), so 500 merchants do not all start at
