@@ -214,20 +214,23 @@ def test_threads_do_not_grow_with_the_merchants():
 
 
 def test_a_stuck_merchant_does_not_block_the_others_and_the_stop_drains_it():
-    cfgs = [merchant("stuck"), *fleet(9)]
+    every = timedelta(seconds=1)  # the others come round again and again
+    cfgs = [merchant("stuck", every), *fleet(9, every)]
     stop = threading.Event()
     lock = threading.Lock()
-    others: set[str] = set()
+    others: set[str] = set()  # merchants that ran while the stuck one held its worker
     all_others = threading.Event()
-    stuck_done = threading.Event()
+    stuck_started, stuck_done = threading.Event(), threading.Event()
 
     def cycle(cfg: MerchantConfig, stop_event: threading.Event, next_due: Any) -> None:
         if cfg.merchant == "stuck":
+            stuck_started.set()
             stop_event.wait(WAIT)  # a cycle that only ends at the stop, like a slow remote
             stuck_done.set()
             return
         with lock:
-            others.add(cfg.merchant)
+            if stuck_started.is_set():
+                others.add(cfg.merchant)
             if len(others) == 9:
                 all_others.set()
 
@@ -236,7 +239,23 @@ def test_a_stuck_merchant_does_not_block_the_others_and_the_stop_drains_it():
         stop.set()
 
     threading.Thread(target=watch, daemon=True).start()
-    # two workers: one held by the stuck merchant, nine others queue for the other one
+    # two workers: one held by the stuck merchant, nine others share the other one
     assert serve(cfgs, cycle, stop, shutdown=Shutdown(), grace=10, workers=2, stagger=False) == 0
     assert all_others.is_set(), f"only {sorted(others)} ran beside the stuck merchant"
     assert stuck_done.is_set()  # serve returned after the stuck cycle ended, not before
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "source"),
+    [(["--workers", "0"], {}, "--workers"), ([], {pacing.WORKERS_ENV: "lots"}, "LOOPSYNC_WORKERS")],
+)
+def test_serve_with_a_bad_worker_count_exits_2_with_one_line_before_starting(
+    tmp_path, capsys, monkeypatch, argv, env, source
+):
+    from loopsync.cli import main
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert main(["serve", *argv, "-c", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and source in err[0] and "Traceback" not in err[0]
