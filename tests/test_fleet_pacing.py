@@ -259,3 +259,29 @@ def test_serve_with_a_bad_worker_count_exits_2_with_one_line_before_starting(
     assert main(["serve", *argv, "-c", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and source in err[0] and "Traceback" not in err[0]
+
+
+# -- the sandbox serves a fleet ------------------------------------------------------------
+
+
+def test_each_fleet_merchant_has_its_own_loop_key_and_its_own_rate_limit(tmp_path):
+    import requests
+
+    from loopsync.sandbox import Sandbox
+
+    with Sandbox("generic", rate_limits=False) as sb:
+        sb.loop.rate_limit_enabled, sb.loop.rate_limit_per_minute = True, 2
+        names = {m: sb.fleet_key(m) for m in ("acme", "globex")}
+        env = sb.env()
+        config = sb.config_dict(merchant="acme", loop_key_env=names["acme"])
+        assert config["loop"]["api_key"] == "${" + names["acme"] + "}"
+        url = f"{sb.loop_url}/warehouse/return/list?state=open"
+
+        def status(key: str) -> int:
+            return requests.get(url, headers={"X-Authorization": key}, timeout=10).status_code
+
+        acme, globex = env[names["acme"]], env[names["globex"]]
+        assert acme != globex
+        assert [status(acme) for _ in range(3)] == [200, 200, 429]  # acme spent its budget
+        assert status(globex) == 200  # globex's is its own
+        assert status("not-a-key") == 401
