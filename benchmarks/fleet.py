@@ -18,6 +18,8 @@ Measured from the outside, on the child only:
 - CPU (utime + stime) per merchant-cycle, over the steady window: from one interval after
   the last first cycle was due (the stagger's ramp is at most one interval) for `--steady`
   intervals, divided by the cycles started in it (the runner's `cycle.start` lines);
+  "of due" compares those cycles with one a merchant an interval (about 95 % is on time:
+  the scheduler's jitter, up to a tenth of the interval, lengthens each interval);
 - lateness: `late_s` of every `serve.cycle_started` line (how long after it was due a cycle
   got a worker, scheduling.Pool), first cycles included; p50, p99 and max;
 - then SIGTERM: the exit status must be 0 and the drain prompt.
@@ -258,6 +260,7 @@ def run(
             "threads",
             "CPU/cycle",
             "cycles",
+            "of due",
             "late p50",
             "late p99",
             "late max",
@@ -274,6 +277,7 @@ def run(
                 r.threads,
                 f"{r.cpu_ms_per_cycle:.1f} ms",
                 r.cycles,
+                f"{r.cycles / (r.merchants * steady):.0%}",
                 f"{r.late_p50:.2f} s",
                 f"{r.late_p99:.2f} s",
                 f"{r.late_max:.2f} s",
