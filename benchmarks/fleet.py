@@ -22,6 +22,8 @@ Measured from the outside, on the child only:
   the scheduler's jitter, up to a tenth of the interval, lengthens each interval);
 - lateness: `late_s` of every `serve.cycle_started` line (how long after it was due a cycle
   got a worker, scheduling.Pool), first cycles included; p50, p99 and max;
+- start-up: from the process's start to its `serve.start` line (every configuration read);
+  the warm-up counts from there;
 - then SIGTERM: the exit status must be 0 and the drain prompt.
 
 Targets (issue 12): RSS grows by at most 1 MiB per idle merchant (the slope of peak RSS
@@ -134,6 +136,7 @@ class Result:
     failed: int
     exit_code: int | None
     drain_s: float
+    startup_s: float = 0.0
 
 
 def write_configs(sb: Sandbox, root: Path, n: int, interval: int) -> Path:
@@ -174,6 +177,7 @@ def run_size(n: int, interval: int, steady: int, workers: int | None) -> Result:
         watch = Watch(proc.pid)
         watcher = threading.Thread(target=watch.run, daemon=True)
         watcher.start()
+        startup = wait_for_start(log, proc)
         # Warm-up: the ramp (at most one interval) plus one interval, so every merchant has
         # had its first cycle and runs on its steady phase.
         time.sleep(2 * interval)
@@ -190,7 +194,22 @@ def run_size(n: int, interval: int, steady: int, workers: int | None) -> Result:
         drain = time.monotonic() - stopped
         watch.stop.set()
         watcher.join()
-        return summarise(n, workers, log, watch.samples, (begin, end), (offset, until), code, drain)
+        result = summarise(
+            n, workers, log, watch.samples, (begin, end), (offset, until), code, drain
+        )
+        result.startup_s = startup
+        return result
+
+
+def wait_for_start(log: Path, proc: subprocess.Popen[bytes]) -> float:
+    """Seconds until serve has loaded every configuration and scheduled the merchants (its
+    `serve.start` line): the warm-up counts from there, whatever the machine's load."""
+    began = time.monotonic()
+    while proc.poll() is None and time.monotonic() - began < 600:
+        if b'"serve.start"' in log.read_bytes():
+            break
+        time.sleep(0.5)
+    return time.monotonic() - began
 
 
 def summarise(
@@ -267,6 +286,7 @@ def run(
             "late warn",
             "failed",
             "exit",
+            "start-up",
             "drain",
         ],
         [
@@ -284,6 +304,7 @@ def run(
                 r.late_warnings,
                 r.failed,
                 r.exit_code,
+                f"{r.startup_s:.1f} s",
                 f"{r.drain_s:.1f} s",
             ]
             for r in results
