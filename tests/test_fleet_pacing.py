@@ -112,11 +112,29 @@ def test_a_merchant_added_by_a_reload_starts_at_once_and_a_crowd_is_staggered():
 # -- the pool's size -----------------------------------------------------------------------
 
 
-def test_pool_size_is_bounded_whatever_the_fleet():
-    assert pacing.pool_size(1) == 1
-    assert pacing.pool_size(0) == 1
-    assert pacing.pool_size(500) == pacing.pool_size(10_000) == pacing.DEFAULT_WORKERS
-    assert pacing.pool_size(500, 40) == 40
+def test_pool_size_is_the_operators_or_the_default_whatever_the_fleet():
+    assert pacing.pool_size() == pacing.DEFAULT_WORKERS
+    assert pacing.pool_size(40) == 40
+
+
+def test_one_merchant_uses_one_worker_thread():
+    stop = threading.Event()
+    workers: list[int] = []
+    rounds = threading.Event()
+
+    def cycle(cfg: MerchantConfig, stop_event: threading.Event, next_due: Any) -> None:
+        workers.append(threading.get_ident())
+        if len(workers) == 3:
+            rounds.set()
+
+    def watch() -> None:
+        rounds.wait(WAIT)
+        stop.set()
+
+    threading.Thread(target=watch, daemon=True).start()
+    one = [merchant("acme", timedelta(seconds=1))]
+    assert serve(one, cycle, stop, shutdown=Shutdown(), grace=5) == 0
+    assert rounds.is_set() and len(set(workers)) == 1  # a pool of 16, one thread made
 
 
 def test_workers_come_from_the_flag_first_then_the_environment():

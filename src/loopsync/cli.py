@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         metavar="N",
         default=None,
-        help="cycles run at once, 1-256 (default: $LOOPSYNC_WORKERS, else min(16, merchants))",
+        help="cycles run at once, 1-256 (default: $LOOPSYNC_WORKERS, else 16)",
     )
 
     imp = sub.add_parser(

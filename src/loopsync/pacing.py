@@ -4,12 +4,14 @@ Three decisions, each a function of plain values, used by `scheduling.serve`:
 
 - `pool_size`: how many cycles run at once. Merchants share a bounded pool of worker
   threads, not a thread each: a cycle is mostly waiting on HTTP (Loop, the warehouse) and
-  on SQLite, and one interpreter runs one thread's Python at a time. The default,
-  min(DEFAULT_WORKERS, merchants), is 16: `benchmarks/fleet.py` measured an idle cycle at
-  20-30 ms of CPU (500 merchants every 30 s: 25 threads, latest start 0.8 s), and against
-  real remotes a cycle waits 1-2 s, so 16 workers carry about 16 cycles every 2 s, 3,600
-  merchants at the default `every: 15m` kept half busy (docs/SCALING.md has the
-  arithmetic). A thread each cost 500 threads and 334 MiB at 500 merchants (140 MiB now).
+  on SQLite, and one interpreter runs one thread's Python at a time. The default is 16
+  whatever the merchants at start (a reload may add many to a serve started with one; a
+  thread is only made when a cycle finds none idle, so one merchant still uses one).
+  `benchmarks/fleet.py` measured an idle cycle at 20-30 ms of CPU (500 merchants every
+  30 s: 25-33 threads, latest start under 1.5 s), and against real remotes a cycle waits
+  1-2 s, so 16 workers carry about 16 cycles every 2 s, 3,600 merchants at the default
+  `every: 15m` kept half busy (docs/SCALING.md has the arithmetic). A thread each cost
+  500 threads and 334 MiB at 500 merchants (140 MiB now).
   `--workers N` or $LOOPSYNC_WORKERS overrides it, 1..MAX_WORKERS.
 - `first_run_delays`: staggered first cycles. Each merchant's first cycle is put at a
   fixed point of a ramp, its place given by a hash of its name (stable across restarts
@@ -42,12 +44,9 @@ STAGGER_SLOT_SECONDS = 1.0  # one first cycle a second on average, well within c
 LATE_FRACTION = 0.10
 
 
-def pool_size(merchants: int, asked: int | None = None) -> int:
-    """Worker threads for `merchants`: the operator's figure, else min(16, merchants)
-    (at least one, so a reload that adds the first merchant has a worker)."""
-    if asked is not None:
-        return asked
-    return max(1, min(DEFAULT_WORKERS, merchants))
+def pool_size(asked: int | None = None) -> int:
+    """The pool's size: the operator's figure, else DEFAULT_WORKERS."""
+    return DEFAULT_WORKERS if asked is None else asked
 
 
 def read_workers(flag: str | None, env: Mapping[str, str]) -> int | None:

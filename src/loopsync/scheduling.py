@@ -2,7 +2,7 @@
 
 One interval job per merchant, max_instances=1, coalesced, misfire grace in minutes. The
 merchants share a bounded pool of worker threads (loopsync.pacing.pool_size: `--workers`,
-default min(16, merchants)), not a thread each: a cycle due while every worker is busy
+default 16), not a thread each: a cycle due while every worker is busy
 waits in the pool's first-in-first-out queue, a slow merchant holds at most one worker,
 and each cycle logs how late it started (`serve.cycle_started`, `late_s`; a warning
 `serve.cycle_late` past 10 % of its interval). A cycle that was still queued when a stop
@@ -297,7 +297,7 @@ def serve(
     stop = stop or threading.Event()
     shutdown = shutdown or Shutdown()
     clock = clock or SystemClock()
-    pool = Pool(pacing.pool_size(len(configs), workers), clock)
+    pool = Pool(pacing.pool_size(workers), clock)
     scheduler = _new_scheduler(pool)
     job = _guarded(run_cycle, lambda cfg: _next_due(scheduler, cfg), pool)
     jobs = _Jobs(scheduler, job, stop, clock=clock, stagger=stagger)
