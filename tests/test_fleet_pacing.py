@@ -44,6 +44,16 @@ def fleet(n: int, every: timedelta = timedelta(minutes=1)) -> list[MerchantConfi
     return [merchant(f"m{i:04d}", every) for i in range(n)]
 
 
+def stop_once(done: threading.Event, stop: threading.Event) -> None:
+    """Sets `stop` once `done` is set (or WAIT has passed): how these tests end serve."""
+
+    def watch() -> None:
+        done.wait(WAIT)
+        stop.set()
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 class RecordingScheduler:
     """What _Jobs asks of APScheduler, written down."""
 
@@ -127,11 +137,7 @@ def test_one_merchant_uses_one_worker_thread():
         if len(workers) == 3:
             rounds.set()
 
-    def watch() -> None:
-        rounds.wait(WAIT)
-        stop.set()
-
-    threading.Thread(target=watch, daemon=True).start()
+    stop_once(rounds, stop)
     one = [merchant("acme", timedelta(seconds=1))]
     assert serve(one, cycle, stop, shutdown=Shutdown(), grace=5) == 0
     assert rounds.is_set() and len(set(workers)) == 1  # a pool of 16, one thread made
@@ -221,11 +227,7 @@ def test_threads_do_not_grow_with_the_merchants():
             if len(seen) == len(cfgs):
                 everyone.set()
 
-    def watch() -> None:
-        everyone.wait(WAIT)
-        stop.set()
-
-    threading.Thread(target=watch, daemon=True).start()
+    stop_once(everyone, stop)
     assert serve(cfgs, cycle, stop, shutdown=Shutdown(), grace=5, stagger=False) == 0
     assert everyone.is_set(), f"{len(seen)} of {len(cfgs)} merchants ran"
     assert len(workers) <= pacing.DEFAULT_WORKERS
@@ -252,11 +254,7 @@ def test_a_stuck_merchant_does_not_block_the_others_and_the_stop_drains_it():
             if len(others) == 9:
                 all_others.set()
 
-    def watch() -> None:
-        all_others.wait(WAIT)
-        stop.set()
-
-    threading.Thread(target=watch, daemon=True).start()
+    stop_once(all_others, stop)
     # two workers: one held by the stuck merchant, nine others share the other one
     assert serve(cfgs, cycle, stop, shutdown=Shutdown(), grace=10, workers=2, stagger=False) == 0
     assert all_others.is_set(), f"only {sorted(others)} ran beside the stuck merchant"
