@@ -63,6 +63,9 @@ class Fleet:
     def start(self, count: int) -> None:
         for index in range(count):
             log = self.root / f"serve-{count}-{index}.log"
+            # Each shard's volume exists before its pod starts (a mounted claim): loopsync
+            # never creates the folder LOOPSYNC_STATE_DIR names.
+            self.state_dir(index).mkdir(exist_ok=True)
             env = self.env | {"LOOPSYNC_STATE_DIR": str(self.state_dir(index))}
             with log.open("wb") as out:
                 proc = subprocess.Popen(

@@ -107,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
         "$LOOPSYNC_HTTP_TOKEN",
     )
     resharding.add_shard_option(serve)
+    serve.add_argument(
+        "--workers",
+        metavar="N",
+        default=None,
+        help="cycles run at once, 1-256 (default: $LOOPSYNC_WORKERS, else 16)",
+    )
 
     imp = sub.add_parser(
         "import", help="import returns by id or date range (live cursor untouched)"
@@ -592,13 +598,16 @@ def http_listener(
 
 
 def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
-    from loopsync import telemetry
+    import os
+
+    from loopsync import pacing, telemetry
     from loopsync.inbox import WebhookService
     from loopsync.runner import run_merchant
     from loopsync.scheduling import serve
 
     asked = http_address(args.http)
     shard = resharding.shard_of(args.shard)
+    workers = pacing.read_workers(args.workers, os.environ)
     configs, bad = load_each(args.config)
     _report_bad(bad)
     if PROCESS.requested:  # stopped during start-up: nothing is running yet
@@ -664,6 +673,7 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
         reload=reload_tracked,
         grace=stop_grace(configs),
         listener=listener,
+        workers=workers,
     )
 
 

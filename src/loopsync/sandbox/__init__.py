@@ -9,6 +9,12 @@ HTTP on 127.0.0.1, seeded with realistic returns, with a record of every call.
 The sandbox is a lower layer: it imports the emulators, the connector registry (which
 emulator plays which kind) and the time helpers, never the worker (config, runner, engine,
 cli). Loading its config and running cycles against it are `loopsync.testing.Sandbox`'s.
+
+Many merchants (the fleet benchmark): `fleet_key(merchant)` gives each merchant a Loop key
+of its own, so Loop's per-key rate limit applies to each as it would in production, and
+`config_dict(loop_key_env=...)` names the variable that holds it. The merchants then share
+one shop's returns and one warehouse account: honest for idle merchants (each polls Loop
+and its warehouse on its own schedule), not for returns, which every merchant would take.
 """
 
 from __future__ import annotations
@@ -102,6 +108,7 @@ class Sandbox:
         self._next_id = FIRST_RETURN_ID
         self._seed = seed
         self.webhook_sender: WebhookSender | None = None
+        self._fleet_env: dict[str, str] = {}  # fleet_key's variables
 
     def _set_warehouse_rate_limits(self, enabled: bool) -> None:
         for attr in ("rate_limit_enabled", "throttle_enabled", "credits_enabled"):
@@ -198,7 +205,22 @@ class Sandbox:
     # -- configuration ------------------------------------------------------------------------
     def env(self) -> dict[str, str]:
         hooks = {WEBHOOK_SECRET_ENV[s]: WEBHOOK_SECRETS[s] for s in self.webhook_sources}
-        return {"LOOP_API_KEY": LOOP_KEY, **self.warehouse.secret_env(), **hooks}
+        return {
+            "LOOP_API_KEY": LOOP_KEY,
+            **self.warehouse.secret_env(),
+            **hooks,
+            **self._fleet_env,
+        }
+
+    def fleet_key(self, merchant: str) -> str:
+        """A Loop key of `merchant`'s own (every scope; the emulator limits each key
+        apart), added to `env()` under the name it returns, for `config_dict(loop_key_env=)`."""
+        tag = "".join(c if c.isascii() and c.isalnum() else "_" for c in merchant).upper()
+        name = f"LOOP_API_KEY_{tag}"
+        key = f"sandbox-loop-key-{tag.lower()}"
+        self.loop.api_keys[key] = self.loop.api_keys[LOOP_KEY]
+        self._fleet_env[name] = key
+        return name
 
     def config_dict(
         self,
@@ -209,6 +231,7 @@ class Sandbox:
         every: str = "1m",
         warehouse_extra: dict[str, Any] | None = None,
         webhooks: dict[str, Any] | None = None,
+        loop_key_env: str = "LOOP_API_KEY",
         **loop_extra: Any,
     ) -> dict[str, Any]:
         """A merchant config for this sandbox; `webhooks` (a dict, {} for the defaults)
@@ -228,7 +251,7 @@ class Sandbox:
             "schedule": {"every": every},
             "loop": {
                 "base_url": self.loop_url,
-                "api_key": "${LOOP_API_KEY}",
+                "api_key": f"${{{loop_key_env}}}",
                 "start_at": iso(start.replace(microsecond=0)),
                 "lookback": "15m",
                 **loop_extra,
