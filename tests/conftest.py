@@ -1,12 +1,19 @@
 import pytest
 
-from loopsync import logs
+from loopsync import http, logs
 from loopsync.testing import FakeClock, Sandbox
 
 
 @pytest.fixture(autouse=True)
 def _quiet_logs():
     logs.configure(json_output=True, level="error")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_rate_budgets():
+    """Each test starts with a fresh process's Loop budget (the limiter is per process and
+    key, and every test uses the sandbox's key): no test waits out another's minute."""
+    http.forget_shared_limiters()
 
 
 @pytest.fixture

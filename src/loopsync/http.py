@@ -224,6 +224,14 @@ def shared_limiter(
         return lim
 
 
+def forget_shared_limiters() -> None:
+    """Start every (system, credential) budget afresh, as a new process does. For test
+    suites: many tests in one process share the sandbox's key, and one test's requests must
+    not make the next one wait out a real minute."""
+    with _shared_lock:
+        _shared_limiters.clear()
+
+
 class KeyValue(Protocol):
     def get(self, key: str, default: Any = None) -> Any: ...
 
