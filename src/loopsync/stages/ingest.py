@@ -361,14 +361,15 @@ def ingest_page(ctx: CycleContext, returns: list[Any]) -> list[str]:
     # One query for the page's known returns instead of one per return.
     ids = [rid for raw in returns if isinstance(raw, dict) and (rid := raw_id(raw))]
     heads: Heads = dict(ctx.store.returns.heads(ids))
-    return [rid for raw in returns if (rid := _ingest_return(ctx, raw, heads))]
+    now = ctx.store.now()  # one page, one transaction, one time (per return: ~2 us each)
+    return [rid for raw in returns if (rid := _ingest_return(ctx, raw, heads, now))]
 
 
-def _ingest_return(ctx: CycleContext, raw: Any, heads: Heads) -> str | None:
+def _ingest_return(ctx: CycleContext, raw: Any, heads: Heads, now: str) -> str | None:
     """`heads`: the page's stored heads (`ReturnRepository.heads`)."""
     ctx.counts.pulled += 1
     try:
-        return _store_return(ctx, raw, heads)
+        return _store_return(ctx, raw, heads, now)
     except Unreadable as exc:
         ctx.counts.malformed += 1
         ctx.problem(raw_id(raw), "ingest", f"malformed Loop return: {exc}")
@@ -382,7 +383,7 @@ def _ingest_return(ctx: CycleContext, raw: Any, heads: Heads) -> str | None:
     return None
 
 
-def _store_return(ctx: CycleContext, raw: Any, heads: Heads) -> str:
+def _store_return(ctx: CycleContext, raw: Any, heads: Heads, now: str) -> str:
     ret = LoopReturn.from_api(raw)
     head = heads.get(ret.id)
     heads[ret.id] = LOOKUP  # the same id again in this page: read it afresh
@@ -396,6 +397,7 @@ def _store_return(ctx: CycleContext, raw: Any, heads: Heads) -> str:
         order_name=ret.order_name,
         head=head,
         encoded=ret.encoded,
+        now=now,
     )
     if outcome == Upserted.NEW:
         ctx.counts.new += 1
