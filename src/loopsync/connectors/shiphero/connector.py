@@ -9,7 +9,9 @@ and one of aliased `returns(order_id)` look-ups serve up to 50 returns each (Gra
 aliases are standard and ShipHero prices each aliased field on its own: the emulator does
 the same). An answer is used once, by its own return, and only while fresh (`Prepared`); a
 return its batch did not settle (no answer for its alias, an error on it, a second order
-or a second page) is looked up alone with the usual pages.
+or a second page) is looked up alone with the usual pages. A document whose answer names
+another key than an alias asked for (aliases swapped on the way, a filter ignored)
+settles none of its returns: an empty alias there could hide an existing RMA.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from loopsync.connectors.base import (
     WarehouseSettings,
 )
 from loopsync.connectors.shiphero.mapping import (
+    answers_for_others,
     created_return,
     line_sku,
     polled_status,
@@ -228,9 +231,11 @@ class ShipHeroConnector(WarehouseConnector):
         keys: Iterable[str],
         document: Callable[[int], tuple[str, dict[str, str]]],
         variables: dict[str, Any],
+        key_field: str,
     ) -> dict[str, list[Any]]:
         """The settled look-ups of `keys` (each once), by key: `document(n)` for n keys a
-        request, at most `_chunk_size(op)` keys each."""
+        request, at most `_chunk_size(op)` keys each. A document with a node whose
+        `key_field` is not its alias's key settles nothing (`answers_for_others`)."""
         distinct = sorted(set(keys))
         found: dict[str, list[Any]] = {}
         size = self._chunk_size(op)
@@ -239,7 +244,11 @@ class ShipHeroConnector(WarehouseConnector):
             query, shared = document(len(chunk))
             values = {**shared, **variables, **{f"k{i}": key for i, key in enumerate(chunk)}}
             body = self.client.graphql(op, query, values, units=len(chunk), partial_ok=True)
-            for i, nodes in settled_aliases(body, "a", len(chunk)).items():
+            settled = settled_aliases(body, "a", len(chunk))
+            if answers_for_others(settled, chunk, key_field):
+                log.warning("shiphero.batch_answer_mismatched", operation=op, keys=len(chunk))
+                continue  # each of them looked up alone
+            for i, nodes in settled.items():
                 found[chunk[i]] = nodes
         return found
 
@@ -254,6 +263,7 @@ class ShipHeroConnector(WarehouseConnector):
             partner_ids.values(),
             lambda n: orders_batch_query(n, shared),
             {"first": BATCH_ORDERS_FIRST, "lines": BATCH_LINES},
+            "partner_order_id",
         )
         found: dict[str, tuple[dict[str, Any], ...]] = {}
         for partner_id, nodes in answers.items():
@@ -273,6 +283,7 @@ class ShipHeroConnector(WarehouseConnector):
             order_of.values(),
             lambda n: returns_batch_query(n, shared),
             {"first": BATCH_RETURNS_FIRST},
+            "order_id",
         )
         for return_id, order_id in order_of.items():
             if order_id in found:

@@ -333,6 +333,21 @@ def settled_aliases(body: Any, prefix: str, count: int) -> dict[int, list[Any]]:
     return settled
 
 
+def answers_for_others(settled: dict[int, list[Any]], keys: Sequence[str], field: str) -> bool:
+    """Whether a settled alias holds a node whose `field` is not the key its alias asked
+    for (`keys` by alias number): aliases swapped or renamed on the way, or a filter the
+    server ignored. Then no alias of that document proves anything, an empty one least
+    of all (it could hide a lost RMA: a second one would be created)."""
+    for i, nodes in settled.items():
+        for node in nodes:
+            value = node.get(field) if isinstance(node, dict) else None
+            if isinstance(value, bool) or not isinstance(value, str | int):
+                return True
+            if str(value).strip() != keys[i]:
+                return True
+    return False
+
+
 def _erred_aliases(errors: Any) -> set[str]:
     """Aliases an error's `path` starts with (GraphQL's field errors)."""
     out: set[str] = set()

@@ -1,0 +1,76 @@
+"""Red team on the batched ShipHero look-ups: a batch answer is used only for what it
+proves. An alias whose nodes name another key than the one asked (aliases swapped or
+renamed by a proxy, a filter the server ignored) settles nothing in its document, so no
+RMA lands on another order and no lost RMA is missed (a second RMA). The emulated
+ShipHero on 127.0.0.1."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from loopsync.connectors.shiphero.mapping import answers_for_others
+from loopsync.models import LoopReturn
+from tests.test_poison_parsers import any_json
+from tests.test_shiphero_batch import push_all, rewrite, world
+
+__all__ = ["world"]
+
+
+def swap(first: str, second: str) -> Any:
+    def change(body: dict[str, Any]) -> None:
+        data = body["data"]
+        data[first], data[second] = data[second], data[first]
+
+    return change
+
+
+def order_of_rma(world: Any, ret: LoopReturn) -> str:
+    (made,) = world.emu._returns_for(ret.id)
+    return str(made.order.partner_order_id)
+
+
+def test_swapped_order_aliases_put_no_rma_on_another_order(world):
+    rets = world.loop_returns(3)
+    rewrite(world, "LoopsyncOrdersBatch", swap("a0", "a1"))
+    push_all(world, rets)
+    for ret in rets:
+        assert world.emu.rma_count(ret.id) == 1
+        assert order_of_rma(world, ret) == ret.provider_order_id
+
+
+def test_swapped_returns_aliases_never_hide_an_existing_rma(world):
+    rets = world.loop_returns(3)
+    made = world.push(world.connector(), rets[:1])  # an RMA the lost state forgot
+    assert made and world.emu.rma_count(rets[0].id) == 1
+    rewrite(world, "LoopsyncReturnsBatch", swap("a0", "a1"))
+    rewrite(world, "LoopsyncReturnsBatch", swap("a0", "a2"))
+    push_all(world, rets)
+    assert [world.emu.rma_count(r.id) for r in rets] == [1, 1, 1]
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    keys=st.lists(st.text(min_size=1, max_size=4).map(str.strip).filter(bool), max_size=4),
+    data=st.data(),
+)
+def test_a_batch_answer_proves_its_aliases_only_when_every_node_names_its_key(keys, data):
+    settled = {
+        i: data.draw(st.lists(st.one_of(any_json, st.fixed_dictionaries({"k": any_json}))))
+        for i in range(len(keys))
+    }
+    mismatched = answers_for_others(settled, keys, "k")  # total on any answer
+    named = all(
+        isinstance(node, dict)
+        and type(node.get("k")) in (str, int)
+        and str(node["k"]).strip() == keys[i]
+        for i, nodes in settled.items()
+        for node in nodes
+    )
+    assert mismatched is not named or not any(settled.values())
+    own = {i: [{"k": key, "id": i}] for i, key in enumerate(keys)}
+    assert not answers_for_others(own, keys, "k")
+    if len(keys) > 1 and keys[0] != keys[1]:
+        assert answers_for_others({0: own[1], 1: own[0]}, keys, "k")  # swapped aliases
