@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from loopsync.connectors.shiphero.mapping import answers_for_others
+from loopsync.connectors.base import NotReady
+from loopsync.connectors.shiphero.mapping import answers_for_others, order_named
 from loopsync.models import LoopReturn
+from loopsync.sandbox.shiphero import _order_view
 from tests.test_poison_parsers import any_json
 from tests.test_shiphero_batch import push_all, rewrite, world
 
@@ -74,3 +77,52 @@ def test_a_batch_answer_proves_its_aliases_only_when_every_node_names_its_key(ke
     assert not answers_for_others(own, keys, "k")
     if len(keys) > 1 and keys[0] != keys[1]:
         assert answers_for_others({0: own[1], 1: own[0]}, keys, "k")  # swapped aliases
+
+
+@pytest.mark.parametrize("real_order_too", [True, False])
+def test_an_order_look_up_whose_filter_the_server_ignores_uses_no_other_order(
+    world, real_order_too
+):
+    rets = world.loop_returns(2)
+    other = world.loop_returns(1, first_id=9500)[0]
+    (order,) = [
+        o for o in world.emu.orders.values() if o.partner_order_id == other.provider_order_id
+    ]
+    rewrite(world, "LoopsyncOrdersBatch", lambda body: body["data"].pop("a0"))
+
+    def ignored_filter(body: dict[str, Any]) -> None:
+        # Another customer's order first, holding every SKU of the return asked for.
+        node = _order_view(order)
+        skus = sorted({sku for ret in rets for sku in ret.units_by_sku()})
+        node["line_items"] = {
+            "pageInfo": {"hasNextPage": False, "endCursor": None},
+            "edges": [{"node": {"sku": sku}} for sku in skus],
+        }
+        edges = body["data"]["orders"]["data"]["edges"]
+        edges[:] = [{"node": node}, *(edges if real_order_too else [])]
+
+    rewrite(world, "query LoopsyncOrders(", ignored_filter)
+    connector = world.connector()
+    connector.prepare([world.request(r) for r in rets])
+    for ret in rets:
+        req = world.request(ret)
+        if not real_order_too and ret is rets[0]:
+            with pytest.raises(NotReady):  # waits for its order; no RMA on another's
+                connector.locate(req)
+            assert world.emu.rma_count(ret.id) == 0
+            continue
+        located = connector.locate(req)
+        if connector.find_rma(req, located) is None:
+            connector.create_rma(req, located)
+        assert world.emu.rma_count(ret.id) == 1
+        assert order_of_rma(world, ret) == ret.provider_order_id
+
+
+@settings(max_examples=100, deadline=None)
+@given(node=any_json, value=st.text(max_size=8))
+def test_an_order_is_named_only_by_the_value_asked_for(node, value):
+    for field in ("partner_order_id", "order_number"):
+        named = order_named(node, field, value)  # total on any answer
+        assert not named or (isinstance(node, dict) and field in node)
+    assert order_named({"order_number": " #A1 "}, "order_number", "a1")
+    assert not order_named({"partner_order_id": "91"}, "partner_order_id", "9")

@@ -37,6 +37,7 @@ from loopsync.connectors.shiphero.mapping import (
     answers_for_others,
     created_return,
     line_sku,
+    order_named,
     polled_status,
     read_order,
     read_warehouses,
@@ -298,7 +299,8 @@ class ShipHeroConnector(WarehouseConnector):
         return self._orders(partner_order_id=partner_order_id)
 
     def _orders(self, **match: str) -> list[dict[str, Any]]:
-        """Every order matching `match` (plus the configured shop/account), with its SKUs."""
+        """Every order matching `match` (plus the configured shop/account), with its SKUs;
+        an order the answer holds that `match` does not name is left out (`order_named`)."""
         query, filters = orders_query(
             {
                 **match,
@@ -310,6 +312,7 @@ class ShipHeroConnector(WarehouseConnector):
         return [
             self._located(node)
             for node in self.client.paged("orders", query, variables, ("orders", "data"))
+            if all(order_named(node, field, value) for field, value in match.items())
         ]
 
     def _located(self, order: dict[str, Any]) -> dict[str, Any]:

@@ -102,6 +102,22 @@ def read_order(order: Any) -> tuple[dict[str, Any], str | None]:
     }, after
 
 
+def order_named(node: Any, field: str, value: str) -> bool:
+    """Whether an order node's `field` (partner_order_id, order_number) is the `value`
+    asked for; order numbers compared without a leading "#" or case. A server that
+    ignores the filter must not hand a return another customer's order."""
+    found = node.get(field) if isinstance(node, dict) else None
+    if isinstance(found, bool) or not isinstance(found, str | int):
+        return False
+    if field == "order_number":
+        return _order_number(str(found)) == _order_number(value)
+    return str(found).strip() == value.strip()
+
+
+def _order_number(text: str) -> str:
+    return text.strip().lstrip("#").strip().casefold()
+
+
 def line_sku(node: Any) -> str | None:
     """An order line's SKU; None for a line without one. Unreadable for a bad one."""
     if not node or not isinstance(node, dict):
