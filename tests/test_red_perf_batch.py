@@ -14,8 +14,10 @@ from hypothesis import strategies as st
 
 from loopsync.connectors.base import NotReady
 from loopsync.connectors.shiphero.mapping import answers_for_others, order_named
+from loopsync.connectors.shiphero.wire import CreditBucket
 from loopsync.models import LoopReturn
 from loopsync.sandbox.shiphero import _order_view
+from loopsync.testing import FakeClock
 from tests.test_poison_parsers import any_json
 from tests.test_shiphero_batch import push_all, rewrite, world
 
@@ -126,3 +128,17 @@ def test_an_order_is_named_only_by_the_value_asked_for(node, value):
         assert not named or (isinstance(node, dict) and field in node)
     assert order_named({"order_number": " #A1 "}, "order_number", "a1")
     assert not order_named({"partner_order_id": "91"}, "partner_order_id", "9")
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    actual=st.floats(min_value=0, max_value=1e300),
+    remaining=st.floats(min_value=-1e300, max_value=1e300),
+)
+def test_a_hostile_credit_figure_never_holds_the_worker_past_one_full_bucket(actual, remaining):
+    clock = FakeClock("2026-05-01T00:00:00Z")
+    bucket = CreditBucket(1001, 15.0, clock)
+    bucket.correct(10, actual)  # ShipHero says a batch cost this much
+    assert bucket.take(500) <= 2 * 1001 / 15.0 + 1
+    bucket.throttled(remaining, 500)  # ... or that this much is left
+    assert bucket.take(500) <= 2 * 1001 / 15.0 + 1
