@@ -142,3 +142,22 @@ def test_a_hostile_credit_figure_never_holds_the_worker_past_one_full_bucket(act
     assert bucket.take(500) <= 2 * 1001 / 15.0 + 1
     bucket.throttled(remaining, 500)  # ... or that this much is left
     assert bucket.take(500) <= 2 * 1001 / 15.0 + 1
+
+
+def test_swapped_poll_aliases_never_give_a_return_another_rmas_status(world):
+    rets = world.loop_returns(2)
+    refs = world.push(world.connector(), rets)
+    assert world.emu.receive(rets[0].id, "full")
+
+    def swapped_anonymous(body: dict[str, Any]) -> None:
+        data = body["data"]
+        data["r0"], data["r1"] = data["r1"], data["r0"]
+        for entry in data.values():
+            entry["data"]["partner_id"] = None  # nothing left to tell them apart by...
+
+    rewrite(world, "LoopsyncPoll", swapped_anonymous)
+    result = world.connector().poll(refs)
+    for ref in refs:  # ... but the RMA id each alias asked for
+        status = result.statuses.get(ref.return_id)
+        assert status is None or status.rma_id == ref.rma_id
+    assert set(result.errors) == {r.id for r in rets}

@@ -192,6 +192,13 @@ def polled_status(ref: RmaRef, entry: Any, field_error: str | None) -> RmaStatus
             f"{printable(str(_lenient_id(partner)), 40)}",
             field="partner_id",
         )
+    answered = _lenient_id(node.get("id"))
+    if answered is None or str(answered) != ref.rma_id:
+        # Aliases swapped on the way: another RMA's status must not decide this return.
+        raise Unreadable(
+            f"ShipHero answered return {printable(str(answered), 40)} for {ref.rma_id}",
+            field="id",
+        )
     return _rma_status(ref, node)
 
 
