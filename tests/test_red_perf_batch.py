@@ -161,3 +161,24 @@ def test_swapped_poll_aliases_never_give_a_return_another_rmas_status(world):
         status = result.statuses.get(ref.return_id)
         assert status is None or status.rma_id == ref.rma_id
     assert set(result.errors) == {r.id for r in rets}
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_an_order_of_another_shop_is_not_used_when_shop_name_is_set(world, batched):
+    (ret,) = world.loop_returns(1)
+    if not batched:
+        rewrite(world, "LoopsyncOrdersBatch", lambda body: body["data"].pop("a0"))
+
+    def other_shop(body: dict[str, Any]) -> None:
+        # The filter ignored: the order of the same partner_order_id in another shop.
+        for entry in body["data"].values():
+            for edge in entry["data"]["edges"]:
+                edge["node"]["shop_name"] = "someone-else.myshopify.com"
+
+    rewrite(world, "LoopsyncOrders", other_shop)
+    connector = world.connector(shop_name=world.emu.shop_name)
+    req = world.request(ret)
+    connector.prepare([req])
+    with pytest.raises(NotReady):  # its own shop's order is not there: it waits
+        connector.locate(req)
+    assert world.emu.rma_count(ret.id) == 0

@@ -268,6 +268,8 @@ class ShipHeroConnector(WarehouseConnector):
         )
         found: dict[str, tuple[dict[str, Any], ...]] = {}
         for partner_id, nodes in answers.items():
+            if not all(self._asked(node, {}) for node in nodes):
+                continue  # another shop's order: looked up alone, where it is left out
             try:
                 found[partner_id] = tuple(self._located(node) for node in nodes)
             except Unreadable:
@@ -300,7 +302,7 @@ class ShipHeroConnector(WarehouseConnector):
 
     def _orders(self, **match: str) -> list[dict[str, Any]]:
         """Every order matching `match` (plus the configured shop/account), with its SKUs;
-        an order the answer holds that `match` does not name is left out (`order_named`)."""
+        an order the answer holds that was not asked for is left out (`_asked`)."""
         query, filters = orders_query(
             {
                 **match,
@@ -312,8 +314,14 @@ class ShipHeroConnector(WarehouseConnector):
         return [
             self._located(node)
             for node in self.client.paged("orders", query, variables, ("orders", "data"))
-            if all(order_named(node, field, value) for field, value in match.items())
+            if self._asked(node, match)
         ]
+
+    def _asked(self, node: Any, match: dict[str, str]) -> bool:
+        """Whether an order answered is one asked for: `match`, and the configured shop (a
+        server that ignores a filter must not hand a return another customer's order)."""
+        shop = {"shop_name": self.cfg.shop_name} if self.cfg.shop_name else {}
+        return all(order_named(node, field, value) for field, value in {**match, **shop}.items())
 
     def _located(self, order: dict[str, Any]) -> dict[str, Any]:
         """The JSON-safe part of an order that create_rma needs (Unreadable when the
