@@ -128,6 +128,7 @@ def test_an_order_is_named_only_by_the_value_asked_for(node, value):
         assert not named or (isinstance(node, dict) and field in node)
     assert order_named({"order_number": " #A1 "}, "order_number", "a1")
     assert not order_named({"partner_order_id": "91"}, "partner_order_id", "9")
+    assert order_named({"shop_name": "Shop.myshopify.com"}, "shop_name", "shop.MYSHOPIFY.com")
 
 
 @settings(max_examples=100, deadline=None)

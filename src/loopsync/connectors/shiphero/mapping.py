@@ -104,13 +104,16 @@ def read_order(order: Any) -> tuple[dict[str, Any], str | None]:
 
 def order_named(node: Any, field: str, value: str) -> bool:
     """Whether an order node's `field` (partner_order_id, order_number, shop_name) is the
-    `value` asked for; order numbers compared without a leading "#" or case. A server
-    that ignores the filter must not hand a return another customer's order."""
+    `value` asked for; order numbers compared without a leading "#" or case, shop names
+    without case. A server that ignores the filter must not hand a return another
+    customer's order."""
     found = node.get(field) if isinstance(node, dict) else None
     if isinstance(found, bool) or not isinstance(found, str | int):
         return False
     if field == "order_number":
         return _order_number(str(found)) == _order_number(value)
+    if field == "shop_name":  # a host name: its case means nothing
+        return str(found).strip().casefold() == value.strip().casefold()
     return str(found).strip() == value.strip()
 
 
