@@ -31,6 +31,7 @@ from loopsync.models import LoopReturn, parse_asn_row, remote_timestamp
 from loopsync.paging import WalkEnd, WalkResult, record_walk
 from loopsync.prefetch import prefetched
 from loopsync.progress import Progress
+from loopsync.stages.asn import asn_parts, refused_text
 from loopsync.stages.context import CycleContext, one_records_fault, raw_id, unexpected
 from loopsync.state import LOOKUP, Cursor, Lookup, ReturnHead, Upserted
 from loopsync.timeutil import iso, parse_timestamp
@@ -415,13 +416,19 @@ def ingest_asn(ctx: CycleContext) -> None:
     for window in plan_windows(start, end, ctx.cfg.loop.asn_window):
         if ctx.stop.is_set():
             return
-        rows = ctx.loop.asn_report(window.start, window.end)
-        date = getattr(ctx.loop, "last_server_date", None)
-        _server_now(ctx, ctx.now(), date)
-        with ctx.store.atomic():
-            for row in rows:
-                _ingest_asn_row(ctx, row)
-            ctx.store.cursors.complete_window(ASN, "all", completed_until(window.end, date))
+        for part in asn_parts(ctx.loop, window):  # a window past the body cap, in parts
+            date = getattr(ctx.loop, "last_server_date", None)
+            _server_now(ctx, ctx.now(), date)
+            with ctx.store.atomic():
+                if part.rows is None:  # too large even at the smallest part: said, passed
+                    ctx.counts.errors += 1
+                    ctx.problem(None, "asn", refused_text(part))
+                for row in part.rows or ():
+                    _ingest_asn_row(ctx, row)
+                until = completed_until(part.window.end, date)
+                ctx.store.cursors.complete_window(ASN, "all", until)
+            if ctx.stop.is_set():
+                return
 
 
 def _ingest_asn_row(ctx: CycleContext, row: Any) -> None:

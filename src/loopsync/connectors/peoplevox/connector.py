@@ -147,7 +147,14 @@ class PeopleVoxConnector(WarehouseConnector):
                 per_page=10,
             )
             rows = tuple(csv_rows(result.detail))
-        orders = {row.get("SalesOrderNumber", ""): row for row in rows}
+        if rows and not any(field_name in row for row in rows):
+            raise PermanentError(
+                SYSTEM, f"template {self.own.templates.sales_orders!r} does not export {field_name}"
+            )
+        # Only the rows that name this value: a tenant that ignores the SearchClause must
+        # not give the return another customer's sales order.
+        named = [row for row in rows if row.get(field_name, "").strip() == value]
+        orders = {row.get("SalesOrderNumber", ""): row for row in named}
         if not orders:
             raise NotReady(f"sales order {field_name} = {value!r} not found in PeopleVox")
         if len(orders) > 1:

@@ -9,7 +9,9 @@ and one of aliased `returns(order_id)` look-ups serve up to 50 returns each (Gra
 aliases are standard and ShipHero prices each aliased field on its own: the emulator does
 the same). An answer is used once, by its own return, and only while fresh (`Prepared`); a
 return its batch did not settle (no answer for its alias, an error on it, a second order
-or a second page) is looked up alone with the usual pages.
+or a second page) is looked up alone with the usual pages. A document whose answer names
+another key than an alias asked for (aliases swapped on the way, a filter ignored)
+settles none of its returns: an empty alias there could hide an existing RMA.
 """
 
 from __future__ import annotations
@@ -32,8 +34,10 @@ from loopsync.connectors.base import (
     WarehouseSettings,
 )
 from loopsync.connectors.shiphero.mapping import (
+    answers_for_others,
     created_return,
     line_sku,
+    order_named,
     polled_status,
     read_order,
     read_warehouses,
@@ -228,9 +232,11 @@ class ShipHeroConnector(WarehouseConnector):
         keys: Iterable[str],
         document: Callable[[int], tuple[str, dict[str, str]]],
         variables: dict[str, Any],
+        key_field: str,
     ) -> dict[str, list[Any]]:
         """The settled look-ups of `keys` (each once), by key: `document(n)` for n keys a
-        request, at most `_chunk_size(op)` keys each."""
+        request, at most `_chunk_size(op)` keys each. A document with a node whose
+        `key_field` is not its alias's key settles nothing (`answers_for_others`)."""
         distinct = sorted(set(keys))
         found: dict[str, list[Any]] = {}
         size = self._chunk_size(op)
@@ -239,7 +245,11 @@ class ShipHeroConnector(WarehouseConnector):
             query, shared = document(len(chunk))
             values = {**shared, **variables, **{f"k{i}": key for i, key in enumerate(chunk)}}
             body = self.client.graphql(op, query, values, units=len(chunk), partial_ok=True)
-            for i, nodes in settled_aliases(body, "a", len(chunk)).items():
+            settled = settled_aliases(body, "a", len(chunk))
+            if answers_for_others(settled, chunk, key_field):
+                log.warning("shiphero.batch_answer_mismatched", operation=op, keys=len(chunk))
+                continue  # each of them looked up alone
+            for i, nodes in settled.items():
                 found[chunk[i]] = nodes
         return found
 
@@ -254,9 +264,12 @@ class ShipHeroConnector(WarehouseConnector):
             partner_ids.values(),
             lambda n: orders_batch_query(n, shared),
             {"first": BATCH_ORDERS_FIRST, "lines": BATCH_LINES},
+            "partner_order_id",
         )
         found: dict[str, tuple[dict[str, Any], ...]] = {}
         for partner_id, nodes in answers.items():
+            if not all(self._asked(node, {}) for node in nodes):
+                continue  # another shop's order: looked up alone, where it is left out
             try:
                 found[partner_id] = tuple(self._located(node) for node in nodes)
             except Unreadable:
@@ -273,6 +286,7 @@ class ShipHeroConnector(WarehouseConnector):
             order_of.values(),
             lambda n: returns_batch_query(n, shared),
             {"first": BATCH_RETURNS_FIRST},
+            "order_id",
         )
         for return_id, order_id in order_of.items():
             if order_id in found:
@@ -287,7 +301,8 @@ class ShipHeroConnector(WarehouseConnector):
         return self._orders(partner_order_id=partner_order_id)
 
     def _orders(self, **match: str) -> list[dict[str, Any]]:
-        """Every order matching `match` (plus the configured shop/account), with its SKUs."""
+        """Every order matching `match` (plus the configured shop/account), with its SKUs;
+        an order the answer holds that was not asked for is left out (`_asked`)."""
         query, filters = orders_query(
             {
                 **match,
@@ -299,7 +314,14 @@ class ShipHeroConnector(WarehouseConnector):
         return [
             self._located(node)
             for node in self.client.paged("orders", query, variables, ("orders", "data"))
+            if self._asked(node, match)
         ]
+
+    def _asked(self, node: Any, match: dict[str, str]) -> bool:
+        """Whether an order answered is one asked for: `match`, and the configured shop (a
+        server that ignores a filter must not hand a return another customer's order)."""
+        shop = {"shop_name": self.cfg.shop_name} if self.cfg.shop_name else {}
+        return all(order_named(node, field, value) for field, value in {**match, **shop}.items())
 
     def _located(self, order: dict[str, Any]) -> dict[str, Any]:
         """The JSON-safe part of an order that create_rma needs (Unreadable when the

@@ -102,6 +102,25 @@ def read_order(order: Any) -> tuple[dict[str, Any], str | None]:
     }, after
 
 
+def order_named(node: Any, field: str, value: str) -> bool:
+    """Whether an order node's `field` (partner_order_id, order_number, shop_name) is the
+    `value` asked for; order numbers compared without a leading "#" or case, shop names
+    without case. A server that ignores the filter must not hand a return another
+    customer's order."""
+    found = node.get(field) if isinstance(node, dict) else None
+    if isinstance(found, bool) or not isinstance(found, str | int):
+        return False
+    if field == "order_number":
+        return _order_number(str(found)) == _order_number(value)
+    if field == "shop_name":  # a host name: its case means nothing
+        return str(found).strip().casefold() == value.strip().casefold()
+    return str(found).strip() == value.strip()
+
+
+def _order_number(text: str) -> str:
+    return text.strip().lstrip("#").strip().casefold()
+
+
 def line_sku(node: Any) -> str | None:
     """An order line's SKU; None for a line without one. Unreadable for a bad one."""
     if not node or not isinstance(node, dict):
@@ -175,6 +194,13 @@ def polled_status(ref: RmaRef, entry: Any, field_error: str | None) -> RmaStatus
             f"ShipHero return {ref.rma_id} belongs to Loop return "
             f"{printable(str(_lenient_id(partner)), 40)}",
             field="partner_id",
+        )
+    answered = _lenient_id(node.get("id"))
+    if answered is None or str(answered) != ref.rma_id:
+        # Aliases swapped on the way: another RMA's status must not decide this return.
+        raise Unreadable(
+            f"ShipHero answered return {printable(str(answered), 40)} for {ref.rma_id}",
+            field="id",
         )
     return _rma_status(ref, node)
 
@@ -331,6 +357,21 @@ def settled_aliases(body: Any, prefix: str, count: int) -> dict[int, list[Any]]:
             continue
         settled[i] = [edge.get("node") for edge in edges if edge.get("node") is not None]
     return settled
+
+
+def answers_for_others(settled: dict[int, list[Any]], keys: Sequence[str], field: str) -> bool:
+    """Whether a settled alias holds a node whose `field` is not the key its alias asked
+    for (`keys` by alias number): aliases swapped or renamed on the way, or a filter the
+    server ignored. Then no alias of that document proves anything, an empty one least
+    of all (it could hide a lost RMA: a second one would be created)."""
+    for i, nodes in settled.items():
+        for node in nodes:
+            value = node.get(field) if isinstance(node, dict) else None
+            if isinstance(value, bool) or not isinstance(value, str | int):
+                return True
+            if str(value).strip() != keys[i]:
+                return True
+    return False
 
 
 def _erred_aliases(errors: Any) -> set[str]:

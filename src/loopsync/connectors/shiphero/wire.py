@@ -261,14 +261,20 @@ class CreditBucket:
 
     def correct(self, estimated: float, actual: float) -> None:
         with self._lock:
-            self._balance -= actual - estimated
+            self._set(self._balance - (actual - estimated))
 
     def throttled(self, remaining: float, charged: float) -> None:
         """ShipHero said how much is left. The call that `take` charged `charged` for did
         not run; its retry will, so it stays charged against the new balance."""
         with self._lock:
             self._refill()
-            self._balance = min(self.capacity, remaining) - charged
+            self._set(min(self.capacity, max(0.0, remaining)) - charged)
+
+    def _set(self, balance: float) -> None:
+        # ShipHero runs no query its balance cannot cover, so a figure that puts ours
+        # below one bucket in debt is wrong (a hostile or garbled `complexity`): believed,
+        # it would hold every later call for years.
+        self._balance = max(-self.capacity, balance)
 
 
 # Access tokens by (base URL, refresh token), in this process's memory only: `serve` builds
