@@ -4,7 +4,8 @@ hashing is `shards`, the copying `state.backup`).
 
 Each command says one line per merchant on `out` and a fault as one line on stderr with
 the exit code `cli` documents (2 usage, 65 not a loopsync state or another merchant's,
-73 newer state in the way or the target exists, 74 no such file, 75 a worker holds the
+73 newer state in the way, the target exists or the state folder is missing or not
+writable (`state import`, as `run`'s), 74 no such file, 75 a worker holds the
 merchant). Resharding, step by step, is in the README ("Kubernetes").
 """
 
@@ -92,6 +93,7 @@ def cmd_shards(args: argparse.Namespace, out: TextIO) -> int:
 def cmd_state(args: argparse.Namespace, out: TextIO) -> int:
     """`state export|import`: one merchant (-c FILE), one line saying what was done."""
     from loopsync.state.backup import export, import_state  # SQLite only when asked for
+    from loopsync.state.folder import check_state_folder
     from loopsync.timeutil import SystemClock
 
     cfg = _one_merchant(args.config)
@@ -100,6 +102,9 @@ def cmd_state(args: argparse.Namespace, out: TextIO) -> int:
         done = export(cfg.merchant, Path(cfg.state_path), path, SystemClock())
         out.write(f"{cfg.merchant}: state {cfg.state_path} exported to {done.path}\n")
     else:
+        # Importing writes the merchant's state: the folder is checked as every writer's
+        # is (a missing volume is refused, never created on the container's own disk).
+        check_state_folder(Path(cfg.state_path), cfg.file)
         got = import_state(cfg.merchant, Path(cfg.state_path), path)
         verb = "replaced by" if got.replaced else "created from"
         out.write(f"{cfg.merchant}: state {cfg.state_path} {verb} {path}\n")
