@@ -4,14 +4,17 @@
 from __future__ import annotations
 
 import io
+import sqlite3
 from pathlib import Path
 
 import pytest
 import yaml
 
 from loopsync import cli
-from loopsync.state.backup import export
+from loopsync.errors import StateUnwritable
+from loopsync.state.backup import export, import_state
 from loopsync.testing import FakeClock
+from loopsync.timeutil import iso
 from tests.test_state_backup import _config, _state
 
 
@@ -57,3 +60,64 @@ def test_state_import_never_creates_a_missing_state_volume(
     monkeypatch.setenv("LOOPSYNC_STATE_DIR", str(volume))
     volume.mkdir()  # mounted: the import goes through
     assert _import(config, file) == 0 and (volume / "acme.sqlite").is_file()
+
+
+def _event(path: Path, key: str, received_at: str, handled_at: str | None = None) -> None:
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute(
+            "insert into inbox (key, source, topic, subject, body_hash, received_at, "
+            "handled_at) values (?, 'loop', 'return.updated', '1001', 'h', ?, ?)",
+            [key, received_at, handled_at],
+        )
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def test_state_import_refuses_to_lose_a_webhook_event_the_target_received_later(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """A webhook answered 2xx is never sent again: a target state whose inbox took an event
+    after the file was exported is newer, as one with a later run is."""
+    file = _exported(tmp_path, clock)
+    target = tmp_path / "b" / "s.sqlite"
+    import_state("acme", target, file)
+    clock.advance(60)
+    _event(target, "loop:evt-1", iso(clock.now()) or "")
+    with pytest.raises(StateUnwritable, match="newer than the file"):
+        import_state("acme", target, file)
+    assert _inbox_keys(target) == {"loop:evt-1"}
+
+
+def test_state_import_refuses_to_lose_an_unhandled_event_whatever_its_clock(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """An unhandled event the file lacks is refused even when dated before the file (a
+    clock that disagrees): it is work the import would drop."""
+    file = _exported(tmp_path, clock)
+    target = tmp_path / "b" / "s.sqlite"
+    import_state("acme", target, file)
+    _event(target, "loop:evt-2", "2001-01-01T00:00:00Z")
+    with pytest.raises(StateUnwritable, match="unhandled webhook event"):
+        import_state("acme", target, file)
+    # handled long ago and pruned from the file's side: nothing is lost, the import goes on
+    _sql_exec(target, "update inbox set handled_at = '2001-01-01T00:00:01Z'")
+    assert import_state("acme", target, file).replaced
+
+
+def _sql_exec(path: Path, statement: str) -> None:
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute(statement)
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def _inbox_keys(path: Path) -> set[str]:
+    conn = sqlite3.connect(path)
+    try:
+        return {str(k) for (k,) in conn.execute("select key from inbox")}
+    finally:
+        conn.close()

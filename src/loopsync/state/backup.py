@@ -18,10 +18,11 @@ Import refuses, one line each (exit codes in `cli`):
   it (a live file, half of which is elsewhere): StateCorrupt (65);
 - a file exported for another merchant: StateCorrupt (65);
 - an existing state that is NEWER than the file, which the import would lose: its last
-  change (the latest of its runs, effects, cursors and returns, by the store's own
-  timestamps) is later than the file's, or its ledger holds effects the file does not
-  (a remote call the file knows nothing of): StateUnwritable (73). Importing the same
-  file again is allowed (nothing newer) and changes nothing;
+  change (the latest of its runs, effects, cursors, returns and webhook inbox events, by
+  the store's own timestamps) is later than the file's, its ledger holds effects the file
+  does not (a remote call the file knows nothing of), or its inbox holds unhandled
+  webhook events the file does not (answered 2xx, never sent again): StateUnwritable
+  (73). Importing the same file again is allowed (nothing newer) and changes nothing;
 - an existing state that cannot be read: StateCorrupt (65), "move it away first";
 - a worker holding the merchant's lock: LockHeld (75).
 
@@ -53,13 +54,18 @@ EXPORTED_AT = "exported_at"
 # Tables every loopsync state has had since schema 1: a SQLite file without them is some
 # other program's database.
 REQUIRED_TABLES = frozenset({"meta", "returns", "effects", "cursors", "runs", "kv"})
-# (table, column) pairs whose latest value is when the state last changed.
+# (table, column) pairs whose latest value is when the state last changed. The webhook
+# inbox (schema 4) too: an event accepted after the file was taken is newer state (its
+# sender was answered 2xx and will not send it again). A table an older schema lacks is
+# skipped.
 _CHANGED_AT = (
     ("runs", "started_at"),
     ("runs", "ended_at"),
     ("effects", "updated_at"),
     ("cursors", "updated_at"),
     ("returns", "last_seen_at"),
+    ("inbox", "received_at"),
+    ("inbox", "handled_at"),
 )
 
 
@@ -69,12 +75,16 @@ class Watermark:
 
     last_change: datetime | None
     effects: frozenset[str]
+    unhandled: frozenset[str] = frozenset()  # inbox keys of webhook events not yet handled
 
     def newer_than(self, other: Watermark) -> str | None:
         """Why this state holds something `other` lacks (a reason), or None."""
         missing = self.effects - other.effects
         if missing:
             return f"its ledger holds {len(missing)} effect(s) the file does not"
+        waiting = self.unhandled - other.unhandled
+        if waiting:
+            return f"its inbox holds {len(waiting)} unhandled webhook event(s) the file does not"
         if self.last_change and (other.last_change is None or self.last_change > other.last_change):
             return f"it changed at {iso(self.last_change)}, after the file's last change"
         return None
@@ -96,13 +106,20 @@ class Copied:
 def watermark(conn: sqlite3.Connection) -> Watermark:
     """A state's high-water marks, from what the store records (timestamps in the
     store's canonical UTC form; parsed, so precision differences compare correctly)."""
+    tables = {str(n) for (n,) in conn.execute("select name from sqlite_master where type='table'")}
     latest: list[datetime] = []
     for table, column in _CHANGED_AT:
+        if table not in tables:
+            continue
         row = conn.execute(f"select max({column}) from {table}").fetchone()
         with contextlib.suppress(ValueError, TypeError):
             latest.append(parse_timestamp(str(row[0])))
     keys = frozenset(str(k) for (k,) in conn.execute("select key from effects"))
-    return Watermark(max(latest, default=None), keys)
+    unhandled: frozenset[str] = frozenset()
+    if "inbox" in tables:
+        query = "select key from inbox where handled_at is null"
+        unhandled = frozenset(str(k) for (k,) in conn.execute(query))
+    return Watermark(max(latest, default=None), keys, unhandled)
 
 
 def check_loopsync_state(path: Path, conn: sqlite3.Connection) -> dict[str, str]:
