@@ -121,3 +121,24 @@ def _inbox_keys(path: Path) -> set[str]:
         return {str(k) for (k,) in conn.execute("select key from inbox")}
     finally:
         conn.close()
+
+
+def test_shards_plan_with_a_bad_file_among_good_ones_still_plans_the_good_ones(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "merchants"
+    folder.mkdir()
+    names = [f"m{i:02d}" for i in range(12)]
+    for name in names:
+        _config(folder, tmp_path / name, merchant=name)
+    (folder / "broken.yaml").write_text("merchant: [\n", encoding="utf-8")
+    out = io.StringIO()
+    code = cli.main(["shards", "plan", "-c", str(folder), "--from", "2", "--to", "3"], out=out)
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("config error:") and "broken.yaml" in err[0]
+    assert (
+        out.getvalue()
+        .splitlines()[-1]
+        .endswith(f"of {len(names)} merchant(s) move from 2 to 3 shards")
+    )

@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 import structlog
 
-from loopsync.config import MerchantConfig, load_all
+from loopsync.config import ConfigFailure, MerchantConfig, load_all, load_each
 from loopsync.configkit import NoSecrets
 from loopsync.errors import UsageError
+from loopsync.redaction import redact
 from loopsync.shards import Shard, parse_count, parse_shard, plan, shard_from_env
 
 log = structlog.get_logger("loopsync.shards")
@@ -80,14 +82,24 @@ def own(shard: Shard | None, configs: Sequence[MerchantConfig]) -> list[Merchant
 
 def cmd_shards(args: argparse.Namespace, out: TextIO) -> int:
     """`shards plan`: one line per merchant that moves, then a count; 0 even when none
-    moves. Reads names only: no secret needs to be set."""
+    moves. Reads names only: no secret needs to be set. A bad file among good ones is one
+    `config error:` line on stderr and exit 2, the good ones' plan still printed (as
+    `serve` runs them): one broken file must not hide where 500 others go."""
     old, new = parse_count(args.old, "--from"), parse_count(args.new, "--to")
-    names = [c.merchant for c in load_all(args.config, env=NoSecrets())]
+    names: list[str] = []
+    bad: list[ConfigFailure] = []
+    for item in load_each(args.config, NoSecrets()):
+        if isinstance(item, ConfigFailure):
+            bad.append(item)
+        else:
+            names.append(item.merchant)
     moves = plan(names, old, new)
     for move in moves:
         out.write(f"{move.merchant}: shard {move.source} -> shard {move.target}\n")
     out.write(f"{len(moves)} of {len(names)} merchant(s) move from {old} to {new} shards\n")
-    return 0
+    for failure in bad:
+        sys.stderr.write(f"config error: {redact(str(failure.error))}\n")
+    return 2 if bad else 0
 
 
 def cmd_state(args: argparse.Namespace, out: TextIO) -> int:
