@@ -6,12 +6,17 @@ from __future__ import annotations
 import io
 import sqlite3
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES
+from structlog.testing import capture_logs
 
 from loopsync import cli
 from loopsync.errors import StateUnwritable
+from loopsync.logs import configure as configure_logs
+from loopsync.scheduling import Pool, log_event
 from loopsync.state.backup import export, import_state
 from loopsync.testing import FakeClock
 from loopsync.timeutil import iso
@@ -142,3 +147,19 @@ def test_shards_plan_with_a_bad_file_among_good_ones_still_plans_the_good_ones(
         .splitlines()[-1]
         .endswith(f"of {len(names)} merchant(s) move from 2 to 3 shards")
     )
+
+
+def test_a_skip_behind_a_queued_cycle_says_it_waits_for_a_worker_not_that_it_runs() -> None:
+    """With a bounded pool, a cycle skipped because its predecessor has no worker yet is a
+    busy process, not a slow merchant: the line must not send the operator after acme."""
+    configure_logs(json_output=True, level="debug")  # capture_logs keeps the level filter
+    pool = Pool(1, FakeClock())
+    event = SimpleNamespace(code=EVENT_JOB_MAX_INSTANCES, job_id="sync:acme")
+    with capture_logs() as logs:
+        pool.expect("sync:acme", FakeClock().now())  # queued: every worker busy
+        log_event(event, pool)
+        pool.begin("sync:acme")  # it got its worker: now it runs
+        log_event(event, pool)
+    queued, running = (e["message"] for e in logs if e["event"] == "scheduler.skipped")
+    assert "still waiting for a worker" in queued and "serve --workers" in queued
+    assert running == "skipped: the previous cycle of acme is still running"
