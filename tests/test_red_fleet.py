@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import sqlite3
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,10 +17,12 @@ from structlog.testing import capture_logs
 from loopsync import cli
 from loopsync.errors import StateUnwritable
 from loopsync.logs import configure as configure_logs
-from loopsync.scheduling import Pool, log_event
+from loopsync.metrics import NAMES, Metrics
+from loopsync.scheduling import Pool, _guarded, log_event
 from loopsync.state.backup import export, import_state
 from loopsync.testing import FakeClock
 from loopsync.timeutil import iso
+from tests.test_fleet_pacing import merchant
 from tests.test_state_backup import _config, _state
 
 
@@ -163,3 +166,25 @@ def test_a_skip_behind_a_queued_cycle_says_it_waits_for_a_worker_not_that_it_run
     queued, running = (e["message"] for e in logs if e["event"] == "scheduler.skipped")
     assert "still waiting for a worker" in queued and "serve --workers" in queued
     assert running == "skipped: the previous cycle of acme is still running"
+
+
+def test_how_late_cycles_start_is_a_prometheus_histogram_not_only_a_log_line() -> None:
+    """A platform alerts on metrics: a pool too small for its merchants must show on
+    /metrics, where `serve.cycle_late` in the logs reaches no alert rule."""
+    metrics = Metrics()
+    metrics.subscribe()
+    try:
+        clock = FakeClock()
+        pool = Pool(1, clock)
+        job = _guarded(lambda cfg, stop, next_due: None, lambda cfg: lambda: None, pool)
+        pool.expect("sync:acme", clock.now())
+        clock.advance(42)  # 42 s in the queue
+        job(merchant("acme"), threading.Event())
+    finally:
+        metrics.unsubscribe()
+    text = metrics.render().decode()
+    assert "loopsync_cycle_start_lateness_seconds_count 1.0" in text
+    assert "loopsync_cycle_start_lateness_seconds_sum 42.0" in text
+    assert 'loopsync_cycle_start_lateness_seconds_bucket{le="30.0"} 0.0' in text
+    assert 'loopsync_cycle_start_lateness_seconds_bucket{le="60.0"} 1.0' in text
+    assert "loopsync_cycle_start_lateness_seconds" in NAMES

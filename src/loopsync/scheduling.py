@@ -42,7 +42,7 @@ from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MAX_INSTANCES, EVENT_J
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from loopsync import pacing
+from loopsync import pacing, telemetry
 from loopsync.config import MerchantConfig
 from loopsync.redaction import clip
 from loopsync.shutdown import Shutdown
@@ -154,6 +154,8 @@ def _log_start(cfg: MerchantConfig, late: timedelta | None) -> None:
         return
     late_s = round(late.total_seconds(), 3)
     log.info("serve.cycle_started", merchant=cfg.merchant, late_s=late_s)
+    # for platforms (loopsync_cycle_start_lateness_seconds): a log line is no alert
+    telemetry.emit(telemetry.CycleStarted(cfg.merchant, late.total_seconds()))
     if pacing.is_late(late, cfg.every):
         log.warning(
             "serve.cycle_late",
