@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import io
+import shutil
 import sqlite3
+import subprocess
 import threading
 from pathlib import Path
 from types import SimpleNamespace
@@ -14,7 +16,7 @@ import yaml
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES
 from structlog.testing import capture_logs
 
-from loopsync import cli
+from loopsync import cli, web
 from loopsync.errors import StateUnwritable
 from loopsync.logs import configure as configure_logs
 from loopsync.metrics import NAMES, Metrics
@@ -188,3 +190,22 @@ def test_how_late_cycles_start_is_a_prometheus_histogram_not_only_a_log_line() -
     assert 'loopsync_cycle_start_lateness_seconds_bucket{le="30.0"} 0.0' in text
     assert 'loopsync_cycle_start_lateness_seconds_bucket{le="60.0"} 1.0' in text
     assert "loopsync_cycle_start_lateness_seconds" in NAMES
+
+
+_KUBECTL = shutil.which("kubectl")
+_FLEET = Path(__file__).resolve().parent.parent / "deploy" / "kubernetes" / "overlays" / "fleet"
+
+
+@pytest.mark.slow  # kubectl kustomize runs as a process
+@pytest.mark.skipif(_KUBECTL is None, reason="kubectl is not installed here")
+def test_a_shard_of_many_merchants_gets_a_startup_probe_before_liveness_can_kill_it() -> None:
+    """The listener opens only after every merchant file is read: without a startup probe
+    the liveness probe (about 40 s) restarts a big shard in a loop before it ever serves."""
+    shown = subprocess.run(
+        [str(_KUBECTL), "kustomize", str(_FLEET)], capture_output=True, text=True, check=True
+    ).stdout
+    (sts,) = (d for d in yaml.safe_load_all(shown) if d and d["kind"] == "StatefulSet")
+    (container,) = sts["spec"]["template"]["spec"]["containers"]
+    startup = container["startupProbe"]
+    assert startup["httpGet"] == {"path": web.LIVENESS_PATH, "port": "http"}
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 300
