@@ -17,10 +17,11 @@ from apscheduler.events import EVENT_JOB_MAX_INSTANCES
 from structlog.testing import capture_logs
 
 from loopsync import cli, web
-from loopsync.errors import StateUnwritable
+from loopsync.errors import StateUnwritable, UsageError
 from loopsync.logs import configure as configure_logs
 from loopsync.metrics import NAMES, Metrics
 from loopsync.scheduling import Pool, _guarded, log_event
+from loopsync.shards import resolve
 from loopsync.state.backup import export, import_state
 from loopsync.testing import FakeClock
 from loopsync.timeutil import iso
@@ -209,3 +210,46 @@ def test_a_shard_of_many_merchants_gets_a_startup_probe_before_liveness_can_kill
     startup = container["startupProbe"]
     assert startup["httpGet"] == {"path": web.LIVENESS_PATH, "port": "http"}
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 300
+
+
+@pytest.mark.parametrize(
+    ("flag", "env", "expected"),
+    [
+        ("0/4", {"LOOPSYNC_SHARD": "auto", "LOOPSYNC_SHARD_COUNT": "4", "HOSTNAME": "l-0"}, "0/4"),
+        ("1/2", {}, "1/2"),
+        (None, {"LOOPSYNC_SHARD": "2/4", "LOOPSYNC_SHARD_COUNT": "4"}, "2/4"),
+        (None, {}, None),
+        ("0/3", {"LOOPSYNC_SHARD": "auto", "LOOPSYNC_SHARD_COUNT": "4", "HOSTNAME": "l-0"}, ""),
+        ("1/4", {"LOOPSYNC_SHARD": "0/4"}, ""),
+        ("0/3", {"LOOPSYNC_SHARD_COUNT": "4"}, ""),
+        (None, {"LOOPSYNC_SHARD": "1/3", "LOOPSYNC_SHARD_COUNT": "4"}, ""),
+        (None, {"LOOPSYNC_SHARD_COUNT": "4"}, ""),  # told the fleet's size, no shard: all
+    ],
+)
+def test_every_shard_source_the_operator_set_must_name_the_same_shard(
+    flag: str | None, env: dict[str, str], expected: str | None
+) -> None:
+    """Each pod keeps its state on its own volume: two pods that disagree on the shard
+    arithmetic both run a merchant and no file lock sees the other (two RMAs)."""
+    if expected == "":
+        with pytest.raises(UsageError):
+            resolve(flag, env)
+    else:
+        got = resolve(flag, env)
+        assert (None if got is None else str(got)) == expected
+
+
+def test_serve_whose_shard_flag_disagrees_with_the_pods_count_refuses_before_serving(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("LOOPSYNC_SHARD_COUNT", "4")  # the StatefulSet's replicas
+    monkeypatch.setattr("loopsync.scheduling.serve", _never)
+    config = _config(tmp_path, tmp_path / "s")
+    code = cli.main(["serve", "-c", str(config), "--shard", "0/3"], out=io.StringIO())
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "LOOPSYNC_SHARD_COUNT=4" in err[0]
+
+
+def _never(*_a: object, **_kw: object) -> int:
+    raise AssertionError("serve started")

@@ -24,7 +24,7 @@ from loopsync.config import ConfigFailure, MerchantConfig, load_all, load_each
 from loopsync.configkit import NoSecrets
 from loopsync.errors import UsageError
 from loopsync.redaction import redact
-from loopsync.shards import Shard, parse_count, parse_shard, plan, shard_from_env
+from loopsync.shards import Shard, parse_count, plan, resolve
 
 log = structlog.get_logger("loopsync.shards")
 
@@ -63,8 +63,9 @@ def add_shard_option(serve: argparse.ArgumentParser) -> None:
 
 
 def shard_of(asked: str | None) -> Shard | None:
-    """`--shard`, else the environment; a bad value is a UsageError (exit 2) at start."""
-    return parse_shard(asked) if asked is not None else shard_from_env(os.environ)
+    """`--shard`, else the environment, which must agree (shards.resolve); a bad value or a
+    disagreement is a UsageError (exit 2) at start."""
+    return resolve(asked, os.environ)
 
 
 def own(shard: Shard | None, configs: Sequence[MerchantConfig]) -> list[MerchantConfig]:

@@ -3,6 +3,7 @@
     owner("acme", 4)          the index, 0..3, of the shard that runs acme
     parse_shard("2/4")        Shard(index=2, count=4); anything else is a UsageError
     shard_from_env(os.environ)  the shard a StatefulSet pod is (LOOPSYNC_SHARD=auto)
+    resolve("0/4", os.environ)  serve's shard: --shard and the environment must agree
     plan(["acme", ...], 3, 4) the merchants that move, and from where to where
 
 Each merchant gets a weight per shard, blake2b over the shard index and the merchant name
@@ -128,6 +129,38 @@ def shard_from_env(env: Mapping[str, str]) -> Shard | None:
             )
         index_text = ordinal[1]
     return parse_shard(f"{index_text}/{count}")
+
+
+def resolve(asked: str | None, env: Mapping[str, str]) -> Shard | None:
+    """The shard `serve` runs: `--shard` (`asked`), else the environment's. Each pod of a
+    fleet keeps its state on its own volume, so two pods that disagree on the shard
+    arithmetic would both run a merchant, and no file lock sees the other: every source
+    the operator set must name the same shard, or it is a UsageError (one line, exit 2).
+    - `--shard` and LOOPSYNC_SHARD both given: the same shard;
+    - LOOPSYNC_SHARD_COUNT given: the shard's count (an explicit `I/N` too), and a shard
+      must be named at all (a pod told the fleet's size but no shard would run every
+      merchant beside the shards)."""
+    from_env = shard_from_env(env)
+    shard = from_env if asked is None else parse_shard(asked)
+    if asked is not None and from_env is not None and from_env != shard:
+        raise UsageError(
+            f"--shard {shard} disagrees with {SHARD_ENV} ({from_env}): "
+            "set one, or the same shard in both"
+        )
+    count_text = env.get(COUNT_ENV, "").strip()
+    if count_text:
+        count = parse_count(count_text, COUNT_ENV)
+        if shard is None:
+            raise UsageError(
+                f"{COUNT_ENV}={count} but no shard is named (--shard I/N or {SHARD_ENV}): "
+                "this process would run every merchant beside the shards"
+            )
+        if shard.count != count:
+            raise UsageError(
+                f"shard {shard} disagrees with {COUNT_ENV}={count}: every pod must count "
+                "the same shards"
+            )
+    return shard
 
 
 def _cut(text: str, limit: int = 40) -> str:
