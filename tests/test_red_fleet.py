@@ -26,7 +26,7 @@ from loopsync.state.backup import export, import_state
 from loopsync.testing import FakeClock
 from loopsync.timeutil import iso
 from tests.test_fleet_pacing import merchant
-from tests.test_state_backup import _config, _state
+from tests.test_state_backup import _config, _sql, _state
 
 
 def _import(config: Path, source: Path) -> int:
@@ -113,17 +113,8 @@ def test_state_import_refuses_to_lose_an_unhandled_event_whatever_its_clock(
     with pytest.raises(StateUnwritable, match="unhandled webhook event"):
         import_state("acme", target, file)
     # handled long ago and pruned from the file's side: nothing is lost, the import goes on
-    _sql_exec(target, "update inbox set handled_at = '2001-01-01T00:00:01Z'")
+    _sql(target, "update inbox set handled_at = '2001-01-01T00:00:01Z'")
     assert import_state("acme", target, file).replaced
-
-
-def _sql_exec(path: Path, statement: str) -> None:
-    conn = sqlite3.connect(path)
-    try:
-        conn.execute(statement)
-        conn.commit()
-    finally:
-        conn.close()
 
 
 def _inbox_keys(path: Path) -> set[str]:
