@@ -244,3 +244,34 @@ def test_serve_whose_shard_flag_disagrees_with_the_pods_count_refuses_before_ser
 
 def _never(*_a: object, **_kw: object) -> int:
     raise AssertionError("serve started")
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"LOOPSYNC_SHARD": "auto", "LOOPSYNC_SHARD_COUNT": "4", "HOSTNAME": "loopsync-4"},
+        {"LOOPSYNC_SHARD": "5/4"},
+        {"LOOPSYNC_SHARD": "a/b"},
+    ],
+)
+def test_a_bad_shard_from_the_environment_names_the_variable_not_a_flag_never_given(
+    env: dict[str, str],
+) -> None:
+    """A pod left over after a scale-down (loopsync-4 of 4) is told about LOOPSYNC_SHARD,
+    not sent looking for a `--shard` its manifest does not have."""
+    with pytest.raises(UsageError) as refused:
+        resolve(None, env)
+    assert "LOOPSYNC_SHARD" in str(refused.value) and "--shard" not in str(refused.value)
+
+
+def test_state_import_of_an_empty_file_says_it_is_empty_not_a_database(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A 0-byte file is what a failed copy leaves; SQLite would open it as an empty
+    database, and "a SQLite database but not a loopsync state" sends the operator astray."""
+    empty = tmp_path / "acme.export"
+    empty.touch()
+    assert _import(_config(tmp_path, tmp_path / "b"), empty) == 65
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "is empty (0 bytes)" in line and "SQLite database" not in line
+    assert not (tmp_path / "b" / "s.sqlite").exists()

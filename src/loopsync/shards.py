@@ -95,17 +95,18 @@ def parse_count(text: str, what: str = "shard count") -> int:
     return int(value)
 
 
-def parse_shard(text: str) -> Shard:
-    """`I/N` with 0 <= I < N <= MAX_SHARDS, or a UsageError (one line, exit 2)."""
+def parse_shard(text: str, what: str = "--shard") -> Shard:
+    """`I/N` with 0 <= I < N <= MAX_SHARDS, or a UsageError (one line, exit 2) naming
+    `what` gave it (the flag, or the environment variable)."""
     match = _SHARD.fullmatch(text.strip())
     if match is None:
-        raise UsageError(f"--shard must be I/N (e.g. 0/4: shard 0 of 4), not {_cut(text)}")
+        raise UsageError(f"{what} must be I/N (e.g. 0/4: shard 0 of 4), not {_cut(text)}")
     index, count = int(match[1]), int(match[2])
     if not 1 <= count <= MAX_SHARDS:
-        raise UsageError(f"--shard {text.strip()}: the count must be 1 to {MAX_SHARDS}")
+        raise UsageError(f"{what} {text.strip()}: the count must be 1 to {MAX_SHARDS}")
     if index >= count:
         raise UsageError(
-            f"--shard {text.strip()}: shards are numbered 0 to {count - 1}, not {index}"
+            f"{what} {text.strip()}: shards are numbered 0 to {count - 1}, not {index}"
         )
     return Shard(index, count)
 
@@ -116,7 +117,7 @@ def shard_from_env(env: Mapping[str, str]) -> Shard | None:
     if not asked:
         return None
     if asked != AUTO:
-        return parse_shard(asked)
+        return parse_shard(asked, SHARD_ENV)
     count = parse_count(env.get(COUNT_ENV, ""), f"{SHARD_ENV}=auto needs {COUNT_ENV}: it")
     index_text = env.get(INDEX_ENV, "").strip()
     if not index_text:
@@ -128,7 +129,7 @@ def shard_from_env(env: Mapping[str, str]) -> Shard | None:
                 f"($HOSTNAME, e.g. loopsync-2), not {_cut(host)}"
             )
         index_text = ordinal[1]
-    return parse_shard(f"{index_text}/{count}")
+    return parse_shard(f"{index_text}/{count}", f"{SHARD_ENV}=auto's shard")
 
 
 def resolve(asked: str | None, env: Mapping[str, str]) -> Shard | None:
