@@ -250,6 +250,10 @@ def import_state(merchant: str, state: Path, source: Path) -> Copied:
 def _open_incoming(source: Path) -> sqlite3.Connection:
     if not source.is_file():
         raise StateIOError(str(source), "does not exist or is not a file")
+    if source.stat().st_size == 0:  # what a copy that failed leaves (SQLite opens it empty)
+        raise StateCorrupt(
+            str(source), "is empty (0 bytes), not an export: make it with `loopsync state export`"
+        )
     if has_wal(source):
         raise StateCorrupt(
             str(source),
