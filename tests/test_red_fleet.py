@@ -275,3 +275,27 @@ def test_state_import_of_an_empty_file_says_it_is_empty_not_a_database(
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert "is empty (0 bytes)" in line and "SQLite database" not in line
     assert not (tmp_path / "b" / "s.sqlite").exists()
+
+
+def test_a_secret_typed_into_a_state_path_is_never_echoed(
+    tmp_path: Path,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`state export|import` need no secret, but a key that is set is still a secret: a
+    path pasted with it (`--to /backups/$LOOP_API_KEY.db`) is masked on every line."""
+    key = "red-team-loop-key-7f3a9c"
+    monkeypatch.setenv("LOOP_API_KEY", key)
+    _state(tmp_path / "a" / "s.sqlite", clock, effects=1)
+    config = _config(tmp_path, tmp_path / "a")
+    out = io.StringIO()
+    to = tmp_path / f"acme-{key}.export"
+    assert cli.main(["state", "export", "-c", str(config), "--to", str(to)], out=out) == 0
+    nowhere = tmp_path / key / "x.export"  # a folder that is not there: an error line
+    assert cli.main(["state", "export", "-c", str(config), "--to", str(nowhere)], out=out) != 0
+    target = _config(tmp_path, tmp_path / "b")
+    assert cli.main(["state", "import", "-c", str(target), "--from", str(to)], out=out) == 0
+    shown = out.getvalue() + "".join(capsys.readouterr())
+    assert "exported to" in shown and "created from" in shown
+    assert key not in shown

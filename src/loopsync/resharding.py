@@ -21,9 +21,9 @@ from typing import Any, TextIO
 import structlog
 
 from loopsync.config import ConfigFailure, MerchantConfig, load_all, load_each
-from loopsync.configkit import NoSecrets
+from loopsync.configkit import NoSecrets, Secret, env_reference
 from loopsync.errors import UsageError
-from loopsync.redaction import redact
+from loopsync.redaction import redact, register
 from loopsync.shards import Shard, parse_count, plan, resolve
 
 log = structlog.get_logger("loopsync.shards")
@@ -110,18 +110,37 @@ def cmd_state(args: argparse.Namespace, out: TextIO) -> int:
     from loopsync.timeutil import SystemClock
 
     cfg = _one_merchant(args.config)
+    _mask_set_secrets(cfg)
     path = Path(args.path)
     if args.state_command == "export":
         done = export(cfg.merchant, Path(cfg.state_path), path, SystemClock())
-        out.write(f"{cfg.merchant}: state {cfg.state_path} exported to {done.path}\n")
+        said = f"{cfg.merchant}: state {cfg.state_path} exported to {done.path}\n"
     else:
         # Importing writes the merchant's state: the folder is checked as every writer's
         # is (a missing volume is refused, never created on the container's own disk).
         check_state_folder(Path(cfg.state_path), cfg.file)
         got = import_state(cfg.merchant, Path(cfg.state_path), path)
         verb = "replaced by" if got.replaced else "created from"
-        out.write(f"{cfg.merchant}: state {cfg.state_path} {verb} {path}\n")
+        said = f"{cfg.merchant}: state {cfg.state_path} {verb} {path}\n"
+    out.write(redact(said))
     return 0
+
+
+def _mask_set_secrets(cfg: MerchantConfig) -> None:
+    """The merchant's ${VAR} secrets that are set here, registered for masking: the
+    commands need none (NoSecrets) and read no secret file, but a path typed with a
+    secret in it (`--to /state/$LOOP_API_KEY.db`) must not be echoed on any line."""
+    conn = cfg.warehouse.connector
+    held = [cfg.loop.api_key, *cfg.webhooks.secrets()]
+    held += [
+        v
+        for v in (vars(conn).values() if hasattr(conn, "__dict__") else ())
+        if isinstance(v, Secret)
+    ]
+    for secret in held:
+        name = env_reference(secret.name)
+        if name is not None:
+            register(os.environ.get(name))
 
 
 def _one_merchant(paths: list[str]) -> MerchantConfig:
