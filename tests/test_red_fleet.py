@@ -16,12 +16,12 @@ import yaml
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES
 from structlog.testing import capture_logs
 
-from loopsync import cli, web
+from loopsync import cli, healthcheck, web
 from loopsync.errors import StateUnwritable, UsageError
 from loopsync.logs import configure as configure_logs
 from loopsync.metrics import NAMES, Metrics
 from loopsync.scheduling import Pool, _guarded, log_event
-from loopsync.shards import resolve
+from loopsync.shards import owner, resolve
 from loopsync.state.backup import export, import_state
 from loopsync.testing import FakeClock
 from loopsync.timeutil import iso
@@ -299,3 +299,32 @@ def test_a_secret_typed_into_a_state_path_is_never_echoed(
     shown = out.getvalue() + "".join(capsys.readouterr())
     assert "exported to" in shown and "created from" in shown
     assert key not in shown
+
+
+def test_the_image_healthcheck_of_a_sharded_serve_judges_only_its_own_merchants(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without a listener the HEALTHCHECK runs status --check over /config, which holds
+    every shard's merchants: a state another shard owns (left on this volume by a
+    reshard) made this container unhealthy, where /readyz looks at its own only."""
+    folder = tmp_path / "config"
+    folder.mkdir()
+    ours, theirs = _two_owned_by(0, 1, 2)
+    for name in (ours, theirs):
+        _config(folder, tmp_path / name, merchant=name)
+    (tmp_path / theirs).mkdir()
+    (tmp_path / theirs / "s.sqlite").write_bytes(b"not a database" * 50)  # unreadable
+    assert healthcheck.main(["-c", str(folder)], environ={}) == 1
+    assert healthcheck.main(["-c", str(folder)], environ={"LOOPSYNC_SHARD": "0/2"}) == 0
+    assert healthcheck.main(["-c", str(folder)], environ={"LOOPSYNC_SHARD": "1/2"}) == 1
+    (folder / "broken.yaml").write_text("merchant: [\n", encoding="utf-8")
+    assert healthcheck.main(["-c", str(folder)], environ={"LOOPSYNC_SHARD": "0/2"}) == 1
+    capsys.readouterr()
+
+
+def _two_owned_by(first: int, second: int, count: int) -> tuple[str, str]:
+    names = [f"shop-{i}" for i in range(50)]
+    return (
+        next(n for n in names if owner(n, count) == first),
+        next(n for n in names if owner(n, count) == second),
+    )
