@@ -17,11 +17,12 @@ from apscheduler.events import EVENT_JOB_MAX_INSTANCES
 from structlog.testing import capture_logs
 
 from loopsync import cli, healthcheck, web
-from loopsync.errors import StateUnwritable, UsageError
+from loopsync.errors import StateCorrupt, StateUnwritable, UsageError
 from loopsync.logs import configure as configure_logs
 from loopsync.metrics import NAMES, Metrics
 from loopsync.scheduling import Pool, _guarded, log_event
 from loopsync.shards import owner, resolve
+from loopsync.state import Store
 from loopsync.state.backup import export, import_state
 from loopsync.testing import FakeClock
 from loopsync.timeutil import iso
@@ -328,3 +329,33 @@ def _two_owned_by(first: int, second: int, count: int) -> tuple[str, str]:
         next(n for n in names if owner(n, count) == first),
         next(n for n in names if owner(n, count) == second),
     )
+
+
+def test_state_import_refuses_a_live_state_copied_by_hand_for_any_merchant(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """globex's state file copied by hand carries no merchant stamp: imported as acme's,
+    acme's worker would push globex's open returns to acme's warehouse."""
+    globex = _state(tmp_path / "globex.sqlite", clock, effects=2)
+    with pytest.raises(StateCorrupt, match="names no merchant"):
+        import_state("acme", tmp_path / "b" / "acme.sqlite", globex)
+    assert not (tmp_path / "b" / "acme.sqlite").exists()
+
+
+def test_state_import_refuses_a_link_to_a_live_state_with_its_wal_beside_the_target(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """The -wal is beside the file a link names, not beside the link: read as immutable,
+    the import would take the main file without the pages the WAL holds."""
+    live = tmp_path / "live" / "acme.sqlite"
+    live.parent.mkdir()
+    export("acme", _state(tmp_path / "a.sqlite", clock), live, clock)
+    worker = Store(live, clock)
+    worker.runs.start("live", "serve")  # in the -wal until a checkpoint
+    try:
+        link = tmp_path / "acme.export"
+        link.symlink_to(live)
+        with pytest.raises(StateCorrupt, match="-wal"):
+            import_state("acme", tmp_path / "b" / "acme.sqlite", link)
+    finally:
+        worker.close()

@@ -15,8 +15,10 @@ so a crash leaves either no file or a whole one, and an existing file is never r
 Import refuses, one line each (exit codes in `cli`):
 - a file that is not a loopsync state: not SQLite, cut short, failing SQLite's
   quick_check, without loopsync's tables, from a newer loopsync, or with a -wal beside
-  it (a live file, half of which is elsewhere): StateCorrupt (65);
-- a file exported for another merchant: StateCorrupt (65);
+  it or beside the file a link names (a live file, half of which is elsewhere):
+  StateCorrupt (65);
+- a file exported for another merchant, or not made by `state export` at all (a live
+  state copied by hand names no merchant): StateCorrupt (65);
 - an existing state that is NEWER than the file, which the import would lose: its last
   change (the latest of its runs, effects, cursors, returns and webhook inbox events, by
   the store's own timestamps) is later than the file's, its ledger holds effects the file
@@ -233,7 +235,15 @@ def import_state(merchant: str, state: Path, source: Path) -> Copied:
     try:
         meta = check_loopsync_state(source, incoming)
         owner = meta.get(EXPORT_MERCHANT)
-        if owner is not None and owner != merchant:
+        if owner is None:
+            # A live state copied by hand names no merchant: taken for another merchant's
+            # file it would push that merchant's returns to this one's warehouse.
+            raise StateCorrupt(
+                str(source),
+                "names no merchant (not made by `loopsync state export`): export it with "
+                "`loopsync state export -c <its merchant's file>`",
+            )
+        if owner != merchant:
             raise StateCorrupt(
                 str(source), f"was exported for merchant {owner[:80]!r}, not {merchant!r}"
             )
@@ -254,7 +264,7 @@ def _open_incoming(source: Path) -> sqlite3.Connection:
         raise StateCorrupt(
             str(source), "is empty (0 bytes), not an export: make it with `loopsync state export`"
         )
-    if has_wal(source):
+    if has_wal(source) or has_wal(source.resolve()):  # a link to a live state too
         raise StateCorrupt(
             str(source),
             "has a -wal file beside it (a live state, part of it elsewhere): "
