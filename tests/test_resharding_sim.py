@@ -143,6 +143,9 @@ def _move(configs: Path, fleet: Fleet, monkeypatch: pytest.MonkeyPatch) -> list[
         cfg, file = str(configs / f"{merchant}.yaml"), fleet.root / f"{merchant}.export"
         monkeypatch.setenv("LOOPSYNC_STATE_DIR", str(fleet.state_dir(source)))
         assert cli.main(["state", "export", "-c", cfg, "--to", str(file)], out=out) == 0
+        # The move Job mounts the new shard's claim, which it makes (reshard/): the volume
+        # exists; `state import`, like every writer, never creates it.
+        fleet.state_dir(target).mkdir(exist_ok=True)
         monkeypatch.setenv("LOOPSYNC_STATE_DIR", str(fleet.state_dir(target)))
         assert cli.main(["state", "import", "-c", cfg, "--from", str(file)], out=out) == 0
         for suffix in ("", "-wal", "-shm", ".lock"):  # the old owner's copy, now stale

@@ -7,9 +7,9 @@ return); 2 configuration or usage error; 3 `status --check`: a merchant is STALL
 cannot be created or written; 74 (EX_IOERR) disk full or an I/O error on a state file;
 75 (EX_TEMPFAIL) another process holds a merchant's lock, so cron can treat it as a skip;
 77 (EX_NOPERM) `check-config --connect` or `discover`: an API refused a credential;
-`state import`: 65 for a file that is not a loopsync state (or another merchant's), 73
-when the existing state is newer than the file (`state export`: when --to exists), 74
-when the file is missing;
+`state import`: 65 for a file that is not a loopsync export (another merchant's, or a
+state copied by hand), 73 when the existing state is newer than the file (`state export`:
+when --to exists), 74 when the file is missing;
 130 / 143 `run` or `import` stopped by SIGINT / SIGTERM (128 + the signal).
 
 With several merchants, one merchant's failure never stops the others; the status is

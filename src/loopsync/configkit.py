@@ -82,6 +82,12 @@ class NoSecrets(Mapping[str, str]):
         return len(self.env)
 
 
+def env_reference(ref: str) -> str | None:
+    """The variable a `${VAR}` reference names (None for `${file:...}` or anything else)."""
+    m = _ENV_REF.fullmatch(ref.strip())
+    return m.group(1) if m else None
+
+
 class Secret:
     """A value read from the environment (or a secret file). Its repr never shows the
     value, and creating it registers the value for redaction at every exit."""

@@ -13,6 +13,8 @@ Which probe is decided by `choose`, from the environment alone:
   merchant is STALLED or BLOCKED, or its state cannot be read. It reads the state files
   read-only and needs no secret. Slower to notice (a stall shows after
   `schedule.stalled_after`), but it is the signal a `serve` without a listener leaves.
+  With $LOOPSYNC_SHARD set (serve --shard's environment), only that shard's merchants
+  are checked, as /readyz does: another shard's state left on this volume is not ours.
 
 The image has no curl: both probes are Python. The /healthz request uses the standard
 library's http.client, not loopsync.http.HttpClient: it is this process asking its own
@@ -48,6 +50,7 @@ class HttpProbe:
 @dataclass(frozen=True)
 class StatusProbe:
     configs: tuple[str, ...]
+    shard: str | None = None  # serve's shard ($LOOPSYNC_SHARD...): only its merchants count
 
 
 def listener_address(text: str) -> tuple[str, int] | None:
@@ -67,7 +70,20 @@ def choose(environ: Mapping[str, str], configs: Sequence[str]) -> HttpProbe | St
     if where is not None:
         host, port = where
         return HttpProbe(_ANY_ADDRESS.get(host, host), port)
-    return StatusProbe(tuple(configs) or (DEFAULT_CONFIG,))
+    return StatusProbe(tuple(configs) or (DEFAULT_CONFIG,), _shard_of(environ))
+
+
+def _shard_of(environ: Mapping[str, str]) -> str | None:
+    """The shard serve runs, as serve reads it from the environment; None for every
+    merchant (a bad value is serve's to refuse at start: then every merchant is checked)."""
+    from loopsync.errors import UsageError
+    from loopsync.shards import resolve
+
+    try:
+        shard = resolve(None, environ)
+    except UsageError:
+        return None
+    return None if shard is None else str(shard)
 
 
 def probe_http(probe: HttpProbe, timeout: float = PROBE_TIMEOUT) -> tuple[int, str]:
@@ -88,14 +104,35 @@ def probe_http(probe: HttpProbe, timeout: float = PROBE_TIMEOUT) -> tuple[int, s
 
 
 def probe_status(probe: StatusProbe) -> tuple[int, str]:
-    """`loopsync status --check` in this process: (exit status, why)."""
+    """`loopsync status --check` in this process: (exit status, why). A sharded serve is
+    judged by its own merchants: another shard's (a state left behind by a reshard, on
+    this volume) is that shard's to report."""
     from loopsync.cli import main as cli_main
 
+    configs = probe.configs if probe.shard is None else _owned(probe.configs, probe.shard)
+    if not configs:
+        return HEALTHY, f"healthy: shard {probe.shard} owns no merchant"
     shown = io.StringIO()  # the full status is for a person; Docker keeps one line
-    code = cli_main(["status", "--check", "--log-level", "error", "-c", *probe.configs], out=shown)
+    code = cli_main(["status", "--check", "--log-level", "error", "-c", *configs], out=shown)
     if code == 0:
         return HEALTHY, "healthy: status --check 0"
     return UNHEALTHY, f"unhealthy: status --check exited {code} (see loopsync status)"
+
+
+def _owned(configs: tuple[str, ...], shard_text: str) -> tuple[str, ...]:
+    """The files of the shard's merchants; every file as given when one does not load
+    (status --check then says so: a bad file is unhealthy whatever its shard)."""
+    from loopsync.config import ConfigFailure, load_each
+    from loopsync.configkit import NoSecrets
+    from loopsync.shards import parse_shard
+
+    shard = parse_shard(shard_text)
+    loaded = load_each(list(configs), NoSecrets())
+    if any(isinstance(item, ConfigFailure) for item in loaded):
+        return configs
+    return tuple(
+        c.file for c in loaded if not isinstance(c, ConfigFailure) and shard.owns(c.merchant)
+    )
 
 
 def main(

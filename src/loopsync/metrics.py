@@ -38,6 +38,9 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 STAGES = frozenset({"ingest", "push", "poll", "act", "credentials", "state", "crashed"})
 # Cycles last seconds to hours (a backfill): buckets up to six hours.
 CYCLE_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600)
+# How late a cycle got a worker: on time is under a second; 10 % of a 15-minute interval
+# is 90 s (serve.cycle_late); a pool too small for its merchants shows minutes.
+LATENESS_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 90, 180, 300, 900, 3600)
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,7 @@ NAMES = frozenset(
         "loopsync_scheduler_heartbeat_timestamp_seconds",
         "loopsync_last_success_timestamp_seconds",
         "loopsync_cycle_duration_seconds",
+        "loopsync_cycle_start_lateness_seconds",
         "loopsync_cycles_total",
         "loopsync_stage_errors_total",
         "loopsync_returns",
@@ -191,6 +195,14 @@ class Metrics:
             buckets=CYCLE_BUCKETS,
             registry=r,
         )
+        # One histogram for the process, no merchant label: lateness is the pool's (every
+        # worker busy), and 500 merchants x 13 buckets would be series nobody reads.
+        self.lateness = Histogram(
+            "loopsync_cycle_start_lateness_seconds",
+            "How long after it was due a scheduled cycle got a worker",
+            buckets=LATENESS_BUCKETS,
+            registry=r,
+        )
         self.cycles = Counter(
             "loopsync_cycles",
             "Cycles ended, by outcome (ok, errors)",
@@ -280,6 +292,8 @@ class Metrics:
                 self.throttled.labels(event.merchant, event.system).inc()
         elif isinstance(event, telemetry.WebhookReceived):
             self.webhooks.labels(event.merchant, event.source, event.outcome).inc()
+        elif isinstance(event, telemetry.CycleStarted):
+            self.lateness.observe(max(event.late_seconds, 0.0))
         else:
             self.cycle_seconds.labels(event.merchant).observe(max(event.seconds, 0.0))
             self.cycles.labels(event.merchant, "ok" if event.ok else "errors").inc()

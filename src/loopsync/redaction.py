@@ -20,12 +20,15 @@ ordinary text, and configkit refuses such secrets anyway (issue 14 §2).
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import json
 import re
 import sys
 import threading
 import traceback
+from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote, quote_plus
 
@@ -56,6 +59,22 @@ _MIN_FRAGMENT = 8
 # recent ones can still be valid, and an unbounded list would slow every redaction (each
 # adds ~15 needles to every scan).
 MAX_TRANSIENT = 8  # access tokens and sessions: only the latest are live
+
+
+# Every masked form is at least this long (MIN_LENGTH, _MIN_FRAGMENT; an escape only
+# lengthens a value): forms are filed under their first _KEY characters.
+_KEY = min(MIN_LENGTH, _MIN_FRAGMENT)
+# Up to this many forms (a few merchants' secrets), a text is searched for each in turn.
+_SCAN_EACH = 64
+# A long text is scanned in pieces of this many windows (bounded memory).
+_CHUNK = 1 << 16
+
+
+@functools.lru_cache(maxsize=256)
+def _pattern(forms: tuple[str, ...]) -> re.Pattern[str]:
+    """The masking pattern of the forms one text holds (usually one secret's few)."""
+    # Any letter case: a remote may echo a key upper-cased ("INVALID KEY ABC...").
+    return re.compile("|".join(re.escape(v) for v in forms), re.IGNORECASE)
 
 
 def _base64_fragments(raw: bytes) -> set[str]:
@@ -106,16 +125,29 @@ _LOWERS_TO_ASCII = ("\u0130".encode(), "\u212a".encode())
 
 class Redactor:
     """A registry of secret values and the masking built from it. The process has one
-    (`register`, `redact`, ... below); tests may build their own."""
+    (`register`, `redact`, ... below); tests may build their own.
+
+    Cost (a `serve` of 500 merchants registers over a thousand secrets): registering is
+    linear in the secret's own forms, never in the secrets so far, and a scan is linear in
+    the text, never in the number of secrets. Every masked form is at least `_KEY`
+    characters long, so each is filed under its first `_KEY` characters (lower-cased); a
+    scan looks up the text's `_KEY`-character windows and tests only the forms filed under
+    one it holds. Up to `_SCAN_EACH` forms, testing each with a substring search (in C) is
+    cheaper than making the windows, and is done instead. Only the forms a text holds make
+    the pattern that masks it (cached), so nothing recompiles one pattern of every secret."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._values: dict[str, frozenset[str]] = {}  # configured secrets -> variants
         self._transient: dict[str, frozenset[str]] = {}  # run-time tokens, oldest first
-        # (pattern, needles), swapped whole so a reader never sees half an update. The
-        # needles serve the fast path: substring tests run in C, ~20x faster than the
-        # regex alternation over a clean 3 KB snapshot (the common case on ingest).
-        self._state: tuple[re.Pattern[str], tuple[str, ...]] | None = None
+        self._refs: Counter[str] = Counter()  # masked form -> secrets that have it
+        # first _KEY lower-cased characters -> ((lower-cased form, form), ...). Changed in
+        # place under the lock, one whole tuple at a time: readers only look keys up, so
+        # they see a bucket before or after an update, never half of one.
+        self._index: dict[str, tuple[tuple[str, str], ...]] = {}
+        # every (lower-cased form, form) while there are at most _SCAN_EACH, else None
+        self._few: tuple[tuple[str, str], ...] | None = None
+        self._non_ascii = 0  # masked forms that are not ASCII (contains_secret_in's bytes path)
 
     def register(self, value: str | None, *, transient: bool = False) -> None:
         if not isinstance(value, str) or len(value) < MIN_LENGTH:
@@ -129,70 +161,96 @@ class Redactor:
                 self._transient[value] = self._transient.pop(value)
                 return
             variants = frozenset(variants_of(value))
+            self._file(variants)
             if transient:
                 self._transient[value] = variants
                 while len(self._transient) > MAX_TRANSIENT:
-                    del self._transient[next(iter(self._transient))]
+                    self._unfile(self._transient.pop(next(iter(self._transient))))
             else:
-                self._transient.pop(value, None)
+                gone = self._transient.pop(value, None)
+                if gone is not None:
+                    self._unfile(gone)
                 self._values[value] = variants
-            every: set[str] = set()
-            for group in (*self._values.values(), *self._transient.values()):
-                every |= group
-            # Longest first, so a value is masked whole, not a shorter variant inside it.
-            ordered = tuple(sorted(every, key=lambda v: (-len(v), v)))
-            # Any letter case: a remote may echo a key upper-cased ("INVALID KEY ABC...").
-            # The needles are lower-case and meet the text lower-cased.
-            self._state = (
-                re.compile("|".join(re.escape(v) for v in ordered), re.IGNORECASE),
-                tuple(dict.fromkeys(v.lower() for v in ordered)),
+            self._few = (
+                tuple((form.lower(), form) for form in self._refs)
+                if len(self._refs) <= _SCAN_EACH
+                else None
             )
+
+    def _file(self, forms: frozenset[str]) -> None:
+        for form in forms:
+            self._refs[form] += 1
+            if self._refs[form] == 1:
+                self._non_ascii += not form.isascii()
+                low = form.lower()
+                key = low[:_KEY]
+                self._index[key] = (*self._index.get(key, ()), (low, form))
+
+    def _unfile(self, forms: frozenset[str]) -> None:
+        for form in forms:
+            self._refs[form] -= 1
+            if self._refs[form] > 0:
+                continue
+            del self._refs[form]
+            self._non_ascii -= not form.isascii()
+            key = form.lower()[:_KEY]
+            rest = tuple(entry for entry in self._index.get(key, ()) if entry[1] != form)
+            if rest:
+                self._index[key] = rest
+            else:
+                self._index.pop(key, None)
+
+    def _held(self, low: str) -> Iterator[str]:
+        """The masked forms `low` (a lower-cased text) holds, each once."""
+        few = self._few
+        if few is not None:
+            yield from (form for needle, form in few if needle in low)
+            return
+        index = self._index
+        for start in range(0, len(low) - _KEY + 1, _CHUNK):
+            part = low[start : start + _CHUNK + _KEY - 1]
+            windows = {part[i : i + _KEY] for i in range(len(part) - _KEY + 1)}
+            for key in index.keys() & windows:  # a set: C iterates the smaller side
+                yield from (form for needle, form in index.get(key, ()) if needle in low)
 
     def count(self) -> int:
         return len(self._values) + len(self._transient)
 
     @property
     def active(self) -> bool:
-        return self._state is not None
+        return bool(self._refs)
 
     def contains_secret(self, text: str) -> bool:
-        state = self._state
-        if state is None:
+        if not self._refs:
             return False
-        low = text.lower()
-        return any(needle in low for needle in state[1])
+        return next(self._held(text.lower()), None) is not None
 
     def contains_secret_in(self, data: bytes) -> bool:
         """`contains_secret` of UTF-8 bytes (a snapshot), lowered as bytes: three times
         cheaper than as text. The same answer for ASCII, and for any bytes while every
-        needle is ASCII: an ASCII needle can only meet a run of ASCII characters, which
+        masked form is ASCII: an ASCII form can only meet a run of ASCII characters, which
         are the same bytes in UTF-8 (an undecodable byte is never ASCII) and lower the
         same, and no other character lowers to ASCII but the two in _LOWERS_TO_ASCII
         (checked against the Unicode tables by a test). A quarter of Loop's snapshots
         hold non-ASCII text (names, reasons): half the cost of decoding them."""
-        state = self._state
-        if state is None:
+        if not self._refs:
             return False
-        if not data.isascii() and (
-            not all(map(str.isascii, state[1])) or any(c in data for c in _LOWERS_TO_ASCII)
-        ):
+        if not data.isascii() and (self._non_ascii or any(c in data for c in _LOWERS_TO_ASCII)):
             return self.contains_secret(data.decode("utf-8", "replace"))
         # latin-1 maps every byte to one character, so ASCII runs stay as they are.
-        low = data.lower().decode("latin-1")
-        return any(needle in low for needle in state[1])
+        return next(self._held(data.lower().decode("latin-1")), None) is not None
 
     def redact(self, text: str) -> str:
-        state = self._state
-        if state is None or not isinstance(text, str):
+        if not self._refs or not isinstance(text, str):
             return text
-        pattern, needles = state
-        low = text.lower()
-        if not any(needle in low for needle in needles):
+        held = set(self._held(text.lower()))
+        if not held:
             return text
-        return pattern.sub(REDACTED, text)
+        # Longest first, so a value is masked whole, not a shorter variant inside it.
+        return _pattern(tuple(sorted(held, key=lambda v: (-len(v), v)))).sub(REDACTED, text)
 
     def redact_obj(self, value: Any) -> Any:
-        if self._state is None:
+        if not self._refs:
             return value
         if isinstance(value, str):
             return self.redact(value)

@@ -4,7 +4,8 @@ hashing is `shards`, the copying `state.backup`).
 
 Each command says one line per merchant on `out` and a fault as one line on stderr with
 the exit code `cli` documents (2 usage, 65 not a loopsync state or another merchant's,
-73 newer state in the way or the target exists, 74 no such file, 75 a worker holds the
+73 newer state in the way, the target exists or the state folder is missing or not
+writable (`state import`, as `run`'s), 74 no such file, 75 a worker holds the
 merchant). Resharding, step by step, is in the README ("Kubernetes").
 """
 
@@ -12,16 +13,18 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 import structlog
 
-from loopsync.config import MerchantConfig, load_all
-from loopsync.configkit import NoSecrets
+from loopsync.config import ConfigFailure, MerchantConfig, load_all, load_each
+from loopsync.configkit import NoSecrets, Secret, env_reference
 from loopsync.errors import UsageError
-from loopsync.shards import Shard, parse_count, parse_shard, plan, shard_from_env
+from loopsync.redaction import redact, register
+from loopsync.shards import Shard, parse_count, plan, resolve
 
 log = structlog.get_logger("loopsync.shards")
 
@@ -60,8 +63,9 @@ def add_shard_option(serve: argparse.ArgumentParser) -> None:
 
 
 def shard_of(asked: str | None) -> Shard | None:
-    """`--shard`, else the environment; a bad value is a UsageError (exit 2) at start."""
-    return parse_shard(asked) if asked is not None else shard_from_env(os.environ)
+    """`--shard`, else the environment, which must agree (shards.resolve); a bad value or a
+    disagreement is a UsageError (exit 2) at start."""
+    return resolve(asked, os.environ)
 
 
 def own(shard: Shard | None, configs: Sequence[MerchantConfig]) -> list[MerchantConfig]:
@@ -79,31 +83,64 @@ def own(shard: Shard | None, configs: Sequence[MerchantConfig]) -> list[Merchant
 
 def cmd_shards(args: argparse.Namespace, out: TextIO) -> int:
     """`shards plan`: one line per merchant that moves, then a count; 0 even when none
-    moves. Reads names only: no secret needs to be set."""
+    moves. Reads names only: no secret needs to be set. A bad file among good ones is one
+    `config error:` line on stderr and exit 2, the good ones' plan still printed (as
+    `serve` runs them): one broken file must not hide where 500 others go."""
     old, new = parse_count(args.old, "--from"), parse_count(args.new, "--to")
-    names = [c.merchant for c in load_all(args.config, env=NoSecrets())]
+    names: list[str] = []
+    bad: list[ConfigFailure] = []
+    for item in load_each(args.config, NoSecrets()):
+        if isinstance(item, ConfigFailure):
+            bad.append(item)
+        else:
+            names.append(item.merchant)
     moves = plan(names, old, new)
     for move in moves:
         out.write(f"{move.merchant}: shard {move.source} -> shard {move.target}\n")
     out.write(f"{len(moves)} of {len(names)} merchant(s) move from {old} to {new} shards\n")
-    return 0
+    for failure in bad:
+        sys.stderr.write(f"config error: {redact(str(failure.error))}\n")
+    return 2 if bad else 0
 
 
 def cmd_state(args: argparse.Namespace, out: TextIO) -> int:
     """`state export|import`: one merchant (-c FILE), one line saying what was done."""
     from loopsync.state.backup import export, import_state  # SQLite only when asked for
+    from loopsync.state.folder import check_state_folder
     from loopsync.timeutil import SystemClock
 
     cfg = _one_merchant(args.config)
+    _mask_set_secrets(cfg)
     path = Path(args.path)
     if args.state_command == "export":
         done = export(cfg.merchant, Path(cfg.state_path), path, SystemClock())
-        out.write(f"{cfg.merchant}: state {cfg.state_path} exported to {done.path}\n")
+        said = f"{cfg.merchant}: state {cfg.state_path} exported to {done.path}\n"
     else:
+        # Importing writes the merchant's state: the folder is checked as every writer's
+        # is (a missing volume is refused, never created on the container's own disk).
+        check_state_folder(Path(cfg.state_path), cfg.file)
         got = import_state(cfg.merchant, Path(cfg.state_path), path)
         verb = "replaced by" if got.replaced else "created from"
-        out.write(f"{cfg.merchant}: state {cfg.state_path} {verb} {path}\n")
+        said = f"{cfg.merchant}: state {cfg.state_path} {verb} {path}\n"
+    out.write(redact(said))
     return 0
+
+
+def _mask_set_secrets(cfg: MerchantConfig) -> None:
+    """The merchant's ${VAR} secrets that are set here, registered for masking: the
+    commands need none (NoSecrets) and read no secret file, but a path typed with a
+    secret in it (`--to /state/$LOOP_API_KEY.db`) must not be echoed on any line."""
+    conn = cfg.warehouse.connector
+    held = [cfg.loop.api_key, *cfg.webhooks.secrets()]
+    held += [
+        v
+        for v in (vars(conn).values() if hasattr(conn, "__dict__") else ())
+        if isinstance(v, Secret)
+    ]
+    for secret in held:
+        name = env_reference(secret.name)
+        if name is not None:
+            register(os.environ.get(name))
 
 
 def _one_merchant(paths: list[str]) -> MerchantConfig:

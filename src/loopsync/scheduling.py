@@ -42,7 +42,7 @@ from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MAX_INSTANCES, EVENT_J
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from loopsync import pacing
+from loopsync import pacing, telemetry
 from loopsync.config import MerchantConfig
 from loopsync.redaction import clip
 from loopsync.shutdown import Shutdown
@@ -121,6 +121,11 @@ class Pool(ThreadPoolExecutor):  # type: ignore[misc]  # APScheduler 3.x ships n
         with self._lock:
             self.busy -= 1
 
+    def queued(self, job_id: str) -> bool:
+        """A cycle of `job_id` waits for a worker (queued, not begun)."""
+        with self._lock:
+            return job_id in self._due
+
 
 def _guarded(run_cycle: Cycle, due: Callable[[MerchantConfig], NextDue], pool: Pool) -> Cycle:
     """The job: one merchant's exception is logged and contained (never a traceback)."""
@@ -149,6 +154,8 @@ def _log_start(cfg: MerchantConfig, late: timedelta | None) -> None:
         return
     late_s = round(late.total_seconds(), 3)
     log.info("serve.cycle_started", merchant=cfg.merchant, late_s=late_s)
+    # for platforms (loopsync_cycle_start_lateness_seconds): a log line is no alert
+    telemetry.emit(telemetry.CycleStarted(cfg.merchant, late.total_seconds()))
     if pacing.is_late(late, cfg.every):
         log.warning(
             "serve.cycle_late",
@@ -302,7 +309,10 @@ def serve(
     job = _guarded(run_cycle, lambda cfg: _next_due(scheduler, cfg), pool)
     jobs = _Jobs(scheduler, job, stop, clock=clock, stagger=stagger)
     jobs.schedule_all(configs)
-    scheduler.add_listener(log_event, EVENT_JOB_ERROR | EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES)
+    scheduler.add_listener(
+        lambda event: log_event(event, pool),
+        EVENT_JOB_ERROR | EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES,
+    )
     _start_listener(scheduler, listener)
 
     log.info("serve.start", merchants=[c.merchant for c in configs], workers=pool.workers)
@@ -338,12 +348,26 @@ def _merchant_of(job_id: str | None) -> str:
 
 
 def describe_event(
-    code: int, job_id: str | None, *, scheduled: datetime | None = None, error: str = ""
+    code: int,
+    job_id: str | None,
+    *,
+    scheduled: datetime | None = None,
+    error: str = "",
+    queued: bool = False,
 ) -> SchedulerEvent:
-    """Pure: what an APScheduler event means for the merchant whose job it is."""
+    """Pure: what an APScheduler event means for the merchant whose job it is. `queued`:
+    the previous cycle has not got a worker yet (the pool is full), which is not a slow
+    merchant but a busy process, and is said so."""
     merchant = _merchant_of(job_id)
     when = scheduled.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if scheduled else "?"
     if code == EVENT_JOB_MAX_INSTANCES:
+        if queued:
+            return SchedulerEvent(
+                "scheduler.skipped",
+                merchant,
+                f"skipped: the previous cycle of {merchant} is still waiting for a worker"
+                " (every worker is busy: see `serve --workers` in the README)",
+            )
         return SchedulerEvent(
             "scheduler.skipped",
             merchant,
@@ -369,8 +393,9 @@ def describe_event(
     )
 
 
-def log_event(event: Any) -> None:
-    """The scheduler's listener: one readable warning line per event."""
+def log_event(event: Any, pool: Pool | None = None) -> None:
+    """The scheduler's listener: one readable warning line per event (`pool`: serve's,
+    which knows whether a skipped cycle's predecessor runs or waits for a worker)."""
     exception = getattr(event, "exception", None)
     error = (
         clip(" ".join(f"{type(exception).__name__}: {exception}".split()), 500, "")
@@ -382,5 +407,6 @@ def log_event(event: Any) -> None:
         getattr(event, "job_id", None),
         scheduled=getattr(event, "scheduled_run_time", None),
         error=error,
+        queued=pool is not None and pool.queued(str(getattr(event, "job_id", ""))),
     )
     log.warning(described.event, merchant=described.merchant, message=described.message)

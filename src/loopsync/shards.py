@@ -3,6 +3,7 @@
     owner("acme", 4)          the index, 0..3, of the shard that runs acme
     parse_shard("2/4")        Shard(index=2, count=4); anything else is a UsageError
     shard_from_env(os.environ)  the shard a StatefulSet pod is (LOOPSYNC_SHARD=auto)
+    resolve("0/4", os.environ)  serve's shard: --shard and the environment must agree
     plan(["acme", ...], 3, 4) the merchants that move, and from where to where
 
 Each merchant gets a weight per shard, blake2b over the shard index and the merchant name
@@ -94,17 +95,18 @@ def parse_count(text: str, what: str = "shard count") -> int:
     return int(value)
 
 
-def parse_shard(text: str) -> Shard:
-    """`I/N` with 0 <= I < N <= MAX_SHARDS, or a UsageError (one line, exit 2)."""
+def parse_shard(text: str, what: str = "--shard") -> Shard:
+    """`I/N` with 0 <= I < N <= MAX_SHARDS, or a UsageError (one line, exit 2) naming
+    `what` gave it (the flag, or the environment variable)."""
     match = _SHARD.fullmatch(text.strip())
     if match is None:
-        raise UsageError(f"--shard must be I/N (e.g. 0/4: shard 0 of 4), not {_cut(text)}")
+        raise UsageError(f"{what} must be I/N (e.g. 0/4: shard 0 of 4), not {_cut(text)}")
     index, count = int(match[1]), int(match[2])
     if not 1 <= count <= MAX_SHARDS:
-        raise UsageError(f"--shard {text.strip()}: the count must be 1 to {MAX_SHARDS}")
+        raise UsageError(f"{what} {text.strip()}: the count must be 1 to {MAX_SHARDS}")
     if index >= count:
         raise UsageError(
-            f"--shard {text.strip()}: shards are numbered 0 to {count - 1}, not {index}"
+            f"{what} {text.strip()}: shards are numbered 0 to {count - 1}, not {index}"
         )
     return Shard(index, count)
 
@@ -115,7 +117,7 @@ def shard_from_env(env: Mapping[str, str]) -> Shard | None:
     if not asked:
         return None
     if asked != AUTO:
-        return parse_shard(asked)
+        return parse_shard(asked, SHARD_ENV)
     count = parse_count(env.get(COUNT_ENV, ""), f"{SHARD_ENV}=auto needs {COUNT_ENV}: it")
     index_text = env.get(INDEX_ENV, "").strip()
     if not index_text:
@@ -127,7 +129,39 @@ def shard_from_env(env: Mapping[str, str]) -> Shard | None:
                 f"($HOSTNAME, e.g. loopsync-2), not {_cut(host)}"
             )
         index_text = ordinal[1]
-    return parse_shard(f"{index_text}/{count}")
+    return parse_shard(f"{index_text}/{count}", f"{SHARD_ENV}=auto's shard")
+
+
+def resolve(asked: str | None, env: Mapping[str, str]) -> Shard | None:
+    """The shard `serve` runs: `--shard` (`asked`), else the environment's. Each pod of a
+    fleet keeps its state on its own volume, so two pods that disagree on the shard
+    arithmetic would both run a merchant, and no file lock sees the other: every source
+    the operator set must name the same shard, or it is a UsageError (one line, exit 2).
+    - `--shard` and LOOPSYNC_SHARD both given: the same shard;
+    - LOOPSYNC_SHARD_COUNT given: the shard's count (an explicit `I/N` too), and a shard
+      must be named at all (a pod told the fleet's size but no shard would run every
+      merchant beside the shards)."""
+    from_env = shard_from_env(env)
+    shard = from_env if asked is None else parse_shard(asked)
+    if asked is not None and from_env is not None and from_env != shard:
+        raise UsageError(
+            f"--shard {shard} disagrees with {SHARD_ENV} ({from_env}): "
+            "set one, or the same shard in both"
+        )
+    count_text = env.get(COUNT_ENV, "").strip()
+    if count_text:
+        count = parse_count(count_text, COUNT_ENV)
+        if shard is None:
+            raise UsageError(
+                f"{COUNT_ENV}={count} but no shard is named (--shard I/N or {SHARD_ENV}): "
+                "this process would run every merchant beside the shards"
+            )
+        if shard.count != count:
+            raise UsageError(
+                f"shard {shard} disagrees with {COUNT_ENV}={count}: every pod must count "
+                "the same shards"
+            )
+    return shard
 
 
 def _cut(text: str, limit: int = 40) -> str:

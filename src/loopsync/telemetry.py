@@ -57,6 +57,14 @@ class CycleDone:
 
 
 @dataclass(frozen=True)
+class CycleStarted:
+    """A scheduled cycle got its worker `late_seconds` after it was due (serve's pool)."""
+
+    merchant: str
+    late_seconds: float
+
+
+@dataclass(frozen=True)
 class WebhookReceived:
     """A webhook request answered: accepted, duplicate, or the refusal's reason."""
 
@@ -65,7 +73,7 @@ class WebhookReceived:
     outcome: str
 
 
-Event = RequestDone | ThrottleWait | CycleDone | WebhookReceived
+Event = RequestDone | ThrottleWait | CycleDone | CycleStarted | WebhookReceived
 Subscriber = Callable[[Event], None]
 
 _subscribers: list[Subscriber] = []

@@ -15,13 +15,16 @@ so a crash leaves either no file or a whole one, and an existing file is never r
 Import refuses, one line each (exit codes in `cli`):
 - a file that is not a loopsync state: not SQLite, cut short, failing SQLite's
   quick_check, without loopsync's tables, from a newer loopsync, or with a -wal beside
-  it (a live file, half of which is elsewhere): StateCorrupt (65);
-- a file exported for another merchant: StateCorrupt (65);
+  it or beside the file a link names (a live file, half of which is elsewhere):
+  StateCorrupt (65);
+- a file exported for another merchant, or not made by `state export` at all (a live
+  state copied by hand names no merchant): StateCorrupt (65);
 - an existing state that is NEWER than the file, which the import would lose: its last
-  change (the latest of its runs, effects, cursors and returns, by the store's own
-  timestamps) is later than the file's, or its ledger holds effects the file does not
-  (a remote call the file knows nothing of): StateUnwritable (73). Importing the same
-  file again is allowed (nothing newer) and changes nothing;
+  change (the latest of its runs, effects, cursors, returns and webhook inbox events, by
+  the store's own timestamps) is later than the file's, its ledger holds effects the file
+  does not (a remote call the file knows nothing of), or its inbox holds unhandled
+  webhook events the file does not (answered 2xx, never sent again): StateUnwritable
+  (73). Importing the same file again is allowed (nothing newer) and changes nothing;
 - an existing state that cannot be read: StateCorrupt (65), "move it away first";
 - a worker holding the merchant's lock: LockHeld (75).
 
@@ -53,13 +56,18 @@ EXPORTED_AT = "exported_at"
 # Tables every loopsync state has had since schema 1: a SQLite file without them is some
 # other program's database.
 REQUIRED_TABLES = frozenset({"meta", "returns", "effects", "cursors", "runs", "kv"})
-# (table, column) pairs whose latest value is when the state last changed.
+# (table, column) pairs whose latest value is when the state last changed. The webhook
+# inbox (schema 4) too: an event accepted after the file was taken is newer state (its
+# sender was answered 2xx and will not send it again). A table an older schema lacks is
+# skipped.
 _CHANGED_AT = (
     ("runs", "started_at"),
     ("runs", "ended_at"),
     ("effects", "updated_at"),
     ("cursors", "updated_at"),
     ("returns", "last_seen_at"),
+    ("inbox", "received_at"),
+    ("inbox", "handled_at"),
 )
 
 
@@ -69,12 +77,16 @@ class Watermark:
 
     last_change: datetime | None
     effects: frozenset[str]
+    unhandled: frozenset[str] = frozenset()  # inbox keys of webhook events not yet handled
 
     def newer_than(self, other: Watermark) -> str | None:
         """Why this state holds something `other` lacks (a reason), or None."""
         missing = self.effects - other.effects
         if missing:
             return f"its ledger holds {len(missing)} effect(s) the file does not"
+        waiting = self.unhandled - other.unhandled
+        if waiting:
+            return f"its inbox holds {len(waiting)} unhandled webhook event(s) the file does not"
         if self.last_change and (other.last_change is None or self.last_change > other.last_change):
             return f"it changed at {iso(self.last_change)}, after the file's last change"
         return None
@@ -96,13 +108,20 @@ class Copied:
 def watermark(conn: sqlite3.Connection) -> Watermark:
     """A state's high-water marks, from what the store records (timestamps in the
     store's canonical UTC form; parsed, so precision differences compare correctly)."""
+    tables = {str(n) for (n,) in conn.execute("select name from sqlite_master where type='table'")}
     latest: list[datetime] = []
     for table, column in _CHANGED_AT:
+        if table not in tables:
+            continue
         row = conn.execute(f"select max({column}) from {table}").fetchone()
         with contextlib.suppress(ValueError, TypeError):
             latest.append(parse_timestamp(str(row[0])))
     keys = frozenset(str(k) for (k,) in conn.execute("select key from effects"))
-    return Watermark(max(latest, default=None), keys)
+    unhandled: frozenset[str] = frozenset()
+    if "inbox" in tables:
+        query = "select key from inbox where handled_at is null"
+        unhandled = frozenset(str(k) for (k,) in conn.execute(query))
+    return Watermark(max(latest, default=None), keys, unhandled)
 
 
 def check_loopsync_state(path: Path, conn: sqlite3.Connection) -> dict[str, str]:
@@ -216,7 +235,15 @@ def import_state(merchant: str, state: Path, source: Path) -> Copied:
     try:
         meta = check_loopsync_state(source, incoming)
         owner = meta.get(EXPORT_MERCHANT)
-        if owner is not None and owner != merchant:
+        if owner is None:
+            # A live state copied by hand names no merchant: taken for another merchant's
+            # file it would push that merchant's returns to this one's warehouse.
+            raise StateCorrupt(
+                str(source),
+                "names no merchant (not made by `loopsync state export`): export it with "
+                "`loopsync state export -c <its merchant's file>`",
+            )
+        if owner != merchant:
             raise StateCorrupt(
                 str(source), f"was exported for merchant {owner[:80]!r}, not {merchant!r}"
             )
@@ -233,7 +260,11 @@ def import_state(merchant: str, state: Path, source: Path) -> Copied:
 def _open_incoming(source: Path) -> sqlite3.Connection:
     if not source.is_file():
         raise StateIOError(str(source), "does not exist or is not a file")
-    if has_wal(source):
+    if source.stat().st_size == 0:  # what a copy that failed leaves (SQLite opens it empty)
+        raise StateCorrupt(
+            str(source), "is empty (0 bytes), not an export: make it with `loopsync state export`"
+        )
+    if has_wal(source) or has_wal(source.resolve()):  # a link to a live state too
         raise StateCorrupt(
             str(source),
             "has a -wal file beside it (a live state, part of it elsewhere): "
