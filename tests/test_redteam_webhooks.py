@@ -1,0 +1,37 @@
+"""Red team on webhook intake and its inbox: what an attacker or a careless operator
+tried, as tests (each one failed before its fix)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from loopsync import webhooks
+from loopsync.state import Store
+from tests.test_webhooks_http import (  # noqa: F401 - fixtures used by name
+    SHIPHERO_SECRET,
+    make_served,
+    served,
+)
+
+
+def inbox_keys(srv: Any) -> list[str]:
+    store = Store(srv.cfg.state_path, srv.listener.clock)
+    try:
+        return [str(r[0]) for r in store.conn.execute("select key from inbox")]
+    finally:
+        store.close()
+
+
+def test_a_captured_shiphero_event_replayed_under_new_message_ids_is_stored_once(served):
+    # The message id is a header: the signature does not cover it. An attacker who saw one
+    # genuine delivery could replay it under endless new ids, each a new event to handle
+    # (a Loop read and a ShipHero poll each, the merchant's gate held, the inbox growing).
+    _, srv = served
+    body = json.dumps({"webhook_type": "Return Update", "return_id": 7, "status": "x"}).encode()
+    sig = webhooks.hmac_b64(SHIPHERO_SECRET, body)
+    for n in range(5):
+        headers = {"x-shiphero-hmac-sha256": sig, "x-shiphero-message-id": f"forged-{n}"}
+        assert srv.post("/webhooks/shiphero/acme", body, headers)[0] == 200
+    assert len(inbox_keys(srv)) == 1
+    assert srv.hooks.drain(srv.cfg) == 1
