@@ -35,3 +35,17 @@ def test_a_captured_shiphero_event_replayed_under_new_message_ids_is_stored_once
         assert srv.post("/webhooks/shiphero/acme", body, headers)[0] == 200
     assert len(inbox_keys(srv)) == 1
     assert srv.hooks.drain(srv.cfg) == 1
+
+
+def test_handled_events_are_pruned_for_a_merchant_without_a_loop_secret(make_served, clock):
+    # Pruning ran only after the Loop-only "missed" count: a ShipHero- or 3PL-only
+    # merchant's inbox grew forever.
+    _, srv = make_served(loop_secret=None, generic_secret=None)
+    body = b'{"webhook_type": "Return Update", "return_id": 999999, "status": "pending"}'
+    sig = webhooks.hmac_b64(SHIPHERO_SECRET, body)
+    assert srv.post("/webhooks/shiphero/acme", body, {"x-shiphero-hmac-sha256": sig})[0] == 200
+    assert srv.hooks.drain(srv.cfg) == 1
+    clock.advance(31 * 24 * 3600)
+    with srv.hooks.cycle(srv.cfg):
+        pass
+    assert inbox_keys(srv) == []

@@ -355,10 +355,11 @@ class WebhookService:
                 log.warning("webhook.missed_not_counted", merchant=cfg.merchant, error=str(exc))
 
     def after_cycle(self, cfg: MerchantConfig, began: datetime) -> int:
-        if cfg.webhooks.loop_secret is None:
-            return 0
         with self._opened(cfg) as store:
+            # every merchant's inbox is pruned, whichever senders it has
             store.inbox.prune(iso(began - PRUNE_AFTER) or "")
+            if cfg.webhooks.loop_secret is None:
+                return 0
             last = store.inbox.last_accepted("loop")
             if not webhooks.healthy(_when(last), began, cfg.webhooks.healthy_within):
                 return 0
