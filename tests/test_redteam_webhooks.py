@@ -49,3 +49,18 @@ def test_handled_events_are_pruned_for_a_merchant_without_a_loop_secret(make_ser
     with srv.hooks.cycle(srv.cfg):
         pass
     assert inbox_keys(srv) == []
+
+
+def test_refusals_counted_before_a_graceful_stop_are_written_down(served, clock):
+    # Refusal counts wait in memory for the merchant's worker; a stop (SIGTERM, the
+    # listener closing) lost every count since its last wake-up.
+    sb, srv = served
+    body = b'{"id": "1"}'
+    forged = {"X-Loop-Signature": webhooks.hmac_b64("not-the-secret-at-all", body)}
+    assert srv.post("/webhooks/loop/acme", body, forged)[0] == 401
+    srv.hooks.close()
+    store = Store(srv.cfg.state_path, clock)
+    try:
+        assert store.inbox.figures().refused == {"bad_signature": 1}
+    finally:
+        store.close()

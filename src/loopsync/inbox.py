@@ -199,7 +199,7 @@ class WebhookService:
             outcome, merchant = str(decision.reason), decision.merchant
             if merchant is not None:
                 # written down by its worker at its next wake-up (an event, or within
-                # RETRY_SECONDS): a flood of forgeries costs no write each
+                # RETRY_SECONDS) or at a stop: a flood of forgeries costs no write each
                 with self._lock:
                     self._refused.setdefault(merchant, Counter())[outcome] += 1
         known = source if source in set(webhooks.Source) else "other"
@@ -220,6 +220,11 @@ class WebhookService:
             ev.set()
         for t in threads:
             t.join(timeout=5)
+        for cfg in self.configs():  # counts still in memory would die with the process
+            try:
+                self._flush_refusals(cfg)
+            except StateError as exc:
+                log.warning("webhook.refusals_lost", merchant=cfg.merchant, error=str(exc))
 
     def wake(self, merchant: str) -> None:
         if not self.started:
