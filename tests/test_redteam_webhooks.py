@@ -3,14 +3,20 @@ tried, as tests (each one failed before its fix)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import threading
 from typing import Any
 
 from loopsync import webhooks
 from loopsync.state import Store
 from tests.test_webhooks_http import (  # noqa: F401 - fixtures used by name
     SHIPHERO_SECRET,
+    Served,
+    hook_env,
+    loop_body,
     make_served,
+    rmas_in_warehouse,
     served,
 )
 
@@ -54,7 +60,7 @@ def test_handled_events_are_pruned_for_a_merchant_without_a_loop_secret(make_ser
 def test_refusals_counted_before_a_graceful_stop_are_written_down(served, clock):
     # Refusal counts wait in memory for the merchant's worker; a stop (SIGTERM, the
     # listener closing) lost every count since its last wake-up.
-    sb, srv = served
+    _, srv = served
     body = b'{"id": "1"}'
     forged = {"X-Loop-Signature": webhooks.hmac_b64("not-the-secret-at-all", body)}
     assert srv.post("/webhooks/loop/acme", body, forged)[0] == 401
@@ -64,3 +70,47 @@ def test_refusals_counted_before_a_graceful_stop_are_written_down(served, clock)
         assert store.inbox.figures().refused == {"bad_signature": 1}
     finally:
         store.close()
+
+
+def test_run_once_handles_events_a_serve_stored_but_did_not_handle(served, clock, monkeypatch):
+    # A serve killed after its 200s, then cron (`run --once`): nothing handled the stored
+    # events, and `status` said "N not handled yet" forever.
+    from loopsync.cli import main
+
+    sb, srv = served
+    (raw,) = sb.seed(1, states_weights=[("open", 1)])
+    assert srv.loop_event(loop_body(raw, clock))[0] == 200
+    for name, value in hook_env(sb).items():
+        monkeypatch.setenv(name, value)
+    assert main(["run", "--once", "-c", str(srv.cfg.file)]) == 0
+    store = Store(srv.cfg.state_path, clock)
+    try:
+        assert store.inbox.unhandled() == [] and store.inbox.figures().unhandled == 0
+    finally:
+        store.close()
+    assert rmas_in_warehouse(sb, raw["id"]) == 1
+
+
+def test_an_event_for_a_merchant_whose_state_volume_is_missing_is_503_and_creates_nothing(
+    served, clock, tmp_path_factory
+):
+    # The intake opened the state file as every writer does, creating the folder the
+    # operator named for the volume: a 200 for an event kept on the container's own
+    # filesystem (lost with it), where `run` and `serve` refuse with exit 73.
+    sb, first = served
+    # an absolute state_path away from the configuration: the volume, never mounted
+    volume = tmp_path_factory.mktemp("elsewhere") / "volume"
+    cfg = dataclasses.replace(first.cfg, state_path=volume / "acme.sqlite")
+    srv = Served(cfg, clock)
+    srv.listener._thread.start()
+    try:
+        (raw,) = sb.seed(1, states_weights=[("open", 1)])
+        assert srv.loop_event(loop_body(raw, clock))[0] == 503
+    finally:
+        srv.listener.server.shutdown()
+        srv.listener.server.server_close()
+    assert not volume.exists()
+    from loopsync.inbox import finish_stored
+
+    assert finish_stored(cfg, threading.Event()) == 0  # cron's run: nothing created either
+    assert not volume.exists()

@@ -16,7 +16,8 @@ it is handled the same way; an RMA loopsync does not know is left to polling. Se
 events for one return are handled once.
 
 An event is marked handled after its run ends; a crash before that leaves it unhandled,
-and `start()` (serve's start) finishes every unhandled event of every merchant.
+and `start()` (serve's start) finishes every unhandled event of every merchant, as does
+`run` (cron) after each merchant's cycle (`finish_stored`).
 
 Polling stays the truth: `poll_due` lets a scheduled cycle be skipped only while webhooks
 are healthy and `webhooks.poll_every` is set, and `after_cycle` counts the Loop returns a
@@ -37,8 +38,9 @@ import structlog
 
 from loopsync import telemetry, webhooks
 from loopsync.config import MerchantConfig
-from loopsync.errors import LockHeld, StateError, UnknownReturn
+from loopsync.errors import LockHeld, StateError, StateUnwritable, UnknownReturn
 from loopsync.state import InboxRow, Store, state_error
+from loopsync.state.folder import check_state_folder
 from loopsync.timeutil import Clock, SystemClock, iso, parse_timestamp
 
 log = structlog.get_logger("loopsync.webhooks")
@@ -183,7 +185,10 @@ class WebhookService:
         SQLite reports at once instead of waiting. None: answered 503 (the sender retries)."""
         for attempt in range(1, STORE_ATTEMPTS + 1):
             try:
-                return Store(cfg.state_path, self.clock)
+                return _open(cfg, self.clock)
+            except StateUnwritable as exc:  # its volume is missing: no retry will help
+                log.error("webhook.not_stored", merchant=cfg.merchant, error=str(exc))
+                return None
             except StateError as exc:
                 if attempt == STORE_ATTEMPTS:
                     log.error("webhook.not_stored", merchant=cfg.merchant, error=str(exc))
@@ -306,7 +311,7 @@ class WebhookService:
 
     @contextlib.contextmanager
     def _opened(self, cfg: MerchantConfig) -> Iterator[Store]:
-        store = Store(cfg.state_path, self.clock)
+        store = _open(cfg, self.clock)
         try:
             yield store
         except sqlite3.Error as exc:
@@ -372,6 +377,22 @@ class WebhookService:
         if added:
             log.warning("webhook.missed", merchant=cfg.merchant, returns=added)
         return added
+
+
+def _open(cfg: MerchantConfig, clock: Clock) -> Store:
+    """The merchant's state, its folder checked first as every writer does: a missing
+    volume is StateUnwritable, never a new folder and file on the container's own disk
+    (an event "stored" there would be lost with it)."""
+    check_state_folder(cfg.state_path, cfg.file)
+    return Store(cfg.state_path, clock)
+
+
+def finish_stored(cfg: MerchantConfig, stop: threading.Event) -> int:
+    """`run` (cron, after its cycle): handle the events a `serve` stored but did not
+    handle (stopped or killed first), as its next start would; without a serve they
+    waited forever ("not handled yet"). A held lock or a state fault defers them to the
+    next run (`drain`). How many were handled."""
+    return WebhookService(lambda: [cfg], clock=SystemClock(stop), stop=stop).drain(cfg)
 
 
 def configured(cfg: MerchantConfig) -> list[webhooks.Source]:
