@@ -114,3 +114,17 @@ def test_an_event_for_a_merchant_whose_state_volume_is_missing_is_503_and_create
 
     assert finish_stored(cfg, threading.Event()) == 0  # cron's run: nothing created either
     assert not volume.exists()
+
+
+def test_an_unknown_merchant_is_answered_exactly_like_a_known_one_badly_signed(served):
+    # 404 for an unknown merchant and 401 for a known one told an attacker which merchant
+    # names exist (the decoy key already made both cost the same time).
+    _, srv = served
+    body = b'{"id": "1"}'
+    forged = {"X-Loop-Signature": webhooks.hmac_b64("not-the-secret-at-all", body)}
+    for headers in (forged, {}):
+        known = srv.post("/webhooks/loop/acme", body, headers)
+        unknown = srv.post("/webhooks/loop/nobody", body, headers)
+        assert known == unknown == (401, b"refused\n")
+    # a sender the merchant has no secret for is no different
+    assert srv.post("/webhooks/ftp/acme", body, forged) == (401, b"refused\n")

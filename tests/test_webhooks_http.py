@@ -205,14 +205,14 @@ def test_unsigned_or_badly_signed_events_are_refused_and_not_stored(
     assert srv.inbox() == []
 
 
-def test_unknown_merchant_gets_404_with_the_same_body(served, clock):
+def test_unknown_merchant_gets_401_with_the_same_body(served, clock):
     _, srv = served
     body = b'{"id": "1"}'
     status, answer = srv.post(
         "/webhooks/loop/nobody", body, {"X-Loop-Signature": webhooks.hmac_b64(LOOP_SECRET, body)}
     )
-    assert (status, answer) == (404, b"refused\n")
-    assert srv.post("/webhooks/ftp/acme", body)[0] == 404
+    assert (status, answer) == (401, b"refused\n")  # as a bad signature: no enumeration
+    assert srv.post("/webhooks/ftp/acme", body)[0] == 401
 
 
 def test_replay_of_an_old_loop_event_is_refused(served, clock):

@@ -58,7 +58,7 @@ class PushSettings:
 @dataclass(frozen=True)
 class WebhookSettings:
     """`webhooks:` the secrets each sender signs with (a sender without one is refused
-    with 404) and how webhook health changes polling (loopsync.webhooks)."""
+    with 401) and how webhook health changes polling (loopsync.webhooks)."""
 
     loop_secret: Secret | None = None
     shiphero_secret: Secret | None = None

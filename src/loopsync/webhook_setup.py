@@ -71,7 +71,7 @@ class Registration:
 
 def _where(secret: Secret | None, key: str) -> str:
     if secret is None:
-        return f"not configured: set webhooks.{key} (until then this sender gets 404)"
+        return f"not configured: set webhooks.{key} (until then this sender gets 401)"
     name = secret.name.removeprefix("${").removesuffix("}")  # linted: the reference as written
     if name.startswith("file:"):
         return f"webhooks.{key} reads the file {name.removeprefix('file:')}"

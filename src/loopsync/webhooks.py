@@ -74,7 +74,8 @@ class Refusal(StrEnum):
     TOO_LARGE = "too_large"  # 413
     LENGTH = "length"  # 411: no Content-Length and not chunked
     CONTENT_TYPE = "content_type"  # 415
-    UNKNOWN = "unknown"  # 404: no such merchant, or no secret for this sender
+    # 401, as a bad signature: a different status would tell which merchants exist
+    UNKNOWN = "unknown"  # no such merchant or sender, or no secret for this sender
     UNSIGNED = "unsigned"  # 401
     BAD_SIGNATURE = "bad_signature"  # 401
     UNREADABLE = "unreadable"  # 400: signed, but not an event loopsync can use
@@ -88,7 +89,7 @@ STATUS: Mapping[Refusal, int] = {
     Refusal.TOO_LARGE: 413,
     Refusal.LENGTH: 411,
     Refusal.CONTENT_TYPE: 415,
-    Refusal.UNKNOWN: 404,
+    Refusal.UNKNOWN: 401,
     Refusal.UNSIGNED: 401,
     Refusal.BAD_SIGNATURE: 401,
     Refusal.UNREADABLE: 400,
