@@ -8,7 +8,11 @@ import json
 import threading
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from loopsync import webhooks
+from loopsync.errors import Unreadable
 from loopsync.state import Store
 from tests.test_webhooks_http import (  # noqa: F401 - fixtures used by name
     SHIPHERO_SECRET,
@@ -128,3 +132,30 @@ def test_an_unknown_merchant_is_answered_exactly_like_a_known_one_badly_signed(s
         assert known == unknown == (401, b"refused\n")
     # a sender the merchant has no secret for is no different
     assert srv.post("/webhooks/ftp/acme", body, forged) == (401, b"refused\n")
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=40),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=20), inner),
+    max_leaves=8,
+)
+answers = st.builds(
+    lambda node: {"data": {"webhook_create": node}},
+    json_values | st.builds(lambda s: {"webhook": {"shared_signature_secret": s}}, json_values),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(json_values | answers)
+def test_webhook_create_answer_yields_a_usable_secret_or_unreadable(body):
+    # A hostile or broken answer ({"data": {"webhook_create": null}}) raised AttributeError
+    # (a traceback from `webhooks register`), and a secret too short, blank-padded or with
+    # a control character was stored, so the merchant's file no longer loaded at all.
+    from loopsync.configkit import secret_problem
+    from loopsync.connectors.shiphero.mapping import webhook_secret
+
+    try:
+        secret = webhook_secret(body)
+    except Unreadable:
+        return
+    assert secret_problem(secret, "it") is None
