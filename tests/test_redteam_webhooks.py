@@ -159,3 +159,49 @@ def test_webhook_create_answer_yields_a_usable_secret_or_unreadable(body):
     except Unreadable:
         return
     assert secret_problem(secret, "it") is None
+
+
+def test_webhook_runs_never_stand_for_the_scheduled_cycles_in_the_verdict(served, clock):
+    # A webhook's run (one return, no ingest) ending "ok" counted as the last successful
+    # cycle: with polling broken (Loop's list failing every cycle) and webhooks flowing,
+    # the merchant stayed OK and never STALLED, so a lost webhook was a silently lost return.
+    from loopsync import status
+    from loopsync.report import Verdict
+
+    _, srv = served
+    cfg = srv.cfg
+    store = Store(cfg.state_path, clock)
+    try:
+        for n in range(6):
+            store.runs.start(f"cycle-{n}", "serve")
+            store.runs.add_stage_failure(f"cycle-{n}", "ingest", "Loop answered HTTP 500")
+            store.runs.finish(f"cycle-{n}", "errors", {}, 1, None)
+            clock.advance(60)
+            store.runs.start(f"hook-{n}", "webhook")
+            store.runs.finish(f"hook-{n}", "ok", {}, 0, None)
+            clock.advance(cfg.every.total_seconds())
+    finally:
+        store.close()
+    view = status.merchant_view(cfg, now=clock.now())
+    assert view.verdict is Verdict.STALLED, (view.verdict, view.reason)
+    assert view.last_ok_at is None
+
+
+def test_a_flood_of_webhook_runs_does_not_hide_the_last_failed_cycle(served, clock):
+    from loopsync import status
+    from loopsync.report import Verdict
+
+    _, srv = served
+    store = Store(srv.cfg.state_path, clock)
+    try:
+        store.runs.start("cycle", "serve")
+        store.runs.add_stage_failure("cycle", "ingest", "Loop answered HTTP 500")
+        store.runs.finish("cycle", "errors", {}, 1, None)
+        for n in range(status.RECENT_RUNS + 2):  # more than the recent runs shown
+            clock.advance(5)
+            store.runs.start(f"hook-{n}", "webhook")
+            store.runs.finish(f"hook-{n}", "ok", {}, 0, None)
+    finally:
+        store.close()
+    view = status.merchant_view(srv.cfg, now=clock.now())
+    assert view.verdict is Verdict.DEGRADED and "ingest failed" in view.reason

@@ -41,6 +41,7 @@ from loopsync.config import MerchantConfig
 from loopsync.errors import LockHeld, StateError, StateUnwritable, UnknownReturn
 from loopsync.state import InboxRow, Store, state_error
 from loopsync.state.folder import check_state_folder
+from loopsync.state.runs import WEBHOOK_MODE
 from loopsync.timeutil import Clock, SystemClock, iso, parse_timestamp
 
 log = structlog.get_logger("loopsync.webhooks")
@@ -63,7 +64,7 @@ def import_one(
 
     try:
         result = run_merchant(
-            cfg, clock=clock, stop=stop, mode="webhook", import_return_id=return_id
+            cfg, clock=clock, stop=stop, mode=WEBHOOK_MODE, import_return_id=return_id
         )
     except UnknownReturn:
         return "not found in Loop"

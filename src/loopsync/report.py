@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from loopsync.state.runs import WEBHOOK_MODE
 from loopsync.timeutil import iso
 
 
@@ -93,6 +94,11 @@ class RunView:
     @property
     def finished(self) -> bool:
         return self.status not in ("running", "interrupted")
+
+    @property
+    def cycle(self) -> bool:
+        """A cycle, not a webhook's run (which never speaks for the merchant's health)."""
+        return self.mode != WEBHOOK_MODE
 
     @property
     def fully_ok(self) -> bool:
@@ -362,7 +368,9 @@ def verdict(facts: Facts, now: datetime) -> tuple[Verdict, str]:
             f"run {last.id} started {ago(last.started_at, now)} "
             "ended without finishing (the process died)"
         )
-    finished = next((r for r in facts.runs if r.finished), None)
+    if not any(r.cycle for r in facts.runs):
+        return Verdict.NEVER_RUN, "no cycle has run yet (only webhooks' runs)"
+    finished = next((r for r in facts.runs if r.finished and r.cycle), None)
     if finished is not None and not finished.fully_ok:
         return Verdict.DEGRADED, _degraded_reason(finished)
     return Verdict.OK, f"last successful cycle {ago(facts.last_ok_at, now) or 'running now'}"

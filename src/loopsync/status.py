@@ -27,7 +27,7 @@ from loopsync import refusals, report
 from loopsync.config import MerchantConfig
 from loopsync.errors import StateCorrupt, StateError
 from loopsync.state import ReturnRow, Store, lock_is_held, state_error
-from loopsync.state.runs import NEXT_DUE_KEY, NEXT_DUE_NAMESPACE
+from loopsync.state.runs import NEXT_DUE_KEY, NEXT_DUE_NAMESPACE, WEBHOOK_MODE
 from loopsync.timeutil import SystemClock, iso, parse_timestamp
 
 # Stands in for an unset ${VAR}: long and plain enough for every secret check, and never
@@ -314,6 +314,8 @@ def _blocked(cfg: MerchantConfig, now: datetime, message: str) -> report.Merchan
 
 def _runs(store: Store, path: Path) -> tuple[report.RunView, ...]:
     rows = store.runs.last(RECENT_RUNS)
+    if all(r.mode == WEBHOOK_MODE for r in rows):  # webhooks' runs hid the last cycle
+        rows += store.runs.last(1, cycles_only=True)
     failures: dict[str, list[report.StageFailure]] = {}
     for f in store.runs.stage_failures([r.id for r in rows]):
         failures.setdefault(f.run_id, []).append(
