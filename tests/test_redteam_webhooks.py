@@ -205,3 +205,22 @@ def test_a_flood_of_webhook_runs_does_not_hide_the_last_failed_cycle(served, clo
         store.close()
     view = status.merchant_view(srv.cfg, now=clock.now())
     assert view.verdict is Verdict.DEGRADED and "ingest failed" in view.reason
+
+
+def test_replayed_duplicates_do_not_keep_webhooks_healthy_for_the_poll_deferral(make_served, clock):
+    # Every answered duplicate refreshed "last accepted": one captured delivery replayed
+    # every few minutes kept scheduled polling deferred while the real webhooks were gone.
+    sb, srv = make_served(
+        poll_every="10m", healthy_within="5m", shiphero_secret=None, generic_secret=None
+    )
+    ran: list[str] = []
+    job = srv.hooks.scheduled(lambda c, stop, next_due=None: ran.append(c.merchant))
+    (raw,) = sb.seed(1, states_weights=[("open", 1)])
+    body = loop_body(raw, clock)
+    assert srv.loop_event(body)[0] == 200
+    job(srv.cfg, None)  # the first cycle runs
+    for _ in range(3):  # the same delivery again and again, each within healthy_within
+        clock.advance(4 * 60)
+        assert srv.loop_event(body)[0] == 200
+        job(srv.cfg, None)
+    assert len(ran) == 3  # 0, 8 and 12 minutes: the last new event was 12 minutes ago

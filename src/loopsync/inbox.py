@@ -167,8 +167,9 @@ class WebhookService:
         finally:
             with contextlib.suppress(sqlite3.Error):
                 store.close()
-        with self._lock:
-            self._last_accepted[cfg.merchant, ev.source] = self.clock.now()
+        if new:  # a duplicate (a retry, or a captured delivery replayed) proves no health
+            with self._lock:
+                self._last_accepted[cfg.merchant, ev.source] = self.clock.now()
         log.info(
             "webhook.accepted" if new else "webhook.duplicate",
             merchant=cfg.merchant,
