@@ -394,7 +394,11 @@ def finish_stored(cfg: MerchantConfig, stop: threading.Event) -> int:
     handle (stopped or killed first), as its next start would; without a serve they
     waited forever ("not handled yet"). A held lock or a state fault defers them to the
     next run (`drain`). How many were handled."""
-    return WebhookService(lambda: [cfg], clock=SystemClock(stop), stop=stop).drain(cfg)
+    try:
+        return WebhookService(lambda: [cfg], clock=SystemClock(stop), stop=stop).drain(cfg)
+    except Exception as exc:  # noqa: BLE001 - one merchant's events never stop the others
+        log.error("webhook.not_finished", merchant=cfg.merchant, error=type(exc).__name__)
+        return 0
 
 
 def configured(cfg: MerchantConfig) -> list[webhooks.Source]:
