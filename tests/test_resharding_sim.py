@@ -63,6 +63,8 @@ class Fleet:
     def start(self, count: int) -> None:
         for index in range(count):
             log = self.root / f"serve-{count}-{index}.log"
+            # the volume is there before its pod starts (serve refuses a missing one, 73)
+            self.state_dir(index).mkdir(exist_ok=True)
             env = self.env | {"LOOPSYNC_STATE_DIR": str(self.state_dir(index))}
             with log.open("wb") as out:
                 proc = subprocess.Popen(
