@@ -224,3 +224,19 @@ def test_replayed_duplicates_do_not_keep_webhooks_healthy_for_the_poll_deferral(
         assert srv.loop_event(body)[0] == 200
         job(srv.cfg, None)
     assert len(ran) == 3  # 0, 8 and 12 minutes: the last new event was 12 minutes ago
+
+
+def test_status_says_which_configured_sender_is_silent_and_not_healthy_then(make_served, clock):
+    # ShipHero disables an unhealthy webhook; with Loop's events still flowing, status and
+    # the page said "webhooks healthy" and nothing showed that ShipHero had gone quiet.
+    from loopsync import status
+    from loopsync.report import view_lines
+
+    sb, srv = make_served(generic_secret=None)
+    (raw,) = sb.seed(1, states_weights=[("open", 1)])
+    assert srv.loop_event(loop_body(raw, clock))[0] == 200
+    view = status.merchant_view(srv.cfg, now=clock.now())
+    assert view.webhooks is not None
+    assert not view.webhooks.healthy and view.webhooks.silent == ("shiphero",)
+    assert "silent: shiphero" in "\n".join(view_lines(view))
+    assert view.to_json()["webhooks"]["silent"] == ["shiphero"]

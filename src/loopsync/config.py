@@ -70,6 +70,15 @@ class WebhookSettings:
     def secrets(self) -> list[Secret]:
         return [s for s in (self.loop_secret, self.shiphero_secret, self.generic_secret) if s]
 
+    def senders(self) -> list[str]:
+        """The senders (webhooks.Source values) this merchant has a secret for."""
+        named = (
+            ("loop", self.loop_secret),
+            ("shiphero", self.shiphero_secret),
+            ("generic", self.generic_secret),
+        )
+        return [name for name, secret in named if secret is not None]
+
 
 @dataclass(frozen=True)
 class MerchantConfig:

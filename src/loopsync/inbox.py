@@ -403,16 +403,7 @@ def finish_stored(cfg: MerchantConfig, stop: threading.Event) -> int:
 
 def configured(cfg: MerchantConfig) -> list[webhooks.Source]:
     """The senders this merchant has a webhook secret for."""
-    hooks = cfg.webhooks
-    return [
-        source
-        for source, secret in (
-            (webhooks.Source.LOOP, hooks.loop_secret),
-            (webhooks.Source.SHIPHERO, hooks.shiphero_secret),
-            (webhooks.Source.GENERIC, hooks.generic_secret),
-        )
-        if secret is not None
-    ]
+    return [webhooks.Source(name) for name in cfg.webhooks.senders()]
 
 
 def _when(text: str | None) -> datetime | None:

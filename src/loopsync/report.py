@@ -198,7 +198,7 @@ class WebhookView:
     refused (by reason), and returns polling found that webhooks missed (worth alerting
     on: `loopsync_webhook_missed_returns`)."""
 
-    healthy: bool  # an event was accepted within webhooks.healthy_within
+    healthy: bool  # every sender with a secret was heard within webhooks.healthy_within
     accepted: int
     unhandled: int
     last_event_at: datetime | None
@@ -206,10 +206,12 @@ class WebhookView:
     refused: Mapping[str, int] = field(default_factory=dict)
     missed: int = 0
     missed_recent: tuple[str, ...] = ()
+    silent: tuple[str, ...] = ()  # senders with a secret not heard within healthy_within
 
     def to_json(self) -> dict[str, Any]:
         return {
             "healthy": self.healthy,
+            "silent": list(self.silent),
             "accepted": self.accepted,
             "unhandled": self.unhandled,
             "last_event_at": iso(self.last_event_at),
@@ -222,8 +224,9 @@ class WebhookView:
     def lines(self, now: datetime) -> list[str]:
         refused = ", ".join(f"{k} {n}" for k, n in sorted(self.refused.items())) or "none"
         last = ago(self.last_event_at, now) if self.last_event_at else "never"
+        silent = f" (silent: {', '.join(self.silent)})" if self.silent else ""
         lines = [
-            f"  webhooks {'healthy' if self.healthy else 'not healthy'}; last event {last};"
+            f"  webhooks {'healthy' if self.healthy else 'not healthy'}{silent}; last event {last};"
             f" accepted {self.accepted} ({self.unhandled} not handled yet); refused {refused}"
         ]
         if self.missed:

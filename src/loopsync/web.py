@@ -280,6 +280,7 @@ def _webhooks_html(m: report.MerchantView) -> str:
     missed = f"{hooks.missed} (recent: {', '.join(hooks.missed_recent)})" if hooks.missed else "0"
     rows = (
         ("health", "healthy" if hooks.healthy else "not healthy"),
+        ("silent senders", ", ".join(hooks.silent) or "none"),
         ("last event", _when(hooks.last_event_at, m.now)),
         ("accepted", f"{hooks.accepted} ({hooks.unhandled} not handled yet)"),
         ("refused", refused),
