@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from loopsync import webhooks
 from loopsync.errors import Unreadable
 from loopsync.state import Store
+from tests.test_webhooks_cli import merchant  # noqa: F401 - a fixture used by name
 from tests.test_webhooks_http import (  # noqa: F401 - fixtures used by name
     SHIPHERO_SECRET,
     Served,
@@ -240,3 +241,13 @@ def test_status_says_which_configured_sender_is_silent_and_not_healthy_then(make
     assert not view.webhooks.healthy and view.webhooks.silent == ("shiphero",)
     assert "silent: shiphero" in "\n".join(view_lines(view))
     assert view.to_json()["webhooks"]["silent"] == ["shiphero"]
+
+
+def test_register_says_a_running_serve_must_reload_to_use_the_new_secret(merchant):
+    # serve reads secrets at start and on SIGHUP: registering alone left it refusing every
+    # ShipHero event (401) until ShipHero disabled the webhook, and nothing said so.
+    from tests.test_webhooks_cli import PUBLIC, run
+
+    _, path = merchant
+    code, out = run("webhooks", "register", "-c", str(path), "--public-url", PUBLIC, "--yes")
+    assert code == 0 and "SIGHUP" in out

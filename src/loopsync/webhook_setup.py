@@ -248,7 +248,9 @@ def cmd_register(paths: list[str], base_text: str, *, yes: bool, replace: bool, 
         return EXIT_CANTCREAT
     out.write(
         f'{cfg.merchant}: ShipHero webhook "{SHIPHERO_HOOK}" registered for {url}; '
-        f"its secret is in {target} (0600)\n"
+        f"its secret is in {target} (0600); a running serve refuses ShipHero's events "
+        "(401, and ShipHero disables a failing webhook) until it is reloaded (SIGHUP) "
+        "or restarted\n"
     )
     return EXIT_OK
 
