@@ -47,7 +47,11 @@ def test_loop_clients_with_one_key_share_one_limiter_whatever_their_run_clock() 
     assert a.http.limiter is b.http.limiter and a.http.limiter is not c.http.limiter
 
 
-def test_run_merchant_shares_the_loop_limiter_across_cycles_and_merchants(tmp_path: Path) -> None:
+def test_run_merchant_shares_the_loop_limiter_across_cycles_and_merchants(
+    tmp_path: Path, fresh_process: Any
+) -> None:
+    # fresh_process: another in-process `run` in this worker (test_cli, a webhook test)
+    # within the last minute left its sends in the shared limiter of the sandbox's key
     with Sandbox("generic", clock=SystemClock(), rate_limits=False) as sb:
         sb.seed(2, states_weights=[("open", 1)])
         first = sb.merchant_config(tmp_path / "a", merchant="first")

@@ -205,14 +205,14 @@ def test_unsigned_or_badly_signed_events_are_refused_and_not_stored(
     assert srv.inbox() == []
 
 
-def test_unknown_merchant_gets_404_with_the_same_body(served, clock):
+def test_unknown_merchant_gets_401_with_the_same_body(served, clock):
     _, srv = served
     body = b'{"id": "1"}'
     status, answer = srv.post(
         "/webhooks/loop/nobody", body, {"X-Loop-Signature": webhooks.hmac_b64(LOOP_SECRET, body)}
     )
-    assert (status, answer) == (404, b"refused\n")
-    assert srv.post("/webhooks/ftp/acme", body)[0] == 404
+    assert (status, answer) == (401, b"refused\n")  # as a bad signature: no enumeration
+    assert srv.post("/webhooks/ftp/acme", body)[0] == 401
 
 
 def test_replay_of_an_old_loop_event_is_refused(served, clock):
@@ -420,11 +420,13 @@ def test_generic_receipt_event_signed_like_the_connector_acts_once(make_served, 
     assert srv.post(path, body, headers)[0] == 400
 
 
-def test_status_page_json_and_metrics_show_webhook_health(served, clock):
+def test_status_page_json_and_metrics_show_webhook_health(make_served, clock):
     from loopsync import status
     from loopsync.report import view_lines
 
-    sb, srv = served
+    # Loop alone has a secret: its event makes webhooks healthy (every sender with a
+    # secret must be heard: test_redteam_webhooks)
+    sb, srv = make_served(shiphero_secret=None, generic_secret=None)
     (raw,) = sb.seed(1, states_weights=[("open", 1)])
     assert srv.loop_event(loop_body(raw, clock))[0] == 200
     assert srv.loop_event(loop_body(raw, clock), secret="not-the-secret-xx")[0] == 401

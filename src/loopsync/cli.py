@@ -466,10 +466,14 @@ def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
     codes: dict[str, tuple[int, str | None]] = {}
 
     def work(stop: threading.Event) -> None:
+        from loopsync.inbox import finish_stored
+
         for cfg in configs:
             if stop.is_set():
                 break
             codes[cfg.merchant] = _run_one(cfg, out, stop=stop, dry_run=args.dry_run, mode="run")
+            if not args.dry_run and not stop.is_set():
+                finish_stored(cfg, stop)  # webhook events a stopped serve left
 
     PROCESS.supervise(work, grace=stop_grace(configs))
     return _final_code(codes, bad)

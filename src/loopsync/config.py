@@ -58,7 +58,7 @@ class PushSettings:
 @dataclass(frozen=True)
 class WebhookSettings:
     """`webhooks:` the secrets each sender signs with (a sender without one is refused
-    with 404) and how webhook health changes polling (loopsync.webhooks)."""
+    with 401) and how webhook health changes polling (loopsync.webhooks)."""
 
     loop_secret: Secret | None = None
     shiphero_secret: Secret | None = None
@@ -69,6 +69,15 @@ class WebhookSettings:
 
     def secrets(self) -> list[Secret]:
         return [s for s in (self.loop_secret, self.shiphero_secret, self.generic_secret) if s]
+
+    def senders(self) -> list[str]:
+        """The senders (webhooks.Source values) this merchant has a secret for."""
+        named = (
+            ("loop", self.loop_secret),
+            ("shiphero", self.shiphero_secret),
+            ("generic", self.generic_secret),
+        )
+        return [name for name, secret in named if secret is not None]
 
 
 @dataclass(frozen=True)

@@ -286,33 +286,9 @@ class Section:
 
     def _check_secret(self, key: str, value: str, source: str) -> None:
         """Refuse values that cannot be right or cannot be masked safely; never show them."""
-        if not value:
-            raise self.error(key, f"{source} is empty")
-        if "\n" in value or "\r" in value:
-            raise self.error(key, f"{source} contains a line break (a copy-paste mistake?)")
-        if value != value.strip():
-            raise self.error(
-                key, f"{source} has white space at its start or end (a copy-paste mistake?)"
-            )
-        if any(unicodedata.category(ch) == "Cc" for ch in value):
-            raise self.error(key, f"{source} contains a control character")
-        if any("\ud800" <= ch <= "\udfff" for ch in value):  # undecodable bytes in the env
-            raise self.error(key, f"{source} is not valid UTF-8 text")
-        if any(unicodedata.category(ch) in ("Cf", "Zl", "Zp") for ch in value):
-            # a byte-order mark, a zero-width space: invisible, pasted from an editor or a
-            # web page, and never part of a real credential
-            raise self.error(
-                key,
-                f"{source} contains an invisible formatting character"
-                " (a byte-order mark, a zero-width space; a copy-paste mistake?)",
-            )
-        if len(value) < MIN_SECRET_LENGTH:
-            raise self.error(
-                key,
-                f"{source} is too short ({len(value)} characters; at least "
-                f"{MIN_SECRET_LENGTH}): no real credential is, and so short a "
-                "value cannot be masked safely",
-            )
+        found = secret_problem(value, source)
+        if found is not None:
+            raise self.error(key, found)
 
     def int(
         self, key: str, default: Any = _MISSING, *, min: int | None = None, max: int | None = None
@@ -486,3 +462,33 @@ def _type_name(value: Any) -> str:
         int: "an integer",
         float: "a number",
     }.get(type(value), type(value).__name__)
+
+
+def secret_problem(value: str, source: str) -> str | None:
+    """Why `value` cannot be a credential (it cannot be right or cannot be masked safely),
+    naming `source`, never the value; None when it can. Pure: the config's secret check,
+    and `webhooks register` before it stores a secret a remote chose."""
+    if not value:
+        return f"{source} is empty"
+    if "\n" in value or "\r" in value:
+        return f"{source} contains a line break (a copy-paste mistake?)"
+    if value != value.strip():
+        return f"{source} has white space at its start or end (a copy-paste mistake?)"
+    if any(unicodedata.category(ch) == "Cc" for ch in value):
+        return f"{source} contains a control character"
+    if any("\ud800" <= ch <= "\udfff" for ch in value):  # undecodable bytes in the env
+        return f"{source} is not valid UTF-8 text"
+    if any(unicodedata.category(ch) in ("Cf", "Zl", "Zp") for ch in value):
+        # a byte-order mark, a zero-width space: invisible, pasted from an editor or a
+        # web page, and never part of a real credential
+        return (
+            f"{source} contains an invisible formatting character"
+            " (a byte-order mark, a zero-width space; a copy-paste mistake?)"
+        )
+    if len(value) < MIN_SECRET_LENGTH:
+        return (
+            f"{source} is too short ({len(value)} characters; at least "
+            f"{MIN_SECRET_LENGTH}): no real credential is, and so short a "
+            "value cannot be masked safely"
+        )
+    return None

@@ -16,7 +16,8 @@ it is handled the same way; an RMA loopsync does not know is left to polling. Se
 events for one return are handled once.
 
 An event is marked handled after its run ends; a crash before that leaves it unhandled,
-and `start()` (serve's start) finishes every unhandled event of every merchant.
+and `start()` (serve's start) finishes every unhandled event of every merchant, as does
+`run` (cron) after each merchant's cycle (`finish_stored`).
 
 Polling stays the truth: `poll_due` lets a scheduled cycle be skipped only while webhooks
 are healthy and `webhooks.poll_every` is set, and `after_cycle` counts the Loop returns a
@@ -37,8 +38,10 @@ import structlog
 
 from loopsync import telemetry, webhooks
 from loopsync.config import MerchantConfig
-from loopsync.errors import LockHeld, StateError, UnknownReturn
+from loopsync.errors import LockHeld, StateError, StateUnwritable, UnknownReturn
 from loopsync.state import InboxRow, Store, state_error
+from loopsync.state.folder import check_state_folder
+from loopsync.state.runs import WEBHOOK_MODE
 from loopsync.timeutil import Clock, SystemClock, iso, parse_timestamp
 
 log = structlog.get_logger("loopsync.webhooks")
@@ -61,7 +64,7 @@ def import_one(
 
     try:
         result = run_merchant(
-            cfg, clock=clock, stop=stop, mode="webhook", import_return_id=return_id
+            cfg, clock=clock, stop=stop, mode=WEBHOOK_MODE, import_return_id=return_id
         )
     except UnknownReturn:
         return "not found in Loop"
@@ -164,8 +167,9 @@ class WebhookService:
         finally:
             with contextlib.suppress(sqlite3.Error):
                 store.close()
-        with self._lock:
-            self._last_accepted[cfg.merchant, ev.source] = self.clock.now()
+        if new:  # a duplicate (a retry, or a captured delivery replayed) proves no health
+            with self._lock:
+                self._last_accepted[cfg.merchant, ev.source] = self.clock.now()
         log.info(
             "webhook.accepted" if new else "webhook.duplicate",
             merchant=cfg.merchant,
@@ -183,7 +187,10 @@ class WebhookService:
         SQLite reports at once instead of waiting. None: answered 503 (the sender retries)."""
         for attempt in range(1, STORE_ATTEMPTS + 1):
             try:
-                return Store(cfg.state_path, self.clock)
+                return _open(cfg, self.clock)
+            except StateUnwritable as exc:  # its volume is missing: no retry will help
+                log.error("webhook.not_stored", merchant=cfg.merchant, error=str(exc))
+                return None
             except StateError as exc:
                 if attempt == STORE_ATTEMPTS:
                     log.error("webhook.not_stored", merchant=cfg.merchant, error=str(exc))
@@ -199,7 +206,7 @@ class WebhookService:
             outcome, merchant = str(decision.reason), decision.merchant
             if merchant is not None:
                 # written down by its worker at its next wake-up (an event, or within
-                # RETRY_SECONDS): a flood of forgeries costs no write each
+                # RETRY_SECONDS) or at a stop: a flood of forgeries costs no write each
                 with self._lock:
                     self._refused.setdefault(merchant, Counter())[outcome] += 1
         known = source if source in set(webhooks.Source) else "other"
@@ -220,6 +227,11 @@ class WebhookService:
             ev.set()
         for t in threads:
             t.join(timeout=5)
+        for cfg in self.configs():  # counts still in memory would die with the process
+            try:
+                self._flush_refusals(cfg)
+            except StateError as exc:
+                log.warning("webhook.refusals_lost", merchant=cfg.merchant, error=str(exc))
 
     def wake(self, merchant: str) -> None:
         if not self.started:
@@ -301,7 +313,7 @@ class WebhookService:
 
     @contextlib.contextmanager
     def _opened(self, cfg: MerchantConfig) -> Iterator[Store]:
-        store = Store(cfg.state_path, self.clock)
+        store = _open(cfg, self.clock)
         try:
             yield store
         except sqlite3.Error as exc:
@@ -355,10 +367,11 @@ class WebhookService:
                 log.warning("webhook.missed_not_counted", merchant=cfg.merchant, error=str(exc))
 
     def after_cycle(self, cfg: MerchantConfig, began: datetime) -> int:
-        if cfg.webhooks.loop_secret is None:
-            return 0
         with self._opened(cfg) as store:
+            # every merchant's inbox is pruned, whichever senders it has
             store.inbox.prune(iso(began - PRUNE_AFTER) or "")
+            if cfg.webhooks.loop_secret is None:
+                return 0
             last = store.inbox.last_accepted("loop")
             if not webhooks.healthy(_when(last), began, cfg.webhooks.healthy_within):
                 return 0
@@ -368,18 +381,29 @@ class WebhookService:
         return added
 
 
+def _open(cfg: MerchantConfig, clock: Clock) -> Store:
+    """The merchant's state, its folder checked first as every writer does: a missing
+    volume is StateUnwritable, never a new folder and file on the container's own disk
+    (an event "stored" there would be lost with it)."""
+    check_state_folder(cfg.state_path, cfg.file)
+    return Store(cfg.state_path, clock)
+
+
+def finish_stored(cfg: MerchantConfig, stop: threading.Event) -> int:
+    """`run` (cron, after its cycle): handle the events a `serve` stored but did not
+    handle (stopped or killed first), as its next start would; without a serve they
+    waited forever ("not handled yet"). A held lock or a state fault defers them to the
+    next run (`drain`). How many were handled."""
+    try:
+        return WebhookService(lambda: [cfg], clock=SystemClock(stop), stop=stop).drain(cfg)
+    except Exception as exc:  # noqa: BLE001 - one merchant's events never stop the others
+        log.error("webhook.not_finished", merchant=cfg.merchant, error=type(exc).__name__)
+        return 0
+
+
 def configured(cfg: MerchantConfig) -> list[webhooks.Source]:
     """The senders this merchant has a webhook secret for."""
-    hooks = cfg.webhooks
-    return [
-        source
-        for source, secret in (
-            (webhooks.Source.LOOP, hooks.loop_secret),
-            (webhooks.Source.SHIPHERO, hooks.shiphero_secret),
-            (webhooks.Source.GENERIC, hooks.generic_secret),
-        )
-        if secret is not None
-    ]
+    return [webhooks.Source(name) for name in cfg.webhooks.senders()]
 
 
 def _when(text: str | None) -> datetime | None:

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from loopsync.state.runs import WEBHOOK_MODE
 from loopsync.timeutil import iso
 
 
@@ -93,6 +94,11 @@ class RunView:
     @property
     def finished(self) -> bool:
         return self.status not in ("running", "interrupted")
+
+    @property
+    def cycle(self) -> bool:
+        """A cycle, not a webhook's run (which never speaks for the merchant's health)."""
+        return self.mode != WEBHOOK_MODE
 
     @property
     def fully_ok(self) -> bool:
@@ -192,7 +198,7 @@ class WebhookView:
     refused (by reason), and returns polling found that webhooks missed (worth alerting
     on: `loopsync_webhook_missed_returns`)."""
 
-    healthy: bool  # an event was accepted within webhooks.healthy_within
+    healthy: bool  # every sender with a secret was heard within webhooks.healthy_within
     accepted: int
     unhandled: int
     last_event_at: datetime | None
@@ -200,10 +206,12 @@ class WebhookView:
     refused: Mapping[str, int] = field(default_factory=dict)
     missed: int = 0
     missed_recent: tuple[str, ...] = ()
+    silent: tuple[str, ...] = ()  # senders with a secret not heard within healthy_within
 
     def to_json(self) -> dict[str, Any]:
         return {
             "healthy": self.healthy,
+            "silent": list(self.silent),
             "accepted": self.accepted,
             "unhandled": self.unhandled,
             "last_event_at": iso(self.last_event_at),
@@ -216,8 +224,9 @@ class WebhookView:
     def lines(self, now: datetime) -> list[str]:
         refused = ", ".join(f"{k} {n}" for k, n in sorted(self.refused.items())) or "none"
         last = ago(self.last_event_at, now) if self.last_event_at else "never"
+        silent = f" (silent: {', '.join(self.silent)})" if self.silent else ""
         lines = [
-            f"  webhooks {'healthy' if self.healthy else 'not healthy'}; last event {last};"
+            f"  webhooks {'healthy' if self.healthy else 'not healthy'}{silent}; last event {last};"
             f" accepted {self.accepted} ({self.unhandled} not handled yet); refused {refused}"
         ]
         if self.missed:
@@ -362,7 +371,9 @@ def verdict(facts: Facts, now: datetime) -> tuple[Verdict, str]:
             f"run {last.id} started {ago(last.started_at, now)} "
             "ended without finishing (the process died)"
         )
-    finished = next((r for r in facts.runs if r.finished), None)
+    if not any(r.cycle for r in facts.runs):
+        return Verdict.NEVER_RUN, "no cycle has run yet (only webhooks' runs)"
+    finished = next((r for r in facts.runs if r.finished and r.cycle), None)
     if finished is not None and not finished.fully_ok:
         return Verdict.DEGRADED, _degraded_reason(finished)
     return Verdict.OK, f"last successful cycle {ago(facts.last_ok_at, now) or 'running now'}"

@@ -23,11 +23,11 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from loopsync import refusals, report
+from loopsync import refusals, report, webhooks
 from loopsync.config import MerchantConfig
 from loopsync.errors import StateCorrupt, StateError
 from loopsync.state import ReturnRow, Store, lock_is_held, state_error
-from loopsync.state.runs import NEXT_DUE_KEY, NEXT_DUE_NAMESPACE
+from loopsync.state.runs import NEXT_DUE_KEY, NEXT_DUE_NAMESPACE, WEBHOOK_MODE
 from loopsync.timeutil import SystemClock, iso, parse_timestamp
 
 # Stands in for an unset ${VAR}: long and plain enough for every secret check, and never
@@ -314,6 +314,8 @@ def _blocked(cfg: MerchantConfig, now: datetime, message: str) -> report.Merchan
 
 def _runs(store: Store, path: Path) -> tuple[report.RunView, ...]:
     rows = store.runs.last(RECENT_RUNS)
+    if all(r.mode == WEBHOOK_MODE for r in rows):  # webhooks' runs hid the last cycle
+        rows += store.runs.last(1, cycles_only=True)
     failures: dict[str, list[report.StageFailure]] = {}
     for f in store.runs.stage_failures([r.id for r in rows]):
         failures.setdefault(f.run_id, []).append(
@@ -407,15 +409,23 @@ def webhook_view(cfg: MerchantConfig, store: Store, now: datetime) -> report.Web
     if not cfg.webhooks.secrets() and not fig.accepted:
         return None
     last = _when(fig.last_event_at)
+    within = cfg.webhooks.healthy_within
+    heard = {k: _when(v) for k, v in fig.last_by_source.items()}
+    # every sender with a secret must be heard (ShipHero disables an unhealthy webhook
+    # while Loop's may go on), as for the poll deferral (inbox.WebhookService.poll_due)
+    silent = tuple(
+        s for s in cfg.webhooks.senders() if not webhooks.healthy(heard.get(s), now, within)
+    )
     return report.WebhookView(
-        healthy=last is not None and now - last <= cfg.webhooks.healthy_within,
+        healthy=webhooks.healthy(last, now, within) and not silent,
         accepted=fig.accepted,
         unhandled=fig.unhandled,
         last_event_at=last,
-        last_by_source={k: _when(v) for k, v in fig.last_by_source.items()},
+        last_by_source=heard,
         refused=dict(fig.refused),
         missed=fig.missed,
         missed_recent=fig.missed_recent,
+        silent=silent,
     )
 
 

@@ -14,7 +14,8 @@ Routes:
   /api/merchants, /api/merchants/<m>, /api/returns/<id>, /api/outcomes/<m>: JSON twins
   POST /webhooks/{loop,shiphero,generic}/<m>   webhook intake (loopsync.inbox): 200 only
                          once the event is committed to the merchant's inbox; 401 unsigned
-                         or badly signed, 404 unknown merchant or no secret for the sender,
+                         or badly signed, and alike for an unknown merchant or sender or no
+                         secret for the sender (no status tells which merchants exist),
                          400 unreadable or stale, 405 not POST, 411 no length, 413 over
                          webhooks.MAX_BODY (refused before reading), 415 not JSON, 503 busy
                          or the state file cannot record it; no detail in any answer
@@ -279,6 +280,7 @@ def _webhooks_html(m: report.MerchantView) -> str:
     missed = f"{hooks.missed} (recent: {', '.join(hooks.missed_recent)})" if hooks.missed else "0"
     rows = (
         ("health", "healthy" if hooks.healthy else "not healthy"),
+        ("silent senders", ", ".join(hooks.silent) or "none"),
         ("last event", _when(hooks.last_event_at, m.now)),
         ("accepted", f"{hooks.accepted} ({hooks.unhandled} not handled yet)"),
         ("refused", refused),

@@ -71,7 +71,7 @@ class Registration:
 
 def _where(secret: Secret | None, key: str) -> str:
     if secret is None:
-        return f"not configured: set webhooks.{key} (until then this sender gets 404)"
+        return f"not configured: set webhooks.{key} (until then this sender gets 401)"
     name = secret.name.removeprefix("${").removesuffix("}")  # linted: the reference as written
     if name.startswith("file:"):
         return f"webhooks.{key} reads the file {name.removeprefix('file:')}"
@@ -248,7 +248,9 @@ def cmd_register(paths: list[str], base_text: str, *, yes: bool, replace: bool, 
         return EXIT_CANTCREAT
     out.write(
         f'{cfg.merchant}: ShipHero webhook "{SHIPHERO_HOOK}" registered for {url}; '
-        f"its secret is in {target} (0600)\n"
+        f"its secret is in {target} (0600); a running serve refuses ShipHero's events "
+        "(401, and ShipHero disables a failing webhook) until it is reloaded (SIGHUP) "
+        "or restarted\n"
     )
     return EXIT_OK
 

@@ -15,7 +15,8 @@ Three senders, each checked over the RAW body before anything is parsed, in cons
 - ShipHero (`POST /webhooks/shiphero/<merchant>`): `x-shiphero-hmac-sha256` =
   base64(HMAC-SHA256(raw body, secret)), the secret `webhook_create` showed once. The body
   ("Return Update") names the return by `return_id` (legacy int) and `return_uuid`; the
-  dedup key is `x-shiphero-message-id` where sent (UNCONFIRMED), else the body's SHA-256.
+  dedup key is the body's SHA-256, never `x-shiphero-message-id`: that header is not
+  signed, so a captured delivery replayed under new ids would be a new event each time.
   Its `created_at` is the return's, not the event's: no age check (a replay only makes
   loopsync poll that RMA once more).
 - The generic 3PL (`POST /webhooks/generic/<merchant>`): the generic connector's request
@@ -51,7 +52,6 @@ GENERIC_TOLERANCE = timedelta(minutes=5)  # the generic connector's documented w
 DEFAULT_MAX_AGE = timedelta(hours=24)
 LOOP_HEADER = "X-Loop-Signature"
 SHIPHERO_HEADER = "x-shiphero-hmac-sha256"
-SHIPHERO_MESSAGE_ID = "x-shiphero-message-id"
 GENERIC_HEADER = "X-Loopsync-Signature"
 GENERIC_TIMESTAMP = "X-Loopsync-Timestamp"
 # A key never used by any merchant: an unknown merchant's request is checked against it, so
@@ -74,7 +74,8 @@ class Refusal(StrEnum):
     TOO_LARGE = "too_large"  # 413
     LENGTH = "length"  # 411: no Content-Length and not chunked
     CONTENT_TYPE = "content_type"  # 415
-    UNKNOWN = "unknown"  # 404: no such merchant, or no secret for this sender
+    # 401, as a bad signature: a different status would tell which merchants exist
+    UNKNOWN = "unknown"  # no such merchant or sender, or no secret for this sender
     UNSIGNED = "unsigned"  # 401
     BAD_SIGNATURE = "bad_signature"  # 401
     UNREADABLE = "unreadable"  # 400: signed, but not an event loopsync can use
@@ -88,7 +89,7 @@ STATUS: Mapping[Refusal, int] = {
     Refusal.TOO_LARGE: 413,
     Refusal.LENGTH: 411,
     Refusal.CONTENT_TYPE: 415,
-    Refusal.UNKNOWN: 404,
+    Refusal.UNKNOWN: 401,
     Refusal.UNSIGNED: 401,
     Refusal.BAD_SIGNATURE: 401,
     Refusal.UNREADABLE: 400,
@@ -269,18 +270,18 @@ def parse_loop(body: bytes) -> WebhookEvent:
     )
 
 
-def parse_shiphero(body: bytes, message_id: str | None = None) -> WebhookEvent:
-    """A ShipHero "Return Update" body -> its event (the return's uuid and legacy id)."""
+def parse_shiphero(body: bytes) -> WebhookEvent:
+    """A ShipHero "Return Update" body -> its event (the return's uuid and legacy id),
+    keyed by what the signature covers: the body."""
     doc = _object(body, "ShipHero webhook")
     uuid = identifier(doc.get("return_uuid"), "ShipHero webhook return_uuid")
     legacy = identifier(doc.get("return_id"), "ShipHero webhook return_id")
     if uuid is None and legacy is None:
         raise Unreadable("ShipHero webhook names no return", field="return_id")
     digest = body_hash(body)
-    message = identifier(message_id, "x-shiphero-message-id")
     return WebhookEvent(
         Source.SHIPHERO,
-        f"shiphero:{message[:200]}" if message else f"shiphero:{digest}",
+        f"shiphero:{digest}",
         _text(doc.get("webhook_type"), "ShipHero webhook_type") or "Return Update",
         (uuid or legacy or "")[:200],
         digest,
@@ -357,7 +358,7 @@ def _parse(source: Source, request: Request) -> WebhookEvent:
     if source is Source.LOOP:
         return parse_loop(request.body)
     if source is Source.SHIPHERO:
-        return parse_shiphero(request.body, request.headers.get(SHIPHERO_MESSAGE_ID))
+        return parse_shiphero(request.body)
     return parse_generic(request.body)
 
 

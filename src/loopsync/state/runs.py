@@ -11,6 +11,12 @@ from loopsync.errors import TransitionRefused
 from loopsync.redaction import redact, redact_optional
 from loopsync.state.db import Db, integer, marks, text
 
+# A webhook's run (loopsync.inbox): one return carried through push, poll and act, no
+# ingest. It never stands for a scheduled cycle in the merchant's health: with polling
+# broken and webhooks flowing, the merchant would look OK while a lost webhook waited
+# for a poll that never came.
+WEBHOOK_MODE = "webhook"
+
 # kv: when `serve` runs the merchant next (ISO text), written at the end of each cycle.
 NEXT_DUE_NAMESPACE = "loopsync.schedule"
 NEXT_DUE_KEY = "next_due"
@@ -73,7 +79,9 @@ class RunRepository:
         if cur.rowcount == 0:
             raise TransitionRefused(f"run {run_id}", status, None)
 
-    def last(self, n: int = 1) -> list[RunRow]:
+    def last(self, n: int = 1, *, cycles_only: bool = False) -> list[RunRow]:
+        """The latest `n` runs, newest first (`cycles_only`: no webhook's run)."""
+        only = "where coalesce(mode, '') != ? " if cycles_only else ""
         return [
             RunRow(
                 str(r[0]),
@@ -87,8 +95,8 @@ class RunRepository:
             )
             for r in self.db.execute(
                 "select id, started_at, ended_at, mode, status, counts, errors, error "
-                "from runs order by started_at desc, rowid desc limit ?",
-                [n],
+                f"from runs {only}order by started_at desc, rowid desc limit ?",
+                [WEBHOOK_MODE, n] if cycles_only else [n],
             )
         ]
 
@@ -157,14 +165,16 @@ class RunRepository:
 
     def last_ok(self) -> str | None:
         """When the last fully successful cycle ended: status ok, no error, no stage
-        failure (a run row of schema 2 had none to record)."""
+        failure (a run row of schema 2 had none to record), not a webhook's run."""
         failed = (
             "and not exists (select 1 from stage_failures f where f.run_id = r.id)"
             if self.has_table("stage_failures")
             else ""
         )
         row = self.db.one(
-            f"select max(r.ended_at) from runs r where r.status = 'ok' and r.errors = 0 {failed}"
+            "select max(r.ended_at) from runs r where r.status = 'ok' and r.errors = 0 "
+            f"and coalesce(r.mode, '') != ? {failed}",
+            [WEBHOOK_MODE],
         )
         return text(row[0]) if row else None
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from loopsync.configkit import secret_problem
 from loopsync.connectors.base import Location, PushRequest
 from loopsync.connectors.shiphero.settings import ShipHeroSettings
 from loopsync.errors import Unreadable
@@ -325,12 +326,19 @@ def read_warehouses(body: Any) -> tuple[Location, ...]:
 
 @guarded("ShipHero webhook_create answer")
 def webhook_secret(body: Any) -> str:
-    """`data.webhook_create.webhook.shared_signature_secret` (shown this once)."""
-    node = body.get("data", {}).get("webhook_create", {}).get("webhook") if body else None
-    secret = node.get("shared_signature_secret") if isinstance(node, dict) else None
-    if not isinstance(secret, str) or not secret.strip():
+    """`data.webhook_create.webhook.shared_signature_secret` (shown this once), only as
+    a secret the merchant's file can be read back with (configkit's check): anything
+    else, in any shape of answer, is Unreadable (never shown: it may be the secret)."""
+    node: Any = body
+    for key in ("data", "webhook_create", "webhook", "shared_signature_secret"):
+        node = node.get(key) if isinstance(node, dict) else None
+    if not isinstance(node, str) or not node.strip():
         raise Unreadable("webhook_create answered without a secret", field="webhook")
-    return secret.strip()
+    # as answered, never trimmed: ShipHero signs with exactly this
+    found = secret_problem(node, "the secret it answered")
+    if found is not None:
+        raise Unreadable(f"webhook_create: {found}", field="webhook")
+    return node
 
 
 def settled_aliases(body: Any, prefix: str, count: int) -> dict[int, list[Any]]:
