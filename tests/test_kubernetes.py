@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from loopsync import web
+from loopsync import peers, web
 from loopsync.cli import stop_grace
 from loopsync.config import load_all
 from loopsync.configkit import NoSecrets
@@ -314,3 +314,19 @@ def test_the_resharding_job_mounts_the_claims_the_statefulset_gives_its_pods(
     made = one(objects, "PersistentVolumeClaim")
     assert made["metadata"]["name"] == pod_claim + "2"
     assert made["spec"] == template["spec"]
+
+
+@pytest.mark.slow  # kubectl kustomize runs as a process
+@needs_kubectl
+def test_fleet_peers_template_reaches_each_pod_by_its_headless_name(
+    rendered: dict[str, list[dict[str, Any]]], statefulset: dict[str, Any]
+) -> None:
+    sts = statefulset
+    (container,) = sts["spec"]["template"]["spec"]["containers"]
+    template = peers.PeerTemplate.parse(env_of(container)[peers.PEERS_ENV])
+    service = one(rendered["fleet"], "Service")
+    assert sts["spec"]["serviceName"] == service["metadata"]["name"]
+    assert service["spec"]["publishNotReadyAddresses"] is True  # a stalled owner still gets
+    origin = template.origin(2)
+    assert origin.host == f"{sts['metadata']['name']}-2.{service['metadata']['name']}"
+    assert origin.port == container["ports"][0]["containerPort"]

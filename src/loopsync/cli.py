@@ -56,7 +56,7 @@ EXIT_SOFTWARE = 70  # sysexits EX_SOFTWARE: anything unexpected, one line, no tr
 SIGNAL_COMMANDS = ("run", "import", "serve")
 
 if TYPE_CHECKING:  # serve's listener is imported only when asked for
-    from loopsync import web
+    from loopsync import peers, web
     from loopsync.inbox import WebhookService
 
 log = structlog.get_logger("loopsync.cli")
@@ -586,6 +586,7 @@ def http_listener(
     asked: tuple[web.Address, str | None] | None,
     configs: Callable[[], Sequence[MerchantConfig]],
     hooks: WebhookService | None = None,
+    router: peers.Router | None = None,
 ) -> web.Listener | None:
     """The listener, bound now: a busy address fails at start with one line (exit 2)."""
     from loopsync import web
@@ -594,7 +595,7 @@ def http_listener(
         return None
     where, token = asked
     try:
-        return web.Listener(where, configs, token=token, hooks=hooks)
+        return web.Listener(where, configs, token=token, hooks=hooks, router=router)
     except OSError as exc:
         raise UsageError(
             f"--http {where.host}:{where.port}: cannot listen there: {exc.strerror or exc}"
@@ -604,7 +605,7 @@ def http_listener(
 def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
     import os
 
-    from loopsync import pacing, telemetry
+    from loopsync import pacing, peers, telemetry
     from loopsync.inbox import WebhookService
     from loopsync.runner import run_merchant
     from loopsync.scheduling import serve
@@ -621,6 +622,12 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
     refused = serve_refused(configs, owned, bad)
     if refused is not None:
         return refused
+    everyone = configs  # every pod knows every merchant: another shard's webhooks go there
+    router = (
+        peers.Router(shard, lambda: everyone, peers.template_from_env(os.environ))
+        if shard is not None
+        else None
+    )
     configs = owned
 
     current = configs
@@ -653,16 +660,18 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
                 log.error("serve.cycle_failed", merchant=cfg.merchant, error=_one_line(exc))
 
     def reload() -> list[MerchantConfig] | None:
+        nonlocal everyone
         try:
             fresh, invalid = load_each(args.config)
         except ConfigError as exc:  # the folder emptied or vanished: keep what runs
             _report_bad([exc])
             return None
         _report_bad(invalid)
+        everyone = fresh or everyone
         # nothing valid left (a folder gone unreadable): keep what runs
         return resharding.own(shard, fresh) if fresh else None
 
-    listener = http_listener(asked, lambda: current, hooks)
+    listener = http_listener(asked, lambda: current, hooks, router)
 
     def reload_tracked() -> list[MerchantConfig] | None:
         nonlocal current

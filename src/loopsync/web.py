@@ -20,6 +20,16 @@ Routes:
                          webhooks.MAX_BODY (refused before reading), 415 not JSON, 503 busy
                          or the state file cannot record it; no detail in any answer
 
+In a sharded fleet (loopsync.peers) a webhook for a merchant this pod knows but another
+shard owns is forwarded once, as received (body, content type and signature headers only),
+to the owner at LOOPSYNC_SHARD_PEERS; the answer is the owner's 2xx or 4xx, else 503 (no
+template, owner down, slow, redirecting or failing), so the sender retries. The forwarder
+does not check the signature (the owner does, with the same secret, clock and replay
+window as for its own traffic); it refuses locally only what needs no secret: method,
+framing, size, content type, and a request with no signature header at all (401), so an
+unsigned flood is not amplified onto the owner. A forwarded request for a merchant the
+receiving pod does not own is answered 401, never forwarded again.
+
 Webhooks need no bearer token (senders cannot send one): the signature is their only
 authentication. At most WEBHOOK_SLOTS requests are read at once, each body within
 WEBHOOK_READ_SECONDS; the rest get 503 at once, so a flood cannot hold every thread.
@@ -52,9 +62,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
+import requests
 import structlog
 
-from loopsync import report, status, webhooks
+from loopsync import peers, report, status, webhooks
 from loopsync.config import MerchantConfig
 from loopsync.errors import StateError, UsageError
 from loopsync.inbox import WebhookService
@@ -82,6 +93,16 @@ WEBHOOK_SLOTS = 16
 MAX_CONNECTIONS = 128
 WEBHOOK_READ_SECONDS = 10.0  # a whole webhook body; senders answer within 10 s (ShipHero)
 ACCEPTED_BODY = b'{"code":"200","Status":"Success"}'  # ShipHero's expected reply
+# A forward to the owning pod: connect and read within a few seconds, well inside the
+# sender's own timeout (ShipHero's 10 s), so the sender gets our 503 and retries.
+FORWARD_TIMEOUT = (2.0, 5.0)
+FORWARD_HEADERS = (
+    "Content-Type",
+    webhooks.LOOP_HEADER,
+    webhooks.SHIPHERO_HEADER,
+    webhooks.GENERIC_HEADER,
+    webhooks.GENERIC_TIMESTAMP,
+)
 
 
 # -- address and auth (pure) -------------------------------------------------------------------
@@ -468,11 +489,41 @@ class _Handler(BaseHTTPRequestHandler):
             self._hook_refused(where, body)
             return
         headers = {k.lower(): v for k, v in self.headers.items()}
+        router = self.server.router
+        away = router.elsewhere(where[1]) if router is not None else None
+        if away is not None:
+            self._hook_forward(where, target, headers, body, away)
+            return
         decision = hooks.receive(webhooks.Request(where[0], where[1], target, headers, body))
         if isinstance(decision, webhooks.Refuse):
             self._hook_refused(where, decision.reason, counted=True)
         else:
             self._send(200, "application/json", ACCEPTED_BODY)
+
+    def _hook_forward(
+        self,
+        where: tuple[str, str],
+        target: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        away: peers.Elsewhere,
+    ) -> None:
+        """Another shard's merchant: its owner's answer (see the module docstring)."""
+        if peers.FORWARDED_HEADER.lower() in headers:
+            self._hook_refused(where, webhooks.Refusal.UNKNOWN)  # never forwarded twice
+            return
+        if not signed(where[0], headers):
+            self._hook_refused(where, webhooks.Refusal.UNSIGNED)
+            return
+        answer = forward(away, target, headers, body, self.server.peer_session)
+        log.info("webhook.forwarded", source=where[0], shard=away.index, status=answer)
+        if answer is not None and 200 <= answer < 300:
+            self._send(answer, "application/json", ACCEPTED_BODY)
+        elif answer is not None and 400 <= answer < 500:
+            self.close_connection = True
+            self._send(answer, "text/plain; charset=utf-8", b"refused\n")
+        else:
+            self._hook_refused(where, webhooks.Refusal.BUSY)
 
     def _hook_refused(
         self, where: tuple[str, str] | None, reason: webhooks.Refusal, *, counted: bool = False
@@ -679,9 +730,11 @@ class StatusServer(ThreadingHTTPServer):
         heartbeat: Heartbeat,
         token: str | None,
         hooks: WebhookService | None = None,
+        router: peers.Router | None = None,
     ) -> None:
         self.data, self.metrics, self.heartbeat, self.token = data, metrics, heartbeat, token
-        self.hooks = hooks
+        self.hooks, self.router = hooks, router
+        self.peer_session = peer_session()
         self.hook_slots = threading.BoundedSemaphore(WEBHOOK_SLOTS)
         self._connections = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self.draining = False  # set once by Listener.draining, read by every handler thread
@@ -750,6 +803,7 @@ class Listener:
         token: str | None,
         clock: Clock | None = None,
         hooks: WebhookService | None = None,
+        router: peers.Router | None = None,
     ) -> None:
         clock = clock or SystemClock()
         self.hooks = hooks
@@ -762,7 +816,9 @@ class Listener:
         )
         self.heartbeat = Heartbeat(clock)
         self.clock = clock
-        self.server = StatusServer(address, self.data, self.metrics, self.heartbeat, token, hooks)
+        self.server = StatusServer(
+            address, self.data, self.metrics, self.heartbeat, token, hooks, router
+        )
         # Polled every 0.1 s for shutdown (the default 0.5 s would slow every stop).
         self._thread = threading.Thread(
             target=self.server.serve_forever, args=(0.1,), name="loopsync-http", daemon=True
@@ -792,9 +848,65 @@ class Listener:
         self.metrics.unsubscribe()
         self.server.shutdown()
         self.server.server_close()
+        self.server.peer_session.close()
 
 
 # The paths a platform's probes and scrapers use, open without the token (see `_route`):
 # deploy/kubernetes names them, and tests/test_kubernetes.py checks the manifests against
 # these and that each one answers.
 LIVENESS_PATH, READINESS_PATH, METRICS_PATH = "/healthz", "/readyz", "/metrics"
+
+
+# -- forwarding to the owning shard (loopsync.peers decides where) ---------------------------
+
+
+def peer_session() -> requests.Session:
+    """Nothing from the environment: a proxy variable would send the webhook (signature
+    and all) to the proxy's host, ~/.netrc would add credentials."""
+    session = requests.Session()
+    session.trust_env = False
+    session.headers.clear()  # no User-Agent, Accept or Connection of our own: as received
+    return session
+
+
+_SIGNED_BY = {
+    webhooks.Source.LOOP.value: webhooks.LOOP_HEADER,
+    webhooks.Source.SHIPHERO.value: webhooks.SHIPHERO_HEADER,
+    webhooks.Source.GENERIC.value: webhooks.GENERIC_HEADER,
+}
+
+
+def signed(source: str, headers: Mapping[str, str]) -> bool:
+    """The sender's signature header is present (checked by the owner, not here)."""
+    header = _SIGNED_BY.get(source)
+    return header is not None and header.lower() in headers
+
+
+def forward(
+    away: peers.Elsewhere,
+    target: str,
+    headers: Mapping[str, str],
+    body: bytes,
+    session: requests.Session,
+) -> int | None:
+    """The owner's status for this request sent once, or None (no template, a target that
+    cannot be forwarded, or no answer in FORWARD_TIMEOUT). No redirect is followed, the
+    answer's body is never read, and only the body and FORWARD_HEADERS are sent."""
+    url = away.template.url(away.index, target) if away.template is not None else None
+    if url is None:
+        return None
+    sent = {h: headers[h.lower()] for h in FORWARD_HEADERS if h.lower() in headers}
+    sent[peers.FORWARDED_HEADER] = "1"
+    try:
+        with session.post(
+            url,
+            data=body,
+            headers=sent,
+            timeout=FORWARD_TIMEOUT,
+            allow_redirects=False,
+            stream=True,
+        ) as resp:
+            return resp.status_code
+    except requests.RequestException as exc:
+        log.warning("webhook.forward_failed", shard=away.index, error=type(exc).__name__)
+        return None
