@@ -49,7 +49,7 @@ def _stdlib(value: Any) -> str:
 @settings(max_examples=120, deadline=None)
 @given(_values)
 def test_loads_gives_what_the_standard_library_gives(value: Any) -> None:
-    text = json.dumps(value)  # ASCII escapes: lone surrogates travel as \udXXX
+    text = json.dumps(value)  # ASCII escapes: a lone surrogate travels as a \ud800-style escape
     try:
         expected: Any = json.loads(text)
     except ValueError:

@@ -33,8 +33,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
+from loopsync.listen import ADDRESS_ENV, listener_address
+
 DEFAULT_CONFIG = "/config"
-ADDRESS_ENV = "LOOPSYNC_HTTP"  # web.ADDRESS_ENV
 PROBE_TIMEOUT = 5.0
 HEALTHY, UNHEALTHY = 0, 1
 # A listener on every address is probed where this process can always reach it.
@@ -51,16 +52,6 @@ class HttpProbe:
 class StatusProbe:
     configs: tuple[str, ...]
     shard: str | None = None  # serve's shard ($LOOPSYNC_SHARD...): only its merchants count
-
-
-def listener_address(text: str) -> tuple[str, int] | None:
-    """$LOOPSYNC_HTTP read as `web.parse_address` reads it (HOST:PORT, [IPv6]:PORT or
-    :PORT), None when malformed. Not imported from web: `web` (and prometheus with it) is
-    reached from serve alone, and a probe starts a process every 30 s."""
-    host, sep, port = text.strip().rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
-        return None
-    return host.removeprefix("[").removesuffix("]") or "0.0.0.0", int(port)  # noqa: S104
 
 
 def choose(environ: Mapping[str, str], configs: Sequence[str]) -> HttpProbe | StatusProbe:

@@ -65,10 +65,11 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 import requests
 import structlog
 
-from loopsync import peers, report, status, webhooks
+from loopsync import listen, peers, report, status, webhooks
 from loopsync.config import MerchantConfig
 from loopsync.errors import StateError, UsageError
 from loopsync.inbox import WebhookService
+from loopsync.listen import listener_address
 from loopsync.metrics import CONTENT_TYPE as METRICS_TYPE
 from loopsync.metrics import Metrics, StateFigures
 from loopsync.redaction import MIN_LENGTH, mask_personal, public_obj, redact, register
@@ -78,7 +79,6 @@ from loopsync.timeutil import Clock, SystemClock, iso
 log = structlog.get_logger("loopsync.web")
 
 TOKEN_ENV = "LOOPSYNC_HTTP_TOKEN"  # noqa: S105 - the variable's name, not a secret
-ADDRESS_ENV = "LOOPSYNC_HTTP"
 # Liveness: the scheduler ticks every HEARTBEAT_SECONDS; three missed ticks is dead.
 HEARTBEAT_SECONDS = 5.0
 HEARTBEAT_STALE = 3 * HEARTBEAT_SECONDS
@@ -123,13 +123,15 @@ class Address:
             return False
 
 
+ADDRESS_ENV = listen.ADDRESS_ENV  # the variable `serve` reads its address from
+
+
 def parse_address(text: str) -> Address:
     """HOST:PORT, [IPv6]:PORT or :PORT (all addresses). A bad one is a UsageError."""
-    host, sep, port = text.strip().rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
+    where = listener_address(text)
+    if where is None:
         raise UsageError(f"--http {text!r}: expected HOST:PORT (e.g. 127.0.0.1:9108)")
-    host = host.removeprefix("[").removesuffix("]") or "0.0.0.0"  # noqa: S104 - asked for
-    return Address(host, int(port))
+    return Address(*where)
 
 
 def token_ok(header: str | None, token: str) -> bool:
