@@ -122,8 +122,10 @@ def test_disk_full_mid_cycle_exits_74_and_leaves_the_database_intact(
     def tiny_disk(self, *a, **kw):
         real_init(self, *a, **kw)
         pages = self.db.execute("pragma page_count").fetchone()[0]
-        # The disk fills a few pages on: SQLite answers SQLITE_FULL at some write.
-        self.db.execute(f"pragma max_page_count = {pages + 3}")
+        size = self.db.execute("pragma page_size").fetchone()[0]
+        # The disk fills about 12 KB on (fewer than the 20 new returns need): SQLite
+        # answers SQLITE_FULL at some write.
+        self.db.execute(f"pragma max_page_count = {pages + max(1, 12288 // size)}")
 
     monkeypatch.setattr(Store, "__init__", tiny_disk)
     capsys.readouterr()

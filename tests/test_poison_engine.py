@@ -130,14 +130,22 @@ def test_poison_record_among_good_ones_is_recorded_and_the_page_is_checkpointed(
 def test_a_return_that_cannot_be_stored_is_recorded_and_its_page_still_commits(
     tmp_path, monkeypatch
 ):
-    real = ReturnRepository.upsert
+    real, real_batch = ReturnRepository.upsert, ReturnRepository.insert_new
 
     def upsert(self, rid, raw, **kw):
         if rid == "102":
             raise RuntimeError("no one foresaw this")
         return real(self, rid, raw, **kw)
 
+    def insert_new(self, returns, now):
+        # The page's new returns go in together; the batch fails on 102 as well, and
+        # each is then stored alone.
+        if any(r.id == "102" for r in returns):
+            raise RuntimeError("no one foresaw this")
+        return real_batch(self, returns, now)
+
     monkeypatch.setattr(ReturnRepository, "upsert", upsert)
+    monkeypatch.setattr(ReturnRepository, "insert_new", insert_new)
     loop = PagedLoop([[loop_return("101"), loop_return("102")], [loop_return("103")]])
     w = World(tmp_path, loop)
     result = w.cycle()
@@ -154,7 +162,11 @@ def test_a_local_fault_while_storing_is_not_blamed_on_one_return(tmp_path, monke
     def upsert(self, rid, raw, **kw):
         raise sqlite3.OperationalError("database or disk is full")
 
+    def insert_new(self, returns, now):
+        raise sqlite3.OperationalError("database or disk is full")
+
     monkeypatch.setattr(ReturnRepository, "upsert", upsert)
+    monkeypatch.setattr(ReturnRepository, "insert_new", insert_new)
     w = World(tmp_path, PagedLoop([[loop_return("101")]]))
     with pytest.raises(sqlite3.OperationalError):
         w.cycle()

@@ -42,6 +42,7 @@ from loopsync.models import (
     check_tree,
     identifier,
     parse_asn_row,
+    return_facts,
     whole_number,
 )
 from loopsync.state import Store
@@ -183,6 +184,44 @@ def parse_loop_return(raw: Any) -> None:
         assert str(exc)
         return
     check_loop_return(ret)
+
+
+def facts_agree_with_the_whole_parse(raw: Any) -> None:
+    """What the ingest checks (`return_facts`) refuses exactly what `LoopReturn.from_api`
+    refuses, with the same reason; what it passes, the whole parse reads the same."""
+    try:
+        facts = return_facts(raw)
+    except Unreadable as exc:
+        with pytest.raises(Unreadable) as whole:
+            LoopReturn.from_api(raw)
+        assert str(whole.value) == str(exc)
+        return
+    ret = LoopReturn.from_api(raw)
+    assert (facts.id, facts.state, facts.updated_at, facts.created_at) == (
+        ret.id,
+        ret.state,
+        ret.updated_at,
+        ret.created_at,
+    )
+    assert (facts.destination_id, facts.order_name, facts.encoded) == (
+        ret.destination_id,
+        ret.order_name,
+        ret.encoded,
+    )
+
+
+@FEW
+@given(any_json)
+def test_what_ingest_checks_of_any_json_agrees_with_the_whole_parse(raw):
+    facts_agree_with_the_whole_parse(raw)
+
+
+@FEW
+@given(shaped(LOOP_RETURN), st.lists(shaped(LOOP_RETURN["line_items"][0]), max_size=3))  # type: ignore[index]
+def test_what_ingest_checks_of_a_return_with_any_field_wrong_agrees_with_the_whole_parse(
+    raw, lines
+):
+    facts_agree_with_the_whole_parse({**raw, "line_items": lines} if lines else raw)
 
 
 @FEW

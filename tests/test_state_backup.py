@@ -301,3 +301,26 @@ def _found_after_loss(path: Path, clock: FakeClock) -> set[str]:
         return {e.key for e in store.kv_with_prefix("") if e.namespace == FOUND_RMAS}
     finally:
         store.close()
+
+
+def test_an_export_replaces_a_state_made_with_another_page_size(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    # States made before 16 KiB pages keep 4 KiB ones; SQLite's backup cannot change the
+    # page size of a file in WAL mode, so the import goes through the rollback journal.
+    older = tmp_path / "b" / "acme.sqlite"
+    older.parent.mkdir()
+    conn = sqlite3.connect(older)
+    conn.execute("pragma page_size=4096")
+    conn.execute("vacuum")
+    conn.close()
+    _state(older, clock, runs=1)
+    assert sqlite3.connect(older).execute("pragma page_size").fetchone() == (4096,)
+    source = _state(tmp_path / "a" / "acme.sqlite", clock, runs=3, effects=2)
+    file = export("acme", source, tmp_path / "x.export", clock).path
+    assert import_state("acme", older, file).replaced
+    assert _dump(older) == _dump(source)
+    store = Store(older, clock)
+    assert store.conn.execute("pragma journal_mode").fetchone() == ("wal",)
+    assert store.conn.execute("pragma page_size").fetchone() == (16384,)
+    store.close()

@@ -386,65 +386,115 @@ class LoopReturn:
     @classmethod
     @guarded("Loop return")
     def from_api(cls, raw: Any) -> LoopReturn:
-        """Normalise a Detailed Returns List object. Raises Unreadable with a reason."""
-        if not isinstance(raw, dict):
-            raise Unreadable(f"return is not an object: {type(raw).__name__}")
-        rid = numeric_id(raw.get("id"), "return id")
-        try:
-            # The whole object is stored and parts of it are sent on: refuse what SQLite
-            # or a request body could not take, here rather than at the insert.
-            encoded = checked_json(raw, "in the object")
-            state = raw.get("state")
-            if not isinstance(state, str) or identifier(state, "state") is None:
-                raise Unreadable("state missing", field="state")
-            state = identifier(state, "state") or ""
-            if raw.get("updated_at") in (None, ""):
-                raise Unreadable("updated_at not an ISO-8601 timestamp: ''", field="updated_at")
-            updated = remote_timestamp(raw.get("updated_at"), "updated_at")
-            created = None
-            if raw.get("created_at"):
-                created = remote_timestamp(raw["created_at"], "created_at")
-            items = raw.get("line_items") or []
-            if not isinstance(items, list):
-                raise Unreadable("line_items is not a list", field="line_items")
-            lines = [_return_line(i, li) for i, li in enumerate(items)]
-            ids = {
-                key: identifier(raw.get(key), key)
-                for key in (
-                    "order_id",
-                    "provider_order_id",
-                    "order_name",
-                    "order_number",
-                    "destination_id",
-                    "carrier",
-                    "tracking_number",
-                )
-            }
-            customer = free_text(raw.get("customer")) or None
-        except Unreadable as exc:
-            raise Unreadable(f"return {rid}: {exc}", field=exc.field) from None
+        """Normalise a Detailed Returns List object. Raises Unreadable with a reason.
+
+        Everything that can refuse the object is `return_facts`; what is added here
+        (the line items and the free text) cannot fail once it has passed."""
+        facts = return_facts(raw)
         return cls(
-            id=rid,
-            state=state.lower(),
-            updated_at=updated,
-            created_at=created,
-            customer=customer,
-            line_items=tuple(lines),
+            id=facts.id,
+            state=facts.state,
+            updated_at=facts.updated_at,
+            created_at=facts.created_at,
+            customer=free_text(raw.get("customer")) or None,
+            line_items=tuple(
+                _return_line(i, li) for i, li in enumerate(raw.get("line_items") or [])
+            ),
             raw=raw,
-            encoded=encoded,
-            **ids,
+            encoded=facts.encoded,
+            **{key: identifier(raw.get(key), key) for key in _RETURN_IDS},
         )
 
 
-def _return_line(i: int, li: Any) -> ReturnLine:
+# The identifier fields of a Loop return (each checked by `identifier`).
+_RETURN_IDS = (
+    "order_id",
+    "provider_order_id",
+    "order_name",
+    "order_number",
+    "destination_id",
+    "carrier",
+    "tracking_number",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ReturnFacts:
+    """What the ingest stores of a Loop return: the indexed columns and the snapshot
+    (`raw` as compact JSON), once the whole object has passed every check
+    `LoopReturn.from_api` makes."""
+
+    id: str
+    state: str
+    updated_at: datetime
+    created_at: datetime | None
+    destination_id: str | None
+    order_name: str | None
+    raw: dict[str, Any]
+    encoded: bytes
+
+
+@guarded("Loop return")
+def return_facts(raw: Any) -> ReturnFacts:
+    """Check a Detailed Returns List object as `LoopReturn.from_api` does (it is built on
+    this), without building its line items: the ingest's hot path, which stores the
+    object and reads the lines only when it pushes. Raises Unreadable with a reason.
+
+    Free text (titles, reasons, the customer) is not read here: after `checked_json`
+    nothing in it can refuse it (a lone surrogate, an absurd number or nesting is
+    refused there), and it is only carried along."""
+    if not isinstance(raw, dict):
+        raise Unreadable(f"return is not an object: {type(raw).__name__}")
+    rid = numeric_id(raw.get("id"), "return id")
+    try:
+        # The whole object is stored and parts of it are sent on: refuse what SQLite
+        # or a request body could not take, here rather than at the insert.
+        encoded = checked_json(raw, "in the object")
+        state = raw.get("state")
+        if not isinstance(state, str) or identifier(state, "state") is None:
+            raise Unreadable("state missing", field="state")
+        state = identifier(state, "state") or ""
+        if raw.get("updated_at") in (None, ""):
+            raise Unreadable("updated_at not an ISO-8601 timestamp: ''", field="updated_at")
+        updated = remote_timestamp(raw.get("updated_at"), "updated_at")
+        created = None
+        if raw.get("created_at"):
+            created = remote_timestamp(raw["created_at"], "created_at")
+        items = raw.get("line_items") or []
+        if not isinstance(items, list):
+            raise Unreadable("line_items is not a list", field="line_items")
+        for i, li in enumerate(items):
+            _line_ids(i, li)
+        ids = {key: identifier(raw.get(key), key) for key in _RETURN_IDS}
+    except Unreadable as exc:
+        raise Unreadable(f"return {rid}: {exc}", field=exc.field) from None
+    return ReturnFacts(
+        rid,
+        state.lower(),
+        updated,
+        created,
+        ids["destination_id"],
+        ids["order_name"],
+        raw,
+        encoded,
+    )
+
+
+def _line_ids(i: int, li: Any) -> tuple[str, str | None]:
+    """A line item's (line_item_id, sku); Unreadable when it has no usable id."""
     if not isinstance(li, dict):
         raise Unreadable(f"line item {i} is not an object", field="line_items")
     lid = identifier(li.get("line_item_id"), f"line item {i}: line_item_id")
     if lid is None:
         raise Unreadable(f"line item {i} has no line_item_id", field="line_item_id")
+    return lid, identifier(li.get("sku"), f"line item {i}: sku")
+
+
+def _return_line(i: int, li: Any) -> ReturnLine:
+    lid, sku = _line_ids(i, li)
     return ReturnLine(
         line_item_id=lid,
-        sku=identifier(li.get("sku"), f"line item {i}: sku"),
+        sku=sku,
         title=free_text(li.get("title")),
         return_reason=free_text(li.get("return_reason")),
         parent_return_reason=free_text(li.get("parent_return_reason")),

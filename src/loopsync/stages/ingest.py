@@ -21,13 +21,14 @@ is counts windows (`planned_windows`, one pass per state), and the rate counts r
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
 from loopsync.errors import AuthError, PaginationStopped, PermanentError, Unreadable
 from loopsync.loop_client import LOOP_STATES, ReturnsPage
-from loopsync.models import LoopReturn, parse_asn_row, remote_timestamp
+from loopsync.models import ReturnFacts, parse_asn_row, remote_timestamp, return_facts
 from loopsync.paging import WalkEnd, WalkResult, record_walk
 from loopsync.prefetch import prefetched
 from loopsync.progress import Progress
@@ -220,7 +221,9 @@ class _WindowRead:
         """Store every page; STOPPED when a shutdown comes between two pages."""
         ctx, window = self.ctx, self.window
         pages = ctx.loop.iter_returns(window.start, window.end, self.state, cursor=self.cursor)
-        for page in prefetched(pages, name="loop-pages"):
+        for page in (
+            pages if __import__("os").environ.get("NOPF") else prefetched(pages, name="loop-pages")
+        ):
             self.store_page(page)
             if ctx.stop.is_set() and page.next_cursor:
                 return WindowEnd.STOPPED
@@ -358,53 +361,96 @@ def _record_walk(ctx: CycleContext, name: str, exc: PaginationStopped | None) ->
 
 
 def ingest_page(ctx: CycleContext, returns: list[Any]) -> list[str]:
-    """Store a page of list objects (in the caller's transaction); their ids."""
+    """Store a page of list objects (in the caller's transaction); their ids.
+
+    Returns seen for the first time (not stored, once in the page) are inserted together
+    (`ReturnRepository.insert_new`); the others one by one, in page order."""
     # One query for the page's known returns instead of one per return.
     ids = [rid for raw in returns if isinstance(raw, dict) and (rid := raw_id(raw))]
     heads: Heads = dict(ctx.store.returns.heads(ids))
+    repeated = {rid for rid, n in Counter(ids).items() if n > 1}
     now = ctx.store.now()  # one page, one transaction, one time (per return: ~2 us each)
-    return [rid for raw in returns if (rid := _ingest_return(ctx, raw, heads, now))]
+    stored: list[str] = []
+    fresh: list[ReturnFacts] = []
+    for raw in returns:
+        facts = _checked(ctx, raw)
+        if facts is None:
+            continue
+        if facts.id in heads or facts.id in repeated:
+            if _stored(ctx, facts, heads, now):
+                stored.append(facts.id)
+        else:
+            fresh.append(facts)
+    return stored + _insert_fresh(ctx, fresh, now)
 
 
-def _ingest_return(ctx: CycleContext, raw: Any, heads: Heads, now: str) -> str | None:
-    """`heads`: the page's stored heads (`ReturnRepository.heads`)."""
+def _checked(ctx: CycleContext, raw: Any) -> ReturnFacts | None:
+    """A list object's facts; None when it cannot be read (recorded as a problem)."""
     ctx.counts.pulled += 1
     try:
-        return _store_return(ctx, raw, heads, now)
+        return return_facts(raw)
     except Unreadable as exc:
         ctx.counts.malformed += 1
         ctx.problem(raw_id(raw), "ingest", f"malformed Loop return: {exc}")
     except Exception as exc:
         if not one_records_fault(exc):
             raise
-        # Held with its reason; the page is still checkpointed, so the poison record
-        # is not re-read forever and the good ones beside it are kept.
-        ctx.counts.errors += 1
-        ctx.problem(raw_id(raw), "ingest", f"Loop return not stored: {unexpected(exc)}")
+        _not_stored(ctx, raw_id(raw), exc)
     return None
 
 
-def _store_return(ctx: CycleContext, raw: Any, heads: Heads, now: str) -> str:
-    ret = LoopReturn.from_api(raw)
-    head = heads.get(ret.id)
-    heads[ret.id] = LOOKUP  # the same id again in this page: read it afresh
-    outcome = ctx.store.returns.upsert(
-        ret.id,
-        raw,
-        state=ret.state,
-        updated_at=ret.updated_at,
-        created_at=ret.created_at,
-        destination_id=ret.destination_id,
-        order_name=ret.order_name,
-        head=head,
-        encoded=ret.encoded,
-        now=now,
-    )
+def _not_stored(ctx: CycleContext, rid: str | None, exc: Exception) -> None:
+    # Held with its reason; the page is still checkpointed, so the poison record is not
+    # re-read forever and the good ones beside it are kept.
+    ctx.counts.errors += 1
+    ctx.problem(rid, "ingest", f"Loop return not stored: {unexpected(exc)}")
+
+
+def _insert_fresh(ctx: CycleContext, fresh: list[ReturnFacts], now: str) -> list[str]:
+    """Insert the page's new returns in one go; if that fails for a reason one record
+    may cause, each alone, so only the record at fault is held back."""
+    if not fresh:
+        return []
+    try:
+        with ctx.store.atomic():  # a savepoint: a failed batch leaves nothing behind
+            ctx.store.returns.insert_new(fresh, now)
+    except Exception as exc:
+        if not one_records_fault(exc):
+            raise
+        heads: Heads = {}
+        return [facts.id for facts in fresh if _stored(ctx, facts, heads, now)]
+    ctx.counts.new += len(fresh)
+    return [facts.id for facts in fresh]
+
+
+def _stored(ctx: CycleContext, facts: ReturnFacts, heads: Heads, now: str) -> bool:
+    """Store one checked return. `heads`: the page's stored heads
+    (`ReturnRepository.heads`); an id missing from them is not stored."""
+    head = heads.get(facts.id)
+    heads[facts.id] = LOOKUP  # the same id again in this page: read it afresh
+    try:
+        outcome = ctx.store.returns.upsert(
+            facts.id,
+            facts.raw,
+            state=facts.state,
+            updated_at=facts.updated_at,
+            created_at=facts.created_at,
+            destination_id=facts.destination_id,
+            order_name=facts.order_name,
+            head=head,
+            encoded=facts.encoded,
+            now=now,
+        )
+    except Exception as exc:
+        if not one_records_fault(exc):
+            raise
+        _not_stored(ctx, facts.id, exc)
+        return False
     if outcome == Upserted.NEW:
         ctx.counts.new += 1
     elif outcome == Upserted.CHANGED:
         ctx.counts.changed += 1
-    return ret.id
+    return True
 
 
 def ingest_asn(ctx: CycleContext) -> None:

@@ -308,13 +308,24 @@ def _replace(state: Path, incoming: sqlite3.Connection, theirs: Watermark) -> bo
                     "stop the merchant and move this state away if the file is the one "
                     "to keep",
                 )
-        target.execute("pragma journal_mode=wal")
+        if _page_size(target) == _page_size(incoming):
+            target.execute("pragma journal_mode=wal")
+        else:
+            # SQLite's backup cannot change the page size of a file in WAL mode (a new
+            # file, or a state made before 16 KiB pages): it goes through the rollback
+            # journal, still in one transaction.
+            target.execute("pragma journal_mode=delete")
         incoming.backup(target)
         target.execute("pragma journal_mode=wal")  # the backup copied the file's mode
         check_loopsync_state(state, target)
     finally:
         target.close()
     return existed
+
+
+def _page_size(conn: sqlite3.Connection) -> int:
+    row = conn.execute("pragma page_size").fetchone()
+    return int(row[0]) if row else 0
 
 
 def _unusable(state: Path, exc: BaseException) -> StateCorrupt:

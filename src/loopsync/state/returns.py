@@ -15,12 +15,15 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
+import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from loopsync import jsonio
 from loopsync.errors import TransitionRefused
+from loopsync.models import ReturnFacts
 from loopsync.redaction import contains_secret_in, redact, redact_obj, redact_optional
 from loopsync.state.db import Db, integer, marks, text
 from loopsync.timeutil import iso, parse_timestamp
@@ -209,16 +212,55 @@ def _legacy_unchanged(existing: ReturnHead, raw: dict[str, Any]) -> bool:
         return False
 
 
-_INSERT_NEW = (
+_NEW_COLUMNS = (
     "insert into returns (id, state, updated_at, created_at, destination_id, order_name, "
-    "snapshot, hash, last_seen_at, first_seen_at, stage, stage_at) "
-    f"values ({marks(12)})"
+    "snapshot, hash, last_seen_at, first_seen_at, stage, stage_at) values "
 )
+_NEW_ROW = f"({marks(12)})"
+_INSERT_NEW = _NEW_COLUMNS + _NEW_ROW
+# Bound values one statement may carry: SQLite's limit is 32,766 since 3.32, 999 before.
+_MAX_VARIABLES = 999
 
 
 class ReturnRepository:
     def __init__(self, db: Db) -> None:
         self.db = db
+        try:
+            limit = db.conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+        except (AttributeError, sqlite3.Error):  # a connection stand-in
+            limit = _MAX_VARIABLES
+        self._rows_a_statement = max(1, limit // 12)
+
+    def insert_new(self, returns: Sequence[ReturnFacts], now: str) -> None:
+        """Store returns the caller knows are not stored (a page's first sight of them),
+        all of them or none. One statement for many rows: SQLite writes them in one step
+        without the interpreter lock, so the next page's fetch and decode go on
+        meanwhile; a statement a row releases and retakes the lock 250 times a page,
+        each time waiting for the reading thread (BENCHMARKS.md, 1)."""
+        values: list[object] = []
+        for ret in returns:
+            dumped, h = encode_snapshot(ret.raw, ret.encoded)
+            values += (
+                ret.id,
+                ret.state,
+                iso(ret.updated_at),
+                iso(ret.created_at),
+                ret.destination_id,
+                ret.order_name,
+                dumped,
+                h,
+                now,
+                now,
+                Stage.NEW.value,
+                now,
+            )
+        per = self._rows_a_statement
+        for start in range(0, len(returns), per):
+            rows = min(per, len(returns) - start)
+            self.db.execute(
+                _NEW_COLUMNS + ", ".join([_NEW_ROW] * rows),
+                values[start * 12 : (start + rows) * 12],
+            )
 
     def heads(self, rids: list[str]) -> dict[str, ReturnHead]:
         """The head of each stored return among `rids`, by id, in few queries."""
