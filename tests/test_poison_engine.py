@@ -13,7 +13,7 @@ import pytest
 
 from loopsync.connectors.base import NotReady, PollStopped
 from loopsync.cycle import Engine
-from loopsync.errors import DryRunViolation, LockHeld, Unreadable
+from loopsync.errors import DryRunViolation, LockHeld, UnknownReturn, Unreadable
 from loopsync.stages import context as engine_mod
 from loopsync.stages.context import one_records_fault
 from loopsync.state import ProblemRow, Store
@@ -383,6 +383,51 @@ def import_one(tmp_path, details: dict[str, Any]) -> set[str]:
 def test_import_of_a_return_whose_details_name_no_list_state_searches_the_configured_ones(tmp_path):
     details = {"id": 101, "state": "Weird\x00", "updated_at": "2026-05-01T10:00:00Z"}
     assert import_one(tmp_path, details) == {"101"}
+
+
+class MovingLoop(StrictLoop):
+    """Details that name an updated_at the list no longer has (the return changed between
+    the two reads), for the first `stale` reads of the details."""
+
+    def __init__(self, returns, details, stale: int) -> None:
+        super().__init__(returns, details)
+        self.stale, self.details_read = stale, 0
+
+    def return_details(self, rid):
+        self.details_read += 1
+        if self.details_read <= self.stale:
+            return dict(self.details)
+        return dict(self.returns[rid])
+
+
+def _import_moving(tmp_path, stale: int) -> tuple[MovingLoop, Any]:
+    earlier = {"id": 101, "state": "open", "updated_at": "2026-05-01T09:00:00Z"}
+    loop = MovingLoop([loop_return("101")], earlier, stale)
+    w = World(tmp_path, loop)
+    store = w.store()
+    try:
+        engine = Engine(w.cfg, store, w.loop, w.wh, clock=w.clock, run_id="i1")
+        try:
+            return loop, engine.import_return("101")
+        except UnknownReturn as exc:
+            return loop, exc
+    finally:
+        store.close()
+
+
+def test_import_of_a_return_that_changed_between_details_and_list_reads_the_details_again(
+    tmp_path,
+):
+    loop, got = _import_moving(tmp_path, stale=1)
+    assert got == {"101"} and loop.details_read == 2
+
+
+def test_import_of_a_return_the_list_never_shows_is_unknown_not_a_crash(tmp_path):
+    # A webhook's import (or `import --return-id`) ends in one line; the cycle's own
+    # pull reads the return in its updated_at window.
+    loop, got = _import_moving(tmp_path, stale=2)
+    assert isinstance(got, UnknownReturn) and loop.details_read == 2
+    assert "not in Loop's returns list" in str(got) and "next cycle" in str(got)
 
 
 def test_import_of_a_return_whose_details_time_overflows_is_unreadable(tmp_path):

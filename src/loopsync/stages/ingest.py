@@ -26,7 +26,13 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from loopsync.errors import AuthError, PaginationStopped, PermanentError, Unreadable
+from loopsync.errors import (
+    AuthError,
+    PaginationStopped,
+    PermanentError,
+    UnknownReturn,
+    Unreadable,
+)
 from loopsync.loop_client import LOOP_STATES, ReturnsPage
 from loopsync.models import ReturnFacts, parse_asn_row, remote_timestamp, return_facts
 from loopsync.paging import WalkEnd, WalkResult, record_walk
@@ -517,22 +523,38 @@ def import_window(
 
 
 def import_return(ctx: CycleContext, return_id: str) -> set[str]:
-    """Manual import of one return: its details give updated_at, and a one-second list
-    window around it gives the list-shaped object the rest of loopsync uses."""
-    details = ctx.loop.return_details(return_id)
-    if not isinstance(details, dict):
-        raise Unreadable(f"return details of {return_id} are not an object", field="details")
-    updated = remote_timestamp(
-        details.get("updated_at") or details.get("created_at"),
-        "return details: updated_at",
-        assume_utc=True,
+    """Manual import of one return (and a webhook's): its details give updated_at, and a
+    one-second list window around it gives the list-shaped object the rest of loopsync
+    uses. A return updated again between the two reads is outside that window: the
+    details are read once more. Still not listed: UnknownReturn (one line, not a crash;
+    the cycle's own pull reads the return in its updated_at window)."""
+    for _ in range(2):
+        details = ctx.loop.return_details(return_id)
+        if not isinstance(details, dict):
+            raise Unreadable(f"return details of {return_id} are not an object", field="details")
+        updated = remote_timestamp(
+            details.get("updated_at") or details.get("created_at"),
+            "return details: updated_at",
+            assume_utc=True,
+        )
+        if _import_listed(ctx, str(return_id).strip(), details, updated):
+            return {str(return_id)}
+    raise UnknownReturn(
+        f"return {return_id} is not in Loop's returns list around its updated_at "
+        f"{iso(updated)} (it may have changed while being read); the next cycle reads it"
     )
+
+
+def _import_listed(
+    ctx: CycleContext, wanted: str, details: dict[str, Any], updated: datetime
+) -> bool:
+    """Store the list object of return `wanted` from a one-second window around
+    `updated`; False when the window does not list it."""
     # Its own state first, when it is one the list filters on (anything else the
     # details say is not a state to ask for).
     own = details.get("state")
     own = own.strip().lower() if isinstance(own, str) else ""
     window_states = ([own] if own in LOOP_STATES else []) + list(ctx.cfg.loop.states)
-    wanted = str(return_id).strip()
     for state in dict.fromkeys(window_states):
         for page in ctx.loop.iter_returns(
             updated - timedelta(seconds=1), updated + timedelta(seconds=1), state
@@ -541,8 +563,5 @@ def import_return(ctx: CycleContext, return_id: str) -> set[str]:
                 if isinstance(raw, dict) and raw_id(raw) == wanted:
                     with ctx.store.atomic():
                         ingest_page(ctx, [raw])
-                    return {str(return_id)}
-    raise PermanentError(
-        "loop",
-        f"return {return_id} not found in the returns list around its updated_at {iso(updated)}",
-    )
+                    return True
+    return False
