@@ -4,6 +4,12 @@ Ingest uses it so the next page of returns is on its way over the network while 
 current one is validated and written to SQLite; the fetch and the store then overlap
 instead of adding up. Nothing is lost by reading ahead: the checkpoint still moves only
 after a page is stored, so a page fetched but not stored is simply fetched again.
+
+Reading ahead pays only while fetching waits on the network: decoding a page holds the
+interpreter lock as storing one does, so with a server that answers at once the two
+threads only take turns, and the hand-offs cost more than they save (a first pull from a
+local server: 66 us a return inline, 82 with the thread; BENCHMARKS.md, 1b).
+`read_ahead_when_waiting` reads inline until a fetch has waited, then ahead.
 """
 
 from __future__ import annotations
@@ -12,10 +18,16 @@ import contextvars
 import enum
 import queue
 import threading
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+
+# A fetch that left its thread idle this long (wall time less the thread's CPU time) was
+# waiting on the network: reading ahead would have hidden it. A local server answers a
+# page of 250 returns in about 1 ms; Loop, and the sandbox's emulator, take 10 ms or more.
+READ_AHEAD_MIN_WAIT = 0.005
 
 
 class _End(enum.Enum):
@@ -83,3 +95,29 @@ def prefetched(source: Iterable[T], *, name: str = "prefetch") -> Iterator[T]:
     finally:
         handoff.cancelled.set()
         worker.join()
+
+
+def read_ahead_when_waiting(
+    source: Iterable[T],
+    *,
+    name: str = "prefetch",
+    min_wait: float = READ_AHEAD_MIN_WAIT,
+    wall: Callable[[], float] = time.perf_counter,
+    cpu: Callable[[], float] = time.thread_time,
+) -> Iterator[T]:
+    """Yield what `source` yields, in order: in this thread while each item comes without
+    waiting, then through `prefetched` from the first item whose fetch left this thread
+    idle `min_wait` seconds or more. Errors are raised where `source` raised them, as
+    `prefetched` does. `wall` and `cpu` are the clocks (tests)."""
+    items = iter(source)
+    while True:
+        began, used = wall(), cpu()
+        try:
+            item = next(items)
+        except StopIteration:
+            return
+        waited = (wall() - began) - (cpu() - used)
+        yield item
+        if waited >= min_wait:
+            yield from prefetched(items, name=name)
+            return

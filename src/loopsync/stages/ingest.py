@@ -36,7 +36,7 @@ from loopsync.errors import (
 from loopsync.loop_client import LOOP_STATES, ReturnsPage
 from loopsync.models import ReturnFacts, parse_asn_row, remote_timestamp, return_facts
 from loopsync.paging import WalkEnd, WalkResult, record_walk
-from loopsync.prefetch import prefetched
+from loopsync.prefetch import read_ahead_when_waiting
 from loopsync.progress import Progress
 from loopsync.stages.asn import asn_parts, refused_text
 from loopsync.stages.context import CycleContext, one_records_fault, raw_id, unexpected
@@ -227,9 +227,7 @@ class _WindowRead:
         """Store every page; STOPPED when a shutdown comes between two pages."""
         ctx, window = self.ctx, self.window
         pages = ctx.loop.iter_returns(window.start, window.end, self.state, cursor=self.cursor)
-        for page in (
-            pages if __import__("os").environ.get("NOPF") else prefetched(pages, name="loop-pages")
-        ):
+        for page in read_ahead_when_waiting(pages, name="loop-pages"):
             self.store_page(page)
             if ctx.stop.is_set() and page.next_cursor:
                 return WindowEnd.STOPPED
