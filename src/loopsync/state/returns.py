@@ -233,10 +233,10 @@ class ReturnRepository:
 
     def insert_new(self, returns: Sequence[ReturnFacts], now: str) -> None:
         """Store returns the caller knows are not stored (a page's first sight of them),
-        all of them or none. One statement for many rows: SQLite writes them in one step
-        without the interpreter lock, so the next page's fetch and decode go on
-        meanwhile; a statement a row releases and retakes the lock 250 times a page,
-        each time waiting for the reading thread (BENCHMARKS.md, 1)."""
+        in the caller's transaction (the ingest wraps it in a savepoint, so a failure
+        keeps none of them). One statement for many rows: SQLite writes them in one step
+        without the interpreter lock; a statement a row released and retook the lock
+        250 times a page (BENCHMARKS.md, 1b)."""
         values: list[object] = []
         for ret in returns:
             dumped, h = encode_snapshot(ret.raw, ret.encoded)
